@@ -1,0 +1,41 @@
+# One way to run things. Every target sets up .venv first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format bench conformance clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev,fastmcp]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	PORT=$(PORT) $(PY) examples/core_server.py
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff format --check mcp_middleware tests examples
+	$(PY) -m ruff check mcp_middleware tests examples
+	$(PY) -m mypy
+
+format: install
+	$(PY) -m ruff format mcp_middleware tests examples
+	$(PY) -m ruff check --fix mcp_middleware tests examples
+
+bench: install
+	$(PY) -m tests.benchmarks
+
+conformance: install
+	$(PY) -m tests.conformance.run
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

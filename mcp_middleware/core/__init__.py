@@ -1,0 +1,43 @@
+"""The MCP-aware ASGI kernel every middleware of this project stands on.
+
+Parse once (:func:`read_request` → :class:`McpRequest` in the scope), stream always
+(:class:`ResponseTap` observes without holding back), refuse with JSON-RPC errors
+(:func:`send_error`, :class:`ErrorCode`), and share who is calling (:class:`Principal`)
+and which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`).
+"""
+
+from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
+from .kernel import DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse
+from .middleware import McpCoreMiddleware, OutcomeHook
+from .principal import ANONYMOUS, Principal, get_principal, set_principal
+from .request import Era, McpRequest, Rejection, RequestKind, get_mcp_request
+from .selectors import Selector, SelectorMap
+from .tap import ResponseOutcome, ResponseTap, SseParser
+
+__all__ = [
+    "ANONYMOUS",
+    "DEFAULT_MAX_BODY_SIZE",
+    "CoreConfig",
+    "Era",
+    "ErrorCode",
+    "JsonRpcCode",
+    "McpCoreMiddleware",
+    "McpRequest",
+    "OutcomeHook",
+    "Principal",
+    "Rejection",
+    "RequestId",
+    "RequestKind",
+    "ResponseOutcome",
+    "ResponseTap",
+    "Selector",
+    "SelectorMap",
+    "SseParser",
+    "error_body",
+    "get_mcp_request",
+    "get_principal",
+    "read_request",
+    "refuse",
+    "send_error",
+    "set_principal",
+]

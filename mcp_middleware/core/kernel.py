@@ -1,0 +1,194 @@
+"""The kernel every middleware stands on: decide once, read once, replay once.
+
+:func:`read_request` is the one entry point. It decides whether an HTTP request
+is MCP traffic (by path, :class:`CoreConfig`), reads a POST body with a bound,
+parses it once into the scope's :class:`~mcp_middleware.core.request.McpRequest`,
+answers bad input with a JSON-RPC error, and hands back a `receive` that
+replays the body once and then delegates to the real one (a `receive` that
+kept returning empty bodies would make the SDK's disconnect watcher spin).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from starlette.types import Message, Receive, Scope, Send
+
+from .errors import ErrorCode, send_error
+from .request import (
+    REQUEST_SCOPE_KEY,
+    McpRequest,
+    Rejection,
+    RequestHeaders,
+    describe_exchange,
+    parse_post,
+)
+
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse"]
+
+DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
+"""4 MiB: the same default bound as the `mcp` SDK's transport."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """Which requests are MCP, and the bounds the core enforces on them.
+
+    `paths` are matched against the path below the ASGI `root_path` (so a
+    middleware inside a Starlette `Mount` sees the mount-relative path). An
+    entry matches itself and itself with a trailing slash; an entry ending in
+    `/*` matches everything below it; `"*"` matches every path. Requests to
+    other paths (a FastAPI app's REST routes, docs, static files) pass through
+    every middleware of the project untouched and unread.
+
+    >>> CoreConfig(paths=("/mcp", "/servers/*")).is_mcp_path("/servers/github/mcp")
+    True
+    """
+
+    paths: tuple[str, ...] = ("/mcp",)
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    """Largest POST body accepted; larger ones get HTTP 413 with a JSON-RPC error."""
+    max_inspect_bytes: int = DEFAULT_MAX_BODY_SIZE
+    """Largest response body (JSON) or SSE event the response tap parses."""
+    _exact: frozenset[str] = field(init=False, repr=False, compare=False)
+    _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _everything: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
+        if not paths:
+            raise ValueError("CoreConfig.paths must name at least one path")
+        if self.max_body_size <= 0 or self.max_inspect_bytes <= 0:
+            raise ValueError("CoreConfig bounds must be positive")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        for path in paths:
+            if path == "*":
+                continue
+            if not path.startswith("/"):
+                raise ValueError(f"MCP path {path!r} must start with '/'")
+            if path.endswith("/*"):
+                prefixes.append(path[:-1])
+            else:
+                base = path.rstrip("/")
+                exact.update({base or "/", base + "/"})
+        object.__setattr__(self, "paths", paths)
+        object.__setattr__(self, "_exact", frozenset(exact))
+        object.__setattr__(self, "_prefixes", tuple(prefixes))
+        object.__setattr__(self, "_everything", "*" in paths)
+
+    def is_mcp_path(self, path: str) -> bool:
+        return self._everything or path in self._exact or path.startswith(self._prefixes)
+
+    def is_mcp(self, scope: Scope) -> bool:
+        """Whether an `http` scope addresses the MCP endpoint."""
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return self.is_mcp_path(path)
+
+
+DEFAULT_CONFIG = CoreConfig()
+
+
+async def refuse(send: Send, rejection: Rejection, headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Answer with a :class:`Rejection` (JSON-RPC error with the request's id)."""
+    await send_error(
+        send,
+        status=rejection.status,
+        code=rejection.code,
+        message=rejection.message,
+        request_id=rejection.request_id,
+        data=rejection.data,
+        headers=headers,
+    )
+
+
+class _Replay:
+    """`receive` that yields the buffered body once, then the real `receive`."""
+
+    __slots__ = ("_body", "_receive")
+
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self._body: bytes | None = body
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        body = self._body
+        if body is None:
+            return await self._receive()
+        self._body = None
+        return {"type": "http.request", "body": body, "more_body": False}
+
+
+def _declared_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+async def read_request(
+    scope: Scope, receive: Receive, send: Send, config: CoreConfig = DEFAULT_CONFIG
+) -> tuple[McpRequest | None, Receive] | None:
+    """Get the request view, reading and parsing the body only if no one has yet.
+
+    Returns:
+        `None`: the core has answered (bad input) or the client went away; return at once.
+        `(None, receive)`: not an MCP request; call the inner app unchanged.
+        `(request, receive)`: call the inner app with this `receive`.
+    """
+    if REQUEST_SCOPE_KEY in scope:  # an outer middleware decided already; its receive replays
+        return scope[REQUEST_SCOPE_KEY], receive
+    if not config.is_mcp(scope):
+        scope[REQUEST_SCOPE_KEY] = None
+        return None, receive
+
+    started = time.perf_counter()
+    headers = RequestHeaders(scope["headers"])
+    if scope["method"] != "POST":
+        view = describe_exchange(scope["method"], headers, started)
+        scope[REQUEST_SCOPE_KEY] = view
+        return view, receive
+
+    content_type = headers.content_type
+    if content_type is None or not content_type.lower().startswith("application/json"):
+        await refuse(send, Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"))
+        return None
+    limit = config.max_body_size
+    declared = _declared_length(headers.content_length)
+    if declared is not None and declared > limit:
+        await refuse(send, _too_large(limit))
+        return None
+
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: nobody to answer
+            return None
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            await refuse(send, _too_large(limit))
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    parsed = parse_post(body, headers, started)
+    if isinstance(parsed, Rejection):
+        await refuse(send, parsed)
+        return None
+    scope[REQUEST_SCOPE_KEY] = parsed
+    return parsed, _Replay(body, receive)
+
+
+def _too_large(limit: int) -> Rejection:
+    return Rejection(413, ErrorCode.PAYLOAD_TOO_LARGE, f"Request body exceeds {limit} bytes", data={"maxBytes": limit})

@@ -1,0 +1,73 @@
+"""`McpCoreMiddleware`: the core on its own: validation, one parse, and an outcome hook."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import JsonRpcCode, send_error
+from .kernel import DEFAULT_CONFIG, CoreConfig, read_request
+from .request import McpRequest
+from .tap import ResponseOutcome, ResponseTap
+
+__all__ = ["McpCoreMiddleware", "OutcomeHook"]
+
+logger = logging.getLogger("mcp_middleware")
+
+OutcomeHook = Callable[[McpRequest, ResponseOutcome], Awaitable[None] | None]
+
+
+class McpCoreMiddleware:
+    """Put the core in front of any MCP app: bad input is answered with JSON-RPC errors,
+    the request is parsed once for every middleware inside, responses stream untouched.
+
+    `on_outcome(request, outcome)` (sync or async) is called once the response has
+    ended, with what the response tap observed: status, JSON-RPC result or error
+    code, tool `isError`, bytes and duration. If the inner app crashes before it
+    has started a response, the client gets a JSON-RPC internal error (HTTP 500)
+    with its request id instead of a plain-text page; the traceback goes to the log.
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> server = MCPServer("demo")
+    >>> app = McpCoreMiddleware(server.streamable_http_app())  # serve with uvicorn
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: CoreConfig = DEFAULT_CONFIG,
+        on_outcome: OutcomeHook | None = None,
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.on_outcome = on_outcome
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        prepared = await read_request(scope, receive, send, self.config)
+        if prepared is None:
+            return
+        request, receive = prepared
+        if request is None:
+            await self.app(scope, receive, send)
+            return
+        tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            if tap.started:
+                raise
+            logger.exception("MCP app failed before responding to %s", request.method or request.http_method)
+            await send_error(
+                send, status=500, code=JsonRpcCode.INTERNAL_ERROR, message="Internal error", request_id=request.id
+            )
+        finally:
+            if self.on_outcome is not None:
+                pending = self.on_outcome(request, tap.outcome())
+                if pending is not None:
+                    await pending

@@ -1,0 +1,328 @@
+"""The request view: what an MCP request is, parsed once and shared through the ASGI scope.
+
+`parse_post` turns a POST body into an :class:`McpRequest` or a :class:`Rejection`
+(the JSON-RPC error the client gets). The era is decided as the `mcp` SDK decides
+it: from the `MCP-Protocol-Version` header alone. Modern (2026-07-28) requests
+run the SDK's own validation ladder, so `Mcp-Method`/`Mcp-Name` are verified
+against the body before anyone may trust them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    InboundLadderRejection,
+    classify_inbound_request,
+    unsupported_protocol_version_rejection,
+)
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from .errors import JsonRpcCode, RequestId
+
+__all__ = [
+    "DEFAULT_LEGACY_VERSION",
+    "REQUEST_SCOPE_KEY",
+    "Era",
+    "McpRequest",
+    "RequestHeaders",
+    "RequestKind",
+    "Rejection",
+    "get_mcp_request",
+    "parse_post",
+]
+
+REQUEST_SCOPE_KEY = "mcp_middleware.request"
+"""Scope key holding the view: absent = not looked at yet, `None` = not an MCP request."""
+
+DEFAULT_LEGACY_VERSION = "2025-03-26"
+"""What a handshake-era server assumes when `MCP-Protocol-Version` is absent (spec and SDK)."""
+
+_HANDSHAKE_VERSIONS = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
+_URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+_NAME_METHODS = frozenset({"tools/call", "prompts/get"})
+_ROUTING_HEADERS = (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
+_INVALID_BODY = "Body must be a single JSON-RPC request or notification object"
+
+
+class Era(enum.Enum):
+    """The two protocol eras that share one endpoint."""
+
+    LEGACY = "legacy"
+    """2024-11-05 … 2025-11-25: initialize handshake, `Mcp-Session-Id`, GET stream, DELETE."""
+    MODERN = "modern"
+    """2026-07-28: stateless, `_meta` envelope, `Mcp-Method`/`Mcp-Name` headers."""
+
+
+class RequestKind(enum.Enum):
+    """What an HTTP exchange on the MCP endpoint carries."""
+
+    REQUEST = "request"
+    """A JSON-RPC request (has an id); it gets a response."""
+    NOTIFICATION = "notification"
+    """A JSON-RPC notification (no id); answered 202."""
+    RESPONSE = "response"
+    """A client's response to a server-initiated request (legacy era)."""
+    STREAM = "stream"
+    """GET: the legacy server-to-client stream (405 in the modern era)."""
+    TERMINATE = "terminate"
+    """DELETE: ends a legacy session."""
+    OTHER = "other"
+    """Any other HTTP method (OPTIONS preflight, …), passed through untouched."""
+
+
+class RequestHeaders:
+    """The few request headers the core needs, read from the raw ASGI list in one pass."""
+
+    __slots__ = ("content_length", "content_type", "duplicated", "method", "name", "protocol_version", "session_id")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.content_type: str | None = None
+        self.content_length: str | None = None
+        self.protocol_version: str | None = None
+        self.method: str | None = None
+        self.name: str | None = None
+        self.session_id: str | None = None
+        self.duplicated: str | None = None
+        for key, value in raw:
+            # ASGI servers lower-case header names; only the first copy counts, as in Starlette.
+            if key == b"content-type":
+                if self.content_type is None:
+                    self.content_type = value.decode("latin-1")
+            elif key == b"content-length":
+                if self.content_length is None:
+                    self.content_length = value.decode("latin-1")
+            elif key == b"mcp-session-id":
+                if self.session_id is None:
+                    self.session_id = value.decode("latin-1")
+            elif key.startswith(b"mcp-"):
+                self._routing(key, value)
+
+    def _routing(self, key: bytes, value: bytes) -> None:
+        if key == b"mcp-protocol-version":
+            attr = "protocol_version"
+        elif key == b"mcp-method":
+            attr = "method"
+        elif key == b"mcp-name":
+            attr = "name"
+        else:
+            return
+        if getattr(self, attr) is None:
+            setattr(self, attr, value.decode("latin-1"))
+        elif self.duplicated is None:
+            self.duplicated = key.decode("latin-1")
+
+    @property
+    def era(self) -> Era:
+        """The era, decided as the SDK decides it: absent or handshake version → legacy."""
+        pv = self.protocol_version
+        return Era.LEGACY if pv is None or pv in _HANDSHAKE_VERSIONS else Era.MODERN
+
+
+@dataclass(frozen=True, slots=True)
+class McpRequest:
+    """One MCP exchange as every middleware of the stack sees it.
+
+    Built once per request by the first middleware that needs it and stored in
+    the scope (read it with :func:`get_mcp_request`). `params` and `meta` are the
+    decoded body's own objects: treat them as read-only.
+    """
+
+    kind: RequestKind
+    era: Era
+    protocol_version: str
+    http_method: str = "POST"
+    method: str | None = None
+    id: RequestId | None = None
+    name: str | None = None
+    """Tool or prompt name (`tools/call`, `prompts/get`)."""
+    uri: str | None = None
+    """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
+    cursor: str | None = None
+    params: Mapping[str, Any] | None = None
+    meta: Mapping[str, Any] | None = None
+    session_id: str | None = None
+    headers_verified: bool = False
+    """True when `Mcp-Method`/`Mcp-Name` were checked against the body (modern requests only)."""
+    body: bytes = b""
+    started: float = field(default_factory=time.perf_counter)
+    """`time.perf_counter()` when the core first saw the request."""
+
+    @property
+    def target(self) -> str | None:
+        """The tool/prompt name or resource URI the request addresses, if any."""
+        return self.name if self.name is not None else self.uri
+
+    @property
+    def progress_token(self) -> str | int | None:
+        token = self.meta.get("progressToken") if self.meta is not None else None
+        return token if isinstance(token, str | int) and not isinstance(token, bool) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a request cannot go on: the JSON-RPC error and HTTP status it is answered with."""
+
+    status: int
+    code: int
+    message: str
+    request_id: RequestId | None = None
+    data: Any = None
+
+
+def get_mcp_request(source: Scope | HTTPConnection) -> McpRequest | None:
+    """The request view of an ASGI scope or a Starlette `Request`, or `None` if it is not MCP.
+
+    >>> from starlette.requests import Request
+    >>> async def endpoint(request: Request):
+    ...     view = get_mcp_request(request)
+    ...     return view.method if view else None
+    """
+    scope = source.scope if isinstance(source, HTTPConnection) else source
+    view = scope.get(REQUEST_SCOPE_KEY)
+    return view if isinstance(view, McpRequest) else None
+
+
+def _valid_id(value: Any) -> bool:
+    # MCP ids are strings or integers; JSON-RPC's null and fractional ids are refused.
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def parse_post(body: bytes, headers: RequestHeaders, started: float | None = None) -> McpRequest | Rejection:
+    """Parse and validate one POST body; never raises.
+
+    Answers match the SDK where it is right (parse error 400/-32700, modern ladder
+    -32602/-32020/-32022) and are clearer where it is not (a batch is -32600 in
+    both eras, an invalid id is -32600 instead of a validation dump).
+    """
+    try:
+        message = orjson.loads(body)
+    except (orjson.JSONDecodeError, RecursionError):
+        return Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
+    if not isinstance(message, dict):
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
+
+    era = headers.era
+    has_id = "id" in message
+    raw_id = message.get("id")
+    if has_id and not _valid_id(raw_id):
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
+    request_id: RequestId | None = raw_id if has_id else None
+    if message.get("jsonrpc") != "2.0":
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
+
+    method = message.get("method")
+    if method is None:
+        if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
+            return _view(RequestKind.RESPONSE, era, headers, message, None, request_id, None, body, started)
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
+    if not isinstance(method, str) or not method:
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
+    params = message.get("params")
+    if params is not None and not isinstance(params, dict):
+        return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
+
+    kind = RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION
+    verified = False
+    if era is Era.MODERN:
+        rejection = _modern_ladder(message, headers, kind, request_id)
+        if rejection is not None:
+            return rejection
+        verified = kind is RequestKind.REQUEST
+    return _view(kind, era, headers, message, params, request_id, method, body, started, verified)
+
+
+def _modern_ladder(
+    message: dict[str, Any], headers: RequestHeaders, kind: RequestKind, request_id: RequestId | None
+) -> Rejection | None:
+    """The SDK's 2026-07-28 validation ladder, answered with its codes and statuses."""
+    if kind is RequestKind.NOTIFICATION:
+        # The SDK only checks the version of an id-less POST, then drops it with 202.
+        rejected = unsupported_protocol_version_rejection(headers.protocol_version or "")
+        return _from_ladder(rejected, None) if rejected is not None else None
+    if headers.duplicated is not None:
+        return Rejection(
+            400, JsonRpcCode.HEADER_MISMATCH, f"{headers.duplicated} header appears more than once", request_id
+        )
+    routing = {
+        name: value
+        for name, value in zip(_ROUTING_HEADERS, (headers.protocol_version, headers.method, headers.name), strict=True)
+        if value is not None
+    }
+    verdict = classify_inbound_request(message, headers=routing)
+    return _from_ladder(verdict, request_id) if isinstance(verdict, InboundLadderRejection) else None
+
+
+def _from_ladder(rejected: InboundLadderRejection, request_id: RequestId | None) -> Rejection:
+    return Rejection(400, rejected.code, rejected.message, request_id, rejected.data)
+
+
+def _view(
+    kind: RequestKind,
+    era: Era,
+    headers: RequestHeaders,
+    message: dict[str, Any],
+    params: dict[str, Any] | None,
+    request_id: RequestId | None,
+    method: str | None,
+    body: bytes,
+    started: float | None,
+    verified: bool = False,
+) -> McpRequest:
+    name = uri = cursor = None
+    meta: dict[str, Any] | None = None
+    if params is not None:
+        if method in _NAME_METHODS:
+            value = params.get("name")
+            name = value if isinstance(value, str) else None
+        elif method in _URI_METHODS:
+            value = params.get("uri")
+            uri = value if isinstance(value, str) else None
+        value = params.get("cursor")
+        cursor = value if isinstance(value, str) else None
+        value = params.get("_meta")
+        meta = value if isinstance(value, dict) else None
+    version = headers.protocol_version
+    if version is None:
+        proposed = params.get("protocolVersion") if params is not None and method == "initialize" else None
+        version = proposed if isinstance(proposed, str) else DEFAULT_LEGACY_VERSION
+    return McpRequest(
+        kind=kind,
+        era=era,
+        protocol_version=version,
+        method=method,
+        id=request_id,
+        name=name,
+        uri=uri,
+        cursor=cursor,
+        params=params,
+        meta=meta,
+        session_id=headers.session_id if era is Era.LEGACY else None,
+        headers_verified=verified,
+        body=body,
+        started=time.perf_counter() if started is None else started,
+    )
+
+
+def describe_exchange(http_method: str, headers: RequestHeaders, started: float | None = None) -> McpRequest:
+    """The view of a non-POST exchange on the MCP endpoint (GET stream, DELETE, OPTIONS …)."""
+    kind = {"GET": RequestKind.STREAM, "DELETE": RequestKind.TERMINATE}.get(http_method, RequestKind.OTHER)
+    era = headers.era
+    return McpRequest(
+        kind=kind,
+        era=era,
+        protocol_version=headers.protocol_version or DEFAULT_LEGACY_VERSION,
+        http_method=http_method,
+        session_id=headers.session_id if era is Era.LEGACY else None,
+        started=time.perf_counter() if started is None else started,
+    )
