@@ -15,7 +15,7 @@ Only the first `:` separates, so URIs keep theirs: `resources/read:file://*`.
 :class:`SelectorMap` resolves per-method/per-tool settings: the most specific
 matching selector wins (a literal method beats a glob, a target beats none, a
 longer literal part of the target beats a shorter one; ties go to the first
-defined).
+defined; `*` is the fallback).
 """
 
 from __future__ import annotations
@@ -69,14 +69,16 @@ class Selector:
         return cls(text, method, target or None, _matcher(method), _matcher(target) if target else None)
 
     @property
-    def specificity(self) -> tuple[int, int, int]:
+    def specificity(self) -> tuple[int, int, int, int]:
+        """(method rank, has target, target literal length, method literal length): larger is more specific."""
         if self.method is None:
-            return (0, 0, 0)
-        method_literal = int(self._method_re is None)
+            return (0, 0, 0, 0)
+        method_rank = 2 if self._method_re is None else 1
+        method_literal = len(_GLOB.split(self.method, maxsplit=1)[0])
         if self.target is None:
-            return (method_literal, 0, 0)
-        literal = len(_GLOB.split(self.target, maxsplit=1)[0])
-        return (method_literal, 1, 1_000_000 if self._target_re is None else literal)
+            return (method_rank, 0, 0, method_literal)
+        target_literal = 1_000_000 if self._target_re is None else len(_GLOB.split(self.target, maxsplit=1)[0])
+        return (method_rank, 1, target_literal, method_literal)
 
     def matches_parts(self, method: str | None, target: str | None) -> bool:
         if self.method is None:

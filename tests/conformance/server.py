@@ -95,9 +95,10 @@ SILENCE_WAV_B64 = base64.b64encode(_wav_silence()).decode()
 class InMemoryEventStore(EventStore):
     """Bounded in-memory event store, so SSE streams can be resumed with Last-Event-ID.
 
-    The SDK ships only the abstract `EventStore`; with one configured it also
-    sends priming events (with `retry`) on SSE streams and lets tools close a
-    stream mid-call (`ctx.close_sse_stream()`), which the SSE scenarios probe.
+    The SDK ships only the abstract `EventStore`. With one configured, SSE events
+    carry ids, and for 2025-11-25 clients the SDK also sends priming events (with
+    `retry`) and lets a tool close its stream mid-call (`test_reconnection`), so
+    a middleware in front must pass resumed GET streams through as well.
     """
 
     def __init__(self, max_events: int = 10_000) -> None:
@@ -258,7 +259,8 @@ def build_server() -> MCPServer:
     schema_tool = Tool.from_function(_json_schema_tool, name="json_schema_2020_12_tool").model_copy(
         update={"parameters": JSON_SCHEMA_2020_12_INPUT}
     )
-    server = MCPServer(SERVER_NAME, version="1.0.0", tools=[schema_tool])
+    # WARNING keeps the per-session INFO lines out of the runner's server log.
+    server = MCPServer(SERVER_NAME, version="1.0.0", tools=[schema_tool], log_level="WARNING")
 
     async def log(ctx: Context, level: LoggingLevel, message: str) -> None:
         if state.should_log(_session_key(ctx.headers), level):
@@ -399,7 +401,7 @@ def build_server() -> MCPServer:
         description="Data for an ID, from a resource template",
         mime_type="application/json",
     )
-    def template_data(id: str) -> str:  # noqa: A002 - the template variable is called `id`
+    def template_data(id: str) -> str:  # the parameter is named after the template variable
         return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
 
     # --- prompts ---
@@ -415,7 +417,7 @@ def build_server() -> MCPServer:
         return [UserMessage(f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'")]
 
     @server.prompt()
-    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:  # noqa: N803 - wire name
+    def test_prompt_with_embedded_resource(resourceUri: str) -> list[UserMessage]:  # the wire argument name
         """A prompt that embeds the given resource."""
         resource = TextResourceContents(
             uri=resourceUri, mime_type="text/plain", text="Embedded resource content for testing."

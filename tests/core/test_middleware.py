@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import orjson
 import pytest
@@ -159,7 +160,7 @@ async def test_chunked_request_bodies_are_reassembled(serve: Any) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 7):
             yield body[start : start + 7]
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
     headers = {
         "content-type": "application/json",
@@ -177,9 +178,10 @@ async def test_chunked_request_bodies_are_reassembled(serve: Any) -> None:
     assert spy.views[0].body == body
 
 
-async def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    with anyio.move_on_after(timeout):
-        while not predicate():
+async def _wait_for(predicate: Any, within: float = 5.0) -> bool:
+    """Poll a condition that lives in another thread (the server's), where no event can reach us."""
+    with anyio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.05)
         return True
     return False
@@ -195,7 +197,12 @@ async def test_modern_disconnect_cancels_and_leaves_no_task(serve: Any) -> None:
         "progressToken": "p1",
     }
     body = orjson.dumps(
-        {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "slow", "arguments": {"steps": 50}, "_meta": meta}}
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"steps": 50}, "_meta": meta},
+        }
     )
     headers = {
         "content-type": "application/json",
@@ -205,10 +212,17 @@ async def test_modern_disconnect_cancels_and_leaves_no_task(serve: Any) -> None:
         "mcp-name": "slow",
     }
     async with httpx2.AsyncClient(timeout=10) as http:
-        await http.post(served.mcp_url, content=body.replace(b'"slow"', b'"echo"').replace(b'{"steps":50}', b'{"text":"warm"}'), headers={**headers, "mcp-name": "echo"})
+        await http.post(
+            served.mcp_url,
+            content=body.replace(b'"slow"', b'"echo"').replace(b'{"steps":50}', b'{"text":"warm"}'),
+            headers={**headers, "mcp-name": "echo"},
+        )
     baseline = served.tasks()
 
-    async with httpx2.AsyncClient(timeout=10) as http, http.stream("POST", served.mcp_url, content=body, headers=headers) as response:
+    async with (
+        httpx2.AsyncClient(timeout=10) as http,
+        http.stream("POST", served.mcp_url, content=body, headers=headers) as response,
+    ):
         assert response.headers["content-type"] == "text/event-stream"
         async for line in response.aiter_lines():
             if "notifications/progress" in line:
