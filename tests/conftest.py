@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import os
 import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Literal
 
 import pytest
@@ -18,6 +21,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 Era = Literal["modern", "legacy"]
 ERAS: tuple[Era, ...] = ("modern", "legacy")
+
+
+def require(module: str, why: str) -> ModuleType:
+    """Import an optional dependency: skip without it locally, fail without it in CI (CI must not skip)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is required in CI ({why}): {exc}")
+        pytest.skip(f"{module} not installed ({why})", allow_module_level=True)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ and which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`
 """
 
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
-from .kernel import DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse
+from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
 from .request import Era, McpRequest, Rejection, RequestKind, get_mcp_request
@@ -16,6 +16,7 @@ from .tap import ResponseOutcome, ResponseTap, SseParser
 
 __all__ = [
     "ANONYMOUS",
+    "DEFAULT_CONFIG",
     "DEFAULT_MAX_BODY_SIZE",
     "CoreConfig",
     "Era",

@@ -26,7 +26,7 @@ from .request import (
     parse_post,
 )
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse"]
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse"]
 
 DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 """4 MiB: the same default bound as the `mcp` SDK's transport."""
