@@ -20,11 +20,13 @@ from mcp.shared.inbound import (
     MCP_METHOD_HEADER,
     MCP_NAME_HEADER,
     MCP_PROTOCOL_VERSION_HEADER,
+    NAME_BEARING_METHODS,
     InboundLadderRejection,
     classify_inbound_request,
     unsupported_protocol_version_rejection,
 )
-from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp.types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
@@ -49,6 +51,9 @@ DEFAULT_LEGACY_VERSION = "2025-03-26"
 """What a handshake-era server assumes when `MCP-Protocol-Version` is absent (spec and SDK)."""
 
 _HANDSHAKE_VERSIONS = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
+_MODERN_VERSIONS = frozenset(MODERN_PROTOCOL_VERSIONS)
+_VERSION_KEY = PROTOCOL_VERSION_META_KEY
+_CAPABILITIES_KEY = CLIENT_CAPABILITIES_META_KEY
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 _NAME_METHODS = frozenset({"tools/call", "prompts/get"})
 _ROUTING_HEADERS = (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
@@ -94,6 +99,7 @@ class RequestHeaders:
         self.name: str | None = None
         self.session_id: str | None = None
         self.duplicated: str | None = None
+        duplicated = None
         for key, value in raw:
             # ASGI servers lower-case header names; only the first copy counts, as in Starlette.
             if key == b"content-type":
@@ -102,25 +108,27 @@ class RequestHeaders:
             elif key == b"content-length":
                 if self.content_length is None:
                     self.content_length = value.decode("latin-1")
+            elif key[:4] != b"mcp-":
+                continue
             elif key == b"mcp-session-id":
                 if self.session_id is None:
                     self.session_id = value.decode("latin-1")
-            elif key.startswith(b"mcp-"):
-                self._routing(key, value)
-
-    def _routing(self, key: bytes, value: bytes) -> None:
-        if key == b"mcp-protocol-version":
-            attr = "protocol_version"
-        elif key == b"mcp-method":
-            attr = "method"
-        elif key == b"mcp-name":
-            attr = "name"
-        else:
-            return
-        if getattr(self, attr) is None:
-            setattr(self, attr, value.decode("latin-1"))
-        elif self.duplicated is None:
-            self.duplicated = key.decode("latin-1")
+            elif key == b"mcp-protocol-version":
+                if self.protocol_version is None:
+                    self.protocol_version = value.decode("latin-1")
+                else:
+                    duplicated = duplicated or "mcp-protocol-version"
+            elif key == b"mcp-method":
+                if self.method is None:
+                    self.method = value.decode("latin-1")
+                else:
+                    duplicated = duplicated or "mcp-method"
+            elif key == b"mcp-name":
+                if self.name is None:
+                    self.name = value.decode("latin-1")
+                else:
+                    duplicated = duplicated or "mcp-name"
+        self.duplicated = duplicated
 
     @property
     def era(self) -> Era:
@@ -254,6 +262,8 @@ def _modern_ladder(
         return Rejection(
             400, JsonRpcCode.HEADER_MISMATCH, f"{headers.duplicated} header appears more than once", request_id
         )
+    if _agrees(message, headers):
+        return None  # the common case, decided without building the SDK's verdict objects
     routing = {
         name: value
         for name, value in zip(_ROUTING_HEADERS, (headers.protocol_version, headers.method, headers.name), strict=True)
@@ -261,6 +271,28 @@ def _modern_ladder(
     }
     verdict = classify_inbound_request(message, headers=routing)
     return _from_ladder(verdict, request_id) if isinstance(verdict, InboundLadderRejection) else None
+
+
+def _agrees(message: dict[str, Any], headers: RequestHeaders) -> bool:
+    """True only if the SDK's ladder would accept: envelope present, headers equal to the body, version served.
+
+    A `False` is not a rejection: the SDK's own classifier then decides (and, for a
+    base64-encoded `Mcp-Name`, may still accept).
+    """
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or _CAPABILITIES_KEY not in meta:
+        return False
+    version = meta.get(_VERSION_KEY)
+    method = message["method"]
+    if version != headers.protocol_version or version not in _MODERN_VERSIONS or headers.method != method:
+        return False
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is None:
+        return True
+    assert isinstance(params, dict)
+    value = params.get(name_key)
+    return value is None or value == headers.name
 
 
 def _from_ladder(rejected: InboundLadderRejection, request_id: RequestId | None) -> Rejection:

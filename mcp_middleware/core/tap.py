@@ -2,15 +2,16 @@
 
 A tap wraps `send`. Every message is forwarded at once; afterwards the tap looks
 at it: status and headers on `http.response.start`, and the body incrementally,
-as JSON or as Server-Sent Events in any chunking, until it finds the JSON-RPC
-response to the request. Memory is bounded by `max_bytes` (a larger body or
-event is counted but not inspected). One tap serves the whole stack: the first
-middleware that asks attaches it, later ones share it.
+as JSON or as Server-Sent Events in any chunking, keeping what can be the JSON-RPC
+response to the request and parsing it when someone asks. Memory is bounded by
+`max_bytes` (a larger body or event is counted but not inspected). One tap serves
+the whole stack: the first middleware that asks attaches it, later ones share it.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,8 @@ __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
 TAP_SCOPE_KEY = "mcp_middleware.tap"
 
 _JSON, _SSE, _NONE = 1, 2, 0
+_MAX_CANDIDATES = 4
+"""SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +71,30 @@ class SseParser:
     """Incremental `text/event-stream` parser (WHATWG rules) with a size bound.
 
     Accepts CRLF, LF or CR line endings split anywhere across chunks, ignores
-    comments and unknown fields, and concatenates `data:` lines. An event whose
-    data exceeds `max_bytes` is dropped and `truncated` is set.
+    comments and unknown fields, and concatenates `data:` lines. A line or an
+    event longer than `max_bytes` is dropped and `truncated` is set. A line that
+    arrives in many chunks is joined once, when its end arrives; complete lines
+    are split by `bytes.splitlines` (which breaks at exactly CRLF, LF and CR).
     """
 
-    __slots__ = ("_data", "_event", "_max", "_pending", "_size", "_skip_event", "_skip_line", "truncated")
+    __slots__ = (
+        "_after_cr",
+        "_data",
+        "_event",
+        "_max",
+        "_pending",
+        "_pending_size",
+        "_size",
+        "_skip_event",
+        "_skip_line",
+        "truncated",
+    )
 
     def __init__(self, max_bytes: int) -> None:
         self._max = max_bytes
-        self._pending = b""
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._after_cr = False
         self._data: list[bytes] = []
         self._size = 0
         self._event = b""
@@ -85,62 +103,80 @@ class SseParser:
         self.truncated = False
 
     def feed(self, chunk: bytes, *, final: bool = False) -> list[tuple[str, bytes]]:
-        """Add bytes; return the `(event type, data)` of every event completed by them."""
-        data = self._pending + chunk if self._pending else chunk
+        """Add bytes; return the `(event type, data)` of every event completed by them.
+
+        At the end of the stream (`final`), an unterminated line and an event without
+        its blank line are discarded, as the WHATWG rules say.
+        """
         events: list[tuple[str, bytes]] = []
-        pos, n = 0, len(data)
-        while pos < n:
-            cr = data.find(b"\r", pos)
-            lf = data.find(b"\n", pos)
-            if cr == -1 and lf == -1:
-                break
-            if cr != -1 and (lf == -1 or cr < lf):
-                if cr + 1 == n and not final:
-                    break  # maybe the first half of a CRLF split across chunks
-                end, nxt = cr, (cr + 2 if cr + 1 < n and data[cr + 1] == 10 else cr + 1)
-            else:
-                end, nxt = lf, lf + 1
-            self._line(data[pos:end], events)
-            pos = nxt
-        rest = data[pos:]
-        if final:
-            if rest and not self._skip_line:
-                self._line(rest, events)
-            self._pending = b""
-        elif len(rest) > self._max:
-            self._pending = b""
-            self._skip_line = self._skip_event = self.truncated = True
-        else:
-            self._pending = rest
+        if self._after_cr:
+            self._after_cr = False
+            if chunk[:1] == b"\n":  # the second half of a CRLF split across chunks
+                chunk = chunk[1:]
+        last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if last == -1:
+            if not final:
+                self._hold(chunk)  # the middle of a (long) line
+            return events
+        head = chunk[: last + 1]
+        if self._pending:
+            head = b"".join((*self._pending, head))
+            self._pending, self._pending_size = [], 0
+        self._after_cr = last == len(chunk) - 1 and chunk[last] == 13
+        if not final and last + 1 < len(chunk):
+            self._hold(chunk[last + 1 :])
+        self._lines(head.splitlines(), events)
         return events
 
-    def _line(self, line: bytes, events: list[tuple[str, bytes]]) -> None:
+    def _hold(self, part: bytes) -> None:
+        if self._skip_line:
+            return
+        self._pending_size += len(part)
+        if self._pending_size > self._max:
+            self._pending, self._pending_size = [], 0
+            self._skip_line = self._skip_event = self.truncated = True
+        else:
+            self._pending.append(part)
+
+    def _lines(self, lines: list[bytes], events: list[tuple[str, bytes]]) -> None:
+        # One loop with local state: this runs for every line of every streamed response.
         if self._skip_line:
             self._skip_line = False
-            return
-        if not line:
-            if self._data and not self._skip_event:
-                events.append((self._event.decode("utf-8", "replace") or "message", b"\n".join(self._data)))
-            self._data, self._size, self._event, self._skip_event = [], 0, b"", False
-            return
-        if line[0] == 58:  # ":" comment (pings)
-            return
-        field, sep, value = line.partition(b":")
-        if sep and value[:1] == b" ":
-            value = value[1:]
-        if field == b"data":
-            self._size += len(value) + 1
-            if self._size > self._max:
-                self._skip_event = self.truncated = True
-                self._data = []
-            elif not self._skip_event:
-                self._data.append(value)
-        elif field == b"event":
-            self._event = value
+            lines = lines[1:]  # the rest of a line that was too long
+        data, size, event, skip, limit = self._data, self._size, self._event, self._skip_event, self._max
+        for line in lines:
+            if not line:
+                if data and not skip:
+                    events.append((event.decode("utf-8", "replace") or "message", b"\n".join(data)))
+                data, size, event, skip = [], 0, b"", False
+            elif line[0] == 58:  # ":" comment (pings)
+                continue
+            elif line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                size += len(value) + 1
+                if size > limit:
+                    skip = self.truncated = True
+                    data = []
+                elif not skip:
+                    data.append(value)
+            elif line == b"data":
+                size += 1
+                if not skip:
+                    data.append(b"")
+            elif line[:6] == b"event:":
+                event = line[7:] if line[6:7] == b" " else line[6:]
+            elif line == b"event":
+                event = b""
+        self._data, self._size, self._event, self._skip_event = data, size, event, skip
 
 
 class ResponseTap:
     """Observes the response to one request; see :meth:`attach`.
+
+    Observation is cheap on the way through: the tap records status, headers and
+    sizes, keeps the JSON body (or the SSE events that can be a JSON-RPC response)
+    within its bound, and parses them only when someone asks for the result:
+    :attr:`result`, :attr:`error` or :meth:`outcome`.
 
     >>> # in a pure-ASGI middleware, after the core has read the request:
     >>> # tap, send = ResponseTap.attach(scope, send, request)
@@ -149,19 +185,21 @@ class ResponseTap:
     """
 
     __slots__ = (
-        "_buf",
-        "_buf_size",
+        "__weakref__",
+        "_candidates",
         "_ended",
+        "_error",
+        "_json_size",
         "_mode",
+        "_parsed",
         "_request",
+        "_result",
         "_send",
         "_sse",
         "bytes",
         "complete",
         "content_type",
-        "error",
         "max_bytes",
-        "result",
         "status",
         "truncated",
     )
@@ -174,14 +212,15 @@ class ResponseTap:
         self.content_type: str | None = None
         self.bytes = 0
         self.complete = False
-        self.result: dict[str, Any] | None = None
-        self.error: dict[str, Any] | None = None
         self.truncated = False
         self._mode = _NONE
-        self._buf: list[bytes] = []
-        self._buf_size = 0
+        self._candidates: list[bytes] = []
+        self._json_size = 0
         self._sse: SseParser | None = None
         self._ended: float | None = None
+        self._parsed = False
+        self._result: dict[str, Any] | None = None
+        self._error: dict[str, Any] | None = None
 
     @classmethod
     def attach(
@@ -189,15 +228,18 @@ class ResponseTap:
     ) -> tuple[ResponseTap, Send]:
         """The request's tap and the `send` to call the inner app with.
 
-        The first caller creates the tap and gets its wrapped `send`; later callers
-        (inner middlewares) get the same tap and keep their own `send`, which already
-        flows through it.
+        The first caller creates the tap and gets its wrapped `send`; it must keep the
+        tap referenced until the inner app returns (the scope holds it only weakly, so
+        that scope → tap → send → scope is no reference cycle left to the garbage
+        collector). Later callers (inner middlewares) get the same tap and keep their
+        own `send`, which already flows through it.
         """
-        existing = scope.get(TAP_SCOPE_KEY)
-        if isinstance(existing, ResponseTap) and existing._request is request:
+        ref = scope.get(TAP_SCOPE_KEY)
+        existing = ref() if ref is not None else None
+        if existing is not None and existing._request is request:
             return existing, send
         tap = cls(send, request, max_bytes=max_bytes)
-        scope[TAP_SCOPE_KEY] = tap
+        scope[TAP_SCOPE_KEY] = weakref.ref(tap)
         return tap, tap.send
 
     @property
@@ -238,23 +280,36 @@ class ResponseTap:
 
     def _observe(self, body: bytes, more: bool) -> None:
         if self._mode is _JSON:
-            self._buf_size += len(body)
-            if self._buf_size > self.max_bytes:
-                self._buf, self._mode, self.truncated = [], _NONE, True
-                return
-            self._buf.append(body)
-            if not more:
-                self._take(b"".join(self._buf))
-                self._buf = []
+            self._json_size += len(body)
+            if self._json_size > self.max_bytes:
+                self._candidates, self._mode, self.truncated = [], _NONE, True
+            elif body:
+                self._candidates.append(body)
             return
         sse = self._sse
         assert sse is not None
         for event, data in sse.feed(body, final=not more):
-            if event == "message" and self._take(data):
-                self._mode, self._sse = _NONE, None  # found it: stop parsing the rest of the stream
-                return
+            # Only an event naming "result" or "error" can be the response; progress and
+            # other notifications are not kept. The response is (nearly always) the last.
+            if event == "message" and (b'"result"' in data or b'"error"' in data):
+                if len(self._candidates) == _MAX_CANDIDATES:
+                    del self._candidates[0]
+                self._candidates.append(data)
         if sse.truncated:
             self.truncated = True
+
+    def _parse(self) -> None:
+        """Find the JSON-RPC response among what was kept (once, on first demand)."""
+        if self._parsed or not self.complete:
+            return
+        self._parsed = True
+        candidates = self._candidates
+        if self._mode is _JSON:
+            candidates = [b"".join(candidates)] if candidates else []
+        self._candidates = []
+        for data in reversed(candidates):
+            if self._take(data):
+                return
 
     def _take(self, data: bytes) -> bool:
         """Record `data` if it is the JSON-RPC response to this request."""
@@ -266,16 +321,29 @@ class ResponseTap:
             return False
         result, error, rid = message.get("result"), message.get("error"), message.get("id")
         if isinstance(result, dict) and rid == self._request.id:
-            self.result = result
+            self._result = result
         elif isinstance(error, dict) and (rid == self._request.id or rid is None):
             # An error with a null id answers this request too (the peer could not read its id).
-            self.error = error
+            self._error = error
         else:
             return False
         return True
 
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """The JSON-RPC `result` of the response, once it has ended."""
+        self._parse()
+        return self._result
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The JSON-RPC `error` of the response, once it has ended."""
+        self._parse()
+        return self._error
+
     def outcome(self) -> ResponseOutcome:
-        """A snapshot of what has been observed so far."""
+        """A snapshot of what has been observed so far (parsing the response on first call)."""
+        self._parse()
         end = self._ended if self._ended is not None else time.perf_counter()
         return ResponseOutcome(
             status=self.status,
@@ -283,7 +351,7 @@ class ResponseTap:
             bytes=self.bytes,
             duration=end - self._request.started,
             complete=self.complete,
-            result=self.result,
-            error=self.error,
+            result=self._result,
+            error=self._error,
             truncated=self.truncated,
         )

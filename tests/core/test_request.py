@@ -195,3 +195,41 @@ def test_parser_never_raises_on_wrongly_typed_json(message: dict[str, Any], mode
         assert parsed.id is None or isinstance(parsed.id, str | int)
     else:
         assert parsed.status == 400 and isinstance(parsed.message, str)
+
+
+routing_values = st.one_of(
+    st.none(),
+    st.sampled_from(["2026-07-28", "2025-11-25", "tools/call", "resources/read", "echo", "=?base64?ZWNobw==?="]),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    message=envelopes,
+    meta=st.fixed_dictionaries(
+        {},
+        optional={
+            "io.modelcontextprotocol/protocolVersion": st.sampled_from(["2026-07-28", "2025-11-25"]) | json_values,
+            "io.modelcontextprotocol/clientCapabilities": json_values,
+        },
+    ),
+    name=st.sampled_from(["echo", "other"]) | json_values,
+    version=routing_values,
+    method=routing_values,
+    header_name=routing_values,
+)
+def test_fast_path_accepts_only_what_the_sdk_accepts(
+    message: dict[str, Any], meta: dict[str, Any], name: Any, version: Any, method: Any, header_name: Any
+) -> None:
+    """The core's shortcut for well-formed modern requests never lets through what the SDK's ladder refuses."""
+    from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
+
+    from mcp_middleware.core.request import _agrees
+
+    message = {**message, "method": message.get("method") if isinstance(message.get("method"), str) else "tools/call"}
+    message["params"] = {"name": name, "uri": name, "_meta": meta}
+    raw = [(b"mcp-protocol-version", version), (b"mcp-method", method), (b"mcp-name", header_name)]
+    headers = RequestHeaders([(k, v.encode()) for k, v in raw if v is not None])
+    routing = {k.decode(): v for k, v in raw if v is not None}
+    if _agrees(message, headers):
+        assert isinstance(classify_inbound_request(message, headers=routing), InboundModernRoute)

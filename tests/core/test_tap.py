@@ -154,9 +154,26 @@ def test_incomplete_stream_reports_so() -> None:
         (b"event: custom\ndata: x\n\n", [("custom", b"x")]),
         (b": comment only\n\n", []),
         (b"data: \n\n", [("message", b"")]),
+        (b"data\ndata:x\n\n", [("message", b"\nx")]),
+        (b"event: custom\nevent\ndata: x\n\n", [("message", b"x")]),
+        (b"datum: x\ndata:  two spaces\n\n", [("message", b" two spaces")]),
         (b"id: 1\nretry: 10\n\n", []),
         (b"data: last-without-blank-line\n", []),
     ],
 )
 def test_sse_parser_follows_the_event_stream_rules(stream: bytes, expected: list[tuple[str, bytes]]) -> None:
     assert SseParser(1024).feed(stream) == expected
+
+
+def test_only_cr_and_lf_break_lines() -> None:
+    """Vertical tab, form feed, file separators, NEL and U+2028 are data, not line ends."""
+    data = "a\x0bb\x0cc\x1cd\x1ee\x85f\u2028g".encode()
+    assert SseParser(1024).feed(b"data: " + data + b"\r\n\r\n") == [("message", data)]
+
+
+def test_a_long_line_in_many_chunks() -> None:
+    payload = b"y" * 50_000
+    stream = b"data: " + payload + b"\n\n"
+    parser = SseParser(1 << 20)
+    events = [e for i in range(0, len(stream), 100) for e in parser.feed(stream[i : i + 100])]
+    assert events == [("message", payload)]
