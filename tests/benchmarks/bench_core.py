@@ -518,7 +518,7 @@ async def check_cases() -> None:
 
         outcomes: list[ResponseOutcome] = []
         scope = http_scope(fx.headers)
-        core = McpCoreMiddleware(app, on_outcome=lambda request, outcome: outcomes.append(outcome))
+        core = McpCoreMiddleware(app, on_outcome=lambda request, outcome, kept=outcomes: kept.append(outcome))
         await core(scope, body_receive(fx.body), record)
         assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200, sent[0]
         outcome = outcomes[0]
