@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import JsonRpcCode, send_error
 from .kernel import DEFAULT_CONFIG, CoreConfig, read_request
@@ -56,18 +56,37 @@ class McpCoreMiddleware:
         if request is None:
             await self.app(scope, receive, send)
             return
+        if self.on_outcome is None:
+            await self._call(request, scope, receive, send, None)
+            return
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
+        try:
+            await self._call(request, scope, receive, send, tap)
+        finally:
+            pending = self.on_outcome(request, tap.outcome())
+            if pending is not None:
+                await pending
+
+    async def _call(
+        self, request: McpRequest, scope: Scope, receive: Receive, send: Send, tap: ResponseTap | None
+    ) -> None:
+        """Call the app; a crash before the response started becomes a JSON-RPC internal error."""
+        started = False
+        if tap is None:  # without a tap, a one-flag wrapper is enough to know whether it started
+            forward = send
+
+            async def tracked(message: Message) -> None:
+                nonlocal started
+                started = True
+                await forward(message)
+
+            send = tracked
         try:
             await self.app(scope, receive, send)
         except Exception:
-            if tap.started:
+            if started or (tap is not None and tap.started):
                 raise
             logger.exception("MCP app failed before responding to %s", request.method or request.http_method)
             await send_error(
                 send, status=500, code=JsonRpcCode.INTERNAL_ERROR, message="Internal error", request_id=request.id
             )
-        finally:
-            if self.on_outcome is not None:
-                pending = self.on_outcome(request, tap.outcome())
-                if pending is not None:
-                    await pending

@@ -12,8 +12,8 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 from mcp.shared.inbound import (
@@ -57,7 +57,12 @@ _CAPABILITIES_KEY = CLIENT_CAPABILITIES_META_KEY
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 _NAME_METHODS = frozenset({"tools/call", "prompts/get"})
 _ROUTING_HEADERS = (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
+_ROUTING_HEADER_BYTES = frozenset(name.encode() for name in _ROUTING_HEADERS)
 _INVALID_BODY = "Body must be a single JSON-RPC request or notification object"
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 class Era(enum.Enum):
@@ -87,48 +92,41 @@ class RequestKind(enum.Enum):
 
 
 class RequestHeaders:
-    """The few request headers the core needs, read from the raw ASGI list in one pass."""
+    """The few request headers the core needs, read from the raw ASGI list.
+
+    ASGI servers lower-case header names. Only the first copy of a header counts,
+    as in Starlette; a second copy of a routing header is remembered in
+    `duplicated` (the modern era refuses it).
+    """
 
     __slots__ = ("content_length", "content_type", "duplicated", "method", "name", "protocol_version", "session_id")
 
+    duplicated: str | None
+
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self.content_type: str | None = None
-        self.content_length: str | None = None
-        self.protocol_version: str | None = None
-        self.method: str | None = None
-        self.name: str | None = None
-        self.session_id: str | None = None
-        self.duplicated: str | None = None
-        duplicated = None
+        found = dict(raw)  # one C-level pass; a repeated name makes it shorter than `raw`
+        if len(found) != len(raw):
+            found = self._first_copies(raw)
+        else:
+            self.duplicated = None
+        get = found.get
+        self.content_type = _text(get(b"content-type"))
+        self.content_length = _text(get(b"content-length"))
+        self.protocol_version = _text(get(b"mcp-protocol-version"))
+        self.method = _text(get(b"mcp-method"))
+        self.name = _text(get(b"mcp-name"))
+        self.session_id = _text(get(b"mcp-session-id"))
+
+    def _first_copies(self, raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        duplicated: str | None = None
         for key, value in raw:
-            # ASGI servers lower-case header names; only the first copy counts, as in Starlette.
-            if key == b"content-type":
-                if self.content_type is None:
-                    self.content_type = value.decode("latin-1")
-            elif key == b"content-length":
-                if self.content_length is None:
-                    self.content_length = value.decode("latin-1")
-            elif key[:4] != b"mcp-":
-                continue
-            elif key == b"mcp-session-id":
-                if self.session_id is None:
-                    self.session_id = value.decode("latin-1")
-            elif key == b"mcp-protocol-version":
-                if self.protocol_version is None:
-                    self.protocol_version = value.decode("latin-1")
-                else:
-                    duplicated = duplicated or "mcp-protocol-version"
-            elif key == b"mcp-method":
-                if self.method is None:
-                    self.method = value.decode("latin-1")
-                else:
-                    duplicated = duplicated or "mcp-method"
-            elif key == b"mcp-name":
-                if self.name is None:
-                    self.name = value.decode("latin-1")
-                else:
-                    duplicated = duplicated or "mcp-name"
+            if key not in found:
+                found[key] = value
+            elif duplicated is None and key in _ROUTING_HEADER_BYTES:
+                duplicated = key.decode("latin-1")
         self.duplicated = duplicated
+        return found
 
     @property
     def era(self) -> Era:
@@ -137,13 +135,24 @@ class RequestHeaders:
         return Era.LEGACY if pv is None or pv in _HANDSHAKE_VERSIONS else Era.MODERN
 
 
-@dataclass(frozen=True, slots=True)
-class McpRequest:
-    """One MCP exchange as every middleware of the stack sees it.
+class McpRequest(NamedTuple):
+    """One MCP exchange as every middleware of the stack sees it (immutable).
 
     Built once per request by the first middleware that needs it and stored in
-    the scope (read it with :func:`get_mcp_request`). `params` and `meta` are the
-    decoded body's own objects: treat them as read-only.
+    the scope (read it with :func:`get_mcp_request`). `params` is the decoded
+    body's own object: treat it as read-only. Fields:
+
+    - `kind`, `era`, `protocol_version`, `http_method`;
+    - `method`, `id`: the JSON-RPC method and id;
+    - `params`: the decoded `params` object;
+    - `session_id`: `Mcp-Session-Id` (legacy era only);
+    - `headers_verified`: `Mcp-Method`/`Mcp-Name` were checked against the body
+      (modern requests only); never trust those headers otherwise;
+    - `body`: the raw body; `started`: `time.perf_counter()` when the core first
+      saw the request (0.0 for a view built by hand).
+
+    `name`, `uri`, `target`, `cursor`, `meta` and `progress_token` are read from
+    `params` when asked.
     """
 
     kind: RequestKind
@@ -152,28 +161,53 @@ class McpRequest:
     http_method: str = "POST"
     method: str | None = None
     id: RequestId | None = None
-    name: str | None = None
-    """Tool or prompt name (`tools/call`, `prompts/get`)."""
-    uri: str | None = None
-    """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
-    cursor: str | None = None
     params: Mapping[str, Any] | None = None
-    meta: Mapping[str, Any] | None = None
     session_id: str | None = None
     headers_verified: bool = False
-    """True when `Mcp-Method`/`Mcp-Name` were checked against the body (modern requests only)."""
     body: bytes = b""
-    started: float = field(default_factory=time.perf_counter)
-    """`time.perf_counter()` when the core first saw the request."""
+    started: float = 0.0
+
+    @property
+    def name(self) -> str | None:
+        """Tool or prompt name (`tools/call`, `prompts/get`)."""
+        if self.method not in _NAME_METHODS or self.params is None:
+            return None
+        value = self.params.get("name")
+        return value if isinstance(value, str) else None
+
+    @property
+    def uri(self) -> str | None:
+        """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
+        if self.method not in _URI_METHODS or self.params is None:
+            return None
+        value = self.params.get("uri")
+        return value if isinstance(value, str) else None
 
     @property
     def target(self) -> str | None:
         """The tool/prompt name or resource URI the request addresses, if any."""
-        return self.name if self.name is not None else self.uri
+        if self.params is None:
+            return None
+        key = "name" if self.method in _NAME_METHODS else "uri" if self.method in _URI_METHODS else None
+        value = self.params.get(key) if key is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def cursor(self) -> str | None:
+        """The pagination cursor (`""` is a valid cursor)."""
+        value = self.params.get("cursor") if self.params is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def meta(self) -> Mapping[str, Any] | None:
+        """`params._meta`."""
+        value = self.params.get("_meta") if self.params is not None else None
+        return value if isinstance(value, dict) else None
 
     @property
     def progress_token(self) -> str | int | None:
-        token = self.meta.get("progressToken") if self.meta is not None else None
+        meta = self.meta
+        token = meta.get("progressToken") if meta is not None else None
         return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
@@ -232,7 +266,7 @@ def parse_post(body: bytes, headers: RequestHeaders, started: float | None = Non
     method = message.get("method")
     if method is None:
         if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
-            return _view(RequestKind.RESPONSE, era, headers, message, None, request_id, None, body, started)
+            return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     if not isinstance(method, str) or not method:
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
@@ -247,7 +281,7 @@ def parse_post(body: bytes, headers: RequestHeaders, started: float | None = Non
         if rejection is not None:
             return rejection
         verified = kind is RequestKind.REQUEST
-    return _view(kind, era, headers, message, params, request_id, method, body, started, verified)
+    return _view(kind, era, headers, params, request_id, method, body, started, verified)
 
 
 def _modern_ladder(
@@ -303,7 +337,6 @@ def _view(
     kind: RequestKind,
     era: Era,
     headers: RequestHeaders,
-    message: dict[str, Any],
     params: dict[str, Any] | None,
     request_id: RequestId | None,
     method: str | None,
@@ -311,38 +344,22 @@ def _view(
     started: float | None,
     verified: bool = False,
 ) -> McpRequest:
-    name = uri = cursor = None
-    meta: dict[str, Any] | None = None
-    if params is not None:
-        if method in _NAME_METHODS:
-            value = params.get("name")
-            name = value if isinstance(value, str) else None
-        elif method in _URI_METHODS:
-            value = params.get("uri")
-            uri = value if isinstance(value, str) else None
-        value = params.get("cursor")
-        cursor = value if isinstance(value, str) else None
-        value = params.get("_meta")
-        meta = value if isinstance(value, dict) else None
     version = headers.protocol_version
     if version is None:
         proposed = params.get("protocolVersion") if params is not None and method == "initialize" else None
         version = proposed if isinstance(proposed, str) else DEFAULT_LEGACY_VERSION
     return McpRequest(
-        kind=kind,
-        era=era,
-        protocol_version=version,
-        method=method,
-        id=request_id,
-        name=name,
-        uri=uri,
-        cursor=cursor,
-        params=params,
-        meta=meta,
-        session_id=headers.session_id if era is Era.LEGACY else None,
-        headers_verified=verified,
-        body=body,
-        started=time.perf_counter() if started is None else started,
+        kind,
+        era,
+        version,
+        "POST",
+        method,
+        request_id,
+        params,
+        headers.session_id if era is Era.LEGACY else None,
+        verified,
+        body,
+        time.perf_counter() if started is None else started,
     )
 
 

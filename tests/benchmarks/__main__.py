@@ -39,6 +39,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e2e.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     e2e.add_argument("--pin", action="store_true", help="pin the servers to CPU 1 and the load generator to CPU 0")
     e2e.add_argument(
+        "--sequential",
+        action="store_true",
+        help="run the apps one after another (ABBA) instead of side by side in the same window (the default)",
+    )
+    e2e.add_argument(
         "--apps",
         default="bare,core",
         help="comma-separated apps of tests/benchmarks/apps.py, the baseline first (default bare,core)",
@@ -91,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             connections=args.connections,
             pin=args.pin,
+            paired=not args.sequential,
             apps=args.apps,
         )
         results["e2e"] = e2e.as_dict()

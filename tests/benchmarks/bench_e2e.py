@@ -90,7 +90,9 @@ class Server:
         self.log.close()
 
 
-def start_server(name: str, *, cpu: int | None = None) -> Server:
+def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Server:
+    """Start one server; `hash_seed` fixes PYTHONHASHSEED, one of the things two processes of
+    the same program differ by (the apps of one round get the same seed, rounds differ)."""
     port = free_port()
     command = [
         sys.executable,
@@ -113,7 +115,10 @@ def start_server(name: str, *, cpu: int | None = None) -> Server:
         "--no-access-log",
     ]
     log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server; closed by Server.stop)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     server = Server(name, port, process, log)
     if cpu is not None:
         with contextlib.suppress(OSError):
@@ -343,9 +348,9 @@ def schedule(apps: Sequence[str], repeats: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def serving(name: str, *, pin: bool) -> Iterator[Server]:
+def serving(name: str, *, pin: bool, hash_seed: int = 0) -> Iterator[Server]:
     """A fresh server process for one run, stopped by its handle afterwards (also on errors)."""
-    server = start_server(name, cpu=1 if pin else None)
+    server = start_server(name, cpu=1 if pin else None, hash_seed=hash_seed)
     try:
         yield server
     finally:
@@ -377,6 +382,21 @@ class E2EResult:
         """Throughput of `app` over the baseline's: the ratio of the medians."""
         return self.median_rps(app) / self.median_rps(self.base)
 
+    def cpu_ratio(self, app: str = "core") -> float:
+        """Requests per CPU-second of `app` over the baseline's (ratio of the median CPU µs per request).
+
+        At saturation a server's throughput is the CPU it gets divided by its CPU per request,
+        so this is the throughput ratio on a core of its own, whatever share the scheduler gave.
+        """
+        base = median([r.server_us_per_request for r in self.of(self.base)])
+        return base / median([r.server_us_per_request for r in self.of(app)])
+
+    def pair_cpu_ratios(self, app: str = "core") -> list[float]:
+        return [
+            b.server_us_per_request / a.server_us_per_request
+            for b, a in zip(self.of(self.base), self.of(app), strict=False)
+        ]
+
     def pair_ratios(self, app: str = "core") -> list[float]:
         """`app` over the baseline in each round of the schedule (runs close in time)."""
         return [a.rps / b.rps for b, a in zip(self.of(self.base), self.of(app), strict=False)]
@@ -407,6 +427,8 @@ class E2EResult:
             ],
             "median_rps": {app: self.median_rps(app) for app in self.apps},
             "ratio": {app: self.ratio(app) for app in others},
+            "cpu_ratio": {app: self.cpu_ratio(app) for app in others},
+            "pair_cpu_ratios": {app: self.pair_cpu_ratios(app) for app in others},
             "pair_ratios": {app: self.pair_ratios(app) for app in others},
             "target_ratio": TARGET_RATIO,
             "seconds": self.seconds,
@@ -424,6 +446,43 @@ def _run_line(run: Run, total: int) -> str:
     return line
 
 
+async def run_paired(
+    *, repeats: int, warmup: float, duration: float, connections: int, apps: Sequence[str]
+) -> E2EResult:
+    """Each round serves every app at once (fresh processes) and loads them in the same window.
+
+    The VM's speed drifts by ±15 % over tens of seconds; loading the apps side by side
+    makes a drift fall on all of them alike, so the per-round ratio measures the app.
+    Each server has a core while the shared load generator takes its few percent from both.
+    """
+    started = time.perf_counter()
+    print(section(f"e2e: modern tools/call ({BODY_SIZE} B body) over loopback, {connections} keep-alive connections"))
+    print(
+        f"  paired: each round runs fresh uvicorn subprocesses of {', '.join(apps)} side by side"
+        f" (1 worker each, asyncio, h11), each loaded by its own {connections} connections in the same window;"
+        f" {warmup:g} s warm-up + {duration:g} s measured, {repeats} rounds"
+    )
+    runs: list[Run] = []
+    total = repeats * len(apps)
+    for round_ in range(repeats):
+        order = list(apps) if round_ % 2 == 0 else list(reversed(apps))  # alternate who starts first
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(serving(name, pin=False, hash_seed=round_)) for name in order]
+            for server in servers:
+                await wait_ready(server)
+            first = round_ * len(apps) + 1
+            done = await asyncio.gather(
+                *(
+                    load(server, index=first + i, connections=connections, warmup=warmup, duration=duration)
+                    for i, server in enumerate(servers)
+                )
+            )
+        for run in sorted(done, key=lambda r: apps.index(r.app)):
+            runs.append(run)
+            print(_run_line(run, total), flush=True)
+    return E2EResult(tuple(apps), runs, connections, warmup, duration, False, time.perf_counter() - started)
+
+
 async def run_e2e(
     *,
     repeats: int,
@@ -432,11 +491,18 @@ async def run_e2e(
     connections: int,
     pin: bool,
     apps: Sequence[str] = ("bare", "core"),
+    paired: bool = True,
 ) -> E2EResult:
-    """Serve and load each app `repeats` times in ABBA order; the first app is the baseline."""
+    """Serve and load each app `repeats` times; the first app is the baseline.
+
+    `paired` (the default) loads all apps at once in each round; otherwise the apps
+    run one after another in ABBA order, each with the machine to itself.
+    """
     unknown = [name for name in apps if name not in APPS]
     if unknown or len(apps) < 2:
         raise ValueError(f"apps must name at least two of {sorted(APPS)}, the baseline first; got {list(apps)}")
+    if paired:
+        return await run_paired(repeats=repeats, warmup=warmup, duration=duration, connections=connections, apps=apps)
     started = time.perf_counter()
     order = schedule(apps, repeats)
     print(section(f"e2e: modern tools/call ({BODY_SIZE} B body) over loopback, {connections} keep-alive connections"))
@@ -451,7 +517,7 @@ async def run_e2e(
         if pin:
             os.sched_setaffinity(0, {0})
         for i, name in enumerate(order, 1):
-            with serving(name, pin=pin) as server:
+            with serving(name, pin=pin, hash_seed=(i - 1) // len(apps)) as server:
                 await wait_ready(server)
                 run = await load(server, index=i, connections=connections, warmup=warmup, duration=duration)
             runs.append(run)
@@ -496,6 +562,11 @@ def report(result: E2EResult) -> str:
         )
         lines.append(f"  per-round ratios: {' '.join(f'{p:.3f}' for p in pairs)}  (median {median(pairs):.3f})")
         lines.append(f"  server CPU per request, {app} - {base}: {app_us - base_us:+.1f} µs")
+        cpu_pairs = result.pair_cpu_ratios(app)
+        lines.append(
+            f"  requests per CPU-second {app}/{base} (ratio of median CPU µs/req): {result.cpu_ratio(app):.3f};"
+            f" per round: {' '.join(f'{p:.3f}' for p in cpu_pairs)}  (median {median(cpu_pairs):.3f})"
+        )
     if max(r.client_cpu for r in result.runs) > 0.8:
         lines.append("  WARNING: the load generator used > 80 % of a core; it may be the bottleneck")
     if any(r.errors for r in result.runs):
@@ -511,9 +582,18 @@ def main(
     connections: int = 16,
     pin: bool = False,
     apps: Sequence[str] = ("bare", "core"),
+    paired: bool = True,
 ) -> E2EResult:
     result = asyncio.run(
-        run_e2e(repeats=repeats, warmup=warmup, duration=duration, connections=connections, pin=pin, apps=apps)
+        run_e2e(
+            repeats=repeats,
+            warmup=warmup,
+            duration=duration,
+            connections=connections,
+            pin=pin,
+            apps=apps,
+            paired=paired and not pin,
+        )
     )
     print(report(result))
     return result

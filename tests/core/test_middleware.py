@@ -256,3 +256,56 @@ async def test_legacy_cancellation_leaves_no_task(serve: Any) -> None:
         tg.cancel_scope.cancel()
     assert await _wait_for(lambda: "cancelled" in log.events), log.events
     assert await _wait_for(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
+async def _crashing_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    await receive()
+    raise RuntimeError("secret internal detail")
+
+
+async def _crashing_mid_stream(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        return await _lifespan(receive, send)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+    raise RuntimeError("after the start")
+
+
+@pytest.mark.parametrize("with_hook", [False, True])
+async def test_a_crash_before_responding_is_a_json_rpc_error(with_hook: bool, serve: Any) -> None:
+    outcomes: list[ResponseOutcome] = []
+    hook = (lambda r, o: outcomes.append(o)) if with_hook else None
+    served = serve(McpCoreMiddleware(_crashing_app, on_outcome=hook))
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.post(
+            served.mcp_url,
+            content=b'{"jsonrpc":"2.0","id":"c-1","method":"tools/list"}',
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 500
+    assert response.json() == {"jsonrpc": "2.0", "id": "c-1", "error": {"code": -32603, "message": "Internal error"}}
+    assert "secret" not in response.text
+    if with_hook:
+        assert outcomes[0].status == 500 and outcomes[0].error_code == -32603
+
+
+async def test_a_crash_after_the_response_started_is_not_answered_twice(serve: Any) -> None:
+    outcomes: list[ResponseOutcome] = []
+    app = McpCoreMiddleware(_crashing_mid_stream, on_outcome=lambda r, o: outcomes.append(o))
+    served = serve(app)
+    async with httpx2.AsyncClient(timeout=10) as http:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await http.post(
+                served.mcp_url,
+                content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
+                headers={"content-type": "application/json"},
+            )
+    assert outcomes[0].status == 200 and not outcomes[0].complete

@@ -11,7 +11,8 @@ from mcp_middleware.core.selectors import Selector, SelectorMap
 
 
 def request(method: str | None, name: str | None = None, uri: str | None = None) -> McpRequest:
-    return McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method=method, name=name, uri=uri)
+    params = {k: v for k, v in (("name", name), ("uri", uri)) if v is not None}
+    return McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method=method, params=params)
 
 
 @pytest.mark.parametrize(
