@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.types import Message, Scope, Send
@@ -29,25 +28,25 @@ _MAX_CANDIDATES = 4
 """SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseOutcome:
-    """What the response to one MCP request turned out to be."""
+class ResponseOutcome(NamedTuple):
+    """What the response to one MCP request turned out to be (immutable).
+
+    - `status`: HTTP status, or `None` if no response was started;
+    - `content_type`; `bytes`: body bytes sent to the client;
+    - `duration`: seconds from the request's arrival to the end of the response
+      (or to now, if it has not ended); `complete`: the final body message was sent;
+    - `result` / `error`: the JSON-RPC `result` or `error` object, when the response carried one;
+    - `truncated`: the body (or an SSE event) exceeded the tap's bound and was not inspected.
+    """
 
     status: int | None
-    """HTTP status, or `None` if no response was started."""
     content_type: str | None
     bytes: int
-    """Body bytes sent to the client."""
     duration: float
-    """Seconds from the request's arrival to the end of the response (or to now, if it has not ended)."""
     complete: bool
-    """The final body message was sent."""
     result: dict[str, Any] | None = None
-    """The JSON-RPC `result` object, when the response carried one."""
     error: dict[str, Any] | None = None
-    """The JSON-RPC `error` object, when the response carried one."""
     truncated: bool = False
-    """The body (or an SSE event) exceeded the tap's bound and was not inspected."""
 
     @property
     def error_code(self) -> int | None:
@@ -264,12 +263,18 @@ class ResponseTap:
 
     def _on_start(self, message: Message) -> None:
         self.status = message["status"]
+        content_type = None
         encoded = False
         for key, value in message.get("headers", ()):
             if key == b"content-type":
-                self.content_type = value.split(b";", 1)[0].strip().lower().decode("latin-1")
+                content_type = value
             elif key == b"content-encoding" and value.strip().lower() != b"identity":
                 encoded = True
+        if content_type is not None:
+            if content_type == b"application/json" or content_type == b"text/event-stream":  # the usual, as is
+                self.content_type = content_type.decode("latin-1")
+            else:
+                self.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
         if encoded or self._request.kind is not RequestKind.REQUEST:
             return  # only requests have a response to find; compressed bodies are not inspected
         if self.content_type == "application/json":
@@ -346,12 +351,12 @@ class ResponseTap:
         self._parse()
         end = self._ended if self._ended is not None else time.perf_counter()
         return ResponseOutcome(
-            status=self.status,
-            content_type=self.content_type,
-            bytes=self.bytes,
-            duration=end - self._request.started,
-            complete=self.complete,
-            result=self._result,
-            error=self._error,
-            truncated=self.truncated,
+            self.status,
+            self.content_type,
+            self.bytes,
+            end - self._request.started,
+            self.complete,
+            self._result,
+            self._error,
+            self.truncated,
         )

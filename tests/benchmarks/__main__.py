@@ -4,6 +4,7 @@ python -m tests.benchmarks                 # everything (about 1.5 minutes)
 python -m tests.benchmarks --quick         # a smoke run: fewer samples, 2 short repeats
 python -m tests.benchmarks --only micro    # in-process cost of the core only
 python -m tests.benchmarks --only e2e --repeats 6 --json out.json
+python -m tests.benchmarks --only instructions   # deterministic instruction counts (valgrind)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import bench_core, bench_e2e
+from . import bench_core, bench_e2e, bench_instructions
 from ._common import machine, section, verdict
 from .apps import APPS
 
@@ -27,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmarks of mcp_middleware, with ratios against the bare app/server measured in the same run.",
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (fewer samples and repeats)")
-    parser.add_argument("--only", choices=("micro", "e2e"), help="run one benchmark only")
+    parser.add_argument("--only", choices=("micro", "e2e", "instructions"), help="run one benchmark only")
     micro = parser.add_argument_group("micro")
     micro.add_argument("--samples", type=int, help="samples per case (default 200, quick 40)")
     micro.add_argument("--sample-ms", type=float, help="target milliseconds per sample (default 4, quick 2)")
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  {', '.join(f'{k} {v}' for k, v in info['versions'].items())}"
     )
     results: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
-    micro = e2e = None
+    micro = e2e = instructions = None
     if args.only in (None, "micro"):
         micro = bench_core.main(samples=args.samples, sample_ms=args.sample_ms, in_situ_requests=args.in_situ)
         results["micro"] = micro.as_dict()
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             apps=args.apps,
         )
         results["e2e"] = e2e.as_dict()
+    if args.only in (None, "instructions"):
+        low, high = (20, 70) if args.quick else (50, 250)
+        instructions = bench_instructions.main(apps=args.apps, low=low, high=high)
+        results["instructions"] = instructions
     total = time.perf_counter() - started
     results["seconds"] = total
 
@@ -111,10 +116,20 @@ def main(argv: list[str] | None = None) -> int:
             f"  (≤ {bench_core.TARGET_US:g} µs: {verdict(cost <= bench_core.TARGET_US)})"
         )
     if e2e is not None and "core" in e2e.apps[1:]:
-        ratio = e2e.ratio("core")
+        ratio, cpu_ratio = e2e.ratio("core"), e2e.cpu_ratio("core")
         print(
             f"  e2e throughput core/{e2e.base}: {ratio:.3f}"
             f" ({e2e.median_rps('core'):,.0f} / {e2e.median_rps(e2e.base):,.0f} req/s, medians of {args.repeats} runs)"
+            f"  (≥ {bench_e2e.TARGET_RATIO:g}: {verdict(ratio >= bench_e2e.TARGET_RATIO)})"
+        )
+        print(
+            f"  e2e requests per server CPU-second core/{e2e.base}: {cpu_ratio:.3f}"
+            f"  (≥ {bench_e2e.TARGET_RATIO:g}: {verdict(cpu_ratio >= bench_e2e.TARGET_RATIO)})"
+        )
+    if instructions is not None and "core" in instructions["ratio"]:
+        ratio = instructions["ratio"]["core"]
+        print(
+            f"  instructions per request {args.apps[0]}/core: {ratio:.4f}"
             f"  (≥ {bench_e2e.TARGET_RATIO:g}: {verdict(ratio >= bench_e2e.TARGET_RATIO)})"
         )
     print("  one run on a noisy machine is one sample: repeat, and quote medians and ratios")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp
 
-from mcp_middleware.core import McpCoreMiddleware
+from mcp_middleware.core import McpCoreMiddleware, McpRequest, ResponseOutcome
 from tests.servers import build_server
 
 
@@ -23,5 +23,14 @@ def core() -> ASGIApp:
     return McpCoreMiddleware(build_server().streamable_http_app())
 
 
-APPS = {"bare": bare, "core": core}
+def _ignore(request: McpRequest, outcome: ResponseOutcome) -> None:
+    return None
+
+
+def core_tap() -> ASGIApp:
+    """The core with an outcome hook: every response is tapped and its JSON-RPC outcome parsed."""
+    return McpCoreMiddleware(build_server().streamable_http_app(), on_outcome=_ignore)
+
+
+APPS = {"bare": bare, "core": core, "core_tap": core_tap}
 """Name → factory; `bench_e2e` serves `tests.benchmarks.apps:<name>`."""

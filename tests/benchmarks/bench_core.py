@@ -277,13 +277,20 @@ def asgi_pairs() -> list[tuple[str, Case, Case]]:
     """(label, bare, core) pairs: the trivial app alone and wrapped in the core."""
     modern, legacy = fixture("modern"), fixture("legacy")
     pairs = []
-    for label, fx, app in (
-        ("modern tools/call, JSON response", modern, json_app),
-        ("legacy tools/call, JSON response", legacy, json_app),
-        ("modern tools/call, SSE response", modern, sse_app),
+
+    def hook(request: McpRequest, outcome: ResponseOutcome) -> None:
+        return None
+
+    # The first pair is the issue's target: parse, replay and tap (an outcome hook makes the core tap).
+    for label, fx, app, on_outcome in (
+        ("modern tools/call, JSON, tap + hook", modern, json_app, hook),
+        ("modern tools/call, JSON, no hook", modern, json_app, None),
+        ("legacy tools/call, JSON, tap + hook", legacy, json_app, hook),
+        ("modern tools/call, SSE, tap + hook", modern, sse_app, hook),
     ):
         bare = asgi_case(f"{label}: app", app, fx.headers, fx.body)
-        core = asgi_case(f"{label}: core(app)", McpCoreMiddleware(app), fx.headers, fx.body)
+        wrapped = McpCoreMiddleware(app, on_outcome=on_outcome)
+        core = asgi_case(f"{label}: core(app)", wrapped, fx.headers, fx.body)
         pairs.append((label, bare, core))
     return pairs
 
@@ -626,7 +633,7 @@ def report(result: MicroResult) -> str:
     )
     cost = result.core_cost_us(0)
     lines.append(
-        f"\n  core cost, modern 1 KB tools/call (JSON): {cost:.2f} µs median  "
+        f"\n  core cost (parse, replay, tap), modern 1 KB tools/call (JSON): {cost:.2f} µs median  "
         f"(target ≤ {TARGET_US:g} µs: {'PASS' if cost <= TARGET_US else 'MISS'})"
     )
     lines.append(
