@@ -40,9 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e2e.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
     e2e.add_argument("--pin", action="store_true", help="pin the servers to CPU 1 and the load generator to CPU 0")
     e2e.add_argument(
-        "--sequential",
-        action="store_true",
-        help="run the apps one after another (ABBA) instead of side by side in the same window (the default)",
+        "--mode",
+        choices=("shared", "paired", "sequential"),
+        default="shared",
+        help="shared: one server process hosts every app, loaded in turn (default); paired: a process per app,"
+        " side by side in the same window; sequential: a process per app, one after another",
     )
     e2e.add_argument(
         "--apps",
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             connections=args.connections,
             pin=args.pin,
-            paired=not args.sequential,
+            mode=args.mode,
             apps=args.apps,
         )
         results["e2e"] = e2e.as_dict()

@@ -126,7 +126,7 @@ def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Se
     return server
 
 
-async def wait_ready(server: Server, patience: float = 30.0) -> None:
+async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp") -> None:
     """Until the server answers a `tools/call` correctly (or fail with its log)."""
     deadline = time.monotonic() + patience
     last: Exception | None = None
@@ -140,7 +140,7 @@ async def wait_ready(server: Server, patience: float = 30.0) -> None:
             await asyncio.sleep(0.05)
             continue
         try:
-            wire = Wire(server.port)
+            wire = Wire(server.port, path)
             writer.write(wire.request(_FIRST_ID))
             status, body = await asyncio.wait_for(read_response(reader), 10)
             wire.check(status, body, _FIRST_ID)
@@ -158,12 +158,12 @@ async def wait_ready(server: Server, patience: float = 30.0) -> None:
 class Wire:
     """The bytes of one modern `tools/call` POST, with a 6-digit id spliced in."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, path: str = "/mcp") -> None:
         body = tools_call_body(_FIRST_ID)
         marker = b'"id":%d' % _FIRST_ID
         head, tail = body.split(marker)
         self.text = orjson.loads(body)["params"]["arguments"]["text"]
-        lines = ["POST /mcp HTTP/1.1", f"host: {HOST}:{port}", "user-agent: mcp-bench/1"]
+        lines = [f"POST {path} HTTP/1.1", f"host: {HOST}:{port}", "user-agent: mcp-bench/1"]
         lines += [f"{k}: {v}" for k, v in modern_headers()]
         lines.append(f"content-length: {len(body)}")
         self._prefix = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + head + b'"id":'
@@ -297,8 +297,10 @@ async def _until(deadline_ns: int, tasks: list[asyncio.Task[None]]) -> None:
             return  # all stopped by themselves (the request bound)
 
 
-async def load(server: Server, *, index: int, connections: int, warmup: float, duration: float) -> Run:
-    wire = Wire(server.port)
+async def load(
+    server: Server, *, index: int, connections: int, warmup: float, duration: float, path: str = "/mcp"
+) -> Run:
+    wire = Wire(server.port, path)
     now = time.perf_counter_ns()
     window = _Window(start=now + int(warmup * 1e9), end=now + int((warmup + duration) * 1e9))
     tasks = [asyncio.create_task(_connection(server.port, wire, window, i)) for i in range(connections)]
@@ -446,6 +448,35 @@ def _run_line(run: Run, total: int) -> str:
     return line
 
 
+async def run_shared(
+    *, repeats: int, warmup: float, duration: float, connections: int, apps: Sequence[str]
+) -> E2EResult:
+    """One server process hosts every app (`apps:shared`, at `/<app>/mcp`); windows load them in turn (ABBA).
+
+    Same process, same memory layout, same vCPU luck; consecutive windows a few seconds
+    apart share the machine's drift. What differs between two windows is the app.
+    """
+    started = time.perf_counter()
+    order = schedule(apps, repeats)
+    print(section(f"e2e: modern tools/call ({BODY_SIZE} B body) over loopback, {connections} keep-alive connections"))
+    print(
+        f"  shared: one uvicorn subprocess (1 worker, asyncio, h11) serving {', '.join(apps)} at /<app>/mcp;"
+        f" windows of {warmup:g} s warm-up + {duration:g} s measured, in the order {' '.join(order)}"
+    )
+    runs: list[Run] = []
+    with serving("shared", pin=False) as server:
+        for app in apps:
+            await wait_ready(server, path=f"/{app}/mcp")
+        for i, app in enumerate(order, 1):
+            run = await load(
+                server, index=i, connections=connections, warmup=warmup, duration=duration, path=f"/{app}/mcp"
+            )
+            run.app = app
+            runs.append(run)
+            print(_run_line(run, len(order)), flush=True)
+    return E2EResult(tuple(apps), runs, connections, warmup, duration, False, time.perf_counter() - started)
+
+
 async def run_paired(
     *, repeats: int, warmup: float, duration: float, connections: int, apps: Sequence[str]
 ) -> E2EResult:
@@ -491,17 +522,20 @@ async def run_e2e(
     connections: int,
     pin: bool,
     apps: Sequence[str] = ("bare", "core"),
-    paired: bool = True,
+    mode: str = "shared",
 ) -> E2EResult:
     """Serve and load each app `repeats` times; the first app is the baseline.
 
-    `paired` (the default) loads all apps at once in each round; otherwise the apps
-    run one after another in ABBA order, each with the machine to itself.
+    Modes: `shared` (the default) serves all apps from one process and loads them in
+    turn; `paired` runs a fresh process per app side by side in the same window;
+    `sequential` runs a fresh process per app one after another (ABBA).
     """
     unknown = [name for name in apps if name not in APPS]
     if unknown or len(apps) < 2:
         raise ValueError(f"apps must name at least two of {sorted(APPS)}, the baseline first; got {list(apps)}")
-    if paired:
+    if mode == "shared":
+        return await run_shared(repeats=repeats, warmup=warmup, duration=duration, connections=connections, apps=apps)
+    if mode == "paired":
         return await run_paired(repeats=repeats, warmup=warmup, duration=duration, connections=connections, apps=apps)
     started = time.perf_counter()
     order = schedule(apps, repeats)
@@ -582,7 +616,7 @@ def main(
     connections: int = 16,
     pin: bool = False,
     apps: Sequence[str] = ("bare", "core"),
-    paired: bool = True,
+    mode: str = "shared",
 ) -> E2EResult:
     result = asyncio.run(
         run_e2e(
@@ -592,7 +626,7 @@ def main(
             connections=connections,
             pin=pin,
             apps=apps,
-            paired=paired and not pin,
+            mode="sequential" if pin else mode,
         )
     )
     print(report(result))
