@@ -167,30 +167,27 @@ class McpRequest(NamedTuple):
     body: bytes = b""
     started: float = 0.0
 
+    def _text_param(self, methods: frozenset[str], key: str) -> str | None:
+        if self.method not in methods or self.params is None:
+            return None
+        value = self.params.get(key)
+        return value if isinstance(value, str) else None
+
     @property
     def name(self) -> str | None:
         """Tool or prompt name (`tools/call`, `prompts/get`)."""
-        if self.method not in _NAME_METHODS or self.params is None:
-            return None
-        value = self.params.get("name")
-        return value if isinstance(value, str) else None
+        return self._text_param(_NAME_METHODS, "name")
 
     @property
     def uri(self) -> str | None:
         """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
-        if self.method not in _URI_METHODS or self.params is None:
-            return None
-        value = self.params.get("uri")
-        return value if isinstance(value, str) else None
+        return self._text_param(_URI_METHODS, "uri")
 
     @property
     def target(self) -> str | None:
         """The tool/prompt name or resource URI the request addresses, if any."""
-        if self.params is None:
-            return None
-        key = "name" if self.method in _NAME_METHODS else "uri" if self.method in _URI_METHODS else None
-        value = self.params.get(key) if key is not None else None
-        return value if isinstance(value, str) else None
+        name = self.name
+        return name if name is not None else self.uri
 
     @property
     def cursor(self) -> str | None:
