@@ -85,6 +85,16 @@ async def drop(message: Message) -> None:
     return None
 
 
+def json_response(body: bytes) -> tuple[Message, Message]:
+    """The two ASGI messages of a complete `application/json` response carrying `body`."""
+    start: Message = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    return start, {"type": "http.response.body", "body": body, "more_body": False}
+
+
 RESULT_BODY = orjson.dumps(
     {
         "jsonrpc": "2.0",
@@ -92,12 +102,7 @@ RESULT_BODY = orjson.dumps(
         "result": {"content": [{"type": "text", "text": "ok"}], "isError": False, "resultType": "complete"},
     }
 )
-JSON_START: Message = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(RESULT_BODY)).encode())],
-}
-JSON_END: Message = {"type": "http.response.body", "body": RESULT_BODY, "more_body": False}
+JSON_START, JSON_END = json_response(RESULT_BODY)
 
 
 async def json_app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,12 +130,7 @@ ECHO_BODY = orjson.dumps(
     }
 )
 """What the test server's `echo` answers to the 1 KB modern call (the end-to-end benchmark's response)."""
-ECHO_START: Message = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-length", str(len(ECHO_BODY)).encode()), (b"content-type", b"application/json")],
-}
-ECHO_END: Message = {"type": "http.response.body", "body": ECHO_BODY, "more_body": False}
+ECHO_START, ECHO_END = json_response(ECHO_BODY)
 
 LIST_BODY = orjson.dumps(
     {
@@ -148,13 +148,8 @@ LIST_BODY = orjson.dumps(
         },
     }
 )
-"""A large result (a `tools/list` of 400 tools, ~70 KB): the tap parses every JSON body it may inspect."""
-LIST_START: Message = {
-    "type": "http.response.start",
-    "status": 200,
-    "headers": [(b"content-length", str(len(LIST_BODY)).encode()), (b"content-type", b"application/json")],
-}
-LIST_END: Message = {"type": "http.response.body", "body": LIST_BODY, "more_body": False}
+"""A large result (a `tools/list` of 400 tools, ~70 KB): kept by the tap, parsed only when someone asks."""
+LIST_START, LIST_END = json_response(LIST_BODY)
 
 _PROGRESS = orjson.dumps(
     {
