@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import importlib
 import os
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Literal
 
@@ -31,6 +34,16 @@ def require(module: str, why: str) -> ModuleType:
         if os.environ.get("CI"):
             pytest.fail(f"{module} is required in CI ({why}): {exc}")
         pytest.skip(f"{module} not installed ({why})", allow_module_level=True)
+
+
+def require_binary(name: str, why: str) -> str:
+    """The path of a program: skip without it locally, fail without it in CI (CI must not skip)."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is required in CI ({why}); .ci/run installs it")
+        pytest.skip(f"{name} not installed ({why})")
+    return path
 
 
 @pytest.fixture
@@ -112,3 +125,58 @@ async def connect(url: str, era: Era, **kwargs: Any) -> AsyncIterator[Client]:
         expected = "2025-11-25" if era == "legacy" else "2026-07-28"
         assert client.protocol_version == expected
         yield client
+
+
+@dataclass
+class RedisServer:
+    """A real `redis-server` on a free loopback port, no persistence; `stop()`/`start()` for outage tests."""
+
+    binary: str
+    directory: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, patience: float = 10.0) -> None:
+        """Start (or restart, on the same port) and wait until it answers PING."""
+        assert self.process is None, "already running"
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        command += ["--dir", str(self.directory), "--loglevel", "warning"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL); clients see connection errors until `start()`."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real `redis-server` for the test (fails in CI if it is not installed, skips locally)."""
+    server = RedisServer(require_binary("redis-server", "Redis store tests"), tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

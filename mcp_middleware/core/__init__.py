@@ -2,10 +2,19 @@
 
 Parse once (:func:`read_request` → :class:`McpRequest` in the scope), stream always
 (:class:`ResponseTap` observes without holding back), refuse with JSON-RPC errors
-(:func:`send_error`, :class:`ErrorCode`), and share who is calling (:class:`Principal`)
-and which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`).
+(:func:`send_error`, :class:`ErrorCode`), and share who is calling (:class:`Principal`),
+which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`) and what each
+middleware decided (:func:`record_decision`, :func:`observe_decisions`).
 """
 
+from .decisions import (
+    DECISIONS_SCOPE_KEY,
+    Decision,
+    DecisionObserver,
+    get_decisions,
+    observe_decisions,
+    record_decision,
+)
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
 from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse
 from .middleware import McpCoreMiddleware, OutcomeHook
@@ -16,9 +25,12 @@ from .tap import ResponseOutcome, ResponseTap, SseParser
 
 __all__ = [
     "ANONYMOUS",
+    "DECISIONS_SCOPE_KEY",
     "DEFAULT_CONFIG",
     "DEFAULT_MAX_BODY_SIZE",
     "CoreConfig",
+    "Decision",
+    "DecisionObserver",
     "Era",
     "ErrorCode",
     "JsonRpcCode",
@@ -35,9 +47,12 @@ __all__ = [
     "SelectorMap",
     "SseParser",
     "error_body",
+    "get_decisions",
     "get_mcp_request",
     "get_principal",
+    "observe_decisions",
     "read_request",
+    "record_decision",
     "refuse",
     "send_error",
     "set_principal",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from starlette.types import Message, Receive, Scope, Send
 
+from .decisions import record_decision
 from .errors import ErrorCode, send_error
 from .request import (
     REQUEST_SCOPE_KEY,
@@ -158,12 +159,13 @@ async def read_request(
 
     content_type = headers.content_type
     if content_type is None or not content_type.lower().startswith("application/json"):
-        await refuse(send, Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"))
+        rejection = Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
+        await _refuse(scope, send, rejection)
         return None
     limit = config.max_body_size
     declared = _declared_length(headers.content_length)
     if declared is not None and declared > limit:
-        await refuse(send, _too_large(limit))
+        await _refuse(scope, send, _too_large(limit))
         return None
 
     chunks: list[bytes] = []
@@ -176,7 +178,7 @@ async def read_request(
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            await refuse(send, _too_large(limit))
+            await _refuse(scope, send, _too_large(limit))
             return None
         chunks.append(chunk)
         more = message.get("more_body", False)
@@ -184,10 +186,16 @@ async def read_request(
 
     parsed = parse_post(body, headers, started)
     if isinstance(parsed, Rejection):
-        await refuse(send, parsed)
+        await _refuse(scope, send, parsed)
         return None
     scope[REQUEST_SCOPE_KEY] = parsed
     return parsed, _Replay(body, receive)
+
+
+async def _refuse(scope: Scope, send: Send, rejection: Rejection) -> None:
+    """Refuse bad input, and say so to whoever observes decisions (tracing sees refused requests too)."""
+    record_decision(scope, "core", "rejected", status=rejection.status, code=int(rejection.code))
+    await refuse(send, rejection)
 
 
 def _too_large(limit: int) -> Rejection:

@@ -10,16 +10,33 @@ python -m tests.benchmarks --only instructions   # deterministic instruction cou
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import pkgutil
 import signal
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from . import bench_core, bench_e2e, bench_instructions
 from ._common import machine, section, verdict
 from .apps import APPS
+
+_BUILT_IN = ("micro", "e2e", "instructions")
+
+
+def components() -> dict[str, ModuleType]:
+    """The benchmarks of each middleware: every `bench_<name>.py` beside this file other than the
+    core's. Each defines `main(quick: bool) -> dict` that prints its own report and returns its
+    figures, with `"targets": [[label, value, unit, target, met], ...]` for the summary."""
+    found = {}
+    for module in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        name = module.name.removeprefix("bench_")
+        if module.name.startswith("bench_") and name not in ("core", "e2e", "instructions"):
+            found[name] = importlib.import_module(f"{__package__}.{module.name}")
+    return found
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmarks of mcp_middleware, with ratios against the bare app/server measured in the same run.",
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (fewer samples and repeats)")
-    parser.add_argument("--only", choices=("micro", "e2e", "instructions"), help="run one benchmark only")
+    parser.add_argument("--only", choices=(*_BUILT_IN, *components()), help="run one benchmark only")
     micro = parser.add_argument_group("micro")
     micro.add_argument("--samples", type=int, help="samples per case (default 200, quick 40)")
     micro.add_argument("--sample-ms", type=float, help="target milliseconds per sample (default 4, quick 2)")
@@ -107,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         low, high = (20, 70) if args.quick else (50, 250)
         instructions = bench_instructions.main(apps=args.apps, low=low, high=high)
         results["instructions"] = instructions
+    extra: dict[str, dict[str, Any]] = {}
+    for name, module in components().items():
+        if args.only in (None, name):
+            extra[name] = results[name] = module.main(quick=args.quick)
     total = time.perf_counter() - started
     results["seconds"] = total
 
@@ -134,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             f"  instructions per request {args.apps[0]}/core: {ratio:.4f}"
             f"  (≥ {bench_e2e.TARGET_RATIO:g}: {verdict(ratio >= bench_e2e.TARGET_RATIO)})"
         )
+    for figures in extra.values():
+        for label, value, unit, target, met in figures.get("targets", []):
+            print(f"  {label}: {value:.3f} {unit}  ({target}: {verdict(met)})")
     print("  one run on a noisy machine is one sample: repeat, and quote medians and ratios")
     print(f"\n  total {total:.1f} s")
     if args.json is not None:

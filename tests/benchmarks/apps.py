@@ -1,13 +1,23 @@
-"""The apps the end-to-end benchmark serves, as uvicorn factories (`--factory`).
+"""The stacks the end-to-end benchmarks serve: the test server, bare or wrapped.
 
-Each is the test server of `tests/servers.py` (its `echo` tool answers the load),
-served alone or wrapped in the core with default settings. Later issues add their
-middlewares here, so every stack is measured against the same bare server.
+A *stack* is a function that wraps the SDK app of `tests/servers.py` (whose `echo`
+tool answers the load), plus any request headers the load must carry through it (a
+bearer token, say). `bare` and `core` live here; each middleware adds its own stacks
+in a module `tests/benchmarks/stack_<name>.py` that defines `STACKS = {name: Stack(...)}`,
+found here by name, so every stack is measured against the same bare server.
+
+Every stack is also a uvicorn factory: `uvicorn --factory tests.benchmarks.apps:<name>`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -15,39 +25,61 @@ from mcp_middleware.core import McpCoreMiddleware, McpRequest, ResponseOutcome
 from tests.servers import build_server
 
 
-def bare() -> ASGIApp:
-    """The SDK's Streamable HTTP app, nothing in front."""
-    return build_server().streamable_http_app()
+@dataclass(frozen=True)
+class Stack:
+    """How to wrap the test server's app, and what headers a request needs to pass through it."""
 
-
-def core() -> ASGIApp:
-    """The same app behind `McpCoreMiddleware` (default config: `/mcp`, 4 MiB bounds, no hook)."""
-    return McpCoreMiddleware(build_server().streamable_http_app())
+    wrap: Callable[[ASGIApp], ASGIApp]
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra request headers for the load (e.g. `("authorization", "Bearer …")`)."""
 
 
 def _ignore(request: McpRequest, outcome: ResponseOutcome) -> None:
     return None
 
 
-def core_tap() -> ASGIApp:
-    """The core with an outcome hook: every response is tapped and its JSON-RPC outcome parsed."""
-    return McpCoreMiddleware(build_server().streamable_http_app(), on_outcome=_ignore)
+STACKS: dict[str, Stack] = {
+    # The SDK's Streamable HTTP app, nothing in front.
+    "bare": Stack(lambda app: app),
+    # Behind `McpCoreMiddleware` (default config: `/mcp`, 4 MiB bounds, no hook).
+    "core": Stack(McpCoreMiddleware),
+    # The core with an outcome hook: every response is tapped and its JSON-RPC outcome parsed.
+    "core_tap": Stack(lambda app: McpCoreMiddleware(app, on_outcome=_ignore)),
+}
+"""Name → stack; the built-in ones, then those of every `stack_*.py` module beside this one."""
+
+for _module in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+    if _module.name.startswith("stack_"):
+        STACKS.update(importlib.import_module(f"{__package__}.{_module.name}").STACKS)
 
 
-APPS = {"bare": bare, "core": core, "core_tap": core_tap}
-"""Name → factory; `bench_e2e` serves `tests.benchmarks.apps:<name>`."""
+def build(name: str) -> ASGIApp:
+    """A fresh test server wrapped in the stack `name`."""
+    return STACKS[name].wrap(build_server().streamable_http_app())
+
+
+APPS: dict[str, Callable[[], ASGIApp]] = {name: (lambda name=name: build(name)) for name in STACKS}  # type: ignore[misc]
+"""Name → factory."""
+
+
+def __getattr__(name: str) -> Callable[[], ASGIApp]:
+    """`tests.benchmarks.apps:<stack>` as a uvicorn factory."""
+    try:
+        return APPS[name]
+    except KeyError:
+        raise AttributeError(name) from None
 
 
 def shared() -> ASGIApp:
-    """Every app of `APPS` in one process, at `/<name>/mcp`: the `shared` e2e mode loads them in turn.
+    """Every stack in one process, at `/<name>/mcp`: the `shared` e2e mode loads them in turn.
 
-    One process removes what two processes of the same program differ by (memory layout,
-    allocator state, the vCPU they land on), which on this VM is larger than the core's cost.
+    `BENCH_STACKS` (comma-separated names) limits it to those stacks. One process removes
+    what two processes of the same program differ by (memory layout, allocator state, the
+    vCPU they land on), which on this VM is larger than the core's cost.
     """
-    servers = {name: build_server() for name in APPS}
-    wrappers = {"bare": lambda app: app, "core": McpCoreMiddleware}
-    wrappers["core_tap"] = lambda app: McpCoreMiddleware(app, on_outcome=_ignore)
-    routes = {f"/{name}/mcp".encode(): wrappers[name](s.streamable_http_app()) for name, s in servers.items()}
+    wanted = [name for name in os.environ.get("BENCH_STACKS", "").split(",") if name] or list(STACKS)
+    servers = {name: build_server() for name in wanted}
+    routes = {f"/{name}/mcp".encode(): STACKS[name].wrap(s.streamable_http_app()) for name, s in servers.items()}
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -33,7 +33,7 @@ from typing import IO, Any
 import orjson
 
 from ._common import BODY_SIZE, median, modern_headers, percentile, section, table, tools_call_body
-from .apps import APPS
+from .apps import APPS, STACKS
 
 HOST = "127.0.0.1"
 TARGET_RATIO = 0.95
@@ -126,7 +126,7 @@ def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Se
     return server
 
 
-async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp") -> None:
+async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp", app: str | None = None) -> None:
     """Until the server answers a `tools/call` correctly (or fail with its log)."""
     deadline = time.monotonic() + patience
     last: Exception | None = None
@@ -140,7 +140,7 @@ async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp")
             await asyncio.sleep(0.05)
             continue
         try:
-            wire = Wire(server.port, path)
+            wire = Wire(server.port, path, STACKS[app or server.name].headers)
             writer.write(wire.request(_FIRST_ID))
             status, body = await asyncio.wait_for(read_response(reader), 10)
             wire.check(status, body, _FIRST_ID)
@@ -158,13 +158,13 @@ async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp")
 class Wire:
     """The bytes of one modern `tools/call` POST, with a 6-digit id spliced in."""
 
-    def __init__(self, port: int, path: str = "/mcp") -> None:
+    def __init__(self, port: int, path: str = "/mcp", headers: tuple[tuple[str, str], ...] = ()) -> None:
         body = tools_call_body(_FIRST_ID)
         marker = b'"id":%d' % _FIRST_ID
         head, tail = body.split(marker)
         self.text = orjson.loads(body)["params"]["arguments"]["text"]
         lines = [f"POST {path} HTTP/1.1", f"host: {HOST}:{port}", "user-agent: mcp-bench/1"]
-        lines += [f"{k}: {v}" for k, v in modern_headers()]
+        lines += [f"{k}: {v}" for k, v in (*modern_headers(), *headers)]
         lines.append(f"content-length: {len(body)}")
         self._prefix = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + head + b'"id":'
         self._suffix = tail
@@ -298,9 +298,16 @@ async def _until(deadline_ns: int, tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def load(
-    server: Server, *, index: int, connections: int, warmup: float, duration: float, path: str = "/mcp"
+    server: Server,
+    *,
+    index: int,
+    connections: int,
+    warmup: float,
+    duration: float,
+    path: str = "/mcp",
+    app: str | None = None,
 ) -> Run:
-    wire = Wire(server.port, path)
+    wire = Wire(server.port, path, STACKS[app or server.name].headers)
     now = time.perf_counter_ns()
     window = _Window(start=now + int(warmup * 1e9), end=now + int((warmup + duration) * 1e9))
     tasks = [asyncio.create_task(_connection(server.port, wire, window, i)) for i in range(connections)]
@@ -464,12 +471,19 @@ async def run_shared(
         f" windows of {warmup:g} s warm-up + {duration:g} s measured, in the order {' '.join(order)}"
     )
     runs: list[Run] = []
+    os.environ["BENCH_STACKS"] = ",".join(apps)  # the server builds only these (inherited by the subprocess)
     with serving("shared", pin=False) as server:
         for app in apps:
-            await wait_ready(server, path=f"/{app}/mcp")
+            await wait_ready(server, path=f"/{app}/mcp", app=app)
         for i, app in enumerate(order, 1):
             run = await load(
-                server, index=i, connections=connections, warmup=warmup, duration=duration, path=f"/{app}/mcp"
+                server,
+                index=i,
+                connections=connections,
+                warmup=warmup,
+                duration=duration,
+                path=f"/{app}/mcp",
+                app=app,
             )
             run.app = app
             runs.append(run)

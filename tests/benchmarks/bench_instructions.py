@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import modern_headers, section, table, tools_call_body
-from .apps import APPS
+from .apps import APPS, STACKS
 
 ROOT = Path(__file__).resolve().parents[2]
 _COLLECTED = re.compile(rb"Collected\s*:\s*(\d+)")
@@ -41,7 +41,9 @@ _COLLECTED = re.compile(rb"Collected\s*:\s*(\d+)")
 async def drive(app_name: str, requests: int) -> None:
     """Send `requests` modern `tools/call`s of `echo` straight into the app (one at a time)."""
     app = APPS[app_name]()
-    headers = [(b"host", b"127.0.0.1:8000")] + [(k.encode(), v.encode()) for k, v in modern_headers()]
+    headers = [(b"host", b"127.0.0.1:8000")] + [
+        (k.encode(), v.encode()) for k, v in (*modern_headers(), *STACKS[app_name].headers)
+    ]
     lifespan_done = asyncio.Event()
     shutdown = asyncio.Event()
 
