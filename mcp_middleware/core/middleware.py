@@ -57,36 +57,43 @@ class McpCoreMiddleware:
             await self.app(scope, receive, send)
             return
         if self.on_outcome is None:
-            await self._call(request, scope, receive, send, None)
+            guard = _StartGuard(send)
+            try:
+                await self.app(scope, receive, guard.send)
+            except Exception:
+                if guard.started:
+                    raise
+                await _internal_error(request, send)
             return
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
         try:
-            await self._call(request, scope, receive, send, tap)
+            try:
+                await self.app(scope, receive, send)
+            except Exception:
+                if tap.started:
+                    raise
+                await _internal_error(request, send)
         finally:
             pending = self.on_outcome(request, tap.outcome())
             if pending is not None:
                 await pending
 
-    async def _call(
-        self, request: McpRequest, scope: Scope, receive: Receive, send: Send, tap: ResponseTap | None
-    ) -> None:
-        """Call the app; a crash before the response started becomes a JSON-RPC internal error."""
-        started = False
-        if tap is None:  # without a tap, a one-flag wrapper is enough to know whether it started
-            forward = send
 
-            async def tracked(message: Message) -> None:
-                nonlocal started
-                started = True
-                await forward(message)
+class _StartGuard:
+    """A `send` that remembers whether the response has started (cheaper than a closure per request)."""
 
-            send = tracked
-        try:
-            await self.app(scope, receive, send)
-        except Exception:
-            if started or (tap is not None and tap.started):
-                raise
-            logger.exception("MCP app failed before responding to %s", request.method or request.http_method)
-            await send_error(
-                send, status=500, code=JsonRpcCode.INTERNAL_ERROR, message="Internal error", request_id=request.id
-            )
+    __slots__ = ("_send", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def send(self, message: Message) -> None:
+        self.started = True
+        await self._send(message)
+
+
+async def _internal_error(request: McpRequest, send: Send) -> None:
+    """The app crashed before it started a response: a JSON-RPC internal error, the traceback to the log."""
+    logger.exception("MCP app failed before responding to %s", request.method or request.http_method)
+    await send_error(send, status=500, code=JsonRpcCode.INTERNAL_ERROR, message="Internal error", request_id=request.id)
