@@ -1,0 +1,360 @@
+"""`AuthMiddleware`: the MCP endpoint as an OAuth 2.1 resource server (MCP authorization spec)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken, TokenVerifier
+from starlette.authentication import AuthCredentials
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core import (
+    DEFAULT_CONFIG,
+    CoreConfig,
+    ErrorCode,
+    JsonRpcCode,
+    McpRequest,
+    Principal,
+    RequestId,
+    RequestKind,
+    SelectorMap,
+    read_request,
+    record_decision,
+    send_error,
+    set_principal,
+)
+
+from .list_filter import LIST_METHODS, ListFilter
+from .metadata import ProtectedResourceMetadataApp, metadata_url
+from .token_cache import TokenCache, token_key
+from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
+
+__all__ = ["AuthMiddleware", "BearerAuthMiddleware"]
+
+logger = logging.getLogger("mcp_middleware.auth")
+
+_B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 §2.1 `b64token`: anything else after `Bearer ` is not a token."""
+
+
+class _Verified(NamedTuple):
+    """What a verified token gives every request that presents it (cached as a whole)."""
+
+    principal: Principal
+    user: AuthenticatedUser
+    credentials: AuthCredentials
+
+
+class AuthMiddleware:
+    """Require a valid OAuth bearer token on the MCP endpoint, and the scopes each request needs.
+
+    - `verifier`: any `mcp` SDK `TokenVerifier`; this package ships
+      :class:`JwksTokenVerifier`, :class:`IntrospectionTokenVerifier` and
+      :class:`StaticTokenVerifier` (which also say *why* a token was refused).
+    - `resource`: the canonical URI of this MCP endpoint (RFC 8707), e.g.
+      `https://mcp.example.com/mcp`; it is what the metadata advertises. `audiences`
+      (default: `resource`) are the URIs a token may have been issued for; a token for
+      any other resource is refused, and so is one that names none unless
+      `require_audience=False`.
+    - `authorization_servers`: issuers advertised in the RFC 9728 metadata, served at
+      `/.well-known/oauth-protected-resource<resource path>` (with CORS) when
+      `serve_metadata` is on.
+    - `required_scopes` apply to every request; `scopes` add per-method/per-tool ones by
+      selector (`{"tools/call:delete_*": ["admin"]}`, most specific wins). With
+      `filter_lists`, `tools/list`, `prompts/list` and `resources/list` results only
+      show what the caller may use.
+    - `public_paths` (same syntax as `CoreConfig.paths`) need no token.
+
+    On success the core principal is set, `scope["user"]`/`scope["auth"]` are what the
+    SDK's own auth sets, and `get_access_token()` works inside tools; verified tokens are
+    cached by digest until they expire (at most `cache_ttl` seconds).
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.auth import JwksTokenVerifier
+    >>> app = AuthMiddleware(
+    ...     MCPServer("demo").streamable_http_app(),
+    ...     verifier=JwksTokenVerifier(
+    ...         jwks_uri="https://login.example.com/jwks", issuer="https://login.example.com",
+    ...         audience="https://mcp.example.com/mcp"),
+    ...     resource="https://mcp.example.com/mcp",
+    ...     authorization_servers=["https://login.example.com"],
+    ...     required_scopes=["mcp:read"],
+    ...     scopes={"tools/call:delete_*": ["admin"]},
+    ... )
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: TokenVerifier,
+        resource: str,
+        authorization_servers: Sequence[str] = (),
+        audiences: Sequence[str] | None = None,
+        required_scopes: Iterable[str] = (),
+        scopes: Mapping[str, Iterable[str] | str] | None = None,
+        scopes_supported: Sequence[str] | None = None,
+        filter_lists: bool = False,
+        public_paths: Sequence[str] = (),
+        require_audience: bool = True,
+        serve_metadata: bool = True,
+        resource_name: str | None = None,
+        max_token_length: int = 8192,
+        cache_size: int = 10_000,
+        cache_ttl: float = 300.0,
+        unavailable_retry_after: float = 5.0,
+        config: CoreConfig = DEFAULT_CONFIG,
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self._explains = isinstance(verifier, ExplainingVerifier)
+        self.resource = resource
+        self.audiences = tuple(audiences) if audiences is not None else (resource,)
+        self._audiences = frozenset(canonical_resource(a) for a in self.audiences)
+        self.required_scopes = frozenset(required_scopes)
+        rules = {
+            selector: frozenset([value] if isinstance(value, str) else value)
+            for selector, value in (scopes or {}).items()
+        }
+        self._rules: SelectorMap[frozenset[str]] = SelectorMap(rules)
+        self.filter_lists = filter_lists
+        self.require_audience = require_audience
+        self.max_token_length = max_token_length
+        self.unavailable_retry_after = unavailable_retry_after
+        self.config = config
+        self._public = CoreConfig(paths=tuple(public_paths)) if public_paths else None
+        self.metadata_url = metadata_url(resource)
+        if scopes_supported is None:
+            scopes_supported = sorted(self.required_scopes.union(*rules.values()))
+        self.metadata = (
+            ProtectedResourceMetadataApp(
+                resource=resource,
+                authorization_servers=authorization_servers,
+                scopes_supported=scopes_supported,
+                resource_name=resource_name,
+            )
+            if serve_metadata and authorization_servers
+            else None
+        )
+        self._metadata_path = self.metadata.path if self.metadata is not None else None
+        self.cache: TokenCache[_Verified] = TokenCache(maxsize=cache_size, max_ttl=cache_ttl)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.metadata is not None and scope["path"] == self._metadata_path:
+            await self.metadata(scope, receive, send)
+            return
+        if self._public is not None and self._public.is_mcp(scope):
+            await self.app(scope, receive, send)
+            return
+        prepared = await read_request(scope, receive, send, self.config)
+        if prepared is None:
+            return
+        request, receive = prepared
+        if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
+            await self.app(scope, receive, send)  # not MCP, or a CORS preflight (it never carries credentials)
+            return
+
+        verified = await self._authenticate(scope, send, request)
+        if verified is None:
+            return
+        principal = verified.principal
+        required = self.required_for(request.method, request.target)
+        if not principal.scopes.issuperset(required):
+            await self._forbid(scope, send, request, required, principal)
+            return
+
+        record_decision(scope, "auth", "allow", client_id=principal.client_id or "", subject=principal.subject or "")
+        set_principal(scope, principal)
+        scope["user"] = verified.user
+        scope["auth"] = verified.credentials
+        if self.filter_lists and request.method in LIST_METHODS:
+            send = ListFilter(
+                send,
+                method=request.method,
+                request_id=request.id,
+                allowed=lambda method, target: principal.scopes.issuperset(self.required_for(method, target)),
+                max_bytes=self.config.max_inspect_bytes,
+            )
+        reset = auth_context_var.set(verified.user)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            auth_context_var.reset(reset)
+
+    def required_for(self, method: str | None, target: str | None) -> frozenset[str]:
+        """Every scope a request for `method` on `target` needs (global plus per-selector)."""
+        extra = self._rules.lookup_parts(method, target) if len(self._rules) else None
+        return self.required_scopes if extra is None else self.required_scopes | extra
+
+    # --- authentication -----------------------------------------------------------------------
+
+    async def _authenticate(self, scope: Scope, send: Send, request: McpRequest) -> _Verified | None:
+        credentials = [value for key, value in scope["headers"] if key == b"authorization"]
+        if not credentials:
+            await self._unauthorized(scope, send, request, None, "Authentication required")
+            return None
+        if len(credentials) > 1:
+            await self._bad_request(scope, send, request, "More than one Authorization header")
+            return None
+        if b"access_token=" in scope.get("query_string", b""):
+            await self._bad_request(scope, send, request, "Tokens are accepted in the Authorization header only")
+            return None
+        scheme, _, raw = credentials[0].strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            # RFC 6750 §3.1: an unsupported scheme is "no bearer credentials", so no error code.
+            await self._unauthorized(scope, send, request, None, "Bearer token required")
+            return None
+        raw = raw.strip()
+        if len(raw) > self.max_token_length:
+            await self._unauthorized(scope, send, request, "invalid_token", "Token is too large")
+            return None
+        if not _B64TOKEN.fullmatch(raw):
+            await self._unauthorized(scope, send, request, "invalid_token", "Malformed bearer token")
+            return None
+        token = raw.decode("ascii")
+        key = token_key(token)
+        verified = self.cache.get_by_key(key)
+        if verified is not None:
+            return verified
+        try:
+            access = await self._verify(token)
+        except TokenRejected as exc:
+            await self._unauthorized(scope, send, request, "invalid_token", exc.description)
+            return None
+        except VerificationUnavailable as exc:
+            await self._unavailable(scope, send, request, exc.description, exc.retry_after)
+            return None
+        problem = self._problem(access)
+        if problem is not None:
+            await self._unauthorized(scope, send, request, "invalid_token", problem)
+            return None
+        principal = Principal.from_access_token(access)
+        verified = _Verified(principal, AuthenticatedUser(access), AuthCredentials(access.scopes))
+        self.cache.put_by_key(key, verified, expires_at=access.expires_at)
+        return verified
+
+    async def _verify(self, token: str) -> AccessToken:
+        if self._explains:
+            return await self.verifier.check(token)  # type: ignore[attr-defined, no-any-return]
+        try:
+            access = await self.verifier.verify_token(token)
+        except (TokenRejected, VerificationUnavailable):
+            raise
+        except Exception as exc:  # a third-party verifier's failure must not become a 500 or a pass
+            logger.exception("Token verifier %r failed", self.verifier)
+            raise VerificationUnavailable(
+                "Token verification failed", retry_after=self.unavailable_retry_after
+            ) from exc
+        if access is None:
+            raise TokenRejected("Invalid or expired token")
+        return access
+
+    def _problem(self, access: AccessToken) -> str | None:
+        """What is wrong with a verified token for this resource, if anything."""
+        if access.expires_at is not None and access.expires_at <= time.time():
+            return "Token has expired"
+        if access.resource is None:
+            return "Token names no resource" if self.require_audience else None
+        if canonical_resource(access.resource) not in self._audiences:
+            return "Token was not issued for this resource"
+        return None
+
+    # --- refusals ----------------------------------------------------------------------------
+
+    def _challenge(self, error: str | None, description: str | None, scopes: Iterable[str]) -> str:
+        parts: list[str] = []
+        if error is not None:
+            parts.append(f'error="{error}"')
+            if description:
+                parts.append(f'error_description="{_quotable(description)}"')
+        parts.append(f'resource_metadata="{self.metadata_url}"')
+        scope_text = " ".join(sorted(scopes))
+        if scope_text:
+            parts.append(f'scope="{scope_text}"')
+        return "Bearer " + ", ".join(parts)
+
+    async def _unauthorized(
+        self, scope: Scope, send: Send, request: McpRequest, error: str | None, description: str
+    ) -> None:
+        record_decision(scope, "auth", "deny", reason=error or "missing_token", status=401)
+        needed = self.required_for(request.method, request.target)
+        data: dict[str, str] = {"error": error} if error is not None else {}
+        data["error_description"] = description
+        await _refuse(
+            send,
+            401,
+            ErrorCode.UNAUTHORIZED,
+            description,
+            request.id,
+            data,
+            self._challenge(error, description, needed),
+        )
+
+    async def _forbid(
+        self, scope: Scope, send: Send, request: McpRequest, required: frozenset[str], principal: Principal
+    ) -> None:
+        missing = sorted(required - principal.scopes)
+        record_decision(scope, "auth", "deny", reason="insufficient_scope", status=403, missing=" ".join(missing))
+        description = "Insufficient scope: requires " + " ".join(sorted(required))
+        data = {"error": "insufficient_scope", "requiredScopes": sorted(required), "missingScopes": missing}
+        challenge = self._challenge("insufficient_scope", description, required)
+        await _refuse(send, 403, ErrorCode.FORBIDDEN, description, request.id, data, challenge)
+
+    async def _bad_request(self, scope: Scope, send: Send, request: McpRequest, description: str) -> None:
+        record_decision(scope, "auth", "deny", reason="invalid_request", status=400)
+        challenge = self._challenge("invalid_request", description, ())
+        data = {"error": "invalid_request", "error_description": description}
+        await _refuse(send, 400, JsonRpcCode.INVALID_REQUEST, description, request.id, data, challenge)
+
+    async def _unavailable(
+        self, scope: Scope, send: Send, request: McpRequest, description: str, retry_after: float
+    ) -> None:
+        record_decision(scope, "auth", "deny", reason="verifier_unavailable", status=503)
+        seconds = max(1, math.ceil(retry_after))
+        await send_error(
+            send,
+            status=503,
+            code=ErrorCode.UNAVAILABLE,
+            message=description,
+            request_id=request.id,
+            data={"retryAfterMs": seconds * 1000},
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+BearerAuthMiddleware = AuthMiddleware
+"""Another name for :class:`AuthMiddleware`, for readers who look for the SDK's word."""
+
+
+def _quotable(text: str) -> str:
+    return text.replace("\\", "").replace('"', "'")
+
+
+async def _refuse(
+    send: Send,
+    status: int,
+    code: int,
+    message: str,
+    request_id: RequestId | None,
+    data: Mapping[str, object],
+    challenge: str,
+) -> None:
+    await send_error(
+        send,
+        status=status,
+        code=code,
+        message=message,
+        request_id=request_id,
+        data=dict(data),
+        headers={"WWW-Authenticate": challenge},
+    )

@@ -1,0 +1,39 @@
+"""Circuit breaking, timeouts and safe retries that understand MCP responses.
+
+>>> from mcp.server.mcpserver import MCPServer
+>>> app = CircuitBreakerMiddleware(MCPServer("demo").streamable_http_app(), timeouts={"*": 10.0})
+"""
+
+from .classify import NEUTRAL_SERVER_CODES, Classifier, FailureClassifier, Fault
+from .middleware import DEFAULT_TIMEOUTS, SAFE_METHODS, CircuitBreakerMiddleware, RetryPolicy
+from .registry import BreakerRegistry
+from .state import (
+    BreakerPolicy,
+    BreakerSnapshot,
+    BreakerState,
+    CircuitBreaker,
+    Permit,
+    StateChange,
+    StateListener,
+    Verdict,
+)
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "NEUTRAL_SERVER_CODES",
+    "SAFE_METHODS",
+    "BreakerPolicy",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "CircuitBreakerMiddleware",
+    "Classifier",
+    "FailureClassifier",
+    "Fault",
+    "Permit",
+    "RetryPolicy",
+    "StateChange",
+    "StateListener",
+    "Verdict",
+]

@@ -1,0 +1,108 @@
+"""Which responses count against a backend: the failure classifier.
+
+The breaker sees every response through the core's response tap, in both eras
+and for JSON and SSE alike, so it can tell a JSON-RPC internal error inside a
+`200 text/event-stream` from a tool that politely reported `isError`. A
+classifier maps what was observed to a :class:`~mcp_middleware.breaker.state.Verdict`;
+:class:`FailureClassifier` is the default and any callable with the same
+signature replaces it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
+
+from .state import Verdict
+
+__all__ = ["NEUTRAL_SERVER_CODES", "Classifier", "Fault", "FailureClassifier"]
+
+
+class Fault(enum.Enum):
+    """How the inner app failed, when it did not just answer."""
+
+    TIMEOUT = "timeout"
+    """The call outlived its timeout and was cancelled."""
+    EXCEPTION = "exception"
+    """The inner app raised."""
+    DROPPED = "dropped"
+    """The inner app returned without finishing its response (a dropped connection)."""
+
+
+Classifier = Callable[[McpRequest, ResponseOutcome, "Fault | None"], Verdict]
+"""`(request, outcome, fault) -> Verdict`; `fault` is `None` when the app answered normally."""
+
+NEUTRAL_SERVER_CODES: frozenset[int] = frozenset(
+    {
+        -32002,  # resource not found (MCP revisions before 2026-07-28)
+        int(ErrorCode.PAYLOAD_TOO_LARGE),
+        int(ErrorCode.UNSUPPORTED_MEDIA_TYPE),
+        int(ErrorCode.UNAUTHORIZED),
+        int(ErrorCode.FORBIDDEN),
+        int(ErrorCode.RATE_LIMITED),
+        int(JsonRpcCode.HEADER_MISMATCH),
+        int(JsonRpcCode.MISSING_REQUIRED_CLIENT_CAPABILITY),
+        int(JsonRpcCode.UNSUPPORTED_PROTOCOL_VERSION),
+        -32042,  # URL elicitation required: the server wants the user, it is not failing
+    }
+)
+"""Codes in the JSON-RPC server-error range (-32099 … -32000) that describe the client, not the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureClassifier:
+    """The default classification.
+
+    Failures: timeouts, exceptions and dropped responses from the inner app; HTTP
+    5xx; JSON-RPC internal errors (-32603) and server errors (-32099 … -32000)
+    except those in `neutral_codes`; a successful-looking response that ended
+    without the JSON-RPC response to the request (an SSE stream that broke off);
+    tool results with `isError: true` only if `count_tool_errors`.
+
+    Neutral (neither success nor failure): HTTP 4xx (bad requests, auth refusals,
+    rate limits), JSON-RPC client errors (-32700, -32600, -32601, -32602, …) and
+    the codes in `neutral_codes`. Everything else is a success.
+
+    >>> from mcp_middleware.core import Era, RequestKind
+    >>> request = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=1)
+    >>> outcome = ResponseOutcome(200, "text/event-stream", 80, 0.1, True, error={"code": -32603, "message": "x"})
+    >>> FailureClassifier()(request, outcome, None)
+    <Verdict.FAILURE: 'failure'>
+    """
+
+    count_tool_errors: bool = False
+    neutral_codes: Collection[int] = NEUTRAL_SERVER_CODES
+    extra_failure_codes: Collection[int] = ()
+    """Application codes (outside the server-error range) that also count as failures."""
+
+    def __call__(self, request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+        if fault is not None:
+            return Verdict.FAILURE
+        status = outcome.status
+        if status is None:
+            return Verdict.FAILURE
+        if status >= 500:
+            return Verdict.FAILURE
+        if status >= 400:
+            return Verdict.NEUTRAL
+        error = outcome.error
+        if error is not None:
+            code = outcome.error_code
+            if code is None:
+                return Verdict.FAILURE  # a malformed error object is the server's fault
+            if code == JsonRpcCode.INTERNAL_ERROR or code in self.extra_failure_codes:
+                return Verdict.FAILURE
+            if -32099 <= code <= -32000 and code not in self.neutral_codes:
+                return Verdict.FAILURE
+            return Verdict.NEUTRAL
+        result = outcome.result
+        if result is None:
+            if outcome.truncated or status != 200 or outcome.content_type is None:
+                return Verdict.SUCCESS  # nothing to look at (202, a body too large to inspect): trust the status
+            return Verdict.FAILURE  # a 200 that ended without the response: the stream broke off
+        if self.count_tool_errors and result.get("isError") is True:
+            return Verdict.FAILURE
+        return Verdict.SUCCESS

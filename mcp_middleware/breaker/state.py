@@ -1,0 +1,374 @@
+"""The circuit breaker state machine: closed → open → half-open → closed.
+
+A :class:`CircuitBreaker` admits calls (:meth:`~CircuitBreaker.acquire` hands out a
+permit, or `None` when the circuit refuses) and learns from their verdicts
+(:meth:`~CircuitBreaker.record`). It trips on consecutive failures and/or on a
+failure rate over a sliding time window with a minimum volume; stays open for a
+duration that grows exponentially each time a probe fails (with jitter, so many
+breakers do not retry in lockstep); then lets a bounded number of concurrent
+probes through, and closes after enough of them succeed.
+
+Nothing here knows about HTTP or MCP: the clock and the random source are
+injectable, so tests drive time by hand.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random as _random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+__all__ = [
+    "BreakerPolicy",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "Permit",
+    "StateChange",
+    "StateListener",
+    "Verdict",
+]
+
+logger = logging.getLogger("mcp_middleware.breaker")
+
+Permit = int
+"""What :meth:`CircuitBreaker.acquire` hands out: the breaker's generation at admission.
+
+Every state change starts a new generation, so a verdict that arrives after the
+state it was admitted under has ended (a slow call finishing after the circuit
+opened) is recognised as stale and ignored.
+"""
+
+
+class BreakerState(enum.Enum):
+    CLOSED = "closed"
+    """Calls flow; failures are counted."""
+    OPEN = "open"
+    """Calls are refused at once until the open duration has passed."""
+    HALF_OPEN = "half_open"
+    """A limited number of probe calls test whether the backend has recovered."""
+
+
+class Verdict(enum.Enum):
+    """What one call's outcome means for the breaker."""
+
+    SUCCESS = "success"
+    """The backend answered properly (resets the consecutive-failure count)."""
+    FAILURE = "failure"
+    """The backend failed (timeout, crash, 5xx, JSON-RPC internal error)."""
+    NEUTRAL = "neutral"
+    """Says nothing about the backend's health (a client error, the client left)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a breaker trips, how long it stays open, and how it probes.
+
+    Trips when either enabled condition holds (set one to `None` to disable it):
+    `consecutive_failures` failures in a row, or a failure rate of at least
+    `failure_rate` among the calls of the last `window` seconds once there were at
+    least `minimum_calls` of them. The window is kept in `window_buckets` buckets
+    (memory is constant; the window slides a bucket at a time).
+
+    The n-th consecutive opening (n = 0 for a trip from closed) lasts
+    `min(open_for * backoff ** n, max_open_for)`, times a jitter factor drawn from
+    `[1 - jitter, 1 + jitter]`. Half-open admits at most `half_open_probes` calls
+    at a time and closes after `probes_to_close` successes; one failed probe opens
+    the circuit again.
+
+    >>> BreakerPolicy(consecutive_failures=3, open_for=5.0).open_duration(level=2, draw=0.5)
+    20.0
+    """
+
+    consecutive_failures: int | None = 5
+    failure_rate: float | None = 0.5
+    minimum_calls: int = 20
+    window: float = 60.0
+    window_buckets: int = 10
+    open_for: float = 30.0
+    backoff: float = 2.0
+    max_open_for: float = 300.0
+    jitter: float = 0.1
+    half_open_probes: int = 1
+    probes_to_close: int = 1
+
+    def __post_init__(self) -> None:
+        if self.consecutive_failures is None and self.failure_rate is None:
+            raise ValueError("BreakerPolicy needs consecutive_failures or failure_rate (or both)")
+        if self.consecutive_failures is not None and self.consecutive_failures < 1:
+            raise ValueError("consecutive_failures must be at least 1")
+        if self.failure_rate is not None and not 0.0 < self.failure_rate <= 1.0:
+            raise ValueError("failure_rate must be in (0, 1]")
+        if self.minimum_calls < 1 or self.window_buckets < 1 or self.window <= 0:
+            raise ValueError("minimum_calls, window and window_buckets must be positive")
+        if self.open_for <= 0 or self.max_open_for < self.open_for or self.backoff < 1.0:
+            raise ValueError("need 0 < open_for <= max_open_for and backoff >= 1")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError("jitter must be in [0, 1)")
+        if self.half_open_probes < 1 or self.probes_to_close < 1:
+            raise ValueError("half_open_probes and probes_to_close must be at least 1")
+
+    def open_duration(self, level: int, draw: float) -> float:
+        """Seconds to stay open at backoff `level`, for a random `draw` in [0, 1)."""
+        base = min(self.open_for * self.backoff ** min(level, 64), self.max_open_for)
+        return base * (1.0 + self.jitter * (2.0 * draw - 1.0))
+
+
+class StateChange(NamedTuple):
+    """One transition, as state listeners (metrics, logs) receive it.
+
+    `open_for` is the chosen open duration in seconds when `state` is open, else 0.
+    `reason`: `"consecutive_failures"`, `"failure_rate"`, `"probe_failed"`,
+    `"open_elapsed"`, `"probes_succeeded"`, `"reset"` or `"forced"`.
+    """
+
+    key: str
+    previous: BreakerState
+    state: BreakerState
+    reason: str
+    open_for: float
+    at: float
+
+
+StateListener = Callable[[StateChange], None]
+
+
+class BreakerSnapshot(NamedTuple):
+    """A read-only view of one breaker (for readiness checks and dashboards)."""
+
+    key: str
+    state: BreakerState
+    retry_after: float
+    """Seconds until an open circuit lets a probe through (0 unless open)."""
+    consecutive_failures: int
+    window_calls: int
+    window_failures: int
+    open_level: int
+    """How many times in a row the circuit has opened (resets when it closes)."""
+    probes_in_flight: int
+    rejected: int
+    """Calls refused since the breaker was created."""
+
+
+class CircuitBreaker:
+    """One circuit. Not thread-safe: use it from one event loop (as ASGI apps do).
+
+    >>> now = [0.0]
+    >>> breaker = CircuitBreaker("demo", BreakerPolicy(consecutive_failures=2, open_for=10.0, jitter=0.0),
+    ...                          clock=lambda: now[0])
+    >>> for _ in range(2):
+    ...     breaker.record(breaker.acquire(), Verdict.FAILURE)
+    >>> breaker.state, breaker.acquire(), breaker.retry_after()
+    (<BreakerState.OPEN: 'open'>, None, 10.0)
+    >>> now[0] = 10.0
+    >>> probe = breaker.acquire()                      # half-open: one probe at a time
+    >>> breaker.acquire() is None
+    True
+    >>> breaker.record(probe, Verdict.SUCCESS)
+    >>> breaker.state
+    <BreakerState.CLOSED: 'closed'>
+    """
+
+    __slots__ = (
+        "_bucket_calls",
+        "_bucket_failures",
+        "_bucket_index",
+        "_bucket_width",
+        "_clock",
+        "_consecutive",
+        "_generation",
+        "_listeners",
+        "_open_until",
+        "_probe_successes",
+        "_probes",
+        "_random",
+        "_state",
+        "key",
+        "level",
+        "policy",
+        "rejected",
+    )
+
+    def __init__(
+        self,
+        key: str,
+        policy: BreakerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
+        listeners: list[StateListener] | None = None,
+    ) -> None:
+        self.key = key
+        self.policy = policy = policy if policy is not None else BreakerPolicy()
+        self._clock = clock
+        self._random = random
+        self._listeners = listeners if listeners is not None else []
+        self._state = BreakerState.CLOSED
+        self._generation = 0
+        self._consecutive = 0
+        self._open_until = 0.0
+        self.level = 0
+        self._probes = 0
+        self._probe_successes = 0
+        self.rejected = 0
+        buckets = policy.window_buckets
+        self._bucket_width = policy.window / buckets
+        self._bucket_index = [-1] * buckets
+        self._bucket_calls = [0] * buckets
+        self._bucket_failures = [0] * buckets
+
+    # --- admission -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state (an open circuit whose time is up reports half-open)."""
+        if self._state is BreakerState.OPEN and self._clock() >= self._open_until:
+            self._change(BreakerState.HALF_OPEN, "open_elapsed")
+        return self._state
+
+    def acquire(self) -> Permit | None:
+        """A permit to make one call, or `None` if the circuit refuses it now.
+
+        Every permit must be answered by exactly one :meth:`record` (with
+        :attr:`Verdict.NEUTRAL` if the call was abandoned), or a half-open probe
+        slot stays taken.
+        """
+        state = self._state
+        if state is BreakerState.CLOSED:
+            return self._generation
+        if state is BreakerState.OPEN:
+            if self._clock() < self._open_until:
+                self.rejected += 1
+                return None
+            self._change(BreakerState.HALF_OPEN, "open_elapsed")
+        if self._probes >= self.policy.half_open_probes:
+            self.rejected += 1
+            return None
+        self._probes += 1
+        return self._generation
+
+    def retry_after(self) -> float:
+        """Seconds until the circuit admits a call again (0 when closed or probing)."""
+        if self._state is BreakerState.OPEN:
+            return max(0.0, self._open_until - self._clock())
+        return 0.0
+
+    # --- verdicts --------------------------------------------------------------------------
+
+    def record(self, permit: Permit | None, verdict: Verdict) -> None:
+        """Learn from the call admitted with `permit` (stale permits are ignored)."""
+        if permit is None or permit != self._generation:
+            return
+        state = self._state
+        if state is BreakerState.CLOSED:
+            if verdict is Verdict.SUCCESS:
+                self._consecutive = 0
+                self._count(False)
+            elif verdict is Verdict.FAILURE:
+                self._consecutive += 1
+                self._count(True)
+                self._maybe_trip()
+        elif state is BreakerState.HALF_OPEN:
+            self._probes -= 1
+            if verdict is Verdict.FAILURE:
+                self.level += 1
+                self._open("probe_failed")
+            elif verdict is Verdict.SUCCESS:
+                self._probe_successes += 1
+                if self._probe_successes >= self.policy.probes_to_close:
+                    self._close("probes_succeeded")
+
+    def _count(self, failed: bool) -> None:
+        index = int(self._clock() // self._bucket_width)
+        slot = index % len(self._bucket_index)
+        if self._bucket_index[slot] != index:
+            self._bucket_index[slot] = index
+            self._bucket_calls[slot] = 0
+            self._bucket_failures[slot] = 0
+        self._bucket_calls[slot] += 1
+        if failed:
+            self._bucket_failures[slot] += 1
+
+    def window_counts(self) -> tuple[int, int]:
+        """(calls, failures) recorded in the current window."""
+        oldest = int(self._clock() // self._bucket_width) - len(self._bucket_index)
+        calls = failures = 0
+        for slot, index in enumerate(self._bucket_index):
+            if index > oldest:
+                calls += self._bucket_calls[slot]
+                failures += self._bucket_failures[slot]
+        return calls, failures
+
+    def _maybe_trip(self) -> None:
+        policy = self.policy
+        if policy.consecutive_failures is not None and self._consecutive >= policy.consecutive_failures:
+            self._open("consecutive_failures")
+            return
+        if policy.failure_rate is not None:
+            calls, failures = self.window_counts()
+            if calls >= policy.minimum_calls and failures >= policy.failure_rate * calls:
+                self._open("failure_rate")
+
+    # --- transitions -----------------------------------------------------------------------
+
+    def _open(self, reason: str) -> None:
+        duration = self.policy.open_duration(self.level, self._random())
+        self._open_until = self._clock() + duration
+        self._change(BreakerState.OPEN, reason, duration)
+
+    def _close(self, reason: str) -> None:
+        self.level = 0
+        self._consecutive = 0
+        for slot in range(len(self._bucket_index)):
+            self._bucket_index[slot] = -1
+        self._change(BreakerState.CLOSED, reason)
+
+    def _change(self, state: BreakerState, reason: str, open_for: float = 0.0) -> None:
+        previous = self._state
+        self._state = state
+        self._generation += 1
+        self._probes = 0
+        self._probe_successes = 0
+        if not self._listeners:
+            return
+        change = StateChange(self.key, previous, state, reason, open_for, self._clock())
+        for listener in self._listeners:
+            try:
+                listener(change)
+            except Exception:  # a broken metrics hook must not break the request path
+                logger.exception("circuit breaker state listener failed")
+
+    def reset(self) -> None:
+        """Close the circuit by hand (an operator's override); counts start afresh."""
+        self._close("reset")
+
+    def force_open(self, duration: float | None = None) -> None:
+        """Open the circuit by hand for `duration` seconds (default: the policy's next duration)."""
+        if duration is None:
+            duration = self.policy.open_duration(self.level, self._random())
+        self._open_until = self._clock() + duration
+        self._change(BreakerState.OPEN, "forced", duration)
+
+    def snapshot(self) -> BreakerSnapshot:
+        state = self.state
+        calls, failures = self.window_counts()
+        return BreakerSnapshot(
+            self.key,
+            state,
+            self.retry_after(),
+            self._consecutive,
+            calls,
+            failures,
+            self.level,
+            self._probes,
+            self.rejected,
+        )
+
+    def retry_after_seconds(self) -> int:
+        """:meth:`retry_after` rounded up to whole seconds, at least 1 (for `Retry-After`)."""
+        return max(1, math.ceil(self.retry_after()))

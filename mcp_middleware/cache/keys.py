@@ -1,0 +1,113 @@
+"""Cache keys: what makes two MCP requests the same question, and whose answer it is.
+
+A key is `mount | method | digest | partition`:
+
+- `mount`: which backend answered (by default the request path, so a cache in front of a
+  router keeps `/mcp/github` and `/mcp/jira` apart);
+- `method`: the JSON-RPC method, kept readable so invalidation can name it;
+- `digest`: a hash of the protocol version and the canonical params (stable JSON with sorted
+  keys; `_meta` is left out except the fields that can change the result, by default the
+  client's capabilities; the cursor is a param, so every page has its own key);
+- `partition`: whose answer it is. `*` for results every caller may share (`cacheScope:
+  public`), otherwise a hash of the principal's issuer, subject and client id (never the raw
+  token), or `anonymous`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from hashlib import blake2b
+from typing import Any
+
+import orjson
+from mcp.types import CLIENT_CAPABILITIES_META_KEY
+
+from ..core.principal import Principal
+from ..core.request import McpRequest
+
+__all__ = [
+    "ANONYMOUS_PARTITION",
+    "DEFAULT_KEY_META_FIELDS",
+    "PUBLIC_PARTITION",
+    "entry_key",
+    "entry_tags",
+    "invalidation_tag",
+    "partition_of",
+    "request_digest",
+]
+
+PUBLIC_PARTITION = "*"
+"""The partition of `cacheScope: public` results: shared by every caller."""
+ANONYMOUS_PARTITION = "anonymous"
+"""The partition of callers no one authenticated (they share one authorization context: none)."""
+
+DEFAULT_KEY_META_FIELDS: frozenset[str] = frozenset({CLIENT_CAPABILITIES_META_KEY})
+"""`_meta` fields that may change a result and so belong in the key.
+
+A server may tailor a result to what the client can do (offer input-required flows only to
+clients that can elicit, say). Trace context, progress tokens, log levels and the self-reported
+client info never change a result and stay out, so they do not defeat the cache.
+"""
+
+_SEPARATOR = "|"
+
+
+def partition_of(principal: Principal) -> str:
+    """The principal's partition: a hash of issuer, subject and client id (no token, no raw identity)."""
+    if not principal.authenticated:
+        return ANONYMOUS_PARTITION
+    identity = "\x1f".join((principal.issuer or "", principal.subject or "", principal.client_id or ""))
+    return blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def request_digest(request: McpRequest, meta_fields: frozenset[str] = DEFAULT_KEY_META_FIELDS) -> str:
+    """A hash of what makes the request's result what it is: version, method and canonical params.
+
+    >>> from mcp_middleware.core.request import Era, McpRequest, RequestKind
+    >>> a = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/list", id=1,
+    ...                params={"cursor": "p2", "_meta": {"traceparent": "00-ab-cd-01"}})
+    >>> b = a._replace(id=2, params={"cursor": "p2"})
+    >>> request_digest(a) == request_digest(b), request_digest(a) == request_digest(b._replace(params={}))
+    (True, False)
+    """
+    params: Mapping[str, Any] | None = request.params
+    if params and "_meta" in params:
+        meta = params["_meta"]
+        kept = {name: meta[name] for name in meta_fields if name in meta} if isinstance(meta, dict) else {}
+        params = {key: value for key, value in params.items() if key != "_meta"}
+        if kept:
+            params["_meta"] = kept
+    canonical = orjson.dumps((request.protocol_version, request.method, params or None), option=orjson.OPT_SORT_KEYS)
+    return blake2b(canonical, digest_size=16).hexdigest()
+
+
+def entry_key(mount: str, method: str, digest: str, partition: str) -> str:
+    """The store key of one answer."""
+    return f"{mount}{_SEPARATOR}{method}{_SEPARATOR}{digest}{_SEPARATOR}{partition}"
+
+
+def _uri_tag(mount: str | None, uri: str) -> str:
+    # URIs can be long and contain anything: the tag carries their hash.
+    return f"u:{mount if mount is not None else '*'}{_SEPARATOR}{blake2b(uri.encode(), digest_size=16).hexdigest()}"
+
+
+def invalidation_tag(
+    mount: str | None = None, method: str | None = None, partition: str | None = None, uri: str | None = None
+) -> str:
+    """The tag naming every entry of `mount`, `method` and `partition` (`None` = any), or of one resource `uri`."""
+    if uri is not None:
+        return _uri_tag(mount, uri)
+    return _SEPARATOR.join(("t", mount if mount is not None else "*", method or "*", partition or "*"))
+
+
+def entry_tags(mount: str, method: str, partition: str, uri: str | None = None) -> tuple[str, ...]:
+    """Every tag an entry carries: each combination of its mount, method and partition (or any), and its URI."""
+    tags = [invalidation_tag(m, f, p) for m in (mount, None) for f in (method, None) for p in (partition, None)]
+    if uri is not None:
+        tags += (_uri_tag(mount, uri), _uri_tag(None, uri))
+    return tuple(tags)
+
+
+def tags_of(selections: Iterable[tuple[str | None, str | None, str | None]]) -> list[str]:
+    """Tags for several `(mount, method, partition)` selections."""
+    return [invalidation_tag(m, f, p) for m, f, p in selections]

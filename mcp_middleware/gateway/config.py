@@ -1,0 +1,688 @@
+"""The gateway's one config file (TOML), validated into typed settings with precise errors.
+
+Every problem names the offending key as a path (`servers[2].url`) and, where the file
+shows it, the line; all problems are reported at once. Secrets are never required in
+the file: any string may be `"${env:NAME}"` (or contain it), resolved from the
+environment at load time, and a missing variable is an error naming the key.
+
+>>> config = parse_config('''
+... [[servers]]
+... name = "demo"
+... app = "examples.gateway.demo:server"
+... ''')
+>>> config.servers[0].name, config.gateway.port
+('demo', 8000)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "AggregateSettings",
+    "AuthSettings",
+    "BreakerSettings",
+    "CacheSettings",
+    "ConfigError",
+    "FrontDoorSettings",
+    "GatewayConfig",
+    "GatewaySettings",
+    "Problem",
+    "RateLimitPolicySettings",
+    "RateLimitSettings",
+    "ServerSettings",
+    "TracingSettings",
+    "load_config",
+    "parse_config",
+]
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the file: where (`path`, `line`) and what."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}" + (f" (line {self.line})" if self.line else "")
+        return f"{where}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """The config file cannot be used; `problems` lists every reason, each naming its key."""
+
+    def __init__(self, problems: list[Problem], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"{source}: {len(problems)} problem{'s' if len(problems) != 1 else ''}\n{lines}")
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """One backend MCP server: exactly one of `app` (in-process `module:attr`), `url` or `command`."""
+
+    name: str
+    app: str | None = None
+    url: str | None = None
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers sent to a `url` backend (its own credentials; the client's token is never forwarded)."""
+    mount: bool = True
+    """Serve it at `{prefix}/{name}`."""
+    aggregate: bool = True
+    """Include it in the aggregated endpoint."""
+    timeout: float = 30.0
+    """Seconds a call to this backend may take (list fan-out and calls)."""
+    optional: bool = False
+    """A backend that may be missing (e.g. `fastmcp` not installed): skipped with a warning."""
+
+    @property
+    def kind(self) -> Literal["app", "url", "command"]:
+        return "app" if self.app else "url" if self.url else "command"
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    enabled: bool = True
+    separator: str = "__"
+    prefix_mode: Literal["always", "on_collision", "never"] = "always"
+
+
+@dataclass(frozen=True)
+class FrontDoorSettings:
+    """What every request meets first; safe by default (loopback hosts, no foreign origins)."""
+
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
+    """Origins allowed to call the gateway from a browser (requests without `Origin` are not browsers)."""
+    cors: bool = True
+    """Answer CORS preflights and add CORS headers for the allowed origins."""
+    max_body_size: int = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prefix: str = "/mcp"
+    """Path mounts at `{prefix}/{name}`, the aggregate at `{prefix}`."""
+    public_url: str | None = None
+    """The URL clients use (behind a proxy); default `http://{host}:{port}`."""
+    shutdown_timeout: float = 10.0
+    """Seconds in-flight requests get to finish on shutdown."""
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: Literal["none", "dev", "static", "jwt", "introspection"] = "none"
+    issuer: str | None = None
+    jwks_url: str | None = None
+    introspection_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    audience: tuple[str, ...] = ()
+    tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """`static` mode: token → scopes (tokens by `${env:…}` reference)."""
+    required_scopes: tuple[str, ...] = ()
+    scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Selector → scopes needed (`"tools/call:delete_*" = ["admin"]`)."""
+    public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+    auto_approve: bool = False
+    """`dev` mode: the embedded authorization server approves without the login page."""
+
+
+@dataclass(frozen=True)
+class RateLimitPolicySettings:
+    name: str
+    selector: str = "*"
+    capacity: float = 10.0
+    rate: float = 1.0
+    """Tokens per second."""
+    cost: float = 1.0
+    quota: str | None = None
+    """A window quota in the `limits` notation (`"1000/day"`) instead of a bucket."""
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool = False
+    store: str = "memory://"
+    fail: Literal["open", "closed"] = "open"
+    trusted_proxies: tuple[str, ...] = ()
+    policies: tuple[RateLimitPolicySettings, ...] = ()
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    enabled: bool = False
+    failure_threshold: int = 5
+    open_seconds: float = 30.0
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Selector → seconds."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool = False
+    store: str = "memory://"
+    ttl: float = 60.0
+    max_entries: int = 10_000
+    max_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = False
+    metrics_path: str = "/metrics"
+    access_log: bool = True
+    record_principal: bool = False
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole validated file; every section has safe defaults."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    servers: tuple[ServerSettings, ...] = ()
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    source: Path | None = None
+    """The file it came from (relative paths in it are relative to its folder)."""
+
+
+# --- where a key is in the file -----------------------------------------------------------------
+
+
+class _Lines:
+    """Finds the line of a key path in TOML text (tables, arrays of tables, dotted keys); best effort."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+    def __init__(self, text: str) -> None:
+        # (table path with array indexes, key, line): e.g. ("servers[1]", "url", 12)
+        self.entries: list[tuple[str, str | None, int]] = []
+        counts: dict[str, int] = {}
+        table = ""
+        for number, line in enumerate(text.splitlines(), 1):
+            header = self._HEADER.match(line)
+            if header:
+                name = ".".join(part.strip().strip("\"'") for part in header.group(2).split("."))
+                if header.group(1) == "[[":
+                    index = counts.get(name, 0)
+                    counts[name] = index + 1
+                    table = f"{name}[{index}]"
+                else:
+                    table = name
+                self.entries.append((table, None, number))
+                continue
+            key = self._KEY.match(line)
+            if key and not line.lstrip().startswith("#"):
+                dotted = ".".join(part.strip().strip("\"'") for part in key.group(1).split("."))
+                self.entries.append((table, dotted, number))
+
+    def find(self, path: str) -> int | None:
+        best: int | None = None
+        for table, key, number in self.entries:
+            full = table if key is None else (f"{table}.{key}" if table else key)
+            if full == path:
+                return number
+            if path.startswith(full + ".") or path.startswith(full + "["):
+                best = number  # the closest enclosing table or key seen so far
+        return best
+
+
+# --- the reader ---------------------------------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+class _Reader:
+    """Reads typed values out of a parsed TOML table, collecting problems instead of stopping."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, problems: list[Problem], lines: _Lines) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self.lines = lines
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str | None, message: str) -> None:
+        path = self._key(key) if key else self.path or "(top level)"
+        self.problems.append(Problem(path, message, self.lines.find(path)))
+
+    def raw(self, key: str, default: Any = _MISSING) -> Any:
+        self.seen.add(key)
+        if key not in self.data:
+            if default is _MISSING:
+                self.problem(key, "is required")
+            return default
+        return self.data[key]
+
+    def _typed(self, key: str, default: T, check: Callable[[Any], bool], expected: str) -> T:
+        value = self.raw(key, default)
+        if value is default:
+            return default
+        if not check(value):
+            self.problem(key, f"must be {expected}, not {_describe(value)}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def string(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self._typed(key, default, lambda v: isinstance(v, str), "a string")
+        if isinstance(value, str) and value is not default:
+            value = self.secret(key, value)
+            if choices and value not in choices:
+                self.problem(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+                return default
+        return value
+
+    def secret(self, key: str, value: str) -> str:
+        """Resolve `${env:NAME}` (and `${env:NAME:-default}`) references from the environment."""
+
+        def resolve(match: re.Match[str]) -> str:
+            name, fallback = match.group(1), match.group(2)
+            found = os.environ.get(name)
+            if found is None:
+                if fallback is not None:
+                    return fallback
+                self.problem(key, f"refers to environment variable {name}, which is not set")
+                return ""
+            return found
+
+        return _ENV_REF.sub(resolve, value) if "${env:" in value else value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false")
+
+    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._typed(key, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
+        if value is not default and not _within(value, minimum, maximum):
+            self.problem(key, f"must be {_range_text(minimum, maximum)}, not {value}")
+            return default
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float | None = None, positive: bool = False) -> float:
+        value = self._typed(key, default, lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number")
+        if value is default:
+            return default
+        number = float(value)
+        if not math.isfinite(number) or (positive and number <= 0) or (minimum is not None and number < minimum):
+            self.problem(
+                key,
+                f"must be {'a positive' if positive else 'a finite'} number"
+                + (f" ≥ {minimum:g}" if minimum is not None else "")
+                + f", not {value}",
+            )
+            return default
+        return number
+
+    def size(self, key: str, default: int) -> int:
+        """A byte size: an integer, or a string such as `"4MiB"`, `"512 KB"`."""
+        value: Any = self.raw(key, None)
+        if value is None:
+            return default
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return int(value)
+        match = _SIZE.match(value) if isinstance(value, str) else None
+        if match is None or float(match.group(1)) <= 0:
+            self.problem(key, f'must be a positive size such as 4194304 or "4MiB", not {_describe(value)}')
+            return default
+        return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value: Any = self.raw(key, default)
+        if value is default:
+            return tuple(default)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.problem(key, f"must be a list of strings, not {_describe(value)}")
+            return default
+        return tuple(self.secret(key, item) for item in value)
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.raw(key, {})
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            self.problem(key, f"must be a table of strings, not {_describe(value)}")
+            return {}
+        return {name: self.secret(f"{key}.{name}", item) for name, item in value.items()}
+
+    def table(self, key: str) -> _Reader:
+        value = self.raw(key, {})
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a table, not {_describe(value)}")
+            value = {}
+        return _Reader(value, self._key(key), self.problems, self.lines)
+
+    def tables(self, key: str) -> Iterator[_Reader]:
+        value = self.raw(key, [])
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            self.problem(key, f"must be an array of tables ([[{self._key(key)}]]), not {_describe(value)}")
+            return
+        for index, item in enumerate(value):
+            yield _Reader(item, f"{self._key(key)}[{index}]", self.problems, self.lines)
+
+    def done(self) -> None:
+        """Every key not read is a problem: a typo must not be silently ignored."""
+        for key in self.data:
+            if key not in self.seen:
+                self.problem(key, "is not a known setting")
+
+
+def _describe(value: Any) -> str:
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return (
+        f"{kind.get(type(value), type(value).__name__)} ({value!r})"
+        if not isinstance(value, dict | list)
+        else kind[type(value)]
+    )
+
+
+def _within(value: int, minimum: int | None, maximum: int | None) -> bool:
+    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def _range_text(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"between {minimum} and {maximum}"
+    return f"≥ {minimum}" if minimum is not None else f"≤ {maximum}"
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def _gateway(reader: _Reader) -> GatewaySettings:
+    d = GatewaySettings()
+    prefix = reader.string("prefix", d.prefix)
+    if not prefix.startswith("/") or (prefix != "/" and prefix.endswith("/")):
+        reader.problem("prefix", f"must start with '/' and not end with one, not {prefix!r}")
+        prefix = d.prefix
+    settings = GatewaySettings(
+        host=reader.string("host", d.host),
+        port=reader.integer("port", d.port, minimum=0, maximum=65535),
+        prefix=prefix,
+        public_url=reader.string("public_url", None),
+        shutdown_timeout=reader.number("shutdown_timeout", d.shutdown_timeout, minimum=0),
+        tls_certfile=reader.string("tls_certfile", None),
+        tls_keyfile=reader.string("tls_keyfile", None),
+        log_level=reader.string("log_level", d.log_level, choices=("critical", "error", "warning", "info", "debug")),
+    )
+    if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
+        reader.problem(
+            "tls_keyfile" if settings.tls_keyfile is None else "tls_certfile",
+            "TLS needs both tls_certfile and tls_keyfile",
+        )
+    reader.done()
+    return settings
+
+
+def _front_door(reader: _Reader) -> FrontDoorSettings:
+    d = FrontDoorSettings()
+    settings = FrontDoorSettings(
+        allowed_hosts=reader.strings("allowed_hosts", d.allowed_hosts),
+        allowed_origins=reader.strings("allowed_origins", d.allowed_origins),
+        cors=reader.boolean("cors", d.cors),
+        max_body_size=reader.size("max_body_size", d.max_body_size),
+    )
+    reader.done()
+    return settings
+
+
+def _server(reader: _Reader, names: dict[str, str]) -> ServerSettings | None:
+    name = reader.string("name")
+    if isinstance(name, str):
+        if not _NAME.match(name):
+            reader.problem(
+                "name", f"must match [A-Za-z0-9_-]{{1,64}} (it is a path segment and a tool prefix), not {name!r}"
+            )
+        elif name in names:
+            reader.problem("name", f"{name!r} is already the name of {names[name]}")
+        else:
+            names[name] = reader.path
+    app = reader.string("app", None)
+    url = reader.string("url", None)
+    command: tuple[str, ...] = ()
+    raw_command = reader.raw("command", None)
+    if isinstance(raw_command, str):
+        command = (reader.secret("command", raw_command),)
+    elif raw_command is not None:
+        command = reader.strings("command", ())
+    given = [key for key, value in (("app", app), ("url", url), ("command", command)) if value]
+    if len(given) != 1:
+        reader.problem(
+            None,
+            "needs exactly one of app (module:attr), url or command"
+            + (f"; it has {', '.join(given)}" if given else ""),
+        )
+    if app is not None and not re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", app):
+        reader.problem("app", f"must be 'module:attribute', not {app!r}")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        reader.problem("url", f"must be an http:// or https:// URL, not {url!r}")
+    settings = ServerSettings(
+        name=name if isinstance(name, str) else "",
+        app=app,
+        url=url,
+        command=command,
+        env=reader.string_map("env"),
+        headers=reader.string_map("headers"),
+        mount=reader.boolean("mount", True),
+        aggregate=reader.boolean("aggregate", True),
+        timeout=reader.number("timeout", 30.0, positive=True),
+        optional=reader.boolean("optional", False),
+    )
+    reader.done()
+    return settings if len(given) == 1 and isinstance(name, str) else None
+
+
+def _aggregate(reader: _Reader) -> AggregateSettings:
+    d = AggregateSettings()
+    separator = reader.string("separator", d.separator)
+    if not re.match(r"^[A-Za-z0-9_-]{1,4}$", separator):
+        reader.problem(
+            "separator",
+            f"must be 1 to 4 characters of [A-Za-z0-9_-] (tool names must stay portable), not {separator!r}",
+        )
+        separator = d.separator
+    settings = AggregateSettings(
+        enabled=reader.boolean("enabled", d.enabled),
+        separator=separator,
+        prefix_mode=reader.string("prefix_mode", d.prefix_mode, choices=("always", "on_collision", "never")),
+    )
+    reader.done()
+    return settings
+
+
+def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
+    table = reader.table(key)
+    found = {name: table.strings(name, ()) for name in list(table.data)}
+    table.done()
+    return found
+
+
+def _auth(reader: _Reader) -> AuthSettings:
+    d = AuthSettings()
+    mode = reader.string("mode", d.mode, choices=("none", "dev", "static", "jwt", "introspection"))
+    settings = AuthSettings(
+        mode=mode,
+        issuer=reader.string("issuer", None),
+        jwks_url=reader.string("jwks_url", None),
+        introspection_url=reader.string("introspection_url", None),
+        client_id=reader.string("client_id", None),
+        client_secret=reader.string("client_secret", None),
+        audience=reader.strings("audience", ()),
+        tokens=_scope_map(reader, "tokens"),
+        required_scopes=reader.strings("required_scopes", ()),
+        scopes=_scope_map(reader, "scopes"),
+        public_paths=reader.strings("public_paths", d.public_paths),
+        auto_approve=reader.boolean("auto_approve", d.auto_approve),
+    )
+    needs = {"jwt": ("jwks_url", "issuer"), "introspection": ("introspection_url",), "static": ("tokens",)}
+    for key in needs.get(mode, ()):
+        if not getattr(settings, key):
+            reader.problem(key, f"is required when mode = {mode!r}")
+    reader.done()
+    return settings
+
+
+def _ratelimit(reader: _Reader) -> RateLimitSettings:
+    policies: list[RateLimitPolicySettings] = []
+    seen: set[str] = set()
+    for policy in reader.tables("policies"):
+        name = policy.string("name")
+        if isinstance(name, str) and name in seen:
+            policy.problem("name", f"{name!r} names another policy too")
+        seen.add(name if isinstance(name, str) else "")
+        quota = policy.string("quota", None)
+        if quota is not None and not re.match(r"^\s*\d+\s*(/|per)\s*\d*\s*[a-z]+\s*$", quota):
+            policy.problem("quota", f'must be a rate such as "1000/day" or "10 per minute", not {quota!r}')
+        policies.append(
+            RateLimitPolicySettings(
+                name=name if isinstance(name, str) else "",
+                selector=policy.string("selector", "*"),
+                capacity=policy.number("capacity", 10.0, positive=True),
+                rate=policy.number("rate", 1.0, positive=True),
+                cost=policy.number("cost", 1.0, positive=True),
+                quota=quota,
+            )
+        )
+        policy.done()
+    settings = RateLimitSettings(
+        enabled=reader.boolean("enabled", bool(policies)),
+        store=_store(reader, "store"),
+        fail=reader.string("fail", "open", choices=("open", "closed")),
+        trusted_proxies=reader.strings("trusted_proxies", ()),
+        policies=tuple(policies),
+    )
+    reader.done()
+    return settings
+
+
+def _store(reader: _Reader, key: str) -> str:
+    value: str = reader.string(key, "memory://")
+    if not re.match(r"^(memory://|redis(\+unix|s)?://)", value):
+        reader.problem(key, f"must be memory:// or a redis://, rediss:// or redis+unix:// URL, not {value!r}")
+        return "memory://"
+    return value
+
+
+def _breaker(reader: _Reader) -> BreakerSettings:
+    timeouts_table = reader.table("timeouts")
+    timeouts = {name: timeouts_table.number(name, 30.0, positive=True) for name in list(timeouts_table.data)}
+    timeouts_table.done()
+    settings = BreakerSettings(
+        enabled=reader.boolean("enabled", True),
+        failure_threshold=reader.integer("failure_threshold", 5, minimum=1),
+        open_seconds=reader.number("open_seconds", 30.0, positive=True),
+        timeouts=timeouts,
+    )
+    reader.done()
+    return settings
+
+
+def _cache(reader: _Reader) -> CacheSettings:
+    d = CacheSettings()
+    settings = CacheSettings(
+        enabled=reader.boolean("enabled", True),
+        store=_store(reader, "store"),
+        ttl=reader.number("ttl", d.ttl, positive=True),
+        max_entries=reader.integer("max_entries", d.max_entries, minimum=1),
+        max_bytes=reader.size("max_bytes", d.max_bytes),
+    )
+    reader.done()
+    return settings
+
+
+def _tracing(reader: _Reader) -> TracingSettings:
+    d = TracingSettings()
+    path = reader.string("metrics_path", d.metrics_path)
+    if not path.startswith("/"):
+        reader.problem("metrics_path", f"must start with '/', not {path!r}")
+        path = d.metrics_path
+    settings = TracingSettings(
+        enabled=reader.boolean("enabled", True),
+        metrics_path=path,
+        access_log=reader.boolean("access_log", d.access_log),
+        record_principal=reader.boolean("record_principal", d.record_principal),
+    )
+    reader.done()
+    return settings
+
+
+def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
+    """Validate TOML text; raises :class:`ConfigError` listing every problem."""
+    name = str(source) if source else "config"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        raise ConfigError([Problem("(file)", f"is not valid TOML: {exc}", line)], name) from None
+    problems: list[Problem] = []
+    top = _Reader(data, "", problems, _Lines(text))
+    names: dict[str, str] = {}
+    servers = tuple(s for s in (_server(r, names) for r in top.tables("servers")) if s is not None)
+    config = GatewayConfig(
+        gateway=_gateway(top.table("gateway")),
+        front_door=_front_door(top.table("front_door")),
+        servers=servers,
+        aggregate=_aggregate(top.table("aggregate")),
+        auth=_auth(top.table("auth")),
+        ratelimit=_ratelimit(top.table("ratelimit")),
+        breaker=_breaker(top.table("breaker")) if "breaker" in data else BreakerSettings(),
+        cache=_cache(top.table("cache")) if "cache" in data else CacheSettings(),
+        tracing=_tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
+        source=source,
+    )
+    top.seen.update({"breaker", "cache", "tracing"})
+    top.done()
+    if not servers and not any(p.path.startswith("servers") for p in problems):
+        problems.append(Problem("servers", "at least one [[servers]] entry is needed"))
+    if problems:
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))  # in file order; keys not in the file last
+        raise ConfigError(problems, name)
+    return config
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a config file (see :func:`parse_config`)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem("(file)", f"cannot be read: {exc.strerror or exc}")], str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("(file)", "is not UTF-8 text")], str(path)) from None
+    return parse_config(text, source=path.resolve())

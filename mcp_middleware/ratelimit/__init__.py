@@ -1,0 +1,38 @@
+"""Rate limiting for MCP: token buckets and window quotas per caller, tool and server.
+
+Policies attach to selectors; buckets live in memory (bounded) or in Redis (one atomic Lua
+script per decision, on the server's clock); window quotas use the `limits` library and
+its storages. Refusals are HTTP 429 with `Retry-After`, the IETF `RateLimit` fields and a
+JSON-RPC error an agent can read. See docs/ratelimit.md.
+"""
+
+from .bucket import BucketDecision, BucketState, TokenBucket
+from .keys import CallerKey, KeyFunction, global_key
+from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
+from .middleware import RateLimitMiddleware, ratelimit_headers
+from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
+from .stores import BucketStore, BucketTake, MemoryBucketStore, RedisBucketStore, StoreUnavailable
+
+__all__ = [
+    "BucketDecision",
+    "BucketPolicy",
+    "BucketState",
+    "BucketStore",
+    "BucketTake",
+    "CallerKey",
+    "FailureMode",
+    "KeyFunction",
+    "MemoryBucketStore",
+    "Policy",
+    "PolicyState",
+    "QuotaPolicy",
+    "QuotaStrategy",
+    "RateLimitMiddleware",
+    "RateLimiter",
+    "RedisBucketStore",
+    "StoreUnavailable",
+    "TokenBucket",
+    "Verdict",
+    "global_key",
+    "ratelimit_headers",
+]

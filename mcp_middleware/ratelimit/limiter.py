@@ -1,0 +1,259 @@
+"""The decision: which policies match a request, and whether every one of them admits it.
+
+:class:`RateLimiter` is the middleware's engine, usable on its own (a router, a custom
+middleware). Order of work, so that a refused request consumes nothing: window quotas are
+tested (not counted), then every matching bucket is charged in one atomic store call (all
+or nothing), then the quotas are counted; should a quota refuse in that last step (a race
+with another instance), the bucket tokens are given back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import limits.aio.storage
+import limits.aio.strategies
+from limits.errors import StorageError
+from opentelemetry import metrics
+from starlette.types import Scope
+
+from mcp_middleware.core import McpRequest
+
+from .bucket import EPSILON
+from .keys import CallerKey, KeyFunction
+from .policies import BucketPolicy, Policy, QuotaPolicy
+from .stores import BucketStore, BucketTake, MemoryBucketStore, StoreUnavailable
+
+__all__ = ["FailureMode", "PolicyState", "RateLimiter", "Verdict"]
+
+logger = logging.getLogger("mcp_middleware.ratelimit")
+
+FailureMode = Literal["open", "closed"]
+
+_STORE_ERRORS = (StoreUnavailable, StorageError, OSError, TimeoutError)
+_WARN_EVERY = 10.0
+"""Seconds between two log warnings about the same failing store (an outage must not flood the log)."""
+
+
+class PolicyState(NamedTuple):
+    """One policy's standing after a decision, as the `RateLimit`/`RateLimit-Policy` fields say it."""
+
+    policy: str
+    quota: int
+    """`q`: the burst of a bucket, the limit of a quota."""
+    window: int
+    """`w`: seconds a bucket takes to fill, or the quota's window."""
+    remaining: int
+    """`r`: whole requests' worth left."""
+    reset: int
+    """`t`: seconds until the bucket is full again / the window resets."""
+
+
+class Verdict(NamedTuple):
+    """Whether a request may go on, and the state of every policy that matched it."""
+
+    allowed: bool
+    states: tuple[PolicyState, ...] = ()
+    """The matched policies; on a refusal, only the one that refused."""
+    policy: str | None = None
+    """The policy that refused."""
+    retry_after: float = 0.0
+    """Seconds until the refused request would be admitted."""
+    degraded: bool = False
+    """A store failed: `allowed` is the configured failure mode, not a count."""
+
+
+_NOTHING_MATCHED = Verdict(True)
+
+_STRATEGIES: dict[str, type[limits.aio.strategies.RateLimiter]] = {
+    "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
+    "moving-window": limits.aio.strategies.MovingWindowRateLimiter,
+    "sliding-window-counter": limits.aio.strategies.SlidingWindowCounterRateLimiter,
+}
+
+
+def _digest(text: str) -> str:
+    # 128 bits: collisions are not a concern, storage keys stay short whatever a subject looks like.
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+class RateLimiter:
+    """Decide requests against bucket and quota policies.
+
+    >>> import asyncio
+    >>> from mcp_middleware.core import McpRequest, RequestKind, Era
+    >>> limiter = RateLimiter([BucketPolicy("per-caller", rate=1, capacity=2)])
+    >>> request = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=1,
+    ...                      params={"name": "echo"})
+    >>> scope = {"type": "http", "client": ("192.0.2.1", 4000), "headers": []}
+    >>> [asyncio.run(limiter.check(scope, request)).allowed for _ in range(3)]
+    [True, True, False]
+
+    `store` holds the buckets (default :class:`MemoryBucketStore`; a
+    :class:`RedisBucketStore` shares them between instances); `quota_storage` holds the
+    window counts (a `limits` storage or its URI: `"memory://"`, `"redis://host:6379/0"`).
+    `key` is the default key function (:class:`CallerKey`). `namespace` prefixes every
+    storage key, so several servers can share one Redis. `failure` says what happens when a
+    store cannot decide: `"open"` admits (logged warning, `store_failures` counter, the OTel
+    counter `mcp_middleware.ratelimit.store_errors`, `on_store_error`), `"closed"` refuses.
+    """
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        store: BucketStore | None = None,
+        quota_storage: str | limits.aio.storage.Storage = "memory://",
+        key: KeyFunction | None = None,
+        namespace: str = "",
+        failure: FailureMode = "open",
+        quota_timeout: float = 0.25,
+        on_store_error: Callable[[Exception], None] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        if failure not in ("open", "closed"):
+            raise ValueError("failure must be 'open' or 'closed'")
+        names = [policy.name for policy in policies]
+        if len(set(names)) != len(names):
+            raise ValueError("policy names must be unique")
+        self.policies = tuple(policies)
+        self._buckets = tuple(p for p in self.policies if isinstance(p, BucketPolicy))
+        self._quotas = tuple(p for p in self.policies if isinstance(p, QuotaPolicy))
+        self.store: BucketStore = store if store is not None else MemoryBucketStore()
+        self.key: KeyFunction = key if key is not None else CallerKey()
+        self.namespace = namespace
+        self.failure: FailureMode = failure
+        self.on_store_error = on_store_error
+        self.store_failures = 0
+        """How many decisions a failing store could not make (a metric for fail-open)."""
+        self._errors = metrics.get_meter("mcp_middleware.ratelimit", meter_provider=meter_provider).create_counter(
+            "mcp_middleware.ratelimit.store_errors",
+            unit="{decision}",
+            description="Rate-limit decisions a store could not make; decided by the failure mode instead",
+        )
+        self._last_warning = -math.inf
+        self._quota_storage: limits.aio.storage.Storage | None = None
+        self._strategies: dict[str, limits.aio.strategies.RateLimiter] = {}
+        if self._quotas:
+            self._quota_storage = _quota_storage(quota_storage, quota_timeout)
+            self._strategies = {p.strategy: _STRATEGIES[p.strategy](self._quota_storage) for p in self._quotas}
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+    def _identity(self, policy: Policy, scope: Scope, request: McpRequest, seen: dict[Any, str]) -> str:
+        function = policy.key or self.key
+        identity = seen.get(function)
+        if identity is None:
+            identity = seen[function] = function(scope, request)
+        if policy.per_target:
+            identity = f"{identity}\x00{request.target or ''}"
+        return f"{self.namespace}{policy.name}:{_digest(identity)}"
+
+    async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Verdict:
+        """Decide one request (`now` injects the bucket store's clock for tests)."""
+        buckets = [p for p in self._buckets if p.matches(request)]
+        quotas = [p for p in self._quotas if p.matches(request)] if self._quotas else []
+        if not buckets and not quotas:
+            return _NOTHING_MATCHED
+        seen: dict[Any, str] = {}
+        try:
+            if quotas:
+                quota_keys = [self._identity(p, scope, request, seen) for p in quotas]
+                refusal = await self._test_quotas(quotas, quota_keys)
+                if refusal is not None:
+                    return refusal
+            states: list[PolicyState] = []
+            takes: list[BucketTake] = []
+            if buckets:
+                takes = [BucketTake(self._identity(p, scope, request, seen), p.bucket, p.cost) for p in buckets]
+                decisions = await self.store.take(takes, now=now)
+                refused = [(p, d) for p, d in zip(buckets, decisions, strict=True) if not d.allowed]
+                if refused:
+                    policy, decision = max(refused, key=lambda item: item[1].retry_after)
+                    state = PolicyState(
+                        policy.name, policy.quota, policy.window, 0, math.ceil(decision.reset_after - EPSILON)
+                    )
+                    return Verdict(False, (state,), policy.name, decision.retry_after)
+                states = [
+                    PolicyState(
+                        p.name,
+                        p.quota,
+                        p.window,
+                        math.floor(d.remaining + EPSILON),
+                        max(0, math.ceil(d.reset_after - EPSILON)),
+                    )
+                    for p, d in zip(buckets, decisions, strict=True)
+                ]
+            if quotas:
+                refusal = await self._hit_quotas(quotas, quota_keys, states)
+                if refusal is not None:
+                    if takes:
+                        await self.store.give_back(takes, now=now)
+                    return refusal
+        except _STORE_ERRORS as exc:
+            return self._degraded(exc)
+        return Verdict(True, tuple(states))
+
+    async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Verdict | None:
+        for policy, key in zip(quotas, keys, strict=True):
+            strategy = self._strategies[policy.strategy]
+            if not await strategy.test(policy.item, key, cost=policy.cost):
+                return await self._quota_refusal(policy, key)
+        return None
+
+    async def _hit_quotas(
+        self, quotas: list[QuotaPolicy], keys: list[str], states: list[PolicyState]
+    ) -> Verdict | None:
+        for policy, key in zip(quotas, keys, strict=True):
+            strategy = self._strategies[policy.strategy]
+            if not await strategy.hit(policy.item, key, cost=policy.cost):
+                return await self._quota_refusal(policy, key)
+            stats = await strategy.get_window_stats(policy.item, key)
+            reset = max(0, math.ceil(stats.reset_time - time.time()))
+            states.append(PolicyState(policy.name, policy.quota, policy.window, max(0, stats.remaining), reset))
+        return None
+
+    async def _quota_refusal(self, policy: QuotaPolicy, key: str) -> Verdict:
+        stats = await self._strategies[policy.strategy].get_window_stats(policy.item, key)
+        retry = max(0.001, stats.reset_time - time.time())
+        state = PolicyState(policy.name, policy.quota, policy.window, 0, math.ceil(retry))
+        return Verdict(False, (state,), policy.name, retry)
+
+    def _degraded(self, exc: Exception) -> Verdict:
+        self.store_failures += 1
+        self._errors.add(1, {"failure_mode": self.failure})
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_EVERY:
+            self._last_warning = now
+            action = "admitting requests (fail-open)" if self.failure == "open" else "refusing requests (fail-closed)"
+            logger.warning("rate-limit store unavailable, %s: %s", action, exc)
+        if self.on_store_error is not None:
+            self.on_store_error(exc)
+        return Verdict(self.failure == "open", degraded=True, retry_after=1.0)
+
+
+def _quota_storage(storage: str | limits.aio.storage.Storage, timeout: float) -> limits.aio.storage.Storage:
+    if not isinstance(storage, str):
+        return storage
+    uri = storage if storage.startswith("async+") else "async+" + storage
+    options: dict[str, Any] = {}
+    if "redis" in uri.partition("://")[0]:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        options = {
+            "implementation": "redispy",  # redis-py, which the bucket store uses too (no coredis)
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+    made = limits.storage.storage_from_string(uri, wrap_exceptions=True, **options)
+    if not isinstance(made, limits.aio.storage.Storage):
+        raise ValueError(f"{storage!r} is not an async limits storage")
+    return made

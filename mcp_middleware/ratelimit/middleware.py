@@ -1,0 +1,170 @@
+"""`RateLimitMiddleware`: token buckets and window quotas in front of an MCP server."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import limits.aio.storage
+from opentelemetry import metrics
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_middleware.core import (
+    DEFAULT_CONFIG,
+    CoreConfig,
+    ErrorCode,
+    McpRequest,
+    RequestKind,
+    read_request,
+    record_decision,
+    send_error,
+)
+
+from .keys import CallerKey, KeyFunction
+from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
+from .policies import Policy
+from .stores import BucketStore
+
+__all__ = ["RateLimitMiddleware", "ratelimit_headers"]
+
+
+def ratelimit_headers(states: Iterable[PolicyState]) -> list[tuple[bytes, bytes]]:
+    """`RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11): structured-field lists.
+
+    >>> ratelimit_headers([PolicyState("search", 10, 2, 7, 1)])
+    [(b'ratelimit-policy', b'"search";q=10;w=2'), (b'ratelimit', b'"search";r=7;t=1')]
+    """
+    states = list(states)
+    if not states:
+        return []
+    policy = ", ".join(f'"{s.policy}";q={s.quota};w={s.window}' for s in states)
+    current = ", ".join(f'"{s.policy}";r={s.remaining};t={s.reset}' for s in states)
+    return [(b"ratelimit-policy", policy.encode("ascii")), (b"ratelimit", current.encode("ascii"))]
+
+
+def _tightest(states: Sequence[PolicyState]) -> PolicyState:
+    return min(states, key=lambda s: s.remaining / s.quota if s.quota else 0.0)
+
+
+class RateLimitMiddleware:
+    """Rate-limit MCP requests per caller, per tool, per server; refuse with errors an agent can read.
+
+    Only JSON-RPC requests count (see docs/ratelimit.md): notifications, responses, GET
+    streams and DELETEs pass untouched. A refused request gets HTTP 429, `Retry-After`,
+    the IETF `RateLimit-Policy`/`RateLimit` fields, and a JSON-RPC error `-32014` with its
+    id and `data = {"retryAfterMs": …, "policy": …}`. Admitted requests carry the
+    `RateLimit` fields too unless `headers=False`. When the store fails, `failure="open"`
+    admits (and counts it), `failure="closed"` answers 503 with JSON-RPC error `-32015`.
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.ratelimit import BucketPolicy, QuotaPolicy
+    >>> app = RateLimitMiddleware(
+    ...     MCPServer("demo").streamable_http_app(),
+    ...     policies=[
+    ...         BucketPolicy("search", selector="tools/call:search_*", rate=5, capacity=10),
+    ...         BucketPolicy("per-caller", rate="20/second"),
+    ...         QuotaPolicy("daily", selector="tools/call", limit="1000/day"),
+    ...     ],
+    ... )
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policies: Sequence[Policy],
+        store: BucketStore | None = None,
+        quota_storage: str | limits.aio.storage.Storage = "memory://",
+        key: KeyFunction | None = None,
+        trusted_proxies: Iterable[str] = (),
+        namespace: str = "",
+        failure: FailureMode = "open",
+        headers: bool = True,
+        config: CoreConfig = DEFAULT_CONFIG,
+        on_store_error: Callable[[Exception], None] | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        trusted = tuple(trusted_proxies)
+        if key is not None and trusted:
+            raise ValueError("give trusted_proxies to CallerKey yourself when you pass a key function")
+        self.app = app
+        self.limiter = RateLimiter(
+            policies,
+            store=store,
+            quota_storage=quota_storage,
+            key=key if key is not None else CallerKey(trusted_proxies=trusted),
+            namespace=namespace,
+            failure=failure,
+            on_store_error=on_store_error,
+            meter_provider=meter_provider,
+        )
+        self.headers = headers
+        self.config = config
+
+    async def aclose(self) -> None:
+        """Close the store's connections (call from your app's lifespan shutdown)."""
+        await self.limiter.aclose()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        prepared = await read_request(scope, receive, send, self.config)
+        if prepared is None:
+            return
+        request, receive = prepared
+        if request is None or request.kind is not RequestKind.REQUEST:
+            await self.app(scope, receive, send)
+            return
+        verdict = await self.limiter.check(scope, request)
+        if not verdict.allowed:
+            await self._refuse(scope, send, request, verdict)
+            return
+        if verdict.states:
+            tightest = _tightest(verdict.states)
+            attributes: dict[str, str | int | bool] = {"policy": tightest.policy, "remaining": tightest.remaining}
+            record_decision(scope, "ratelimit", "allow", **attributes)
+            if self.headers:
+                send = _with_headers(send, ratelimit_headers(verdict.states))
+        elif verdict.degraded:
+            record_decision(scope, "ratelimit", "allow", reason="store-unavailable")
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Verdict) -> None:
+        retry_seconds = max(1, math.ceil(verdict.retry_after))
+        if verdict.degraded:
+            record_decision(scope, "ratelimit", "deny", reason="store-unavailable")
+            await send_error(
+                send,
+                status=503,
+                code=ErrorCode.UNAVAILABLE,
+                message="Rate limiting is unavailable; try again shortly",
+                request_id=request.id,
+                data={"retryAfterMs": retry_seconds * 1000},
+                headers=[("retry-after", str(retry_seconds))],
+            )
+            return
+        retry_ms = max(1, math.ceil(verdict.retry_after * 1000))
+        record_decision(scope, "ratelimit", "deny", policy=verdict.policy or "", retry_after_ms=retry_ms, remaining=0)
+        headers = [("retry-after", str(retry_seconds))]
+        headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ratelimit_headers(verdict.states)]
+        await send_error(
+            send,
+            status=429,
+            code=ErrorCode.RATE_LIMITED,
+            message=f"Rate limit exceeded (policy {verdict.policy!r}); retry in {retry_ms} ms",
+            request_id=request.id,
+            data={"retryAfterMs": retry_ms, "policy": verdict.policy},
+            headers=headers,
+        )
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """A `send` that adds `extra` to the response start and forwards everything else at once."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+        await send(message)
+
+    return sending

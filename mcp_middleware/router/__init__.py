@@ -1,0 +1,38 @@
+"""Mount many MCP servers under one path: `/mcp/{name}` path mounts and one aggregated `/mcp`.
+
+See docs/router.md. The pieces:
+
+* :class:`McpRouter`: the ASGI app (path mounts, the aggregate, lifespans);
+* backends: :class:`InProcessBackend`, :class:`HttpBackend`, :class:`StdioBackend`;
+* :class:`AggregateServer`: the aggregated endpoint, an MCP server of its own;
+* :class:`NamingPolicy`, :class:`PrefixMode`, :class:`NameTable`: portable namespaced names;
+* :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts.
+"""
+
+from .aggregate import ROUTER_META_KEY, AggregateServer
+from .asgi_transport import AsgiStreamTransport
+from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend, run_lifespan
+from .links import BackendUnavailable
+from .mounts import McpRouter, Mount, MountMiddleware
+from .names import Collision, NameTable, NamingPolicy, PrefixMode
+from .proxy import StreamingProxy
+
+__all__ = [
+    "ROUTER_META_KEY",
+    "AggregateServer",
+    "AsgiStreamTransport",
+    "Backend",
+    "BackendUnavailable",
+    "Collision",
+    "HttpBackend",
+    "InProcessBackend",
+    "McpRouter",
+    "Mount",
+    "MountMiddleware",
+    "NameTable",
+    "NamingPolicy",
+    "PrefixMode",
+    "StdioBackend",
+    "StreamingProxy",
+    "run_lifespan",
+]

@@ -1,0 +1,613 @@
+"""The aggregated endpoint: one real MCP server in front of many backends.
+
+It is built with the `mcp` SDK's low-level `Server`, so it serves both protocol
+eras to clients whatever era each backend speaks. Lists are fetched from every
+backend concurrently (each with its own timeout, following each backend's own
+pages), merged under namespaced names (:mod:`.names`) in a deterministic order
+(by public name), and paged with opaque keyset cursors: a cursor remembers the
+last name handed out, so a client walking the pages sees every item that exists
+throughout the walk exactly once, even when a backend changes in between. A
+backend that fails does not fail the list: the rest is returned and the failure
+is reported in the result's `_meta`, the log and the request's decisions.
+Calls are routed back by the name table; progress is relayed while the call runs;
+an `input_required` (MRTR) result passes through and its retry is routed back
+like any call. A backend's list_changed becomes one debounced list_changed to the
+connected clients (legacy sessions and modern `subscriptions/listen` streams).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import anyio
+import anyio.abc
+import mcp_types as types
+import orjson
+from mcp import Client
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core import ErrorCode, JsonRpcCode, record_decision
+
+from .backends import Backend
+from .links import BackendLink, BackendUnavailable
+from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+
+__all__ = ["ROUTER_META_KEY", "AggregateServer"]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+ROUTER_META_KEY = "io.github.mcp-middleware/router"
+"""The `_meta` key under which the aggregate reports failed backends and name collisions."""
+
+_MAX_BACKEND_PAGES = 1000
+_CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    name: str  # "tools", "prompts", "resources", "resource_templates"
+    key: str  # the attribute that identifies an item: name, uri, uri_template
+    change: str  # the list_changed family it belongs to
+
+
+_TOOLS = _Kind("tools", "name", "tools")
+_PROMPTS = _Kind("prompts", "name", "prompts")
+_RESOURCES = _Kind("resources", "uri", "resources")
+_TEMPLATES = _Kind("resource_templates", "uri_template", "resources")
+_KINDS = (_TOOLS, _PROMPTS, _RESOURCES, _TEMPLATES)
+
+
+@dataclass(slots=True)
+class _Listing:
+    items: list[Any]
+    fetched_at: float
+
+
+@dataclass(slots=True)
+class _Merged:
+    """A merged, namespaced, sorted list of one kind, and how to route back."""
+
+    items: list[Any]  # public copies, sorted by public key
+    keys: list[str]  # their public keys, same order
+    table: NameTable | None  # tools/prompts
+    uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
+    failures: list[dict[str, Any]]
+    collisions: list[dict[str, str | None]]
+
+
+@dataclass
+class _Gathered:
+    listings: dict[str, _Listing] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _RouterServer(Server[Any]):
+    """The low-level server, declaring list_changed for legacy clients too (we relay them)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(True, True, True), experimental_capabilities, extensions
+        )
+
+
+class AggregateServer:
+    """An MCP server that merges and routes to many backends.
+
+    Usually built by :class:`~mcp_middleware.router.McpRouter`; usable alone:
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.router import InProcessBackend
+    >>> github, jira = MCPServer("github"), MCPServer("jira")
+    >>> aggregate = AggregateServer({
+    ...     "github": InProcessBackend(github.streamable_http_app()),
+    ...     "jira": InProcessBackend(jira.streamable_http_app()),
+    ... })
+    >>> # serve `aggregate` (an ASGI app answering at /mcp) inside `async with aggregate.lifespan():`
+    """
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        *,
+        naming: NamingPolicy | None = None,
+        name: str = "mcp-router",
+        page_size: int = 100,
+        list_ttl: float = 30.0,
+        failure_cooldown: float = 5.0,
+        debounce: float = 0.2,
+        transport_security: TransportSecuritySettings | None = None,
+        max_listeners: int = 10_000,
+        path: str = "/mcp",
+    ) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.backends = dict(backends)
+        self.naming = naming or NamingPolicy()
+        self.page_size = page_size
+        self.list_ttl = list_ttl
+        self.failure_cooldown = failure_cooldown
+        self.debounce = debounce
+        self.path = path
+        self._links: dict[str, BackendLink] = {}
+        self._group: anyio.abc.TaskGroup | None = None
+        self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in _KINDS}
+        self._merged: dict[str, tuple[tuple[int, ...], _Merged]] = {}
+        self._cooling: dict[str, tuple[float, str]] = {}
+        self._pending_changes: set[str] = set()
+        self._flush_scheduled = False
+        self._legacy_sessions: OrderedDict[str, ServerSession] = OrderedDict()
+        self._max_listeners = max_listeners
+        self._bus = InMemorySubscriptionBus()
+        self.server = _RouterServer(
+            name,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+            on_list_prompts=self._list_prompts,
+            on_get_prompt=self._get_prompt,
+            on_list_resources=self._list_resources,
+            on_list_resource_templates=self._list_resource_templates,
+            on_read_resource=self._read_resource,
+            on_subscriptions_listen=ListenHandler(self._bus),
+        )
+        self._app = self.server.streamable_http_app(streamable_http_path=path, transport_security=transport_security)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        root: str = scope.get("root_path", "")
+        child = dict(scope)  # answer at whatever path the router serves us
+        child["path"] = root + self.path
+        child["raw_path"] = (root + self.path).encode("latin-1")
+        await self._app(child, receive, send)
+
+    @property
+    def app(self) -> ASGIApp:
+        return self._app
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Run the server's session manager and the backend sessions (opened on first use)."""
+        async with anyio.create_task_group() as group, self.server.session_manager.run():
+            self._group = group
+            self._links = {
+                server: BackendLink(server, backend, group=group, on_change=self._backend_changed)
+                for server, backend in self.backends.items()
+            }
+            try:
+                yield
+            finally:
+                for link in self._links.values():
+                    link.close()
+                self._group = None
+                group.cancel_scope.cancel()
+
+    # --- lists ---------------------------------------------------------------------------------
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        page, cursor, meta = await self._page(ctx, _TOOLS, params)
+        return types.ListToolsResult(tools=page, next_cursor=cursor, _meta=meta)
+
+    async def _list_prompts(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListPromptsResult:
+        page, cursor, meta = await self._page(ctx, _PROMPTS, params)
+        return types.ListPromptsResult(prompts=page, next_cursor=cursor, _meta=meta)
+
+    async def _list_resources(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourcesResult:
+        page, cursor, meta = await self._page(ctx, _RESOURCES, params)
+        return types.ListResourcesResult(resources=page, next_cursor=cursor, _meta=meta)
+
+    async def _list_resource_templates(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListResourceTemplatesResult:
+        page, cursor, meta = await self._page(ctx, _TEMPLATES, params)
+        return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor, _meta=meta)
+
+    async def _page(
+        self, ctx: ServerRequestContext[Any], kind: _Kind, params: types.PaginatedRequestParams | None
+    ) -> tuple[list[Any], str | None, dict[str, Any] | None]:
+        self._remember(ctx)
+        after = _decode_cursor(params.cursor if params is not None else None, kind)
+        merged = await self._merge(kind)
+        start = _bisect_after(merged.keys, after) if after is not None else 0
+        end = start + self.page_size
+        page = merged.items[start:end]
+        next_cursor = _encode_cursor(kind, merged.keys[end - 1]) if end < len(merged.items) else None
+        report: dict[str, Any] = {}
+        if merged.failures:
+            report["partial"] = True
+            report["failed"] = merged.failures
+            _decide(ctx, "partial", method=f"{kind.name}/list", failed=",".join(f["server"] for f in merged.failures))
+        if merged.collisions:
+            report["collisions"] = merged.collisions
+        return page, next_cursor, ({ROUTER_META_KEY: report} if report else None)
+
+    async def _merge(self, kind: _Kind) -> _Merged:
+        gathered = await self._gather(kind)
+        version = tuple(id(gathered.listings.get(server)) for server in self.backends)
+        cached = self._merged.get(kind.name)
+        if cached is not None and cached[0] == version and not gathered.failures and not cached[1].failures:
+            return cached[1]
+        merged = self._build(kind, gathered)
+        self._merged[kind.name] = (version, merged)
+        return merged
+
+    def _build(self, kind: _Kind, gathered: _Gathered) -> _Merged:
+        entries: list[tuple[str, Any]] = []
+        for server in self.backends:  # mount order decides collisions
+            listing = gathered.listings.get(server)
+            if listing is not None:
+                entries.extend((server, item) for item in listing.items)
+        table: NameTable | None = None
+        uris: dict[str, tuple[str, str]] = {}
+        collisions: list[dict[str, str | None]] = []
+        public: list[tuple[str, Any]] = []
+        if kind.key == "name":
+            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries))
+            collisions = [collision.describe() for collision in table.collisions]
+            for server, item in entries:
+                name = table.public_name(server, item.name)
+                if name is not None:
+                    public.append((name, item.model_copy(update={"name": name})))
+        else:
+            keep = self.naming.prefix is PrefixMode.NEVER
+            for server, item in entries:
+                original: str = getattr(item, kind.key)
+                uri = original if keep else namespace_uri(server, original)
+                if uri in uris:
+                    collisions.append({"name": uri, "kept": uris[uri][0], "renamed": server, "as": None})
+                    continue
+                uris[uri] = (server, original)
+                public.append((uri, item.model_copy(update={kind.key: uri})))
+        public.sort(key=lambda pair: pair[0])
+        if collisions:
+            logger.info("aggregate %s: name collisions %s", kind.name, collisions)
+        return _Merged(
+            items=[item for _, item in public],
+            keys=[key for key, _ in public],
+            table=table,
+            uris=uris,
+            failures=gathered.failures,
+            collisions=collisions,
+        )
+
+    async def _gather(self, kind: _Kind) -> _Gathered:
+        gathered = _Gathered()
+        listings = self._listings[kind.name]
+        now = time.monotonic()
+        stale = [server for server in self.backends if not _fresh(listings.get(server), now, self.list_ttl)]
+        for server in self.backends:
+            if server not in stale:
+                gathered.listings[server] = listings[server]
+        if stale:
+            async with anyio.create_task_group() as group:
+                for server in stale:
+                    group.start_soon(self._fetch_into, kind, server, gathered)
+        return gathered
+
+    async def _fetch_into(self, kind: _Kind, server: str, gathered: _Gathered) -> None:
+        cooling = self._cooling.get(server)
+        if cooling is not None and cooling[0] > time.monotonic():
+            gathered.failures.append(
+                {"server": server, "error": "unavailable", "message": f"backend is cooling down after: {cooling[1]}"}
+            )
+            return
+        backend = self.backends[server]
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(backend.timeout):
+                client = await self._links[server].client(backend.timeout)
+                items = await _fetch_all(client, kind)
+        except TimeoutError:
+            self._fail(server, gathered, "timeout", f"no answer within {backend.timeout:g} s")
+            return
+        except BackendUnavailable as exc:
+            self._fail(server, gathered, "unavailable", exc.reason)
+            return
+        except MCPError as exc:
+            if exc.code == JsonRpcCode.METHOD_NOT_FOUND:  # the backend does not offer this kind at all
+                items = []
+            else:
+                self._fail(server, gathered, "error", f"{exc.code}: {exc.message}")
+                self._links[server].mark_broken(exc.message) if _connection_lost(exc) else None
+                return
+        except Exception as exc:  # garbage from the backend, a dead connection: this backend only
+            self._fail(server, gathered, "error", _short(exc))
+            self._links[server].mark_broken(_short(exc))
+            return
+        listing = _Listing(items, started)
+        self._listings[kind.name][server] = listing
+        self._cooling.pop(server, None)
+        gathered.listings[server] = listing
+
+    def _fail(self, server: str, gathered: _Gathered, error: str, message: str) -> None:
+        logger.warning("aggregate: backend %s failed (%s): %s", server, error, message)
+        gathered.failures.append({"server": server, "error": error, "message": message})
+        if self.failure_cooldown > 0 and error in ("timeout", "unavailable"):
+            self._cooling[server] = (time.monotonic() + self.failure_cooldown, message)
+        stale = self._listings  # keep nothing stale for a failed backend: its items are not offered
+        for listings in stale.values():
+            listings.pop(server, None)
+
+    # --- calls ---------------------------------------------------------------------------------
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        self._remember(ctx)
+        server, name = await self._resolve(_TOOLS, params.name, "tool")
+        client = await self._client(server)
+
+        async def relay(progress: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(progress, total, message)
+
+        async with self._guard(ctx, server, "tools/call", params.name):
+            result: types.CallToolResult | types.InputRequiredResult = await client.session.call_tool(
+                name,
+                params.arguments,
+                progress_callback=relay,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                meta=_forwarded_meta(params.meta),
+                allow_input_required=True,
+            )
+        return result
+
+    async def _get_prompt(
+        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
+    ) -> types.GetPromptResult | types.InputRequiredResult:
+        self._remember(ctx)
+        server, name = await self._resolve(_PROMPTS, params.name, "prompt")
+        client = await self._client(server)
+        async with self._guard(ctx, server, "prompts/get", params.name):
+            prompt: types.GetPromptResult | types.InputRequiredResult = await client.session.get_prompt(
+                name,
+                params.arguments,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                meta=_forwarded_meta(params.meta),
+                allow_input_required=True,
+            )
+        return prompt
+
+    async def _read_resource(
+        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
+    ) -> types.ReadResourceResult | types.InputRequiredResult:
+        self._remember(ctx)
+        public_uri = params.uri
+        target = None if self.naming.prefix is PrefixMode.NEVER else split_uri(public_uri, self.backends)
+        if target is None:
+            merged = await self._merge(_RESOURCES)
+            target = merged.uris.get(public_uri)
+        if target is None:
+            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+        server, uri = target
+        client = await self._client(server)
+        async with self._guard(ctx, server, "resources/read", public_uri):
+            result: types.ReadResourceResult | types.InputRequiredResult = await client.session.read_resource(
+                uri,
+                input_responses=params.input_responses,
+                request_state=params.request_state,
+                meta=_forwarded_meta(params.meta),
+                allow_input_required=True,
+            )
+        if isinstance(result, types.ReadResourceResult) and self.naming.prefix is not PrefixMode.NEVER:
+            contents = [
+                content.model_copy(update={"uri": namespace_uri(server, content.uri)}) for content in result.contents
+            ]
+            result = result.model_copy(update={"contents": contents})
+        return result
+
+    async def _resolve(self, kind: _Kind, public_name: str, noun: str) -> tuple[str, str]:
+        cached = self._merged.get(kind.name)
+        target = cached[1].table.resolve(public_name) if cached is not None and cached[1].table else None
+        if target is None:  # not seen yet or renamed since: look again before saying no
+            merged = await self._merge(kind)
+            target = merged.table.resolve(public_name) if merged.table is not None else None
+        if target is None:
+            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
+        return target
+
+    async def _client(self, server: str) -> Client:
+        backend = self.backends[server]
+        try:
+            return await self._links[server].client(backend.timeout)
+        except BackendUnavailable as exc:
+            raise MCPError(
+                ErrorCode.UNAVAILABLE,
+                f"Backend {server} is unavailable: {exc.reason}",
+                data={"server": server, "retryAfterMs": int(exc.retry_in * 1000)},
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _guard(
+        self, ctx: ServerRequestContext[Any], server: str, method: str, target: str
+    ) -> AsyncIterator[None]:
+        """One backend call: its timeout, and its failures as clear errors for this call only."""
+        backend = self.backends[server]
+        try:
+            with anyio.fail_after(backend.timeout):
+                yield
+        except TimeoutError as exc:
+            _decide(ctx, "timeout", server=server, method=method)
+            raise MCPError(
+                ErrorCode.TIMEOUT, f"Backend {server} did not answer {method} in time", data={"server": server}
+            ) from exc
+        except MCPError as exc:
+            if _connection_lost(exc):
+                self._links[server].mark_broken(exc.message)
+                _decide(ctx, "backend_error", server=server, method=method)
+                raise MCPError(
+                    ErrorCode.BAD_GATEWAY,
+                    f"Backend {server} failed during {method}: {exc.message}",
+                    data={"server": server},
+                ) from exc
+            raise
+        except Exception as exc:  # garbage or a dead connection: a clear error for this call, others unaffected
+            logger.warning("backend %s failed on %s %s: %s", server, method, target, exc)
+            self._links[server].mark_broken(_short(exc))
+            _decide(ctx, "backend_error", server=server, method=method)
+            raise MCPError(
+                ErrorCode.BAD_GATEWAY,
+                f"Backend {server} failed during {method}: {_short(exc)}",
+                data={"server": server},
+            ) from exc
+        _decide(ctx, "routed", server=server, method=method)
+
+    # --- list_changed relay --------------------------------------------------------------------
+
+    def _remember(self, ctx: ServerRequestContext[Any]) -> None:
+        """Legacy sessions get list_changed on their standalone stream: keep one handle per session."""
+        if ctx.protocol_version.startswith("2026") or ctx.request is None:
+            return
+        headers = getattr(ctx.request, "headers", None)
+        session_id = headers.get("mcp-session-id") if headers is not None else None
+        if session_id is None:
+            return
+        sessions = self._legacy_sessions
+        sessions[session_id] = ctx.session
+        sessions.move_to_end(session_id)
+        while len(sessions) > self._max_listeners:
+            sessions.popitem(last=False)
+
+    def _backend_changed(self, server: str, kinds: frozenset[str]) -> None:
+        for kind in _KINDS:
+            if kind.change in kinds:
+                self._listings[kind.name].pop(server, None)
+        self._pending_changes |= kinds
+        if not self._flush_scheduled and self._group is not None:
+            self._flush_scheduled = True
+            self._group.start_soon(self._flush_changes)
+
+    async def _flush_changes(self) -> None:
+        await anyio.sleep(self.debounce)  # many backends changing at once: one notification per kind
+        kinds, self._pending_changes = self._pending_changes, set()
+        self._flush_scheduled = False
+        events: list[ServerEvent] = []
+        if "tools" in kinds:
+            events.append(ToolsListChanged())
+        if "prompts" in kinds:
+            events.append(PromptsListChanged())
+        if "resources" in kinds:
+            events.append(ResourcesListChanged())
+        for event in events:
+            await self._bus.publish(event)
+        for session_id, session in list(self._legacy_sessions.items()):
+            try:
+                if "tools" in kinds:
+                    await session.send_tool_list_changed()
+                if "prompts" in kinds:
+                    await session.send_prompt_list_changed()
+                if "resources" in kinds:
+                    await session.send_resource_list_changed()
+            except Exception:  # the session is gone
+                self._legacy_sessions.pop(session_id, None)
+
+
+# --- helpers close to their use ----------------------------------------------------------------
+
+
+async def _fetch_all(client: Any, kind: _Kind) -> list[Any]:
+    """Every item of one kind from one backend, following its own pages (an empty string is a cursor)."""
+    session = client.session
+    fetch: Callable[..., Any] = {
+        "tools": session.list_tools,
+        "prompts": session.list_prompts,
+        "resources": session.list_resources,
+        "resource_templates": session.list_resource_templates,
+    }[kind.name]
+    items: list[Any] = []
+    cursor: str | None = None
+    seen: set[str] = set()
+    for _ in range(_MAX_BACKEND_PAGES):
+        result = await fetch(params=types.PaginatedRequestParams(cursor=cursor))
+        items.extend(getattr(result, kind.name))
+        cursor = result.next_cursor
+        if cursor is None or cursor in seen:  # a cursor that does not advance would loop forever
+            break
+        seen.add(cursor)
+    return items
+
+
+def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:
+    return listing is not None and now - listing.fetched_at < ttl
+
+
+def _encode_cursor(kind: _Kind, after: str) -> str:
+    raw = orjson.dumps({"v": _CURSOR_VERSION, "k": kind.name, "a": after})
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str | None, kind: _Kind) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = orjson.loads(raw)
+        if decoded["v"] == _CURSOR_VERSION and decoded["k"] == kind.name and isinstance(decoded["a"], str):
+            return str(decoded["a"])
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        pass
+    raise MCPError(JsonRpcCode.INVALID_PARAMS, "Invalid cursor", data={"cursor": cursor[:200]})
+
+
+def _bisect_after(keys: Sequence[str], after: str) -> int:
+    low, high = 0, len(keys)
+    while low < high:
+        middle = (low + high) // 2
+        if keys[middle] <= after:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def _forwarded_meta(meta: Any) -> types.RequestParamsMeta | None:
+    """The client's `_meta` minus what the SDK sets per hop (protocol envelope, progress token)."""
+    if meta is None:
+        return None
+    raw = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True, exclude_none=True)
+    kept = {k: v for k, v in raw.items() if k != "progressToken" and not k.startswith("io.modelcontextprotocol/")}
+    return cast("types.RequestParamsMeta", kept) if kept else None
+
+
+def _connection_lost(exc: MCPError) -> bool:
+    return exc.code in (types.CONNECTION_CLOSED, -32000)
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return _short(exc.exceptions[0])
+    return (str(exc) or type(exc).__name__)[:200]
+
+
+def _decide(ctx: ServerRequestContext[Any], outcome: str, **attributes: str | int) -> None:
+    scope = getattr(ctx.request, "scope", None)
+    if isinstance(scope, dict):
+        record_decision(scope, "router", outcome, **attributes)

@@ -1,0 +1,274 @@
+"""The three kinds of backend a router mounts, and how each is reached.
+
+A backend is reached in one of two ways. A **path mount** hands the raw HTTP
+exchange to it: an in-process ASGI app is called directly (no HTTP), a remote
+URL goes through the :class:`~mcp_middleware.router.proxy.StreamingProxy`; a
+stdio command has no HTTP side, so its path mount is a one-backend aggregate.
+The **aggregate** talks to every backend as an MCP client (the `mcp` SDK's
+`Client`), through :meth:`Backend.open_client`, and keeps that session open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx2
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .asgi_transport import AsgiStreamTransport
+from .proxy import StreamingProxy, pooled_client
+
+__all__ = ["Backend", "HttpBackend", "InProcessBackend", "StdioBackend", "run_lifespan"]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+_INPROCESS_ORIGIN = "http://127.0.0.1:8000"
+"""The origin the aggregate uses for in-process apps (the SDK's Host check wants a loopback host with a port)."""
+
+
+class Backend:
+    """What the router needs from any backend. Subclasses: in-process, HTTP, stdio.
+
+    `timeout` bounds each aggregate call to this backend (list fan-out and calls).
+    """
+
+    timeout: float
+
+    def path_app(self) -> ASGIApp | None:
+        """The ASGI app a path mount dispatches to, or None when the router must bridge (stdio)."""
+        raise NotImplementedError
+
+    def open_client(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Client]:
+        """A connected `mcp.Client` to this backend (options: the SDK `Client` callbacks)."""
+        raise NotImplementedError
+
+    def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """What must run while the router runs (an app's lifespan, a connection pool)."""
+        return contextlib.nullcontext()
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a dead session to it should be restarted with backoff and watched by health checks."""
+        return False
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class InProcessBackend(Backend):
+    """An ASGI app in this process: `MCPServer.streamable_http_app()`, a `fastmcp` `http_app()`, any MCP app.
+
+    The router runs the app's lifespan (or hand it to a host app: `McpRouter.lifespan()`).
+    `path` is where the app serves MCP (`/mcp` for both SDKs' defaults).
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> backend = InProcessBackend(MCPServer("github").streamable_http_app())
+    """
+
+    app: ASGIApp
+    path: str = "/mcp"
+    timeout: float = 30.0
+    run_lifespan: bool = True
+    """False when something else (a host app) already runs the app's lifespan."""
+
+    def path_app(self) -> ASGIApp:
+        return _AtPath(self.app, self.path)
+
+    @contextlib.asynccontextmanager
+    async def open_client(self, **options: Any) -> AsyncIterator[Client]:
+        transport = AsgiStreamTransport(self.app)
+        async with httpx2.AsyncClient(transport=transport, base_url=_INPROCESS_ORIGIN, timeout=None) as http:
+            streams = streamable_http_client(f"{_INPROCESS_ORIGIN}{self.path}", http_client=http)
+            async with Client(streams, mode="auto", cache=None, **options) as client:
+                yield client
+
+    def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return run_lifespan(self.app) if self.run_lifespan else contextlib.nullcontext()
+
+    def describe(self) -> str:
+        return f"in-process app at {self.path}"
+
+
+@dataclass(eq=False)
+class HttpBackend(Backend):
+    """A remote Streamable HTTP MCP endpoint.
+
+    `headers` are this backend's own credentials and settings (`Authorization`, API
+    keys); the client's token is never passed on unless `forward_authorization`.
+    One pooled keep-alive connection pool serves both the path mount's proxy and
+    the aggregate's session.
+
+    >>> backend = HttpBackend("https://tools.internal/mcp", headers={"Authorization": "Bearer s3cret"})
+    """
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    forward_authorization: bool = False
+    timeout: float = 30.0
+    connect_timeout: float = 10.0
+    max_connections: int = 200
+    verify: bool = True
+    _client: httpx2.AsyncClient | None = field(default=None, init=False, repr=False)
+    _proxy: StreamingProxy | None = field(default=None, init=False, repr=False)
+
+    @property
+    def client(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            self._client = pooled_client(
+                headers=self.headers,
+                connect_timeout=self.connect_timeout,
+                max_connections=self.max_connections,
+                max_keepalive=self.max_connections,
+                verify=self.verify,
+            )
+        return self._client
+
+    def path_app(self) -> ASGIApp:
+        if self._proxy is None:
+            self._proxy = StreamingProxy(self.url, forward_authorization=self.forward_authorization, client=self.client)
+        return self._proxy
+
+    @contextlib.asynccontextmanager
+    async def open_client(self, **options: Any) -> AsyncIterator[Client]:
+        streams = streamable_http_client(self.url, http_client=self.client)
+        async with Client(streams, mode="auto", cache=None, **options) as client:
+            yield client
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            client, self._client, self._proxy = self._client, None, None
+            if client is not None:
+                await client.aclose()
+
+    def describe(self) -> str:
+        return self.url
+
+
+@dataclass(eq=False)
+class StdioBackend(Backend):
+    """A local command speaking MCP over stdin/stdout, supervised.
+
+    The aggregate keeps one session (one process) open; when the process dies it is
+    started again with exponential backoff (`restart_delay` doubling up to
+    `max_restart_delay`), its lists are fetched anew and clients are told the lists
+    changed. `health_interval` seconds between pings notice a death while idle.
+
+    >>> backend = StdioBackend("npx", ["-y", "@modelcontextprotocol/server-everything"])
+    """
+
+    command: str
+    args: Sequence[str] = ()
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    timeout: float = 30.0
+    restart_delay: float = 0.5
+    max_restart_delay: float = 30.0
+    health_interval: float = 5.0
+
+    def path_app(self) -> None:
+        return None
+
+    @contextlib.asynccontextmanager
+    async def open_client(self, **options: Any) -> AsyncIterator[Client]:
+        params = StdioServerParameters(
+            command=self.command, args=list(self.args), env=dict(self.env) if self.env else None, cwd=self.cwd
+        )
+        async with Client(params, mode="auto", cache=None, **options) as client:
+            yield client
+
+    @property
+    def supervised(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return " ".join([self.command, *self.args])
+
+
+class _AtPath:
+    """Present a mount's request to an in-process app at the path the app serves."""
+
+    __slots__ = ("app", "path", "raw_path")
+
+    def __init__(self, app: ASGIApp, path: str) -> None:
+        self.app = app
+        self.path = path
+        self.raw_path = path.encode("latin-1")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root: str = scope.get("root_path", "")
+        child = dict(scope)
+        child["path"] = root + self.path
+        child["raw_path"] = root.encode("latin-1") + self.raw_path
+        await self.app(child, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def run_lifespan(app: ASGIApp) -> AsyncIterator[None]:
+    """Drive an ASGI app's lifespan protocol: startup on entry, shutdown on exit.
+
+    An app that does not speak lifespan (raises, or returns at once) is fine;
+    one that reports `lifespan.startup.failed` makes entering fail.
+
+    >>> # async with run_lifespan(server.streamable_http_app()): ... serve requests ...
+    """
+    inbox_send: MemoryObjectSendStream[Message]
+    inbox: MemoryObjectReceiveStream[Message]
+    inbox_send, inbox = anyio.create_memory_object_stream[Message](math.inf)
+    started = anyio.Event()
+    stopped = anyio.Event()
+    outcome: dict[str, Message | None] = {"startup": None, "shutdown": None}
+
+    async def receive() -> Message:
+        return await inbox.receive()
+
+    async def send(message: Message) -> None:
+        kind = message["type"]
+        if kind.startswith("lifespan.startup."):
+            outcome["startup"] = message
+            started.set()
+        elif kind.startswith("lifespan.shutdown."):
+            outcome["shutdown"] = message
+            stopped.set()
+
+    async def run() -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await app(scope, receive, send)
+        except Exception:  # apps without lifespan support raise on the scope: nothing to run
+            if outcome["startup"] is None:
+                logger.debug("app %r does not support lifespan", app)
+            else:
+                logger.exception("lifespan of %r failed", app)
+        finally:
+            started.set()
+            stopped.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await inbox_send.send({"type": "lifespan.startup"})
+        await started.wait()
+        message = outcome["startup"]
+        if message is not None and message["type"] == "lifespan.startup.failed":
+            group.cancel_scope.cancel()
+            raise RuntimeError(f"backend startup failed: {message.get('message', '')}")
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                await inbox_send.send({"type": "lifespan.shutdown"})
+                with anyio.move_on_after(10):
+                    await stopped.wait()
+            group.cancel_scope.cancel()

@@ -1,0 +1,239 @@
+"""`McpRouter`: many MCP servers under one path.
+
+Two ways in, side by side:
+
+* **path mounts** `{prefix}/{name}` (default `/mcp/{name}`): the request goes to one
+  backend, through that mount's own middleware stack. The mount is found with one
+  dict lookup, so the cost does not grow with the number of mounts. In-process apps
+  are called directly; remote URLs go through a streaming reverse proxy; stdio
+  commands through a one-backend aggregate.
+* **the aggregated endpoint** (default `/mcp`): one MCP server offering the tools,
+  prompts and resources of all backends under namespaced names
+  (:class:`~mcp_middleware.router.AggregateServer`).
+
+The router runs the lifespans of in-process backends, the aggregate's sessions
+and connection pools: as an ASGI app it answers the `lifespan` scope itself; inside
+a FastAPI/Starlette host, run `router.lifespan()` from the host's lifespan.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_error
+
+from .aggregate import AggregateServer
+from .backends import Backend, InProcessBackend
+from .names import NamingPolicy, PrefixMode, validate_server_name
+
+__all__ = ["McpRouter", "Mount", "MountMiddleware"]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+MountMiddleware = Middleware | Callable[[ASGIApp], ASGIApp]
+"""A middleware for one mount: `starlette.middleware.Middleware(Cls, **options)` or `lambda app: Cls(app, ...)`."""
+
+_EVERY_PATH = CoreConfig(paths=("*",))
+_PRM_PREFIX = "/.well-known/oauth-protected-resource"
+
+
+@dataclass(slots=True)
+class Mount:
+    """One mounted backend: its name, the backend, and the app its requests go to (middleware included)."""
+
+    name: str
+    backend: Backend
+    app: ASGIApp
+    aggregate: bool
+    has_middleware: bool
+
+
+class McpRouter:
+    """Mount MCP servers at `{prefix}/{name}` and aggregate them at `aggregate_path`.
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.router import HttpBackend, InProcessBackend
+    >>> router = McpRouter()
+    >>> router.mount("github", InProcessBackend(MCPServer("github").streamable_http_app()))
+    >>> router.mount("search", HttpBackend("http://127.0.0.1:9000/mcp", headers={"X-Api-Key": "k"}))
+    >>> sorted(router.mounts)
+    ['github', 'search']
+    >>> # uvicorn.run(router)  ->  /mcp/github, /mcp/search, and both at /mcp
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "/mcp",
+        aggregate_path: str | None = "/mcp",
+        naming: NamingPolicy | None = None,
+        name: str = "mcp-router",
+        page_size: int = 100,
+        list_ttl: float = 30.0,
+        failure_cooldown: float = 5.0,
+        debounce: float = 0.2,
+        transport_security: TransportSecuritySettings | None = None,
+    ) -> None:
+        if not prefix.startswith("/") or (prefix.endswith("/") and prefix != "/"):
+            raise ValueError("prefix must start with '/' and not end with '/'")
+        if aggregate_path is not None and not aggregate_path.startswith("/"):
+            raise ValueError("aggregate_path must start with '/'")
+        self.prefix = "" if prefix == "/" else prefix
+        self.aggregate_path = aggregate_path.rstrip("/") or "/" if aggregate_path is not None else None
+        self.naming = naming or NamingPolicy()
+        self.mounts: dict[str, Mount] = {}
+        self._prm: dict[str, Mount] = {}
+        self._aggregate_options: dict[str, Any] = {
+            "name": name,
+            "page_size": page_size,
+            "list_ttl": list_ttl,
+            "failure_cooldown": failure_cooldown,
+            "debounce": debounce,
+            "transport_security": transport_security,
+        }
+        self._aggregate: AggregateServer | None = None
+        self._bridges: list[AggregateServer] = []
+        self._running = False
+
+    def mount(
+        self,
+        name: str,
+        backend: Backend | ASGIApp,
+        *,
+        middleware: Sequence[MountMiddleware] = (),
+        aggregate: bool = True,
+    ) -> None:
+        """Mount `backend` at `{prefix}/{name}` (and in the aggregate unless `aggregate=False`).
+
+        `middleware` wraps this mount only, outermost first (as in Starlette). A bare ASGI
+        app is taken as an :class:`InProcessBackend` serving MCP at `/mcp`.
+        """
+        if self._running:
+            raise RuntimeError("mount() before the router starts")
+        validate_server_name(name)
+        if name in self.mounts:
+            raise ValueError(f"a server named {name!r} is already mounted")
+        if not isinstance(backend, Backend):
+            backend = InProcessBackend(backend)
+        target = backend.path_app()
+        if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
+            bridge = AggregateServer(
+                {name: backend},
+                naming=NamingPolicy(prefix=PrefixMode.NEVER),
+                **{**self._aggregate_options, "name": name},
+            )
+            self._bridges.append(bridge)
+            target = bridge
+        app = target
+        for item in reversed(middleware):
+            app = item.cls(app, *item.args, **item.kwargs) if isinstance(item, Middleware) else item(app)
+        mount = Mount(name, backend, app, aggregate, bool(middleware))
+        self.mounts[name] = mount
+        self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = mount
+        self._aggregate = None  # rebuilt with the new member on first use
+
+    @property
+    def aggregate(self) -> AggregateServer:
+        """The aggregated endpoint's server (over every mount with `aggregate=True`)."""
+        if self._aggregate is None:
+            members = {name: mount.backend for name, mount in self.mounts.items() if mount.aggregate}
+            self._aggregate = AggregateServer(members, naming=self.naming, **self._aggregate_options)
+        return self._aggregate
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """Start in-process backends, the aggregate and the bridges; stop them on exit.
+
+        Use it from a host app's lifespan when the router is mounted inside FastAPI/Starlette
+        (a mounted app's own lifespan never runs there):
+
+        >>> # @contextlib.asynccontextmanager
+        >>> # async def lifespan(app):
+        >>> #     async with router.lifespan():
+        >>> #         yield
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            for mount in self.mounts.values():
+                await stack.enter_async_context(mount.backend.lifespan())
+            for bridge in self._bridges:
+                await stack.enter_async_context(bridge.lifespan())
+            if self.aggregate_path is not None:
+                await stack.enter_async_context(self.aggregate.lifespan())
+            self._running = True
+            try:
+                yield
+            finally:
+                self._running = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._serve_lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        if kind != "http":
+            if kind == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        if path.endswith("/") and len(path) > 1:
+            path = path[:-1]
+        if path == self.aggregate_path:
+            await self.aggregate(scope, receive, send)
+            return
+        prefix = self.prefix
+        if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
+            mount = self.mounts.get(path[len(prefix) + 1 :])
+            if mount is not None:
+                await self._dispatch(mount, scope, receive, send)
+                return
+        elif path.startswith(_PRM_PREFIX):
+            mount = self._prm.get(path)
+            if mount is not None:  # RFC 9728 metadata of a protected mount: its own middleware answers
+                await mount.app(scope, receive, send)
+                return
+        await send_error(
+            send, status=404, code=JsonRpcCode.INVALID_REQUEST, message=f"No MCP server is mounted at {path}"
+        )
+
+    async def _dispatch(self, mount: Mount, scope: Scope, receive: Receive, send: Send) -> None:
+        if mount.has_middleware:
+            # Parse once here, whatever paths the mount's middlewares were configured for:
+            # they all find the request view in the scope and none lets the request through unread.
+            prepared = await read_request(scope, receive, send, _EVERY_PATH)
+            if prepared is None:
+                return
+            receive = prepared[1]
+        await mount.app(scope, receive, send)
+
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "lifespan.startup":
+            return
+        stack = contextlib.AsyncExitStack()
+        try:
+            await stack.enter_async_context(self.lifespan())
+        except Exception as exc:
+            logger.exception("router startup failed")
+            await stack.aclose()
+            await send({"type": "lifespan.startup.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        try:
+            await stack.aclose()
+        except Exception as exc:
+            logger.exception("router shutdown failed")
+            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+            return
+        await send({"type": "lifespan.shutdown.complete"})

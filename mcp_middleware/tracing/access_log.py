@@ -1,0 +1,103 @@
+"""One structured JSON access line per MCP request.
+
+Each line is a JSON object on the `mcp_middleware.access` logger (at INFO by default):
+method, target, HTTP status, JSON-RPC error code, `error.type`, duration, principal,
+trace and span ids, and what each middleware decided. The same object is attached to the
+log record as `record.mcp` for handlers that ship structured fields themselves.
+
+Never logged: tokens, headers, the principal's claims, result bodies. Argument values
+(`params.arguments` of `tools/call`/`prompts/get`) only with `log_arguments=True`.
+
+>>> import logging
+>>> log = AccessLog(logger=logging.getLogger("demo.access"))
+>>> log.enabled
+False
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from mcp_middleware.core import Decision, McpRequest, Principal
+
+__all__ = ["ACCESS_LOGGER", "AccessLog"]
+
+ACCESS_LOGGER = "mcp_middleware.access"
+
+
+class AccessLog:
+    """Writes the access line; give it to `TracingMiddleware(access_log=...)`.
+
+    >>> import logging
+    >>> logging.basicConfig(level=logging.INFO)
+    >>> log = AccessLog(log_arguments=False)   # TracingMiddleware(app, access_log=log)
+    """
+
+    def __init__(
+        self,
+        *,
+        logger: logging.Logger | None = None,
+        level: int = logging.INFO,
+        log_arguments: bool = False,
+    ) -> None:
+        self.logger = logger if logger is not None else logging.getLogger(ACCESS_LOGGER)
+        self.level = level
+        self.log_arguments = log_arguments
+
+    @property
+    def enabled(self) -> bool:
+        """Whether a line would be written (checked per request: logging can be configured late)."""
+        return self.logger.isEnabledFor(self.level)
+
+    def entry(
+        self,
+        *,
+        request: McpRequest | None,
+        http_method: str,
+        path: str,
+        status: int | None,
+        error_code: int | None,
+        error_type: str | None,
+        duration: float,
+        principal: Principal,
+        trace_id: int,
+        span_id: int,
+        decisions: Sequence[Decision],
+    ) -> dict[str, Any]:
+        """The fields of one line (a plain dict, JSON-serialisable)."""
+        entry: dict[str, Any] = {"event": "mcp.request", "http.method": http_method, "http.path": path}
+        if request is not None:
+            entry["mcp.method"] = request.method
+            entry["mcp.target"] = request.target
+            entry["mcp.kind"] = request.kind.value
+            entry["mcp.era"] = request.era.value
+            entry["mcp.protocol_version"] = request.protocol_version
+            if request.id is not None:
+                entry["jsonrpc.id"] = request.id
+            if request.session_id is not None:
+                entry["mcp.session_id"] = request.session_id
+            if self.log_arguments and request.method in ("tools/call", "prompts/get") and request.params:
+                entry["mcp.arguments"] = request.params.get("arguments")
+        entry["http.status"] = status
+        entry["jsonrpc.error_code"] = error_code
+        entry["error.type"] = error_type
+        entry["duration_ms"] = round(duration * 1000, 3)
+        # Who, never how: the subject and client, not the token or the claims.
+        entry["principal"] = (
+            {"subject": principal.subject, "client_id": principal.client_id, "tenant": principal.tenant}
+            if principal.authenticated
+            else None
+        )
+        entry["trace_id"] = f"{trace_id:032x}" if trace_id else None
+        entry["span_id"] = f"{span_id:016x}" if span_id else None
+        entry["decisions"] = [{"component": d.component, "outcome": d.outcome, **d.attributes} for d in decisions]
+        return entry
+
+    def write(self, entry: dict[str, Any]) -> None:
+        """Write one line; a value JSON cannot carry is written as its `str`."""
+        line = orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        self.logger.log(self.level, line, extra={"mcp": entry})

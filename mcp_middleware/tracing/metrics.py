@@ -1,0 +1,172 @@
+"""MCP metrics: the semconv operation duration, and counters fed by the middlewares' decisions.
+
+Instruments (created from the meter provider given, else the global one):
+
+- `mcp.server.operation.duration` (s): histogram with the semconv buckets, by `mcp.method.name`,
+  `gen_ai.tool.name`/`gen_ai.prompt.name`, `gen_ai.operation.name`, `error.type`,
+  `rpc.response.status_code`, `mcp.protocol.version`;
+- `mcp.middleware.decisions`: every decision, by `mcp_middleware.component` and `mcp_middleware.outcome`;
+- `mcp.middleware.auth.failures`: auth outcomes other than `allow`, by outcome and `mcp_middleware.reason`;
+- `mcp.middleware.ratelimit.refusals`: ratelimit `deny`, by `mcp_middleware.policy`;
+- `mcp.middleware.breaker.transitions`: breaker `open`/`half_open`/`closed` (or `transition` with `to`),
+  by `mcp_middleware.state`;
+- `mcp.middleware.cache.lookups`: cache `hit`/`miss`/`stale`, by `mcp_middleware.outcome`;
+- `mcp.middleware.cache.evictions`: cache `evict`, or any cache decision with an integer `evicted`.
+
+Names a client chooses (method, tool, prompt) are bounded: after `max_names` distinct
+ones, new names are recorded as `_OTHER`, so a client calling random tool names cannot
+grow the series without bound.
+
+>>> from opentelemetry.sdk.metrics import MeterProvider
+>>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+>>> reader = InMemoryMetricReader()
+>>> metrics = McpMetrics(MeterProvider(metric_readers=[reader]))
+>>> from mcp_middleware.core import Decision
+>>> metrics.record_decision(Decision("ratelimit", "deny", {"policy": "per-user"}))
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+
+from mcp_middleware.core import Decision, McpRequest
+
+from .semconv import (
+    DURATION_BUCKETS,
+    ERROR_TYPE,
+    GEN_AI_OPERATION_NAME,
+    GEN_AI_PROMPT_NAME,
+    GEN_AI_TOOL_NAME,
+    MCP_METHOD_NAME,
+    MCP_PROTOCOL_VERSION,
+    RPC_RESPONSE_STATUS_CODE,
+    AttributeMap,
+)
+
+try:  # the API's stand-in until a global provider is set: recording through it is a no-op
+    from opentelemetry.metrics._internal import _ProxyMeterProvider as _UNSET_METER_PROVIDER
+except ImportError:  # pragma: no cover - a later API may move it; then only NoOp counts as off
+    _UNSET_METER_PROVIDER = NoOpMeterProvider  # type: ignore[misc,assignment]
+
+__all__ = ["OPERATION_DURATION", "McpMetrics"]
+
+OPERATION_DURATION: Final = "mcp.server.operation.duration"
+_OTHER: Final = "_OTHER"
+_BREAKER_STATES: Final = frozenset({"open", "half_open", "closed"})
+_CACHE_LOOKUPS: Final = frozenset({"hit", "miss", "stale"})
+
+
+class _BoundedNames:
+    """Remembers up to `limit` distinct names; later newcomers become `_OTHER`."""
+
+    __slots__ = ("_limit", "_seen")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name in self._seen:
+            return name
+        if len(self._seen) >= self._limit:
+            return _OTHER
+        self._seen.add(name)
+        return name
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) and value else _OTHER
+
+
+class McpMetrics:
+    """The project's instruments on one meter; see the module docstring for the list."""
+
+    def __init__(self, meter_provider: MeterProvider | None = None, *, max_names: int = 500) -> None:
+        from mcp_middleware import __version__
+
+        self._provider = meter_provider
+        meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
+        self._methods = _BoundedNames(max_names)
+        self._targets = _BoundedNames(max_names)
+        self.duration = meter.create_histogram(
+            OPERATION_DURATION,
+            unit="s",
+            description="MCP request or notification duration as observed on the receiver "
+            "from the time it was received until the result or ack is sent.",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        self.decisions = meter.create_counter(
+            "mcp.middleware.decisions", unit="{decision}", description="Decisions of the middlewares, by outcome."
+        )
+        self.auth_failures = meter.create_counter(
+            "mcp.middleware.auth.failures", unit="{request}", description="Requests auth did not allow, by reason."
+        )
+        self.ratelimit_refusals = meter.create_counter(
+            "mcp.middleware.ratelimit.refusals", unit="{request}", description="Requests refused by a rate limit."
+        )
+        self.breaker_transitions = meter.create_counter(
+            "mcp.middleware.breaker.transitions", unit="{transition}", description="Circuit breaker state changes."
+        )
+        self.cache_lookups = meter.create_counter(
+            "mcp.middleware.cache.lookups", unit="{lookup}", description="Response cache lookups, by outcome."
+        )
+        self.cache_evictions = meter.create_counter(
+            "mcp.middleware.cache.evictions", unit="{entry}", description="Entries evicted from the response cache."
+        )
+
+    @property
+    def active(self) -> bool:
+        """Whether recording does anything (an SDK meter provider is given or set globally)."""
+        provider = self._provider if self._provider is not None else otel_metrics.get_meter_provider()
+        return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
+
+    def record_operation(
+        self, request: McpRequest, duration: float, error_type: str | None, error_code: int | None
+    ) -> None:
+        """Record one MCP request or notification in `mcp.server.operation.duration`."""
+        method = request.method
+        if method is None:
+            return  # GET streams, DELETE, client responses: not MCP operations
+        attributes: AttributeMap = {
+            MCP_METHOD_NAME: self._methods(method),
+            MCP_PROTOCOL_VERSION: request.protocol_version,
+        }
+        if method == "tools/call":
+            attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
+            if (name := request.name) is not None:
+                attributes[GEN_AI_TOOL_NAME] = self._targets(name)
+        elif method == "prompts/get" and (name := request.name) is not None:
+            attributes[GEN_AI_PROMPT_NAME] = self._targets(name)
+        if error_type is not None:
+            attributes[ERROR_TYPE] = error_type
+        if error_code is not None:
+            attributes[RPC_RESPONSE_STATUS_CODE] = str(error_code)
+        self.duration.record(max(duration, 0.0), attributes)
+
+    def record_decision(self, decision: Decision) -> None:
+        """Count one middleware decision."""
+        component, outcome, details = decision
+        self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
+        if component == "auth":
+            if outcome != "allow":
+                reason = _text(details.get("reason"))
+                self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
+        elif component == "ratelimit":
+            if outcome == "deny":
+                self.ratelimit_refusals.add(1, {"mcp_middleware.policy": _text(details.get("policy"))})
+        elif component == "breaker":
+            if outcome in _BREAKER_STATES:
+                self.breaker_transitions.add(1, {"mcp_middleware.state": outcome})
+            elif outcome == "transition":
+                self.breaker_transitions.add(1, {"mcp_middleware.state": _text(details.get("to"))})
+        elif component == "cache":
+            if outcome in _CACHE_LOOKUPS:
+                self.cache_lookups.add(1, {"mcp_middleware.outcome": outcome})
+            evicted = details.get("evicted")
+            if outcome == "evict" or (isinstance(evicted, int) and not isinstance(evicted, bool)):
+                count = evicted if isinstance(evicted, int) and not isinstance(evicted, bool) else 1
+                if count > 0:
+                    self.cache_evictions.add(count)

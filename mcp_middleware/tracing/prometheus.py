@@ -1,0 +1,115 @@
+"""Prometheus exposition of the OpenTelemetry metrics, through the OpenTelemetry Prometheus exporter.
+
+:class:`PrometheusMetrics` is an SDK meter provider whose reader is the exporter's
+`PrometheusMetricReader`, registered in a `prometheus_client` registry of its own;
+:class:`PrometheusMiddleware` serves that registry at a path of your choosing. OTel names
+become Prometheus names (`mcp.server.operation.duration` in seconds →
+`mcp_server_operation_duration_seconds_bucket{mcp_method_name="tools/call",…}`).
+
+Needs `opentelemetry-sdk` and `opentelemetry-exporter-prometheus`; they are imported only
+when these classes are used, so the rest of the package runs on the API alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.resources import Resource
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["PrometheusMetrics", "PrometheusMiddleware"]
+
+
+class PrometheusMetrics:
+    """A meter provider exposed in the Prometheus format; pass `meter_provider` to the middleware.
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.tracing import TracingMiddleware
+    >>> metrics = PrometheusMetrics()
+    >>> app = TracingMiddleware(MCPServer("demo").streamable_http_app(), meter_provider=metrics.meter_provider)
+    >>> app = PrometheusMiddleware(app, registry=metrics.registry, path="/metrics")
+    >>> metrics.shutdown()
+    """
+
+    def __init__(
+        self, *, registry: CollectorRegistry | None = None, resource: Resource | None = None, prefix: str = ""
+    ) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from prometheus_client import CollectorRegistry
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.reader = PrometheusMetricReader(registry=self.registry, prefix=prefix)
+        options: dict[str, Any] = {"resource": resource} if resource is not None else {}
+        self.meter_provider: MeterProvider = MeterProvider(metric_readers=[self.reader], **options)
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition text (and its content type) as a scrape would get it."""
+        return _render(self.registry, accept)
+
+    def shutdown(self) -> None:
+        """Stop the meter provider (its reader stops answering scrapes)."""
+        self.meter_provider.shutdown()
+
+
+def _render(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    from prometheus_client.exposition import choose_encoder
+
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+class PrometheusMiddleware:
+    """Serve a `prometheus_client` registry at `path` (GET/HEAD); pass everything else through.
+
+    `registry` defaults to `prometheus_client.REGISTRY`, where a `PrometheusMetricReader()`
+    built without one registers. The path is matched below the ASGI `root_path`, exactly.
+    The registry is rendered in a worker thread: a large scrape never stalls MCP traffic.
+
+    >>> from starlette.applications import Starlette
+    >>> app = PrometheusMiddleware(Starlette(), path="/internal/metrics")
+    """
+
+    def __init__(self, app: ASGIApp, *, path: str = "/metrics", registry: CollectorRegistry | None = None) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"metrics path {path!r} must start with '/'")
+        if registry is None:
+            from prometheus_client import REGISTRY
+
+            registry = REGISTRY
+        self.app = app
+        self.path = path
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._relative_path(scope) != self.path:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 405,
+                    "headers": [(b"allow", b"GET, HEAD"), (b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"Method Not Allowed"})
+            return
+        accept = ",".join(value.decode("latin-1") for key, value in scope["headers"] if key == b"accept")
+        body, content_type = await anyio.to_thread.run_sync(_render, self.registry, accept)
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    @staticmethod
+    def _relative_path(scope: Scope) -> str:
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :] or "/"
+        return path

@@ -1,0 +1,111 @@
+"""The OpenTelemetry semantic conventions for MCP, applied to the core's request view.
+
+Names follow the GenAI/MCP conventions (status: Development): a server span named
+`{mcp.method.name} {target}` where the target is the tool or prompt name (a resource
+URI only on request: URIs are high-cardinality), and `error.type` set to the JSON-RPC
+error code, or to `tool_error` when a `tools/call` result carries `isError: true`.
+
+>>> from mcp_middleware.core import Era, McpRequest, RequestKind
+>>> call = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=7,
+...                   params={"name": "search"})
+>>> span_name(call)
+'tools/call search'
+>>> request_attributes(call)["gen_ai.operation.name"]
+'execute_tool'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from mcp_middleware.core import McpRequest, ResponseOutcome
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "ERROR_TYPE",
+    "GEN_AI_OPERATION_NAME",
+    "GEN_AI_PROMPT_NAME",
+    "GEN_AI_TOOL_NAME",
+    "JSONRPC_REQUEST_ID",
+    "MCP_METHOD_NAME",
+    "MCP_PROTOCOL_VERSION",
+    "MCP_RESOURCE_URI",
+    "MCP_SESSION_ID",
+    "RPC_RESPONSE_STATUS_CODE",
+    "TOOL_ERROR",
+    "AttributeMap",
+    "outcome_error",
+    "request_attributes",
+    "span_name",
+]
+
+MCP_METHOD_NAME: Final = "mcp.method.name"
+MCP_PROTOCOL_VERSION: Final = "mcp.protocol.version"
+MCP_SESSION_ID: Final = "mcp.session.id"
+MCP_RESOURCE_URI: Final = "mcp.resource.uri"
+JSONRPC_REQUEST_ID: Final = "jsonrpc.request.id"
+GEN_AI_TOOL_NAME: Final = "gen_ai.tool.name"
+GEN_AI_PROMPT_NAME: Final = "gen_ai.prompt.name"
+GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
+ERROR_TYPE: Final = "error.type"
+RPC_RESPONSE_STATUS_CODE: Final = "rpc.response.status_code"
+TOOL_ERROR: Final = "tool_error"
+
+DURATION_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+"""Explicit bucket boundaries (seconds) the conventions give for `mcp.*.operation.duration`."""
+
+AttributeMap = dict[str, str | bool | int | float]
+
+
+def span_name(request: McpRequest, *, uri_in_name: bool = False) -> str | None:
+    """`{mcp.method.name} {target}`, or `None` when the exchange carries no MCP method (GET, DELETE)."""
+    method = request.method
+    if method is None:
+        return None
+    target = request.name
+    if target is None and uri_in_name:
+        target = request.uri
+    return f"{method} {target}" if target is not None else method
+
+
+def request_attributes(request: McpRequest) -> AttributeMap:
+    """The MCP attributes known from the request alone."""
+    attributes: AttributeMap = {MCP_PROTOCOL_VERSION: request.protocol_version}
+    method = request.method
+    if method is not None:
+        attributes[MCP_METHOD_NAME] = method
+    if request.id is not None:
+        attributes[JSONRPC_REQUEST_ID] = str(request.id)
+    if request.session_id is not None:
+        attributes[MCP_SESSION_ID] = request.session_id
+    if method == "tools/call":
+        attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
+        if (name := request.name) is not None:
+            attributes[GEN_AI_TOOL_NAME] = name
+    elif method == "prompts/get":
+        if (name := request.name) is not None:
+            attributes[GEN_AI_PROMPT_NAME] = name
+    elif (uri := request.uri) is not None:
+        attributes[MCP_RESOURCE_URI] = uri
+    return attributes
+
+
+def outcome_error(outcome: ResponseOutcome) -> tuple[str | None, int | None, str | None]:
+    """`(error.type, JSON-RPC error code, error message)` of a response; all `None` when it succeeded.
+
+    A JSON-RPC error gives its code; a tool result with `isError` gives `tool_error`;
+    an HTTP error status with no JSON-RPC body gives the status (`"503"`).
+    """
+    error: Mapping[str, object] | None = outcome.error
+    if error is not None:
+        code = outcome.error_code
+        message = error.get("message")
+        text = message if isinstance(message, str) else None
+        return (str(code) if code is not None else "_OTHER"), code, text
+    if outcome.is_tool_error:
+        return TOOL_ERROR, None, None
+    status = outcome.status
+    if status is not None and status >= 400:
+        return str(status), None, None
+    return None, None, None

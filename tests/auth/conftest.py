@@ -1,0 +1,157 @@
+"""Auth test fixtures: a served MCP app whose auth is configured once its URL is known, and a real OAuth login."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx2
+import pytest
+from joserfc import jwt
+from joserfc.jwk import ECKey, RSAKey
+from mcp.client.auth import OAuthClientProvider, TokenStorage
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.conftest import Served
+
+
+class Slot:
+    """An ASGI app whose HTTP handler is plugged in after the server is listening.
+
+    The resource URI and the issuer name the server's own port, which is only known once
+    `serve` has picked it; lifespan goes to `lifespan_app` (the MCP app) from the start.
+    """
+
+    def __init__(self, lifespan_app: ASGIApp) -> None:
+        self.lifespan_app = lifespan_app
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan_app(scope, receive, send)
+            return
+        assert self.app is not None, "Slot.app not set"
+        await self.app(scope, receive, send)
+
+
+def serve_late(serve: Callable[[ASGIApp], Served], lifespan_app: ASGIApp) -> tuple[Served, Slot]:
+    slot = Slot(lifespan_app)
+    return serve(slot), slot
+
+
+@dataclass
+class Issuer:
+    """A signing key pair and the claims of a well-formed token; `token(**changes)` signs a variant."""
+
+    key: RSAKey | ECKey
+    issuer: str
+    audience: str
+    alg: str = "RS256"
+
+    @property
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [self.key.as_dict(private=False)]}
+
+    def claims(self, **changes: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "alice",
+            "client_id": "cli-1",
+            "scope": "mcp:read",
+            "iat": now,
+            "exp": now + 600,
+        }
+        claims.update(changes)
+        return {k: v for k, v in claims.items() if v is not None}
+
+    def token(self, header: dict[str, Any] | None = None, **changes: Any) -> str:
+        header = header if header is not None else {"alg": self.alg, "kid": self.key.kid}
+        return jwt.encode(header, self.claims(**changes), self.key, algorithms=[header["alg"]])
+
+
+def rsa_issuer(issuer: str, audience: str, kid: str = "rsa-1") -> Issuer:
+    return Issuer(RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"}), issuer, audience)
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> RSAKey:
+    return RSAKey.generate_key(2048, parameters={"kid": "rsa-1", "use": "sig"})
+
+
+@dataclass
+class MemoryTokenStorage(TokenStorage):
+    tokens: OAuthToken | None = None
+    client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+REDIRECT_URI = "http://127.0.0.1:1/callback"
+"""Never contacted: the login follows the authorization server's redirect by reading its Location."""
+
+
+@dataclass
+class ProgrammaticLogin:
+    """The SDK's redirect/callback handlers, done by an HTTP client instead of a browser.
+
+    `redirect` GETs the authorization URL (the server auto-approves) and keeps the query of
+    the redirect to the client's callback; `callback` hands code, state and iss to the SDK.
+    """
+
+    authorizations: list[str] = field(default_factory=list)
+    _result: AuthorizationCodeResult | None = None
+
+    async def redirect(self, url: str) -> None:
+        self.authorizations.append(url)
+        async with httpx2.AsyncClient() as client:
+            response = await client.get(url, follow_redirects=False)
+        assert response.status_code == 302, response.text
+        location = response.headers["location"]
+        assert location.startswith(REDIRECT_URI)
+        query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+        assert "code" in query, query
+        self._result = AuthorizationCodeResult(code=query["code"], state=query.get("state"), iss=query.get("iss"))
+
+    async def callback(self) -> AuthorizationCodeResult:
+        assert self._result is not None
+        result, self._result = self._result, None
+        return result
+
+
+def oauth_provider(
+    server_url: str, login: ProgrammaticLogin, storage: MemoryTokenStorage | None = None
+) -> OAuthClientProvider:
+    return OAuthClientProvider(
+        server_url=server_url,
+        client_metadata=OAuthClientMetadata(
+            client_name="test client",
+            redirect_uris=[REDIRECT_URI],  # type: ignore[list-item]
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+            token_endpoint_auth_method="none",
+        ),
+        storage=storage or MemoryTokenStorage(),
+        redirect_handler=login.redirect,
+        callback_handler=login.callback,
+    )
+
+
+@pytest.fixture
+def login() -> Iterator[ProgrammaticLogin]:
+    yield ProgrammaticLogin()

@@ -1,0 +1,167 @@
+"""Misbehaving MCP backends for the breaker tests: real `MCPServer` tools plus an ASGI fault injector.
+
+- `flaky`: answers a JSON-RPC internal error (-32603) the first `fail_times` calls, then recovers;
+- `hang`: never returns (until cancelled; the log says which);
+- `stream`: reports progress, then returns (an SSE response in both eras);
+- the :class:`FaultInjector` in front of the SDK app makes chosen tools drop the connection
+  before responding (the app raises), vanish (return without a response), or break an SSE
+  stream after its first event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+from mcp import MCPError
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import ToolAnnotations
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core import JsonRpcCode, get_mcp_request
+
+__all__ = ["BackendLog", "FaultInjector", "always", "build_backend", "first", "wait_for"]
+
+
+@dataclass
+class BackendLog:
+    """What the backend did, seen from the server side."""
+
+    fail_times: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
+
+    def count(self, tool: str) -> int:
+        self.calls[tool] = self.calls.get(tool, 0) + 1
+        return self.calls[tool]
+
+
+def build_backend(log: BackendLog) -> MCPServer:
+    server = MCPServer("faulty-backend")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged (not annotated: never retried unless allow-listed)."""
+        log.count("echo")
+        return text
+
+    @server.tool()
+    def flaky(text: str) -> str:
+        """Fail with a JSON-RPC internal error the first `log.fail_times` calls."""
+        if log.count("flaky") <= log.fail_times:
+            raise MCPError(code=JsonRpcCode.INTERNAL_ERROR, message="backend database is down")
+        return f"recovered: {text}"
+
+    @server.tool()
+    def failing(reason: str) -> str:
+        """A tool error (isError: true): the backend works, the tool reports a failure."""
+        log.count("failing")
+        raise ValueError(f"failed on purpose: {reason}")
+
+    @server.tool()
+    async def hang(ctx: Context) -> str:
+        """Never returns until cancelled."""
+        log.events.append("hang started")
+        try:
+            await ctx.report_progress(0, 1, "hanging")
+            await anyio.sleep(3600)
+        except anyio.get_cancelled_exc_class():
+            log.events.append("hang cancelled")
+            raise
+        return "unreachable"
+
+    @server.tool()
+    async def quiet_hang() -> str:
+        """Never returns and never sends anything (the modern era answers it as JSON, once it ends)."""
+        log.events.append("quiet_hang started")
+        try:
+            await anyio.sleep(3600)
+        except anyio.get_cancelled_exc_class():
+            log.events.append("quiet_hang cancelled")
+            raise
+        return "unreachable"
+
+    @server.tool()
+    async def stream(steps: int, ctx: Context) -> str:
+        """Report progress `steps` times, then return."""
+        for done in range(steps):
+            await ctx.report_progress(done + 1, steps)
+            await anyio.sleep(0.05)
+        return f"streamed {steps}"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def lookup(key: str) -> str:
+        """Read-only: safe to retry."""
+        log.count("lookup")
+        return {"a": "alpha", "b": "beta"}.get(key, "unknown")
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, idempotent_hint=True))
+    def set_flag(value: bool) -> str:
+        """Idempotent: safe to retry."""
+        log.count("set_flag")
+        return f"flag={value}"
+
+    return server
+
+
+Fault = Callable[[int], str | None]
+
+
+class FaultInjector:
+    """Wraps the SDK app; for a `tools/call` of a tool in `faults`, `faults[tool](n)` (n = the call's
+    number, from 1) says what goes wrong: `"raise"` (the app raises before responding, as a proxy
+    whose backend connection failed), `"vanish"` (the app returns without a response), `"break"`
+    (an SSE response that sends one progress event and then fails), or `None` (behave)."""
+
+    def __init__(self, app: ASGIApp, faults: dict[str, Fault]) -> None:
+        self.app = app
+        self.faults = faults
+        self.calls: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = get_mcp_request(scope) if scope["type"] == "http" else None
+        name = request.name if request is not None and request.method == "tools/call" else None
+        if name is None or name not in self.faults:
+            await self.app(scope, receive, send)
+            return
+        self.calls[name] = self.calls.get(name, 0) + 1
+        fault = self.faults[name](self.calls[name])
+        if fault == "raise":
+            raise ConnectionResetError("backend connection reset")
+        if fault == "vanish":
+            return
+        if fault == "break":
+            assert request is not None
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            )
+            progress = {
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": {"progressToken": request.progress_token, "progress": 1, "total": 2},
+            }
+            event = b"event: message\r\ndata: " + orjson.dumps(progress) + b"\r\n\r\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            raise ConnectionResetError("backend stream broke off")
+        await self.app(scope, receive, send)
+
+
+def always(fault: str) -> Fault:
+    return lambda n: fault
+
+
+def first(times: int, fault: str) -> Fault:
+    return lambda n: fault if n <= times else None
+
+
+async def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await anyio.sleep(0.02)
+    return bool(condition())
