@@ -31,6 +31,7 @@ from mcp_middleware.core import (
     ErrorCode,
     McpRequest,
     RequestKind,
+    ResponseOutcome,
     ResponseTap,
     SelectorMap,
     error_body,
@@ -333,10 +334,10 @@ class _Call:
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
                 breaker.record(permit, Verdict.NEUTRAL)
                 raise
-            outcome = self.tap.outcome()
             if self.client_gone and fault is not Fault.TIMEOUT:
-                verdict = Verdict.NEUTRAL  # the client left: says nothing about the backend
+                fault, verdict, outcome = await self._judge_abandoned()
             else:
+                outcome = self.tap.outcome()
                 verdict = middleware.classifier(request, outcome, fault)
             breaker.record(permit, verdict)
             if verdict is not Verdict.SUCCESS:
@@ -347,7 +348,7 @@ class _Call:
                 result = outcome.result
                 if result is not None:
                     middleware.registry.learn_tools(self.backend, result.get("tools"))
-            if fault is None:
+            if fault is None or self.client_gone:
                 return
             if fault is Fault.TIMEOUT:
                 await self._cancel_legacy_request()
@@ -395,6 +396,23 @@ class _Call:
             record_decision(self.scope, "breaker", "timeout", key=self.breaker.key, timeout_ms=int(timeout * 1000))  # type: ignore[operator]
             return Fault.TIMEOUT
         return Fault.DROPPED
+
+    async def _judge_abandoned(self) -> tuple[Fault | None, Verdict, ResponseOutcome]:
+        """The client disconnected before the response ended.
+
+        A client often closes an SSE stream as soon as it holds its response, before
+        the server's final empty message: finish the stream (nobody reads it any
+        more) so the tap can judge the response that was delivered. Without one,
+        the abandoned call says nothing about the backend.
+        """
+        start = self.start
+        if start is not None and not self.completed and _is_plain_sse(start):
+            self.completed = True
+            await self._downstream({"type": "http.response.body", "body": b"", "more_body": False})
+        outcome = self.tap.outcome()
+        if outcome.result is None and outcome.error is None:
+            return None, Verdict.NEUTRAL, outcome
+        return None, self.middleware.classifier(self.request, outcome, None), outcome
 
     def _may_retry(self, attempt: int) -> bool:
         retry = self.middleware.retry

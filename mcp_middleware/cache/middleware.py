@@ -18,7 +18,7 @@ from ..core.kernel import DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
 from ..core.request import Era, McpRequest, RequestKind
 from ..core.selectors import Selector, SelectorMap
-from ..core.tap import ResponseTap
+from ..core.tap import ResponseTap, SseParser
 from .invalidation import DROPPED_BY, StreamWatch
 from .keys import (
     DEFAULT_KEY_META_FIELDS,
@@ -77,18 +77,34 @@ class _Flight:
 
 
 class _MissResponse:
-    """The `send` of a forwarded request: marks the response as a miss and remembers status and session."""
+    """The `send` of a forwarded request: marks the response as a miss and remembers status and session.
 
-    __slots__ = ("_header", "_send", "session_id", "status")
+    With `learn`, it also reads a `tools/list` result before its last byte is forwarded, so that
+    a client calling a tool right after listing finds it already known as read-only.
+    """
 
-    def __init__(self, send: Send, header: bytes | None) -> None:
+    __slots__ = ("_body", "_header", "_learn", "_request", "_send", "_size", "session_id", "status")
+
+    def __init__(
+        self,
+        send: Send,
+        header: bytes | None,
+        request: McpRequest | None = None,
+        learn: Callable[[dict[str, Any]], None] | None = None,
+        max_bytes: int = 0,
+    ) -> None:
         self._send = send
         self._header = header
+        self._request = request
+        self._learn = learn
+        self._body: list[bytes] = []
+        self._size = max_bytes
         self.status: int | None = None
         self.session_id: str | None = None
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
+        kind = message["type"]
+        if kind == "http.response.start":
             self.status = message["status"]
             headers = message.get("headers", ())
             for name, value in headers:
@@ -96,7 +112,32 @@ class _MissResponse:
                     self.session_id = value.decode("latin-1")
             if self._header is not None:
                 message = {**message, "headers": [*headers, (self._header, b"miss")]}
+        elif kind == "http.response.body" and self._learn is not None:
+            body: bytes = message.get("body", b"")
+            self._size -= len(body)
+            if self._size < 0:
+                self._learn = None  # too large to read; the tap still sees it
+            else:
+                self._body.append(body)
+                if not message.get("more_body", False):
+                    self._read_result(b"".join(self._body))
         await self._send(message)
+
+    def _read_result(self, body: bytes) -> None:
+        assert self._learn is not None and self._request is not None
+        candidates = (
+            [data for _, data in SseParser(len(body) + 1).feed(body, final=True)] if body[:1] != b"{" else [body]
+        )
+        for data in reversed(candidates):
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and message.get("id") == self._request.id:
+                result = message.get("result")
+                if isinstance(result, dict) and self.status == 200:
+                    self._learn(result)
+                return
 
 
 class ResponseCacheMiddleware:
@@ -284,6 +325,7 @@ class ResponseCacheMiddleware:
                 if (
                     entry is not None
                     and entry.fresh_until > now
+                    and (request.era is Era.MODERN or self._session_live(mount, request.session_id, partition))
                     and await self._answer(request, entry, now, sse_ok, send, "hit")
                 ):
                     record_decision(scope, "cache", "hit", public=entry.public, age_ms=0, coalesced=True)
@@ -334,7 +376,14 @@ class ResponseCacheMiddleware:
         """Ask the backend (streaming its answer through untouched) and keep the result if it may be kept."""
         generation = self._generation
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
-        response = _MissResponse(send, self._status_header if policy is not None else None)
+        mount = mount or self._mount(scope)
+        learn = (
+            (lambda result: self._learn(mount, result))
+            if request.method == "tools/list" and self._learn_tools
+            else None
+        )
+        header = self._status_header if policy is not None else None
+        response = _MissResponse(send, header, request, learn, self.config.max_inspect_bytes)
         guard = StaleGuard(response.send, request, self.config.max_inspect_bytes) if stale is not None else None
         try:
             await self.app(scope, receive, guard.send if guard is not None else response.send)
@@ -357,8 +406,6 @@ class ResponseCacheMiddleware:
             elif status == 404:
                 self._sessions.pop(session, None)
         result = outcome.result
-        if request.method == "tools/list" and self._learn_tools and result is not None and outcome.succeeded:
-            self._learn(mount or self._mount(scope), result)
         if policy is None:
             return None
         reason = self._unstorable(outcome.status, outcome.complete, outcome.truncated, result, outcome.error)

@@ -137,6 +137,9 @@ class GatewaySettings:
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
     log_level: str = "info"
+    instance: str | None = None
+    """This instance's tag in legacy session ids, for affinity behind a load balancer
+    (`MCP_GATEWAY_INSTANCE` overrides; dots become dashes, so a pod IP works)."""
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,7 @@ def _gateway(reader: _Reader) -> GatewaySettings:
         tls_certfile=reader.string("tls_certfile", None),
         tls_keyfile=reader.string("tls_keyfile", None),
         log_level=reader.string("log_level", d.log_level, choices=("critical", "error", "warning", "info", "debug")),
+        instance=_instance(reader),
     )
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         reader.problem(
@@ -448,6 +452,17 @@ def _gateway(reader: _Reader) -> GatewaySettings:
         )
     reader.done()
     return settings
+
+
+def _instance(reader: _Reader) -> str | None:
+    value = os.environ.get("MCP_GATEWAY_INSTANCE") or reader.string("instance", None)
+    if not value:
+        return None
+    value = value.replace(".", "-")
+    if not re.match(r"^[A-Za-z0-9-]{1,63}$", value):
+        reader.problem("instance", f"must be a DNS label ([A-Za-z0-9-], at most 63), not {value!r}")
+        return None
+    return value
 
 
 def _front_door(reader: _Reader) -> FrontDoorSettings:
@@ -648,7 +663,8 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
+        found = re.search(r"at line (\d+)", str(exc))
+        line = int(found.group(1)) if found else None
         raise ConfigError([Problem("(file)", f"is not valid TOML: {exc}", line)], name) from None
     problems: list[Problem] = []
     top = _Reader(data, "", problems, _Lines(text))

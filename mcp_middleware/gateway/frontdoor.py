@@ -106,7 +106,11 @@ class FrontDoorMiddleware:
             await self._too_large(send)
             return
         exchange = _Exchange(receive, send, self.max_body_size, origin if cors else None)
-        await self.app(scope, exchange.receive, exchange.send)
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            if not exchange.over or exchange.started:
+                raise  # apps often raise on the disconnect they were handed (Starlette: ClientDisconnect)
         if exchange.over and not exchange.started:
             record_decision(scope, "frontdoor", "deny", reason="body_size")
             await self._too_large(send)
@@ -174,6 +178,8 @@ class _Exchange:
         return message
 
     async def send(self, message: Message) -> None:
+        if self.over and not self.started:
+            return  # the app's answer to the cut-off body (often a 500); the client gets the 413 instead
         if message["type"] == "http.response.start":
             self.started = True
             if self._cors is not None:

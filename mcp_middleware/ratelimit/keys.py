@@ -19,6 +19,7 @@ from typing import Literal
 from starlette.types import Scope
 
 from mcp_middleware.core import McpRequest, get_principal
+from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 
 __all__ = ["CallerKey", "KeyFunction", "global_key"]
 
@@ -69,9 +70,10 @@ class CallerKey:
         self.header = header
 
     def __call__(self, scope: Scope, request: McpRequest) -> str:
-        principal = get_principal(scope)
-        if principal.authenticated:
-            return "principal:" + principal.key
+        if PRINCIPAL_SCOPE_KEY in scope:
+            principal = get_principal(scope)
+            if principal.authenticated:
+                return "principal:" + principal.key
         return "address:" + self.client_address(scope)
 
     def client_address(self, scope: Scope) -> str:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import limits.aio.storage
 import limits.aio.strategies
@@ -77,6 +77,12 @@ _STRATEGIES: dict[str, type[limits.aio.strategies.RateLimiter]] = {
 }
 
 
+_CACHED_IDENTITY_LENGTH = 256
+_DIGEST_CACHE_SIZE = 4096
+
+P = TypeVar("P", BucketPolicy, QuotaPolicy)
+
+
 def _digest(text: str) -> str:
     # 128 bits: collisions are not a concern, storage keys stay short whatever a subject looks like.
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
@@ -124,7 +130,12 @@ class RateLimiter:
         self.policies = tuple(policies)
         self._buckets = tuple(p for p in self.policies if isinstance(p, BucketPolicy))
         self._quotas = tuple(p for p in self.policies if isinstance(p, QuotaPolicy))
+        self._bucket_rules = tuple((p, p.everything) for p in self._buckets)
+        self._quota_rules = tuple((p, p.everything) for p in self._quotas)
         self.store: BucketStore = store if store is not None else MemoryBucketStore()
+        # The memory store decides synchronously: calling it directly saves a coroutine per request.
+        self._memory = self.store if type(self.store) is MemoryBucketStore else None
+        self._digests: dict[str, str] = {}
         self.key: KeyFunction = key if key is not None else CallerKey()
         self.namespace = namespace
         self.failure: FailureMode = failure
@@ -146,33 +157,53 @@ class RateLimiter:
     async def aclose(self) -> None:
         await self.store.aclose()
 
-    def _identity(self, policy: Policy, scope: Scope, request: McpRequest, seen: dict[Any, str]) -> str:
+    def _storage_key(self, policy: Policy, scope: Scope, request: McpRequest, seen: dict[Any, str]) -> str:
         function = policy.key or self.key
         identity = seen.get(function)
         if identity is None:
             identity = seen[function] = function(scope, request)
         if policy.per_target:
             identity = f"{identity}\x00{request.target or ''}"
-        return f"{self.namespace}{policy.name}:{_digest(identity)}"
+        digest = self._digests.get(identity)
+        if digest is None:
+            digest = _digest(identity)
+            if len(identity) <= _CACHED_IDENTITY_LENGTH:  # hostile giants are hashed, never kept
+                if len(self._digests) >= _DIGEST_CACHE_SIZE:
+                    self._digests.clear()
+                self._digests[identity] = digest
+        return f"{self.namespace}{policy.name}:{digest}"
+
+    def _matching(self, rules: tuple[tuple[P, bool], ...], request: McpRequest) -> list[P]:
+        matched: list[P] = []
+        method, target, looked = request.method, None, False
+        for policy, everything in rules:
+            if not everything:
+                if not looked:
+                    target, looked = request.target, True
+                if not policy.matches_parts(method, target):
+                    continue
+            matched.append(policy)
+        return matched
 
     async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Verdict:
         """Decide one request (`now` injects the bucket store's clock for tests)."""
-        buckets = [p for p in self._buckets if p.matches(request)]
-        quotas = [p for p in self._quotas if p.matches(request)] if self._quotas else []
+        buckets = self._matching(self._bucket_rules, request)
+        quotas = self._matching(self._quota_rules, request) if self._quota_rules else []
         if not buckets and not quotas:
             return _NOTHING_MATCHED
         seen: dict[Any, str] = {}
         try:
             if quotas:
-                quota_keys = [self._identity(p, scope, request, seen) for p in quotas]
+                quota_keys = [self._storage_key(p, scope, request, seen) for p in quotas]
                 refusal = await self._test_quotas(quotas, quota_keys)
                 if refusal is not None:
                     return refusal
             states: list[PolicyState] = []
             takes: list[BucketTake] = []
             if buckets:
-                takes = [BucketTake(self._identity(p, scope, request, seen), p.bucket, p.cost) for p in buckets]
-                decisions = await self.store.take(takes, now=now)
+                takes = [BucketTake(self._storage_key(p, scope, request, seen), p.bucket, p.cost) for p in buckets]
+                memory = self._memory
+                decisions = memory.decide(takes, now) if memory is not None else await self.store.take(takes, now=now)
                 refused = [(p, d) for p, d in zip(buckets, decisions, strict=True) if not d.allowed]
                 if refused:
                     policy, decision = max(refused, key=lambda item: item[1].retry_after)

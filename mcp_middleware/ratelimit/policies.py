@@ -80,7 +80,15 @@ class BucketPolicy:
         object.__setattr__(self, "selectors", _selectors(self.selector))
 
     def matches(self, request: McpRequest) -> bool:
-        return any(selector.matches(request) for selector in self.selectors)
+        return self.matches_parts(request.method, request.target)
+
+    def matches_parts(self, method: str | None, target: str | None) -> bool:
+        return any(selector.matches_parts(method, target) for selector in self.selectors)
+
+    @property
+    def everything(self) -> bool:
+        """Whether the policy applies to every request (a `*` selector)."""
+        return any(selector.method is None for selector in self.selectors)
 
     @property
     def quota(self) -> int:
@@ -127,7 +135,15 @@ class QuotaPolicy:
         object.__setattr__(self, "selectors", _selectors(self.selector))
 
     def matches(self, request: McpRequest) -> bool:
-        return any(selector.matches(request) for selector in self.selectors)
+        return self.matches_parts(request.method, request.target)
+
+    def matches_parts(self, method: str | None, target: str | None) -> bool:
+        return any(selector.matches_parts(method, target) for selector in self.selectors)
+
+    @property
+    def everything(self) -> bool:
+        """Whether the policy applies to every request (a `*` selector)."""
+        return any(selector.method is None for selector in self.selectors)
 
     @property
     def quota(self) -> int:

@@ -59,10 +59,9 @@ class BucketStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _idle_seconds(bucket: TokenBucket, tokens: float) -> float:
-    """How long until an untouched bucket is full again, plus a second: after that, forgetting
-    it changes nothing (a missing bucket is a full one)."""
-    return (bucket.capacity - tokens) / bucket.rate + 1.0
+_IDLE_SLACK = 1.0
+"""A bucket is forgotten this many seconds after it would be full again: from then on, forgetting it
+changes nothing (a missing bucket is a full one), float rounding included."""
 
 
 class MemoryBucketStore:
@@ -102,13 +101,21 @@ class MemoryBucketStore:
         if now is None:
             now = self.clock()
         buckets = self._buckets
-        self._forget_idle(now)
+        # Forget up to two idle buckets per decision (least recently used first): O(1), and
+        # faster than callers can create them, so memory follows live callers.
+        for _ in range(2):
+            if not buckets:
+                break
+            oldest = next(iter(buckets))
+            if buckets[oldest][1] > now:
+                break
+            del buckets[oldest]
         if len(takes) == 1:  # the common case, without building lists of states
             key, bucket, cost = takes[0]
             entry = buckets.get(key)
             state, decision = bucket.take(entry[0] if entry is not None else None, now, cost)
             if decision.allowed:
-                self._store(key, state, now + _idle_seconds(bucket, state.tokens))
+                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
             elif entry is not None:
                 buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
             return [decision]
@@ -118,8 +125,8 @@ class MemoryBucketStore:
         ]
         decisions = [decision for _, decision in results]
         if all(decision.allowed for decision in decisions):
-            for take, (state, _) in zip(takes, results, strict=True):
-                self._store(take.key, state, now + _idle_seconds(take.bucket, state.tokens))
+            for (key, bucket, _), (state, _) in zip(takes, results, strict=True):
+                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
         else:
             for take in takes:
                 if take.key in buckets:
@@ -136,7 +143,7 @@ class MemoryBucketStore:
             entry = self._buckets.get(key)
             state = bucket.give_back(entry[0] if entry is not None else None, now, cost)
             if state is not None:
-                self._store(key, state, now + _idle_seconds(bucket, state.tokens))
+                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
 
     async def aclose(self) -> None:
         self._buckets.clear()
@@ -147,18 +154,6 @@ class MemoryBucketStore:
         buckets.move_to_end(key)
         if len(buckets) > self.max_buckets:
             buckets.popitem(last=False)
-
-    def _forget_idle(self, now: float) -> None:
-        # Look at the two least recently used buckets per decision: O(1), and enough to drain
-        # idle ones faster than a caller can create them.
-        buckets = self._buckets
-        for _ in range(2):
-            if not buckets:
-                return
-            key, (_, forget_at) = next(iter(buckets.items()))
-            if forget_at > now:
-                return
-            del buckets[key]
 
 
 # One decision is one EVALSHA. ARGV[1] is the time ('' = the Redis server's TIME), ARGV[2] the

@@ -139,6 +139,7 @@ class AggregateServer:
         transport_security: TransportSecuritySettings | None = None,
         max_listeners: int = 10_000,
         path: str = "/mcp",
+        shared_links: dict[str, BackendLink] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -150,6 +151,7 @@ class AggregateServer:
         self.debounce = debounce
         self.path = path
         self._links: dict[str, BackendLink] = {}
+        self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in _KINDS}
         self._merged: dict[str, tuple[tuple[int, ...], _Merged]] = {}
@@ -191,14 +193,20 @@ class AggregateServer:
         """Run the server's session manager and the backend sessions (opened on first use)."""
         async with anyio.create_task_group() as group, self.server.session_manager.run():
             self._group = group
-            self._links = {
-                server: BackendLink(server, backend, group=group, on_change=self._backend_changed)
-                for server, backend in self.backends.items()
-            }
+            owned: list[BackendLink] = []
+            for server, backend in self.backends.items():
+                link = self._shared_links.get(server)
+                if link is None or link.backend is not backend:
+                    link = BackendLink(server, backend, group=group, on_change=self._backend_changed)
+                    self._shared_links[server] = link
+                    owned.append(link)
+                else:  # one session (one process, for stdio) serves the bridge and the aggregate
+                    link.subscribe(self._backend_changed)
+                self._links[server] = link
             try:
                 yield
             finally:
-                for link in self._links.values():
+                for link in owned:
                     link.close()
                 self._group = None
                 group.cancel_scope.cancel()

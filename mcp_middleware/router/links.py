@@ -21,6 +21,7 @@ import anyio.abc
 import mcp_types as types
 from mcp import Client
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from .backends import Backend
 
@@ -73,7 +74,7 @@ class BackendLink:
         self.server = server
         self.backend = backend
         self._group = group
-        self._on_change = on_change
+        self._hooks: list[ChangeHook] = [on_change]
         self._client_options = client_options
         self._client: Client | None = None
         self._started = False
@@ -107,6 +108,14 @@ class BackendLink:
                 await changed.wait()
                 continue
             raise BackendUnavailable(self.server, "timed out connecting")
+
+    def subscribe(self, hook: ChangeHook) -> None:
+        """Also tell `hook` when this backend's lists change (a second aggregate sharing the session)."""
+        self._hooks.append(hook)
+
+    def _on_change(self, server: str, kinds: frozenset[str]) -> None:
+        for hook in self._hooks:
+            hook(server, kinds)
 
     def mark_broken(self, reason: str) -> None:
         """A call found the session dead: close it and reconnect (with backoff)."""
@@ -173,14 +182,17 @@ class BackendLink:
             await anyio.sleep(interval)
             try:
                 with anyio.fail_after(self.backend.timeout):
-                    await client.send_ping()
+                    if _is_legacy(client):
+                        await client.send_ping()
+                    else:  # ping is gone in 2026-07-28; discover is the cheapest round trip
+                        await client.session.discover()
             except Exception as exc:
                 self.mark_broken(f"health ping failed: {_describe(exc)}")
                 return
 
     async def _listen(self, client: Client) -> None:
         """Modern backends send list_changed only on a `subscriptions/listen` stream: hold one open."""
-        if client.protocol_version.startswith("2025") or client.protocol_version.startswith("2024"):
+        if _is_legacy(client):
             return  # legacy: notifications arrive through the message handler
         capabilities = client.server_capabilities
         tools = bool(capabilities.tools and capabilities.tools.list_changed)
@@ -205,6 +217,10 @@ class BackendLink:
             self._on_change(self.server, frozenset({kind}))
         elif isinstance(message, Exception):
             logger.debug("backend %s transport error: %s", self.server, message)
+
+
+def _is_legacy(client: Client) -> bool:
+    return client.protocol_version not in MODERN_PROTOCOL_VERSIONS
 
 
 def _describe(exc: BaseException) -> str:

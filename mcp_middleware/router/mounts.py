@@ -32,6 +32,7 @@ from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_erro
 
 from .aggregate import AggregateServer
 from .backends import Backend, InProcessBackend
+from .links import BackendLink
 from .names import NamingPolicy, PrefixMode, validate_server_name
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
@@ -90,7 +91,7 @@ class McpRouter:
         self.aggregate_path = aggregate_path.rstrip("/") or "/" if aggregate_path is not None else None
         self.naming = naming or NamingPolicy()
         self.mounts: dict[str, Mount] = {}
-        self._prm: dict[str, Mount] = {}
+        self._prm: dict[str, ASGIApp] = {}
         self._aggregate_options: dict[str, Any] = {
             "name": name,
             "page_size": page_size,
@@ -101,6 +102,7 @@ class McpRouter:
         }
         self._aggregate: AggregateServer | None = None
         self._bridges: list[AggregateServer] = []
+        self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
 
     def mount(
@@ -128,16 +130,15 @@ class McpRouter:
             bridge = AggregateServer(
                 {name: backend},
                 naming=NamingPolicy(prefix=PrefixMode.NEVER),
+                shared_links=self._links,
                 **{**self._aggregate_options, "name": name},
             )
             self._bridges.append(bridge)
             target = bridge
-        app = target
-        for item in reversed(middleware):
-            app = item.cls(app, *item.args, **item.kwargs) if isinstance(item, Middleware) else item(app)
-        mount = Mount(name, backend, app, aggregate, bool(middleware))
+        mount = Mount(name, backend, _wrap(target, middleware), aggregate, bool(middleware))
         self.mounts[name] = mount
-        self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = mount
+        if middleware:  # only a middleware (auth) can answer metadata; the backend never sees these requests
+            self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
         self._aggregate = None  # rebuilt with the new member on first use
 
     @property
@@ -145,7 +146,9 @@ class McpRouter:
         """The aggregated endpoint's server (over every mount with `aggregate=True`)."""
         if self._aggregate is None:
             members = {name: mount.backend for name, mount in self.mounts.items() if mount.aggregate}
-            self._aggregate = AggregateServer(members, naming=self.naming, **self._aggregate_options)
+            self._aggregate = AggregateServer(
+                members, naming=self.naming, shared_links=self._links, **self._aggregate_options
+            )
         return self._aggregate
 
     @contextlib.asynccontextmanager
@@ -198,13 +201,11 @@ class McpRouter:
                 await self._dispatch(mount, scope, receive, send)
                 return
         elif path.startswith(_PRM_PREFIX):
-            mount = self._prm.get(path)
-            if mount is not None:  # RFC 9728 metadata of a protected mount: its own middleware answers
-                await mount.app(scope, receive, send)
+            metadata = self._prm.get(path)
+            if metadata is not None:  # RFC 9728 metadata of a protected mount: its own middleware answers
+                await metadata(scope, receive, send)
                 return
-        await send_error(
-            send, status=404, code=JsonRpcCode.INVALID_REQUEST, message=f"No MCP server is mounted at {path}"
-        )
+        await _not_found(scope, receive, send)
 
     async def _dispatch(self, mount: Mount, scope: Scope, receive: Receive, send: Send) -> None:
         if mount.has_middleware:
@@ -237,3 +238,14 @@ class McpRouter:
             await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _wrap(app: ASGIApp, middleware: Sequence[MountMiddleware]) -> ASGIApp:
+    for item in reversed(middleware):
+        app = item.cls(app, *item.args, **item.kwargs) if isinstance(item, Middleware) else item(app)
+    return app
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    path = scope["path"]
+    await send_error(send, status=404, code=JsonRpcCode.INVALID_REQUEST, message=f"No MCP server is mounted at {path}")

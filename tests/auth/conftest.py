@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
+import orjson
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
@@ -155,3 +157,52 @@ def oauth_provider(
 @pytest.fixture
 def login() -> Iterator[ProgrammaticLogin]:
     yield ProgrammaticLogin()
+
+
+MODERN_VERSION = "2026-07-28"
+
+
+def modern_call(method: str = "tools/call", params: dict[str, Any] | None = None, request_id: int = 7) -> tuple[bytes, dict[str, str]]:
+    """A valid 2026-07-28 request body and the headers that must mirror it."""
+    params = dict(params if params is not None else {"name": "echo", "arguments": {"text": "hi"}})
+    params["_meta"] = {
+        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": MODERN_VERSION,
+        "mcp-method": method,
+    }
+    if "name" in params:
+        headers["mcp-name"] = params["name"]
+    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+    return body, headers
+
+
+async def post_mcp(
+    url: str,
+    *,
+    authorization: str | bytes | None = None,
+    method: str = "tools/call",
+    params: dict[str, Any] | None = None,
+    request_id: int = 7,
+    extra_headers: list[tuple[str, str | bytes]] | None = None,
+) -> httpx2.Response:
+    """One raw modern-era request, as a client that sends exactly what the test says."""
+    body, headers = modern_call(method, params, request_id)
+    header_list: list[tuple[str, str | bytes]] = list(headers.items())
+    if authorization is not None:
+        header_list.append(("authorization", authorization))
+    header_list += extra_headers or []
+    async with httpx2.AsyncClient(timeout=10) as client:
+        return await client.post(url, content=body, headers=header_list)
+
+
+def challenge_params(response: httpx2.Response) -> dict[str, str]:
+    """The auth-params of a `WWW-Authenticate: Bearer …` challenge."""
+    value = response.headers["www-authenticate"]
+    scheme, _, rest = value.partition(" ")
+    assert scheme == "Bearer"
+    return dict(re.findall(r'(\w+)="([^"]*)"', rest))

@@ -16,15 +16,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx2
 import orjson
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import JsonRpcCode, get_mcp_request
+from mcp_middleware.core import Decision, JsonRpcCode, get_mcp_request, observe_decisions
 
-__all__ = ["BackendLog", "FaultInjector", "always", "build_backend", "first", "wait_for"]
+__all__ = [
+    "BackendLog",
+    "DecisionRecorder",
+    "FaultInjector",
+    "always",
+    "build_backend",
+    "first",
+    "modern_call",
+    "post_modern",
+    "sse_messages",
+    "wait_for",
+]
+
+MODERN = "2026-07-28"
 
 
 @dataclass
@@ -112,10 +126,14 @@ Fault = Callable[[int], str | None]
 
 
 class FaultInjector:
-    """Wraps the SDK app; for a `tools/call` of a tool in `faults`, `faults[tool](n)` (n = the call's
-    number, from 1) says what goes wrong: `"raise"` (the app raises before responding, as a proxy
-    whose backend connection failed), `"vanish"` (the app returns without a response), `"break"`
-    (an SSE response that sends one progress event and then fails), or `None` (behave)."""
+    """Wraps the SDK app. For a `tools/call` of a tool (or another method) named in `faults`,
+    `faults[name](n)` (n = the call's number, from 1) says what goes wrong:
+
+    - `"raise"`: the app raises before responding (a proxy whose backend connection failed);
+    - `"vanish"`: the app returns without a response;
+    - `"break"`: an SSE response sends one progress event, then the app raises;
+    - `None`: behave.
+    """
 
     def __init__(self, app: ASGIApp, faults: dict[str, Fault]) -> None:
         self.app = app
@@ -124,7 +142,7 @@ class FaultInjector:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = get_mcp_request(scope) if scope["type"] == "http" else None
-        name = request.name if request is not None and request.method == "tools/call" else None
+        name = None if request is None else request.name if request.method == "tools/call" else request.method
         if name is None or name not in self.faults:
             await self.app(scope, receive, send)
             return
@@ -158,10 +176,67 @@ def first(times: int, fault: str) -> Fault:
     return lambda n: fault if n <= times else None
 
 
-async def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
+async def wait_for(condition: Callable[[], Any], patience: float = 5.0) -> bool:
+    deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if condition():
             return True
         await anyio.sleep(0.02)
     return bool(condition())
+
+
+def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1, *, progress: bool = False) -> dict[str, Any]:
+    """The body and headers of a 2026-07-28 `tools/call` (what the SDK client sends)."""
+    meta: dict[str, Any] = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    if progress:
+        meta["progressToken"] = "p-1"
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": meta},
+    }
+    return {
+        "content": orjson.dumps(body),
+        "headers": {
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": MODERN,
+            "mcp-method": "tools/call",
+            "mcp-name": tool,
+        },
+    }
+
+
+async def post_modern(url: str, tool: str, arguments: dict[str, Any], request_id: int = 1) -> httpx2.Response:
+    async with httpx2.AsyncClient(timeout=10) as http:
+        return await http.post(url, **modern_call(tool, arguments, request_id))
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of an SSE body (events whose data is JSON)."""
+    messages = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+        if data.strip():
+            messages.append(orjson.loads(data))
+    return messages
+
+
+class DecisionRecorder:
+    """An outer ASGI layer that keeps every decision recorded for each request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.decisions: list[Decision] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            observe_decisions(scope, self.decisions.append)
+        await self.app(scope, receive, send)
+
+    def breaker(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(d.outcome, dict(d.attributes)) for d in self.decisions if d.component == "breaker"]

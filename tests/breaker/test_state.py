@@ -23,7 +23,11 @@ class Clock:
 def breaker(clock: Clock, draw: float = 0.5, **policy: object) -> tuple[CircuitBreaker, list[StateChange]]:
     changes: list[StateChange] = []
     made = CircuitBreaker(
-        "backend", BreakerPolicy(**policy), clock=clock, random=lambda: draw, listeners=[changes.append]  # type: ignore[arg-type]
+        "backend",
+        BreakerPolicy(**policy),
+        clock=clock,
+        random=lambda: draw,
+        listeners=[changes.append],  # type: ignore[arg-type]
     )
     return made, changes
 
@@ -168,19 +172,19 @@ def test_snapshot_reset_force_open_and_a_broken_listener() -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "complaint"),
     [
-        {"consecutive_failures": None, "failure_rate": None},
-        {"consecutive_failures": 0},
-        {"failure_rate": 1.5},
-        {"open_for": 10.0, "max_open_for": 5.0},
-        {"jitter": 1.0},
-        {"half_open_probes": 0},
-        {"backoff": 0.5},
+        ({"consecutive_failures": None, "failure_rate": None}, "needs consecutive_failures or failure_rate"),
+        ({"consecutive_failures": 0}, "at least 1"),
+        ({"failure_rate": 1.5}, "failure_rate"),
+        ({"open_for": 10.0, "max_open_for": 5.0}, "open_for"),
+        ({"jitter": 1.0}, "jitter"),
+        ({"half_open_probes": 0}, "half_open_probes"),
+        ({"backoff": 0.5}, "backoff"),
     ],
 )
-def test_policy_refuses_nonsense(options: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+def test_policy_refuses_nonsense(options: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
         BreakerPolicy(**options)  # type: ignore[arg-type]
 
 

@@ -98,7 +98,9 @@ async def test_a_request_must_pass_every_matching_policy_and_a_refusal_consumes_
 
 
 async def test_per_target_policies_give_each_tool_its_own_bucket(serve: Any) -> None:
-    served = serve(limited(policies=[BucketPolicy("per-tool", selector="tools/call", rate=SLOW, capacity=1, per_target=True)]))
+    served = serve(
+        limited(policies=[BucketPolicy("per-tool", selector="tools/call", rate=SLOW, capacity=1, per_target=True)])
+    )
     async with httpx2.AsyncClient() as http:
         assert (await call_tool(http, served.mcp_url, "echo", {"text": "x"})).status_code == 200
         assert (await call_tool(http, served.mcp_url, "lookup", {"key": "a"})).status_code == 200
@@ -121,7 +123,7 @@ async def test_window_quotas_through_limits_alongside_buckets(strategy: str, ser
     assert [a.status_code for a in answers] == [200, 200, 200, 429]
     assert answers[2].headers["ratelimit-policy"] == '"burst";q=100;w=1, "daily";q=3;w=86400'
     burst, daily = answers[2].headers["ratelimit"].split(", ")
-    assert burst == '"burst";r=97;t=1'
+    assert burst.startswith('"burst";r=9') and int(burst.split(";")[1].removeprefix("r=")) >= 97  # refills at 100/s
     remaining, reset = daily.removeprefix('"daily";').split(";")
     assert remaining == "r=0" and 0 < int(reset.removeprefix("t=")) <= 86400
     refused = answers[3]
@@ -148,7 +150,11 @@ async def test_only_requests_count_not_notifications_streams_or_deletes(serve: A
                     "jsonrpc": "2.0",
                     "id": 0,
                     "method": "initialize",
-                    "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+                    "params": {
+                        "protocolVersion": LEGACY,
+                        "capabilities": {},
+                        "clientInfo": {"name": "t", "version": "1"},
+                    },
                 }
             )
         )
@@ -159,7 +165,9 @@ async def test_only_requests_count_not_notifications_streams_or_deletes(serve: A
             assert note.status_code == 202
         for _ in range(3):
             async with http.stream(
-                "GET", served.mcp_url, headers={"accept": "text/event-stream", "mcp-session-id": session, "mcp-protocol-version": LEGACY}
+                "GET",
+                served.mcp_url,
+                headers={"accept": "text/event-stream", "mcp-session-id": session, "mcp-protocol-version": LEGACY},
             ) as stream:
                 assert stream.status_code == 200
         call = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
@@ -182,7 +190,9 @@ class RecordDecisions:
 
 async def test_decisions_are_recorded_for_tracing(serve: Any) -> None:
     seen: list[Decision] = []
-    served = serve(RecordDecisions(limited(policies=[BucketPolicy("p", selector="tools/call", rate=SLOW, capacity=1)]), seen))
+    served = serve(
+        RecordDecisions(limited(policies=[BucketPolicy("p", selector="tools/call", rate=SLOW, capacity=1)]), seen)
+    )
     async with httpx2.AsyncClient() as http:
         await call_tool(http, served.mcp_url, "echo", {"text": "x"})
         await call_tool(http, served.mcp_url, "echo", {"text": "x"})

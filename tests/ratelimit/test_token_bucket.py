@@ -8,18 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_middleware.ratelimit import BucketPolicy, BucketState, TokenBucket
+from mcp_middleware.ratelimit import BucketPolicy, BucketTake, MemoryBucketStore, TokenBucket
 
 
 def admitted(bucket: TokenBucket, times: list[float], cost: float = 1.0) -> list[bool]:
-    state: BucketState | None = None
-    outcomes = []
-    for now in times:
-        new_state, decision = bucket.take(state, now, cost)
-        if decision.allowed:
-            state = new_state
-        outcomes.append(decision.allowed)
-    return outcomes
+    """Drive the bucket as the memory store does (idle eviction included) at the given times."""
+    store = MemoryBucketStore()
+    return [store.decide([BucketTake("k", bucket, cost)], now)[0].allowed for now in times]
 
 
 def test_a_full_bucket_admits_its_capacity_at_once_then_refuses() -> None:

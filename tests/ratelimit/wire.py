@@ -22,7 +22,7 @@ async def call_tool(
     arguments: dict[str, Any] | None = None,
     *,
     request_id: int | str = 1,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | dict[str, bytes] | None = None,
 ) -> httpx2.Response:
     """A modern-era (stateless) `tools/call`, answered as JSON or SSE."""
     body = {

@@ -156,7 +156,9 @@ class ProtectedResourceMetadata:
         if scope["type"] == "http" and scope["path"] == f"/.well-known/oauth-protected-resource{self.resource_path}":
             host = dict(scope["headers"])[b"host"].decode()
             body = f'{{"resource":"http://{host}{self.resource_path}"}}'.encode()
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)
@@ -189,4 +191,3 @@ async def test_bad_input_to_a_mount_with_middleware_is_answered_by_the_core(serv
         )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == -32700
-

@@ -7,9 +7,12 @@ once) and none sees another's spans.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
 
 import mcp.shared._otel
 import pytest
@@ -27,6 +30,16 @@ OURS = "opentelemetry.instrumentation.asgi"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
 SDK = "mcp-python-sdk"
 """Instrumentation scope of the `mcp` SDK's own spans (client and server)."""
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until `check()` holds: the server records metrics and logs just after the response's
+    last byte left, so the client can be faster than the record."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await anyio.sleep(0.01)
 
 
 @dataclass
@@ -49,8 +62,20 @@ class Spans:
             if s.instrumentation_scope and s.instrumentation_scope.name == SDK and s.kind is SpanKind.SERVER
         ]
 
-    def named(self, name: str) -> ReadableSpan:
-        [span] = [s for s in self.ours() if s.name == name]
+    async def named(self, name: str, *, scope: str = OURS) -> ReadableSpan:
+        """The one finished span called `name` (waiting for it: the server ends a span just after
+        its last byte left, so the client can be faster than the span)."""
+        deadline = time.monotonic() + 5
+        while True:
+            found = [
+                s
+                for s in self.finished()
+                if s.name == name and s.instrumentation_scope and s.instrumentation_scope.name == scope
+            ]
+            if found or time.monotonic() > deadline:
+                break
+            await anyio.sleep(0.01)
+        [span] = found
         return span
 
 
@@ -97,9 +122,7 @@ class Metrics:
 
     def counts(self, name: str) -> dict[frozenset[tuple[str, Any]], float]:
         """Counter value by attribute set."""
-        return {
-            frozenset(p.attributes.items()): p.value for p in self.points(name) if isinstance(p, NumberDataPoint)
-        }
+        return {frozenset(p.attributes.items()): p.value for p in self.points(name) if isinstance(p, NumberDataPoint)}
 
     def histogram(self, name: str) -> list[HistogramDataPoint]:
         return [p for p in self.points(name) if isinstance(p, HistogramDataPoint)]

@@ -1,0 +1,121 @@
+"""`mcp-gateway` (also `python -m mcp_middleware.gateway`): serve, check a config, list its servers.
+
+Exit codes: 0 success; 1 the gateway failed while running; 2 bad usage or a config
+file with problems (each printed with its key and line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError, GatewayConfig, load_config
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+DEFAULT_CONFIG = "gateway.toml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-gateway",
+        description="The mcp-middleware reference gateway: many MCP servers behind one endpoint, with auth, "
+        "rate limits, circuit breakers, caching and tracing from one config file.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument(
+            "--config",
+            "-c",
+            type=Path,
+            default=Path(os.environ.get("MCP_GATEWAY_CONFIG", DEFAULT_CONFIG)),
+            help="the TOML config file (default: $MCP_GATEWAY_CONFIG or ./gateway.toml)",
+        )
+        return sub
+
+    serve = with_config(commands.add_parser("serve", help="serve the gateway"))
+    serve.add_argument("--host", help="override [gateway].host")
+    serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
+    with_config(commands.add_parser("check-config", help="validate the config file and print a summary"))
+    with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
+    return parser
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _describe(config: GatewayConfig) -> list[str]:
+    prefix = config.gateway.prefix
+    rows = []
+    for server in config.servers:
+        target = server.app or server.url or " ".join(server.command)
+        where = f"{prefix}/{server.name}" if server.mount else "(not mounted)"
+        aggregated = "aggregated" if server.aggregate and config.aggregate.enabled else "-"
+        rows.append(f"{server.name:<20} {server.kind:<8} {where:<28} {aggregated:<11} {target}")
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = _load(args.config)
+    if config is None:
+        return EXIT_USAGE
+    if args.command == "check-config":
+        enabled = [
+            name
+            for name, on in (
+                ("auth", config.auth.mode != "none"),
+                ("ratelimit", config.ratelimit.enabled),
+                ("cache", config.cache.enabled),
+                ("breaker", config.breaker.enabled),
+                ("tracing", config.tracing.enabled),
+            )
+            if on
+        ]
+        print(f"{args.config}: OK — {len(config.servers)} servers; middlewares: {', '.join(enabled) or 'none'}")
+        return EXIT_OK
+    if args.command == "list-servers":
+        print(f"{'name':<20} {'kind':<8} {'mount':<28} {'aggregate':<11} target")
+        print("\n".join(_describe(config)))
+        return EXIT_OK
+    return _serve(config, host=args.host, port=args.port)
+
+
+def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
+    import uvicorn
+
+    from .app import build_gateway
+
+    logging.basicConfig(level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    env_port = os.environ.get("PORT")
+    if port is None and env_port:
+        if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:
+            print(f"PORT must be a port number, not {env_port!r}", file=sys.stderr)
+            return EXIT_USAGE
+        port = int(env_port)
+    try:
+        gateway = build_gateway(config, host=host, port=port)
+    except (ConfigError, ImportError, ValueError) as exc:
+        print(f"cannot build the gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = uvicorn.Server(gateway.uvicorn_config())
+    try:
+        server.run()
+    except Exception:
+        logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
+        return EXIT_FAILED
+    return EXIT_OK if server.started else EXIT_FAILED

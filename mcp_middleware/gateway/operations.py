@@ -1,0 +1,104 @@
+"""`/healthz` and `/readyz`: what a load balancer and an orchestrator ask the gateway.
+
+`/healthz` says the process serves requests (no dependency is consulted: a Redis outage
+must not get every gateway restarted). `/readyz` runs the named readiness checks
+concurrently, each bounded by a timeout, and answers 200 only when all pass; the body
+says which failed and why, so an operator reads it directly.
+
+>>> from starlette.applications import Starlette
+>>> async def redis_ok() -> tuple[bool, str]:
+...     return True, "PONG"
+>>> app = OperationsMiddleware(Starlette(), checks={"redis": redis_ok})
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import anyio
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+__all__ = ["OperationsMiddleware", "ReadinessCheck"]
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
+"""An async check: `(ok, detail)`. It may raise; that counts as not ready, with the error as detail."""
+
+
+class OperationsMiddleware:
+    """Answers `health_path` and `ready_path` itself; everything else goes to `app`.
+
+    `checks` are run for `/readyz` (concurrently, each within `timeout` seconds). While
+    the gateway shuts down, `draining()` makes `/readyz` answer 503 at once, so a load
+    balancer stops sending new requests while in-flight ones finish.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        checks: Mapping[str, ReadinessCheck] | None = None,
+        health_path: str = "/healthz",
+        ready_path: str = "/readyz",
+        timeout: float = 2.0,
+    ) -> None:
+        self.app = app
+        self.checks = dict(checks or {})
+        self.health_path = health_path
+        self.ready_path = ready_path
+        self.timeout = timeout
+        self._draining = False
+        self._started = time.monotonic()
+
+    def draining(self) -> None:
+        """From now on `/readyz` answers 503 (`draining`)."""
+        self._draining = True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            if scope["path"] == self.health_path:
+                await _json(send, 200, {"status": "ok", "uptime": round(time.monotonic() - self._started, 3)})
+                return
+            if scope["path"] == self.ready_path:
+                await self._ready(send)
+                return
+        await self.app(scope, receive, send)
+
+    async def readiness(self) -> tuple[bool, dict[str, dict[str, object]]]:
+        """Run every check; `(all passed, {name: {"ok": …, "detail": …, "ms": …}})`."""
+        results: dict[str, dict[str, object]] = {}
+
+        async def run(name: str, check: ReadinessCheck) -> None:
+            started = time.perf_counter()
+            try:
+                with anyio.fail_after(self.timeout):
+                    ok, detail = await check()
+            except TimeoutError:
+                ok, detail = False, f"no answer within {self.timeout:g} s"
+            except Exception as exc:  # a failing check is a finding, not a crash of the endpoint
+                ok, detail = False, f"{type(exc).__name__}: {exc}"
+            results[name] = {"ok": ok, "detail": detail, "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+        async with anyio.create_task_group() as group:
+            for name, check in self.checks.items():
+                group.start_soon(run, name, check)
+        return all(r["ok"] for r in results.values()), dict(sorted(results.items()))
+
+    async def _ready(self, send: Send) -> None:
+        if self._draining:
+            await _json(send, 503, {"status": "draining", "checks": {}})
+            return
+        ok, results = await self.readiness()
+        await _json(send, 200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": results})
+
+
+async def _json(send: Send, status: int, payload: object) -> None:
+    body = orjson.dumps(payload)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

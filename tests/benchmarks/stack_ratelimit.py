@@ -1,0 +1,14 @@
+"""End-to-end stacks with the rate limiter on and never tripping (`--apps bare,ratelimit`)."""
+
+from __future__ import annotations
+
+from mcp_middleware.ratelimit import BucketPolicy, RateLimitMiddleware
+
+from .apps import Stack
+
+_NEVER = dict(rate=1e9, capacity=1e9)
+
+STACKS = {
+    # One per-caller bucket on every request, in memory, RateLimit headers on each answer.
+    "ratelimit": Stack(lambda app: RateLimitMiddleware(app, policies=[BucketPolicy("per-caller", **_NEVER)])),
+}

@@ -1,0 +1,328 @@
+"""The aggregated endpoint: a real MCP server merging many backends under namespaced names."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import pytest
+from mcp import MCPError
+from mcp.server.lowlevel.server import Server
+from mcp.server.mcpserver import Context, MCPServer
+from starlette.types import Receive, Scope, Send
+
+from mcp_middleware.router import ROUTER_META_KEY, HttpBackend, InProcessBackend, McpRouter, NamingPolicy, PrefixMode
+from tests.conftest import ERAS, Era, connect, free_port
+from tests.router.servers import team_server
+from tests.servers import PROGRESS_INTERVAL, build_server
+
+pytestmark = pytest.mark.anyio
+
+
+def team_router(**options: Any) -> McpRouter:
+    router = McpRouter(**options)
+    router.mount("alpha", team_server("alpha").streamable_http_app())
+    router.mount("beta", team_server("beta", tools=("search", "delete")).streamable_http_app())
+    return router
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_merges_everything_under_namespaced_names_and_routes_back(era: Era, serve: Any) -> None:
+    served = serve(team_router())
+    async with connect(served.mcp_url, era) as client:
+        tools = await client.list_tools()
+        prompts = await client.list_prompts()
+        resources = await client.list_resources()
+        templates = await client.list_resource_templates()
+        searched = await client.call_tool("beta__search", {"query": "q"})
+        prompt = await client.get_prompt("alpha__summarize", {"topic": "t"})
+        readme = await client.read_resource("beta+beta://readme")
+        item = await client.read_resource("alpha+alpha://items/7")
+    assert [tool.name for tool in tools.tools] == [
+        "alpha__create",
+        "alpha__search",
+        "beta__delete",
+        "beta__search",
+    ]
+    assert [tool.description for tool in tools.tools][0] == "create in alpha"
+    assert [p.name for p in prompts.prompts] == ["alpha__summarize", "beta__summarize"]
+    assert [r.uri for r in resources.resources] == ["alpha+alpha://readme", "beta+beta://readme"]
+    assert [t.uri_template for t in templates.resource_templates] == [
+        "alpha+alpha://items/{item}",
+        "beta+beta://items/{item}",
+    ]
+    assert searched.content[0].text == "beta:search:q"  # type: ignore[union-attr]
+    assert prompt.messages[0].content.text == "[alpha] summarize t"  # type: ignore[union-attr]
+    assert readme.contents[0].uri == "beta+beta://readme"  # the URI a client reads again
+    assert readme.contents[0].text == "readme of beta"  # type: ignore[union-attr]
+    assert item.contents[0].text == "alpha item 7"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_prefix_on_collision_and_never_with_conflict_rule(era: Era, serve: Any) -> None:
+    on_collision = serve(team_router(naming=NamingPolicy(prefix=PrefixMode.ON_COLLISION)))
+    never_first = serve(team_router(naming=NamingPolicy(prefix=PrefixMode.NEVER, on_conflict="first")))
+    async with connect(on_collision.mcp_url, era) as client:
+        shared = await client.list_tools()
+        created = await client.call_tool("create", {"query": "x"})
+    async with connect(never_first.mcp_url, era) as client:
+        bare = await client.list_tools()
+        first = await client.call_tool("search", {"query": "y"})
+    assert [t.name for t in shared.tools] == ["alpha__search", "beta__search", "create", "delete"]
+    assert created.content[0].text == "alpha:create:x"  # type: ignore[union-attr]
+    assert [t.name for t in bare.tools] == ["create", "delete", "search"]
+    assert first.content[0].text == "alpha:search:y"  # type: ignore[union-attr]  # mount order wins
+    if era == "modern":  # legacy results carry no _meta
+        report = bare.meta[ROUTER_META_KEY]  # type: ignore[index]
+        assert report["collisions"] == [
+            {"name": "search", "kept": "alpha:search", "renamed": "beta:search", "as": None}
+        ]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_unknown_namespaced_tool_is_an_error_naming_it(era: Era, serve: Any) -> None:
+    served = serve(team_router())
+    async with connect(served.mcp_url, era) as client:
+        with pytest.raises(MCPError) as unknown:
+            await client.call_tool("gamma__search", {"query": "q"})
+        with pytest.raises(MCPError) as unknown_resource:
+            await client.read_resource("gamma+gamma://readme")
+        still_fine = await client.call_tool("alpha__search", {"query": "after"})
+    assert unknown.value.code == -32602
+    assert "gamma__search" in unknown.value.message
+    assert unknown_resource.value.code == -32602
+    assert still_fine.content[0].text == "alpha:search:after"  # type: ignore[union-attr]
+
+
+def paged_backend(prefix: str, count: int, page: int) -> Server[Any]:
+    """A low-level server that pages its own tools list (`page` per page, cursors are offsets)."""
+    tools = [types.Tool(name=f"{prefix}{i:03d}", input_schema={"type": "object"}) for i in range(count)]
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        start = int(params.cursor) if params is not None and params.cursor else 0
+        end = start + page
+        return types.ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < count else None)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(text=f"{prefix}:{params.name}")])
+
+    return Server(f"paged-{prefix}", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_merged_pages_list_every_item_exactly_once(era: Era, serve: Any) -> None:
+    router = McpRouter(page_size=7)
+    router.mount("one", paged_backend("t", 23, page=5).streamable_http_app())
+    router.mount("two", paged_backend("u", 11, page=4).streamable_http_app())
+    router.mount("three", team_server("three").streamable_http_app())
+    served = serve(router)
+    walked: list[str] = []
+    pages = 0
+    async with connect(served.mcp_url, era) as client:
+        cursor: str | None = None
+        while True:
+            page = await client.list_tools(cursor=cursor)
+            pages += 1
+            assert len(page.tools) <= 7
+            walked.extend(tool.name for tool in page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        routed = await client.call_tool("two__u007", {})
+    expected = sorted([f"one__t{i:03d}" for i in range(23)] + [f"two__u{i:03d}" for i in range(11)])
+    expected += ["three__create", "three__search"]
+    assert walked == sorted(expected)  # every item once, in a deterministic order, across backends' own pages
+    assert pages == -(-len(expected) // 7)
+    assert routed.content[0].text == "u:u007"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_malformed_cursor_is_invalid_params(era: Era, serve: Any) -> None:
+    served = serve(team_router())
+    async with connect(served.mcp_url, era) as client:
+        for cursor in ("not-a-cursor!!", "", "eyJ2IjoxfQ", "eyJ2IjoxLCJrIjoicHJvbXB0cyIsImEiOiJ4In0"):
+            with pytest.raises(MCPError) as invalid:
+                await client.list_tools(cursor=cursor)
+            assert invalid.value.code == -32602, cursor
+
+
+class Garbage:
+    """A backend that answers every request with something that is not MCP."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"surprise": true'})
+
+
+def slow_list_server(delay: float) -> MCPServer:
+    server = MCPServer("sluggish")
+
+    @server.tool()
+    def idle() -> str:
+        return "idle"
+
+    original = server._lowlevel_server._request_handlers["tools/list"]  # the test needs a slow tools/list
+
+    async def slow(ctx: Any, params: Any) -> Any:
+        await anyio.sleep(delay)
+        return await original.handler(ctx, params)
+
+    server._lowlevel_server.add_request_handler("tools/list", original.params_type, slow)
+    return server
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_failing_backends_do_not_fail_the_list(era: Era, serve: Any) -> None:
+    router = McpRouter(failure_cooldown=30)
+    router.mount("good", build_server().streamable_http_app())
+    router.mount("dead", HttpBackend(f"http://127.0.0.1:{free_port()}/mcp", timeout=3))
+    router.mount("garbage", InProcessBackend(Garbage(), timeout=3))
+    router.mount("slow", InProcessBackend(slow_list_server(5).streamable_http_app(), timeout=0.5))
+    served = serve(router)
+    async with connect(served.mcp_url, era) as client:
+        started = time.monotonic()
+        first = await client.list_tools()
+        first_took = time.monotonic() - started
+        started = time.monotonic()
+        second = await client.list_tools()
+        second_took = time.monotonic() - started
+        called = await client.call_tool("good__echo", {"text": "still here"})
+        with pytest.raises(MCPError) as unavailable:
+            await client.call_tool("slow__idle", {})
+    names = [t.name for t in first.tools]
+    assert "good__echo" in names and not any(n.startswith(("dead", "garbage", "slow")) for n in names)
+    assert first_took < 4  # the slow backend was cut off at its own timeout, concurrently with the rest
+    assert second_took < 1  # the timed-out backend is cooling down: no second wait on it
+    assert [t.name for t in second.tools] == names
+    assert called.content[0].text == "still here"  # type: ignore[union-attr]
+    assert unavailable.value.code in (-32602, -32015)
+    if era == "modern":
+        report = first.meta[ROUTER_META_KEY]  # type: ignore[index]
+        assert report["partial"] is True
+        assert {f["server"] for f in report["failed"]} == {"dead", "garbage", "slow"}
+        assert {f["server"]: f["error"] for f in report["failed"]}["slow"] == "timeout"
+
+
+class DiesMidCall:
+    """A backend that streams the start of an answer to tools/call and then drops the connection."""
+
+    def __init__(self) -> None:
+        self.inner = build_server().streamable_http_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.inner(scope, receive, send)
+            return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if b'"tools/call"' not in body:
+            replayed = False
+
+            async def replay() -> Any:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.inner(scope, replay, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b'event: message\r\ndata: {"json', "more_body": True})
+        raise RuntimeError("backend died mid-call")
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_backend_dying_mid_call_fails_that_call_only(era: Era, serve: Any) -> None:
+    router = McpRouter()
+    router.mount("fragile", InProcessBackend(DiesMidCall(), timeout=5))
+    router.mount("steady", build_server().streamable_http_app())
+    served = serve(router)
+    async with connect(served.mcp_url, era) as client:
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("fragile__echo", {"text": "lost"})
+        steady = await client.call_tool("steady__echo", {"text": "unaffected"})
+    assert failed.value.code in (-32017, -32016)
+    assert "fragile" in failed.value.message
+    assert steady.content[0].text == "unaffected"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_progress_is_relayed_while_the_tool_runs(era: Era, serve: Any) -> None:
+    router = McpRouter()
+    router.mount("test", build_server().streamable_http_app())
+    served = serve(router)
+    arrivals: list[tuple[float, float]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        arrivals.append((time.monotonic(), progress))
+
+    async with connect(served.mcp_url, era) as client:
+        started = time.monotonic()
+        result = await client.call_tool("test__slow", {"steps": 4}, progress_callback=on_progress)
+        finished = time.monotonic()
+    assert result.content[0].text == "done after 4 steps"  # type: ignore[union-attr]
+    assert [progress for _, progress in arrivals] == [1, 2, 3, 4]
+    assert arrivals[0][0] - started < finished - started - 2 * PROGRESS_INTERVAL
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_backend_list_changed_reaches_clients_debounced(era: Era, serve: Any) -> None:
+    backend = MCPServer("changing")
+
+    @backend.tool()
+    async def grow(names: list[str], ctx: Context) -> str:
+        """Add tools, announcing each one separately (the router sends one notification for all)."""
+        for name in names:
+            backend.add_tool(lambda: "new", name=name)
+            await ctx.notify_tools_changed()  # reaches the aggregate's subscriptions/listen stream
+        return "grown"
+
+    router = McpRouter(debounce=0.2)
+    router.mount("changing", backend.streamable_http_app())
+    served = serve(router)
+    notifications: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if era == "legacy" and isinstance(message, types.ToolListChangedNotification):
+            notifications.append(message.method)
+
+    async with connect(served.mcp_url, era, message_handler=on_message) as client:
+        before = await client.list_tools()
+        await anyio.sleep(0.3)  # the aggregate's change subscription to the backend is open by now
+        if era == "modern":
+            async with client.listen(tools_list_changed=True) as subscription:
+                await client.call_tool("changing__grow", {"names": ["sprout", "shoot", "leaf"]})
+                with anyio.fail_after(5):
+                    event = await subscription.__anext__()
+                notifications.append(type(event).__name__)
+                with anyio.move_on_after(0.5):  # a second, undebounced event would arrive here
+                    notifications.append(type(await subscription.__anext__()).__name__)
+        else:
+            await client.call_tool("changing__grow", {"names": ["sprout", "shoot", "leaf"]})
+            with anyio.fail_after(5):
+                while not notifications:
+                    await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # time for any extra (undebounced) notification to show up
+        after = await client.list_tools()
+    assert "changing__sprout" not in [t.name for t in before.tools]
+    assert {"changing__sprout", "changing__shoot", "changing__leaf"} <= {t.name for t in after.tools}
+    expected = "ToolsListChanged" if era == "modern" else "notifications/tools/list_changed"
+    assert notifications == [expected]
+
+
+async def test_unknown_http_path_next_to_the_aggregate(serve: Any) -> None:
+    served = serve(team_router())
+    async with httpx2.AsyncClient(base_url=served.base) as http:
+        response = await http.post("/elsewhere", json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == -32600

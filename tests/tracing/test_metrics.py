@@ -1,0 +1,168 @@
+"""Metrics: `mcp.server.operation.duration` by method, tool and error type with the semconv buckets,
+and counters fed by the middlewares' decisions; exposed to Prometheus at a configurable path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import MCPError
+
+from mcp_middleware.core import Decision, ErrorCode
+from mcp_middleware.tracing import (
+    DURATION_BUCKETS,
+    McpMetrics,
+    PrometheusMetrics,
+    PrometheusMiddleware,
+    TracingMiddleware,
+)
+from tests.conftest import ERAS, Era, Served, connect
+from tests.servers import build_server
+
+from .conftest import Metrics, RecordingDecider, eventually
+
+pytestmark = pytest.mark.anyio
+
+DURATION = "mcp.server.operation.duration"
+
+
+def by_method_and_tool(metrics: Metrics) -> dict[tuple[Any, Any, Any], int]:
+    return {
+        (p.attributes.get("mcp.method.name"), p.attributes.get("gen_ai.tool.name"), p.attributes.get("error.type")): (
+            p.count
+        )
+        for p in metrics.histogram(DURATION)
+    }
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_operation_duration_is_recorded_by_method_tool_and_error_type(
+    serve: Any, metrics: Metrics, era: Era
+) -> None:
+    app = TracingMiddleware(build_server().streamable_http_app(), meter_provider=metrics.provider)
+    served: Served = serve(app)
+    async with connect(served.mcp_url, era) as client:
+        await client.call_tool("echo", {"text": "a"})
+        await client.call_tool("echo", {"text": "b"})
+        await client.call_tool("failing", {"reason": "x"})
+        with pytest.raises(MCPError) as raised:
+            await client.get_prompt("missing", {})
+
+    missing = ("prompts/get", None, str(raised.value.error.code))
+    await eventually(lambda: missing in by_method_and_tool(metrics))
+    counts = by_method_and_tool(metrics)
+    assert counts[("tools/call", "echo", None)] == 2
+    assert counts[("tools/call", "failing", "tool_error")] == 1
+    assert counts[("prompts/get", None, str(raised.value.error.code))] == 1
+    assert counts[("tools/list", None, None)] >= 1  # the client lists tools to validate results
+    metric = metrics.metric(DURATION)
+    assert metric.unit == "s"
+    [echo] = [p for p in metrics.histogram(DURATION) if p.attributes.get("gen_ai.tool.name") == "echo"]
+    assert tuple(echo.explicit_bounds) == DURATION_BUCKETS
+    assert echo.attributes["mcp.protocol.version"] == ("2026-07-28" if era == "modern" else "2025-11-25")
+    assert echo.attributes["gen_ai.operation.name"] == "execute_tool"
+    assert 0 < echo.sum < 5
+    if era == "legacy":  # notifications are operations too (acknowledged with 202)
+        assert counts[("notifications/initialized", None, None)] == 1
+
+
+async def test_decisions_feed_the_counters(serve: Any, metrics: Metrics) -> None:
+    # The other middlewares are stood in for by a decider recording what they would record.
+    decisions = [
+        ("auth", "deny", {"reason": "expired"}),
+        ("ratelimit", "deny", {"policy": "burst", "remaining": 0}),
+        ("breaker", "open", {"key": "backend"}),
+        ("cache", "stale", {}),
+        ("cache", "evict", {"evicted": 3}),
+    ]
+    decider = RecordingDecider(build_server().streamable_http_app(), decisions)
+    served: Served = serve(TracingMiddleware(decider, meter_provider=metrics.provider))
+    async with connect(served.mcp_url, "modern") as client:
+        await client.call_tool("echo", {"text": "a"})
+        await client.call_tool("echo", {"text": "b"})
+
+    assert metrics.counts("mcp.middleware.auth.failures") == {
+        frozenset({("mcp_middleware.outcome", "deny"), ("mcp_middleware.reason", "expired")}): 2
+    }
+    assert metrics.counts("mcp.middleware.ratelimit.refusals") == {frozenset({("mcp_middleware.policy", "burst")}): 2}
+    assert metrics.counts("mcp.middleware.breaker.transitions") == {frozenset({("mcp_middleware.state", "open")}): 2}
+    assert metrics.counts("mcp.middleware.cache.lookups") == {frozenset({("mcp_middleware.outcome", "stale")}): 2}
+    assert metrics.counts("mcp.middleware.cache.evictions") == {frozenset(): 6}
+    every = metrics.counts("mcp.middleware.decisions")
+    assert every[frozenset({("mcp_middleware.component", "cache"), ("mcp_middleware.outcome", "evict")})] == 2
+
+
+async def test_core_refusals_are_counted_as_decisions(serve: Any, metrics: Metrics) -> None:
+    served: Served = serve(TracingMiddleware(build_server().streamable_http_app(), meter_provider=metrics.provider))
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(served.mcp_url, content=b"{}", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    every = metrics.counts("mcp.middleware.decisions")
+    assert every == {frozenset({("mcp_middleware.component", "core"), ("mcp_middleware.outcome", "rejected")}): 1}
+
+
+def test_client_chosen_names_are_bounded() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from mcp_middleware.core import Era as CoreEra
+    from mcp_middleware.core import McpRequest, RequestKind
+
+    reader = InMemoryMetricReader()
+    recorder = McpMetrics(MeterProvider(metric_readers=[reader]), max_names=3)
+    for index in range(10):
+        request = McpRequest(
+            RequestKind.REQUEST, CoreEra.MODERN, "2026-07-28", method="tools/call", id=1, params={"name": f"t{index}"}
+        )
+        recorder.record_operation(request, 0.001, None, None)
+    recorder.record_decision(Decision("auth", "allow", {}))  # an allow is not a failure
+    data = reader.get_metrics_data()
+    assert data is not None
+    names = {
+        p.attributes["gen_ai.tool.name"]
+        for m in data.resource_metrics[0].scope_metrics[0].metrics
+        if m.name == DURATION
+        for p in m.data.data_points
+    }
+    assert names == {"t0", "t1", "t2", "_OTHER"}
+    assert not [
+        m for m in data.resource_metrics[0].scope_metrics[0].metrics if m.name == "mcp.middleware.auth.failures"
+    ]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_prometheus_exposition_at_a_configurable_path(serve: Any, era: Era) -> None:
+    exported = PrometheusMetrics()
+    try:
+        refusing = RecordingDecider(
+            build_server().streamable_http_app(),
+            [("ratelimit", "deny", {"policy": "burst"})],
+            refuse_with=(429, ErrorCode.RATE_LIMITED),
+        )
+        app = PrometheusMiddleware(
+            TracingMiddleware(refusing, meter_provider=exported.meter_provider),
+            registry=exported.registry,
+            path="/internal/metrics",
+        )
+        served: Served = serve(app)
+        async with connect(served.mcp_url, era) as client:
+            with pytest.raises(MCPError):
+                await client.call_tool("echo", {"text": "a"})
+        await eventually(lambda: b'gen_ai_tool_name="echo"' in exported.render()[0])
+        async with httpx2.AsyncClient() as http:
+            scrape = await http.get(f"{served.base}/internal/metrics")
+            wrong_method = await http.post(f"{served.base}/internal/metrics")
+            elsewhere = await http.get(f"{served.base}/metrics")
+        assert scrape.status_code == 200
+        assert scrape.headers["content-type"].startswith("text/plain")
+        text = scrape.text
+        assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
+        assert "mcp_server_operation_duration_seconds_bucket{" in text
+        bucket = next(line for line in text.splitlines() if 'gen_ai_tool_name="echo"' in line and 'le="0.01"' in line)
+        assert 'mcp_method_name="tools/call"' in bucket and f'error_type="{int(ErrorCode.RATE_LIMITED)}"' in bucket
+        assert "mcp_middleware_ratelimit_refusals_total{" in text and 'mcp_middleware_policy="burst"' in text
+        assert wrong_method.status_code == 405
+        assert elsewhere.status_code == 404  # not the configured path: passed through to the app
+    finally:
+        exported.shutdown()
