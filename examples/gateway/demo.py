@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 
 import anyio
@@ -69,7 +70,6 @@ def _fastmcp() -> object:
     return fast
 
 
-try:
+# The fastmcp extra is optional; the gateway skips a server marked `optional` when it is missing.
+with contextlib.suppress(ImportError):
     fastmcp_server = _fastmcp()
-except ImportError:  # the fastmcp extra is optional; the gateway skips a server marked optional
-    pass

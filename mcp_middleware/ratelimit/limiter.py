@@ -24,7 +24,7 @@ from starlette.types import Scope
 
 from mcp_middleware.core import McpRequest
 
-from .bucket import EPSILON
+from .bucket import EPSILON, BucketDecision
 from .keys import CallerKey, KeyFunction
 from .policies import BucketPolicy, Policy, QuotaPolicy
 from .stores import BucketStore, BucketTake, MemoryBucketStore, StoreUnavailable
@@ -204,23 +204,19 @@ class RateLimiter:
                 takes = [BucketTake(self._storage_key(p, scope, request, seen), p.bucket, p.cost) for p in buckets]
                 memory = self._memory
                 decisions = memory.decide(takes, now) if memory is not None else await self.store.take(takes, now=now)
-                refused = [(p, d) for p, d in zip(buckets, decisions, strict=True) if not d.allowed]
-                if refused:
-                    policy, decision = max(refused, key=lambda item: item[1].retry_after)
-                    state = PolicyState(
-                        policy.name, policy.quota, policy.window, 0, math.ceil(decision.reset_after - EPSILON)
-                    )
+                refused: tuple[BucketPolicy, BucketDecision] | None = None
+                for policy, decision in zip(buckets, decisions, strict=True):
+                    if decision.allowed:
+                        reset = math.ceil(decision.reset_after - EPSILON)
+                        remaining = int(decision.remaining + EPSILON)
+                        states.append(PolicyState(policy.name, policy.quota, policy.window, remaining, reset))
+                    elif refused is None or decision.retry_after > refused[1].retry_after:
+                        refused = (policy, decision)
+                if refused is not None:  # nothing was charged: the store decides all buckets or none
+                    policy, decision = refused
+                    reset = math.ceil(decision.reset_after - EPSILON)
+                    state = PolicyState(policy.name, policy.quota, policy.window, 0, reset)
                     return Verdict(False, (state,), policy.name, decision.retry_after)
-                states = [
-                    PolicyState(
-                        p.name,
-                        p.quota,
-                        p.window,
-                        math.floor(d.remaining + EPSILON),
-                        max(0, math.ceil(d.reset_after - EPSILON)),
-                    )
-                    for p, d in zip(buckets, decisions, strict=True)
-                ]
             if quotas:
                 refusal = await self._hit_quotas(quotas, quota_keys, states)
                 if refusal is not None:

@@ -66,6 +66,12 @@ class BucketPolicy:
     per_target: bool = False
     bucket: TokenBucket = field(init=False)
     selectors: tuple[Selector, ...] = field(init=False, repr=False)
+    quota: int = field(init=False, repr=False)
+    """`q` of `RateLimit-Policy`: the burst."""
+    window: int = field(init=False, repr=False)
+    """`w` of `RateLimit-Policy`: seconds an empty bucket takes to fill."""
+    everything: bool = field(init=False, repr=False)
+    """Whether the policy applies to every request (a `*` selector)."""
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -78,27 +84,15 @@ class BucketPolicy:
             raise ValueError(f"cost must be positive and at most the capacity ({bucket.capacity:g})")
         object.__setattr__(self, "bucket", bucket)
         object.__setattr__(self, "selectors", _selectors(self.selector))
+        object.__setattr__(self, "quota", int(bucket.capacity))
+        object.__setattr__(self, "window", max(1, math.ceil(bucket.window)))
+        object.__setattr__(self, "everything", any(s.method is None for s in self.selectors))
 
     def matches(self, request: McpRequest) -> bool:
         return self.matches_parts(request.method, request.target)
 
     def matches_parts(self, method: str | None, target: str | None) -> bool:
         return any(selector.matches_parts(method, target) for selector in self.selectors)
-
-    @property
-    def everything(self) -> bool:
-        """Whether the policy applies to every request (a `*` selector)."""
-        return any(selector.method is None for selector in self.selectors)
-
-    @property
-    def quota(self) -> int:
-        """`q` of `RateLimit-Policy`: the burst."""
-        return int(self.bucket.capacity)
-
-    @property
-    def window(self) -> int:
-        """`w` of `RateLimit-Policy`: seconds an empty bucket takes to fill."""
-        return max(1, math.ceil(self.bucket.window))
 
 
 @dataclass(frozen=True)
@@ -123,6 +117,12 @@ class QuotaPolicy:
     per_target: bool = False
     item: limits.RateLimitItem = field(init=False, repr=False)
     selectors: tuple[Selector, ...] = field(init=False, repr=False)
+    quota: int = field(init=False, repr=False)
+    """`q` of `RateLimit-Policy`: the limit."""
+    window: int = field(init=False, repr=False)
+    """`w` of `RateLimit-Policy`: the window in seconds."""
+    everything: bool = field(init=False, repr=False)
+    """Whether the policy applies to every request (a `*` selector)."""
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -133,25 +133,15 @@ class QuotaPolicy:
             raise ValueError(f"cost must be positive and at most the limit ({item.amount})")
         object.__setattr__(self, "item", item)
         object.__setattr__(self, "selectors", _selectors(self.selector))
+        object.__setattr__(self, "quota", int(item.amount))
+        object.__setattr__(self, "window", int(item.get_expiry()))
+        object.__setattr__(self, "everything", any(s.method is None for s in self.selectors))
 
     def matches(self, request: McpRequest) -> bool:
         return self.matches_parts(request.method, request.target)
 
     def matches_parts(self, method: str | None, target: str | None) -> bool:
         return any(selector.matches_parts(method, target) for selector in self.selectors)
-
-    @property
-    def everything(self) -> bool:
-        """Whether the policy applies to every request (a `*` selector)."""
-        return any(selector.method is None for selector in self.selectors)
-
-    @property
-    def quota(self) -> int:
-        return int(self.item.amount)
-
-    @property
-    def window(self) -> int:
-        return int(self.item.get_expiry())
 
 
 Policy = BucketPolicy | QuotaPolicy

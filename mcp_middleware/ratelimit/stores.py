@@ -115,7 +115,10 @@ class MemoryBucketStore:
             entry = buckets.get(key)
             state, decision = bucket.take(entry[0] if entry is not None else None, now, cost)
             if decision.allowed:
-                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
+                buckets[key] = (state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
+                buckets.move_to_end(key)
+                if len(buckets) > self.max_buckets:
+                    buckets.popitem(last=False)
             elif entry is not None:
                 buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
             return [decision]

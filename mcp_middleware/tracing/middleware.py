@@ -95,7 +95,7 @@ class _Exchange:
     )
 
     def __init__(self, scope: Scope, metrics: McpMetrics | None, record_enduser: bool) -> None:
-        self.scope = scope
+        self.scope: Scope | None = scope  # dropped when the request ends: scope → exchange → scope is a cycle
         self.metrics = metrics
         self.record_enduser = record_enduser
         self.span_finished = False
@@ -160,7 +160,7 @@ class _Exchange:
             for message in self.refusal:
                 if message["type"] == "http.response.start":
                     self.status = message["status"]
-            for decision in get_decisions(self.scope):
+            for decision in get_decisions(self.scope or {}):
                 if decision.component == "core" and decision.outcome == "rejected":
                     code = decision.attributes.get("code")
                     if isinstance(code, int):
@@ -177,7 +177,7 @@ class _Exchange:
         span = self.span
         if not span.is_recording():
             return
-        if self.record_enduser:
+        if self.record_enduser and self.scope is not None:
             principal = get_principal(self.scope)
             enduser = principal.subject or principal.client_id
             if enduser is not None:
@@ -303,6 +303,8 @@ class TracingMiddleware:
                 )
             if access_log is not None:
                 self._log(access_log, scope, exchange)
+            exchange.scope = None
+            del scope[_EXCHANGE_KEY]
 
     def _choose_parent(self, scope: Scope, exchange: _Exchange) -> None:
         """Apply the context rule: a valid `_meta.traceparent` wins; the header context becomes a link."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -155,14 +155,16 @@ def oauth_provider(
 
 
 @pytest.fixture
-def login() -> Iterator[ProgrammaticLogin]:
-    yield ProgrammaticLogin()
+def login() -> ProgrammaticLogin:
+    return ProgrammaticLogin()
 
 
 MODERN_VERSION = "2026-07-28"
 
 
-def modern_call(method: str = "tools/call", params: dict[str, Any] | None = None, request_id: int = 7) -> tuple[bytes, dict[str, str]]:
+def modern_call(
+    method: str = "tools/call", params: dict[str, Any] | None = None, request_id: int = 7
+) -> tuple[bytes, dict[str, str]]:
     """A valid 2026-07-28 request body and the headers that must mirror it."""
     params = dict(params if params is not None else {"name": "echo", "arguments": {"text": "hi"}})
     params["_meta"] = {

@@ -268,7 +268,9 @@ async def test_registration_needs_redirect_uris(auth: AuthServer) -> None:
     response = await auth.http.post(f"{auth.base}/register", json={"client_name": "x"})
     assert response.status_code == 400
     assert response.json()["error"] in ("invalid_request", "invalid_client_metadata", "invalid_redirect_uri")
-    garbage = await auth.http.post(f"{auth.base}/register", content=b"{not json", headers={"content-type": "application/json"})
+    garbage = await auth.http.post(
+        f"{auth.base}/register", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert garbage.status_code == 400
 
 
@@ -307,9 +309,15 @@ async def test_the_consent_page_approves_and_denies(serve: Any) -> None:
         assert "<script>x</script>" not in page.text, "client-provided names are escaped"
         form = dict(parse_qs(urlsplit(str(page.request.url)).query, keep_blank_values=True))
         fields = {k: v[0] for k, v in form.items()}
-        approved = query_of(await http.post(f"{served.base}/authorize", data={**fields, "username": "ada", "decision": "approve"}))
+        approved = query_of(
+            await http.post(f"{served.base}/authorize", data={**fields, "username": "ada", "decision": "approve"})
+        )
         tokens = (await auth.exchange(client_id, approved["code"], verifier)).json()
-        assert (await JwksTokenVerifier(jwks=server.jwks(), issuer=served.base, audience=RESOURCE).check(tokens["access_token"])).subject == "ada"
+        assert (
+            await JwksTokenVerifier(jwks=server.jwks(), issuer=served.base, audience=RESOURCE).check(
+                tokens["access_token"]
+            )
+        ).subject == "ada"
         denied = query_of(await http.post(f"{served.base}/authorize", data={**fields, "decision": "deny"}))
         assert denied["error"] == "access_denied"
         assert denied["state"] == "st-1"

@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-from mcp_middleware.core import CoreConfig, ErrorCode
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
+from mcp_middleware.core import CoreConfig, ErrorCode
 from tests.auth.conftest import challenge_params, post_mcp, serve_late
 from tests.servers import build_server
 
@@ -26,9 +26,7 @@ def start(serve: Any, **options: Any) -> str:
     served, slot = serve_late(serve, mcp_app)
     slot.app = AuthMiddleware(
         mcp_app,
-        verifier=StaticTokenVerifier(
-            {"reader": ["mcp:read"], "admin": ["mcp:read", "admin"]}, resource=served.mcp_url
-        ),
+        verifier=StaticTokenVerifier({"reader": ["mcp:read"], "admin": ["mcp:read", "admin"]}, resource=served.mcp_url),
         resource=served.mcp_url,
         authorization_servers=[AS_URL],
         required_scopes=["mcp:read"],
@@ -187,7 +185,9 @@ async def test_metadata_is_at_the_host_root_when_the_mcp_app_is_mounted_under_a_
     assert orjson.loads(metadata.content)["resource"] == resource
     assert health_check.text == "ok", "paths that are not the MCP endpoint are not guarded"
     refused = await post_mcp(resource)
-    assert challenge_params(refused)["resource_metadata"] == f"{served.base}/.well-known/oauth-protected-resource/api/mcp"
+    assert (
+        challenge_params(refused)["resource_metadata"] == f"{served.base}/.well-known/oauth-protected-resource/api/mcp"
+    )
     allowed = await post_mcp(resource, authorization="Bearer reader")
     assert allowed.status_code == 200
 

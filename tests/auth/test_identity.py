@@ -14,8 +14,8 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import get_decisions, get_principal
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
+from mcp_middleware.core import get_decisions, get_principal
 from tests.auth.conftest import post_mcp, serve_late
 from tests.conftest import ERAS, Era, connect
 
@@ -51,7 +51,9 @@ class Recorder:
 ALICE = AccessToken(
     token="", client_id="cli-a", scopes=["mcp:read"], subject="alice", claims={"iss": "https://idp.example"}
 )
-BOB = AccessToken(token="", client_id="cli-b", scopes=["mcp:read"], subject="bob", claims={"iss": "https://idp.example"})
+BOB = AccessToken(
+    token="", client_id="cli-b", scopes=["mcp:read"], subject="bob", claims={"iss": "https://idp.example"}
+)
 
 
 def start(serve: Any, verifier: Any = None) -> tuple[str, Recorder]:
@@ -71,9 +73,11 @@ def start(serve: Any, verifier: Any = None) -> tuple[str, Recorder]:
 
 @asynccontextmanager
 async def bearer_client(url: str, era: Era, token: str):  # type: ignore[no-untyped-def]
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with connect(streamable_http_client(url, http_client=http), era) as client:  # type: ignore[arg-type]
-            yield client
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        connect(streamable_http_client(url, http_client=http), era) as client,  # type: ignore[arg-type]
+    ):
+        yield client
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -124,7 +128,11 @@ async def test_a_legacy_session_cannot_be_reused_by_another_principal(serve: Any
         assert opened.status_code == 200
         session = opened.headers["mcp-session-id"]
         follow = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
-        await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**follow, "authorization": "Bearer alice"})
+        await http.post(
+            url,
+            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+            headers={**follow, "authorization": "Bearer alice"},
+        )
         call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
         as_alice = await http.post(url, json=call, headers={**follow, "authorization": "Bearer alice"})
         as_bob = await http.post(url, json=call, headers={**follow, "authorization": "Bearer bob"})

@@ -13,13 +13,13 @@ import httpx2
 import orjson
 import pytest
 from joserfc.jwk import ECKey, RSAKey
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.applications import Starlette
 
-from mcp_middleware.core import ErrorCode
 from mcp_middleware.auth import AuthMiddleware, JwksTokenVerifier
+from mcp_middleware.core import ErrorCode
 from tests.auth.conftest import Issuer, challenge_params, post_mcp, serve_late
 from tests.conftest import Served, serve_app
 from tests.servers import build_server
@@ -154,19 +154,25 @@ async def test_nbf_in_the_future_is_refused(serve: Any) -> None:
 
 async def test_wrong_issuer_is_refused(serve: Any) -> None:
     setup = start(serve)
-    await assert_refused(setup, setup.issuer.token(iss="https://evil.example"), "Token was issued by an untrusted issuer")
+    await assert_refused(
+        setup, setup.issuer.token(iss="https://evil.example"), "Token was issued by an untrusted issuer"
+    )
 
 
 async def test_wrong_audience_is_refused(serve: Any) -> None:
     setup = start(serve)
-    await assert_refused(setup, setup.issuer.token(aud="https://api.example.com"), "Token was not issued for this resource")
+    await assert_refused(
+        setup, setup.issuer.token(aud="https://api.example.com"), "Token was not issued for this resource"
+    )
 
 
 async def test_a_token_for_another_mcp_resource_on_the_same_host_is_refused(serve: Any) -> None:
     setup = start(serve)
     other = setup.url.replace("/mcp", "/other/mcp")
     await assert_refused(setup, setup.issuer.token(aud=other), "Token was not issued for this resource")
-    await assert_refused(setup, setup.issuer.token(aud=[other, "https://x.example"]), "Token was not issued for this resource")
+    await assert_refused(
+        setup, setup.issuer.token(aud=[other, "https://x.example"]), "Token was not issued for this resource"
+    )
 
 
 async def test_audience_is_compared_in_canonical_form(serve: Any) -> None:

@@ -43,9 +43,11 @@ def start(serve: Any, *, filter_lists: bool = True) -> str:
 
 @asynccontextmanager
 async def bearer_client(url: str, era: Era, token: str):  # type: ignore[no-untyped-def]
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        async with connect(streamable_http_client(url, http_client=http), era) as client:  # type: ignore[arg-type]
-            yield client
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        connect(streamable_http_client(url, http_client=http), era) as client,  # type: ignore[arg-type]
+    ):
+        yield client
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -122,7 +124,9 @@ async def test_a_json_result_gets_a_corrected_content_length() -> None:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    wrapper = ListFilter(send, method="prompts/list", request_id="a", allowed=lambda m, n: n == "keep", max_bytes=1 << 20)
+    wrapper = ListFilter(
+        send, method="prompts/list", request_id="a", allowed=lambda m, n: n == "keep", max_bytes=1 << 20
+    )
     body = orjson.dumps({"jsonrpc": "2.0", "id": "a", "result": {"prompts": [{"name": "keep"}, {"name": "drop"}]}})
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await wrapper({"type": "http.response.start", "status": 200, "headers": headers})

@@ -69,9 +69,11 @@ def start(serve: Any) -> tuple[str, EmbeddedAuthorizationServer]:
 
 @asynccontextmanager
 async def oauth_client(url: str, era: Era, login: ProgrammaticLogin, storage: MemoryTokenStorage | None = None):  # type: ignore[no-untyped-def]
-    async with httpx2.AsyncClient(auth=oauth_provider(url, login, storage), timeout=30) as http:
-        async with connect(streamable_http_client(url, http_client=http), era) as client:  # type: ignore[arg-type]
-            yield client
+    async with (
+        httpx2.AsyncClient(auth=oauth_provider(url, login, storage), timeout=30) as http,
+        connect(streamable_http_client(url, http_client=http), era) as client,  # type: ignore[arg-type]
+    ):
+        yield client
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -80,6 +80,7 @@ async def test_half_open_probe_closes_the_circuit_and_a_failed_probe_backs_off(e
     app = guarded(log, policy=trip_after(1, open_for=0.3, backoff=2.0), on_state_change=changes.append)
     served: Served = serve(app)
     async with connect(served.mcp_url, era) as client:
+        await client.list_tools()  # else the client lists them itself after the first good call
         with pytest.raises(MCPError):
             await client.call_tool("flaky", {"text": "a"})  # failure 1: opens for 0.3 s
         await until(app, BreakerState.OPEN)
@@ -95,6 +96,7 @@ async def test_half_open_probe_closes_the_circuit_and_a_failed_probe_backs_off(e
         await anyio.sleep(0.65)
         result = await client.call_tool("flaky", {"text": "a"})  # the probe succeeds: closed
         assert result.content[0].text == "recovered: a"  # type: ignore[union-attr]
+        await until(app, BreakerState.CLOSED)
         assert (await client.call_tool("echo", {"text": "b"})).content[0].text == "b"  # type: ignore[union-attr]
     states = [(c.state.value, c.reason, round(c.open_for, 3)) for c in changes]
     assert states == [
@@ -115,6 +117,7 @@ async def test_half_open_admits_only_the_probe_budget(era: Era, serve: Any) -> N
     served: Served = serve(app)
     outcomes: list[str] = []
     async with connect(served.mcp_url, era) as client:
+        await client.list_tools()  # else the client lists them itself after a call (a request too)
         with pytest.raises(MCPError):
             await client.call_tool("flaky", {"text": "a"})
         await until(app, BreakerState.OPEN)
@@ -145,9 +148,10 @@ async def test_client_errors_and_tool_errors_do_not_trip(era: Era, serve: Any) -
         for _ in range(3):
             result = await client.call_tool("failing", {"reason": "nope"})  # isError: true
             assert result.is_error
-            with pytest.raises(MCPError) as bad:
-                await client.call_tool("echo", {"wrong": 1})
-            assert bad.value.code == JsonRpcCode.INVALID_PARAMS
+            try:  # invalid arguments: a tool error or -32602, depending on the SDK's era
+                assert (await client.call_tool("echo", {"wrong": 1})).is_error
+            except MCPError as bad:
+                assert bad.code == JsonRpcCode.INVALID_PARAMS
         assert (await client.call_tool("echo", {"text": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]
     async with httpx2.AsyncClient(timeout=10) as http:
         call = modern_call("echo", {"text": "x"})

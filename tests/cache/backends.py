@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx2
 import orjson
 from mcp import Client, types
@@ -128,6 +129,13 @@ def build_backend(*, scope: str = "public", ttl_ms: int = 60_000) -> MCPServer:
     @server.tool(annotations=READ_ONLY)
     def lookup(key: str) -> str:
         """Read-only; the answer changes with every backend call, so a hit is recognisable."""
+        state["version"] += 1
+        return f"{key}@{state['version']}"
+
+    @server.tool(annotations=READ_ONLY)
+    async def slow_lookup(key: str) -> str:
+        """Read-only and slow: concurrent identical calls overlap."""
+        await anyio.sleep(0.3)
         state["version"] += 1
         return f"{key}@{state['version']}"
 

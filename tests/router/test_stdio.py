@@ -21,7 +21,9 @@ SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
 
 def stdio_backend(state: Path) -> StdioBackend:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    return StdioBackend(sys.executable, [SCRIPT, str(state)], env=env, restart_delay=0.2, health_interval=0.3)
+    return StdioBackend(
+        sys.executable, [SCRIPT, str(state)], env=env, timeout=3, restart_delay=0.2, health_interval=0.3
+    )
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-
 import mcp.shared._otel
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,10 +31,10 @@ SDK = "mcp-python-sdk"
 """Instrumentation scope of the `mcp` SDK's own spans (client and server)."""
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
+async def eventually(check: Callable[[], bool], patience: float = 5.0) -> None:
     """Wait until `check()` holds: the server records metrics and logs just after the response's
     last byte left, so the client can be faster than the record."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience
     while not check():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")

@@ -8,6 +8,7 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
+from mcp import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ErrorCode, Principal, set_principal
@@ -96,7 +97,7 @@ async def test_refusals_are_logged_with_the_error_code_and_the_deciding_middlewa
         malformed = await http.post(served.mcp_url, content=b"{nope", headers={"content-type": "application/json"})
     assert malformed.status_code == 400
     async with connect(served.mcp_url, "modern") as client:
-        with pytest.raises(Exception):  # noqa: B017 - the MCPError itself is tested in test_spans
+        with pytest.raises(MCPError):
             await client.call_tool("echo", {"text": "a"})
     await eventually(lambda: any(line.get("mcp.target") == "echo" for line in lines(caplog)))
     [bad] = [line for line in lines(caplog) if line["http.status"] == 400]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 import httpx2
 import orjson
 import pytest
@@ -300,4 +299,3 @@ async def test_a_crashing_app_gives_error_type_the_exception_class(serve: Any, s
     span = await spans.named("tools/list")
     assert (span.attributes or {})["error.type"] == "RuntimeError"
     assert span.status.status_code is StatusCode.ERROR
-    await anyio.sleep(0)

@@ -10,8 +10,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import orjson
-from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer
-from authlib.oauth2.rfc6749 import (
+from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749 import (  # type: ignore[import-untyped]
     InvalidGrantError,
     InvalidRequestError,
     JsonPayload,
@@ -19,11 +19,12 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Error,
     OAuth2Request,
 )
-from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
-from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
-from authlib.oauth2.rfc7636 import CodeChallenge
-from authlib.oauth2.rfc8414 import AuthorizationServerMetadata
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.util import extract_basic_authorization  # type: ignore[import-untyped]
+from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint  # type: ignore[import-untyped]
+from authlib.oauth2.rfc7636 import CodeChallenge  # type: ignore[import-untyped]
+from authlib.oauth2.rfc8414 import AuthorizationServerMetadata  # type: ignore[import-untyped]
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 from mcp.server.auth.provider import AccessToken
@@ -349,8 +350,6 @@ class EmbeddedAuthorizationServer:
         return JSONResponse(self._introspect(token), headers=_NO_STORE)
 
     def _introspector_authenticated(self, oauth: _Request) -> bool:
-        from authlib.oauth2.rfc6749.util import extract_basic_authorization
-
         client_id, secret = extract_basic_authorization(oauth.headers)
         if not client_id:
             client_id, secret = oauth.form.get("client_id"), oauth.form.get("client_secret")
@@ -467,7 +466,7 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         )
 
     def query_authorization_code(self, code: str, client: RegisteredClient) -> AuthorizationCode | None:
-        store = self.server.owner.store
+        store: AuthorizationStore = self.server.owner.store
         found = store.get_code(code)
         if found is None or found.client_id != client.client_id:
             return None
@@ -495,7 +494,7 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
-        store = self.server.owner.store
+        store: AuthorizationStore = self.server.owner.store
         found = store.get_refresh_token(refresh_token)
         if found is None or store.is_grant_revoked(found.grant_id):
             return None
@@ -530,7 +529,9 @@ class _Registration(ClientRegistrationEndpoint):  # type: ignore[misc]
             return None
         return secrets.token_urlsafe(32)
 
-    def save_client(self, client_info: dict[str, Any], client_metadata: dict[str, Any], request: Any) -> RegisteredClient:
+    def save_client(
+        self, client_info: dict[str, Any], client_metadata: dict[str, Any], request: Any
+    ) -> RegisteredClient:
         redirect_uris = list(client_metadata.get("redirect_uris") or [])
         if not redirect_uris:
             raise InvalidRequestError("redirect_uris is required")

@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin
-from authlib.oauth2.rfc6749.util import scope_to_list
+from authlib.oauth2.rfc6749 import AuthorizationCodeMixin, ClientMixin, TokenMixin  # type: ignore[import-untyped]
+from authlib.oauth2.rfc6749.util import scope_to_list  # type: ignore[import-untyped]
 
 __all__ = [
     "AuthorizationCode",
