@@ -109,12 +109,12 @@ class IntrospectionTokenVerifier:
         audiences = (
             [aud] if isinstance(aud, str) else [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
         )
-        if audiences:
-            if not any(canonical_resource(a) in self._audiences for a in audiences):
-                raise TokenRejected("Token was not issued for this resource")
-        elif self.require_audience:
+        matched = next((a for a in audiences if canonical_resource(a) in self._audiences), None)
+        if audiences and matched is None:
+            raise TokenRejected("Token was not issued for this resource")
+        if not audiences and self.require_audience:
             raise TokenRejected("Token names no audience")
-        return access_token_from_claims(token, result, audiences=self.audiences)
+        return access_token_from_claims(token, result, resource=matched)
 
     async def _introspect(self, token: str) -> dict[str, Any]:
         form = {"token": token, "token_type_hint": "access_token"}

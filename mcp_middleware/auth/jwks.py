@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx2
-from joserfc import jwt
 from joserfc.errors import (
-    BadSignatureError,
     ClaimError,
     ExpiredTokenError,
     InvalidClaimError,
@@ -20,7 +19,7 @@ from joserfc.errors import (
     UnsupportedAlgorithmError,
 )
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
-from joserfc.jws import extract_compact
+from joserfc.jws import CompactSignature, JWSRegistry, extract_compact, validate_compact
 from joserfc.jwt import JWTClaimsRegistry
 from mcp.server.auth.provider import AccessToken
 
@@ -226,7 +225,9 @@ class JwksTokenVerifier:
         if not self.issuers or not self.audiences:
             raise ValueError("issuer and audience must name at least one value each")
         self._audiences = frozenset(canonical_resource(a) for a in self.audiences)
+        self._audience_spellings = frozenset(self.audiences)
         self.algorithms = tuple(algorithms)
+        self._jws = JWSRegistry(algorithms=list(self.algorithms))
         self.leeway = leeway
         self.keys = (
             JwksKeys(
@@ -252,7 +253,11 @@ class JwksTokenVerifier:
             return None
 
     async def check(self, token: str) -> AccessToken:
-        alg, kid = _peek(token)
+        obj = self._parse(token)
+        header = obj.headers()
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(kid, str):
+            kid = None
         if alg not in self.algorithms:
             raise TokenRejected(f"Algorithm {alg!r} is not accepted")
         index = self._fixed if self._fixed is not None else await self._key_source().current()
@@ -263,27 +268,41 @@ class JwksTokenVerifier:
                 keys = refreshed.candidates(kid, alg)
         if not keys:
             raise TokenRejected("Unknown signing key" if kid is not None else "No key to verify the token")
-        claims = self._verify_signature(token, keys)
-        self._validate(claims)
-        return access_token_from_claims(token, claims, audiences=self.audiences)
+        claims = self._verify_signature(obj, keys)
+        audience = self._validate(claims)
+        return access_token_from_claims(token, claims, resource=audience)
 
     def _key_source(self) -> JwksKeys:
         assert self.keys is not None
         return self.keys
 
-    def _verify_signature(self, token: str, keys: list[Key]) -> dict[str, Any]:
+    def _parse(self, token: str) -> CompactSignature:
+        """Split and decode the token once; the header is unverified until the signature is checked."""
+        try:
+            return extract_compact(token.encode("ascii"), registry=self._jws)
+        except (JoseError, ValueError, TypeError, UnicodeError) as exc:
+            raise TokenRejected("Malformed token") from exc
+
+    def _verify_signature(self, obj: CompactSignature, keys: list[Key]) -> dict[str, Any]:
         for key in keys:
             try:
-                return jwt.decode(token, key, algorithms=self.algorithms).claims
-            except BadSignatureError:
-                continue
+                if not validate_compact(obj, key, registry=self._jws):
+                    continue
             except UnsupportedAlgorithmError as exc:
                 raise TokenRejected("Algorithm is not accepted") from exc
             except (JoseError, ValueError, TypeError) as exc:
                 raise TokenRejected("Malformed token") from exc
+            try:
+                claims = json.loads(obj.payload)
+            except ValueError as exc:
+                raise TokenRejected("Malformed token") from exc
+            if not isinstance(claims, dict):
+                raise TokenRejected("Malformed token")
+            return claims
         raise TokenRejected("Invalid signature")
 
-    def _validate(self, claims: dict[str, Any]) -> None:
+    def _validate(self, claims: dict[str, Any]) -> str:
+        """Check the claims; return the audience that names this resource."""
         try:
             self._registry.validate(claims)
         except ExpiredTokenError as exc:
@@ -294,9 +313,14 @@ class JwksTokenVerifier:
             raise TokenRejected(_CLAIM_PROBLEMS.get(exc.claim, f"Invalid claim {exc.claim!r}")) from exc
         except (ClaimError, TypeError, ValueError) as exc:
             raise TokenRejected("Invalid claims") from exc
-        audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        if not any(isinstance(a, str) and canonical_resource(a) in self._audiences for a in audiences):
-            raise TokenRejected("Token was not issued for this resource")
+        aud = claims["aud"]
+        for candidate in aud if isinstance(aud, list) else [aud]:
+            # Exact spelling first (the common case), the canonical form only when that misses.
+            if candidate in self._audience_spellings or (
+                isinstance(candidate, str) and canonical_resource(candidate) in self._audiences
+            ):
+                return str(candidate)
+        raise TokenRejected("Token was not issued for this resource")
 
 
 _CLAIM_PROBLEMS = {
@@ -305,14 +329,3 @@ _CLAIM_PROBLEMS = {
     "iat": "Token was issued in the future",
     "aud": "Token was not issued for this resource",
 }
-
-
-def _peek(token: str) -> tuple[str | None, str | None]:
-    """(alg, kid) from the protected header, unverified: only to choose a key."""
-    try:
-        header = extract_compact(token.encode("ascii")).headers()
-    except (JoseError, ValueError, TypeError, UnicodeError) as exc:
-        raise TokenRejected("Malformed token") from exc
-    alg = header.get("alg")
-    kid = header.get("kid")
-    return (alg if isinstance(alg, str) else None), (kid if isinstance(kid, str) else None)

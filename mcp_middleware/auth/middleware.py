@@ -218,14 +218,14 @@ class AuthMiddleware:
         if len(raw) > self.max_token_length:
             await self._unauthorized(scope, send, request, "invalid_token", "Token is too large")
             return None
+        key = token_key(raw)
+        verified = self.cache.get_by_key(key)
+        if verified is not None:  # verified before: it was well-formed then, and has not expired since
+            return verified
         if not _B64TOKEN.fullmatch(raw):
             await self._unauthorized(scope, send, request, "invalid_token", "Malformed bearer token")
             return None
         token = raw.decode("ascii")
-        key = token_key(token)
-        verified = self.cache.get_by_key(key)
-        if verified is not None:
-            return verified
         try:
             access = await self._verify(token)
         except TokenRejected as exc:

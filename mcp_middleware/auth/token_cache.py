@@ -12,9 +12,9 @@ __all__ = ["TokenCache", "token_key"]
 V = TypeVar("V")
 
 
-def token_key(token: str) -> bytes:
-    """The cache key of a token: a digest, so the cache never holds credentials in the clear."""
-    return hashlib.blake2b(token.encode(), digest_size=16).digest()
+def token_key(token: str | bytes) -> bytes:
+    """The cache key of a token: a digest, so the cache is not a table of credentials."""
+    return hashlib.blake2b(token.encode() if isinstance(token, str) else token, digest_size=16).digest()
 
 
 class TokenCache(Generic[V]):

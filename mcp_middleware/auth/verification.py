@@ -9,7 +9,7 @@ cached: the middleware answers 503 and never lets the token through).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit, urlunsplit
 
@@ -99,18 +99,16 @@ def access_token_from_claims(
     token: str,
     claims: Mapping[str, Any],
     *,
-    audiences: Iterable[str] = (),
+    resource: str | None = None,
 ) -> AccessToken:
     """Build the SDK's `AccessToken` from JWT or introspection claims.
 
-    `resource` is the audience that names this server (one of `audiences`), else the
-    token's single audience; the middleware compares it with its own resource URIs.
+    `resource` is the audience the verifier matched to this server; without it, the
+    token's first audience. The middleware compares it with its own resource URIs.
     """
-    token_audiences = _audiences(claims.get("aud"))
-    wanted = {canonical_resource(a) for a in audiences}
-    resource = next((a for a in token_audiences if canonical_resource(a) in wanted), None)
-    if resource is None and token_audiences:
-        resource = token_audiences[0]
+    if resource is None:
+        token_audiences = _audiences(claims.get("aud"))
+        resource = token_audiences[0] if token_audiences else None
     client_id = next(
         (claims[name] for name in ("client_id", "azp", "cid", "appid") if isinstance(claims.get(name), str)), ""
     )

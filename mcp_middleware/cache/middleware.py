@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import anyio
@@ -83,7 +83,7 @@ class _MissResponse:
     a client calling a tool right after listing finds it already known as read-only.
     """
 
-    __slots__ = ("_body", "_header", "_learn", "_request", "_send", "_size", "session_id", "status")
+    __slots__ = ("_body", "_header", "_learn", "_request", "_send", "_size", "ended", "on_end", "session_id", "status")
 
     def __init__(
         self,
@@ -101,6 +101,9 @@ class _MissResponse:
         self._size = max_bytes
         self.status: int | None = None
         self.session_id: str | None = None
+        self.ended = False
+        self.on_end: Callable[[], Awaitable[None]] | None = None
+        """Called right after the last byte was forwarded (so a client's next request finds the entry)."""
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -122,6 +125,10 @@ class _MissResponse:
                 if not message.get("more_body", False):
                     self._read_result(b"".join(self._body))
         await self._send(message)
+        if kind == "http.response.body" and not message.get("more_body", False) and not self.ended:
+            self.ended = True
+            if self.on_end is not None:
+                await self.on_end()
 
     def _read_result(self, body: bytes) -> None:
         assert self._learn is not None and self._request is not None
@@ -385,6 +392,12 @@ class ResponseCacheMiddleware:
         header = self._status_header if policy is not None else None
         response = _MissResponse(send, header, request, learn, self.config.max_inspect_bytes)
         guard = StaleGuard(response.send, request, self.config.max_inspect_bytes) if stale is not None else None
+        stored: list[CacheEntry | None] = [None]
+
+        async def settle() -> None:
+            stored[0] = await self._settle(policy, request, scope, tap, response, mount, partition, digest, generation)
+
+        response.on_end = settle
         try:
             await self.app(scope, receive, guard.send if guard is not None else response.send)
         except Exception:
@@ -396,7 +409,24 @@ class ResponseCacheMiddleware:
         if guard is not None and (guard.failed or not guard.forwarded):
             await self._serve_stale(request, stale, scope, send, "backend_failed")  # type: ignore[arg-type]
             return None
+        if not response.ended:
+            response.ended = True
+            await settle()
+        return stored[0]
 
+    async def _settle(
+        self,
+        policy: CachePolicy | None,
+        request: McpRequest,
+        scope: Scope,
+        tap: ResponseTap,
+        response: _MissResponse,
+        mount: str,
+        partition: str,
+        digest: str,
+        generation: int,
+    ) -> CacheEntry | None:
+        """After the response: remember the session, and store the result if it may be stored."""
         outcome = tap.outcome()
         status = response.status
         if request.era is Era.LEGACY and status is not None and policy is not None:

@@ -541,9 +541,9 @@ def _aggregate(reader: _Reader) -> AggregateSettings:
     return settings
 
 
-def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
+def _scope_map(reader: _Reader, key: str, *, secret_keys: bool = False) -> dict[str, tuple[str, ...]]:
     table = reader.table(key)
-    found = {name: table.strings(name, ()) for name in list(table.data)}
+    found = {(table.secret(name, name) if secret_keys else name): table.strings(name, ()) for name in list(table.data)}
     table.done()
     return found
 
@@ -559,7 +559,7 @@ def _auth(reader: _Reader) -> AuthSettings:
         client_id=reader.string("client_id", None),
         client_secret=reader.string("client_secret", None),
         audience=reader.strings("audience", ()),
-        tokens=_scope_map(reader, "tokens"),
+        tokens=_scope_map(reader, "tokens", secret_keys=True),
         required_scopes=reader.strings("required_scopes", ()),
         scopes=_scope_map(reader, "scopes"),
         public_paths=reader.strings("public_paths", d.public_paths),

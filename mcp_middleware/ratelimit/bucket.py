@@ -91,26 +91,36 @@ class TokenBucket:
     def take(self, state: BucketState | None, now: float, cost: float = 1.0) -> tuple[BucketState, BucketDecision]:
         """Refill to `now`, then try to take `cost` tokens; `None` is a full bucket.
 
-        A clock that went backwards refills nothing (it never un-refills either).
+        Returns the state to keep if the request is admitted, and the decision. A clock that
+        went backwards refills nothing (it never un-refills either).
         """
+        decision = (
+            self.decide(state[0], state[1], now, cost) if state is not None else self.decide(None, 0.0, now, cost)
+        )
+        return BucketState(decision.remaining, now), decision
+
+    def decide(self, tokens: float | None, updated: float, now: float, cost: float) -> BucketDecision:
+        """:meth:`take` on bare numbers (`tokens=None`: a full bucket), for stores on the hot path."""
         capacity, rate = self.capacity, self.rate
-        if state is None:
+        if tokens is None:
             tokens = capacity
         else:
-            tokens, updated = state
             elapsed = now - updated
             if elapsed > 0:
                 tokens = min(capacity, tokens + elapsed * rate)
         if tokens + EPSILON >= cost:
             tokens = max(0.0, tokens - cost)
-            return BucketState(tokens, now), BucketDecision(True, tokens, 0.0, (capacity - tokens) / rate)
-        return BucketState(tokens, now), BucketDecision(
-            False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate
-        )
+            return _decision((True, tokens, 0.0, (capacity - tokens) / rate))
+        return _decision((False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate))
 
     def give_back(self, state: BucketState | None, now: float, cost: float) -> BucketState | None:
         """Undo a take (another policy refused the request): refill to `now`, add `cost`, cap at capacity."""
         if state is None:
             return None
-        refilled, _ = self.take(state, now, 0.0)
-        return BucketState(min(self.capacity, refilled.tokens + cost), now)
+        refilled = self.decide(state[0], state[1], now, 0.0)
+        return BucketState(min(self.capacity, refilled.remaining + cost), now)
+
+
+def _decision(values: tuple[bool, float, float, float]) -> BucketDecision:
+    # NamedTuple's own __new__ is a Python frame; tuple.__new__ builds the same object in C.
+    return tuple.__new__(BucketDecision, values)

@@ -34,15 +34,23 @@ def ratelimit_headers(states: Iterable[PolicyState]) -> list[tuple[bytes, bytes]
     >>> ratelimit_headers([PolicyState("search", 10, 2, 7, 1)])
     [(b'ratelimit-policy', b'"search";q=10;w=2'), (b'ratelimit', b'"search";r=7;t=1')]
     """
-    states = list(states)
-    if not states:
+    states = tuple(states)
+    if len(states) == 1:  # the common case, without joins
+        (s,) = states
+        policy = f'"{s.policy}";q={s.quota};w={s.window}'
+        current = f'"{s.policy}";r={s.remaining};t={s.reset}'
+    elif states:
+        policy = ", ".join(f'"{s.policy}";q={s.quota};w={s.window}' for s in states)
+        current = ", ".join(f'"{s.policy}";r={s.remaining};t={s.reset}' for s in states)
+    else:
         return []
-    policy = ", ".join(f'"{s.policy}";q={s.quota};w={s.window}' for s in states)
-    current = ", ".join(f'"{s.policy}";r={s.remaining};t={s.reset}' for s in states)
     return [(b"ratelimit-policy", policy.encode("ascii")), (b"ratelimit", current.encode("ascii"))]
 
 
 def _tightest(states: Sequence[PolicyState]) -> PolicyState:
+    """The policy closest to refusing (smallest share left): the one a decision record names."""
+    if len(states) == 1:
+        return states[0]
     return min(states, key=lambda s: s.remaining / s.quota if s.quota else 0.0)
 
 
@@ -122,8 +130,7 @@ class RateLimitMiddleware:
             return
         if verdict.states:
             tightest = _tightest(verdict.states)
-            attributes: dict[str, str | int | bool] = {"policy": tightest.policy, "remaining": tightest.remaining}
-            record_decision(scope, "ratelimit", "allow", **attributes)
+            record_decision(scope, "ratelimit", "allow", policy=tightest.policy, remaining=tightest.remaining)
             if self.headers:
                 send = _with_headers(send, ratelimit_headers(verdict.states))
         elif verdict.degraded:

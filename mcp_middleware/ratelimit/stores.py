@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from .bucket import EPSILON, BucketDecision, BucketState, TokenBucket
+from .bucket import EPSILON, BucketDecision, TokenBucket
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -86,8 +86,8 @@ class MemoryBucketStore:
             raise ValueError("max_buckets must be at least 1")
         self.max_buckets = max_buckets
         self.clock = clock
-        # key -> (state, forget_at); ordered least recently used first.
-        self._buckets: OrderedDict[str, tuple[BucketState, float]] = OrderedDict()
+        # key -> (tokens, updated, forget_at); ordered least recently used first.
+        self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -107,29 +107,34 @@ class MemoryBucketStore:
             if not buckets:
                 break
             oldest = next(iter(buckets))
-            if buckets[oldest][1] > now:
+            if buckets[oldest][2] > now:
                 break
             del buckets[oldest]
         if len(takes) == 1:  # the common case, without building lists of states
             key, bucket, cost = takes[0]
             entry = buckets.get(key)
-            state, decision = bucket.take(entry[0] if entry is not None else None, now, cost)
-            if decision.allowed:
-                buckets[key] = (state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
+            if entry is None:
+                decision = bucket.decide(None, 0.0, now, cost)
+            else:
+                decision = bucket.decide(entry[0], entry[1], now, cost)
+            if decision[0]:
+                tokens = decision[1]
+                buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
                 buckets.move_to_end(key)
                 if len(buckets) > self.max_buckets:
                     buckets.popitem(last=False)
             elif entry is not None:
                 buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
             return [decision]
-        results = [
-            take.bucket.take(entry[0] if (entry := buckets.get(take.key)) is not None else None, now, take.cost)
-            for take in takes
-        ]
-        decisions = [decision for _, decision in results]
+        decisions = []
+        for key, bucket, cost in takes:
+            entry = buckets.get(key)
+            decisions.append(
+                bucket.decide(*entry[:2], now, cost) if entry is not None else bucket.decide(None, 0.0, now, cost)
+            )
         if all(decision.allowed for decision in decisions):
-            for (key, bucket, _), (state, _) in zip(takes, results, strict=True):
-                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
+            for (key, bucket, _), decision in zip(takes, decisions, strict=True):
+                self._store(key, bucket, decision.remaining, now)
         else:
             for take in takes:
                 if take.key in buckets:
@@ -144,16 +149,16 @@ class MemoryBucketStore:
             now = self.clock()
         for key, bucket, cost in takes:
             entry = self._buckets.get(key)
-            state = bucket.give_back(entry[0] if entry is not None else None, now, cost)
-            if state is not None:
-                self._store(key, state, now + (bucket.capacity - state.tokens) / bucket.rate + _IDLE_SLACK)
+            if entry is not None:
+                refilled = bucket.decide(entry[0], entry[1], now, 0.0)
+                self._store(key, bucket, min(bucket.capacity, refilled.remaining + cost), now)
 
     async def aclose(self) -> None:
         self._buckets.clear()
 
-    def _store(self, key: str, state: BucketState, forget_at: float) -> None:
+    def _store(self, key: str, bucket: TokenBucket, tokens: float, now: float) -> None:
         buckets = self._buckets
-        buckets[key] = (state, forget_at)
+        buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
         buckets.move_to_end(key)
         if len(buckets) > self.max_buckets:
             buckets.popitem(last=False)

@@ -19,13 +19,17 @@ from typing import Any
 import anyio
 import anyio.abc
 import mcp_types as types
-from mcp import Client
+from mcp import Client, MCPError
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from .backends import Backend
 
 __all__ = ["BackendLink", "BackendUnavailable"]
+
+CONNECTION_CLOSED = -32000
+"""The SDK's code for a request whose connection went away."""
 
 logger = logging.getLogger("mcp_middleware.router")
 
@@ -184,10 +188,15 @@ class BackendLink:
                 with anyio.fail_after(self.backend.timeout):
                     if _is_legacy(client):
                         await client.send_ping()
-                    else:  # ping is gone in 2026-07-28; discover is the cheapest round trip
-                        await client.session.discover()
+                    else:  # ping is gone in 2026-07-28 (and discover is answered locally): a cheap real request
+                        await client.session.list_prompts()
+            except MCPError as exc:
+                if exc.code != CONNECTION_CLOSED:
+                    continue  # it answered, if only with an error: alive
+                self.mark_broken(f"health check failed: {_describe(exc)}")
+                return
             except Exception as exc:
-                self.mark_broken(f"health ping failed: {_describe(exc)}")
+                self.mark_broken(f"health check failed: {_describe(exc)}")
                 return
 
     async def _listen(self, client: Client) -> None:
@@ -208,6 +217,10 @@ class BackendLink:
                     kind = _EVENT_KINDS.get(type(event))
                     if kind is not None:
                         self._on_change(self.server, frozenset({kind}))
+        except ListenNotSupportedError:
+            return
+        except SubscriptionLost as exc:  # the stream broke: the backend (process) is most likely gone
+            self.mark_broken(f"change subscription lost: {_describe(exc)}")
         except Exception as exc:
             logger.info("backend %s: no change subscription (%s)", self.server, _describe(exc))
 

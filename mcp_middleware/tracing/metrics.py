@@ -77,6 +77,11 @@ class _BoundedNames:
         return name
 
 
+def _records(provider: MeterProvider) -> bool:
+    """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
+    return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
+
+
 def _text(value: object) -> str:
     return value if isinstance(value, str) and value else _OTHER
 
@@ -88,6 +93,7 @@ class McpMetrics:
         from mcp_middleware import __version__
 
         self._provider = meter_provider
+        self._active = None if meter_provider is None else _records(meter_provider)
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
         self._methods = _BoundedNames(max_names)
         self._targets = _BoundedNames(max_names)
@@ -119,9 +125,9 @@ class McpMetrics:
 
     @property
     def active(self) -> bool:
-        """Whether recording does anything (an SDK meter provider is given or set globally)."""
-        provider = self._provider if self._provider is not None else otel_metrics.get_meter_provider()
-        return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
+        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call)."""
+        fixed = self._active
+        return fixed if fixed is not None else _records(otel_metrics.get_meter_provider())
 
     def record_operation(
         self, request: McpRequest, duration: float, error_type: str | None, error_code: int | None

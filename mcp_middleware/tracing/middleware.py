@@ -17,7 +17,7 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, get_default_span_details
-from opentelemetry.metrics import MeterProvider
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, ProxyTracerProvider, Span, SpanContext, StatusCode
 from opentelemetry.trace import TracerProvider as TracerProviderApi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -189,6 +189,11 @@ class _Exchange:
             span.set_attribute(RPC_RESPONSE_STATUS_CODE, str(self.error_code))
 
 
+def _records(provider: TracerProviderApi) -> bool:
+    """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
+    return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+
+
 def _decorate(span: Span, decision: Decision) -> None:
     """A decision as span attributes (the last one per component wins) and as an event (all kept)."""
     component, outcome, details = decision
@@ -213,7 +218,9 @@ class TracingMiddleware:
     - `mcp.server.operation.duration` and decision counters (:class:`~.metrics.McpMetrics`).
     - One JSON access line per request with `access_log=AccessLog()` (or `True`).
 
-    Refused and malformed requests get a span too (with `error.type`). Providers default to
+    The instrumentation's own `http.server.*` metrics are off unless `http_metrics=True`
+    (they cost more per request than the span). Refused and malformed requests get a span
+    too (with `error.type`). Providers default to
     the global ones; with the OpenTelemetry API alone (no SDK, or none configured) and no
     access log, the middleware only lets the core read the request.
 
@@ -234,6 +241,7 @@ class TracingMiddleware:
         record_enduser: bool = False,
         uri_in_span_name: bool = False,
         access_log: AccessLog | bool = False,
+        http_metrics: bool = False,
         max_metric_names: int = 500,
     ) -> None:
         self.app = app
@@ -244,19 +252,21 @@ class TracingMiddleware:
         self.access_log = AccessLog() if access_log is True else (access_log or None)
         self.metrics = McpMetrics(meter_provider, max_names=max_metric_names)
         self._tracer_provider = tracer_provider
+        self._tracing = None if tracer_provider is None else _records(tracer_provider)
         self._instrumented = OpenTelemetryMiddleware(
             self._traced,
             default_span_details=self._span_details,
             tracer_provider=tracer_provider,
-            meter_provider=meter_provider,
+            # The instrumentation's http.server.* metrics cost more than the span itself; opt in.
+            meter_provider=meter_provider if http_metrics else NoOpMeterProvider(),
             exclude_spans=["receive", "send"],
         )
 
     @property
     def tracing(self) -> bool:
-        """Whether spans are recorded: an SDK tracer provider is given or set globally."""
-        provider = self._tracer_provider if self._tracer_provider is not None else trace.get_tracer_provider()
-        return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request)."""
+        fixed = self._tracing
+        return fixed if fixed is not None else _records(trace.get_tracer_provider())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:

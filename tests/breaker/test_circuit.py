@@ -258,4 +258,3 @@ async def test_notifications_and_other_paths_pass_through(serve: Any) -> None:
         assert response.status_code == 202  # not a request: nothing to refuse
         elsewhere = await http.get(f"{served.base}/health")
     assert elsewhere.status_code == 404  # not MCP: untouched by the breaker
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,12 @@ class CachedStack:
     @property
     def calls(self) -> Any:
         return self.counter.calls
+
+    async def invalidate(self, **selection: Any) -> int:
+        """`cache.invalidate(...)` run on the server's event loop (the cache is not shared across threads)."""
+        assert self.served.loop is not None, "call after the first request"
+        future = asyncio.run_coroutine_threadsafe(self.cache.invalidate(**selection), self.served.loop)
+        return await asyncio.wrap_future(future)
 
 
 def cached_stack(

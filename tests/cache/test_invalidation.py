@@ -45,9 +45,7 @@ async def test_legacy_list_changed_on_the_get_stream_drops_the_cached_list(serve
     changed = anyio.Event()
 
     async def on_message(message: Any) -> None:
-        if isinstance(message, types.ServerNotification) and isinstance(message, types.ToolListChangedNotification):
-            changed.set()
-        elif getattr(message, "method", None) == "notifications/tools/list_changed":
+        if isinstance(message, types.ToolListChangedNotification):
             changed.set()
 
     async with connect_as(stack.url, "legacy", "alice", message_handler=on_message) as client:
@@ -82,15 +80,15 @@ async def test_the_api_drops_by_method_mount_and_principal(serve: Any) -> None:
         for client in (alice, bob):
             await client.list_tools()
             await client.list_prompts()
-        assert await stack.cache.invalidate(method="prompts/list") == 2  # both partitions
+        assert await stack.invalidate(method="prompts/list") == 2  # both partitions
         alice_principal = Principal(subject="alice", issuer=ISSUER, client_id="test-client")
-        assert await stack.cache.invalidate(principal=alice_principal) == 2  # her server/discover and tools/list
+        assert await stack.invalidate(principal=alice_principal) == 2  # her server/discover and tools/list
         for client in (alice, bob):
             await client.list_tools()
             await client.list_prompts()
         assert stack.calls["tools/list"] == 3 and stack.calls["prompts/list"] == 4
-        assert await stack.cache.invalidate(mount="/elsewhere") == 0
-        assert await stack.cache.invalidate(mount="/mcp") == 5  # Bob's three, Alice's two
+        assert await stack.invalidate(mount="/elsewhere") == 0
+        assert await stack.invalidate(mount="/mcp") == 5  # Bob's three, Alice's two
         await bob.list_tools()
     assert stack.calls["tools/list"] == 4
 
@@ -108,7 +106,7 @@ async def test_invalidation_during_a_miss_is_not_undone_by_its_late_store(serve:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(client.call_tool, "slow_lookup", {"key": "k"})
             await anyio.sleep(0.1)  # the call is at the backend now
-            await stack.cache.invalidate(method="tools/call")
+            await stack.invalidate(method="tools/call")
         await client.call_tool("slow_lookup", {"key": "k"})
     assert stack.calls["tools/call:slow_lookup"] == 2
     assert ("miss", "invalidated") in [(d.outcome, d.attributes.get("reason")) for d in stack.log.decisions]

@@ -144,6 +144,7 @@ class MemoryAuthorizationStore:
         self.refresh_tokens: dict[str, RefreshToken] = {}
         self.access_tokens: dict[str, tuple[str, float]] = {}
         self.revoked_grants: dict[str, float] = {}
+        self._purged_at = 0.0
 
     def save_client(self, client: RegisteredClient) -> None:
         self.clients[client.client_id] = client
@@ -184,6 +185,9 @@ class MemoryAuthorizationStore:
 
     def _purge(self) -> None:
         now = time.time()
+        if now - self._purged_at < 30:  # a sweep is O(n): at most twice a minute
+            return
+        self._purged_at = now
         # Codes are kept a while after expiry so a late replay is still recognised as one.
         for key in [k for k, c in self.codes.items() if c.expires_at + 600 < now]:
             del self.codes[key]

@@ -1,0 +1,168 @@
+"""The assembled gateway end to end: real backends of every kind, real clients in both eras, every middleware on."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from starlette.types import ASGIApp
+
+from mcp_middleware.gateway.app import Gateway, build_gateway
+from mcp_middleware.gateway.config import load_config
+from tests.conftest import ERAS, Era, Served, serve_app
+from tests.servers import build_server
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "gw-test-token"
+
+
+def gateway_config(tmp_path: Path, remote_url: str, extra: str = "") -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f"""
+[gateway]
+prefix = "/mcp"
+
+[[servers]]
+name = "local"
+app = "tests.servers:build_server"
+
+[[servers]]
+name = "remote"
+url = "{remote_url}"
+
+[[servers]]
+name = "text"
+command = ["{{python}}", "{ROOT / "examples" / "gateway" / "stdio_server.py"}"]
+
+[auth]
+mode = "static"
+[auth.tokens]
+"${{env:GW_TEST_TOKEN}}" = ["mcp"]
+
+[ratelimit]
+[[ratelimit.policies]]
+name = "per-user"
+capacity = 1000
+rate = 1000
+
+[breaker]
+failure_threshold = 5
+
+[cache]
+ttl = 30
+
+[tracing]
+access_log = false
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@contextlib.contextmanager
+def running_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra: str = ""
+) -> Iterator[tuple[Gateway, Served]]:
+    monkeypatch.setenv("GW_TEST_TOKEN", TOKEN)
+    with serve_app(build_server().streamable_http_app()) as remote:
+        config = load_config(gateway_config(tmp_path, remote.mcp_url, extra))
+        gateway = build_gateway(config)
+        with serve_app(gateway.app) as served:
+            yield gateway, served
+
+
+@contextlib.asynccontextmanager
+async def client(url: str, era: Era, token: str | None = TOKEN) -> AsyncIterator[Client]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=30) as http:
+        streams = streamable_http_client(url, http_client=http)
+        async with Client(streams, mode="legacy" if era == "legacy" else "auto", cache=None) as session:
+            yield session
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Gateway, Served]]:
+    with running_gateway(tmp_path, monkeypatch) as running:
+        yield running
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("era", ERAS)
+async def test_every_kind_of_backend_through_its_path_mount(gateway: tuple[Gateway, Served], era: Era) -> None:
+    _, served = gateway
+    for mount, tool, arguments, expected in [
+        ("local", "echo", {"text": "hi"}, "hi"),
+        ("remote", "echo", {"text": "far"}, "far"),
+        ("text", "reverse", {"text": "abc"}, "cba"),
+    ]:
+        async with client(f"{served.base}/mcp/{mount}", era) as session:
+            result = await session.call_tool(tool, arguments)
+            assert result.content[0].text == expected, mount  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("era", ERAS)
+async def test_the_aggregate_lists_and_routes_every_backend(gateway: tuple[Gateway, Served], era: Era) -> None:
+    _, served = gateway
+    async with client(f"{served.base}/mcp", era) as session:
+        names = {tool.name for tool in (await session.list_tools()).tools}
+        assert {"local__echo", "remote__echo", "text__reverse"} <= names
+        result = await session.call_tool("text__word_count", {"text": "one two three"})
+        assert result.content[0].text == "3"  # type: ignore[union-attr]
+
+
+def test_without_a_token_the_gateway_challenges(gateway: tuple[Gateway, Served]) -> None:
+    _, served = gateway
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}}
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    for path in ("/mcp/local", "/mcp"):
+        response = httpx2.post(f"{served.base}{path}", json=body, headers=headers)
+        assert response.status_code == 401, path
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert response.json()["id"] == 5
+
+
+def test_operations_endpoints(gateway: tuple[Gateway, Served]) -> None:
+    _, served = gateway
+    assert httpx2.get(f"{served.base}/healthz").json()["status"] == "ok"
+    ready = httpx2.get(f"{served.base}/readyz")
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["checks"]) == {"backends", "breakers", "stores"}
+    metrics = httpx2.get(f"{served.base}/metrics")
+    assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+
+
+def test_an_unknown_mount_is_a_json_rpc_404(gateway: tuple[Gateway, Served]) -> None:
+    _, served = gateway
+    headers = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
+    response = httpx2.post(
+        f"{served.base}/mcp/nope", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers
+    )
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+def test_a_server_that_cannot_be_loaded_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcp_middleware.gateway.config import ConfigError, parse_config
+
+    config = parse_config('[[servers]]\nname = "x"\napp = "no_such_module_here:server"\n')
+    with pytest.raises(ConfigError, match=r"servers\[0\]: cannot be loaded: No module named 'no_such_module_here'"):
+        build_gateway(config)
+    optional = parse_config(
+        '[[servers]]\nname = "x"\napp = "no_such_module_here:server"\noptional = true\n'
+        '[[servers]]\nname = "y"\napp = "tests.servers:build_server"\n'
+    )
+    assert build_gateway(optional).skipped == ["x: No module named 'no_such_module_here'"]
+
+
+_unused: Callable[[ASGIApp], Any] | None = None
+del _unused, sys
