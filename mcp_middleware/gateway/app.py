@@ -163,7 +163,7 @@ def build_gateway(
             inner,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
-            config=CoreConfig(paths=("*",)),
+            config=CoreConfig(paths=(settings.prefix, f"{settings.prefix}/*"), max_body_size=door.max_body_size),
             record_enduser=config.tracing.record_principal,
             access_log=AccessLog() if config.tracing.access_log else False,
         )

@@ -115,19 +115,25 @@ class StreamingProxy:
         try:
             headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _DROP_DOWN]
             await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            if "content-length" in response.headers:  # a finite body (JSON): no stream to cancel, no watcher
+                await self._relay(scope, response, send)
+                return
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_on_disconnect, receive, body_sent, group.cancel_scope)
-                try:
-                    async for chunk in response.aiter_raw():
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except httpx2.HTTPError as exc:  # the backend died mid-stream: end the response, say why in the log
-                    logger.warning("backend %s broke off a response: %s", self.url, exc)
-                    record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._relay(scope, response, send)
                 group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await response.aclose()
+
+    async def _relay(self, scope: Scope, response: httpx2.Response, send: Send) -> None:
+        try:
+            async for chunk in response.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx2.HTTPError as exc:  # the backend died mid-stream: end the response, say why in the log
+            logger.warning("backend %s broke off a response: %s", self.url, exc)
+            record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _build(self, scope: Scope, receive: Receive) -> httpx2.Request:
         drop = self._drop

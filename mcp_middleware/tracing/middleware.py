@@ -250,6 +250,7 @@ class TracingMiddleware:
         self.record_enduser = record_enduser
         self.uri_in_span_name = uri_in_span_name
         self.access_log = AccessLog() if access_log is True else (access_log or None)
+        self.http_metrics = http_metrics
         self.metrics = McpMetrics(meter_provider, max_names=max_metric_names)
         self._tracer_provider = tracer_provider
         self._tracing = None if tracer_provider is None else _records(tracer_provider)
@@ -300,7 +301,7 @@ class TracingMiddleware:
             )
         scope[_EXCHANGE_KEY] = exchange
         try:
-            if traced or measured:
+            if traced or (measured and self.http_metrics):
                 self._choose_parent(scope, exchange)
                 await self._instrumented(scope, receive, exchange.send)
             else:
@@ -370,7 +371,7 @@ class TracingMiddleware:
             exchange.finish_span()  # if the response never ended (crash, client gone): before the span ends
 
     async def _untraced(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
-        """Metrics off, tracing off, access log on: the exchange without the instrumentation."""
+        """No spans to record (MCP metrics or the access log only): the exchange without the instrumentation."""
         assert exchange.forward is not None
         if exchange.request is None:
             for message in exchange.refusal:

@@ -107,6 +107,13 @@ def build_backend(log: BackendLog) -> MCPServer:
             await anyio.sleep(0.05)
         return f"streamed {steps}"
 
+    @server.tool()
+    async def stream_fail(ctx: Context) -> str:
+        """Report progress (so the response is an SSE stream in both eras), then fail with -32603."""
+        await ctx.report_progress(1, 2)
+        await anyio.sleep(0.05)
+        raise MCPError(code=JsonRpcCode.INTERNAL_ERROR, message="lost the backend half-way")
+
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def lookup(key: str) -> str:
         """Read-only: safe to retry."""

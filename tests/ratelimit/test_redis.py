@@ -19,7 +19,7 @@ import pytest
 from mcp import MCPError
 
 from mcp_middleware.core import ErrorCode
-from mcp_middleware.ratelimit import BucketPolicy, RateLimitMiddleware, RedisBucketStore
+from mcp_middleware.ratelimit import BucketPolicy, QuotaPolicy, RateLimitMiddleware, RedisBucketStore
 from tests.conftest import ERAS, Era, RedisServer, connect, free_port
 from tests.ratelimit import shared_app
 from tests.ratelimit.wire import call_tool, error_of
@@ -140,3 +140,25 @@ async def test_three_instances_sharing_redis_admit_what_one_bucket_allows(redis_
     assert shared_app.CAPACITY <= admitted <= shared_app.CAPACITY + shared_app.RATE * elapsed + 1
     per_instance = Counter(instance for instance, status in answers if status == 200)
     assert len(per_instance) == 3 and all(count < shared_app.CAPACITY for count in per_instance.values())
+
+
+async def test_window_quotas_in_redis_degrade_and_recover_too(redis_server: RedisServer, serve: Any) -> None:
+    app = RateLimitMiddleware(
+        build_server().streamable_http_app(),
+        policies=[QuotaPolicy("hourly", selector="tools/call", limit="2/hour", strategy="moving-window")],
+        quota_storage=redis_server.url,
+        failure="closed",
+    )
+    served = serve(app)
+    async with httpx2.AsyncClient() as http:
+
+        async def statuses(n: int) -> list[int]:
+            return [(await call_tool(http, served.mcp_url, "echo", {"text": "x"})).status_code for _ in range(n)]
+
+        assert await statuses(3) == [200, 200, 429]
+        redis_server.stop()
+        started = time.perf_counter()
+        assert await statuses(2) == [503, 503]
+        assert time.perf_counter() - started < 2.0
+        redis_server.start()
+        assert await statuses(3) == [200, 200, 429]
