@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	PORT=$(PORT) $(PY) examples/core_server.py
+	PORT=$(PORT) $(PY) -m mcp_middleware.gateway serve --config examples/gateway/gateway.toml
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError, GatewayConfig, load_config
 
@@ -112,6 +113,7 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
     except (ConfigError, ImportError, ValueError) as exc:
         print(f"cannot build the gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _banner(gateway)
     server = uvicorn.Server(gateway.uvicorn_config())
     try:
         server.run()
@@ -119,3 +121,29 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
         logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
         return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _banner(gateway: Any) -> None:
+    """Where things are, and one command to try it."""
+    config, base = gateway.config, gateway.base_url
+    prefix = config.gateway.prefix
+    lines = [f"mcp-gateway on {base}"]
+    if config.aggregate.enabled:
+        lines.append(f"  aggregate:   {base}{prefix}")
+    for name in gateway.router.mounts:
+        lines.append(f"  mount:       {base}{prefix}/{name}")
+    for skipped in gateway.skipped:
+        lines.append(f"  skipped:     {skipped}")
+    if gateway.authorization_server is not None:
+        lines.append(f"  login (dev): {base}/authorize  (the embedded authorization server)")
+    lines.append(
+        f"  health:      {base}/healthz  {base}/readyz"
+        + (f"  {base}{config.tracing.metrics_path}" if config.tracing.enabled else "")
+    )
+    if config.auth.mode == "dev":
+        lines.append(f"try it:  .venv/bin/python examples/gateway/try_it.py {base}{prefix}")
+    else:
+        lines.append(
+            f"try it:  npx @modelcontextprotocol/inspector --cli {base}{prefix} --transport http --method tools/list"
+        )
+    print("\n".join(lines), flush=True)

@@ -49,7 +49,7 @@ def test_an_already_expired_token_is_not_stored() -> None:
 
 
 def test_the_cache_is_bounded_and_evicts_the_least_recently_used() -> None:
-    cache, clock = cache_with_clock(maxsize=2)
+    cache, _ = cache_with_clock(maxsize=2)
     cache.put("a", "1", expires_at=None)
     cache.put("b", "2", expires_at=None)
     assert cache.get("a") == "1"  # a is now the most recent

@@ -10,7 +10,7 @@ from mcp import MCPError
 from mcp_middleware.breaker import CircuitBreakerMiddleware, FailureClassifier, Fault, Verdict
 from mcp_middleware.core import Era as CoreEra
 from mcp_middleware.core import McpRequest, RequestKind, ResponseOutcome
-from tests.conftest import ERAS, Era, Served, connect
+from tests.conftest import Era, Served, connect
 
 from .backends import BackendLog, build_backend, wait_for
 

@@ -98,6 +98,17 @@ class FlakyApp:
             if body.get("method") not in ("initialize", "notifications/initialized") and "id" in body:
                 if self.mode == "raise":
                     raise RuntimeError("backend crashed")
+                if self.mode == "stream_error":  # a legacy failure: an error event inside a 200 stream
+                    error = {"code": -32603, "message": "Internal error"}
+                    event = orjson.dumps({"jsonrpc": "2.0", "id": body["id"], "error": error})
+                    headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await send({"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": b"event: message\r\ndata: " + event, "more_body": True}
+                    )
+                    await send({"type": "http.response.body", "body": b"\r\n\r\n", "more_body": False})
+                    return
                 error = {"code": -32015, "message": "Backend unavailable"}
                 payload = orjson.dumps({"jsonrpc": "2.0", "id": body["id"], "error": error})
                 headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]

@@ -54,7 +54,24 @@ async def test_stale_answer_reaches_the_sdk_client(era: Era, serve: Any) -> None
 
 
 async def test_legacy_stream_error_is_replaced_by_the_stale_answer(serve: Any) -> None:
-    """A legacy failure arrives as an error event inside a 200 stream; it is held until that first event."""
+    """A legacy failure arrives as an error event inside a 200 stream: held until that first event, then replaced."""
+    stack = cached_stack(serve, ttl=0.2, stale_grace=30, inner=FlakyApp)
+    flaky: FlakyApp = stack.cache.app  # type: ignore[assignment]
+    async with httpx2.AsyncClient() as http:
+        session = await legacy_session(http, stack.url)
+        fresh = await legacy_post(http, stack.url, session, "resources/list", 1)
+        await anyio.sleep(0.3)
+        flaky.mode = "stream_error"
+        stale = await legacy_post(http, stack.url, session, "resources/list", 2)
+    assert stale.headers["content-type"] == "text/event-stream" and stale.headers["x-mcp-cache"] == "stale"
+    message = json_of(stale)
+    assert message["id"] == 2
+    assert message["result"]["resources"] == json_of(fresh)["result"]["resources"]
+    assert message["result"]["_meta"][CACHE_META_KEY]["stale"] is True
+
+
+async def test_tool_errors_are_answers_not_failures(serve: Any) -> None:
+    """A tool error (isError) is the backend's real answer: it is passed on, never replaced by a stale one."""
     stack = cached_stack(serve, ttl=0.2, stale_grace=30, rules={"tools/call:lookup": 0.2})
     async with httpx2.AsyncClient() as http:
         session = await legacy_session(http, stack.url)
@@ -62,11 +79,11 @@ async def test_legacy_stream_error_is_replaced_by_the_stale_answer(serve: Any) -
         params = {"name": "lookup", "arguments": {"key": "k"}}
         fresh = await legacy_post(http, stack.url, session, "tools/call", 2, params)
         await anyio.sleep(0.3)
-        stack.server.remove_tool("lookup")  # now the backend fails the call (a tool error is not a failure)...
+        stack.server.remove_tool("lookup")
         after = await legacy_post(http, stack.url, session, "tools/call", 3, params)
-    # ...as a tool error (isError), which is the backend's real answer: never replaced by a stale one
-    assert json_of(after)["result"].get("isError") is True
     assert json_of(fresh)["result"]["content"][0]["text"] == "k@1"
+    assert json_of(after)["result"].get("isError") is True
+    assert after.headers["x-mcp-cache"] == "miss"
 
 
 async def test_past_the_grace_the_failure_reaches_the_client(serve: Any) -> None:

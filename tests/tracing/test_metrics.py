@@ -166,3 +166,15 @@ async def test_prometheus_exposition_at_a_configurable_path(serve: Any, era: Era
         assert elsewhere.status_code == 404  # not the configured path: passed through to the app
     finally:
         exported.shutdown()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_the_instrumentations_http_metrics_are_opt_in(serve: Any, metrics: Metrics, enabled: bool) -> None:
+    app = TracingMiddleware(build_server().streamable_http_app(), meter_provider=metrics.provider, http_metrics=enabled)
+    served: Served = serve(app)
+    async with connect(served.mcp_url, "modern") as client:
+        await client.call_tool("echo", {"text": "a"})
+    await eventually(lambda: ("tools/call", "echo", None) in by_method_and_tool(metrics))
+    data = metrics.reader.get_metrics_data()
+    names = {m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics}
+    assert any(name.startswith("http.server.") for name in names) is enabled
