@@ -109,7 +109,7 @@ def access_token_from_claims(
     if resource is None:
         token_audiences = _audiences(claims.get("aud"))
         resource = token_audiences[0] if token_audiences else None
-    client_id = next(
+    client_id: str = next(
         (claims[name] for name in ("client_id", "azp", "cid", "appid") if isinstance(claims.get(name), str)), ""
     )
     subject = claims.get("sub")

@@ -42,6 +42,8 @@ _OPT_IN_METHODS = frozenset({"tools/call", "prompts/get"})
 """Cached only where the operator opts in with a `tools/call…` or `prompts/get…` selector."""
 _MAX_TOOLS_PER_MOUNT = 10_000
 _SESSION_HEADER = b"mcp-session-id"
+_STORE_PATIENCE = 2.0
+"""Seconds a store write or invalidation may take where the app could cancel it (it is shielded)."""
 
 
 class CachePolicy(NamedTuple):
@@ -450,7 +452,15 @@ class ResponseCacheMiddleware:
             owner = PUBLIC_PARTITION if entry.public else partition
             key = entry_key(mount, request.method or "", digest, owner)
             uri = request.uri if request.method == "resources/read" else None
-            if not await self.store.set(key, entry, entry_tags(mount, request.method or "", owner, uri)):
+            tags = entry_tags(mount, request.method or "", owner, uri)
+            if self._memory is not None:
+                kept = self._memory.put(key, entry, tags)
+            else:
+                kept = False
+                # This runs inside the app's send: the SDK may cancel it once the response is out.
+                with anyio.move_on_after(_STORE_PATIENCE, shield=True):
+                    kept = await self.store.set(key, entry, tags)
+            if not kept:
                 reason, entry = "not_kept", None
         if entry is not None:
             record_decision(scope, "cache", "miss", stored=True, public=entry.public)
@@ -519,11 +529,18 @@ class ResponseCacheMiddleware:
     async def _drop_for(self, mount: str, notification: str, uri: str | None) -> int:
         self._generation += 1
         if uri is not None:
-            return await self.store.invalidate([invalidation_tag(mount, uri=uri)])
-        methods = DROPPED_BY[notification]
-        if "tools/call" in methods:
-            self._read_only.pop(mount, None)
-        return await self.store.invalidate([invalidation_tag(mount, method) for method in methods])
+            tags = [invalidation_tag(mount, uri=uri)]
+        else:
+            methods = DROPPED_BY[notification]
+            if "tools/call" in methods:
+                self._read_only.pop(mount, None)
+            tags = [invalidation_tag(mount, method) for method in methods]
+        if self._memory is not None:
+            return self._memory.drop(tags)
+        dropped = 0
+        with anyio.move_on_after(_STORE_PATIENCE, shield=True):  # inside a stream's send, like a store
+            dropped = await self.store.invalidate(tags)
+        return dropped
 
     async def _initialize(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> None:
         """Remember the session a legacy initialize opens: hits are answered only on sessions the backend knows."""

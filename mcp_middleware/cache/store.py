@@ -236,7 +236,8 @@ class RedisCacheStore:
     entry at most `l1_ttl` seconds, which bounds how long another instance's invalidation can
     go unseen here (invalidations made on this instance drop both tiers at once).
 
-    If Redis is unreachable, lookups miss and writes are skipped (logged): the backend answers.
+    If Redis is unreachable or slower than `timeout` (for a store built from a URL), lookups miss
+    and writes are skipped (logged): the backend answers.
 
     >>> store = RedisCacheStore("redis://127.0.0.1:6379/0", l1=MemoryCacheStore(max_entries=1000))
     """
@@ -249,12 +250,14 @@ class RedisCacheStore:
         l1: MemoryCacheStore | None = None,
         l1_ttl: float = 1.0,
         max_entry_bytes: int = 1024 * 1024,
+        timeout: float = 0.5,
         clock: Any = time.time,
     ) -> None:
         if isinstance(redis, str):
             from redis.asyncio import Redis  # optional dependency: only needed for this store
 
-            redis = Redis.from_url(redis)
+            # A slow Redis must cost a request at most `timeout`, then it is a miss.
+            redis = Redis.from_url(redis, socket_timeout=timeout, socket_connect_timeout=timeout)
         self.redis = redis
         self.prefix = "{" + prefix + "}:"
         self.l1 = l1

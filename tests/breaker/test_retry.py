@@ -36,7 +36,10 @@ async def test_tools_the_backend_declares_safe_are_retried(
     recorder, injector = retrying(log, {tool: first(2, "raise")})
     served: Served = serve(recorder)
     async with connect(served.mcp_url, era) as client:
-        await client.list_tools()  # the breaker learns the annotations from this response
+        await client.list_tools()  # the breaker learns the annotations from this response, once it has ended
+        middleware = recorder.app
+        assert isinstance(middleware, CircuitBreakerMiddleware)
+        assert await wait_for(lambda: middleware.registry.is_repeatable("/mcp", tool))
         result = await client.call_tool(tool, arguments)
     assert result.content[0].text == text  # type: ignore[union-attr]
     assert injector.calls[tool] == 3 and log.calls[tool] == 1  # two failed before reaching the tool
@@ -88,6 +91,9 @@ async def test_attempts_are_bounded(era: Era, serve: Any) -> None:
     served: Served = serve(recorder)
     async with connect(served.mcp_url, era) as client:
         await client.list_tools()
+        middleware = recorder.app
+        assert isinstance(middleware, CircuitBreakerMiddleware)
+        assert await wait_for(lambda: middleware.registry.is_repeatable("/mcp", "lookup"))
         with pytest.raises(MCPError) as failed:
             await client.call_tool("lookup", {"key": "a"})
     assert failed.value.code == ErrorCode.BAD_GATEWAY

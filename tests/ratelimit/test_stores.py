@@ -46,6 +46,14 @@ async def test_memory_store_is_bounded_least_recently_used_first() -> None:
     assert not (await store.take([BucketTake("a", bucket)], now=0.0))[0].allowed
 
 
+async def test_memory_store_stays_bounded_under_a_flood_of_distinct_keys() -> None:
+    store = MemoryBucketStore(max_buckets=1000)
+    bucket = TokenBucket(capacity=5, rate=0.001)
+    for n in range(20_000):
+        await store.take([BucketTake(f"caller-{n}", bucket)], now=0.0)
+    assert len(store) == 1000
+
+
 async def test_memory_store_forgets_idle_buckets_once_they_would_be_full() -> None:
     store = MemoryBucketStore()
     bucket = TokenBucket(capacity=2, rate=1)
