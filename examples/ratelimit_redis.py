@@ -19,10 +19,10 @@ from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from mcp_middleware.ratelimit import BucketPolicy, QuotaPolicy, RateLimitMiddleware, RedisBucketStore
+from mcp_middleware.ratelimit import BucketPolicy, FailureMode, QuotaPolicy, RateLimitMiddleware, RedisBucketStore
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-FAILURE = "closed" if os.environ.get("RATELIMIT_FAILURE") == "closed" else "open"
+FAILURE: FailureMode = "closed" if os.environ.get("RATELIMIT_FAILURE") == "closed" else "open"
 
 server = MCPServer("shared limits demo")
 

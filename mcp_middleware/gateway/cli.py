@@ -102,6 +102,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
     from .app import build_gateway
 
     logging.basicConfig(level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("httpx2", "mcp.server.streamable_http_manager", "mcp.client"):  # one line per backend call
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     env_port = os.environ.get("PORT")
     if port is None and env_port:
         if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:

@@ -42,8 +42,8 @@ from .bench_core import Case, asgi_case, async_case, calibrate, http_scope, json
 TARGET_US = 5.0
 """The issue's target: a memory-bucket decision costs at most 5 µs in process."""
 
-NEVER = dict(rate=1e9, capacity=1e9)
-"""A bucket that never runs dry."""
+NEVER = 1e9
+"""Rate and capacity of a bucket that never runs dry."""
 
 
 def _request_fixture() -> tuple[dict[str, Any], Any]:
@@ -58,15 +58,19 @@ def in_process_cases() -> tuple[list[Case], list[tuple[str, Case, Case]]]:
     scope, request = _request_fixture()
     store = MemoryBucketStore()
     take = [BucketTake("caller", TokenBucket(capacity=1e9, rate=1e9))]
-    one = RateLimiter([BucketPolicy("per-caller", **NEVER)])
+    one = RateLimiter([BucketPolicy("per-caller", rate=NEVER, capacity=NEVER)])
     layered = RateLimiter(
         [
-            BucketPolicy("per-caller", **NEVER),
-            BucketPolicy("echo", selector="tools/call:echo", per_target=True, **NEVER),
-            BucketPolicy("search", selector="tools/call:search_*", **NEVER),  # does not match: costs a selector test
+            BucketPolicy("per-caller", rate=NEVER, capacity=NEVER),
+            BucketPolicy("echo", selector="tools/call:echo", per_target=True, rate=NEVER, capacity=NEVER),
+            BucketPolicy(
+                "search", selector="tools/call:search_*", rate=NEVER, capacity=NEVER
+            ),  # does not match: costs a selector test
         ]
     )
-    quota = RateLimiter([BucketPolicy("per-caller", **NEVER), QuotaPolicy("daily", limit="1000000000/day")])
+    quota = RateLimiter(
+        [BucketPolicy("per-caller", rate=NEVER, capacity=NEVER), QuotaPolicy("daily", limit="1000000000/day")]
+    )
     callers = [{**scope, "client": (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 4000)} for n in range(10_000)]
     rotation = iter(range(1 << 62))
 
@@ -87,7 +91,10 @@ def in_process_cases() -> tuple[list[Case], list[tuple[str, Case, Case]]]:
             "middleware over the core, 1 KB tools/call",
             asgi_case("core", McpCoreMiddleware(json_app), headers, body),
             asgi_case(
-                "core + ratelimit", RateLimitMiddleware(json_app, policies=[BucketPolicy("p", **NEVER)]), headers, body
+                "core + ratelimit",
+                RateLimitMiddleware(json_app, policies=[BucketPolicy("p", rate=NEVER, capacity=NEVER)]),
+                headers,
+                body,
             ),
         )
     ]
@@ -136,7 +143,7 @@ def redis_server() -> Iterator[str | None]:
 async def redis_latency(url: str, decisions: int) -> dict[str, float]:
     store = RedisBucketStore.from_url(url)
     scope, request = _request_fixture()
-    limiter = RateLimiter([BucketPolicy("per-caller", **NEVER)], store=store)
+    limiter = RateLimiter([BucketPolicy("per-caller", rate=NEVER, capacity=NEVER)], store=store)
     take = [BucketTake("caller", TokenBucket(capacity=1e9, rate=1e9))]
     try:
         for _ in range(200):  # connect, load the script

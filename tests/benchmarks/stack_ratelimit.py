@@ -6,9 +6,12 @@ from mcp_middleware.ratelimit import BucketPolicy, RateLimitMiddleware
 
 from .apps import Stack
 
-_NEVER = dict(rate=1e9, capacity=1e9)
+_NEVER = 1e9
+"""Rate and capacity of a bucket that never runs dry."""
 
 STACKS = {
     # One per-caller bucket on every request, in memory, RateLimit headers on each answer.
-    "ratelimit": Stack(lambda app: RateLimitMiddleware(app, policies=[BucketPolicy("per-caller", **_NEVER)])),
+    "ratelimit": Stack(
+        lambda app: RateLimitMiddleware(app, policies=[BucketPolicy("per-caller", rate=_NEVER, capacity=_NEVER)])
+    ),
 }

@@ -31,18 +31,16 @@ async def call_tool(
         "method": "tools/call",
         "params": {"name": name, "arguments": arguments or {}, "_meta": _META},
     }
-    return await client.post(
-        url,
-        content=orjson.dumps(body),
-        headers={
-            "content-type": "application/json",
-            "accept": "application/json, text/event-stream",
-            "mcp-protocol-version": MODERN,
-            "mcp-method": "tools/call",
-            "mcp-name": name,
-            **(headers or {}),
-        },
-    )
+    sent: dict[str, str | bytes] = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": MODERN,
+        "mcp-method": "tools/call",
+        "mcp-name": name,
+        **(headers or {}),
+    }
+    raw = {key.encode(): value if isinstance(value, bytes) else value.encode() for key, value in sent.items()}
+    return await client.post(url, content=orjson.dumps(body), headers=raw)
 
 
 def error_of(response: httpx2.Response) -> dict[str, Any]:
