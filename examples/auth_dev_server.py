@@ -39,9 +39,9 @@ def build_server() -> MCPServer:
     return server
 
 
-def build_app(base_url: str, server: MCPServer | None = None) -> ASGIApp:
+def build_app(base_url: str, mcp_app: ASGIApp | None = None) -> ASGIApp:
     """The whole origin: `/mcp` (protected), the authorization server, and the metadata documents."""
-    mcp_app = (server or build_server()).streamable_http_app()
+    mcp_app = mcp_app or build_server().streamable_http_app()
     auth_server = EmbeddedAuthorizationServer(
         issuer=base_url, scopes_supported=["notes:read", "admin"], default_scopes=["notes:read"], auto_approve=True
     )

@@ -13,6 +13,7 @@ while nothing has been sent to the client.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random as _random
@@ -106,6 +107,69 @@ class RetryPolicy:
         return base * (1.0 + self.jitter * (2.0 * draw - 1.0))
 
 
+class _Deadlines:
+    """Cancels overdue calls with one timer for all of them.
+
+    A timer per request (`anyio.move_on_after`) costs more than the rest of the
+    breaker together; instead each call's cancel scope (without a deadline of its
+    own) joins the slot of the first tick at or after its deadline, and one loop
+    timer, armed for the earliest slot, cancels whole slots as they fall due. A call
+    is cancelled at most one tick late. Off asyncio, each call gets a deadline scope.
+    """
+
+    __slots__ = ("_armed", "_handle", "_loop", "_slots", "tick")
+
+    def __init__(self, tick: float) -> None:
+        self.tick = tick
+        self._slots: dict[int, dict[anyio.CancelScope, None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0
+
+    def scope(self, seconds: float) -> tuple[anyio.CancelScope, int | None]:
+        """A cancel scope that is cancelled `seconds` from now (give the slot back to :meth:`release`)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return anyio.CancelScope(deadline=anyio.current_time() + seconds), None
+        if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
+            self._loop, self._slots, self._handle = loop, {}, None
+        cancel = anyio.CancelScope()
+        slot = math.ceil((loop.time() + seconds) / self.tick)
+        bucket = self._slots.get(slot)
+        if bucket is None:
+            self._slots[slot] = bucket = {}
+        bucket[cancel] = None
+        if self._handle is None or slot < self._armed:
+            self._arm(loop, slot)
+        return cancel, slot
+
+    def release(self, cancel: anyio.CancelScope, slot: int | None) -> None:
+        bucket = self._slots.get(slot) if slot is not None else None
+        if bucket is not None:
+            bucket.pop(cancel, None)
+            if not bucket:
+                del self._slots[slot]  # type: ignore[arg-type]
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = slot
+        self._handle = loop.call_at(slot * self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._handle = None
+        loop = self._loop
+        if loop is None:
+            return
+        due = loop.time() / self.tick + 1e-9
+        for slot in [slot for slot in self._slots if slot <= due]:
+            for cancel in self._slots.pop(slot):
+                cancel.cancel("timeout")
+        if self._slots:
+            self._arm(loop, min(self._slots))
+
+
 class _Route(NamedTuple):
     """What the options say about one (method, target), resolved once and cached."""
 
@@ -179,6 +243,8 @@ class CircuitBreakerMiddleware:
         targets = per_target.items() if isinstance(per_target, Mapping) else ((s, None) for s in per_target)
         self._per_target: SelectorMap[tuple[BreakerPolicy | None]] = SelectorMap((s, (p,)) for s, p in targets)
         self._timeouts: SelectorMap[float | None] = SelectorMap(timeouts)
+        shortest = min((t for t in timeouts.values() if t is not None), default=1.0)
+        self._deadlines = _Deadlines(tick=min(0.05, shortest / 10))
         self._exclude: SelectorMap[bool] = SelectorMap((s, True) for s in exclude)
         self._retry_allow: SelectorMap[bool] = SelectorMap((s, True) for s in (retry.allow if retry else ()))
         self.classifier: Classifier = classifier if classifier is not None else FailureClassifier()
@@ -374,11 +440,13 @@ class _Call:
         """Call the inner app once; how it failed, or `None` if it answered."""
         timeout = self.route.timeout
         cancel: anyio.CancelScope | None = None
+        slot: int | None = None
         try:
             if timeout is None:
                 await self.middleware.app(self.scope, self.receive, self.send)
             else:
-                with anyio.move_on_after(timeout) as cancel:
+                cancel, slot = self.middleware._deadlines.scope(timeout)
+                with cancel:
                     await self.middleware.app(self.scope, self.receive, self.send)
         except Exception as exc:
             if self.completed:
@@ -390,6 +458,8 @@ class _Call:
             return Fault.EXCEPTION
         finally:
             self.closed = True
+            if cancel is not None:
+                self.middleware._deadlines.release(cancel, slot)
         if self.completed:
             return None
         if cancel is not None and cancel.cancelled_caught:

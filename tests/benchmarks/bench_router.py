@@ -7,7 +7,7 @@
 2. A remote HTTP backend behind a path mount: the test server in one uvicorn
    subprocess, the router (proxying to it) in another; the e2e load generator's
    `tools/call` throughput through the mount vs straight to the backend, alternating
-   runs. Target: ≥ 0.6× of calling it directly.
+   runs. Target: ≥ 0.6x of calling it directly.
 3. Path-mount lookup cost with 1 and 10,000 mounts (it must not grow).
 """
 
@@ -102,9 +102,11 @@ async def remote_ratio(quick: bool) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def client_of(app: ASGIApp, path: str) -> AsyncIterator[Client]:
     transport = AsgiStreamTransport(app)
-    async with httpx2.AsyncClient(transport=transport, base_url=ORIGIN, timeout=None) as http:
-        async with Client(streamable_http_client(f"{ORIGIN}{path}", http_client=http), cache=None) as client:
-            yield client
+    async with (
+        httpx2.AsyncClient(transport=transport, base_url=ORIGIN, timeout=None) as http,
+        Client(streamable_http_client(f"{ORIGIN}{path}", http_client=http), cache=None) as client,
+    ):
+        yield client
 
 
 async def timed(action: Callable[[], Awaitable[Any]], samples: int) -> float:
@@ -127,15 +129,14 @@ async def in_process(quick: bool) -> dict[str, Any]:
         for index in range(count):
             router.mount(f"s{index}", numbered_server(index).streamable_http_app())
         async with run_lifespan(router), client_of(router, "/mcp") as client:
-            aggregate = router.aggregate
 
-            async def cold() -> None:
-                for listings in aggregate._listings.values():  # as after a list_changed of every backend
+            async def cold(client: Client = client, router: McpRouter = router, count: int = count) -> None:
+                for listings in router.aggregate._listings.values():  # as after every backend's list_changed
                     listings.clear()
-                assert len((await client.list_tools()).tools) == count  # noqa: B023
+                assert len((await client.list_tools()).tools) == count
 
-            async def cached() -> None:
-                await client.list_tools()  # noqa: B023
+            async def cached(client: Client = client) -> None:
+                await client.list_tools()
 
             lists[count] = {
                 "cold": await timed(cold, max(5, samples // (1 + count // 20))),
@@ -201,7 +202,7 @@ def main(quick: bool) -> dict[str, Any]:
     )
     lines.append(
         table(
-            ["tools/call echo", "ms", "× direct"],
+            ["tools/call echo", "ms", "x direct"],
             [[k, f"{v:.2f}", f"{v / calls['direct']:.2f}"] for k, v in calls.items()],
         )
     )
@@ -222,11 +223,11 @@ def main(quick: bool) -> dict[str, Any]:
             [
                 "remote HTTP backend behind a path mount",
                 round(remote["ratio"], 3),
-                "× direct",
+                "x direct",
                 "≥ 0.6",
                 remote["ratio"] >= TARGET_REMOTE_RATIO,
             ],
-            ["mount lookup, 10,000 vs 1 mounts", round(lookup_ratio, 2), "×", "≤ 1.5 (O(1))", lookup_ratio <= 1.5],
+            ["mount lookup, 10,000 vs 1 mounts", round(lookup_ratio, 2), "x", "≤ 1.5 (O(1))", lookup_ratio <= 1.5],
         ],
     }
 

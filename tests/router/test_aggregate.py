@@ -47,7 +47,7 @@ async def test_merges_everything_under_namespaced_names_and_routes_back(era: Era
         "beta__delete",
         "beta__search",
     ]
-    assert [tool.description for tool in tools.tools][0] == "create in alpha"
+    assert tools.tools[0].description == "create in alpha"
     assert [p.name for p in prompts.prompts] == ["alpha__summarize", "beta__summarize"]
     assert [r.uri for r in resources.resources] == ["alpha+alpha://readme", "beta+beta://readme"]
     assert [t.uri_template for t in templates.resource_templates] == [
@@ -291,10 +291,12 @@ async def test_backend_list_changed_reaches_clients_debounced(era: Era, serve: A
     router.mount("changing", backend.streamable_http_app())
     served = serve(router)
     notifications: list[str] = []
+    notified = anyio.Event()
 
     async def on_message(message: Any) -> None:
         if era == "legacy" and isinstance(message, types.ToolListChangedNotification):
             notifications.append(message.method)
+            notified.set()
 
     async with connect(served.mcp_url, era, message_handler=on_message) as client:
         before = await client.list_tools()
@@ -310,8 +312,7 @@ async def test_backend_list_changed_reaches_clients_debounced(era: Era, serve: A
         else:
             await client.call_tool("changing__grow", {"names": ["sprout", "shoot", "leaf"]})
             with anyio.fail_after(5):
-                while not notifications:
-                    await anyio.sleep(0.05)
+                await notified.wait()
         await anyio.sleep(0.5)  # time for any extra (undebounced) notification to show up
         after = await client.list_tools()
     assert "changing__sprout" not in [t.name for t in before.tools]
