@@ -145,11 +145,13 @@ class _Deadlines:
         return cancel, slot
 
     def release(self, cancel: anyio.CancelScope, slot: int | None) -> None:
-        bucket = self._slots.get(slot) if slot is not None else None
+        if slot is None:
+            return
+        bucket = self._slots.get(slot)
         if bucket is not None:
             bucket.pop(cancel, None)
             if not bucket:
-                del self._slots[slot]  # type: ignore[arg-type]
+                del self._slots[slot]
 
     def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         if self._handle is not None:
@@ -351,11 +353,16 @@ class _Call:
         if self.replay:  # a retry: the body once more, then the real stream
             self.replay = False
             while not self.body_consumed:  # the first attempt may not have read it all
-                await self._observe(await self._receive())
+                self._observe(await self._receive())
             return {"type": "http.request", "body": self.request.body, "more_body": False}
-        return await self._observe(await self._receive())
+        message = await self._receive()
+        if message["type"] != "http.request" or message.get("more_body", False):
+            self._observe(message)
+        else:
+            self.body_consumed = True
+        return message
 
-    async def _observe(self, message: Message) -> Message:
+    def _observe(self, message: Message) -> Message:
         kind = message["type"]
         if kind == "http.request":
             if not message.get("more_body", False):

@@ -22,6 +22,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import McpCoreMiddleware, McpRequest, ResponseOutcome
+from mcp_middleware.router import run_lifespan
 from tests.servers import build_server
 
 
@@ -32,6 +33,9 @@ class Stack:
     wrap: Callable[[ASGIApp], ASGIApp]
     headers: tuple[tuple[str, str], ...] = ()
     """Extra request headers for the load (e.g. `("authorization", "Bearer …")`)."""
+    lifespan: bool = False
+    """The wrapped app runs the server's lifespan itself (a router, the gateway): `shared()` runs the
+    wrapped app's lifespan instead of the server's session manager."""
 
 
 def _ignore(request: McpRequest, outcome: ResponseOutcome) -> None:
@@ -84,8 +88,11 @@ def shared() -> ASGIApp:
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             async with contextlib.AsyncExitStack() as stack:
-                for server in servers.values():
-                    await stack.enter_async_context(server.session_manager.run())
+                for name, server in servers.items():
+                    if STACKS[name].lifespan:
+                        await stack.enter_async_context(run_lifespan(routes[f"/{name}/mcp".encode()]))
+                    else:
+                        await stack.enter_async_context(server.session_manager.run())
                 await receive()
                 await send({"type": "lifespan.startup.complete"})
                 await receive()

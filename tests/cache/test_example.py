@@ -32,6 +32,5 @@ async def test_cache_example(era: Era, serve: Any) -> None:
         assert text(await client.call_tool("set_forecast", {"city": "Oslo", "weather": "rain"})) == "Oslo: rain"
         # the opted-in forecast stays cached for its 30 s, as configured
         assert text(await client.call_tool("forecast", {"city": "Oslo"})) == "snow"
-    outcomes = log.outcomes()
-    assert outcomes.count("hit") >= 3  # the second forecast, the second tools/list, the last forecast
-    assert ("bypass", "not_read_only") in [(d.outcome, d.attributes.get("reason")) for d in log.decisions]
+    # the second forecast, the second tools/list, the last forecast; set_forecast is not selected at all
+    assert log.outcomes().count("hit") == 3

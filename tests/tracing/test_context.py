@@ -102,6 +102,7 @@ async def test_when_meta_wins_the_header_context_becomes_a_link(serve: Any, span
     ours = await spans.named("tools/call echo")
     [link] = ours.links
     assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (HEADER_TRACE, HEADER_PARENT)
+    assert dict(link.attributes or {}) == {"mcp_middleware.link": "http.traceparent"}
 
 
 async def test_meta_baggage_and_tracestate_travel_with_the_meta_traceparent(serve: Any, spans: Spans) -> None:

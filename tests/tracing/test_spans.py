@@ -56,7 +56,13 @@ async def test_a_tool_call_gets_one_span_named_and_attributed_by_the_mcp_convent
     assert http_status(attributes) == 200
     assert "error.type" not in attributes and span.status.status_code is StatusCode.UNSET
     if era == "legacy":
-        assert len(attributes["mcp.session.id"]) >= 16  # the session the SDK minted at initialize
+        session = attributes["mcp.session.id"]
+        assert len(session) >= 16  # the session the SDK minted at initialize
+        # The session's GET stream and its DELETE are spans too (the stream's ends when it closes).
+        for name in ("GET /mcp", "DELETE /mcp"):
+            exchange = await spans.named(name)
+            assert (exchange.attributes or {})["mcp.session.id"] == session
+            assert "mcp.method.name" not in (exchange.attributes or {})
     else:
         assert "mcp.session.id" not in attributes
     # Per-message receive/send spans are off: every span of ours is a request span.

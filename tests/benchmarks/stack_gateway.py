@@ -1,0 +1,67 @@
+"""The full reference gateway as an e2e stack: the test server mounted at /mcp/bench, every middleware on.
+
+Built by `build_gateway` from a config like examples/gateway/gateway.toml, with a static
+token (the load sends it), a rate limit that never trips, the breaker, the cache (a
+`tools/call` of `echo` is not cached: not read-only), tracing with the Prometheus reader
+and the front door. The load's `/mcp` is the gateway's path mount `/mcp/bench`.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.config import parse_config
+
+from .apps import Stack
+
+TOKEN = "bench-token"
+_CONFIG = f"""
+[[servers]]
+name = "bench"
+app = "tests.benchmarks.stack_gateway:current_app"
+[aggregate]
+enabled = true
+[auth]
+mode = "static"
+[auth.tokens]
+"{TOKEN}" = ["mcp"]
+[ratelimit]
+[[ratelimit.policies]]
+name = "per-user"
+capacity = 1000000
+rate = 1000000
+[breaker]
+[cache]
+[tracing]
+access_log = false
+"""
+_apps: list[ASGIApp] = []
+
+
+def current_app() -> ASGIApp:
+    """The app `wrap` is building around (the config's `app` names this function)."""
+    return _apps[-1]
+
+
+class _AtMount:
+    """The load's `/mcp` is the gateway's `/mcp/bench`."""
+
+    def __init__(self, gateway: ASGIApp) -> None:
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mcp":
+            scope = {**scope, "path": "/mcp/bench", "raw_path": b"/mcp/bench"}
+        await self.gateway(scope, receive, send)
+
+
+def gateway(app: ASGIApp) -> ASGIApp:
+    _apps.append(app)
+    try:
+        return _AtMount(build_gateway(parse_config(_CONFIG)).app)
+    finally:
+        _apps.pop()
+
+
+STACKS = {"gateway": Stack(gateway, headers=(("authorization", f"Bearer {TOKEN}"),), lifespan=True)}
