@@ -5,7 +5,7 @@
 """
 
 from .classify import NEUTRAL_SERVER_CODES, Classifier, FailureClassifier, Fault
-from .middleware import DEFAULT_TIMEOUTS, SAFE_METHODS, CircuitBreakerMiddleware, RetryPolicy
+from .middleware import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS, SAFE_METHODS, CircuitBreakerMiddleware, RetryPolicy
 from .registry import BreakerRegistry
 from .state import (
     BreakerPolicy,
@@ -19,6 +19,7 @@ from .state import (
 )
 
 __all__ = [
+    "DEFAULT_EXCLUDE",
     "DEFAULT_TIMEOUTS",
     "NEUTRAL_SERVER_CODES",
     "SAFE_METHODS",

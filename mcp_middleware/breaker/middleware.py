@@ -45,13 +45,16 @@ from .classify import Classifier, FailureClassifier, Fault
 from .registry import BreakerRegistry
 from .state import BreakerPolicy, BreakerState, CircuitBreaker, StateListener, Verdict
 
-__all__ = ["DEFAULT_TIMEOUTS", "SAFE_METHODS", "CircuitBreakerMiddleware", "RetryPolicy"]
+__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "SAFE_METHODS", "CircuitBreakerMiddleware", "RetryPolicy"]
 
 logger = logging.getLogger("mcp_middleware.breaker")
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
 """Seconds per selector (most specific wins); `None` means no timeout. A long-lived
 `subscriptions/listen` stream is never timed out."""
+
+DEFAULT_EXCLUDE: tuple[str, ...] = ("subscriptions/listen",)
+"""Passed straight through by default: a long-lived stream would hold a half-open probe slot for its whole life."""
 
 SAFE_METHODS: frozenset[str] = frozenset(
     {
@@ -200,7 +203,8 @@ class CircuitBreakerMiddleware:
     - `registry`: share or inspect the breakers (:meth:`BreakerRegistry.snapshot`);
     - `key`: `(scope, request) -> str` naming the backend (default: the request path,
       so each router mount gets its own breaker);
-    - `exclude`: selectors passed straight through (no breaker, no timeout);
+    - `exclude`: selectors passed straight through (no breaker, no timeout), default
+      :data:`DEFAULT_EXCLUDE` (`subscriptions/listen`);
     - `on_state_change`: called with each :class:`StateChange` (metrics, logs).
 
     Only JSON-RPC requests are guarded; notifications, responses, GET streams and
@@ -229,7 +233,7 @@ class CircuitBreakerMiddleware:
         retry: RetryPolicy | None = None,
         registry: BreakerRegistry | None = None,
         key: KeyFunction | None = None,
-        exclude: Iterable[str] = (),
+        exclude: Iterable[str] = DEFAULT_EXCLUDE,
         on_state_change: StateListener | None = None,
         random: Callable[[], float] = _random.random,
         config: CoreConfig = DEFAULT_CONFIG,
@@ -246,7 +250,7 @@ class CircuitBreakerMiddleware:
         self._per_target: SelectorMap[tuple[BreakerPolicy | None]] = SelectorMap((s, (p,)) for s, p in targets)
         self._timeouts: SelectorMap[float | None] = SelectorMap(timeouts)
         shortest = min((t for t in timeouts.values() if t is not None), default=1.0)
-        self._deadlines = _Deadlines(tick=min(0.05, shortest / 10))
+        self.deadlines = _Deadlines(tick=min(0.05, shortest / 10))
         self._exclude: SelectorMap[bool] = SelectorMap((s, True) for s in exclude)
         self._retry_allow: SelectorMap[bool] = SelectorMap((s, True) for s in (retry.allow if retry else ()))
         self.classifier: Classifier = classifier if classifier is not None else FailureClassifier()
@@ -394,7 +398,7 @@ class _Call:
             if permit is None:
                 await self._refuse()
                 return
-            state = breaker._state
+            state = breaker.state
             record_decision(
                 scope,
                 "breaker",
@@ -421,10 +425,12 @@ class _Call:
                 result = outcome.result
                 if result is not None:
                     middleware.registry.learn_tools(self.backend, result.get("tools"))
+            if fault is Fault.TIMEOUT:
+                timeout_ms = int((self.route.timeout or 0.0) * 1000)
+                record_decision(scope, "breaker", "timeout", key=breaker.key, timeout_ms=timeout_ms)
+                await self._cancel_legacy_request()
             if fault is None or self.client_gone:
                 return
-            if fault is Fault.TIMEOUT:
-                await self._cancel_legacy_request()
             if self.start is None:
                 if self._may_retry(attempt):
                     assert retry is not None
@@ -436,8 +442,7 @@ class _Call:
                     self.replay = True
                     self.error = None
                     continue
-                if not self.client_gone:
-                    await self._answer_failure(fault)
+                await self._answer_failure(fault)
                 return
             if not self.completed:
                 await self._end_stream(fault)
@@ -452,7 +457,7 @@ class _Call:
             if timeout is None:
                 await self.middleware.app(self.scope, self.receive, self.send)
             else:
-                cancel, slot = self.middleware._deadlines.scope(timeout)
+                cancel, slot = self.middleware.deadlines.scope(timeout)
                 with cancel:
                     await self.middleware.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -466,11 +471,10 @@ class _Call:
         finally:
             self.closed = True
             if cancel is not None:
-                self.middleware._deadlines.release(cancel, slot)
+                self.middleware.deadlines.release(cancel, slot)
         if self.completed:
             return None
         if cancel is not None and cancel.cancelled_caught:
-            record_decision(self.scope, "breaker", "timeout", key=self.breaker.key, timeout_ms=int(timeout * 1000))  # type: ignore[operator]
             return Fault.TIMEOUT
         return Fault.DROPPED
 

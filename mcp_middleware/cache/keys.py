@@ -15,6 +15,7 @@ A key is `mount | method | digest | partition`:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from hashlib import blake2b
 from typing import Any
@@ -77,7 +78,11 @@ def request_digest(request: McpRequest, meta_fields: frozenset[str] = DEFAULT_KE
         params = {key: value for key, value in params.items() if key != "_meta"}
         if kept:
             params["_meta"] = kept
-    canonical = orjson.dumps((request.protocol_version, request.method, params or None), option=orjson.OPT_SORT_KEYS)
+    question = (request.protocol_version, request.method, params or None)
+    try:
+        canonical = orjson.dumps(question, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a value orjson will not write (an integer beyond 64 bits): the slow, total way
+        canonical = json.dumps(question, sort_keys=True, separators=(",", ":"), default=repr).encode()
     return blake2b(canonical, digest_size=16).hexdigest()
 
 

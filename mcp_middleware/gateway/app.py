@@ -380,7 +380,12 @@ class _Stack:
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return ResponseCacheMiddleware(
-                app, store=store, ttl=settings.ttl, mount=lambda scope: mount, config=CoreConfig(paths=("*",))
+                app,
+                store=store,
+                ttl=settings.ttl,
+                honor_ttl_ms=settings.honor_ttl_ms,
+                mount=lambda scope: mount,
+                config=CoreConfig(paths=("*",)),
             )
 
         return [wrap]

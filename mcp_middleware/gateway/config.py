@@ -198,6 +198,8 @@ class CacheSettings:
     ttl: float = 60.0
     max_entries: int = 10_000
     max_bytes: int = 64 * 1024 * 1024
+    honor_ttl_ms: bool = True
+    """Let a backend's `ttlMs` shorten `ttl` (`ttlMs: 0` = never cached, the SDK's default)."""
 
 
 @dataclass(frozen=True)
@@ -636,6 +638,7 @@ def _cache(reader: _Reader) -> CacheSettings:
         ttl=reader.number("ttl", d.ttl, positive=True),
         max_entries=reader.integer("max_entries", d.max_entries, minimum=1),
         max_bytes=reader.size("max_bytes", d.max_bytes),
+        honor_ttl_ms=reader.boolean("honor_ttl_ms", d.honor_ttl_ms),
     )
     reader.done()
     return settings

@@ -105,8 +105,8 @@ class HttpBackend(Backend):
 
     `headers` are this backend's own credentials and settings (`Authorization`, API
     keys); the client's token is never passed on unless `forward_authorization`.
-    One pooled keep-alive connection pool serves both the path mount's proxy and
-    the aggregate's session.
+    The path mount's proxy and the aggregate's session each keep their pool of
+    keep-alive connections to it (none is opened per request).
 
     >>> backend = HttpBackend("https://tools.internal/mcp", headers={"Authorization": "Bearer s3cret"})
     """
@@ -135,7 +135,14 @@ class HttpBackend(Backend):
 
     def path_app(self) -> ASGIApp:
         if self._proxy is None:
-            self._proxy = StreamingProxy(self.url, forward_authorization=self.forward_authorization, client=self.client)
+            self._proxy = StreamingProxy(
+                self.url,
+                headers=self.headers,
+                forward_authorization=self.forward_authorization,
+                connect_timeout=self.connect_timeout,
+                max_idle=self.max_connections,
+                verify=self.verify,
+            )
         return self._proxy
 
     @contextlib.asynccontextmanager
@@ -149,9 +156,11 @@ class HttpBackend(Backend):
         try:
             yield
         finally:
-            client, self._client, self._proxy = self._client, None, None
+            client, self._client = self._client, None
             if client is not None:
                 await client.aclose()
+            if self._proxy is not None:
+                await self._proxy.aclose()
 
     def describe(self) -> str:
         return self.url

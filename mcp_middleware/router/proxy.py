@@ -5,23 +5,26 @@ streamed up, responses (JSON, SSE, the legacy GET stream) are streamed down
 chunk by chunk, so progress notifications arrive while a tool runs. Session and
 protocol headers (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`,
 `Mcp-Name`, `Mcp-Param-*`, `Last-Event-ID`) pass as they are. The client's
-`Authorization` is dropped (no token passthrough) unless explicitly allowed;
-the backend's own credentials come from the configured headers. `Host` is the
-backend's. Connections are pooled and kept alive: one `httpx2.AsyncClient` per
-backend, shared by every request.
+`Authorization` (and cookies) are dropped — no token passthrough — unless
+explicitly allowed; the backend's own credentials come from the configured
+headers. `Host` is the backend's. Connections are pooled and kept alive
+(:class:`~mcp_middleware.router.upstream.UpstreamPool`).
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
 from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.core import ErrorCode, get_mcp_request, record_decision, send_error
+
+from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["StreamingProxy", "pooled_client"]
 
@@ -39,11 +42,13 @@ _HOP_BY_HOP = frozenset(
         b"trailers",
         b"transfer-encoding",
         b"upgrade",
+        b"content-length",  # set again from the body actually sent
     }
 )
-_DROP_UP = _HOP_BY_HOP | {b"host", b"authorization", b"cookie"}
-_DROP_UP_KEEP_AUTH = _HOP_BY_HOP | {b"host", b"cookie"}
-_DROP_DOWN = _HOP_BY_HOP | {b"date", b"server", b"set-cookie"}
+_DROP_UP = _HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"x-forwarded-for", b"x-forwarded-proto"}
+_DROP_UP_KEEP_AUTH = _DROP_UP - {b"authorization"}
+_DROP_DOWN = (_HOP_BY_HOP - {b"content-length"}) | {b"date", b"server", b"set-cookie"}
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def pooled_client(
@@ -54,7 +59,7 @@ def pooled_client(
     max_keepalive: int = 100,
     verify: bool = True,
 ) -> httpx2.AsyncClient:
-    """The pooled keep-alive client a backend shares between its proxy and its aggregate session.
+    """The pooled keep-alive `httpx2` client the aggregate's SDK session to a remote backend uses.
 
     No read timeout: SSE responses and the legacy GET stream stay open as long as the
     backend streams; per-call deadlines belong to the caller.
@@ -81,83 +86,112 @@ class StreamingProxy:
         *,
         headers: Mapping[str, str] | None = None,
         forward_authorization: bool = False,
-        client: httpx2.AsyncClient | None = None,
+        connect_timeout: float = 10.0,
+        max_idle: int = 100,
+        verify: bool = True,
     ) -> None:
-        self.url = url.rstrip("/") if url.endswith("/") and not url.endswith("://") else url
+        parts = urlsplit(url)
+        self.url = url
+        self.path = (parts.path or "/").encode("latin-1")
+        context: ssl.SSLContext | None = None
+        if parts.scheme == "https" and not verify:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        self.pool = UpstreamPool(url, connect_timeout=connect_timeout, max_idle=max_idle, ssl_context=context)
+        own = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        self._own = b"".join(k + b": " + v + b"\r\n" for k, v in own)
+        self._drop = (_DROP_UP_KEEP_AUTH if forward_authorization else _DROP_UP) | {k for k, _ in own}
+        self._host = b"host: " + self.pool.host_header + b"\r\n"
         self.forward_authorization = forward_authorization
-        self._own_client = client is None
-        self.client = client if client is not None else pooled_client(headers=headers)
-        self._drop = _DROP_UP_KEEP_AUTH if forward_authorization else _DROP_UP
 
     async def aclose(self) -> None:
-        if self._own_client:
-            await self.client.aclose()
+        await self.pool.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
             return
-        request = self._build(scope, receive)
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the client left before sending its request
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
         body_sent = anyio.Event()
-        request.stream = _RequestBody(receive, body_sent)
+        head, chunked = self._head(scope, body, more_body)
+        rest = None if not more_body else _rest_of_body(receive, body_sent)
+        if rest is None:
+            body_sent.set()
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx2.TimeoutException:
+            response = await self.pool.request(head, body, rest, chunked=chunked)
+        except TimeoutError:
             await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time")
             return
-        except httpx2.HTTPError as exc:
+        except UpstreamError as exc:
             logger.warning("backend %s unreachable: %s", self.url, exc)
             await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable")
             return
         except _ClientGone:
             return
         try:
-            headers = [(k.lower(), v) for k, v in response.headers.raw if k.lower() not in _DROP_DOWN]
-            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-            if "content-length" in response.headers:  # a finite body (JSON): no stream to cancel, no watcher
-                await self._relay(scope, response, send)
+            headers = [(k, v) for k, v in response.headers if k not in _DROP_DOWN]
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            if any(k == b"content-length" for k, _ in headers):  # a finite body (JSON): nothing to cancel
+                await self._relay(scope, response.body(), send)
                 return
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_on_disconnect, receive, body_sent, group.cancel_scope)
-                await self._relay(scope, response, send)
+                await self._relay(scope, response.body(), send)
                 group.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
+            await response.aclose()
 
-    async def _relay(self, scope: Scope, response: httpx2.Response, send: Send) -> None:
-        try:
-            async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx2.HTTPError as exc:  # the backend died mid-stream: end the response, say why in the log
-            logger.warning("backend %s broke off a response: %s", self.url, exc)
-            record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    def _build(self, scope: Scope, receive: Receive) -> httpx2.Request:
+    def _head(self, scope: Scope, body: bytes, more_body: bool) -> tuple[bytes, bool]:
+        """The request line and headers for the backend, and whether the body goes chunked."""
         drop = self._drop
-        headers: list[tuple[bytes, bytes]] = []
-        accept_encoding = length = False
+        declared: bytes | None = None
+        lines = [scope["method"].encode("latin-1"), b" ", self.path]
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            lines += [b"?", query]
+        lines += [b" HTTP/1.1\r\n", self._host, self._own]
+        accept_encoding = False
         for key, value in scope["headers"]:
             if key in drop:
+                if key == b"content-length":
+                    declared = value
                 continue
             if key == b"accept-encoding":
                 accept_encoding = True
-            elif key == b"content-length":
-                length = True
-            headers.append((key, value))
-        if not length and scope["method"] in ("POST", "PUT", "PATCH"):
-            headers.append((b"transfer-encoding", b"chunked"))  # a body of unknown length is streamed up as it comes
-        if not accept_encoding:  # otherwise httpx2 would ask for gzip the client never asked for
-            headers.append((b"accept-encoding", b"identity"))
+            lines += [key, b": ", value, b"\r\n"]
+        if not accept_encoding:
+            lines.append(b"accept-encoding: identity\r\n")
         client = scope.get("client")
         if client:
-            headers.append((b"x-forwarded-for", str(client[0]).encode("latin-1")))
-        headers.append((b"x-forwarded-proto", str(scope.get("scheme", "http")).encode("latin-1")))
-        query: bytes = scope.get("query_string", b"")
-        url = self.url if not query else f"{self.url}?{query.decode('latin-1')}"
-        return self.client.build_request(scope["method"], url, headers=headers)
+            lines += [b"x-forwarded-for: ", str(client[0]).encode("latin-1"), b"\r\n"]
+        lines += [b"x-forwarded-proto: ", str(scope.get("scheme", "http")).encode("latin-1"), b"\r\n"]
+        chunked = False
+        if not more_body:
+            if body or scope["method"] in _BODY_METHODS:
+                lines += [b"content-length: ", str(len(body)).encode("ascii"), b"\r\n"]
+        elif declared is not None:
+            lines += [b"content-length: ", declared, b"\r\n"]
+        else:  # a body of unknown length: streamed up as it comes
+            lines.append(b"transfer-encoding: chunked\r\n")
+            chunked = True
+        lines.append(b"\r\n")
+        return b"".join(lines), chunked
+
+    async def _relay(self, scope: Scope, chunks: AsyncIterator[bytes], send: Send) -> None:
+        try:
+            async for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError) as exc:
+            # The backend died mid-stream: end the response (the client sees it cut), say why in the log.
+            logger.warning("backend %s broke off a response: %r", self.url, exc)
+            record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _fail(self, scope: Scope, send: Send, status: int, code: int, message: str) -> None:
         request = get_mcp_request(scope)
@@ -176,29 +210,19 @@ class _ClientGone(Exception):
     """The client disconnected while its request body was being sent up."""
 
 
-class _RequestBody(httpx2.AsyncByteStream):
-    """The client's body as it arrives; then the client's `receive` belongs to the disconnect watcher."""
-
-    def __init__(self, receive: Receive, done: anyio.Event) -> None:
-        self._receive = receive
-        self._done = done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._done.is_set():
-            return
-        more = True
-        while more:
-            message = await self._receive()
-            if message["type"] != "http.request":
-                raise _ClientGone
-            chunk: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            if chunk:
-                yield chunk
-        self._done.set()
+async def _rest_of_body(receive: Receive, done: anyio.Event) -> AsyncIterator[bytes]:
+    """The client's body after the first message, as it arrives; then `receive` belongs to the watcher."""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        more = message.get("more_body", False)
+        yield message.get("body", b"")
+    done.set()
 
 
-async def _cancel_on_disconnect(receive: Receive, body_sent: anyio.Event, scope: Any) -> None:
+async def _cancel_on_disconnect(receive: Receive, body_sent: anyio.Event, scope: anyio.CancelScope) -> None:
     """Closing the client's stream is cancellation (modern era): stop streaming, close the backend's."""
     await body_sent.wait()
     while True:

@@ -220,9 +220,9 @@ class TracingMiddleware:
 
     The instrumentation's own `http.server.*` metrics are off unless `http_metrics=True`
     (they cost more per request than the span). Refused and malformed requests get a span
-    too (with `error.type`). Providers default to
-    the global ones; with the OpenTelemetry API alone (no SDK, or none configured) and no
-    access log, the middleware only lets the core read the request.
+    too (with `error.type`). Providers default to the global ones; with the OpenTelemetry API
+    alone (no SDK, or none configured) and no access log, the middleware only lets the core
+    read the request.
 
     >>> from mcp.server.mcpserver import MCPServer
     >>> from opentelemetry.sdk.trace import TracerProvider

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,7 +18,8 @@ from mcp.client.auth import OAuthClientProvider, TokenStorage
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tests.conftest import Served
+from tests.conftest import Served, serve_app
+from tests.servers import build_server
 
 
 class Slot:
@@ -208,3 +209,20 @@ def challenge_params(response: httpx2.Response) -> dict[str, str]:
     scheme, _, rest = value.partition(" ")
     assert scheme == "Bearer"
     return dict(re.findall(r'(\w+)="([^"]*)"', rest))
+
+
+@dataclass
+class Site:
+    """One served test MCP server for a whole module; each test plugs its own middleware into `slot`."""
+
+    served: Served
+    slot: Slot
+    mcp_app: ASGIApp
+
+
+@pytest.fixture(scope="module")
+def site() -> Iterator[Site]:
+    mcp_app = build_server().streamable_http_app()
+    slot = Slot(mcp_app)
+    with serve_app(slot) as served:
+        yield Site(served, slot, mcp_app)

@@ -13,18 +13,16 @@ from starlette.routing import Mount, Route
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.core import CoreConfig, ErrorCode
-from tests.auth.conftest import challenge_params, post_mcp, serve_late
-from tests.servers import build_server
+from tests.auth.conftest import Site, challenge_params, post_mcp
 
 pytestmark = pytest.mark.anyio
 
 AS_URL = "https://login.example.com"
 
 
-def start(serve: Any, **options: Any) -> str:
-    mcp_app = build_server().streamable_http_app()
-    served, slot = serve_late(serve, mcp_app)
-    slot.app = AuthMiddleware(
+def start(site: Site, **options: Any) -> str:
+    served, mcp_app = site.served, site.mcp_app
+    site.slot.app = AuthMiddleware(
         mcp_app,
         verifier=StaticTokenVerifier({"reader": ["mcp:read"], "admin": ["mcp:read", "admin"]}, resource=served.mcp_url),
         resource=served.mcp_url,
@@ -46,8 +44,8 @@ def assert_jsonrpc_error(response: httpx2.Response, status: int, code: int, requ
     return body["error"]  # type: ignore[no-any-return]
 
 
-async def test_no_credentials_get_a_challenge_without_an_error_code(serve: Any) -> None:
-    url = start(serve)
+async def test_no_credentials_get_a_challenge_without_an_error_code(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url)
     assert_jsonrpc_error(response, 401, ErrorCode.UNAUTHORIZED)
     params = challenge_params(response)
@@ -56,8 +54,8 @@ async def test_no_credentials_get_a_challenge_without_an_error_code(serve: Any) 
     assert params["scope"] == "mcp:read"
 
 
-async def test_basic_credentials_are_not_bearer_credentials(serve: Any) -> None:
-    url = start(serve)
+async def test_basic_credentials_are_not_bearer_credentials(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url, authorization="Basic YWxpY2U6c2VjcmV0")
     error = assert_jsonrpc_error(response, 401, ErrorCode.UNAUTHORIZED)
     assert "error" not in challenge_params(response)
@@ -76,8 +74,8 @@ async def test_basic_credentials_are_not_bearer_credentials(serve: Any) -> None:
     ],
     ids=["unknown", "empty", "two-words", "quoted", "non-ascii", "oversized"],
 )
-async def test_bad_bearer_tokens_are_invalid_tokens(serve: Any, authorization: str | bytes, description: str) -> None:
-    url = start(serve)
+async def test_bad_bearer_tokens_are_invalid_tokens(site: Site, authorization: str | bytes, description: str) -> None:
+    url = start(site)
     response = await post_mcp(url, authorization=authorization)
     error = assert_jsonrpc_error(response, 401, ErrorCode.UNAUTHORIZED)
     params = challenge_params(response)
@@ -86,14 +84,14 @@ async def test_bad_bearer_tokens_are_invalid_tokens(serve: Any, authorization: s
     assert error["data"] == {"error": "invalid_token", "error_description": description}
 
 
-async def test_the_401_challenge_names_the_scopes_of_the_operation(serve: Any) -> None:
-    url = start(serve)
+async def test_the_401_challenge_names_the_scopes_of_the_operation(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url, params={"name": "large", "arguments": {"size": 1}})
     assert challenge_params(response)["scope"] == "admin bulk mcp:read"
 
 
-async def test_insufficient_scope_names_every_scope_needed(serve: Any) -> None:
-    url = start(serve)
+async def test_insufficient_scope_names_every_scope_needed(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url, authorization="Bearer admin", params={"name": "large", "arguments": {"size": 1}})
     error = assert_jsonrpc_error(response, 403, ErrorCode.FORBIDDEN)
     params = challenge_params(response)
@@ -104,28 +102,28 @@ async def test_insufficient_scope_names_every_scope_needed(serve: Any) -> None:
     assert error["data"]["requiredScopes"] == ["admin", "bulk", "mcp:read"]
 
 
-async def test_a_token_in_the_query_string_is_refused(serve: Any) -> None:
-    url = start(serve)
+async def test_a_token_in_the_query_string_is_refused(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url + "?access_token=reader", authorization="Bearer reader")
     assert_jsonrpc_error(response, 400, -32600)
     assert challenge_params(response)["error"] == "invalid_request"
 
 
-async def test_two_authorization_headers_are_refused(serve: Any) -> None:
-    url = start(serve)
+async def test_two_authorization_headers_are_refused(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url, authorization="Bearer reader", extra_headers=[("authorization", "Bearer admin")])
     assert_jsonrpc_error(response, 400, -32600)
 
 
-async def test_a_valid_token_passes(serve: Any) -> None:
-    url = start(serve)
+async def test_a_valid_token_passes(site: Site) -> None:
+    url = start(site)
     response = await post_mcp(url, authorization="bearer reader")  # the scheme is case-insensitive
     assert response.status_code == 200
     assert "hi" in response.text
 
 
-async def test_get_stream_and_delete_need_a_token_too(serve: Any) -> None:
-    url = start(serve)
+async def test_get_stream_and_delete_need_a_token_too(site: Site) -> None:
+    url = start(site)
     async with httpx2.AsyncClient() as client:
         get = await client.get(url, headers={"accept": "text/event-stream", "mcp-session-id": "abc"})
         delete = await client.delete(url, headers={"mcp-session-id": "abc"})
@@ -133,8 +131,8 @@ async def test_get_stream_and_delete_need_a_token_too(serve: Any) -> None:
     assert orjson.loads(get.content)["id"] is None
 
 
-async def test_cors_preflight_passes_without_a_token(serve: Any) -> None:
-    url = start(serve)
+async def test_cors_preflight_passes_without_a_token(site: Site) -> None:
+    url = start(site)
     async with httpx2.AsyncClient() as client:
         response = await client.options(
             url, headers={"origin": "http://127.0.0.1", "access-control-request-method": "POST"}
@@ -142,8 +140,8 @@ async def test_cors_preflight_passes_without_a_token(serve: Any) -> None:
     assert response.status_code != 401
 
 
-async def test_protected_resource_metadata_at_the_path_inserted_url(serve: Any) -> None:
-    url = start(serve)
+async def test_protected_resource_metadata_at_the_path_inserted_url(site: Site) -> None:
+    url = start(site)
     metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
     async with httpx2.AsyncClient() as client:
         response = await client.get(metadata_url, headers={"origin": "https://app.example"})
@@ -162,9 +160,8 @@ async def test_protected_resource_metadata_at_the_path_inserted_url(serve: Any) 
     }
 
 
-async def test_metadata_is_at_the_host_root_when_the_mcp_app_is_mounted_under_a_prefix(serve: Any) -> None:
-    mcp_app = build_server().streamable_http_app()
-    served, slot = serve_late(serve, mcp_app)
+async def test_metadata_is_at_the_host_root_when_the_mcp_app_is_mounted_under_a_prefix(site: Site) -> None:
+    served, slot, mcp_app = site.served, site.slot, site.mcp_app
     resource = f"{served.base}/api/mcp"
 
     async def health(request: Any) -> PlainTextResponse:
@@ -192,9 +189,8 @@ async def test_metadata_is_at_the_host_root_when_the_mcp_app_is_mounted_under_a_
     assert allowed.status_code == 200
 
 
-async def test_public_paths_need_no_token(serve: Any) -> None:
-    mcp_app = build_server().streamable_http_app()
-    served, slot = serve_late(serve, mcp_app)
+async def test_public_paths_need_no_token(site: Site) -> None:
+    served, slot, mcp_app = site.served, site.slot, site.mcp_app
 
     async def health(request: Any) -> PlainTextResponse:
         return PlainTextResponse("ok")

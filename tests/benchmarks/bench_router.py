@@ -71,6 +71,8 @@ async def remote_ratio(quick: bool) -> dict[str, Any]:
     repeats, duration, warmup, connections = (2, 2.0, 0.5, 16) if quick else (5, 5.0, 1.0, 16)
     direct: list[float] = []
     mounted: list[float] = []
+    backend_cpu: list[float] = []  # ms of backend CPU per request, straight
+    proxy_cpu: list[float] = []  # ms of router CPU per proxied request
     try:
         await wait_ready(backend, app="bare")
         await wait_ready(router, path="/mcp/remote", app="bare")
@@ -88,12 +90,26 @@ async def remote_ratio(quick: bool) -> dict[str, Any]:
                 )
                 if run.errors:
                     raise RuntimeError(f"{name}: {run.errors} errors, first {run.first_error}")
-                (direct if name == "direct" else mounted).append(run.completed / run.seconds)
+                # CPU per request of the process under load (robust to other load on the machine):
+                # the backend's when called straight, the router's when proxied.
+                if name == "direct":
+                    direct.append(run.rps)
+                    backend_cpu.append(run.server_us_per_request / 1000)
+                else:
+                    mounted.append(run.rps)
+                    proxy_cpu.append(run.server_us_per_request / 1000)
     finally:
         router.stop()
         backend.stop()
     ratio = median(mounted) / median(direct)
-    return {"direct_rps": median(direct), "mounted_rps": median(mounted), "ratio": ratio, "repeats": repeats}
+    return {
+        "direct_rps": median(direct),
+        "mounted_rps": median(mounted),
+        "ratio": ratio,
+        "repeats": repeats,
+        "backend_cpu_ms": median(backend_cpu),
+        "proxy_cpu_ms": median(proxy_cpu),
+    }
 
 
 # --- in process --------------------------------------------------------------------------------
@@ -212,6 +228,10 @@ def main(quick: bool) -> dict[str, Any]:
     lines.append(
         f"  direct {remote['direct_rps']:.0f} req/s, through the mount {remote['mounted_rps']:.0f} req/s: "
         f"ratio {remote['ratio']:.2f} (≥ {TARGET_REMOTE_RATIO}: {verdict(remote['ratio'] >= TARGET_REMOTE_RATIO)})"
+    )
+    lines.append(
+        f"  CPU per request: backend {remote['backend_cpu_ms']:.2f} ms, router (proxy) {remote['proxy_cpu_ms']:.2f} ms"
+        f" = {remote['proxy_cpu_ms'] / remote['backend_cpu_ms']:.2f} x the backend's own"
     )
     print("\n".join(lines))
     lookup_ratio = lookups[10_000] / lookups[1]

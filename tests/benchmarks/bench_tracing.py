@@ -72,7 +72,7 @@ async def run(quick: bool) -> dict[str, Any]:
     quiet.addHandler(logging.NullHandler())
     quiet.setLevel(logging.INFO)
     quiet.propagate = False
-    sdk = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+    sdk: dict[str, Any] = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
     cases = {
         "app": asgi_case("app alone", json_app, headers, body),
         "core": asgi_case("core(app)", McpCoreMiddleware(json_app), headers, body),
@@ -80,7 +80,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "sdk": asgi_case("tracing(app), SDK + batch exporter", TracingMiddleware(json_app, **sdk), headers, body),
         "log": asgi_case(
             "tracing(app), SDK + batch + access log",
-            TracingMiddleware(json_app, access_log=AccessLog(logger=quiet), **sdk),  # type: ignore[arg-type]
+            TracingMiddleware(json_app, access_log=AccessLog(logger=quiet), **sdk),
             headers,
             body,
         ),

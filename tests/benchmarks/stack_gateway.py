@@ -33,6 +33,7 @@ capacity = 1000000
 rate = 1000000
 [breaker]
 [cache]
+honor_ttl_ms = false  # the SDK says ttlMs 0 by default; an operator of a static backend overrides
 [tracing]
 access_log = false
 """

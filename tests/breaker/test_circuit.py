@@ -143,7 +143,7 @@ async def test_client_errors_and_tool_errors_do_not_trip(era: Era, serve: Any) -
     app = guarded(log, policy=trip_after(1))
     served: Served = serve(app)
     async with connect(served.mcp_url, era) as client:
-        for _ in range(3):
+        for _ in range(2):
             result = await client.call_tool("failing", {"reason": "nope"})  # isError: true
             assert result.is_error
             try:  # invalid arguments: a tool error or -32602, depending on the SDK's era

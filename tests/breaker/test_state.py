@@ -321,5 +321,5 @@ class BreakerMachine(RuleBasedStateMachine):
         assert snap.open_level == self.model.level
 
 
-BreakerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+BreakerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestBreakerMachine = BreakerMachine.TestCase

@@ -142,3 +142,27 @@ async def test_a_redis_outage_is_a_miss_not_a_failure(redis_server: Any, serve: 
     assert [r.headers["x-mcp-cache"] for r in down] == ["miss", "miss"]
     assert [r.headers["x-mcp-cache"] for r in back] == ["miss", "hit"]  # the restarted Redis is empty
     assert counter.calls["tools/list"] == 4
+
+
+async def test_an_invalidation_on_one_instance_reaches_the_other_through_redis(redis_server: Any, serve: Any) -> None:
+    """A list_changed seen by instance A drops the entry instance B would answer from (no L1: nothing to go stale)."""
+    require("redis", "the Redis store")
+    from mcp_middleware.cache import ResponseCacheMiddleware
+    from tests.cache.helpers import CachedStack, DecisionLog
+
+    stacks = []
+    for _ in range(2):
+        counter = CountingApp(build_backend().streamable_http_app())
+        cache = ResponseCacheMiddleware(counter, store=RedisCacheStore(redis_server.url))
+        log = DecisionLog(cache)
+        stacks.append(CachedStack(serve(PrincipalFromHeader(log)), cache, counter, log, None))
+    first, second = stacks
+    async with connect_as(first.url, "modern", "alice") as a, connect_as(second.url, "modern", "alice") as b:
+        await a.list_tools()
+        await b.list_tools()
+        assert second.calls["tools/list"] == 0
+        async with a.listen(tools_list_changed=True) as subscription:
+            await a.call_tool("add_tool", {"name": "shared_tool"})
+            await subscription.__anext__()
+        await b.list_tools()
+    assert second.calls["tools/list"] == 1  # B asked its backend again

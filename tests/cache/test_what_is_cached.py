@@ -8,7 +8,6 @@ import anyio
 import httpx2
 import pytest
 from mcp import MCPError, types
-from mcp.server.caching import CacheHint
 from mcp.server.lowlevel import Server
 
 from tests.cache.backends import PAGES, build_backend, build_paged_backend, connect_as

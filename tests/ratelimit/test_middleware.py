@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -45,23 +46,26 @@ async def test_a_limited_call_arrives_as_mcp_error_with_retry_delay_and_policy(e
 
 
 async def test_refusal_is_429_with_retry_after_ietf_fields_and_the_request_id(serve: Any) -> None:
-    served = serve(limited(policies=[BucketPolicy("burst", selector="tools/call", rate=0.5, capacity=2)]))
+    served = serve(limited(policies=[BucketPolicy("burst", selector="tools/call", rate=0.1, capacity=2)]))
     async with httpx2.AsyncClient() as http:
+        started = time.monotonic()
         first = await call_tool(http, served.mcp_url, "echo", {"text": "a"}, request_id=1)
         assert first.status_code == 200
-        assert first.headers["ratelimit-policy"] == '"burst";q=2;w=4'
-        assert first.headers["ratelimit"] == '"burst";r=1;t=2'
+        assert first.headers["ratelimit-policy"] == '"burst";q=2;w=20'  # an empty bucket takes 20 s to fill
+        assert first.headers["ratelimit"] == '"burst";r=1;t=10'  # one token left, full again in 10 s
         await call_tool(http, served.mcp_url, "echo", {"text": "b"}, request_id=2)
         refused = await call_tool(http, served.mcp_url, "echo", {"text": "c"}, request_id="third")
+        elapsed = time.monotonic() - started
     assert refused.status_code == 429
-    assert refused.headers["retry-after"] == "2"  # one token at 0.5/s
-    assert refused.headers["ratelimit-policy"] == '"burst";q=2;w=4'
-    assert refused.headers["ratelimit"] == '"burst";r=0;t=4'
     error = error_of(refused)
     assert error["id"] == "third"
     assert error["code"] == -32014
     assert error["data"]["policy"] == "burst"
-    assert 1900 <= error["data"]["retryAfterMs"] <= 2000
+    retry_ms = error["data"]["retryAfterMs"]
+    assert 10_000 - elapsed * 1000 - 1 <= retry_ms <= 10_000  # one token at 0.1/s, less what refilled meanwhile
+    assert refused.headers["retry-after"] == str(math.ceil(retry_ms / 1000))
+    assert refused.headers["ratelimit-policy"] == '"burst";q=2;w=20'
+    assert refused.headers["ratelimit"] in ('"burst";r=0;t=20', '"burst";r=0;t=19')
     assert "Traceback" not in refused.text
 
 

@@ -121,7 +121,11 @@ class Metrics:
 
     def counts(self, name: str) -> dict[frozenset[tuple[str, Any]], float]:
         """Counter value by attribute set."""
-        return {frozenset(p.attributes.items()): p.value for p in self.points(name) if isinstance(p, NumberDataPoint)}
+        return {
+            frozenset((p.attributes or {}).items()): p.value
+            for p in self.points(name)
+            if isinstance(p, NumberDataPoint)
+        }
 
     def histogram(self, name: str) -> list[HistogramDataPoint]:
         return [p for p in self.points(name) if isinstance(p, HistogramDataPoint)]

@@ -128,14 +128,18 @@ def test_rewriting_the_body_keeps_everything_but_the_trace_keys() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     tracer = TracerProvider().get_tracer("test")
-    params = {"name": "echo", "arguments": {"text": "é"}, "_meta": {"progressToken": 1, "traceparent": "old"}}
+    params: dict[str, Any] = {
+        "name": "echo",
+        "arguments": {"text": "é"},
+        "_meta": {"progressToken": 1, "traceparent": "old"},
+    }
     request = McpRequest(RequestKind.REQUEST, Era.LEGACY, "2025-11-25", method="tools/call", id="a", params=params)
     from opentelemetry import trace
 
     with tracer.start_as_current_span("x") as span:
         body = with_trace_context(request, trace.set_span_in_context(span))
     assert body is not None
-    message = orjson.loads(body)
+    message: dict[str, Any] = orjson.loads(body)
     assert message["id"] == "a" and message["method"] == "tools/call"
     assert message["params"]["arguments"] == {"text": "é"}
     assert message["params"]["_meta"]["progressToken"] == 1

@@ -29,10 +29,9 @@ DURATION = "mcp.server.operation.duration"
 
 def by_method_and_tool(metrics: Metrics) -> dict[tuple[Any, Any, Any], int]:
     return {
-        (p.attributes.get("mcp.method.name"), p.attributes.get("gen_ai.tool.name"), p.attributes.get("error.type")): (
-            p.count
-        )
+        (a.get("mcp.method.name"), a.get("gen_ai.tool.name"), a.get("error.type")): p.count
         for p in metrics.histogram(DURATION)
+        for a in [dict(p.attributes or {})]
     }
 
 
@@ -58,10 +57,11 @@ async def test_operation_duration_is_recorded_by_method_tool_and_error_type(
     assert counts[("tools/list", None, None)] >= 1  # the client lists tools to validate results
     metric = metrics.metric(DURATION)
     assert metric.unit == "s"
-    [echo] = [p for p in metrics.histogram(DURATION) if p.attributes.get("gen_ai.tool.name") == "echo"]
+    [echo] = [p for p in metrics.histogram(DURATION) if (p.attributes or {}).get("gen_ai.tool.name") == "echo"]
     assert tuple(echo.explicit_bounds) == DURATION_BUCKETS
-    assert echo.attributes["mcp.protocol.version"] == ("2026-07-28" if era == "modern" else "2025-11-25")
-    assert echo.attributes["gen_ai.operation.name"] == "execute_tool"
+    attributes = dict(echo.attributes or {})
+    assert attributes["mcp.protocol.version"] == ("2026-07-28" if era == "modern" else "2025-11-25")
+    assert attributes["gen_ai.operation.name"] == "execute_tool"
     assert 0 < echo.sum < 5
     if era == "legacy":  # notifications are operations too (acknowledged with 202)
         assert counts[("notifications/initialized", None, None)] == 1
@@ -69,7 +69,7 @@ async def test_operation_duration_is_recorded_by_method_tool_and_error_type(
 
 async def test_decisions_feed_the_counters(serve: Any, metrics: Metrics) -> None:
     # The other middlewares are stood in for by a decider recording what they would record.
-    decisions = [
+    decisions: list[tuple[str, str, dict[str, Any]]] = [
         ("auth", "deny", {"reason": "expired"}),
         ("ratelimit", "deny", {"policy": "burst", "remaining": 0}),
         ("breaker", "open", {"key": "backend"}),
@@ -120,7 +120,7 @@ def test_client_chosen_names_are_bounded() -> None:
     data = reader.get_metrics_data()
     assert data is not None
     names = {
-        p.attributes["gen_ai.tool.name"]
+        (p.attributes or {})["gen_ai.tool.name"]
         for m in data.resource_metrics[0].scope_metrics[0].metrics
         if m.name == DURATION
         for p in m.data.data_points

@@ -52,11 +52,11 @@ async def test_a_tool_call_gets_one_span_named_and_attributed_by_the_mcp_convent
     assert attributes["mcp.protocol.version"] == VERSION[era]
     assert attributes["gen_ai.tool.name"] == "echo"
     assert attributes["gen_ai.operation.name"] == "execute_tool"
-    assert attributes["jsonrpc.request.id"].isdigit()
+    assert str(attributes["jsonrpc.request.id"]).isdigit()
     assert http_status(attributes) == 200
     assert "error.type" not in attributes and span.status.status_code is StatusCode.UNSET
     if era == "legacy":
-        session = attributes["mcp.session.id"]
+        session = str(attributes["mcp.session.id"])
         assert len(session) >= 16  # the session the SDK minted at initialize
         # The session's GET stream and its DELETE are spans too (the stream's ends when it closes).
         for name in ("GET /mcp", "DELETE /mcp"):
@@ -182,7 +182,7 @@ async def test_refused_and_malformed_requests_get_a_span_with_error_type(
 
 @pytest.mark.parametrize("era", ERAS)
 async def test_decisions_of_other_middlewares_land_on_the_span(serve: Any, spans: Spans, era: Era) -> None:
-    decisions = [
+    decisions: list[tuple[str, str, dict[str, Any]]] = [
         ("auth", "allow", {"subject": "alice"}),
         ("ratelimit", "allow", {"policy": "per-user", "remaining": 4}),
         ("cache", "miss", {}),
@@ -305,3 +305,19 @@ async def test_a_crashing_app_gives_error_type_the_exception_class(serve: Any, s
     span = await spans.named("tools/list")
     assert (span.attributes or {})["error.type"] == "RuntimeError"
     assert span.status.status_code is StatusCode.ERROR
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_without_the_sdks_own_span_each_request_has_exactly_one_server_span(
+    serve: Any, spans: Spans, era: Era
+) -> None:
+    from mcp.server._otel import OpenTelemetryMiddleware as SdkSpans
+
+    server = build_server()
+    server.middleware[:] = [m for m in server.middleware if not isinstance(m, SdkSpans)]  # as docs/observability.md
+    served: Served = serve(traced(spans, server.streamable_http_app()))
+    async with connect(served.mcp_url, era) as client:
+        await client.call_tool("echo", {"text": "hi"})
+    ours = await spans.named("tools/call echo")
+    servers = [s for s in spans.finished() if s.kind is SpanKind.SERVER and s.name == "tools/call echo"]
+    assert servers == [ours]
