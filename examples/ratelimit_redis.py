@@ -22,6 +22,7 @@ from starlette.routing import Mount
 from mcp_middleware.ratelimit import BucketPolicy, FailureMode, QuotaPolicy, RateLimitMiddleware, RedisBucketStore
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_TIMEOUT = float(os.environ.get("REDIS_TIMEOUT", "0.25"))  # seconds; a slow Redis counts as down
 FAILURE: FailureMode = "closed" if os.environ.get("RATELIMIT_FAILURE") == "closed" else "open"
 
 server = MCPServer("shared limits demo")
@@ -45,8 +46,9 @@ limited = RateLimitMiddleware(
         BucketPolicy("search", selector="tools/call:search", rate=2, capacity=5),
         QuotaPolicy("hourly", selector="tools/call", limit="500/hour", strategy="sliding-window-counter"),
     ],
-    store=RedisBucketStore.from_url(REDIS_URL, timeout=0.25),
+    store=RedisBucketStore.from_url(REDIS_URL, timeout=REDIS_TIMEOUT),
     quota_storage=REDIS_URL,  # any `limits` storage URI
+    quota_timeout=REDIS_TIMEOUT,
     namespace="demo:",  # keeps this server's keys apart from others sharing the Redis
     failure=FAILURE,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -307,8 +308,12 @@ async def test_the_consent_page_approves_and_denies(serve: Any) -> None:
         assert page.status_code == 200
         assert page.headers["content-type"].startswith("text/html")
         assert "<script>x</script>" not in page.text, "client-provided names are escaped"
-        form = dict(parse_qs(urlsplit(str(page.request.url)).query, keep_blank_values=True))
-        fields = {k: v[0] for k, v in form.items()}
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text))
+        assert fields["client_id"] == client_id and fields["code_challenge"] == challenge and fields["consent"]
+        forged = await http.post(
+            f"{served.base}/authorize", data={**fields, "consent": "forged", "decision": "approve"}
+        )
+        assert forged.status_code == 400, "only a consent form the server rendered can approve"
         approved = query_of(
             await http.post(f"{served.base}/authorize", data={**fields, "username": "ada", "decision": "approve"})
         )
@@ -318,6 +323,11 @@ async def test_the_consent_page_approves_and_denies(serve: Any) -> None:
                 tokens["access_token"]
             )
         ).subject == "ada"
+        replayed = await http.post(f"{served.base}/authorize", data={**fields, "decision": "approve"})
+        assert replayed.status_code == 400, "a consent form decides once"
+        fields["consent"] = dict(
+            re.findall(r'name="(consent)" value="([^"]*)"', (await auth.authorize(client_id, challenge)).text)
+        )["consent"]
         denied = query_of(await http.post(f"{served.base}/authorize", data={**fields, "decision": "deny"}))
         assert denied["error"] == "access_denied"
         assert denied["state"] == "st-1"

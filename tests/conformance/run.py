@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .server import MCP_PATH, VARIANTS
+from .server import MCP_PATH, VARIANT_PATHS, VARIANTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = PROJECT_ROOT / ".cache" / "conformance"
@@ -35,7 +35,7 @@ SUITE_PACKAGE = "@modelcontextprotocol/conformance"
 SUITE_VERSION = "0.1.16"
 NODE_PACKAGE = "node@22"  # the system node may be too old; npm ships node as a package
 BASELINE = "bare"
-DEFAULT_VARIANTS = ("bare", "core")
+DEFAULT_VARIANTS = ("bare", "core", "stack", "gateway")
 
 INSTALL_TIMEOUT_S = 300
 SUITE_TIMEOUT_S = 600  # one full suite run takes a few seconds; this only stops a hang
@@ -174,7 +174,7 @@ def serve_variant(variant: str, log_path: Path) -> Iterator[str]:
         )
         try:
             _wait_until_serving(port, process, time.monotonic() + SERVER_START_TIMEOUT_S)
-            yield f"http://127.0.0.1:{port}{MCP_PATH}"
+            yield f"http://127.0.0.1:{port}{VARIANT_PATHS.get(variant, MCP_PATH)}"
         finally:
             _stop(process)
 

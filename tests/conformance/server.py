@@ -497,11 +497,85 @@ def _core_middleware() -> Callable[[ASGIApp], ASGIApp]:
     return McpCoreMiddleware
 
 
+DEV_TOKEN = "conformance-dev-token"
+
+
+class _WithToken:
+    """The suite's client sends no credentials; a client with a (static dev) token would send this header.
+
+    Everything behind it verifies the token for real; this only stands in for the client's side.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
+            scope = {**scope, "headers": [*headers, (b"authorization", f"Bearer {DEV_TOKEN}".encode())]}
+        await self.app(scope, receive, send)
+
+
+def stack_app() -> ASGIApp:
+    """The conformance server behind every middleware, in the recommended order (DESIGN.md §3.2):
+    tracing → auth (static dev token) → rate limit (never tripping) → cache → breaker."""
+    from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
+    from mcp_middleware.breaker import CircuitBreakerMiddleware
+    from mcp_middleware.cache import ResponseCacheMiddleware
+    from mcp_middleware.ratelimit import BucketPolicy, RateLimitMiddleware
+    from mcp_middleware.tracing import TracingMiddleware
+
+    app = CircuitBreakerMiddleware(bare_app())
+    app = ResponseCacheMiddleware(app)
+    app = RateLimitMiddleware(app, policies=[BucketPolicy(name="conformance", rate=10_000.0, capacity=10_000.0)])
+    app = AuthMiddleware(
+        app,
+        verifier=StaticTokenVerifier({DEV_TOKEN: ["mcp"]}),
+        resource="http://127.0.0.1/mcp",
+        require_audience=False,
+    )
+    return _WithToken(TracingMiddleware(app))
+
+
+def gateway_app() -> ASGIApp:
+    """The conformance server at the reference gateway's path mount `/mcp/conformance`, with auth
+    (static dev token), rate limits, breaker, cache and tracing all on."""
+    from mcp_middleware.gateway.app import build_gateway
+    from mcp_middleware.gateway.config import parse_config
+
+    config = parse_config(
+        f"""
+[gateway]
+[[servers]]
+name = "conformance"
+app = "tests.conformance.server:bare_app"
+[auth]
+mode = "static"
+[auth.tokens]
+"{DEV_TOKEN}" = ["mcp"]
+[ratelimit]
+[[ratelimit.policies]]
+name = "per-user"
+capacity = 10000
+rate = 10000
+[breaker]
+[cache]
+[tracing]
+access_log = false
+"""
+    )
+    return _WithToken(build_gateway(config).app)
+
+
 # One entry per middleware stack under test; each call builds everything afresh.
 VARIANTS: dict[str, Callable[[], ASGIApp]] = {
     "bare": bare_app,
     "core": lambda: _core_middleware()(bare_app()),
+    "stack": stack_app,
+    "gateway": gateway_app,
 }
+VARIANT_PATHS: dict[str, str] = {"gateway": "/mcp/conformance"}
+"""Where a variant serves MCP, when not at `MCP_PATH`."""
 
 
 def build_app(variant: str) -> ASGIApp:

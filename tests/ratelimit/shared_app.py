@@ -17,6 +17,8 @@ RATE = 0.5
 
 
 def build() -> ASGIApp:
-    store = RedisBucketStore.from_url(os.environ["RATELIMIT_TEST_REDIS"])
+    # A generous timeout and fail-closed: on a loaded test machine a slow Redis reply must show up as a
+    # 503 (which the test rejects), never as a silent fail-open admission that would blur the count.
+    store = RedisBucketStore.from_url(os.environ["RATELIMIT_TEST_REDIS"], timeout=5.0)
     policy = BucketPolicy("shared", selector="tools/call", rate=RATE, capacity=CAPACITY)
-    return RateLimitMiddleware(build_server().streamable_http_app(), policies=[policy], store=store)
+    return RateLimitMiddleware(build_server().streamable_http_app(), policies=[policy], store=store, failure="closed")

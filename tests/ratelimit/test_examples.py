@@ -47,6 +47,7 @@ async def test_the_redis_example_shares_its_buckets_between_instances(
     era: Era, serve: Any, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", redis_server.url)
+    monkeypatch.setenv("REDIS_TIMEOUT", "5")  # a loaded test machine must not look like an outage
     module = importlib.import_module("examples.ratelimit_redis")
     first = serve(importlib.reload(module).app)
     second = serve(importlib.reload(module).app)

@@ -327,3 +327,42 @@ async def test_unknown_http_path_next_to_the_aggregate(serve: Any) -> None:
         response = await http.post("/elsewhere", json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == -32600
+
+
+def asking_backend() -> Server[Any]:
+    """A modern backend whose tool needs an answer from the user first (MRTR `input_required`)."""
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> Any:
+        answers = params.input_responses or {}
+        if "name" not in answers:
+            question = types.ElicitRequest(
+                params=types.ElicitRequestFormParams(
+                    message="Your name?",
+                    requested_schema={"type": "object", "properties": {"name": {"type": "string"}}},
+                )
+            )
+            return types.InputRequiredResult(input_requests={"name": question}, request_state="asked-once")
+        answer = answers["name"]
+        assert isinstance(answer, types.ElicitResult) and params.request_state == "asked-once"
+        return types.CallToolResult(content=[types.TextContent(text=f"hello {answer.content['name']}")])  # type: ignore[index]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="greet", input_schema={"type": "object"})])
+
+    return Server("asking", on_call_tool=call_tool, on_list_tools=list_tools)
+
+
+async def test_input_required_passes_through_and_the_retry_is_routed_back(serve: Any) -> None:
+    router = McpRouter()
+    router.mount("asking", asking_backend().streamable_http_app())
+    served = serve(router)
+    asked: list[str] = []
+
+    async def answer(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "Ada"})
+
+    async with connect(served.mcp_url, "modern", elicitation_callback=answer) as client:
+        result = await client.call_tool("asking__greet", {})
+    assert asked == ["Your name?"]  # the backend's question reached the client unchanged
+    assert result.content[0].text == "hello Ada"  # type: ignore[union-attr]  # the retry reached the backend

@@ -89,6 +89,7 @@ async def test_body_of_unknown_length_streams_up_chunked(serve: Any) -> None:
         async def body() -> AsyncIterator[bytes]:
             for part in (b'{"jsonrpc":"2.0",', b'"id":1,', b'"method":"tools/list"}'):
                 yield part
+                await asyncio.sleep(0.05)  # separate arrivals: the proxy must pass them on as they come
 
         async with httpx2.AsyncClient(base_url=served.base, timeout=10) as http:
             answer = await http.post("/mcp/raw", content=body(), headers={"content-type": "application/json"})

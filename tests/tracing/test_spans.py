@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
+import anyio.lowlevel
 import httpx2
 import orjson
 import pytest
@@ -321,3 +323,36 @@ async def test_without_the_sdks_own_span_each_request_has_exactly_one_server_spa
     ours = await spans.named("tools/call echo")
     servers = [s for s in spans.finished() if s.kind is SpanKind.SERVER and s.name == "tools/call echo"]
     assert servers == [ours]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_concurrent_requests_each_get_their_own_parent(serve: Any, spans: Spans, era: Era) -> None:
+    served: Served = serve(traced(spans))
+    async with connect(served.mcp_url, era) as client, anyio.create_task_group() as group:
+        for index in range(12):
+            group.start_soon(client.call_tool, "lookup", {"key": f"k{index}"})
+    await anyio.lowlevel.checkpoint()
+    for _ in range(500):  # the last spans end just after their responses left
+        ours = {s.attributes["jsonrpc.request.id"]: s for s in spans.ours() if s.name == "tools/call lookup"}
+        theirs = [s for s in spans.sdk_servers() if s.name == "tools/call lookup"]
+        if len(ours) == len(theirs) == 12:
+            break
+        await anyio.sleep(0.01)
+    assert len(ours) == len(theirs) == 12
+    for server_span in theirs:  # each SDK span sits under the request span of the same JSON-RPC id
+        parent = ours[(server_span.attributes or {})["jsonrpc.request.id"]]
+        assert server_span.parent is not None and parent.context is not None
+        assert server_span.parent.span_id == parent.context.span_id
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_large_request_body_is_rewritten_whole(serve: Any, spans: Spans, era: Era) -> None:
+    text = "é" * 200_000  # 400 KB of UTF-8 in many chunks: the rewritten body and its Content-Length agree
+    served: Served = serve(traced(spans))
+    async with connect(served.mcp_url, era) as client:
+        result = await client.call_tool("echo", {"text": text})
+    assert result.content[0].text == text  # type: ignore[union-attr]
+    theirs = await spans.named("tools/call echo", scope=SDK)
+    ours = await spans.named("tools/call echo")
+    assert theirs.parent is not None and ours.context is not None
+    assert theirs.parent.span_id == ours.context.span_id

@@ -155,6 +155,7 @@ class EmbeddedAuthorizationServer:
             raise ValueError("algorithm must be RS256 or ES256")
         self.key.ensure_kid()
         self.algorithm = algorithm
+        self._consents = _ConsentNonces()
         self._authlib = _Authlib(self)
         self.metadata = self._build_metadata()
         self.app = Starlette(routes=self._routes())
@@ -273,6 +274,9 @@ class EmbeddedAuthorizationServer:
             )
         if request.method == "GET" and not self.auto_approve:
             return self._consent_page(oauth, grant)
+        if request.method == "POST" and not self._consents.take(oauth.form.get("consent", "")):
+            # Only a form this server rendered may decide (no cross-site POST approves a client).
+            return _error_page(InvalidRequestError("The consent form expired or was not issued here"))
         if request.method == "POST" and oauth.form.get("decision") != "approve":
             user = None
         else:
@@ -308,8 +312,9 @@ class EmbeddedAuthorizationServer:
 
     def _consent_page(self, oauth: _Request, grant: Any) -> Response:
         client: RegisteredClient = grant.client
+        fields = {**oauth.args, "consent": self._consents.issue()}
         hidden = "".join(
-            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in oauth.args.items()
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields.items()
         )
         scopes = html.escape(oauth.scope or "(none)")
         name = html.escape(client.client_name or client.client_id)
@@ -548,6 +553,26 @@ class _Registration(ClientRegistrationEndpoint):  # type: ignore[misc]
         )
         self.server.owner.store.save_client(client)
         return client
+
+
+class _ConsentNonces:
+    """Single-use nonces for rendered consent forms, valid ten minutes, at most 10 000 outstanding."""
+
+    def __init__(self, ttl: float = 600.0, limit: int = 10_000) -> None:
+        self.ttl = ttl
+        self.limit = limit
+        self._issued: dict[str, float] = {}
+
+    def issue(self) -> str:
+        nonce = secrets.token_urlsafe(24)
+        self._issued[nonce] = time.monotonic() + self.ttl
+        while len(self._issued) > self.limit:
+            del self._issued[next(iter(self._issued))]
+        return nonce
+
+    def take(self, nonce: str) -> bool:
+        deadline = self._issued.pop(nonce, None)
+        return deadline is not None and deadline > time.monotonic()
 
 
 def _error_page(error: OAuth2Error) -> Response:
