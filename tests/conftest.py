@@ -89,9 +89,9 @@ class _LoopProbe:
 
 
 @contextlib.contextmanager
-def serve_app(app: ASGIApp) -> Iterator[Served]:
-    """Serve `app` (lifespan on) on a free loopback port until the block ends."""
-    port = free_port()
+def serve_app(app: ASGIApp, port: int | None = None) -> Iterator[Served]:
+    """Serve `app` (lifespan on) on a free loopback port (or `port`) until the block ends."""
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     served = Served(base=f"http://127.0.0.1:{port}", server=server)

@@ -126,6 +126,7 @@ class JwksKeys:
         self._fetched_at = -float("inf")
         self._attempted_at = -float("inf")
         self._lock = asyncio.Lock()
+        self._generation = 0
         self.fetches = 0
         """How many fetches were attempted (for tests and metrics)."""
 
@@ -150,10 +151,12 @@ class JwksKeys:
         return await self._refresh(stale_ok=True)
 
     async def _refresh(self, *, stale_ok: bool) -> _KeyIndex:
-        attempted = self._attempted_at
+        generation = self._generation
         async with self._lock:
-            if self._attempted_at != attempted and self._index is not None:
-                return self._index  # someone else fetched while we waited
+            if self._generation != generation:  # a fetch finished while we waited: share its outcome
+                if self._index is not None:
+                    return self._index
+                raise self._unavailable()
             self._attempted_at = self._clock()
             self.fetches += 1
             try:
@@ -162,12 +165,17 @@ class JwksKeys:
                 logger.warning("JWKS fetch from %s failed: %s", self.uri, exc)
                 if stale_ok and self._index is not None:
                     return self._index
-                raise VerificationUnavailable(
-                    "The authorization server's keys are unavailable", retry_after=self.min_refetch_interval
-                ) from exc
+                raise self._unavailable() from exc
+            finally:
+                self._generation += 1
             self._index = index
             self._fetched_at = self._attempted_at
             return index
+
+    def _unavailable(self) -> VerificationUnavailable:
+        return VerificationUnavailable(
+            "The authorization server's keys are unavailable", retry_after=max(1.0, self.min_refetch_interval)
+        )
 
     async def _download(self) -> Any:
         if self._client is not None:

@@ -130,7 +130,9 @@ class AuthMiddleware:
         self.unavailable_retry_after = unavailable_retry_after
         self.config = config
         self._public = CoreConfig(paths=tuple(public_paths)) if public_paths else None
-        self.metadata_url = metadata_url(resource)
+        # Without an authorization server to name there is no metadata document to point at,
+        # unless the application serves it itself (`serve_metadata=False`).
+        self.metadata_url = metadata_url(resource) if authorization_servers or not serve_metadata else None
         if scopes_supported is None:
             scopes_supported = sorted(self.required_scopes.union(*rules.values()))
         self.metadata = (
@@ -278,7 +280,8 @@ class AuthMiddleware:
             parts.append(f'error="{error}"')
             if description:
                 parts.append(f'error_description="{_quotable(description)}"')
-        parts.append(f'resource_metadata="{self.metadata_url}"')
+        if self.metadata_url is not None:
+            parts.append(f'resource_metadata="{self.metadata_url}"')
         scope_text = " ".join(sorted(scopes))
         if scope_text:
             parts.append(f'scope="{scope_text}"')

@@ -39,6 +39,7 @@ from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -56,6 +57,9 @@ ROUTER_META_KEY = "io.github.mcp-middleware/router"
 """The `_meta` key under which the aggregate reports failed backends and name collisions."""
 
 _MAX_BACKEND_PAGES = 1000
+_ENVELOPE_PREFIX = "io.modelcontextprotocol/"
+_LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"
+_PER_HOP_META = frozenset({"progressToken"})
 _CURSOR_VERSION = 1
 
 
@@ -161,6 +165,7 @@ class AggregateServer:
         self._legacy_sessions: OrderedDict[str, ServerSession] = OrderedDict()
         self._max_listeners = max_listeners
         self._bus = InMemorySubscriptionBus()
+        self._inflight: dict[str, list[ServerRequestContext[Any]]] = {}
         self.server = _RouterServer(
             name,
             on_list_tools=self._list_tools,
@@ -197,7 +202,13 @@ class AggregateServer:
             for server, backend in self.backends.items():
                 link = self._shared_links.get(server)
                 if link is None or link.backend is not backend:
-                    link = BackendLink(server, backend, group=group, on_change=self._backend_changed)
+                    link = BackendLink(
+                        server,
+                        backend,
+                        group=group,
+                        on_change=self._backend_changed,
+                        client_options=self._relay_callbacks,
+                    )
                     self._shared_links[server] = link
                     owned.append(link)
                 else:  # one session (one process, for stdio) serves the bridge and the aggregate
@@ -375,7 +386,7 @@ class AggregateServer:
         async def relay(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
 
-        async with self._guard(ctx, server, "tools/call", params.name):
+        async with self._guard(ctx, server, "tools/call", params.name), self._in_flight(ctx, server):
             result: types.CallToolResult | types.InputRequiredResult = await client.session.call_tool(
                 name,
                 params.arguments,
@@ -393,7 +404,7 @@ class AggregateServer:
         self._remember(ctx)
         server, name = await self._resolve(_PROMPTS, params.name, "prompt")
         client = await self._client(server)
-        async with self._guard(ctx, server, "prompts/get", params.name):
+        async with self._guard(ctx, server, "prompts/get", params.name), self._in_flight(ctx, server):
             prompt: types.GetPromptResult | types.InputRequiredResult = await client.session.get_prompt(
                 name,
                 params.arguments,
@@ -417,7 +428,7 @@ class AggregateServer:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
         server, uri = target
         client = await self._client(server)
-        async with self._guard(ctx, server, "resources/read", public_uri):
+        async with self._guard(ctx, server, "resources/read", public_uri), self._in_flight(ctx, server):
             result: types.ReadResourceResult | types.InputRequiredResult = await client.session.read_resource(
                 uri,
                 input_responses=params.input_responses,
@@ -487,6 +498,71 @@ class AggregateServer:
                 data={"server": server},
             ) from exc
         _decide(ctx, "routed", server=server, method=method)
+
+    # --- legacy server-to-client requests ------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _in_flight(self, ctx: ServerRequestContext[Any], server: str) -> AsyncIterator[None]:
+        """While a client's call runs on a backend, that backend's requests to its client go to this one."""
+        calls = self._inflight.setdefault(server, [])
+        calls.append(ctx)
+        try:
+            yield
+        finally:
+            calls.remove(ctx)
+
+    def _relay_callbacks(self, server: str) -> dict[str, Any]:
+        """The backend session's sampling/elicitation/roots callbacks: relay to the client whose call is running.
+
+        The SDK does not tell a client which of its requests a server request belongs to,
+        so the router relays only when exactly one call of a client that can answer
+        (a legacy session) is running on that backend; otherwise the backend gets an error.
+        """
+
+        async def relay(request: Any, result_type: type[Any]) -> Any:
+            calls = [c for c in self._inflight.get(server, ()) if c.session.can_send_request]
+            if len(calls) != 1:
+                reason = "no client call is running" if not calls else "several client calls are running"
+                return types.ErrorData(
+                    code=JsonRpcCode.INVALID_REQUEST,
+                    message=f"mcp-router cannot relay {request.method} from {server}: {reason}",
+                )
+            ctx = calls[0]
+            try:
+                return await ctx.session.send_request(
+                    request, result_type, metadata=ServerMessageMetadata(related_request_id=ctx.request_id)
+                )
+            except MCPError as exc:
+                return exc.error
+            except Exception as exc:  # the client cannot answer (no back channel, went away)
+                return types.ErrorData(code=JsonRpcCode.INTERNAL_ERROR, message=_short(exc))
+
+        async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
+            return await relay(types.CreateMessageRequest(params=params), types.CreateMessageResult)
+
+        async def elicitation(context: Any, params: Any) -> Any:
+            return await relay(types.ElicitRequest(params=params), types.ElicitResult)
+
+        async def roots(context: Any) -> Any:
+            return await relay(types.ListRootsRequest(), types.ListRootsResult)
+
+        async def log(params: types.LoggingMessageNotificationParams) -> None:
+            calls = self._inflight.get(server, ())
+            if len(calls) != 1:  # not attributable to one client: the router's own log keeps it
+                logger.info("backend %s log [%s]: %s", server, params.level, params.data)
+                return
+            ctx = calls[0]
+            with contextlib.suppress(Exception):
+                await ctx.session.send_log_message(
+                    params.level, params.data, params.logger, related_request_id=ctx.request_id
+                )
+
+        return {
+            "sampling_callback": sampling,
+            "elicitation_callback": elicitation,
+            "list_roots_callback": roots,
+            "logging_callback": log,
+        }
 
     # --- list_changed relay --------------------------------------------------------------------
 
@@ -601,7 +677,9 @@ def _forwarded_meta(meta: Any) -> types.RequestParamsMeta | None:
     if meta is None:
         return None
     raw = meta if isinstance(meta, dict) else meta.model_dump(by_alias=True, exclude_none=True)
-    kept = {k: v for k, v in raw.items() if k != "progressToken" and not k.startswith("io.modelcontextprotocol/")}
+    kept = {k: v for k, v in raw.items() if k not in _PER_HOP_META and not k.startswith(_ENVELOPE_PREFIX)}
+    if _LOG_LEVEL_KEY in raw:  # the client's log opt-in travels on, so the backend's logs come back to it
+        kept[_LOG_LEVEL_KEY] = raw[_LOG_LEVEL_KEY]
     return cast("types.RequestParamsMeta", kept) if kept else None
 
 

@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import httpx2
@@ -42,6 +42,8 @@ class Backend:
     """
 
     timeout: float
+    mode: Literal["auto", "legacy"]
+    """How the aggregate's session negotiates: "auto" (2026-07-28 when the backend speaks it) or "legacy"."""
 
     def path_app(self) -> ASGIApp | None:
         """The ASGI app a path mount dispatches to, or None when the router must bridge (stdio)."""
@@ -78,6 +80,7 @@ class InProcessBackend(Backend):
     app: ASGIApp
     path: str = "/mcp"
     timeout: float = 30.0
+    mode: Literal["auto", "legacy"] = "auto"
     run_lifespan: bool = True
     """False when something else (a host app) already runs the app's lifespan."""
 
@@ -89,7 +92,7 @@ class InProcessBackend(Backend):
         transport = AsgiStreamTransport(self.app)
         async with httpx2.AsyncClient(transport=transport, base_url=_INPROCESS_ORIGIN, timeout=None) as http:
             streams = streamable_http_client(f"{_INPROCESS_ORIGIN}{self.path}", http_client=http)
-            async with Client(streams, mode="auto", cache=None, **options) as client:
+            async with Client(streams, mode=self.mode, cache=None, **options) as client:
                 yield client
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -115,6 +118,7 @@ class HttpBackend(Backend):
     headers: Mapping[str, str] = field(default_factory=dict)
     forward_authorization: bool = False
     timeout: float = 30.0
+    mode: Literal["auto", "legacy"] = "auto"
     connect_timeout: float = 10.0
     max_connections: int = 200
     verify: bool = True
@@ -148,7 +152,7 @@ class HttpBackend(Backend):
     @contextlib.asynccontextmanager
     async def open_client(self, **options: Any) -> AsyncIterator[Client]:
         streams = streamable_http_client(self.url, http_client=self.client)
-        async with Client(streams, mode="auto", cache=None, **options) as client:
+        async with Client(streams, mode=self.mode, cache=None, **options) as client:
             yield client
 
     @contextlib.asynccontextmanager
@@ -183,6 +187,7 @@ class StdioBackend(Backend):
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     timeout: float = 30.0
+    mode: Literal["auto", "legacy"] = "auto"
     restart_delay: float = 0.5
     max_restart_delay: float = 30.0
     health_interval: float = 5.0
@@ -195,7 +200,7 @@ class StdioBackend(Backend):
         params = StdioServerParameters(
             command=self.command, args=list(self.args), env=dict(self.env) if self.env else None, cwd=self.cwd
         )
-        async with Client(params, mode="auto", cache=None, **options) as client:
+        async with Client(params, mode=self.mode, cache=None, **options) as client:
             yield client
 
     @property

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
-import re
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -292,3 +293,11 @@ def test_symmetric_and_unknown_algorithms_cannot_be_configured() -> None:
     for algorithms in (["HS256"], ["none"], []):
         with pytest.raises(ValueError, match="algorithms"):
             JwksTokenVerifier(jwks={"keys": []}, issuer=ISSUER, audience="https://x/mcp", algorithms=algorithms)
+
+
+async def test_concurrent_first_requests_share_one_jwks_fetch(jwks_site: JwksSite) -> None:
+    setup = start(jwks_site)
+    tokens = [setup.issuer.token(sub=f"user-{n}") for n in range(20)]
+    results = await asyncio.gather(*(setup.verifier.check(token) for token in tokens))
+    assert sorted(r.subject or "" for r in results) == sorted(f"user-{n}" for n in range(20))
+    assert len(setup.host.hits) == 1

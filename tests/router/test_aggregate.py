@@ -9,6 +9,7 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from pydantic import BaseModel
 from mcp import MCPError
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import Context, MCPServer
@@ -17,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from mcp_middleware.router import ROUTER_META_KEY, HttpBackend, InProcessBackend, McpRouter, NamingPolicy, PrefixMode
 from tests.conftest import ERAS, Era, connect, free_port
 from tests.router.servers import team_server
-from tests.servers import PROGRESS_INTERVAL, build_server
+from tests.servers import PROGRESS_INTERVAL, ToolLog, build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -366,3 +367,96 @@ async def test_input_required_passes_through_and_the_retry_is_routed_back(serve:
         result = await client.call_tool("asking__greet", {})
     assert asked == ["Your name?"]  # the backend's question reached the client unchanged
     assert result.content[0].text == "hello Ada"  # type: ignore[union-attr]  # the retry reached the backend
+
+
+def legacy_asking_server() -> MCPServer:
+    server = MCPServer("legacy-asking")
+
+    @server.tool()
+    async def confirm(action: str, ctx: Context) -> str:
+        """Ask the user (legacy elicitation, a server-to-client request) before acting."""
+
+        class Answer(BaseModel):
+            ok: bool
+
+        answer = await ctx.elicit(f"Really {action}?", Answer)
+        return f"{action}: {answer.action} {answer.data.ok if answer.data else None}"
+
+    @server.tool()
+    async def ask_model(question: str, ctx: Context) -> str:
+        """Ask the client's model (legacy sampling)."""
+        result = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=types.TextContent(text=question))], max_tokens=10
+        )
+        return f"model said {result.content.text}"  # type: ignore[union-attr]
+
+    return server
+
+
+async def test_legacy_server_to_client_requests_reach_the_calling_client(serve: Any) -> None:
+    router = McpRouter()
+    # The aggregate's session to this backend speaks 2025-11-25, so the backend asks with real
+    # server-to-client requests (a 2026-07-28 backend would answer input_required instead, tested above).
+    router.mount("asking", InProcessBackend(legacy_asking_server().streamable_http_app(), mode="legacy"))
+    served = serve(router)
+    seen: list[str] = []
+
+    async def elicitation(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        seen.append(params.message)
+        return types.ElicitResult(action="accept", content={"ok": True})
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        seen.append(params.messages[0].content.text)  # type: ignore[union-attr]
+        return types.CreateMessageResult(role="assistant", content=types.TextContent(text="42"), model="test")
+
+    async with connect(
+        served.mcp_url, "legacy", elicitation_callback=elicitation, sampling_callback=sampling
+    ) as client:
+        confirmed = await client.call_tool("asking__confirm", {"action": "deploy"})
+        sampled = await client.call_tool("asking__ask_model", {"question": "meaning of life?"})
+    assert seen == ["Really deploy?", "meaning of life?"]
+    assert confirmed.content[0].text == "deploy: accept True"  # type: ignore[union-attr]
+    assert sampled.content[0].text == "model said 42"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_backend_logs_during_a_call_reach_the_calling_client(era: Era, serve: Any) -> None:
+    backend = MCPServer("chatty")
+
+    @backend.tool()
+    async def work(ctx: Context) -> str:
+        await ctx.info("working on it")
+        return "worked"
+
+    router = McpRouter()
+    router.mount("chatty", backend.streamable_http_app())
+    served = serve(router)
+    logs: list[Any] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    options: dict[str, Any] = {"logging_callback": on_log}
+    if era == "modern":
+        options["log_level"] = "info"  # 2026-07-28: logs are an opt-in per request
+    async with connect(served.mcp_url, era, **options) as client:
+        if era == "legacy":
+            await client.set_logging_level("info")
+        result = await client.call_tool("chatty__work", {})
+    assert result.content[0].text == "worked"  # type: ignore[union-attr]
+    assert logs == ["working on it"]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_client_cancellation_reaches_the_backend(era: Era, serve: Any) -> None:
+    log = ToolLog()
+    router = McpRouter()
+    router.mount("test", build_server(log).streamable_http_app())
+    served = serve(router)
+    async with connect(served.mcp_url, era) as client:
+        with anyio.move_on_after(0.5):
+            await client.call_tool("test__slow", {"steps": 20})
+        with anyio.fail_after(5):
+            while log.events[-1:] != ["cancelled"]:
+                await anyio.sleep(0.05)  # noqa: ASYNC110 (the backend's log is plain data, no event to wait on)
+    assert log.events == ["started", "cancelled"]

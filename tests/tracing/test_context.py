@@ -8,6 +8,8 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_middleware.core import Era, McpRequest, RequestKind
 from mcp_middleware.tracing import TracingMiddleware
@@ -152,3 +154,39 @@ def test_rewriting_the_body_keeps_everything_but_the_trace_keys() -> None:
     assert body is not None and "id" not in orjson.loads(body)
     odd = request._replace(params={"name": "echo", "_meta": "not an object"})
     assert with_trace_context(odd, trace.set_span_in_context(span)) is None
+
+
+JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    params=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "_meta"), JSON_VALUES, max_size=5),
+    meta=st.none() | st.dictionaries(st.sampled_from(["progressToken", "traceparent", "x/y", "baggage"]), JSON_SCALARS),
+    request_id=st.integers(0, 2**31) | st.text(min_size=1, max_size=8),
+)
+def test_the_rewritten_body_differs_only_in_the_trace_keys(
+    params: dict[str, Any], meta: dict[str, Any] | None, request_id: int | str
+) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    full = {**params, "_meta": meta} if meta is not None else params
+    request = McpRequest(RequestKind.REQUEST, Era.MODERN, MODERN, method="tools/call", id=request_id, params=full)
+    with TracerProvider().get_tracer("test").start_as_current_span("request") as span:
+        body = with_trace_context(request, trace.set_span_in_context(span))
+    assert body is not None
+    message = orjson.loads(body)
+    assert message["id"] == request_id and message["method"] == "tools/call" and message["jsonrpc"] == "2.0"
+    rewritten = dict(message["params"])
+    new_meta = rewritten.pop("_meta")
+    assert rewritten == params
+    kept = {k: v for k, v in (meta or {}).items() if k not in ("traceparent", "tracestate", "baggage")}
+    assert {k: v for k, v in new_meta.items() if k not in ("traceparent", "tracestate", "baggage")} == kept
+    context = span.get_span_context()
+    assert new_meta["traceparent"].startswith(f"00-{context.trace_id:032x}-{context.span_id:016x}-")
