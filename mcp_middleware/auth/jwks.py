@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import httpx2
 import orjson
 from joserfc.errors import (
@@ -125,7 +125,7 @@ class JwksKeys:
         self._index: _KeyIndex | None = None
         self._fetched_at = -float("inf")
         self._attempted_at = -float("inf")
-        self._lock = asyncio.Lock()
+        self._lock = anyio.Lock()
         self._generation = 0
         self.fetches = 0
         """How many fetches were attempted (for tests and metrics)."""
@@ -142,15 +142,15 @@ class JwksKeys:
             return index
         if index is not None and now - self._attempted_at < self.min_refetch_interval:
             return index  # stale, but the issuer was asked recently and failed: keep serving
-        return await self._refresh(stale_ok=True)
+        return await self._refresh()
 
     async def refresh_for_unknown_kid(self) -> _KeyIndex | None:
         """Fetch early because a token names a key we do not have; `None` if rate-limited."""
         if self._clock() - self._attempted_at < self.min_refetch_interval:
             return None
-        return await self._refresh(stale_ok=True)
+        return await self._refresh()
 
-    async def _refresh(self, *, stale_ok: bool) -> _KeyIndex:
+    async def _refresh(self) -> _KeyIndex:
         generation = self._generation
         async with self._lock:
             if self._generation != generation:  # a fetch finished while we waited: share its outcome
@@ -163,7 +163,7 @@ class JwksKeys:
                 index = _KeyIndex.parse(await self._download())
             except (httpx2.HTTPError, ValueError) as exc:
                 logger.warning("JWKS fetch from %s failed: %s", self.uri, exc)
-                if stale_ok and self._index is not None:
+                if self._index is not None:  # keep serving the keys we have
                     return self._index
                 raise self._unavailable() from exc
             finally:

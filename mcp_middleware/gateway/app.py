@@ -488,7 +488,7 @@ def _readiness(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
     async def breakers() -> tuple[bool, str]:
         open_ = []
         for name, registry in stack.breakers:
-            for snapshot in registry.snapshot():
+            for snapshot in registry.snapshot().values():
                 if snapshot.state.value != "closed":
                     open_.append(f"{name}: {snapshot.state.value}")
         total = len(stack.breakers)

@@ -41,6 +41,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode, record_decision
@@ -177,6 +178,10 @@ class AggregateServer:
             on_read_resource=self._read_resource,
             on_subscriptions_listen=ListenHandler(self._bus),
         )
+        # Legacy clients choose their log level per session (logging/setLevel); the router remembers it and
+        # asks backends for logs at that level on each call (added this way: the SDK warns on the kwarg).
+        self._log_levels: OrderedDict[str, str] = OrderedDict()
+        self.server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_log_level)
         self._app = self.server.streamable_http_app(streamable_http_path=path, transport_security=transport_security)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -393,7 +398,7 @@ class AggregateServer:
                 progress_callback=relay,
                 input_responses=params.input_responses,
                 request_state=params.request_state,
-                meta=_forwarded_meta(params.meta),
+                meta=self._meta_for(ctx, params.meta),
                 allow_input_required=True,
             )
         return result
@@ -410,7 +415,7 @@ class AggregateServer:
                 params.arguments,
                 input_responses=params.input_responses,
                 request_state=params.request_state,
-                meta=_forwarded_meta(params.meta),
+                meta=self._meta_for(ctx, params.meta),
                 allow_input_required=True,
             )
         return prompt
@@ -433,7 +438,7 @@ class AggregateServer:
                 uri,
                 input_responses=params.input_responses,
                 request_state=params.request_state,
-                meta=_forwarded_meta(params.meta),
+                meta=self._meta_for(ctx, params.meta),
                 allow_input_required=True,
             )
         if isinstance(result, types.ReadResourceResult) and self.naming.prefix is not PrefixMode.NEVER:
@@ -498,6 +503,25 @@ class AggregateServer:
                 data={"server": server},
             ) from exc
         _decide(ctx, "routed", server=server, method=method)
+
+    async def _set_log_level(
+        self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
+    ) -> types.EmptyResult:
+        session_id = _session_id(ctx)
+        if session_id is not None:
+            self._log_levels[session_id] = params.level
+            self._log_levels.move_to_end(session_id)
+            while len(self._log_levels) > self._max_listeners:
+                self._log_levels.popitem(last=False)
+        return types.EmptyResult()
+
+    def _meta_for(self, ctx: ServerRequestContext[Any], meta: Any) -> types.RequestParamsMeta | None:
+        forwarded = _forwarded_meta(meta)
+        session_id = _session_id(ctx)
+        level = self._log_levels.get(session_id) if session_id is not None else None
+        if level is not None and (forwarded is None or _LOG_LEVEL_KEY not in forwarded):
+            forwarded = cast("types.RequestParamsMeta", {**(forwarded or {}), _LOG_LEVEL_KEY: level})
+        return forwarded
 
     # --- legacy server-to-client requests ------------------------------------------------------
 
@@ -568,10 +592,7 @@ class AggregateServer:
 
     def _remember(self, ctx: ServerRequestContext[Any]) -> None:
         """Legacy sessions get list_changed on their standalone stream: keep one handle per session."""
-        if ctx.protocol_version.startswith("2026") or ctx.request is None:
-            return
-        headers = getattr(ctx.request, "headers", None)
-        session_id = headers.get("mcp-session-id") if headers is not None else None
+        session_id = _session_id(ctx)
         if session_id is None:
             return
         sessions = self._legacy_sessions
@@ -691,6 +712,15 @@ def _short(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         return _short(exc.exceptions[0])
     return (str(exc) or type(exc).__name__)[:200]
+
+
+def _session_id(ctx: ServerRequestContext[Any]) -> str | None:
+    """The legacy session a request belongs to (None in the stateless 2026-07-28 era)."""
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or ctx.request is None:
+        return None
+    headers = getattr(ctx.request, "headers", None)
+    value = headers.get("mcp-session-id") if headers is not None else None
+    return value if isinstance(value, str) else None
 
 
 def _decide(ctx: ServerRequestContext[Any], outcome: str, **attributes: str | int) -> None:

@@ -138,7 +138,7 @@ class FaultInjector:
 
     - `"raise"`: the app raises before responding (a proxy whose backend connection failed);
     - `"vanish"`: the app returns without a response;
-    - `"break"`: an SSE response sends one progress event, then the app raises;
+    - `"break"`: an SSE response sends one notification (progress if asked for), then the app raises;
     - `None`: behave.
     """
 
@@ -164,12 +164,13 @@ class FaultInjector:
             await send(
                 {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
             )
-            progress = {
-                "jsonrpc": "2.0",
-                "method": "notifications/progress",
-                "params": {"progressToken": request.progress_token, "progress": 1, "total": 2},
-            }
-            event = b"event: message\r\ndata: " + orjson.dumps(progress) + b"\r\n\r\n"
+            token = request.progress_token
+            notification = (
+                {"method": "notifications/progress", "params": {"progressToken": token, "progress": 1, "total": 2}}
+                if token is not None
+                else {"method": "notifications/message", "params": {"level": "info", "data": "working"}}
+            )
+            event = b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", **notification}) + b"\r\n\r\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
             raise ConnectionResetError("backend stream broke off")
         await self.app(scope, receive, send)

@@ -166,3 +166,40 @@ def test_a_server_that_cannot_be_loaded_is_a_config_error(tmp_path: Path, monkey
 
 _unused: Callable[[ASGIApp], Any] | None = None
 del _unused, sys
+
+
+def test_readiness_reports_an_open_breaker_and_stays_ready_while_others_serve(tmp_path: Path) -> None:
+    from mcp_middleware.gateway.config import parse_config
+    from tests.conftest import free_port
+
+    dead = free_port()  # nothing listens there
+    config = parse_config(
+        f"""
+[[servers]]
+name = "live"
+app = "tests.servers:build_server"
+[[servers]]
+name = "dead"
+url = "http://127.0.0.1:{dead}/mcp"
+[aggregate]
+enabled = false
+[breaker]
+failure_threshold = 2
+open_seconds = 60
+"""
+    )
+    built = build_gateway(config)
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    with serve_app(built.app) as served:
+        statuses = [httpx2.post(f"{served.base}/mcp/dead", json=body, headers=headers).status_code for _ in range(3)]
+        assert statuses[0] == 502 and statuses[-1] == 503  # unreachable, then the breaker fails fast
+        ready = httpx2.get(f"{served.base}/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"]["breakers"]["detail"] == "dead: open"
+        assert httpx2.post(f"{served.base}/mcp/live", json=body, headers=headers).status_code == 200

@@ -10,6 +10,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
 
 from mcp_middleware.core import Era, McpRequest, RequestKind
 from mcp_middleware.tracing import TracingMiddleware
@@ -127,8 +128,6 @@ def test_meta_carrier_takes_only_the_w3c_keys_and_needs_a_traceparent() -> None:
 
 
 def test_rewriting_the_body_keeps_everything_but_the_trace_keys() -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-
     tracer = TracerProvider().get_tracer("test")
     params: dict[str, Any] = {
         "name": "echo",
@@ -156,6 +155,7 @@ def test_rewriting_the_body_keeps_everything_but_the_trace_keys() -> None:
     assert with_trace_context(odd, trace.set_span_in_context(span)) is None
 
 
+_TRACER = TracerProvider().get_tracer("test")
 JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 JSON_VALUES = st.recursive(
     JSON_SCALARS,
@@ -174,11 +174,10 @@ def test_the_rewritten_body_differs_only_in_the_trace_keys(
     params: dict[str, Any], meta: dict[str, Any] | None, request_id: int | str
 ) -> None:
     from opentelemetry import trace
-    from opentelemetry.sdk.trace import TracerProvider
 
     full = {**params, "_meta": meta} if meta is not None else params
     request = McpRequest(RequestKind.REQUEST, Era.MODERN, MODERN, method="tools/call", id=request_id, params=full)
-    with TracerProvider().get_tracer("test").start_as_current_span("request") as span:
+    with _TRACER.start_as_current_span("request") as span:
         body = with_trace_context(request, trace.set_span_in_context(span))
     assert body is not None
     message = orjson.loads(body)

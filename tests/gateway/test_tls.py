@@ -1,0 +1,88 @@
+"""TLS through the server's certificate options: the gateway serves HTTPS with the configured certificate."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+import pytest
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.config import parse_config
+from tests.conftest import free_port
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert, key_file = folder / "cert.pem", folder / "key.pem"
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert, key_file
+
+
+@pytest.mark.anyio
+async def test_the_gateway_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    config = parse_config(
+        f"""
+[gateway]
+port = {port}
+tls_certfile = "{cert}"
+tls_keyfile = "{key}"
+[[servers]]
+name = "local"
+app = "tests.servers:build_server"
+"""
+    )
+    gateway = build_gateway(config)
+    assert gateway.base_url == f"https://127.0.0.1:{port}"
+    server = uvicorn.Server(gateway.uvicorn_config())
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            await anyio.sleep(0.02)
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with httpx2.AsyncClient(verify=trusted, timeout=30) as http:
+            assert (await http.get(f"{gateway.base_url}/healthz")).status_code == 200
+            streams = streamable_http_client(f"{gateway.base_url}/mcp/local", http_client=http)
+            async with Client(streams, cache=None) as client:
+                result = await client.call_tool("echo", {"text": "over tls"})
+        assert result.content[0].text == "over tls"  # type: ignore[union-attr]
+        with pytest.raises(httpx2.ConnectError):  # a client that does not trust the certificate refuses
+            httpx2.get(f"{gateway.base_url}/healthz")
+    finally:
+        server.should_exit = True
+        thread.join(10)
