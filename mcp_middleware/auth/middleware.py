@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
@@ -112,12 +113,16 @@ class AuthMiddleware:
         unavailable_retry_after: float = 5.0,
         config: CoreConfig = DEFAULT_CONFIG,
     ) -> None:
+        parts = urlsplit(resource)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+            raise ValueError(f"resource must be an absolute http(s) URI without fragment, got {resource!r}")
         self.app = app
         self.verifier = verifier
         self._explains = isinstance(verifier, ExplainingVerifier)
         self.resource = resource
         self.audiences = tuple(audiences) if audiences is not None else (resource,)
         self._audiences = frozenset(canonical_resource(a) for a in self.audiences)
+        self._audience_spellings = frozenset(self.audiences)
         self.required_scopes = frozenset(required_scopes)
         rules = {
             selector: frozenset([value] if isinstance(value, str) else value)
@@ -268,7 +273,10 @@ class AuthMiddleware:
             return "Token has expired"
         if access.resource is None:
             return "Token names no resource" if self.require_audience else None
-        if canonical_resource(access.resource) not in self._audiences:
+        if (
+            access.resource not in self._audience_spellings
+            and canonical_resource(access.resource) not in self._audiences
+        ):
             return "Token was not issued for this resource"
         return None
 

@@ -13,7 +13,7 @@ from cachetools import LRUCache, TTLCache
 from mcp_types.methods import CACHEABLE_METHODS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..core.decisions import record_decision
+from ..core.decisions import DecisionValue, record_decision
 from ..core.kernel import DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
 from ..core.request import Era, McpRequest, RequestKind
@@ -311,10 +311,7 @@ class ResponseCacheMiddleware:
                 if entry.fresh_until > now:
                     if method == "tools/list" and self._learn_tools and mount not in self._read_only:
                         self._learn(mount, orjson.loads(entry.result))
-                    if await self._answer(request, entry, now, sse_ok, send, "hit"):
-                        record_decision(
-                            scope, "cache", "hit", public=entry.public, age_ms=int((now - entry.stored_at) * 1000)
-                        )
+                    if await self._answer(request, entry, now, sse_ok, send, "hit", scope, public=entry.public):
                         return
                 elif self.stale_grace > 0:
                     stale = entry
@@ -335,9 +332,10 @@ class ResponseCacheMiddleware:
                     entry is not None
                     and entry.fresh_until > now
                     and (request.era is Era.MODERN or self._session_live(mount, request.session_id, partition))
-                    and await self._answer(request, entry, now, sse_ok, send, "hit")
+                    and await self._answer(
+                        request, entry, now, sse_ok, send, "hit", scope, public=entry.public, coalesced=True
+                    )
                 ):
-                    record_decision(scope, "cache", "hit", public=entry.public, age_ms=0, coalesced=True)
                     return
                 flight = None
         stored: CacheEntry | None = None
@@ -350,9 +348,20 @@ class ResponseCacheMiddleware:
                 flight.done.set()
 
     async def _answer(
-        self, request: McpRequest, entry: CacheEntry, now: float, sse_ok: bool, send: Send, status: str
+        self,
+        request: McpRequest,
+        entry: CacheEntry,
+        now: float,
+        sse_ok: bool,
+        send: Send,
+        status: str,
+        scope: Scope,
+        **decision: DecisionValue,
     ) -> bool:
-        """Send `entry` as the answer, in the form the client accepts; False if it accepts none we may use."""
+        """Send `entry` as the answer, in the form the client accepts; False if it accepts none we may use.
+
+        The decision is recorded before the answer goes out: whoever observes it sees it first.
+        """
         if request.era is Era.MODERN:
             sse = False  # a cached answer has no notifications: a modern server would answer JSON
         elif entry.sse:
@@ -367,6 +376,7 @@ class ResponseCacheMiddleware:
         if self._status_header is not None:
             headers.append((self._status_header, status.encode("ascii")))
         body = render(request.id, entry, now, sse=sse, stale=status == "stale")
+        record_decision(scope, "cache", status, age_ms=int((now - entry.stored_at) * 1000), **decision)
         await send_answer(send, body, sse=sse, extra_headers=headers)
         return True
 
@@ -511,9 +521,8 @@ class ResponseCacheMiddleware:
     async def _serve_stale(self, request: McpRequest, entry: CacheEntry, scope: Scope, send: Send, reason: str) -> None:
         now = self._clock()
         _, sse_ok = accepts(scope["headers"])
-        if not await self._answer(request, entry, now, sse_ok, send, "stale"):
-            await self._answer(request, entry._replace(sse=False), now, sse_ok, send, "stale")
-        record_decision(scope, "cache", "stale", reason=reason, age_ms=int((now - entry.stored_at) * 1000))
+        if not await self._answer(request, entry, now, sse_ok, send, "stale", scope, reason=reason):
+            await self._answer(request, entry._replace(sse=False), now, sse_ok, send, "stale", scope, reason=reason)
 
     # --- what the backend tells us -----------------------------------------------------------------
 

@@ -497,12 +497,18 @@ def _readiness(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
         return ok, "; ".join(open_) or "all closed"
 
     async def stores() -> tuple[bool, str]:
-        details = []
+        details, ok = [], True
         for store in (stack._bucket_store, stack._cache_store):
-            ping = getattr(store, "ping", None)
-            if ping is not None:
-                details.append(f"{type(store).__name__}: {'ok' if await ping() else 'unreachable'}")
-        return all(d.endswith("ok") for d in details), "; ".join(details) or "memory"
+            client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
+            if client is None:
+                continue
+            try:
+                await client.ping()
+                details.append(f"{type(store).__name__}: ok")
+            except Exception as exc:  # unreachable Redis: not ready (limits fail open/closed as configured)
+                ok = False
+                details.append(f"{type(store).__name__}: {type(exc).__name__}")
+        return ok, "; ".join(details) or "memory"
 
     async def backends() -> tuple[bool, str]:
         return bool(router.mounts), f"{len(router.mounts)} mounted"

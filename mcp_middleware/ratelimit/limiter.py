@@ -35,7 +35,13 @@ logger = logging.getLogger("mcp_middleware.ratelimit")
 
 FailureMode = Literal["open", "closed"]
 
-_STORE_ERRORS = (StoreUnavailable, StorageError, OSError, TimeoutError)
+_STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, StorageError, OSError, TimeoutError)
+try:  # a `limits` storage built without wrap_exceptions raises the client's own errors
+    from redis.exceptions import RedisError
+
+    _STORE_ERRORS += (RedisError,)
+except ImportError:  # the [redis] extra is not installed: no Redis, no Redis errors
+    pass
 _WARN_EVERY = 10.0
 """Seconds between two log warnings about the same failing store (an outage must not flood the log)."""
 

@@ -140,7 +140,8 @@ class RateLimitMiddleware:
         await self.app(scope, receive, send)
 
     async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Verdict) -> None:
-        retry_seconds = max(1, math.ceil(verdict.retry_after))
+        retry_ms = max(1, math.ceil(verdict.retry_after * 1000))
+        retry_seconds = max(1, math.ceil(retry_ms / 1000))  # Retry-After takes whole seconds, rounded up
         if verdict.degraded:
             record_decision(scope, "ratelimit", "deny", reason="store-unavailable")
             await send_error(
@@ -153,7 +154,6 @@ class RateLimitMiddleware:
                 headers=[("retry-after", str(retry_seconds))],
             )
             return
-        retry_ms = max(1, math.ceil(verdict.retry_after * 1000))
         record_decision(scope, "ratelimit", "deny", policy=verdict.policy or "", retry_after_ms=retry_ms, remaining=0)
         headers = [("retry-after", str(retry_seconds))]
         headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ratelimit_headers(verdict.states)]

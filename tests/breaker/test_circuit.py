@@ -16,9 +16,12 @@ from mcp_middleware.breaker import (
     BreakerRegistry,
     BreakerState,
     CircuitBreakerMiddleware,
+    FailureClassifier,
+    Fault,
     StateChange,
+    Verdict,
 )
-from mcp_middleware.core import ErrorCode, JsonRpcCode
+from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
 
 from .backends import BackendLog, DecisionRecorder, build_backend, modern_call, post_modern, wait_for
@@ -169,8 +172,6 @@ async def test_client_errors_and_tool_errors_do_not_trip(era: Era, serve: Any) -
 
 @pytest.mark.parametrize("era", ERAS)
 async def test_tool_errors_count_when_configured(era: Era, serve: Any) -> None:
-    from mcp_middleware.breaker import FailureClassifier
-
     log = BackendLog()
     app = guarded(log, policy=trip_after(2), classifier=FailureClassifier(count_tool_errors=True))
     served: Served = serve(app)
@@ -257,3 +258,31 @@ async def test_notifications_and_other_paths_pass_through(serve: Any) -> None:
         assert response.status_code == 202  # not a request: nothing to refuse
         elsewhere = await http.get(f"{served.base}/health")
     assert elsewhere.status_code == 404  # not MCP: untouched by the breaker
+
+
+async def test_the_classifier_is_replaceable(serve: Any) -> None:
+    def slow_is_failure(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+        """A team's own rule: an answer slower than 50 ms counts against the backend."""
+        return Verdict.FAILURE if fault is not None or outcome.duration > 0.05 else Verdict.SUCCESS
+
+    log = BackendLog()
+    app = guarded(log, policy=trip_after(1), classifier=slow_is_failure)
+    served: Served = serve(app)
+    assert (await post_modern(served.mcp_url, "echo", {"text": "quick"})).status_code == 200
+    assert app.registry.get("/mcp").state is BreakerState.CLOSED
+    assert (await post_modern(served.mcp_url, "stream", {"steps": 2})).status_code == 200  # ~100 ms
+    assert await wait_for(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"timeouts": {"*": 0}}, "timeouts must be positive"),
+        ({"timeouts": {"tools/call:": 1.0}}, "empty target"),
+        ({"per_target": [""]}, "empty selector"),
+        ({"registry": None, "policy": None, "exclude": [":x"]}, "has no method"),
+    ],
+)
+def test_nonsense_options_are_refused_at_startup(options: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        CircuitBreakerMiddleware(build_backend(BackendLog()).streamable_http_app(), **options)

@@ -88,6 +88,9 @@ name = "inst"
 app = "tests.gateway.instance_server:build"
 [aggregate]
 enabled = false
+[cache]
+store = "{redis.url.replace("/0", "/1")}"
+honor_ttl_ms = false
 [ratelimit]
 store = "{redis.url}"
 [[ratelimit.policies]]
@@ -197,3 +200,25 @@ async def test_killing_an_instance_loses_no_completed_request(cluster: Cluster) 
     # Requests are sequential: none was in flight at the kill, so none may fail; after it, g2 serves none.
     assert failures == [] and len(answers) == 40
     assert "g2" not in answers[16:] and {"g1", "g3"} <= set(answers[16:])
+
+
+def test_the_instances_share_the_cache_and_report_redis_ready(cluster: Cluster) -> None:
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    headers = {
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "prompts/list",  # a list no client of the other tests asked for
+    }
+    statuses = []
+    with httpx2.Client(timeout=30) as http:
+        for i in range(9):  # round robin: every instance answers three of them
+            body = {"jsonrpc": "2.0", "id": i, "method": "prompts/list", "params": {"_meta": meta}}
+            response = http.post(cluster.url, json=body, headers=headers)
+            assert response.status_code == 200 and response.json()["id"] == i
+            statuses.append(response.headers["x-mcp-cache"])
+        ready = http.get(cluster.url.replace("/mcp/inst", "/readyz")).json()
+    # One miss in all: the entry one instance stored is a hit on the others (Redis L2), not a miss per instance.
+    assert statuses.count("miss") == 1 and statuses[0] == "miss", statuses
+    assert ready["checks"]["stores"] == {**ready["checks"]["stores"], "ok": True}
+    assert "RedisBucketStore: ok" in ready["checks"]["stores"]["detail"]

@@ -333,7 +333,7 @@ async def test_concurrent_requests_each_get_their_own_parent(serve: Any, spans: 
             group.start_soon(client.call_tool, "lookup", {"key": f"k{index}"})
     await anyio.lowlevel.checkpoint()
     for _ in range(500):  # the last spans end just after their responses left
-        ours = {s.attributes["jsonrpc.request.id"]: s for s in spans.ours() if s.name == "tools/call lookup"}
+        ours = {(s.attributes or {})["jsonrpc.request.id"]: s for s in spans.ours() if s.name == "tools/call lookup"}
         theirs = [s for s in spans.sdk_servers() if s.name == "tools/call lookup"]
         if len(ours) == len(theirs) == 12:
             break
