@@ -127,8 +127,8 @@ async def test_streamed_answer_is_cached_and_progress_still_streams(era: Era, se
     stack = cached_stack(serve, rules={"tools/call:progress_lookup": 30})
     progress: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress_: float, total: float | None, message: str | None) -> None:
+        progress.append(progress_)
 
     async with connect_as(stack.url, era, "alice") as client:
         await client.list_tools()  # the cache learns which tools are read-only
