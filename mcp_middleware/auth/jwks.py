@@ -43,6 +43,7 @@ _KEY_TYPES: dict[str, type[Key]] = {
     "Ed25519": OKPKey,
     "Ed448": OKPKey,
 }
+_MAX_JWKS_BYTES = 1024 * 1024
 _MAX_KEYLESS_CANDIDATES = 4
 """A token without `kid` is tried against at most this many keys of its algorithm's type."""
 
@@ -184,7 +185,9 @@ class JwksKeys:
             async with httpx2.AsyncClient(timeout=self.timeout) as client:
                 response = await client.get(self.uri)
         response.raise_for_status()
-        return response.json()
+        if len(response.content) > _MAX_JWKS_BYTES:
+            raise ValueError(f"JWKS document larger than {_MAX_JWKS_BYTES} bytes")
+        return orjson.loads(response.content)
 
 
 class JwksTokenVerifier:

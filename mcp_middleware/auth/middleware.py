@@ -293,7 +293,7 @@ class AuthMiddleware:
         scope_text = " ".join(sorted(scopes))
         if scope_text:
             parts.append(f'scope="{scope_text}"')
-        return "Bearer " + ", ".join(parts)
+        return "Bearer " + ", ".join(parts) if parts else "Bearer"
 
     async def _unauthorized(
         self, scope: Scope, send: Send, request: McpRequest, error: str | None, description: str

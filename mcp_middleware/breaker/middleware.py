@@ -415,7 +415,7 @@ class _Call:
                 fault, verdict, outcome = await self._judge_abandoned()
             else:
                 outcome = self.tap.outcome()
-                verdict = middleware.classifier(request, outcome, fault)
+                verdict = self._classify(outcome, fault)
             breaker.record(permit, verdict)
             if verdict is not Verdict.SUCCESS:
                 reason = fault.value if fault is not None else _describe(outcome.status, outcome.error_code)
@@ -493,7 +493,14 @@ class _Call:
         outcome = self.tap.outcome()
         if outcome.result is None and outcome.error is None:
             return None, Verdict.NEUTRAL, outcome
-        return None, self.middleware.classifier(self.request, outcome, None), outcome
+        return None, self._classify(outcome, None), outcome
+
+    def _classify(self, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+        try:
+            return self.middleware.classifier(self.request, outcome, fault)
+        except Exception:  # a broken custom classifier must not leak the permit (a half-open probe slot)
+            logger.exception("circuit breaker classifier failed; the call counts as neutral")
+            return Verdict.NEUTRAL
 
     def _may_retry(self, attempt: int) -> bool:
         retry = self.middleware.retry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import anyio
@@ -69,43 +69,84 @@ def _as_policy(value: RuleValue) -> CachePolicy | None:
 
 
 class _Flight:
-    """One backend call that identical concurrent misses wait for."""
+    """One backend call that identical concurrent misses wait for.
 
-    __slots__ = ("done", "entry")
+    The event is made only when someone waits: most misses have no company, and an event
+    costs more than the rest of the bookkeeping.
+    """
+
+    __slots__ = ("_done", "entry", "landed")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        self._done: anyio.Event | None = None
         self.entry: CacheEntry | None = None
+        self.landed = False
+
+    async def wait(self, patience: float) -> CacheEntry | None:
+        if not self.landed:
+            if self._done is None:
+                self._done = anyio.Event()
+            with anyio.move_on_after(patience):
+                await self._done.wait()
+        return self.entry
+
+    def land(self, entry: CacheEntry | None) -> None:
+        self.entry = entry
+        self.landed = True
+        if self._done is not None:
+            self._done.set()
 
 
 class _MissResponse:
     """The `send` of a forwarded request: marks the response as a miss and remembers status and session.
 
-    With `learn`, it also reads a `tools/list` result before its last byte is forwarded, so that
-    a client calling a tool right after listing finds it already known as read-only.
+    Right after the last byte is forwarded it has the middleware settle the request (store the
+    result), so that a client's next request finds the entry. With `learn`, it also reads a
+    `tools/list` result before that last byte goes, so that a client calling a tool right after
+    listing finds it already known as read-only. It holds its context as plain attributes (no
+    closures): a miss leaves no reference cycle for the garbage collector.
     """
 
-    __slots__ = ("_body", "_header", "_learn", "_request", "_send", "_size", "ended", "on_end", "session_id", "status")
+    __slots__ = (
+        "_body",
+        "_header",
+        "_size",
+        "digest",
+        "ended",
+        "entry",
+        "generation",
+        "learn",
+        "mount",
+        "owner",
+        "partition",
+        "policy",
+        "request",
+        "scope",
+        "send_",
+        "session_id",
+        "status",
+        "tap",
+    )
 
-    def __init__(
-        self,
-        send: Send,
-        header: bytes | None,
-        request: McpRequest | None = None,
-        learn: Callable[[dict[str, Any]], None] | None = None,
-        max_bytes: int = 0,
-    ) -> None:
-        self._send = send
+    def __init__(self, send: Send, header: bytes | None, request: McpRequest | None = None) -> None:
+        self.send_ = send
         self._header = header
-        self._request = request
-        self._learn = learn
+        self.request = request
+        self.owner: ResponseCacheMiddleware | None = None
+        self.learn = False
         self._body: list[bytes] = []
-        self._size = max_bytes
+        self._size = 0
         self.status: int | None = None
         self.session_id: str | None = None
         self.ended = False
-        self.on_end: Callable[[], Awaitable[None]] | None = None
-        """Called right after the last byte was forwarded (so a client's next request finds the entry)."""
+        self.entry: CacheEntry | None = None
+        self.policy: CachePolicy | None = None
+        self.scope: Scope | None = None
+        self.tap: ResponseTap | None = None
+        self.mount = ""
+        self.partition = ""
+        self.digest = ""
+        self.generation = 0
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -117,23 +158,30 @@ class _MissResponse:
                     self.session_id = value.decode("latin-1")
             if self._header is not None:
                 message = {**message, "headers": [*headers, (self._header, b"miss")]}
-        elif kind == "http.response.body" and self._learn is not None:
+        elif kind == "http.response.body" and self.learn:
             body: bytes = message.get("body", b"")
             self._size -= len(body)
             if self._size < 0:
-                self._learn = None  # too large to read; the tap still sees it
+                self.learn = False  # too large to read here; the tap still sees it
             else:
                 self._body.append(body)
                 if not message.get("more_body", False):
                     self._read_result(b"".join(self._body))
-        await self._send(message)
-        if kind == "http.response.body" and not message.get("more_body", False) and not self.ended:
+        await self.send_(message)
+        if kind == "http.response.body" and not message.get("more_body", False):
+            await self.settle()
+
+    async def settle(self) -> None:
+        if not self.ended:
             self.ended = True
-            if self.on_end is not None:
-                await self.on_end()
+            if self.owner is not None:
+                try:
+                    self.entry = await self.owner._settle(self)
+                except Exception:  # this runs inside the app's send: a cache fault must not fail the response
+                    logger.exception("cache could not settle %s", self.request.method if self.request else "?")
 
     def _read_result(self, body: bytes) -> None:
-        assert self._learn is not None and self._request is not None
+        assert self.owner is not None and self.request is not None
         candidates = (
             [data for _, data in SseParser(len(body) + 1).feed(body, final=True)] if body[:1] != b"{" else [body]
         )
@@ -142,10 +190,10 @@ class _MissResponse:
                 message = orjson.loads(data)
             except orjson.JSONDecodeError:
                 continue
-            if isinstance(message, dict) and message.get("id") == self._request.id:
+            if isinstance(message, dict) and message.get("id") == self.request.id:
                 result = message.get("result")
                 if isinstance(result, dict) and self.status == 200:
-                    self._learn(result)
+                    self.owner._learn(self.mount, result)
                 return
 
 
@@ -324,9 +372,7 @@ class ResponseCacheMiddleware:
                 flight = self._flights[private_key] = _Flight()
                 leader = True
             else:
-                with anyio.move_on_after(self.max_wait):
-                    await flight.done.wait()
-                entry = flight.entry  # type: ignore[assignment]
+                entry = await flight.wait(self.max_wait)  # type: ignore[assignment]
                 now = self._clock()
                 if (
                     entry is not None
@@ -344,8 +390,7 @@ class ResponseCacheMiddleware:
         finally:
             if leader and flight is not None:
                 del self._flights[private_key]
-                flight.entry = stored
-                flight.done.set()
+                flight.land(stored)
 
     async def _answer(
         self,
@@ -393,23 +438,16 @@ class ResponseCacheMiddleware:
         stale: CacheEntry | None,
     ) -> CacheEntry | None:
         """Ask the backend (streaming its answer through untouched) and keep the result if it may be kept."""
-        generation = self._generation
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
-        mount = mount or self._mount(scope)
-        learn = (
-            (lambda result: self._learn(mount, result))
-            if request.method == "tools/list" and self._learn_tools
-            else None
-        )
-        header = self._status_header if policy is not None else None
-        response = _MissResponse(send, header, request, learn, self.config.max_inspect_bytes)
+        response = _MissResponse(send, self._status_header if policy is not None else None, request)
+        response.owner = self
+        response.policy, response.scope, response.tap = policy, scope, tap
+        response.mount = mount or self._mount(scope)
+        response.partition, response.digest, response.generation = partition, digest, self._generation
+        if request.method == "tools/list" and self._learn_tools:
+            response.learn = True
+            response._size = self.config.max_inspect_bytes
         guard = StaleGuard(response.send, request, self.config.max_inspect_bytes) if stale is not None else None
-        stored: list[CacheEntry | None] = [None]
-
-        async def settle() -> None:
-            stored[0] = await self._settle(policy, request, scope, tap, response, mount, partition, digest, generation)
-
-        response.on_end = settle
         try:
             await self.app(scope, receive, guard.send if guard is not None else response.send)
         except Exception:
@@ -421,24 +459,14 @@ class ResponseCacheMiddleware:
         if guard is not None and (guard.failed or not guard.forwarded):
             await self._serve_stale(request, stale, scope, send, "backend_failed")  # type: ignore[arg-type]
             return None
-        if not response.ended:
-            response.ended = True
-            await settle()
-        return stored[0]
+        await response.settle()  # if the app ended without a last body message
+        return response.entry
 
-    async def _settle(
-        self,
-        policy: CachePolicy | None,
-        request: McpRequest,
-        scope: Scope,
-        tap: ResponseTap,
-        response: _MissResponse,
-        mount: str,
-        partition: str,
-        digest: str,
-        generation: int,
-    ) -> CacheEntry | None:
+    async def _settle(self, response: _MissResponse) -> CacheEntry | None:
         """After the response: remember the session, and store the result if it may be stored."""
+        policy, request, scope, tap = response.policy, response.request, response.scope, response.tap
+        mount, partition, digest = response.mount, response.partition, response.digest
+        assert request is not None and scope is not None and tap is not None
         outcome = tap.outcome()
         status = response.status
         if request.era is Era.LEGACY and status is not None and policy is not None:
@@ -456,7 +484,7 @@ class ResponseCacheMiddleware:
             entry = self._entry(policy, request, result, outcome.content_type == "text/event-stream")
             if entry is None:
                 reason = "ttl_zero"
-            elif generation != self._generation:
+            elif response.generation != self._generation:
                 reason, entry = "invalidated", None
         if entry is not None:
             owner = PUBLIC_PARTITION if entry.public else partition
@@ -530,7 +558,11 @@ class ResponseCacheMiddleware:
         mount = self._mount(scope)
 
         async def invalidate(notification: str, uri: str | None) -> None:
-            dropped = await self._drop_for(mount, notification, uri)
+            try:
+                dropped = await self._drop_for(mount, notification, uri)
+            except Exception:  # inside the stream's send: never break the stream over the cache
+                logger.exception("cache invalidation for %s failed", notification)
+                return
             record_decision(scope, "cache", "invalidate", notification=notification, dropped=dropped)
 
         await self.app(scope, receive, StreamWatch(send, invalidate).send)

@@ -201,13 +201,20 @@ class RateLimiter:
         try:
             if quotas:
                 quota_keys = [self._storage_key(p, scope, request, seen) for p in quotas]
-                refusal = await self._test_quotas(quotas, quota_keys)
-                if refusal is not None:
-                    return refusal
+                # Test before counting only when something else could still refuse (buckets, another
+                # quota): a lone quota is simply counted, one round trip fewer.
+                if buckets or len(quotas) > 1:
+                    refusal = await self._test_quotas(quotas, quota_keys)
+                    if refusal is not None:
+                        return refusal
             states: list[PolicyState] = []
             takes: list[BucketTake] = []
             if buckets:
-                takes = [BucketTake(self._storage_key(p, scope, request, seen), p.bucket, p.cost) for p in buckets]
+                # tuple.__new__ builds these NamedTuples without their Python-level __new__ (hot path).
+                takes = [
+                    tuple.__new__(BucketTake, (self._storage_key(p, scope, request, seen), p.bucket, p.cost))
+                    for p in buckets
+                ]
                 memory = self._memory
                 decisions = memory.decide(takes, now) if memory is not None else await self.store.take(takes, now=now)
                 refused: tuple[BucketPolicy, BucketDecision] | None = None
@@ -215,7 +222,9 @@ class RateLimiter:
                     if decision.allowed:
                         reset = math.ceil(decision.reset_after - EPSILON)
                         remaining = int(decision.remaining + EPSILON)
-                        states.append(PolicyState(policy.name, policy.quota, policy.window, remaining, reset))
+                        states.append(
+                            tuple.__new__(PolicyState, (policy.name, policy.quota, policy.window, remaining, reset))
+                        )
                     elif refused is None or decision.retry_after > refused[1].retry_after:
                         refused = (policy, decision)
                 if refused is not None:  # nothing was charged: the store decides all buckets or none
@@ -231,7 +240,7 @@ class RateLimiter:
                     return refusal
         except _STORE_ERRORS as exc:
             return self._degraded(exc)
-        return Verdict(True, tuple(states))
+        return tuple.__new__(Verdict, (True, tuple(states), None, 0.0, False))
 
     async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Verdict | None:
         for policy, key in zip(quotas, keys, strict=True):

@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -156,6 +157,7 @@ class AggregateServer:
         self.debounce = debounce
         self.path = path
         self._links: dict[str, BackendLink] = {}
+        self._legacy_links: dict[str, BackendLink] = {}
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in _KINDS}
@@ -167,6 +169,7 @@ class AggregateServer:
         self._max_listeners = max_listeners
         self._bus = InMemorySubscriptionBus()
         self._inflight: dict[str, list[ServerRequestContext[Any]]] = {}
+        self._resource_subscribers: dict[tuple[str, str], set[str]] = {}  # (server, uri) -> legacy sessions
         self.server = _RouterServer(
             name,
             on_list_tools=self._list_tools,
@@ -177,6 +180,9 @@ class AggregateServer:
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
             on_subscriptions_listen=ListenHandler(self._bus),
+            on_completion=self._complete,
+            on_subscribe_resource=self._subscribe,
+            on_unsubscribe_resource=self._unsubscribe,
         )
         # Legacy clients choose their log level per session (logging/setLevel); the router remembers it and
         # asks backends for logs at that level on each call (added this way: the SDK warns on the kwarg).
@@ -222,8 +228,9 @@ class AggregateServer:
             try:
                 yield
             finally:
-                for link in owned:
+                for link in [*owned, *self._legacy_links.values()]:
                     link.close()
+                self._legacy_links.clear()
                 self._group = None
                 group.cancel_scope.cancel()
 
@@ -386,7 +393,7 @@ class AggregateServer:
     ) -> types.CallToolResult | types.InputRequiredResult:
         self._remember(ctx)
         server, name = await self._resolve(_TOOLS, params.name, "tool")
-        client = await self._client(server)
+        client = await self._client(server, ctx)
 
         async def relay(progress: float, total: float | None, message: str | None) -> None:
             await ctx.session.report_progress(progress, total, message)
@@ -408,7 +415,7 @@ class AggregateServer:
     ) -> types.GetPromptResult | types.InputRequiredResult:
         self._remember(ctx)
         server, name = await self._resolve(_PROMPTS, params.name, "prompt")
-        client = await self._client(server)
+        client = await self._client(server, ctx)
         async with self._guard(ctx, server, "prompts/get", params.name), self._in_flight(ctx, server):
             prompt: types.GetPromptResult | types.InputRequiredResult = await client.session.get_prompt(
                 name,
@@ -420,19 +427,99 @@ class AggregateServer:
             )
         return prompt
 
+    async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
+        """`(server, backend uri)` of a resource (or, with `template`, of a resource template)."""
+        if self.naming.prefix is not PrefixMode.NEVER:
+            target = split_uri(public_uri, self.backends)
+        else:  # URIs are the backends' own: a listed resource, else the first template that matches
+            target = None if template else (await self._merge(_RESOURCES)).uris.get(public_uri)
+            if target is None:
+                templates = await self._merge(_TEMPLATES)
+                if template:
+                    target = templates.uris.get(public_uri)
+                else:
+                    target = next(
+                        (
+                            (server, public_uri)
+                            for key, (server, _) in templates.uris.items()
+                            if _matches(key, public_uri)
+                        ),
+                        None,
+                    )
+        if target is None:
+            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+        return target
+
+    async def _complete(
+        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
+    ) -> types.CompleteResult:
+        self._remember(ctx)
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            label = ref.name
+            server, name = await self._resolve(_PROMPTS, ref.name, "prompt")
+            backend_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(update={"name": name})
+        else:
+            label = ref.uri
+            server, uri = await self._resolve_uri(ref.uri, template=True)
+            backend_ref = ref.model_copy(update={"uri": uri})
+        client = await self._client(server, ctx)
+        context = params.context.arguments if params.context is not None else None
+        argument = {"name": params.argument.name, "value": params.argument.value}
+        async with self._guard(ctx, server, "completion/complete", label):
+            result = await client.session.complete(backend_ref, argument, context)
+        return result
+
+    async def _subscribe(
+        self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
+    ) -> types.EmptyResult:
+        """Legacy `resources/subscribe`: subscribe at the backend once, remember who wants the updates."""
+        self._remember(ctx)
+        server, uri = await self._resolve_uri(params.uri)
+        client = await self._client(server, ctx)
+        subscribers = self._resource_subscribers.setdefault((server, uri), set())
+        if not subscribers:
+            async with self._guard(ctx, server, "resources/subscribe", params.uri):
+                await client.session.subscribe_resource(uri)
+        session_id = _session_id(ctx)
+        if session_id is not None and len(subscribers) < self._max_listeners:
+            subscribers.add(session_id)
+        return types.EmptyResult()
+
+    async def _unsubscribe(
+        self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
+    ) -> types.EmptyResult:
+        server, uri = await self._resolve_uri(params.uri)
+        subscribers = self._resource_subscribers.get((server, uri), set())
+        subscribers.discard(_session_id(ctx) or "")
+        if not subscribers:
+            self._resource_subscribers.pop((server, uri), None)
+            client = await self._client(server, ctx)
+            async with self._guard(ctx, server, "resources/unsubscribe", params.uri):
+                await client.session.unsubscribe_resource(uri)
+        return types.EmptyResult()
+
+    def _resource_updated(self, server: str, uri: str) -> None:
+        public = uri if self.naming.prefix is PrefixMode.NEVER else namespace_uri(server, uri)
+        sessions = [self._legacy_sessions.get(s) for s in self._resource_subscribers.get((server, uri), ())]
+        if self._group is None:
+            return
+
+        async def tell() -> None:
+            for session in sessions:
+                if session is not None:
+                    with contextlib.suppress(Exception):  # that client is gone
+                        await session.send_resource_updated(public)
+
+        self._group.start_soon(tell)
+
     async def _read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         self._remember(ctx)
         public_uri = params.uri
-        target = None if self.naming.prefix is PrefixMode.NEVER else split_uri(public_uri, self.backends)
-        if target is None:
-            merged = await self._merge(_RESOURCES)
-            target = merged.uris.get(public_uri)
-        if target is None:
-            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
-        server, uri = target
-        client = await self._client(server)
+        server, uri = await self._resolve_uri(public_uri)
+        client = await self._client(server, ctx)
         async with self._guard(ctx, server, "resources/read", public_uri), self._in_flight(ctx, server):
             result: types.ReadResourceResult | types.InputRequiredResult = await client.session.read_resource(
                 uri,
@@ -458,10 +545,32 @@ class AggregateServer:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
         return target
 
-    async def _client(self, server: str) -> Client:
+    def _link_for(self, ctx: ServerRequestContext[Any] | None, server: str) -> BackendLink:
+        """The session a call goes through: a handshake-era client gets a handshake-era session to a backend
+        negotiated as "auto", so the backend's server-to-client requests (sampling, elicitation, roots)
+        have a way back to it; everything else shares the one (usually 2026-07-28) session."""
+        backend = self.backends[server]
+        if ctx is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or backend.mode != "auto":
+            return self._links[server]
+        link = self._legacy_links.get(server)
+        if link is None:
+            assert self._group is not None
+            link = BackendLink(
+                server,
+                backend,
+                group=self._group,
+                on_change=self._backend_changed,
+                client_options=self._relay_callbacks,
+                mode="legacy",
+            )
+            link.on_resource_updated(self._resource_updated)
+            self._legacy_links[server] = link
+        return link
+
+    async def _client(self, server: str, ctx: ServerRequestContext[Any] | None = None) -> Client:
         backend = self.backends[server]
         try:
-            return await self._links[server].client(backend.timeout)
+            return await self._link_for(ctx, server).client(backend.timeout)
         except BackendUnavailable as exc:
             raise MCPError(
                 ErrorCode.UNAVAILABLE,
@@ -485,7 +594,7 @@ class AggregateServer:
             ) from exc
         except MCPError as exc:
             if _connection_lost(exc):
-                self._links[server].mark_broken(exc.message)
+                self._link_for(ctx, server).mark_broken(exc.message)
                 _decide(ctx, "backend_error", server=server, method=method)
                 raise MCPError(
                     ErrorCode.BAD_GATEWAY,
@@ -495,7 +604,7 @@ class AggregateServer:
             raise
         except Exception as exc:  # garbage or a dead connection: a clear error for this call, others unaffected
             logger.warning("backend %s failed on %s %s: %s", server, method, target, exc)
-            self._links[server].mark_broken(_short(exc))
+            self._link_for(ctx, server).mark_broken(_short(exc))
             _decide(ctx, "backend_error", server=server, method=method)
             raise MCPError(
                 ErrorCode.BAD_GATEWAY,
@@ -660,6 +769,21 @@ async def _fetch_all(client: Any, kind: _Kind) -> list[Any]:
     return items
 
 
+def _matches(template: str, uri: str) -> bool:
+    """Whether `uri` is an expansion of an RFC 6570 `template` (simple and reserved expressions)."""
+    pattern = _TEMPLATE_PATTERNS.get(template)
+    if pattern is None:
+        parts = re.split(r"(\{[^}]*\})", template)
+        regex = "".join(
+            (".+" if part.startswith("{+") else "[^/]*") if part.startswith("{") else re.escape(part) for part in parts
+        )
+        pattern = _TEMPLATE_PATTERNS[template] = re.compile(regex)
+    return pattern.fullmatch(uri) is not None
+
+
+_TEMPLATE_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
 def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:
     return listing is not None and now - listing.fetched_at < ttl
 
@@ -705,7 +829,8 @@ def _forwarded_meta(meta: Any) -> types.RequestParamsMeta | None:
 
 
 def _connection_lost(exc: MCPError) -> bool:
-    return exc.code in (types.CONNECTION_CLOSED, -32000)
+    """The whole session is gone (not just this request's stream, which the SDK reports with the same code)."""
+    return exc.code == types.CONNECTION_CLOSED and exc.message == "Connection closed"
 
 
 def _short(exc: BaseException) -> str:

@@ -50,7 +50,7 @@ class Backend:
         raise NotImplementedError
 
     def open_client(self, **options: Any) -> contextlib.AbstractAsyncContextManager[Client]:
-        """A connected `mcp.Client` to this backend (options: the SDK `Client` callbacks)."""
+        """A connected `mcp.Client` to this backend (options: the SDK `Client` callbacks; `mode` overrides)."""
         raise NotImplementedError
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -92,7 +92,7 @@ class InProcessBackend(Backend):
         transport = AsgiStreamTransport(self.app)
         async with httpx2.AsyncClient(transport=transport, base_url=_INPROCESS_ORIGIN, timeout=None) as http:
             streams = streamable_http_client(f"{_INPROCESS_ORIGIN}{self.path}", http_client=http)
-            async with Client(streams, mode=self.mode, cache=None, **options) as client:
+            async with Client(streams, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
                 yield client
 
     def lifespan(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -152,7 +152,7 @@ class HttpBackend(Backend):
     @contextlib.asynccontextmanager
     async def open_client(self, **options: Any) -> AsyncIterator[Client]:
         streams = streamable_http_client(self.url, http_client=self.client)
-        async with Client(streams, mode=self.mode, cache=None, **options) as client:
+        async with Client(streams, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
             yield client
 
     @contextlib.asynccontextmanager
@@ -200,7 +200,7 @@ class StdioBackend(Backend):
         params = StdioServerParameters(
             command=self.command, args=list(self.args), env=dict(self.env) if self.env else None, cwd=self.cwd
         )
-        async with Client(params, mode=self.mode, cache=None, **options) as client:
+        async with Client(params, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
             yield client
 
     @property

@@ -36,6 +36,9 @@ logger = logging.getLogger("mcp_middleware.router")
 ChangeHook = Callable[[str, frozenset[str]], None]
 """`(server, kinds)`: a backend's lists of these kinds ("tools", "prompts", "resources") changed."""
 
+UpdateHook = Callable[[str, str], None]
+"""`(server, uri)`: a resource the router subscribed to at this backend changed."""
+
 _ALL_KINDS = frozenset({"tools", "prompts", "resources"})
 _NOTIFICATION_KINDS: dict[type[Any], str] = {
     types.ToolListChangedNotification: "tools",
@@ -74,12 +77,15 @@ class BackendLink:
         group: anyio.abc.TaskGroup,
         on_change: ChangeHook,
         client_options: Callable[[str], dict[str, Any]] | None = None,
+        mode: str | None = None,
     ) -> None:
         self.server = server
         self.backend = backend
         self._group = group
         self._hooks: list[ChangeHook] = [on_change]
+        self._update_hooks: list[UpdateHook] = []
         self._client_options = client_options
+        self.mode = mode
         self._client: Client | None = None
         self._started = False
         self._changed = anyio.Event()
@@ -117,6 +123,10 @@ class BackendLink:
         """Also tell `hook` when this backend's lists change (a second aggregate sharing the session)."""
         self._hooks.append(hook)
 
+    def on_resource_updated(self, hook: UpdateHook) -> None:
+        """Call `hook(server, uri)` when the backend says a subscribed resource changed."""
+        self._update_hooks.append(hook)
+
     def _on_change(self, server: str, kinds: frozenset[str]) -> None:
         for hook in self._hooks:
             hook(server, kinds)
@@ -142,11 +152,15 @@ class BackendLink:
         first = True
         while not self._closed:
             self._broken = anyio.Event()
+            established = False
             try:
                 options = self._client_options(self.server) if self._client_options else {}
                 options.setdefault("message_handler", self._on_message)
+                if self.mode is not None:
+                    options["mode"] = self.mode
                 async with backend.open_client(**options) as client:
                     self._client, self._failure = client, None
+                    established = True
                     delay = getattr(backend, "restart_delay", 0.5)
                     self._transition()
                     if not first:
@@ -167,6 +181,13 @@ class BackendLink:
                 self._client = None
             if self._closed:
                 break
+            if established and self._failure is None:
+                # A session that worked and broke: open a new one at once (backoff is for failing connects).
+                self._transition()
+                if not backend.supervised:
+                    self._started = False
+                    return
+                continue
             if self._failure is None:
                 self._failure = "session closed"
             self._retry_at = time.monotonic() + delay
@@ -228,6 +249,9 @@ class BackendLink:
         kind = _NOTIFICATION_KINDS.get(type(message))
         if kind is not None:
             self._on_change(self.server, frozenset({kind}))
+        elif isinstance(message, types.ResourceUpdatedNotification):
+            for hook in self._update_hooks:
+                hook(self.server, message.params.uri)
         elif isinstance(message, Exception):
             logger.debug("backend %s transport error: %s", self.server, message)
 

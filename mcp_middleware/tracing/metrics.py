@@ -7,9 +7,12 @@ Instruments (created from the meter provider given, else the global one):
   `rpc.response.status_code`, `mcp.protocol.version`;
 - `mcp.middleware.decisions`: every decision, by `mcp_middleware.component` and `mcp_middleware.outcome`;
 - `mcp.middleware.auth.failures`: auth outcomes other than `allow`, by outcome and `mcp_middleware.reason`;
-- `mcp.middleware.ratelimit.refusals`: ratelimit `deny`, by `mcp_middleware.policy`;
-- `mcp.middleware.breaker.transitions`: breaker `open`/`half_open`/`closed` (or `transition` with `to`),
+- `mcp.middleware.ratelimit.refusals`: ratelimit `deny`, by `mcp_middleware.policy` (and `mcp_middleware.reason`);
+- `mcp.middleware.breaker.refusals`: breaker `open` (a request refused by an open or probing circuit),
   by `mcp_middleware.state`;
+- `mcp.middleware.breaker.transitions`: circuit state changes, by `mcp_middleware.state` and
+  `mcp_middleware.previous` — from :meth:`McpMetrics.record_breaker_change` (give it to the breaker
+  as its state listener) or from a breaker decision `transition` with `to`;
 - `mcp.middleware.cache.lookups`: cache `hit`/`miss`/`stale`, by `mcp_middleware.outcome`;
 - `mcp.middleware.cache.evictions`: cache `evict`, or any cache decision with an integer `evicted`.
 
@@ -27,7 +30,7 @@ grow the series without bound.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
@@ -51,11 +54,10 @@ try:  # the API's stand-in until a global provider is set: recording through it 
 except ImportError:  # pragma: no cover - a later API may move it; then only NoOp counts as off
     _UNSET_METER_PROVIDER = NoOpMeterProvider  # type: ignore[misc,assignment]
 
-__all__ = ["OPERATION_DURATION", "McpMetrics"]
+__all__ = ["OPERATION_DURATION", "BreakerChange", "McpMetrics"]
 
 OPERATION_DURATION: Final = "mcp.server.operation.duration"
 _OTHER: Final = "_OTHER"
-_BREAKER_STATES: Final = frozenset({"open", "half_open", "closed"})
 _CACHE_LOOKUPS: Final = frozenset({"hit", "miss", "stale"})
 
 
@@ -97,6 +99,7 @@ class McpMetrics:
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
         self._methods = _BoundedNames(max_names)
         self._targets = _BoundedNames(max_names)
+        self._breakers = _BoundedNames(max_names)
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -112,6 +115,9 @@ class McpMetrics:
         )
         self.ratelimit_refusals = meter.create_counter(
             "mcp.middleware.ratelimit.refusals", unit="{request}", description="Requests refused by a rate limit."
+        )
+        self.breaker_refusals = meter.create_counter(
+            "mcp.middleware.breaker.refusals", unit="{request}", description="Requests refused by an open circuit."
         )
         self.breaker_transitions = meter.create_counter(
             "mcp.middleware.breaker.transitions", unit="{transition}", description="Circuit breaker state changes."
@@ -162,10 +168,13 @@ class McpMetrics:
                 self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
         elif component == "ratelimit":
             if outcome == "deny":
-                self.ratelimit_refusals.add(1, {"mcp_middleware.policy": _text(details.get("policy"))})
+                refusal: AttributeMap = {"mcp_middleware.policy": _text(details.get("policy"))}
+                if isinstance(why := details.get("reason"), str):
+                    refusal["mcp_middleware.reason"] = why
+                self.ratelimit_refusals.add(1, refusal)
         elif component == "breaker":
-            if outcome in _BREAKER_STATES:
-                self.breaker_transitions.add(1, {"mcp_middleware.state": outcome})
+            if outcome == "open":
+                self.breaker_refusals.add(1, {"mcp_middleware.state": _text(details.get("state"))})
             elif outcome == "transition":
                 self.breaker_transitions.add(1, {"mcp_middleware.state": _text(details.get("to"))})
         elif component == "cache":
@@ -176,3 +185,37 @@ class McpMetrics:
                 count = evicted if isinstance(evicted, int) and not isinstance(evicted, bool) else 1
                 if count > 0:
                     self.cache_evictions.add(count)
+
+    def record_breaker_change(self, change: BreakerChange) -> None:
+        """Count one circuit state change; usable as the breaker's state listener (`on_state_change`).
+
+        Duck-typed, so tracing needs no import of the breaker: anything with `key`, `previous`,
+        `state` (strings or enums with a string `value`) and `reason` will do.
+        """
+        self.breaker_transitions.add(
+            1,
+            {
+                "mcp_middleware.breaker": self._breakers(_state(change.key)),
+                "mcp_middleware.previous": _state(change.previous),
+                "mcp_middleware.state": _state(change.state),
+                "mcp_middleware.reason": _state(change.reason),
+            },
+        )
+
+
+class BreakerChange(Protocol):
+    """What :meth:`McpMetrics.record_breaker_change` reads of a circuit state change."""
+
+    @property
+    def key(self) -> object: ...
+    @property
+    def previous(self) -> object: ...
+    @property
+    def state(self) -> object: ...
+    @property
+    def reason(self) -> object: ...
+
+
+def _state(value: object) -> str:
+    """A state (or its enum) as text."""
+    return _text(getattr(value, "value", value))

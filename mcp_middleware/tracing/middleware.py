@@ -1,8 +1,8 @@
 """`TracingMiddleware`: one OpenTelemetry server span per MCP request, metrics, and an access line.
 
 The span comes from `opentelemetry-instrumentation-asgi`'s `OpenTelemetryMiddleware` (HTTP
-attributes and `http.server.*` metrics included; its per-message receive/send spans are
-off, they would flood SSE streams). This middleware reads the request once through the
+attributes included, its `http.server.*` metrics on request; its per-message receive/send
+spans are off, they would flood SSE streams). This middleware reads the request once through the
 core before the span starts, so the span is born with its MCP name and attributes and the
 parent chosen by the rule of :mod:`.context`; it then writes the span's context into
 `params._meta` so that the wrapped `mcp` SDK server's own span becomes its child, records
@@ -35,8 +35,14 @@ from mcp_middleware.core import (
 )
 
 from .access_log import AccessLog
-from .context import context_from_headers, headers_with_carrier, meta_carrier, valid_parent, with_content_length
-from .context import with_trace_context as _with_trace_context
+from .context import (
+    context_from_headers,
+    headers_with_carrier,
+    meta_carrier,
+    valid_parent,
+    with_content_length,
+    with_trace_context,
+)
 from .metrics import McpMetrics
 from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error, request_attributes, span_name
 
@@ -126,7 +132,7 @@ class _Exchange:
         if self.span is INVALID_SPAN:
             self.pending.append(decision)
         elif self.span.is_recording():
-            _decorate(self.span, decision)
+            _decorate(self.span, decision, self.record_enduser)
 
     def attach_span(self, span: Span) -> None:
         self.span = span
@@ -134,7 +140,7 @@ class _Exchange:
             if self.link is not None:
                 span.add_link(self.link, {"mcp_middleware.link": "http.traceparent"})
             for decision in self.pending:
-                _decorate(span, decision)
+                _decorate(span, decision, self.record_enduser)
         self.pending = []
 
     async def send(self, message: Message) -> None:
@@ -194,9 +200,15 @@ def _records(provider: TracerProviderApi) -> bool:
     return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
 
 
-def _decorate(span: Span, decision: Decision) -> None:
+_IDENTITY_KEYS = frozenset({"subject", "client_id", "user", "username", "email", "tenant"})
+"""Decision attributes that say who the caller is: on spans only with `record_enduser=True`."""
+
+
+def _decorate(span: Span, decision: Decision, identity: bool) -> None:
     """A decision as span attributes (the last one per component wins) and as an event (all kept)."""
     component, outcome, details = decision
+    if not identity and not _IDENTITY_KEYS.isdisjoint(details):
+        details = {key: value for key, value in details.items() if key not in _IDENTITY_KEYS}
     prefix = f"mcp_middleware.{component}"
     span.set_attribute(f"{prefix}.outcome", outcome)
     for key, value in details.items():
@@ -212,7 +224,8 @@ class TracingMiddleware:
       `gen_ai.tool.name`/`gen_ai.prompt.name`/`mcp.resource.uri`, `gen_ai.operation.name`,
       `error.type` and `rpc.response.status_code`, plus the HTTP attributes of the ASGI
       instrumentation; every middleware's decision as `mcp_middleware.*` attributes and events;
-      `enduser.id` only with `record_enduser=True`.
+      who the caller is (`enduser.id`, and decision details such as `subject`) only with
+      `record_enduser=True`.
     - Parent: `params._meta` trace context wins over the HTTP headers (see :mod:`.context`);
       the wrapped `mcp` SDK server's own span becomes a child of this one (`inject_trace_context`).
     - `mcp.server.operation.duration` and decision counters (:class:`~.metrics.McpMetrics`).
@@ -359,7 +372,7 @@ class TracingMiddleware:
                     await send(message)
                 return
             if self.inject_trace_context and span.get_span_context().is_valid:
-                body = _with_trace_context(request, trace.set_span_in_context(span))
+                body = with_trace_context(request, trace.set_span_in_context(span))
                 if body is not None:
                     receive = _BodySwap(body, receive)
                     scope["headers"] = with_content_length(exchange.headers, len(body))

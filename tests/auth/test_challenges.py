@@ -14,6 +14,7 @@ from starlette.routing import Mount, Route
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.core import CoreConfig, ErrorCode
 from tests.auth.conftest import Site, challenge_params, post_mcp
+from tests.servers import build_server
 
 pytestmark = pytest.mark.anyio
 
@@ -208,3 +209,20 @@ async def test_public_paths_need_no_token(site: Site) -> None:
         health_check = await client.get(f"{served.base}/healthz")
     assert health_check.text == "ok"
     assert (await post_mcp(served.mcp_url)).status_code == 401
+
+
+def test_the_resource_must_be_an_absolute_uri() -> None:
+    for bad in ("/mcp", "mcp.example.com/mcp", "https://mcp.example.com/mcp#x", "ftp://x/mcp"):
+        with pytest.raises(ValueError, match="absolute"):
+            AuthMiddleware(build_server().streamable_http_app(), verifier=StaticTokenVerifier({}), resource=bad)
+
+
+async def test_without_an_authorization_server_the_challenge_points_nowhere(site: Site) -> None:
+    url = site.served.mcp_url
+    site.slot.app = AuthMiddleware(site.mcp_app, verifier=StaticTokenVerifier({}, resource=url), resource=url)
+    response = await post_mcp(url)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    async with httpx2.AsyncClient() as client:
+        metadata = await client.get(url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"))
+    assert metadata.status_code != 200

@@ -5,9 +5,12 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp.client.streamable_http import streamable_http_client
 from starlette.types import Message
 
@@ -149,3 +152,54 @@ async def test_an_error_response_passes_untouched() -> None:
     await wrapper({"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]})
     await wrapper({"type": "http.response.body", "body": b'{"jsonrpc":"2.0","id":1,"error":{}}', "more_body": False})
     assert sent[1]["body"] == b'{"jsonrpc":"2.0","id":1,"error":{}}'
+
+
+progress_events = st.lists(st.integers(min_value=0, max_value=10**6), max_size=4)
+tool_names = st.lists(st.text(alphabet="abcdefghij_", min_size=1, max_size=8), max_size=6, unique=True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before=progress_events,
+    names=tool_names,
+    after=progress_events,
+    cuts=st.lists(st.integers(min_value=1, max_value=4000), max_size=12),
+    line_end=st.sampled_from([b"\r\n", b"\n"]),
+)
+def test_any_chunking_of_an_sse_stream_gives_the_same_filtered_events(
+    before: list[int], names: list[str], after: list[int], cuts: list[int], line_end: bytes
+) -> None:
+    def event(message: dict[str, Any]) -> bytes:
+        return b"event: message" + line_end + b"data: " + orjson.dumps(message) + line_end + line_end
+
+    def progress(n: int) -> bytes:
+        return event({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}})
+
+    result = {"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": n} for n in names]}}
+    stream = b"".join([*map(progress, before), event(result), *map(progress, after)])
+    points = sorted({c for c in cuts if c < len(stream)})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    async def drive() -> None:
+        wrapper = ListFilter(
+            send, method="tools/list", request_id=9, allowed=lambda m, n: n.startswith("a"), max_bytes=1 << 20
+        )
+        await wrapper(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+        )
+        for n, chunk in enumerate(chunks):
+            await wrapper({"type": "http.response.body", "body": chunk, "more_body": n < len(chunks) - 1})
+
+    anyio.run(drive)
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert sent[-1]["more_body"] is False
+    messages = [orjson.loads(line.split(b"data: ", 1)[1]) for line in body.splitlines() if line.startswith(b"data: ")]
+    expected = [{"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}} for n in before]
+    expected.append({"jsonrpc": "2.0", "id": 9, "result": {"tools": [{"name": n} for n in names if n.startswith("a")]}})
+    expected += [{"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": n}} for n in after]
+    assert messages == expected

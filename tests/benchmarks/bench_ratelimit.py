@@ -71,6 +71,7 @@ def in_process_cases() -> tuple[list[Case], list[tuple[str, Case, Case]]]:
     quota = RateLimiter(
         [BucketPolicy("per-caller", rate=NEVER, capacity=NEVER), QuotaPolicy("daily", limit="1000000000/day")]
     )
+    lone_quota = RateLimiter([QuotaPolicy("daily", limit="1000000000/day")])
     callers = [{**scope, "client": (f"10.{n // 65536}.{n // 256 % 256}.{n % 256}", 4000)} for n in range(10_000)]
     rotation = iter(range(1 << 62))
 
@@ -83,6 +84,7 @@ def in_process_cases() -> tuple[list[Case], list[tuple[str, Case, Case]]]:
         async_case("limiter.check: 1 bucket policy, 10 000 callers", many_callers),
         async_case("limiter.check: 3 bucket policies (2 match)", lambda: layered.check(scope, request)),
         async_case("limiter.check: bucket + limits quota (memory)", lambda: quota.check(scope, request)),
+        async_case("limiter.check: limits quota alone (memory)", lambda: lone_quota.check(scope, request)),
     ]
     body = tools_call_body(1)
     headers = raw_headers(modern_headers(), body)
@@ -174,13 +176,13 @@ async def run(quick: bool) -> dict[str, Any]:
     await calibrate(flat, (2.0 if quick else 4.0) * 1e6)
     await measure(flat, 40 if quick else 200)
     result: dict[str, Any] = {
-        "cases": {c.name: {"median_us": c.median_us, "p90_us": c.p90_us, "n": c.n} for c in cases},
+        "cases": {c.name: {"median_us": c.median_us, "p90_us": c.p90_us, "min_us": c.min_us, "n": c.n} for c in cases},
         "middleware_cost_us": {label: lim.median_us - core.median_us for label, core, lim in pairs},
     }
     with redis_server() as url:
         result["redis"] = await redis_latency(url, 500 if quick else 3000) if url else None
     print(section("ratelimit: decision cost"))
-    print(table(["case", "median µs", "p90 µs"], [[c.name, c.median_us, c.p90_us] for c in cases]))
+    print(table(["case", "median µs", "p90 µs", "min µs"], [[c.name, c.median_us, c.p90_us, c.min_us] for c in cases]))
     for label, core, limited in pairs:
         print(
             f"\n  {label}: core {core.median_us:.2f} µs, core + ratelimit {limited.median_us:.2f} µs"

@@ -139,6 +139,7 @@ class FaultInjector:
     - `"raise"`: the app raises before responding (a proxy whose backend connection failed);
     - `"vanish"`: the app returns without a response;
     - `"break"`: an SSE response sends one notification (progress if asked for), then the app raises;
+    - `"break_json"`: a JSON response sends part of its body, then the app raises;
     - `None`: behave.
     """
 
@@ -173,6 +174,11 @@ class FaultInjector:
             event = b"event: message\r\ndata: " + orjson.dumps({"jsonrpc": "2.0", **notification}) + b"\r\n\r\n"
             await send({"type": "http.response.body", "body": event, "more_body": True})
             raise ConnectionResetError("backend stream broke off")
+        if fault == "break_json":
+            headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"jsonrpc": "2.0", ', "more_body": True})
+            raise ConnectionResetError("backend body broke off")
         await self.app(scope, receive, send)
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from mcp import MCPError
 
-from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware
-from mcp_middleware.core import ErrorCode
+from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware, Fault, Verdict
+from mcp_middleware.core import ErrorCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
 
 from .backends import (
@@ -148,6 +149,31 @@ async def test_a_broken_sse_stream_seen_on_the_wire(serve: Any) -> None:
     messages = sse_messages(response.text)
     assert [m.get("method") for m in messages] == ["notifications/progress", None]
     assert messages[-1]["id"] == 8 and messages[-1]["error"]["code"] == ErrorCode.BAD_GATEWAY
+
+
+async def test_a_json_body_that_breaks_off_drops_the_connection(serve: Any) -> None:
+    """Half a JSON body cannot be completed honestly: the client sees the connection fail, not bad JSON."""
+    log = BackendLog()
+    app = faulty(log, {"echo": always("break_json")})
+    served: Served = serve(app)
+    with pytest.raises(httpx2.TransportError):
+        await post_modern(served.mcp_url, "echo", {"text": "x"})
+    assert await wait_for(lambda: app.registry.snapshot()["/mcp"].window_failures == 1)
+    assert (await post_modern(served.mcp_url, "lookup", {"key": "a"})).status_code == 200  # the server lives on
+
+
+async def test_a_classifier_that_raises_counts_as_neutral(serve: Any) -> None:
+    def broken(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+        raise RuntimeError("bug in a custom classifier")
+
+    policy = BreakerPolicy(consecutive_failures=1, failure_rate=None, open_for=0.1, jitter=0.0)
+    app = faulty(BackendLog(), policy=policy, classifier=broken)
+    served: Served = serve(app)
+    app.registry.get("/mcp").force_open(0.1)
+    await anyio.sleep(0.15)
+    for n in range(3):  # the probe slot is freed every time: no request is refused
+        assert (await post_modern(served.mcp_url, "echo", {"text": "x"}, request_id=n)).status_code == 200
+    assert app.registry.get("/mcp").state is BreakerState.HALF_OPEN
 
 
 @pytest.mark.parametrize("era", ERAS)

@@ -79,7 +79,7 @@ def cached_stack(
     return CachedStack(served, cache, counter, log, server)
 
 
-def envelope(method: str, request_id: int, params: dict[str, Any] | None = None) -> bytes:
+def envelope(method: str, request_id: int | str, params: dict[str, Any] | None = None) -> bytes:
     """A modern (2026-07-28) request body with the `_meta` envelope."""
     meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
     params = dict(params or {})
@@ -103,13 +103,14 @@ async def modern_post(
     http: httpx2.AsyncClient,
     url: str,
     method: str,
-    request_id: int,
+    request_id: int | str,
     params: dict[str, Any] | None = None,
-    **headers: str,
+    user: str | None = None,
 ) -> httpx2.Response:
     name = (params or {}).get("name") or (params or {}).get("uri")
+    extra = {"x-test-user": user} if user is not None else {}
     return await http.post(
-        url, content=envelope(method, request_id, params), headers=modern_headers(method, name, **headers)
+        url, content=envelope(method, request_id, params), headers=modern_headers(method, name, **extra)
     )
 
 

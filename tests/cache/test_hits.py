@@ -125,10 +125,10 @@ async def test_legacy_hit_needs_a_session_the_backend_knows(serve: Any) -> None:
 async def test_streamed_answer_is_cached_and_progress_still_streams(era: Era, serve: Any) -> None:
     """A read-only tool that reports progress is answered as an event stream; its result is cached."""
     stack = cached_stack(serve, rules={"tools/call:progress_lookup": 30})
-    progress: list[float] = []
+    seen: list[float] = []
 
-    async def on_progress(progress_: float, total: float | None, message: str | None) -> None:
-        progress.append(progress_)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async with connect_as(stack.url, era, "alice") as client:
         await client.list_tools()  # the cache learns which tools are read-only
@@ -136,7 +136,7 @@ async def test_streamed_answer_is_cached_and_progress_still_streams(era: Era, se
         second = await client.call_tool("progress_lookup", {"key": "k"}, progress_callback=on_progress)
     assert isinstance(first.content[0], types.TextContent) and isinstance(second.content[0], types.TextContent)
     assert first.content[0].text == second.content[0].text == "k@1"
-    assert progress == [1.0]  # progress came through on the miss; a hit has nothing to report
+    assert seen == [1.0]  # progress came through on the miss; a hit has nothing to report
     assert stack.calls["tools/call:progress_lookup"] == 1
 
 

@@ -71,7 +71,7 @@ async def test_upstream_private_scope_is_partitioned_and_beats_a_public_rule(ser
     stack = cached_stack(serve, build_backend(scope="private"), rules={"tools/list": CachePolicy(60, "public")})
     async with httpx2.AsyncClient() as http:
         for user in ("alice", "bob", "alice", "bob"):
-            assert (await modern_post(http, stack.url, "tools/list", 1, **{"x-test-user": user})).status_code == 200
+            assert (await modern_post(http, stack.url, "tools/list", 1, user=user)).status_code == 200
     assert stack.calls["tools/list"] == 2
 
 

@@ -9,10 +9,10 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
-from pydantic import BaseModel
 from mcp import MCPError
 from mcp.server.lowlevel.server import Server
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.router import ROUTER_META_KEY, HttpBackend, InProcessBackend, McpRouter, NamingPolicy, PrefixMode
@@ -457,6 +457,6 @@ async def test_client_cancellation_reaches_the_backend(era: Era, serve: Any) -> 
         with anyio.move_on_after(0.5):
             await client.call_tool("test__slow", {"steps": 20})
         with anyio.fail_after(5):
-            while log.events[-1:] != ["cancelled"]:
-                await anyio.sleep(0.05)  # noqa: ASYNC110 (the backend's log is plain data, no event to wait on)
+            while log.events[-1:] != ["cancelled"]:  # noqa: ASYNC110 (the backend's log is plain data)
+                await anyio.sleep(0.05)
     assert log.events == ["started", "cancelled"]

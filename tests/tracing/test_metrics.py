@@ -3,7 +3,8 @@ and counters fed by the middlewares' decisions; exposed to Prometheus at a confi
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, NamedTuple
 
 import httpx2
 import pytest
@@ -72,7 +73,7 @@ async def test_decisions_feed_the_counters(serve: Any, metrics: Metrics) -> None
     decisions: list[tuple[str, str, dict[str, Any]]] = [
         ("auth", "deny", {"reason": "expired"}),
         ("ratelimit", "deny", {"policy": "burst", "remaining": 0}),
-        ("breaker", "open", {"key": "backend"}),
+        ("breaker", "open", {"key": "backend", "state": "open", "retry_after_ms": 900}),
         ("cache", "stale", {}),
         ("cache", "evict", {"evicted": 3}),
     ]
@@ -86,7 +87,7 @@ async def test_decisions_feed_the_counters(serve: Any, metrics: Metrics) -> None
         frozenset({("mcp_middleware.outcome", "deny"), ("mcp_middleware.reason", "expired")}): 2
     }
     assert metrics.counts("mcp.middleware.ratelimit.refusals") == {frozenset({("mcp_middleware.policy", "burst")}): 2}
-    assert metrics.counts("mcp.middleware.breaker.transitions") == {frozenset({("mcp_middleware.state", "open")}): 2}
+    assert metrics.counts("mcp.middleware.breaker.refusals") == {frozenset({("mcp_middleware.state", "open")}): 2}
     assert metrics.counts("mcp.middleware.cache.lookups") == {frozenset({("mcp_middleware.outcome", "stale")}): 2}
     assert metrics.counts("mcp.middleware.cache.evictions") == {frozenset(): 6}
     every = metrics.counts("mcp.middleware.decisions")
@@ -178,3 +179,39 @@ async def test_the_instrumentations_http_metrics_are_opt_in(serve: Any, metrics:
     data = metrics.reader.get_metrics_data()
     names = {m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics}
     assert any(name.startswith("http.server.") for name in names) is enabled
+
+
+class _StateChange(NamedTuple):
+    """Shaped like the breaker's own state change (tracing reads it by duck typing, never imports it)."""
+
+    key: str
+    previous: enum.Enum
+    state: enum.Enum
+    reason: str
+
+
+class _State(enum.Enum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+def test_breaker_state_changes_are_counted_through_the_listener(metrics: Metrics) -> None:
+    recorder = McpMetrics(metrics.provider)
+    recorder.record_breaker_change(_StateChange("backend-a", _State.CLOSED, _State.OPEN, "consecutive_failures"))
+    recorder.record_breaker_change(_StateChange("backend-a", _State.OPEN, _State.HALF_OPEN, "open_elapsed"))
+    recorder.record_breaker_change(_StateChange("backend-a", _State.HALF_OPEN, _State.OPEN, "probe_failed"))
+    counts = metrics.counts("mcp.middleware.breaker.transitions")
+    into_open = [value for attributes, value in counts.items() if ("mcp_middleware.state", "open") in attributes]
+    assert sorted(into_open) == [1, 1] and sum(counts.values()) == 3
+    assert (
+        frozenset(
+            {
+                ("mcp_middleware.breaker", "backend-a"),
+                ("mcp_middleware.previous", "closed"),
+                ("mcp_middleware.state", "open"),
+                ("mcp_middleware.reason", "consecutive_failures"),
+            }
+        )
+        in counts
+    )

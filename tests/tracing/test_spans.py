@@ -197,6 +197,7 @@ async def test_decisions_of_other_middlewares_land_on_the_span(serve: Any, spans
     span = await spans.named("tools/call echo")
     attributes = dict(span.attributes or {})
     assert attributes["mcp_middleware.auth.outcome"] == "allow"
+    assert "mcp_middleware.auth.subject" not in attributes  # who the caller is: only with record_enduser
     assert attributes["mcp_middleware.ratelimit.outcome"] == "allow"
     assert attributes["mcp_middleware.ratelimit.remaining"] == 4
     assert attributes["mcp_middleware.ratelimit.policy"] == "per-user"
@@ -281,11 +282,13 @@ class _SetsPrincipal:
 
 @pytest.mark.parametrize("enabled", [False, True])
 async def test_the_principal_is_enduser_id_only_when_enabled(serve: Any, spans: Spans, enabled: bool) -> None:
-    served: Served = serve(traced(spans, _SetsPrincipal(build_server().streamable_http_app()), record_enduser=enabled))
+    auth = RecordingDecider(build_server().streamable_http_app(), [("auth", "allow", {"subject": "alice"})])
+    served: Served = serve(traced(spans, _SetsPrincipal(auth), record_enduser=enabled))
     async with connect(served.mcp_url, "modern") as client:
         await client.call_tool("echo", {"text": "hi"})
     attributes = dict((await spans.named("tools/call echo")).attributes or {})
     assert attributes.get("enduser.id") == ("alice" if enabled else None)
+    assert attributes.get("mcp_middleware.auth.subject") == ("alice" if enabled else None)
     assert "secret-token" not in repr(attributes)
 
 

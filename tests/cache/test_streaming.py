@@ -1,0 +1,60 @@
+"""The cache never holds a stream back: progress arrives while a tool runs, also when a stale entry waits in reserve."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+from mcp_middleware.cache import ResponseCacheMiddleware
+from tests.cache.backends import connect_as
+from tests.cache.helpers import cached_stack
+from tests.conftest import ERAS, Era
+from tests.servers import PROGRESS_INTERVAL, build_server
+
+pytestmark = pytest.mark.anyio
+
+STEPS = 3
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("grace", [0.0, 30.0])
+async def test_progress_arrives_while_the_tool_runs(era: Era, grace: float, serve: Any) -> None:
+    # `slow` is allow-listed so its call goes through the cache's miss path (and, with a grace and
+    # an expired entry, through the stale guard that holds a response until its first event).
+    stack = cached_stack(serve, build_server(), rules={"tools/call:slow": 0.1}, allow_tools=["slow"], stale_grace=grace)
+    async with connect_as(stack.url, era, "alice") as client:
+        for _ in range(2):  # the second call finds the first one's entry expired (held in reserve if grace > 0)
+            arrivals: list[float] = []
+            await client.call_tool("slow", {"steps": STEPS}, progress_callback=ProgressClock(arrivals))
+            finished = time.monotonic() - arrivals.pop(0)
+            arrivals = [t - (finished + 0) for t in arrivals]
+            assert len(arrivals) == STEPS
+            assert arrivals[0] < finished - (STEPS - 1) * PROGRESS_INTERVAL * 0.8  # the first came long before the end
+            await anyio.sleep(0.15)
+    assert stack.calls["tools/call:slow"] == 2
+
+
+async def test_other_paths_and_the_lifespan_pass_through(serve: Any) -> None:
+    server = build_server()
+
+    async def health(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(
+        routes=[Route("/health", health), Mount("/", server.streamable_http_app())],
+        lifespan=lambda app: server.session_manager.run(),
+    )
+    served = serve(ResponseCacheMiddleware(inner))  # the lifespan must reach the SDK app, or nothing works
+    async with httpx2.AsyncClient() as http:
+        health_response = await http.get(f"{served.base}/health")
+        assert health_response.status_code == 200 and health_response.text == "ok"
+        assert "x-mcp-cache" not in health_response.headers
+    async with connect_as(served.mcp_url, "modern") as client:
+        assert "echo" in [tool.name for tool in (await client.list_tools()).tools]
