@@ -159,7 +159,7 @@ def build_gateway(
             metrics = PrometheusMetrics()
             meter_provider = metrics.meter_provider
             closers.append(metrics.shutdown)
-        inner = TracingMiddleware(
+        tracing = inner = TracingMiddleware(
             inner,
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -167,6 +167,8 @@ def build_gateway(
             record_enduser=config.tracing.record_principal,
             access_log=AccessLog() if config.tracing.access_log else False,
         )
+        if tracing.metrics is not None:
+            stack.state_listeners.append(tracing.metrics.record_breaker_change)
         if metrics is not None:
             inner = PrometheusMiddleware(inner, path=config.tracing.metrics_path, registry=metrics.registry)
 
@@ -244,6 +246,8 @@ class _Stack:
         self.config = config
         self.base_url = base_url
         self.breakers: list[Any] = []
+        self.state_listeners: list[Callable[[Any], None]] = []
+        """Told of every breaker state change (the tracing metrics subscribe once they exist)."""
         self.authorization_server: Any = None
         self._bucket_store: Any = None
         self._cache_store: Any = None
@@ -403,9 +407,24 @@ class _Stack:
         def key(scope: Scope, request: McpRequest) -> str:
             return name
 
+        listeners = self.state_listeners
+
+        def on_state_change(change: Any) -> None:
+            for listener in listeners:
+                listener(change)
+
+        # Once, on the registry: the router builds a mount's middlewares twice (the mount, and its
+        # RFC 9728 metadata path), and both instances share this registry.
+        registry.add_listener(on_state_change)
+
         def wrap(app: ASGIApp) -> ASGIApp:
             return CircuitBreakerMiddleware(
-                app, policy=policy, timeouts=timeouts, registry=registry, key=key, config=CoreConfig(paths=("*",))
+                app,
+                policy=policy,
+                timeouts=timeouts,
+                registry=registry,
+                key=key,
+                config=CoreConfig(paths=("*",)),
             )
 
         return wrap

@@ -593,8 +593,9 @@ class AggregateServer:
                 ErrorCode.TIMEOUT, f"Backend {server} did not answer {method} in time", data={"server": server}
             ) from exc
         except MCPError as exc:
-            if _connection_lost(exc):
-                self._link_for(ctx, server).mark_broken(exc.message)
+            if exc.code == types.CONNECTION_CLOSED:  # the SDK's code for a transport failure, not the backend's
+                if _connection_lost(exc):
+                    self._link_for(ctx, server).mark_broken(exc.message)
                 _decide(ctx, "backend_error", server=server, method=method)
                 raise MCPError(
                     ErrorCode.BAD_GATEWAY,

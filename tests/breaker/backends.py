@@ -23,6 +23,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import Decision, JsonRpcCode, get_mcp_request, observe_decisions
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "first",
     "modern_call",
     "post_modern",
+    "settled",
     "sse_messages",
     "wait_for",
 ]
@@ -188,6 +190,17 @@ def always(fault: str) -> Fault:
 
 def first(times: int, fault: str) -> Fault:
     return lambda n: fault if n <= times else None
+
+
+async def settled(registry: BreakerRegistry, calls: int, key: str = "/mcp") -> None:
+    """Wait until the breaker `key` has judged `calls` calls.
+
+    It judges a call when the response ends, which can be a moment after the client has read
+    the JSON-RPC response from an SSE stream and moved on: a test that counts on the order of
+    verdicts waits for them.
+    """
+    breaker = registry.get(key)
+    assert await wait_for(lambda: breaker.window_counts()[0] >= calls), breaker.snapshot()
 
 
 async def wait_for(condition: Callable[[], Any], patience: float = 5.0) -> bool:

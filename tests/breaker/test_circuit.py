@@ -24,7 +24,7 @@ from mcp_middleware.breaker import (
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
 
-from .backends import BackendLog, DecisionRecorder, build_backend, modern_call, post_modern, wait_for
+from .backends import BackendLog, DecisionRecorder, build_backend, modern_call, post_modern, settled, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +49,7 @@ async def test_open_circuit_fails_fast_with_503_and_retry_after(era: Era, serve:
     app = guarded(log, policy=trip_after(2, open_for=30.0))
     served: Served = serve(app)
     async with connect(served.mcp_url, era) as client:
+        await settled(app.registry, 1)  # the handshake's success is judged before the failures
         for _ in range(2):  # the backend's own JSON-RPC internal errors pass through unchanged
             with pytest.raises(MCPError) as failed:
                 await client.call_tool("flaky", {"text": "x"})
@@ -176,6 +177,7 @@ async def test_tool_errors_count_when_configured(era: Era, serve: Any) -> None:
     app = guarded(log, policy=trip_after(2), classifier=FailureClassifier(count_tool_errors=True))
     served: Served = serve(app)
     async with connect(served.mcp_url, era) as client:
+        await settled(app.registry, 1)
         for _ in range(2):
             assert (await client.call_tool("failing", {"reason": "nope"})).is_error
         await until(app, BreakerState.OPEN)

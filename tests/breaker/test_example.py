@@ -12,7 +12,7 @@ from mcp import MCPError
 from mcp_middleware.core import ErrorCode, JsonRpcCode
 from tests.conftest import ERAS, Era, Served, connect
 
-from .backends import wait_for
+from .backends import settled, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +25,7 @@ async def test_the_example_opens_its_circuit_and_reports_not_ready(era: Era, ser
         await client.list_tools()
         assert (await client.call_tool("stock", {"item": "apple"})).content[0].text == "12"  # type: ignore[union-attr]
         assert (await http.get(f"{served.base}/readyz")).json() == {"ready": True, "open": []}
+        await settled(example.registry, 3)  # handshake, list and the good call judged before the outage
         await client.call_tool("set_outage", {"on": True})
         for _ in range(3):
             with pytest.raises(MCPError) as failed:

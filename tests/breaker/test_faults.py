@@ -22,6 +22,7 @@ from .backends import (
     build_backend,
     modern_call,
     post_modern,
+    settled,
     sse_messages,
     wait_for,
 )
@@ -186,6 +187,7 @@ async def test_every_fault_counts_against_the_backend(era: Era, fault: str, serv
     tool, arguments = ("hang", {}) if fault == "hang" else ("stream", {"steps": 1})
     async with connect(served.mcp_url, era) as client:
         await client.list_tools()
+        await settled(app.registry, 2)  # handshake and list judged (successes) before the failures
         for _ in range(2):
             with pytest.raises(MCPError) as failed:
                 await client.call_tool(tool, arguments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -186,6 +187,8 @@ enabled = false
 [breaker]
 failure_threshold = 2
 open_seconds = 60
+[tracing]
+access_log = false
 """
     )
     built = build_gateway(config)
@@ -203,3 +206,7 @@ open_seconds = 60
         assert ready.status_code == 200
         assert ready.json()["checks"]["breakers"]["detail"] == "dead: open"
         assert httpx2.post(f"{served.base}/mcp/live", json=body, headers=headers).status_code == 200
+        metrics = httpx2.get(f"{served.base}/metrics").text  # the transition reached the tracing metrics
+        assert re.search(r"mcp_middleware_breaker_transitions_total\{[^}]*state=\"open\"[^}]*\} 1\.0", metrics), [
+            line for line in metrics.splitlines() if "breaker" in line
+        ]

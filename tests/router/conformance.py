@@ -12,7 +12,7 @@ Variants, each serving `tests/conformance/server.py`'s conformance server:
 * `aggregate-always` — the aggregate, the conformance server among three backends, `PrefixMode.ALWAYS`;
 * `aggregate-never` — the same with `PrefixMode.NEVER` (names unchanged where they do not collide).
 
-Prints the suite's scenario × variant table (cells as in `tests/conformance/run.py`).
+Prints the suite's scenario x variant table (cells as in `tests/conformance/run.py`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PrefixMode
-from tests.conftest import serve_app
 from tests.conformance.run import Report, VariantRun, ensure_suite, list_scenarios, parse_results, run_suite
 from tests.conformance.server import bare_app
+from tests.conftest import serve_app
 from tests.router.servers import team_server
 
 

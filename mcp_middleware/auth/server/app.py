@@ -31,6 +31,7 @@ from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint  # type: ignore[im
 from authlib.oauth2.rfc7636 import CodeChallenge  # type: ignore[import-untyped]
 from authlib.oauth2.rfc8414 import AuthorizationServerMetadata  # type: ignore[import-untyped]
 from joserfc import jwt
+from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, RSAKey
 from mcp.server.auth.provider import AccessToken
 from starlette.applications import Starlette
@@ -448,7 +449,7 @@ class EmbeddedAuthorizationServer:
     def _decode(self, token: str) -> AccessToken | None:
         try:
             decoded = jwt.decode(token, self.key, algorithms=[self.algorithm])
-        except Exception:
+        except (JoseError, ValueError, TypeError):  # anything that is not our token is simply inactive
             return None
         claims = decoded.claims
         if claims.get("iss") != self.issuer or not isinstance(claims.get("exp"), int) or claims["exp"] <= time.time():
