@@ -8,6 +8,8 @@ resource URI can be dropped at once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -211,8 +213,9 @@ end
 return 1
 """
 
-# Drop every entry indexed under the given tags, and the tags themselves.
+# Drop every entry indexed under the given tags, and the tags themselves; tell every instance's L1.
 _INVALIDATE_SCRIPT = """
+redis.call('PUBLISH', ARGV[1], '1')
 local dropped = 0
 for i = 1, #KEYS do
   local members = redis.call('ZRANGE', KEYS[i], 0, -1)
@@ -232,9 +235,11 @@ class RedisCacheStore:
     invalidation drops the entries of a method, mount, partition or URI in one script call,
     atomically. All keys share the hash tag `{prefix}` so scripts also work on Redis Cluster.
 
-    The L1 (a :class:`MemoryCacheStore`) answers repeated hits without a round trip; it keeps an
-    entry at most `l1_ttl` seconds, which bounds how long another instance's invalidation can
-    go unseen here (invalidations made on this instance drop both tiers at once).
+    The L1 (a :class:`MemoryCacheStore`) answers repeated hits without a round trip, for at most
+    `l1_ttl` seconds per entry. Every invalidation is also published on a channel; each instance
+    with an L1 listens (a background task started with its first lookup) and empties its L1 at
+    once. The L1 answers only while that subscription is up, so a lost connection can never
+    leave it serving what another instance invalidated.
 
     If Redis is unreachable or slower than `timeout` (for a store built from a URL), lookups miss
     and writes are skipped (logged): the backend answers.
@@ -266,6 +271,46 @@ class RedisCacheStore:
         self._clock = clock
         self._set = redis.register_script(_SET_SCRIPT)
         self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
+        self.channel = f"{self.prefix}invalidations"
+        self._listener: asyncio.Task[None] | None = None
+        self._l1_live = False
+        """The L1 may answer: the invalidation channel is subscribed."""
+        self._l1_epoch = 0
+        """Counts L1 purges: a Redis read that a purge overtook is not copied into the L1."""
+
+    def _purge_l1(self) -> None:
+        if self.l1 is not None:
+            self._l1_epoch += 1
+            self.l1.clear()
+
+    def _listen_once_running(self) -> None:
+        if self.l1 is None or (self._listener is not None and not self._listener.done()):
+            return
+        self._listener = asyncio.get_running_loop().create_task(self._listen(), name="mcp-cache-invalidations")
+
+    async def _listen(self) -> None:
+        """Empty the L1 on every published invalidation; keep it out of use while not subscribed."""
+        assert self.l1 is not None
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                self._purge_l1()  # whatever happened while we were not listening
+                self._l1_live = True
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+                    if message is not None:
+                        self._purge_l1()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Redis cache invalidation channel lost: %r", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                self._l1_live = False
+                self._purge_l1()
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}e:{key}"
@@ -275,9 +320,13 @@ class RedisCacheStore:
 
     async def get(self, keys: Sequence[str]) -> tuple[str, CacheEntry] | None:
         if self.l1 is not None:
-            found = self.l1.lookup(keys)
-            if found is not None:
-                return found
+            if self._l1_live:
+                found = self.l1.lookup(keys)
+                if found is not None:
+                    return found
+            else:
+                self._listen_once_running()
+        epoch = self._l1_epoch
         try:
             values = await self.redis.mget([self._key(key) for key in keys])
         except Exception as exc:  # a cache outage is a miss, never a failed request
@@ -293,7 +342,7 @@ class RedisCacheStore:
                 continue
             if entry.stale_until <= now:
                 continue
-            if self.l1 is not None:
+            if self.l1 is not None and self._l1_live and epoch == self._l1_epoch:
                 held_until = min(entry.stale_until, now + self.l1_ttl)
                 copy = entry._replace(fresh_until=min(entry.fresh_until, held_until), stale_until=held_until)
                 self.l1.put(key, copy, ())  # untagged: it lives only l1_ttl
@@ -317,13 +366,16 @@ class RedisCacheStore:
         return True
 
     async def invalidate(self, tags: Sequence[str]) -> int:
-        if self.l1 is not None:
-            self.l1.clear()  # L1 copies are untagged and short-lived: drop them all
+        self._purge_l1()  # L1 copies are untagged and short-lived: drop them all
         try:
-            return int(await self._invalidate(keys=[self._tag(tag) for tag in tags], args=[]))
+            return int(await self._invalidate(keys=[self._tag(tag) for tag in tags], args=[self.channel]))
         except Exception as exc:
             logger.warning("Redis cache invalidation failed: %r", exc)
             return 0
 
     async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
         await self.redis.aclose()

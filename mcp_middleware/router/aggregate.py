@@ -546,11 +546,14 @@ class AggregateServer:
         return target
 
     def _link_for(self, ctx: ServerRequestContext[Any] | None, server: str) -> BackendLink:
-        """The session a call goes through: a handshake-era client gets a handshake-era session to a backend
-        negotiated as "auto", so the backend's server-to-client requests (sampling, elicitation, roots)
-        have a way back to it; everything else shares the one (usually 2026-07-28) session."""
+        """The session a call goes through: a handshake-era client gets a handshake-era session to an HTTP or
+        in-process backend negotiated as "auto", so the backend's server-to-client requests (sampling,
+        elicitation, roots) have a way back to it; everything else shares the one (usually 2026-07-28) session.
+        (A stdio backend keeps one session, one process: give it `mode="legacy"` for such requests.)"""
         backend = self.backends[server]
         if ctx is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or backend.mode != "auto":
+            return self._links[server]
+        if backend.supervised:  # a second session to a command would be a second process, with its own state
             return self._links[server]
         link = self._legacy_links.get(server)
         if link is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import httpx2
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -168,3 +170,10 @@ def json_of(response: httpx2.Response) -> dict[str, Any]:
         return messages[0]
     parsed: dict[str, Any] = response.json()
     return parsed
+
+
+async def until(condition: Callable[[], bool], patience: float = 5.0) -> None:
+    """Wait until `condition()` holds: it reads state the server's thread changes, so no event can tell us."""
+    with anyio.fail_after(patience):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.02)

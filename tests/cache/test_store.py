@@ -166,3 +166,32 @@ async def test_an_invalidation_on_one_instance_reaches_the_other_through_redis(r
             await subscription.__anext__()
         await b.list_tools()
     assert second.calls["tools/list"] == 1  # B asked its backend again
+
+
+async def test_an_invalidation_empties_the_other_instances_l1_at_once(redis_server: Any, serve: Any) -> None:
+    """With an L1 in front of Redis, a published invalidation purges every instance's L1 (not after l1_ttl)."""
+    require("redis", "the Redis store")
+    from mcp_middleware.cache import ResponseCacheMiddleware
+    from tests.cache.helpers import CachedStack, DecisionLog, until
+
+    stacks = []
+    for _ in range(2):
+        counter = CountingApp(build_backend().streamable_http_app())
+        store = RedisCacheStore(redis_server.url, l1=MemoryCacheStore(), l1_ttl=60)
+        cache = ResponseCacheMiddleware(counter, store=store)
+        log = DecisionLog(cache)
+        stacks.append(CachedStack(serve(PrincipalFromHeader(log)), cache, counter, log, None))
+    first, second = stacks
+    second_store: RedisCacheStore = second.cache.store  # type: ignore[assignment]
+    async with httpx2.AsyncClient() as http:
+        await modern_post(http, first.url, "tools/list", 1)
+        await modern_post(http, second.url, "tools/list", 2)  # from Redis; starts the listener
+        await until(lambda: second_store._l1_live)
+        await modern_post(http, second.url, "tools/list", 3)  # from Redis, now copied into the L1
+        assert second_store.l1 is not None and len(second_store.l1) == 1
+        epoch = second_store._l1_epoch
+        assert await first.invalidate(method="tools/list") >= 1
+        await until(lambda: second_store._l1_epoch != epoch)
+        after = await modern_post(http, second.url, "tools/list", 4)
+    assert after.headers["x-mcp-cache"] == "miss"
+    assert second.calls["tools/list"] == 1

@@ -1,19 +1,22 @@
-"""The cache never holds a stream back: progress arrives while a tool runs, also when a stale entry waits in reserve."""
+"""Streams are never held back, other routes and the lifespan pass through, and the cache fits FastAPI."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
+from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from mcp_middleware.cache import ResponseCacheMiddleware
-from tests.cache.backends import connect_as
+from tests.cache.backends import CountingApp, build_backend, connect_as
 from tests.cache.helpers import cached_stack
 from tests.conftest import ERAS, Era
 from tests.servers import PROGRESS_INTERVAL, build_server
@@ -68,3 +71,31 @@ async def test_other_paths_and_the_lifespan_pass_through(serve: Any) -> None:
         assert "x-mcp-cache" not in health_response.headers
     async with connect_as(served.mcp_url, "modern") as client:
         assert "echo" in [tool.name for tool in (await client.list_tools()).tools]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_fastapi_add_middleware(era: Era, serve: Any) -> None:
+    """`app.add_middleware(ResponseCacheMiddleware, ...)` in FastAPI: the cache answers, REST routes are untouched."""
+    server = build_backend()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with server.session_manager.run():
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    counter = CountingApp(server.streamable_http_app())
+    app.mount("/", counter)
+    app.add_middleware(ResponseCacheMiddleware, ttl=30)
+    served = serve(app)
+    async with connect_as(served.mcp_url, era) as client:
+        for _ in range(3):
+            await client.list_prompts()
+    async with httpx2.AsyncClient() as http:
+        assert (await http.get(f"{served.base}/health")).json() == {"status": "ok"}
+    assert counter.calls["prompts/list"] == 1

@@ -460,3 +460,73 @@ async def test_client_cancellation_reaches_the_backend(era: Era, serve: Any) -> 
             while log.events[-1:] != ["cancelled"]:  # noqa: ASYNC110 (the backend's log is plain data)
                 await anyio.sleep(0.05)
     assert log.events == ["started", "cancelled"]
+
+
+def completing_server() -> MCPServer:
+    server = team_server("gamma")
+
+    @server.completion()
+    async def complete(ref: Any, argument: Any, context: Any) -> types.Completion:
+        target = ref.name if isinstance(ref, types.PromptReference) else ref.uri
+        return types.Completion(values=[f"{target}:{argument.name}={argument.value}!"])
+
+    return server
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_completions_are_routed_by_prompt_name_and_template_uri(era: Era, serve: Any) -> None:
+    router = McpRouter()
+    router.mount("gamma", completing_server().streamable_http_app())
+    served = serve(router)
+    async with connect(served.mcp_url, era) as client:
+        prompt = await client.complete(types.PromptReference(name="gamma__summarize"), {"name": "topic", "value": "a"})
+        template = await client.complete(
+            types.ResourceTemplateReference(uri="gamma+gamma://items/{item}"), {"name": "item", "value": "4"}
+        )
+    assert prompt.completion.values == ["summarize:topic=a!"]  # the backend saw its own prompt name
+    assert template.completion.values == ["gamma://items/{item}:item=4!"]  # and its own template
+
+
+async def test_never_mode_reads_templated_uris_and_relays_legacy_resource_updates(serve: Any) -> None:
+    backend = team_server("delta")
+
+    @backend.tool()
+    async def touch(ctx: Context) -> str:
+        """Say the readme changed (to every session subscribed to it)."""
+        await ctx.session.send_resource_updated("delta://readme")
+        return "touched"
+
+    subscribed: list[str] = []
+
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        subscribed.append(f"+{params.uri}")
+        return types.EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
+        subscribed.append(f"-{params.uri}")
+        return types.EmptyResult()
+
+    backend._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
+    backend._lowlevel_server.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, unsubscribe)
+
+    router = McpRouter(naming=NamingPolicy(prefix=PrefixMode.NEVER))
+    router.mount("delta", backend.streamable_http_app())
+    served = serve(router)
+    updated = anyio.Event()
+    updates: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(message.params.uri)
+            updated.set()
+
+    async with connect(served.mcp_url, "legacy", message_handler=on_message) as client:
+        item = await client.read_resource("delta://items/9")  # no such listed resource: matched by its template
+        await client.session.subscribe_resource("delta://readme")
+        await client.call_tool("touch", {})
+        with anyio.fail_after(5):
+            await updated.wait()
+        await client.session.unsubscribe_resource("delta://readme")
+    assert item.contents[0].text == "delta item 9"  # type: ignore[union-attr]
+    assert updates == ["delta://readme"]
+    assert subscribed == ["+delta://readme", "-delta://readme"]  # the backend saw its own URI
