@@ -16,7 +16,7 @@ A key is `mount | method | digest | partition`:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from hashlib import blake2b
 from typing import Any
 
@@ -111,8 +111,3 @@ def entry_tags(mount: str, method: str, partition: str, uri: str | None = None) 
     if uri is not None:
         tags += (_uri_tag(mount, uri), _uri_tag(None, uri))
     return tuple(tags)
-
-
-def tags_of(selections: Iterable[tuple[str | None, str | None, str | None]]) -> list[str]:
-    """Tags for several `(mount, method, partition)` selections."""
-    return [invalidation_tag(m, f, p) for m, f, p in selections]

@@ -233,7 +233,7 @@ class RedisCacheStore:
 
     Entries expire in Redis by themselves (`PX`); tags are sorted sets scored by expiry, so
     invalidation drops the entries of a method, mount, partition or URI in one script call,
-    atomically. All keys share the hash tag `{prefix}` so scripts also work on Redis Cluster.
+    atomically. All keys share the hash tag `{prefix}` (one slot), as the scripts need on Redis Cluster.
 
     The L1 (a :class:`MemoryCacheStore`) answers repeated hits without a round trip, for at most
     `l1_ttl` seconds per entry. Every invalidation is also published on a channel; each instance

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from mcp.server.models import InitializationOptions
 from mcp.server.session import ServerSession
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ServerEvent, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
@@ -54,6 +55,10 @@ from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
 __all__ = ["ROUTER_META_KEY", "AggregateServer"]
 
 logger = logging.getLogger("mcp_middleware.router")
+
+# The aggregate relays handshake-era features (logging, resources/subscribe) for handshake-era clients on
+# purpose; the SDK's deprecation warnings for those calls say nothing its users can act on.
+warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module=__name__)
 
 ROUTER_META_KEY = "io.github.mcp-middleware/router"
 """The `_meta` key under which the aggregate reports failed backends and name collisions."""

@@ -186,10 +186,12 @@ async def _load_one(port: int, seconds: float, connections: int) -> tuple[float,
 
 
 async def end_to_end(quick: bool) -> dict[str, Any]:
-    repeats, warmup, duration, connections = (2, 0.5, 2.0, 16) if quick else (5, 1.0, 5.0, 16)
+    repeats, warmup, duration, connections = (3, 0.5, 2.0, 16) if quick else (5, 1.0, 5.0, 16)
     apps = ("bare", "cache_lists")
     rates: dict[str, list[float]] = {name: [] for name in apps}
+    cpu_us: dict[str, list[float]] = {name: [] for name in apps}
     print(section(f"cache: e2e modern tools/list over loopback, {connections} connections"))
+    print("  one uvicorn subprocess per run (bench_e2e's), apps in ABBA order; server CPU from /proc")
     for round_ in range(repeats):
         order = apps if round_ % 2 == 0 else tuple(reversed(apps))
         for name in order:
@@ -197,17 +199,30 @@ async def end_to_end(quick: bool) -> dict[str, Any]:
             try:
                 await wait_ready(server)
                 await _load_one(server.port, warmup, connections)
+                cpu_before = server.cpu_seconds()
                 rps, errors = await _load_one(server.port, duration, connections)
+                cpu = server.cpu_seconds() - cpu_before
             finally:
                 server.stop()
+            per_request = cpu / (rps * duration) * 1e6 if rps else float("nan")
             rates[name].append(rps)
-            print(f"  round {round_ + 1} {name:12s} {rps:10,.0f} req/s  errors {errors}", flush=True)
+            cpu_us[name].append(per_request)
+            print(
+                f"  round {round_ + 1} {name:12s} {rps:10,.0f} req/s  server CPU {per_request:7,.0f} µs/req"
+                f"  errors {errors}",
+                flush=True,
+            )
     ratio = median(rates["cache_lists"]) / median(rates["bare"])
+    cpu_ratio = median(cpu_us["bare"]) / median(cpu_us["cache_lists"])
     print(
-        f"\n  cached tools/list / bare tools/list (ratio of medians): {ratio:.2f}"
+        f"\n  cached tools/list / bare tools/list, throughput (ratio of medians): {ratio:.2f}"
         f"  ({median(rates['cache_lists']):,.0f} / {median(rates['bare']):,.0f} req/s)"
     )
-    return {"rps": rates, "ratio": ratio}
+    print(
+        f"  requests per server CPU-second, cached / bare: {cpu_ratio:.2f}"
+        f"  ({median(cpu_us['cache_lists']):,.0f} vs {median(cpu_us['bare']):,.0f} µs per request)"
+    )
+    return {"rps": rates, "cpu_us_per_request": cpu_us, "ratio": ratio, "cpu_ratio": cpu_ratio}
 
 
 async def run(quick: bool) -> dict[str, Any]:
@@ -225,6 +240,13 @@ async def run(quick: bool) -> dict[str, Any]:
                 micro["hit_us"] <= HIT_TARGET_US,
             ],
             ["cache miss overhead in-process", micro["miss_overhead_us"], "µs", "reported", True],
+            [
+                "cached tools/list requests per server CPU-second / bare",
+                e2e["cpu_ratio"],
+                "x",
+                f"≥ {THROUGHPUT_TARGET:g}",
+                e2e["cpu_ratio"] >= THROUGHPUT_TARGET,
+            ],
             [
                 "cached tools/list throughput / bare",
                 e2e["ratio"],

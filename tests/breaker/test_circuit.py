@@ -212,8 +212,12 @@ async def test_the_number_of_breakers_is_bounded(serve: Any) -> None:
     registry = BreakerRegistry(max_breakers=2)
     app = guarded(log, registry=registry, per_target=["tools/call:*"])
     served: Served = serve(app)
-    for n, tool in enumerate(["echo", "lookup", "set_flag"]):
-        arguments = {"echo": {"text": "x"}, "lookup": {"key": "a"}, "set_flag": {"value": True}}[tool]
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("echo", {"text": "x"}),
+        ("lookup", {"key": "a"}),
+        ("set_flag", {"value": True}),
+    ]
+    for n, (tool, arguments) in enumerate(calls):
         assert (await post_modern(served.mcp_url, tool, arguments, request_id=n)).status_code == 200
     assert len(registry) == 2
     assert set(registry.snapshot()) == {"/mcp tools/call:lookup", "/mcp tools/call:set_flag"}

@@ -111,5 +111,5 @@ async def test_classification_on_the_wire(era: Era, json_response: bool, serve: 
         await judged(base + 4, 2)  # -32603 after progress: the SSE case in both eras (JSON when json_response)
 
 
-async def _ignore_progress(done: float, total: float | None, message: str | None) -> None:
+async def _ignore_progress(progress: float, total: float | None, message: str | None) -> None:
     return None

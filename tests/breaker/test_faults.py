@@ -128,16 +128,16 @@ async def test_a_response_that_never_comes_is_a_bad_gateway(era: Era, serve: Any
 async def test_an_sse_stream_that_breaks_mid_way_ends_with_an_error_event(era: Era, serve: Any) -> None:
     log = BackendLog()
     served: Served = serve(faulty(log, {"stream": always("break")}))
-    progress: list[float] = []
+    reported: list[float] = []
 
-    async def on_progress(done: float, total: float | None, message: str | None) -> None:
-        progress.append(done)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        reported.append(progress)
 
     async with connect(served.mcp_url, era) as client:
         with pytest.raises(MCPError) as failed:
             await client.call_tool("stream", {"steps": 3}, progress_callback=on_progress)
         assert failed.value.code == ErrorCode.BAD_GATEWAY
-        assert progress == [1]  # what arrived before the break was delivered as it came
+        assert reported == [1]  # what arrived before the break was delivered as it came
         assert (await client.call_tool("echo", {"text": "ok"})).content[0].text == "ok"  # type: ignore[union-attr]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import subprocess
@@ -38,7 +39,10 @@ def redis_limited(url: str, **options: Any) -> RateLimitMiddleware:
     return RateLimitMiddleware(build_server().streamable_http_app(), policies=[policy], store=store, **options)
 
 
-async def test_fail_open_admits_during_an_outage_and_limits_again_after(redis_server: RedisServer, serve: Any) -> None:
+async def test_fail_open_admits_during_an_outage_and_limits_again_after(
+    redis_server: RedisServer, serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mcp_middleware.ratelimit")
     app = redis_limited(redis_server.url)
     served = serve(app)
     async with httpx2.AsyncClient() as http:
@@ -52,6 +56,8 @@ async def test_fail_open_admits_during_an_outage_and_limits_again_after(redis_se
         assert await statuses(5) == [200] * 5  # admitted, not limited, not failed
         assert time.perf_counter() - started < 2.0  # a dead Redis costs milliseconds, not timeouts
         assert app.limiter.store_failures == 5
+        warnings = [r.getMessage() for r in caplog.records if r.name == "mcp_middleware.ratelimit"]
+        assert len(warnings) == 1 and "admitting requests (fail-open)" in warnings[0]  # logged once, not per request
         redis_server.start()  # a fresh Redis: the bucket starts full again
         await anyio.sleep(0.3)
         assert await statuses(3) == [200, 200, 429]  # reconnected without restarting the app

@@ -20,7 +20,8 @@ from tests.conftest import ERAS, Era, connect, free_port
 from tests.router.servers import team_server
 from tests.servers import PROGRESS_INTERVAL, ToolLog, build_server
 
-pytestmark = pytest.mark.anyio
+# Handshake-era features (logging, sampling, resources/subscribe) are tested on purpose.
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")]
 
 
 def team_router(**options: Any) -> McpRouter:

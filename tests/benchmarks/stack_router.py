@@ -1,0 +1,46 @@
+"""The router as e2e stacks: the test server behind a path mount, and behind the aggregate.
+
+* `router_mount`: the load's `/mcp` is the router's in-process path mount `/mcp/bench`
+  (the request goes straight to the backend app, no MCP session in between);
+* `router_aggregate`: the load's `/mcp` is the aggregated endpoint over the one backend,
+  `PrefixMode.NEVER` so the load's `echo` keeps its name: every call is answered by the
+  aggregate's MCP server, which calls the backend through its shared SDK session.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.router import InProcessBackend, McpRouter, NamingPolicy, PrefixMode
+
+from .apps import Stack
+
+
+class _AtMount:
+    """The load's `/mcp` is the router's `/mcp/bench`."""
+
+    def __init__(self, router: ASGIApp) -> None:
+        self.router = router
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mcp":
+            scope = {**scope, "path": "/mcp/bench", "raw_path": b"/mcp/bench"}
+        await self.router(scope, receive, send)
+
+
+def mounted(app: ASGIApp) -> ASGIApp:
+    router = McpRouter(aggregate_path=None)
+    router.mount("bench", InProcessBackend(app))
+    return _AtMount(router)
+
+
+def aggregated(app: ASGIApp) -> ASGIApp:
+    router = McpRouter(naming=NamingPolicy(prefix=PrefixMode.NEVER))
+    router.mount("bench", InProcessBackend(app))
+    return router
+
+
+STACKS = {
+    "router_mount": Stack(mounted, lifespan=True),
+    "router_aggregate": Stack(aggregated, lifespan=True),
+}
