@@ -31,8 +31,21 @@ __all__ = ["Backend", "HttpBackend", "InProcessBackend", "StdioBackend", "run_li
 
 logger = logging.getLogger("mcp_middleware.router")
 
-_INPROCESS_ORIGIN = "http://127.0.0.1:8000"
-"""The origin the aggregate uses for in-process apps (the SDK's Host check wants a loopback host with a port)."""
+_INPROCESS_ORIGIN = "http://127.0.0.1:1"
+"""The origin the aggregate uses for in-process apps: no socket is ever opened to it (the SDK's Host check
+wants a loopback host with a port; port 1 is one nobody serves HTTP on)."""
+
+
+class _NoInProcessRequestLog(logging.Filter):
+    """`httpx2` logs every request at INFO; the aggregate's in-process calls are not HTTP requests anyone
+    made, and logging each one (through a rich handler, say) cost more than the call itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) > 1 and str(args[1]).startswith(_INPROCESS_ORIGIN))
+
+
+logging.getLogger("httpx2").addFilter(_NoInProcessRequestLog())
 
 
 class Backend:
