@@ -36,7 +36,7 @@ from ._common import median, section, table, verdict
 from .bench_e2e import HOST, ROOT, Server, free_port, load, wait_ready
 
 TARGET_REMOTE_RATIO = 0.6
-ORIGIN = "http://127.0.0.1:8000"
+ORIGIN = "http://127.0.0.1:1"  # the origin whose httpx2 request logs the router filters out (no socket)
 
 
 # --- uvicorn factories for the remote case -----------------------------------------------------
