@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import itertools
 import logging
 import re
 import time
@@ -84,10 +85,14 @@ _TEMPLATES = _Kind("resource_templates", "uri_template", "resources")
 _KINDS = (_TOOLS, _PROMPTS, _RESOURCES, _TEMPLATES)
 
 
+_generations = itertools.count(1)
+
+
 @dataclass(slots=True)
 class _Listing:
     items: list[Any]
     fetched_at: float
+    generation: int = field(default_factory=lambda: next(_generations))
 
 
 @dataclass(slots=True)
@@ -100,6 +105,14 @@ class _Merged:
     uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
     failures: list[dict[str, Any]]
     collisions: list[dict[str, str | None]]
+
+
+@dataclass
+class _Fetch:
+    """A backend list fetch in flight, and what came of it (a listing or a failure report)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: _Listing | dict[str, Any] | None = None
 
 
 @dataclass
@@ -168,6 +181,7 @@ class AggregateServer:
         self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in _KINDS}
         self._merged: dict[str, tuple[tuple[int, ...], _Merged]] = {}
         self._cooling: dict[str, tuple[float, str]] = {}
+        self._fetching: dict[tuple[str, str], _Fetch] = {}
         self._pending_changes: set[str] = set()
         self._flush_scheduled = False
         self._legacy_sessions: OrderedDict[str, ServerSession] = OrderedDict()
@@ -229,6 +243,7 @@ class AggregateServer:
                     owned.append(link)
                 else:  # one session (one process, for stdio) serves the bridge and the aggregate
                     link.subscribe(self._backend_changed)
+                link.on_resource_updated(self._resource_updated)
                 self._links[server] = link
             try:
                 yield
@@ -286,7 +301,10 @@ class AggregateServer:
 
     async def _merge(self, kind: _Kind) -> _Merged:
         gathered = await self._gather(kind)
-        version = tuple(id(gathered.listings.get(server)) for server in self.backends)
+        version = tuple(
+            listing.generation if (listing := gathered.listings.get(server)) is not None else 0
+            for server in self.backends
+        )
         cached = self._merged.get(kind.name)
         if cached is not None and cached[0] == version and not gathered.failures and not cached[1].failures:
             return cached[1]
@@ -307,9 +325,11 @@ class AggregateServer:
         if kind.key == "name":
             table = NameTable.build(self.naming, ((server, item.name) for server, item in entries))
             collisions = [collision.describe() for collision in table.collisions]
+            taken: set[str] = set()
             for server, item in entries:
                 name = table.public_name(server, item.name)
-                if name is not None:
+                if name is not None and name not in taken:  # a backend listing a name twice: first one
+                    taken.add(name)
                     public.append((name, item.model_copy(update={"name": name})))
         else:
             keep = self.naming.prefix is PrefixMode.NEVER
@@ -348,48 +368,59 @@ class AggregateServer:
         return gathered
 
     async def _fetch_into(self, kind: _Kind, server: str, gathered: _Gathered) -> None:
+        """One backend's list for this request; concurrent requests share one fetch (no herd of fan-outs)."""
+        key = (kind.name, server)
+        fetch = self._fetching.get(key)
+        if fetch is None:
+            fetch = self._fetching[key] = _Fetch()
+            try:
+                fetch.outcome = await self._fetch(kind, server)
+            finally:
+                del self._fetching[key]
+                fetch.done.set()
+        else:
+            await fetch.done.wait()
+        if isinstance(fetch.outcome, _Listing):
+            gathered.listings[server] = fetch.outcome
+        elif fetch.outcome is not None:
+            gathered.failures.append(fetch.outcome)
+
+    async def _fetch(self, kind: _Kind, server: str) -> _Listing | dict[str, Any]:
         cooling = self._cooling.get(server)
         if cooling is not None and cooling[0] > time.monotonic():
-            gathered.failures.append(
-                {"server": server, "error": "unavailable", "message": f"backend is cooling down after: {cooling[1]}"}
-            )
-            return
+            return {"server": server, "error": "unavailable", "message": f"cooling down after: {cooling[1]}"}
         backend = self.backends[server]
+        link = self._links[server]
         started = time.monotonic()
         try:
             with anyio.fail_after(backend.timeout):
-                client = await self._links[server].client(backend.timeout)
+                client = await link.client(backend.timeout)
                 items = await _fetch_all(client, kind)
         except TimeoutError:
-            self._fail(server, gathered, "timeout", f"no answer within {backend.timeout:g} s")
-            return
+            return self._fail(server, "timeout", f"no answer within {backend.timeout:g} s")
         except BackendUnavailable as exc:
-            self._fail(server, gathered, "unavailable", exc.reason)
-            return
+            return self._fail(server, "unavailable", exc.reason)
         except MCPError as exc:
-            if exc.code == JsonRpcCode.METHOD_NOT_FOUND:  # the backend does not offer this kind at all
-                items = []
-            else:
-                self._fail(server, gathered, "error", f"{exc.code}: {exc.message}")
-                self._links[server].mark_broken(exc.message) if _connection_lost(exc) else None
-                return
+            if exc.code != JsonRpcCode.METHOD_NOT_FOUND:
+                if _connection_lost(exc):
+                    link.mark_broken(exc.message)
+                return self._fail(server, "error", f"{exc.code}: {exc.message}")
+            items = []  # the backend does not offer this kind at all
         except Exception as exc:  # garbage from the backend, a dead connection: this backend only
-            self._fail(server, gathered, "error", _short(exc))
-            self._links[server].mark_broken(_short(exc))
-            return
+            link.mark_broken(_short(exc))
+            return self._fail(server, "error", _short(exc))
         listing = _Listing(items, started)
         self._listings[kind.name][server] = listing
         self._cooling.pop(server, None)
-        gathered.listings[server] = listing
+        return listing
 
-    def _fail(self, server: str, gathered: _Gathered, error: str, message: str) -> None:
+    def _fail(self, server: str, error: str, message: str) -> dict[str, Any]:
         logger.warning("aggregate: backend %s failed (%s): %s", server, error, message)
-        gathered.failures.append({"server": server, "error": error, "message": message})
         if self.failure_cooldown > 0 and error in ("timeout", "unavailable"):
             self._cooling[server] = (time.monotonic() + self.failure_cooldown, message)
-        stale = self._listings  # keep nothing stale for a failed backend: its items are not offered
-        for listings in stale.values():
+        for listings in self._listings.values():  # nothing stale is offered for a failed backend
             listings.pop(server, None)
+        return {"server": server, "error": error, "message": message}
 
     # --- calls ---------------------------------------------------------------------------------
 

@@ -104,15 +104,15 @@ class BackendLink:
         client = self._client
         if client is not None:
             return client
-        if not self._started:
-            self._started = True
-            self._group.start_soon(self._supervise)
         deadline = anyio.current_time() + (patience if patience is not None else self.backend.timeout)
         while True:
             if self._client is not None:
                 return self._client
             if self._failure is not None:
                 raise BackendUnavailable(self.server, self._failure, max(0.0, self._retry_at - time.monotonic()))
+            if not self._started:  # first use, or the last session ended: open one
+                self._started = True
+                self._group.start_soon(self._supervise)
             changed = self._changed
             with anyio.move_on_after(deadline - anyio.current_time()):
                 await changed.wait()
@@ -132,7 +132,7 @@ class BackendLink:
             hook(server, kinds)
 
     def mark_broken(self, reason: str) -> None:
-        """A call found the session dead: close it and reconnect (with backoff)."""
+        """A call found the session dead: close it; a new one is opened at once (backoff if that fails)."""
         if self._client is not None and not self._broken.is_set():
             logger.warning("backend %s session broken: %s", self.server, reason)
             self._broken.set()

@@ -55,6 +55,7 @@ class Mount:
     app: ASGIApp
     aggregate: bool
     has_middleware: bool
+    path_mount: bool = True
 
 
 class McpRouter:
@@ -112,12 +113,16 @@ class McpRouter:
         *,
         middleware: Sequence[MountMiddleware] = (),
         aggregate: bool = True,
+        path_mount: bool = True,
     ) -> None:
-        """Mount `backend` at `{prefix}/{name}` (and in the aggregate unless `aggregate=False`).
+        """Mount `backend` at `{prefix}/{name}` (unless `path_mount=False`: aggregate only) and in the
+        aggregate (unless `aggregate=False`).
 
         `middleware` wraps this mount only, outermost first (as in Starlette). A bare ASGI
         app is taken as an :class:`InProcessBackend` serving MCP at `/mcp`.
         """
+        if not (path_mount or aggregate):
+            raise ValueError(f"{name!r} would be reachable nowhere: path_mount or aggregate must be true")
         if self._running:
             raise RuntimeError("mount() before the router starts")
         validate_server_name(name)
@@ -125,7 +130,7 @@ class McpRouter:
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
-        target = backend.path_app()
+        target = backend.path_app() if path_mount else _not_found
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
             bridge = AggregateServer(
                 {name: backend},
@@ -135,9 +140,11 @@ class McpRouter:
             )
             self._bridges.append(bridge)
             target = bridge
-        mount = Mount(name, backend, _wrap(target, middleware), aggregate, bool(middleware))
+        mount = Mount(name, backend, _wrap(target, middleware), aggregate, bool(middleware), path_mount)
         self.mounts[name] = mount
-        if middleware:  # only a middleware (auth) can answer metadata; the backend never sees these requests
+        if (
+            middleware and path_mount
+        ):  # only a middleware (auth) can answer metadata; the backend never sees these requests
             self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
         self._aggregate = None  # rebuilt with the new member on first use
 
@@ -197,7 +204,7 @@ class McpRouter:
         prefix = self.prefix
         if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
             mount = self.mounts.get(path[len(prefix) + 1 :])
-            if mount is not None:
+            if mount is not None and mount.path_mount:
                 await self._dispatch(mount, scope, receive, send)
                 return
         elif path.startswith(_PRM_PREFIX):

@@ -13,6 +13,7 @@ server is closing).
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import time
 from collections import deque
@@ -160,12 +161,13 @@ class UpstreamPool:
         self._idle.append(connection)
         return True
 
-    def _take_idle(self) -> _Connection | None:
+    async def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
         while self._idle:
             connection = self._idle.pop()  # the most recently used: least likely to be timed out
-            if now - connection.used_at < self.idle_timeout:
+            if now - connection.used_at < self.idle_timeout and _still_open(connection, tls=self.tls):
                 return connection
+            await _close(connection)
         return None
 
     async def request(
@@ -177,13 +179,13 @@ class UpstreamPool:
         `more` the rest as it arrives (None when `body` is all of it); `chunked` frames
         the body with chunked transfer coding.
         """
-        reused = self._take_idle()
+        reused = await self._take_idle()
         connection = reused if reused is not None else await self._connect()
         try:
-            return await self._exchange(connection, head, body, more, chunked=chunked)
+            return await self._exchange(connection, head, body, more, chunked=chunked, fresh=reused is None)
         except _StaleConnection:
-            # The origin closed an idle connection just as we reused it, before reading anything:
-            # the request was not received, so sending it again on a fresh connection is safe.
+            # Writing to a reused connection failed: the origin had closed it, nothing was delivered,
+            # so sending the request on a fresh connection cannot run it twice.
             await _close(connection)
             connection = await self._connect()
             try:
@@ -203,7 +205,7 @@ class UpstreamPool:
         more: AsyncIterator[bytes] | None,
         *,
         chunked: bool,
-        fresh: bool = False,
+        fresh: bool,
     ) -> UpstreamResponse:
         first = body if not chunked or not body else b"%x\r\n%s\r\n" % (len(body), body)
         if chunked and more is None:
@@ -225,8 +227,7 @@ class UpstreamPool:
             while raw[9:10] == b"1" and not raw.startswith(b"HTTP/1.1 101"):  # 1xx: the real head follows
                 raw = await connection.reader.receive_until(b"\r\n\r\n", _MAX_HEAD)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError) as exc:
-            if not fresh and more is None:
-                raise _StaleConnection from exc
+            # Not retried: the origin may have received the request (a tool call must not run twice).
             raise UpstreamError(f"{self.host}:{self.port} closed the connection before answering") from exc
         except anyio.DelimiterNotFound as exc:
             raise UpstreamError("response head too large") from exc
@@ -268,6 +269,28 @@ class UpstreamPool:
 
 class _StaleConnection(Exception):
     pass
+
+
+def _still_open(connection: _Connection, *, tls: bool) -> bool:
+    """Whether an idle connection is still open: EOF (or, in plain HTTP, stray bytes) means drop it."""
+    if connection.reader.buffer:
+        return False
+    raw = connection.stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    if raw is None:
+        return True  # trust the idle timeout
+    try:
+        probe = socket.socket(fileno=raw.fileno())  # the event loop's wrapper cannot peek; this one can
+    except OSError:
+        return False
+    try:
+        peeked = probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return True  # nothing to read: open and idle
+    except OSError:
+        return False
+    finally:
+        probe.detach()  # the descriptor stays the stream's
+    return bool(peeked) and tls  # TLS may carry records (session tickets) while idle; plain HTTP carries nothing
 
 
 async def _close(connection: _Connection) -> None:

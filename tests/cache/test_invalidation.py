@@ -10,7 +10,7 @@ from mcp import types
 
 from mcp_middleware.core import Principal
 from tests.cache.backends import ISSUER, connect_as
-from tests.cache.helpers import cached_stack
+from tests.cache.helpers import cached_stack, until
 
 pytestmark = pytest.mark.anyio
 
@@ -74,6 +74,25 @@ async def test_resources_updated_drops_that_uri_only(serve: Any) -> None:
     assert stack.calls["resources/list"] == 1  # the list did not change
 
 
+async def test_legacy_resources_updated_on_the_get_stream_drops_that_uri(serve: Any) -> None:
+    stack = cached_stack(serve)
+    updated = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updated.set()
+
+    async with connect_as(stack.url, "legacy", "alice", message_handler=on_message) as client:
+        first = await client.read_resource("demo://counter")
+        assert await client.read_resource("demo://counter") == first
+        await client.call_tool("touch", {"uri": "demo://counter"})
+        with anyio.fail_after(5):
+            await updated.wait()
+        second = await client.read_resource("demo://counter")
+    assert first != second
+    assert stack.calls["resources/read"] == 2
+
+
 async def test_the_api_drops_by_method_mount_and_principal(serve: Any) -> None:
     stack = cached_stack(serve, build_backend_private())
     async with connect_as(stack.url, "modern", "alice") as alice, connect_as(stack.url, "modern", "bob") as bob:
@@ -105,7 +124,7 @@ async def test_invalidation_during_a_miss_is_not_undone_by_its_late_store(serve:
         await client.list_tools()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(client.call_tool, "slow_lookup", {"key": "k"})
-            await anyio.sleep(0.1)  # the call is at the backend now
+            await until(lambda: stack.calls["tools/call:slow_lookup"] == 1)  # the call is at the backend now
             await stack.invalidate(method="tools/call")
         await client.call_tool("slow_lookup", {"key": "k"})
     assert stack.calls["tools/call:slow_lookup"] == 2

@@ -531,3 +531,25 @@ async def test_never_mode_reads_templated_uris_and_relays_legacy_resource_update
     assert item.contents[0].text == "delta item 9"  # type: ignore[union-attr]
     assert updates == ["delta://readme"]
     assert subscribed == ["+delta://readme", "-delta://readme"]  # the backend saw its own URI
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_walk_sees_every_lasting_item_once_while_backends_change(era: Era, serve: Any) -> None:
+    backend = MCPServer("shifting")
+    for index in range(10):
+        backend.add_tool(lambda: "old", name=f"t{index:02d}")
+    router = McpRouter(page_size=4, list_ttl=0)  # every page asks the backend again
+    router.mount("s", backend.streamable_http_app())
+    served = serve(router)
+    walked: list[str] = []
+    async with connect(served.mcp_url, era) as client:
+        page = await client.list_tools()
+        walked += [t.name for t in page.tools]
+        backend.add_tool(lambda: "new", name="a00")  # sorts before the cursor: a walk in progress skips it
+        backend.add_tool(lambda: "new", name="t05b")  # sorts after it: the walk picks it up
+        while page.next_cursor is not None:
+            page = await client.list_tools(cursor=page.next_cursor)
+            walked += [t.name for t in page.tools]
+    assert len(walked) == len(set(walked))  # nothing twice
+    assert {f"s__t{i:02d}" for i in range(10)} <= set(walked)  # everything that lasted, once
+    assert "s__t05b" in walked and "s__a00" not in walked

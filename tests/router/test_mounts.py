@@ -191,3 +191,59 @@ async def test_bad_input_to_a_mount_with_middleware_is_answered_by_the_core(serv
         )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == -32700
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_mount_protected_by_the_auth_middleware(era: Era, serve: Any) -> None:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
+
+    router = McpRouter()
+    router.mount(
+        "secure",
+        build_server().streamable_http_app(),
+        middleware=[
+            lambda app: AuthMiddleware(
+                app,
+                verifier=StaticTokenVerifier({"good-token": ["mcp"]}),
+                resource="http://127.0.0.1/mcp/secure",
+                authorization_servers=["https://issuer.example"],
+                require_audience=False,
+            )
+        ],
+    )
+    router.mount("open", build_server().streamable_http_app())
+    served = serve(router)
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}
+    async with httpx2.AsyncClient(base_url=served.base, timeout=10) as http:
+        metadata = await http.get("/.well-known/oauth-protected-resource/mcp/secure")
+        refused = await http.post("/mcp/secure", json=body)
+        opened = await http.post("/mcp/open", json=body, headers={"accept": "application/json, text/event-stream"})
+    assert metadata.status_code == 200
+    assert metadata.json()["resource"] == "http://127.0.0.1/mcp/secure"
+    assert metadata.json()["authorization_servers"] == ["https://issuer.example"]
+    assert refused.status_code == 401
+    assert refused.json()["id"] == 9
+    assert "/.well-known/oauth-protected-resource/mcp/secure" in refused.headers["www-authenticate"]
+    assert opened.status_code != 401  # the other mount has no auth of its own
+    async with httpx2.AsyncClient(headers={"Authorization": "Bearer good-token"}, timeout=30) as http:
+        transport = streamable_http_client(f"{served.base}/mcp/secure", http_client=http)
+        async with Client(transport, mode="legacy" if era == "legacy" else "auto", cache=None) as client:
+            result = await client.call_tool("echo", {"text": "with a token"})
+    assert result.content[0].text == "with a token"  # type: ignore[union-attr]
+
+
+async def test_aggregate_only_mount_has_no_path(serve: Any) -> None:
+    router = McpRouter()
+    router.mount("hidden", build_server().streamable_http_app(), path_mount=False)
+    served = serve(router)
+    async with httpx2.AsyncClient(base_url=served.base, timeout=10) as http:
+        direct = await http.post("/mcp/hidden", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    async with connect(served.mcp_url, "modern") as client:
+        result = await client.call_tool("hidden__echo", {"text": "only through the aggregate"})
+    assert direct.status_code == 404
+    assert result.content[0].text == "only through the aggregate"  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="reachable nowhere"):
+        router.mount("nowhere", build_server().streamable_http_app(), path_mount=False, aggregate=False)
