@@ -67,6 +67,16 @@ if TYPE_CHECKING:
         TokenBucket,
         global_key,
     )
+    from .router import (
+        AggregateServer,
+        HttpBackend,
+        InProcessBackend,
+        McpRouter,
+        NamingPolicy,
+        PrefixMode,
+        StdioBackend,
+        StreamingProxy,
+    )
     from .tracing import AccessLog, McpMetrics, PrometheusMetrics, PrometheusMiddleware, TracingMiddleware
 
 __version__ = "0.1.0"
@@ -106,6 +116,16 @@ _LAZY = {
         "TokenBucket",
         "global_key",
     ),
+    "router": (
+        "AggregateServer",
+        "HttpBackend",
+        "InProcessBackend",
+        "McpRouter",
+        "NamingPolicy",
+        "PrefixMode",
+        "StdioBackend",
+        "StreamingProxy",
+    ),
     "tracing": ("AccessLog", "McpMetrics", "PrometheusMetrics", "PrometheusMiddleware", "TracingMiddleware"),
 }
 _HOME = {name: package for package, names in _LAZY.items() for name in names}
@@ -127,6 +147,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ANONYMOUS",
     "AccessLog",
+    "AggregateServer",
     "AuthMiddleware",
     "BearerAuthMiddleware",
     "BreakerPolicy",
@@ -143,12 +164,17 @@ __all__ = [
     "Era",
     "ErrorCode",
     "FailureClassifier",
+    "HttpBackend",
+    "InProcessBackend",
     "IntrospectionTokenVerifier",
     "JwksTokenVerifier",
     "McpCoreMiddleware",
     "McpMetrics",
     "McpRequest",
+    "McpRouter",
     "MemoryBucketStore",
+    "NamingPolicy",
+    "PrefixMode",
     "Principal",
     "PrometheusMetrics",
     "PrometheusMiddleware",
@@ -165,7 +191,9 @@ __all__ = [
     "SelectorMap",
     "StateChange",
     "StaticTokenVerifier",
+    "StdioBackend",
     "StoreUnavailable",
+    "StreamingProxy",
     "TokenBucket",
     "TokenRejected",
     "TracingMiddleware",

@@ -129,7 +129,8 @@ def build_gateway(
             server.name,
             backend,
             middleware=stack.for_mount(server.name) if server.mount else (),
-            aggregate=server.aggregate,
+            aggregate=server.aggregate and config.aggregate.enabled,
+            path_mount=server.mount,
         )
     if problems:
         raise ConfigError(problems, str(config.source or "config"))

@@ -43,6 +43,11 @@ url = "{remote_url}"
 name = "text"
 command = ["{{python}}", "{ROOT / "examples" / "gateway" / "stdio_server.py"}"]
 
+[[servers]]
+name = "hidden"
+app = "tests.servers:build_server"
+mount = false
+
 [auth]
 mode = "static"
 [auth.tokens]
@@ -116,7 +121,7 @@ async def test_the_aggregate_lists_and_routes_every_backend(gateway: tuple[Gatew
     _, served = gateway
     async with client(f"{served.base}/mcp", era) as session:
         names = {tool.name for tool in (await session.list_tools()).tools}
-        assert {"local__echo", "remote__echo", "text__reverse"} <= names
+        assert {"local__echo", "remote__echo", "text__reverse", "hidden__echo"} <= names
         result = await session.call_tool("text__word_count", {"text": "one two three"})
         assert result.content[0].text == "3"  # type: ignore[union-attr]
 
@@ -145,11 +150,11 @@ def test_operations_endpoints(gateway: tuple[Gateway, Served]) -> None:
 def test_an_unknown_mount_is_a_json_rpc_404(gateway: tuple[Gateway, Served]) -> None:
     _, served = gateway
     headers = {"content-type": "application/json", "authorization": f"Bearer {TOKEN}"}
-    response = httpx2.post(
-        f"{served.base}/mcp/nope", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers
-    )
-    assert response.status_code == 404
-    assert "error" in response.json()
+    for path in ("/mcp/nope", "/mcp/hidden"):  # "hidden" is in the aggregate only (mount = false)
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        response = httpx2.post(f"{served.base}{path}", json=ping, headers=headers)
+        assert response.status_code == 404
+        assert response.json()["error"]["message"] == f"No MCP server is mounted at {path}"
 
 
 def test_a_server_that_cannot_be_loaded_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
