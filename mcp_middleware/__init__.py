@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         RetryPolicy,
         StateChange,
     )
+    from .cache import CachePolicy, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCacheMiddleware
     from .ratelimit import (
         BucketPolicy,
         BucketStore,
@@ -103,6 +104,7 @@ _LAZY = {
         "RetryPolicy",
         "StateChange",
     ),
+    "cache": ("CachePolicy", "CacheStore", "MemoryCacheStore", "RedisCacheStore", "ResponseCacheMiddleware"),
     "ratelimit": (
         "BucketPolicy",
         "BucketStore",
@@ -156,6 +158,8 @@ __all__ = [
     "BreakerState",
     "BucketPolicy",
     "BucketStore",
+    "CachePolicy",
+    "CacheStore",
     "CallerKey",
     "CircuitBreaker",
     "CircuitBreakerMiddleware",
@@ -173,6 +177,7 @@ __all__ = [
     "McpRequest",
     "McpRouter",
     "MemoryBucketStore",
+    "MemoryCacheStore",
     "NamingPolicy",
     "PrefixMode",
     "Principal",
@@ -183,7 +188,9 @@ __all__ = [
     "RateLimitMiddleware",
     "RateLimiter",
     "RedisBucketStore",
+    "RedisCacheStore",
     "RequestKind",
+    "ResponseCacheMiddleware",
     "ResponseOutcome",
     "ResponseTap",
     "RetryPolicy",
