@@ -11,7 +11,7 @@ kept returning empty bodies would make the SDK's disconnect watcher spin).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 
 from starlette.types import Message, Receive, Scope, Send
@@ -109,7 +109,13 @@ async def refuse(send: Send, rejection: Rejection, headers: Iterable[tuple[str, 
 
 
 class _Replay:
-    """`receive` that yields the buffered body once, then the real `receive`."""
+    """`receive` that yields the buffered body once, then the real `receive`.
+
+    Not a coroutine function: after the body it hands out the real `receive()` awaitable
+    itself, so no frame of ours sits between the app and the server while the app waits
+    (a cancelled wait would otherwise carry that frame in its traceback, into the
+    reference cycles the SDK leaves for the garbage collector).
+    """
 
     __slots__ = ("_body", "_receive")
 
@@ -117,12 +123,16 @@ class _Replay:
         self._body: bytes | None = body
         self._receive = receive
 
-    async def __call__(self) -> Message:
+    def __call__(self) -> Awaitable[Message]:
         body = self._body
         if body is None:
-            return await self._receive()
+            return self._receive()
         self._body = None
-        return {"type": "http.request", "body": body, "more_body": False}
+        return _ready({"type": "http.request", "body": body, "more_body": False})
+
+
+async def _ready(message: Message) -> Message:
+    return message
 
 
 def _declared_length(value: str | None) -> int | None:

@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import JsonRpcCode, send_error
 from .kernel import DEFAULT_CONFIG, CoreConfig, read_request
-from .request import McpRequest
+from .request import REQUEST_SCOPE_KEY, McpRequest
 from .tap import ResponseOutcome, ResponseTap
 
 __all__ = ["McpCoreMiddleware", "OutcomeHook"]
@@ -49,6 +49,7 @@ class McpCoreMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        created = REQUEST_SCOPE_KEY not in scope
         prepared = await read_request(scope, receive, send, self.config)
         if prepared is None:
             return
@@ -56,31 +57,38 @@ class McpCoreMiddleware:
         if request is None:
             await self.app(scope, receive, send)
             return
-        if self.on_outcome is None:
-            guard = _StartGuard(send)
-            try:
-                await self.app(scope, receive, guard.send)
-            except Exception:
-                if guard.started:
-                    raise
-                await _internal_error(request, send)
-            return
-        tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
         try:
+            if self.on_outcome is None:
+                guard = _StartGuard(send)
+                try:
+                    await self.app(scope, receive, guard)
+                except Exception:
+                    if guard.started:
+                        raise
+                    await _internal_error(request, send)
+                return
+            tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
             try:
-                await self.app(scope, receive, send)
-            except Exception:
-                if tap.started:
-                    raise
-                await _internal_error(request, send)
+                try:
+                    await self.app(scope, receive, send)
+                except Exception:
+                    if tap.started:
+                        raise
+                    await _internal_error(request, send)
+            finally:
+                pending = self.on_outcome(request, tap.outcome())
+                if pending is not None:
+                    await pending
         finally:
-            pending = self.on_outcome(request, tap.outcome())
-            if pending is not None:
-                await pending
+            if created:
+                # Under uvicorn the scope outlives the request in a reference cycle (freed only by the
+                # garbage collector); the view and its decoded params need not: they are freed now.
+                del scope[REQUEST_SCOPE_KEY]
 
 
 class _StartGuard:
-    """A `send` that remembers whether the response has started (cheaper than a closure per request)."""
+    """A `send` that remembers whether the response has started (one object per request: no closure,
+    no bound method, since the SDK keeps `send` in reference cycles only the garbage collector frees)."""
 
     __slots__ = ("_send", "started")
 
@@ -88,7 +96,7 @@ class _StartGuard:
         self._send = send
         self.started = False
 
-    async def send(self, message: Message) -> None:
+    async def __call__(self, message: Message) -> None:
         self.started = True
         await self._send(message)
 
