@@ -47,6 +47,8 @@ STACKS: dict[str, Stack] = {
     "bare": Stack(lambda app: app),
     # Behind `McpCoreMiddleware` (default config: `/mcp`, 4 MiB bounds, no hook).
     "core": Stack(McpCoreMiddleware),
+    # The bare app again: `--apps bare,bare_again` is an A/A run, the method's own bias and noise.
+    "bare_again": Stack(lambda app: app),
     # The core with an outcome hook: every response is tapped and its JSON-RPC outcome parsed.
     "core_tap": Stack(lambda app: McpCoreMiddleware(app, on_outcome=_ignore)),
 }
