@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import time
@@ -11,6 +13,10 @@ from typing import Any
 import anyio
 import httpx2
 import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from joserfc.errors import (
     JoseError,
     UnsupportedAlgorithmError,
@@ -289,13 +295,18 @@ class JwksTokenVerifier:
             raise TokenRejected("Malformed token") from exc
 
     def _verify_signature(self, obj: CompactSignature, keys: list[Key]) -> dict[str, Any]:
+        es256 = obj.headers().get("alg") == "ES256"
         for key in keys:
             try:
-                if not validate_compact(obj, key, registry=self._jws):
+                if es256 and isinstance(key, ECKey):
+                    self._jws.check_header(obj.headers())  # what validate_compact checks first ("crit")
+                    if not _verify_es256(obj, key):
+                        continue
+                elif not validate_compact(obj, key, registry=self._jws):
                     continue
             except UnsupportedAlgorithmError as exc:
                 raise TokenRejected("Algorithm is not accepted") from exc
-            except (JoseError, ValueError, TypeError) as exc:
+            except (JoseError, ValueError, TypeError, binascii.Error) as exc:
                 raise TokenRejected("Malformed token") from exc
             try:
                 claims = orjson.loads(obj.payload)
@@ -349,3 +360,30 @@ def _numeric_date(value: object) -> bool:
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def _verify_es256(obj: CompactSignature, key: ECKey) -> bool:
+    """ES256 straight through `cryptography`: joserfc's generic path adds about 10 µs to a first
+    verification whose P-256 check alone takes 60-80 µs here (the target is 100 µs in all).
+
+    The signature must be exactly 64 bytes of base64url (r || s, RFC 7518 §3.4) under a P-256 key;
+    anything else is not a valid signature by this key.
+    """
+    if key.curve_name != "P-256":
+        return False
+    segments = obj.segments
+    encoded = segments["signature"]
+    raw = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
+    if len(raw) != 64:
+        return False
+    signature = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public = key.get_op_key("verify")
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    try:
+        public.verify(signature, segments["header"] + b"." + segments["payload"], _ECDSA_SHA256)
+    except InvalidSignature:
+        return False
+    return True

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx2
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import CoreConfig, McpRequest, read_request
@@ -531,6 +533,27 @@ def _readiness(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
         return ok, "; ".join(details) or "memory"
 
     async def backends() -> tuple[bool, str]:
-        return bool(router.mounts), f"{len(router.mounts)} mounted"
+        """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
+        problems: list[str] = []
+        remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
+
+        async def reachable(name: str, backend: HttpBackend) -> None:
+            url = httpx2.URL(backend.url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                with anyio.fail_after(min(backend.connect_timeout, 1.5)):
+                    stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+            except (OSError, TimeoutError) as exc:
+                problems.append(f"{name}: unreachable ({type(exc).__name__})")
+
+        async with anyio.create_task_group() as group:
+            for name, backend in remote.items():
+                group.start_soon(reachable, name, backend)
+        states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
+        failing = sorted(name for name, (state, _) in states.items() if state == "failing")
+        problems += [f"{name}: failing ({states[name][1]})" for name in failing]
+        ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
+        return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
 
     return {"backends": backends, "breakers": breakers, "stores": stores}

@@ -223,6 +223,23 @@ class AggregateServer:
     def app(self) -> ASGIApp:
         return self._app
 
+    def backend_states(self) -> dict[str, tuple[str, str]]:
+        """What the aggregate knows of each backend, for readiness checks: `(state, detail)` with state
+        `"connected"` (its session is up), `"failing"` (it failed and is cooling down) or `"idle"`
+        (no session yet: opened on first use)."""
+        now = time.monotonic()
+        states: dict[str, tuple[str, str]] = {}
+        for server in self.backends:
+            cooling = self._cooling.get(server)
+            link = self._links.get(server)
+            if cooling is not None and cooling[0] > now:
+                states[server] = ("failing", cooling[1])
+            elif link is not None and link.connected:
+                states[server] = ("connected", f"{link.restarts} restarts" if link.restarts else "")
+            else:
+                states[server] = ("idle", "")
+        return states
+
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the server's session manager and the backend sessions (opened on first use)."""

@@ -210,6 +210,7 @@ access_log = false
         ready = httpx2.get(f"{served.base}/readyz")
         assert ready.status_code == 200
         assert ready.json()["checks"]["breakers"]["detail"] == "dead: open"
+        assert ready.json()["checks"]["backends"]["detail"].startswith("dead: unreachable")
         assert httpx2.post(f"{served.base}/mcp/live", json=body, headers=headers).status_code == 200
         metrics = httpx2.get(f"{served.base}/metrics").text  # the transition reached the tracing metrics
         assert re.search(r"mcp_middleware_breaker_transitions_total\{[^}]*state=\"open\"[^}]*\} 1\.0", metrics), [
