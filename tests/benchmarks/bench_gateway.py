@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import Any
 
@@ -192,6 +193,7 @@ async def _open_sessions(server: Server, app: str, count: int) -> int:
 
 
 async def memory(quick: bool) -> dict[str, float]:
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # MCPServer turns on INFO logging: one line per request
     count = 300 if quick else 1000
     print(section(f"gateway: resident memory per idle legacy session ({count} sessions)"))
     per_session: dict[str, float] = {}
