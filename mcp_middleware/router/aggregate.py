@@ -162,6 +162,7 @@ class AggregateServer:
         debounce: float = 0.2,
         transport_security: TransportSecuritySettings | None = None,
         max_listeners: int = 10_000,
+        max_client_links: int = 1_000,
         path: str = "/mcp",
         shared_links: dict[str, BackendLink] | None = None,
     ) -> None:
@@ -175,7 +176,9 @@ class AggregateServer:
         self.debounce = debounce
         self.path = path
         self._links: dict[str, BackendLink] = {}
-        self._legacy_links: dict[str, BackendLink] = {}
+        self._legacy_links: OrderedDict[tuple[str, str], BackendLink] = OrderedDict()
+        """(client session id, backend) → that client's own handshake-era session to the backend (LRU)."""
+        self.max_client_links = max_client_links
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in _KINDS}
@@ -599,28 +602,38 @@ class AggregateServer:
         return target
 
     def _link_for(self, ctx: ServerRequestContext[Any] | None, server: str) -> BackendLink:
-        """The session a call goes through: a handshake-era client gets a handshake-era session to an HTTP or
-        in-process backend negotiated as "auto", so the backend's server-to-client requests (sampling,
-        elicitation, roots) have a way back to it; everything else shares the one (usually 2026-07-28) session.
-        (A stdio backend keeps one session, one process: give it `mode="legacy"` for such requests.)"""
+        """The session a call goes through. A handshake-era client gets a handshake-era session of its own to an
+        HTTP or in-process backend, so the backend's server-to-client requests (sampling, elicitation, roots)
+        arrive on a session that belongs to that client and are relayed to it, whatever other clients are
+        doing; everything else shares the one (usually 2026-07-28) session. Client sessions are opened on
+        their first call and kept for the `max_client_links` most recently used clients.
+        (A stdio backend keeps one session, one process: its requests reach a client only while that
+        client's call is the only one running.)"""
         backend = self.backends[server]
-        if ctx is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS or backend.mode != "auto":
+        if ctx is None or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             return self._links[server]
         if backend.supervised:  # a second session to a command would be a second process, with its own state
             return self._links[server]
-        link = self._legacy_links.get(server)
-        if link is None:
-            assert self._group is not None
-            link = BackendLink(
-                server,
-                backend,
-                group=self._group,
-                on_change=self._backend_changed,
-                client_options=self._relay_callbacks,
-                mode="legacy",
-            )
-            link.on_resource_updated(self._resource_updated)
-            self._legacy_links[server] = link
+        session_id = _session_id(ctx) or ""
+        key = (session_id, server)
+        link = self._legacy_links.get(key)
+        if link is not None:
+            self._legacy_links.move_to_end(key)
+            return link
+        assert self._group is not None
+        link = BackendLink(
+            server,
+            backend,
+            group=self._group,
+            on_change=self._backend_changed,
+            client_options=lambda name: self._relay_callbacks(name, session_id or None),
+            mode="legacy",
+        )
+        link.on_resource_updated(self._resource_updated)
+        self._legacy_links[key] = link
+        while len(self._legacy_links) > self.max_client_links:
+            _, oldest = self._legacy_links.popitem(last=False)
+            oldest.close()
         return link
 
     async def _client(self, server: str, ctx: ServerRequestContext[Any] | None = None) -> Client:
@@ -701,16 +714,23 @@ class AggregateServer:
         finally:
             calls.remove(ctx)
 
-    def _relay_callbacks(self, server: str) -> dict[str, Any]:
+    def _relay_callbacks(self, server: str, client_session: str | None = None) -> dict[str, Any]:
         """The backend session's sampling/elicitation/roots callbacks: relay to the client whose call is running.
 
-        The SDK does not tell a client which of its requests a server request belongs to,
-        so the router relays only when exactly one call of a client that can answer
-        (a legacy session) is running on that backend; otherwise the backend gets an error.
+        A session opened for one client (`client_session`) relays to that client's running call. The
+        shared session cannot know which client a server request belongs to (the SDK does not say), so
+        it relays only when exactly one call of a client that can answer is running on that backend;
+        otherwise the backend gets an error.
         """
 
-        async def relay(request: Any, result_type: type[Any]) -> Any:
+        def candidates() -> list[ServerRequestContext[Any]]:
             calls = [c for c in self._inflight.get(server, ()) if c.session.can_send_request]
+            if client_session is not None:
+                return [c for c in calls if _session_id(c) == client_session][:1]
+            return calls
+
+        async def relay(request: Any, result_type: type[Any]) -> Any:
+            calls = candidates()
             if len(calls) != 1:
                 reason = "no client call is running" if not calls else "several client calls are running"
                 return types.ErrorData(
@@ -737,7 +757,7 @@ class AggregateServer:
             return await relay(types.ListRootsRequest(), types.ListRootsResult)
 
         async def log(params: types.LoggingMessageNotificationParams) -> None:
-            calls = self._inflight.get(server, ())
+            calls = candidates() if client_session is not None else self._inflight.get(server, ())
             if len(calls) != 1:  # not attributable to one client: the router's own log keeps it
                 logger.info("backend %s log [%s]: %s", server, params.level, params.data)
                 return

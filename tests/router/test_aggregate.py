@@ -553,3 +553,37 @@ async def test_a_walk_sees_every_lasting_item_once_while_backends_change(era: Er
     assert len(walked) == len(set(walked))  # nothing twice
     assert {f"s__t{i:02d}" for i in range(10)} <= set(walked)  # everything that lasted, once
     assert "s__t05b" in walked and "s__a00" not in walked
+
+
+async def test_legacy_server_to_client_requests_reach_the_right_client_among_concurrent_ones(serve: Any) -> None:
+    """Two handshake-era clients call the same backend at the same time; each backend request is relayed to
+    the client whose call made it (each client has its own session to the backend), never to the other."""
+    router = McpRouter()
+    router.mount("asking", InProcessBackend(legacy_asking_server().streamable_http_app(), mode="legacy"))
+    served = serve(router)
+    both_asked = anyio.Event()
+    asked: list[str] = []
+
+    def answering(name: str) -> Any:
+        async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+            asked.append(f"{name}: {params.messages[0].content.text}")  # type: ignore[union-attr]
+            if len(asked) == 2:
+                both_asked.set()
+            with anyio.fail_after(10):
+                await both_asked.wait()  # both calls are running on the backend at once
+            return types.CreateMessageResult(role="assistant", content=types.TextContent(text=name), model="test")
+
+        return sampling
+
+    results: dict[str, str] = {}
+
+    async def client(name: str) -> None:
+        async with connect(served.mcp_url, "legacy", sampling_callback=answering(name)) as session:
+            result = await session.call_tool("asking__ask_model", {"question": f"question of {name}"})
+            results[name] = result.content[0].text  # type: ignore[union-attr]
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(client, "alice")
+        group.start_soon(client, "bob")
+    assert sorted(asked) == ["alice: question of alice", "bob: question of bob"]
+    assert results == {"alice": "model said alice", "bob": "model said bob"}
