@@ -137,7 +137,9 @@ def _banner(gateway: Any) -> None:
     for skipped in gateway.skipped:
         lines.append(f"  skipped:     {skipped}")
     if gateway.authorization_server is not None:
-        lines.append(f"  login (dev): {base}/authorize  (the embedded authorization server)")
+        lines.append(
+            f"  login (dev): the embedded authorization server at {base} (its page opens when a client signs in)"
+        )
     lines.append(
         f"  health:      {base}/healthz  {base}/readyz"
         + (f"  {base}{config.tracing.metrics_path}" if config.tracing.enabled else "")
