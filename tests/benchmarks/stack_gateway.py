@@ -65,4 +65,19 @@ def gateway(app: ASGIApp) -> ASGIApp:
         _apps.pop()
 
 
-STACKS = {"gateway": Stack(gateway, headers=(("authorization", f"Bearer {TOKEN}"),), lifespan=True)}
+def gateway_without_tracing(app: ASGIApp) -> ASGIApp:
+    """The same gateway without `[tracing]` (no metrics, no access log): what observability costs in it."""
+    _apps.append(app)
+    try:
+        config = parse_config(_CONFIG.replace("[tracing]\naccess_log = false\n", ""))
+        assert not config.tracing.enabled
+        return _AtMount(build_gateway(config).app)
+    finally:
+        _apps.pop()
+
+
+_HEADERS = (("authorization", f"Bearer {TOKEN}"),)
+STACKS = {
+    "gateway": Stack(gateway, headers=_HEADERS, lifespan=True),
+    "gateway_no_tracing": Stack(gateway_without_tracing, headers=_HEADERS, lifespan=True),
+}
