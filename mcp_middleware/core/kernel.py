@@ -89,7 +89,7 @@ class CoreConfig:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        return self.is_mcp_path(path)
+        return self._everything or path in self._exact or path.startswith(self._prefixes)  # is_mcp_path, inlined
 
 
 DEFAULT_CONFIG = CoreConfig()
@@ -135,15 +135,6 @@ async def _ready(message: Message) -> Message:
     return message
 
 
-def _declared_length(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
 async def read_request(
     scope: Scope, receive: Receive, send: Send, config: CoreConfig = DEFAULT_CONFIG
 ) -> tuple[McpRequest | None, Receive] | None:
@@ -167,32 +158,45 @@ async def read_request(
         scope[REQUEST_SCOPE_KEY] = view
         return view, receive
 
-    content_type = headers.content_type
-    if content_type is None or not content_type.lower().startswith("application/json"):
+    content_type = headers.raw_content_type  # bytes: `.lower()` is ASCII-only, as the comparison needs
+    if content_type is None or content_type[:16].lower() != b"application/json":
         rejection = Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
         await _refuse(scope, send, rejection)
         return None
     limit = config.max_body_size
-    declared = _declared_length(headers.content_length)
-    if declared is not None and declared > limit:
-        await _refuse(scope, send, _too_large(limit))
-        return None
-
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: nobody to answer
+    declared = headers.raw_content_length
+    if declared is not None:
+        try:
+            too_large = int(declared) > limit
+        except ValueError:  # not a number: the server answers that; the streamed size is bounded below anyway
+            too_large = False
+        if too_large:
+            await _refuse(scope, send, _too_large(limit))
             return None
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
+
+    message = await receive()
+    if message["type"] != "http.request":  # http.disconnect: nobody to answer
+        return None
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):  # chunked: gather, refusing as soon as the bound is passed
+        chunks = [body]
+        size = len(body)
+        more = True
+        while more and size <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
         if size > limit:
             await _refuse(scope, send, _too_large(limit))
             return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = b"".join(chunks)
+    elif len(body) > limit:
+        await _refuse(scope, send, _too_large(limit))
+        return None
 
     parsed = parse_post(body, headers, started)
     if isinstance(parsed, Rejection):

@@ -88,7 +88,10 @@ class McpCoreMiddleware:
 
 class _StartGuard:
     """A `send` that remembers whether the response has started (one object per request: no closure,
-    no bound method, since the SDK keeps `send` in reference cycles only the garbage collector frees)."""
+    no bound method, since the SDK keeps `send` in reference cycles only the garbage collector frees).
+
+    Not a coroutine function: it hands out the server's own `send()` awaitable, so a message
+    costs no extra coroutine and no extra frame."""
 
     __slots__ = ("_send", "started")
 
@@ -96,9 +99,9 @@ class _StartGuard:
         self._send = send
         self.started = False
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
         self.started = True
-        await self._send(message)
+        return self._send(message)
 
 
 async def _internal_error(request: McpRequest, send: Send) -> None:

@@ -58,6 +58,14 @@ _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/un
 _NAME_METHODS = frozenset({"tools/call", "prompts/get"})
 _ROUTING_HEADERS = (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
 _ROUTING_HEADER_BYTES = frozenset(name.encode() for name in _ROUTING_HEADERS)
+_HEADER_NAMES = (
+    b"content-type",
+    b"content-length",
+    b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
+    b"mcp-session-id",
+)
 _INVALID_BODY = "Body must be a single JSON-RPC request or notification object"
 
 
@@ -92,10 +100,20 @@ class RequestHeaders:
 
     ASGI servers lower-case header names. Only the first copy of a header counts,
     as in Starlette; a second copy of a routing header is remembered in
-    `duplicated` (the modern era refuses it).
+    `duplicated` (the modern era refuses it). The routing headers are decoded at
+    once; the others only when asked (`raw_content_type` and `raw_content_length`
+    are what the kernel reads).
     """
 
-    __slots__ = ("content_length", "content_type", "duplicated", "method", "name", "protocol_version", "session_id")
+    __slots__ = (
+        "_session_id",
+        "duplicated",
+        "method",
+        "name",
+        "protocol_version",
+        "raw_content_length",
+        "raw_content_type",
+    )
 
     duplicated: str | None
 
@@ -105,19 +123,13 @@ class RequestHeaders:
             found = self._first_copies(raw)
         else:
             self.duplicated = None
-        # Decoded inline: six calls of a helper cost more than the rest of this method.
-        value = found.get(b"content-type")
-        self.content_type = value.decode("latin-1") if value is not None else None
-        value = found.get(b"content-length")
-        self.content_length = value.decode("latin-1") if value is not None else None
-        value = found.get(b"mcp-protocol-version")
-        self.protocol_version = value.decode("latin-1") if value is not None else None
-        value = found.get(b"mcp-method")
-        self.method = value.decode("latin-1") if value is not None else None
-        value = found.get(b"mcp-name")
-        self.name = value.decode("latin-1") if value is not None else None
-        value = found.get(b"mcp-session-id")
-        self.session_id = value.decode("latin-1") if value is not None else None
+        # One C-level pass for every lookup; decoding inline (a helper's calls would cost more than the rest).
+        self.raw_content_type, self.raw_content_length, version, method, name, self._session_id = map(
+            found.get, _HEADER_NAMES
+        )
+        self.protocol_version = version.decode("latin-1") if version is not None else None
+        self.method = method.decode("latin-1") if method is not None else None
+        self.name = name.decode("latin-1") if name is not None else None
 
     def _first_copies(self, raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
@@ -129,6 +141,21 @@ class RequestHeaders:
                 duplicated = key.decode("latin-1")
         self.duplicated = duplicated
         return found
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.raw_content_type
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def content_length(self) -> str | None:
+        value = self.raw_content_length
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def session_id(self) -> str | None:
+        value = self._session_id
+        return value.decode("latin-1") if value is not None else None
 
     @property
     def era(self) -> Era:
@@ -234,9 +261,8 @@ def get_mcp_request(source: Scope | HTTPConnection) -> McpRequest | None:
     return view if isinstance(view, McpRequest) else None
 
 
-def _valid_id(value: Any) -> bool:
-    # MCP ids are strings or integers; JSON-RPC's null and fractional ids are refused.
-    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+_NO_ID: Any = object()
+_tuple_new = tuple.__new__  # builds a view without the Python-level `McpRequest.__new__`
 
 
 def parse_post(body: bytes, headers: RequestHeaders, started: float | None = None) -> McpRequest | Rejection:
@@ -246,57 +272,82 @@ def parse_post(body: bytes, headers: RequestHeaders, started: float | None = Non
     -32602/-32020/-32022) and are clearer where it is not (a batch is -32600 in
     both eras, an invalid id is -32600 instead of a validation dump).
     """
+    # Hot path of every request: written for the interpreter (exact `type` checks, since orjson
+    # only makes exact built-in types; no helper calls on the common path).
     try:
         message = orjson.loads(body)
     except (orjson.JSONDecodeError, RecursionError):
         return Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
-    if not isinstance(message, dict):
+    if type(message) is not dict:
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
-    era = headers.era
-    has_id = "id" in message
-    raw_id = message.get("id")
-    if has_id and not _valid_id(raw_id):
+    request_id = message.get("id", _NO_ID)
+    has_id = request_id is not _NO_ID
+    if not has_id:
+        request_id = None
+    elif type(request_id) is not str and type(request_id) is not int:  # null, fractional and bool ids refused
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
-    request_id: RequestId | None = raw_id if has_id else None
     if message.get("jsonrpc") != "2.0":
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
+    version = headers.protocol_version
+    era = Era.LEGACY if version is None or version in _HANDSHAKE_VERSIONS else Era.MODERN
     method = message.get("method")
-    if method is None:
+    if type(method) is not str or not method:
+        if method is not None:
+            return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
         if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
             return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
-    if not isinstance(method, str) or not method:
-        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
     params = message.get("params")
-    if params is not None and not isinstance(params, dict):
+    if params is not None and type(params) is not dict:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
-    kind = RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION
-    verified = False
-    if era is Era.MODERN:
-        rejection = _modern_ladder(message, headers, kind, request_id)
+    if era is Era.LEGACY:
+        return _view(
+            RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
+            era,
+            headers,
+            params,
+            request_id,
+            method,
+            body,
+            started,
+        )
+    if not has_id:
+        # The SDK only checks the version of an id-less POST, then drops it with 202.
+        rejected = unsupported_protocol_version_rejection(version or "")
+        if rejected is not None:
+            return _from_ladder(rejected, None)
+        return _view(RequestKind.NOTIFICATION, era, headers, params, None, method, body, started)
+    if headers.duplicated is not None or not _agrees(params, method, headers):
+        rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
             return rejection
-        verified = kind is RequestKind.REQUEST
-    return _view(kind, era, headers, params, request_id, method, body, started, verified)
+    return _tuple_new(
+        McpRequest,
+        (
+            RequestKind.REQUEST,
+            era,
+            version,
+            "POST",
+            method,
+            request_id,
+            params,
+            None,
+            True,
+            body,
+            time.perf_counter() if started is None else started,
+        ),
+    )
 
 
-def _modern_ladder(
-    message: dict[str, Any], headers: RequestHeaders, kind: RequestKind, request_id: RequestId | None
-) -> Rejection | None:
-    """The SDK's 2026-07-28 validation ladder, answered with its codes and statuses."""
-    if kind is RequestKind.NOTIFICATION:
-        # The SDK only checks the version of an id-less POST, then drops it with 202.
-        rejected = unsupported_protocol_version_rejection(headers.protocol_version or "")
-        return _from_ladder(rejected, None) if rejected is not None else None
+def _modern_ladder(message: dict[str, Any], headers: RequestHeaders, request_id: RequestId | None) -> Rejection | None:
+    """The SDK's 2026-07-28 validation ladder for a request, answered with its codes and statuses."""
     if headers.duplicated is not None:
         return Rejection(
             400, JsonRpcCode.HEADER_MISMATCH, f"{headers.duplicated} header appears more than once", request_id
         )
-    if _agrees(message, headers):
-        return None  # the common case, decided without building the SDK's verdict objects
     routing = {
         name: value
         for name, value in zip(_ROUTING_HEADERS, (headers.protocol_version, headers.method, headers.name), strict=True)
@@ -306,24 +357,23 @@ def _modern_ladder(
     return _from_ladder(verdict, request_id) if isinstance(verdict, InboundLadderRejection) else None
 
 
-def _agrees(message: dict[str, Any], headers: RequestHeaders) -> bool:
+def _agrees(params: dict[str, Any] | None, method: str, headers: RequestHeaders) -> bool:
     """True only if the SDK's ladder would accept: envelope present, headers equal to the body, version served.
 
     A `False` is not a rejection: the SDK's own classifier then decides (and, for a
     base64-encoded `Mcp-Name`, may still accept).
     """
-    params = message.get("params")
-    meta = params.get("_meta") if isinstance(params, dict) else None
-    if not isinstance(meta, dict) or _CAPABILITIES_KEY not in meta:
+    if params is None:
+        return False
+    meta = params.get("_meta")
+    if type(meta) is not dict or _CAPABILITIES_KEY not in meta:
         return False
     version = meta.get(_VERSION_KEY)
-    method = message["method"]
     if version != headers.protocol_version or version not in _MODERN_VERSIONS or headers.method != method:
         return False
     name_key = NAME_BEARING_METHODS.get(method)
     if name_key is None:
         return True
-    assert isinstance(params, dict)
     value = params.get(name_key)
     return value is None or value == headers.name
 
@@ -347,18 +397,21 @@ def _view(
     if version is None:
         proposed = params.get("protocolVersion") if params is not None and method == "initialize" else None
         version = proposed if isinstance(proposed, str) else DEFAULT_LEGACY_VERSION
-    return McpRequest(
-        kind,
-        era,
-        version,
-        "POST",
-        method,
-        request_id,
-        params,
-        headers.session_id if era is Era.LEGACY else None,
-        verified,
-        body,
-        time.perf_counter() if started is None else started,
+    return _tuple_new(
+        McpRequest,
+        (
+            kind,
+            era,
+            version,
+            "POST",
+            method,
+            request_id,
+            params,
+            headers.session_id if era is Era.LEGACY else None,
+            verified,
+            body,
+            time.perf_counter() if started is None else started,
+        ),
     )
 
 

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import signal
 import time
@@ -55,12 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e2e.add_argument("--duration", type=float, help="measured seconds per run (default 5, quick 2)")
     e2e.add_argument("--warmup", type=float, help="unmeasured seconds before each run (default 1, quick 0.5)")
     e2e.add_argument("--connections", type=int, default=16, help="concurrent keep-alive connections (default 16)")
+    e2e.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="servers call gc.freeze() once the app is built (as production servers may), for less noise",
+    )
     e2e.add_argument("--pin", action="store_true", help="pin the servers to CPU 1 and the load generator to CPU 0")
     e2e.add_argument(
         "--mode",
-        choices=("shared", "paired", "sequential"),
-        default="shared",
-        help="shared: one server process hosts every app, loaded in turn (default); paired: a process per app,"
+        choices=("same-cpu", "shared", "paired", "sequential"),
+        default="same-cpu",
+        help="same-cpu: each round a fresh process per app, all pinned to one CPU and loaded at once (default);"
+        " shared: one server process hosts every app, loaded in turn; paired: a process per app,"
         " side by side in the same window; sequential: a process per app, one after another",
     )
     e2e.add_argument(
@@ -110,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         micro = bench_core.main(samples=args.samples, sample_ms=args.sample_ms, in_situ_requests=args.in_situ)
         results["micro"] = micro.as_dict()
     if args.only in (None, "e2e"):
+        if args.gc_freeze:
+            os.environ["BENCH_GC_FREEZE"] = "1"  # inherited by every server subprocess
         e2e = bench_e2e.main(
             repeats=args.repeats,
             warmup=args.warmup,
@@ -142,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio, cpu_ratio = e2e.ratio("core"), e2e.cpu_ratio("core")
         print(
             f"  e2e throughput core/{e2e.base}: {ratio:.3f}"
-            f" ({e2e.median_rps('core'):,.0f} / {e2e.median_rps(e2e.base):,.0f} req/s, medians of {args.repeats} runs)"
+            f" ({e2e.median_rps('core'):,.0f} / {e2e.median_rps(e2e.base):,.0f} req/s, medians of {args.repeats} runs;"
+            f" {e2e.mode}, 95 % interval {'{:.3f}..{:.3f}'.format(*e2e.ratio_interval('core'))})"
             f"  (≥ {bench_e2e.TARGET_RATIO:g}: {verdict(ratio >= bench_e2e.TARGET_RATIO)})"
         )
         print(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from .apps import APPS, STACKS
 HOST = "127.0.0.1"
 TARGET_RATIO = 0.95
 """The issue's target: throughput through the core ≥ 95 % of the bare server's."""
+BOOTSTRAP_RESAMPLES = 2000
 MAX_REQUESTS_PER_RUN = 2_000_000
 """A hard bound on one run, whatever the duration."""
 ROOT = Path(__file__).resolve().parents[2]
@@ -376,10 +378,16 @@ class E2EResult:
     duration: float
     pinned: bool
     seconds: float
+    mode: str = "shared"
 
     @property
     def base(self) -> str:
         return self.apps[0]
+
+    @property
+    def simultaneous(self) -> bool:
+        """The apps of a round ran at the same time (`paired`, `same-cpu`): the per-round ratio is the measure."""
+        return self.mode in ("paired", "same-cpu")
 
     def of(self, app: str) -> list[Run]:
         return [r for r in self.runs if r.app == app]
@@ -388,8 +396,18 @@ class E2EResult:
         return median([r.rps for r in self.of(app)])
 
     def ratio(self, app: str = "core") -> float:
-        """Throughput of `app` over the baseline's: the ratio of the medians."""
+        """Throughput of `app` over the baseline's: the median of the per-round ratios when the apps
+        of a round ran at the same time, else the ratio of the medians."""
+        if self.simultaneous:
+            return median(self.pair_ratios(app))
         return self.median_rps(app) / self.median_rps(self.base)
+
+    def ratio_interval(self, app: str = "core") -> tuple[float, float]:
+        """95 % bootstrap interval of the median per-round ratio (rounds resampled, fixed seed)."""
+        pairs = self.pair_ratios(app)
+        rng = random.Random(2026)
+        medians = [median([pairs[rng.randrange(len(pairs))] for _ in pairs]) for _ in range(BOOTSTRAP_RESAMPLES)]
+        return percentile(medians, 2.5), percentile(medians, 97.5)
 
     def cpu_ratio(self, app: str = "core") -> float:
         """Requests per CPU-second of `app` over the baseline's (ratio of the median CPU µs per request).
@@ -435,7 +453,9 @@ class E2EResult:
                 for r in self.runs
             ],
             "median_rps": {app: self.median_rps(app) for app in self.apps},
+            "mode": self.mode,
             "ratio": {app: self.ratio(app) for app in others},
+            "ratio_interval_95": {app: self.ratio_interval(app) for app in others},
             "cpu_ratio": {app: self.cpu_ratio(app) for app in others},
             "pair_cpu_ratios": {app: self.pair_cpu_ratios(app) for app in others},
             "pair_ratios": {app: self.pair_ratios(app) for app in others},
@@ -488,44 +508,57 @@ async def run_shared(
             run.app = app
             runs.append(run)
             print(_run_line(run, len(order)), flush=True)
-    return E2EResult(tuple(apps), runs, connections, warmup, duration, False, time.perf_counter() - started)
+    return E2EResult(tuple(apps), runs, connections, warmup, duration, False, time.perf_counter() - started, "shared")
 
 
 async def run_paired(
-    *, repeats: int, warmup: float, duration: float, connections: int, apps: Sequence[str]
+    *, repeats: int, warmup: float, duration: float, connections: int, apps: Sequence[str], same_cpu: bool = False
 ) -> E2EResult:
     """Each round serves every app at once (fresh processes) and loads them in the same window.
 
-    The VM's speed drifts by ±15 % over tens of seconds; loading the apps side by side
-    makes a drift fall on all of them alike, so the per-round ratio measures the app.
-    Each server has a core while the shared load generator takes its few percent from both.
+    The VM's speed drifts by ±15 % over tens of seconds, and by ±25 % between half-second
+    slices; loading the apps side by side makes a drift fall on all of them alike, so
+    the per-round ratio measures the app. `paired`: each server takes a core where the
+    scheduler puts it. `same-cpu`: every server is pinned to CPU 1 and the load generator
+    to CPU 0, so the servers share one CPU in time slices of a few milliseconds, each
+    saturated by its own connections: they see the same machine, and at equal shares
+    of the CPU their throughputs compare as their costs per request.
     """
     started = time.perf_counter()
+    mode = "same-cpu" if same_cpu else "paired"
     print(section(f"e2e: modern tools/call ({BODY_SIZE} B body) over loopback, {connections} keep-alive connections"))
+    where = "all pinned to CPU 1 (the load generator to CPU 0)" if same_cpu else "side by side"
     print(
-        f"  paired: each round runs fresh uvicorn subprocesses of {', '.join(apps)} side by side"
+        f"  {mode}: each round runs fresh uvicorn subprocesses of {', '.join(apps)} at once, {where}"
         f" (1 worker each, asyncio, h11), each loaded by its own {connections} connections in the same window;"
         f" {warmup:g} s warm-up + {duration:g} s measured, {repeats} rounds"
     )
     runs: list[Run] = []
     total = repeats * len(apps)
-    for round_ in range(repeats):
-        order = list(apps) if round_ % 2 == 0 else list(reversed(apps))  # alternate who starts first
-        with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(serving(name, pin=False, hash_seed=round_)) for name in order]
-            for server in servers:
-                await wait_ready(server)
-            first = round_ * len(apps) + 1
-            done = await asyncio.gather(
-                *(
-                    load(server, index=first + i, connections=connections, warmup=warmup, duration=duration)
-                    for i, server in enumerate(servers)
+    original_affinity = os.sched_getaffinity(0)
+    try:
+        if same_cpu:
+            os.sched_setaffinity(0, {0})
+        for round_ in range(repeats):
+            order = list(apps) if round_ % 2 == 0 else list(reversed(apps))  # alternate who starts first
+            with contextlib.ExitStack() as stack:
+                servers = [stack.enter_context(serving(name, pin=same_cpu, hash_seed=round_)) for name in order]
+                for server in servers:
+                    await wait_ready(server)
+                first = round_ * len(apps) + 1
+                done = await asyncio.gather(
+                    *(
+                        load(server, index=first + i, connections=connections, warmup=warmup, duration=duration)
+                        for i, server in enumerate(servers)
+                    )
                 )
-            )
-        for run in sorted(done, key=lambda r: apps.index(r.app)):
-            runs.append(run)
-            print(_run_line(run, total), flush=True)
-    return E2EResult(tuple(apps), runs, connections, warmup, duration, False, time.perf_counter() - started)
+            for run in sorted(done, key=lambda r: apps.index(r.app)):
+                runs.append(run)
+                print(_run_line(run, total), flush=True)
+    finally:
+        if same_cpu:
+            os.sched_setaffinity(0, original_affinity)
+    return E2EResult(tuple(apps), runs, connections, warmup, duration, same_cpu, time.perf_counter() - started, mode)
 
 
 async def run_e2e(
@@ -536,7 +569,7 @@ async def run_e2e(
     connections: int,
     pin: bool,
     apps: Sequence[str] = ("bare", "core"),
-    mode: str = "shared",
+    mode: str = "same-cpu",
 ) -> E2EResult:
     """Serve and load each app `repeats` times; the first app is the baseline.
 
@@ -549,8 +582,15 @@ async def run_e2e(
         raise ValueError(f"apps must name at least two of {sorted(APPS)}, the baseline first; got {list(apps)}")
     if mode == "shared":
         return await run_shared(repeats=repeats, warmup=warmup, duration=duration, connections=connections, apps=apps)
-    if mode == "paired":
-        return await run_paired(repeats=repeats, warmup=warmup, duration=duration, connections=connections, apps=apps)
+    if mode in ("paired", "same-cpu"):
+        return await run_paired(
+            repeats=repeats,
+            warmup=warmup,
+            duration=duration,
+            connections=connections,
+            apps=apps,
+            same_cpu=mode == "same-cpu",
+        )
     started = time.perf_counter()
     order = schedule(apps, repeats)
     print(section(f"e2e: modern tools/call ({BODY_SIZE} B body) over loopback, {connections} keep-alive connections"))
@@ -573,11 +613,12 @@ async def run_e2e(
     finally:
         if original_affinity is not None:
             os.sched_setaffinity(0, original_affinity)
-    return E2EResult(tuple(apps), runs, connections, warmup, duration, pin, time.perf_counter() - started)
+    return E2EResult(tuple(apps), runs, connections, warmup, duration, pin, time.perf_counter() - started, "sequential")
 
 
 def report(result: E2EResult) -> str:
-    lines = ["", "  summary (medians over runs)"]
+    frozen = os.environ.get("BENCH_GC_FREEZE") == "1"
+    lines = ["", f"  summary (medians over runs{'; servers ran gc.freeze() after start-up' if frozen else ''})"]
     rows = []
     for app in result.apps:
         runs = result.of(app)
@@ -604,11 +645,16 @@ def report(result: E2EResult) -> str:
     for app in result.apps[1:]:
         ratio, pairs = result.ratio(app), result.pair_ratios(app)
         app_us = median([r.server_us_per_request for r in result.of(app)])
+        how = "median of per-round ratios" if result.simultaneous else "ratio of medians"
+        low, high = result.ratio_interval(app)
         lines.append(
-            f"\n  throughput {app}/{base} (ratio of medians): {ratio:.3f}"
+            f"\n  throughput {app}/{base} ({how}): {ratio:.3f}"
             + (f"  (target ≥ {TARGET_RATIO:g}: {'PASS' if ratio >= TARGET_RATIO else 'MISS'})" if app == "core" else "")
         )
-        lines.append(f"  per-round ratios: {' '.join(f'{p:.3f}' for p in pairs)}  (median {median(pairs):.3f})")
+        lines.append(
+            f"  per-round ratios: {' '.join(f'{p:.3f}' for p in pairs)}"
+            f"  (median {median(pairs):.3f}, 95 % bootstrap interval {low:.3f}..{high:.3f})"
+        )
         lines.append(f"  server CPU per request, {app} - {base}: {app_us - base_us:+.1f} µs")
         cpu_pairs = result.pair_cpu_ratios(app)
         lines.append(
@@ -630,7 +676,7 @@ def main(
     connections: int = 16,
     pin: bool = False,
     apps: Sequence[str] = ("bare", "core"),
-    mode: str = "shared",
+    mode: str = "same-cpu",
 ) -> E2EResult:
     result = asyncio.run(
         run_e2e(

@@ -231,5 +231,5 @@ def test_fast_path_accepts_only_what_the_sdk_accepts(
     raw = [(b"mcp-protocol-version", version), (b"mcp-method", method), (b"mcp-name", header_name)]
     headers = RequestHeaders([(k, v.encode()) for k, v in raw if v is not None])
     routing = {k.decode(): v for k, v in raw if v is not None}
-    if _agrees(message, headers):
+    if _agrees(message["params"], message["method"], headers):
         assert isinstance(classify_inbound_request(message, headers=routing), InboundModernRoute)
