@@ -147,7 +147,8 @@ async def read_request(
     """
     if REQUEST_SCOPE_KEY in scope:  # an outer middleware decided already; its receive replays
         return scope[REQUEST_SCOPE_KEY], receive
-    if not config.is_mcp(scope):
+    # The common case (an exact MCP path, no root path) decided without a call; the rest by `is_mcp`.
+    if (scope["path"] not in config._exact or scope.get("root_path")) and not config.is_mcp(scope):
         scope[REQUEST_SCOPE_KEY] = None
         return None, receive
 

@@ -75,7 +75,9 @@ async def test_progress_arrives_while_the_tool_runs(era: Era, serve: Any) -> Non
     assert result.content[0].text == "done after 4 steps"  # type: ignore[union-attr]
     assert len(arrivals) == 4
     # Buffered, all four would arrive together at the end; streamed, they are spread out.
-    assert arrivals[0] - start < PROGRESS_INTERVAL
+    # (The first call also carries the client's connection set-up: the first progress is compared
+    # with the whole call, not with a fixed delay, so a loaded machine does not fail the test.)
+    assert arrivals[0] - start < (end - start) / 2
     assert end - arrivals[0] > 3 * PROGRESS_INTERVAL * 0.8
     assert arrivals[3] - arrivals[0] > 3 * PROGRESS_INTERVAL * 0.8
 
