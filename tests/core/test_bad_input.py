@@ -196,3 +196,41 @@ async def test_server_still_serves_after_bad_input(pair: Pair, http: httpx2.Asyn
     assert response.status_code == 200
     result = orjson.loads(response.content)["result"]
     assert result["content"][0]["text"] == "x"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["Application/JSON", "APPLICATION/JSON; charset=UTF-8", "application/json;v=1"]
+)
+async def test_content_type_is_matched_without_case(content_type: str, pair: Pair, http: httpx2.AsyncClient) -> None:
+    """Media types are case-insensitive (RFC 9110 §8.3.1): the core passes what the SDK serves."""
+    headers, body = modern_call(12, "echo", **{"content-type": content_type})
+    bare = await http.post(pair.bare.mcp_url, content=body, headers=headers)
+    core = await http.post(pair.core.mcp_url, content=body, headers=headers)
+    assert bare.status_code == core.status_code == 200, core.text
+    assert orjson.loads(core.content)["result"]["content"][0]["text"] == "x"
+
+
+async def test_a_content_length_that_is_not_a_number_is_left_to_the_bound_on_reading() -> None:
+    """ASGI servers refuse such requests before the app; the core, handed one anyway, reads with its bound."""
+    from mcp_middleware.core import read_request
+
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"lots")],
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    prepared = await read_request(scope, receive, send)
+    assert prepared is not None and sent == []
+    view, _ = prepared
+    assert view is not None and view.method == "ping" and view.id == 1
