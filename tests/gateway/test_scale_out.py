@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
+import redis
 from mcp import Client, MCPError
 
 from tests.conftest import RedisServer, free_port, require_binary
@@ -39,6 +40,7 @@ class Cluster:
     url: str
     processes: dict[str, subprocess.Popen[bytes]]
     logs: dict[str, Path]
+    cache_url: str
 
 
 def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, patience: float = 30.0) -> None:
@@ -76,8 +78,9 @@ def nginx_config(listen: int, ports: dict[str, int], scratch: Path) -> str:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     nginx = require_binary("nginx", "the scale-out test runs gateways behind a real nginx")
     scratch = tmp_path_factory.mktemp("scale-out")
-    redis = RedisServer(require_binary("redis-server", "shared rate limits"), scratch)
-    redis.start()
+    redis_server = RedisServer(require_binary("redis-server", "shared rate limits"), scratch)
+    redis_server.start()
+    cache_url = redis_server.url.replace("/0", "/1")
     config = scratch / "gateway.toml"
     config.write_text(
         f"""
@@ -89,10 +92,10 @@ app = "tests.gateway.instance_server:build"
 [aggregate]
 enabled = false
 [cache]
-store = "{redis.url.replace("/0", "/1")}"
+store = "{cache_url}"
 honor_ttl_ms = false
 [ratelimit]
-store = "{redis.url}"
+store = "{redis_server.url}"
 [[ratelimit.policies]]
 name = "global"
 selector = "tools/call:limited"
@@ -129,13 +132,13 @@ rate = 0.001
             [nginx, "-p", str(scratch), "-c", str(nginx_conf)], stdout=nginx_log.open("wb"), stderr=subprocess.STDOUT
         )
         _wait_port(listen, nginx_process, nginx_log)
-        yield Cluster(f"http://127.0.0.1:{listen}/mcp/inst", processes, logs)
+        yield Cluster(f"http://127.0.0.1:{listen}/mcp/inst", processes, logs, cache_url)
     finally:
         if nginx_process is not None:
             _stop(nginx_process)
         for process in processes.values():
             _stop(process)
-        redis.stop()
+        redis_server.stop()
 
 
 @contextlib.asynccontextmanager
@@ -211,12 +214,20 @@ def test_the_instances_share_the_cache_and_report_redis_ready(cluster: Cluster) 
         "mcp-method": "prompts/list",  # a list no client of the other tests asked for
     }
     statuses = []
-    with httpx2.Client(timeout=30) as http:
+    store = redis.Redis.from_url(cluster.cache_url)
+    stored_before = store.dbsize()
+    with httpx2.Client(timeout=30) as http, store:
         for i in range(9):  # round robin: every instance answers three of them
             body = {"jsonrpc": "2.0", "id": i, "method": "prompts/list", "params": {"_meta": meta}}
             response = http.post(cluster.url, json=body, headers=headers)
             assert response.status_code == 200 and response.json()["id"] == i
             statuses.append(response.headers["x-mcp-cache"])
+            if i == 0:
+                # The instance stores the entry right after the last byte of its answer: wait for that write,
+                # or a loaded machine can send the next request to another instance before it lands.
+                deadline = time.monotonic() + 10
+                while store.dbsize() <= stored_before and time.monotonic() < deadline:
+                    time.sleep(0.01)
         ready = http.get(cluster.url.replace("/mcp/inst", "/readyz")).json()
     # One miss in all: the entry one instance stored is a hit on the others (Redis L2), not a miss per instance.
     assert statuses.count("miss") == 1 and statuses[0] == "miss", statuses
