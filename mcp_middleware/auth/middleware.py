@@ -167,6 +167,7 @@ class AuthMiddleware:
         if prepared is None:
             return
         request, receive = prepared
+        del prepared  # not kept alive (and scanned by the collector) for the whole request
         if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
             await self.app(scope, receive, send)  # not MCP, or a CORS preflight (it never carries credentials)
             return

@@ -268,6 +268,7 @@ class CircuitBreakerMiddleware:
         if prepared is None:
             return
         request, receive = prepared
+        del prepared  # not kept alive (and scanned by the collector) for the whole request
         if request is None or request.kind is not RequestKind.REQUEST:
             await self.app(scope, receive, send)
             return

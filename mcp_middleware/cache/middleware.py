@@ -290,6 +290,7 @@ class ResponseCacheMiddleware:
         if prepared is None:
             return
         request, receive = prepared
+        del prepared  # not kept alive (and scanned by the collector) for the whole request
         if request is None:
             await self.app(scope, receive, send)
             return

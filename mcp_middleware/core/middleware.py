@@ -54,6 +54,7 @@ class McpCoreMiddleware:
         if prepared is None:
             return
         request, receive = prepared
+        del prepared  # else the tuple lives, and is scanned by the collector, as long as the request
         if request is None:
             await self.app(scope, receive, send)
             return

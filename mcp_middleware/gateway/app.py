@@ -18,10 +18,12 @@ rate-limit buckets, cache entries and breaker belong to it; the aggregate has it
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import inspect
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +178,7 @@ def build_gateway(
             inner = PrometheusMiddleware(inner, path=config.tracing.metrics_path, registry=metrics.registry)
 
     operations = OperationsMiddleware(inner, checks=_readiness(router, stack))
-    app = _Lifespan(operations, router, closers)
+    app = _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)
     return Gateway(
         config=config,
         app=app,
@@ -475,10 +477,13 @@ class _Beside:
 class _Lifespan:
     """Run the router's lifespan (backends, the aggregate, stdio children) and close what the gateway opened."""
 
-    def __init__(self, app: ASGIApp, router: McpRouter, closers: list[Callable[[], Any]]) -> None:
+    def __init__(
+        self, app: ASGIApp, router: McpRouter, closers: list[Callable[[], Any]], *, freeze_gc: bool = False
+    ) -> None:
         self.app = app
         self.router = router
         self.closers = closers
+        self.freeze_gc = freeze_gc
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -488,8 +493,13 @@ class _Lifespan:
         assert message["type"] == "lifespan.startup"
         try:
             async with self._running():
-                await send({"type": "lifespan.startup.complete"})
-                await receive()  # lifespan.shutdown
+                frozen = self.freeze_gc and _freeze_startup_objects()
+                try:
+                    await send({"type": "lifespan.startup.complete"})
+                    await receive()  # lifespan.shutdown
+                finally:
+                    if frozen:
+                        gc.unfreeze()
         except Exception as exc:
             logger.exception("gateway lifespan failed")
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -504,6 +514,27 @@ class _Lifespan:
         finally:
             for close in self.closers:
                 close()
+
+
+def _freeze_startup_objects() -> bool:
+    """`gc.freeze()` what start-up built (the servers, the SDK, pydantic's schemas: ~10⁵ objects).
+
+    Under load, requests in flight get promoted to the oldest generation, and each full
+    collection then scans every long-lived object: a 60 to 90 ms pause about every 0.6 s on the
+    test server, ≈ 11 % of its time. Frozen objects are never scanned (nor freed); what requests
+    leave behind still is. Returns whether it froze (False if something froze already).
+    """
+    if gc.get_freeze_count():
+        return False
+    started = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "froze %d start-up objects out of the garbage collector's scans (%.0f ms)",
+        gc.get_freeze_count(),
+        (time.perf_counter() - started) * 1000,
+    )
+    return True
 
 
 def _readiness(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:

@@ -305,6 +305,7 @@ class TracingMiddleware:
             exchange.forward = send
         else:
             request, receive = prepared
+            del prepared  # not kept alive (and scanned by the collector) for the whole request
             if request is None:
                 await self.app(scope, receive, send)
                 return

@@ -216,3 +216,35 @@ access_log = false
         assert re.search(r"mcp_middleware_breaker_transitions_total\{[^}]*state=\"open\"[^}]*\} 1\.0", metrics), [
             line for line in metrics.splitlines() if "breaker" in line
         ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("freeze", [True, False])
+async def test_start_up_objects_are_frozen_out_of_the_collectors_scans(freeze: bool) -> None:
+    """`[gateway] gc_freeze` (on by default) freezes what start-up built, and unfreezes it on shutdown."""
+    import gc
+
+    from mcp_middleware.gateway.config import parse_config
+    from mcp_middleware.router import run_lifespan
+
+    setting = "" if freeze else "[gateway]\ngc_freeze = false\n"
+    config = parse_config(
+        f'{setting}[[servers]]\nname = "live"\napp = "tests.servers:build_server"\n[tracing]\naccess_log = false\n'
+    )
+    assert config.gateway.gc_freeze is freeze
+    assert gc.get_freeze_count() == 0
+    async with run_lifespan(build_gateway(config).app):
+        frozen = gc.get_freeze_count()
+    assert gc.get_freeze_count() == 0
+    if freeze:
+        assert frozen > 10_000  # the SDK, pydantic's schemas and the server at least
+    else:
+        assert frozen == 0
+
+
+def test_gc_freeze_must_be_true_or_false() -> None:
+    from mcp_middleware.gateway.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as raised:
+        parse_config('[gateway]\ngc_freeze = "yes"\n[[servers]]\nname = "x"\napp = "tests.servers:build_server"\n')
+    assert "gc_freeze" in str(raised.value)
