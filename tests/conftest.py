@@ -213,3 +213,29 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_file, key_file
+
+
+class OutcomeLog:
+    """An `on_outcome` hook for tests that records `(request, outcome)` pairs and lets a test wait for one.
+
+    The hook runs on the server's thread once the app has returned, which can be just after the
+    client has read its last answer: assert on an outcome only after `wait_for` has seen it.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, Any]] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, request: Any, outcome: Any) -> None:
+        with self._changed:
+            self.items.append((request, outcome))
+            self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[Any, Any], bool], patience: float = 10.0) -> None:
+        import anyio
+
+        def wait() -> bool:
+            with self._changed:
+                return self._changed.wait_for(lambda: any(predicate(r, o) for r, o in self.items), patience)
+
+        assert await anyio.to_thread.run_sync(wait), f"no matching outcome within {patience} s: {self.items}"

@@ -15,8 +15,8 @@ from mcp import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware import Era as CoreEra
-from mcp_middleware import McpCoreMiddleware, McpRequest, RequestKind, ResponseOutcome, get_mcp_request
-from tests.conftest import ERAS, Era, Served, connect
+from mcp_middleware import McpCoreMiddleware, McpRequest, RequestKind, get_mcp_request
+from tests.conftest import ERAS, Era, OutcomeLog, Served, connect
 from tests.servers import PROGRESS_INTERVAL, ToolLog, build_server
 
 pytestmark = pytest.mark.anyio
@@ -100,8 +100,8 @@ class ViewSpy:
 @pytest.mark.parametrize("era", ERAS)
 async def test_the_view_reaches_inner_apps(era: Era, serve: Any) -> None:
     spy = ViewSpy(build_server().streamable_http_app())
-    outcomes: list[tuple[McpRequest, ResponseOutcome]] = []
-    served = serve(McpCoreMiddleware(spy, on_outcome=lambda r, o: outcomes.append((r, o))))
+    log = OutcomeLog()
+    served = serve(McpCoreMiddleware(spy, on_outcome=log))
     async with connect(served.mcp_url, era) as client:
         await client.call_tool("echo", {"text": "hi"})
         await client.call_tool("failing", {"reason": "x"})
@@ -133,7 +133,8 @@ async def test_the_view_reaches_inner_apps(era: Era, serve: Any) -> None:
         assert init.protocol_version == "2025-11-25"
         assert {v.kind for v in spy.views} >= {RequestKind.NOTIFICATION, RequestKind.TERMINATE}
 
-    by_target = {(r.method, r.target): o for r, o in outcomes if r.kind is RequestKind.REQUEST}
+    await log.wait_for(lambda r, o: r.method == "resources/read")
+    by_target = {(r.method, r.target): o for r, o in log.items if r.kind is RequestKind.REQUEST}
     echo_outcome = by_target["tools/call", "echo"]
     assert echo_outcome.status == 200
     assert echo_outcome.complete and echo_outcome.succeeded
@@ -283,9 +284,8 @@ async def _crashing_mid_stream(scope: Scope, receive: Receive, send: Send) -> No
 
 @pytest.mark.parametrize("with_hook", [False, True])
 async def test_a_crash_before_responding_is_a_json_rpc_error(with_hook: bool, serve: Any) -> None:
-    outcomes: list[ResponseOutcome] = []
-    hook = (lambda r, o: outcomes.append(o)) if with_hook else None
-    served = serve(McpCoreMiddleware(_crashing_app, on_outcome=hook))
+    log = OutcomeLog()
+    served = serve(McpCoreMiddleware(_crashing_app, on_outcome=log if with_hook else None))
     async with httpx2.AsyncClient(timeout=10) as http:
         response = await http.post(
             served.mcp_url,
@@ -296,12 +296,14 @@ async def test_a_crash_before_responding_is_a_json_rpc_error(with_hook: bool, se
     assert response.json() == {"jsonrpc": "2.0", "id": "c-1", "error": {"code": -32603, "message": "Internal error"}}
     assert "secret" not in response.text
     if with_hook:
-        assert outcomes[0].status == 500 and outcomes[0].error_code == -32603
+        await log.wait_for(lambda r, o: True)
+        outcome = log.items[0][1]
+        assert outcome.status == 500 and outcome.error_code == -32603
 
 
 async def test_a_crash_after_the_response_started_is_not_answered_twice(serve: Any) -> None:
-    outcomes: list[ResponseOutcome] = []
-    app = McpCoreMiddleware(_crashing_mid_stream, on_outcome=lambda r, o: outcomes.append(o))
+    log = OutcomeLog()
+    app = McpCoreMiddleware(_crashing_mid_stream, on_outcome=log)
     served = serve(app)
     async with httpx2.AsyncClient(timeout=10) as http:
         with pytest.raises(httpx2.RemoteProtocolError):
@@ -310,4 +312,6 @@ async def test_a_crash_after_the_response_started_is_not_answered_twice(serve: A
                 content=b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}',
                 headers={"content-type": "application/json"},
             )
-    assert outcomes[0].status == 200 and not outcomes[0].complete
+    await log.wait_for(lambda r, o: True)
+    outcome = log.items[0][1]
+    assert outcome.status == 200 and not outcome.complete
