@@ -89,7 +89,7 @@ class CoreConfig:
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :] or "/"
-        return self._everything or path in self._exact or path.startswith(self._prefixes)  # is_mcp_path, inlined
+        return self.is_mcp_path(path)
 
 
 DEFAULT_CONFIG = CoreConfig()

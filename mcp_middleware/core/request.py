@@ -324,22 +324,7 @@ def parse_post(body: bytes, headers: RequestHeaders, started: float | None = Non
         rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
             return rejection
-    return _tuple_new(
-        McpRequest,
-        (
-            RequestKind.REQUEST,
-            era,
-            version,
-            "POST",
-            method,
-            request_id,
-            params,
-            None,
-            True,
-            body,
-            time.perf_counter() if started is None else started,
-        ),
-    )
+    return _view(RequestKind.REQUEST, era, headers, params, request_id, method, body, started, verified=True)
 
 
 def _modern_ladder(message: dict[str, Any], headers: RequestHeaders, request_id: RequestId | None) -> Rejection | None:
