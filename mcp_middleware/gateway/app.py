@@ -33,7 +33,7 @@ import anyio
 import httpx2
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, McpRequest, read_request
+from mcp_middleware.core import CoreConfig, McpRequest
 from mcp_middleware.router import (
     Backend,
     HttpBackend,
@@ -109,12 +109,14 @@ def build_gateway(
     base_url = base_url.rstrip("/")
     folder = config.source.parent if config.source else Path.cwd()
 
+    stack = _Stack(config, base_url)
     router = McpRouter(
         prefix=settings.prefix,
         aggregate_path=settings.prefix if config.aggregate.enabled else None,
         naming=NamingPolicy(separator=config.aggregate.separator, prefix=PrefixMode(config.aggregate.prefix_mode)),
+        aggregate_middleware=stack.aggregate_door(),
+        aggregate_own_middleware=stack.aggregate_own(),
     )
-    stack = _Stack(config, base_url)
     skipped: list[str] = []
     problems: list[Problem] = []
     for index, server in enumerate(config.servers):
@@ -132,7 +134,7 @@ def build_gateway(
         router.mount(
             server.name,
             backend,
-            middleware=stack.for_mount(server.name) if server.mount else (),
+            middleware=stack.for_mount(server.name),  # the backend's stack: its mount and the aggregate share it
             aggregate=server.aggregate and config.aggregate.enabled,
             path_mount=server.mount,
         )
@@ -140,8 +142,6 @@ def build_gateway(
         raise ConfigError(problems, str(config.source or "config"))
 
     inner: ASGIApp = router
-    if config.aggregate.enabled:
-        inner = _AggregateStack(router, stack.for_aggregate(), settings.prefix)
     if stack.authorization_server is not None:
         inner = _Beside(stack.authorization_server, inner, stack.authorization_server_paths())
     if settings.instance:
@@ -275,11 +275,15 @@ class _Stack:
             layers.append(self._breaker(name))
         return layers
 
-    def for_aggregate(self) -> list[Callable[[ASGIApp], ASGIApp]]:
-        resource = f"{self.base_url}{self.config.gateway.prefix}"
-        return [*self._auth(resource), *self._ratelimit("aggregate"), *self._cache("aggregate")]
+    def aggregate_door(self) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """Authentication at the aggregate (its own audience); each backend's stack authorizes."""
+        return self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False)
 
-    def _auth(self, resource: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def aggregate_own(self) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """What the aggregate answers itself (lists, initialize) spends the aggregate's own budget."""
+        return [*self._ratelimit("aggregate"), *self._cache("aggregate")]
+
+    def _auth(self, resource: str, *, per_backend: bool = True) -> list[Callable[[ASGIApp], ASGIApp]]:
         auth = self.config.auth
         if auth.mode == "none":
             return []
@@ -312,7 +316,7 @@ class _Stack:
                 issuer=auth.issuer,
             )
             servers = [auth.issuer] if auth.issuer else []
-        scopes = {selector: list(needed) for selector, needed in auth.scopes.items()}
+        scopes = {selector: list(needed) for selector, needed in auth.scopes.items()} if per_backend else {}
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return AuthMiddleware(
@@ -436,27 +440,6 @@ class _Stack:
 
 
 # --- routing glue -------------------------------------------------------------------------------
-
-
-class _AggregateStack:
-    """Send the aggregate's path (and its RFC 9728 metadata) through the aggregate's middlewares."""
-
-    def __init__(self, router: McpRouter, layers: list[Callable[[ASGIApp], ASGIApp]], path: str) -> None:
-        app: ASGIApp = router
-        for layer in reversed(layers):
-            app = layer(app)
-        self.router = router
-        self.stacked = app
-        self.paths = frozenset({path, path + "/", f"{_PRM_PREFIX}{path}"}) if layers else frozenset()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            prepared = await read_request(scope, receive, send, CoreConfig(paths=("*",)))
-            if prepared is None:
-                return
-            await self.stacked(scope, prepared[1], send)
-            return
-        await self.router(scope, receive, send)
 
 
 class _Beside:
