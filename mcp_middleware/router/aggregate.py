@@ -138,6 +138,8 @@ class AggregateServer:
         )
         routable = {server: app for server, app in (stacks or {}).items() if server in self.backends}
         self.relay = Relay(self.catalog, routable, paths=stack_paths or {}) if routable else None
+        if self.relay is not None:
+            self.notifier.listeners.append(self.relay.broadcast)
         from mcp_middleware import __version__
 
         self.server = _RouterServer(
@@ -233,6 +235,8 @@ class AggregateServer:
         """Run the server's session manager and the backend sessions (opened on first use)."""
         async with anyio.create_task_group() as group, self.server.session_manager.run():
             self._group = self.notifier.group = self.bridge.group = group
+            if self.relay is not None:
+                self.relay.group = group
             owned: list[BackendLink] = []
             for server, backend in self.backends.items():
                 link = self._shared_links.get(server)
@@ -257,6 +261,8 @@ class AggregateServer:
                     link.close()
                 self.bridge.close()
                 self._group = self.notifier.group = self.bridge.group = None
+                if self.relay is not None:
+                    self.relay.group = None
                 group.cancel_scope.cancel()
 
     # --- lists ---------------------------------------------------------------------------------

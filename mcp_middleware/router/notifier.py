@@ -36,6 +36,8 @@ class Notifier:
         self._pending: set[str] = set()
         self._scheduled = False
         self._subscribers: dict[tuple[str, str], set[str]] = {}  # (server, uri) -> legacy sessions
+        self.listeners: list[Callable[[frozenset[str]], None]] = []
+        """Told of every (debounced) change too: the relay's legacy sessions have streams of their own."""
 
     def remember(self, session_id: str, session: ServerSession) -> None:
         """Legacy sessions get list_changed on their standalone stream: keep one handle per session."""
@@ -72,6 +74,8 @@ class Notifier:
             events.append(ResourcesListChanged())
         for event in events:
             await self.bus.publish(event)
+        for listener in self.listeners:
+            listener(frozenset(kinds))
         for session_id, session in list(self._sessions.items()):
             try:
                 if "tools" in kinds:

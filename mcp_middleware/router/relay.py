@@ -18,10 +18,11 @@ backend running the request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import anyio.abc
 import orjson
 from mcp.shared.inbound import encode_header_value
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,6 +44,7 @@ from .catalog import PROMPTS, TOOLS, Catalog, short
 from .names import PrefixMode
 from .rewrite import AnswerRewriter
 from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of
+from .streams import pump_backend_stream, serve_client_stream
 
 __all__ = ["ROUTED_METHODS", "Relay"]
 
@@ -51,7 +53,16 @@ logger = logging.getLogger("mcp_middleware.router")
 ROUTED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
 """What the relay routes into a backend's stack (everything else the aggregate answers itself)."""
 
+_SESSION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+"""Routed for legacy sessions (the backend's updates then arrive on the client's own backend session)."""
 _EVERY_PATH = CoreConfig(paths=("*",))
+_STREAM_PATIENCE = 2.0
+"""Seconds a new backend session waits for its standalone stream before the client's request goes on."""
+_CHANGES = {
+    "tools": b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}',
+    "prompts": b'{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}',
+    "resources": b'{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}',
+}
 _REPLACED = frozenset({b"content-length", b"mcp-session-id", b"mcp-name", b"mcp-protocol-version"})
 
 
@@ -81,6 +92,8 @@ class Relay:
         self.stacks = stacks
         self.paths = paths
         self.sessions = SessionTable(max_sessions)
+        self.group: anyio.abc.TaskGroup | None = None
+        """Where backend streams are pumped (set while the aggregate runs)."""
         self.max_inspect_bytes = max_inspect_bytes
 
     # --- entry ------------------------------------------------------------------------------
@@ -101,7 +114,12 @@ class Relay:
                 )
                 return True
         kind = request.kind
-        if kind is RequestKind.REQUEST and request.method in ROUTED_METHODS:
+        if kind is RequestKind.STREAM and session is not None:
+            await serve_client_stream(session, receive, send, request.id)
+            return True
+        if kind is RequestKind.REQUEST and (
+            request.method in ROUTED_METHODS or (session is not None and request.method in _SESSION_METHODS)
+        ):
             if request.era is Era.LEGACY and session is None:
                 return False  # not a session the relay knows: the aggregate's server answers (404 or its own path)
             try:
@@ -136,6 +154,13 @@ class Relay:
     def closed(self, session_id: str) -> ClientSession | None:
         return self.sessions.pop(session_id)
 
+    def broadcast(self, kinds: frozenset[str]) -> None:
+        """The aggregate's lists changed: tell every legacy session on its stream."""
+        messages = [_CHANGES[kind] for kind in sorted(kinds) if kind in _CHANGES]
+        for session in self.sessions:
+            for message in messages:
+                session.outbox.put(message)
+
     def set_level(self, session_id: str | None, level: str) -> None:
         session = self.sessions.get(session_id)
         if session is not None:
@@ -166,12 +191,11 @@ class Relay:
         if params is not None:
             message["params"] = params
         body = orjson.dumps(message) if params is not request.params else request.body
-        rename_uris = self.catalog.naming.prefix is not PrefixMode.NEVER and request.method == "resources/read"
         rewriter = AnswerRewriter(
             send,
             server=server,
             session=session,
-            public_uri=(lambda uri: self.catalog.public_uri(server, uri)) if rename_uris else None,
+            public_uri=self._public_uri(server),
             max_bytes=self.max_inspect_bytes,
         )
         record_decision(scope, "router", "routed", server=server, method=request.method or "")
@@ -260,7 +284,7 @@ class Relay:
             server, name = found
             renamed = params if name == public else {**params, "name": name}
             return server, renamed, name
-        if method == "resources/read":
+        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
             uri = params.get("uri")
             if not isinstance(uri, str):
                 raise _Refused(200, JsonRpcCode.INVALID_PARAMS, "uri must be a string")
@@ -335,7 +359,21 @@ class Relay:
         backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version)
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
         await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
+        if self.group is not None and backend.id is not None:
+            stream = self._child(scope, server, b"", backend, None)
+            stream["method"] = "GET"
+            public_uri = self._public_uri(server)
+            ready = anyio.Event()
+            entry = self._stack_entry(server)
+            self.group.start_soon(pump_backend_stream, entry, stream, session, server, public_uri, ready)
+            with anyio.move_on_after(_STREAM_PATIENCE):  # the backend may ask the client from the first call on
+                await ready.wait()
         return backend
+
+    def _public_uri(self, server: str) -> Callable[[str], str] | None:
+        if self.catalog.naming.prefix is PrefixMode.NEVER:
+            return None
+        return lambda uri: self.catalog.public_uri(server, uri)
 
     async def _set_level(self, scope: Scope, session: ClientSession, server: str, backend: BackendSession) -> None:
         level = session.log_level

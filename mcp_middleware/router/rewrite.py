@@ -27,7 +27,7 @@ from mcp_middleware.core import ErrorCode, RequestId, send_error
 
 from .sessions import ClientSession
 
-__all__ = ["AnswerRewriter"]
+__all__ = ["AnswerRewriter", "rename_uris"]
 
 _SESSION_HEADER = b"mcp-session-id"
 _EVENT_ENDS = (b"\r\n\r\n", b"\n\n", b"\r\r")
@@ -164,11 +164,11 @@ class AnswerRewriter:
             message["id"] = session.server_request(self._server, message["id"])
             changed = True
         if self._public_uri is not None:
-            changed = _rename_uris(message, self._public_uri) or changed
+            changed = rename_uris(message, self._public_uri) or changed
         return orjson.dumps(message) if changed else payload
 
 
-def _rename_uris(message: dict[str, Any], public_uri: Callable[[str], str]) -> bool:
+def rename_uris(message: dict[str, Any], public_uri: Callable[[str], str]) -> bool:
     """Namespace the URIs of a `resources/read` result or a `resources/updated` notification."""
     result = message.get("result")
     if isinstance(result, dict) and isinstance(result.get("contents"), list):

@@ -15,20 +15,23 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import orjson
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import ASGIApp, Message, Scope
 
 from mcp_middleware.core import Principal, RequestId, SseParser, get_principal
 
-__all__ = ["BackendSession", "ClientSession", "Exchange", "SessionTable", "owner_of"]
+__all__ = ["BackendSession", "ClientSession", "Exchange", "Outbox", "SessionTable", "owner_of"]
 
 _MAX_ANSWER = 1024 * 1024
 """Largest answer the router reads for its own exchanges with a backend (initialize, set level)."""
+_OUTBOX_SIZE = 256
+"""Messages kept for a client's standalone stream while it is not open."""
 _LINGER = 5.0
 """Seconds an exchange may go on after its answer arrived before the router stops waiting for its end."""
 _MAX_SERVER_REQUESTS = 1000
@@ -42,6 +45,26 @@ def owner_of(scope: Scope) -> str:
         return ""
     raw = orjson.dumps([principal.issuer, principal.subject, principal.client_id])
     return hashlib.sha256(raw).hexdigest()
+
+
+class Outbox:
+    """Messages for one client's standalone stream (oldest dropped when nobody reads for too long)."""
+
+    def __init__(self) -> None:
+        self.send: MemoryObjectSendStream[bytes]
+        self.receive: MemoryObjectReceiveStream[bytes]
+        self.send, self.receive = anyio.create_memory_object_stream[bytes](_OUTBOX_SIZE)
+        self.reading = False
+
+    def put(self, message: bytes) -> None:
+        try:
+            self.send.send_nowait(message)
+        except anyio.WouldBlock:  # nobody has read for a while: drop the oldest, keep the newest
+            try:
+                self.receive.receive_nowait()
+                self.send.send_nowait(message)
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                pass
 
 
 @dataclass(slots=True)
@@ -68,6 +91,7 @@ class ClientSession:
     """Public id of a backend's request to this client → (backend, the backend's own id)."""
     running: dict[RequestId, str] = field(default_factory=dict)
     """The client's requests in flight at a backend (where `notifications/cancelled` must go)."""
+    outbox: Outbox = field(default_factory=lambda: Outbox())
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def server_request(self, server: str, backend_id: RequestId) -> str:
@@ -102,6 +126,9 @@ class SessionTable:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def __iter__(self) -> Iterator[ClientSession]:
+        return iter(list(self._sessions.values()))
 
 
 @dataclass(slots=True)
