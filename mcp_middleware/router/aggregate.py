@@ -33,6 +33,7 @@ from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, RequestKind, read_request
@@ -40,7 +41,7 @@ from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, Reques
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
 from .catalog import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Catalog, Kind, bisect_after, decode_cursor, encode_cursor
-from .links import BackendLink
+from .links import BackendLink, BackendUnavailable
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
@@ -137,7 +138,11 @@ class AggregateServer:
             max_log_levels=max_listeners,
         )
         routable = {server: app for server, app in (stacks or {}).items() if server in self.backends}
-        self.relay = Relay(self.catalog, routable, paths=stack_paths or {}) if routable else None
+        self.relay = (
+            Relay(self.catalog, routable, paths=stack_paths or {}, speaks_modern=self._speaks_modern)
+            if routable
+            else None
+        )
         if self.relay is not None:
             self.notifier.listeners.append(self.relay.broadcast)
         from mcp_middleware import __version__
@@ -209,6 +214,14 @@ class AggregateServer:
             if isinstance(level, str):
                 relay.set_level(request.session_id, level)
         return send
+
+    async def _speaks_modern(self, server: str) -> bool:
+        """Whether `server` negotiated 2026-07-28 with the aggregate's shared session (connected on first use)."""
+        try:
+            client = await self._links[server].client(self.backends[server].timeout)
+        except BackendUnavailable:
+            return True  # the backend's own stack answers for it (502, 503) as at its mount
+        return client.protocol_version in MODERN_PROTOCOL_VERSIONS
 
     @property
     def app(self) -> ASGIApp:

@@ -137,7 +137,7 @@ class McpRouter:
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
-        target = backend.path_app() if path_mount else _not_found
+        target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
             bridge = AggregateServer(
                 {name: backend},

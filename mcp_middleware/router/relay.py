@@ -18,7 +18,7 @@ backend running the request.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -85,12 +85,15 @@ class Relay:
         stacks: Mapping[str, ASGIApp],
         *,
         paths: Mapping[str, str],
+        speaks_modern: Callable[[str], Awaitable[bool]] | None = None,
         max_sessions: int = 10_000,
         max_inspect_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.catalog = catalog
         self.stacks = stacks
         self.paths = paths
+        self.speaks_modern = speaks_modern or _always
+        """Whether a backend serves 2026-07-28 requests (else modern clients reach it through the bridge)."""
         self.sessions = SessionTable(max_sessions)
         self.group: anyio.abc.TaskGroup | None = None
         """Where backend streams are pumped (set while the aggregate runs)."""
@@ -123,7 +126,7 @@ class Relay:
             if request.era is Era.LEGACY and session is None:
                 return False  # not a session the relay knows: the aggregate's server answers (404 or its own path)
             try:
-                await self._forward(scope, receive, send, request, session)
+                return await self._forward(scope, receive, send, request, session)
             except _Refused as refused:
                 await send_error(
                     send,
@@ -182,8 +185,10 @@ class Relay:
 
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession | None
-    ) -> None:
+    ) -> bool:
         server, params, header_name = await self._target(request)
+        if request.era is Era.MODERN and not await self.speaks_modern(server):
+            return False  # a 2025-era backend: the aggregate's own server bridges the eras
         backend: BackendSession | None = None
         if session is not None:
             backend = await self._backend_session(scope, session, server)
@@ -206,6 +211,7 @@ class Relay:
         finally:
             if session is not None and request.id is not None:
                 session.running.pop(request.id, None)
+        return True
 
     async def _answer(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession
@@ -390,6 +396,10 @@ class Relay:
                 await stack(scope, prepared[1], send)
 
         return parsed
+
+
+async def _always(server: str) -> bool:
+    return True
 
 
 def _cancelled_id(request: McpRequest) -> Any:
