@@ -34,18 +34,19 @@ pytestmark = [
 MODERN, LEGACY = "0.2.0-alpha.12@2026-07-28", "0.2.0-alpha.12@2025-11-25"
 _AGGREGATE_MODERN = {
     "server-stateless": (
-        "issue 14: the backend sees the aggregate's own client capabilities, not the caller's, so "
-        "test_missing_capability runs for a client that declared no sampling (no -32021, so no HTTP 400); "
-        "server/discover carries no _meta serverInfo (WARNING)"
+        "issue 14: the backend sees the aggregate's client capabilities, not the caller's, so "
+        "test_missing_capability runs for a caller that declared no sampling (no -32021, no HTTP 400); "
+        'server/discover names {"name": "mcp-router", "version": ""} (WARNING: both must be set)'
     ),
     "input-required-result-capability-check": (
-        "issue 14: the same capabilities: the backend asks for elicitation the caller never declared"
+        "issue 14: the same capabilities: the backend asks the caller for elicitation it never declared"
     ),
 }
 _AGGREGATE_LEGACY = {
     "server-sse-polling": (
-        "issue 14: the aggregate's SSE responses carry no priming event and no retry field (no event store), "
-        "so a 2025-11-25 client cannot resume a closed stream (bare: 3 checks pass)"
+        "issue 14: when the backend closes its SSE stream mid-call (test_reconnection) the aggregate answers "
+        "-32017 'SSE stream ended without a response' instead of resuming it, and its own SSE events carry "
+        "no id, priming event or retry, so the caller cannot resume either (bare: 3 checks pass)"
     ),
 }
 KNOWN_DIFFERENCES: dict[tuple[str, str], dict[str, str]] = {
