@@ -13,16 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from .run import (
-    BASELINE,
-    INSTALL_TIMEOUT_S,
-    SUITE_RUNS,
-    SUITE_TIMEOUT_S,
-    Matrix,
-    SuiteUnavailable,
-    ensure_suite,
-    run_matrix,
-)
+from .run import BASELINE, Matrix, run_matrix
+from .suite import INSTALL_TIMEOUT_S, SUITE_RUNS, SUITE_TIMEOUT_S, SuiteUnavailable, ensure_suite
 from .variants import VARIANTS
 
 # Each run bounds itself (install, server start, suite); pytest's bound is a backstop.

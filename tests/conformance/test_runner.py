@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from . import run
-from .run import BASELINE, Report, ScenarioResult, SuiteRun, SuiteUnavailable, VariantRun, ensure_suite, parse_results
+from .run import BASELINE, Report, ScenarioResult, VariantRun, parse_results
+from .suite import SUITE_RUNS, SuiteRun, SuiteUnavailable, ensure_suite
 
 
 def _write_checks(output: Path, scenario: str, stamp: str, checks: list[dict[str, str]]) -> None:
@@ -74,10 +74,10 @@ def test_suite_runs_name_their_wire() -> None:
     assert modern.name == "0.2.0-alpha.12@2026-07-28"
     assert modern.selection() == ["--suite", "all", "--spec-version", "2026-07-28"]
     assert SuiteRun("0.1.16").selection() == ["--suite", "all"]
-    assert {r.name for r in run.SUITE_RUNS} == {"0.1.16", modern.name, "0.2.0-alpha.12@2025-11-25"}
+    assert {r.name for r in SUITE_RUNS} == {"0.1.16", modern.name, "0.2.0-alpha.12@2025-11-25"}
 
 
 def test_without_npm_the_suite_is_unavailable_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tests.conformance.run.shutil.which", lambda _: None)
+    monkeypatch.setattr("tests.conformance.suite.shutil.which", lambda _: None)
     with pytest.raises(SuiteUnavailable, match="npm is not on PATH"):
         ensure_suite("0.2.0-alpha.12", cache_dir=tmp_path)
