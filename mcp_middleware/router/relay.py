@@ -42,7 +42,7 @@ from mcp_middleware.core import (
 
 from .catalog import PROMPTS, TOOLS, Catalog, short
 from .names import PrefixMode
-from .rewrite import AnswerRewriter
+from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
 from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of
 from .streams import pump_backend_stream, serve_client_stream
 
@@ -118,7 +118,12 @@ class Relay:
                 return True
         kind = request.kind
         if kind is RequestKind.STREAM and session is not None:
-            await serve_client_stream(session, receive, send, request.id)
+            resumed = _header(scope, b"last-event-id")
+            server, _, event_id = (resumed or "").partition(EVENT_ID_SEPARATOR.decode())
+            if resumed is not None and server in session.backends:  # a backend's stream, resumed where it broke
+                await self._resume(scope, receive, send, session, server, event_id)
+            else:
+                await serve_client_stream(session, receive, send, request.id)
             return True
         if kind is RequestKind.REQUEST and (
             request.method in ROUTED_METHODS or (session is not None and request.method in _SESSION_METHODS)
@@ -223,6 +228,21 @@ class Relay:
         message["id"] = backend_id
         await self._pass(scope, receive, send, server, session, orjson.dumps(message))
 
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, session: ClientSession, server: str, event_id: str
+    ) -> None:
+        """`Last-Event-ID` names a backend's event: that backend replays its stream from there."""
+        backend = session.backends[server]
+        child = self._child(scope, server, b"", backend, None)
+        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"last-event-id"]
+        child["headers"].append((b"last-event-id", event_id.encode("latin-1")))
+        rewriter = AnswerRewriter(
+            send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
+        )
+        prepared = await read_request(child, receive, rewriter, _EVERY_PATH)
+        if prepared is not None:
+            await self.stacks[server](child, prepared[1], rewriter)
+
     async def _pass(
         self, scope: Scope, receive: Receive, send: Send, server: str, session: ClientSession, body: bytes
     ) -> None:
@@ -259,7 +279,9 @@ class Relay:
         """The request as the backend's stack sees it: the mount's path, the backend's names and session."""
         headers = [(k, v) for k, v in scope["headers"] if k not in _REPLACED]
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
-        version = backend.protocol_version if backend is not None else _header(scope, b"mcp-protocol-version")
+        version = _header(scope, b"mcp-protocol-version")  # the caller's, as it sent it
+        if version is None and backend is not None:
+            version = backend.protocol_version
         if version is not None:
             headers.append((b"mcp-protocol-version", version.encode("latin-1")))
         if backend is not None and backend.id is not None:

@@ -27,9 +27,11 @@ from mcp_middleware.core import ErrorCode, RequestId, send_error
 
 from .sessions import ClientSession
 
-__all__ = ["AnswerRewriter", "rename_uris"]
+__all__ = ["EVENT_ID_SEPARATOR", "AnswerRewriter", "rename_uris"]
 
 _SESSION_HEADER = b"mcp-session-id"
+EVENT_ID_SEPARATOR = b"/"
+"""Between the backend's name and its own event id (server names never contain it)."""
 _EVENT_ENDS = (b"\r\n\r\n", b"\n\n", b"\r\r")
 
 
@@ -134,6 +136,8 @@ class AnswerRewriter:
             start = end
 
     def _rewrite_event(self, event: bytes) -> bytes:
+        if self._session is not None and (event.startswith(b"id:") or b"\nid:" in event or b"\rid:" in event):
+            event = self._prefix_ids(event)
         if b'"method"' not in event and (self._public_uri is None or b'"contents"' not in event):
             return event  # a response or a notification with nothing of the backend's own: as it came
         lines = event.splitlines(keepends=True)
@@ -147,6 +151,17 @@ class AnswerRewriter:
             return event
         ending = line[len(line.rstrip(b"\r\n")) :]
         return b"".join(b"data: " + rewritten + ending if item is line else item for item in lines)
+
+    def _prefix_ids(self, event: bytes) -> bytes:
+        """Event ids name their backend (`server/id`): a client resuming with `Last-Event-ID` is sent there."""
+        prefix = self._server.encode("latin-1") + EVENT_ID_SEPARATOR
+        lines = event.splitlines(keepends=True)
+        for index, line in enumerate(lines):
+            if line.startswith(b"id:"):
+                value = line[3:].rstrip(b"\r\n")
+                value = value[1:] if value.startswith(b" ") else value
+                lines[index] = b"id: " + prefix + value + line[len(line.rstrip(b"\r\n")) :]
+        return b"".join(lines)
 
     def _rewrite_json(self, body: bytes) -> bytes:
         return self._rewrite_message(body)

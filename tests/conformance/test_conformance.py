@@ -23,31 +23,8 @@ pytestmark = [
     pytest.mark.timeout(INSTALL_TIMEOUT_S * len(SUITE_RUNS) + SUITE_TIMEOUT_S * len(SUITE_RUNS)),
 ]
 
-MODERN, LEGACY = "0.2.0-alpha.12@2026-07-28", "0.2.0-alpha.12@2025-11-25"
-_AGGREGATE_MODERN = {
-    "server-stateless": (
-        "issue 14: the backend sees the aggregate's client capabilities, not the caller's, so "
-        "test_missing_capability runs for a caller that declared no sampling (no -32021, no HTTP 400); "
-        'server/discover names {"name": "mcp-router", "version": ""} (WARNING: both must be set)'
-    ),
-    "input-required-result-capability-check": (
-        "issue 14: the same capabilities: the backend asks the caller for elicitation it never declared"
-    ),
-}
-_AGGREGATE_LEGACY = {
-    "server-sse-polling": (
-        "issue 14: when the backend closes its SSE stream mid-call (test_reconnection) the aggregate answers "
-        "-32017 'SSE stream ended without a response' instead of resuming it, and its own SSE events carry "
-        "no id, priming event or retry, so the caller cannot resume either (bare: 3 checks pass)"
-    ),
-}
-KNOWN_DIFFERENCES: dict[tuple[str, str], dict[str, str]] = {
-    (MODERN, "gateway_aggregate"): _AGGREGATE_MODERN,
-    (MODERN, "gateway_remote_aggregate"): _AGGREGATE_MODERN,
-    (LEGACY, "gateway_aggregate"): _AGGREGATE_LEGACY,
-    (LEGACY, "gateway_remote_aggregate"): _AGGREGATE_LEGACY,
-}
-"""Where a variant is known to end scenarios unlike bare, and why: the aggregate today (issue 14).
+KNOWN_DIFFERENCES: dict[tuple[str, str], dict[str, str]] = {}
+"""Where a variant is known to end scenarios unlike bare, and why (none: the aggregate matches bare since issue 14).
 
 Pinned exactly: a new difference fails, and so does a fixed one (remove it here)."""
 
