@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any
 
 import httpx2
@@ -102,3 +103,60 @@ async def test_stacked_example_caches_inside_auth(module: str, serve: Any) -> No
         assert [tool["name"] for tool in theirs.json()["result"]["tools"]] == ["whoami"]
         if module == "examples.fastapi_stack":
             assert (await http.get(f"{served.base}/health")).json() == {"status": "ok"}
+
+
+_SAFE_ORDER = (
+    "TracingMiddleware",
+    "AuthMiddleware",
+    "RateLimitMiddleware",
+    "ResponseCacheMiddleware",
+    "CircuitBreakerMiddleware",
+)
+"""Outermost first."""
+
+
+def _stack_snippets() -> list[tuple[str, str]]:
+    """Every Python block of the README and docs/ that stacks middlewares, with `add_middleware` or `stack()`."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL)
+        for number, block in enumerate(blocks):
+            layers = sum(block.count(f"add_middleware({name}") for name in _SAFE_ORDER)
+            if layers >= 2 or "stack(" in block:
+                found.append((f"{page.name}#{number}", block))
+    return found
+
+
+@pytest.mark.parametrize(("where", "block"), _stack_snippets(), ids=[w for w, _ in _stack_snippets()])
+def test_docs_stack_in_the_safe_order(where: str, block: str) -> None:
+    """Run the snippet on a fresh Starlette app: the layers must come out tracing → auth → … → breaker."""
+    from mcp.server.mcpserver import MCPServer
+    from starlette.applications import Starlette
+
+    import mcp_middleware
+
+    namespace: dict[str, Any] = {name: getattr(mcp_middleware, name) for name in mcp_middleware.__all__}
+    namespace |= {
+        "app": Starlette(),
+        "server": MCPServer("docs"),
+        "verifier": mcp_middleware.StaticTokenVerifier({}),
+        "RESOURCE": "https://mcp.example.com/mcp",
+    }
+    exec(compile(block, where, "exec"), namespace)
+    app = namespace["app"]
+    if isinstance(app, mcp_middleware.McpStack):
+        layers = [
+            type(layer).__name__ for layer in (app.tracing, app.auth, app.ratelimit, app.cache, app.breaker) if layer
+        ]
+        chain, layer = [], app.app
+        while type(layer).__name__ in _SAFE_ORDER:
+            chain.append(type(layer).__name__)
+            layer = layer.app
+        assert chain == layers
+    else:
+        chain = [m.cls.__name__ for m in app.user_middleware if m.cls.__name__ in _SAFE_ORDER]  # outermost first
+    assert len(chain) >= 2
+    assert chain == sorted(chain, key=_SAFE_ORDER.index), f"{where}: {chain}"
