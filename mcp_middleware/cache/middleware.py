@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from hashlib import blake2b
 from typing import Any, Literal, NamedTuple
 
 import anyio
@@ -67,6 +68,22 @@ def _as_policy(value: RuleValue) -> CachePolicy | None:
         return None
     policy = value if isinstance(value, CachePolicy) else CachePolicy(float(value))
     return policy if policy.ttl > 0 else None
+
+
+def _with_origin(digest: str, headers: list[tuple[bytes, bytes]]) -> str:
+    """The digest, bound to the request's `Origin` when it has one (browsers send it with every POST).
+
+    The app inside may refuse a browser's request by its origin alone (the SDK's DNS-rebinding
+    protection answers 403), so the origin is part of the question: a page on attacker.example
+    that rebinds its name to this server gets a miss, goes to the app and is refused there,
+    instead of getting what a genuine client stored. (`Host` is not keyed: only a browser can be
+    made to send a rebound `Host`, and a browser also sends `Origin`; any other client can send
+    whatever `Host` it likes, the genuine one included.) Hashed: the value is the client's.
+    """
+    for name, value in headers:
+        if name == b"origin":
+            return blake2b(b"%s\x00%s" % (digest.encode(), value), digest_size=16).hexdigest()
+    return digest
 
 
 class _Flight:
@@ -364,7 +381,7 @@ class ResponseCacheMiddleware:
 
         partition = partition_of(get_principal(scope))
         unvouched = not authenticated(scope)
-        digest = request_digest(request, self.key_meta_fields)
+        digest = _with_origin(request_digest(request, self.key_meta_fields), scope["headers"])
         private_key = entry_key(mount, method, digest, partition)
         keys = (private_key, entry_key(mount, method, digest, PUBLIC_PARTITION))
         found = self._memory.lookup(keys) if self._memory is not None else await self.store.get(keys)

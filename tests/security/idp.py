@@ -68,6 +68,10 @@ def serve_idp() -> Iterator[Idp]:
         yield Idp(Issuer(key, ISSUER, RESOURCE), f"{served.base}/jwks", host)
 
 
+RUNS: list[str] = []
+"""Every tool run, by every `protected_backend` of the process (the tests look for runs that must not happen)."""
+
+
 def protected_backend(list_scope: str = "private") -> MCPServer:
     """A server whose `tools/list` says it may be cached (for one caller: `cacheScope: private`).
 
@@ -80,11 +84,13 @@ def protected_backend(list_scope: str = "private") -> MCPServer:
     @server.tool()
     def echo(text: str) -> str:
         """Return the text unchanged."""
+        RUNS.append("echo")
         return text
 
     @server.tool()
     def admin_reset() -> str:
         """Only for admins."""
+        RUNS.append("admin_reset")
         return "reset"
 
     return server

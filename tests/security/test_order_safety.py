@@ -314,3 +314,33 @@ async def test_a_per_caller_limit_outside_auth_merges_callers_and_says_so_once(
     assert (await list_tools(served.mcp_url, bob, 3)).status_code == 429
     (error,) = errors_of(caplog, "mcp_middleware.ratelimit")
     assert "RateLimitMiddleware runs OUTSIDE authentication" in error
+
+
+async def test_a_cache_in_front_of_the_sdk_answers_no_dns_rebound_request(serve: Any) -> None:
+    """The same trap one layer down: the SDK checks Host and Origin (DNS rebinding) inside the app, so a
+    cache in front of it must not answer a rebound browser request from what a genuine client stored.
+
+    A page on attacker.example that rebinds its name to 127.0.0.1 makes the victim's browser send
+    `Host: attacker.example:…` and, with every POST, `Origin: http://attacker.example:…`; the SDK
+    refuses it (421 for the Host, 403 for the Origin). The cache keys on the Origin, so the rebound
+    request is a miss, goes to the SDK, and is refused.
+    """
+    served = serve(stack(protected_backend(list_scope="public").streamable_http_app(), cache=True))
+    genuine = await list_tools(served.mcp_url, None, 1)
+    assert (genuine.status_code, genuine.headers["x-mcp-cache"]) == (200, "miss")
+    assert (await list_tools(served.mcp_url, None, 2)).headers["x-mcp-cache"] == "hit"
+    port = served.base.rsplit(":", 1)[1]
+    for rebound in (
+        [("host", f"attacker.example:{port}"), ("origin", f"http://attacker.example:{port}")],
+        [("origin", f"http://attacker.example:{port}")],
+    ):
+        response = await post_mcp(served.mcp_url, method="tools/list", params={}, request_id=3, extra_headers=rebound)
+        assert response.status_code in (421, 403), (rebound, response.status_code)
+        assert response.headers.get("x-mcp-cache") != "hit"
+        assert b"admin_reset" not in response.content
+    # A page the server does allow (its own origin) is served from the cache once it has asked.
+    own = [("origin", f"http://127.0.0.1:{port}")]
+    answers = [
+        await post_mcp(served.mcp_url, method="tools/list", params={}, request_id=n, extra_headers=own) for n in (4, 5)
+    ]
+    assert [a.headers["x-mcp-cache"] for a in answers] == ["miss", "hit"]
