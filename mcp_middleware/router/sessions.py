@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Message, Scope
 
 from mcp_middleware.core import Principal, RequestId, SseParser, get_principal
 
-__all__ = ["BackendSession", "ClientSession", "Exchange", "Outbox", "SessionTable", "owner_of"]
+__all__ = ["BackendSession", "ClientSession", "Exchange", "Outbox", "SessionOwners", "SessionTable", "owner_of"]
 
 _MAX_ANSWER = 1024 * 1024
 """Largest answer the router reads for its own exchanges with a backend (initialize, set level)."""
@@ -129,6 +129,31 @@ class SessionTable:
 
     def __iter__(self) -> Iterator[ClientSession]:
         return iter(list(self._sessions.values()))
+
+
+class SessionOwners:
+    """Who opened each legacy session of a proxied backend: another principal is told it does not exist.
+
+    An in-process SDK server binds its sessions itself; a remote one cannot (it never sees the caller's
+    token), so the proxy binds them. Bounded: a session whose binding was forgotten is refused too
+    (fail closed: the client re-initializes).
+    """
+
+    def __init__(self, max_sessions: int = 100_000) -> None:
+        self.max_sessions = max_sessions
+        self._owners: OrderedDict[str, str] = OrderedDict()
+
+    def bind(self, session_id: str, owner: str) -> None:
+        self._owners[session_id] = owner
+        self._owners.move_to_end(session_id)
+        while len(self._owners) > self.max_sessions:
+            self._owners.popitem(last=False)
+
+    def allows(self, session_id: str, owner: str) -> bool:
+        return self._owners.get(session_id) == owner
+
+    def forget(self, session_id: str) -> None:
+        self._owners.pop(session_id, None)
 
 
 @dataclass(slots=True)

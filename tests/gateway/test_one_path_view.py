@@ -116,7 +116,12 @@ async def probe(http: httpx2.AsyncClient, url: str) -> list[int]:
     modern = await http.post(
         url,
         json=MODERN_CALL,
-        headers={**headers, "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "local__echo"},
+        headers={
+            **headers,
+            "mcp-protocol-version": "2026-07-28",
+            "mcp-method": "tools/call",
+            "mcp-name": "local__echo",
+        },
     )
     for answer in (legacy, modern):
         assert b"leak" not in answer.content
