@@ -11,7 +11,7 @@ status, the backend's own call count.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,11 +134,11 @@ def build(log: BackendLog) -> tuple[WireRecorder, FaultInjector]:
 
 
 @pytest.fixture
-def setup(serve: Any) -> Iterator[tuple[Setup, str]]:
+def setup(serve: Any) -> tuple[Setup, str]:
     log = BackendLog()
     recorder, injector = build(log)
     served = serve(recorder)
-    yield Setup(recorder, log, injector), served.base
+    return Setup(recorder, log, injector), served.base
 
 
 def url(base: str, endpoint: Endpoint) -> str:
