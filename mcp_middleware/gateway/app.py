@@ -24,7 +24,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from mcp_middleware.router import (
 )
 
 from .affinity import SessionAffinityMiddleware
-from .config import ConfigError, GatewayConfig, Problem, ServerSettings
+from .config import ConfigError, GatewayConfig, Problem, RateLimitPolicySettings, ServerSettings
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware, ReadinessCheck
 
@@ -134,7 +134,7 @@ def build_gateway(
         router.mount(
             server.name,
             backend,
-            middleware=stack.for_mount(server.name),  # the backend's stack: its mount and the aggregate share it
+            middleware=stack.for_mount(server),  # the backend's stack: its mount and the aggregate share it
             aggregate=server.aggregate and config.aggregate.enabled,
             path_mount=server.mount,
         )
@@ -268,11 +268,17 @@ class _Stack:
     def authorization_server_paths(self) -> tuple[str, ...]:
         return ("/.well-known/oauth-authorization-server", "/jwks", "/authorize", "/token", "/introspect", "/register")
 
-    def for_mount(self, name: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def for_mount(self, server: ServerSettings) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """One backend's stack, in its own names: the global sections, with this server's overrides."""
+        name = server.name
         resource = f"{self.base_url}{self.config.gateway.prefix}/{name}"
-        layers = [*self._auth(resource), *self._ratelimit(name), *self._cache(name)]
+        layers = [
+            *self._auth(resource, scopes=server.scopes),
+            *self._ratelimit(name, server.ratelimit_policies),
+            *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
+        ]
         if self.config.breaker.enabled:
-            layers.append(self._breaker(name))
+            layers.append(self._breaker(name, server.breaker_timeouts or {}))
         return layers
 
     def aggregate_door(self) -> list[Callable[[ASGIApp], ASGIApp]]:
@@ -283,7 +289,9 @@ class _Stack:
         """What the aggregate answers itself (lists, initialize) spends the aggregate's own budget."""
         return [*self._ratelimit("aggregate"), *self._cache("aggregate")]
 
-    def _auth(self, resource: str, *, per_backend: bool = True) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def _auth(
+        self, resource: str, *, per_backend: bool = True, scopes: Mapping[str, tuple[str, ...]] | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         auth = self.config.auth
         if auth.mode == "none":
             return []
@@ -316,7 +324,8 @@ class _Stack:
                 issuer=auth.issuer,
             )
             servers = [auth.issuer] if auth.issuer else []
-        scopes = {selector: list(needed) for selector, needed in auth.scopes.items()} if per_backend else {}
+        rules = auth.scopes if scopes is None else scopes
+        per_tool = {selector: list(needed) for selector, needed in rules.items()} if per_backend else {}
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return AuthMiddleware(
@@ -326,16 +335,19 @@ class _Stack:
                 authorization_servers=servers,
                 audiences=audiences,
                 required_scopes=auth.required_scopes,
-                scopes=scopes,
+                scopes=per_tool,
                 require_audience=auth.mode != "static",
                 config=CoreConfig(paths=("*",)),
             )
 
         return [wrap]
 
-    def _ratelimit(self, namespace: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def _ratelimit(
+        self, namespace: str, overrides: tuple[RateLimitPolicySettings, ...] | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         settings = self.config.ratelimit
-        if not settings.enabled or not settings.policies:
+        chosen = settings.policies if overrides is None else overrides
+        if not chosen or (overrides is None and not settings.enabled):  # a server's own policies always apply
             return []
         from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, QuotaPolicy, RateLimitMiddleware
 
@@ -347,7 +359,7 @@ class _Stack:
 
                 self._bucket_store = RedisBucketStore.from_url(settings.store)
         policies: list[Any] = []
-        for policy in settings.policies:
+        for policy in chosen:
             if policy.quota:
                 policies.append(QuotaPolicy(name=policy.name, selector=policy.selector, limit=policy.quota))
             else:
@@ -376,7 +388,9 @@ class _Stack:
 
         return [wrap]
 
-    def _cache(self, mount: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def _cache(
+        self, mount: str, *, ttl: float | None = None, honor_ttl_ms: bool | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         settings = self.config.cache
         if not settings.enabled:
             return []
@@ -395,15 +409,15 @@ class _Stack:
             return ResponseCacheMiddleware(
                 app,
                 store=store,
-                ttl=settings.ttl,
-                honor_ttl_ms=settings.honor_ttl_ms,
+                ttl=settings.ttl if ttl is None else ttl,
+                honor_ttl_ms=settings.honor_ttl_ms if honor_ttl_ms is None else honor_ttl_ms,
                 mount=lambda scope: mount,
                 config=CoreConfig(paths=("*",)),
             )
 
         return [wrap]
 
-    def _breaker(self, name: str) -> Callable[[ASGIApp], ASGIApp]:
+    def _breaker(self, name: str, overrides: Mapping[str, float]) -> Callable[[ASGIApp], ASGIApp]:
         from mcp_middleware.breaker import BreakerPolicy, BreakerRegistry, CircuitBreakerMiddleware
 
         settings = self.config.breaker
@@ -412,6 +426,7 @@ class _Stack:
         policy = BreakerPolicy(consecutive_failures=settings.failure_threshold, open_for=settings.open_seconds)
         timeouts: dict[str, float | None] = {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
         timeouts.update(settings.timeouts)
+        timeouts.update(overrides)
 
         def key(scope: Scope, request: McpRequest) -> str:
             return name

@@ -99,6 +99,16 @@ class ServerSettings:
     """Seconds a call to this backend may take (list fan-out and calls)."""
     optional: bool = False
     """A backend that may be missing (e.g. `fastmcp` not installed): skipped with a warning."""
+    scopes: Mapping[str, tuple[str, ...]] | None = None
+    """This backend's per-method/per-tool scopes, in its own names (replaces `[auth.scopes]` for it)."""
+    ratelimit_policies: tuple[RateLimitPolicySettings, ...] | None = None
+    """This backend's rate-limit policies (replace `[[ratelimit.policies]]` for it)."""
+    breaker_timeouts: Mapping[str, float] | None = None
+    """Timeouts by selector for this backend, over `[breaker.timeouts]`."""
+    cache_ttl: float | None = None
+    """This backend's cache TTL (over `[cache] ttl`)."""
+    honor_ttl_ms: bool | None = None
+    """Whether this backend's `ttlMs` hints bound caching (over `[cache] honor_ttl_ms`)."""
 
     @property
     def kind(self) -> Literal["app", "url", "command"]:
@@ -525,6 +535,11 @@ def _server(reader: _Reader, names: dict[str, str]) -> ServerSettings | None:
         aggregate=reader.boolean("aggregate", True),
         timeout=reader.number("timeout", 30.0, positive=True),
         optional=reader.boolean("optional", False),
+        scopes=_scope_map(reader, "scopes") if "scopes" in reader.data else None,
+        ratelimit_policies=_policies(reader, "ratelimit_policies") if "ratelimit_policies" in reader.data else None,
+        breaker_timeouts=_timeouts(reader, "breaker_timeouts") if "breaker_timeouts" in reader.data else None,
+        cache_ttl=reader.number("cache_ttl", 0.0, positive=True) if "cache_ttl" in reader.data else None,
+        honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
     )
     reader.done()
     return settings if len(given) == 1 and isinstance(name, str) else None
@@ -581,9 +596,22 @@ def _auth(reader: _Reader) -> AuthSettings:
 
 
 def _ratelimit(reader: _Reader) -> RateLimitSettings:
+    policies = _policies(reader, "policies")
+    settings = RateLimitSettings(
+        enabled=reader.boolean("enabled", bool(policies)),
+        store=_store(reader, "store"),
+        fail=reader.string("fail", "open", choices=("open", "closed")),
+        trusted_proxies=reader.strings("trusted_proxies", ()),
+        policies=policies,
+    )
+    reader.done()
+    return settings
+
+
+def _policies(reader: _Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
     policies: list[RateLimitPolicySettings] = []
     seen: set[str] = set()
-    for policy in reader.tables("policies"):
+    for policy in reader.tables(key):
         name = policy.string("name")
         if isinstance(name, str) and name in seen:
             policy.problem("name", f"{name!r} names another policy too")
@@ -602,15 +630,7 @@ def _ratelimit(reader: _Reader) -> RateLimitSettings:
             )
         )
         policy.done()
-    settings = RateLimitSettings(
-        enabled=reader.boolean("enabled", bool(policies)),
-        store=_store(reader, "store"),
-        fail=reader.string("fail", "open", choices=("open", "closed")),
-        trusted_proxies=reader.strings("trusted_proxies", ()),
-        policies=tuple(policies),
-    )
-    reader.done()
-    return settings
+    return tuple(policies)
 
 
 def _store(reader: _Reader, key: str) -> str:
@@ -621,10 +641,15 @@ def _store(reader: _Reader, key: str) -> str:
     return value
 
 
+def _timeouts(reader: _Reader, key: str) -> dict[str, float]:
+    table = reader.table(key)
+    timeouts = {name: table.number(name, 30.0, positive=True) for name in list(table.data)}
+    table.done()
+    return timeouts
+
+
 def _breaker(reader: _Reader) -> BreakerSettings:
-    timeouts_table = reader.table("timeouts")
-    timeouts = {name: timeouts_table.number(name, 30.0, positive=True) for name in list(timeouts_table.data)}
-    timeouts_table.done()
+    timeouts = _timeouts(reader, "timeouts")
     settings = BreakerSettings(
         enabled=reader.boolean("enabled", True),
         failure_threshold=reader.integer("failure_threshold", 5, minimum=1),
