@@ -297,7 +297,7 @@ class _Stack:
             verifier = self.authorization_server.verifier(audience=audiences)
             servers = [self.base_url]
         elif auth.mode == "static":
-            verifier = StaticTokenVerifier({token: list(scopes) for token, scopes in auth.tokens.items()})
+            verifier = StaticTokenVerifier({token: entry.verifier_entry() for token, entry in auth.tokens.items()})
         elif auth.mode == "jwt":
             assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
             verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
