@@ -42,6 +42,7 @@ from starlette.routing import Route
 
 from ..jwks import JwksTokenVerifier
 from ..verification import canonical_resource
+from .revocation import GrantRevocation, RevocationCheckingVerifier
 from .storage import (
     AuthorizationCode,
     AuthorizationStore,
@@ -162,6 +163,7 @@ class EmbeddedAuthorizationServer:
         self.metadata_document_ttl = metadata_document_ttl
         self._http_client = http_client
         self.store: AuthorizationStore = store if store is not None else MemoryAuthorizationStore()
+        self.revocation = GrantRevocation(self.store)
         if algorithm == "RS256":
             self.key: RSAKey | ECKey = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
         elif algorithm == "ES256":
@@ -229,10 +231,24 @@ class EmbeddedAuthorizationServer:
         return {"keys": [self.key.as_dict(private=False)]}
 
     def verifier(self, *, audience: str | Sequence[str], **options: Any) -> JwksTokenVerifier:
-        """A verifier for tokens of this server that needs no HTTP: it holds the public key."""
-        return JwksTokenVerifier(
-            issuer=self.issuer, audience=audience, jwks=self.jwks(), algorithms=[self.algorithm], **options
+        """A verifier for tokens of this server that needs no HTTP: it holds the public key.
+
+        It refuses the access tokens of a revoked grant (a replayed code, a reused refresh
+        token) from the moment of revocation; :meth:`revoke_grant` also drops them from the
+        token caches of every `AuthMiddleware` in this process.
+        """
+        return RevocationCheckingVerifier(
+            revocation=self.revocation,
+            issuer=self.issuer,
+            audience=audience,
+            jwks=self.jwks(),
+            algorithms=[self.algorithm],
+            **options,
         )
+
+    def revoke_grant(self, grant_id: str) -> None:
+        """End a grant: its refresh tokens and access tokens stop working at once."""
+        self.revocation.revoke(grant_id)
 
     def issue_access_token(
         self, *, subject: str, client_id: str, scope: str, resource: str | None, grant_id: str | None = None
@@ -255,6 +271,7 @@ class EmbeddedAuthorizationServer:
         token = jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
         if grant_id is not None:
             self.store.record_access_token(jti, grant_id, now + self.access_token_ttl)
+            self.revocation.issued(token, grant_id, now + self.access_token_ttl)
         return token, self.access_token_ttl
 
     # --- endpoints -------------------------------------------------------------------------------
@@ -551,7 +568,7 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         if found is None or found.client_id != client.client_id:
             return None
         if found.used:  # replay: refuse, and revoke everything issued from this code (RFC 6749 §4.1.2)
-            store.revoke_grant(found.grant_id)
+            self.server.owner.revoke_grant(found.grant_id)
             return None
         if not _resource_matches(self.request.payload.data.get("resource"), found.resource):
             raise InvalidGrantError("'resource' differs from the authorization request")
@@ -579,7 +596,7 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         if found is None or store.is_grant_revoked(found.grant_id):
             return None
         if found.rotated:  # a rotated token used again: it leaked; end the whole grant
-            store.revoke_grant(found.grant_id)
+            self.server.owner.revoke_grant(found.grant_id)
             return None
         if not _resource_matches(self.request.payload.data.get("resource"), found.resource):
             raise InvalidGrantError("'resource' differs from the original grant")
