@@ -214,6 +214,8 @@ class RateLimitSettings:
     store: str = "memory://"
     fail: Literal["open", "closed"] = "open"
     trusted_proxies: tuple[str, ...] = ()
+    ipv6_prefix: int = 64
+    """Anonymous IPv6 callers share a bucket per network of this prefix (128 = per address)."""
     policies: tuple[RateLimitPolicySettings, ...] = ()
 
 
@@ -710,6 +712,7 @@ def _ratelimit(reader: _Reader) -> RateLimitSettings:
         store=_store(reader, "store"),
         fail=reader.string("fail", "open", choices=("open", "closed")),
         trusted_proxies=reader.strings("trusted_proxies", ()),
+        ipv6_prefix=reader.integer("ipv6_prefix", 64, minimum=1, maximum=128),
         policies=tuple(policies),
     )
     reader.done()
