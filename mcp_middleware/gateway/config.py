@@ -602,14 +602,14 @@ def _static_tokens(reader: _Reader) -> dict[str, StaticTokenSettings]:
         start = len(table.problems)
         token = table.secret(name, name)
         settings = _static_token(table, name, table.data[name]) if len(table.problems) == start else None
-        if settings is not None and not token:
-            table.problem(name, "is an empty token")
-        elif settings is not None and token in found:
-            table.problem(name, "is the same token as another entry")
+        real = table._key(name)
+        if settings is not None and (not token or token in found):
+            message = "is an empty token" if not token else "is the same token as another entry"
+            table.problems.append(Problem(real, message, table.lines.find(real)))
         elif settings is not None:
             found[token] = settings
         if "${env:" not in name:  # hide a literal token in the paths of its problems
-            real, shown = table._key(name), f"{table.path}[{_token_label(name)}]"
+            shown = f"{table.path}[{_token_label(name)}]"
             for index in range(start, len(table.problems)):
                 old = table.problems[index]
                 table.problems[index] = Problem(shown + old.path[len(real) :], old.message, old.line)
@@ -679,7 +679,7 @@ def _auth(reader: _Reader) -> AuthSettings:
     )
     needs = {"jwt": ("jwks_url", "issuer"), "introspection": ("introspection_url",), "static": ("tokens",)}
     for key in needs.get(mode, ()):
-        if not getattr(settings, key):
+        if not getattr(settings, key) and not (key == "tokens" and reader.data.get("tokens")):  # else: said why
             reader.problem(key, f"is required when mode = {mode!r}")
     reader.done()
     return settings
