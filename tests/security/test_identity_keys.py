@@ -229,3 +229,30 @@ async def test_behind_a_trusted_proxy_a_64_is_one_bucket(serve: Any, prefix: int
         assert await status("2001:db8:aa:1::1") == 200
         assert await status("2001:db8:aa:1:dead:beef:0:2") == neighbour_status  # same /64, another address
         assert await status("2001:db8:aa:2::1") == 200  # the next /64 is somebody else
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway/app.py must pass `ipv6_prefix=settings.ipv6_prefix` to RateLimitMiddleware (one line, not "
+    "made here: app.py is being restructured); remove this mark when it does",
+)
+async def test_the_gateway_applies_its_ipv6_prefix_setting(tmp_path: Any) -> None:
+    from mcp_middleware.gateway.app import build_gateway
+    from tests.conftest import serve_app
+
+    config = parse_config(
+        '[[servers]]\nname = "local"\napp = "tests.servers:build_server"\n'
+        '[ratelimit]\ntrusted_proxies = ["127.0.0.2"]\nipv6_prefix = 128\n'
+        '[[ratelimit.policies]]\nname = "p"\ncapacity = 1\nrate = 0.001\n'
+    )
+    with serve_app(build_gateway(config).app) as served:
+        async with from_127_0_0_2() as http:
+            statuses = [
+                (
+                    await call_tool(
+                        http, f"{served.base}/mcp/local", "echo", {"text": "x"}, headers={"x-forwarded-for": address}
+                    )
+                ).status_code
+                for address in ("2001:db8:aa:1::1", "2001:db8:aa:1::2")
+            ]
+    assert statuses == [200, 200], "with ipv6_prefix = 128 two addresses of one /64 are two callers"
