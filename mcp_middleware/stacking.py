@@ -67,6 +67,7 @@ class RateLimitOptions(TypedDict, total=False):
     quota_timeout: float
     key: CallerKeyFunction | None
     trusted_proxies: Iterable[str]
+    ipv6_prefix: int
     namespace: str
     failure: Literal["open", "closed"]
     headers: bool

@@ -45,7 +45,14 @@ from mcp_middleware.router import (
 )
 
 from .affinity import SessionAffinityMiddleware
-from .config import ConfigError, GatewayConfig, Problem, RateLimitPolicySettings, ServerSettings
+from .config import (
+    ConfigError,
+    GatewayConfig,
+    Problem,
+    RateLimitPolicySettings,
+    ServerSettings,
+    dev_mode_problem,
+)
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware, ReadinessCheck
 
@@ -103,6 +110,9 @@ def build_gateway(
 ) -> Gateway:
     """Build the gateway; raises :class:`ConfigError` when a server cannot be loaded."""
     settings = config.gateway
+    problem = dev_mode_problem(config, host)
+    if problem is not None:
+        raise ConfigError([problem], str(config.source or "config"))
     host = host or settings.host
     port = settings.port if port is None else port
     base_url = settings.public_url or f"{'https' if settings.tls_certfile else 'http'}://{_authority(host, port)}"
@@ -309,7 +319,7 @@ class _Stack:
             verifier = self.authorization_server.verifier(audience=audiences)
             servers = [self.base_url]
         elif auth.mode == "static":
-            verifier = StaticTokenVerifier({token: list(scopes) for token, scopes in auth.tokens.items()})
+            verifier = StaticTokenVerifier({token: entry.verifier_entry() for token, entry in auth.tokens.items()})
         elif auth.mode == "jwt":
             assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
             verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
@@ -381,6 +391,7 @@ class _Stack:
                 store=store,
                 quota_storage=settings.store,
                 trusted_proxies=settings.trusted_proxies,
+                ipv6_prefix=settings.ipv6_prefix,
                 namespace=namespace,
                 failure=settings.fail,
                 config=CoreConfig(paths=("*",)),

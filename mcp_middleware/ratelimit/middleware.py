@@ -90,6 +90,7 @@ class RateLimitMiddleware:
         quota_timeout: float = 0.25,
         key: KeyFunction | None = None,
         trusted_proxies: Iterable[str] = (),
+        ipv6_prefix: int = 64,
         namespace: str = "",
         failure: FailureMode = "open",
         headers: bool = True,
@@ -98,15 +99,15 @@ class RateLimitMiddleware:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         trusted = tuple(trusted_proxies)
-        if key is not None and trusted:
-            raise ValueError("give trusted_proxies to CallerKey yourself when you pass a key function")
+        if key is not None and (trusted or ipv6_prefix != 64):
+            raise ValueError("give trusted_proxies and ipv6_prefix to CallerKey yourself when you pass a key function")
         self.app = app
         self.limiter = RateLimiter(
             policies,
             store=store,
             quota_storage=quota_storage,
             quota_timeout=quota_timeout,
-            key=key if key is not None else CallerKey(trusted_proxies=trusted),
+            key=key if key is not None else CallerKey(trusted_proxies=trusted, ipv6_prefix=ipv6_prefix),
             namespace=namespace,
             failure=failure,
             on_store_error=on_store_error,
