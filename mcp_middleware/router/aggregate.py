@@ -40,8 +40,20 @@ from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, Reques
 
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
-from .catalog import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Catalog, Kind, bisect_after, decode_cursor, encode_cursor
+from .catalog import (
+    PROMPTS,
+    RESOURCES,
+    TEMPLATES,
+    TOOLS,
+    Catalog,
+    Kind,
+    Merged,
+    bisect_after,
+    decode_cursor,
+    encode_cursor,
+)
 from .links import BackendLink, BackendUnavailable
+from .listing import MERGED_SCOPE_KEY, ListAnswers
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
@@ -165,7 +177,8 @@ class AggregateServer:
         # Legacy clients choose their log level per session (added this way: the SDK warns on the kwarg).
         self.server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, self._set_log_level)
         self._app = self.server.streamable_http_app(streamable_http_path=path, transport_security=transport_security)
-        self._own = own_middleware(self._app) if own_middleware is not None else self._app
+        answers = ListAnswers(self._app, self.catalog, per_principal=bool(self.gates), answerable=self._answerable)
+        self._own = own_middleware(answers) if own_middleware is not None else answers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -214,6 +227,12 @@ class AggregateServer:
             if isinstance(level, str):
                 relay.set_level(request.session_id, level)
         return send
+
+    def _answerable(self, request: McpRequest) -> bool:
+        """Whether a list may be answered from a kept answer: modern, or of a legacy session the relay holds."""
+        if request.era is Era.MODERN:
+            return True
+        return self.relay is not None and self.relay.sessions.get(request.session_id) is not None
 
     async def _speaks_modern(self, server: str) -> bool:
         """Whether `server` negotiated 2026-07-28 with the aggregate's shared session (connected on first use)."""
@@ -309,9 +328,12 @@ class AggregateServer:
     ) -> tuple[list[Any], str | None, dict[str, Any] | None]:
         self._remember(ctx)
         after = decode_cursor(params.cursor if params is not None else None, kind)
-        merged = await self.catalog.merge(kind)
-        keys, items = merged.keys, merged.items
         scope = getattr(ctx.request, "scope", None)
+        looked_up = scope.get(MERGED_SCOPE_KEY) if isinstance(scope, dict) else None
+        merged = looked_up if isinstance(looked_up, Merged) and looked_up.kind == kind.name else None
+        if merged is None:
+            merged = await self.catalog.merge(kind)
+        keys, items = merged.keys, merged.items
         if self.gates and isinstance(scope, dict):  # each backend's list filter decides what of it is seen
             gates = self.gates
             visible = [

@@ -33,7 +33,18 @@ from .backends import Backend
 from .links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
 
-__all__ = ["KINDS", "PROMPTS", "RESOURCES", "TEMPLATES", "TOOLS", "BackendFailure", "Catalog", "Kind", "Merged"]
+__all__ = [
+    "KINDS",
+    "KIND_OF_LIST",
+    "PROMPTS",
+    "RESOURCES",
+    "TEMPLATES",
+    "TOOLS",
+    "BackendFailure",
+    "Catalog",
+    "Kind",
+    "Merged",
+]
 
 logger = logging.getLogger("mcp_middleware.router")
 
@@ -56,6 +67,12 @@ PROMPTS = Kind("prompts", "name", "prompts", "prompts/get")
 RESOURCES = Kind("resources", "uri", "resources", "resources/read")
 TEMPLATES = Kind("resource_templates", "uri_template", "resources", "resources/read")
 KINDS = (TOOLS, PROMPTS, RESOURCES, TEMPLATES)
+KIND_OF_LIST = {
+    "tools/list": TOOLS,
+    "prompts/list": PROMPTS,
+    "resources/list": RESOURCES,
+    "resources/templates/list": TEMPLATES,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +88,7 @@ class BackendFailure:
 
 
 _generations = itertools.count(1)
+_serials = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -84,6 +102,7 @@ class _Listing:
 class Merged:
     """A merged, namespaced, sorted list of one kind, and how to route back."""
 
+    kind: str  # the Kind's name
     items: list[Any]  # public copies, sorted by public key
     keys: list[str]  # their public keys, same order
     servers: list[str]  # the backend of each item, same order
@@ -92,6 +111,8 @@ class Merged:
     uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
     failures: list[BackendFailure]
     collisions: list[dict[str, str | None]]
+    serial: int = field(default_factory=lambda: next(_serials))
+    """Unique per merge: answers built from this list can be reused while it is the current one."""
 
 
 @dataclass
@@ -132,6 +153,11 @@ class Catalog:
         """Why `server` is cooling down after a failure, or None."""
         cooling = self._cooling.get(server)
         return cooling[1] if cooling is not None and cooling[0] > time.monotonic() else None
+
+    def current(self, kind: Kind) -> Merged | None:
+        """The merged list of this kind as last built (None before the first)."""
+        cached = self._merged.get(kind.name)
+        return cached[1] if cached is not None else None
 
     def forget(self, server: str, changes: frozenset[str]) -> None:
         """`server`'s lists of these families changed: fetch them anew on next use."""
@@ -187,6 +213,7 @@ class Catalog:
         if collisions:
             logger.info("aggregate %s: name collisions %s", kind.name, collisions)
         return Merged(
+            kind=kind.name,
             items=[entry[1] for entry in public],
             keys=[entry[0] for entry in public],
             servers=[entry[2] for entry in public],
