@@ -34,9 +34,9 @@ from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, RequestKind, read_request
+from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, read_request
 
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
@@ -47,13 +47,9 @@ from .catalog import (
     TOOLS,
     Catalog,
     Kind,
-    Merged,
-    bisect_after,
-    decode_cursor,
-    encode_cursor,
 )
 from .links import BackendLink, BackendUnavailable
-from .listing import MERGED_SCOPE_KEY, ListAnswers
+from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
@@ -67,11 +63,6 @@ logger = logging.getLogger("mcp_middleware.router")
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module=__name__)
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module="mcp_middleware.router.bridge")
 
-ROUTER_META_KEY = "io.github.mcp-middleware/router"
-"""The `_meta` key under which the aggregate reports failed backends and name collisions."""
-
-ListGate = Callable[[Scope, str, str], bool]
-"""`(scope, method, backend name) -> visible`: a backend's list filter (e.g. `AuthMiddleware.visible`)."""
 
 _EVERY_PATH = CoreConfig(paths=("*",))
 
@@ -157,6 +148,7 @@ class AggregateServer:
         )
         if self.relay is not None:
             self.notifier.listeners.append(self.relay.broadcast)
+            self.relay.on_closed = self.notifier.forget_session
         from mcp_middleware import __version__
 
         self.server = _RouterServer(
@@ -200,33 +192,8 @@ class AggregateServer:
             if await relay.route(scope, receive, send, request):
                 return
             if request.era is Era.LEGACY:
-                send = self._watch_legacy(child, request, send)
+                send = relay.watch(child, request, send)
         await self._own(child, receive, send)
-
-    def _watch_legacy(self, scope: Scope, request: McpRequest, send: Send) -> Send:
-        """Learn what the aggregate's server decides about legacy sessions (opened, closed, log level)."""
-        relay = self.relay
-        assert relay is not None
-        if request.method == "initialize":
-
-            async def opened(message: Message) -> None:
-                if message["type"] == "http.response.start" and message["status"] == 200:
-                    for key, value in message.get("headers", ()):
-                        if key.lower() == b"mcp-session-id":
-                            relay.opened(scope, value.decode("latin-1"), request)
-                await send(message)
-
-            return opened
-        if request.kind is RequestKind.TERMINATE and request.session_id is not None:
-            session = relay.closed(request.session_id)
-            self.notifier.forget_session(request.session_id)
-            if session is not None and self._group is not None:
-                self._group.start_soon(relay.close_backend_sessions, scope, session)
-        if request.method == "logging/setLevel" and request.params is not None:
-            level = request.params.get("level")
-            if isinstance(level, str):
-                relay.set_level(request.session_id, level)
-        return send
 
     def _answerable(self, request: McpRequest) -> bool:
         """Whether a list may be answered from a kept answer: modern, or of a legacy session the relay holds."""
@@ -327,35 +294,13 @@ class AggregateServer:
         self, ctx: ServerRequestContext[Any], kind: Kind, params: types.PaginatedRequestParams | None
     ) -> tuple[list[Any], str | None, dict[str, Any] | None]:
         self._remember(ctx)
-        after = decode_cursor(params.cursor if params is not None else None, kind)
         scope = getattr(ctx.request, "scope", None)
-        looked_up = scope.get(MERGED_SCOPE_KEY) if isinstance(scope, dict) else None
-        merged = looked_up if isinstance(looked_up, Merged) and looked_up.kind == kind.name else None
-        if merged is None:
-            merged = await self.catalog.merge(kind)
-        keys, items = merged.keys, merged.items
-        if self.gates and isinstance(scope, dict):  # each backend's list filter decides what of it is seen
-            gates = self.gates
-            visible = [
-                index
-                for index, server in enumerate(merged.servers)
-                if (gate := gates.get(server)) is None or gate(scope, kind.call, merged.originals[index])
-            ]
-            if len(visible) != len(keys):
-                keys = [keys[index] for index in visible]
-                items = [items[index] for index in visible]
-        start = bisect_after(keys, after) if after is not None else 0
-        end = start + self.page_size
-        page = items[start:end]
-        next_cursor = encode_cursor(kind, keys[end - 1]) if end < len(items) else None
-        report: dict[str, Any] = {}
-        if merged.failures:
-            report["partial"] = True
-            report["failed"] = [failure.describe() for failure in merged.failures]
-            decide(ctx, "partial", method=f"{kind.name}/list", failed=",".join(f.server for f in merged.failures))
-        if merged.collisions:
-            report["collisions"] = merged.collisions
-        return page, next_cursor, ({ROUTER_META_KEY: report} if report else None)
+        scope = scope if isinstance(scope, dict) else None
+        cursor = params.cursor if params is not None else None
+        page = await page_of(self.catalog, kind, cursor, self.page_size, scope, self.gates)
+        if page.failed:
+            decide(ctx, "partial", method=f"{kind.name}/list", failed=page.failed)
+        return page.items, page.next_cursor, page.meta
 
     # --- what the relay does not route: the bridge's SDK sessions ------------------------------
 

@@ -12,18 +12,24 @@ changes (the merged list is a new one) or after `max_entries` newer ones.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, SseParser, get_mcp_request
 
-from .catalog import KIND_OF_LIST, Catalog, Merged
+from .catalog import KIND_OF_LIST, Catalog, Kind, Merged, bisect_after, decode_cursor, encode_cursor
 from .sessions import owner_of
 
-__all__ = ["MERGED_SCOPE_KEY", "ListAnswers"]
+__all__ = ["MERGED_SCOPE_KEY", "ROUTER_META_KEY", "ListAnswers", "ListGate", "Page", "page_of"]
+
+ROUTER_META_KEY = "io.github.mcp-middleware/router"
+"""The `_meta` key under which the aggregate reports failed backends and name collisions."""
+
+ListGate = Callable[[Scope, str, str], bool]
+"""`(scope, method, backend name) -> visible`: a backend's list filter (e.g. `AuthMiddleware.visible`)."""
 
 _MAX_ANSWER = 4 * 1024 * 1024
 MERGED_SCOPE_KEY = "mcp_middleware.router.merged"
@@ -78,6 +84,53 @@ class ListAnswers:
             self._answers[key] = keeper.result
             while len(self._answers) > self.max_entries:
                 self._answers.popitem(last=False)
+
+
+class Page(NamedTuple):
+    """One page of a merged list as a caller sees it."""
+
+    items: list[Any]
+    next_cursor: str | None
+    meta: dict[str, Any] | None
+    failed: str
+    """The backends missing from it, comma-separated ("" when none)."""
+
+
+async def page_of(
+    catalog: Catalog,
+    kind: Kind,
+    cursor: str | None,
+    page_size: int,
+    scope: Scope | None,
+    gates: Mapping[str, ListGate],
+) -> Page:
+    """The page after `cursor` of the merged list, with what each backend's list filter lets the caller see."""
+    after = decode_cursor(cursor, kind)
+    looked_up = scope.get(MERGED_SCOPE_KEY) if scope is not None else None
+    merged = looked_up if isinstance(looked_up, Merged) and looked_up.kind == kind.name else None
+    if merged is None:
+        merged = await catalog.merge(kind)
+    keys, items = merged.keys, merged.items
+    if gates and scope is not None:
+        visible = [
+            index
+            for index, server in enumerate(merged.servers)
+            if (gate := gates.get(server)) is None or gate(scope, kind.call, merged.originals[index])
+        ]
+        if len(visible) != len(keys):
+            keys = [keys[index] for index in visible]
+            items = [items[index] for index in visible]
+    start = bisect_after(keys, after) if after is not None else 0
+    end = start + page_size
+    next_cursor = encode_cursor(kind, keys[end - 1]) if end < len(items) else None
+    report: dict[str, Any] = {}
+    if merged.failures:
+        report["partial"] = True
+        report["failed"] = [failure.describe() for failure in merged.failures]
+    if merged.collisions:
+        report["collisions"] = merged.collisions
+    failed = ",".join(failure.server for failure in merged.failures)
+    return Page(items[start:end], next_cursor, {ROUTER_META_KEY: report} if report else None, failed)
 
 
 class _Keeper:

@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 import orjson
 from mcp.shared.inbound import encode_header_value
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
     CoreConfig,
@@ -40,11 +40,12 @@ from mcp_middleware.core import (
     send_error,
 )
 
-from .catalog import PROMPTS, TOOLS, Catalog, short
+from .catalog import Catalog, short
 from .names import PrefixMode
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
 from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of
 from .streams import pump_backend_stream, serve_client_stream
+from .targets import Refused, backend_target
 
 __all__ = ["ROUTED_METHODS", "Relay"]
 
@@ -64,12 +65,6 @@ _CHANGES = {
     "resources": b'{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}',
 }
 _REPLACED = frozenset({b"content-length", b"mcp-session-id", b"mcp-name", b"mcp-protocol-version"})
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.data = status, code, message, data
 
 
 class Relay:
@@ -96,6 +91,8 @@ class Relay:
         """Whether a backend serves 2026-07-28 requests (else modern clients reach it through the bridge)."""
         self.sessions = SessionTable(max_sessions)
         self.group: anyio.abc.TaskGroup | None = None
+        self.on_closed: Callable[[str], None] = lambda session_id: None
+        """Told when a legacy session ends (the notifier forgets it)."""
         """Where backend streams are pumped (set while the aggregate runs)."""
         self.max_inspect_bytes = max_inspect_bytes
 
@@ -132,7 +129,7 @@ class Relay:
                 return False  # not a session the relay knows: the aggregate's server answers (404 or its own path)
             try:
                 return await self._forward(scope, receive, send, request, session)
-            except _Refused as refused:
+            except Refused as refused:
                 await send_error(
                     send,
                     status=refused.status,
@@ -154,13 +151,33 @@ class Relay:
                 return True
         return False
 
+    def watch(self, scope: Scope, request: McpRequest, send: Send) -> Send:
+        """Learn what the aggregate's own server decides about legacy sessions (opened, closed, log level)."""
+        if request.method == "initialize":
+
+            async def opened(message: Message) -> None:
+                if message["type"] == "http.response.start" and message["status"] == 200:
+                    for key, value in message.get("headers", ()):
+                        if key.lower() == b"mcp-session-id":
+                            self.opened(scope, value.decode("latin-1"), request)
+                await send(message)
+
+            return opened
+        if request.kind is RequestKind.TERMINATE and request.session_id is not None:
+            session = self.sessions.pop(request.session_id)
+            self.on_closed(request.session_id)
+            if session is not None and self.group is not None:
+                self.group.start_soon(self.close_backend_sessions, scope, session)
+        if request.method == "logging/setLevel" and request.params is not None:
+            level = request.params.get("level")
+            if isinstance(level, str):
+                self.set_level(request.session_id, level)
+        return send
+
     def opened(self, scope: Scope, session_id: str, request: McpRequest) -> None:
         """The aggregate's server opened legacy session `session_id` for this `initialize`."""
         params = dict(request.params or {})
         self.sessions.add(ClientSession(session_id, owner_of(scope), params))
-
-    def closed(self, session_id: str) -> ClientSession | None:
-        return self.sessions.pop(session_id)
 
     def broadcast(self, kinds: frozenset[str]) -> None:
         """The aggregate's lists changed: tell every legacy session on its stream."""
@@ -191,7 +208,7 @@ class Relay:
     async def _forward(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession | None
     ) -> bool:
-        server, params, header_name = await self._target(request)
+        server, params, header_name = await backend_target(self.catalog, request)
         if request.era is Era.MODERN and not await self.speaks_modern(server):
             return False  # a 2025-era backend: the aggregate's own server bridges the eras
         backend: BackendSession | None = None
@@ -295,53 +312,6 @@ class Relay:
         child["raw_path"] = path.encode("latin-1")
         return child
 
-    async def _target(self, request: McpRequest) -> tuple[str, Mapping[str, Any] | None, str | None]:
-        """(backend, the params in the backend's names, the `Mcp-Name` it gets) for a routed request."""
-        params = request.params or {}
-        method = request.method
-        if method in ("tools/call", "prompts/get"):
-            public = params.get("name")
-            kind, noun = (TOOLS, "tool") if method == "tools/call" else (PROMPTS, "prompt")
-            if not isinstance(public, str):
-                raise _Refused(200, JsonRpcCode.INVALID_PARAMS, f"{noun} name must be a string")
-            found = await self.catalog.resolve(kind, public)
-            if found is None:
-                raise _Refused(
-                    200, JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public[:200]}", {"name": public[:200]}
-                )
-            server, name = found
-            renamed = params if name == public else {**params, "name": name}
-            return server, renamed, name
-        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
-            uri = params.get("uri")
-            if not isinstance(uri, str):
-                raise _Refused(200, JsonRpcCode.INVALID_PARAMS, "uri must be a string")
-            target = await self.catalog.resolve_uri(uri)
-            if target is None:
-                raise _Refused(200, JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {uri[:200]}", {"uri": uri[:200]})
-            server, original = target
-            renamed = params if original == uri else {**params, "uri": original}
-            return server, renamed, original
-        return await self._completion_target(params)
-
-    async def _completion_target(self, params: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None, str | None]:
-        ref = params.get("ref")
-        if not isinstance(ref, dict):
-            raise _Refused(200, JsonRpcCode.INVALID_PARAMS, "ref must be an object")
-        if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            found = await self.catalog.resolve(PROMPTS, ref["name"])
-            key = "name"
-        elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            found = await self.catalog.resolve_uri(ref["uri"], template=True)
-            key = "uri"
-        else:
-            raise _Refused(200, JsonRpcCode.INVALID_PARAMS, "ref must name a prompt or a resource template")
-        if found is None:
-            label = str(ref[key])[:200]
-            raise _Refused(200, JsonRpcCode.INVALID_PARAMS, f"Unknown reference: {label}", {key: label})
-        server, original = found
-        return server, {**params, "ref": {**ref, key: original}}, None
-
     # --- backend sessions -------------------------------------------------------------------
 
     async def _backend_session(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
@@ -357,7 +327,7 @@ class Relay:
                 break
             await opening.wait()
             if server not in session.backends:
-                raise _Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} did not open a session")
+                raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} did not open a session")
         event = session.opening[server] = anyio.Event()
         try:
             backend = await self._open(scope, session, server)
@@ -381,8 +351,8 @@ class Relay:
             error = answer.message.get("error") if answer.message is not None else None
             if isinstance(error, dict) and isinstance(error.get("code"), int):
                 status = answer.status if answer.status >= 400 else 502
-                raise _Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
-            raise _Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
+                raise Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
+            raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
         version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
         backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version)
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})

@@ -65,14 +65,14 @@ class WireRecorder:
             if message["type"] == "http.response.start" and entry is not None:
                 entry.status = message["status"]
                 entry.headers = {k.lower(): v for k, v in message.get("headers", ())}
+                request = get_mcp_request(scope)  # read before the client can see the answer
+                if request is not None:
+                    entry.method, entry.name = request.method, request.name
             await send(message)
 
         entry = Exchange(None, None)
         self.exchanges.append(entry)
         await self.app(scope, receive, recording)
-        request = get_mcp_request(scope)
-        if request is not None:
-            entry.method, entry.name = request.method, request.name
 
     def calls(self, public_name: str) -> list[Exchange]:
         return [e for e in self.exchanges if e.method == "tools/call" and e.name == public_name]
