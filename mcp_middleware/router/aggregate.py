@@ -53,6 +53,7 @@ from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
+from .watches import ResourceWatches
 
 __all__ = ["ROUTER_META_KEY", "AggregateServer", "ListGate"]
 
@@ -132,6 +133,8 @@ class AggregateServer:
             self.backends, self._links, naming=self.naming, list_ttl=list_ttl, failure_cooldown=failure_cooldown
         )
         self.notifier = Notifier(debounce=debounce, max_listeners=max_listeners)
+        self._listen_handler = ListenHandler(self.notifier.bus)
+        self.watches = ResourceWatches(self._links, self.notifier.bus)
         self.bridge = ClientBridge(
             self.backends,
             self._links,
@@ -161,7 +164,7 @@ class AggregateServer:
             on_list_resources=self._list_resources,
             on_list_resource_templates=self._list_resource_templates,
             on_read_resource=self._read_resource,
-            on_subscriptions_listen=ListenHandler(self.notifier.bus),
+            on_subscriptions_listen=self._listen,
             on_completion=self._complete,
             on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe,
@@ -233,7 +236,7 @@ class AggregateServer:
     async def lifespan(self) -> AsyncIterator[None]:
         """Run the server's session manager and the backend sessions (opened on first use)."""
         async with anyio.create_task_group() as group, self.server.session_manager.run():
-            self._group = self.notifier.group = self.bridge.group = group
+            self._group = self.notifier.group = self.bridge.group = self.watches.group = group
             if self.relay is not None:
                 self.relay.group = group
             owned: list[BackendLink] = []
@@ -259,7 +262,7 @@ class AggregateServer:
                 for link in owned:
                     link.close()
                 self.bridge.close()
-                self._group = self.notifier.group = self.bridge.group = None
+                self._group = self.notifier.group = self.bridge.group = self.watches.group = None
                 if self.relay is not None:
                     self.relay.group = None
                 group.cancel_scope.cancel()
@@ -365,6 +368,17 @@ class AggregateServer:
         if self.notifier.unsubscribe(server, uri, session_id_of(ctx)):
             await self.bridge.unsubscribe(ctx, server, uri, params.uri)
         return types.EmptyResult()
+
+    async def _listen(
+        self, ctx: ServerRequestContext[Any], params: types.SubscriptionsListenRequestParams
+    ) -> types.SubscriptionsListenResult:
+        """A modern listen stream; the resources it names are watched at the backends that own them."""
+        uris = params.notifications.resource_subscriptions or []
+        held = await self.watches.acquire(uris, self.catalog.resolve_uri)
+        try:
+            return await self._listen_handler(ctx, params)
+        finally:
+            self.watches.release(held)
 
     async def _set_log_level(
         self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams

@@ -78,7 +78,7 @@ CASES: list[tuple[str, str, dict[str, Any], int]] = [
     ("tool name not a string", "tools/call", {"name": 7, "arguments": {}}, -32602),
     ("empty tool name", "tools/call", {"name": "", "arguments": {}}, -32602),
     ("huge tool name", "tools/call", {"name": "a" * 100_000, "arguments": {}}, -32602),
-    ("unicode look-alike", "tools/call", {"name": "gооd__echo", "arguments": {}}, -32602),
+    ("unicode look-alike", "tools/call", {"name": "g\u043e\u043ed__echo", "arguments": {}}, -32602),
     ("separator only", "tools/call", {"name": "__", "arguments": {}}, -32602),
     ("unknown prompt", "prompts/get", {"name": "good__nothing"}, -32602),
     ("unknown resource", "resources/read", {"uri": "nobody+demo://x"}, -32602),
