@@ -22,9 +22,9 @@ import anyio
 import httpx2
 from starlette.types import Message, Receive, Scope, Send
 
-from mcp_middleware.core import ErrorCode, JsonRpcCode, get_mcp_request, record_decision, send_error
+from mcp_middleware.core import ErrorCode, get_mcp_request, record_decision, send_error
 
-from .sessions import SessionOwners, owner_of
+from .sessions import SessionOwners, owner_of, refuse_session
 from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["StreamingProxy", "pooled_client"]
@@ -118,14 +118,7 @@ class StreamingProxy:
         view = get_mcp_request(scope)
         session_id = view.session_id if view is not None else None
         if session_id is not None and not self.owners.allows(session_id, owner_of(scope)):
-            record_decision(scope, "router", "session_refused")
-            await send_error(
-                send,
-                status=404,
-                code=JsonRpcCode.INVALID_REQUEST,
-                message="Session not found",
-                request_id=view.id if view else None,
-            )
+            await refuse_session(scope, send, view.id if view else None)
             return
         if view is not None and view.method == "initialize":
             send = self._binding(scope, send)

@@ -31,7 +31,6 @@ from mcp_middleware.core import (
     CoreConfig,
     Era,
     ErrorCode,
-    JsonRpcCode,
     McpRequest,
     RequestKind,
     read_request,
@@ -43,7 +42,7 @@ from mcp_middleware.core import (
 from .catalog import Catalog, short
 from .names import PrefixMode
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
-from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of
+from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of, refuse_session
 from .streams import pump_backend_stream, serve_client_stream
 from .targets import Refused, backend_target
 
@@ -104,14 +103,7 @@ class Relay:
         if request.era is Era.LEGACY and request.session_id is not None:
             session = self.sessions.get(request.session_id)
             if session is not None and session.owner != owner_of(scope):
-                record_decision(scope, "router", "session_refused")
-                await send_error(
-                    send,
-                    status=404,
-                    code=JsonRpcCode.INVALID_REQUEST,
-                    message="Session not found",
-                    request_id=request.id,
-                )
+                await refuse_session(scope, send, request.id)
                 return True
         kind = request.kind
         if kind is RequestKind.STREAM and session is not None:

@@ -22,11 +22,20 @@ from typing import Any
 import anyio
 import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from starlette.types import ASGIApp, Message, Scope
+from starlette.types import ASGIApp, Message, Scope, Send
 
-from mcp_middleware.core import Principal, RequestId, SseParser, get_principal
+from mcp_middleware.core import JsonRpcCode, Principal, RequestId, SseParser, get_principal, record_decision, send_error
 
-__all__ = ["BackendSession", "ClientSession", "Exchange", "Outbox", "SessionOwners", "SessionTable", "owner_of"]
+__all__ = [
+    "BackendSession",
+    "ClientSession",
+    "Exchange",
+    "Outbox",
+    "SessionOwners",
+    "SessionTable",
+    "owner_of",
+    "refuse_session",
+]
 
 _MAX_ANSWER = 1024 * 1024
 """Largest answer the router reads for its own exchanges with a backend (initialize, set level)."""
@@ -65,6 +74,14 @@ class Outbox:
                 self.send.send_nowait(message)
             except (anyio.WouldBlock, anyio.EndOfStream):
                 pass
+
+
+async def refuse_session(scope: Scope, send: Send, request_id: RequestId | None) -> None:
+    """Another principal's session: answered exactly as if it did not exist (the SDK's answer, with the id)."""
+    record_decision(scope, "router", "session_refused")
+    await send_error(
+        send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request_id
+    )
 
 
 @dataclass(slots=True)
