@@ -169,7 +169,11 @@ class Relay:
     def opened(self, scope: Scope, session_id: str, request: McpRequest) -> None:
         """The aggregate's server opened legacy session `session_id` for this `initialize`."""
         params = dict(request.params or {})
-        self.sessions.add(ClientSession(session_id, owner_of(scope), params))
+        opened_by = {key: value for key, value in scope.items() if key != "mcp_middleware.request"}
+        for evicted in self.sessions.add(ClientSession(session_id, owner_of(scope), params, opened_by)):
+            self.on_closed(evicted.id)  # the least recently used session no longer fits: end it everywhere
+            if self.group is not None:
+                self.group.start_soon(self.close_backend_sessions, evicted.opened_by, evicted)
 
     def broadcast(self, kinds: frozenset[str]) -> None:
         """The aggregate's lists changed: tell every legacy session on its stream."""

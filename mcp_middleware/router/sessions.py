@@ -101,6 +101,8 @@ class ClientSession:
     owner: str
     initialize: Mapping[str, Any]
     """The client's `initialize` params, sent on to every backend."""
+    opened_by: Scope = field(default_factory=dict)
+    """The scope of the request that opened it (who, from where): what ending its backend sessions uses."""
     log_level: str | None = None
     backends: dict[str, BackendSession] = field(default_factory=dict)
     opening: dict[str, anyio.Event] = field(default_factory=dict)
@@ -127,10 +129,13 @@ class SessionTable:
         self.max_sessions = max_sessions
         self._sessions: OrderedDict[str, ClientSession] = OrderedDict()
 
-    def add(self, session: ClientSession) -> None:
+    def add(self, session: ClientSession) -> list[ClientSession]:
+        """Keep `session`; returns the least recently used ones that no longer fit (to be ended)."""
         self._sessions[session.id] = session
+        evicted: list[ClientSession] = []
         while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+            evicted.append(self._sessions.popitem(last=False)[1])
+        return evicted
 
     def get(self, session_id: str | None) -> ClientSession | None:
         session = self._sessions.get(session_id) if session_id is not None else None

@@ -96,3 +96,24 @@ async def test_a_legacy_subscription_reaches_the_standalone_stream(serve: Any) -
         with anyio.fail_after(5):
             await arrived.wait()
     assert updates == ["notes+notes://today"]
+
+
+async def test_sessions_past_the_bound_are_ended_at_the_backends_too(serve: Any) -> None:
+    backend = notes_server()
+    router = McpRouter()
+    router.mount("notes", backend.streamable_http_app())
+    router.aggregate.relay.sessions.max_sessions = 1  # type: ignore[union-attr]
+    served = serve(router)
+    open_at_backend = backend.session_manager._server_instances  # the SDK's own table (read-only here)
+    async with connect(served.mcp_url, "legacy") as first:
+        await first.call_tool("notes__touch", {"uri": "notes://x"})
+        assert len(open_at_backend) == 1
+        async with connect(served.mcp_url, "legacy") as second:
+            await second.call_tool("notes__touch", {"uri": "notes://y"})
+            for _ in range(100):  # the first client's backend session is ended (DELETE through its stack)
+                if len(open_at_backend) == 1:
+                    break
+                await anyio.sleep(0.05)
+            assert len(open_at_backend) == 1
+        result = await first.call_tool("notes__touch", {"uri": "notes://z"})  # still served (the bridge)
+    assert result.content[0].text == "touched notes://z"  # type: ignore[union-attr]
