@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,8 @@ import pytest
 import uvicorn
 from mcp import Client
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support import processes
 
 Era = Literal["modern", "legacy"]
 ERAS: tuple[Era, ...] = ("modern", "legacy")
@@ -49,6 +52,48 @@ def require_binary(name: str, why: str) -> str:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# --- no process outlives the run (tests/support/processes.py) ------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    processes.begin_run()  # before any test starts a process: they all inherit the run's tag
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    try:
+        return (yield)
+    finally:
+        # While the test's processes still run, note the sessions they made for themselves (an SDK
+        # stdio client's server, say): an orphan left in one after teardown is still found at the end.
+        processes.remember_descendant_groups()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any process it started is still alive, naming each one, and end them.
+
+    Last of all sessionfinish hooks: session-scoped fixtures (pytest's runner tears them down in its
+    own sessionfinish) have stopped what they share by then.
+    """
+    leaked = processes.leftovers()
+    if not leaked:
+        return
+    report = [f"left behind: {proc.describe()}" for proc in leaked]
+    processes.end(leaked)
+    report.append(f"{len(leaked)} process(es) outlived the test run (now stopped): start and stop test processes")
+    report.append("through tests/support/processes.py, which ends a process with its whole group")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        print("\n".join(report), file=sys.stderr)
+    else:
+        reporter.ensure_newline()
+        reporter.write_sep("=", "processes left behind", red=True)
+        for line in report:
+            reporter.write_line(line, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @dataclass
@@ -145,7 +190,7 @@ class RedisServer:
         assert self.process is None, "already running"
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self.directory), "--loglevel", "warning"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = processes.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -162,12 +207,7 @@ class RedisServer:
         """Stop it (SIGTERM, then SIGKILL); clients see connection errors until `start()`."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        processes.stop(self.process, patience=5)
         self.process = None
 
 

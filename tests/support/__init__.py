@@ -1,0 +1,1 @@
+"""Shared test support: helpers more than one test package needs (fixtures stay in conftest.py)."""
