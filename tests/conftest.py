@@ -89,7 +89,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if reporter is None:
         print("\n".join(report), file=sys.stderr)
     else:
-        reporter.ensure_newline()
+        reporter.line("")
         reporter.write_sep("=", "processes left behind", red=True)
         for line in report:
             reporter.write_line(line, red=True)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the check reads /proc (Linux)")
 
-LEAKY = '''
+LEAKY = """
 import os
 import subprocess
 
@@ -45,9 +45,9 @@ def wrapper():
 
 def test_a_fixture_that_stops_only_the_wrapper(wrapper):
     assert wrapper.poll() is None
-'''
+"""
 
-CLEAN = '''
+CLEAN = """
 import subprocess
 import threading
 import time
@@ -70,7 +70,7 @@ def test_a_process_shared_by_the_session(shared):
 
 def test_a_command_run_to_completion():
     assert processes.run(["sh", "-c", "echo ok"], capture_output=True, text=True, timeout=30).stdout == "ok\\n"
-'''
+"""
 
 
 def inner_run(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:

@@ -25,6 +25,7 @@ from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .asgi_transport import AsgiStreamTransport
+from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
 
 __all__ = ["Backend", "HttpBackend", "InProcessBackend", "StdioBackend", "run_lifespan"]
@@ -190,7 +191,9 @@ class StdioBackend(Backend):
     The aggregate keeps one session (one process) open; when the process dies it is
     started again with exponential backoff (`restart_delay` doubling up to
     `max_restart_delay`), its lists are fetched anew and clients are told the lists
-    changed. `health_interval` seconds between pings notice a death while idle.
+    changed. `health_interval` seconds between pings notice a death while idle. When a session
+    ends (shutdown, crash, restart), whatever is left of the command's process group is ended with it
+    (SIGTERM, then SIGKILL after 2 s), so a wrapper such as `npx` or `sh -c` leaves nothing behind.
 
     >>> backend = StdioBackend("npx", ["-y", "@modelcontextprotocol/server-everything"])
     """
@@ -210,11 +213,16 @@ class StdioBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def open_client(self, **options: Any) -> AsyncIterator[Client]:
+        group = ServerGroup(self.command, self.args)
         params = StdioServerParameters(
-            command=self.command, args=list(self.args), env=dict(self.env) if self.env else None, cwd=self.cwd
+            command=group.command, args=group.args, env=dict(self.env) if self.env else None, cwd=self.cwd
         )
-        async with Client(params, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
-            yield client
+        try:
+            async with Client(params, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
+                group.learn()
+                yield client
+        finally:
+            await group.end()
 
     @property
     def supervised(self) -> bool:

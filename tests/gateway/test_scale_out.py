@@ -28,6 +28,7 @@ import redis
 from mcp import Client, MCPError
 
 from tests.conftest import RedisServer, free_port, require_binary
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_EXAMPLE = ROOT / "examples" / "gateway" / "nginx.conf"
@@ -38,7 +39,7 @@ LIMIT = 30
 @dataclass
 class Cluster:
     url: str
-    processes: dict[str, subprocess.Popen[bytes]]
+    gateways: dict[str, subprocess.Popen[bytes]]
     logs: dict[str, Path]
     cache_url: str
 
@@ -52,16 +53,6 @@ def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, patience:
             return
         time.sleep(0.05)
     raise RuntimeError(f"port {port} not listening:\n{log.read_text()[-3000:]}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 def nginx_config(listen: int, ports: dict[str, int], scratch: Path) -> str:
@@ -105,14 +96,14 @@ rate = 0.001
         encoding="utf-8",
     )
     ports = {instance: free_port() for instance in INSTANCES}
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    gateways: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
     nginx_process: subprocess.Popen[bytes] | None = None
     try:
         for instance, port in ports.items():
             logs[instance] = scratch / f"{instance}.log"
             env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance}
-            processes[instance] = subprocess.Popen(
+            gateways[instance] = processes.start(
                 [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)],
                 cwd=ROOT,
                 env=env,
@@ -120,7 +111,7 @@ rate = 0.001
                 stderr=subprocess.STDOUT,
             )
         for instance, port in ports.items():
-            _wait_port(port, processes[instance], logs[instance])
+            _wait_port(port, gateways[instance], logs[instance])
         listen = free_port()
         (scratch / "nginx").mkdir()
         nginx_conf = scratch / "nginx.conf"
@@ -128,16 +119,15 @@ rate = 0.001
         nginx_log = scratch / "nginx.log"
         text = nginx_conf.read_text().replace("pid /tmp/mcp-gateway-nginx.pid;", f"pid {scratch / 'nginx.pid'};")
         nginx_conf.write_text(text)
-        nginx_process = subprocess.Popen(
+        nginx_process = processes.start(
             [nginx, "-p", str(scratch), "-c", str(nginx_conf)], stdout=nginx_log.open("wb"), stderr=subprocess.STDOUT
         )
         _wait_port(listen, nginx_process, nginx_log)
-        yield Cluster(f"http://127.0.0.1:{listen}/mcp/inst", processes, logs, cache_url)
+        yield Cluster(f"http://127.0.0.1:{listen}/mcp/inst", gateways, logs, cache_url)
     finally:
         if nginx_process is not None:
-            _stop(nginx_process)
-        for process in processes.values():
-            _stop(process)
+            processes.stop(nginx_process, patience=15)  # nginx's master and workers: one group
+        processes.stop_all(gateways.values(), patience=15)
         redis_server.stop()
 
 
@@ -190,7 +180,7 @@ async def test_a_global_limit_holds_across_instances(cluster: Cluster) -> None:
 async def test_killing_an_instance_loses_no_completed_request(cluster: Cluster) -> None:
     answers: list[str] = []
     failures: list[BaseException] = []
-    victim = cluster.processes["g2"]
+    victim = cluster.gateways["g2"]
     async with client(cluster.url, "modern") as session:
         for i in range(40):
             if i == 15:

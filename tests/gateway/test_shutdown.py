@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,44 +17,22 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require_binary
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def children(pid: int) -> set[int]:
-    """PIDs whose parent is `pid` (from /proc)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)],
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    """A gateway process in a group of its own (the test stops it with SIGTERM to its pid alone)."""
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
+    process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return process
         if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
+            processes.stop(process)
             raise RuntimeError(log.read_text())
         time.sleep(0.05)
 
@@ -79,7 +59,7 @@ command = ["{{python}}", "{ROOT / "examples" / "gateway" / "stdio_server.py"}"]
     try:
         async with Client(f"http://127.0.0.1:{port}/mcp", cache=None) as client:
             assert (await client.call_tool("text__reverse", {"text": "ab"})).content[0].text == "ba"  # type: ignore[union-attr]
-            stdio = children(process.pid)
+            stdio = [child.pid for child in processes.descendants(process.pid)]
             assert stdio, "the stdio server runs as a child of the gateway"
             result: list[str] = []
 
@@ -98,8 +78,52 @@ command = ["{{python}}", "{ROOT / "examples" / "gateway" / "stdio_server.py"}"]
         assert exit_code in (0, -signal.SIGTERM), log.read_text()[-2000:]
         assert "Application shutdown complete." in log.read_text()
         assert time.monotonic() - started < 12  # within shutdown_timeout (+ margin)
-        assert not any(alive(pid) for pid in stdio), "stdio children outlived the gateway"
+        assert not any(processes.alive(pid) for pid in stdio), "stdio children outlived the gateway"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
+        processes.stop(process)
+
+
+def wrapped_backend(wrapper: str) -> tuple[list[str], str, str]:
+    """A stdio backend started through a wrapper: (command, a tool to call, what the server's cmdline shows)."""
+    if wrapper == "npx":
+        npx = require_binary("npx", "a stdio backend started through npx (CI installs node)")
+        return [npx, "-y", "@modelcontextprotocol/server-everything", "stdio"], "echo", "mcp-server-everything"
+    server = ROOT / "examples" / "gateway" / "stdio_server.py"
+    # The shell stays (`; :` keeps it from exec'ing the server): the server is the gateway's grandchild,
+    # beside a helper the wrapper started in the background, as wrapper scripts do.
+    script = f"sleep 300 </dev/null >/dev/null 2>&1 & {shlex.quote(sys.executable)} {shlex.quote(str(server))}; :"
+    return ["sh", "-c", script], "reverse", "stdio_server.py"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("wrapper", ["sh", "npx"])
+async def test_sigterm_ends_everything_a_wrapped_stdio_backend_started(wrapper: str, tmp_path: Path) -> None:
+    command, tool, server_cmdline = wrapped_backend(wrapper)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nshutdown_timeout = 5\n[[servers]]\nname = "wrapped"\ncommand = {json.dumps(command)}\n'
+        "timeout = 60\n",
+        encoding="utf-8",
+    )
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log)
+    try:
+        async with Client(f"http://127.0.0.1:{port}/mcp", cache=None) as client:
+            answer = await client.call_tool(
+                f"wrapped__{tool}", {"text": "ab"} if tool == "reverse" else {"message": "ab"}
+            )
+            assert not answer.is_error, answer
+        tree = processes.descendants(process.pid)
+        shown = [child.cmdline for child in tree]
+        below_the_wrapper = [child for child in tree if server_cmdline in child.cmdline and child.ppid != process.pid]
+        assert below_the_wrapper, f"the server runs below the wrapper, not as the gateway's child: {shown}"
+        if wrapper == "sh":
+            assert "sleep 300" in shown, shown
+        os.kill(process.pid, signal.SIGTERM)
+        exit_code = await anyio.to_thread.run_sync(process.wait, 30)
+        assert exit_code in (0, -signal.SIGTERM), log.read_text()[-2000:]
+        survivors = [child.describe() for child in tree if processes.alive(child.pid)]
+        assert survivors == [], f"outlived the gateway: {survivors}\n{log.read_text()[-2000:]}"
+    finally:
+        processes.stop(process)

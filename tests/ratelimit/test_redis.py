@@ -25,6 +25,7 @@ from tests.conftest import ERAS, Era, RedisServer, connect, free_port
 from tests.ratelimit import shared_app
 from tests.ratelimit.wire import call_tool, error_of
 from tests.servers import build_server
+from tests.support import processes
 
 pytestmark = pytest.mark.anyio
 
@@ -85,11 +86,11 @@ async def test_fail_closed_answers_503_during_an_outage_and_recovers(
 
 @contextlib.contextmanager
 def instances(count: int, redis_url: str) -> Iterator[list[str]]:
-    """`count` uvicorn processes serving `shared_app`, each on its own free port; stopped by PID."""
+    """`count` uvicorn processes serving `shared_app`, each on its own free port; stopped with their groups."""
     env = {**os.environ, "RATELIMIT_TEST_REDIS": redis_url, "PYTHONPATH": str(ROOT)}
     ports = [free_port() for _ in range(count)]
-    processes = [
-        subprocess.Popen(
+    started = [
+        processes.start(
             [*UVICORN, "--port", str(port)],
             cwd=ROOT,
             env=env,
@@ -100,7 +101,7 @@ def instances(count: int, redis_url: str) -> Iterator[list[str]]:
     ]
     try:
         deadline = time.monotonic() + 60
-        for port, process in zip(ports, processes, strict=True):
+        for port, process in zip(ports, started, strict=True):
             while True:
                 if process.poll() is not None:
                     raise RuntimeError(f"instance on {port} exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
@@ -111,14 +112,9 @@ def instances(count: int, redis_url: str) -> Iterator[list[str]]:
                 time.sleep(0.05)
         yield [f"http://127.0.0.1:{port}/mcp" for port in ports]
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        processes.stop_all(started)
+        for process in started:
+            process.stderr.close()  # type: ignore[union-attr]
 
 
 async def test_three_instances_sharing_redis_admit_what_one_bucket_allows(redis_server: RedisServer) -> None:

@@ -18,6 +18,7 @@ from mcp import Client
 
 from mcp_middleware.router import HttpBackend, McpRouter, StdioBackend
 from tests.conftest import ERAS, Era, connect, free_port, require_binary
+from tests.support import processes
 
 pytestmark = pytest.mark.anyio
 
@@ -26,15 +27,11 @@ PACKAGE = "@modelcontextprotocol/server-everything"
 
 @contextlib.contextmanager
 def everything_over_http(npx: str) -> Iterator[str]:
+    """`npx` starts npm, which starts a shell, which starts node: all of them go with the group."""
     port = free_port()
-    process = subprocess.Popen(
-        [npx, "-y", PACKAGE, "streamableHttp"],
-        env={**os.environ, "PORT": str(port)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    env = {**os.environ, "PORT": str(port)}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "stdin": subprocess.DEVNULL}
+    with processes.running([npx, "-y", PACKAGE, "streamableHttp"], env=env, patience=5, **quiet) as process:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
@@ -43,13 +40,6 @@ def everything_over_http(npx: str) -> Iterator[str]:
                 pytest.fail(f"server-everything exited with {process.returncode}")
             time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @pytest.mark.parametrize("era", ERAS)

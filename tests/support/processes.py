@@ -12,9 +12,10 @@ sends SIGTERM to the group, waits until the process and every member are gone, a
 after the bound. `run` is `subprocess.run` with the same guarantee, also for what the command left
 running after it exited.
 
-The session-end check in tests/conftest.py uses `leftovers()`: processes of this run still alive
-(descendants of pytest, members of a group or session a test process created, or anything that
-inherited this run's environment tag). Linux /proc only; elsewhere it finds nothing.
+The session-end check in tests/conftest.py calls `begin_run()` first and `leftovers()` last: the
+processes of this run still alive (descendants of pytest, members of a group or session one of its
+processes created, anything that inherited this run's environment tag). Linux /proc only; elsewhere
+it finds nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -45,6 +47,7 @@ __all__ = [
     "snapshot",
     "start",
     "stop",
+    "stop_all",
 ]
 
 TERM_PATIENCE = 10.0
@@ -54,11 +57,16 @@ KILL_PATIENCE = 5.0
 RUN_TAG = "MCP_MIDDLEWARE_TEST_RUN"
 """Environment variable carrying the tokens of the test runs a process descends from (colon-separated)."""
 
+WATCH_INTERVAL = 0.5
+"""Seconds between two looks at pytest's descendants while the run goes on."""
+
 _PROC = Path("/proc")
 _POLL = 0.02
 _groups: set[int] = set()
 """Process groups and sessions created by this run's processes that may still have members."""
+_groups_lock = threading.Lock()
 _token = f"{os.getpid()}-{secrets.token_hex(4)}"
+_run_over = threading.Event()
 
 
 # --- /proc ---------------------------------------------------------------------------------------
@@ -184,15 +192,18 @@ def remember_descendant_groups(root: int | None = None) -> None:
     A process that moved itself to a session of its own (a gateway's stdio child, say) is no longer
     in the group `stop` signals: if it outlives its parent, the session-end check still finds it.
     """
+    with _groups_lock:
+        known = set(_groups)
     table = snapshot()
     me = table.get(os.getpid())
     if me is None:
         return
     own = {me.pgid, me.sid}
-    for proc in descendants(me.pid if root is None else root, table):
-        _groups.update({proc.pgid, proc.sid} - own)
+    seen = {ident for proc in descendants(me.pid if root is None else root, table) for ident in (proc.pgid, proc.sid)}
     populated = {ident for proc in table.values() if not proc.zombie for ident in (proc.pgid, proc.sid)}
-    _groups.intersection_update(populated)
+    with _groups_lock:
+        _groups.update(seen - own)
+        _groups.difference_update(known - populated)  # only what was known before the look: no race with `start`
 
 
 def start(args: Sequence[str | os.PathLike[str]], **popen: Any) -> subprocess.Popen[Any]:
@@ -200,7 +211,8 @@ def start(args: Sequence[str | os.PathLike[str]], **popen: Any) -> subprocess.Po
     if popen.pop("start_new_session", True) is not True or "process_group" in popen:
         raise ValueError("a test process always gets a session of its own")
     process: subprocess.Popen[Any] = subprocess.Popen(args, start_new_session=True, **popen)
-    _groups.add(process.pid)
+    with _groups_lock:
+        _groups.add(process.pid)
     return process
 
 
@@ -209,17 +221,30 @@ def stop(process: subprocess.Popen[Any], patience: float = TERM_PATIENCE) -> int
 
     Returns the exit code (negative: the signal), None only if even SIGKILL did not end it.
     """
-    pgid = process.pid
-    process.poll()
-    if process.returncode is None or _group_alive(pgid):
-        remember_descendant_groups(pgid)
-        _signal_group(pgid, signal.SIGTERM)
-        if not _wait_gone(process, patience):
-            _signal_group(pgid, signal.SIGKILL)
-            _wait_gone(process, KILL_PATIENCE)
-    if not _group_alive(pgid):
-        _groups.discard(pgid)
+    stop_all([process], patience)
     return process.returncode
+
+
+def stop_all(started: Iterable[subprocess.Popen[Any]], patience: float = TERM_PATIENCE) -> None:
+    """`stop` for several processes at once: every group gets SIGTERM before any is waited for."""
+    started = list(started)
+    pending = []
+    for process in started:
+        process.poll()
+        if process.returncode is None or _group_alive(process.pid):
+            remember_descendant_groups(process.pid)
+            _signal_group(process.pid, signal.SIGTERM)
+            pending.append(process)
+    deadline = time.monotonic() + patience
+    stubborn = [process for process in pending if not _wait_gone(process, deadline - time.monotonic())]
+    for process in stubborn:
+        _signal_group(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + KILL_PATIENCE
+    for process in stubborn:
+        _wait_gone(process, deadline - time.monotonic())
+    gone = {process.pid for process in started if not _group_alive(process.pid)}
+    with _groups_lock:
+        _groups.difference_update(gone)
 
 
 @contextlib.contextmanager
@@ -241,7 +266,7 @@ def run(
     args: Sequence[str | os.PathLike[str]],
     *,
     timeout: float,
-    input: Any = None,  # noqa: A002 - subprocess.run's name
+    input: Any = None,
     capture_output: bool = False,
     check: bool = False,
     **popen: Any,
@@ -273,16 +298,30 @@ def run(
 
 
 def begin_run() -> None:
-    """Tag this process's environment: every process started from it inherits the tag (and keeps it
-    when it is orphaned to init), so `leftovers` recognises it even outside any remembered group."""
+    """Start watching this run's processes (call once, before any test starts one).
+
+    Tags this process's environment: every process started from it inherits the tag (and keeps it
+    when orphaned to init). A process started with a clean environment (the SDK's stdio client
+    starts servers so) carries no tag: a thread notes the sessions and groups of pytest's
+    descendants every `WATCH_INTERVAL` s, so one orphaned later in such a session is still found.
+    """
     tokens = [token for token in os.environ.get(RUN_TAG, "").split(":") if token]
-    if _token not in tokens:
-        os.environ[RUN_TAG] = ":".join([*tokens, _token])
+    if _token in tokens:
+        return  # already begun
+    os.environ[RUN_TAG] = ":".join([*tokens, _token])
+    threading.Thread(target=_watch, name="test-process-watch", daemon=True).start()
+
+
+def _watch() -> None:
+    while not _run_over.wait(WATCH_INTERVAL):
+        remember_descendant_groups()
 
 
 def leftovers() -> list[Proc]:
     """The processes of this run that are still alive: descendants of pytest, members of a group or
-    session a process of this run created, and orphans that inherited this run's environment tag."""
+    session a process of this run created, and orphans that inherited this run's environment tag.
+    Ends the watching `begin_run` started."""
+    _run_over.set()
     table = snapshot()
     me = table.get(os.getpid())
     if me is None:
@@ -292,7 +331,9 @@ def leftovers() -> list[Proc]:
     for proc in table.values():
         if proc.pid == me.pid or proc.pid in found or proc.zombie or proc.started < me.started:
             continue  # started before pytest: not ours, whatever its group id says (pids are reused)
-        if ({proc.pgid, proc.sid} - own) & _groups or _token in _tags(proc.pid):
+        with _groups_lock:
+            ours = bool(({proc.pgid, proc.sid} - own) & _groups)
+        if ours or _token in _tags(proc.pid):
             found[proc.pid] = proc
     return sorted(found.values(), key=lambda proc: proc.pid)
 
