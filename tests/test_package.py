@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 import mcp_middleware
+from tests.support import processes
 
 
 def test_every_exported_name_resolves() -> None:
@@ -26,5 +26,5 @@ def test_importing_the_package_loads_no_middleware_dependency() -> None:
         "print(sorted(m for m in ('authlib', 'joserfc', 'limits', 'redis', 'opentelemetry.sdk', 'cachetools',"
         " 'mcp_middleware.auth', 'mcp_middleware.ratelimit') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    done = processes.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"

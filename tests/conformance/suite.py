@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..support import processes
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = PROJECT_ROOT / ".cache" / "conformance"
 SUITE_PACKAGE = "@modelcontextprotocol/conformance"
@@ -81,7 +83,7 @@ def _npm_install(prefix: Path, *packages: str) -> None:
     command = [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--save-exact", *packages]
     print(f"installing {' '.join(packages)} into {prefix} ...", file=sys.stderr)
     try:
-        done = subprocess.run(
+        done = processes.run(
             command, capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, stdin=subprocess.DEVNULL
         )
     except subprocess.TimeoutExpired as exc:
@@ -116,7 +118,7 @@ def ensure_suite(version: str = SUITE_VERSION, cache_dir: Path = CACHE_DIR) -> S
 def list_scenarios(suite: Suite, spec_version: str | None = None) -> list[str]:
     """The suite's server scenarios, in the order `--suite all` runs them (at `spec_version`, if given)."""
     selection = ["--spec-version", spec_version] if spec_version else []
-    listing = subprocess.run(
+    listing = processes.run(
         suite.command("list", "--server", *selection), capture_output=True, text=True, check=True, timeout=60
     ).stdout
     return [m.group(1) for m in re.finditer(r"^\s+- (\S+)", listing, flags=re.MULTILINE)]
@@ -138,13 +140,13 @@ def run_suite(
     env = {**os.environ, "PATH": f"{suite.node.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     with (output_dir / "conformance.log").open("wb") as log:
         try:
-            subprocess.run(
+            processes.run(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                timeout=SUITE_TIMEOUT_S,  # kills the suite process when it runs out
+                timeout=SUITE_TIMEOUT_S,  # stops the suite, and what it started, when it runs out
                 check=False,
             )
         except subprocess.TimeoutExpired:

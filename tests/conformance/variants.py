@@ -34,6 +34,7 @@ import uvicorn
 from mcp.shared.exceptions import MCPDeprecationWarning
 from starlette.types import ASGIApp
 
+from ..support import processes
 from .server import MCP_PATH, bare_app
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -182,18 +183,6 @@ def _wait_until_serving(port: int, process: subprocess.Popen[bytes], deadline: f
             connection.close()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Stop our server process by its own handle: SIGTERM (graceful, runs the lifespan's shutdown), then kill."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=SERVER_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @contextmanager
 def serve_in_process(name: str, log: IO[bytes] | None = None) -> Iterator[str]:
     """Serve variant `name` in a child process on a free loopback port; yield its MCP URL.
@@ -209,20 +198,19 @@ def serve_in_process(name: str, log: IO[bytes] | None = None) -> Iterator[str]:
         port = listener.getsockname()[1]
         fd = listener.fileno()
         command = [sys.executable, "-m", "tests.conformance.variants", "--variant", name, "--fd", str(fd)]
-        process = subprocess.Popen(
+        # Stopped by SIGTERM to its group (graceful: the lifespan's shutdown runs), then SIGKILL.
+        with processes.running(
             command,
+            patience=SERVER_STOP_TIMEOUT_S,
             cwd=PROJECT_ROOT,
             pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             preexec_fn=_die_with_parent,
-        )
-        try:
+        ) as process:
             _wait_until_serving(port, process, time.monotonic() + SERVER_START_TIMEOUT_S)
             yield f"http://127.0.0.1:{port}{chosen.path}"
-        finally:
-            _stop(process)
 
 
 def serve(name: str, *, host: str = "127.0.0.1", port: int = 0, fd: int | None = None) -> None:

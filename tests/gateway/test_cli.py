@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from mcp_middleware.gateway.cli import EXIT_OK, EXIT_USAGE, main
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gateway" / "gateway.toml"
@@ -50,7 +50,7 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 
 def test_module_entry_point_runs() -> None:
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-m", "mcp_middleware.gateway", "check-config", "-c", str(EXAMPLE)],
         capture_output=True,
         text=True,

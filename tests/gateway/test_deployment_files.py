@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from mcp_middleware.gateway.config import parse_config
 from tests.conftest import require, require_binary
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "examples" / "gateway" / "k8s"
@@ -63,7 +63,7 @@ def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
     text = (ROOT / "examples" / "gateway" / "nginx.conf").read_text()
     text = text.replace("/tmp/mcp-gateway-nginx", str(tmp_path / "nginx"))
     (tmp_path / "nginx.conf").write_text(text)
-    done = subprocess.run(
+    done = processes.run(
         [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
         capture_output=True,
         text=True,

@@ -20,6 +20,7 @@ from mcp_middleware.gateway.app import Gateway
 from tests.conformance.suite import SuiteUnavailable, ensure_suite
 from tests.conftest import Served
 from tests.gateway.test_gateway import TOKEN, running_gateway
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "inspector"
@@ -48,7 +49,7 @@ def inspector() -> list[str]:
         npm = shutil.which("npm")
         if npm is None:
             _unavailable("npm is not on PATH")
-        done = subprocess.run(
+        done = processes.run(
             [npm, "install", "--prefix", str(CACHE), "--no-audit", "--no-fund", "--save-exact", f"{PACKAGE}@{VERSION}"],
             capture_output=True,
             text=True,
@@ -68,7 +69,7 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[G
 
 
 def run(inspector: list[str], *args: str) -> dict:  # type: ignore[type-arg]
-    done = subprocess.run(
+    done = processes.run(
         [*inspector, *args, "--header", f"Authorization: Bearer {TOKEN}"],
         capture_output=True,
         text=True,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from mcp.shared.auth import OAuthClientMetadata
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
 from tests.conftest import ERAS, Era, Served, free_port, serve_app
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gateway" / "gateway.toml"
@@ -120,7 +120,7 @@ def test_a_token_for_one_mount_is_refused_by_another(gateway: Served) -> None:
 
 
 def test_try_it_runs_as_a_user_would_run_it(gateway: Served) -> None:
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, str(ROOT / "examples" / "gateway" / "try_it.py"), f"{gateway.base}/mcp"],
         capture_output=True,
         text=True,

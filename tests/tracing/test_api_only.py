@@ -7,12 +7,13 @@ the exporters before anything is imported, the way a deployment without them wou
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import orjson
+
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +74,7 @@ SCRIPT = textwrap.dedent(
 def test_everything_works_with_the_api_alone() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OTEL_PYTHON_TRACER_PROVIDER", None)
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,12 +8,13 @@ provider by themselves, and they still land under the request span in both eras.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import orjson
+
+from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,7 +74,7 @@ SCRIPT = textwrap.dedent(
 
 def test_global_providers_set_late_are_used_and_the_sdk_span_nests_under_ours() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
+    done = processes.run(
         [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
