@@ -47,6 +47,7 @@ class ServerGroup:
 
     def __init__(self, command: str, args: Sequence[str]) -> None:
         self.command, self.args = command, list(args)
+        self._shown = " ".join([command, *args])
         self.pgid: int | None = None
         self._pidfile: str | None = None
         if sys.platform == "win32" or not os.access(_SHELL, os.X_OK):
@@ -84,12 +85,12 @@ class ServerGroup:
                 return
             if not _signal(self.pgid, signal.SIGTERM):
                 return  # the server and everything it started are gone already: the usual case
-            logger.info("stdio server group %d outlived its session: terminating it", self.pgid)
+            logger.info("%s left processes in its group %d after its session: terminating them", self._shown, self.pgid)
             with anyio.move_on_after(patience):
                 while _signal(self.pgid, 0):  # noqa: ASYNC110 (no event tells when a group is gone)
                     await anyio.sleep(_POLL)
                 return
-            logger.warning("stdio server group %d ignored SIGTERM for %.1f s: killing it", self.pgid, patience)
+            logger.warning("%s: group %d ignored SIGTERM for %.1f s: killing it", self._shown, self.pgid, patience)
             _signal(self.pgid, signal.SIGKILL)
 
 
