@@ -103,9 +103,12 @@ def test_a_clean_run_passes_with_a_session_wide_process_and_threads(tmp_path: Pa
 def test_stop_ends_a_wrapper_and_what_it_started() -> None:
     with processes.running(["sh", "-c", "sleep 64 & sleep 65; :"]) as wrapper:
         deadline = time.monotonic() + 10
-        while len(children := processes.descendants(wrapper.pid)) < 2 and time.monotonic() < deadline:
+        while True:  # forked, then exec'd: wait until both children are the sleeps
+            children = processes.descendants(wrapper.pid)
+            if sorted(child.cmdline for child in children) == ["sleep 64", "sleep 65"]:
+                break
+            assert time.monotonic() < deadline, [child.describe() for child in children]
             time.sleep(0.02)
-        assert sorted(child.cmdline for child in children) == ["sleep 64", "sleep 65"]
     assert not any(processes.alive(child.pid) for child in children)
     assert wrapper.returncode == -signal.SIGTERM
 
