@@ -1,7 +1,8 @@
 """The response tap: observe a streamed MCP response without holding any of it back.
 
-A tap wraps `send`. Every message is forwarded at once; afterwards the tap looks
-at it: status and headers on `http.response.start`, and the body incrementally,
+A tap wraps `send`. Every message is forwarded at once (but the start of an error
+response, held until its body so that `complete_error` can give it the request's id);
+afterwards the tap looks at it: status and headers on `http.response.start`, and the body incrementally,
 as JSON or as Server-Sent Events in any chunking, keeping what can be the JSON-RPC
 response to the request and parsing it when someone asks. Memory is bounded by
 `max_bytes` (a larger body or event is counted but not inspected). One tap serves
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.types import Message, Scope, Send
 
+from .errors import complete_error
 from .request import McpRequest, RequestKind
 
 __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
@@ -188,6 +190,7 @@ class ResponseTap:
         "_candidates",
         "_ended",
         "_error",
+        "_held",
         "_json_size",
         "_mode",
         "_parsed",
@@ -220,6 +223,7 @@ class ResponseTap:
         self._parsed = False
         self._result: dict[str, Any] | None = None
         self._error: dict[str, Any] | None = None
+        self._held: Message | None = None
 
     @classmethod
     def attach(
@@ -247,8 +251,18 @@ class ResponseTap:
         return self.status is not None
 
     async def send(self, message: Message) -> None:
-        await self._send(message)  # forward first: observation never delays the client
         kind = message["type"]
+        held = self._held
+        if held is not None:  # an error response's start, waiting for its body (`complete_error`)
+            self._held = None
+            if kind != "http.response.start":  # (a new start replaces one whose app failed before its body)
+                held, message = complete_error(self._request.id, held, message)
+                await self._send(held)
+                self._on_start(held)
+        if kind == "http.response.start" and message["status"] >= 400:
+            self._held = message
+            return
+        await self._send(message)  # forward first: observation never delays the client
         if kind == "http.response.body":
             body: bytes = message.get("body", b"")
             more = message.get("more_body", False)

@@ -220,7 +220,11 @@ async def test_a_content_length_that_is_not_a_number_is_left_to_the_bound_on_rea
         "method": "POST",
         "path": "/mcp",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"lots")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-length", b"lots"),
+        ],
     }
     sent: list[dict[str, object]] = []
 
