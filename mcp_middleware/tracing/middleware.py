@@ -24,12 +24,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
     DEFAULT_CONFIG,
+    OTHER,
+    BoundedValues,
     CoreConfig,
     Decision,
     McpRequest,
     ResponseTap,
+    clip,
     get_decisions,
     get_principal,
+    known_method,
     observe_decisions,
     read_request,
 )
@@ -43,7 +47,7 @@ from .context import (
     with_content_length,
     with_trace_context,
 )
-from .metrics import McpMetrics
+from .metrics import KnownNames, McpMetrics
 from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error, request_attributes, span_name
 
 __all__ = ["TracingMiddleware"]
@@ -88,6 +92,8 @@ class _Exchange:
         "headers",
         "link",
         "metrics",
+        "name",
+        "names",
         "pending",
         "record_enduser",
         "refusal",
@@ -100,9 +106,11 @@ class _Exchange:
         "tap",
     )
 
-    def __init__(self, scope: Scope, metrics: McpMetrics | None, record_enduser: bool) -> None:
+    def __init__(self, scope: Scope, metrics: McpMetrics | None, names: KnownNames, record_enduser: bool) -> None:
         self.scope: Scope | None = scope  # dropped when the request ends: scope → exchange → scope is a cycle
         self.metrics = metrics
+        self.names = names
+        self.name: str | None = None
         self.record_enduser = record_enduser
         self.span_finished = False
         self.started = time.perf_counter()
@@ -161,6 +169,8 @@ class _Exchange:
             self.status = outcome.status
             self.duration = outcome.duration
             self.error_type, self.error_code, self.error_message = outcome_error(outcome)
+            if outcome.result is not None and self.request is not None:
+                self.names.learn(self.request, outcome.result, outcome.is_tool_error)
         else:
             self.duration = time.perf_counter() - self.started
             for message in self.refusal:
@@ -183,11 +193,18 @@ class _Exchange:
         span = self.span
         if not span.is_recording():
             return
+        request = self.request
+        target = request.name if request is not None else None
+        # A name learned from this very answer (the first successful call): the span may carry it now.
+        if target is not None and target in self.names and request is not None:
+            method = known_method(request.method)
+            if self.name == method:
+                span.update_name(f"{method} {target}")
         if self.record_enduser and self.scope is not None:
             principal = get_principal(self.scope)
             enduser = principal.subject or principal.client_id
             if enduser is not None:
-                span.set_attribute("enduser.id", enduser)
+                span.set_attribute("enduser.id", clip(enduser))
         if self.error_type is not None:
             span.set_attribute(ERROR_TYPE, self.error_type)
             span.set_status(StatusCode.ERROR, self.error_message)
@@ -209,6 +226,7 @@ def _decorate(span: Span, decision: Decision, identity: bool) -> None:
     component, outcome, details = decision
     if not identity and not _IDENTITY_KEYS.isdisjoint(details):
         details = {key: value for key, value in details.items() if key not in _IDENTITY_KEYS}
+    details = {key: clip(value) if type(value) is str else value for key, value in details.items()}
     prefix = f"mcp_middleware.{component}"
     span.set_attribute(f"{prefix}.outcome", outcome)
     for key, value in details.items():
@@ -265,6 +283,7 @@ class TracingMiddleware:
         self.access_log = AccessLog() if access_log is True else (access_log or None)
         self.http_metrics = http_metrics
         self.metrics = McpMetrics(meter_provider, max_names=max_metric_names)
+        self._hosts = BoundedValues(max_metric_names, max_length=255)
         self._tracer_provider = tracer_provider
         self._tracing = None if tracer_provider is None else _records(tracer_provider)
         self._instrumented = OpenTelemetryMiddleware(
@@ -296,7 +315,7 @@ class TracingMiddleware:
                 await self.app(scope, prepared[1], send)
             return
 
-        exchange = _Exchange(scope, self.metrics if measured else None, self.record_enduser)
+        exchange = _Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
         observe_decisions(scope, exchange.on_decision)
         prepared = await read_request(scope, receive, exchange.capture_refusal, self.config)
         if prepared is None:
@@ -317,6 +336,8 @@ class TracingMiddleware:
         try:
             if traced or (measured and self.http_metrics):
                 self._choose_parent(scope, exchange)
+                if self.http_metrics:
+                    scope["headers"] = self._bounded_host(scope["headers"])
                 await self._instrumented(scope, receive, exchange.send)
             else:
                 await self._untraced(scope, receive, exchange)
@@ -350,14 +371,29 @@ class TracingMiddleware:
         # Only the instrumentation sees these headers: `_traced` gives the app its own back.
         scope["headers"] = headers_with_carrier(headers, carrier)
 
+    def _bounded_host(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The headers with `Host` bounded as a label: the instrumentation's `http.server.*` metrics
+        (old conventions) label by `http.server_name`, the raw `Host` header. Only the instrumentation
+        sees this copy; `_traced` gives the app its own headers back."""
+        bounded = []
+        for key, value in headers:
+            if key == b"host":
+                text = value.decode("latin-1")
+                if self._hosts(text) is not text:
+                    value = OTHER.encode()
+            bounded.append((key, value))
+        return bounded
+
     def _span_details(self, scope: Scope) -> tuple[str, dict[str, Any]]:
         exchange: _Exchange | None = scope.get(_EXCHANGE_KEY)
         request = exchange.request if exchange is not None else None
         if request is None:
             return get_default_span_details(dict(scope))
-        name = span_name(request, uri_in_name=self.uri_in_span_name)
+        name = span_name(request, uri_in_name=self.uri_in_span_name, target_allowed=self.metrics.names.for_span)
         if name is None:
             name = get_default_span_details(dict(scope))[0]
+        assert exchange is not None
+        exchange.name = name
         return name, dict(request_attributes(request))
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
