@@ -82,7 +82,7 @@ def session_digest(session_id: str) -> str:
     Equal ids give equal digests, so log lines and spans of one session still correlate; the id
     itself (a bearer capability in the legacy era) is never written out.
     """
-    return "sha256:" + hashlib.sha256(session_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return "sha256:" + hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 class BoundedValues:

@@ -356,8 +356,8 @@ def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
     parse_error = Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
     if len(body) > _REPARSE_MAX:
         return parse_error
-    try:  # strict UTF-8 first: `json.loads(bytes)` would also take UTF-16/32 and encoded surrogates
-        message = json.loads(body.decode("utf-8"))
+    try:  # as the SDK's modern era reads it (also UTF-16/32, and surrogates encoded in UTF-8)
+        message = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return parse_error
     checked = parse_post(body, headers, 0.0, _decoded=message)
