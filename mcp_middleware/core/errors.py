@@ -14,13 +14,12 @@ from enum import IntEnum
 from typing import Any
 
 import orjson
-from starlette.types import Message, Send
+from starlette.types import Send
 
 __all__ = [
     "ErrorCode",
     "JsonRpcCode",
     "RequestId",
-    "complete_error",
     "error_body",
     "send_error",
 ]
@@ -114,68 +113,3 @@ async def send_error(
     raw_headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items)
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-_MAX_COMPLETED = 64 * 1024
-"""Largest error body whose `id` is filled in (the SDK's are under 200 bytes)."""
-_EMPTY_ANSWERS = {
-    405: "Method Not Allowed",
-    406: "Not Acceptable: Client must accept both application/json and text/event-stream",
-}
-"""Errors the SDK's modern era answers with an empty body: they get a JSON-RPC one."""
-
-
-def complete_error(request_id: RequestId | None, start: Message, body: Message) -> tuple[Message, Message]:
-    """An error response (`start`, then its one `body` message) made a complete JSON-RPC error.
-
-    The SDK answers some refusals with `"id": null` although the request's id was readable
-    (legacy: unknown or missing session, 406, 503 session limit), and its modern era answers
-    405 and 406 with an empty body. Given the id the core read, the first get it filled in and
-    the second a JSON-RPC error body. Anything else (a streamed body, a compressed or non-JSON
-    one, an id that is already there) comes back unchanged. Only small single-message bodies
-    are rewritten: nothing that streams is held.
-    """
-    if body["type"] != "http.response.body" or body.get("more_body", False):
-        return start, body
-    content: bytes = body.get("body", b"")
-    status: int = start["status"]
-    if status < 400:
-        return start, body
-    if not content:
-        message = _EMPTY_ANSWERS.get(status)
-        if message is None:
-            return start, body
-        new = error_body(JsonRpcCode.INVALID_REQUEST, message, request_id)
-    else:
-        if request_id is None or len(content) > _MAX_COMPLETED or b"null" not in content:
-            return start, body
-        content_type = b""
-        for key, value in start.get("headers", ()):
-            if key == b"content-type":
-                content_type = value
-            elif key == b"content-encoding" and value.strip().lower() != b"identity":
-                return start, body
-        if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
-            return start, body
-        try:
-            answer = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            return start, body
-        if type(answer) is not dict or answer.get("jsonrpc") != "2.0" or "error" not in answer:
-            return start, body
-        if "id" not in answer or answer["id"] is not None:
-            return start, body
-        answer["id"] = request_id
-        try:
-            new = orjson.dumps(answer)
-        except orjson.JSONEncodeError:
-            new = json.dumps(answer, separators=(",", ":")).encode()
-    headers = [
-        (key, value)
-        for key, value in start.get("headers", ())
-        if key != b"content-length" and (content or key != b"content-type")
-    ]
-    if not content:
-        headers.append((b"content-type", b"application/json"))
-    headers.append((b"content-length", str(len(new)).encode("latin-1")))
-    return {**start, "headers": headers}, {**body, "body": new}

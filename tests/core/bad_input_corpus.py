@@ -10,7 +10,7 @@ with the request's id wherever the SDK gave it (and wherever the body gave it to
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -62,8 +62,6 @@ class Case:
     """Send no `Accept` header at all (HTTP clients add `*/*` by default)."""
     why: str = ""
     """Where we answer differently from the SDK: why ours is the better answer."""
-    sdk_session: bool = field(default=False)
-    """The SDK's answer depends on its session handling (the gateway's aggregate keeps its own)."""
 
 
 _mismatch = modern_call(5, "echo", **{"mcp-name": "other"})
@@ -211,7 +209,6 @@ CASES: dict[str, Case] = {
         25,
         bare_code=-32600,
         why="NaN is not JSON; the SDK takes it, then asks for a session",
-        sdk_session=True,
     ),
     # --- HTTP-level refusals: JSON-RPC bodies in both eras, with the id once the body was read.
     "GET (modern)": Case(
@@ -260,7 +257,7 @@ CASES: dict[str, Case] = {
     ),
     # --- The SDK's legacy session errors, with the id filled in on the way out.
     "missing session (legacy)": Case(
-        LEGACY, b'{"jsonrpc":"2.0","id":35,"method":"tools/list"}', 400, -32600, 35, why="the id", sdk_session=True
+        LEGACY, b'{"jsonrpc":"2.0","id":35,"method":"tools/list"}', 400, -32600, 35, why="the id"
     ),
     "unknown session (legacy)": Case(
         {**LEGACY, "mcp-session-id": "0123456789abcdef0123456789abcdef"},
@@ -269,7 +266,6 @@ CASES: dict[str, Case] = {
         -32600,
         "s-36",
         why="the id",
-        sdk_session=True,
     ),
 }
 

@@ -17,7 +17,7 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware import McpCoreMiddleware
-from mcp_middleware.core.errors import complete_error
+from mcp_middleware.core.error_answers import ErrorHold, complete_error
 from tests.conftest import Served, connect
 from tests.servers import build_server
 
@@ -76,6 +76,44 @@ def test_an_empty_405_or_406_gets_a_json_rpc_body(status: int, words: str) -> No
         b"content-type": b"application/json",
         b"content-length": str(len(tail["body"])).encode(),
     }
+
+
+def test_a_chunked_error_is_held_until_its_end_then_completed() -> None:
+    """A proxied answer arrives in chunks (the last one empty): held while small, then completed whole."""
+    hold = ErrorHold.start(7, start(404, JSON_TYPE, (b"content-length", b"81")))
+    assert hold is not None
+    assert hold.add(body(NULL_ID[:30], more=True)) is None
+    assert hold.add(body(NULL_ID[30:], more=True)) is None
+    released = hold.add(body(b""))
+    assert released is not None and len(released) == 2
+    head, tail = released
+    assert orjson.loads(tail["body"])["id"] == 7 and tail["more_body"] is False
+    assert dict(head["headers"])[b"content-length"] == str(len(tail["body"])).encode()
+
+
+def test_what_cannot_need_completing_is_not_held() -> None:
+    assert ErrorHold.start(7, start(200, JSON_TYPE)) is None
+    assert ErrorHold.start(7, start(404, (b"content-type", b"text/event-stream"))) is None
+    assert ErrorHold.start(7, start(404, JSON_TYPE, (b"content-encoding", b"br"))) is None
+    assert ErrorHold.start(None, start(404, JSON_TYPE)) is None  # no id to fill in, no empty 405/406
+    assert ErrorHold.start(None, start(406)) is not None
+
+
+def test_a_large_error_body_is_released_as_it_came_once_past_the_bound() -> None:
+    hold = ErrorHold.start(7, start(400, JSON_TYPE))
+    assert hold is not None
+    chunks = [body(b"x" * 40_000, more=True), body(b"y" * 40_000, more=True)]
+    assert hold.add(chunks[0]) is None
+    released = hold.add(chunks[1])
+    assert released == [start(400, JSON_TYPE), *chunks]  # and from now on the caller forwards as usual
+
+
+def test_nothing_to_complete_keeps_the_original_chunks() -> None:
+    hold = ErrorHold.start(7, start(404, JSON_TYPE))
+    assert hold is not None
+    parts = [body(b'{"jsonrpc":"2.0","id":7,', more=True), body(b'"error":{"code":1,"message":"m"}}')]
+    assert hold.add(parts[0]) is None
+    assert hold.add(parts[1]) == [start(404, JSON_TYPE), *parts]
 
 
 def test_an_id_only_the_stdlib_can_write_is_written() -> None:
