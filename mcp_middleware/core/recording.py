@@ -22,6 +22,7 @@ log field as it came: each distinct label value is a new time series kept until 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from typing import Final
 
@@ -34,6 +35,7 @@ __all__ = [
     "MAX_RECORDED_CHARS",
     "OTHER",
     "BoundedValues",
+    "SessionIdRedaction",
     "clip",
     "known_method",
     "known_version",
@@ -119,3 +121,25 @@ class BoundedValues:
     @property
     def full(self) -> bool:
         return len(self._seen) >= self._limit
+
+
+_SESSION_LIKE = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{32}(?![0-9A-Za-z])")
+"""A session id as the SDK mints them (`uuid4().hex`), also inside a gateway's tagged id (`g1.<hex>`)."""
+
+
+class SessionIdRedaction(logging.Filter):
+    """A logging filter that writes session ids as their :func:`session_digest` in the records it passes.
+
+    The `mcp` SDK logs session ids in full (`Created new transport with session ID: …`, and a
+    warning naming the session someone else's credential tried); attach this to its loggers:
+
+    >>> for name in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):
+    ...     logging.getLogger(name).addFilter(SessionIdRedaction())
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SESSION_LIKE.sub(lambda found: session_digest(found.group()), message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,7 @@ from mcp_middleware.core import (
     KNOWN_PROTOCOL_VERSIONS,
     OTHER,
     BoundedValues,
+    SessionIdRedaction,
     clip,
     known_method,
     known_version,
@@ -78,3 +81,16 @@ def test_bounded_values_never_make_more_than_limit_labels(values: list[str], lim
 )
 def test_portable_names(name: str, portable: bool) -> None:
     assert portable_name(name) is portable
+
+
+def test_the_sdks_log_lines_name_sessions_by_digest(caplog: pytest.LogCaptureFixture) -> None:
+    session = "2f6b3c0e9d8a47b1a5c4e3d2f1a0b9c8"
+    logger = logging.getLogger("test.recording.sdk")
+    logger.addFilter(SessionIdRedaction())
+    with caplog.at_level(logging.INFO, logger="test.recording.sdk"):
+        logger.info("Created new transport with session ID: %s", session)
+        logger.warning("Rejecting request for session %s: credential does not match", f"g1.{session}"[:64])
+        logger.info("nothing to hide: %s", "deadbeef" * 3)
+    text = caplog.text
+    assert session not in text and text.count(session_digest(session)) == 2
+    assert "deadbeef" * 3 in text
