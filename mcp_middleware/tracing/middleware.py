@@ -12,13 +12,12 @@ before the span ends (when the last body chunk is sent: for SSE, when the stream
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, get_default_span_details
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
-from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, ProxyTracerProvider, Span, SpanContext, StatusCode
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 from opentelemetry.trace import TracerProvider as TracerProviderApi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,13 +26,9 @@ from mcp_middleware.core import (
     OTHER,
     BoundedValues,
     CoreConfig,
-    Decision,
-    McpRequest,
     ResponseTap,
-    clip,
     get_decisions,
     get_principal,
-    known_method,
     observe_decisions,
     read_request,
 )
@@ -47,8 +42,9 @@ from .context import (
     with_content_length,
     with_trace_context,
 )
-from .metrics import KnownNames, McpMetrics
-from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error, request_attributes, span_name
+from .exchange import Exchange
+from .metrics import McpMetrics
+from .semconv import request_attributes, span_name
 
 __all__ = ["TracingMiddleware"]
 
@@ -78,160 +74,9 @@ class _BodySwap:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
-class _Exchange:
-    """What is known about one traced request, shared by the span, the metrics and the log."""
-
-    __slots__ = (
-        "concluded",
-        "duration",
-        "error_code",
-        "error_message",
-        "error_type",
-        "exception",
-        "forward",
-        "headers",
-        "link",
-        "metrics",
-        "name",
-        "names",
-        "pending",
-        "record_enduser",
-        "refusal",
-        "request",
-        "scope",
-        "span",
-        "span_finished",
-        "started",
-        "status",
-        "tap",
-    )
-
-    def __init__(self, scope: Scope, metrics: McpMetrics | None, names: KnownNames, record_enduser: bool) -> None:
-        self.scope: Scope | None = scope  # dropped when the request ends: scope → exchange → scope is a cycle
-        self.metrics = metrics
-        self.names = names
-        self.name: str | None = None
-        self.record_enduser = record_enduser
-        self.span_finished = False
-        self.started = time.perf_counter()
-        self.request: McpRequest | None = None
-        self.tap: ResponseTap | None = None
-        self.forward: Send | None = None
-        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
-        self.span: Span = INVALID_SPAN
-        self.link: SpanContext | None = None
-        self.pending: list[Decision] = []
-        self.refusal: list[Message] = []
-        self.exception: str | None = None
-        self.concluded = False
-        self.status: int | None = None
-        self.duration = 0.0
-        self.error_type: str | None = None
-        self.error_code: int | None = None
-        self.error_message: str | None = None
-
-    async def capture_refusal(self, message: Message) -> None:
-        """The core's `send` while it reads the request: a refusal is held until the span exists."""
-        self.refusal.append(message)
-
-    def on_decision(self, decision: Decision) -> None:
-        if self.metrics is not None:
-            self.metrics.record_decision(decision)
-        if self.span is INVALID_SPAN:
-            self.pending.append(decision)
-        elif self.span.is_recording():
-            _decorate(self.span, decision, self.record_enduser)
-
-    def attach_span(self, span: Span) -> None:
-        self.span = span
-        if span.is_recording():
-            if self.link is not None:
-                span.add_link(self.link, {"mcp_middleware.link": "http.traceparent"})
-            for decision in self.pending:
-                _decorate(span, decision, self.record_enduser)
-        self.pending = []
-
-    async def send(self, message: Message) -> None:
-        """Forward, then (on the last body chunk) finish the span before the instrumentation ends it."""
-        assert self.forward is not None
-        await self.forward(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finish_span()
-
-    def conclude(self) -> None:
-        """Decide, once, the status, duration and error of the exchange."""
-        if self.concluded:
-            return
-        self.concluded = True
-        tap = self.tap
-        if tap is not None:
-            outcome = tap.outcome()
-            self.status = outcome.status
-            self.duration = outcome.duration
-            self.error_type, self.error_code, self.error_message = outcome_error(outcome)
-            if outcome.result is not None and self.request is not None:
-                self.names.learn(self.request, outcome.result, outcome.is_tool_error)
-        else:
-            self.duration = time.perf_counter() - self.started
-            for message in self.refusal:
-                if message["type"] == "http.response.start":
-                    self.status = message["status"]
-            for decision in get_decisions(self.scope or {}):
-                if decision.component == "core" and decision.outcome == "rejected":
-                    code = decision.attributes.get("code")
-                    if isinstance(code, int):
-                        self.error_type, self.error_code = str(code), code
-        if self.error_type is None and self.exception is not None:
-            self.error_type = self.exception
-
-    def finish_span(self) -> None:
-        """Put the outcome on the span (once, while it is still open)."""
-        if self.span_finished:
-            return
-        self.span_finished = True
-        self.conclude()
-        span = self.span
-        if not span.is_recording():
-            return
-        request = self.request
-        target = request.name if request is not None else None
-        # A name learned from this very answer (the first successful call): the span may carry it now.
-        if target is not None and target in self.names and request is not None:
-            method = known_method(request.method)
-            if self.name == method:
-                span.update_name(f"{method} {target}")
-        if self.record_enduser and self.scope is not None:
-            principal = get_principal(self.scope)
-            enduser = principal.subject or principal.client_id
-            if enduser is not None:
-                span.set_attribute("enduser.id", clip(enduser))
-        if self.error_type is not None:
-            span.set_attribute(ERROR_TYPE, self.error_type)
-            span.set_status(StatusCode.ERROR, self.error_message)
-        if self.error_code is not None:
-            span.set_attribute(RPC_RESPONSE_STATUS_CODE, str(self.error_code))
-
-
 def _records(provider: TracerProviderApi) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
     return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
-
-
-_IDENTITY_KEYS = frozenset({"subject", "client_id", "user", "username", "email", "tenant"})
-"""Decision attributes that say who the caller is: on spans only with `record_enduser=True`."""
-
-
-def _decorate(span: Span, decision: Decision, identity: bool) -> None:
-    """A decision as span attributes (the last one per component wins) and as an event (all kept)."""
-    component, outcome, details = decision
-    if not identity and not _IDENTITY_KEYS.isdisjoint(details):
-        details = {key: value for key, value in details.items() if key not in _IDENTITY_KEYS}
-    details = {key: clip(value) if type(value) is str else value for key, value in details.items()}
-    prefix = f"mcp_middleware.{component}"
-    span.set_attribute(f"{prefix}.outcome", outcome)
-    for key, value in details.items():
-        span.set_attribute(f"{prefix}.{key}", value)
-    span.add_event(prefix, {"outcome": outcome, **details})
 
 
 class TracingMiddleware:
@@ -315,7 +160,7 @@ class TracingMiddleware:
                 await self.app(scope, prepared[1], send)
             return
 
-        exchange = _Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
+        exchange = Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
         observe_decisions(scope, exchange.on_decision)
         prepared = await read_request(scope, receive, exchange.capture_refusal, self.config)
         if prepared is None:
@@ -352,7 +197,7 @@ class TracingMiddleware:
             exchange.scope = None
             del scope[_EXCHANGE_KEY]
 
-    def _choose_parent(self, scope: Scope, exchange: _Exchange) -> None:
+    def _choose_parent(self, scope: Scope, exchange: Exchange) -> None:
         """Apply the context rule: a valid `_meta.traceparent` wins; the header context becomes a link."""
         request = exchange.request
         carrier = meta_carrier(request.meta) if request is not None else None
@@ -385,7 +230,7 @@ class TracingMiddleware:
         return bounded
 
     def _span_details(self, scope: Scope) -> tuple[str, dict[str, Any]]:
-        exchange: _Exchange | None = scope.get(_EXCHANGE_KEY)
+        exchange: Exchange | None = scope.get(_EXCHANGE_KEY)
         request = exchange.request if exchange is not None else None
         if request is None:
             return get_default_span_details(dict(scope))
@@ -398,7 +243,7 @@ class TracingMiddleware:
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app as the instrumentation calls it: inside the request span, which is current."""
-        exchange: _Exchange = scope[_EXCHANGE_KEY]
+        exchange: Exchange = scope[_EXCHANGE_KEY]
         span = trace.get_current_span()
         exchange.attach_span(span)
         scope["headers"] = exchange.headers
@@ -420,7 +265,7 @@ class TracingMiddleware:
         finally:
             exchange.finish_span()  # if the response never ended (crash, client gone): before the span ends
 
-    async def _untraced(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+    async def _untraced(self, scope: Scope, receive: Receive, exchange: Exchange) -> None:
         """No spans to record (MCP metrics or the access log only): the exchange without the instrumentation."""
         assert exchange.forward is not None
         if exchange.request is None:
@@ -433,7 +278,7 @@ class TracingMiddleware:
             exchange.exception = type(exc).__qualname__
             raise
 
-    def _log(self, access_log: AccessLog, scope: Scope, exchange: _Exchange) -> None:
+    def _log(self, access_log: AccessLog, scope: Scope, exchange: Exchange) -> None:
         context = exchange.span.get_span_context()
         entry = access_log.entry(
             request=exchange.request,
