@@ -120,6 +120,10 @@ _NOT_ACCEPTABLE = Rejection(
 )
 
 
+_USUAL_ACCEPT = b"application/json, text/event-stream"
+"""What the SDK clients send: one comparison instead of a parse on the common path."""
+
+
 def accepts_json(accept: bytes) -> bool:
     """Whether an `Accept` value admits `application/json`, matched as the SDK matches it (wildcards, any case).
 
@@ -190,7 +194,7 @@ async def read_request(
     # Every configuration of the SDK refuses an `Accept` without JSON (406), so the core may; it answers
     # once the body is read, to give the request's id (the SDK answers first, with `id: null`).
     accept = headers.raw_accept
-    acceptable = accept is not None and (b"application/json" in accept or accepts_json(accept))
+    acceptable = accept == _USUAL_ACCEPT or (accept is not None and accepts_json(accept))
     content_type = headers.raw_content_type  # bytes: `.lower()` is ASCII-only, as the comparison needs
     if content_type is None or content_type[:16].lower() != b"application/json":
         if not acceptable:  # the SDK's order: Accept before Content-Type

@@ -105,6 +105,8 @@ class _StartGuard:
         self.started = False
 
     def __call__(self, message: Message) -> Awaitable[None]:
+        if self.started:  # the start has gone out: nothing more to decide
+            return self._send(message)
         if self._hold is not None or (message["type"] == "http.response.start" and message["status"] >= 400):
             return self._error_answer(message)
         self.started = True

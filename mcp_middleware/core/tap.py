@@ -251,25 +251,9 @@ class ResponseTap:
         return self.status is not None
 
     async def send(self, message: Message) -> None:
-        hold = self._hold
-        if hold is not None:  # an error response held until its body is complete (`ErrorHold`)
-            if message["type"] != "http.response.start":
-                released = hold.add(message)
-                if released is not None:
-                    self._hold = None
-                    for item in released:
-                        await self._send(item)
-                        self._seen(item)
-                return
-            self._hold = None  # a new start replaces one whose app failed before its body
         kind = message["type"]
-        if kind == "http.response.start" and message["status"] >= 400:
-            hold = ErrorHold.start(self._request.id, message)
-            if hold is not None:
-                self._hold = hold
-                return
-        await self._send(message)  # forward first: observation never delays the client
-        if kind == "http.response.body":
+        if kind == "http.response.body" and self._hold is None:  # the common case, first
+            await self._send(message)  # forward first: observation never delays the client
             body: bytes = message.get("body", b"")
             more = message.get("more_body", False)
             self.bytes += len(body)
@@ -278,7 +262,25 @@ class ResponseTap:
             if not more:
                 self.complete = True
                 self._ended = time.perf_counter()
-        elif kind == "http.response.start":
+            return
+        hold = self._hold
+        if hold is not None:  # an error answer held until its body is complete (`ErrorHold`)
+            if kind != "http.response.start":
+                released = hold.add(message)
+                if released is not None:
+                    self._hold = None
+                    for item in released:
+                        await self._send(item)
+                        self._seen(item)
+                return
+            self._hold = None  # a new start replaces one whose app failed before its body
+        if kind == "http.response.start" and message["status"] >= 400:
+            hold = ErrorHold.start(self._request.id, message)
+            if hold is not None:
+                self._hold = hold
+                return
+        await self._send(message)
+        if kind == "http.response.start":
             self._on_start(message)
 
     def _seen(self, message: Message) -> None:
