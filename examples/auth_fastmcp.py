@@ -31,7 +31,7 @@ def build_app(public_url: str) -> ASGIApp:
     resource = f"{public_url}/mcp"
     return AuthMiddleware(
         server.http_app(path="/mcp"),
-        verifier=StaticTokenVerifier({"dev-token": ["mcp:read"]}, resource=resource, subject="dev"),
+        verifier=StaticTokenVerifier({"dev-token": {"subject": "dev", "scopes": ["mcp:read"]}}, resource=resource),
         resource=resource,
         authorization_servers=["https://login.example.com"],
         required_scopes=["mcp:read"],

@@ -3,7 +3,7 @@
 The core is imported eagerly; each middleware package is imported when one of its names is
 first used, so `import mcp_middleware` stays cheap and optional parts stay optional.
 
->>> from mcp_middleware import McpCoreMiddleware, RateLimitMiddleware, BucketPolicy
+>>> from mcp_middleware import McpCoreMiddleware, RateLimitMiddleware, BucketPolicy, stack
 """
 
 from __future__ import annotations
@@ -78,6 +78,15 @@ if TYPE_CHECKING:
         StdioBackend,
         StreamingProxy,
     )
+    from .stacking import (
+        AuthOptions,
+        BreakerOptions,
+        CacheOptions,
+        McpStack,
+        RateLimitOptions,
+        TracingOptions,
+        stack,
+    )
     from .tracing import AccessLog, McpMetrics, PrometheusMetrics, PrometheusMiddleware, TracingMiddleware
 
 __version__ = "0.1.0"
@@ -129,6 +138,15 @@ _LAZY = {
         "StreamingProxy",
     ),
     "tracing": ("AccessLog", "McpMetrics", "PrometheusMetrics", "PrometheusMiddleware", "TracingMiddleware"),
+    "stacking": (
+        "AuthOptions",
+        "BreakerOptions",
+        "CacheOptions",
+        "McpStack",
+        "RateLimitOptions",
+        "TracingOptions",
+        "stack",
+    ),
 }
 _HOME = {name: package for package, names in _LAZY.items() for name in names}
 
@@ -151,13 +169,16 @@ __all__ = [
     "AccessLog",
     "AggregateServer",
     "AuthMiddleware",
+    "AuthOptions",
     "BearerAuthMiddleware",
+    "BreakerOptions",
     "BreakerPolicy",
     "BreakerRegistry",
     "BreakerSnapshot",
     "BreakerState",
     "BucketPolicy",
     "BucketStore",
+    "CacheOptions",
     "CachePolicy",
     "CacheStore",
     "CallerKey",
@@ -176,6 +197,7 @@ __all__ = [
     "McpMetrics",
     "McpRequest",
     "McpRouter",
+    "McpStack",
     "MemoryBucketStore",
     "MemoryCacheStore",
     "NamingPolicy",
@@ -186,6 +208,7 @@ __all__ = [
     "ProtectedResourceMetadataApp",
     "QuotaPolicy",
     "RateLimitMiddleware",
+    "RateLimitOptions",
     "RateLimiter",
     "RedisBucketStore",
     "RedisCacheStore",
@@ -204,6 +227,7 @@ __all__ = [
     "TokenBucket",
     "TokenRejected",
     "TracingMiddleware",
+    "TracingOptions",
     "VerificationUnavailable",
     "__version__",
     "get_decisions",
@@ -212,4 +236,5 @@ __all__ = [
     "global_key",
     "observe_decisions",
     "record_decision",
+    "stack",
 ]

@@ -89,10 +89,10 @@ class _LoopProbe:
 
 
 @contextlib.contextmanager
-def serve_app(app: ASGIApp, port: int | None = None) -> Iterator[Served]:
-    """Serve `app` (lifespan on) on a free loopback port (or `port`) until the block ends."""
+def serve_app(app: ASGIApp, port: int | None = None, *, root_path: str = "") -> Iterator[Served]:
+    """Serve `app` (lifespan on) on a free loopback port (or `port`) until the block ends (`uvicorn --root-path`)."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", root_path=root_path)
     server = uvicorn.Server(config)
     served = Served(base=f"http://127.0.0.1:{port}", server=server)
     config.app = _LoopProbe(app, served)

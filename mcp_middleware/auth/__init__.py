@@ -13,7 +13,7 @@ from .jwks import DEFAULT_ALGORITHMS, JwksKeys, JwksTokenVerifier
 from .list_filter import ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_path, metadata_url
 from .middleware import AuthMiddleware, BearerAuthMiddleware
-from .static import StaticTokenVerifier
+from .static import StaticTokenVerifier, static_subject
 from .token_cache import TokenCache
 from .verification import (
     ExplainingVerifier,
@@ -43,4 +43,5 @@ __all__ = [
     "metadata_path",
     "metadata_url",
     "scopes_from_claims",
+    "static_subject",
 ]

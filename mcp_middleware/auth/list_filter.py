@@ -4,10 +4,17 @@ The response is rewritten one message at a time: a JSON body (the one response) 
 until complete, fixed and sent with a new `Content-Length`; in an SSE stream only the
 event carrying this request's result is held until its blank line, every other event
 (progress, logging) passes at once.
+
+A filter that cannot inspect fails closed. A result larger than `max_bytes` is never sent
+unfiltered: the caller gets a JSON-RPC error with its request id (-32017, HTTP 502 for a
+JSON response; an error event in an SSE stream) and the operator a warning. An error, not
+an empty list: an empty list is a lie a client would cache and act on ("this server has no
+tools"), while an error says the list could not be given and why.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Send
 
-from mcp_middleware.core import RequestId
+from mcp_middleware.core import ErrorCode, RequestId, error_body
 
 __all__ = ["LIST_METHODS", "ListFilter"]
 
@@ -57,6 +64,8 @@ class ListFilter:
         "_mode",
         "_request_id",
         "_send",
+        "_skipped",
+        "_skipping",
     )
 
     def __init__(
@@ -71,9 +80,15 @@ class ListFilter:
         self._held_start: Message | None = None
         self._buffer = bytearray()
         self._done = False
+        self._skipping = False
+        """SSE: inside an event too large to inspect, dropping bytes until its blank line."""
+        self._skipped = False
+        """SSE: an event was dropped; if no result of ours followed, the stream ends with an error."""
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
+        if self._mode == "drop":
+            return  # the error was the answer; the app's late body goes nowhere
         if kind == "http.response.start":
             await self._start(message)
         elif kind == "http.response.body" and self._mode == "json":
@@ -88,40 +103,60 @@ class ListFilter:
         for key, value in message.get("headers", ()):
             if key.lower() == b"content-type":
                 content_type = value.lower()
-        if message["status"] == 200 and content_type.startswith(b"application/json"):
+        success = 200 <= message["status"] < 300
+        if success and content_type.startswith(b"application/json"):
             self._mode = "json"
             self._held_start = message
             return
-        if message["status"] == 200 and content_type.startswith(b"text/event-stream"):
+        if success and content_type.startswith(b"text/event-stream"):
             self._mode = "sse"
         await self._send(message)
 
     async def _json_body(self, message: Message) -> None:
         self._buffer += message.get("body", b"")
         if len(self._buffer) > self._max_bytes:
-            logger.warning("%s result larger than %d bytes: sent unfiltered", self._method, self._max_bytes)
-            await self._flush_unfiltered(message)
+            await self._refuse_json()
             return
         if message.get("more_body", False):
             return
         body = self._rewrite(bytes(self._buffer)) or bytes(self._buffer)
+        self._buffer.clear()
+        await self._send_json(body)
+
+    async def _send_json(self, body: bytes, status: int | None = None) -> None:
         start = self._held_start
         assert start is not None
-        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        skip = (b"content-length", b"content-type") if status is not None else (b"content-length",)
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() not in skip]
+        if status is not None:
+            headers.append((b"content-type", b"application/json"))
         headers.append((b"content-length", str(len(body)).encode()))
-        self._mode = "pass"
-        await self._send({**start, "headers": headers})
+        self._mode = "drop" if status is not None else "pass"
+        await self._send({**start, "status": status or start["status"], "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
-    async def _flush_unfiltered(self, message: Message) -> None:
-        start = self._held_start
-        assert start is not None
-        self._mode = "pass"
-        await self._send(start)
-        await self._send(
-            {"type": "http.response.body", "body": bytes(self._buffer), "more_body": message.get("more_body", False)}
+    async def _refuse_json(self) -> None:
+        """Over the bound: answer the error now, and drop what the app still sends (memory stays bounded)."""
+        self._buffer = bytearray()
+        self._warn("result")
+        await self._send_json(self._too_large(), status=502)
+
+    def _warn(self, what: str) -> None:
+        logger.warning(
+            "%s %s larger than max_inspect_bytes (%d): not sent, as it cannot be filtered; "
+            "raise CoreConfig.max_inspect_bytes or paginate the list",
+            self._method,
+            what,
+            self._max_bytes,
         )
-        self._buffer.clear()
+
+    def _too_large(self) -> bytes:
+        return error_body(
+            ErrorCode.BAD_GATEWAY,
+            f"The {self._method} result is larger than the {self._max_bytes} bytes the access filter inspects",
+            self._request_id,
+            {"maxInspectBytes": self._max_bytes},
+        )
 
     async def _sse_body(self, message: Message) -> None:
         more = message.get("more_body", False)
@@ -131,23 +166,47 @@ class ListFilter:
         self._buffer += message.get("body", b"")
         out = bytearray()
         while not self._done:
+            if self._skipping:
+                end = _next_event_end(self._buffer)
+                if end == -1:
+                    del self._buffer[:-3]  # a blank line may straddle two chunks: keep its start
+                    break
+                del self._buffer[:end]
+                self._skipping = False
+                continue
             end = _next_event_end(self._buffer)
             if end == -1:
+                if len(self._buffer) > self._max_bytes:
+                    # Too large to inspect: it may be our result, so it is not forwarded (fail closed).
+                    self._skipping = True
+                    self._skip_event()
+                    continue
                 break
             event = bytes(self._buffer[:end])
             del self._buffer[:end]
-            out += self._rewrite_event(event)
-        if self._done or len(self._buffer) > self._max_bytes or not more:
-            out += self._buffer  # after our result (or at the end) the rest passes untouched
+            out += self._rewrite_event(event) if end <= self._max_bytes else self._skip_event()
+        if not more and not self._done:
+            if self._skipped:  # the stream ends and our result was (or may have been) the dropped event
+                out += b"event: message\r\ndata: " + self._too_large() + b"\r\n\r\n"
+            elif not self._skipping:
+                out += self._buffer  # an unterminated tail passes as it came
             self._buffer.clear()
             self._done = True
+        elif self._done:
+            out += self._buffer  # after our result the rest passes untouched
+            self._buffer.clear()
         if out or not more:
             await self._send({"type": "http.response.body", "body": bytes(out), "more_body": more})
+
+    def _skip_event(self) -> bytes:
+        self._skipped = True
+        self._warn("SSE event")
+        return b""
 
     def _rewrite_event(self, event: bytes) -> bytes:
         lines = event.splitlines()
         data = [line[6:] if line[5:6] == b" " else line[5:] for line in lines if line.startswith(b"data:")]
-        if not data or b'"result"' not in event:
+        if not data or (b'"result"' not in event and b"\\u" not in event):  # `"\u0072esult"` is a result too
             return event
         rewritten = self._rewrite(b"\n".join(data))
         if rewritten is None:
@@ -158,10 +217,7 @@ class ListFilter:
 
     def _rewrite(self, body: bytes) -> bytes | None:
         """The filtered message, or `None` if `body` is not this request's list result."""
-        try:
-            message: Any = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
+        message = _loads(body)
         if not isinstance(message, dict) or message.get("id") != self._request_id:
             return None
         result = message.get("result")
@@ -174,4 +230,19 @@ class ListFilter:
             for item in result[key]
             if isinstance(item, dict) and isinstance(item.get(field), str) and allowed(use, item[field])
         ]
-        return orjson.dumps(message)
+        try:
+            return orjson.dumps(message)
+        except TypeError:  # a lone surrogate orjson will not write: the standard library escapes it
+            return json.dumps(message, separators=(",", ":")).encode()
+
+
+def _loads(body: bytes) -> Any:
+    """JSON as the client will read it: orjson, or the standard library for what orjson refuses but JSON
+    allows (an escaped lone surrogate), so such a result cannot slip through unfiltered."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None

@@ -6,7 +6,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -26,6 +26,7 @@ from mcp_middleware.core import (
     RequestId,
     RequestKind,
     SelectorMap,
+    get_principal,
     read_request,
     record_decision,
     send_error,
@@ -37,9 +38,16 @@ from .metadata import ProtectedResourceMetadataApp, metadata_url
 from .token_cache import TokenCache, token_key
 from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
 
-__all__ = ["AuthMiddleware", "BearerAuthMiddleware"]
+__all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware", "BearerAuthMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.auth")
+
+DOOR_SCOPE_KEY = "mcp_middleware.auth.door"
+"""The `AuthMiddleware` that authenticated the request at the endpoint the client called.
+
+An aggregate authenticates with its own audience and dispatches into a backend's stack; the
+backend's `AuthMiddleware` finds its door here and only authorizes (challenges name the door's
+metadata, since that is the resource the client called)."""
 
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 """RFC 6750 §2.1 `b64token`: anything else after `Bearer ` is not a token."""
@@ -172,32 +180,65 @@ class AuthMiddleware:
             await self.app(scope, receive, send)  # not MCP, or a CORS preflight (it never carries credentials)
             return
 
+        door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
+        if door is not None and door is not self:
+            # Authenticated at the endpoint the client called (the aggregate's door, its own audience):
+            # here, in the backend's stack, only what this backend requires is decided.
+            await self._authorize(scope, receive, send, request, door)
+            return
         verified = await self._authenticate(scope, send, request)
         if verified is None:
             return
         principal = verified.principal
         required = self.required_for(request.method, request.target)
         if not principal.scopes.issuperset(required):
-            await self._forbid(scope, send, request, required, principal)
+            await self._forbid(scope, send, request, required, principal, self)
             return
 
         record_decision(scope, "auth", "allow", client_id=principal.client_id or "", subject=principal.subject or "")
         set_principal(scope, principal)
         scope["user"] = verified.user
         scope["auth"] = verified.credentials
+        scope[DOOR_SCOPE_KEY] = self
         if self.filter_lists and request.method in LIST_METHODS:
-            send = ListFilter(
-                send,
-                method=request.method,
-                request_id=request.id,
-                allowed=lambda method, target: principal.scopes.issuperset(self.required_for(method, target)),
-                max_bytes=self.config.max_inspect_bytes,
-            )
+            send = self._filtered(send, request, principal)
         reset = auth_context_var.set(verified.user)
         try:
             await self.app(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
+
+    async def _authorize(
+        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, door: AuthMiddleware
+    ) -> None:
+        principal = get_principal(scope)
+        required = self.required_for(request.method, request.target)
+        if not principal.scopes.issuperset(required):
+            await self._forbid(scope, send, request, required, principal, door)
+            return
+        record_decision(scope, "auth", "allow", client_id=principal.client_id or "", subject=principal.subject or "")
+        if self.filter_lists and request.method in LIST_METHODS:
+            send = self._filtered(send, request, principal)
+        await self.app(scope, receive, send)
+
+    def _filtered(self, send: Send, request: McpRequest, principal: Principal) -> Send:
+        assert request.method is not None
+        return ListFilter(
+            send,
+            method=request.method,
+            request_id=request.id,
+            allowed=lambda method, target: principal.scopes.issuperset(self.required_for(method, target)),
+            max_bytes=self.config.max_inspect_bytes,
+        )
+
+    @property
+    def list_gate(self) -> Callable[[Scope, str, str], bool] | None:
+        """What an aggregate asks of this backend's items when it lists them (None: lists are not filtered)."""
+        return self.visible if self.filter_lists else None
+
+    def visible(self, scope: Scope, method: str, target: str) -> bool:
+        """Whether the caller of `scope` may see `target` in a list (it holds what `method` on it needs)."""
+        return get_principal(scope).scopes.issuperset(self.required_for(method, target))
 
     def required_for(self, method: str | None, target: str | None) -> frozenset[str]:
         """Every scope a request for `method` on `target` needs (global plus per-selector)."""
@@ -314,13 +355,19 @@ class AuthMiddleware:
         )
 
     async def _forbid(
-        self, scope: Scope, send: Send, request: McpRequest, required: frozenset[str], principal: Principal
+        self,
+        scope: Scope,
+        send: Send,
+        request: McpRequest,
+        required: frozenset[str],
+        principal: Principal,
+        door: AuthMiddleware,
     ) -> None:
         missing = sorted(required - principal.scopes)
         record_decision(scope, "auth", "deny", reason="insufficient_scope", status=403, missing=" ".join(missing))
         description = "Insufficient scope: requires " + " ".join(sorted(required))
         data = {"error": "insufficient_scope", "requiredScopes": sorted(required), "missingScopes": missing}
-        challenge = self._challenge("insufficient_scope", description, required)
+        challenge = door._challenge("insufficient_scope", description, required)
         await _refuse(send, 403, ErrorCode.FORBIDDEN, description, request.id, data, challenge)
 
     async def _bad_request(self, scope: Scope, send: Send, request: McpRequest, description: str) -> None:

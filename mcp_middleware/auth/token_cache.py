@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
+import weakref
 from collections import OrderedDict
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["TokenCache", "token_key"]
+__all__ = ["TokenCache", "forget_token", "token_key"]
 
 V = TypeVar("V")
+
+_LIVE: weakref.WeakSet[TokenCache[Any]] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
 
 
 def token_key(token: str | bytes) -> bytes:
@@ -29,7 +34,7 @@ class TokenCache(Generic[V]):
     ('alice', None)
     """
 
-    __slots__ = ("_entries", "clock", "max_ttl", "maxsize")
+    __slots__ = ("__weakref__", "_entries", "clock", "max_ttl", "maxsize")
 
     def __init__(self, *, maxsize: int = 10_000, max_ttl: float = 300.0) -> None:
         if maxsize <= 0 or max_ttl <= 0:
@@ -38,6 +43,8 @@ class TokenCache(Generic[V]):
         self.max_ttl = max_ttl
         self.clock = time.time
         self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,5 +82,22 @@ class TokenCache(Generic[V]):
     def discard(self, token: str) -> None:
         self._entries.pop(token_key(token), None)
 
+    def discard_key(self, key: bytes) -> bool:
+        """Drop the entry of a token digest; whether there was one."""
+        return self._entries.pop(key, None) is not None
+
     def clear(self) -> None:
         self._entries.clear()
+
+
+def forget_token(key: bytes) -> int:
+    """Drop a revoked token (by :func:`token_key`) from every token cache of this process, at once.
+
+    An authorization server that revokes a grant calls this for the grant's access tokens, so no
+    `AuthMiddleware` keeps accepting one from its cache (which skips the verifier) for up to
+    `cache_ttl`. Returns how many caches held it. Other processes still need their verifier to
+    consult revocation, which the embedded server's verifier does on every cache miss.
+    """
+    with _LIVE_LOCK:
+        caches = list(_LIVE)
+    return sum(cache.discard_key(key) for cache in caches)

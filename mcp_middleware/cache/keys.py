@@ -3,19 +3,22 @@
 A key is `mount | method | digest | partition`:
 
 - `mount`: which backend answered (by default the request path, so a cache in front of a
-  router keeps `/mcp/github` and `/mcp/jira` apart);
+  router keeps `/mcp/github` and `/mcp/jira` apart); a mount that holds the separator, is
+  `*` or is long is written as `#` + its hash, so keys stay parseable and short;
 - `method`: the JSON-RPC method, kept readable so invalidation can name it;
 - `digest`: a hash of the protocol version and the canonical params (stable JSON with sorted
   keys; `_meta` is left out except the fields that can change the result, by default the
   client's capabilities; the cursor is a param, so every page has its own key);
 - `partition`: whose answer it is. `*` for results every caller may share (`cacheScope:
-  public`), otherwise a hash of the principal's issuer, subject and client id (never the raw
+  public`), otherwise a hash of the principal's issuer, subject and client id, each
+  length-prefixed so that no choice of fields spells another principal's (never the raw
   token), or `anonymous`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from hashlib import blake2b
 from typing import Any
@@ -51,14 +54,34 @@ client info never change a result and stay out, so they do not defeat the cache.
 """
 
 _SEPARATOR = "|"
+_PLAIN = re.compile(r"[A-Za-z0-9/_.:~-]{1,128}")
+"""Mounts and methods written as they are; anything else (the separator, `*`, `#`, unicode, length) as a hash."""
+
+
+def _field(value: str | None) -> bytes:
+    if value is None:
+        return b"-"
+    data = value.encode("utf-8", "surrogatepass")
+    return b"%d:%s" % (len(data), data)
 
 
 def partition_of(principal: Principal) -> str:
-    """The principal's partition: a hash of issuer, subject and client id (no token, no raw identity)."""
+    """The principal's partition: a hash of issuer, subject and client id (no token, no raw identity).
+
+    The fields are length-prefixed (and a missing one differs from an empty one) before hashing:
+    joined by a separator, `("a\x1fb", "c")` and `("a", "b\x1fc")` were the same partition.
+    """
     if not principal.authenticated:
         return ANONYMOUS_PARTITION
-    identity = "\x1f".join((principal.issuer or "", principal.subject or "", principal.client_id or ""))
-    return blake2b(identity.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+    identity = b"|".join((_field(principal.issuer), _field(principal.subject), _field(principal.client_id)))
+    return blake2b(identity, digest_size=12).hexdigest()
+
+
+def _part(text: str) -> str:
+    """A key part that cannot hold the separator or pose as `*`, and stays short: itself, or `#` + its hash."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return "#" + blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 def request_digest(request: McpRequest, meta_fields: frozenset[str] = DEFAULT_KEY_META_FIELDS) -> str:
@@ -88,12 +111,13 @@ def request_digest(request: McpRequest, meta_fields: frozenset[str] = DEFAULT_KE
 
 def entry_key(mount: str, method: str, digest: str, partition: str) -> str:
     """The store key of one answer."""
-    return f"{mount}{_SEPARATOR}{method}{_SEPARATOR}{digest}{_SEPARATOR}{partition}"
+    return f"{_part(mount)}{_SEPARATOR}{_part(method)}{_SEPARATOR}{digest}{_SEPARATOR}{partition}"
 
 
 def _uri_tag(mount: str | None, uri: str) -> str:
     # URIs can be long and contain anything: the tag carries their hash.
-    return f"u:{mount if mount is not None else '*'}{_SEPARATOR}{blake2b(uri.encode(), digest_size=16).hexdigest()}"
+    where = _part(mount) if mount is not None else "*"
+    return f"u:{where}{_SEPARATOR}{blake2b(uri.encode('utf-8', 'surrogatepass'), digest_size=16).hexdigest()}"
 
 
 def invalidation_tag(
@@ -102,7 +126,8 @@ def invalidation_tag(
     """The tag naming every entry of `mount`, `method` and `partition` (`None` = any), or of one resource `uri`."""
     if uri is not None:
         return _uri_tag(mount, uri)
-    return _SEPARATOR.join(("t", mount if mount is not None else "*", method or "*", partition or "*"))
+    where = _part(mount) if mount is not None else "*"
+    return _SEPARATOR.join(("t", where, _part(method) if method else "*", partition or "*"))
 
 
 def entry_tags(mount: str, method: str, partition: str, uri: str | None = None) -> tuple[str, ...]:

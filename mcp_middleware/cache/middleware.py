@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from hashlib import blake2b
 from typing import Any, Literal, NamedTuple
 
 import anyio
@@ -13,6 +14,7 @@ from cachetools import LRUCache, TTLCache
 from mcp_types.methods import CACHEABLE_METHODS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
 from ..core.kernel import DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
@@ -66,6 +68,22 @@ def _as_policy(value: RuleValue) -> CachePolicy | None:
         return None
     policy = value if isinstance(value, CachePolicy) else CachePolicy(float(value))
     return policy if policy.ttl > 0 else None
+
+
+def _with_origin(digest: str, headers: list[tuple[bytes, bytes]]) -> str:
+    """The digest, bound to the request's `Origin` when it has one (browsers send it with every POST).
+
+    The app inside may refuse a browser's request by its origin alone (the SDK's DNS-rebinding
+    protection answers 403), so the origin is part of the question: a page on attacker.example
+    that rebinds its name to this server gets a miss, goes to the app and is refused there,
+    instead of getting what a genuine client stored. (`Host` is not keyed: only a browser can be
+    made to send a rebound `Host`, and a browser also sends `Origin`; any other client can send
+    whatever `Host` it likes, the genuine one included.) Hashed: the value is the client's.
+    """
+    for name, value in headers:
+        if name == b"origin":
+            return blake2b(b"%s\x00%s" % (digest.encode(), value), digest_size=16).hexdigest()
+    return digest
 
 
 class _Flight:
@@ -126,6 +144,7 @@ class _MissResponse:
         "session_id",
         "status",
         "tap",
+        "unvouched",
     )
 
     def __init__(self, send: Send, header: bytes | None, request: McpRequest | None = None) -> None:
@@ -147,6 +166,8 @@ class _MissResponse:
         self.partition = ""
         self.digest = ""
         self.generation = 0
+        self.unvouched = False
+        """The request was unauthenticated when it reached the cache (see `OutsideAuth`)."""
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -279,6 +300,12 @@ class ResponseCacheMiddleware:
         self._sessions: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=session_check_interval)
         self._generation = 0
         """Counts invalidations: a response fetched before one is not stored after it."""
+        self.outside_auth = OutsideAuth(
+            "ResponseCacheMiddleware",
+            "Its anonymous partition would hold other callers' answers, so from now on it caches nothing",
+            logger,
+        )
+        """Trips (for good) once a request is seen to be authenticated only inside the cache."""
 
     # --- the request path ------------------------------------------------------------------------
 
@@ -330,6 +357,11 @@ class ResponseCacheMiddleware:
     async def _cacheable(
         self, policy: CachePolicy, request: McpRequest, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        if self.outside_auth.detected:
+            # Misplaced outside auth: no answer here can be told apart by caller, so none is given or kept.
+            record_decision(scope, "cache", "bypass", reason="outside_auth")
+            await self.app(scope, receive, send)
+            return
         params = request.params
         if params is not None and ("inputResponses" in params or "requestState" in params):
             record_decision(scope, "cache", "bypass", reason="input_responses")
@@ -348,7 +380,8 @@ class ResponseCacheMiddleware:
             return
 
         partition = partition_of(get_principal(scope))
-        digest = request_digest(request, self.key_meta_fields)
+        unvouched = not authenticated(scope)
+        digest = _with_origin(request_digest(request, self.key_meta_fields), scope["headers"])
         private_key = entry_key(mount, method, digest, partition)
         keys = (private_key, entry_key(mount, method, digest, PUBLIC_PARTITION))
         found = self._memory.lookup(keys) if self._memory is not None else await self.store.get(keys)
@@ -387,7 +420,9 @@ class ResponseCacheMiddleware:
                 flight = None
         stored: CacheEntry | None = None
         try:
-            stored = await self._forward(policy, request, scope, receive, send, mount, partition, digest, stale)
+            stored = await self._forward(
+                policy, request, scope, receive, send, mount, partition, digest, stale, unvouched
+            )
         finally:
             if leader and flight is not None:
                 del self._flights[private_key]
@@ -437,6 +472,7 @@ class ResponseCacheMiddleware:
         partition: str,
         digest: str,
         stale: CacheEntry | None,
+        unvouched: bool = False,
     ) -> CacheEntry | None:
         """Ask the backend (streaming its answer through untouched) and keep the result if it may be kept."""
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
@@ -445,6 +481,7 @@ class ResponseCacheMiddleware:
         response.policy, response.scope, response.tap = policy, scope, tap
         response.mount = mount or self._mount(scope)
         response.partition, response.digest, response.generation = partition, digest, self._generation
+        response.unvouched = unvouched
         if request.method == "tools/list" and self._learn_tools:
             response.learn = True
             response._size = self.config.max_inspect_bytes
@@ -468,6 +505,10 @@ class ResponseCacheMiddleware:
         policy, request, scope, tap = response.policy, response.request, response.scope, response.tap
         mount, partition, digest = response.mount, response.partition, response.digest
         assert request is not None and scope is not None and tap is not None
+        if response.unvouched and self.outside_auth.check(scope):
+            # Authenticated only further in: this answer is someone's, but was keyed as nobody's.
+            record_decision(scope, "cache", "bypass", reason="outside_auth")
+            return None
         outcome = tap.outcome()
         status = response.status
         if request.era is Era.LEGACY and status is not None and policy is not None:
@@ -587,7 +628,10 @@ class ResponseCacheMiddleware:
     async def _initialize(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> None:
         """Remember the session a legacy initialize opens: hits are answered only on sessions the backend knows."""
         response = _MissResponse(send, None)
+        unvouched = not authenticated(scope)
         await self.app(scope, receive, response.send)
+        if unvouched and self.outside_auth.check(scope):
+            return
         if response.session_id is not None and response.status is not None and 200 <= response.status < 300:
             self._sessions[(self._mount(scope), response.session_id, partition_of(get_principal(scope)))] = True
 

@@ -17,7 +17,7 @@ from .decisions import (
     record_decision,
 )
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
-from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse
+from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
 from .recording import (
@@ -78,6 +78,7 @@ __all__ = [
     "read_request",
     "record_decision",
     "refuse",
+    "replay",
     "send_error",
     "session_digest",
     "set_principal",

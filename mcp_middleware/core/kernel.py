@@ -28,7 +28,7 @@ from .request import (
     parse_post,
 )
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse"]
+__all__ = ["DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse", "replay"]
 
 DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
 """4 MiB: the same default bound as the `mcp` SDK's transport."""
@@ -158,6 +158,11 @@ class _Replay:
             return self._receive()
         self._body = None
         return _ready({"type": "http.request", "body": body, "more_body": False})
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields `body` as the whole request once, then the real `receive` (for a rewritten body)."""
+    return _Replay(body, receive)
 
 
 async def _ready(message: Message) -> Message:

@@ -24,7 +24,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import anyio
 import httpx2
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, McpRequest, read_request
+from mcp_middleware.core import CoreConfig, McpRequest
 from mcp_middleware.router import (
     Backend,
     HttpBackend,
@@ -45,7 +45,14 @@ from mcp_middleware.router import (
 )
 
 from .affinity import SessionAffinityMiddleware
-from .config import ConfigError, GatewayConfig, Problem, ServerSettings
+from .config import (
+    ConfigError,
+    GatewayConfig,
+    Problem,
+    RateLimitPolicySettings,
+    ServerSettings,
+    dev_mode_problem,
+)
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware, ReadinessCheck
 
@@ -103,18 +110,23 @@ def build_gateway(
 ) -> Gateway:
     """Build the gateway; raises :class:`ConfigError` when a server cannot be loaded."""
     settings = config.gateway
+    problem = dev_mode_problem(config, host)
+    if problem is not None:
+        raise ConfigError([problem], str(config.source or "config"))
     host = host or settings.host
     port = settings.port if port is None else port
     base_url = settings.public_url or f"{'https' if settings.tls_certfile else 'http'}://{_authority(host, port)}"
     base_url = base_url.rstrip("/")
     folder = config.source.parent if config.source else Path.cwd()
 
+    stack = _Stack(config, base_url)
     router = McpRouter(
         prefix=settings.prefix,
         aggregate_path=settings.prefix if config.aggregate.enabled else None,
         naming=NamingPolicy(separator=config.aggregate.separator, prefix=PrefixMode(config.aggregate.prefix_mode)),
+        aggregate_middleware=stack.aggregate_door(),
+        aggregate_own_middleware=stack.aggregate_own(),
     )
-    stack = _Stack(config, base_url)
     skipped: list[str] = []
     problems: list[Problem] = []
     for index, server in enumerate(config.servers):
@@ -132,7 +144,7 @@ def build_gateway(
         router.mount(
             server.name,
             backend,
-            middleware=stack.for_mount(server.name) if server.mount else (),
+            middleware=stack.for_mount(server),  # the backend's stack: its mount and the aggregate share it
             aggregate=server.aggregate and config.aggregate.enabled,
             path_mount=server.mount,
         )
@@ -140,8 +152,6 @@ def build_gateway(
         raise ConfigError(problems, str(config.source or "config"))
 
     inner: ASGIApp = router
-    if config.aggregate.enabled:
-        inner = _AggregateStack(router, stack.for_aggregate(), settings.prefix)
     if stack.authorization_server is not None:
         inner = _Beside(stack.authorization_server, inner, stack.authorization_server_paths())
     if settings.instance:
@@ -268,18 +278,30 @@ class _Stack:
     def authorization_server_paths(self) -> tuple[str, ...]:
         return ("/.well-known/oauth-authorization-server", "/jwks", "/authorize", "/token", "/introspect", "/register")
 
-    def for_mount(self, name: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def for_mount(self, server: ServerSettings) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """One backend's stack, in its own names: the global sections, with this server's overrides."""
+        name = server.name
         resource = f"{self.base_url}{self.config.gateway.prefix}/{name}"
-        layers = [*self._auth(resource), *self._ratelimit(name), *self._cache(name)]
+        layers = [
+            *self._auth(resource, scopes=server.scopes),
+            *self._ratelimit(name, server.ratelimit_policies),
+            *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
+        ]
         if self.config.breaker.enabled:
-            layers.append(self._breaker(name))
+            layers.append(self._breaker(name, server.breaker_timeouts or {}))
         return layers
 
-    def for_aggregate(self) -> list[Callable[[ASGIApp], ASGIApp]]:
-        resource = f"{self.base_url}{self.config.gateway.prefix}"
-        return [*self._auth(resource), *self._ratelimit("aggregate"), *self._cache("aggregate")]
+    def aggregate_door(self) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """Authentication at the aggregate (its own audience); each backend's stack authorizes."""
+        return self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False)
 
-    def _auth(self, resource: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def aggregate_own(self) -> list[Callable[[ASGIApp], ASGIApp]]:
+        """What the aggregate answers itself (lists, initialize) spends the aggregate's own budget."""
+        return [*self._ratelimit("aggregate"), *self._cache("aggregate")]
+
+    def _auth(
+        self, resource: str, *, per_backend: bool = True, scopes: Mapping[str, tuple[str, ...]] | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         auth = self.config.auth
         if auth.mode == "none":
             return []
@@ -297,7 +319,7 @@ class _Stack:
             verifier = self.authorization_server.verifier(audience=audiences)
             servers = [self.base_url]
         elif auth.mode == "static":
-            verifier = StaticTokenVerifier({token: list(scopes) for token, scopes in auth.tokens.items()})
+            verifier = StaticTokenVerifier({token: entry.verifier_entry() for token, entry in auth.tokens.items()})
         elif auth.mode == "jwt":
             assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
             verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
@@ -312,7 +334,8 @@ class _Stack:
                 issuer=auth.issuer,
             )
             servers = [auth.issuer] if auth.issuer else []
-        scopes = {selector: list(needed) for selector, needed in auth.scopes.items()}
+        rules = auth.scopes if scopes is None else scopes
+        per_tool = {selector: list(needed) for selector, needed in rules.items()} if per_backend else {}
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return AuthMiddleware(
@@ -322,16 +345,19 @@ class _Stack:
                 authorization_servers=servers,
                 audiences=audiences,
                 required_scopes=auth.required_scopes,
-                scopes=scopes,
+                scopes=per_tool,
                 require_audience=auth.mode != "static",
                 config=CoreConfig(paths=("*",)),
             )
 
         return [wrap]
 
-    def _ratelimit(self, namespace: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def _ratelimit(
+        self, namespace: str, overrides: tuple[RateLimitPolicySettings, ...] | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         settings = self.config.ratelimit
-        if not settings.enabled or not settings.policies:
+        chosen = settings.policies if overrides is None else overrides
+        if not chosen or (overrides is None and not settings.enabled):  # a server's own policies always apply
             return []
         from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, QuotaPolicy, RateLimitMiddleware
 
@@ -343,7 +369,7 @@ class _Stack:
 
                 self._bucket_store = RedisBucketStore.from_url(settings.store)
         policies: list[Any] = []
-        for policy in settings.policies:
+        for policy in chosen:
             if policy.quota:
                 policies.append(QuotaPolicy(name=policy.name, selector=policy.selector, limit=policy.quota))
             else:
@@ -365,6 +391,7 @@ class _Stack:
                 store=store,
                 quota_storage=settings.store,
                 trusted_proxies=settings.trusted_proxies,
+                ipv6_prefix=settings.ipv6_prefix,
                 namespace=namespace,
                 failure=settings.fail,
                 config=CoreConfig(paths=("*",)),
@@ -372,7 +399,9 @@ class _Stack:
 
         return [wrap]
 
-    def _cache(self, mount: str) -> list[Callable[[ASGIApp], ASGIApp]]:
+    def _cache(
+        self, mount: str, *, ttl: float | None = None, honor_ttl_ms: bool | None = None
+    ) -> list[Callable[[ASGIApp], ASGIApp]]:
         settings = self.config.cache
         if not settings.enabled:
             return []
@@ -391,15 +420,15 @@ class _Stack:
             return ResponseCacheMiddleware(
                 app,
                 store=store,
-                ttl=settings.ttl,
-                honor_ttl_ms=settings.honor_ttl_ms,
+                ttl=settings.ttl if ttl is None else ttl,
+                honor_ttl_ms=settings.honor_ttl_ms if honor_ttl_ms is None else honor_ttl_ms,
                 mount=lambda scope: mount,
                 config=CoreConfig(paths=("*",)),
             )
 
         return [wrap]
 
-    def _breaker(self, name: str) -> Callable[[ASGIApp], ASGIApp]:
+    def _breaker(self, name: str, overrides: Mapping[str, float]) -> Callable[[ASGIApp], ASGIApp]:
         from mcp_middleware.breaker import BreakerPolicy, BreakerRegistry, CircuitBreakerMiddleware
 
         settings = self.config.breaker
@@ -408,6 +437,7 @@ class _Stack:
         policy = BreakerPolicy(consecutive_failures=settings.failure_threshold, open_for=settings.open_seconds)
         timeouts: dict[str, float | None] = {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
         timeouts.update(settings.timeouts)
+        timeouts.update(overrides)
 
         def key(scope: Scope, request: McpRequest) -> str:
             return name
@@ -436,27 +466,6 @@ class _Stack:
 
 
 # --- routing glue -------------------------------------------------------------------------------
-
-
-class _AggregateStack:
-    """Send the aggregate's path (and its RFC 9728 metadata) through the aggregate's middlewares."""
-
-    def __init__(self, router: McpRouter, layers: list[Callable[[ASGIApp], ASGIApp]], path: str) -> None:
-        app: ASGIApp = router
-        for layer in reversed(layers):
-            app = layer(app)
-        self.router = router
-        self.stacked = app
-        self.paths = frozenset({path, path + "/", f"{_PRM_PREFIX}{path}"}) if layers else frozenset()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            prepared = await read_request(scope, receive, send, CoreConfig(paths=("*",)))
-            if prepared is None:
-                return
-            await self.stacked(scope, prepared[1], send)
-            return
-        await self.router(scope, receive, send)
 
 
 class _Beside:

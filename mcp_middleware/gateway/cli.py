@@ -16,7 +16,7 @@ from typing import Any
 
 from mcp_middleware.core import SessionIdRedaction
 
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, dev_mode_exposure, dev_mode_problem, load_config
 
 __all__ = ["main"]
 
@@ -95,13 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'name':<20} {'kind':<8} {'mount':<28} {'aggregate':<11} target")
         print("\n".join(_describe(config)))
         return EXIT_OK
-    return _serve(config, host=args.host, port=args.port)
+    return _serve(config, host=args.host, port=args.port, source=args.config)
 
 
-def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
+def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
     import uvicorn
 
     from .app import build_gateway
+
+    exposed = dev_mode_problem(config, host)  # `--host` may differ from the file check-config saw
+    if exposed is not None:
+        print(f"{source}: 1 problem\n  {exposed}", file=sys.stderr)
+        return EXIT_USAGE
 
     logging.basicConfig(level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for chatty in ("httpx2", "mcp.server.streamable_http_manager", "mcp.client"):  # one line per backend call
@@ -119,6 +124,13 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None) -> int:
     except (ConfigError, ImportError, ValueError) as exc:
         print(f"cannot build the gateway: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    where = dev_mode_exposure(config, host)
+    if where is not None:
+        logging.getLogger("mcp_middleware.gateway").warning(
+            "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
+            "accepts any user name from anyone who can reach it; use it for demos only",
+            where,
+        )
     _banner(gateway)
     server = uvicorn.Server(gateway.uvicorn_config())
     try:

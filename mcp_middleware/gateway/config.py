@@ -16,6 +16,8 @@ environment at load time, and a missing variable is an error naming the key.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 __all__ = [
     "AggregateSettings",
@@ -38,7 +41,10 @@ __all__ = [
     "RateLimitPolicySettings",
     "RateLimitSettings",
     "ServerSettings",
+    "StaticTokenSettings",
     "TracingSettings",
+    "dev_mode_exposure",
+    "dev_mode_problem",
     "load_config",
     "parse_config",
 ]
@@ -99,6 +105,16 @@ class ServerSettings:
     """Seconds a call to this backend may take (list fan-out and calls)."""
     optional: bool = False
     """A backend that may be missing (e.g. `fastmcp` not installed): skipped with a warning."""
+    scopes: Mapping[str, tuple[str, ...]] | None = None
+    """This backend's per-method/per-tool scopes, in its own names (replaces `[auth.scopes]` for it)."""
+    ratelimit_policies: tuple[RateLimitPolicySettings, ...] | None = None
+    """This backend's rate-limit policies (replace `[[ratelimit.policies]]` for it)."""
+    breaker_timeouts: Mapping[str, float] | None = None
+    """Timeouts by selector for this backend, over `[breaker.timeouts]`."""
+    cache_ttl: float | None = None
+    """This backend's cache TTL (over `[cache] ttl`)."""
+    honor_ttl_ms: bool | None = None
+    """Whether this backend's `ttlMs` hints bound caching (over `[cache] honor_ttl_ms`)."""
 
     @property
     def kind(self) -> Literal["app", "url", "command"]:
@@ -147,6 +163,26 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class StaticTokenSettings:
+    """One `static` mode token: who it stands for. `None` subject = derived from a digest of the token."""
+
+    scopes: tuple[str, ...] = ()
+    subject: str | None = None
+    client_id: str | None = None
+
+    def verifier_entry(self) -> tuple[str, ...] | dict[str, Any]:
+        """What `StaticTokenVerifier` takes for this token (a bare scope list when no identity is given)."""
+        if self.subject is None and self.client_id is None:
+            return self.scopes
+        entry: dict[str, Any] = {"scopes": list(self.scopes)}
+        if self.subject is not None:
+            entry["subject"] = self.subject
+        if self.client_id is not None:
+            entry["client_id"] = self.client_id
+        return entry
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     mode: Literal["none", "dev", "static", "jwt", "introspection"] = "none"
     issuer: str | None = None
@@ -155,14 +191,19 @@ class AuthSettings:
     client_id: str | None = None
     client_secret: str | None = None
     audience: tuple[str, ...] = ()
-    tokens: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """`static` mode: token → scopes (tokens by `${env:…}` reference)."""
+    tokens: Mapping[str, StaticTokenSettings] = field(default_factory=dict)
+    """`static` mode: token → its principal; in the file `"<token>" = ["scope", …]` (the subject is a
+    digest of the token) or `"<token>" = { subject = "ci", scopes = [...], client_id = "…" }`
+    (tokens by `${env:…}` reference)."""
     required_scopes: tuple[str, ...] = ()
     scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Selector → scopes needed (`"tools/call:delete_*" = ["admin"]`)."""
     public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
     auto_approve: bool = False
     """`dev` mode: the embedded authorization server approves without the login page."""
+    allow_dev_on_public_host: bool = False
+    """`dev` mode on a host or public URL that is not loopback: its login page takes any user name,
+    so this must be said explicitly (and a warning is logged at start)."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +224,8 @@ class RateLimitSettings:
     store: str = "memory://"
     fail: Literal["open", "closed"] = "open"
     trusted_proxies: tuple[str, ...] = ()
+    ipv6_prefix: int = 64
+    """Anonymous IPv6 callers share a bucket per network of this prefix (128 = per address)."""
     policies: tuple[RateLimitPolicySettings, ...] = ()
 
 
@@ -238,7 +281,8 @@ class _Lines:
     """Finds the line of a key path in TOML text (tables, arrays of tables, dotted keys); best effort."""
 
     _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+    _KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-. ])+?)\s*=""")
+    _PART = re.compile(r"""\s*("[^"]*"|'[^']*'|[^."']+)\s*\.?""")
 
     def __init__(self, text: str) -> None:
         # (table path with array indexes, key, line): e.g. ("servers[1]", "url", 12)
@@ -259,7 +303,7 @@ class _Lines:
                 continue
             key = self._KEY.match(line)
             if key and not line.lstrip().startswith("#"):
-                dotted = ".".join(part.strip().strip("\"'") for part in key.group(1).split("."))
+                dotted = ".".join(part.strip().strip("\"'") for part in self._PART.findall(key.group(1)))
                 self.entries.append((table, dotted, number))
 
     def find(self, path: str) -> int | None:
@@ -525,6 +569,11 @@ def _server(reader: _Reader, names: dict[str, str]) -> ServerSettings | None:
         aggregate=reader.boolean("aggregate", True),
         timeout=reader.number("timeout", 30.0, positive=True),
         optional=reader.boolean("optional", False),
+        scopes=_scope_map(reader, "scopes") if "scopes" in reader.data else None,
+        ratelimit_policies=_policies(reader, "ratelimit_policies") if "ratelimit_policies" in reader.data else None,
+        breaker_timeouts=_timeouts(reader, "breaker_timeouts") if "breaker_timeouts" in reader.data else None,
+        cache_ttl=reader.number("cache_ttl", 0.0, positive=True) if "cache_ttl" in reader.data else None,
+        honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
     )
     reader.done()
     return settings if len(given) == 1 and isinstance(name, str) else None
@@ -548,11 +597,81 @@ def _aggregate(reader: _Reader) -> AggregateSettings:
     return settings
 
 
-def _scope_map(reader: _Reader, key: str, *, secret_keys: bool = False) -> dict[str, tuple[str, ...]]:
+def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
     table = reader.table(key)
-    found = {(table.secret(name, name) if secret_keys else name): table.strings(name, ()) for name in list(table.data)}
+    found = {name: table.strings(name, ()) for name in list(table.data)}
     table.done()
     return found
+
+
+def _static_tokens(reader: _Reader) -> dict[str, StaticTokenSettings]:
+    """`[auth.tokens]`: each token → a scope list or `{ subject, scopes, client_id }`.
+
+    Problems name a literal token by its digest (`auth.tokens[static:…]`), never by itself: the
+    output of `check-config` ends up in CI logs. References (`${env:…}`) are shown as written.
+    """
+    table = reader.table("tokens")
+    found: dict[str, StaticTokenSettings] = {}
+    for name in list(table.data):
+        table.seen.add(name)
+        start = len(table.problems)
+        token = table.secret(name, name)
+        settings = _static_token(table, name, table.data[name]) if len(table.problems) == start else None
+        real = table._key(name)
+        if settings is not None and (not token or token in found):
+            message = "is an empty token" if not token else "is the same token as another entry"
+            table.problems.append(Problem(real, message, table.lines.find(real)))
+        elif settings is not None:
+            found[token] = settings
+        if "${env:" not in name:  # hide a literal token in the paths of its problems
+            shown = f"{table.path}[{_token_label(name)}]"
+            for index in range(start, len(table.problems)):
+                old = table.problems[index]
+                table.problems[index] = Problem(shown + old.path[len(real) :], old.message, old.line)
+    return found
+
+
+def _static_token(table: _Reader, name: str, value: Any) -> StaticTokenSettings | None:
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return StaticTokenSettings(scopes=tuple(value))
+    if not isinstance(value, dict):
+        table.problem(
+            name, f"must be a list of scopes or a table {{ subject, scopes, client_id }}, not {_describe(value)}"
+        )
+        return None
+    entry = _Reader(value, table._key(name), table.problems, table.lines)
+    settings = StaticTokenSettings(
+        scopes=entry.strings("scopes", ()),
+        subject=entry.string("subject", None),
+        client_id=entry.string("client_id", None),
+    )
+    for key in ("subject", "client_id"):
+        text = getattr(settings, key)
+        if text is not None and not text.strip():
+            entry.problem(key, "must not be empty")
+    entry.done()
+    return settings
+
+
+def _token_label(token: str) -> str:
+    return "static:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _flag(reader: _Reader, key: str, default: bool) -> bool:
+    """A boolean, or a `"${env:NAME}"` string that resolves to `true`/`false` (containers set it by env)."""
+    value = reader.raw(key, default)
+    if isinstance(value, str):
+        resolved = reader.secret(key, value).strip().lower()
+        if resolved in ("true", "1", "yes"):
+            return True
+        if resolved in ("false", "0", "no", ""):
+            return False
+        reader.problem(key, f"must be true or false, not {resolved!r}")
+        return default
+    if not isinstance(value, bool):
+        reader.problem(key, f"must be true or false, not {_describe(value)}")
+        return default
+    return value
 
 
 def _auth(reader: _Reader) -> AuthSettings:
@@ -566,24 +685,39 @@ def _auth(reader: _Reader) -> AuthSettings:
         client_id=reader.string("client_id", None),
         client_secret=reader.string("client_secret", None),
         audience=reader.strings("audience", ()),
-        tokens=_scope_map(reader, "tokens", secret_keys=True),
+        tokens=_static_tokens(reader),
         required_scopes=reader.strings("required_scopes", ()),
         scopes=_scope_map(reader, "scopes"),
         public_paths=reader.strings("public_paths", d.public_paths),
         auto_approve=reader.boolean("auto_approve", d.auto_approve),
+        allow_dev_on_public_host=_flag(reader, "allow_dev_on_public_host", d.allow_dev_on_public_host),
     )
     needs = {"jwt": ("jwks_url", "issuer"), "introspection": ("introspection_url",), "static": ("tokens",)}
     for key in needs.get(mode, ()):
-        if not getattr(settings, key):
+        if not getattr(settings, key) and not (key == "tokens" and reader.data.get("tokens")):  # else: said why
             reader.problem(key, f"is required when mode = {mode!r}")
     reader.done()
     return settings
 
 
 def _ratelimit(reader: _Reader) -> RateLimitSettings:
+    policies = _policies(reader, "policies")
+    settings = RateLimitSettings(
+        enabled=reader.boolean("enabled", bool(policies)),
+        store=_store(reader, "store"),
+        fail=reader.string("fail", "open", choices=("open", "closed")),
+        trusted_proxies=reader.strings("trusted_proxies", ()),
+        ipv6_prefix=reader.integer("ipv6_prefix", 64, minimum=1, maximum=128),
+        policies=policies,
+    )
+    reader.done()
+    return settings
+
+
+def _policies(reader: _Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
     policies: list[RateLimitPolicySettings] = []
     seen: set[str] = set()
-    for policy in reader.tables("policies"):
+    for policy in reader.tables(key):
         name = policy.string("name")
         if isinstance(name, str) and name in seen:
             policy.problem("name", f"{name!r} names another policy too")
@@ -602,15 +736,7 @@ def _ratelimit(reader: _Reader) -> RateLimitSettings:
             )
         )
         policy.done()
-    settings = RateLimitSettings(
-        enabled=reader.boolean("enabled", bool(policies)),
-        store=_store(reader, "store"),
-        fail=reader.string("fail", "open", choices=("open", "closed")),
-        trusted_proxies=reader.strings("trusted_proxies", ()),
-        policies=tuple(policies),
-    )
-    reader.done()
-    return settings
+    return tuple(policies)
 
 
 def _store(reader: _Reader, key: str) -> str:
@@ -621,10 +747,15 @@ def _store(reader: _Reader, key: str) -> str:
     return value
 
 
+def _timeouts(reader: _Reader, key: str) -> dict[str, float]:
+    table = reader.table(key)
+    timeouts = {name: table.number(name, 30.0, positive=True) for name in list(table.data)}
+    table.done()
+    return timeouts
+
+
 def _breaker(reader: _Reader) -> BreakerSettings:
-    timeouts_table = reader.table("timeouts")
-    timeouts = {name: timeouts_table.number(name, 30.0, positive=True) for name in list(timeouts_table.data)}
-    timeouts_table.done()
+    timeouts = _timeouts(reader, "timeouts")
     settings = BreakerSettings(
         enabled=reader.boolean("enabled", True),
         failure_threshold=reader.integer("failure_threshold", 5, minimum=1),
@@ -665,6 +796,46 @@ def _tracing(reader: _Reader) -> TracingSettings:
     return settings
 
 
+def _loopback(host: str) -> bool:
+    host = host.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name (or "" / 0.0.0.0 / ::, every interface): reachable from elsewhere
+
+
+def dev_mode_exposure(config: GatewayConfig, host: str | None = None) -> str | None:
+    """Where `dev` mode would be reachable from other machines, or `None` (off, or loopback only).
+
+    `host` is the address the gateway binds (default `[gateway] host`, the CLI's `--host`
+    overrides it); a non-loopback `public_url` counts too (a proxy in front publishes it).
+    """
+    if config.auth.mode != "dev":
+        return None
+    bind = config.gateway.host if host is None else host
+    if not _loopback(bind):
+        return f"host {bind!r}"
+    public = config.gateway.public_url
+    if public is not None and not _loopback(urlsplit(public).hostname or ""):
+        return f"public_url {public!r}"
+    return None
+
+
+def dev_mode_problem(config: GatewayConfig, host: str | None = None) -> Problem | None:
+    """The problem of `dev` mode on a non-loopback address without `allow_dev_on_public_host`."""
+    where = dev_mode_exposure(config, host)
+    if where is None or config.auth.allow_dev_on_public_host:
+        return None
+    return Problem(
+        "auth.allow_dev_on_public_host",
+        f"mode = 'dev' serves a login page that accepts any user name, and this gateway is reachable at {where}: "
+        "bind a loopback host, use mode = 'jwt' or 'introspection', or set allow_dev_on_public_host = true "
+        "if that is really meant",
+    )
+
+
 def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     """Validate TOML text; raises :class:`ConfigError` listing every problem."""
     name = str(source) if source else "config"
@@ -692,6 +863,10 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     )
     top.seen.update({"breaker", "cache", "tracing"})
     top.done()
+    exposed = dev_mode_problem(config) if not any(p.path.startswith(("auth", "gateway")) for p in problems) else None
+    if exposed is not None:
+        lines = top.lines
+        problems.append(Problem(exposed.path, exposed.message, lines.find("auth.mode") or lines.find(exposed.path)))
     if not servers and not any(p.path.startswith("servers") for p in problems):
         problems.append(Problem("servers", "at least one [[servers]] entry is needed"))
     if problems:

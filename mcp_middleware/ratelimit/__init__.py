@@ -7,7 +7,7 @@ JSON-RPC error an agent can read. See docs/ratelimit.md.
 """
 
 from .bucket import BucketDecision, BucketState, TokenBucket
-from .keys import CallerKey, KeyFunction, global_key
+from .keys import CallerKey, KeyFunction, global_key, principal_identity
 from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
 from .middleware import RateLimitMiddleware, ratelimit_headers
 from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
@@ -34,5 +34,6 @@ __all__ = [
     "TokenBucket",
     "Verdict",
     "global_key",
+    "principal_identity",
     "ratelimit_headers",
 ]

@@ -2,12 +2,15 @@
 
 A key function maps a request to the identity its buckets are keyed on. The default,
 :class:`CallerKey`, is the authenticated principal (client, subject, issuer) when auth ran,
-else the client's IP address. Forwarding headers (`X-Forwarded-For`, `Forwarded`) are read
-only when the peer that sent them is a proxy you trust; anyone else could write any address
-there and get a fresh bucket per request.
+else the client's IP address (for IPv6, its /64 network: one host holds a whole /64).
+Forwarding headers (`X-Forwarded-For`, `Forwarded`) are read only when the peer that sent
+them is a proxy you trust; anyone else could write any address there and get a fresh bucket
+per request.
 
-Whatever a key function returns is hashed by the limiter before it becomes a storage key, so
-huge or unicode subjects cost one hash and never reach Redis as they are.
+The principal's fields are length-prefixed (:func:`principal_identity`), so no choice of
+subject or client id (Auth0 subjects hold `|`) can spell another principal's key. Whatever a
+key function returns is hashed by the limiter before it becomes a storage key, so huge or
+unicode subjects cost one hash and never reach Redis as they are.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from typing import Literal
 
 from starlette.types import Scope
 
-from mcp_middleware.core import McpRequest, get_principal
+from mcp_middleware.core import McpRequest, Principal, get_principal
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 
-__all__ = ["CallerKey", "KeyFunction", "global_key"]
+__all__ = ["CallerKey", "KeyFunction", "global_key", "principal_identity"]
 
 KeyFunction = Callable[[Scope, McpRequest], str]
 """`(scope, request) -> identity`; the limiter hashes the result, so any string is safe."""
@@ -38,6 +41,22 @@ def global_key(scope: Scope, request: McpRequest) -> str:
     return "*"
 
 
+def _field(value: str | None) -> str:
+    return "-" if value is None else f"{len(value)}:{value}"
+
+
+def principal_identity(principal: Principal) -> str:
+    """An injective encoding of (client id, subject, issuer): each field length-prefixed, `-` for none.
+
+    >>> principal_identity(Principal(subject="auth0|abc", client_id="app"))
+    '3:app|9:auth0|abc|-'
+    >>> principal_identity(Principal(subject="b|c", client_id="a")) != principal_identity(
+    ...     Principal(subject="c", client_id="a|b"))
+    True
+    """
+    return f"{_field(principal.client_id)}|{_field(principal.subject)}|{_field(principal.issuer)}"
+
+
 class CallerKey:
     """The caller's principal if authenticated, else the client address.
 
@@ -47,34 +66,55 @@ class CallerKey:
     untrusted address is the client. An entry there that is not an IP address (forged or
     obfuscated) counts as the proxy that handed it over, so junk never mints new buckets.
 
+    Anonymous IPv6 callers share one bucket per `/ipv6_prefix` network (default 64: an ISP
+    hands each customer a /64 or more, so one attacker has 2^64 addresses, not one);
+    `ipv6_prefix=128` keys on the exact address. IPv4-mapped IPv6 addresses count as IPv4.
+
     >>> key = CallerKey(trusted_proxies=["10.0.0.0/8"])
     >>> scope = {"type": "http", "client": ("10.1.2.3", 5000),
     ...          "headers": [(b"x-forwarded-for", b"1.2.3.4, 203.0.113.9, 10.9.9.9")]}
     >>> key.client_address(scope)
     '203.0.113.9'
+    >>> key.address_bucket("2001:db8:1:2:aaaa::1"), key.address_bucket("203.0.113.9")
+    ('2001:db8:1:2::/64', '203.0.113.9')
     """
 
-    __slots__ = ("_networks", "header")
+    __slots__ = ("_networks", "header", "ipv6_prefix")
 
     def __init__(
         self,
         *,
         trusted_proxies: Iterable[str] = (),
         header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for",
+        ipv6_prefix: int = 64,
     ) -> None:
         if header not in ("x-forwarded-for", "forwarded"):
             raise ValueError("header must be 'x-forwarded-for' or 'forwarded'")
+        if isinstance(ipv6_prefix, bool) or not isinstance(ipv6_prefix, int) or not 1 <= ipv6_prefix <= 128:
+            raise ValueError("ipv6_prefix must be an integer between 1 and 128")
         self._networks: tuple[IpNetwork, ...] = tuple(
             ipaddress.ip_network(entry, strict=False) for entry in trusted_proxies
         )
         self.header = header
+        self.ipv6_prefix = ipv6_prefix
 
     def __call__(self, scope: Scope, request: McpRequest) -> str:
         if PRINCIPAL_SCOPE_KEY in scope:
             principal = get_principal(scope)
             if principal.authenticated:
-                return "principal:" + principal.key
-        return "address:" + self.client_address(scope)
+                return "principal:" + principal_identity(principal)
+        return "address:" + self.address_bucket(self.client_address(scope))
+
+    def address_bucket(self, address: str) -> str:
+        """What an anonymous caller at `address` is keyed on: the address, or its IPv6 network."""
+        ip = _parse_ip(address)
+        if not isinstance(ip, ipaddress.IPv6Address):
+            return address
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped.compressed
+        if self.ipv6_prefix == 128:
+            return ip.compressed
+        return ipaddress.IPv6Network((int(ip), self.ipv6_prefix), strict=False).compressed
 
     def client_address(self, scope: Scope) -> str:
         client = scope.get("client")

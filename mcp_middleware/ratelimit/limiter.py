@@ -168,8 +168,8 @@ class RateLimiter:
         identity = seen.get(function)
         if identity is None:
             identity = seen[function] = function(scope, request)
-        if policy.per_target:
-            identity = f"{identity}\x00{request.target or ''}"
+        if policy.per_target:  # length-prefixed: no identity can end in a target's spelling
+            identity = f"{len(identity)}:{identity}\x00{request.target or ''}"
         digest = self._digests.get(identity)
         if digest is None:
             digest = _digest(identity)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -9,6 +10,7 @@ import limits.aio.storage
 from opentelemetry import metrics
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_middleware._outside_auth import OutsideAuth, authenticated
 from mcp_middleware.core import (
     DEFAULT_CONFIG,
     CoreConfig,
@@ -26,6 +28,8 @@ from .policies import Policy
 from .stores import BucketStore
 
 __all__ = ["RateLimitMiddleware", "ratelimit_headers"]
+
+logger = logging.getLogger("mcp_middleware.ratelimit")
 
 
 def ratelimit_headers(states: Iterable[PolicyState]) -> list[tuple[bytes, bytes]]:
@@ -86,6 +90,7 @@ class RateLimitMiddleware:
         quota_timeout: float = 0.25,
         key: KeyFunction | None = None,
         trusted_proxies: Iterable[str] = (),
+        ipv6_prefix: int = 64,
         namespace: str = "",
         failure: FailureMode = "open",
         headers: bool = True,
@@ -94,15 +99,15 @@ class RateLimitMiddleware:
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
         trusted = tuple(trusted_proxies)
-        if key is not None and trusted:
-            raise ValueError("give trusted_proxies to CallerKey yourself when you pass a key function")
+        if key is not None and (trusted or ipv6_prefix != 64):
+            raise ValueError("give trusted_proxies and ipv6_prefix to CallerKey yourself when you pass a key function")
         self.app = app
         self.limiter = RateLimiter(
             policies,
             store=store,
             quota_storage=quota_storage,
             quota_timeout=quota_timeout,
-            key=key if key is not None else CallerKey(trusted_proxies=trusted),
+            key=key if key is not None else CallerKey(trusted_proxies=trusted, ipv6_prefix=ipv6_prefix),
             namespace=namespace,
             failure=failure,
             on_store_error=on_store_error,
@@ -110,6 +115,15 @@ class RateLimitMiddleware:
         )
         self.headers = headers
         self.config = config
+        # Only limits keyed on the caller care where auth runs; a global or custom key does not.
+        self._keys_on_caller = any(isinstance(p.key or self.limiter.key, CallerKey) for p in self.limiter.policies)
+        self.outside_auth = OutsideAuth(
+            "RateLimitMiddleware",
+            "Its per-caller limits count every caller by address instead (one bucket for everyone behind a "
+            "proxy or NAT); if a per-address limit in front of auth is what you want, pass a key function",
+            logger,
+        )
+        """Trips once a request is seen to be authenticated only inside the limiter."""
 
     async def aclose(self) -> None:
         """Close the store's connections (call from your app's lifespan shutdown)."""
@@ -127,6 +141,7 @@ class RateLimitMiddleware:
         if request is None or request.kind is not RequestKind.REQUEST:
             await self.app(scope, receive, send)
             return
+        unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         verdict = await self.limiter.check(scope, request)
         if not verdict.allowed:
             await self._refuse(scope, send, request, verdict)
@@ -139,6 +154,8 @@ class RateLimitMiddleware:
         elif verdict.degraded:
             record_decision(scope, "ratelimit", "allow", reason="store-unavailable")
         await self.app(scope, receive, send)
+        if unvouched:
+            self.outside_auth.check(scope)
 
     async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Verdict) -> None:
         retry_ms = max(1, math.ceil(verdict.retry_after * 1000))

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_error
 
-from .aggregate import AggregateServer
+from .aggregate import AggregateServer, ListGate
 from .backends import Backend, InProcessBackend
 from .links import BackendLink
 from .names import NamingPolicy, PrefixMode, validate_server_name
@@ -83,6 +83,8 @@ class McpRouter:
         failure_cooldown: float = 5.0,
         debounce: float = 0.2,
         transport_security: TransportSecuritySettings | None = None,
+        aggregate_middleware: Sequence[MountMiddleware] = (),
+        aggregate_own_middleware: Sequence[MountMiddleware] = (),
     ) -> None:
         if not prefix.startswith("/") or (prefix.endswith("/") and prefix != "/"):
             raise ValueError("prefix must start with '/' and not end with '/'")
@@ -102,6 +104,11 @@ class McpRouter:
             "transport_security": transport_security,
         }
         self._aggregate: AggregateServer | None = None
+        self._aggregate_entry: ASGIApp | None = None
+        self._aggregate_door = tuple(aggregate_middleware)
+        self._aggregate_own = tuple(aggregate_own_middleware)
+        if self._aggregate_door and self.aggregate_path is not None:
+            self._prm[f"{_PRM_PREFIX}{self.aggregate_path}"] = _wrap(_not_found, self._aggregate_door)
         self._bridges: list[AggregateServer] = []
         self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
@@ -130,7 +137,7 @@ class McpRouter:
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
-        target = backend.path_app() if path_mount else _not_found
+        target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
             bridge = AggregateServer(
                 {name: backend},
@@ -146,17 +153,32 @@ class McpRouter:
             middleware and path_mount
         ):  # only a middleware (auth) can answer metadata; the backend never sees these requests
             self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
-        self._aggregate = None  # rebuilt with the new member on first use
+        self._aggregate = self._aggregate_entry = None  # rebuilt with the new member on first use
 
     @property
     def aggregate(self) -> AggregateServer:
         """The aggregated endpoint's server (over every mount with `aggregate=True`)."""
         if self._aggregate is None:
-            members = {name: mount.backend for name, mount in self.mounts.items() if mount.aggregate}
+            members = {name: mount for name, mount in self.mounts.items() if mount.aggregate}
+            own = self._aggregate_own
             self._aggregate = AggregateServer(
-                members, naming=self.naming, shared_links=self._links, **self._aggregate_options
+                {name: mount.backend for name, mount in members.items()},
+                naming=self.naming,
+                shared_links=self._links,
+                stacks={name: mount.app for name, mount in members.items()},
+                stack_paths={name: f"{self.prefix}/{name}" for name in members},
+                gates={name: gate for name, mount in members.items() if (gate := _list_gate(mount.app)) is not None},
+                own_middleware=(lambda app: _wrap(app, own)) if own else None,
+                **self._aggregate_options,
             )
         return self._aggregate
+
+    @property
+    def _aggregate_app(self) -> ASGIApp:
+        """The aggregated endpoint as clients reach it: its door (authentication) around the aggregate."""
+        if self._aggregate_entry is None:
+            self._aggregate_entry = _wrap(self.aggregate, self._aggregate_door)
+        return self._aggregate_entry
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -199,7 +221,12 @@ class McpRouter:
         if path.endswith("/") and len(path) > 1:
             path = path[:-1]
         if path == self.aggregate_path:
-            await self.aggregate(scope, receive, send)
+            if self._aggregate_door:
+                prepared = await read_request(scope, receive, send, _EVERY_PATH)
+                if prepared is None:
+                    return
+                receive = prepared[1]
+            await self._aggregate_app(scope, receive, send)
             return
         prefix = self.prefix
         if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
@@ -245,6 +272,19 @@ class McpRouter:
             await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
             return
         await send({"type": "lifespan.shutdown.complete"})
+
+
+def _list_gate(app: ASGIApp) -> ListGate | None:
+    """The list filter of a backend's stack (an `AuthMiddleware` with `filter_lists`), found by walking it."""
+    for _ in range(64):
+        if hasattr(app, "list_gate"):
+            gate: ListGate | None = app.list_gate
+            return gate
+        inner = getattr(app, "app", None)
+        if inner is None:
+            return None
+        app = inner
+    return None
 
 
 def _wrap(app: ASGIApp, middleware: Sequence[MountMiddleware]) -> ASGIApp:

@@ -20,10 +20,11 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx2
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import ErrorCode, get_mcp_request, record_decision, send_error
 
+from .sessions import SessionOwners, owner_of, refuse_session
 from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["StreamingProxy", "pooled_client"]
@@ -104,6 +105,7 @@ class StreamingProxy:
         self._drop = (_DROP_UP_KEEP_AUTH if forward_authorization else _DROP_UP) | {k for k, _ in own}
         self._host = b"host: " + self.pool.host_header + b"\r\n"
         self.forward_authorization = forward_authorization
+        self.owners = SessionOwners()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -113,6 +115,15 @@ class StreamingProxy:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
             return
+        view = get_mcp_request(scope)
+        session_id = view.session_id if view is not None else None
+        if session_id is not None and not self.owners.allows(session_id, owner_of(scope)):
+            await refuse_session(scope, send, view.id if view else None)
+            return
+        if view is not None and view.method == "initialize":
+            send = self._binding(scope, send)
+        elif session_id is not None and scope["method"] == "DELETE":
+            self.owners.forget(session_id)
         message = await receive()
         if message["type"] != "http.request":
             return  # the client left before sending its request
@@ -146,6 +157,19 @@ class StreamingProxy:
                 group.cancel_scope.cancel()
         finally:
             await response.aclose()
+
+    def _binding(self, scope: Scope, send: Send) -> Send:
+        """The session this `initialize` opens belongs to whoever sent it."""
+        owner = owner_of(scope)
+
+        async def bind(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for key, value in message.get("headers", ()):
+                    if key.lower() == b"mcp-session-id":
+                        self.owners.bind(value.decode("latin-1"), owner)
+            await send(message)
+
+        return bind
 
     def _head(self, scope: Scope, body: bytes, more_body: bool) -> tuple[bytes, bool]:
         """The request line and headers for the backend, and whether the body goes chunked."""

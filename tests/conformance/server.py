@@ -1,35 +1,22 @@
 """Conformance server: an MCP server that implements every feature the official
-conformance suite (`@modelcontextprotocol/conformance`, server scenarios) expects.
+conformance suite (`@modelcontextprotocol/conformance`, server scenarios) expects,
+at both wires: the handshake era (2025-11-25 and older) and 2026-07-28.
 
 Tool, resource and prompt names and payloads follow the suite's scenario
-descriptions. `build_app(variant)` returns the server's ASGI app, either bare or
-wrapped in this project's middlewares, so the suite can prove that a middleware
-stack changes nothing a client can observe.
-
-Run one variant by hand (from the project root):
-
-    .venv/bin/python -m tests.conformance.server --variant bare --port 8000
+descriptions (0.1.16 and 0.2.0-alpha.12). `bare_app()` is the SDK's own app
+serving it; `variants.py` wraps that app in this project's middlewares, so the
+suite can prove that a middleware stack changes nothing a client can observe.
 """
 
-import argparse
 import asyncio
-import base64
-import io
 import json
-import socket
-import struct
 import warnings
-import wave
-import zlib
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import uvicorn
 from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer, UserMessage
 from mcp.server.mcpserver.tools import Tool
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types import (
     AudioContent,
@@ -40,7 +27,6 @@ from mcp.types import (
     EmbeddedResource,
     EmptyResult,
     ImageContent,
-    JSONRPCMessage,
     LoggingLevel,
     PromptReference,
     ResourceTemplateReference,
@@ -53,78 +39,23 @@ from mcp.types import (
 )
 from starlette.types import ASGIApp
 
+from .fixtures import (
+    ELICITATION_DEFAULTS_SCHEMA,
+    ELICITATION_ENUMS_SCHEMA,
+    ELICITATION_USER_SCHEMA,
+    JSON_SCHEMA_2020_12_INPUT,
+    PROMPT_ARGUMENT_COMPLETIONS,
+    RED_PIXEL_PNG,
+    RED_PIXEL_PNG_B64,
+    SILENCE_WAV_B64,
+    InMemoryEventStore,
+)
+from .modern import add_modern_fixtures
+
 SERVER_NAME = "mcp-middleware-conformance"
 MCP_PATH = "/mcp"
 # Sent in the SSE priming event so resuming clients know how long to wait.
 RETRY_INTERVAL_MS = 500
-
-
-# --- Binary fixtures (generated, so they are real, decodable files) ---------
-
-
-def _png_1x1(red: int, green: int, blue: int) -> bytes:
-    """A valid 1x1 RGB PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)  # 1x1, 8-bit, truecolour
-    pixels = zlib.compress(bytes([0, red, green, blue]))  # filter byte + one pixel
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
-def _wav_silence(milliseconds: int = 10, rate: int = 8000) -> bytes:
-    """A valid mono 16-bit WAV of silence."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes(b"\x00\x00" * (rate * milliseconds // 1000))
-    return buffer.getvalue()
-
-
-RED_PIXEL_PNG = _png_1x1(255, 0, 0)
-RED_PIXEL_PNG_B64 = base64.b64encode(RED_PIXEL_PNG).decode()
-SILENCE_WAV_B64 = base64.b64encode(_wav_silence()).decode()
-
-
-# --- Resumability -------------------------------------------------------------
-
-
-class InMemoryEventStore(EventStore):
-    """Bounded in-memory event store, so SSE streams can be resumed with Last-Event-ID.
-
-    The SDK ships only the abstract `EventStore`. With one configured, SSE events
-    carry ids, and for 2025-11-25 clients the SDK also sends priming events (with
-    `retry`) and lets a tool close its stream mid-call (`test_reconnection`), so
-    a middleware in front must pass resumed GET streams through as well.
-    """
-
-    def __init__(self, max_events: int = 10_000) -> None:
-        self._max_events = max_events
-        self._next_id = 0
-        # Insertion-ordered, so replay walks events in the order they were sent.
-        self._events: OrderedDict[EventId, tuple[StreamId, JSONRPCMessage | None]] = OrderedDict()
-
-    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
-        self._next_id += 1
-        event_id = str(self._next_id)
-        self._events[event_id] = (stream_id, message)
-        while len(self._events) > self._max_events:
-            self._events.popitem(last=False)
-        return event_id
-
-    async def replay_events_after(self, last_event_id: EventId, send_callback: EventCallback) -> StreamId | None:
-        if last_event_id not in self._events:
-            return None
-        stream_id, _ = self._events[last_event_id]
-        after = False
-        for event_id, (event_stream, message) in list(self._events.items()):
-            if after and event_stream == stream_id and message is not None:  # None marks a priming event
-                await send_callback(EventMessage(message, event_id))
-            after = after or event_id == last_event_id
-        return stream_id
 
 
 # --- Per-session state --------------------------------------------------------
@@ -161,90 +92,21 @@ class SessionState:
         return LOG_LEVELS.index(level) >= LOG_LEVELS.index(threshold)
 
 
-# --- Schemas the suite checks verbatim ------------------------------------------
-
-JSON_SCHEMA_2020_12_INPUT: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "type": "object",
-    "$defs": {
-        "address": {
-            "type": "object",
-            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
-        }
-    },
-    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"}},
-    "additionalProperties": False,
-}
-
-ELICITATION_USER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "username": {"type": "string", "description": "User's response"},
-        "email": {"type": "string", "description": "User's email address"},
-    },
-    "required": ["username", "email"],
-}
-
-ELICITATION_DEFAULTS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "description": "User name", "default": "John Doe"},
-        "age": {"type": "integer", "description": "User age", "default": 30},
-        "score": {"type": "number", "description": "User score", "default": 95.5},
-        "status": {
-            "type": "string",
-            "description": "User status",
-            "enum": ["active", "inactive", "pending"],
-            "default": "active",
-        },
-        "verified": {"type": "boolean", "description": "Verification status", "default": True},
-    },
-}
-
-ELICITATION_ENUMS_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
-        "titledSingle": {
-            "type": "string",
-            "oneOf": [
-                {"const": "value1", "title": "First Option"},
-                {"const": "value2", "title": "Second Option"},
-                {"const": "value3", "title": "Third Option"},
-            ],
-        },
-        "legacyEnum": {
-            "type": "string",
-            "enum": ["opt1", "opt2", "opt3"],
-            "enumNames": ["Option One", "Option Two", "Option Three"],
-        },
-        "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
-        "titledMulti": {
-            "type": "array",
-            "items": {
-                "anyOf": [
-                    {"const": "value1", "title": "First Choice"},
-                    {"const": "value2", "title": "Second Choice"},
-                    {"const": "value3", "title": "Third Choice"},
-                ]
-            },
-        },
-    },
-}
-
-PROMPT_ARGUMENT_COMPLETIONS: dict[str, list[str]] = {
-    "arg1": ["paris", "park", "party", "test", "testing"],
-    "arg2": ["hello", "help", "world"],
-}
-
-
 def _text(text: str, *, is_error: bool = False) -> CallToolResult:
     return CallToolResult(content=[TextContent(text=text)], is_error=is_error)
 
 
-def _json_schema_tool(name: str | None = None, address: dict[str, Any] | None = None) -> CallToolResult:
+def _json_schema_tool(
+    name: str | None = None,
+    address: dict[str, Any] | None = None,
+    contactMethod: str | None = None,  # the wire argument names
+    phone: str | None = None,
+    email: str | None = None,
+) -> CallToolResult:
     """Tool with JSON Schema 2020-12 features"""
-    return _text(f"name={name!r}, address={address!r}")
+    return _text(
+        f"name={name!r}, address={address!r}, contactMethod={contactMethod!r}, phone={phone!r}, email={email!r}"
+    )
 
 
 # --- The server -------------------------------------------------------------------
@@ -474,10 +336,8 @@ def build_server() -> MCPServer:
         lowlevel.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
         lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
 
+    add_modern_fixtures(server)
     return server
-
-
-# --- Variants -----------------------------------------------------------------------
 
 
 def bare_app() -> ASGIApp:
@@ -489,133 +349,3 @@ def bare_app() -> ASGIApp:
         retry_interval=RETRY_INTERVAL_MS,
         host="127.0.0.1",
     )
-
-
-def _core_middleware() -> Callable[[ASGIApp], ASGIApp]:
-    from mcp_middleware.core import McpCoreMiddleware  # imported late: optional while it is being written
-
-    return McpCoreMiddleware
-
-
-DEV_TOKEN = "conformance-dev-token"
-
-
-class _WithToken:
-    """The suite's client sends no credentials; a client with a (static dev) token would send this header.
-
-    Everything behind it verifies the token for real; this only stands in for the client's side.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = [(k, v) for k, v in scope["headers"] if k != b"authorization"]
-            scope = {**scope, "headers": [*headers, (b"authorization", f"Bearer {DEV_TOKEN}".encode())]}
-        await self.app(scope, receive, send)
-
-
-def stack_app() -> ASGIApp:
-    """The conformance server behind every middleware, in the recommended order (DESIGN.md §3.2):
-    tracing → auth (static dev token) → rate limit (never tripping) → cache → breaker."""
-    from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
-    from mcp_middleware.breaker import CircuitBreakerMiddleware
-    from mcp_middleware.cache import ResponseCacheMiddleware
-    from mcp_middleware.ratelimit import BucketPolicy, RateLimitMiddleware
-    from mcp_middleware.tracing import TracingMiddleware
-
-    app = CircuitBreakerMiddleware(bare_app())
-    app = ResponseCacheMiddleware(app)
-    app = RateLimitMiddleware(app, policies=[BucketPolicy(name="conformance", rate=10_000.0, capacity=10_000.0)])
-    app = AuthMiddleware(
-        app,
-        verifier=StaticTokenVerifier({DEV_TOKEN: ["mcp"]}),
-        resource="http://127.0.0.1/mcp",
-        require_audience=False,
-    )
-    return _WithToken(TracingMiddleware(app))
-
-
-def gateway_app() -> ASGIApp:
-    """The conformance server at the reference gateway's path mount `/mcp/conformance`, with auth
-    (static dev token), rate limits, breaker, cache and tracing all on."""
-    from mcp_middleware.gateway.app import build_gateway
-    from mcp_middleware.gateway.config import parse_config
-
-    config = parse_config(
-        f"""
-[gateway]
-[[servers]]
-name = "conformance"
-app = "tests.conformance.server:bare_app"
-[auth]
-mode = "static"
-[auth.tokens]
-"{DEV_TOKEN}" = ["mcp"]
-[ratelimit]
-[[ratelimit.policies]]
-name = "per-user"
-capacity = 10000
-rate = 10000
-[breaker]
-[cache]
-[tracing]
-access_log = false
-"""
-    )
-    return _WithToken(build_gateway(config).app)
-
-
-# One entry per middleware stack under test; each call builds everything afresh.
-VARIANTS: dict[str, Callable[[], ASGIApp]] = {
-    "bare": bare_app,
-    "core": lambda: _core_middleware()(bare_app()),
-    "stack": stack_app,
-    "gateway": gateway_app,
-}
-VARIANT_PATHS: dict[str, str] = {"gateway": "/mcp/conformance"}
-"""Where a variant serves MCP, when not at `MCP_PATH`."""
-
-
-def build_app(variant: str) -> ASGIApp:
-    """A fresh ASGI app for `variant` (a key of `VARIANTS`)."""
-    try:
-        builder = VARIANTS[variant]
-    except KeyError:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}") from None
-    return builder()
-
-
-def serve(variant: str, *, host: str = "127.0.0.1", port: int = 0, fd: int | None = None) -> None:
-    """Serve `variant` under uvicorn until SIGINT/SIGTERM.
-
-    With `fd`, serve on that already-listening socket (the runner binds it, so the
-    port is known before this process starts and nothing can take it meanwhile).
-    """
-    # The suite exercises handshake-era features (logging, sampling) the SDK marks deprecated.
-    warnings.simplefilter("ignore", MCPDeprecationWarning)
-    config = uvicorn.Config(
-        build_app(variant),
-        host=host,
-        port=port,
-        lifespan="on",  # fail loudly if the app (or a middleware) breaks the lifespan protocol
-        log_level="warning",
-        timeout_graceful_shutdown=3,  # open SSE streams must not hold up shutdown
-    )
-    sockets = [socket.socket(fileno=fd)] if fd is not None else None
-    uvicorn.Server(config).run(sockets=sockets)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="bare", choices=sorted(VARIANTS))
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--fd", type=int, help="serve on this inherited, listening socket instead of --port")
-    args = parser.parse_args(argv)
-    serve(args.variant, host=args.host, port=args.port, fd=args.fd)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,11 @@
-"""The official MCP conformance suite, end to end: the bare conformance server must
-pass every scenario, and the server behind each middleware stack in `VARIANTS`
-must end every scenario exactly as the bare one does.
+"""The official MCP conformance suite, end to end: in every suite run (`SUITE_RUNS`: 0.1.16, and
+0.2.0-alpha.12 at the 2026-07-28 and the 2025-11-25 wire) the bare conformance server must pass
+every scenario, and the server behind each middleware stack in `VARIANTS` must end every scenario
+exactly as the bare one does.
 
-Needs the suite in `.cache/conformance/` or npm to install it: without both the
-test is skipped, or fails when `CI` is set.
+One matrix run (every variant served once, in parallel, meeting the three runs) is shared by the
+tests. Needs the suites in `.cache/conformance/` or npm to install them: without both the tests
+are skipped, or fail when `CI` is set.
 """
 
 import os
@@ -11,46 +13,52 @@ from pathlib import Path
 
 import pytest
 
-from .run import (
-    BASELINE,
-    INSTALL_TIMEOUT_S,
-    SUITE_TIMEOUT_S,
-    Report,
-    Suite,
-    SuiteUnavailable,
-    ensure_suite,
-    run_conformance,
-    run_variant,
-)
-from .server import VARIANTS
+from .run import BASELINE, Matrix, run_matrix
+from .suite import INSTALL_TIMEOUT_S, SUITE_RUNS, SUITE_TIMEOUT_S, SuiteUnavailable, ensure_suite
+from .variants import VARIANTS
 
 # Each run bounds itself (install, server start, suite); pytest's bound is a backstop.
-pytestmark = [pytest.mark.conformance, pytest.mark.timeout(INSTALL_TIMEOUT_S + 2 * SUITE_TIMEOUT_S)]
+pytestmark = [
+    pytest.mark.conformance,
+    pytest.mark.timeout(INSTALL_TIMEOUT_S * len(SUITE_RUNS) + SUITE_TIMEOUT_S * len(SUITE_RUNS)),
+]
+
+KNOWN_DIFFERENCES: dict[tuple[str, str], dict[str, str]] = {}
+"""Where a variant is known to end scenarios unlike bare, and why (none: the aggregate matches bare since issue 14).
+
+Pinned exactly: a new difference fails, and so does a fixed one (remove it here)."""
 
 
 @pytest.fixture(scope="module")
-def suite() -> Suite:
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
     try:
-        return ensure_suite()
+        for run in SUITE_RUNS:
+            ensure_suite(run.version)
     except SuiteUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"conformance suite unavailable in CI: {exc}")
         pytest.skip(f"conformance suite unavailable: {exc}")
+    output: Path = tmp_path_factory.mktemp("conformance")
+    return run_matrix(list(VARIANTS), output)
 
 
-@pytest.fixture(scope="module")
-def baseline(suite: Suite, tmp_path_factory: pytest.TempPathFactory) -> Report:
-    """One run of the whole suite against the bare server, shared by every comparison."""
-    return run_conformance(suite, [BASELINE], tmp_path_factory.mktemp("conformance"))
-
-
-def test_bare_server_passes_every_scenario(baseline: Report) -> None:
-    assert baseline.scenarios, "the suite listed no server scenarios"
-    assert not baseline.baseline_problems(), baseline.render()
+@pytest.mark.parametrize("run", [run.name for run in SUITE_RUNS])
+def test_bare_server_passes_every_scenario(run: str, matrix: Matrix) -> None:
+    report = matrix.reports[run]
+    assert report.scenarios, "the suite listed no server scenarios"
+    assert not report.baseline_problems(), report.render()
 
 
 @pytest.mark.parametrize("variant", [name for name in VARIANTS if name != BASELINE])
-def test_variant_matches_bare(variant: str, suite: Suite, baseline: Report, tmp_path: Path) -> None:
-    report = Report(scenarios=baseline.scenarios, runs=dict(baseline.runs), output_dir=tmp_path)
-    report.runs[variant] = run_variant(suite, variant, tmp_path / variant)
-    assert not report.variant_problems(variant), report.render()
+@pytest.mark.parametrize("run", [run.name for run in SUITE_RUNS])
+def test_variant_matches_bare(run: str, variant: str, matrix: Matrix) -> None:
+    report = matrix.reports[run]
+    known = KNOWN_DIFFERENCES.get((run, variant), {})
+    if not known:
+        assert not report.variant_problems(variant), report.render()
+        return
+    assert report.runs[variant].error is None, report.render()
+    assert sorted(report.differing(variant)) == sorted(known), (
+        f"{variant}'s known differences from {BASELINE} changed; update KNOWN_DIFFERENCES\n{report.render()}"
+    )
+    pytest.xfail("; ".join(f"{scenario}: {why}" for scenario, why in known.items()))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mcp_middleware.gateway.app import Gateway
-from tests.conformance.run import SuiteUnavailable, ensure_suite
+from tests.conformance.suite import SuiteUnavailable, ensure_suite
 from tests.conftest import Served
 from tests.gateway.test_gateway import TOKEN, running_gateway
 

@@ -32,7 +32,7 @@ def test_the_principal_wins_over_the_address() -> None:
     scope = scope_from("192.0.2.7")
     assert CallerKey()(scope, REQUEST) == "address:192.0.2.7"
     set_principal(scope, Principal(subject="alice", client_id="app", issuer="https://idp"))
-    assert CallerKey()(scope, REQUEST) == "principal:app|alice|https://idp"
+    assert CallerKey()(scope, REQUEST) == "principal:3:app|5:alice|11:https://idp"
 
 
 def test_forwarding_headers_are_ignored_unless_the_peer_is_a_trusted_proxy() -> None:

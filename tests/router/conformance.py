@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PrefixMode
-from tests.conformance.run import Report, VariantRun, ensure_suite, list_scenarios, parse_results, run_suite
+from tests.conformance.run import Report, VariantRun, parse_results
 from tests.conformance.server import bare_app
+from tests.conformance.suite import ensure_suite, list_scenarios, run_suite
 from tests.conftest import serve_app
 from tests.router.servers import team_server
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import html
-import ipaddress
 import secrets
-import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import anyio
 import httpx2
 import orjson
 from authlib.oauth2 import AuthorizationServer as AuthlibAuthorizationServer  # type: ignore[import-untyped]
@@ -42,6 +39,14 @@ from starlette.routing import Route
 
 from ..jwks import JwksTokenVerifier
 from ..verification import canonical_resource
+from .metadata_documents import (
+    MetadataDocumentFetcher,
+    Resolver,
+    UnusableDocument,
+    client_from_document,
+    is_metadata_document_url,
+)
+from .revocation import GrantRevocation, RevocationCheckingVerifier
 from .storage import (
     AuthorizationCode,
     AuthorizationStore,
@@ -108,8 +113,11 @@ class EmbeddedAuthorizationServer:
     whole grant, and so does a replayed authorization code), RFC 7662 introspection
     for the resource servers listed in `introspection_clients`, and JWT access tokens
     signed with a key published at `/jwks`, and (opt-in) client ID metadata documents:
-    an HTTPS URL as `client_id`, its JSON fetched with SSRF guards. `/authorize` shows a minimal login and
-    consent page, or approves at once as `default_subject` with `auto_approve=True`.
+    an HTTPS URL as `client_id`, its JSON fetched with SSRF guards (resolved once, public
+    addresses only unless `allow_private_metadata_hosts`, connected to the checked address,
+    at most 64 KiB read; `metadata_document_resolver` replaces the system resolver).
+    `/authorize` shows a minimal login and consent page, or approves at once as
+    `default_subject` with `auto_approve=True`.
     State lives in a :class:`MemoryAuthorizationStore` unless another store is given.
 
     Production should point `AuthMiddleware` at a real identity provider instead.
@@ -139,6 +147,7 @@ class EmbeddedAuthorizationServer:
         client_id_metadata_documents: bool = False,
         allow_private_metadata_hosts: bool = False,
         metadata_document_ttl: float = 300.0,
+        metadata_document_resolver: Resolver | None = None,
         http_client: httpx2.AsyncClient | None = None,
         store: AuthorizationStore | None = None,
     ) -> None:
@@ -160,8 +169,13 @@ class EmbeddedAuthorizationServer:
         self.client_id_metadata_documents = client_id_metadata_documents
         self.allow_private_metadata_hosts = allow_private_metadata_hosts
         self.metadata_document_ttl = metadata_document_ttl
-        self._http_client = http_client
+        self._metadata_fetcher = MetadataDocumentFetcher(
+            allow_private_hosts=allow_private_metadata_hosts,
+            http_client=http_client,
+            resolver=metadata_document_resolver,
+        )
         self.store: AuthorizationStore = store if store is not None else MemoryAuthorizationStore()
+        self.revocation = GrantRevocation(self.store)
         if algorithm == "RS256":
             self.key: RSAKey | ECKey = RSAKey.generate_key(2048, parameters={"use": "sig", "alg": "RS256"})
         elif algorithm == "ES256":
@@ -229,10 +243,24 @@ class EmbeddedAuthorizationServer:
         return {"keys": [self.key.as_dict(private=False)]}
 
     def verifier(self, *, audience: str | Sequence[str], **options: Any) -> JwksTokenVerifier:
-        """A verifier for tokens of this server that needs no HTTP: it holds the public key."""
-        return JwksTokenVerifier(
-            issuer=self.issuer, audience=audience, jwks=self.jwks(), algorithms=[self.algorithm], **options
+        """A verifier for tokens of this server that needs no HTTP: it holds the public key.
+
+        It refuses the access tokens of a revoked grant (a replayed code, a reused refresh
+        token) from the moment of revocation; :meth:`revoke_grant` also drops them from the
+        token caches of every `AuthMiddleware` in this process.
+        """
+        return RevocationCheckingVerifier(
+            revocation=self.revocation,
+            issuer=self.issuer,
+            audience=audience,
+            jwks=self.jwks(),
+            algorithms=[self.algorithm],
+            **options,
         )
+
+    def revoke_grant(self, grant_id: str) -> None:
+        """End a grant: its refresh tokens and access tokens stop working at once."""
+        self.revocation.revoke(grant_id)
 
     def issue_access_token(
         self, *, subject: str, client_id: str, scope: str, resource: str | None, grant_id: str | None = None
@@ -255,6 +283,7 @@ class EmbeddedAuthorizationServer:
         token = jwt.encode(header, claims, self.key, algorithms=[self.algorithm])
         if grant_id is not None:
             self.store.record_access_token(jti, grant_id, now + self.access_token_ttl)
+            self.revocation.issued(token, grant_id, now + self.access_token_ttl)
         return token, self.access_token_ttl
 
     # --- endpoints -------------------------------------------------------------------------------
@@ -363,49 +392,18 @@ class EmbeddedAuthorizationServer:
         Returns an error response when the document cannot be used; `None` otherwise (also when
         `client_id` is an ordinary registered id).
         """
-        if not self.client_id_metadata_documents or not client_id or not _is_metadata_document_url(client_id):
+        if not self.client_id_metadata_documents or not client_id or not is_metadata_document_url(client_id):
             return None
         known = self.store.get_client(client_id)
         if known is not None and known.metadata.get("fetched_at", 0) + self.metadata_document_ttl > time.time():
             return None
         try:
-            document = await self._fetch_metadata_document(client_id)
-            client = _client_from_document(client_id, document)
-        except _UnusableDocument as exc:
+            document = await self._metadata_fetcher.fetch(client_id)
+            client = client_from_document(client_id, document)
+        except UnusableDocument as exc:
             return _error_page(InvalidClientError(description=f"Client metadata document: {exc}"))
         self.store.save_client(client)
         return None
-
-    async def _fetch_metadata_document(self, url: str) -> dict[str, Any]:
-        host = urlsplit(url).hostname or ""
-        if not self.allow_private_metadata_hosts:
-            # Refuse URLs that lead into private networks (SSRF). A development server: the
-            # name is resolved once here and again by the HTTP client.
-            try:
-                addresses = await anyio.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                raise _UnusableDocument("host does not resolve") from exc
-            if any(not ipaddress.ip_address(info[4][0]).is_global for info in addresses):
-                raise _UnusableDocument("host is not public")
-        try:
-            if self._http_client is not None:
-                response = await self._http_client.get(url, timeout=5.0, follow_redirects=False)
-            else:
-                async with httpx2.AsyncClient(timeout=5.0, follow_redirects=False) as client:
-                    response = await client.get(url)
-        except httpx2.HTTPError as exc:
-            raise _UnusableDocument("could not be fetched") from exc
-        if response.status_code != 200:
-            raise _UnusableDocument(f"fetch answered HTTP {response.status_code}")
-        if len(response.content) > _MAX_METADATA_DOCUMENT:
-            raise _UnusableDocument("too large")
-        try:
-            document = orjson.loads(response.content)
-        except orjson.JSONDecodeError as exc:
-            raise _UnusableDocument("not JSON") from exc
-        if not isinstance(document, dict):
-            raise _UnusableDocument("not a JSON object")
-        return document
 
     async def _register_endpoint(self, request: Request) -> Response:
         try:
@@ -551,7 +549,7 @@ class _CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         if found is None or found.client_id != client.client_id:
             return None
         if found.used:  # replay: refuse, and revoke everything issued from this code (RFC 6749 §4.1.2)
-            store.revoke_grant(found.grant_id)
+            self.server.owner.revoke_grant(found.grant_id)
             return None
         if not _resource_matches(self.request.payload.data.get("resource"), found.resource):
             raise InvalidGrantError("'resource' differs from the authorization request")
@@ -579,7 +577,7 @@ class _RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         if found is None or store.is_grant_revoked(found.grant_id):
             return None
         if found.rotated:  # a rotated token used again: it leaked; end the whole grant
-            store.revoke_grant(found.grant_id)
+            self.server.owner.revoke_grant(found.grant_id)
             return None
         if not _resource_matches(self.request.payload.data.get("resource"), found.resource):
             raise InvalidGrantError("'resource' differs from the original grant")
@@ -648,50 +646,6 @@ class _ConsentNonces:
     def take(self, nonce: str) -> bool:
         deadline = self._issued.pop(nonce, None)
         return deadline is not None and deadline > time.monotonic()
-
-
-_MAX_METADATA_DOCUMENT = 64 * 1024
-
-
-class _UnusableDocument(Exception):
-    """A client ID metadata document that cannot be used; the message says why (shown to the client)."""
-
-
-def _is_metadata_document_url(client_id: str) -> bool:
-    """An https URL with a path and no fragment or credentials (draft-ietf-oauth-client-id-metadata-document)."""
-    parts = urlsplit(client_id)
-    return (
-        parts.scheme == "https"
-        and bool(parts.hostname)
-        and parts.path not in ("", "/")
-        and not parts.fragment
-        and parts.username is None
-    )
-
-
-def _client_from_document(client_id: str, document: dict[str, Any]) -> RegisteredClient:
-    if document.get("client_id") != client_id:
-        raise _UnusableDocument("client_id does not match the document's URL")
-    redirect_uris = document.get("redirect_uris")
-    if not isinstance(redirect_uris, list) or not redirect_uris or not all(isinstance(u, str) for u in redirect_uris):
-        raise _UnusableDocument("redirect_uris must be a non-empty list of URLs")
-    if not isinstance(document.get("client_name"), str):
-        raise _UnusableDocument("client_name is required")
-    method = document.get("token_endpoint_auth_method", "none")
-    if method != "none":
-        raise _UnusableDocument("only public clients (token_endpoint_auth_method 'none') are supported")
-    grant_types = document.get("grant_types") or ["authorization_code"]
-    if not isinstance(grant_types, list) or not all(isinstance(g, str) for g in grant_types):
-        raise _UnusableDocument("grant_types must be a list")
-    return RegisteredClient(
-        client_id=client_id,
-        redirect_uris=list(redirect_uris),
-        token_endpoint_auth_method="none",
-        grant_types=list(grant_types),
-        response_types=["code"],
-        client_name=document["client_name"],
-        metadata={**document, "fetched_at": time.time()},
-    )
 
 
 def _error_page(error: OAuth2Error) -> Response:

@@ -1,0 +1,413 @@
+"""The aggregate's catalog: every backend's lists, fetched concurrently, merged under public names.
+
+Lists are fetched from every backend concurrently (each with its own timeout,
+following each backend's own pages), merged under namespaced names (:mod:`.names`)
+in a deterministic order (by public name), and paged with opaque keyset cursors:
+a cursor remembers the last name handed out, so a client walking the pages sees
+every item that exists throughout the walk exactly once, even when a backend
+changes in between. A backend that fails does not fail the list: the rest is
+returned and the failure is reported (:class:`BackendFailure`). The catalog also
+resolves public names back to `(server, name)` for the requests the aggregate routes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+import mcp_types as types
+import orjson
+from mcp.shared.exceptions import MCPError
+
+from mcp_middleware.core import JsonRpcCode
+
+from .backends import Backend
+from .links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
+from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+
+__all__ = [
+    "KINDS",
+    "KIND_OF_LIST",
+    "PROMPTS",
+    "RESOURCES",
+    "TEMPLATES",
+    "TOOLS",
+    "BackendFailure",
+    "Catalog",
+    "Kind",
+    "Merged",
+]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+_MAX_BACKEND_PAGES = 1000
+_CURSOR_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One kind of list the aggregate merges."""
+
+    name: str  # "tools", "prompts", "resources", "resource_templates"
+    key: str  # the attribute that identifies an item: name, uri, uri_template
+    change: str  # the list_changed family it belongs to
+    call: str  # the method that uses an item (what list filtering asks about)
+
+
+TOOLS = Kind("tools", "name", "tools", "tools/call")
+PROMPTS = Kind("prompts", "name", "prompts", "prompts/get")
+RESOURCES = Kind("resources", "uri", "resources", "resources/read")
+TEMPLATES = Kind("resource_templates", "uri_template", "resources", "resources/read")
+KINDS = (TOOLS, PROMPTS, RESOURCES, TEMPLATES)
+KIND_OF_LIST = {
+    "tools/list": TOOLS,
+    "prompts/list": PROMPTS,
+    "resources/list": RESOURCES,
+    "resources/templates/list": TEMPLATES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BackendFailure:
+    """Why one backend is missing from a merged list."""
+
+    server: str
+    error: Literal["timeout", "unavailable", "error"]
+    message: str
+
+    def describe(self) -> dict[str, str]:
+        return {"server": self.server, "error": self.error, "message": self.message}
+
+
+_generations = itertools.count(1)
+_serials = itertools.count(1)
+
+
+@dataclass(slots=True)
+class _Listing:
+    items: list[Any]
+    fetched_at: float
+    generation: int = field(default_factory=lambda: next(_generations))
+
+
+@dataclass(slots=True)
+class Merged:
+    """A merged, namespaced, sorted list of one kind, and how to route back."""
+
+    kind: str  # the Kind's name
+    items: list[Any]  # public copies, sorted by public key
+    keys: list[str]  # their public keys, same order
+    servers: list[str]  # the backend of each item, same order
+    originals: list[str]  # each item's key at its backend, same order
+    table: NameTable | None  # tools/prompts
+    uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
+    failures: list[BackendFailure]
+    collisions: list[dict[str, str | None]]
+    serial: int = field(default_factory=lambda: next(_serials))
+    """Unique per merge: answers built from this list can be reused while it is the current one."""
+
+
+@dataclass
+class _Fetch:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: _Listing | BackendFailure | None = None
+
+
+@dataclass
+class _Gathered:
+    listings: dict[str, _Listing] = field(default_factory=dict)
+    failures: list[BackendFailure] = field(default_factory=list)
+
+
+class Catalog:
+    """The merged lists of many backends, fetched through their shared sessions (`links`)."""
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        links: Mapping[str, BackendLink],
+        *,
+        naming: NamingPolicy,
+        list_ttl: float,
+        failure_cooldown: float,
+    ) -> None:
+        self.backends = backends
+        self.links = links
+        self.naming = naming
+        self.list_ttl = list_ttl
+        self.failure_cooldown = failure_cooldown
+        self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in KINDS}
+        self._merged: dict[str, tuple[tuple[int, ...], Merged]] = {}
+        self._cooling: dict[str, tuple[float, str]] = {}
+        self._fetching: dict[tuple[str, str], _Fetch] = {}
+
+    def cooling(self, server: str) -> str | None:
+        """Why `server` is cooling down after a failure, or None."""
+        cooling = self._cooling.get(server)
+        return cooling[1] if cooling is not None and cooling[0] > time.monotonic() else None
+
+    def current(self, kind: Kind) -> Merged | None:
+        """The merged list of this kind as last built (None before the first)."""
+        cached = self._merged.get(kind.name)
+        return cached[1] if cached is not None else None
+
+    def forget(self, server: str, changes: frozenset[str]) -> None:
+        """`server`'s lists of these families changed: fetch them anew on next use."""
+        for kind in KINDS:
+            if kind.change in changes:
+                self._listings[kind.name].pop(server, None)
+
+    # --- merging ----------------------------------------------------------------------------
+
+    async def merge(self, kind: Kind) -> Merged:
+        gathered = await self._gather(kind)
+        version = tuple(
+            listing.generation if (listing := gathered.listings.get(server)) is not None else 0
+            for server in self.backends
+        )
+        cached = self._merged.get(kind.name)
+        if cached is not None and cached[0] == version and not gathered.failures and not cached[1].failures:
+            return cached[1]
+        merged = self._build(kind, gathered)
+        self._merged[kind.name] = (version, merged)
+        return merged
+
+    def _build(self, kind: Kind, gathered: _Gathered) -> Merged:
+        entries: list[tuple[str, Any]] = []
+        for server in self.backends:  # mount order decides collisions
+            listing = gathered.listings.get(server)
+            if listing is not None:
+                entries.extend((server, item) for item in listing.items)
+        table: NameTable | None = None
+        uris: dict[str, tuple[str, str]] = {}
+        collisions: list[dict[str, str | None]] = []
+        public: list[tuple[str, Any, str, str]] = []
+        if kind.key == "name":
+            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries))
+            collisions = [collision.describe() for collision in table.collisions]
+            taken: set[str] = set()
+            for server, item in entries:
+                name = table.public_name(server, item.name)
+                if name is not None and name not in taken:  # a backend listing a name twice: first one
+                    taken.add(name)
+                    public.append((name, item.model_copy(update={"name": name}), server, item.name))
+        else:
+            keep = self.naming.prefix is PrefixMode.NEVER
+            for server, item in entries:
+                original: str = getattr(item, kind.key)
+                uri = original if keep else namespace_uri(server, original)
+                if uri in uris:
+                    collisions.append({"name": uri, "kept": uris[uri][0], "renamed": server, "as": None})
+                    continue
+                uris[uri] = (server, original)
+                public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
+        public.sort(key=lambda entry: entry[0])
+        if collisions:
+            logger.info("aggregate %s: name collisions %s", kind.name, collisions)
+        return Merged(
+            kind=kind.name,
+            items=[entry[1] for entry in public],
+            keys=[entry[0] for entry in public],
+            servers=[entry[2] for entry in public],
+            originals=[entry[3] for entry in public],
+            table=table,
+            uris=uris,
+            failures=gathered.failures,
+            collisions=collisions,
+        )
+
+    async def _gather(self, kind: Kind) -> _Gathered:
+        gathered = _Gathered()
+        listings = self._listings[kind.name]
+        now = time.monotonic()
+        stale = [server for server in self.backends if not _fresh(listings.get(server), now, self.list_ttl)]
+        for server in self.backends:
+            if server not in stale:
+                gathered.listings[server] = listings[server]
+        if stale:
+            async with anyio.create_task_group() as group:
+                for server in stale:
+                    group.start_soon(self._fetch_into, kind, server, gathered)
+        return gathered
+
+    async def _fetch_into(self, kind: Kind, server: str, gathered: _Gathered) -> None:
+        """One backend's list for this request; concurrent requests share one fetch (no herd of fan-outs)."""
+        key = (kind.name, server)
+        fetch = self._fetching.get(key)
+        if fetch is None:
+            fetch = self._fetching[key] = _Fetch()
+            try:
+                fetch.outcome = await self._fetch(kind, server)
+            finally:
+                del self._fetching[key]
+                fetch.done.set()
+        else:
+            await fetch.done.wait()
+        if isinstance(fetch.outcome, _Listing):
+            gathered.listings[server] = fetch.outcome
+        elif fetch.outcome is not None:
+            gathered.failures.append(fetch.outcome)
+
+    async def _fetch(self, kind: Kind, server: str) -> _Listing | BackendFailure:
+        cooling = self.cooling(server)
+        if cooling is not None:
+            return BackendFailure(server, "unavailable", f"cooling down after: {cooling}")
+        backend = self.backends[server]
+        link = self.links[server]
+        started = time.monotonic()
+        try:
+            with anyio.fail_after(backend.timeout):
+                client = await link.client(backend.timeout)
+                items = await _fetch_all(client, kind)
+        except TimeoutError:
+            return self._fail(server, "timeout", f"no answer within {backend.timeout:g} s")
+        except BackendUnavailable as exc:
+            return self._fail(server, "unavailable", exc.reason)
+        except MCPError as exc:
+            if exc.code != JsonRpcCode.METHOD_NOT_FOUND:
+                if connection_lost(exc):
+                    link.mark_broken(exc.message)
+                return self._fail(server, "error", f"{exc.code}: {exc.message}")
+            items = []  # the backend does not offer this kind at all
+        except Exception as exc:  # garbage from the backend, a dead connection: this backend only
+            link.mark_broken(short(exc))
+            return self._fail(server, "error", short(exc))
+        listing = _Listing(items, started)
+        self._listings[kind.name][server] = listing
+        self._cooling.pop(server, None)
+        return listing
+
+    def _fail(self, server: str, error: Literal["timeout", "unavailable", "error"], message: str) -> BackendFailure:
+        logger.warning("aggregate: backend %s failed (%s): %s", server, error, message)
+        if self.failure_cooldown > 0 and error in ("timeout", "unavailable"):
+            self._cooling[server] = (time.monotonic() + self.failure_cooldown, message)
+        for listings in self._listings.values():  # nothing stale is offered for a failed backend
+            listings.pop(server, None)
+        return BackendFailure(server, error, message)
+
+    # --- resolving public names -------------------------------------------------------------
+
+    async def resolve(self, kind: Kind, public_name: str) -> tuple[str, str] | None:
+        """`(server, name)` of a public tool or prompt name, or None when no backend offers it."""
+        cached = self._merged.get(kind.name)
+        target = cached[1].table.resolve(public_name) if cached is not None and cached[1].table else None
+        if target is None:  # not seen yet or renamed since: look again before saying no
+            merged = await self.merge(kind)
+            target = merged.table.resolve(public_name) if merged.table is not None else None
+        return target
+
+    async def resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str] | None:
+        """`(server, backend uri)` of a resource (or, with `template`, of a resource template)."""
+        if self.naming.prefix is not PrefixMode.NEVER:
+            return split_uri(public_uri, self.backends)
+        # URIs are the backends' own: a listed resource, else the first template that matches
+        if not template:
+            target = (await self.merge(RESOURCES)).uris.get(public_uri)
+            if target is not None:
+                return target
+        templates = await self.merge(TEMPLATES)
+        if template:
+            return templates.uris.get(public_uri)
+        return next(
+            ((server, public_uri) for key, (server, _) in templates.uris.items() if _matches(key, public_uri)),
+            None,
+        )
+
+    def public_uri(self, server: str, uri: str) -> str:
+        return uri if self.naming.prefix is PrefixMode.NEVER else namespace_uri(server, uri)
+
+
+# --- cursors ------------------------------------------------------------------------------------
+
+
+def encode_cursor(kind: Kind, after: str) -> str:
+    raw = orjson.dumps({"v": _CURSOR_VERSION, "k": kind.name, "a": after})
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str | None, kind: Kind) -> str | None:
+    """The last public key a cursor handed out; a forged or foreign cursor is -32602."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = orjson.loads(raw)
+        if decoded["v"] == _CURSOR_VERSION and decoded["k"] == kind.name and isinstance(decoded["a"], str):
+            return str(decoded["a"])
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        pass
+    raise MCPError(JsonRpcCode.INVALID_PARAMS, "Invalid cursor", data={"cursor": cursor[:200]})
+
+
+def bisect_after(keys: Sequence[str], after: str) -> int:
+    low, high = 0, len(keys)
+    while low < high:
+        middle = (low + high) // 2
+        if keys[middle] <= after:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+# --- helpers close to their use -----------------------------------------------------------------
+
+
+async def _fetch_all(client: Any, kind: Kind) -> list[Any]:
+    """Every item of one kind from one backend, following its own pages (an empty string is a cursor)."""
+    session = client.session
+    fetch: Callable[..., Any] = {
+        "tools": session.list_tools,
+        "prompts": session.list_prompts,
+        "resources": session.list_resources,
+        "resource_templates": session.list_resource_templates,
+    }[kind.name]
+    items: list[Any] = []
+    cursor: str | None = None
+    seen: set[str] = set()
+    for _ in range(_MAX_BACKEND_PAGES):
+        result = await fetch(params=types.PaginatedRequestParams(cursor=cursor))
+        items.extend(getattr(result, kind.name))
+        cursor = result.next_cursor
+        if cursor is None or cursor in seen:  # a cursor that does not advance would loop forever
+            break
+        seen.add(cursor)
+    return items
+
+
+def _matches(template: str, uri: str) -> bool:
+    """Whether `uri` is an expansion of an RFC 6570 `template` (simple and reserved expressions)."""
+    pattern = _TEMPLATE_PATTERNS.get(template)
+    if pattern is None:
+        parts = re.split(r"(\{[^}]*\})", template)
+        regex = "".join(
+            (".+" if part.startswith("{+") else "[^/]*") if part.startswith("{") else re.escape(part) for part in parts
+        )
+        pattern = _TEMPLATE_PATTERNS[template] = re.compile(regex)
+    return pattern.fullmatch(uri) is not None
+
+
+_TEMPLATE_PATTERNS: dict[str, re.Pattern[str]] = {}
+
+
+def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:
+    return listing is not None and now - listing.fetched_at < ttl
+
+
+def connection_lost(exc: MCPError) -> bool:
+    """The whole session is gone (not just this request's stream, which the SDK reports with the same code)."""
+    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
+
+
+def short(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        return short(exc.exceptions[0])
+    return (str(exc) or type(exc).__name__)[:200]

@@ -1,0 +1,402 @@
+"""The aggregate's relay: a request that only needs its name rewritten goes into its backend's own stack.
+
+`tools/call`, `prompts/get`, `resources/read` and `completion/complete` name one
+thing of one backend. The relay resolves the public name (the catalog's name
+table), rewrites it in the body (and `Mcp-Name`) to the backend's own, and calls
+the backend's stack (authorization → rate limit → cache → breaker → backend, the
+same instance its path mount uses) with the caller's request otherwise untouched:
+its id, `_meta` (protocol version, client capabilities and info, progress token,
+trace context, request state) and its stream. Every policy therefore decides in
+the backend's own names, whichever endpoint was called, and spends one budget.
+
+Handshake-era clients: the relay keeps each client's own session at each backend
+(:mod:`.sessions`); a backend's requests to the client get public ids and the
+client's answers go back to that backend; `notifications/cancelled` goes to the
+backend running the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import orjson
+from mcp.shared.inbound import encode_header_value
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_middleware.core import (
+    CoreConfig,
+    Era,
+    ErrorCode,
+    McpRequest,
+    RequestKind,
+    read_request,
+    record_decision,
+    replay,
+    send_error,
+)
+
+from .catalog import Catalog, short
+from .names import PrefixMode
+from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
+from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of, refuse_session
+from .streams import pump_backend_stream, serve_client_stream
+from .targets import Refused, backend_target
+
+__all__ = ["ROUTED_METHODS", "Relay"]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+ROUTED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "completion/complete"})
+"""What the relay routes into a backend's stack (everything else the aggregate answers itself)."""
+
+_SESSION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
+"""Routed for legacy sessions (the backend's updates then arrive on the client's own backend session)."""
+_EVERY_PATH = CoreConfig(paths=("*",))
+_STREAM_PATIENCE = 2.0
+"""Seconds a new backend session waits for its standalone stream before the client's request goes on."""
+_CHANGES = {
+    "tools": b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}',
+    "prompts": b'{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}',
+    "resources": b'{"jsonrpc":"2.0","method":"notifications/resources/list_changed"}',
+}
+_REPLACED = frozenset({b"content-length", b"mcp-session-id", b"mcp-name", b"mcp-protocol-version"})
+
+
+class Relay:
+    """Route rename-only requests into backends' stacks.
+
+    >>> # relay = Relay(catalog, {"github": github_stack}, paths={"github": "/mcp/github"})
+    >>> # handled = await relay.route(scope, receive, send, request)
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        stacks: Mapping[str, ASGIApp],
+        *,
+        paths: Mapping[str, str],
+        speaks_modern: Callable[[str], Awaitable[bool]] | None = None,
+        max_sessions: int = 10_000,
+        max_inspect_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.catalog = catalog
+        self.stacks = stacks
+        self.paths = paths
+        self.speaks_modern = speaks_modern or _always
+        """Whether a backend serves 2026-07-28 requests (else modern clients reach it through the bridge)."""
+        self.sessions = SessionTable(max_sessions)
+        self.group: anyio.abc.TaskGroup | None = None
+        self.on_closed: Callable[[str], None] = lambda session_id: None
+        """Told when a legacy session ends (the notifier forgets it)."""
+        """Where backend streams are pumped (set while the aggregate runs)."""
+        self.max_inspect_bytes = max_inspect_bytes
+
+    # --- entry ------------------------------------------------------------------------------
+
+    async def route(self, scope: Scope, receive: Receive, send: Send, request: McpRequest) -> bool:
+        """Handle `request` if it is the relay's; False leaves it to the aggregate's own server."""
+        session: ClientSession | None = None
+        if request.era is Era.LEGACY and request.session_id is not None:
+            session = self.sessions.get(request.session_id)
+            if session is not None and session.owner != owner_of(scope):
+                await refuse_session(scope, send, request.id)
+                return True
+        kind = request.kind
+        if kind is RequestKind.STREAM and session is not None:
+            resumed = _header(scope, b"last-event-id")
+            server, _, event_id = (resumed or "").partition(EVENT_ID_SEPARATOR.decode())
+            if resumed is not None and server in session.backends:  # a backend's stream, resumed where it broke
+                await self._resume(scope, receive, send, session, server, event_id)
+            else:
+                await serve_client_stream(session, receive, send, request.id)
+            return True
+        if kind is RequestKind.REQUEST and (
+            request.method in ROUTED_METHODS or (session is not None and request.method in _SESSION_METHODS)
+        ):
+            if request.era is Era.LEGACY and session is None:
+                return False  # not a session the relay knows: the aggregate's server answers (404 or its own path)
+            try:
+                return await self._forward(scope, receive, send, request, session)
+            except Refused as refused:
+                await send_error(
+                    send,
+                    status=refused.status,
+                    code=refused.code,
+                    message=refused.message,
+                    request_id=request.id,
+                    data=refused.data,
+                )
+            return True
+        if session is None:
+            return False
+        if kind is RequestKind.RESPONSE and isinstance(request.id, str) and request.id in session.server_requests:
+            await self._answer(scope, receive, send, request, session)
+            return True
+        if kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
+            target = session.running.get(_cancelled_id(request))
+            if target is not None and target in session.backends:
+                await self._pass(scope, receive, send, target, session, request.body)
+                return True
+        return False
+
+    def watch(self, scope: Scope, request: McpRequest, send: Send) -> Send:
+        """Learn what the aggregate's own server decides about legacy sessions (opened, closed, log level)."""
+        if request.method == "initialize":
+
+            async def opened(message: Message) -> None:
+                if message["type"] == "http.response.start" and message["status"] == 200:
+                    for key, value in message.get("headers", ()):
+                        if key.lower() == b"mcp-session-id":
+                            self.opened(scope, value.decode("latin-1"), request)
+                await send(message)
+
+            return opened
+        if request.kind is RequestKind.TERMINATE and request.session_id is not None:
+            session = self.sessions.pop(request.session_id)
+            self.on_closed(request.session_id)
+            if session is not None and self.group is not None:
+                self.group.start_soon(self.close_backend_sessions, scope, session)
+        if request.method == "logging/setLevel" and request.params is not None:
+            level = request.params.get("level")
+            if isinstance(level, str):
+                self.set_level(request.session_id, level)
+        return send
+
+    def opened(self, scope: Scope, session_id: str, request: McpRequest) -> None:
+        """The aggregate's server opened legacy session `session_id` for this `initialize`."""
+        params = dict(request.params or {})
+        opened_by = {key: value for key, value in scope.items() if key != "mcp_middleware.request"}
+        for evicted in self.sessions.add(ClientSession(session_id, owner_of(scope), params, opened_by)):
+            self.on_closed(evicted.id)  # the least recently used session no longer fits: end it everywhere
+            if self.group is not None:
+                self.group.start_soon(self.close_backend_sessions, evicted.opened_by, evicted)
+
+    def broadcast(self, kinds: frozenset[str]) -> None:
+        """The aggregate's lists changed: tell every legacy session on its stream."""
+        messages = [_CHANGES[kind] for kind in sorted(kinds) if kind in _CHANGES]
+        for session in self.sessions:
+            for message in messages:
+                session.outbox.put(message)
+
+    def set_level(self, session_id: str | None, level: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None:
+            session.log_level = level
+
+    async def close_backend_sessions(self, scope: Scope, session: ClientSession) -> None:
+        """The client ended its session: end its sessions at the backends too."""
+        for server, backend in list(session.backends.items()):
+            if backend.id is None:
+                continue
+            child = self._child(scope, server, b"", backend, None)
+            child["method"] = "DELETE"
+            try:
+                await exchange(self._stack_entry(server), child, b"", None)
+            except Exception as exc:  # the backend is gone already: nothing left to end
+                logger.debug("closing %s's session at %s failed: %s", session.id[:8], server, exc)
+
+    # --- forwarding -------------------------------------------------------------------------
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession | None
+    ) -> bool:
+        server, params, header_name = await backend_target(self.catalog, request)
+        if request.era is Era.MODERN and not await self.speaks_modern(server):
+            return False  # a 2025-era backend: the aggregate's own server bridges the eras
+        backend: BackendSession | None = None
+        if session is not None:
+            backend = await self._backend_session(scope, session, server)
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request.id, "method": request.method}
+        if params is not None:
+            message["params"] = params
+        body = orjson.dumps(message) if params is not request.params else request.body
+        rewriter = AnswerRewriter(
+            send,
+            server=server,
+            session=session,
+            public_uri=self._public_uri(server),
+            max_bytes=self.max_inspect_bytes,
+        )
+        record_decision(scope, "router", "routed", server=server, method=request.method or "")
+        if session is not None and request.id is not None:
+            session.running[request.id] = server
+        try:
+            await self._call(scope, receive, rewriter, server, body, backend, header_name)
+        finally:
+            if session is not None and request.id is not None:
+                session.running.pop(request.id, None)
+        return True
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession
+    ) -> None:
+        """The client's answer to a backend's request: back to that backend, under the backend's own id."""
+        assert isinstance(request.id, str)
+        server, backend_id = session.server_requests.pop(request.id)
+        message = orjson.loads(request.body)
+        message["id"] = backend_id
+        await self._pass(scope, receive, send, server, session, orjson.dumps(message))
+
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, session: ClientSession, server: str, event_id: str
+    ) -> None:
+        """`Last-Event-ID` names a backend's event: that backend replays its stream from there."""
+        backend = session.backends[server]
+        child = self._child(scope, server, b"", backend, None)
+        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"last-event-id"]
+        child["headers"].append((b"last-event-id", event_id.encode("latin-1")))
+        rewriter = AnswerRewriter(
+            send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
+        )
+        prepared = await read_request(child, receive, rewriter, _EVERY_PATH)
+        if prepared is not None:
+            await self.stacks[server](child, prepared[1], rewriter)
+
+    async def _pass(
+        self, scope: Scope, receive: Receive, send: Send, server: str, session: ClientSession, body: bytes
+    ) -> None:
+        backend = session.backends.get(server)
+        await self._call(scope, receive, send, server, body, backend, None)
+
+    async def _call(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send | AnswerRewriter,
+        server: str,
+        body: bytes,
+        backend: BackendSession | None,
+        header_name: str | None,
+    ) -> None:
+        child = self._child(scope, server, body, backend, header_name)
+        watched = send if isinstance(send, AnswerRewriter) else AnswerRewriter(send, server=server)
+        try:
+            prepared = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
+            if prepared is not None:
+                await self.stacks[server](child, prepared[1], watched)
+        except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
+            view = child.get("mcp_middleware.request")
+            logger.warning("backend %s failed: %s", server, short(exc))
+            record_decision(scope, "router", "backend_error", server=server)
+            await watched.fail(
+                getattr(view, "id", None), f"Backend {server} failed during {getattr(view, 'method', '')}: {short(exc)}"
+            )
+
+    def _child(
+        self, scope: Scope, server: str, body: bytes, backend: BackendSession | None, header_name: str | None
+    ) -> Scope:
+        """The request as the backend's stack sees it: the mount's path, the backend's names and session."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in _REPLACED]
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        version = _header(scope, b"mcp-protocol-version")  # the caller's, as it sent it
+        if version is None and backend is not None:
+            version = backend.protocol_version
+        if version is not None:
+            headers.append((b"mcp-protocol-version", version.encode("latin-1")))
+        if backend is not None and backend.id is not None:
+            headers.append((b"mcp-session-id", backend.id.encode("latin-1")))
+        if header_name is not None and _header(scope, b"mcp-name") is not None:
+            headers.append((b"mcp-name", encode_header_value(header_name).encode("latin-1")))
+        child = {key: value for key, value in scope.items() if key != "mcp_middleware.request"}
+        path = scope.get("root_path", "") + self.paths.get(server, "")
+        child["headers"] = headers
+        child["path"] = path
+        child["raw_path"] = path.encode("latin-1")
+        return child
+
+    # --- backend sessions -------------------------------------------------------------------
+
+    async def _backend_session(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
+        """This client's session at `server`, opened on first use with the client's own `initialize`."""
+        while True:
+            backend = session.backends.get(server)
+            if backend is not None:
+                if backend.log_level != session.log_level and session.log_level is not None:
+                    await self._set_level(scope, session, server, backend)
+                return backend
+            opening = session.opening.get(server)
+            if opening is None:
+                break
+            await opening.wait()
+            if server not in session.backends:
+                raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} did not open a session")
+        event = session.opening[server] = anyio.Event()
+        try:
+            backend = await self._open(scope, session, server)
+            session.backends[server] = backend
+        finally:
+            del session.opening[server]
+            event.set()
+        if session.log_level is not None:
+            await self._set_level(scope, session, server, backend)
+        return backend
+
+    async def _open(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": session.initialize})
+        child = self._child(scope, server, body, None, None)
+        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"mcp-protocol-version"]
+        child["method"] = "POST"
+        answer = await exchange(self._stack_entry(server), child, body, 0)
+        result = answer.message.get("result") if answer.message is not None else None
+        backend_id = answer.headers.get(b"mcp-session-id")
+        if answer.status != 200 or not isinstance(result, dict):
+            error = answer.message.get("error") if answer.message is not None else None
+            if isinstance(error, dict) and isinstance(error.get("code"), int):
+                status = answer.status if answer.status >= 400 else 502
+                raise Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
+            raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
+        version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
+        backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version)
+        notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
+        if self.group is not None and backend.id is not None:
+            stream = self._child(scope, server, b"", backend, None)
+            stream["method"] = "GET"
+            public_uri = self._public_uri(server)
+            ready = anyio.Event()
+            entry = self._stack_entry(server)
+            self.group.start_soon(pump_backend_stream, entry, stream, session, server, public_uri, ready)
+            with anyio.move_on_after(_STREAM_PATIENCE):  # the backend may ask the client from the first call on
+                await ready.wait()
+        return backend
+
+    def _public_uri(self, server: str) -> Callable[[str], str] | None:
+        if self.catalog.naming.prefix is PrefixMode.NEVER:
+            return None
+        return lambda uri: self.catalog.public_uri(server, uri)
+
+    async def _set_level(self, scope: Scope, session: ClientSession, server: str, backend: BackendSession) -> None:
+        level = session.log_level
+        backend.log_level = level
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "logging/setLevel", "params": {"level": level}})
+        await exchange(self._stack_entry(server), self._child(scope, server, body, backend, None), body, 0)
+
+    def _stack_entry(self, server: str) -> ASGIApp:
+        stack = self.stacks[server]
+
+        async def parsed(scope: Scope, receive: Receive, send: Send) -> None:
+            prepared = await read_request(scope, receive, send, _EVERY_PATH)
+            if prepared is not None:
+                await stack(scope, prepared[1], send)
+
+        return parsed
+
+
+async def _always(server: str) -> bool:
+    return True
+
+
+def _cancelled_id(request: McpRequest) -> Any:
+    params = request.params or {}
+    return params.get("requestId")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
