@@ -3,8 +3,9 @@
 Parse once (:func:`read_request` → :class:`McpRequest` in the scope), stream always
 (:class:`ResponseTap` observes without holding back), refuse with JSON-RPC errors
 (:func:`send_error`, :class:`ErrorCode`), and share who is calling (:class:`Principal`),
-which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`) and what each
-middleware decided (:func:`record_decision`, :func:`observe_decisions`).
+which requests a setting applies to (:class:`Selector`, :class:`SelectorMap`), what each
+middleware decided (:func:`record_decision`, :func:`observe_decisions`), and what of a client's
+input may be recorded (:func:`clip`, :func:`session_digest`, :class:`BoundedValues`, known sets).
 """
 
 from .decisions import (
@@ -19,6 +20,19 @@ from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
 from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
+from .recording import (
+    KNOWN_METHODS,
+    KNOWN_PROTOCOL_VERSIONS,
+    MAX_RECORDED_CHARS,
+    OTHER,
+    BoundedValues,
+    SessionIdRedaction,
+    clip,
+    known_method,
+    known_version,
+    portable_name,
+    session_digest,
+)
 from .request import Era, McpRequest, Rejection, RequestKind, get_mcp_request
 from .selectors import Selector, SelectorMap
 from .tap import ResponseOutcome, ResponseTap, SseParser
@@ -28,6 +42,11 @@ __all__ = [
     "DECISIONS_SCOPE_KEY",
     "DEFAULT_CONFIG",
     "DEFAULT_MAX_BODY_SIZE",
+    "KNOWN_METHODS",
+    "KNOWN_PROTOCOL_VERSIONS",
+    "MAX_RECORDED_CHARS",
+    "OTHER",
+    "BoundedValues",
     "CoreConfig",
     "Decision",
     "DecisionObserver",
@@ -45,16 +64,22 @@ __all__ = [
     "ResponseTap",
     "Selector",
     "SelectorMap",
+    "SessionIdRedaction",
     "SseParser",
+    "clip",
     "error_body",
     "get_decisions",
     "get_mcp_request",
     "get_principal",
+    "known_method",
+    "known_version",
     "observe_decisions",
+    "portable_name",
     "read_request",
     "record_decision",
     "refuse",
     "replay",
     "send_error",
+    "session_digest",
     "set_principal",
 ]

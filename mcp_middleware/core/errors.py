@@ -8,6 +8,7 @@ so an agent can read why it was refused and when to retry.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from enum import IntEnum
 from typing import Any
@@ -75,7 +76,11 @@ def error_body(
     error: dict[str, Any] = {"code": int(code), "message": message}
     if data is not None:
         error["data"] = data
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+    answer = {"jsonrpc": "2.0", "id": request_id, "error": error}
+    try:
+        return orjson.dumps(answer)
+    except orjson.JSONEncodeError:  # an id orjson cannot write (a lone surrogate): escaped, as the SDK echoes it
+        return json.dumps(answer, separators=(",", ":")).encode()
 
 
 async def send_error(

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from starlette.types import Message, Receive, Scope, Send
 
 from .decisions import record_decision
-from .errors import ErrorCode, send_error
+from .errors import ErrorCode, JsonRpcCode, send_error
 from .request import (
     REQUEST_SCOPE_KEY,
+    Era,
     McpRequest,
     Rejection,
     RequestHeaders,
@@ -104,8 +105,36 @@ async def refuse(send: Send, rejection: Rejection, headers: Iterable[tuple[str, 
         message=rejection.message,
         request_id=rejection.request_id,
         data=rejection.data,
-        headers=headers,
+        headers=(*rejection.headers, *headers),
     )
+
+
+_METHOD_NOT_ALLOWED = Rejection(
+    405,
+    JsonRpcCode.INVALID_REQUEST,
+    "Method Not Allowed: this protocol revision accepts POST only",
+    headers=(("Allow", "POST"),),
+)
+_NOT_ACCEPTABLE = Rejection(
+    406, JsonRpcCode.INVALID_REQUEST, "Not Acceptable: Client must accept both application/json and text/event-stream"
+)
+
+
+_USUAL_ACCEPT = b"application/json, text/event-stream"
+"""What the SDK clients send: one comparison instead of a parse on the common path."""
+
+
+def accepts_json(accept: bytes) -> bool:
+    """Whether an `Accept` value admits `application/json`, matched as the SDK matches it (wildcards, any case).
+
+    The SDK also wants `text/event-stream` unless the server answers in JSON only, which the core
+    cannot know: that part is left to the server (whose refusal the core completes on the way out).
+    """
+    for part in accept.split(b","):
+        media = part.split(b";", 1)[0].strip().lower()
+        if media in (b"application/json", b"application/*", b"*/*"):
+            return True
+    return False
 
 
 class _Replay:
@@ -161,11 +190,21 @@ async def read_request(
     headers = RequestHeaders(scope["headers"])
     if scope["method"] != "POST":
         view = describe_exchange(scope["method"], headers, started)
+        if view.era is Era.MODERN:  # the modern era has only POST; the SDK says so with an empty 405
+            await _refuse(scope, send, _METHOD_NOT_ALLOWED)
+            return None
         scope[REQUEST_SCOPE_KEY] = view
         return view, receive
 
+    # Every configuration of the SDK refuses an `Accept` without JSON (406), so the core may; it answers
+    # once the body is read, to give the request's id (the SDK answers first, with `id: null`).
+    accept = headers.raw_accept
+    acceptable = accept == _USUAL_ACCEPT or (accept is not None and accepts_json(accept))
     content_type = headers.raw_content_type  # bytes: `.lower()` is ASCII-only, as the comparison needs
     if content_type is None or content_type[:16].lower() != b"application/json":
+        if not acceptable:  # the SDK's order: Accept before Content-Type
+            await _refuse(scope, send, _NOT_ACCEPTABLE)
+            return None
         rejection = Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
         await _refuse(scope, send, rejection)
         return None
@@ -205,6 +244,10 @@ async def read_request(
         return None
 
     parsed = parse_post(body, headers, started)
+    if not acceptable:
+        request_id = parsed.request_id if isinstance(parsed, Rejection) else parsed.id
+        await _refuse(scope, send, replace(_NOT_ACCEPTABLE, request_id=request_id))
+        return None
     if isinstance(parsed, Rejection):
         await _refuse(scope, send, parsed)
         return None

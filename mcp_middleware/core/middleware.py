@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import JsonRpcCode, send_error
+from .error_answers import ErrorHold
+from .errors import JsonRpcCode, RequestId, send_error
 from .kernel import DEFAULT_CONFIG, CoreConfig, read_request
 from .request import REQUEST_SCOPE_KEY, McpRequest
 from .tap import ResponseOutcome, ResponseTap
@@ -60,7 +61,7 @@ class McpCoreMiddleware:
             return
         try:
             if self.on_outcome is None:
-                guard = _StartGuard(send)
+                guard = _StartGuard(send, request.id)
                 try:
                     await self.app(scope, receive, guard)
                 except Exception:
@@ -89,20 +90,43 @@ class McpCoreMiddleware:
 
 class _StartGuard:
     """A `send` that remembers whether the response has started (one object per request: no closure,
-    no bound method, since the SDK keeps `send` in reference cycles only the garbage collector frees).
+    no bound method, since the SDK keeps `send` in reference cycles only the garbage collector frees),
+    and holds a small JSON error answer until its body is complete, to give it the request's id.
 
     Not a coroutine function: it hands out the server's own `send()` awaitable, so a message
     costs no extra coroutine and no extra frame."""
 
-    __slots__ = ("_send", "started")
+    __slots__ = ("_hold", "_request_id", "_send", "started")
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, request_id: RequestId | None) -> None:
         self._send = send
+        self._request_id = request_id
+        self._hold: ErrorHold | None = None
         self.started = False
 
     def __call__(self, message: Message) -> Awaitable[None]:
+        if self.started:  # the start has gone out: nothing more to decide
+            return self._send(message)
+        if self._hold is not None or (message["type"] == "http.response.start" and message["status"] >= 400):
+            return self._error_answer(message)
         self.started = True
         return self._send(message)
+
+    async def _error_answer(self, message: Message) -> None:
+        hold = self._hold
+        if hold is None or message["type"] == "http.response.start":  # (a new start replaces a failed one)
+            self._hold = ErrorHold.start(self._request_id, message)
+            if self._hold is None:
+                self.started = True
+                await self._send(message)
+            return  # held, not started: a crash now still gets the JSON-RPC 500
+        released = hold.add(message)
+        if released is None:
+            return
+        self._hold = None
+        self.started = True
+        for item in released:
+            await self._send(item)
 
 
 async def _internal_error(request: McpRequest, send: Send) -> None:

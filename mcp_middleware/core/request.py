@@ -10,6 +10,7 @@ against the body before anyone may trust them.
 from __future__ import annotations
 
 import enum
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,12 +62,15 @@ _ROUTING_HEADER_BYTES = frozenset(name.encode() for name in _ROUTING_HEADERS)
 _HEADER_NAMES = (
     b"content-type",
     b"content-length",
+    b"accept",
     b"mcp-protocol-version",
     b"mcp-method",
     b"mcp-name",
     b"mcp-session-id",
 )
 _INVALID_BODY = "Body must be a single JSON-RPC request or notification object"
+_REPARSE_MAX = 1024 * 1024
+"""Largest body the stdlib parser re-reads after orjson refused it, to find the id (see `_reparse`)."""
 
 
 class Era(enum.Enum):
@@ -101,8 +105,8 @@ class RequestHeaders:
     ASGI servers lower-case header names. Only the first copy of a header counts,
     as in Starlette; a second copy of a routing header is remembered in
     `duplicated` (the modern era refuses it). The routing headers are decoded at
-    once; the others only when asked (`raw_content_type` and `raw_content_length`
-    are what the kernel reads).
+    once; the others only when asked (`raw_content_type`, `raw_content_length` and
+    `raw_accept` are what the kernel reads).
     """
 
     __slots__ = (
@@ -111,6 +115,7 @@ class RequestHeaders:
         "method",
         "name",
         "protocol_version",
+        "raw_accept",
         "raw_content_length",
         "raw_content_type",
     )
@@ -124,7 +129,7 @@ class RequestHeaders:
         else:
             self.duplicated = None
         # One C-level pass for every lookup; decoding inline (a helper's calls would cost more than the rest).
-        self.raw_content_type, self.raw_content_length, version, method, name, self._session_id = map(
+        self.raw_content_type, self.raw_content_length, self.raw_accept, version, method, name, self._session_id = map(
             found.get, _HEADER_NAMES
         )
         self.protocol_version = version.decode("latin-1") if version is not None else None
@@ -246,6 +251,8 @@ class Rejection:
     message: str
     request_id: RequestId | None = None
     data: Any = None
+    headers: tuple[tuple[str, str], ...] = ()
+    """Extra response headers (`Allow` on a 405)."""
 
 
 def get_mcp_request(source: Scope | HTTPConnection) -> McpRequest | None:
@@ -265,19 +272,26 @@ _NO_ID: Any = object()
 _tuple_new = tuple.__new__  # builds a view without the Python-level `McpRequest.__new__`
 
 
-def parse_post(body: bytes, headers: RequestHeaders, started: float | None = None) -> McpRequest | Rejection:
+def parse_post(
+    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = _NO_ID
+) -> McpRequest | Rejection:
     """Parse and validate one POST body; never raises.
 
     Answers match the SDK where it is right (parse error 400/-32700, modern ladder
     -32602/-32020/-32022) and are clearer where it is not (a batch is -32600 in
-    both eras, an invalid id is -32600 instead of a validation dump).
+    both eras, an invalid id is -32600 instead of a validation dump). A body orjson
+    refuses is refused with the request's id whenever the JSON grammar still gives one
+    (see `_reparse`).
     """
     # Hot path of every request: written for the interpreter (exact `type` checks, since orjson
     # only makes exact built-in types; no helper calls on the common path).
-    try:
-        message = orjson.loads(body)
-    except (orjson.JSONDecodeError, RecursionError):
-        return Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
+    if _decoded is _NO_ID:
+        try:
+            message = orjson.loads(body)
+        except (orjson.JSONDecodeError, RecursionError):
+            return _reparse(body, headers)
+    else:
+        message = _decoded
     if type(message) is not dict:
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
@@ -325,6 +339,40 @@ def parse_post(body: bytes, headers: RequestHeaders, started: float | None = Non
         if rejection is not None:
             return rejection
     return _view(RequestKind.REQUEST, era, headers, params, request_id, method, body, started, verified=True)
+
+
+def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
+    """The answer to a body orjson refused, with the request's id wherever the body still gives one.
+
+    orjson refuses some texts the JSON grammar allows (a lone surrogate escape `"\\ud800"`, a
+    number past a double `1e400`) and `NaN`, which the SDK's parsers take. The stdlib parser reads
+    such a body again (only here, after orjson failed, and only up to `_REPARSE_MAX`: a bounded cost
+    that bad input alone pays) and the usual checks run on what it found. In the modern era a
+    request the SDK's ladder refuses gets that answer, id included. Every other such body is refused
+    as a parse error (400, -32700) with its id: its strings cannot be encoded as UTF-8 and its
+    numbers not written back as JSON, so no log line, label, cache key or rewritten body of the
+    stack could carry it. (The legacy SDK refuses lone surrogates too, with `id: null`.)
+    """
+    parse_error = Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
+    if len(body) > _REPARSE_MAX:
+        return parse_error
+    try:  # as the SDK's modern era reads it (also UTF-16/32, and surrogates encoded in UTF-8)
+        message = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return parse_error
+    checked = parse_post(body, headers, 0.0, _decoded=message)
+    if isinstance(checked, Rejection):
+        if headers.era is Era.MODERN:
+            return checked  # the SDK's modern parser reads such a body: its answer, id included
+        request_id = checked.request_id  # the legacy SDK calls it a parse error, as we do
+    else:
+        request_id = checked.id
+    return Rejection(
+        400,
+        JsonRpcCode.PARSE_ERROR,
+        "Parse error: a string is not valid Unicode (lone surrogate escape) or a number is out of range",
+        request_id,
+    )
 
 
 def _modern_ladder(message: dict[str, Any], headers: RequestHeaders, request_id: RequestId | None) -> Rejection | None:

@@ -1,7 +1,8 @@
 """The response tap: observe a streamed MCP response without holding any of it back.
 
-A tap wraps `send`. Every message is forwarded at once; afterwards the tap looks
-at it: status and headers on `http.response.start`, and the body incrementally,
+A tap wraps `send`. Every message is forwarded at once (but a small JSON error answer,
+held until its body is complete so that it can be given the request's id: `ErrorHold`);
+afterwards the tap looks at it: status and headers on `http.response.start`, and the body incrementally,
 as JSON or as Server-Sent Events in any chunking, keeping what can be the JSON-RPC
 response to the request and parsing it when someone asks. Memory is bounded by
 `max_bytes` (a larger body or event is counted but not inspected). One tap serves
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.types import Message, Scope, Send
 
+from .error_answers import ErrorHold
 from .request import McpRequest, RequestKind
 
 __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
@@ -188,6 +190,7 @@ class ResponseTap:
         "_candidates",
         "_ended",
         "_error",
+        "_hold",
         "_json_size",
         "_mode",
         "_parsed",
@@ -220,6 +223,7 @@ class ResponseTap:
         self._parsed = False
         self._result: dict[str, Any] | None = None
         self._error: dict[str, Any] | None = None
+        self._hold: ErrorHold | None = None
 
     @classmethod
     def attach(
@@ -247,7 +251,40 @@ class ResponseTap:
         return self.status is not None
 
     async def send(self, message: Message) -> None:
-        await self._send(message)  # forward first: observation never delays the client
+        kind = message["type"]
+        if kind == "http.response.body" and self._hold is None:  # the common case, first
+            await self._send(message)  # forward first: observation never delays the client
+            body: bytes = message.get("body", b"")
+            more = message.get("more_body", False)
+            self.bytes += len(body)
+            if self._mode is not _NONE:
+                self._observe(body, more)
+            if not more:
+                self.complete = True
+                self._ended = time.perf_counter()
+            return
+        hold = self._hold
+        if hold is not None:  # an error answer held until its body is complete (`ErrorHold`)
+            if kind != "http.response.start":
+                released = hold.add(message)
+                if released is not None:
+                    self._hold = None
+                    for item in released:
+                        await self._send(item)
+                        self._seen(item)
+                return
+            self._hold = None  # a new start replaces one whose app failed before its body
+        if kind == "http.response.start" and message["status"] >= 400:
+            hold = ErrorHold.start(self._request.id, message)
+            if hold is not None:
+                self._hold = hold
+                return
+        await self._send(message)
+        if kind == "http.response.start":
+            self._on_start(message)
+
+    def _seen(self, message: Message) -> None:
+        """Observe a message sent after a hold (`send` has the same steps inline, for the common path)."""
         kind = message["type"]
         if kind == "http.response.body":
             body: bytes = message.get("body", b"")

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mcp_middleware.core import SessionIdRedaction
+
 from .config import ConfigError, GatewayConfig, dev_mode_exposure, dev_mode_problem, load_config
 
 __all__ = ["main"]
@@ -109,6 +111,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
     logging.basicConfig(level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for chatty in ("httpx2", "mcp.server.streamable_http_manager", "mcp.client"):  # one line per backend call
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    for sdk in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):  # they log session ids
+        logging.getLogger(sdk).addFilter(SessionIdRedaction())
     env_port = os.environ.get("PORT")
     if port is None and env_port:
         if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:

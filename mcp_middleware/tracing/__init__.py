@@ -8,7 +8,7 @@ Prometheus exposition and a structured access log.
 
 from .access_log import ACCESS_LOGGER, AccessLog
 from .context import TRACE_KEYS
-from .metrics import OPERATION_DURATION, McpMetrics
+from .metrics import OPERATION_DURATION, KnownNames, McpMetrics
 from .middleware import TracingMiddleware
 from .prometheus import PrometheusMetrics, PrometheusMiddleware
 from .semconv import DURATION_BUCKETS
@@ -19,6 +19,7 @@ __all__ = [
     "OPERATION_DURATION",
     "TRACE_KEYS",
     "AccessLog",
+    "KnownNames",
     "McpMetrics",
     "PrometheusMetrics",
     "PrometheusMiddleware",

@@ -5,8 +5,11 @@ method, target, HTTP status, JSON-RPC error code, `error.type`, duration, princi
 trace and span ids, and what each middleware decided. The same object is attached to the
 log record as `record.mcp` for handlers that ship structured fields themselves.
 
-Never logged: tokens, headers, the principal's claims, result bodies. Argument values
-(`params.arguments` of `tools/call`/`prompts/get`) only with `log_arguments=True`.
+Never logged: tokens, headers, the principal's claims, result bodies, session ids (a session
+is named by its digest, `sha256:` and 16 hex digits). Argument values (`params.arguments` of
+`tools/call`/`prompts/get`) only with `log_arguments=True`, and then at most
+`MAX_LOGGED_ARGUMENTS` bytes of their JSON. Every other text the client chose (method, target,
+protocol version, id, path, decision details) is clipped to 256 characters, the last one `…`.
 
 >>> import logging
 >>> log = AccessLog(logger=logging.getLogger("demo.access"))
@@ -22,11 +25,13 @@ from typing import Any
 
 import orjson
 
-from mcp_middleware.core import Decision, McpRequest, Principal
+from mcp_middleware.core import Decision, McpRequest, Principal, clip, session_digest
 
-__all__ = ["ACCESS_LOGGER", "AccessLog"]
+__all__ = ["ACCESS_LOGGER", "MAX_LOGGED_ARGUMENTS", "AccessLog"]
 
 ACCESS_LOGGER = "mcp_middleware.access"
+MAX_LOGGED_ARGUMENTS = 4096
+"""Largest JSON of `params.arguments` logged as it is; a larger one is logged as its clipped JSON text."""
 
 
 class AccessLog:
@@ -69,35 +74,60 @@ class AccessLog:
         decisions: Sequence[Decision],
     ) -> dict[str, Any]:
         """The fields of one line (a plain dict, JSON-serialisable)."""
-        entry: dict[str, Any] = {"event": "mcp.request", "http.method": http_method, "http.path": path}
+        entry: dict[str, Any] = {"event": "mcp.request", "http.method": http_method, "http.path": clip(path)}
         if request is not None:
-            entry["mcp.method"] = request.method
-            entry["mcp.target"] = request.target
+            method = request.method
+            target = request.target
+            entry["mcp.method"] = clip(method) if method is not None else None
+            entry["mcp.target"] = clip(target) if target is not None else None
             entry["mcp.kind"] = request.kind.value
             entry["mcp.era"] = request.era.value
-            entry["mcp.protocol_version"] = request.protocol_version
-            if request.id is not None:
-                entry["jsonrpc.id"] = request.id
+            entry["mcp.protocol_version"] = clip(request.protocol_version)
+            request_id = request.id
+            if request_id is not None:
+                entry["jsonrpc.id"] = clip(request_id) if type(request_id) is str else request_id
             if request.session_id is not None:
-                entry["mcp.session_id"] = request.session_id
-            if self.log_arguments and request.method in ("tools/call", "prompts/get") and request.params:
-                entry["mcp.arguments"] = request.params.get("arguments")
+                entry["mcp.session_id"] = session_digest(request.session_id)
+            if self.log_arguments and method in ("tools/call", "prompts/get") and request.params:
+                entry["mcp.arguments"] = _bounded_arguments(request.params.get("arguments"))
         entry["http.status"] = status
         entry["jsonrpc.error_code"] = error_code
         entry["error.type"] = error_type
         entry["duration_ms"] = round(duration * 1000, 3)
         # Who, never how: the subject and client, not the token or the claims.
         entry["principal"] = (
-            {"subject": principal.subject, "client_id": principal.client_id, "tenant": principal.tenant}
+            {
+                "subject": _clipped(principal.subject),
+                "client_id": _clipped(principal.client_id),
+                "tenant": _clipped(principal.tenant),
+            }
             if principal.authenticated
             else None
         )
         entry["trace_id"] = f"{trace_id:032x}" if trace_id else None
         entry["span_id"] = f"{span_id:016x}" if span_id else None
-        entry["decisions"] = [{"component": d.component, "outcome": d.outcome, **d.attributes} for d in decisions]
+        entry["decisions"] = [
+            {"component": d.component, "outcome": d.outcome, **{k: _clipped(v) for k, v in d.attributes.items()}}
+            for d in decisions
+        ]
         return entry
 
     def write(self, entry: dict[str, Any]) -> None:
         """Write one line; a value JSON cannot carry is written as its `str`."""
         line = orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
         self.logger.log(self.level, line, extra={"mcp": entry})
+
+
+def _clipped(value: Any) -> Any:
+    return clip(value) if type(value) is str else value
+
+
+def _bounded_arguments(arguments: Any) -> Any:
+    """The arguments as they are if their JSON is small, else that JSON as clipped text."""
+    try:
+        text = orjson.dumps(arguments)
+    except TypeError:  # orjson.JSONEncodeError: not JSON-shaped (a view built by hand)
+        return clip(str(arguments), MAX_LOGGED_ARGUMENTS)
+    if len(text) <= MAX_LOGGED_ARGUMENTS:
+        return arguments
+    return clip(text[: MAX_LOGGED_ARGUMENTS + 4].decode("utf-8", "ignore"), MAX_LOGGED_ARGUMENTS)

@@ -16,9 +16,14 @@ Instruments (created from the meter provider given, else the global one):
 - `mcp.middleware.cache.lookups`: cache `hit`/`miss`/`stale`, by `mcp_middleware.outcome`;
 - `mcp.middleware.cache.evictions`: cache `evict`, or any cache decision with an integer `evicted`.
 
-Names a client chooses (method, tool, prompt) are bounded: after `max_names` distinct
-ones, new names are recorded as `_OTHER`, so a client calling random tool names cannot
-grow the series without bound.
+No label takes a value a client chose as it came (anyone can send anything, and tracing runs
+before authentication): `mcp.method.name` is a method of the specification or `_OTHER`,
+`mcp.protocol.version` a revision the SDK knows or `_OTHER`, and a tool or prompt name is a
+label only once it is *known* — listed in a `tools/list`/`prompts/list` result or answered
+with a successful result (see :class:`KnownNames`) — else `_OTHER`. Other labels fed by
+decisions and responses (`error.type`, reasons, policies, breaker keys) keep at most
+`max_names` distinct values of at most 64 characters (128 for breaker keys); later or longer
+ones are `_OTHER`. So the number of series is fixed, whatever the traffic.
 
 >>> from opentelemetry.sdk.metrics import MeterProvider
 >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -30,12 +35,21 @@ grow the series without bound.
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
-from mcp_middleware.core import Decision, McpRequest
+from mcp_middleware.core import (
+    OTHER,
+    BoundedValues,
+    Decision,
+    McpRequest,
+    known_method,
+    known_version,
+    portable_name,
+)
 
 from .semconv import (
     DURATION_BUCKETS,
@@ -54,38 +68,72 @@ try:  # the API's stand-in until a global provider is set: recording through it 
 except ImportError:  # pragma: no cover - a later API may move it; then only NoOp counts as off
     _UNSET_METER_PROVIDER = NoOpMeterProvider  # type: ignore[misc,assignment]
 
-__all__ = ["OPERATION_DURATION", "BreakerChange", "McpMetrics"]
+__all__ = ["OPERATION_DURATION", "BreakerChange", "KnownNames", "McpMetrics"]
 
 OPERATION_DURATION: Final = "mcp.server.operation.duration"
-_OTHER: Final = "_OTHER"
+_OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({"hit", "miss", "stale"})
+_LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
+_CALLS: Final = frozenset({"tools/call", "prompts/get"})
 
 
-class _BoundedNames:
-    """Remembers up to `limit` distinct names; later newcomers become `_OTHER`."""
+class KnownNames:
+    """The tool and prompt names the server itself vouched for: the ones a label may carry.
 
-    __slots__ = ("_limit", "_seen")
+    A name becomes known when a `tools/list` or `prompts/list` result lists it, or when a call
+    with it is answered with a result that is not a tool error (the SDK answers an unknown tool
+    with an `isError` result, so that does not count). A refused call (401, 429, an unknown
+    name) teaches nothing, so anonymous traffic cannot make names known. Only short portable
+    names (`[A-Za-z0-9_.-]{1,64}`) are kept, at most `limit` of them, never evicted.
+
+    Span names are less strict (they are not series): :meth:`for_span` also admits the first
+    `limit` distinct portable names it is asked about, known or not.
+    """
+
+    __slots__ = ("_known", "_seen")
 
     def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._seen: set[str] = set()
+        self._known = BoundedValues(limit)
+        self._seen = BoundedValues(limit)
 
-    def __call__(self, name: str) -> str:
-        if name in self._seen:
-            return name
-        if len(self._seen) >= self._limit:
-            return _OTHER
-        self._seen.add(name)
-        return name
+    def __contains__(self, name: object) -> bool:
+        return name in self._known
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def label(self, name: str) -> str:
+        """`name` if it is known, else `_OTHER`."""
+        return name if name in self._known else _OTHER
+
+    def for_span(self, name: str) -> bool:
+        """Whether a span may be named after `name`."""
+        return name in self._known or (portable_name(name) and self._seen(name) is name)
+
+    def learn(self, request: McpRequest, result: Mapping[str, Any] | None, tool_error: bool = False) -> None:
+        """Learn from the result (`None` when there was none) the server gave to `request`."""
+        if result is None or self._known.full:
+            return
+        method = request.method
+        if method in _CALLS:
+            name = request.name
+            if name is not None and not tool_error and name not in self._known and portable_name(name):
+                self._known(name)
+            return
+        key = _LISTS.get(method or "")
+        items = result.get(key) if key is not None else None
+        if type(items) is not list:
+            return
+        known = self._known
+        for item in items:
+            name = item.get("name") if type(item) is dict else None
+            if type(name) is str and name not in known and portable_name(name) and known(name) is _OTHER:
+                return  # full
 
 
 def _records(provider: MeterProvider) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
     return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) and value else _OTHER
 
 
 class McpMetrics:
@@ -97,9 +145,10 @@ class McpMetrics:
         self._provider = meter_provider
         self._active = None if meter_provider is None else _records(meter_provider)
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
-        self._methods = _BoundedNames(max_names)
-        self._targets = _BoundedNames(max_names)
-        self._breakers = _BoundedNames(max_names)
+        self.names = KnownNames(max_names)
+        self._errors = BoundedValues(max_names)
+        self._reasons = BoundedValues(max_names)
+        self._breakers = BoundedValues(max_names, max_length=128)
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -138,45 +187,49 @@ class McpMetrics:
     def record_operation(
         self, request: McpRequest, duration: float, error_type: str | None, error_code: int | None
     ) -> None:
-        """Record one MCP request or notification in `mcp.server.operation.duration`."""
+        """Record one MCP request or notification in `mcp.server.operation.duration`.
+
+        Tool and prompt names are labels only once :attr:`names` knows them (see :class:`KnownNames`):
+        call :meth:`KnownNames.learn` with the response's result first, as `TracingMiddleware` does.
+        """
         method = request.method
         if method is None:
             return  # GET streams, DELETE, client responses: not MCP operations
         attributes: AttributeMap = {
-            MCP_METHOD_NAME: self._methods(method),
-            MCP_PROTOCOL_VERSION: request.protocol_version,
+            MCP_METHOD_NAME: known_method(method),
+            MCP_PROTOCOL_VERSION: known_version(request.protocol_version),
         }
         if method == "tools/call":
             attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
             if (name := request.name) is not None:
-                attributes[GEN_AI_TOOL_NAME] = self._targets(name)
+                attributes[GEN_AI_TOOL_NAME] = self.names.label(name)
         elif method == "prompts/get" and (name := request.name) is not None:
-            attributes[GEN_AI_PROMPT_NAME] = self._targets(name)
+            attributes[GEN_AI_PROMPT_NAME] = self.names.label(name)
         if error_type is not None:
-            attributes[ERROR_TYPE] = error_type
+            attributes[ERROR_TYPE] = self._errors(error_type)
         if error_code is not None:
-            attributes[RPC_RESPONSE_STATUS_CODE] = str(error_code)
+            attributes[RPC_RESPONSE_STATUS_CODE] = self._errors(str(error_code))
         self.duration.record(max(duration, 0.0), attributes)
 
     def record_decision(self, decision: Decision) -> None:
-        """Count one middleware decision."""
+        """Count one middleware decision (component and outcome are the middlewares' own words)."""
         component, outcome, details = decision
         self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
         if component == "auth":
             if outcome != "allow":
-                reason = _text(details.get("reason"))
+                reason = self._text(details.get("reason"))
                 self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
         elif component == "ratelimit":
             if outcome == "deny":
-                refusal: AttributeMap = {"mcp_middleware.policy": _text(details.get("policy"))}
+                refusal: AttributeMap = {"mcp_middleware.policy": self._text(details.get("policy"))}
                 if isinstance(why := details.get("reason"), str):
-                    refusal["mcp_middleware.reason"] = why
+                    refusal["mcp_middleware.reason"] = self._text(why)
                 self.ratelimit_refusals.add(1, refusal)
         elif component == "breaker":
             if outcome == "open":
-                self.breaker_refusals.add(1, {"mcp_middleware.state": _text(details.get("state"))})
+                self.breaker_refusals.add(1, {"mcp_middleware.state": self._text(details.get("state"))})
             elif outcome == "transition":
-                self.breaker_transitions.add(1, {"mcp_middleware.state": _text(details.get("to"))})
+                self.breaker_transitions.add(1, {"mcp_middleware.state": self._text(details.get("to"))})
         elif component == "cache":
             if outcome in _CACHE_LOOKUPS:
                 self.cache_lookups.add(1, {"mcp_middleware.outcome": outcome})
@@ -185,6 +238,10 @@ class McpMetrics:
                 count = evicted if isinstance(evicted, int) and not isinstance(evicted, bool) else 1
                 if count > 0:
                     self.cache_evictions.add(count)
+
+    def _text(self, value: object) -> str:
+        """A decision detail as a label: bounded in number and length (a reason may quote the request)."""
+        return self._reasons(value) if isinstance(value, str) and value else _OTHER
 
     def record_breaker_change(self, change: BreakerChange) -> None:
         """Count one circuit state change; usable as the breaker's state listener (`on_state_change`).
@@ -196,9 +253,9 @@ class McpMetrics:
             1,
             {
                 "mcp_middleware.breaker": self._breakers(_state(change.key)),
-                "mcp_middleware.previous": _state(change.previous),
-                "mcp_middleware.state": _state(change.state),
-                "mcp_middleware.reason": _state(change.reason),
+                "mcp_middleware.previous": self._text(_state(change.previous)),
+                "mcp_middleware.state": self._text(_state(change.state)),
+                "mcp_middleware.reason": self._text(_state(change.reason)),
             },
         )
 
@@ -218,4 +275,5 @@ class BreakerChange(Protocol):
 
 def _state(value: object) -> str:
     """A state (or its enum) as text."""
-    return _text(getattr(value, "value", value))
+    value = getattr(value, "value", value)
+    return value if isinstance(value, str) and value else _OTHER

@@ -12,21 +12,20 @@ before the span ends (when the last body chunk is sent: for SSE, when the stream
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, get_default_span_details
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
-from opentelemetry.trace import INVALID_SPAN, NoOpTracerProvider, ProxyTracerProvider, Span, SpanContext, StatusCode
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
 from opentelemetry.trace import TracerProvider as TracerProviderApi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
     DEFAULT_CONFIG,
+    OTHER,
+    BoundedValues,
     CoreConfig,
-    Decision,
-    McpRequest,
     ResponseTap,
     get_decisions,
     get_principal,
@@ -43,8 +42,9 @@ from .context import (
     with_content_length,
     with_trace_context,
 )
+from .exchange import Exchange
 from .metrics import McpMetrics
-from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error, request_attributes, span_name
+from .semconv import request_attributes, span_name
 
 __all__ = ["TracingMiddleware"]
 
@@ -74,146 +74,9 @@ class _BodySwap:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
-class _Exchange:
-    """What is known about one traced request, shared by the span, the metrics and the log."""
-
-    __slots__ = (
-        "concluded",
-        "duration",
-        "error_code",
-        "error_message",
-        "error_type",
-        "exception",
-        "forward",
-        "headers",
-        "link",
-        "metrics",
-        "pending",
-        "record_enduser",
-        "refusal",
-        "request",
-        "scope",
-        "span",
-        "span_finished",
-        "started",
-        "status",
-        "tap",
-    )
-
-    def __init__(self, scope: Scope, metrics: McpMetrics | None, record_enduser: bool) -> None:
-        self.scope: Scope | None = scope  # dropped when the request ends: scope → exchange → scope is a cycle
-        self.metrics = metrics
-        self.record_enduser = record_enduser
-        self.span_finished = False
-        self.started = time.perf_counter()
-        self.request: McpRequest | None = None
-        self.tap: ResponseTap | None = None
-        self.forward: Send | None = None
-        self.headers: list[tuple[bytes, bytes]] = scope["headers"]
-        self.span: Span = INVALID_SPAN
-        self.link: SpanContext | None = None
-        self.pending: list[Decision] = []
-        self.refusal: list[Message] = []
-        self.exception: str | None = None
-        self.concluded = False
-        self.status: int | None = None
-        self.duration = 0.0
-        self.error_type: str | None = None
-        self.error_code: int | None = None
-        self.error_message: str | None = None
-
-    async def capture_refusal(self, message: Message) -> None:
-        """The core's `send` while it reads the request: a refusal is held until the span exists."""
-        self.refusal.append(message)
-
-    def on_decision(self, decision: Decision) -> None:
-        if self.metrics is not None:
-            self.metrics.record_decision(decision)
-        if self.span is INVALID_SPAN:
-            self.pending.append(decision)
-        elif self.span.is_recording():
-            _decorate(self.span, decision, self.record_enduser)
-
-    def attach_span(self, span: Span) -> None:
-        self.span = span
-        if span.is_recording():
-            if self.link is not None:
-                span.add_link(self.link, {"mcp_middleware.link": "http.traceparent"})
-            for decision in self.pending:
-                _decorate(span, decision, self.record_enduser)
-        self.pending = []
-
-    async def send(self, message: Message) -> None:
-        """Forward, then (on the last body chunk) finish the span before the instrumentation ends it."""
-        assert self.forward is not None
-        await self.forward(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self.finish_span()
-
-    def conclude(self) -> None:
-        """Decide, once, the status, duration and error of the exchange."""
-        if self.concluded:
-            return
-        self.concluded = True
-        tap = self.tap
-        if tap is not None:
-            outcome = tap.outcome()
-            self.status = outcome.status
-            self.duration = outcome.duration
-            self.error_type, self.error_code, self.error_message = outcome_error(outcome)
-        else:
-            self.duration = time.perf_counter() - self.started
-            for message in self.refusal:
-                if message["type"] == "http.response.start":
-                    self.status = message["status"]
-            for decision in get_decisions(self.scope or {}):
-                if decision.component == "core" and decision.outcome == "rejected":
-                    code = decision.attributes.get("code")
-                    if isinstance(code, int):
-                        self.error_type, self.error_code = str(code), code
-        if self.error_type is None and self.exception is not None:
-            self.error_type = self.exception
-
-    def finish_span(self) -> None:
-        """Put the outcome on the span (once, while it is still open)."""
-        if self.span_finished:
-            return
-        self.span_finished = True
-        self.conclude()
-        span = self.span
-        if not span.is_recording():
-            return
-        if self.record_enduser and self.scope is not None:
-            principal = get_principal(self.scope)
-            enduser = principal.subject or principal.client_id
-            if enduser is not None:
-                span.set_attribute("enduser.id", enduser)
-        if self.error_type is not None:
-            span.set_attribute(ERROR_TYPE, self.error_type)
-            span.set_status(StatusCode.ERROR, self.error_message)
-        if self.error_code is not None:
-            span.set_attribute(RPC_RESPONSE_STATUS_CODE, str(self.error_code))
-
-
 def _records(provider: TracerProviderApi) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
     return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
-
-
-_IDENTITY_KEYS = frozenset({"subject", "client_id", "user", "username", "email", "tenant"})
-"""Decision attributes that say who the caller is: on spans only with `record_enduser=True`."""
-
-
-def _decorate(span: Span, decision: Decision, identity: bool) -> None:
-    """A decision as span attributes (the last one per component wins) and as an event (all kept)."""
-    component, outcome, details = decision
-    if not identity and not _IDENTITY_KEYS.isdisjoint(details):
-        details = {key: value for key, value in details.items() if key not in _IDENTITY_KEYS}
-    prefix = f"mcp_middleware.{component}"
-    span.set_attribute(f"{prefix}.outcome", outcome)
-    for key, value in details.items():
-        span.set_attribute(f"{prefix}.{key}", value)
-    span.add_event(prefix, {"outcome": outcome, **details})
 
 
 class TracingMiddleware:
@@ -265,6 +128,7 @@ class TracingMiddleware:
         self.access_log = AccessLog() if access_log is True else (access_log or None)
         self.http_metrics = http_metrics
         self.metrics = McpMetrics(meter_provider, max_names=max_metric_names)
+        self._hosts = BoundedValues(max_metric_names, max_length=255)
         self._tracer_provider = tracer_provider
         self._tracing = None if tracer_provider is None else _records(tracer_provider)
         self._instrumented = OpenTelemetryMiddleware(
@@ -296,7 +160,7 @@ class TracingMiddleware:
                 await self.app(scope, prepared[1], send)
             return
 
-        exchange = _Exchange(scope, self.metrics if measured else None, self.record_enduser)
+        exchange = Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
         observe_decisions(scope, exchange.on_decision)
         prepared = await read_request(scope, receive, exchange.capture_refusal, self.config)
         if prepared is None:
@@ -317,6 +181,8 @@ class TracingMiddleware:
         try:
             if traced or (measured and self.http_metrics):
                 self._choose_parent(scope, exchange)
+                if self.http_metrics:
+                    scope["headers"] = self._bounded_host(scope["headers"])
                 await self._instrumented(scope, receive, exchange.send)
             else:
                 await self._untraced(scope, receive, exchange)
@@ -331,7 +197,7 @@ class TracingMiddleware:
             exchange.scope = None
             del scope[_EXCHANGE_KEY]
 
-    def _choose_parent(self, scope: Scope, exchange: _Exchange) -> None:
+    def _choose_parent(self, scope: Scope, exchange: Exchange) -> None:
         """Apply the context rule: a valid `_meta.traceparent` wins; the header context becomes a link."""
         request = exchange.request
         carrier = meta_carrier(request.meta) if request is not None else None
@@ -350,19 +216,34 @@ class TracingMiddleware:
         # Only the instrumentation sees these headers: `_traced` gives the app its own back.
         scope["headers"] = headers_with_carrier(headers, carrier)
 
+    def _bounded_host(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """The headers with `Host` bounded as a label: the instrumentation's `http.server.*` metrics
+        (old conventions) label by `http.server_name`, the raw `Host` header. Only the instrumentation
+        sees this copy; `_traced` gives the app its own headers back."""
+        bounded = []
+        for key, value in headers:
+            if key == b"host":
+                text = value.decode("latin-1")
+                if self._hosts(text) is not text:
+                    value = OTHER.encode()
+            bounded.append((key, value))
+        return bounded
+
     def _span_details(self, scope: Scope) -> tuple[str, dict[str, Any]]:
-        exchange: _Exchange | None = scope.get(_EXCHANGE_KEY)
+        exchange: Exchange | None = scope.get(_EXCHANGE_KEY)
         request = exchange.request if exchange is not None else None
         if request is None:
             return get_default_span_details(dict(scope))
-        name = span_name(request, uri_in_name=self.uri_in_span_name)
+        name = span_name(request, uri_in_name=self.uri_in_span_name, target_allowed=self.metrics.names.for_span)
         if name is None:
             name = get_default_span_details(dict(scope))[0]
+        assert exchange is not None
+        exchange.name = name
         return name, dict(request_attributes(request))
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The app as the instrumentation calls it: inside the request span, which is current."""
-        exchange: _Exchange = scope[_EXCHANGE_KEY]
+        exchange: Exchange = scope[_EXCHANGE_KEY]
         span = trace.get_current_span()
         exchange.attach_span(span)
         scope["headers"] = exchange.headers
@@ -384,7 +265,7 @@ class TracingMiddleware:
         finally:
             exchange.finish_span()  # if the response never ended (crash, client gone): before the span ends
 
-    async def _untraced(self, scope: Scope, receive: Receive, exchange: _Exchange) -> None:
+    async def _untraced(self, scope: Scope, receive: Receive, exchange: Exchange) -> None:
         """No spans to record (MCP metrics or the access log only): the exchange without the instrumentation."""
         assert exchange.forward is not None
         if exchange.request is None:
@@ -397,7 +278,7 @@ class TracingMiddleware:
             exchange.exception = type(exc).__qualname__
             raise
 
-    def _log(self, access_log: AccessLog, scope: Scope, exchange: _Exchange) -> None:
+    def _log(self, access_log: AccessLog, scope: Scope, exchange: Exchange) -> None:
         context = exchange.span.get_span_context()
         entry = access_log.entry(
             request=exchange.request,

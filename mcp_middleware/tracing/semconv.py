@@ -4,6 +4,9 @@ Names follow the GenAI/MCP conventions (status: Development): a server span name
 `{mcp.method.name} {target}` where the target is the tool or prompt name (a resource
 URI only on request: URIs are high-cardinality), and `error.type` set to the JSON-RPC
 error code, or to `tool_error` when a `tools/call` result carries `isError: true`.
+Every value a client chose is bounded first (`mcp_middleware.core.recording`): span names
+keep only known methods and short portable names, attributes are clipped, and the session
+id is written as its digest.
 
 >>> from mcp_middleware.core import Era, McpRequest, RequestKind
 >>> call = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=7,
@@ -16,10 +19,10 @@ error code, or to `tool_error` when a `tools/call` result carries `isError: true
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
-from mcp_middleware.core import McpRequest, ResponseOutcome
+from mcp_middleware.core import McpRequest, ResponseOutcome, clip, known_method, portable_name, session_digest
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -58,36 +61,47 @@ DURATION_BUCKETS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
 AttributeMap = dict[str, str | bool | int | float]
 
 
-def span_name(request: McpRequest, *, uri_in_name: bool = False) -> str | None:
-    """`{mcp.method.name} {target}`, or `None` when the exchange carries no MCP method (GET, DELETE)."""
+def span_name(
+    request: McpRequest, *, uri_in_name: bool = False, target_allowed: Callable[[str], bool] = portable_name
+) -> str | None:
+    """`{mcp.method.name} {target}`, or `None` when the exchange carries no MCP method (GET, DELETE).
+
+    Span names must stay few, and both parts are the client's: a method outside the specification
+    is named `_OTHER`, and the target is kept only when `target_allowed` says so (by default, when it
+    is a short portable name); a URI, asked for with `uri_in_name`, is clipped to 128 characters.
+    """
     method = request.method
     if method is None:
         return None
+    method = known_method(method)
     target = request.name
-    if target is None and uri_in_name:
-        target = request.uri
-    return f"{method} {target}" if target is not None else method
+    if target is not None:
+        return f"{method} {target}" if target_allowed(target) else method
+    if uri_in_name and (uri := request.uri) is not None:
+        return f"{method} {clip(uri, 128)}"
+    return method
 
 
 def request_attributes(request: McpRequest) -> AttributeMap:
-    """The MCP attributes known from the request alone."""
-    attributes: AttributeMap = {MCP_PROTOCOL_VERSION: request.protocol_version}
+    """The MCP attributes known from the request alone; the client's text clipped, the session id digested."""
+    attributes: AttributeMap = {MCP_PROTOCOL_VERSION: clip(request.protocol_version)}
     method = request.method
     if method is not None:
-        attributes[MCP_METHOD_NAME] = method
-    if request.id is not None:
-        attributes[JSONRPC_REQUEST_ID] = str(request.id)
+        attributes[MCP_METHOD_NAME] = clip(method)
+    request_id = request.id
+    if request_id is not None:
+        attributes[JSONRPC_REQUEST_ID] = clip(request_id) if type(request_id) is str else str(request_id)
     if request.session_id is not None:
-        attributes[MCP_SESSION_ID] = request.session_id
+        attributes[MCP_SESSION_ID] = session_digest(request.session_id)
     if method == "tools/call":
         attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
         if (name := request.name) is not None:
-            attributes[GEN_AI_TOOL_NAME] = name
+            attributes[GEN_AI_TOOL_NAME] = clip(name)
     elif method == "prompts/get":
         if (name := request.name) is not None:
-            attributes[GEN_AI_PROMPT_NAME] = name
+            attributes[GEN_AI_PROMPT_NAME] = clip(name)
     elif (uri := request.uri) is not None:
-        attributes[MCP_RESOURCE_URI] = uri
+        attributes[MCP_RESOURCE_URI] = clip(uri)
     return attributes
 
 
@@ -101,7 +115,7 @@ def outcome_error(outcome: ResponseOutcome) -> tuple[str | None, int | None, str
     if error is not None:
         code = outcome.error_code
         message = error.get("message")
-        text = message if isinstance(message, str) else None
+        text = clip(message) if isinstance(message, str) else None  # the server's words, often echoing the client's
         return (str(code) if code is not None else "_OTHER"), code, text
     if outcome.is_tool_error:
         return TOOL_ERROR, None, None

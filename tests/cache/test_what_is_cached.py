@@ -189,7 +189,8 @@ async def test_notifications_and_wrong_accept_are_passed_to_the_backend(serve: A
         session = await legacy_session(http, stack.url)
         await legacy_post(http, stack.url, session, "tools/list", 1)
         refused = await legacy_post(http, stack.url, session, "tools/list", 2, accept="text/html")
-        assert refused.status_code == 406  # what the backend says, not a cached 200
+        assert refused.status_code == 406  # not a cached 200 (the core answers it: no JSON in Accept)
+        assert refused.json()["id"] == 2
         only_sse = await legacy_post(http, stack.url, session, "tools/list", 3, accept="text/event-stream")
         assert only_sse.status_code == 406
         bad_cursor = await legacy_post(http, stack.url, session, "tools/list", 4, params={"cursor": 5})
@@ -205,4 +206,4 @@ async def test_notifications_and_wrong_accept_are_passed_to_the_backend(serve: A
             },
         )
         assert note.status_code == 202
-    assert stack.calls["tools/list"] == 4  # 1, 2, 3 and the bad cursor reached the backend
+    assert stack.calls["tools/list"] == 2  # 1 and the bad cursor reached the backend; 2 and 3 were refused first

@@ -103,33 +103,68 @@ async def test_core_refusals_are_counted_as_decisions(serve: Any, metrics: Metri
     assert every == {frozenset({("mcp_middleware.component", "core"), ("mcp_middleware.outcome", "rejected")}): 1}
 
 
-def test_client_chosen_names_are_bounded() -> None:
+def _tool_name_labels(reader: Any) -> set[str]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {
+        str((p.attributes or {})["gen_ai.tool.name"])
+        for m in data.resource_metrics[0].scope_metrics[0].metrics
+        if m.name == DURATION
+        for p in m.data.data_points
+    }
+
+
+def test_tool_names_are_labels_only_once_the_server_vouched_for_them() -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
     from mcp_middleware.core import Era as CoreEra
     from mcp_middleware.core import McpRequest, RequestKind
 
+    def call(name: str) -> McpRequest:
+        return McpRequest(
+            RequestKind.REQUEST, CoreEra.MODERN, "2026-07-28", method="tools/call", id=1, params={"name": name}
+        )
+
     reader = InMemoryMetricReader()
     recorder = McpMetrics(MeterProvider(metric_readers=[reader]), max_names=3)
+    for index in range(10):  # names a client typed: never labels of their own
+        recorder.record_operation(call(f"t{index}"), 0.001, None, None)
+    assert _tool_name_labels(reader) == {"_OTHER"}
+
+    listing = McpRequest(RequestKind.REQUEST, CoreEra.MODERN, "2026-07-28", method="tools/list", id=2)
+    tools = [{"name": "bad name!"}, *({"name": f"t{index}"} for index in range(10))]
+    recorder.names.learn(listing, {"tools": tools})
     for index in range(10):
-        request = McpRequest(
-            RequestKind.REQUEST, CoreEra.MODERN, "2026-07-28", method="tools/call", id=1, params={"name": f"t{index}"}
-        )
-        recorder.record_operation(request, 0.001, None, None)
+        recorder.record_operation(call(f"t{index}"), 0.001, None, None)
+    assert _tool_name_labels(reader) == {"t0", "t1", "t2", "_OTHER"}  # listed, portable, within max_names
+
     recorder.record_decision(Decision("auth", "allow", {}))  # an allow is not a failure
     data = reader.get_metrics_data()
     assert data is not None
-    names = {
-        (p.attributes or {})["gen_ai.tool.name"]
-        for m in data.resource_metrics[0].scope_metrics[0].metrics
-        if m.name == DURATION
-        for p in m.data.data_points
-    }
-    assert names == {"t0", "t1", "t2", "_OTHER"}
     assert not [
         m for m in data.resource_metrics[0].scope_metrics[0].metrics if m.name == "mcp.middleware.auth.failures"
     ]
+
+
+def test_a_successful_call_teaches_its_name_and_a_tool_error_does_not() -> None:
+    from mcp_middleware.core import Era as CoreEra
+    from mcp_middleware.core import McpRequest, RequestKind
+    from mcp_middleware.tracing.metrics import KnownNames
+
+    names = KnownNames(10)
+
+    def call(name: str) -> McpRequest:
+        return McpRequest(
+            RequestKind.REQUEST, CoreEra.LEGACY, "2025-11-25", method="tools/call", id=1, params={"name": name}
+        )
+
+    names.learn(call("nope"), {"content": [], "isError": True}, tool_error=True)  # the SDK's unknown-tool answer
+    names.learn(call("refused"), None)  # a 401/429: no result at all
+    names.learn(call("echo"), {"content": []})
+    names.learn(call("x" * 65), {"content": []})  # not a short portable name
+    assert "echo" in names and len(names) == 1
+    assert names.label("nope") == "_OTHER" and names.label("echo") == "echo"
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -150,7 +185,8 @@ async def test_prometheus_exposition_at_a_configurable_path(serve: Any, era: Era
         async with connect(served.mcp_url, era) as client:
             with pytest.raises(MCPError):
                 await client.call_tool("echo", {"text": "a"})
-        await eventually(lambda: b'gen_ai_tool_name="echo"' in exported.render()[0])
+        # Refused before the server answered: the name was never vouched for, so it is no label of its own.
+        await eventually(lambda: b'gen_ai_tool_name="_OTHER"' in exported.render()[0])
         async with httpx2.AsyncClient() as http:
             scrape = await http.get(f"{served.base}/internal/metrics")
             wrong_method = await http.post(f"{served.base}/internal/metrics")
@@ -160,7 +196,7 @@ async def test_prometheus_exposition_at_a_configurable_path(serve: Any, era: Era
         text = scrape.text
         assert "# TYPE mcp_server_operation_duration_seconds histogram" in text
         assert "mcp_server_operation_duration_seconds_bucket{" in text
-        bucket = next(line for line in text.splitlines() if 'gen_ai_tool_name="echo"' in line and 'le="0.01"' in line)
+        bucket = next(line for line in text.splitlines() if 'gen_ai_tool_name="_OTHER"' in line and 'le="0.01"' in line)
         assert 'mcp_method_name="tools/call"' in bucket and f'error_type="{int(ErrorCode.RATE_LIMITED)}"' in bucket
         assert "mcp_middleware_ratelimit_refusals_total{" in text and 'mcp_middleware_policy="burst"' in text
         assert wrong_method.status_code == 405

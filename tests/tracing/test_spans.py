@@ -59,7 +59,7 @@ async def test_a_tool_call_gets_one_span_named_and_attributed_by_the_mcp_convent
     assert "error.type" not in attributes and span.status.status_code is StatusCode.UNSET
     if era == "legacy":
         session = str(attributes["mcp.session.id"])
-        assert len(session) >= 16  # the session the SDK minted at initialize
+        assert session.startswith("sha256:") and len(session) == 23  # the minted session, named by its digest
         # The session's GET stream and its DELETE are spans too (the stream's ends when it closes).
         for name in ("GET /mcp", "DELETE /mcp"):
             exchange = await spans.named(name)
