@@ -32,6 +32,7 @@ ListGate = Callable[[Scope, str, str], bool]
 """`(scope, method, backend name) -> visible`: a backend's list filter (e.g. `AuthMiddleware.visible`)."""
 
 _MAX_ANSWER = 4 * 1024 * 1024
+_SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"))
 MERGED_SCOPE_KEY = "mcp_middleware.router.merged"
 """The merged list a request was looked up with, for the server that answers it."""
 _Key = tuple[str, str | None, int, str, str]
@@ -58,7 +59,7 @@ class ListAnswers:
         self.per_principal = per_principal
         self.answerable = answerable
         self.max_entries = max_entries
-        self._answers: OrderedDict[_Key, bytes] = OrderedDict()
+        self._answers: OrderedDict[_Key, tuple[bytes, bool]] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = get_mcp_request(scope) if scope["type"] == "http" else None
@@ -69,11 +70,16 @@ class ListAnswers:
         merged: Merged = await self.catalog.merge(kind)
         owner = owner_of(scope) if self.per_principal else ""
         key: _Key = (kind.name, request.cursor, merged.serial, request.protocol_version, owner)
-        result = self._answers.get(key)
-        if result is not None:
+        kept = self._answers.get(key)
+        if kept is not None:
             self._answers.move_to_end(key)
-            body = b'{"jsonrpc":"2.0","id":' + orjson.dumps(request.id) + b',"result":' + result + b"}"
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            result, as_sse = kept
+            message = b'{"jsonrpc":"2.0","id":' + orjson.dumps(request.id) + b',"result":' + result + b"}"
+            if as_sse:  # framed as the server framed it for this protocol version (an SSE stream, or JSON)
+                body, headers = b"event: message\r\ndata: " + message + b"\r\n\r\n", list(_SSE_HEADERS)
+            else:
+                body, headers = message, [(b"content-type", b"application/json")]
+            headers.append((b"content-length", str(len(body)).encode()))
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
             return
@@ -81,7 +87,7 @@ class ListAnswers:
         scope[MERGED_SCOPE_KEY] = merged  # the server pages this very list (no second fan-out)
         await self.app(scope, receive, keeper)
         if keeper.result is not None and not merged.failures and self.catalog.current(kind) is merged:
-            self._answers[key] = keeper.result
+            self._answers[key] = (keeper.result, keeper.sse)
             while len(self._answers) > self.max_entries:
                 self._answers.popitem(last=False)
 
@@ -136,7 +142,7 @@ async def page_of(
 class _Keeper:
     """Forwards the own server's answer untouched and keeps its `result` (a 200, JSON or one SSE message)."""
 
-    __slots__ = ("_chunks", "_id", "_parser", "_send", "_size", "result")
+    __slots__ = ("_chunks", "_id", "_parser", "_send", "_size", "result", "sse")
 
     def __init__(self, send: Send, request_id: Any) -> None:
         self._send = send
@@ -145,6 +151,7 @@ class _Keeper:
         self._size = 0
         self._parser: SseParser | None = None
         self.result: bytes | None = None
+        self.sse = False
 
     async def __call__(self, message: Message) -> None:
         await self._send(message)
@@ -155,6 +162,7 @@ class _Keeper:
                 k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
             ):
                 self._parser = SseParser(_MAX_ANSWER)
+                self.sse = True
             return
         if message["type"] != "http.response.body" or self._size < 0:
             return
