@@ -28,6 +28,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
+import limits
+
+from mcp_middleware.core import Selector
+
 __all__ = [
     "AggregateSettings",
     "AuthSettings",
@@ -292,7 +296,9 @@ class _Lines:
         for number, line in enumerate(text.splitlines(), 1):
             header = self._HEADER.match(line)
             if header:
-                name = ".".join(part.strip().strip("\"'") for part in header.group(2).split("."))
+                name = self._within_arrays(
+                    ".".join(part.strip().strip("\"'") for part in header.group(2).split(".")), counts
+                )
                 if header.group(1) == "[[":
                     index = counts.get(name, 0)
                     counts[name] = index + 1
@@ -305,6 +311,17 @@ class _Lines:
             if key and not line.lstrip().startswith("#"):
                 dotted = ".".join(part.strip().strip("\"'") for part in self._PART.findall(key.group(1)))
                 self.entries.append((table, dotted, number))
+
+    @staticmethod
+    def _within_arrays(name: str, counts: dict[str, int]) -> str:
+        """`servers.scopes` after `[[servers]]` is `servers[n].scopes`: the latest element of each enclosing array."""
+        parts = name.split(".")
+        resolved = ""
+        for index, part in enumerate(parts[:-1]):
+            resolved = f"{resolved}.{part}" if index else part
+            if resolved in counts:
+                resolved = f"{resolved}[{counts[resolved] - 1}]"
+        return f"{resolved}.{parts[-1]}" if resolved else parts[-1]
 
     def find(self, path: str) -> int | None:
         best: int | None = None
@@ -600,8 +617,18 @@ def _aggregate(reader: _Reader) -> AggregateSettings:
 def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
     table = reader.table(key)
     found = {name: table.strings(name, ()) for name in list(table.data)}
+    for name in found:
+        _selector(table, name, name)
     table.done()
     return found
+
+
+def _selector(reader: _Reader, key: str, text: str) -> None:
+    """A selector is checked with the parser the middlewares use (`core.Selector`), so `serve` never meets a bad one."""
+    try:
+        Selector.parse(text)
+    except ValueError as exc:
+        reader.problem(key, f'is not a selector ({exc}); write e.g. "tools/call:search_*", "tools/list" or "*"')
 
 
 def _static_tokens(reader: _Reader) -> dict[str, StaticTokenSettings]:
@@ -723,12 +750,15 @@ def _policies(reader: _Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
             policy.problem("name", f"{name!r} names another policy too")
         seen.add(name if isinstance(name, str) else "")
         quota = policy.string("quota", None)
-        if quota is not None and not re.match(r"^\s*\d+\s*(/|per)\s*\d*\s*[a-z]+\s*$", quota):
+        if quota is not None and not _is_quota(quota):
             policy.problem("quota", f'must be a rate such as "1000/day" or "10 per minute", not {quota!r}')
+        selector = policy.string("selector", "*")
+        if isinstance(selector, str):
+            _selector(policy, "selector", selector)
         policies.append(
             RateLimitPolicySettings(
                 name=name if isinstance(name, str) else "",
-                selector=policy.string("selector", "*"),
+                selector=selector if isinstance(selector, str) else "*",
                 capacity=policy.number("capacity", 10.0, positive=True),
                 rate=policy.number("rate", 1.0, positive=True),
                 cost=policy.number("cost", 1.0, positive=True),
@@ -750,8 +780,19 @@ def _store(reader: _Reader, key: str) -> str:
 def _timeouts(reader: _Reader, key: str) -> dict[str, float]:
     table = reader.table(key)
     timeouts = {name: table.number(name, 30.0, positive=True) for name in list(table.data)}
+    for name in timeouts:
+        _selector(table, name, name)
     table.done()
     return timeouts
+
+
+def _is_quota(text: str) -> bool:
+    """Whether `limits` (what the rate limiter uses) reads `text` as one rate."""
+    try:
+        limits.parse(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _breaker(reader: _Reader) -> BreakerSettings:

@@ -127,3 +127,43 @@ def test_load_config_reports_an_unreadable_file(tmp_path: Path) -> None:
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(tmp_path / "binary.toml")
+
+
+SELECTOR_FILE = """
+[[servers]]
+name = "a"
+app = "x:y"
+[[servers.ratelimit_policies]]
+name = "own"
+selector = "tools/call"
+quota = "5 per minute"
+[servers.breaker_timeouts]
+":nothing" = 3
+[auth.scopes]
+":oops" = ["a"]
+"tools/call:" = ["b"]
+"tools/call:search_*" = ["c"]
+[ratelimit]
+[[ratelimit.policies]]
+name = "p"
+selector = ":bad"
+quota = "10 per fortnight"
+[breaker.timeouts]
+"tools/call:" = 5
+"tools/list" = 5
+"""
+
+
+def test_selectors_and_quotas_are_checked_by_the_parsers_the_middlewares_use() -> None:
+    with pytest.raises(ConfigError) as failed:
+        parse_config(SELECTOR_FILE)
+    found = {(problem.path, problem.line) for problem in failed.value.problems}
+    assert found == {
+        ("servers[0].breaker_timeouts.:nothing", 10),
+        ("auth.scopes.:oops", 12),
+        ("auth.scopes.tools/call:", 13),
+        ("ratelimit.policies[0].selector", 18),
+        ("ratelimit.policies[0].quota", 19),
+        ("breaker.timeouts.tools/call:", 21),
+    }
+    assert all("selector" in p.message or "rate" in p.message for p in failed.value.problems)
