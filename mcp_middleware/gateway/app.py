@@ -217,7 +217,7 @@ def _backend(server: ServerSettings, folder: Path) -> Backend:
     if server.command:
         command = [sys.executable if part == _PYTHON else part for part in server.command]
         env = dict(server.env) if server.env else None
-        return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout)
+        return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout, name=server.name)
     assert server.app is not None
     return InProcessBackend(_asgi_app(_import(server.app, folder)), timeout=server.timeout)
 
