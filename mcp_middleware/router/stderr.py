@@ -74,8 +74,6 @@ class StderrLines:
             logger.warning("[%s] stderr unreadable: %s", self.name, exc)
         finally:
             self._done.set()
-            with contextlib.suppress(OSError):
-                os.close(read)
 
     def _emit(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -96,12 +94,16 @@ async def logged_stderr(name: str) -> AsyncIterator[StderrLines]:
     read, write = os.pipe()
     os.set_blocking(read, False)
     lines.file = os.fdopen(write, "w")
-    async with anyio.create_task_group() as group:
-        group.start_soon(lines._pump, read)
-        try:
-            yield lines
-        finally:
-            lines.spawned()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN):
-                await lines._done.wait()  # the server (and its group) ended: the pipe reaches its end
-            group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lines._pump, read)
+            try:
+                yield lines
+            finally:
+                lines.spawned()
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN):
+                    await lines._done.wait()  # the server (and its group) ended: the pipe reaches its end
+                group.cancel_scope.cancel()
+    finally:
+        lines.spawned()  # the block may have failed before the write end was handed over
+        os.close(read)  # here, not in the reader: it may be cancelled before it ever ran

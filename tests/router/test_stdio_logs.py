@@ -116,3 +116,22 @@ async def test_health_checks_raise_no_deprecation_warning(
             assert (await client.call_tool("text__pid", {})).structured_content == first  # same process
     assert router.aggregate._links["text"].restarts == 0
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open descriptors in /proc")
+async def test_sessions_leave_no_descriptor_open(caplog: pytest.LogCaptureFixture) -> None:
+    """Each session's stderr pipe is closed with it (a supervised backend restarting for days must not
+    run out of descriptors); the last line the server wrote before its session closed is still logged."""
+    caplog.set_level(logging.INFO, logger="mcp_middleware.router.stdio")
+    backend = noisy(name="fd")
+
+    async def one_session(index: int) -> None:
+        async with backend.open_client() as client:
+            await client.call_tool("shout", {"text": f"bye {index}"})
+
+    await one_session(0)  # the SDK's and anyio's own lazily made descriptors exist from here on
+    before = len(os.listdir("/proc/self/fd"))
+    for index in range(1, 4):
+        await one_session(index)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert [line for line in stdio_lines(caplog) if line.startswith("[fd] bye")] == [f"[fd] bye {i}" for i in range(4)]
