@@ -334,6 +334,15 @@ class CircuitBreaker:
         self._generation += 1
         self._probes = 0
         self._probe_successes = 0
+        # One WARNING per transition, naming the breaker's key (the gateway keys by server name).
+        if state is previous and reason == "reset":
+            pass  # a reset of a closed circuit changes nothing an operator needs to read
+        elif state is BreakerState.OPEN:
+            logger.warning("circuit breaker %r open (%s): calls refused for %.1f s", self.key, reason, open_for)
+        elif state is BreakerState.HALF_OPEN:
+            logger.warning("circuit breaker %r half-open (%s): probing", self.key, reason)
+        else:
+            logger.warning("circuit breaker %r closed (%s)", self.key, reason)
         if not self._listeners:
             return
         change = StateChange(self.key, previous, state, reason, open_for, self._clock())

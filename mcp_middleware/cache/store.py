@@ -242,7 +242,8 @@ class RedisCacheStore:
     leave it serving what another instance invalidated.
 
     If Redis is unreachable or slower than `timeout` (for a store built from a URL), lookups miss
-    and writes are skipped (logged): the backend answers.
+    and writes are skipped: the backend answers. The outage is logged once at WARNING when it
+    starts and once when Redis answers again, however many requests met it.
 
     >>> store = RedisCacheStore("redis://127.0.0.1:6379/0", l1=MemoryCacheStore(max_entries=1000))
     """
@@ -258,6 +259,9 @@ class RedisCacheStore:
         timeout: float = 0.5,
         clock: Any = time.time,
     ) -> None:
+        self.shown = _without_password(redis) if isinstance(redis, str) else "Redis"
+        """How logs name this store (its URL without a password)."""
+        self._down = False
         if isinstance(redis, str):
             from redis.asyncio import Redis  # optional dependency: only needed for this store
 
@@ -278,6 +282,18 @@ class RedisCacheStore:
         self._l1_epoch = 0
         """Counts L1 purges: a Redis read that a purge overtook is not copied into the L1."""
 
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if not self._down:  # once per outage: every lookup meets the dead store, the log must not
+            self._down = True
+            logger.warning(
+                "cache store %s unavailable (%s: %r): lookups miss, writes are skipped", self.shown, what, exc
+            )
+
+    def _answered(self) -> None:
+        if self._down:
+            self._down = False
+            logger.warning("cache store %s recovered: caching again", self.shown)
+
     def _purge_l1(self) -> None:
         if self.l1 is not None:
             self._l1_epoch += 1
@@ -295,6 +311,7 @@ class RedisCacheStore:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
+                self._answered()
                 self._purge_l1()  # whatever happened while we were not listening
                 self._l1_live = True
                 while True:
@@ -304,7 +321,7 @@ class RedisCacheStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("Redis cache invalidation channel lost: %r", exc)
+                self._failed("invalidation channel", exc)
                 await asyncio.sleep(0.5)
             finally:
                 self._l1_live = False
@@ -330,8 +347,10 @@ class RedisCacheStore:
         try:
             values = await self.redis.mget([self._key(key) for key in keys])
         except Exception as exc:  # a cache outage is a miss, never a failed request
-            logger.warning("Redis cache lookup failed: %r", exc)
+            self._failed("lookup", exc)
             return None
+        if self._down:
+            self._answered()
         now = self._clock()
         for key, value in zip(keys, values, strict=True):
             if value is None:
@@ -361,17 +380,21 @@ class RedisCacheStore:
                 args=[entry.encode(), ttl_ms, int(entry.stale_until * 1000), int(self._clock() * 1000)],
             )
         except Exception as exc:
-            logger.warning("Redis cache write failed: %r", exc)
+            self._failed("write", exc)
             return False
+        if self._down:
+            self._answered()
         return True
 
     async def invalidate(self, tags: Sequence[str]) -> int:
         self._purge_l1()  # L1 copies are untagged and short-lived: drop them all
         try:
-            return int(await self._invalidate(keys=[self._tag(tag) for tag in tags], args=[self.channel]))
+            dropped = int(await self._invalidate(keys=[self._tag(tag) for tag in tags], args=[self.channel]))
         except Exception as exc:
-            logger.warning("Redis cache invalidation failed: %r", exc)
+            self._failed("invalidation", exc)
             return 0
+        self._answered()
+        return dropped
 
     async def aclose(self) -> None:
         if self._listener is not None:
@@ -379,3 +402,10 @@ class RedisCacheStore:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
         await self.redis.aclose()
+
+
+def _without_password(url: str) -> str:
+    """`url` for a log line: a Redis URL may carry a password."""
+    scheme, sep, rest = url.partition("://")
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{host}" if at else url

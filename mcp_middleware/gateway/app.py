@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx2
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import CoreConfig, McpRequest
@@ -54,7 +52,8 @@ from .config import (
     dev_mode_problem,
 )
 from .frontdoor import FrontDoorMiddleware
-from .operations import OperationsMiddleware, ReadinessCheck
+from .operations import OperationsMiddleware
+from .readiness import readiness_checks
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -187,7 +186,7 @@ def build_gateway(
         if metrics is not None:
             inner = PrometheusMiddleware(inner, path=config.tracing.metrics_path, registry=metrics.registry)
 
-    operations = OperationsMiddleware(inner, checks=_readiness(router, stack))
+    operations = OperationsMiddleware(inner, checks=readiness_checks(router, stack))
     app = _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)
     return Gateway(
         config=config,
@@ -218,7 +217,7 @@ def _backend(server: ServerSettings, folder: Path) -> Backend:
     if server.command:
         command = [sys.executable if part == _PYTHON else part for part in server.command]
         env = dict(server.env) if server.env else None
-        return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout)
+        return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout, name=server.name)
     assert server.app is not None
     return InProcessBackend(_asgi_app(_import(server.app, folder)), timeout=server.timeout)
 
@@ -544,56 +543,3 @@ def _freeze_startup_objects() -> bool:
         (time.perf_counter() - started) * 1000,
     )
     return True
-
-
-def _readiness(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
-    async def breakers() -> tuple[bool, str]:
-        open_ = []
-        for name, registry in stack.breakers:
-            for snapshot in registry.snapshot().values():
-                if snapshot.state.value != "closed":
-                    open_.append(f"{name}: {snapshot.state.value}")
-        total = len(stack.breakers)
-        # One open breaker is a backend's trouble, not the gateway's: ready while any mount can serve.
-        ok = total == 0 or len({entry.split(":")[0] for entry in open_}) < total
-        return ok, "; ".join(open_) or "all closed"
-
-    async def stores() -> tuple[bool, str]:
-        details, ok = [], True
-        for store in (stack._bucket_store, stack._cache_store):
-            client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
-            if client is None:
-                continue
-            try:
-                await client.ping()
-                details.append(f"{type(store).__name__}: ok")
-            except Exception as exc:  # unreachable Redis: not ready (limits fail open/closed as configured)
-                ok = False
-                details.append(f"{type(store).__name__}: {type(exc).__name__}")
-        return ok, "; ".join(details) or "memory"
-
-    async def backends() -> tuple[bool, str]:
-        """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
-        problems: list[str] = []
-        remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
-
-        async def reachable(name: str, backend: HttpBackend) -> None:
-            url = httpx2.URL(backend.url)
-            port = url.port or (443 if url.scheme == "https" else 80)
-            try:
-                with anyio.fail_after(min(backend.connect_timeout, 1.5)):
-                    stream = await anyio.connect_tcp(url.host, port)
-                await stream.aclose()
-            except (OSError, TimeoutError) as exc:
-                problems.append(f"{name}: unreachable ({type(exc).__name__})")
-
-        async with anyio.create_task_group() as group:
-            for name, backend in remote.items():
-                group.start_soon(reachable, name, backend)
-        states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
-        failing = sorted(name for name, (state, _) in states.items() if state == "failing")
-        problems += [f"{name}: failing ({states[name][1]})" for name in failing]
-        ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
-        return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
-
-    return {"backends": backends, "breakers": breakers, "stores": stores}

@@ -2,8 +2,10 @@
 
 `/healthz` says the process serves requests (no dependency is consulted: a Redis outage
 must not get every gateway restarted). `/readyz` runs the named readiness checks
-concurrently, each bounded by a timeout, and answers 200 only when all pass; the body
-says which failed and why, so an operator reads it directly.
+concurrently, each bounded by a timeout, and answers 200 only when none failed; the body
+says which failed and why, so an operator reads it directly. A check may also answer
+`DEGRADED`: something is down but requests are still served (a fail-open store), so the
+gateway stays in rotation (200, `"status": "degraded"`) and the body names what is down.
 
 >>> from starlette.applications import Starlette
 >>> async def redis_ok() -> tuple[bool, str]:
@@ -15,15 +17,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, Literal
 
 import anyio
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["OperationsMiddleware", "ReadinessCheck"]
+__all__ = ["DEGRADED", "OperationsMiddleware", "ReadinessCheck"]
 
-ReadinessCheck = Callable[[], Awaitable[tuple[bool, str]]]
-"""An async check: `(ok, detail)`. It may raise; that counts as not ready, with the error as detail."""
+DEGRADED: Final = "degraded"
+"""What a check answers instead of True/False when it found trouble that does not stop serving."""
+
+ReadinessCheck = Callable[[], Awaitable[tuple[bool | Literal["degraded"], str]]]
+"""An async check: `(ok, detail)`, ok being True, False or `DEGRADED`. It may raise; that counts as
+not ready, with the error as detail."""
 
 
 class OperationsMiddleware:
@@ -66,11 +73,15 @@ class OperationsMiddleware:
         await self.app(scope, receive, send)
 
     async def readiness(self) -> tuple[bool, dict[str, dict[str, object]]]:
-        """Run every check; `(all passed, {name: {"ok": …, "detail": …, "ms": …}})`."""
+        """Run every check; `(none failed, {name: {"ok": …, "detail": …, "ms": …}})`.
+
+        A degraded check has `"ok": True` and `"degraded": True`: it does not fail readiness.
+        """
         results: dict[str, dict[str, object]] = {}
 
         async def run(name: str, check: ReadinessCheck) -> None:
             started = time.perf_counter()
+            ok: bool | Literal["degraded"]
             try:
                 with anyio.fail_after(self.timeout):
                     ok, detail = await check()
@@ -78,7 +89,11 @@ class OperationsMiddleware:
                 ok, detail = False, f"no answer within {self.timeout:g} s"
             except Exception as exc:  # a failing check is a finding, not a crash of the endpoint
                 ok, detail = False, f"{type(exc).__name__}: {exc}"
-            results[name] = {"ok": ok, "detail": detail, "ms": round((time.perf_counter() - started) * 1000, 1)}
+            entry: dict[str, object] = {"ok": ok is not False, "detail": detail}
+            if ok == DEGRADED:
+                entry["degraded"] = True
+            entry["ms"] = round((time.perf_counter() - started) * 1000, 1)
+            results[name] = entry
 
         async with anyio.create_task_group() as group:
             for name, check in self.checks.items():
@@ -90,7 +105,8 @@ class OperationsMiddleware:
             await _json(send, 503, {"status": "draining", "checks": {}})
             return
         ok, results = await self.readiness()
-        await _json(send, 200 if ok else 503, {"status": "ready" if ok else "not ready", "checks": results})
+        status = "not ready" if not ok else DEGRADED if any("degraded" in r for r in results.values()) else "ready"
+        await _json(send, 200 if ok else 503, {"status": status, "checks": results})
 
 
 async def _json(send: Send, status: int, payload: object) -> None:

@@ -42,8 +42,6 @@ try:  # a `limits` storage built without wrap_exceptions raises the client's own
     _STORE_ERRORS += (RedisError,)
 except ImportError:  # the [redis] extra is not installed: no Redis, no Redis errors
     pass
-_WARN_EVERY = 10.0
-"""Seconds between two log warnings about the same failing store (an outage must not flood the log)."""
 
 
 class PolicyState(NamedTuple):
@@ -110,9 +108,11 @@ class RateLimiter:
     :class:`RedisBucketStore` shares them between instances); `quota_storage` holds the
     window counts (a `limits` storage or its URI: `"memory://"`, `"redis://host:6379/0"`).
     `key` is the default key function (:class:`CallerKey`). `namespace` prefixes every
-    storage key, so several servers can share one Redis. `failure` says what happens when a
-    store cannot decide: `"open"` admits (logged warning, `store_failures` counter, the OTel
-    counter `mcp_middleware.ratelimit.store_errors`, `on_store_error`), `"closed"` refuses.
+    storage key, so several servers can share one Redis (and names the server in log lines).
+    `failure` says what happens when a store cannot decide: `"open"` admits (`store_failures`
+    counter, the OTel counter `mcp_middleware.ratelimit.store_errors`, `on_store_error`),
+    `"closed"` refuses. Either way the outage is logged once at WARNING when it starts and once
+    when the store answers again.
     """
 
     def __init__(
@@ -153,7 +153,8 @@ class RateLimiter:
             unit="{decision}",
             description="Rate-limit decisions a store could not make; decided by the failure mode instead",
         )
-        self._last_warning = -math.inf
+        self._down = False
+        """The store failed its last decision: its outage was logged, its recovery will be (once each)."""
         self._quota_storage: limits.aio.storage.Storage | None = None
         self._strategies: dict[str, limits.aio.strategies.RateLimiter] = {}
         if self._quotas:
@@ -205,6 +206,8 @@ class RateLimiter:
                 # quota): a lone quota is simply counted, one round trip fewer.
                 if buckets or len(quotas) > 1:
                     refusal = await self._test_quotas(quotas, quota_keys)
+                    if self._down:
+                        self._recovered()
                     if refusal is not None:
                         return refusal
             states: list[PolicyState] = []
@@ -217,6 +220,8 @@ class RateLimiter:
                 ]
                 memory = self._memory
                 decisions = memory.decide(takes, now) if memory is not None else await self.store.take(takes, now=now)
+                if self._down:
+                    self._recovered()
                 refused: tuple[BucketPolicy, BucketDecision] | None = None
                 for policy, decision in zip(buckets, decisions, strict=True):
                     if decision.allowed:
@@ -234,6 +239,8 @@ class RateLimiter:
                     return Verdict(False, (state,), policy.name, decision.retry_after)
             if quotas:
                 refusal = await self._hit_quotas(quotas, quota_keys, states)
+                if self._down:
+                    self._recovered()
                 if refusal is not None:
                     if takes:
                         await self.store.give_back(takes, now=now)
@@ -267,14 +274,20 @@ class RateLimiter:
         state = PolicyState(policy.name, policy.quota, policy.window, 0, math.ceil(retry))
         return Verdict(False, (state,), policy.name, retry)
 
+    def _label(self) -> str:
+        return f"{self.namespace!r}" if self.namespace else "this server"
+
+    def _recovered(self) -> None:
+        self._down = False
+        logger.warning("rate-limit store recovered for %s: limits are enforced again", self._label())
+
     def _degraded(self, exc: Exception) -> Verdict:
         self.store_failures += 1
         self._errors.add(1, {"failure_mode": self.failure})
-        now = time.monotonic()
-        if now - self._last_warning >= _WARN_EVERY:
-            self._last_warning = now
+        if not self._down:  # once per outage: every request meets the dead store, the log must not
+            self._down = True
             action = "admitting requests (fail-open)" if self.failure == "open" else "refusing requests (fail-closed)"
-            logger.warning("rate-limit store unavailable, %s: %s", action, exc)
+            logger.warning("rate-limit store unavailable for %s, %s: %s", self._label(), action, exc)
         if self.on_store_error is not None:
             self.on_store_error(exc)
         return Verdict(self.failure == "open", degraded=True, retry_after=1.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,12 +22,14 @@ import anyio
 import httpx2
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .asgi_transport import AsgiStreamTransport
 from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
+from .stderr import logged_stderr
 
 __all__ = ["Backend", "HttpBackend", "InProcessBackend", "StdioBackend", "run_lifespan"]
 
@@ -194,6 +197,8 @@ class StdioBackend(Backend):
     changed. `health_interval` seconds between pings notice a death while idle. When a session
     ends (shutdown, crash, restart), whatever is left of the command's process group is ended with it
     (SIGTERM, then SIGKILL after 2 s), so a wrapper such as `npx` or `sh -c` leaves nothing behind.
+    The command's stderr is logged line by line as `[name] …` on `mcp_middleware.router.stdio`
+    (`name`: the server's mount name unless set here).
 
     >>> backend = StdioBackend("npx", ["-y", "@modelcontextprotocol/server-everything"])
     """
@@ -207,6 +212,8 @@ class StdioBackend(Backend):
     restart_delay: float = 0.5
     max_restart_delay: float = 30.0
     health_interval: float = 5.0
+    name: str | None = None
+    """The prefix of its stderr lines in the log (the router sets the mount's name when left unset)."""
 
     def path_app(self) -> None:
         return None
@@ -217,12 +224,15 @@ class StdioBackend(Backend):
         params = StdioServerParameters(
             command=group.command, args=group.args, env=dict(self.env) if self.env else None, cwd=self.cwd
         )
-        try:
-            async with Client(params, mode=options.pop("mode", None) or self.mode, cache=None, **options) as client:
-                group.learn()
-                yield client
-        finally:
-            await group.end()
+        mode = options.pop("mode", None) or self.mode
+        async with logged_stderr(self.name or os.path.basename(self.command)) as errlog:
+            try:
+                async with Client(stdio_client(params, errlog=errlog.file), mode=mode, cache=None, **options) as client:
+                    errlog.spawned()
+                    group.learn()
+                    yield client
+            finally:
+                await group.end()
 
     @property
     def supervised(self) -> bool:

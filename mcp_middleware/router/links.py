@@ -7,6 +7,10 @@ opened again with exponential backoff; while a backend is backing off, callers a
 told at once instead of waiting (no repeated waits on a dead backend). After a
 reopen the backend's lists are fetched anew (`on_change`), because a restarted
 server may offer different tools.
+
+An operator reads each outage as two WARNING lines naming the backend by its server name:
+one when the session is lost (or cannot be opened), one when it is back ("restarted");
+the retries in between are logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from .backends import Backend
+from .backends import Backend, StdioBackend
 
 __all__ = ["BackendLink", "BackendUnavailable"]
 
@@ -81,6 +85,8 @@ class BackendLink:
     ) -> None:
         self.server = server
         self.backend = backend
+        if isinstance(backend, StdioBackend) and backend.name is None:
+            backend.name = server  # its stderr lines carry the name the operator configured
         self._group = group
         self._hooks: list[ChangeHook] = [on_change]
         self._update_hooks: list[UpdateHook] = []
@@ -93,6 +99,8 @@ class BackendLink:
         self._failure: str | None = None
         self._retry_at = 0.0
         self._closed = False
+        self._outage_logged = False
+        """A WARNING said this backend is down; the next session that opens says it is back."""
         self.restarts = 0
 
     @property
@@ -134,8 +142,16 @@ class BackendLink:
     def mark_broken(self, reason: str) -> None:
         """A call found the session dead: close it; a new one is opened at once (backoff if that fails)."""
         if self._client is not None and not self._broken.is_set():
-            logger.warning("backend %s session broken: %s", self.server, reason)
+            self._down(f"session broken: {reason}")
             self._broken.set()
+
+    def _down(self, reason: str) -> None:
+        """Log an outage once (a broken session and its failing reconnects are one outage)."""
+        if self._outage_logged:
+            logger.debug("backend %r still unavailable: %s", self.server, reason)
+            return
+        self._outage_logged = True
+        logger.warning("backend %r unavailable: %s", self.server, reason)
 
     def close(self) -> None:
         self._closed = True
@@ -165,8 +181,11 @@ class BackendLink:
                     self._transition()
                     if not first:
                         self.restarts += 1
-                        logger.info("backend %s reconnected (restart %d)", self.server, self.restarts)
+                        logger.warning("backend %r restarted (restart %d)", self.server, self.restarts)
                         self._on_change(self.server, _ALL_KINDS)
+                    elif self._outage_logged:  # a backend reconnected on demand (unsupervised)
+                        logger.warning("backend %r reachable again", self.server)
+                    self._outage_logged = False
                     first = False
                     async with anyio.create_task_group() as watchers:
                         watchers.start_soon(self._listen, client)
@@ -176,7 +195,7 @@ class BackendLink:
                         watchers.cancel_scope.cancel()
             except Exception as exc:  # a failed connect or a session that died: back off, then retry
                 self._failure = _describe(exc)
-                logger.warning("backend %s unavailable: %s", self.server, self._failure)
+                self._down(self._failure)
             finally:
                 self._client = None
             if self._closed:
@@ -207,8 +226,8 @@ class BackendLink:
             await anyio.sleep(interval)
             try:
                 with anyio.fail_after(self.backend.timeout):
-                    if _is_legacy(client):
-                        await client.send_ping()
+                    if _is_legacy(client):  # the session's ping: the Client's warns it is gone from 2026-07-28
+                        await client.session.send_ping()
                     else:  # ping is gone in 2026-07-28 (and discover is answered locally): a cheap real request
                         await client.session.list_prompts()
             except MCPError as exc:

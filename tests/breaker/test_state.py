@@ -329,3 +329,26 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestBreakerMachine = BreakerMachine.TestCase
+
+
+def test_each_transition_is_logged_once_at_warning_naming_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    clock = Clock()
+    b, _ = breaker(clock, consecutive_failures=2, open_for=10.0, jitter=0.0)
+    b.reset()  # closed → closed: nothing an operator needs to read
+    with caplog.at_level(logging.DEBUG, logger="mcp_middleware.breaker"):
+        fail(b, 5)  # two trip it, three more are refused: still one line
+        clock.now = 10.0
+        assert state(b) is BreakerState.HALF_OPEN and state(b) is BreakerState.HALF_OPEN  # asked twice
+        probe = b.acquire()
+        b.record(probe, Verdict.FAILURE)  # the probe fails: open again, twice as long
+        clock.now = 30.0
+        b.record(b.acquire(), Verdict.SUCCESS)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "circuit breaker 'backend' open (consecutive_failures): calls refused for 10.0 s"),
+        (logging.WARNING, "circuit breaker 'backend' half-open (open_elapsed): probing"),
+        (logging.WARNING, "circuit breaker 'backend' open (probe_failed): calls refused for 20.0 s"),
+        (logging.WARNING, "circuit breaker 'backend' half-open (open_elapsed): probing"),
+        (logging.WARNING, "circuit breaker 'backend' closed (probes_succeeded)"),
+    ]

@@ -195,3 +195,34 @@ async def test_an_invalidation_empties_the_other_instances_l1_at_once(redis_serv
         after = await modern_post(http, second.url, "tools/list", 4)
     assert after.headers["x-mcp-cache"] == "miss"
     assert second.calls["tools/list"] == 1
+
+
+async def test_a_redis_outage_and_its_recovery_are_logged_once_each(redis_server: Any, caplog: Any) -> None:
+    """However many lookups and writes meet a dead Redis: one WARNING when it goes, one when it is back,
+    naming the store by its URL without the password."""
+    import logging
+
+    require("redis", "the Redis store")
+    from mcp_middleware.cache.store import _without_password
+
+    assert _without_password(redis_server.url.replace("redis://", "redis://user:s3cret@")) == redis_server.url
+    store = RedisCacheStore(redis_server.url)
+    try:
+        assert await store.set("k", entry(), tags())
+        with caplog.at_level(logging.DEBUG, logger="mcp_middleware.cache"):
+            redis_server.stop()
+            for _ in range(3):
+                assert await store.get(["k"]) is None
+                assert not await store.set("k", entry(), tags())
+                assert await store.invalidate(tags()) == 0
+            redis_server.start()
+            for _ in range(3):
+                assert await store.set("k", entry(), tags())
+                assert await store.get(["k"]) is not None
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        assert len(lines) == 2, lines
+        assert lines[0][0] == lines[1][0] == logging.WARNING
+        assert lines[0][1].startswith(f"cache store {redis_server.url} unavailable (lookup: ")
+        assert lines[1][1] == f"cache store {redis_server.url} recovered: caching again"
+    finally:
+        await store.aclose()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import anyio
 import httpx2
 from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
-from mcp_middleware.gateway.operations import OperationsMiddleware
+from mcp_middleware.gateway.operations import DEGRADED, OperationsMiddleware
 from tests.conftest import Served
 
 
@@ -73,3 +74,20 @@ def test_other_paths_reach_the_app(serve: Callable[[ASGIApp], Served]) -> None:
     served = serve(OperationsMiddleware(Starlette()))
     assert httpx2.get(f"{served.base}/elsewhere").status_code == 404
     assert httpx2.post(f"{served.base}/healthz").status_code == 404  # only GET/HEAD are answered here
+
+
+async def degraded() -> tuple[bool | Literal["degraded"], str]:
+    return DEGRADED, "ratelimit redis://127.0.0.1:6379/0: down (ConnectionError), requests admitted (fail-open)"
+
+
+def test_a_degraded_check_keeps_the_gateway_ready_and_says_so(serve: Callable[[ASGIApp], Served]) -> None:
+    served = serve(OperationsMiddleware(Starlette(), checks={"stores": degraded, "backends": passing}))
+    response = httpx2.get(f"{served.base}/readyz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["stores"]["ok"] is True and body["checks"]["stores"]["degraded"] is True
+    assert "degraded" not in body["checks"]["backends"]
+    failing_too = serve(OperationsMiddleware(Starlette(), checks={"stores": degraded, "breakers": failing}))
+    response = httpx2.get(f"{failing_too.base}/readyz")
+    assert response.status_code == 503 and response.json()["status"] == "not ready"  # a failure outranks it

@@ -222,4 +222,5 @@ def test_the_instances_share_the_cache_and_report_redis_ready(cluster: Cluster) 
     # One miss in all: the entry one instance stored is a hit on the others (Redis L2), not a miss per instance.
     assert statuses.count("miss") == 1 and statuses[0] == "miss", statuses
     assert ready["checks"]["stores"] == {**ready["checks"]["stores"], "ok": True}
-    assert "RedisBucketStore: ok" in ready["checks"]["stores"]["detail"]
+    detail = ready["checks"]["stores"]["detail"]
+    assert f"ratelimit {cluster.cache_url[:-1]}0: ok" in detail and f"cache {cluster.cache_url}: ok" in detail

@@ -116,13 +116,44 @@ async def test_fail_open_admits_logs_once_and_counts(caplog: pytest.LogCaptureFi
     assert all(v.allowed and v.degraded for v in verdicts)
     assert limiter.store_failures == 3 and len(errors) == 3
     assert [r.getMessage() for r in caplog.records].count(
-        "rate-limit store unavailable, admitting requests (fail-open): down"
+        "rate-limit store unavailable for this server, admitting requests (fail-open): down"
     ) == 1
     data = reader.get_metrics_data()
     assert data is not None
     (metric,) = [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
     assert metric.name == "mcp_middleware.ratelimit.store_errors"
     assert metric.data.data_points[0].value == 3  # type: ignore[union-attr]
+
+
+class FlakyStore(MemoryBucketStore):
+    """A memory store whose outage the test switches on and off."""
+
+    down = False
+
+    async def take(self, takes: Sequence[BucketTake], *, now: float | None = None) -> list[BucketDecision]:
+        if self.down:
+            raise StoreUnavailable("connection refused")
+        return await super().take(takes, now=now)
+
+
+@pytest.mark.parametrize("failure", ["open", "closed"])
+async def test_an_outage_and_its_recovery_are_logged_once_each_naming_the_server(
+    failure: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FlakyStore()
+    limiter = RateLimiter(
+        [BucketPolicy("p", rate=1000, capacity=1000)], store=store, namespace="github", failure=failure
+    )
+    with caplog.at_level(logging.DEBUG, logger="mcp_middleware.ratelimit"):
+        for down in (False, True, True, True, False, False, False, True, False):
+            store.down = down
+            verdict = await limiter.check(scope(), request("ping"))
+            assert verdict.degraded is down and verdict.allowed is (not down or failure == "open")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    action = "admitting requests (fail-open)" if failure == "open" else "refusing requests (fail-closed)"
+    outage = (logging.WARNING, f"rate-limit store unavailable for 'github', {action}: connection refused")
+    recovery = (logging.WARNING, "rate-limit store recovered for 'github': limits are enforced again")
+    assert lines == [outage, recovery, outage, recovery]  # two outages of several requests each
 
 
 async def test_fail_closed_refuses() -> None:

@@ -1,0 +1,107 @@
+"""The gateway's readiness checks: backends, breakers and stores, as `/readyz` reports them.
+
+Each check answers whether the gateway should receive traffic, not whether everything is
+perfect: one dead backend or one open breaker leaves it ready while others serve, and a
+store that fails open (rate limits admit, the cache misses) leaves it serving every request,
+so its outage is `degraded` (200, named in the detail), never a reason to take every pod out
+of rotation. A rate-limit store that fails closed refuses requests: then the gateway is not
+ready (503).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx2
+
+from mcp_middleware.router import HttpBackend, McpRouter
+
+from .operations import DEGRADED, ReadinessCheck
+
+if TYPE_CHECKING:
+    from .app import _Stack
+
+__all__ = ["readiness_checks", "shown_url"]
+
+
+def shown_url(url: str) -> str:
+    """`url` without its user and password, for logs and `/readyz` (a Redis URL may carry a password)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def readiness_checks(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
+    """The checks `/readyz` runs for this gateway."""
+    config = stack.config
+
+    async def breakers() -> tuple[bool, str]:
+        open_ = []
+        for name, registry in stack.breakers:
+            for snapshot in registry.snapshot().values():
+                if snapshot.state.value != "closed":
+                    open_.append(f"{name}: {snapshot.state.value}")
+        total = len(stack.breakers)
+        # One open breaker is a backend's trouble, not the gateway's: ready while any mount can serve.
+        ok = total == 0 or len({entry.split(":")[0] for entry in open_}) < total
+        return ok, "; ".join(open_) or "all closed"
+
+    async def stores() -> tuple[bool | Literal["degraded"], str]:
+        fail_open = config.ratelimit.fail == "open"
+        found: list[tuple[str, str, Any, bool]] = []  # (role, url, client, serves while down)
+        if stack._bucket_store is not None:
+            found.append(("ratelimit", config.ratelimit.store, stack._bucket_store, fail_open))
+        if stack._cache_store is not None:
+            found.append(("cache", config.cache.store, stack._cache_store, True))  # a cache outage is a miss
+        details: list[str] = []
+        failed = degraded = False
+        for role, url, store, serves in found:
+            client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
+            if client is None:
+                continue
+            try:
+                await client.ping()
+                details.append(f"{role} {shown_url(url)}: ok")
+            except Exception as exc:
+                if serves:
+                    degraded = True
+                    consequence = "requests admitted (fail-open)" if role == "ratelimit" else "lookups miss"
+                else:
+                    failed = True
+                    consequence = "requests refused (fail-closed)"
+                details.append(f"{role} {shown_url(url)}: down ({type(exc).__name__}), {consequence}")
+        state: bool | Literal["degraded"] = False if failed else DEGRADED if degraded else True
+        return state, "; ".join(details) or "memory"
+
+    async def backends() -> tuple[bool, str]:
+        """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
+        problems: list[str] = []
+        remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
+
+        async def reachable(name: str, backend: HttpBackend) -> None:
+            url = httpx2.URL(backend.url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                with anyio.fail_after(min(backend.connect_timeout, 1.5)):
+                    stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+            except (OSError, TimeoutError) as exc:
+                problems.append(f"{name}: unreachable ({type(exc).__name__})")
+
+        async with anyio.create_task_group() as group:
+            for name, backend in remote.items():
+                group.start_soon(reachable, name, backend)
+        states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
+        failing = sorted(name for name, (state, _) in states.items() if state == "failing")
+        problems += [f"{name}: failing ({states[name][1]})" for name in failing]
+        ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
+        return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
+
+    return {"backends": backends, "breakers": breakers, "stores": stores}
