@@ -139,6 +139,8 @@ class HttpBackend(Backend):
     connect_timeout: float = 10.0
     max_connections: int = 200
     verify: bool = True
+    name: str | None = None
+    """How the logs name it (the router sets the mount's name when left unset; else its URL)."""
     _client: httpx2.AsyncClient | None = field(default=None, init=False, repr=False)
     _proxy: StreamingProxy | None = field(default=None, init=False, repr=False)
 
@@ -158,6 +160,7 @@ class HttpBackend(Backend):
         if self._proxy is None:
             self._proxy = StreamingProxy(
                 self.url,
+                name=self.name,
                 headers=self.headers,
                 forward_authorization=self.forward_authorization,
                 connect_timeout=self.connect_timeout,

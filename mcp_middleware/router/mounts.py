@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_error
 
 from .aggregate import AggregateServer, ListGate
-from .backends import Backend, InProcessBackend
+from .backends import Backend, HttpBackend, InProcessBackend
 from .links import BackendLink
 from .names import NamingPolicy, PrefixMode, validate_server_name
 
@@ -137,6 +137,8 @@ class McpRouter:
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
+        if isinstance(backend, HttpBackend) and backend.name is None:
+            backend.name = name  # its log lines name the server the operator configured, not its URL
         target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
             bridge = AggregateServer(

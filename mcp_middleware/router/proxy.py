@@ -85,6 +85,7 @@ class StreamingProxy:
         self,
         url: str,
         *,
+        name: str | None = None,
         headers: Mapping[str, str] | None = None,
         forward_authorization: bool = False,
         connect_timeout: float = 10.0,
@@ -93,6 +94,8 @@ class StreamingProxy:
     ) -> None:
         parts = urlsplit(url)
         self.url = url
+        self.name = name or url
+        self._down = False
         self.path = (parts.path or "/").encode("latin-1")
         context: ssl.SSLContext | None = None
         if parts.scheme == "https" and not verify:
@@ -140,11 +143,14 @@ class StreamingProxy:
             await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time")
             return
         except UpstreamError as exc:
-            logger.warning("backend %s unreachable: %s", self.url, exc)
+            self._unreachable(str(exc))
             await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable")
             return
         except _ClientGone:
             return
+        if self._down:
+            self._down = False
+            logger.warning("backend %r reachable again", self.name)
         try:
             headers = [(k, v) for k, v in response.headers if k not in _DROP_DOWN]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -170,6 +176,14 @@ class StreamingProxy:
             await send(message)
 
         return bind
+
+    def _unreachable(self, reason: str) -> None:
+        """One WARNING when an outage starts (and one when it ends), the failures between at DEBUG."""
+        if self._down:
+            logger.debug("backend %r still unreachable: %s", self.name, reason)
+            return
+        self._down = True
+        logger.warning("backend %r unreachable (%s): %s", self.name, self.url, reason)
 
     def _head(self, scope: Scope, body: bytes, more_body: bool) -> tuple[bytes, bool]:
         """The request line and headers for the backend, and whether the body goes chunked."""
@@ -213,7 +227,7 @@ class StreamingProxy:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError) as exc:
             # The backend died mid-stream: end the response (the client sees it cut), say why in the log.
-            logger.warning("backend %s broke off a response: %r", self.url, exc)
+            logger.warning("backend %r broke off a response: %r", self.name, exc)
             record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

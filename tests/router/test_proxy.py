@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.router import HttpBackend, McpRouter
-from tests.conftest import ERAS, Era, connect, free_port
+from tests.conftest import ERAS, Era, connect, free_port, serve_app
 from tests.servers import PROGRESS_INTERVAL, build_server
 
 pytestmark = pytest.mark.anyio
@@ -139,3 +140,26 @@ async def test_backend_status_and_headers_pass_unchanged(serve: Any) -> None:
 
 def _initialize_params() -> dict[str, Any]:
     return {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+
+
+async def test_an_outage_is_one_warning_naming_the_server_and_one_when_it_ends(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    router = McpRouter(aggregate_path=None)
+    router.mount("search", HttpBackend(f"http://127.0.0.1:{port}/mcp"))
+    served = serve(router)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"accept": "application/json, text/event-stream"}
+    caplog.set_level(logging.DEBUG, logger="mcp_middleware.router")
+    async with httpx2.AsyncClient(timeout=10) as http:
+        down = [await http.post(f"{served.base}/mcp/search", json=body, headers=headers) for _ in range(3)]
+        with serve_app(build_server().streamable_http_app(), port=port):
+            back = await http.post(f"{served.base}/mcp/search", json=body, headers=headers)
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "mcp_middleware.router"
+    ]
+    assert [answer.status_code for answer in down] == [502, 502, 502]
+    assert back.status_code != 502
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("backend 'search' unreachable") and warnings[1] == "backend 'search' reachable again"
