@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import math
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import limits
 
 from mcp_middleware.core import Selector
+
+from .toml_reader import Lines, Problem, Reader, describe
 
 __all__ = [
     "AggregateSettings",
@@ -53,28 +54,10 @@ __all__ = [
     "parse_config",
 ]
 
-T = TypeVar("T")
-
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2, "gb": 1000**3, "gib": 1024**3}
 
 
 # --- errors -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the file: where (`path`, `line`) and what."""
-
-    path: str
-    message: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.path}" + (f" (line {self.line})" if self.line else "")
-        return f"{where}: {self.message}"
 
 
 class ConfigError(ValueError):
@@ -278,224 +261,10 @@ class GatewayConfig:
     """The file it came from (relative paths in it are relative to its folder)."""
 
 
-# --- where a key is in the file -----------------------------------------------------------------
-
-
-class _Lines:
-    """Finds the line of a key path in TOML text (tables, arrays of tables, dotted keys); best effort."""
-
-    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-    _KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-. ])+?)\s*=""")
-    _PART = re.compile(r"""\s*("[^"]*"|'[^']*'|[^."']+)\s*\.?""")
-
-    def __init__(self, text: str) -> None:
-        # (table path with array indexes, key, line): e.g. ("servers[1]", "url", 12)
-        self.entries: list[tuple[str, str | None, int]] = []
-        counts: dict[str, int] = {}
-        table = ""
-        for number, line in enumerate(text.splitlines(), 1):
-            header = self._HEADER.match(line)
-            if header:
-                name = self._within_arrays(
-                    ".".join(part.strip().strip("\"'") for part in header.group(2).split(".")), counts
-                )
-                if header.group(1) == "[[":
-                    index = counts.get(name, 0)
-                    counts[name] = index + 1
-                    table = f"{name}[{index}]"
-                else:
-                    table = name
-                self.entries.append((table, None, number))
-                continue
-            key = self._KEY.match(line)
-            if key and not line.lstrip().startswith("#"):
-                dotted = ".".join(part.strip().strip("\"'") for part in self._PART.findall(key.group(1)))
-                self.entries.append((table, dotted, number))
-
-    @staticmethod
-    def _within_arrays(name: str, counts: dict[str, int]) -> str:
-        """`servers.scopes` after `[[servers]]` is `servers[n].scopes`: the latest element of each enclosing array."""
-        parts = name.split(".")
-        resolved = ""
-        for index, part in enumerate(parts[:-1]):
-            resolved = f"{resolved}.{part}" if index else part
-            if resolved in counts:
-                resolved = f"{resolved}[{counts[resolved] - 1}]"
-        return f"{resolved}.{parts[-1]}" if resolved else parts[-1]
-
-    def find(self, path: str) -> int | None:
-        best: int | None = None
-        for table, key, number in self.entries:
-            full = table if key is None else (f"{table}.{key}" if table else key)
-            if full == path:
-                return number
-            if path.startswith(full + ".") or path.startswith(full + "["):
-                best = number  # the closest enclosing table or key seen so far
-        return best
-
-
-# --- the reader ---------------------------------------------------------------------------------
-
-_MISSING: Any = object()
-
-
-class _Reader:
-    """Reads typed values out of a parsed TOML table, collecting problems instead of stopping."""
-
-    def __init__(self, data: Mapping[str, Any], path: str, problems: list[Problem], lines: _Lines) -> None:
-        self.data = data
-        self.path = path
-        self.problems = problems
-        self.lines = lines
-        self.seen: set[str] = set()
-
-    def _key(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def problem(self, key: str | None, message: str) -> None:
-        path = self._key(key) if key else self.path or "(top level)"
-        self.problems.append(Problem(path, message, self.lines.find(path)))
-
-    def raw(self, key: str, default: Any = _MISSING) -> Any:
-        self.seen.add(key)
-        if key not in self.data:
-            if default is _MISSING:
-                self.problem(key, "is required")
-            return default
-        return self.data[key]
-
-    def _typed(self, key: str, default: T, check: Callable[[Any], bool], expected: str) -> T:
-        value = self.raw(key, default)
-        if value is default:
-            return default
-        if not check(value):
-            self.problem(key, f"must be {expected}, not {_describe(value)}")
-            return default
-        return value  # type: ignore[no-any-return]
-
-    def string(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = ()) -> Any:
-        value = self._typed(key, default, lambda v: isinstance(v, str), "a string")
-        if isinstance(value, str) and value is not default:
-            value = self.secret(key, value)
-            if choices and value not in choices:
-                self.problem(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
-                return default
-        return value
-
-    def secret(self, key: str, value: str) -> str:
-        """Resolve `${env:NAME}` (and `${env:NAME:-default}`) references from the environment."""
-
-        def resolve(match: re.Match[str]) -> str:
-            name, fallback = match.group(1), match.group(2)
-            found = os.environ.get(name)
-            if found is None:
-                if fallback is not None:
-                    return fallback
-                self.problem(key, f"refers to environment variable {name}, which is not set")
-                return ""
-            return found
-
-        return _ENV_REF.sub(resolve, value) if "${env:" in value else value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        return self._typed(key, default, lambda v: isinstance(v, bool), "true or false")
-
-    def integer(self, key: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
-        value = self._typed(key, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer")
-        if value is not default and not _within(value, minimum, maximum):
-            self.problem(key, f"must be {_range_text(minimum, maximum)}, not {value}")
-            return default
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float | None = None, positive: bool = False) -> float:
-        value = self._typed(key, default, lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number")
-        if value is default:
-            return default
-        number = float(value)
-        if not math.isfinite(number) or (positive and number <= 0) or (minimum is not None and number < minimum):
-            self.problem(
-                key,
-                f"must be {'a positive' if positive else 'a finite'} number"
-                + (f" ≥ {minimum:g}" if minimum is not None else "")
-                + f", not {value}",
-            )
-            return default
-        return number
-
-    def size(self, key: str, default: int) -> int:
-        """A byte size: an integer, or a string such as `"4MiB"`, `"512 KB"`."""
-        value: Any = self.raw(key, None)
-        if value is None:
-            return default
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return int(value)
-        match = _SIZE.match(value) if isinstance(value, str) else None
-        if match is None or float(match.group(1)) <= 0:
-            self.problem(key, f'must be a positive size such as 4194304 or "4MiB", not {_describe(value)}')
-            return default
-        return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
-
-    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        value: Any = self.raw(key, default)
-        if value is default:
-            return tuple(default)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            self.problem(key, f"must be a list of strings, not {_describe(value)}")
-            return default
-        return tuple(self.secret(key, item) for item in value)
-
-    def string_map(self, key: str) -> dict[str, str]:
-        value = self.raw(key, {})
-        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-            self.problem(key, f"must be a table of strings, not {_describe(value)}")
-            return {}
-        return {name: self.secret(f"{key}.{name}", item) for name, item in value.items()}
-
-    def table(self, key: str) -> _Reader:
-        value = self.raw(key, {})
-        if not isinstance(value, dict):
-            self.problem(key, f"must be a table, not {_describe(value)}")
-            value = {}
-        return _Reader(value, self._key(key), self.problems, self.lines)
-
-    def tables(self, key: str) -> Iterator[_Reader]:
-        value = self.raw(key, [])
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            self.problem(key, f"must be an array of tables ([[{self._key(key)}]]), not {_describe(value)}")
-            return
-        for index, item in enumerate(value):
-            yield _Reader(item, f"{self._key(key)}[{index}]", self.problems, self.lines)
-
-    def done(self) -> None:
-        """Every key not read is a problem: a typo must not be silently ignored."""
-        for key in self.data:
-            if key not in self.seen:
-                self.problem(key, "is not a known setting")
-
-
-def _describe(value: Any) -> str:
-    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
-    return (
-        f"{kind.get(type(value), type(value).__name__)} ({value!r})"
-        if not isinstance(value, dict | list)
-        else kind[type(value)]
-    )
-
-
-def _within(value: int, minimum: int | None, maximum: int | None) -> bool:
-    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-
-
-def _range_text(minimum: int | None, maximum: int | None) -> str:
-    if minimum is not None and maximum is not None:
-        return f"between {minimum} and {maximum}"
-    return f"≥ {minimum}" if minimum is not None else f"≤ {maximum}"
-
-
 # --- sections -----------------------------------------------------------------------------------
 
 
-def _gateway(reader: _Reader) -> GatewaySettings:
+def _gateway(reader: Reader) -> GatewaySettings:
     d = GatewaySettings()
     prefix = reader.string("prefix", d.prefix)
     if not prefix.startswith("/") or (prefix != "/" and prefix.endswith("/")):
@@ -522,7 +291,7 @@ def _gateway(reader: _Reader) -> GatewaySettings:
     return settings
 
 
-def _instance(reader: _Reader) -> str | None:
+def _instance(reader: Reader) -> str | None:
     value = os.environ.get("MCP_GATEWAY_INSTANCE") or reader.string("instance", None)
     if not value:
         return None
@@ -533,7 +302,7 @@ def _instance(reader: _Reader) -> str | None:
     return value
 
 
-def _front_door(reader: _Reader) -> FrontDoorSettings:
+def _front_door(reader: Reader) -> FrontDoorSettings:
     d = FrontDoorSettings()
     settings = FrontDoorSettings(
         allowed_hosts=reader.strings("allowed_hosts", d.allowed_hosts),
@@ -545,7 +314,7 @@ def _front_door(reader: _Reader) -> FrontDoorSettings:
     return settings
 
 
-def _server(reader: _Reader, names: dict[str, str]) -> ServerSettings | None:
+def _server(reader: Reader, names: dict[str, str]) -> ServerSettings | None:
     name = reader.string("name")
     if isinstance(name, str):
         if not _NAME.match(name):
@@ -596,7 +365,7 @@ def _server(reader: _Reader, names: dict[str, str]) -> ServerSettings | None:
     return settings if len(given) == 1 and isinstance(name, str) else None
 
 
-def _aggregate(reader: _Reader) -> AggregateSettings:
+def _aggregate(reader: Reader) -> AggregateSettings:
     d = AggregateSettings()
     separator = reader.string("separator", d.separator)
     if not re.match(r"^[A-Za-z0-9_-]{1,4}$", separator):
@@ -614,7 +383,7 @@ def _aggregate(reader: _Reader) -> AggregateSettings:
     return settings
 
 
-def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
+def _scope_map(reader: Reader, key: str) -> dict[str, tuple[str, ...]]:
     table = reader.table(key)
     found = {name: table.strings(name, ()) for name in list(table.data)}
     for name in found:
@@ -623,7 +392,7 @@ def _scope_map(reader: _Reader, key: str) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def _selector(reader: _Reader, key: str, text: str) -> None:
+def _selector(reader: Reader, key: str, text: str) -> None:
     """A selector is checked with the parser the middlewares use (`core.Selector`), so `serve` never meets a bad one."""
     try:
         Selector.parse(text)
@@ -631,7 +400,7 @@ def _selector(reader: _Reader, key: str, text: str) -> None:
         reader.problem(key, f'is not a selector ({exc}); write e.g. "tools/call:search_*", "tools/list" or "*"')
 
 
-def _static_tokens(reader: _Reader) -> dict[str, StaticTokenSettings]:
+def _static_tokens(reader: Reader) -> dict[str, StaticTokenSettings]:
     """`[auth.tokens]`: each token → a scope list or `{ subject, scopes, client_id }`.
 
     Problems name a literal token by its digest (`auth.tokens[static:…]`), never by itself: the
@@ -658,15 +427,15 @@ def _static_tokens(reader: _Reader) -> dict[str, StaticTokenSettings]:
     return found
 
 
-def _static_token(table: _Reader, name: str, value: Any) -> StaticTokenSettings | None:
+def _static_token(table: Reader, name: str, value: Any) -> StaticTokenSettings | None:
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return StaticTokenSettings(scopes=tuple(value))
     if not isinstance(value, dict):
         table.problem(
-            name, f"must be a list of scopes or a table {{ subject, scopes, client_id }}, not {_describe(value)}"
+            name, f"must be a list of scopes or a table {{ subject, scopes, client_id }}, not {describe(value)}"
         )
         return None
-    entry = _Reader(value, table._key(name), table.problems, table.lines)
+    entry = Reader(value, table._key(name), table.problems, table.lines)
     settings = StaticTokenSettings(
         scopes=entry.strings("scopes", ()),
         subject=entry.string("subject", None),
@@ -684,7 +453,7 @@ def _token_label(token: str) -> str:
     return "static:" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _flag(reader: _Reader, key: str, default: bool) -> bool:
+def _flag(reader: Reader, key: str, default: bool) -> bool:
     """A boolean, or a `"${env:NAME}"` string that resolves to `true`/`false` (containers set it by env)."""
     value = reader.raw(key, default)
     if isinstance(value, str):
@@ -696,12 +465,12 @@ def _flag(reader: _Reader, key: str, default: bool) -> bool:
         reader.problem(key, f"must be true or false, not {resolved!r}")
         return default
     if not isinstance(value, bool):
-        reader.problem(key, f"must be true or false, not {_describe(value)}")
+        reader.problem(key, f"must be true or false, not {describe(value)}")
         return default
     return value
 
 
-def _auth(reader: _Reader) -> AuthSettings:
+def _auth(reader: Reader) -> AuthSettings:
     d = AuthSettings()
     mode = reader.string("mode", d.mode, choices=("none", "dev", "static", "jwt", "introspection"))
     settings = AuthSettings(
@@ -727,7 +496,7 @@ def _auth(reader: _Reader) -> AuthSettings:
     return settings
 
 
-def _ratelimit(reader: _Reader) -> RateLimitSettings:
+def _ratelimit(reader: Reader) -> RateLimitSettings:
     policies = _policies(reader, "policies")
     settings = RateLimitSettings(
         enabled=reader.boolean("enabled", bool(policies)),
@@ -741,7 +510,7 @@ def _ratelimit(reader: _Reader) -> RateLimitSettings:
     return settings
 
 
-def _policies(reader: _Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
+def _policies(reader: Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
     policies: list[RateLimitPolicySettings] = []
     seen: set[str] = set()
     for policy in reader.tables(key):
@@ -769,7 +538,7 @@ def _policies(reader: _Reader, key: str) -> tuple[RateLimitPolicySettings, ...]:
     return tuple(policies)
 
 
-def _store(reader: _Reader, key: str) -> str:
+def _store(reader: Reader, key: str) -> str:
     value: str = reader.string(key, "memory://")
     if not re.match(r"^(memory://|redis(\+unix|s)?://)", value):
         reader.problem(key, f"must be memory:// or a redis://, rediss:// or redis+unix:// URL, not {value!r}")
@@ -777,7 +546,7 @@ def _store(reader: _Reader, key: str) -> str:
     return value
 
 
-def _timeouts(reader: _Reader, key: str) -> dict[str, float]:
+def _timeouts(reader: Reader, key: str) -> dict[str, float]:
     table = reader.table(key)
     timeouts = {name: table.number(name, 30.0, positive=True) for name in list(table.data)}
     for name in timeouts:
@@ -795,7 +564,7 @@ def _is_quota(text: str) -> bool:
     return True
 
 
-def _breaker(reader: _Reader) -> BreakerSettings:
+def _breaker(reader: Reader) -> BreakerSettings:
     timeouts = _timeouts(reader, "timeouts")
     settings = BreakerSettings(
         enabled=reader.boolean("enabled", True),
@@ -807,7 +576,7 @@ def _breaker(reader: _Reader) -> BreakerSettings:
     return settings
 
 
-def _cache(reader: _Reader) -> CacheSettings:
+def _cache(reader: Reader) -> CacheSettings:
     d = CacheSettings()
     settings = CacheSettings(
         enabled=reader.boolean("enabled", True),
@@ -821,7 +590,7 @@ def _cache(reader: _Reader) -> CacheSettings:
     return settings
 
 
-def _tracing(reader: _Reader) -> TracingSettings:
+def _tracing(reader: Reader) -> TracingSettings:
     d = TracingSettings()
     path = reader.string("metrics_path", d.metrics_path)
     if not path.startswith("/"):
@@ -887,7 +656,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         line = int(found.group(1)) if found else None
         raise ConfigError([Problem("(file)", f"is not valid TOML: {exc}", line)], name) from None
     problems: list[Problem] = []
-    top = _Reader(data, "", problems, _Lines(text))
+    top = Reader(data, "", problems, Lines(text))
     names: dict[str, str] = {}
     servers = tuple(s for s in (_server(r, names) for r in top.tables("servers")) if s is not None)
     config = GatewayConfig(

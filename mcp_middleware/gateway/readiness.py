@@ -10,7 +10,8 @@ ready (503).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from functools import partial
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -18,10 +19,8 @@ import httpx2
 
 from mcp_middleware.router import HttpBackend, McpRouter
 
+from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
-
-if TYPE_CHECKING:
-    from .app import _Stack
 
 __all__ = ["readiness_checks", "shown_url"]
 
@@ -38,70 +37,77 @@ def shown_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def readiness_checks(router: McpRouter, stack: _Stack) -> dict[str, ReadinessCheck]:
+def readiness_checks(router: McpRouter, assembly: Assembly) -> dict[str, ReadinessCheck]:
     """The checks `/readyz` runs for this gateway."""
-    config = stack.config
+    return {
+        "backends": partial(_backends, router),
+        "breakers": partial(_breakers, assembly),
+        "stores": partial(_stores, assembly),
+    }
 
-    async def breakers() -> tuple[bool, str]:
-        open_ = []
-        for name, registry in stack.breakers:
-            for snapshot in registry.snapshot().values():
-                if snapshot.state.value != "closed":
-                    open_.append(f"{name}: {snapshot.state.value}")
-        total = len(stack.breakers)
-        # One open breaker is a backend's trouble, not the gateway's: ready while any mount can serve.
-        ok = total == 0 or len({entry.split(":")[0] for entry in open_}) < total
-        return ok, "; ".join(open_) or "all closed"
 
-    async def stores() -> tuple[bool | Literal["degraded"], str]:
-        fail_open = config.ratelimit.fail == "open"
-        found: list[tuple[str, str, Any, bool]] = []  # (role, url, client, serves while down)
-        if stack._bucket_store is not None:
-            found.append(("ratelimit", config.ratelimit.store, stack._bucket_store, fail_open))
-        if stack._cache_store is not None:
-            found.append(("cache", config.cache.store, stack._cache_store, True))  # a cache outage is a miss
-        details: list[str] = []
-        failed = degraded = False
-        for role, url, store, serves in found:
-            client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
-            if client is None:
-                continue
-            try:
-                await client.ping()
-                details.append(f"{role} {shown_url(url)}: ok")
-            except Exception as exc:
-                if serves:
-                    degraded = True
-                    consequence = "requests admitted (fail-open)" if role == "ratelimit" else "lookups miss"
-                else:
-                    failed = True
-                    consequence = "requests refused (fail-closed)"
-                details.append(f"{role} {shown_url(url)}: down ({type(exc).__name__}), {consequence}")
-        state: bool | Literal["degraded"] = False if failed else DEGRADED if degraded else True
-        return state, "; ".join(details) or "memory"
+async def _breakers(assembly: Assembly) -> tuple[bool, str]:
+    open_ = []
+    for name, registry in assembly.breakers:
+        for snapshot in registry.snapshot().values():
+            if snapshot.state.value != "closed":
+                open_.append(f"{name}: {snapshot.state.value}")
+    total = len(assembly.breakers)
+    # One open breaker is a backend's trouble, not the gateway's: ready while any mount can serve.
+    ok = total == 0 or len({entry.split(":")[0] for entry in open_}) < total
+    return ok, "; ".join(open_) or "all closed"
 
-    async def backends() -> tuple[bool, str]:
-        """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
-        problems: list[str] = []
-        remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
 
-        async def reachable(name: str, backend: HttpBackend) -> None:
-            url = httpx2.URL(backend.url)
-            port = url.port or (443 if url.scheme == "https" else 80)
-            try:
-                with anyio.fail_after(min(backend.connect_timeout, 1.5)):
-                    stream = await anyio.connect_tcp(url.host, port)
-                await stream.aclose()
-            except (OSError, TimeoutError) as exc:
-                problems.append(f"{name}: unreachable ({type(exc).__name__})")
+async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
+    config = assembly.config
+    fail_open = config.ratelimit.fail == "open"
+    found: list[tuple[str, str, Any, bool]] = []  # (role, url, client, serves while down)
+    if assembly.bucket_store is not None:
+        found.append(("ratelimit", config.ratelimit.store, assembly.bucket_store, fail_open))
+    if assembly.cache_store is not None:
+        found.append(("cache", config.cache.store, assembly.cache_store, True))  # a cache outage is a miss
+    details: list[str] = []
+    failed = degraded = False
+    for role, url, store, serves in found:
+        client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
+        if client is None:
+            continue
+        try:
+            await client.ping()
+            details.append(f"{role} {shown_url(url)}: ok")
+        except Exception as exc:
+            if serves:
+                degraded = True
+                consequence = "requests admitted (fail-open)" if role == "ratelimit" else "lookups miss"
+            else:
+                failed = True
+                consequence = "requests refused (fail-closed)"
+            details.append(f"{role} {shown_url(url)}: down ({type(exc).__name__}), {consequence}")
+    state: bool | Literal["degraded"] = False if failed else DEGRADED if degraded else True
+    return state, "; ".join(details) or "memory"
 
-        async with anyio.create_task_group() as group:
-            for name, backend in remote.items():
-                group.start_soon(reachable, name, backend)
-        states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
-        failing = sorted(name for name, (state, _) in states.items() if state == "failing")
-        problems += [f"{name}: failing ({states[name][1]})" for name in failing]
-        ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
-        return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
 
-    return {"backends": backends, "breakers": breakers, "stores": stores}
+async def _backends(router: McpRouter) -> tuple[bool, str]:
+    """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
+    problems: list[str] = []
+    remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
+    async with anyio.create_task_group() as group:
+        for name, backend in remote.items():
+            group.start_soon(_reachable, name, backend, problems)
+    states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
+    failing = sorted(name for name, (state, _) in states.items() if state == "failing")
+    problems += [f"{name}: failing ({states[name][1]})" for name in failing]
+    ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
+    return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
+
+
+async def _reachable(name: str, backend: HttpBackend, problems: list[str]) -> None:
+    """Append to `problems` unless `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s)."""
+    url = httpx2.URL(backend.url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with anyio.fail_after(min(backend.connect_timeout, 1.5)):
+            stream = await anyio.connect_tcp(url.host, port)
+        await stream.aclose()
+    except (OSError, TimeoutError) as exc:
+        problems.append(f"{name}: unreachable ({type(exc).__name__})")

@@ -131,3 +131,30 @@ def test_try_it_runs_as_a_user_would_run_it(gateway: Served) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "logged in as dev-user" in done.stdout
     assert "demo__echo -> hello through the gateway" in done.stdout and "demo__add -> 42" in done.stdout
+
+
+AUTHORIZATION_SERVER_PATHS = (
+    "/.well-known/oauth-authorization-server",
+    "/jwks",
+    "/authorize",
+    "/token",
+    "/introspect",
+    "/register",
+)
+
+
+@pytest.mark.anyio
+async def test_the_gateway_serves_the_routes_its_authorization_server_names(gateway: Served) -> None:
+    """The gateway routes beside the router what the embedded server says it answers, no copied list:
+    each path reaches the authorization server (its answer or its 405, never the router's 404)."""
+    built = build_gateway(load_config(EXAMPLE))
+    assert built.authorization_server is not None
+    assert built.authorization_server.paths == AUTHORIZATION_SERVER_PATHS
+    async with httpx2.AsyncClient(timeout=10) as http:
+        for path in AUTHORIZATION_SERVER_PATHS:
+            response = await http.get(f"{gateway.base}{path}")
+            assert response.status_code != 404, path
+        metadata = (await http.get(f"{gateway.base}/.well-known/oauth-authorization-server")).json()
+        assert metadata["issuer"] == gateway.base
+        assert (await http.get(f"{gateway.base}/jwks")).json()["keys"]
+        assert (await http.get(f"{gateway.base}/jwks/other")).status_code == 404  # only the exact paths

@@ -194,6 +194,11 @@ class EmbeddedAuthorizationServer:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await self.app(scope, receive, send)
 
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The exact paths this server answers (a host serving it beside other apps routes these here)."""
+        return tuple(route.path for route in self.app.routes if isinstance(route, Route))
+
     def _url(self, path: str) -> str:
         return f"{self.issuer}{path}"
 

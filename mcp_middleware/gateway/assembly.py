@@ -1,0 +1,259 @@
+"""Each backend's middleware stack, built from the config: auth → rate limit → cache → breaker.
+
+Each mount has its own middlewares so that its resource URL (RFC 8707/9728), its rate-limit
+buckets, cache entries and breaker belong to it; the aggregate has its own door (authentication
+with its own audience) and its own budget for what it answers itself. Stores are shared: one
+bucket store and one cache store per gateway, opened on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from mcp.server.auth.provider import TokenVerifier
+from starlette.types import ASGIApp, Scope
+
+from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
+from mcp_middleware.auth.server import EmbeddedAuthorizationServer
+from mcp_middleware.breaker import (
+    BreakerPolicy,
+    BreakerRegistry,
+    CircuitBreakerMiddleware,
+    StateChange,
+    StateListener,
+)
+from mcp_middleware.cache import CacheStore, MemoryCacheStore, ResponseCacheMiddleware
+from mcp_middleware.core import CoreConfig, McpRequest
+from mcp_middleware.ratelimit import (
+    BucketPolicy,
+    BucketStore,
+    MemoryBucketStore,
+    Policy,
+    QuotaPolicy,
+    RateLimitMiddleware,
+)
+
+from .config import AuthSettings, GatewayConfig, RateLimitPolicySettings, ServerSettings
+
+__all__ = ["Assembly", "Layer"]
+
+Layer = Callable[[ASGIApp], ASGIApp]
+"""One middleware around an app, as the router applies it per mount."""
+
+_EVERY_PATH = CoreConfig(paths=("*",))
+"""The router hands each stack only its own requests: every path is MCP."""
+
+
+class Assembly:
+    """The middlewares of every mount and of the aggregate, with the stores and breakers they share."""
+
+    def __init__(self, config: GatewayConfig, base_url: str) -> None:
+        self.config = config
+        self.base_url = base_url
+        self.breakers: list[tuple[str, BreakerRegistry]] = []
+        """(mount, registry) of every backend with a breaker, for `/readyz`."""
+        self.state_listeners: list[StateListener] = []
+        """Told of every breaker state change (the tracing metrics subscribe once they exist)."""
+        self.bucket_store: BucketStore | None = None
+        self.cache_store: CacheStore | None = None
+        self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
+
+    def for_mount(self, server: ServerSettings) -> list[Layer]:
+        """One backend's stack, in its own names: the global sections, with this server's overrides."""
+        name = server.name
+        resource = f"{self.base_url}{self.config.gateway.prefix}/{name}"
+        layers = [
+            *self._auth(resource, scopes=server.scopes),
+            *self._ratelimit(name, server.ratelimit_policies),
+            *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
+        ]
+        if self.config.breaker.enabled:
+            layers.append(self._breaker(name, server.breaker_timeouts or {}))
+        return layers
+
+    def aggregate_door(self) -> list[Layer]:
+        """Authentication at the aggregate (its own audience); each backend's stack authorizes."""
+        return self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False)
+
+    def aggregate_own(self) -> list[Layer]:
+        """What the aggregate answers itself (lists, initialize) spends the aggregate's own budget."""
+        return [*self._ratelimit("aggregate"), *self._cache("aggregate")]
+
+    def _auth(
+        self, resource: str, *, per_backend: bool = True, scopes: Mapping[str, tuple[str, ...]] | None = None
+    ) -> list[Layer]:
+        auth = self.config.auth
+        if auth.mode == "none":
+            return []
+        audiences = [resource, *auth.audience]
+        verifier, servers = _VERIFIERS[auth.mode](self, audiences)
+        rules = auth.scopes if scopes is None else scopes
+        per_tool = {selector: list(needed) for selector, needed in rules.items()} if per_backend else {}
+
+        def wrap(app: ASGIApp) -> ASGIApp:
+            return AuthMiddleware(
+                app,
+                verifier=verifier,
+                resource=resource,
+                authorization_servers=servers,
+                audiences=audiences,
+                required_scopes=auth.required_scopes,
+                scopes=per_tool,
+                require_audience=auth.mode != "static",
+                config=_EVERY_PATH,
+            )
+
+        return [wrap]
+
+    def _ratelimit(self, namespace: str, overrides: tuple[RateLimitPolicySettings, ...] | None = None) -> list[Layer]:
+        settings = self.config.ratelimit
+        chosen = settings.policies if overrides is None else overrides
+        if not chosen or (overrides is None and not settings.enabled):  # a server's own policies always apply
+            return []
+        if self.bucket_store is None:
+            self.bucket_store = _bucket_store(settings.store)
+        policies = [_policy(policy) for policy in chosen]
+        store = self.bucket_store
+
+        def wrap(app: ASGIApp) -> ASGIApp:
+            return RateLimitMiddleware(
+                app,
+                policies=policies,
+                store=store,
+                quota_storage=settings.store,
+                trusted_proxies=settings.trusted_proxies,
+                ipv6_prefix=settings.ipv6_prefix,
+                namespace=namespace,
+                failure=settings.fail,
+                config=_EVERY_PATH,
+            )
+
+        return [wrap]
+
+    def _cache(self, mount: str, *, ttl: float | None = None, honor_ttl_ms: bool | None = None) -> list[Layer]:
+        settings = self.config.cache
+        if not settings.enabled:
+            return []
+        if self.cache_store is None:
+            self.cache_store = _cache_store(self.config)
+        store = self.cache_store
+
+        def wrap(app: ASGIApp) -> ASGIApp:
+            return ResponseCacheMiddleware(
+                app,
+                store=store,
+                ttl=settings.ttl if ttl is None else ttl,
+                honor_ttl_ms=settings.honor_ttl_ms if honor_ttl_ms is None else honor_ttl_ms,
+                mount=lambda scope: mount,
+                config=_EVERY_PATH,
+            )
+
+        return [wrap]
+
+    def _breaker(self, name: str, overrides: Mapping[str, float]) -> Layer:
+        settings = self.config.breaker
+        registry = BreakerRegistry()
+        self.breakers.append((name, registry))
+        policy = BreakerPolicy(consecutive_failures=settings.failure_threshold, open_for=settings.open_seconds)
+        timeouts: dict[str, float | None] = {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
+        timeouts.update(settings.timeouts)
+        timeouts.update(overrides)
+        listeners = self.state_listeners
+
+        def key(scope: Scope, request: McpRequest) -> str:
+            return name
+
+        def on_state_change(change: StateChange) -> None:
+            for listener in listeners:
+                listener(change)
+
+        # Once, on the registry: the router builds a mount's middlewares twice (the mount, and its
+        # RFC 9728 metadata path), and both instances share this registry.
+        registry.add_listener(on_state_change)
+
+        def wrap(app: ASGIApp) -> ASGIApp:
+            return CircuitBreakerMiddleware(
+                app, policy=policy, timeouts=timeouts, registry=registry, key=key, config=_EVERY_PATH
+            )
+
+        return wrap
+
+
+# --- auth: one verifier factory per mode ----------------------------------------------------------
+
+VerifierFactory = Callable[[Assembly, list[str]], tuple[TokenVerifier, list[str]]]
+"""(assembly, audiences) → the verifier and the authorization servers the RFC 9728 metadata names."""
+
+
+def _dev_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifier, list[str]]:
+    assert assembly.authorization_server is not None  # built in `dev` mode
+    return assembly.authorization_server.verifier(audience=audiences), [assembly.base_url]
+
+
+def _static_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifier, list[str]]:
+    tokens = assembly.config.auth.tokens
+    return StaticTokenVerifier({token: entry.verifier_entry() for token, entry in tokens.items()}), []
+
+
+def _jwt_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifier, list[str]]:
+    auth = assembly.config.auth
+    assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
+    verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
+    return verifier, [auth.issuer] if auth.issuer else []
+
+
+def _introspection_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifier, list[str]]:
+    auth = assembly.config.auth
+    assert auth.introspection_url is not None  # the config requires it
+    verifier = IntrospectionTokenVerifier(
+        endpoint=auth.introspection_url,
+        audience=audiences,
+        client_id=auth.client_id,
+        client_secret=auth.client_secret,
+        issuer=auth.issuer,
+    )
+    return verifier, [auth.issuer] if auth.issuer else []
+
+
+_VERIFIERS: Mapping[str, VerifierFactory] = {
+    "dev": _dev_verifier,
+    "static": _static_verifier,
+    "jwt": _jwt_verifier,
+    "introspection": _introspection_verifier,
+}
+
+
+def _authorization_server(auth: AuthSettings, base_url: str) -> EmbeddedAuthorizationServer:
+    """`dev` mode's embedded authorization server, issuing every scope the config asks for."""
+    scopes = sorted({scope for needed in auth.scopes.values() for scope in needed} | set(auth.required_scopes))
+    return EmbeddedAuthorizationServer(
+        issuer=base_url, scopes_supported=scopes, default_scopes=scopes, auto_approve=auth.auto_approve
+    )
+
+
+# --- rate limit and cache -------------------------------------------------------------------------
+
+
+def _policy(policy: RateLimitPolicySettings) -> Policy:
+    if policy.quota:
+        return QuotaPolicy(name=policy.name, selector=policy.selector, limit=policy.quota)
+    return BucketPolicy(
+        name=policy.name, selector=policy.selector, rate=policy.rate, capacity=policy.capacity, cost=policy.cost
+    )
+
+
+def _bucket_store(url: str) -> BucketStore:
+    if url.startswith("memory://"):
+        return MemoryBucketStore()
+    from mcp_middleware.ratelimit import RedisBucketStore
+
+    return RedisBucketStore.from_url(url)
+
+
+def _cache_store(config: GatewayConfig) -> CacheStore:
+    settings = config.cache
+    if settings.store.startswith("memory://"):
+        return MemoryCacheStore(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
+    from mcp_middleware.cache import RedisCacheStore
+
+    return RedisCacheStore(settings.store)
