@@ -324,8 +324,10 @@ class CircuitBreaker:
     def _close(self, reason: str) -> None:
         self.level = 0
         self._consecutive = 0
-        for slot in range(len(self._bucket_index)):
-            self._bucket_index[slot] = -1
+        for slot in range(len(self._bucket_index)):  # a fresh window: counts zeroed, not only marked old
+            self._bucket_index[slot] = -1  # (-1 is inside the window while the clock reads < one bucket)
+            self._bucket_calls[slot] = 0
+            self._bucket_failures[slot] = 0
         self._change(BreakerState.CLOSED, reason)
 
     def _change(self, state: BreakerState, reason: str, open_for: float = 0.0) -> None:

@@ -328,6 +328,32 @@ class BreakerMachine(RuleBasedStateMachine):
 
 
 BreakerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+def test_closing_starts_a_fresh_window_even_at_the_clocks_start() -> None:
+    """Found by the state machine: closing marked the window's buckets old but kept their counts, and
+    while the clock read less than one bucket the marks were still inside the window."""
+    now = [0.0]
+    policy = BreakerPolicy(
+        consecutive_failures=None,
+        failure_rate=0.25,
+        minimum_calls=1,
+        window=5.0,
+        window_buckets=2,
+        open_for=1.0,
+        jitter=0.0,
+        half_open_probes=1,
+        probes_to_close=1,
+    )
+    breaker = CircuitBreaker("p", policy, clock=lambda: now[0], random=lambda: 0.5)
+    breaker.record(breaker.acquire(), Verdict.FAILURE)
+    now[0] = 1.0
+    breaker.record(breaker.acquire(), Verdict.SUCCESS)
+    snapshot = breaker.snapshot()
+    assert snapshot.state is BreakerState.CLOSED
+    assert (snapshot.window_calls, snapshot.window_failures) == (0, 0)
+
+
 TestBreakerMachine = BreakerMachine.TestCase
 
 
