@@ -23,8 +23,10 @@ from mcp_middleware.breaker import (
 )
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
+from tests.support.decisions import DecisionRecorder
+from tests.support.waiting import held_within
 
-from .backends import BackendLog, DecisionRecorder, build_backend, modern_call, post_modern, settled, wait_for
+from .backends import BackendLog, build_backend, modern_call, post_modern, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +38,7 @@ def guarded(log: BackendLog, **options: Any) -> CircuitBreakerMiddleware:
 async def until(app: CircuitBreakerMiddleware, state: BreakerState, key: str = "/mcp") -> None:
     """Wait until the breaker has judged the last call: it learns when a response *ends*, which
     can be a moment after the client read the JSON-RPC response from an SSE stream."""
-    assert await wait_for(lambda: app.registry.get(key).state is state), app.registry.snapshot()
+    assert await held_within(lambda: app.registry.get(key).state is state), app.registry.snapshot()
 
 
 def trip_after(failures: int, open_for: float = 30.0, **policy: Any) -> BreakerPolicy:
@@ -230,7 +232,7 @@ async def test_decisions_are_recorded(serve: Any) -> None:
     await post_modern(served.mcp_url, "echo", {"text": "x"}, request_id=1)
     await post_modern(served.mcp_url, "flaky", {"text": "x"}, request_id=2)
     await post_modern(served.mcp_url, "echo", {"text": "x"}, request_id=3)
-    decisions = recorder.breaker()
+    decisions = recorder.of("breaker")
     assert decisions[0] == ("allow", {"state": "closed", "key": "/mcp"})
     assert decisions[1] == ("allow", {"state": "closed", "key": "/mcp"})
     assert decisions[2] == ("failure", {"key": "/mcp", "reason": "jsonrpc_-32603", "attempt": 1})
@@ -277,7 +279,7 @@ async def test_the_classifier_is_replaceable(serve: Any) -> None:
     assert (await post_modern(served.mcp_url, "echo", {"text": "quick"})).status_code == 200
     assert app.registry.get("/mcp").state is BreakerState.CLOSED
     assert (await post_modern(served.mcp_url, "stream", {"steps": 2})).status_code == 200  # ~100 ms
-    assert await wait_for(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
+    assert await held_within(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
 
 
 @pytest.mark.parametrize(

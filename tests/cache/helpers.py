@@ -3,49 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx2
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.cache import ResponseCacheMiddleware
-from mcp_middleware.core import Decision, observe_decisions
 from tests.cache.backends import CountingApp, PrincipalFromHeader, build_backend
 from tests.conftest import Served
-
-MODERN = "2026-07-28"
-LEGACY = "2025-11-25"
-ACCEPT_BOTH = "application/json, text/event-stream"
-
-
-class DecisionLog:
-    """Records every decision made for every request (as tracing would observe them)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.decisions: list[Decision] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            observe_decisions(scope, self.decisions.append)
-        await self.app(scope, receive, send)
-
-    def outcomes(self, component: str = "cache") -> list[str]:
-        return [d.outcome for d in self.decisions if d.component == component]
+from tests.support.decisions import DecisionRecorder
+from tests.support.requests import ACCEPT_BOTH, LEGACY, modern_body, modern_headers
+from tests.support.sse import sse_messages
 
 
 @dataclass
 class CachedStack:
-    """principal (test only) → decision log → cache → call counter → SDK server, served by uvicorn."""
+    """principal (test only) → decision recorder → cache → call counter → SDK server, served by uvicorn."""
 
     served: Served
     cache: ResponseCacheMiddleware
     counter: CountingApp
-    log: DecisionLog
+    log: DecisionRecorder
     server: Any
 
     @property
@@ -76,29 +55,9 @@ def cached_stack(
     app = server.streamable_http_app(json_response=json_response)
     counter = CountingApp(app)
     cache = ResponseCacheMiddleware(inner(counter) if inner is not None else counter, **options)
-    log = DecisionLog(cache)
+    log = DecisionRecorder(cache)
     served = serve(PrincipalFromHeader(log))
     return CachedStack(served, cache, counter, log, server)
-
-
-def envelope(method: str, request_id: int | str, params: dict[str, Any] | None = None) -> bytes:
-    """A modern (2026-07-28) request body with the `_meta` envelope."""
-    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
-    params = dict(params or {})
-    params["_meta"] = {**params.get("_meta", {}), **meta}
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-
-
-def modern_headers(method: str, name: str | None = None, **extra: str) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": ACCEPT_BOTH,
-        "mcp-protocol-version": MODERN,
-        "mcp-method": method,
-    }
-    if name is not None:
-        headers["mcp-name"] = name
-    return {**headers, **extra}
 
 
 async def modern_post(
@@ -112,18 +71,8 @@ async def modern_post(
     name = (params or {}).get("name") or (params or {}).get("uri")
     extra = {"x-test-user": user} if user is not None else {}
     return await http.post(
-        url, content=envelope(method, request_id, params), headers=modern_headers(method, name, **extra)
+        url, content=modern_body(method, params, request_id), headers=modern_headers(method, name, **extra)
     )
-
-
-def sse_messages(text: str) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an event stream body."""
-    messages = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        data = [line[5:].strip() for line in block.split("\n") if line.startswith("data:")]
-        if data and data[0]:
-            messages.append(orjson.loads("\n".join(data)))
-    return messages
 
 
 async def legacy_session(http: httpx2.AsyncClient, url: str) -> str:
@@ -170,10 +119,3 @@ def json_of(response: httpx2.Response) -> dict[str, Any]:
         return messages[0]
     parsed: dict[str, Any] = response.json()
     return parsed
-
-
-async def until(condition: Callable[[], bool], patience: float = 5.0) -> None:
-    """Wait until `condition()` holds: it reads state the server's thread changes, so no event can tell us."""
-    with anyio.fail_after(patience):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.02)

@@ -36,7 +36,7 @@ async def test_expired_entry_stands_in_when_the_backend_fails(mode: str, serve: 
     assert body["result"]["_meta"][CACHE_META_KEY]["ageMs"] >= 200
     assert body["result"]["ttlMs"] == 0  # nobody should keep a stale answer
     assert recovered.headers["x-mcp-cache"] == "miss" and CACHE_META_KEY not in recovered.json()["result"]["_meta"]
-    assert "stale" in stack.log.outcomes()
+    assert "stale" in stack.log.outcomes("cache")
 
 
 @pytest.mark.parametrize("era", ERAS)
