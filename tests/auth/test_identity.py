@@ -12,12 +12,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.core import get_decisions, get_principal
 from tests.auth.conftest import post_mcp, serve_late
 from tests.conftest import ERAS, Era, connect
+from tests.support.decisions import DecisionRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -35,19 +35,6 @@ def whoami_server() -> MCPServer:
     return server
 
 
-class Recorder:
-    """Outermost: keeps the scope of every request, to read what auth left there."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.scopes.append(scope)
-        await self.app(scope, receive, send)
-
-
 ALICE = AccessToken(
     token="", client_id="cli-a", scopes=["mcp:read"], subject="alice", claims={"iss": "https://idp.example"}
 )
@@ -56,10 +43,10 @@ BOB = AccessToken(
 )
 
 
-def start(serve: Any, verifier: Any = None) -> tuple[str, Recorder]:
+def start(serve: Any, verifier: Any = None) -> tuple[str, DecisionRecorder]:
     mcp_app = whoami_server().streamable_http_app()
     served, slot = serve_late(serve, mcp_app)
-    recorder = Recorder(
+    recorder = DecisionRecorder(  # outermost: keeps the scope of every request, to read what auth left there
         AuthMiddleware(
             mcp_app,
             verifier=verifier or StaticTokenVerifier({"alice": ALICE, "bob": BOB}, resource=served.mcp_url),

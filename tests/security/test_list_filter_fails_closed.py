@@ -25,6 +25,7 @@ from mcp_middleware.core import CoreConfig, ErrorCode
 from tests.auth.conftest import post_mcp, serve_late
 from tests.conftest import ERAS, Era, connect
 from tests.servers import build_server
+from tests.support.sse import sse_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -69,10 +70,6 @@ async def legacy_list(url: str, *, json_response: bool) -> httpx2.Response:
         assert (await http.post(url, content=orjson.dumps(done), headers=headers)).status_code == 202
         listing = {"jsonrpc": "2.0", "id": "list-1", "method": "tools/list", "params": {}}
         return await http.post(url, content=orjson.dumps(listing), headers=headers)
-
-
-def sse_messages(body: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line[5:].strip()) for line in body.splitlines() if line.startswith("data:")]
 
 
 async def test_a_json_list_over_the_bound_is_an_error_with_the_request_id(
