@@ -7,13 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx2
-import orjson
 
 from mcp_middleware.cache import ResponseCacheMiddleware
 from tests.cache.backends import CountingApp, PrincipalFromHeader, build_backend
 from tests.conftest import Served
 from tests.support.decisions import DecisionRecorder
-from tests.support.requests import ACCEPT_BOTH, LEGACY, modern_body, modern_headers
+from tests.support.requests import legacy_body, legacy_headers, modern_body, modern_headers
 from tests.support.sse import sse_messages
 
 
@@ -75,24 +74,6 @@ async def modern_post(
     )
 
 
-async def legacy_session(http: httpx2.AsyncClient, url: str) -> str:
-    """Initialize a legacy session over raw HTTP; returns its `Mcp-Session-Id`."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-    }
-    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH}
-    response = await http.post(url, content=orjson.dumps(init), headers=headers)
-    assert response.status_code == 200, response.text
-    session = response.headers["mcp-session-id"]
-    headers = {**headers, "mcp-session-id": session, "mcp-protocol-version": LEGACY}
-    done = await http.post(url, content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers=headers)
-    assert done.status_code == 202
-    return session
-
-
 async def legacy_post(
     http: httpx2.AsyncClient,
     url: str,
@@ -102,13 +83,9 @@ async def legacy_post(
     params: Any = None,
     **extra: str,
 ) -> httpx2.Response:
-    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, "mcp-protocol-version": LEGACY, **extra}
-    if session is not None:
-        headers["mcp-session-id"] = session
-    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-    if params is not None:
-        body["params"] = params
-    return await http.post(url, content=orjson.dumps(body), headers=headers)
+    return await http.post(
+        url, content=legacy_body(method, params, request_id), headers=legacy_headers(session, **extra)
+    )
 
 
 def json_of(response: httpx2.Response) -> dict[str, Any]:

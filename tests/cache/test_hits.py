@@ -13,11 +13,10 @@ from tests.cache.helpers import (
     cached_stack,
     json_of,
     legacy_post,
-    legacy_session,
     modern_post,
 )
 from tests.conftest import ERAS, Era
-from tests.support.requests import LEGACY
+from tests.support.requests import LEGACY, legacy_session
 from tests.support.sse import sse_messages
 
 pytestmark = pytest.mark.anyio

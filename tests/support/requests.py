@@ -5,13 +5,14 @@
 
 A 2026-07-28 request carries its version and client capabilities in `params._meta` and mirrors its
 method and name in `Mcp-Method`/`Mcp-Name` headers; a 2025-11-25 request opens a session with
-`initialize` first (see :func:`initialize_body`).
+`initialize` first (:func:`legacy_session` does the handshake over raw HTTP).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 import orjson
 
 __all__ = [
@@ -20,6 +21,9 @@ __all__ = [
     "LEGACY",
     "MODERN",
     "initialize_body",
+    "legacy_body",
+    "legacy_headers",
+    "legacy_session",
     "modern_body",
     "modern_headers",
 ]
@@ -58,3 +62,37 @@ def initialize_body(version: str = LEGACY, request_id: object = 1, client: str =
     """A 2025-11-25-style `initialize` body asking for `version` (any string: tests send hostile ones)."""
     params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})
+
+
+def legacy_headers(session: str | None = None, **extra: str) -> dict[str, str]:
+    """The headers of a 2025-11-25 request in `session` (none: before or without one); `extra` adds or overrides."""
+    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, "mcp-protocol-version": LEGACY}
+    if session is not None:
+        headers["mcp-session-id"] = session
+    return {**headers, **extra}
+
+
+def legacy_body(method: str, params: Any = None, request_id: object = 1) -> bytes:
+    """A 2025-11-25 request body (no `params` member when `params` is None)."""
+    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        body["params"] = params
+    return orjson.dumps(body)
+
+
+async def legacy_session(http: httpx2.AsyncClient, url: str, **extra: str) -> str:
+    """Open a 2025-11-25 session over raw HTTP (initialize, then initialized); returns its `Mcp-Session-Id`.
+
+    `extra` headers go with both requests (an `authorization`, say); the client's own headers apply too.
+    """
+    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, **extra}
+    response = await http.post(url, content=initialize_body(LEGACY, 0), headers=headers)
+    assert response.status_code == 200, response.text
+    session = response.headers["mcp-session-id"]
+    done = await http.post(
+        url,
+        content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+        headers=legacy_headers(session, **extra),
+    )
+    assert done.status_code == 202, done.text
+    return session
