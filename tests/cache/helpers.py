@@ -1,4 +1,4 @@
-"""Building a cached stack for a test, and speaking raw HTTP to it where the SDK client hides the wire."""
+"""Building a cached stack for a test, and posting to it as a given test user (raw requests: tests/support)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from mcp_middleware.cache import ResponseCacheMiddleware
 from tests.cache.backends import CountingApp, PrincipalFromHeader, build_backend
 from tests.conftest import Served
 from tests.support.decisions import DecisionRecorder
-from tests.support.requests import legacy_body, legacy_headers, modern_body, modern_headers
-from tests.support.sse import sse_messages
+from tests.support.requests import modern_body, modern_headers
 
 
 @dataclass
@@ -72,27 +71,3 @@ async def modern_post(
     return await http.post(
         url, content=modern_body(method, params, request_id), headers=modern_headers(method, name, **extra)
     )
-
-
-async def legacy_post(
-    http: httpx2.AsyncClient,
-    url: str,
-    session: str | None,
-    method: str,
-    request_id: int,
-    params: Any = None,
-    **extra: str,
-) -> httpx2.Response:
-    return await http.post(
-        url, content=legacy_body(method, params, request_id), headers=legacy_headers(session, **extra)
-    )
-
-
-def json_of(response: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC message of a response, JSON or a one-message event stream."""
-    if response.headers["content-type"].startswith("text/event-stream"):
-        messages = [m for m in sse_messages(response.text) if "id" in m and "method" not in m]
-        assert len(messages) == 1, response.text
-        return messages[0]
-    parsed: dict[str, Any] = response.json()
-    return parsed

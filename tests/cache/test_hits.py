@@ -9,15 +9,10 @@ import pytest
 from mcp import types
 
 from tests.cache.backends import build_backend, connect_as
-from tests.cache.helpers import (
-    cached_stack,
-    json_of,
-    legacy_post,
-    modern_post,
-)
+from tests.cache.helpers import cached_stack, modern_post
 from tests.conftest import ERAS, Era
-from tests.support.requests import LEGACY, legacy_session
-from tests.support.sse import sse_messages
+from tests.support.requests import LEGACY, legacy_post, legacy_session
+from tests.support.sse import json_of, sse_messages
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,10 @@ from mcp import MCPError
 
 from mcp_middleware.cache import CACHE_META_KEY
 from tests.cache.backends import FlakyApp, connect_as
-from tests.cache.helpers import cached_stack, json_of, legacy_post, modern_post
+from tests.cache.helpers import cached_stack, modern_post
 from tests.conftest import ERAS, Era
-from tests.support.requests import legacy_session
+from tests.support.requests import legacy_post, legacy_session
+from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 

@@ -28,10 +28,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_middleware import BucketPolicy, ErrorCode, stack
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
-from tests.cache.helpers import json_of
 from tests.conftest import ERAS, Era, connect, serve_app
 from tests.security.idp import ISSUER, RESOURCE, RUNS, Idp, protected_backend, serve_idp
 from tests.support.requests import ACCEPT_BOTH, ENVELOPE, legacy_session, modern_headers
+from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 

@@ -23,6 +23,7 @@ __all__ = [
     "initialize_body",
     "legacy_body",
     "legacy_headers",
+    "legacy_post",
     "legacy_session",
     "modern_body",
     "modern_headers",
@@ -96,3 +97,18 @@ async def legacy_session(http: httpx2.AsyncClient, url: str, **extra: str) -> st
     )
     assert done.status_code == 202, done.text
     return session
+
+
+async def legacy_post(
+    http: httpx2.AsyncClient,
+    url: str,
+    session: str | None,
+    method: str,
+    request_id: int,
+    params: Any = None,
+    **extra: str,
+) -> httpx2.Response:
+    """Post one 2025-11-25 request in `session` (see :func:`legacy_session`); `extra` adds headers."""
+    return await http.post(
+        url, content=legacy_body(method, params, request_id), headers=legacy_headers(session, **extra)
+    )

@@ -1,12 +1,13 @@
-"""Reading a `text/event-stream` body as the JSON-RPC messages it carries."""
+"""Reading an answer as the JSON-RPC messages it carries, whether it came as JSON or as an event stream."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import httpx2
 import orjson
 
-__all__ = ["sse_messages"]
+__all__ = ["json_of", "sse_messages"]
 
 
 def sse_messages(text: str) -> list[dict[str, Any]]:
@@ -21,3 +22,13 @@ def sse_messages(text: str) -> list[dict[str, Any]]:
         if data.strip():
             messages.append(orjson.loads(data))
     return messages
+
+
+def json_of(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC response of an answer: its JSON body, or the one response in its event stream."""
+    if response.headers["content-type"].startswith("text/event-stream"):
+        messages = [m for m in sse_messages(response.text) if "id" in m and "method" not in m]
+        assert len(messages) == 1, response.text
+        return messages[0]
+    parsed: dict[str, Any] = response.json()
+    return parsed
