@@ -16,9 +16,10 @@ from mcp_middleware.core import ErrorCode
 from mcp_middleware.core.decisions import Decision
 from mcp_middleware.ratelimit import BucketPolicy, QuotaPolicy, RateLimitMiddleware
 from tests.conftest import ERAS, Era, connect
-from tests.ratelimit.wire import LEGACY, call_tool, error_of
+from tests.ratelimit.wire import call_tool, error_of
 from tests.servers import PROGRESS_INTERVAL, build_server
 from tests.support.decisions import DecisionRecorder
+from tests.support.requests import LEGACY
 
 pytestmark = pytest.mark.anyio
 
