@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx2
-import orjson
 import pytest
 import uvicorn
 from joserfc import jwt
@@ -25,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.conftest import Served, free_port, self_signed_certificate, serve_app
 from tests.servers import build_server
+from tests.support.requests import modern_body, modern_headers
 
 
 class Slot:
@@ -165,30 +165,6 @@ def login() -> ProgrammaticLogin:
     return ProgrammaticLogin()
 
 
-MODERN_VERSION = "2026-07-28"
-
-
-def modern_call(
-    method: str = "tools/call", params: dict[str, Any] | None = None, request_id: int = 7
-) -> tuple[bytes, dict[str, str]]:
-    """A valid 2026-07-28 request body and the headers that must mirror it."""
-    params = dict(params if params is not None else {"name": "echo", "arguments": {"text": "hi"}})
-    params["_meta"] = {
-        "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
-    headers = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": MODERN_VERSION,
-        "mcp-method": method,
-    }
-    if "name" in params:
-        headers["mcp-name"] = params["name"]
-    body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-    return body, headers
-
-
 async def post_mcp(
     url: str,
     *,
@@ -199,7 +175,8 @@ async def post_mcp(
     extra_headers: list[tuple[str, str | bytes]] | None = None,
 ) -> httpx2.Response:
     """One raw modern-era request, as a client that sends exactly what the test says."""
-    body, headers = modern_call(method, params, request_id)
+    params = params if params is not None else {"name": "echo", "arguments": {"text": "hi"}}
+    body, headers = modern_body(method, params, request_id), modern_headers(method, params.get("name"))
     header_list: list[tuple[str, str | bytes]] = list(headers.items())
     if authorization is not None:
         header_list.append(("authorization", authorization))

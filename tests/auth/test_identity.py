@@ -12,12 +12,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.core import get_decisions, get_principal
 from tests.auth.conftest import post_mcp, serve_late
 from tests.conftest import ERAS, Era, connect
+from tests.support.decisions import DecisionRecorder
+from tests.support.requests import legacy_body, legacy_headers, legacy_session
 
 pytestmark = pytest.mark.anyio
 
@@ -35,19 +36,6 @@ def whoami_server() -> MCPServer:
     return server
 
 
-class Recorder:
-    """Outermost: keeps the scope of every request, to read what auth left there."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.scopes: list[Scope] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.scopes.append(scope)
-        await self.app(scope, receive, send)
-
-
 ALICE = AccessToken(
     token="", client_id="cli-a", scopes=["mcp:read"], subject="alice", claims={"iss": "https://idp.example"}
 )
@@ -56,10 +44,10 @@ BOB = AccessToken(
 )
 
 
-def start(serve: Any, verifier: Any = None) -> tuple[str, Recorder]:
+def start(serve: Any, verifier: Any = None) -> tuple[str, DecisionRecorder]:
     mcp_app = whoami_server().streamable_http_app()
     served, slot = serve_late(serve, mcp_app)
-    recorder = Recorder(
+    recorder = DecisionRecorder(  # outermost: keeps the scope of every request, to read what auth left there
         AuthMiddleware(
             mcp_app,
             verifier=verifier or StaticTokenVerifier({"alice": ALICE, "bob": BOB}, resource=served.mcp_url),
@@ -116,26 +104,11 @@ async def test_a_refusal_is_recorded_as_a_decision(serve: Any) -> None:
 
 async def test_a_legacy_session_cannot_be_reused_by_another_principal(serve: Any) -> None:
     url, _ = start(serve)
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
+    call = legacy_body("tools/call", {"name": "whoami", "arguments": {}}, 2)
     async with httpx2.AsyncClient(timeout=10) as http:
-        opened = await http.post(url, json=initialize, headers={**headers, "authorization": "Bearer alice"})
-        assert opened.status_code == 200
-        session = opened.headers["mcp-session-id"]
-        follow = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
-        await http.post(
-            url,
-            json={"jsonrpc": "2.0", "method": "notifications/initialized"},
-            headers={**follow, "authorization": "Bearer alice"},
-        )
-        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
-        as_alice = await http.post(url, json=call, headers={**follow, "authorization": "Bearer alice"})
-        as_bob = await http.post(url, json=call, headers={**follow, "authorization": "Bearer bob"})
+        session = await legacy_session(http, url, authorization="Bearer alice")
+        as_alice = await http.post(url, content=call, headers=legacy_headers(session, authorization="Bearer alice"))
+        as_bob = await http.post(url, content=call, headers=legacy_headers(session, authorization="Bearer bob"))
     assert as_alice.status_code == 200
     assert "alice|cli-a" in as_alice.text
     assert as_bob.status_code == 404, "the SDK's session-owner binding refuses bob on alice's session"

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +23,12 @@ from mcp.types import ToolAnnotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.breaker import BreakerRegistry
-from mcp_middleware.core import Decision, JsonRpcCode, get_mcp_request, observe_decisions
+from mcp_middleware.core import JsonRpcCode, get_mcp_request
+from tests.support.requests import modern_body, modern_headers
+from tests.support.waiting import held_within
 
 __all__ = [
     "BackendLog",
-    "DecisionRecorder",
     "FaultInjector",
     "always",
     "build_backend",
@@ -36,11 +36,7 @@ __all__ = [
     "modern_call",
     "post_modern",
     "settled",
-    "sse_messages",
-    "wait_for",
 ]
-
-MODERN = "2026-07-28"
 
 
 @dataclass
@@ -200,70 +196,17 @@ async def settled(registry: BreakerRegistry, calls: int, key: str = "/mcp") -> N
     verdicts waits for them.
     """
     breaker = registry.get(key)
-    assert await wait_for(lambda: breaker.window_counts()[0] >= calls), breaker.snapshot()
-
-
-async def wait_for(condition: Callable[[], Any], patience: float = 5.0) -> bool:
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await anyio.sleep(0.02)
-    return bool(condition())
+    assert await held_within(lambda: breaker.window_counts()[0] >= calls), breaker.snapshot()
 
 
 def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1, *, progress: bool = False) -> dict[str, Any]:
-    """The body and headers of a 2026-07-28 `tools/call` (what the SDK client sends)."""
-    meta: dict[str, Any] = {
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }
+    """The body and headers of a 2026-07-28 `tools/call` (what the SDK client sends), as `httpx2` post arguments."""
+    params: dict[str, Any] = {"name": tool, "arguments": arguments}
     if progress:
-        meta["progressToken"] = "p-1"
-    body = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": meta},
-    }
-    return {
-        "content": orjson.dumps(body),
-        "headers": {
-            "content-type": "application/json",
-            "accept": "application/json, text/event-stream",
-            "mcp-protocol-version": MODERN,
-            "mcp-method": "tools/call",
-            "mcp-name": tool,
-        },
-    }
+        params["_meta"] = {"progressToken": "p-1"}
+    return {"content": modern_body("tools/call", params, request_id), "headers": modern_headers("tools/call", tool)}
 
 
 async def post_modern(url: str, tool: str, arguments: dict[str, Any], request_id: int = 1) -> httpx2.Response:
     async with httpx2.AsyncClient(timeout=10) as http:
         return await http.post(url, **modern_call(tool, arguments, request_id))
-
-
-def sse_messages(text: str) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an SSE body (events whose data is JSON)."""
-    messages = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
-        if data.strip():
-            messages.append(orjson.loads(data))
-    return messages
-
-
-class DecisionRecorder:
-    """An outer ASGI layer that keeps every decision recorded for each request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.decisions: list[Decision] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            observe_decisions(scope, self.decisions.append)
-        await self.app(scope, receive, send)
-
-    def breaker(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(d.outcome, dict(d.attributes)) for d in self.decisions if d.component == "breaker"]

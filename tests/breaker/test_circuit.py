@@ -23,8 +23,10 @@ from mcp_middleware.breaker import (
 )
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
+from tests.support.decisions import DecisionRecorder
+from tests.support.waiting import held_within
 
-from .backends import BackendLog, DecisionRecorder, build_backend, modern_call, post_modern, settled, wait_for
+from .backends import BackendLog, build_backend, modern_call, post_modern, settled
 
 pytestmark = pytest.mark.anyio
 
@@ -33,10 +35,10 @@ def guarded(log: BackendLog, **options: Any) -> CircuitBreakerMiddleware:
     return CircuitBreakerMiddleware(build_backend(log).streamable_http_app(), **options)
 
 
-async def until(app: CircuitBreakerMiddleware, state: BreakerState, key: str = "/mcp") -> None:
-    """Wait until the breaker has judged the last call: it learns when a response *ends*, which
-    can be a moment after the client read the JSON-RPC response from an SSE stream."""
-    assert await wait_for(lambda: app.registry.get(key).state is state), app.registry.snapshot()
+async def reaches(app: CircuitBreakerMiddleware, state: BreakerState, key: str = "/mcp") -> None:
+    """Wait until breaker `key` is in `state` (it judges a call when the response *ends*, which
+    can be a moment after the client read the JSON-RPC response from an SSE stream)."""
+    assert await held_within(lambda: app.registry.get(key).state is state), app.registry.snapshot()
 
 
 def trip_after(failures: int, open_for: float = 30.0, **policy: Any) -> BreakerPolicy:
@@ -54,7 +56,7 @@ async def test_open_circuit_fails_fast_with_503_and_retry_after(era: Era, serve:
             with pytest.raises(MCPError) as failed:
                 await client.call_tool("flaky", {"text": "x"})
             assert failed.value.code == JsonRpcCode.INTERNAL_ERROR
-        await until(app, BreakerState.OPEN)
+        await reaches(app, BreakerState.OPEN)
         started = time.perf_counter()
         with pytest.raises(MCPError) as refused:
             await client.call_tool("flaky", {"text": "x"})
@@ -87,7 +89,7 @@ async def test_half_open_probe_closes_the_circuit_and_a_failed_probe_backs_off(e
         await client.list_tools()  # else the client lists them itself after the first good call
         with pytest.raises(MCPError):
             await client.call_tool("flaky", {"text": "a"})  # failure 1: opens for 0.3 s
-        await until(app, BreakerState.OPEN)
+        await reaches(app, BreakerState.OPEN)
         with pytest.raises(MCPError) as refused:
             await client.call_tool("flaky", {"text": "a"})
         assert refused.value.code == ErrorCode.UNAVAILABLE
@@ -95,12 +97,12 @@ async def test_half_open_probe_closes_the_circuit_and_a_failed_probe_backs_off(e
         with pytest.raises(MCPError) as probe:
             await client.call_tool("flaky", {"text": "a"})  # the probe fails: open again, for 0.6 s
         assert probe.value.code == JsonRpcCode.INTERNAL_ERROR
-        await until(app, BreakerState.OPEN)
+        await reaches(app, BreakerState.OPEN)
         assert 0.5 < app.registry.get("/mcp").retry_after() <= 0.6
         await anyio.sleep(0.65)
         result = await client.call_tool("flaky", {"text": "a"})  # the probe succeeds: closed
         assert result.content[0].text == "recovered: a"  # type: ignore[union-attr]
-        await until(app, BreakerState.CLOSED)
+        await reaches(app, BreakerState.CLOSED)
         assert (await client.call_tool("echo", {"text": "b"})).content[0].text == "b"  # type: ignore[union-attr]
     states = [(c.state.value, c.reason, round(c.open_for, 3)) for c in changes]
     assert states == [
@@ -124,7 +126,7 @@ async def test_half_open_admits_only_the_probe_budget(era: Era, serve: Any) -> N
         await client.list_tools()  # else the client lists them itself after a call (a request too)
         with pytest.raises(MCPError):
             await client.call_tool("flaky", {"text": "a"})
-        await until(app, BreakerState.OPEN)
+        await reaches(app, BreakerState.OPEN)
         await anyio.sleep(0.25)
 
         async def call() -> None:
@@ -138,7 +140,7 @@ async def test_half_open_admits_only_the_probe_budget(era: Era, serve: Any) -> N
             for _ in range(5):
                 tg.start_soon(call)
     assert sorted(outcomes) == [f"refused {ErrorCode.UNAVAILABLE} half_open"] * 3 + ["streamed 4"] * 2
-    await until(app, BreakerState.CLOSED)  # two probes succeeded
+    await reaches(app, BreakerState.CLOSED)  # two probes succeeded
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -180,7 +182,7 @@ async def test_tool_errors_count_when_configured(era: Era, serve: Any) -> None:
         await settled(app.registry, 1)
         for _ in range(2):
             assert (await client.call_tool("failing", {"reason": "nope"})).is_error
-        await until(app, BreakerState.OPEN)
+        await reaches(app, BreakerState.OPEN)
         with pytest.raises(MCPError) as refused:
             await client.call_tool("failing", {"reason": "nope"})
     assert refused.value.code == ErrorCode.UNAVAILABLE
@@ -196,7 +198,7 @@ async def test_per_tool_breakers_isolate_a_failing_tool(era: Era, serve: Any) ->
         for _ in range(2):
             with pytest.raises(MCPError):
                 await client.call_tool("flaky", {"text": "x"})
-        await until(app, BreakerState.OPEN, "/mcp tools/call:flaky")
+        await reaches(app, BreakerState.OPEN, "/mcp tools/call:flaky")
         with pytest.raises(MCPError) as refused:
             await client.call_tool("flaky", {"text": "x"})
         assert refused.value.error.data["breaker"] == "/mcp tools/call:flaky"
@@ -230,7 +232,7 @@ async def test_decisions_are_recorded(serve: Any) -> None:
     await post_modern(served.mcp_url, "echo", {"text": "x"}, request_id=1)
     await post_modern(served.mcp_url, "flaky", {"text": "x"}, request_id=2)
     await post_modern(served.mcp_url, "echo", {"text": "x"}, request_id=3)
-    decisions = recorder.breaker()
+    decisions = recorder.of("breaker")
     assert decisions[0] == ("allow", {"state": "closed", "key": "/mcp"})
     assert decisions[1] == ("allow", {"state": "closed", "key": "/mcp"})
     assert decisions[2] == ("failure", {"key": "/mcp", "reason": "jsonrpc_-32603", "attempt": 1})
@@ -277,7 +279,7 @@ async def test_the_classifier_is_replaceable(serve: Any) -> None:
     assert (await post_modern(served.mcp_url, "echo", {"text": "quick"})).status_code == 200
     assert app.registry.get("/mcp").state is BreakerState.CLOSED
     assert (await post_modern(served.mcp_url, "stream", {"steps": 2})).status_code == 200  # ~100 ms
-    assert await wait_for(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
+    assert await held_within(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
 
 
 @pytest.mark.parametrize(

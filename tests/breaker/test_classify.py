@@ -11,8 +11,9 @@ from mcp_middleware.breaker import CircuitBreakerMiddleware, FailureClassifier, 
 from mcp_middleware.core import Era as CoreEra
 from mcp_middleware.core import McpRequest, RequestKind, ResponseOutcome
 from tests.conftest import Era, Served, connect
+from tests.support.waiting import held_within
 
-from .backends import BackendLog, build_backend, wait_for
+from .backends import BackendLog, build_backend
 
 pytestmark = pytest.mark.anyio
 
@@ -93,7 +94,7 @@ async def test_classification_on_the_wire(era: Era, json_response: bool, serve: 
             snapshot = app.registry.snapshot()["/mcp"]
             return snapshot.window_calls, snapshot.window_failures
 
-        assert await wait_for(lambda: seen() == (calls, failures)), seen()
+        assert await held_within(lambda: seen() == (calls, failures)), seen()
 
     async with connect(served.mcp_url, era) as client:
         await client.list_tools()

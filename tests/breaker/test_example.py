@@ -11,8 +11,9 @@ from mcp import MCPError
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode
 from tests.conftest import ERAS, Era, Served, connect
+from tests.support.waiting import held_within
 
-from .backends import settled, wait_for
+from .backends import settled
 
 pytestmark = pytest.mark.anyio
 
@@ -31,7 +32,7 @@ async def test_the_example_opens_its_circuit_and_reports_not_ready(era: Era, ser
             with pytest.raises(MCPError) as failed:
                 await client.call_tool("stock", {"item": "apple"})
             assert failed.value.code == JsonRpcCode.INTERNAL_ERROR
-        assert await wait_for(lambda: example.registry.open_keys() == ["/mcp"])
+        assert await held_within(lambda: example.registry.open_keys() == ["/mcp"])
         with pytest.raises(MCPError) as refused:
             await client.call_tool("stock", {"item": "apple"})
         assert refused.value.code == ErrorCode.UNAVAILABLE

@@ -14,6 +14,8 @@ from mcp import MCPError
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware, Fault, Verdict
 from mcp_middleware.core import ErrorCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
+from tests.support.sse import sse_messages
+from tests.support.waiting import held_within
 
 from .backends import (
     BackendLog,
@@ -23,8 +25,6 @@ from .backends import (
     modern_call,
     post_modern,
     settled,
-    sse_messages,
-    wait_for,
 )
 
 pytestmark = pytest.mark.anyio
@@ -57,8 +57,8 @@ async def test_a_hung_tool_is_cancelled_and_answered_with_a_timeout_error(era: E
         assert timed_out.value.error.data == {"timeoutMs": int(TIMEOUT * 1000)}
         assert TIMEOUT <= elapsed < TIMEOUT + 1.0
         # The tool itself was cancelled (legacy: through notifications/cancelled to its session).
-        assert await wait_for(lambda: f"{tool} cancelled" in log.events), log.events
-        assert await wait_for(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
+        assert await held_within(lambda: f"{tool} cancelled" in log.events), log.events
+        assert await held_within(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
         # The connection stays usable.
         assert (await client.call_tool("echo", {"text": "after"})).content[0].text == "after"  # type: ignore[union-attr]
     assert app.registry.snapshot()["/mcp"].window_failures == 1
@@ -159,7 +159,7 @@ async def test_a_json_body_that_breaks_off_drops_the_connection(serve: Any) -> N
     served: Served = serve(app)
     with pytest.raises(httpx2.TransportError):
         await post_modern(served.mcp_url, "echo", {"text": "x"})
-    assert await wait_for(lambda: app.registry.snapshot()["/mcp"].window_failures == 1)
+    assert await held_within(lambda: app.registry.snapshot()["/mcp"].window_failures == 1)
     assert (await post_modern(served.mcp_url, "lookup", {"key": "a"})).status_code == 200  # the server lives on
 
 
@@ -192,7 +192,7 @@ async def test_every_fault_counts_against_the_backend(era: Era, fault: str, serv
             with pytest.raises(MCPError) as failed:
                 await client.call_tool(tool, arguments)
             assert failed.value.code in (ErrorCode.BAD_GATEWAY, ErrorCode.TIMEOUT)
-        assert await wait_for(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
+        assert await held_within(lambda: app.registry.get("/mcp").state is BreakerState.OPEN)
         with pytest.raises(MCPError) as refused:
             await client.call_tool(tool, arguments)
         assert refused.value.code == ErrorCode.UNAVAILABLE
@@ -210,6 +210,6 @@ async def test_a_client_that_leaves_says_nothing_about_the_backend(serve: Any) -
         async for line in response.aiter_lines():
             if "notifications/progress" in line:
                 break  # leave mid-stream
-    assert await wait_for(lambda: "hang cancelled" in log.events), log.events
+    assert await held_within(lambda: "hang cancelled" in log.events), log.events
     snapshot = app.registry.snapshot()["/mcp"]
     assert snapshot.state is BreakerState.CLOSED and snapshot.window_calls == 0

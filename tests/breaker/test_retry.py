@@ -10,8 +10,10 @@ from mcp import MCPError
 from mcp_middleware.breaker import CircuitBreakerMiddleware, RetryPolicy
 from mcp_middleware.core import ErrorCode
 from tests.conftest import ERAS, Era, Served, connect
+from tests.support.decisions import DecisionRecorder
+from tests.support.waiting import held_within
 
-from .backends import BackendLog, DecisionRecorder, FaultInjector, always, build_backend, first, wait_for
+from .backends import BackendLog, FaultInjector, always, build_backend, first
 
 pytestmark = pytest.mark.anyio
 
@@ -39,11 +41,11 @@ async def test_tools_the_backend_declares_safe_are_retried(
         await client.list_tools()  # the breaker learns the annotations from this response, once it has ended
         middleware = recorder.app
         assert isinstance(middleware, CircuitBreakerMiddleware)
-        assert await wait_for(lambda: middleware.registry.is_repeatable("/mcp", tool))
+        assert await held_within(lambda: middleware.registry.is_repeatable("/mcp", tool))
         result = await client.call_tool(tool, arguments)
     assert result.content[0].text == text  # type: ignore[union-attr]
     assert injector.calls[tool] == 3 and log.calls[tool] == 1  # two failed before reaching the tool
-    retries = [attributes["attempt"] for outcome, attributes in recorder.breaker() if outcome == "retry"]
+    retries = [attributes["attempt"] for outcome, attributes in recorder.of("breaker") if outcome == "retry"]
     assert retries == [2, 3]
 
 
@@ -58,7 +60,7 @@ async def test_tools_not_declared_safe_are_never_retried(era: Era, serve: Any) -
             await client.call_tool("echo", {"text": "x"})
     assert failed.value.code == ErrorCode.BAD_GATEWAY
     assert injector.calls["echo"] == 1
-    assert "retry" not in [outcome for outcome, _ in recorder.breaker()]
+    assert "retry" not in [outcome for outcome, _ in recorder.of("breaker")]
 
 
 async def test_without_a_tools_list_nothing_is_known_safe(serve: Any) -> None:
@@ -93,12 +95,12 @@ async def test_attempts_are_bounded(era: Era, serve: Any) -> None:
         await client.list_tools()
         middleware = recorder.app
         assert isinstance(middleware, CircuitBreakerMiddleware)
-        assert await wait_for(lambda: middleware.registry.is_repeatable("/mcp", "lookup"))
+        assert await held_within(lambda: middleware.registry.is_repeatable("/mcp", "lookup"))
         with pytest.raises(MCPError) as failed:
             await client.call_tool("lookup", {"key": "a"})
     assert failed.value.code == ErrorCode.BAD_GATEWAY
     assert injector.calls["lookup"] == 3
-    failures = [a for outcome, a in recorder.breaker() if outcome == "failure" and a["reason"] == "exception"]
+    failures = [a for outcome, a in recorder.of("breaker") if outcome == "failure" and a["reason"] == "exception"]
     assert [a["attempt"] for a in failures] == [1, 2, 3]  # every attempt counted against the backend
 
 
@@ -127,10 +129,10 @@ async def test_a_timeout_is_retried_only_if_nothing_was_sent(era: Era, serve: An
         with pytest.raises(MCPError) as failed:
             await client.call_tool("quiet_hang", {})
     assert failed.value.code == ErrorCode.TIMEOUT
-    retries = [a["reason"] for outcome, a in recorder.breaker() if outcome == "retry"]
+    retries = [a["reason"] for outcome, a in recorder.of("breaker") if outcome == "retry"]
     if era == "modern":  # nothing is sent until the tool ends or notifies: the timeout is retried
         assert retries == ["timeout"]
-        assert await wait_for(lambda: log.events.count("quiet_hang cancelled") == 2)
+        assert await held_within(lambda: log.events.count("quiet_hang cancelled") == 2)
         assert log.events.count("quiet_hang started") == 2
     else:  # a legacy server starts its SSE response at once: too late to retry
         assert retries == []

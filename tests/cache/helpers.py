@@ -1,51 +1,28 @@
-"""Building a cached stack for a test, and speaking raw HTTP to it where the SDK client hides the wire."""
+"""Building a cached stack for a test, and posting to it as a given test user (raw requests: tests/support)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx2
-import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.cache import ResponseCacheMiddleware
-from mcp_middleware.core import Decision, observe_decisions
 from tests.cache.backends import CountingApp, PrincipalFromHeader, build_backend
 from tests.conftest import Served
-
-MODERN = "2026-07-28"
-LEGACY = "2025-11-25"
-ACCEPT_BOTH = "application/json, text/event-stream"
-
-
-class DecisionLog:
-    """Records every decision made for every request (as tracing would observe them)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.decisions: list[Decision] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            observe_decisions(scope, self.decisions.append)
-        await self.app(scope, receive, send)
-
-    def outcomes(self, component: str = "cache") -> list[str]:
-        return [d.outcome for d in self.decisions if d.component == component]
+from tests.support.decisions import DecisionRecorder
+from tests.support.requests import modern_body, modern_headers
 
 
 @dataclass
 class CachedStack:
-    """principal (test only) → decision log → cache → call counter → SDK server, served by uvicorn."""
+    """principal (test only) → decision recorder → cache → call counter → SDK server, served by uvicorn."""
 
     served: Served
     cache: ResponseCacheMiddleware
     counter: CountingApp
-    log: DecisionLog
+    log: DecisionRecorder
     server: Any
 
     @property
@@ -76,29 +53,9 @@ def cached_stack(
     app = server.streamable_http_app(json_response=json_response)
     counter = CountingApp(app)
     cache = ResponseCacheMiddleware(inner(counter) if inner is not None else counter, **options)
-    log = DecisionLog(cache)
+    log = DecisionRecorder(cache)
     served = serve(PrincipalFromHeader(log))
     return CachedStack(served, cache, counter, log, server)
-
-
-def envelope(method: str, request_id: int | str, params: dict[str, Any] | None = None) -> bytes:
-    """A modern (2026-07-28) request body with the `_meta` envelope."""
-    meta = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
-    params = dict(params or {})
-    params["_meta"] = {**params.get("_meta", {}), **meta}
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
-
-
-def modern_headers(method: str, name: str | None = None, **extra: str) -> dict[str, str]:
-    headers = {
-        "content-type": "application/json",
-        "accept": ACCEPT_BOTH,
-        "mcp-protocol-version": MODERN,
-        "mcp-method": method,
-    }
-    if name is not None:
-        headers["mcp-name"] = name
-    return {**headers, **extra}
 
 
 async def modern_post(
@@ -112,68 +69,5 @@ async def modern_post(
     name = (params or {}).get("name") or (params or {}).get("uri")
     extra = {"x-test-user": user} if user is not None else {}
     return await http.post(
-        url, content=envelope(method, request_id, params), headers=modern_headers(method, name, **extra)
+        url, content=modern_body(method, params, request_id), headers=modern_headers(method, name, **extra)
     )
-
-
-def sse_messages(text: str) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of an event stream body."""
-    messages = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        data = [line[5:].strip() for line in block.split("\n") if line.startswith("data:")]
-        if data and data[0]:
-            messages.append(orjson.loads("\n".join(data)))
-    return messages
-
-
-async def legacy_session(http: httpx2.AsyncClient, url: str) -> str:
-    """Initialize a legacy session over raw HTTP; returns its `Mcp-Session-Id`."""
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
-    }
-    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH}
-    response = await http.post(url, content=orjson.dumps(init), headers=headers)
-    assert response.status_code == 200, response.text
-    session = response.headers["mcp-session-id"]
-    headers = {**headers, "mcp-session-id": session, "mcp-protocol-version": LEGACY}
-    done = await http.post(url, content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers=headers)
-    assert done.status_code == 202
-    return session
-
-
-async def legacy_post(
-    http: httpx2.AsyncClient,
-    url: str,
-    session: str | None,
-    method: str,
-    request_id: int,
-    params: Any = None,
-    **extra: str,
-) -> httpx2.Response:
-    headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, "mcp-protocol-version": LEGACY, **extra}
-    if session is not None:
-        headers["mcp-session-id"] = session
-    body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-    if params is not None:
-        body["params"] = params
-    return await http.post(url, content=orjson.dumps(body), headers=headers)
-
-
-def json_of(response: httpx2.Response) -> dict[str, Any]:
-    """The JSON-RPC message of a response, JSON or a one-message event stream."""
-    if response.headers["content-type"].startswith("text/event-stream"):
-        messages = [m for m in sse_messages(response.text) if "id" in m and "method" not in m]
-        assert len(messages) == 1, response.text
-        return messages[0]
-    parsed: dict[str, Any] = response.json()
-    return parsed
-
-
-async def until(condition: Callable[[], bool], patience: float = 5.0) -> None:
-    """Wait until `condition()` holds: it reads state the server's thread changes, so no event can tell us."""
-    with anyio.fail_after(patience):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.02)

@@ -9,8 +9,8 @@ import pytest
 from mcp import types
 
 from tests.cache.backends import connect_as
-from tests.cache.helpers import DecisionLog
 from tests.conftest import ERAS, Era
+from tests.support.decisions import DecisionRecorder
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +23,7 @@ def text(result: types.CallToolResult) -> str:
 @pytest.mark.parametrize("era", ERAS)
 async def test_cache_example(era: Era, serve: Any) -> None:
     module = importlib.reload(importlib.import_module("examples.cache_server"))  # an app's lifespan runs once
-    log = DecisionLog(module.app)
+    log = DecisionRecorder(module.app)
     served = serve(log)
     async with connect_as(served.mcp_url, era) as client:
         assert [t.name for t in (await client.list_tools()).tools] == ["forecast", "set_forecast"]
@@ -33,4 +33,4 @@ async def test_cache_example(era: Era, serve: Any) -> None:
         # the opted-in forecast stays cached for its 30 s, as configured
         assert text(await client.call_tool("forecast", {"city": "Oslo"})) == "snow"
     # the second forecast, the second tools/list, the last forecast; set_forecast is not selected at all
-    assert log.outcomes().count("hit") == 3
+    assert log.outcomes("cache").count("hit") == 3

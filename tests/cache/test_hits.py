@@ -9,16 +9,10 @@ import pytest
 from mcp import types
 
 from tests.cache.backends import build_backend, connect_as
-from tests.cache.helpers import (
-    LEGACY,
-    cached_stack,
-    json_of,
-    legacy_post,
-    legacy_session,
-    modern_post,
-    sse_messages,
-)
+from tests.cache.helpers import cached_stack, modern_post
 from tests.conftest import ERAS, Era
+from tests.support.requests import LEGACY, legacy_post, legacy_session
+from tests.support.sse import json_of, sse_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -47,7 +41,7 @@ async def test_repeated_lists_and_reads_are_answered_without_the_backend(era: Er
             ]
     for method in ("tools/list", "prompts/list", "resources/list", "resources/templates/list", "resources/read"):
         assert stack.calls[method] == 1, (method, stack.calls)
-    assert stack.log.outcomes().count("hit") == 10
+    assert stack.log.outcomes("cache").count("hit") == 10
 
 
 async def test_server_discover_is_cached_across_connections(serve: Any) -> None:

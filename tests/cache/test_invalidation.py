@@ -10,7 +10,8 @@ from mcp import types
 
 from mcp_middleware.core import Principal
 from tests.cache.backends import ISSUER, connect_as
-from tests.cache.helpers import cached_stack, until
+from tests.cache.helpers import cached_stack
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 

@@ -11,8 +11,10 @@ from mcp import MCPError
 
 from mcp_middleware.cache import CACHE_META_KEY
 from tests.cache.backends import FlakyApp, connect_as
-from tests.cache.helpers import cached_stack, json_of, legacy_post, legacy_session, modern_post
+from tests.cache.helpers import cached_stack, modern_post
 from tests.conftest import ERAS, Era
+from tests.support.requests import legacy_post, legacy_session
+from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +38,7 @@ async def test_expired_entry_stands_in_when_the_backend_fails(mode: str, serve: 
     assert body["result"]["_meta"][CACHE_META_KEY]["ageMs"] >= 200
     assert body["result"]["ttlMs"] == 0  # nobody should keep a stale answer
     assert recovered.headers["x-mcp-cache"] == "miss" and CACHE_META_KEY not in recovered.json()["result"]["_meta"]
-    assert "stale" in stack.log.outcomes()
+    assert "stale" in stack.log.outcomes("cache")
 
 
 @pytest.mark.parametrize("era", ERAS)

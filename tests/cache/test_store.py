@@ -148,13 +148,14 @@ async def test_an_invalidation_on_one_instance_reaches_the_other_through_redis(r
     """A list_changed seen by instance A drops the entry instance B would answer from (no L1: nothing to go stale)."""
     require("redis", "the Redis store")
     from mcp_middleware.cache import ResponseCacheMiddleware
-    from tests.cache.helpers import CachedStack, DecisionLog
+    from tests.cache.helpers import CachedStack
+    from tests.support.decisions import DecisionRecorder
 
     stacks = []
     for _ in range(2):
         counter = CountingApp(build_backend().streamable_http_app())
         cache = ResponseCacheMiddleware(counter, store=RedisCacheStore(redis_server.url))
-        log = DecisionLog(cache)
+        log = DecisionRecorder(cache)
         stacks.append(CachedStack(serve(PrincipalFromHeader(log)), cache, counter, log, None))
     first, second = stacks
     async with connect_as(first.url, "modern", "alice") as a, connect_as(second.url, "modern", "alice") as b:
@@ -172,14 +173,16 @@ async def test_an_invalidation_empties_the_other_instances_l1_at_once(redis_serv
     """With an L1 in front of Redis, a published invalidation purges every instance's L1 (not after l1_ttl)."""
     require("redis", "the Redis store")
     from mcp_middleware.cache import ResponseCacheMiddleware
-    from tests.cache.helpers import CachedStack, DecisionLog, until
+    from tests.cache.helpers import CachedStack
+    from tests.support.decisions import DecisionRecorder
+    from tests.support.waiting import until
 
     stacks = []
     for _ in range(2):
         counter = CountingApp(build_backend().streamable_http_app())
         store = RedisCacheStore(redis_server.url, l1=MemoryCacheStore(), l1_ttl=60)
         cache = ResponseCacheMiddleware(counter, store=store)
-        log = DecisionLog(cache)
+        log = DecisionRecorder(cache)
         stacks.append(CachedStack(serve(PrincipalFromHeader(log)), cache, counter, log, None))
     first, second = stacks
     second_store: RedisCacheStore = second.cache.store  # type: ignore[assignment]

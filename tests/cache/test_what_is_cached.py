@@ -11,8 +11,10 @@ from mcp import MCPError, types
 from mcp.server.lowlevel import Server
 
 from tests.cache.backends import PAGES, build_backend, build_paged_backend, connect_as
-from tests.cache.helpers import cached_stack, legacy_post, legacy_session, modern_post, until
+from tests.cache.helpers import cached_stack, modern_post
 from tests.conftest import ERAS, Era
+from tests.support.requests import legacy_post, legacy_session
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 

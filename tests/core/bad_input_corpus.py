@@ -17,21 +17,20 @@ import httpx2
 import orjson
 
 from mcp_middleware import ErrorCode
+from tests.support.requests import ENVELOPE, modern_body, modern_headers
 
 ACCEPT = {"accept": "application/json, text/event-stream"}
 JSON = {"content-type": "application/json", **ACCEPT}
 MODERN = {**JSON, "mcp-protocol-version": "2026-07-28"}
 LEGACY = {**JSON, "mcp-protocol-version": "2025-11-25"}
-ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 _ENVELOPE_JSON = orjson.dumps(ENVELOPE)
 NO_ID = object()
 """`Case.bare_id` when the SDK's answer has no JSON-RPC body at all."""
 
 
 def modern_call(request_id: int, name: str, **headers: str) -> tuple[dict[str, str], bytes]:
-    body = {"jsonrpc": "2.0", "id": request_id, "method": "tools/call"}
-    body["params"] = {"name": name, "arguments": {"text": "x"}, "_meta": ENVELOPE}
-    return {**MODERN, "mcp-method": "tools/call", "mcp-name": name, **headers}, orjson.dumps(body)
+    body = modern_body("tools/call", {"name": name, "arguments": {"text": "x"}}, request_id)
+    return modern_headers("tools/call", name, **headers), body
 
 
 def modern_raw(request_id: bytes, method: str, params: bytes = b"{}", **headers: str) -> tuple[dict[str, str], bytes]:

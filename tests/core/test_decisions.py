@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx2
 import pytest
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from mcp_middleware.core import (
     Decision,
@@ -15,6 +15,7 @@ from mcp_middleware.core import (
 )
 from tests.conftest import Served
 from tests.servers import build_server
+from tests.support.decisions import DecisionRecorder
 
 
 def test_decisions_are_recorded_in_order_and_observed() -> None:
@@ -41,19 +42,6 @@ def test_no_decisions_is_an_empty_tuple() -> None:
     assert get_decisions({"type": "http"}) == ()
 
 
-class _Observer:
-    """What a tracing middleware does: observe decisions of everything inside."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.seen: list[Decision] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            observe_decisions(scope, self.seen.append)
-        await self.app(scope, receive, send)
-
-
 @pytest.mark.parametrize(
     ("headers", "body", "status"),
     [
@@ -64,11 +52,11 @@ class _Observer:
     ids=["media-type", "malformed", "too-large"],
 )
 def test_core_refusals_are_decisions(serve: object, headers: dict[str, str], body: bytes, status: int) -> None:
-    observer = _Observer(McpCoreMiddleware(build_server().streamable_http_app()))
+    observer = DecisionRecorder(McpCoreMiddleware(build_server().streamable_http_app()))
     served: Served = serve(observer)  # type: ignore[operator]
     accept = {"accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-11-25"}
     response = httpx2.post(served.mcp_url, content=body, headers={**headers, **accept})
     assert response.status_code == status
-    [decision] = observer.seen
+    [decision] = observer.decisions
     assert (decision.component, decision.outcome, decision.attributes["status"]) == ("core", "rejected", status)
     assert decision.attributes["code"] == response.json()["error"]["code"]

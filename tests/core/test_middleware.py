@@ -18,6 +18,7 @@ from mcp_middleware import Era as CoreEra
 from mcp_middleware import McpCoreMiddleware, McpRequest, RequestKind, get_mcp_request
 from tests.conftest import ERAS, Era, OutcomeLog, Served, connect
 from tests.servers import PROGRESS_INTERVAL, ToolLog, build_server
+from tests.support.waiting import held_within
 
 pytestmark = pytest.mark.anyio
 
@@ -181,15 +182,6 @@ async def test_chunked_request_bodies_are_reassembled(serve: Any) -> None:
     assert spy.views[0].body == body
 
 
-async def _wait_for(predicate: Any, within: float = 5.0) -> bool:
-    """Poll a condition that lives in another thread (the server's), where no event can reach us."""
-    with anyio.move_on_after(within):
-        while not predicate():  # noqa: ASYNC110
-            await anyio.sleep(0.05)
-        return True
-    return False
-
-
 async def test_modern_disconnect_cancels_and_leaves_no_task(serve: Any) -> None:
     """2026-07-28: closing the response stream is the cancellation; nothing may linger."""
     log = ToolLog()
@@ -230,8 +222,8 @@ async def test_modern_disconnect_cancels_and_leaves_no_task(serve: Any) -> None:
         async for line in response.aiter_lines():
             if "notifications/progress" in line:
                 break
-    assert await _wait_for(lambda: "cancelled" in log.events), log.events
-    assert await _wait_for(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
+    assert await held_within(lambda: "cancelled" in log.events), log.events
+    assert await held_within(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
     assert "finished" not in log.events
 
 
@@ -257,8 +249,8 @@ async def test_legacy_cancellation_leaves_no_task(serve: Any) -> None:
         with anyio.fail_after(5):
             await first_progress.wait()
         tg.cancel_scope.cancel()
-    assert await _wait_for(lambda: "cancelled" in log.events), log.events
-    assert await _wait_for(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
+    assert await held_within(lambda: "cancelled" in log.events), log.events
+    assert await held_within(lambda: served.tasks() <= baseline), (served.tasks(), baseline)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

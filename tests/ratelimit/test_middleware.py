@@ -10,14 +10,16 @@ import httpx2
 import orjson
 import pytest
 from mcp import MCPError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp
 
-from mcp_middleware.core import ErrorCode, observe_decisions
+from mcp_middleware.core import ErrorCode
 from mcp_middleware.core.decisions import Decision
 from mcp_middleware.ratelimit import BucketPolicy, QuotaPolicy, RateLimitMiddleware
 from tests.conftest import ERAS, Era, connect
-from tests.ratelimit.wire import LEGACY, call_tool, error_of
+from tests.ratelimit.wire import call_tool, error_of
 from tests.servers import PROGRESS_INTERVAL, build_server
+from tests.support.decisions import DecisionRecorder
+from tests.support.requests import LEGACY
 
 pytestmark = pytest.mark.anyio
 
@@ -182,20 +184,10 @@ async def test_only_requests_count_not_notifications_streams_or_deletes(serve: A
         assert ended.status_code == 200
 
 
-class RecordDecisions:
-    def __init__(self, app: ASGIApp, seen: list[Decision]) -> None:
-        self.app, self.seen = app, seen
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            observe_decisions(scope, self.seen.append)
-        await self.app(scope, receive, send)
-
-
 async def test_decisions_are_recorded_for_tracing(serve: Any) -> None:
     seen: list[Decision] = []
     served = serve(
-        RecordDecisions(limited(policies=[BucketPolicy("p", selector="tools/call", rate=SLOW, capacity=1)]), seen)
+        DecisionRecorder(limited(policies=[BucketPolicy("p", selector="tools/call", rate=SLOW, capacity=1)]), seen)
     )
     async with httpx2.AsyncClient() as http:
         await call_tool(http, served.mcp_url, "echo", {"text": "x"})

@@ -9,10 +9,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import Principal, set_principal
-
-MODERN = "2026-07-28"
-LEGACY = "2025-11-25"
-_META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
+from tests.support.requests import modern_body, modern_headers
 
 
 async def call_tool(
@@ -25,22 +22,10 @@ async def call_tool(
     headers: dict[str, str] | dict[str, bytes] | None = None,
 ) -> httpx2.Response:
     """A modern-era (stateless) `tools/call`, answered as JSON or SSE."""
-    body = {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": name, "arguments": arguments or {}, "_meta": _META},
-    }
-    sent: dict[str, str | bytes] = {
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-        "mcp-protocol-version": MODERN,
-        "mcp-method": "tools/call",
-        "mcp-name": name,
-        **(headers or {}),
-    }
+    body = modern_body("tools/call", {"name": name, "arguments": arguments or {}}, request_id)
+    sent: dict[str, str | bytes] = {**modern_headers("tools/call", name), **(headers or {})}
     raw = {key.encode(): value if isinstance(value, bytes) else value.encode() for key, value in sent.items()}
-    return await client.post(url, content=orjson.dumps(body), headers=raw)
+    return await client.post(url, content=body, headers=raw)
 
 
 def error_of(response: httpx2.Response) -> dict[str, Any]:

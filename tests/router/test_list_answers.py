@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx2
-import orjson
 import pytest
 from mcp.server.mcpserver import MCPServer
 from starlette.middleware import Middleware
@@ -18,6 +17,8 @@ from starlette.middleware import Middleware
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.core import CoreConfig
 from mcp_middleware.router import McpRouter
+from tests.support.requests import legacy_body, legacy_headers, legacy_session
+from tests.support.sse import sse_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +26,6 @@ TOKENS = {
     "admin-token": {"subject": "alice", "scopes": ["mcp", "admin"]},
     "user-token": {"subject": "bob", "scopes": ["mcp"]},
 }
-HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
 def router() -> McpRouter:
@@ -67,28 +67,14 @@ def router() -> McpRouter:
 
 
 async def legacy_list(http: httpx2.AsyncClient, url: str, token: str) -> tuple[str, list[str]]:
-    auth = {**HEADERS, "authorization": f"Bearer {token}"}
-    opened = await http.post(
-        url,
-        json={
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-11-25",
-                "capabilities": {},
-                "clientInfo": {"name": "t", "version": "1"},
-            },
-        },
-        headers=auth,
-    )
-    session = {**auth, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-    await http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
-    listed = await http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=session)
-    text = listed.text
+    auth = {"authorization": f"Bearer {token}"}
+    session = await legacy_session(http, url, **auth)
+    listed = await http.post(url, content=legacy_body("tools/list", None, 2), headers=legacy_headers(session, **auth))
     if listed.headers["content-type"].startswith("text/event-stream"):
-        text = next(line[5:] for line in text.splitlines() if line.startswith("data:") and '"id":2' in line)
-    return listed.headers["content-type"], sorted(tool["name"] for tool in orjson.loads(text)["result"]["tools"])
+        [answer] = [m for m in sse_messages(listed.text) if m.get("id") == 2]
+    else:
+        answer = listed.json()
+    return listed.headers["content-type"], sorted(tool["name"] for tool in answer["result"]["tools"])
 
 
 @pytest.mark.parametrize("order", [("admin-token", "user-token"), ("user-token", "admin-token")])

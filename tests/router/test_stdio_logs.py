@@ -23,10 +23,13 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_middleware.router import McpRouter, StdioBackend
 from mcp_middleware.router.stderr import MAX_LINE
 from tests.conftest import ERAS, Era, connect
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
 SCRIPT = str(Path(__file__).with_name("noisy_stdio_server.py"))
+STDIO_PATIENCE = 10.0
+"""How long a stdio child's log line may take: the child is a Python interpreter, slow to (re)start."""
 
 
 def noisy(**options: Any) -> StdioBackend:
@@ -36,12 +39,6 @@ def noisy(**options: Any) -> StdioBackend:
 
 def stdio_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "mcp_middleware.router.stdio"]
-
-
-async def until(condition: Any, patience: float = 10.0) -> None:
-    with anyio.fail_after(patience):
-        while not condition():  # noqa: ASYNC110 (log records arrive from the server thread: polled)
-            await anyio.sleep(0.05)
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -55,8 +52,8 @@ async def test_stderr_lines_carry_the_servers_name(era: Era, serve: Any, caplog:
         assert (await client.call_tool("shout", {"text": "héllo\tfrom text", "times": 2})).structured_content
     async with connect(f"{served.base}/mcp/other", era) as client:
         await client.call_tool("shout", {"text": "from other"})
-    await until(lambda: stdio_lines(caplog).count("[text] héllo\tfrom text") == 2)
-    await until(lambda: "[renamed] from other" in stdio_lines(caplog))
+    await until(lambda: stdio_lines(caplog).count("[text] héllo\tfrom text") == 2, STDIO_PATIENCE)
+    await until(lambda: "[renamed] from other" in stdio_lines(caplog), STDIO_PATIENCE)
     assert "[text] noisy: starting up" in stdio_lines(caplog)
     assert "[renamed] noisy: starting up" in stdio_lines(caplog)
     assert all(line.startswith(("[text] ", "[renamed] ")) for line in stdio_lines(caplog))
@@ -70,7 +67,7 @@ async def test_a_line_without_end_is_logged_in_bounded_pieces(serve: Any, caplog
     async with connect(f"{served.base}/mcp/flood", "modern") as client:
         await client.call_tool("shout", {"text": "x" * 100_000})  # one write, no newline
         await client.call_tool("shout", {"text": "end"})  # the server still answers: its stderr is drained
-    await until(lambda: any(line.endswith("xend") for line in stdio_lines(caplog)))
+    await until(lambda: any(line.endswith("xend") for line in stdio_lines(caplog)), STDIO_PATIENCE)
     pieces = [line for line in stdio_lines(caplog) if line.startswith("[flood] x")]
     assert [len(line) - len("[flood] ") for line in pieces] == [MAX_LINE] * 6 + [100_000 - 6 * MAX_LINE + 3]
 
@@ -89,7 +86,7 @@ async def test_a_crash_and_the_restart_are_one_warning_each_naming_the_server(
         def restarted() -> bool:
             return any("restarted" in r.getMessage() for r in caplog.records)
 
-        await until(restarted)
+        await until(restarted, STDIO_PATIENCE)
         assert (await client.call_tool("text__pid", {})).structured_content["result"] != pid  # type: ignore[index]
     warnings_ = [
         r.getMessage() for r in caplog.records if r.name == "mcp_middleware.router" and r.levelno >= logging.WARNING

@@ -25,6 +25,8 @@ from mcp_middleware.core import CoreConfig, ErrorCode
 from tests.auth.conftest import post_mcp, serve_late
 from tests.conftest import ERAS, Era, connect
 from tests.servers import build_server
+from tests.support.requests import legacy_body, legacy_headers, legacy_session
+from tests.support.sse import sse_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -49,30 +51,10 @@ def start(serve: Any, *, json_response: bool, bound: int = BOUND) -> str:
 
 async def legacy_list(url: str, *, json_response: bool) -> httpx2.Response:
     """A legacy session by hand (initialize, initialized, tools/list), to read the raw answer."""
-    headers = {
-        "authorization": "Bearer reader",
-        "content-type": "application/json",
-        "accept": "application/json, text/event-stream",
-    }
-    init = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}},
-    }
     async with httpx2.AsyncClient(timeout=10) as http:
-        opened = await http.post(url, content=orjson.dumps(init), headers=headers)
-        assert opened.status_code == 200, opened.text
-        headers["mcp-session-id"] = opened.headers["mcp-session-id"]
-        headers["mcp-protocol-version"] = "2025-11-25"
-        done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        assert (await http.post(url, content=orjson.dumps(done), headers=headers)).status_code == 202
-        listing = {"jsonrpc": "2.0", "id": "list-1", "method": "tools/list", "params": {}}
-        return await http.post(url, content=orjson.dumps(listing), headers=headers)
-
-
-def sse_messages(body: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line[5:].strip()) for line in body.splitlines() if line.startswith("data:")]
+        session = await legacy_session(http, url, authorization="Bearer reader")
+        listing = legacy_body("tools/list", {}, "list-1")
+        return await http.post(url, content=listing, headers=legacy_headers(session, authorization="Bearer reader"))
 
 
 async def test_a_json_list_over_the_bound_is_an_error_with_the_request_id(

@@ -32,9 +32,10 @@ from mcp_middleware import (
     stack,
 )
 from tests.auth.conftest import post_mcp
-from tests.cache.helpers import json_of, legacy_post, legacy_session
 from tests.conftest import ERAS, Era
 from tests.security.idp import ISSUER, RESOURCE, Idp, protected_backend, serve_idp
+from tests.support.requests import legacy_post, legacy_session
+from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 

@@ -28,15 +28,13 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_middleware import BucketPolicy, ErrorCode, stack
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
-from tests.cache.helpers import json_of, legacy_session
 from tests.conftest import ERAS, Era, connect, serve_app
 from tests.security.idp import ISSUER, RESOURCE, RUNS, Idp, protected_backend, serve_idp
+from tests.support.requests import ACCEPT_BOTH, ENVELOPE, legacy_session, modern_headers
+from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 
-MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN, "io.modelcontextprotocol/clientCapabilities": {}}
-ACCEPT = "application/json, text/event-stream"
 SCOPES = {"tools/call:admin_*": ["admin"]}
 
 
@@ -54,16 +52,7 @@ class Door:
             return await http.post(self.url, content=body, headers=headers)
 
     def modern(self, method: str, name: str | None = None, **extra: str) -> list[tuple[str, str]]:
-        headers = [
-            ("content-type", "application/json"),
-            ("accept", ACCEPT),
-            ("mcp-protocol-version", MODERN),
-            ("mcp-method", method),
-            *self.bearer().items(),
-        ]
-        if name is not None:
-            headers.append(("mcp-name", name))
-        return headers + list(extra.items())
+        return [*modern_headers(method, name).items(), *self.bearer().items(), *extra.items()]
 
 
 GATEWAY_TOML = """
@@ -139,7 +128,7 @@ def nothing_runs(tool: str = "admin_reset") -> Iterator[None]:
 
 def call_body(request_id: Any, name: str, method: str = "tools/call", **params: Any) -> bytes:
     body = {"jsonrpc": "2.0", "id": request_id, "method": method}
-    body["params"] = {"name": name, "arguments": {}, "_meta": META, **params}
+    body["params"] = {"name": name, "arguments": {}, "_meta": ENVELOPE, **params}
     return orjson.dumps(body)
 
 
@@ -170,13 +159,13 @@ async def test_duplicate_keys_are_read_alike_by_the_guard_and_the_server(door: D
         assert_error(await door.post(smuggled, door.modern("tools/call", "echo")), 400, -32020, 4)
         assert_error(await door.post(smuggled, door.modern("tools/call", "admin_reset")), 403, ErrorCode.FORBIDDEN, 4)
         async with legacy(door) as (http, session):
-            body = smuggled.replace(orjson.dumps(META), b"{}")
-            headers = {"content-type": "application/json", "accept": ACCEPT, "mcp-session-id": session}
+            body = smuggled.replace(orjson.dumps(ENVELOPE), b"{}")
+            headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, "mcp-session-id": session}
             headers["mcp-protocol-version"] = "2025-11-25"
             assert_error(await http.post(door.url, content=body, headers=headers), 403, ErrorCode.FORBIDDEN, 4)
     # The other way round both read `echo`, and `echo` is what runs.
     harmless = b'{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"admin_reset","name":"echo",'
-    harmless += b'"arguments":{"text":"only echo"},"_meta":' + orjson.dumps(META) + b"}}"
+    harmless += b'"arguments":{"text":"only echo"},"_meta":' + orjson.dumps(ENVELOPE) + b"}}"
     with nothing_runs():
         answer = await door.post(harmless, door.modern("tools/call", "echo"))
     assert answer.status_code == 200
@@ -197,7 +186,7 @@ async def test_batches_are_refused_whole(door: Door, era: Era) -> None:
             response = await door.post(batch, door.modern("tools/call", "echo"))
         else:
             async with legacy(door) as (http, session):
-                headers = {"content-type": "application/json", "accept": ACCEPT, "mcp-session-id": session}
+                headers = {"content-type": "application/json", "accept": ACCEPT_BOTH, "mcp-session-id": session}
                 response = await http.post(
                     door.url, content=batch, headers=headers | {"mcp-protocol-version": "2025-11-25"}
                 )

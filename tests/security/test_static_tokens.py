@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-import orjson
 import pytest
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import MCPServer
@@ -22,6 +21,7 @@ from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import ConfigError, load_config, parse_config
 from tests.auth.conftest import post_mcp
 from tests.conftest import Served, serve_app
+from tests.support.requests import legacy_body, legacy_headers, legacy_session
 
 pytestmark = pytest.mark.anyio
 
@@ -102,28 +102,11 @@ async def test_one_token_cannot_spend_anothers_budget(gateway: Served) -> None:
 
 async def test_one_token_cannot_drive_anothers_legacy_session(gateway: Served) -> None:
     url = f"{gateway.base}/mcp/private"
-    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": WHOAMI}
+    call = legacy_body("tools/call", WHOAMI, 2)
     async with httpx2.AsyncClient(timeout=10) as http:
-        opened = await http.post(
-            url, content=orjson.dumps(initialize), headers={**headers, "authorization": f"Bearer {CI}"}
-        )
-        assert opened.status_code == 200, opened.text
-        session = {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-11-25"}
-        done = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        await http.post(url, content=done, headers={**headers, **session, "authorization": f"Bearer {CI}"})
-        hijack = await http.post(
-            url, content=orjson.dumps(call), headers={**headers, **session, "authorization": f"Bearer {ALICE}"}
-        )
-        owner = await http.post(
-            url, content=orjson.dumps(call), headers={**headers, **session, "authorization": f"Bearer {CI}"}
-        )
+        session = await legacy_session(http, url, authorization=f"Bearer {CI}")
+        hijack = await http.post(url, content=call, headers=legacy_headers(session, authorization=f"Bearer {ALICE}"))
+        owner = await http.post(url, content=call, headers=legacy_headers(session, authorization=f"Bearer {CI}"))
     assert hijack.status_code == 404, hijack.text
     assert "ci via" not in hijack.text
     assert owner.status_code == 200 and "ci via ci-bot" in owner.text

@@ -26,12 +26,12 @@ from hypothesis import strategies as st
 
 from mcp_middleware.core import KNOWN_METHODS, KNOWN_PROTOCOL_VERSIONS
 from mcp_middleware.tracing import ACCESS_LOGGER
+from tests.support.requests import initialize_body, modern_body, modern_headers
 
 from .hostile_gateway import TOKEN, HostileGateway, hostile_gateway
 
 ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 BEARER = {"authorization": f"Bearer {TOKEN}"}
-ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 TOOLS = frozenset({"echo", "slow", "failing", "large", "lookup"})
 SERIES_CEILING = 1000
 """Sample lines `/metrics` may hold, whatever the traffic. Measured: 75 (20 KB) after the legitimate traffic,
@@ -89,18 +89,10 @@ def _post(attack: Attack, url: str, body: bytes, headers: dict[str, str]) -> htt
     return attack.http.post(url, content=body, headers={**ACCEPT, **headers})
 
 
-def _initialize(version: str, request_id: int = 1) -> bytes:
-    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "attacker", "version": "1"}}
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})
-
-
 def _modern(method: str, params: dict[str, object], name: str | None = None) -> tuple[bytes, dict[str, str]]:
-    headers = {"mcp-protocol-version": "2026-07-28", "mcp-method": method}
     if name is not None:
-        headers["mcp-name"] = name
         params = {**params, "name": name}
-    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": ENVELOPE}}
-    return orjson.dumps(body), headers
+    return modern_body(method, params), modern_headers(method, name)
 
 
 def _legitimate_traffic(attack: Attack) -> None:
@@ -111,7 +103,7 @@ def _legitimate_traffic(attack: Attack) -> None:
         for method, params, name in (("tools/list", {}, None), ("tools/call", {"arguments": {"text": "hi"}}, tools)):
             body, headers = _modern(method, params, name)
             assert _post(attack, url, body, {**headers, **BEARER}).status_code == 200
-        opened = _post(attack, url, _initialize("2025-11-25"), BEARER)
+        opened = _post(attack, url, initialize_body("2025-11-25", client="attacker"), BEARER)
         assert opened.status_code == 200
         attack.real_sessions.append(opened.headers["mcp-session-id"])
 
@@ -169,7 +161,7 @@ def _attack_once(attack: Attack, shape: str, target: str, value: str, authentica
     name = value if value not in TOOLS else value + "!"  # a real tool's name is no attack
     legacy_call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": name}}
     if shape == "initialize":  # the review's reproduction: the version became a label
-        _post(attack, url, _initialize(value), auth)
+        _post(attack, url, initialize_body(value, client="attacker"), auth)
     elif shape == "call":
         _post(attack, url, orjson.dumps(legacy_call), auth)
     elif shape == "method":

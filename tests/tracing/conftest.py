@@ -8,7 +8,7 @@ once) and none sees another's spans.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,16 +29,6 @@ OURS = "opentelemetry.instrumentation.asgi"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
 SDK = "mcp-python-sdk"
 """Instrumentation scope of the `mcp` SDK's own spans (client and server)."""
-
-
-async def eventually(check: Callable[[], bool], patience: float = 5.0) -> None:
-    """Wait until `check()` holds: the server records metrics and logs just after the response's
-    last byte left, so the client can be faster than the record."""
-    deadline = time.monotonic() + patience
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await anyio.sleep(0.01)
 
 
 @dataclass

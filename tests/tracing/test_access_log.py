@@ -15,8 +15,9 @@ from mcp_middleware.core import ErrorCode, Principal, set_principal
 from mcp_middleware.tracing import ACCESS_LOGGER, AccessLog, TracingMiddleware
 from tests.conftest import ERAS, Era, Served, connect
 from tests.servers import build_server
+from tests.support.waiting import until
 
-from .conftest import RecordingDecider, Spans, eventually
+from .conftest import RecordingDecider, Spans
 
 pytestmark = pytest.mark.anyio
 
@@ -53,7 +54,7 @@ async def test_one_json_line_per_request_with_what_an_operator_needs(
         await client.call_tool("echo", {"text": "private words"})
         await client.call_tool("failing", {"reason": "x"})
 
-    await eventually(lambda: sum(1 for line in lines(caplog) if line["mcp.target"] == "failing") == 1)
+    await until(lambda: sum(1 for line in lines(caplog) if line["mcp.target"] == "failing") == 1)
     echo = next(line for line in lines(caplog) if line["mcp.target"] == "echo")
     assert echo["mcp.method"] == "tools/call"
     assert echo["http.status"] == 200
@@ -77,7 +78,7 @@ async def test_argument_values_only_when_enabled(serve: Any, caplog: pytest.LogC
     served: Served = serve(app)
     async with connect(served.mcp_url, "modern") as client:
         await client.call_tool("echo", {"text": "visible"})
-    await eventually(lambda: any(line["mcp.target"] == "echo" for line in lines(caplog)))
+    await until(lambda: any(line["mcp.target"] == "echo" for line in lines(caplog)))
     echo = next(line for line in lines(caplog) if line["mcp.target"] == "echo")
     assert echo["mcp.arguments"] == {"text": "visible"}
     assert echo["trace_id"] is None  # no tracer provider configured: logs still work, without ids
@@ -99,7 +100,7 @@ async def test_refusals_are_logged_with_the_error_code_and_the_deciding_middlewa
     async with connect(served.mcp_url, "modern") as client:
         with pytest.raises(MCPError):
             await client.call_tool("echo", {"text": "a"})
-    await eventually(lambda: any(line.get("mcp.target") == "echo" for line in lines(caplog)))
+    await until(lambda: any(line.get("mcp.target") == "echo" for line in lines(caplog)))
     [bad] = [line for line in lines(caplog) if line["http.status"] == 400]
     assert bad["jsonrpc.error_code"] == -32700 and bad["decisions"] == [
         {"component": "core", "outcome": "rejected", "status": 400, "code": -32700}

@@ -14,26 +14,16 @@ from mcp_middleware.core import session_digest
 from mcp_middleware.tracing import ACCESS_LOGGER, AccessLog, TracingMiddleware
 from tests.conftest import Served, connect
 from tests.servers import build_server
+from tests.support.requests import initialize_body, modern_body, modern_headers
+from tests.support.waiting import until
 
-from .conftest import Metrics, Spans, eventually
+from .conftest import Metrics, Spans
 
 pytestmark = pytest.mark.anyio
 
 DURATION = "mcp.server.operation.duration"
 LEGACY = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
 HUGE = "v" * 100_000
-
-
-def initialize(version: str, request_id: int = 1) -> bytes:
-    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "x", "version": "1"}}
-    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params})
-
-
-def modern(method: str, name: str, request_id: object = 1) -> tuple[dict[str, str], bytes]:
-    params: dict[str, Any] = {"_meta": ENVELOPE, "arguments": {}, "name": name}
-    headers = {**LEGACY, "mcp-protocol-version": "2026-07-28", "mcp-method": method, "mcp-name": name}
-    return headers, orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
 
 
 async def test_a_huge_legacy_version_is_no_label_and_no_attribute_of_its_size(
@@ -46,8 +36,8 @@ async def test_a_huge_legacy_version_is_no_label_and_no_attribute_of_its_size(
     served: Served = serve(app)
     async with httpx2.AsyncClient() as http:
         for index in range(20):
-            await http.post(served.mcp_url, content=initialize(f"{HUGE}{index}", index), headers=LEGACY)
-    await eventually(lambda: sum(p.count for p in metrics.histogram(DURATION)) == 20)
+            await http.post(served.mcp_url, content=initialize_body(f"{HUGE}{index}", index), headers=LEGACY)
+    await until(lambda: sum(p.count for p in metrics.histogram(DURATION)) == 20)
     versions = {(p.attributes or {})["mcp.protocol.version"] for p in metrics.histogram(DURATION)}
     assert versions == {"_OTHER"}
     for span in spans.ours():
@@ -73,9 +63,10 @@ async def test_hostile_methods_and_names_make_no_span_names_or_labels_of_their_o
             await http.post(served.mcp_url, content=orjson.dumps(call), headers=LEGACY)
             await http.post(served.mcp_url, content=orjson.dumps({**call, "method": f"custom/{name}"}), headers=LEGACY)
             if name.isascii() and name.isprintable():  # and the modern era, where the header must agree
-                headers, body = modern("tools/call", name, index)
+                headers = modern_headers("tools/call", name)
+                body = modern_body("tools/call", {"name": name, "arguments": {}}, index)
                 await http.post(served.mcp_url, content=body, headers=headers)
-    await eventually(lambda: sum(p.count for p in metrics.histogram(DURATION)) >= len(hostile))
+    await until(lambda: sum(p.count for p in metrics.histogram(DURATION)) >= len(hostile))
     labels = {
         ((p.attributes or {}).get("mcp.method.name"), (p.attributes or {}).get("gen_ai.tool.name"))
         for p in metrics.histogram(DURATION)
@@ -98,7 +89,7 @@ async def test_a_listed_tool_becomes_a_label_and_a_span_name(serve: Any, spans: 
     async with connect(served.mcp_url, "modern") as client:
         await client.list_tools()
         await client.call_tool("failing", {"reason": "listed, so known, although it fails"})
-    await eventually(
+    await until(
         lambda: any((p.attributes or {}).get("gen_ai.tool.name") == "failing" for p in metrics.histogram(DURATION))
     )
     assert await spans.named("tools/call failing")
@@ -111,15 +102,15 @@ async def test_the_access_log_names_sessions_by_digest_and_clips_what_the_client
     app = TracingMiddleware(build_server().streamable_http_app(), access_log=AccessLog(log_arguments=True))
     served: Served = serve(app)
     async with httpx2.AsyncClient() as http:
-        opened = await http.post(served.mcp_url, content=initialize("2025-11-25"), headers=LEGACY)
+        opened = await http.post(served.mcp_url, content=initialize_body("2025-11-25"), headers=LEGACY)
         session = opened.headers["mcp-session-id"]
         in_session = {**LEGACY, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
         huge_call = {"name": "n" * 10_000, "arguments": {"text": "a" * 50_000}}
         body = orjson.dumps({"jsonrpc": "2.0", "id": "i" * 10_000, "method": "tools/call", "params": huge_call})
         await http.post(served.mcp_url, content=body, headers=in_session)
-        await http.post(served.mcp_url, content=initialize(HUGE, 3), headers=LEGACY)
+        await http.post(served.mcp_url, content=initialize_body(HUGE, 3), headers=LEGACY)
     records = lambda: [r.getMessage() for r in caplog.records if r.name == ACCESS_LOGGER]  # noqa: E731
-    await eventually(lambda: len(records()) >= 3)
+    await until(lambda: len(records()) >= 3)
     text = "\n".join(records())
     assert session not in text and session[:12] not in text
     assert session_digest(session) in text
@@ -140,10 +131,8 @@ async def test_a_hostile_host_header_is_no_label_of_the_instrumentations_metrics
     async with httpx2.AsyncClient() as http:
         for index in range(12):
             headers = {**LEGACY, "host": f"attacker-{index}.example:80"}
-            await http.post(served.mcp_url, content=initialize("2025-11-25", index), headers=headers)
-    await eventually(
-        lambda: bool(metrics.points("http.server.duration") or metrics.points("http.server.request.duration"))
-    )
+            await http.post(served.mcp_url, content=initialize_body("2025-11-25", index), headers=headers)
+    await until(lambda: bool(metrics.points("http.server.duration") or metrics.points("http.server.request.duration")))
     points = metrics.points("http.server.duration") + metrics.points("http.server.request.duration")
     hosts = {str((p.attributes or {}).get("http.server_name")) for p in points}
     assert len(hosts - {"_OTHER", "None"}) <= 3

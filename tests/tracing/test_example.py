@@ -9,8 +9,7 @@ import httpx2
 import pytest
 
 from tests.conftest import ERAS, Era, connect
-
-from .conftest import eventually
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
@@ -23,7 +22,7 @@ async def test_the_tracing_example_serves_and_exposes_metrics(serve: Any, era: E
         async with connect(served.mcp_url, era) as client:
             result = await client.call_tool("add", {"a": 20, "b": 22})
         assert result.content[0].text == "42"  # type: ignore[union-attr]
-        await eventually(lambda: b'gen_ai_tool_name="add"' in example.metrics.render()[0])
+        await until(lambda: b'gen_ai_tool_name="add"' in example.metrics.render()[0])
         async with httpx2.AsyncClient() as http:
             scrape = await http.get(f"{served.base}/metrics")
         assert scrape.status_code == 200 and 'gen_ai_tool_name="add"' in scrape.text

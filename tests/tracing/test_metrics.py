@@ -20,8 +20,9 @@ from mcp_middleware.tracing import (
 )
 from tests.conftest import ERAS, Era, Served, connect
 from tests.servers import build_server
+from tests.support.waiting import until
 
-from .conftest import Metrics, RecordingDecider, eventually
+from .conftest import Metrics, RecordingDecider
 
 pytestmark = pytest.mark.anyio
 
@@ -50,7 +51,7 @@ async def test_operation_duration_is_recorded_by_method_tool_and_error_type(
             await client.get_prompt("missing", {})
 
     missing = ("prompts/get", None, str(raised.value.error.code))
-    await eventually(lambda: missing in by_method_and_tool(metrics))
+    await until(lambda: missing in by_method_and_tool(metrics))
     counts = by_method_and_tool(metrics)
     assert counts[("tools/call", "echo", None)] == 2
     assert counts[("tools/call", "failing", "tool_error")] == 1
@@ -186,7 +187,7 @@ async def test_prometheus_exposition_at_a_configurable_path(serve: Any, era: Era
             with pytest.raises(MCPError):
                 await client.call_tool("echo", {"text": "a"})
         # Refused before the server answered: the name was never vouched for, so it is no label of its own.
-        await eventually(lambda: b'gen_ai_tool_name="_OTHER"' in exported.render()[0])
+        await until(lambda: b'gen_ai_tool_name="_OTHER"' in exported.render()[0])
         async with httpx2.AsyncClient() as http:
             scrape = await http.get(f"{served.base}/internal/metrics")
             wrong_method = await http.post(f"{served.base}/internal/metrics")
@@ -211,7 +212,7 @@ async def test_the_instrumentations_http_metrics_are_opt_in(serve: Any, metrics:
     served: Served = serve(app)
     async with connect(served.mcp_url, "modern") as client:
         await client.call_tool("echo", {"text": "a"})
-    await eventually(lambda: ("tools/call", "echo", None) in by_method_and_tool(metrics))
+    await until(lambda: ("tools/call", "echo", None) in by_method_and_tool(metrics))
     data = metrics.reader.get_metrics_data()
     names = {m.name for r in (data.resource_metrics if data else ()) for s in r.scope_metrics for m in s.metrics}
     assert any(name.startswith("http.server.") for name in names) is enabled
