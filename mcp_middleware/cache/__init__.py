@@ -7,8 +7,16 @@ answer when the backend fails. See docs/cache.md.
 
 from .keys import ANONYMOUS_PARTITION, DEFAULT_KEY_META_FIELDS, PUBLIC_PARTITION, partition_of, request_digest
 from .middleware import CachePolicy, ResponseCacheMiddleware
+from .redis_store import RedisCacheStore
 from .responses import CACHE_META_KEY
-from .store import CacheEntry, CacheStore, MemoryCacheStore, RedisCacheStore
+from .store import (
+    CacheEntry,
+    CacheStore,
+    CacheStoreUnavailable,
+    MemoryCacheStore,
+    SyncCacheStore,
+    cache_store_from_url,
+)
 
 __all__ = [
     "ANONYMOUS_PARTITION",
@@ -18,9 +26,12 @@ __all__ = [
     "CacheEntry",
     "CachePolicy",
     "CacheStore",
+    "CacheStoreUnavailable",
     "MemoryCacheStore",
     "RedisCacheStore",
     "ResponseCacheMiddleware",
+    "SyncCacheStore",
+    "cache_store_from_url",
     "partition_of",
     "request_digest",
 ]

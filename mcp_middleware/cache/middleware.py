@@ -270,7 +270,7 @@ class ResponseCacheMiddleware:
             raise ValueError("legacy_scope must be 'public' or 'private'")
         self.app = app
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
-        self._memory = self.store if isinstance(self.store, MemoryCacheStore) else None
+        self._sync = self.store.sync  # a store without I/O (memory) answers hits without a coroutine
         self.ttl = ttl
         cacheable: dict[str, RuleValue] = dict.fromkeys(sorted(CACHEABLE_METHODS), ttl)
         opt_in: dict[str, RuleValue] = {}
@@ -384,7 +384,7 @@ class ResponseCacheMiddleware:
         digest = _with_origin(request_digest(request, self.key_meta_fields), scope["headers"])
         private_key = entry_key(mount, method, digest, partition)
         keys = (private_key, entry_key(mount, method, digest, PUBLIC_PARTITION))
-        found = self._memory.lookup(keys) if self._memory is not None else await self.store.get(keys)
+        found = self._sync.lookup(keys) if self._sync is not None else await self.store.get(keys)
         now = self._clock()
         stale: CacheEntry | None = None
         if found is not None:
@@ -533,8 +533,8 @@ class ResponseCacheMiddleware:
             key = entry_key(mount, request.method or "", digest, owner)
             uri = request.uri if request.method == "resources/read" else None
             tags = entry_tags(mount, request.method or "", owner, uri)
-            if self._memory is not None:
-                kept = self._memory.put(key, entry, tags)
+            if self._sync is not None:
+                kept = self._sync.put(key, entry, tags)
             else:
                 kept = False
                 # This runs inside the app's send: the SDK may cancel it once the response is out.
@@ -618,8 +618,8 @@ class ResponseCacheMiddleware:
             if "tools/call" in methods:
                 self._read_only.pop(mount, None)
             tags = [invalidation_tag(mount, method) for method in methods]
-        if self._memory is not None:
-            return self._memory.drop(tags)
+        if self._sync is not None:
+            return self._sync.drop(tags)
         dropped = 0
         with anyio.move_on_after(_STORE_PATIENCE, shield=True):  # inside a stream's send, like a store
             dropped = await self.store.invalidate(tags)

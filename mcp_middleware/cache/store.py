@@ -8,8 +8,6 @@ resource URI can be dropped at once.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,7 +16,14 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 from cachetools import LRUCache
 
-__all__ = ["CacheEntry", "CacheStore", "MemoryCacheStore", "RedisCacheStore"]
+__all__ = [
+    "CacheEntry",
+    "CacheStore",
+    "CacheStoreUnavailable",
+    "MemoryCacheStore",
+    "SyncCacheStore",
+    "cache_store_from_url",
+]
 
 logger = logging.getLogger("mcp_middleware.cache")
 
@@ -62,6 +67,20 @@ class CacheEntry(NamedTuple):
         return cls(result, float(fresh_until), float(stale_until), bool(ttl_field), bool(sse), bool(public), stored_at)
 
 
+class CacheStoreUnavailable(Exception):
+    """:meth:`CacheStore.check` found the store unreachable (requests still pass: they miss)."""
+
+
+class SyncCacheStore(Protocol):
+    """A store's operations without a coroutine, for a store that needs no I/O (the memory store)."""
+
+    def lookup(self, keys: Sequence[str]) -> tuple[str, CacheEntry] | None: ...
+
+    def put(self, key: str, entry: CacheEntry, tags: Sequence[str]) -> bool: ...
+
+    def drop(self, tags: Sequence[str]) -> int: ...
+
+
 class CacheStore(Protocol):
     """The contract every store keeps.
 
@@ -70,13 +89,25 @@ class CacheStore(Protocol):
     large entries are not). `invalidate` drops every entry carrying any of `tags` and returns
     how many it dropped. A store that fails (Redis down) answers `None` / `False` / `0` and
     logs: a cache outage must never fail a request.
+
+    `sync` is the same store without coroutines (`lookup`, `put`, `drop`) when it needs no
+    I/O (the memory store), else None: the middleware's hit path calls it instead of awaiting
+    `get`. `check` raises :class:`CacheStoreUnavailable` when the store cannot be reached
+    (readiness probes), and returns otherwise.
     """
+
+    @property
+    def sync(self) -> SyncCacheStore | None: ...
 
     async def get(self, keys: Sequence[str]) -> tuple[str, CacheEntry] | None: ...
 
     async def set(self, key: str, entry: CacheEntry, tags: Sequence[str]) -> bool: ...
 
     async def invalidate(self, tags: Sequence[str]) -> int: ...
+
+    async def check(self) -> None:
+        """Raise :class:`CacheStoreUnavailable` when the store cannot be reached."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -97,6 +128,9 @@ class _TaggedLru(LRUCache[str, tuple[CacheEntry, tuple[str, ...]]]):
                 keys.discard(key)
                 if not keys:
                     del self._index[tag]
+
+
+_ASYNC_OPERATIONS = ("get", "set", "invalidate")
 
 
 class MemoryCacheStore:
@@ -132,6 +166,10 @@ class MemoryCacheStore:
         self._clock = clock
         self._index: dict[str, set[str]] = {}
         self._entries = _TaggedLru(max_bytes, self._sizeof, self._index)
+        # A subclass that wraps the coroutines (to observe or fault them) is awaited through them.
+        plain = all(getattr(type(self), name) is getattr(MemoryCacheStore, name) for name in _ASYNC_OPERATIONS)
+        self.sync: SyncCacheStore | None = self if plain else None
+        """`lookup`, `put` and `drop`: the synchronous paths of `get`, `set` and `invalidate`."""
 
     def _sizeof(self, value: tuple[CacheEntry, tuple[str, ...]]) -> int:
         return max(value[0].size, self._floor)
@@ -196,216 +234,49 @@ class MemoryCacheStore:
         self._entries.clear()
         self._index.clear()
 
+    async def check(self) -> None:
+        """Always reachable: it is this process's memory."""
+
     async def aclose(self) -> None:
         self.clear()
 
 
-# Store an entry and index it under each tag (a sorted set scored by expiry, trimmed on each
-# write so it never grows with dead members, and kept alive as long as its longest member).
-_SET_SCRIPT = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-local ttl = tonumber(ARGV[2])
-for i = 2, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[3], KEYS[1])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[4])
-  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
-end
-return 1
-"""
-
-# Drop every entry indexed under the given tags, and the tags themselves; tell every instance's L1.
-_INVALIDATE_SCRIPT = """
-redis.call('PUBLISH', ARGV[1], '1')
-local dropped = 0
-for i = 1, #KEYS do
-  local members = redis.call('ZRANGE', KEYS[i], 0, -1)
-  for j = 1, #members, 500 do
-    dropped = dropped + redis.call('DEL', unpack(members, j, math.min(j + 499, #members)))
-  end
-  redis.call('DEL', KEYS[i])
-end
-return dropped
-"""
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
 
 
-class RedisCacheStore:
-    """A store shared by every instance, in Redis (`redis.asyncio`), with an optional memory L1 in front.
+def cache_store_from_url(
+    url: str,
+    *,
+    max_entries: int = 10_000,
+    max_bytes: int = 64 * 1024 * 1024,
+    max_entry_bytes: int = 1024 * 1024,
+    prefix: str = "mcp-cache",
+    l1: MemoryCacheStore | None = None,
+    timeout: float = 0.5,
+) -> CacheStore:
+    """The store a URL names, as `limits` names its storages (nothing connects yet).
 
-    Entries expire in Redis by themselves (`PX`); tags are sorted sets scored by expiry, so
-    invalidation drops the entries of a method, mount, partition or URI in one script call,
-    atomically. All keys share the hash tag `{prefix}` (one slot), as the scripts need on Redis Cluster.
+    - `memory://`: a :class:`MemoryCacheStore` bounded by `max_entries`, `max_bytes`, `max_entry_bytes`;
+    - `redis://host:6379/0`, `rediss://…` (TLS), `redis+unix:///path/redis.sock?db=0` (or
+      `unix://…`): a :class:`~mcp_middleware.cache.RedisCacheStore` with `prefix`, `l1`,
+      `timeout` and `max_entry_bytes`.
 
-    The L1 (a :class:`MemoryCacheStore`) answers repeated hits without a round trip, for at most
-    `l1_ttl` seconds per entry. Every invalidation is also published on a channel; each instance
-    with an L1 listens (a background task started with its first lookup) and empties its L1 at
-    once. The L1 answers only while that subscription is up, so a lost connection can never
-    leave it serving what another instance invalidated.
+    Raise ValueError for any other URL.
 
-    If Redis is unreachable or slower than `timeout` (for a store built from a URL), lookups miss
-    and writes are skipped: the backend answers. The outage is logged once at WARNING when it
-    starts and once when Redis answers again, however many requests met it.
-
-    >>> store = RedisCacheStore("redis://127.0.0.1:6379/0", l1=MemoryCacheStore(max_entries=1000))
+    >>> cache_store_from_url("memory://", max_entries=100).sync is not None
+    True
+    >>> cache_store_from_url("memcached://localhost")
+    Traceback (most recent call last):
+    ...
+    ValueError: cache store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: 'memcached://localhost'
     """
+    scheme, separator, rest = url.partition("://")
+    scheme = scheme.lower()
+    if separator and scheme == "memory" and rest in ("", "/"):
+        return MemoryCacheStore(max_entries=max_entries, max_bytes=max_bytes, max_entry_bytes=max_entry_bytes)
+    if separator and scheme in _REDIS_SCHEMES:
+        from .redis_store import RedisCacheStore
 
-    def __init__(
-        self,
-        redis: Any,
-        *,
-        prefix: str = "mcp-cache",
-        l1: MemoryCacheStore | None = None,
-        l1_ttl: float = 1.0,
-        max_entry_bytes: int = 1024 * 1024,
-        timeout: float = 0.5,
-        clock: Any = time.time,
-    ) -> None:
-        self.shown = _without_password(redis) if isinstance(redis, str) else "Redis"
-        """How logs name this store (its URL without a password)."""
-        self._down = False
-        if isinstance(redis, str):
-            from redis.asyncio import Redis  # optional dependency: only needed for this store
-
-            # A slow Redis must cost a request at most `timeout`, then it is a miss.
-            redis = Redis.from_url(redis, socket_timeout=timeout, socket_connect_timeout=timeout)
-        self.redis = redis
-        self.prefix = "{" + prefix + "}:"
-        self.l1 = l1
-        self.l1_ttl = l1_ttl
-        self.max_entry_bytes = max_entry_bytes
-        self._clock = clock
-        self._set = redis.register_script(_SET_SCRIPT)
-        self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
-        self.channel = f"{self.prefix}invalidations"
-        self._listener: asyncio.Task[None] | None = None
-        self._l1_live = False
-        """The L1 may answer: the invalidation channel is subscribed."""
-        self._l1_epoch = 0
-        """Counts L1 purges: a Redis read that a purge overtook is not copied into the L1."""
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        if not self._down:  # once per outage: every lookup meets the dead store, the log must not
-            self._down = True
-            logger.warning(
-                "cache store %s unavailable (%s: %r): lookups miss, writes are skipped", self.shown, what, exc
-            )
-
-    def _answered(self) -> None:
-        if self._down:
-            self._down = False
-            logger.warning("cache store %s recovered: caching again", self.shown)
-
-    def _purge_l1(self) -> None:
-        if self.l1 is not None:
-            self._l1_epoch += 1
-            self.l1.clear()
-
-    def _listen_once_running(self) -> None:
-        if self.l1 is None or (self._listener is not None and not self._listener.done()):
-            return
-        self._listener = asyncio.get_running_loop().create_task(self._listen(), name="mcp-cache-invalidations")
-
-    async def _listen(self) -> None:
-        """Empty the L1 on every published invalidation; keep it out of use while not subscribed."""
-        assert self.l1 is not None
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                self._answered()
-                self._purge_l1()  # whatever happened while we were not listening
-                self._l1_live = True
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if message is not None:
-                        self._purge_l1()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._failed("invalidation channel", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                self._l1_live = False
-                self._purge_l1()
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-
-    def _key(self, key: str) -> str:
-        return f"{self.prefix}e:{key}"
-
-    def _tag(self, tag: str) -> str:
-        return f"{self.prefix}t:{tag}"
-
-    async def get(self, keys: Sequence[str]) -> tuple[str, CacheEntry] | None:
-        if self.l1 is not None:
-            if self._l1_live:
-                found = self.l1.lookup(keys)
-                if found is not None:
-                    return found
-            else:
-                self._listen_once_running()
-        epoch = self._l1_epoch
-        try:
-            values = await self.redis.mget([self._key(key) for key in keys])
-        except Exception as exc:  # a cache outage is a miss, never a failed request
-            self._failed("lookup", exc)
-            return None
-        if self._down:
-            self._answered()
-        now = self._clock()
-        for key, value in zip(keys, values, strict=True):
-            if value is None:
-                continue
-            try:
-                entry = CacheEntry.decode(value)
-            except (ValueError, TypeError):
-                continue
-            if entry.stale_until <= now:
-                continue
-            if self.l1 is not None and self._l1_live and epoch == self._l1_epoch:
-                held_until = min(entry.stale_until, now + self.l1_ttl)
-                copy = entry._replace(fresh_until=min(entry.fresh_until, held_until), stale_until=held_until)
-                self.l1.put(key, copy, ())  # untagged: it lives only l1_ttl
-            return key, entry
-        return None
-
-    async def set(self, key: str, entry: CacheEntry, tags: Sequence[str]) -> bool:
-        if entry.size > self.max_entry_bytes:
-            return False
-        ttl_ms = int((entry.stale_until - self._clock()) * 1000)
-        if ttl_ms <= 0:
-            return False
-        try:
-            await self._set(
-                keys=[self._key(key), *(self._tag(tag) for tag in tags)],
-                args=[entry.encode(), ttl_ms, int(entry.stale_until * 1000), int(self._clock() * 1000)],
-            )
-        except Exception as exc:
-            self._failed("write", exc)
-            return False
-        if self._down:
-            self._answered()
-        return True
-
-    async def invalidate(self, tags: Sequence[str]) -> int:
-        self._purge_l1()  # L1 copies are untagged and short-lived: drop them all
-        try:
-            dropped = int(await self._invalidate(keys=[self._tag(tag) for tag in tags], args=[self.channel]))
-        except Exception as exc:
-            self._failed("invalidation", exc)
-            return 0
-        self._answered()
-        return dropped
-
-    async def aclose(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        await self.redis.aclose()
-
-
-def _without_password(url: str) -> str:
-    """`url` for a log line: a Redis URL may carry a password."""
-    scheme, sep, rest = url.partition("://")
-    _, at, host = rest.rpartition("@")
-    return f"{scheme}{sep}{host}" if at else url
+        redis_url = "unix://" + rest if scheme == "redis+unix" else url  # redis-py's spelling
+        return RedisCacheStore(redis_url, prefix=prefix, l1=l1, max_entry_bytes=max_entry_bytes, timeout=timeout)
+    raise ValueError(f"cache store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: {url!r}")

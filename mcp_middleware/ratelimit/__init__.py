@@ -11,7 +11,15 @@ from .keys import CallerKey, KeyFunction, global_key, principal_identity
 from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
 from .middleware import RateLimitMiddleware, ratelimit_headers
 from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
-from .stores import BucketStore, BucketTake, MemoryBucketStore, RedisBucketStore, StoreUnavailable
+from .stores import (
+    BucketStore,
+    BucketTake,
+    MemoryBucketStore,
+    RedisBucketStore,
+    StoreUnavailable,
+    SyncBucketStore,
+    bucket_store_from_url,
+)
 
 __all__ = [
     "BucketDecision",
@@ -31,8 +39,10 @@ __all__ = [
     "RateLimiter",
     "RedisBucketStore",
     "StoreUnavailable",
+    "SyncBucketStore",
     "TokenBucket",
     "Verdict",
+    "bucket_store_from_url",
     "global_key",
     "principal_identity",
     "ratelimit_headers",

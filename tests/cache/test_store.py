@@ -206,7 +206,7 @@ async def test_a_redis_outage_and_its_recovery_are_logged_once_each(redis_server
     import logging
 
     require("redis", "the Redis store")
-    from mcp_middleware.cache.store import _without_password
+    from mcp_middleware.cache.redis_store import _without_password
 
     assert _without_password(redis_server.url.replace("redis://", "redis://user:s3cret@")) == redis_server.url
     store = RedisCacheStore(redis_server.url)

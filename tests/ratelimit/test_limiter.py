@@ -92,10 +92,15 @@ async def test_a_quota_that_loses_a_race_gives_the_bucket_tokens_back() -> None:
 class DeadStore:
     """A bucket store whose backend is down (the Redis outage itself is tested in test_redis.py)."""
 
+    sync = None
+
     async def take(self, takes: Sequence[BucketTake], *, now: float | None = None) -> list[BucketDecision]:
         raise StoreUnavailable("down")
 
     async def give_back(self, takes: Sequence[BucketTake], *, now: float | None = None) -> None:
+        raise StoreUnavailable("down")
+
+    async def check(self) -> None:
         raise StoreUnavailable("down")
 
     async def aclose(self) -> None:
