@@ -22,15 +22,15 @@ from mcp_middleware.breaker import (
     StateChange,
     StateListener,
 )
-from mcp_middleware.cache import CacheStore, MemoryCacheStore, ResponseCacheMiddleware
+from mcp_middleware.cache import CacheStore, ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import CoreConfig, McpRequest
 from mcp_middleware.ratelimit import (
     BucketPolicy,
     BucketStore,
-    MemoryBucketStore,
     Policy,
     QuotaPolicy,
     RateLimitMiddleware,
+    bucket_store_from_url,
 )
 
 from .config import AuthSettings, GatewayConfig, RateLimitPolicySettings, ServerSettings
@@ -243,17 +243,9 @@ def _policy(policy: RateLimitPolicySettings) -> Policy:
 
 
 def _bucket_store(url: str) -> BucketStore:
-    if url.startswith("memory://"):
-        return MemoryBucketStore()
-    from mcp_middleware.ratelimit import RedisBucketStore
-
-    return RedisBucketStore.from_url(url)
+    return bucket_store_from_url(url)
 
 
 def _cache_store(config: GatewayConfig) -> CacheStore:
     settings = config.cache
-    if settings.store.startswith("memory://"):
-        return MemoryCacheStore(max_entries=settings.max_entries, max_bytes=settings.max_bytes)
-    from mcp_middleware.cache import RedisCacheStore
-
-    return RedisCacheStore(settings.store)
+    return cache_store_from_url(settings.store, max_entries=settings.max_entries, max_bytes=settings.max_bytes)

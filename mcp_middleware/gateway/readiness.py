@@ -11,12 +11,14 @@ ready (503).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import httpx2
 
+from mcp_middleware.cache import CacheStore
+from mcp_middleware.ratelimit import BucketStore
 from mcp_middleware.router import HttpBackend, McpRouter
 
 from .assembly import Assembly
@@ -61,7 +63,7 @@ async def _breakers(assembly: Assembly) -> tuple[bool, str]:
 async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     config = assembly.config
     fail_open = config.ratelimit.fail == "open"
-    found: list[tuple[str, str, Any, bool]] = []  # (role, url, client, serves while down)
+    found: list[tuple[str, str, BucketStore | CacheStore, bool]] = []  # (role, url, store, serves while down)
     if assembly.bucket_store is not None:
         found.append(("ratelimit", config.ratelimit.store, assembly.bucket_store, fail_open))
     if assembly.cache_store is not None:
@@ -69,13 +71,13 @@ async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     details: list[str] = []
     failed = degraded = False
     for role, url, store, serves in found:
-        client = getattr(store, "client", None) or getattr(store, "redis", None)  # the Redis stores' clients
-        if client is None:
-            continue
+        if url.startswith("memory://"):
+            continue  # in this process: nothing to reach
         try:
-            await client.ping()
+            await store.check()
             details.append(f"{role} {shown_url(url)}: ok")
-        except Exception as exc:
+        except Exception as raised:
+            exc = raised.__cause__ or raised  # the store's own error names the cause (ConnectionError, …)
             if serves:
                 degraded = True
                 consequence = "requests admitted (fail-open)" if role == "ratelimit" else "lookups miss"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import httpx2
 import pytest
 from hypothesis import given, settings
@@ -186,8 +187,14 @@ async def test_an_invalidation_empties_the_other_instances_l1_at_once(redis_serv
         stacks.append(CachedStack(serve(PrincipalFromHeader(log)), cache, counter, log, None))
     first, second = stacks
     second_store: RedisCacheStore = second.cache.store  # type: ignore[assignment]
-    async with httpx2.AsyncClient() as http:
+    import redis.asyncio as aioredis
+
+    async with httpx2.AsyncClient() as http, aioredis.from_url(redis_server.url) as probe:
         await modern_post(http, first.url, "tools/list", 1)
+        for _ in range(250):  # the first instance's write lands after its answer (a loaded machine: later)
+            if await probe.dbsize():
+                break
+            await anyio.sleep(0.02)
         await modern_post(http, second.url, "tools/list", 2)  # from Redis; starts the listener
         await until(lambda: second_store._l1_live)
         await modern_post(http, second.url, "tools/list", 3)  # from Redis, now copied into the L1

@@ -41,7 +41,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[BucketStore]:
     else:
         require("redis", "the Redis bucket store")
         url = request.getfixturevalue("redis_server").url  # fails in CI without redis-server
-    made = bucket_store_from_url(url)
+    made = bucket_store_from_url(url, timeout=5.0)  # a loaded CI machine: bound the test, not each reply
     try:
         yield made
     finally:
