@@ -16,6 +16,8 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 from cachetools import LRUCache
 
+from mcp_middleware.core.store_urls import parse_store_url
+
 __all__ = [
     "CacheEntry",
     "CacheStore",
@@ -241,9 +243,6 @@ class MemoryCacheStore:
         self.clear()
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
-
-
 def cache_store_from_url(
     url: str,
     *,
@@ -270,13 +269,9 @@ def cache_store_from_url(
     ...
     ValueError: cache store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: 'memcached://localhost'
     """
-    scheme, separator, rest = url.partition("://")
-    scheme = scheme.lower()
-    if separator and scheme == "memory" and rest in ("", "/"):
+    parsed = parse_store_url(url, "cache store")
+    if parsed.kind == "memory":
         return MemoryCacheStore(max_entries=max_entries, max_bytes=max_bytes, max_entry_bytes=max_entry_bytes)
-    if separator and scheme in _REDIS_SCHEMES:
-        from .redis_store import RedisCacheStore
+    from .redis_store import RedisCacheStore
 
-        redis_url = "unix://" + rest if scheme == "redis+unix" else url  # redis-py's spelling
-        return RedisCacheStore(redis_url, prefix=prefix, l1=l1, max_entry_bytes=max_entry_bytes, timeout=timeout)
-    raise ValueError(f"cache store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: {url!r}")
+    return RedisCacheStore(parsed.redis_url, prefix=prefix, l1=l1, max_entry_bytes=max_entry_bytes, timeout=timeout)

@@ -14,6 +14,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from mcp_middleware.core.store_urls import parse_store_url
+
 from .bucket import EPSILON, BucketDecision, TokenBucket
 
 if TYPE_CHECKING:
@@ -347,9 +349,6 @@ class RedisBucketStore:
         return reply
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
-
-
 def bucket_store_from_url(
     url: str,
     *,
@@ -375,15 +374,11 @@ def bucket_store_from_url(
     ...
     ValueError: bucket store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: 'memcached://localhost'
     """
-    scheme, separator, rest = url.partition("://")
-    scheme = scheme.lower()
-    if separator and scheme == "memory" and rest in ("", "/"):
+    parsed = parse_store_url(url, "bucket store")
+    if parsed.kind == "memory":
         if redis_options:
             raise ValueError(f"options {sorted(redis_options)} apply to a Redis store only")
         return MemoryBucketStore(max_buckets=max_buckets)
-    if separator and scheme in _REDIS_SCHEMES:
-        redis_url = "unix://" + rest if scheme == "redis+unix" else url  # redis-py's spelling
-        return RedisBucketStore.from_url(
-            redis_url, prefix=prefix, timeout=timeout, retry_interval=retry_interval, **redis_options
-        )
-    raise ValueError(f"bucket store URL must be memory:// or redis://, rediss://, redis+unix://, unix://: {url!r}")
+    return RedisBucketStore.from_url(
+        parsed.redis_url, prefix=prefix, timeout=timeout, retry_interval=retry_interval, **redis_options
+    )

@@ -33,11 +33,13 @@ from mcp_middleware.core import (
     ErrorCode,
     McpRequest,
     RequestKind,
+    get_mcp_request,
     read_request,
     record_decision,
     replay,
     send_error,
 )
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .catalog import Catalog, short
 from .names import PrefixMode
@@ -224,8 +226,14 @@ class Relay:
         record_decision(scope, "router", "routed", server=server, method=request.method or "")
         if session is not None and request.id is not None:
             session.running[request.id] = server
+        # The backend's stack gets the request already read: the client's view, renamed (no second parse).
+        version = request.protocol_version
+        if backend is not None and _header(scope, b"mcp-protocol-version") is None:
+            version = backend.protocol_version  # the header `_child` sends it
+        session_id = backend.id if backend is not None else None
+        view = request._replace(params=params, body=body, session_id=session_id, protocol_version=version)
         try:
-            await self._call(scope, receive, rewriter, server, body, backend, header_name)
+            await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
         finally:
             if session is not None and request.id is not None:
                 session.running.pop(request.id, None)
@@ -271,15 +279,20 @@ class Relay:
         body: bytes,
         backend: BackendSession | None,
         header_name: str | None,
+        view: McpRequest | None = None,
     ) -> None:
         child = self._child(scope, server, body, backend, header_name)
         watched = send if isinstance(send, AnswerRewriter) else AnswerRewriter(send, server=server)
         try:
-            prepared = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
-            if prepared is not None:
-                await self.stacks[server](child, prepared[1], watched)
+            if view is not None:
+                child[REQUEST_SCOPE_KEY] = view
+                await self.stacks[server](child, replay(body, receive), watched)
+            else:  # a client's answer or notification passed on as it came: read like any request
+                prepared = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
+                if prepared is not None:
+                    await self.stacks[server](child, prepared[1], watched)
         except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
-            view = child.get("mcp_middleware.request")
+            view = get_mcp_request(child)
             logger.warning("backend %s failed: %s", server, short(exc))
             record_decision(scope, "router", "backend_error", server=server)
             await watched.fail(
@@ -301,7 +314,7 @@ class Relay:
             headers.append((b"mcp-session-id", backend.id.encode("latin-1")))
         if header_name is not None and _header(scope, b"mcp-name") is not None:
             headers.append((b"mcp-name", encode_header_value(header_name).encode("latin-1")))
-        child = {key: value for key, value in scope.items() if key != "mcp_middleware.request"}
+        child = {key: value for key, value in scope.items() if key != REQUEST_SCOPE_KEY}
         path = scope.get("root_path", "") + self.paths.get(server, "")
         child["headers"] = headers
         child["path"] = path
