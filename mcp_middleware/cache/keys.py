@@ -38,6 +38,7 @@ __all__ = [
     "invalidation_tag",
     "partition_of",
     "request_digest",
+    "with_origin",
 ]
 
 PUBLIC_PARTITION = "*"
@@ -136,3 +137,19 @@ def entry_tags(mount: str, method: str, partition: str, uri: str | None = None) 
     if uri is not None:
         tags += (_uri_tag(mount, uri), _uri_tag(None, uri))
     return tuple(tags)
+
+
+def with_origin(digest: str, headers: list[tuple[bytes, bytes]]) -> str:
+    """The digest, bound to the request's `Origin` when it has one (browsers send it with every POST).
+
+    The app inside may refuse a browser's request by its origin alone (the SDK's DNS-rebinding
+    protection answers 403), so the origin is part of the question: a page on attacker.example
+    that rebinds its name to this server gets a miss, goes to the app and is refused there,
+    instead of getting what a genuine client stored. (`Host` is not keyed: only a browser can be
+    made to send a rebound `Host`, and a browser also sends `Origin`; any other client can send
+    whatever `Host` it likes, the genuine one included.) Hashed: the value is the client's.
+    """
+    for name, value in headers:
+        if name == b"origin":
+            return blake2b(b"%s\x00%s" % (digest.encode(), value), digest_size=16).hexdigest()
+    return digest

@@ -5,14 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from hashlib import blake2b
-from typing import Any, Literal, NamedTuple
+from functools import partial
 
-import anyio
 import orjson
-from cachetools import LRUCache, TTLCache
 from mcp_types.methods import CACHEABLE_METHODS
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
@@ -20,202 +17,21 @@ from ..core.kernel import DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
 from ..core.request import Era, McpRequest, RequestKind
 from ..core.selectors import Selector, SelectorMap
-from ..core.tap import ResponseTap, SseParser
-from .invalidation import DROPPED_BY, StreamWatch
-from .keys import (
-    DEFAULT_KEY_META_FIELDS,
-    PUBLIC_PARTITION,
-    entry_key,
-    entry_tags,
-    invalidation_tag,
-    partition_of,
-    request_digest,
-)
+from ..core.tap import ResponseTap
+from .admission import Admission
+from .flight import Flight
+from .invalidation import Invalidator, StreamWatch
+from .keys import DEFAULT_KEY_META_FIELDS, PUBLIC_PARTITION, entry_key, partition_of, request_digest, with_origin
+from .miss import CacheParts, Miss, MissResponse
+from .policy import OPT_IN_METHODS, CachePolicy, RuleValue, ScopeName, as_policy
 from .responses import StaleGuard, accepts, render, send_answer
+from .sessions import SESSION_HEADER, LegacySessions, SessionWatch
 from .store import CacheEntry, CacheStore, MemoryCacheStore
+from .tools import ReadOnlyTools
 
-__all__ = ["CACHEABLE_METHODS", "CachePolicy", "ResponseCacheMiddleware"]
+__all__ = ["CACHEABLE_METHODS", "CachePolicy", "ResponseCacheMiddleware", "RuleValue"]
 
 logger = logging.getLogger("mcp_middleware.cache")
-
-Scope_ = Literal["public", "private"]
-
-_OPT_IN_METHODS = frozenset({"tools/call", "prompts/get"})
-"""Cached only where the operator opts in with a `tools/call…` or `prompts/get…` selector."""
-_MAX_TOOLS_PER_MOUNT = 10_000
-_SESSION_HEADER = b"mcp-session-id"
-_STORE_PATIENCE = 2.0
-"""Seconds a store write or invalidation may take where the app could cancel it (it is shielded)."""
-
-
-class CachePolicy(NamedTuple):
-    """How long a selected result may be reused, and (optionally) by whom.
-
-    `ttl` is in seconds; an upstream `ttlMs` can only shorten it. `scope` forces `"private"`
-    (partitioned by principal) or allows `"public"` for results whose backend says nothing
-    (legacy results, `tools/call`, `prompts/get`); an upstream `cacheScope: private` always wins.
-    """
-
-    ttl: float
-    scope: Scope_ | None = None
-
-
-RuleValue = CachePolicy | float | None
-
-
-def _as_policy(value: RuleValue) -> CachePolicy | None:
-    if value is None:
-        return None
-    policy = value if isinstance(value, CachePolicy) else CachePolicy(float(value))
-    return policy if policy.ttl > 0 else None
-
-
-def _with_origin(digest: str, headers: list[tuple[bytes, bytes]]) -> str:
-    """The digest, bound to the request's `Origin` when it has one (browsers send it with every POST).
-
-    The app inside may refuse a browser's request by its origin alone (the SDK's DNS-rebinding
-    protection answers 403), so the origin is part of the question: a page on attacker.example
-    that rebinds its name to this server gets a miss, goes to the app and is refused there,
-    instead of getting what a genuine client stored. (`Host` is not keyed: only a browser can be
-    made to send a rebound `Host`, and a browser also sends `Origin`; any other client can send
-    whatever `Host` it likes, the genuine one included.) Hashed: the value is the client's.
-    """
-    for name, value in headers:
-        if name == b"origin":
-            return blake2b(b"%s\x00%s" % (digest.encode(), value), digest_size=16).hexdigest()
-    return digest
-
-
-class _Flight:
-    """One backend call that identical concurrent misses wait for.
-
-    The event is made only when someone waits: most misses have no company, and an event
-    costs more than the rest of the bookkeeping.
-    """
-
-    __slots__ = ("_done", "entry", "landed")
-
-    def __init__(self) -> None:
-        self._done: anyio.Event | None = None
-        self.entry: CacheEntry | None = None
-        self.landed = False
-
-    async def wait(self, patience: float) -> CacheEntry | None:
-        if not self.landed:
-            if self._done is None:
-                self._done = anyio.Event()
-            with anyio.move_on_after(patience):
-                await self._done.wait()
-        return self.entry
-
-    def land(self, entry: CacheEntry | None) -> None:
-        self.entry = entry
-        self.landed = True
-        if self._done is not None:
-            self._done.set()
-
-
-class _MissResponse:
-    """The `send` of a forwarded request: marks the response as a miss and remembers status and session.
-
-    Right after the last byte is forwarded it has the middleware settle the request (store the
-    result), so that a client's next request finds the entry. With `learn`, it also reads a
-    `tools/list` result before that last byte goes, so that a client calling a tool right after
-    listing finds it already known as read-only. It holds its context as plain attributes (no
-    closures): a miss leaves no reference cycle for the garbage collector.
-    """
-
-    __slots__ = (
-        "_body",
-        "_header",
-        "_size",
-        "digest",
-        "ended",
-        "entry",
-        "generation",
-        "learn",
-        "mount",
-        "owner",
-        "partition",
-        "policy",
-        "request",
-        "scope",
-        "send_",
-        "session_id",
-        "status",
-        "tap",
-        "unvouched",
-    )
-
-    def __init__(self, send: Send, header: bytes | None, request: McpRequest | None = None) -> None:
-        self.send_ = send
-        self._header = header
-        self.request = request
-        self.owner: ResponseCacheMiddleware | None = None
-        self.learn = False
-        self._body: list[bytes] = []
-        self._size = 0
-        self.status: int | None = None
-        self.session_id: str | None = None
-        self.ended = False
-        self.entry: CacheEntry | None = None
-        self.policy: CachePolicy | None = None
-        self.scope: Scope | None = None
-        self.tap: ResponseTap | None = None
-        self.mount = ""
-        self.partition = ""
-        self.digest = ""
-        self.generation = 0
-        self.unvouched = False
-        """The request was unauthenticated when it reached the cache (see `OutsideAuth`)."""
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = message["status"]
-            headers = message.get("headers", ())
-            for name, value in headers:
-                if name == _SESSION_HEADER:
-                    self.session_id = value.decode("latin-1")
-            if self._header is not None:
-                message = {**message, "headers": [*headers, (self._header, b"miss")]}
-        elif kind == "http.response.body" and self.learn:
-            body: bytes = message.get("body", b"")
-            self._size -= len(body)
-            if self._size < 0:
-                self.learn = False  # too large to read here; the tap still sees it
-            else:
-                self._body.append(body)
-                if not message.get("more_body", False):
-                    self._read_result(b"".join(self._body))
-        await self.send_(message)
-        if kind == "http.response.body" and not message.get("more_body", False):
-            await self.settle()
-
-    async def settle(self) -> None:
-        if not self.ended:
-            self.ended = True
-            if self.owner is not None:
-                try:
-                    self.entry = await self.owner._settle(self)
-                except Exception:  # this runs inside the app's send: a cache fault must not fail the response
-                    logger.exception("cache could not settle %s", self.request.method if self.request else "?")
-
-    def _read_result(self, body: bytes) -> None:
-        assert self.owner is not None and self.request is not None
-        candidates = (
-            [data for _, data in SseParser(len(body) + 1).feed(body, final=True)] if body[:1] != b"{" else [body]
-        )
-        for data in reversed(candidates):
-            try:
-                message = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(message, dict) and message.get("id") == self.request.id:
-                result = message.get("result")
-                if isinstance(result, dict) and self.status == 200:
-                    self.owner._learn(self.mount, result)
-                return
 
 
 class ResponseCacheMiddleware:
@@ -252,7 +68,7 @@ class ResponseCacheMiddleware:
         rules: Mapping[str, RuleValue] | None = None,
         allow_tools: Iterable[str] = (),
         trust_read_only_hint: bool = True,
-        legacy_scope: Scope_ = "private",
+        legacy_scope: ScopeName = "private",
         honor_ttl_ms: bool = True,
         stale_grace: float = 0.0,
         single_flight: bool = True,
@@ -276,13 +92,12 @@ class ResponseCacheMiddleware:
         opt_in: dict[str, RuleValue] = {}
         for text, value in (rules or {}).items():
             selector = Selector.parse(text)
-            if selector.method in _OPT_IN_METHODS:
+            if selector.method in OPT_IN_METHODS:
                 opt_in[text] = value  # opting in takes a literal tools/call or prompts/get selector
             else:
                 cacheable[text] = value  # never widens beyond the cacheable methods (checked per request)
-        self._rules: SelectorMap[CachePolicy | None] = SelectorMap({k: _as_policy(v) for k, v in cacheable.items()})
-        self._opt_in: SelectorMap[CachePolicy | None] = SelectorMap({k: _as_policy(v) for k, v in opt_in.items()})
-        self._allow_tools = tuple(Selector.parse(f"tools/call:{name}") for name in allow_tools)
+        self._rules: SelectorMap[CachePolicy | None] = SelectorMap({k: as_policy(v) for k, v in cacheable.items()})
+        self._opt_in: SelectorMap[CachePolicy | None] = SelectorMap({k: as_policy(v) for k, v in opt_in.items()})
         self.trust_read_only_hint = trust_read_only_hint
         self._learn_tools = bool(opt_in) and trust_read_only_hint
         self.legacy_scope = legacy_scope
@@ -295,17 +110,28 @@ class ResponseCacheMiddleware:
         self._status_header = status_header.lower().encode("latin-1") if status_header else None
         self.config = config
         self._clock = clock
-        self._flights: dict[str, _Flight] = {}
-        self._read_only: LRUCache[str, dict[str, bool]] = LRUCache(maxsize=1024)
-        self._sessions: TTLCache[tuple[str, str, str], bool] = TTLCache(maxsize=10_000, ttl=session_check_interval)
-        self._generation = 0
-        """Counts invalidations: a response fetched before one is not stored after it."""
+        self._flights: dict[str, Flight] = {}
+        self._tools = ReadOnlyTools(allow=allow_tools, trust_hint=trust_read_only_hint)
+        self._sessions = LegacySessions(session_check_interval)
+        self._invalidator = Invalidator(self.store, self._tools)
         self.outside_auth = OutsideAuth(
             "ResponseCacheMiddleware",
             "Its anonymous partition would hold other callers' answers, so from now on it caches nothing",
             logger,
         )
         """Trips (for good) once a request is seen to be authenticated only inside the cache."""
+        self._parts = CacheParts(
+            store=self.store,
+            admission=Admission(
+                honor_ttl_ms=honor_ttl_ms, legacy_scope=legacy_scope, stale_grace=stale_grace, clock=clock
+            ),
+            sessions=self._sessions,
+            invalidator=self._invalidator,
+            tools=self._tools,
+            outside_auth=self.outside_auth,
+            status_header=self._status_header,
+            max_inspect_bytes=config.max_inspect_bytes,
+        )
 
     # --- the request path ------------------------------------------------------------------------
 
@@ -325,7 +151,7 @@ class ResponseCacheMiddleware:
             method = request.method
             if method in CACHEABLE_METHODS:
                 policy = self._rules.lookup(request)
-            elif method in _OPT_IN_METHODS:
+            elif method in OPT_IN_METHODS:
                 policy = self._opt_in.lookup(request)
             else:
                 policy = None
@@ -336,13 +162,13 @@ class ResponseCacheMiddleware:
             elif method == "initialize" and request.era is Era.LEGACY:
                 await self._initialize(request, scope, receive, send)
             elif method == "tools/list" and self._learn_tools:
-                await self._forward(None, request, scope, receive, send, "", "", "", None)
+                await self._forward(Miss(request, scope, None, self._mount(scope), learn=True), receive, send)
             else:
                 await self.app(scope, receive, send)
         elif request.kind is RequestKind.STREAM:
             await self._watch(scope, receive, send)
         elif request.kind is RequestKind.TERMINATE:
-            self._sessions.pop((self._mount(scope), request.session_id or "", partition_of(get_principal(scope))), None)
+            self._sessions.closed(self._mount(scope), request.session_id, partition_of(get_principal(scope)))
             await self.app(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -369,7 +195,7 @@ class ResponseCacheMiddleware:
             return
         mount = self._mount(scope)
         method: str = request.method  # type: ignore[assignment]
-        if method == "tools/call" and not self._trusted_tool(mount, request.name):
+        if method == "tools/call" and not self._tools.trusted(mount, request.name):
             record_decision(scope, "cache", "bypass", reason="not_read_only", tool=request.name or "")
             await self.app(scope, receive, send)
             return
@@ -381,7 +207,7 @@ class ResponseCacheMiddleware:
 
         partition = partition_of(get_principal(scope))
         unvouched = not authenticated(scope)
-        digest = _with_origin(request_digest(request, self.key_meta_fields), scope["headers"])
+        digest = with_origin(request_digest(request, self.key_meta_fields), scope["headers"])
         private_key = entry_key(mount, method, digest, partition)
         keys = (private_key, entry_key(mount, method, digest, PUBLIC_PARTITION))
         found = self._sync.lookup(keys) if self._sync is not None else await self.store.get(keys)
@@ -389,21 +215,21 @@ class ResponseCacheMiddleware:
         stale: CacheEntry | None = None
         if found is not None:
             entry = found[1]
-            if request.era is Era.MODERN or self._session_live(mount, request.session_id, partition):
+            if request.era is Era.MODERN or self._sessions.live(mount, request.session_id, partition):
                 if entry.fresh_until > now:
-                    if method == "tools/list" and self._learn_tools and mount not in self._read_only:
-                        self._learn(mount, orjson.loads(entry.result))
+                    if method == "tools/list" and self._learn_tools and not self._tools.knows(mount):
+                        self._tools.learn(mount, orjson.loads(entry.result))
                     if await self._answer(request, entry, now, sse_ok, send, "hit", scope, public=entry.public):
                         return
                 elif self.stale_grace > 0:
                     stale = entry
 
-        flight: _Flight | None = None
+        flight: Flight | None = None
         leader = False
         if self.single_flight:
             flight = self._flights.get(private_key)
             if flight is None:
-                flight = self._flights[private_key] = _Flight()
+                flight = self._flights[private_key] = Flight()
                 leader = True
             else:
                 entry = await flight.wait(self.max_wait)  # type: ignore[assignment]
@@ -411,18 +237,27 @@ class ResponseCacheMiddleware:
                 if (
                     entry is not None
                     and entry.fresh_until > now
-                    and (request.era is Era.MODERN or self._session_live(mount, request.session_id, partition))
+                    and (request.era is Era.MODERN or self._sessions.live(mount, request.session_id, partition))
                     and await self._answer(
                         request, entry, now, sse_ok, send, "hit", scope, public=entry.public, coalesced=True
                     )
                 ):
                     return
                 flight = None
+        miss = Miss(
+            request,
+            scope,
+            policy,
+            mount,
+            partition,
+            digest,
+            self._invalidator.generation,
+            unvouched,
+            learn=method == "tools/list" and self._learn_tools,
+        )
         stored: CacheEntry | None = None
         try:
-            stored = await self._forward(
-                policy, request, scope, receive, send, mount, partition, digest, stale, unvouched
-            )
+            stored = await self._forward(miss, receive, send, stale=stale)
         finally:
             if leader and flight is not None:
                 del self._flights[private_key]
@@ -453,7 +288,7 @@ class ResponseCacheMiddleware:
             sse = False
         headers: list[tuple[bytes, bytes]] = []
         if request.session_id is not None:
-            headers.append((_SESSION_HEADER, request.session_id.encode("latin-1")))
+            headers.append((SESSION_HEADER, request.session_id.encode("latin-1")))
         if self._status_header is not None:
             headers.append((self._status_header, status.encode("ascii")))
         body = render(request.id, entry, now, sse=sse, stale=status == "stale")
@@ -462,131 +297,32 @@ class ResponseCacheMiddleware:
         return True
 
     async def _forward(
-        self,
-        policy: CachePolicy | None,
-        request: McpRequest,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        mount: str,
-        partition: str,
-        digest: str,
-        stale: CacheEntry | None,
-        unvouched: bool = False,
+        self, miss: Miss, receive: Receive, send: Send, *, stale: CacheEntry | None = None
     ) -> CacheEntry | None:
-        """Ask the backend (streaming its answer through untouched) and keep the result if it may be kept."""
+        """Ask the backend (streaming its answer through untouched) and keep the result if it may be kept.
+
+        With a `stale` entry, a failing backend's answer is replaced by it.
+        """
+        request, scope = miss.request, miss.scope
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
-        response = _MissResponse(send, self._status_header if policy is not None else None, request)
-        response.owner = self
-        response.policy, response.scope, response.tap = policy, scope, tap
-        response.mount = mount or self._mount(scope)
-        response.partition, response.digest, response.generation = partition, digest, self._generation
-        response.unvouched = unvouched
-        if request.method == "tools/list" and self._learn_tools:
-            response.learn = True
-            response._size = self.config.max_inspect_bytes
-        guard = StaleGuard(response.send, request, self.config.max_inspect_bytes) if stale is not None else None
-        try:
-            await self.app(scope, receive, guard.send if guard is not None else response.send)
-        except Exception:
-            if guard is None or guard.forwarded:
-                raise
-            logger.exception("backend failed; serving a stale %s", request.method)
-            await self._serve_stale(request, stale, scope, send, "exception")  # type: ignore[arg-type]
-            return None
-        if guard is not None and (guard.failed or not guard.forwarded):
-            await self._serve_stale(request, stale, scope, send, "backend_failed")  # type: ignore[arg-type]
-            return None
+        response = MissResponse(send, tap, miss, self._parts)
+        if stale is None:
+            await self.app(scope, receive, response.send)
+        else:
+            guard = StaleGuard(response.send, request, self.config.max_inspect_bytes)
+            try:
+                await self.app(scope, receive, guard.send)
+            except Exception:
+                if guard.forwarded:
+                    raise
+                logger.exception("backend failed; serving a stale %s", request.method)
+                await self._serve_stale(request, stale, scope, send, "exception")
+                return None
+            if guard.failed or not guard.forwarded:
+                await self._serve_stale(request, stale, scope, send, "backend_failed")
+                return None
         await response.settle()  # if the app ended without a last body message
         return response.entry
-
-    async def _settle(self, response: _MissResponse) -> CacheEntry | None:
-        """After the response: remember the session, and store the result if it may be stored."""
-        policy, request, scope, tap = response.policy, response.request, response.scope, response.tap
-        mount, partition, digest = response.mount, response.partition, response.digest
-        assert request is not None and scope is not None and tap is not None
-        if response.unvouched and self.outside_auth.check(scope):
-            # Authenticated only further in: this answer is someone's, but was keyed as nobody's.
-            record_decision(scope, "cache", "bypass", reason="outside_auth")
-            return None
-        outcome = tap.outcome()
-        status = response.status
-        if request.era is Era.LEGACY and status is not None and policy is not None:
-            session = (mount, request.session_id or response.session_id or "", partition)
-            if 200 <= status < 300:
-                self._sessions[session] = True
-            elif status == 404:
-                self._sessions.pop(session, None)
-        result = outcome.result
-        if policy is None:
-            return None
-        reason = self._unstorable(outcome.status, outcome.complete, outcome.truncated, result, outcome.error)
-        entry: CacheEntry | None = None
-        if reason is None and result is not None:
-            entry = self._entry(policy, request, result, outcome.content_type == "text/event-stream")
-            if entry is None:
-                reason = "ttl_zero"
-            elif response.generation != self._generation:
-                reason, entry = "invalidated", None
-        if entry is not None:
-            owner = PUBLIC_PARTITION if entry.public else partition
-            key = entry_key(mount, request.method or "", digest, owner)
-            uri = request.uri if request.method == "resources/read" else None
-            tags = entry_tags(mount, request.method or "", owner, uri)
-            if self._sync is not None:
-                kept = self._sync.put(key, entry, tags)
-            else:
-                kept = False
-                # This runs inside the app's send: the SDK may cancel it once the response is out.
-                with anyio.move_on_after(_STORE_PATIENCE, shield=True):
-                    kept = await self.store.set(key, entry, tags)
-            if not kept:
-                reason, entry = "not_kept", None
-        if entry is not None:
-            record_decision(scope, "cache", "miss", stored=True, public=entry.public)
-        else:
-            record_decision(scope, "cache", "miss", stored=False, reason=reason or "unknown")
-        return entry
-
-    @staticmethod
-    def _unstorable(
-        status: int | None, complete: bool, truncated: bool, result: dict[str, Any] | None, error: Any
-    ) -> str | None:
-        if error is not None:
-            return "error"
-        if status != 200 or not complete:
-            return "incomplete" if status == 200 else "status"
-        if truncated:
-            return "too_large"
-        if result is None:
-            return "no_result"
-        if result.get("isError") is True:
-            return "tool_error"
-        if result.get("resultType") == "input_required":
-            return "input_required"
-        return None
-
-    def _entry(self, policy: CachePolicy, request: McpRequest, result: dict[str, Any], sse: bool) -> CacheEntry | None:
-        ttl = policy.ttl
-        upstream_ttl = result.get("ttlMs")
-        ttl_field = isinstance(upstream_ttl, int | float) and not isinstance(upstream_ttl, bool)
-        upstream_scope = result.get("cacheScope")
-        if self.honor_ttl_ms:
-            if ttl_field:
-                ttl = min(ttl, max(0.0, float(upstream_ttl) / 1000))  # type: ignore[arg-type]
-            elif request.era is Era.MODERN and request.method in CACHEABLE_METHODS:
-                ttl = 0.0  # the spec: a cacheable result without ttlMs is immediately stale
-        if ttl <= 0:
-            return None
-        if upstream_scope in ("public", "private"):
-            public = upstream_scope == "public" and policy.scope != "private"
-        elif request.era is Era.LEGACY and request.method in CACHEABLE_METHODS:
-            public = (policy.scope or self.legacy_scope) == "public"
-        else:
-            public = policy.scope == "public"
-        stored = {key: value for key, value in result.items() if key != "ttlMs"} if ttl_field else result
-        now = self._clock()
-        return CacheEntry(orjson.dumps(stored), now + ttl, now + ttl + self.stale_grace, ttl_field, sse, public, now)
 
     async def _serve_stale(self, request: McpRequest, entry: CacheEntry, scope: Scope, send: Send, reason: str) -> None:
         now = self._clock()
@@ -594,74 +330,20 @@ class ResponseCacheMiddleware:
         if not await self._answer(request, entry, now, sse_ok, send, "stale", scope, reason=reason):
             await self._answer(request, entry._replace(sse=False), now, sse_ok, send, "stale", scope, reason=reason)
 
-    # --- what the backend tells us -----------------------------------------------------------------
-
     async def _watch(self, scope: Scope, receive: Receive, send: Send) -> None:
-        mount = self._mount(scope)
-
-        async def invalidate(notification: str, uri: str | None) -> None:
-            try:
-                dropped = await self._drop_for(mount, notification, uri)
-            except Exception:  # inside the stream's send: never break the stream over the cache
-                logger.exception("cache invalidation for %s failed", notification)
-                return
-            record_decision(scope, "cache", "invalidate", notification=notification, dropped=dropped)
-
-        await self.app(scope, receive, StreamWatch(send, invalidate).send)
-
-    async def _drop_for(self, mount: str, notification: str, uri: str | None) -> int:
-        self._generation += 1
-        if uri is not None:
-            tags = [invalidation_tag(mount, uri=uri)]
-        else:
-            methods = DROPPED_BY[notification]
-            if "tools/call" in methods:
-                self._read_only.pop(mount, None)
-            tags = [invalidation_tag(mount, method) for method in methods]
-        if self._sync is not None:
-            return self._sync.drop(tags)
-        dropped = 0
-        with anyio.move_on_after(_STORE_PATIENCE, shield=True):  # inside a stream's send, like a store
-            dropped = await self.store.invalidate(tags)
-        return dropped
+        """A notification stream: what it says drops what it makes stale, before it is forwarded."""
+        notified = partial(self._invalidator.notified, scope, self._mount(scope))
+        await self.app(scope, receive, StreamWatch(send, notified).send)
 
     async def _initialize(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> None:
         """Remember the session a legacy initialize opens: hits are answered only on sessions the backend knows."""
-        response = _MissResponse(send, None)
+        response = SessionWatch(send)
         unvouched = not authenticated(scope)
         await self.app(scope, receive, response.send)
         if unvouched and self.outside_auth.check(scope):
             return
         if response.session_id is not None and response.status is not None and 200 <= response.status < 300:
-            self._sessions[(self._mount(scope), response.session_id, partition_of(get_principal(scope)))] = True
-
-    def _session_live(self, mount: str, session_id: str | None, partition: str) -> bool:
-        return (mount, session_id or "", partition) in self._sessions
-
-    def _learn(self, mount: str, result: dict[str, Any]) -> None:
-        tools = result.get("tools")
-        if not isinstance(tools, list):
-            return
-        book = self._read_only.get(mount)
-        if book is None:
-            book = self._read_only[mount] = {}
-        for tool in tools:
-            if not isinstance(tool, dict) or not isinstance(name := tool.get("name"), str):
-                continue
-            if name not in book and len(book) >= _MAX_TOOLS_PER_MOUNT:
-                break
-            annotations = tool.get("annotations")
-            book[name] = isinstance(annotations, dict) and annotations.get("readOnlyHint") is True
-
-    def _trusted_tool(self, mount: str, name: str | None) -> bool:
-        if name is None:
-            return False
-        if any(selector.matches_parts("tools/call", name) for selector in self._allow_tools):
-            return True
-        if not self.trust_read_only_hint:
-            return False
-        book = self._read_only.get(mount)
-        return book is not None and book.get(name, False)
+            self._sessions.opened(self._mount(scope), response.session_id, partition_of(get_principal(scope)))
 
     # --- the operator's API ------------------------------------------------------------------------
 
@@ -679,13 +361,5 @@ class ResponseCacheMiddleware:
         >>> # await cache.invalidate(mount="/mcp", method="tools/list")
         >>> # await cache.invalidate(principal=Principal(subject="alice", issuer="https://idp"))
         """
-        self._generation += 1
-        if uri is not None:
-            return await self.store.invalidate([invalidation_tag(mount, uri=uri)])
         partition = partition_of(principal) if isinstance(principal, Principal) else principal
-        if method in (None, "tools/list", "tools/call"):
-            if mount is None:
-                self._read_only.clear()
-            else:
-                self._read_only.pop(mount, None)
-        return await self.store.invalidate([invalidation_tag(mount, method, partition)])
+        return await self._invalidator.drop(mount=mount, method=method, partition=partition, uri=uri)

@@ -214,6 +214,10 @@ class RedisCacheStore:
         self._answered()
         return dropped
 
+    def take_evictions(self) -> int:
+        """The L1's evictions since the last call (Redis's own `maxmemory` evictions are not visible here)."""
+        return self.l1.take_evictions() if self.l1 is not None else 0
+
     async def check(self) -> None:
         try:
             await self.redis.ping()

@@ -36,6 +36,11 @@ _SSE_HEADERS = [
 ]
 
 
+def _is_event_stream(content_type: bytes) -> bool:
+    """A `Content-Type` value names an event stream (parameters and case aside)."""
+    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
+
+
 def accepts(raw_headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
     """`(json, sse)`: which response forms the request's `Accept` allows (wildcards as the SDK reads them)."""
     accept = b""
@@ -141,11 +146,11 @@ class StaleGuard:
             content_type = b""
             for name, value in message.get("headers", ()):
                 if name == b"content-type":
-                    content_type = value.split(b";", 1)[0].strip().lower()
+                    content_type = value
             self._held.append(message)
-            if content_type == b"text/event-stream":
+            if _is_event_stream(content_type):
                 self._sse = SseParser(self._max)
-            elif content_type != b"application/json":
+            elif content_type.split(b";", 1)[0].strip().lower() != b"application/json":
                 await self._release()
             return
         if kind != "http.response.body":

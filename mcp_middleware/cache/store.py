@@ -95,7 +95,9 @@ class CacheStore(Protocol):
     `sync` is the same store without coroutines (`lookup`, `put`, `drop`) when it needs no
     I/O (the memory store), else None: the middleware's hit path calls it instead of awaiting
     `get`. `check` raises :class:`CacheStoreUnavailable` when the store cannot be reached
-    (readiness probes), and returns otherwise.
+    (readiness probes), and returns otherwise. `take_evictions` counts capacity evictions
+    (not expiry, not invalidation): the middleware asks after each write and records an
+    `evict` decision, which feeds the `mcp.middleware.cache.evictions` metric.
     """
 
     @property
@@ -111,6 +113,10 @@ class CacheStore(Protocol):
         """Raise :class:`CacheStoreUnavailable` when the store cannot be reached."""
         ...
 
+    def take_evictions(self) -> int:
+        """How many entries the store dropped to make room since it was last asked (0 if it cannot tell)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -120,6 +126,13 @@ class _TaggedLru(LRUCache[str, tuple[CacheEntry, tuple[str, ...]]]):
     def __init__(self, maxsize: int, getsizeof: Any, index: dict[str, set[str]]) -> None:
         super().__init__(maxsize, getsizeof)
         self._index = index
+        self.evictions = 0
+
+    def popitem(self) -> tuple[str, tuple[CacheEntry, tuple[str, ...]]]:
+        # cachetools calls this (only) to make room for a new item: a capacity eviction
+        item = super().popitem()
+        self.evictions += 1
+        return item
 
     def __delitem__(self, key: str) -> None:
         _, tags = self.get(key, (None, ()))
@@ -235,6 +248,11 @@ class MemoryCacheStore:
     def clear(self) -> None:
         self._entries.clear()
         self._index.clear()
+
+    def take_evictions(self) -> int:
+        """Entries dropped to make room (least recently used first) since the last call."""
+        evicted, self._entries.evictions = self._entries.evictions, 0
+        return evicted
 
     async def check(self) -> None:
         """Always reachable: it is this process's memory."""
