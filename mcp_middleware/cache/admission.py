@@ -95,7 +95,7 @@ class Admission:
         if mount in self._warned or len(self._warned) >= _MAX_WARNED_MOUNTS:
             return
         self._warned.add(mount)
-        said = "ttlMs: 0" if upstream_ttl is not None else "no ttlMs"
+        said = f"ttlMs: {upstream_ttl}" if upstream_ttl is not None else "no ttlMs"
         logger.warning(
             "cache: backend %r answers %s with %s, so none of its results are cached while honor_ttl_ms is on "
             "(MCPServer and fastmcp send ttlMs: 0 unless given cache hints). To cache them for the configured "
