@@ -5,8 +5,9 @@
 """
 
 from .classify import NEUTRAL_SERVER_CODES, Classifier, FailureClassifier, Fault
-from .middleware import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS, SAFE_METHODS, CircuitBreakerMiddleware, RetryPolicy
+from .middleware import CircuitBreakerMiddleware
 from .registry import BreakerRegistry
+from .retry import SAFE_METHODS, RetryPolicy
 from .state import (
     BreakerPolicy,
     BreakerSnapshot,
@@ -17,6 +18,7 @@ from .state import (
     StateListener,
     Verdict,
 )
+from .timeouts import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS
 
 __all__ = [
     "DEFAULT_EXCLUDE",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import random as _random
 import time
 from collections.abc import Callable
@@ -379,7 +378,3 @@ class CircuitBreaker:
             self._probes,
             self.rejected,
         )
-
-    def retry_after_seconds(self) -> int:
-        """:meth:`retry_after` rounded up to whole seconds, at least 1 (for `Retry-After`)."""
-        return max(1, math.ceil(self.retry_after()))
