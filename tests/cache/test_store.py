@@ -236,3 +236,28 @@ async def test_a_redis_outage_and_its_recovery_are_logged_once_each(redis_server
         assert lines[1][1] == f"cache store {redis_server.url} recovered: caching again"
     finally:
         await store.aclose()
+
+
+async def test_the_redis_store_reports_its_l1_evictions(redis_server: Any) -> None:
+    require("redis", "the Redis store")
+    store = RedisCacheStore(redis_server.url, prefix="evict", l1=MemoryCacheStore(max_entries=1, max_bytes=1 << 20))
+    try:
+        for key in ("a", "b", "c"):
+            assert await store.set(key, entry(), tags())
+        evicted = 0
+
+        async def read_all() -> bool:
+            nonlocal evicted
+            for key in ("a", "b", "c"):  # each Redis read is copied into the one-entry L1 once it listens
+                await store.get([key])
+            evicted += store.take_evictions()
+            return evicted >= 2
+
+        for _ in range(100):
+            if await read_all():
+                break
+            await anyio.sleep(0.02)
+        assert evicted >= 2  # three reads through a one-entry L1 push out two
+        assert store.take_evictions() == 0
+    finally:
+        await store.aclose()

@@ -58,6 +58,17 @@ async def test_a_reachable_store_passes_its_check(store: CacheStore) -> None:
     assert await store.check() is None
 
 
+async def test_evictions_count_only_room_made(store: CacheStore) -> None:
+    """A store with room evicts nothing: replacing, expiring and invalidating entries are not evictions."""
+    assert await store.set("a", entry(), tags())
+    assert await store.set("a", entry(b'{"tools":[1]}'), tags())
+    assert await store.set("gone", entry(ttl=0.01), tags("prompts/list"))
+    assert await store.invalidate([invalidation_tag("/mcp", "tools/list")]) >= 1
+    await anyio.sleep(0.05)
+    assert await store.get(["gone"]) is None
+    assert store.take_evictions() == 0
+
+
 async def test_get_returns_the_first_present_key_with_its_entry_intact(store: CacheStore) -> None:
     stored = entry(b'{"tools":[{"name":"\xc3\xa9"}]}')
     assert await store.set("b", stored, tags())
