@@ -246,7 +246,10 @@ class MemoryCacheStore:
         return self.drop(tags)
 
     def clear(self) -> None:
-        self._entries.clear()
+        entries = self._entries
+        evictions = entries.evictions  # emptying is not evicting (whichever way the LRU empties itself)
+        entries.clear()
+        entries.evictions = evictions
         self._index.clear()
 
     def take_evictions(self) -> int:
