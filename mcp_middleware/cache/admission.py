@@ -97,10 +97,10 @@ class Admission:
         self._warned.add(mount)
         said = f"ttlMs: {upstream_ttl}" if upstream_ttl is not None else "no ttlMs"
         logger.warning(
-            "cache: backend %r answers %s with %s, so none of its results are cached while honor_ttl_ms is on "
-            "(MCPServer and fastmcp send ttlMs: 0 unless given cache hints). To cache them for the configured "
-            "ttl, set honor_ttl_ms=False on ResponseCacheMiddleware, or honor_ttl_ms = false on the "
-            "gateway's [[servers]] entry (or in [cache])",
+            "cache: backend %r answers %s with %s, so such results are not cached while honor_ttl_ms is on "
+            "(MCPServer and fastmcp send ttlMs: 0 on every result unless given cache hints; said once per "
+            "backend). To cache them for the configured ttl, set honor_ttl_ms=False on ResponseCacheMiddleware, "
+            "or honor_ttl_ms = false on the gateway's [[servers]] entry (or in [cache])",
             mount,
             method,
             said,
