@@ -214,7 +214,7 @@ def _traced(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
-        record_enduser=config.tracing.record_principal,
+        record_enduser=config.tracing.record_enduser,
         access_log=AccessLog() if config.tracing.access_log else False,
     )
     if tracing.metrics is not None:

@@ -62,7 +62,7 @@ async def _breakers(assembly: Assembly) -> tuple[bool, str]:
 
 async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     config = assembly.config
-    fail_open = config.ratelimit.fail == "open"
+    fail_open = config.ratelimit.failure == "open"
     found: list[tuple[str, str, BucketStore | CacheStore, bool]] = []  # (role, url, store, serves while down)
     if assembly.bucket_store is not None:
         found.append(("ratelimit", config.ratelimit.store, assembly.bucket_store, fail_open))

@@ -66,7 +66,9 @@ colour = "blue"
 
 
 def test_a_typo_is_not_silently_ignored() -> None:
-    assert problems(MINIMAL + "\n[cahce]\nenabled = true\n") == [("cahce", 6, "is not a known setting")]
+    assert problems(MINIMAL + "\n[cahce]\nenabled = true\n") == [
+        ("cahce", 6, "is not a known setting; did you mean 'cache'?")
+    ]
 
 
 def test_a_server_needs_exactly_one_source() -> None:
