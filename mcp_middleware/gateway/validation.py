@@ -100,6 +100,7 @@ def rate_limit_policy(policy: Reader) -> Policy | None:
         options["cost"] = policy.integer("cost", 1, minimum=1)
         for bucket_only in ("rate", "capacity"):
             if bucket_only in policy.data:
+                policy.seen.add(bucket_only)
                 policy.problem(bucket_only, "is a token-bucket setting: a policy with limit is a window quota")
     else:
         options.update(_bucket_options(policy))
@@ -171,7 +172,10 @@ def breaker_policy(reader: Reader) -> BreakerPolicy:
     try:
         return BreakerPolicy(**given)
     except ValueError as exc:
-        reader.problem(_named_key(str(exc), [f.name for f in fields(BreakerPolicy)]), str(exc))
+        written = [name for name in (f.name for f in fields(BreakerPolicy)) if name in given]
+        reader.problem(
+            _named_key(str(exc), written) or _named_key(str(exc), list(BreakerPolicy.__dataclass_fields__)), str(exc)
+        )
         return BreakerPolicy()
 
 

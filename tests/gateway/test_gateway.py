@@ -60,7 +60,7 @@ capacity = 1000
 rate = 1000
 
 [breaker]
-failure_threshold = 5
+consecutive_failures = 5
 
 [cache]
 ttl = 30
@@ -194,8 +194,8 @@ optional = true  # a required backend that never started would keep the gateway 
 [aggregate]
 enabled = false
 [breaker]
-failure_threshold = 2
-open_seconds = 60
+consecutive_failures = 2
+open_for = 60
 [tracing]
 access_log = false
 """

@@ -1,0 +1,191 @@
+"""`check-config` runs every check `serve` runs short of binding the port: what it passes, `build_gateway` builds.
+
+Each broken file below is one an operator could write; each is reported with its key and its
+line (a "did you mean" for near misses), and `build_gateway` refuses it with a `ConfigError`
+too, never a bare `ValueError` or an `ImportError` from deep inside.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.cli import EXIT_OK, EXIT_USAGE, main
+from mcp_middleware.gateway.config import ConfigError, GatewayConfig, Problem, parse_config
+from mcp_middleware.gateway.config_check import check_config
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+STDIO = ROOT / "examples" / "gateway" / "stdio_server.py"
+DEMO = '[[servers]]\nname = "demo"\napp = "tests.servers:build_server"\n'
+
+
+def found(text: str, *, probe: bool = False) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) as check-config reports them: the file's, then the built gateway's."""
+    try:
+        config = parse_config(text)
+    except ConfigError as exc:
+        return exc.problems, []
+    return check_config(config, probe=probe)
+
+
+def only(text: str) -> tuple[str, int | None, str]:
+    [problem] = found(text)[0]
+    return problem.path, problem.line, problem.message
+
+
+def test_a_misspelt_module_is_named_with_its_key_line_and_the_near_miss() -> None:
+    assert only('[[servers]]\nname = "demo"\napp = "tests.servres:build_server"\n') == (
+        "servers[0].app",
+        3,
+        "cannot be imported: no module named 'tests.servres'; did you mean 'tests.servers'?",
+    )
+
+
+def test_a_misspelt_attribute_is_named_with_its_key_line_and_the_near_miss() -> None:
+    assert only('\n[[servers]]\nname = "demo"\napp = "tests.servers:build_sever"\n') == (
+        "servers[0].app",
+        4,
+        "cannot be found: tests.servers has no attribute 'build_sever'; did you mean 'build_server'?",
+    )
+
+
+def test_what_is_no_mcp_app_is_refused() -> None:
+    path, line, message = only('[[servers]]\nname = "x"\napp = "os:sep"\n')
+    assert (path, line) == ("servers[0].app", 3) and message.startswith("is not an MCPServer")
+
+
+def test_a_command_whose_program_is_missing_is_refused() -> None:
+    assert only('[[servers]]\nname = "x"\ncommand = ["no-such-program-c17", "serve"]\n') == (
+        "servers[0].command",
+        3,
+        "cannot be started: 'no-such-program-c17' is not found on PATH",
+    )
+    path, line, message = only('[[servers]]\nname = "x"\ncommand = "./missing.py --stdio"\n')
+    assert (path, line) == ("servers[0].command", 3) and "is not a file" in message
+
+
+def test_a_string_command_is_split_as_a_shell_would() -> None:
+    config = parse_config(f'[[servers]]\nname = "text"\ncommand = "{{python}} \'{STDIO}\' --name \\"a b\\""\n')
+    assert config.servers[0].command == ("{python}", str(STDIO), "--name", "a b")
+    assert check_config(config) == ([], [])
+    assert only('[[servers]]\nname = "x"\ncommand = "python \'unclosed"\n') == (
+        "servers[0].command",
+        3,
+        'cannot be split into arguments (No closing quotation); write a list such as ["python", "server.py"]',
+    )
+    assert only('[[servers]]\nname = "x"\ncommand = []\n')[:2] == ("servers[0].command", 3)
+
+
+BROKEN = {
+    "empty selector target": (DEMO + '[auth.scopes]\n"tools/call:" = ["a"]\n', "auth.scopes.tools/call:", 5),
+    "selector without method": (DEMO + '[breaker.timeouts]\n":x" = 3\n', "breaker.timeouts.:x", 5),
+    "policy selector": (DEMO + "[[ratelimit.policies]]\nname = 'p'\nselector = 'tools/call:'\n", None, 6),
+    "quota string": (DEMO + "[[ratelimit.policies]]\nname = 'p'\nlimit = '10 per fortnight'\n", None, 6),
+    "policy name": (DEMO + "[[ratelimit.policies]]\nname = 'not a name!'\n", None, 5),
+    "cost over capacity": (DEMO + "[[ratelimit.policies]]\nname = 'p'\ncapacity = 1\ncost = 2\n", None, 7),
+    "store url": (DEMO + "[ratelimit]\nstore = 'postgres://db'\n", "ratelimit.store", 5),
+    "cache store url": (DEMO + "[cache]\nstore = 'memcached://x'\n", "cache.store", 5),
+    "public url": (DEMO + "[gateway]\npublic_url = 'example.com'\n", "gateway.public_url", 5),
+    "public url fragment": (DEMO + "[gateway]\npublic_url = 'https://x.example/#f'\n", "gateway.public_url", 5),
+    "breaker rate": (DEMO + "[breaker]\nfailure_rate = 0\n", "breaker.failure_rate", 5),
+    "breaker window": (DEMO + "[breaker]\nwindow = -1\n", "breaker.window", 5),
+    "breaker open_for": (DEMO + "[breaker]\nopen_for = 10\nmax_open_for = 5\n", "breaker.open_for", 5),
+    "timeout zero": (DEMO + '[breaker.timeouts]\n"tools/list" = 0\n', "breaker.timeouts.tools/list", 5),
+    "cache ttl": (DEMO + "[cache]\nttl = -5\n", "cache.ttl", 5),
+    "server timeout": (DEMO + "timeout = 0\n", "servers[0].timeout", 4),
+    "unknown key": (DEMO + "[cache]\nttll = 5\n", "cache.ttll", 5),
+    "nowhere": (DEMO + "mount = false\naggregate = false\n", "servers[0].mount", 4),
+    "bad module": ('[[servers]]\nname = "a"\napp = "nope_c17.mod:app"\n', "servers[0].app", 3),
+    "bad attribute": ('[[servers]]\nname = "a"\napp = "tests.servers:nothing"\n', "servers[0].app", 3),
+    "module raises": ('[[servers]]\nname = "a"\napp = "tests.gateway.test_config_check:RAISES.x"\n', None, 3),
+    "command quote": ('[[servers]]\nname = "a"\ncommand = "sh -c \'x"\n', "servers[0].command", 3),
+    "missing program": ('[[servers]]\nname = "a"\ncommand = ["nope-c17"]\n', "servers[0].command", 3),
+    "jwt without issuer": (DEMO + "[auth]\nmode = 'jwt'\njwks_url = 'https://x/jwks'\n", "auth.issuer", 4),
+    "dev on public host": (DEMO + "[gateway]\nhost = '0.0.0.0'\n[auth]\nmode = 'dev'\n", None, 7),
+    "body size": (DEMO + "[front_door]\nmax_body_size = 0\n", "front_door.max_body_size", 5),
+    "prefix mode": (DEMO + "[aggregate]\nprefix_mode = 'sometimes'\n", "aggregate.prefix_mode", 5),
+    "ipv6 prefix": (DEMO + "[ratelimit]\nipv6_prefix = 129\n", "ratelimit.ipv6_prefix", 5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_every_broken_config_is_reported_with_key_and_line_and_never_built(case: str) -> None:
+    text, key, line = BROKEN[case]
+    problems, _ = found(text)
+    assert problems, case
+    assert all(problem.line is not None and problem.path != "(config)" for problem in problems), problems
+    assert problems[0].line == line, problems
+    if key is not None:
+        assert problems[0].path == key, problems
+    try:
+        config: GatewayConfig | None = parse_config(text)
+    except ConfigError:
+        config = None
+    if config is not None:  # the file parses: building it is what refuses, and only with a ConfigError
+        with pytest.raises(ConfigError) as refused:
+            build_gateway(config)
+        assert refused.value.problems == problems
+
+
+def test_check_config_prints_each_problem_and_the_near_miss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[[servers]]\nname = "demo"\napp = "tests.servers:build_sever"\n[breaker]\nopen_seconds = 5\n')
+    assert main(["check-config", "-c", str(path)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "servers[0].app (line 3): cannot be found: tests.servers has no attribute 'build_sever'" in err
+    assert "did you mean 'build_server'?" in err
+    assert "warning: breaker.open_seconds (line 5): is deprecated: write open_for" in err
+    path.write_text(DEMO + "[breaker]\nopen_seconds = 5\n")
+    assert main(["check-config", "-c", str(path)]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "OK — 1 servers; middlewares: breaker; 1 warning" in captured.out
+    assert "warning: breaker.open_seconds (line 5)" in captured.err
+
+
+def test_probe_warns_of_a_selector_that_names_no_tool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = DEMO + '[breaker.timeouts]\n"tools/call:ecco" = 5\n"tools/call:look*" = 5\n"prompts/get:x" = 5\n'
+    text += '[[servers.ratelimit_policies]]\nname = "own"\nselector = "tools/call:slo"\nrate = 5\n'
+    problems, warnings = found(text, probe=False)
+    assert problems == [] and warnings == []  # without --probe no backend is started
+    problems, warnings = found(text, probe=True)
+    assert problems == []
+    assert [(w.path, w.line, w.message) for w in warnings] == [
+        ("breaker.timeouts.tools/call:ecco", 5, "'tools/call:ecco' matches no tool of demo; did you mean 'echo'?"),
+        (
+            "servers[0].ratelimit_policies[0].selector",
+            10,
+            "'tools/call:slo' matches no tool of demo; did you mean 'slow'?",
+        ),
+    ]
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    assert main(["check-config", "--probe", "-c", str(path)]) == EXIT_OK
+    assert "warning: breaker.timeouts.tools/call:ecco (line 5)" in capsys.readouterr().err
+
+
+def test_probe_starts_each_backend(tmp_path: Path) -> None:
+    refused = f"http://127.0.0.1:{free_port()}/mcp"
+    text = f'{DEMO}[[servers]]\nname = "gone"\nurl = "{refused}"\ntimeout = 5\n'
+    text += '[[servers]]\nname = "dies"\ncommand = ["{python}", "-c", "raise SystemExit(1)"]\ntimeout = 5\n'
+    text += f'[[servers]]\nname = "text"\ncommand = "{{python}} {STDIO}"\n'
+    problems, warnings = found(text, probe=True)
+    assert [(p.path, p.line) for p in problems] == [("servers[1]", 4), ("servers[2]", 8)]
+    assert all(p.message.startswith("cannot be reached: ") for p in problems) and warnings == []
+    optional = text.replace("timeout = 5\n", "timeout = 5\noptional = true\n")
+    problems, warnings = found(optional, probe=True)
+    assert problems == [] and [w.path for w in warnings] == ["servers[1]", "servers[2]"]
+
+
+class _Raises:
+    """An app whose module fails when it is looked up (as a settings object read at import might)."""
+
+    def __getattr__(self, name: str) -> object:
+        if name == "x":
+            raise RuntimeError("settings not loaded")
+        raise AttributeError(name)
+
+
+RAISES = _Raises()
