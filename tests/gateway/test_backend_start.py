@@ -57,6 +57,8 @@ def readyz(served: Served) -> httpx2.Response:
 
 def test_readyz_waits_for_every_required_backend(gateway: tuple[Served, bool]) -> None:
     served, optional = gateway
+    # The healthy stdio server takes a moment to start on a busy machine: until then it is "not started" too.
+    anyio.run(until, lambda: "text:" not in readyz(served).json()["checks"]["backends"]["detail"], 30.0)
     response = readyz(served)
     backends = response.json()["checks"]["backends"]
     if optional:  # the live ones serve; the broken ones are named, and do not hold the gateway back
