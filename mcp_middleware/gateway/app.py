@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from limits.errors import ConfigurationError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -112,7 +113,7 @@ def build_gateway(
         router, skipped = _router(config, assembly)
     except ConfigError:
         raise
-    except ValueError as exc:  # a value a middleware refused that the config layer let through: still a config error
+    except (ValueError, ConfigurationError) as exc:  # a value a middleware refused that the config let through
         raise ConfigError(
             [config.problem("(config)", f"cannot be assembled: {exc}")], str(config.source or "config")
         ) from exc

@@ -26,6 +26,8 @@ import re
 import tomllib
 from pathlib import Path
 
+from mcp_middleware.ratelimit import QuotaPolicy
+
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
 from .config_servers import server
@@ -43,6 +45,7 @@ from .config_types import (
     TracingSettings,
 )
 from .toml_reader import Lines, Problem, Reader
+from .validation import quota_storage_problem
 
 __all__ = [
     "AggregateSettings",
@@ -106,15 +109,27 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     )
     top.seen.update({"breaker", "cache", "tracing"})
     top.done()
-    exposed = dev_mode_problem(config) if not any(p.path.startswith(("auth", "gateway")) for p in problems) else None
-    if exposed is not None:
-        lines = top.lines
-        problems.append(Problem(exposed.path, exposed.message, lines.find("auth.mode") or lines.find(exposed.path)))
-    if not servers and not any(p.path.startswith("servers") for p in problems):
-        problems.append(Problem("servers", "at least one [[servers]] entry is needed"))
+    problems += _across_sections(config, problems)
     if problems:
         raise ConfigError(in_file_order(problems), name)
     return config
+
+
+def _across_sections(config: GatewayConfig, problems: list[Problem]) -> list[Problem]:
+    """Problems no one section can see: dev mode's exposure, quotas on a store `limits` cannot use, no servers."""
+    found: list[Problem] = []
+    lines = config.lines
+    assert lines is not None
+    exposed = dev_mode_problem(config) if not any(p.path.startswith(("auth", "gateway")) for p in problems) else None
+    if exposed is not None:
+        found.append(Problem(exposed.path, exposed.message, lines.find("auth.mode") or lines.find(exposed.path)))
+    every = [*config.ratelimit.policies, *(p for s in config.servers for p in s.ratelimit_policies or ())]
+    quota_problem = quota_storage_problem(config.ratelimit.store)
+    if quota_problem is not None and any(isinstance(policy, QuotaPolicy) for policy in every):
+        found.append(config.problem("ratelimit.store", quota_problem))
+    if not config.servers and not any(p.path.startswith("servers") for p in problems):
+        found.append(Problem("servers", "at least one [[servers]] entry is needed"))
+    return found
 
 
 def in_file_order(problems: list[Problem]) -> list[Problem]:

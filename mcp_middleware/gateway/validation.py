@@ -32,6 +32,7 @@ __all__ = [
     "breaker_policy",
     "check_command",
     "import_target",
+    "quota_storage_problem",
     "rate_limit_policy",
     "selector",
     "split_command",
@@ -62,6 +63,17 @@ def store_url(reader: Reader, key: str, what: str) -> str:
         reader.problem(key, f"must be memory:// or a redis://, rediss:// or redis+unix:// URL, not {value!r}")
         return "memory://"
     return value
+
+
+def quota_storage_problem(url: str) -> str | None:
+    """Why `limits` (which counts window quotas) cannot use the rate-limit store `url`, or None.
+
+    Of the schemes the stores read, `limits` spells one differently: redis-py's `unix://` is its
+    `redis+unix://`.
+    """
+    if url.partition("://")[0].lower() == "unix":
+        return "cannot hold window quotas (limits does not read unix://): write redis+unix://… instead"
+    return None
 
 
 def _rate_text(text: str) -> str | None:

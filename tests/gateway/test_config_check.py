@@ -108,6 +108,11 @@ BROKEN = {
     "body size": (DEMO + "[front_door]\nmax_body_size = 0\n", "front_door.max_body_size", 5),
     "prefix mode": (DEMO + "[aggregate]\nprefix_mode = 'sometimes'\n", "aggregate.prefix_mode", 5),
     "ipv6 prefix": (DEMO + "[ratelimit]\nipv6_prefix = 129\n", "ratelimit.ipv6_prefix", 5),
+    "quota store": (
+        DEMO + "[ratelimit]\nstore = 'unix:///r.sock'\n[[ratelimit.policies]]\nname = 'q'\nlimit = '5/day'\n",
+        "ratelimit.store",
+        5,
+    ),
 }
 
 
