@@ -7,18 +7,21 @@ breaker policy through their constructors. A value one of them refuses is a prob
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import pkgutil
 import shlex
 import shutil
 import sys
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import limits
+import mcp_types
 
 from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.core import Selector
@@ -43,13 +46,36 @@ SELECTOR_HINT = 'write e.g. "tools/call:search_*", "tools/list" or "*"'
 
 
 def selector(reader: Reader, key: str, text: str) -> bool:
-    """Whether `text` is a selector as the middlewares parse it; else a problem at `key`."""
+    """Whether `text` is a selector as the middlewares parse it; else a problem at `key`.
+
+    A method MCP does not have selects nothing: a near miss of a real one (`tool/call`) is a
+    problem, any other (an extension's own method) a warning.
+    """
     try:
-        Selector.parse(text)
+        parsed = Selector.parse(text)
     except ValueError as exc:
         reader.problem(key, f"is not a selector ({exc}); {SELECTOR_HINT}")
         return False
+    method = parsed.method
+    if method is None or any(glob in method for glob in "*?[") or method in mcp_methods():
+        return True
+    near = did_you_mean(method, sorted(mcp_methods()))
+    if near:
+        reader.problem(key, f"names no MCP method ({method!r}{near})")
+        return False
+    reader.warn(key, f"names no MCP method ({method!r}): it selects only requests of that name")
     return True
+
+
+@functools.cache
+def mcp_methods() -> frozenset[str]:
+    """Every method name of the protocol, as the SDK's types declare them (requests and notifications)."""
+    found: set[str] = set()
+    for name in dir(mcp_types):
+        fields_ = getattr(getattr(mcp_types, name), "model_fields", None)
+        if isinstance(fields_, dict) and "method" in fields_:
+            found.update(arg for arg in typing.get_args(fields_["method"].annotation) if isinstance(arg, str))
+    return frozenset(found)
 
 
 def store_url(reader: Reader, key: str, what: str) -> str:
@@ -99,6 +125,7 @@ def rate_limit_policy(policy: Reader) -> Policy | None:
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         policy.problem("selector", f"must be a selector or a list of selectors, not {describe(raw_selector)}")
         texts = ["*"]
+    texts = [policy.secret("selector", text) for text in texts]
     for text in texts:
         selector(policy, "selector", text)
     limit = policy.string("limit", None)

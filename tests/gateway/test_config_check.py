@@ -7,6 +7,8 @@ too, never a bare `ValueError` or an `ImportError` from deep inside.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,7 @@ BROKEN = {
     "body size": (DEMO + "[front_door]\nmax_body_size = 0\n", "front_door.max_body_size", 5),
     "prefix mode": (DEMO + "[aggregate]\nprefix_mode = 'sometimes'\n", "aggregate.prefix_mode", 5),
     "ipv6 prefix": (DEMO + "[ratelimit]\nipv6_prefix = 129\n", "ratelimit.ipv6_prefix", 5),
+    "method typo": (DEMO + '[auth.scopes]\n"tool/call:delete_*" = ["admin"]\n', "auth.scopes.tool/call:delete_*", 5),
     "quota store": (
         DEMO + "[ratelimit]\nstore = 'unix:///r.sock'\n[[ratelimit.policies]]\nname = 'q'\nlimit = '5/day'\n",
         "ratelimit.store",
@@ -133,6 +136,17 @@ def test_every_broken_config_is_reported_with_key_and_line_and_never_built(case:
         with pytest.raises(ConfigError) as refused:
             build_gateway(config)
         assert refused.value.problems == problems
+
+
+def test_a_method_mcp_does_not_have() -> None:
+    """A near miss of a real method protects nothing: an error with the real one; any other name a warning."""
+    [problem] = found(DEMO + '[auth.scopes]\n"tool/call:delete_*" = ["admin"]\n')[0]
+    assert problem.message == "names no MCP method ('tool/call'; did you mean 'tools/call'?)"
+    config = parse_config(DEMO + '[auth.scopes]\n"x-vendor/report" = ["admin"]\n')
+    assert [(w.path, w.line) for w in config.warnings] == [("auth.scopes.x-vendor/report", 5)]
+    assert (
+        config.warnings[0].message == "names no MCP method ('x-vendor/report'): it selects only requests of that name"
+    )
 
 
 def test_check_config_prints_each_problem_and_the_near_miss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -194,3 +208,39 @@ class _Raises:
 
 
 RAISES = _Raises()
+
+
+EXAMPLE = ROOT / "examples" / "gateway" / "gateway.toml"
+HOSTILE_VALUES = ("-1", "0", '"x"', "[]", "{}", "true", "inf", '"${env:C17_NEVER_SET}"', '["tools/call:"]')
+_ASSIGNMENT = re.compile(r"^(\s*[A-Za-z0-9_\"./:*-]+\s*=\s*)([^#]+?)(\s*#.*)?$")
+
+
+def mutations() -> Iterator[tuple[int, str, str]]:
+    """(line, value, text): the example file with one value replaced by a hostile one."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    for index, line in enumerate(lines):
+        assignment = _ASSIGNMENT.match(line)
+        if assignment is None or line.lstrip().startswith("#"):
+            continue
+        for value in HOSTILE_VALUES:
+            changed = [*lines[:index], f"{assignment.group(1)}{value}", *lines[index + 1 :]]
+            yield index + 1, value, "\n".join(changed) + "\n"
+
+
+def test_no_hostile_value_gets_past_check_config_into_an_error_of_another_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every value of the example file, replaced by each hostile value: the file is accepted and builds,
+    or it is refused with problems that each name a key and a line. Nothing else escapes."""
+    monkeypatch.chdir(EXAMPLE.parent)  # the example's `app = "demo:server"` is relative to its folder
+    tried = refused = 0
+    for line, value, text in mutations():
+        tried += 1
+        try:
+            config = parse_config(text, source=EXAMPLE)
+        except ConfigError as exc:
+            problems = exc.problems
+        else:
+            problems, _ = check_config(config)
+        if problems:
+            refused += 1
+            assert all(p.line is not None and p.path != "(config)" for p in problems), (line, value, problems)
+    assert tried > 250 and refused > tried // 2, (tried, refused)
