@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import math
 import pkgutil
 import shlex
 import shutil
@@ -201,8 +202,8 @@ def breaker_policy(reader: Reader) -> BreakerPolicy:
             given[name] = None
             continue
         whole = str(option.type).startswith("int")
-        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-            kind = "an integer" if whole else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float) or not math.isfinite(value):
+            kind = "an integer" if whole else "a finite number"
             reader.problem(name, f"must be {kind}{' or false' if optional else ''}, not {describe(value)}")
             continue
         given[name] = value
