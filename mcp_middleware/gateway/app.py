@@ -103,8 +103,8 @@ def build_gateway(
     """Build the gateway; raises :class:`ConfigError` when a server cannot be loaded."""
     settings = config.gateway
     problem = dev_mode_problem(config, host)
-    if problem is not None:
-        raise ConfigError([problem], str(config.source or "config"))
+    if problem is not None:  # `host` may differ from the file's: placed at the [auth] table's line
+        raise ConfigError([config.problem(problem.path, problem.message)], str(config.source or "config"))
     host = host or settings.host
     port = settings.port if port is None else port
     base_url = _base_url(settings, host, port)

@@ -110,6 +110,13 @@ BROKEN = {
     "body size": (DEMO + "[front_door]\nmax_body_size = 0\n", "front_door.max_body_size", 5),
     "prefix mode": (DEMO + "[aggregate]\nprefix_mode = 'sometimes'\n", "aggregate.prefix_mode", 5),
     "ipv6 prefix": (DEMO + "[ratelimit]\nipv6_prefix = 129\n", "ratelimit.ipv6_prefix", 5),
+    "server scope selector": (DEMO + '[servers.scopes]\n"tools/call:" = ["a"]\n', "servers[0].scopes.tools/call:", 5),
+    "server policy selector": (
+        DEMO + "[[servers.ratelimit_policies]]\nname = 'own'\nselector = ':x'\n",
+        "servers[0].ratelimit_policies[0].selector",
+        6,
+    ),
+    "server breaker selector": (DEMO + '[servers.breaker_timeouts]\n"tools/call:" = 5\n', None, 5),
     "method typo": (DEMO + '[auth.scopes]\n"tool/call:delete_*" = ["admin"]\n', "auth.scopes.tool/call:delete_*", 5),
     "quota store": (
         DEMO + "[ratelimit]\nstore = 'unix:///r.sock'\n[[ratelimit.policies]]\nname = 'q'\nlimit = '5/day'\n",
@@ -136,6 +143,14 @@ def test_every_broken_config_is_reported_with_key_and_line_and_never_built(case:
         with pytest.raises(ConfigError) as refused:
             build_gateway(config)
         assert refused.value.problems == problems
+
+
+def test_a_dev_gateway_bound_elsewhere_is_refused_at_its_line() -> None:
+    config = parse_config(DEMO + "[auth]\nmode = 'dev'\n")
+    with pytest.raises(ConfigError) as refused:
+        build_gateway(config, host="0.0.0.0")
+    [problem] = refused.value.problems
+    assert (problem.path, problem.line) == ("auth.allow_dev_on_public_host", 4)
 
 
 def test_a_method_mcp_does_not_have() -> None:
