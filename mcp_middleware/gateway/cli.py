@@ -101,6 +101,7 @@ def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
 
     for chatty in ("mcp", "httpx2"):  # a probe starts servers: their INFO lines are not check-config's output
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("mcp_middleware.gateway").setLevel(logging.ERROR)  # its warnings come back as results
     problems, warnings = check_config(config, probe=probe)
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=sys.stderr)

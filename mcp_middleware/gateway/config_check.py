@@ -33,12 +33,20 @@ def check_config(config: GatewayConfig, *, probe: bool = False) -> tuple[list[Pr
         gateway = build_gateway(config)
     except ConfigError as exc:
         return exc.problems, list(config.warnings)
+    skipped = [_skipped(config, entry) for entry in gateway.skipped]
     try:
         problems, warnings = anyio.run(_probe, gateway) if probe else ([], [])
     finally:
         for close in gateway._closers:
             close()
-    return in_file_order(problems), [*config.warnings, *in_file_order(warnings)]
+    return in_file_order(problems), [*config.warnings, *in_file_order([*skipped, *warnings])]
+
+
+def _skipped(config: GatewayConfig, entry: str) -> Problem:
+    """An optional server `build_gateway` left out (`"name: why"`), as a warning at its entry."""
+    name, _, why = entry.partition(": ")
+    index = next(server.index for server in config.servers if server.name == name)
+    return config.problem(f"servers[{index}]", f"is optional and skipped: {why}")
 
 
 async def _probe(gateway: Gateway) -> tuple[list[Problem], list[Problem]]:

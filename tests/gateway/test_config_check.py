@@ -211,6 +211,10 @@ def test_probe_starts_each_backend(tmp_path: Path) -> None:
     optional = text.replace("timeout = 5\n", "timeout = 5\noptional = true\n")
     problems, warnings = found(optional, probe=True)
     assert problems == [] and [w.path for w in warnings] == ["servers[1]", "servers[2]"]
+    missing = found(optional + '[[servers]]\nname = "fast"\napp = "no_such_c17:app"\noptional = true\n')
+    assert [(w.path, w.line, w.message) for w in missing[1]] == [
+        ("servers[4]", 17, "is optional and skipped: cannot be imported: no module named 'no_such_c17'")
+    ]
 
 
 class _Raises:
