@@ -9,7 +9,8 @@ The file speaks the middlewares' vocabulary (`consecutive_failures`, `open_for`,
 `failure`, `record_enduser`, `audiences`); the older names are accepted with a warning
 (`GatewayConfig.warnings`) until the next release. The schema lives beside this module:
 `config_types` (the settings), `config_sections`, `config_servers` and `config_auth` (the
-readers), `validation` (the real parsers), `toml_reader` (keys, lines and problems).
+readers), `validation` (the real parsers), `toml_reader` (keys, lines and problems);
+`config_check` runs what `serve` runs beyond the file (`mcp-gateway check-config`).
 
 >>> config = parse_config('''
 ... [[servers]]
