@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from limits.errors import ConfigurationError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,11 +34,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import CoreConfig
-from mcp_middleware.router import McpRouter, NamingPolicy, PrefixMode
+from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PrefixMode, StdioBackend
 
 from .affinity import SessionAffinityMiddleware
 from .assembly import Assembly
-from .backends import load_backend
+from .backend_gate import gate_layer
+from .backends import BackendLoadError, load_backend
 from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mode_problem
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
@@ -101,13 +103,20 @@ def build_gateway(
     """Build the gateway; raises :class:`ConfigError` when a server cannot be loaded."""
     settings = config.gateway
     problem = dev_mode_problem(config, host)
-    if problem is not None:
-        raise ConfigError([problem], str(config.source or "config"))
+    if problem is not None:  # `host` may differ from the file's: placed at the [auth] table's line
+        raise ConfigError([config.problem(problem.path, problem.message)], str(config.source or "config"))
     host = host or settings.host
     port = settings.port if port is None else port
     base_url = _base_url(settings, host, port)
-    assembly = Assembly(config, base_url)
-    router, skipped = _router(config, assembly)
+    try:
+        assembly = Assembly(config, base_url)
+        router, skipped = _router(config, assembly)
+    except ConfigError:
+        raise
+    except (ValueError, ConfigurationError) as exc:  # a value a middleware refused that the config let through
+        raise ConfigError(
+            [config.problem("(config)", f"cannot be assembled: {exc}")], str(config.source or "config")
+        ) from exc
     closers: list[Closer] = []
     inner = _front(router, config, assembly)
     if config.tracing.enabled:
@@ -150,22 +159,25 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
     folder = config.source.parent if config.source else Path.cwd()
     skipped: list[str] = []
     problems: list[Problem] = []
-    for index, server in enumerate(config.servers):
+    for server in config.servers:
         try:
             backend = load_backend(server, folder)
-        except (ImportError, AttributeError, TypeError) as exc:
+        except BackendLoadError as exc:
             if server.optional:
-                skipped.append(f"{server.name}: {exc}")
-                logger.warning("optional server %s skipped: %s", server.name, exc)
+                skipped.append(f"{server.name}: {exc.message}")
+                logger.warning("optional server %s skipped: %s", server.name, exc.message)
             else:
-                problems.append(Problem(f"servers[{index}]", f"cannot be loaded: {exc}"))
+                problems.append(config.problem(f"servers[{server.index}].{exc.key}", exc.message))
             continue
         if not server.mount and not (server.aggregate and aggregate.enabled):
             continue
+        layers = assembly.for_mount(server)  # the backend's stack: its mount and the aggregate share it
+        if isinstance(backend, StdioBackend | HttpBackend):
+            layers.append(gate_layer(server.name, lambda: router, server.timeout))
         router.mount(
             server.name,
             backend,
-            middleware=assembly.for_mount(server),  # the backend's stack: its mount and the aggregate share it
+            middleware=layers,
             aggregate=server.aggregate and aggregate.enabled,
             path_mount=server.mount,
         )
@@ -214,7 +226,7 @@ def _traced(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
-        record_enduser=config.tracing.record_principal,
+        record_enduser=config.tracing.record_enduser,
         access_log=AccessLog() if config.tracing.access_log else False,
     )
     if tracing.metrics is not None:
@@ -276,6 +288,9 @@ class _Lifespan:
     async def _running(self) -> AsyncIterator[None]:
         try:
             async with self.router.lifespan():
+                for name, mount in self.router.mounts.items():
+                    if mount.backend.supervised:  # start each stdio command now: /readyz waits for it
+                        await self.router.session_failure(name, 0)
                 yield
         finally:
             for close in self.closers:

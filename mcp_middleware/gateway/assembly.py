@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Scope
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import (
-    BreakerPolicy,
+    DEFAULT_TIMEOUTS,
     BreakerRegistry,
     CircuitBreakerMiddleware,
     StateChange,
@@ -24,16 +24,9 @@ from mcp_middleware.breaker import (
 )
 from mcp_middleware.cache import CacheStore, ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import CoreConfig, McpRequest
-from mcp_middleware.ratelimit import (
-    BucketPolicy,
-    BucketStore,
-    Policy,
-    QuotaPolicy,
-    RateLimitMiddleware,
-    bucket_store_from_url,
-)
+from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
 
-from .config import AuthSettings, GatewayConfig, RateLimitPolicySettings, ServerSettings
+from .config import AuthSettings, GatewayConfig, ServerSettings
 
 __all__ = ["Assembly", "Layer"]
 
@@ -85,7 +78,7 @@ class Assembly:
         auth = self.config.auth
         if auth.mode == "none":
             return []
-        audiences = [resource, *auth.audience]
+        audiences = [resource, *auth.audiences]
         verifier, servers = _VERIFIERS[auth.mode](self, audiences)
         rules = auth.scopes if scopes is None else scopes
         per_tool = {selector: list(needed) for selector, needed in rules.items()} if per_backend else {}
@@ -105,14 +98,14 @@ class Assembly:
 
         return [wrap]
 
-    def _ratelimit(self, namespace: str, overrides: tuple[RateLimitPolicySettings, ...] | None = None) -> list[Layer]:
+    def _ratelimit(self, namespace: str, overrides: tuple[Policy, ...] | None = None) -> list[Layer]:
         settings = self.config.ratelimit
         chosen = settings.policies if overrides is None else overrides
         if not chosen or (overrides is None and not settings.enabled):  # a server's own policies always apply
             return []
         if self.bucket_store is None:
             self.bucket_store = _bucket_store(settings.store)
-        policies = [_policy(policy) for policy in chosen]
+        policies = list(chosen)
         store = self.bucket_store
 
         def wrap(app: ASGIApp) -> ASGIApp:
@@ -124,7 +117,7 @@ class Assembly:
                 trusted_proxies=settings.trusted_proxies,
                 ipv6_prefix=settings.ipv6_prefix,
                 namespace=namespace,
-                failure=settings.fail,
+                failure=settings.failure,
                 config=_EVERY_PATH,
             )
 
@@ -154,8 +147,8 @@ class Assembly:
         settings = self.config.breaker
         registry = BreakerRegistry()
         self.breakers.append((name, registry))
-        policy = BreakerPolicy(consecutive_failures=settings.failure_threshold, open_for=settings.open_seconds)
-        timeouts: dict[str, float | None] = {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
+        policy = settings.policy
+        timeouts: dict[str, float | None] = dict(DEFAULT_TIMEOUTS)  # the breaker's own defaults, then the config's
         timeouts.update(settings.timeouts)
         timeouts.update(overrides)
         listeners = self.state_listeners
@@ -232,14 +225,6 @@ def _authorization_server(auth: AuthSettings, base_url: str) -> EmbeddedAuthoriz
 
 
 # --- rate limit and cache -------------------------------------------------------------------------
-
-
-def _policy(policy: RateLimitPolicySettings) -> Policy:
-    if policy.quota:
-        return QuotaPolicy(name=policy.name, selector=policy.selector, limit=policy.quota)
-    return BucketPolicy(
-        name=policy.name, selector=policy.selector, rate=policy.rate, capacity=policy.capacity, cost=policy.cost
-    )
 
 
 def _bucket_store(url: str) -> BucketStore:

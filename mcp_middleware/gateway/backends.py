@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import sys
 from pathlib import Path
@@ -13,37 +12,53 @@ from starlette.types import ASGIApp
 from mcp_middleware.router import Backend, HttpBackend, InProcessBackend, StdioBackend
 
 from .config import ServerSettings
+from .validation import check_command, import_target
 
-__all__ = ["load_backend"]
+__all__ = ["BackendLoadError", "load_backend"]
 
 _PYTHON = "{python}"
 """In a `command`: the interpreter running the gateway."""
 
 
+class BackendLoadError(Exception):
+    """A server that cannot become a backend: `key` is the setting at fault (`app`, `command`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 def load_backend(server: ServerSettings, folder: Path) -> Backend:
     """The backend `server` describes; `folder` (the config file's) resolves imports and is a child's cwd.
 
-    Raises `ImportError`, `AttributeError` or `TypeError` when an `app` cannot be loaded.
+    Raises :class:`BackendLoadError` when an `app` cannot be imported or is not an MCP app, or a
+    `command`'s program does not exist (`serve` would otherwise start and report no tools).
     """
     if server.url:
         return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout)
     if server.command:
         command = [sys.executable if part == _PYTHON else part for part in server.command]
+        missing = check_command(command, folder, sys.executable)
+        if missing is not None:
+            raise BackendLoadError("command", f"cannot be started: {missing}")
         env = dict(server.env) if server.env else None
         return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout, name=server.name)
     assert server.app is not None
-    return InProcessBackend(_asgi_app(_import(server.app, folder)), timeout=server.timeout)
-
-
-def _import(target: str, folder: Path) -> Any:
-    module_name, _, attribute = target.partition(":")
-    for path in (str(folder), str(Path.cwd())):
-        if path not in sys.path:
-            sys.path.append(path)
-    value: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        value = getattr(value, part)
-    return value
+    try:
+        target = import_target(server.app, folder)
+    except ImportError as exc:
+        raise BackendLoadError("app", f"cannot be imported: {exc}") from exc
+    except AttributeError as exc:
+        raise BackendLoadError("app", f"cannot be found: {exc}") from exc
+    except Exception as exc:  # the module's own code failed (SyntaxError, a missing setting, …)
+        raise BackendLoadError("app", f"cannot be imported: {type(exc).__name__}: {exc}") from exc
+    try:
+        return InProcessBackend(_asgi_app(target), timeout=server.timeout)
+    except TypeError as exc:
+        raise BackendLoadError("app", str(exc)) from exc
+    except Exception as exc:  # a factory function that failed
+        raise BackendLoadError("app", f"cannot be built: {type(exc).__name__}: {exc}") from exc
 
 
 def _asgi_app(value: Any) -> ASGIApp:
@@ -60,4 +75,4 @@ def _asgi_app(value: Any) -> ASGIApp:
         return value.http_app(path="/mcp")  # type: ignore[no-any-return]
     if callable(value):
         return value  # type: ignore[no-any-return]
-    raise TypeError(f"{type(value).__name__} is not an MCPServer, a FastMCP server or an ASGI app")
+    raise TypeError(f"is not an MCPServer, a FastMCP server or an ASGI app ({type(value).__name__})")

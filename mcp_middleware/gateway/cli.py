@@ -48,7 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
-    with_config(commands.add_parser("check-config", help="validate the config file and print a summary"))
+    check = with_config(
+        commands.add_parser(
+            "check-config", help="run every check serve runs short of binding the port, and print a summary"
+        )
+    )
+    check.add_argument(
+        "--probe",
+        action="store_true",
+        help="also start every backend and list its tools: unreachable backends are errors (warnings when "
+        "optional), selectors naming no tool are warnings",
+    )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
     return parser
 
@@ -78,24 +88,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if args.command == "check-config":
-        enabled = [
-            name
-            for name, on in (
-                ("auth", config.auth.mode != "none"),
-                ("ratelimit", config.ratelimit.enabled),
-                ("cache", config.cache.enabled),
-                ("breaker", config.breaker.enabled),
-                ("tracing", config.tracing.enabled),
-            )
-            if on
-        ]
-        print(f"{args.config}: OK — {len(config.servers)} servers; middlewares: {', '.join(enabled) or 'none'}")
-        return EXIT_OK
+        return _check_config(config, args.config, probe=args.probe)
     if args.command == "list-servers":
         print(f"{'name':<20} {'kind':<8} {'mount':<28} {'aggregate':<11} target")
         print("\n".join(_describe(config)))
         return EXIT_OK
     return _serve(config, host=args.host, port=args.port, source=args.config)
+
+
+def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
+    from .config_check import check_config
+
+    for chatty in ("mcp", "httpx2"):  # a probe starts servers: their INFO lines are not check-config's output
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("mcp_middleware.gateway").setLevel(logging.ERROR)  # its warnings come back as results
+    problems, warnings = check_config(config, probe=probe)
+    for warning in warnings:
+        print(f"{source}: warning: {warning}", file=sys.stderr)
+    if problems:
+        print(ConfigError(problems, str(source)), file=sys.stderr)
+        return EXIT_USAGE
+    enabled = [
+        name
+        for name, on in (
+            ("auth", config.auth.mode != "none"),
+            ("ratelimit", config.ratelimit.enabled),
+            ("cache", config.cache.enabled),
+            ("breaker", config.breaker.enabled),
+            ("tracing", config.tracing.enabled),
+        )
+        if on
+    ]
+    counted = f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
+    print(f"{source}: OK — {len(config.servers)} servers; middlewares: {', '.join(enabled) or 'none'}{counted}")
+    return EXIT_OK
 
 
 def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
@@ -113,6 +139,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     for sdk in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):  # they log session ids
         logging.getLogger(sdk).addFilter(SessionIdRedaction())
+    for warning in config.warnings:  # deprecated names: accepted, said once at start
+        logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
     env_port = os.environ.get("PORT")
     if port is None and env_port:
         if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:

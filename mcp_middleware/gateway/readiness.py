@@ -1,7 +1,10 @@
 """The gateway's readiness checks: backends, breakers and stores, as `/readyz` reports them.
 
 Each check answers whether the gateway should receive traffic, not whether everything is
-perfect: one dead backend or one open breaker leaves it ready while others serve, and a
+perfect: a backend that served once and died, or one open breaker, leaves it ready while others
+serve; but a backend that is not `optional` and has not started yet (its command exits at once,
+its URL refuses connections) keeps it not ready (503): a pod whose config names a backend that
+never comes up stays out of rotation, and the rollout stops there. A
 store that fails open (rate limits admit, the cache misses) leaves it serving every request,
 so its outage is `degraded` (200, named in the detail), never a reason to take every pod out
 of rotation. A rate-limit store that fails closed refuses requests: then the gateway is not
@@ -19,12 +22,15 @@ import httpx2
 
 from mcp_middleware.cache import CacheStore
 from mcp_middleware.ratelimit import BucketStore
-from mcp_middleware.router import HttpBackend, McpRouter
+from mcp_middleware.router import Backend, HttpBackend, McpRouter
 
 from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
 
 __all__ = ["readiness_checks", "shown_url"]
+
+_PATIENCE = 1.5
+"""Seconds a probe of one backend may take (a readiness probe must answer quickly)."""
 
 
 def shown_url(url: str) -> str:
@@ -41,8 +47,9 @@ def shown_url(url: str) -> str:
 
 def readiness_checks(router: McpRouter, assembly: Assembly) -> dict[str, ReadinessCheck]:
     """The checks `/readyz` runs for this gateway."""
+    optional = {server.name for server in assembly.config.servers if server.optional}
     return {
-        "backends": partial(_backends, router),
+        "backends": partial(_backends, router, optional, set()),
         "breakers": partial(_breakers, assembly),
         "stores": partial(_stores, assembly),
     }
@@ -62,7 +69,7 @@ async def _breakers(assembly: Assembly) -> tuple[bool, str]:
 
 async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     config = assembly.config
-    fail_open = config.ratelimit.fail == "open"
+    fail_open = config.ratelimit.failure == "open"
     found: list[tuple[str, str, BucketStore | CacheStore, bool]] = []  # (role, url, store, serves while down)
     if assembly.bucket_store is not None:
         found.append(("ratelimit", config.ratelimit.store, assembly.bucket_store, fail_open))
@@ -89,27 +96,48 @@ async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     return state, "; ".join(details) or "memory"
 
 
-async def _backends(router: McpRouter) -> tuple[bool, str]:
-    """Remote backends must accept a connection, the aggregate's sessions must not all be failing."""
-    problems: list[str] = []
-    remote = {name: m.backend for name, m in router.mounts.items() if isinstance(m.backend, HttpBackend)}
+async def _backends(router: McpRouter, optional: set[str], started: set[str]) -> tuple[bool, str]:
+    """Every required backend must have started once; after that, ready while any backend can serve.
+
+    `started` remembers (across calls) the backends seen up: a remote that accepts a connection,
+    a stdio command whose session opened; in-process apps start with the gateway.
+    """
+    found: dict[str, str | None] = {}
     async with anyio.create_task_group() as group:
-        for name, backend in remote.items():
-            group.start_soon(_reachable, name, backend, problems)
+        for name, mount in router.mounts.items():
+            group.start_soon(_probe, router, name, mount.backend, found)
+    problems = [f"{name}: {reason}" for name, reason in found.items() if reason is not None]
+    started.update(name for name, reason in found.items() if reason is None)
+    waiting = sorted(name for name in router.mounts if name not in started and name not in optional)
     states = router.aggregate.backend_states() if router.aggregate_path is not None else {}
-    failing = sorted(name for name, (state, _) in states.items() if state == "failing")
+    failing = sorted(name for name, (state, _) in states.items() if state == "failing" and name not in found)
     problems += [f"{name}: failing ({states[name][1]})" for name in failing]
-    ok = len(router.mounts) > 0 and len(problems) < len(router.mounts)  # ready while any backend can serve
-    return ok, "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
+    serving = len(router.mounts) > 0 and len(problems) < len(router.mounts)
+    detail = "; ".join(sorted(problems)) or f"{len(router.mounts)} backends ok"
+    if waiting:
+        detail = f"not started: {', '.join(waiting)}; {detail}"
+    return serving and not waiting, detail
 
 
-async def _reachable(name: str, backend: HttpBackend, problems: list[str]) -> None:
-    """Append to `problems` unless `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s)."""
+async def _probe(router: McpRouter, name: str, backend: Backend, found: dict[str, str | None]) -> None:
+    """`found[name]`: None when `backend` is up, else why not."""
+    if isinstance(backend, HttpBackend):
+        found[name] = await _reachable(backend)
+    elif backend.supervised:
+        reason = await router.session_failure(name, _PATIENCE)
+        found[name] = None if reason is None else f"unavailable ({reason})"
+    else:
+        found[name] = None  # in process: it started with the gateway
+
+
+async def _reachable(backend: HttpBackend) -> str | None:
+    """None when `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s), else why not."""
     url = httpx2.URL(backend.url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with anyio.fail_after(min(backend.connect_timeout, 1.5)):
+        with anyio.fail_after(min(backend.connect_timeout, _PATIENCE)):
             stream = await anyio.connect_tcp(url.host, port)
         await stream.aclose()
     except (OSError, TimeoutError) as exc:
-        problems.append(f"{name}: unreachable ({type(exc).__name__})")
+        return f"unreachable ({type(exc).__name__})"
+    return None

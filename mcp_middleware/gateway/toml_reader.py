@@ -7,14 +7,15 @@ the reader records what is wrong instead of stopping, so one run reports every p
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Lines", "Problem", "Reader", "describe"]
+__all__ = ["Lines", "Problem", "Reader", "describe", "did_you_mean"]
 
 T = TypeVar("T")
 
@@ -100,19 +101,62 @@ _MISSING: Any = object()
 class Reader:
     """Reads typed values out of a parsed TOML table, collecting problems instead of stopping."""
 
-    def __init__(self, data: Mapping[str, Any], path: str, problems: list[Problem], lines: Lines) -> None:
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        path: str,
+        problems: list[Problem],
+        lines: Lines,
+        warnings: list[Problem] | None = None,
+    ) -> None:
         self.data = data
         self.path = path
         self.problems = problems
         self.lines = lines
+        self.warnings: list[Problem] = [] if warnings is None else warnings
+        """Shared by every reader of one file: what is accepted but should change (deprecated names)."""
         self.seen: set[str] = set()
+        self.written_as: dict[str, str] = {}
+        """Canonical key → the deprecated name the file used for it (problems name what the file says)."""
 
     def _key(self, key: str) -> str:
+        key = self.written_as.get(key, key)
         return f"{self.path}.{key}" if self.path else key
+
+    def _child(self, data: Mapping[str, Any], path: str) -> Reader:
+        return Reader(data, path, self.problems, self.lines, self.warnings)
 
     def problem(self, key: str | None, message: str) -> None:
         path = self._key(key) if key else self.path or "(top level)"
         self.problems.append(Problem(path, message, self.lines.find(path)))
+
+    def warn(self, key: str, message: str) -> None:
+        path = self._key(key)
+        self.warnings.append(Problem(path, message, self.lines.find(path)))
+
+    def deprecated(self, aliases: Mapping[str, str]) -> None:
+        """Accept each old name of `aliases` (old → new) for its new one, with a warning naming the new key.
+
+        The old names are the TOML layer's own from before it spoke the middlewares' vocabulary;
+        they are read for one more release.
+        """
+        if not any(old in self.data for old in aliases):
+            return
+        data = dict(self.data)
+        for old, new in aliases.items():
+            if old not in data:
+                continue
+            self.seen.add(old)
+            if new in data:
+                self.problem(old, f"and {new} say the same thing: keep {new} ({old} is its deprecated name)")
+                del data[old]
+                continue
+            data[new] = data.pop(old)
+            self.written_as[new] = old
+            self.warn(
+                new, f"is deprecated: write {new} (the name the Python API uses); {old} is read until the next release"
+            )
+        self.data = data
 
     def raw(self, key: str, default: Any = _MISSING) -> Any:
         self.seen.add(key)
@@ -214,7 +258,7 @@ class Reader:
         if not isinstance(value, dict):
             self.problem(key, f"must be a table, not {describe(value)}")
             value = {}
-        return Reader(value, self._key(key), self.problems, self.lines)
+        return self._child(value, self._key(key))
 
     def tables(self, key: str) -> Iterator[Reader]:
         value = self.raw(key, [])
@@ -222,13 +266,14 @@ class Reader:
             self.problem(key, f"must be an array of tables ([[{self._key(key)}]]), not {describe(value)}")
             return
         for index, item in enumerate(value):
-            yield Reader(item, f"{self._key(key)}[{index}]", self.problems, self.lines)
+            yield self._child(item, f"{self._key(key)}[{index}]")
 
     def done(self) -> None:
         """Every key not read is a problem: a typo must not be silently ignored."""
+        known = sorted(self.seen)
         for key in self.data:
             if key not in self.seen:
-                self.problem(key, "is not a known setting")
+                self.problem(key, "is not a known setting" + did_you_mean(key, known))
 
 
 def describe(value: Any) -> str:
@@ -238,6 +283,12 @@ def describe(value: Any) -> str:
         if not isinstance(value, dict | list)
         else kind[type(value)]
     )
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`"; did you mean 'x'?"` for the closest of `choices` to `word`, or `""` when none is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.7)
+    return f"; did you mean {found[0]!r}?" if found else ""
 
 
 def _within(value: int, minimum: int | None, maximum: int | None) -> bool:

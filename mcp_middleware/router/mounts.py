@@ -32,7 +32,7 @@ from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_erro
 
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
-from .links import BackendLink
+from .links import BackendLink, BackendUnavailable
 from .names import NamingPolicy, PrefixMode, validate_server_name
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
@@ -181,6 +181,22 @@ class McpRouter:
         if self._aggregate_entry is None:
             self._aggregate_entry = _wrap(self.aggregate, self._aggregate_door)
         return self._aggregate_entry
+
+    async def session_failure(self, name: str, patience: float | None = None) -> str | None:
+        """Why the router's session to the supervised backend `name` (a stdio command) is down, or None.
+
+        Opens the session when none is open yet, waiting up to `patience` seconds (default: the
+        backend's timeout; 0 starts it without waiting). Backends reached per request (in-process,
+        URL) have no such session: None. Only while the router runs.
+        """
+        link = self._links.get(name)
+        if link is None or not link.backend.supervised:
+            return None
+        try:
+            await link.client(patience)
+        except BackendUnavailable as exc:
+            return exc.reason
+        return None
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:

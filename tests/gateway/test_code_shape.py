@@ -1,7 +1,7 @@
 """The gateway package stays readable: no function over 50 lines, no module over about 400.
 
-`config.py` (the schema and its section readers) is the one larger module; it has its own bound
-so it cannot grow unnoticed either.
+The config schema is split by concern (`config_types`, `config_sections`, `config_servers`,
+`config_auth`, `validation`, `toml_reader`), so no module needs a larger bound.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import mcp_middleware.gateway
 PACKAGE = Path(mcp_middleware.gateway.__file__).parent
 MAX_FUNCTION_LINES = 50
 MAX_MODULE_LINES = 400
-LARGER_MODULES = {"config.py": 720}
+LARGER_MODULES: dict[str, int] = {}
 
 
 def modules() -> list[Path]:

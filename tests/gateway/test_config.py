@@ -66,7 +66,9 @@ colour = "blue"
 
 
 def test_a_typo_is_not_silently_ignored() -> None:
-    assert problems(MINIMAL + "\n[cahce]\nenabled = true\n") == [("cahce", 6, "is not a known setting")]
+    assert problems(MINIMAL + "\n[cahce]\nenabled = true\n") == [
+        ("cahce", 6, "is not a known setting; did you mean 'cache'?")
+    ]
 
 
 def test_a_server_needs_exactly_one_source() -> None:
@@ -136,7 +138,7 @@ app = "x:y"
 [[servers.ratelimit_policies]]
 name = "own"
 selector = "tools/call"
-quota = "5 per minute"
+limit = "5 per minute"
 [servers.breaker_timeouts]
 ":nothing" = 3
 [auth.scopes]
@@ -147,7 +149,7 @@ quota = "5 per minute"
 [[ratelimit.policies]]
 name = "p"
 selector = ":bad"
-quota = "10 per fortnight"
+limit = "10 per fortnight"
 [breaker.timeouts]
 "tools/call:" = 5
 "tools/list" = 5
@@ -163,7 +165,7 @@ def test_selectors_and_quotas_are_checked_by_the_parsers_the_middlewares_use() -
         ("auth.scopes.:oops", 12),
         ("auth.scopes.tools/call:", 13),
         ("ratelimit.policies[0].selector", 18),
-        ("ratelimit.policies[0].quota", 19),
+        ("ratelimit.policies[0].limit", 19),
         ("breaker.timeouts.tools/call:", 21),
     }
     assert all("selector" in p.message or "rate" in p.message for p in failed.value.problems)

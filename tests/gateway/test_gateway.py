@@ -60,7 +60,7 @@ capacity = 1000
 rate = 1000
 
 [breaker]
-failure_threshold = 5
+consecutive_failures = 5
 
 [cache]
 ttl = 30
@@ -161,13 +161,16 @@ def test_a_server_that_cannot_be_loaded_is_a_config_error(tmp_path: Path, monkey
     from mcp_middleware.gateway.config import ConfigError, parse_config
 
     config = parse_config('[[servers]]\nname = "x"\napp = "no_such_module_here:server"\n')
-    with pytest.raises(ConfigError, match=r"servers\[0\]: cannot be loaded: No module named 'no_such_module_here'"):
+    with pytest.raises(ConfigError) as failed:
         build_gateway(config)
+    [problem] = failed.value.problems
+    assert (problem.path, problem.line) == ("servers[0].app", 3)
+    assert problem.message == "cannot be imported: no module named 'no_such_module_here'"
     optional = parse_config(
         '[[servers]]\nname = "x"\napp = "no_such_module_here:server"\noptional = true\n'
         '[[servers]]\nname = "y"\napp = "tests.servers:build_server"\n'
     )
-    assert build_gateway(optional).skipped == ["x: No module named 'no_such_module_here'"]
+    assert build_gateway(optional).skipped == ["x: cannot be imported: no module named 'no_such_module_here'"]
 
 
 _unused: Callable[[ASGIApp], Any] | None = None
@@ -187,11 +190,12 @@ app = "tests.servers:build_server"
 [[servers]]
 name = "dead"
 url = "http://127.0.0.1:{dead}/mcp"
+optional = true  # a required backend that never started would keep the gateway not ready
 [aggregate]
 enabled = false
 [breaker]
-failure_threshold = 2
-open_seconds = 60
+consecutive_failures = 2
+open_for = 60
 [tracing]
 access_log = false
 """

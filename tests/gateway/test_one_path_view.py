@@ -71,7 +71,7 @@ rate = 1000
 ttl = 30
 
 [breaker]
-failure_threshold = 5
+consecutive_failures = 5
 """,
         encoding="utf-8",
     )

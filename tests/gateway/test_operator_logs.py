@@ -37,8 +37,8 @@ url = "{url}"
 [aggregate]
 enabled = false
 [breaker]
-failure_threshold = 2
-open_seconds = 0.5
+consecutive_failures = 2
+open_for = 0.5
 [tracing]
 access_log = false
 """

@@ -36,7 +36,7 @@ app = "tests.servers:build_server"
 enabled = false
 [ratelimit]
 store = "{redis_url}"
-fail = "{fail}"
+failure = "{fail}"
 [[ratelimit.policies]]
 name = "per-user"
 capacity = 1000

@@ -1,0 +1,73 @@
+"""`[[servers]]`: each backend, its source (app, url or command) and its own overrides of the middlewares."""
+
+from __future__ import annotations
+
+import re
+
+from .config_sections import policies, scope_map, timeouts
+from .config_types import ServerSettings
+from .toml_reader import Reader
+from .validation import split_command
+
+__all__ = ["server"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_APP = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings | None:
+    """One `[[servers]]` table, or None when it cannot be a server (the problems say why)."""
+    name = _name(reader, names)
+    app = reader.string("app", None)
+    url = reader.string("url", None)
+    command = split_command(reader, "command")
+    given = [key for key, value in (("app", app), ("url", url), ("command", command)) if value]
+    given += [key for key in ("command",) if key in reader.data and not command and key not in given]
+    if len(given) != 1:
+        reader.problem(
+            None,
+            "needs exactly one of app (module:attr), url or command"
+            + (f"; it has {', '.join(given)}" if given else ""),
+        )
+    if app is not None and not _APP.match(app):
+        reader.problem("app", f"must be 'module:attribute', not {app!r}")
+    if url is not None and not _URL.match(url):
+        reader.problem("url", f"must be an http:// or https:// URL, not {url!r}")
+    settings = ServerSettings(
+        name=name or "",
+        app=app,
+        url=url,
+        command=command,
+        env=reader.string_map("env"),
+        headers=reader.string_map("headers"),
+        mount=reader.boolean("mount", True),
+        aggregate=reader.boolean("aggregate", True),
+        timeout=reader.number("timeout", ServerSettings.timeout, positive=True),
+        optional=reader.boolean("optional", False),
+        scopes=scope_map(reader, "scopes") if "scopes" in reader.data else None,
+        ratelimit_policies=policies(reader, "ratelimit_policies") if "ratelimit_policies" in reader.data else None,
+        breaker_timeouts=timeouts(reader, "breaker_timeouts") if "breaker_timeouts" in reader.data else None,
+        cache_ttl=reader.number("cache_ttl", 0.0, positive=True) if "cache_ttl" in reader.data else None,
+        honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
+        index=index,
+    )
+    if not settings.mount and not settings.aggregate:
+        reader.problem("mount", "and aggregate are both false: the server would be reachable nowhere")
+    reader.done()
+    return settings if len(given) == 1 and name is not None else None
+
+
+def _name(reader: Reader, names: dict[str, str]) -> str | None:
+    name = reader.string("name")
+    if not isinstance(name, str):
+        return None
+    if not _NAME.match(name):
+        reader.problem(
+            "name", f"must match [A-Za-z0-9_-]{{1,64}} (it is a path segment and a tool prefix), not {name!r}"
+        )
+    elif name in names:
+        reader.problem("name", f"{name!r} is already the name of {names[name]}")
+    else:
+        names[name] = reader.path
+    return name

@@ -1,0 +1,243 @@
+"""The gateway config's typed settings: what a validated file becomes.
+
+Every middleware option keeps the name and the default of the middleware's own API (one
+vocabulary, one source of defaults): the breaker section *is* a :class:`BreakerPolicy`, rate-limit
+policies *are* :class:`BucketPolicy`/:class:`QuotaPolicy` objects, and the other defaults are read
+from the middlewares' signatures (:func:`option_default`) rather than written again here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from mcp_middleware.breaker import BreakerPolicy
+from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
+from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
+from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
+from mcp_middleware.router import HttpBackend
+
+from .toml_reader import Lines, Problem
+
+__all__ = [
+    "AggregateSettings",
+    "AuthSettings",
+    "BreakerSettings",
+    "CacheSettings",
+    "FrontDoorSettings",
+    "GatewayConfig",
+    "GatewaySettings",
+    "RateLimitSettings",
+    "ServerSettings",
+    "StaticTokenSettings",
+    "TracingSettings",
+    "option_default",
+]
+
+
+def option_default(owner: Callable[..., Any] | type, name: str) -> Any:
+    """The default of keyword `name` of `owner` (a function, a class's `__init__` or a dataclass field).
+
+    >>> option_default(HttpBackend, "timeout")
+    30.0
+    """
+    if isinstance(owner, type) and hasattr(owner, "__dataclass_fields__"):
+        for found in fields(owner):
+            if found.name == name and found.default is not MISSING:
+                return found.default
+    default = inspect.signature(owner).parameters[name].default
+    if default is inspect.Parameter.empty:
+        raise LookupError(f"{getattr(owner, '__name__', owner)} has no default for {name}")
+    return default
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """One backend MCP server: exactly one of `app` (in-process `module:attr`), `url` or `command`."""
+
+    name: str
+    app: str | None = None
+    url: str | None = None
+    command: tuple[str, ...] = ()
+    """The program and its arguments (a string in the file is split as a POSIX shell would, without a shell)."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Headers sent to a `url` backend (its own credentials; the client's token is never forwarded)."""
+    mount: bool = True
+    """Serve it at `{prefix}/{name}`."""
+    aggregate: bool = True
+    """Include it in the aggregated endpoint."""
+    timeout: float = option_default(HttpBackend, "timeout")
+    """Seconds a call to this backend may take (list fan-out and calls)."""
+    optional: bool = False
+    """A backend that may be missing (not importable) or down: skipped with a warning, and `/readyz`
+    does not wait for it."""
+    scopes: Mapping[str, tuple[str, ...]] | None = None
+    """This backend's per-method/per-tool scopes, in its own names (replaces `[auth.scopes]` for it)."""
+    ratelimit_policies: tuple[Policy, ...] | None = None
+    """This backend's rate-limit policies (replace `[[ratelimit.policies]]` for it)."""
+    breaker_timeouts: Mapping[str, float] | None = None
+    """Timeouts by selector for this backend, over `[breaker.timeouts]`."""
+    cache_ttl: float | None = None
+    """This backend's cache TTL (over `[cache] ttl`)."""
+    honor_ttl_ms: bool | None = None
+    """Whether this backend's `ttlMs` hints bound caching (over `[cache] honor_ttl_ms`)."""
+    index: int = field(default=0, compare=False)
+    """Its place in the file (`servers[index]`), for problems found after parsing."""
+
+    @property
+    def kind(self) -> Literal["app", "url", "command"]:
+        return "app" if self.app else "url" if self.url else "command"
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    enabled: bool = True
+    separator: str = "__"
+    prefix_mode: Literal["always", "on_collision", "never"] = "always"
+
+
+@dataclass(frozen=True)
+class FrontDoorSettings:
+    """What every request meets first; safe by default (loopback hosts, no foreign origins)."""
+
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*", "[::1]", "[::1]:*")
+    allowed_origins: tuple[str, ...] = ("http://127.0.0.1:*", "http://localhost:*")
+    """Origins allowed to call the gateway from a browser (requests without `Origin` are not browsers)."""
+    cors: bool = True
+    """Answer CORS preflights and add CORS headers for the allowed origins."""
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    prefix: str = "/mcp"
+    """Path mounts at `{prefix}/{name}`, the aggregate at `{prefix}`."""
+    public_url: str | None = None
+    """The URL clients use (behind a proxy); default `http://{host}:{port}`."""
+    shutdown_timeout: float = 10.0
+    """Seconds in-flight requests get to finish on shutdown."""
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    log_level: str = "info"
+    instance: str | None = None
+    """This instance's tag in legacy session ids, for affinity behind a load balancer
+    (`MCP_GATEWAY_INSTANCE` overrides; dots become dashes, so a pod IP works)."""
+    gc_freeze: bool = True
+    """Once started, move every object that exists (the SDK, pydantic's schemas, the servers) out of
+    the garbage collector's sight with `gc.freeze()`, so full collections under load scan only what
+    requests leave behind (on the bare test server: p99 87 → 27 ms, ≈ 20 % less CPU per request)."""
+
+
+@dataclass(frozen=True)
+class StaticTokenSettings:
+    """One `static` mode token: who it stands for. `None` subject = derived from a digest of the token."""
+
+    scopes: tuple[str, ...] = ()
+    subject: str | None = None
+    client_id: str | None = None
+
+    def verifier_entry(self) -> tuple[str, ...] | dict[str, Any]:
+        """What `StaticTokenVerifier` takes for this token (a bare scope list when no identity is given)."""
+        if self.subject is None and self.client_id is None:
+            return self.scopes
+        entry: dict[str, Any] = {"scopes": list(self.scopes)}
+        if self.subject is not None:
+            entry["subject"] = self.subject
+        if self.client_id is not None:
+            entry["client_id"] = self.client_id
+        return entry
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: Literal["none", "dev", "static", "jwt", "introspection"] = "none"
+    issuer: str | None = None
+    jwks_url: str | None = None
+    introspection_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    audiences: tuple[str, ...] = ()
+    """Audiences accepted besides each endpoint's own resource URL (`AuthMiddleware(audiences=…)`)."""
+    tokens: Mapping[str, StaticTokenSettings] = field(default_factory=dict)
+    """`static` mode: token → its principal; in the file `"<token>" = ["scope", …]` (the subject is a
+    digest of the token) or `"<token>" = { subject = "ci", scopes = [...], client_id = "…" }`
+    (tokens by `${env:…}` reference)."""
+    required_scopes: tuple[str, ...] = ()
+    scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Selector → scopes needed (`"tools/call:delete_*" = ["admin"]`)."""
+    public_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
+    auto_approve: bool = False
+    """`dev` mode: the embedded authorization server approves without the login page."""
+    allow_dev_on_public_host: bool = False
+    """`dev` mode on a host or public URL that is not loopback: its login page takes any user name,
+    so this must be said explicitly (and a warning is logged at start)."""
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool = False
+    store: str = "memory://"
+    failure: Literal["open", "closed"] = option_default(RateLimitMiddleware, "failure")
+    trusted_proxies: tuple[str, ...] = ()
+    ipv6_prefix: int = option_default(RateLimitMiddleware, "ipv6_prefix")
+    """Anonymous IPv6 callers share a bucket per network of this prefix (128 = per address)."""
+    policies: tuple[Policy, ...] = ()
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    enabled: bool = False
+    policy: BreakerPolicy = field(default_factory=BreakerPolicy)
+    """`[breaker]`'s keys are this policy's fields (`consecutive_failures`, `open_for`, …)."""
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    """Selector → seconds, over the breaker's own `DEFAULT_TIMEOUTS`."""
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    enabled: bool = False
+    store: str = "memory://"
+    ttl: float = option_default(ResponseCacheMiddleware, "ttl")
+    max_entries: int = option_default(cache_store_from_url, "max_entries")
+    max_bytes: int = option_default(cache_store_from_url, "max_bytes")
+    honor_ttl_ms: bool = option_default(ResponseCacheMiddleware, "honor_ttl_ms")
+    """Let a backend's `ttlMs` shorten `ttl` (`ttlMs: 0` = never cached, the SDK's default)."""
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    enabled: bool = False
+    metrics_path: str = "/metrics"
+    access_log: bool = True
+    record_enduser: bool = False
+    """`TracingMiddleware(record_enduser=…)` (the tracing extra is not imported to read its default)."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The whole validated file; every section has safe defaults."""
+
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    front_door: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    servers: tuple[ServerSettings, ...] = ()
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    ratelimit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    source: Path | None = None
+    """The file it came from (relative paths in it are relative to its folder)."""
+    warnings: tuple[Problem, ...] = ()
+    """What the file should change but may keep for now (deprecated names), each with key and line."""
+    lines: Lines | None = field(default=None, compare=False, repr=False)
+
+    def problem(self, path: str, message: str) -> Problem:
+        """A problem found after parsing (loading a backend, assembling), placed at its key's line."""
+        return Problem(path, message, self.lines.find(path) if self.lines is not None else None)
