@@ -119,7 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(_describe(config)))
         return EXIT_OK
     if args.command == "token":
-        return _token(config, args)
+        from .dev_token import token_command
+
+        try:
+            port = _env_port(args.port)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        return token_command(config, args, port=port)
     return _serve(config, host=args.host, port=args.port, source=args.config)
 
 
@@ -131,64 +138,6 @@ def _env_port(port: int | None) -> int | None:
     if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:
         raise ValueError(f"PORT must be a port number, not {env_port!r}")
     return int(env_port)
-
-
-def _token(config: GatewayConfig, args: argparse.Namespace) -> int:
-    """Print a dev token on stdout (and what it is on stderr): `TOKEN=$(mcp-gateway token …)` works."""
-    from .app import _base_url
-    from .dev_token import TokenError, mint_dev_token
-
-    if config.auth.mode != "dev":
-        print(
-            f"{args.config}: [auth] mode is {config.auth.mode!r}: `mcp-gateway token` logs in to the embedded "
-            'development authorization server ([auth] mode = "dev") only; get a token from your identity provider',
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    try:
-        port = _env_port(args.port)
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    base = (
-        args.url or _base_url(config.gateway, config.gateway.host, config.gateway.port if port is None else port)
-    ).rstrip("/")
-    resource = _token_resource(config, base, args.resource)
-    if resource is None:
-        return EXIT_USAGE
-    scopes = [scope for given in args.scope for scope in given.split()]
-    try:
-        token = mint_dev_token(base, resource=resource, subject=args.subject, scopes=scopes)
-    except TokenError as exc:
-        print(f"no token: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(token.access_token, flush=True)
-    print(
-        f"token for {token.subject} (scope: {token.scope or 'none'}) at {token.audience}, "
-        f"valid {token.expires_in} s; send it as 'Authorization: Bearer <token>'",
-        file=sys.stderr,
-    )
-    return EXIT_OK
-
-
-def _token_resource(config: GatewayConfig, base: str, given: str | None) -> str | None:
-    """The resource URL (RFC 8707) the token is bound to; `None` after printing why there is none."""
-    prefix = config.gateway.prefix
-    if given is not None and "://" in given:
-        return given
-    if given is None:
-        if config.aggregate.enabled:
-            return f"{base}{prefix}"
-        print("the aggregate is disabled: name a server with --resource NAME", file=sys.stderr)
-        return None
-    mounted = [server.name for server in config.servers if server.mount]
-    if given not in mounted:
-        print(
-            f"--resource {given!r} is neither a URL nor a mounted server; servers: {', '.join(mounted) or '(none)'}",
-            file=sys.stderr,
-        )
-        return None
-    return f"{base}{prefix}/{given}"
 
 
 def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:

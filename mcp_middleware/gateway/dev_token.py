@@ -10,10 +10,12 @@ token is an ordinary one of the dev server (its lifetime, its audience binding, 
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import hashlib
 import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -23,7 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import orjson
 
-__all__ = ["DevToken", "TokenError", "mint_dev_token"]
+from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .config import GatewayConfig
+
+__all__ = ["DevToken", "TokenError", "mint_dev_token", "token_command"]
 
 REDIRECT_URI = "http://127.0.0.1:1/callback"
 """Registered and sent, never contacted: the redirect is read from the `Location` header, not followed."""
@@ -66,6 +71,65 @@ def mint_dev_token(
                 f"cannot reach the gateway at {base}: {exc or type(exc).__name__} "
                 "(is it running? `mcp-gateway serve` or `make run`)"
             ) from None
+
+
+def token_command(config: GatewayConfig, args: argparse.Namespace, *, port: int | None) -> int:
+    """`mcp-gateway token`: the token on stdout (what it is on stderr), so `TOKEN=$(mcp-gateway token …)` works.
+
+    `port` is `--port` or `$PORT` (None: the config's). Exit codes as the CLI's: 0, 1 (no token), 2 (usage).
+    """
+    from .app import _base_url
+
+    if config.auth.mode != "dev":
+        print(
+            f"{args.config}: [auth] mode is {config.auth.mode!r}: `mcp-gateway token` logs in to the embedded "
+            'development authorization server ([auth] mode = "dev") only; get a token from your identity provider',
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    base = (
+        args.url or _base_url(config.gateway, config.gateway.host, config.gateway.port if port is None else port)
+    ).rstrip("/")
+    resource = _token_resource(config, base, args.resource)
+    if resource is None:
+        return EXIT_USAGE
+    scopes = [scope for given in args.scope for scope in given.split()]
+    subject = None if args.subject is None else args.subject.strip()  # the login page strips it too
+    if subject == "":
+        print("--subject must name a user", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        token = mint_dev_token(base, resource=resource, subject=subject, scopes=scopes)
+    except TokenError as exc:
+        print(f"no token: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(token.access_token, flush=True)
+    print(
+        f"token for {token.subject} (scope: {token.scope or 'none'}) at {token.audience}, "
+        f"valid {token.expires_in} s; send it as 'Authorization: Bearer <token>'",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _token_resource(config: GatewayConfig, base: str, given: str | None) -> str | None:
+    """The resource URL (RFC 8707) the token is bound to; `None` after printing why there is none."""
+    prefix = config.gateway.prefix
+    if given is not None and "://" in given:
+        return given
+    if given is None:
+        if config.aggregate.enabled:
+            return f"{base}{prefix}"
+        print("the aggregate is disabled: name a server with --resource NAME", file=sys.stderr)
+        return None
+    mounted = [server.name for server in config.servers if server.mount]
+    if given not in mounted:
+        print(
+            f"--resource {given!r} is neither a URL nor a mounted server; servers: {', '.join(mounted) or '(none)'}",
+            file=sys.stderr,
+        )
+        return None
+    return f"{base}{prefix}/{given}"
 
 
 class _LoginFlow:

@@ -178,6 +178,13 @@ def test_a_scope_the_gateway_does_not_offer_is_one_line(dev: tuple[Path, Served]
     ]
 
 
+def test_an_empty_subject_is_a_usage_error(dev: tuple[Path, Served]) -> None:
+    config, served = dev
+    done = token_command(config, "--url", served.base, "--subject", "  ")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == "--subject must name a user"
+
+
 def test_a_name_that_is_no_mount_is_a_usage_error(dev: tuple[Path, Served]) -> None:
     config, served = dev
     done = token_command(config, "--url", served.base, "--resource", "nope")

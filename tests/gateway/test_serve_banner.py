@@ -51,28 +51,32 @@ def test_a_port_in_use_is_one_error_and_nothing_starts(tmp_path: Path) -> None:
 
 
 def test_the_banner_prints_once_the_gateway_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start-up log, then the banner; when the banner is read, the port already accepts connections."""
+    """Start-up log, then the banner; when the banner is read, the port already accepts connections.
+
+    `--port 0`: the banner names the port the system gave (the gateway's URLs are built after the bind).
+    """
     monkeypatch.setenv("CLI17_BANNER_TOKEN", SECRET)
     config = write(tmp_path, STATIC)
-    port = free_port()
     process = processes.start(
-        serve_command(config, port), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        serve_command(config, 0), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
+    port = 0
     try:
         assert process.stdout is not None
         while not lines or not lines[-1].startswith("try it:"):
             line = process.stdout.readline()
             assert line, f"the gateway exited before its banner: {''.join(lines)}"
             lines.append(line.rstrip("\n"))
-            if line.startswith("mcp-gateway on"):
+            if line.startswith("mcp-gateway on http://127.0.0.1:"):
+                port = int(line.rsplit(":", 1)[1])
                 with socket.create_connection(("127.0.0.1", port), timeout=1):  # at once: no retry
                     pass
     finally:
         processes.stop(process)
     text = "\n".join(lines)
+    assert port > 0
     assert text.index("Application startup complete.") < text.index("mcp-gateway on")
-    assert f"mcp-gateway on http://127.0.0.1:{port}" in lines
     assert lines[-1] == (
         f"try it:  npx @modelcontextprotocol/inspector --cli http://127.0.0.1:{port}/mcp --transport http "
         '--method tools/list --header "Authorization: Bearer <one of [auth.tokens]>"'
