@@ -4,6 +4,9 @@ and `examples/gateway/try_it.py` against a gateway that is not there says so in 
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.cli import EXIT_FAILED, _banner
 from mcp_middleware.gateway.config import load_config
 from tests.conftest import free_port
+from tests.gateway.test_gateway import client
 from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +86,50 @@ def test_the_banner_prints_once_the_gateway_listens(tmp_path: Path, monkeypatch:
         '--method tools/list --header "Authorization: Bearer <one of [auth.tokens]>"'
     )
     assert SECRET not in text
+
+
+def read_banner(process: subprocess.Popen[str]) -> list[str]:
+    """The lines the gateway printed up to the end of its banner."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    while not lines or not lines[-1].lstrip().startswith("npx "):
+        line = process.stdout.readline()
+        assert line, f"the gateway exited before its banner: {lines}"
+        lines.append(line.rstrip("\n"))
+    return lines
+
+
+@pytest.mark.anyio
+async def test_make_runs_banner_command_gives_a_token_the_gateway_accepts() -> None:
+    """`make run`, then exactly the command its banner prints, then the token with the SDK client."""
+    example = "examples/gateway/gateway.toml"
+    process = processes.start(
+        [sys.executable, "-m", "mcp_middleware.gateway", "serve", "--config", example],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PORT": "0"},
+    )
+    try:
+        lines = read_banner(process)
+        (command,) = [m[1] for line in lines if (m := re.search(r"TOKEN=\$\((mcp-gateway token .*)\)$", line))]
+        words = shlex.split(command)
+        done = processes.run(
+            [sys.executable, "-m", "mcp_middleware.gateway", *words[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        aggregate = next(line.split()[-1] for line in lines if line.strip().startswith("aggregate:"))
+        async with client(aggregate, "modern", done.stdout.strip()) as session:
+            result = await session.call_tool("demo__echo", {"text": "from the banner"})
+            assert result.content[0].text == "from the banner"  # type: ignore[union-attr]
+    finally:
+        processes.stop(process)
 
 
 def banner(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]) -> list[str]:
