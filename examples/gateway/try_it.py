@@ -88,7 +88,6 @@ async def main(url: str) -> None:
         redirect_handler=login.redirect,
         callback_handler=login.callback,
     )
-    print(f"connecting to {url}")
     async with (
         httpx2.AsyncClient(auth=auth, timeout=30) as http,
         Client(streamable_http_client(url, http_client=http), cache=None) as client,
@@ -101,5 +100,31 @@ async def main(url: str) -> None:
         print(f"  demo__add -> {total.content[0].text}")  # type: ignore[union-attr]
 
 
+def first_cause(error: BaseException) -> BaseException:
+    """The first error inside the SDK's task-group `ExceptionGroup`s (what went wrong, not where)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+def run(url: str) -> int:
+    """Run `main(url)`; any failure is one line on stderr and exit code 1 (no traceback)."""
+    try:
+        asyncio.run(main(url))
+    except BaseException as error:  # the script's last word: one line, whatever it was
+        cause = first_cause(error)
+        if isinstance(cause, KeyboardInterrupt):
+            return 130
+        if isinstance(cause, SystemExit):  # `Login` says why a login failed
+            why = str(cause.code)
+        elif isinstance(cause, httpx2.TransportError):
+            why = f"cannot reach the gateway at {url}: {cause or type(cause).__name__} (is it running? `make run`)"
+        else:
+            why = f"{url}: {type(cause).__name__}: {cause}"
+        print("try_it.py: " + " ".join(why.split()), file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/mcp"))
+    sys.exit(run(sys.argv[1] if len(sys.argv) > 1 else f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/mcp"))

@@ -1,4 +1,4 @@
-"""`mcp-gateway` (also `python -m mcp_middleware.gateway`): serve, check a config, list its servers.
+"""`mcp-gateway` (also `python -m mcp_middleware.gateway`): serve, check a config, list its servers, get a dev token.
 
 Exit codes: 0 success; 1 the gateway failed while running; 2 bad usage or a config
 file with problems (each printed with its key and line).
@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,28 @@ def _parser() -> argparse.ArgumentParser:
         "optional), selectors naming no tool are warnings",
     )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
+    token = with_config(
+        commands.add_parser(
+            "token",
+            help="log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)",
+        )
+    )
+    token.add_argument("--subject", help="the user name to log in as (default: the dev server's default user)")
+    token.add_argument(
+        "--scope",
+        action="append",
+        default=[],
+        help="a scope to ask for (repeatable, or space-separated; default: every scope the gateway issues)",
+    )
+    token.add_argument(
+        "--resource",
+        "--audience",
+        dest="resource",
+        help="what the token is for: a server's name (its mount /mcp/{name}) or a resource URL "
+        "(default: the aggregate)",
+    )
+    token.add_argument("--url", help="the gateway's base URL (default: from the config: public_url, or host and port)")
+    token.add_argument("--port", type=int, help="the port the gateway listens on (default: $PORT, then [gateway].port)")
     return parser
 
 
@@ -93,6 +116,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'name':<20} {'kind':<8} {'mount':<28} {'aggregate':<11} target")
         print("\n".join(_describe(config)))
         return EXIT_OK
+    if args.command == "token":
+        from .dev_token import token_command
+
+        try:
+            port = _env_port(args.port)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        return token_command(config, args, port=port)
     return _serve(config, host=args.host, port=args.port, source=args.config)
 
 
@@ -124,6 +156,16 @@ def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
     return EXIT_OK
 
 
+def _env_port(port: int | None) -> int | None:
+    """`--port`, else `$PORT`; raises ValueError when `$PORT` is not a port number."""
+    env_port = os.environ.get("PORT")
+    if port is not None or not env_port:
+        return port
+    if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:
+        raise ValueError(f"PORT must be a port number, not {env_port!r}")
+    return int(env_port)
+
+
 def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
     import uvicorn
 
@@ -141,36 +183,76 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         logging.getLogger(sdk).addFilter(SessionIdRedaction())
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
-    env_port = os.environ.get("PORT")
-    if port is None and env_port:
-        if not env_port.isdigit() or not 0 <= int(env_port) <= 65535:
-            print(f"PORT must be a port number, not {env_port!r}", file=sys.stderr)
-            return EXIT_USAGE
-        port = int(env_port)
     try:
-        gateway = build_gateway(config, host=host, port=port)
-    except (ConfigError, ImportError, ValueError) as exc:
-        print(f"cannot build the gateway: {exc}", file=sys.stderr)
+        port = _env_port(port)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
         return EXIT_USAGE
-    where = dev_mode_exposure(config, host)
-    if where is not None:
-        logging.getLogger("mcp_middleware.gateway").warning(
-            "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
-            "accepts any user name from anyone who can reach it; use it for demos only",
-            where,
-        )
-    _banner(gateway)
-    server = uvicorn.Server(gateway.uvicorn_config())
+    # Bind first: a port in use is one error line, before any backend or stdio child starts.
+    bind_host = host or config.gateway.host
+    bind_port = config.gateway.port if port is None else port
     try:
-        server.run()
-    except Exception:
-        logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
+        sock = _bind(bind_host, bind_port)
+    except OSError as exc:
+        print(f"cannot listen on {_authority(bind_host, bind_port)}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
+    with sock:
+        try:  # the bound port (`--port 0` picks one) is the one the gateway's URLs name
+            gateway = build_gateway(config, host=host, port=sock.getsockname()[1])
+        except (ConfigError, ImportError, ValueError) as exc:
+            print(f"cannot build the gateway: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        where = dev_mode_exposure(config, host)
+        if where is not None:
+            logging.getLogger("mcp_middleware.gateway").warning(
+                "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
+                "accepts any user name from anyone who can reach it; use it for demos only",
+                where,
+            )
+        server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source))
+        try:
+            server.run(sockets=[sock])
+        except Exception:
+            logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
+            return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-def _banner(gateway: Any) -> None:
-    """Where things are, and one command to try it."""
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port), not yet listening (uvicorn listens once the lifespan ran)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announcing_server(uvicorn: Any, config: Any, announce: Callable[[], None]) -> Any:
+    """A `uvicorn.Server` that calls `announce()` once it listens (after the lifespan started the backends).
+
+    Built here, not at import, so the CLI loads uvicorn only to serve (and tests may replace `uvicorn.Server`).
+    """
+
+    class AnnouncingServer(uvicorn.Server):  # type: ignore[misc]
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:
+                announce()
+
+    return AnnouncingServer(config)
+
+
+def _banner(gateway: Any, source: Path | None = None) -> None:
+    """Where things are, and how to try it (with the `Authorization` header when auth is on)."""
     config, base = gateway.config, gateway.base_url
     prefix = config.gateway.prefix
     lines = [f"mcp-gateway on {base}"]
@@ -188,10 +270,19 @@ def _banner(gateway: Any) -> None:
         f"  health:      {base}/healthz  {base}/readyz"
         + (f"  {base}{config.tracing.metrics_path}" if config.tracing.enabled else "")
     )
-    if config.auth.mode == "dev":
-        lines.append(f"try it:  .venv/bin/python examples/gateway/try_it.py {base}{prefix}")
-    else:
-        lines.append(
-            f"try it:  npx @modelcontextprotocol/inspector --cli {base}{prefix} --transport http --method tools/list"
-        )
+    first_mount = next(iter(gateway.router.mounts), "")
+    url = f"{base}{prefix}" if config.aggregate.enabled else f"{base}{prefix}/{first_mount}"
+    inspector = f"npx @modelcontextprotocol/inspector --cli {url} --transport http --method tools/list"
+    mode = config.auth.mode
+    if mode == "none":
+        lines.append(f"try it:  {inspector}")
+    elif mode == "dev":
+        where = f" -c {source}" if source is not None else ""
+        where += "" if config.aggregate.enabled else f" --resource {first_mount}"
+        lines.append(f"try it:  .venv/bin/python examples/gateway/try_it.py {url}")
+        lines.append(f"    or:  TOKEN=$(mcp-gateway token{where} --url {base} --subject alice)")
+        lines.append(f'         {inspector} --header "Authorization: Bearer $TOKEN"')
+    else:  # never the secret itself: a placeholder for the token the operator holds
+        held = "one of [auth.tokens]" if mode == "static" else f"a token from {config.auth.issuer or 'your issuer'}"
+        lines.append(f'try it:  {inspector} --header "Authorization: Bearer <{held}>"')
     print("\n".join(lines), flush=True)

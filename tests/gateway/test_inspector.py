@@ -68,9 +68,9 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[G
         yield running
 
 
-def run(inspector: list[str], *args: str) -> dict:  # type: ignore[type-arg]
+def run(inspector: list[str], *args: str, token: str = TOKEN) -> dict:  # type: ignore[type-arg]
     done = processes.run(
-        [*inspector, *args, "--header", f"Authorization: Bearer {TOKEN}"],
+        [*inspector, *args, "--header", f"Authorization: Bearer {token}"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -216,7 +216,7 @@ def test_serve_with_a_public_host_override_refuses_without_the_setting(
 def test_serve_on_a_public_host_with_the_setting_logs_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Serving is stopped right after the warning (uvicorn is replaced), so nothing listens on 0.0.0.0."""
+    """Serving is stopped right after the warning (uvicorn is replaced): the port is bound, never listened on."""
     import uvicorn
 
     path = tmp_path / "gateway.toml"
@@ -228,7 +228,7 @@ def test_serve_on_a_public_host_with_the_setting_logs_a_warning(
         def __init__(self, config: Any) -> None:
             pass
 
-        def run(self) -> None:
+        def run(self, sockets: Any = None) -> None:
             pass
 
     monkeypatch.setattr(uvicorn, "Server", NoServer)  # a test must not listen on every interface
