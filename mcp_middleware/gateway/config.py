@@ -140,6 +140,10 @@ class GatewaySettings:
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
     log_level: str = "info"
+    log_format: Literal["json", "text"] | None = None
+    """`json` or `text` for every log record; `None`: text on a terminal, JSON otherwise."""
+    log_levels: dict[str, str] = field(default_factory=dict)
+    """Per-logger levels (`{"mcp" = "info"}`); the SDK's `mcp` and `httpx2` default to WARNING."""
     instance: str | None = None
     """This instance's tag in legacy session ids, for affinity behind a load balancer
     (`MCP_GATEWAY_INSTANCE` overrides; dots become dashes, so a pod IP works)."""
@@ -278,7 +282,9 @@ def _gateway(reader: Reader) -> GatewaySettings:
         shutdown_timeout=reader.number("shutdown_timeout", d.shutdown_timeout, minimum=0),
         tls_certfile=reader.string("tls_certfile", None),
         tls_keyfile=reader.string("tls_keyfile", None),
-        log_level=reader.string("log_level", d.log_level, choices=("critical", "error", "warning", "info", "debug")),
+        log_level=reader.string("log_level", d.log_level, choices=_LOG_LEVELS),
+        log_format=reader.string("log_format", d.log_format, choices=("json", "text")),
+        log_levels=_log_levels(reader),
         instance=_instance(reader),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
     )
@@ -289,6 +295,17 @@ def _gateway(reader: Reader) -> GatewaySettings:
         )
     reader.done()
     return settings
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _log_levels(reader: Reader) -> dict[str, str]:
+    levels = reader.string_map("log_levels")
+    for name, level in levels.items():
+        if level.lower() not in _LOG_LEVELS:
+            reader.problem(f"log_levels.{name}", f"must be one of {', '.join(map(repr, _LOG_LEVELS))}, not {level!r}")
+    return {name: level for name, level in levels.items() if level.lower() in _LOG_LEVELS}
 
 
 def _instance(reader: Reader) -> str | None:
