@@ -51,7 +51,7 @@ logging.getLogger("mcp.server.lowlevel.server").warning("the SDK warns: %s", "wr
 
 
 @contextlib.contextmanager
-def _uvicorn(tmp_path: Path, *, helper: bool) -> Iterator[tuple[str, Path]]:
+def _uvicorn(tmp_path: Path, *, helper: bool, app: str = "logging_app:app") -> Iterator[tuple[str, Path]]:
     (tmp_path / "logging_app.py").write_text(APP_MODULE, encoding="utf-8")
     port = free_port()
     stderr = tmp_path / "stderr.log"
@@ -61,7 +61,7 @@ def _uvicorn(tmp_path: Path, *, helper: bool) -> Iterator[tuple[str, Path]]:
         "USE_HELPER": "1" if helper else "0",
         "COLUMNS": "80",  # what Rich wraps to when it is not told otherwise
     }
-    command = [sys.executable, "-m", "uvicorn", "logging_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     with (
         stderr.open("wb") as sink,
         processes.running(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=sink) as process,
@@ -127,6 +127,16 @@ async def test_without_the_helper_the_same_app_writes_lines_no_shipper_can_parse
     except ImportError:  # pragma: no cover (rich comes with fastmcp, installed for the tests)
         return
     assert any(BOX_DRAWING.search(line) or line.startswith(" " * 10) for line in lines), lines  # Rich's layout
+
+
+@pytest.mark.anyio
+async def test_the_documented_example_logs_json(tmp_path: Path) -> None:
+    with _uvicorn(tmp_path, helper=True, app="examples.json_logs:app") as (url, stderr):
+        async with Client(url, cache=None) as client:
+            assert (await client.call_tool("add", {"a": 1, "b": 2})).content[0].text == "3"  # type: ignore[union-attr]
+    records = [orjson.loads(line) for line in stderr.read_text(encoding="utf-8").split("\n")[:-1]]
+    assert {"uvicorn.error", "uvicorn.access", "mcp_middleware.access"} <= {r["logger"] for r in records}
+    assert any(r.get("message") == "tools/call add 200" for r in records)
 
 
 # --- in this process ------------------------------------------------------------------------------------------
