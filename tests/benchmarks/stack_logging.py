@@ -11,6 +11,10 @@ is installed with fastmcp) on the root logger at INFO.
   terminal: one JSON access line per request, the SDK's loggers at WARNING;
 - `logs_text`: the same in the text format;
 - `logs_rich`: nothing configured: the SDK's Rich handler left on, every access line goes through it.
+
+And the bare test server (no gateway, no access log) with `configure_logging(format="json")`,
+`bare_logs`, to set against `bare` (the SDK's Rich handler left on) under legacy sessions, for which
+the SDK writes two INFO lines each.
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ def _gateway(setup: Callable[[], object]) -> Callable[[ASGIApp], ASGIApp]:
     return wrap
 
 
+def _bare_logs(app: ASGIApp) -> ASGIApp:
+    configure_logging("json")
+    return app
+
+
 STACKS = {
+    "bare_logs": Stack(_bare_logs),
     "logs_off": Stack(_gateway(lambda: configure_logging("json", "WARNING")), headers=_HEADERS, lifespan=True),
     "logs_json": Stack(_gateway(lambda: configure_logging("json")), headers=_HEADERS, lifespan=True),
     "logs_text": Stack(_gateway(lambda: configure_logging("text")), headers=_HEADERS, lifespan=True),
