@@ -119,12 +119,13 @@ def main(quick: bool) -> dict[str, Any]:
             ["gateway with JSON access log / without logging (same run)", json_ratio, "x", "reported", True],
             ["gateway with the SDK's Rich handler left on / without logging", rich_ratio, "x", "reported", True],
             ["gateway JSON logging / the SDK's Rich handler", saved, "x", "> 1", saved > 1],
+            ["bare SDK, legacy sessions/s, configure_logging / Rich", bare["ratio"], "x", "> 1", bare["ratio"] > 1],
             [
-                "bare SDK server, legacy sessions/s, configure_logging / Rich",
-                bare["ratio"],
+                "bare SDK, sessions per CPU-second, configure_logging / Rich",
+                bare["cpu_ratio"],
                 "x",
                 "> 1",
-                bare["ratio"] > 1,
+                bare["cpu_ratio"] > 1,
             ],
         ],
     }
