@@ -34,7 +34,7 @@ import logging
 import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, TypeGuard
 
 from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -59,6 +59,7 @@ _TAKEN_OVER = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi", "fa
 """Loggers that install handlers of their own and stop propagation: they are routed to the root's."""
 _SESSION_LOGGERS = ("mcp.server.streamable_http_manager", "mcp.server.streamable_http")
 _MARK = "_mcp_middleware_logs"
+_NONE = object()
 # Extra attributes that are not fields: uvicorn's ANSI-coloured copy of the message, our access entry.
 _SKIPPED = (*RESERVED_ATTRS, "taskName", "color_message", "mcp")
 
@@ -76,7 +77,7 @@ class JsonLogFormatter(OrjsonFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = record.__dict__.get("mcp")
-        if type(fields) is not dict:
+        if not _is_access_entry(fields):
             return super().format(record)
         line, args = record.msg, record.args
         record.msg, record.args = _summary(fields), None  # the fields say it all; no JSON inside JSON
@@ -86,19 +87,29 @@ class JsonLogFormatter(OrjsonFormatter):
             record.msg, record.args = line, args
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
-        log_data["ts"] = datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+        ts = datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds")
+        log_data["ts"] = ts
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
         log_data["message"] = record.message
-        fields = record.__dict__.get("mcp")
-        if type(fields) is dict:
+        fields = record.__dict__.get("mcp", _NONE)
+        if _is_access_entry(fields):
             log_data.update(fields)
+        elif fields is not _NONE:
+            log_data["mcp"] = fields  # someone else's `extra={"mcp": ...}`: an ordinary field
         super().add_fields(log_data, record, message_dict)
+        # What a shipper keys on is the record's own, whatever an extra field was called.
+        log_data.update(ts=ts, level=record.levelname, logger=record.name, message=record.message)
         if "trace_id" not in log_data:
             context = trace.get_current_span().get_span_context()
             if context.is_valid:
                 log_data["trace_id"] = f"{context.trace_id:032x}"
                 log_data["span_id"] = f"{context.span_id:016x}"
+
+
+def _is_access_entry(fields: object) -> TypeGuard[dict[str, Any]]:
+    """`AccessLog`'s entry (its `event` says so), not someone else's `extra={"mcp": ...}`."""
+    return type(fields) is dict and fields.get("event") == "mcp.request"
 
 
 def _summary(fields: Mapping[str, Any]) -> str:

@@ -241,6 +241,22 @@ def test_records_carry_extra_fields_exceptions_on_one_line_and_the_span_they_wer
     assert "trace_id" not in outside
 
 
+def test_extra_fields_cannot_pass_for_the_records_own() -> None:
+    record = logging.getLogger("demo").makeRecord(
+        "demo", logging.INFO, __file__, 1, "real", (), None,
+        extra={"level": "CRITICAL", "logger": "root", "ts": "1970", "mcp": "not an access entry"},
+    )  # fmt: skip
+    fields = orjson.loads(JsonLogFormatter().format(record))
+    assert (fields["level"], fields["logger"], fields["message"]) == ("INFO", "demo", "real")
+    assert fields["ts"].startswith("20") and fields["mcp"] == "not an access entry"
+    nested = logging.getLogger("demo").makeRecord(
+        "demo", logging.INFO, __file__, 1, "kept", (), None, extra={"mcp": {"server": "search"}}
+    )
+    assert orjson.loads(JsonLogFormatter().format(nested))["mcp"] == {"server": "search"}  # not an access entry
+    assert orjson.loads(JsonLogFormatter().format(nested))["message"] == "kept"
+    assert list(fields)[:4] == ["ts", "level", "logger", "message"]
+
+
 def test_an_access_record_is_its_fields_in_json_and_its_json_text_elsewhere() -> None:
     records: list[logging.LogRecord] = []
 
