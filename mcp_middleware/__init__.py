@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         StateChange,
     )
     from .cache import CachePolicy, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCacheMiddleware
+    from .logs import JsonLogFormatter, configure_logging
     from .ratelimit import (
         BucketPolicy,
         BucketStore,
@@ -113,6 +114,7 @@ _LAZY = {
         "RetryPolicy",
         "StateChange",
     ),
+    "logs": ("JsonLogFormatter", "configure_logging"),
     "cache": ("CachePolicy", "CacheStore", "MemoryCacheStore", "RedisCacheStore", "ResponseCacheMiddleware"),
     "ratelimit": (
         "BucketPolicy",
@@ -192,6 +194,7 @@ __all__ = [
     "HttpBackend",
     "InProcessBackend",
     "IntrospectionTokenVerifier",
+    "JsonLogFormatter",
     "JwksTokenVerifier",
     "McpCoreMiddleware",
     "McpMetrics",
@@ -230,6 +233,7 @@ __all__ = [
     "TracingOptions",
     "VerificationUnavailable",
     "__version__",
+    "configure_logging",
     "get_decisions",
     "get_mcp_request",
     "get_principal",

@@ -84,6 +84,7 @@ class Gateway:
             port=self.port,
             lifespan="on",
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's records go through the handler `configure_logging` installed
             access_log=False,  # the tracing middleware writes one structured line per MCP request
             proxy_headers=False,  # X-Forwarded-* are trusted per middleware (trusted_proxies), never globally
             timeout_graceful_shutdown=max(1, round(settings.shutdown_timeout)),

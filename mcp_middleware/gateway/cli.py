@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcp_middleware.core import SessionIdRedaction
+from mcp_middleware.logs import configure_logging
 
 from .config import ConfigError, GatewayConfig, dev_mode_exposure, dev_mode_problem, load_config
 
@@ -176,11 +176,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         print(f"{source}: 1 problem\n  {exposed}", file=sys.stderr)
         return EXIT_USAGE
 
-    logging.basicConfig(level=config.gateway.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for chatty in ("httpx2", "mcp.server.streamable_http_manager", "mcp.client"):  # one line per backend call
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    for sdk in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):  # they log session ids
-        logging.getLogger(sdk).addFilter(SessionIdRedaction())
+    # Before any app is built: one handler and formatter for every record, the SDK's Rich output off.
+    configure_logging(config.gateway.log_format, config.gateway.log_level, levels=config.gateway.log_levels)
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
     try:

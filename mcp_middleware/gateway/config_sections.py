@@ -60,7 +60,9 @@ def gateway(reader: Reader) -> GatewaySettings:
         shutdown_timeout=reader.number("shutdown_timeout", d.shutdown_timeout, minimum=0),
         tls_certfile=reader.string("tls_certfile", None),
         tls_keyfile=reader.string("tls_keyfile", None),
-        log_level=reader.string("log_level", d.log_level, choices=("critical", "error", "warning", "info", "debug")),
+        log_level=reader.string("log_level", d.log_level, choices=_LOG_LEVELS),
+        log_format=reader.string("log_format", d.log_format, choices=("json", "text")),
+        log_levels=_log_levels(reader),
         instance=_instance(reader),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
     )
@@ -71,6 +73,17 @@ def gateway(reader: Reader) -> GatewaySettings:
         )
     reader.done()
     return settings
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _log_levels(reader: Reader) -> dict[str, str]:
+    levels = reader.string_map("log_levels")
+    for name, level in levels.items():
+        if level.lower() not in _LOG_LEVELS:
+            reader.problem(f"log_levels.{name}", f"must be one of {', '.join(map(repr, _LOG_LEVELS))}, not {level!r}")
+    return {name: level for name, level in levels.items() if level.lower() in _LOG_LEVELS}
 
 
 def _instance(reader: Reader) -> str | None:

@@ -125,6 +125,10 @@ class GatewaySettings:
     tls_certfile: str | None = None
     tls_keyfile: str | None = None
     log_level: str = "info"
+    log_format: Literal["json", "text"] | None = None
+    """`json` or `text` for every log record; `None`: text on a terminal, JSON otherwise."""
+    log_levels: dict[str, str] = field(default_factory=dict)
+    """Per-logger levels (`{"mcp" = "info"}`); the SDK's `mcp` and `httpx2` default to WARNING."""
     instance: str | None = None
     """This instance's tag in legacy session ids, for affinity behind a load balancer
     (`MCP_GATEWAY_INSTANCE` overrides; dots become dashes, so a pod IP works)."""

@@ -113,9 +113,27 @@ class AccessLog:
         return entry
 
     def write(self, entry: dict[str, Any]) -> None:
-        """Write one line; a value JSON cannot carry is written as its `str`."""
-        line = orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-        self.logger.log(self.level, line, extra={"mcp": entry})
+        """Write one line; a value JSON cannot carry is written as its `str`.
+
+        The message is the entry's JSON text, made only when a handler asks for it: the JSON
+        formatter of `mcp_middleware.logs` writes the fields (`record.mcp`) as the object itself.
+        """
+        self.logger.log(self.level, _AccessLine(entry), extra={"mcp": entry})
+
+
+class _AccessLine:
+    """The message of an access record: the entry as JSON text, serialised once, on first use."""
+
+    __slots__ = ("_text", "entry")
+
+    def __init__(self, entry: dict[str, Any]) -> None:
+        self.entry = entry
+        self._text: str | None = None
+
+    def __str__(self) -> str:
+        if self._text is None:
+            self._text = orjson.dumps(self.entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        return self._text
 
 
 def _clipped(value: Any) -> Any:

@@ -232,6 +232,7 @@ def test_serve_on_a_public_host_with_the_setting_logs_a_warning(
             pass
 
     monkeypatch.setattr(uvicorn, "Server", NoServer)  # a test must not listen on every interface
+    monkeypatch.setattr("mcp_middleware.gateway.cli.configure_logging", lambda *a, **k: None)  # pytest's logging stays
     with caplog.at_level(logging.WARNING, "mcp_middleware.gateway"):
         assert main(["serve", "-c", str(path), "--host", "0.0.0.0", "--port", str(free_port())]) == 0
     assert any("dev mode on host '0.0.0.0'" in r.getMessage() for r in caplog.records)
