@@ -46,6 +46,8 @@ def _alarm(signum: int, frame: FrameType | None) -> None:
 def assigns_app(code: str) -> bool:
     """Whether the block binds `app` at top level (so it is an app to serve)."""
     for node in ast.parse(code).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == "app":
+            return True
         targets: list[ast.expr] = []
         if isinstance(node, ast.Assign):
             targets = node.targets
@@ -60,7 +62,7 @@ def assigns_app(code: str) -> bool:
 def uvicorn_run_recorded(calls: list[tuple[Any, dict[str, Any]]]) -> Iterator[None]:
     """`<!-- run: import-only -->`: `uvicorn.run(app, ...)` records its arguments instead of serving."""
     original = uvicorn.run
-    uvicorn.run = lambda app, **options: calls.append((app, options))  # type: ignore[assignment]
+    uvicorn.run = lambda app, **options: calls.append((app, options))
     try:
         yield
     finally:
@@ -71,7 +73,9 @@ def one_request(app: Any, path: str) -> str:
     """Serve `app` and send it one 2026-07-28 `tools/list`; return what it answered, or raise."""
     assert callable(app), f"`app` is not an ASGI callable: {app!r}"
     with serve_app(app) as served:
-        response = httpx2.post(served.base + path, content=modern_body("tools/list"), headers=modern_headers("tools/list"))
+        response = httpx2.post(
+            served.base + path, content=modern_body("tools/list"), headers=modern_headers("tools/list")
+        )
     assert response.status_code < 500 and response.status_code != 404, (response.status_code, response.text[:500])
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         messages = sse_messages(response.text)

@@ -27,9 +27,11 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
 import tomllib
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -79,37 +81,48 @@ def test_the_collector_sees_markers_and_indented_blocks() -> None:
 # --- python ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Worked:
+    """What the worker for one document reported: a result per block line, and its own output."""
+
+    results: dict[int, dict[str, str]]
+    output: str
+
+
 @cache
-def _python_results() -> dict[str, dict[int, dict[str, str]]]:
+def _python_results() -> dict[Path, Worked]:
     """Run every document's python blocks, one process per document, all at once."""
     documents = sorted({b.path for b in BLOCKS if b.lang == "python" and not b.fragment})
-    out = Path(tempfile.mkdtemp(prefix="docs-blocks-"))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    started = []
-    for index, document in enumerate(documents):
-        results = out / f"{index}.json"
-        log = (out / f"{index}.log").open("wb")
-        command = [sys.executable, "-m", "tests.docs.run_python", str(document), str(results)]
-        process = processes.start(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-        started.append((document, process, results, out / f"{index}.log"))
-    found: dict[str, dict[int, dict[str, str]]] = {}
-    for document, process, results, log in started:
-        try:
-            process.wait(timeout=90)
-        finally:
-            processes.stop(process)
-        answered = json.loads(results.read_text()) if results.exists() else {}
-        found[str(document)] = {int(line): result for line, result in answered.items()}
-        found[str(document)][0] = {"status": "log", "detail": log.read_text(errors="replace")[-3000:]}
+    found: dict[Path, Worked] = {}
+    with tempfile.TemporaryDirectory(prefix="docs-blocks-") as directory:
+        out = Path(directory)
+        started = []
+        for index, document in enumerate(documents):
+            results, log = out / f"{index}.json", out / f"{index}.log"
+            command = [sys.executable, "-m", "tests.docs.run_python", str(document), str(results)]
+            with log.open("wb") as sink:  # the child has its own copy of the descriptor
+                process = processes.start(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            started.append((document, process, results, log))
+        for document, process, results, log in started:
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                pass  # the blocks that finished are in the results file; the others are reported missing
+            finally:
+                processes.stop(process)
+            answered = json.loads(results.read_text()) if results.exists() else {}
+            output = log.read_text(errors="replace")[-3000:]
+            found[document] = Worked({int(line): result for line, result in answered.items()}, output)
     return found
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("block", _checked("python"))
 def test_python_block_runs(block: Block) -> None:
-    results = _python_results()[str(block.path)]
-    result = results.get(block.line)
-    assert result is not None, f"{block.where} never finished; the worker's output:\n{results[0]['detail']}"
+    worked = _python_results()[block.path]
+    result = worked.results.get(block.line)
+    assert result is not None, f"{block.where} never finished; the worker's output:\n{worked.output}"
     assert result["status"] == "ok", f"{block.where} failed:\n{result['detail']}"
 
 
@@ -185,3 +198,56 @@ def test_shell_block_is_a_fragment_or_a_config_check(block: Block) -> None:
         assert done.returncode == 0, f"{block.where}: `{command}` exited {done.returncode}:\n{output}"
         for line in expected:
             assert line in output, f"{block.where}: `{command}` did not print {line!r}:\n{output}"
+
+
+# --- the checks themselves can fail ---------------------------------------------------------------
+
+WORKER_PROBE = """
+```python
+x = 1
+```
+
+<!-- continue -->
+```python
+assert x == 1
+```
+
+```python
+raise ValueError("a broken example")
+```
+
+<!-- run: import-only -->
+```python
+import uvicorn
+from starlette.responses import PlainTextResponse
+
+app = PlainTextResponse("not MCP")
+uvicorn.run(app, host="127.0.0.1", port=1)
+```
+
+```python
+from starlette.applications import Starlette
+
+app = Starlette()  # no routes: 404 at /mcp
+```
+
+<!-- continue -->
+```python
+assert "x" not in globals()
+```
+"""
+
+
+@pytest.mark.timeout(120)
+def test_the_worker_reports_each_block_and_fails_what_is_broken(tmp_path: Path) -> None:
+    document, results = tmp_path / "probe.md", tmp_path / "results.json"
+    document.write_text(WORKER_PROBE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "tests.docs.run_python", str(document), str(results)]
+    processes.run(command, cwd=ROOT, env=env, timeout=90, capture_output=True)
+    found = {int(line): result for line, result in json.loads(results.read_text()).items()}
+    assert [found[line]["status"] for line in sorted(found)] == ["ok", "ok", "failed", "ok", "failed", "ok"]
+    details = [found[line]["detail"] for line in sorted(found)]
+    assert "ValueError: a broken example" in details[2]
+    assert details[3] == "import-only: uvicorn.run called 1 time(s)"  # nothing served, nothing bound on port 1
+    assert "404" in details[4]  # an app that does not answer MCP at /mcp fails its block

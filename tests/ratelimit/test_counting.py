@@ -32,7 +32,7 @@ SLOW = 0.001
 """One token per 1000 s: nothing refills during a test."""
 
 CONNECT = {"modern": "server/discover", "legacy": "initialize"}
-"""The one request `Client(url)` sends on entering, per era (legacy also sends a notification and opens a GET stream)."""
+"""The one request `Client(url)` sends on entering, per era (legacy also sends a notification, opens a GET stream)."""
 
 
 class Bumps:
@@ -158,12 +158,15 @@ def test_the_example_config_gives_list_methods_their_own_policy() -> None:
 async def test_the_example_gateway_counts_lists_and_calls_apart(example: tuple[Gateway, Served]) -> None:
     gateway, served = example
     url = f"{served.base}/mcp/demo"
+    assert gateway.authorization_server is not None  # the example runs the embedded dev server
     issued, _ = gateway.authorization_server.issue_access_token(
         subject="dora", client_id="counting-test", scope="mcp", resource=f"{gateway.base_url}/mcp/demo"
     )
     auth = {"authorization": f"Bearer {issued}"}
     async with httpx2.AsyncClient(timeout=30) as http:
-        listed = await http.post(url, content=modern_body("tools/list"), headers={**modern_headers("tools/list"), **auth})
+        listed = await http.post(
+            url, content=modern_body("tools/list"), headers={**modern_headers("tools/list"), **auth}
+        )
         called = await http.post(
             url,
             content=modern_body("tools/call", {"name": "echo", "arguments": {"text": "hi"}}),
