@@ -17,6 +17,7 @@ from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
     ErrorCode,
@@ -171,14 +172,10 @@ class AuthMiddleware:
         if self._public is not None and self._public.is_mcp(scope):
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
-            await self.app(scope, receive, send)  # not MCP, or a CORS preflight (it never carries credentials)
-            return
+            # Not MCP, or a CORS preflight (it never carries credentials).
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
 
         door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
         if door is not None and door is not self:

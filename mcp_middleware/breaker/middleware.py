@@ -26,6 +26,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
     Era,
@@ -264,14 +265,9 @@ class CircuitBreakerMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:

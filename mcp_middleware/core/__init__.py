@@ -17,7 +17,7 @@ from .decisions import (
     record_decision,
 )
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
-from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
+from .kernel import ANSWERED, DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
 from .recording import (
@@ -38,6 +38,7 @@ from .selectors import Selector, SelectorMap
 from .tap import ResponseOutcome, ResponseTap, SseParser
 
 __all__ = [
+    "ANSWERED",
     "ANONYMOUS",
     "DECISIONS_SCOPE_KEY",
     "DEFAULT_CONFIG",

@@ -28,7 +28,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_error
+from mcp_middleware.core import ANSWERED, CoreConfig, JsonRpcCode, read_request, send_error
 
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
@@ -224,10 +224,9 @@ class McpRouter:
             path = path[:-1]
         if path == self.aggregate_path:
             if self._aggregate_door:
-                prepared = await read_request(scope, receive, send, _EVERY_PATH)
-                if prepared is None:
+                _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+                if receive is ANSWERED:
                     return
-                receive = prepared[1]
             await self._aggregate_app(scope, receive, send)
             return
         prefix = self.prefix
@@ -247,10 +246,9 @@ class McpRouter:
         if mount.has_middleware:
             # Parse once here, whatever paths the mount's middlewares were configured for:
             # they all find the request view in the scope and none lets the request through unread.
-            prepared = await read_request(scope, receive, send, _EVERY_PATH)
-            if prepared is None:
+            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+            if receive is ANSWERED:
                 return
-            receive = prepared[1]
         await mount.app(scope, receive, send)
 
     async def _serve_lifespan(self, receive: Receive, send: Send) -> None:

@@ -28,6 +28,7 @@ from mcp.shared.inbound import encode_header_value
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     CoreConfig,
     Era,
     ErrorCode,
@@ -260,9 +261,9 @@ class Relay:
         rewriter = AnswerRewriter(
             send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
         )
-        prepared = await read_request(child, receive, rewriter, _EVERY_PATH)
-        if prepared is not None:
-            await self.stacks[server](child, prepared[1], rewriter)
+        _, receive = await read_request(child, receive, rewriter, _EVERY_PATH)
+        if receive is not ANSWERED:
+            await self.stacks[server](child, receive, rewriter)
 
     async def _pass(
         self, scope: Scope, receive: Receive, send: Send, server: str, session: ClientSession, body: bytes
@@ -288,9 +289,9 @@ class Relay:
                 child[REQUEST_SCOPE_KEY] = view
                 await self.stacks[server](child, replay(body, receive), watched)
             else:  # a client's answer or notification passed on as it came: read like any request
-                prepared = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
-                if prepared is not None:
-                    await self.stacks[server](child, prepared[1], watched)
+                _, receive = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
+                if receive is not ANSWERED:
+                    await self.stacks[server](child, receive, watched)
         except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
             view = get_mcp_request(child)
             logger.warning("backend %s failed: %s", server, short(exc))
@@ -392,9 +393,9 @@ class Relay:
         stack = self.stacks[server]
 
         async def parsed(scope: Scope, receive: Receive, send: Send) -> None:
-            prepared = await read_request(scope, receive, send, _EVERY_PATH)
-            if prepared is not None:
-                await stack(scope, prepared[1], send)
+            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+            if receive is not ANSWERED:
+                await stack(scope, receive, send)
 
         return parsed
 
