@@ -10,8 +10,10 @@ input may be recorded (:func:`clip`, :func:`session_digest`, :class:`BoundedValu
 
 from .decisions import (
     DECISIONS_SCOPE_KEY,
+    Component,
     Decision,
     DecisionObserver,
+    Outcome,
     get_decisions,
     observe_decisions,
     record_decision,
@@ -47,7 +49,9 @@ __all__ = [
     "KNOWN_PROTOCOL_VERSIONS",
     "MAX_RECORDED_CHARS",
     "OTHER",
+    "Outcome",
     "BoundedValues",
+    "Component",
     "CoreConfig",
     "Decision",
     "DecisionObserver",

@@ -17,7 +17,7 @@ from typing import Final
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .decisions import record_decision
+from .decisions import Component, Outcome, record_decision
 from .errors import ErrorCode, JsonRpcCode, send_error
 from .request import (
     REQUEST_SCOPE_KEY,
@@ -284,7 +284,7 @@ async def read_request(
 
 async def _refuse(scope: Scope, send: Send, rejection: Rejection) -> None:
     """Refuse bad input, and say so to whoever observes decisions (tracing sees refused requests too)."""
-    record_decision(scope, "core", "rejected", status=rejection.status, code=int(rejection.code))
+    record_decision(scope, Component.CORE, Outcome.REJECTED, status=rejection.status, code=int(rejection.code))
     await refuse(send, rejection)
 
 

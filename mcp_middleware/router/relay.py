@@ -29,10 +29,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
     ANSWERED,
+    Component,
     CoreConfig,
     Era,
     ErrorCode,
     McpRequest,
+    Outcome,
     RequestKind,
     get_mcp_request,
     read_request,
@@ -224,7 +226,7 @@ class Relay:
             public_uri=self._public_uri(server),
             max_bytes=self.max_inspect_bytes,
         )
-        record_decision(scope, "router", "routed", server=server, method=request.method or "")
+        record_decision(scope, Component.ROUTER, Outcome.ROUTED, server=server, method=request.method or "")
         if session is not None and request.id is not None:
             session.running[request.id] = server
         # The backend's stack gets the request already read: the client's view, renamed (no second parse).
@@ -295,7 +297,7 @@ class Relay:
         except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
             view = get_mcp_request(child)
             logger.warning("backend %s failed: %s", server, short(exc))
-            record_decision(scope, "router", "backend_error", server=server)
+            record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, server=server)
             await watched.fail(
                 getattr(view, "id", None), f"Backend {server} failed during {getattr(view, 'method', '')}: {short(exc)}"
             )

@@ -24,7 +24,17 @@ import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import ASGIApp, Message, Scope, Send
 
-from mcp_middleware.core import JsonRpcCode, Principal, RequestId, SseParser, get_principal, record_decision, send_error
+from mcp_middleware.core import (
+    Component,
+    JsonRpcCode,
+    Outcome,
+    Principal,
+    RequestId,
+    SseParser,
+    get_principal,
+    record_decision,
+    send_error,
+)
 
 __all__ = [
     "BackendSession",
@@ -78,7 +88,7 @@ class Outbox:
 
 async def refuse_session(scope: Scope, send: Send, request_id: RequestId | None) -> None:
     """Another principal's session: answered exactly as if it did not exist (the SDK's answer, with the id)."""
-    record_decision(scope, "router", "session_refused")
+    record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED)
     await send_error(
         send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request_id
     )

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, read_request, record_decision
+from mcp_middleware.core import ANSWERED, Component, Outcome, read_request, record_decision
 
 OURS = "opentelemetry.instrumentation.asgi"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
@@ -138,7 +138,7 @@ class RecordingDecider:
     def __init__(
         self,
         app: ASGIApp,
-        decisions: Sequence[tuple[str, str, dict[str, Any]]],
+        decisions: Sequence[tuple[Component, Outcome, dict[str, Any]]],
         *,
         refuse_with: tuple[int, int] | None = None,
     ) -> None:
