@@ -6,7 +6,7 @@ Instruments (created from the meter provider given, else the global one):
   `gen_ai.tool.name`/`gen_ai.prompt.name`, `gen_ai.operation.name`, `error.type`,
   `rpc.response.status_code`, `mcp.protocol.version`;
 - `mcp.middleware.decisions`: every decision, by `mcp_middleware.component` and `mcp_middleware.outcome`;
-- `mcp.middleware.auth.failures`: auth outcomes other than `allow`, by outcome and `mcp_middleware.reason`;
+- `mcp.middleware.auth.failures`: auth `deny`, by outcome and `mcp_middleware.reason`;
 - `mcp.middleware.ratelimit.refusals`: ratelimit `deny`, by `mcp_middleware.policy` (and `mcp_middleware.reason`);
 - `mcp.middleware.breaker.refusals`: breaker `open` (a request refused by an open or probing circuit),
   by `mcp_middleware.state`;
@@ -218,7 +218,7 @@ class McpMetrics:
         component, outcome, details = decision
         self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
         if component == Component.AUTH:
-            if outcome != Outcome.ALLOW:
+            if outcome == Outcome.DENY:
                 reason = self._text(details.get("reason"))
                 self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
         elif component == Component.RATELIMIT:
