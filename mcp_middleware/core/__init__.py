@@ -19,9 +19,10 @@ from .decisions import (
     record_decision,
 )
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
-from .kernel import ANSWERED, DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
+from .kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
+from .protocol import DEFAULT_MAX_BODY_SIZE
 from .recording import (
     KNOWN_METHODS,
     KNOWN_PROTOCOL_VERSIONS,

@@ -19,20 +19,12 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .decisions import Component, Outcome, record_decision
 from .errors import ErrorCode, JsonRpcCode, send_error
-from .request import (
-    REQUEST_SCOPE_KEY,
-    Era,
-    McpRequest,
-    Rejection,
-    RequestHeaders,
-    describe_exchange,
-    parse_post,
-)
+from .headers import RequestHeaders
+from .parsing import describe_exchange, parse_post
+from .protocol import DEFAULT_MAX_BODY_SIZE
+from .request import REQUEST_SCOPE_KEY, Era, McpRequest, Rejection
 
 __all__ = ["ANSWERED", "DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse", "replay"]
-
-DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
-"""4 MiB: the same default bound as the `mcp` SDK's transport."""
 
 
 @dataclass(frozen=True, slots=True)

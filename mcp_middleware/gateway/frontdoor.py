@@ -21,6 +21,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import Component, ErrorCode, Outcome, record_decision, send_error
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 __all__ = ["FrontDoorMiddleware"]
 
@@ -57,7 +58,7 @@ class FrontDoorMiddleware:
         allowed_hosts: Iterable[str] = ("127.0.0.1:*", "localhost:*", "[::1]:*"),
         allowed_origins: Iterable[str] = ("http://127.0.0.1:*", "http://localhost:*"),
         cors: bool = True,
-        max_body_size: int = 4 * 1024 * 1024,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         exempt_paths: Iterable[str] = ("/healthz", "/readyz"),
     ) -> None:
         if max_body_size <= 0:

@@ -42,6 +42,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .catalog import Catalog, short
@@ -86,7 +87,7 @@ class Relay:
         paths: Mapping[str, str],
         speaks_modern: Callable[[str], Awaitable[bool]] | None = None,
         max_sessions: int = 10_000,
-        max_inspect_bytes: int = 4 * 1024 * 1024,
+        max_inspect_bytes: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         self.catalog = catalog
         self.stacks = stacks

@@ -35,6 +35,7 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
+from mcp_middleware.core.protocol import is_event_stream
 
 __all__ = [
     "BackendSession",
@@ -226,7 +227,7 @@ async def exchange(app: ASGIApp, scope: Scope, body: bytes, request_id: RequestI
         if message["type"] == "http.response.start":
             status = message["status"]
             headers.update((k.lower(), v) for k, v in message.get("headers", ()))
-            if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            if is_event_stream(headers.get(b"content-type", b"")):
                 parser = SseParser(_MAX_ANSWER)
             return
         if message["type"] != "http.response.body" or done.is_set():

@@ -34,7 +34,9 @@ from mcp.shared.inbound import classify_inbound_request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, McpCoreMiddleware, ResponseOutcome, ResponseTap, read_request
-from mcp_middleware.core.request import McpRequest, RequestHeaders, parse_post
+from mcp_middleware.core.headers import RequestHeaders
+from mcp_middleware.core.parsing import parse_post
+from mcp_middleware.core.request import McpRequest
 
 from ._common import BODY_SIZE, legacy_headers, median, modern_headers, percentile, section, table, tools_call_body
 
