@@ -32,6 +32,7 @@ from mcp_middleware.ratelimit import BucketPolicy
 from mcp_middleware.tracing.metrics import McpMetrics
 from tests.conftest import Served
 from tests.servers import build_server
+from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
 
 pytestmark = pytest.mark.anyio
@@ -188,7 +189,8 @@ async def test_every_documented_metric_is_fed_by_real_traffic(serve: Any) -> Non
     )
     assert app.breaker is not None and app.tracing is not None
     app.breaker.registry.add_listener(app.tracing.metrics.record_breaker_change)
-    served = serve(app)
+    recorder = DecisionRecorder(app)
+    served = serve(recorder)
     token = {"authorization": "Bearer tok"}
 
     async def call(method: str, params: dict[str, Any] | None = None, name: str | None = None, **headers: str) -> int:
@@ -219,4 +221,7 @@ async def test_every_documented_metric_is_fed_by_real_traffic(serve: Any) -> Non
     if unfed == ["mcp.middleware.cache.evictions"] and not _cache_records_evictions():
         pytest.xfail("the cache records `evict` decisions (component cache, outcome evict, count) once split16 lands")
     assert not unfed, f"documented but never fed: {unfed}"
-    assert fed["mcp.middleware.cache.evictions"] == 1
+    # The shape tracing reads: component cache, outcome evict, `count` the number of entries dropped (an int).
+    evictions = [d.attributes for d in recorder.decisions if (d.component, d.outcome) == ("cache", "evict")]
+    assert evictions and all(type(e.get("count")) is int and e["count"] > 0 for e in evictions), evictions
+    assert fed["mcp.middleware.cache.evictions"] == sum(int(e["count"]) for e in evictions) == 1
