@@ -17,6 +17,7 @@ from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
     ErrorCode,
@@ -41,13 +42,9 @@ class ToolAllowListMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:  # the core answered bad input already
-            return
-        request, receive = prepared
-        if request is None or request.method != "tools/call":
-            await self.app(scope, receive, send)
-            return
+        request, receive = await read_request(scope, receive, send, self.config)
+        if request is None or request.method != "tools/call":  # not ours (or, if ANSWERED, refused by the core)
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         if not self.rules.lookup(request):
             await send_error(
                 send,

@@ -23,6 +23,7 @@ import orjson
 from starlette.types import Message, Send
 
 from mcp_middleware.core import ErrorCode, RequestId, error_body
+from mcp_middleware.core.protocol import is_event_stream, is_json
 
 __all__ = ["LIST_METHODS", "ListFilter"]
 
@@ -102,13 +103,13 @@ class ListFilter:
         content_type = b""
         for key, value in message.get("headers", ()):
             if key.lower() == b"content-type":
-                content_type = value.lower()
+                content_type = value
         success = 200 <= message["status"] < 300
-        if success and content_type.startswith(b"application/json"):
+        if success and is_json(content_type):
             self._mode = "json"
             self._held_start = message
             return
-        if success and content_type.startswith(b"text/event-stream"):
+        if success and is_event_stream(content_type):
             self._mode = "sse"
         await self._send(message)
 

@@ -8,9 +8,9 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["WELL_KNOWN_PREFIX", "ProtectedResourceMetadataApp", "metadata_path", "metadata_url"]
+from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 
-WELL_KNOWN_PREFIX = "/.well-known/oauth-protected-resource"
+__all__ = ["ProtectedResourceMetadataApp", "metadata_path", "metadata_url"]
 
 
 def metadata_path(resource: str) -> str:
@@ -20,7 +20,7 @@ def metadata_path(resource: str) -> str:
     '/.well-known/oauth-protected-resource/api/mcp'
     """
     path = urlsplit(resource).path.rstrip("/")
-    return WELL_KNOWN_PREFIX + path
+    return PROTECTED_RESOURCE_PREFIX + path
 
 
 def metadata_url(resource: str) -> str:

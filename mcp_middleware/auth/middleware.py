@@ -17,11 +17,14 @@ from starlette.authentication import AuthCredentials
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
+    Component,
     CoreConfig,
     ErrorCode,
     JsonRpcCode,
     McpRequest,
+    Outcome,
     Principal,
     RequestId,
     RequestKind,
@@ -171,14 +174,10 @@ class AuthMiddleware:
         if self._public is not None and self._public.is_mcp(scope):
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
-            await self.app(scope, receive, send)  # not MCP, or a CORS preflight (it never carries credentials)
-            return
+            # Not MCP, or a CORS preflight (it never carries credentials).
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
 
         door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
         if door is not None and door is not self:
@@ -195,7 +194,9 @@ class AuthMiddleware:
             await self._forbid(scope, send, request, required, principal, self)
             return
 
-        record_decision(scope, "auth", "allow", client_id=principal.client_id or "", subject=principal.subject or "")
+        record_decision(
+            scope, Component.AUTH, Outcome.ALLOW, client_id=principal.client_id or "", subject=principal.subject or ""
+        )
         set_principal(scope, principal)
         scope["user"] = verified.user
         scope["auth"] = verified.credentials
@@ -216,7 +217,9 @@ class AuthMiddleware:
         if not principal.scopes.issuperset(required):
             await self._forbid(scope, send, request, required, principal, door)
             return
-        record_decision(scope, "auth", "allow", client_id=principal.client_id or "", subject=principal.subject or "")
+        record_decision(
+            scope, Component.AUTH, Outcome.ALLOW, client_id=principal.client_id or "", subject=principal.subject or ""
+        )
         if self.filter_lists and request.method in LIST_METHODS:
             send = self._filtered(send, request, principal)
         await self.app(scope, receive, send)
@@ -340,7 +343,7 @@ class AuthMiddleware:
     async def _unauthorized(
         self, scope: Scope, send: Send, request: McpRequest, error: str | None, description: str
     ) -> None:
-        record_decision(scope, "auth", "deny", reason=error or "missing_token", status=401)
+        record_decision(scope, Component.AUTH, Outcome.DENY, reason=error or "missing_token", status=401)
         needed = self.required_for(request.method, request.target)
         data: dict[str, str] = {"error": error} if error is not None else {}
         data["error_description"] = description
@@ -364,14 +367,16 @@ class AuthMiddleware:
         door: AuthMiddleware,
     ) -> None:
         missing = sorted(required - principal.scopes)
-        record_decision(scope, "auth", "deny", reason="insufficient_scope", status=403, missing=" ".join(missing))
+        record_decision(
+            scope, Component.AUTH, Outcome.DENY, reason="insufficient_scope", status=403, missing=" ".join(missing)
+        )
         description = "Insufficient scope: requires " + " ".join(sorted(required))
         data = {"error": "insufficient_scope", "requiredScopes": sorted(required), "missingScopes": missing}
         challenge = door._challenge("insufficient_scope", description, required)
         await _refuse(send, 403, ErrorCode.FORBIDDEN, description, request.id, data, challenge)
 
     async def _bad_request(self, scope: Scope, send: Send, request: McpRequest, description: str) -> None:
-        record_decision(scope, "auth", "deny", reason="invalid_request", status=400)
+        record_decision(scope, Component.AUTH, Outcome.DENY, reason="invalid_request", status=400)
         challenge = self._challenge("invalid_request", description, ())
         data = {"error": "invalid_request", "error_description": description}
         await _refuse(send, 400, JsonRpcCode.INVALID_REQUEST, description, request.id, data, challenge)
@@ -379,7 +384,7 @@ class AuthMiddleware:
     async def _unavailable(
         self, scope: Scope, send: Send, request: McpRequest, description: str, retry_after: float
     ) -> None:
-        record_decision(scope, "auth", "deny", reason="verifier_unavailable", status=503)
+        record_decision(scope, Component.AUTH, Outcome.DENY, reason="verifier_unavailable", status=503)
         seconds = max(1, math.ceil(retry_after))
         await send_error(
             send,

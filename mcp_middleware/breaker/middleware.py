@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
     McpRequest,
@@ -122,14 +123,9 @@ class CircuitBreakerMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
-from ..core.kernel import DEFAULT_CONFIG, CoreConfig, read_request
+from ..core.kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
 from ..core.request import Era, McpRequest, RequestKind
 from ..core.selectors import Selector, SelectorMap
@@ -139,14 +139,9 @@ class ResponseCacheMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         if request.kind is RequestKind.REQUEST:
             method = request.method
             if method in CACHEABLE_METHODS:

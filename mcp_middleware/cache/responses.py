@@ -8,13 +8,14 @@ import orjson
 from starlette.types import Message, Send
 
 from ..core.errors import ErrorCode, JsonRpcCode, RequestId
+from ..core.protocol import META_NAMESPACE
 from ..core.request import McpRequest
 from ..core.tap import SseParser
 from .store import CacheEntry
 
 __all__ = ["CACHE_META_KEY", "FAILURE_CODES", "StaleGuard", "accepts", "render", "send_answer"]
 
-CACHE_META_KEY = "dev.mcp-middleware/cache"
+CACHE_META_KEY = f"{META_NAMESPACE}/cache"
 """The `_meta` key a stale answer carries: `{"stale": true, "ageMs": …}`."""
 
 FAILURE_CODES = frozenset(

@@ -10,16 +10,19 @@ input may be recorded (:func:`clip`, :func:`session_digest`, :class:`BoundedValu
 
 from .decisions import (
     DECISIONS_SCOPE_KEY,
+    Component,
     Decision,
     DecisionObserver,
+    Outcome,
     get_decisions,
     observe_decisions,
     record_decision,
 )
 from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
-from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
+from .kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
+from .protocol import DEFAULT_MAX_BODY_SIZE
 from .recording import (
     KNOWN_METHODS,
     KNOWN_PROTOCOL_VERSIONS,
@@ -38,6 +41,7 @@ from .selectors import Selector, SelectorMap
 from .tap import ResponseOutcome, ResponseTap, SseParser
 
 __all__ = [
+    "ANSWERED",
     "ANONYMOUS",
     "DECISIONS_SCOPE_KEY",
     "DEFAULT_CONFIG",
@@ -46,7 +50,9 @@ __all__ = [
     "KNOWN_PROTOCOL_VERSIONS",
     "MAX_RECORDED_CHARS",
     "OTHER",
+    "Outcome",
     "BoundedValues",
+    "Component",
     "CoreConfig",
     "Decision",
     "DecisionObserver",

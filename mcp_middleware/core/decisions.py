@@ -1,7 +1,7 @@
 """What each middleware decided about a request, for whoever observes (tracing, logs, metrics).
 
-A middleware never imports tracing: it calls :func:`record_decision` with its name, the
-outcome and a few attributes, and the decision lands in the scope. An observer (the
+A middleware never imports tracing: it calls :func:`record_decision` with its
+:class:`Component`, the :class:`Outcome` and a few attributes, and the decision lands in the scope. An observer (the
 tracing middleware, a test, an access log) installed further out with
 :func:`observe_decisions` is called at once with each one; without an observer a decision
 costs one small tuple and a list append.
@@ -9,25 +9,28 @@ costs one small tuple and a list append.
 >>> scope = {"type": "http"}
 >>> seen = []
 >>> observe_decisions(scope, seen.append)
->>> _ = record_decision(scope, "ratelimit", "allow", policy="per-user", remaining=4)
->>> seen[0].component, seen[0].outcome, seen[0].attributes["remaining"]
-('ratelimit', 'allow', 4)
->>> [d.outcome for d in get_decisions(scope)]
+>>> _ = record_decision(scope, Component.RATELIMIT, Outcome.ALLOW, policy="per-user", remaining=4)
+>>> seen[0].component is Component.RATELIMIT, seen[0].outcome == "allow", seen[0].attributes["remaining"]
+(True, True, 4)
+>>> [str(d.outcome) for d in get_decisions(scope)]
 ['allow']
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import NamedTuple
 
 from starlette.types import Scope
 
 __all__ = [
     "DECISIONS_SCOPE_KEY",
+    "Component",
     "Decision",
     "DecisionObserver",
     "DecisionValue",
+    "Outcome",
     "get_decisions",
     "observe_decisions",
     "record_decision",
@@ -40,24 +43,72 @@ DECISIONS_SCOPE_KEY = "mcp_middleware.decisions"
 _OBSERVERS_SCOPE_KEY = "mcp_middleware.decision_observers"
 
 
+class Component(StrEnum):
+    """Who decided: the middleware or part of the project that records a decision.
+
+    A `StrEnum`, so a member equals its word (`Component.AUTH == "auth"`) and is written as it.
+    """
+
+    CORE = "core"
+    """The kernel: bad input refused before any middleware saw the request."""
+    AUTH = "auth"
+    RATELIMIT = "ratelimit"
+    BREAKER = "breaker"
+    CACHE = "cache"
+    ROUTER = "router"
+    FRONTDOOR = "frontdoor"
+    """The gateway's front door (Host, Origin, body size)."""
+    AFFINITY = "affinity"
+    """The gateway's legacy-session affinity check."""
+
+
+class Outcome(StrEnum):
+    """What was decided: a short lowercase word, the same for every component that uses it."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+    REJECTED = "rejected"
+    """core: bad input answered with a JSON-RPC error."""
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"
+    BYPASS = "bypass"
+    INVALIDATE = "invalidate"
+    EVICT = "evict"
+    """cache: entries left the cache to make room (attribute `count`, an int)."""
+    OPEN = "open"
+    """breaker: refused by an open (or probing) circuit."""
+    PROBE = "probe"
+    TIMEOUT = "timeout"
+    RETRY = "retry"
+    SUCCESS = "success"
+    FAILURE = "failure"
+    NEUTRAL = "neutral"
+    """breaker: a call's verdict (`success`, `failure`, or `neutral`: says nothing of the backend's health)."""
+    ROUTED = "routed"
+    PARTIAL = "partial"
+    """router: a merged list that lacks some backends (attribute `failed`)."""
+    BACKEND_ERROR = "backend_error"
+    SESSION_REFUSED = "session_refused"
+    MISROUTED = "misrouted"
+
+
 class Decision(NamedTuple):
     """One middleware's verdict on one request.
 
-    `component` is the middleware (`"core"`, `"auth"`, `"ratelimit"`, `"breaker"`,
-    `"cache"`, …); `outcome` a short lowercase word (`"allow"`, `"deny"`, `"hit"`,
-    `"miss"`, `"stale"`, `"open"`, `"rejected"`, …); `attributes` the details
-    (`reason`, `policy`, `remaining`, `state`, …) — never secrets.
+    `component` is who decided, `outcome` what (see :class:`Component`, :class:`Outcome`);
+    `attributes` the details (`reason`, `policy`, `remaining`, `state`, …) — never secrets.
     """
 
-    component: str
-    outcome: str
+    component: Component
+    outcome: Outcome
     attributes: Mapping[str, DecisionValue]
 
 
 DecisionObserver = Callable[[Decision], None]
 
 
-def record_decision(scope: Scope, component: str, outcome: str, /, **attributes: DecisionValue) -> Decision:
+def record_decision(scope: Scope, component: Component, outcome: Outcome, /, **attributes: DecisionValue) -> Decision:
     """Record a decision in the scope and tell the observers, if any (they must not raise)."""
     decision = Decision(component, outcome, attributes)
     decisions = scope.get(DECISIONS_SCOPE_KEY)

@@ -13,25 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from starlette.types import Message, Receive, Scope, Send
 
-from .decisions import record_decision
+from .decisions import Component, Outcome, record_decision
 from .errors import ErrorCode, JsonRpcCode, send_error
-from .request import (
-    REQUEST_SCOPE_KEY,
-    Era,
-    McpRequest,
-    Rejection,
-    RequestHeaders,
-    describe_exchange,
-    parse_post,
-)
+from .headers import RequestHeaders
+from .parsing import describe_exchange, parse_post
+from .protocol import DEFAULT_MAX_BODY_SIZE
+from .request import REQUEST_SCOPE_KEY, Era, McpRequest, Rejection
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse", "replay"]
-
-DEFAULT_MAX_BODY_SIZE = 4 * 1024 * 1024
-"""4 MiB: the same default bound as the `mcp` SDK's transport."""
+__all__ = ["ANSWERED", "DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse", "replay"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,15 +162,41 @@ async def _ready(message: Message) -> Message:
     return message
 
 
+class _Answered:
+    """The `receive` :func:`read_request` hands back once the core has answered: there is nothing left to read.
+
+    Compared by identity (`receive is ANSWERED`); if it is called anyway, the client has gone.
+    """
+
+    __slots__ = ()
+
+    def __call__(self) -> Awaitable[Message]:
+        return _ready({"type": "http.disconnect"})
+
+    def __repr__(self) -> str:
+        return "ANSWERED"
+
+
+ANSWERED: Final[Receive] = _Answered()
+"""What :func:`read_request` returns for `receive` when the core has answered (or the client left)."""
+
+
 async def read_request(
     scope: Scope, receive: Receive, send: Send, config: CoreConfig = DEFAULT_CONFIG
-) -> tuple[McpRequest | None, Receive] | None:
+) -> tuple[McpRequest | None, Receive]:
     """Get the request view, reading and parsing the body only if no one has yet.
 
-    Returns:
-        `None`: the core has answered (bad input) or the client went away; return at once.
-        `(None, receive)`: not an MCP request; call the inner app unchanged.
-        `(request, receive)`: call the inner app with this `receive`.
+    Always a pair, unpacked at once (so nothing keeps it alive for the request):
+
+    - `(request, receive)`: an MCP exchange; call the inner app with this `receive` (it replays the body);
+    - `(None, receive)`: not an MCP request (another path); call the inner app unchanged;
+    - `(None, ANSWERED)`: the core has answered (bad input) or the client went away; return at once.
+
+    A middleware's prologue, whole::
+
+        request, receive = await read_request(scope, receive, send, self.config)
+        if request is None or request.kind is not RequestKind.REQUEST:
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
     """
     if REQUEST_SCOPE_KEY in scope:  # an outer middleware decided already; its receive replays
         return scope[REQUEST_SCOPE_KEY], receive
@@ -192,7 +211,7 @@ async def read_request(
         view = describe_exchange(scope["method"], headers, started)
         if view.era is Era.MODERN:  # the modern era has only POST; the SDK says so with an empty 405
             await _refuse(scope, send, _METHOD_NOT_ALLOWED)
-            return None
+            return None, ANSWERED
         scope[REQUEST_SCOPE_KEY] = view
         return view, receive
 
@@ -204,10 +223,10 @@ async def read_request(
     if content_type is None or content_type[:16].lower() != b"application/json":
         if not acceptable:  # the SDK's order: Accept before Content-Type
             await _refuse(scope, send, _NOT_ACCEPTABLE)
-            return None
+            return None, ANSWERED
         rejection = Rejection(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json")
         await _refuse(scope, send, rejection)
-        return None
+        return None, ANSWERED
     limit = config.max_body_size
     declared = headers.raw_content_length
     if declared is not None:
@@ -217,11 +236,11 @@ async def read_request(
             too_large = False
         if too_large:
             await _refuse(scope, send, _too_large(limit))
-            return None
+            return None, ANSWERED
 
     message = await receive()
     if message["type"] != "http.request":  # http.disconnect: nobody to answer
-        return None
+        return None, ANSWERED
     body: bytes = message.get("body", b"")
     if message.get("more_body", False):  # chunked: gather, refusing as soon as the bound is passed
         chunks = [body]
@@ -230,34 +249,34 @@ async def read_request(
         while more and size <= limit:
             message = await receive()
             if message["type"] != "http.request":
-                return None
+                return None, ANSWERED
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             chunks.append(chunk)
             more = message.get("more_body", False)
         if size > limit:
             await _refuse(scope, send, _too_large(limit))
-            return None
+            return None, ANSWERED
         body = b"".join(chunks)
     elif len(body) > limit:
         await _refuse(scope, send, _too_large(limit))
-        return None
+        return None, ANSWERED
 
     parsed = parse_post(body, headers, started)
     if not acceptable:
         request_id = parsed.request_id if isinstance(parsed, Rejection) else parsed.id
         await _refuse(scope, send, replace(_NOT_ACCEPTABLE, request_id=request_id))
-        return None
+        return None, ANSWERED
     if isinstance(parsed, Rejection):
         await _refuse(scope, send, parsed)
-        return None
+        return None, ANSWERED
     scope[REQUEST_SCOPE_KEY] = parsed
     return parsed, _Replay(body, receive)
 
 
 async def _refuse(scope: Scope, send: Send, rejection: Rejection) -> None:
     """Refuse bad input, and say so to whoever observes decisions (tracing sees refused requests too)."""
-    record_decision(scope, "core", "rejected", status=rejection.status, code=int(rejection.code))
+    record_decision(scope, Component.CORE, Outcome.REJECTED, status=rejection.status, code=int(rejection.code))
     await refuse(send, rejection)
 
 

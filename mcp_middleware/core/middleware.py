@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .error_answers import ErrorHold
 from .errors import JsonRpcCode, RequestId, send_error
-from .kernel import DEFAULT_CONFIG, CoreConfig, read_request
+from .kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request
 from .request import REQUEST_SCOPE_KEY, McpRequest
 from .tap import ResponseOutcome, ResponseTap
 
@@ -51,14 +51,9 @@ class McpCoreMiddleware:
             await self.app(scope, receive, send)
             return
         created = REQUEST_SCOPE_KEY not in scope
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # else the tuple lives, and is scanned by the collector, as long as the request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         try:
             if self.on_outcome is None:
                 guard = _StartGuard(send, request.id)

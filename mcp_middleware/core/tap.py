@@ -19,6 +19,7 @@ import orjson
 from starlette.types import Message, Scope, Send
 
 from .error_answers import ErrorHold
+from .protocol import DEFAULT_MAX_BODY_SIZE, EVENT_STREAM, JSON, media_type
 from .request import McpRequest, RequestKind
 
 __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
@@ -206,7 +207,7 @@ class ResponseTap:
         "truncated",
     )
 
-    def __init__(self, send: Send, request: McpRequest, *, max_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(self, send: Send, request: McpRequest, *, max_bytes: int = DEFAULT_MAX_BODY_SIZE) -> None:
         self._send = send
         self._request = request
         self.max_bytes = max_bytes
@@ -227,7 +228,7 @@ class ResponseTap:
 
     @classmethod
     def attach(
-        cls, scope: Scope, send: Send, request: McpRequest, *, max_bytes: int = 4 * 1024 * 1024
+        cls, scope: Scope, send: Send, request: McpRequest, *, max_bytes: int = DEFAULT_MAX_BODY_SIZE
     ) -> tuple[ResponseTap, Send]:
         """The request's tap and the `send` to call the inner app with.
 
@@ -308,10 +309,10 @@ class ResponseTap:
             elif key == b"content-encoding" and value.strip().lower() != b"identity":
                 encoded = True
         if content_type is not None:
-            if content_type == b"application/json" or content_type == b"text/event-stream":  # the usual, as is
+            if content_type in (JSON, EVENT_STREAM):  # the usual, as is
                 self.content_type = content_type.decode("latin-1")
             else:
-                self.content_type = content_type.split(b";", 1)[0].strip().lower().decode("latin-1")
+                self.content_type = media_type(content_type).decode("latin-1")
         if encoded or self._request.kind is not RequestKind.REQUEST:
             return  # only requests have a response to find; compressed bodies are not inspected
         if self.content_type == "application/json":

@@ -23,7 +23,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_middleware.core import JsonRpcCode, record_decision, send_error
+from mcp_middleware.core import Component, JsonRpcCode, Outcome, record_decision, send_error
 
 __all__ = ["SessionAffinityMiddleware"]
 
@@ -50,7 +50,7 @@ class SessionAffinityMiddleware:
             if name == _HEADER:
                 if not value.startswith(self._tag):
                     other = value.split(b".", 1)[0].decode("latin-1") if b"." in value else None
-                    record_decision(scope, "affinity", "misrouted", instance=self.instance)
+                    record_decision(scope, Component.AFFINITY, Outcome.MISROUTED, instance=self.instance)
                     message = (
                         f"Session belongs to gateway instance {other!r}, not {self.instance!r}"
                         if other

@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import CoreConfig
+from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PrefixMode, StdioBackend
 
 from .affinity import SessionAffinityMiddleware
@@ -268,22 +269,17 @@ class _Lifespan:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return
-        message = await receive()
-        assert message["type"] == "lifespan.startup"
-        try:
-            async with self._running():
-                frozen = self.freeze_gc and _freeze_startup_objects()
-                try:
-                    await send({"type": "lifespan.startup.complete"})
-                    await receive()  # lifespan.shutdown
-                finally:
-                    if frozen:
-                        gc.unfreeze()
-        except Exception as exc:
-            logger.exception("gateway lifespan failed")
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.shutdown.complete"})
+        await serve_lifespan(self._frozen(), receive, send, name="gateway")
+
+    @contextlib.asynccontextmanager
+    async def _frozen(self) -> AsyncIterator[None]:
+        async with self._running():
+            frozen = self.freeze_gc and _freeze_startup_objects()
+            try:
+                yield
+            finally:
+                if frozen:
+                    gc.unfreeze()
 
     @contextlib.asynccontextmanager
     async def _running(self) -> AsyncIterator[None]:

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_middleware.core import ErrorCode, record_decision, send_error
+from mcp_middleware.core import Component, ErrorCode, Outcome, record_decision, send_error
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 __all__ = ["FrontDoorMiddleware"]
 
@@ -57,7 +58,7 @@ class FrontDoorMiddleware:
         allowed_hosts: Iterable[str] = ("127.0.0.1:*", "localhost:*", "[::1]:*"),
         allowed_origins: Iterable[str] = ("http://127.0.0.1:*", "http://localhost:*"),
         cors: bool = True,
-        max_body_size: int = 4 * 1024 * 1024,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         exempt_paths: Iterable[str] = ("/healthz", "/readyz"),
     ) -> None:
         if max_body_size <= 0:
@@ -85,12 +86,12 @@ class FrontDoorMiddleware:
             return
         headers = Headers(scope=scope)
         if scope["path"] not in self.exempt_paths and not self.host_allowed(headers.get("host")):
-            record_decision(scope, "frontdoor", "deny", reason="host")
+            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
             await self._refuse(scope, send, 421, "Host not allowed")
             return
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
-            record_decision(scope, "frontdoor", "deny", reason="origin")
+            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
             await self._refuse(scope, send, 403, "Origin not allowed")
             return
         if scope["type"] == "websocket":
@@ -102,7 +103,7 @@ class FrontDoorMiddleware:
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
-            record_decision(scope, "frontdoor", "deny", reason="body_size")
+            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
             await self._too_large(send)
             return
         exchange = _Exchange(receive, send, self.max_body_size, origin if cors else None)
@@ -112,7 +113,7 @@ class FrontDoorMiddleware:
             if not exchange.over or exchange.started:
                 raise  # apps often raise on the disconnect they were handed (Starlette: ClientDisconnect)
         if exchange.over and not exchange.started:
-            record_decision(scope, "frontdoor", "deny", reason="body_size")
+            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:

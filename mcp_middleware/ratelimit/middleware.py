@@ -12,10 +12,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware._outside_auth import OutsideAuth, authenticated
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
+    Component,
     CoreConfig,
     ErrorCode,
     McpRequest,
+    Outcome,
     RequestKind,
     read_request,
     record_decision,
@@ -133,14 +136,9 @@ class RateLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, self.config)
-        if prepared is None:
-            return
-        request, receive = prepared
-        del prepared  # not kept alive (and scanned by the collector) for the whole request
+        request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         verdict = await self.limiter.check(scope, request)
         if not verdict.allowed:
@@ -148,11 +146,13 @@ class RateLimitMiddleware:
             return
         if verdict.states:
             tightest = _tightest(verdict.states)
-            record_decision(scope, "ratelimit", "allow", policy=tightest.policy, remaining=tightest.remaining)
+            record_decision(
+                scope, Component.RATELIMIT, Outcome.ALLOW, policy=tightest.policy, remaining=tightest.remaining
+            )
             if self.headers:
                 send = _with_headers(send, ratelimit_headers(verdict.states))
         elif verdict.degraded:
-            record_decision(scope, "ratelimit", "allow", reason="store-unavailable")
+            record_decision(scope, Component.RATELIMIT, Outcome.ALLOW, reason="store-unavailable")
         await self.app(scope, receive, send)
         if unvouched:
             self.outside_auth.check(scope)
@@ -161,7 +161,7 @@ class RateLimitMiddleware:
         retry_ms = max(1, math.ceil(verdict.retry_after * 1000))
         retry_seconds = max(1, math.ceil(retry_ms / 1000))  # Retry-After takes whole seconds, rounded up
         if verdict.degraded:
-            record_decision(scope, "ratelimit", "deny", reason="store-unavailable")
+            record_decision(scope, Component.RATELIMIT, Outcome.DENY, reason="store-unavailable")
             await send_error(
                 send,
                 status=503,
@@ -172,7 +172,9 @@ class RateLimitMiddleware:
                 headers=[("retry-after", str(retry_seconds))],
             )
             return
-        record_decision(scope, "ratelimit", "deny", policy=verdict.policy or "", retry_after_ms=retry_ms, remaining=0)
+        record_decision(
+            scope, Component.RATELIMIT, Outcome.DENY, policy=verdict.policy or "", retry_after_ms=retry_ms, remaining=0
+        )
         headers = [("retry-after", str(retry_seconds))]
         headers += [(k.decode("latin-1"), v.decode("latin-1")) for k, v in ratelimit_headers(verdict.states)]
         await send_error(

@@ -36,7 +36,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, Era, JsonRpcCode, McpRequest, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, Era, JsonRpcCode, McpRequest, Outcome, read_request
 
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
@@ -187,10 +187,9 @@ class AggregateServer:
         if relay is None:
             await self._own(child, receive, send)
             return
-        prepared = await read_request(child, receive, send, _EVERY_PATH)
-        if prepared is None:
+        request, receive = await read_request(child, receive, send, _EVERY_PATH)
+        if receive is ANSWERED:
             return
-        request, receive = prepared
         if request is not None:
             if await relay.route(scope, receive, send, request):
                 return
@@ -302,7 +301,7 @@ class AggregateServer:
         cursor = params.cursor if params is not None else None
         page = await page_of(self.catalog, kind, cursor, self.page_size, scope, self.gates)
         if page.failed:
-            decide(ctx, "partial", method=f"{kind.name}/list", failed=page.failed)
+            decide(ctx, Outcome.PARTIAL, method=f"{kind.name}/list", failed=page.failed)
         return page.items, page.next_cursor, page.meta
 
     # --- what the relay does not route: the bridge's SDK sessions ------------------------------

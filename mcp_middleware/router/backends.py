@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import anyio
 import httpx2
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core.lifespan import run_lifespan
 
 from .asgi_transport import AsgiStreamTransport
 from .process_group import ServerGroup
@@ -261,62 +260,3 @@ class _AtPath:
         child["path"] = root + self.path
         child["raw_path"] = root.encode("latin-1") + self.raw_path
         await self.app(child, receive, send)
-
-
-@contextlib.asynccontextmanager
-async def run_lifespan(app: ASGIApp) -> AsyncIterator[None]:
-    """Drive an ASGI app's lifespan protocol: startup on entry, shutdown on exit.
-
-    An app that does not speak lifespan (raises, or returns at once) is fine;
-    one that reports `lifespan.startup.failed` makes entering fail.
-
-    >>> # async with run_lifespan(server.streamable_http_app()): ... serve requests ...
-    """
-    inbox_send: MemoryObjectSendStream[Message]
-    inbox: MemoryObjectReceiveStream[Message]
-    inbox_send, inbox = anyio.create_memory_object_stream[Message](math.inf)
-    started = anyio.Event()
-    stopped = anyio.Event()
-    outcome: dict[str, Message | None] = {"startup": None, "shutdown": None}
-
-    async def receive() -> Message:
-        return await inbox.receive()
-
-    async def send(message: Message) -> None:
-        kind = message["type"]
-        if kind.startswith("lifespan.startup."):
-            outcome["startup"] = message
-            started.set()
-        elif kind.startswith("lifespan.shutdown."):
-            outcome["shutdown"] = message
-            stopped.set()
-
-    async def run() -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
-        try:
-            await app(scope, receive, send)
-        except Exception:  # apps without lifespan support raise on the scope: nothing to run
-            if outcome["startup"] is None:
-                logger.debug("app %r does not support lifespan", app)
-            else:
-                logger.exception("lifespan of %r failed", app)
-        finally:
-            started.set()
-            stopped.set()
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(run)
-        await inbox_send.send({"type": "lifespan.startup"})
-        await started.wait()
-        message = outcome["startup"]
-        if message is not None and message["type"] == "lifespan.startup.failed":
-            group.cancel_scope.cancel()
-            raise RuntimeError(f"backend startup failed: {message.get('message', '')}")
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await inbox_send.send({"type": "lifespan.shutdown"})
-                with anyio.move_on_after(10):
-                    await stopped.wait()
-            group.cancel_scope.cancel()

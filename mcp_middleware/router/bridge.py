@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
-from mcp_middleware.core import ErrorCode, JsonRpcCode, record_decision
+from mcp_middleware.core import Component, ErrorCode, JsonRpcCode, Outcome, record_decision
 
 from .backends import Backend
 from .links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook
@@ -202,7 +202,7 @@ class ClientBridge:
             with anyio.fail_after(backend.timeout):
                 yield
         except TimeoutError as exc:
-            decide(ctx, "timeout", server=server, method=method)
+            decide(ctx, Outcome.TIMEOUT, server=server, method=method)
             raise MCPError(
                 ErrorCode.TIMEOUT, f"Backend {server} did not answer {method} in time", data={"server": server}
             ) from exc
@@ -210,7 +210,7 @@ class ClientBridge:
             if exc.code == types.CONNECTION_CLOSED:  # the SDK's code for a transport failure, not the backend's
                 if exc.message == "Connection closed":
                     self.link_for(ctx, server).mark_broken(exc.message)
-                decide(ctx, "backend_error", server=server, method=method)
+                decide(ctx, Outcome.BACKEND_ERROR, server=server, method=method)
                 raise MCPError(
                     ErrorCode.BAD_GATEWAY,
                     f"Backend {server} failed during {method}: {exc.message}",
@@ -220,13 +220,13 @@ class ClientBridge:
         except Exception as exc:  # garbage or a dead connection: a clear error for this call, others unaffected
             logger.warning("backend %s failed on %s %s: %s", server, method, target, exc)
             self.link_for(ctx, server).mark_broken(_short(exc))
-            decide(ctx, "backend_error", server=server, method=method)
+            decide(ctx, Outcome.BACKEND_ERROR, server=server, method=method)
             raise MCPError(
                 ErrorCode.BAD_GATEWAY,
                 f"Backend {server} failed during {method}: {_short(exc)}",
                 data={"server": server},
             ) from exc
-        decide(ctx, "routed", server=server, method=method)
+        decide(ctx, Outcome.ROUTED, server=server, method=method)
 
     def _meta_for(self, ctx: ServerRequestContext[Any], meta: Any) -> types.RequestParamsMeta | None:
         forwarded = _forwarded_meta(meta)
@@ -335,7 +335,7 @@ def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def decide(ctx: ServerRequestContext[Any], outcome: str, **attributes: str | int) -> None:
+def decide(ctx: ServerRequestContext[Any], outcome: Outcome, **attributes: str | int) -> None:
     scope = getattr(ctx.request, "scope", None)
     if isinstance(scope, dict):
-        record_decision(scope, "router", outcome, **attributes)
+        record_decision(scope, Component.ROUTER, outcome, **attributes)

@@ -19,20 +19,21 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, SseParser, get_mcp_request
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, EVENT_STREAM, META_NAMESPACE, is_event_stream
 
 from .catalog import KIND_OF_LIST, Catalog, Kind, Merged, bisect_after, decode_cursor, encode_cursor
 from .sessions import owner_of
 
 __all__ = ["MERGED_SCOPE_KEY", "ROUTER_META_KEY", "ListAnswers", "ListGate", "Page", "page_of"]
 
-ROUTER_META_KEY = "io.github.mcp-middleware/router"
+ROUTER_META_KEY = f"{META_NAMESPACE}/router"
 """The `_meta` key under which the aggregate reports failed backends and name collisions."""
 
 ListGate = Callable[[Scope, str, str], bool]
 """`(scope, method, backend name) -> visible`: a backend's list filter (e.g. `AuthMiddleware.visible`)."""
 
-_MAX_ANSWER = 4 * 1024 * 1024
-_SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"))
+_MAX_ANSWER = DEFAULT_MAX_BODY_SIZE
+_SSE_HEADERS = ((b"content-type", EVENT_STREAM), (b"cache-control", b"no-cache, no-transform"))
 MERGED_SCOPE_KEY = "mcp_middleware.router.merged"
 """The merged list a request was looked up with, for the server that answers it."""
 _Key = tuple[str, str | None, int, str, str]
@@ -158,9 +159,7 @@ class _Keeper:
         if message["type"] == "http.response.start":
             if message["status"] != 200:
                 self._size = -1
-            elif any(
-                k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message["headers"]
-            ):
+            elif any(k.lower() == b"content-type" and is_event_stream(v) for k, v in message["headers"]):
                 self._parser = SseParser(_MAX_ANSWER)
                 self.sse = True
             return

@@ -28,7 +28,9 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, JsonRpcCode, read_request, send_error
+from mcp_middleware.core import ANSWERED, CoreConfig, JsonRpcCode, read_request, send_error
+from mcp_middleware.core.lifespan import serve_lifespan
+from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
@@ -43,7 +45,6 @@ MountMiddleware = Middleware | Callable[[ASGIApp], ASGIApp]
 """A middleware for one mount: `starlette.middleware.Middleware(Cls, **options)` or `lambda app: Cls(app, ...)`."""
 
 _EVERY_PATH = CoreConfig(paths=("*",))
-_PRM_PREFIX = "/.well-known/oauth-protected-resource"
 
 
 @dataclass(slots=True)
@@ -108,7 +109,7 @@ class McpRouter:
         self._aggregate_door = tuple(aggregate_middleware)
         self._aggregate_own = tuple(aggregate_own_middleware)
         if self._aggregate_door and self.aggregate_path is not None:
-            self._prm[f"{_PRM_PREFIX}{self.aggregate_path}"] = _wrap(_not_found, self._aggregate_door)
+            self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.aggregate_path}"] = _wrap(_not_found, self._aggregate_door)
         self._bridges: list[AggregateServer] = []
         self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
@@ -154,7 +155,7 @@ class McpRouter:
         if (
             middleware and path_mount
         ):  # only a middleware (auth) can answer metadata; the backend never sees these requests
-            self._prm[f"{_PRM_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
+            self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
         self._aggregate = self._aggregate_entry = None  # rebuilt with the new member on first use
 
     @property
@@ -226,7 +227,7 @@ class McpRouter:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
-            await self._serve_lifespan(receive, send)
+            await serve_lifespan(self.lifespan(), receive, send, name="router")
             return
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
@@ -240,10 +241,9 @@ class McpRouter:
             path = path[:-1]
         if path == self.aggregate_path:
             if self._aggregate_door:
-                prepared = await read_request(scope, receive, send, _EVERY_PATH)
-                if prepared is None:
+                _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+                if receive is ANSWERED:
                     return
-                receive = prepared[1]
             await self._aggregate_app(scope, receive, send)
             return
         prefix = self.prefix
@@ -252,7 +252,7 @@ class McpRouter:
             if mount is not None and mount.path_mount:
                 await self._dispatch(mount, scope, receive, send)
                 return
-        elif path.startswith(_PRM_PREFIX):
+        elif path.startswith(PROTECTED_RESOURCE_PREFIX):
             metadata = self._prm.get(path)
             if metadata is not None:  # RFC 9728 metadata of a protected mount: its own middleware answers
                 await metadata(scope, receive, send)
@@ -263,33 +263,10 @@ class McpRouter:
         if mount.has_middleware:
             # Parse once here, whatever paths the mount's middlewares were configured for:
             # they all find the request view in the scope and none lets the request through unread.
-            prepared = await read_request(scope, receive, send, _EVERY_PATH)
-            if prepared is None:
+            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+            if receive is ANSWERED:
                 return
-            receive = prepared[1]
         await mount.app(scope, receive, send)
-
-    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "lifespan.startup":
-            return
-        stack = contextlib.AsyncExitStack()
-        try:
-            await stack.enter_async_context(self.lifespan())
-        except Exception as exc:
-            logger.exception("router startup failed")
-            await stack.aclose()
-            await send({"type": "lifespan.startup.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.startup.complete"})
-        message = await receive()
-        try:
-            await stack.aclose()
-        except Exception as exc:
-            logger.exception("router shutdown failed")
-            await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-            return
-        await send({"type": "lifespan.shutdown.complete"})
 
 
 def _list_gate(app: ASGIApp) -> ListGate | None:

@@ -22,7 +22,7 @@ import anyio
 import httpx2
 from starlette.types import Message, Receive, Scope, Send
 
-from mcp_middleware.core import ErrorCode, get_mcp_request, record_decision, send_error
+from mcp_middleware.core import Component, ErrorCode, Outcome, get_mcp_request, record_decision, send_error
 
 from .sessions import SessionOwners, owner_of, refuse_session
 from .upstream import UpstreamError, UpstreamPool
@@ -228,12 +228,12 @@ class StreamingProxy:
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError) as exc:
             # The backend died mid-stream: end the response (the client sees it cut), say why in the log.
             logger.warning("backend %r broke off a response: %r", self.name, exc)
-            record_decision(scope, "router", "backend_error", backend=self.url, reason="stream broken")
+            record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, reason="stream broken")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _fail(self, scope: Scope, send: Send, status: int, code: int, message: str) -> None:
         request = get_mcp_request(scope)
-        record_decision(scope, "router", "backend_error", backend=self.url, status=status)
+        record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, status=status)
         await send_error(
             send,
             status=status,

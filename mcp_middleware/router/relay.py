@@ -28,10 +28,13 @@ from mcp.shared.inbound import encode_header_value
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
+    Component,
     CoreConfig,
     Era,
     ErrorCode,
     McpRequest,
+    Outcome,
     RequestKind,
     get_mcp_request,
     read_request,
@@ -39,6 +42,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .catalog import Catalog, short
@@ -83,7 +87,7 @@ class Relay:
         paths: Mapping[str, str],
         speaks_modern: Callable[[str], Awaitable[bool]] | None = None,
         max_sessions: int = 10_000,
-        max_inspect_bytes: int = 4 * 1024 * 1024,
+        max_inspect_bytes: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         self.catalog = catalog
         self.stacks = stacks
@@ -223,7 +227,7 @@ class Relay:
             public_uri=self._public_uri(server),
             max_bytes=self.max_inspect_bytes,
         )
-        record_decision(scope, "router", "routed", server=server, method=request.method or "")
+        record_decision(scope, Component.ROUTER, Outcome.ROUTED, server=server, method=request.method or "")
         if session is not None and request.id is not None:
             session.running[request.id] = server
         # The backend's stack gets the request already read: the client's view, renamed (no second parse).
@@ -260,9 +264,9 @@ class Relay:
         rewriter = AnswerRewriter(
             send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
         )
-        prepared = await read_request(child, receive, rewriter, _EVERY_PATH)
-        if prepared is not None:
-            await self.stacks[server](child, prepared[1], rewriter)
+        _, receive = await read_request(child, receive, rewriter, _EVERY_PATH)
+        if receive is not ANSWERED:
+            await self.stacks[server](child, receive, rewriter)
 
     async def _pass(
         self, scope: Scope, receive: Receive, send: Send, server: str, session: ClientSession, body: bytes
@@ -288,13 +292,13 @@ class Relay:
                 child[REQUEST_SCOPE_KEY] = view
                 await self.stacks[server](child, replay(body, receive), watched)
             else:  # a client's answer or notification passed on as it came: read like any request
-                prepared = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
-                if prepared is not None:
-                    await self.stacks[server](child, prepared[1], watched)
+                _, receive = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
+                if receive is not ANSWERED:
+                    await self.stacks[server](child, receive, watched)
         except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
             view = get_mcp_request(child)
             logger.warning("backend %s failed: %s", server, short(exc))
-            record_decision(scope, "router", "backend_error", server=server)
+            record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, server=server)
             await watched.fail(
                 getattr(view, "id", None), f"Backend {server} failed during {getattr(view, 'method', '')}: {short(exc)}"
             )
@@ -392,9 +396,9 @@ class Relay:
         stack = self.stacks[server]
 
         async def parsed(scope: Scope, receive: Receive, send: Send) -> None:
-            prepared = await read_request(scope, receive, send, _EVERY_PATH)
-            if prepared is not None:
-                await stack(scope, prepared[1], send)
+            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+            if receive is not ANSWERED:
+                await stack(scope, receive, send)
 
         return parsed
 

@@ -24,6 +24,7 @@ import orjson
 from starlette.types import Message, Send
 
 from mcp_middleware.core import ErrorCode, RequestId, send_error
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, is_event_stream, is_json
 
 from .sessions import ClientSession
 
@@ -58,7 +59,7 @@ class AnswerRewriter:
         server: str,
         session: ClientSession | None = None,
         public_uri: Callable[[str], str] | None = None,
-        max_bytes: int = 4 * 1024 * 1024,
+        max_bytes: int = DEFAULT_MAX_BODY_SIZE,
     ) -> None:
         self._send = send
         self._server = server
@@ -77,8 +78,8 @@ class AnswerRewriter:
             self._started = True
             headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _SESSION_HEADER]
             content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-            self._sse = content_type.startswith(b"text/event-stream")
-            self._json = self._public_uri is not None and content_type.startswith(b"application/json")
+            self._sse = is_event_stream(content_type)
+            self._json = self._public_uri is not None and is_json(content_type)
             if self._json:  # the body changes length: it is sent whole, with its new length
                 headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
             await self._send({**message, "headers": headers})

@@ -24,7 +24,18 @@ import orjson
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.types import ASGIApp, Message, Scope, Send
 
-from mcp_middleware.core import JsonRpcCode, Principal, RequestId, SseParser, get_principal, record_decision, send_error
+from mcp_middleware.core import (
+    Component,
+    JsonRpcCode,
+    Outcome,
+    Principal,
+    RequestId,
+    SseParser,
+    get_principal,
+    record_decision,
+    send_error,
+)
+from mcp_middleware.core.protocol import is_event_stream
 
 __all__ = [
     "BackendSession",
@@ -78,7 +89,7 @@ class Outbox:
 
 async def refuse_session(scope: Scope, send: Send, request_id: RequestId | None) -> None:
     """Another principal's session: answered exactly as if it did not exist (the SDK's answer, with the id)."""
-    record_decision(scope, "router", "session_refused")
+    record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED)
     await send_error(
         send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request_id
     )
@@ -216,7 +227,7 @@ async def exchange(app: ASGIApp, scope: Scope, body: bytes, request_id: RequestI
         if message["type"] == "http.response.start":
             status = message["status"]
             headers.update((k.lower(), v) for k, v in message.get("headers", ()))
-            if headers.get(b"content-type", b"").startswith(b"text/event-stream"):
+            if is_event_stream(headers.get(b"content-type", b"")):
                 parser = SseParser(_MAX_ANSWER)
             return
         if message["type"] != "http.response.body" or done.is_set():

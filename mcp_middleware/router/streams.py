@@ -19,6 +19,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import JsonRpcCode, SseParser, send_error
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 from .rewrite import rename_uris
 from .sessions import ClientSession
@@ -27,7 +28,7 @@ __all__ = ["pump_backend_stream", "serve_client_stream"]
 
 logger = logging.getLogger("mcp_middleware.router")
 
-_MAX_EVENT = 4 * 1024 * 1024
+_MAX_EVENT = DEFAULT_MAX_BODY_SIZE
 _DROPPED = frozenset(
     {
         # The aggregate announces its merged lists' changes itself (debounced, once for all backends).

@@ -7,7 +7,17 @@ import time
 from opentelemetry.trace import INVALID_SPAN, Span, SpanContext, StatusCode
 from starlette.types import Message, Scope, Send
 
-from mcp_middleware.core import Decision, McpRequest, ResponseTap, clip, get_decisions, get_principal, known_method
+from mcp_middleware.core import (
+    Component,
+    Decision,
+    McpRequest,
+    Outcome,
+    ResponseTap,
+    clip,
+    get_decisions,
+    get_principal,
+    known_method,
+)
 
 from .metrics import KnownNames, McpMetrics
 from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error
@@ -114,7 +124,7 @@ class Exchange:
                 if message["type"] == "http.response.start":
                     self.status = message["status"]
             for decision in get_decisions(self.scope or {}):
-                if decision.component == "core" and decision.outcome == "rejected":
+                if decision.component == Component.CORE and decision.outcome == Outcome.REJECTED:
                     code = decision.attributes.get("code")
                     if isinstance(code, int):
                         self.error_type, self.error_code = str(code), code

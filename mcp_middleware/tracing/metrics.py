@@ -6,15 +6,15 @@ Instruments (created from the meter provider given, else the global one):
   `gen_ai.tool.name`/`gen_ai.prompt.name`, `gen_ai.operation.name`, `error.type`,
   `rpc.response.status_code`, `mcp.protocol.version`;
 - `mcp.middleware.decisions`: every decision, by `mcp_middleware.component` and `mcp_middleware.outcome`;
-- `mcp.middleware.auth.failures`: auth outcomes other than `allow`, by outcome and `mcp_middleware.reason`;
+- `mcp.middleware.auth.failures`: auth `deny`, by outcome and `mcp_middleware.reason`;
 - `mcp.middleware.ratelimit.refusals`: ratelimit `deny`, by `mcp_middleware.policy` (and `mcp_middleware.reason`);
 - `mcp.middleware.breaker.refusals`: breaker `open` (a request refused by an open or probing circuit),
   by `mcp_middleware.state`;
 - `mcp.middleware.breaker.transitions`: circuit state changes, by `mcp_middleware.state` and
   `mcp_middleware.previous` — from :meth:`McpMetrics.record_breaker_change` (give it to the breaker
-  as its state listener) or from a breaker decision `transition` with `to`;
+  as its state listener: a transition is not a per-request decision);
 - `mcp.middleware.cache.lookups`: cache `hit`/`miss`/`stale`, by `mcp_middleware.outcome`;
-- `mcp.middleware.cache.evictions`: cache `evict`, or any cache decision with an integer `evicted`.
+- `mcp.middleware.cache.evictions`: cache `evict` decisions, by their `count` (entries dropped to make room).
 
 No label takes a value a client chose as it came (anyone can send anything, and tracing runs
 before authentication): `mcp.method.name` is a method of the specification or `_OTHER`,
@@ -29,8 +29,8 @@ ones are `_OTHER`. So the number of series is fixed, whatever the traffic.
 >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 >>> reader = InMemoryMetricReader()
 >>> metrics = McpMetrics(MeterProvider(metric_readers=[reader]))
->>> from mcp_middleware.core import Decision
->>> metrics.record_decision(Decision("ratelimit", "deny", {"policy": "per-user"}))
+>>> from mcp_middleware.core import Component, Decision, Outcome
+>>> metrics.record_decision(Decision(Component.RATELIMIT, Outcome.DENY, {"policy": "per-user"}))
 """
 
 from __future__ import annotations
@@ -44,8 +44,10 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from mcp_middleware.core import (
     OTHER,
     BoundedValues,
+    Component,
     Decision,
     McpRequest,
+    Outcome,
     known_method,
     known_version,
     portable_name,
@@ -72,7 +74,7 @@ __all__ = ["OPERATION_DURATION", "BreakerChange", "KnownNames", "McpMetrics"]
 
 OPERATION_DURATION: Final = "mcp.server.operation.duration"
 _OTHER: Final = OTHER
-_CACHE_LOOKUPS: Final = frozenset({"hit", "miss", "stale"})
+_CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
 
@@ -212,31 +214,28 @@ class McpMetrics:
         self.duration.record(max(duration, 0.0), attributes)
 
     def record_decision(self, decision: Decision) -> None:
-        """Count one middleware decision (component and outcome are the middlewares' own words)."""
+        """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
         component, outcome, details = decision
         self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
-        if component == "auth":
-            if outcome != "allow":
+        if component == Component.AUTH:
+            if outcome == Outcome.DENY:
                 reason = self._text(details.get("reason"))
                 self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
-        elif component == "ratelimit":
-            if outcome == "deny":
+        elif component == Component.RATELIMIT:
+            if outcome == Outcome.DENY:
                 refusal: AttributeMap = {"mcp_middleware.policy": self._text(details.get("policy"))}
                 if isinstance(why := details.get("reason"), str):
                     refusal["mcp_middleware.reason"] = self._text(why)
                 self.ratelimit_refusals.add(1, refusal)
-        elif component == "breaker":
-            if outcome == "open":
+        elif component == Component.BREAKER:
+            if outcome == Outcome.OPEN:
                 self.breaker_refusals.add(1, {"mcp_middleware.state": self._text(details.get("state"))})
-            elif outcome == "transition":
-                self.breaker_transitions.add(1, {"mcp_middleware.state": self._text(details.get("to"))})
-        elif component == "cache":
+        elif component == Component.CACHE:
             if outcome in _CACHE_LOOKUPS:
                 self.cache_lookups.add(1, {"mcp_middleware.outcome": outcome})
-            evicted = details.get("evicted")
-            if outcome == "evict" or (isinstance(evicted, int) and not isinstance(evicted, bool)):
-                count = evicted if isinstance(evicted, int) and not isinstance(evicted, bool) else 1
-                if count > 0:
+            elif outcome == Outcome.EVICT:
+                count = details.get("count", 1)
+                if type(count) is int and count > 0:
                     self.cache_evictions.add(count)
 
     def _text(self, value: object) -> str:

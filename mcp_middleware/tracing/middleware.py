@@ -22,6 +22,7 @@ from opentelemetry.trace import TracerProvider as TracerProviderApi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
+    ANSWERED,
     DEFAULT_CONFIG,
     OTHER,
     BoundedValues,
@@ -155,24 +156,19 @@ class TracingMiddleware:
         access_log = self.access_log if self.access_log is not None and self.access_log.enabled else None
         if not (traced or measured or access_log):
             # Nothing would be recorded: only the core's work remains (one parse for the stack).
-            prepared = await read_request(scope, receive, send, self.config)
-            if prepared is not None:
-                await self.app(scope, prepared[1], send)
-            return
+            _, receive = await read_request(scope, receive, send, self.config)
+            return await self.app(scope, receive, send) if receive is not ANSWERED else None
 
         exchange = Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
         observe_decisions(scope, exchange.on_decision)
-        prepared = await read_request(scope, receive, exchange.capture_refusal, self.config)
-        if prepared is None:
+        request, receive = await read_request(scope, receive, exchange.capture_refusal, self.config)
+        if receive is ANSWERED:
             if not exchange.refusal:
                 return  # the client left before sending its request
             exchange.forward = send
+        elif request is None:
+            return await self.app(scope, receive, send)
         else:
-            request, receive = prepared
-            del prepared  # not kept alive (and scanned by the collector) for the whole request
-            if request is None:
-                await self.app(scope, receive, send)
-                return
             exchange.request = request
             exchange.tap, exchange.forward = ResponseTap.attach(
                 scope, send, request, max_bytes=self.config.max_inspect_bytes

@@ -33,8 +33,10 @@ import orjson
 from mcp.shared.inbound import classify_inbound_request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_middleware.core import McpCoreMiddleware, ResponseOutcome, ResponseTap, read_request
-from mcp_middleware.core.request import McpRequest, RequestHeaders, parse_post
+from mcp_middleware.core import ANSWERED, McpCoreMiddleware, ResponseOutcome, ResponseTap, read_request
+from mcp_middleware.core.headers import RequestHeaders
+from mcp_middleware.core.parsing import parse_post
+from mcp_middleware.core.request import McpRequest
 
 from ._common import BODY_SIZE, legacy_headers, median, modern_headers, percentile, section, table, tools_call_body
 
@@ -389,10 +391,9 @@ class InSitu:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         clock = time.perf_counter_ns
         began = clock()
-        prepared = await read_request(scope, receive, send)
+        request, receive = await read_request(scope, receive, send)
         read = clock()
-        assert prepared is not None, "the benchmark request must be valid"
-        request, receive = prepared
+        assert receive is not ANSWERED, "the benchmark request must be valid"
         assert request is not None, "the benchmark request must be MCP"
         forwarded = observed = 0
 

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from mcp_middleware.core import McpCoreMiddleware
-from mcp_middleware.core.request import RequestHeaders, parse_post
+from mcp_middleware.core.headers import RequestHeaders
+from mcp_middleware.core.parsing import parse_post
 from mcp_middleware.ratelimit import (
     BucketPolicy,
     BucketTake,

@@ -10,16 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
+from mcp_middleware.core.headers import RequestHeaders
+from mcp_middleware.core.parsing import describe_exchange, parse_post
 from mcp_middleware.core.request import (
     REQUEST_SCOPE_KEY,
     Era,
     McpRequest,
     Rejection,
-    RequestHeaders,
     RequestKind,
-    describe_exchange,
     get_mcp_request,
-    parse_post,
 )
 
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -224,7 +223,7 @@ def test_fast_path_accepts_only_what_the_sdk_accepts(
     """The core's shortcut for well-formed modern requests never lets through what the SDK's ladder refuses."""
     from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
 
-    from mcp_middleware.core.request import _agrees
+    from mcp_middleware.core.parsing import _agrees
 
     message = {**message, "method": message.get("method") if isinstance(message.get("method"), str) else "tools/call"}
     message["params"] = {"name": name, "uri": name, "_meta": meta}

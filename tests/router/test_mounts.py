@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import CoreConfig, McpRequest, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, McpRequest, read_request
 from mcp_middleware.router import InProcessBackend, McpRouter
 from tests.conftest import ERAS, Era, connect, require
 from tests.router.servers import numbered_server
@@ -33,10 +33,9 @@ class Recorder:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send, CoreConfig(paths=("/mcp",)))
-        if prepared is None:
+        request, receive = await read_request(scope, receive, send, CoreConfig(paths=("/mcp",)))
+        if receive is ANSWERED:
             return
-        request, receive = prepared
         if request is not None and request.method:
             self.seen.append(request)
         await self.app(scope, receive, send)

@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import read_request, record_decision
+from mcp_middleware.core import ANSWERED, Component, Outcome, read_request, record_decision
 
 OURS = "opentelemetry.instrumentation.asgi"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
@@ -138,7 +138,7 @@ class RecordingDecider:
     def __init__(
         self,
         app: ASGIApp,
-        decisions: Sequence[tuple[str, str, dict[str, Any]]],
+        decisions: Sequence[tuple[Component, Outcome, dict[str, Any]]],
         *,
         refuse_with: tuple[int, int] | None = None,
     ) -> None:
@@ -150,10 +150,9 @@ class RecordingDecider:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        prepared = await read_request(scope, receive, send)
-        if prepared is None:
+        request, receive = await read_request(scope, receive, send)
+        if receive is ANSWERED:
             return
-        request, receive = prepared
         if request is not None and request.method == "tools/call":
             for component, outcome, attributes in self.decisions:
                 record_decision(scope, component, outcome, **attributes)

@@ -10,7 +10,7 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from mcp_middleware.core import Decision, ErrorCode
+from mcp_middleware.core import Component, Decision, ErrorCode, Outcome
 from mcp_middleware.tracing import (
     DURATION_BUCKETS,
     McpMetrics,
@@ -71,12 +71,12 @@ async def test_operation_duration_is_recorded_by_method_tool_and_error_type(
 
 async def test_decisions_feed_the_counters(serve: Any, metrics: Metrics) -> None:
     # The other middlewares are stood in for by a decider recording what they would record.
-    decisions: list[tuple[str, str, dict[str, Any]]] = [
-        ("auth", "deny", {"reason": "expired"}),
-        ("ratelimit", "deny", {"policy": "burst", "remaining": 0}),
-        ("breaker", "open", {"key": "backend", "state": "open", "retry_after_ms": 900}),
-        ("cache", "stale", {}),
-        ("cache", "evict", {"evicted": 3}),
+    decisions: list[tuple[Component, Outcome, dict[str, Any]]] = [
+        (Component.AUTH, Outcome.DENY, {"reason": "expired"}),
+        (Component.RATELIMIT, Outcome.DENY, {"policy": "burst", "remaining": 0}),
+        (Component.BREAKER, Outcome.OPEN, {"key": "backend", "state": "open", "retry_after_ms": 900}),
+        (Component.CACHE, Outcome.STALE, {}),
+        (Component.CACHE, Outcome.EVICT, {"count": 3}),
     ]
     decider = RecordingDecider(build_server().streamable_http_app(), decisions)
     served: Served = serve(TracingMiddleware(decider, meter_provider=metrics.provider))
@@ -140,7 +140,7 @@ def test_tool_names_are_labels_only_once_the_server_vouched_for_them() -> None:
         recorder.record_operation(call(f"t{index}"), 0.001, None, None)
     assert _tool_name_labels(reader) == {"t0", "t1", "t2", "_OTHER"}  # listed, portable, within max_names
 
-    recorder.record_decision(Decision("auth", "allow", {}))  # an allow is not a failure
+    recorder.record_decision(Decision(Component.AUTH, Outcome.ALLOW, {}))  # an allow is not a failure
     data = reader.get_metrics_data()
     assert data is not None
     assert not [

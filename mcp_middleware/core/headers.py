@@ -1,0 +1,94 @@
+"""The few request headers the core reads, taken from the raw ASGI list in one pass."""
+
+from __future__ import annotations
+
+from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from .request import Era
+
+__all__ = ["ROUTING_HEADERS", "RequestHeaders"]
+
+HANDSHAKE_VERSIONS = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
+ROUTING_HEADERS = (MCP_PROTOCOL_VERSION_HEADER, MCP_METHOD_HEADER, MCP_NAME_HEADER)
+"""The headers a 2026-07-28 request mirrors its body in (version, method, name)."""
+_ROUTING_HEADER_BYTES = frozenset(name.encode() for name in ROUTING_HEADERS)
+_HEADER_NAMES = (
+    b"content-type",
+    b"content-length",
+    b"accept",
+    b"mcp-protocol-version",
+    b"mcp-method",
+    b"mcp-name",
+    b"mcp-session-id",
+)
+
+
+class RequestHeaders:
+    """The few request headers the core needs, read from the raw ASGI list.
+
+    ASGI servers lower-case header names. Only the first copy of a header counts,
+    as in Starlette; a second copy of a routing header is remembered in
+    `duplicated` (the modern era refuses it). The routing headers are decoded at
+    once; the others only when asked (`raw_content_type`, `raw_content_length` and
+    `raw_accept` are what the kernel reads).
+    """
+
+    __slots__ = (
+        "_session_id",
+        "duplicated",
+        "method",
+        "name",
+        "protocol_version",
+        "raw_accept",
+        "raw_content_length",
+        "raw_content_type",
+    )
+
+    duplicated: str | None
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        found = dict(raw)  # one C-level pass; a repeated name makes it shorter than `raw`
+        if len(found) != len(raw):
+            found = self._first_copies(raw)
+        else:
+            self.duplicated = None
+        # One C-level pass for every lookup; decoding inline (a helper's calls would cost more than the rest).
+        self.raw_content_type, self.raw_content_length, self.raw_accept, version, method, name, self._session_id = map(
+            found.get, _HEADER_NAMES
+        )
+        self.protocol_version = version.decode("latin-1") if version is not None else None
+        self.method = method.decode("latin-1") if method is not None else None
+        self.name = name.decode("latin-1") if name is not None else None
+
+    def _first_copies(self, raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        duplicated: str | None = None
+        for key, value in raw:
+            if key not in found:
+                found[key] = value
+            elif duplicated is None and key in _ROUTING_HEADER_BYTES:
+                duplicated = key.decode("latin-1")
+        self.duplicated = duplicated
+        return found
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.raw_content_type
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def content_length(self) -> str | None:
+        value = self.raw_content_length
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def session_id(self) -> str | None:
+        value = self._session_id
+        return value.decode("latin-1") if value is not None else None
+
+    @property
+    def era(self) -> Era:
+        """The era, decided as the SDK decides it: absent or handshake version → legacy."""
+        pv = self.protocol_version
+        return Era.LEGACY if pv is None or pv in HANDSHAKE_VERSIONS else Era.MODERN

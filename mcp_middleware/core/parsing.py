@@ -1,0 +1,229 @@
+"""Reading a POST body: one JSON-RPC message into an :class:`McpRequest`, or the :class:`Rejection` it gets.
+
+The era is decided as the `mcp` SDK decides it: from the `MCP-Protocol-Version` header alone.
+Modern (2026-07-28) requests run the SDK's own validation ladder, so `Mcp-Method`/`Mcp-Name`
+are verified against the body before anyone may trust them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import orjson
+from mcp.shared.inbound import (
+    NAME_BEARING_METHODS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    unsupported_protocol_version_rejection,
+)
+from mcp.types import CLIENT_CAPABILITIES_META_KEY, PROTOCOL_VERSION_META_KEY
+from mcp.types.version import MODERN_PROTOCOL_VERSIONS
+
+from .errors import JsonRpcCode, RequestId
+from .headers import HANDSHAKE_VERSIONS, ROUTING_HEADERS, RequestHeaders
+from .request import DEFAULT_LEGACY_VERSION, Era, McpRequest, Rejection, RequestKind
+
+__all__ = ["describe_exchange", "parse_post"]
+
+_MODERN_VERSIONS = frozenset(MODERN_PROTOCOL_VERSIONS)
+_VERSION_KEY = PROTOCOL_VERSION_META_KEY
+_CAPABILITIES_KEY = CLIENT_CAPABILITIES_META_KEY
+_INVALID_BODY = "Body must be a single JSON-RPC request or notification object"
+_REPARSE_MAX = 1024 * 1024
+"""Largest body the stdlib parser re-reads after orjson refused it, to find the id (see `_reparse`)."""
+
+
+_NO_ID: Any = object()
+_tuple_new = tuple.__new__  # builds a view without the Python-level `McpRequest.__new__`
+
+
+def parse_post(
+    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = _NO_ID
+) -> McpRequest | Rejection:
+    """Parse and validate one POST body; never raises.
+
+    Answers match the SDK where it is right (parse error 400/-32700, modern ladder
+    -32602/-32020/-32022) and are clearer where it is not (a batch is -32600 in
+    both eras, an invalid id is -32600 instead of a validation dump). A body orjson
+    refuses is refused with the request's id whenever the JSON grammar still gives one
+    (see `_reparse`).
+    """
+    # Hot path of every request: written for the interpreter (exact `type` checks, since orjson
+    # only makes exact built-in types; no helper calls on the common path).
+    if _decoded is _NO_ID:
+        try:
+            message = orjson.loads(body)
+        except (orjson.JSONDecodeError, RecursionError):
+            return _reparse(body, headers)
+    else:
+        message = _decoded
+    if type(message) is not dict:
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
+
+    request_id = message.get("id", _NO_ID)
+    has_id = request_id is not _NO_ID
+    if not has_id:
+        request_id = None
+    elif type(request_id) is not str and type(request_id) is not int:  # null, fractional and bool ids refused
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
+    if message.get("jsonrpc") != "2.0":
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
+
+    version = headers.protocol_version
+    era = Era.LEGACY if version is None or version in HANDSHAKE_VERSIONS else Era.MODERN
+    method = message.get("method")
+    if type(method) is not str or not method:
+        if method is not None:
+            return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
+        if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
+            return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
+        return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
+    params = message.get("params")
+    if params is not None and type(params) is not dict:
+        return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
+
+    if era is Era.LEGACY:
+        return _view(
+            RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
+            era,
+            headers,
+            params,
+            request_id,
+            method,
+            body,
+            started,
+        )
+    if not has_id:
+        # The SDK only checks the version of an id-less POST, then drops it with 202.
+        rejected = unsupported_protocol_version_rejection(version or "")
+        if rejected is not None:
+            return _from_ladder(rejected, None)
+        return _view(RequestKind.NOTIFICATION, era, headers, params, None, method, body, started)
+    if headers.duplicated is not None or not _agrees(params, method, headers):
+        rejection = _modern_ladder(message, headers, request_id)
+        if rejection is not None:
+            return rejection
+    return _view(RequestKind.REQUEST, era, headers, params, request_id, method, body, started, verified=True)
+
+
+def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
+    """The answer to a body orjson refused, with the request's id wherever the body still gives one.
+
+    orjson refuses some texts the JSON grammar allows (a lone surrogate escape `"\\ud800"`, a
+    number past a double `1e400`) and `NaN`, which the SDK's parsers take. The stdlib parser reads
+    such a body again (only here, after orjson failed, and only up to `_REPARSE_MAX`: a bounded cost
+    that bad input alone pays) and the usual checks run on what it found. In the modern era a
+    request the SDK's ladder refuses gets that answer, id included. Every other such body is refused
+    as a parse error (400, -32700) with its id: its strings cannot be encoded as UTF-8 and its
+    numbers not written back as JSON, so no log line, label, cache key or rewritten body of the
+    stack could carry it. (The legacy SDK refuses lone surrogates too, with `id: null`.)
+    """
+    parse_error = Rejection(400, JsonRpcCode.PARSE_ERROR, "Parse error")
+    if len(body) > _REPARSE_MAX:
+        return parse_error
+    try:  # as the SDK's modern era reads it (also UTF-16/32, and surrogates encoded in UTF-8)
+        message = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return parse_error
+    checked = parse_post(body, headers, 0.0, _decoded=message)
+    if isinstance(checked, Rejection):
+        if headers.era is Era.MODERN:
+            return checked  # the SDK's modern parser reads such a body: its answer, id included
+        request_id = checked.request_id  # the legacy SDK calls it a parse error, as we do
+    else:
+        request_id = checked.id
+    return Rejection(
+        400,
+        JsonRpcCode.PARSE_ERROR,
+        "Parse error: a string is not valid Unicode (lone surrogate escape) or a number is out of range",
+        request_id,
+    )
+
+
+def _modern_ladder(message: dict[str, Any], headers: RequestHeaders, request_id: RequestId | None) -> Rejection | None:
+    """The SDK's 2026-07-28 validation ladder for a request, answered with its codes and statuses."""
+    if headers.duplicated is not None:
+        return Rejection(
+            400, JsonRpcCode.HEADER_MISMATCH, f"{headers.duplicated} header appears more than once", request_id
+        )
+    routing = {
+        name: value
+        for name, value in zip(ROUTING_HEADERS, (headers.protocol_version, headers.method, headers.name), strict=True)
+        if value is not None
+    }
+    verdict = classify_inbound_request(message, headers=routing)
+    return _from_ladder(verdict, request_id) if isinstance(verdict, InboundLadderRejection) else None
+
+
+def _agrees(params: dict[str, Any] | None, method: str, headers: RequestHeaders) -> bool:
+    """True only if the SDK's ladder would accept: envelope present, headers equal to the body, version served.
+
+    A `False` is not a rejection: the SDK's own classifier then decides (and, for a
+    base64-encoded `Mcp-Name`, may still accept).
+    """
+    if params is None:
+        return False
+    meta = params.get("_meta")
+    if type(meta) is not dict or _CAPABILITIES_KEY not in meta:
+        return False
+    version = meta.get(_VERSION_KEY)
+    if version != headers.protocol_version or version not in _MODERN_VERSIONS or headers.method != method:
+        return False
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is None:
+        return True
+    value = params.get(name_key)
+    return value is None or value == headers.name
+
+
+def _from_ladder(rejected: InboundLadderRejection, request_id: RequestId | None) -> Rejection:
+    return Rejection(400, rejected.code, rejected.message, request_id, rejected.data)
+
+
+def _view(
+    kind: RequestKind,
+    era: Era,
+    headers: RequestHeaders,
+    params: dict[str, Any] | None,
+    request_id: RequestId | None,
+    method: str | None,
+    body: bytes,
+    started: float | None,
+    verified: bool = False,
+) -> McpRequest:
+    version = headers.protocol_version
+    if version is None:
+        proposed = params.get("protocolVersion") if params is not None and method == "initialize" else None
+        version = proposed if isinstance(proposed, str) else DEFAULT_LEGACY_VERSION
+    return _tuple_new(
+        McpRequest,
+        (
+            kind,
+            era,
+            version,
+            "POST",
+            method,
+            request_id,
+            params,
+            headers.session_id if era is Era.LEGACY else None,
+            verified,
+            body,
+            time.perf_counter() if started is None else started,
+        ),
+    )
+
+
+def describe_exchange(http_method: str, headers: RequestHeaders, started: float | None = None) -> McpRequest:
+    """The view of a non-POST exchange on the MCP endpoint (GET stream, DELETE, OPTIONS …)."""
+    kind = {"GET": RequestKind.STREAM, "DELETE": RequestKind.TERMINATE}.get(http_method, RequestKind.OTHER)
+    era = headers.era
+    return McpRequest(
+        kind=kind,
+        era=era,
+        protocol_version=headers.protocol_version or DEFAULT_LEGACY_VERSION,
+        http_method=http_method,
+        session_id=headers.session_id if era is Era.LEGACY else None,
+        started=time.perf_counter() if started is None else started,
+    )

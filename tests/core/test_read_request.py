@@ -1,0 +1,72 @@
+"""`read_request`'s three answers, each unpacked in one line: a request, another path, or already answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from mcp_middleware.core import ANSWERED, RequestKind, read_request
+
+pytestmark = pytest.mark.anyio
+
+HEADERS = [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")]
+
+
+def scope_of(path: str = "/mcp", method: str = "POST") -> dict[str, Any]:
+    return {"type": "http", "method": method, "path": path, "root_path": "", "headers": list(HEADERS)}
+
+
+class Wire:
+    def __init__(self, *messages: dict[str, Any]) -> None:
+        self.inbox = list(messages)
+        self.sent: list[dict[str, Any]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        return self.inbox.pop(0)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+
+async def test_a_request_comes_back_with_a_receive_that_replays_its_body() -> None:
+    body = b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}'
+    wire = Wire({"type": "http.request", "body": body})
+    request, receive = await read_request(scope_of(), wire.receive, wire.send)
+    assert request is not None and request.kind is RequestKind.REQUEST and request.id == 7
+    assert receive is not ANSWERED and receive != wire.receive
+    assert await receive() == {"type": "http.request", "body": body, "more_body": False}
+    assert wire.sent == []
+
+
+async def test_another_path_comes_back_unread_with_the_same_receive() -> None:
+    wire = Wire({"type": "http.request", "body": b"not json"})
+    request, receive = await read_request(scope_of("/api/items"), wire.receive, wire.send)
+    assert request is None and receive == wire.receive  # (a bound method: equal, not identical)
+    assert len(wire.inbox) == 1 and wire.sent == []  # the body was not read
+
+
+async def test_bad_input_is_answered_by_the_core_and_comes_back_answered() -> None:
+    wire = Wire({"type": "http.request", "body": b'{"jsonrpc":"2.0","id":3,"method":'})
+    request, receive = await read_request(scope_of(), wire.receive, wire.send)
+    assert request is None and receive is ANSWERED
+    start, body = wire.sent
+    assert start["status"] == 400
+    assert orjson.loads(body["body"])["error"]["code"] == -32700
+
+
+async def test_a_client_that_left_comes_back_answered_with_nothing_sent() -> None:
+    wire = Wire({"type": "http.disconnect"})
+    request, receive = await read_request(scope_of(), wire.receive, wire.send)
+    assert request is None and receive is ANSWERED and wire.sent == []
+    assert await receive() == {"type": "http.disconnect"}  # called anyway: the client has gone
+
+
+async def test_a_later_middleware_gets_the_same_view_without_reading_again() -> None:
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    wire = Wire({"type": "http.request", "body": body})
+    scope = scope_of()
+    first, receive = await read_request(scope, wire.receive, wire.send)
+    second, again = await read_request(scope, receive, wire.send)
+    assert second is first and again is receive
