@@ -26,6 +26,8 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
+from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.protocol import is_event_stream
 
 from .classify import Fault
 from .state import BreakerPolicy, BreakerState, CircuitBreaker, Verdict
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Route"]
 
 logger = logging.getLogger("mcp_middleware.breaker")
-
-_SSE_CONTENT_TYPE = b"text/event-stream"
 
 
 class Route(NamedTuple):
@@ -149,9 +149,9 @@ class Call:
                 await self._refuse()
                 return
             if breaker.state is BreakerState.CLOSED:  # (literal strings: Enum.value is slow on the hot path)
-                record_decision(scope, "breaker", "allow", state="closed", key=breaker.key)
+                record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
             else:
-                record_decision(scope, "breaker", "probe", state="half_open", key=breaker.key)
+                record_decision(scope, Component.BREAKER, Outcome.PROBE, state="half_open", key=breaker.key)
             try:
                 fault = await self._attempt()
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
@@ -165,7 +165,9 @@ class Call:
             breaker.record(permit, verdict)
             if verdict is not Verdict.SUCCESS:
                 reason = fault.value if fault is not None else _describe(outcome.status, outcome.error_code)
-                record_decision(scope, "breaker", verdict.value, key=breaker.key, reason=reason, attempt=attempt)
+                record_decision(
+                    scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=attempt
+                )
             retry = middleware.retry
             if retry is not None and retry.learn_annotations and request.method == "tools/list":
                 result = outcome.result
@@ -173,7 +175,7 @@ class Call:
                     middleware.registry.learn_tools(self.backend, result.get("tools"))
             if fault is Fault.TIMEOUT:
                 timeout_ms = int((self.route.timeout or 0.0) * 1000)
-                record_decision(scope, "breaker", "timeout", key=breaker.key, timeout_ms=timeout_ms)
+                record_decision(scope, Component.BREAKER, Outcome.TIMEOUT, key=breaker.key, timeout_ms=timeout_ms)
                 await self._cancel_legacy_request()
             if fault is None or self.client_gone:
                 return
@@ -181,7 +183,14 @@ class Call:
                 if self._may_retry(attempt):
                     assert retry is not None
                     delay = retry.delay(attempt, middleware.random())
-                    record_decision(scope, "breaker", "retry", key=breaker.key, attempt=attempt + 1, reason=fault.value)
+                    record_decision(
+                        scope,
+                        Component.BREAKER,
+                        Outcome.RETRY,
+                        key=breaker.key,
+                        attempt=attempt + 1,
+                        reason=fault.value,
+                    )
                     await anyio.sleep(delay)
                     attempt += 1
                     self.closed = False
@@ -271,7 +280,9 @@ class Call:
         wait = breaker.retry_after()
         seconds = max(1, math.ceil(wait))
         wait_ms = math.ceil(wait * 1000) if state is BreakerState.OPEN else seconds * 1000
-        record_decision(self.scope, "breaker", "open", state=state.value, key=breaker.key, retry_after_ms=wait_ms)
+        record_decision(
+            self.scope, Component.BREAKER, Outcome.OPEN, state=state.value, key=breaker.key, retry_after_ms=wait_ms
+        )
         what = "circuit is open" if state is BreakerState.OPEN else "circuit is testing recovery"
         await send_error(
             self._downstream,
@@ -362,7 +373,7 @@ def _is_plain_sse(start: Message) -> bool:
     sse = False
     for key, value in start.get("headers", ()):
         if key == b"content-type":
-            sse = value.split(b";", 1)[0].strip().lower() == _SSE_CONTENT_TYPE
+            sse = is_event_stream(value)
         elif key == b"content-encoding" and value.strip().lower() != b"identity":
             return False
     return sse

@@ -15,10 +15,12 @@ import anyio
 import orjson
 from starlette.types import Message, Scope, Send
 
+from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.protocol import is_event_stream
+
 from ..core.decisions import record_decision
 from ..core.tap import SseParser
 from .keys import invalidation_tag
-from .responses import _is_event_stream
 from .store import CacheStore
 from .tools import ReadOnlyTools
 
@@ -69,7 +71,7 @@ class StreamWatch:
         kind = message["type"]
         if kind == "http.response.start":
             for name, value in message.get("headers", ()):
-                if name == b"content-type" and _is_event_stream(value):
+                if name == b"content-type" and is_event_stream(value):
                     self._parser = SseParser(self._max_bytes)
         elif kind == "http.response.body" and self._parser is not None:
             body: bytes = message.get("body", b"")
@@ -118,7 +120,7 @@ class Invalidator:
         except Exception:  # inside the stream's send: never break the stream over the cache
             logger.exception("cache invalidation for %s failed", notification)
             return
-        record_decision(scope, "cache", "invalidate", notification=notification, dropped=dropped)
+        record_decision(scope, Component.CACHE, Outcome.INVALIDATE, notification=notification, dropped=dropped)
 
     async def _drop_for(self, mount: str, notification: str, uri: str | None) -> int:
         self.generation += 1

@@ -11,6 +11,8 @@ import orjson
 from mcp_types.methods import CACHEABLE_METHODS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.core.decisions import Component, Outcome
+
 from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
 from ..core.kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request
@@ -180,23 +182,23 @@ class ResponseCacheMiddleware:
     ) -> None:
         if self.outside_auth.detected:
             # Misplaced outside auth: no answer here can be told apart by caller, so none is given or kept.
-            record_decision(scope, "cache", "bypass", reason="outside_auth")
+            record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="outside_auth")
             await self.app(scope, receive, send)
             return
         params = request.params
         if params is not None and ("inputResponses" in params or "requestState" in params):
-            record_decision(scope, "cache", "bypass", reason="input_responses")
+            record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="input_responses")
             await self.app(scope, receive, send)
             return
         mount = self._mount(scope)
         method: str = request.method  # type: ignore[assignment]
         if method == "tools/call" and not self._tools.trusted(mount, request.name):
-            record_decision(scope, "cache", "bypass", reason="not_read_only", tool=request.name or "")
+            record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="not_read_only", tool=request.name or "")
             await self.app(scope, receive, send)
             return
         json_ok, sse_ok = accepts(scope["headers"])
         if not json_ok:
-            record_decision(scope, "cache", "bypass", reason="accept")
+            record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="accept")
             await self.app(scope, receive, send)
             return
 
@@ -287,7 +289,7 @@ class ResponseCacheMiddleware:
         if self._status_header is not None:
             headers.append((self._status_header, status.encode("ascii")))
         body = render(request.id, entry, now, sse=sse, stale=status == "stale")
-        record_decision(scope, "cache", status, age_ms=int((now - entry.stored_at) * 1000), **decision)
+        record_decision(scope, Component.CACHE, Outcome(status), age_ms=int((now - entry.stored_at) * 1000), **decision)
         await send_answer(send, body, sse=sse, extra_headers=headers)
         return True
 

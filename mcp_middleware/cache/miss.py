@@ -15,6 +15,8 @@ import anyio
 import orjson
 from starlette.types import Message, Scope, Send
 
+from mcp_middleware.core.decisions import Component, Outcome
+
 from .._outside_auth import OutsideAuth
 from ..core.decisions import record_decision
 from ..core.request import Era, McpRequest
@@ -157,7 +159,7 @@ class MissResponse:
         request, scope, policy = miss.request, miss.scope, miss.policy
         if miss.unvouched and parts.outside_auth.check(scope):
             # Authenticated only further in: this answer is someone's, but was keyed as nobody's.
-            record_decision(scope, "cache", "bypass", reason="outside_auth")
+            record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="outside_auth")
             return None
         if policy is None:
             return None
@@ -180,11 +182,11 @@ class MissResponse:
                 reason, entry = "not_kept", None
             evicted = parts.store.take_evictions()
         if entry is not None:
-            record_decision(scope, "cache", "miss", stored=True, public=entry.public)
+            record_decision(scope, Component.CACHE, Outcome.MISS, stored=True, public=entry.public)
         else:
-            record_decision(scope, "cache", "miss", stored=False, reason=reason or "unknown")
+            record_decision(scope, Component.CACHE, Outcome.MISS, stored=False, reason=reason or "unknown")
         if evicted:
-            record_decision(scope, "cache", "evict", evicted=evicted)
+            record_decision(scope, Component.CACHE, Outcome.EVICT, count=evicted)
         return entry
 
     async def _store(self, entry: CacheEntry) -> bool:

@@ -7,6 +7,8 @@ from typing import Any
 import orjson
 from starlette.types import Message, Send
 
+from mcp_middleware.core.protocol import is_event_stream
+
 from ..core.errors import ErrorCode, JsonRpcCode, RequestId
 from ..core.protocol import META_NAMESPACE
 from ..core.request import McpRequest
@@ -35,11 +37,6 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache, no-transform"),
     (b"x-accel-buffering", b"no"),
 ]
-
-
-def _is_event_stream(content_type: bytes) -> bool:
-    """A `Content-Type` value names an event stream (parameters and case aside)."""
-    return content_type.split(b";", 1)[0].strip().lower() == b"text/event-stream"
 
 
 def accepts(raw_headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
@@ -149,7 +146,7 @@ class StaleGuard:
                 if name == b"content-type":
                     content_type = value
             self._held.append(message)
-            if _is_event_stream(content_type):
+            if is_event_stream(content_type):
                 self._sse = SseParser(self._max)
             elif content_type.split(b";", 1)[0].strip().lower() != b"application/json":
                 await self._release()

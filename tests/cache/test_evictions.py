@@ -52,7 +52,7 @@ async def test_a_full_store_records_each_eviction_and_the_metric_counts_them(era
 
     decisions = log.of("cache")
     stored = [a for outcome, a in decisions if outcome == "miss" and a.get("stored") is True]
-    evicted = [a["evicted"] for outcome, a in decisions if outcome == "evict"]
+    evicted = [a["count"] for outcome, a in decisions if outcome == "evict"]
     assert len(stored) >= 5  # every distinct answer was stored, each pushing out the least recently used
     assert evicted == [1] * (len(stored) - 2)
     assert len(store) == 2

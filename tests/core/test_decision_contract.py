@@ -131,8 +131,6 @@ def test_every_specially_counted_decision_is_produced() -> None:
     assert special, "the metrics count nothing specially: the probe is broken"
     pairs = produced()
     missing = {pair for pair in special if pair not in pairs}
-    if missing == {("cache", "evict")} and not _cache_records_evictions():
-        pytest.xfail("the cache records `evict` decisions once split16 lands")
     assert not missing, f"tracing counts decisions no middleware makes: {sorted(missing)}"
 
 
@@ -142,15 +140,9 @@ def test_every_word_tracing_matches_is_produced() -> None:
     outcomes = {o for _, o in pairs}
     for reference in referenced_in_tracing():
         kind, word = reference.split(":")
-        if word == "evict" and not _cache_records_evictions():
-            continue  # split16
         assert word in (components if kind == "Component" else outcomes), f"tracing matches {reference}, never made"
     # The core's refusal is what the exchange reads the JSON-RPC code from.
     assert ("core", "rejected") in pairs
-
-
-def _cache_records_evictions() -> bool:
-    return ("cache", "evict") in produced()
 
 
 def documented_metrics() -> list[str]:
@@ -218,8 +210,6 @@ async def test_every_documented_metric_is_fed_by_real_traffic(serve: Any) -> Non
                     value = point.value if isinstance(point, NumberDataPoint) else point.count
                     fed[metric.name] = fed.get(metric.name, 0) + value
     unfed = [name for name in documented_metrics() if not fed.get(name)]
-    if unfed == ["mcp.middleware.cache.evictions"] and not _cache_records_evictions():
-        pytest.xfail("the cache records `evict` decisions (component cache, outcome evict, count) once split16 lands")
     assert not unfed, f"documented but never fed: {unfed}"
     # The shape tracing reads: component cache, outcome evict, `count` the number of entries dropped (an int).
     evictions = [d.attributes for d in recorder.decisions if (d.component, d.outcome) == ("cache", "evict")]
