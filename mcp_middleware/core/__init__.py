@@ -16,7 +16,7 @@ from .decisions import (
     observe_decisions,
     record_decision,
 )
-from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
+from .errors import ErrorCode, JsonRpcCode, McpMiddlewareError, RequestId, error_body, send_error
 from .kernel import DEFAULT_CONFIG, DEFAULT_MAX_BODY_SIZE, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
@@ -54,6 +54,7 @@ __all__ = [
     "ErrorCode",
     "JsonRpcCode",
     "McpCoreMiddleware",
+    "McpMiddlewareError",
     "McpRequest",
     "OutcomeHook",
     "Principal",

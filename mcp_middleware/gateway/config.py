@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import limits
 
 from mcp_middleware.core import Selector
+from mcp_middleware.core.errors import McpMiddlewareError
 
 from .toml_reader import Lines, Problem, Reader, describe
 
@@ -60,7 +61,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # --- errors -------------------------------------------------------------------------------------
 
 
-class ConfigError(ValueError):
+class ConfigError(McpMiddlewareError, ValueError):
     """The config file cannot be used; `problems` lists every reason, each naming its key."""
 
     def __init__(self, problems: list[Problem], source: str = "config") -> None:
