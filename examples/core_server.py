@@ -17,7 +17,8 @@ import anyio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 
-from mcp_middleware import McpCoreMiddleware, McpRequest, ResponseOutcome
+from mcp_middleware import McpCoreMiddleware
+from mcp_middleware.core import McpRequest, ResponseOutcome
 
 server = MCPServer("mcp-middleware demo")
 

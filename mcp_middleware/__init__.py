@@ -1,5 +1,10 @@
 """mcp-middleware: production traffic control for any MCP server, as composable pure-ASGI middlewares.
 
+The top level holds what a user constructs: the middlewares, `stack()` and its options, the
+policies, the token verifiers, the stores, the router and its backends. Everything a middleware
+author needs lives in :mod:`mcp_middleware.core`; each package (`auth`, `ratelimit`, `breaker`,
+`cache`, `tracing`, `router`) exports its own details.
+
 The core is imported eagerly; each middleware package is imported when one of its names is
 first used, so `import mcp_middleware` stays cheap and optional parts stay optional.
 
@@ -9,137 +14,32 @@ first used, so `import mcp_middleware` stays cheap and optional parts stay optio
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
-from .core import (
-    ANONYMOUS,
-    CoreConfig,
-    Decision,
-    Era,
-    ErrorCode,
-    McpCoreMiddleware,
-    McpRequest,
-    Principal,
-    RequestKind,
-    ResponseOutcome,
-    ResponseTap,
-    Selector,
-    SelectorMap,
-    get_decisions,
-    get_mcp_request,
-    get_principal,
-    observe_decisions,
-    record_decision,
-)
+from .core import CoreConfig, McpCoreMiddleware, McpMiddlewareError, get_mcp_request, get_principal
 
 if TYPE_CHECKING:
-    from .auth import (
-        AuthMiddleware,
-        BearerAuthMiddleware,
-        IntrospectionTokenVerifier,
-        JwksTokenVerifier,
-        ProtectedResourceMetadataApp,
-        StaticTokenVerifier,
-        TokenRejected,
-        VerificationUnavailable,
-    )
-    from .breaker import (
-        BreakerPolicy,
-        BreakerRegistry,
-        BreakerSnapshot,
-        BreakerState,
-        CircuitBreaker,
-        CircuitBreakerMiddleware,
-        FailureClassifier,
-        RetryPolicy,
-        StateChange,
-    )
-    from .cache import CachePolicy, CacheStore, MemoryCacheStore, RedisCacheStore, ResponseCacheMiddleware
-    from .logs import JsonLogFormatter, configure_logging
-    from .ratelimit import (
-        BucketPolicy,
-        BucketStore,
-        CallerKey,
-        MemoryBucketStore,
-        QuotaPolicy,
-        RateLimiter,
-        RateLimitMiddleware,
-        RedisBucketStore,
-        StoreUnavailable,
-        TokenBucket,
-        global_key,
-    )
-    from .router import (
-        AggregateServer,
-        HttpBackend,
-        InProcessBackend,
-        McpRouter,
-        NamingPolicy,
-        PrefixMode,
-        StdioBackend,
-        StreamingProxy,
-    )
-    from .stacking import (
-        AuthOptions,
-        BreakerOptions,
-        CacheOptions,
-        McpStack,
-        RateLimitOptions,
-        TracingOptions,
-        stack,
-    )
-    from .tracing import AccessLog, McpMetrics, PrometheusMetrics, PrometheusMiddleware, TracingMiddleware
+    from .auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
+    from .auth.server import EmbeddedAuthorizationServer
+    from .breaker import BreakerPolicy, CircuitBreakerMiddleware, RetryPolicy
+    from .cache import CachePolicy, MemoryCacheStore, RedisCacheStore, ResponseCacheMiddleware
+    from .logs import configure_logging
+    from .ratelimit import BucketPolicy, MemoryBucketStore, QuotaPolicy, RateLimitMiddleware, RedisBucketStore
+    from .router import HttpBackend, InProcessBackend, McpRouter, NamingPolicy, StdioBackend
+    from .stacking import AuthOptions, BreakerOptions, CacheOptions, McpStack, RateLimitOptions, TracingOptions, stack
+    from .tracing import AccessLog, PrometheusMetrics, PrometheusMiddleware, TracingMiddleware
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "auth": (
-        "AuthMiddleware",
-        "BearerAuthMiddleware",
-        "IntrospectionTokenVerifier",
-        "JwksTokenVerifier",
-        "ProtectedResourceMetadataApp",
-        "StaticTokenVerifier",
-        "TokenRejected",
-        "VerificationUnavailable",
-    ),
-    "breaker": (
-        "BreakerPolicy",
-        "BreakerRegistry",
-        "BreakerSnapshot",
-        "BreakerState",
-        "CircuitBreaker",
-        "CircuitBreakerMiddleware",
-        "FailureClassifier",
-        "RetryPolicy",
-        "StateChange",
-    ),
-    "logs": ("JsonLogFormatter", "configure_logging"),
-    "cache": ("CachePolicy", "CacheStore", "MemoryCacheStore", "RedisCacheStore", "ResponseCacheMiddleware"),
-    "ratelimit": (
-        "BucketPolicy",
-        "BucketStore",
-        "CallerKey",
-        "MemoryBucketStore",
-        "QuotaPolicy",
-        "RateLimitMiddleware",
-        "RateLimiter",
-        "RedisBucketStore",
-        "StoreUnavailable",
-        "TokenBucket",
-        "global_key",
-    ),
-    "router": (
-        "AggregateServer",
-        "HttpBackend",
-        "InProcessBackend",
-        "McpRouter",
-        "NamingPolicy",
-        "PrefixMode",
-        "StdioBackend",
-        "StreamingProxy",
-    ),
-    "tracing": ("AccessLog", "McpMetrics", "PrometheusMetrics", "PrometheusMiddleware", "TracingMiddleware"),
+    "auth": ("AuthMiddleware", "IntrospectionTokenVerifier", "JwksTokenVerifier", "StaticTokenVerifier"),
+    "auth.server": ("EmbeddedAuthorizationServer",),
+    "breaker": ("BreakerPolicy", "CircuitBreakerMiddleware", "RetryPolicy"),
+    "cache": ("CachePolicy", "MemoryCacheStore", "RedisCacheStore", "ResponseCacheMiddleware"),
+    "logs": ("configure_logging",),
+    "ratelimit": ("BucketPolicy", "MemoryBucketStore", "QuotaPolicy", "RateLimitMiddleware", "RedisBucketStore"),
+    "router": ("HttpBackend", "InProcessBackend", "McpRouter", "NamingPolicy", "StdioBackend"),
     "stacking": (
         "AuthOptions",
         "BreakerOptions",
@@ -149,14 +49,58 @@ _LAZY = {
         "TracingOptions",
         "stack",
     ),
+    "tracing": ("AccessLog", "PrometheusMetrics", "PrometheusMiddleware", "TracingMiddleware"),
 }
 _HOME = {name: package for package, names in _LAZY.items() for name in names}
+
+# Names the top level exported before 0.2, now only in their package: still resolved, with a
+# DeprecationWarning naming the new import, until the release after next (see CHANGELOG.md).
+_MOVED = {
+    "core": (
+        "ANONYMOUS",
+        "Decision",
+        "Era",
+        "ErrorCode",
+        "McpRequest",
+        "Principal",
+        "RequestKind",
+        "ResponseOutcome",
+        "ResponseTap",
+        "Selector",
+        "SelectorMap",
+        "get_decisions",
+        "observe_decisions",
+        "record_decision",
+    ),
+    "auth": ("ProtectedResourceMetadataApp", "TokenRejected", "VerificationUnavailable"),
+    "breaker": (
+        "BreakerRegistry",
+        "BreakerSnapshot",
+        "BreakerState",
+        "CircuitBreaker",
+        "FailureClassifier",
+        "StateChange",
+    ),
+    "cache": ("CacheStore",),
+    "ratelimit": ("BucketStore", "CallerKey", "RateLimiter", "StoreUnavailable", "TokenBucket", "global_key"),
+    "router": ("AggregateServer", "PrefixMode", "StreamingProxy"),
+    "tracing": ("McpMetrics",),
+}
+_MOVED_HOME = {name: package for package, names in _MOVED.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
     package = _HOME.get(name)
     if package is None:
-        raise AttributeError(f"module 'mcp_middleware' has no attribute {name!r}")
+        package = _MOVED_HOME.get(name)
+        if package is None:
+            raise AttributeError(f"module 'mcp_middleware' has no attribute {name!r}")
+        warnings.warn(
+            f"`mcp_middleware.{name}` is deprecated; import it from `mcp_middleware.{package}`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(f".{package}", __name__), name)
     value = getattr(importlib.import_module(f".{package}", __name__), name)
     globals()[name] = value  # later lookups are plain attribute reads
     return value
@@ -167,78 +111,44 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ANONYMOUS",
     "AccessLog",
-    "AggregateServer",
     "AuthMiddleware",
     "AuthOptions",
-    "BearerAuthMiddleware",
     "BreakerOptions",
     "BreakerPolicy",
-    "BreakerRegistry",
-    "BreakerSnapshot",
-    "BreakerState",
     "BucketPolicy",
-    "BucketStore",
     "CacheOptions",
     "CachePolicy",
-    "CacheStore",
-    "CallerKey",
-    "CircuitBreaker",
     "CircuitBreakerMiddleware",
     "CoreConfig",
-    "Decision",
-    "Era",
-    "ErrorCode",
-    "FailureClassifier",
+    "EmbeddedAuthorizationServer",
     "HttpBackend",
     "InProcessBackend",
     "IntrospectionTokenVerifier",
-    "JsonLogFormatter",
     "JwksTokenVerifier",
     "McpCoreMiddleware",
-    "McpMetrics",
-    "McpRequest",
+    "McpMiddlewareError",
     "McpRouter",
     "McpStack",
     "MemoryBucketStore",
     "MemoryCacheStore",
     "NamingPolicy",
-    "PrefixMode",
-    "Principal",
     "PrometheusMetrics",
     "PrometheusMiddleware",
-    "ProtectedResourceMetadataApp",
     "QuotaPolicy",
     "RateLimitMiddleware",
     "RateLimitOptions",
-    "RateLimiter",
     "RedisBucketStore",
     "RedisCacheStore",
-    "RequestKind",
     "ResponseCacheMiddleware",
-    "ResponseOutcome",
-    "ResponseTap",
     "RetryPolicy",
-    "Selector",
-    "SelectorMap",
-    "StateChange",
     "StaticTokenVerifier",
     "StdioBackend",
-    "StoreUnavailable",
-    "StreamingProxy",
-    "TokenBucket",
-    "TokenRejected",
     "TracingMiddleware",
     "TracingOptions",
-    "VerificationUnavailable",
     "__version__",
     "configure_logging",
-    "get_decisions",
     "get_mcp_request",
     "get_principal",
-    "global_key",
-    "observe_decisions",
-    "record_decision",
     "stack",
 ]

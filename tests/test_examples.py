@@ -12,7 +12,7 @@ import pytest
 from mcp import MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_middleware import ErrorCode
+from mcp_middleware.core import ErrorCode
 from tests.conftest import ERAS, Era, connect, require
 
 pytestmark = pytest.mark.anyio

@@ -12,7 +12,7 @@ from .introspection import IntrospectionTokenVerifier
 from .jwks import DEFAULT_ALGORITHMS, JwksKeys, JwksTokenVerifier
 from .list_filter import ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_path, metadata_url
-from .middleware import AuthMiddleware, BearerAuthMiddleware
+from .middleware import AuthMiddleware
 from .static import StaticTokenVerifier, static_subject
 from .token_cache import TokenCache
 from .verification import (
@@ -27,7 +27,6 @@ from .verification import (
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "AuthMiddleware",
-    "BearerAuthMiddleware",
     "ExplainingVerifier",
     "IntrospectionTokenVerifier",
     "JwksKeys",

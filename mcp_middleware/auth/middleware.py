@@ -41,7 +41,7 @@ from .metadata import ProtectedResourceMetadataApp, metadata_url
 from .token_cache import TokenCache, token_key
 from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
 
-__all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware", "BearerAuthMiddleware"]
+__all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.auth")
 
@@ -397,7 +397,6 @@ class AuthMiddleware:
         )
 
 
-BearerAuthMiddleware = AuthMiddleware
 """Another name for :class:`AuthMiddleware`, for readers who look for the SDK's word."""
 
 

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from mcp.server.auth.provider import AccessToken
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 __all__ = [
     "ExplainingVerifier",
     "TokenRejected",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class TokenRejected(Exception):
+class TokenRejected(McpMiddlewareError):
     """The token is not acceptable; `description` is safe to show the client."""
 
     def __init__(self, description: str) -> None:
@@ -33,7 +35,7 @@ class TokenRejected(Exception):
         self.description = description
 
 
-class VerificationUnavailable(Exception):
+class VerificationUnavailable(McpMiddlewareError):
     """The verifier could not decide (JWKS or introspection endpoint unreachable, nothing cached)."""
 
     def __init__(self, description: str, *, retry_after: float = 5.0) -> None:

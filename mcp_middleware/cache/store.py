@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 from cachetools import LRUCache
 
+from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.core.store_urls import parse_store_url
 
 __all__ = [
@@ -69,7 +70,7 @@ class CacheEntry(NamedTuple):
         return cls(result, float(fresh_until), float(stale_until), bool(ttl_field), bool(sse), bool(public), stored_at)
 
 
-class CacheStoreUnavailable(Exception):
+class CacheStoreUnavailable(McpMiddlewareError):
     """:meth:`CacheStore.check` found the store unreachable (requests still pass: they miss)."""
 
 

@@ -18,7 +18,7 @@ from .decisions import (
     observe_decisions,
     record_decision,
 )
-from .errors import ErrorCode, JsonRpcCode, RequestId, error_body, send_error
+from .errors import ErrorCode, JsonRpcCode, McpMiddlewareError, RequestId, error_body, send_error
 from .kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
@@ -60,6 +60,7 @@ __all__ = [
     "ErrorCode",
     "JsonRpcCode",
     "McpCoreMiddleware",
+    "McpMiddlewareError",
     "McpRequest",
     "OutcomeHook",
     "Principal",

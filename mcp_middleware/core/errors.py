@@ -18,6 +18,7 @@ from starlette.types import Send
 
 __all__ = [
     "ErrorCode",
+    "McpMiddlewareError",
     "JsonRpcCode",
     "RequestId",
     "error_body",
@@ -25,6 +26,18 @@ __all__ = [
 ]
 
 RequestId = str | int
+
+
+class McpMiddlewareError(Exception):
+    """The base of every exception this package raises on purpose.
+
+    Catch it to handle any of them (a store that is down, a token that was rejected,
+    an unusable config, a backend that cannot be reached) without catching bugs.
+
+    >>> from mcp_middleware.ratelimit import StoreUnavailable
+    >>> issubclass(StoreUnavailable, McpMiddlewareError)
+    True
+    """
 
 
 class JsonRpcCode(IntEnum):

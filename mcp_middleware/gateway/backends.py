@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.types import ASGIApp
 
+from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.router import Backend, HttpBackend, InProcessBackend, StdioBackend
 
 from .config import ServerSettings
@@ -20,7 +21,7 @@ _PYTHON = "{python}"
 """In a `command`: the interpreter running the gateway."""
 
 
-class BackendLoadError(Exception):
+class BackendLoadError(McpMiddlewareError):
     """A server that cannot become a backend: `key` is the setting at fault (`app`, `command`)."""
 
     def __init__(self, key: str, message: str) -> None:

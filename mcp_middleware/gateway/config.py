@@ -27,6 +27,7 @@ import re
 import tomllib
 from pathlib import Path
 
+from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(McpMiddlewareError, ValueError):
     """The config file cannot be used; `problems` lists every reason, each naming its key."""
 
     def __init__(self, problems: list[Problem], source: str = "config") -> None:

@@ -25,6 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx2
 import orjson
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 from .cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from .config import GatewayConfig
 
@@ -36,7 +38,7 @@ REDIRECT_URI = "http://127.0.0.1:1/callback"
 _METADATA = "/.well-known/oauth-authorization-server"
 
 
-class TokenError(Exception):
+class TokenError(McpMiddlewareError):
     """No token: the message says why, in one line."""
 
 

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.core.store_urls import parse_store_url
 
 from .bucket import EPSILON, BucketDecision, TokenBucket
@@ -45,7 +46,7 @@ class BucketTake(NamedTuple):
     cost: float = 1.0
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(McpMiddlewareError):
     """The store could not decide (Redis down or slow); the limiter fails open or closed."""
 
 

@@ -28,6 +28,8 @@ from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 from .backends import Backend, StdioBackend
 
 __all__ = ["BackendLink", "BackendUnavailable"]
@@ -56,7 +58,7 @@ _EVENT_KINDS: dict[type[Any], str] = {
 }
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(McpMiddlewareError):
     """The backend cannot be reached now; `retry_in` seconds until the next attempt (0 = unknown)."""
 
     def __init__(self, server: str, reason: str, retry_in: float = 0.0) -> None:

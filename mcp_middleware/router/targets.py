@@ -10,13 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from mcp_middleware.core import JsonRpcCode, McpRequest
+from mcp_middleware.core.errors import McpMiddlewareError
 
 from .catalog import PROMPTS, TOOLS, Catalog
 
 __all__ = ["Refused", "backend_target"]
 
 
-class Refused(Exception):
+class Refused(McpMiddlewareError):
     """A routed request answered with a JSON-RPC error before it reaches any backend."""
 
     def __init__(self, status: int, code: int, message: str, data: Any = None) -> None:

@@ -24,13 +24,15 @@ import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 __all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
 
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
-class UpstreamError(Exception):
+class UpstreamError(McpMiddlewareError):
     """The origin could not be reached, or broke off before a complete response head."""
 
 

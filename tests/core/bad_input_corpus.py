@@ -16,7 +16,7 @@ from typing import Any
 import httpx2
 import orjson
 
-from mcp_middleware import ErrorCode
+from mcp_middleware.core import ErrorCode
 from tests.support.requests import ENVELOPE, modern_body, modern_headers
 
 ACCEPT = {"accept": "application/json, text/event-stream"}

@@ -15,7 +15,8 @@ import orjson
 import pytest
 from mcp.server.mcpserver import MCPServer
 
-from mcp_middleware import CoreConfig, ErrorCode, McpCoreMiddleware
+from mcp_middleware import CoreConfig, McpCoreMiddleware
+from mcp_middleware.core import ErrorCode
 from tests.conftest import Served, serve_app
 from tests.core.bad_input_corpus import CASES, JSON, NO_ID, answer, assert_never_worse, modern_call, send
 from tests.servers import build_server

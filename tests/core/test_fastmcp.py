@@ -9,7 +9,8 @@ import anyio
 import httpx2
 import pytest
 
-from mcp_middleware import McpCoreMiddleware, McpRequest, ResponseOutcome
+from mcp_middleware import McpCoreMiddleware
+from mcp_middleware.core import McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, connect, require
 
 fastmcp = require("fastmcp", "the fastmcp extra is tested in CI")

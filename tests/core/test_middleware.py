@@ -14,8 +14,9 @@ import pytest
 from mcp import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware import Era as CoreEra
-from mcp_middleware import McpCoreMiddleware, McpRequest, RequestKind, get_mcp_request
+from mcp_middleware import McpCoreMiddleware, get_mcp_request
+from mcp_middleware.core import Era as CoreEra
+from mcp_middleware.core import McpRequest, RequestKind
 from tests.conftest import ERAS, Era, OutcomeLog, Served, connect
 from tests.servers import PROGRESS_INTERVAL, ToolLog, build_server
 from tests.support.waiting import held_within

@@ -17,7 +17,7 @@ import httpx2
 import orjson
 import pytest
 
-from mcp_middleware import ErrorCode
+from mcp_middleware.core import ErrorCode
 from tests.core.bad_input_corpus import CASES, JSON, LEGACY, answer, assert_never_worse, send
 
 from .hostile_gateway import BODY_LIMIT, TOKEN, HostileGateway, hostile_gateway

@@ -28,9 +28,9 @@ from mcp_middleware import (
     RateLimitMiddleware,
     ResponseCacheMiddleware,
     TracingMiddleware,
-    global_key,
     stack,
 )
+from mcp_middleware.ratelimit import global_key
 from tests.auth.conftest import post_mcp
 from tests.conftest import ERAS, Era
 from tests.security.idp import ISSUER, RESOURCE, Idp, protected_backend, serve_idp

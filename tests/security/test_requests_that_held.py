@@ -25,7 +25,8 @@ import pytest
 from mcp import MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_middleware import BucketPolicy, ErrorCode, stack
+from mcp_middleware import BucketPolicy, stack
+from mcp_middleware.core import ErrorCode
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
 from tests.conftest import ERAS, Era, connect, serve_app

@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc.jwk import RSAKey
 
-from mcp_middleware import BucketPolicy, ErrorCode, McpStack, stack
+from mcp_middleware import BucketPolicy, McpStack, stack
+from mcp_middleware.core import ErrorCode
 from tests.auth.conftest import challenge_params
 from tests.cache.backends import CountingApp
 from tests.conftest import ERAS, Era, serve_app

@@ -27,6 +27,8 @@ import anyio
 import httpx2
 import orjson
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 from .storage import RegisteredClient
 
 __all__ = [
@@ -46,7 +48,7 @@ Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
 """`(host, port) -> addresses`: how a document's host name becomes IP addresses."""
 
 
-class UnusableDocument(Exception):
+class UnusableDocument(McpMiddlewareError):
     """A client ID metadata document that cannot be used; the message says why (shown to the client)."""
 
 
