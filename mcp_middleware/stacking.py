@@ -23,13 +23,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .auth import AuthMiddleware
 from .breaker import BreakerPolicy, BreakerRegistry, CircuitBreakerMiddleware, RetryPolicy
 from .breaker.classify import Classifier
-from .breaker.middleware import KeyFunction as BreakerKey
 from .breaker.state import StateListener
 from .cache import CacheStore, ResponseCacheMiddleware
 from .cache.middleware import RuleValue
 from .core import CoreConfig
+from .core.request import KeyFunction
 from .ratelimit import BucketStore, RateLimitMiddleware
-from .ratelimit.keys import KeyFunction as CallerKeyFunction
 from .ratelimit.policies import Policy
 from .tracing import AccessLog, TracingMiddleware
 
@@ -65,7 +64,7 @@ class RateLimitOptions(TypedDict, total=False):
     store: BucketStore | None
     quota_storage: str | limits.aio.storage.Storage
     quota_timeout: float
-    key: CallerKeyFunction | None
+    key: KeyFunction | None
     trusted_proxies: Iterable[str]
     ipv6_prefix: int
     namespace: str
@@ -106,7 +105,7 @@ class BreakerOptions(TypedDict, total=False):
     classifier: Classifier | None
     retry: RetryPolicy | None
     registry: BreakerRegistry | None
-    key: BreakerKey | None
+    key: KeyFunction | None
     exclude: Iterable[str]
     on_state_change: StateListener | None
     random: Callable[[], float]

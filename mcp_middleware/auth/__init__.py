@@ -14,7 +14,6 @@ from .list_filter import ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_path, metadata_url
 from .middleware import AuthMiddleware
 from .static import StaticTokenVerifier, static_subject
-from .token_cache import TokenCache
 from .verification import (
     ExplainingVerifier,
     TokenRejected,
@@ -34,7 +33,6 @@ __all__ = [
     "ListFilter",
     "ProtectedResourceMetadataApp",
     "StaticTokenVerifier",
-    "TokenCache",
     "TokenRejected",
     "VerificationUnavailable",
     "access_token_from_claims",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import httpx2
 from mcp.server.auth.provider import AccessToken
 
-from .token_cache import TokenCache, token_key
+from ._token_cache import TokenCache, token_key
 from .verification import TokenRejected, VerificationUnavailable, access_token_from_claims, canonical_resource
 
 __all__ = ["IntrospectionTokenVerifier"]

@@ -36,9 +36,9 @@ from mcp_middleware.core import (
     set_principal,
 )
 
+from ._token_cache import TokenCache, token_key
 from .list_filter import LIST_METHODS, ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_url
-from .token_cache import TokenCache, token_key
 from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
 
 __all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware"]

@@ -13,10 +13,10 @@ from .state import (
     BreakerSnapshot,
     BreakerState,
     CircuitBreaker,
+    Classification,
     Permit,
     StateChange,
     StateListener,
-    Verdict,
 )
 from .timeouts import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS
 
@@ -38,5 +38,5 @@ __all__ = [
     "RetryPolicy",
     "StateChange",
     "StateListener",
-    "Verdict",
+    "Classification",
 ]

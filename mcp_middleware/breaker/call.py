@@ -30,7 +30,7 @@ from mcp_middleware.core.decisions import Component, Outcome
 from mcp_middleware.core.protocol import is_event_stream
 
 from .classify import Fault
-from .state import BreakerPolicy, BreakerState, CircuitBreaker, Verdict
+from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification
 
 if TYPE_CHECKING:
     from .middleware import CircuitBreakerMiddleware
@@ -155,7 +155,7 @@ class Call:
             try:
                 fault = await self._attempt()
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
-                breaker.record(permit, Verdict.NEUTRAL)
+                breaker.record(permit, Classification.NEUTRAL)
                 raise
             if self.client_gone and fault is not Fault.TIMEOUT:
                 fault, verdict, outcome = await self._judge_abandoned()
@@ -163,7 +163,7 @@ class Call:
                 outcome = self.tap.outcome()
                 verdict = self._classify(outcome, fault)
             breaker.record(permit, verdict)
-            if verdict is not Verdict.SUCCESS:
+            if verdict is not Classification.SUCCESS:
                 reason = fault.value if fault is not None else _describe(outcome.status, outcome.error_code)
                 record_decision(
                     scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=attempt
@@ -233,7 +233,7 @@ class Call:
             return Fault.TIMEOUT
         return Fault.DROPPED
 
-    async def _judge_abandoned(self) -> tuple[Fault | None, Verdict, ResponseOutcome]:
+    async def _judge_abandoned(self) -> tuple[Fault | None, Classification, ResponseOutcome]:
         """The client disconnected before the response ended.
 
         A client often closes an SSE stream as soon as it holds its response, before
@@ -247,15 +247,15 @@ class Call:
             await self._downstream({"type": "http.response.body", "body": b"", "more_body": False})
         outcome = self.tap.outcome()
         if outcome.result is None and outcome.error is None:
-            return None, Verdict.NEUTRAL, outcome
+            return None, Classification.NEUTRAL, outcome
         return None, self._classify(outcome, None), outcome
 
-    def _classify(self, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+    def _classify(self, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
         try:
             return self.middleware.classifier(self.request, outcome, fault)
         except Exception:  # a broken custom classifier must not leak the permit (a half-open probe slot)
             logger.exception("circuit breaker classifier failed; the call counts as neutral")
-            return Verdict.NEUTRAL
+            return Classification.NEUTRAL
 
     def _may_retry(self, attempt: int) -> bool:
         retry = self.middleware.retry

@@ -3,7 +3,7 @@
 The breaker sees every response through the core's response tap, in both eras
 and for JSON and SSE alike, so it can tell a JSON-RPC internal error inside a
 `200 text/event-stream` from a tool that politely reported `isError`. A
-classifier maps what was observed to a :class:`~mcp_middleware.breaker.state.Verdict`;
+classifier maps what was observed to a :class:`~mcp_middleware.breaker.state.Classification`;
 :class:`FailureClassifier` is the default and any callable with the same
 signature replaces it.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 
-from .state import Verdict
+from .state import Classification
 
 __all__ = ["NEUTRAL_SERVER_CODES", "Classifier", "Fault", "FailureClassifier"]
 
@@ -32,8 +32,8 @@ class Fault(enum.Enum):
     """The inner app returned without finishing its response (a dropped connection)."""
 
 
-Classifier = Callable[[McpRequest, ResponseOutcome, "Fault | None"], Verdict]
-"""`(request, outcome, fault) -> Verdict`; `fault` is `None` when the app answered normally."""
+Classifier = Callable[[McpRequest, ResponseOutcome, "Fault | None"], Classification]
+"""`(request, outcome, fault) -> Classification`; `fault` is `None` when the app answered normally."""
 
 NEUTRAL_SERVER_CODES: frozenset[int] = frozenset(
     {
@@ -70,7 +70,7 @@ class FailureClassifier:
     >>> request = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=1)
     >>> outcome = ResponseOutcome(200, "text/event-stream", 80, 0.1, True, error={"code": -32603, "message": "x"})
     >>> FailureClassifier()(request, outcome, None)
-    <Verdict.FAILURE: 'failure'>
+    <Classification.FAILURE: 'failure'>
     """
 
     count_tool_errors: bool = False
@@ -78,31 +78,31 @@ class FailureClassifier:
     extra_failure_codes: Collection[int] = ()
     """Application codes (outside the server-error range) that also count as failures."""
 
-    def __call__(self, request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+    def __call__(self, request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
         if fault is not None:
-            return Verdict.FAILURE
+            return Classification.FAILURE
         status = outcome.status
         if status is None:
-            return Verdict.FAILURE
+            return Classification.FAILURE
         if status >= 500:
-            return Verdict.FAILURE
+            return Classification.FAILURE
         if status >= 400:
-            return Verdict.NEUTRAL
+            return Classification.NEUTRAL
         error = outcome.error
         if error is not None:
             code = outcome.error_code
             if code is None:
-                return Verdict.FAILURE  # a malformed error object is the server's fault
+                return Classification.FAILURE  # a malformed error object is the server's fault
             if code == JsonRpcCode.INTERNAL_ERROR or code in self.extra_failure_codes:
-                return Verdict.FAILURE
+                return Classification.FAILURE
             if -32099 <= code <= -32000 and code not in self.neutral_codes:
-                return Verdict.FAILURE
-            return Verdict.NEUTRAL
+                return Classification.FAILURE
+            return Classification.NEUTRAL
         result = outcome.result
         if result is None:
             if outcome.truncated or status != 200 or outcome.content_type is None:
-                return Verdict.SUCCESS  # nothing to look at (202, a body too large to inspect): trust the status
-            return Verdict.FAILURE  # a 200 that ended without the response: the stream broke off
+                return Classification.SUCCESS  # nothing to look at (202, a body too large to inspect): trust the status
+            return Classification.FAILURE  # a 200 that ended without the response: the stream broke off
         if self.count_tool_errors and result.get("isError") is True:
-            return Verdict.FAILURE
-        return Verdict.SUCCESS
+            return Classification.FAILURE
+        return Classification.SUCCESS

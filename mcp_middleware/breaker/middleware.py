@@ -19,11 +19,11 @@ from mcp_middleware.core import (
     ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
-    McpRequest,
     RequestKind,
     SelectorMap,
     read_request,
 )
+from mcp_middleware.core.request import KeyFunction
 
 from .call import Call, Route
 from .classify import Classifier, FailureClassifier
@@ -37,13 +37,11 @@ __all__ = [
     "DEFAULT_TIMEOUTS",
     "SAFE_METHODS",
     "CircuitBreakerMiddleware",
-    "KeyFunction",
     "RetryPolicy",
 ]
 
 _ROUTE_CACHE_SIZE = 4096
 
-KeyFunction = Callable[[Scope, McpRequest], str]
 """`(scope, request) -> str`: the name of the backend a request goes to (one breaker each)."""
 
 
@@ -57,7 +55,7 @@ class CircuitBreakerMiddleware:
       get one breaker per tool/prompt/resource instead of the backend's, e.g.
       `{"tools/call:search_*": BreakerPolicy(consecutive_failures=3)}`;
     - `timeouts`: seconds per selector (`None` = none), default :data:`DEFAULT_TIMEOUTS`;
-    - `classifier`: replaces :class:`FailureClassifier` (`(request, outcome, fault) -> Verdict`);
+    - `classifier`: replaces :class:`FailureClassifier` (`(request, outcome, fault) -> Classification`);
     - `retry`: a :class:`RetryPolicy` to turn safe retries on (off by default);
     - `registry`: share or inspect the breakers (:meth:`BreakerRegistry.snapshot`);
     - `key`: `(scope, request) -> str` naming the backend (default: the request path,

@@ -30,7 +30,7 @@ __all__ = [
     "Permit",
     "StateChange",
     "StateListener",
-    "Verdict",
+    "Classification",
 ]
 
 logger = logging.getLogger("mcp_middleware.breaker")
@@ -53,7 +53,7 @@ class BreakerState(enum.Enum):
     """A limited number of probe calls test whether the backend has recovered."""
 
 
-class Verdict(enum.Enum):
+class Classification(enum.Enum):
     """What one call's outcome means for the breaker."""
 
     SUCCESS = "success"
@@ -161,14 +161,14 @@ class CircuitBreaker:
     >>> breaker = CircuitBreaker("demo", BreakerPolicy(consecutive_failures=2, open_for=10.0, jitter=0.0),
     ...                          clock=lambda: now[0])
     >>> for _ in range(2):
-    ...     breaker.record(breaker.acquire(), Verdict.FAILURE)
+    ...     breaker.record(breaker.acquire(), Classification.FAILURE)
     >>> breaker.state, breaker.acquire(), breaker.retry_after()
     (<BreakerState.OPEN: 'open'>, None, 10.0)
     >>> now[0] = 10.0
     >>> probe = breaker.acquire()                      # half-open: one probe at a time
     >>> breaker.acquire() is None
     True
-    >>> breaker.record(probe, Verdict.SUCCESS)
+    >>> breaker.record(probe, Classification.SUCCESS)
     >>> breaker.state
     <BreakerState.CLOSED: 'closed'>
     """
@@ -234,7 +234,7 @@ class CircuitBreaker:
         """A permit to make one call, or `None` if the circuit refuses it now.
 
         Every permit must be answered by exactly one :meth:`record` (with
-        :attr:`Verdict.NEUTRAL` if the call was abandoned), or a half-open probe
+        :attr:`Classification.NEUTRAL` if the call was abandoned), or a half-open probe
         slot stays taken.
         """
         state = self._state
@@ -259,25 +259,25 @@ class CircuitBreaker:
 
     # --- verdicts --------------------------------------------------------------------------
 
-    def record(self, permit: Permit | None, verdict: Verdict) -> None:
+    def record(self, permit: Permit | None, verdict: Classification) -> None:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
         if permit is None or permit != self._generation:
             return
         state = self._state
         if state is BreakerState.CLOSED:
-            if verdict is Verdict.SUCCESS:
+            if verdict is Classification.SUCCESS:
                 self._consecutive = 0
                 self._count(False)
-            elif verdict is Verdict.FAILURE:
+            elif verdict is Classification.FAILURE:
                 self._consecutive += 1
                 self._count(True)
                 self._maybe_trip()
         elif state is BreakerState.HALF_OPEN:
             self._probes -= 1
-            if verdict is Verdict.FAILURE:
+            if verdict is Classification.FAILURE:
                 self.level += 1
                 self._open("probe_failed")
-            elif verdict is Verdict.SUCCESS:
+            elif verdict is Classification.SUCCESS:
                 self._probe_successes += 1
                 if self._probe_successes >= self.policy.probes_to_close:
                     self._close("probes_succeeded")

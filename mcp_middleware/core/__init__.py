@@ -36,7 +36,7 @@ from .recording import (
     portable_name,
     session_digest,
 )
-from .request import Era, McpRequest, Rejection, RequestKind, get_mcp_request
+from .request import Era, KeyFunction, McpRequest, Rejection, RequestKind, get_mcp_request
 from .selectors import Selector, SelectorMap
 from .tap import ResponseOutcome, ResponseTap, SseParser
 
@@ -59,6 +59,7 @@ __all__ = [
     "Era",
     "ErrorCode",
     "JsonRpcCode",
+    "KeyFunction",
     "McpCoreMiddleware",
     "McpMiddlewareError",
     "McpRequest",

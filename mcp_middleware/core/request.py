@@ -7,7 +7,7 @@ shared through the ASGI scope: read it with :func:`get_mcp_request`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -19,6 +19,7 @@ from .errors import RequestId
 __all__ = [
     "DEFAULT_LEGACY_VERSION",
     "REQUEST_SCOPE_KEY",
+    "KeyFunction",
     "Era",
     "McpRequest",
     "RequestKind",
@@ -159,3 +160,7 @@ def get_mcp_request(source: Scope | HTTPConnection) -> McpRequest | None:
     scope = source.scope if isinstance(source, HTTPConnection) else source
     view = scope.get(REQUEST_SCOPE_KEY)
     return view if isinstance(view, McpRequest) else None
+
+
+KeyFunction = Callable[[Scope, McpRequest], str]
+"""What a rate limiter or a breaker keys its state by: a function of the scope and the request view."""

@@ -25,7 +25,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-DEFAULT_CONFIG = "gateway.toml"
+_DEFAULT_CONFIG_FILE = "gateway.toml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
             "--config",
             "-c",
             type=Path,
-            default=Path(os.environ.get("MCP_GATEWAY_CONFIG", DEFAULT_CONFIG)),
+            default=Path(os.environ.get("MCP_GATEWAY_CONFIG", _DEFAULT_CONFIG_FILE)),
             help="the TOML config file (default: $MCP_GATEWAY_CONFIG or ./gateway.toml)",
         )
         return sub

@@ -8,7 +8,7 @@ JSON-RPC error an agent can read. See docs/ratelimit.md.
 
 from .bucket import BucketDecision, BucketState, TokenBucket
 from .keys import CallerKey, KeyFunction, global_key, principal_identity
-from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
+from .limiter import Admission, FailureMode, PolicyState, RateLimiter
 from .middleware import RateLimitMiddleware, ratelimit_headers
 from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
 from .stores import (
@@ -41,7 +41,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncBucketStore",
     "TokenBucket",
-    "Verdict",
+    "Admission",
     "bucket_store_from_url",
     "global_key",
     "principal_identity",

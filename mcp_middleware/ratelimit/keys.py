@@ -16,17 +16,17 @@ unicode subjects cost one hash and never reach Redis as they are.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Literal
 
 from starlette.types import Scope
 
 from mcp_middleware.core import McpRequest, Principal, get_principal
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
+from mcp_middleware.core.request import KeyFunction
 
 __all__ = ["CallerKey", "KeyFunction", "global_key", "principal_identity"]
 
-KeyFunction = Callable[[Scope, McpRequest], str]
 """`(scope, request) -> identity`; the limiter hashes the result, so any string is safe."""
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

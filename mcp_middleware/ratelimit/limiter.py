@@ -29,7 +29,7 @@ from .keys import CallerKey, KeyFunction
 from .policies import BucketPolicy, Policy, QuotaPolicy
 from .stores import BucketStore, BucketTake, MemoryBucketStore, StoreUnavailable
 
-__all__ = ["FailureMode", "PolicyState", "RateLimiter", "Verdict"]
+__all__ = ["FailureMode", "PolicyState", "RateLimiter", "Admission"]
 
 logger = logging.getLogger("mcp_middleware.ratelimit")
 
@@ -58,7 +58,7 @@ class PolicyState(NamedTuple):
     """`t`: seconds until the bucket is full again / the window resets."""
 
 
-class Verdict(NamedTuple):
+class Admission(NamedTuple):
     """Whether a request may go on, and the state of every policy that matched it."""
 
     allowed: bool
@@ -72,7 +72,7 @@ class Verdict(NamedTuple):
     """A store failed: `allowed` is the configured failure mode, not a count."""
 
 
-_NOTHING_MATCHED = Verdict(True)
+_NOTHING_MATCHED = Admission(True)
 
 _STRATEGIES: dict[str, type[limits.aio.strategies.RateLimiter]] = {
     "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
@@ -192,7 +192,7 @@ class RateLimiter:
             matched.append(policy)
         return matched
 
-    async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Verdict:
+    async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Admission:
         """Decide one request (`now` injects the bucket store's clock for tests)."""
         buckets = self._matching(self._bucket_rules, request)
         quotas = self._matching(self._quota_rules, request) if self._quota_rules else []
@@ -236,7 +236,7 @@ class RateLimiter:
                     policy, decision = refused
                     reset = math.ceil(decision.reset_after - EPSILON)
                     state = PolicyState(policy.name, policy.quota, policy.window, 0, reset)
-                    return Verdict(False, (state,), policy.name, decision.retry_after)
+                    return Admission(False, (state,), policy.name, decision.retry_after)
             if quotas:
                 refusal = await self._hit_quotas(quotas, quota_keys, states)
                 if self._down:
@@ -247,9 +247,9 @@ class RateLimiter:
                     return refusal
         except _STORE_ERRORS as exc:
             return self._degraded(exc)
-        return tuple.__new__(Verdict, (True, tuple(states), None, 0.0, False))
+        return tuple.__new__(Admission, (True, tuple(states), None, 0.0, False))
 
-    async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Verdict | None:
+    async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Admission | None:
         for policy, key in zip(quotas, keys, strict=True):
             strategy = self._strategies[policy.strategy]
             if not await strategy.test(policy.item, key, cost=policy.cost):
@@ -258,7 +258,7 @@ class RateLimiter:
 
     async def _hit_quotas(
         self, quotas: list[QuotaPolicy], keys: list[str], states: list[PolicyState]
-    ) -> Verdict | None:
+    ) -> Admission | None:
         for policy, key in zip(quotas, keys, strict=True):
             strategy = self._strategies[policy.strategy]
             if not await strategy.hit(policy.item, key, cost=policy.cost):
@@ -268,11 +268,11 @@ class RateLimiter:
             states.append(PolicyState(policy.name, policy.quota, policy.window, max(0, stats.remaining), reset))
         return None
 
-    async def _quota_refusal(self, policy: QuotaPolicy, key: str) -> Verdict:
+    async def _quota_refusal(self, policy: QuotaPolicy, key: str) -> Admission:
         stats = await self._strategies[policy.strategy].get_window_stats(policy.item, key)
         retry = max(0.001, stats.reset_time - time.time())
         state = PolicyState(policy.name, policy.quota, policy.window, 0, math.ceil(retry))
-        return Verdict(False, (state,), policy.name, retry)
+        return Admission(False, (state,), policy.name, retry)
 
     def _label(self) -> str:
         return f"{self.namespace!r}" if self.namespace else "this server"
@@ -281,7 +281,7 @@ class RateLimiter:
         self._down = False
         logger.warning("rate-limit store recovered for %s: limits are enforced again", self._label())
 
-    def _degraded(self, exc: Exception) -> Verdict:
+    def _degraded(self, exc: Exception) -> Admission:
         self.store_failures += 1
         self._errors.add(1, {"failure_mode": self.failure})
         if not self._down:  # once per outage: every request meets the dead store, the log must not
@@ -290,7 +290,7 @@ class RateLimiter:
             logger.warning("rate-limit store unavailable for %s, %s: %s", self._label(), action, exc)
         if self.on_store_error is not None:
             self.on_store_error(exc)
-        return Verdict(self.failure == "open", degraded=True, retry_after=1.0)
+        return Admission(self.failure == "open", degraded=True, retry_after=1.0)
 
 
 def _quota_storage(storage: str | limits.aio.storage.Storage, timeout: float) -> limits.aio.storage.Storage:

@@ -26,7 +26,7 @@ from mcp_middleware.core import (
 )
 
 from .keys import CallerKey, KeyFunction
-from .limiter import FailureMode, PolicyState, RateLimiter, Verdict
+from .limiter import Admission, FailureMode, PolicyState, RateLimiter
 from .policies import Policy
 from .stores import BucketStore
 
@@ -157,7 +157,7 @@ class RateLimitMiddleware:
         if unvouched:
             self.outside_auth.check(scope)
 
-    async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Verdict) -> None:
+    async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Admission) -> None:
         retry_ms = max(1, math.ceil(verdict.retry_after * 1000))
         retry_seconds = max(1, math.ceil(retry_ms / 1000))  # Retry-After takes whole seconds, rounded up
         if verdict.degraded:

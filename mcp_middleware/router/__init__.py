@@ -9,10 +9,9 @@ See docs/router.md. The pieces:
 * :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts.
 """
 
+from ._links import BackendUnavailable
 from .aggregate import ROUTER_META_KEY, AggregateServer
-from .asgi_transport import AsgiStreamTransport
-from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend, run_lifespan
-from .links import BackendUnavailable
+from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
 from .proxy import StreamingProxy
@@ -20,7 +19,6 @@ from .proxy import StreamingProxy
 __all__ = [
     "ROUTER_META_KEY",
     "AggregateServer",
-    "AsgiStreamTransport",
     "Backend",
     "BackendUnavailable",
     "Collision",
@@ -34,5 +32,4 @@ __all__ = [
     "PrefixMode",
     "StdioBackend",
     "StreamingProxy",
-    "run_lifespan",
 ]

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, CoreConfig, Era, JsonRpcCode, McpRequest, Outcome, read_request
 
+from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
 from .catalog import (
@@ -48,7 +49,6 @@ from .catalog import (
     Catalog,
     Kind,
 )
-from .links import BackendLink, BackendUnavailable
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core.lifespan import run_lifespan
 
-from .asgi_transport import AsgiStreamTransport
+from ._asgi_transport import AsgiStreamTransport
 from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
 from .stderr import logged_stderr

@@ -1,7 +1,7 @@
 """The SDK-client path to a backend: for backends with no HTTP side (stdio) and what the relay cannot route.
 
 A stdio command speaks MCP over pipes, so its requests cross an `mcp` SDK session
-(:class:`~mcp_middleware.router.links.BackendLink`). The aggregate's own server
+(:class:`~mcp_middleware.router._links.BackendLink`). The aggregate's own server
 answers them through this bridge: the call goes out on the backend session, its
 progress comes back, and the backend's requests to its client (sampling,
 elicitation, roots) and its log messages go to the client whose call is running.
@@ -26,8 +26,8 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_middleware.core import Component, ErrorCode, JsonRpcCode, Outcome, record_decision
 
+from ._links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook
 from .backends import Backend
-from .links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook
 
 __all__ = ["ClientBridge", "session_id_of"]
 

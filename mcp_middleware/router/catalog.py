@@ -29,8 +29,8 @@ from mcp.shared.exceptions import MCPError
 
 from mcp_middleware.core import JsonRpcCode
 
+from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
-from .links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
 
 __all__ = [

@@ -32,9 +32,9 @@ from mcp_middleware.core import ANSWERED, CoreConfig, JsonRpcCode, read_request,
 from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 
+from ._links import BackendLink, BackendUnavailable
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
-from .links import BackendLink, BackendUnavailable
 from .names import NamingPolicy, PrefixMode, validate_server_name
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]

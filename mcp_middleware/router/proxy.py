@@ -8,7 +8,7 @@ protocol headers (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`,
 `Authorization` (and cookies) are dropped — no token passthrough — unless
 explicitly allowed; the backend's own credentials come from the configured
 headers. `Host` is the backend's. Connections are pooled and kept alive
-(:class:`~mcp_middleware.router.upstream.UpstreamPool`).
+(:class:`~mcp_middleware.router._upstream.UpstreamPool`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import Component, ErrorCode, Outcome, get_mcp_request, record_decision, send_error
 
+from ._upstream import UpstreamError, UpstreamPool
 from .sessions import SessionOwners, owner_of, refuse_session
-from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["StreamingProxy", "pooled_client"]
 

@@ -19,7 +19,7 @@ import anyio.abc
 from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 
-from .links import BackendLink
+from ._links import BackendLink
 
 __all__ = ["ResourceWatches"]
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcp_middleware.auth import TokenCache, canonical_resource
-from mcp_middleware.auth.token_cache import token_key
+from mcp_middleware.auth import canonical_resource
+from mcp_middleware.auth._token_cache import TokenCache, token_key
 
 
 class FakeClock:

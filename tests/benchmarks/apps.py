@@ -23,7 +23,7 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import McpCoreMiddleware, McpRequest, ResponseOutcome
-from mcp_middleware.router import run_lifespan
+from mcp_middleware.core.lifespan import run_lifespan
 from tests.servers import build_server
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx2
 
-from mcp_middleware.breaker import CircuitBreaker, CircuitBreakerMiddleware, Verdict
+from mcp_middleware.breaker import CircuitBreaker, CircuitBreakerMiddleware, Classification
 from mcp_middleware.core import McpCoreMiddleware, McpRequest, ResponseOutcome
 
 from ._common import median, modern_headers, percentile, section, table, tools_call_body, verdict
@@ -56,7 +56,7 @@ def cases() -> tuple[list[Case], dict[str, Case]]:
     machine = CircuitBreaker("bench")
 
     def closed_call() -> None:
-        machine.record(machine.acquire(), Verdict.SUCCESS)
+        machine.record(machine.acquire(), Classification.SUCCESS)
 
     components = [sync_case("CircuitBreaker acquire + record (closed)", closed_call)]
     return components, asgi

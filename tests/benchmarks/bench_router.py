@@ -29,7 +29,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
-from mcp_middleware.router import AsgiStreamTransport, InProcessBackend, McpRouter, run_lifespan
+from mcp_middleware.core.lifespan import run_lifespan
+from mcp_middleware.router import InProcessBackend, McpRouter
+from mcp_middleware.router._asgi_transport import AsgiStreamTransport
 from tests.router.servers import numbered_server
 from tests.servers import build_server
 

@@ -16,10 +16,10 @@ from mcp_middleware.breaker import (
     BreakerRegistry,
     BreakerState,
     CircuitBreakerMiddleware,
+    Classification,
     FailureClassifier,
     Fault,
     StateChange,
-    Verdict,
 )
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
@@ -269,9 +269,9 @@ async def test_notifications_and_other_paths_pass_through(serve: Any) -> None:
 
 
 async def test_the_classifier_is_replaceable(serve: Any) -> None:
-    def slow_is_failure(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+    def slow_is_failure(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
         """A team's own rule: an answer slower than 50 ms counts against the backend."""
-        return Verdict.FAILURE if fault is not None or outcome.duration > 0.05 else Verdict.SUCCESS
+        return Classification.FAILURE if fault is not None or outcome.duration > 0.05 else Classification.SUCCESS
 
     log = BackendLog()
     app = guarded(log, policy=trip_after(1), classifier=slow_is_failure)

@@ -11,7 +11,7 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware, Fault, Verdict
+from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware, Classification, Fault
 from mcp_middleware.core import ErrorCode, McpRequest, ResponseOutcome
 from tests.conftest import ERAS, Era, Served, connect
 from tests.support.sse import sse_messages
@@ -164,7 +164,7 @@ async def test_a_json_body_that_breaks_off_drops_the_connection(serve: Any) -> N
 
 
 async def test_a_classifier_that_raises_counts_as_neutral(serve: Any) -> None:
-    def broken(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Verdict:
+    def broken(request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
         raise RuntimeError("bug in a custom classifier")
 
     policy = BreakerPolicy(consecutive_failures=1, failure_rate=None, open_for=0.1, jitter=0.0)

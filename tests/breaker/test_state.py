@@ -10,7 +10,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
-from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreaker, StateChange, Verdict
+from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Classification, StateChange
 
 
 class Clock:
@@ -36,12 +36,12 @@ def state(b: CircuitBreaker) -> BreakerState:
 
 def fail(b: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        b.record(b.acquire(), Verdict.FAILURE)
+        b.record(b.acquire(), Classification.FAILURE)
 
 
 def succeed(b: CircuitBreaker, times: int = 1) -> None:
     for _ in range(times):
-        b.record(b.acquire(), Verdict.SUCCESS)
+        b.record(b.acquire(), Classification.SUCCESS)
 
 
 def test_consecutive_failures_trip_and_a_success_resets_the_count() -> None:
@@ -63,7 +63,7 @@ def test_neutral_outcomes_neither_trip_nor_reset() -> None:
     clock = Clock()
     b, _ = breaker(clock, consecutive_failures=2, failure_rate=None)
     fail(b)
-    b.record(b.acquire(), Verdict.NEUTRAL)
+    b.record(b.acquire(), Classification.NEUTRAL)
     fail(b)
     assert state(b) is BreakerState.OPEN
 
@@ -115,12 +115,12 @@ def test_half_open_admits_the_probe_budget_and_closes_after_enough_successes() -
     first, second = b.acquire(), b.acquire()
     assert first is not None and second is not None
     assert state(b) is BreakerState.HALF_OPEN and b.acquire() is None  # budget spent
-    b.record(first, Verdict.SUCCESS)
+    b.record(first, Classification.SUCCESS)
     third = b.acquire()  # a slot is free again
     assert third is not None and b.acquire() is None
-    b.record(second, Verdict.SUCCESS)
+    b.record(second, Classification.SUCCESS)
     assert state(b) is BreakerState.CLOSED
-    b.record(third, Verdict.FAILURE)  # admitted as a probe, answered after the circuit closed: stale
+    b.record(third, Classification.FAILURE)  # admitted as a probe, answered after the circuit closed: stale
     assert state(b) is BreakerState.CLOSED and b.snapshot().consecutive_failures == 0
     assert [c.reason for c in changes] == ["consecutive_failures", "open_elapsed", "probes_succeeded"]
 
@@ -131,7 +131,7 @@ def test_a_neutral_probe_frees_its_slot_without_deciding() -> None:
     fail(b)
     clock.now = 1.0
     probe = b.acquire()
-    b.record(probe, Verdict.NEUTRAL)
+    b.record(probe, Classification.NEUTRAL)
     assert state(b) is BreakerState.HALF_OPEN and b.acquire() is not None
 
 
@@ -156,9 +156,9 @@ def test_late_verdicts_from_before_a_trip_are_ignored() -> None:
     fail(b)
     clock.now = 1.0
     probe = b.acquire()
-    b.record(slow_call, Verdict.SUCCESS)  # admitted while closed, finished while half-open
+    b.record(slow_call, Classification.SUCCESS)  # admitted while closed, finished while half-open
     assert state(b) is BreakerState.HALF_OPEN
-    b.record(probe, Verdict.SUCCESS)
+    b.record(probe, Classification.SUCCESS)
     assert state(b) is BreakerState.CLOSED
 
 
@@ -237,12 +237,12 @@ class Model:
             self.probes += 1
         return self.generation
 
-    def record(self, permit: int | None, verdict: Verdict, now: float, draw: float) -> None:
+    def record(self, permit: int | None, verdict: Classification, now: float, draw: float) -> None:
         if permit != self.generation:
             return
         p = self.policy
-        if self.state is BreakerState.CLOSED and verdict is not Verdict.NEUTRAL:
-            failed = verdict is Verdict.FAILURE
+        if self.state is BreakerState.CLOSED and verdict is not Classification.NEUTRAL:
+            failed = verdict is Classification.FAILURE
             self.consecutive = self.consecutive + 1 if failed else 0
             self.calls.append((now, failed))
             window = self.in_window(now)
@@ -257,10 +257,10 @@ class Model:
                 self.open(now, draw)
         elif self.state is BreakerState.HALF_OPEN:
             self.probes -= 1
-            if verdict is Verdict.FAILURE:
+            if verdict is Classification.FAILURE:
                 self.level += 1
                 self.open(now, draw)
-            elif verdict is Verdict.SUCCESS:
+            elif verdict is Classification.SUCCESS:
                 self.probe_successes += 1
                 if self.probe_successes >= p.probes_to_close:
                     self.level, self.consecutive, self.calls = 0, 0, []
@@ -307,8 +307,8 @@ class BreakerMachine(RuleBasedStateMachine):
         assert permit == self.model.acquire(self.now)
         return permit
 
-    @rule(permit=consumes(permits), verdict=st.sampled_from(Verdict))
-    def record(self, permit: int | None, verdict: Verdict) -> None:
+    @rule(permit=consumes(permits), verdict=st.sampled_from(Classification))
+    def record(self, permit: int | None, verdict: Classification) -> None:
         self.real.record(permit, verdict)
         self.model.record(permit, verdict, self.now, self.draw)
 
@@ -346,9 +346,9 @@ def test_closing_starts_a_fresh_window_even_at_the_clocks_start() -> None:
         probes_to_close=1,
     )
     breaker = CircuitBreaker("p", policy, clock=lambda: now[0], random=lambda: 0.5)
-    breaker.record(breaker.acquire(), Verdict.FAILURE)
+    breaker.record(breaker.acquire(), Classification.FAILURE)
     now[0] = 1.0
-    breaker.record(breaker.acquire(), Verdict.SUCCESS)
+    breaker.record(breaker.acquire(), Classification.SUCCESS)
     snapshot = breaker.snapshot()
     assert snapshot.state is BreakerState.CLOSED
     assert (snapshot.window_calls, snapshot.window_failures) == (0, 0)
@@ -368,9 +368,9 @@ def test_each_transition_is_logged_once_at_warning_naming_the_key(caplog: pytest
         clock.now = 10.0
         assert state(b) is BreakerState.HALF_OPEN and state(b) is BreakerState.HALF_OPEN  # asked twice
         probe = b.acquire()
-        b.record(probe, Verdict.FAILURE)  # the probe fails: open again, twice as long
+        b.record(probe, Classification.FAILURE)  # the probe fails: open again, twice as long
         clock.now = 30.0
-        b.record(b.acquire(), Verdict.SUCCESS)
+        b.record(b.acquire(), Classification.SUCCESS)
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.WARNING, "circuit breaker 'backend' open (consecutive_failures): calls refused for 10.0 s"),
         (logging.WARNING, "circuit breaker 'backend' half-open (open_elapsed): probing"),

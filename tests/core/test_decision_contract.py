@@ -42,7 +42,8 @@ DOCS = PACKAGE.parent / "docs" / "observability.md"
 
 # Outcomes computed at run time, by the producer that computes them (the scan cannot read a variable).
 DYNAMIC: dict[tuple[str, str], set[str]] = {
-    ("breaker/middleware.py", "breaker"): {"success", "failure", "neutral"},  # `verdict.value` (breaker.state.Verdict)
+    ("breaker/call.py", "breaker"): {"success", "failure", "neutral"},  # a `Classification`'s value
+    ("router/bridge.py", "router"): set(),  # `decide()` passes its caller's outcome on; the callers are scanned
     ("cache/middleware.py", "cache"): {"hit", "stale"},  # `status` of a served entry
 }
 
@@ -76,9 +77,10 @@ def produced() -> set[tuple[str, str]]:
             outcome = _word(outcome_node, "Outcome")
             if outcome is not None:
                 pairs.add((component, outcome))
-            else:
-                for word in DYNAMIC.get((relative, component), ()):
-                    pairs.add((component, word))
+            else:  # a computed outcome: its producer must say which words it computes
+                words = DYNAMIC.get((relative, component))
+                assert words is not None, f"{relative}:{node.lineno} computes its outcome: list what it can be in DYNAMIC"
+                pairs.update((component, word) for word in words)
     return pairs
 
 

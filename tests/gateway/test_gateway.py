@@ -228,8 +228,8 @@ async def test_start_up_objects_are_frozen_out_of_the_collectors_scans(freeze: b
     """`[gateway] gc_freeze` (on by default) freezes what start-up built, and unfreezes it on shutdown."""
     import gc
 
+    from mcp_middleware.core.lifespan import run_lifespan
     from mcp_middleware.gateway.config import parse_config
-    from mcp_middleware.router import run_lifespan
 
     setting = "" if freeze else "[gateway]\ngc_freeze = false\n"
     config = parse_config(

@@ -14,8 +14,8 @@ from typing import Any
 
 from mcp.server.auth.provider import AccessToken
 
+from .._token_cache import forget_token, token_key
 from ..jwks import JwksTokenVerifier
-from ..token_cache import forget_token, token_key
 from ..verification import TokenRejected
 from .storage import AuthorizationStore
 
