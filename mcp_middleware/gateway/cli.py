@@ -61,12 +61,14 @@ def _parser() -> argparse.ArgumentParser:
         "optional), selectors naming no tool are warnings",
     )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
-    token = with_config(
-        commands.add_parser(
-            "token",
-            help="log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)",
-        )
-    )
+    _token_arguments(with_config(commands.add_parser("token", help=_TOKEN_HELP)))
+    return parser
+
+
+_TOKEN_HELP = "log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)"
+
+
+def _token_arguments(token: argparse.ArgumentParser) -> None:
     token.add_argument("--subject", help="the user name to log in as (default: the dev server's default user)")
     token.add_argument(
         "--scope",
@@ -83,7 +85,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--url", help="the gateway's base URL (default: from the config: public_url, or host and port)")
     token.add_argument("--port", type=int, help="the port the gateway listens on (default: $PORT, then [gateway].port)")
-    return parser
 
 
 def _load(path: Path) -> GatewayConfig | None:
