@@ -242,6 +242,12 @@ class TracingSettings:
     metrics_path: str = "/metrics"
     access_log: bool = True
     record_principal: bool = False
+    otlp_endpoint: str | None = None
+    """OTLP collector to export spans to (else `OTEL_EXPORTER_OTLP_*`; see `gateway/telemetry.py`)."""
+    otlp_protocol: str | None = None
+    """`http/protobuf` (the default) or `grpc`."""
+    service_name: str | None = None
+    """`service.name` of spans and `/metrics` (else `OTEL_SERVICE_NAME`, else `mcp-gateway`)."""
 
 
 @dataclass(frozen=True)
@@ -601,9 +607,20 @@ def _tracing(reader: Reader) -> TracingSettings:
         metrics_path=path,
         access_log=reader.boolean("access_log", d.access_log),
         record_principal=reader.boolean("record_principal", d.record_principal),
+        otlp_endpoint=_otlp_endpoint(reader),
+        otlp_protocol=reader.string("otlp_protocol", None, choices=("http/protobuf", "grpc")),
+        service_name=reader.string("service_name", None) or None,
     )
     reader.done()
     return settings
+
+
+def _otlp_endpoint(reader: Reader) -> str | None:
+    endpoint = reader.string("otlp_endpoint", None)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        reader.problem("otlp_endpoint", f"must be an http:// or https:// URL, not {endpoint!r}")
+        return None
+    return endpoint or None
 
 
 def _loopback(host: str) -> bool:

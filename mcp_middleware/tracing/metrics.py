@@ -68,13 +68,45 @@ try:  # the API's stand-in until a global provider is set: recording through it 
 except ImportError:  # pragma: no cover - a later API may move it; then only NoOp counts as off
     _UNSET_METER_PROVIDER = NoOpMeterProvider  # type: ignore[misc,assignment]
 
-__all__ = ["OPERATION_DURATION", "BreakerChange", "KnownNames", "McpMetrics"]
+__all__ = ["OPERATION_DURATION", "SERVER_LABEL", "BreakerChange", "KnownNames", "McpMetrics"]
 
 OPERATION_DURATION: Final = "mcp.server.operation.duration"
+SERVER_LABEL: Final = "mcp_middleware.server"
+"""The backend that served the request: a configured server name, never a client's text."""
 _OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({"hit", "miss", "stale"})
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
+_MAX_SETS: Final = 4096
+"""Most pre-built attribute sets kept per instrument (each label is bounded; this bounds their product)."""
+_OPERATION_LABELS: Final = (
+    MCP_METHOD_NAME,
+    MCP_PROTOCOL_VERSION,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_PROMPT_NAME,
+    ERROR_TYPE,
+    RPC_RESPONSE_STATUS_CODE,
+    SERVER_LABEL,
+)
+_HTTP_LABELS: Final = (
+    "http.request.method",
+    "url.scheme",
+    "http.response.status_code",
+    "network.protocol.version",
+    "server.address",
+    SERVER_LABEL,
+)
+_HTTP_METHODS: Final = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+_HTTP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def _operation_attributes(key: tuple[str | None, ...]) -> AttributeMap:
+    attributes: AttributeMap = {
+        name: value for name, value in zip(_OPERATION_LABELS, key, strict=True) if value is not None
+    }
+    if key[0] == "tools/call":
+        attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
+    return attributes
 
 
 class KnownNames:
@@ -139,7 +171,9 @@ def _records(provider: MeterProvider) -> bool:
 class McpMetrics:
     """The project's instruments on one meter; see the module docstring for the list."""
 
-    def __init__(self, meter_provider: MeterProvider | None = None, *, max_names: int = 500) -> None:
+    def __init__(
+        self, meter_provider: MeterProvider | None = None, *, max_names: int = 500, http: bool = False
+    ) -> None:
         from mcp_middleware import __version__
 
         self._provider = meter_provider
@@ -149,6 +183,13 @@ class McpMetrics:
         self._errors = BoundedValues(max_names)
         self._reasons = BoundedValues(max_names)
         self._breakers = BoundedValues(max_names, max_length=128)
+        self._servers = BoundedValues(max_names)
+        self._hosts = BoundedValues(max_names, max_length=255)
+        # Pre-built attribute sets, one per combination of (bounded) label values: the request path
+        # looks one up instead of building a dict per request. At most `_MAX_SETS` of each kept.
+        self._operation_sets: dict[tuple[str | None, ...], AttributeMap] = {}
+        self._decision_sets: dict[tuple[str, str], AttributeMap] = {}
+        self._http_sets: dict[tuple[object, ...], AttributeMap] = {}
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -177,6 +218,16 @@ class McpMetrics:
         self.cache_evictions = meter.create_counter(
             "mcp.middleware.cache.evictions", unit="{entry}", description="Entries evicted from the response cache."
         )
+        self.http_duration = (
+            meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=list(_HTTP_BUCKETS),
+            )
+            if http
+            else None
+        )
 
     @property
     def active(self) -> bool:
@@ -185,36 +236,82 @@ class McpMetrics:
         return fixed if fixed is not None else _records(otel_metrics.get_meter_provider())
 
     def record_operation(
-        self, request: McpRequest, duration: float, error_type: str | None, error_code: int | None
+        self,
+        request: McpRequest,
+        duration: float,
+        error_type: str | None,
+        error_code: int | None,
+        server: str | None = None,
     ) -> None:
         """Record one MCP request or notification in `mcp.server.operation.duration`.
 
         Tool and prompt names are labels only once :attr:`names` knows them (see :class:`KnownNames`):
         call :meth:`KnownNames.learn` with the response's result first, as `TracingMiddleware` does.
+        `server` (the backend's configured name) becomes `mcp_middleware.server`, bounded like the others.
         """
         method = request.method
         if method is None:
             return  # GET streams, DELETE, client responses: not MCP operations
-        attributes: AttributeMap = {
-            MCP_METHOD_NAME: known_method(method),
-            MCP_PROTOCOL_VERSION: known_version(request.protocol_version),
-        }
+        method = known_method(method)
+        tool = prompt = None
         if method == "tools/call":
-            attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
             if (name := request.name) is not None:
-                attributes[GEN_AI_TOOL_NAME] = self.names.label(name)
+                tool = self.names.label(name)
         elif method == "prompts/get" and (name := request.name) is not None:
-            attributes[GEN_AI_PROMPT_NAME] = self.names.label(name)
-        if error_type is not None:
-            attributes[ERROR_TYPE] = self._errors(error_type)
-        if error_code is not None:
-            attributes[RPC_RESPONSE_STATUS_CODE] = self._errors(str(error_code))
+            prompt = self.names.label(name)
+        key = (
+            method,
+            known_version(request.protocol_version),
+            tool,
+            prompt,
+            None if error_type is None else self._errors(error_type),
+            None if error_code is None else self._errors(str(error_code)),
+            None if server is None else self._servers(server),
+        )
+        attributes = self._operation_sets.get(key)
+        if attributes is None:
+            attributes = _operation_attributes(key)
+            if len(self._operation_sets) < _MAX_SETS:
+                self._operation_sets[key] = attributes
         self.duration.record(max(duration, 0.0), attributes)
+
+    def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
+        """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
+
+        The `Host` header is a label only bounded, like every other value a client chose.
+        """
+        if self.http_duration is None:
+            return
+        host = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = self._hosts(value.decode("latin-1").rsplit(":", 1)[0] if b"]" not in value else OTHER)
+                break
+        method = scope["method"]
+        key = (
+            method if method in _HTTP_METHODS else _OTHER,
+            scope.get("scheme", "http"),
+            status,
+            scope.get("http_version"),
+            host,
+            None if server is None else self._servers(server),
+        )
+        attributes = self._http_sets.get(key)
+        if attributes is None:
+            attributes = {name: value for name, value in zip(_HTTP_LABELS, key, strict=True) if value is not None}
+            if len(self._http_sets) < _MAX_SETS:
+                self._http_sets[key] = attributes
+        self.http_duration.record(max(duration, 0.0), attributes)
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (component and outcome are the middlewares' own words)."""
         component, outcome, details = decision
-        self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
+        counted = self._decision_sets.get((component, outcome))
+        if counted is None:
+            counted = {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome}
+            if len(self._decision_sets) < _MAX_SETS:
+                self._decision_sets[(component, outcome)] = counted
+        self.decisions.add(1, counted)
         if component == "auth":
             if outcome != "allow":
                 reason = self._text(details.get("reason"))
