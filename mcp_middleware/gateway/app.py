@@ -42,7 +42,7 @@ from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mo
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
-from .telemetry import Telemetry, TelemetrySettings
+from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
     import uvicorn
@@ -231,6 +231,7 @@ def _traced(
         config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
         record_enduser=config.tracing.record_principal,
         access_log=AccessLog() if config.tracing.access_log else False,
+        server_name=backend_label(prefix, (server.name for server in config.servers)),
     )
     if tracing.metrics is not None:
         assembly.state_listeners.append(tracing.metrics.record_breaker_change)

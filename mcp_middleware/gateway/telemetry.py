@@ -28,15 +28,27 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
+
+from starlette.types import Scope
+
+from mcp_middleware.core import get_decisions
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-__all__ = ["DEFAULT_SERVICE_NAME", "PROTOCOLS", "Telemetry", "TelemetrySettings", "export_target", "service_name"]
+__all__ = [
+    "DEFAULT_SERVICE_NAME",
+    "PROTOCOLS",
+    "Telemetry",
+    "TelemetrySettings",
+    "backend_label",
+    "export_target",
+    "service_name",
+]
 
 DEFAULT_SERVICE_NAME: Final = "mcp-gateway"
 PROTOCOLS: Final = ("http/protobuf", "grpc")
@@ -148,3 +160,27 @@ def _exporting_provider(resource: Resource, protocol: str, endpoint: str) -> Tra
     provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER, as the SDK reads it
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | None]:
+    """The `server_name` hook of the gateway's `TracingMiddleware`: which configured server a request reached.
+
+    A path mount is named by its path (`{prefix}/{name}`); a request the aggregate routed, by the
+    router's `routed` decision. Only configured names come out (anything else is `None`, no label):
+    a client choosing the path or the tool name cannot mint label values.
+    """
+    known = frozenset(names)
+    mount_prefix = prefix.rstrip("/") + "/"
+
+    def label(scope: Scope) -> str | None:
+        for decision in reversed(get_decisions(scope)):
+            if decision.component == "router" and decision.outcome == "routed":
+                server = decision.attributes.get("server")
+                return server if isinstance(server, str) and server in known else None
+        path: str = scope["path"]
+        if path.startswith(mount_prefix):
+            name = path[len(mount_prefix) :].rstrip("/")
+            return name if name in known else None
+        return None
+
+    return label
