@@ -125,3 +125,46 @@ def test_the_backend_label_is_a_configured_name_or_nothing() -> None:
     assert label(_scope("/mcp", (("router", "routed", {"server": "files"}),))) == "files"
     assert label(_scope("/mcp", (("router", "routed", {"server": "evil"}),))) is None
     assert label(_scope("/mcp")) is None
+
+
+@pytest.mark.anyio
+async def test_the_operation_duration_is_labelled_by_backend_for_mounts_and_the_aggregate() -> None:
+    import httpx2
+    from mcp import Client
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader
+
+    from tests.conftest import serve_app
+    from tests.support.requests import modern_body, modern_headers
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    config = parse_config(SERVER + "[aggregate]\nenabled = true\n[tracing]\naccess_log = false\n")
+    gateway = build_gateway(config, meter_provider=provider)
+    with serve_app(gateway.app) as served:
+        async with Client(f"{served.base}/mcp/demo", cache=None) as client:
+            await client.call_tool("echo", {"text": "a"})
+        async with Client(f"{served.base}/mcp", cache=None) as client:
+            await client.call_tool("demo__echo", {"text": "b"})
+        async with httpx2.AsyncClient() as http:  # a path no server is mounted at
+            body, headers = modern_body("tools/list"), modern_headers("tools/list")
+            assert (await http.post(f"{served.base}/mcp/evil", content=body, headers=headers)).status_code == 404
+    data = reader.get_metrics_data()
+    points = [
+        point
+        for resource in (data.resource_metrics if data else ())
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "mcp.server.operation.duration"
+        for point in metric.data.data_points
+        if isinstance(point, HistogramDataPoint)
+    ]
+    calls = sorted(
+        ((p.attributes or {}).get("gen_ai.tool.name"), (p.attributes or {}).get("mcp_middleware.server"), p.count)
+        for p in points
+        if (p.attributes or {}).get("mcp.method.name") == "tools/call"
+    )
+    assert calls == [("demo__echo", "demo", 1), ("echo", "demo", 1)]  # the mount, and routed by the aggregate
+    servers = {(p.attributes or {}).get("mcp_middleware.server") for p in points}
+    assert "evil" not in servers and servers <= {"demo", None}
+    provider.shutdown()
