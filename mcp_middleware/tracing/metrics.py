@@ -35,11 +35,11 @@ ones are `_OTHER`. So the number of series is fixed, whatever the traffic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics as otel_metrics
-from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
+from opentelemetry.metrics import CallbackOptions, MeterProvider, NoOpMeterProvider, Observation
 
 from mcp_middleware.core import (
     OTHER,
@@ -188,7 +188,6 @@ class McpMetrics:
         # Pre-built attribute sets, one per combination of (bounded) label values: the request path
         # looks one up instead of building a dict per request. At most `_MAX_SETS` of each kept.
         self._operation_sets: dict[tuple[str | None, ...], AttributeMap] = {}
-        self._decision_sets: dict[tuple[str, str], AttributeMap] = {}
         self._http_sets: dict[tuple[object, ...], AttributeMap] = {}
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
@@ -197,26 +196,56 @@ class McpMetrics:
             "from the time it was received until the result or ack is sent.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.decisions = meter.create_counter(
-            "mcp.middleware.decisions", unit="{decision}", description="Decisions of the middlewares, by outcome."
+        # Counters are tallied here and read by the SDK at collection time (observable counters): a
+        # decision costs a dict update on the request path, not an SDK measurement.
+        self.decisions = _Tally(
+            meter,
+            "mcp.middleware.decisions",
+            ("mcp_middleware.component", "mcp_middleware.outcome"),
+            unit="{decision}",
+            description="Decisions of the middlewares, by outcome.",
         )
-        self.auth_failures = meter.create_counter(
-            "mcp.middleware.auth.failures", unit="{request}", description="Requests auth did not allow, by reason."
+        self.auth_failures = _Tally(
+            meter,
+            "mcp.middleware.auth.failures",
+            ("mcp_middleware.outcome", "mcp_middleware.reason"),
+            unit="{request}",
+            description="Requests auth did not allow, by reason.",
         )
-        self.ratelimit_refusals = meter.create_counter(
-            "mcp.middleware.ratelimit.refusals", unit="{request}", description="Requests refused by a rate limit."
+        self.ratelimit_refusals = _Tally(
+            meter,
+            "mcp.middleware.ratelimit.refusals",
+            ("mcp_middleware.policy", "mcp_middleware.reason"),
+            unit="{request}",
+            description="Requests refused by a rate limit.",
         )
-        self.breaker_refusals = meter.create_counter(
-            "mcp.middleware.breaker.refusals", unit="{request}", description="Requests refused by an open circuit."
+        self.breaker_refusals = _Tally(
+            meter,
+            "mcp.middleware.breaker.refusals",
+            ("mcp_middleware.state",),
+            unit="{request}",
+            description="Requests refused by an open circuit.",
         )
-        self.breaker_transitions = meter.create_counter(
-            "mcp.middleware.breaker.transitions", unit="{transition}", description="Circuit breaker state changes."
+        self.breaker_transitions = _Tally(
+            meter,
+            "mcp.middleware.breaker.transitions",
+            ("mcp_middleware.breaker", "mcp_middleware.previous", "mcp_middleware.state", "mcp_middleware.reason"),
+            unit="{transition}",
+            description="Circuit breaker state changes.",
         )
-        self.cache_lookups = meter.create_counter(
-            "mcp.middleware.cache.lookups", unit="{lookup}", description="Response cache lookups, by outcome."
+        self.cache_lookups = _Tally(
+            meter,
+            "mcp.middleware.cache.lookups",
+            ("mcp_middleware.outcome",),
+            unit="{lookup}",
+            description="Response cache lookups, by outcome.",
         )
-        self.cache_evictions = meter.create_counter(
-            "mcp.middleware.cache.evictions", unit="{entry}", description="Entries evicted from the response cache."
+        self.cache_evictions = _Tally(
+            meter,
+            "mcp.middleware.cache.evictions",
+            (),
+            unit="{entry}",
+            description="Entries evicted from the response cache.",
         )
         self.http_duration = (
             meter.create_histogram(
@@ -231,9 +260,15 @@ class McpMetrics:
 
     @property
     def active(self) -> bool:
-        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call)."""
+        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call
+        until one is: a global provider, once set, stays)."""
         fixed = self._active
-        return fixed if fixed is not None else _records(otel_metrics.get_meter_provider())
+        if fixed is not None:
+            return fixed
+        if _records(otel_metrics.get_meter_provider()):
+            self._active = True
+            return True
+        return False
 
     def record_operation(
         self,
@@ -306,12 +341,7 @@ class McpMetrics:
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (component and outcome are the middlewares' own words)."""
         component, outcome, details = decision
-        counted = self._decision_sets.get((component, outcome))
-        if counted is None:
-            counted = {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome}
-            if len(self._decision_sets) < _MAX_SETS:
-                self._decision_sets[(component, outcome)] = counted
-        self.decisions.add(1, counted)
+        self.decisions.count((component, outcome))
         if component == "auth":
             if outcome != "allow":
                 reason = self._text(details.get("reason"))
@@ -355,6 +385,42 @@ class McpMetrics:
                 "mcp_middleware.reason": self._text(_state(change.reason)),
             },
         )
+
+
+class _Tally:
+    """A monotonic counter kept as a dict of totals, reported through an observable counter.
+
+    Each key is the tuple of the (bounded) label values in `labels`' order; its attribute set is built
+    once, the first time the key is counted. `add(amount, attributes)` is the `Counter.add` shape.
+    """
+
+    __slots__ = ("_labels", "_sets", "_totals")
+
+    def __init__(
+        self, meter: otel_metrics.Meter, name: str, labels: tuple[str, ...], *, unit: str, description: str
+    ) -> None:
+        self._labels = labels
+        self._totals: dict[tuple[object, ...], int] = {}
+        self._sets: dict[tuple[object, ...], AttributeMap] = {}
+        meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
+
+    def count(self, key: tuple[object, ...], amount: int = 1) -> None:
+        totals = self._totals
+        if key in totals:
+            totals[key] += amount
+            return
+        self._sets[key] = {
+            label: value for label, value in zip(self._labels, key, strict=True) if isinstance(value, str | int)
+        }  # before the total: a collection in another thread finds the set of every total it sees
+        totals[key] = amount
+
+    def add(self, amount: int, attributes: Mapping[str, object] | None = None) -> None:
+        values = attributes or {}
+        self.count(tuple(values.get(label) for label in self._labels), amount)
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        sets = self._sets
+        return [Observation(total, sets[key]) for key, total in list(self._totals.items())]
 
 
 class BreakerChange(Protocol):

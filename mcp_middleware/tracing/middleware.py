@@ -153,9 +153,15 @@ class TracingMiddleware:
 
     @property
     def tracing(self) -> bool:
-        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request)."""
+        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request
+        until one is: a global provider, once set, stays)."""
         fixed = self._tracing
-        return fixed if fixed is not None else _records(trace.get_tracer_provider())
+        if fixed is not None:
+            return fixed
+        if _records(trace.get_tracer_provider()):
+            self._tracing = True
+            return True
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
