@@ -163,9 +163,12 @@ class KnownNames:
                 return  # full
 
 
+_STAND_INS: Final = (NoOpMeterProvider, _UNSET_METER_PROVIDER)
+
+
 def _records(provider: MeterProvider) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
-    return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
+    return not isinstance(provider, _STAND_INS)
 
 
 class McpMetrics:

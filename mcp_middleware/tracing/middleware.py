@@ -84,9 +84,12 @@ class _BodySwap:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
+_STAND_INS: Final = (ProxyTracerProvider, NoOpTracerProvider)
+
+
 def _records(provider: TracerProviderApi) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
-    return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+    return not isinstance(provider, _STAND_INS)
 
 
 class TracingMiddleware:
