@@ -132,7 +132,8 @@ async def test_a_hostile_host_header_is_no_label_of_the_http_metrics(serve: Any,
         for index in range(12):
             headers = {**LEGACY, "host": f"attacker-{index}.example:80"}
             await http.post(served.mcp_url, content=initialize_body("2025-11-25", index), headers=headers)
-    await until(lambda: bool(metrics.points("http.server.request.duration")))
+    # Recorded as each request ends, just after its last byte: wait for all twelve.
+    await until(lambda: sum(p.count for p in metrics.points("http.server.request.duration")) == 12)
     points = metrics.points("http.server.request.duration")
     hosts = {str((p.attributes or {}).get("server.address")) for p in points}
     assert hosts == {"attacker-0.example", "attacker-1.example", "attacker-2.example", "_OTHER"}
