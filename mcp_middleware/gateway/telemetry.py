@@ -28,6 +28,7 @@ True
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
@@ -51,6 +52,8 @@ __all__ = [
 ]
 
 DEFAULT_SERVICE_NAME: Final = "mcp-gateway"
+SHUTDOWN_PATIENCE: Final = 3.0
+"""Seconds the gateway's shutdown waits for the last spans to reach the collector."""
 PROTOCOLS: Final = ("http/protobuf", "grpc")
 _TRACES_PATH: Final = "/v1/traces"
 
@@ -125,10 +128,19 @@ class Telemetry:
         if self.tracer_provider is not None and type(trace.get_tracer_provider()) is trace.ProxyTracerProvider:
             trace.set_tracer_provider(self.tracer_provider)
 
-    def shutdown(self) -> None:
-        """Flush the spans still batched and stop the exporter (the gateway's lifespan calls it last)."""
-        if self.tracer_provider is not None:
-            self.tracer_provider.shutdown()
+    def shutdown(self, patience: float = SHUTDOWN_PATIENCE) -> None:
+        """Flush the spans still batched and stop the exporter (the gateway's lifespan calls it last).
+
+        Waits at most `patience` seconds: a collector that is down would otherwise hold the exit
+        for the exporter's retries (up to its timeout, 10 s by default). The flush goes on in a daemon
+        thread, and is dropped if the process exits first.
+        """
+        provider = self.tracer_provider
+        if provider is None:
+            return
+        flushing = threading.Thread(target=provider.shutdown, name="otlp-shutdown", daemon=True)
+        flushing.start()
+        flushing.join(patience)
 
 
 def _exporting_provider(resource: Resource, protocol: str, endpoint: str) -> TracerProvider:

@@ -1,7 +1,7 @@
 """The whole in-process stack as an e2e app (`--apps bare,full_stack`), the recommended order outermost first:
 tracing (OpenTelemetry API only: nothing configured) → auth (cached ES256 token) → rate limit (memory,
 never tripping) → cache (`tools/call` of `echo` passes through) → breaker (with timeouts) → the server.
-Issue 17's target: ≥ 0.92× bare in the same run.
+Issue 17 target: at least 0.92 of bare in the same run.
 """
 
 from __future__ import annotations

@@ -168,3 +168,28 @@ async def test_the_operation_duration_is_labelled_by_backend_for_mounts_and_the_
     servers = {(p.attributes or {}).get("mcp_middleware.server") for p in points}
     assert "evil" not in servers and servers <= {"demo", None}
     provider.shutdown()
+
+
+@pytest.mark.anyio
+async def test_a_collector_that_is_down_neither_fails_requests_nor_holds_the_shutdown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+    import time
+
+    from mcp import Client
+
+    from tests.conftest import free_port, serve_app
+
+    dead = free_port()  # nothing listens there
+    config = parse_config(SERVER + f'[tracing]\notlp_endpoint = "http://127.0.0.1:{dead}"\n')
+    gateway = build_gateway(config)
+    with caplog.at_level(logging.INFO, logger="mcp_middleware.access"):
+        with serve_app(gateway.app) as served:
+            async with Client(f"{served.base}/mcp/demo", cache=None) as client:
+                assert (await client.call_tool("echo", {"text": "hi"})).content[0].text == "hi"  # type: ignore[union-attr]
+            stopping = time.monotonic()
+        # The flush waits at most SHUTDOWN_PATIENCE (3 s); unbounded, the exporter's retries took 6.4 s here.
+        assert time.monotonic() - stopping < 5.5
+    lines = [r.getMessage() for r in caplog.records if r.name == "mcp_middleware.access"]
+    assert lines and all('"trace_id":"' in line for line in lines)  # spans were made, whatever the collector
