@@ -35,11 +35,11 @@ ones are `_OTHER`. So the number of series is fixed, whatever the traffic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
 from opentelemetry import metrics as otel_metrics
-from opentelemetry.metrics import CallbackOptions, MeterProvider, NoOpMeterProvider, Observation
+from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 
 from mcp_middleware.core import (
     OTHER,
@@ -62,6 +62,7 @@ from .semconv import (
     RPC_RESPONSE_STATUS_CODE,
     AttributeMap,
 )
+from .tally import Tally as _Tally
 
 try:  # the API's stand-in until a global provider is set: recording through it is a no-op
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _UNSET_METER_PROVIDER
@@ -388,42 +389,6 @@ class McpMetrics:
                 "mcp_middleware.reason": self._text(_state(change.reason)),
             },
         )
-
-
-class _Tally:
-    """A monotonic counter kept as a dict of totals, reported through an observable counter.
-
-    Each key is the tuple of the (bounded) label values in `labels`' order; its attribute set is built
-    once, the first time the key is counted. `add(amount, attributes)` is the `Counter.add` shape.
-    """
-
-    __slots__ = ("_labels", "_sets", "_totals")
-
-    def __init__(
-        self, meter: otel_metrics.Meter, name: str, labels: tuple[str, ...], *, unit: str, description: str
-    ) -> None:
-        self._labels = labels
-        self._totals: dict[tuple[object, ...], int] = {}
-        self._sets: dict[tuple[object, ...], AttributeMap] = {}
-        meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
-
-    def count(self, key: tuple[object, ...], amount: int = 1) -> None:
-        totals = self._totals
-        if key in totals:
-            totals[key] += amount
-            return
-        self._sets[key] = {
-            label: value for label, value in zip(self._labels, key, strict=True) if isinstance(value, str | int)
-        }  # before the total: a collection in another thread finds the set of every total it sees
-        totals[key] = amount
-
-    def add(self, amount: int, attributes: Mapping[str, object] | None = None) -> None:
-        values = attributes or {}
-        self.count(tuple(values.get(label) for label in self._labels), amount)
-
-    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        sets = self._sets
-        return [Observation(total, sets[key]) for key, total in list(self._totals.items())]
 
 
 class BreakerChange(Protocol):
