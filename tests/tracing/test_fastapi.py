@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mcp_middleware.tracing import TracingMiddleware
 from tests.conftest import ERAS, Era, Served, connect
 from tests.servers import build_server
-from tests.support.requests import modern_headers
+from tests.support.requests import modern_body, modern_headers
 from tests.support.waiting import until
 
 from .conftest import SDK, RecordingDecider, Spans
@@ -165,3 +165,23 @@ async def test_inside_an_asgi_instrumentation_span_the_middleware_enriches_that_
     [host] = hosts()
     assert host.kind is SpanKind.SERVER and dict(host.attributes or {})["gen_ai.tool.name"] == "echo"
     assert not spans.ours()
+
+
+async def test_in_fastapi_a_meta_traceparent_becomes_a_link_of_the_host_span(serve: Any, spans: Spans) -> None:
+    """The host chose its parent from the headers; the MCP message's own context is kept as a link."""
+    served: Served = serve(_fastapi_app(spans, build_server()))
+    meta_parent = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    params = {"name": "echo", "arguments": {"text": "hi"}, "_meta": {"traceparent": meta_parent}}
+    async with httpx2.AsyncClient() as http:
+        answer = await http.post(
+            served.mcp_url, content=modern_body("tools/call", params), headers=modern_headers("tools/call", "echo")
+        )
+    assert answer.status_code == 200
+    host = await _host_span(spans, **{"gen_ai.tool.name": "echo"})
+    assert host.parent is None  # no traceparent header: the host started a trace, `_meta` did not reparent it
+    [link] = host.links
+    assert (f"{link.context.trace_id:032x}", f"{link.context.span_id:016x}") == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "00f067aa0ba902b7",
+    )
+    assert dict(link.attributes or {}) == {"mcp_middleware.link": "mcp.meta.traceparent"}
