@@ -124,6 +124,7 @@ class TracingOptions(TypedDict, total=False):
     access_log: AccessLog | bool
     http_metrics: bool
     max_metric_names: int
+    server_name: Callable[[Scope], str | None] | None
 
 
 _Defaults = Literal[True]

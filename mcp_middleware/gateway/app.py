@@ -45,6 +45,7 @@ from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mo
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
+from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
     import uvicorn
@@ -72,6 +73,8 @@ class Gateway:
     breakers: list[tuple[str, BreakerRegistry]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Optional servers left out (and why)."""
+    telemetry: Telemetry | None = None
+    """The OpenTelemetry SDK pieces of `[tracing]` (resource, OTLP export); `serve` installs them globally."""
     _closers: list[Closer] = field(default_factory=list)
 
     def uvicorn_config(self) -> uvicorn.Config:
@@ -121,8 +124,11 @@ def build_gateway(
         ) from exc
     closers: list[Closer] = []
     inner = _front(router, config, assembly)
+    telemetry = None
     if config.tracing.enabled:
-        inner = _traced(inner, config, assembly, closers, tracer_provider, meter_provider)
+        tracing = config.tracing
+        telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
+        inner = _traced(inner, config, assembly, closers, telemetry, tracer_provider, meter_provider)
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     return Gateway(
         config=config,
@@ -135,6 +141,7 @@ def build_gateway(
         authorization_server=assembly.authorization_server,
         breakers=assembly.breakers,
         skipped=skipped,
+        telemetry=telemetry,
         _closers=closers,
     )
 
@@ -211,17 +218,25 @@ def _traced(
     config: GatewayConfig,
     assembly: Assembly,
     closers: list[Closer],
+    telemetry: Telemetry,
     tracer_provider: TracerProvider | None,
     meter_provider: MeterProvider | None,
 ) -> ASGIApp:
-    """Tracing around `inner`, and Prometheus `/metrics` around that unless a meter provider was given."""
+    """Tracing around `inner`, and Prometheus `/metrics` around that unless a meter provider was given.
+
+    Spans go to `tracer_provider` if given, else to the OTLP exporter `[tracing]` or `OTEL_*` configure
+    (see `telemetry.py`), else to the global provider; `/metrics` is labelled with the service's resource.
+    """
     from mcp_middleware.tracing import AccessLog, PrometheusMetrics, PrometheusMiddleware, TracingMiddleware
 
     metrics = None
     if meter_provider is None:
-        metrics = PrometheusMetrics()
+        metrics = PrometheusMetrics(resource=telemetry.resource)
         meter_provider = metrics.meter_provider
         closers.append(metrics.shutdown)
+    if tracer_provider is None:
+        tracer_provider = telemetry.tracer_provider
+    closers.append(telemetry.shutdown)  # flushes the batched spans
     prefix = config.gateway.prefix
     tracing = TracingMiddleware(
         inner,
@@ -230,6 +245,7 @@ def _traced(
         config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
         record_enduser=config.tracing.record_enduser,
         access_log=AccessLog() if config.tracing.access_log else False,
+        server_name=backend_label(prefix, (server.name for server in config.servers)),
     )
     if tracing.metrics is not None:
         assembly.state_listeners.append(tracing.metrics.record_breaker_change)

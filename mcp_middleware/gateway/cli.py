@@ -200,6 +200,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         except (ConfigError, ImportError, ValueError) as exc:
             print(f"cannot build the gateway: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        if gateway.telemetry is not None:
+            gateway.telemetry.install_global()  # the mcp SDK's own spans are exported too
         where = dev_mode_exposure(config, host)
         if where is not None:
             logging.getLogger("mcp_middleware.gateway").warning(

@@ -211,6 +211,17 @@ def tracing(reader: Reader) -> TracingSettings:
         metrics_path=path,
         access_log=reader.boolean("access_log", d.access_log),
         record_enduser=reader.boolean("record_enduser", d.record_enduser),
+        otlp_endpoint=_otlp_endpoint(reader),
+        otlp_protocol=reader.string("otlp_protocol", None, choices=("http/protobuf", "grpc")),
+        service_name=reader.string("service_name", None) or None,
     )
     reader.done()
     return settings
+
+
+def _otlp_endpoint(reader: Reader) -> str | None:
+    endpoint = reader.string("otlp_endpoint", None)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        reader.problem("otlp_endpoint", f"must be an http:// or https:// URL, not {endpoint!r}")
+        return None
+    return endpoint or None

@@ -221,6 +221,12 @@ class TracingSettings:
     access_log: bool = True
     record_enduser: bool = False
     """`TracingMiddleware(record_enduser=…)` (the tracing extra is not imported to read its default)."""
+    otlp_endpoint: str | None = None
+    """OTLP collector to export spans to (else `OTEL_EXPORTER_OTLP_*`; see `gateway/telemetry.py`)."""
+    otlp_protocol: str | None = None
+    """`http/protobuf` (the default) or `grpc`."""
+    service_name: str | None = None
+    """`service.name` of spans and `/metrics` (else `OTEL_SERVICE_NAME`, else `mcp-gateway`)."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from mcp_middleware.core import (
     known_method,
 )
 
+from .http_semconv import HttpConventions
 from .metrics import KnownNames, McpMetrics
 from .semconv import ERROR_TYPE, RPC_RESPONSE_STATUS_CODE, outcome_error
 
@@ -29,6 +30,7 @@ class Exchange:
     """What is known about one traced request, shared by the span, the metrics and the log."""
 
     __slots__ = (
+        "closer",
         "concluded",
         "duration",
         "error_code",
@@ -37,16 +39,19 @@ class Exchange:
         "exception",
         "forward",
         "headers",
+        "http",
         "link",
         "metrics",
         "name",
         "names",
+        "own_span",
         "pending",
         "record_enduser",
         "refusal",
         "request",
         "scope",
         "span",
+        "span_ended",
         "span_finished",
         "started",
         "status",
@@ -66,6 +71,10 @@ class Exchange:
         self.forward: Send | None = None
         self.headers: list[tuple[bytes, bytes]] = scope["headers"]
         self.span: Span = INVALID_SPAN
+        self.own_span = False
+        self.span_ended = False
+        self.http: HttpConventions | None = None
+        self.closer: Send | None = None
         self.link: SpanContext | None = None
         self.pending: list[Decision] = []
         self.refusal: list[Message] = []
@@ -89,8 +98,11 @@ class Exchange:
         elif self.span.is_recording():
             _decorate(self.span, decision, self.record_enduser)
 
-    def attach_span(self, span: Span) -> None:
+    def attach_span(self, span: Span, *, own: bool = True, http: HttpConventions | None = None) -> None:
+        """The request's span: its own (`own`, ended here) or the host's (enriched, ended by the host)."""
         self.span = span
+        self.own_span = own
+        self.http = http
         if span.is_recording():
             if self.link is not None:
                 span.add_link(self.link, {"mcp_middleware.link": "http.traceparent"})
@@ -99,11 +111,52 @@ class Exchange:
         self.pending = []
 
     async def send(self, message: Message) -> None:
-        """Forward, then (on the last body chunk) finish the span before the instrumentation ends it."""
+        """Forward, then (on the last body chunk) finish the span before it ends."""
         assert self.forward is not None
+        kind = message["type"]
+        if kind == "http.response.start" and self.http is not None and self.span.is_recording():
+            self.span.set_attributes(self.http.response(message["status"]))
         await self.forward(message)
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
+        if kind == "http.response.body" and not message.get("more_body", False):
             self.finish_span()
+            if self.own_span:
+                self.end_span()
+        closer = self.closer
+        if closer is not None:  # the host's span ends with this last (empty) chunk, after the outcome was set
+            self.closer = None
+            self.finish_span()
+            await closer({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def holding_last(self, send: Send) -> Send:
+        """`send` that holds back the end of the response, for a host span that ends with it.
+
+        A host (FastAPI's telemetry, an ASGI instrumentation) ends its span when the last body chunk
+        passes; the outcome is only known once the tap has seen that chunk. So the last chunk goes on
+        with `more_body` set, and :meth:`send` ends the response with an empty chunk once the outcome
+        is on the span.
+        """
+
+        async def below(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.closer = send
+                message = {**message, "more_body": True}
+            await send(message)
+
+        return below
+
+    def end_span(self) -> None:
+        """End the span this exchange made (once); a host's span is the host's to end."""
+        if self.own_span and not self.span_ended:
+            self.span_ended = True
+            self.finish_span()
+            self.span.end()
+
+    def release(self) -> None:
+        """Drop what ties the exchange to the request (scope, tap and sends reference each other)."""
+        self.scope = None
+        self.tap = None
+        self.forward = None
+        self.closer = None
 
     def conclude(self) -> None:
         """Decide, once, the status, duration and error of the exchange."""

@@ -64,19 +64,52 @@ from .semconv import (
     RPC_RESPONSE_STATUS_CODE,
     AttributeMap,
 )
+from .tally import Tally as _Tally
 
 try:  # the API's stand-in until a global provider is set: recording through it is a no-op
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _UNSET_METER_PROVIDER
 except ImportError:  # pragma: no cover - a later API may move it; then only NoOp counts as off
     _UNSET_METER_PROVIDER = NoOpMeterProvider  # type: ignore[misc,assignment]
 
-__all__ = ["OPERATION_DURATION", "BreakerChange", "KnownNames", "McpMetrics"]
+__all__ = ["OPERATION_DURATION", "SERVER_LABEL", "BreakerChange", "KnownNames", "McpMetrics"]
 
 OPERATION_DURATION: Final = "mcp.server.operation.duration"
+SERVER_LABEL: Final = "mcp_middleware.server"
+"""The backend that served the request: a configured server name, never a client's text."""
 _OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
+_MAX_SETS: Final = 4096
+"""Most pre-built attribute sets kept per instrument (each label is bounded; this bounds their product)."""
+_OPERATION_LABELS: Final = (
+    MCP_METHOD_NAME,
+    MCP_PROTOCOL_VERSION,
+    GEN_AI_TOOL_NAME,
+    GEN_AI_PROMPT_NAME,
+    ERROR_TYPE,
+    RPC_RESPONSE_STATUS_CODE,
+    SERVER_LABEL,
+)
+_HTTP_LABELS: Final = (
+    "http.request.method",
+    "url.scheme",
+    "http.response.status_code",
+    "network.protocol.version",
+    "server.address",
+    SERVER_LABEL,
+)
+_HTTP_METHODS: Final = frozenset({"CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"})
+_HTTP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+def _operation_attributes(key: tuple[str | None, ...]) -> AttributeMap:
+    attributes: AttributeMap = {
+        name: value for name, value in zip(_OPERATION_LABELS, key, strict=True) if value is not None
+    }
+    if key[0] == "tools/call":
+        attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
+    return attributes
 
 
 class KnownNames:
@@ -133,15 +166,20 @@ class KnownNames:
                 return  # full
 
 
+_STAND_INS: Final = (NoOpMeterProvider, _UNSET_METER_PROVIDER)
+
+
 def _records(provider: MeterProvider) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
-    return not isinstance(provider, NoOpMeterProvider | _UNSET_METER_PROVIDER)
+    return not isinstance(provider, _STAND_INS)
 
 
 class McpMetrics:
     """The project's instruments on one meter; see the module docstring for the list."""
 
-    def __init__(self, meter_provider: MeterProvider | None = None, *, max_names: int = 500) -> None:
+    def __init__(
+        self, meter_provider: MeterProvider | None = None, *, max_names: int = 500, http: bool = False
+    ) -> None:
         from mcp_middleware import __version__
 
         self._provider = meter_provider
@@ -151,6 +189,12 @@ class McpMetrics:
         self._errors = BoundedValues(max_names)
         self._reasons = BoundedValues(max_names)
         self._breakers = BoundedValues(max_names, max_length=128)
+        self._servers = BoundedValues(max_names)
+        self._hosts = BoundedValues(max_names, max_length=255)
+        # Pre-built attribute sets, one per combination of (bounded) label values: the request path
+        # looks one up instead of building a dict per request. At most `_MAX_SETS` of each kept.
+        self._operation_sets: dict[tuple[str | None, ...], AttributeMap] = {}
+        self._http_sets: dict[tuple[object, ...], AttributeMap] = {}
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -158,65 +202,152 @@ class McpMetrics:
             "from the time it was received until the result or ack is sent.",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
-        self.decisions = meter.create_counter(
-            "mcp.middleware.decisions", unit="{decision}", description="Decisions of the middlewares, by outcome."
+        # Counters are tallied here and read by the SDK at collection time (observable counters): a
+        # decision costs a dict update on the request path, not an SDK measurement.
+        self.decisions = _Tally(
+            meter,
+            "mcp.middleware.decisions",
+            ("mcp_middleware.component", "mcp_middleware.outcome"),
+            unit="{decision}",
+            description="Decisions of the middlewares, by outcome.",
         )
-        self.auth_failures = meter.create_counter(
-            "mcp.middleware.auth.failures", unit="{request}", description="Requests auth did not allow, by reason."
+        self.auth_failures = _Tally(
+            meter,
+            "mcp.middleware.auth.failures",
+            ("mcp_middleware.outcome", "mcp_middleware.reason"),
+            unit="{request}",
+            description="Requests auth did not allow, by reason.",
         )
-        self.ratelimit_refusals = meter.create_counter(
-            "mcp.middleware.ratelimit.refusals", unit="{request}", description="Requests refused by a rate limit."
+        self.ratelimit_refusals = _Tally(
+            meter,
+            "mcp.middleware.ratelimit.refusals",
+            ("mcp_middleware.policy", "mcp_middleware.reason"),
+            unit="{request}",
+            description="Requests refused by a rate limit.",
         )
-        self.breaker_refusals = meter.create_counter(
-            "mcp.middleware.breaker.refusals", unit="{request}", description="Requests refused by an open circuit."
+        self.breaker_refusals = _Tally(
+            meter,
+            "mcp.middleware.breaker.refusals",
+            ("mcp_middleware.state",),
+            unit="{request}",
+            description="Requests refused by an open circuit.",
         )
-        self.breaker_transitions = meter.create_counter(
-            "mcp.middleware.breaker.transitions", unit="{transition}", description="Circuit breaker state changes."
+        self.breaker_transitions = _Tally(
+            meter,
+            "mcp.middleware.breaker.transitions",
+            ("mcp_middleware.breaker", "mcp_middleware.previous", "mcp_middleware.state", "mcp_middleware.reason"),
+            unit="{transition}",
+            description="Circuit breaker state changes.",
         )
-        self.cache_lookups = meter.create_counter(
-            "mcp.middleware.cache.lookups", unit="{lookup}", description="Response cache lookups, by outcome."
+        self.cache_lookups = _Tally(
+            meter,
+            "mcp.middleware.cache.lookups",
+            ("mcp_middleware.outcome",),
+            unit="{lookup}",
+            description="Response cache lookups, by outcome.",
         )
-        self.cache_evictions = meter.create_counter(
-            "mcp.middleware.cache.evictions", unit="{entry}", description="Entries evicted from the response cache."
+        self.cache_evictions = _Tally(
+            meter,
+            "mcp.middleware.cache.evictions",
+            (),
+            unit="{entry}",
+            description="Entries evicted from the response cache.",
+        )
+        self.http_duration = (
+            meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=list(_HTTP_BUCKETS),
+            )
+            if http
+            else None
         )
 
     @property
     def active(self) -> bool:
-        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call)."""
+        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call
+        until one is: a global provider, once set, stays)."""
         fixed = self._active
-        return fixed if fixed is not None else _records(otel_metrics.get_meter_provider())
+        if fixed is not None:
+            return fixed
+        if _records(otel_metrics.get_meter_provider()):
+            self._active = True
+            return True
+        return False
 
     def record_operation(
-        self, request: McpRequest, duration: float, error_type: str | None, error_code: int | None
+        self,
+        request: McpRequest,
+        duration: float,
+        error_type: str | None,
+        error_code: int | None,
+        server: str | None = None,
     ) -> None:
         """Record one MCP request or notification in `mcp.server.operation.duration`.
 
         Tool and prompt names are labels only once :attr:`names` knows them (see :class:`KnownNames`):
         call :meth:`KnownNames.learn` with the response's result first, as `TracingMiddleware` does.
+        `server` (the backend's configured name) becomes `mcp_middleware.server`, bounded like the others.
         """
         method = request.method
         if method is None:
             return  # GET streams, DELETE, client responses: not MCP operations
-        attributes: AttributeMap = {
-            MCP_METHOD_NAME: known_method(method),
-            MCP_PROTOCOL_VERSION: known_version(request.protocol_version),
-        }
+        method = known_method(method)
+        tool = prompt = None
         if method == "tools/call":
-            attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
             if (name := request.name) is not None:
-                attributes[GEN_AI_TOOL_NAME] = self.names.label(name)
+                tool = self.names.label(name)
         elif method == "prompts/get" and (name := request.name) is not None:
-            attributes[GEN_AI_PROMPT_NAME] = self.names.label(name)
-        if error_type is not None:
-            attributes[ERROR_TYPE] = self._errors(error_type)
-        if error_code is not None:
-            attributes[RPC_RESPONSE_STATUS_CODE] = self._errors(str(error_code))
+            prompt = self.names.label(name)
+        key = (
+            method,
+            known_version(request.protocol_version),
+            tool,
+            prompt,
+            None if error_type is None else self._errors(error_type),
+            None if error_code is None else self._errors(str(error_code)),
+            None if server is None else self._servers(server),
+        )
+        attributes = self._operation_sets.get(key)
+        if attributes is None:
+            attributes = _operation_attributes(key)
+            if len(self._operation_sets) < _MAX_SETS:
+                self._operation_sets[key] = attributes
         self.duration.record(max(duration, 0.0), attributes)
+
+    def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
+        """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
+
+        The `Host` header is a label only bounded, like every other value a client chose.
+        """
+        if self.http_duration is None:
+            return
+        host = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = self._hosts(value.decode("latin-1").rsplit(":", 1)[0] if b"]" not in value else OTHER)
+                break
+        method = scope["method"]
+        key = (
+            method if method in _HTTP_METHODS else _OTHER,
+            scope.get("scheme", "http"),
+            status,
+            scope.get("http_version"),
+            host,
+            None if server is None else self._servers(server),
+        )
+        attributes = self._http_sets.get(key)
+        if attributes is None:
+            attributes = {name: value for name, value in zip(_HTTP_LABELS, key, strict=True) if value is not None}
+            if len(self._http_sets) < _MAX_SETS:
+                self._http_sets[key] = attributes
+        self.http_duration.record(max(duration, 0.0), attributes)
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
         component, outcome, details = decision
-        self.decisions.add(1, {"mcp_middleware.component": component, "mcp_middleware.outcome": outcome})
+        self.decisions.count((component, outcome))
         if component == Component.AUTH:
             if outcome == Outcome.DENY:
                 reason = self._text(details.get("reason"))

@@ -1,23 +1,28 @@
 """`TracingMiddleware`: one OpenTelemetry server span per MCP request, metrics, and an access line.
 
-The span comes from `opentelemetry-instrumentation-asgi`'s `OpenTelemetryMiddleware` (HTTP
-attributes included, its `http.server.*` metrics on request; its per-message receive/send
-spans are off, they would flood SSE streams). This middleware reads the request once through the
-core before the span starts, so the span is born with its MCP name and attributes and the
-parent chosen by the rule of :mod:`.context`; it then writes the span's context into
-`params._meta` so that the wrapped `mcp` SDK server's own span becomes its child, records
-every middleware's decision on the span, and sets `error.type` from the response tap
-before the span ends (when the last body chunk is sent: for SSE, when the stream ends).
+The middleware makes the request's SERVER span itself (stable HTTP attributes, see
+:mod:`.http_semconv`, plus the MCP ones). It reads the request once through the core before the
+span starts, so the span is born with its MCP name and attributes and the parent chosen by the
+rule of :mod:`.context`; it then writes the span's context into `params._meta` so that the wrapped
+`mcp` SDK server's own span becomes its child, records every middleware's decision on the span,
+and sets `error.type` from the response tap before the span ends (when the last body chunk is
+sent: for SSE, when the stream ends).
+
+When the host already made a server span for this HTTP request (FastAPI ≥ 0.165's own telemetry,
+the FastAPI/Starlette/ASGI instrumentations: a local span is current when the request reaches the
+middleware), the middleware makes no span of its own: it **enriches the host's span** with the MCP
+attributes, decisions and outcome, and the `mcp` SDK's span becomes the host span's child.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
-from opentelemetry import trace
-from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware, get_default_span_details
-from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
-from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, Span, SpanKind
 from opentelemetry.trace import TracerProvider as TracerProviderApi
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +33,7 @@ from mcp_middleware.core import (
     BoundedValues,
     CoreConfig,
     ResponseTap,
+    clip,
     get_decisions,
     get_principal,
     observe_decisions,
@@ -36,14 +42,15 @@ from mcp_middleware.core import (
 
 from .access_log import AccessLog
 from .context import (
+    TRACE_KEYS,
     context_from_headers,
-    headers_with_carrier,
     meta_carrier,
     valid_parent,
     with_content_length,
     with_trace_context,
 )
 from .exchange import Exchange
+from .http_semconv import HttpConventions
 from .metrics import McpMetrics
 from .semconv import request_attributes, span_name
 
@@ -51,6 +58,9 @@ __all__ = ["TracingMiddleware"]
 
 _EXCHANGE_KEY = "mcp_middleware.tracing.exchange"
 """Scope key of the request being traced; an inner `TracingMiddleware` seeing it adds no second span."""
+_TRACE_HEADERS: Final = frozenset(key.encode() for key in TRACE_KEYS)
+ServerName = Callable[[Scope], "str | None"]
+"""Which backend served a request (the `mcp_middleware.server` label), asked once the request ended."""
 
 
 class _BodySwap:
@@ -75,9 +85,12 @@ class _BodySwap:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
+_STAND_INS: Final = (ProxyTracerProvider, NoOpTracerProvider)
+
+
 def _records(provider: TracerProviderApi) -> bool:
     """False for the API's stand-ins (nothing configured yet, or explicitly no-op)."""
-    return not isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+    return not isinstance(provider, _STAND_INS)
 
 
 class TracingMiddleware:
@@ -86,20 +99,23 @@ class TracingMiddleware:
     - One SERVER span per HTTP exchange, named `{mcp.method.name} {target}`, with
       `mcp.method.name`, `mcp.protocol.version`, `mcp.session.id`, `jsonrpc.request.id`,
       `gen_ai.tool.name`/`gen_ai.prompt.name`/`mcp.resource.uri`, `gen_ai.operation.name`,
-      `error.type` and `rpc.response.status_code`, plus the HTTP attributes of the ASGI
-      instrumentation; every middleware's decision as `mcp_middleware.*` attributes and events;
-      who the caller is (`enduser.id`, and decision details such as `subject`) only with
-      `record_enduser=True`.
+      `error.type` and `rpc.response.status_code`, plus the stable HTTP attributes
+      (`http.request.method`, `url.path`, `server.address`, `http.response.status_code`…;
+      the old ones too with `OTEL_SEMCONV_STABILITY_OPT_IN=http/dup`); every middleware's
+      decision as `mcp_middleware.*` attributes and events; who the caller is (`enduser.id`,
+      and decision details such as `subject`) only with `record_enduser=True`.
+    - Inside a host's server span (FastAPI's own telemetry, an ASGI instrumentation): no second
+      span; the host's span gets the MCP attributes, decisions and outcome.
     - Parent: `params._meta` trace context wins over the HTTP headers (see :mod:`.context`);
       the wrapped `mcp` SDK server's own span becomes a child of this one (`inject_trace_context`).
-    - `mcp.server.operation.duration` and decision counters (:class:`~.metrics.McpMetrics`).
+    - `mcp.server.operation.duration` and decision counters (:class:`~.metrics.McpMetrics`),
+      labelled by backend with `server_name`.
     - One JSON access line per request with `access_log=AccessLog()` (or `True`).
 
-    The instrumentation's own `http.server.*` metrics are off unless `http_metrics=True`
-    (they cost more per request than the span). Refused and malformed requests get a span
-    too (with `error.type`). Providers default to the global ones; with the OpenTelemetry API
-    alone (no SDK, or none configured) and no access log, the middleware only lets the core
-    read the request.
+    `http.server.request.duration` is recorded only with `http_metrics=True`. Refused and
+    malformed requests get a span too (with `error.type`). Providers default to the global ones;
+    with the OpenTelemetry API alone (no SDK, or none configured) and no access log, the
+    middleware only lets the core read the request.
 
     >>> from mcp.server.mcpserver import MCPServer
     >>> from opentelemetry.sdk.trace import TracerProvider
@@ -120,7 +136,10 @@ class TracingMiddleware:
         access_log: AccessLog | bool = False,
         http_metrics: bool = False,
         max_metric_names: int = 500,
+        server_name: ServerName | None = None,
     ) -> None:
+        from mcp_middleware import __version__
+
         self.app = app
         self.config = config
         self.inject_trace_context = inject_trace_context
@@ -128,24 +147,25 @@ class TracingMiddleware:
         self.uri_in_span_name = uri_in_span_name
         self.access_log = AccessLog() if access_log is True else (access_log or None)
         self.http_metrics = http_metrics
-        self.metrics = McpMetrics(meter_provider, max_names=max_metric_names)
-        self._hosts = BoundedValues(max_metric_names, max_length=255)
+        self.server_name = server_name
+        self.metrics = McpMetrics(meter_provider, max_names=max_metric_names, http=http_metrics)
+        self.http = HttpConventions()
+        self._paths = BoundedValues(max_metric_names, max_length=128)
         self._tracer_provider = tracer_provider
         self._tracing = None if tracer_provider is None else _records(tracer_provider)
-        self._instrumented = OpenTelemetryMiddleware(
-            self._traced,
-            default_span_details=self._span_details,
-            tracer_provider=tracer_provider,
-            # The instrumentation's http.server.* metrics cost more than the span itself; opt in.
-            meter_provider=meter_provider if http_metrics else NoOpMeterProvider(),
-            exclude_spans=["receive", "send"],
-        )
+        self._tracer = trace.get_tracer("mcp_middleware.tracing", __version__, tracer_provider)
 
     @property
     def tracing(self) -> bool:
-        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request)."""
+        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request
+        until one is: a global provider, once set, stays)."""
         fixed = self._tracing
-        return fixed if fixed is not None else _records(trace.get_tracer_provider())
+        if fixed is not None:
+            return fixed
+        if _records(trace.get_tracer_provider()):
+            self._tracing = True
+            return True
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
@@ -159,6 +179,12 @@ class TracingMiddleware:
             _, receive = await read_request(scope, receive, send, self.config)
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
 
+        host: Span | None = None
+        if traced:
+            current = trace.get_current_span()
+            context = current.get_span_context()
+            if context.is_valid and not context.is_remote:
+                host = current  # the host's own server span for this request: enrich it, add none
         exchange = Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
         observe_decisions(scope, exchange.on_decision)
         request, receive = await read_request(scope, receive, exchange.capture_refusal, self.config)
@@ -170,82 +196,104 @@ class TracingMiddleware:
             return await self.app(scope, receive, send)
         else:
             exchange.request = request
+            below = exchange.holding_last(send) if host is not None else send
             exchange.tap, exchange.forward = ResponseTap.attach(
-                scope, send, request, max_bytes=self.config.max_inspect_bytes
+                scope, below, request, max_bytes=self.config.max_inspect_bytes
             )
         scope[_EXCHANGE_KEY] = exchange
         try:
-            if traced or (measured and self.http_metrics):
-                self._choose_parent(scope, exchange)
-                if self.http_metrics:
-                    scope["headers"] = self._bounded_host(scope["headers"])
-                await self._instrumented(scope, receive, exchange.send)
+            if host is not None:
+                await self._enriched(scope, receive, exchange, host)
+            elif traced:
+                await self._spanned(scope, receive, exchange)
             else:
                 await self._untraced(scope, receive, exchange)
         finally:
             exchange.conclude()
-            if measured and exchange.request is not None:
-                self.metrics.record_operation(
-                    exchange.request, exchange.duration, exchange.error_type, exchange.error_code
-                )
+            if measured:
+                server = self.server_name(scope) if self.server_name is not None else None
+                if exchange.request is not None:
+                    self.metrics.record_operation(
+                        exchange.request, exchange.duration, exchange.error_type, exchange.error_code, server
+                    )
+                if self.http_metrics:
+                    self.metrics.record_http(scope, exchange.status, exchange.duration, server)
             if access_log is not None:
                 self._log(access_log, scope, exchange)
-            exchange.scope = None
+            exchange.release()
             del scope[_EXCHANGE_KEY]
 
-    def _choose_parent(self, scope: Scope, exchange: Exchange) -> None:
-        """Apply the context rule: a valid `_meta.traceparent` wins; the header context becomes a link."""
+    async def _spanned(self, scope: Scope, receive: Receive, exchange: Exchange) -> None:
+        """The request inside a SERVER span of its own."""
+        name, attributes = self._span_details(scope, exchange)
+        # Born with its attributes: a sampler sees them.
+        span = self._tracer.start_span(
+            name, context=self._parent(exchange), kind=SpanKind.SERVER, attributes=attributes
+        )
+        exchange.attach_span(span, own=True, http=self.http)
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                await self._traced(scope, receive, exchange.send)
+        finally:
+            exchange.end_span()
+
+    async def _enriched(self, scope: Scope, receive: Receive, exchange: Exchange, span: Span) -> None:
+        """The request inside the host's server span, which gets the MCP attributes and outcome."""
+        request = exchange.request
+        if request is not None and span.is_recording():
+            span.set_attributes(request_attributes(request))
+            carrier = meta_carrier(request.meta)
+            parent = valid_parent(carrier) if carrier is not None else None
+            if parent is not None:  # the host chose its parent from the headers; `_meta`'s becomes a link
+                span.add_link(parent, {"mcp_middleware.link": "mcp.meta.traceparent"})
+        exchange.attach_span(span, own=False, http=None)
+        await self._traced(scope, receive, exchange.send)
+
+    def _parent(self, exchange: Exchange) -> Context:
+        """The context rule: a valid `_meta.traceparent` wins; a different header context becomes a link."""
+        headers = exchange.headers
         request = exchange.request
         carrier = meta_carrier(request.meta) if request is not None else None
-        if carrier is None:
-            return
-        parent = valid_parent(carrier)
-        if parent is None:
-            return
-        headers = exchange.headers
-        from_headers = context_from_headers(headers)
-        if from_headers is not None and (from_headers.trace_id, from_headers.span_id) != (
-            parent.trace_id,
-            parent.span_id,
-        ):
-            exchange.link = from_headers
-        # Only the instrumentation sees these headers: `_traced` gives the app its own back.
-        scope["headers"] = headers_with_carrier(headers, carrier)
+        parent = valid_parent(carrier) if carrier is not None else None
+        if carrier is not None and parent is not None:
+            from_headers = context_from_headers(headers)
+            if from_headers is not None and (from_headers.trace_id, from_headers.span_id) != (
+                parent.trace_id,
+                parent.span_id,
+            ):
+                exchange.link = from_headers
+            return propagate.extract(carrier, context=Context())
+        found = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers if key in _TRACE_HEADERS}
+        if not found:
+            return Context()
+        try:
+            return propagate.extract(found, context=Context())
+        except (ValueError, TypeError):  # a broken custom propagator must not fail the request
+            return Context()
 
-    def _bounded_host(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """The headers with `Host` bounded as a label: the instrumentation's `http.server.*` metrics
-        (old conventions) label by `http.server_name`, the raw `Host` header. Only the instrumentation
-        sees this copy; `_traced` gives the app its own headers back."""
-        bounded = []
-        for key, value in headers:
-            if key == b"host":
-                text = value.decode("latin-1")
-                if self._hosts(text) is not text:
-                    value = OTHER.encode()
-            bounded.append((key, value))
-        return bounded
-
-    def _span_details(self, scope: Scope) -> tuple[str, dict[str, Any]]:
-        exchange: Exchange | None = scope.get(_EXCHANGE_KEY)
-        request = exchange.request if exchange is not None else None
-        if request is None:
-            return get_default_span_details(dict(scope))
-        name = span_name(request, uri_in_name=self.uri_in_span_name, target_allowed=self.metrics.names.for_span)
-        if name is None:
-            name = get_default_span_details(dict(scope))[0]
-        assert exchange is not None
+    def _span_details(self, scope: Scope, exchange: Exchange) -> tuple[str, dict[str, Any]]:
+        attributes: dict[str, Any] = self.http.request(scope)
+        request = exchange.request
+        name = None
+        if request is not None:
+            name = span_name(request, uri_in_name=self.uri_in_span_name, target_allowed=self.metrics.names.for_span)
+            attributes.update(request_attributes(request))
+        if name is None:  # no MCP method (GET stream, DELETE, malformed): `METHOD /path`, the path bounded
+            method = attributes["http.request.method"]
+            method = "HTTP" if method == OTHER else method
+            path = self._paths(clip(scope["path"], 128))
+            name = method if path == OTHER else f"{method} {path}"
         exchange.name = name
-        return name, dict(request_attributes(request))
+        return name, attributes
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The app as the instrumentation calls it: inside the request span, which is current."""
+        """The app inside the request's span, which is current."""
         exchange: Exchange = scope[_EXCHANGE_KEY]
-        span = trace.get_current_span()
-        exchange.attach_span(span)
-        scope["headers"] = exchange.headers
+        span = exchange.span
         request = exchange.request
         try:
-            if request is None:  # a refusal by the core: now it can be answered inside the span
+            if request is None:  # a refusal by the core: answered now, inside the span
+                exchange.finish_span()  # the outcome is known; a host ends its span with the last byte
                 for message in exchange.refusal:
                     await send(message)
                 return
@@ -259,10 +307,11 @@ class TracingMiddleware:
             exchange.exception = type(exc).__qualname__
             raise
         finally:
+            scope["headers"] = exchange.headers
             exchange.finish_span()  # if the response never ended (crash, client gone): before the span ends
 
     async def _untraced(self, scope: Scope, receive: Receive, exchange: Exchange) -> None:
-        """No spans to record (MCP metrics or the access log only): the exchange without the instrumentation."""
+        """No spans to record (MCP metrics or the access log only): the exchange without a span."""
         assert exchange.forward is not None
         if exchange.request is None:
             for message in exchange.refusal:

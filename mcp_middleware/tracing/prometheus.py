@@ -40,13 +40,16 @@ class PrometheusMetrics:
         self, *, registry: CollectorRegistry | None = None, resource: Resource | None = None, prefix: str = ""
     ) -> None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
         from prometheus_client import CollectorRegistry
 
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reader = PrometheusMetricReader(registry=self.registry, prefix=prefix)
         options: dict[str, Any] = {"resource": resource} if resource is not None else {}
-        self.meter_provider: MeterProvider = MeterProvider(metric_readers=[self.reader], **options)
+        # The exposition carries no exemplars: sampling them would be work on every request for nothing.
+        self.meter_provider: MeterProvider = MeterProvider(
+            metric_readers=[self.reader], exemplar_filter=AlwaysOffExemplarFilter(), **options
+        )
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition text (and its content type) as a scrape would get it."""

@@ -31,6 +31,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import NoOpTracerProvider
 
 from mcp_middleware.core import McpCoreMiddleware
 from mcp_middleware.tracing import AccessLog, TracingMiddleware
@@ -78,6 +79,18 @@ async def run(quick: bool) -> dict[str, Any]:
         "core": asgi_case("core(app)", McpCoreMiddleware(json_app), headers, body),
         "api": asgi_case("tracing(app), API only", TracingMiddleware(json_app), headers, body),
         "sdk": asgi_case("tracing(app), SDK + batch exporter", TracingMiddleware(json_app, **sdk), headers, body),
+        "metrics": asgi_case(
+            "tracing(app), SDK meter only (the gateway without OTLP)",
+            TracingMiddleware(json_app, meter_provider=meter_provider, tracer_provider=NoOpTracerProvider()),
+            headers,
+            body,
+        ),
+        "spans": asgi_case(
+            "tracing(app), SDK tracer + batch only",
+            TracingMiddleware(json_app, tracer_provider=tracer_provider, meter_provider=NoOpMeterProvider()),
+            headers,
+            body,
+        ),
         "log": asgi_case(
             "tracing(app), SDK + batch + access log",
             TracingMiddleware(json_app, access_log=AccessLog(logger=quiet), **sdk),
@@ -108,6 +121,8 @@ async def run(quick: bool) -> dict[str, Any]:
     api = cases["api"].median_us - core
     sdk_cost = cases["sdk"].median_us - core
     log_cost = cases["log"].median_us - core
+    metrics_cost = cases["metrics"].median_us - core
+    spans_cost = cases["spans"].median_us - core
     sse_cost = cases["sse"].median_us - cases["sse_core"].median_us
     over_asgi = cases["sdk"].median_us - cases["asgi"].median_us
     print(section("tracing: cost per request (1 KB modern tools/call, trivial JSON app)"))
@@ -115,6 +130,7 @@ async def run(quick: bool) -> dict[str, Any]:
     print(
         f"\n  over the core's parse: API only {api:.2f} µs (target ≤ {TARGET_US:g} µs: {verdict(api <= TARGET_US)}),"
         f" SDK + batch exporter {sdk_cost:.2f} µs, + access log {log_cost:.2f} µs, SSE response {sse_cost:.2f} µs"
+        f"\n  SDK meter only {metrics_cost:.2f} µs, SDK tracer only {spans_cost:.2f} µs"
         f"\n  over the app alone: API only {cases['api'].median_us - cases['app'].median_us:.2f} µs"
         f"\n  SDK path over the ASGI instrumentation it is built on (span only): {over_asgi:.2f} µs"
         f"\n  spans exported: {exporter.exported} (a hot loop outruns the batch thread; its queue drops the rest)"
@@ -124,12 +140,16 @@ async def run(quick: bool) -> dict[str, Any]:
         "api_only_us": api,
         "sdk_batch_us": sdk_cost,
         "sdk_batch_access_log_us": log_cost,
+        "sdk_meter_only_us": metrics_cost,
+        "sdk_tracer_only_us": spans_cost,
         "sdk_batch_sse_us": sse_cost,
         "sdk_over_asgi_instrumentation_us": over_asgi,
         "targets": [
             ["tracing, API only, over the core", api, "µs", f"≤ {TARGET_US:g} µs", api <= TARGET_US],
             ["tracing, SDK + batch exporter, over the core", sdk_cost, "µs", "measured", True],
             ["tracing, SDK + batch + access log, over the core", log_cost, "µs", "measured", True],
+            ["tracing, SDK meter only, over the core", metrics_cost, "µs", "measured", True],
+            ["tracing, SDK tracer + batch only, over the core", spans_cost, "µs", "measured", True],
             ["tracing, SDK + batch, over the bare ASGI instrumentation", over_asgi, "µs", "measured", True],
         ],
     }

@@ -79,7 +79,9 @@ def produced() -> set[tuple[str, str]]:
                 pairs.add((component, outcome))
             else:  # a computed outcome: its producer must say which words it computes
                 words = DYNAMIC.get((relative, component))
-                assert words is not None, f"{relative}:{node.lineno} computes its outcome: list what it can be in DYNAMIC"
+                assert words is not None, (
+                    f"{relative}:{node.lineno} computes its outcome: list what it can be in DYNAMIC"
+                )
                 pairs.update((component, word) for word in words)
     return pairs
 

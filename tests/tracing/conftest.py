@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, Component, Outcome, read_request, record_decision
 
-OURS = "opentelemetry.instrumentation.asgi"
+OURS = "mcp_middleware.tracing"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
 SDK = "mcp-python-sdk"
 """Instrumentation scope of the `mcp` SDK's own spans (client and server)."""

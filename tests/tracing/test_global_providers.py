@@ -83,7 +83,7 @@ def test_global_providers_set_late_are_used_and_the_sdk_span_nests_under_ours() 
     assert report["tracing"] is True and report["metrics"] is True
     for era in ("modern", "legacy"):
         spans = report[era]
-        [ours] = [s for s in spans if s["scope"] == "opentelemetry.instrumentation.asgi"]
+        [ours] = [s for s in spans if s["scope"] == "mcp_middleware.tracing"]
         [server] = [s for s in spans if s["scope"] == "mcp-python-sdk" and s["kind"] == "SERVER"]
         [client] = [s for s in spans if s["kind"] == "CLIENT"]  # the SDK client's "MCP send tools/call echo"
         assert server["trace"] == ours["trace"] == client["trace"]
