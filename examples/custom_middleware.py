@@ -39,9 +39,6 @@ class ToolAllowListMiddleware:
         self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.method != "tools/call":  # not ours (or, if ANSWERED, refused by the core)
             return await self.app(scope, receive, send) if receive is not ANSWERED else None

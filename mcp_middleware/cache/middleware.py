@@ -138,9 +138,6 @@ class ResponseCacheMiddleware:
     # --- the request path ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None

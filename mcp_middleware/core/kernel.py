@@ -189,7 +189,8 @@ async def read_request(
     Always a pair, unpacked at once (so nothing keeps it alive for the request):
 
     - `(request, receive)`: an MCP exchange; call the inner app with this `receive` (it replays the body);
-    - `(None, receive)`: not an MCP request (another path); call the inner app unchanged;
+    - `(None, receive)`: not an MCP request (another path, a lifespan or websocket scope); call the inner
+      app unchanged;
     - `(None, ANSWERED)`: the core has answered (bad input) or the client went away; return at once.
 
     A middleware's prologue, whole::
@@ -200,6 +201,8 @@ async def read_request(
     """
     if REQUEST_SCOPE_KEY in scope:  # an outer middleware decided already; its receive replays
         return scope[REQUEST_SCOPE_KEY], receive
+    if scope["type"] != "http":  # lifespan, websocket: nothing of MCP's
+        return None, receive
     # The common case (an exact MCP path, no root path) decided without a call; the rest by `is_mcp`.
     if (scope["path"] not in config._exact or scope.get("root_path")) and not config.is_mcp(scope):
         scope[REQUEST_SCOPE_KEY] = None

@@ -47,9 +47,6 @@ class McpCoreMiddleware:
         self.on_outcome = on_outcome
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         created = REQUEST_SCOPE_KEY not in scope
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None:

@@ -70,3 +70,14 @@ async def test_a_later_middleware_gets_the_same_view_without_reading_again() -> 
     first, receive = await read_request(scope, wire.receive, wire.send)
     second, again = await read_request(scope, receive, wire.send)
     assert second is first and again is receive
+
+
+@pytest.mark.parametrize("kind", ["lifespan", "websocket"])
+async def test_a_scope_that_is_not_http_passes_through_unread(kind: str) -> None:
+    """Middlewares need no `scope["type"]` check of their own: the prologue passes these on."""
+    wire = Wire({"type": "lifespan.startup"})
+    scope: dict[str, Any] = {"type": kind} if kind == "lifespan" else {"type": kind, "path": "/mcp", "headers": []}
+    request, receive = await read_request(scope, wire.receive, wire.send)
+    assert request is None and receive is wire.receive
+    assert wire.inbox == [{"type": "lifespan.startup"}] and wire.sent == []
+    assert "mcp_middleware.request" not in scope  # nothing decided for a later HTTP scope to trip over
