@@ -78,6 +78,6 @@ async def test_a_scope_that_is_not_http_passes_through_unread(kind: str) -> None
     wire = Wire({"type": "lifespan.startup"})
     scope: dict[str, Any] = {"type": kind} if kind == "lifespan" else {"type": kind, "path": "/mcp", "headers": []}
     request, receive = await read_request(scope, wire.receive, wire.send)
-    assert request is None and receive is wire.receive
+    assert request is None and receive == wire.receive
     assert wire.inbox == [{"type": "lifespan.startup"}] and wire.sent == []
     assert "mcp_middleware.request" not in scope  # nothing decided for a later HTTP scope to trip over
