@@ -11,7 +11,13 @@ import httpx2
 from mcp.server.auth.provider import AccessToken
 
 from ._token_cache import TokenCache, token_key
-from .verification import TokenRejected, VerificationUnavailable, access_token_from_claims, canonical_resource
+from .verification import (
+    ExplainingVerifier,
+    TokenRejected,
+    VerificationUnavailable,
+    access_token_from_claims,
+    canonical_resource,
+)
 
 __all__ = ["IntrospectionTokenVerifier"]
 
@@ -20,7 +26,7 @@ logger = logging.getLogger("mcp_middleware.auth")
 _INACTIVE = "Token is not active"
 
 
-class IntrospectionTokenVerifier:
+class IntrospectionTokenVerifier(ExplainingVerifier):
     """Ask the authorization server whether a token is active (RFC 7662), asynchronously.
 
     The resource server authenticates to the introspection endpoint with `client_id` and
@@ -72,12 +78,6 @@ class IntrospectionTokenVerifier:
         self._inactive: TokenCache[str] = TokenCache(maxsize=max_cached, max_ttl=max(negative_ttl, 0.001))
         self.calls = 0
         """How many introspection requests were made (for tests and metrics)."""
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            return await self.check(token)
-        except TokenRejected:
-            return None
 
     async def check(self, token: str) -> AccessToken:
         key = token_key(token)

@@ -25,7 +25,13 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey, import_key
 from joserfc.jws import CompactSignature, JWSRegistry, extract_compact, validate_compact
 from mcp.server.auth.provider import AccessToken
 
-from .verification import TokenRejected, VerificationUnavailable, access_token_from_claims, canonical_resource
+from .verification import (
+    ExplainingVerifier,
+    TokenRejected,
+    VerificationUnavailable,
+    access_token_from_claims,
+    canonical_resource,
+)
 
 __all__ = ["DEFAULT_ALGORITHMS", "JwksKeys", "JwksTokenVerifier"]
 
@@ -196,7 +202,7 @@ class JwksKeys:
         return orjson.loads(response.content)
 
 
-class JwksTokenVerifier:
+class JwksTokenVerifier(ExplainingVerifier):
     """Verify JWT access tokens: signature by the issuer's JWKS, algorithm allow-list, claims.
 
     Accepts only the `algorithms` given (asymmetric ones; `none` and HMAC are refused
@@ -256,12 +262,6 @@ class JwksTokenVerifier:
         self._fixed = _KeyIndex.parse(dict(jwks)) if jwks is not None else None
         self._required = frozenset(required_claims) | {"iss", "aud"}
         self._issuers = frozenset(self.issuers)
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            return await self.check(token)
-        except TokenRejected:
-            return None
 
     async def check(self, token: str) -> AccessToken:
         obj = self._parse(token)

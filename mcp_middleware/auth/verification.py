@@ -53,8 +53,13 @@ class ExplainingVerifier(Protocol):
         ...
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        """The `mcp` SDK's `TokenVerifier` contract."""
-        ...
+        """The `mcp` SDK's `TokenVerifier` contract: `check`, with a refusal as `None` (a verifier that
+        subclasses this protocol inherits it). An unavailable verifier still raises: nothing lets a token
+        through that could not be checked."""
+        try:
+            return await self.check(token)
+        except TokenRejected:
+            return None
 
 
 def scopes_from_claims(claims: Mapping[str, Any]) -> list[str]:
