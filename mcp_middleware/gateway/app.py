@@ -161,7 +161,9 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
     router = McpRouter(
         prefix=config.gateway.prefix,
         aggregate_path=config.gateway.prefix if aggregate.enabled else None,
-        naming=NamingPolicy(separator=aggregate.separator, prefix=PrefixMode(aggregate.prefix_mode)),
+        naming=NamingPolicy(
+            separator=aggregate.separator, prefix=PrefixMode(aggregate.prefix), on_conflict=aggregate.on_conflict
+        ),
         aggregate_middleware=assembly.aggregate_door(),
         aggregate_own_middleware=assembly.aggregate_own(),
     )

@@ -11,6 +11,7 @@ import os
 import re
 
 from mcp_middleware.ratelimit import Policy
+from mcp_middleware.router import NamingPolicy, PrefixMode
 
 from .config_types import (
     AggregateSettings,
@@ -110,18 +111,19 @@ def front_door(reader: Reader) -> FrontDoorSettings:
 
 
 def aggregate(reader: Reader) -> AggregateSettings:
+    reader.deprecated({"prefix_mode": "prefix"})
     d = AggregateSettings()
     separator = reader.string("separator", d.separator)
-    if not re.match(r"^[A-Za-z0-9_-]{1,4}$", separator):
-        reader.problem(
-            "separator",
-            f"must be 1 to 4 characters of [A-Za-z0-9_-] (tool names must stay portable), not {separator!r}",
-        )
+    try:  # the router's own rule (portable names), not a copy of it
+        NamingPolicy(separator=separator)
+    except ValueError as exc:
+        reader.problem("separator", f"{exc}, not {separator!r}")
         separator = d.separator
     settings = AggregateSettings(
         enabled=reader.boolean("enabled", d.enabled),
         separator=separator,
-        prefix_mode=reader.string("prefix_mode", d.prefix_mode, choices=("always", "on_collision", "never")),
+        prefix=reader.string("prefix", d.prefix, choices=tuple(mode.value for mode in PrefixMode)),
+        on_conflict=reader.string("on_conflict", d.on_conflict, choices=("first", "prefix")),
     )
     reader.done()
     return settings

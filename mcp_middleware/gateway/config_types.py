@@ -18,7 +18,7 @@ from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
-from mcp_middleware.router import HttpBackend
+from mcp_middleware.router import HttpBackend, NamingPolicy
 
 from .toml_reader import Lines, Problem
 
@@ -95,9 +95,12 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class AggregateSettings:
+    """`NamingPolicy`'s fields (its defaults), and whether the aggregate is served."""
+
     enabled: bool = True
-    separator: str = "__"
-    prefix_mode: Literal["always", "on_collision", "never"] = "always"
+    separator: str = option_default(NamingPolicy, "separator")
+    prefix: Literal["always", "on_collision", "never"] = option_default(NamingPolicy, "prefix").value
+    on_conflict: Literal["first", "prefix"] = option_default(NamingPolicy, "on_conflict")
 
 
 @dataclass(frozen=True)

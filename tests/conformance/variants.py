@@ -10,7 +10,7 @@ between them. Serve one by hand (from the project root):
 * `stack`: behind tracing → auth (static dev token) → rate limit → cache → breaker;
 * `gateway_mount`: the reference gateway (auth, rate limit, breaker, cache, tracing) with the
   server as an in-process backend, at its path mount `/mcp/conformance`;
-* `gateway_aggregate`: the same gateway's aggregate `/mcp`, `prefix_mode = "never"` (names kept);
+* `gateway_aggregate`: the same gateway's aggregate `/mcp`, `prefix = "never"` (names kept);
 * `gateway_remote_mount`, `gateway_remote_aggregate`: the same two endpoints, the server in a
   uvicorn process of its own behind a `url` backend.
 """
@@ -103,7 +103,7 @@ def gateway_app(backend_url: str | None = None) -> ASGIApp:
         f"""
 [gateway]
 [aggregate]
-prefix_mode = "never"
+prefix = "never"
 [[servers]]
 name = "{BACKEND_NAME}"
 {backend}

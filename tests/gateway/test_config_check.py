@@ -108,7 +108,7 @@ BROKEN = {
     "jwt without issuer": (DEMO + "[auth]\nmode = 'jwt'\njwks_url = 'https://x/jwks'\n", "auth.issuer", 4),
     "dev on public host": (DEMO + "[gateway]\nhost = '0.0.0.0'\n[auth]\nmode = 'dev'\n", None, 7),
     "body size": (DEMO + "[front_door]\nmax_body_size = 0\n", "front_door.max_body_size", 5),
-    "prefix mode": (DEMO + "[aggregate]\nprefix_mode = 'sometimes'\n", "aggregate.prefix_mode", 5),
+    "prefix mode": (DEMO + "[aggregate]\nprefix = 'sometimes'\n", "aggregate.prefix", 5),
     "ipv6 prefix": (DEMO + "[ratelimit]\nipv6_prefix = 129\n", "ratelimit.ipv6_prefix", 5),
     "server scope selector": (DEMO + '[servers.scopes]\n"tools/call:" = ["a"]\n', "servers[0].scopes.tools/call:", 5),
     "server policy selector": (

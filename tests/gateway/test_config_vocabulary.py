@@ -182,3 +182,35 @@ def test_breaker_values_are_checked_by_the_breaker_policy() -> None:
     assert problems(SERVER + "[breaker]\nconsecutive_failures = false\nfailure_rate = false\n")[0][2] == (
         "BreakerPolicy needs consecutive_failures or failure_rate (or both)"
     )
+
+
+def test_the_aggregate_speaks_naming_policys_names() -> None:
+    from mcp_middleware.router import NamingPolicy
+
+    config = parse_config(SERVER + '[aggregate]\nprefix = "never"\non_conflict = "first"\nseparator = "--"\n')
+    assert config.warnings == ()
+    assert (config.aggregate.prefix, config.aggregate.on_conflict, config.aggregate.separator) == (
+        "never",
+        "first",
+        "--",
+    )
+    defaults = parse_config(SERVER).aggregate
+    policy = NamingPolicy()
+    assert (defaults.separator, defaults.prefix, defaults.on_conflict) == (
+        policy.separator,
+        policy.prefix.value,
+        policy.on_conflict,
+    )
+
+
+def test_prefix_mode_is_read_as_prefix_with_a_warning_at_its_line() -> None:
+    config = parse_config(SERVER + '[aggregate]\nprefix_mode = "on_collision"\n')
+    assert config.aggregate.prefix == "on_collision"
+    [warning] = config.warnings
+    assert "aggregate.prefix" in str(warning) and "line 5" in str(warning) and "prefix_mode" in str(warning)
+    assert problems(SERVER + '[aggregate]\nprefix_mode = "never"\nprefix = "never"\n')[0][0] == "aggregate.prefix_mode"
+
+
+def test_a_separator_the_router_refuses_is_a_problem_with_its_line() -> None:
+    [(path, line, message)] = problems(SERVER + '[aggregate]\nseparator = "::"\n')
+    assert (path, line) == ("aggregate.separator", 5) and "portable" in message
