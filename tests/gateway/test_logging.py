@@ -48,7 +48,7 @@ name = "down"
 url = "http://127.0.0.1:{down_port}/mcp"
 aggregate = false
 [breaker]
-failure_threshold = 1
+consecutive_failures = 1
 [tracing]
 """,
         encoding="utf-8",

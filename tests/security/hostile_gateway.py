@@ -70,7 +70,7 @@ capacity = 100000
 rate = 100000
 
 [breaker]
-failure_threshold = 100000
+consecutive_failures = 100000
 
 [cache]
 ttl = 30

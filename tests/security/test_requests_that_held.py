@@ -68,7 +68,7 @@ app = "tests.security.idp:protected_backend"
 mode = "jwt"
 issuer = "{issuer}"
 jwks_url = "{jwks}"
-audience = ["{resource}"]
+audiences = ["{resource}"]
 required_scopes = ["mcp:read"]
 [auth.scopes]
 "tools/call:admin_*" = ["admin"]
