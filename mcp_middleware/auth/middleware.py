@@ -7,6 +7,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -54,6 +55,9 @@ metadata, since that is the resource the client called)."""
 
 _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 """RFC 6750 §2.1 `b64token`: anything else after `Bearer ` is not a token."""
+_NAME = itemgetter(0)
+_REQUIRED_CACHE_SIZE = 4096
+_REMEMBERED_TARGET_LENGTH = 256
 
 
 class _Verified(NamedTuple):
@@ -140,6 +144,9 @@ class AuthMiddleware:
             for selector, value in (scopes or {}).items()
         }
         self._rules: SelectorMap[frozenset[str]] = SelectorMap(rules)
+        self._has_rules = bool(rules)
+        self._required: dict[tuple[str | None, str | None], frozenset[str]] = {}
+        """(method, target) -> `required_for`'s answer: the selector lookup once per target, not per request."""
         self.filter_lists = filter_lists
         self.require_audience = require_audience
         self.max_token_length = max_token_length
@@ -245,23 +252,37 @@ class AuthMiddleware:
 
     def required_for(self, method: str | None, target: str | None) -> frozenset[str]:
         """Every scope a request for `method` on `target` needs (global plus per-selector)."""
-        extra = self._rules.lookup_parts(method, target) if len(self._rules) else None
-        return self.required_scopes if extra is None else self.required_scopes | extra
+        if not self._has_rules:
+            return self.required_scopes
+        key = (method, target)
+        required = self._required.get(key)
+        if required is None:
+            extra = self._rules.lookup_parts(method, target)
+            required = self.required_scopes if extra is None else self.required_scopes | extra
+            # Targets come from clients: remember short ones only, in a bounded table.
+            if target is None or len(target) <= _REMEMBERED_TARGET_LENGTH:
+                if len(self._required) >= _REQUIRED_CACHE_SIZE:
+                    self._required.clear()
+                self._required[key] = required
+        return required
 
     # --- authentication -----------------------------------------------------------------------
 
     async def _authenticate(self, scope: Scope, send: Send, request: McpRequest) -> _Verified | None:
-        credentials = [value for key, value in scope["headers"] if key == b"authorization"]
-        if not credentials:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        names = list(map(_NAME, headers))  # C-level passes: the header list is scanned on every request
+        copies = names.count(b"authorization")
+        if not copies:
             await self._unauthorized(scope, send, request, None, "Authentication required")
             return None
-        if len(credentials) > 1:
+        if copies > 1:
             await self._bad_request(scope, send, request, "More than one Authorization header")
             return None
+        credential = headers[names.index(b"authorization")][1]
         if b"access_token=" in scope.get("query_string", b""):
             await self._bad_request(scope, send, request, "Tokens are accepted in the Authorization header only")
             return None
-        scheme, _, raw = credentials[0].strip().partition(b" ")
+        scheme, _, raw = credential.strip().partition(b" ")
         if scheme.lower() != b"bearer":
             # RFC 6750 §3.1: an unsupported scheme is "no bearer credentials", so no error code.
             await self._unauthorized(scope, send, request, None, "Bearer token required")

@@ -36,7 +36,7 @@ class Deadlines:
     is cancelled at most one tick late. Off asyncio, each call gets a deadline scope.
     """
 
-    __slots__ = ("_armed", "_handle", "_loop", "_slots", "tick")
+    __slots__ = ("_armed", "_handle", "_loop", "_scope_class", "_slots", "tick")
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
@@ -44,6 +44,8 @@ class Deadlines:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0
+        self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
+        """The running backend's own cancel scope class (`anyio.CancelScope()` looks the backend up on each call)."""
 
     def scope(self, seconds: float) -> tuple[anyio.CancelScope, int | None]:
         """A cancel scope that is cancelled `seconds` from now (give the slot back to :meth:`release`)."""
@@ -53,7 +55,8 @@ class Deadlines:
             return anyio.CancelScope(deadline=anyio.current_time() + seconds), None
         if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
             self._loop, self._slots, self._handle = loop, {}, None
-        cancel = anyio.CancelScope()
+            self._scope_class = type(anyio.CancelScope())
+        cancel = self._scope_class()
         slot = math.ceil((loop.time() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:

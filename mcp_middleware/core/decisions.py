@@ -110,7 +110,8 @@ DecisionObserver = Callable[[Decision], None]
 
 def record_decision(scope: Scope, component: Component, outcome: Outcome, /, **attributes: DecisionValue) -> Decision:
     """Record a decision in the scope and tell the observers, if any (they must not raise)."""
-    decision = Decision(component, outcome, attributes)
+    # tuple.__new__ builds the NamedTuple without its Python-level __new__ (a frame per decision).
+    decision: Decision = tuple.__new__(Decision, (component, outcome, attributes))
     decisions = scope.get(DECISIONS_SCOPE_KEY)
     if decisions is None:
         scope[DECISIONS_SCOPE_KEY] = [decision]

@@ -104,7 +104,12 @@ class McpRequest(NamedTuple):
     @property
     def name(self) -> str | None:
         """Tool or prompt name (`tools/call`, `prompts/get`)."""
-        return self._text_param(_NAME_METHODS, "name")
+        # Inline rather than through `_text_param`: every middleware asks, on every request.
+        params = self.params
+        if params is None or self.method not in _NAME_METHODS:
+            return None
+        value = params.get("name")
+        return value if isinstance(value, str) else None
 
     @property
     def uri(self) -> str | None:
@@ -114,8 +119,18 @@ class McpRequest(NamedTuple):
     @property
     def target(self) -> str | None:
         """The tool/prompt name or resource URI the request addresses, if any."""
-        name = self.name
-        return name if name is not None else self.uri
+        # `name`, else `uri`, in one frame (the two method sets are disjoint): asked by every middleware.
+        params = self.params
+        if params is None:
+            return None
+        method = self.method
+        if method in _NAME_METHODS:
+            value = params.get("name")
+        elif method in _URI_METHODS:
+            value = params.get("uri")
+        else:
+            return None
+        return value if isinstance(value, str) else None
 
     @property
     def cursor(self) -> str | None:

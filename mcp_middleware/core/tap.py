@@ -388,13 +388,18 @@ class ResponseTap:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
         self._parse()
         end = self._ended if self._ended is not None else time.perf_counter()
-        return ResponseOutcome(
-            self.status,
-            self.content_type,
-            self.bytes,
-            end - self._request.started,
-            self.complete,
-            self._result,
-            self._error,
-            self.truncated,
+        # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
+        outcome: ResponseOutcome = tuple.__new__(
+            ResponseOutcome,
+            (
+                self.status,
+                self.content_type,
+                self.bytes,
+                end - self._request.started,
+                self.complete,
+                self._result,
+                self._error,
+                self.truncated,
+            ),
         )
+        return outcome

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Literal
+from typing import Literal, TypeVar
 
 from starlette.types import Scope
 
@@ -29,11 +29,17 @@ __all__ = ["CallerKey", "KeyFunction", "global_key", "principal_identity"]
 
 """`(scope, request) -> identity`; the limiter hashes the result, so any string is safe."""
 
+_K = TypeVar("_K")
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _MAX_HOPS = 32
 """Forwarding entries looked at, from the right: a proxy chain is short, a forged header need not be."""
+_REMEMBERED = 4096
+"""Entries each of a `CallerKey`'s tables holds before it is cleared."""
+_REMEMBERED_LENGTH = 512
+"""Longer identities and addresses are computed each time, never kept."""
 
 
 def global_key(scope: Scope, request: McpRequest) -> str:
@@ -79,7 +85,7 @@ class CallerKey:
     ('2001:db8:1:2::/64', '203.0.113.9')
     """
 
-    __slots__ = ("_networks", "header", "ipv6_prefix")
+    __slots__ = ("_addresses", "_identities", "_networks", "header", "ipv6_prefix")
 
     def __init__(
         self,
@@ -97,16 +103,34 @@ class CallerKey:
         )
         self.header = header
         self.ipv6_prefix = ipv6_prefix
+        # Both are pure functions of their key, asked on every request: remembered in small bounded tables
+        # (cleared when full; a flood of new callers only costs the computation again).
+        self._identities: dict[tuple[str | None, str | None, str | None], str] = {}
+        self._addresses: dict[str, str] = {}
 
     def __call__(self, scope: Scope, request: McpRequest) -> str:
         if PRINCIPAL_SCOPE_KEY in scope:
             principal = get_principal(scope)
             if principal.authenticated:
-                return "principal:" + principal_identity(principal)
+                fields = (principal.client_id, principal.subject, principal.issuer)
+                identity = self._identities.get(fields)
+                if identity is None:
+                    identity = "principal:" + principal_identity(principal)
+                    if len(identity) <= _REMEMBERED_LENGTH:
+                        _remember(self._identities, fields, identity)
+                return identity
         return "address:" + self.address_bucket(self.client_address(scope))
 
     def address_bucket(self, address: str) -> str:
         """What an anonymous caller at `address` is keyed on: the address, or its IPv6 network."""
+        bucket = self._addresses.get(address)
+        if bucket is None:
+            bucket = self._address_bucket(address)
+            if len(address) <= _REMEMBERED_LENGTH:
+                _remember(self._addresses, address, bucket)
+        return bucket
+
+    def _address_bucket(self, address: str) -> str:
         ip = _parse_ip(address)
         if not isinstance(ip, ipaddress.IPv6Address):
             return address
@@ -171,3 +195,9 @@ def _parse_ip(text: str) -> IpAddress | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+def _remember(table: dict[_K, str], key: _K, value: str) -> None:
+    if len(table) >= _REMEMBERED:
+        table.clear()
+    table[key] = value

@@ -138,6 +138,10 @@ class RateLimiter:
         self._quotas = tuple(p for p in self.policies if isinstance(p, QuotaPolicy))
         self._bucket_rules = tuple((p, p.everything) for p in self._buckets)
         self._quota_rules = tuple((p, p.everything) for p in self._quotas)
+        # Every bucket policy applies to every request (the usual per-caller limit): no matching per request.
+        self._every_bucket: list[BucketPolicy] | None = (
+            list(self._buckets) if all(p.everything for p in self._buckets) else None
+        )
         self.store: BucketStore = store if store is not None else MemoryBucketStore()
         # A store that decides without I/O (memory) is called directly: a coroutine fewer per request.
         self._sync = self.store.sync
@@ -194,7 +198,8 @@ class RateLimiter:
 
     async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Admission:
         """Decide one request (`now` injects the bucket store's clock for tests)."""
-        buckets = self._matching(self._bucket_rules, request)
+        every = self._every_bucket
+        buckets = every if every is not None else self._matching(self._bucket_rules, request)
         quotas = self._matching(self._quota_rules, request) if self._quota_rules else []
         if not buckets and not quotas:
             return _NOTHING_MATCHED

@@ -226,3 +226,25 @@ async def test_without_an_authorization_server_the_challenge_points_nowhere(site
     async with httpx2.AsyncClient() as client:
         metadata = await client.get(url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"))
     assert metadata.status_code != 200
+
+
+def test_the_scopes_an_operation_needs_are_remembered_per_target_without_growing() -> None:
+    """`required_for` remembers its answer per (method, target): the same answers as the selector lookup,
+    short targets only, in a table that a flood of distinct tool names cannot grow past its bound."""
+    auth = AuthMiddleware(
+        build_server().streamable_http_app(),
+        verifier=StaticTokenVerifier({}),
+        resource="http://127.0.0.1:8000/mcp",
+        required_scopes=["mcp:read"],
+        scopes={"tools/call:delete_*": ["admin"]},
+    )
+    for _ in range(2):  # computed, then remembered
+        assert auth.required_for("tools/call", "delete_all") == {"mcp:read", "admin"}
+        assert auth.required_for("tools/call", "echo") == {"mcp:read"}
+        assert auth.required_for("tools/list", None) == {"mcp:read"}
+    giant = "delete_" + "x" * 10_000
+    assert auth.required_for("tools/call", giant) == {"mcp:read", "admin"}
+    assert all(target is None or len(target) <= 256 for _, target in auth._required)
+    for n in range(5000):
+        assert auth.required_for("tools/call", f"delete_{n}") == {"mcp:read", "admin"}
+    assert len(auth._required) <= 4096

@@ -35,6 +35,30 @@ def test_the_principal_wins_over_the_address() -> None:
     assert CallerKey()(scope, REQUEST) == "principal:3:app|5:alice|11:https://idp"
 
 
+def test_remembered_keys_stay_injective_and_bounded() -> None:
+    """The key function remembers identities and address buckets: the same answers as computing
+    them, principals that differ only in where a `|` falls stay apart, and a flood stays bounded."""
+    key = CallerKey()
+    answers = []
+    for _ in range(2):  # computed, then remembered
+        for client_id, subject in (("a|b", "c"), ("a", "b|c"), (None, "a|b|c"), ("", "a|b|c")):
+            scope = scope_from("192.0.2.7")
+            set_principal(scope, Principal(subject=subject, client_id=client_id))
+            answers.append(key(scope, REQUEST))
+    assert answers[:4] == answers[4:] and len(set(answers)) == 4
+    assert key.address_bucket("2001:db8:1:2:aaaa::1") == key.address_bucket("2001:db8:1:2:bbbb::2")
+    assert key.address_bucket("::ffff:192.0.2.1") == "192.0.2.1"
+    for n in range(5000):  # a flood of distinct callers: the table is cleared, never grows past its bound
+        key(scope_from(f"10.0.{n // 256}.{n % 256}"), REQUEST)
+    assert len(key._addresses) <= 4096
+    assert key(scope_from("10.0.0.1"), REQUEST) == "address:10.0.0.1"
+    huge = "x" * 100_000  # a giant identity is computed each time, never kept
+    scope = scope_from("192.0.2.7")
+    set_principal(scope, Principal(subject=huge))
+    assert key(scope, REQUEST) == f"principal:-|{len(huge)}:{huge}|-"
+    assert all(len(v) <= 512 for v in key._identities.values())
+
+
 def test_forwarding_headers_are_ignored_unless_the_peer_is_a_trusted_proxy() -> None:
     forged = scope_from("198.51.100.9", ("x-forwarded-for", "203.0.113.1"))
     assert CallerKey()(forged, REQUEST) == "address:198.51.100.9"
