@@ -3,9 +3,9 @@
 A stdio command that cannot start (it exits at once, its program fails) has no HTTP side: its
 mount is a one-backend aggregate, which would answer `tools/list` with `200` and no tools. The
 gate asks the router for the command's session first and answers `502` with the request's
-JSON-RPC id and the reason instead. A URL backend's proxy answers `502` itself; the gate's
-presence in its stack is what has the router read the request once, so that answer carries
-the request's id too.
+JSON-RPC id instead; why (an OS error, a path) stays in the operator's log. A URL backend's
+proxy answers `502` itself; the gate's presence in its stack is what has the router read the
+request once, so that answer carries the request's id too.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class BackendGate:
             code=ErrorCode.BAD_GATEWAY,
             message="Backend is unavailable",
             request_id=request.id if request is not None else None,
-            data={"backend": self.name, "reason": reason},
+            data={"backend": self.name},  # why (an OS error, a path) is the operator's, in the log
         )
 
 
