@@ -12,10 +12,8 @@ import io
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,13 +64,7 @@ def _uvicorn(tmp_path: Path, *, helper: bool, app: str = "logging_app:app") -> I
         stderr.open("wb") as sink,
         processes.running(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=sink) as process,
     ):
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(stderr.read_text())
-            time.sleep(0.05)
+        processes.wait_listening(port, process, stderr)
         yield f"http://127.0.0.1:{port}/mcp", stderr
 
 

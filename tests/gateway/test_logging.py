@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,13 +64,7 @@ def _gateway(config: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         stderr.open("wb") as sink,
         processes.running(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=sink) as process,
     ):
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(stderr.read_text())
-            time.sleep(0.05)
+        processes.wait_listening(port, process, stderr)
         yield f"http://127.0.0.1:{port}", stderr
 
 

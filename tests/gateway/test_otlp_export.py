@@ -10,12 +10,10 @@ trace id the access log printed for the same request.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -110,14 +108,12 @@ def receiver() -> Iterator[tuple[OtlpReceiver, Served]]:
 def _start(config: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
     process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return process
-        if process.poll() is not None or time.monotonic() > deadline:
-            processes.stop(process)
-            raise RuntimeError(log.read_text())
-        time.sleep(0.05)
+    try:
+        processes.wait_listening(port, process, log)
+    except RuntimeError:
+        processes.stop(process)
+        raise
+    return process
 
 
 def _environment(**extra: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,17 +41,6 @@ class Cluster:
     gateways: dict[str, subprocess.Popen[bytes]]
     logs: dict[str, Path]
     cache_url: str
-
-
-def _wait_port(port: int, process: subprocess.Popen[bytes], log: Path, patience: float = 30.0) -> None:
-    deadline = time.monotonic() + patience
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"port {port} not listening:\n{log.read_text()[-3000:]}")
 
 
 def nginx_config(listen: int, ports: dict[str, int], scratch: Path) -> str:
@@ -111,7 +99,7 @@ rate = 0.001
                 stderr=subprocess.STDOUT,
             )
         for instance, port in ports.items():
-            _wait_port(port, gateways[instance], logs[instance])
+            processes.wait_listening(port, gateways[instance], logs[instance])
         listen = free_port()
         (scratch / "nginx").mkdir()
         nginx_conf = scratch / "nginx.conf"
@@ -122,7 +110,7 @@ rate = 0.001
         nginx_process = processes.start(
             [nginx, "-p", str(scratch), "-c", str(nginx_conf)], stdout=nginx_log.open("wb"), stderr=subprocess.STDOUT
         )
-        _wait_port(listen, nginx_process, nginx_log)
+        processes.wait_listening(listen, nginx_process, nginx_log)
         yield Cluster(f"http://127.0.0.1:{listen}/mcp/inst", gateways, logs, cache_url)
     finally:
         if nginx_process is not None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +25,12 @@ def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """A gateway process in a group of its own (the test stops it with SIGTERM to its pid alone)."""
     command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
     process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return process
-        if process.poll() is not None or time.monotonic() > deadline:
-            processes.stop(process)
-            raise RuntimeError(log.read_text())
-        time.sleep(0.05)
+    try:
+        processes.wait_listening(port, process, log)
+    except RuntimeError:
+        processes.stop(process)
+        raise
+    return process
 
 
 @pytest.mark.anyio

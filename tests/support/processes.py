@@ -24,6 +24,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "wait_listening",
     "KILL_PATIENCE",
     "TERM_PATIENCE",
     "Proc",
@@ -350,3 +352,16 @@ def end(procs: Iterable[Proc], patience: float = KILL_PATIENCE) -> None:
             time.sleep(_POLL)
         if not pids:
             return
+
+
+def wait_listening(port: int, process: subprocess.Popen[Any], log: Path, patience: float = 30.0) -> None:
+    """Wait until `process` accepts connections on 127.0.0.1:`port`; if it exits or `patience` runs out,
+    raise with the tail of its `log` (the caller stops it)."""
+    deadline = time.monotonic() + patience
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = f"exited with {process.returncode}" if process.poll() is not None else f"not listening on {port}"
+            raise RuntimeError(f"{state}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.05)
