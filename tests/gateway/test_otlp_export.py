@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,14 +105,7 @@ def receiver() -> Iterator[tuple[OtlpReceiver, Served]]:
 
 
 def _start(config: Path, port: int, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
-    process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    try:
-        processes.wait_listening(port, process, log)
-    except RuntimeError:
-        processes.stop(process)
-        raise
-    return process
+    return processes.start_gateway(config, port, log, env=env)
 
 
 def _environment(**extra: str) -> dict[str, str]:

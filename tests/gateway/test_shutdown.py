@@ -23,14 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def start(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     """A gateway process in a group of its own (the test stops it with SIGTERM to its pid alone)."""
-    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
-    process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        processes.wait_listening(port, process, log)
-    except RuntimeError:
-        processes.stop(process)
-        raise
-    return process
+    return processes.start_gateway(config, port, log)
 
 
 @pytest.mark.anyio

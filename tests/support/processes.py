@@ -26,6 +26,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "start_gateway",
     "wait_listening",
     "KILL_PATIENCE",
     "TERM_PATIENCE",
@@ -365,3 +367,17 @@ def wait_listening(port: int, process: subprocess.Popen[Any], log: Path, patienc
             state = f"exited with {process.returncode}" if process.poll() is not None else f"not listening on {port}"
             raise RuntimeError(f"{state}:\n{log.read_text(errors='replace')[-3000:]}")
         time.sleep(0.05)
+
+
+def start_gateway(config: Path, port: int, log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`mcp-gateway serve` in a group of its own, its output in `log`, returned once it listens (stopped if it never
+    does); the caller stops it."""
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
+    root = Path(__file__).resolve().parents[2]
+    process = start(command, cwd=root, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_listening(port, process, log)
+    except RuntimeError:
+        stop(process)
+        raise
+    return process
