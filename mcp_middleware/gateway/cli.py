@@ -207,6 +207,7 @@ def _quiet_probe_logs() -> None:
     warnings (a skipped server) come back as results. A stdio server's own stderr still shows."""
     for chatty in ("mcp", "httpx2"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("mcp.client").setLevel(logging.CRITICAL)  # what it fails on is the probe's result
     logging.getLogger("mcp_middleware.gateway").setLevel(logging.ERROR)
 
 

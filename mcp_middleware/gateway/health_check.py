@@ -37,6 +37,8 @@ __all__ = ["ServerHealth", "health_check", "probe_gateway"]
 State = Literal["healthy", "unhealthy", "unreachable"]
 
 _MAX_PAGES = 100
+_AT_ONCE = 32
+"""Probes run at once: a config of 200 stdio servers does not start 200 processes together."""
 _CONNECTION_CLOSED = -32000
 """The SDK's code for a request whose connection went away (a stdio command that exited)."""
 _MAX_REASON = 200
@@ -62,19 +64,21 @@ class ServerHealth:
 
 
 async def probe_gateway(gateway: Gateway, *, patience: float | None = None) -> list[ServerHealth]:
-    """Probe every backend of the built gateway at once; each within `patience` s (default: its server's
-    own `timeout`). In config order; servers `build_gateway` skipped are not included."""
+    """Probe every backend of the built gateway at once (up to 32 together), each within `patience` s
+    (default: its server's own `timeout`). In config order; servers `build_gateway` skipped are not included."""
     config = gateway.config
     found: dict[str, ServerHealth] = {}
     by_name = {server.name: server for server in config.servers}
+    limiter = anyio.CapacityLimiter(_AT_ONCE)
 
     async def probe(name: str, backend: Backend) -> None:
         server = by_name[name]
-        found[name] = await _probe(
-            ServerHealth(name=name, kind=server.kind, state="unreachable", optional=server.optional),
-            backend,
-            server.timeout if patience is None else patience,
-        )
+        async with limiter:  # a server's time starts when its probe does
+            found[name] = await _probe(
+                ServerHealth(name=name, kind=server.kind, state="unreachable", optional=server.optional),
+                backend,
+                server.timeout if patience is None else patience,
+            )
 
     async with anyio.create_task_group() as group:
         for name, mount in gateway.router.mounts.items():
@@ -140,10 +144,18 @@ def _reason(phase: str, exc: BaseException, timeout: float) -> str:
     elif isinstance(leaf, MCPError) and leaf.code == _CONNECTION_CLOSED and phase == "handshake":
         why = "connection closed before the handshake (a command that exited?)"
     else:
-        why = _CONTROL.sub(" ", str(leaf)).strip() or type(leaf).__name__
-    if phase != "handshake" or _state(phase, exc) == "unhealthy":
+        why = _CONTROL.sub(" ", _last_words(str(leaf))).strip() or type(leaf).__name__
+    if (phase != "handshake" or _state(phase, exc) == "unhealthy") and not why.startswith(phase):
         why = f"{phase}: {why}"
-    return _CONTROL.sub(" ", why)[:_MAX_REASON]
+    return why[:_MAX_REASON]
+
+
+def _last_words(text: str) -> str:
+    """A message that carries a whole traceback (Starlette's failed startup does) says what failed last."""
+    if "Traceback (most recent call last)" not in text:
+        return text
+    *_, last = [line for line in text.splitlines() if line.strip()] or [""]
+    return last
 
 
 def _leaf(exc: BaseException) -> BaseException:

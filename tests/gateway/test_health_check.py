@@ -8,10 +8,11 @@ HTML page, a server whose `tools/list` fails (with terminal escapes in its messa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,17 @@ def listing_hangs() -> MCPServer:
 def listing_fails() -> MCPServer:
     """An app whose `tools/list` answers a JSON-RPC error, with control characters in its message."""
     return _ListingFails("fails")
+
+
+@contextlib.asynccontextmanager
+async def _no_database(app: Starlette) -> AsyncIterator[None]:
+    raise RuntimeError("database not configured")
+    yield
+
+
+def startup_fails() -> Starlette:
+    """An ASGI app whose lifespan startup fails (as an app missing a setting does)."""
+    return Starlette(lifespan=_no_database)
 
 
 async def _html(request: Request) -> HTMLResponse:
@@ -132,11 +144,12 @@ def test_broken_servers_are_each_reported_while_the_others_still_answer(
         f'[[servers]]\nname = "fails"\napp = "{HERE}:listing_fails"\ntimeout = 20\n'
         f'[[servers]]\nname = "hangs"\napp = "{HERE}:listing_hangs"\ntimeout = 2\n'
         f'[[servers]]\nname = "refused"\nurl = "http://127.0.0.1:{free_port()}/mcp"\ntimeout = 20\n'
+        f'[[servers]]\nname = "nostart"\napp = "{HERE}:startup_fails"\ntimeout = 20\n'
     )
     code, out, err = run(config, "--json", capsys=capsys)
     assert code == EXIT_FAILED, err
     found = by_name(out)
-    assert list(found) == ["demo", "silent", "exits", "html", "fails", "hangs", "refused"]
+    assert list(found) == ["demo", "silent", "exits", "html", "fails", "hangs", "refused", "nostart"]
     states = {name: (s["state"], s["reason"]) for name, s in found.items()}
     assert states["demo"] == ("healthy", "")
     assert states["silent"] == ("unreachable", "no answer within 2 s")  # its own timeout, honoured
@@ -146,16 +159,16 @@ def test_broken_servers_are_each_reported_while_the_others_still_answer(
     assert states["fails"] == ("unhealthy", "tools/list: listing is broken second line")
     assert states["hangs"] == ("unhealthy", "tools/list: no answer within 2 s")
     assert states["refused"][0] == "unreachable" and states["refused"][1].startswith("cannot connect: ")
+    assert states["nostart"] == ("unhealthy", "startup: RuntimeError: database not configured")
     assert all(s["tools"] == [] for name, s in found.items() if name != "demo")
 
     code, out, _ = run(config, capsys=capsys)
     assert code == EXIT_FAILED
     assert "\x1b" not in out and "\x07" not in out  # a backend's words never drive the operator's terminal
     rows = out.splitlines()
-    assert len(rows) == 1 + 7 + 1, out  # a hostile message with newlines still takes one row
-    assert rows[-1] == (
-        f"{config}: 1 of 7 servers healthy; required and not healthy: silent, exits, html, fails, hangs, refused"
-    )
+    assert len(rows) == 1 + 8 + 1, out  # a hostile message with newlines still takes one row
+    failing = "silent, exits, html, fails, hangs, refused, nostart"
+    assert rows[-1] == f"{config}: 1 of 8 servers healthy; required and not healthy: {failing}"
 
 
 def test_only_required_servers_decide_the_exit_code(
