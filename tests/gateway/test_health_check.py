@@ -23,9 +23,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.types import Tool
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.gateway.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from tests.conftest import Served, free_port
@@ -56,6 +56,41 @@ def listing_hangs() -> MCPServer:
 def listing_fails() -> MCPServer:
     """An app whose `tools/list` answers a JSON-RPC error, with control characters in its message."""
     return _ListingFails("fails")
+
+
+class _LegacyOnly:
+    """A server of before 2026-07-28, as older SDKs are: `server/discover` is a method it does not know."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        request = json.loads(body or b"null")
+        if isinstance(request, dict) and request.get("method") == "server/discover":
+            unknown = {"code": -32601, "message": "Method not found"}
+            await JSONResponse({"jsonrpc": "2.0", "id": request.get("id"), "error": unknown})(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def legacy_only() -> ASGIApp:
+    return _LegacyOnly(build_server().streamable_http_app())
 
 
 @contextlib.asynccontextmanager
@@ -102,18 +137,20 @@ def test_every_kind_of_server_is_probed_over_mcp_and_reported(
         '[[servers]]\nname = "demo"\napp = "tests.servers:build_server"\n'
         f'[[servers]]\nname = "remote"\nurl = "{remote.mcp_url}"\n'
         f'[[servers]]\nname = "text"\ncommand = ["{{python}}", "{STDIO}"]\n'
+        f'[[servers]]\nname = "older"\napp = "{HERE}:legacy_only"\n'
     )
     code, out, err = run(config, "--json", capsys=capsys)
     assert code == EXIT_OK, err
     found = by_name(out)
     assert json.loads(out)["ok"] is True
     kinds = [(s["kind"], s["state"]) for s in found.values()]
-    assert kinds == [("app", "healthy"), ("url", "healthy"), ("command", "healthy")]
+    assert kinds == [("app", "healthy"), ("url", "healthy"), ("command", "healthy"), ("app", "healthy")]
     assert {"echo", "slow", "lookup"} <= set(found["demo"]["tools"]) and found["remote"]["tools"] == found["demo"][
         "tools"
     ]
     assert found["text"]["tools"] == ["reverse", "word_count"]
-    assert all(s["protocol"] == "2026-07-28" and s["latency_ms"] > 0 for s in found.values())
+    assert [s["protocol"] for s in found.values()] == ["2026-07-28"] * 3 + ["2025-11-25"]  # `initialize` for it
+    assert found["older"]["tools"] == found["demo"]["tools"] and all(s["latency_ms"] > 0 for s in found.values())
 
     code, out, _ = run(config, capsys=capsys)
     assert code == EXIT_OK
@@ -123,9 +160,11 @@ def test_every_kind_of_server_is_probed_over_mcp_and_reported(
         ["demo", "app", "healthy"],
         ["remote", "url", "healthy"],
         ["text", "command", "healthy"],
+        ["older", "app", "healthy"],
     ]
-    assert [row.split()[-1] for row in rows] == [str(len(found["demo"]["tools"]))] * 2 + ["2"]
-    assert summary == f"{config}: 3 of 3 servers healthy; every required server is healthy"
+    tools = str(len(found["demo"]["tools"]))
+    assert [row.split()[-1] for row in rows] == [tools, tools, "2", tools]
+    assert summary == f"{config}: 4 of 4 servers healthy; every required server is healthy"
 
 
 def test_broken_servers_are_each_reported_while_the_others_still_answer(
