@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
+from mcp_middleware.core.errors import McpMiddlewareError
+
 __all__ = ["ScaffoldError", "new_server", "server_entry", "write_server"]
 
 _FILES = ("__init__.py", "server.py", "test_server.py")
@@ -28,7 +30,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 """A Python identifier that is also a gateway server name (`[A-Za-z0-9_-]{1,64}`): ASCII, ≤ 64 characters."""
 
 
-class ScaffoldError(ValueError):
+class ScaffoldError(McpMiddlewareError):
     """NAME or the folder cannot be used; the message is the one line the CLI prints."""
 
 
