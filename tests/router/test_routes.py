@@ -120,7 +120,9 @@ class Routed:
         return [attributes for outcome, attributes in self.recorder.of("router") if outcome == "routed"]
 
 
-def build(routes: tuple[Route, ...] = ROUTES, *, primary_url: str | None = None) -> tuple[DecisionRecorder, dict[str, Vendor]]:
+def build(
+    routes: tuple[Route, ...] = ROUTES, *, primary_url: str | None = None
+) -> tuple[DecisionRecorder, dict[str, Vendor]]:
     vendors = {name: Vendor(name) for name in ("vendor_a", "vendor_b")}
     router = McpRouter(routes=routes)
     if primary_url is not None:
@@ -239,7 +241,9 @@ async def test_an_unreachable_primary_hands_even_a_non_idempotent_call_over(era:
     async with connect(url, era) as client:
         result = await client.call_tool("book", {"item": "table"})
     assert text(result) == "vendor_b booked table"
-    assert served_by(result)["tried"] == [{"server": "gone", "reason": "unreachable" if era == "modern" else "unavailable"}]
+    assert served_by(result)["tried"] == [
+        {"server": "gone", "reason": "unreachable" if era == "modern" else "unavailable"}
+    ]
     assert vendors["vendor_b"].ran("book") == 1
 
 
@@ -255,10 +259,11 @@ async def test_the_members_namespaced_names_are_not_callable_at_the_aggregate(er
 
 @pytest.mark.parametrize("era", ERAS)
 async def test_a_path_mount_is_not_routed(era: Era, routed: Routed) -> None:
-    routed.vendors["vendor_a"].down = True
     async with connect(routed.url + "/vendor_a", era) as client:  # its own mount: its own answer, no fallback
-        with pytest.raises(MCPError):
+        routed.vendors["vendor_a"].down = True
+        with pytest.raises(MCPError) as failed:
             await client.call_tool("search", {"query": "x"})
+    assert failed.value.code == ErrorCode.BAD_GATEWAY
     assert routed.vendors["vendor_b"].calls == {}
 
 
