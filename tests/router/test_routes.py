@@ -10,7 +10,6 @@ client sees (`_meta`, the JSON-RPC error), what each backend ran, and the router
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,9 +133,9 @@ def build(
 
 
 @pytest.fixture
-def routed(serve: Any) -> Iterator[Routed]:
+def routed(serve: Any) -> Routed:
     recorder, vendors = build()
-    yield Routed(vendors, recorder, serve(recorder).mcp_url)
+    return Routed(vendors, recorder, serve(recorder).mcp_url)
 
 
 def served_by(result: Any) -> dict[str, Any]:
