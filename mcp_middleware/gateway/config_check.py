@@ -19,6 +19,7 @@ from mcp_middleware.router import Backend
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig, Problem, in_file_order
+from .config_routes import route_warnings
 from .toml_reader import did_you_mean
 
 __all__ = ["check_config"]
@@ -64,7 +65,7 @@ async def _probe(gateway: Gateway) -> tuple[list[Problem], list[Problem]]:
             except Exception as exc:
                 found = config.problem(f"servers[{server.index}]", f"cannot be reached: {_reason(exc)}")
                 (warnings if server.optional else problems).append(found)
-    return problems, warnings + _unmatched(config, tools)
+    return problems, warnings + _unmatched(config, tools) + route_warnings(config, tools)
 
 
 async def _tool_names(backend: Backend) -> list[str]:

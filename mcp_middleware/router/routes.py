@@ -19,13 +19,13 @@ True
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .names import SERVER_NAME_PATTERN
 
-__all__ = ["Route", "RouteTable", "route_problems"]
+__all__ = ["Route", "RouteTable", "check_route", "route_problems"]
 
 RouteKind = Literal["tools", "prompts"]
 
@@ -68,25 +68,38 @@ class Route:
     def describe(self) -> str:
         return f"{self.kind[:-1]} {self.name!r}"
 
+    def among(self, servers: Collection[str]) -> Route | None:
+        """This route with only the backends in `servers` (in order), or None when none is left."""
+        kept = [server for server in self.servers if server in servers]
+        if not kept:
+            return None
+        return Route(kept[0], tuple(kept[1:]), self.tool, self.prompt, self.allow_retry)
+
 
 def route_problems(route: Route, servers: Collection[str] | None = None) -> list[tuple[str, str]]:
     """`(key, message)` for everything wrong with `route` (given the known `servers`, when given)."""
+    return check_route(route.tool, route.prompt, route.primary, route.fallback, servers)
+
+
+def check_route(
+    tool: object, prompt: object, primary: object, fallback: Sequence[object], servers: Collection[str] | None
+) -> list[tuple[str, str]]:
+    """The rule of :class:`Route` on raw values (the gateway's config reader says it with key and line)."""
     problems: list[tuple[str, str]] = []
-    given = [key for key in ("tool", "prompt") if getattr(route, key) is not None]
+    given = [key for key, value in (("tool", tool), ("prompt", prompt)) if value is not None]
     if len(given) != 1:
         problems.append(("tool", "a route needs exactly one of tool or prompt" + (f", not {given}" if given else "")))
-    for key in given:
-        value = getattr(route, key)
-        if not isinstance(value, str) or not value or len(value) > 128:
+    for key, value in (("tool", tool), ("prompt", prompt)):
+        if value is not None and (not isinstance(value, str) or not value or len(value) > 128):
             problems.append((key, f"must be a name of 1-128 characters, not {value!r}"))
-    for key, name in (("primary", route.primary), *(("fallback", name) for name in route.fallback)):
+    for key, name in (("primary", primary), *(("fallback", name) for name in fallback)):
         if not isinstance(name, str) or not SERVER_NAME_PATTERN.fullmatch(name):
             problems.append((key, f"{name!r} is not a server name"))
         elif servers is not None and name not in servers:
             problems.append((key, f"{name!r} is not a server of the aggregate{did_you_mean(name, servers)}"))
-    if route.primary in route.fallback:
-        problems.append(("fallback", f"{route.primary!r} is the primary: a server cannot be its own fallback"))
-    repeated = sorted({name for name in route.fallback if route.fallback.count(name) > 1})
+    if primary in fallback:
+        problems.append(("fallback", f"{primary!r} is the primary: a server cannot be its own fallback"))
+    repeated = sorted({str(name) for name in fallback if list(fallback).count(name) > 1})
     if repeated:
         problems.append(("fallback", f"names {', '.join(map(repr, repeated))} more than once"))
     return problems
