@@ -7,12 +7,14 @@ stacks (breaker on). The routed tool is listed once; with the primary broken, ca
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from mcp import MCPError
 from starlette.types import ASGIApp
 
 from mcp_middleware.gateway.app import build_gateway
-from mcp_middleware.gateway.config import ConfigError, parse_config
+from mcp_middleware.gateway.config import ConfigError, load_config, parse_config
 from mcp_middleware.gateway.config_check import check_config
 from mcp_middleware.router import ROUTER_META_KEY, Route
 from tests.conftest import ERAS, Era, connect
@@ -20,6 +22,7 @@ from tests.router.test_routes import Switchable, Vendor, vendor_server
 
 pytestmark = pytest.mark.anyio
 
+EXAMPLE = Path(__file__).parents[2] / "examples" / "gateway" / "gateway.toml"
 VENDORS = {name: Vendor(name) for name in ("vendor_a", "vendor_b")}
 
 
@@ -123,3 +126,11 @@ async def test_the_gateway_serves_a_route_and_moves_it_when_the_primary_breaks(e
     assert first.content[0].text == "vendor_a:one"  # type: ignore[union-attr]
     assert second.content[0].text == "vendor_b:two"  # type: ignore[union-attr]
     assert (second.meta or {})[ROUTER_META_KEY]["server"] == "vendor_b"
+
+
+def test_the_example_routes_its_clock_to_the_fastmcp_server_when_demo_fails() -> None:
+    pytest.importorskip("fastmcp", reason="the example's fallback is the fastmcp demo server")
+    config = load_config(EXAMPLE)
+    assert config.routes == (Route(tool="utc_now", primary="demo", fallback=("fast",)),)
+    problems_found, warnings = check_config(config, probe=True)
+    assert problems_found == [] and not [w for w in warnings if w.path.startswith("routes")]
