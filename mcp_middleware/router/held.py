@@ -51,8 +51,14 @@ class Failure(NamedTuple):
     """`breaker_open`, `unavailable`, `unreachable`, `timeout` or `backend_error` (decisions, logs, `_meta`)."""
 
 
-def failure_of(status: int, error: Any, headers: tuple[tuple[str, str], ...] = ()) -> Failure | None:
-    """The attempt's failure, if `error` (a JSON-RPC error object) is an outage."""
+def failure_of(
+    status: int, error: Any, headers: tuple[tuple[str, str], ...] = (), *, streamed: bool = False
+) -> Failure | None:
+    """The attempt's failure, if `error` (a JSON-RPC error object) is an outage.
+
+    `streamed`: it came as an event of a stream the backend's side opened, so the request reached
+    something that may have run it, whatever the error says (a tool can raise any code).
+    """
     if not isinstance(error, dict):
         return None
     code = error.get("code")
@@ -60,7 +66,7 @@ def failure_of(status: int, error: Any, headers: tuple[tuple[str, str], ...] = (
         return None
     data = error.get("data")
     said = data.get(MAY_HAVE_RUN) if isinstance(data, dict) else None
-    nothing_ran = code == ErrorCode.UNAVAILABLE or said is False
+    nothing_ran = not streamed and (code == ErrorCode.UNAVAILABLE or said is False)
     if code == ErrorCode.UNAVAILABLE:
         reason = "breaker_open" if isinstance(data, dict) and "breaker" in data else "unavailable"
     elif code == ErrorCode.TIMEOUT:
@@ -158,7 +164,7 @@ class HeldAnswer:
                 self._held.append(event)
                 continue
             if message.get("id") == self._id and "method" not in message:
-                failure = failure_of(200, message.get("error"))
+                failure = failure_of(200, message.get("error"), streamed=True)
                 if failure is not None:
                     self.failure = failure
                     return

@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import MCPError
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -34,6 +34,7 @@ ROUTES = (
     Route(tool="search", primary="vendor_a", fallback=("vendor_b",)),
     Route(tool="book", primary="vendor_a", fallback=("vendor_b",)),
     Route(prompt="brief", primary="vendor_a", fallback=("vendor_b",)),
+    Route(tool="claim_outage", primary="vendor_a", fallback=("vendor_b",)),
 )
 
 
@@ -46,6 +47,8 @@ class Vendor:
     hang: set[str] = field(default_factory=set)
     down: bool = False
     """Its app raises before answering anything (a backend that broke)."""
+    chatty: bool = False
+    """Tools report progress before they run (the answer is an SSE stream from its first byte)."""
 
     def ran(self, tool: str) -> int:
         return self.calls.get(tool, 0)
@@ -54,22 +57,30 @@ class Vendor:
 def vendor_server(vendor: Vendor) -> MCPServer:
     server = MCPServer(vendor.name)
 
-    async def run(tool: str) -> None:
+    async def run(tool: str, ctx: Context) -> None:
         vendor.calls[tool] = vendor.calls.get(tool, 0) + 1
+        if vendor.chatty:
+            await ctx.report_progress(0, 1, "started")
         if tool in vendor.hang:
             await anyio.sleep(3600)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
-    async def search(query: str) -> str:
+    async def search(query: str, ctx: Context) -> str:
         """Read-only: safe to send to another vendor."""
-        await run("search")
+        await run("search", ctx)
         return f"{vendor.name}:{query}"
 
     @server.tool()
-    async def book(item: str) -> str:
+    async def book(item: str, ctx: Context) -> str:
         """Books something: not annotated, it must not run twice."""
-        await run("book")
+        await run("book", ctx)
         return f"{vendor.name} booked {item}"
+
+    @server.tool()
+    def claim_outage() -> str:
+        """Ran, then says -32015 itself: a backend's own words are not the breaker's."""
+        vendor.calls["claim_outage"] = vendor.calls.get("claim_outage", 0) + 1
+        raise MCPError(code=ErrorCode.UNAVAILABLE, message="I am unavailable, honest")
 
     @server.tool(name=f"only_{vendor.name}")
     def only() -> str:
@@ -221,6 +232,36 @@ async def test_a_timeout_on_a_read_only_tool_switches(era: Era, routed: Routed) 
     assert text(result) == "vendor_b:slow"
     assert served_by(result)["tried"] == [{"server": "vendor_a", "reason": "timeout"}]
     assert routed.fallbacks()[0]["reason"] == "timeout"
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_once_progress_reached_the_client_a_timeout_is_the_clients_even_for_a_read(
+    era: Era, routed: Routed
+) -> None:
+    vendor_a = routed.vendors["vendor_a"]
+    vendor_a.hang.add("search")
+    vendor_a.chatty = True
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with connect(routed.url, era) as client:
+        await client.list_tools()
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("search", {"query": "late"}, progress_callback=on_progress)
+    assert failed.value.code == ErrorCode.TIMEOUT and progress == [0]
+    assert routed.vendors["vendor_b"].ran("search") == 0 and not routed.fallbacks()
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_backend_that_says_unavailable_itself_is_not_taken_at_its_word(era: Era, routed: Routed) -> None:
+    async with connect(routed.url, era) as client:
+        await client.list_tools()
+        with pytest.raises(MCPError) as failed:
+            await client.call_tool("claim_outage", {})
+    assert failed.value.code == ErrorCode.UNAVAILABLE
+    assert routed.vendors["vendor_a"].ran("claim_outage") == 1 and routed.vendors["vendor_b"].ran("claim_outage") == 0
 
 
 @pytest.mark.parametrize("era", ERAS)
