@@ -10,7 +10,9 @@ Three parts (see docs/router.md for one request's path):
   public names, page with keyset cursors and report failures honestly; each
   backend's list filter decides what the caller sees of that backend;
 * the **notifier** (:mod:`.notifier`): backends' list_changed and resource updates,
-  relayed to legacy sessions and modern `subscriptions/listen` streams.
+  relayed to legacy sessions and modern `subscriptions/listen` streams;
+* **routes** (:mod:`.routes`, :mod:`.fallback`): a tool or prompt served by a primary backend and
+  its fallbacks, listed once under its own name, each attempt through the relay.
 
 What the aggregate answers itself (initialize, lists, ping, discover, logging level,
 subscriptions) is served by an `mcp` SDK low-level server, and so are requests for

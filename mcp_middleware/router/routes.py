@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -28,6 +29,9 @@ from .names import SERVER_NAME_PATTERN
 __all__ = ["Route", "RouteTable", "check_route", "route_problems"]
 
 RouteKind = Literal["tools", "prompts"]
+
+_PORTABLE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+"""The route's name is its public name: within the alphabet the aggregate keeps every name in."""
 
 _METHOD_KIND: dict[str, RouteKind] = {"tools/call": "tools", "prompts/get": "prompts"}
 
@@ -90,8 +94,8 @@ def check_route(
     if len(given) != 1:
         problems.append(("tool", "a route needs exactly one of tool or prompt" + (f", not {given}" if given else "")))
     for key, value in (("tool", tool), ("prompt", prompt)):
-        if value is not None and (not isinstance(value, str) or not value or len(value) > 128):
-            problems.append((key, f"must be a name of 1-128 characters, not {value!r}"))
+        if value is not None and (not isinstance(value, str) or not _PORTABLE.fullmatch(value)):
+            problems.append((key, f"must match [A-Za-z0-9_-]{{1,64}} (it is the public name too), not {value!r}"))
     for key, name in (("primary", primary), *(("fallback", name) for name in fallback)):
         if not isinstance(name, str) or not SERVER_NAME_PATTERN.fullmatch(name):
             problems.append((key, f"{name!r} is not a server name"))

@@ -317,3 +317,9 @@ def test_a_route_must_name_servers_of_the_aggregate() -> None:
     router.mount("vendor_b", MCPServer("b").streamable_http_app())
     with pytest.raises(ValueError, match="did you mean 'vendor_b'"):
         _ = router.aggregate
+
+
+@pytest.mark.parametrize("name", ["search.v2", "", "x" * 65, "sëarch", "a b"])
+def test_a_route_name_is_a_portable_public_name(name: str) -> None:
+    with pytest.raises(ValueError, match="public name too"):
+        Route(tool=name, primary="vendor_a")
