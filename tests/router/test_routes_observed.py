@@ -163,4 +163,4 @@ def test_an_unused_server_is_fine(tmp_path: Any) -> None:
     router = McpRouter(routes=ROUTES)
     for name in ("vendor_a", "vendor_b", "other"):
         router.mount(name, MCPServer(name).streamable_http_app())
-    assert [route.name for route in router.aggregate.routes.routes] == ["search", "book", "brief"]
+    assert [route.name for route in router.aggregate.routes.routes] == ["search", "book", "brief", "claim_outage"]
