@@ -23,11 +23,11 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from mcp_middleware.core import Component, McpRequest, Outcome, record_decision, send_error
+from mcp_middleware.core import Component, McpRequest, Outcome, error_body, record_decision, send_error
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 from .catalog import Catalog
-from .held import OUTAGE_CODES, Failure, HeldAnswer
+from .held import OUTAGE_CODES, Failure, HeldAnswer, OpenStream, sse_event
 from .relay import Relay
 from .routes import Route, RouteTable
 from .safety import failure_data, retry_safe
@@ -53,6 +53,7 @@ class RouteRunner:
         """Answer `request` through `route`; False leaves it to the aggregate's own server (the SDK bridge)."""
         tried: list[dict[str, str]] = []
         may_have_run = False
+        stream = OpenStream(send)
         key = (route.kind, route.name)
         for index, server in enumerate(route.servers):
             meta: dict[str, Any] = {"route": route.name, "server": server, "fallback": index > 0}
@@ -61,13 +62,13 @@ class RouteRunner:
             report: dict[str, str | bool | int] = {"route": route.name, "attempt": index + 1, "fallback": index > 0}
             if index == 0 and self.serving.get(key, server) != server:
                 report["recovered"] = True  # the primary answers again after a fallback served
-            held = HeldAnswer(send, request.id, meta, max_bytes=self.max_bytes)
+            held = HeldAnswer(stream, request.id, meta, max_bytes=self.max_bytes)
             target = (server, request.params or {}, route.name)
             try:
                 handled = await self.relay.forward_to(scope, receive, held, request, target, report)
             except Refused as refused:  # a legacy session could not be opened there
                 if refused.code not in OUTAGE_CODES:
-                    await _refuse(send, request, refused)
+                    await _answer_error(stream, refused.status, refused.code, refused.message, request, refused.data)
                     return True
                 failure: Failure | None = Failure(
                     refused.status, refused.code, refused.message, refused.data, (), True, "unavailable"
@@ -113,7 +114,7 @@ class RouteRunner:
                 reason=failure.reason,
                 may_have_run=may_have_run,
             )
-            await _fail(send, request, route, server, failure, may_have_run, [entry["server"] for entry in tried])
+            await _fail(stream, request, route, server, failure, may_have_run, [entry["server"] for entry in tried])
             return True
         return True  # unreachable: the last backend either served or failed above
 
@@ -124,14 +125,20 @@ class RouteRunner:
         self.serving[key] = server
         if server != route.primary:
             logger.warning(
-                "route %s is served by fallback %r (%r did not serve it)", route.describe(), server, previous
+                "route %s is served by fallback %r, not its primary %r", route.describe(), server, route.primary
             )
         elif previous is not None:
             logger.warning("route %s is back on its primary %r", route.describe(), server)
 
 
 async def _fail(
-    send: Send, request: McpRequest, route: Route, server: str, failure: Failure, may_have_run: bool, tried: list[str]
+    stream: OpenStream,
+    request: McpRequest,
+    route: Route,
+    server: str,
+    failure: Failure,
+    may_have_run: bool,
+    tried: list[str],
 ) -> None:
     data: dict[str, Any] = (
         {key: value for key, value in (failure.data or {}).items() if key != "backend" and isinstance(key, str)}
@@ -141,23 +148,23 @@ async def _fail(
     data.update(failure_data(server, may_have_run=may_have_run))
     data["route"] = route.name
     data["tried"] = tried
-    await send_error(
-        send,
-        status=failure.status,
-        code=failure.code,
-        message=failure.message,
-        request_id=request.id,
-        data=data,
-        headers=failure.headers,
-    )
+    await _answer_error(stream, failure.status, failure.code, failure.message, request, data, failure.headers)
 
 
-async def _refuse(send: Send, request: McpRequest, refused: Refused) -> None:
-    await send_error(
-        send,
-        status=refused.status,
-        code=refused.code,
-        message=refused.message,
-        request_id=request.id,
-        data=refused.data,
-    )
+async def _answer_error(
+    stream: OpenStream,
+    status: int,
+    code: int,
+    message: str,
+    request: McpRequest,
+    data: Any,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """The call's error: a JSON-RPC error answer, or the last event of the stream an attempt opened."""
+    if not stream.opened:
+        await send_error(
+            stream.send, status=status, code=code, message=message, request_id=request.id, data=data, headers=headers
+        )
+        return
+    event = sse_event(error_body(code, message, request.id, data))
+    await stream.send({"type": "http.response.body", "body": event, "more_body": False})

@@ -10,6 +10,12 @@ An outage before that — the breaker's `-32015` (circuit open), `-32016` (timeo
 (unreachable, or it broke off) — is kept as the attempt's :class:`Failure` and nothing of it
 is sent: the caller decides whether the next backend may try.
 
+An SSE answer's head (status 200, `text/event-stream`) is sent at once, as the backend sent it:
+a client waiting for a long tool gets its headers as it always did, and no JSON-RPC message has
+reached it yet. Once the stream is open (:class:`OpenStream`, shared by the attempts of one call),
+whatever a later attempt answers — a JSON result, a refusal, the route's own error — is sent on it
+as an event.
+
 The committed answer's result gets `_meta["io.github.mcp-middleware/router"]`: which backend
 served it (`route`, `server`, `fallback`, and the backends `tried` before it).
 """
@@ -21,13 +27,13 @@ from typing import Any, NamedTuple
 import orjson
 from starlette.types import Message, Send
 
-from mcp_middleware.core import ErrorCode, RequestId
+from mcp_middleware.core import ErrorCode, RequestId, error_body
 from mcp_middleware.core.protocol import is_event_stream, is_json
 
 from .listing import ROUTER_META_KEY
 from .safety import MAY_HAVE_RUN
 
-__all__ = ["OUTAGE_CODES", "Failure", "HeldAnswer"]
+__all__ = ["OUTAGE_CODES", "Failure", "HeldAnswer", "OpenStream", "sse_event"]
 
 OUTAGE_CODES = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.TIMEOUT, ErrorCode.BAD_GATEWAY})
 """Errors that say the backend did not serve the call (its breaker, its proxy, the relay): a route may move on."""
@@ -85,13 +91,42 @@ def failure_of(
     )
 
 
+class OpenStream:
+    """The client's side of one routed call: whether an SSE head has been sent to it (by any attempt)."""
+
+    __slots__ = ("opened", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.opened = False
+
+
+def sse_event(message: bytes) -> bytes:
+    return b"event: message\r\ndata: " + message + b"\r\n\r\n"
+
+
 class HeldAnswer:
     """The `send` of one attempt; after it ran, `failure` says whether the client got nothing of it."""
 
-    __slots__ = ("_buffer", "_held", "_id", "_max", "_meta", "_mode", "_send", "_start", "committed", "failure")
+    __slots__ = (
+        "_buffer",
+        "_held",
+        "_id",
+        "_max",
+        "_meta",
+        "_mode",
+        "_send",
+        "_start",
+        "_stream",
+        "committed",
+        "failure",
+    )
 
-    def __init__(self, send: Send, request_id: RequestId | None, meta: dict[str, Any], *, max_bytes: int) -> None:
-        self._send = send
+    def __init__(
+        self, stream: OpenStream, request_id: RequestId | None, meta: dict[str, Any], *, max_bytes: int
+    ) -> None:
+        self._stream = stream
+        self._send = stream.send
         self._id = request_id
         self._meta = meta
         self._max = max_bytes
@@ -110,12 +145,17 @@ class HeldAnswer:
             status: int = message["status"]
             content_type = next((v for k, v in message.get("headers", ()) if k.lower() == b"content-type"), b"")
             if status == 200 and is_event_stream(content_type):
-                self._mode, self._start = "sse", message
-            elif status in (200, 502, 503, 504) and is_json(content_type):
+                self._mode = "sse"
+                if not self._stream.opened:  # the head only: no JSON-RPC message reaches the client with it
+                    self._stream.opened = True
+                    await self._send(message)
+            elif self._stream.opened or (status in (200, 502, 503, 504) and is_json(content_type)):
                 self._mode, self._start = "json", message
             else:  # a refusal of the backend's own stack (401, 403, 429 …): the backend's answer, as it is
                 self._mode, self.committed = "pass", True
                 await self._send(message)
+            return
+        if self._mode == "done":
             return
         if kind != "http.response.body" or self._mode == "pass":
             await self._send(message)
@@ -140,12 +180,23 @@ class HeldAnswer:
             if failure is not None:
                 self.failure = failure
                 return
+            if self._stream.opened:  # an earlier attempt opened the client's stream: this answer is its event
+                self._stamp(answer)
+                self.committed, self._mode = True, "done"
+                event = sse_event(orjson.dumps(answer))
+                await self._send({"type": "http.response.body", "body": event, "more_body": False})
+                return
             if self._stamp(answer):
                 data = orjson.dumps(answer)
                 headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
                 headers.append((b"content-length", str(len(data)).encode("latin-1")))
                 start = {**start, "headers": headers}
         self.committed = True
+        if self._stream.opened:  # not a JSON-RPC answer for this request: the stream ends with an error for it
+            error = error_body(ErrorCode.BAD_GATEWAY, "Backend answered with no JSON-RPC response", self._id)
+            await self._send({"type": "http.response.body", "body": sse_event(error), "more_body": False})
+            self._mode = "done"
+            return
         await self._send(start)
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
@@ -181,9 +232,7 @@ class HeldAnswer:
                 await self._send({"type": "http.response.body", "body": b"".join(out), "more_body": more})
 
     async def _commit(self) -> None:
-        assert self._start is not None
         self.committed = True
-        await self._send(self._start)
         if self._held:
             held, self._held = b"".join(self._held), []
             await self._send({"type": "http.response.body", "body": held, "more_body": True})

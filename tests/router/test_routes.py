@@ -10,10 +10,12 @@ client sees (`_meta`, the JSON-RPC error), what each backend ran, and the router
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
@@ -26,6 +28,7 @@ from mcp_middleware.core import CoreConfig, ErrorCode, JsonRpcCode
 from mcp_middleware.router import ROUTER_META_KEY, HttpBackend, InProcessBackend, McpRouter, Route
 from tests.conftest import ERAS, Era, connect, free_port
 from tests.support.decisions import DecisionRecorder
+from tests.support.requests import legacy_body, legacy_headers, legacy_post, legacy_session
 
 pytestmark = pytest.mark.anyio
 
@@ -49,6 +52,8 @@ class Vendor:
     """Its app raises before answering anything (a backend that broke)."""
     chatty: bool = False
     """Tools report progress before they run (the answer is an SSE stream from its first byte)."""
+    release: threading.Event | None = None
+    """When set, tools wait for it (at most 20 s) before they answer."""
 
     def ran(self, tool: str) -> int:
         return self.calls.get(tool, 0)
@@ -63,6 +68,9 @@ def vendor_server(vendor: Vendor) -> MCPServer:
             await ctx.report_progress(0, 1, "started")
         if tool in vendor.hang:
             await anyio.sleep(3600)
+        with anyio.move_on_after(20):
+            while vendor.release is not None and not vendor.release.is_set():  # noqa: ASYNC110 (another thread sets it)
+                await anyio.sleep(0.02)
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def search(query: str, ctx: Context) -> str:
@@ -262,6 +270,23 @@ async def test_a_backend_that_says_unavailable_itself_is_not_taken_at_its_word(e
             await client.call_tool("claim_outage", {})
     assert failed.value.code == ErrorCode.UNAVAILABLE
     assert routed.vendors["vendor_a"].ran("claim_outage") == 1 and routed.vendors["vendor_b"].ran("claim_outage") == 0
+
+
+async def test_a_legacy_client_gets_the_stream_head_while_a_routed_tool_runs(routed: Routed) -> None:
+    vendor_a = routed.vendors["vendor_a"]
+    vendor_a.release = threading.Event()
+    body = legacy_body("tools/call", {"name": "search", "arguments": {"query": "long"}}, 2)
+    with anyio.fail_after(20):
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session = await legacy_session(http, routed.url)
+            assert (await legacy_post(http, routed.url, session, "tools/list", 1)).status_code == 200
+            async with http.stream("POST", routed.url, content=body, headers=legacy_headers(session)) as answer:
+                # The head is here while the tool still waits: a client's header timeout is not the tool's time.
+                assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+                assert vendor_a.ran("search") == 1
+                vendor_a.release.set()
+                text = (await answer.aread()).decode()
+    assert "vendor_a:long" in text and ROUTER_META_KEY in text
 
 
 @pytest.mark.parametrize("era", ERAS)

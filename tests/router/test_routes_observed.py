@@ -15,6 +15,7 @@ from typing import Any
 import httpx2
 import orjson
 import pytest
+from mcp import MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from opentelemetry.sdk.trace import TracerProvider
@@ -156,6 +157,18 @@ async def test_a_caller_the_fallback_allows_is_served_there(era: Era, serve: Any
         with pytest.raises(Exception):  # noqa: B017, PT011 - the SDK client's own error for a 403
             await client.call_tool("search", {"query": "refused"})
     assert vendors["vendor_b"].ran("search") == 1
+
+
+async def test_a_refusal_after_the_stream_opened_is_its_last_event(serve: Any) -> None:
+    vendors = {name: Vendor(name) for name in ("vendor_a", "vendor_b")}
+    vendors["vendor_a"].hang.add("search")  # legacy: its stream opens, then it times out (read-only: moves on)
+    url = serve(guarded(vendors)).mcp_url
+    async with client_with(url, "legacy", "plain") as client:
+        await client.list_tools()
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("search", {"query": "x"})
+    assert refused.value.code == ErrorCode.FORBIDDEN  # vendor_b's own stack, said on the stream vendor_a opened
+    assert vendors["vendor_b"].ran("search") == 0
 
 
 def test_an_unused_server_is_fine(tmp_path: Any) -> None:
