@@ -1,6 +1,6 @@
 """One attempt of a routed call: its answer held back only until it shows whether the backend answered.
 
-A route may move a call to its next backend only while **no byte has reached the client**.
+A route may move a call to its next backend only while **no JSON-RPC message has reached the client**.
 :class:`HeldAnswer` is the `send` of one attempt. It forwards at once every answer that
 cannot be an outage (a 4xx refusal of the backend's own stack, anything not JSON or SSE);
 it holds a JSON answer until it is complete (one JSON-RPC message, bounded), and an SSE
