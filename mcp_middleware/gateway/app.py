@@ -42,6 +42,7 @@ from .assembly import Assembly
 from .backend_gate import gate_layer
 from .backends import BackendLoadError, load_backend
 from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mode_problem
+from .config_routes import live_routes
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
@@ -194,6 +195,7 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
         )
     if problems:
         raise ConfigError(problems, str(config.source or "config"))
+    router.routes = live_routes(config.routes, [name for name, mount in router.mounts.items() if mount.aggregate])
     return router, skipped
 
 

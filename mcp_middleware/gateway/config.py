@@ -32,6 +32,7 @@ from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
+from .config_routes import routes
 from .config_servers import server
 from .config_types import (
     AggregateSettings,
@@ -105,6 +106,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         breaker=sections.breaker(top.table("breaker")) if "breaker" in data else BreakerSettings(),
         cache=sections.cache(top.table("cache")) if "cache" in data else CacheSettings(),
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
+        routes=routes(top, servers),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
@@ -129,6 +131,8 @@ def _across_sections(config: GatewayConfig, problems: list[Problem]) -> list[Pro
     quota_problem = quota_storage_problem(config.ratelimit.store)
     if quota_problem is not None and any(isinstance(policy, QuotaPolicy) for policy in every):
         found.append(config.problem("ratelimit.store", quota_problem))
+    if config.routes and not config.aggregate.enabled:
+        found.append(config.problem("routes[0]", "routes serve the aggregate, and [aggregate] enabled = false"))
     if not config.servers and not any(p.path.startswith("servers") for p in problems):
         found.append(Problem("servers", "at least one [[servers]] entry is needed"))
     return found

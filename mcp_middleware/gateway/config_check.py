@@ -18,6 +18,7 @@ from mcp_middleware.core import Selector
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig, Problem, in_file_order
+from .config_routes import route_warnings
 from .health_check import probe_gateway
 from .toml_reader import did_you_mean
 
@@ -61,7 +62,7 @@ async def _probe(gateway: Gateway) -> tuple[list[Problem], list[Problem]]:
         verb = "cannot be reached" if health.state == "unreachable" else "is unhealthy"
         found = config.problem(f"servers[{index}]", f"{verb}: {health.reason}")
         (warnings if health.optional else problems).append(found)
-    return problems, warnings + _unmatched(config, tools)
+    return problems, warnings + _unmatched(config, tools) + route_warnings(config, tools)
 
 
 def _unmatched(config: GatewayConfig, tools: dict[str, list[str]]) -> list[Problem]:

@@ -18,7 +18,7 @@ from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
-from mcp_middleware.router import HttpBackend, NamingPolicy
+from mcp_middleware.router import HttpBackend, NamingPolicy, Route
 
 from .toml_reader import Lines, Problem
 
@@ -245,6 +245,8 @@ class GatewayConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    routes: tuple[Route, ...] = ()
+    """`[[routes]]`: primary and fallback servers of a tool or prompt of the aggregate."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

@@ -15,6 +15,7 @@ from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
 from .proxy import StreamingProxy
+from .routes import Route
 
 __all__ = [
     "ROUTER_META_KEY",
@@ -30,6 +31,7 @@ __all__ = [
     "NameTable",
     "NamingPolicy",
     "PrefixMode",
+    "Route",
     "StdioBackend",
     "StreamingProxy",
 ]

@@ -32,6 +32,7 @@ from mcp_middleware.core import JsonRpcCode
 from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+from .routes import RouteTable
 
 __all__ = [
     "KINDS",
@@ -138,8 +139,12 @@ class Catalog:
         naming: NamingPolicy,
         list_ttl: float,
         failure_cooldown: float,
+        routes: RouteTable | None = None,
     ) -> None:
         self.backends = backends
+        self.routes = routes if routes is not None else RouteTable((), servers=())
+        self._annotations: dict[str, dict[str, dict[str, Any]]] = {}
+        """server → tool → its annotations as last listed (kept through outages: a route's rule needs them)."""
         self.links = links
         self.naming = naming
         self.list_ttl = list_ttl
@@ -191,9 +196,16 @@ class Catalog:
         collisions: list[dict[str, str | None]] = []
         public: list[tuple[str, Any, str, str]] = []
         if kind.key == "name":
-            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries))
+            routes = self.routes.named(kind.name)
+            members = self.routes.members(kind.name) if routes else {}
+            if members:  # a route's backends' items are listed once, under the route's name
+                routed = [(server, item) for server, item in entries if (server, item.name) in members]
+                entries = [(server, item) for server, item in entries if (server, item.name) not in members]
+                public.extend(_routed_items(routes, routed))
+            reserved = {name: (route.primary, name) for name, route in routes.items()}
+            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries), reserved=reserved)
             collisions = [collision.describe() for collision in table.collisions]
-            taken: set[str] = set()
+            taken: set[str] = set(routes)
             for server, item in entries:
                 name = table.public_name(server, item.name)
                 if name is not None and name not in taken:  # a backend listing a name twice: first one
@@ -282,6 +294,12 @@ class Catalog:
             return self._fail(server, "error", short(exc))
         listing = _Listing(items, started)
         self._listings[kind.name][server] = listing
+        if kind is TOOLS:
+            self._annotations[server] = {
+                tool.name: tool.annotations.model_dump(by_alias=True, exclude_none=True)
+                for tool in items
+                if getattr(tool, "annotations", None) is not None
+            }
         self._cooling.pop(server, None)
         return listing
 
@@ -292,6 +310,10 @@ class Catalog:
         for listings in self._listings.values():  # nothing stale is offered for a failed backend
             listings.pop(server, None)
         return BackendFailure(server, error, message)
+
+    def tool_annotations(self, server: str, name: str) -> dict[str, Any] | None:
+        """The annotations `server` last listed for its tool `name` (None: none, or never listed)."""
+        return self._annotations.get(server, {}).get(name)
 
     # --- resolving public names -------------------------------------------------------------
 
@@ -381,6 +403,17 @@ async def _fetch_all(client: Any, kind: Kind) -> list[Any]:
             break
         seen.add(cursor)
     return items
+
+
+def _routed_items(routes: Mapping[str, Any], routed: list[tuple[str, Any]]) -> list[tuple[str, Any, str, str]]:
+    """One public entry per route: the item of the first of its servers (primary first) that lists it."""
+    offered = {(server, item.name): item for server, item in reversed(routed)}  # a name listed twice: the first
+    found: list[tuple[str, Any, str, str]] = []
+    for name, route in routes.items():
+        server = next((server for server in route.servers if (server, name) in offered), None)
+        if server is not None:
+            found.append((name, offered[(server, name)], server, name))
+    return found
 
 
 def _matches(template: str, uri: str) -> bool:

@@ -36,6 +36,7 @@ from ._links import BackendLink, BackendUnavailable
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
 from .names import NamingPolicy, PrefixMode, validate_server_name
+from .routes import Route
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
@@ -86,6 +87,7 @@ class McpRouter:
         transport_security: TransportSecuritySettings | None = None,
         aggregate_middleware: Sequence[MountMiddleware] = (),
         aggregate_own_middleware: Sequence[MountMiddleware] = (),
+        routes: Sequence[Route] = (),
     ) -> None:
         if not prefix.startswith("/") or (prefix.endswith("/") and prefix != "/"):
             raise ValueError("prefix must start with '/' and not end with '/'")
@@ -104,6 +106,8 @@ class McpRouter:
             "debounce": debounce,
             "transport_security": transport_security,
         }
+        self.routes = tuple(routes)
+        """Primary and fallback routes of the aggregate (:class:`~mcp_middleware.router.Route`)."""
         self._aggregate: AggregateServer | None = None
         self._aggregate_entry: ASGIApp | None = None
         self._aggregate_door = tuple(aggregate_middleware)
@@ -172,6 +176,7 @@ class McpRouter:
                 stack_paths={name: f"{self.prefix}/{name}" for name in members},
                 gates={name: gate for name, mount in members.items() if (gate := _list_gate(mount.app)) is not None},
                 own_middleware=(lambda app: _wrap(app, own)) if own else None,
+                routes=self.routes,
                 **self._aggregate_options,
             )
         return self._aggregate
