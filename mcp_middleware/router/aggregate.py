@@ -49,6 +49,7 @@ from .catalog import (
     Catalog,
     Kind,
 )
+from .curation import Curation, Selection
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
@@ -118,6 +119,8 @@ class AggregateServer:
         stack_paths: Mapping[str, str] | None = None,
         gates: Mapping[str, ListGate] | None = None,
         own_middleware: Callable[[ASGIApp], ASGIApp] | None = None,
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -130,7 +133,13 @@ class AggregateServer:
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self.catalog = Catalog(
-            self.backends, self._links, naming=self.naming, list_ttl=list_ttl, failure_cooldown=failure_cooldown
+            self.backends,
+            self._links,
+            naming=self.naming,
+            list_ttl=list_ttl,
+            failure_cooldown=failure_cooldown,
+            curations=curations,
+            selections=selections,
         )
         self.notifier = Notifier(debounce=debounce, max_listeners=max_listeners)
         self._listen_handler = ListenHandler(self.notifier.bus)
@@ -386,15 +395,27 @@ class AggregateServer:
         return types.EmptyResult()
 
     async def _resolve(self, kind: Kind, public_name: str, noun: str) -> tuple[str, str]:
+        """`(server, the backend's own name)`: these calls reach the backend without its stack."""
         target = await self.catalog.resolve(kind, public_name)
         if target is None:
+            refused = self.catalog.refusal(kind, public_name)
+            if refused is not None:
+                _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
+                raise MCPError(code, message, data=data)
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
-        return target
+        return target[0], self.catalog.backend_name(kind, *target)
 
     async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
         target = await self.catalog.resolve_uri(public_uri, template=template)
         if target is None:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+        curation = self.catalog.curations.get(target[0])
+        if curation is not None:
+            rules = curation.resources
+            decision = rules.decide_template(target[1]) if template else rules.decide(target[1])
+            if not decision.visible:
+                _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
+                raise MCPError(code, message, data=data)
         return target
 
     # --- notifications -------------------------------------------------------------------------

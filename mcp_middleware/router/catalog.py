@@ -31,7 +31,8 @@ from mcp_middleware.core import JsonRpcCode
 
 from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
-from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+from .curation import Curation, Decision, Selection, curate_model
+from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, portable, split_uri
 
 __all__ = [
     "KINDS",
@@ -111,6 +112,8 @@ class Merged:
     uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
     failures: list[BackendFailure]
     collisions: list[dict[str, str | None]]
+    hidden: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Tools/prompts: the public name a curated-away item would have -> (server, the rule that hides it)."""
     serial: int = field(default_factory=lambda: next(_serials))
     """Unique per merge: answers built from this list can be reused while it is the current one."""
 
@@ -138,8 +141,14 @@ class Catalog:
         naming: NamingPolicy,
         list_ttl: float,
         failure_cooldown: float,
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         self.backends = backends
+        self.curations = dict(curations or {})
+        """Each backend's curation (its path mount applies the same one in its stack)."""
+        self.selections = selections
+        """A virtual server's choice from each backend (None: everything the curations leave)."""
         self.links = links
         self.naming = naming
         self.list_ttl = list_ttl
@@ -182,10 +191,12 @@ class Catalog:
 
     def _build(self, kind: Kind, gathered: _Gathered) -> Merged:
         entries: list[tuple[str, Any]] = []
+        originals: dict[tuple[str, str], str] = {}  # (server, curated key) -> the backend's own
+        hidden_at: list[tuple[str, str, str]] = []  # (server, curated name, rule) of curated-away items
         for server in self.backends:  # mount order decides collisions
             listing = gathered.listings.get(server)
             if listing is not None:
-                entries.extend((server, item) for item in listing.items)
+                entries.extend(self._curated(kind, server, listing.items, originals, hidden_at))
         table: NameTable | None = None
         uris: dict[str, tuple[str, str]] = {}
         collisions: list[dict[str, str | None]] = []
@@ -198,7 +209,8 @@ class Catalog:
                 name = table.public_name(server, item.name)
                 if name is not None and name not in taken:  # a backend listing a name twice: first one
                     taken.add(name)
-                    public.append((name, item.model_copy(update={"name": name}), server, item.name))
+                    own = originals.get((server, item.name), item.name)  # the backend's name, for its list filter
+                    public.append((name, item.model_copy(update={"name": name}), server, own))
         else:
             keep = self.naming.prefix is PrefixMode.NEVER
             for server, item in entries:
@@ -209,6 +221,7 @@ class Catalog:
                     continue
                 uris[uri] = (server, original)
                 public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
+        hidden = self._hidden(table, hidden_at)
         public.sort(key=lambda entry: entry[0])
         if collisions:
             logger.info("aggregate %s: name collisions %s", kind.name, collisions)
@@ -222,7 +235,69 @@ class Catalog:
             uris=uris,
             failures=gathered.failures,
             collisions=collisions,
+            hidden=hidden,
         )
+
+    def _curated(
+        self,
+        kind: Kind,
+        server: str,
+        items: list[Any],
+        originals: dict[tuple[str, str], str],
+        hidden_at: list[tuple[str, str, str]],
+    ) -> list[tuple[str, Any]]:
+        """A backend's items as its curation (and a virtual server's selection) lets clients see them."""
+        curation = self.curations.get(server)
+        selection = self.selections.get(server) if self.selections is not None else None
+        if curation is None and self.selections is None:
+            return [(server, item) for item in items]
+        if self.selections is not None and selection is None:
+            return []  # a virtual server takes nothing of a backend it does not name
+        kept: list[tuple[str, Any]] = []
+        for item in items:
+            curated = curate_model(curation, selection, kind.name, kind.key, item)
+            if isinstance(curated, Decision):
+                if kind.key == "name" and curation is not None:
+                    rules = curation.tools if kind is TOOLS else curation.prompts
+                    hidden_at.append((server, rules.public(item.name), curated.rule))
+                continue
+            if curated is None:
+                continue
+            model, public = curated
+            if kind.key == "name":
+                original: str = model.name
+                if public != original:
+                    originals[(server, public)] = original
+                    hidden_at.append((server, original, f"{kind.name}.rename: renamed"))
+                    model = model.model_copy(update={"name": public})
+            kept.append((server, model))
+        return kept
+
+    def _hidden(self, table: NameTable | None, hidden_at: list[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
+        """The public names curated-away items would have had, for refusing them as configured."""
+        hidden: dict[str, tuple[str, str]] = {}
+        for server, name, rule in hidden_at:
+            public = self.naming.prefixed(server, name) if self.naming.prefix is PrefixMode.ALWAYS else portable(name)
+            if (table is None or table.resolve(public) is None) and public not in hidden:
+                hidden[public] = (server, rule)
+        return hidden
+
+    def refusal(self, kind: Kind, public_name: str) -> tuple[Curation, str] | None:
+        """`(the backend's curation, rule)` when a tool or prompt name is one its curation hides."""
+        cached = self._merged.get(kind.name)
+        found = cached[1].hidden.get(public_name) if cached is not None else None
+        if found is None:
+            return None
+        curation = self.curations.get(found[0])
+        return (curation, found[1]) if curation is not None else None
+
+    def backend_name(self, kind: Kind, server: str, curated: str) -> str:
+        """The backend's own name of a curated tool or prompt name (for calls that skip its stack)."""
+        curation = self.curations.get(server)
+        if curation is None:
+            return curated
+        rules = curation.tools if kind is TOOLS else curation.prompts
+        return rules.backend(curated) or curated
 
     async def _gather(self, kind: Kind) -> _Gathered:
         gathered = _Gathered()
