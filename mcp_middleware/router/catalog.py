@@ -381,6 +381,14 @@ class Catalog:
 
     async def resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str] | None:
         """`(server, backend uri)` of a resource (or, with `template`, of a resource template)."""
+        target = await self._locate_uri(public_uri, template=template)
+        if target is not None and self.selections is not None:  # a virtual server reaches only what it selects
+            selection = self.selections.get(target[0])
+            if selection is None or not selection.allows_uri(target[1], template=template):
+                return None
+        return target
+
+    async def _locate_uri(self, public_uri: str, *, template: bool) -> tuple[str, str] | None:
         if self.naming.prefix is not PrefixMode.NEVER:
             return split_uri(public_uri, self.backends)
         # URIs are the backends' own: a listed resource, else the first template that matches

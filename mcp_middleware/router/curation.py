@@ -10,8 +10,9 @@ URI prefixes for resources. It is applied in one place per endpoint kind:
   routes calls in the curated names into that same layer.
 
 List time and call time ask the same question (:meth:`ItemRules.decide`), so a listed item is callable
-and a hidden one is refused. Deny globs also match case- and compatibility-folded names (`Search_Docs`,
-fullwidth letters), so a backend that resolves names loosely cannot be reached around a deny rule.
+and a hidden one is refused. Globs match case- and compatibility-folded names (`Search_Docs`, fullwidth
+letters) and only the exact public name of a renamed item is callable, so a backend that resolves names
+loosely cannot be reached around a rule.
 
 >>> curation = Curation(tools=ItemRules(allow=("search_*",), deny=("*_admin",), rename={"search_docs": "search"}))
 >>> curation.tools.public("search_docs"), curation.tools.backend("search"), curation.tools.backend("search_docs")
@@ -85,7 +86,8 @@ class Override:
 class ItemRules:
     """Rules for tools or prompts, in the backend's own names.
 
-    `allow`: globs of names that exist (empty: all); `deny`: globs hidden even when allowed;
+    `allow`: globs of names that exist (empty: all); `deny`: globs hidden even when allowed (globs
+    compare case-insensitively, see :meth:`decide`);
     `rename`: backend name → public name (the backend name is then no longer callable);
     `override`: description/annotations by backend name (or by the public name it is renamed to).
     """
@@ -96,36 +98,50 @@ class ItemRules:
     rename: Mapping[str, str] = field(default_factory=dict)
     override: Mapping[str, Override] = field(default_factory=dict)
     _reverse: dict[str, str] = field(init=False, repr=False, compare=False)
-    _folded_deny: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    _folded_renamed: frozenset[str] = field(init=False, repr=False, compare=False)
+    _allow: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _deny: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _reserved: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         reverse: dict[str, str] = {}
+        folded_publics: dict[str, str] = {}
         for backend, public in self.rename.items():
             if not _PUBLIC_NAME.fullmatch(public):
                 raise ValueError(f"{self.noun}.rename: {public!r} must match [A-Za-z0-9_.-]{{1,128}}")
-            if public in reverse:
-                raise ValueError(f"{self.noun}.rename: {reverse[public]!r} and {backend!r} are both renamed {public!r}")
+            if fold(public) in folded_publics:
+                raise ValueError(
+                    f"{self.noun}.rename: {folded_publics[fold(public)]!r} and {backend!r} are both renamed "
+                    f"{public!r} (names are compared case-insensitively)"
+                )
+            folded_publics[fold(public)] = backend
             reverse[public] = backend
         object.__setattr__(self, "_reverse", reverse)
-        object.__setattr__(self, "_folded_deny", tuple(fold(pattern) for pattern in self.deny))
-        # a renamed backend name is not callable, in any spelling a loose backend would accept
-        renamed = {fold(backend) for backend, public in self.rename.items() if backend != public}
-        object.__setattr__(self, "_folded_renamed", frozenset(renamed - {fold(p) for p in reverse}))
+        object.__setattr__(self, "_allow", tuple(fold(pattern) for pattern in self.allow))
+        object.__setattr__(self, "_deny", tuple(fold(pattern) for pattern in self.deny))
+        # Every spelling of a renamed item's old name and of a public name is taken by the rename table:
+        # only the exact public name is callable, so a backend that resolves names loosely cannot be
+        # reached through `Search_Docs` when `search_docs` is renamed, nor `SEARCH` run another tool.
+        reserved = {fold(backend) for backend in self.rename} | set(folded_publics)
+        object.__setattr__(self, "_reserved", frozenset(reserved))
 
     @property
     def active(self) -> bool:
         return bool(self.allow or self.deny or self.rename or self.override)
 
     def decide(self, backend_name: str) -> Decision:
-        """Whether the backend's item `backend_name` exists for clients (lists and calls alike)."""
-        if self.allow and not any(fnmatchcase(backend_name, pattern) for pattern in self.allow):
+        """Whether the backend's item `backend_name` may exist for clients (lists and calls alike).
+
+        Globs match case- and compatibility-folded names (NFKC, casefold): whatever spelling a
+        loose backend would resolve to an item gets the same answer as the item itself.
+        """
+        if not (self._allow or self._deny):
+            return _VISIBLE
+        folded = fold(backend_name)
+        if self._allow and not any(fnmatchcase(folded, pattern) for pattern in self._allow):
             return Decision(False, f"{self.noun}.allow: not matched")
-        if self.deny:
-            folded = fold(backend_name)
-            for pattern, folded_pattern in zip(self.deny, self._folded_deny, strict=True):
-                if fnmatchcase(backend_name, pattern) or fnmatchcase(folded, folded_pattern):
-                    return Decision(False, f"{self.noun}.deny: {pattern}")
+        for pattern, folded_pattern in zip(self.deny, self._deny, strict=True):
+            if fnmatchcase(folded, folded_pattern):
+                return Decision(False, f"{self.noun}.deny: {pattern}")
         return _VISIBLE
 
     def public(self, backend_name: str) -> str:
@@ -136,21 +152,21 @@ class ItemRules:
         """The backend's name for a public name, or None when that name is not callable (hidden or renamed away)."""
         backend = self._reverse.get(public_name)
         if backend is None:
-            if public_name in self.rename or fold(public_name) in self._folded_renamed:
-                return None  # the old name of a renamed item
+            if self._reserved and fold(public_name) in self._reserved:
+                return None  # an old name of a renamed item, or another spelling of a public one
             backend = public_name
         return backend if self.decide(backend).visible else None
 
     def refusal_rule(self, public_name: str) -> str:
         """Why `public_name` is not callable (for the forbidden answer's data)."""
-        backend = self._reverse.get(public_name, public_name)
-        if backend == public_name and (public_name in self.rename or fold(public_name) in self._folded_renamed):
+        backend = self._reverse.get(public_name)
+        if backend is None and self._reserved and fold(public_name) in self._reserved:
             return f"{self.noun}.rename: renamed"
-        return self.decide(backend).rule or f"{self.noun}: hidden"
+        return self.decide(backend or public_name).rule or f"{self.noun}: hidden"
 
     def shadowed(self, backend_name: str) -> bool:
-        """A backend item whose own name another item was renamed to: the renamed one answers to it."""
-        return backend_name not in self.rename and backend_name in self._reverse
+        """An item not renamed whose name (in any spelling) the rename table holds: it cannot be called."""
+        return backend_name not in self.rename and bool(self._reserved) and fold(backend_name) in self._reserved
 
     def override_for(self, backend_name: str) -> Override | None:
         return self.override.get(backend_name) or self.override.get(self.public(backend_name))

@@ -147,9 +147,7 @@ class CuratedList(ListFilter):
 
     __slots__ = ("_curation",)
 
-    def __init__(
-        self, send: Send, *, method: str, request_id: Any, curation: Curation, max_bytes: int
-    ) -> None:
+    def __init__(self, send: Send, *, method: str, request_id: Any, curation: Curation, max_bytes: int) -> None:
         super().__init__(send, method=method, request_id=request_id, allowed=_everything, max_bytes=max_bytes)
         self._curation = curation
 

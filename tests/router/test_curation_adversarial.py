@@ -47,7 +47,19 @@ def loose_server(calls: list[str]) -> Server[Any]:
     return Server("loose", on_list_tools=list_tools, on_call_tool=call_tool)
 
 
-TRICKS = ["SEARCH_ADMIN", "Search_Admin", "ｓｅａｒｃｈ＿ａｄｍｉｎ", "Search_Docs", "SEARCH_DOCS", "ｓearch_docs"]
+def fullwidth(text: str) -> str:
+    """`text` in fullwidth forms (NFKC folds them back): `search_admin` as a loose backend may read it."""
+    return "".join(chr(ord(char) + 0xFEE0) for char in text)
+
+
+TRICKS = [
+    "SEARCH_ADMIN",
+    "Search_Admin",
+    fullwidth("search_admin"),
+    "Search_Docs",
+    "SEARCH_DOCS",
+    fullwidth("s") + "earch_docs",
+]
 
 
 @pytest.mark.parametrize("era", ERAS)

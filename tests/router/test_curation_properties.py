@@ -1,0 +1,94 @@
+"""List time and call time never disagree, for any allow/deny/rename config and any tool set (hypothesis).
+
+Three views of one curation are compared: what the path mount lists (the streaming layer's
+rewrite of a real JSON-RPC list answer), what the aggregate's catalog lists (`curate_model` over
+`mcp_types.Tool`), and what a call reaches (`ItemRules.backend`, the layer's call-time question).
+Calls are checked against a strict backend (exact names) and a loose one (NFKC-casefolded names):
+a listed name reaches the tool it stands for; no spelling of anything reaches a hidden tool.
+The real servers behind these functions are exercised in test_curation*.py.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import mcp_types as types
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_middleware.router.curation import Curation, ItemRules, curate_model
+from mcp_middleware.router.curation_layer import CuratedList
+
+
+def fold(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+NAMES = st.sampled_from(
+    ["search", "search_docs", "Search_Docs", "search_admin", "drop", "DROP_all", "create", "\uff43reate", "a", "b"]
+)
+PUBLIC = NAMES.filter(str.isascii)
+"""Rename targets are portable names (the constructor refuses others)."""
+GLOBS = st.sampled_from(["search_*", "*_admin", "*", "drop*", "DROP*", "a", "[ab]", "?", "create", "*docs"])
+
+
+@st.composite
+def configs(draw: st.DrawFn) -> tuple[list[str], ItemRules]:
+    tools = draw(st.lists(NAMES, min_size=1, max_size=8, unique_by=fold))  # one loose backend: unique folds
+    allow = tuple(draw(st.lists(GLOBS, max_size=3)))
+    deny = tuple(draw(st.lists(GLOBS, max_size=3)))
+    renamed = draw(st.lists(st.sampled_from(tools), max_size=3, unique=True))
+    targets = draw(st.lists(PUBLIC, min_size=len(renamed), max_size=len(renamed), unique_by=fold))
+    return tools, ItemRules(allow=allow, deny=deny, rename=dict(zip(renamed, targets, strict=True)))
+
+
+def mount_list(rules: ItemRules, tools: list[str]) -> dict[str, str]:
+    """public name -> backend name, as the path mount's layer rewrites a real list answer."""
+    listing = CuratedList(_discard, method="tools/list", request_id=1, curation=Curation(tools=rules), max_bytes=10**6)
+    items = [{"name": t, "title": t, "inputSchema": {}} for t in tools]  # the title remembers the backend name
+    answer = {"jsonrpc": "2.0", "id": 1, "result": {"tools": items}}
+    rewritten = listing._rewrite(orjson.dumps(answer))
+    assert rewritten is not None
+    listed = orjson.loads(rewritten)["result"]["tools"]
+    by_public = {item["name"]: item["title"] for item in listed}
+    assert len(by_public) == len(listed)  # no public name twice
+    return by_public
+
+
+def catalog_list(rules: ItemRules, tools: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    curation = Curation(tools=rules)
+    for tool in tools:
+        curated = curate_model(curation, None, "tools", "name", types.Tool(name=tool, input_schema={}))
+        if isinstance(curated, tuple):
+            found[curated[1]] = tool
+    return found
+
+
+def spellings(tools: list[str], rules: ItemRules) -> set[str]:
+    names = {*tools, *rules.rename.values(), *rules.rename}
+    return names | {n.upper() for n in names} | {n.title() for n in names} | {fold(n) for n in names}
+
+
+@settings(max_examples=400, deadline=None)
+@given(configs())
+def test_a_listed_tool_is_callable_and_a_hidden_one_is_refused(config: tuple[list[str], ItemRules]) -> None:
+    tools, rules = config
+    listed = mount_list(rules, tools)
+    assert catalog_list(rules, tools) == listed  # both doors list the same surface
+    for public, tool in listed.items():
+        assert rules.backend(public) == tool  # listed: callable, and it reaches the tool it stands for
+    hidden = {fold(tool) for tool in tools if tool not in listed.values()}
+    exact = set(tools)
+    for name in spellings(tools, rules):
+        reached = rules.backend(name)
+        if reached is None:
+            continue
+        if name not in listed:  # not listed under this name: it must reach no tool at all, strictly or loosely
+            assert reached not in exact, (name, reached)
+        assert fold(reached) not in hidden or reached in listed.values(), (name, reached)
+
+
+async def _discard(message: object) -> None:
+    return None
