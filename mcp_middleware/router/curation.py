@@ -144,6 +144,10 @@ class ItemRules:
                 return Decision(False, f"{self.noun}.deny: {pattern}")
         return _VISIBLE
 
+    def own_name(self, name: str) -> str:
+        """The backend's name that `name` stands for in these rules (itself unless it is a rename's public name)."""
+        return self._reverse.get(name, name)
+
     def public(self, backend_name: str) -> str:
         """The name clients see for the backend's `backend_name`."""
         return self.rename.get(backend_name, backend_name)

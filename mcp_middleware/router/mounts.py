@@ -118,7 +118,7 @@ class McpRouter:
         self._bridges: list[AggregateServer] = []
         self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
-        self._virtual: dict[str, tuple[VirtualServer, tuple[MountMiddleware, ...], NamingPolicy | None]] = {}
+        self._virtual: dict[str, VirtualServer] = {}  # path -> what virtual_server() was told
         self._virtual_apps: dict[str, tuple[AggregateServer, ASGIApp, bool]] = {}  # path -> (server, entry, door)
 
     def mount(
@@ -144,7 +144,7 @@ class McpRouter:
         if self._running:
             raise RuntimeError("mount() before the router starts")
         validate_server_name(name)
-        if name in self.mounts or any(v.name == name for v, _, _ in self._virtual.values()):
+        if name in self.mounts or any(v.name == name for v in self._virtual.values()):
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
@@ -201,13 +201,15 @@ class McpRouter:
         resources: Sequence[str] = (),
         path: str | None = None,
         middleware: Sequence[MountMiddleware] = (),
+        own_middleware: Sequence[MountMiddleware] = (),
         naming: NamingPolicy | None = None,
     ) -> None:
         """Serve a virtual server at `path` (default `{prefix}/{name}`): chosen items of mounted backends.
 
         `tools`/`prompts` are `"server:glob"` over each backend's curated public names, `resources`
         `"server:uri-prefix"`. `middleware` is its door (authentication with its own audience and
-        metadata); calls still pass each backend's own stack. `naming` defaults to the router's.
+        metadata); `own_middleware` wraps what it answers itself (lists, initialize); calls still pass
+        each backend's own stack. `naming` defaults to the router's.
 
         >>> # router.virtual_server("support", tools=["crm:*", "tickets:create"])
         """
@@ -226,7 +228,7 @@ class McpRouter:
         taken = {self.aggregate_path, *(f"{self.prefix}/{m}" for m in self.mounts), *self._virtual}
         if name in self.mounts or path in taken:
             raise ValueError(f"virtual server {name!r}: {path} is already served")
-        self._virtual[path] = (VirtualServer(name, path, selections), tuple(middleware), naming)
+        self._virtual[path] = VirtualServer(name, path, selections, tuple(middleware), tuple(own_middleware), naming)
         if middleware:
             self._prm[f"{PROTECTED_RESOURCE_PREFIX}{path}"] = _wrap(_not_found, middleware)
         self._virtual_apps.clear()
@@ -234,25 +236,24 @@ class McpRouter:
     def virtual_servers(self) -> dict[str, AggregateServer]:
         """Each virtual server's aggregate by path (built on first use, over the mounts as they are)."""
         if len(self._virtual_apps) != len(self._virtual):
-            self._virtual_apps = {path: self._build_virtual(*entry) for path, entry in self._virtual.items()}
+            self._virtual_apps = {path: self._build_virtual(virtual) for path, virtual in self._virtual.items()}
         return {path: entry[0] for path, entry in self._virtual_apps.items()}
 
-    def _build_virtual(
-        self, virtual: VirtualServer, door: tuple[MountMiddleware, ...], naming: NamingPolicy | None
-    ) -> tuple[AggregateServer, ASGIApp, bool]:
+    def _build_virtual(self, virtual: VirtualServer) -> tuple[AggregateServer, ASGIApp, bool]:
         members = {name: self.mounts[name] for name in virtual.selections}
         server = AggregateServer(
             {name: mount.backend for name, mount in members.items()},
-            naming=naming or self.naming,
+            naming=virtual.naming or self.naming,
             shared_links=self._links,
             stacks={name: mount.app for name, mount in members.items()},
             stack_paths={name: f"{self.prefix}/{name}" for name in members},
             gates={name: gate for name, mount in members.items() if (gate := _list_gate(mount.app)) is not None},
             curations={name: mount.curation for name, mount in members.items() if mount.curation is not None},
             selections=virtual.selections,
+            own_middleware=(lambda app: _wrap(app, virtual.own)) if virtual.own else None,
             **{**self._aggregate_options, "name": virtual.name},
         )
-        return server, _wrap(server, door), bool(door)
+        return server, _wrap(server, virtual.door), bool(virtual.door)
 
     @property
     def _aggregate_app(self) -> ASGIApp:

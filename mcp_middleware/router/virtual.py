@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .curation import Selection
+from .names import NamingPolicy
 
 __all__ = ["VirtualServer", "parse_selection", "selections_of"]
 
@@ -54,8 +56,13 @@ def selections_of(
 
 @dataclass(frozen=True, slots=True)
 class VirtualServer:
-    """What `McpRouter.virtual_server()` was told: a name, a path, and each backend's selection."""
+    """What `McpRouter.virtual_server()` was told: a name, a path, each backend's selection, its middlewares."""
 
     name: str
     path: str
     selections: Mapping[str, Selection]
+    door: tuple[Any, ...] = ()
+    """Around the whole endpoint (authentication with its own audience), outermost first."""
+    own: tuple[Any, ...] = ()
+    """Around what it answers itself (lists, initialize): its own rate-limit namespace and cache."""
+    naming: NamingPolicy | None = None

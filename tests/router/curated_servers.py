@@ -92,3 +92,12 @@ def paged_server(prefix: str, count: int, page: int) -> Server[Any]:
         return types.CallToolResult(content=[types.TextContent(text=f"ran {params.name}")])
 
     return Server(f"paged-{prefix}", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+def build_crm() -> MCPServer:
+    """`app = "tests.router.curated_servers:build_crm"` for gateway tests."""
+    return crm_server()
+
+
+def build_tickets() -> MCPServer:
+    return crm_server("tickets", ("create", "close", "delete"))
