@@ -31,8 +31,9 @@ from mcp_middleware.core import JsonRpcCode
 
 from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
-from .curation import Curation, Decision, Selection, curate_model
-from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, portable, split_uri
+from .curated_catalog import curated_entries, hidden_names
+from .curation import Curation, Selection
+from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
 
 __all__ = [
     "KINDS",
@@ -221,7 +222,7 @@ class Catalog:
                     continue
                 uris[uri] = (server, original)
                 public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
-        hidden = self._hidden(table, hidden_at)
+        hidden = hidden_names(self.naming, table, hidden_at)
         public.sort(key=lambda entry: entry[0])
         if collisions:
             logger.info("aggregate %s: name collisions %s", kind.name, collisions)
@@ -247,40 +248,14 @@ class Catalog:
         hidden_at: list[tuple[str, str, str]],
     ) -> list[tuple[str, Any]]:
         """A backend's items as its curation (and a virtual server's selection) lets clients see them."""
-        curation = self.curations.get(server)
-        selection = self.selections.get(server) if self.selections is not None else None
-        if curation is None and self.selections is None:
+        if not self.curations and self.selections is None:
             return [(server, item) for item in items]
+        selection = self.selections.get(server) if self.selections is not None else None
         if self.selections is not None and selection is None:
             return []  # a virtual server takes nothing of a backend it does not name
-        kept: list[tuple[str, Any]] = []
-        for item in items:
-            curated = curate_model(curation, selection, kind.name, kind.key, item)
-            if isinstance(curated, Decision):
-                if kind.key == "name" and curation is not None:
-                    rules = curation.tools if kind is TOOLS else curation.prompts
-                    hidden_at.append((server, rules.public(item.name), curated.rule))
-                continue
-            if curated is None:
-                continue
-            model, public = curated
-            if kind.key == "name":
-                original: str = model.name
-                if public != original:
-                    originals[(server, public)] = original
-                    hidden_at.append((server, original, f"{kind.name}.rename: renamed"))
-                    model = model.model_copy(update={"name": public})
-            kept.append((server, model))
-        return kept
-
-    def _hidden(self, table: NameTable | None, hidden_at: list[tuple[str, str, str]]) -> dict[str, tuple[str, str]]:
-        """The public names curated-away items would have had, for refusing them as configured."""
-        hidden: dict[str, tuple[str, str]] = {}
-        for server, name, rule in hidden_at:
-            public = self.naming.prefixed(server, name) if self.naming.prefix is PrefixMode.ALWAYS else portable(name)
-            if (table is None or table.resolve(public) is None) and public not in hidden:
-                hidden[public] = (server, rule)
-        return hidden
+        return curated_entries(
+            self.curations.get(server), selection, server, kind.name, kind.key, items, originals, hidden_at
+        )
 
     def refusal(self, kind: Kind, public_name: str) -> tuple[Curation, str] | None:
         """`(the backend's curation, rule)` when a tool or prompt name is one its curation hides."""

@@ -17,7 +17,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_middleware.router.curation import Curation, ItemRules, curate_model
+from mcp_middleware.router.curated_catalog import curate_model
+from mcp_middleware.router.curation import Curation, ItemRules
 from mcp_middleware.router.curation_layer import CuratedList
 
 
