@@ -382,11 +382,19 @@ class AggregateServer:
     ) -> types.SubscriptionsListenResult:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
-        held = await self.watches.acquire(uris, self.catalog.resolve_uri)
+        held = await self.watches.acquire(uris, self._visible_uri)
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
+
+    async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
+        """A resource to watch, unless its backend's curation hides it (then it is not watched at all)."""
+        target = await self.catalog.resolve_uri(public_uri)
+        curation = self.catalog.curations.get(target[0]) if target is not None else None
+        if target is not None and curation is not None and not curation.resources.decide(target[1]).visible:
+            return None
+        return target
 
     async def _set_log_level(
         self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams

@@ -8,6 +8,7 @@ results of calls under public names, and the JSON-RPC error (code, message, data
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -167,3 +168,25 @@ async def test_a_paginated_backend_is_curated_on_every_page(era: Era, endpoint: 
     assert names == {"t000", "t002", "four", "t006", "t008", "t010", "t011"}
     assert len(walked) == len(names)
     assert result.content[0].text == "ran t004"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_stdio_backend_is_curated_at_both_doors(era: Era, serve: Any, tmp_path: Path) -> None:
+    """A stdio backend's mount is a one-backend bridge: the curation layer wraps it like any stack."""
+    from mcp_middleware.router.curation import Curation, ItemRules
+
+    from .test_stdio import stdio_backend
+
+    router = McpRouter()
+    curation = Curation(tools=ItemRules(deny=("pid",), rename={"generation_1": "generation"}))
+    router.mount("local", stdio_backend(tmp_path / "generation"), curation=curation)
+    base = serve(router).base
+    for target, prefix in ((f"{base}/mcp/local", ""), (f"{base}/mcp", "local__")):
+        async with connect(target, era) as client:
+            assert [tool.name for tool in (await client.list_tools()).tools] == [f"{prefix}generation"]
+            result = await client.call_tool(f"{prefix}generation", {})
+            for hidden in ("pid", "generation_1"):
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool(f"{prefix}{hidden}", {})
+                assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND
+        assert result.structured_content == {"result": 1} or result.content[0].text == "1"  # type: ignore[union-attr]

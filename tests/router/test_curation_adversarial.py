@@ -155,3 +155,32 @@ async def test_a_rename_onto_another_tools_name_shadows_it_consistently(era: Era
     assert names.count("search_people") == 1 and "create" not in names
     assert merged.count("crm__search_people") == 1 and "crm__create" not in merged
     assert ran.content[0].text == ran_there.content[0].text == "crm:create:q"  # type: ignore[union-attr]
+
+
+async def test_a_hidden_resource_is_never_watched_for_a_listener(serve: Any) -> None:
+    """Modern `subscriptions/listen` naming a curated-away URI opens no watch and delivers no update."""
+    import anyio
+    from mcp.shared.subscriptions import ResourceUpdated
+
+    from mcp_middleware.router.curation import ResourceRules
+
+    from .test_resource_updates import notes_server
+
+    router = McpRouter()
+    router.mount(
+        "notes",
+        notes_server().streamable_http_app(),
+        curation=Curation(resources=ResourceRules(deny=("notes://other",))),
+    )
+    served = serve(router)
+    async with connect(served.mcp_url, "modern") as client:
+        assert {r.uri for r in (await client.list_resources()).resources} == {"notes+notes://today"}
+        watched = ["notes+notes://other", "notes+notes://today"]
+        async with client.listen(resource_subscriptions=watched) as subscription:
+            await anyio.sleep(0.3)  # the aggregate's watches at the backend are open by now
+            assert set(router.aggregate.watches._watches) == {("notes", "notes://today")}
+            await client.call_tool("notes__touch", {"uri": "notes://other"})  # hidden: nothing comes
+            await client.call_tool("notes__touch", {"uri": "notes://today"})
+            with anyio.fail_after(5):
+                event = await subscription.__anext__()
+    assert event == ResourceUpdated(uri="notes+notes://today")
