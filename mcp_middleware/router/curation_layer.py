@@ -72,7 +72,7 @@ class CurationMiddleware:
             await self.app(scope, receive, send)
             return
         method = request.method
-        if method in CURATED_LISTS:
+        if method in CURATED_LISTS and self._curates(CURATED_LISTS[method]):
             curated = CuratedList(
                 send,
                 method=method,
@@ -119,6 +119,14 @@ class CurationMiddleware:
         child["headers"] = headers
         child[REQUEST_SCOPE_KEY] = request._replace(params=rewritten, body=body)
         await self.app(child, replay(body, receive), send)
+
+    def _curates(self, key: str) -> bool:
+        """Whether lists of this kind change at all (else the answer passes untouched)."""
+        if key == "tools":
+            return self.curation.tools.active
+        if key == "prompts":
+            return self.curation.prompts.active
+        return self.curation.resources.active
 
     def _completion(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
         """A completion's reference: a prompt renamed back or refused, a template judged by its URI."""
