@@ -8,6 +8,8 @@ results of calls under public names, and the JSON-RPC error (code, message, data
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -175,11 +177,15 @@ async def test_a_stdio_backend_is_curated_at_both_doors(era: Era, serve: Any, tm
     """A stdio backend's mount is a one-backend bridge: the curation layer wraps it like any stack."""
     from mcp_middleware.router.curation import Curation, ItemRules
 
-    from .test_stdio import stdio_backend
+    from mcp_middleware.router import StdioBackend
 
+    from .test_stdio import SCRIPT
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    backend = StdioBackend(sys.executable, [SCRIPT, str(tmp_path / "generation")], env=env, timeout=30)
     router = McpRouter()
     curation = Curation(tools=ItemRules(deny=("pid",), rename={"generation_1": "generation"}))
-    router.mount("local", stdio_backend(tmp_path / "generation"), curation=curation)
+    router.mount("local", backend, curation=curation)
     base = serve(router).base
     for target, prefix in ((f"{base}/mcp/local", ""), (f"{base}/mcp", "local__")):
         async with connect(target, era) as client:
