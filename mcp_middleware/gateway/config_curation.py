@@ -149,6 +149,7 @@ def virtual_servers(top: Reader, servers: dict[str, str], prefix_of: str) -> tup
     """Every `[[virtual_servers]]` entry; `servers` maps each `[[servers]]` name to its key path."""
     found: list[VirtualServerSettings] = []
     names: set[str] = set()
+    paths: set[str] = set()
     for index, reader in enumerate(top.tables("virtual_servers")):
         name = reader.string("name")
         if isinstance(name, str) and not _NAME.match(name):
@@ -160,8 +161,13 @@ def virtual_servers(top: Reader, servers: dict[str, str], prefix_of: str) -> tup
         if path is not None and (not path.startswith("/") or (path != "/" and path.endswith("/"))):
             reader.problem("path", f"must start with '/' and not end with one, not {path!r}")
             path = None
+        served = path or (f"{prefix_of}/{name}" if isinstance(name, str) else None)
         if path is not None and (path == prefix_of or path in (f"{prefix_of}/{s}" for s in servers)):
             reader.problem("path", f"{path} is already served")
+        elif served is not None and served in paths:
+            reader.problem("path", f"{served} is already the path of another virtual server")
+        if served is not None:
+            paths.add(served)
         if not any(selected.values()):
             reader.problem(None, "selects nothing: give tools, prompts or resources as 'server:pattern'")
         reader.done()

@@ -193,3 +193,9 @@ async def test_the_virtual_server_has_its_own_audience_and_the_backend_authorize
         async with client(f"{served.base}/mcp/support", era, token(gateway, "/mcp/support", "crm:search")) as session:
             found = await session.call_tool("crm__search", {"query": "q"})
             assert found.content[0].text == "crm:search_docs:q"  # type: ignore[union-attr]
+
+
+def test_two_virtual_servers_cannot_share_a_path() -> None:
+    text = CONFIG + '\n[[virtual_servers]]\nname = "other"\npath = "/mcp/support"\ntools = ["tickets:*"]\n'
+    with pytest.raises(ConfigError, match=r"virtual_servers\[1\].path.*already the path of another virtual server"):
+        parse_config(text)
