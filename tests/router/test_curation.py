@@ -17,10 +17,11 @@ import pytest
 from mcp import MCPError
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode
-from mcp_middleware.router import McpRouter
+from mcp_middleware.router import Curation, ItemRules, McpRouter, StdioBackend
 from tests.conftest import ERAS, Era, connect
 
 from .curated_servers import HIDDEN_TOOLS, VISIBLE_TOOLS, crm_curation, crm_server, paged_server
+from .test_stdio import SCRIPT
 
 pytestmark = pytest.mark.anyio
 
@@ -146,8 +147,6 @@ async def test_forbidden_refusals_name_the_rule(era: Era, endpoint: Endpoint, se
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 @pytest.mark.parametrize("era", ERAS)
 async def test_a_paginated_backend_is_curated_on_every_page(era: Era, endpoint: Endpoint, serve: Any) -> None:
-    from mcp_middleware.router.curation import Curation, ItemRules
-
     router = McpRouter(page_size=4)
     curation = Curation(tools=ItemRules(deny=("t00[13579]",), rename={"t004": "four"}))
     router.mount("paged", paged_server("t", 12, page=3).streamable_http_app(), curation=curation)
@@ -175,12 +174,6 @@ async def test_a_paginated_backend_is_curated_on_every_page(era: Era, endpoint: 
 @pytest.mark.parametrize("era", ERAS)
 async def test_a_stdio_backend_is_curated_at_both_doors(era: Era, serve: Any, tmp_path: Path) -> None:
     """A stdio backend's mount is a one-backend bridge: the curation layer wraps it like any stack."""
-    from mcp_middleware.router.curation import Curation, ItemRules
-
-    from mcp_middleware.router import StdioBackend
-
-    from .test_stdio import SCRIPT
-
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     backend = StdioBackend(sys.executable, [SCRIPT, str(tmp_path / "generation")], env=env, timeout=30)
     router = McpRouter()

@@ -10,20 +10,23 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
+import anyio
 import httpx2
 import mcp_types as types
 import pytest
 from mcp import MCPError
 from mcp.server.lowlevel.server import Server
+from mcp.shared.subscriptions import ResourceUpdated
 
 from mcp_middleware.core import JsonRpcCode
 from mcp_middleware.router import McpRouter
-from mcp_middleware.router.curation import Curation, ItemRules
+from mcp_middleware.router.curation import Curation, ItemRules, ResourceRules
 from tests.conftest import ERAS, Era, connect
 from tests.support.requests import legacy_post, legacy_session, modern_body, modern_headers
 from tests.support.sse import json_of
 
 from .curated_servers import crm_curation, crm_server
+from .test_resource_updates import notes_server
 
 pytestmark = pytest.mark.anyio
 
@@ -159,13 +162,6 @@ async def test_a_rename_onto_another_tools_name_shadows_it_consistently(era: Era
 
 async def test_a_hidden_resource_is_never_watched_for_a_listener(serve: Any) -> None:
     """Modern `subscriptions/listen` naming a curated-away URI opens no watch and delivers no update."""
-    import anyio
-    from mcp.shared.subscriptions import ResourceUpdated
-
-    from mcp_middleware.router.curation import ResourceRules
-
-    from .test_resource_updates import notes_server
-
     router = McpRouter()
     router.mount(
         "notes",
