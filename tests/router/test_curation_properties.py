@@ -5,21 +5,29 @@ rewrite of a real JSON-RPC list answer), what the aggregate's catalog lists (`cu
 `mcp_types.Tool`), and what a call reaches (`ItemRules.backend`, the layer's call-time question).
 Calls are checked against a strict backend (exact names) and a loose one (NFKC-casefolded names):
 a listed name reaches the tool it stands for; no spelling of anything reaches a hidden tool.
-The real servers behind these functions are exercised in test_curation*.py.
+The last test asks the same of real doors: a served router (path mount and aggregate) in front of
+a loose backend, with the SDK client in a drawn era.
 """
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
+from typing import Any
 
+import anyio
 import mcp_types as types
 import orjson
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mcp import MCPError
+from mcp.server.lowlevel.server import Server
 
+from mcp_middleware.router import McpRouter, NamingPolicy
 from mcp_middleware.router.curated_catalog import curate_model
 from mcp_middleware.router.curation import Curation, ItemRules
 from mcp_middleware.router.curation_layer import CuratedList
+from tests.conftest import ERAS, Era, connect, serve_app
 
 
 def fold(name: str) -> str:
@@ -93,3 +101,53 @@ def test_a_listed_tool_is_callable_and_a_hidden_one_is_refused(config: tuple[lis
 
 async def _discard(message: object) -> None:
     return None
+
+
+# --- the same property through real servers ----------------------------------------------------
+
+
+def _loose_backend(tools: list[str], ran: list[str]) -> Server[Any]:
+    """A low-level server offering `tools` and resolving calls loosely (NFKC-casefolded), logging what ran."""
+    listed = [types.Tool(name=name, input_schema={"type": "object"}) for name in tools]
+    by_fold = {fold(name): name for name in tools}
+
+    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=listed)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        tool = by_fold.get(fold(params.name))
+        if tool is None:
+            return types.CallToolResult(content=[types.TextContent(text="no such tool")], is_error=True)
+        ran.append(tool)
+        return types.CallToolResult(content=[types.TextContent(text=f"ran {tool}")])
+
+    return Server("loose", on_list_tools=list_tools, on_call_tool=call_tool)
+
+
+async def _walk(base: str, era: Era, tools: list[str], rules: ItemRules, ran: list[str]) -> None:
+    expected = mount_list(rules, tools)
+    naming = NamingPolicy()  # the aggregate's names: `loose__` + the name, hashed when not portable
+    for target, public_of in ((f"{base}/mcp/loose", str), (f"{base}/mcp", lambda n: naming.prefixed("loose", n))):
+        async with connect(target, era) as client:
+            listed = {tool.name for tool in (await client.list_tools()).tools}
+            assert listed == {public_of(name) for name in expected}  # the real door lists what the rules say
+            for public, tool in expected.items():
+                ran.clear()
+                result = await client.call_tool(public_of(public), {})
+                assert not result.is_error and ran == [tool]  # listed: callable, and reaches its tool
+            for name in sorted(spellings(tools, rules) - set(expected)):
+                ran.clear()
+                with contextlib.suppress(MCPError):
+                    await client.call_tool(public_of(name), {})
+                assert all(tool in expected.values() for tool in ran), (name, ran)  # nothing hidden ran
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs(), st.sampled_from(ERAS))
+def test_real_doors_never_disagree_with_the_rules(config: tuple[list[str], ItemRules], era: Era) -> None:
+    tools, rules = config
+    ran: list[str] = []
+    router = McpRouter()
+    router.mount("loose", _loose_backend(tools, ran).streamable_http_app(), curation=Curation(tools=rules))
+    with serve_app(router) as served:
+        anyio.run(_walk, served.base, era, tools, rules, ran)
