@@ -47,6 +47,7 @@ ANNOTATION_KEYS = frozenset({"title", "readOnlyHint", "destructiveHint", "idempo
 """The tool annotations MCP defines (an override may set these; others are refused at construction)."""
 _PUBLIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a renamed tool or prompt may be called (the MCP tool-name rule)."""
+_MAX_REMEMBERED = 4096
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 
 
@@ -101,6 +102,9 @@ class ItemRules:
     _allow: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _deny: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _reserved: frozenset[str] = field(init=False, repr=False, compare=False)
+    _decided: dict[str, Decision] = field(init=False, repr=False, compare=False)
+    _resolved: dict[str, str | None] = field(init=False, repr=False, compare=False)
+    """Decisions by name, bounded (clients choose the names): a call asks a dict, not every glob."""
 
     def __post_init__(self) -> None:
         reverse: dict[str, str] = {}
@@ -123,6 +127,8 @@ class ItemRules:
         # reached through `Search_Docs` when `search_docs` is renamed, nor `SEARCH` run another tool.
         reserved = {fold(backend) for backend in self.rename} | set(folded_publics)
         object.__setattr__(self, "_reserved", frozenset(reserved))
+        object.__setattr__(self, "_decided", {})
+        object.__setattr__(self, "_resolved", {})
 
     @property
     def active(self) -> bool:
@@ -136,6 +142,14 @@ class ItemRules:
         """
         if not (self._allow or self._deny):
             return _VISIBLE
+        decided = self._decided.get(backend_name)
+        if decided is None:
+            if len(self._decided) >= _MAX_REMEMBERED:
+                self._decided.clear()
+            decided = self._decided[backend_name] = self._decide(backend_name)
+        return decided
+
+    def _decide(self, backend_name: str) -> Decision:
         folded = fold(backend_name)
         if self._allow and not any(fnmatchcase(folded, pattern) for pattern in self._allow):
             return Decision(False, f"{self.noun}.allow: not matched")
@@ -154,6 +168,14 @@ class ItemRules:
 
     def backend(self, public_name: str) -> str | None:
         """The backend's name for a public name, or None when that name is not callable (hidden or renamed away)."""
+        if public_name in self._resolved:
+            return self._resolved[public_name]
+        if len(self._resolved) >= _MAX_REMEMBERED:
+            self._resolved.clear()
+        resolved = self._resolved[public_name] = self._backend(public_name)
+        return resolved
+
+    def _backend(self, public_name: str) -> str | None:
         backend = self._reverse.get(public_name)
         if backend is None:
             if self._reserved and fold(public_name) in self._reserved:

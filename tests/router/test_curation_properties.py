@@ -151,3 +151,12 @@ def test_real_doors_never_disagree_with_the_rules(config: tuple[list[str], ItemR
     router.mount("loose", _loose_backend(tools, ran).streamable_http_app(), curation=Curation(tools=rules))
     with serve_app(router) as served:
         anyio.run(_walk, served.base, era, tools, rules, ran)
+
+
+def test_remembered_decisions_stay_bounded_whatever_names_clients_send() -> None:
+    rules = ItemRules(allow=("search_*",), deny=("*_admin",), rename={"search_docs": "search"})
+    for index in range(10_000):
+        assert rules.backend(f"search_{index}_admin") is None
+        assert rules.backend(f"search_{index}") == f"search_{index}"
+    assert len(rules._resolved) <= 4096 and len(rules._decided) <= 4096
+    assert rules.backend("search") == "search_docs" and rules.backend("Search_Docs") is None
