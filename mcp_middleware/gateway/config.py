@@ -32,6 +32,7 @@ from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
+from .config_curation import virtual_servers
 from .config_routes import routes
 from .config_servers import server
 from .config_types import (
@@ -46,6 +47,7 @@ from .config_types import (
     ServerSettings,
     StaticTokenSettings,
     TracingSettings,
+    VirtualServerSettings,
 )
 from .toml_reader import Lines, Problem, Reader
 from .validation import quota_storage_problem
@@ -64,6 +66,7 @@ __all__ = [
     "ServerSettings",
     "StaticTokenSettings",
     "TracingSettings",
+    "VirtualServerSettings",
     "dev_mode_exposure",
     "dev_mode_problem",
     "load_config",
@@ -96,8 +99,9 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     servers = tuple(
         found for index, table in enumerate(top.tables("servers")) if (found := server(table, index, names)) is not None
     )
+    gateway = sections.gateway(top.table("gateway"))
     config = GatewayConfig(
-        gateway=sections.gateway(top.table("gateway")),
+        gateway=gateway,
         front_door=sections.front_door(top.table("front_door")),
         servers=servers,
         aggregate=sections.aggregate(top.table("aggregate")),
@@ -107,6 +111,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         cache=sections.cache(top.table("cache")) if "cache" in data else CacheSettings(),
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
         routes=routes(top, servers),
+        virtual_servers=virtual_servers(top, names, gateway.prefix) if "virtual_servers" in data else (),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,

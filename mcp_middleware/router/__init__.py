@@ -6,12 +6,15 @@ See docs/router.md. The pieces:
 * backends: :class:`InProcessBackend`, :class:`HttpBackend`, :class:`StdioBackend`;
 * :class:`AggregateServer`: the aggregated endpoint, an MCP server of its own;
 * :class:`NamingPolicy`, :class:`PrefixMode`, :class:`NameTable`: portable namespaced names;
-* :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts.
+* :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts;
+* :class:`Curation` (:class:`ItemRules`, :class:`Override`, :class:`ResourceRules`): what clients see of a
+  backend (docs/governance.md); `McpRouter.virtual_server()` for endpoints assembled across backends.
 """
 
 from ._links import BackendUnavailable
 from .aggregate import ROUTER_META_KEY, AggregateServer
 from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
+from .curation import Curation, ItemRules, Override, ResourceRules
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
 from .proxy import StreamingProxy
@@ -23,15 +26,19 @@ __all__ = [
     "Backend",
     "BackendUnavailable",
     "Collision",
+    "Curation",
     "HttpBackend",
     "InProcessBackend",
+    "ItemRules",
     "McpRouter",
     "Mount",
     "MountMiddleware",
     "NameTable",
     "NamingPolicy",
+    "Override",
     "PrefixMode",
     "Route",
+    "ResourceRules",
     "StdioBackend",
     "StreamingProxy",
 ]

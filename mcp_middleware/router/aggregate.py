@@ -51,6 +51,7 @@ from .catalog import (
     Catalog,
     Kind,
 )
+from .curation import Curation, Selection
 from .fallback import RouteRunner
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
@@ -123,6 +124,8 @@ class AggregateServer:
         gates: Mapping[str, ListGate] | None = None,
         own_middleware: Callable[[ASGIApp], ASGIApp] | None = None,
         routes: Sequence[Route] = (),
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -142,6 +145,8 @@ class AggregateServer:
             list_ttl=list_ttl,
             failure_cooldown=failure_cooldown,
             routes=self.routes,
+            curations=curations,
+            selections=selections,
         )
         self.notifier = Notifier(debounce=debounce, max_listeners=max_listeners)
         self._listen_handler = ListenHandler(self.notifier.bus)
@@ -391,11 +396,19 @@ class AggregateServer:
     ) -> types.SubscriptionsListenResult:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
-        held = await self.watches.acquire(uris, self.catalog.resolve_uri)
+        held = await self.watches.acquire(uris, self._visible_uri)
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
+
+    async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
+        """A resource to watch, unless its backend's curation hides it (then it is not watched at all)."""
+        target = await self.catalog.resolve_uri(public_uri)
+        curation = self.catalog.curations.get(target[0]) if target is not None else None
+        if target is not None and curation is not None and not curation.resources.decide(target[1]).visible:
+            return None
+        return target
 
     async def _set_log_level(
         self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
@@ -404,15 +417,27 @@ class AggregateServer:
         return types.EmptyResult()
 
     async def _resolve(self, kind: Kind, public_name: str, noun: str) -> tuple[str, str]:
+        """`(server, the backend's own name)`: these calls reach the backend without its stack."""
         target = await self.catalog.resolve(kind, public_name)
         if target is None:
+            refused = self.catalog.refusal(kind, public_name)
+            if refused is not None:
+                _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
+                raise MCPError(code, message, data=data)
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
-        return target
+        return target[0], self.catalog.backend_name(kind, *target)
 
     async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
         target = await self.catalog.resolve_uri(public_uri, template=template)
         if target is None:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+        curation = self.catalog.curations.get(target[0])
+        if curation is not None:
+            rules = curation.resources
+            decision = rules.decide_template(target[1]) if template else rules.decide(target[1])
+            if not decision.visible:
+                _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
+                raise MCPError(code, message, data=data)
         return target
 
     # --- notifications -------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from mcp_middleware.core import JsonRpcCode
 
 from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
+from .curated_catalog import curated_entries, hidden_names
+from .curation import Curation, Selection
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
 from .routes import RouteTable
 
@@ -112,6 +114,8 @@ class Merged:
     uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
     failures: list[BackendFailure]
     collisions: list[dict[str, str | None]]
+    hidden: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Tools/prompts: the public name a curated-away item would have -> (server, the rule that hides it)."""
     serial: int = field(default_factory=lambda: next(_serials))
     """Unique per merge: answers built from this list can be reused while it is the current one."""
 
@@ -140,11 +144,17 @@ class Catalog:
         list_ttl: float,
         failure_cooldown: float,
         routes: RouteTable | None = None,
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         self.backends = backends
         self.routes = routes if routes is not None else RouteTable((), servers=())
         self._annotations: dict[str, dict[str, dict[str, Any]]] = {}
         """server → tool → its annotations as last listed (kept through outages: a route's rule needs them)."""
+        self.curations = dict(curations or {})
+        """Each backend's curation (its path mount applies the same one in its stack)."""
+        self.selections = selections
+        """A virtual server's choice from each backend (None: everything the curations leave)."""
         self.links = links
         self.naming = naming
         self.list_ttl = list_ttl
@@ -187,10 +197,12 @@ class Catalog:
 
     def _build(self, kind: Kind, gathered: _Gathered) -> Merged:
         entries: list[tuple[str, Any]] = []
+        originals: dict[tuple[str, str], str] = {}  # (server, curated key) -> the backend's own
+        hidden_at: list[tuple[str, str, str]] = []  # (server, curated name, rule) of curated-away items
         for server in self.backends:  # mount order decides collisions
             listing = gathered.listings.get(server)
             if listing is not None:
-                entries.extend((server, item) for item in listing.items)
+                entries.extend(self._curated(kind, server, listing.items, originals, hidden_at))
         table: NameTable | None = None
         uris: dict[str, tuple[str, str]] = {}
         collisions: list[dict[str, str | None]] = []
@@ -210,7 +222,8 @@ class Catalog:
                 name = table.public_name(server, item.name)
                 if name is not None and name not in taken:  # a backend listing a name twice: first one
                     taken.add(name)
-                    public.append((name, item.model_copy(update={"name": name}), server, item.name))
+                    own = originals.get((server, item.name), item.name)  # the backend's name, for its list filter
+                    public.append((name, item.model_copy(update={"name": name}), server, own))
         else:
             keep = self.naming.prefix is PrefixMode.NEVER
             for server, item in entries:
@@ -221,6 +234,7 @@ class Catalog:
                     continue
                 uris[uri] = (server, original)
                 public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
+        hidden = hidden_names(self.naming, table, hidden_at)
         public.sort(key=lambda entry: entry[0])
         if collisions:
             logger.info("aggregate %s: name collisions %s", kind.name, collisions)
@@ -234,7 +248,43 @@ class Catalog:
             uris=uris,
             failures=gathered.failures,
             collisions=collisions,
+            hidden=hidden,
         )
+
+    def _curated(
+        self,
+        kind: Kind,
+        server: str,
+        items: list[Any],
+        originals: dict[tuple[str, str], str],
+        hidden_at: list[tuple[str, str, str]],
+    ) -> list[tuple[str, Any]]:
+        """A backend's items as its curation (and a virtual server's selection) lets clients see them."""
+        if not self.curations and self.selections is None:
+            return [(server, item) for item in items]
+        selection = self.selections.get(server) if self.selections is not None else None
+        if self.selections is not None and selection is None:
+            return []  # a virtual server takes nothing of a backend it does not name
+        return curated_entries(
+            self.curations.get(server), selection, server, kind.name, kind.key, items, originals, hidden_at
+        )
+
+    def refusal(self, kind: Kind, public_name: str) -> tuple[Curation, str] | None:
+        """`(the backend's curation, rule)` when a tool or prompt name is one its curation hides."""
+        cached = self._merged.get(kind.name)
+        found = cached[1].hidden.get(public_name) if cached is not None else None
+        if found is None:
+            return None
+        curation = self.curations.get(found[0])
+        return (curation, found[1]) if curation is not None else None
+
+    def backend_name(self, kind: Kind, server: str, curated: str) -> str:
+        """The backend's own name of a curated tool or prompt name (for calls that skip its stack)."""
+        curation = self.curations.get(server)
+        if curation is None:
+            return curated
+        rules = curation.tools if kind is TOOLS else curation.prompts
+        return rules.backend(curated) or curated
 
     async def _gather(self, kind: Kind) -> _Gathered:
         gathered = _Gathered()
@@ -328,6 +378,14 @@ class Catalog:
 
     async def resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str] | None:
         """`(server, backend uri)` of a resource (or, with `template`, of a resource template)."""
+        target = await self._locate_uri(public_uri, template=template)
+        if target is not None and self.selections is not None:  # a virtual server reaches only what it selects
+            selection = self.selections.get(target[0])
+            if selection is None or not selection.allows_uri(target[1], template=template):
+                return None
+        return target
+
+    async def _locate_uri(self, public_uri: str, *, template: bool) -> tuple[str, str] | None:
         if self.naming.prefix is not PrefixMode.NEVER:
             return split_uri(public_uri, self.backends)
         # URIs are the backends' own: a listed resource, else the first template that matches
