@@ -6,11 +6,13 @@ event carrying this request's result is held until its blank line, every other e
 (progress, logging) passes at once.
 
 Auth filters by scopes and the policy middleware by rules; both use this one filter (core, since a
-middleware never imports another). A filter that cannot inspect fails closed. A result larger than `max_bytes` is never sent
-unfiltered: the caller gets a JSON-RPC error with its request id (-32017, HTTP 502 for a
-JSON response; an error event in an SSE stream) and the operator a warning. An error, not
-an empty list: an empty list is a lie a client would cache and act on ("this server has no
-tools"), while an error says the list could not be given and why.
+middleware never imports another).
+
+A filter that cannot inspect fails closed. A result larger than `max_bytes` is never sent
+unfiltered: the caller gets a JSON-RPC error with its request id (-32017, HTTP 502 for a JSON
+response; an error event in an SSE stream) and the operator a warning. An error, not an empty
+list: an empty list is a lie a client would cache and act on ("this server has no tools"), while
+an error says the list could not be given and why.
 """
 
 from __future__ import annotations
