@@ -113,7 +113,7 @@ TOKENS: dict[str, AccessToken] = {
     "ana": token("ana", ["teller"], home="/home/ana/"),
     "sam": token("sam", ["support"], home="/home/sam/"),
     "root": token("root", ["admin", "teller"], home="/root/"),
-    "nobody": token("nobody", []),
+    "nobody": token("nobody", [], home="/home/nobody/"),
     "homeless": token("homeless", ["teller"]),  # no home claim: rules reading it fail closed
 }
 
