@@ -62,9 +62,8 @@ def rules_text(rules: list[tuple[str, str, int]]) -> str:
     parts = []
     for index, (effect, selector, pick) in enumerate(rules):
         pool = PERMITS if effect == "permit" else FORBIDS
-        parts.append(
-            f'[[rules]]\nid = "r{index}"\neffect = "{effect}"\nmatch = "{selector}"\nwhen = "{pool[pick % len(pool)]}"\n'
-        )
+        when = pool[pick % len(pool)]
+        parts.append(f'[[rules]]\nid = "r{index}"\neffect = "{effect}"\nmatch = "{selector}"\nwhen = "{when}"\n')
     return "\n".join(parts)
 
 
