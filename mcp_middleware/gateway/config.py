@@ -32,6 +32,7 @@ from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
+from .config_policy import PolicySettings, policy, policy_problems
 from .config_servers import server
 from .config_types import (
     AggregateSettings,
@@ -58,6 +59,7 @@ __all__ = [
     "FrontDoorSettings",
     "GatewayConfig",
     "GatewaySettings",
+    "PolicySettings",
     "Problem",
     "RateLimitSettings",
     "ServerSettings",
@@ -105,6 +107,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         breaker=sections.breaker(top.table("breaker")) if "breaker" in data else BreakerSettings(),
         cache=sections.cache(top.table("cache")) if "cache" in data else CacheSettings(),
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
+        policy=policy(top.table("policy"), source),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
@@ -112,6 +115,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     top.seen.update({"breaker", "cache", "tracing"})
     top.done()
     problems += _across_sections(config, problems)
+    problems += policy_problems(config)
     if problems:
         raise ConfigError(in_file_order(problems), name)
     return config

@@ -20,6 +20,7 @@ from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
 from mcp_middleware.router import HttpBackend, NamingPolicy
 
+from .config_policy import PolicySettings
 from .toml_reader import Lines, Problem
 
 __all__ = [
@@ -245,6 +246,8 @@ class GatewayConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    """`[policy]`: rule files, roles, argument validation (`config_policy.py`)."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

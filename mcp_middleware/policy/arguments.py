@@ -3,8 +3,8 @@
 The schemas are learned from the `tools/list` answers that pass through (the list result is
 read as the list filter reads it: only that one message is held, until it is complete). A call
 whose arguments do not fit is answered -32602 with the validator's JSON path and message before
-the backend runs; a call to a tool whose schema is not known yet passes (the backend still
-validates), recorded as `arguments: bypass`.
+the backend runs. A call to a tool not seen yet first lists the backend's tools once (`fetch.py`);
+a tool whose schema is still unknown passes (the backend validates), recorded as `arguments: bypass`.
 
 Validators are `jsonschema` (Draft 2020-12, MCP's dialect; the `[policy]` extra), compiled once
 per schema version (a digest of the schema) in a bounded LRU.
@@ -37,6 +37,7 @@ from mcp_middleware.core import (
 from mcp_middleware.core.list_filter import ListFilter
 
 from .catalog import KnownTool, ToolCatalog
+from .fetch import fetcher_of
 
 __all__ = ["ArgumentValidationMiddleware"]
 
@@ -60,7 +61,8 @@ class ArgumentValidationMiddleware:
 
     - `catalog`: where tool schemas are kept (share the policy middleware's to learn once);
     - `max_validators`: compiled validators kept (one per schema version), least recently used dropped;
-    - `tools`: the tools to validate, as selectors (`["tools/call:*"]` by default).
+    - `fetch_unknown`: a call to a tool not seen in a list yet first lists the backend's tools once
+      (through the rest of the stack; see `fetch.py`).
 
     >>> from mcp.server.mcpserver import MCPServer
     >>> app = ArgumentValidationMiddleware(MCPServer("demo").streamable_http_app())
@@ -72,9 +74,11 @@ class ArgumentValidationMiddleware:
         *,
         catalog: ToolCatalog | None = None,
         max_validators: int = 1024,
+        fetch_unknown: bool = True,
         config: CoreConfig = DEFAULT_CONFIG,
     ) -> None:
         self._jsonschema = _jsonschema()
+        self.fetch_unknown = fetch_unknown
         self.app = app
         self.catalog = catalog if catalog is not None else ToolCatalog()
         self.config = config
@@ -85,7 +89,10 @@ class ArgumentValidationMiddleware:
         if request is None or request.kind is not RequestKind.REQUEST:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
         if request.method == "tools/call":
-            known = self.catalog.get(request.target) if request.target is not None else None
+            target = request.target
+            if self.fetch_unknown and target is not None and self.catalog.get(target) is None:
+                await fetcher_of(self.catalog).ensure(self.app, scope, target)
+            known = self.catalog.get(target) if target is not None else None
             if known is None or known.input_schema is None:
                 record_decision(scope, Component.ARGUMENTS, Outcome.BYPASS, reason="schema_unknown")
             else:

@@ -39,6 +39,8 @@ class ToolCatalog:
     def __init__(self, *, max_tools: int = 10_000) -> None:
         self.max_tools = max_tools
         self._tools: dict[str, KnownTool] = {}
+        self.fetcher: Any = None
+        """Set by `fetch.fetcher_of`: how this catalog asks the backend for tools it has not seen."""
 
     def get(self, name: str) -> KnownTool | None:
         return self._tools.get(name)

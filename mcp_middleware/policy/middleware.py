@@ -29,6 +29,7 @@ from mcp_middleware.core.list_filter import LIST_METHODS, ListFilter
 
 from .catalog import ToolCatalog
 from .engine import DEFAULT_DENY, Phase, PolicyDecision, PolicyEngine, PolicyInput, principal_view, roles_of
+from .fetch import fetcher_of
 
 __all__ = ["GUARDED_METHODS", "PolicyMiddleware"]
 
@@ -53,6 +54,9 @@ class PolicyMiddleware:
     - `backend`: this backend's name, as rules read it (`backend == "crm"`);
     - `filter_lists`: hide from `tools/list`, `prompts/list` and `resources/list` what the caller
       could not use. A listed tool is callable with some arguments; a hidden one is refused.
+    - `fetch_unknown`: a call to a tool whose annotations were never seen here first lists the
+      backend's tools once (through the rest of the stack; see `fetch.py`), so rules on
+      annotations hold whichever endpoint the call came through.
 
     A refusal is HTTP 403 with JSON-RPC error -32013 whose `data` names the `rule` and the `reason`.
     Place it inside authentication (it reads the principal auth sets).
@@ -76,6 +80,7 @@ class PolicyMiddleware:
         backend: str = "",
         filter_lists: bool = True,
         catalog: ToolCatalog | None = None,
+        fetch_unknown: bool = True,
         config: CoreConfig = DEFAULT_CONFIG,
     ) -> None:
         if default not in ("deny", "allow"):
@@ -88,6 +93,7 @@ class PolicyMiddleware:
         self.backend = backend
         self.filter_lists = filter_lists
         self.catalog = catalog if catalog is not None else ToolCatalog()
+        self.fetch_unknown = fetch_unknown
         self.config = config
         self._roles: dict[str, SelectorMap[bool]] = {
             role: SelectorMap((text, True) for text in ([granted] if isinstance(granted, str) else granted))
@@ -101,6 +107,14 @@ class PolicyMiddleware:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
         method = request.method
         if method in GUARDED_METHODS:
+            target = request.target
+            if (
+                method == "tools/call"
+                and self.fetch_unknown
+                and target is not None
+                and self.catalog.get(target) is None
+            ):
+                await fetcher_of(self.catalog).ensure(self.app, scope, target)
             decision = self.decide(scope, request)
             if not decision.allowed:
                 await self._refuse(scope, send, request, decision)

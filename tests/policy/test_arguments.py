@@ -83,9 +83,22 @@ async def test_a_fastmcp_servers_schemas_are_enforced_before_it_runs(era: Era, s
     assert ran == ["transfer"]  # the invalid calls never reached the tools
 
 
-async def test_a_call_before_any_list_passes_to_the_backend(serve: Any) -> None:
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_call_before_any_list_fetches_the_schema_once(era: Era, serve: Any) -> None:
     ran: list[str] = []
     recorder = DecisionRecorder(ArgumentValidationMiddleware(fastmcp_server(ran)))
+    served = serve(recorder)
+    async with connect(served.mcp_url, era) as client:  # never lists: the middleware asks the backend itself
+        refused = await invalid(client, "transfer", {"amount": 3, "currency": "GBP"})
+        done = await client.call_tool("transfer", {"amount": 3, "currency": "USD"})
+    assert (refused.code, refused.data["path"]) == (-32602, "$.currency")
+    assert done.content[0].text == "3 USD" and ran == ["transfer"]  # type: ignore[union-attr]
+    assert recorder.outcomes(Component.ARGUMENTS) == ["rejected", "allow"]
+
+
+async def test_without_fetching_an_unknown_schema_passes_to_the_backend(serve: Any) -> None:
+    ran: list[str] = []
+    recorder = DecisionRecorder(ArgumentValidationMiddleware(fastmcp_server(ran), fetch_unknown=False))
     served = serve(recorder)
     body = modern_body("tools/call", {"name": "transfer", "arguments": {"amount": 3, "currency": "USD"}})
     async with httpx2.AsyncClient(timeout=30) as http:

@@ -119,3 +119,15 @@ def test_reload_reads_the_files_again_and_keeps_the_old_rules_on_a_problem(tmp_p
     with pytest.raises(PolicyError, match=r"p\.toml:4"):
         engine.reload()
     assert ask(engine, "x").rule == "none"
+
+
+def test_contradicting_argument_rules_list_a_tool_every_call_of_which_is_refused() -> None:
+    # The one-sided guarantee, pinned: list time cannot solve argument rules, so it errs towards
+    # listing; the call is still refused (a hidden tool, by contrast, is never callable).
+    engine = CelPolicyEngine.from_text(
+        '[[rules]]\nid = "big-only"\neffect = "permit"\nwhen = "arguments.n > 5"\n'
+        '[[rules]]\nid = "no-big"\neffect = "forbid"\nwhen = "arguments.n > 5"\n'
+    )
+    view = {"roles": [], "claims": {}}
+    assert engine.evaluate(PolicyInput(view, "b", "tools/call", "t", phase="list")).allowed
+    assert not any(engine.evaluate(PolicyInput(view, "b", "tools/call", "t", {"n": n})).allowed for n in (1, 9))

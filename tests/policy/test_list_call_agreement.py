@@ -1,6 +1,11 @@
 """Property: under any policy, list time and call time agree. A tool the caller is shown can be called
 with some arguments; a tool it is not shown is refused whatever the arguments (a real server, raw
-2026-07-28 requests as any client sends them, the policy swapped between examples)."""
+2026-07-28 requests as any client sends them, the policy swapped between examples).
+
+Argument rules are constraints (forbids): a permit on arguments is counted as possible at list time,
+and two argument rules can contradict each other (permit when amount > 100, forbid when amount > 100);
+telling that apart is a satisfiability problem, so such a tool is listed and refused: docs/governance.md
+says so, and `test_cel_rules` pins it. What never happens is a hidden tool that can be called."""
 
 from __future__ import annotations
 
@@ -20,8 +25,6 @@ PERMITS = [
     "true",
     "'teller' in principal.roles",
     "'support' in principal.roles",
-    "has(arguments.amount) && arguments.amount > 100",
-    "has(arguments.amount) && arguments.amount <= 100",
     "principal.subject == 'ana'",
     "has(annotations.destructiveHint)",
     "principal.claims.department == 'x'",  # a claim no one has: the permit never holds
