@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +41,7 @@ _POSITION = re.compile(r"<input>:(\d+):(\d+)")
 _RULES_HEADER = re.compile(r"^\s*\[\[\s*rules\s*\]\]")
 _WHEN_KEY = re.compile(r"^\s*when\s*=\s*(\'\'\'|\"\"\")?\s*$|^\s*when\s*=")
 _TARGETS_CACHE_SIZE = 4096
+_DECISIONS_CACHE_SIZE = 8192
 _REMEMBERED_TARGET_LENGTH = 256
 _RULE_FIELDS = frozenset({"id", "effect", "match", "when", "reason"})
 
@@ -92,6 +93,8 @@ class CelPolicyEngine:
         self.rules = tuple(rules)
         self.files = tuple(files)
         self._applicable: dict[tuple[str, str | None], tuple[tuple[CelRule, ...], tuple[CelRule, ...]]] = {}
+        self._decisions: dict[Hashable, PolicyDecision] = {}
+        """Decisions that read no arguments, by principal key, backend, method, target, annotations and phase."""
 
     @classmethod
     def from_files(cls, files: Iterable[str | Path]) -> CelPolicyEngine:
@@ -110,7 +113,7 @@ class CelPolicyEngine:
         """Read and compile the files again; keep the current rules if any problem is found."""
         if self.files:
             rules = _compile_files(list(self.files))
-            self.rules, self._applicable = tuple(rules), {}
+            self.rules, self._applicable, self._decisions = tuple(rules), {}, {}
 
     def applicable(self, method: str, target: str | None) -> tuple[tuple[CelRule, ...], tuple[CelRule, ...]]:
         """(forbids, permits) whose selectors match, in file order; remembered per short target."""
@@ -133,6 +136,35 @@ class CelPolicyEngine:
         forbids, permits = self.applicable(request.method, request.target)
         if not forbids and not permits:
             return DEFAULT_DENY
+        key = self._memo_key(request, forbids, permits)
+        if key is not None:
+            decision = self._decisions.get(key)
+            if decision is None:
+                decision = self._decide(request, forbids, permits)
+                if len(self._decisions) >= _DECISIONS_CACHE_SIZE:
+                    self._decisions.clear()
+                self._decisions[key] = decision
+            return decision
+        return self._decide(request, forbids, permits)
+
+    @staticmethod
+    def _memo_key(request: PolicyInput, forbids: tuple[CelRule, ...], permits: tuple[CelRule, ...]) -> Hashable | None:
+        """A key for a decision that depends on nothing but the key's parts, or None."""
+        if request.principal_key is None or (request.target is not None and len(request.target) > 256):
+            return None
+        if request.phase == "call" and any(rule.reads_arguments for rule in (*forbids, *permits)):
+            return None
+        try:
+            annotations = tuple(sorted(request.annotations.items())) if request.annotations else ()
+            key = (request.principal_key, request.backend, request.method, request.target, annotations, request.phase)
+            hash(key)
+        except TypeError:  # an annotation value that is a list or a mapping: decided every time
+            return None
+        return key
+
+    def _decide(
+        self, request: PolicyInput, forbids: tuple[CelRule, ...], permits: tuple[CelRule, ...]
+    ) -> PolicyDecision:
         listing = request.phase == "list"
         context = None
         for rule in forbids:

@@ -6,7 +6,7 @@ listed item. It is pure: the same input gives the same decision, so callers may 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -47,6 +47,9 @@ class PolicyInput:
     annotations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     """The tool's annotations when known (`readOnlyHint`, `destructiveHint`, …); empty otherwise."""
     phase: Phase = "call"
+    principal_key: Hashable | None = None
+    """Stands for `principal` (equal keys, equal principals), letting an engine remember decisions
+    that read no arguments; `None`: nothing is remembered."""
 
     def variables(self) -> dict[str, Any]:
         """The names a rule's expression reads (`principal.roles`, `arguments.amount`, `tool`, …)."""

@@ -99,7 +99,7 @@ class PolicyMiddleware:
             role: SelectorMap((text, True) for text in ([granted] if isinstance(granted, str) else granted))
             for role, granted in (roles or {}).items()
         }
-        self._views: dict[int, tuple[Principal, dict[str, Any]]] = {}
+        self._views: dict[int, tuple[Principal, dict[str, Any], object]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
@@ -153,9 +153,8 @@ class PolicyMiddleware:
         """Rules, then roles, then the default: a forbid wins, a permit or a role allows."""
         decision = DEFAULT_DENY
         if self.engine is not None:
-            policy_input = PolicyInput(
-                self._view(principal), self.backend, method, target, arguments, annotations, phase
-            )
+            view, key = self._view(principal)
+            policy_input = PolicyInput(view, self.backend, method, target, arguments, annotations, phase, key)
             try:
                 decision = self.engine.evaluate(policy_input)
             except Exception:  # a third-party engine's bug denies, it never lets through
@@ -170,17 +169,22 @@ class PolicyMiddleware:
                     return PolicyDecision(True, f"role:{role}", "")
         return _ALLOW_BY_DEFAULT if self.default == "allow" else decision
 
-    def _view(self, principal: Principal) -> dict[str, Any]:
-        # Auth hands out one Principal object per verified token: its view is built once, not per request.
-        # The entry keeps the principal alive, so its id cannot be reused while the entry exists.
+    def _view(self, principal: Principal) -> tuple[dict[str, Any], object]:
+        """The principal as rules see it, and a key standing for it (the engine remembers decisions by it).
+
+        Auth hands out one Principal object per verified token: its view is built once, not per request.
+        The entry keeps the principal alive, so its id cannot be reused while the entry exists; the key
+        is a new object per entry, so no two views ever share one.
+        """
         entry = self._views.get(id(principal))
         if entry is not None and entry[0] is principal:
-            return entry[1]
+            return entry[1], entry[2]
         view = principal_view(principal, claims=self.claims, role_claim=self.role_claim)
         if len(self._views) >= _VIEWS_SIZE:
             self._views.clear()
-        self._views[id(principal)] = (principal, view)
-        return view
+        key = object()
+        self._views[id(principal)] = (principal, view, key)
+        return view, key
 
     def reload(self) -> None:
         """Compile the engine's files again (the live registry calls this); a bad file keeps the old rules."""
