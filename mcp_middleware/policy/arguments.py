@@ -90,7 +90,7 @@ class ArgumentValidationMiddleware:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
         if request.method == "tools/call":
             target = request.target
-            if self.fetch_unknown and target is not None and self.catalog.get(target) is None:
+            if self.fetch_unknown and target is not None and self.catalog.needs_list(target):
                 await fetcher_of(self.catalog).ensure(self.app, scope, target)
             known = self.catalog.get(target) if target is not None else None
             if known is None or known.input_schema is None:

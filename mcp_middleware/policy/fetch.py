@@ -36,7 +36,7 @@ _PASSED_HEADERS = frozenset({b"host", b"origin", b"user-agent", b"x-forwarded-fo
 
 
 class ToolFetcher:
-    """`await fetcher.ensure(app, scope, name)`: make sure the catalog has heard of `name`, fetching if it may."""
+    """`await fetcher.ensure(app, scope, name)`: make sure the catalog knows `name` freshly, fetching if it may."""
 
     def __init__(self, catalog: ToolCatalog, *, interval: float = 30.0, max_bytes: int = 4 * 1024 * 1024) -> None:
         self.catalog = catalog
@@ -46,10 +46,10 @@ class ToolFetcher:
         self._lock = anyio.Lock()
 
     async def ensure(self, app: ASGIApp, scope: Scope, name: str) -> None:
-        if self.catalog.get(name) is not None or time.monotonic() - self._last < self.interval:
+        if not self.catalog.needs_list(name) or time.monotonic() - self._last < self.interval:
             return
         async with self._lock:  # concurrent calls share one fetch
-            if self.catalog.get(name) is not None or time.monotonic() - self._last < self.interval:
+            if not self.catalog.needs_list(name) or time.monotonic() - self._last < self.interval:
                 return
             self._last = time.monotonic()
             cursor: str | None = None

@@ -108,12 +108,7 @@ class PolicyMiddleware:
         method = request.method
         if method in GUARDED_METHODS:
             target = request.target
-            if (
-                method == "tools/call"
-                and self.fetch_unknown
-                and target is not None
-                and self.catalog.get(target) is None
-            ):
+            if method == "tools/call" and self.fetch_unknown and target is not None and self.catalog.needs_list(target):
                 await fetcher_of(self.catalog).ensure(self.app, scope, target)
             decision = self.decide(scope, request)
             if not decision.allowed:

@@ -142,3 +142,31 @@ def test_a_changed_schema_gets_its_own_validator() -> None:
     assert validator.check(first, {"n": 1}) is None and validator.check(second, {"n": 1}) is not None
     broken = KnownTool({}, {"type": 12}, "broken")  # a backend's invalid schema: nothing to hold callers to
     assert validator.check(broken, {"n": 1}) is None
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_stale_schema_is_listed_again_before_a_call(era: Era, serve: Any) -> None:
+    # A tool changed behind the stack's back (no list passed through since): once the entry is older than
+    # `max_age`, the next call lists the backend's tools again and the new schema decides.
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("changing")
+
+    @server.tool()
+    def convert(amount: int) -> str:
+        return f"int {amount}"
+
+    catalog = ToolCatalog(max_age=0.0)
+    served = serve(ArgumentValidationMiddleware(server.streamable_http_app(), catalog=catalog))
+    async with connect(served.mcp_url, era) as client:
+        before = await invalid(client, "convert", {"amount": "12"})
+        server.remove_tool("convert")
+
+        @server.tool(name="convert")
+        def convert_text(amount: str) -> str:
+            return f"text {amount}"
+
+        catalog.fetcher._last = -float("inf")  # the fetcher waits 30 s between lists; the test does not
+        after = await client.call_tool("convert", {"amount": "12"})
+    assert (before.code, before.data["path"]) == (-32602, "$.amount")
+    assert after.content[0].text == "text 12"  # type: ignore[union-attr]
