@@ -166,3 +166,20 @@ async def test_default_allow_lets_unruled_calls_through_but_not_forbidden_ones(s
         refused = await refusal(client, "crm_delete", {"customer": 1})
     assert found.content[0].text == "customer matching q"  # type: ignore[union-attr]
     assert refused.data["rule"] == "destructive-needs-admin"
+
+
+async def test_a_duplicated_argument_is_judged_as_the_server_reads_it(serve: Any) -> None:
+    # `{"amount": 50, "amount": 500}`: the core's parser and the SDK's both keep the last value, so the
+    # rule judges the amount the tool would be paid.
+    url = protected(serve, policy_layer())
+    body = (
+        b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"pay","arguments":'
+        b'{"amount":50,"to":"bob","amount":500},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+        b'"io.modelcontextprotocol/clientCapabilities":{}}}}'
+    )
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            url, content=body, headers=modern_headers("tools/call", "pay", authorization="Bearer ana")
+        )
+    assert response.status_code == 403
+    assert response.json()["error"]["data"]["rule"] == "payments-cap"
