@@ -1,6 +1,6 @@
 """`stack()`: every middleware around an MCP app in the one order that is safe.
 
-Outermost first: tracing → auth → rate limit → cache → breaker → app. Tracing sees every
+Outermost first: tracing → auth → policy → arguments → rate limit → cache → breaker → app. Tracing sees every
 refusal; auth runs before anything that keys on the caller (a cache outside auth would file
 everyone's answers under "anonymous", a rate limiter outside auth would count everyone by
 address); the breaker sits next to the backend it protects, and cache hits never reach it.
@@ -28,11 +28,22 @@ from .cache import CacheStore, ResponseCacheMiddleware
 from .cache.middleware import RuleValue
 from .core import CoreConfig
 from .core.request import KeyFunction
+from .policy import ArgumentValidationMiddleware, PolicyEngine, PolicyMiddleware, ToolCatalog
 from .ratelimit import BucketStore, RateLimitMiddleware
 from .ratelimit.policies import Policy
 from .tracing import AccessLog, TracingMiddleware
 
-__all__ = ["AuthOptions", "BreakerOptions", "CacheOptions", "McpStack", "RateLimitOptions", "TracingOptions", "stack"]
+__all__ = [
+    "ArgumentsOptions",
+    "AuthOptions",
+    "BreakerOptions",
+    "CacheOptions",
+    "McpStack",
+    "PolicyOptions",
+    "RateLimitOptions",
+    "TracingOptions",
+    "stack",
+]
 
 
 class AuthOptions(TypedDict, total=False):
@@ -54,6 +65,30 @@ class AuthOptions(TypedDict, total=False):
     cache_size: int
     cache_ttl: float
     unavailable_retry_after: float
+    config: CoreConfig
+
+
+class PolicyOptions(TypedDict, total=False):
+    """The options of :class:`~mcp_middleware.policy.PolicyMiddleware` (all optional)."""
+
+    engine: PolicyEngine | None
+    roles: Mapping[str, Iterable[str]] | None
+    role_claim: str | None
+    claims: Iterable[str]
+    default: Literal["deny", "allow"]
+    backend: str
+    filter_lists: bool
+    catalog: ToolCatalog | None
+    fetch_unknown: bool
+    config: CoreConfig
+
+
+class ArgumentsOptions(TypedDict, total=False):
+    """The options of :class:`~mcp_middleware.policy.ArgumentValidationMiddleware` (all optional)."""
+
+    catalog: ToolCatalog | None
+    max_validators: int
+    fetch_unknown: bool
     config: CoreConfig
 
 
@@ -138,7 +173,7 @@ class McpStack:
     lifespan's shutdown: closes the rate limiter's and the cache's stores).
     """
 
-    __slots__ = ("app", "auth", "breaker", "cache", "inner", "ratelimit", "tracing")
+    __slots__ = ("app", "arguments", "auth", "breaker", "cache", "inner", "policy", "ratelimit", "tracing")
 
     def __init__(
         self,
@@ -150,12 +185,15 @@ class McpStack:
         cache: ResponseCacheMiddleware | None,
         breaker: CircuitBreakerMiddleware | None,
         tracing: TracingMiddleware | None,
+        policy: PolicyMiddleware | None = None,
+        arguments: ArgumentValidationMiddleware | None = None,
     ) -> None:
         self.inner = inner
         """The app that was wrapped."""
         self.app = app
         """The outermost layer."""
         self.auth, self.ratelimit, self.cache, self.breaker, self.tracing = auth, ratelimit, cache, breaker, tracing
+        self.policy, self.arguments = policy, arguments
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.app(scope, receive, send)
@@ -167,7 +205,8 @@ class McpStack:
             await self.cache.store.aclose()
 
     def __repr__(self) -> str:
-        layers = [name for name in ("tracing", "auth", "ratelimit", "cache", "breaker") if getattr(self, name)]
+        order = ("tracing", "auth", "policy", "arguments", "ratelimit", "cache", "breaker")
+        layers = [name for name in order if getattr(self, name)]
         return f"<McpStack {' → '.join([*layers, 'app'])}>"
 
 
@@ -175,6 +214,8 @@ def stack(
     app: ASGIApp,
     *,
     auth: AuthOptions | None = None,
+    policy: PolicyOptions | None = None,
+    arguments: ArgumentsOptions | _Defaults | None = None,
     ratelimit: RateLimitOptions | None = None,
     cache: CacheOptions | _Defaults | None = None,
     breaker: BreakerOptions | _Defaults | None = None,
@@ -184,7 +225,8 @@ def stack(
     """Wrap `app` in the middlewares given, in the recommended order, whatever order they are written in.
 
     A layer left `None` is left out. `config` (paths, body bound…) is given to every layer
-    whose options do not name their own.
+    whose options do not name their own. `policy` and `arguments` share one tool catalog unless
+    their options name their own.
 
     >>> from mcp.server.mcpserver import MCPServer
     >>> from mcp_middleware import BucketPolicy, StaticTokenVerifier
@@ -202,12 +244,21 @@ def stack(
     outer: ASGIApp = app
     # Built from the inside out; each constructor checks its own options here, at start-up.
     breaker_layer = cache_layer = ratelimit_layer = auth_layer = tracing_layer = None
+    policy_layer: PolicyMiddleware | None = None
+    arguments_layer: ArgumentValidationMiddleware | None = None
+    catalog = ToolCatalog()  # what the policy and the validator learn of the tools, shared
     if breaker is not None:
         outer = breaker_layer = CircuitBreakerMiddleware(outer, **_configured(_given(breaker), config))
     if cache is not None:
         outer = cache_layer = ResponseCacheMiddleware(outer, **_configured(_given(cache), config))
     if ratelimit is not None:
         outer = ratelimit_layer = RateLimitMiddleware(outer, **_configured(ratelimit, config))
+    if arguments is not None:
+        arguments_options: ArgumentsOptions = {"catalog": catalog, **_given(arguments)}
+        outer = arguments_layer = ArgumentValidationMiddleware(outer, **_configured(arguments_options, config))
+    if policy is not None:
+        policy_options: PolicyOptions = {"catalog": catalog, **policy}
+        outer = policy_layer = PolicyMiddleware(outer, **_configured(policy_options, config))
     if auth is not None:
         outer = auth_layer = AuthMiddleware(outer, **_configured(auth, config))
     if tracing is not None:
@@ -220,13 +271,24 @@ def stack(
         cache=cache_layer,
         breaker=breaker_layer,
         tracing=tracing_layer,
+        policy=policy_layer,
+        arguments=arguments_layer,
     )
 
 
-_Options = TypeVar("_Options", AuthOptions, RateLimitOptions, CacheOptions, BreakerOptions, TracingOptions)
+_Options = TypeVar(
+    "_Options",
+    AuthOptions,
+    RateLimitOptions,
+    CacheOptions,
+    BreakerOptions,
+    TracingOptions,
+    PolicyOptions,
+    ArgumentsOptions,
+)
 
 
-_AllOptional = TypeVar("_AllOptional", CacheOptions, BreakerOptions, TracingOptions)
+_AllOptional = TypeVar("_AllOptional", CacheOptions, BreakerOptions, TracingOptions, ArgumentsOptions)
 
 
 def _given(value: _AllOptional | _Defaults) -> _AllOptional:

@@ -60,6 +60,10 @@ class Component(StrEnum):
     """The gateway's front door (Host, Origin, body size)."""
     AFFINITY = "affinity"
     """The gateway's legacy-session affinity check."""
+    POLICY = "policy"
+    """The policy middleware: a rule allowed or denied a call (attributes `rule`, `reason`, `phase`)."""
+    ARGUMENTS = "arguments"
+    """Argument validation against the tool's `inputSchema` (`allow`, `rejected`, `bypass`: schema unknown)."""
 
 
 class Outcome(StrEnum):

@@ -77,6 +77,8 @@ class Gateway:
     """Optional servers left out (and why)."""
     telemetry: Telemetry | None = None
     """The OpenTelemetry SDK pieces of `[tracing]` (resource, OTLP export); `serve` installs them globally."""
+    assembly: Assembly | None = None
+    """Every backend's stack as built; `assembly.reload_policies()` recompiles `[policy] files`."""
     _closers: list[Closer] = field(default_factory=list)
 
     def uvicorn_config(self) -> uvicorn.Config:
@@ -144,6 +146,7 @@ def build_gateway(
         breakers=assembly.breakers,
         skipped=skipped,
         telemetry=telemetry,
+        assembly=assembly,
         _closers=closers,
     )
 

@@ -1,4 +1,4 @@
-"""Each backend's middleware stack, built from the config: auth → rate limit → cache → breaker.
+"""Each backend's middleware stack, built from the config: auth → policy → arguments → rate limit → cache → breaker.
 
 Each mount has its own middlewares so that its resource URL (RFC 8707/9728), its rate-limit
 buckets, cache entries and breaker belong to it; the aggregate has its own door (authentication
@@ -24,6 +24,7 @@ from mcp_middleware.breaker import (
 )
 from mcp_middleware.cache import CacheStore, ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import CoreConfig, McpRequest
+from mcp_middleware.policy import ArgumentValidationMiddleware, CelPolicyEngine, PolicyMiddleware, ToolCatalog
 from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
 
 from .config import AuthSettings, GatewayConfig, ServerSettings
@@ -50,6 +51,8 @@ class Assembly:
         self.bucket_store: BucketStore | None = None
         self.cache_store: CacheStore | None = None
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
+        self.policy_engine: CelPolicyEngine | None = None
+        """The rules of `[policy] files`, compiled once and shared by every backend's stack."""
 
     def for_mount(self, server: ServerSettings) -> list[Layer]:
         """One backend's stack, in its own names: the global sections, with this server's overrides."""
@@ -57,6 +60,7 @@ class Assembly:
         resource = f"{self.base_url}{self.config.gateway.prefix}/{name}"
         layers = [
             *self._auth(resource, scopes=server.scopes),
+            *self._policy(name),
             *self._ratelimit(name, server.ratelimit_policies),
             *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
         ]
@@ -105,6 +109,40 @@ class Assembly:
             )
 
         return [wrap]
+
+    def _policy(self, name: str) -> list[Layer]:
+        """Rules and roles (after authentication: they read the principal), then argument validation."""
+        settings = self.config.policy
+        layers: list[Layer] = []
+        catalog = ToolCatalog()  # one per backend: its policy and its validator learn the same tools
+        if settings.enabled:
+            if settings.paths and self.policy_engine is None:
+                self.policy_engine = CelPolicyEngine.from_files(settings.paths)
+            engine = self.policy_engine
+
+            def policy(app: ASGIApp) -> ASGIApp:
+                return PolicyMiddleware(
+                    app,
+                    engine=engine,
+                    roles=settings.roles,
+                    role_claim=settings.role_claim,
+                    claims=settings.claims,
+                    default=settings.default,
+                    backend=name,
+                    filter_lists=settings.filter_lists,
+                    catalog=catalog,
+                    config=_EVERY_PATH,
+                )
+
+            layers.append(policy)
+        if settings.validates(name):
+            layers.append(lambda app: ArgumentValidationMiddleware(app, catalog=catalog, config=_EVERY_PATH))
+        return layers
+
+    def reload_policies(self) -> None:
+        """Read and compile `[policy] files` again (the live registry calls this); a bad file keeps the old rules."""
+        if self.policy_engine is not None:
+            self.policy_engine.reload()
 
     def _ratelimit(self, namespace: str, overrides: tuple[Policy, ...] | None = None) -> list[Layer]:
         settings = self.config.ratelimit

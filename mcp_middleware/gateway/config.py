@@ -33,6 +33,7 @@ from mcp_middleware.ratelimit import QuotaPolicy
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
 from .config_curation import virtual_servers
+from .config_policy import PolicySettings, policy, policy_problems
 from .config_routes import routes
 from .config_servers import server
 from .config_types import (
@@ -61,6 +62,7 @@ __all__ = [
     "FrontDoorSettings",
     "GatewayConfig",
     "GatewaySettings",
+    "PolicySettings",
     "Problem",
     "RateLimitSettings",
     "ServerSettings",
@@ -112,6 +114,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
         routes=routes(top, servers),
         virtual_servers=virtual_servers(top, names, gateway.prefix) if "virtual_servers" in data else (),
+        policy=policy(top.table("policy"), source),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
@@ -119,6 +122,7 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     top.seen.update({"breaker", "cache", "tracing"})
     top.done()
     problems += _across_sections(config, problems)
+    problems += policy_problems(config)
     if problems:
         raise ConfigError(in_file_order(problems), name)
     return config

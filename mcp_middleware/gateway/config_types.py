@@ -22,6 +22,7 @@ from mcp_middleware.router import HttpBackend, NamingPolicy, Route
 from mcp_middleware.router.curation import Curation
 
 from .config_curation import VirtualServerSettings
+from .config_policy import PolicySettings
 from .toml_reader import Lines, Problem
 
 __all__ = [
@@ -254,6 +255,8 @@ class GatewayConfig:
     """`[[routes]]`: primary and fallback servers of a tool or prompt of the aggregate."""
     virtual_servers: tuple[VirtualServerSettings, ...] = ()
     """`[[virtual_servers]]`: endpoints assembled from chosen tools of several servers."""
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    """`[policy]`: rule files, roles, argument validation (`config_policy.py`)."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

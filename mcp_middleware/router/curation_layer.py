@@ -18,7 +18,7 @@ import orjson
 from mcp.shared.inbound import encode_header_value
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.auth.list_filter import ListFilter, _loads
+from mcp_middleware.core.list_filter import ListFilter, loads_as_client
 from mcp_middleware.core import (
     ANSWERED,
     Component,
@@ -160,7 +160,7 @@ class CuratedList(ListFilter):
         self._curation = curation
 
     def _rewrite(self, body: bytes) -> bytes | None:
-        message = _loads(body)
+        message = loads_as_client(body)
         if not isinstance(message, dict) or message.get("id") != self._request_id:
             return None
         result = message.get("result")

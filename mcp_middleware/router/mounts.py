@@ -371,16 +371,20 @@ class McpRouter:
 
 
 def _list_gate(app: ASGIApp) -> ListGate | None:
-    """The list filter of a backend's stack (an `AuthMiddleware` with `filter_lists`), found by walking it."""
+    """The list filters of a backend's stack (auth with `filter_lists`, a policy), found by walking it: an item
+    is listed when every one of them lets it through."""
+    gates: list[ListGate] = []
     for _ in range(64):
-        if hasattr(app, "list_gate"):
-            gate: ListGate | None = app.list_gate
-            return gate
+        gate: ListGate | None = getattr(app, "list_gate", None)
+        if gate is not None:
+            gates.append(gate)
         inner = getattr(app, "app", None)
         if inner is None:
-            return None
+            break
         app = inner
-    return None
+    if len(gates) <= 1:
+        return gates[0] if gates else None
+    return lambda scope, method, target: all(gate(scope, method, target) for gate in gates)
 
 
 def _wrap(app: ASGIApp, middleware: Sequence[MountMiddleware]) -> ASGIApp:
