@@ -15,10 +15,12 @@ from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
 from .proxy import StreamingProxy
+from .registry import Applied, MountChanges, MountSpec
 
 __all__ = [
     "ROUTER_META_KEY",
     "AggregateServer",
+    "Applied",
     "Backend",
     "BackendUnavailable",
     "Collision",
@@ -26,7 +28,9 @@ __all__ = [
     "InProcessBackend",
     "McpRouter",
     "Mount",
+    "MountChanges",
     "MountMiddleware",
+    "MountSpec",
     "NameTable",
     "NamingPolicy",
     "PrefixMode",

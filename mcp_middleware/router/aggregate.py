@@ -322,7 +322,11 @@ class AggregateServer:
         link = self._shared_links.get(server)
         if link is None or link.backend is not backend:
             link = BackendLink(
-                server, backend, group=group, on_change=self._backend_changed, client_options=self.bridge.relay_callbacks
+                server,
+                backend,
+                group=group,
+                on_change=self._backend_changed,
+                client_options=self.bridge.relay_callbacks,
             )
             self._shared_links[server] = link
         else:

@@ -282,7 +282,9 @@ class McpRouter:
         for mount in added:
             self.mounts[mount.name] = mount
             if mount.has_middleware and mount.path_mount:
-                self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}"] = _wrap(_not_found, mount.middleware)
+                self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}"] = _wrap(
+                    _not_found, mount.middleware
+                )
             if mount.bridge is not None:
                 self._bridges.append(mount.bridge)
         if self._aggregate is not None and self.aggregate_path is not None:
@@ -297,7 +299,10 @@ class McpRouter:
         """Wait until the aggregate's SDK-bridged calls to server `name` ended (they are not counted per mount)."""
         if self._aggregate is None or self.aggregate_path is None:
             return
-        while self._aggregate.bridge._inflight.get(name):
+        calls = self._aggregate.bridge._inflight
+        while True:  # the bridge keeps a list per server, no event: look again shortly
+            if not calls.get(name):
+                return
             await anyio.sleep(0.05)
 
     async def _close_retired(self, mount: Mount) -> None:
