@@ -134,10 +134,9 @@ def build_gateway(
         telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
         inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider)
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
-    lifespan = _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)
     gateway = Gateway(
         config=config,
-        app=lifespan,
+        app=(lifespan := _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,

@@ -211,9 +211,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
                 "accepts any user name from anyone who can reach it; use it for demos only",
                 where,
             )
-        server = _announcing_server(
-            uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), reload=_reload_on_sighup(gateway)
-        )
+        sighup = _reload_on_sighup(gateway)
+        server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
             server.run(sockets=[sock])
         except Exception:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import anyio
-import anyio.abc
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
@@ -67,9 +66,6 @@ warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module="mcp_mi
 
 
 _EVERY_PATH = CoreConfig(paths=("*",))
-
-Member = tuple[Backend, ASGIApp, str, ListGate | None]
-"""A server joining the aggregate while it runs: its backend, its stack, the stack's path, its list filter."""
 
 
 class _RouterServer(Server[Any]):
@@ -148,8 +144,9 @@ class AggregateServer:
             max_log_levels=max_listeners,
         )
         routable = {server: app for server, app in (stacks or {}).items() if server in self.backends}
-        self._stacks, self._paths = routable, dict(stack_paths or {})  # the relay's, changed by replace_members
+        self._stacks, self._paths = routable, dict(stack_paths or {})  # the relay's; a reload changes them
         self._retired_links: list[BackendLink] = []
+        """Sessions to removed or replaced backends, closed once their requests ended (see `registry.py`)."""
         self.relay = (
             Relay(self.catalog, routable, paths=self._paths, speaks_modern=self._speaks_modern) if routable else None
         )
@@ -269,70 +266,6 @@ class AggregateServer:
                 if self.relay is not None:
                     self.relay.group = None
                 group.cancel_scope.cancel()
-
-    # --- a live registry (McpRouter.apply) ------------------------------------------------------
-
-    def replace_members(self, added: Mapping[str, Member], removed: Collection[str]) -> None:
-        """Take `removed` servers out and put `added` in, while running: synchronous (no request sees half).
-
-        The catalog forgets every changed server; legacy client sessions forget their sessions at them
-        (a replaced server opens new ones on next use). The links of removed servers stay open for the
-        requests in flight until :meth:`retire`.
-        """
-        changed = {*removed, *added}
-        for server in changed:
-            self.backends.pop(server, None)
-            self.gates.pop(server, None)
-            self._stacks.pop(server, None)
-            self._paths.pop(server, None)
-            link = self._links.pop(server, None)
-            if link is not None:
-                self._retired_links.append(link)
-            self.catalog.forget(server, frozenset({"tools", "prompts", "resources"}))
-            self.catalog._cooling.pop(server, None)
-        for server, (backend, stack, path, gate) in added.items():
-            self.backends[server] = backend
-            self._stacks[server] = stack
-            self._paths[server] = path
-            if gate is not None:
-                self.gates[server] = gate
-            if self._group is not None:
-                self._links[server] = self._link(server, backend, self._group)
-        self.catalog._merged.clear()  # names are resolved anew: a removed server's names answer "Unknown tool"
-        if self.relay is not None:
-            for session in self.relay.sessions:
-                for server in changed:
-                    session.backends.pop(server, None)
-
-    def retire(self, server: str, backend: Backend) -> None:
-        """Close what still reaches a removed or replaced `backend` (its requests in flight are done)."""
-        kept = []
-        for link in self._retired_links:
-            if link.backend is backend:
-                link.close()
-            else:
-                kept.append(link)
-        self._retired_links = kept
-        legacy = self.bridge._legacy_links
-        for key in [key for key, link in legacy.items() if link.backend is backend]:
-            legacy.pop(key).close()
-
-    def _link(self, server: str, backend: Backend, group: anyio.abc.TaskGroup) -> BackendLink:
-        """The session to a member added while running: the bridge's (stdio), else one of the aggregate's own."""
-        link = self._shared_links.get(server)
-        if link is None or link.backend is not backend:
-            link = BackendLink(
-                server,
-                backend,
-                group=group,
-                on_change=self._backend_changed,
-                client_options=self.bridge.relay_callbacks,
-            )
-            self._shared_links[server] = link
-        else:
-            link.subscribe(self._backend_changed)
-        link.on_resource_updated(self._resource_updated)
-        return link
 
     # --- lists ---------------------------------------------------------------------------------
 

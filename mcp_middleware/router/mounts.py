@@ -38,7 +38,16 @@ from ._links import BackendLink, BackendUnavailable
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
 from .names import NamingPolicy, PrefixMode, validate_server_name
-from .registry import Applied, HeldContexts, InFlight, MountChanges, MountSpec, apply_changes
+from .registry import (
+    Applied,
+    HeldContexts,
+    InFlight,
+    MountChanges,
+    MountSpec,
+    apply_changes,
+    replace_members,
+    retire_member,
+)
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
@@ -293,7 +302,7 @@ class McpRouter:
                 for mount in added
                 if mount.aggregate
             }
-            self._aggregate.replace_members(members, [mount.name for mount in retired])
+            replace_members(self._aggregate, members, [mount.name for mount in retired])
 
     async def _bridge_idle(self, name: str) -> None:
         """Wait until the aggregate's SDK-bridged calls to server `name` ended (they are not counted per mount)."""
@@ -308,7 +317,7 @@ class McpRouter:
     async def _close_retired(self, mount: Mount) -> None:
         """Close a retired mount: the aggregate's sessions to it, its bridge, then its backend's lifespan."""
         if self._aggregate is not None and self.aggregate_path is not None:
-            self._aggregate.retire(mount.name, mount.backend)
+            retire_member(self._aggregate, mount.backend)
         held = self._held
         if held is None:
             return  # the router stopped meanwhile: everything is closed already

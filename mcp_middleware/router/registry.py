@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,8 @@ import anyio
 import anyio.abc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .aggregate import AggregateServer
+from ._links import BackendLink
+from .aggregate import AggregateServer, ListGate
 from .backends import Backend
 from .catalog import KINDS, Kind, _Listing
 
@@ -269,3 +270,75 @@ async def _retire(router: McpRouter, retired: list[Mount], drain_timeout: float)
                 drain_timeout,
             )
         await router._close_retired(mount)
+
+
+# --- the aggregate's side ------------------------------------------------------------------------
+
+Member = tuple[Backend, ASGIApp, str, ListGate | None]
+"""A server joining the aggregate while it runs: its backend, its stack, the stack's path, its list filter."""
+
+
+def replace_members(aggregate: AggregateServer, added: Mapping[str, Member], removed: Collection[str]) -> None:
+    """Take `removed` servers out of a running aggregate and put `added` in: synchronous (no request sees half).
+
+    The catalog forgets every changed server; legacy client sessions forget their sessions at them
+    (a replaced server opens new ones on next use). The sessions to removed backends stay open for
+    the requests in flight until :func:`retire_member`.
+    """
+    changed = {*removed, *added}
+    catalog = aggregate.catalog
+    for server in changed:
+        aggregate.backends.pop(server, None)
+        aggregate.gates.pop(server, None)
+        aggregate._stacks.pop(server, None)
+        aggregate._paths.pop(server, None)
+        link = aggregate._links.pop(server, None)
+        if link is not None:
+            aggregate._retired_links.append(link)
+        catalog.forget(server, frozenset(_FAMILIES))
+        catalog._cooling.pop(server, None)
+    for server, (backend, stack, path, gate) in added.items():
+        aggregate.backends[server] = backend
+        aggregate._stacks[server] = stack
+        aggregate._paths[server] = path
+        if gate is not None:
+            aggregate.gates[server] = gate
+        if aggregate._group is not None:
+            aggregate._links[server] = _member_link(aggregate, server, backend, aggregate._group)
+    catalog._merged.clear()  # names are resolved anew: a removed server's names answer "Unknown tool"
+    if aggregate.relay is not None:
+        for session in aggregate.relay.sessions:
+            for server in changed:
+                session.backends.pop(server, None)
+
+
+def retire_member(aggregate: AggregateServer, backend: Backend) -> None:
+    """Close the aggregate's sessions to a removed or replaced `backend` (its requests in flight ended)."""
+    kept = []
+    for link in aggregate._retired_links:
+        if link.backend is backend:
+            link.close()
+        else:
+            kept.append(link)
+    aggregate._retired_links = kept
+    legacy = aggregate.bridge._legacy_links
+    for key in [key for key, link in legacy.items() if link.backend is backend]:
+        legacy.pop(key).close()
+
+
+def _member_link(aggregate: AggregateServer, server: str, backend: Backend, group: anyio.abc.TaskGroup) -> BackendLink:
+    """The session to a member added while running: the bridge's (stdio), else one of the aggregate's own."""
+    link = aggregate._shared_links.get(server)
+    if link is None or link.backend is not backend:
+        link = BackendLink(
+            server,
+            backend,
+            group=group,
+            on_change=aggregate._backend_changed,
+            client_options=aggregate.bridge.relay_callbacks,
+        )
+        aggregate._shared_links[server] = link
+    else:
+        link.subscribe(aggregate._backend_changed)
+    link.on_resource_updated(aggregate._resource_updated)
+    return link

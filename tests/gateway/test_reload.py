@@ -62,9 +62,11 @@ async def gateway(tmp_path: Path, text: str) -> AsyncIterator[tuple[subprocess.P
 async def logged(log: Path, needle: str, count: int = 1) -> str:
     """Wait until the log holds `needle` `count` times; the log."""
     with anyio.fail_after(PATIENCE):
-        while (text := log.read_text(errors="replace")).count(needle) < count:
+        while True:
+            text = await anyio.Path(log).read_text(errors="replace")
+            if text.count(needle) >= count:
+                return text
             await anyio.sleep(0.1)
-    return text
 
 
 async def tool_names(base: str) -> set[str]:
@@ -135,7 +137,9 @@ async def test_servers_change_while_clients_stay_connected(trigger: str, tmp_pat
                 group.start_soon(stream_on_old)
                 group.start_soon(stream_at_mount)
                 with anyio.fail_after(PATIENCE):
-                    while not (progress and mount_progress):  # both calls are running on "old"
+                    while True:  # until both calls are running on "old"
+                        if progress and mount_progress:
+                            break
                         await anyio.sleep(0.05)
                 write(path, config(LOCAL, TEXT, watch=watch))
                 if not watch:
