@@ -47,6 +47,7 @@ from .registry import (
     apply_changes,
     replace_members,
     retire_member,
+    single,
 )
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
@@ -266,9 +267,7 @@ class McpRouter:
                     await held.close()
                     group.cancel_scope.cancel()  # retirements still draining: their backends are closed already
         except BaseExceptionGroup as exc:  # one failure (a backend that cannot start): raised as itself
-            if len(exc.exceptions) == 1:
-                raise exc.exceptions[0] from None
-            raise
+            raise single(exc) from None
 
     async def apply(self, changes: MountChanges, *, drain_timeout: float = 30.0) -> Applied:
         """Mount, unmount and replace servers while the router runs (see :mod:`.registry`).

@@ -37,7 +37,7 @@ from .catalog import KINDS, Kind, _Listing
 if TYPE_CHECKING:
     from .mounts import McpRouter, Mount, MountMiddleware
 
-__all__ = ["Applied", "HeldContexts", "InFlight", "MountChanges", "MountSpec"]
+__all__ = ["Applied", "HeldContexts", "InFlight", "MountChanges", "MountSpec", "single"]
 
 logger = logging.getLogger("mcp_middleware.router")
 
@@ -171,6 +171,13 @@ class HeldContexts:
             left.set()
 
 
+def single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) one-member groups (a backend's lifespan runs in task groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 # --- apply --------------------------------------------------------------------------------------
 
 
@@ -194,11 +201,11 @@ async def apply_changes(router: McpRouter, changes: MountChanges, drain_timeout:
             if mount.bridge is not None:
                 await held.enter(mount.bridge, mount.bridge.lifespan())
                 started.append(mount.bridge)
-    except BaseException:
+    except BaseException as exc:
         with anyio.CancelScope(shield=True):
             for key in reversed(started):
                 await held.exit(key)
-        raise
+        raise single(exc) from None
     replaced = tuple(sorted(name for name in names if name in router.mounts))
     retired = [router.mounts[name] for name in (*changes.unmount, *replaced)]
     affected = {mount.name for mount in retired} | {mount.name for mount in built}
