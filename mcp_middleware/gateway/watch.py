@@ -29,5 +29,5 @@ async def watch_file(path: Path, changed: Callable[[], None]) -> None:
     try:
         async for _ in awatch(folder, recursive=False, debounce=_DEBOUNCE_MS, watch_filter=None):
             changed()
-    except (OSError, RuntimeError) as exc:  # the folder is gone, or no watcher could start: SIGHUP still works
+    except Exception as exc:  # the folder is gone, no watcher could start: the gateway serves on, SIGHUP works
         logger.warning("cannot watch %s (%s); reload with SIGHUP", path, exc)
