@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from mcp_middleware.cache.keys import invalidation_tag
 from mcp_middleware.router import Applied, HttpBackend, MountChanges, MountSpec, StdioBackend
 
 from .backend_gate import gate_layer
@@ -47,6 +48,8 @@ logger = logging.getLogger("mcp_middleware.gateway")
 
 RELOADABLE = frozenset({"servers"})
 """The parts of the config file a reload applies; every other section needs a restart."""
+_STORE_PATIENCE = 2.0
+"""Seconds a reload waits for the cache store to drop the changed servers' entries."""
 _RESTART_SECTIONS = ("gateway", "front_door", "aggregate", "auth", "ratelimit", "breaker", "cache", "tracing")
 
 
@@ -184,9 +187,22 @@ class Reloader:
         for name in (*applied.added, *applied.replaced):
             if router.mounts[name].backend.supervised:  # a stdio command starts now, as at start
                 await router.session_failure(name, 0)
+        if applied.added or applied.removed or applied.replaced:
+            await self._forget_cached(["aggregate", *applied.added, *applied.removed, *applied.replaced])
         self.reloads += 1
         logger.info("config reloaded from %s: %s", self.path, _summary(applied))
         return applied
+
+    async def _forget_cached(self, mounts: list[str]) -> None:
+        """Drop the cache's entries of the aggregate and of every changed server: they describe the old set."""
+        store = self.assembly.cache_store
+        if store is None:
+            return
+        try:
+            with anyio.fail_after(_STORE_PATIENCE):
+                await store.invalidate([invalidation_tag(mount) for mount in mounts])
+        except Exception as exc:  # a store that is down: its entries expire with their TTL
+            logger.warning("config reload: cached answers of %s not dropped: %s", ", ".join(mounts), _reason(exc))
 
     def _specs(self, config: GatewayConfig, servers: list[ServerSettings]) -> tuple[list[MountSpec], dict[str, str]]:
         """The mounts for `servers` (new or changed), and the optional ones that cannot load (name → why)."""

@@ -250,23 +250,38 @@ async def gone(pid: int) -> None:
 
 
 async def test_a_changed_stdio_server_is_restarted_and_a_removed_one_stopped(tmp_path: Path) -> None:
-    async with gateway(tmp_path, config(LOCAL, TEXT)) as (process, base, path, log):
-        async with Client(f"{base}/mcp", mode="legacy", cache=None) as legacy:
-            assert (await legacy.call_tool("text__reverse", {"text": "ab"})).content[0].text == "ba"  # type: ignore[union-attr]
-            [first] = stdio_children(process)
-            write(path, config(LOCAL, TEXT + "timeout = 20\n"))
-            os.kill(process.pid, signal.SIGHUP)
-            assert "changed text" in await logged(log, "config reloaded")
-            await gone(first)  # the old process ends once nothing runs on it
-            # The legacy session at the aggregate stays; it opens a session at the new process.
-            assert (await legacy.call_tool("text__reverse", {"text": "cd"})).content[0].text == "dc"  # type: ignore[union-attr]
-            assert (await legacy.call_tool("local__echo", {"text": "kept"})).content[0].text == "kept"  # type: ignore[union-attr]
-            [second] = stdio_children(process)
-            assert second != first
-            write(path, config(LOCAL))
-            os.kill(process.pid, signal.SIGHUP)
-            assert "removed text" in await logged(log, "config reloaded", 2)
-            await gone(second)
-            assert stdio_children(process) == []
-            assert (await post(base, "/mcp/text")).status_code == 404
-            assert (await legacy.call_tool("local__echo", {"text": "still"})).content[0].text == "still"  # type: ignore[union-attr]
+    async with (
+        gateway(tmp_path, config(LOCAL, TEXT)) as (process, base, path, log),
+        Client(f"{base}/mcp", mode="legacy", cache=None) as legacy,
+    ):
+        assert (await legacy.call_tool("text__reverse", {"text": "ab"})).content[0].text == "ba"  # type: ignore[union-attr]
+        [first] = stdio_children(process)
+        write(path, config(LOCAL, TEXT + "timeout = 20\n"))
+        os.kill(process.pid, signal.SIGHUP)
+        assert "changed text" in await logged(log, "config reloaded")
+        await gone(first)  # the old process ends once nothing runs on it
+        # The legacy session at the aggregate stays; it opens a session at the new process.
+        assert (await legacy.call_tool("text__reverse", {"text": "cd"})).content[0].text == "dc"  # type: ignore[union-attr]
+        assert (await legacy.call_tool("local__echo", {"text": "kept"})).content[0].text == "kept"  # type: ignore[union-attr]
+        [second] = stdio_children(process)
+        assert second != first
+        write(path, config(LOCAL))
+        os.kill(process.pid, signal.SIGHUP)
+        assert "removed text" in await logged(log, "config reloaded", 2)
+        await gone(second)
+        assert stdio_children(process) == []
+        assert (await post(base, "/mcp/text")).status_code == 404
+        assert (await legacy.call_tool("local__echo", {"text": "still"})).content[0].text == "still"  # type: ignore[union-attr]
+
+
+async def test_cached_lists_do_not_outlive_a_reload(tmp_path: Path) -> None:
+    cached = "[cache]\nttl = 600\nhonor_ttl_ms = false\n"
+    async with gateway(tmp_path, config(LOCAL, OLD) + cached) as (process, base, path, log):
+        first = await tool_names(base)
+        assert await tool_names(base) == first  # served from the cache by now
+        write(path, config(LOCAL, TEXT) + cached)
+        os.kill(process.pid, signal.SIGHUP)
+        await logged(log, "config reloaded")
+        names = await tool_names(base)
+        assert "text__reverse" in names
+        assert not any(name.startswith("old__") for name in names)
