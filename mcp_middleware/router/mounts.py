@@ -137,6 +137,7 @@ class McpRouter:
         self._running = False
         self._held: HeldContexts | None = None
         self._held_group: anyio.abc.TaskGroup | None = None
+        self._applying: anyio.Lock | None = None
 
     def mount(
         self,
@@ -278,7 +279,10 @@ class McpRouter:
 
         >>> # applied = await router.apply(MountChanges(mount=[MountSpec("new", backend)], unmount=["old"]))
         """
-        return await apply_changes(self, changes, drain_timeout)
+        if self._applying is None:
+            self._applying = anyio.Lock()
+        async with self._applying:  # one change at a time: each is computed against the set the last one left
+            return await apply_changes(self, changes, drain_timeout)
 
     def _swap(self, added: Sequence[Mount], retired: Sequence[Mount]) -> None:
         """Take `retired` out and put `added` in: synchronous, so no request sees half of it."""

@@ -285,3 +285,21 @@ async def test_cached_lists_do_not_outlive_a_reload(tmp_path: Path) -> None:
         names = await tool_names(base)
         assert "text__reverse" in names
         assert not any(name.startswith("old__") for name in names)
+
+
+async def test_metrics_label_the_new_servers(tmp_path: Path) -> None:
+    traced = "[tracing]\naccess_log = false\n"
+    async with gateway(tmp_path, config(LOCAL) + traced) as (process, base, path, log):
+        write(path, config(LOCAL, TEXT) + traced)
+        os.kill(process.pid, signal.SIGHUP)
+        await logged(log, "config reloaded")
+        async with Client(f"{base}/mcp", cache=None) as client:
+            await client.call_tool("text__reverse", {"text": "ab"})
+        async with Client(f"{base}/mcp/text", cache=None) as client:
+            await client.call_tool("reverse", {"text": "ab"})
+        async with httpx2.AsyncClient(timeout=PATIENCE) as http:
+            metrics = (await http.get(f"{base}/metrics")).text
+        counted = [
+            line for line in metrics.splitlines() if line.startswith("mcp_server_operation_duration_seconds_count")
+        ]
+        assert any('="text"' in line for line in counted), counted
