@@ -199,3 +199,29 @@ async def test_the_drain_is_bounded(serve: Any, caplog: pytest.LogCaptureFixture
     assert not any(mount.backend not in router._held for mount in router.mounts.values())  # type: ignore[operator]
     async with connect(served.mcp_url, "modern") as other:  # the others serve on
         assert (await other.call_tool("keep__echo", {"text": "still"})).content[0].text == "still"  # type: ignore[union-attr]
+
+
+async def test_changes_applied_at_once_are_applied_one_after_the_other(serve: Any) -> None:
+    router = McpRouter()
+    router.mount("a", build_server().streamable_http_app())
+    served = serve(router)
+    add_b = MountChanges(mount=[MountSpec("b", in_process(only_tools()))])
+    swap_a = MountChanges(mount=[MountSpec("c", in_process(only_tools()))], unmount=["a"])
+    replace_b = MountChanges(mount=[MountSpec("b", in_process(build_server()))])
+    outcomes: list[Applied] = []
+
+    async def run(changes: MountChanges) -> None:
+        outcomes.append(await apply(served, router, changes))
+
+    async with anyio.create_task_group() as group:
+        for changes in (add_b, swap_a, replace_b):
+            group.start_soon(run, changes)
+            await anyio.sleep(0)  # in this order
+    assert sorted(router.mounts) == ["b", "c"]
+    assert [(o.added, o.removed, o.replaced) for o in outcomes] == [
+        (("b",), (), ()),
+        (("c",), ("a",), ()),
+        ((), (), ("b",)),
+    ]
+    async with connect(served.mcp_url, "modern") as client:
+        assert {"b__echo", "c__shout"} <= {tool.name for tool in (await client.list_tools()).tools}
