@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx2
 import mcp_types as types
 import pytest
@@ -216,7 +217,7 @@ async def test_changes_applied_at_once_are_applied_one_after_the_other(serve: An
     async with anyio.create_task_group() as group:
         for changes in (add_b, swap_a, replace_b):
             group.start_soon(run, changes)
-            await anyio.sleep(0)  # in this order
+            await anyio.lowlevel.checkpoint()  # in this order
     assert sorted(router.mounts) == ["b", "c"]
     assert [(o.added, o.removed, o.replaced) for o in outcomes] == [
         (("b",), (), ()),
