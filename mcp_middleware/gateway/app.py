@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 from limits.errors import ConfigurationError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -47,6 +48,7 @@ from .config_routes import live_routes
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
+from .reload import Reloader
 from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
@@ -79,6 +81,8 @@ class Gateway:
     """The OpenTelemetry SDK pieces of `[tracing]` (resource, OTLP export); `serve` installs them globally."""
     assembly: Assembly | None = None
     """Every backend's stack as built; `assembly.reload_policies()` recompiles `[policy] files`."""
+    reloader: Reloader | None = None
+    """Reloads the servers from the config file (SIGHUP, `watch_config`); None for a config not read from a file."""
     _closers: list[Closer] = field(default_factory=list)
 
     def uvicorn_config(self) -> uvicorn.Config:
@@ -132,11 +136,11 @@ def build_gateway(
     if config.tracing.enabled:
         tracing = config.tracing
         telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
-        inner = _traced(inner, config, assembly, closers, telemetry, tracer_provider, meter_provider)
+        inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider)
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
-    return Gateway(
+    gateway = Gateway(
         config=config,
-        app=_Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze),
+        app=(lifespan := _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,
@@ -149,6 +153,9 @@ def build_gateway(
         assembly=assembly,
         _closers=closers,
     )
+    if config.source is not None:
+        gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)
+    return gateway
 
 
 def _base_url(settings: GatewaySettings, host: str, port: int) -> str:
@@ -227,6 +234,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
 def _traced(
     inner: ASGIApp,
     config: GatewayConfig,
+    router: McpRouter,
     assembly: Assembly,
     closers: list[Closer],
     telemetry: Telemetry,
@@ -256,7 +264,7 @@ def _traced(
         config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
         record_enduser=config.tracing.record_enduser,
         access_log=AccessLog() if config.tracing.access_log else False,
-        server_name=backend_label(prefix, (server.name for server in config.servers)),
+        server_name=backend_label(prefix, router.mounts),  # live: a reload's new servers are labelled too
     )
     if tracing.metrics is not None:
         assembly.state_listeners.append(tracing.metrics.record_breaker_change)
@@ -291,6 +299,7 @@ class _Lifespan:
         self.router = router
         self.closers = closers
         self.freeze_gc = freeze_gc
+        self.reloader: Reloader | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -315,7 +324,13 @@ class _Lifespan:
                 for name, mount in self.router.mounts.items():
                     if mount.backend.supervised:  # start each stdio command now: /readyz waits for it
                         await self.router.session_failure(name, 0)
-                yield
+                if self.reloader is None:
+                    yield
+                else:
+                    async with anyio.create_task_group() as group:  # reloads (SIGHUP, watch_config)
+                        group.start_soon(self.reloader.run)
+                        yield
+                        group.cancel_scope.cancel()
         finally:
             for close in self.closers:
                 close()

@@ -8,9 +8,11 @@ server is not healthy); 2 bad usage or a config file with problems (each printed
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -263,7 +265,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
                 "accepts any user name from anyone who can reach it; use it for demos only",
                 where,
             )
-        server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source))
+        sighup = _reload_on_sighup(gateway)
+        server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
             server.run(sockets=[sock])
         except Exception:
@@ -290,14 +293,31 @@ def _authority(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _announcing_server(uvicorn: Any, config: Any, announce: Callable[[], None]) -> Any:
-    """A `uvicorn.Server` that calls `announce()` once it listens (after the lifespan started the backends).
+def _reload_on_sighup(gateway: Any) -> Callable[[], None] | None:
+    """What installs the SIGHUP handler (reload the servers) in the serving loop; None where there is no SIGHUP."""
+    reloader = gateway.reloader
+    if reloader is None or not hasattr(signal, "SIGHUP"):
+        return None
+
+    def install() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.request)
+
+    return install
+
+
+def _announcing_server(
+    uvicorn: Any, config: Any, announce: Callable[[], None], reload: Callable[[], None] | None = None
+) -> Any:
+    """A `uvicorn.Server` that calls `announce()` once it listens (after the lifespan started the backends),
+    and `reload()` (the SIGHUP handler's installation) as it starts.
 
     Built here, not at import, so the CLI loads uvicorn only to serve (and tests may replace `uvicorn.Server`).
     """
 
     class AnnouncingServer(uvicorn.Server):  # type: ignore[misc]
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            if reload is not None:  # before the lifespan: a SIGHUP during start-up must not end the process
+                reload()
             await super().startup(sockets)
             if self.started and not self.should_exit:
                 announce()

@@ -7,6 +7,7 @@ read as deprecated aliases for one release (a warning names the new key and its 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
@@ -66,7 +67,10 @@ def gateway(reader: Reader) -> GatewaySettings:
         log_levels=_log_levels(reader),
         instance=_instance(reader),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
+        watch_config=reader.boolean("watch_config", d.watch_config),
     )
+    if settings.watch_config and importlib.util.find_spec("watchfiles") is None:
+        reader.problem("watch_config", "needs watchfiles: pip install 'mcp-middleware[watch]' (or reload with SIGHUP)")
     if (settings.tls_certfile is None) != (settings.tls_keyfile is None):
         reader.problem(
             "tls_keyfile" if settings.tls_keyfile is None else "tls_certfile",

@@ -47,9 +47,8 @@ def shown_url(url: str) -> str:
 
 def readiness_checks(router: McpRouter, assembly: Assembly) -> dict[str, ReadinessCheck]:
     """The checks `/readyz` runs for this gateway."""
-    optional = {server.name for server in assembly.config.servers if server.optional}
     return {
-        "backends": partial(_backends, router, optional, set()),
+        "backends": partial(_backends, router, assembly, set()),
         "breakers": partial(_breakers, assembly),
         "stores": partial(_stores, assembly),
     }
@@ -96,12 +95,15 @@ async def _stores(assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
     return state, "; ".join(details) or "memory"
 
 
-async def _backends(router: McpRouter, optional: set[str], started: set[str]) -> tuple[bool, str]:
+async def _backends(router: McpRouter, assembly: Assembly, started: set[str]) -> tuple[bool, str]:
     """Every required backend must have started once; after that, ready while any backend can serve.
 
     `started` remembers (across calls) the backends seen up: a remote that accepts a connection,
-    a stdio command whose session opened; in-process apps start with the gateway.
+    a stdio command whose session opened; in-process apps start with the gateway. The servers are
+    the running ones (a reload changes them: `assembly.config` is the config in force).
     """
+    optional = {server.name for server in assembly.config.servers if server.optional}
+    started.intersection_update(router.mounts)  # a server removed and added again must start again
     found: dict[str, str | None] = {}
     async with anyio.create_task_group() as group:
         for name, mount in router.mounts.items():

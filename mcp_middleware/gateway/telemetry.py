@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -181,7 +181,7 @@ def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | 
     router's `routed` decision. Only configured names come out (anything else is `None`, no label):
     a client choosing the path or the tool name cannot mint label values.
     """
-    known = frozenset(names)
+    known: Container[str] = names if isinstance(names, Mapping) else frozenset(names)  # a Mapping: live (reloads)
     mount_prefix = prefix.rstrip("/") + "/"
 
     def label(scope: Scope) -> str | None:

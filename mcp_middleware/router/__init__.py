@@ -18,11 +18,13 @@ from .curation import Curation, ItemRules, Override, ResourceRules
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
 from .proxy import StreamingProxy
+from .registry import Applied, MountChanges, MountSpec
 from .routes import Route
 
 __all__ = [
     "ROUTER_META_KEY",
     "AggregateServer",
+    "Applied",
     "Backend",
     "BackendUnavailable",
     "Collision",
@@ -32,7 +34,9 @@ __all__ = [
     "ItemRules",
     "McpRouter",
     "Mount",
+    "MountChanges",
     "MountMiddleware",
+    "MountSpec",
     "NameTable",
     "NamingPolicy",
     "Override",

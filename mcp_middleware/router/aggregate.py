@@ -160,10 +160,11 @@ class AggregateServer:
             max_log_levels=max_listeners,
         )
         routable = {server: app for server, app in (stacks or {}).items() if server in self.backends}
+        self._stacks, self._paths = routable, dict(stack_paths or {})  # the relay's; a reload changes them
+        self._retired_links: list[BackendLink] = []
+        """Sessions to removed or replaced backends, closed once their requests ended (see `registry.py`)."""
         self.relay = (
-            Relay(self.catalog, routable, paths=stack_paths or {}, speaks_modern=self._speaks_modern)
-            if routable
-            else None
+            Relay(self.catalog, routable, paths=self._paths, speaks_modern=self._speaks_modern) if routable else None
         )
         if self.relay is not None:
             self.notifier.listeners.append(self.relay.broadcast)

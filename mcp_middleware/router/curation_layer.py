@@ -18,7 +18,6 @@ import orjson
 from mcp.shared.inbound import encode_header_value
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core.list_filter import ListFilter, loads_as_client
 from mcp_middleware.core import (
     ANSWERED,
     Component,
@@ -31,6 +30,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.list_filter import ListFilter, loads_as_client
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 

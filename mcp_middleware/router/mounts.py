@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +40,17 @@ from .backends import Backend, HttpBackend, InProcessBackend
 from .curation import Curation
 from .curation_layer import CurationMiddleware
 from .names import NamingPolicy, PrefixMode, validate_server_name
+from .registry import (
+    Applied,
+    HeldContexts,
+    InFlight,
+    MountChanges,
+    MountSpec,
+    apply_changes,
+    replace_members,
+    retire_member,
+    single,
+)
 from .routes import Route
 from .virtual import VirtualServer, selections_of
 
@@ -61,8 +74,17 @@ class Mount:
     aggregate: bool
     has_middleware: bool
     path_mount: bool = True
+    bridge: AggregateServer | None = None
+    """A stdio backend's one-backend aggregate (its HTTP side), run and closed with it."""
+    middleware: Sequence[MountMiddleware] = ()
     curation: Curation | None = None
     """What clients see of this backend (applied at its path mount and in every aggregate)."""
+
+    @property
+    def in_flight(self) -> InFlight:
+        """The mount's stack, counting its requests in flight (a retired mount closes once they ended)."""
+        assert isinstance(self.app, InFlight)
+        return self.app
 
 
 class McpRouter:
@@ -102,6 +124,8 @@ class McpRouter:
         self.aggregate_path = aggregate_path.rstrip("/") or "/" if aggregate_path is not None else None
         self.naming = naming or NamingPolicy()
         self.mounts: dict[str, Mount] = {}
+        self.routes = tuple(routes)
+        """Primary and fallback routes of the aggregate (:class:`~mcp_middleware.router.Route`)."""
         self._prm: dict[str, ASGIApp] = {}
         self._aggregate_options: dict[str, Any] = {
             "name": name,
@@ -111,8 +135,6 @@ class McpRouter:
             "debounce": debounce,
             "transport_security": transport_security,
         }
-        self.routes = tuple(routes)
-        """Primary and fallback routes of the aggregate (:class:`~mcp_middleware.router.Route`)."""
         self._aggregate: AggregateServer | None = None
         self._aggregate_entry: ASGIApp | None = None
         self._aggregate_door = tuple(aggregate_middleware)
@@ -122,6 +144,9 @@ class McpRouter:
         self._bridges: list[AggregateServer] = []
         self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
+        self._held: HeldContexts | None = None
+        self._held_group: anyio.abc.TaskGroup | None = None
+        self._applying: anyio.Lock | None = None
         self._virtual: dict[str, VirtualServer] = {}  # path -> what virtual_server() was told
         self._virtual_apps: dict[str, tuple[AggregateServer, ASGIApp, bool]] = {}  # path -> (server, entry, door)
 
@@ -146,15 +171,31 @@ class McpRouter:
         if not (path_mount or aggregate):
             raise ValueError(f"{name!r} would be reachable nowhere: path_mount or aggregate must be true")
         if self._running:
-            raise RuntimeError("mount() before the router starts")
+            raise RuntimeError("mount() before the router starts (while it runs: apply())")
         validate_server_name(name)
         if name in self.mounts or any(v.name == name for v in self._virtual.values()):
             raise ValueError(f"a server named {name!r} is already mounted")
+        mount = self._build_mount(MountSpec(name, backend, middleware, aggregate, path_mount, curation))
+        if mount.bridge is not None:
+            self._bridges.append(mount.bridge)
+        self.mounts[name] = mount
+        if mount.has_middleware and path_mount:
+            # only a middleware (auth) can answer metadata; the backend never sees these requests
+            self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
+        self._aggregate = self._aggregate_entry = None  # rebuilt with the new member on first use
+
+    def _build_mount(self, spec: MountSpec) -> Mount:
+        """A mount for `spec`, registered nowhere yet (what `mount` and `apply` share)."""
+        name, backend, middleware = spec.name, spec.backend, spec.middleware
+        if not (spec.path_mount or spec.aggregate):
+            raise ValueError(f"{name!r} would be reachable nowhere: path_mount or aggregate must be true")
+        validate_server_name(name)
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
         if isinstance(backend, HttpBackend) and backend.name is None:
             backend.name = name  # its log lines name the server the operator configured, not its URL
         target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
+        bridge: AggregateServer | None = None
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it
             bridge = AggregateServer(
                 {name: backend},
@@ -162,20 +203,25 @@ class McpRouter:
                 shared_links=self._links,
                 **{**self._aggregate_options, "name": name},
             )
-            self._bridges.append(bridge)
             target = bridge
         app = _wrap(target, middleware)
+        curation = spec.curation
         if curation is not None and curation.active:  # outermost: the stack's policies see the backend's names
             app = CurationMiddleware(app, curation=curation)
         else:
             curation = None
-        mount = Mount(name, backend, app, aggregate, bool(middleware) or curation is not None, path_mount, curation)
-        self.mounts[name] = mount
-        if (
-            middleware and path_mount
-        ):  # only a middleware (auth) can answer metadata; the backend never sees these requests
-            self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{name}"] = _wrap(_not_found, middleware)
-        self._aggregate = self._aggregate_entry = None  # rebuilt with the new member on first use
+        has_middleware = bool(middleware) or curation is not None
+        return Mount(
+            name,
+            backend,
+            InFlight(app),
+            spec.aggregate,
+            has_middleware,
+            spec.path_mount,
+            bridge,
+            tuple(middleware),
+            curation,
+        )
 
     @property
     def aggregate(self) -> AggregateServer:
@@ -295,20 +341,89 @@ class McpRouter:
         >>> #     async with router.lifespan():
         >>> #         yield
         """
-        async with contextlib.AsyncExitStack() as stack:
-            for mount in self.mounts.values():
-                await stack.enter_async_context(mount.backend.lifespan())
-            for bridge in self._bridges:
-                await stack.enter_async_context(bridge.lifespan())
-            for virtual in self.virtual_servers().values():
-                await stack.enter_async_context(virtual.lifespan())
-            if self.aggregate_path is not None:
-                await stack.enter_async_context(self.aggregate.lifespan())
-            self._running = True
-            try:
-                yield
-            finally:
-                self._running = False
+        try:
+            async with anyio.create_task_group() as group:
+                # Each lifespan is held by a task of its own: `apply` may close one while the others run.
+                held = self._held = HeldContexts(group)
+                self._held_group = group
+                try:
+                    for mount in self.mounts.values():
+                        await held.enter(mount.backend, mount.backend.lifespan())
+                    for bridge in self._bridges:
+                        await held.enter(bridge, bridge.lifespan())
+                    for virtual in self.virtual_servers().values():
+                        await held.enter(virtual, virtual.lifespan())
+                    if self.aggregate_path is not None:
+                        await held.enter(self.aggregate, self.aggregate.lifespan())
+                    self._running = True
+                    try:
+                        yield
+                    finally:
+                        self._running = False
+                finally:
+                    self._held = self._held_group = None
+                    await held.close()
+                    group.cancel_scope.cancel()  # retirements still draining: their backends are closed already
+        except BaseExceptionGroup as exc:  # one failure (a backend that cannot start): raised as itself
+            raise single(exc) from None
+
+    async def apply(self, changes: MountChanges, *, drain_timeout: float = 30.0) -> Applied:
+        """Mount, unmount and replace servers while the router runs (see :mod:`.registry`).
+
+        New backends start first (a failure raises and changes nothing); then every change takes
+        effect at once; clients are told which lists changed; a removed or replaced backend is
+        closed once its requests in flight finished, or after `drain_timeout` seconds.
+
+        >>> # applied = await router.apply(MountChanges(mount=[MountSpec("new", backend)], unmount=["old"]))
+        """
+        if self._applying is None:
+            self._applying = anyio.Lock()
+        async with self._applying:  # one change at a time: each is computed against the set the last one left
+            return await apply_changes(self, changes, drain_timeout)
+
+    def _swap(self, added: Sequence[Mount], retired: Sequence[Mount]) -> None:
+        """Take `retired` out and put `added` in: synchronous, so no request sees half of it."""
+        for mount in retired:
+            del self.mounts[mount.name]
+            self._prm.pop(f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}", None)
+            if mount.bridge is not None:
+                self._bridges.remove(mount.bridge)
+        for mount in added:
+            self.mounts[mount.name] = mount
+            if mount.has_middleware and mount.path_mount:
+                self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}"] = _wrap(
+                    _not_found, mount.middleware
+                )
+            if mount.bridge is not None:
+                self._bridges.append(mount.bridge)
+        if self._aggregate is not None and self.aggregate_path is not None:
+            members = {
+                mount.name: (mount.backend, mount.app, f"{self.prefix}/{mount.name}", _list_gate(mount.app))
+                for mount in added
+                if mount.aggregate
+            }
+            replace_members(self._aggregate, members, [mount.name for mount in retired])
+
+    async def _bridge_idle(self, name: str) -> None:
+        """Wait until the aggregate's SDK-bridged calls to server `name` ended (they are not counted per mount)."""
+        if self._aggregate is None or self.aggregate_path is None:
+            return
+        calls = self._aggregate.bridge._inflight
+        while True:  # the bridge keeps a list per server, no event: look again shortly
+            if not calls.get(name):
+                return
+            await anyio.sleep(0.05)
+
+    async def _close_retired(self, mount: Mount) -> None:
+        """Close a retired mount: the aggregate's sessions to it, its bridge, then its backend's lifespan."""
+        if self._aggregate is not None and self.aggregate_path is not None:
+            retire_member(self._aggregate, mount.backend)
+        held = self._held
+        if held is None:
+            return  # the router stopped meanwhile: everything is closed already
+        if mount.bridge is not None:
+            await held.exit(mount.bridge)
+        await held.exit(mount.backend)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

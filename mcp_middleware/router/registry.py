@@ -1,0 +1,353 @@
+"""Changing a running router's servers: mount, unmount and replace backends without a restart.
+
+:meth:`McpRouter.apply` takes a :class:`MountChanges` and, in this order:
+
+1. builds the new mounts and starts them (an in-process app's lifespan, a stdio command's bridge)
+   before anything can route to them; a backend that fails to start leaves the router unchanged;
+2. swaps them in, in one step with no `await` in between (the event loop runs one task at a time,
+   so no request ever sees half of the change): path mounts, RFC 9728 metadata, and the aggregate's
+   members, whose catalog forgets every changed server;
+3. tells connected clients `notifications/{tools,prompts,resources}/list_changed` for the families a
+   changed server offers or offered (legacy sessions on their stream, modern `subscriptions/listen`);
+4. retires what was replaced, in the background: a retired mount's requests in flight finish on
+   the old backend, which is closed (its lifespan left, its session or process ended) once they
+   have, or when `drain_timeout` runs out.
+
+Each backend's lifespan is held open by a task of its own (:class:`HeldContexts`), so one backend
+can be closed while the others run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Collection, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.abc
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ._links import BackendLink
+from .aggregate import AggregateServer, ListGate
+from .backends import Backend
+from .catalog import KINDS, Kind, _Listing
+from .curation import Curation
+
+if TYPE_CHECKING:
+    from .mounts import McpRouter, Mount, MountMiddleware
+
+__all__ = ["Applied", "HeldContexts", "InFlight", "MountChanges", "MountSpec", "single"]
+
+logger = logging.getLogger("mcp_middleware.router")
+
+_FAMILIES = ("tools", "prompts", "resources")
+_LIST_PATIENCE = 5.0
+"""Seconds the router waits for a new server's lists before telling clients (unknown = changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    """One server to mount: what :meth:`McpRouter.mount` takes, as a value."""
+
+    name: str
+    backend: Backend | ASGIApp
+    middleware: Sequence[MountMiddleware] = ()
+    aggregate: bool = True
+    path_mount: bool = True
+    curation: Curation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MountChanges:
+    """Servers to mount (a name already mounted is replaced) and names to unmount.
+
+    >>> from mcp.server.mcpserver import MCPServer
+    >>> from mcp_middleware.router import InProcessBackend
+    >>> changes = MountChanges(mount=[MountSpec("new", InProcessBackend(MCPServer("new").streamable_http_app()))],
+    ...                        unmount=["old"])
+    >>> # applied = await router.apply(changes)   # while the router runs
+    """
+
+    mount: Sequence[MountSpec] = ()
+    unmount: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one :meth:`McpRouter.apply` changed, and the list_changed families clients were told."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    replaced: tuple[str, ...]
+    notified: frozenset[str]
+
+
+class InFlight:
+    """A mount's stack, counting its POSTs in flight (what a retired mount waits for before it closes).
+
+    Long-lived GET streams and DELETEs are not counted: they end when the backend closes.
+    """
+
+    __slots__ = ("_idle", "app", "count")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.count = 0
+        self._idle: anyio.Event | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+            if not self.count and self._idle is not None:
+                self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once nothing is in flight."""
+        while self.count:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+
+class HeldContexts:
+    """Async context managers each held open by a task of its own, so that any one can be left alone.
+
+    (anyio cancel scopes must be left by the task that entered them: a backend entered by the
+    router's lifespan task could otherwise only be closed with all the others.)
+    """
+
+    def __init__(self, group: anyio.abc.TaskGroup) -> None:
+        self._group = group
+        self._held: dict[Hashable, tuple[anyio.Event, anyio.Event]] = {}
+        self._failures: list[BaseException] = []
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._held
+
+    async def enter(self, key: Hashable, context: contextlib.AbstractAsyncContextManager[object]) -> None:
+        """Enter `context` in a task of its own; its failure to enter is raised here."""
+        await self._group.start(self._hold, key, context)
+
+    async def exit(self, key: Hashable) -> None:
+        """Leave the context held under `key` (nothing when there is none) and wait until it is left."""
+        held = self._held.pop(key, None)
+        if held is not None:
+            held[0].set()
+            await held[1].wait()
+
+    async def close(self) -> None:
+        """Leave every held context, the last entered first; raise the first failure to leave one."""
+        for key in reversed(list(self._held)):
+            await self.exit(key)
+        if self._failures:
+            raise self._failures[0]
+
+    async def _hold(
+        self,
+        key: Hashable,
+        context: contextlib.AbstractAsyncContextManager[object],
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        stop, left = anyio.Event(), anyio.Event()
+        entered = False
+        try:
+            async with context:
+                entered = True
+                self._held[key] = (stop, left)
+                task_status.started()
+                await stop.wait()
+        except Exception as exc:
+            if not entered:
+                raise  # `enter` raises it
+            logger.warning("closing %r failed: %s", key, exc)  # a retired backend's trouble stays its own
+            self._failures.append(exc)
+        finally:
+            left.set()
+
+
+def single(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) one-member groups (a backend's lifespan runs in task groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+async def apply_changes(router: McpRouter, changes: MountChanges, drain_timeout: float) -> Applied:
+    """:meth:`McpRouter.apply`'s work (see the module docstring)."""
+    held = router._held
+    if held is None:
+        raise RuntimeError("apply() while the router runs (before it starts, use mount())")
+    unknown = sorted(set(changes.unmount) - set(router.mounts))
+    if unknown:
+        raise ValueError(f"not mounted: {', '.join(unknown)}")
+    names = [spec.name for spec in changes.mount]
+    if len(set(names)) != len(names) or set(names) & set(changes.unmount):
+        raise ValueError("each server may be named once in a change")
+    built = [router._build_mount(spec) for spec in changes.mount]
+    started: list[Hashable] = []
+    try:  # start the new backends before anything can route to them
+        for mount in built:
+            await held.enter(mount.backend, mount.backend.lifespan())
+            started.append(mount.backend)
+            if mount.bridge is not None:
+                await held.enter(mount.bridge, mount.bridge.lifespan())
+                started.append(mount.bridge)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            for key in reversed(started):
+                await held.exit(key)
+        raise single(exc) from None
+    replaced = tuple(sorted(name for name in names if name in router.mounts))
+    retired = [router.mounts[name] for name in (*changes.unmount, *replaced)]
+    affected = {mount.name for mount in retired} | {mount.name for mount in built}
+    aggregate = router._aggregate if router.aggregate_path is not None else None
+    offered = _offered(aggregate, affected) if aggregate is not None else {}
+    router._swap(built, retired)  # synchronous: no request sees half of the change
+    notified: frozenset[str] = frozenset()
+    if aggregate is not None:
+        new = [mount.name for mount in built if mount.aggregate]
+        notified = frozenset(family for family in _FAMILIES if offered.get(family, True))
+        notified |= await _offering(aggregate, new)
+        if notified:
+            aggregate.notifier.changed(notified)
+    if retired:
+        held_group = router._held_group
+        assert held_group is not None
+        held_group.start_soon(_retire, router, retired, drain_timeout)
+    added = tuple(sorted(name for name in names if name not in replaced))
+    return Applied(added, tuple(sorted(changes.unmount)), replaced, notified)
+
+
+def _offered(aggregate: AggregateServer, affected: set[str]) -> dict[str, bool]:
+    """Per family: whether an affected server offered items of it (True when the catalog does not know)."""
+    members = [name for name in affected if name in aggregate.backends]
+    found: dict[str, bool] = {}
+    for kind in KINDS:
+        merged = aggregate.catalog.current(kind)
+        unknown = merged is None or any(failure.server in members for failure in merged.failures)
+        offers = unknown or (merged is not None and any(server in members for server in merged.servers))
+        found[kind.change] = found.get(kind.change, False) or bool(members and offers)
+    return found
+
+
+async def _offering(aggregate: AggregateServer, servers: Sequence[str]) -> frozenset[str]:
+    """The families the new `servers` offer (fetched now, which also warms the catalog for the first calls)."""
+    if not servers:
+        return frozenset()
+    families: set[str] = set()
+
+    async def fetch(kind: Kind, server: str) -> None:
+        outcome = await aggregate.catalog._fetch(kind, server)
+        if not isinstance(outcome, _Listing) or outcome.items:
+            families.add(kind.change)  # it offers some, or could not say: tell clients to look
+
+    with anyio.move_on_after(_LIST_PATIENCE) as waited:
+        async with anyio.create_task_group() as group:
+            for kind in KINDS:
+                for server in servers:
+                    group.start_soon(fetch, kind, server)
+    if waited.cancelled_caught:
+        return frozenset(_FAMILIES)
+    return frozenset(families)
+
+
+async def _retire(router: McpRouter, retired: list[Mount], drain_timeout: float) -> None:
+    """Let the retired mounts' requests finish (bounded), then close their backends."""
+    with anyio.move_on_after(drain_timeout):
+        for mount in retired:
+            await mount.in_flight.idle()
+            await router._bridge_idle(mount.name)
+    for mount in retired:
+        left = mount.in_flight.count
+        if left:
+            logger.warning(
+                "server %r removed: %d request%s still in flight after %g s, closed",
+                mount.name,
+                left,
+                "s" if left != 1 else "",
+                drain_timeout,
+            )
+        await router._close_retired(mount)
+
+
+# --- the aggregate's side ------------------------------------------------------------------------
+
+Member = tuple[Backend, ASGIApp, str, ListGate | None]
+"""A server joining the aggregate while it runs: its backend, its stack, the stack's path, its list filter."""
+
+
+def replace_members(aggregate: AggregateServer, added: Mapping[str, Member], removed: Collection[str]) -> None:
+    """Take `removed` servers out of a running aggregate and put `added` in: synchronous (no request sees half).
+
+    The catalog forgets every changed server; legacy client sessions forget their sessions at them
+    (a replaced server opens new ones on next use). The sessions to removed backends stay open for
+    the requests in flight until :func:`retire_member`.
+    """
+    changed = {*removed, *added}
+    catalog = aggregate.catalog
+    for server in changed:
+        aggregate.backends.pop(server, None)
+        aggregate.gates.pop(server, None)
+        aggregate._stacks.pop(server, None)
+        aggregate._paths.pop(server, None)
+        link = aggregate._links.pop(server, None)
+        if link is not None:
+            aggregate._retired_links.append(link)
+        catalog.forget(server, frozenset(_FAMILIES))
+        catalog._cooling.pop(server, None)
+    for server, (backend, stack, path, gate) in added.items():
+        aggregate.backends[server] = backend
+        aggregate._stacks[server] = stack
+        aggregate._paths[server] = path
+        if gate is not None:
+            aggregate.gates[server] = gate
+        if aggregate._group is not None:
+            aggregate._links[server] = _member_link(aggregate, server, backend, aggregate._group)
+    catalog._merged.clear()  # names are resolved anew: a removed server's names answer "Unknown tool"
+    if aggregate.relay is not None:
+        for session in aggregate.relay.sessions:
+            for server in changed:
+                session.backends.pop(server, None)
+
+
+def retire_member(aggregate: AggregateServer, backend: Backend) -> None:
+    """Close the aggregate's sessions to a removed or replaced `backend` (its requests in flight ended)."""
+    kept = []
+    for link in aggregate._retired_links:
+        if link.backend is backend:
+            link.close()
+        else:
+            kept.append(link)
+    aggregate._retired_links = kept
+    legacy = aggregate.bridge._legacy_links
+    for key in [key for key, link in legacy.items() if link.backend is backend]:
+        legacy.pop(key).close()
+
+
+def _member_link(aggregate: AggregateServer, server: str, backend: Backend, group: anyio.abc.TaskGroup) -> BackendLink:
+    """The session to a member added while running: the bridge's (stdio), else one of the aggregate's own."""
+    link = aggregate._shared_links.get(server)
+    if link is None or link.backend is not backend:
+        link = BackendLink(
+            server,
+            backend,
+            group=group,
+            on_change=aggregate._backend_changed,
+            client_options=aggregate.bridge.relay_callbacks,
+        )
+        aggregate._shared_links[server] = link
+    else:
+        link.subscribe(aggregate._backend_changed)
+    link.on_resource_updated(aggregate._resource_updated)
+    return link
