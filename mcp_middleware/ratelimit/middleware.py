@@ -118,6 +118,7 @@ class RateLimitMiddleware:
         )
         self.headers = headers
         self.config = config
+        self._policy_fields: dict[tuple[str, int, int], bytes] = {}
         # Only limits keyed on the caller care where auth runs; a global or custom key does not.
         self._keys_on_caller = any(isinstance(p.key or self.limiter.key, CallerKey) for p in self.limiter.policies)
         self.outside_auth = OutsideAuth(
@@ -141,18 +142,33 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             await self._refuse(scope, send, request, verdict)
             return
-        if verdict.states:
-            tightest = _tightest(verdict.states)
+        states = verdict.states
+        if states:
+            tightest = states[0] if len(states) == 1 else _tightest(states)
             record_decision(
                 scope, Component.RATELIMIT, Outcome.ALLOW, policy=tightest.policy, remaining=tightest.remaining
             )
             if self.headers:
-                send = _with_headers(send, ratelimit_headers(verdict.states))
+                send = _with_headers(send, self._admitted_headers(states))
         elif verdict.degraded:
             record_decision(scope, Component.RATELIMIT, Outcome.ALLOW, reason="store-unavailable")
         await self.app(scope, receive, send)
         if unvouched:
             self.outside_auth.check(scope)
+
+    def _admitted_headers(self, states: tuple[PolicyState, ...]) -> list[tuple[bytes, bytes]]:
+        """:func:`ratelimit_headers`, the constant `RateLimit-Policy` of a lone policy built once."""
+        if len(states) != 1:
+            return ratelimit_headers(states)
+        (s,) = states
+        key = (s.policy, s.quota, s.window)
+        policy = self._policy_fields.get(key)
+        if policy is None:  # policies come from the config: the table stays as small as it is
+            policy = self._policy_fields[key] = f'"{s.policy}";q={s.quota};w={s.window}'.encode("ascii")
+        return [
+            (b"ratelimit-policy", policy),
+            (b"ratelimit", f'"{s.policy}";r={s.remaining};t={s.reset}'.encode("ascii")),
+        ]
 
     async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Admission) -> None:
         retry_ms = max(1, math.ceil(verdict.retry_after * 1000))

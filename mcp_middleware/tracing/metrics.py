@@ -64,6 +64,7 @@ from .semconv import (
     RPC_RESPONSE_STATUS_CODE,
     AttributeMap,
 )
+from .providers import ProviderWatch
 from .tally import Tally as _Tally
 
 try:  # the API's stand-in until a global provider is set: recording through it is a no-op
@@ -183,7 +184,7 @@ class McpMetrics:
         from mcp_middleware import __version__
 
         self._provider = meter_provider
-        self._active = None if meter_provider is None else _records(meter_provider)
+        self._active = ProviderWatch(otel_metrics.get_meter_provider, _records, meter_provider)
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
         self.names = KnownNames(max_names)
         self._errors = BoundedValues(max_names)
@@ -266,15 +267,9 @@ class McpMetrics:
 
     @property
     def active(self) -> bool:
-        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call
-        until one is: a global provider, once set, stays)."""
-        fixed = self._active
-        if fixed is not None:
-            return fixed
-        if _records(otel_metrics.get_meter_provider()):
-            self._active = True
-            return True
-        return False
+        """Whether recording does anything: an SDK meter provider is given or set globally (see
+        :mod:`.providers`)."""
+        return self._active()
 
     def record_operation(
         self,
