@@ -53,6 +53,7 @@ from mcp_middleware.core import (
     portable_name,
 )
 
+from .providers import ProviderWatch
 from .semconv import (
     DURATION_BUCKETS,
     ERROR_TYPE,
@@ -64,7 +65,6 @@ from .semconv import (
     RPC_RESPONSE_STATUS_CODE,
     AttributeMap,
 )
-from .providers import ProviderWatch
 from .tally import Tally as _Tally
 
 try:  # the API's stand-in until a global provider is set: recording through it is a no-op
