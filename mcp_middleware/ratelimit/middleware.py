@@ -67,8 +67,10 @@ class RateLimitMiddleware:
     Only JSON-RPC requests count (see docs/ratelimit.md): notifications, responses, GET
     streams and DELETEs pass untouched. A refused request gets HTTP 429, `Retry-After`,
     the IETF `RateLimit-Policy`/`RateLimit` fields, and a JSON-RPC error `-32014` with its
-    id and `data = {"retryAfterMs": …, "policy": …}`. Admitted requests carry the
-    `RateLimit` fields too unless `headers=False`. When the store fails, `failure="open"`
+    id and `data = {"retryAfterMs": …, "policy": …}`. With `headers=True`, admitted requests
+    carry the `RateLimit` fields too (off by default: MCP clients read the JSON-RPC error, not
+    the fields; two more response headers cost the server's HTTP layer more than the decision;
+    and every answer would tell the caller its budget and the policy's name). When the store fails, `failure="open"`
     admits (and counts it), `failure="closed"` answers 503 with JSON-RPC error `-32015`.
 
     >>> from mcp.server.mcpserver import MCPServer
@@ -96,7 +98,7 @@ class RateLimitMiddleware:
         ipv6_prefix: int = 64,
         namespace: str = "",
         failure: FailureMode = "open",
-        headers: bool = True,
+        headers: bool = False,
         config: CoreConfig = DEFAULT_CONFIG,
         on_store_error: Callable[[Exception], None] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
