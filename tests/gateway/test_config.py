@@ -176,5 +176,5 @@ def test_ratelimit_fields_on_admitted_answers_are_opt_in() -> None:
     policy = '[[ratelimit.policies]]\nname = "p"\nrate = 1\n'
     assert parse_config(base + policy).ratelimit.headers is False
     assert parse_config(base + "headers = true\n" + policy).ratelimit.headers is True
-    with pytest.raises(ConfigError, match="ratelimit.headers"):
+    with pytest.raises(ConfigError, match=r"ratelimit\.headers"):
         parse_config(base + 'headers = "yes"\n' + policy)
