@@ -170,27 +170,18 @@ def _declared_length(text: str | None) -> int | None:
     return int(text) if len(text) <= 18 else sys.maxsize
 
 
-def _read_headers(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, bool, bool]:
-    """One pass over the raw headers: the first `Host`, `Origin` and `Content-Length`, whether the request
-    is a CORS preflight, and whether its body is framed by `Content-Length` alone (no `Transfer-Encoding`)."""
-    host = origin = length = None
-    preflight = False
-    framed = True
-    for name, value in headers:
-        if name == b"host":
-            if host is None:
-                host = value.decode("latin-1")
-        elif name == b"origin":
-            if origin is None:
-                origin = value.decode("latin-1")
-        elif name == b"content-length":
-            if length is None:
-                length = value.decode("latin-1")
-        elif name == b"access-control-request-method":
-            preflight = True
-        elif name == b"transfer-encoding":
-            framed = False
-    return host, origin, length, preflight, framed
+def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, bool, bool]:
+    """The first `Host`, `Origin` and `Content-Length`, whether the request is a CORS preflight, and whether
+    its body is framed by `Content-Length` alone (no `Transfer-Encoding`): one C-level pass over the list."""
+    first = dict(reversed(headers))  # the first of repeated names wins, as a lookup by name would find it
+    host, origin, length = first.get(b"host"), first.get(b"origin"), first.get(b"content-length")
+    return (
+        host.decode("latin-1") if host is not None else None,
+        origin.decode("latin-1") if origin is not None else None,
+        length.decode("latin-1") if length is not None else None,
+        b"access-control-request-method" in first,
+        b"transfer-encoding" not in first,
+    )
 
 
 class _Exchange:
