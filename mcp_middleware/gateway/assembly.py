@@ -164,6 +164,7 @@ class Assembly:
                 ipv6_prefix=settings.ipv6_prefix,
                 namespace=namespace,
                 failure=settings.failure,
+                headers=settings.headers,
                 config=_EVERY_PATH,
             )
 

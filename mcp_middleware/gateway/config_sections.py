@@ -178,6 +178,7 @@ def ratelimit(reader: Reader) -> RateLimitSettings:
         failure=reader.string("failure", d.failure, choices=("open", "closed")),
         trusted_proxies=reader.strings("trusted_proxies", ()),
         ipv6_prefix=reader.integer("ipv6_prefix", d.ipv6_prefix, minimum=1, maximum=128),
+        headers=reader.boolean("headers", d.headers),
         policies=found,
     )
     reader.done()

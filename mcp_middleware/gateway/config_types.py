@@ -202,6 +202,8 @@ class RateLimitSettings:
     trusted_proxies: tuple[str, ...] = ()
     ipv6_prefix: int = option_default(RateLimitMiddleware, "ipv6_prefix")
     """Anonymous IPv6 callers share a bucket per network of this prefix (128 = per address)."""
+    headers: bool = option_default(RateLimitMiddleware, "headers")
+    """Admitted answers carry the `RateLimit`/`RateLimit-Policy` fields too (refusals always do)."""
     policies: tuple[Policy, ...] = ()
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 from collections.abc import Iterable
 
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import Component, ErrorCode, Outcome, record_decision, send_error
@@ -31,6 +31,10 @@ _ALLOW_HEADERS = (
     "Last-Event-ID, traceparent, tracestate, baggage"
 )
 _EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate, Retry-After, RateLimit, RateLimit-Policy"
+
+
+_REMEMBERED_HOSTS = 1024
+_REMEMBERED_HOST_LENGTH = 255
 
 
 def _patterns(values: Iterable[str]) -> tuple[re.Pattern[str], ...]:
@@ -71,11 +75,21 @@ class FrontDoorMiddleware:
         self.cors = cors
         self.max_body_size = max_body_size
         self.exempt_paths = frozenset(exempt_paths)
+        self._seen_hosts: dict[str, bool] = {}
 
     def host_allowed(self, host: str | None) -> bool:
         if self._any_host:
             return True
-        return host is not None and any(p.fullmatch(host.lower()) for p in self._hosts)
+        if host is None:
+            return False
+        allowed = self._seen_hosts.get(host)
+        if allowed is None:
+            allowed = any(p.fullmatch(host.lower()) for p in self._hosts)
+            if len(host) <= _REMEMBERED_HOST_LENGTH:  # client-chosen: short ones only, in a bounded table
+                if len(self._seen_hosts) >= _REMEMBERED_HOSTS:
+                    self._seen_hosts.clear()
+                self._seen_hosts[host] = allowed
+        return allowed
 
     def origin_allowed(self, origin: str) -> bool:
         return any(p.fullmatch(origin.lower()) for p in self._origins)
@@ -84,12 +98,11 @@ class FrontDoorMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        if scope["path"] not in self.exempt_paths and not self.host_allowed(headers.get("host")):
+        host, origin, length, preflight, framed = _read_headers(scope["headers"])
+        if scope["path"] not in self.exempt_paths and not self.host_allowed(host):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
             await self._refuse(scope, send, 421, "Host not allowed")
             return
-        origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
             await self._refuse(scope, send, 403, "Origin not allowed")
@@ -98,13 +111,18 @@ class FrontDoorMiddleware:
             await self.app(scope, receive, send)
             return
         cors = self.cors and origin is not None
-        if cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
+        if cors and preflight and scope["method"] == "OPTIONS":
             await self._preflight(send, origin or "")
             return
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_size:
+        declared = _declared_length(length)
+        if declared is not None and declared > self.max_body_size:
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
             await self._too_large(send)
+            return
+        if declared is not None and framed and not cors:
+            # The server frames the body by its declared length (HTTP/1.1 and HTTP/2 both refuse a body
+            # longer than Content-Length), which is within the limit: nothing to count, no CORS to add.
+            await self.app(scope, receive, send)
             return
         exchange = _Exchange(receive, send, self.max_body_size, origin if cors else None)
         try:
@@ -142,6 +160,28 @@ class FrontDoorMiddleware:
         ]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _declared_length(text: str | None) -> int | None:
+    """`Content-Length` as a number; None when absent or not ASCII digits (`"²".isdigit()` is True, and
+    `int()` refuses strings of over 4,300 digits: a length that long is simply too large)."""
+    if text is None or not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 18 else sys.maxsize
+
+
+def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, bool, bool]:
+    """The first `Host`, `Origin` and `Content-Length`, whether the request is a CORS preflight, and whether
+    its body is framed by `Content-Length` alone (no `Transfer-Encoding`): one C-level pass over the list."""
+    first = dict(reversed(headers))  # the first of repeated names wins, as a lookup by name would find it
+    host, origin, length = first.get(b"host"), first.get(b"origin"), first.get(b"content-length")
+    return (
+        host.decode("latin-1") if host is not None else None,
+        origin.decode("latin-1") if origin is not None else None,
+        length.decode("latin-1") if length is not None else None,
+        b"access-control-request-method" in first,
+        b"transfer-encoding" not in first,
+    )
 
 
 class _Exchange:

@@ -145,6 +145,12 @@ class RateLimiter:
         self.store: BucketStore = store if store is not None else MemoryBucketStore()
         # A store that decides without I/O (memory) is called directly: a coroutine fewer per request.
         self._sync = self.store.sync
+        # The usual setup (one bucket for every request, a store without I/O, no quota) has a path of its own.
+        self._lone: BucketPolicy | None = (
+            self._buckets[0]
+            if len(self._buckets) == 1 and self._buckets[0].everything and not self._quotas and self._sync is not None
+            else None
+        )
         self._digests: dict[str, str] = {}
         self.key: KeyFunction = key if key is not None else CallerKey()
         self.namespace = namespace
@@ -198,6 +204,9 @@ class RateLimiter:
 
     async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Admission:
         """Decide one request (`now` injects the bucket store's clock for tests)."""
+        lone = self._lone
+        if lone is not None:
+            return self._check_lone(lone, scope, request, now)
         every = self._every_bucket
         buckets = every if every is not None else self._matching(self._bucket_rules, request)
         quotas = self._matching(self._quota_rules, request) if self._quota_rules else []
@@ -253,6 +262,26 @@ class RateLimiter:
         except _STORE_ERRORS as exc:
             return self._degraded(exc)
         return tuple.__new__(Admission, (True, tuple(states), None, 0.0, False))
+
+    def _check_lone(self, policy: BucketPolicy, scope: Scope, request: McpRequest, now: float | None) -> Admission:
+        """:meth:`check` for one bucket policy matching every request on a synchronous store (no await)."""
+        sync = self._sync
+        assert sync is not None
+        take = tuple.__new__(BucketTake, (self._storage_key(policy, scope, request, {}), policy.bucket, policy.cost))
+        try:
+            (decision,) = sync.decide((take,), now)
+        except _STORE_ERRORS as exc:
+            return self._degraded(exc)
+        if self._down:
+            self._recovered()
+        reset = math.ceil(decision.reset_after - EPSILON)
+        if decision.allowed:
+            state = tuple.__new__(
+                PolicyState, (policy.name, policy.quota, policy.window, int(decision.remaining + EPSILON), reset)
+            )
+            return tuple.__new__(Admission, (True, (state,), None, 0.0, False))
+        state = PolicyState(policy.name, policy.quota, policy.window, 0, reset)
+        return Admission(False, (state,), policy.name, decision.retry_after)
 
     async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Admission | None:
         for policy, key in zip(quotas, keys, strict=True):

@@ -67,8 +67,10 @@ class RateLimitMiddleware:
     Only JSON-RPC requests count (see docs/ratelimit.md): notifications, responses, GET
     streams and DELETEs pass untouched. A refused request gets HTTP 429, `Retry-After`,
     the IETF `RateLimit-Policy`/`RateLimit` fields, and a JSON-RPC error `-32014` with its
-    id and `data = {"retryAfterMs": …, "policy": …}`. Admitted requests carry the
-    `RateLimit` fields too unless `headers=False`. When the store fails, `failure="open"`
+    id and `data = {"retryAfterMs": …, "policy": …}`. With `headers=True`, admitted requests
+    carry the `RateLimit` fields too (off by default: MCP clients read the JSON-RPC error, not
+    the fields; two more response headers cost the server's HTTP layer more than the decision;
+    and every answer would tell the caller its budget and the policy's name). When the store fails, `failure="open"`
     admits (and counts it), `failure="closed"` answers 503 with JSON-RPC error `-32015`.
 
     >>> from mcp.server.mcpserver import MCPServer
@@ -96,7 +98,7 @@ class RateLimitMiddleware:
         ipv6_prefix: int = 64,
         namespace: str = "",
         failure: FailureMode = "open",
-        headers: bool = True,
+        headers: bool = False,
         config: CoreConfig = DEFAULT_CONFIG,
         on_store_error: Callable[[Exception], None] | None = None,
         meter_provider: metrics.MeterProvider | None = None,
@@ -118,6 +120,7 @@ class RateLimitMiddleware:
         )
         self.headers = headers
         self.config = config
+        self._policy_fields: dict[tuple[str, int, int], bytes] = {}
         # Only limits keyed on the caller care where auth runs; a global or custom key does not.
         self._keys_on_caller = any(isinstance(p.key or self.limiter.key, CallerKey) for p in self.limiter.policies)
         self.outside_auth = OutsideAuth(
@@ -141,18 +144,33 @@ class RateLimitMiddleware:
         if not verdict.allowed:
             await self._refuse(scope, send, request, verdict)
             return
-        if verdict.states:
-            tightest = _tightest(verdict.states)
+        states = verdict.states
+        if states:
+            tightest = states[0] if len(states) == 1 else _tightest(states)
             record_decision(
                 scope, Component.RATELIMIT, Outcome.ALLOW, policy=tightest.policy, remaining=tightest.remaining
             )
             if self.headers:
-                send = _with_headers(send, ratelimit_headers(verdict.states))
+                send = _with_headers(send, self._admitted_headers(states))
         elif verdict.degraded:
             record_decision(scope, Component.RATELIMIT, Outcome.ALLOW, reason="store-unavailable")
         await self.app(scope, receive, send)
         if unvouched:
             self.outside_auth.check(scope)
+
+    def _admitted_headers(self, states: tuple[PolicyState, ...]) -> list[tuple[bytes, bytes]]:
+        """:func:`ratelimit_headers`, the constant `RateLimit-Policy` of a lone policy built once."""
+        if len(states) != 1:
+            return ratelimit_headers(states)
+        (s,) = states
+        key = (s.policy, s.quota, s.window)
+        policy = self._policy_fields.get(key)
+        if policy is None:  # policies come from the config: the table stays as small as it is
+            policy = self._policy_fields[key] = f'"{s.policy}";q={s.quota};w={s.window}'.encode("ascii")
+        return [
+            (b"ratelimit-policy", policy),
+            (b"ratelimit", f'"{s.policy}";r={s.remaining};t={s.reset}'.encode("ascii")),
+        ]
 
     async def _refuse(self, scope: Scope, send: Send, request: McpRequest, verdict: Admission) -> None:
         retry_ms = max(1, math.ceil(verdict.retry_after * 1000))

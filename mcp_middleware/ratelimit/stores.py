@@ -134,14 +134,15 @@ class MemoryBucketStore:
             now = self.clock()
         buckets = self._buckets
         # Forget up to two idle buckets per decision (least recently used first): O(1), and
-        # faster than callers can create them, so memory follows live callers.
-        for _ in range(2):
-            if not buckets:
-                break
+        # faster than callers can create them, so memory follows live callers. (Unrolled: hot path.)
+        if buckets:
             oldest = next(iter(buckets))
-            if buckets[oldest][2] > now:
-                break
-            del buckets[oldest]
+            if buckets[oldest][2] <= now:
+                del buckets[oldest]
+                if buckets:
+                    oldest = next(iter(buckets))
+                    if buckets[oldest][2] <= now:
+                        del buckets[oldest]
         if len(takes) == 1:  # the common case, without building lists of states
             key, bucket, cost = takes[0]
             entry = buckets.get(key)

@@ -53,6 +53,7 @@ from mcp_middleware.core import (
     portable_name,
 )
 
+from .providers import ProviderWatch
 from .semconv import (
     DURATION_BUCKETS,
     ERROR_TYPE,
@@ -78,6 +79,8 @@ SERVER_LABEL: Final = "mcp_middleware.server"
 """The backend that served the request: a configured server name, never a client's text."""
 _OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
+_AUTH, _RATELIMIT, _BREAKER, _CACHE = Component.AUTH, Component.RATELIMIT, Component.BREAKER, Component.CACHE
+_DENY, _OPEN, _EVICT = Outcome.DENY, Outcome.OPEN, Outcome.EVICT
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
 _MAX_SETS: Final = 4096
@@ -183,7 +186,7 @@ class McpMetrics:
         from mcp_middleware import __version__
 
         self._provider = meter_provider
-        self._active = None if meter_provider is None else _records(meter_provider)
+        self._active = ProviderWatch(otel_metrics.get_meter_provider, _records, meter_provider)
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
         self.names = KnownNames(max_names)
         self._errors = BoundedValues(max_names)
@@ -266,15 +269,9 @@ class McpMetrics:
 
     @property
     def active(self) -> bool:
-        """Whether recording does anything: an SDK meter provider is given or set globally (checked per call
-        until one is: a global provider, once set, stays)."""
-        fixed = self._active
-        if fixed is not None:
-            return fixed
-        if _records(otel_metrics.get_meter_provider()):
-            self._active = True
-            return True
-        return False
+        """Whether recording does anything: an SDK meter provider is given or set globally (see
+        :mod:`.providers`)."""
+        return self._active()
 
     def record_operation(
         self,
@@ -348,23 +345,25 @@ class McpMetrics:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
         component, outcome, details = decision
         self.decisions.count((component, outcome))
-        if component == Component.AUTH:
-            if outcome == Outcome.DENY:
+        # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the
+        # enum metaclass's `__getattr__` hook), and this runs for every decision of every request.
+        if component == _AUTH:
+            if outcome == _DENY:
                 reason = self._text(details.get("reason"))
                 self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
-        elif component == Component.RATELIMIT:
-            if outcome == Outcome.DENY:
+        elif component == _RATELIMIT:
+            if outcome == _DENY:
                 refusal: AttributeMap = {"mcp_middleware.policy": self._text(details.get("policy"))}
                 if isinstance(why := details.get("reason"), str):
                     refusal["mcp_middleware.reason"] = self._text(why)
                 self.ratelimit_refusals.add(1, refusal)
-        elif component == Component.BREAKER:
-            if outcome == Outcome.OPEN:
+        elif component == _BREAKER:
+            if outcome == _OPEN:
                 self.breaker_refusals.add(1, {"mcp_middleware.state": self._text(details.get("state"))})
-        elif component == Component.CACHE:
+        elif component == _CACHE:
             if outcome in _CACHE_LOOKUPS:
                 self.cache_lookups.add(1, {"mcp_middleware.outcome": outcome})
-            elif outcome == Outcome.EVICT:
+            elif outcome == _EVICT:
                 count = details.get("count", 1)
                 if type(count) is int and count > 0:
                     self.cache_evictions.add(count)

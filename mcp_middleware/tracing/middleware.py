@@ -52,6 +52,7 @@ from .context import (
 from .exchange import Exchange
 from .http_semconv import HttpConventions
 from .metrics import McpMetrics
+from .providers import ProviderWatch
 from .semconv import request_attributes, span_name
 
 __all__ = ["TracingMiddleware"]
@@ -152,20 +153,13 @@ class TracingMiddleware:
         self.http = HttpConventions()
         self._paths = BoundedValues(max_metric_names, max_length=128)
         self._tracer_provider = tracer_provider
-        self._tracing = None if tracer_provider is None else _records(tracer_provider)
+        self._tracing = ProviderWatch(trace.get_tracer_provider, _records, tracer_provider)
         self._tracer = trace.get_tracer("mcp_middleware.tracing", __version__, tracer_provider)
 
     @property
     def tracing(self) -> bool:
-        """Whether spans are recorded: an SDK tracer provider is given or set globally (checked per request
-        until one is: a global provider, once set, stays)."""
-        fixed = self._tracing
-        if fixed is not None:
-            return fixed
-        if _records(trace.get_tracer_provider()):
-            self._tracing = True
-            return True
-        return False
+        """Whether spans are recorded: an SDK tracer provider is given or set globally (see :mod:`.providers`)."""
+        return self._tracing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:

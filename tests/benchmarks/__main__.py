@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="bare,core",
         help="comma-separated apps of tests/benchmarks/apps.py, the baseline first (default bare,core)",
     )
+    parser.add_argument(
+        "--wire",
+        action="store_true",
+        help="instructions: count a uvicorn server loaded on loopback instead of in-process calls",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
     defaults: dict[str, Any] = (
@@ -130,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["e2e"] = e2e.as_dict()
     if args.only in (None, "instructions"):
-        low, high = (20, 70) if args.quick else (50, 250)
-        instructions = bench_instructions.main(apps=args.apps, low=low, high=high)
+        low, high = (20, 70) if args.quick else ((40, 200) if args.wire else (50, 250))
+        instructions = bench_instructions.main(apps=args.apps, low=low, high=high, wire=args.wire)
         results["instructions"] = instructions
     extra: dict[str, dict[str, Any]] = {}
     for name, module in components().items():

@@ -148,14 +148,23 @@ def count(apps: Sequence[str], low: int, high: int) -> list[Count]:
     ]
 
 
-def main(apps: Sequence[str] = ("bare", "core"), low: int = 50, high: int = 250) -> dict[str, Any] | None:
-    print(section("instructions per request (valgrind callgrind, deterministic)"))
+def main(
+    apps: Sequence[str] = ("bare", "core"), low: int = 50, high: int = 250, *, wire: bool = False
+) -> dict[str, Any] | None:
+    """Count each app in process, or with `wire` through a uvicorn server loaded on loopback (:mod:`.bench_wire`)."""
+    print(section(f"instructions per request{' over the wire' if wire else ''} (valgrind callgrind, deterministic)"))
     if shutil.which("valgrind") is None:
         print("  valgrind is not installed (apt-get install valgrind): skipped")
         return None
     started = time.perf_counter()
-    print(f"  in-process modern tools/call of echo; {low} and {high} requests per app, the difference counted")
-    counts = count(apps, low, high)
+    if wire:
+        from . import bench_wire
+
+        print(f"  uvicorn (h11) loaded by 4 connections; {low} and {high} modern tools/calls of echo, the difference")
+        counts = bench_wire.count(apps, low, high)
+    else:
+        print(f"  in-process modern tools/call of echo; {low} and {high} requests per app, the difference counted")
+        counts = count(apps, low, high)
     base = counts[0].per_request
     rows = [
         [c.app, f"{c.per_request:,.0f}", f"{c.per_request - base:+,.0f}", f"{base / c.per_request:.4f}"] for c in counts
@@ -163,6 +172,7 @@ def main(apps: Sequence[str] = ("bare", "core"), low: int = 50, high: int = 250)
     print(table(["app", "instructions/request", f"vs {counts[0].app}", f"{counts[0].app}/app"], rows))
     print(f"\n  instructions took {time.perf_counter() - started:.1f} s")
     return {
+        "wire": wire,
         "low": low,
         "high": high,
         "per_request": {c.app: c.per_request for c in counts},

@@ -169,3 +169,12 @@ def test_selectors_and_quotas_are_checked_by_the_parsers_the_middlewares_use() -
         ("breaker.timeouts.tools/call:", 21),
     }
     assert all("selector" in p.message or "rate" in p.message for p in failed.value.problems)
+
+
+def test_ratelimit_fields_on_admitted_answers_are_opt_in() -> None:
+    base = '[[servers]]\nname = "demo"\napp = "examples.gateway.demo:server"\n[ratelimit]\n'
+    policy = '[[ratelimit.policies]]\nname = "p"\nrate = 1\n'
+    assert parse_config(base + policy).ratelimit.headers is False
+    assert parse_config(base + "headers = true\n" + policy).ratelimit.headers is True
+    with pytest.raises(ConfigError, match=r"ratelimit\.headers"):
+        parse_config(base + 'headers = "yes"\n' + policy)

@@ -100,3 +100,68 @@ def test_a_streamed_body_over_the_limit_is_cut_off(serve: Callable[[ASGIApp], Se
     assert response.json()["error"]["code"] == -32010
     small = httpx2.post(f"{served.base}/upload", content=iter([b"x" * 400, b"y" * 400]))
     assert small.json() == {"size": 800}
+
+
+def _upload_app() -> ASGIApp:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def upload(request: Request) -> JSONResponse:
+        return JSONResponse({"size": len(await request.body())})
+
+    return Starlette(routes=[Route("/upload", upload, methods=["POST"])])
+
+
+def test_a_body_longer_than_its_declared_length_never_reaches_the_app(serve: Callable[[ASGIApp], Served]) -> None:
+    """The door does not count a body framed by Content-Length: the server stops at the declared length."""
+    import socket
+
+    served = serve(FrontDoorMiddleware(_upload_app(), max_body_size=1000))
+    host, port = served.base.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = f"POST /upload HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-length: 5\r\n\r\n".encode()
+        sock.sendall(head + b"x" * 5000)
+        answer = b""
+        while b'"size"' not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert b'{"size":5}' in answer  # the 4,995 bytes beyond are not this request's body
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("length", ["²", "9" * 5000, "1e3", "-1", ""])
+async def test_a_hostile_content_length_is_no_500(length: str) -> None:
+    """Not ASCII digits (`"²".isdigit()` is True), or too long for `int()`: refused or passed, never a crash."""
+    sent: list[dict[str, object]] = []
+    delivered = False
+
+    async def receive() -> dict[str, object]:
+        nonlocal delivered
+        if delivered:
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": b"x" * 10, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/upload",
+        "raw_path": b"/upload",
+        "root_path": "",
+        "query_string": b"",
+        "scheme": "http",
+        "http_version": "1.1",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"content-length", length.encode("latin-1"))],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await FrontDoorMiddleware(_upload_app(), max_body_size=1000)(scope, receive, send)  # type: ignore[arg-type]
+    [start] = [m for m in sent if m["type"] == "http.response.start"]
+    assert start["status"] == (413 if length == "9" * 5000 else 200)

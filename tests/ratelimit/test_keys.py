@@ -158,7 +158,7 @@ async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket(s
 
 async def test_authenticated_callers_have_their_own_buckets_and_a_flood_leaves_others_alone(serve: Any) -> None:
     app = RateLimitMiddleware(
-        build_server().streamable_http_app(), policies=[BucketPolicy("p", rate=0.001, capacity=2)]
+        build_server().streamable_http_app(), policies=[BucketPolicy("p", rate=0.001, capacity=2)], headers=True
     )
     served = serve(SubjectFromHeader(app))
     async with httpx2.AsyncClient() as http:
@@ -179,7 +179,9 @@ async def test_authenticated_callers_have_their_own_buckets_and_a_flood_leaves_o
 
 async def test_malformed_requests_consume_nothing(serve: Any) -> None:
     served = serve(
-        RateLimitMiddleware(build_server().streamable_http_app(), policies=[BucketPolicy("p", rate=0.001, capacity=3)])
+        RateLimitMiddleware(
+            build_server().streamable_http_app(), policies=[BucketPolicy("p", rate=0.001, capacity=3)], headers=True
+        )
     )
     modern = {"content-type": "application/json", "mcp-protocol-version": "2026-07-28", "accept": "application/json"}
     async with httpx2.AsyncClient() as http:

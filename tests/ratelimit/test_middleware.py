@@ -28,7 +28,7 @@ SLOW = 0.001
 
 
 def limited(**options: Any) -> ASGIApp:
-    return RateLimitMiddleware(build_server().streamable_http_app(), **options)
+    return RateLimitMiddleware(build_server().streamable_http_app(), **{"headers": True, **options})
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -71,12 +71,16 @@ async def test_refusal_is_429_with_retry_after_ietf_fields_and_the_request_id(se
     assert "Traceback" not in refused.text
 
 
-async def test_success_headers_can_be_turned_off(serve: Any) -> None:
-    served = serve(limited(policies=[BucketPolicy("p", rate=1, capacity=5)], headers=False))
+async def test_by_default_only_refusals_carry_the_ratelimit_fields(serve: Any) -> None:
+    app = RateLimitMiddleware(build_server().streamable_http_app(), policies=[BucketPolicy("p", rate=0.01, capacity=1)])
+    served = serve(app)
     async with httpx2.AsyncClient() as http:
-        response = await call_tool(http, served.mcp_url, "echo", {"text": "a"})
-    assert response.status_code == 200
-    assert "ratelimit" not in response.headers and "ratelimit-policy" not in response.headers
+        admitted = await call_tool(http, served.mcp_url, "echo", {"text": "a"})
+        refused = await call_tool(http, served.mcp_url, "echo", {"text": "b"})
+    assert admitted.status_code == 200
+    assert "ratelimit" not in admitted.headers and "ratelimit-policy" not in admitted.headers
+    assert refused.status_code == 429
+    assert refused.headers["ratelimit-policy"] == '"p";q=1;w=100' and refused.headers["ratelimit"].startswith('"p";r=0')
 
 
 async def test_a_request_must_pass_every_matching_policy_and_a_refusal_consumes_nothing(serve: Any) -> None:
