@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,11 @@ def test_without_a_token_the_gateway_challenges(gateway: tuple[Gateway, Served])
 def test_operations_endpoints(gateway: tuple[Gateway, Served]) -> None:
     _, served = gateway
     assert httpx2.get(f"{served.base}/healthz").json()["status"] == "ok"
+    deadline = time.monotonic() + 30  # the stdio child may still be starting on a loaded machine: not ready yet
     ready = httpx2.get(f"{served.base}/readyz")
+    while ready.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        ready = httpx2.get(f"{served.base}/readyz")
     assert ready.status_code == 200, ready.text
     assert set(ready.json()["checks"]) == {"backends", "breakers", "stores"}
     metrics = httpx2.get(f"{served.base}/metrics")

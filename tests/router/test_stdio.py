@@ -24,7 +24,7 @@ SCRIPT = str(Path(__file__).with_name("stdio_server.py"))
 def stdio_backend(state: Path) -> StdioBackend:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
     return StdioBackend(
-        sys.executable, [SCRIPT, str(state)], env=env, timeout=3, restart_delay=0.2, health_interval=0.3
+        sys.executable, [SCRIPT, str(state)], env=env, timeout=10, restart_delay=0.2, health_interval=0.3
     )
 
 
@@ -72,7 +72,7 @@ async def test_what_a_wrapper_started_ends_with_each_session_and_at_shutdown(tmp
     helper = "sleep 300 </dev/null >/dev/null 2>&1 &"
     script = f"{helper} exec {shlex.join([sys.executable, SCRIPT, str(tmp_path / 'generation')])}"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    backend = StdioBackend("sh", ["-c", script], env=env, timeout=3, restart_delay=0.2, health_interval=0.3)
+    backend = StdioBackend("sh", ["-c", script], env=env, timeout=10, restart_delay=0.2, health_interval=0.3)
     router = McpRouter(list_ttl=60)
     router.mount("local", backend)
     with serve_app(router) as served:
