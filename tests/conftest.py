@@ -20,10 +20,15 @@ from typing import Any, Literal
 
 import pytest
 import uvicorn
+from hypothesis import settings as hypothesis_settings
 from mcp import Client
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.support import processes
+
+# No per-example deadline: the suite asserts behaviour, never time, and a loaded machine is slow.
+hypothesis_settings.register_profile("mcp-middleware", deadline=None)
+hypothesis_settings.load_profile("mcp-middleware")
 
 Era = Literal["modern", "legacy"]
 ERAS: tuple[Era, ...] = ("modern", "legacy")
