@@ -8,6 +8,7 @@ finished with an error event for the request.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import TYPE_CHECKING, NamedTuple
@@ -206,13 +207,42 @@ class Call:
     async def _attempt(self) -> Fault | None:
         """Call the inner app once; how it failed, or `None` if it answered."""
         timeout = self.route.timeout
-        cancel: anyio.CancelScope | None = None
-        slot: int | None = None
+        deadline = self.middleware.deadlines.start(timeout) if timeout is not None else None
+        if deadline is None:  # no timeout, or not on asyncio (then an anyio deadline scope)
+            return await self._attempt_scoped(timeout)
         try:
-            if timeout is None:
+            await self.middleware.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            deadline.finish()
+            if not deadline.expired or deadline.cancelled_elsewhere:
+                raise  # not (only) the deadline's: shutdown, an outer timeout, the server
+            return None if self.completed else Fault.TIMEOUT
+        except Exception as exc:
+            deadline.finish()
+            if self.completed:
+                return None  # it failed after answering: the client has its response
+            if deadline.expired:
+                return Fault.TIMEOUT  # it broke while being cancelled: still a timeout
+            return self._failed(exc)
+        except BaseException:
+            deadline.finish()
+            raise
+        else:
+            deadline.finish()
+        finally:
+            self.closed = True
+        if self.completed:
+            return None
+        return Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+
+    async def _attempt_scoped(self, seconds: float | None) -> Fault | None:
+        """An attempt without a deadline, or (off asyncio) inside an anyio deadline scope."""
+        cancel: anyio.CancelScope | None = None
+        try:
+            if seconds is None:
                 await self.middleware.app(self.scope, self.receive, self.send)
             else:
-                cancel, slot = self.middleware.deadlines.scope(timeout)
+                cancel = anyio.CancelScope(deadline=anyio.current_time() + seconds)
                 with cancel:
                     await self.middleware.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -220,18 +250,19 @@ class Call:
                 return None  # it failed after answering: the client has its response
             if cancel is not None and cancel.cancel_called:
                 return Fault.TIMEOUT  # it broke while being cancelled: still a timeout
-            self.error = exc
-            logger.warning("MCP backend %s failed on %s", self.backend, self.request.method, exc_info=exc)
-            return Fault.EXCEPTION
+            return self._failed(exc)
         finally:
             self.closed = True
-            if cancel is not None:
-                self.middleware.deadlines.release(cancel, slot)
         if self.completed:
             return None
         if cancel is not None and cancel.cancelled_caught:
             return Fault.TIMEOUT
         return Fault.DROPPED
+
+    def _failed(self, exc: Exception) -> Fault:
+        self.error = exc
+        logger.warning("MCP backend %s failed on %s", self.backend, self.request.method, exc_info=exc)
+        return Fault.EXCEPTION
 
     async def _judge_abandoned(self) -> tuple[Fault | None, Classification, ResponseOutcome]:
         """The client disconnected before the response ended.
