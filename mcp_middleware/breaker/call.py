@@ -19,6 +19,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, ResponseTap, SseParser, record_decision
 from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import answer_failure, cancel_legacy_request, describe, end_stream, is_plain_sse, refuse
 from .classify import FailureClassifier, Fault
@@ -96,7 +97,7 @@ class Call:
         self.forward = send
         """Where the response goes: the server's `send`, an outer tap's, or (once one is needed) a tap's own."""
         # An outer middleware's tap already watches this response: share what it learns.
-        tap = ResponseTap.current(scope, request)
+        tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
         if tap is None and type(middleware.classifier) is not FailureClassifier:
             tap, self.forward = ResponseTap.attach(scope, send, request, max_bytes=middleware.config.max_inspect_bytes)
         self.tap = tap
@@ -201,7 +202,9 @@ class Call:
             kept = self._kept
             result = error = None
             if self._ended and kept:
-                result, error = find_response([b"".join(kept)] if self._watch == JSON_BODY else kept, self.request.id)
+                if self._watch == JSON_BODY:
+                    kept = [kept[0] if len(kept) == 1 else b"".join(kept)]
+                result, error = find_response(kept, self.request.id)
             if fault is not None:
                 return Classification.FAILURE, status, result, error
             assert type(classifier) is FailureClassifier
