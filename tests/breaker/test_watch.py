@@ -10,16 +10,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx2
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mcp import MCPError
+from mcp.server.mcpserver import MCPServer
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.breaker import BreakerPolicy, CircuitBreakerMiddleware, FailureClassifier
-from mcp_middleware.core import CoreConfig, ResponseTap
+from mcp_middleware.core import CoreConfig, McpCoreMiddleware, ResponseOutcome, ResponseTap
+from tests.conftest import ERAS, Era, Served, connect
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
+from tests.support.waiting import held_within
+
+from .backends import BackendLog, build_backend
 
 REQUEST_ID = 41
 
@@ -226,3 +233,50 @@ def test_the_usual_response_is_watched_without_a_tap(monkeypatch: pytest.MonkeyP
     made.clear()
     asyncio.run(_judge(CASES["json result"], 4096, tap=True))
     assert len(made) == 1  # a custom classifier is given a tap's outcome
+
+
+@pytest.mark.anyio
+async def test_a_result_larger_than_the_bound_streams_whole_and_counts_as_a_success(serve: Any) -> None:
+    """A real server's answer larger than `max_inspect_bytes`: every byte reaches the client, nothing is parsed."""
+    server = MCPServer("big")
+
+    @server.tool()
+    def big(size: int) -> str:
+        return "z" * size
+
+    app = CircuitBreakerMiddleware(server.streamable_http_app(), config=CoreConfig(max_inspect_bytes=64 * 1024))
+    served: Served = serve(app)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        response = await http.post(
+            served.mcp_url,
+            content=modern_body("tools/call", {"name": "big", "arguments": {"size": 1_000_000}}, 3),
+            headers=modern_headers("tools/call", "big"),
+        )
+    assert response.status_code == 200
+    assert response.json()["result"]["content"][0]["text"] == "z" * 1_000_000
+    assert await held_within(lambda: app.registry.snapshot()["/mcp"].window_calls == 1)
+    assert app.registry.snapshot()["/mcp"].window_failures == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("era", ERAS)
+async def test_an_outer_tap_is_shared_not_doubled(era: Era, serve: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a middleware that taps every response (the core with an outcome hook), the breaker reads that tap."""
+    made: list[int] = []
+    original = ResponseTap.__init__
+
+    def counting(self: ResponseTap, *args: Any, **kwargs: Any) -> None:
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResponseTap, "__init__", counting)
+    log = BackendLog(fail_times=1000)
+    outcomes: list[ResponseOutcome] = []
+    breaker = CircuitBreakerMiddleware(build_backend(log).streamable_http_app())
+    served: Served = serve(McpCoreMiddleware(breaker, on_outcome=lambda request, outcome: outcomes.append(outcome)))
+    async with connect(served.mcp_url, era) as client:
+        await client.list_tools()
+        with pytest.raises(MCPError):
+            await client.call_tool("flaky", {"text": "x"})  # -32603: a failure, read from the shared tap
+        assert await held_within(lambda: breaker.registry.snapshot()["/mcp"].window_failures == 1)
+    assert len(made) == len(outcomes)  # one tap per request, the outer one
