@@ -235,3 +235,38 @@ async def test_without_anyio_task_states_each_call_gets_a_deadline_scope(
     assert response.status_code == 504
     assert response.json() == timeout_answer(2)
     assert backend.events == ["cancelled"]
+
+
+async def test_deadlines_never_fire_early_and_leave_nothing_behind() -> None:
+    """The wheel itself: each overdue task is cancelled no sooner than its deadline; finished calls and swept
+    slots leave no bucket, heap entry or pending cancellation behind."""
+    from mcp_middleware.breaker.timeouts import Deadlines
+
+    deadlines = Deadlines(tick=0.01)
+    loop = asyncio.get_running_loop()
+    cancelled_at: dict[float, float] = {}
+
+    async def overdue(seconds: float) -> None:
+        started = loop.time()
+        deadline = deadlines.start(seconds)
+        assert deadline is not None
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled_at[seconds] = loop.time() - started
+        finally:
+            deadline.finish()
+        assert deadline.expired and not deadline.cancelled_elsewhere
+
+    async def quick() -> None:
+        deadline = deadlines.start(0.05)
+        assert deadline is not None
+        await asyncio.sleep(0)
+        deadline.finish()
+        assert not deadline.expired
+
+    await asyncio.gather(*(quick() for _ in range(200)), overdue(0.15), overdue(0.05), overdue(0.1))
+    assert sorted(cancelled_at) == [0.05, 0.1, 0.15]
+    assert all(elapsed >= seconds - 1e-6 for seconds, elapsed in cancelled_at.items()), cancelled_at
+    await asyncio.sleep(0.1)  # every slot has fallen due
+    assert deadlines._slots == {} and deadlines._due == [] and deadlines._handle is None
