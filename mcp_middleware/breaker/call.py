@@ -1,36 +1,30 @@
 """One guarded request: its attempts under a timeout, the verdict it earns, and what the client gets.
 
-The inner app's response streams to the client through the core's tap (never held back).
-When the backend fails before anything was sent, the client gets a JSON-RPC error (or, for
-a safe request, another attempt); when it breaks off a started SSE response, the stream is
-finished with an error event for the request.
+The inner app's response streams to the client through the breaker's one `send` (never held
+back), which also keeps what the classifier needs (see :mod:`.watch`); a tap attached by an
+outer middleware is shared instead, and a custom classifier gets a tap of its own. When the
+backend fails before anything was sent, the client gets a JSON-RPC error (or, for a safe
+request, another attempt); when it breaks off a started SSE response, the stream is finished
+with an error event for the request (see :mod:`.answers`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
-import orjson
 from starlette.types import Message, Receive, Scope, Send
 
-from mcp_middleware.core import (
-    Era,
-    ErrorCode,
-    McpRequest,
-    ResponseOutcome,
-    ResponseTap,
-    error_body,
-    record_decision,
-    send_error,
-)
+from mcp_middleware.core import McpRequest, ResponseTap, SseParser, record_decision
 from mcp_middleware.core.decisions import Component, Outcome
-from mcp_middleware.core.protocol import is_event_stream
+from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
-from .classify import Fault
+from .answers import answer_failure, cancel_legacy_request, describe, end_stream, is_plain_sse, refuse
+from .classify import FailureClassifier, Fault
 from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification
+from .watch import CONTENT_TYPES, JSON_BODY, MAX_CANDIDATES, NOT_WATCHED, SSE_BODY, find_response, watchable
 
 if TYPE_CHECKING:
     from .middleware import CircuitBreakerMiddleware
@@ -38,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["Call", "Route"]
 
 logger = logging.getLogger("mcp_middleware.breaker")
+
+_UNDECIDED = -1
+"""The watch mode before the response starts (when the breaker watches it itself)."""
 
 
 class Route(NamedTuple):
@@ -54,8 +51,14 @@ class Call:
     """One guarded request: its attempts, what was sent, and whether the client is still there."""
 
     __slots__ = (
-        "_downstream",
+        "_ended",
+        "_kept",
+        "_limit",
         "_receive",
+        "_size",
+        "_sse",
+        "_truncated",
+        "_watch",
         "backend",
         "body_consumed",
         "breaker",
@@ -63,6 +66,7 @@ class Call:
         "closed",
         "completed",
         "error",
+        "forward",
         "middleware",
         "replay",
         "request",
@@ -90,9 +94,21 @@ class Call:
         self.breaker = breaker
         self.backend = backend
         self.route = route
-        self.tap, self._downstream = ResponseTap.attach(
-            scope, send, request, max_bytes=middleware.config.max_inspect_bytes
-        )
+        self.forward = send
+        """Where the response goes: the server's `send`, an outer tap's, or (once one is needed) a tap's own."""
+        # An outer middleware's tap already watches this response: share what it learns.
+        tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
+        if tap is None and type(middleware.classifier) is not FailureClassifier:
+            tap, self.forward = ResponseTap.attach(scope, send, request, max_bytes=middleware.config.max_inspect_bytes)
+        self.tap = tap
+        self._limit = middleware.config.max_inspect_bytes
+        self._watch = NOT_WATCHED if tap is not None else _UNDECIDED
+        self._kept: list[bytes] = []
+        """The JSON body's parts, or the SSE events that can be the response (bounded as the tap bounds them)."""
+        self._size = 0
+        self._sse: SseParser | None = None
+        self._truncated = False
+        self._ended = False
         self.start: Message | None = None
         self.completed = False
         self.closed = False
@@ -130,13 +146,81 @@ class Call:
     async def send(self, message: Message) -> None:
         if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
             return
-        kind = message["type"]
-        if kind == "http.response.body":
-            if not message.get("more_body", False):
+        if message["type"] == "http.response.body":
+            more = message.get("more_body", False)
+            if not more:
                 self.completed = True
-        elif kind == "http.response.start":
+            await self.forward(message)  # forward first: watching never delays the client
+            if self._watch > NOT_WATCHED:
+                self._watch_body(message.get("body", b""), more)
+            return
+        if message["type"] == "http.response.start":
             self.start = message
-        await self._downstream(message)
+            if self._watch == _UNDECIDED:
+                self._watch = watchable(message)
+                if self._watch == NOT_WATCHED:  # an error answer, another type, a compressed body: the tap's rules
+                    tap = self.tap = ResponseTap(self.forward, self.request, max_bytes=self._limit)
+                    self.forward = tap.send
+                elif self._watch == SSE_BODY:
+                    self._sse = SseParser(self._limit)
+        await self.forward(message)
+
+    def _watch_body(self, body: bytes, more: bool) -> None:
+        """Keep what can be the response, as the tap keeps it (see :mod:`.watch`)."""
+        if self._watch == JSON_BODY:
+            if not self._truncated:
+                self._size += len(body)
+                if self._size > self._limit:
+                    self._kept, self._truncated = [], True
+                elif body:
+                    self._kept.append(body)
+        else:
+            sse = self._sse
+            assert sse is not None
+            for event, data in sse.feed(body, final=not more):
+                # Only an event naming "result" or "error" can be the response; progress is not kept.
+                if event == "message" and (b'"result"' in data or b'"error"' in data):
+                    if len(self._kept) == MAX_CANDIDATES:
+                        del self._kept[0]
+                    self._kept.append(data)
+            if sse.truncated:
+                self._truncated = True
+        if not more:
+            self._ended = True
+
+    def _verdict(
+        self, fault: Fault | None
+    ) -> tuple[Classification, int | None, dict[str, Any] | None, dict[str, Any] | None]:
+        """`(verdict, status, result, error)`: what the classifier makes of the attempt."""
+        tap = self.tap
+        classifier = self.middleware.classifier
+        if tap is None:  # watched here (the default classifier): the tap's view, without a tap
+            start = self.start
+            if start is None:
+                return Classification.FAILURE, None, None, None  # (a fault, or nothing at all: both failures)
+            status: int | None = start["status"]
+            kept = self._kept
+            result = error = None
+            if self._ended and kept:
+                if self._watch == JSON_BODY:
+                    kept = [kept[0] if len(kept) == 1 else b"".join(kept)]
+                result, error = find_response(kept, self.request.id)
+            if fault is not None:
+                return Classification.FAILURE, status, result, error
+            assert type(classifier) is FailureClassifier
+            verdict = classifier.judge(status, CONTENT_TYPES[self._watch], self._truncated, result, error)
+            return verdict, status, result, error
+        status, result, error = tap.status, tap.result, tap.error
+        if type(classifier) is FailureClassifier:
+            if fault is not None:
+                return Classification.FAILURE, status, result, error
+            return classifier.judge(status, tap.content_type, tap.truncated, result, error), status, result, error
+        try:
+            verdict = classifier(self.request, tap.outcome(), fault)
+        except Exception:  # a broken custom classifier must not leak the permit (a half-open probe slot)
+            logger.exception("circuit breaker classifier failed; the call counts as neutral")
+            verdict = Classification.NEUTRAL
+        return verdict, status, result, error
 
     # --- the request --------------------------------------------------------------------------
 
@@ -146,7 +230,7 @@ class Call:
         while True:
             permit = breaker.acquire()
             if permit is None:
-                await self._refuse()
+                await refuse(self)
                 return
             if breaker.state is BreakerState.CLOSED:  # (literal strings: Enum.value is slow on the hot path)
                 record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
@@ -158,25 +242,21 @@ class Call:
                 breaker.record(permit, Classification.NEUTRAL)
                 raise
             if self.client_gone and fault is not Fault.TIMEOUT:
-                fault, verdict, outcome = await self._judge_abandoned()
+                fault = None
+                verdict, status, result, error = await self._judge_abandoned()
             else:
-                outcome = self.tap.outcome()
-                verdict = self._classify(outcome, fault)
+                verdict, status, result, error = self._verdict(fault)
             breaker.record(permit, verdict)
             if verdict is not Classification.SUCCESS:
-                reason = fault.value if fault is not None else _describe(outcome.status, outcome.error_code)
+                reason = fault.value if fault is not None else describe(status, error)
                 record_decision(
                     scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=attempt
                 )
             retry = middleware.retry
-            if retry is not None and retry.learn_annotations and request.method == "tools/list":
-                result = outcome.result
-                if result is not None:
-                    middleware.registry.learn_tools(self.backend, result.get("tools"))
+            if retry is not None and retry.learn_annotations and request.method == "tools/list" and result is not None:
+                middleware.registry.learn_tools(self.backend, result.get("tools"))
             if fault is Fault.TIMEOUT:
-                timeout_ms = int((self.route.timeout or 0.0) * 1000)
-                record_decision(scope, Component.BREAKER, Outcome.TIMEOUT, key=breaker.key, timeout_ms=timeout_ms)
-                await self._cancel_legacy_request()
+                await self._timed_out()
             if fault is None or self.client_gone:
                 return
             if self.start is None:
@@ -197,22 +277,56 @@ class Call:
                     self.replay = True
                     self.error = None
                     continue
-                await self._answer_failure(fault)
+                await answer_failure(self, fault)
                 return
             if not self.completed:
-                await self._end_stream(fault)
+                await end_stream(self, fault)
             return
+
+    async def _timed_out(self) -> None:
+        timeout_ms = int((self.route.timeout or 0.0) * 1000)
+        record_decision(self.scope, Component.BREAKER, Outcome.TIMEOUT, key=self.breaker.key, timeout_ms=timeout_ms)
+        await cancel_legacy_request(self)
 
     async def _attempt(self) -> Fault | None:
         """Call the inner app once; how it failed, or `None` if it answered."""
         timeout = self.route.timeout
-        cancel: anyio.CancelScope | None = None
-        slot: int | None = None
+        deadline = self.middleware.deadlines.start(timeout) if timeout is not None else None
+        if deadline is None:  # no timeout, or not on asyncio (then an anyio deadline scope)
+            return await self._attempt_scoped(timeout)
         try:
-            if timeout is None:
+            await self.middleware.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            deadline.finish()
+            if not deadline.expired or deadline.cancelled_elsewhere:
+                raise  # not (only) the deadline's: shutdown, an outer timeout, the server
+            return None if self.completed else Fault.TIMEOUT
+        except Exception as exc:
+            deadline.finish()
+            if self.completed:
+                return None  # it failed after answering: the client has its response
+            if deadline.expired:
+                return Fault.TIMEOUT  # it broke while being cancelled: still a timeout
+            return self._failed(exc)
+        except BaseException:
+            deadline.finish()
+            raise
+        else:
+            deadline.finish()
+        finally:
+            self.closed = True
+        if self.completed:
+            return None
+        return Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+
+    async def _attempt_scoped(self, seconds: float | None) -> Fault | None:
+        """An attempt without a deadline, or (off asyncio) inside an anyio deadline scope."""
+        cancel: anyio.CancelScope | None = None
+        try:
+            if seconds is None:
                 await self.middleware.app(self.scope, self.receive, self.send)
             else:
-                cancel, slot = self.middleware.deadlines.scope(timeout)
+                cancel = anyio.CancelScope(deadline=anyio.current_time() + seconds)
                 with cancel:
                     await self.middleware.app(self.scope, self.receive, self.send)
         except Exception as exc:
@@ -220,42 +334,40 @@ class Call:
                 return None  # it failed after answering: the client has its response
             if cancel is not None and cancel.cancel_called:
                 return Fault.TIMEOUT  # it broke while being cancelled: still a timeout
-            self.error = exc
-            logger.warning("MCP backend %s failed on %s", self.backend, self.request.method, exc_info=exc)
-            return Fault.EXCEPTION
+            return self._failed(exc)
         finally:
             self.closed = True
-            if cancel is not None:
-                self.middleware.deadlines.release(cancel, slot)
         if self.completed:
             return None
         if cancel is not None and cancel.cancelled_caught:
             return Fault.TIMEOUT
         return Fault.DROPPED
 
-    async def _judge_abandoned(self) -> tuple[Fault | None, Classification, ResponseOutcome]:
+    def _failed(self, exc: Exception) -> Fault:
+        self.error = exc
+        logger.warning("MCP backend %s failed on %s", self.backend, self.request.method, exc_info=exc)
+        return Fault.EXCEPTION
+
+    async def _judge_abandoned(
+        self,
+    ) -> tuple[Classification, int | None, dict[str, Any] | None, dict[str, Any] | None]:
         """The client disconnected before the response ended.
 
         A client often closes an SSE stream as soon as it holds its response, before
         the server's final empty message: finish the stream (nobody reads it any
-        more) so the tap can judge the response that was delivered. Without one,
-        the abandoned call says nothing about the backend.
+        more) so the response that was delivered can be judged. Without one, the
+        abandoned call says nothing about the backend.
         """
         start = self.start
-        if start is not None and not self.completed and _is_plain_sse(start):
+        if start is not None and not self.completed and is_plain_sse(start):
             self.completed = True
-            await self._downstream({"type": "http.response.body", "body": b"", "more_body": False})
-        outcome = self.tap.outcome()
-        if outcome.result is None and outcome.error is None:
-            return None, Classification.NEUTRAL, outcome
-        return None, self._classify(outcome, None), outcome
-
-    def _classify(self, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
-        try:
-            return self.middleware.classifier(self.request, outcome, fault)
-        except Exception:  # a broken custom classifier must not leak the permit (a half-open probe slot)
-            logger.exception("circuit breaker classifier failed; the call counts as neutral")
-            return Classification.NEUTRAL
+            await self.forward({"type": "http.response.body", "body": b"", "more_body": False})
+            if self._watch > NOT_WATCHED:
+                self._watch_body(b"", False)
+        verdict, status, result, error = self._verdict(None)
+        if result is None and error is None:
+            return Classification.NEUTRAL, status, result, error
+        return verdict, status, result, error
 
     def _may_retry(self, attempt: int) -> bool:
         retry = self.middleware.retry
@@ -271,115 +383,3 @@ class Call:
             and name is not None
             and self.middleware.registry.is_repeatable(self.backend, name)
         )
-
-    # --- what the client gets when it does not get the backend's answer ------------------------
-
-    async def _refuse(self) -> None:
-        breaker = self.breaker
-        state = breaker.state
-        wait = breaker.retry_after()
-        seconds = max(1, math.ceil(wait))
-        wait_ms = math.ceil(wait * 1000) if state is BreakerState.OPEN else seconds * 1000
-        record_decision(
-            self.scope, Component.BREAKER, Outcome.OPEN, state=state.value, key=breaker.key, retry_after_ms=wait_ms
-        )
-        what = "circuit is open" if state is BreakerState.OPEN else "circuit is testing recovery"
-        await send_error(
-            self._downstream,
-            status=503,
-            code=ErrorCode.UNAVAILABLE,
-            message=f"Backend unavailable ({what}); retry in {seconds} s",
-            request_id=self.request.id,
-            data={"retryAfterMs": wait_ms, "breaker": breaker.key, "state": state.value},
-            headers={"Retry-After": str(seconds)},
-        )
-
-    def _failure(self, fault: Fault) -> tuple[int, ErrorCode, str, dict[str, int] | None]:
-        if fault is Fault.TIMEOUT:
-            timeout = self.route.timeout or 0.0
-            return (
-                504,
-                ErrorCode.TIMEOUT,
-                f"Backend did not answer within {timeout:g} s",
-                {"timeoutMs": int(timeout * 1000)},
-            )
-        if fault is Fault.EXCEPTION:
-            return 502, ErrorCode.BAD_GATEWAY, "Backend failed while handling the request", None
-        return 502, ErrorCode.BAD_GATEWAY, "Backend closed the response without answering", None
-
-    async def _answer_failure(self, fault: Fault) -> None:
-        status, code, message, data = self._failure(fault)
-        await send_error(
-            self._downstream, status=status, code=code, message=message, request_id=self.request.id, data=data
-        )
-
-    async def _end_stream(self, fault: Fault) -> None:
-        """Complete a response that broke off: an SSE stream gets a final error event for the request."""
-        start = self.start
-        assert start is not None
-        if _is_plain_sse(start):
-            _, code, message, data = self._failure(fault)
-            event = b"event: message\r\ndata: " + error_body(code, message, self.request.id, data) + b"\r\n\r\n"
-            await self._downstream({"type": "http.response.body", "body": event, "more_body": False})
-            return
-        # A JSON (or compressed) body cannot be finished honestly: the connection must drop.
-        if self.error is not None:
-            raise self.error
-        raise RuntimeError(f"MCP backend {self.backend} broke off a response ({fault.value}) after it started")
-
-    async def _cancel_legacy_request(self) -> None:
-        """Tell a legacy session that the timed-out request is cancelled.
-
-        A legacy (2025-era) server runs the handler in its session, not in the HTTP
-        request, so cancelling the request leaves the tool running: the spec's
-        `notifications/cancelled` stops it. Modern servers cancel with the request.
-        """
-        request = self.request
-        if request.era is not Era.LEGACY or request.session_id is None or request.method == "initialize":
-            return
-        body = orjson.dumps(
-            {
-                "jsonrpc": "2.0",
-                "method": "notifications/cancelled",
-                "params": {"requestId": request.id, "reason": "timeout"},
-            }
-        )
-        dropped = (b"content-length", b"mcp-method", b"mcp-name")
-        headers = [(k, v) for k, v in self.scope["headers"] if k not in dropped]
-        headers.append((b"content-length", str(len(body)).encode("latin-1")))
-        # A fresh scope: the request view, tap and decisions of this request must not leak into it.
-        scope = {k: v for k, v in self.scope.items() if not k.startswith("mcp_middleware.")}
-        scope["headers"] = headers
-        sent = False
-
-        async def receive() -> Message:
-            nonlocal sent
-            if sent:
-                await anyio.sleep_forever()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        async def discard(message: Message) -> None:
-            return None
-
-        with anyio.move_on_after(1.0):
-            try:
-                await self.middleware.app(scope, receive, discard)
-            except Exception:
-                logger.warning("could not cancel timed-out request %r on %s", request.id, self.backend, exc_info=True)
-
-
-def _is_plain_sse(start: Message) -> bool:
-    sse = False
-    for key, value in start.get("headers", ()):
-        if key == b"content-type":
-            sse = is_event_stream(value)
-        elif key == b"content-encoding" and value.strip().lower() != b"identity":
-            return False
-    return sse
-
-
-def _describe(status: int | None, code: int | None) -> str:
-    if code is not None:
-        return f"jsonrpc_{code}"
-    return f"http_{status}" if status is not None else "no_response"

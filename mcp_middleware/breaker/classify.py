@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode, McpRequest, ResponseOutcome
 
@@ -81,26 +82,34 @@ class FailureClassifier:
     def __call__(self, request: McpRequest, outcome: ResponseOutcome, fault: Fault | None) -> Classification:
         if fault is not None:
             return Classification.FAILURE
-        status = outcome.status
+        return self.judge(outcome.status, outcome.content_type, outcome.truncated, outcome.result, outcome.error)
+
+    def judge(
+        self,
+        status: int | None,
+        content_type: str | None,
+        truncated: bool,
+        result: dict[str, Any] | None,
+        error: dict[str, Any] | None,
+    ) -> Classification:
+        """The verdict on a response the app answered (no fault), from the parts of the outcome it reads."""
         if status is None:
             return Classification.FAILURE
         if status >= 500:
             return Classification.FAILURE
         if status >= 400:
             return Classification.NEUTRAL
-        error = outcome.error
         if error is not None:
-            code = outcome.error_code
-            if code is None:
+            code = error.get("code")
+            if not isinstance(code, int):
                 return Classification.FAILURE  # a malformed error object is the server's fault
             if code == JsonRpcCode.INTERNAL_ERROR or code in self.extra_failure_codes:
                 return Classification.FAILURE
             if -32099 <= code <= -32000 and code not in self.neutral_codes:
                 return Classification.FAILURE
             return Classification.NEUTRAL
-        result = outcome.result
         if result is None:
-            if outcome.truncated or status != 200 or outcome.content_type is None:
+            if truncated or status != 200 or content_type is None:
                 return Classification.SUCCESS  # nothing to look at (202, a body too large to inspect): trust the status
             return Classification.FAILURE  # a 200 that ended without the response: the stream broke off
         if self.count_tool_errors and result.get("isError") is True:

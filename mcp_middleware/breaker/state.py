@@ -180,6 +180,8 @@ class CircuitBreaker:
         "_bucket_width",
         "_clock",
         "_consecutive",
+        "_current_index",
+        "_current_slot",
         "_generation",
         "_listeners",
         "_open_until",
@@ -220,6 +222,9 @@ class CircuitBreaker:
         self._bucket_index = [-1] * buckets
         self._bucket_calls = [0] * buckets
         self._bucket_failures = [0] * buckets
+        self._current_index: int | None = None
+        self._current_slot = 0
+        """The bucket counted in last (its index and slot): the next count is most likely there too."""
 
     # --- admission -------------------------------------------------------------------------
 
@@ -265,9 +270,12 @@ class CircuitBreaker:
             return
         state = self._state
         if state is BreakerState.CLOSED:
-            if verdict is Classification.SUCCESS:
+            if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
                 self._consecutive = 0
-                self._count(False)
+                if int(self._clock() // self._bucket_width) == self._current_index:
+                    self._bucket_calls[self._current_slot] += 1
+                else:
+                    self._count(False)
             elif verdict is Classification.FAILURE:
                 self._consecutive += 1
                 self._count(True)
@@ -289,6 +297,7 @@ class CircuitBreaker:
             self._bucket_index[slot] = index
             self._bucket_calls[slot] = 0
             self._bucket_failures[slot] = 0
+        self._current_index, self._current_slot = index, slot
         self._bucket_calls[slot] += 1
         if failed:
             self._bucket_failures[slot] += 1
@@ -327,6 +336,7 @@ class CircuitBreaker:
             self._bucket_index[slot] = -1  # (-1 is inside the window while the clock reads < one bucket)
             self._bucket_calls[slot] = 0
             self._bucket_failures[slot] = 0
+        self._current_index = None
         self._change(BreakerState.CLOSED, reason)
 
     def _change(self, state: BreakerState, reason: str, open_for: float = 0.0) -> None:

@@ -2,18 +2,32 @@
 
 A timed-out call is cancelled and answered with a JSON-RPC error (see :mod:`.call`); a legacy
 session is also told `notifications/cancelled`, since its handler does not run in the request.
+
+On asyncio a call opens no cancel scope: a :class:`Deadline` only notes the call's task in the
+slot of the tick it falls due in, and removes it when the call ends. When a slot falls due, its
+tasks are cancelled the way anyio's cancel scopes cancel them (never inside a shielded scope, never
+while a finished wait is being resumed, again if the cancellation was swallowed), and the call
+tells its own cancellation from any other by the task's cancellation count. Elsewhere (trio), or
+if anyio's task states cannot be read, each call gets an anyio deadline scope instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
+from weakref import WeakKeyDictionary
 
-import anyio
+__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadline", "Deadlines"]
 
-__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadlines"]
+_anyio_task_states: WeakKeyDictionary[asyncio.Task[Any], Any] | None
+try:  # anyio's record of each asyncio task's innermost cancel scope (read only when a deadline falls due)
+    from anyio._backends._asyncio import _task_states as _anyio_task_states
+except ImportError:  # pragma: no cover - a future anyio: every call gets a cancel scope
+    _anyio_task_states = None
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
     {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
@@ -25,55 +39,129 @@ DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
 DEFAULT_EXCLUDE: tuple[str, ...] = ("subscriptions/listen",)
 """Passed straight through by default: a long-lived stream would hold a half-open probe slot for its whole life."""
 
+TIMEOUT_REASON = "mcp_middleware.breaker: deadline exceeded"
+"""The message of the cancellation a deadline delivers."""
+
+
+class Deadline:
+    """One call's deadline on asyncio: see :meth:`Deadlines.start`, then :meth:`finish` when the call ends.
+
+    `expired`: the deadline fell due while the call ran (its task was, or was about to be, cancelled).
+    """
+
+    __slots__ = ("_base", "_bucket", "_cancelling", "_cancels", "_deadlines", "_task", "done", "expired")
+
+    def __init__(
+        self, deadlines: Deadlines, task: asyncio.Task[Any], base: object, bucket: dict[Deadline, None]
+    ) -> None:
+        self._deadlines = deadlines
+        self._task = task
+        self._base = base
+        """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
+        self._bucket = bucket
+        self._cancelling = task.cancelling()
+        self._cancels = 0
+        self.expired = False
+        self.done = False
+
+    def finish(self) -> None:
+        """The call has ended: forget the deadline and take back the cancellations it delivered."""
+        self.done = True
+        del self._bucket[self]  # (an empty bucket stays until its tick: no dict made and dropped per call)
+        cancels = self._cancels
+        while cancels:
+            self._task.uncancel()
+            cancels -= 1
+
+    @property
+    def cancelled_elsewhere(self) -> bool:
+        """Someone else also cancelled the task during the call (call after :meth:`finish`)."""
+        return self._task.cancelling() > self._cancelling
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._bucket = {self: None}  # (out of the swept slot; `finish` still finds itself)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Cancel the task as an anyio cancel scope around the call would; try again until the call ends."""
+        if self.done:
+            return
+        task = self._task
+        if task.done():
+            return
+        loop = self._deadlines._loop
+        assert loop is not None
+        if task._must_cancel:  # type: ignore[attr-defined]  # a cancellation is on its way already
+            loop.call_later(self._deadlines.tick, self._deliver)
+            return
+        waiter = task._fut_waiter  # type: ignore[attr-defined]
+        if (isinstance(waiter, asyncio.Future) and waiter.done()) or self._shielded():
+            # A finished wait is about to resume (cancelling now would lose its result), or the task
+            # is inside a shielded scope: anyio would not cancel it now either; try on the next turn.
+            loop.call_soon(self._deliver)
+            return
+        task.cancel(TIMEOUT_REASON)
+        self._cancels += 1
+        loop.call_later(self._deadlines.tick, self._deliver)  # again if the call swallows it
+
+    def _shielded(self) -> bool:
+        states = _anyio_task_states
+        state = states.get(self._task) if states is not None else None
+        scope = state.cancel_scope if state is not None else None
+        base = self._base
+        while scope is not None and scope is not base:
+            if scope._shield:
+                return True
+            scope = scope._parent_scope
+        return False
+
 
 class Deadlines:
     """Cancels overdue calls with one timer for all of them.
 
-    A timer per request (`anyio.move_on_after`) costs more than the rest of the
-    breaker together; instead each call's cancel scope (without a deadline of its
-    own) joins the slot of the first tick at or after its deadline, and one loop
-    timer, armed for the earliest slot, cancels whole slots as they fall due. A call
-    is cancelled at most one tick late. Off asyncio, each call gets a deadline scope.
+    A timer or a cancel scope per request costs more than the rest of the breaker
+    together; instead each call's :class:`Deadline` joins the slot of the first tick
+    at or after its deadline, and one loop timer, armed for the earliest slot,
+    expires whole slots as they fall due. A call is cancelled at most one tick late.
+    :meth:`start` answers `None` off asyncio: the caller then opens an anyio deadline scope.
     """
 
-    __slots__ = ("_armed", "_handle", "_loop", "_scope_class", "_slots", "tick")
+    __slots__ = ("_armed", "_due", "_handle", "_loop", "_slots", "tick")
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
-        self._slots: dict[int, dict[anyio.CancelScope, None]] = {}
+        self._slots: dict[int, dict[Deadline, None]] = {}
+        self._due: list[int] = []
+        """The slots (tick numbers) of `_slots`, as a heap."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0
-        self._scope_class: type[anyio.CancelScope] = anyio.CancelScope
-        """The running backend's own cancel scope class (`anyio.CancelScope()` looks the backend up on each call)."""
 
-    def scope(self, seconds: float) -> tuple[anyio.CancelScope, int | None]:
-        """A cancel scope that is cancelled `seconds` from now (give the slot back to :meth:`release`)."""
+    def start(self, seconds: float) -> Deadline | None:
+        """A deadline `seconds` from now for the current task's call (`None`: not on asyncio)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return anyio.CancelScope(deadline=anyio.current_time() + seconds), None
+            return None
         if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
-            self._loop, self._slots, self._handle = loop, {}, None
-            self._scope_class = type(anyio.CancelScope())
-        cancel = self._scope_class()
+            if _anyio_task_states is None:
+                return None
+            self._loop, self._slots, self._due, self._handle = loop, {}, [], None
+        task = asyncio.current_task(loop)
+        if task is None:
+            return None
         slot = math.ceil((loop.time() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = bucket = {}
-        bucket[cancel] = None
-        if self._handle is None or slot < self._armed:
-            self._arm(loop, slot)
-        return cancel, slot
-
-    def release(self, cancel: anyio.CancelScope, slot: int | None) -> None:
-        if slot is None:
-            return
-        bucket = self._slots.get(slot)
-        if bucket is not None:
-            bucket.pop(cancel, None)
-            if not bucket:
-                del self._slots[slot]
+            heapq.heappush(self._due, slot)
+            if self._handle is None or slot < self._armed:
+                self._arm(loop, slot)
+        state = _anyio_task_states.get(task)  # type: ignore[union-attr]  # (checked when the loop was taken)
+        deadline = Deadline(self, task, state.cancel_scope if state is not None else None, bucket)
+        bucket[deadline] = None
+        return deadline
 
     def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         if self._handle is not None:
@@ -87,8 +175,9 @@ class Deadlines:
         if loop is None:
             return
         due = loop.time() / self.tick + 1e-9
-        for slot in [slot for slot in self._slots if slot <= due]:
-            for cancel in self._slots.pop(slot):
-                cancel.cancel("timeout")
-        if self._slots:
-            self._arm(loop, min(self._slots))
+        heap = self._due
+        while heap and heap[0] <= due:
+            for deadline in list(self._slots.pop(heapq.heappop(heap))):
+                deadline._expire()
+        if heap:
+            self._arm(loop, heap[0])

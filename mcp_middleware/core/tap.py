@@ -246,6 +246,13 @@ class ResponseTap:
         scope[TAP_SCOPE_KEY] = weakref.ref(tap)
         return tap, tap.send
 
+    @classmethod
+    def current(cls, scope: Scope, request: McpRequest) -> ResponseTap | None:
+        """The tap an outer middleware attached for `request`, if any (attaches nothing)."""
+        ref = scope.get(TAP_SCOPE_KEY)
+        existing: ResponseTap | None = ref() if ref is not None else None
+        return existing if existing is not None and existing._request is request else None
+
     @property
     def started(self) -> bool:
         """`http.response.start` has been sent."""
