@@ -23,11 +23,28 @@ from weakref import WeakKeyDictionary
 
 __all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadline", "Deadlines"]
 
-_anyio_task_states: WeakKeyDictionary[asyncio.Task[Any], Any] | None
-try:  # anyio's record of each asyncio task's innermost cancel scope (read only when a deadline falls due)
-    from anyio._backends._asyncio import _task_states as _anyio_task_states
-except ImportError:  # pragma: no cover - a future anyio: every call gets a cancel scope
-    _anyio_task_states = None
+
+def _anyio_internals() -> WeakKeyDictionary[asyncio.Task[Any], Any] | None:
+    """anyio's record of each asyncio task's innermost cancel scope, if every internal the wheel reads when a
+    deadline falls due is where this code expects it (checked once, at import); else None: every call then
+    gets an anyio deadline scope, as before, and a newer anyio or Python can never leave a call uncancelled."""
+    try:
+        from anyio._backends._asyncio import CancelScope, TaskState, _task_states
+    except ImportError:  # pragma: no cover - a future anyio
+        return None
+    scope = CancelScope()
+    usable = (
+        isinstance(_task_states, WeakKeyDictionary)
+        and "cancel_scope" in getattr(TaskState, "__slots__", ())
+        and hasattr(scope, "_shield")
+        and hasattr(scope, "_parent_scope")
+        and hasattr(asyncio.Task, "_must_cancel")
+        and hasattr(asyncio.Task, "_fut_waiter")
+    )
+    return _task_states if usable else None
+
+
+_anyio_task_states = _anyio_internals()
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
     {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}

@@ -270,3 +270,16 @@ async def test_deadlines_never_fire_early_and_leave_nothing_behind() -> None:
     assert all(elapsed >= seconds - 1e-6 for seconds, elapsed in cancelled_at.items()), cancelled_at
     await asyncio.sleep(0.1)  # every slot has fallen due
     assert deadlines._slots == {} and deadlines._due == [] and deadlines._handle is None
+
+
+def test_the_wheel_reads_anyio_internals_only_where_it_finds_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installed anyio has what the wheel reads; one that moved a piece gets a deadline scope per call."""
+    import anyio._backends._asyncio as anyio_asyncio
+
+    assert timeouts_module._anyio_internals() is anyio_asyncio._task_states
+
+    class MovedTaskState:  # a future anyio whose task state no longer holds `cancel_scope`
+        __slots__ = ("parent_id",)
+
+    monkeypatch.setattr(anyio_asyncio, "TaskState", MovedTaskState)
+    assert timeouts_module._anyio_internals() is None
