@@ -68,6 +68,8 @@ class AuditTrail:
         self.redactor = Redactor(redact)
         self.queue_size = queue_size
         self.max_pending_bytes = max_pending_bytes
+        self.offered = 0
+        """Operations handed to `submit` (written, waiting, or dropped)."""
         self.dropped = 0
         """Operations not recorded because the queue was full (a running total)."""
         self.written = 0
@@ -106,6 +108,7 @@ class AuditTrail:
 
     def submit(self, operation: Operation) -> bool:
         """Queue one operation for the writer; never blocks. False (and counted) when it had to be dropped."""
+        self.offered += 1
         if self._thread is None:
             self.start()
         weight = operation.weight
@@ -155,11 +158,16 @@ class AuditTrail:
         """Wait until the writer has opened the sinks and written its `audit.start` record."""
         return self._ready.wait(timeout)
 
+    @property
+    def pending(self) -> int:
+        """Operations queued or being written."""
+        return self._queue.unfinished_tasks
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (blocking: not on the event loop) until every queued operation is written."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if self.pending == 0:
                 return True
             time.sleep(0.01)
         return False

@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,13 +161,33 @@ def _check(
     return None, record
 
 
-def backup_files(path: Path | str, *, limit: int = 10_000) -> list[Path]:
-    """`path`'s rotated files oldest first, then `path` itself: `audit.jsonl.3`, `.2`, `.1`, `audit.jsonl`."""
+def backup_files(path: Path | str) -> list[Path]:
+    """`path`'s rotated files oldest first, then `path` itself: `audit.jsonl.3`, `.2`, `.1`, `audit.jsonl`.
+
+    Every `path.N` found is taken (not only `.1` up to the first gap), so a lost file in the middle
+    breaks the chain where it was instead of silently shortening it.
+    """
     path = Path(path)
-    backups: list[Path] = []
-    for number in range(1, limit + 1):
-        candidate = path.with_name(f"{path.name}.{number}")
-        if not candidate.exists():
-            break
-        backups.append(candidate)
-    return [*reversed(backups), path]
+    numbered: list[tuple[int, Path]] = []
+    for candidate in path.parent.glob(f"{glob.escape(path.name)}.*"):
+        suffix = candidate.name[len(path.name) + 1 :]
+        if suffix.isdigit():
+            numbered.append((int(suffix), candidate))
+    return [found for _, found in sorted(numbered, reverse=True)] + [path]
+
+
+def verify_command(files: Sequence[Path], *, with_backups: bool = False) -> int:
+    """`mcp-gateway audit verify FILE…`: print the summary; 0 intact, 1 broken, 2 a file that cannot be read."""
+    import sys
+
+    chosen = [found for path in files for found in (backup_files(path) if with_backups else [path])]
+    missing = [path for path in chosen if not path.is_file()]
+    if missing:
+        print(f"{missing[0]}: no such file", file=sys.stderr)
+        return 2
+    verification = verify_files(chosen)
+    if verification.ok:
+        print(verification.summary())
+        return 0
+    print(verification.summary(), file=sys.stderr)
+    return 1

@@ -19,6 +19,7 @@ from mcp_middleware.auth import StaticTokenVerifier
 from mcp_middleware.ratelimit import BucketPolicy
 from tests.conftest import ERAS, Era, Served, serve_app
 from tests.servers import build_server
+from tests.audit.support import settled
 from tests.support.requests import ENVELOPE, modern_body, modern_headers
 
 pytestmark = pytest.mark.anyio
@@ -71,7 +72,7 @@ async def test_calls_and_lists_are_recorded_once_each_and_the_chain_verifies(tmp
             assert not result.is_error
             failed = await session.call_tool("failing", {"reason": "boom"})
             assert failed.is_error
-        assert trail.flush()
+        await settled(trail, 4)
     records = read_records(tmp_path / "audit.jsonl")
     assert records[0]["event"] == "audit.start" and records[0]["resumed"] is False and records[0]["seq"] == 0
     ops = operations(records)
@@ -113,7 +114,7 @@ async def test_refusals_are_recorded_with_who_refused(tmp_path: Path) -> None:
             # A notification is not an operation.
             note = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized", "params": {"_meta": {}}})
             await http.post(served.mcp_url, content=note, headers=modern_headers("notifications/initialized"))
-        assert trail.flush()
+        await settled(trail, 4)
     ops = operations(read_records(tmp_path / "audit.jsonl"))
     assert [op["outcome"]["class"] for op in ops] == ["refused", "refused", "ok", "refused"]
     assert [op["outcome"].get("by") for op in ops] == ["auth", "auth", None, "ratelimit"]
@@ -137,7 +138,7 @@ async def test_values_are_redacted_at_any_depth_and_bounded(tmp_path: Path) -> N
                 body = modern_body("tools/call", {"name": "echo", "arguments": arguments})
                 response = await http.post(served.mcp_url, content=body, headers=modern_headers("tools/call", "echo"))
                 assert response.status_code == 200
-        assert trail.flush()
+        await settled(trail, 2)
     raw = (tmp_path / "audit.jsonl").read_text()
     assert "hunter2" not in raw and "s3cr3t" not in raw
     small, huge = operations([orjson.loads(line) for line in raw.splitlines()])
@@ -165,7 +166,7 @@ async def test_the_digest_is_of_the_arguments_not_of_how_they_were_written(tmp_p
             ):
                 response = await http.post(served.mcp_url, content=text, headers=modern_headers("tools/call", "echo"))
                 assert response.status_code == 200
-        assert trail.flush()
+        await settled(trail, 2)
     first, second = operations(read_records(tmp_path / "audit.jsonl"))
     assert first["arguments"]["digest"] == second["arguments"]["digest"]
     assert first["request_id"] == 1 and second["request_id"] == 2
