@@ -31,10 +31,12 @@ from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
+from .config_audit import audit
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
 from .config_servers import server
 from .config_types import (
     AggregateSettings,
+    AuditSettings,
     AuthSettings,
     BreakerSettings,
     CacheSettings,
@@ -51,6 +53,7 @@ from .validation import quota_storage_problem
 
 __all__ = [
     "AggregateSettings",
+    "AuditSettings",
     "AuthSettings",
     "BreakerSettings",
     "CacheSettings",
@@ -105,11 +108,12 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         breaker=sections.breaker(top.table("breaker")) if "breaker" in data else BreakerSettings(),
         cache=sections.cache(top.table("cache")) if "cache" in data else CacheSettings(),
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
+        audit=audit(top.table("audit")) if "audit" in data else AuditSettings(),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
     )
-    top.seen.update({"breaker", "cache", "tracing"})
+    top.seen.update({"breaker", "cache", "tracing", "audit"})
     top.done()
     problems += _across_sections(config, problems)
     if problems:

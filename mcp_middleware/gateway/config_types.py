@@ -20,10 +20,12 @@ from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
 from mcp_middleware.router import HttpBackend, NamingPolicy
 
+from .config_audit import AuditSettings
 from .toml_reader import Lines, Problem
 
 __all__ = [
     "AggregateSettings",
+    "AuditSettings",
     "AuthSettings",
     "BreakerSettings",
     "CacheSettings",
@@ -245,6 +247,8 @@ class GatewayConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    """`[audit]` (see `config_audit.py`): off unless the section names a file or `otel = true`."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

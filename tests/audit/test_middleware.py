@@ -17,9 +17,9 @@ from mcp_middleware import stack
 from mcp_middleware.audit import AuditMiddleware, AuditTrail, JsonlFileSink, verify_files
 from mcp_middleware.auth import StaticTokenVerifier
 from mcp_middleware.ratelimit import BucketPolicy
+from tests.audit.support import settled
 from tests.conftest import ERAS, Era, Served, serve_app
 from tests.servers import build_server
-from tests.audit.support import settled
 from tests.support.requests import ENVELOPE, modern_body, modern_headers
 
 pytestmark = pytest.mark.anyio

@@ -6,6 +6,7 @@ does to the file what an attacker (or a broken disk) would, and reads what the v
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -129,14 +130,18 @@ async def test_the_chain_goes_on_across_rotated_files(tmp_path: Path, capsys: py
     with served_trail(trail) as served:
         await call_echo(served, 30)
         await settled(trail, 30)
-    files = sorted(tmp_path.glob("audit.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+    check_rotated(path, capsys)
+
+
+def check_rotated(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = sorted(path.parent.glob("audit.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
     assert len(files) >= 3, files
     assert all(p.stat().st_size <= 2048 for p in [*files, path])
     every = [*files, path]
     records = read_records(*every)
     assert [r["seq"] for r in records] == list(range(len(records))) and len(records) == 31
     # The first record of each newer file names the last record of the file before it.
-    for older, newer in zip(every, every[1:], strict=False):
+    for older, newer in itertools.pairwise(every):
         assert read_records(newer)[0]["prev"] == read_records(older)[-1]["hash"]
 
     code, said = verify(capsys, "--with-backups", str(path))
