@@ -32,7 +32,7 @@ from mcp_middleware.core import (
     read_request,
 )
 
-from .record import Operation
+from .record import Operation, outcome_fields
 from .trail import AuditTrail
 
 __all__ = ["AUDITED_SCOPE_KEY", "AuditMiddleware", "ServerName"]
@@ -87,6 +87,8 @@ class AuditMiddleware:
             raise
         finally:
             del scope[AUDITED_SCOPE_KEY]
+            decisions = get_decisions(scope)
+            outcome = tap.outcome()
             self.trail.submit(
                 Operation(
                     started=started,
@@ -94,9 +96,9 @@ class AuditMiddleware:
                     principal=get_principal(scope),
                     backend=self.server_name(scope) if self.server_name is not None else None,
                     path=scope["path"],
-                    decisions=get_decisions(scope),
-                    outcome=tap.outcome(),
-                    exception=exception,
+                    decisions=decisions,
+                    outcome=outcome_fields(outcome, decisions, exception),
+                    duration=outcome.duration,
                     trace_id=context.trace_id if context.is_valid else 0,
                     span_id=context.span_id if context.is_valid else 0,
                 )

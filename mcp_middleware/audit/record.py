@@ -55,7 +55,11 @@ _REFUSALS: Final = frozenset({Outcome.DENY, Outcome.REJECTED, Outcome.OPEN, Outc
 
 
 class Operation(NamedTuple):
-    """What the request path hands the writer: captured when the response has ended (immutable)."""
+    """What the request path hands the writer: captured when the response has ended (immutable).
+
+    The outcome is already reduced to its fields (see :func:`outcome_fields`): the response's
+    result, which the tap parsed, is not kept waiting in the queue.
+    """
 
     started: float
     """Wall-clock time (`time.time()`) the operation arrived."""
@@ -64,8 +68,8 @@ class Operation(NamedTuple):
     backend: str | None
     path: str
     decisions: tuple[Decision, ...]
-    outcome: ResponseOutcome
-    exception: str | None
+    outcome: dict[str, Any]
+    duration: float
     trace_id: int
     span_id: int
 
@@ -205,8 +209,8 @@ def operation_fields(operation: Operation, redactor: Redactor, *, values: bool) 
     if method in _ARGUMENT_METHODS and params is not None and "arguments" in params:
         fields["arguments"] = arguments_fields(params["arguments"], request.body, redactor, values=values)
     fields["decisions"] = _decisions(operation.decisions)
-    fields["outcome"] = outcome_fields(operation.outcome, operation.decisions, operation.exception)
-    fields["duration_ms"] = round(operation.outcome.duration * 1000, 3)
+    fields["outcome"] = operation.outcome
+    fields["duration_ms"] = round(operation.duration * 1000, 3)
     if operation.trace_id:
         fields["trace_id"] = f"{operation.trace_id:032x}"
         fields["span_id"] = f"{operation.span_id:016x}"

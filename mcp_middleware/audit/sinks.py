@@ -12,8 +12,10 @@ The chain goes on across files: the first record of a new file names the last of
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import logging.handlers
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +56,10 @@ class JsonlFileSink:
     `path.1`, when `path` was just rotated away); a torn last line (a crash mid-write) is closed
     with a newline so that the next record starts on a line of its own.
 
+    One writer per file: open takes an exclusive lock on `path.lock` (`flock`), and a second
+    writer (another gateway instance, another trail) fails to open instead of interleaving two
+    chains in one file.
+
     >>> sink = JsonlFileSink("audit.jsonl", max_bytes=50 * 2**20, backups=10)
     """
 
@@ -66,9 +72,16 @@ class JsonlFileSink:
         self.max_bytes = max_bytes
         self.backups = backups
         self._handler: _RaisingRotatingHandler | None = None
+        self._lock: int | None = None
+        self._not_open = "not opened yet"
 
     def open(self) -> Tail | None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+        except Exception as exc:
+            self._not_open = str(exc)
+            raise
         tail = read_tail(self.path)
         if tail is None and self.backups:
             tail = read_tail(self.path.with_name(self.path.name + ".1"))
@@ -85,7 +98,7 @@ class JsonlFileSink:
     def write(self, record: Mapping[str, Any]) -> None:
         handler = self._handler
         if handler is None:
-            raise RuntimeError("JsonlFileSink.write before open")
+            raise RuntimeError(f"{self.path} is not open: {self._not_open}")
         line = orjson.dumps(record).decode()
         handler.emit(logging.LogRecord("mcp_middleware.audit", logging.INFO, "", 0, line, None, None))
 
@@ -93,6 +106,22 @@ class JsonlFileSink:
         if self._handler is not None:
             self._handler.close()
             self._handler = None
+        if self._lock is not None:
+            os.close(self._lock)  # closing the descriptor releases the lock
+            self._lock = None
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(descriptor, 32).decode(errors="replace").strip() or "?"
+            os.close(descriptor)
+            raise RuntimeError(f"{self.path} is being written by another audit trail (pid {holder})") from None
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode())
+        self._lock = descriptor
 
 
 class OtelLogSink:

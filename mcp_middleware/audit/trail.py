@@ -84,6 +84,8 @@ class AuditTrail:
         self._start_lock = threading.Lock()
         self._closed = False
         self._ready = threading.Event()
+        self._failing: set[int] = set()
+        """Sinks (by index) whose last write failed."""
         if meter_provider is not None:
             self.measure(meter_provider)
 
@@ -201,12 +203,10 @@ class AuditTrail:
                         self._pending_bytes -= item.weight
                     self._report_drops(chain)
                     try:
-                        fields = operation_fields(item, self.redactor, values=self.values)
+                        self._write(chain, operation_fields(item, self.redactor, values=self.values))
                     except Exception:  # a record that cannot be built must not stop the writer
                         logger.exception("audit record could not be built for %s", item.request.method)
                         self.failures += 1
-                        continue
-                    self._write(chain, fields)
                 finally:
                     self._queue.task_done()
         finally:
@@ -222,8 +222,8 @@ class AuditTrail:
         for sink in self.sinks:
             try:
                 found = sink.open()
-            except Exception:
-                logger.exception("audit sink %s failed to open", type(sink).__name__)
+            except Exception as exc:  # its writes fail too, and say so (counted in `failures`)
+                logger.error("audit sink %s cannot open: %s", type(sink).__name__, exc, exc_info=exc)
                 continue
             if tail is None and found is not None:
                 tail = found
@@ -248,10 +248,21 @@ class AuditTrail:
 
     def _write(self, chain: Chain, fields: dict[str, Any]) -> None:
         record = chain.seal(fields)
-        for sink in self.sinks:
+        for index, sink in enumerate(self.sinks):
             try:
                 sink.write(record)
             except Exception as exc:
                 self.failures += 1
-                logger.error("audit sink %s failed to write record %d: %s", type(sink).__name__, record["seq"], exc)
+                if index not in self._failing:  # once per outage, not once per record
+                    self._failing.add(index)
+                    logger.error(
+                        "audit sink %s failed to write record %d (its records are lost until it recovers): %s",
+                        type(sink).__name__,
+                        record["seq"],
+                        exc,
+                    )
+            else:
+                if index in self._failing:
+                    self._failing.discard(index)
+                    logger.warning("audit sink %s writes again (from record %d)", type(sink).__name__, record["seq"])
         self.written += 1

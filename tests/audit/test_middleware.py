@@ -16,6 +16,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_middleware import stack
 from mcp_middleware.audit import AuditMiddleware, AuditTrail, JsonlFileSink, verify_files
 from mcp_middleware.auth import StaticTokenVerifier
+from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.ratelimit import BucketPolicy
 from tests.audit.support import settled
 from tests.conftest import ERAS, Era, Served, serve_app
@@ -170,3 +171,28 @@ async def test_the_digest_is_of_the_arguments_not_of_how_they_were_written(tmp_p
     first, second = operations(read_records(tmp_path / "audit.jsonl"))
     assert first["arguments"]["digest"] == second["arguments"]["digest"]
     assert first["request_id"] == 1 and second["request_id"] == 2
+
+
+async def test_a_timeout_has_its_own_class_and_an_audit_inside_an_audit_adds_no_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail([JsonlFileSink(path)])
+    inner = stack(
+        build_server().streamable_http_app(),
+        breaker={"policy": BreakerPolicy(consecutive_failures=100, open_for=60), "timeouts": {"tools/call:slow": 0.05}},
+    )
+    app = AuditMiddleware(AuditMiddleware(inner, trail=trail), trail=trail)  # e.g. one per mount inside a global one
+    try:
+        with serve_app(app) as served:
+            async with httpx2.AsyncClient(timeout=10) as http:
+                for name, arguments, status in (("slow", {"steps": 20}, 504), ("echo", {"text": "x"}, 200)):
+                    body = modern_body("tools/call", {"name": name, "arguments": arguments})
+                    response = await http.post(served.mcp_url, content=body, headers=modern_headers("tools/call", name))
+                    assert response.status_code == status
+            await settled(trail, 2)
+            assert trail.offered == 2
+    finally:
+        trail.close()
+    slow, echo = operations(read_records(path))
+    assert slow["outcome"]["class"] == "timeout" and slow["outcome"]["code"] == -32016
+    assert ("breaker", "timeout") in [(d["component"], d["outcome"]) for d in slow["decisions"]]
+    assert echo["outcome"]["class"] == "ok"

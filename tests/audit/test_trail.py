@@ -127,3 +127,23 @@ def test_redaction_patterns_are_globs_any_case_at_any_depth() -> None:
         "tokens": 2,
         "list": [{"x": {"password": "[REDACTED]"}}],
     }
+
+
+async def test_a_second_writer_of_the_same_file_is_refused_not_interleaved(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = AuditTrail([JsonlFileSink(path)])
+    second = AuditTrail([JsonlFileSink(path)])
+    caplog.set_level(logging.WARNING, logger="mcp_middleware.audit")
+    with served_trail(first) as one, served_trail(second) as two:
+        await call_echo(one, 2)
+        await settled(first, 2)
+        await call_echo(two, 3)
+        await settled(second, 3)
+        assert second.failures >= 3 and first.failures == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "being written by another audit trail" in said
+    assert said.count("failed to write") == 1  # once per outage, not once per record
+    verified = verify_files([path])
+    assert verified.ok and verified.records == 3, verified.summary()  # the first trail's start and 2 operations

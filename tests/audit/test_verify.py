@@ -15,7 +15,7 @@ import anyio
 import orjson
 import pytest
 
-from mcp_middleware.audit import AuditTrail, JsonlFileSink, record_digest, verify_files
+from mcp_middleware.audit import AuditTrail, JsonlFileSink, backup_files, record_digest, verify_files
 from mcp_middleware.gateway.cli import main
 from tests.audit.support import call_echo, read_records, served_trail, settled
 from tests.support import processes
@@ -134,7 +134,7 @@ async def test_the_chain_goes_on_across_rotated_files(tmp_path: Path, capsys: py
 
 
 def check_rotated(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    files = sorted(path.parent.glob("audit.jsonl.*"), key=lambda p: -int(p.suffix[1:]))
+    files = backup_files(path)[:-1]
     assert len(files) >= 3, files
     assert all(p.stat().st_size <= 2048 for p in [*files, path])
     every = [*files, path]
