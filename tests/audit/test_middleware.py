@@ -196,3 +196,30 @@ async def test_a_timeout_has_its_own_class_and_an_audit_inside_an_audit_adds_no_
     assert slow["outcome"]["class"] == "timeout" and slow["outcome"]["code"] == -32016
     assert ("breaker", "timeout") in [(d["component"], d["outcome"]) for d in slow["decisions"]]
     assert echo["outcome"]["class"] == "ok"
+
+
+async def test_a_client_that_leaves_mid_stream_still_gets_one_record(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    trail = AuditTrail([JsonlFileSink(path)])
+    try:
+        with serve_app(AuditMiddleware(build_server().streamable_http_app(), trail=trail)) as served:
+            body = modern_body(
+                "tools/call", {"name": "slow", "arguments": {"steps": 30}, "_meta": {"progressToken": "p"}}
+            )
+            async with (
+                httpx2.AsyncClient(timeout=10) as http,
+                http.stream(
+                    "POST", served.mcp_url, content=body, headers=modern_headers("tools/call", "slow")
+                ) as answer,
+            ):
+                assert answer.status_code == 200
+                async for chunk in answer.aiter_bytes():
+                    if b"progress" in chunk:
+                        break  # leave after the first progress event
+            await settled(trail, 1)
+    finally:
+        trail.close()
+    (left,) = operations(read_records(path))
+    assert left["target"] == "slow"
+    assert left["outcome"]["class"] == "error" and left["outcome"]["complete"] is False, left["outcome"]
+    assert left["outcome"]["status"] == 200
