@@ -115,7 +115,7 @@ class AuditTrail:
             self.start()
         weight = operation.weight
         with self._bytes_lock:
-            over = self._pending_bytes + weight > self.max_pending_bytes
+            over = self._closed or self._pending_bytes + weight > self.max_pending_bytes
             if not over:
                 self._pending_bytes += weight
         if not over:
@@ -130,10 +130,11 @@ class AuditTrail:
             if not self._dropping:
                 self._dropping = True
                 logger.warning(
-                    "audit queue full (%d operations or %d bytes waiting): operations are being dropped "
+                    "audit queue full (%d operations or %d bytes waiting)%s: operations are being dropped "
                     "and counted in mcp.middleware.audit.dropped (%d so far)",
                     self.queue_size,
                     self.max_pending_bytes,
+                    " or the trail closed" if self._closed else "",
                     self.dropped,
                 )
             return False
