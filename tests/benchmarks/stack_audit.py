@@ -7,6 +7,8 @@ counted too by the instruction benchmark (callgrind counts every thread).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from .apps import Stack
 def _audited(values: bool) -> Stack:
     def wrap(app: ASGIApp) -> ASGIApp:
         folder = Path(tempfile.mkdtemp(prefix="mcp-audit-bench-"))
+        atexit.register(shutil.rmtree, folder, True)
         trail = AuditTrail([JsonlFileSink(folder / "audit.jsonl")], values=values, redact=["*secret*"])
         return AuditMiddleware(app, trail=trail)
 
