@@ -61,8 +61,10 @@ class Chain:
 
     def seal(self, fields: dict[str, Any]) -> dict[str, Any]:
         """`fields` as the next record: `seq` and `prev` first, then the fields, then its `hash`."""
+        if "hash" in fields or "seq" in fields or "prev" in fields:
+            raise ValueError("a record's seq, prev and hash are the chain's to set")
         record: dict[str, Any] = {"seq": self.seq, "prev": self.prev, **fields}
-        record["hash"] = record_digest(record)
+        record["hash"] = digest(canonical(record))  # `fields` has no `hash`: the record as it will be verified
         self.seq += 1
         self.prev = record["hash"]
         return record
