@@ -23,7 +23,6 @@ from typing import Any, Final, NamedTuple
 import orjson
 
 from mcp_middleware.core import (
-    Component,
     Decision,
     ErrorCode,
     McpRequest,
@@ -145,9 +144,8 @@ def outcome_fields(outcome: ResponseOutcome, decisions: Sequence[Decision], exce
     code = outcome.error_code
     found: dict[str, Any] = {"class": "ok", "status": outcome.status, "code": code}
     refusal = next((d for d in reversed(decisions) if d.outcome in _REFUSALS), None)
-    timed_out = code == ErrorCode.TIMEOUT or any(
-        d.component == Component.BREAKER and d.outcome == Outcome.TIMEOUT for d in decisions
-    )
+    # A breaker's or the router's own time limit, or a backend's answer that says so.
+    timed_out = code == ErrorCode.TIMEOUT or any(d.outcome == Outcome.TIMEOUT for d in decisions)
     if outcome.succeeded:
         pass
     elif timed_out:
