@@ -5,6 +5,7 @@ The stack, outermost first (requests travel down, responses up):
     operations      /healthz, /readyz (never traced, never refused by Host: load balancers use IPs)
     prometheus      /metrics
     tracing         one span per MCP request, metrics, the access log; sees every refusal below
+    audit           one hash-chained record per MCP operation (`[audit]`), with every decision below
     front door      Host/Origin allow-lists, CORS, body limit
     affinity        instance tag in legacy session ids (when `instance` is set)
     dev auth server /authorize, /token, /register, /jwks, /.well-known/oauth-authorization-server
@@ -53,6 +54,8 @@ from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from mcp_middleware.audit import AuditTrail
 
 __all__ = ["Gateway", "build_gateway"]
 
@@ -132,11 +135,14 @@ def build_gateway(
         ) from exc
     closers: list[Closer] = []
     inner = _front(router, config, assembly)
+    trail = None
+    if config.audit.enabled:
+        inner, trail = _audited(inner, config, closers)
     telemetry = None
     if config.tracing.enabled:
         tracing = config.tracing
         telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
-        inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider)
+        inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider, trail)
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     gateway = Gateway(
         config=config,
@@ -240,6 +246,7 @@ def _traced(
     telemetry: Telemetry,
     tracer_provider: TracerProvider | None,
     meter_provider: MeterProvider | None,
+    trail: AuditTrail | None = None,
 ) -> ASGIApp:
     """Tracing around `inner`, and Prometheus `/metrics` around that unless a meter provider was given.
 
@@ -253,6 +260,8 @@ def _traced(
         metrics = PrometheusMetrics(resource=telemetry.resource)
         meter_provider = metrics.meter_provider
         closers.append(metrics.shutdown)
+    if trail is not None:
+        trail.measure(meter_provider)  # mcp.middleware.audit.dropped beside the other metrics
     if tracer_provider is None:
         tracer_provider = telemetry.tracer_provider
     closers.append(telemetry.shutdown)  # flushes the batched spans
@@ -271,6 +280,28 @@ def _traced(
     if metrics is None:
         return tracing
     return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry)
+
+
+def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:
+    """The audit trail around the front door and the router: it sees every refusal and every backend's answer,
+    once per operation (the aggregate's calls into a backend's stack are the same operation)."""
+    from mcp_middleware.audit import AuditMiddleware
+
+    from .config_audit import audit_trail
+
+    try:
+        trail = audit_trail(config)
+    except ValueError as exc:
+        raise ConfigError([config.problem("audit.file", str(exc))], str(config.source or "config")) from exc
+    closers.append(trail.close)  # before the telemetry's: the last records are written, then exported
+    prefix = config.gateway.prefix
+    audited = AuditMiddleware(
+        inner,
+        trail=trail,
+        config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=config.front_door.max_body_size),
+        server_name=backend_label(prefix, (server.name for server in config.servers)),
+    )
+    return audited, trail
 
 
 # --- routing glue -------------------------------------------------------------------------------

@@ -68,7 +68,19 @@ def _parser() -> argparse.ArgumentParser:
     _health_check_arguments(with_config(commands.add_parser("health-check", help=_HEALTH_CHECK_HELP)))
     _new_server_arguments(commands.add_parser("new-server", help=_NEW_SERVER_HELP))
     _token_arguments(with_config(commands.add_parser("token", help=_TOKEN_HELP)))
+    _audit_arguments(commands.add_parser("audit", help="check the audit trail ([audit] file)"))
     return parser
+
+
+def _audit_arguments(audit: argparse.ArgumentParser) -> None:
+    verify = audit.add_subparsers(dest="audit_command", required=True, metavar="command").add_parser(
+        "verify",
+        help="check the hash chain of audit files (oldest first): exit 0 when intact, 1 naming the first bad record",
+    )
+    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    verify.add_argument(
+        "--with-backups", action="store_true", help="also check FILE's rotated files (FILE.N … FILE.1) before it"
+    )
 
 
 _TOKEN_HELP = "log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)"
@@ -152,6 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .scaffold import new_server
 
         return new_server(args.name, args.dir)
+    if args.command == "audit":  # works on the files alone: no config needed
+        from mcp_middleware.audit.verify import verify_command
+
+        return verify_command(args.files, with_backups=args.with_backups)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE

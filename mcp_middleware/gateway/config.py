@@ -31,6 +31,7 @@ from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
+from .config_audit import audit
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
 from .config_curation import virtual_servers
 from .config_policy import PolicySettings, policy, policy_problems
@@ -38,6 +39,7 @@ from .config_routes import routes
 from .config_servers import server
 from .config_types import (
     AggregateSettings,
+    AuditSettings,
     AuthSettings,
     BreakerSettings,
     CacheSettings,
@@ -55,6 +57,7 @@ from .validation import quota_storage_problem
 
 __all__ = [
     "AggregateSettings",
+    "AuditSettings",
     "AuthSettings",
     "BreakerSettings",
     "CacheSettings",
@@ -115,11 +118,12 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         routes=routes(top, servers),
         virtual_servers=virtual_servers(top, names, gateway.prefix) if "virtual_servers" in data else (),
         policy=policy(top.table("policy"), source),
+        audit=audit(top.table("audit")) if "audit" in data else AuditSettings(),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
     )
-    top.seen.update({"breaker", "cache", "tracing"})
+    top.seen.update({"breaker", "cache", "tracing", "audit"})
     top.done()
     problems += _across_sections(config, problems)
     problems += policy_problems(config)

@@ -21,12 +21,14 @@ from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
 from mcp_middleware.router import HttpBackend, NamingPolicy, Route
 from mcp_middleware.router.curation import Curation
 
+from .config_audit import AuditSettings
 from .config_curation import VirtualServerSettings
 from .config_policy import PolicySettings
 from .toml_reader import Lines, Problem
 
 __all__ = [
     "AggregateSettings",
+    "AuditSettings",
     "AuthSettings",
     "BreakerSettings",
     "CacheSettings",
@@ -261,6 +263,8 @@ class GatewayConfig:
     """`[[virtual_servers]]`: endpoints assembled from chosen tools of several servers."""
     policy: PolicySettings = field(default_factory=PolicySettings)
     """`[policy]`: rule files, roles, argument validation (`config_policy.py`)."""
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    """`[audit]` (see `config_audit.py`): off unless the section names a file or `otel = true`."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

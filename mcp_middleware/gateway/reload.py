@@ -60,6 +60,7 @@ _RESTART_SECTIONS = (
     "cache",
     "tracing",
     "policy",
+    "audit",
     "routes",
     "virtual_servers",
 )
