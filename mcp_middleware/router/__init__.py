@@ -6,7 +6,8 @@ See docs/router.md. The pieces:
 * backends: :class:`InProcessBackend`, :class:`HttpBackend`, :class:`StdioBackend`;
 * :class:`AggregateServer`: the aggregated endpoint, an MCP server of its own;
 * :class:`NamingPolicy`, :class:`PrefixMode`, :class:`NameTable`: portable namespaced names;
-* :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts.
+* :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts;
+* :class:`PoolBackend`: replicas of one backend, balanced, health-checked, failing over safely.
 """
 
 from ._links import BackendUnavailable
@@ -14,6 +15,7 @@ from .aggregate import ROUTER_META_KEY, AggregateServer
 from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
+from .pool import PoolBackend
 from .proxy import StreamingProxy
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "MountMiddleware",
     "NameTable",
     "NamingPolicy",
+    "PoolBackend",
     "PrefixMode",
     "StdioBackend",
     "StreamingProxy",

@@ -26,7 +26,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_middleware.core.errors import McpMiddlewareError
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamUnreachable"]
 
 _MAX_HEAD = 64 * 1024
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -34,6 +34,10 @@ _NO_BODY_STATUS = frozenset({204, 304})
 
 class UpstreamError(McpMiddlewareError):
     """The origin could not be reached, or broke off before a complete response head."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection to the origin could be opened: nothing of the request was sent."""
 
 
 class _Connection:
@@ -152,7 +156,7 @@ class UpstreamPool:
         except TimeoutError as exc:
             raise TimeoutError(f"connecting to {self.host}:{self.port} timed out") from exc
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+            raise UpstreamUnreachable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         return _Connection(stream)
 
     def _release(self, connection: _Connection) -> bool:

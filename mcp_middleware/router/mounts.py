@@ -36,6 +36,7 @@ from ._links import BackendLink, BackendUnavailable
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
 from .names import NamingPolicy, PrefixMode, validate_server_name
+from .pool import PoolBackend
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
@@ -138,7 +139,7 @@ class McpRouter:
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
-        if isinstance(backend, HttpBackend) and backend.name is None:
+        if isinstance(backend, HttpBackend | PoolBackend) and backend.name is None:
             backend.name = name  # its log lines name the server the operator configured, not its URL
         target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
         if target is None:  # stdio: no HTTP side of its own; a one-backend aggregate speaks for it

@@ -1,0 +1,370 @@
+"""The pool's ASGI side: pick a replica, forward, and fail over only what is safe to send twice.
+
+Modern (2026-07-28) requests, and legacy ones without a session (`initialize`), go to the
+replica in rotation with the fewest requests in flight (or the next one, round robin). A legacy
+request carrying a session goes to the replica that created it (:mod:`.pool_sessions`).
+
+A forward that fails before any byte reached the client (no connection, a connection reset
+before the response head, a replica's 502/503) is sent to another replica when that cannot
+hurt: it was never sent, or :func:`~mcp_middleware.router.safety.retry_safe` says the request
+may run twice (reads, lists, tools annotated read-only or idempotent, tools the operator allows).
+Otherwise the client gets a JSON-RPC error with its request id and
+:func:`~mcp_middleware.router.safety.failure_data`: 502 `-32017` when it may have run, 503
+`-32015` when it cannot have. The response is never held back: only its head is looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import orjson
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_middleware.breaker import Classification, FailureClassifier
+from mcp_middleware.core import (
+    ANSWERED,
+    Component,
+    CoreConfig,
+    Era,
+    ErrorCode,
+    JsonRpcCode,
+    McpRequest,
+    Outcome,
+    RequestId,
+    RequestKind,
+    ResponseTap,
+    SelectorMap,
+    read_request,
+    record_decision,
+    send_error,
+)
+
+from ._pool_forward import Failure, StartHook
+from .pool_health import Replica, ToolHints
+from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions
+from .safety import failure_data, retry_safe
+from .sessions import Exchange, exchange, owner_of
+
+if TYPE_CHECKING:
+    from .pool import PoolBackend
+
+__all__ = ["PoolProxy"]
+
+logger = logging.getLogger("mcp_middleware.router.pool")
+
+_EVERY_PATH = CoreConfig(paths=("*",))
+_SESSION = b"mcp-session-id"
+_NOT_SENT_ON = frozenset({_SESSION, b"content-length", b"last-event-id"})
+
+
+class PoolProxy:
+    """Pure-ASGI dispatcher over a pool's replicas (built by :class:`~mcp_middleware.router.pool.PoolBackend`)."""
+
+    def __init__(self, pool: PoolBackend, replicas: Sequence[Replica]) -> None:
+        self.name = pool.name or "pool"
+        self.replicas = tuple(replicas)
+        self.round_robin = pool.balance == "round_robin"
+        self.reinitialize = pool.on_replica_loss == "reinitialize"
+        self.sessions = StickySessions(pool.max_sessions)
+        self.hints = ToolHints(pool.max_tools)
+        self.classifier = FailureClassifier()
+        self._allow: SelectorMap[bool] = SelectorMap((selector, True) for selector in pool.retry_tools)
+        self._retry_after = str(max(1, math.ceil(pool.probe_interval)))
+        self._next = 0
+        self.failovers = 0
+        """Requests sent to another replica after one failed (for metrics)."""
+
+    # --- choosing -----------------------------------------------------------------------------
+
+    def pick(self, tried: Sequence[Replica] = ()) -> Replica | None:
+        """The replica for the next request: in rotation, not tried yet, fewest in flight (or next in turn)."""
+        replicas = self.replicas
+        count = len(replicas)
+        start = self._next
+        self._next = (start + 1) % count
+        best: Replica | None = None
+        for step in range(count):
+            replica = replicas[(start + step) % count]
+            if replica in tried or not replica.up:
+                continue
+            if self.round_robin:
+                return replica
+            if best is None or replica.in_flight < best.in_flight:
+                best = replica
+        return best
+
+    def safe(self, request: McpRequest) -> bool:
+        """Whether `request` may run twice (so it may be sent to another replica after it may have run)."""
+        method = request.method
+        if method is None:
+            return False
+        if method == "initialize":
+            return True  # a session a failed replica may have opened is never handed to the client
+        if method != "tools/call":
+            return retry_safe(method)
+        name = request.name
+        allowed = name is not None and self._allow.lookup_parts(method, name) is True
+        return retry_safe(method, annotations=self.hints.annotations(name), allowed=allowed)
+
+    # --- entry ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1000})
+            return
+        request, receive = await read_request(scope, receive, send, _EVERY_PATH)
+        if request is None or receive is ANSWERED:
+            return
+        if request.http_method == "POST":
+            await receive()  # the body, replayed: `request.body` holds it; what follows is the client's stream
+        tap: ResponseTap | None = None
+        if request.kind is RequestKind.REQUEST:
+            tap, send = ResponseTap.attach(scope, send, request)
+        if request.era is Era.LEGACY and request.session_id is not None:
+            await self._in_session(scope, receive, send, request, tap, request.session_id)
+            return
+        binder = self._binder(scope, request) if request.method == "initialize" else None
+        tried: list[Replica] = []
+        may_have_run = False
+        while (replica := self.pick(tried)) is not None:
+            hook = binder(replica) if binder is not None else None
+            failure = await self._attempt(replica, scope, receive, send, request, tap, hook)
+            if failure is None:
+                return
+            tried.append(replica)
+            may_have_run = may_have_run or failure.may_have_run
+            if failure.may_have_run and not self.safe(request):
+                break
+            self._failing_over(scope, replica, failure)
+        await self._fail(scope, send, request, tried=bool(tried), may_have_run=may_have_run)
+
+    async def _attempt(
+        self,
+        replica: Replica,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: McpRequest,
+        tap: ResponseTap | None,
+        hook: StartHook | None,
+    ) -> Failure | None:
+        breaker = replica.breaker
+        permit = breaker.acquire()
+        if permit is None:  # ejected since it was picked
+            return Failure(False, "ejected")
+        replica.in_flight += 1
+        try:
+            failure = await replica.transport.forward(scope, request.body, receive, send, hook)
+        except BaseException:
+            breaker.record(permit, Classification.NEUTRAL)  # cancelled, or broke mid-answer: the client's loss
+            raise
+        finally:
+            replica.in_flight -= 1
+        if failure is not None:
+            replica.last_error = failure.reason
+            breaker.record(permit, Classification.FAILURE)  # a fault, as the breaker classifies faults
+            return failure
+        if tap is None:
+            breaker.record(permit, Classification.NEUTRAL)
+            return None
+        outcome = tap.outcome()
+        if not outcome.complete:  # the client left: the answer says nothing about the replica
+            breaker.record(permit, Classification.NEUTRAL)
+            return None
+        verdict = self.classifier(request, outcome, None)
+        if verdict is Classification.FAILURE:
+            replica.last_error = f"HTTP {outcome.status}" + (
+                f", JSON-RPC {outcome.error_code}" if outcome.error else ""
+            )
+        breaker.record(permit, verdict)
+        if request.method == "tools/list" and outcome.result is not None:
+            self.hints.learn(outcome.result.get("tools"))
+        return None
+
+    # --- legacy sessions ---------------------------------------------------------------------------
+
+    def _binder(self, scope: Scope, request: McpRequest) -> Callable[[Replica], StartHook]:
+        """Record the session a replica answering this `initialize` opens (bound to the caller)."""
+        owner = owner_of(scope)
+        body = request.body if len(request.body) <= MAX_INITIALIZE_BYTES else None
+
+        def at(replica: Replica) -> StartHook:
+            def bind(message: Message) -> Message:
+                for key, value in message.get("headers", ()):
+                    if key == _SESSION:
+                        session_id = value.decode("latin-1")
+                        self.sessions.bind(session_id, Sticky(replica, owner, session_id, body))
+                return message
+
+            return bind
+
+        return at
+
+    async def _in_session(
+        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, tap: ResponseTap | None, session_id: str
+    ) -> None:
+        sticky = self.sessions.get(session_id)
+        if sticky is None or sticky.owner != owner_of(scope):
+            await self._no_session(scope, send, request, "unknown")
+            return
+        if request.kind is RequestKind.TERMINATE:
+            self.sessions.forget(session_id)
+        replica = sticky.replica
+        recreated = False
+        while True:
+            if replica.up:
+                failure = await self._attempt(
+                    replica,
+                    _as_backend(scope, sticky, session_id),
+                    receive,
+                    send,
+                    request,
+                    tap,
+                    self._session_hook(sticky, session_id),
+                )
+                if failure is None:
+                    return
+                if failure.may_have_run and not self.safe(request):
+                    await self._fail(scope, send, request, tried=True, may_have_run=True)
+                    return
+                self._failing_over(scope, replica, failure)
+            if recreated or not self.reinitialize or sticky.initialize is None or request.kind is RequestKind.TERMINATE:
+                break
+            replacement = await self._recreate(scope, sticky, session_id, lost=replica)
+            if replacement is None:
+                break
+            replica, recreated = replacement, True
+        self.sessions.forget(session_id)
+        await self._no_session(scope, send, request, "replica lost")
+
+    def _session_hook(self, sticky: Sticky, session_id: str) -> StartHook:
+        """The replica's answer in a session: its id shown as the client's; a 404 ends the session here too."""
+        translated = sticky.backend_id != session_id
+        client_id = session_id.encode("latin-1")
+
+        def hook(message: Message) -> Message:
+            if message["status"] == 404:
+                self.sessions.forget(session_id)
+            if translated:
+                headers = [(k, client_id if k == _SESSION else v) for k, v in message.get("headers", ())]
+                message = {**message, "headers": headers}
+            return message
+
+        return hook
+
+    async def _recreate(self, scope: Scope, sticky: Sticky, session_id: str, lost: Replica) -> Replica | None:
+        """Open the client's session again on another replica (its own `initialize`); the replica, or None."""
+        async with sticky.lock:
+            if sticky.replica is not lost and sticky.replica.up:
+                return sticky.replica  # a concurrent request of this session re-created it already
+            assert sticky.initialize is not None
+            tried = [lost]
+            while (replica := self.pick(tried)) is not None:
+                tried.append(replica)
+                backend_id = await self._initialize(scope, replica, sticky.initialize)
+                if backend_id is None:
+                    continue
+                sticky.replica, sticky.backend_id = replica, backend_id
+                logger.warning(
+                    "backend %r: a session of replica %s re-created on replica %s", self.name, lost.label, replica.label
+                )
+                return replica
+        return None
+
+    async def _initialize(self, scope: Scope, replica: Replica, body: bytes) -> str | None:
+        """`initialize` (the client's own request) and `notifications/initialized` at `replica`: its session id."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_SENT_ON and not k.startswith(b"mcp-")]
+        own = {k: v for k, v in scope.items() if not k.startswith("mcp_middleware.")}
+
+        async def ask(payload: bytes, extra: list[tuple[bytes, bytes]]) -> Exchange:
+            length = (b"content-length", str(len(payload)).encode("latin-1"))
+            child = {**own, "method": "POST", "headers": [*headers, *extra, length]}
+
+            async def via(child: Scope, receive: Receive, send: Send) -> None:
+                failure = await replica.transport.forward(child, payload, receive, send, None)
+                if failure is not None:
+                    raise ConnectionError(failure.reason)
+
+            return await exchange(via, child, payload, _id_of(payload))
+
+        try:
+            answer = await ask(body, [])
+            backend_id = answer.headers.get(_SESSION)
+            if answer.status != 200 or backend_id is None or answer.message is None or "result" not in answer.message:
+                return None
+            version = answer.message["result"].get("protocolVersion")
+            extra = [(_SESSION, backend_id)]
+            if isinstance(version, str):
+                extra.append((b"mcp-protocol-version", version.encode("latin-1")))
+            await ask(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', extra)
+        except Exception as exc:  # that replica cannot take it either
+            logger.debug("backend %r: re-initialize at replica %s failed: %s", self.name, replica.label, exc)
+            return None
+        return backend_id.decode("latin-1")
+
+    # --- answers ----------------------------------------------------------------------------------
+
+    def _failing_over(self, scope: Scope, replica: Replica, failure: Failure) -> None:
+        self.failovers += 1
+        record_decision(
+            scope,
+            Component.ROUTER,
+            Outcome.RETRY,
+            backend=self.name,
+            replica=replica.label,
+            reason=failure.reason[:120],
+        )
+        logger.debug("backend %r replica %s failed (%s): trying another", self.name, replica.label, failure.reason)
+
+    async def _fail(self, scope: Scope, send: Send, request: McpRequest, *, tried: bool, may_have_run: bool) -> None:
+        record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.name, may_have_run=may_have_run)
+        data = failure_data(self.name, may_have_run=may_have_run)
+        if may_have_run:
+            await send_error(
+                send,
+                status=502,
+                code=ErrorCode.BAD_GATEWAY,
+                message="Backend failed before answering; the request may have run",
+                request_id=request.id,
+                data=data,
+            )
+            return
+        message = "No replica of the backend could be reached" if tried else "No replica of the backend is available"
+        await send_error(
+            send,
+            status=503,
+            code=ErrorCode.UNAVAILABLE,
+            message=message,
+            request_id=request.id,
+            data=data,
+            headers={"Retry-After": self._retry_after},
+        )
+
+    async def _no_session(self, scope: Scope, send: Send, request: McpRequest, reason: str) -> None:
+        """Answered as the SDK answers a session it does not know: the client starts a new one."""
+        record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED, backend=self.name, reason=reason)
+        await send_error(
+            send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request.id
+        )
+
+
+def _as_backend(scope: Scope, sticky: Sticky, session_id: str) -> Scope:
+    """The request as the session's replica must see it: its own session id (and no other replica's event id)."""
+    if sticky.backend_id == session_id:
+        return scope
+    backend_id = sticky.backend_id.encode("latin-1")
+    headers = [(k, backend_id if k == _SESSION else v) for k, v in scope["headers"] if k != b"last-event-id"]
+    return {**scope, "headers": headers}
+
+
+def _id_of(body: bytes) -> RequestId | None:
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = decoded.get("id") if isinstance(decoded, dict) else None
+    return found if isinstance(found, str | int) else None
