@@ -10,7 +10,7 @@ replica's 502/503 can be answered by another replica.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import anyio
@@ -25,7 +25,7 @@ from .backends import HttpBackend, InProcessBackend
 from .proxy import _DROP_DOWN, StreamingProxy, _cancel_on_disconnect
 from .sessions import exchange
 
-__all__ = ["Failure", "ReplicaTransport", "StartHook", "transport_for"]
+__all__ = ["Failure", "ReplicaTransport", "Resumed", "StartHook", "transport_for"]
 
 FAILOVER_STATUS = frozenset({502, 503})
 """Statuses of a replica (or a balancer in front of it) that say it could not serve: tried elsewhere."""
@@ -37,10 +37,16 @@ StartHook = Callable[[Message], Message]
 
 
 class Failure(NamedTuple):
-    """A forward that did not reach the client: why, and whether the replica may have run it."""
+    """A forward that did not reach the client: why, and whether the replica may have run it.
+
+    `started`: the response head (and maybe some events) went out before the replica broke off;
+    the response is left open for the caller to finish (`sse`: it is an event stream).
+    """
 
     may_have_run: bool
     reason: str
+    started: bool = False
+    sse: bool = False
 
 
 class ReplicaTransport:
@@ -90,15 +96,23 @@ class _HttpTransport(ReplicaTransport):
                 "headers": [(k, v) for k, v in response.headers if k not in _DROP_DOWN],
             }
             await send(hook(start) if hook is not None else start)
-            if response.headers and any(k == b"content-length" for k, _ in response.headers):
-                await proxy._relay(scope, response.body(), send)  # a finite body (JSON): nothing to cancel
-                return None
-            done = anyio.Event()
-            done.set()
-            async with anyio.create_task_group() as group:
-                group.start_soon(_cancel_on_disconnect, receive, done, group.cancel_scope)
-                await proxy._relay(scope, response.body(), send)
-                group.cancel_scope.cancel()
+            sse = is_event_stream(next((v for k, v in response.headers if k == b"content-type"), b""))
+            if any(k == b"content-length" for k, _ in response.headers):  # a finite body (JSON): nothing to cancel
+                broken = await _relay(response.body(), send)
+            else:
+                sent = anyio.Event()
+                sent.set()  # the body went with the head: what follows on `receive` is the client leaving
+                finished = False
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_cancel_on_disconnect, receive, sent, group.cancel_scope)
+                    broken = await _relay(response.body(), send)
+                    finished = True
+                    group.cancel_scope.cancel()
+                if not finished:
+                    return None  # the client left (the modern era's cancellation): nobody to answer
+            if broken is not None:  # the replica died mid-answer: the caller finishes the response
+                return Failure(True, f"broke off its answer: {broken!r}"[:200], started=True, sse=sse)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
             return None
         finally:
             await response.aclose()
@@ -184,6 +198,52 @@ class _AppTransport(ReplicaTransport):
         }
         found = await exchange(self.app, scope, body, _request_id(body))
         return found.status, found.message
+
+
+_BROKEN = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError)
+"""What reading a response body raises when the replica goes away (or sends a malformed chunk)."""
+
+
+async def _relay(chunks: AsyncIterator[bytes], send: Send) -> BaseException | None:
+    """Pass the body on as it arrives (its end is the caller's to send); what broke it, if it broke."""
+    try:
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    except _BROKEN as exc:
+        return exc
+    return None
+
+
+class Resumed:
+    """The client's `send` for a replica taking over a response another replica started (an event stream).
+
+    The new head is dropped (the client has one); events pass as they come; a JSON answer becomes
+    one event (held until complete, bounded: one JSON-RPC message cannot be passed on in parts).
+    """
+
+    def __init__(self, send: Send, max_bytes: int) -> None:
+        self.send = send
+        self.max_bytes = max_bytes
+        self.json: list[bytes] | None = None
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            content_type = next((v for k, v in message.get("headers", ()) if k == b"content-type"), b"")
+            self.json = None if is_event_stream(content_type) else []
+            return
+        if self.json is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        chunk: bytes = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size <= self.max_bytes:
+            self.json.append(chunk)
+        if message.get("more_body", False):
+            return
+        data = b"".join(self.json) if self.size <= self.max_bytes else b""
+        event = b"event: message\r\ndata: " + data.replace(b"\n", b"") + b"\r\n\r\n" if data else b""
+        await self.send({"type": "http.response.body", "body": event, "more_body": False})
 
 
 def _request_id(body: bytes) -> Any:

@@ -37,12 +37,14 @@ from mcp_middleware.core import (
     RequestKind,
     ResponseTap,
     SelectorMap,
+    error_body,
     read_request,
     record_decision,
     send_error,
 )
+from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
-from ._pool_forward import Failure, StartHook
+from ._pool_forward import Failure, Resumed, StartHook
 from .pool_health import Replica, ToolHints
 from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions
 from .safety import failure_data, retry_safe
@@ -128,19 +130,17 @@ class PoolProxy:
             await self._in_session(scope, receive, send, request, tap, request.session_id)
             return
         binder = self._binder(scope, request) if request.method == "initialize" else None
-        tried: list[Replica] = []
-        may_have_run = False
-        while (replica := self.pick(tried)) is not None:
-            hook = binder(replica) if binder is not None else None
-            failure = await self._attempt(replica, scope, receive, send, request, tap, hook)
+        turn = _Turn(self.safe(request), request.method == "initialize")
+        while (replica := self.pick(turn.tried)) is not None:
+            hook = binder(replica) if binder is not None and not turn.resumed else None
+            failure = await self._attempt(replica, scope, receive, turn.send(send), request, tap, hook)
             if failure is None:
                 return
-            tried.append(replica)
-            may_have_run = may_have_run or failure.may_have_run
-            if failure.may_have_run and not self.safe(request):
+            turn.tried.append(replica)
+            if not turn.goes_on(failure):
                 break
             self._failing_over(scope, replica, failure)
-        await self._fail(scope, send, request, tried=bool(tried), may_have_run=may_have_run)
+        await self._give_up(scope, send, request, turn)
 
     async def _attempt(
         self,
@@ -215,21 +215,17 @@ class PoolProxy:
             self.sessions.forget(session_id)
         replica = sticky.replica
         recreated = False
+        turn = _Turn(self.safe(request), request.kind is RequestKind.TERMINATE)
         while True:
             if replica.up:
-                failure = await self._attempt(
-                    replica,
-                    _as_backend(scope, sticky, session_id),
-                    receive,
-                    send,
-                    request,
-                    tap,
-                    self._session_hook(sticky, session_id),
-                )
+                target = _as_backend(scope, sticky, session_id)
+                hook = None if turn.resumed else self._session_hook(sticky, session_id)
+                failure = await self._attempt(replica, target, receive, turn.send(send), request, tap, hook)
                 if failure is None:
                     return
-                if failure.may_have_run and not self.safe(request):
-                    await self._fail(scope, send, request, tried=True, may_have_run=True)
+                turn.tried.append(replica)
+                if not turn.goes_on(failure):
+                    await self._give_up(scope, send, request, turn)
                     return
                 self._failing_over(scope, replica, failure)
             if recreated or not self.reinitialize or sticky.initialize is None or request.kind is RequestKind.TERMINATE:
@@ -239,6 +235,9 @@ class PoolProxy:
                 break
             replica, recreated = replacement, True
         self.sessions.forget(session_id)
+        if turn.resumed:  # the answer had begun: it ends with the error, the next request learns the session is gone
+            await self._give_up(scope, send, request, turn)
+            return
         await self._no_session(scope, send, request, "replica lost")
 
     def _session_hook(self, sticky: Sticky, session_id: str) -> StartHook:
@@ -269,7 +268,7 @@ class PoolProxy:
                 if backend_id is None:
                     continue
                 sticky.replica, sticky.backend_id = replica, backend_id
-                logger.warning(
+                logger.info(
                     "backend %r: a session of replica %s re-created on replica %s", self.name, lost.label, replica.label
                 )
                 return replica
@@ -320,9 +319,18 @@ class PoolProxy:
         )
         logger.debug("backend %r replica %s failed (%s): trying another", self.name, replica.label, failure.reason)
 
-    async def _fail(self, scope: Scope, send: Send, request: McpRequest, *, tried: bool, may_have_run: bool) -> None:
+    async def _give_up(self, scope: Scope, send: Send, request: McpRequest, turn: _Turn) -> None:
+        """No replica served it: a JSON-RPC error, or, for an answer already begun, its last event."""
+        may_have_run = turn.may_have_run
         record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.name, may_have_run=may_have_run)
         data = failure_data(self.name, may_have_run=may_have_run)
+        if turn.resumed:
+            if not turn.sse:  # a JSON body cut short cannot be finished honestly: the connection must drop
+                raise RuntimeError(f"backend {self.name!r}: a replica broke off a response after it started")
+            message = "Backend failed while answering; the request may have run"
+            event = error_body(ErrorCode.BAD_GATEWAY, message, request.id, data)
+            await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + event + b"\r\n\r\n"})
+            return
         if may_have_run:
             await send_error(
                 send,
@@ -333,7 +341,9 @@ class PoolProxy:
                 data=data,
             )
             return
-        message = "No replica of the backend could be reached" if tried else "No replica of the backend is available"
+        message = (
+            "No replica of the backend could be reached" if turn.tried else "No replica of the backend is available"
+        )
         await send_error(
             send,
             status=503,
@@ -350,6 +360,33 @@ class PoolProxy:
         await send_error(
             send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request.id
         )
+
+
+class _Turn:
+    """One request's way through the replicas: which were tried, what may have run, whether its answer began."""
+
+    __slots__ = ("may_have_run", "no_resume", "resumed", "safe", "sse", "tried")
+
+    def __init__(self, safe: bool, no_resume: bool) -> None:
+        self.safe = safe
+        self.no_resume = no_resume
+        """`initialize` (its head carried the session id) and DELETE: never continued on another replica."""
+        self.tried: list[Replica] = []
+        self.may_have_run = False
+        self.resumed = False
+        self.sse = False
+
+    def send(self, send: Send) -> Send:
+        return Resumed(send, DEFAULT_MAX_BODY_SIZE) if self.resumed else send
+
+    def goes_on(self, failure: Failure) -> bool:
+        """Whether the request may be sent to another replica after `failure`."""
+        self.may_have_run = self.may_have_run or failure.may_have_run
+        if failure.started and not self.resumed:
+            self.resumed, self.sse = True, failure.sse
+        if failure.may_have_run and not self.safe:
+            return False
+        return not (self.resumed and (not self.sse or self.no_resume))
 
 
 def _as_backend(scope: Scope, sticky: Sticky, session_id: str) -> Scope:
