@@ -18,9 +18,10 @@ from mcp import Client
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from starlette.types import ASGIApp
 
-from mcp_middleware.breaker import BreakerPolicy, BreakerState, StateChange
+from mcp_middleware.breaker import BreakerPolicy, BreakerState, Classification, StateChange
 from mcp_middleware.core import Selector
 
+from ._links import BackendUnavailable
 from .backends import Backend, HttpBackend, InProcessBackend
 from .pool_health import Prober, Replica
 from .pool_proxy import PoolProxy
@@ -128,10 +129,27 @@ class PoolBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def open_client(self, **options: Any) -> AsyncIterator[Client]:
-        """The aggregate's session: to a replica in rotation (a new one is chosen when it breaks)."""
-        replica = self.proxy.pick() or self._replicas[0]
-        async with replica.backend.open_client(**options) as client:
-            yield client
+        """The aggregate's session: to a replica in rotation, the next one if it cannot be opened (when the
+        session breaks later, the aggregate opens a new one, on a replica then in rotation)."""
+        proxy = self.proxy
+        tried: list[Replica] = []
+        failed: Exception | None = None
+        while (replica := proxy.pick(tried)) is not None:
+            tried.append(replica)
+            permit = replica.breaker.acquire()
+            stack = contextlib.AsyncExitStack()
+            try:
+                client = await stack.enter_async_context(replica.backend.open_client(**dict(options)))
+            except Exception as exc:  # that replica cannot be reached: the next one
+                replica.last_error = f"{type(exc).__name__}: {exc}"[:200]
+                replica.breaker.record(permit, Classification.FAILURE)
+                failed = exc
+                continue
+            replica.breaker.record(permit, Classification.SUCCESS)
+            async with stack:
+                yield client
+            return
+        raise failed if failed is not None else BackendUnavailable(self.name or "pool", "no replica in rotation")
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:

@@ -300,3 +300,17 @@ async def test_reinitialize_recreates_a_lost_session_on_another_replica(serve: A
     assert first != second and third == f"k@{second}"
     moved = seen[int(second[1:])]
     assert len(moved.sessions) == 1  # the client kept its id; the new replica saw its own
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_the_aggregate_lists_and_calls_a_pool_with_a_replica_down(era: Era, serve: Any) -> None:
+    urls, _ = replicas(serve, 2)
+    router = McpRouter()
+    router.mount("pool", PoolBackend([HttpBackend(dead_url()), *(HttpBackend(url) for url in urls)], probe_interval=60))
+    served = serve(router)
+    async with connect(f"{served.base}/mcp", era) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"pool__whoami", "pool__record"} <= names
+        for index in range(6):
+            answer = await client.call_tool("pool__record", {"entry": f"e{index}"})  # never sent to the dead one
+            assert answer.content[0].text.startswith("recorded")  # type: ignore[union-attr]
