@@ -170,7 +170,7 @@ class _AppTransport(ReplicaTransport):
             await send(message)
 
         try:
-            await self.app(scope, replay(body, receive), guarded)
+            await self.app(scope, replay(body, receive) if scope["method"] == "POST" else receive, guarded)
         except Exception as exc:
             if started:
                 raise  # the client has part of the answer: the connection must drop, as without a pool

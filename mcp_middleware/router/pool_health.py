@@ -147,8 +147,14 @@ class Prober:
         while True:
             async with anyio.create_task_group() as group:
                 for replica in self.replicas:
-                    group.start_soon(self.check, replica)
+                    group.start_soon(self._check, replica)
             await anyio.sleep(self.interval)
+
+    async def _check(self, replica: Replica) -> None:
+        try:
+            await self.check(replica)
+        except Exception:  # a bug here must not stop the probing (nor the app whose lifespan runs it)
+            logger.exception("pool %r: probing replica %s failed", replica.pool, replica.label)
 
     async def check(self, replica: Replica) -> None:
         """One probe of `replica`, and what it means for its place in rotation."""

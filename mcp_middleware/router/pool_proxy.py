@@ -156,14 +156,15 @@ class PoolProxy:
         permit = breaker.acquire()
         if permit is None:  # ejected since it was picked
             return Failure(False, "ejected")
-        replica.in_flight += 1
+        counted = request.kind is not RequestKind.STREAM  # a legacy GET stream is open for the session's life
+        replica.in_flight += counted
         try:
             failure = await replica.transport.forward(scope, request.body, receive, send, hook)
         except BaseException:
             breaker.record(permit, Classification.NEUTRAL)  # cancelled, or broke mid-answer: the client's loss
             raise
         finally:
-            replica.in_flight -= 1
+            replica.in_flight -= counted
         if failure is not None:
             replica.last_error = failure.reason
             breaker.record(permit, Classification.FAILURE)  # a fault, as the breaker classifies faults

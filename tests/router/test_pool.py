@@ -15,6 +15,7 @@ from mcp import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.breaker import BreakerPolicy
+from mcp_middleware.core import Principal, set_principal
 from mcp_middleware.router import HttpBackend, McpRouter, PoolBackend
 from tests.conftest import ERAS, Era, connect, free_port
 from tests.router.pool_replica import build
@@ -314,3 +315,47 @@ async def test_the_aggregate_lists_and_calls_a_pool_with_a_replica_down(era: Era
         for index in range(6):
             answer = await client.call_tool("pool__record", {"entry": f"e{index}"})  # never sent to the dead one
             assert answer.content[0].text.startswith("recorded")  # type: ignore[union-attr]
+
+
+class AsUser:
+    """Stands in for an auth middleware: the `X-User` header is the principal (tests only)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            user = dict(scope["headers"]).get(b"x-user")
+            if user:
+                set_principal(scope, Principal(subject=user.decode(), issuer="https://idp.test"))
+        await self.app(scope, receive, send)
+
+
+async def test_another_principal_presenting_a_session_id_is_told_it_does_not_exist(serve: Any) -> None:
+    urls, seen = replicas(serve, 2)
+    router = pool_router(urls, probe_interval=60)
+    served = serve(AsUser(router))
+    headers = {**MODERN, "MCP-Protocol-Version": "2025-11-25"}
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}
+    async with httpx2.AsyncClient(base_url=served.base, timeout=30) as http:
+        opened = await http.post("/mcp/pool", json=initialize, headers={**headers, "X-User": "alice"})
+        session = opened.headers["mcp-session-id"]
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        alice = {**headers, "X-User": "alice", "Mcp-Session-Id": session}
+        assert (await http.post("/mcp/pool", json=note, headers=alice)).status_code == 202
+        before = sum(s.session_posts for s in seen)
+        for user in ("mallory", ""):  # another principal, and nobody: the session does not exist for them
+            stolen = await http.post(
+                "/mcp/pool", json=call, headers={**headers, "X-User": user, "Mcp-Session-Id": session}
+            )
+            assert stolen.status_code == 404 and stolen.json()["id"] == 2
+        assert sum(s.session_posts for s in seen) == before
+        mine = await http.post("/mcp/pool", json=call, headers=alice)
+        assert mine.status_code == 200 and "whoami" not in mine.text  # the replica's answer (an SSE event)
+        assert '"r' in mine.text
