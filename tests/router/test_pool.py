@@ -19,6 +19,7 @@ from mcp_middleware.core import Principal, set_principal
 from mcp_middleware.router import HttpBackend, McpRouter, PoolBackend
 from tests.conftest import ERAS, Era, connect, free_port
 from tests.router.pool_replica import build
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
@@ -359,3 +360,20 @@ async def test_another_principal_presenting_a_session_id_is_told_it_does_not_exi
         mine = await http.post("/mcp/pool", json=call, headers=alice)
         assert mine.status_code == 200 and "whoami" not in mine.text  # the replica's answer (an SSE event)
         assert '"r' in mine.text
+
+
+@pytest.mark.parametrize("broken", ["hang_up", "garbage"])
+async def test_the_probe_ejects_a_replica_that_does_not_serve_mcp(
+    broken: str, serve: Any, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad: HangUp = request.getfixturevalue(broken)  # accepts connections (a TCP check would pass), answers no MCP
+    urls, _ = replicas(serve, 1)
+    caplog.set_level("WARNING", "mcp_middleware.router.pool")
+    router = pool_router([bad.url, urls[0]], probe_interval=0.1, probe_failures=2)
+    serve(router)
+    pool = router.mounts["pool"].backend
+    assert isinstance(pool, PoolBackend)
+    await until(lambda: any("ejected" in r.getMessage() for r in caplog.records), 20)
+    state = pool.state()
+    assert state.up == 1 and [r.state for r in state.replicas] == ["ejected", "up"]
+    assert "probes failed" in state.replicas[0].last_error
