@@ -20,7 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.breaker import Classification, FailureClassifier
@@ -33,7 +32,6 @@ from mcp_middleware.core import (
     JsonRpcCode,
     McpRequest,
     Outcome,
-    RequestId,
     RequestKind,
     ResponseTap,
     SelectorMap,
@@ -46,9 +44,9 @@ from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 from ._pool_forward import Failure, Resumed, StartHook
 from .pool_health import Replica, ToolHints
-from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions
+from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, open_session
 from .safety import failure_data, retry_safe
-from .sessions import Exchange, exchange, owner_of
+from .sessions import owner_of
 
 if TYPE_CHECKING:
     from .pool import PoolBackend
@@ -59,7 +57,6 @@ logger = logging.getLogger("mcp_middleware.router.pool")
 
 _EVERY_PATH = CoreConfig(paths=("*",))
 _SESSION = b"mcp-session-id"
-_NOT_SENT_ON = frozenset({_SESSION, b"content-length", b"last-event-id"})
 
 
 class PoolProxy:
@@ -130,7 +127,7 @@ class PoolProxy:
             await self._in_session(scope, receive, send, request, tap, request.session_id)
             return
         binder = self._binder(scope, request) if request.method == "initialize" else None
-        turn = _Turn(self.safe(request), request.method == "initialize")
+        turn = _Turn(self, request, request.method == "initialize")
         while (replica := self.pick(turn.tried)) is not None:
             hook = binder(replica) if binder is not None and not turn.resumed else None
             failure = await self._attempt(replica, scope, receive, turn.send(send), request, tap, hook)
@@ -216,7 +213,7 @@ class PoolProxy:
             self.sessions.forget(session_id)
         replica = sticky.replica
         recreated = False
-        turn = _Turn(self.safe(request), request.kind is RequestKind.TERMINATE)
+        turn = _Turn(self, request, request.kind is RequestKind.TERMINATE)
         while True:
             if replica.up:
                 target = _as_backend(scope, sticky, session_id)
@@ -265,7 +262,7 @@ class PoolProxy:
             tried = [lost]
             while (replica := self.pick(tried)) is not None:
                 tried.append(replica)
-                backend_id = await self._initialize(scope, replica, sticky.initialize)
+                backend_id = await open_session(scope, replica, sticky.initialize)
                 if backend_id is None:
                     continue
                 sticky.replica, sticky.backend_id = replica, backend_id
@@ -274,37 +271,6 @@ class PoolProxy:
                 )
                 return replica
         return None
-
-    async def _initialize(self, scope: Scope, replica: Replica, body: bytes) -> str | None:
-        """`initialize` (the client's own request) and `notifications/initialized` at `replica`: its session id."""
-        headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_SENT_ON and not k.startswith(b"mcp-")]
-        own = {k: v for k, v in scope.items() if not k.startswith("mcp_middleware.")}
-
-        async def ask(payload: bytes, extra: list[tuple[bytes, bytes]]) -> Exchange:
-            length = (b"content-length", str(len(payload)).encode("latin-1"))
-            child = {**own, "method": "POST", "headers": [*headers, *extra, length]}
-
-            async def via(child: Scope, receive: Receive, send: Send) -> None:
-                failure = await replica.transport.forward(child, payload, receive, send, None)
-                if failure is not None:
-                    raise ConnectionError(failure.reason)
-
-            return await exchange(via, child, payload, _id_of(payload))
-
-        try:
-            answer = await ask(body, [])
-            backend_id = answer.headers.get(_SESSION)
-            if answer.status != 200 or backend_id is None or answer.message is None or "result" not in answer.message:
-                return None
-            version = answer.message["result"].get("protocolVersion")
-            extra = [(_SESSION, backend_id)]
-            if isinstance(version, str):
-                extra.append((b"mcp-protocol-version", version.encode("latin-1")))
-            await ask(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', extra)
-        except Exception as exc:  # that replica cannot take it either
-            logger.debug("backend %r: re-initialize at replica %s failed: %s", self.name, replica.label, exc)
-            return None
-        return backend_id.decode("latin-1")
 
     # --- answers ----------------------------------------------------------------------------------
 
@@ -366,10 +332,11 @@ class PoolProxy:
 class _Turn:
     """One request's way through the replicas: which were tried, what may have run, whether its answer began."""
 
-    __slots__ = ("may_have_run", "no_resume", "resumed", "safe", "sse", "tried")
+    __slots__ = ("may_have_run", "no_resume", "proxy", "request", "resumed", "sse", "tried")
 
-    def __init__(self, safe: bool, no_resume: bool) -> None:
-        self.safe = safe
+    def __init__(self, proxy: PoolProxy, request: McpRequest, no_resume: bool) -> None:
+        self.proxy = proxy
+        self.request = request
         self.no_resume = no_resume
         """`initialize` (its head carried the session id) and DELETE: never continued on another replica."""
         self.tried: list[Replica] = []
@@ -381,11 +348,11 @@ class _Turn:
         return Resumed(send, DEFAULT_MAX_BODY_SIZE) if self.resumed else send
 
     def goes_on(self, failure: Failure) -> bool:
-        """Whether the request may be sent to another replica after `failure`."""
+        """Whether the request may be sent to another replica after `failure` (safety is asked only now)."""
         self.may_have_run = self.may_have_run or failure.may_have_run
         if failure.started and not self.resumed:
             self.resumed, self.sse = True, failure.sse
-        if failure.may_have_run and not self.safe:
+        if failure.may_have_run and not self.proxy.safe(self.request):
             return False
         return not (self.resumed and (not self.sse or self.no_resume))
 
@@ -397,12 +364,3 @@ def _as_backend(scope: Scope, sticky: Sticky, session_id: str) -> Scope:
     backend_id = sticky.backend_id.encode("latin-1")
     headers = [(k, backend_id if k == _SESSION else v) for k, v in scope["headers"] if k != b"last-event-id"]
     return {**scope, "headers": headers}
-
-
-def _id_of(body: bytes) -> RequestId | None:
-    try:
-        decoded = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    found = decoded.get("id") if isinstance(decoded, dict) else None
-    return found if isinstance(found, str | int) else None

@@ -14,14 +14,26 @@ client keeps its session id: the pool translates it to the new replica's one way
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import anyio
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from mcp_middleware.core import RequestId
 
 from .pool_health import Replica
+from .sessions import Exchange, exchange
 
-__all__ = ["MAX_INITIALIZE_BYTES", "Sticky", "StickySessions"]
+__all__ = ["MAX_INITIALIZE_BYTES", "Sticky", "StickySessions", "open_session"]
+
+logger = logging.getLogger("mcp_middleware.router.pool")
+
+_SESSION = b"mcp-session-id"
+_NOT_SENT_ON = frozenset({_SESSION, b"content-length", b"last-event-id"})
+
 
 MAX_INITIALIZE_BYTES = 64 * 1024
 """Largest `initialize` request kept for re-creating a session elsewhere (a larger one is not kept)."""
@@ -71,3 +83,45 @@ class StickySessions:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+
+async def open_session(scope: Scope, replica: Replica, body: bytes) -> str | None:
+    """Open a session at `replica` with the client's own `initialize` request (then `notifications/initialized`):
+    the replica's session id, or None when it cannot."""
+    headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_SENT_ON and not k.startswith(b"mcp-")]
+    own = {k: v for k, v in scope.items() if not k.startswith("mcp_middleware.")}
+
+    async def ask(payload: bytes, extra: list[tuple[bytes, bytes]]) -> Exchange:
+        length = (b"content-length", str(len(payload)).encode("latin-1"))
+        child = {**own, "method": "POST", "headers": [*headers, *extra, length]}
+
+        async def via(child: Scope, receive: Receive, send: Send) -> None:
+            failure = await replica.transport.forward(child, payload, receive, send, None)
+            if failure is not None:
+                raise ConnectionError(failure.reason)
+
+        return await exchange(via, child, payload, _id_of(payload))
+
+    try:
+        answer = await ask(body, [])
+        backend_id = answer.headers.get(_SESSION)
+        if answer.status != 200 or backend_id is None or answer.message is None or "result" not in answer.message:
+            return None
+        version = answer.message["result"].get("protocolVersion")
+        extra = [(_SESSION, backend_id)]
+        if isinstance(version, str):
+            extra.append((b"mcp-protocol-version", version.encode("latin-1")))
+        await ask(b'{"jsonrpc":"2.0","method":"notifications/initialized"}', extra)
+    except Exception as exc:  # that replica cannot take it either
+        logger.debug("pool %r: re-initialize at replica %s failed: %s", replica.pool, replica.label, exc)
+        return None
+    return backend_id.decode("latin-1")
+
+
+def _id_of(body: bytes) -> RequestId | None:
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = decoded.get("id") if isinstance(decoded, dict) else None
+    return found if isinstance(found, str | int) else None
