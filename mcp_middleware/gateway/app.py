@@ -183,9 +183,9 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
         if not server.mount and not (server.aggregate and aggregate.enabled):
             continue
         layers = assembly.for_mount(server)  # the backend's stack: its mount and the aggregate share it
-        if isinstance(backend, StdioBackend | HttpBackend):
+        if isinstance(backend, StdioBackend | HttpBackend | PoolBackend):
             layers.append(gate_layer(server.name, lambda: router, server.timeout))
-        if isinstance(backend, PoolBackend):
+        if isinstance(backend, PoolBackend):  # (the gate has the router read the request: the pool judges answers)
             assembly.instruments.append(backend.instrument)
         router.mount(
             server.name,

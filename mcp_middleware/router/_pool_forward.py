@@ -54,7 +54,8 @@ class ReplicaTransport:
 
     async def forward(
         self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
-    ) -> Failure | None:
+    ) -> Failure | int:
+        """Forward the request: the HTTP status passed on to the client, or why nothing was."""
         raise NotImplementedError
 
     async def ask(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
@@ -78,7 +79,7 @@ class _HttpTransport(ReplicaTransport):
 
     async def forward(
         self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
-    ) -> Failure | None:
+    ) -> Failure | int:
         proxy = self.proxy
         head, _ = proxy._head(scope, body, False)
         try:
@@ -109,11 +110,11 @@ class _HttpTransport(ReplicaTransport):
                     finished = True
                     group.cancel_scope.cancel()
                 if not finished:
-                    return None  # the client left (the modern era's cancellation): nobody to answer
+                    return response.status  # the client left (the modern era's cancellation): nobody to answer
             if broken is not None:  # the replica died mid-answer: the caller finishes the response
                 return Failure(True, f"broke off its answer: {broken!r}"[:200], started=True, sse=sse)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return None
+            return response.status
         finally:
             await response.aclose()
 
@@ -153,18 +154,19 @@ class _AppTransport(ReplicaTransport):
 
     async def forward(
         self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
-    ) -> Failure | None:
-        started = refused = False
+    ) -> Failure | int:
+        status = 0
+        refused = False
 
         async def guarded(message: Message) -> None:
-            nonlocal started, refused
+            nonlocal status, refused
             if refused:
                 return
             if message["type"] == "http.response.start":
                 if message["status"] in FAILOVER_STATUS:
                     refused = True
                     return
-                started = True
+                status = message["status"]
                 if hook is not None:
                     message = hook(message)
             await send(message)
@@ -172,14 +174,14 @@ class _AppTransport(ReplicaTransport):
         try:
             await self.app(scope, replay(body, receive) if scope["method"] == "POST" else receive, guarded)
         except Exception as exc:
-            if started:
+            if status:
                 raise  # the client has part of the answer: the connection must drop, as without a pool
             return Failure(True, f"{type(exc).__name__}: {exc}"[:200])
         if refused:
             return Failure(True, "answered HTTP 502/503")
-        if not started:
+        if not status:
             return Failure(True, "returned without answering")
-        return None
+        return status
 
     async def ask(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
         scope: Scope = {

@@ -24,25 +24,22 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.breaker import Classification, FailureClassifier
 from mcp_middleware.core import (
-    ANSWERED,
     Component,
-    CoreConfig,
-    Era,
     ErrorCode,
     JsonRpcCode,
-    McpRequest,
     Outcome,
     RequestKind,
     ResponseTap,
     SelectorMap,
     error_body,
-    read_request,
+    get_mcp_request,
     record_decision,
     send_error,
 )
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 from ._pool_forward import Failure, Resumed, StartHook
+from ._pool_request import PoolCall
 from .pool_health import Replica, ToolHints
 from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, open_session
 from .safety import failure_data, retry_safe
@@ -55,7 +52,6 @@ __all__ = ["PoolProxy"]
 
 logger = logging.getLogger("mcp_middleware.router.pool")
 
-_EVERY_PATH = CoreConfig(paths=("*",))
 _SESSION = b"mcp-session-id"
 
 
@@ -95,16 +91,17 @@ class PoolProxy:
                 best = replica
         return best
 
-    def safe(self, request: McpRequest) -> bool:
-        """Whether `request` may run twice (so it may be sent to another replica after it may have run)."""
-        method = request.method
+    def safe(self, call: PoolCall) -> bool:
+        """Whether the request may run twice (so it may be sent to another replica after it may have run)."""
+        request = call.request
+        method = request.method if request is not None else None
         if method is None:
             return False
         if method == "initialize":
             return True  # a session a failed replica may have opened is never handed to the client
         if method != "tools/call":
             return retry_safe(method)
-        name = request.name
+        name = request.name if request is not None else None
         allowed = name is not None and self._allow.lookup_parts(method, name) is True
         return retry_safe(method, annotations=self.hints.annotations(name), allowed=allowed)
 
@@ -115,29 +112,28 @@ class PoolProxy:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
             return
-        request, receive = await read_request(scope, receive, send, _EVERY_PATH)
-        if request is None or receive is ANSWERED:
+        call = await PoolCall.read(scope, receive, send)
+        if call is None:
             return
-        if request.http_method == "POST":
-            await receive()  # the body, replayed: `request.body` holds it; what follows is the client's stream
         tap: ResponseTap | None = None
-        if request.kind is RequestKind.REQUEST:
-            tap, send = ResponseTap.attach(scope, send, request)
-        if request.era is Era.LEGACY and request.session_id is not None:
-            await self._in_session(scope, receive, send, request, tap, request.session_id)
+        view = get_mcp_request(scope)  # read by a middleware in front: its tap is shared, its view reused
+        if view is not None and view.kind is RequestKind.REQUEST:
+            tap, send = ResponseTap.attach(scope, send, view)
+        if call.session_id is not None:
+            await self._in_session(call, receive, send, tap, call.session_id)
             return
-        binder = self._binder(scope, request) if request.method == "initialize" else None
-        turn = _Turn(self, request, request.method == "initialize")
+        binder = self._binder(call) if not call.modern and call.method == "POST" else None
+        turn = _Turn(self, call, no_resume=binder is not None)
         while (replica := self.pick(turn.tried)) is not None:
-            hook = binder(replica) if binder is not None and not turn.resumed else None
-            failure = await self._attempt(replica, scope, receive, turn.send(send), request, tap, hook)
+            hook = binder(replica) if binder is not None else None
+            failure = await self._attempt(replica, scope, receive, turn.send(send), call, tap, hook)
             if failure is None:
                 return
             turn.tried.append(replica)
             if not turn.goes_on(failure):
                 break
             self._failing_over(scope, replica, failure)
-        await self._give_up(scope, send, request, turn)
+        await self._give_up(scope, send, call, turn)
 
     async def _attempt(
         self,
@@ -145,7 +141,7 @@ class PoolProxy:
         scope: Scope,
         receive: Receive,
         send: Send,
-        request: McpRequest,
+        call: PoolCall,
         tap: ResponseTap | None,
         hook: StartHook | None,
     ) -> Failure | None:
@@ -153,26 +149,38 @@ class PoolProxy:
         permit = breaker.acquire()
         if permit is None:  # ejected since it was picked
             return Failure(False, "ejected")
-        counted = request.kind is not RequestKind.STREAM  # a legacy GET stream is open for the session's life
+        counted = call.method != "GET"  # a legacy GET stream is open for the session's life
         replica.in_flight += counted
         try:
-            failure = await replica.transport.forward(scope, request.body, receive, send, hook)
+            answered = await replica.transport.forward(scope, call.body, receive, send, hook)
         except BaseException:
             breaker.record(permit, Classification.NEUTRAL)  # cancelled, or broke mid-answer: the client's loss
             raise
         finally:
             replica.in_flight -= counted
-        if failure is not None:
-            replica.last_error = failure.reason
+        if isinstance(answered, Failure):
+            replica.last_error = answered.reason
             breaker.record(permit, Classification.FAILURE)  # a fault, as the breaker classifies faults
-            return failure
-        if tap is None:
-            breaker.record(permit, Classification.NEUTRAL)
+            return answered
+        if tap is None:  # nobody parsed the request: judged by its status, as the classifier judges
+            # an answer it could not inspect (5xx a failure, 4xx the client's, else a success)
+            verdict = (
+                Classification.FAILURE
+                if answered >= 500
+                else Classification.NEUTRAL
+                if answered >= 400
+                else Classification.SUCCESS
+            )
+            if verdict is Classification.FAILURE:
+                replica.last_error = f"HTTP {answered}"
+            breaker.record(permit, verdict)
             return None
         outcome = tap.outcome()
         if not outcome.complete:  # the client left: the answer says nothing about the replica
             breaker.record(permit, Classification.NEUTRAL)
             return None
+        request = call.request
+        assert request is not None  # a tap is attached only to a parsed request
         verdict = self.classifier(request, outcome, None)
         if verdict is Classification.FAILURE:
             replica.last_error = f"HTTP {outcome.status}" + (
@@ -185,10 +193,11 @@ class PoolProxy:
 
     # --- legacy sessions ---------------------------------------------------------------------------
 
-    def _binder(self, scope: Scope, request: McpRequest) -> Callable[[Replica], StartHook]:
-        """Record the session a replica answering this `initialize` opens (bound to the caller)."""
-        owner = owner_of(scope)
-        body = request.body if len(request.body) <= MAX_INITIALIZE_BYTES else None
+    def _binder(self, call: PoolCall) -> Callable[[Replica], StartHook]:
+        """Record the session a replica opens for this sessionless legacy request (`initialize`), bound to
+        the caller."""
+        owner = owner_of(call.scope)
+        body = call.body if len(call.body) <= MAX_INITIALIZE_BYTES else None
 
         def at(replica: Replica) -> StartHook:
             def bind(message: Message) -> Message:
@@ -203,30 +212,32 @@ class PoolProxy:
         return at
 
     async def _in_session(
-        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, tap: ResponseTap | None, session_id: str
+        self, call: PoolCall, receive: Receive, send: Send, tap: ResponseTap | None, session_id: str
     ) -> None:
+        scope = call.scope
         sticky = self.sessions.get(session_id)
         if sticky is None or sticky.owner != owner_of(scope):
-            await self._no_session(scope, send, request, "unknown")
+            await self._no_session(scope, send, call, "unknown")
             return
-        if request.kind is RequestKind.TERMINATE:
+        ending = call.method == "DELETE"
+        if ending:
             self.sessions.forget(session_id)
         replica = sticky.replica
         recreated = False
-        turn = _Turn(self, request, request.kind is RequestKind.TERMINATE)
+        turn = _Turn(self, call, no_resume=ending)
         while True:
             if replica.up:
                 target = _as_backend(scope, sticky, session_id)
                 hook = None if turn.resumed else self._session_hook(sticky, session_id)
-                failure = await self._attempt(replica, target, receive, turn.send(send), request, tap, hook)
+                failure = await self._attempt(replica, target, receive, turn.send(send), call, tap, hook)
                 if failure is None:
                     return
                 turn.tried.append(replica)
                 if not turn.goes_on(failure):
-                    await self._give_up(scope, send, request, turn)
+                    await self._give_up(scope, send, call, turn)
                     return
                 self._failing_over(scope, replica, failure)
-            if recreated or not self.reinitialize or sticky.initialize is None or request.kind is RequestKind.TERMINATE:
+            if recreated or not self.reinitialize or sticky.initialize is None or ending:
                 break
             replacement = await self._recreate(scope, sticky, session_id, lost=replica)
             if replacement is None:
@@ -234,9 +245,9 @@ class PoolProxy:
             replica, recreated = replacement, True
         self.sessions.forget(session_id)
         if turn.resumed:  # the answer had begun: it ends with the error, the next request learns the session is gone
-            await self._give_up(scope, send, request, turn)
+            await self._give_up(scope, send, call, turn)
             return
-        await self._no_session(scope, send, request, "replica lost")
+        await self._no_session(scope, send, call, "replica lost")
 
     def _session_hook(self, sticky: Sticky, session_id: str) -> StartHook:
         """The replica's answer in a session: its id shown as the client's; a 404 ends the session here too."""
@@ -286,7 +297,7 @@ class PoolProxy:
         )
         logger.debug("backend %r replica %s failed (%s): trying another", self.name, replica.label, failure.reason)
 
-    async def _give_up(self, scope: Scope, send: Send, request: McpRequest, turn: _Turn) -> None:
+    async def _give_up(self, scope: Scope, send: Send, call: PoolCall, turn: _Turn) -> None:
         """No replica served it: a JSON-RPC error, or, for an answer already begun, its last event."""
         may_have_run = turn.may_have_run
         record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.name, may_have_run=may_have_run)
@@ -295,7 +306,7 @@ class PoolProxy:
             if not turn.sse:  # a JSON body cut short cannot be finished honestly: the connection must drop
                 raise RuntimeError(f"backend {self.name!r}: a replica broke off a response after it started")
             message = "Backend failed while answering; the request may have run"
-            event = error_body(ErrorCode.BAD_GATEWAY, message, request.id, data)
+            event = error_body(ErrorCode.BAD_GATEWAY, message, call.id, data)
             await send({"type": "http.response.body", "body": b"event: message\r\ndata: " + event + b"\r\n\r\n"})
             return
         if may_have_run:
@@ -304,7 +315,7 @@ class PoolProxy:
                 status=502,
                 code=ErrorCode.BAD_GATEWAY,
                 message="Backend failed before answering; the request may have run",
-                request_id=request.id,
+                request_id=call.id,
                 data=data,
             )
             return
@@ -316,29 +327,29 @@ class PoolProxy:
             status=503,
             code=ErrorCode.UNAVAILABLE,
             message=message,
-            request_id=request.id,
+            request_id=call.id,
             data=data,
             headers={"Retry-After": self._retry_after},
         )
 
-    async def _no_session(self, scope: Scope, send: Send, request: McpRequest, reason: str) -> None:
+    async def _no_session(self, scope: Scope, send: Send, call: PoolCall, reason: str) -> None:
         """Answered as the SDK answers a session it does not know: the client starts a new one."""
         record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED, backend=self.name, reason=reason)
         await send_error(
-            send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request.id
+            send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=call.id
         )
 
 
 class _Turn:
     """One request's way through the replicas: which were tried, what may have run, whether its answer began."""
 
-    __slots__ = ("may_have_run", "no_resume", "proxy", "request", "resumed", "sse", "tried")
+    __slots__ = ("call", "may_have_run", "no_resume", "proxy", "resumed", "sse", "tried")
 
-    def __init__(self, proxy: PoolProxy, request: McpRequest, no_resume: bool) -> None:
+    def __init__(self, proxy: PoolProxy, call: PoolCall, *, no_resume: bool) -> None:
         self.proxy = proxy
-        self.request = request
+        self.call = call
         self.no_resume = no_resume
-        """`initialize` (its head carried the session id) and DELETE: never continued on another replica."""
+        """A request that may open a session (its head carried the id) or ends one: never continued elsewhere."""
         self.tried: list[Replica] = []
         self.may_have_run = False
         self.resumed = False
@@ -352,7 +363,7 @@ class _Turn:
         self.may_have_run = self.may_have_run or failure.may_have_run
         if failure.started and not self.resumed:
             self.resumed, self.sse = True, failure.sse
-        if failure.may_have_run and not self.proxy.safe(self.request):
+        if failure.may_have_run and not self.proxy.safe(self.call):
             return False
         return not (self.resumed and (not self.sse or self.no_resume))
 

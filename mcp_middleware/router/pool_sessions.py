@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.core import RequestId
 
+from ._pool_forward import Failure
 from .pool_health import Replica
 from .sessions import Exchange, exchange
 
@@ -96,9 +97,9 @@ async def open_session(scope: Scope, replica: Replica, body: bytes) -> str | Non
         child = {**own, "method": "POST", "headers": [*headers, *extra, length]}
 
         async def via(child: Scope, receive: Receive, send: Send) -> None:
-            failure = await replica.transport.forward(child, payload, receive, send, None)
-            if failure is not None:
-                raise ConnectionError(failure.reason)
+            answered = await replica.transport.forward(child, payload, receive, send, None)
+            if isinstance(answered, Failure):
+                raise ConnectionError(answered.reason)
 
         return await exchange(via, child, payload, _id_of(payload))
 
