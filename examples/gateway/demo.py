@@ -67,6 +67,11 @@ def _fastmcp() -> object:
         """Multiply two numbers."""
         return a * b
 
+    @fast.tool(annotations={"readOnlyHint": True})
+    def utc_now() -> str:
+        """The current UTC time (ISO 8601): the fallback of the `demo` server's clock (the example's route)."""
+        return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
     return fast
 
 

@@ -86,6 +86,8 @@ class Outcome(StrEnum):
     NEUTRAL = "neutral"
     """breaker: a call's verdict (`success`, `failure`, or `neutral`: says nothing of the backend's health)."""
     ROUTED = "routed"
+    FALLBACK = "fallback"
+    """router: a route moved a call on to its next backend (attributes `route`, `server`, `to`, `reason`)."""
     PARTIAL = "partial"
     """router: a merged list that lacks some backends (attribute `failed`)."""
     BACKEND_ERROR = "backend_error"

@@ -42,6 +42,8 @@ from .assembly import Assembly
 from .backend_gate import gate_layer
 from .backends import BackendLoadError, load_backend
 from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mode_problem
+from .config_curation import add_virtual_server
+from .config_routes import live_routes
 from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
@@ -193,9 +195,13 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
             middleware=layers,
             aggregate=server.aggregate and aggregate.enabled,
             path_mount=server.mount,
+            curation=server.curation,
         )
     if problems:
         raise ConfigError(problems, str(config.source or "config"))
+    router.routes = live_routes(config.routes, [name for name, mount in router.mounts.items() if mount.aggregate])
+    for virtual in config.virtual_servers:
+        add_virtual_server(router, virtual, assembly)
     return router, skipped
 
 

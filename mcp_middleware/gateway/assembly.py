@@ -71,6 +71,14 @@ class Assembly:
         """Authentication at the aggregate (its own audience); each backend's stack authorizes."""
         return self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False)
 
+    def virtual_door(self, path: str) -> list[Layer]:
+        """Authentication at a virtual server: its own audience (`{base_url}{path}`) and RFC 9728 metadata."""
+        return self._auth(f"{self.base_url}{path}", per_backend=False)
+
+    def virtual_own(self, name: str) -> list[Layer]:
+        """What a virtual server answers itself spends its own budget (namespace: its name)."""
+        return [*self._ratelimit(name), *self._cache(name)]
+
     def aggregate_own(self) -> list[Layer]:
         """What the aggregate answers itself (lists, initialize) spends the aggregate's own budget."""
         return [*self._ratelimit("aggregate"), *self._cache("aggregate")]

@@ -1,13 +1,15 @@
-"""`mcp-gateway` (also `python -m mcp_middleware.gateway`): serve, check a config, list its servers, get a dev token.
+"""`mcp-gateway` (also `python -m mcp_middleware.gateway`): serve, check a config, list and probe its servers,
+get a dev token, write a new server.
 
-Exit codes: 0 success; 1 the gateway failed while running; 2 bad usage or a config
-file with problems (each printed with its key and line).
+Exit codes: 0 success; 1 the gateway failed while running (or, for `health-check`, a required
+server is not healthy); 2 bad usage or a config file with problems (each printed with its key and line).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import socket
 import sys
@@ -61,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
         "optional), selectors naming no tool are warnings",
     )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
+    _health_check_arguments(with_config(commands.add_parser("health-check", help=_HEALTH_CHECK_HELP)))
+    _new_server_arguments(commands.add_parser("new-server", help=_NEW_SERVER_HELP))
     _token_arguments(with_config(commands.add_parser("token", help=_TOKEN_HELP)))
     return parser
 
@@ -87,6 +91,40 @@ def _token_arguments(token: argparse.ArgumentParser) -> None:
     token.add_argument("--port", type=int, help="the port the gateway listens on (default: $PORT, then [gateway].port)")
 
 
+_HEALTH_CHECK_HELP = (
+    "probe every configured server over MCP (handshake and tools/list, all at once) without serving, and print "
+    "name, kind, state, latency and tools; exit 1 unless every required server is healthy"
+)
+_NEW_SERVER_HELP = (
+    "write a new MCP server package (an MCPServer with one tool, and its test) and print its [[servers]] entry"
+)
+
+
+def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        help="seconds each server has for its probe (default: the server's own `timeout`)",
+    )
+    sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+
+
+def _positive_seconds(text: str) -> float:
+    """A finite number of seconds above zero (argparse prints the message and exits 2 otherwise)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above zero, not {text!r}")
+    return value
+
+
+def _new_server_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("name", help="the package name: a Python identifier (letters, digits, _), also the server's name")
+    sub.add_argument("--dir", type=Path, default=Path(), help="the folder to write NAME/ in (default: here)")
+
+
 def _load(path: Path) -> GatewayConfig | None:
     try:
         return load_config(path)
@@ -108,11 +146,20 @@ def _describe(config: GatewayConfig) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "new-server":  # the one command with no config to read
+        from .scaffold import new_server
+
+        return new_server(args.name, args.dir)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE
     if args.command == "check-config":
         return _check_config(config, args.config, probe=args.probe)
+    if args.command == "health-check":
+        from .health_check import health_check
+
+        _quiet_probe_logs()
+        return health_check(config, args.config, timeout=args.timeout, as_json=args.json)
     if args.command == "list-servers":
         print(f"{'name':<20} {'kind':<8} {'mount':<28} {'aggregate':<11} target")
         print("\n".join(_describe(config)))
@@ -132,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
     from .config_check import check_config
 
-    for chatty in ("mcp", "httpx2"):  # a probe starts servers: their INFO lines are not check-config's output
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    logging.getLogger("mcp_middleware.gateway").setLevel(logging.ERROR)  # its warnings come back as results
+    _quiet_probe_logs()
     problems, warnings = check_config(config, probe=probe)
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=sys.stderr)
@@ -155,6 +200,15 @@ def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
     counted = f"; {len(warnings)} warning{'s' if len(warnings) != 1 else ''}" if warnings else ""
     print(f"{source}: OK — {len(config.servers)} servers; middlewares: {', '.join(enabled) or 'none'}{counted}")
     return EXIT_OK
+
+
+def _quiet_probe_logs() -> None:
+    """A probe starts servers: their INFO lines are not the command's output, and the gateway's
+    warnings (a skipped server) come back as results. A stdio server's own stderr still shows."""
+    for chatty in ("mcp", "httpx2"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("mcp.client").setLevel(logging.CRITICAL)  # what it fails on is the probe's result
+    logging.getLogger("mcp_middleware.gateway").setLevel(logging.ERROR)
 
 
 def _env_port(port: int | None) -> int | None:

@@ -32,6 +32,8 @@ from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
+from .config_curation import virtual_servers
+from .config_routes import routes
 from .config_servers import server
 from .config_types import (
     AggregateSettings,
@@ -45,6 +47,7 @@ from .config_types import (
     ServerSettings,
     StaticTokenSettings,
     TracingSettings,
+    VirtualServerSettings,
 )
 from .toml_reader import Lines, Problem, Reader
 from .validation import quota_storage_problem
@@ -63,6 +66,7 @@ __all__ = [
     "ServerSettings",
     "StaticTokenSettings",
     "TracingSettings",
+    "VirtualServerSettings",
     "dev_mode_exposure",
     "dev_mode_problem",
     "load_config",
@@ -95,8 +99,9 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
     servers = tuple(
         found for index, table in enumerate(top.tables("servers")) if (found := server(table, index, names)) is not None
     )
+    gateway = sections.gateway(top.table("gateway"))
     config = GatewayConfig(
-        gateway=sections.gateway(top.table("gateway")),
+        gateway=gateway,
         front_door=sections.front_door(top.table("front_door")),
         servers=servers,
         aggregate=sections.aggregate(top.table("aggregate")),
@@ -105,6 +110,8 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         breaker=sections.breaker(top.table("breaker")) if "breaker" in data else BreakerSettings(),
         cache=sections.cache(top.table("cache")) if "cache" in data else CacheSettings(),
         tracing=sections.tracing(top.table("tracing")) if "tracing" in data else TracingSettings(),
+        routes=routes(top, servers),
+        virtual_servers=virtual_servers(top, names, gateway.prefix) if "virtual_servers" in data else (),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
@@ -129,6 +136,8 @@ def _across_sections(config: GatewayConfig, problems: list[Problem]) -> list[Pro
     quota_problem = quota_storage_problem(config.ratelimit.store)
     if quota_problem is not None and any(isinstance(policy, QuotaPolicy) for policy in every):
         found.append(config.problem("ratelimit.store", quota_problem))
+    if config.routes and not config.aggregate.enabled:
+        found.append(config.problem("routes[0]", "routes serve the aggregate, and [aggregate] enabled = false"))
     if not config.servers and not any(p.path.startswith("servers") for p in problems):
         found.append(Problem("servers", "at least one [[servers]] entry is needed"))
     return found

@@ -2,9 +2,9 @@
 
 :func:`check_config` builds the gateway as `serve` would (imports every `app`, finds every
 `command`'s program, constructs every middleware and store from its URL) and reports what
-fails as problems with key and line. With `probe=True` it goes one step further: it starts
-the backends (stdio children, in-process lifespans), lists each one's tools, reports a required
-backend that cannot be reached as a problem, and a selector naming no tool of the backends it
+fails as problems with key and line. With `probe=True` it goes one step further: it probes
+the backends as `health-check` does (stdio children, in-process lifespans, both MCP requests), reports a
+required backend that is not healthy as a problem, and a selector naming no tool of the backends it
 applies to as a warning (`tools/call:stok` when the backend has `stock`).
 """
 
@@ -15,15 +15,14 @@ from collections.abc import Iterator
 import anyio
 
 from mcp_middleware.core import Selector
-from mcp_middleware.router import Backend
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig, Problem, in_file_order
+from .config_routes import route_warnings
+from .health_check import probe_gateway
 from .toml_reader import did_you_mean
 
 __all__ = ["check_config"]
-
-_MAX_PAGES = 100
 
 
 def check_config(config: GatewayConfig, *, probe: bool = False) -> tuple[list[Problem], list[Problem]]:
@@ -50,34 +49,20 @@ def _skipped(config: GatewayConfig, entry: str) -> Problem:
 
 
 async def _probe(gateway: Gateway) -> tuple[list[Problem], list[Problem]]:
+    """`health-check`'s probe (every backend at once, each within its `timeout`), its findings as problems."""
     config = gateway.config
     tools: dict[str, list[str]] = {}
     problems: list[Problem] = []
     warnings: list[Problem] = []
-    by_name = {server.name: server for server in config.servers}
-    async with gateway.router.lifespan():
-        for name, mount in gateway.router.mounts.items():
-            server = by_name[name]
-            try:
-                with anyio.fail_after(server.timeout):
-                    tools[name] = await _tool_names(mount.backend)
-            except Exception as exc:
-                found = config.problem(f"servers[{server.index}]", f"cannot be reached: {_reason(exc)}")
-                (warnings if server.optional else problems).append(found)
-    return problems, warnings + _unmatched(config, tools)
-
-
-async def _tool_names(backend: Backend) -> list[str]:
-    names: list[str] = []
-    async with backend.open_client() as client:
-        cursor: str | None = None
-        for _ in range(_MAX_PAGES):
-            page = await client.list_tools(cursor=cursor)
-            names += [tool.name for tool in page.tools]
-            cursor = page.next_cursor
-            if not cursor:
-                break
-    return names
+    for health in await probe_gateway(gateway):
+        if health.state == "healthy":
+            tools[health.name] = list(health.tools)
+            continue
+        index = next(server.index for server in config.servers if server.name == health.name)
+        verb = "cannot be reached" if health.state == "unreachable" else "is unhealthy"
+        found = config.problem(f"servers[{index}]", f"{verb}: {health.reason}")
+        (warnings if health.optional else problems).append(found)
+    return problems, warnings + _unmatched(config, tools) + route_warnings(config, tools)
 
 
 def _unmatched(config: GatewayConfig, tools: dict[str, list[str]]) -> list[Problem]:
@@ -117,11 +102,3 @@ def _selectors(config: GatewayConfig) -> Iterator[tuple[str, str, list[str]]]:
         for index, policy in enumerate(server.ratelimit_policies or ()):
             for selector in policy.selectors:
                 yield f"{where}.ratelimit_policies[{index}].selector", selector.text, own
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _reason(exc.exceptions[0])
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    return f"{type(exc).__name__}: {exc}"[:200]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from .config_curation import curation
 from .config_sections import policies, scope_map, timeouts
 from .config_types import PoolSettings, ServerSettings
 from .toml_reader import Reader
@@ -51,6 +52,7 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
         breaker_timeouts=timeouts(reader, "breaker_timeouts") if "breaker_timeouts" in reader.data else None,
         cache_ttl=reader.number("cache_ttl", 0.0, positive=True) if "cache_ttl" in reader.data else None,
         honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
+        curation=curation(reader),
         index=index,
         pool=pool,
     )

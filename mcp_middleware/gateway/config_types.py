@@ -18,8 +18,10 @@ from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
-from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend
+from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend, Route
+from mcp_middleware.router.curation import Curation
 
+from .config_curation import VirtualServerSettings
 from .toml_reader import Lines, Problem
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ServerSettings",
     "StaticTokenSettings",
     "TracingSettings",
+    "VirtualServerSettings",
     "option_default",
 ]
 
@@ -100,6 +103,8 @@ class ServerSettings:
     """This backend's cache TTL (over `[cache] ttl`)."""
     honor_ttl_ms: bool | None = None
     """Whether this backend's `ttlMs` hints bound caching (over `[cache] honor_ttl_ms`)."""
+    curation: Curation | None = None
+    """`[servers.tools]`, `[servers.prompts]`, `[servers.resources]`, `hidden_refusal`: what clients see of it."""
     index: int = field(default=0, compare=False)
     """Its place in the file (`servers[index]`), for problems found after parsing."""
     pool: PoolSettings | None = None
@@ -262,6 +267,10 @@ class GatewayConfig:
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    routes: tuple[Route, ...] = ()
+    """`[[routes]]`: primary and fallback servers of a tool or prompt of the aggregate."""
+    virtual_servers: tuple[VirtualServerSettings, ...] = ()
+    """`[[virtual_servers]]`: endpoints assembled from chosen tools of several servers."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

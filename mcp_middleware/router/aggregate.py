@@ -10,7 +10,9 @@ Three parts (see docs/router.md for one request's path):
   public names, page with keyset cursors and report failures honestly; each
   backend's list filter decides what the caller sees of that backend;
 * the **notifier** (:mod:`.notifier`): backends' list_changed and resource updates,
-  relayed to legacy sessions and modern `subscriptions/listen` streams.
+  relayed to legacy sessions and modern `subscriptions/listen` streams;
+* **routes** (:mod:`.routes`, :mod:`.fallback`): a tool or prompt served by a primary backend and
+  its fallbacks, listed once under its own name, each attempt through the relay.
 
 What the aggregate answers itself (initialize, lists, ping, discover, logging level,
 subscriptions) is served by an `mcp` SDK low-level server, and so are requests for
@@ -22,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -49,10 +51,13 @@ from .catalog import (
     Catalog,
     Kind,
 )
+from .curation import Curation, Selection
+from .fallback import RouteRunner
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
+from .routes import Route, RouteTable
 from .watches import ResourceWatches
 
 __all__ = ["ROUTER_META_KEY", "AggregateServer", "ListGate"]
@@ -118,6 +123,9 @@ class AggregateServer:
         stack_paths: Mapping[str, str] | None = None,
         gates: Mapping[str, ListGate] | None = None,
         own_middleware: Callable[[ASGIApp], ASGIApp] | None = None,
+        routes: Sequence[Route] = (),
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -129,8 +137,16 @@ class AggregateServer:
         self._links: dict[str, BackendLink] = {}
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
+        self.routes = RouteTable(routes, servers=self.backends)
         self.catalog = Catalog(
-            self.backends, self._links, naming=self.naming, list_ttl=list_ttl, failure_cooldown=failure_cooldown
+            self.backends,
+            self._links,
+            naming=self.naming,
+            list_ttl=list_ttl,
+            failure_cooldown=failure_cooldown,
+            routes=self.routes,
+            curations=curations,
+            selections=selections,
         )
         self.notifier = Notifier(debounce=debounce, max_listeners=max_listeners)
         self._listen_handler = ListenHandler(self.notifier.bus)
@@ -152,6 +168,9 @@ class AggregateServer:
         if self.relay is not None:
             self.notifier.listeners.append(self.relay.broadcast)
             self.relay.on_closed = self.notifier.forget_session
+        self.route_runner = (
+            RouteRunner(self.routes, self.relay, self.catalog) if self.relay is not None and self.routes else None
+        )
         from mcp_middleware import __version__
 
         self.server = _RouterServer(
@@ -191,7 +210,11 @@ class AggregateServer:
         if receive is ANSWERED:
             return
         if request is not None:
-            if await relay.route(scope, receive, send, request):
+            route = self.routes.find(request.method, request.params) if self.route_runner is not None else None
+            if route is not None and self.route_runner is not None:
+                if await self.route_runner.serve(route, scope, receive, send, request):
+                    return
+            elif await relay.route(scope, receive, send, request):
                 return
             if request.era is Era.LEGACY:
                 send = relay.watch(child, request, send)
@@ -373,11 +396,19 @@ class AggregateServer:
     ) -> types.SubscriptionsListenResult:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
-        held = await self.watches.acquire(uris, self.catalog.resolve_uri)
+        held = await self.watches.acquire(uris, self._visible_uri)
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
+
+    async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
+        """A resource to watch, unless its backend's curation hides it (then it is not watched at all)."""
+        target = await self.catalog.resolve_uri(public_uri)
+        curation = self.catalog.curations.get(target[0]) if target is not None else None
+        if target is not None and curation is not None and not curation.resources.decide(target[1]).visible:
+            return None
+        return target
 
     async def _set_log_level(
         self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
@@ -386,15 +417,27 @@ class AggregateServer:
         return types.EmptyResult()
 
     async def _resolve(self, kind: Kind, public_name: str, noun: str) -> tuple[str, str]:
+        """`(server, the backend's own name)`: these calls reach the backend without its stack."""
         target = await self.catalog.resolve(kind, public_name)
         if target is None:
+            refused = self.catalog.refusal(kind, public_name)
+            if refused is not None:
+                _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
+                raise MCPError(code, message, data=data)
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
-        return target
+        return target[0], self.catalog.backend_name(kind, *target)
 
     async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
         target = await self.catalog.resolve_uri(public_uri, template=template)
         if target is None:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+        curation = self.catalog.curations.get(target[0])
+        if curation is not None:
+            rules = curation.resources
+            decision = rules.decide_template(target[1]) if template else rules.decide(target[1])
+            if not decision.visible:
+                _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
+                raise MCPError(code, message, data=data)
         return target
 
     # --- notifications -------------------------------------------------------------------------

@@ -31,7 +31,10 @@ from mcp_middleware.core import JsonRpcCode
 
 from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
 from .backends import Backend
+from .curated_catalog import curated_entries, hidden_names
+from .curation import Curation, Selection
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+from .routes import RouteTable
 
 __all__ = [
     "KINDS",
@@ -111,6 +114,8 @@ class Merged:
     uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
     failures: list[BackendFailure]
     collisions: list[dict[str, str | None]]
+    hidden: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Tools/prompts: the public name a curated-away item would have -> (server, the rule that hides it)."""
     serial: int = field(default_factory=lambda: next(_serials))
     """Unique per merge: answers built from this list can be reused while it is the current one."""
 
@@ -138,8 +143,18 @@ class Catalog:
         naming: NamingPolicy,
         list_ttl: float,
         failure_cooldown: float,
+        routes: RouteTable | None = None,
+        curations: Mapping[str, Curation] | None = None,
+        selections: Mapping[str, Selection] | None = None,
     ) -> None:
         self.backends = backends
+        self.routes = routes if routes is not None else RouteTable((), servers=())
+        self._annotations: dict[str, dict[str, dict[str, Any]]] = {}
+        """server → tool → its annotations as last listed (kept through outages: a route's rule needs them)."""
+        self.curations = dict(curations or {})
+        """Each backend's curation (its path mount applies the same one in its stack)."""
+        self.selections = selections
+        """A virtual server's choice from each backend (None: everything the curations leave)."""
         self.links = links
         self.naming = naming
         self.list_ttl = list_ttl
@@ -182,23 +197,33 @@ class Catalog:
 
     def _build(self, kind: Kind, gathered: _Gathered) -> Merged:
         entries: list[tuple[str, Any]] = []
+        originals: dict[tuple[str, str], str] = {}  # (server, curated key) -> the backend's own
+        hidden_at: list[tuple[str, str, str]] = []  # (server, curated name, rule) of curated-away items
         for server in self.backends:  # mount order decides collisions
             listing = gathered.listings.get(server)
             if listing is not None:
-                entries.extend((server, item) for item in listing.items)
+                entries.extend(self._curated(kind, server, listing.items, originals, hidden_at))
         table: NameTable | None = None
         uris: dict[str, tuple[str, str]] = {}
         collisions: list[dict[str, str | None]] = []
         public: list[tuple[str, Any, str, str]] = []
         if kind.key == "name":
-            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries))
+            routes = self.routes.named(kind.name)
+            members = self.routes.members(kind.name) if routes else {}
+            if members:  # a route's backends' items are listed once, under the route's name
+                routed = [(server, item) for server, item in entries if (server, item.name) in members]
+                entries = [(server, item) for server, item in entries if (server, item.name) not in members]
+                public.extend(_routed_items(routes, routed))
+            reserved = {name: (route.primary, name) for name, route in routes.items()}
+            table = NameTable.build(self.naming, ((server, item.name) for server, item in entries), reserved=reserved)
             collisions = [collision.describe() for collision in table.collisions]
-            taken: set[str] = set()
+            taken: set[str] = set(routes)
             for server, item in entries:
                 name = table.public_name(server, item.name)
                 if name is not None and name not in taken:  # a backend listing a name twice: first one
                     taken.add(name)
-                    public.append((name, item.model_copy(update={"name": name}), server, item.name))
+                    own = originals.get((server, item.name), item.name)  # the backend's name, for its list filter
+                    public.append((name, item.model_copy(update={"name": name}), server, own))
         else:
             keep = self.naming.prefix is PrefixMode.NEVER
             for server, item in entries:
@@ -209,6 +234,7 @@ class Catalog:
                     continue
                 uris[uri] = (server, original)
                 public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
+        hidden = hidden_names(self.naming, table, hidden_at)
         public.sort(key=lambda entry: entry[0])
         if collisions:
             logger.info("aggregate %s: name collisions %s", kind.name, collisions)
@@ -222,7 +248,43 @@ class Catalog:
             uris=uris,
             failures=gathered.failures,
             collisions=collisions,
+            hidden=hidden,
         )
+
+    def _curated(
+        self,
+        kind: Kind,
+        server: str,
+        items: list[Any],
+        originals: dict[tuple[str, str], str],
+        hidden_at: list[tuple[str, str, str]],
+    ) -> list[tuple[str, Any]]:
+        """A backend's items as its curation (and a virtual server's selection) lets clients see them."""
+        if not self.curations and self.selections is None:
+            return [(server, item) for item in items]
+        selection = self.selections.get(server) if self.selections is not None else None
+        if self.selections is not None and selection is None:
+            return []  # a virtual server takes nothing of a backend it does not name
+        return curated_entries(
+            self.curations.get(server), selection, server, kind.name, kind.key, items, originals, hidden_at
+        )
+
+    def refusal(self, kind: Kind, public_name: str) -> tuple[Curation, str] | None:
+        """`(the backend's curation, rule)` when a tool or prompt name is one its curation hides."""
+        cached = self._merged.get(kind.name)
+        found = cached[1].hidden.get(public_name) if cached is not None else None
+        if found is None:
+            return None
+        curation = self.curations.get(found[0])
+        return (curation, found[1]) if curation is not None else None
+
+    def backend_name(self, kind: Kind, server: str, curated: str) -> str:
+        """The backend's own name of a curated tool or prompt name (for calls that skip its stack)."""
+        curation = self.curations.get(server)
+        if curation is None:
+            return curated
+        rules = curation.tools if kind is TOOLS else curation.prompts
+        return rules.backend(curated) or curated
 
     async def _gather(self, kind: Kind) -> _Gathered:
         gathered = _Gathered()
@@ -282,6 +344,12 @@ class Catalog:
             return self._fail(server, "error", short(exc))
         listing = _Listing(items, started)
         self._listings[kind.name][server] = listing
+        if kind is TOOLS:
+            self._annotations[server] = {
+                tool.name: tool.annotations.model_dump(by_alias=True, exclude_none=True)
+                for tool in items
+                if getattr(tool, "annotations", None) is not None
+            }
         self._cooling.pop(server, None)
         return listing
 
@@ -292,6 +360,10 @@ class Catalog:
         for listings in self._listings.values():  # nothing stale is offered for a failed backend
             listings.pop(server, None)
         return BackendFailure(server, error, message)
+
+    def tool_annotations(self, server: str, name: str) -> dict[str, Any] | None:
+        """The annotations `server` last listed for its tool `name` (None: none, or never listed)."""
+        return self._annotations.get(server, {}).get(name)
 
     # --- resolving public names -------------------------------------------------------------
 
@@ -306,6 +378,14 @@ class Catalog:
 
     async def resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str] | None:
         """`(server, backend uri)` of a resource (or, with `template`, of a resource template)."""
+        target = await self._locate_uri(public_uri, template=template)
+        if target is not None and self.selections is not None:  # a virtual server reaches only what it selects
+            selection = self.selections.get(target[0])
+            if selection is None or not selection.allows_uri(target[1], template=template):
+                return None
+        return target
+
+    async def _locate_uri(self, public_uri: str, *, template: bool) -> tuple[str, str] | None:
         if self.naming.prefix is not PrefixMode.NEVER:
             return split_uri(public_uri, self.backends)
         # URIs are the backends' own: a listed resource, else the first template that matches
@@ -381,6 +461,17 @@ async def _fetch_all(client: Any, kind: Kind) -> list[Any]:
             break
         seen.add(cursor)
     return items
+
+
+def _routed_items(routes: Mapping[str, Any], routed: list[tuple[str, Any]]) -> list[tuple[str, Any, str, str]]:
+    """One public entry per route: the item of the first of its servers (primary first) that lists it."""
+    offered = {(server, item.name): item for server, item in reversed(routed)}  # a name listed twice: the first
+    found: list[tuple[str, Any, str, str]] = []
+    for name, route in routes.items():
+        server = next((server for server in route.servers if (server, name) in offered), None)
+        if server is not None:
+            found.append((name, offered[(server, name)], server, name))
+    return found
 
 
 def _matches(template: str, uri: str) -> bool:

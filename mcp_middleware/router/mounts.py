@@ -35,8 +35,12 @@ from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 from ._links import BackendLink, BackendUnavailable
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend, HttpBackend, InProcessBackend
+from .curation import Curation
+from .curation_layer import CurationMiddleware
 from .names import NamingPolicy, PrefixMode, validate_server_name
 from .pool import PoolBackend
+from .routes import Route
+from .virtual import VirtualServer, selections_of
 
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
@@ -58,6 +62,8 @@ class Mount:
     aggregate: bool
     has_middleware: bool
     path_mount: bool = True
+    curation: Curation | None = None
+    """What clients see of this backend (applied at its path mount and in every aggregate)."""
 
 
 class McpRouter:
@@ -87,6 +93,7 @@ class McpRouter:
         transport_security: TransportSecuritySettings | None = None,
         aggregate_middleware: Sequence[MountMiddleware] = (),
         aggregate_own_middleware: Sequence[MountMiddleware] = (),
+        routes: Sequence[Route] = (),
     ) -> None:
         if not prefix.startswith("/") or (prefix.endswith("/") and prefix != "/"):
             raise ValueError("prefix must start with '/' and not end with '/'")
@@ -105,6 +112,8 @@ class McpRouter:
             "debounce": debounce,
             "transport_security": transport_security,
         }
+        self.routes = tuple(routes)
+        """Primary and fallback routes of the aggregate (:class:`~mcp_middleware.router.Route`)."""
         self._aggregate: AggregateServer | None = None
         self._aggregate_entry: ASGIApp | None = None
         self._aggregate_door = tuple(aggregate_middleware)
@@ -114,6 +123,8 @@ class McpRouter:
         self._bridges: list[AggregateServer] = []
         self._links: dict[str, BackendLink] = {}  # server -> the one BackendLink the bridges and the aggregate share
         self._running = False
+        self._virtual: dict[str, VirtualServer] = {}  # path -> what virtual_server() was told
+        self._virtual_apps: dict[str, tuple[AggregateServer, ASGIApp, bool]] = {}  # path -> (server, entry, door)
 
     def mount(
         self,
@@ -123,19 +134,22 @@ class McpRouter:
         middleware: Sequence[MountMiddleware] = (),
         aggregate: bool = True,
         path_mount: bool = True,
+        curation: Curation | None = None,
     ) -> None:
         """Mount `backend` at `{prefix}/{name}` (unless `path_mount=False`: aggregate only) and in the
         aggregate (unless `aggregate=False`).
 
         `middleware` wraps this mount only, outermost first (as in Starlette). A bare ASGI
-        app is taken as an :class:`InProcessBackend` serving MCP at `/mcp`.
+        app is taken as an :class:`InProcessBackend` serving MCP at `/mcp`. `curation` decides which
+        of its tools, prompts and resources exist and under which names, at its mount and in every
+        aggregate (see docs/governance.md).
         """
         if not (path_mount or aggregate):
             raise ValueError(f"{name!r} would be reachable nowhere: path_mount or aggregate must be true")
         if self._running:
             raise RuntimeError("mount() before the router starts")
         validate_server_name(name)
-        if name in self.mounts:
+        if name in self.mounts or any(v.name == name for v in self._virtual.values()):
             raise ValueError(f"a server named {name!r} is already mounted")
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
@@ -151,7 +165,12 @@ class McpRouter:
             )
             self._bridges.append(bridge)
             target = bridge
-        mount = Mount(name, backend, _wrap(target, middleware), aggregate, bool(middleware), path_mount)
+        app = _wrap(target, middleware)
+        if curation is not None and curation.active:  # outermost: the stack's policies see the backend's names
+            app = CurationMiddleware(app, curation=curation)
+        else:
+            curation = None
+        mount = Mount(name, backend, app, aggregate, bool(middleware) or curation is not None, path_mount, curation)
         self.mounts[name] = mount
         if (
             middleware and path_mount
@@ -173,9 +192,74 @@ class McpRouter:
                 stack_paths={name: f"{self.prefix}/{name}" for name in members},
                 gates={name: gate for name, mount in members.items() if (gate := _list_gate(mount.app)) is not None},
                 own_middleware=(lambda app: _wrap(app, own)) if own else None,
+                routes=self.routes,
+                curations={name: mount.curation for name, mount in members.items() if mount.curation is not None},
                 **self._aggregate_options,
             )
         return self._aggregate
+
+    def virtual_server(
+        self,
+        name: str,
+        *,
+        tools: Sequence[str] = (),
+        prompts: Sequence[str] = (),
+        resources: Sequence[str] = (),
+        path: str | None = None,
+        middleware: Sequence[MountMiddleware] = (),
+        own_middleware: Sequence[MountMiddleware] = (),
+        naming: NamingPolicy | None = None,
+    ) -> None:
+        """Serve a virtual server at `path` (default `{prefix}/{name}`): chosen items of mounted backends.
+
+        `tools`/`prompts` are `"server:glob"` over each backend's curated public names, `resources`
+        `"server:uri-prefix"`. `middleware` is its door (authentication with its own audience and
+        metadata); `own_middleware` wraps what it answers itself (lists, initialize); calls still pass
+        each backend's own stack. `naming` defaults to the router's.
+
+        >>> # router.virtual_server("support", tools=["crm:*", "tickets:create"])
+        """
+        if self._running:
+            raise RuntimeError("virtual_server() before the router starts")
+        validate_server_name(name)
+        selections = selections_of(tools, prompts, resources)
+        unknown = sorted(set(selections) - set(self.mounts))
+        if unknown:
+            raise ValueError(f"virtual server {name!r} selects from {unknown}, which are not mounted")
+        if not selections:
+            raise ValueError(f"virtual server {name!r} selects nothing")
+        path = (path or f"{self.prefix}/{name}").rstrip("/") or "/"
+        if not path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        taken = {self.aggregate_path, *(f"{self.prefix}/{m}" for m in self.mounts), *self._virtual}
+        if name in self.mounts or path in taken:
+            raise ValueError(f"virtual server {name!r}: {path} is already served")
+        self._virtual[path] = VirtualServer(name, path, selections, tuple(middleware), tuple(own_middleware), naming)
+        if middleware:
+            self._prm[f"{PROTECTED_RESOURCE_PREFIX}{path}"] = _wrap(_not_found, middleware)
+        self._virtual_apps.clear()
+
+    def virtual_servers(self) -> dict[str, AggregateServer]:
+        """Each virtual server's aggregate by path (built on first use, over the mounts as they are)."""
+        if len(self._virtual_apps) != len(self._virtual):
+            self._virtual_apps = {path: self._build_virtual(virtual) for path, virtual in self._virtual.items()}
+        return {path: entry[0] for path, entry in self._virtual_apps.items()}
+
+    def _build_virtual(self, virtual: VirtualServer) -> tuple[AggregateServer, ASGIApp, bool]:
+        members = {name: self.mounts[name] for name in virtual.selections}
+        server = AggregateServer(
+            {name: mount.backend for name, mount in members.items()},
+            naming=virtual.naming or self.naming,
+            shared_links=self._links,
+            stacks={name: mount.app for name, mount in members.items()},
+            stack_paths={name: f"{self.prefix}/{name}" for name in members},
+            gates={name: gate for name, mount in members.items() if (gate := _list_gate(mount.app)) is not None},
+            curations={name: mount.curation for name, mount in members.items() if mount.curation is not None},
+            selections=virtual.selections,
+            own_middleware=(lambda app: _wrap(app, virtual.own)) if virtual.own else None,
+            **{**self._aggregate_options, "name": virtual.name},
+        )
+        return server, _wrap(server, virtual.door), bool(virtual.door)
 
     @property
     def _aggregate_app(self) -> ASGIApp:
@@ -217,6 +301,8 @@ class McpRouter:
                 await stack.enter_async_context(mount.backend.lifespan())
             for bridge in self._bridges:
                 await stack.enter_async_context(bridge.lifespan())
+            for virtual in self.virtual_servers().values():
+                await stack.enter_async_context(virtual.lifespan())
             if self.aggregate_path is not None:
                 await stack.enter_async_context(self.aggregate.lifespan())
             self._running = True
@@ -247,6 +333,11 @@ class McpRouter:
                     return
             await self._aggregate_app(scope, receive, send)
             return
+        if self._virtual_apps:
+            found = self._virtual_apps.get(path)
+            if found is not None:
+                await self._serve_virtual(found, scope, receive, send)
+                return
         prefix = self.prefix
         if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
             mount = self.mounts.get(path[len(prefix) + 1 :])
@@ -259,6 +350,16 @@ class McpRouter:
                 await metadata(scope, receive, send)
                 return
         await _not_found(scope, receive, send)
+
+    async def _serve_virtual(
+        self, found: tuple[AggregateServer, ASGIApp, bool], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        _, entry, door = found
+        if door:
+            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
+            if receive is ANSWERED:
+                return
+        await entry(scope, receive, send)
 
     async def _dispatch(self, mount: Mount, scope: Scope, receive: Receive, send: Send) -> None:
         if mount.has_middleware:

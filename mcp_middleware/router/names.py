@@ -132,12 +132,20 @@ class NameTable:
     collisions: tuple[Collision, ...] = field(default=())
 
     @classmethod
-    def build(cls, policy: NamingPolicy, entries: Iterable[tuple[str, str]]) -> NameTable:
+    def build(
+        cls,
+        policy: NamingPolicy,
+        entries: Iterable[tuple[str, str]],
+        *,
+        reserved: Mapping[str, tuple[str, str]] | None = None,
+    ) -> NameTable:
+        """`reserved`: public names taken before any entry (a route's name → its primary's item);
+        an entry that wants one of them gets its prefixed or hashed form, as in a collision."""
         pairs = list(dict.fromkeys(entries))  # a backend listing a name twice: first one counts
         counts: dict[str, int] = {}
         for _, name in pairs:
             counts[name] = counts.get(name, 0) + 1
-        targets: dict[str, tuple[str, str]] = {}
+        targets: dict[str, tuple[str, str]] = dict(reserved or {})
         public: dict[tuple[str, str], str] = {}
         collisions: list[Collision] = []
         for server, name in pairs:

@@ -24,7 +24,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import Component, ErrorCode, Outcome, get_mcp_request, record_decision, send_error
 
-from ._upstream import UpstreamError, UpstreamPool
+from ._upstream import UpstreamError, UpstreamPool, UpstreamUnreachable
+from .safety import MAY_HAVE_RUN
 from .sessions import SessionOwners, owner_of, refuse_session
 
 __all__ = ["StreamingProxy", "pooled_client"]
@@ -139,12 +140,13 @@ class StreamingProxy:
             body_sent.set()
         try:
             response = await self.pool.request(head, body, rest, chunked=chunked)
-        except TimeoutError:
-            await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time")
+        except TimeoutError:  # connecting timed out (reads have no timeout here): nothing was sent
+            await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False)
             return
         except UpstreamError as exc:
             self._unreachable(str(exc))
-            await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable")
+            sent = not isinstance(exc, UpstreamUnreachable)
+            await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable", sent=sent)
             return
         except _ClientGone:
             return
@@ -231,7 +233,8 @@ class StreamingProxy:
             record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, reason="stream broken")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _fail(self, scope: Scope, send: Send, status: int, code: int, message: str) -> None:
+    async def _fail(self, scope: Scope, send: Send, status: int, code: int, message: str, *, sent: bool) -> None:
+        """`sent`: the request may have reached the backend (`data.mayHaveRun`, for routes and failover)."""
         request = get_mcp_request(scope)
         record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, status=status)
         await send_error(
@@ -240,7 +243,7 @@ class StreamingProxy:
             code=code,
             message=message,
             request_id=request.id if request is not None else None,
-            data={"backend": self.url},
+            data={"backend": self.url, MAY_HAVE_RUN: sent},
         )
 
 

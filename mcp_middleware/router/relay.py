@@ -42,6 +42,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.decisions import DecisionValue
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
@@ -205,12 +206,40 @@ class Relay:
             except Exception as exc:  # the backend is gone already: nothing left to end
                 logger.debug("closing %s's session at %s failed: %s", session.id[:8], server, exc)
 
+    async def forward_to(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: McpRequest,
+        target: tuple[str, Mapping[str, Any], str | None],
+        report: Mapping[str, DecisionValue],
+    ) -> bool:
+        """Send `request` to the backend `target` names (a route's choice), as :meth:`route` would; `report`
+        joins the routing decision. False: the aggregate's own server must answer (see :meth:`route`)."""
+        session: ClientSession | None = None
+        if request.era is Era.LEGACY:
+            session = self.sessions.get(request.session_id) if request.session_id is not None else None
+            if session is None:
+                return False
+            if session.owner != owner_of(scope):
+                await refuse_session(scope, send, request.id)
+                return True
+        return await self._forward(scope, receive, send, request, session, target, report)
+
     # --- forwarding -------------------------------------------------------------------------
 
     async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: McpRequest,
+        session: ClientSession | None,
+        target: tuple[str, Mapping[str, Any], str | None] | None = None,
+        report: Mapping[str, DecisionValue] | None = None,
     ) -> bool:
-        server, params, header_name = await backend_target(self.catalog, request)
+        server, params, header_name = target if target is not None else await backend_target(self.catalog, request)
         if request.era is Era.MODERN and not await self.speaks_modern(server):
             return False  # a 2025-era backend: the aggregate's own server bridges the eras
         backend: BackendSession | None = None
@@ -227,7 +256,9 @@ class Relay:
             public_uri=self._public_uri(server),
             max_bytes=self.max_inspect_bytes,
         )
-        record_decision(scope, Component.ROUTER, Outcome.ROUTED, server=server, method=request.method or "")
+        record_decision(
+            scope, Component.ROUTER, Outcome.ROUTED, server=server, method=request.method or "", **(report or {})
+        )
         if session is not None and request.id is not None:
             session.running[request.id] = server
         # The backend's stack gets the request already read: the client's view, renamed (no second parse).

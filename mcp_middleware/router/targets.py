@@ -36,6 +36,9 @@ async def backend_target(catalog: Catalog, request: McpRequest) -> tuple[str, Ma
             raise Refused(200, JsonRpcCode.INVALID_PARAMS, f"{noun} name must be a string")
         found = await catalog.resolve(kind, public)
         if found is None:
+            refused = catalog.refusal(kind, public)
+            if refused is not None:  # hidden by its backend's curation: refused as that curation says
+                raise Refused(*refused[0].refusal_error(noun, public, refused[1]))
             raise Refused(200, JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public[:200]}", {"name": public[:200]})
         server, name = found
         renamed = params if name == public else {**params, "name": name}
@@ -60,6 +63,9 @@ async def _completion_target(catalog: Catalog, params: Mapping[str, Any]) -> tup
     if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
         found = await catalog.resolve(PROMPTS, ref["name"])
         key = "name"
+        refused = catalog.refusal(PROMPTS, ref["name"]) if found is None else None
+        if refused is not None:
+            raise Refused(*refused[0].refusal_error("prompt", ref["name"], refused[1]))
     elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
         found = await catalog.resolve_uri(ref["uri"], template=True)
         key = "uri"

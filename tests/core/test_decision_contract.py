@@ -125,7 +125,7 @@ def test_the_scan_sees_the_producers() -> None:
     pairs = produced()
     assert ("core", "rejected") in pairs
     assert ("auth", "deny") in pairs and ("ratelimit", "deny") in pairs
-    assert ("router", "routed") in pairs and ("router", "partial") in pairs
+    assert ("router", "routed") in pairs and ("router", "partial") in pairs and ("router", "fallback") in pairs
     assert ("breaker", "open") in pairs and ("cache", "miss") in pairs
     assert {c for c, _ in pairs} == {str(c) for c in Component}, "a component no module records"
 
