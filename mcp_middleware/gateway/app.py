@@ -37,7 +37,7 @@ from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import CoreConfig
 from mcp_middleware.core.lifespan import serve_lifespan
-from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PrefixMode, StdioBackend
+from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PoolBackend, PrefixMode, StdioBackend
 
 from .affinity import SessionAffinityMiddleware
 from .assembly import Assembly
@@ -201,8 +201,10 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
         if not server.mount and not (server.aggregate and aggregate.enabled):
             continue
         layers = assembly.for_mount(server)  # the backend's stack: its mount and the aggregate share it
-        if isinstance(backend, StdioBackend | HttpBackend):
+        if isinstance(backend, StdioBackend | HttpBackend | PoolBackend):
             layers.append(gate_layer(server.name, lambda: router, server.timeout))
+        if isinstance(backend, PoolBackend):  # (the gate has the router read the request: the pool judges answers)
+            assembly.instruments.append(backend.instrument)
         router.mount(
             server.name,
             backend,
@@ -277,6 +279,8 @@ def _traced(
     )
     if tracing.metrics is not None:
         assembly.state_listeners.append(tracing.metrics.record_breaker_change)
+    for instrument in assembly.instruments:
+        instrument(meter_provider)
     if metrics is None:
         return tracing
     return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry)

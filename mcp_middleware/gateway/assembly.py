@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from mcp.server.auth.provider import TokenVerifier
+from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
 
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
@@ -48,6 +49,8 @@ class Assembly:
         """(mount, registry) of every backend with a breaker, for `/readyz`."""
         self.state_listeners: list[StateListener] = []
         """Told of every breaker state change (the tracing metrics subscribe once they exist)."""
+        self.instruments: list[Callable[[MeterProvider], None]] = []
+        """Given the meter provider once `[tracing]` builds one (each replica pool reports its state)."""
         self.bucket_store: BucketStore | None = None
         self.cache_store: CacheStore | None = None
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None

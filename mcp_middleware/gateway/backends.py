@@ -10,7 +10,7 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from mcp_middleware.core.errors import McpMiddlewareError
-from mcp_middleware.router import Backend, HttpBackend, InProcessBackend, StdioBackend
+from mcp_middleware.router import Backend, HttpBackend, InProcessBackend, PoolBackend, StdioBackend
 
 from .config import ServerSettings
 from .validation import check_command, import_target
@@ -36,6 +36,8 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
     Raises :class:`BackendLoadError` when an `app` cannot be imported or is not an MCP app, or a
     `command`'s program does not exist (`serve` would otherwise start and report no tools).
     """
+    if server.pool is not None:
+        return _pool_backend(server)
     if server.url:
         return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout)
     if server.command:
@@ -60,6 +62,24 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
         raise BackendLoadError("app", str(exc)) from exc
     except Exception as exc:  # a factory function that failed
         raise BackendLoadError("app", f"cannot be built: {type(exc).__name__}: {exc}") from exc
+
+
+def _pool_backend(server: ServerSettings) -> PoolBackend:
+    """A `url = [...]` server: one `HttpBackend` per replica (each with the server's headers) in a pool."""
+    pool = server.pool
+    assert pool is not None
+    replicas = [HttpBackend(url, headers=dict(server.headers), timeout=server.timeout) for url in pool.urls]
+    return PoolBackend(
+        replicas,
+        balance=pool.balance,
+        probe_interval=pool.probe_interval,
+        probe_timeout=pool.probe_timeout,
+        probe_failures=pool.probe_failures,
+        retry_tools=pool.retry_tools,
+        on_replica_loss=pool.on_replica_loss,
+        timeout=server.timeout,
+        name=server.name,
+    )
 
 
 def _asgi_app(value: Any) -> ASGIApp:

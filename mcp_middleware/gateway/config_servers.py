@@ -6,9 +6,9 @@ import re
 
 from .config_curation import curation
 from .config_sections import policies, scope_map, timeouts
-from .config_types import ServerSettings
+from .config_types import PoolSettings, ServerSettings
 from .toml_reader import Reader
-from .validation import split_command
+from .validation import selector, split_command
 
 __all__ = ["server"]
 
@@ -21,7 +21,7 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
     """One `[[servers]]` table, or None when it cannot be a server (the problems say why)."""
     name = _name(reader, names)
     app = reader.string("app", None)
-    url = reader.string("url", None)
+    url, pool = _url(reader)
     command = split_command(reader, "command")
     given = [key for key, value in (("app", app), ("url", url), ("command", command)) if value]
     given += [key for key in ("command",) if key in reader.data and not command and key not in given]
@@ -33,8 +33,9 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
         )
     if app is not None and not _APP.match(app):
         reader.problem("app", f"must be 'module:attribute', not {app!r}")
-    if url is not None and not _URL.match(url):
-        reader.problem("url", f"must be an http:// or https:// URL, not {url!r}")
+    for each in pool.urls if pool is not None else (url,) if url is not None else ():
+        if not _URL.match(each):
+            reader.problem("url", f"must be an http:// or https:// URL, not {each!r}")
     settings = ServerSettings(
         name=name or "",
         app=app,
@@ -53,11 +54,44 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
         honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
         curation=curation(reader),
         index=index,
+        pool=pool,
     )
     if not settings.mount and not settings.aggregate:
         reader.problem("mount", "and aggregate are both false: the server would be reachable nowhere")
     reader.done()
     return settings if len(given) == 1 and name is not None else None
+
+
+_POOL_KEYS = ("balance", "probe_interval", "probe_timeout", "probe_failures", "retry_tools", "on_replica_loss")
+
+
+def _url(reader: Reader) -> tuple[str | None, PoolSettings | None]:
+    """`url`: one URL, or a list of replicas (a pool, with its own options); the first URL, and the pool."""
+    if not isinstance(reader.raw("url", None), list):
+        for key in _POOL_KEYS:
+            if key in reader.data:
+                reader.raw(key)  # read, so that it is not also called unknown
+                reader.problem(key, 'is for a pool of replicas: write url = ["http://a/mcp", "http://b/mcp"]')
+        return reader.string("url", None), None
+    urls = reader.strings("url", ())
+    if not urls:
+        reader.problem("url", "must name at least one replica")
+        return None, None
+    retry_tools = reader.strings("retry_tools", ())
+    for position, text in enumerate(retry_tools):
+        selector(reader, f"retry_tools[{position}]", text)
+    pool = PoolSettings(
+        urls=urls,
+        balance=reader.string("balance", PoolSettings.balance, choices=("least_in_flight", "round_robin")),
+        probe_interval=reader.number("probe_interval", PoolSettings.probe_interval, positive=True),
+        probe_timeout=reader.number("probe_timeout", PoolSettings.probe_timeout, positive=True),
+        probe_failures=reader.integer("probe_failures", PoolSettings.probe_failures, minimum=1),
+        retry_tools=retry_tools,
+        on_replica_loss=reader.string(
+            "on_replica_loss", PoolSettings.on_replica_loss, choices=("not_found", "reinitialize")
+        ),
+    )
+    return urls[0], pool
 
 
 def _name(reader: Reader, names: dict[str, str]) -> str | None:

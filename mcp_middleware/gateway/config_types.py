@@ -18,7 +18,7 @@ from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
-from mcp_middleware.router import HttpBackend, NamingPolicy, Route
+from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend, Route
 from mcp_middleware.router.curation import Curation
 
 from .config_audit import AuditSettings
@@ -35,6 +35,7 @@ __all__ = [
     "FrontDoorSettings",
     "GatewayConfig",
     "GatewaySettings",
+    "PoolSettings",
     "RateLimitSettings",
     "ServerSettings",
     "StaticTokenSettings",
@@ -58,6 +59,20 @@ def option_default(owner: Callable[..., Any] | type, name: str) -> Any:
     if default is inspect.Parameter.empty:
         raise LookupError(f"{getattr(owner, '__name__', owner)} has no default for {name}")
     return default
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """A server whose `url` is a list: its replicas and `PoolBackend`'s options (its defaults)."""
+
+    urls: tuple[str, ...]
+    balance: Literal["least_in_flight", "round_robin"] = option_default(PoolBackend, "balance")
+    probe_interval: float = option_default(PoolBackend, "probe_interval")
+    probe_timeout: float = option_default(PoolBackend, "probe_timeout")
+    probe_failures: int = option_default(PoolBackend, "probe_failures")
+    retry_tools: tuple[str, ...] = ()
+    """Selectors of tools that may be sent to another replica after one failed (`"tools/call:search_*"`)."""
+    on_replica_loss: Literal["not_found", "reinitialize"] = option_default(PoolBackend, "on_replica_loss")
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,8 @@ class ServerSettings:
     """`[servers.tools]`, `[servers.prompts]`, `[servers.resources]`, `hidden_refusal`: what clients see of it."""
     index: int = field(default=0, compare=False)
     """Its place in the file (`servers[index]`), for problems found after parsing."""
+    pool: PoolSettings | None = None
+    """Set when `url` is a list of replicas (`url` is then the first of them)."""
 
     @property
     def kind(self) -> Literal["app", "url", "command"]:

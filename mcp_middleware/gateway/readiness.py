@@ -22,7 +22,7 @@ import httpx2
 
 from mcp_middleware.cache import CacheStore
 from mcp_middleware.ratelimit import BucketStore
-from mcp_middleware.router import Backend, HttpBackend, McpRouter
+from mcp_middleware.router import Backend, HttpBackend, McpRouter, PoolBackend
 
 from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
@@ -47,11 +47,36 @@ def shown_url(url: str) -> str:
 
 def readiness_checks(router: McpRouter, assembly: Assembly) -> dict[str, ReadinessCheck]:
     """The checks `/readyz` runs for this gateway."""
-    return {
+    checks: dict[str, ReadinessCheck] = {
         "backends": partial(_backends, router, assembly, set()),
         "breakers": partial(_breakers, assembly),
         "stores": partial(_stores, assembly),
     }
+    if any(isinstance(mount.backend, PoolBackend) for mount in router.mounts.values()):
+        checks["pools"] = partial(_pools, router, assembly)
+    return checks
+
+
+async def _pools(router: McpRouter, assembly: Assembly) -> tuple[bool | Literal["degraded"], str]:
+    """Each replica pool: all replicas up (ready), some ejected (degraded: it still serves), none (not ready,
+    unless the server is `optional`). The detail names every ejected replica and why. The pools and the
+    optional servers are the running ones (a reload changes them)."""
+    pools = {name: mount.backend for name, mount in router.mounts.items() if isinstance(mount.backend, PoolBackend)}
+    optional = {server.name for server in assembly.config.servers if server.optional}
+    details: list[str] = []
+    failed = degraded = False
+    for name, pool in sorted(pools.items()):
+        state = pool.state()
+        total = len(state.replicas)
+        details.append(f"{name}: {state.up}/{total} replicas up")
+        for replica in state.replicas:
+            if replica.state != "up":
+                details.append(f"{name} replica {replica.label} ({replica.target}) ejected: {replica.last_error}")
+        if state.up == 0 and name not in optional:
+            failed = True
+        elif state.up < total:
+            degraded = True
+    return (False if failed else DEGRADED if degraded else True), "; ".join(details)
 
 
 async def _breakers(assembly: Assembly) -> tuple[bool, str]:

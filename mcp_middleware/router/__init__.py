@@ -9,6 +9,7 @@ See docs/router.md. The pieces:
 * :class:`StreamingProxy`: the transparent streaming reverse proxy for remote mounts;
 * :class:`Curation` (:class:`ItemRules`, :class:`Override`, :class:`ResourceRules`): what clients see of a
   backend (docs/governance.md); `McpRouter.virtual_server()` for endpoints assembled across backends.
+* :class:`PoolBackend`: replicas of one backend, balanced, health-checked, failing over safely.
 """
 
 from ._links import BackendUnavailable
@@ -17,6 +18,7 @@ from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .curation import Curation, ItemRules, Override, ResourceRules
 from .mounts import McpRouter, Mount, MountMiddleware
 from .names import Collision, NameTable, NamingPolicy, PrefixMode
+from .pool import PoolBackend
 from .proxy import StreamingProxy
 from .registry import Applied, MountChanges, MountSpec
 from .routes import Route
@@ -40,6 +42,7 @@ __all__ = [
     "NameTable",
     "NamingPolicy",
     "Override",
+    "PoolBackend",
     "PrefixMode",
     "Route",
     "ResourceRules",

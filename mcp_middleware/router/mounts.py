@@ -40,6 +40,7 @@ from .backends import Backend, HttpBackend, InProcessBackend
 from .curation import Curation
 from .curation_layer import CurationMiddleware
 from .names import NamingPolicy, PrefixMode, validate_server_name
+from .pool import PoolBackend
 from .registry import (
     Applied,
     HeldContexts,
@@ -192,7 +193,7 @@ class McpRouter:
         validate_server_name(name)
         if not isinstance(backend, Backend):
             backend = InProcessBackend(backend)
-        if isinstance(backend, HttpBackend) and backend.name is None:
+        if isinstance(backend, HttpBackend | PoolBackend) and backend.name is None:
             backend.name = name  # its log lines name the server the operator configured, not its URL
         target = backend.path_app()  # the backend's stack ends here; path mount or not, the aggregate routes to it
         bridge: AggregateServer | None = None
