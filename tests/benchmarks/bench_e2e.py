@@ -92,11 +92,9 @@ class Server:
         self.log.close()
 
 
-def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Server:
-    """Start one server; `hash_seed` fixes PYTHONHASHSEED, one of the things two processes of
-    the same program differ by (the apps of one round get the same seed, rounds differ)."""
-    port = free_port()
-    command = [
+def uvicorn_command(name: str, port: int) -> list[str]:
+    """The server every e2e and wire benchmark runs: one uvicorn worker, asyncio, h11, no access log."""
+    return [
         sys.executable,
         "-m",
         "uvicorn",
@@ -116,6 +114,13 @@ def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Se
         "warning",
         "--no-access-log",
     ]
+
+
+def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Server:
+    """Start one server; `hash_seed` fixes PYTHONHASHSEED, one of the things two processes of
+    the same program differ by (the apps of one round get the same seed, rounds differ)."""
+    port = free_port()
+    command = uvicorn_command(name, port)
     log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server; closed by Server.stop)
     env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
     process = subprocess.Popen(

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,8 +139,14 @@ def _callgrind(app: str, requests: int, workdir: Path) -> int:
 
 def count(apps: Sequence[str], low: int, high: int) -> list[Count]:
     """Callgrind totals for each app at `low` and `high` requests (two at a time: 2 cores)."""
+    return per_request(apps, low, high, _callgrind)
+
+
+def per_request(apps: Sequence[str], low: int, high: int, callgrind: Callable[[str, int, Path], int]) -> list[Count]:
+    """`callgrind(app, requests, workdir)` at `low` and `high` requests for each app, two at a time; the
+    difference of the totals over `high - low` is the app's instructions per request."""
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = {(app, n): pool.submit(_callgrind, app, n, Path(tmp)) for app in apps for n in (low, high)}
+        jobs = {(app, n): pool.submit(callgrind, app, n, Path(tmp)) for app in apps for n in (low, high)}
         totals = {key: job.result() for key, job in jobs.items()}
     return [
         Count(app, (totals[app, high] - totals[app, low]) / (high - low), totals[app, low], totals[app, high])

@@ -20,14 +20,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .bench_e2e import _FIRST_ID, HOST, Server, Wire, free_port, read_response, wait_ready
-from .bench_instructions import Count
+from .bench_e2e import _FIRST_ID, HOST, Server, Wire, free_port, read_response, uvicorn_command, wait_ready
+from .bench_instructions import Count, per_request
 
 ROOT = Path(__file__).resolve().parents[2]
 _COLLECTED = re.compile(rb"Collected\s*:\s*(\d+)")
@@ -60,29 +58,8 @@ def _stack_headers(app: str) -> tuple[tuple[str, str], ...]:
 
 def _callgrind(app: str, requests: int, workdir: Path) -> int:
     port = free_port()
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        f"--callgrind-out-file={workdir / f'callgrind.{app}.{requests}'}",
-        sys.executable,
-        "-m",
-        "uvicorn",
-        f"tests.benchmarks.apps:{app}",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--loop",
-        "asyncio",
-        "--http",
-        "h11",
-        "--lifespan",
-        "on",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
+    out = workdir / f"callgrind.{app}.{requests}"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *uvicorn_command(app, port)]
     log = tempfile.TemporaryFile()  # noqa: SIM115 (closed below)
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -107,10 +84,4 @@ def _callgrind(app: str, requests: int, workdir: Path) -> int:
 
 def count(apps: Sequence[str], low: int, high: int) -> list[Count]:
     """Callgrind totals of a server loaded with `low` and with `high` requests, per app (two at a time)."""
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = {(app, n): pool.submit(_callgrind, app, n, Path(tmp)) for app in apps for n in (low, high)}
-        totals = {key: job.result() for key, job in jobs.items()}
-    return [
-        Count(app, (totals[app, high] - totals[app, low]) / (high - low), totals[app, low], totals[app, high])
-        for app in apps
-    ]
+    return per_request(apps, low, high, _callgrind)
