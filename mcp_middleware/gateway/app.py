@@ -124,15 +124,7 @@ def build_gateway(
     host = host or settings.host
     port = settings.port if port is None else port
     base_url = _base_url(settings, host, port)
-    try:
-        assembly = Assembly(config, base_url)
-        router, skipped = _router(config, assembly)
-    except ConfigError:
-        raise
-    except (ValueError, ConfigurationError) as exc:  # a value a middleware refused that the config let through
-        raise ConfigError(
-            [config.problem("(config)", f"cannot be assembled: {exc}")], str(config.source or "config")
-        ) from exc
+    assembly, router, skipped = _assembled(config, base_url)
     closers: list[Closer] = []
     inner = _front(router, config, assembly)
     trail = None
@@ -162,6 +154,20 @@ def build_gateway(
     if config.source is not None:
         gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)
     return gateway
+
+
+def _assembled(config: GatewayConfig, base_url: str) -> tuple[Assembly, McpRouter, list[str]]:
+    """Every backend's stack and the router over them; a value a middleware refuses is a config problem."""
+    try:
+        assembly = Assembly(config, base_url)
+        router, skipped = _router(config, assembly)
+    except ConfigError:
+        raise
+    except (ValueError, ConfigurationError) as exc:  # a value a middleware refused that the config let through
+        raise ConfigError(
+            [config.problem("(config)", f"cannot be assembled: {exc}")], str(config.source or "config")
+        ) from exc
+    return assembly, router, skipped
 
 
 def _base_url(settings: GatewaySettings, host: str, port: int) -> str:
