@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
+import orjson
 import pytest
 from joserfc import jwt
 from mcp import MCPError
@@ -135,3 +137,33 @@ def test_reload_recompiles_the_rule_files_for_every_backend(tmp_path: Path) -> N
     (tmp_path / "policies" / "bank.toml").write_text('[[rules]]\nid = "closed"\neffect = "forbid"\n')
     gateway.assembly.reload_policies()
     assert [rule.id for rule in engine.rules] == ["closed"]
+
+
+async def test_a_refusal_names_its_rule_in_the_audit_record_too(tmp_path: Path) -> None:
+    """The rule a client reads in the error's `data` is the one the audit record keeps, with `by: policy`."""
+    audit = tmp_path / "audit.jsonl"
+    path = write(tmp_path, config=CONFIG + f'\n[audit]\nfile = "{audit}"\n')
+    port = free_port()
+    gateway = build_gateway(load_config(path), port=port)
+    with serve_app(gateway.app, port=port) as served:
+        url = f"{served.base}/mcp/bank"
+        ana = bearer(gateway, "/mcp/bank", "ana", roles=["teller"], home="/home/ana/")
+        async with client(url, "modern", ana) as teller:
+            with pytest.raises(MCPError) as capped:
+                await teller.call_tool("pay", {"amount": 500, "to": "bob"})
+            await teller.call_tool("pay", {"amount": 5, "to": "bob"})
+        deadline = time.monotonic() + 30  # the writer thread seals records after the answers ended
+        calls: list[dict[str, Any]] = []
+        while len(calls) < 2 and time.monotonic() < deadline:
+            await anyio.sleep(0.05)
+            lines = audit.read_text(encoding="utf-8").splitlines() if audit.exists() else []
+            records = [orjson.loads(line) for line in lines]
+            calls = [r for r in records if r.get("event") == "mcp.operation" and r.get("method") == "tools/call"]
+    assert capped.value.data["rule"] == "payments-cap"
+    refused, paid = calls
+    assert refused["outcome"]["class"] == "refused" and refused["outcome"]["by"] == "policy"
+    assert refused["outcome"]["code"] == -32013 and refused["principal"]["subject"] == "ana"
+    [denial] = [d for d in refused["decisions"] if d["component"] == "policy"]
+    assert denial["outcome"] == "deny" and denial["rule"] == "payments-cap"
+    assert paid["outcome"]["class"] == "ok"
+    assert [d["outcome"] for d in paid["decisions"] if d["component"] == "policy"] == ["allow"]
