@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 from limits.errors import ConfigurationError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -373,8 +374,9 @@ class _Lifespan:
                         yield
                         group.cancel_scope.cancel()
         finally:
-            for close in self.closers:
-                close()
+            with anyio.CancelScope(shield=True):  # the closers block (an exporter's flush, the audit writer's
+                for close in self.closers:  # join): in a worker thread, never on the event loop
+                    await anyio.to_thread.run_sync(close)
 
 
 def _freeze_startup_objects() -> bool:
