@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, JsonRpcCode, read_request, send_error
+from mcp_middleware.core import ANSWERED, CoreConfig, read_request
 from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 
 from ._links import BackendLink, BackendUnavailable
-from .aggregate import AggregateServer, ListGate
+from ._stacks import MountMiddleware
+from ._stacks import list_gate as _list_gate
+from ._stacks import not_found as _not_found
+from ._stacks import wrap as _wrap
+from .aggregate import AggregateServer
 from .backends import Backend, HttpBackend, InProcessBackend
 from .curation import Curation
 from .curation_layer import CurationMiddleware
@@ -48,8 +51,6 @@ from .registry import (
     MountChanges,
     MountSpec,
     apply_changes,
-    replace_members,
-    retire_member,
     single,
 )
 from .routes import Route
@@ -59,8 +60,6 @@ __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.router")
 
-MountMiddleware = Middleware | Callable[[ASGIApp], ASGIApp]
-"""A middleware for one mount: `starlette.middleware.Middleware(Cls, **options)` or `lambda app: Cls(app, ...)`."""
 
 _EVERY_PATH = CoreConfig(paths=("*",))
 
@@ -382,50 +381,6 @@ class McpRouter:
         async with self._applying:  # one change at a time: each is computed against the set the last one left
             return await apply_changes(self, changes, drain_timeout)
 
-    def _swap(self, added: Sequence[Mount], retired: Sequence[Mount]) -> None:
-        """Take `retired` out and put `added` in: synchronous, so no request sees half of it."""
-        for mount in retired:
-            del self.mounts[mount.name]
-            self._prm.pop(f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}", None)
-            if mount.bridge is not None:
-                self._bridges.remove(mount.bridge)
-        for mount in added:
-            self.mounts[mount.name] = mount
-            if mount.has_middleware and mount.path_mount:
-                self._prm[f"{PROTECTED_RESOURCE_PREFIX}{self.prefix}/{mount.name}"] = _wrap(
-                    _not_found, mount.middleware
-                )
-            if mount.bridge is not None:
-                self._bridges.append(mount.bridge)
-        if self._aggregate is not None and self.aggregate_path is not None:
-            members = {
-                mount.name: (mount.backend, mount.app, f"{self.prefix}/{mount.name}", _list_gate(mount.app))
-                for mount in added
-                if mount.aggregate
-            }
-            replace_members(self._aggregate, members, [mount.name for mount in retired])
-
-    async def _bridge_idle(self, name: str) -> None:
-        """Wait until the aggregate's SDK-bridged calls to server `name` ended (they are not counted per mount)."""
-        if self._aggregate is None or self.aggregate_path is None:
-            return
-        calls = self._aggregate.bridge._inflight
-        while True:  # the bridge keeps a list per server, no event: look again shortly
-            if not calls.get(name):
-                return
-            await anyio.sleep(0.05)
-
-    async def _close_retired(self, mount: Mount) -> None:
-        """Close a retired mount: the aggregate's sessions to it, its bridge, then its backend's lifespan."""
-        if self._aggregate is not None and self.aggregate_path is not None:
-            retire_member(self._aggregate, mount.backend)
-        held = self._held
-        if held is None:
-            return  # the router stopped meanwhile: everything is closed already
-        if mount.bridge is not None:
-            await held.exit(mount.bridge)
-        await held.exit(mount.backend)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
@@ -484,31 +439,3 @@ class McpRouter:
             if receive is ANSWERED:
                 return
         await mount.app(scope, receive, send)
-
-
-def _list_gate(app: ASGIApp) -> ListGate | None:
-    """The list filters of a backend's stack (auth with `filter_lists`, a policy), found by walking it: an item
-    is listed when every one of them lets it through."""
-    gates: list[ListGate] = []
-    for _ in range(64):
-        gate: ListGate | None = getattr(app, "list_gate", None)
-        if gate is not None:
-            gates.append(gate)
-        inner = getattr(app, "app", None)
-        if inner is None:
-            break
-        app = inner
-    if len(gates) <= 1:
-        return gates[0] if gates else None
-    return lambda scope, method, target: all(gate(scope, method, target) for gate in gates)
-
-
-def _wrap(app: ASGIApp, middleware: Sequence[MountMiddleware]) -> ASGIApp:
-    for item in reversed(middleware):
-        app = item.cls(app, *item.args, **item.kwargs) if isinstance(item, Middleware) else item(app)
-    return app
-
-
-async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
-    path = scope["path"]
-    await send_error(send, status=404, code=JsonRpcCode.INVALID_REQUEST, message=f"No MCP server is mounted at {path}")

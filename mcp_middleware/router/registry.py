@@ -29,7 +29,10 @@ import anyio
 import anyio.abc
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
+
 from ._links import BackendLink
+from ._stacks import list_gate, not_found, wrap
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend
 from .catalog import KINDS, Kind, _Listing
@@ -213,7 +216,7 @@ async def apply_changes(router: McpRouter, changes: MountChanges, drain_timeout:
     affected = {mount.name for mount in retired} | {mount.name for mount in built}
     aggregate = router._aggregate if router.aggregate_path is not None else None
     offered = _offered(aggregate, affected) if aggregate is not None else {}
-    router._swap(built, retired)  # synchronous: no request sees half of the change
+    swap(router, built, retired)  # synchronous: no request sees half of the change
     notified: frozenset[str] = frozenset()
     if aggregate is not None:
         new = [mount.name for mount in built if mount.aggregate]
@@ -267,7 +270,7 @@ async def _retire(router: McpRouter, retired: list[Mount], drain_timeout: float)
     with anyio.move_on_after(drain_timeout):
         for mount in retired:
             await mount.in_flight.idle()
-            await router._bridge_idle(mount.name)
+            await bridge_idle(router, mount.name)
     for mount in retired:
         left = mount.in_flight.count
         if left:
@@ -278,7 +281,7 @@ async def _retire(router: McpRouter, retired: list[Mount], drain_timeout: float)
                 "s" if left != 1 else "",
                 drain_timeout,
             )
-        await router._close_retired(mount)
+        await close_retired(router, mount)
 
 
 # --- the aggregate's side ------------------------------------------------------------------------
@@ -351,3 +354,48 @@ def _member_link(aggregate: AggregateServer, server: str, backend: Backend, grou
         link.subscribe(aggregate._backend_changed)
     link.on_resource_updated(aggregate._resource_updated)
     return link
+
+
+def swap(router: McpRouter, added: Sequence[Mount], retired: Sequence[Mount]) -> None:
+    """Take `retired` out and put `added` in: synchronous, so no request sees half of it."""
+    for mount in retired:
+        del router.mounts[mount.name]
+        router._prm.pop(f"{PROTECTED_RESOURCE_PREFIX}{router.prefix}/{mount.name}", None)
+        if mount.bridge is not None:
+            router._bridges.remove(mount.bridge)
+    for mount in added:
+        router.mounts[mount.name] = mount
+        if mount.has_middleware and mount.path_mount:
+            router._prm[f"{PROTECTED_RESOURCE_PREFIX}{router.prefix}/{mount.name}"] = wrap(not_found, mount.middleware)
+        if mount.bridge is not None:
+            router._bridges.append(mount.bridge)
+    if router._aggregate is not None and router.aggregate_path is not None:
+        members = {
+            mount.name: (mount.backend, mount.app, f"{router.prefix}/{mount.name}", list_gate(mount.app))
+            for mount in added
+            if mount.aggregate
+        }
+        replace_members(router._aggregate, members, [mount.name for mount in retired])
+
+
+async def bridge_idle(router: McpRouter, name: str) -> None:
+    """Wait until the aggregate's SDK-bridged calls to server `name` ended (they are not counted per mount)."""
+    if router._aggregate is None or router.aggregate_path is None:
+        return
+    calls = router._aggregate.bridge._inflight
+    while True:  # the bridge keeps a list per server, no event: look again shortly
+        if not calls.get(name):
+            return
+        await anyio.sleep(0.05)
+
+
+async def close_retired(router: McpRouter, mount: Mount) -> None:
+    """Close a retired mount: the aggregate's sessions to it, its bridge, then its backend's lifespan."""
+    if router._aggregate is not None and router.aggregate_path is not None:
+        retire_member(router._aggregate, mount.backend)
+    held = router._held
+    if held is None:
+        return  # the router stopped meanwhile: everything is closed already
+    if mount.bridge is not None:
+        await held.exit(mount.bridge)
+    await held.exit(mount.backend)
