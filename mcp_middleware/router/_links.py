@@ -196,7 +196,7 @@ class BackendLink:
                         await self._broken.wait()
                         watchers.cancel_scope.cancel()
             except Exception as exc:  # a failed connect or a session that died: back off, then retry
-                self._failure = _describe(exc)
+                self._failure = short(exc)
                 self._down(self._failure)
             finally:
                 self._client = None
@@ -235,10 +235,10 @@ class BackendLink:
             except MCPError as exc:
                 if exc.code != CONNECTION_CLOSED:
                     continue  # it answered, if only with an error: alive
-                self.mark_broken(f"health check failed: {_describe(exc)}")
+                self.mark_broken(f"health check failed: {short(exc)}")
                 return
             except Exception as exc:
-                self.mark_broken(f"health check failed: {_describe(exc)}")
+                self.mark_broken(f"health check failed: {short(exc)}")
                 return
 
     async def _listen(self, client: Client) -> None:
@@ -262,9 +262,9 @@ class BackendLink:
         except ListenNotSupportedError:
             return
         except SubscriptionLost as exc:  # the stream broke: the backend (process) is most likely gone
-            self.mark_broken(f"change subscription lost: {_describe(exc)}")
+            self.mark_broken(f"change subscription lost: {short(exc)}")
         except Exception as exc:
-            logger.info("backend %s: no change subscription (%s)", self.server, _describe(exc))
+            logger.info("backend %s: no change subscription (%s)", self.server, short(exc))
 
     async def _on_message(self, message: Any) -> None:
         kind = _NOTIFICATION_KINDS.get(type(message))
@@ -281,8 +281,13 @@ def _is_legacy(client: Client) -> bool:
     return client.protocol_version not in MODERN_PROTOCOL_VERSIONS
 
 
-def _describe(exc: BaseException) -> str:
+def short(exc: BaseException) -> str:
+    """A failure in one line for logs and answers: the first of a group, at most 200 characters."""
     if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _describe(exc.exceptions[0])
-    text = str(exc) or type(exc).__name__
-    return text[:200]
+        return short(exc.exceptions[0])
+    return (str(exc) or type(exc).__name__)[:200]
+
+
+def connection_lost(exc: MCPError) -> bool:
+    """The whole session is gone (not just this request's stream, which the SDK reports with the same code)."""
+    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"

@@ -26,7 +26,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_middleware.core import Component, ErrorCode, JsonRpcCode, Outcome, record_decision
 
-from ._links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook
+from ._links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook, short
 from .backends import Backend
 
 __all__ = ["ClientBridge", "session_id_of"]
@@ -219,11 +219,11 @@ class ClientBridge:
             raise
         except Exception as exc:  # garbage or a dead connection: a clear error for this call, others unaffected
             logger.warning("backend %s failed on %s %s: %s", server, method, target, exc)
-            self.link_for(ctx, server).mark_broken(_short(exc))
+            self.link_for(ctx, server).mark_broken(short(exc))
             decide(ctx, Outcome.BACKEND_ERROR, server=server, method=method)
             raise MCPError(
                 ErrorCode.BAD_GATEWAY,
-                f"Backend {server} failed during {method}: {_short(exc)}",
+                f"Backend {server} failed during {method}: {short(exc)}",
                 data={"server": server},
             ) from exc
         decide(ctx, Outcome.ROUTED, server=server, method=method)
@@ -279,7 +279,7 @@ class ClientBridge:
             except MCPError as exc:
                 return exc.error
             except Exception as exc:  # the client cannot answer (no back channel, went away)
-                return types.ErrorData(code=JsonRpcCode.INTERNAL_ERROR, message=_short(exc))
+                return types.ErrorData(code=JsonRpcCode.INTERNAL_ERROR, message=short(exc))
 
         async def sampling(context: Any, params: types.CreateMessageRequestParams) -> Any:
             return await relay(types.CreateMessageRequest(params=params), types.CreateMessageResult)
@@ -318,12 +318,6 @@ def _forwarded_meta(meta: Any) -> types.RequestParamsMeta | None:
     if _LOG_LEVEL_KEY in raw:  # the client's log opt-in travels on, so the backend's logs come back to it
         kept[_LOG_LEVEL_KEY] = raw[_LOG_LEVEL_KEY]
     return cast("types.RequestParamsMeta", kept) if kept else None
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _short(exc.exceptions[0])
-    return (str(exc) or type(exc).__name__)[:200]
 
 
 def session_id_of(ctx: ServerRequestContext[Any]) -> str | None:

@@ -12,24 +12,21 @@ resolves public names back to `(server, name)` for the requests the aggregate ro
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import mcp_types as types
-import orjson
 from mcp.shared.exceptions import MCPError
 
 from mcp_middleware.core import JsonRpcCode
 
-from ._links import CONNECTION_CLOSED, BackendLink, BackendUnavailable
+from ._links import BackendLink, BackendUnavailable, connection_lost, short
 from .backends import Backend
 from .curated_catalog import curated_entries, hidden_names
 from .curation import Curation, Selection
@@ -52,7 +49,6 @@ __all__ = [
 logger = logging.getLogger("mcp_middleware.router")
 
 _MAX_BACKEND_PAGES = 1000
-_CURSOR_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,39 +401,6 @@ class Catalog:
         return uri if self.naming.prefix is PrefixMode.NEVER else namespace_uri(server, uri)
 
 
-# --- cursors ------------------------------------------------------------------------------------
-
-
-def encode_cursor(kind: Kind, after: str) -> str:
-    raw = orjson.dumps({"v": _CURSOR_VERSION, "k": kind.name, "a": after})
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str | None, kind: Kind) -> str | None:
-    """The last public key a cursor handed out; a forged or foreign cursor is -32602."""
-    if cursor is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded = orjson.loads(raw)
-        if decoded["v"] == _CURSOR_VERSION and decoded["k"] == kind.name and isinstance(decoded["a"], str):
-            return str(decoded["a"])
-    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-        pass
-    raise MCPError(JsonRpcCode.INVALID_PARAMS, "Invalid cursor", data={"cursor": cursor[:200]})
-
-
-def bisect_after(keys: Sequence[str], after: str) -> int:
-    low, high = 0, len(keys)
-    while low < high:
-        middle = (low + high) // 2
-        if keys[middle] <= after:
-            low = middle + 1
-        else:
-            high = middle
-    return low
-
-
 # --- helpers close to their use -----------------------------------------------------------------
 
 
@@ -491,14 +454,3 @@ _TEMPLATE_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:
     return listing is not None and now - listing.fetched_at < ttl
-
-
-def connection_lost(exc: MCPError) -> bool:
-    """The whole session is gone (not just this request's stream, which the SDK reports with the same code)."""
-    return exc.code == CONNECTION_CLOSED and exc.message == "Connection closed"
-
-
-def short(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return short(exc.exceptions[0])
-    return (str(exc) or type(exc).__name__)[:200]

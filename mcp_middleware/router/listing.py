@@ -11,17 +11,21 @@ changes (the merged list is a new one) or after `max_entries` newer ones.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import orjson
+from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_middleware.core import McpRequest, SseParser, get_mcp_request
+from mcp_middleware.core import JsonRpcCode, McpRequest, SseParser, get_mcp_request
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, EVENT_STREAM, META_NAMESPACE, is_event_stream
 
-from .catalog import KIND_OF_LIST, Catalog, Kind, Merged, bisect_after, decode_cursor, encode_cursor
+from .catalog import KIND_OF_LIST, Catalog, Kind, Merged
 from .sessions import owner_of
 
 __all__ = ["MERGED_SCOPE_KEY", "ROUTER_META_KEY", "ListAnswers", "ListGate", "Page", "page_of"]
@@ -127,7 +131,7 @@ async def page_of(
         if len(visible) != len(keys):
             keys = [keys[index] for index in visible]
             items = [items[index] for index in visible]
-    start = bisect_after(keys, after) if after is not None else 0
+    start = bisect.bisect_right(keys, after) if after is not None else 0
     end = start + page_size
     next_cursor = encode_cursor(kind, keys[end - 1]) if end < len(items) else None
     report: dict[str, Any] = {}
@@ -186,3 +190,25 @@ class _Keeper:
             return
         if isinstance(message, dict) and message.get("id") == self._id and isinstance(message.get("result"), dict):
             self.result = orjson.dumps(message["result"])
+
+
+_CURSOR_VERSION = 1
+
+
+def encode_cursor(kind: Kind, after: str) -> str:
+    raw = orjson.dumps({"v": _CURSOR_VERSION, "k": kind.name, "a": after})
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str | None, kind: Kind) -> str | None:
+    """The last public key a cursor handed out; a forged or foreign cursor is -32602."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = orjson.loads(raw)
+        if decoded["v"] == _CURSOR_VERSION and decoded["k"] == kind.name and isinstance(decoded["a"], str):
+            return str(decoded["a"])
+    except (binascii.Error, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        pass
+    raise MCPError(JsonRpcCode.INVALID_PARAMS, "Invalid cursor", data={"cursor": cursor[:200]})

@@ -46,7 +46,8 @@ from mcp_middleware.core.decisions import DecisionValue
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
-from .catalog import Catalog, short
+from ._links import short
+from .catalog import Catalog
 from .names import PrefixMode
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
 from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of, refuse_session
