@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from ._links import BackendLink, BackendUnavailable, connection_lost, short
 from .backends import Backend
 from .curated_catalog import curated_entries, hidden_names
 from .curation import Curation, Selection
-from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri
+from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri, template_matches
 from .routes import RouteTable
 
 __all__ = [
@@ -393,7 +392,7 @@ class Catalog:
         if template:
             return templates.uris.get(public_uri)
         return next(
-            ((server, public_uri) for key, (server, _) in templates.uris.items() if _matches(key, public_uri)),
+            ((server, public_uri) for key, (server, _) in templates.uris.items() if template_matches(key, public_uri)),
             None,
         )
 
@@ -435,21 +434,6 @@ def _routed_items(routes: Mapping[str, Any], routed: list[tuple[str, Any]]) -> l
         if server is not None:
             found.append((name, offered[(server, name)], server, name))
     return found
-
-
-def _matches(template: str, uri: str) -> bool:
-    """Whether `uri` is an expansion of an RFC 6570 `template` (simple and reserved expressions)."""
-    pattern = _TEMPLATE_PATTERNS.get(template)
-    if pattern is None:
-        parts = re.split(r"(\{[^}]*\})", template)
-        regex = "".join(
-            (".+" if part.startswith("{+") else "[^/]*") if part.startswith("{") else re.escape(part) for part in parts
-        )
-        pattern = _TEMPLATE_PATTERNS[template] = re.compile(regex)
-    return pattern.fullmatch(uri) is not None
-
-
-_TEMPLATE_PATTERNS: dict[str, re.Pattern[str]] = {}
 
 
 def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:

@@ -30,6 +30,7 @@ __all__ = [
     "NamingPolicy",
     "PrefixMode",
     "split_uri",
+    "template_matches",
     "validate_server_name",
 ]
 
@@ -213,3 +214,18 @@ def split_uri(public_uri: str, servers: Sequence[str] | set[str] | Mapping[str, 
     if not plus or server not in servers:
         return None
     return server, uri
+
+
+def template_matches(template: str, uri: str) -> bool:
+    """Whether `uri` is an expansion of an RFC 6570 `template` (simple and reserved expressions)."""
+    pattern = _TEMPLATE_PATTERNS.get(template)
+    if pattern is None:
+        parts = re.split(r"(\{[^}]*\})", template)
+        regex = "".join(
+            (".+" if part.startswith("{+") else "[^/]*") if part.startswith("{") else re.escape(part) for part in parts
+        )
+        pattern = _TEMPLATE_PATTERNS[template] = re.compile(regex)
+    return pattern.fullmatch(uri) is not None
+
+
+_TEMPLATE_PATTERNS: dict[str, re.Pattern[str]] = {}
