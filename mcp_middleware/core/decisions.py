@@ -64,6 +64,8 @@ class Component(StrEnum):
     """The policy middleware: a rule allowed or denied a call (attributes `rule`, `reason`, `phase`)."""
     ARGUMENTS = "arguments"
     """Argument validation against the tool's `inputSchema` (`allow`, `rejected`, `bypass`: schema unknown)."""
+    SESSION = "session"
+    """The gateway's sealed session handles (`rejected` with a `reason`, `session_refused`, `reopened`)."""
 
 
 class Outcome(StrEnum):
@@ -97,6 +99,8 @@ class Outcome(StrEnum):
     BACKEND_ERROR = "backend_error"
     SESSION_REFUSED = "session_refused"
     MISROUTED = "misrouted"
+    REOPENED = "reopened"
+    """session: a sealed session this process did not hold was opened again here (its sealed `initialize`)."""
 
 
 class Decision(NamedTuple):

@@ -7,7 +7,7 @@ The stack, outermost first (requests travel down, responses up):
     tracing         one span per MCP request, metrics, the access log; sees every refusal below
     audit           one hash-chained record per MCP operation (`[audit]`), with every decision below
     front door      Host/Origin allow-lists, CORS, body limit
-    affinity        instance tag in legacy session ids (when `instance` is set)
+    sessions        sealed session handles (`session_key`), or the instance tag in session ids (`instance`)
     dev auth server /authorize, /token, /register, /jwks, /.well-known/oauth-authorization-server
     router          /mcp/{name}: auth → rate limit → cache → breaker → backend, per mount
                     /mcp (aggregate): auth → rate limit → cache → the aggregated server
@@ -40,7 +40,6 @@ from mcp_middleware.core import CoreConfig
 from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PoolBackend, PrefixMode, StdioBackend
 
-from .affinity import SessionAffinityMiddleware
 from .assembly import Assembly
 from .backend_gate import gate_layer
 from .backends import BackendLoadError, load_backend
@@ -51,6 +50,7 @@ from .frontdoor import FrontDoorMiddleware
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
 from .reload import Reloader
+from .session_config import session_layer
 from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
@@ -233,8 +233,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
     inner: ASGIApp = router
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
-    if config.gateway.instance:
-        inner = SessionAffinityMiddleware(inner, instance=config.gateway.instance)
+    inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
     door = config.front_door
     return FrontDoorMiddleware(
         inner,

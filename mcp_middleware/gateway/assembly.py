@@ -29,6 +29,7 @@ from mcp_middleware.policy import ArgumentValidationMiddleware, CelPolicyEngine,
 from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
 
 from .config import AuthSettings, GatewayConfig, ServerSettings
+from .sealed_sessions import SessionOwnerGuard
 
 __all__ = ["Assembly", "Layer"]
 
@@ -63,6 +64,7 @@ class Assembly:
         resource = f"{self.base_url}{self.config.gateway.prefix}/{name}"
         layers = [
             *self._auth(resource, scopes=server.scopes),
+            *self._session_guard(),
             *self._policy(name),
             *self._ratelimit(name, server.ratelimit_policies),
             *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
@@ -73,11 +75,15 @@ class Assembly:
 
     def aggregate_door(self) -> list[Layer]:
         """Authentication at the aggregate (its own audience); each backend's stack authorizes."""
-        return self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False)
+        return [*self._auth(f"{self.base_url}{self.config.gateway.prefix}", per_backend=False), *self._session_guard()]
 
     def virtual_door(self, path: str) -> list[Layer]:
         """Authentication at a virtual server: its own audience (`{base_url}{path}`) and RFC 9728 metadata."""
-        return self._auth(f"{self.base_url}{path}", per_backend=False)
+        return [*self._auth(f"{self.base_url}{path}", per_backend=False), *self._session_guard()]
+
+    def _session_guard(self) -> list[Layer]:
+        """With sealed session handles: after authentication, a handle serves its own principal only."""
+        return [SessionOwnerGuard] if self.config.gateway.session_key else []
 
     def virtual_own(self, name: str) -> list[Layer]:
         """What a virtual server answers itself spends its own budget (namespace: its name)."""

@@ -23,6 +23,7 @@ from .config_types import (
     RateLimitSettings,
     TracingSettings,
 )
+from .session_config import session_key
 from .toml_reader import Reader
 from .validation import breaker_policy, rate_limit_policy, selector, store_url
 
@@ -68,6 +69,8 @@ def gateway(reader: Reader) -> GatewaySettings:
         instance=_instance(reader),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
         watch_config=reader.boolean("watch_config", d.watch_config),
+        session_key=session_key(reader),
+        session_ttl=reader.number("session_ttl", d.session_ttl, positive=True),
     )
     if settings.watch_config and importlib.util.find_spec("watchfiles") is None:
         reader.problem("watch_config", "needs watchfiles: pip install 'mcp-middleware[watch]' (or reload with SIGHUP)")

@@ -24,6 +24,7 @@ from mcp_middleware.router.curation import Curation
 from .config_audit import AuditSettings
 from .config_curation import VirtualServerSettings
 from .config_policy import PolicySettings
+from .session_handles import DEFAULT_SESSION_TTL
 from .toml_reader import Lines, Problem
 
 __all__ = [
@@ -166,6 +167,11 @@ class GatewaySettings:
     requests leave behind (on the bare test server: p99 87 → 27 ms, ≈ 20 % less CPU per request)."""
     watch_config: bool = False
     """Reload the servers when the config file changes (as on SIGHUP; see `gateway/reload.py`)."""
+    session_key: tuple[str, ...] = ()
+    """Secrets (newest first) sealing legacy session ids into handles any instance can resume
+    (`gateway/sealed_sessions.py`); empty: sessions live in the instance that opened them."""
+    session_ttl: float = DEFAULT_SESSION_TTL
+    """Seconds a sealed session handle stays valid (24 h: see `session_handles.DEFAULT_SESSION_TTL`)."""
 
 
 @dataclass(frozen=True)

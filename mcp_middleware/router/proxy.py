@@ -26,7 +26,7 @@ from mcp_middleware.core import Component, ErrorCode, Outcome, get_mcp_request, 
 
 from ._upstream import UpstreamError, UpstreamPool, UpstreamUnreachable
 from .safety import MAY_HAVE_RUN
-from .sessions import SessionOwners, owner_of, refuse_session
+from .sessions import SessionOwners, owner_of, refuse_session, sealed_session
 
 __all__ = ["StreamingProxy", "pooled_client"]
 
@@ -121,9 +121,12 @@ class StreamingProxy:
             return
         view = get_mcp_request(scope)
         session_id = view.session_id if view is not None else None
-        if session_id is not None and not self.owners.allows(session_id, owner_of(scope)):
-            await refuse_session(scope, send, view.id if view else None)
-            return
+        if session_id is not None and not self.owners.allows(session_id, owner := owner_of(scope)):
+            handle = sealed_session(scope)
+            if handle is None or not handle.vouches(session_id, owner):
+                await refuse_session(scope, send, view.id if view else None)
+                return
+            self.owners.bind(session_id, owner)  # opened through another instance: its sealed handle says whose
         if view is not None and view.method == "initialize":
             send = self._binding(scope, send)
         elif session_id is not None and scope["method"] == "DELETE":

@@ -39,13 +39,16 @@ from mcp_middleware.core.protocol import is_event_stream
 
 __all__ = [
     "BackendSession",
+    "SEALED_SESSION_SCOPE_KEY",
     "ClientSession",
     "Exchange",
+    "SealedSession",
     "Outbox",
     "SessionOwners",
     "SessionTable",
     "owner_of",
     "refuse_session",
+    "sealed_session",
 ]
 
 _MAX_ANSWER = 1024 * 1024
@@ -65,6 +68,41 @@ def owner_of(scope: Scope) -> str:
         return ""
     raw = orjson.dumps([principal.issuer, principal.subject, principal.client_id])
     return hashlib.sha256(raw).hexdigest()
+
+
+SEALED_SESSION_SCOPE_KEY = "mcp_middleware.sealed_session"
+"""Where the gateway's sealed-session layer leaves a :class:`SealedSession` for the stack below it."""
+
+
+@dataclass(slots=True, eq=False)
+class SealedSession:
+    """What a verified sealed session handle says about this request's session, and what the stack learns.
+
+    The gateway opens the handle (an AEAD token only it can mint) before the router; the parts of the
+    stack that bind sessions to their owner read this instead of a local table another instance filled.
+    Shared by reference: scopes copied below the gateway still point at the same object.
+    """
+
+    session_id: str | None = None
+    """The session the handle names (as the stack below knows it); None: the request opens one."""
+    owner: str | None = None
+    """Whom the handle is bound to (:func:`owner_of`); checked against the caller once auth has run."""
+    replica: str | None = None
+    """A pool's replica that holds the session (its label), if the session was opened at a pool."""
+    caller: str | None = None
+    """Filled after authentication: :func:`owner_of` the caller (what a newly minted handle is bound to)."""
+    refused: bool = False
+    """Set when the session was refused to the caller (another principal's): never re-created for them."""
+
+    def vouches(self, session_id: str, owner: str) -> bool:
+        """Whether the handle vouches that `session_id` belongs to `owner`."""
+        return self.session_id == session_id and self.owner == owner
+
+
+def sealed_session(scope: Scope) -> SealedSession | None:
+    """The request's :class:`SealedSession`, if the gateway seals session ids."""
+    found: SealedSession | None = scope.get(SEALED_SESSION_SCOPE_KEY)
+    return found
 
 
 class Outbox:

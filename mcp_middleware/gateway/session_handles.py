@@ -1,0 +1,208 @@
+"""Sealed session handles: the `Mcp-Session-Id` a gateway with a `session_key` hands out.
+
+A handle is a :class:`~mcp_middleware.core.sealing.Sealer` token (AES-256-GCM, key derived once per
+process, purpose `mcp-session`) around what any instance needs to resume a legacy session: who it is
+bound to, the path it was opened on, the session id the stack below knows, the client's `initialize`
+parameters (to open it again where that id means nothing) and, for a pool, the replica holding it.
+
+The plaintext is compact rather than readable (a handle travels on every request and must stay
+under 512 bytes even with ten backend session ids):
+
+    format (1) | flags (1) | owner digest (32, if bound) | expires (4, Unix seconds)
+    | ids length (2) | session ids (the SDK's hex ids as 16 bytes each) | deflate(orjson(path, params, …))
+
+Opening costs an AES-GCM pass, an inflate and a JSON parse (tens of microseconds); a bounded LRU of
+handles this process already opened or minted makes a repeat request one dict lookup.
+
+>>> from mcp_middleware.core.sealing import Sealer
+>>> handles = SessionHandles(Sealer(["x" * 32], purpose="mcp-session"), ttl=3600)
+>>> handle = handles.mint(SessionState(owner="", path="/mcp/a", session_id="4f1c", initialize={}))
+>>> handles.open(handle).session_id
+'4f1c'
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from mcp_middleware.core.sealing import Sealer, SealError
+
+__all__ = ["DEFAULT_SESSION_TTL", "OpenedSession", "SessionHandles", "SessionState"]
+
+DEFAULT_SESSION_TTL = 24 * 3600.0
+"""A working day and then some: a legacy session outlives one conversation (an IDE keeps it open all
+day), and the handle is bound to its principal, so a longer life grants nothing a token does not."""
+
+_FORMAT = 1
+_BOUND = 0x01  # flags: an owner digest follows
+_FIXED = struct.Struct(">BB")
+_EXPIRES = struct.Struct(">I")
+_COUNT = struct.Struct(">H")
+_HEX = re.compile(r"[0-9a-f]{32}")
+_DICTIONARY = (
+    b'"/mcp/",{"protocolVersion":"2025-06-18","protocolVersion":"2025-11-25","capabilities":{"sampling":{"tools":{}}'
+    b',"elicitation":{"form":{},"url":{}},"roots":{"listChanged":true},"experimental":{},"tasks":{}},'
+    b'"clientInfo":{"name":"mcp","title":"","version":"1.0.0","websiteUrl":"https://","icons":[]}}'
+)
+"""Deflate's preset dictionary: the words every `initialize` repeats, so a small one packs small.
+Part of format 1: changing it is a new format byte."""
+_MAX_PLAIN = 64 * 1024
+"""Largest inflated plaintext read back (it is authenticated, so only this gateway wrote it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What a handle carries."""
+
+    owner: str
+    """:func:`~mcp_middleware.router.sessions.owner_of` the principal that opened it (`""`: anonymous)."""
+    path: str
+    """The path it was opened on: a handle is valid there only."""
+    session_id: str
+    """The session id of the stack below the gateway (the backend's, or the aggregate's)."""
+    initialize: Mapping[str, Any]
+    """The client's `initialize` params (protocol version, capabilities, client info)."""
+    replica: str | None = None
+    """For a pool: the replica that holds the session."""
+    backends: tuple[tuple[str, str], ...] = ()
+    """(backend, session id) pairs a session spanning several backends carries (the format's room for them)."""
+    expires: int = 0
+    """Unix seconds after which the handle is refused (set when minted)."""
+
+
+@dataclass(slots=True, eq=False)
+class OpenedSession:
+    """A handle this process opened or minted: its state and the session id it maps to *here*."""
+
+    state: SessionState
+    session_id: str
+    """Where the session lives in this process: the sealed one, or the one it was re-opened as."""
+    ended: bool = False
+    """Deleted through this process: not re-opened here (another instance may, until the handle expires)."""
+    _lock: anyio.Lock | None = None
+
+    @property
+    def lock(self) -> anyio.Lock:
+        """Held while the session is re-opened here (concurrent requests of the session wait for it)."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
+
+
+@dataclass(slots=True)
+class SessionHandles:
+    """Mint and open handles under one :class:`Sealer`; the last `max_cached` opened ones are kept."""
+
+    sealer: Sealer
+    ttl: float = DEFAULT_SESSION_TTL
+    max_cached: int = 10_000
+    _cache: OrderedDict[str, OpenedSession] = field(default_factory=OrderedDict)
+
+    def mint(self, state: SessionState, *, now: float | None = None) -> str:
+        """A new handle for `state` (its `expires` set from the ttl), remembered as opened."""
+        now = time.time() if now is None else now
+        expires = int(now + self.ttl) + 1
+        sealed = SessionState(
+            state.owner, state.path, state.session_id, state.initialize, state.replica, state.backends, expires
+        )
+        handle = self.sealer.seal(encode(sealed), ttl=self.ttl, now=now)
+        self._remember(handle, OpenedSession(sealed, sealed.session_id))
+        return handle
+
+    def open(self, handle: str, *, now: float | None = None) -> OpenedSession:
+        """The session `handle` names, or :class:`SealError` (`malformed`, `unknown_key`, `tampered`, `expired`)."""
+        cache = self._cache
+        opened = cache.get(handle)
+        if opened is None:
+            opened = OpenedSession(decode(self.sealer.open(handle, now=now)), "")
+            opened.session_id = opened.state.session_id
+            self._remember(handle, opened)
+        else:
+            cache.move_to_end(handle)
+        if (time.time() if now is None else now) >= opened.state.expires:
+            cache.pop(handle, None)
+            raise SealError("expired")
+        return opened
+
+    def _remember(self, handle: str, opened: OpenedSession) -> None:
+        cache = self._cache
+        cache[handle] = opened
+        if len(cache) > self.max_cached:
+            cache.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def encode(state: SessionState) -> bytes:
+    """The compact plaintext of `state` (see the module's docstring)."""
+    owner = bytes.fromhex(state.owner) if state.owner else b""
+    if len(owner) not in (0, 32):
+        raise ValueError("an owner is a SHA-256 digest in hex (owner_of), or empty")
+    ids = b"".join(_pack_id(value) for value in (state.session_id, *(value for _, value in state.backends)))
+    rest = [state.path, state.initialize, state.replica, [name for name, _ in state.backends]]
+    deflate = zlib.compressobj(
+        9, zlib.DEFLATED, -15, zdict=_DICTIONARY
+    )  # raw deflate: no header or checksum (the AEAD tag is one)
+    packed = deflate.compress(orjson.dumps(rest)) + deflate.flush()
+    head = _FIXED.pack(_FORMAT, _BOUND if owner else 0) + owner + _EXPIRES.pack(state.expires)
+    return head + _COUNT.pack(len(ids)) + ids + packed
+
+
+def decode(plain: bytes) -> SessionState:
+    """`encode`'s inverse; a plaintext it did not write is `SealError("malformed")` (it cannot be: sealed)."""
+    try:
+        version, flags = _FIXED.unpack_from(plain)
+        if version != _FORMAT:
+            raise ValueError(version)
+        at = _FIXED.size
+        owner = plain[at : at + 32].hex() if flags & _BOUND else ""
+        at += 32 if flags & _BOUND else 0
+        (expires,) = _EXPIRES.unpack_from(plain, at)
+        (length,) = _COUNT.unpack_from(plain, at + _EXPIRES.size)
+        at += _EXPIRES.size + _COUNT.size
+        ids = _unpack_ids(plain[at : at + length])
+        inflate = zlib.decompressobj(-15, zdict=_DICTIONARY)
+        path, initialize, replica, names = orjson.loads(inflate.decompress(plain[at + length :], _MAX_PLAIN))
+        if len(names) != len(ids) - 1 or not isinstance(initialize, dict):
+            raise ValueError("backends")
+        pairs = tuple(zip(map(str, names), ids[1:], strict=True))
+        return SessionState(owner, str(path), ids[0], initialize, replica, pairs, int(expires))
+    except (ValueError, TypeError, IndexError, struct.error, zlib.error, orjson.JSONDecodeError):
+        raise SealError("malformed") from None
+
+
+def _pack_id(value: str) -> bytes:
+    """A session id: the SDK's (32 lowercase hex digits) as its 16 bytes, any other as its length and UTF-8."""
+    if len(value) == 32 and _HEX.fullmatch(value):
+        return b"\x00" + bytes.fromhex(value)
+    raw = value.encode()
+    if len(raw) > 255:
+        raise ValueError("a session id longer than 255 bytes cannot be sealed")
+    return bytes((1, len(raw))) + raw
+
+
+def _unpack_ids(block: bytes) -> list[str]:
+    ids: list[str] = []
+    at = 0
+    while at < len(block):
+        if block[at] == 0:
+            ids.append(block[at + 1 : at + 17].hex())
+            at += 17
+        else:
+            size = block[at + 1]
+            ids.append(block[at + 2 : at + 2 + size].decode())
+            at += 2 + size
+    if not ids or at != len(block):
+        raise ValueError("ids")
+    return ids
