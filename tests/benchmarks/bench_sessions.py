@@ -151,7 +151,7 @@ def main(quick: bool) -> dict[str, Any]:
     cost = medians["layer"] - medians["app"]
     rows = [[case, medians[case], percentile(values, 90)] for case, values in runs.items()]
     print(table(["case", "µs median", "µs p90"], rows))
-    print(f"\n  layer cost per request (layer − app, medians): {cost:.2f} µs (target ≤ {TARGET_US:g} µs)")
+    print(f"\n  layer cost per request (layer - app, medians): {cost:.2f} µs (target ≤ {TARGET_US:g} µs)")
     return {
         "medians_us": medians,
         "layer_cost_us": cost,
