@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_middleware.core.sealing import SealError, Sealer
+from mcp_middleware.core.sealing import Sealer, SealError
 from mcp_middleware.gateway.sealed_sessions import SealedSessionMiddleware
 from mcp_middleware.gateway.session_handles import SessionHandles, SessionState, decode, encode
 from tests.conftest import Served, serve_app
