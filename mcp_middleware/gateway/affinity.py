@@ -6,7 +6,7 @@ that header alone cannot know where the session will be created: the instance th
 answers `initialize` and the instance the hash later picks differ. The fix is to make
 the id say where it lives. Each gateway instance tags the session ids it hands out
 (`Mcp-Session-Id: g1.3f9c…`) and strips the tag from requests, so backends see their own
-ids; the load balancer routes on the tag (examples/gateway/nginx.conf maps it to the
+ids; the load balancer routes on the tag (examples/gateway/nginx-affinity.conf maps it to the
 instance) and spreads untagged requests (new sessions, the stateless modern era).
 
 A request tagged for another instance reached the wrong gateway: it is refused with a

@@ -17,7 +17,7 @@ K8S = ROOT / "examples" / "gateway" / "k8s"
 
 def manifests() -> list[dict]:  # type: ignore[type-arg]
     yaml = require("yaml", "reading the Kubernetes manifests")
-    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for path in sorted(K8S.rglob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def test_the_manifests_have_every_kind_the_deployment_needs() -> None:
@@ -35,10 +35,10 @@ def test_the_manifests_have_every_kind_the_deployment_needs() -> None:
 
 def test_the_configmap_holds_a_valid_gateway_config(monkeypatch: pytest.MonkeyPatch) -> None:
     [configmap] = [d for d in manifests() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mcp-gateway"]
-    monkeypatch.setenv("POD_IP", "10.1.2.3")
     monkeypatch.setenv("SEARCH_TOKEN", "t")
+    monkeypatch.setenv("MCP_SESSION_KEY", "k" * 43)  # secrets.token_urlsafe(32) is 43 characters
     config = parse_config(configmap["data"]["gateway.toml"])
-    assert config.gateway.instance == "10-1-2-3"  # a DNS label of the headless service
+    assert config.gateway.session_key == ("k" * 43,)  # sealed handles: any pod resumes any session
     assert config.ratelimit.store.startswith("redis://") and config.cache.store.startswith("redis://")
 
 
@@ -58,9 +58,10 @@ def test_the_dockerfile_copies_files_that_exist() -> None:
             assert (ROOT / source).exists(), source
 
 
-def test_nginx_accepts_the_shipped_config(tmp_path: Path) -> None:
-    nginx = require_binary("nginx", "checking examples/gateway/nginx.conf")
-    text = (ROOT / "examples" / "gateway" / "nginx.conf").read_text()
+@pytest.mark.parametrize("name", ["nginx.conf", "nginx-affinity.conf"])
+def test_nginx_accepts_the_shipped_config(tmp_path: Path, name: str) -> None:
+    nginx = require_binary("nginx", f"checking examples/gateway/{name}")
+    text = (ROOT / "examples" / "gateway" / name).read_text()
     text = text.replace("/tmp/mcp-gateway-nginx", str(tmp_path / "nginx"))
     (tmp_path / "nginx.conf").write_text(text)
     done = processes.run(

@@ -1,6 +1,7 @@
 """Three gateway processes behind a real nginx on loopback, sharing one real redis-server.
 
-The nginx config is examples/gateway/nginx.conf itself, with its ports and temp paths
+The nginx config is examples/gateway/nginx-affinity.conf itself (gateways without a session key; with
+one, see test_sealed_scale_out.py and nginx.conf), with its ports and temp paths
 replaced by free ones. Proved: a global rate limit holds across instances; a legacy
 session keeps working over many requests (affinity by the instance tag in the session
 id); the modern era needs no affinity; killing an instance loses no completed request
@@ -30,7 +31,7 @@ from tests.conftest import RedisServer, free_port, require_binary
 from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
-NGINX_EXAMPLE = ROOT / "examples" / "gateway" / "nginx.conf"
+NGINX_EXAMPLE = ROOT / "examples" / "gateway" / "nginx-affinity.conf"  # gateways without a session key
 INSTANCES = ("g1", "g2", "g3")
 LIMIT = 30
 

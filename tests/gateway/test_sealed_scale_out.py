@@ -1,0 +1,168 @@
+"""Three gateways sharing a `session_key` behind a real nginx doing plain round robin (no affinity).
+
+The nginx config is examples/gateway/nginx.conf itself, with free ports and private paths; its
+access log names the upstream (the instance) of every request. Backends: `inst`, in-process in
+every gateway (its `whoami` answers the instance's name: a session moving between instances is
+re-opened there from its sealed `initialize`), and `remote`, one separate uvicorn process every
+gateway proxies to (its session is continued by whichever gateway gets the request). Proved with
+the SDK's legacy client: a session's requests land on every instance and all succeed; SIGKILL the
+instance that opened a session and the session's next request succeeds on another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from starlette.types import ASGIApp
+
+from tests.conftest import free_port, require_binary
+from tests.gateway.instance_server import build
+from tests.support import processes
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX_EXAMPLE = ROOT / "examples" / "gateway" / "nginx.conf"
+INSTANCES = ("g1", "g2", "g3")
+KEY = "the scale-out test's shared session key (32+ chars)"
+
+pytestmark = pytest.mark.anyio
+
+
+def remote_app() -> ASGIApp:
+    """The remote backend (`uvicorn --factory`): its `whoami` answers its own name."""
+    return build().streamable_http_app()
+
+
+@dataclass
+class Cluster:
+    base: str
+    gateways: dict[str, subprocess.Popen[bytes]]
+    ports: dict[str, int]
+    access_log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.access_log.read_text().splitlines() if self.access_log.exists() else []
+
+    def instances_after(self, start: int, path: str) -> list[str]:
+        """The instance of each logged request to `path` after line `start` (nginx logs when a response ends)."""
+        by_port = {str(port): name for name, port in self.ports.items()}
+        found = []
+        for line in self.log_lines()[start:]:
+            method, uri, _, upstreams = line.split(" ", 3)
+            if uri == path and method == "POST":
+                last = upstreams.split(", ")[-1].rsplit(":", 1)[-1]  # after a retry: the one that answered
+                found.append(by_port.get(last, "?"))
+        return found
+
+
+def nginx_config(listen: int, ports: dict[str, int], scratch: Path) -> str:
+    """The shipped config with free ports and private temp paths (and the same routing)."""
+    text = NGINX_EXAMPLE.read_text()
+    text = text.replace("127.0.0.1:8100", f"127.0.0.1:{listen}")
+    for index, instance in enumerate(INSTANCES, 1):
+        text = text.replace(f"127.0.0.1:810{index}", f"127.0.0.1:{ports[instance]}")
+    text = text.replace("pid /tmp/mcp-gateway-nginx.pid;", f"pid {scratch / 'nginx.pid'};")
+    return re.sub(r"/tmp/mcp-gateway-nginx", str(scratch / "nginx"), text)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    nginx = require_binary("nginx", "the sealed scale-out test runs gateways behind a real nginx")
+    scratch = tmp_path_factory.mktemp("sealed-scale-out")
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        remote_port = free_port()
+        remote_log = scratch / "remote.log"
+        command = [sys.executable, "-m", "uvicorn", "--factory", f"{__name__}:remote_app", "--port", str(remote_port)]
+        env = {**os.environ, "MCP_GATEWAY_INSTANCE": "remote"}
+        remote = processes.start(command, cwd=ROOT, env=env, stdout=remote_log.open("wb"), stderr=subprocess.STDOUT)
+        started.append(remote)
+        processes.wait_listening(remote_port, remote, remote_log)
+        config = scratch / "gateway.toml"
+        config.write_text(
+            f"""
+[gateway]
+shutdown_timeout = 2
+session_key = "${{env:MCP_SESSION_KEY}}"
+[[servers]]
+name = "inst"
+app = "tests.gateway.instance_server:build"
+[[servers]]
+name = "remote"
+url = "http://127.0.0.1:{remote_port}/mcp"
+""",
+            encoding="utf-8",
+        )
+        ports = {instance: free_port() for instance in INSTANCES}
+        gateways: dict[str, subprocess.Popen[bytes]] = {}
+        for instance, port in ports.items():
+            env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance, "MCP_SESSION_KEY": KEY}
+            gateways[instance] = processes.start_gateway(config, port, scratch / f"{instance}.log", env=env)
+            started.append(gateways[instance])
+        listen = free_port()
+        (scratch / "nginx").mkdir()
+        nginx_conf = scratch / "nginx.conf"
+        nginx_conf.write_text(nginx_config(listen, ports, scratch))
+        nginx_log = scratch / "nginx.log"
+        proxy = processes.start(
+            [nginx, "-p", str(scratch), "-c", str(nginx_conf)], stdout=nginx_log.open("wb"), stderr=subprocess.STDOUT
+        )
+        started.append(proxy)
+        processes.wait_listening(listen, proxy, nginx_log)
+        yield Cluster(f"http://127.0.0.1:{listen}", gateways, ports, scratch / "nginx-access.log")
+    finally:
+        processes.stop_all(reversed(started), patience=15)
+
+
+async def whoami(session: Client, tool: str = "whoami") -> str:
+    result = await session.call_tool(tool, {})
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+async def test_a_legacy_session_is_served_by_every_instance(cluster: Cluster) -> None:
+    async with Client(cluster.base + "/mcp/inst", mode="legacy", cache=None) as session:
+        assert session.protocol_version == "2025-11-25"
+        served = [await whoami(session) for _ in range(24)]
+    assert set(served) == set(INSTANCES), served  # one session, every instance, every call answered
+
+
+async def test_a_remote_backends_session_goes_on_through_every_instance(cluster: Cluster) -> None:
+    start = len(cluster.log_lines())
+    async with Client(cluster.base + "/mcp/remote", mode="legacy", cache=None) as session:
+        answers = [await whoami(session) for _ in range(18)]
+    assert answers == ["remote"] * 18
+    assert set(cluster.instances_after(start, "/mcp/remote")) == set(INSTANCES)
+
+
+async def test_the_aggregate_session_is_served_by_every_instance(cluster: Cluster) -> None:
+    async with Client(cluster.base + "/mcp", mode="legacy", cache=None) as session:
+        tools = {tool.name for tool in (await session.list_tools()).tools}
+        assert {"inst__whoami", "remote__whoami"} <= tools
+        served = [await whoami(session, "inst__whoami") for _ in range(12)]
+        assert set(served) == set(INSTANCES)
+        assert [await whoami(session, "remote__whoami") for _ in range(6)] == ["remote"] * 6
+
+
+async def test_the_session_survives_the_sigkill_of_the_instance_that_opened_it(cluster: Cluster) -> None:
+    start = len(cluster.log_lines())
+    async with (
+        Client(cluster.base + "/mcp/inst", mode="legacy", cache=None) as session,
+        Client(cluster.base + "/mcp/remote", mode="legacy", cache=None) as remote,
+    ):
+        opener = cluster.instances_after(start, "/mcp/inst")[0]  # the initialize: the first POST of the session
+        before = [await whoami(session) for _ in range(3)]
+        victim = cluster.gateways[opener]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(10)
+        after = [await whoami(session) for _ in range(12)]
+        assert [await whoami(remote) for _ in range(6)] == ["remote"] * 6
+    assert set(before) <= set(INSTANCES)
+    assert opener not in after and set(after) == set(INSTANCES) - {opener}, (opener, after)
