@@ -1,7 +1,7 @@
 """`[gateway] session_key`: the secrets that seal legacy session ids (see `sealed_sessions.py`).
 
 One string or a list, newest first (rotation: add the new secret in front, drop the old one a
-`session_ttl` later), usually `"${env:MCP_SESSION_KEY}"`. Every secret must be long enough to
+`session_ttl` later), usually `"${env:MCP_GATEWAY_SESSION_KEY}"`. Every secret must be long enough to
 seal anything; a problem names the key and its line, never the secret.
 """
 

@@ -36,7 +36,7 @@ def test_the_manifests_have_every_kind_the_deployment_needs() -> None:
 def test_the_configmap_holds_a_valid_gateway_config(monkeypatch: pytest.MonkeyPatch) -> None:
     [configmap] = [d for d in manifests() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "mcp-gateway"]
     monkeypatch.setenv("SEARCH_TOKEN", "t")
-    monkeypatch.setenv("MCP_SESSION_KEY", "k" * 43)  # secrets.token_urlsafe(32) is 43 characters
+    monkeypatch.setenv("MCP_GATEWAY_SESSION_KEY", "k" * 43)  # secrets.token_urlsafe(32) is 43 characters
     config = parse_config(configmap["data"]["gateway.toml"])
     assert config.gateway.session_key == ("k" * 43,)  # sealed handles: any pod resumes any session
     assert config.ratelimit.store.startswith("redis://") and config.cache.store.startswith("redis://")

@@ -91,7 +91,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             f"""
 [gateway]
 shutdown_timeout = 2
-session_key = "${{env:MCP_SESSION_KEY}}"
+session_key = "${{env:MCP_GATEWAY_SESSION_KEY}}"
 [[servers]]
 name = "inst"
 app = "tests.gateway.instance_server:build"
@@ -104,7 +104,7 @@ url = "http://127.0.0.1:{remote_port}/mcp"
         ports = {instance: free_port() for instance in INSTANCES}
         gateways: dict[str, subprocess.Popen[bytes]] = {}
         for instance, port in ports.items():
-            env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance, "MCP_SESSION_KEY": KEY}
+            env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance, "MCP_GATEWAY_SESSION_KEY": KEY}
             gateways[instance] = processes.start_gateway(config, port, scratch / f"{instance}.log", env=env)
             started.append(gateways[instance])
         listen = free_port()
