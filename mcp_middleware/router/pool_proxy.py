@@ -41,7 +41,7 @@ from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from ._pool_forward import Failure, Resumed, StartHook
 from ._pool_request import PoolCall
 from .pool_health import Replica, ToolHints
-from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, open_session
+from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, note_replica, open_session, vouched_sticky
 from .safety import failure_data, retry_safe
 from .sessions import owner_of
 
@@ -205,6 +205,7 @@ class PoolProxy:
                     if key == _SESSION:
                         session_id = value.decode("latin-1")
                         self.sessions.bind(session_id, Sticky(replica, owner, session_id, body))
+                        note_replica(call.scope, replica)  # a sealed handle carries where the session is
                 return message
 
             return bind
@@ -216,6 +217,8 @@ class PoolProxy:
     ) -> None:
         scope = call.scope
         sticky = self.sessions.get(session_id)
+        if sticky is None and (sticky := vouched_sticky(scope, session_id, self.replicas)) is not None:
+            self.sessions.bind(session_id, sticky)  # opened through another gateway instance: go on there
         if sticky is None or sticky.owner != owner_of(scope):
             await self._no_session(scope, send, call, "unknown")
             return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -26,9 +27,9 @@ from mcp_middleware.core import RequestId
 
 from ._pool_forward import Failure
 from .pool_health import Replica
-from .sessions import Exchange, exchange
+from .sessions import Exchange, exchange, owner_of, sealed_session
 
-__all__ = ["MAX_INITIALIZE_BYTES", "Sticky", "StickySessions", "open_session"]
+__all__ = ["MAX_INITIALIZE_BYTES", "Sticky", "StickySessions", "note_replica", "open_session", "vouched_sticky"]
 
 logger = logging.getLogger("mcp_middleware.router.pool")
 
@@ -117,6 +118,27 @@ async def open_session(scope: Scope, replica: Replica, body: bytes) -> str | Non
         logger.debug("pool %r: re-initialize at replica %s failed: %s", replica.pool, replica.label, exc)
         return None
     return backend_id.decode("latin-1")
+
+
+def vouched_sticky(scope: Scope, session_id: str, replicas: Sequence[Replica]) -> Sticky | None:
+    """A session another gateway instance opened at this pool, on its sealed handle's word: the handle
+    (verified by the gateway) vouches for the owner and names the replica holding it, so the session is
+    continued there instead of refused. None when there is no such word (the session is unknown)."""
+    handle = sealed_session(scope)
+    if handle is None or handle.replica is None:
+        return None
+    owner = owner_of(scope)
+    if not handle.vouches(session_id, owner):
+        return None
+    replica = next((replica for replica in replicas if replica.label == handle.replica), None)
+    return Sticky(replica, owner, session_id) if replica is not None else None
+
+
+def note_replica(scope: Scope, replica: Replica) -> None:
+    """Tell the gateway's sealed handle (if any) which replica holds the session being opened."""
+    handle = sealed_session(scope)
+    if handle is not None:
+        handle.replica = replica.label
 
 
 def _id_of(body: bytes) -> RequestId | None:

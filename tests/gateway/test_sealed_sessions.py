@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import Component, Outcome
 from mcp_middleware.gateway.app import build_gateway
@@ -70,13 +70,20 @@ class SessionsSeen:
         self.ids: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            session = dict(scope["headers"]).get(b"mcp-session-id")
-            if session is None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        session = dict(scope["headers"]).get(b"mcp-session-id")
+        if session is not None:
+            self.ids.add(session)
+
+        async def peeking() -> Message:  # an `initialize` opens a session (probes and modern calls do not)
+            message = await receive()
+            if session is None and b'"method":"initialize"' in message.get("body", b"").replace(b" ", b""):
                 self.opened += 1
-            else:
-                self.ids.add(session)
-        await self.app(scope, receive, send)
+            return message
+
+        await self.app(scope, peeking, send)
 
 
 @dataclass
@@ -210,3 +217,25 @@ async def test_delete_ends_the_session_where_it_is_deleted(pair: Pair) -> None:
 
 def test_the_decisions_say_why(pair: Pair) -> None:
     assert Component.SESSION == "session" and Outcome.REOPENED == "reopened"
+
+
+async def test_a_pool_session_goes_on_at_its_replica_through_another_gateway(tmp_path: Path) -> None:
+    replicas = [SessionsSeen(build_server().streamable_http_app()) for _ in range(2)]
+    with contextlib.ExitStack() as stack:
+        urls = [stack.enter_context(serve_app(replica)).mcp_url for replica in replicas]
+        remote = stack.enter_context(serve_app(build_server().streamable_http_app()))
+        text = config_text(remote.mcp_url) + f'[[servers]]\nname = "pooled"\nurl = ["{urls[0]}", "{urls[1]}"]\n'
+        one = stack.enter_context(_gateway(tmp_path, "one", text))
+        two = stack.enter_context(_gateway(tmp_path, "two", text))
+        async with httpx2.AsyncClient(timeout=30) as http:
+            handle = await legacy_session(http, one.base + "/mcp/pooled", **ALICE)
+            [holder] = [replica for replica in replicas if replica.opened]
+            for base in (two.base, one.base, two.base, two.base):
+                assert await echo(http, base + "/mcp/pooled", handle, "pooled") == "pooled"
+            stolen = await legacy_post(http, two.base + "/mcp/pooled", handle, "ping", 4, **BOB)
+            assert stolen.status_code == 404
+    # One session in all, at the replica that opened it, continued by the other gateway (not re-created).
+    assert [replica.opened for replica in replicas].count(1) == 1 and sum(r.opened for r in replicas) == 1
+    assert len(holder.ids) == 1 and not any(replica.ids for replica in replicas if replica is not holder), [
+        (r.opened, r.ids) for r in replicas
+    ]
