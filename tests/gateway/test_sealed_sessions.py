@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +24,7 @@ from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
 from tests.conftest import Served, serve_app
 from tests.servers import build_server
+from tests.support.decisions import DecisionRecorder
 from tests.support.requests import (
     legacy_headers,
     legacy_post,
@@ -93,12 +95,20 @@ class Pair:
     remote: SessionsSeen
     foreign: str
     """A gateway with another key."""
+    decisions: DecisionRecorder
+    """What the second gateway decided."""
 
 
-def _gateway(tmp_path: Path, name: str, text: str) -> Iterator[Served]:
+def _gateway(
+    tmp_path: Path, name: str, text: str, recorder: list[DecisionRecorder] | None = None
+) -> contextlib.AbstractContextManager[Served]:
     path = tmp_path / f"{name}.toml"
     path.write_text(text, encoding="utf-8")
-    return serve_app(build_gateway(load_config(path)).app)
+    app = build_gateway(load_config(path)).app
+    if recorder is not None:
+        recorder.append(DecisionRecorder(app))
+        app = recorder[-1]
+    return serve_app(app)
 
 
 @pytest.fixture
@@ -108,15 +118,17 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         remote = stack.enter_context(serve_app(seen))
         text = config_text(remote.mcp_url)
         one = stack.enter_context(_gateway(tmp_path, "one", text))
-        two = stack.enter_context(_gateway(tmp_path, "two", text))
+        recorded: list[DecisionRecorder] = []
+        two = stack.enter_context(_gateway(tmp_path, "two", text, recorded))
         foreign = stack.enter_context(_gateway(tmp_path, "foreign", config_text(remote.mcp_url, OTHER_KEY)))
-        yield Pair(one.base, two.base, seen, foreign.base)
+        yield Pair(one.base, two.base, seen, foreign.base, recorded[0])
 
 
-async def echo(http: httpx2.AsyncClient, url: str, session: str, text: str, who: dict[str, str] = ALICE) -> str:
-    response = await legacy_post(
-        http, url, session, "tools/call", 7, {"name": "echo", "arguments": {"text": text}}, **who
-    )
+async def echo(
+    http: httpx2.AsyncClient, url: str, session: str, text: str, who: dict[str, str] = ALICE, request_id: int = 7
+) -> str:
+    params = {"name": "echo", "arguments": {"text": text}}
+    response = await legacy_post(http, url, session, "tools/call", request_id, params, **who)
     assert response.status_code == 200, response.text
     assert response.headers.get("mcp-session-id", session) == session  # the inner id never leaks
     return str(json_of(response)["result"]["content"][0]["text"])
@@ -186,8 +198,6 @@ async def test_an_expired_handle_is_refused(tmp_path: Path) -> None:
         async with httpx2.AsyncClient(timeout=30) as http:
             handle = await legacy_session(http, short.base + "/mcp/local", **ALICE)
             assert await echo(http, short.base + "/mcp/local", handle, "fresh") == "fresh"
-            import anyio
-
             await anyio.sleep(2.5)
             answer = await legacy_post(http, short.base + "/mcp/local", handle, "ping", 3, **ALICE)
             assert answer.status_code == 404 and answer.json()["id"] == 3
@@ -215,8 +225,31 @@ async def test_delete_ends_the_session_where_it_is_deleted(pair: Pair) -> None:
         assert again.status_code == 404  # not re-opened by the instance that deleted it
 
 
-def test_the_decisions_say_why(pair: Pair) -> None:
-    assert Component.SESSION == "session" and Outcome.REOPENED == "reopened"
+async def test_concurrent_requests_reopen_a_session_once_and_the_decisions_say_why(pair: Pair) -> None:
+    async with httpx2.AsyncClient(timeout=60) as http:
+        handle = await legacy_session(http, pair.one + "/mcp/local", **ALICE)
+        answers: list[str] = []
+
+        async def one(index: int) -> None:
+            answers.append(await echo(http, pair.two + "/mcp/local", handle, f"c{index}", request_id=100 + index))
+
+        async with anyio.create_task_group() as group:
+            for index in range(8):
+                group.start_soon(one, index)
+        assert sorted(answers) == sorted(f"c{index}" for index in range(8))
+        assert pair.decisions.outcomes(Component.SESSION) == [Outcome.REOPENED]  # once, for all eight
+        remote = await legacy_session(http, pair.one + "/mcp/remote", **ALICE)
+        assert await echo(http, pair.two + "/mcp/remote", remote, "r") == "r"
+        assert pair.decisions.outcomes(Component.SESSION) == [Outcome.REOPENED]  # continued, not re-opened
+        bad = await legacy_post(http, pair.two + "/mcp/local", handle[:-4] + "AAAA", "ping", 1, **ALICE)
+        other_path = await legacy_post(http, pair.two + "/mcp/remote", handle, "ping", 2, **ALICE)
+        stolen = await legacy_post(http, pair.two + "/mcp/local", handle, "ping", 3, **BOB)
+        assert (bad.status_code, other_path.status_code, stolen.status_code) == (404, 404, 404)
+    assert pair.decisions.of(Component.SESSION)[1:] == [
+        (Outcome.REJECTED, {"reason": "tampered"}),
+        (Outcome.REJECTED, {"reason": "path"}),
+        (Outcome.SESSION_REFUSED, {}),
+    ]
 
 
 async def test_a_pool_session_goes_on_at_its_replica_through_another_gateway(tmp_path: Path) -> None:
