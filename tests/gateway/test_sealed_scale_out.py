@@ -11,6 +11,7 @@ instance that opened a session and the session's next request succeeds on anothe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -24,8 +25,11 @@ import pytest
 from mcp import Client
 from starlette.types import ASGIApp
 
+from tests.conformance.suite import CACHE_DIR, SuiteUnavailable, ensure_suite
 from tests.conftest import free_port, require_binary
 from tests.gateway.instance_server import build
+from tests.gateway.test_inspector import CACHE as INSPECTOR
+from tests.gateway.test_inspector import VERSION as INSPECTOR_VERSION
 from tests.support import processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,6 +153,79 @@ async def test_the_aggregate_session_is_served_by_every_instance(cluster: Cluste
         served = [await whoami(session, "inst__whoami") for _ in range(12)]
         assert set(served) == set(INSTANCES)
         assert [await whoami(session, "remote__whoami") for _ in range(6)] == ["remote"] * 6
+
+
+TS_CLIENT = """
+import { Client } from "SDK/client/index.js";
+import { StreamableHTTPClientTransport } from "SDK/client/streamableHttp.js";
+const client = new Client({ name: "sealed-scale-out", version: "1.0.0" });
+const transport = new StreamableHTTPClientTransport(new URL(process.argv[2]));
+await client.connect(transport);
+const served = [];
+for (let i = 0; i < Number(process.argv[3]); i++) {
+  const result = await client.callTool({ name: "whoami", arguments: {} });
+  served.push(result.content[0].text);
+}
+console.log(JSON.stringify({ session: transport.sessionId.length, served }));
+await transport.terminateSession();
+await client.close();
+"""
+
+
+def node_tools() -> tuple[Path, Path]:
+    """Node 22 and the TypeScript SDK the conformance suite installs (skipped locally without them)."""
+    try:
+        node = ensure_suite().node
+    except SuiteUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"node and the TypeScript SDK are required in CI: {exc}")
+        pytest.skip(str(exc))
+    sdk = CACHE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
+    if not sdk.exists():
+        pytest.skip(f"no TypeScript SDK at {sdk}")
+    return Path(node), sdk
+
+
+def test_the_typescript_sdk_session_is_served_by_every_instance(cluster: Cluster, tmp_path: Path) -> None:
+    node, sdk = node_tools()
+    script = tmp_path / "client.mjs"
+    script.write_text(TS_CLIENT.replace("SDK/", f"{sdk.as_posix()}/"), encoding="utf-8")
+    done = processes.run(
+        [str(node), str(script), cluster.base + "/mcp/inst", "15"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < answer["session"] < 512
+    assert set(answer["served"]) == set(INSTANCES), answer  # one TypeScript session, every instance
+
+
+def test_the_inspector_cli_works_across_instances(cluster: Cluster) -> None:
+    node, _ = node_tools()
+    package = INSPECTOR / "node_modules" / "@modelcontextprotocol" / "inspector" / "package.json"
+    if not package.exists() or json.loads(package.read_text()).get("version") != INSPECTOR_VERSION:
+        pytest.skip("the MCP Inspector is not installed (tests/gateway/test_inspector.py installs it)")
+    start = len(cluster.log_lines())
+    served = []
+    cli = [str(node), str(INSPECTOR / "node_modules" / ".bin" / "mcp-inspector"), "--cli", cluster.base + "/mcp/inst"]
+    for _ in range(3):  # each run: a session of its own (initialize, initialized, tools/call, ...)
+        done = processes.run(
+            [*cli, "--transport", "http", "--method", "tools/call", "--tool-name", "whoami"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            check=False,
+            env={**os.environ, "MCP_CATALOG_PATH": str(INSPECTOR / "catalog.json")},
+        )
+        assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        served.append(json.loads(done.stdout)["content"][0]["text"])
+    assert set(served) <= set(INSTANCES)
+    assert set(cluster.instances_after(start, "/mcp/inst")) == set(INSTANCES)  # the sessions' requests moved
 
 
 async def test_the_session_survives_the_sigkill_of_the_instance_that_opened_it(cluster: Cluster) -> None:
