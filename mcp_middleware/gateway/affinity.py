@@ -9,6 +9,9 @@ the id say where it lives. Each gateway instance tags the session ids it hands o
 ids; the load balancer routes on the tag (examples/gateway/nginx-affinity.conf maps it to the
 instance) and spreads untagged requests (new sessions, the stateless modern era).
 
+With `[gateway] session_key` the gateway needs none of this: session ids are sealed handles any
+instance resumes (`sealed_sessions.py`), behind plain round robin. This layer is the option without a key.
+
 A request tagged for another instance reached the wrong gateway: it is refused with a
 JSON-RPC error (HTTP 404, as the SDK answers an unknown session) rather than handed to a
 backend that would not know the session.
