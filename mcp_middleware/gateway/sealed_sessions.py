@@ -74,10 +74,15 @@ class SealedSessionMiddleware:
         view, receive = await read_request(scope, receive, send, self.config)
         if receive is ANSWERED:
             return
-        if view is None or view.era is Era.MODERN:  # not MCP, or stateless: nothing of sessions
+        if view is None:
             await self.app(scope, receive, send)
             return
         handle = _session_header(scope["headers"])
+        if view.era is Era.MODERN:  # stateless: a handle it carries means nothing, and goes no further
+            if handle is not None:
+                scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != _HEADER]}
+            await self.app(scope, receive, send)
+            return
         if handle is None:
             if view.method != "initialize":
                 await self.app(scope, receive, send)

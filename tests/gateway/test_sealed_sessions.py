@@ -205,15 +205,18 @@ async def test_an_expired_handle_is_refused(tmp_path: Path) -> None:
 
 async def test_a_modern_request_carrying_a_handle_is_served(pair: Pair) -> None:
     async with httpx2.AsyncClient(timeout=30) as http:
-        handle = await legacy_session(http, pair.one + "/mcp/local", **ALICE)
+        handle = await legacy_session(http, pair.one + "/mcp/remote", **ALICE)
         body = modern_body("tools/call", {"name": "echo", "arguments": {"text": "now"}})
-        answer = await http.post(
-            pair.two + "/mcp/local",
-            content=body,
-            headers=modern_headers("tools/call", "echo", **ALICE, **{"mcp-session-id": handle}),
-        )
-        assert answer.status_code == 200, answer.text
-        assert json_of(answer)["result"]["content"][0]["text"] == "now"
+        for base, mount in [(pair.two, "/mcp/local"), (pair.two, "/mcp/remote"), (pair.one, "/mcp/remote")]:
+            answer = await http.post(
+                base + mount,
+                content=body,
+                headers=modern_headers("tools/call", "echo", **ALICE, **{"mcp-session-id": handle}),
+            )
+            assert answer.status_code == 200, answer.text
+            assert json_of(answer)["result"]["content"][0]["text"] == "now"
+            assert "mcp-session-id" not in answer.headers
+        assert handle.encode() not in pair.remote.ids  # a handle never reaches a backend, in either era
 
 
 async def test_delete_ends_the_session_where_it_is_deleted(pair: Pair) -> None:
