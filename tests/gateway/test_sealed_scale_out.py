@@ -6,7 +6,9 @@ every gateway (its `whoami` answers the instance's name: a session moving betwee
 re-opened there from its sealed `initialize`), and `remote`, one separate uvicorn process every
 gateway proxies to (its session is continued by whichever gateway gets the request). Proved with
 the SDK's legacy client: a session's requests land on every instance and all succeed; SIGKILL the
-instance that opened a session and the session's next request succeeds on another.
+instance that opened a session and the session's next request succeeds on another; SIGKILL the
+instance running a call and the call fails (bounded, no hang) while the session goes on. The
+TypeScript SDK and the MCP Inspector CLI are run against the same cluster when node is installed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 from mcp import Client
+from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
 
 from tests.conformance.suite import CACHE_DIR, SuiteUnavailable, ensure_suite
@@ -31,6 +35,7 @@ from tests.gateway.instance_server import build
 from tests.gateway.test_inspector import CACHE as INSPECTOR
 from tests.gateway.test_inspector import VERSION as INSPECTOR_VERSION
 from tests.support import processes
+from tests.support.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_EXAMPLE = ROOT / "examples" / "gateway" / "nginx.conf"
@@ -38,6 +43,25 @@ INSTANCES = ("g1", "g2", "g3")
 KEY = "the scale-out test's shared session key (32+ chars)"
 
 pytestmark = pytest.mark.anyio
+
+
+def build_slow() -> MCPServer:
+    """An in-process backend with a call that takes its time (and says where it runs: a file per instance)."""
+    server = MCPServer("slow")
+
+    @server.tool()
+    async def slow(seconds: float) -> str:
+        """Sleep, after noting which gateway instance runs this call."""
+        (Path(os.environ["SEALED_MARKERS"]) / os.environ.get("MCP_GATEWAY_INSTANCE", "?")).write_text("running")
+        await anyio.sleep(seconds)
+        return "finished"
+
+    @server.tool()
+    def whoami() -> str:
+        """The gateway instance this request reached."""
+        return os.environ.get("MCP_GATEWAY_INSTANCE", "?")
+
+    return server
 
 
 def remote_app() -> ASGIApp:
@@ -51,6 +75,11 @@ class Cluster:
     gateways: dict[str, subprocess.Popen[bytes]]
     ports: dict[str, int]
     access_log: Path
+    markers: Path
+    """Where the `slow` tool notes the instance running it."""
+
+    def alive(self) -> set[str]:
+        return {name for name, process in self.gateways.items() if process.poll() is None}
 
     def log_lines(self) -> list[str]:
         return self.access_log.read_text().splitlines() if self.access_log.exists() else []
@@ -102,13 +131,19 @@ app = "tests.gateway.instance_server:build"
 [[servers]]
 name = "remote"
 url = "http://127.0.0.1:{remote_port}/mcp"
+[[servers]]
+name = "slow"
+app = "{__name__}:build_slow"
 """,
             encoding="utf-8",
         )
         ports = {instance: free_port() for instance in INSTANCES}
+        markers = scratch / "markers"
+        markers.mkdir()
         gateways: dict[str, subprocess.Popen[bytes]] = {}
         for instance, port in ports.items():
             env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance, "MCP_GATEWAY_SESSION_KEY": KEY}
+            env["SEALED_MARKERS"] = str(markers)
             gateways[instance] = processes.start_gateway(config, port, scratch / f"{instance}.log", env=env)
             started.append(gateways[instance])
         listen = free_port()
@@ -121,7 +156,7 @@ url = "http://127.0.0.1:{remote_port}/mcp"
         )
         started.append(proxy)
         processes.wait_listening(listen, proxy, nginx_log)
-        yield Cluster(f"http://127.0.0.1:{listen}", gateways, ports, scratch / "nginx-access.log")
+        yield Cluster(f"http://127.0.0.1:{listen}", gateways, ports, scratch / "nginx-access.log", markers)
     finally:
         processes.stop_all(reversed(started), patience=15)
 
@@ -242,4 +277,27 @@ async def test_the_session_survives_the_sigkill_of_the_instance_that_opened_it(c
         after = [await whoami(session) for _ in range(12)]
         assert [await whoami(remote) for _ in range(6)] == ["remote"] * 6
     assert set(before) <= set(INSTANCES)
-    assert opener not in after and set(after) == set(INSTANCES) - {opener}, (opener, after)
+    assert opener not in after and set(after) == cluster.alive(), (opener, after)
+
+
+async def test_an_in_flight_call_on_a_killed_instance_fails_and_the_session_goes_on(cluster: Cluster) -> None:
+    outcome: list[object] = []
+    async with Client(cluster.base + "/mcp/slow", mode="legacy", cache=None) as session:
+
+        async def call() -> None:
+            try:
+                outcome.append(await session.call_tool("slow", {"seconds": 60}))
+            except Exception as error:  # what the client sees of a stream that died with its instance
+                outcome.append(error)
+
+        with anyio.fail_after(90):  # bounded: a hang here is the failure
+            async with anyio.create_task_group() as group:
+                group.start_soon(call)
+                await until(lambda: any(cluster.markers.iterdir()), patience=30)  # the call runs somewhere
+                [marker] = list(cluster.markers.iterdir())
+                victim = cluster.gateways[marker.name]
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.wait(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], Exception), outcome  # failed, not finished
+        after = [await whoami(session) for _ in range(4)]
+    assert marker.name not in after and set(after) <= cluster.alive()
