@@ -36,6 +36,7 @@ from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parents[2]
 KEY = "a session key for the tests, long enough to seal"
 OTHER_KEY = "another gateway's session key, also long enough"
 ALICE = {"authorization": "Bearer alice-token"}
@@ -275,3 +276,21 @@ async def test_a_pool_session_goes_on_at_its_replica_through_another_gateway(tmp
     assert len(holder.ids) == 1 and not any(replica.ids for replica in replicas if replica is not holder), [
         (r.opened, r.ids) for r in replicas
     ]
+
+
+async def test_a_stdio_backends_session_is_reopened_on_the_other_gateway(tmp_path: Path) -> None:
+    stdio = (
+        f'[[servers]]\nname = "text"\ncommand = ["{{python}}", "{ROOT / "examples" / "gateway" / "stdio_server.py"}"]\n'
+    )
+    with contextlib.ExitStack() as stack:
+        remote = stack.enter_context(serve_app(build_server().streamable_http_app()))
+        text = config_text(remote.mcp_url) + stdio
+        one = stack.enter_context(_gateway(tmp_path, "one", text))
+        two = stack.enter_context(_gateway(tmp_path, "two", text))
+        async with httpx2.AsyncClient(timeout=60) as http:
+            handle = await legacy_session(http, one.base + "/mcp/text", **ALICE)
+            for index, base in enumerate([two.base, one.base, two.base]):
+                params = {"name": "reverse", "arguments": {"text": f"abc{index}"}}
+                answer = await legacy_post(http, base + "/mcp/text", handle, "tools/call", index, params, **ALICE)
+                assert answer.status_code == 200, answer.text
+                assert json_of(answer)["result"]["content"][0]["text"] == f"{index}cba"
