@@ -286,7 +286,8 @@ async def test_a_stdio_backends_session_is_reopened_on_the_other_gateway(tmp_pat
         remote = stack.enter_context(serve_app(build_server().streamable_http_app()))
         text = config_text(remote.mcp_url) + stdio
         one = stack.enter_context(_gateway(tmp_path, "one", text))
-        two = stack.enter_context(_gateway(tmp_path, "two", text))
+        recorded: list[DecisionRecorder] = []
+        two = stack.enter_context(_gateway(tmp_path, "two", text, recorded))
         async with httpx2.AsyncClient(timeout=60) as http:
             handle = await legacy_session(http, one.base + "/mcp/text", **ALICE)
             for index, base in enumerate([two.base, one.base, two.base]):
@@ -294,3 +295,4 @@ async def test_a_stdio_backends_session_is_reopened_on_the_other_gateway(tmp_pat
                 answer = await legacy_post(http, base + "/mcp/text", handle, "tools/call", index, params, **ALICE)
                 assert answer.status_code == 200, answer.text
                 assert json_of(answer)["result"]["content"][0]["text"] == f"{index}cba"
+    assert recorded[0].outcomes(Component.SESSION) == [Outcome.REOPENED]  # the stdio bridge's session: re-opened
