@@ -22,6 +22,10 @@ headers are rewritten (the inner id never reaches the client).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
@@ -52,6 +56,8 @@ from .session_handles import OpenedSession, SessionHandles, SessionState
 from .session_reopen import reopen
 
 __all__ = ["SealedSessionMiddleware", "SessionOwnerGuard"]
+
+logger = logging.getLogger("mcp_middleware.gateway.sessions")
 
 _HEADER = b"mcp-session-id"
 _SESSION_FIELD = McpRequest._fields.index("session_id")
@@ -144,7 +150,7 @@ class SealedSessionMiddleware:
         """Replace the session id an `initialize` answer hands out with a sealed handle to it."""
         handles = self.handles
         path: str = scope["path"]
-        params = dict(view.params or {})
+        params = _sealed_params(view.params)
 
         async def minting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -153,8 +159,15 @@ class SealedSessionMiddleware:
                 if inner is not None:
                     owner = ticket.caller if ticket.caller is not None else owner_of(scope)
                     state = SessionState(owner, path, inner.decode("latin-1"), params, ticket.replica)
-                    handle = handles.mint(state).encode("ascii")
-                    message = {**message, "headers": _with_session(headers, handle)}
+                    try:
+                        handle = handles.mint(state).encode("ascii")
+                    except ValueError as error:  # never the inner id in the clear: no session id at all
+                        logger.warning("a session opened at %s cannot be sealed: %s", path, error)
+                        record_decision(scope, Component.SESSION, Outcome.REJECTED, reason="unsealable")
+                        kept = [(name, value) for name, value in headers if name.lower() != _HEADER]
+                        message = {**message, "headers": kept}
+                    else:
+                        message = {**message, "headers": _with_session(headers, handle)}
             await send(message)
 
         return minting_send
@@ -235,6 +248,16 @@ class _Tracked:
     async def __call__(self) -> Message:
         self.called = True
         return await self.receive()
+
+
+def _sealed_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The `initialize` params a handle carries: all of them but the client's icons (images for a UI, often
+    data URIs, that would swell every handle and tell a backend nothing)."""
+    sealed = dict(params or {})
+    info = sealed.get("clientInfo")
+    if isinstance(info, dict) and "icons" in info:
+        sealed["clientInfo"] = {key: value for key, value in info.items() if key != "icons"}
+    return sealed
 
 
 def _session_header(headers: list[tuple[bytes, bytes]]) -> bytes | None:

@@ -35,7 +35,7 @@ from typing import Any
 import anyio
 import orjson
 
-from mcp_middleware.core.sealing import Sealer, SealError
+from mcp_middleware.core.sealing import MAX_TOKEN_LENGTH, Sealer, SealError
 
 __all__ = ["DEFAULT_SESSION_TTL", "OpenedSession", "SessionHandles", "SessionState"]
 
@@ -48,6 +48,9 @@ _BOUND = 0x01  # flags: an owner digest follows
 _FIXED = struct.Struct(">BB")
 _EXPIRES = struct.Struct(">I")
 _COUNT = struct.Struct(">H")
+_ID_LENGTH = struct.Struct(">H")
+_MAX_ID = 1024
+"""Longest session id sealed (the SDK's are 32 characters; the spec sets no bound, this gateway does)."""
 _HEX = re.compile(r"[0-9a-f]{32}")
 _DICTIONARY = (
     b'"/mcp/",{"protocolVersion":"2025-06-18","protocolVersion":"2025-11-25","capabilities":{"sampling":{"tools":{}}'
@@ -109,13 +112,16 @@ class SessionHandles:
     _cache: OrderedDict[str, OpenedSession] = field(default_factory=OrderedDict)
 
     def mint(self, state: SessionState, *, now: float | None = None) -> str:
-        """A new handle for `state` (its `expires` set from the ttl), remembered as opened."""
+        """A new handle for `state` (its `expires` set from the ttl), remembered as opened; `ValueError` when
+        the state cannot be sealed (a session id over 1 KiB, a handle over 8 KiB)."""
         now = time.time() if now is None else now
         expires = int(now + self.ttl) + 1
         sealed = SessionState(
             state.owner, state.path, state.session_id, state.initialize, state.replica, state.backends, expires
         )
         handle = self.sealer.seal(encode(sealed), ttl=self.ttl, now=now)
+        if len(handle) > MAX_TOKEN_LENGTH:  # it would never open: say so now, not on every request
+            raise ValueError(f"the session's state seals to {len(handle)} characters (at most {MAX_TOKEN_LENGTH})")
         self._remember(handle, OpenedSession(sealed, sealed.session_id))
         return handle
 
@@ -187,9 +193,9 @@ def _pack_id(value: str) -> bytes:
     if len(value) == 32 and _HEX.fullmatch(value):
         return b"\x00" + bytes.fromhex(value)
     raw = value.encode()
-    if len(raw) > 255:
-        raise ValueError("a session id longer than 255 bytes cannot be sealed")
-    return bytes((1, len(raw))) + raw
+    if len(raw) > _MAX_ID:
+        raise ValueError(f"a session id longer than {_MAX_ID} bytes cannot be sealed")
+    return b"\x01" + _ID_LENGTH.pack(len(raw)) + raw
 
 
 def _unpack_ids(block: bytes) -> list[str]:
@@ -200,9 +206,9 @@ def _unpack_ids(block: bytes) -> list[str]:
             ids.append(block[at + 1 : at + 17].hex())
             at += 17
         else:
-            size = block[at + 1]
-            ids.append(block[at + 2 : at + 2 + size].decode())
-            at += 2 + size
+            (size,) = _ID_LENGTH.unpack_from(block, at + 1)
+            ids.append(block[at + 3 : at + 3 + size].decode())
+            at += 3 + size
     if not ids or at != len(block):
         raise ValueError("ids")
     return ids

@@ -10,12 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx2
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.core.sealing import Sealer, SealError
 from mcp_middleware.gateway.sealed_sessions import SealedSessionMiddleware
@@ -137,3 +139,56 @@ def test_over_http_a_flipped_handle_is_an_unknown_session(layered: tuple[Served,
         assert answer.json() == {"jsonrpc": "2.0", "id": 77, "error": {"code": -32600, "message": "Session not found"}}
         ping = http.post(served.mcp_url, content=legacy_body("ping", None, 78), headers=legacy_headers(handle))
         assert ping.status_code == 200  # the real one still works
+
+
+def hostile_backend(session_id: bytes) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """A backend that hands out `session_id` (any length) and answers every request in its session."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = (await receive()).get("body", b"")
+        request_id = orjson.loads(body).get("id") if body else None
+        answer = orjson.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "result": {"sid": len(dict(scope["headers"]).get(b"mcp-session-id", b""))},
+            }
+        )
+        headers = [(b"content-type", b"application/json"), (b"mcp-session-id", session_id)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": answer})
+
+    return app
+
+
+@pytest.mark.parametrize("length", [33, 200, 1024])
+def test_a_backends_long_session_id_is_sealed_and_given_back(length: int) -> None:
+    inner = ("s" * length).encode()
+    with serve_app(SealedSessionMiddleware(hostile_backend(inner), handles=fresh())) as served, httpx2.Client() as http:
+        opened = http.post(served.mcp_url, content=initialize_body(), headers=legacy_headers())
+        handle = opened.headers["mcp-session-id"]
+        assert handle.encode() != inner and "sss" not in handle
+        ping = http.post(served.mcp_url, content=legacy_body("ping", None, 2), headers=legacy_headers(handle))
+        assert ping.status_code == 200 and ping.json()["result"]["sid"] == length  # the backend got its own id
+        assert ping.headers["mcp-session-id"] == handle
+
+
+def test_a_session_id_too_long_to_seal_is_withheld_not_leaked() -> None:
+    inner = ("s" * 5000).encode()
+    with serve_app(SealedSessionMiddleware(hostile_backend(inner), handles=fresh())) as served, httpx2.Client() as http:
+        opened = http.post(served.mcp_url, content=initialize_body(), headers=legacy_headers())
+        assert opened.status_code == 200 and "mcp-session-id" not in opened.headers
+
+
+def test_the_clients_icons_stay_out_of_the_handle() -> None:
+    icon = {"src": "data:image/png;base64," + base64.b64encode(bytes(range(256)) * 40).decode(), "sizes": ["48x48"]}
+    params = {**SDK_INIT, "clientInfo": {"name": "ide", "version": "9", "icons": [icon] * 3}}
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
+    handles = fresh()
+    with serve_app(SealedSessionMiddleware(hostile_backend(b"ab" * 16), handles=handles)) as served:
+        opened = httpx2.post(served.mcp_url, content=body, headers=legacy_headers())
+    handle = opened.headers["mcp-session-id"]
+    assert len(handle) < 300
+    assert fresh().open(handle).state.initialize["clientInfo"] == {"name": "ide", "version": "9"}
