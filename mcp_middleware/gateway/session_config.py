@@ -44,6 +44,8 @@ def session_key(reader: Reader) -> tuple[str, ...]:
                 "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')",
             )
             return ()
+    if "instance" in reader.data:
+        reader.warn("instance", "is not needed with session_key: sealed handles need no affinity (instance is ignored)")
     return secrets
 
 

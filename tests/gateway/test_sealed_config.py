@@ -80,3 +80,9 @@ def test_without_a_key_the_instance_tag_stays() -> None:
     assert type(layer).__name__ == "SessionAffinityMiddleware"
     both = session_layer(lambda *a: None, parse_config(f'[gateway]\ninstance = "g1"\nsession_key = "{LONG}"\n' + DEMO))  # type: ignore[arg-type]
     assert type(both).__name__ == "SealedSessionMiddleware"  # the key wins: handles need no routing
+
+
+def test_an_instance_tag_beside_a_key_is_a_warning() -> None:
+    config = parse_config(f'[gateway]\ninstance = "g1"\nsession_key = "{LONG}"\n' + DEMO)
+    [warning] = config.warnings
+    assert warning.path == "gateway.instance" and warning.line == 2 and "not needed with session_key" in warning.message
