@@ -46,14 +46,14 @@ def backend_exchange(reader: Reader, kind: str, headers: dict[str, str]) -> Toke
     if "auth" not in reader.data:
         return None
     auth = reader.table("auth")
-    if kind != "url":
-        auth.problem(None, _URL_ONLY)
     if "exchange" not in auth.data:
         auth.raw("exchange")  # "is required": the one kind of backend auth there is
         auth.done()
         return None
     table = auth.table("exchange")
     auth.done()
+    if kind != "url":
+        table.problem(None, _URL_ONLY)
     endpoint = table.string("token_endpoint")
     if isinstance(endpoint, str) and not endpoint.startswith(("https://", "http://")):
         table.problem("token_endpoint", f"must be an http:// or https:// URL, not {endpoint!r}")
@@ -98,11 +98,17 @@ def backend_tls(reader: Reader, kind: str) -> BackendTls | None:
     if files["client_key"] is not None and files["client_cert"] is None and "client_cert" not in table.data:
         table.problem("client_cert", "is required with client_key")
     tls = BackendTls(files["client_cert"], files["client_key"], files["ca_bundle"])
-    try:
-        tls.context()
-    except (ssl.SSLError, OSError, ValueError) as exc:
-        key = "client_key" if tls.client_key is not None and "key" in str(exc).lower() else "client_cert"
-        if tls.client_cert is None:
-            key = "ca_bundle"
-        table.problem(key, f"cannot be loaded: {exc}")
+    for key, load in (("ca_bundle", _load_ca), ("client_cert", _load_ca), ("client_key", lambda _: tls.context())):
+        if files[key] is None:
+            continue
+        try:
+            load(files[key])
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            table.problem(key, f"cannot be loaded: {exc}")
+            break
     return tls
+
+
+def _load_ca(path: str | None) -> None:
+    """Whether `path` holds PEM certificates (a CA bundle, or the client's own certificate)."""
+    ssl.create_default_context().load_verify_locations(cafile=path)

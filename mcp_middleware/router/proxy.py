@@ -246,11 +246,11 @@ class StreamingProxy:
 
     async def _no_token(self, scope: Scope, send: Send, view: McpRequest | None, exc: ExchangeError) -> None:
         """401/403 when the caller may not have a token for this backend, 502/504 when the exchange failed."""
-        refused = exc.status in (401, 403)
-        outcome = Outcome.DENY if refused else Outcome.FAILURE
-        record_decision(
-            scope, Component.CREDENTIALS, outcome, backend=self.url, status=exc.status, reason=exc.error or exc.reason
-        )
+        reason = exc.error or exc.reason
+        if exc.status in (401, 403):  # the caller may not have a token for this backend
+            record_decision(scope, Component.CREDENTIALS, Outcome.DENY, backend=self.url, status=exc.status, reason=reason)
+        else:
+            record_decision(scope, Component.CREDENTIALS, Outcome.FAILURE, backend=self.url, status=exc.status, reason=reason)
         code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 504: ErrorCode.TIMEOUT}.get(
             exc.status, ErrorCode.BAD_GATEWAY
         )
