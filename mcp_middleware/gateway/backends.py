@@ -69,11 +69,8 @@ def _pool_backend(server: ServerSettings) -> PoolBackend:
     """A `url = [...]` server: one `HttpBackend` per replica (each with the server's headers) in a pool."""
     pool = server.pool
     assert pool is not None
-    context = server.tls.context() if server.tls is not None else None  # one for all replicas
-    replicas = [
-        HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, ssl_context=context)
-        for url in pool.urls
-    ]
+    own = _own_credentials(server)  # its TLS context, one for all replicas (an exchange is refused for pools)
+    replicas = [HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, **own) for url in pool.urls]
     return PoolBackend(
         replicas,
         balance=pool.balance,

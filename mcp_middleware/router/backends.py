@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core.lifespan import run_lifespan
 
 from ._asgi_transport import AsgiStreamTransport
-from .process_group import ServerGroup
 from .credentials import BackendCredentials
+from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
 from .stderr import logged_stderr
 

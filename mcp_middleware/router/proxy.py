@@ -176,7 +176,9 @@ class StreamingProxy:
                 renewed = await self._renewed(scope, send, view, response)
                 if renewed is None:
                     return
-                response = await self.pool.request(self._head(scope, body, False, renewed)[0], body, None, chunked=False)
+                response = await self.pool.request(
+                    self._head(scope, body, False, renewed)[0], body, None, chunked=False
+                )
         except TimeoutError:  # connecting timed out (reads have no timeout here): nothing was sent
             await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False)
             return
@@ -248,9 +250,13 @@ class StreamingProxy:
         """401/403 when the caller may not have a token for this backend, 502/504 when the exchange failed."""
         reason = exc.error or exc.reason
         if exc.status in (401, 403):  # the caller may not have a token for this backend
-            record_decision(scope, Component.CREDENTIALS, Outcome.DENY, backend=self.url, status=exc.status, reason=reason)
+            record_decision(
+                scope, Component.CREDENTIALS, Outcome.DENY, backend=self.url, status=exc.status, reason=reason
+            )
         else:
-            record_decision(scope, Component.CREDENTIALS, Outcome.FAILURE, backend=self.url, status=exc.status, reason=reason)
+            record_decision(
+                scope, Component.CREDENTIALS, Outcome.FAILURE, backend=self.url, status=exc.status, reason=reason
+            )
         code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 504: ErrorCode.TIMEOUT}.get(
             exc.status, ErrorCode.BAD_GATEWAY
         )

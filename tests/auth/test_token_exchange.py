@@ -98,7 +98,9 @@ async def test_calls_carry_a_token_exchanged_for_the_caller_once_for_many_calls(
             assert seen.issued.audience == AUDIENCE
         # the gateway's own session (the aggregate's lists) has no caller: its own client-credentials token
         for seen in backend.seen:
-            assert seen.issued is not None and (seen.issued.subject == "alice" or seen.issued.grant == "client_credentials")
+            assert seen.issued is not None and (
+                seen.issued.subject == "alice" or seen.issued.grant == "client_credentials"
+            )
         _never_the_callers_token(backend)
         exchange_form = next(form for form in issuer.requests if form["grant_type"].endswith("token-exchange"))
         assert exchange_form["subject_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
@@ -113,10 +115,9 @@ async def test_two_callers_get_two_tokens_and_concurrent_calls_share_one_exchang
         path, tool = _path(endpoint)
 
         async def calls(token: str) -> None:
-            async with client(f"{served.base}{path}", "modern", token) as session:
-                async with anyio.create_task_group() as group:
-                    for n in range(6):
-                        group.start_soon(session.call_tool, tool, {"text": str(n)})
+            async with client(f"{served.base}{path}", "modern", token) as session, anyio.create_task_group() as group:
+                for n in range(6):
+                    group.start_soon(session.call_tool, tool, {"text": str(n)})
 
         async with anyio.create_task_group() as group:
             group.start_soon(calls, "alice-token")
@@ -196,7 +197,7 @@ async def test_a_refused_subject_token_is_a_401_and_the_backend_never_sees_the_c
         answer = response.json()
         assert answer["id"] == 41 and answer["error"]["code"] == ErrorCode.UNAUTHORIZED
         assert answer["error"]["data"]["error"] == "invalid_grant"
-        with pytest.raises(BaseException) as refused:  # the SDK client cannot even initialize
+        with pytest.raises(BaseException) as refused:  # noqa: PT011 (the SDK raises a group; _mcp_error looks inside)
             async with client(f"{served.base}/mcp/saas", era, "bob-token") as session:
                 await session.call_tool("echo", {"text": "x"})
         assert _mcp_error(refused.value).code == ErrorCode.UNAUTHORIZED

@@ -52,9 +52,7 @@ def endpoint() -> Iterator[tuple[Endpoint, Served]]:
 
 
 def credentials(served: Served, **options: Any) -> BackendCredentials:
-    exchange = TokenExchange(
-        f"{served.base}/token", audience="api", client_id="gw", client_secret="s3cret", **options
-    )
+    exchange = TokenExchange(f"{served.base}/token", audience="api", client_id="gw", client_secret="s3cret", **options)
     return BackendCredentials(exchange, backend="api")
 
 

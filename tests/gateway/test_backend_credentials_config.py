@@ -40,7 +40,13 @@ def test_an_exchange_is_read_with_its_secret_from_the_environment(monkeypatch: p
 def test_an_exchange_on_a_backend_without_http_is_refused_with_key_and_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_EXCHANGE_SECRET", "x")
     found = problems('[[servers]]\nname = "local"\ncommand = "python server.py"\n' + EXCHANGE)
-    assert found == [("servers[0].auth.exchange", 5, "is for url backends only (an app or a command has no HTTP connection to carry it)")]
+    assert found == [
+        (
+            "servers[0].auth.exchange",
+            5,
+            "is for url backends only (an app or a command has no HTTP connection to carry it)",
+        )
+    ]
     found = problems('[[servers]]\nname = "local"\napp = "tests.servers:build_server"\n' + EXCHANGE)
     assert found[0][0] == "servers[0].auth.exchange"
 

@@ -45,7 +45,9 @@ class Pki:
     client_key: Path
 
 
-def _write(directory: Path, name: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+def _write(
+    directory: Path, name: str, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[Path, Path]:
     cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
@@ -89,14 +91,14 @@ def make_pki(directory: Path) -> Pki:
             .add_extension(x509.SubjectAlternativeName([san]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         return _write(directory, name, certificate, key)
 
-    server_cert, server_key = leaf("server", ExtendedKeyUsageOID.SERVER_AUTH, x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    server_cert, server_key = leaf(
+        "server", ExtendedKeyUsageOID.SERVER_AUTH, x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    )
     client_cert, client_key = leaf("gateway", ExtendedKeyUsageOID.CLIENT_AUTH, x509.DNSName("gateway.test"))
     return Pki(ca_file, server_cert, server_key, client_cert, client_key)
 
@@ -151,16 +153,15 @@ tls = {{ ca_bundle = "{pki.ca}" }}
 
 
 def test_the_backend_refuses_a_client_without_a_certificate(pki: Pki) -> None:
-    with mtls_backend(pki) as url:
-        with pytest.raises(httpx2.HTTPError):  # the test's own premise: no certificate, no answer
-            httpx2.post(url, content=b"{}", verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=10)
+    with mtls_backend(pki) as url, pytest.raises(httpx2.HTTPError):  # the premise: no certificate, no answer
+        httpx2.post(url, content=b"{}", verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=10)
 
 
 @pytest.mark.parametrize("era", ERAS)
 @pytest.mark.parametrize("endpoint", ["mount", "aggregate"])
 async def test_the_gateway_with_the_client_certificate_reaches_the_backend(era: Era, endpoint: str, pki: Pki) -> None:
     with mtls_backend(pki) as url:
-        config = parse_config(gateway_config(url, pki).split("[[servers]]\nname = \"nocert\"")[0])
+        config = parse_config(gateway_config(url, pki).split('[[servers]]\nname = "nocert"')[0])
         gateway = build_gateway(config)
         with serve_app(gateway.app) as served:
             path, tool = ("/mcp/secure", "echo") if endpoint == "mount" else ("/mcp", "secure__echo")
