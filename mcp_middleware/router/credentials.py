@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +32,6 @@ import orjson
 from authlib.oauth2.auth import ClientAuth  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749 import OAuth2Token  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749.parameters import prepare_token_request  # type: ignore[import-untyped]
-from cachetools import TLRUCache
 
 from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.core.principal import Principal
@@ -113,9 +113,7 @@ class BackendCredentials:
         self.exchange = exchange
         self.backend = backend
         self._auth = ClientAuth(exchange.client_id, exchange.client_secret or "", exchange.auth_method)
-        self._cache: TLRUCache[str, _Issued] = TLRUCache(
-            maxsize=exchange.max_entries, ttu=lambda _key, issued, _now: issued.expires, timer=time.monotonic
-        )
+        self._cache = _ExpiringLru(exchange.max_entries)
         self._flights: dict[str, _Flight] = {}
         self._http: httpx2.AsyncClient | None = None
         self.exchanges = 0
@@ -125,7 +123,7 @@ class BackendCredentials:
         """The cache key of a caller: a digest of this backend and the caller's token (None: no token)."""
         if not principal.token:
             return None
-        text = "\0".join((self.backend, principal.issuer or "", principal.key, principal.token))
+        text = f"{self.backend}\0{principal.issuer or ''}\0{principal.subject or ''}\0{principal.token}"
         return hashlib.sha256(text.encode()).hexdigest()
 
     async def token_for(self, principal: Principal) -> tuple[str, bool]:
@@ -142,12 +140,12 @@ class BackendCredentials:
         """Drop this caller's cached token (the backend refused it: the next call exchanges anew)."""
         key = self.key(principal)
         if key is not None:
-            self._cache.pop(key, None)
+            self._cache.pop(key)
 
     async def service_token(self, *, fresh: bool = False) -> str:
         """The gateway's own token for this backend (client-credentials grant), for its shared session."""
         if fresh:
-            self._cache.pop("service", None)
+            self._cache.pop("service")
         token, _ = await self._single_flight("service", self._client_credentials, cap=None)
         return token
 
@@ -181,7 +179,7 @@ class BackendCredentials:
             if cap is not None:  # never beyond the caller's own token
                 lifetime = min(lifetime, cap - now_wall)
             if lifetime > 0:
-                self._cache[key] = _Issued(token, now + lifetime)
+                self._cache.put(key, _Issued(token, now + lifetime))
             flight.token = token
             return token, False
         except ExchangeError as exc:
@@ -253,6 +251,38 @@ class BackendCredentials:
         if status >= 500 or status == 401 or code in _GATEWAY_FAULT or status not in (400, 403):
             raise ExchangeError(502, f"the token endpoint answered HTTP {status}{said}", error=code)
         raise ExchangeError(403, f"the token endpoint refused a token for this backend{said}", error=code)
+
+
+class _ExpiringLru:
+    """Issued tokens by key: bounded (least recently used out first), an expired one is never returned.
+
+    (cachetools' `TLRUCache` does this too, at ten times the cost of a hit: a heap kept in order on every read.)"""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[str, _Issued] = OrderedDict()
+
+    def get(self, key: str) -> _Issued | None:
+        issued = self._items.get(key)
+        if issued is None:
+            return None
+        if issued.expires <= time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return issued
+
+    def put(self, key: str, issued: _Issued) -> None:
+        self._items[key] = issued
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def pop(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class _ServiceAuth(httpx2.Auth):

@@ -186,3 +186,18 @@ async def test_the_service_token_is_a_client_credentials_grant(endpoint: tuple[E
     await creds.service_token(fresh=True)
     assert len(state.forms) == 2
     await creds.aclose()
+
+
+async def test_the_cache_is_bounded_least_recently_used_out_first(endpoint: tuple[Endpoint, Served]) -> None:
+    state, served = endpoint
+    creds = credentials(served, max_entries=2)
+    callers = [Principal(subject=name, token=f"{name}-token") for name in ("a", "b", "c")]
+    for caller in callers[:2]:
+        await creds.token_for(caller)
+    await creds.token_for(callers[0])  # a is used again: b is now the least recently used
+    await creds.token_for(callers[2])  # c pushes b out
+    assert len(creds._cache) == 2 and len(state.forms) == 3
+    assert (await creds.token_for(callers[0]))[1] is True
+    assert (await creds.token_for(callers[1]))[1] is False  # exchanged again
+    assert len(state.forms) == 4
+    await creds.aclose()
