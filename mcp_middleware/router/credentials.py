@@ -213,7 +213,7 @@ class BackendCredentials:
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         uri, headers, body = self._auth.prepare("POST", exchange.token_endpoint, headers, body)
         if self._http is None:
-            self._http = httpx2.AsyncClient(timeout=exchange.timeout, follow_redirects=False, trust_env=False)
+            self._http = httpx2.AsyncClient(timeout=exchange.timeout, follow_redirects=False)
         self.exchanges += 1
         try:
             with anyio.fail_after(exchange.timeout):

@@ -185,6 +185,27 @@ async def test_without_the_certificate_the_call_is_a_json_rpc_502_and_the_health
                     content=modern_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, request_id=9),
                     headers=modern_headers("tools/call", "echo"),
                 )
+                async with client(
+                    f"{served.base}/mcp", "modern", None
+                ) as session:  # one failing member, listed honestly
+                    listed = await session.list_tools()
         assert response.status_code == 502
         answer = response.json()
         assert answer["id"] == 9 and answer["error"]["code"] == ErrorCode.BAD_GATEWAY
+        assert "secure__echo" in {tool.name for tool in listed.tools}
+        assert "nocert" in str(listed.meta), listed.meta  # the partial list says which member failed
+
+
+async def test_every_replica_of_a_pool_is_reached_with_the_certificate(pki: Pki) -> None:
+    with mtls_backend(pki) as first, mtls_backend(pki) as second:
+        config = parse_config(
+            f'[[servers]]\nname = "pooled"\nurl = ["{first}", "{second}"]\n'
+            f'tls = {{ client_cert = "{pki.client_cert}", client_key = "{pki.client_key}", ca_bundle = "{pki.ca}" }}\n'
+        )
+        gateway = build_gateway(config)
+        with serve_app(gateway.app) as served:
+            for era in ERAS:
+                async with client(f"{served.base}/mcp/pooled", era, None) as session:
+                    for n in range(4):  # balanced over both replicas
+                        result = await session.call_tool("echo", {"text": f"{era} {n}"})
+                        assert result.content[0].text == f"{era} {n}"  # type: ignore[union-attr]
