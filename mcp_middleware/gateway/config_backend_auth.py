@@ -69,6 +69,7 @@ def backend_exchange(reader: Reader, kind: str, headers: dict[str, str]) -> Toke
     exchange = TokenExchange(
         token_endpoint=endpoint if isinstance(endpoint, str) else "",
         audience=table.string("audience", None),
+        resource=table.string("resource", None),
         scope=table.string("scope", None),
         client_id=client_id,
         client_secret=secret,

@@ -72,6 +72,9 @@ class TokenExchange:
 
     token_endpoint: str
     audience: str | None = None
+    """The logical name of the backend the token is for (RFC 8693 `audience`)."""
+    resource: str | None = None
+    """Or its URI (RFC 8693 / RFC 8707 `resource`: what MCP servers check); either or both."""
     scope: str | None = None
     client_id: str | None = None
     client_secret: str | None = field(default=None, repr=False)
@@ -197,6 +200,7 @@ class BackendCredentials:
             subject_token_type=ACCESS_TOKEN_TYPE,
             requested_token_type=ACCESS_TOKEN_TYPE,
             audience=exchange.audience,
+            resource=exchange.resource,
             scope=exchange.scope,
         )
         return await self._request(body)
@@ -204,7 +208,9 @@ class BackendCredentials:
     async def _client_credentials(self) -> tuple[str, float]:
         exchange = self.exchange
         return await self._request(
-            prepare_token_request("client_credentials", audience=exchange.audience, scope=exchange.scope)
+            prepare_token_request(
+                "client_credentials", audience=exchange.audience, resource=exchange.resource, scope=exchange.scope
+            )
         )
 
     async def _request(self, body: str) -> tuple[str, float]:

@@ -23,7 +23,7 @@ from mcp_middleware.gateway.config import load_config
 from tests.conftest import ERAS, Era, Served, free_port, serve_app
 from tests.gateway.test_gateway import client
 from tests.servers import build_server
-from tests.support.requests import modern_body, modern_headers
+from tests.support.requests import initialize_body, legacy_body, legacy_headers, modern_body, modern_headers
 from tests.support.token_exchange import GATEWAY_SECRET, GuardedBackend, IssuingServer
 
 pytestmark = pytest.mark.anyio
@@ -216,3 +216,24 @@ def _mcp_error(exc: BaseException) -> MCPError:
         elif each is not None:
             pending += [each.__cause__, each.__context__]
     raise AssertionError(f"no MCPError in {exc!r}")
+
+
+async def test_another_caller_riding_a_legacy_session_gets_no_exchange_and_no_backend_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(tmp_path, monkeypatch) as (issuer, backend, _, served):
+        url = f"{served.base}/mcp/saas"
+        async with httpx2.AsyncClient(timeout=30) as http:
+            alice = {"authorization": "Bearer alice-token"}
+            opened = await http.post(url, content=initialize_body(), headers={**legacy_headers(), **alice})
+            assert opened.status_code == 200
+            session = opened.headers["mcp-session-id"]
+            seen_before = len(backend.seen)
+            stolen = await http.post(
+                url,
+                content=legacy_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, request_id=5),
+                headers={**legacy_headers(session), "authorization": "Bearer bob-token"},
+            )
+        assert stolen.status_code == 404 and stolen.json()["id"] == 5  # as if the session did not exist
+        assert issuer.exchanges("bob") == 0 and len(backend.seen) == seen_before
+        _never_the_callers_token(backend)

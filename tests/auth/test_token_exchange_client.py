@@ -63,7 +63,7 @@ async def test_the_request_is_an_rfc_8693_exchange_with_client_authentication(
     endpoint: tuple[Endpoint, Served],
 ) -> None:
     state, served = endpoint
-    creds = credentials(served, scope="read write")
+    creds = credentials(served, scope="read write", resource="https://api.example/mcp")
     assert await creds.token_for(ALICE) == ("backend-token", False)
     assert await creds.token_for(ALICE) == ("backend-token", True)
     form = state.forms[0]
@@ -73,6 +73,7 @@ async def test_the_request_is_an_rfc_8693_exchange_with_client_authentication(
         "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
         "requested_token_type": "urn:ietf:params:oauth:token-type:access_token",
         "audience": "api",
+        "resource": "https://api.example/mcp",
         "scope": "read write",
     }
     assert state.authorizations[0] is not None and state.authorizations[0].startswith("Basic ")

@@ -29,9 +29,14 @@ client_secret = "${env:GW_TEST_EXCHANGE_SECRET}"
 
 def test_an_exchange_is_read_with_its_secret_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_EXCHANGE_SECRET", "from-env")
-    config = parse_config('[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n' + EXCHANGE)
+    config = parse_config(
+        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n'
+        + EXCHANGE
+        + 'resource = "https://saas.example/mcp"\n'
+    )
     exchange = config.servers[0].exchange
     assert exchange is not None and exchange.client_secret == "from-env" and exchange.audience == "https://saas.example"
+    assert exchange.resource == "https://saas.example/mcp" and exchange.auth_method == "client_secret_basic"
     assert "from-env" not in repr(exchange)  # a secret is never shown
     backend = load_backend(config.servers[0], Path("."))
     assert isinstance(backend, HttpBackend) and backend.credentials is not None
