@@ -192,6 +192,13 @@ class StreamingProxy:
         if self._down:
             self._down = False
             logger.warning("backend %r reachable again", self.name)
+        if response.status == 401 and self.credentials is not None:
+            # Its own exchanged token refused even when fresh: the gateway's problem, not the caller's (and the
+            # backend's challenge would send the client's OAuth flow to the backend's authorization server).
+            await response.aclose()
+            refused = ExchangeError(502, "the backend refused the token exchanged for it")
+            await self._no_token(scope, send, view, refused)
+            return
         try:
             headers = [(k, v) for k, v in response.headers if k not in _DROP_DOWN]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})

@@ -237,3 +237,16 @@ async def test_another_caller_riding_a_legacy_session_gets_no_exchange_and_no_ba
         assert stolen.status_code == 404 and stolen.json()["id"] == 5  # as if the session did not exist
         assert issuer.exchanges("bob") == 0 and len(backend.seen) == seen_before
         _never_the_callers_token(backend)
+
+
+async def test_a_backend_that_refuses_even_a_fresh_token_is_a_502_after_one_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(tmp_path, monkeypatch) as (issuer, backend, _, served):
+        backend.refuse_all = True
+        response = await _raw_call(served, "alice-token", request_id="r-1")
+        assert response.status_code == 502 and "www-authenticate" not in response.headers  # not the backend's challenge
+        answer = response.json()
+        assert answer["id"] == "r-1" and answer["error"]["code"] == ErrorCode.BAD_GATEWAY
+        assert "refused the token exchanged for it" in answer["error"]["message"]
+        assert issuer.exchanges("alice") == 2 and len(backend.calls()) == 2  # one retry, not a loop

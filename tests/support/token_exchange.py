@@ -187,6 +187,7 @@ class GuardedBackend:
         self.audience = audience
         self.seen: list[Seen] = []
         self.revoked: set[str] = set()
+        self.refuse_all = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -208,7 +209,7 @@ class GuardedBackend:
         token = raw[7:] if raw is not None and raw.startswith("Bearer ") else None
         issued = self.issuer.issued.get(token) if token is not None and token not in self.revoked else None
         self.seen.append(Seen(method, raw, issued))
-        if issued is None or issued.audience != self.audience or issued.expires_at < time.time():
+        if self.refuse_all or issued is None or issued.audience != self.audience or issued.expires_at < time.time():
             answer = orjson.dumps({"error": "invalid_token"})
             await send(
                 {
