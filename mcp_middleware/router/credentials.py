@@ -22,7 +22,7 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -161,7 +161,9 @@ class BackendCredentials:
         if http is not None:
             await http.aclose()
 
-    async def _single_flight(self, key: str, fetch: Any, *, cap: int | None) -> tuple[str, bool]:
+    async def _single_flight(
+        self, key: str, fetch: Callable[[], Awaitable[tuple[str, float]]], *, cap: int | None
+    ) -> tuple[str, bool]:
         while True:
             issued = self._cache.get(key)
             if issued is not None:

@@ -66,6 +66,7 @@ async def test_the_request_is_an_rfc_8693_exchange_with_client_authentication(
     creds = credentials(served, scope="read write", resource="https://api.example/mcp")
     assert await creds.token_for(ALICE) == ("backend-token", False)
     assert await creds.token_for(ALICE) == ("backend-token", True)
+    assert creds.exchanges == 1
     form = state.forms[0]
     assert form == {
         "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
