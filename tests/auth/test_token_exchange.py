@@ -134,24 +134,26 @@ async def test_two_callers_get_two_tokens_and_concurrent_calls_share_one_exchang
 
 
 @pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("endpoint", ["mount", "aggregate"])
 async def test_an_expired_token_and_a_backend_401_each_cause_a_new_exchange(
-    era: Era, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    era: Era, endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    path, tool = _path(endpoint)
     with running(tmp_path, monkeypatch, expires_in=2) as (issuer, backend, _, served):
-        async with client(f"{served.base}/mcp/saas", era, "alice-token") as session:
-            await session.call_tool("echo", {"text": "first"})
+        async with client(f"{served.base}{path}", era, "alice-token") as session:
+            await session.call_tool(tool, {"text": "first"})
             assert issuer.exchanges("alice") == 1
             await anyio.sleep(1.5)  # kept for at most half of expires_in = 2 s
             issuer.expires_in = 3600
-            await session.call_tool("echo", {"text": "after expiry"})
+            await session.call_tool(tool, {"text": "after expiry"})
             assert issuer.exchanges("alice") == 2
-            await session.call_tool("echo", {"text": "from the cache"})
+            await session.call_tool(tool, {"text": "from the cache"})
             assert issuer.exchanges("alice") == 2
             held = backend.calls()[-1].authorization
             assert held is not None
             backend.revoked.add(held.removeprefix("Bearer "))  # the backend now refuses it: 401
             exchanges = issuer.exchanges("alice")
-            result = await session.call_tool("echo", {"text": "after a 401"})
+            result = await session.call_tool(tool, {"text": "after a 401"})
             assert result.content[0].text == "after a 401"  # type: ignore[union-attr]
             assert issuer.exchanges("alice") == exchanges + 1
         with_held = [seen.issued is not None for seen in backend.calls() if seen.authorization == held]
