@@ -12,6 +12,10 @@ the median of (layer + app) minus the median of the app alone in the same run. T
 process's CPU time (`time.process_time`), not the wall clock: on a shared, loaded machine the wall
 clock also counts the time other processes held the CPU.
 
+Without `--quick`, valgrind's callgrind also counts the instructions the layer adds per request
+(the difference of two runs, 100 and 1100 requests, so start-up cancels out), as `--only
+instructions` does for whole apps: a figure the machine's load cannot move.
+
 Also reported, per operation: opening a handle this process has not seen (AES-GCM, inflate,
 JSON: once per session per process) and minting one (once per `initialize`).
 """
@@ -19,8 +23,13 @@ JSON: once per session per process) and minting one (once per `initialize`).
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -31,6 +40,7 @@ from mcp_middleware.gateway.sealed_sessions import SealedSessionMiddleware
 from mcp_middleware.gateway.session_handles import SessionHandles, SessionState
 
 from ._common import median, percentile, section, table, tools_call_body
+from .bench_instructions import _COLLECTED, ROOT, per_request
 
 TARGET_US = 10.0
 """The issue's target: a handle costs at most 10 µs per request."""
@@ -145,6 +155,52 @@ async def _measure(samples: int, n: int) -> dict[str, list[float]]:
     return runs
 
 
+# --- instructions (valgrind): deterministic, what the loaded machine's clock cannot move ------------
+
+_CASES = ("app", "layer")
+
+
+async def _drive(case: str, requests: int) -> None:
+    """`requests` legacy calls with a seen handle into the trivial app, alone or behind the layer."""
+    sealer = Sealer(["a benchmark's session key, long enough"], purpose="mcp-session")
+    handles = SessionHandles(sealer)
+    handle = handles.mint(SessionState("ab" * 32, "/mcp/a", _INNER, _INIT))
+    body = tools_call_body(1, era="legacy")
+    scope = await _prepared(handle, body)
+    app = _app if case == "app" else SealedSessionMiddleware(_app, handles=handles)
+    await _per_request(app, scope, body, requests)
+
+
+def _callgrind(case: str, requests: int, workdir: Path) -> int:
+    out = workdir / f"callgrind.sessions.{case}.{requests}"
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m", __name__]
+    done = subprocess.run(
+        [*command, "drive", case, str(requests)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )
+    match = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"callgrind of {case} x{requests} failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return int(match.group(1))
+
+
+def instructions(low: int = 100, high: int = 1100) -> float | None:
+    """Instructions per request the layer adds (layer - app), or None without valgrind."""
+    if shutil.which("valgrind") is None:
+        print("  valgrind is not installed: instruction counts skipped")
+        return None
+    counts = {count.app: count.per_request for count in per_request(_CASES, low, high, _callgrind)}
+    added = counts["layer"] - counts["app"]
+    print(f"\n  instructions per request (callgrind, {low} and {high} requests, the difference):")
+    print(table(["case", "instructions"], [[case, f"{value:,.0f}"] for case, value in counts.items()]))
+    print(f"  the layer adds {added:,.0f} instructions per request")
+    return added
+
+
 def main(quick: bool) -> dict[str, Any]:
     samples, n = (20, 500) if quick else (100, 2000)
     print(section("sessions: the sealed-handle layer per legacy request (in process; CPU time)"))
@@ -154,12 +210,21 @@ def main(quick: bool) -> dict[str, Any]:
     rows = [[case, medians[case], percentile(values, 90)] for case, values in runs.items()]
     print(table(["case", "µs median", "µs p90"], rows))
     print(f"\n  layer cost per request (layer - app, medians): {cost:.2f} µs (target ≤ {TARGET_US:g} µs)")
+    added = None if quick else instructions()
     return {
         "medians_us": medians,
         "layer_cost_us": cost,
+        "layer_instructions": added,
         "targets": [
             ["sealed handle, per request (seen before)", cost, "µs", f"≤ {TARGET_US:g}", cost <= TARGET_US],
             ["sealed handle, first open in a process", medians["open (not seen)"], "µs", "reported", True],
             ["sealed handle, minting (per initialize)", medians["mint"], "µs", "reported", True],
         ],
     }
+
+
+if __name__ == "__main__":  # what valgrind runs: python -m tests.benchmarks.bench_sessions drive layer 1100
+    if len(sys.argv) == 4 and sys.argv[1] == "drive" and sys.argv[2] in _CASES:
+        asyncio.run(_drive(sys.argv[2], int(sys.argv[3])))
+    else:
+        sys.exit(f"usage: python -m {__name__} drive {{{','.join(_CASES)}}} REQUESTS")
