@@ -227,4 +227,4 @@ if __name__ == "__main__":  # what valgrind runs: python -m tests.benchmarks.ben
     if len(sys.argv) == 4 and sys.argv[1] == "drive" and sys.argv[2] in _CASES:
         asyncio.run(_drive(sys.argv[2], int(sys.argv[3])))
     else:
-        sys.exit(f"usage: python -m {__name__} drive {{{','.join(_CASES)}}} REQUESTS")
+        sys.exit(f"usage: python -m tests.benchmarks.bench_sessions drive {{{','.join(_CASES)}}} REQUESTS")

@@ -221,6 +221,7 @@ def node_tools() -> tuple[Path, Path]:
     return Path(node), sdk
 
 
+@pytest.mark.conformance  # node and npm, as the Inspector's own test
 def test_the_typescript_sdk_session_is_served_by_every_instance(cluster: Cluster, tmp_path: Path) -> None:
     node, sdk = node_tools()
     script = tmp_path / "client.mjs"
@@ -239,6 +240,7 @@ def test_the_typescript_sdk_session_is_served_by_every_instance(cluster: Cluster
     assert set(answer["served"]) == set(INSTANCES), answer  # one TypeScript session, every instance
 
 
+@pytest.mark.conformance
 def test_the_inspector_cli_works_across_instances(cluster: Cluster) -> None:
     node, _ = node_tools()
     package = INSPECTOR / "node_modules" / "@modelcontextprotocol" / "inspector" / "package.json"
