@@ -146,8 +146,8 @@ class StreamingProxy:
         view = get_mcp_request(scope)
         session_id = view.session_id if view is not None else None
         if session_id is not None and not self.owners.allows(session_id, owner := owner_of(scope)):
-            handle = sealed_session(scope)
-            if handle is None or not handle.vouches(session_id, owner):
+            handle = sealed_session(scope)  # its word counts for sessions this instance has not bound
+            if handle is None or not handle.vouches(session_id, owner) or self.owners.bound(session_id):
                 await refuse_session(scope, send, view.id if view else None)
                 return
             self.owners.bind(session_id, owner)  # opened through another instance: its sealed handle says whose

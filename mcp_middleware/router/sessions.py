@@ -223,6 +223,10 @@ class SessionOwners:
     def allows(self, session_id: str, owner: str) -> bool:
         return self._owners.get(session_id) == owner
 
+    def bound(self, session_id: str) -> bool:
+        """Whether `session_id` is bound here (to anyone)."""
+        return session_id in self._owners
+
     def forget(self, session_id: str) -> None:
         self._owners.pop(session_id, None)
 
