@@ -53,11 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
+    serve.add_argument("--workers", type=_positive_count, help=_WORKERS_HELP)
     check = with_config(
         commands.add_parser(
             "check-config", help="run every check serve runs short of binding the port, and print a summary"
         )
     )
+    check.add_argument("--workers", type=_positive_count, help="check as `serve --workers N` would")
     check.add_argument(
         "--probe",
         action="store_true",
@@ -123,6 +125,19 @@ def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
+_WORKERS_HELP = (
+    "override [gateway].workers: this many processes serve the one port (default 1; memory:// stores need "
+    "[gateway] per_worker_state = true)"
+)
+
+
+def _positive_count(text: str) -> int:
+    """A whole number from 1 (argparse prints the message and exits 2 otherwise)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, not {text!r}")
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     """A finite number of seconds above zero (argparse prints the message and exits 2 otherwise)."""
     try:
@@ -172,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if args.command == "check-config":
-        return _check_config(config, args.config, probe=args.probe)
+        return _check_config(config, args.config, probe=args.probe, workers=args.workers)
     if args.command == "health-check":
         from .health_check import health_check
 
@@ -191,14 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         return token_command(config, args, port=port)
-    return _serve(config, host=args.host, port=args.port, source=args.config)
+    return _serve(config, host=args.host, port=args.port, source=args.config, workers=args.workers)
 
 
-def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
+def _check_config(config: GatewayConfig, source: Path, *, probe: bool, workers: int | None = None) -> int:
     from .config_check import check_config
 
     _quiet_probe_logs()
-    problems, warnings = check_config(config, probe=probe)
+    problems, warnings = check_config(config, probe=probe, workers=workers)
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=sys.stderr)
     if problems:
@@ -239,7 +254,9 @@ def _env_port(port: int | None) -> int | None:
     return int(env_port)
 
 
-def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
+def _serve(
+    config: GatewayConfig, *, host: str | None, port: int | None, source: Path, workers: int | None = None
+) -> int:
     import uvicorn
 
     from .app import build_gateway
@@ -253,6 +270,9 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
     configure_logging(config.gateway.log_format, config.gateway.log_level, levels=config.gateway.log_levels)
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
+    workers = workers or config.gateway.workers
+    if not _workers_accepted(config, workers, source):
+        return EXIT_USAGE
     try:
         port = _env_port(port)
     except ValueError as exc:
@@ -281,6 +301,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
                 "accepts any user name from anyone who can reach it; use it for demos only",
                 where,
             )
+        if workers > 1:
+            return _serve_workers(gateway, sock, workers=workers, source=source, host=host)
         sighup = _reload_on_sighup(gateway)
         server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
@@ -289,6 +311,40 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
             logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
             return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _workers_accepted(config: GatewayConfig, workers: int, source: Path) -> bool:
+    """Whether `workers` processes may serve `config` (problems printed, warnings logged)."""
+    from .config_workers import worker_problems
+
+    problems, warnings = worker_problems(config, workers)
+    for warning in warnings:
+        logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
+    if problems:
+        print(ConfigError(problems, str(source)), file=sys.stderr)
+    return not problems
+
+
+def _serve_workers(gateway: Any, sock: socket.socket, *, workers: int, source: Path, host: str | None) -> int:
+    """`serve` with several processes (see `workers.py`); this process only supervises them."""
+    from .workers import serve_workers
+
+    try:
+        started = serve_workers(
+            gateway,
+            sock,
+            workers=workers,
+            source=gateway.config.source or source,
+            host=host,
+            announce=lambda: _banner(gateway, source, workers=workers),
+        )
+    except Exception:
+        logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
+        return EXIT_FAILED
+    finally:
+        for close in gateway._closers:  # what building it opened (it never served)
+            close()
+    return EXIT_OK if started else EXIT_FAILED
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -341,11 +397,11 @@ def _announcing_server(
     return AnnouncingServer(config)
 
 
-def _banner(gateway: Any, source: Path | None = None) -> None:
+def _banner(gateway: Any, source: Path | None = None, *, workers: int = 1) -> None:
     """Where things are, and how to try it (with the `Authorization` header when auth is on)."""
     config, base = gateway.config, gateway.base_url
     prefix = config.gateway.prefix
-    lines = [f"mcp-gateway on {base}"]
+    lines = [f"mcp-gateway on {base}" + (f" ({workers} workers)" if workers > 1 else "")]
     if config.aggregate.enabled:
         lines.append(f"  aggregate:   {base}{prefix}")
     for name in gateway.router.mounts:

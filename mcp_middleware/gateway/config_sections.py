@@ -68,6 +68,8 @@ def gateway(reader: Reader) -> GatewaySettings:
         instance=_instance(reader),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
         watch_config=reader.boolean("watch_config", d.watch_config),
+        workers=reader.integer("workers", d.workers, minimum=1, maximum=_MAX_WORKERS),
+        per_worker_state=reader.boolean("per_worker_state", d.per_worker_state),
     )
     if settings.watch_config and importlib.util.find_spec("watchfiles") is None:
         reader.problem("watch_config", "needs watchfiles: pip install 'mcp-middleware[watch]' (or reload with SIGHUP)")
@@ -80,6 +82,8 @@ def gateway(reader: Reader) -> GatewaySettings:
     return settings
 
 
+_MAX_WORKERS = 1024
+"""A bound, not advice: a worker per core is the useful most."""
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
