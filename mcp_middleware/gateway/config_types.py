@@ -170,7 +170,7 @@ class GatewaySettings:
     """Processes serving the one port (`serve --workers` wins); see `gateway/workers.py`."""
     per_worker_state: bool = False
     """With `workers` > 1, accept `memory://` stores: each worker keeps its own buckets and cache, so
-    rate limits become `workers`× looser and a cached answer helps one worker only."""
+    rate limits become `workers` times looser and a cached answer helps one worker only."""
 
 
 @dataclass(frozen=True)

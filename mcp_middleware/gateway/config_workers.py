@@ -3,10 +3,10 @@
 N worker processes share one port and nothing else: the kernel hands each new connection to one of
 them. What a worker keeps in its own memory is therefore seen by a fraction of the traffic:
 
-* `memory://` rate-limit buckets: each worker counts alone, so a limit becomes N× looser. A
+* `memory://` rate-limit buckets: each worker counts alone, so a limit becomes N times looser. A
   `redis://` (or `rediss://`, `redis+unix://`) store is shared and exact. `[gateway]
   per_worker_state = true` accepts per-worker buckets and caches explicitly.
-* `memory://` cache: each worker caches alone (N× the misses); same choice.
+* `memory://` cache: each worker caches alone (N times the misses); same choice.
 * `[auth] mode = "dev"`: the embedded authorization server keeps its codes and grants in the worker
   that issued them (a login that starts on one worker fails on another): refused.
 * `[audit] file`: one hash chain per file; N writers would interleave N chains: refused.
@@ -85,10 +85,11 @@ def _shared_state_problems(config: GatewayConfig, workers: int) -> list[Problem]
     if not config.gateway.per_worker_state:
         if _rate_limited(config) and _in_memory(config.ratelimit.store):
             problems.append(
-                config.problem(
-                    "ratelimit.store",
+                _placed(
+                    config,
+                    ("ratelimit.store", "ratelimit", "ratelimit.policies[0]"),
                     f"is memory:// and {workers} workers would each keep their own buckets (every limit "
-                    f"{workers}× looser): use a shared store (redis://…), or {_SETTING} to accept per-worker "
+                    f"{workers} times looser): use a shared store (redis://…), or {_SETTING} to accept per-worker "
                     "limits and caches",
                 )
             )
@@ -118,6 +119,14 @@ def _shared_state_problems(config: GatewayConfig, workers: int) -> list[Problem]
             )
         )
     return problems
+
+
+def _placed(config: GatewayConfig, paths: tuple[str, ...], message: str) -> Problem:
+    """A problem at the first path, on the line of the first of `paths` the file shows (a store left
+    to its default is placed at its section, or at the policies that use it)."""
+    lines = config.lines
+    line = next((found for path in paths if lines is not None and (found := lines.find(path))), None)
+    return Problem(paths[0], message, line)
 
 
 def _rate_limited(config: GatewayConfig) -> bool:

@@ -108,7 +108,7 @@ def _reload_on_sighup(gateway: Gateway) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reloader.request)
 
 
-class _Supervisor(Multiprocess):  # type: ignore[misc]
+class _Supervisor(Multiprocess):
     """uvicorn's supervisor, announcing once every worker serves and forwarding SIGHUP to them."""
 
     def __init__(self, config: Any, sockets: list[socket.socket], announce: Callable[[], None]) -> None:

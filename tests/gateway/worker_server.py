@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from mcp.server.mcpserver import MCPServer
 
@@ -13,6 +14,17 @@ def build() -> MCPServer:
     @server.tool()
     def pid() -> str:
         """The process id of the gateway worker this request reached."""
+        return str(os.getpid())
+
+    @server.tool()
+    async def hold(seconds: float) -> str:
+        """Block this worker's event loop for `seconds` (at most 5), then say its process id.
+
+        Blocking on purpose: a worker that is not accepting lets the next connections reach the
+        others, so a test can spread its clients over the workers without trusting the kernel's
+        choice (an idle set of workers tends to hand every new connection to the same one).
+        """
+        time.sleep(min(max(seconds, 0.0), 5.0))  # noqa: ASYNC251 (the point: the loop stops)
         return str(os.getpid())
 
     @server.tool()

@@ -1,0 +1,250 @@
+"""`mcp-gateway serve --workers N`: real supervisor and worker processes on one loopback port.
+
+Proved with the real CLI in a subprocess and the SDK's modern-era client: requests are served by
+more than one worker; SIGHUP reloads every worker; a worker killed with SIGKILL is replaced; SIGTERM
+stops every process the gateway started; a supervisor killed with SIGKILL takes its workers with
+it; a Redis rate limit is one limit across workers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import MCPError
+
+from tests.conftest import RedisServer, connect, free_port
+from tests.support import processes
+
+ROOT = Path(__file__).resolve().parents[2]
+PATIENCE = 90.0
+"""Seconds N workers have to start on a loaded 2-core machine (each imports the SDK and the servers)."""
+SERVER = '[[servers]]\nname = "w"\napp = "tests.gateway.worker_server:build"\n'
+
+
+def start(config: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """`mcp-gateway serve` with `extra` arguments, returned once its banner says every worker serves."""
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
+    process = processes.start([*command, *extra], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "mcp-gateway on" in log.read_text(errors="replace"), process, log, "the banner")
+    except RuntimeError:
+        processes.stop(process)
+        raise
+    return process
+
+
+def wait_for(done: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, what: str) -> None:
+    deadline = time.monotonic() + PATIENCE
+    while not done():
+        if process.poll() is not None or time.monotonic() > deadline:
+            state = f"exited with {process.returncode}" if process.poll() is not None else f"no {what}"
+            raise RuntimeError(f"{state}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+
+
+def left_alive(pids: set[int], patience: float) -> list[int]:
+    """The `pids` still alive after waiting up to `patience` seconds for them all to end."""
+    deadline = time.monotonic() + patience
+    while (alive := [pid for pid in pids if processes.alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def workers(process: subprocess.Popen[bytes]) -> set[int]:
+    """The supervisor's worker processes (multiprocessing's resource tracker is a child too, not a worker)."""
+    return {child.pid for child in processes.descendants(process.pid) if "spawn_main" in child.cmdline}
+
+
+async def held(url: str, seconds: float) -> int:
+    """A fresh client (a new connection) that holds the worker it reached for `seconds`: that worker's pid."""
+    async with connect(url, "modern") as client:
+        return int((await client.call_tool("hold", {"seconds": seconds})).content[0].text)  # type: ignore[union-attr]
+
+
+async def spread(url: str, clients: int = 6) -> set[int]:
+    """The workers that answered `clients` staggered clients, each holding its worker a moment."""
+    seen: set[int] = set()
+
+    async def one() -> None:
+        seen.add(await held(url, 0.4))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(clients):
+            group.start_soon(one)
+            await anyio.sleep(0.15)
+    return seen
+
+
+@pytest.mark.anyio
+async def test_three_workers_serve_one_port_reload_together_replace_the_dead_and_stop_together(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"[gateway]\nshutdown_timeout = 2\n{SERVER}", encoding="utf-8")
+    port, log = free_port(), tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log, "--workers", "3")
+    url = f"http://127.0.0.1:{port}/mcp/w"
+    try:
+        first = workers(process)
+        assert len(first) == 3, log.read_text()[-2000:]
+        assert log.read_text().count("mcp-gateway on") == 1, "one banner, from the supervisor"
+        seen: set[int] = set()
+        for _ in range(5):  # bounded: each round's clients are spread by the workers they block
+            seen |= await spread(url)
+            if len(seen) > 1:
+                break
+        assert len(seen) > 1 and seen <= first, (seen, first)
+
+        # SIGHUP: every worker reloads the file (a new server appears in each).
+        config.write_text(
+            f"[gateway]\nshutdown_timeout = 2\n{SERVER}" + SERVER.replace('"w"', '"w2"'), encoding="utf-8"
+        )
+        os.kill(process.pid, signal.SIGHUP)
+        await anyio.to_thread.run_sync(
+            wait_for, lambda: log.read_text().count("config reloaded from") == 3, process, log, "3 reloads"
+        )
+        assert await held(f"http://127.0.0.1:{port}/mcp/w2", 0) in first
+
+        # SIGKILL one worker: the supervisor starts another; the port keeps answering.
+        victim = next(iter(seen))
+        os.kill(victim, signal.SIGKILL)
+        await anyio.to_thread.run_sync(
+            wait_for,
+            lambda: len(workers(process) - first) == 1 and len(workers(process)) == 3,
+            process,
+            log,
+            "a new worker",
+        )
+        current = workers(process)
+        assert victim not in current
+        answers = set()
+        for _ in range(5):
+            answers |= await spread(url, clients=3)
+        assert answers <= current
+
+        # SIGTERM: the supervisor and every process it started are gone.
+        started = {child.pid for child in processes.descendants(process.pid)} | first
+        process.send_signal(signal.SIGTERM)
+        code = await anyio.to_thread.run_sync(process.wait, 30)
+        assert code in (0, -signal.SIGTERM), log.read_text()[-2000:]
+        assert not await anyio.to_thread.run_sync(left_alive, started, 10.0), "a process outlived the gateway"
+        assert log.read_text().count("Finished server process") >= 3, "each serving worker shut down gracefully"
+    finally:
+        processes.stop(process)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.anyio
+async def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"[gateway]\nworkers = 2\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    port, log = free_port(), tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log)
+    try:
+        children = workers(process)
+        assert len(children) == 2
+        process.kill()
+        assert not await anyio.to_thread.run_sync(left_alive, children, 20.0), "orphaned workers keep the port"
+    finally:
+        processes.stop(process)
+
+
+def refused(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(free_port())]
+    return processes.run([*command, *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_memory_stores_with_workers_are_refused_naming_the_key_to_set(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    limits = '[[ratelimit.policies]]\nname = "calls"\nselector = "tools/call"\ncapacity = 5\nrate = 1\n'
+    config.write_text(SERVER + limits + "[cache]\nenabled = true\n", encoding="utf-8")
+    done = refused(config, "--workers", "2")
+    assert done.returncode == 2, done.stderr
+    assert (
+        "ratelimit.store (line 4): is memory:// and 2 workers would each keep their own buckets "
+        "(every limit 2 times looser)" in done.stderr
+    )
+    assert "cache.store (line 9): is memory:// and 2 workers would each keep their own cache" in done.stderr
+    assert done.stderr.count("set [gateway] per_worker_state = true") == 2
+    assert "mcp-gateway on" not in done.stdout and "Traceback" not in done.stderr
+
+
+@pytest.mark.anyio
+async def test_per_worker_state_accepts_memory_stores(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    limits = '[[ratelimit.policies]]\nname = "calls"\nselector = "tools/call"\ncapacity = 50\nrate = 1\n'
+    config.write_text(f"[gateway]\nper_worker_state = true\n{SERVER}{limits}", encoding="utf-8")
+    port, log = free_port(), tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log, "--workers", "2")
+    try:
+        assert await held(f"http://127.0.0.1:{port}/mcp/w", 0) in workers(process)
+    finally:
+        processes.stop(process)
+
+
+@pytest.mark.anyio
+async def test_a_redis_rate_limit_is_one_limit_across_workers(tmp_path: Path, redis_server: RedisServer) -> None:
+    capacity = 4
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""{SERVER}
+[cache]
+store = "{redis_server.url.replace("/0", "/1")}"
+[ratelimit]
+store = "{redis_server.url}"
+[[ratelimit.policies]]
+name = "pid"
+selector = "tools/call:pid"
+capacity = {capacity}
+rate = 0.001
+""",
+        encoding="utf-8",
+    )
+    port, log = free_port(), tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log, "--workers", "3")
+    url = f"http://127.0.0.1:{port}/mcp/w"
+    pinned: list[int] = []  # the worker each client's connection reached
+    admitted: list[int] = []
+    refused: list[int] = []
+    go, all_pinned = anyio.Event(), anyio.Event()
+
+    async def attempt() -> None:
+        async with connect(url, "modern") as client:  # one kept-alive connection: one worker
+            worker = int((await client.call_tool("hold", {"seconds": 0.4})).content[0].text)  # type: ignore[union-attr]
+            pinned.append(worker)
+            if len(pinned) == 12:
+                all_pinned.set()
+            # No worker's loop is blocked once every client is pinned: a blocked loop would time out
+            # its Redis calls (0.25 s) and the default `failure = "open"` would admit them.
+            await go.wait()
+            try:
+                answer = await client.call_tool("pid", {})
+            except MCPError:
+                refused.append(worker)
+            else:
+                admitted.append(int(answer.content[0].text))  # type: ignore[union-attr]
+
+    try:
+        with anyio.fail_after(PATIENCE):
+            async with anyio.create_task_group() as group:
+                for _ in range(12):
+                    group.start_soon(attempt)
+                    await anyio.sleep(0.15)
+                await all_pinned.wait()
+                go.set()
+        # Per-worker buckets would admit up to `capacity` on each worker: more than `capacity` in all
+        # once the clients reached two workers or more (the test is only meaningful then).
+        per_worker = {worker: pinned.count(worker) for worker in pinned}
+        assert sum(min(count, capacity) for count in per_worker.values()) > capacity, per_worker
+        assert len(admitted) == capacity, (admitted, refused, per_worker)
+        assert len(refused) == 12 - capacity
+    finally:
+        processes.stop(process)
