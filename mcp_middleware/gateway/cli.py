@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
-    serve.add_argument("--workers", type=_positive_count, help=_WORKERS_HELP)
+    serve.add_argument("--workers", type=_positive_count, help="override [gateway].workers: processes serving the port")
     check = with_config(
         commands.add_parser(
             "check-config", help="run every check serve runs short of binding the port, and print a summary"
@@ -123,12 +123,6 @@ def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
         help="seconds each server has for its probe (default: the server's own `timeout`)",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-
-
-_WORKERS_HELP = (
-    "override [gateway].workers: this many processes serve the one port (default 1; memory:// stores need "
-    "[gateway] per_worker_state = true)"
-)
 
 
 def _positive_count(text: str) -> int:
@@ -260,6 +254,7 @@ def _serve(
     import uvicorn
 
     from .app import build_gateway
+    from .workers import serve_workers, workers_accepted
 
     exposed = dev_mode_problem(config, host)  # `--host` may differ from the file check-config saw
     if exposed is not None:
@@ -270,8 +265,7 @@ def _serve(
     configure_logging(config.gateway.log_format, config.gateway.log_level, levels=config.gateway.log_levels)
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
-    workers = workers or config.gateway.workers
-    if not _workers_accepted(config, workers, source):
+    if not workers_accepted(config, workers := workers or config.gateway.workers, source):
         return EXIT_USAGE
     try:
         port = _env_port(port)
@@ -292,17 +286,10 @@ def _serve(
         except (ConfigError, ImportError, ValueError) as exc:
             print(f"cannot build the gateway: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        if gateway.telemetry is not None:
-            gateway.telemetry.install_global()  # the mcp SDK's own spans are exported too
-        where = dev_mode_exposure(config, host)
-        if where is not None:
-            logging.getLogger("mcp_middleware.gateway").warning(
-                "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
-                "accepts any user name from anyone who can reach it; use it for demos only",
-                where,
-            )
-        if workers > 1:
-            return _serve_workers(gateway, sock, workers=workers, source=source, host=host)
+        if workers > 1:  # this process supervises; each worker builds its own gateway (workers.py)
+            started = serve_workers(gateway, sock, workers=workers, source=source, host=host, banner=_banner)
+            return EXIT_OK if started else EXIT_FAILED
+        _before_serving(gateway, host)
         sighup = _reload_on_sighup(gateway)
         server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
@@ -313,38 +300,17 @@ def _serve(
     return EXIT_OK if server.started else EXIT_FAILED
 
 
-def _workers_accepted(config: GatewayConfig, workers: int, source: Path) -> bool:
-    """Whether `workers` processes may serve `config` (problems printed, warnings logged)."""
-    from .config_workers import worker_problems
-
-    problems, warnings = worker_problems(config, workers)
-    for warning in warnings:
-        logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
-    if problems:
-        print(ConfigError(problems, str(source)), file=sys.stderr)
-    return not problems
-
-
-def _serve_workers(gateway: Any, sock: socket.socket, *, workers: int, source: Path, host: str | None) -> int:
-    """`serve` with several processes (see `workers.py`); this process only supervises them."""
-    from .workers import serve_workers
-
-    try:
-        started = serve_workers(
-            gateway,
-            sock,
-            workers=workers,
-            source=gateway.config.source or source,
-            host=host,
-            announce=lambda: _banner(gateway, source, workers=workers),
+def _before_serving(gateway: Any, host: str | None) -> None:
+    """Export the mcp SDK's own spans too; warn of a dev mode gateway others can reach."""
+    if gateway.telemetry is not None:
+        gateway.telemetry.install_global()
+    where = dev_mode_exposure(gateway.config, host)
+    if where is not None:
+        logging.getLogger("mcp_middleware.gateway").warning(
+            "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
+            "accepts any user name from anyone who can reach it; use it for demos only",
+            where,
         )
-    except Exception:
-        logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
-        return EXIT_FAILED
-    finally:
-        for close in gateway._closers:  # what building it opened (it never served)
-            close()
-    return EXIT_OK if started else EXIT_FAILED
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -42,14 +42,15 @@ from uvicorn.supervisors import Multiprocess
 
 from mcp_middleware.logs import configure_logging
 
-from .config import ConfigError, load_config
+from .config import ConfigError, GatewayConfig, load_config
+from .config_workers import worker_problems
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from .app import Gateway
 
-__all__ = ["WorkerApp", "serve_workers"]
+__all__ = ["WorkerApp", "serve_workers", "workers_accepted"]
 
 logger = logging.getLogger("mcp_middleware.gateway")
 
@@ -146,6 +147,16 @@ class _Supervisor(Multiprocess):
         return any(process.exitcode == STARTUP_FAILURE for process in self.processes)
 
 
+def workers_accepted(config: GatewayConfig, workers: int, source: Path) -> bool:
+    """Whether `workers` processes may serve `config` (its problems printed, its warnings logged)."""
+    problems, warnings = worker_problems(config, workers)
+    for warning in warnings:
+        logger.warning("%s: %s", source, warning)
+    if problems:
+        print(ConfigError(problems, str(source)), file=sys.stderr)
+    return not problems
+
+
 def serve_workers(
     gateway: Gateway,
     sock: socket.socket,
@@ -153,18 +164,26 @@ def serve_workers(
     workers: int,
     source: Path,
     host: str | None,
-    announce: Callable[[], None],
+    banner: Callable[..., None],
 ) -> bool:
     """Serve with `workers` processes on the bound `sock` until SIGTERM/SIGINT; whether all started.
 
-    `gateway` is the supervisor's own build of the config (checked, never started): the workers'
-    uvicorn settings come from it, and `announce` may read it for the banner. `host` is `--host`.
+    `gateway` is this process's own build of the config (checked, never started): the workers'
+    uvicorn settings come from it, and `banner(gateway, source, workers=workers)` prints where it
+    serves once every worker does. `host` is `--host`.
     """
     config = gateway.uvicorn_config()
-    config.app = WorkerApp(source, host, gateway.port, os.getpid())
+    config.app = WorkerApp(gateway.config.source or source, host, gateway.port, os.getpid())
     config.factory = True
     config.workers = workers
     config.timeout_worker_healthcheck = HEALTH_PING_TIMEOUT
-    supervisor = _Supervisor(config, [sock], announce)
-    supervisor.run()
+    try:
+        supervisor = _Supervisor(config, [sock], lambda: banner(gateway, source, workers=workers))
+        supervisor.run()
+    except Exception:
+        logger.exception("the gateway stopped on an error")
+        return False
+    finally:
+        for close in gateway._closers:  # what building it opened (it never served)
+            close()
     return supervisor.announced and not supervisor.failed
