@@ -9,6 +9,7 @@ it; a Redis rate limit is one limit across workers.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,24 @@ async def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(tmp_pa
         assert len(children) == 2
         process.kill()
         assert not await anyio.to_thread.run_sync(left_alive, children, 20.0), "orphaned workers keep the port"
+    finally:
+        processes.stop(process)
+
+
+def test_a_worker_that_cannot_start_stops_the_gateway_instead_of_restarting_forever(tmp_path: Path) -> None:
+    """The supervisor's own build passes (it never starts a backend); each worker's start-up fails."""
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nworkers = 2\n[[servers]]\nname = "f"\napp = "tests.gateway.worker_server:failing"\n')
+    log = tmp_path / "gateway.log"
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(free_port())]
+    process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        assert process.wait(PATIENCE) == 1, log.read_text()[-3000:]
+        assert "failed to start, stopping the parent process" in log.read_text()
+        assert "mcp-gateway on" not in log.read_text()
+        started = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", log.read_text())}
+        assert started, log.read_text()[-3000:]
+        assert not left_alive(started, 10.0), "a worker outlived its failed gateway"
     finally:
         processes.stop(process)
 

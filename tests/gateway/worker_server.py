@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import AsyncIterator
 
 from mcp.server.mcpserver import MCPServer
 
@@ -33,3 +35,14 @@ def build() -> MCPServer:
         return text
 
     return server
+
+
+def failing() -> MCPServer:
+    """A server whose start-up fails (its lifespan raises) in every process that starts it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[None]:
+        raise RuntimeError("this backend cannot start")
+        yield
+
+    return MCPServer("failing", lifespan=lifespan)
