@@ -66,10 +66,10 @@ def gateway(reader: Reader) -> GatewaySettings:
         log_format=reader.string("log_format", d.log_format, choices=("json", "text")),
         log_levels=_log_levels(reader),
         instance=_instance(reader),
-        gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
-        watch_config=reader.boolean("watch_config", d.watch_config),
         workers=reader.integer("workers", d.workers, minimum=1, maximum=_MAX_WORKERS),
         per_worker_state=reader.boolean("per_worker_state", d.per_worker_state),
+        gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
+        watch_config=reader.boolean("watch_config", d.watch_config),
     )
     if settings.watch_config and importlib.util.find_spec("watchfiles") is None:
         reader.problem("watch_config", "needs watchfiles: pip install 'mcp-middleware[watch]' (or reload with SIGHUP)")

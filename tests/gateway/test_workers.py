@@ -203,6 +203,24 @@ async def test_a_legacy_session_on_another_worker_is_a_json_rpc_404_never_a_500(
         processes.stop(process)
 
 
+@pytest.mark.anyio
+async def test_sigint_to_the_supervisor_alone_stops_every_worker(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches the whole group; a supervisor (systemd, a script) may signal the pid only."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"[gateway]\nworkers = 2\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    port, log = free_port(), tmp_path / "gateway.log"
+    process = await anyio.to_thread.run_sync(start, config, port, log)
+    try:
+        children = workers(process)
+        assert len(children) == 2
+        os.kill(process.pid, signal.SIGINT)
+        assert await anyio.to_thread.run_sync(process.wait, 30) == 0, log.read_text()[-2000:]
+        assert not await anyio.to_thread.run_sync(left_alive, children, 10.0)
+        assert log.read_text().count("Finished server process") == 2
+    finally:
+        processes.stop(process)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 @pytest.mark.anyio
 async def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(tmp_path: Path) -> None:
