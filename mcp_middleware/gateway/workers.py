@@ -13,8 +13,8 @@ What this module adds to it:
 
 * each worker builds its gateway itself (:class:`WorkerApp`, a factory uvicorn calls in the child):
   it reads the config file again, as a SIGHUP reload does, so nothing unpicklable crosses processes;
-* SIGHUP is forwarded to every worker that is serving, whose own reloader applies the servers (uvicorn
-  would restart every worker: sessions, breakers and stdio children lost for a config change);
+* SIGHUP is forwarded to every worker, whose own reloader applies the servers (uvicorn would
+  restart every worker: sessions, breakers and stdio children lost for a config change);
 * the banner is printed once, by the supervisor, when every worker has started;
 * a worker ends with its supervisor (Linux `PR_SET_PDEATHSIG`): a supervisor killed with SIGKILL leaves
   no worker holding the port.
@@ -76,6 +76,9 @@ class WorkerApp:
         from .app import build_gateway
 
         _end_with_supervisor(self.supervisor)
+        built: list[Gateway] = []
+        if hasattr(signal, "SIGHUP"):  # first: a SIGHUP from here on is a reload once the loop runs again
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload, built)
         try:
             config = load_config(self.source)
         except ConfigError as exc:  # the file changed since the supervisor checked it
@@ -83,6 +86,10 @@ class WorkerApp:
             sys.exit(STARTUP_FAILURE)
         settings = config.gateway
         configure_logging(settings.log_format, settings.log_level, levels=settings.log_levels)
+        # uvicorn silenced its access log before this took its loggers over; the tracing middleware
+        # writes the access lines (as in one process, where uvicorn's settings come after ours).
+        access = logging.getLogger("uvicorn.access")
+        access.handlers, access.propagate = [], False
         try:
             gateway = build_gateway(config, host=self.host, port=self.port)
         except (ConfigError, ImportError, ValueError) as exc:
@@ -90,7 +97,7 @@ class WorkerApp:
             sys.exit(STARTUP_FAILURE)
         if gateway.telemetry is not None:
             gateway.telemetry.install_global()
-        _reload_on_sighup(gateway)
+        built.append(gateway)
         return gateway.app
 
 
@@ -103,10 +110,13 @@ def _end_with_supervisor(supervisor: int) -> None:
         sys.exit(STARTUP_FAILURE)
 
 
-def _reload_on_sighup(gateway: Gateway) -> None:
-    """uvicorn calls the factory inside the worker's running loop: the handler goes on that loop."""
-    if gateway.reloader is not None and hasattr(signal, "SIGHUP"):
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, gateway.reloader.request)
+def _reload(built: list[Gateway]) -> None:
+    """SIGHUP in a worker. uvicorn calls the factory inside the worker's event loop, and the loop runs
+    signal handlers only between callbacks: one that arrived while the factory ran is handled after
+    it, when the gateway exists (its reload then runs once the lifespan started it)."""
+    for gateway in built:
+        if gateway.reloader is not None:
+            gateway.reloader.request()
 
 
 class _Supervisor(Multiprocess):
@@ -133,11 +143,12 @@ class _Supervisor(Multiprocess):
         return all(process.is_ready(timeout=1) for process in self.processes)
 
     def handle_hup(self) -> None:
-        """Reload in every worker. One still starting reads the file as it is now; it cannot take the
-        signal yet (its handler is installed as it builds the gateway), so it is not sent one."""
+        """Reload in every worker, also those still starting: one that has not read the file yet
+        reads it as it is now; one that has reloads once started. One so young it has no handler yet
+        (still importing) ends by the signal and is replaced, reading the file as it is now."""
         logger.info("SIGHUP: reloading the servers in every worker")
         for process in self.processes:
-            if process.pid is not None and process.is_ready(timeout=1):
+            if process.pid is not None and process.process.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGHUP)
 

@@ -8,6 +8,7 @@ it; a Redis rate limit is one limit across workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -139,6 +140,7 @@ async def test_three_workers_serve_one_port_reload_together_replace_the_dead_and
         assert code in (0, -signal.SIGTERM), log.read_text()[-2000:]
         assert not await anyio.to_thread.run_sync(left_alive, started, 10.0), "a process outlived the gateway"
         assert log.read_text().count("Finished server process") >= 3, "each serving worker shut down gracefully"
+        assert '"uvicorn.access"' not in log.read_text(), "access lines are the tracing middleware's, as in one process"
     finally:
         processes.stop(process)
 
@@ -199,6 +201,33 @@ async def test_a_legacy_session_on_another_worker_is_a_json_rpc_404_never_a_500(
             owner_pid = re.search(r'"text":"(\d+)"', held[0].text)
             again = await owner.post(url, json=call(tool, {"seconds": 0}, 8), headers=headers)  # its own worker
             assert again.status_code == 200 and owner_pid is not None and owner_pid.group(0) in again.text, again.text
+    finally:
+        processes.stop(process)
+
+
+@pytest.mark.anyio
+async def test_a_sighup_while_the_workers_start_leaves_none_with_the_old_servers(tmp_path: Path) -> None:
+    """Workers still importing, building or starting get the signal too; none keeps the file it read before."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"[gateway]\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    port, log = free_port(), tmp_path / "gateway.log"
+    command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
+    process = processes.start([*command, "--workers", "3"], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        await anyio.to_thread.run_sync(wait_for, lambda: "supervising 3 workers" in log.read_text(), process, log, "")
+        config.write_text(f"[gateway]\nshutdown_timeout = 1\n{SERVER}" + SERVER.replace('"w"', '"w2"'))
+        os.kill(process.pid, signal.SIGHUP)
+        await anyio.to_thread.run_sync(wait_for, lambda: "mcp-gateway on" in log.read_text(), process, log, "banner")
+        # Every worker has w2, at once or after its reload: each answers a call to it (a stale one never would).
+        deadline, seen = time.monotonic() + PATIENCE, set()
+        while True:
+            current = workers(process)
+            with contextlib.suppress(Exception):  # a worker still reloading answers 404 for w2 a moment longer
+                seen |= await spread(f"http://127.0.0.1:{port}/mcp/w2", clients=4)
+            seen &= current
+            if (len(current) == 3 and seen == current) or time.monotonic() > deadline:
+                break
+        assert len(current) == 3 and seen == current, (seen, current, log.read_text()[-3000:])
     finally:
         processes.stop(process)
 
