@@ -53,11 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
+    serve.add_argument("--workers", type=_positive_count, help="override [gateway].workers: processes serving the port")
     check = with_config(
         commands.add_parser(
             "check-config", help="run every check serve runs short of binding the port, and print a summary"
         )
     )
+    check.add_argument("--workers", type=_positive_count, help="check as `serve --workers N` would")
     check.add_argument(
         "--probe",
         action="store_true",
@@ -130,6 +132,13 @@ def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
+def _positive_count(text: str) -> int:
+    """A whole number from 1 (argparse prints the message and exits 2 otherwise)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1, not {text!r}")
+    return int(text)
+
+
 def _positive_seconds(text: str) -> float:
     """A finite number of seconds above zero (argparse prints the message and exits 2 otherwise)."""
     try:
@@ -179,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if args.command == "check-config":
-        return _check_config(config, args.config, probe=args.probe)
+        return _check_config(config, args.config, probe=args.probe, workers=args.workers)
     if args.command == "health-check":
         from .health_check import health_check
 
@@ -198,14 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         return token_command(config, args, port=port)
-    return _serve(config, host=args.host, port=args.port, source=args.config)
+    return _serve(config, host=args.host, port=args.port, source=args.config, workers=args.workers)
 
 
-def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
+def _check_config(config: GatewayConfig, source: Path, *, probe: bool, workers: int | None = None) -> int:
     from .config_check import check_config
 
     _quiet_probe_logs()
-    problems, warnings = check_config(config, probe=probe)
+    problems, warnings = check_config(config, probe=probe, workers=workers)
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=sys.stderr)
     if problems:
@@ -246,10 +255,13 @@ def _env_port(port: int | None) -> int | None:
     return int(env_port)
 
 
-def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
+def _serve(
+    config: GatewayConfig, *, host: str | None, port: int | None, source: Path, workers: int | None = None
+) -> int:
     import uvicorn
 
     from .app import build_gateway
+    from .workers import serve_workers, workers_accepted
 
     exposed = dev_mode_problem(config, host)  # `--host` may differ from the file check-config saw
     if exposed is not None:
@@ -260,6 +272,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
     configure_logging(config.gateway.log_format, config.gateway.log_level, levels=config.gateway.log_levels)
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
+    if not workers_accepted(config, workers := workers or config.gateway.workers, source):
+        return EXIT_USAGE
     try:
         port = _env_port(port)
     except ValueError as exc:
@@ -279,15 +293,10 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         except (ConfigError, ImportError, ValueError) as exc:
             print(f"cannot build the gateway: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        if gateway.telemetry is not None:
-            gateway.telemetry.install_global()  # the mcp SDK's own spans are exported too
-        where = dev_mode_exposure(config, host)
-        if where is not None:
-            logging.getLogger("mcp_middleware.gateway").warning(
-                "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
-                "accepts any user name from anyone who can reach it; use it for demos only",
-                where,
-            )
+        if workers > 1:  # this process supervises; each worker builds its own gateway (workers.py)
+            started = serve_workers(gateway, sock, workers=workers, source=source, host=host, banner=_banner)
+            return EXIT_OK if started else EXIT_FAILED
+        _before_serving(gateway, host)
         sighup = _reload_on_sighup(gateway)
         server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
@@ -296,6 +305,19 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
             logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
             return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _before_serving(gateway: Any, host: str | None) -> None:
+    """Export the mcp SDK's own spans too; warn of a dev mode gateway others can reach."""
+    if gateway.telemetry is not None:
+        gateway.telemetry.install_global()
+    where = dev_mode_exposure(gateway.config, host)
+    if where is not None:
+        logging.getLogger("mcp_middleware.gateway").warning(
+            "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
+            "accepts any user name from anyone who can reach it; use it for demos only",
+            where,
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -348,11 +370,11 @@ def _announcing_server(
     return AnnouncingServer(config)
 
 
-def _banner(gateway: Any, source: Path | None = None) -> None:
+def _banner(gateway: Any, source: Path | None = None, *, workers: int = 1) -> None:
     """Where things are, and how to try it (with the `Authorization` header when auth is on)."""
     config, base = gateway.config, gateway.base_url
     prefix = config.gateway.prefix
-    lines = [f"mcp-gateway on {base}"]
+    lines = [f"mcp-gateway on {base}" + (f" ({workers} workers)" if workers > 1 else "")]
     if config.aggregate.enabled:
         lines.append(f"  aggregate:   {base}{prefix}")
     for name in gateway.router.mounts:
