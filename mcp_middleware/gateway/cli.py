@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -21,6 +20,16 @@ from typing import Any
 
 from mcp_middleware.logs import configure_logging
 
+from .cli_arguments import (
+    HEALTH_CHECK_HELP,
+    NEW_SERVER_HELP,
+    TOKEN_HELP,
+    audit_arguments,
+    health_check_arguments,
+    new_server_arguments,
+    positive_count,
+    token_arguments,
+)
 from .config import ConfigError, GatewayConfig, dev_mode_exposure, dev_mode_problem, load_config
 
 __all__ = ["main"]
@@ -53,13 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
-    serve.add_argument("--workers", type=_positive_count, help="override [gateway].workers: processes serving the port")
+    serve.add_argument("--workers", type=positive_count, help="override [gateway].workers: processes serving the port")
     check = with_config(
         commands.add_parser(
             "check-config", help="run every check serve runs short of binding the port, and print a summary"
         )
     )
-    check.add_argument("--workers", type=_positive_count, help="check as `serve --workers N` would")
+    check.add_argument("--workers", type=positive_count, help="check as `serve --workers N` would")
     check.add_argument(
         "--probe",
         action="store_true",
@@ -67,92 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "optional), selectors naming no tool are warnings",
     )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
-    _health_check_arguments(with_config(commands.add_parser("health-check", help=_HEALTH_CHECK_HELP)))
-    _new_server_arguments(commands.add_parser("new-server", help=_NEW_SERVER_HELP))
-    _token_arguments(with_config(commands.add_parser("token", help=_TOKEN_HELP)))
-    _audit_arguments(commands.add_parser("audit", help="check the audit trail ([audit] file)"))
+    health_check_arguments(with_config(commands.add_parser("health-check", help=HEALTH_CHECK_HELP)))
+    new_server_arguments(commands.add_parser("new-server", help=NEW_SERVER_HELP))
+    token_arguments(with_config(commands.add_parser("token", help=TOKEN_HELP)))
+    audit_arguments(commands.add_parser("audit", help="check the audit trail ([audit] file)"))
     return parser
-
-
-def _audit_arguments(audit: argparse.ArgumentParser) -> None:
-    verify = audit.add_subparsers(dest="audit_command", required=True, metavar="command").add_parser(
-        "verify",
-        help="check the hash chain of audit files (oldest first): exit 0 when intact, 1 naming the first bad record",
-    )
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    verify.add_argument(
-        "--with-backups", action="store_true", help="also check FILE's rotated files (FILE.N … FILE.1) before it"
-    )
-    verify.add_argument(
-        "--key-env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="the environment variable holding the chain's key ([audit] key); repeat for rotated keys",
-    )
-
-
-_TOKEN_HELP = "log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)"
-
-
-def _token_arguments(token: argparse.ArgumentParser) -> None:
-    token.add_argument("--subject", help="the user name to log in as (default: the dev server's default user)")
-    token.add_argument(
-        "--scope",
-        action="append",
-        default=[],
-        help="a scope to ask for (repeatable, or space-separated; default: every scope the gateway issues)",
-    )
-    token.add_argument(
-        "--resource",
-        "--audience",
-        dest="resource",
-        help="what the token is for: a server's name (its mount /mcp/{name}) or a resource URL "
-        "(default: the aggregate)",
-    )
-    token.add_argument("--url", help="the gateway's base URL (default: from the config: public_url, or host and port)")
-    token.add_argument("--port", type=int, help="the port the gateway listens on (default: $PORT, then [gateway].port)")
-
-
-_HEALTH_CHECK_HELP = (
-    "probe every configured server over MCP (handshake and tools/list, all at once) without serving, and print "
-    "name, kind, state, latency and tools; exit 1 unless every required server is healthy"
-)
-_NEW_SERVER_HELP = (
-    "write a new MCP server package (an MCPServer with one tool, and its test) and print its [[servers]] entry"
-)
-
-
-def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        help="seconds each server has for its probe (default: the server's own `timeout`)",
-    )
-    sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-
-
-def _positive_count(text: str) -> int:
-    """A whole number from 1 (argparse prints the message and exits 2 otherwise)."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1, not {text!r}")
-    return int(text)
-
-
-def _positive_seconds(text: str) -> float:
-    """A finite number of seconds above zero (argparse prints the message and exits 2 otherwise)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above zero, not {text!r}")
-    return value
-
-
-def _new_server_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("name", help="the package name: a Python identifier (letters, digits, _), also the server's name")
-    sub.add_argument("--dir", type=Path, default=Path(), help="the folder to write NAME/ in (default: here)")
 
 
 def _load(path: Path) -> GatewayConfig | None:
