@@ -37,6 +37,8 @@ def worker_problems(
     count = config.gateway.workers if workers is None else workers
     if count <= 1:
         return [], []
+    if has_session_key is None and config.gateway.session_key:  # sealed handles: any worker resumes a session
+        has_session_key = True
     problems = _shared_state_problems(config, count)
     warnings: list[Problem] = []
     if has_session_key is None:
