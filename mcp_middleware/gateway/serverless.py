@@ -35,6 +35,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.auth.verification import VerificationUnavailable
+from mcp_middleware.core import CoreConfig, McpCoreMiddleware
 from mcp_middleware.core.errors import JsonRpcCode, send_error
 from mcp_middleware.core.lifespan import run_lifespan
 
@@ -77,8 +78,14 @@ class ServerlessGateway:
         except BaseException:
             self.loop.close()
             raise
+        prefix, door = gateway.config.gateway.prefix, gateway.config.front_door
+        # The core in front, as tracing is when on: every refusal inside (an unknown session, the front
+        # door's) carries the request's id, and a crash is a JSON-RPC 500, not Mangum's plain-text page.
+        core = McpCoreMiddleware(
+            gateway.app, config=CoreConfig(paths=(prefix, f"{prefix}/*"), max_body_size=door.max_body_size)
+        )
         self.adapter: Mangum = Mangum(
-            cast(Any, _NoStandingStreams(gateway.app)), lifespan="off", api_gateway_base_path=api_gateway_base_path
+            cast(Any, _NoStandingStreams(core)), lifespan="off", api_gateway_base_path=api_gateway_base_path
         )
         self.started_in = time.perf_counter() - started
         """Seconds the lifespan and the key fetch took (the rest of a cold start is imports and building)."""
@@ -92,9 +99,15 @@ class ServerlessGateway:
         if self.loop.is_closed():
             return
         self._stop.set()
-        self.loop.run_until_complete(self._held)
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.close()
+        try:
+            self.loop.run_until_complete(self._held)
+        finally:
+            left = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+            for task in left:  # what requests left waiting (the SDK's stream watchers): ended as asyncio.run does
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
 
     async def _hold_lifespan(self) -> None:
         """Start the gateway's lifespan and keep it open (one task: anyio scopes end where they began)."""

@@ -1,0 +1,521 @@
+"""The gateway as an AWS Lambda function: its handler fed real API Gateway events, in both eras.
+
+The events are built as AWS documents them: HTTP API payload 2.0 ("Working with AWS Lambda proxy
+integrations for HTTP APIs") and REST API proxy integration 1.0 ("Input format of a Lambda function
+for proxy integration"); the context is a stand-in for the one the Lambda runtime passes. The Lambda
+runtime and API Gateway are what cannot run here: everything behind the handler is the real gateway,
+its real middlewares and a real SDK server, in this process, as they run in an execution environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pytest
+
+from mcp_middleware.core.errors import ErrorCode, JsonRpcCode
+from mcp_middleware.gateway.cli import EXIT_OK, main
+from mcp_middleware.gateway.config import ConfigError, load_config
+from mcp_middleware.gateway.serverless_profile import serverless_problems
+from tests.conftest import require
+from tests.security.idp import serve_idp
+from tests.support import processes
+from tests.support.requests import LEGACY, MODERN, initialize_body, legacy_body, modern_body
+from tests.support.sse import sse_messages
+
+require("mangum", "the serverless profile's Lambda adapter (the `lambda` extra)")
+
+from mcp_middleware.gateway.serverless import ServerlessGateway, build_handler  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "gateway" / "serverless.toml"
+HOST = "abc123.execute-api.eu-west-1.amazonaws.com"
+PUBLIC_URL = f"https://{HOST}"
+Shape = Literal["http-api-v2", "rest-v1"]
+SHAPES: tuple[Shape, ...] = ("http-api-v2", "rest-v1")
+ACCEPT = "application/json, text/event-stream"
+
+
+@dataclass
+class LambdaContext:
+    """What the Lambda runtime passes as `context` (the fields the Python runtime documents)."""
+
+    function_name: str = "mcp-gateway"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:mcp-gateway"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+    log_group_name: str = "/aws/lambda/mcp-gateway"
+    log_stream_name: str = "2026/12/05/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 29_000
+
+
+def event(
+    shape: Shape,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes | None = None,
+    *,
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """An API Gateway event for one HTTP request, as API Gateway builds it for a Lambda proxy integration."""
+    headers = {"host": HOST, "x-forwarded-proto": "https", "x-forwarded-port": "443", **headers}
+    text: str | None = None
+    if body is not None:
+        text = base64.b64encode(body).decode() if base64_body else body.decode()
+    if shape == "http-api-v2":
+        return {
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": path,
+            "rawQueryString": "",
+            "headers": headers,
+            "requestContext": {
+                "accountId": "123456789012",
+                "apiId": "abc123",
+                "domainName": HOST,
+                "domainPrefix": "abc123",
+                "http": {
+                    "method": method,
+                    "path": path,
+                    "protocol": "HTTP/1.1",
+                    "sourceIp": "198.51.100.7",
+                    "userAgent": "mcp-test",
+                },
+                "requestId": "JKJaXmPLvHcESHA=",
+                "routeKey": "$default",
+                "stage": "$default",
+                "time": "05/Dec/2026:03:00:00 +0000",
+                "timeEpoch": 1796439600000,
+            },
+            "body": text,
+            "isBase64Encoded": base64_body,
+        }
+    return {  # REST API (v1): headers also as multiValueHeaders, the stage in requestContext.path only
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {name: [value] for name, value in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": HOST,
+            "extendedRequestId": "JKJaXmPLvHcESHA=",
+            "httpMethod": method,
+            "identity": {"sourceIp": "198.51.100.7", "userAgent": "mcp-test"},
+            "path": f"/prod{path}",
+            "protocol": "HTTP/1.1",
+            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
+            "requestTime": "05/Dec/2026:03:00:00 +0000",
+            "requestTimeEpoch": 1796439600000,
+            "resourceId": "roq9wj",
+            "resourcePath": "/{proxy+}",
+            "stage": "prod",
+        },
+        "body": text,
+        "isBase64Encoded": base64_body,
+    }
+
+
+def modern(method: str, name: str | None = None, **extra: str) -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": ACCEPT, "mcp-protocol-version": MODERN}
+    headers["mcp-method"] = method
+    if name is not None:
+        headers["mcp-name"] = name
+    return {**headers, **extra}
+
+
+def legacy(session: str | None = None, **extra: str) -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": ACCEPT, "mcp-protocol-version": LEGACY}
+    if session is not None:
+        headers["mcp-session-id"] = session
+    return {**headers, **extra}
+
+
+def header(answer: dict[str, Any], name: str) -> str | None:
+    """A response header, from `headers` (both shapes) or `multiValueHeaders` (REST)."""
+    found = (answer.get("headers") or {}).get(name)
+    if found is None:
+        values = (answer.get("multiValueHeaders") or {}).get(name)
+        found = values[0] if values else None
+    return found
+
+
+def messages(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a Lambda answer (a JSON body, or the whole event stream: Lambda buffers it)."""
+    body = answer["body"]
+    if answer.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode()
+    if (header(answer, "content-type") or "").startswith("text/event-stream"):
+        return sse_messages(body)
+    return [orjson.loads(body)]
+
+
+def reply(answer: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON-RPC response (not a notification) in an answer."""
+    found = [m for m in messages(answer) if "id" in m and "method" not in m]
+    assert len(found) == 1, answer
+    return found[0]
+
+
+def tool_text(answer: dict[str, Any]) -> str:
+    assert answer["statusCode"] == 200, answer
+    result = reply(answer)["result"]
+    assert result.get("isError") is not True, result
+    return str(result["content"][0]["text"])
+
+
+def config_text(auth: str = "", extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        [gateway]
+        prefix = "/mcp"
+        public_url = "{PUBLIC_URL}"
+        gc_freeze = false
+
+        [front_door]
+        allowed_hosts = ["{HOST}"]
+        allowed_origins = []
+
+        [[servers]]
+        name = "demo"
+        app = "examples.gateway.demo:server"
+        """) + textwrap.dedent(auth) + textwrap.dedent(extra)
+
+
+STATIC_AUTH = """
+[auth]
+mode = "static"
+[auth.tokens]
+"tok-alice" = { subject = "alice", scopes = ["mcp"] }
+"tok-bob" = { subject = "bob", scopes = ["mcp"] }
+"""
+
+
+@pytest.fixture
+def lambda_handler(tmp_path: Path) -> Iterator[Callable[..., ServerlessGateway]]:
+    """`lambda_handler(auth=..., extra=...)`: one execution environment's handler; all closed at teardown."""
+    built: list[ServerlessGateway] = []
+
+    def make(auth: str = "", extra: str = "", name: str = "gateway.toml") -> ServerlessGateway:
+        path = tmp_path / name
+        path.write_text(config_text(auth, extra), encoding="utf-8")
+        handler = build_handler(path)
+        built.append(handler)
+        return handler
+
+    yield make
+    for handler in built:
+        handler.close()
+
+
+# --- the modern era --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_modern_tools_call_is_answered_through_the_aggregate_and_the_mount(
+    lambda_handler: Callable[..., ServerlessGateway], shape: Shape
+) -> None:
+    handler = lambda_handler()
+    context = LambdaContext()
+    call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "über λ"}}, request_id=7)
+    answer = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), call), context)
+    assert tool_text(answer) == "über λ"
+    assert reply(answer)["id"] == 7
+    assert answer["isBase64Encoded"] is False
+
+    own = modern_body("tools/call", {"name": "add", "arguments": {"a": 2, "b": 40}}, request_id="r-1")
+    answer = handler(event(shape, "POST", "/mcp/demo", modern("tools/call", "add"), own), context)
+    assert tool_text(answer) == "42"
+    assert reply(answer)["id"] == "r-1"
+
+    listed = handler(event(shape, "POST", "/mcp", modern("tools/list"), modern_body("tools/list", {})), context)
+    names = {tool["name"] for tool in reply(listed)["result"]["tools"]}
+    assert {"demo__echo", "demo__add", "demo__countdown"} <= names
+
+
+def test_progress_arrives_with_the_answer_at_its_end(lambda_handler: Callable[..., ServerlessGateway]) -> None:
+    """Lambda returns one body per invocation: the event stream of a call with progress is whole, in order."""
+    handler = lambda_handler()
+    params = {"name": "countdown", "arguments": {"steps": 2}, "_meta": {"progressToken": "p-1"}}
+    answer = handler(
+        event("http-api-v2", "POST", "/mcp/demo", modern("tools/call", "countdown"), modern_body("tools/call", params)),
+        LambdaContext(),
+    )
+    assert answer["statusCode"] == 200
+    found = messages(answer)
+    progress = [m for m in found if m.get("method") == "notifications/progress"]
+    assert [m["params"]["progress"] for m in progress] == [0, 1]
+    assert found[-1]["result"]["content"][0]["text"] == "lift-off"
+
+
+# --- the legacy era --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_legacy_session_lives_across_invocations_of_one_environment(
+    lambda_handler: Callable[..., ServerlessGateway], shape: Shape
+) -> None:
+    handler = lambda_handler()
+    context = LambdaContext()
+    opened = handler(event(shape, "POST", "/mcp", legacy(), initialize_body(LEGACY, 0)), context)
+    assert opened["statusCode"] == 200, opened
+    assert reply(opened)["result"]["protocolVersion"] == LEGACY
+    session = header(opened, "mcp-session-id")
+    assert session
+    done = handler(
+        event(shape, "POST", "/mcp", legacy(session), b'{"jsonrpc":"2.0","method":"notifications/initialized"}'),
+        context,
+    )
+    assert done["statusCode"] == 202, done
+    call = legacy_body("tools/call", {"name": "demo__echo", "arguments": {"text": "again"}}, 3)
+    answer = handler(event(shape, "POST", "/mcp", legacy(session), call), context)
+    assert tool_text(answer) == "again"
+    assert reply(answer)["id"] == 3
+
+    # A standing GET stream would never end, and Lambda answers only at the end: refused, as the spec allows.
+    stream = handler(event(shape, "GET", "/mcp", {"accept": "text/event-stream", **legacy(session)}), context)
+    assert stream["statusCode"] == 405
+    assert header(stream, "allow") == "POST, DELETE"
+    assert orjson.loads(stream["body"])["error"]["code"] == JsonRpcCode.INVALID_REQUEST
+
+    closed = handler(event(shape, "DELETE", "/mcp", legacy(session)), context)
+    assert closed["statusCode"] == 200, closed
+    after = handler(event(shape, "POST", "/mcp", legacy(session), call), context)
+    assert after["statusCode"] == 404
+    assert reply(after)["id"] == 3
+
+
+def test_a_legacy_session_of_another_environment_is_not_found_not_a_failure(
+    lambda_handler: Callable[..., ServerlessGateway],
+) -> None:
+    """What the profile warns about without a session key: API Gateway sends the next request elsewhere."""
+    first, second = lambda_handler(name="one.toml"), lambda_handler(name="two.toml")
+    opened = first(event("http-api-v2", "POST", "/mcp/demo", legacy(), initialize_body(LEGACY, 0)), LambdaContext())
+    session = header(opened, "mcp-session-id")
+    assert session
+    call = legacy_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, 11)
+    elsewhere = second(event("http-api-v2", "POST", "/mcp/demo", legacy(session), call), LambdaContext())
+    assert elsewhere["statusCode"] == 404  # the client re-initializes (the SDK does on 404)
+    assert reply(elsewhere)["id"] == 11
+    assert "error" in reply(elsewhere)
+
+
+# --- auth ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_static_tokens_are_required_and_a_session_stays_with_its_principal(
+    lambda_handler: Callable[..., ServerlessGateway], shape: Shape
+) -> None:
+    handler = lambda_handler(STATIC_AUTH)
+    context = LambdaContext()
+    call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "hi"}}, request_id=5)
+    refused = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), call), context)
+    assert refused["statusCode"] == 401
+    assert reply(refused)["id"] == 5
+    assert reply(refused)["error"]["code"] == ErrorCode.UNAUTHORIZED
+    assert (header(refused, "www-authenticate") or "").startswith("Bearer")
+
+    alice = {"authorization": "Bearer tok-alice"}
+    answer = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo", **alice), call), context)
+    assert tool_text(answer) == "hi"
+
+    # Bob presents Alice's legacy session: it is not his, and looks exactly like one that does not exist.
+    opened = handler(event(shape, "POST", "/mcp", legacy(**alice), initialize_body(LEGACY, 0)), context)
+    session = header(opened, "mcp-session-id")
+    assert session
+    own = legacy_body("tools/call", {"name": "demo__echo", "arguments": {"text": "mine"}}, 8)
+    bob = handler(event(shape, "POST", "/mcp", legacy(session, authorization="Bearer tok-bob"), own), context)
+    assert bob["statusCode"] == 404
+    assert reply(bob)["id"] == 8
+
+
+def test_jwt_keys_are_fetched_at_cold_start_not_in_the_first_request(
+    lambda_handler: Callable[..., ServerlessGateway],
+) -> None:
+    with serve_idp() as idp:
+        auth = f"""
+        [auth]
+        mode = "jwt"
+        issuer = "{idp.issuer.issuer}"
+        jwks_url = "{idp.jwks_uri}"
+        """
+        handler = lambda_handler(auth)
+        assert len(idp.host.hits) == 1  # one fetch for every endpoint (the aggregate and the mount), before any event
+        context = LambdaContext()
+        for path, name in (("/mcp", "demo__echo"), ("/mcp/demo", "echo")):
+            token = idp.token(aud=f"{PUBLIC_URL}{path}")
+            call = modern_body("tools/call", {"name": name, "arguments": {"text": path}}, request_id=1)
+            headers = modern("tools/call", name, authorization=f"Bearer {token}")
+            assert tool_text(handler(event("http-api-v2", "POST", path, headers, call), context)) == path
+        assert len(idp.host.hits) == 1
+
+        elsewhere = idp.token(aud="https://other.example/mcp")  # another API's token
+        headers = modern("tools/call", "demo__echo", authorization=f"Bearer {elsewhere}")
+        call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "x"}}, request_id=2)
+        refused = handler(event("http-api-v2", "POST", "/mcp", headers, call), context)
+        assert refused["statusCode"] == 401
+        assert reply(refused)["id"] == 2
+        # The challenge and the RFC 9728 metadata name the public URL, not the function's (absent) address.
+        challenge = header(refused, "www-authenticate") or ""
+        assert f'resource_metadata="{PUBLIC_URL}/.well-known/oauth-protected-resource/mcp"' in challenge
+        metadata = event("rest-v1", "GET", "/.well-known/oauth-protected-resource/mcp", {"accept": "application/json"})
+        found = handler(metadata, context)
+        assert found["statusCode"] == 200
+        assert orjson.loads(found["body"])["resource"] == f"{PUBLIC_URL}/mcp"
+        assert orjson.loads(found["body"])["authorization_servers"] == [idp.issuer.issuer]
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bad_requests_get_json_rpc_errors_never_a_500(
+    lambda_handler: Callable[..., ServerlessGateway], shape: Shape
+) -> None:
+    handler = lambda_handler()
+    context = LambdaContext()
+    call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "x"}}, request_id=21)
+    lying = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__add"), call), context)
+    assert lying["statusCode"] == 400
+    assert reply(lying)["id"] == 21
+    assert reply(lying)["error"]["code"] == JsonRpcCode.HEADER_MISMATCH
+
+    broken = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b'{"jsonrpc":"2.0","id":'), context)
+    assert broken["statusCode"] == 400
+    assert reply(broken)["error"]["code"] == JsonRpcCode.PARSE_ERROR
+
+    unknown = modern_body("tools/call", {"name": "demo__nope", "arguments": {}}, request_id=22)
+    missing = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__nope"), unknown), context)
+    assert missing["statusCode"] == 200, missing
+    assert reply(missing)["id"] == 22
+    assert reply(missing)["error"]["code"] == JsonRpcCode.INVALID_PARAMS  # the aggregate knows no such name
+
+    huge = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "x" * 5_000_000}}, request_id=23)
+    too_big = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), huge), context)
+    assert too_big["statusCode"] == 413
+    assert reply(too_big)["error"]["code"] == ErrorCode.PAYLOAD_TOO_LARGE
+
+    foreign = event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), call)
+    foreign["headers"]["host"] = "attacker.example"
+    if "multiValueHeaders" in foreign:
+        foreign["multiValueHeaders"]["host"] = ["attacker.example"]
+    refused = handler(foreign, context)
+    assert refused["statusCode"] == 421
+    assert reply(refused)["id"] == 21
+
+    # After all that, the environment still answers.
+    assert tool_text(handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), call), context)) == "x"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_base64_encoded_body_is_read_as_its_bytes(
+    lambda_handler: Callable[..., ServerlessGateway], shape: Shape
+) -> None:
+    """API Gateway sets `isBase64Encoded` for binary media types (and an HTTP API may for any body)."""
+    handler = lambda_handler()
+    call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "😀 base64"}}, request_id=31)
+    answer = handler(
+        event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), call, base64_body=True), LambdaContext()
+    )
+    assert tool_text(answer) == "😀 base64"
+    assert reply(answer)["id"] == 31
+
+    garbage = event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b"\xff\xfe\x00not json", base64_body=True)
+    refused = handler(garbage, LambdaContext())
+    assert refused["statusCode"] == 400
+    assert reply(refused)["error"]["code"] == JsonRpcCode.PARSE_ERROR
+
+
+# --- the profile -----------------------------------------------------------------------------------
+
+
+def test_the_profile_refuses_what_cannot_work_serverless_with_key_and_line() -> None:
+    """The embedded-defaults example has everything the profile refuses: each one is named at its line."""
+    with pytest.raises(ConfigError) as raised:
+        build_handler(ROOT / "examples" / "gateway" / "gateway.toml")
+    found = {problem.path: problem for problem in raised.value.problems}
+    assert set(found) == {"servers[2].command", "auth.mode", "gateway.public_url", "ratelimit.store"}
+    assert all(problem.line is not None for problem in found.values())
+    assert "stdio" in found["servers[2].command"].message
+    assert "redis://" in found["ratelimit.store"].message
+
+
+def test_the_profile_warns_about_what_only_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(config_text(extra="[cache]\nstore = \"memory://\"\n"), encoding="utf-8")
+    problems, warnings = serverless_problems(load_config(path))
+    assert problems == []
+    assert {warning.path for warning in warnings} == {"gateway", "cache.store"}
+    with caplog.at_level(logging.WARNING, logger="mcp_middleware.gateway"):
+        build_handler(path).close()
+    assert "session_key" in caplog.text
+
+
+def test_the_example_config_passes_check_config_and_the_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--config", str(EXAMPLE)]) == EXIT_OK
+    problems, warnings = serverless_problems(load_config(EXAMPLE))
+    assert problems == []
+    assert not any(server.kind == "command" for server in load_config(EXAMPLE).servers)
+
+
+def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """As the Lambda runtime uses it: import `handler` (cold start), invoke, then SIGTERM (shutdown phase)."""
+    answer_event = event(
+        "http-api-v2", "POST", "/mcp", modern("tools/call", "demo__echo"),
+        modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "cold"}}),
+    )  # fmt: skip
+    script = textwrap.dedent("""\
+        import json, sys
+        from mcp_middleware.gateway.serverless import handler
+        answer = handler(json.loads(sys.argv[1]), None)
+        print(json.dumps(answer), flush=True)
+        sys.stdin.read()  # stay warm until the test sends SIGTERM
+        """)
+    env = {
+        **os.environ,
+        "MCP_GATEWAY_CONFIG": str(EXAMPLE),
+        "MCP_GATEWAY_AUTH_MODE": "none",
+        "MCP_GATEWAY_HOST": HOST,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE.parent)]),
+    }
+    child = processes.start(
+        [sys.executable, "-c", script, orjson.dumps(answer_event).decode()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=EXAMPLE.parent,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line, child.stderr.read() if child.stderr else ""
+        assert tool_text(orjson.loads(line)) == "cold"
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 0
+    finally:
+        processes.stop(child)
+    assert child.stderr is not None
+    logged = child.stderr.read().decode()
+    assert "serverless gateway ready in" in logged
+    assert "Traceback" not in logged
