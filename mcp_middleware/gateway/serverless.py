@@ -143,23 +143,24 @@ class _NoStandingStreams:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            if "text/event-stream" in Headers(scope=scope).get("accept", ""):
-                await send_error(
-                    send,
-                    status=405,
-                    code=JsonRpcCode.INVALID_REQUEST,
-                    message="Method Not Allowed: no standing event stream on a serverless gateway (answers to "
-                    "POST carry their notifications)",
-                    headers={"Allow": "POST, DELETE"},
-                )
-                return
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "GET"
+            and "text/event-stream" in Headers(scope=scope).get("accept", "")
+        ):
+            await send_error(
+                send,
+                status=405,
+                code=JsonRpcCode.INVALID_REQUEST,
+                message="Method Not Allowed: no standing event stream on a serverless gateway (answers to "
+                "POST carry their notifications)",
+                headers={"Allow": "POST, DELETE"},
+            )
+            return
         await self.app(scope, receive, send)
 
 
-def build_handler(
-    config: str | Path | GatewayConfig, *, api_gateway_base_path: str = "/"
-) -> ServerlessGateway:
+def build_handler(config: str | Path | GatewayConfig, *, api_gateway_base_path: str = "/") -> ServerlessGateway:
     """Load `config` (a path or a parsed config), check it for the serverless profile, build and start it.
 
     Raises :class:`ConfigError` with every problem (each with key and line); logs the profile's warnings.

@@ -191,9 +191,16 @@ def main(quick: bool = False) -> dict[str, Any]:
     }
     cases = [_case("none", {**base, "MCP_GATEWAY_AUTH_MODE": "none"}, None, repeats)]
     with _jwks() as (jwks_url, token):
-        jwt_env = {**base, "MCP_GATEWAY_AUTH_MODE": "jwt", "MCP_GATEWAY_ISSUER": ISSUER, "MCP_GATEWAY_JWKS_URL": jwks_url}
+        jwt_env = {
+            **base,
+            "MCP_GATEWAY_AUTH_MODE": "jwt",
+            "MCP_GATEWAY_ISSUER": ISSUER,
+            "MCP_GATEWAY_JWKS_URL": jwks_url,
+        }
         cases.append(_case("jwt", jwt_env, token, repeats))
-    print(section(f"serverless cold start to first answer (examples/gateway/serverless.toml, {repeats} fresh processes)"))
+    print(
+        section(f"serverless cold start to first answer (examples/gateway/serverless.toml, {repeats} fresh processes)")
+    )
     rows = [
         [
             case["config"],

@@ -185,7 +185,8 @@ def tool_text(answer: dict[str, Any]) -> str:
 
 
 def config_text(auth: str = "", extra: str = "") -> str:
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         [gateway]
         prefix = "/mcp"
         public_url = "{PUBLIC_URL}"
@@ -198,7 +199,10 @@ def config_text(auth: str = "", extra: str = "") -> str:
         [[servers]]
         name = "demo"
         app = "examples.gateway.demo:server"
-        """) + textwrap.dedent(auth) + textwrap.dedent(extra)
+        """)
+        + textwrap.dedent(auth)
+        + textwrap.dedent(extra)
+    )
 
 
 STATIC_AUTH = """
@@ -400,7 +404,9 @@ def test_bad_requests_get_json_rpc_errors_never_a_500(
     assert reply(lying)["id"] == 21
     assert reply(lying)["error"]["code"] == JsonRpcCode.HEADER_MISMATCH
 
-    broken = handler(event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b'{"jsonrpc":"2.0","id":'), context)
+    broken = handler(
+        event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b'{"jsonrpc":"2.0","id":'), context
+    )
     assert broken["statusCode"] == 400
     assert reply(broken)["error"]["code"] == JsonRpcCode.PARSE_ERROR
 
@@ -440,7 +446,9 @@ def test_a_base64_encoded_body_is_read_as_its_bytes(
     assert tool_text(answer) == "😀 base64"
     assert reply(answer)["id"] == 31
 
-    garbage = event(shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b"\xff\xfe\x00not json", base64_body=True)
+    garbage = event(
+        shape, "POST", "/mcp", modern("tools/call", "demo__echo"), b"\xff\xfe\x00not json", base64_body=True
+    )
     refused = handler(garbage, LambdaContext())
     assert refused["statusCode"] == 400
     assert reply(refused)["error"]["code"] == JsonRpcCode.PARSE_ERROR
@@ -462,7 +470,7 @@ def test_the_profile_refuses_what_cannot_work_serverless_with_key_and_line() -> 
 
 def test_the_profile_warns_about_what_only_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "gateway.toml"
-    path.write_text(config_text(extra="[cache]\nstore = \"memory://\"\n"), encoding="utf-8")
+    path.write_text(config_text(extra='[cache]\nstore = "memory://"\n'), encoding="utf-8")
     problems, warnings = serverless_problems(load_config(path))
     assert problems == []
     assert {warning.path for warning in warnings} == {"gateway", "cache.store"}
@@ -475,6 +483,7 @@ def test_the_example_config_passes_check_config_and_the_profile(capsys: pytest.C
     assert main(["check-config", "--config", str(EXAMPLE)]) == EXIT_OK
     problems, warnings = serverless_problems(load_config(EXAMPLE))
     assert problems == []
+    assert [warning.path for warning in warnings] == ["gateway"]  # legacy sessions: no session_key yet
     assert not any(server.kind == "command" for server in load_config(EXAMPLE).servers)
 
 
