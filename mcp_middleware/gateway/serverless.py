@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -46,7 +47,7 @@ from .serverless_profile import serverless_problems
 if TYPE_CHECKING:
     from mangum import Mangum
 
-__all__ = ["CONFIG_ENV", "BASE_PATH_ENV", "ServerlessGateway", "build_handler", "handler_from_environment"]
+__all__ = ["BASE_PATH_ENV", "CONFIG_ENV", "ServerlessGateway", "build_handler", "check", "handler_from_environment"]
 
 CONFIG_ENV = "MCP_GATEWAY_CONFIG"
 """The config file the Lambda handler loads (relative to the function's working directory)."""
@@ -214,6 +215,33 @@ def _close_on_sigterm(built: ServerlessGateway) -> None:
     signal.signal(signal.SIGTERM, close)
 
 
+def check(argv: Sequence[str] | None = None) -> int:
+    """`python -m mcp_middleware.gateway.serverless CONFIG`: what `check-config` checks, then the profile's rules.
+
+    Prints each problem and warning with its key and line; exits 0 when the handler would start, 2 otherwise.
+    """
+    from .config_check import check_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m mcp_middleware.gateway.serverless CONFIG", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args[0])
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    problems, warnings = check_config(config)
+    profile_problems, profile_warnings = serverless_problems(config)
+    for warning in [*warnings, *profile_warnings]:
+        print(f"{args[0]}: warning: {warning}", file=sys.stderr)
+    if problems or profile_problems:
+        print(ConfigError([*problems, *profile_problems], args[0]), file=sys.stderr)
+        return 2
+    print(f"{args[0]}: OK for the serverless profile — {len(config.servers)} servers")
+    return 0
+
+
 def __getattr__(name: str) -> ServerlessGateway:
     """`handler`, built on first access: the Lambda runtime reads it in its init phase (the cold start).
 
@@ -224,3 +252,7 @@ def __getattr__(name: str) -> ServerlessGateway:
     built = handler_from_environment()
     globals()["handler"] = built
     return built
+
+
+if __name__ == "__main__":
+    raise SystemExit(check())

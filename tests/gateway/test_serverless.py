@@ -487,6 +487,25 @@ def test_the_example_config_passes_check_config_and_the_profile(capsys: pytest.C
     assert not any(server.kind == "command" for server in load_config(EXAMPLE).servers)
 
 
+def test_the_profile_check_command_says_what_the_cold_start_would_refuse() -> None:
+    """`python -m mcp_middleware.gateway.serverless CONFIG`: check-config's checks, then the profile's."""
+    command = [sys.executable, "-m", "mcp_middleware.gateway.serverless"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    good = processes.run(
+        [*command, "serverless.toml"], cwd=EXAMPLE.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert good.returncode == 0, good.stderr
+    assert "OK for the serverless profile" in good.stdout
+    assert "session_key" in good.stderr  # the one warning: a warning, not a refusal
+    bad = processes.run(
+        [*command, "gateway.toml"], cwd=EXAMPLE.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2
+    assert "4 problems" in bad.stderr
+    assert "servers[2].command (line " in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on_sigterm(tmp_path: Path) -> None:
     """As the Lambda runtime uses it: import `handler` (cold start), invoke, then SIGTERM (shutdown phase)."""
     answer_event = event(
