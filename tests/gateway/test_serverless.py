@@ -1,10 +1,10 @@
 """The gateway as an AWS Lambda function: its handler fed real API Gateway events, in both eras.
 
-The events are built as AWS documents them: HTTP API payload 2.0 ("Working with AWS Lambda proxy
-integrations for HTTP APIs") and REST API proxy integration 1.0 ("Input format of a Lambda function
-for proxy integration"); the context is a stand-in for the one the Lambda runtime passes. The Lambda
-runtime and API Gateway are what cannot run here: everything behind the handler is the real gateway,
-its real middlewares and a real SDK server, in this process, as they run in an execution environment.
+The events are built as AWS documents them (HTTP API payload 2.0 and REST API 1.0: tests/support/api_gateway.py);
+the context is a stand-in for the one the Lambda runtime passes. The Lambda runtime and API Gateway are what
+cannot run here: everything behind the handler is the real gateway, its real middlewares and a real SDK
+server, in this process, as they run in an execution environment. The SDK's own clients through the same
+handler: test_serverless_clients.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import pytest
@@ -31,6 +30,8 @@ from mcp_middleware.gateway.serverless_profile import serverless_problems
 from tests.conftest import require
 from tests.security.idp import serve_idp
 from tests.support import processes
+from tests.support.api_gateway import HOST, LambdaContext, Shape
+from tests.support.api_gateway import api_gateway_event as event
 from tests.support.requests import LEGACY, MODERN, initialize_body, legacy_body, modern_body
 from tests.support.sse import sse_messages
 
@@ -40,100 +41,9 @@ from mcp_middleware.gateway.serverless import ServerlessGateway, build_handler  
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "gateway" / "serverless.toml"
-HOST = "abc123.execute-api.eu-west-1.amazonaws.com"
 PUBLIC_URL = f"https://{HOST}"
-Shape = Literal["http-api-v2", "rest-v1"]
 SHAPES: tuple[Shape, ...] = ("http-api-v2", "rest-v1")
 ACCEPT = "application/json, text/event-stream"
-
-
-@dataclass
-class LambdaContext:
-    """What the Lambda runtime passes as `context` (the fields the Python runtime documents)."""
-
-    function_name: str = "mcp-gateway"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:mcp-gateway"
-    memory_limit_in_mb: int = 512
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
-    log_group_name: str = "/aws/lambda/mcp-gateway"
-    log_stream_name: str = "2026/12/05/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 29_000
-
-
-def event(
-    shape: Shape,
-    method: str,
-    path: str,
-    headers: dict[str, str],
-    body: bytes | None = None,
-    *,
-    base64_body: bool = False,
-) -> dict[str, Any]:
-    """An API Gateway event for one HTTP request, as API Gateway builds it for a Lambda proxy integration."""
-    headers = {"host": HOST, "x-forwarded-proto": "https", "x-forwarded-port": "443", **headers}
-    text: str | None = None
-    if body is not None:
-        text = base64.b64encode(body).decode() if base64_body else body.decode()
-    if shape == "http-api-v2":
-        return {
-            "version": "2.0",
-            "routeKey": "$default",
-            "rawPath": path,
-            "rawQueryString": "",
-            "headers": headers,
-            "requestContext": {
-                "accountId": "123456789012",
-                "apiId": "abc123",
-                "domainName": HOST,
-                "domainPrefix": "abc123",
-                "http": {
-                    "method": method,
-                    "path": path,
-                    "protocol": "HTTP/1.1",
-                    "sourceIp": "198.51.100.7",
-                    "userAgent": "mcp-test",
-                },
-                "requestId": "JKJaXmPLvHcESHA=",
-                "routeKey": "$default",
-                "stage": "$default",
-                "time": "05/Dec/2026:03:00:00 +0000",
-                "timeEpoch": 1796439600000,
-            },
-            "body": text,
-            "isBase64Encoded": base64_body,
-        }
-    return {  # REST API (v1): headers also as multiValueHeaders, the stage in requestContext.path only
-        "resource": "/{proxy+}",
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {name: [value] for name, value in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": {"proxy": path.lstrip("/")},
-        "stageVariables": None,
-        "requestContext": {
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "domainName": HOST,
-            "extendedRequestId": "JKJaXmPLvHcESHA=",
-            "httpMethod": method,
-            "identity": {"sourceIp": "198.51.100.7", "userAgent": "mcp-test"},
-            "path": f"/prod{path}",
-            "protocol": "HTTP/1.1",
-            "requestId": "c6af9ac6-7b61-11e6-9a41-93e8deadbeef",
-            "requestTime": "05/Dec/2026:03:00:00 +0000",
-            "requestTimeEpoch": 1796439600000,
-            "resourceId": "roq9wj",
-            "resourcePath": "/{proxy+}",
-            "stage": "prod",
-        },
-        "body": text,
-        "isBase64Encoded": base64_body,
-    }
 
 
 def modern(method: str, name: str | None = None, **extra: str) -> dict[str, str]:
