@@ -10,7 +10,6 @@ handler: test_serverless_clients.py.
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import signal
 import subprocess
@@ -24,9 +23,6 @@ import orjson
 import pytest
 
 from mcp_middleware.core.errors import ErrorCode, JsonRpcCode
-from mcp_middleware.gateway.cli import EXIT_OK, main
-from mcp_middleware.gateway.config import ConfigError, load_config
-from mcp_middleware.gateway.serverless_profile import serverless_problems
 from tests.conftest import require
 from tests.security.idp import serve_idp
 from tests.support import processes
@@ -364,56 +360,7 @@ def test_a_base64_encoded_body_is_read_as_its_bytes(
     assert reply(refused)["error"]["code"] == JsonRpcCode.PARSE_ERROR
 
 
-# --- the profile -----------------------------------------------------------------------------------
-
-
-def test_the_profile_refuses_what_cannot_work_serverless_with_key_and_line() -> None:
-    """The embedded-defaults example has everything the profile refuses: each one is named at its line."""
-    with pytest.raises(ConfigError) as raised:
-        build_handler(ROOT / "examples" / "gateway" / "gateway.toml")
-    found = {problem.path: problem for problem in raised.value.problems}
-    assert set(found) == {"servers[2].command", "auth.mode", "gateway.public_url", "ratelimit.store"}
-    assert all(problem.line is not None for problem in found.values())
-    assert "stdio" in found["servers[2].command"].message
-    assert "redis://" in found["ratelimit.store"].message
-
-
-def test_the_profile_warns_about_what_only_degrades(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "gateway.toml"
-    path.write_text(config_text(extra='[cache]\nstore = "memory://"\n'), encoding="utf-8")
-    problems, warnings = serverless_problems(load_config(path))
-    assert problems == []
-    assert {warning.path for warning in warnings} == {"gateway", "cache.store"}
-    with caplog.at_level(logging.WARNING, logger="mcp_middleware.gateway"):
-        build_handler(path).close()
-    assert "session_key" in caplog.text
-
-
-def test_the_example_config_passes_check_config_and_the_profile(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check-config", "--config", str(EXAMPLE)]) == EXIT_OK
-    problems, warnings = serverless_problems(load_config(EXAMPLE))
-    assert problems == []
-    assert [warning.path for warning in warnings] == ["gateway"]  # legacy sessions: no session_key yet
-    assert not any(server.kind == "command" for server in load_config(EXAMPLE).servers)
-
-
-def test_the_profile_check_command_says_what_the_cold_start_would_refuse() -> None:
-    """`python -m mcp_middleware.gateway.serverless CONFIG`: check-config's checks, then the profile's."""
-    command = [sys.executable, "-m", "mcp_middleware.gateway.serverless"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    good = processes.run(
-        [*command, "serverless.toml"], cwd=EXAMPLE.parent, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert good.returncode == 0, good.stderr
-    assert "OK for the serverless profile" in good.stdout
-    assert "session_key" in good.stderr  # the one warning: a warning, not a refusal
-    bad = processes.run(
-        [*command, "gateway.toml"], cwd=EXAMPLE.parent, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert bad.returncode == 2
-    assert "4 problems" in bad.stderr
-    assert "servers[2].command (line " in bad.stderr
-    assert "Traceback" not in bad.stderr
+# --- the handler module, as the Lambda runtime uses it ------------------------------------------
 
 
 def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on_sigterm(tmp_path: Path) -> None:
