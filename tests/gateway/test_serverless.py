@@ -23,8 +23,9 @@ import orjson
 import pytest
 
 from mcp_middleware.core.errors import ErrorCode, JsonRpcCode
-from tests.conftest import require
+from tests.conftest import Served, require
 from tests.security.idp import serve_idp
+from tests.servers import build_server
 from tests.support import processes
 from tests.support.api_gateway import HOST, LambdaContext, Shape
 from tests.support.api_gateway import api_gateway_event as event
@@ -227,6 +228,36 @@ def test_a_legacy_session_of_another_environment_is_not_found_not_a_failure(
     assert elsewhere["statusCode"] == 404  # the client re-initializes (the SDK does on 404)
     assert reply(elsewhere)["id"] == 11
     assert "error" in reply(elsewhere)
+
+
+# --- a remote backend ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_remote_backend_is_reached_through_the_proxy_in_both_eras(
+    lambda_handler: Callable[..., ServerlessGateway], serve: Callable[[Any], Served], shape: Shape
+) -> None:
+    """The proxy's pooled connections live on the environment's loop between invocations."""
+    backend = serve(build_server().streamable_http_app())
+    handler = lambda_handler(extra=f'[[servers]]\nname = "remote"\nurl = "{backend.mcp_url}"\n')
+    context = LambdaContext()
+    for request_id in (1, 2):  # the second reuses the keep-alive connection the first opened
+        call = modern_body("tools/call", {"name": "echo", "arguments": {"text": f"far {request_id}"}}, request_id)
+        answer = handler(event(shape, "POST", "/mcp/remote", modern("tools/call", "echo"), call), context)
+        assert tool_text(answer) == f"far {request_id}"
+    aggregate = modern_body("tools/call", {"name": "remote__echo", "arguments": {"text": "via /mcp"}}, 3)
+    assert (
+        tool_text(handler(event(shape, "POST", "/mcp", modern("tools/call", "remote__echo"), aggregate), context))
+        == "via /mcp"
+    )
+
+    opened = handler(event(shape, "POST", "/mcp/remote", legacy(), initialize_body(LEGACY, 0)), context)
+    session = header(opened, "mcp-session-id")
+    assert opened["statusCode"] == 200 and session, opened
+    done = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+    assert handler(event(shape, "POST", "/mcp/remote", legacy(session), done), context)["statusCode"] == 202
+    call = legacy_body("tools/call", {"name": "echo", "arguments": {"text": "in session"}}, 4)
+    assert tool_text(handler(event(shape, "POST", "/mcp/remote", legacy(session), call), context)) == "in session"
 
 
 # --- auth ------------------------------------------------------------------------------------------
