@@ -121,8 +121,10 @@ class ServerlessGateway:
         await asyncio.wait({ready, self._held}, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.is_set():
             ready.cancel()
-            self._held.result()  # the startup's exception
-            raise RuntimeError("the gateway's lifespan ended during startup")
+            failure = self._held.exception()
+            while isinstance(failure, BaseExceptionGroup) and failure.exceptions:  # the task group's wrapping
+                failure = failure.exceptions[0]
+            raise RuntimeError(f"the gateway did not start: {failure or 'its lifespan ended'}") from failure
         await self._fetch_keys()
 
     async def _fetch_keys(self) -> None:

@@ -435,3 +435,20 @@ def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on
     logged = child.stderr.read().decode()
     assert "serverless gateway ready in" in logged
     assert "Traceback" not in logged
+
+
+def test_a_gateway_that_cannot_start_fails_the_cold_start_with_why(tmp_path: Path) -> None:
+    """An init error (Lambda logs it and retries the init on the next event), not a half-started handler."""
+    (tmp_path / "broken_app.py").write_text(
+        textwrap.dedent("""\
+            async def app(scope, receive, send):
+                if scope["type"] == "lifespan":
+                    await receive()
+                    await send({"type": "lifespan.startup.failed", "message": "no database"})
+            """),
+        encoding="utf-8",
+    )
+    path = tmp_path / "gateway.toml"
+    path.write_text('[[servers]]\nname = "broken"\napp = "broken_app:app"\n', encoding="utf-8")
+    with pytest.raises(RuntimeError, match=r"the gateway did not start: .*no database"):
+        build_handler(path)
