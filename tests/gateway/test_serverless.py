@@ -178,6 +178,19 @@ def test_progress_arrives_with_the_answer_at_its_end(lambda_handler: Callable[..
     assert found[-1]["result"]["content"][0]["text"] == "lift-off"
 
 
+def test_a_named_stage_in_the_path_is_stripped_when_configured(tmp_path: Path) -> None:
+    """An HTTP API's named stage is in the event's path (`/prod/mcp`): `MCP_GATEWAY_BASE_PATH=/prod` strips it."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(config_text(), encoding="utf-8")
+    handler = build_handler(path, api_gateway_base_path="/prod")
+    try:
+        call = modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "staged"}})
+        answer = handler(event("http-api-v2", "POST", "/prod/mcp", modern("tools/call", "demo__echo"), call), None)
+        assert tool_text(answer) == "staged"
+    finally:
+        handler.close()
+
+
 # --- the legacy era --------------------------------------------------------------------------------
 
 
