@@ -162,6 +162,10 @@ def test_a_modern_tools_call_is_answered_through_the_aggregate_and_the_mount(
     names = {tool["name"] for tool in reply(listed)["result"]["tools"]}
     assert {"demo__echo", "demo__add", "demo__countdown"} <= names
 
+    for probe in ("/healthz", "/readyz"):  # API Gateway health checks reach the operations endpoints
+        answer = handler(event(shape, "GET", probe, {"accept": "application/json"}), context)
+        assert answer["statusCode"] == 200, answer
+
 
 def test_progress_arrives_with_the_answer_at_its_end(lambda_handler: Callable[..., ServerlessGateway]) -> None:
     """Lambda returns one body per invocation: the event stream of a call with progress is whole, in order."""
