@@ -12,7 +12,9 @@ Two configurations of the example: `none` (`MCP_GATEWAY_AUTH_MODE=none`) and `jw
 on loopback by this process, a signed token on the event). Figures per phase, medians of the repeats:
 interpreter start, imports, building and starting the gateway, the first answer; the total wall time
 (target: ≤ 1 s) and the CPU time the process spent to its first answer (user + system), which a loaded
-machine disturbs less than wall time. What is not here: the Lambda runtime's own init, the download
+machine disturbs less than wall time; without `--quick`, one more process per configuration under
+valgrind's callgrind counts the instructions from exec to the first answer (hash seed fixed), which
+load cannot move (~1 minute of CPU each). What is not here: the Lambda runtime's own init, the download
 of the deployment package, and a cold file cache (the repeats run on the files the first one read).
 """
 
@@ -23,6 +25,8 @@ import contextlib
 import http.server
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -62,6 +66,34 @@ print(json.dumps({"began": began, "imported": imported, "ready": ready, "answere
                   "status": answer["statusCode"], "body": answer["body"][:200], "warm": took,
                   "tools": len(json.loads(answer["body"]).get("result", {}).get("tools", []))}))
 """
+
+
+_COUNTED = r"""
+import json, os, sys
+import mcp_middleware.gateway.serverless as serverless
+answer = serverless.handler(json.loads(sys.argv[1]), None)
+print(answer["statusCode"], flush=True)
+os._exit(0)  # the count ends at the first answer: no interpreter teardown
+"""
+_COLLECTED = re.compile(rb"Collected : (\d+)")
+
+
+def _instructions(env: dict[str, str], token: str | None) -> int:
+    """Instructions from exec to the first answer, counted by callgrind (hash seed fixed): load cannot move it."""
+    first = _event(_request("tools/list", {}, 1), "tools/list", None, token)
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c", _COUNTED,
+         json.dumps(first)],
+        cwd=TASK_ROOT,
+        env={**env, "PYTHONHASHSEED": "0"},
+        capture_output=True,
+        timeout=1800,
+        check=False,
+    )  # fmt: skip
+    match = _COLLECTED.search(done.stderr)
+    if done.returncode != 0 or match is None or not done.stdout.startswith(b"200"):
+        raise RuntimeError(f"callgrind of the cold start failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    return int(match.group(1))
 
 
 def _event(body: dict[str, Any], method: str, name: str | None, token: str | None) -> dict[str, Any]:
@@ -159,8 +191,9 @@ def _one(env: dict[str, str], token: str | None) -> dict[str, Any]:
     return figures
 
 
-def _case(name: str, env: dict[str, str], token: str | None, repeats: int) -> dict[str, Any]:
+def _case(name: str, env: dict[str, str], token: str | None, repeats: int, *, count: bool) -> dict[str, Any]:
     runs = [_one(env, token) for _ in range(repeats)]
+    instructions = _instructions(env, token) if count else None
 
     def phase(start: str, end: str) -> float:
         return median([run[end] - run[start] for run in runs])
@@ -177,6 +210,7 @@ def _case(name: str, env: dict[str, str], token: str | None, repeats: int) -> di
         "cpu_s": median([run["cpu"] for run in runs]),
         "warm_ms": median(warm) * 1000,
         "repeats": repeats,
+        "instructions": instructions,
     }
 
 
@@ -189,7 +223,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         "MCP_GATEWAY_PUBLIC_URL": f"https://{HOST}",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    cases = [_case("none", {**base, "MCP_GATEWAY_AUTH_MODE": "none"}, None, repeats)]
+    count = not quick and shutil.which("valgrind") is not None  # ~1 min of CPU per count
+    cases = [_case("none", {**base, "MCP_GATEWAY_AUTH_MODE": "none"}, None, repeats, count=count)]
     with _jwks() as (jwks_url, token):
         jwt_env = {
             **base,
@@ -197,7 +232,7 @@ def main(quick: bool = False) -> dict[str, Any]:
             "MCP_GATEWAY_ISSUER": ISSUER,
             "MCP_GATEWAY_JWKS_URL": jwks_url,
         }
-        cases.append(_case("jwt", jwt_env, token, repeats))
+        cases.append(_case("jwt", jwt_env, token, repeats, count=count))
     print(
         section(f"serverless cold start to first answer (examples/gateway/serverless.toml, {repeats} fresh processes)")
     )
@@ -212,12 +247,14 @@ def main(quick: bool = False) -> dict[str, Any]:
             case["total_max_s"] * 1000,
             case["cpu_s"] * 1000,
             case["warm_ms"],
+            f"{case['instructions'] / 1e9:.3f}" if case["instructions"] else "-",
         ]
         for case in cases
     ]
     headers = ["auth", "python ms", "imports ms", "build+start ms", "1st answer ms", "total ms", "max ms", "CPU ms"]
-    print(table([*headers, "warm call ms"], rows))
-    print("  medians; wall time on a shared machine is noise: the CPU column is the steadier figure")
+    print(table([*headers, "warm call ms", "G instructions"], rows))
+    print("  medians; wall time on a shared machine is noise: the CPU column is steadier, the instruction count")
+    print("  (callgrind, exec to first answer, hash seed 0; not with --quick) does not move with load")
     targets = [
         [f"serverless cold start to first answer ({case['config']}), median", case["total_s"], "s",
          f"≤ {TARGET_SECONDS:g} s", case["total_s"] <= TARGET_SECONDS]
