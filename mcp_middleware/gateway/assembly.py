@@ -15,6 +15,7 @@ from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
 
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
+from mcp_middleware.auth.jwks import JwksKeys
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import (
     DEFAULT_TIMEOUTS,
@@ -56,6 +57,9 @@ class Assembly:
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
         self.policy_engine: CelPolicyEngine | None = None
         """The rules of `[policy] files`, compiled once and shared by every backend's stack."""
+        self.jwks_keys: JwksKeys | None = None
+        """`jwt` mode: the issuer's keys, one fetch and one cache for every endpoint (the serverless
+        handler fetches them at cold start)."""
 
     def for_mount(self, server: ServerSettings) -> list[Layer]:
         """One backend's stack, in its own names: the global sections, with this server's overrides."""
@@ -242,6 +246,10 @@ def _jwt_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifi
     auth = assembly.config.auth
     assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
     verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
+    if assembly.jwks_keys is None:
+        assembly.jwks_keys = verifier.keys
+    else:  # every endpoint's verifier has its own audience but the same issuer keys: fetched once
+        verifier.keys = assembly.jwks_keys
     return verifier, [auth.issuer] if auth.issuer else []
 
 
