@@ -64,6 +64,8 @@ class Component(StrEnum):
     """The policy middleware: a rule allowed or denied a call (attributes `rule`, `reason`, `phase`)."""
     ARGUMENTS = "arguments"
     """Argument validation against the tool's `inputSchema` (`allow`, `rejected`, `bypass`: schema unknown)."""
+    APPROVAL = "approval"
+    """Human approval of a call (`required`: asked; `approved`; `deny`: refused, `reason` says how; `timeout`)."""
 
 
 class Outcome(StrEnum):
@@ -97,6 +99,10 @@ class Outcome(StrEnum):
     BACKEND_ERROR = "backend_error"
     SESSION_REFUSED = "session_refused"
     MISROUTED = "misrouted"
+    REQUIRED = "required"
+    """approval: the call is held and its approver asked (attributes `approver`, `digest`, `reason`)."""
+    APPROVED = "approved"
+    """approval: the approver said yes; the call runs."""
 
 
 class Decision(NamedTuple):
