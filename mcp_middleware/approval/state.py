@@ -78,7 +78,7 @@ def approved(answer: Any) -> tuple[bool, str]:
         return False, "malformed"
     action = answer.get("action")
     if action != "accept":
-        return False, action if action in ("decline", "cancel") else "malformed"
+        return False, action if action in ("decline", "cancel", "error") else "malformed"
     content = answer.get("content")
     if isinstance(content, Mapping) and content.get(APPROVE_FIELD) is True:
         return True, ""
