@@ -164,14 +164,18 @@ class ApprovalMiddleware:
     async def _by_webhook(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, call: ApprovalCall, hook: WebhookApprover
     ) -> None:
-        self._record(scope, Outcome.REQUIRED, call, approver="webhook")
+        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="webhook")
         verdict = await hook.decide(call.facts(self.redaction))
         if verdict.approved:
-            self._record(scope, Outcome.APPROVED, call, approver="webhook")
+            record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="webhook")
             await self.app(scope, receive, send)
             return
-        outcome = Outcome.TIMEOUT if verdict.reason == "timeout" else Outcome.DENY
-        self._record(scope, outcome, call, approver="webhook", reason=verdict.reason)
+        if verdict.reason == "timeout":
+            record_decision(scope, Component.APPROVAL, Outcome.TIMEOUT, **_facts(call), approver="webhook")
+        else:
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="webhook", reason=verdict.reason
+            )
         await self._refuse(send, request, call, verdict.reason, verdict.detail)
 
     async def _modern(
@@ -182,19 +186,21 @@ class ApprovalMiddleware:
         verdict = retry.verdict
         if verdict is RetryVerdict.APPROVED:
             assert retry.params is not None
-            self._record(scope, Outcome.APPROVED, call, approver="client")
+            record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="client")
             await self._run_rewritten(scope, receive, send, request, retry.params)
             return
         if verdict in (RetryVerdict.DECLINED, RetryVerdict.INVALID):
             reason = retry.reason if verdict is RetryVerdict.INVALID else _refusal_word(retry.reason)
-            self._record(scope, Outcome.DENY, call, approver="client", reason=reason)
+            record_decision(scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason=reason)
             await self._refuse(send, request, call, reason)
             return
         meta = request.meta or {}
         if not can_show_forms(meta.get(_CAPABILITIES_META)):
             await self._missing_capability(scope, send, request, call, "in this request's _meta")
             return
-        self._record(scope, Outcome.REQUIRED, call, approver="client", reason=retry.reason or "new")
+        record_decision(
+            scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason=retry.reason or "new"
+        )
         result = input_required_result(call.message(self.redaction), self.states.seal(call))
         body = orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": result})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -228,7 +234,7 @@ class ApprovalMiddleware:
                 request_id=request.id,
             )
             return
-        self._record(scope, Outcome.REQUIRED, call, approver="client", reason="new")
+        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason="new")
         stream = EventStream(send, request.id)
         try:
             await stream.start()
@@ -237,19 +243,21 @@ class ApprovalMiddleware:
         finally:
             self.desk.close(question)
         if waited == "gone":
-            self._record(scope, Outcome.DENY, call, approver="client", reason="disconnected")
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="disconnected"
+            )
             return
         if waited == "timeout":
-            self._record(scope, Outcome.TIMEOUT, call, approver="client")
+            record_decision(scope, Component.APPROVAL, Outcome.TIMEOUT, **_facts(call), approver="client")
             await stream.error(APPROVAL_REFUSED, _message(call, "timeout", self.timeout), _data(call, "timeout"))
             return
         yes, word = approved(question.answer)
         if not yes:
             reason = _refusal_word(word)
-            self._record(scope, Outcome.DENY, call, approver="client", reason=reason)
+            record_decision(scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason=reason)
             await stream.error(APPROVAL_REFUSED, _message(call, reason), _data(call, reason))
             return
-        self._record(scope, Outcome.APPROVED, call, approver="client")
+        record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="client")
         events = AnswerEvents(stream)
         try:
             await self.app(scope, FreshReceive(request.body, receive), events)
@@ -293,7 +301,9 @@ class ApprovalMiddleware:
     async def _missing_capability(
         self, scope: Scope, send: Send, request: McpRequest, call: ApprovalCall, where: str
     ) -> None:
-        self._record(scope, Outcome.DENY, call, approver="client", reason="missing_capability")
+        record_decision(
+            scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="missing_capability"
+        )
         await send_error(
             send,
             status=400,
@@ -319,8 +329,9 @@ class ApprovalMiddleware:
             data=data,
         )
 
-    def _record(self, scope: Scope, outcome: Outcome, call: ApprovalCall, **attributes: DecisionValue) -> None:
-        record_decision(scope, Component.APPROVAL, outcome, tool=call.tool, digest=call.digest[:16], **attributes)
+
+def _facts(call: ApprovalCall) -> dict[str, DecisionValue]:
+    return {"tool": call.tool, "digest": call.digest[:16]}
 
 
 def _refusal_word(word: str) -> str:
