@@ -168,3 +168,11 @@ async def client_for(target: str, era: Era, token: str, **options: Any) -> Async
         connect(streamable_http_client(target, http_client=http), era, **options) as client,  # type: ignore[arg-type]
     ):
         yield client
+
+
+GATEWAY_FILES = Files()
+"""What reached the backend the gateway tests configure (`app = "tests.approval.conftest:gateway_files"`)."""
+
+
+def gateway_files() -> MCPServer:
+    return files_server(GATEWAY_FILES)

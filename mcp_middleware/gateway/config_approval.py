@@ -1,0 +1,119 @@
+"""`[approval]`: which tool calls wait for a person's yes, who is asked, and the keys of the sealed state.
+
+```toml
+[approval]
+select = ["tools/call:delete_*"]   # selectors, in each backend's own tool names
+destructive = true                 # and every tool annotated destructiveHint: true
+servers = ["files"]                # the backends it applies to (default: every one)
+timeout = 120                      # seconds a 2025-11-25 question waits for its answer
+secrets = ["${env:MCP_APPROVAL_SECRET}"]  # seal the 2026-07-28 requestState (newest first; ≥ 32 characters)
+state_ttl = 300                    # seconds a requestState may be answered
+approver = { webhook = "https://approvals.example/hook", timeout = 30, signing_secret = "${env:HOOK_SECRET}" }
+```
+
+Without `approver` the calling user approves (elicitation). Without `secrets` each process seals
+with a random key of its own: enough for one process, not for several instances or `--workers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mcp_middleware.core.sealing import MIN_SECRET_LENGTH
+
+from .toml_reader import Problem, Reader
+
+if TYPE_CHECKING:
+    from mcp_middleware.approval import WebhookApprover
+
+    from .config_types import GatewayConfig
+
+__all__ = ["ApprovalSettings", "WebhookSettings", "approval", "approval_problems"]
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    url: str
+    timeout: float = 30.0
+    signing_secret: str | None = None
+
+    def approver(self) -> WebhookApprover:
+        from mcp_middleware.approval import WebhookApprover
+
+        return WebhookApprover(self.url, timeout=self.timeout, signing_secret=self.signing_secret)
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """`[approval]`: on when the section is present (and `enabled` is not false)."""
+
+    enabled: bool = False
+    select: tuple[str, ...] = ()
+    destructive: bool = True
+    servers: tuple[str, ...] | None = None
+    """None: every backend."""
+    timeout: float = 120.0
+    secrets: tuple[str, ...] = ()
+    state_ttl: float = 300.0
+    webhook: WebhookSettings | None = None
+
+    def applies_to(self, server: str) -> bool:
+        return self.enabled and (self.servers is None or server in self.servers)
+
+
+def approval(reader: Reader) -> ApprovalSettings:
+    """Read `[approval]` (present: on unless `enabled = false`)."""
+    from .validation import selector  # (config_types imports this module, and validation imports config_types)
+
+    d = ApprovalSettings()
+    select = reader.strings("select", ())
+    for position, text in enumerate(select):
+        selector(reader, f"select[{position}]", text)
+    secrets = reader.strings("secrets", ())
+    for position, secret in enumerate(secrets):
+        if len(secret) < MIN_SECRET_LENGTH:
+            reader.problem(
+                f"secrets[{position}]",
+                f"is {len(secret)} characters long; a sealing secret needs at least {MIN_SECRET_LENGTH} "
+                "(python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+            )
+    servers = reader.strings("servers", ()) if "servers" in reader.data else None
+    settings = ApprovalSettings(
+        enabled=reader.boolean("enabled", True),
+        select=select,
+        destructive=reader.boolean("destructive", d.destructive),
+        servers=servers,
+        timeout=reader.number("timeout", d.timeout, positive=True),
+        secrets=secrets,
+        state_ttl=reader.number("state_ttl", d.state_ttl, positive=True),
+        webhook=_webhook(reader.table("approver")) if "approver" in reader.data else None,
+    )
+    if settings.enabled and not settings.select and not settings.destructive:
+        reader.problem(None, "selects no call: give select = [...] or destructive = true (or enabled = false)")
+    reader.done()
+    return settings
+
+
+def _webhook(reader: Reader) -> WebhookSettings | None:
+    url = reader.string("webhook")
+    timeout = reader.number("timeout", WebhookSettings.timeout, positive=True)
+    signing_secret = reader.string("signing_secret", None)
+    reader.done()
+    if not isinstance(url, str):
+        return None
+    if not url.startswith(("https://", "http://")):
+        reader.problem("webhook", f"must be an http:// or https:// URL, not {url!r}")
+        return None
+    return WebhookSettings(url, timeout, signing_secret)
+
+
+def approval_problems(config: GatewayConfig) -> list[Problem]:
+    """`[approval] servers` must name configured servers."""
+    chosen = config.approval.servers or ()
+    names = {server.name for server in config.servers}
+    return [
+        config.problem("approval.servers", f"names {name!r}, which is no [[servers]] entry")
+        for name in chosen
+        if name not in names
+    ]

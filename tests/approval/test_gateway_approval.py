@@ -1,0 +1,114 @@
+"""`[approval]` in the gateway: each configured backend's stack holds its calls, at the mount and the aggregate,
+and the file's mistakes (a short secret, an unknown server, a bad selector) are problems with their lines."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import MCPError, types
+
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.config import ConfigError, load_config, parse_config
+from tests.approval.conftest import ENDPOINTS, GATEWAY_FILES, SECRET, Endpoint, client_for
+from tests.conftest import ERAS, Era, Served, free_port, serve_app
+
+pytestmark = pytest.mark.anyio
+
+CONFIG = f"""
+[[servers]]
+name = "files"
+app = "tests.approval.conftest:gateway_files"
+
+[[servers]]
+name = "other"
+app = "tests.approval.conftest:gateway_files"
+
+[auth]
+mode = "static"
+
+[auth.tokens]
+alice = {{ subject = "alice", scopes = ["mcp"] }}
+
+[approval]
+select = ["tools/call:purge_*"]
+servers = ["files"]
+timeout = 5
+secrets = ["{SECRET}"]
+"""
+
+
+@contextlib.contextmanager
+def running(tmp_path: Path) -> Iterator[Served]:
+    path = tmp_path / "gateway.toml"
+    path.write_text(CONFIG, encoding="utf-8")
+    port = free_port()
+    gateway = build_gateway(load_config(path), port=port)
+    with serve_app(gateway.app, port=port) as served:
+        yield served
+
+
+def answering(action: str, asked: list[str]) -> Any:
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action=action, content={"approve": True} if action == "accept" else None)  # type: ignore[arg-type]
+
+    return callback
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("era", ERAS)
+async def test_the_gateway_asks_before_a_held_call(era: Era, endpoint: Endpoint, tmp_path: Path) -> None:
+    GATEWAY_FILES.calls.clear()
+    asked: list[str] = []
+    with running(tmp_path) as served:
+        url = f"{served.base}/mcp/files" if endpoint == "mount" else f"{served.base}/mcp"
+        name = (lambda tool: tool) if endpoint == "mount" else (lambda tool: f"files__{tool}")
+        async with client_for(url, era, "alice", elicitation_callback=answering("accept", asked)) as client:
+            deleted = await client.call_tool(name("delete_file"), {"path": "/g/a"})  # destructive: held
+            purged = await client.call_tool(name("purge_cache"), {"region": "us"})  # selected: held
+        async with client_for(url, era, "alice", elicitation_callback=answering("decline", asked)) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool(name("delete_file"), {"path": "/g/b"})
+            if endpoint == "aggregate":  # `other` is not in `servers`: its calls are not held
+                other = await client.call_tool("other__delete_file", {"path": "/g/c"})
+                assert other.content[0].text == "deleted /g/c"  # type: ignore[union-attr]
+    assert deleted.content[0].text == "deleted /g/a"  # type: ignore[union-attr]
+    assert purged.content[0].text == "purged us"  # type: ignore[union-attr]
+    assert raised.value.code == -32013 and raised.value.data["approval"] == "declined"
+    assert len(asked) == 3 and all("on files" in question for question in asked)
+    assert ("delete_file", {"path": "/g/b"}) not in GATEWAY_FILES.calls
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ('secrets = ["short"]', "approval.secrets[0]"),
+        ('servers = ["nope"]', "approval.servers"),
+        ('select = ["tool/call:x"]', "approval.select[0]"),
+        ("destructive = false", "approval"),
+        ('approver = { webhook = "ftp://x" }', "approval.approver.webhook"),
+        ("timeout = -1", "approval.timeout"),
+        ("colour = 1", "approval.colour"),
+    ],
+)
+def test_config_problems_name_their_key(section: str, problem: str) -> None:
+    text = '[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n[approval]\n' + section
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert problem in [p.path for p in raised.value.problems], raised.value
+
+
+def test_a_webhook_approver_is_read() -> None:
+    text = (
+        '[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n[approval]\n'
+        'approver = { webhook = "https://approvals.example/hook", timeout = 7, signing_secret = "s" }\n'
+    )
+    settings = parse_config(text).approval
+    assert settings.enabled and settings.destructive and settings.servers is None
+    assert settings.webhook is not None
+    approver = settings.webhook.approver()
+    assert approver.url == "https://approvals.example/hook" and approver.timeout == 7
