@@ -198,10 +198,16 @@ class ApprovalMiddleware:
         if not can_show_forms(meta.get(_CAPABILITIES_META)):
             await self._missing_capability(scope, send, request, call, "in this request's _meta")
             return
-        record_decision(
-            scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason=retry.reason or "new"
-        )
-        result = input_required_result(call.message(self.redaction), self.states.seal(call))
+        state = self.states.seal(call, params)
+        if state is None:
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="carried_too_large"
+            )
+            await self._refuse(send, request, call, "carried_too_large")
+            return
+        reason = retry.reason or ("backend_round" if "requestState" in params else "new")
+        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason=reason)
+        result = input_required_result(call.message(self.redaction), state)
         body = orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": result})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

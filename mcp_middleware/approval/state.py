@@ -31,6 +31,8 @@ INPUT_KEY = "io.github.mcp-middleware/approval"
 STATE_PREFIX = "mcp-approval."
 """Marks a `requestState` as this middleware's (the sealed token follows)."""
 APPROVE_FIELD = "approve"
+MAX_CARRIED = 6000
+"""Largest sealed payload (a backend's own state and answers carried through a question), in bytes."""
 
 _PURPOSE = "mcp-approval"
 
@@ -110,15 +112,32 @@ class StateBook:
         self.max_spent = max_spent
         self._spent: OrderedDict[str, float] = OrderedDict()
 
-    def seal(self, call: ApprovalCall) -> str:
-        payload = {
+    def seal(self, call: ApprovalCall, params: Mapping[str, Any]) -> str | None:
+        """The state of a new question about `call`; None when the backend's own round it carries is too large.
+
+        A retry answering the *backend's* own question (its `requestState` and `inputResponses`,
+        not ours) is carried inside the sealed state and handed back to the backend once approved,
+        so a backend that asks its own questions completes its rounds (each round is approved anew).
+        """
+        payload: dict[str, Any] = {
             "d": call.digest,
             "t": call.tool,
             "b": call.backend,
             "p": _principal_tag(call),
             "n": os.urandom(12).hex(),
         }
-        return STATE_PREFIX + self.sealer.seal(orjson.dumps(payload), ttl=self.ttl)
+        state = params.get("requestState")
+        responses = params.get("inputResponses")
+        if isinstance(state, str) and not state.startswith(STATE_PREFIX):
+            payload["s"] = state
+        if isinstance(responses, Mapping):
+            carried = {key: value for key, value in responses.items() if key != INPUT_KEY}
+            if carried:
+                payload["r"] = carried
+        plaintext = orjson.dumps(payload)
+        if len(plaintext) > MAX_CARRIED:
+            return None
+        return STATE_PREFIX + self.sealer.seal(plaintext, ttl=self.ttl)
 
     def read(self, call: ApprovalCall, params: Mapping[str, Any]) -> Retry:
         """Judge a retry's `inputResponses` and `requestState` for `call`."""
@@ -157,8 +176,11 @@ class StateBook:
             return Retry(RetryVerdict.DECLINED, word)
         rest = dict(params)
         del rest["requestState"]
+        if isinstance(payload.get("s"), str):  # the backend's own round, carried through the question
+            rest["requestState"] = payload["s"]
         assert isinstance(responses, Mapping)
-        others = {key: value for key, value in responses.items() if key != INPUT_KEY}
+        carried = payload.get("r") if isinstance(payload.get("r"), dict) else {}
+        others = {**carried, **{key: value for key, value in responses.items() if key != INPUT_KEY}}
         if others:
             rest["inputResponses"] = others
         else:

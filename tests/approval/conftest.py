@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.types import ToolAnnotations
+from pydantic import BaseModel
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,6 +47,14 @@ class Files:
         return [arguments for name, arguments in self.calls if name == tool]
 
 
+class Copies(BaseModel):
+    copies: int
+
+
+def ask_copies(path: str) -> Elicit[Copies]:
+    return Elicit(f"How many copies of {path}?", Copies)
+
+
 def files_server(files: Files) -> MCPServer:
     server = MCPServer("files")
 
@@ -68,6 +77,12 @@ def files_server(files: Files) -> MCPServer:
             await ctx.report_progress(step, 3, f"wiping {step}/3")
         files.calls.append(("wipe_disk", {"disk": disk}))
         return f"wiped {disk}"
+
+    @server.tool(annotations=ToolAnnotations(destructive_hint=True))
+    def shred(path: str, copies: Annotated[Copies, Resolve(ask_copies)]) -> str:
+        """Asks its own question (2025-11-25: a request on the stream; 2026-07-28: its own input_required)."""
+        files.calls.append(("shred", {"path": path}))
+        return f"shredded {path}: {copies.copies}"
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def read_file(path: str) -> str:

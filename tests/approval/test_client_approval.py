@@ -115,3 +115,25 @@ async def test_an_approved_call_streams_its_progress(era: Era, endpoint: Endpoin
         result = await c.call_tool(public(endpoint, "wipe_disk"), {"disk": "sdb"}, progress_callback=on_progress)
     assert result.content[0].text == "wiped sdb"  # type: ignore[union-attr]
     assert progress == [(1, "wiping 1/3"), (2, "wiping 2/3"), (3, "wiping 3/3")]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_backend_that_asks_its_own_question_completes(era: Era, endpoint: Endpoint, setup: Setup) -> None:
+    asked: list[str] = []
+
+    async def callback(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        asked.append(params.message)
+        if params.message.startswith("How many copies"):  # the backend's own question
+            return types.ElicitResult(action="accept", content={"copies": 3})
+        return types.ElicitResult(action="accept", content={"approve": True})
+
+    async with client_for(setup.url(endpoint), era, "alice", elicitation_callback=callback) as c:
+        result = await c.call_tool(public(endpoint, "shred"), {"path": "/srv/s"})
+    assert result.content[0].text == "shredded /srv/s: 3"  # type: ignore[union-attr]
+    assert setup.files.ran("shred") == [{"path": "/srv/s"}]
+    if era == "legacy":  # one approval; the backend asks on the same stream
+        assert [q.split(" ")[0] for q in asked] == ["Approve", "How"]
+    else:  # the backend's round is carried through a second approval (each round is approved anew)
+        assert [q.split(" ")[0] for q in asked] == ["Approve", "How", "Approve"]
+        assert setup.recorder.of("approval")[2][1]["reason"] == "backend_round"
