@@ -179,7 +179,8 @@ class StateBook:
         if isinstance(payload.get("s"), str):  # the backend's own round, carried through the question
             rest["requestState"] = payload["s"]
         assert isinstance(responses, Mapping)
-        carried = payload.get("r") if isinstance(payload.get("r"), dict) else {}
+        found = payload.get("r")
+        carried: dict[str, Any] = found if isinstance(found, dict) else {}
         others = {**carried, **{key: value for key, value in responses.items() if key != INPUT_KEY}}
         if others:
             rest["inputResponses"] = others
