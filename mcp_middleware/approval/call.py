@@ -61,7 +61,8 @@ def call_digest(principal: Principal, backend: str, method: str, tool: str, argu
         canonical = orjson.dumps(arguments, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # not representable (a lone surrogate): the stdlib's escaped form
         canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()
-    parts = (_DIGEST_VERSION, principal.key.encode(), backend.encode(), method.encode(), tool.encode(), canonical)
+    texts = (principal.key, backend, method, tool)
+    parts = (_DIGEST_VERSION, *(text.encode("utf-8", "surrogatepass") for text in texts), canonical)
     hasher = hashlib.sha256()
     for part in parts:  # length-prefixed: no two different calls concatenate to the same bytes
         hasher.update(len(part).to_bytes(8, "big"))
@@ -100,7 +101,8 @@ class ApprovalCall:
         """The question the approver reads."""
         where = f" on {self.backend}" if self.backend else ""
         return _clip(
-            f"Approve the call to {self.tool!r}{where}? Arguments: {self.summary(redaction)} (call {self.digest[:12]})",
+            f"Approve the call to {_clip(self.tool, 80)!r}{where}? Arguments: {self.summary(redaction)} "
+            f"(call {self.digest[:12]})",
             _MAX_SUMMARY + 200,
         )
 

@@ -23,6 +23,7 @@ from mcp_middleware.core import (
     Outcome,
     RequestKind,
     SelectorMap,
+    clip,
     get_principal,
     read_request,
     record_decision,
@@ -315,7 +316,7 @@ class ApprovalMiddleware:
             status=400,
             code=JsonRpcCode.MISSING_REQUIRED_CLIENT_CAPABILITY,
             message=(
-                f"The call to {call.tool!r} needs a person's approval: declare the elicitation capability "
+                f"The call to {clip(call.tool, 80)!r} needs a person's approval: declare the elicitation capability "
                 f"(form) {where}, and accept text/event-stream"
             ),
             request_id=request.id,
@@ -337,7 +338,7 @@ class ApprovalMiddleware:
 
 
 def _facts(call: ApprovalCall) -> dict[str, DecisionValue]:
-    return {"tool": call.tool, "digest": call.digest[:16]}
+    return {"tool": clip(call.tool), "digest": call.digest[:16]}
 
 
 def _refusal_word(word: str) -> str:
@@ -345,16 +346,17 @@ def _refusal_word(word: str) -> str:
 
 
 def _data(call: ApprovalCall, reason: str) -> dict[str, Any]:
-    return {"approval": reason, "tool": call.tool, "digest": call.digest}
+    return {"approval": reason, "tool": clip(call.tool), "digest": call.digest}
 
 
 def _message(call: ApprovalCall, reason: str, timeout: float = 0.0, detail: str = "") -> str:
+    tool = clip(call.tool, 80)
     if reason == "timeout":
-        text = f"No approval came within {timeout:g} s: the call to {call.tool!r} was not run"
+        text = f"No approval came within {timeout:g} s: the call to {tool!r} was not run"
     elif reason in ("declined", "cancelled"):
-        text = f"The call to {call.tool!r} was {reason} by its approver and not run"
+        text = f"The call to {tool!r} was {reason} by its approver and not run"
     else:
-        text = f"The call to {call.tool!r} was not approved ({reason}) and not run"
+        text = f"The call to {tool!r} was not approved ({reason}) and not run"
     return f"{text}: {detail}" if detail else text
 
 

@@ -99,8 +99,13 @@ def input_required_result(message: str, state: str) -> dict[str, Any]:
     }
 
 
+def _tag(text: str) -> str:
+    """A short digest standing for a name in the sealed state (a hostile tool name must not fill it)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def _principal_tag(call: ApprovalCall) -> str:
-    return hashlib.sha256(call.principal.key.encode()).hexdigest()[:32]
+    return _tag(call.principal.key)
 
 
 class StateBook:
@@ -121,8 +126,8 @@ class StateBook:
         """
         payload: dict[str, Any] = {
             "d": call.digest,
-            "t": call.tool,
-            "b": call.backend,
+            "t": _tag(call.tool),
+            "b": _tag(call.backend),
             "p": _principal_tag(call),
             "n": os.urandom(12).hex(),
         }
@@ -159,8 +164,8 @@ class StateBook:
         if not isinstance(payload, dict):
             return Retry(RetryVerdict.INVALID, "state_malformed")
         if (
-            payload.get("t") != call.tool
-            or payload.get("b") != call.backend
+            payload.get("t") != _tag(call.tool)
+            or payload.get("b") != _tag(call.backend)
             or payload.get("p") != _principal_tag(call)
         ):
             return Retry(RetryVerdict.INVALID, "state_for_another_call")

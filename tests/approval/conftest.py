@@ -133,7 +133,7 @@ def public(endpoint: Endpoint, tool: str) -> str:
     return tool if endpoint == "mount" else f"files__{tool}"
 
 
-def build(files: Files, **approval: Any) -> DecisionRecorder:
+def build(files: Files, *, json_response: bool = False, **approval: Any) -> DecisionRecorder:
     verifier = StaticTokenVerifier(TOKENS)
     options: dict[str, Any] = {
         "require": ["tools/call:purge_*"],
@@ -163,7 +163,7 @@ def build(files: Files, **approval: Any) -> DecisionRecorder:
         config=EVERY_PATH,
     )
     router = McpRouter(aggregate_middleware=[door])
-    backend = BodyTap(files_server(files).streamable_http_app(), files)
+    backend = BodyTap(files_server(files).streamable_http_app(json_response=json_response), files)
     router.mount("files", InProcessBackend(backend), middleware=stack)
     return DecisionRecorder(router)
 

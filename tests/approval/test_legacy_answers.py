@@ -15,7 +15,7 @@ import httpx2
 import orjson
 import pytest
 
-from tests.approval.conftest import ENDPOINTS, Endpoint, Setup, public
+from tests.approval.conftest import ENDPOINTS, Endpoint, Files, Setup, build, public
 from tests.support.requests import ACCEPT_BOTH, LEGACY, legacy_body, legacy_headers
 from tests.support.sse import sse_messages
 from tests.support.waiting import until
@@ -156,3 +156,23 @@ async def test_a_client_that_leaves_is_not_waited_for(setup: Setup) -> None:
         await until(lambda: "deny" in setup.recorder.outcomes("approval"), 10)
     assert setup.recorder.of("approval")[-1][1]["reason"] == "disconnected"
     assert setup.files.calls == []
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_a_json_answer_becomes_one_event_of_the_stream(endpoint: Endpoint, serve: Any) -> None:
+    files = Files()
+    recorder = build(files, json_response=True)  # the backend answers every request with one JSON body
+    setup = Setup(serve(recorder).base, files, recorder)
+    url = setup.url(endpoint)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        session = await open_session(http, url, "alice", {"elicitation": {}})
+        async with calling(http, url, session, "alice", public(endpoint, "delete_file"), {"path": "/j"}) as stream:
+            question = await stream.next_message()
+            yes = {"action": "accept", "content": {"approve": True}}
+            assert await answer(http, url, session, "alice", question["id"], yes) == 202
+            result = await stream.next_message()
+            rest = [line async for line in stream.lines]
+    assert result["id"] == 7
+    assert result["result"]["content"][0]["text"] == "deleted /j"
+    assert [line for line in rest if line.strip()] == []  # one event, then the stream ended
+    assert files.ran("delete_file") == [{"path": "/j"}]

@@ -9,6 +9,7 @@ import anyio
 import httpx2
 import orjson
 import pytest
+from mcp.shared.inbound import encode_header_value
 
 from mcp_middleware.approval import INPUT_KEY, STATE_PREFIX
 from tests.approval.conftest import ENDPOINTS, Endpoint, Files, Setup, build, public
@@ -38,7 +39,7 @@ async def call(
         response = await http.post(
             setup.url(endpoint),
             content=orjson.dumps(body),
-            headers=modern_headers("tools/call", name, authorization=f"Bearer {who}"),
+            headers=modern_headers("tools/call", encode_header_value(name), authorization=f"Bearer {who}"),
         )
     assert response.headers["content-type"].startswith("application/json"), response.text
     answer: dict[str, Any] = response.json()
@@ -167,3 +168,26 @@ async def test_an_expired_state_asks_again(serve: Any) -> None:
     assert again != state
     assert recorder.of("approval")[1][1]["reason"] == "state_expired"
     assert files.calls == []
+
+
+async def test_hostile_names_and_arguments_make_a_bounded_question(setup: Setup) -> None:
+    tool = "purge_" + "\u202e\n" * 3_000  # selected by `purge_*`; line breaks and a bidi override
+    arguments = {"line": "ok\nApprove: yes\r\n" * 10_000, "deep": [[[[{"a": 1}]]]], **{f"k{i}": i for i in range(500)}}
+    status, answer = await call(setup, "mount", tool, arguments)
+    assert status == 200
+    message = answer["result"]["inputRequests"][INPUT_KEY]["params"]["message"]
+    assert len(message) <= 1400
+    assert "\n" not in message and "\u202e" not in message  # no line of its own, no reordering of the text
+    assert "… 490 more" in message  # twelve arguments shown, the rest counted
+    decision = setup.recorder.of("approval")[0][1]
+    assert len(str(decision["tool"])) <= 256
+    assert setup.files.calls == []
+
+
+async def test_the_question_shows_no_credential(setup: Setup) -> None:
+    arguments = {"path": "p" * 10_000, "api_key": "sk-live-0123456789", "nested": {"a": [1, 2]}}
+    status, answer = await call(setup, "mount", "delete_file", arguments)
+    assert status == 200
+    message = answer["result"]["inputRequests"][INPUT_KEY]["params"]["message"]
+    assert "sk-live" not in message and "api_key=[redacted]" in message
+    assert "nested={1 keys}" in message and "p" * 80 not in message
