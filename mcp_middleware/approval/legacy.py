@@ -67,11 +67,14 @@ class Question:
 class ElicitationDesk:
     """Sessions' elicitation capability, and the questions asked in them (bounded, this process)."""
 
-    def __init__(self, *, max_sessions: int = 10_000, max_questions: int = 10_000) -> None:
+    def __init__(self, *, max_sessions: int = 10_000, max_questions: int = 10_000, max_per_owner: int = 32) -> None:
         self.max_sessions = max_sessions
         self.max_questions = max_questions
+        self.max_per_owner = max_per_owner
+        """Questions one principal may have open at once (so one caller cannot take every slot)."""
         self._sessions: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self._questions: dict[str, Question] = {}
+        self._open_by: dict[str, int] = {}
 
     # --- sessions ---------------------------------------------------------------------------
 
@@ -108,22 +111,33 @@ class ElicitationDesk:
 
     def open(self, scope: Scope, session: str) -> Question | None:
         """A new question in `session`, or None when too many are open already."""
-        if len(self._questions) >= self.max_questions:
+        owner = get_principal(scope).key
+        if len(self._questions) >= self.max_questions or self._open_by.get(owner, 0) >= self.max_per_owner:
             return None
-        question = Question(ID_PREFIX + os.urandom(16).hex(), session, get_principal(scope).key)
+        question = Question(ID_PREFIX + os.urandom(16).hex(), session, owner)
         self._questions[question.id] = question
+        self._open_by[owner] = self._open_by.get(owner, 0) + 1
         return question
 
     def close(self, question: Question) -> None:
-        self._questions.pop(question.id, None)
+        if self._questions.pop(question.id, None) is None:
+            return
+        left = self._open_by.pop(question.owner, 1) - 1
+        if left:
+            self._open_by[question.owner] = left
 
     async def take_answer(self, scope: Scope, send: Send, request: McpRequest) -> bool:
         """If `request` (a client's JSON-RPC response) answers one of our questions, take it: True when answered."""
         if not isinstance(request.id, str) or not request.id.startswith(ID_PREFIX):
             return False
         question = self._questions.get(request.id)
-        # Another session's or another principal's answer is treated as an answer to nothing.
-        if question is None or question.session != request.session_id or question.owner != get_principal(scope).key:
+        # Another session's or another principal's answer is treated as an answer to nothing; so is a second one.
+        if (
+            question is None
+            or question.session != request.session_id
+            or question.owner != get_principal(scope).key
+            or question.answered.is_set()
+        ):
             await send_error(
                 send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="No approval is waiting for this answer"
             )
@@ -132,7 +146,8 @@ class ElicitationDesk:
             message = orjson.loads(request.body)
         except orjson.JSONDecodeError:  # the core parsed it already: cannot happen, refuse anyway
             message = {}
-        question.answer = message.get("result") if "result" in message else {"action": "error"}
+        answered = isinstance(message, dict) and "result" in message
+        question.answer = message["result"] if answered else {"action": "error"}
         question.answered.set()
         await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

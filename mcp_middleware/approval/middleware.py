@@ -237,7 +237,7 @@ class ApprovalMiddleware:
                 send,
                 status=503,
                 code=ErrorCode.UNAVAILABLE,
-                message="Too many calls are waiting for approval; retry later",
+                message="Too many calls are waiting for approval (here, or of this caller); retry later",
                 request_id=request.id,
             )
             return
