@@ -60,6 +60,8 @@ class Question:
     id: str
     session: str
     owner: str
+    call_id: RequestId | None = None
+    """The held call's own id (a `notifications/cancelled` for it withdraws the question)."""
     answered: anyio.Event = field(default_factory=anyio.Event)
     answer: Any = None
 
@@ -109,12 +111,12 @@ class ElicitationDesk:
 
     # --- questions --------------------------------------------------------------------------
 
-    def open(self, scope: Scope, session: str) -> Question | None:
-        """A new question in `session`, or None when too many are open already."""
+    def open(self, scope: Scope, session: str, call_id: RequestId | None = None) -> Question | None:
+        """A new question in `session` about the call `call_id`, or None when too many are open already."""
         owner = get_principal(scope).key
         if len(self._questions) >= self.max_questions or self._open_by.get(owner, 0) >= self.max_per_owner:
             return None
-        question = Question(ID_PREFIX + os.urandom(16).hex(), session, owner)
+        question = Question(ID_PREFIX + os.urandom(16).hex(), session, owner, call_id)
         self._questions[question.id] = question
         self._open_by[owner] = self._open_by.get(owner, 0) + 1
         return question
@@ -125,6 +127,21 @@ class ElicitationDesk:
         left = self._open_by.pop(question.owner, 1) - 1
         if left:
             self._open_by[question.owner] = left
+
+    def withdraw(self, scope: Scope, request: McpRequest) -> None:
+        """The client cancelled a held call (`notifications/cancelled` in its session): its question ends."""
+        params = request.params or {}
+        cancelled = params.get("requestId")
+        owner = get_principal(scope).key
+        for question in list(self._questions.values()):
+            if (
+                question.session == request.session_id
+                and question.owner == owner
+                and question.call_id == cancelled
+                and not question.answered.is_set()
+            ):
+                question.answer = {"action": "cancel"}
+                question.answered.set()
 
     async def take_answer(self, scope: Scope, send: Send, request: McpRequest) -> bool:
         """If `request` (a client's JSON-RPC response) answers one of our questions, take it: True when answered."""

@@ -127,6 +127,8 @@ class ApprovalMiddleware:
                 send = self.desk.watch_initialize(scope, request, send)
             elif kind is RequestKind.TERMINATE and request.session_id is not None:
                 self.desk.forget(request.session_id)
+            elif kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
+                self.desk.withdraw(scope, request)  # and on to the server, which may run a call of that id
         if kind is RequestKind.REQUEST and request.method == "tools/call" and await self.needs_approval(scope, request):
             await self._hold(scope, receive, send, request)
             return
@@ -231,7 +233,7 @@ class ApprovalMiddleware:
         if session is None or not self.desk.can_ask(scope, session) or not _accepts_events(scope):
             await self._missing_capability(scope, send, request, call, "in initialize")
             return
-        question = self.desk.open(scope, session)
+        question = self.desk.open(scope, session, request.id)
         if question is None:
             await send_error(
                 send,

@@ -60,9 +60,15 @@ class Stream:
 
 @asynccontextmanager
 async def calling(
-    http: httpx2.AsyncClient, url: str, session: str, who: str, tool: str, arguments: dict[str, Any]
+    http: httpx2.AsyncClient,
+    url: str,
+    session: str,
+    who: str,
+    tool: str,
+    arguments: dict[str, Any],
+    request_id: int = 7,
 ) -> AsyncIterator[Stream]:
-    body = legacy_body("tools/call", {"name": tool, "arguments": arguments}, 7)
+    body = legacy_body("tools/call", {"name": tool, "arguments": arguments}, request_id)
     headers = legacy_headers(session, authorization=f"Bearer {who}")
     async with http.stream("POST", url, content=body, headers=headers) as response:
         assert response.status_code == 200
@@ -176,3 +182,38 @@ async def test_a_json_answer_becomes_one_event_of_the_stream(endpoint: Endpoint,
     assert result["result"]["content"][0]["text"] == "deleted /j"
     assert [line for line in rest if line.strip()] == []  # one event, then the stream ended
     assert files.ran("delete_file") == [{"path": "/j"}]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_cancelling_the_held_call_withdraws_the_question(endpoint: Endpoint, setup: Setup) -> None:
+    url = setup.url(endpoint)
+
+    def cancel(request_id: int) -> bytes:
+        return orjson.dumps(
+            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": request_id}}
+        )
+
+    yes = {"action": "accept", "content": {"approve": True}}
+    async with httpx2.AsyncClient(timeout=30) as http:
+        session = await open_session(http, url, "alice", {"elicitation": {}})
+        bob = await open_session(http, url, "bob", {"elicitation": {}})
+        as_alice = legacy_headers(session, authorization="Bearer alice")
+        tool = public(endpoint, "delete_file")
+        async with calling(http, url, session, "alice", tool, {"path": "/k1"}, request_id=8) as stream:
+            question = await stream.next_message()
+            # bob cancelling "his" request 8 withdraws nothing of alice's: her yes still counts
+            bob_cancels = await http.post(
+                url, content=cancel(8), headers=legacy_headers(bob, authorization="Bearer bob")
+            )
+            assert bob_cancels.status_code == 202
+            assert await answer(http, url, session, "alice", question["id"], yes) == 202
+            ran = await stream.next_message()
+        # (a new id, as clients number their requests: the aggregate tracks calls in flight by id)
+        async with calling(http, url, session, "alice", tool, {"path": "/k2"}, request_id=9) as stream:
+            await stream.next_message()
+            assert (await http.post(url, content=cancel(9), headers=as_alice)).status_code == 202
+            ended = await stream.next_message()
+    assert ran["result"]["content"][0]["text"] == "deleted /k1"
+    assert ended["id"] == 9 and ended["error"]["data"]["approval"] == "cancelled"
+    assert setup.files.ran("delete_file") == [{"path": "/k1"}]
+    assert setup.recorder.of("approval")[-1][1]["reason"] == "cancelled"
