@@ -80,11 +80,16 @@ class ApprovalCall:
     tool: str
     arguments: Mapping[str, Any]
     digest: str
+    why: str = ""
+    """What selected it: `selector`, `destructive`, `unlisted` (no list says what it is) or `rule`."""
 
     @classmethod
-    def of(cls, principal: Principal, backend: str, method: str, tool: str, arguments: Any) -> ApprovalCall:
+    def of(
+        cls, principal: Principal, backend: str, method: str, tool: str, arguments: Any, why: str = ""
+    ) -> ApprovalCall:
         shown = arguments if isinstance(arguments, Mapping) else {}
-        return cls(principal, backend, method, tool, shown, call_digest(principal, backend, method, tool, arguments))
+        digest = call_digest(principal, backend, method, tool, arguments)
+        return cls(principal, backend, method, tool, shown, digest, why)
 
     def summary(self, redaction: Redaction) -> str:
         """Bounded, credential-free text of the arguments (`path='/tmp/x', force=true, options={2 keys}`)."""

@@ -129,33 +129,38 @@ class ApprovalMiddleware:
                 self.desk.forget(request.session_id)
             elif kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
                 self.desk.withdraw(scope, request)  # and on to the server, which may run a call of that id
-        if kind is RequestKind.REQUEST and request.method == "tools/call" and await self.needs_approval(scope, request):
-            await self._hold(scope, receive, send, request)
-            return
+        if kind is RequestKind.REQUEST and request.method == "tools/call":
+            why = await self.needs_approval(scope, request)
+            if why is not None:
+                await self._hold(scope, receive, send, request, why)
+                return
         await self.app(scope, receive, send)
 
-    async def needs_approval(self, scope: Scope, request: McpRequest) -> bool:
+    async def needs_approval(self, scope: Scope, request: McpRequest) -> str | None:
+        """Why this call is held (`selector`, `destructive`, `unlisted`, `rule`), or None when it is not."""
         tool = request.target
         if tool is None:
-            return False
+            return None
         if self.require.lookup(request):
-            return True
+            return "selector"
         if self.destructive or self.rule is not None:
             if self.fetch_unknown and self.catalog.needs_list(tool):
                 await fetcher_of(self.catalog).ensure(self.app, scope, tool)
             annotations = self.catalog.annotations(tool)
             if self.destructive and annotations.get("destructiveHint") is True:
-                return True
+                return "destructive"
+            if self.destructive and self.catalog.get(tool) is None:
+                return "unlisted"  # no list says what it is (the backend's list failed, or omits it): held
             if self.rule is not None and self.rule(scope, request, annotations):
-                return True
-        return False
+                return "rule"
+        return None
 
     # --- holding ----------------------------------------------------------------------------
 
-    async def _hold(self, scope: Scope, receive: Receive, send: Send, request: McpRequest) -> None:
+    async def _hold(self, scope: Scope, receive: Receive, send: Send, request: McpRequest, why: str) -> None:
         params = request.params or {}
         call = ApprovalCall.of(
-            get_principal(scope), self.backend, "tools/call", request.target or "", params.get("arguments", {})
+            get_principal(scope), self.backend, "tools/call", request.target or "", params.get("arguments", {}), why
         )
         if isinstance(self.approver, WebhookApprover):
             await self._by_webhook(scope, receive, send, request, call, self.approver)
@@ -340,7 +345,7 @@ class ApprovalMiddleware:
 
 
 def _facts(call: ApprovalCall) -> dict[str, DecisionValue]:
-    return {"tool": clip(call.tool), "digest": call.digest[:16]}
+    return {"tool": clip(call.tool), "digest": call.digest[:16], "why": call.why}
 
 
 def _refusal_word(word: str) -> str:

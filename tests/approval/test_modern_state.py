@@ -191,3 +191,12 @@ async def test_the_question_shows_no_credential(setup: Setup) -> None:
     message = answer["result"]["inputRequests"][INPUT_KEY]["params"]["message"]
     assert "sk-live" not in message and "api_key=[redacted]" in message
     assert "nested={1 keys}" in message and "p" * 80 not in message
+
+
+async def test_a_tool_no_list_names_is_held(setup: Setup) -> None:
+    # The backend's list was fetched (once) and does not name it: nothing says it is harmless.
+    status, answer = await call(setup, "mount", "format_disk", {"disk": "sda"})
+    assert status == 200 and answer["result"]["resultType"] == "input_required"
+    held = await call(setup, "mount", "read_file", {"path": "/x"})  # listed, annotated read-only: not held
+    assert held[1]["result"]["content"][0]["text"] == "contents of /x"
+    assert [(outcome, facts["why"]) for outcome, facts in setup.recorder.of("approval")] == [("required", "unlisted")]

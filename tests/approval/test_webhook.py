@@ -71,8 +71,14 @@ async def test_the_webhook_approves(era: Era, endpoint: Endpoint, serve: Any) ->
     expected = hmac.new(SIGNING.encode(), orjson.dumps(facts), hashlib.sha256).hexdigest()
     assert signature == f"sha256={expected}"
     assert setup.recorder.of("approval") == [
-        ("required", {"tool": "delete_file", "digest": facts["digest"][:16], "approver": "webhook"}),
-        ("approved", {"tool": "delete_file", "digest": facts["digest"][:16], "approver": "webhook"}),
+        (
+            "required",
+            {"tool": "delete_file", "digest": facts["digest"][:16], "why": "destructive", "approver": "webhook"},
+        ),
+        (
+            "approved",
+            {"tool": "delete_file", "digest": facts["digest"][:16], "why": "destructive", "approver": "webhook"},
+        ),
     ]
 
 
