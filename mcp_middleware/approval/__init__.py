@@ -8,6 +8,7 @@ on the call's stream, or a 2026-07-28 `input_required` result with a sealed `req
 
 from .call import DEFAULT_REDACT, ApprovalCall, call_digest
 from .middleware import APPROVAL_REFUSED, ApprovalMiddleware, ApprovalRule
+from .rules import policy_rule
 from .state import INPUT_KEY, STATE_PREFIX
 from .webhook import WebhookApprover, WebhookVerdict
 
@@ -22,4 +23,5 @@ __all__ = [
     "WebhookApprover",
     "WebhookVerdict",
     "call_digest",
+    "policy_rule",
 ]

@@ -15,7 +15,7 @@ from mcp.server.auth.provider import TokenVerifier
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
 
-from mcp_middleware.approval import ApprovalMiddleware, WebhookApprover
+from mcp_middleware.approval import ApprovalMiddleware, WebhookApprover, policy_rule
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import (
@@ -58,6 +58,8 @@ class Assembly:
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
         self.policy_engine: CelPolicyEngine | None = None
         """The rules of `[policy] files`, compiled once and shared by every backend's stack."""
+        self.approval_engine: CelPolicyEngine | None = None
+        """`[approval] rules`, compiled once and shared by every backend's approval."""
         self.catalogs: dict[str, ToolCatalog] = {}
         """One per backend: its policy, its validator and its approval learn the same tools."""
 
@@ -157,12 +159,18 @@ class Assembly:
         approver: Literal["client"] | WebhookApprover = "client"
         if settings.webhook is not None:
             approver = settings.webhook.approver()
+        rule = None
+        if settings.rules:
+            if self.approval_engine is None:
+                self.approval_engine = CelPolicyEngine.from_files(settings.rules)
+            rule = policy_rule(self.approval_engine, backend=name, claims=settings.claims)
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return ApprovalMiddleware(
                 app,
                 require=settings.select,
                 destructive=settings.destructive,
+                rule=rule,
                 approver=approver,
                 timeout=settings.timeout,
                 secrets=settings.secrets,
@@ -178,6 +186,8 @@ class Assembly:
         """Read and compile `[policy] files` again (the live registry calls this); a bad file keeps the old rules."""
         if self.policy_engine is not None:
             self.policy_engine.reload()
+        if self.approval_engine is not None:
+            self.approval_engine.reload()
 
     def _ratelimit(self, namespace: str, overrides: tuple[Policy, ...] | None = None) -> list[Layer]:
         settings = self.config.ratelimit

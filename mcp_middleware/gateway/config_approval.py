@@ -8,6 +8,8 @@ servers = ["files"]                # the backends it applies to (default: every 
 timeout = 120                      # seconds a 2025-11-25 question waits for its answer
 secrets = ["${env:MCP_APPROVAL_SECRET}"]  # seal the 2026-07-28 requestState (newest first; ≥ 32 characters)
 state_ttl = 300                    # seconds a requestState may be answered
+rules = ["approval/*.toml"]        # CEL rule files: what a rule forbids is held (relative to this file)
+claims = ["department"]            # token claims those rules may read
 approver = { webhook = "https://approvals.example/hook", timeout = 30, signing_secret = "${env:HOOK_SECRET}" }
 ```
 
@@ -17,7 +19,9 @@ with a random key of its own: enough for one process, not for several instances 
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mcp_middleware.core.sealing import MIN_SECRET_LENGTH
@@ -57,13 +61,16 @@ class ApprovalSettings:
     secrets: tuple[str, ...] = ()
     state_ttl: float = 300.0
     webhook: WebhookSettings | None = None
+    rules: tuple[Path, ...] = ()
+    """The CEL rule files `rules` matched: a call a rule forbids is held."""
+    claims: tuple[str, ...] = ()
 
     def applies_to(self, server: str) -> bool:
         return self.enabled and (self.servers is None or server in self.servers)
 
 
-def approval(reader: Reader) -> ApprovalSettings:
-    """Read `[approval]` (present: on unless `enabled = false`)."""
+def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:
+    """Read `[approval]` (present: on unless `enabled = false`); rule files are compiled now."""
     from .validation import selector  # (config_types imports this module, and validation imports config_types)
 
     d = ApprovalSettings()
@@ -88,11 +95,36 @@ def approval(reader: Reader) -> ApprovalSettings:
         secrets=secrets,
         state_ttl=reader.number("state_ttl", d.state_ttl, positive=True),
         webhook=_webhook(reader.table("approver")) if "approver" in reader.data else None,
+        rules=_rule_files(reader, source),
+        claims=reader.strings("claims", ()),
     )
-    if settings.enabled and not settings.select and not settings.destructive:
-        reader.problem(None, "selects no call: give select = [...] or destructive = true (or enabled = false)")
+    if settings.enabled and not settings.select and not settings.destructive and not settings.rules:
+        reader.problem(
+            None, "selects no call: give select = [...], rules = [...] or destructive = true (or enabled = false)"
+        )
     reader.done()
     return settings
+
+
+def _rule_files(reader: Reader, source: Path | None) -> tuple[Path, ...]:
+    """The files `rules` names (globs relative to the config's folder), compiled once to find their problems."""
+    patterns = reader.strings("rules", ())
+    base = source.parent if source is not None else Path.cwd()
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(Path(found) for found in glob.glob(str(base / pattern)))
+        if not matched:
+            reader.problem("rules", f"{pattern!r} matches no file (relative to {base})")
+        paths += [path for path in matched if path not in paths]
+    if paths:
+        from mcp_middleware.policy import CelPolicyEngine, PolicyError
+
+        try:
+            CelPolicyEngine.from_files(paths)
+        except PolicyError as exc:
+            for problem in exc.problems:
+                reader.problem("rules", str(problem))
+    return tuple(paths)
 
 
 def _webhook(reader: Reader) -> WebhookSettings | None:

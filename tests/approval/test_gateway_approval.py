@@ -112,3 +112,50 @@ def test_a_webhook_approver_is_read() -> None:
     assert settings.webhook is not None
     approver = settings.webhook.approver()
     assert approver.url == "https://approvals.example/hook" and approver.timeout == 7
+
+
+RULE_FILE = """
+[[rules]]
+id = "secret-reads"
+effect = "forbid"
+match = "tools/call:read_file"
+when = "arguments.path.startsWith('/secret/')"
+"""
+
+
+async def test_approval_rules_hold_by_arguments(tmp_path: Path) -> None:
+    (tmp_path / "approval").mkdir()
+    (tmp_path / "approval" / "reads.toml").write_text(RULE_FILE, encoding="utf-8")
+    config = CONFIG.replace('select = ["tools/call:purge_*"]', 'rules = ["approval/*.toml"]\ndestructive = false')
+    path = tmp_path / "gateway.toml"
+    path.write_text(config, encoding="utf-8")
+    port = free_port()
+    asked: list[str] = []
+    with serve_app(build_gateway(load_config(path), port=port).app, port=port) as served:
+        async with client_for(
+            f"{served.base}/mcp", "modern", "alice", elicitation_callback=answering("decline", asked)
+        ) as client:
+            public = await client.call_tool("files__read_file", {"path": "/public/a"})
+            deleted = await client.call_tool("files__delete_file", {"path": "/g/d"})  # destructive = false
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("files__read_file", {"path": "/secret/b"})
+    assert public.content[0].text == "contents of /public/a"  # type: ignore[union-attr]
+    assert deleted.content[0].text == "deleted /g/d"  # type: ignore[union-attr]
+    assert raised.value.data["approval"] == "declined"
+    assert len(asked) == 1 and "/secret/b" in asked[0]
+
+
+def test_a_broken_rule_file_is_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "approval").mkdir()
+    (tmp_path / "approval" / "bad.toml").write_text('[[rules]]\nid = "x"\neffect = "forbid"\nwhen = "(("\n')
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        '[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n'
+        '[approval]\nrules = ["approval/*.toml", "nowhere/*.toml"]\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    messages = [p.message for p in raised.value.problems if p.path == "approval.rules"]
+    assert any("bad.toml" in message for message in messages)
+    assert any("matches no file" in message for message in messages)
