@@ -14,7 +14,7 @@
 >>> app = AuditMiddleware(MCPServer("demo").streamable_http_app(), trail=trail)
 """
 
-from .chain import Chain, canonical, record_digest
+from .chain import AuditKeys, Chain, canonical, record_digest
 from .middleware import AUDITED_SCOPE_KEY, AuditMiddleware
 from .record import REDACTED, Operation, Redactor
 from .sinks import AuditSink, JsonlFileSink, OtelLogSink
@@ -24,6 +24,7 @@ from .verify import Break, Verification, backup_files, verify_files
 __all__ = [
     "AUDITED_SCOPE_KEY",
     "REDACTED",
+    "AuditKeys",
     "AuditMiddleware",
     "AuditSink",
     "AuditTrail",

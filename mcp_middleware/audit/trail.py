@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from .chain import Chain, Tail
+from .chain import AuditKeys, Chain, Tail
 from .record import Operation, Redactor, operation_fields, timestamp
 from .sinks import AuditSink
 
@@ -41,7 +41,8 @@ class AuditTrail:
     """The audit records of one process, hash-chained, written off the request path.
 
     `values`: write the argument values (redacted by `redact`, bounded) besides their digest.
-    `queue_size` and `max_pending_bytes` bound what waits to be written.
+    `queue_size` and `max_pending_bytes` bound what waits to be written. `keys`
+    (:class:`AuditKeys`) sign the chain, so that rewriting it needs the key as well as the file.
 
     >>> from mcp_middleware.audit import AuditMiddleware, JsonlFileSink
     >>> trail = AuditTrail([JsonlFileSink("audit.jsonl", max_bytes=50 * 2**20, backups=10)],
@@ -58,12 +59,15 @@ class AuditTrail:
         queue_size: int = 10_000,
         max_pending_bytes: int = 64 * 2**20,
         meter_provider: MeterProvider | None = None,
+        keys: AuditKeys | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("AuditTrail needs at least one sink")
         if queue_size <= 0 or max_pending_bytes <= 0:
             raise ValueError("AuditTrail needs queue_size > 0 and max_pending_bytes > 0")
         self.sinks = tuple(sinks)
+        self.keys = keys
+        """Sign the chain (HMAC-SHA256) under these keys: rewriting it then needs the key."""
         self.values = values
         self.redactor = Redactor(redact)
         self.queue_size = queue_size
@@ -227,13 +231,13 @@ class AuditTrail:
                 logger.error("audit sink %s cannot open: %s", type(sink).__name__, exc, exc_info=exc)
                 continue
             if tail is None and found is not None:
-                tail = found
+                tail = found.checked(self.keys)
         start: dict[str, Any] = {"event": "audit.start", "ts": timestamp(time.time()), "pid": os.getpid()}
         if tail is not None and tail.seq is not None and tail.hash is not None:
-            chain = Chain(tail.seq + 1, tail.hash)
+            chain = Chain(tail.seq + 1, tail.hash, keys=self.keys)
             start["resumed"] = True
         else:
-            chain = Chain()
+            chain = Chain(keys=self.keys)
             start["resumed"] = False
             if tail is not None and tail.problem is not None:
                 start["reason"] = f"the previous chain cannot be resumed: {tail.problem}"

@@ -10,11 +10,12 @@ its file and line and what is wrong with it:
 - an inserted or reordered record breaks the same links;
 - a new chain (`seq` 0, `prev` null) may only begin the first file.
 
-What no chain without a secret can show: records cut off the end of the last file, or a whole
-chain rewritten by someone who recomputes every digest. Keep the files where the gateway can
-append but not rewrite (append-only attributes, a log shipper), and compare the last `hash` with
-a copy kept elsewhere. The first file may continue an older chain (its first `prev` names a
-record not given): the summary says so.
+What no chain without a secret can show: a whole chain rewritten by someone who recomputes every
+digest. A signed chain (`[audit] key`, verified with `keys=`) shows that too, unless the forger
+holds the key. What no chain shows: records cut off the end of the last file. Keep the files where
+the gateway can append but not rewrite (append-only attributes, a log shipper, the OpenTelemetry
+sink), and compare the last `hash` with a copy kept elsewhere. The first file may continue an
+older chain (its first `prev` names a record not given): the summary says so.
 
 >>> import tempfile, pathlib
 >>> from .chain import Chain
@@ -35,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from .chain import record_digest
+from .chain import AuditKeys, seal_problem
 
 __all__ = ["Break", "Verification", "backup_files", "verify_files"]
 
@@ -67,6 +68,8 @@ class Verification:
     """`audit.start` records: how many times a writer (re)started."""
     dropped: int = 0
     """Operations the writer reported as dropped (`audit.dropped` records): missing, but said so."""
+    signed: int = 0
+    """Records whose `hash` is an HMAC under one of the keys given."""
     broken: Break | None = None
 
     @property
@@ -84,6 +87,10 @@ class Verification:
             f"last hash {self.last_hash}",
             f"{self.starts} writer start{'s' if self.starts != 1 else ''}",
         ]
+        if self.signed and self.signed != self.records:
+            parts.append(f"{self.records - self.signed} unsigned records before the first signed one")
+        elif self.signed:
+            parts.append("all signed")
         if self.dropped:
             parts.append(f"{self.dropped} operations reported dropped (queue full)")
         if self.continues is not None:
@@ -91,8 +98,12 @@ class Verification:
         return "; ".join(parts)
 
 
-def verify_files(files: Sequence[Path | str]) -> Verification:
-    """Verify `files`, oldest first, as one chain (streaming: memory does not grow with the files)."""
+def verify_files(files: Sequence[Path | str], *, keys: AuditKeys | None = None) -> Verification:
+    """Verify `files`, oldest first, as one chain (streaming: memory does not grow with the files).
+
+    `keys`: the chain is signed (`[audit] key`): signed records are checked under them, and once
+    one is signed every later record must be.
+    """
     found = Verification(files=[Path(f) for f in files])
     prev_hash: str | None = None
     expected_seq: int | None = None
@@ -100,7 +111,7 @@ def verify_files(files: Sequence[Path | str]) -> Verification:
         try:
             lines = _lines(path)
             for number, line in lines:
-                problem, record = _check(line, prev_hash, expected_seq, found.records == 0)
+                problem, record = _check(line, prev_hash, expected_seq, found.records == 0, keys, found.signed > 0)
                 if problem is not None:
                     found.broken = Break(path, number, problem)
                     return found
@@ -109,6 +120,7 @@ def verify_files(files: Sequence[Path | str]) -> Verification:
                     found.first_seq = record["seq"]
                     found.continues = record["prev"]
                 found.records += 1
+                found.signed += record["hash"].startswith("hmac-")
                 found.starts += record.get("event") == "audit.start"
                 if record.get("event") == "audit.dropped" and type(record.get("count")) is int:
                     found.dropped += record["count"]
@@ -127,7 +139,12 @@ def _lines(path: Path) -> Iterable[tuple[int, bytes]]:
 
 
 def _check(
-    line: bytes, prev_hash: str | None, expected_seq: int | None, first: bool
+    line: bytes,
+    prev_hash: str | None,
+    expected_seq: int | None,
+    first: bool,
+    keys: AuditKeys | None = None,
+    signed_before: bool = False,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """What is wrong with one line given the record before it, or (None, the record)."""
     if not line.strip():
@@ -141,8 +158,9 @@ def _check(
     seq, prev, sealed = record.get("seq"), record.get("prev"), record.get("hash")
     if type(seq) is not int or not isinstance(sealed, str) or not (prev is None or isinstance(prev, str)):
         return "not an audit record (seq, prev and hash missing or of the wrong type)", None
-    if record_digest(record) != sealed:
-        return f"record seq {seq} was altered: its content does not match its hash", None
+    problem = seal_problem(record, keys, signed_before=signed_before)
+    if problem is not None:
+        return problem, None
     if first or expected_seq is None:
         if prev is None and seq != 0:
             return f"record seq {seq} starts a chain but its seq is not 0", None
@@ -176,16 +194,32 @@ def backup_files(path: Path | str) -> list[Path]:
     return [found for _, found in sorted(numbered, reverse=True)] + [path]
 
 
-def verify_command(files: Sequence[Path], *, with_backups: bool = False) -> int:
-    """`mcp-gateway audit verify FILE…`: print the summary; 0 intact, 1 broken, 2 a file that cannot be read."""
+def verify_command(files: Sequence[Path], *, with_backups: bool = False, key_env: Sequence[str] = ()) -> int:
+    """`mcp-gateway audit verify FILE…`: print the summary; 0 intact, 1 broken, 2 a file or key that cannot be read.
+
+    `key_env`: names of environment variables holding the chain's keys (never the keys themselves
+    on a command line, where `ps` and shell histories show them).
+    """
+    import os
     import sys
 
+    keys: AuditKeys | None = None
+    if key_env:
+        unset = [name for name in key_env if not os.environ.get(name)]
+        if unset:
+            print(f"environment variable {unset[0]} (--key-env) is not set", file=sys.stderr)
+            return 2
+        try:
+            keys = AuditKeys([os.environ[name] for name in key_env])
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     chosen = [found for path in files for found in (backup_files(path) if with_backups else [path])]
     missing = [path for path in chosen if not path.is_file()]
     if missing:
         print(f"{missing[0]}: no such file", file=sys.stderr)
         return 2
-    verification = verify_files(chosen)
+    verification = verify_files(chosen, keys=keys)
     if verification.ok:
         print(verification.summary())
         return 0

@@ -64,6 +64,9 @@ class Component(StrEnum):
     """The policy middleware: a rule allowed or denied a call (attributes `rule`, `reason`, `phase`)."""
     ARGUMENTS = "arguments"
     """Argument validation against the tool's `inputSchema` (`allow`, `rejected`, `bypass`: schema unknown)."""
+    CREDENTIALS = "credentials"
+    """A backend's own credentials (RFC 8693 exchange): `allow` (attribute `cached`), `deny` (the token
+    endpoint refused the caller: 401/403), `failure` (it failed: 502/504), `retry` (the backend said 401)."""
     APPROVAL = "approval"
     """Human approval of a call (`required`: asked; `approved`; `deny`: refused, `reason` says how; `timeout`)."""
 

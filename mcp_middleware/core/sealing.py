@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from .errors import McpMiddlewareError
+
 __all__ = ["MIN_SECRET_LENGTH", "SealError", "SealFailure", "Sealer"]
 
 MIN_SECRET_LENGTH = 32
@@ -56,7 +58,7 @@ _SALT = b"mcp-middleware sealed tokens v1"
 SealFailure = Literal["malformed", "unknown_key", "tampered", "expired"]
 
 
-class SealError(ValueError):
+class SealError(McpMiddlewareError, ValueError):
     """A token that does not open: `reason` says why (for decisions and logs, not for the client)."""
 
     def __init__(self, reason: SealFailure) -> None:

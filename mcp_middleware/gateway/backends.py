@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.router import Backend, HttpBackend, InProcessBackend, PoolBackend, StdioBackend
+from mcp_middleware.router.credentials import BackendCredentials
 
 from .config import ServerSettings
 from .validation import check_command, import_target
@@ -39,7 +40,7 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
     if server.pool is not None:
         return _pool_backend(server)
     if server.url:
-        return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout)
+        return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout, **_own_credentials(server))
     if server.command:
         command = [sys.executable if part == _PYTHON else part for part in server.command]
         missing = check_command(command, folder, sys.executable)
@@ -68,7 +69,8 @@ def _pool_backend(server: ServerSettings) -> PoolBackend:
     """A `url = [...]` server: one `HttpBackend` per replica (each with the server's headers) in a pool."""
     pool = server.pool
     assert pool is not None
-    replicas = [HttpBackend(url, headers=dict(server.headers), timeout=server.timeout) for url in pool.urls]
+    own = _own_credentials(server)  # its TLS context, one for all replicas (an exchange is refused for pools)
+    replicas = [HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, **own) for url in pool.urls]
     return PoolBackend(
         replicas,
         balance=pool.balance,
@@ -80,6 +82,19 @@ def _pool_backend(server: ServerSettings) -> PoolBackend:
         timeout=server.timeout,
         name=server.name,
     )
+
+
+def _own_credentials(server: ServerSettings) -> dict[str, Any]:
+    """A url backend's token exchange and TLS context (built once, here); `check-config` saw the files load."""
+    own: dict[str, Any] = {}
+    if server.exchange is not None:
+        own["credentials"] = BackendCredentials(server.exchange, backend=server.name)
+    if server.tls is not None:
+        try:
+            own["ssl_context"] = server.tls.context()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise BackendLoadError("tls", f"cannot be loaded: {exc}") from exc
+    return own
 
 
 def _asgi_app(value: Any) -> ASGIApp:

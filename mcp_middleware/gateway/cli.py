@@ -81,6 +81,13 @@ def _audit_arguments(audit: argparse.ArgumentParser) -> None:
     verify.add_argument(
         "--with-backups", action="store_true", help="also check FILE's rotated files (FILE.N … FILE.1) before it"
     )
+    verify.add_argument(
+        "--key-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="the environment variable holding the chain's key ([audit] key); repeat for rotated keys",
+    )
 
 
 _TOKEN_HELP = "log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)"
@@ -167,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "audit":  # works on the files alone: no config needed
         from mcp_middleware.audit.verify import verify_command
 
-        return verify_command(args.files, with_backups=args.with_backups)
+        return verify_command(args.files, with_backups=args.with_backups, key_env=args.key_env)
     config = _load(args.config)
     if config is None:
         return EXIT_USAGE

@@ -9,7 +9,10 @@ values = false                # argument values besides their digest
 redact = ["password", "token", "*secret*"]
 otel = true                   # also as OpenTelemetry log records (OTLP when an endpoint is configured)
 queue = 10000                 # operations waiting to be written; beyond: dropped, counted, warned
+key = "${env:AUDIT_KEY}"      # sign the chain (HMAC-SHA256); a list rotates (newest first)
 ```
+
+Verify a signed chain with `AUDIT_KEY=… mcp-gateway audit verify --key-env AUDIT_KEY audit.jsonl`.
 
 OpenTelemetry logs go to the OTLP endpoint of `[tracing]` (its `/v1/logs`), else to
 `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` (as is) or `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/logs`), else
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -53,6 +56,8 @@ class AuditSettings:
     redact: tuple[str, ...] = ()
     otel: bool = False
     queue: int = 10_000
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    """Secrets signing the chain, newest first (resolved from `${env:…}`; never printed)."""
 
     @property
     def enabled(self) -> bool:
@@ -64,6 +69,7 @@ def audit(reader: Reader) -> AuditSettings:
     d = AuditSettings()
     file = reader.string("file", None)
     redact = reader.strings("redact", ())
+    keys = _keys(reader)
     for index, pattern in enumerate(redact):
         if not pattern.strip():
             reader.problem(f"redact[{index}]", "must be a key name or a glob such as '*secret*', not empty")
@@ -75,6 +81,7 @@ def audit(reader: Reader) -> AuditSettings:
         redact=redact,
         otel=reader.boolean("otel", d.otel),
         queue=reader.integer("queue", d.queue, minimum=1, maximum=10_000_000),
+        keys=keys,
     )
     if file == "":
         reader.problem("file", "must name a file, not be empty")
@@ -86,12 +93,31 @@ def audit(reader: Reader) -> AuditSettings:
     return settings
 
 
+def _keys(reader: Reader) -> tuple[str, ...]:
+    """`key`: one secret or a list (newest first), each long enough to sign with."""
+    from mcp_middleware.core.sealing import MIN_SECRET_LENGTH
+
+    raw = reader.raw("key", None)
+    if raw is None:
+        return ()
+    keys = (reader.string("key"),) if isinstance(raw, str) else reader.strings("key", ())
+    if isinstance(raw, list) and not raw:
+        reader.problem("key", "must name at least one key (or remove it)")
+    for index, key in enumerate(keys):
+        if key and len(key.encode()) < MIN_SECRET_LENGTH:  # an unset ${env:…} is reported already
+            where = "key" if isinstance(raw, str) else f"key[{index}]"
+            reader.problem(
+                where, f"must be at least {MIN_SECRET_LENGTH} characters long (a guessable key signs nothing)"
+            )
+    return tuple(key for key in keys if key)
+
+
 def audit_trail(config: GatewayConfig, *, resource_attributes: Mapping[str, str] | None = None) -> AuditTrail:
     """The trail `[audit]` describes (nothing is opened yet: its writer thread opens the file on first use).
 
     Raises ValueError when the file's folder cannot be written (found at build time: `check-config` says so).
     """
-    from mcp_middleware.audit import AuditTrail, JsonlFileSink, OtelLogSink
+    from mcp_middleware.audit import AuditKeys, AuditTrail, JsonlFileSink, OtelLogSink
 
     settings = config.audit
     sinks: list[AuditSink] = []
@@ -104,7 +130,8 @@ def audit_trail(config: GatewayConfig, *, resource_attributes: Mapping[str, str]
     if settings.otel:
         provider, own = _logger_provider(config.tracing, resource_attributes or {})
         sinks.append(OtelLogSink(provider, shutdown=own))
-    return AuditTrail(sinks, values=settings.values, redact=settings.redact, queue_size=settings.queue)
+    keys = AuditKeys(settings.keys) if settings.keys else None
+    return AuditTrail(sinks, values=settings.values, redact=settings.redact, queue_size=settings.queue, keys=keys)
 
 
 def _check_writable(path: Path) -> None:

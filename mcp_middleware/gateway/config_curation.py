@@ -6,7 +6,7 @@ and line; unknown keys and annotation names get a "did you mean".
 
     [[servers]]
     name = "crm"
-    hidden_refusal = "forbidden"           # or "unknown" (the default: -32601, as if it did not exist)
+    hidden_refusal = "forbidden"           # or "unknown" (the default: -32602, as if it did not exist)
     [servers.tools]
     allow = ["search_*", "create"]
     deny = ["*_admin"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from .config_backend_auth import backend_exchange, backend_tls
 from .config_curation import curation
 from .config_sections import policies, scope_map, timeouts
 from .config_types import PoolSettings, ServerSettings
@@ -36,13 +37,18 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
     for each in pool.urls if pool is not None else (url,) if url is not None else ():
         if not _URL.match(each):
             reader.problem("url", f"must be an http:// or https:// URL, not {each!r}")
+    kind = "app" if app else "url" if url else "command"
+    headers = reader.string_map("headers")
+    exchange = backend_exchange(reader, kind, headers)
+    if exchange is not None and pool is not None:
+        reader.problem("auth", "exchange is not supported for a pool of replicas yet (its probes have no caller)")
     settings = ServerSettings(
         name=name or "",
         app=app,
         url=url,
         command=command,
         env=reader.string_map("env"),
-        headers=reader.string_map("headers"),
+        headers=headers,
         mount=reader.boolean("mount", True),
         aggregate=reader.boolean("aggregate", True),
         timeout=reader.number("timeout", ServerSettings.timeout, positive=True),
@@ -55,6 +61,8 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
         curation=curation(reader),
         index=index,
         pool=pool,
+        exchange=exchange,
+        tls=backend_tls(reader, kind),
     )
     if not settings.mount and not settings.aggregate:
         reader.problem("mount", "and aggregate are both false: the server would be reachable nowhere")

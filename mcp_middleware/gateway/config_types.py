@@ -19,10 +19,12 @@ from mcp_middleware.cache import ResponseCacheMiddleware, cache_store_from_url
 from mcp_middleware.core import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.ratelimit import Policy, RateLimitMiddleware
 from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend, Route
+from mcp_middleware.router.credentials import TokenExchange
 from mcp_middleware.router.curation import Curation
 
 from .config_approval import ApprovalSettings
 from .config_audit import AuditSettings
+from .config_backend_auth import BackendTls
 from .config_curation import VirtualServerSettings
 from .config_policy import PolicySettings
 from .toml_reader import Lines, Problem
@@ -113,6 +115,10 @@ class ServerSettings:
     """Its place in the file (`servers[index]`), for problems found after parsing."""
     pool: PoolSettings | None = None
     """Set when `url` is a list of replicas (`url` is then the first of them)."""
+    exchange: TokenExchange | None = None
+    """`auth = { exchange = {…} }`: each caller's requests carry a token exchanged for this backend (RFC 8693)."""
+    tls: BackendTls | None = None
+    """`tls = {…}`: the client certificate (mTLS) and CA bundle the gateway reaches this backend with."""
 
     @property
     def kind(self) -> Literal["app", "url", "command"]:

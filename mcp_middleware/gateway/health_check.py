@@ -27,7 +27,7 @@ import httpx2
 import orjson
 from mcp import Client, MCPError
 
-from mcp_middleware.router import Backend
+from mcp_middleware.router import Backend, HttpBackend
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig
@@ -108,9 +108,20 @@ async def _probe(blank: ServerHealth, backend: Backend, patience: float) -> Serv
     except Exception as exc:
         if listed is not None:  # answered both; only closing it failed or overran (a slow stdio exit)
             return listed
-        return replace(blank, state=_state(phase, exc), reason=_reason(phase, exc, patience), latency_ms=_ms(started))
+        reason = _reason(phase, exc, patience) + _tls_hint(backend, phase, exc)
+        return replace(blank, state=_state(phase, exc), reason=reason[:_MAX_REASON], latency_ms=_ms(started))
     assert listed is not None
     return listed
+
+
+def _tls_hint(backend: Backend, phase: str, exc: BaseException) -> str:
+    """An https backend that wants a client certificate may just close the connection after the TLS
+    handshake (TLS 1.3 checks it late; some servers send no alert): say what to look at."""
+    if phase != "handshake" or not isinstance(backend, HttpBackend) or not backend.url.startswith("https://"):
+        return ""
+    if not isinstance(_leaf(exc), httpx2.ReadError | httpx2.RemoteProtocolError):  # hung up after connecting
+        return ""
+    return " (if it requires a client certificate: set tls.client_cert and tls.client_key)"
 
 
 async def _tool_names(client: Client) -> list[str]:

@@ -38,7 +38,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, Era, JsonRpcCode, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, Era, McpRequest, Outcome, read_request
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
@@ -51,7 +51,7 @@ from .catalog import (
     Catalog,
     Kind,
 )
-from .curation import Curation, Selection
+from .curation import Curation, Selection, unknown_error
 from .fallback import RouteRunner
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
@@ -425,13 +425,15 @@ class AggregateServer:
             if refused is not None:
                 _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
                 raise MCPError(code, message, data=data)
-            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
+            _, code, message, data = unknown_error(noun, public_name)
+            raise MCPError(code, message, data=data)
         return target[0], self.catalog.backend_name(kind, *target)
 
     async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
         target = await self.catalog.resolve_uri(public_uri, template=template)
         if target is None:
-            raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
+            _, code, message, unknown = unknown_error("resource", public_uri)
+            raise MCPError(code, message, data=unknown)
         curation = self.catalog.curations.get(target[0])
         if curation is not None:
             rules = curation.resources

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core.lifespan import run_lifespan
 
 from ._asgi_transport import AsgiStreamTransport
+from .credentials import BackendCredentials
 from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
 from .stderr import logged_stderr
@@ -126,6 +128,9 @@ class HttpBackend(Backend):
     keys); the client's token is never passed on unless `forward_authorization`.
     The path mount's proxy and the aggregate's session each keep their pool of
     keep-alive connections to it (none is opened per request).
+    `credentials` give each caller's requests a token exchanged for this backend (RFC 8693) and the
+    aggregate's shared session a client-credentials token; `ssl_context` carries a client
+    certificate and CA bundle (mTLS), built once.
 
     >>> backend = HttpBackend("https://tools.internal/mcp", headers={"Authorization": "Bearer s3cret"})
     """
@@ -140,6 +145,8 @@ class HttpBackend(Backend):
     verify: bool = True
     name: str | None = None
     """How the logs name it (the router sets the mount's name when left unset; else its URL)."""
+    ssl_context: ssl.SSLContext | None = field(default=None, repr=False)
+    credentials: BackendCredentials | None = field(default=None, repr=False)
     _client: httpx2.AsyncClient | None = field(default=None, init=False, repr=False)
     _proxy: StreamingProxy | None = field(default=None, init=False, repr=False)
 
@@ -151,7 +158,8 @@ class HttpBackend(Backend):
                 connect_timeout=self.connect_timeout,
                 max_connections=self.max_connections,
                 max_keepalive=self.max_connections,
-                verify=self.verify,
+                verify=self.ssl_context if self.ssl_context is not None else self.verify,
+                auth=self.credentials.service_auth() if self.credentials is not None else None,
             )
         return self._client
 
@@ -165,6 +173,8 @@ class HttpBackend(Backend):
                 connect_timeout=self.connect_timeout,
                 max_idle=self.max_connections,
                 verify=self.verify,
+                ssl_context=self.ssl_context,
+                credentials=self.credentials,
             )
         return self._proxy
 
@@ -184,6 +194,8 @@ class HttpBackend(Backend):
                 await client.aclose()
             if self._proxy is not None:
                 await self._proxy.aclose()
+            if self.credentials is not None:
+                await self.credentials.aclose()
 
     def describe(self) -> str:
         return self.url

@@ -34,6 +34,7 @@ from urllib.parse import unquote
 from mcp_middleware.core import ErrorCode, JsonRpcCode
 
 __all__ = [
+    "unknown_error",
     "ANNOTATION_KEYS",
     "Curation",
     "Decision",
@@ -268,7 +269,7 @@ def _escapes(uri: str) -> bool:
 class Curation:
     """One backend's curated surface: tools, prompts, resources, and how a hidden name is refused.
 
-    `refusal="unknown"` answers a hidden or renamed-away name with `-32601` as if it did not exist;
+    `refusal="unknown"` answers a hidden or renamed-away name with `-32602` as if it did not exist;
     `"forbidden"` answers `-32013` (HTTP 403) with `data.rule` naming the rule.
     """
 
@@ -293,10 +294,28 @@ class Curation:
         return self.tools if noun == "tool" else self.prompts
 
     def refusal_error(self, noun: str, label: str, rule: str) -> tuple[int, int, str, dict[str, str] | None]:
-        """(HTTP status, JSON-RPC code, message, data) for a refused name or URI."""
+        """(HTTP status, JSON-RPC code, message, data) for a refused name or URI.
+
+        `"unknown"` is exactly what the router answers for a name no backend offers
+        (:func:`unknown_error`), so a client cannot tell a hidden name from a made-up one.
+        """
         if self.refusal == "forbidden":
             return 403, ErrorCode.FORBIDDEN, f"{noun.capitalize()} not allowed: {label[:200]}", {"rule": rule}
-        return 200, JsonRpcCode.METHOD_NOT_FOUND, f"Unknown {noun}: {label[:200]}", None
+        return unknown_error(noun, label)
+
+
+def unknown_error(noun: str, label: str) -> tuple[int, int, str, dict[str, str]]:
+    """The router's answer for a tool, prompt or resource nobody offers: MCP's `-32602 Unknown tool: NAME`.
+
+    The one home of that answer: the aggregate's unknown names and every curation's hidden ones use it.
+    """
+    clipped = label[:200]
+    return (
+        200,
+        JsonRpcCode.INVALID_PARAMS,
+        f"Unknown {noun}: {clipped}",
+        {"uri" if noun == "resource" else "name": clipped},
+    )
 
 
 def _renoun(rules: ItemRules, noun: Literal["tools", "prompts"]) -> ItemRules:

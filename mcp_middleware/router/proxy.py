@@ -7,7 +7,8 @@ protocol headers (`Mcp-Session-Id`, `MCP-Protocol-Version`, `Mcp-Method`,
 `Mcp-Name`, `Mcp-Param-*`, `Last-Event-ID`) pass as they are. The client's
 `Authorization` (and cookies) are dropped — no token passthrough — unless
 explicitly allowed; the backend's own credentials come from the configured
-headers. `Host` is the backend's. Connections are pooled and kept alive
+headers, or per caller from an RFC 8693 token exchange (`credentials`, see
+:mod:`.credentials`). `Host` is the backend's. Connections are pooled and kept alive
 (:class:`~mcp_middleware.router._upstream.UpstreamPool`).
 """
 
@@ -22,9 +23,19 @@ import anyio
 import httpx2
 from starlette.types import Message, Receive, Scope, Send
 
-from mcp_middleware.core import Component, ErrorCode, Outcome, get_mcp_request, record_decision, send_error
+from mcp_middleware.core import (
+    Component,
+    ErrorCode,
+    McpRequest,
+    Outcome,
+    get_mcp_request,
+    get_principal,
+    record_decision,
+    send_error,
+)
 
-from ._upstream import UpstreamError, UpstreamPool, UpstreamUnreachable
+from ._upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
+from .credentials import BackendCredentials, ExchangeError
 from .safety import MAY_HAVE_RUN
 from .sessions import SessionOwners, owner_of, refuse_session
 
@@ -59,7 +70,8 @@ def pooled_client(
     connect_timeout: float = 10.0,
     max_connections: int = 200,
     max_keepalive: int = 100,
-    verify: bool = True,
+    verify: bool | ssl.SSLContext = True,
+    auth: httpx2.Auth | None = None,
 ) -> httpx2.AsyncClient:
     """The pooled keep-alive `httpx2` client the aggregate's SDK session to a remote backend uses.
 
@@ -71,6 +83,7 @@ def pooled_client(
         timeout=httpx2.Timeout(connect_timeout, read=None, write=30.0, pool=connect_timeout),
         limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_keepalive),
         verify=verify,
+        auth=auth,
         follow_redirects=False,
     )
 
@@ -92,14 +105,22 @@ class StreamingProxy:
         connect_timeout: float = 10.0,
         max_idle: int = 100,
         verify: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+        credentials: BackendCredentials | None = None,
     ) -> None:
+        """`ssl_context`: how to reach an `https` backend (a client certificate, a CA bundle; mTLS).
+        `credentials`: each caller's requests carry a token exchanged for this backend (never the caller's)."""
+        if credentials is not None and (
+            forward_authorization or any(k.lower() == "authorization" for k in (headers or {}))
+        ):
+            raise ValueError("credentials (token exchange) replace the Authorization header: set only one")
         parts = urlsplit(url)
         self.url = url
         self.name = name or url
         self._down = False
         self.path = (parts.path or "/").encode("latin-1")
-        context: ssl.SSLContext | None = None
-        if parts.scheme == "https" and not verify:
+        context = ssl_context
+        if parts.scheme == "https" and not verify and context is None:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
@@ -109,10 +130,13 @@ class StreamingProxy:
         self._drop = (_DROP_UP_KEEP_AUTH if forward_authorization else _DROP_UP) | {k for k, _ in own}
         self._host = b"host: " + self.pool.host_header + b"\r\n"
         self.forward_authorization = forward_authorization
+        self.credentials = credentials
         self.owners = SessionOwners()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+        if self.credentials is not None:
+            await self.credentials.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,18 +152,33 @@ class StreamingProxy:
             send = self._binding(scope, send)
         elif session_id is not None and scope["method"] == "DELETE":
             self.owners.forget(session_id)
+        authorization = b""
+        if self.credentials is not None:
+            exchanged = await self._authorization(scope, send, view)
+            if exchanged is None:
+                return  # answered: no token for this backend
+            authorization = exchanged
         message = await receive()
         if message["type"] != "http.request":
             return  # the client left before sending its request
         body: bytes = message.get("body", b"")
         more_body: bool = message.get("more_body", False)
         body_sent = anyio.Event()
-        head, chunked = self._head(scope, body, more_body)
+        head, chunked = self._head(scope, body, more_body, authorization)
         rest = None if not more_body else _rest_of_body(receive, body_sent)
         if rest is None:
             body_sent.set()
         try:
             response = await self.pool.request(head, body, rest, chunked=chunked)
+            if response.status == 401 and self.credentials is not None and rest is None:
+                # The backend refused its token (revoked, rotated keys): exchange anew and send once more.
+                # Only a body wholly at hand is sent again (the router's parsed requests always are).
+                renewed = await self._renewed(scope, send, view, response)
+                if renewed is None:
+                    return
+                response = await self.pool.request(
+                    self._head(scope, body, False, renewed)[0], body, None, chunked=False
+                )
         except TimeoutError:  # connecting timed out (reads have no timeout here): nothing was sent
             await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False)
             return
@@ -153,6 +192,13 @@ class StreamingProxy:
         if self._down:
             self._down = False
             logger.warning("backend %r reachable again", self.name)
+        if response.status == 401 and self.credentials is not None:
+            # Its own exchanged token refused even when fresh: the gateway's problem, not the caller's (and the
+            # backend's challenge would send the client's OAuth flow to the backend's authorization server).
+            await response.aclose()
+            refused = ExchangeError(502, "the backend refused the token exchanged for it")
+            await self._no_token(scope, send, view, refused)
+            return
         try:
             headers = [(k, v) for k, v in response.headers if k not in _DROP_DOWN]
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -187,7 +233,55 @@ class StreamingProxy:
         self._down = True
         logger.warning("backend %r unreachable (%s): %s", self.name, self.url, reason)
 
-    def _head(self, scope: Scope, body: bytes, more_body: bool) -> tuple[bytes, bool]:
+    async def _authorization(self, scope: Scope, send: Send, view: McpRequest | None) -> bytes | None:
+        """The `Authorization` line with this caller's exchanged token, or None when a JSON-RPC error was sent."""
+        assert self.credentials is not None
+        try:
+            token, cached = await self.credentials.token_for(get_principal(scope))
+        except ExchangeError as exc:
+            await self._no_token(scope, send, view, exc)
+            return None
+        record_decision(scope, Component.CREDENTIALS, Outcome.ALLOW, backend=self.url, cached=cached)
+        return b"authorization: Bearer " + token.encode("ascii") + b"\r\n"
+
+    async def _renewed(
+        self, scope: Scope, send: Send, view: McpRequest | None, refused: UpstreamResponse
+    ) -> bytes | None:
+        assert self.credentials is not None
+        await refused.aclose()
+        self.credentials.forget(get_principal(scope))
+        record_decision(scope, Component.CREDENTIALS, Outcome.RETRY, backend=self.url, status=401)
+        return await self._authorization(scope, send, view)
+
+    async def _no_token(self, scope: Scope, send: Send, view: McpRequest | None, exc: ExchangeError) -> None:
+        """401/403 when the caller may not have a token for this backend, 502/504 when the exchange failed."""
+        reason = exc.error or exc.reason
+        if exc.status in (401, 403):  # the caller may not have a token for this backend
+            record_decision(
+                scope, Component.CREDENTIALS, Outcome.DENY, backend=self.url, status=exc.status, reason=reason
+            )
+        else:
+            record_decision(
+                scope, Component.CREDENTIALS, Outcome.FAILURE, backend=self.url, status=exc.status, reason=reason
+            )
+        code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 504: ErrorCode.TIMEOUT}.get(
+            exc.status, ErrorCode.BAD_GATEWAY
+        )
+        headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')] if exc.status == 401 else []
+        data: dict[str, object] = {"backend": self.url, MAY_HAVE_RUN: False}
+        if exc.error is not None:
+            data["error"] = exc.error
+        await send_error(
+            send,
+            status=exc.status,
+            code=code,
+            message=f"No credentials for backend {self.name}: {exc.reason}",
+            request_id=view.id if view is not None else None,
+            data=data,
+            headers=headers,
+        )
+
+    def _head(self, scope: Scope, body: bytes, more_body: bool, authorization: bytes = b"") -> tuple[bytes, bool]:
         """The request line and headers for the backend, and whether the body goes chunked."""
         drop = self._drop
         declared: bytes | None = None
@@ -195,7 +289,7 @@ class StreamingProxy:
         query: bytes = scope.get("query_string", b"")
         if query:
             lines += [b"?", query]
-        lines += [b" HTTP/1.1\r\n", self._host, self._own]
+        lines += [b" HTTP/1.1\r\n", self._host, self._own, authorization]
         accept_encoding = False
         for key, value in scope["headers"]:
             if key in drop:

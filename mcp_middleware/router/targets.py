@@ -13,6 +13,7 @@ from mcp_middleware.core import JsonRpcCode, McpRequest
 from mcp_middleware.core.errors import McpMiddlewareError
 
 from .catalog import PROMPTS, TOOLS, Catalog
+from .curation import unknown_error
 
 __all__ = ["Refused", "backend_target"]
 
@@ -39,7 +40,7 @@ async def backend_target(catalog: Catalog, request: McpRequest) -> tuple[str, Ma
             refused = catalog.refusal(kind, public)
             if refused is not None:  # hidden by its backend's curation: refused as that curation says
                 raise Refused(*refused[0].refusal_error(noun, public, refused[1]))
-            raise Refused(200, JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public[:200]}", {"name": public[:200]})
+            raise Refused(*unknown_error(noun, public))
         server, name = found
         renamed = params if name == public else {**params, "name": name}
         return server, renamed, name
@@ -49,7 +50,7 @@ async def backend_target(catalog: Catalog, request: McpRequest) -> tuple[str, Ma
             raise Refused(200, JsonRpcCode.INVALID_PARAMS, "uri must be a string")
         target = await catalog.resolve_uri(uri)
         if target is None:
-            raise Refused(200, JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {uri[:200]}", {"uri": uri[:200]})
+            raise Refused(*unknown_error("resource", uri))
         server, original = target
         renamed = params if original == uri else {**params, "uri": original}
         return server, renamed, original
@@ -64,7 +65,7 @@ async def _completion_target(catalog: Catalog, params: Mapping[str, Any]) -> tup
         found = await catalog.resolve(PROMPTS, ref["name"])
         key = "name"
         refused = catalog.refusal(PROMPTS, ref["name"]) if found is None else None
-        if refused is not None:
+        if refused is not None and refused[0].refusal == "forbidden":  # "unknown": answered as any unknown ref
             raise Refused(*refused[0].refusal_error("prompt", ref["name"], refused[1]))
     elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
         found = await catalog.resolve_uri(ref["uri"], template=True)

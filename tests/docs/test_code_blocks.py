@@ -139,7 +139,7 @@ def test_toml_block_is_a_valid_gateway_config(block: Block, monkeypatch: pytest.
         return
     assert "toml" not in block.markers, f"{block.where}: unknown toml marker {block.markers['toml']!r}"
     for name in _ENV.findall(block.code):
-        monkeypatch.setenv(name, f"placeholder-{name.lower()}")
+        monkeypatch.setenv(name, f"placeholder-{name.lower()}-long-enough-to-be-a-signing-key")
     text = block.code if "servers" in parsed else block.code + PLACEHOLDER_SERVER
     parse_config(text)  # raises ConfigError listing every problem, with key and line
 

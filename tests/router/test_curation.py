@@ -106,18 +106,18 @@ async def test_hidden_names_are_refused_as_unknown(era: Era, endpoint: Endpoint,
         for name in HIDDEN_TOOLS:  # denied, not allowed, and the backend's own name of a renamed tool
             with pytest.raises(MCPError) as refused:
                 await client.call_tool(public(endpoint, name), {"query": "x"})
-            assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND, name
+            assert refused.value.code == JsonRpcCode.INVALID_PARAMS, name
             assert refused.value.message == f"Unknown tool: {public(endpoint, name)}"
         for prompt in ("secret_plan", "summarize"):
             with pytest.raises(MCPError) as refused:
                 await client.get_prompt(public(endpoint, prompt), {"topic": "t"} if prompt == "summarize" else None)
-            assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND
+            assert refused.value.code == JsonRpcCode.INVALID_PARAMS
         with pytest.raises(MCPError) as refused:
             await client.read_resource(uri(endpoint, "crm://private/keys"))
-        assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND
+        assert refused.value.code == JsonRpcCode.INVALID_PARAMS
         with pytest.raises(MCPError) as walked:  # a dot segment cannot walk out of the allowed prefix
             await client.read_resource(uri(endpoint, "crm://public/../private/keys"))
-        assert walked.value.code == JsonRpcCode.METHOD_NOT_FOUND
+        assert walked.value.code == JsonRpcCode.INVALID_PARAMS
         assert (await client.call_tool(public(endpoint, "create"), {})).content[0].text == "crm:create:"  # type: ignore[union-attr]
 
 
@@ -187,5 +187,5 @@ async def test_a_stdio_backend_is_curated_at_both_doors(era: Era, serve: Any, tm
             for hidden in ("pid", "generation_1"):
                 with pytest.raises(MCPError) as refused:
                     await client.call_tool(f"{prefix}{hidden}", {})
-                assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND
+                assert refused.value.code == JsonRpcCode.INVALID_PARAMS
         assert result.structured_content == {"result": 1} or result.content[0].text == "1"  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx2
 import mcp_types as types
+import orjson
 import pytest
 from mcp import MCPError
 from mcp.server.lowlevel.server import Server
@@ -77,7 +78,7 @@ async def test_case_and_unicode_tricks_never_reach_a_hidden_tool(era: Era, serve
         for trick in TRICKS:
             with pytest.raises(MCPError) as refused:
                 await mount.call_tool(trick, {})
-            assert refused.value.code == JsonRpcCode.METHOD_NOT_FOUND, trick
+            assert refused.value.code == JsonRpcCode.INVALID_PARAMS, trick
             with pytest.raises(MCPError):  # unknown at the aggregate (its names are exact)
                 await aggregate.call_tool(f"loose__{trick}", {})
         assert (await mount.call_tool("search", {})).content[0].text == "ran search_docs"  # type: ignore[union-attr]
@@ -120,8 +121,50 @@ async def test_a_refusal_carries_the_request_id_and_no_backend_call(endpoint: st
     assert response.json() == {
         "jsonrpc": "2.0",
         "id": "req-77",
-        "error": {"code": -32601, "message": f"Unknown tool: {name}"},
+        "error": {"code": -32602, "message": f"Unknown tool: {name}", "data": {"name": name}},
     }
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_hidden_name_and_a_made_up_one_get_the_same_answer_at_the_aggregate(era: Era, serve: Any) -> None:
+    """Hiding means not existing: the answer for `crm__search_docs` (renamed away) and `crm__search_adminx`
+    (never offered) differ only by the name, for calls, prompts and completions alike."""
+    router = McpRouter()
+    router.mount("crm", crm_server().streamable_http_app(), curation=crm_curation())
+    base = serve(router).base
+
+    async def answer(method: str, params: dict[str, Any], name: str) -> str:
+        async with httpx2.AsyncClient(timeout=30) as http:
+            if era == "legacy":
+                session = await legacy_session(http, f"{base}/mcp")
+                response = await legacy_post(http, f"{base}/mcp", session, method, 9, params)
+            else:
+                response = await http.post(
+                    f"{base}/mcp",
+                    content=modern_body(method, params, request_id=9),
+                    headers=modern_headers(method, name if method != "completion/complete" else None),
+                )
+        return orjson_text(json_of(response)).replace(name, "NAME")
+
+    for hidden, unknown in (("crm__search_docs", "crm__search_nope"), ("crm__search_admin", "crm__nothing")):
+        call = {"arguments": {"query": "x"}}
+        assert await answer("tools/call", {**call, "name": hidden}, hidden) == await answer(
+            "tools/call", {**call, "name": unknown}, unknown
+        )
+    hidden_prompt, unknown_prompt = "crm__secret_plan", "crm__no_plan"
+    assert await answer("prompts/get", {"name": hidden_prompt}, hidden_prompt) == await answer(
+        "prompts/get", {"name": unknown_prompt}, unknown_prompt
+    )
+    complete = {"argument": {"name": "topic", "value": "x"}}
+    hidden_ref = {**complete, "ref": {"type": "ref/prompt", "name": hidden_prompt}}
+    unknown_ref = {**complete, "ref": {"type": "ref/prompt", "name": unknown_prompt}}
+    assert await answer("completion/complete", hidden_ref, hidden_prompt) == await answer(
+        "completion/complete", unknown_ref, unknown_prompt
+    )
+
+
+def orjson_text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
