@@ -25,11 +25,12 @@ from mcp_middleware.core.protocol import is_event_stream, is_json
 
 __all__ = [
     "ID_PREFIX",
+    "AnswerEvents",
     "ElicitationDesk",
     "EventStream",
-    "Question",
-    "AnswerEvents",
     "FreshReceive",
+    "Question",
+    "can_show_forms",
     "until_disconnect",
 ]
 

@@ -159,3 +159,19 @@ def test_a_broken_rule_file_is_a_problem(tmp_path: Path) -> None:
     messages = [p.message for p in raised.value.problems if p.path == "approval.rules"]
     assert any("bad.toml" in message for message in messages)
     assert any("matches no file" in message for message in messages)
+
+
+async def test_a_call_the_policy_forbids_is_never_asked_about(tmp_path: Path) -> None:
+    config = CONFIG + '\n[policy]\ndefault = "deny"\n\n[policy.roles]\nadmin = ["*"]\n'  # alice has no role
+    path = tmp_path / "gateway.toml"
+    path.write_text(config, encoding="utf-8")
+    port = free_port()
+    asked: list[str] = []
+    with serve_app(build_gateway(load_config(path), port=port).app, port=port) as served:
+        async with client_for(
+            f"{served.base}/mcp/files", "legacy", "alice", elicitation_callback=answering("accept", asked)
+        ) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("delete_file", {"path": "/g/e"})
+    assert raised.value.code == -32013 and raised.value.data["rule"] == "default"  # the policy's refusal
+    assert asked == []  # policy first: no one is asked to approve what may not run anyway
