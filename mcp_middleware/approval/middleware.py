@@ -22,6 +22,7 @@ from mcp_middleware.core import (
     McpRequest,
     Outcome,
     RequestKind,
+    ResponseTap,
     SelectorMap,
     clip,
     get_principal,
@@ -134,7 +135,22 @@ class ApprovalMiddleware:
             if why is not None:
                 await self._hold(scope, receive, send, request, why)
                 return
+        elif kind is RequestKind.REQUEST and request.method == "tools/list" and (self.destructive or self.rule):
+            await self._learning(scope, receive, send, request)
+            return
         await self.app(scope, receive, send)
+
+    async def _learning(self, scope: Scope, receive: Receive, send: Send, request: McpRequest) -> None:
+        """Pass a `tools/list` on, and learn the annotations it shows once it has been answered (a backend that
+        cannot be listed in 2026-07-28 is known from its clients' own lists)."""
+        tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            result = tap.outcome().result
+            tools = result.get("tools") if result is not None else None
+            if isinstance(tools, list):
+                self.catalog.learn(tools)
 
     async def needs_approval(self, scope: Scope, request: McpRequest) -> str | None:
         """Why this call is held (`selector`, `destructive`, `unlisted`, `rule`), or None when it is not."""

@@ -119,6 +119,23 @@ class BodyTap:
         await self.app(scope, tapped, send)
 
 
+class LegacyOnly:
+    """A backend that refuses 2026-07-28 requests (an older server): its tools cannot be fetched in that era."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (b"mcp-protocol-version", b"2026-07-28") in scope["headers"]:
+            body = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32022,"message":"Unsupported protocol version"}}'
+            await send(
+                {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"application/json")]}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+
 @dataclass
 class Setup:
     base: str
@@ -133,7 +150,7 @@ def public(endpoint: Endpoint, tool: str) -> str:
     return tool if endpoint == "mount" else f"files__{tool}"
 
 
-def build(files: Files, *, json_response: bool = False, **approval: Any) -> DecisionRecorder:
+def build(files: Files, *, json_response: bool = False, legacy_only: bool = False, **approval: Any) -> DecisionRecorder:
     verifier = StaticTokenVerifier(TOKENS)
     options: dict[str, Any] = {
         "require": ["tools/call:purge_*"],
@@ -163,7 +180,9 @@ def build(files: Files, *, json_response: bool = False, **approval: Any) -> Deci
         config=EVERY_PATH,
     )
     router = McpRouter(aggregate_middleware=[door])
-    backend = BodyTap(files_server(files).streamable_http_app(json_response=json_response), files)
+    backend: ASGIApp = BodyTap(files_server(files).streamable_http_app(json_response=json_response), files)
+    if legacy_only:
+        backend = LegacyOnly(backend)
     router.mount("files", InProcessBackend(backend), middleware=stack)
     return DecisionRecorder(router)
 

@@ -14,7 +14,7 @@ import pytest
 from mcp import MCPError, types
 
 from mcp_middleware.core import JsonRpcCode
-from tests.approval.conftest import ENDPOINTS, Endpoint, Setup, client_for, public
+from tests.approval.conftest import ENDPOINTS, Endpoint, Files, Setup, build, client_for, public
 from tests.conftest import ERAS, Era
 
 pytestmark = pytest.mark.anyio
@@ -137,3 +137,24 @@ async def test_a_backend_that_asks_its_own_question_completes(era: Era, endpoint
     else:  # the backend's round is carried through a second approval (each round is approved anew)
         assert [q.split(" ")[0] for q in asked] == ["Approve", "How", "Approve"]
         assert setup.recorder.of("approval")[2][1]["reason"] == "backend_round"
+
+
+async def test_a_backend_known_only_from_its_clients_lists(serve: Any) -> None:
+    files = Files()
+    recorder = build(files, legacy_only=True)  # the middleware cannot fetch this backend's tools itself
+    setup = Setup(serve(recorder).base, files, recorder)
+    asked: list[str] = []
+    async with client_for(
+        setup.url("mount"), "legacy", "alice", elicitation_callback=answering("accept", asked=asked)
+    ) as c:
+        before = await c.call_tool("read_file", {"path": "/a"})  # no list has named it: held
+        await c.list_tools()  # the client's own list passes through: its annotations are learnt
+        after = await c.call_tool("read_file", {"path": "/b"})  # read-only: not held
+        deleted = await c.call_tool("delete_file", {"path": "/c"})  # destructive: held
+    assert [r.content[0].text for r in (before, after, deleted)] == [  # type: ignore[union-attr]
+        "contents of /a",
+        "contents of /b",
+        "deleted /c",
+    ]
+    whys = [facts["why"] for outcome, facts in recorder.of("approval") if outcome == "required"]
+    assert whys == ["unlisted", "destructive"]
