@@ -4,7 +4,7 @@
 [approval]
 select = ["tools/call:delete_*"]   # selectors, in each backend's own tool names
 destructive = true                 # and every tool annotated destructiveHint: true
-servers = ["files"]                # the backends it applies to (default: every one)
+servers = ["files"]                # the backends it applies to (default: every one; see below)
 timeout = 120                      # seconds a 2025-11-25 question waits for its answer
 secrets = ["${env:MCP_APPROVAL_SECRET}"]  # seal the 2026-07-28 requestState (newest first; ≥ 32 characters)
 state_ttl = 300                    # seconds a requestState may be answered
@@ -13,6 +13,8 @@ claims = ["department"]            # token claims those rules may read
 approver = { webhook = "https://approvals.example/hook", timeout = 30, signing_secret = "${env:HOOK_SECRET}" }
 ```
 
+A server's own `approval = { select = [...], destructive = false }` in its `[[servers]]` table replaces
+`select`/`destructive` for it and applies it whatever `servers` says (`enabled = false` exempts it).
 Without `approver` the calling user approves (elicitation). Without `secrets` each process seals
 with a random key of its own: enough for one process, not for several instances or `--workers`.
 """
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 
     from .config_types import GatewayConfig
 
-__all__ = ["ApprovalSettings", "WebhookSettings", "approval", "approval_problems"]
+__all__ = ["ApprovalSettings", "ServerApproval", "WebhookSettings", "approval", "approval_problems", "server_approval"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,36 @@ class ApprovalSettings:
     """The CEL rule files `rules` matched: a call a rule forbids is held."""
     claims: tuple[str, ...] = ()
 
-    def applies_to(self, server: str) -> bool:
+    def applies_to(self, server: str, own: ServerApproval | None = None) -> bool:
+        if own is not None:  # the server's own `approval = {…}` decides for it
+            return own.enabled
         return self.enabled and (self.servers is None or server in self.servers)
+
+
+@dataclass(frozen=True)
+class ServerApproval:
+    """`[[servers]] approval = { select = […], destructive = false, enabled = false }`: over `[approval]` for it."""
+
+    enabled: bool = True
+    select: tuple[str, ...] | None = None
+    destructive: bool | None = None
+
+
+def server_approval(reader: Reader) -> ServerApproval:
+    """A server's own `approval` table (its selectors are in its own tool names)."""
+    from .validation import selector
+
+    table = reader.table("approval")
+    select = table.strings("select", ()) if "select" in table.data else None
+    for position, text in enumerate(select or ()):
+        selector(table, f"select[{position}]", text)
+    settings = ServerApproval(
+        enabled=table.boolean("enabled", True),
+        select=select,
+        destructive=table.boolean("destructive", True) if "destructive" in table.data else None,
+    )
+    table.done()
+    return settings
 
 
 def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:

@@ -175,3 +175,60 @@ async def test_a_call_the_policy_forbids_is_never_asked_about(tmp_path: Path) ->
                 await client.call_tool("delete_file", {"path": "/g/e"})
     assert raised.value.code == -32013 and raised.value.data["rule"] == "default"  # the policy's refusal
     assert asked == []  # policy first: no one is asked to approve what may not run anyway
+
+
+PER_SERVER = f"""
+[[servers]]
+name = "files"
+app = "tests.approval.conftest:gateway_files"
+approval = {{ select = ["tools/call:read_*"], destructive = false }}
+
+[[servers]]
+name = "other"
+app = "tests.approval.conftest:gateway_files"
+approval = {{ enabled = false }}
+
+[auth]
+mode = "static"
+
+[auth.tokens]
+alice = {{ subject = "alice", scopes = ["mcp"] }}
+
+[approval]
+secrets = ["{SECRET}"]
+"""
+
+
+async def test_a_server_s_own_approval_table_replaces_the_selection(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(PER_SERVER, encoding="utf-8")
+    port = free_port()
+    asked: list[str] = []
+    with serve_app(build_gateway(load_config(path), port=port).app, port=port) as served:
+        async with client_for(
+            f"{served.base}/mcp", "modern", "alice", elicitation_callback=answering("accept", asked)
+        ) as client:
+            read = await client.call_tool("files__read_file", {"path": "/r"})  # files: selected by its own table
+            deleted = await client.call_tool("files__delete_file", {"path": "/d"})  # files: destructive = false
+            other = await client.call_tool("other__delete_file", {"path": "/o"})  # other: exempt
+    assert [r.content[0].text for r in (read, deleted, other)] == [  # type: ignore[union-attr]
+        "contents of /r",
+        "deleted /d",
+        "deleted /o",
+    ]
+    assert len(asked) == 1 and "'read_file' on files" in asked[0]
+
+
+@pytest.mark.parametrize(
+    ("table", "problem"),
+    [
+        ('{ select = ["tool/call:x"] }', "servers[0].approval.select[0]"),
+        ("{ colour = 1 }", "servers[0].approval.colour"),
+        ("{ destructive = 3 }", "servers[0].approval.destructive"),
+    ],
+)
+def test_a_server_s_approval_table_is_checked(table: str, problem: str) -> None:
+    text = f'[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\napproval = {table}\n'
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert problem in [p.path for p in raised.value.problems], raised.value
