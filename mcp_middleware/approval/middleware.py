@@ -292,7 +292,7 @@ class ApprovalMiddleware:
         try:
             await self.app(scope, FreshReceive(request.body, receive), events)
         except Exception:  # the stream has started: the call's answer is an error event, the traceback goes to the log
-            logger.exception("the approved call to %s failed", call.tool)
+            logger.exception("the approved call to %s failed", clip(call.tool, 80))
         finally:
             await events.finish()
 

@@ -217,3 +217,20 @@ async def test_cancelling_the_held_call_withdraws_the_question(endpoint: Endpoin
     assert ended["id"] == 9 and ended["error"]["data"]["approval"] == "cancelled"
     assert setup.files.ran("delete_file") == [{"path": "/k1"}]
     assert setup.recorder.of("approval")[-1][1]["reason"] == "cancelled"
+
+
+async def test_a_waiting_stream_is_kept_alive(serve: Any) -> None:
+    files = Files()
+    recorder = build(files, keepalive=0.2)
+    url = Setup(serve(recorder).base, files, recorder).url("mount")
+    async with httpx2.AsyncClient(timeout=30) as http:
+        session = await open_session(http, url, "alice", {"elicitation": {}})
+        async with calling(http, url, session, "alice", "delete_file", {"path": "/ka"}) as stream:
+            await stream.next_message()
+            comments = []
+            async for line in stream.lines:
+                if line.startswith(":"):
+                    comments.append(line)
+                if len(comments) == 2:
+                    break
+    assert comments == [": waiting for approval"] * 2  # comments, which clients skip, until the answer or the timeout
