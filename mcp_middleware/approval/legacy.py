@@ -105,10 +105,14 @@ class ElicitationDesk:
     def forget(self, session: str) -> None:
         self._sessions.pop(session, None)
 
-    def can_ask(self, scope: Scope, session: str | None) -> bool:
-        """Whether this session (of this principal) declared form elicitation in its `initialize`."""
+    def can_ask(self, scope: Scope, session: str | None) -> bool | None:
+        """Whether this session (of this principal) declared form elicitation in its `initialize`; None when its
+        `initialize` was not seen here (another instance, or before a reload): worth asking, a client that cannot
+        answer says so with an error."""
         known = self._sessions.get(session) if session is not None else None
-        return known is not None and known[0] == get_principal(scope).key and known[1]
+        if known is None:
+            return None
+        return known[0] == get_principal(scope).key and known[1]
 
     # --- questions --------------------------------------------------------------------------
 

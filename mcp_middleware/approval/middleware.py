@@ -251,7 +251,7 @@ class ApprovalMiddleware:
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, call: ApprovalCall
     ) -> None:
         session = request.session_id
-        if session is None or not self.desk.can_ask(scope, session) or not _accepts_events(scope):
+        if session is None or self.desk.can_ask(scope, session) is False or not _accepts_events(scope):
             await self._missing_capability(scope, send, request, call, "in initialize")
             return
         question = self.desk.open(scope, session, request.id)
