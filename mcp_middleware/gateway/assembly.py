@@ -31,7 +31,6 @@ from mcp_middleware.policy import ArgumentValidationMiddleware, CelPolicyEngine,
 from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
 
 from .config import AuthSettings, GatewayConfig, ServerSettings
-from .config_approval import ServerApproval
 
 __all__ = ["Assembly", "Layer"]
 
@@ -71,7 +70,7 @@ class Assembly:
         layers = [
             *self._auth(resource, scopes=server.scopes),
             *self._policy(name),
-            *self._approval(name, server.approval),
+            *self._approval(name),
             *self._ratelimit(name, server.ratelimit_policies),
             *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
         ]
@@ -150,14 +149,13 @@ class Assembly:
             layers.append(lambda app: ArgumentValidationMiddleware(app, catalog=catalog, config=_EVERY_PATH))
         return layers
 
-    def _approval(self, name: str, own: ServerApproval | None = None) -> list[Layer]:
+    def _approval(self, name: str) -> list[Layer]:
         """Approval after policy (a forbidden call is never asked about), before rate limit and breaker
         (a person's thinking time is neither a request's cost nor the backend's latency)."""
         settings = self.config.approval
-        if not settings.applies_to(name, own):
+        if not settings.applies_to(name):
             return []
-        select = own.select if own is not None and own.select is not None else settings.select
-        destructive = own.destructive if own is not None and own.destructive is not None else settings.destructive
+        select, destructive = settings.selection(name)
         catalog = self.catalogs.setdefault(name, ToolCatalog())
         approver: Literal["client"] | WebhookApprover = "client"
         if settings.webhook is not None:

@@ -4,17 +4,19 @@
 [approval]
 select = ["tools/call:delete_*"]   # selectors, in each backend's own tool names
 destructive = true                 # and every tool annotated destructiveHint: true
-servers = ["files"]                # the backends it applies to (default: every one; see below)
+servers = ["files"]                # the backends it applies to (default: every one)
 timeout = 120                      # seconds a 2025-11-25 question waits for its answer
 secrets = ["${env:MCP_APPROVAL_SECRET}"]  # seal the 2026-07-28 requestState (newest first; ≥ 32 characters)
 state_ttl = 300                    # seconds a requestState may be answered
 rules = ["approval/*.toml"]        # CEL rule files: what a rule forbids is held (relative to this file)
 claims = ["department"]            # token claims those rules may read
 approver = { webhook = "https://approvals.example/hook", timeout = 30, signing_secret = "${env:HOOK_SECRET}" }
+
+[approval.per_server.files]           # a server's own selection, in its own tool names
+select = ["tools/call:rm"]            # replaces select for it (and applies whatever `servers` says)
+destructive = false                   # replaces destructive for it; enabled = false exempts it
 ```
 
-A server's own `approval = { select = [...], destructive = false }` in its `[[servers]]` table replaces
-`select`/`destructive` for it and applies it whatever `servers` says (`enabled = false` exempts it).
 Without `approver` the calling user approves (elicitation). Without `secrets` each process seals
 with a random key of its own: enough for one process, not for several instances or `--workers`.
 """
@@ -22,7 +24,8 @@ with a random key of its own: enough for one process, not for several instances 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,10 +70,21 @@ class ApprovalSettings:
     """The CEL rule files `rules` matched: a call a rule forbids is held."""
     claims: tuple[str, ...] = ()
 
-    def applies_to(self, server: str, own: ServerApproval | None = None) -> bool:
-        if own is not None:  # the server's own `approval = {…}` decides for it
-            return own.enabled
+    per_server: Mapping[str, ServerApproval] = field(default_factory=dict)
+    """`[approval.per_server.NAME]`: a server's own selection, over `select`/`destructive`/`servers`."""
+
+    def applies_to(self, server: str) -> bool:
+        own = self.per_server.get(server)
+        if own is not None:  # the server's own table decides for it
+            return self.enabled and own.enabled
         return self.enabled and (self.servers is None or server in self.servers)
+
+    def selection(self, server: str) -> tuple[tuple[str, ...], bool]:
+        """(selectors, destructive) for `server`: its own table's where it has them."""
+        own = self.per_server.get(server)
+        select = own.select if own is not None and own.select is not None else self.select
+        destructive = own.destructive if own is not None and own.destructive is not None else self.destructive
+        return select, destructive
 
 
 @dataclass(frozen=True)
@@ -82,11 +96,10 @@ class ServerApproval:
     destructive: bool | None = None
 
 
-def server_approval(reader: Reader) -> ServerApproval:
-    """A server's own `approval` table (its selectors are in its own tool names)."""
+def server_approval(table: Reader) -> ServerApproval:
+    """One `[approval.per_server.NAME]` table (its selectors are in that server's own tool names)."""
     from .validation import selector
 
-    table = reader.table("approval")
     select = table.strings("select", ()) if "select" in table.data else None
     for position, text in enumerate(select or ()):
         selector(table, f"select[{position}]", text)
@@ -127,6 +140,7 @@ def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:
         webhook=_webhook(reader.table("approver")) if "approver" in reader.data else None,
         rules=_rule_files(reader, source),
         claims=reader.strings("claims", ()),
+        per_server=_per_server(reader.table("per_server")) if "per_server" in reader.data else {},
     )
     if settings.enabled and not settings.select and not settings.destructive and not settings.rules:
         reader.problem(
@@ -134,6 +148,12 @@ def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:
         )
     reader.done()
     return settings
+
+
+def _per_server(reader: Reader) -> dict[str, ServerApproval]:
+    found = {name: server_approval(reader.table(name)) for name in list(reader.data)}
+    reader.done()
+    return found
 
 
 def _rule_files(reader: Reader, source: Path | None) -> tuple[Path, ...]:
@@ -171,11 +191,16 @@ def _webhook(reader: Reader) -> WebhookSettings | None:
 
 
 def approval_problems(config: GatewayConfig) -> list[Problem]:
-    """`[approval] servers` must name configured servers."""
-    chosen = config.approval.servers or ()
+    """`[approval] servers` and `[approval.per_server]` must name configured servers."""
     names = {server.name for server in config.servers}
-    return [
+    problems = [
         config.problem("approval.servers", f"names {name!r}, which is no [[servers]] entry")
-        for name in chosen
+        for name in config.approval.servers or ()
         if name not in names
     ]
+    problems += [
+        config.problem(f"approval.per_server.{name}", "is no [[servers]] entry")
+        for name in config.approval.per_server
+        if name not in names
+    ]
+    return problems

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from .config_approval import server_approval
 from .config_backend_auth import backend_exchange, backend_tls
 from .config_curation import curation
 from .config_sections import policies, scope_map, timeouts
@@ -60,7 +59,6 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
         cache_ttl=reader.number("cache_ttl", 0.0, positive=True) if "cache_ttl" in reader.data else None,
         honor_ttl_ms=reader.boolean("honor_ttl_ms", True) if "honor_ttl_ms" in reader.data else None,
         curation=curation(reader),
-        approval=server_approval(reader) if "approval" in reader.data else None,
         index=index,
         pool=pool,
         exchange=exchange,

@@ -22,7 +22,7 @@ from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend, Route
 from mcp_middleware.router.credentials import TokenExchange
 from mcp_middleware.router.curation import Curation
 
-from .config_approval import ApprovalSettings, ServerApproval
+from .config_approval import ApprovalSettings
 from .config_audit import AuditSettings
 from .config_backend_auth import BackendTls
 from .config_curation import VirtualServerSettings
@@ -110,8 +110,6 @@ class ServerSettings:
     honor_ttl_ms: bool | None = None
     """Whether this backend's `ttlMs` hints bound caching (over `[cache] honor_ttl_ms`)."""
     curation: Curation | None = None
-    approval: ServerApproval | None = None
-    """`approval = {…}`: this backend's own approval selection (over `[approval]`; see `config_approval.py`)."""
     """`[servers.tools]`, `[servers.prompts]`, `[servers.resources]`, `hidden_refusal`: what clients see of it."""
     index: int = field(default=0, compare=False)
     """Its place in the file (`servers[index]`), for problems found after parsing."""

@@ -181,12 +181,10 @@ PER_SERVER = f"""
 [[servers]]
 name = "files"
 app = "tests.approval.conftest:gateway_files"
-approval = {{ select = ["tools/call:read_*"], destructive = false }}
 
 [[servers]]
 name = "other"
 app = "tests.approval.conftest:gateway_files"
-approval = {{ enabled = false }}
 
 [auth]
 mode = "static"
@@ -196,18 +194,24 @@ alice = {{ subject = "alice", scopes = ["mcp"] }}
 
 [approval]
 secrets = ["{SECRET}"]
+
+[approval.per_server.files]
+select = ["tools/call:read_*"]
+destructive = false
+
+[approval.per_server.other]
+enabled = false
 """
 
 
-async def test_a_server_s_own_approval_table_replaces_the_selection(tmp_path: Path) -> None:
+async def test_a_server_s_own_table_replaces_the_selection(tmp_path: Path) -> None:
     path = tmp_path / "gateway.toml"
     path.write_text(PER_SERVER, encoding="utf-8")
     port = free_port()
     asked: list[str] = []
     with serve_app(build_gateway(load_config(path), port=port).app, port=port) as served:
-        async with client_for(
-            f"{served.base}/mcp", "modern", "alice", elicitation_callback=answering("accept", asked)
-        ) as client:
+        url = f"{served.base}/mcp"
+        async with client_for(url, "modern", "alice", elicitation_callback=answering("accept", asked)) as client:
             read = await client.call_tool("files__read_file", {"path": "/r"})  # files: selected by its own table
             deleted = await client.call_tool("files__delete_file", {"path": "/d"})  # files: destructive = false
             other = await client.call_tool("other__delete_file", {"path": "/o"})  # other: exempt
@@ -222,13 +226,14 @@ async def test_a_server_s_own_approval_table_replaces_the_selection(tmp_path: Pa
 @pytest.mark.parametrize(
     ("table", "problem"),
     [
-        ('{ select = ["tool/call:x"] }', "servers[0].approval.select[0]"),
-        ("{ colour = 1 }", "servers[0].approval.colour"),
-        ("{ destructive = 3 }", "servers[0].approval.destructive"),
+        ('[approval.per_server.files]\nselect = ["tool/call:x"]', "approval.per_server.files.select[0]"),
+        ("[approval.per_server.files]\ncolour = 1", "approval.per_server.files.colour"),
+        ("[approval.per_server.files]\ndestructive = 3", "approval.per_server.files.destructive"),
+        ("[approval.per_server.nope]\nenabled = false", "approval.per_server.nope"),
     ],
 )
-def test_a_server_s_approval_table_is_checked(table: str, problem: str) -> None:
-    text = f'[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\napproval = {table}\n'
+def test_a_server_s_own_table_is_checked(table: str, problem: str) -> None:
+    text = f'[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n[approval]\n{table}\n'
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert problem in [p.path for p in raised.value.problems], raised.value
