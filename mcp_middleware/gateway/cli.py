@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -21,6 +20,16 @@ from typing import Any
 
 from mcp_middleware.logs import configure_logging
 
+from .cli_arguments import (
+    HEALTH_CHECK_HELP,
+    NEW_SERVER_HELP,
+    TOKEN_HELP,
+    audit_arguments,
+    health_check_arguments,
+    new_server_arguments,
+    positive_count,
+    token_arguments,
+)
 from .config import ConfigError, GatewayConfig, dev_mode_exposure, dev_mode_problem, load_config
 
 __all__ = ["main"]
@@ -53,11 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = with_config(commands.add_parser("serve", help="serve the gateway"))
     serve.add_argument("--host", help="override [gateway].host")
     serve.add_argument("--port", type=int, help="override [gateway].port (also $PORT)")
+    serve.add_argument("--workers", type=positive_count, help="override [gateway].workers: processes serving the port")
     check = with_config(
         commands.add_parser(
             "check-config", help="run every check serve runs short of binding the port, and print a summary"
         )
     )
+    check.add_argument("--workers", type=positive_count, help="check as `serve --workers N` would")
     check.add_argument(
         "--probe",
         action="store_true",
@@ -65,85 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "optional), selectors naming no tool are warnings",
     )
     with_config(commands.add_parser("list-servers", help="list the configured servers and where they are mounted"))
-    _health_check_arguments(with_config(commands.add_parser("health-check", help=_HEALTH_CHECK_HELP)))
-    _new_server_arguments(commands.add_parser("new-server", help=_NEW_SERVER_HELP))
-    _token_arguments(with_config(commands.add_parser("token", help=_TOKEN_HELP)))
-    _audit_arguments(commands.add_parser("audit", help="check the audit trail ([audit] file)"))
+    health_check_arguments(with_config(commands.add_parser("health-check", help=HEALTH_CHECK_HELP)))
+    new_server_arguments(commands.add_parser("new-server", help=NEW_SERVER_HELP))
+    token_arguments(with_config(commands.add_parser("token", help=TOKEN_HELP)))
+    audit_arguments(commands.add_parser("audit", help="check the audit trail ([audit] file)"))
     return parser
-
-
-def _audit_arguments(audit: argparse.ArgumentParser) -> None:
-    verify = audit.add_subparsers(dest="audit_command", required=True, metavar="command").add_parser(
-        "verify",
-        help="check the hash chain of audit files (oldest first): exit 0 when intact, 1 naming the first bad record",
-    )
-    verify.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    verify.add_argument(
-        "--with-backups", action="store_true", help="also check FILE's rotated files (FILE.N … FILE.1) before it"
-    )
-    verify.add_argument(
-        "--key-env",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="the environment variable holding the chain's key ([audit] key); repeat for rotated keys",
-    )
-
-
-_TOKEN_HELP = "log in to a running dev-mode gateway and print an access token (for curl, the MCP Inspector)"
-
-
-def _token_arguments(token: argparse.ArgumentParser) -> None:
-    token.add_argument("--subject", help="the user name to log in as (default: the dev server's default user)")
-    token.add_argument(
-        "--scope",
-        action="append",
-        default=[],
-        help="a scope to ask for (repeatable, or space-separated; default: every scope the gateway issues)",
-    )
-    token.add_argument(
-        "--resource",
-        "--audience",
-        dest="resource",
-        help="what the token is for: a server's name (its mount /mcp/{name}) or a resource URL "
-        "(default: the aggregate)",
-    )
-    token.add_argument("--url", help="the gateway's base URL (default: from the config: public_url, or host and port)")
-    token.add_argument("--port", type=int, help="the port the gateway listens on (default: $PORT, then [gateway].port)")
-
-
-_HEALTH_CHECK_HELP = (
-    "probe every configured server over MCP (handshake and tools/list, all at once) without serving, and print "
-    "name, kind, state, latency and tools; exit 1 unless every required server is healthy"
-)
-_NEW_SERVER_HELP = (
-    "write a new MCP server package (an MCPServer with one tool, and its test) and print its [[servers]] entry"
-)
-
-
-def _health_check_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        help="seconds each server has for its probe (default: the server's own `timeout`)",
-    )
-    sub.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
-
-
-def _positive_seconds(text: str) -> float:
-    """A finite number of seconds above zero (argparse prints the message and exits 2 otherwise)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above zero, not {text!r}")
-    return value
-
-
-def _new_server_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("name", help="the package name: a Python identifier (letters, digits, _), also the server's name")
-    sub.add_argument("--dir", type=Path, default=Path(), help="the folder to write NAME/ in (default: here)")
 
 
 def _load(path: Path) -> GatewayConfig | None:
@@ -179,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return EXIT_USAGE
     if args.command == "check-config":
-        return _check_config(config, args.config, probe=args.probe)
+        return _check_config(config, args.config, probe=args.probe, workers=args.workers)
     if args.command == "health-check":
         from .health_check import health_check
 
@@ -198,14 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             return EXIT_USAGE
         return token_command(config, args, port=port)
-    return _serve(config, host=args.host, port=args.port, source=args.config)
+    return _serve(config, host=args.host, port=args.port, source=args.config, workers=args.workers)
 
 
-def _check_config(config: GatewayConfig, source: Path, *, probe: bool) -> int:
+def _check_config(config: GatewayConfig, source: Path, *, probe: bool, workers: int | None = None) -> int:
     from .config_check import check_config
 
     _quiet_probe_logs()
-    problems, warnings = check_config(config, probe=probe)
+    problems, warnings = check_config(config, probe=probe, workers=workers)
     for warning in warnings:
         print(f"{source}: warning: {warning}", file=sys.stderr)
     if problems:
@@ -246,10 +183,13 @@ def _env_port(port: int | None) -> int | None:
     return int(env_port)
 
 
-def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source: Path) -> int:
+def _serve(
+    config: GatewayConfig, *, host: str | None, port: int | None, source: Path, workers: int | None = None
+) -> int:
     import uvicorn
 
     from .app import build_gateway
+    from .workers import serve_workers, workers_accepted
 
     exposed = dev_mode_problem(config, host)  # `--host` may differ from the file check-config saw
     if exposed is not None:
@@ -260,6 +200,8 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
     configure_logging(config.gateway.log_format, config.gateway.log_level, levels=config.gateway.log_levels)
     for warning in config.warnings:  # deprecated names: accepted, said once at start
         logging.getLogger("mcp_middleware.gateway").warning("%s: %s", source, warning)
+    if not workers_accepted(config, workers := workers or config.gateway.workers, source):
+        return EXIT_USAGE
     try:
         port = _env_port(port)
     except ValueError as exc:
@@ -279,15 +221,10 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
         except (ConfigError, ImportError, ValueError) as exc:
             print(f"cannot build the gateway: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        if gateway.telemetry is not None:
-            gateway.telemetry.install_global()  # the mcp SDK's own spans are exported too
-        where = dev_mode_exposure(config, host)
-        if where is not None:
-            logging.getLogger("mcp_middleware.gateway").warning(
-                "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
-                "accepts any user name from anyone who can reach it; use it for demos only",
-                where,
-            )
+        if workers > 1:  # this process supervises; each worker builds its own gateway (workers.py)
+            started = serve_workers(gateway, sock, workers=workers, source=source, host=host, banner=_banner)
+            return EXIT_OK if started else EXIT_FAILED
+        _before_serving(gateway, host)
         sighup = _reload_on_sighup(gateway)
         server = _announcing_server(uvicorn, gateway.uvicorn_config(), lambda: _banner(gateway, source), sighup)
         try:
@@ -296,6 +233,19 @@ def _serve(config: GatewayConfig, *, host: str | None, port: int | None, source:
             logging.getLogger("mcp_middleware.gateway").exception("the gateway stopped on an error")
             return EXIT_FAILED
     return EXIT_OK if server.started else EXIT_FAILED
+
+
+def _before_serving(gateway: Any, host: str | None) -> None:
+    """Export the mcp SDK's own spans too; warn of a dev mode gateway others can reach."""
+    if gateway.telemetry is not None:
+        gateway.telemetry.install_global()
+    where = dev_mode_exposure(gateway.config, host)
+    if where is not None:
+        logging.getLogger("mcp_middleware.gateway").warning(
+            "dev mode on %s (allow_dev_on_public_host = true): the embedded authorization server's login page "
+            "accepts any user name from anyone who can reach it; use it for demos only",
+            where,
+        )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -348,11 +298,11 @@ def _announcing_server(
     return AnnouncingServer(config)
 
 
-def _banner(gateway: Any, source: Path | None = None) -> None:
+def _banner(gateway: Any, source: Path | None = None, *, workers: int = 1) -> None:
     """Where things are, and how to try it (with the `Authorization` header when auth is on)."""
     config, base = gateway.config, gateway.base_url
     prefix = config.gateway.prefix
-    lines = [f"mcp-gateway on {base}"]
+    lines = [f"mcp-gateway on {base}" + (f" ({workers} workers)" if workers > 1 else "")]
     if config.aggregate.enabled:
         lines.append(f"  aggregate:   {base}{prefix}")
     for name in gateway.router.mounts:

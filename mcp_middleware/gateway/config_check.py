@@ -19,26 +19,31 @@ from mcp_middleware.core import Selector
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig, Problem, in_file_order
 from .config_routes import route_warnings
+from .config_workers import worker_problems
 from .health_check import probe_gateway
 from .toml_reader import did_you_mean
 
 __all__ = ["check_config"]
 
 
-def check_config(config: GatewayConfig, *, probe: bool = False) -> tuple[list[Problem], list[Problem]]:
+def check_config(
+    config: GatewayConfig, *, probe: bool = False, workers: int | None = None
+) -> tuple[list[Problem], list[Problem]]:
     """(problems, warnings): what `serve` would refuse building the gateway, and with `probe` what the
-    running backends say; warnings include the file's own (deprecated names)."""
+    running backends say; warnings include the file's own (deprecated names). `workers` is `serve
+    --workers` (default: the file's `[gateway] workers`)."""
+    refused, cautions = worker_problems(config, workers)
     try:
         gateway = build_gateway(config)
     except ConfigError as exc:
-        return exc.problems, list(config.warnings)
+        return in_file_order([*refused, *exc.problems]), [*config.warnings, *cautions]
     skipped = [_skipped(config, entry) for entry in gateway.skipped]
     try:
         problems, warnings = anyio.run(_probe, gateway) if probe else ([], [])
     finally:
         for close in gateway._closers:
             close()
-    return in_file_order(problems), [*config.warnings, *in_file_order([*skipped, *warnings])]
+    return in_file_order([*refused, *problems]), [*config.warnings, *in_file_order([*cautions, *skipped, *warnings])]
 
 
 def _skipped(config: GatewayConfig, entry: str) -> Problem:

@@ -66,6 +66,8 @@ def gateway(reader: Reader) -> GatewaySettings:
         log_format=reader.string("log_format", d.log_format, choices=("json", "text")),
         log_levels=_log_levels(reader),
         instance=_instance(reader),
+        workers=reader.integer("workers", d.workers, minimum=1, maximum=_MAX_WORKERS),
+        per_worker_state=reader.boolean("per_worker_state", d.per_worker_state),
         gc_freeze=reader.boolean("gc_freeze", d.gc_freeze),
         watch_config=reader.boolean("watch_config", d.watch_config),
     )
@@ -80,6 +82,8 @@ def gateway(reader: Reader) -> GatewaySettings:
     return settings
 
 
+_MAX_WORKERS = 1024
+"""A bound, not advice: a worker per core is the useful most."""
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 

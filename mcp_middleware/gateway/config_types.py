@@ -167,6 +167,11 @@ class GatewaySettings:
     instance: str | None = None
     """This instance's tag in legacy session ids, for affinity behind a load balancer
     (`MCP_GATEWAY_INSTANCE` overrides; dots become dashes, so a pod IP works)."""
+    workers: int = 1
+    """Processes serving the one port (`serve --workers` wins); see `gateway/workers.py`."""
+    per_worker_state: bool = False
+    """With `workers` > 1, accept `memory://` stores: each worker keeps its own buckets and cache, so
+    rate limits become `workers` times looser and a cached answer helps one worker only."""
     gc_freeze: bool = True
     """Once started, move every object that exists (the SDK, pydantic's schemas, the servers) out of
     the garbage collector's sight with `gc.freeze()`, so full collections under load scan only what
