@@ -38,7 +38,15 @@ if TYPE_CHECKING:
 
     from .config_types import GatewayConfig
 
-__all__ = ["ApprovalSettings", "ServerApproval", "WebhookSettings", "approval", "approval_problems", "server_approval"]
+__all__ = [
+    "ApprovalSettings",
+    "ServerApproval",
+    "WebhookSettings",
+    "approval",
+    "approval_problems",
+    "approval_worker_problems",
+    "server_approval",
+]
 
 
 @dataclass(frozen=True)
@@ -204,3 +212,29 @@ def approval_problems(config: GatewayConfig) -> list[Problem]:
         if name not in names
     ]
     return problems
+
+
+def approval_worker_problems(config: GatewayConfig, workers: int) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) of approval under `workers` > 1 processes (see `config_workers.py`)."""
+    settings = config.approval
+    if workers <= 1 or not any(settings.applies_to(server.name) for server in config.servers):
+        return [], []
+    problems: list[Problem] = []
+    if not settings.secrets and settings.webhook is None:
+        problems.append(
+            config.problem(
+                "approval",
+                f"has no secrets, so each of the {workers} workers would seal 2026-07-28 approval states with a "
+                "random key of its own (a retry reaching another worker is refused): set [approval] secrets",
+            )
+        )
+    warnings = [
+        config.problem(
+            "approval",
+            f"2025-11-25 approvals wait in the worker that asked: with {workers} workers the client's answer may "
+            "reach another one (404 there, and the call times out); 2026-07-28 approvals are unaffected",
+        )
+    ]
+    if settings.webhook is not None:
+        warnings = []  # the webhook answers the worker that asked
+    return problems, warnings

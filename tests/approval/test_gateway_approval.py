@@ -237,3 +237,16 @@ def test_a_server_s_own_table_is_checked(table: str, problem: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert problem in [p.path for p in raised.value.problems], raised.value
+
+
+def test_workers_need_shared_sealing_secrets() -> None:
+    from mcp_middleware.gateway.config_workers import worker_problems
+
+    base = '[gateway]\nworkers = 2\n\n[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n'
+    problems, warnings = worker_problems(parse_config(base + "[approval]\n"))
+    assert [p.path for p in problems] == ["approval"] and "set [approval] secrets" in problems[0].message
+    assert any(w.path == "approval" and "2025-11-25 approvals wait in the worker" in w.message for w in warnings)
+    problems, warnings = worker_problems(parse_config(base + f'[approval]\nsecrets = ["{SECRET}"]\n'))
+    assert problems == [] and any(w.path == "approval" for w in warnings)
+    problems, warnings = worker_problems(parse_config(base + '[approval]\napprover = { webhook = "http://h/x" }\n'))
+    assert problems == [] and not any(w.path == "approval" for w in warnings)  # the webhook answers the asker
