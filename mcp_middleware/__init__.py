@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .core import CoreConfig, McpCoreMiddleware, McpMiddlewareError, get_mcp_request, get_principal
 
 if TYPE_CHECKING:
+    from .approval import ApprovalMiddleware, WebhookApprover
     from .auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
     from .auth.server import EmbeddedAuthorizationServer
     from .breaker import BreakerPolicy, CircuitBreakerMiddleware, RetryPolicy
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "approval": ("ApprovalMiddleware", "WebhookApprover"),
     "auth": ("AuthMiddleware", "IntrospectionTokenVerifier", "JwksTokenVerifier", "StaticTokenVerifier"),
     "auth.server": ("EmbeddedAuthorizationServer",),
     "breaker": ("BreakerPolicy", "CircuitBreakerMiddleware", "RetryPolicy"),
@@ -112,6 +114,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AccessLog",
+    "ApprovalMiddleware",
     "AuthMiddleware",
     "AuthOptions",
     "BreakerOptions",
@@ -146,6 +149,7 @@ __all__ = [
     "StdioBackend",
     "TracingMiddleware",
     "TracingOptions",
+    "WebhookApprover",
     "__version__",
     "configure_logging",
     "get_mcp_request",

@@ -37,6 +37,7 @@ def test_importing_the_package_loads_no_middleware_dependency() -> None:
 # change to the public surface, and needs a CHANGELOG line.
 _EXPORTED = {
     "AccessLog",
+    "ApprovalMiddleware",
     "AuthMiddleware",
     "AuthOptions",
     "BreakerOptions",
@@ -71,13 +72,14 @@ _EXPORTED = {
     "StdioBackend",
     "TracingMiddleware",
     "TracingOptions",
+    "WebhookApprover",
     "__version__",
     "configure_logging",
     "get_mcp_request",
     "get_principal",
     "stack",
 }
-_PACKAGES = ("core", "auth", "auth.server", "breaker", "cache", "ratelimit", "router", "tracing", "gateway")
+_PACKAGES = ("core", "approval", "auth", "auth.server", "breaker", "cache", "ratelimit", "router", "tracing", "gateway")
 
 
 def test_exported_members() -> None:

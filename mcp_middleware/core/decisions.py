@@ -67,6 +67,8 @@ class Component(StrEnum):
     CREDENTIALS = "credentials"
     """A backend's own credentials (RFC 8693 exchange): `allow` (attribute `cached`), `deny` (the token
     endpoint refused the caller: 401/403), `failure` (it failed: 502/504), `retry` (the backend said 401)."""
+    APPROVAL = "approval"
+    """Human approval of a call (`required`: asked; `approved`; `deny`: refused, `reason` says how; `timeout`)."""
     SESSION = "session"
     """The gateway's sealed session handles (`rejected` with a `reason`, `session_refused`, `reopened`)."""
 
@@ -102,6 +104,10 @@ class Outcome(StrEnum):
     BACKEND_ERROR = "backend_error"
     SESSION_REFUSED = "session_refused"
     MISROUTED = "misrouted"
+    REQUIRED = "required"
+    """approval: the call is held and its approver asked (attributes `approver`, `digest`, `reason`)."""
+    APPROVED = "approved"
+    """approval: the approver said yes; the call runs."""
     REOPENED = "reopened"
     """session: a sealed session this process did not hold was opened again here (its sealed `initialize`)."""
 

@@ -42,7 +42,7 @@ from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PoolBack
 
 from .assembly import Assembly
 from .backend_gate import gate_layer
-from .backends import BackendLoadError, load_backend
+from .backends import FRONT_DOOR_CHECKS_HOST, BackendLoadError, load_backend
 from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mode_problem
 from .config_curation import add_virtual_server
 from .config_routes import live_routes
@@ -191,6 +191,7 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
         ),
         aggregate_middleware=assembly.aggregate_door(),
         aggregate_own_middleware=assembly.aggregate_own(),
+        transport_security=FRONT_DOOR_CHECKS_HOST,
     )
     folder = config.source.parent if config.source else Path.cwd()
     skipped: list[str] = []

@@ -9,12 +9,15 @@ bucket store and one cache store per gateway, opened on first use.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 from mcp.server.auth.provider import TokenVerifier
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
 
+from mcp_middleware.approval import ApprovalMiddleware, WebhookApprover, policy_rule
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
+from mcp_middleware.auth.jwks import JwksKeys
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import (
     DEFAULT_TIMEOUTS,
@@ -57,6 +60,13 @@ class Assembly:
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
         self.policy_engine: CelPolicyEngine | None = None
         """The rules of `[policy] files`, compiled once and shared by every backend's stack."""
+        self.jwks_keys: JwksKeys | None = None
+        """`jwt` mode: the issuer's keys, one fetch and one cache for every endpoint (the serverless
+        handler fetches them at cold start)."""
+        self.approval_engine: CelPolicyEngine | None = None
+        """`[approval] rules`, compiled once and shared by every backend's approval."""
+        self.catalogs: dict[str, ToolCatalog] = {}
+        """One per backend: its policy, its validator and its approval learn the same tools."""
 
     def for_mount(self, server: ServerSettings) -> list[Layer]:
         """One backend's stack, in its own names: the global sections, with this server's overrides."""
@@ -66,6 +76,7 @@ class Assembly:
             *self._auth(resource, scopes=server.scopes),
             *self._session_guard(),
             *self._policy(name),
+            *self._approval(name),
             *self._ratelimit(name, server.ratelimit_policies),
             *self._cache(name, ttl=server.cache_ttl, honor_ttl_ms=server.honor_ttl_ms),
         ]
@@ -123,7 +134,7 @@ class Assembly:
         """Rules and roles (after authentication: they read the principal), then argument validation."""
         settings = self.config.policy
         layers: list[Layer] = []
-        catalog = ToolCatalog()  # one per backend: its policy and its validator learn the same tools
+        catalog = self.catalogs.setdefault(name, ToolCatalog())
         if settings.enabled:
             if settings.paths and self.policy_engine is None:
                 self.policy_engine = CelPolicyEngine.from_files(settings.paths)
@@ -148,10 +159,46 @@ class Assembly:
             layers.append(lambda app: ArgumentValidationMiddleware(app, catalog=catalog, config=_EVERY_PATH))
         return layers
 
+    def _approval(self, name: str) -> list[Layer]:
+        """Approval after policy (a forbidden call is never asked about), before rate limit and breaker
+        (a person's thinking time is neither a request's cost nor the backend's latency)."""
+        settings = self.config.approval
+        if not settings.applies_to(name):
+            return []
+        select, destructive = settings.selection(name)
+        catalog = self.catalogs.setdefault(name, ToolCatalog())
+        approver: Literal["client"] | WebhookApprover = "client"
+        if settings.webhook is not None:
+            approver = settings.webhook.approver()
+        rule = None
+        if settings.rules:
+            if self.approval_engine is None:
+                self.approval_engine = CelPolicyEngine.from_files(settings.rules)
+            rule = policy_rule(self.approval_engine, backend=name, claims=settings.claims)
+
+        def wrap(app: ASGIApp) -> ASGIApp:
+            return ApprovalMiddleware(
+                app,
+                require=select,
+                destructive=destructive,
+                rule=rule,
+                approver=approver,
+                timeout=settings.timeout,
+                secrets=settings.secrets,
+                state_ttl=settings.state_ttl,
+                backend=name,
+                catalog=catalog,
+                config=_EVERY_PATH,
+            )
+
+        return [wrap]
+
     def reload_policies(self) -> None:
         """Read and compile `[policy] files` again (the live registry calls this); a bad file keeps the old rules."""
         if self.policy_engine is not None:
             self.policy_engine.reload()
+        if self.approval_engine is not None:
+            self.approval_engine.reload()
 
     def _ratelimit(self, namespace: str, overrides: tuple[Policy, ...] | None = None) -> list[Layer]:
         settings = self.config.ratelimit
@@ -248,6 +295,10 @@ def _jwt_verifier(assembly: Assembly, audiences: list[str]) -> tuple[TokenVerifi
     auth = assembly.config.auth
     assert auth.issuer is not None and auth.jwks_url is not None  # the config requires them
     verifier = JwksTokenVerifier(issuer=auth.issuer, audience=audiences, jwks_uri=auth.jwks_url)
+    if assembly.jwks_keys is None:
+        assembly.jwks_keys = verifier.keys
+    else:  # every endpoint's verifier has its own audience but the same issuer keys: fetched once
+        verifier.keys = assembly.jwks_keys
     return verifier, [auth.issuer] if auth.issuer else []
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp
 
 from mcp_middleware.core.errors import McpMiddlewareError
@@ -20,6 +21,12 @@ __all__ = ["BackendLoadError", "load_backend"]
 
 _PYTHON = "{python}"
 """In a `command`: the interpreter running the gateway."""
+
+FRONT_DOOR_CHECKS_HOST = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+"""For the SDK apps the gateway builds (in-process servers, the aggregate): the front door checks `Host` and
+`Origin` against `[front_door]` for every request, so the SDK's own check, which allows loopback names only
+unless told otherwise, would refuse (421) every public host name the operator allowed (a load balancer's,
+API Gateway's)."""
 
 
 class BackendLoadError(McpMiddlewareError):
@@ -106,7 +113,7 @@ def _asgi_app(value: Any) -> ASGIApp:
     ):
         value = value()
     if hasattr(value, "streamable_http_app"):  # mcp SDK MCPServer
-        return value.streamable_http_app()  # type: ignore[no-any-return]
+        return value.streamable_http_app(transport_security=FRONT_DOOR_CHECKS_HOST)  # type: ignore[no-any-return]
     if hasattr(value, "http_app"):  # fastmcp.FastMCP
         return value.http_app(path="/mcp")  # type: ignore[no-any-return]
     if callable(value):

@@ -31,6 +31,7 @@ from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.ratelimit import QuotaPolicy
 
 from . import config_sections as sections
+from .config_approval import ApprovalSettings, approval, approval_problems
 from .config_audit import audit
 from .config_auth import auth, dev_mode_exposure, dev_mode_problem
 from .config_curation import virtual_servers
@@ -119,14 +120,16 @@ def parse_config(text: str, *, source: Path | None = None) -> GatewayConfig:
         virtual_servers=virtual_servers(top, names, gateway.prefix) if "virtual_servers" in data else (),
         policy=policy(top.table("policy"), source),
         audit=audit(top.table("audit")) if "audit" in data else AuditSettings(),
+        approval=approval(top.table("approval"), source) if "approval" in data else ApprovalSettings(),
         source=source,
         warnings=tuple(top.warnings),
         lines=top.lines,
     )
-    top.seen.update({"breaker", "cache", "tracing", "audit"})
+    top.seen.update({"breaker", "cache", "tracing", "audit", "approval"})
     top.done()
     problems += _across_sections(config, problems)
     problems += policy_problems(config)
+    problems += approval_problems(config)
     if problems:
         raise ConfigError(in_file_order(problems), name)
     return config

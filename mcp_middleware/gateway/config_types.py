@@ -22,6 +22,7 @@ from mcp_middleware.router import HttpBackend, NamingPolicy, PoolBackend, Route
 from mcp_middleware.router.credentials import TokenExchange
 from mcp_middleware.router.curation import Curation
 
+from .config_approval import ApprovalSettings
 from .config_audit import AuditSettings
 from .config_backend_auth import BackendTls
 from .config_curation import VirtualServerSettings
@@ -299,6 +300,8 @@ class GatewayConfig:
     """`[policy]`: rule files, roles, argument validation (`config_policy.py`)."""
     audit: AuditSettings = field(default_factory=AuditSettings)
     """`[audit]` (see `config_audit.py`): off unless the section names a file or `otel = true`."""
+    approval: ApprovalSettings = field(default_factory=ApprovalSettings)
+    """`[approval]` (see `config_approval.py`): which tool calls wait for a person's yes; off when absent."""
     source: Path | None = None
     """The file it came from (relative paths in it are relative to its folder)."""
     warnings: tuple[Problem, ...] = ()

@@ -17,6 +17,7 @@ them. What a worker keeps in its own memory is therefore seen by a fraction of t
 
 from __future__ import annotations
 
+from .config_approval import approval_worker_problems
 from .config_types import GatewayConfig
 from .toml_reader import Problem
 
@@ -54,6 +55,8 @@ def worker_problems(
         legacy = legacy_sessions_problem(config, count, has_session_key=has_session_key)
         if legacy is not None:
             problems.append(legacy)
+    held, told = approval_worker_problems(config, count)
+    problems, warnings = [*problems, *held], [*warnings, *told]
     if config.tracing.enabled:
         warnings.append(
             config.problem(

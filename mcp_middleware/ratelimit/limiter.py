@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -35,13 +36,18 @@ logger = logging.getLogger("mcp_middleware.ratelimit")
 
 FailureMode = Literal["open", "closed"]
 
-_STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, StorageError, OSError, TimeoutError)
-try:  # a `limits` storage built without wrap_exceptions raises the client's own errors
-    from redis.exceptions import RedisError
+_BASE_STORE_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, StorageError, OSError, TimeoutError)
 
-    _STORE_ERRORS += (RedisError,)
-except ImportError:  # the [redis] extra is not installed: no Redis, no Redis errors
-    pass
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a store failure may raise; evaluated only when something was raised (an `except` clause's expression).
+
+    A `limits` storage built without wrap_exceptions raises the client's own errors: redis-py's, which is
+    loaded once a Redis client exists. Importing it up front would cost every process ~0.1 s at start (a
+    serverless cold start) whether or not any store is Redis.
+    """
+    loaded = sys.modules.get("redis.exceptions")
+    return _BASE_STORE_ERRORS if loaded is None else (*_BASE_STORE_ERRORS, loaded.RedisError)
 
 
 class PolicyState(NamedTuple):
@@ -259,7 +265,7 @@ class RateLimiter:
                     if takes:
                         await self.store.give_back(takes, now=now)
                     return refusal
-        except _STORE_ERRORS as exc:
+        except _store_errors() as exc:
             return self._degraded(exc)
         return tuple.__new__(Admission, (True, tuple(states), None, 0.0, False))
 
@@ -270,7 +276,7 @@ class RateLimiter:
         take = tuple.__new__(BucketTake, (self._storage_key(policy, scope, request, {}), policy.bucket, policy.cost))
         try:
             (decision,) = sync.decide((take,), now)
-        except _STORE_ERRORS as exc:
+        except _store_errors() as exc:
             return self._degraded(exc)
         if self._down:
             self._recovered()
