@@ -31,30 +31,19 @@ def worker_problems(
 ) -> tuple[list[Problem], list[Problem]]:
     """(problems, warnings) of serving `config` with `workers` processes (default: `[gateway] workers`).
 
-    `has_session_key`: whether legacy session ids are sealed handles any worker resumes; None when
-    this build has no such setting, and then a config that allows legacy sessions gets a warning, not
-    a refusal (see :func:`legacy_sessions_problem`).
+    `has_session_key`: whether legacy session ids are sealed handles any worker resumes (default:
+    whether `[gateway] session_key` is set; see :func:`legacy_sessions_problem`).
     """
     count = config.gateway.workers if workers is None else workers
     if count <= 1:
         return [], []
-    if has_session_key is None and config.gateway.session_key:  # sealed handles: any worker resumes a session
-        has_session_key = True
+    if has_session_key is None:
+        has_session_key = bool(config.gateway.session_key)
     problems = _shared_state_problems(config, count)
     warnings: list[Problem] = []
-    if has_session_key is None:
-        warnings.append(
-            config.problem(
-                "gateway.workers",
-                f"legacy (2025-11-25) sessions live in the worker that created them: with {count} workers a "
-                "legacy client's next connection may reach another worker and get 404 (it must initialize "
-                "again); modern-era (2026-07-28) clients are stateless and unaffected",
-            )
-        )
-    else:
-        legacy = legacy_sessions_problem(config, count, has_session_key=has_session_key)
-        if legacy is not None:
-            problems.append(legacy)
+    legacy = legacy_sessions_problem(config, count, has_session_key=has_session_key)
+    if legacy is not None:
+        problems.append(legacy)
     held, told = approval_worker_problems(config, count)
     problems, warnings = [*problems, *held], [*warnings, *told]
     if config.tracing.enabled:
@@ -73,15 +62,16 @@ def legacy_sessions_problem(config: GatewayConfig, workers: int, *, has_session_
 
     The gateway accepts legacy (2025-11-25) clients on every endpoint, and a legacy session lives in
     the worker that created it; with more than one worker only sealed session handles (the session
-    key) let any worker resume it. The caller says whether the config has that key.
+    key) let any worker resume it. `per_worker_state = true` accepts sessions kept per worker (a legacy
+    client whose next connection reaches another worker re-initializes), as it accepts per-worker limits.
     """
-    if workers <= 1 or has_session_key:
+    if workers <= 1 or has_session_key or config.gateway.per_worker_state:
         return None
     return config.problem(
         "gateway.workers",
         f"is {workers}, and legacy (2025-11-25) sessions would live in the worker that created them (a client's "
         "next connection may reach another worker and get 404): set [gateway] session_key so that any worker "
-        "resumes a session, or use workers = 1",
+        f"resumes a session, or {_SETTING} to accept sessions kept per worker, or use workers = 1",
     )
 
 

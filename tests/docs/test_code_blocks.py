@@ -184,12 +184,17 @@ def test_shell_block_is_a_fragment_or_a_config_check(block: Block) -> None:
     assert commands, f"{block.where}: no command in the block"
     for command, expected in commands:
         words = shlex.split(command)
+        env = dict(os.environ)
+        while words and "=" in words[0] and words[0].split("=", 1)[0].isidentifier():  # `NAME=value mcp-gateway …`
+            name, value = words.pop(0).split("=", 1)
+            env[name] = value
         assert words[:2] == ["mcp-gateway", "check-config"], (
             f"{block.where}: `{command}` is neither `mcp-gateway check-config …` nor marked <!-- fragment -->"
         )
         done = processes.run(
             [sys.executable, "-m", "mcp_middleware.gateway", *words[1:]],
             cwd=ROOT,
+            env=env,
             timeout=90,
             capture_output=True,
             text=True,

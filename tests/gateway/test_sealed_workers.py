@@ -74,8 +74,8 @@ async def test_a_legacy_session_goes_on_in_another_worker(tmp_path: Path, path: 
         processes.stop(process)
 
 
-def test_with_a_session_key_workers_are_not_warned_about_legacy_sessions() -> None:
-    without = parse_config(f"[gateway]\nworkers = 2\nper_worker_state = true\n{SERVER}")
-    sealed = parse_config(f'[gateway]\nworkers = 2\nper_worker_state = true\nsession_key = "{KEY}"\n{SERVER}')
-    assert any("legacy (2025-11-25) sessions" in w.message for w in worker_problems(without)[1])
+def test_workers_without_a_session_key_are_refused_for_legacy_sessions() -> None:
+    without = parse_config(f"[gateway]\nworkers = 2\n{SERVER}")
+    sealed = parse_config(f'[gateway]\nworkers = 2\nsession_key = "{KEY}"\n{SERVER}')
+    assert any("legacy (2025-11-25) sessions" in p.message for p in worker_problems(without)[0])
     assert not any("legacy" in p.message for p in [*worker_problems(sealed)[0], *worker_problems(sealed)[1]])

@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PATIENCE = 90.0
 """Seconds N workers have to start on a loaded 2-core machine (each imports the SDK and the servers)."""
 SERVER = '[[servers]]\nname = "w"\napp = "tests.gateway.worker_server:build"\n'
+KEY = 'session_key = "the workers test session key, 32+ characters"\n'
+"""Legacy sessions across workers need sealed handles (tests/gateway/test_sealed_workers.py); without: refused."""
 
 
 def start(config: Path, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -91,7 +93,7 @@ async def test_three_workers_serve_one_port_reload_together_replace_the_dead_and
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text(f"[gateway]\nshutdown_timeout = 2\n{SERVER}", encoding="utf-8")
+    config.write_text(f"[gateway]\n{KEY}shutdown_timeout = 2\n{SERVER}", encoding="utf-8")
     port, log = free_port(), tmp_path / "gateway.log"
     process = await anyio.to_thread.run_sync(start, config, port, log, "--workers", "3")
     url = f"http://127.0.0.1:{port}/mcp/w"
@@ -108,7 +110,7 @@ async def test_three_workers_serve_one_port_reload_together_replace_the_dead_and
 
         # SIGHUP: every worker reloads the file (a new server appears in each).
         config.write_text(
-            f"[gateway]\nshutdown_timeout = 2\n{SERVER}" + SERVER.replace('"w"', '"w2"'), encoding="utf-8"
+            f"[gateway]\n{KEY}shutdown_timeout = 2\n{SERVER}" + SERVER.replace('"w"', '"w2"'), encoding="utf-8"
         )
         os.kill(process.pid, signal.SIGHUP)
         await anyio.to_thread.run_sync(
@@ -163,7 +165,7 @@ async def test_a_legacy_session_on_another_worker_is_a_json_rpc_404_never_a_500(
     """Without sealed session handles a legacy session lives in one worker; a request for it that
     another worker receives is answered as an unknown session (the client initializes again)."""
     config = tmp_path / "gateway.toml"
-    config.write_text(f"[gateway]\nshutdown_timeout = 2\n{SERVER}", encoding="utf-8")
+    config.write_text(f"[gateway]\nshutdown_timeout = 2\nper_worker_state = true\n{SERVER}", encoding="utf-8")
     port, log = free_port(), tmp_path / "gateway.log"
     process = await anyio.to_thread.run_sync(start, config, port, log, "--workers", "2")
     url = f"http://127.0.0.1:{port}{path}"
@@ -209,13 +211,13 @@ async def test_a_legacy_session_on_another_worker_is_a_json_rpc_404_never_a_500(
 async def test_a_sighup_while_the_workers_start_leaves_none_with_the_old_servers(tmp_path: Path) -> None:
     """Workers still importing, building or starting get the signal too; none keeps the file it read before."""
     config = tmp_path / "gateway.toml"
-    config.write_text(f"[gateway]\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    config.write_text(f"[gateway]\n{KEY}shutdown_timeout = 1\n{SERVER}", encoding="utf-8")
     port, log = free_port(), tmp_path / "gateway.log"
     command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(port)]
     process = processes.start([*command, "--workers", "3"], cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         await anyio.to_thread.run_sync(wait_for, lambda: "supervising 3 workers" in log.read_text(), process, log, "")
-        config.write_text(f"[gateway]\nshutdown_timeout = 1\n{SERVER}" + SERVER.replace('"w"', '"w2"'))
+        config.write_text(f"[gateway]\n{KEY}shutdown_timeout = 1\n{SERVER}" + SERVER.replace('"w"', '"w2"'))
         os.kill(process.pid, signal.SIGHUP)
         await anyio.to_thread.run_sync(wait_for, lambda: "mcp-gateway on" in log.read_text(), process, log, "banner")
         # Every worker has w2, at once or after its reload: each answers a call to it (a stale one never would).
@@ -236,7 +238,7 @@ async def test_a_sighup_while_the_workers_start_leaves_none_with_the_old_servers
 async def test_sigint_to_the_supervisor_alone_stops_every_worker(tmp_path: Path) -> None:
     """Ctrl-C in a terminal reaches the whole group; a supervisor (systemd, a script) may signal the pid only."""
     config = tmp_path / "gateway.toml"
-    config.write_text(f"[gateway]\nworkers = 2\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    config.write_text(f"[gateway]\nworkers = 2\n{KEY}shutdown_timeout = 1\n{SERVER}", encoding="utf-8")
     port, log = free_port(), tmp_path / "gateway.log"
     process = await anyio.to_thread.run_sync(start, config, port, log)
     try:
@@ -254,7 +256,7 @@ async def test_sigint_to_the_supervisor_alone_stops_every_worker(tmp_path: Path)
 @pytest.mark.anyio
 async def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
-    config.write_text(f"[gateway]\nworkers = 2\nshutdown_timeout = 1\n{SERVER}", encoding="utf-8")
+    config.write_text(f"[gateway]\nworkers = 2\n{KEY}shutdown_timeout = 1\n{SERVER}", encoding="utf-8")
     port, log = free_port(), tmp_path / "gateway.log"
     process = await anyio.to_thread.run_sync(start, config, port, log)
     try:
@@ -269,7 +271,9 @@ async def test_a_supervisor_killed_with_sigkill_takes_its_workers_with_it(tmp_pa
 def test_a_worker_that_cannot_start_stops_the_gateway_instead_of_restarting_forever(tmp_path: Path) -> None:
     """The supervisor's own build passes (it never starts a backend); each worker's start-up fails."""
     config = tmp_path / "gateway.toml"
-    config.write_text('[gateway]\nworkers = 2\n[[servers]]\nname = "f"\napp = "tests.gateway.worker_server:failing"\n')
+    config.write_text(
+        f'[gateway]\nworkers = 2\n{KEY}[[servers]]\nname = "f"\napp = "tests.gateway.worker_server:failing"\n'
+    )
     log = tmp_path / "gateway.log"
     command = [sys.executable, "-m", "mcp_middleware.gateway", "serve", "-c", str(config), "--port", str(free_port())]
     process = processes.start(command, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -292,14 +296,14 @@ def refused(config: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_memory_stores_with_workers_are_refused_naming_the_key_to_set(tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
     limits = '[[ratelimit.policies]]\nname = "calls"\nselector = "tools/call"\ncapacity = 5\nrate = 1\n'
-    config.write_text(SERVER + limits + "[cache]\nenabled = true\n", encoding="utf-8")
+    config.write_text("[gateway]\n" + KEY + SERVER + limits + "[cache]\nenabled = true\n", encoding="utf-8")
     done = refused(config, "--workers", "2")
     assert done.returncode == 2, done.stderr
     assert (
-        "ratelimit.store (line 4): is memory:// and 2 workers would each keep their own buckets "
+        "ratelimit.store (line 6): is memory:// and 2 workers would each keep their own buckets "
         "(every limit 2 times looser)" in done.stderr
     )
-    assert "cache.store (line 9): is memory:// and 2 workers would each keep their own cache" in done.stderr
+    assert "cache.store (line 11): is memory:// and 2 workers would each keep their own cache" in done.stderr
     assert done.stderr.count("set [gateway] per_worker_state = true") == 2
     assert "mcp-gateway on" not in done.stdout and "Traceback" not in done.stderr
 
@@ -322,7 +326,8 @@ async def test_a_redis_rate_limit_is_one_limit_across_workers(tmp_path: Path, re
     capacity = 4
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f"""{SERVER}
+        f"""[gateway]
+{KEY}{SERVER}
 [cache]
 store = "{redis_server.url.replace("/0", "/1")}"
 [ratelimit]

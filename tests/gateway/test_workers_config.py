@@ -12,6 +12,8 @@ from mcp_middleware.gateway.config_check import check_config
 from mcp_middleware.gateway.config_workers import legacy_sessions_problem, worker_problems
 
 DEMO = '[[servers]]\nname = "demo"\napp = "tests.servers:build_server"\n'
+KEY = 'session_key = "a-session-key-of-at-least-thirty-two-characters"\n'
+"""Sealed session handles: what lets several workers serve legacy sessions (without: a problem of its own)."""
 LIMITS = '[[ratelimit.policies]]\nname = "calls"\nselector = "tools/call"\ncapacity = 5\nrate = 1\n'
 
 
@@ -41,47 +43,47 @@ def test_one_worker_asks_nothing_of_the_stores() -> None:
 
 
 def test_memory_stores_are_refused_at_their_lines_unless_per_worker_state_is_accepted() -> None:
-    config = parse_config(f"[gateway]\nworkers = 4\n{DEMO}{LIMITS}[cache]\nttl = 5\n")
+    config = parse_config(f"[gateway]\nworkers = 4\n{KEY}{DEMO}{LIMITS}[cache]\nttl = 5\n")
     problems, _ = check_config(config)
-    assert [(p.path, p.line) for p in problems] == [("ratelimit.store", 6), ("cache.store", 11)]
+    assert [(p.path, p.line) for p in problems] == [("ratelimit.store", 7), ("cache.store", 12)]
     assert "every limit 4 times looser" in problems[0].message
     assert all("set [gateway] per_worker_state = true" in p.message for p in problems)
-    accepted = parse_config(f"[gateway]\nworkers = 4\nper_worker_state = true\n{DEMO}{LIMITS}[cache]\n")
+    accepted = parse_config(f"[gateway]\nworkers = 4\n{KEY}per_worker_state = true\n{DEMO}{LIMITS}[cache]\n")
     assert check_config(accepted)[0] == []
 
 
 def test_redis_stores_are_shared_and_accepted() -> None:
     redis = "redis://127.0.0.1:6379/0"
     config = parse_config(
-        f'[gateway]\nworkers = 4\n{DEMO}{LIMITS}[ratelimit]\nstore = "{redis}"\n[cache]\nstore = "{redis}"\n'
+        f'[gateway]\nworkers = 4\n{KEY}{DEMO}{LIMITS}[ratelimit]\nstore = "{redis}"\n[cache]\nstore = "{redis}"\n'
     )
     assert worker_problems(config)[0] == []
 
 
 def test_an_unused_memory_store_is_no_problem() -> None:
     """`[ratelimit]` without policies and `[cache] enabled = false` keep nothing per worker."""
-    config = parse_config(f"[gateway]\nworkers = 2\n{DEMO}[cache]\nenabled = false\n")
+    config = parse_config(f"[gateway]\nworkers = 2\n{KEY}{DEMO}[cache]\nenabled = false\n")
     assert worker_problems(config)[0] == []
 
 
 def test_a_servers_own_rate_limit_counts_too() -> None:
     own = '[[servers.ratelimit_policies]]\nname = "own"\nselector = "tools/call"\ncapacity = 5\nrate = 1\n'
-    [problem] = worker_problems(parse_config(f"[gateway]\nworkers = 2\n{DEMO}{own}"))[0]
+    [problem] = worker_problems(parse_config(f"[gateway]\nworkers = 2\n{KEY}{DEMO}{own}"))[0]
     assert problem.path == "ratelimit.store"
 
 
 def test_process_bound_features_are_refused_with_workers() -> None:
-    dev = parse_config(f'[gateway]\nworkers = 2\n{DEMO}[auth]\nmode = "dev"\n')
+    dev = parse_config(f'[gateway]\nworkers = 2\n{KEY}{DEMO}[auth]\nmode = "dev"\n')
     [problem] = worker_problems(dev)[0]
-    assert (problem.path, problem.line) == ("auth.mode", 7)
+    assert (problem.path, problem.line) == ("auth.mode", 8)
     assert "use workers = 1" in problem.message
-    audit = parse_config(f'[gateway]\nworkers = 2\n{DEMO}[audit]\nfile = "audit.jsonl"\n')
+    audit = parse_config(f'[gateway]\nworkers = 2\n{KEY}{DEMO}[audit]\nfile = "audit.jsonl"\n')
     [problem] = worker_problems(audit)[0]
-    assert (problem.path, problem.line) == ("audit.file", 7)
+    assert (problem.path, problem.line) == ("audit.file", 8)
     assert "interleave 2 chains" in problem.message
 
 
-def test_legacy_sessions_need_a_session_key_once_the_caller_knows_whether_there_is_one() -> None:
+def test_legacy_sessions_need_a_session_key_or_per_worker_state() -> None:
     config = parse_config(f"[gateway]\nworkers = 3\n{DEMO}")
     assert legacy_sessions_problem(config, 3, has_session_key=True) is None
     assert legacy_sessions_problem(config, 1, has_session_key=False) is None
@@ -91,10 +93,14 @@ def test_legacy_sessions_need_a_session_key_once_the_caller_knows_whether_there_
     problems, warnings = worker_problems(config, has_session_key=False)
     assert problems == [problem]
     assert worker_problems(config, has_session_key=True) == ([], [])
-    # This build has no session key: the risk is a warning, not a refusal.
+    # The config decides: no key is a refusal naming both ways out; a key, or per_worker_state, accepts.
     problems, warnings = worker_problems(config)
-    assert problems == [] and [w.path for w in warnings] == ["gateway.workers"]
-    assert "legacy (2025-11-25) sessions live in the worker that created them" in warnings[0].message
+    assert problems == [problem] and warnings == []
+    assert "or set [gateway] per_worker_state = true to accept sessions kept per worker" in problem.message
+    keyed = parse_config(f'[gateway]\nworkers = 3\nsession_key = "{"k" * 40}"\n{DEMO}')
+    assert worker_problems(keyed) == ([], [])
+    per_worker = parse_config(f"[gateway]\nworkers = 3\nper_worker_state = true\n{DEMO}")
+    assert worker_problems(per_worker) == ([], [])
 
 
 def test_metrics_per_worker_are_a_warning() -> None:
