@@ -41,6 +41,7 @@ def stdio_pool(count: int = 3) -> PoolBackend:
         probe_interval=0.25,
         probe_timeout=5.0,  # generous: on a loaded machine a live replica must not look dead
         health=BreakerPolicy(consecutive_failures=3, open_for=0.5, max_open_for=2.0),
+        on_replica_loss="reinitialize",  # a legacy session whose process is killed mid-call moves to another
     )
 
 
