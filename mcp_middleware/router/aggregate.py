@@ -48,7 +48,6 @@ from .catalog import (
     RESOURCES,
     TEMPLATES,
     TOOLS,
-    Catalog,
     Kind,
 )
 from .curation import Curation, Selection
@@ -57,6 +56,7 @@ from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
+from .routed_resources import RoutedCatalog
 from .routes import Route, RouteTable
 from .watches import ResourceWatches
 
@@ -138,7 +138,7 @@ class AggregateServer:
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self.routes = RouteTable(routes, servers=self.backends)
-        self.catalog = Catalog(
+        self.catalog = RoutedCatalog(  # a Catalog that lists resource-prefix routes once (routed_resources.py)
             self.backends,
             self._links,
             naming=self.naming,
