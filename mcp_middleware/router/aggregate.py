@@ -38,7 +38,7 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, Era, JsonRpcCode, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, Era, ErrorCode, JsonRpcCode, McpRequest, Outcome, read_request
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
@@ -425,6 +425,12 @@ class AggregateServer:
             if refused is not None:
                 _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
                 raise MCPError(code, message, data=data)
+            merged = self.catalog.current(kind)
+            if len(self.backends) == 1 and merged is not None and merged.failures:  # a stdio mount's bridge, down:
+                down = merged.failures[0]  # its name may well be the backend's; say it is down, not unknown
+                raise MCPError(
+                    ErrorCode.UNAVAILABLE, f"Backend {down.server} is unavailable", data={"server": down.server}
+                )
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
         return target[0], self.catalog.backend_name(kind, *target)
 
