@@ -42,7 +42,7 @@ from mcp_middleware.core import ANSWERED, CoreConfig, Era, ErrorCode, JsonRpcCod
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
-from .bridge import ClientBridge, decide, session_id_of
+from .bridge import ClientBridge, decide, down_alone, session_id_of
 from .catalog import (
     PROMPTS,
     RESOURCES,
@@ -425,12 +425,8 @@ class AggregateServer:
             if refused is not None:
                 _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
                 raise MCPError(code, message, data=data)
-            merged = self.catalog.current(kind)
-            if len(self.backends) == 1 and merged is not None and merged.failures:  # a stdio mount's bridge, down:
-                down = merged.failures[0]  # its name may well be the backend's; say it is down, not unknown
-                raise MCPError(
-                    ErrorCode.UNAVAILABLE, f"Backend {down.server} is unavailable", data={"server": down.server}
-                )
+            if (down := down_alone(self.backends, self.catalog.current(kind))) is not None:  # see bridge.py
+                raise MCPError(ErrorCode.UNAVAILABLE, f"Backend {down} is unavailable", data={"server": down})
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown {noun}: {public_name}", data={"name": public_name})
         return target[0], self.catalog.backend_name(kind, *target)
 
