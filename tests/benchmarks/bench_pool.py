@@ -9,7 +9,9 @@ reached through the router's own keep-alive proxy. Two routers, built side by si
   (least in flight, breaker per replica, probing off while measured: a probe is the pool's
   background work, not a request's);
 * `pool_same`: the same pool with `url_0` three times: the pool's own code, without the
-  difference three backend processes make to the kernel's and the event loop's work.
+  difference three backend processes make to the kernel's and the event loop's work;
+* `mounts3` (timed only, a control): three one-URL mounts, one per backend, the requests sent to
+  each in turn by the driver: spreading over three processes without any balancing code.
 
 Each sends the 1 KB modern `tools/call` of `echo`, one at a time, in interleaved rounds (ABBA);
 per request: this process's CPU time (the router's own work: the backends are other processes)
@@ -46,6 +48,7 @@ from .bench_instructions import per_request
 
 TARGET_US = 20.0
 KINDS = ("mount", "pool", "pool_same")
+TIMED = (*KINDS, "mounts3")
 ROOT = Path(__file__).resolve().parents[2]
 _COLLECTED = re.compile(rb"Collected\s*:\s*(\d+)")
 _HEADERS = [(b"host", b"127.0.0.1:8000")] + [(k.encode(), v.encode()) for k, v in modern_headers()]
@@ -56,14 +59,17 @@ def router_of(kind: str, urls: Sequence[str]) -> McpRouter:
     router = McpRouter(aggregate_path=None)
     if kind == "mount":
         router.mount("bench", HttpBackend(urls[0]))
+    elif kind == "mounts3":
+        for index, url in enumerate(urls):
+            router.mount(f"bench{index}", HttpBackend(url))
     else:
         members = urls if kind == "pool" else [urls[0]] * len(urls)
         router.mount("bench", PoolBackend([HttpBackend(url) for url in members], probe_interval=3600))
     return router
 
 
-async def call(app: ASGIApp, request_id: int) -> None:
-    """One modern `tools/call` of `echo` into `app` at `/mcp/bench`, its answer read to the end."""
+async def call(app: ASGIApp, request_id: int, path: str = "/mcp/bench") -> None:
+    """One modern `tools/call` of `echo` into `app` at `path`, its answer read to the end."""
     body = tools_call_body(request_id)
     delivered = False
     status = 0
@@ -90,8 +96,8 @@ async def call(app: ASGIApp, request_id: int) -> None:
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/mcp/bench",
-        "raw_path": b"/mcp/bench",
+        "path": path,
+        "raw_path": path.encode(),
         "root_path": "",
         "query_string": b"",
         "headers": [*_HEADERS, (b"content-length", str(len(body)).encode())],
@@ -113,17 +119,21 @@ async def drive(kind: str, urls: Sequence[str], requests: int) -> None:
             await call(router, 100_000 + index)
 
 
+def _path(kind: str, request_id: int) -> str:
+    return f"/mcp/bench{request_id % 3}" if kind == "mounts3" else "/mcp/bench"
+
+
 async def timed(urls: Sequence[str], *, rounds: int, per_round: int) -> dict[str, dict[str, list[float]]]:
     """CPU and wall µs per request of each router, one figure per round, rounds interleaved ABBA."""
-    routers = {kind: router_of(kind, urls) for kind in KINDS}
-    figures: dict[str, dict[str, list[float]]] = {kind: {"cpu": [], "user": [], "wall": []} for kind in KINDS}
+    routers = {kind: router_of(kind, urls) for kind in TIMED}
+    figures: dict[str, dict[str, list[float]]] = {kind: {"cpu": [], "user": [], "wall": []} for kind in TIMED}
     async with run_lifespan(routers["mount"]), run_lifespan(routers["pool"]):
-        for kind in KINDS:  # warm: connections opened to every replica, code paths compiled
+        for kind in TIMED:  # warm: connections opened to every replica, code paths compiled
             for index in range(30):
-                await call(routers[kind], index)
+                await call(routers[kind], index, _path(kind, index))
         request_id = 1000
         for round_index in range(rounds):
-            for kind in KINDS if round_index % 2 == 0 else reversed(KINDS):
+            for kind in TIMED if round_index % 2 == 0 else reversed(TIMED):
                 cpu, user, wall = (
                     time.process_time(),
                     resource.getrusage(resource.RUSAGE_SELF).ru_utime,
@@ -131,7 +141,7 @@ async def timed(urls: Sequence[str], *, rounds: int, per_round: int) -> dict[str
                 )
                 for _ in range(per_round):
                     request_id += 1
-                    await call(routers[kind], request_id)
+                    await call(routers[kind], request_id, _path(kind, request_id))
                 figures[kind]["cpu"].append((time.process_time() - cpu) / per_round * 1e6)
                 figures[kind]["user"].append(
                     (resource.getrusage(resource.RUSAGE_SELF).ru_utime - user) / per_round * 1e6
@@ -176,22 +186,24 @@ def main(quick: bool) -> dict[str, Any]:
     finally:
         for server in servers:
             server.stop()
-    cpu = {kind: median(figures[kind]["cpu"]) for kind in KINDS}
-    user = {kind: median(figures[kind]["user"]) for kind in KINDS}
-    wall = {kind: median(figures[kind]["wall"]) for kind in KINDS}
+    cpu = {kind: median(figures[kind]["cpu"]) for kind in TIMED}
+    user = {kind: median(figures[kind]["user"]) for kind in TIMED}
+    wall = {kind: median(figures[kind]["wall"]) for kind in TIMED}
     pairs = [p - m for p, m in zip(figures["pool"]["cpu"], figures["mount"]["cpu"], strict=True)]
     added = median(pairs)
     lines = [section("pool: 3 URL replicas vs a one-URL mount (router in process, backends on loopback)")]
     lines.append(f"  modern tools/call of echo, one at a time; {rounds} rounds of {per_round} per router, ABBA")
     lines.append("  wall-clock and CPU figures are noise on a loaded machine: medians of the rounds")
-    rows = [[kind, f"{cpu[kind]:.1f}", f"{user[kind]:.1f}", f"{wall[kind]:.1f}"] for kind in KINDS]
+    rows = [[kind, f"{cpu[kind]:.1f}", f"{user[kind]:.1f}", f"{wall[kind]:.1f}"] for kind in TIMED]
     same = median([p - m for p, m in zip(figures["pool_same"]["cpu"], figures["mount"]["cpu"], strict=True)])
     lines.append(table(["router", "CPU µs/request (router process)", "of which user", "wall µs/request"], rows))
     lines.append(
         f"  balancing adds {added:+.1f} µs CPU a request (median of per-round differences "
         f"{min(pairs):+.1f} … {max(pairs):+.1f}); ≤ {TARGET_US:g} µs: {verdict(added <= TARGET_US)}"
     )
+    spread = median([p - m for p, m in zip(figures["mounts3"]["cpu"], figures["mount"]["cpu"], strict=True)])
     lines.append(f"  the pool's code alone (one backend three times): {same:+.1f} µs CPU a request")
+    lines.append(f"  three one-URL mounts in turn (no balancing, the same three backends): {spread:+.1f} µs CPU")
     if counts is not None:
         lines.append(
             f"  instructions per request (callgrind, {low} and {high} requests, the difference): "
@@ -209,6 +221,7 @@ def main(quick: bool) -> dict[str, Any]:
         "added_cpu_us": added,
         "added_cpu_us_rounds": pairs,
         "pool_code_cpu_us": same,
+        "spread_cpu_us": spread,
         "instructions": counts,
         "targets": [
             ["balancing: pool of 3 URLs vs one-URL mount, CPU a request", round(added, 1), "µs", "≤ 20", added <= 20]
