@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 from mcp import MCPError
 
 from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.router import McpRouter, PoolBackend, StdioBackend
+from mcp_middleware.router._pool_stdio import _OutageWatch
 from tests.conftest import Era, connect
 from tests.support.waiting import until
 
@@ -154,3 +156,62 @@ async def test_a_write_in_flight_on_a_killed_process_says_it_may_have_run(serve:
     (error,) = failed
     assert (error.code, error.data) == (-32017, {"backend": "pooled", "mayHaveRun": True})
     assert all(f"at {pid}" not in str(outcome) for outcome in outcomes)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    async def __call__(self, message: Any) -> None:
+        self.messages.append(message)
+
+
+def _start(content_type: bytes) -> dict[str, Any]:
+    return {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
+
+
+def _body(data: bytes, more: bool = False) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def _error(code: int, data: dict[str, Any], request_id: int = 7) -> bytes:
+    return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": "x", "data": data}})
+
+
+async def test_only_the_bridges_own_outage_is_a_replica_failure() -> None:
+    """What a stdio replica's answer must look like to move a call elsewhere (no processes: the watch alone)."""
+    # The bridge's word, naming this pool: nothing reaches the client; -32015 means nothing ran.
+    sink = Sink()
+    watch = _OutageWatch(sink, 7, "pooled", None, 1 << 20)
+    await watch(_start(b"application/json"))
+    await watch(_body(_error(-32015, {"server": "pooled"})))
+    assert sink.messages == [] and watch.failure is not None and watch.failure.may_have_run is False
+    # -32017 in the first event of a stream: it may have run.
+    sink, watch = Sink(), _OutageWatch(Sink(), 7, "pooled", None, 1 << 20)
+    await watch(_start(b"text/event-stream"))
+    await watch(_body(b"event: message\r\ndata: " + _error(-32017, {"server": "pooled"}) + b"\r\n\r\n", more=True))
+    assert watch.failure is not None and watch.failure.may_have_run is True
+    # A tool's own error with the same code (naming another server, or none), another request's id, a
+    # progress notification first, or an answer past the bound: the backend's answer, passed on whole.
+    for messages in (
+        [_start(b"application/json"), _body(_error(-32015, {"server": "elsewhere"}))],
+        [_start(b"application/json"), _body(_error(-32017, {}))],
+        [_start(b"application/json"), _body(_error(-32015, {"server": "pooled"}, request_id=8))],
+        [
+            _start(b"text/event-stream"),
+            _body(
+                b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\r\n\r\n', True
+            ),
+            _body(b"event: message\r\ndata: " + _error(-32017, {"server": "pooled"}) + b"\r\n\r\n"),
+        ],
+        [_start(b"application/json"), _body(b"x" * 300, more=True), _body(_error(-32015, {"server": "pooled"}))],
+    ):
+        sink = Sink()
+        watch = _OutageWatch(sink, 7, "pooled", None, 256)
+        for message in messages:
+            await watch(message)
+        await watch.flush()
+        assert watch.failure is None, messages
+        assert b"".join(m.get("body", b"") for m in sink.messages) == b"".join(m.get("body", b"") for m in messages)
+        assert sink.messages[0]["type"] == "http.response.start"
+        assert sink.messages[-1]["more_body"] is False
