@@ -12,6 +12,7 @@ import pytest
 
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.backends import load_backend
+from mcp_middleware.gateway.cli import EXIT_OK, main
 from mcp_middleware.gateway.config import ConfigError, parse_config
 from mcp_middleware.router import PoolBackend, StdioBackend
 from tests.conftest import connect, serve_app
@@ -111,3 +112,14 @@ async def test_the_gateway_serves_the_pool_in_both_eras_and_restarts_a_killed_pr
             for _ in range(6):
                 after[(await client.call_tool("whoami", {})).content[0].text] += 1  # type: ignore[union-attr]
         assert victim not in after and len(after) == 3, (seen, after)
+
+
+def test_list_servers_shows_every_replica_of_a_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        POOL + '[[servers]]\nname = "urls"\nurl = ["http://10.0.0.1:8000/mcp", "http://10.0.0.2:8000/mcp"]\n'
+    )
+    assert main(["list-servers", "-c", str(config)]) == EXIT_OK
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["pooled"].endswith("{python} -m tests.router.pool_stdio_replica (x3)")
+    assert rows["urls"].endswith("http://10.0.0.1:8000/mcp, http://10.0.0.2:8000/mcp")
