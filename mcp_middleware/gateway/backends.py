@@ -44,8 +44,12 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
     Raises :class:`BackendLoadError` when an `app` cannot be imported or is not an MCP app, or a
     `command`'s program does not exist (`serve` would otherwise start and report no tools).
     """
-    if server.pool is not None:
-        return _pool_backend(server)
+    if server.pool is not None and not server.command:
+        own = _own_credentials(server)  # its TLS context, one for all replicas (an exchange is refused for pools)
+        replicas = [
+            HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, **own) for url in server.pool.urls
+        ]
+        return _pool_backend(server, replicas)
     if server.url:
         return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout, **_own_credentials(server))
     if server.command:
@@ -54,6 +58,12 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
         if missing is not None:
             raise BackendLoadError("command", f"cannot be started: {missing}")
         env = dict(server.env) if server.env else None
+        if server.pool is not None:  # `replicas = N`: N processes, each's stderr named `name#index`
+            processes = [
+                StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout)
+                for _ in range(server.pool.replicas)
+            ]
+            return _pool_backend(server, processes)
         return StdioBackend(command[0], command[1:], env=env, cwd=str(folder), timeout=server.timeout, name=server.name)
     assert server.app is not None
     try:
@@ -72,12 +82,10 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
         raise BackendLoadError("app", f"cannot be built: {type(exc).__name__}: {exc}") from exc
 
 
-def _pool_backend(server: ServerSettings) -> PoolBackend:
-    """A `url = [...]` server: one `HttpBackend` per replica (each with the server's headers) in a pool."""
+def _pool_backend(server: ServerSettings, replicas: list[HttpBackend] | list[StdioBackend]) -> PoolBackend:
+    """A pool server: its replicas (URLs with the server's headers, or processes of its command) in a pool."""
     pool = server.pool
     assert pool is not None
-    own = _own_credentials(server)  # its TLS context, one for all replicas (an exchange is refused for pools)
-    replicas = [HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, **own) for url in pool.urls]
     return PoolBackend(
         replicas,
         balance=pool.balance,

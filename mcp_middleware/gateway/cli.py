@@ -96,6 +96,8 @@ def _describe(config: GatewayConfig) -> list[str]:
     rows = []
     for server in config.servers:
         target = server.app or server.url or " ".join(server.command)
+        if server.pool is not None:  # a pool: every URL, or the command and how many processes of it
+            target = ", ".join(server.pool.urls) if server.pool.urls else f"{target} (x{server.pool.replicas})"
         where = f"{prefix}/{server.name}" if server.mount else "(not mounted)"
         aggregated = "aggregated" if server.aggregate and config.aggregate.enabled else "-"
         rows.append(f"{server.name:<20} {server.kind:<8} {where:<28} {aggregated:<11} {target}")

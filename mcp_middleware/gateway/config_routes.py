@@ -1,8 +1,9 @@
-"""`[[routes]]`: a tool or a prompt of the aggregate served by a primary server, else by its fallbacks.
+"""`[[routes]]`: a tool, a prompt or resources of the aggregate served by a primary server, else by its fallbacks.
 
 ```toml
 [[routes]]
 tool = "search"              # or: prompt = "brief"  (the name every server of the route offers it under)
+                             # or: resource_prefix = "docs://"  (every resource whose URI starts so)
 primary = "vendor_a"         # [[servers]] names
 fallback = ["vendor_b"]
 allow_retry = false          # true: calling it twice is harmless (move on after a timeout too)
@@ -37,11 +38,12 @@ def routes(top: Reader, servers: Sequence[ServerSettings]) -> tuple[Route, ...]:
     for table in top.tables("routes"):
         tool = table.string("tool", None)
         prompt = table.string("prompt", None)
+        resource_prefix = table.string("resource_prefix", None)
         primary = table.string("primary")
         fallback = table.strings("fallback", ())
         allow_retry = table.boolean("allow_retry", False)
         before = len(table.problems)
-        for key, message in check_route(tool, prompt, primary, fallback, None):
+        for key, message in check_route(tool, prompt, primary, fallback, None, resource_prefix):
             table.problem(key, message)
         for key, name in (("primary", primary), *(("fallback", name) for name in fallback)):
             if not isinstance(name, str) or (name in by_name and by_name[name].aggregate):
@@ -50,7 +52,13 @@ def routes(top: Reader, servers: Sequence[ServerSettings]) -> tuple[Route, ...]:
                 table.problem(key, f"{name!r} is not in the aggregate (its aggregate = false)")
             else:
                 table.problem(key, f"{name!r} is not the name of a [[servers]] entry{did_you_mean(name, by_name)}")
-        kind, name = ("tool", tool) if tool is not None else ("prompt", prompt)
+        kind, name = (
+            ("tool", tool)
+            if tool is not None
+            else ("prompt", prompt)
+            if prompt is not None
+            else ("resource_prefix", resource_prefix)
+        )
         if isinstance(name, str) and name:
             other = seen.get((kind, name))
             if other is not None:
@@ -58,7 +66,16 @@ def routes(top: Reader, servers: Sequence[ServerSettings]) -> tuple[Route, ...]:
             seen.setdefault((kind, name), table.path)
         table.done()
         if len(table.problems) == before and isinstance(primary, str):
-            found.append(Route(primary, fallback, tool=tool, prompt=prompt, allow_retry=allow_retry))
+            found.append(
+                Route(
+                    primary,
+                    fallback,
+                    tool=tool,
+                    prompt=prompt,
+                    allow_retry=allow_retry,
+                    resource_prefix=resource_prefix,
+                )
+            )
     return tuple(found)
 
 

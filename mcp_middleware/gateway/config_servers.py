@@ -74,22 +74,49 @@ _POOL_KEYS = ("balance", "probe_interval", "probe_timeout", "probe_failures", "r
 
 
 def _url(reader: Reader) -> tuple[str | None, PoolSettings | None]:
-    """`url`: one URL, or a list of replicas (a pool, with its own options); the first URL, and the pool."""
+    """`url`: one URL, or a list of replicas (a pool, with its own options); the first URL, and the pool.
+    `replicas = N` beside a `command`: a pool of N processes of it (the same options)."""
+    if "replicas" in reader.data:
+        pool = _command_pool(reader)
+        listed = reader.raw("url", None)  # a url beside it is reported (here, or as one source too many)
+        return (listed if isinstance(listed, str) else None), pool
     if not isinstance(reader.raw("url", None), list):
         for key in _POOL_KEYS:
             if key in reader.data:
                 reader.raw(key)  # read, so that it is not also called unknown
-                reader.problem(key, 'is for a pool of replicas: write url = ["http://a/mcp", "http://b/mcp"]')
+                reader.problem(
+                    key,
+                    'is for a pool of replicas: write url = ["http://a/mcp", "http://b/mcp"], or replicas = 3'
+                    " beside a command",
+                )
         return reader.string("url", None), None
     urls = reader.strings("url", ())
     if not urls:
         reader.problem("url", "must name at least one replica")
         return None, None
+    return urls[0], _pool_options(reader, urls=urls)
+
+
+def _command_pool(reader: Reader) -> PoolSettings | None:
+    """`replicas = N` with a `command`: N copies of one program (a stdio replica is a local process, so one
+    command, env and cwd describe them all; several URLs name several hosts, several commands would not)."""
+    replicas = reader.integer("replicas", 1, minimum=1, maximum=64)
+    if "command" not in reader.data:
+        hint = "url = [...] lists URL replicas" if "url" in reader.data else "it needs a command"
+        reader.problem("replicas", f"is the number of processes of a command ({hint})")
+        return None
+    if isinstance(reader.raw("url", None), list):
+        reader.problem("url", "a pool is url = [...] or a command with replicas = N, not both")
+    return _pool_options(reader, replicas=replicas)
+
+
+def _pool_options(reader: Reader, *, urls: tuple[str, ...] = (), replicas: int = 0) -> PoolSettings:
     retry_tools = reader.strings("retry_tools", ())
     for position, text in enumerate(retry_tools):
         selector(reader, f"retry_tools[{position}]", text)
-    pool = PoolSettings(
+    return PoolSettings(
         urls=urls,
+        replicas=replicas,
         balance=reader.string("balance", PoolSettings.balance, choices=("least_in_flight", "round_robin")),
         probe_interval=reader.number("probe_interval", PoolSettings.probe_interval, positive=True),
         probe_timeout=reader.number("probe_timeout", PoolSettings.probe_timeout, positive=True),
@@ -99,7 +126,6 @@ def _url(reader: Reader) -> tuple[str | None, PoolSettings | None]:
             "on_replica_loss", PoolSettings.on_replica_loss, choices=("not_found", "reinitialize")
         ),
     )
-    return urls[0], pool
 
 
 def _name(reader: Reader, names: dict[str, str]) -> str | None:

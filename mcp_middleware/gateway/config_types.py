@@ -67,9 +67,12 @@ def option_default(owner: Callable[..., Any] | type, name: str) -> Any:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """A server whose `url` is a list: its replicas and `PoolBackend`'s options (its defaults)."""
+    """A server whose `url` is a list (or a `command` with `replicas = N`): its replicas and `PoolBackend`'s
+    options (its defaults)."""
 
     urls: tuple[str, ...]
+    replicas: int = 0
+    """A `command`'s pool: how many processes of it (`replicas = N`); 0 for a pool of `url`s."""
     balance: Literal["least_in_flight", "round_robin"] = option_default(PoolBackend, "balance")
     probe_interval: float = option_default(PoolBackend, "probe_interval")
     probe_timeout: float = option_default(PoolBackend, "probe_timeout")

@@ -14,7 +14,7 @@ from mcp_middleware.core import ErrorCode, McpRequest, Rejection, send_error
 from mcp_middleware.core.headers import RequestHeaders
 from mcp_middleware.core.parsing import describe_exchange, parse_post
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
-from mcp_middleware.core.request import Era, get_mcp_request
+from mcp_middleware.core.request import Era
 
 __all__ = ["PoolCall"]
 
@@ -36,19 +36,15 @@ class PoolCall:
             self.modern = request.era is Era.MODERN
             self.session_id = request.session_id
             return
-        session_id = version = None
-        for key, value in scope["headers"]:
-            if key == b"mcp-session-id":
-                session_id = value
-            elif key == b"mcp-protocol-version":
-                version = value
-        self.modern = version == _MODERN
+        headers = dict(scope["headers"])  # built in C: cheaper than a loop over the headers in Python
+        session_id = headers.get(b"mcp-session-id")
+        self.modern = headers.get(b"mcp-protocol-version") == _MODERN
         self.session_id = session_id.decode("latin-1") if session_id is not None and not self.modern else None
 
     @classmethod
-    async def read(cls, scope: Scope, receive: Receive, send: Send) -> PoolCall | None:
-        """The call, its body read (or taken from the core's view); None when it is answered or the client left."""
-        request = get_mcp_request(scope)
+    async def read(cls, scope: Scope, receive: Receive, send: Send, request: McpRequest | None) -> PoolCall | None:
+        """The call, its body read (or taken from the core's view, `request`); None when it is answered or the
+        client left."""
         if scope["method"] != "POST":
             return cls(scope, b"", request)
         message = await receive()  # with a view, its body replayed: what follows is the client's stream

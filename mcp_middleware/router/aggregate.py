@@ -38,17 +38,16 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, Era, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, Era, ErrorCode, McpRequest, Outcome, read_request
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
-from .bridge import ClientBridge, decide, session_id_of
+from .bridge import ClientBridge, decide, down_alone, session_id_of
 from .catalog import (
     PROMPTS,
     RESOURCES,
     TEMPLATES,
     TOOLS,
-    Catalog,
     Kind,
 )
 from .curation import Curation, Selection, unknown_error
@@ -57,6 +56,7 @@ from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
+from .routed_resources import RoutedCatalog
 from .routes import Route, RouteTable
 from .watches import ResourceWatches
 
@@ -138,7 +138,7 @@ class AggregateServer:
         self._shared_links = shared_links if shared_links is not None else {}
         self._group: anyio.abc.TaskGroup | None = None
         self.routes = RouteTable(routes, servers=self.backends)
-        self.catalog = Catalog(
+        self.catalog = RoutedCatalog(  # a Catalog that lists resource-prefix routes once (routed_resources.py)
             self.backends,
             self._links,
             naming=self.naming,
@@ -425,6 +425,8 @@ class AggregateServer:
             if refused is not None:
                 _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
                 raise MCPError(code, message, data=data)
+            if (down := down_alone(self.backends, self.catalog.current(kind))) is not None:  # see bridge.py
+                raise MCPError(ErrorCode.UNAVAILABLE, f"Backend {down} is unavailable", data={"server": down})
             _, code, message, data = unknown_error(noun, public_name)
             raise MCPError(code, message, data=data)
         return target[0], self.catalog.backend_name(kind, *target)

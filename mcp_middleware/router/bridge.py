@@ -29,7 +29,7 @@ from mcp_middleware.core import Component, ErrorCode, JsonRpcCode, Outcome, reco
 from ._links import BackendLink, BackendUnavailable, ChangeHook, UpdateHook, short
 from .backends import Backend
 
-__all__ = ["ClientBridge", "session_id_of"]
+__all__ = ["ClientBridge", "down_alone", "session_id_of"]
 
 logger = logging.getLogger("mcp_middleware.router")
 
@@ -333,3 +333,15 @@ def decide(ctx: ServerRequestContext[Any], outcome: Outcome, **attributes: str |
     scope = getattr(ctx.request, "scope", None)
     if isinstance(scope, dict):
         record_decision(scope, Component.ROUTER, outcome, **attributes)
+
+
+def down_alone(backends: Mapping[str, Backend], merged: Any) -> str | None:
+    """The backend of a one-backend aggregate (a stdio mount's bridge) whose list could not be fetched, else None.
+
+    A name such an aggregate cannot resolve may well be its backend's: it is answered `-32015` naming the
+    server (nothing ran), not `Unknown tool`, so a route over it moves on (:mod:`.held`) as it would from a URL.
+    """
+    failures = getattr(merged, "failures", None)
+    if len(backends) != 1 or not failures:
+        return None
+    return str(failures[0].server)

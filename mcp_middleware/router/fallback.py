@@ -63,7 +63,10 @@ class RouteRunner:
             if index == 0 and self.serving.get(key, server) != server:
                 report["recovered"] = True  # the primary answers again after a fallback served
             held = HeldAnswer(stream, request.id, meta, max_bytes=self.max_bytes)
-            target = (server, request.params or {}, route.name)
+            params = request.params or {}
+            # The name the backend's stack is told (`Mcp-Name`): a route's own name, or the URI read.
+            header = route.name if route.kind != "resources" else str(params.get("uri", ""))
+            target = (server, params, header)
             try:
                 handled = await self.relay.forward_to(scope, receive, held, request, target, report)
             except Refused as refused:  # a legacy session could not be opened there

@@ -176,7 +176,9 @@ class HeldAnswer:
         start, self._mode = self._start, "pass"
         answer = _loads(data) if not more else None
         if isinstance(answer, dict) and answer.get("id") == self._id:
-            failure = failure_of(start["status"], answer.get("error"), _kept(start)) if start["status"] >= 500 else None
+            error = answer.get("error")
+            outage = start["status"] >= 500 or _bridged(error, self._meta.get("server"))
+            failure = failure_of(start["status"], error, _kept(start)) if outage else None
             if failure is not None:
                 self.failure = failure
                 return
@@ -215,7 +217,8 @@ class HeldAnswer:
                 self._held.append(event)
                 continue
             if message.get("id") == self._id and "method" not in message:
-                failure = failure_of(200, message.get("error"), streamed=True)
+                error = message.get("error")  # a bridge's own outage is its word; any other may be a tool's
+                failure = failure_of(200, error, streamed=not _bridged(error, self._meta.get("server")))
                 if failure is not None:
                     self.failure = failure
                     return
@@ -262,6 +265,15 @@ class HeldAnswer:
         meta = result.get("_meta")
         result["_meta"] = {**(meta if isinstance(meta, dict) else {}), ROUTER_META_KEY: self._meta}
         return True
+
+
+def _bridged(error: Any, server: Any) -> bool:
+    """An outage a stdio backend's bridge (its one-backend aggregate) reports in an HTTP 200 answer: its
+    own error codes, naming the very server this attempt went to (a tool's own error names none)."""
+    if not isinstance(error, dict) or error.get("code") not in OUTAGE_CODES:
+        return False
+    data = error.get("data")
+    return isinstance(data, dict) and server is not None and data.get("server") == server
 
 
 def _kept(start: Message) -> tuple[tuple[str, str], ...]:

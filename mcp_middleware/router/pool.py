@@ -22,7 +22,8 @@ from mcp_middleware.breaker import BreakerPolicy, BreakerState, Classification, 
 from mcp_middleware.core import Selector
 
 from ._links import BackendUnavailable
-from .backends import Backend, HttpBackend, InProcessBackend
+from ._pool_stdio import StdioReplica
+from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
 from .pool_health import Prober, Replica
 from .pool_proxy import PoolProxy
 
@@ -67,14 +68,17 @@ class PoolBackend(Backend):
     tools matching `retry_tools` selectors); otherwise the client is told whether it may have run.
     A legacy session whose replica is lost is answered 404 (`on_replica_loss="not_found"`: the
     client starts a new one) or re-created on another replica with the client's own `initialize`
-    (`"reinitialize"`).
+    (`"reinitialize"`). Stdio replicas (`StdioBackend`) are each a supervised process (restarted
+    when it dies, as any stdio backend) behind its own one-backend aggregate; the pool treats
+    its process being down as a replica failure (see :mod:`._pool_stdio`).
 
     >>> pool = PoolBackend([HttpBackend("http://10.0.0.1:8000/mcp"), HttpBackend("http://10.0.0.2:8000/mcp")],
     ...                    retry_tools=["tools/call:search_*"])
     >>> # router.mount("search", pool)
     """
 
-    replicas: Sequence[HttpBackend | InProcessBackend]
+    replicas: Sequence[HttpBackend | InProcessBackend | StdioBackend]
+    """The replicas: URLs, in-process apps, or stdio commands (each its own supervised process)."""
     balance: Literal["least_in_flight", "round_robin"] = "least_in_flight"
     health: BreakerPolicy = POOL_HEALTH
     probe_interval: float = 5.0
@@ -98,8 +102,10 @@ class PoolBackend(Backend):
         if not self.replicas:
             raise ValueError("a pool needs at least one replica")
         for replica in self.replicas:
-            if not isinstance(replica, HttpBackend | InProcessBackend):
-                raise TypeError(f"a pool's replicas are HttpBackend or InProcessBackend, not {type(replica).__name__}")
+            if not isinstance(replica, HttpBackend | InProcessBackend | StdioBackend):
+                raise TypeError(
+                    f"a pool's replicas are HttpBackend, InProcessBackend or StdioBackend, not {type(replica).__name__}"
+                )
         if self.balance not in ("least_in_flight", "round_robin"):
             raise ValueError(f"balance must be 'least_in_flight' or 'round_robin', not {self.balance!r}")
         if self.on_replica_loss not in ("not_found", "reinitialize"):
@@ -119,7 +125,14 @@ class PoolBackend(Backend):
                 if isinstance(backend, HttpBackend) and backend.name is None:
                     backend.name = f"{name}#{index}"
             self._replicas = tuple(
-                Replica(name, index, backend, self.health, self._changed) for index, backend in enumerate(self.replicas)
+                Replica(
+                    name,
+                    index,
+                    StdioReplica(name, index, backend) if isinstance(backend, StdioBackend) else backend,
+                    self.health,
+                    self._changed,
+                )
+                for index, backend in enumerate(self.replicas)
             )
             self._proxy = PoolProxy(self, self._replicas)
         return self._proxy
@@ -155,8 +168,8 @@ class PoolBackend(Backend):
     async def lifespan(self) -> AsyncIterator[None]:
         proxy = self.proxy
         async with contextlib.AsyncExitStack() as stack:
-            for backend in self.replicas:
-                await stack.enter_async_context(backend.lifespan())
+            for replica in self._replicas:  # a stdio replica's process starts here
+                await stack.enter_async_context(replica.backend.lifespan())
             prober = Prober(
                 self._replicas,
                 proxy.hints,

@@ -28,6 +28,7 @@ import orjson
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Classification, StateChange
 
 from ._pool_forward import ReplicaTransport, transport_for
+from ._pool_stdio import StdioReplica, stdio_transport
 from .backends import HttpBackend, InProcessBackend
 
 __all__ = ["PROBE_HEADERS", "Prober", "Replica", "ToolHints", "shown"]
@@ -62,7 +63,7 @@ class Replica:
         self,
         pool: str,
         index: int,
-        backend: HttpBackend | InProcessBackend,
+        backend: HttpBackend | InProcessBackend | StdioReplica,
         policy: BreakerPolicy,
         on_change: Callable[[Replica, StateChange], None],
     ) -> None:
@@ -71,7 +72,9 @@ class Replica:
         self.label = str(index)
         """The replica's metric label and log name: its place in the configured list (never client input)."""
         self.backend = backend
-        self.transport: ReplicaTransport = transport_for(backend)
+        self.transport: ReplicaTransport = (
+            stdio_transport(backend) if isinstance(backend, StdioReplica) else transport_for(backend)
+        )
         self.breaker = CircuitBreaker(f"{pool}#{index}", policy, listeners=[lambda change: on_change(self, change)])
         self.in_flight = 0
         self.misses = 0

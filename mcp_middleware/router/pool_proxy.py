@@ -80,6 +80,9 @@ class PoolProxy:
         count = len(replicas)
         start = self._next
         self._next = (start + 1) % count
+        first = replicas[start]
+        if not tried and not first.in_flight and first.up:
+            return first  # nothing beats an idle replica in rotation (the common case: one look, not a scan)
         best: Replica | None = None
         for step in range(count):
             replica = replicas[(start + step) % count]
@@ -112,11 +115,11 @@ class PoolProxy:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1000})
             return
-        call = await PoolCall.read(scope, receive, send)
+        view = get_mcp_request(scope)  # read by a middleware in front: its tap is shared, its view reused
+        call = await PoolCall.read(scope, receive, send, view)
         if call is None:
             return
         tap: ResponseTap | None = None
-        view = get_mcp_request(scope)  # read by a middleware in front: its tap is shared, its view reused
         if view is not None and view.kind is RequestKind.REQUEST:
             tap, send = ResponseTap.attach(scope, send, view)
         if call.session_id is not None:

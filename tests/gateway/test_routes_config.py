@@ -87,7 +87,7 @@ def test_two_routes_for_one_tool_and_a_route_without_a_name() -> None:
     text += '[[routes]]\nprimary = "vendor_a"\nfalback = []\n'
     found = problems(text)
     assert ("routes[1].tool", 16, "'search' is routed by routes[0] already") in found
-    assert ("routes[2].tool", 19, "a route needs exactly one of tool or prompt") in found
+    assert ("routes[2].tool", 19, "a route needs exactly one of tool, prompt or resource_prefix") in found
     assert ("routes[2].falback", 21, "is not a known setting; did you mean 'fallback'?") in found
 
 
@@ -134,3 +134,20 @@ def test_the_example_routes_its_clock_to_the_fastmcp_server_when_demo_fails() ->
     assert config.routes == (Route(tool="utc_now", primary="demo", fallback=("fast",)),)
     problems_found, warnings = check_config(config, probe=True)
     assert problems_found == [] and not [w for w in warnings if w.path.startswith("routes")]
+
+
+def test_a_resource_prefix_route_is_read_and_its_problems_named_with_key_and_line() -> None:
+    config = parse_config(
+        SERVERS + '[[routes]]\nresource_prefix = "docs://"\nprimary = "vendor_a"\nfallback = ["vendor_b"]\n'
+    )
+    assert config.routes == (Route(resource_prefix="docs://", primary="vendor_a", fallback=("vendor_b",)),)
+    found = problems(
+        SERVERS
+        + '[[routes]]\nresource_prefix = "no scheme"\nprimary = "vendor_a"\n'
+        + '[[routes]]\nresource_prefix = "docs://"\ntool = "search"\nprimary = "vendor_a"\n'
+        + '[[routes]]\nresource_prefix = "docs://"\nprimary = "vendor_b"\n'
+        + '[[routes]]\nresource_prefix = "docs://"\nprimary = "vendor_a"\n'
+    )
+    assert any(p == "routes[0].resource_prefix" and line == 10 and "URI prefix" in m for p, line, m in found), found
+    assert any(p == "routes[1].tool" and "exactly one of" in m for p, _, m in found), found
+    assert any(p == "routes[3].resource_prefix" and line == 20 and "routed by" in m for p, line, m in found), found

@@ -336,7 +336,7 @@ async def test_a_path_mount_is_not_routed(era: Era, routed: Routed) -> None:
 def test_a_route_must_name_servers_of_the_aggregate() -> None:
     with pytest.raises(ValueError, match="own fallback"):
         Route(tool="search", primary="a", fallback=("a",))
-    with pytest.raises(ValueError, match="exactly one of tool or prompt"):
+    with pytest.raises(ValueError, match="exactly one of tool, prompt or resource_prefix"):
         Route(primary="a", tool="x", prompt="y")
     router = McpRouter(routes=(Route(tool="search", primary="vendor_a", fallback=("vendr_b",)),))
     router.mount("vendor_a", MCPServer("a").streamable_http_app())
