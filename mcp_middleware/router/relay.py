@@ -30,9 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_middleware.core import (
     ANSWERED,
     Component,
-    CoreConfig,
     Era,
-    ErrorCode,
     McpRequest,
     Outcome,
     RequestKind,
@@ -49,9 +47,10 @@ from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from ._links import short
 from .catalog import Catalog
 from .names import PrefixMode
+from .relay_sessions import EVERY_PATH, BackendSessions, header
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
-from .sessions import BackendSession, ClientSession, SessionTable, exchange, owner_of, refuse_session
-from .streams import pump_backend_stream, serve_client_stream
+from .sessions import BackendSession, ClientSession, Running, SessionTable, exchange, owner_of, refuse_session
+from .streams import serve_client_stream
 from .targets import Refused, backend_target
 
 __all__ = ["ROUTED_METHODS", "Relay"]
@@ -63,9 +62,6 @@ ROUTED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "comp
 
 _SESSION_METHODS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 """Routed for legacy sessions (the backend's updates then arrive on the client's own backend session)."""
-_EVERY_PATH = CoreConfig(paths=("*",))
-_STREAM_PATIENCE = 2.0
-"""Seconds a new backend session waits for its standalone stream before the client's request goes on."""
 _CHANGES = {
     "tools": b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}',
     "prompts": b'{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}',
@@ -74,7 +70,7 @@ _CHANGES = {
 _REPLACED = frozenset({b"content-length", b"mcp-session-id", b"mcp-name", b"mcp-protocol-version"})
 
 
-class Relay:
+class Relay(BackendSessions):
     """Route rename-only requests into backends' stacks.
 
     >>> # relay = Relay(catalog, {"github": github_stack}, paths={"github": "/mcp/github"})
@@ -115,7 +111,7 @@ class Relay:
                 return True
         kind = request.kind
         if kind is RequestKind.STREAM and session is not None:
-            resumed = _header(scope, b"last-event-id")
+            resumed = header(scope, b"last-event-id")
             server, _, event_id = (resumed or "").partition(EVENT_ID_SEPARATOR.decode())
             if resumed is not None and server in session.backends:  # a backend's stream, resumed where it broke
                 await self._resume(scope, receive, send, session, server, event_id)
@@ -145,9 +141,9 @@ class Relay:
             await self._answer(scope, receive, send, request, session)
             return True
         if kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
-            target = session.running.get(_cancelled_id(request))
-            if target is not None and target in session.backends:
-                await self._pass(scope, receive, send, target, session, request.body)
+            running = session.running.get(_cancelled_id(request))
+            if running is not None and running.server in session.backends:
+                await self._pass(scope, receive, send, running.server, session, request.body)
                 return True
         return False
 
@@ -260,19 +256,20 @@ class Relay:
         record_decision(
             scope, Component.ROUTER, Outcome.ROUTED, server=server, method=request.method or "", **(report or {})
         )
+        running = Running(server)
         if session is not None and request.id is not None:
-            session.running[request.id] = server
+            session.running[request.id] = running
         # The backend's stack gets the request already read: the client's view, renamed (no second parse).
         version = request.protocol_version
-        if backend is not None and _header(scope, b"mcp-protocol-version") is None:
+        if backend is not None and header(scope, b"mcp-protocol-version") is None:
             version = backend.protocol_version  # the header `_child` sends it
         session_id = backend.id if backend is not None else None
         view = request._replace(params=params, body=body, session_id=session_id, protocol_version=version)
         try:
             await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
         finally:
-            if session is not None and request.id is not None:
-                session.running.pop(request.id, None)
+            if session is not None and request.id is not None and session.running.get(request.id) is running:
+                del session.running[request.id]  # not a newer call's entry under the same id
         return True
 
     async def _answer(
@@ -296,7 +293,7 @@ class Relay:
         rewriter = AnswerRewriter(
             send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
         )
-        _, receive = await read_request(child, receive, rewriter, _EVERY_PATH)
+        _, receive = await read_request(child, receive, rewriter, EVERY_PATH)
         if receive is not ANSWERED:
             await self.stacks[server](child, receive, rewriter)
 
@@ -324,7 +321,7 @@ class Relay:
                 child[REQUEST_SCOPE_KEY] = view
                 await self.stacks[server](child, replay(body, receive), watched)
             else:  # a client's answer or notification passed on as it came: read like any request
-                _, receive = await read_request(child, replay(body, receive), watched, _EVERY_PATH)
+                _, receive = await read_request(child, replay(body, receive), watched, EVERY_PATH)
                 if receive is not ANSWERED:
                     await self.stacks[server](child, receive, watched)
         except Exception as exc:  # a backend that crashed: this call fails clearly, the others go on
@@ -341,14 +338,14 @@ class Relay:
         """The request as the backend's stack sees it: the mount's path, the backend's names and session."""
         headers = [(k, v) for k, v in scope["headers"] if k not in _REPLACED]
         headers.append((b"content-length", str(len(body)).encode("latin-1")))
-        version = _header(scope, b"mcp-protocol-version")  # the caller's, as it sent it
+        version = header(scope, b"mcp-protocol-version")  # the caller's, as it sent it
         if version is None and backend is not None:
             version = backend.protocol_version
         if version is not None:
             headers.append((b"mcp-protocol-version", version.encode("latin-1")))
         if backend is not None and backend.id is not None:
             headers.append((b"mcp-session-id", backend.id.encode("latin-1")))
-        if header_name is not None and _header(scope, b"mcp-name") is not None:
+        if header_name is not None and header(scope, b"mcp-name") is not None:
             headers.append((b"mcp-name", encode_header_value(header_name).encode("latin-1")))
         child = {key: value for key, value in scope.items() if key != REQUEST_SCOPE_KEY}
         path = scope.get("root_path", "") + self.paths.get(server, "")
@@ -357,82 +354,10 @@ class Relay:
         child["raw_path"] = path.encode("latin-1")
         return child
 
-    # --- backend sessions -------------------------------------------------------------------
-
-    async def _backend_session(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
-        """This client's session at `server`, opened on first use with the client's own `initialize`."""
-        while True:
-            backend = session.backends.get(server)
-            if backend is not None:
-                if backend.log_level != session.log_level and session.log_level is not None:
-                    await self._set_level(scope, session, server, backend)
-                return backend
-            opening = session.opening.get(server)
-            if opening is None:
-                break
-            await opening.wait()
-            if server not in session.backends:
-                raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} did not open a session")
-        event = session.opening[server] = anyio.Event()
-        try:
-            backend = await self._open(scope, session, server)
-            session.backends[server] = backend
-        finally:
-            del session.opening[server]
-            event.set()
-        if session.log_level is not None:
-            await self._set_level(scope, session, server, backend)
-        return backend
-
-    async def _open(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
-        body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": session.initialize})
-        child = self._child(scope, server, body, None, None)
-        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"mcp-protocol-version"]
-        child["method"] = "POST"
-        answer = await exchange(self._stack_entry(server), child, body, 0)
-        result = answer.message.get("result") if answer.message is not None else None
-        backend_id = answer.headers.get(b"mcp-session-id")
-        if answer.status != 200 or not isinstance(result, dict):
-            error = answer.message.get("error") if answer.message is not None else None
-            if isinstance(error, dict) and isinstance(error.get("code"), int):
-                status = answer.status if answer.status >= 400 else 502
-                raise Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
-            raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
-        version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
-        backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version)
-        notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
-        if self.group is not None and backend.id is not None:
-            stream = self._child(scope, server, b"", backend, None)
-            stream["method"] = "GET"
-            public_uri = self._public_uri(server)
-            ready = anyio.Event()
-            entry = self._stack_entry(server)
-            self.group.start_soon(pump_backend_stream, entry, stream, session, server, public_uri, ready)
-            with anyio.move_on_after(_STREAM_PATIENCE):  # the backend may ask the client from the first call on
-                await ready.wait()
-        return backend
-
     def _public_uri(self, server: str) -> Callable[[str], str] | None:
         if self.catalog.naming.prefix is PrefixMode.NEVER:
             return None
         return lambda uri: self.catalog.public_uri(server, uri)
-
-    async def _set_level(self, scope: Scope, session: ClientSession, server: str, backend: BackendSession) -> None:
-        level = session.log_level
-        backend.log_level = level
-        body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "logging/setLevel", "params": {"level": level}})
-        await exchange(self._stack_entry(server), self._child(scope, server, body, backend, None), body, 0)
-
-    def _stack_entry(self, server: str) -> ASGIApp:
-        stack = self.stacks[server]
-
-        async def parsed(scope: Scope, receive: Receive, send: Send) -> None:
-            _, receive = await read_request(scope, receive, send, _EVERY_PATH)
-            if receive is not ANSWERED:
-                await stack(scope, receive, send)
-
-        return parsed
 
 
 async def _always(server: str) -> bool:
@@ -442,10 +367,3 @@ async def _always(server: str) -> bool:
 def _cancelled_id(request: McpRequest) -> Any:
     params = request.params or {}
     return params.get("requestId")
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None

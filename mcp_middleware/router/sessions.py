@@ -45,6 +45,7 @@ __all__ = [
     "SealedSession",
     "Outbox",
     "SessionOwners",
+    "Running",
     "SessionTable",
     "owner_of",
     "refuse_session",
@@ -142,6 +143,14 @@ class BackendSession:
     log_level: str | None = None
 
 
+@dataclass(slots=True, eq=False)
+class Running:
+    """One request of a client in flight at `server`: its own object, so that the end of one call never
+    forgets a newer call that reused its id."""
+
+    server: str
+
+
 @dataclass(slots=True)
 class ClientSession:
     """One legacy client's session at the aggregate."""
@@ -157,7 +166,7 @@ class ClientSession:
     opening: dict[str, anyio.Event] = field(default_factory=dict)
     server_requests: OrderedDict[str, tuple[str, RequestId]] = field(default_factory=OrderedDict)
     """Public id of a backend's request to this client → (backend, the backend's own id)."""
-    running: dict[RequestId, str] = field(default_factory=dict)
+    running: dict[RequestId, Running] = field(default_factory=dict)
     """The client's requests in flight at a backend (where `notifications/cancelled` must go)."""
     outbox: Outbox = field(default_factory=lambda: Outbox())
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))

@@ -242,7 +242,8 @@ def test_a_server_s_own_table_is_checked(table: str, problem: str) -> None:
 def test_workers_need_shared_sealing_secrets() -> None:
     from mcp_middleware.gateway.config_workers import worker_problems
 
-    base = '[gateway]\nworkers = 2\n\n[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n'
+    server = '[[servers]]\nname = "files"\napp = "tests.approval.conftest:gateway_files"\n\n'
+    base = "[gateway]\nworkers = 2\nper_worker_state = true\n\n" + server
     problems, warnings = worker_problems(parse_config(base + "[approval]\n"))
     assert [p.path for p in problems] == ["approval"] and "set [approval] secrets" in problems[0].message
     assert any(w.path == "approval" and "2025-11-25 approvals wait in the worker" in w.message for w in warnings)
