@@ -53,6 +53,7 @@ from mcp_middleware.core import (
     portable_name,
 )
 
+from .prebound import PreboundSet
 from .providers import ProviderWatch
 from .semconv import (
     DURATION_BUCKETS,
@@ -195,9 +196,10 @@ class McpMetrics:
         self._servers = BoundedValues(max_names)
         self._hosts = BoundedValues(max_names, max_length=255)
         # Pre-built attribute sets, one per combination of (bounded) label values: the request path
-        # looks one up instead of building a dict per request. At most `_MAX_SETS` of each kept.
-        self._operation_sets: dict[tuple[str | None, ...], AttributeMap] = {}
-        self._http_sets: dict[tuple[object, ...], AttributeMap] = {}
+        # looks one up instead of building a dict per request, and records through it without the
+        # SDK's per-measurement cleaning and hashing (`PreboundSet`). At most `_MAX_SETS` of each kept.
+        self._operation_sets: dict[tuple[str | None, ...], PreboundSet] = {}
+        self._http_sets: dict[tuple[object, ...], PreboundSet] = {}
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -306,12 +308,12 @@ class McpMetrics:
             None if error_code is None else self._errors(str(error_code)),
             None if server is None else self._servers(server),
         )
-        attributes = self._operation_sets.get(key)
-        if attributes is None:
-            attributes = _operation_attributes(key)
+        bound = self._operation_sets.get(key)
+        if bound is None:
+            bound = PreboundSet(self.duration, _operation_attributes(key))
             if len(self._operation_sets) < _MAX_SETS:
-                self._operation_sets[key] = attributes
-        self.duration.record(max(duration, 0.0), attributes)
+                self._operation_sets[key] = bound
+        bound.record(duration if duration > 0.0 else 0.0)
 
     def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
         """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
@@ -334,12 +336,13 @@ class McpMetrics:
             host,
             None if server is None else self._servers(server),
         )
-        attributes = self._http_sets.get(key)
-        if attributes is None:
+        bound = self._http_sets.get(key)
+        if bound is None:
             attributes = {name: value for name, value in zip(_HTTP_LABELS, key, strict=True) if value is not None}
+            bound = PreboundSet(self.http_duration, attributes)
             if len(self._http_sets) < _MAX_SETS:
-                self._http_sets[key] = attributes
-        self.http_duration.record(max(duration, 0.0), attributes)
+                self._http_sets[key] = bound
+        bound.record(duration if duration > 0.0 else 0.0)
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
