@@ -82,6 +82,8 @@ _OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
 _AUTH, _RATELIMIT, _BREAKER, _CACHE = Component.AUTH, Component.RATELIMIT, Component.BREAKER, Component.CACHE
 _DENY, _OPEN, _EVICT = Outcome.DENY, Outcome.OPEN, Outcome.EVICT
+_COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
+"""The outcomes some component counts in an instrument of its own, besides `mcp.middleware.decisions`."""
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
 _MAX_SETS: Final = 4096
@@ -348,6 +350,8 @@ class McpMetrics:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
         component, outcome, details = decision
         self.decisions.count((component, outcome))
+        if outcome not in _COUNTED_APART:
+            return  # most decisions (allow, success, bypass, …) feed the decisions counter only
         # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the
         # enum metaclass's `__getattr__` hook), and this runs for every decision of every request.
         if component == _AUTH:
