@@ -310,12 +310,14 @@ class McpMetrics:
             None if error_code is None else self._errors(str(error_code)),
             None if server is None else self._servers(server),
         )
+        value = duration if duration > 0.0 else 0.0
         bound = self._operation_sets.get(key)
         if bound is None:
-            bound = PreboundSet(self.duration, _operation_attributes(key))
-            if len(self._operation_sets) < _MAX_SETS:
-                self._operation_sets[key] = bound
-        bound.record(duration if duration > 0.0 else 0.0)
+            if len(self._operation_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
+                self.duration.record(value, _operation_attributes(key))
+                return
+            bound = self._operation_sets[key] = PreboundSet(self.duration, _operation_attributes(key))
+        bound.record(value)
 
     def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
         """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
@@ -338,13 +340,15 @@ class McpMetrics:
             host,
             None if server is None else self._servers(server),
         )
+        seconds = duration if duration > 0.0 else 0.0
         bound = self._http_sets.get(key)
         if bound is None:
             attributes = {name: value for name, value in zip(_HTTP_LABELS, key, strict=True) if value is not None}
-            bound = PreboundSet(self.http_duration, attributes)
-            if len(self._http_sets) < _MAX_SETS:
-                self._http_sets[key] = bound
-        bound.record(duration if duration > 0.0 else 0.0)
+            if len(self._http_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
+                self.http_duration.record(seconds, attributes)
+                return
+            bound = self._http_sets[key] = PreboundSet(self.http_duration, attributes)
+        bound.record(seconds)
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""

@@ -242,3 +242,24 @@ def test_threads_recording_at_once_lose_no_measurement() -> None:
     assert count == 8001
     assert total == pytest.approx(0.1 + 80.0)
     provider.shutdown()
+
+
+def test_past_the_kept_sets_measurements_take_the_public_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`McpMetrics` keeps at most `_MAX_SETS` bindings; later label combinations are still recorded."""
+    from mcp_middleware.core import Era, McpRequest, RequestKind
+    from mcp_middleware.tracing import McpMetrics
+    from mcp_middleware.tracing import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "_MAX_SETS", 2)
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    recorder = McpMetrics(provider)
+    methods = ("ping", "tools/list", "prompts/list", "resources/list")
+    for method in methods * 3:
+        recorder.record_operation(
+            McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method=method, id=1), 0.01, None, None
+        )
+    assert len(recorder._operation_sets) == 2
+    counts = {dict(p[1])["mcp.method.name"]: p[2] for p in export(reader)}
+    assert counts == dict.fromkeys(methods, 3)
+    provider.shutdown()
