@@ -23,6 +23,7 @@ from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import answer_failure, cancel_legacy_request, describe, end_stream, is_plain_sse, refuse
 from .classify import FailureClassifier, Fault
+from .inbound import Inbound
 from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification
 from .watch import CONTENT_TYPES, JSON_BODY, MAX_CANDIDATES, NOT_WATCHED, SSE_BODY, find_response, watchable
 
@@ -54,21 +55,18 @@ class Call:
         "_ended",
         "_kept",
         "_limit",
-        "_receive",
         "_size",
         "_sse",
         "_truncated",
         "_watch",
         "backend",
-        "body_consumed",
         "breaker",
-        "client_gone",
         "closed",
         "completed",
         "error",
         "forward",
+        "inbound",
         "middleware",
-        "replay",
         "request",
         "route",
         "scope",
@@ -90,7 +88,8 @@ class Call:
         self.middleware = middleware
         self.scope = scope
         self.request = request
-        self._receive = receive
+        self.inbound = Inbound(receive, request.body)
+        """The inner app's `receive` (apart from the call: see :class:`Inbound`)."""
         self.breaker = breaker
         self.backend = backend
         self.route = route
@@ -112,36 +111,9 @@ class Call:
         self.start: Message | None = None
         self.completed = False
         self.closed = False
-        self.client_gone = False
-        self.body_consumed = False
-        self.replay = False
         self.error: BaseException | None = None
 
     # --- the inner app's view of the exchange ---------------------------------------------------
-
-    async def receive(self) -> Message:
-        if self.replay:  # a retry: the body once more, then the real stream
-            self.replay = False
-            while not self.body_consumed:  # the first attempt may not have read it all
-                self._observe(await self._receive())
-            return {"type": "http.request", "body": self.request.body, "more_body": False}
-        message = await self._receive()
-        if message["type"] != "http.request" or message.get("more_body", False):
-            self._observe(message)
-        else:
-            self.body_consumed = True
-        return message
-
-    def _observe(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.request":
-            if not message.get("more_body", False):
-                self.body_consumed = True
-        elif kind == "http.disconnect":
-            self.body_consumed = True
-            # uvicorn also reports a disconnect once the response is complete; only an earlier one is the client's
-            if not self.completed:
-                self.client_gone = True
 
     async def send(self, message: Message) -> None:
         if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
@@ -149,7 +121,7 @@ class Call:
         if message["type"] == "http.response.body":
             more = message.get("more_body", False)
             if not more:
-                self.completed = True
+                self.completed = self.inbound.completed = True
             await self.forward(message)  # forward first: watching never delays the client
             if self._watch > NOT_WATCHED:
                 self._watch_body(message.get("body", b""), more)
@@ -241,7 +213,7 @@ class Call:
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
                 breaker.record(permit, Classification.NEUTRAL)
                 raise
-            if self.client_gone and fault is not Fault.TIMEOUT:
+            if self.inbound.client_gone and fault is not Fault.TIMEOUT:
                 fault = None
                 verdict, status, result, error = await self._judge_abandoned()
             else:
@@ -257,7 +229,7 @@ class Call:
                 middleware.registry.learn_tools(self.backend, result.get("tools"))
             if fault is Fault.TIMEOUT:
                 await self._timed_out()
-            if fault is None or self.client_gone:
+            if fault is None or self.inbound.client_gone:
                 return
             if self.start is None:
                 if self._may_retry(attempt):
@@ -274,7 +246,7 @@ class Call:
                     await anyio.sleep(delay)
                     attempt += 1
                     self.closed = False
-                    self.replay = True
+                    self.inbound.replay = True
                     self.error = None
                     continue
                 await answer_failure(self, fault)
@@ -295,7 +267,7 @@ class Call:
         if deadline is None:  # no timeout, or not on asyncio (then an anyio deadline scope)
             return await self._attempt_scoped(timeout)
         try:
-            await self.middleware.app(self.scope, self.receive, self.send)
+            await self.middleware.app(self.scope, self.inbound, self.send)
         except asyncio.CancelledError:
             deadline.finish()
             if not deadline.expired or deadline.cancelled_elsewhere:
@@ -324,11 +296,11 @@ class Call:
         cancel: anyio.CancelScope | None = None
         try:
             if seconds is None:
-                await self.middleware.app(self.scope, self.receive, self.send)
+                await self.middleware.app(self.scope, self.inbound, self.send)
             else:
                 cancel = anyio.CancelScope(deadline=anyio.current_time() + seconds)
                 with cancel:
-                    await self.middleware.app(self.scope, self.receive, self.send)
+                    await self.middleware.app(self.scope, self.inbound, self.send)
         except Exception as exc:
             if self.completed:
                 return None  # it failed after answering: the client has its response
@@ -360,7 +332,7 @@ class Call:
         """
         start = self.start
         if start is not None and not self.completed and is_plain_sse(start):
-            self.completed = True
+            self.completed = self.inbound.completed = True
             await self.forward({"type": "http.response.body", "body": b"", "more_body": False})
             if self._watch > NOT_WATCHED:
                 self._watch_body(b"", False)
@@ -371,7 +343,7 @@ class Call:
 
     def _may_retry(self, attempt: int) -> bool:
         retry = self.middleware.retry
-        if retry is None or attempt >= retry.attempts or self.client_gone:
+        if retry is None or attempt >= retry.attempts or self.inbound.client_gone:
             return False
         if self.route.retry_listed:
             return True

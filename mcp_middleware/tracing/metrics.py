@@ -53,6 +53,7 @@ from mcp_middleware.core import (
     portable_name,
 )
 
+from .prebound import PreboundSet
 from .providers import ProviderWatch
 from .semconv import (
     DURATION_BUCKETS,
@@ -81,6 +82,8 @@ _OTHER: Final = OTHER
 _CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
 _AUTH, _RATELIMIT, _BREAKER, _CACHE = Component.AUTH, Component.RATELIMIT, Component.BREAKER, Component.CACHE
 _DENY, _OPEN, _EVICT = Outcome.DENY, Outcome.OPEN, Outcome.EVICT
+_COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
+"""The outcomes some component counts in an instrument of its own, besides `mcp.middleware.decisions`."""
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
 _MAX_SETS: Final = 4096
@@ -195,9 +198,10 @@ class McpMetrics:
         self._servers = BoundedValues(max_names)
         self._hosts = BoundedValues(max_names, max_length=255)
         # Pre-built attribute sets, one per combination of (bounded) label values: the request path
-        # looks one up instead of building a dict per request. At most `_MAX_SETS` of each kept.
-        self._operation_sets: dict[tuple[str | None, ...], AttributeMap] = {}
-        self._http_sets: dict[tuple[object, ...], AttributeMap] = {}
+        # looks one up instead of building a dict per request, and records through it without the
+        # SDK's per-measurement cleaning and hashing (`PreboundSet`). At most `_MAX_SETS` of each kept.
+        self._operation_sets: dict[tuple[str | None, ...], PreboundSet] = {}
+        self._http_sets: dict[tuple[object, ...], PreboundSet] = {}
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -306,12 +310,14 @@ class McpMetrics:
             None if error_code is None else self._errors(str(error_code)),
             None if server is None else self._servers(server),
         )
-        attributes = self._operation_sets.get(key)
-        if attributes is None:
-            attributes = _operation_attributes(key)
-            if len(self._operation_sets) < _MAX_SETS:
-                self._operation_sets[key] = attributes
-        self.duration.record(max(duration, 0.0), attributes)
+        value = duration if duration > 0.0 else 0.0
+        bound = self._operation_sets.get(key)
+        if bound is None:
+            if len(self._operation_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
+                self.duration.record(value, _operation_attributes(key))
+                return
+            bound = self._operation_sets[key] = PreboundSet(self.duration, _operation_attributes(key))
+        bound.record(value)
 
     def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
         """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
@@ -334,17 +340,22 @@ class McpMetrics:
             host,
             None if server is None else self._servers(server),
         )
-        attributes = self._http_sets.get(key)
-        if attributes is None:
+        seconds = duration if duration > 0.0 else 0.0
+        bound = self._http_sets.get(key)
+        if bound is None:
             attributes = {name: value for name, value in zip(_HTTP_LABELS, key, strict=True) if value is not None}
-            if len(self._http_sets) < _MAX_SETS:
-                self._http_sets[key] = attributes
-        self.http_duration.record(max(duration, 0.0), attributes)
+            if len(self._http_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
+                self.http_duration.record(seconds, attributes)
+                return
+            bound = self._http_sets[key] = PreboundSet(self.http_duration, attributes)
+        bound.record(seconds)
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
         component, outcome, details = decision
         self.decisions.count((component, outcome))
+        if outcome not in _COUNTED_APART:
+            return  # most decisions (allow, success, bypass, …) feed the decisions counter only
         # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the
         # enum metaclass's `__getattr__` hook), and this runs for every decision of every request.
         if component == _AUTH:

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import (
     ANSWERED,
+    DECISIONS_SCOPE_KEY,
     DEFAULT_CONFIG,
     OTHER,
     BoundedValues,
@@ -180,7 +181,12 @@ class TracingMiddleware:
             if context.is_valid and not context.is_remote:
                 host = current  # the host's own server span for this request: enrich it, add none
         exchange = Exchange(scope, self.metrics if measured else None, self.metrics.names, self.record_enduser)
-        observe_decisions(scope, exchange.on_decision)
+        if traced:
+            observe_decisions(scope, exchange.on_decision)  # the span gets them too
+        elif measured:
+            observe_decisions(scope, self.metrics.record_decision)  # no span to hold them for: one call less each
+        else:
+            scope.setdefault(DECISIONS_SCOPE_KEY, [])  # for the access line: copies of the scope share the list
         request, receive = await read_request(scope, receive, exchange.capture_refusal, self.config)
         if receive is ANSWERED:
             if not exchange.refusal:

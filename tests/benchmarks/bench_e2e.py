@@ -420,18 +420,20 @@ class E2EResult:
         At saturation a server's throughput is the CPU it gets divided by its CPU per request,
         so this is the throughput ratio on a core of its own, whatever share the scheduler gave.
         """
-        base = median([r.server_us_per_request for r in self.of(self.base)])
-        return base / median([r.server_us_per_request for r in self.of(app)])
+        base = median([r.server_us_per_request for r in self.of(self.base) if r.completed])
+        return base / median([r.server_us_per_request for r in self.of(app) if r.completed])
 
     def pair_cpu_ratios(self, app: str = "core") -> list[float]:
-        return [
-            b.server_us_per_request / a.server_us_per_request
-            for b, a in zip(self.of(self.base), self.of(app), strict=False)
-        ]
+        return [b.server_us_per_request / a.server_us_per_request for b, a in self._served_pairs(app)]
 
     def pair_ratios(self, app: str = "core") -> list[float]:
         """`app` over the baseline in each round of the schedule (runs close in time)."""
-        return [a.rps / b.rps for b, a in zip(self.of(self.base), self.of(app), strict=False)]
+        return [a.rps / b.rps for b, a in self._served_pairs(app)]
+
+    def _served_pairs(self, app: str) -> list[tuple[Run, Run]]:
+        """(baseline, app) per round, without rounds where either served nothing: the host stalled
+        (seen on a machine loaded by others), which says nothing about the apps."""
+        return [(b, a) for b, a in zip(self.of(self.base), self.of(app), strict=False) if b.rps > 0 and a.rps > 0]
 
     def as_dict(self) -> dict[str, Any]:
         others = self.apps[1:]
