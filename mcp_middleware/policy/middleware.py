@@ -28,6 +28,7 @@ from mcp_middleware.core import (
 from mcp_middleware.core.list_filter import LIST_METHODS, ListFilter
 
 from .catalog import ToolCatalog
+from .changes import watch_changes
 from .engine import DEFAULT_DENY, Phase, PolicyDecision, PolicyEngine, PolicyInput, principal_view, roles_of
 from .fetch import fetcher_of
 
@@ -103,8 +104,12 @@ class PolicyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
-        if request is None or request.kind is not RequestKind.REQUEST:
+        if request is None:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
+        if request.kind is RequestKind.STREAM or request.method == "subscriptions/listen":
+            return await self.app(scope, receive, watch_changes(scope, send, self.catalog))
+        if request.kind is not RequestKind.REQUEST:
+            return await self.app(scope, receive, send)
         method = request.method
         if method in GUARDED_METHODS:
             target = request.target
@@ -180,6 +185,11 @@ class PolicyMiddleware:
         key = object()
         self._views[id(principal)] = (principal, view, key)
         return view, key
+
+    def lists_changed(self, kinds: frozenset[str]) -> None:
+        """The backend said these lists changed (the router's session heard it): annotations are learned again."""
+        if "tools" in kinds:
+            self.catalog.forget()
 
     def reload(self) -> None:
         """Compile the engine's files again (the live registry calls this); a bad file keeps the old rules."""

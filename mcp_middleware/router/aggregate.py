@@ -58,6 +58,7 @@ from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
 from .routes import Route, RouteTable
+from .stack_changes import tell_lists_changed
 from .watches import ResourceWatches
 
 __all__ = ["ROUTER_META_KEY", "AggregateServer", "ListGate"]
@@ -450,6 +451,9 @@ class AggregateServer:
 
     def _backend_changed(self, server: str, kinds: frozenset[str]) -> None:
         self.catalog.forget(server, kinds)
+        stack = self._stacks.get(server)
+        if stack is not None:  # what its stack learned of the lists (tool schemas) is stale too
+            tell_lists_changed(stack, kinds)
         self.notifier.changed(kinds)
 
     def _resource_updated(self, server: str, uri: str) -> None:
