@@ -353,7 +353,7 @@ class AggregateServer:
         result = await self.bridge.read_resource(ctx, server, uri, params)
         if isinstance(result, types.ReadResourceResult):
             contents = [
-                content.model_copy(update={"uri": self.catalog.public_uri(server, content.uri)})
+                content.model_copy(update={"uri": self.catalog.public_backend_uri(server, content.uri)})
                 for content in result.contents
             ]
             result = result.model_copy(update={"contents": contents})
@@ -405,11 +405,13 @@ class AggregateServer:
             self.watches.release(held)
 
     async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
-        """A resource to watch, unless its backend's curation hides it (then it is not watched at all)."""
+        """A resource to watch (in its backend's spelling), unless its backend's curation hides it (then it is
+        not watched at all)."""
         target = await self.catalog.resolve_uri(public_uri)
         curation = self.catalog.curations.get(target[0]) if target is not None else None
-        if target is not None and curation is not None and not curation.resources.decide(target[1]).visible:
-            return None
+        if target is not None and curation is not None:
+            backend_uri, decision = curation.resources.decide_public(target[1])
+            return (target[0], backend_uri) if decision.visible and backend_uri is not None else None
         return target
 
     async def _set_log_level(
@@ -434,12 +436,12 @@ class AggregateServer:
         if target is None:
             raise MCPError(JsonRpcCode.INVALID_PARAMS, f"Unknown resource: {public_uri}", data={"uri": public_uri})
         curation = self.catalog.curations.get(target[0])
-        if curation is not None:
-            rules = curation.resources
-            decision = rules.decide_template(target[1]) if template else rules.decide(target[1])
-            if not decision.visible:
+        if curation is not None:  # no stack on this path: its curation judges here, and renames back
+            backend_uri, decision = curation.resources.decide_public(target[1], template=template)
+            if not decision.visible or backend_uri is None:
                 _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
                 raise MCPError(code, message, data=data)
+            return target[0], backend_uri
         return target
 
     # --- notifications -------------------------------------------------------------------------
@@ -457,4 +459,4 @@ class AggregateServer:
         self.notifier.changed(kinds)
 
     def _resource_updated(self, server: str, uri: str) -> None:
-        self.notifier.resource_updated(server, uri, self.catalog.public_uri)
+        self.notifier.resource_updated(server, uri, self.catalog.public_backend_uri)
