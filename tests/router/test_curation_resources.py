@@ -8,12 +8,17 @@ read's contents, and cannot reach anything by the old spelling or walk out of th
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+import mcp_types as types
 import pytest
 from mcp import Client, MCPError
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp.shared.subscriptions import ResourceUpdated
 
 from mcp_middleware.core import JsonRpcCode
 from mcp_middleware.gateway.config import ConfigError, parse_config
@@ -52,6 +57,23 @@ def files_server(asked: list[str]) -> MCPServer:
         asked.append("docs://native")
         return "the backend's own docs:// resource"
 
+    @server.tool()
+    async def touch(uri: str, ctx: Context) -> str:
+        """Announce that a resource (in the backend's spelling) changed, on the stream the caller's era listens on."""
+        await ctx.notify_resource_updated(uri)
+        if ctx.session.protocol_version == "2025-11-25":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await ctx.session.send_resource_updated(uri)
+        return f"touched {uri}"
+
+    async def subscribe(ctx: Any, params: types.SubscribeRequestParams) -> types.EmptyResult:
+        asked.append(f"subscribe {params.uri}")
+        return types.EmptyResult()  # a 2025-11-25 backend that accepts subscriptions (MCPServer has no handler)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        server._lowlevel_server.add_request_handler("resources/subscribe", types.SubscribeRequestParams, subscribe)
     return server
 
 
@@ -126,6 +148,62 @@ async def test_no_spelling_reaches_around_the_rename(era: Era, endpoint: Endpoin
         assert "Unknown resource" in error.message, uri
     assert "native" in native.message  # the backend's own answer: it has no file:///srv/docs/native
     assert asked == []  # nothing was read: not the old spelling, not the private keys, not docs://native
+
+
+@pytest.mark.parametrize("endpoint", ["mount", "aggregate"])
+@pytest.mark.parametrize("era", ERAS)
+async def test_updates_arrive_under_the_public_prefix(era: Era, endpoint: Endpoint, serve: Any) -> None:
+    """Subscribed by the public URI (legacy `resources/subscribe`, modern listen filter), announced by the backend
+    in its own spelling, received in the public one; the backend was asked in its own."""
+    asked: list[str] = []
+    served = serve(build(asked))
+    url, ns = door(served.base, endpoint)
+    updates: list[str] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+            arrived.set()
+
+    touch = "touch" if endpoint == "mount" else "files__touch"
+    async with connect(url, era, message_handler=on_message) as client:
+        if era == "legacy":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await client.subscribe_resource(f"{ns}docs://readme.md")
+            await anyio.sleep(0.3)  # the standalone stream is open by now
+            await client.call_tool(touch, {"uri": "file:///srv/docs/readme.md"})
+            with anyio.fail_after(10):
+                await arrived.wait()
+        else:
+            async with client.listen(resource_subscriptions=[f"{ns}docs://readme.md"]) as subscription:
+                await anyio.sleep(0.3)  # the watch at the backend is open by now
+                await client.call_tool(touch, {"uri": "file:///srv/docs/readme.md"})
+                with anyio.fail_after(10):
+                    event = await subscription.__anext__()
+            assert event == ResourceUpdated(uri=f"{ns}docs://readme.md")
+    assert set(updates) == {f"{ns}docs://readme.md"}  # (modern: the client's handler sees the listen event too)
+    if era == "legacy":
+        assert asked == ["subscribe file:///srv/docs/readme.md"]
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_subscription_by_the_old_spelling_is_refused(era: Era, serve: Any) -> None:
+    served = serve(build([]))
+    async def subscribe(client: Client) -> None:
+        if era == "legacy":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await client.subscribe_resource("file:///srv/docs/readme.md")
+        else:
+            async with client.listen(resource_subscriptions=["file:///srv/docs/readme.md"]) as subscription:
+                await subscription.__anext__()
+
+    async with connect(f"{served.base}/mcp/files", era) as client:
+        with pytest.raises(MCPError) as raised:
+            await subscribe(client)
+    assert raised.value.code == JsonRpcCode.METHOD_NOT_FOUND
 
 
 async def test_forbidden_refusals_name_the_rename(serve: Any) -> None:
