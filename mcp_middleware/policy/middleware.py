@@ -31,13 +31,15 @@ from .catalog import ToolCatalog
 from .changes import watch_changes
 from .engine import DEFAULT_DENY, Phase, PolicyDecision, PolicyEngine, PolicyInput, principal_view, roles_of
 from .fetch import fetcher_of
+from .references import TEMPLATES_LIST, TemplateListFilter, completion_reference, listened_uris
 
 __all__ = ["GUARDED_METHODS", "PolicyMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.policy")
 
 GUARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "resources/subscribe"})
-"""The methods that use an item; each is decided at call time (lists are filtered with the same rules)."""
+"""The methods that use an item; each is decided at call time (lists are filtered with the same rules).
+`completion/complete` and a `subscriptions/listen` filter's resources are decided too (`references.py`)."""
 
 _ALLOW_BY_DEFAULT = PolicyDecision(True, None, "no rule applies; the default allows")
 _MAX_REASON = 200
@@ -106,12 +108,26 @@ class PolicyMiddleware:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
-        if request.kind is RequestKind.STREAM or request.method == "subscriptions/listen":
+        if request.kind is RequestKind.STREAM:
             return await self.app(scope, receive, watch_changes(scope, send, self.catalog))
         if request.kind is not RequestKind.REQUEST:
             return await self.app(scope, receive, send)
         method = request.method
-        if method in GUARDED_METHODS:
+        if method == "subscriptions/listen":
+            refusal = self._listen_refusal(scope, request)
+            if refusal is not None:
+                await self._refuse(scope, send, request, refusal)
+                return
+            send = watch_changes(scope, send, self.catalog)
+        elif method == "completion/complete":
+            referred = completion_reference(request.params or {})
+            if referred is not None:  # allowed exactly when the prompt or template is listed for the caller
+                decision = self.evaluate(get_principal(scope), *referred, {}, {}, "list")
+                if not decision.allowed:
+                    await self._refuse(scope, send, request, decision, phase="complete")
+                    return
+                record_decision(scope, Component.POLICY, Outcome.ALLOW, rule=decision.rule or "", phase="complete")
+        elif method in GUARDED_METHODS:
             target = request.target
             if method == "tools/call" and self.fetch_unknown and target is not None and self.catalog.needs_list(target):
                 await fetcher_of(self.catalog).ensure(self.app, scope, target)
@@ -120,9 +136,21 @@ class PolicyMiddleware:
                 await self._refuse(scope, send, request, decision)
                 return
             record_decision(scope, Component.POLICY, Outcome.ALLOW, rule=decision.rule or "", phase="call")
-        elif method in LIST_METHODS and self.filter_lists:
+        elif (method in LIST_METHODS or method == TEMPLATES_LIST) and self.filter_lists:
             send = self._filtered(scope, send, request)
         await self.app(scope, receive, send)
+
+    def _listen_refusal(self, scope: Scope, request: McpRequest) -> PolicyDecision | None:
+        """Why a listen filter may not name its resources (each decided as its `resources/subscribe`), or None."""
+        uris = listened_uris(request.params or {})
+        if uris is None:
+            return PolicyDecision(False, None, "a listen filter naming too many resources")
+        principal = get_principal(scope)
+        for uri in uris:
+            decision = self.evaluate(principal, "resources/subscribe", uri, {}, {}, "call")
+            if not decision.allowed:
+                return decision
+        return None
 
     # --- deciding -----------------------------------------------------------------------------------
 
@@ -212,7 +240,8 @@ class PolicyMiddleware:
                 principal, method, target, {}, annotations if isinstance(annotations, dict) else {}, "list"
             ).allowed
 
-        return ListFilter(
+        kind = TemplateListFilter if request.method == TEMPLATES_LIST else ListFilter
+        return kind(
             send,
             method=request.method,
             request_id=request.id,
@@ -233,10 +262,12 @@ class PolicyMiddleware:
 
     # --- refusing -----------------------------------------------------------------------------------
 
-    async def _refuse(self, scope: Scope, send: Send, request: McpRequest, decision: PolicyDecision) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, request: McpRequest, decision: PolicyDecision, *, phase: str = "call"
+    ) -> None:
         reason = clip(decision.reason or "denied by policy", _MAX_REASON)
         rule = decision.rule or "default"
-        record_decision(scope, Component.POLICY, Outcome.DENY, rule=rule, reason=reason, phase="call", status=403)
+        record_decision(scope, Component.POLICY, Outcome.DENY, rule=rule, reason=reason, phase=phase, status=403)
         data: dict[str, Any] = {"rule": rule, "reason": reason}
         if self.backend:
             data["backend"] = self.backend

@@ -398,20 +398,24 @@ class AggregateServer:
     ) -> types.SubscriptionsListenResult:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
-        held = await self.watches.acquire(uris, self._visible_uri)
+        scope = getattr(ctx.request, "scope", None)
+        held = await self.watches.acquire(uris, lambda uri: self._visible_uri(uri, scope))
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
 
-    async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
-        """A resource to watch (in its backend's spelling), unless its backend's curation hides it (then it is
-        not watched at all)."""
+    async def _visible_uri(self, public_uri: str, scope: Scope | None = None) -> tuple[str, str] | None:
+        """A resource to watch (in its backend's spelling), unless its backend's curation hides it or its
+        list gate would refuse the caller's `resources/subscribe` of it (then it is not watched at all)."""
         target = await self.catalog.resolve_uri(public_uri)
         curation = self.catalog.curations.get(target[0]) if target is not None else None
         if target is not None and curation is not None:
             backend_uri, decision = curation.resources.decide_public(target[1])
-            return (target[0], backend_uri) if decision.visible and backend_uri is not None else None
+            target = (target[0], backend_uri) if decision.visible and backend_uri is not None else None
+        gate = self.gates.get(target[0]) if target is not None else None
+        if target is not None and gate is not None and isinstance(scope, dict):
+            return target if gate(scope, "resources/subscribe", target[1]) else None
         return target
 
     async def _set_log_level(

@@ -191,6 +191,7 @@ async def test_updates_arrive_under_the_public_prefix(era: Era, endpoint: Endpoi
 @pytest.mark.parametrize("era", ERAS)
 async def test_a_subscription_by_the_old_spelling_is_refused(era: Era, serve: Any) -> None:
     served = serve(build([]))
+
     async def subscribe(client: Client) -> None:
         if era == "legacy":
             with warnings.catch_warnings():
