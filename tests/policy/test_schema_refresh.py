@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,9 +21,11 @@ from mcp.server.session import ServerSession
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_middleware.core import Component, CoreConfig
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.config import load_config
 from mcp_middleware.policy import ArgumentValidationMiddleware
 from mcp_middleware.router import InProcessBackend, McpRouter
-from tests.conftest import ERAS, Era, connect
+from tests.conftest import ERAS, Era, connect, free_port, serve_app
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
 
@@ -48,16 +51,18 @@ class ShiftingServer(MCPServer):
             self.ran.append(value)
             return f"level {value}"
 
+        def level_str(value: str) -> str:
+            self.ran.append(value)
+            return f"level {value}"
+
+        shapes = [level_str, level_int]
+
         @self.tool()
         async def reshape(ctx: Context, announce: bool = True) -> str:
-            """Replace `level` (integer → string) and announce it (unless told not to)."""
-
-            def level_str(value: str) -> str:
-                self.ran.append(value)
-                return f"level {value}"
-
+            """Replace `level` (integer → string, and back the next time) and announce it (unless told not to)."""
             self.remove_tool("level")
-            self.add_tool(level_str, name="level")
+            self.add_tool(shapes[0], name="level")
+            shapes.reverse()
             if not announce:
                 return "reshaped quietly"
             await ctx.notify_tools_changed()
@@ -75,6 +80,11 @@ class ShiftingServer(MCPServer):
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS and ctx.session not in self.legacy_sessions:
             self.legacy_sessions.append(ctx.session)
         return await super()._handle_list_tools(ctx, params)
+
+
+def shifting_app() -> ShiftingServer:
+    """`app = "tests.policy.test_schema_refresh:shifting_app"` for the gateway test."""
+    return ShiftingServer()
 
 
 def shifting_router(era: Era, ttl_ms: int = 600_000) -> tuple[McpRouter, ShiftingServer, DecisionRecorder]:
@@ -205,3 +215,35 @@ async def test_a_short_ttl_ms_on_the_list_refreshes_schemas_nobody_announced(ser
     assert before["error"]["data"]["path"] == "$.value" and still_old["error"]["data"]["path"] == "$.value"
     assert fresh["result"]["content"][0]["text"] == "level high" and server.ran == ["high"]
     assert recorder.outcomes(Component.ARGUMENTS) == ["rejected", "allow", "rejected", "allow"]
+
+
+GATEWAY = """
+[[servers]]
+name = "shifting"
+app = "tests.policy.test_schema_refresh:shifting_app"
+
+[policy]
+validate_arguments = true
+"""
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_the_gateway_refreshes_schemas_at_both_doors(era: Era, tmp_path: Path) -> None:
+    """The gateway's stacks (built from `[policy] validate_arguments`) are told too: the mount's client reshapes
+    `level` to take a string, then the aggregate's reshapes it back to an integer."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(GATEWAY, encoding="utf-8")
+    port = free_port()
+    gateway = build_gateway(load_config(config), port=port)
+    doors = [("/mcp/shifting", "", 3, "high"), ("/mcp", "shifting__", "high", 3)]
+    with serve_app(gateway.app, port=port) as served:
+        for path, prefix, old, new in doors:
+            async with told_of_changes(f"{served.base}{path}", era) as (client, reshape_and_wait):
+                await client.list_tools()
+                assert (await client.call_tool(f"{prefix}level", {"value": old})).content[0].text == f"level {old}"  # type: ignore[union-attr]
+                before = await refused(client, f"{prefix}level", {"value": new})
+                await reshape_and_wait(f"{prefix}reshape")
+                after = await client.call_tool(f"{prefix}level", {"value": new})
+                now_refused = await refused(client, f"{prefix}level", {"value": old})
+            assert before.data["path"] == "$.value" and now_refused.data["path"] == "$.value", path
+            assert after.content[0].text == f"level {new}", path  # type: ignore[union-attr]
