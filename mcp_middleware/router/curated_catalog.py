@@ -108,6 +108,9 @@ def curate_model(
         decision = resources.decide_template(original) if template else resources.decide(original)
         if not decision.visible:
             return decision
+        description = resources.description_for(original)
+        if description is not None:
+            item = item.model_copy(update={"description": description})
     return item, public_uri
 
 

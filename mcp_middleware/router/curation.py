@@ -227,6 +227,8 @@ class ResourceRules:
     every renamed prefix is untouched, and a backend URI that a renamed prefix would shadow is not listed.
     Each prefix starts with a scheme and ends at a boundary (`/` or `:`), no two overlap, none has a
     dot segment, an encoded separator or a template brace: a rename cannot be a way out of a prefix.
+    `override` replaces the `description` of a resource or template, by its exact URI (the backend's
+    spelling or the public one); resources have no annotations to override here.
 
     A URI with a dot segment (`/../`) or an encoded slash, dot or percent is refused whenever rules are
     set: a prefix is only a boundary if the backend cannot walk out of it.
@@ -239,6 +241,7 @@ class ResourceRules:
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     rename: Mapping[str, str] = field(default_factory=dict)
+    override: Mapping[str, Override] = field(default_factory=dict)
     _renames: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -253,10 +256,18 @@ class ResourceRules:
                     if first.startswith(second) or second.startswith(first):
                         raise ValueError(f"resources.rename: the {side} prefixes {first!r} and {second!r} overlap")
         object.__setattr__(self, "_renames", tuple(self.rename.items()))
+        for uri, override in self.override.items():
+            if override.annotations:
+                raise ValueError(f"resources.override: {uri!r}: only a description (tool annotations are for tools)")
 
     @property
     def active(self) -> bool:
-        return bool(self.allow or self.deny or self.rename)
+        return bool(self.allow or self.deny or self.rename or self.override)
+
+    def description_for(self, uri: str) -> str | None:
+        """The description clients see for the backend's resource or template `uri`, if overridden."""
+        override = self.override.get(uri) or self.override.get(self.public_uri(uri))
+        return override.description if override is not None else None
 
     def public_uri(self, uri: str) -> str:
         """The URI (or template) clients see for the backend's `uri`."""

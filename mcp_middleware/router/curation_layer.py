@@ -242,7 +242,13 @@ def curate_items(curation: Curation, key: str, items: list[Any]) -> list[dict[st
             if not (rules.decide_template(uri) if template else rules.decide(uri)).visible:
                 return None
             public = rules.public_uri(uri)
-            return item if public == uri else {**item, field: public}
+            description = rules.description_for(uri)
+            if public == uri and description is None:
+                return item
+            item = {**item, field: public}
+            if description is not None:
+                item["description"] = description
+            return item
 
     return [curated for item in items if isinstance(item, dict) and (curated := curate(item)) is not None]
 

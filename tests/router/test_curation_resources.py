@@ -23,7 +23,7 @@ from mcp.shared.subscriptions import ResourceUpdated
 from mcp_middleware.core import JsonRpcCode
 from mcp_middleware.gateway.config import ConfigError, parse_config
 from mcp_middleware.router import Curation, InProcessBackend, McpRouter
-from mcp_middleware.router.curation import ResourceRules
+from mcp_middleware.router.curation import Override, ResourceRules
 from mcp_middleware.router.curation_layer import CurationMiddleware
 from tests.conftest import ERAS, Era, connect
 
@@ -31,6 +31,13 @@ pytestmark = pytest.mark.anyio
 
 Endpoint = Literal["mount", "aggregate", "bridged"]
 RENAME = {"file:///srv/docs/": "docs://"}
+RULES = ResourceRules(
+    rename=RENAME,
+    override={  # by the public spelling, or the backend's
+        "docs://readme.md": Override(description="Start here"),
+        "file:///srv/docs/guide/{page}": Override(description="One page of the guide"),
+    },
+)
 
 
 def files_server(asked: list[str]) -> MCPServer:
@@ -80,7 +87,7 @@ def files_server(asked: list[str]) -> MCPServer:
 def build(asked: list[str], mode: Literal["auto", "legacy"] = "auto") -> McpRouter:
     router = McpRouter()
     backend = InProcessBackend(files_server(asked).streamable_http_app(), mode=mode)
-    router.mount("files", backend, curation=Curation(resources=ResourceRules(rename=RENAME)))
+    router.mount("files", backend, curation=Curation(resources=RULES))
     return router
 
 
@@ -113,13 +120,18 @@ async def test_lists_reads_and_contents_use_the_public_prefix(era: Era, endpoint
     served = serve(build(asked, "legacy" if endpoint == "bridged" else "auto"))
     url, ns = door(served.base, endpoint)
     async with connect(url, era) as client:
-        resources = sorted(r.uri for r in (await client.list_resources()).resources)
-        templates = [t.uri_template for t in (await client.list_resource_templates()).resource_templates]
+        listed = {r.uri: r.description for r in (await client.list_resources()).resources}
+        templates_listed = (await client.list_resource_templates()).resource_templates
+        templates = [t.uri_template for t in templates_listed]
         readme = await read(client, f"{ns}docs://readme.md")
         page = await read(client, f"{ns}docs://guide/intro")
         keys = await read(client, f"{ns}file:///srv/private/keys")  # outside every renamed prefix: untouched
-    assert resources == [f"{ns}docs://readme.md", f"{ns}file:///srv/private/keys"]  # docs://native is shadowed
+    assert sorted(listed) == [f"{ns}docs://readme.md", f"{ns}file:///srv/private/keys"]  # docs://native: shadowed
     assert templates == [f"{ns}docs://guide/{{page}}"]
+    assert (
+        listed[f"{ns}docs://readme.md"] == "Start here" and templates_listed[0].description == "One page of the guide"
+    )
+    assert not listed[f"{ns}file:///srv/private/keys"]  # not overridden: the backend's own (none)
     assert readme == (f"{ns}docs://readme.md", "the readme")
     assert page == (f"{ns}docs://guide/intro", "guide page intro")
     assert keys == (f"{ns}file:///srv/private/keys", "the keys")
@@ -299,3 +311,11 @@ def test_the_gateway_reads_resource_renames_and_names_a_bad_one(tmp_path: Path) 
     with pytest.raises(ConfigError) as hidden:
         parse_config(base + 'deny = ["crm://public/"]\nrename = { "crm://public/" = "docs://" }\n')
     assert "allow/deny hide entirely" in hidden.value.problems[0].message
+    described = parse_config(base + '[servers.resources.override."crm://public/readme"]\ndescription = "Start here"\n')
+    resources = described.servers[0].curation.resources  # type: ignore[union-attr]
+    assert resources.description_for("crm://public/readme") == "Start here"
+    with pytest.raises(ConfigError) as annotated:
+        parse_config(
+            base + '[servers.resources.override."crm://public/readme"]\nannotations = { readOnlyHint = true }\n'
+        )
+    assert "only tools have annotations" in annotated.value.problems[0].message
