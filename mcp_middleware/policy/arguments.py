@@ -151,9 +151,10 @@ class ArgumentValidationMiddleware:
 
     def _learning(self, send: Send, request: McpRequest) -> Send:
         catalog = self.catalog
+        generation = catalog.generation  # a list_changed while this answer streams: what it lists is old
 
         def learn(method: str, target: str, item: Mapping[str, Any]) -> bool:
-            catalog.learn_one(item)
+            catalog.learn_one(item, generation=generation)
             return True
 
         assert request.method is not None

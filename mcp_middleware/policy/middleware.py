@@ -231,10 +231,11 @@ class PolicyMiddleware:
         principal = get_principal(scope)
         catalog = self.catalog
         learn = request.method == "tools/list"
+        generation = catalog.generation  # a list_changed while this answer streams: what it lists is old
 
         def item_allowed(method: str, target: str, item: Mapping[str, Any]) -> bool:
             if learn:
-                catalog.learn_one(item)
+                catalog.learn_one(item, generation=generation)
             annotations = item.get("annotations")
             return self.evaluate(
                 principal, method, target, {}, annotations if isinstance(annotations, dict) else {}, "list"

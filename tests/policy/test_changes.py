@@ -133,3 +133,33 @@ def test_the_router_tells_every_layer_of_a_stack_that_keeps_a_catalog() -> None:
     stack = Opaque(policy)
     assert tell_lists_changed(stack, frozenset({"prompts"})) == 2 and catalog.get("t") is not None
     assert tell_lists_changed(stack, frozenset({"tools"})) == 2 and catalog.get("t") is None
+
+
+async def test_a_list_answer_streaming_across_a_change_teaches_nothing() -> None:
+    """The backend answers `tools/list` with what it had, and its list_changed arrives before the answer ends:
+    the answer passes to the client as it is, but the catalog keeps nothing of it."""
+    holder: dict[str, ArgumentValidationMiddleware] = {}
+
+    async def backend(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        holder["validator"].lists_changed(frozenset({"tools"}))  # heard by the router while the list streams
+        body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": [TOOL]}})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    validator = holder["validator"] = ArgumentValidationMiddleware(backend, fetch_unknown=False)
+    sent: list[Message] = []
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}})
+    headers = [(b"content-type", b"application/json"), (b"accept", b"application/json, text/event-stream")]
+    headers.append((b"mcp-protocol-version", b"2025-11-25"))
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": headers, "query_string": b""}
+    await validator(scope, receive, send)
+    assert orjson.loads(sent[-1]["body"])["result"]["tools"] == [TOOL]
+    assert validator.catalog.get("t") is None and validator.catalog.generation == 1
