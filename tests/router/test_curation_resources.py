@@ -15,6 +15,8 @@ from typing import Any, Literal
 import anyio
 import mcp_types as types
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import Client, MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
@@ -319,3 +321,37 @@ def test_the_gateway_reads_resource_renames_and_names_a_bad_one(tmp_path: Path) 
             base + '[servers.resources.override."crm://public/readme"]\nannotations = { readOnlyHint = true }\n'
         )
     assert "only tools have annotations" in annotated.value.problems[0].message
+
+
+# --- the rename table as a property -------------------------------------------------------------------
+
+_SCHEMES = st.sampled_from(["a:", "b:", "file:", "docs:"])
+_SEGMENTS = st.lists(st.sampled_from(["x", "y", "srv", "docs", "..", ".", "%2e", "%2F", "z-1"]), max_size=4)
+
+
+@st.composite
+def prefixes(draw: st.DrawFn) -> str:
+    return draw(_SCHEMES) + "//" + "".join(f"{segment}/" for segment in draw(_SEGMENTS))
+
+
+@st.composite
+def uris(draw: st.DrawFn) -> str:
+    return draw(_SCHEMES) + "//" + "/".join(draw(_SEGMENTS)) + draw(st.sampled_from(["", "/", "/n", "{v}"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=st.lists(st.tuples(prefixes(), prefixes()), max_size=3), backend=uris(), public=uris())
+def test_any_rename_table_is_reversible_and_never_a_way_out(
+    pairs: list[tuple[str, str]], backend: str, public: str
+) -> None:
+    try:
+        rules = ResourceRules(rename=dict(pairs))
+    except ValueError:
+        return  # refused at construction: overlapping, escaping or unbounded prefixes
+    if not rules.shadowed(backend):  # a listed URI's public spelling reaches exactly it
+        assert rules.backend_uri(rules.public_uri(backend)) == backend
+    reached, decision = rules.decide_public(public)
+    if reached is not None:  # whatever a client names reaches a URI listed under that very name
+        assert rules.public_uri(reached) == public and not rules.shadowed(reached)
+    if decision.visible and rules.active:
+        assert reached is not None and "/../" not in f"/{reached}/" and "%2e" not in reached.lower()
