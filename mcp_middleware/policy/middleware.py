@@ -55,8 +55,10 @@ class PolicyMiddleware:
     - `claims`: the token claims rules may read (`principal.claims.home`); others stay hidden;
     - `default`: what happens when no rule and no role applies (`"deny"`, the safe default);
     - `backend`: this backend's name, as rules read it (`backend == "crm"`);
-    - `filter_lists`: hide from `tools/list`, `prompts/list` and `resources/list` what the caller
-      could not use. A listed tool is callable with some arguments; a hidden one is refused.
+    - `filter_lists`: hide from `tools/list`, `prompts/list`, `resources/list` and
+      `resources/templates/list` what the caller could not use. A listed tool is callable with some
+      arguments; a hidden one is refused. A completion is allowed exactly when its prompt or template
+      is listed (whether or not lists are filtered).
     - `fetch_unknown`: a call to a tool whose annotations were never seen here first lists the
       backend's tools once (through the rest of the stack; see `fetch.py`), so rules on
       annotations hold whichever endpoint the call came through.
