@@ -11,7 +11,7 @@ Renamed resource prefixes are renamed both ways: URIs a client names (reads, sub
 listen filter, a completion's template) go to the backend in its own spelling, and the backend's
 URIs coming back (a read's contents, `resources/updated` on the GET or listen stream, the listen
 acknowledgement) are rewritten to the public spelling as they pass (the relay's rewriter: a JSON
-answer is held until complete, within `max_inspect_bytes`).
+answer to a renamed read is held until complete, within `max_inspect_bytes`; other reads stream).
 """
 
 from __future__ import annotations
@@ -116,8 +116,8 @@ class CurationMiddleware:
                     return
                 if backend_uri != uri:
                     rewritten, header_name = {**params, "uri": backend_uri}, backend_uri
-            if renames and method == "resources/read":
-                send = self._renaming(send)
+                    if method == "resources/read":  # only a renamed read is held to be renamed back
+                        send = self._renaming(send)
         elif method == _LISTEN:
             rewritten, refused = self._listen(params)
             if refused is not None:
