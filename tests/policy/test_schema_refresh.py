@@ -35,8 +35,9 @@ EVERY_PATH = CoreConfig(paths=("*",))
 
 
 class ShiftingServer(MCPServer):
-    """`level` takes an integer until `reshape` replaces it by one taking a string, and says so: on the modern
-    `subscriptions/listen` bus and to every legacy session that ever listed its tools (as a real server would).
+    """`level` takes an integer until `reshape` replaces it by one taking a string (or back: `shape="int"`), and
+    says so: on the modern `subscriptions/listen` bus and to every legacy session that ever listed its tools (as
+    a real server would). Reshaping to the shape it has changes nothing but is announced again.
 
     Its lists say they stay fresh for `ttl_ms` (ten minutes by default: only a notification makes a change seen
     before the catalog's own 300 s)."""
@@ -55,14 +56,13 @@ class ShiftingServer(MCPServer):
             self.ran.append(value)
             return f"level {value}"
 
-        shapes = [level_str, level_int]
+        shapes = {"int": level_int, "str": level_str}
 
         @self.tool()
-        async def reshape(ctx: Context, announce: bool = True) -> str:
-            """Replace `level` (integer → string, and back the next time) and announce it (unless told not to)."""
+        async def reshape(ctx: Context, shape: str = "str", announce: bool = True) -> str:
+            """Make `level` take an integer or a string, and announce it (unless told not to)."""
             self.remove_tool("level")
-            self.add_tool(shapes[0], name="level")
-            shapes.reverse()
+            self.add_tool(shapes[shape], name="level")
             if not announce:
                 return "reshaped quietly"
             await ctx.notify_tools_changed()
@@ -123,19 +123,23 @@ async def told_of_changes(url: str, era: Era) -> AsyncIterator[tuple[Client, Any
     async with connect(url, era, message_handler=on_message) as client:
         if era == "legacy":
 
-            async def wait_legacy(reshape: str) -> None:
-                await client.call_tool(reshape, {})
+            async def wait_legacy(reshape: str, shape: str = "str") -> None:
+                await client.call_tool(reshape, {"shape": shape})
                 with anyio.fail_after(20):
                     await heard.wait()
 
             yield client, wait_legacy
         else:
 
-            async def wait_modern(reshape: str) -> None:
+            async def wait_modern(reshape: str, shape: str = "str") -> None:
                 async with client.listen(tools_list_changed=True) as subscription:
-                    await client.call_tool(reshape, {})
-                    with anyio.fail_after(20):
-                        event = await subscription.__anext__()
+                    for _ in range(5):  # the router's own listen stream may still be opening: announce again
+                        await client.call_tool(reshape, {"shape": shape})
+                        with anyio.move_on_after(4):
+                            event = await subscription.__anext__()
+                            break
+                    else:
+                        raise AssertionError("no tools/list_changed reached the client")
                 assert type(event).__name__ == "ToolsListChanged"
 
             yield client, wait_modern
@@ -161,7 +165,9 @@ async def test_the_call_right_after_list_changed_meets_the_new_schema(era: Era, 
         assert refusal.data == {"path": "$.value", "message": refusal.data["message"]}  # the gateway's, not the SDK's
         assert message in refusal.data["message"]
     assert server.ran == [3, "high"]  # neither refused call reached the backend
-    assert recorder.outcomes(Component.ARGUMENTS) == ["allow", "rejected", "allow", "allow", "rejected"]
+    outcomes = recorder.outcomes(Component.ARGUMENTS)  # the reshape calls (allowed) in the middle
+    assert outcomes[:2] == ["allow", "rejected"] and outcomes[-2:] == ["allow", "rejected"]
+    assert set(outcomes[2:-2]) == {"allow"}
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -181,6 +187,8 @@ async def test_the_routers_session_refreshes_schemas_when_no_client_listens(era:
                     result = await client.call_tool("shifting__level", {"value": "high"})
                 except MCPError as exc:
                     codes.append(exc.code)
+                    if len(codes) % 40 == 0:  # the router's listen stream was not open yet: announce again
+                        await client.call_tool("shifting__reshape", {})
                     await anyio.sleep(0.05)
                 else:
                     outcome = result.content[0].text  # type: ignore[union-attr]
@@ -208,7 +216,8 @@ async def test_a_short_ttl_ms_on_the_list_refreshes_schemas_nobody_announced(ser
 
     async with httpx2.AsyncClient(timeout=30) as http:
         before = await call(http, "level", {"value": "high"})
-        assert (await call(http, "reshape", {"announce": False}))["result"]["content"][0]["text"] == "reshaped quietly"
+        quiet = await call(http, "reshape", {"announce": False})
+        assert quiet["result"]["content"][0]["text"] == "reshaped quietly"
         still_old = await call(http, "level", {"value": "high"})  # within the ttl: the old schema holds
         await anyio.sleep(2.6)  # past the 1.5 s ttl and the fetcher's 1 s floor
         fresh = await call(http, "level", {"value": "high"})
@@ -235,14 +244,14 @@ async def test_the_gateway_refreshes_schemas_at_both_doors(era: Era, tmp_path: P
     config.write_text(GATEWAY, encoding="utf-8")
     port = free_port()
     gateway = build_gateway(load_config(config), port=port)
-    doors = [("/mcp/shifting", "", 3, "high"), ("/mcp", "shifting__", "high", 3)]
+    doors = [("/mcp/shifting", "", 3, "high", "str"), ("/mcp", "shifting__", "high", 3, "int")]
     with serve_app(gateway.app, port=port) as served:
-        for path, prefix, old, new in doors:
+        for path, prefix, old, new, shape in doors:
             async with told_of_changes(f"{served.base}{path}", era) as (client, reshape_and_wait):
                 await client.list_tools()
                 assert (await client.call_tool(f"{prefix}level", {"value": old})).content[0].text == f"level {old}"  # type: ignore[union-attr]
                 before = await refused(client, f"{prefix}level", {"value": new})
-                await reshape_and_wait(f"{prefix}reshape")
+                await reshape_and_wait(f"{prefix}reshape", shape)
                 after = await client.call_tool(f"{prefix}level", {"value": new})
                 now_refused = await refused(client, f"{prefix}level", {"value": old})
             assert before.data["path"] == "$.value" and now_refused.data["path"] == "$.value", path
