@@ -75,7 +75,7 @@ class ToolFetcher:
                     self.catalog.learn(tools, generation=generation)
                 ttl = result.get("ttlMs")
                 if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0:
-                    self.catalog.advertised_ttl = ttl / 1000
+                    self.catalog.advertised_ttl = min(ttl, 10**12) / 1000  # a hostile huge int stays a float
                 cursor = result.get("nextCursor")
                 if not isinstance(cursor, str) or not cursor:
                     return
