@@ -51,7 +51,7 @@ class ToolCatalog:
         self.generation = 0
         """Grows at every :meth:`forget`: a list read before a change is not learned after it."""
         self.advertised_ttl: float | None = None
-        """The `ttlMs` (in seconds) of the backend's last 2026-07-28 `tools/list`, if it gave one."""
+        """The `ttlMs` (in seconds) of the backend's last 2026-07-28 `tools/list`, if it gave one above 0."""
 
     @property
     def fresh_for(self) -> float:

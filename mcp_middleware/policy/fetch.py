@@ -35,7 +35,7 @@ _MODERN = "2026-07-28"
 _ID = "mcp-middleware:tools"
 _MAX_PAGES = 20
 _MIN_INTERVAL = 1.0
-"""However short the backend's `ttlMs`, one fetch a second at most (a hostile `ttlMs: 0` costs that much)."""
+"""However short the backend's `ttlMs`, one fetch a second at most (`ttlMs: 1` costs that much)."""
 _PASSED_HEADERS = frozenset({b"host", b"origin", b"user-agent", b"x-forwarded-for", b"x-forwarded-proto"})
 
 
@@ -74,7 +74,9 @@ class ToolFetcher:
                 if isinstance(tools, list):
                     self.catalog.learn(tools, generation=generation)
                 ttl = result.get("ttlMs")
-                if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0:
+                # 0 is what MCPServer answers unless built with cache hints: no promise either way, so the
+                # catalog's own max_age holds (honouring it would list the tools again before most calls).
+                if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
                     self.catalog.advertised_ttl = min(ttl, 10**12) / 1000  # a hostile huge int stays a float
                 cursor = result.get("nextCursor")
                 if not isinstance(cursor, str) or not cursor:

@@ -110,8 +110,8 @@ def test_a_change_lifts_the_fetch_throttle_and_ttl_ms_shortens_freshness() -> No
     assert not fetcher._due("t") and not fetcher._due("u")
     catalog.forget()
     assert fetcher._due("t")  # fetched again at once, not after `interval`
-    catalog.advertised_ttl = 0.0  # a hostile or careless `ttlMs: 0`
-    assert catalog.fresh_for == 0.0 and catalog.needs_list("u")
+    catalog.advertised_ttl = 0.001  # a hostile or careless `ttlMs: 1`
+    assert catalog.fresh_for == 0.001 and catalog.needs_list("u")
     fetcher._last = __import__("time").monotonic()
     assert not fetcher._due("u")  # yet one fetch a second at most
     catalog.advertised_ttl = 10_000.0  # longer than max_age: max_age still bounds it

@@ -46,6 +46,7 @@ class ShiftingServer(MCPServer):
         super().__init__("shifting", cache_hints={"tools/list": CacheHint(ttl_ms=ttl_ms, scope="public")})
         self.legacy_sessions: list[ServerSession] = []
         self.ran: list[Any] = []
+        self.lists = 0
 
         @self.tool(name="level")
         def level_int(value: int) -> str:
@@ -77,6 +78,7 @@ class ShiftingServer(MCPServer):
     async def _handle_list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
+        self.lists += 1
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS and ctx.session not in self.legacy_sessions:
             self.legacy_sessions.append(ctx.session)
         return await super()._handle_list_tools(ctx, params)
@@ -224,6 +226,22 @@ async def test_a_short_ttl_ms_on_the_list_refreshes_schemas_nobody_announced(ser
     assert before["error"]["data"]["path"] == "$.value" and still_old["error"]["data"]["path"] == "$.value"
     assert fresh["result"]["content"][0]["text"] == "level high" and server.ran == ["high"]
     assert recorder.outcomes(Component.ARGUMENTS) == ["rejected", "allow", "rejected", "allow"]
+
+
+async def test_ttl_ms_zero_is_no_promise_and_lists_nothing_again(serve: Any) -> None:
+    """`MCPServer` answers `ttlMs: 0` unless built with cache hints: read as no promise, not as "list again before
+    every call" (which would cost a `tools/list` round trip on most calls)."""
+    router, server, recorder = shifting_router("modern", ttl_ms=0)
+    served = serve(router)
+    url = f"{served.base}/mcp/shifting"
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for _ in range(2):
+            body = modern_body("tools/call", {"name": "level", "arguments": {"value": 3}})
+            response = await http.post(url, content=body, headers=modern_headers("tools/call", "level"))
+            assert response.status_code == 200 and "result" in response.json()
+            await anyio.sleep(1.2)  # past the fetcher's one-second floor
+    assert server.lists == 1  # the first call's fetch only
+    assert recorder.outcomes(Component.ARGUMENTS) == ["allow", "allow"]
 
 
 GATEWAY = """
