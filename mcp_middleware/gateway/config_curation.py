@@ -16,6 +16,9 @@ and line; unknown keys and annotation names get a "did you mean".
     annotations = { destructiveHint = true }
     [servers.resources]
     allow = ["crm://public/"]
+    rename = { "crm://public/" = "docs://" }   # backend prefix = the prefix clients see
+    [servers.resources.override."docs://readme"]   # by the backend's URI, or its public spelling
+    description = "Start here"
 
     [[virtual_servers]]
     name = "support"
@@ -141,8 +144,18 @@ def _resources(reader: Reader) -> ResourceRules:
         for prefix in prefixes:
             if any(char in prefix for char in "*?["):
                 reader.problem(key, f"holds URI prefixes, not globs: {prefix!r}")
+    rename = reader.string_map("rename") if "rename" in reader.data else {}
+    overrides = _overrides(reader.table("override"), "resources") if "override" in reader.data else {}
     reader.done()
-    return ResourceRules(allow, deny)
+    try:
+        rules = ResourceRules(allow, deny, rename, overrides)
+    except ValueError as exc:  # the router's own rule (a scheme, a boundary, no overlap, no way out), not a copy
+        reader.problem("rename", str(exc).removeprefix("resources.rename: "))
+        return ResourceRules(allow, deny, override=overrides)
+    for backend in rename:
+        if not rules.decide_template(backend).visible:
+            reader.problem(f"rename.{backend}", "renames a prefix that allow/deny hide entirely: it never shows")
+    return rules
 
 
 def virtual_servers(top: Reader, servers: dict[str, str], prefix_of: str) -> tuple[VirtualServerSettings, ...]:

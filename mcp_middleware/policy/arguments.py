@@ -5,6 +5,7 @@ read as the list filter reads it: only that one message is held, until it is com
 whose arguments do not fit is answered -32602 with the validator's JSON path and message before
 the backend runs. A call to a tool not seen yet first lists the backend's tools once (`fetch.py`);
 a tool whose schema is still unknown passes (the backend validates), recorded as `arguments: bypass`.
+The backend's `tools/list_changed` makes the schemas be learned again before the next call (`changes.py`).
 
 Validators are `jsonschema` (Draft 2020-12, MCP's dialect; the `[policy]` extra), compiled once
 per schema version (a digest of the schema) in a bounded LRU.
@@ -37,6 +38,7 @@ from mcp_middleware.core import (
 from mcp_middleware.core.list_filter import ListFilter
 
 from .catalog import KnownTool, ToolCatalog
+from .changes import watch_changes
 from .fetch import fetcher_of
 
 __all__ = ["ArgumentValidationMiddleware"]
@@ -86,8 +88,12 @@ class ArgumentValidationMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
-        if request is None or request.kind is not RequestKind.REQUEST:
+        if request is None:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
+        if request.kind is RequestKind.STREAM or request.method == "subscriptions/listen":
+            return await self.app(scope, receive, watch_changes(scope, send, self.catalog))
+        if request.kind is not RequestKind.REQUEST:
+            return await self.app(scope, receive, send)
         if request.method == "tools/call":
             target = request.target
             if self.fetch_unknown and target is not None and self.catalog.needs_list(target):
@@ -104,6 +110,11 @@ class ArgumentValidationMiddleware:
         elif request.method == "tools/list":
             send = self._learning(send, request)
         await self.app(scope, receive, send)
+
+    def lists_changed(self, kinds: frozenset[str]) -> None:
+        """The backend said these lists changed (the router's session heard it): new tools, new schemas."""
+        if "tools" in kinds:
+            self.catalog.forget()
 
     def check(self, known: KnownTool, arguments: Any) -> dict[str, str] | None:
         """`None` if `arguments` fit the tool's schema, else `{"path": …, "message": …}` (bounded)."""
@@ -140,9 +151,10 @@ class ArgumentValidationMiddleware:
 
     def _learning(self, send: Send, request: McpRequest) -> Send:
         catalog = self.catalog
+        generation = catalog.generation  # a list_changed while this answer streams: what it lists is old
 
         def learn(method: str, target: str, item: Mapping[str, Any]) -> bool:
-            catalog.learn_one(item)
+            catalog.learn_one(item, generation=generation)
             return True
 
         assert request.method is not None

@@ -1,11 +1,12 @@
 """What a backend's tools look like, learned from the `tools/list` answers that pass through its stack.
 
 The policy middleware reads a tool's `annotations` here at call time (rules on `destructiveHint`),
-argument validation its `inputSchema`. Each entry is replaced by the next list that names the tool,
-so a changed tool is seen at the next `tools/list` (clients list again on `list_changed`); an entry
-older than `max_age` is *stale*: the next call to it lists the backend's tools again (`fetch.py`),
-so a tool changed behind an endpoint no list passes through (the aggregate) is seen within that
-time. The table is bounded.
+argument validation its `inputSchema`. Each entry is replaced by the next list that names the tool.
+The backend's `notifications/tools/list_changed` empties the table (:meth:`ToolCatalog.forget`, told by
+the stack's notification streams and by the router's own session to the backend: `changes.py`), so the
+next call is held to the new schema. An entry older than `max_age` (or than the `ttlMs` the backend's
+last 2026-07-28 list gave, if shorter) is *stale*: the next call to it lists the backend's tools again
+(`fetch.py`), so a change nobody was told of is seen within that time. The table is bounded.
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ class ToolCatalog:
         self._tools: dict[str, KnownTool] = {}
         self.fetcher: Any = None
         """Set by `fetch.fetcher_of`: how this catalog asks the backend for tools it has not seen."""
+        self.generation = 0
+        """Grows at every :meth:`forget`: a list read before a change is not learned after it."""
+        self.advertised_ttl: float | None = None
+        """The `ttlMs` (in seconds) of the backend's last 2026-07-28 `tools/list`, if it gave one above 0."""
+
+    @property
+    def fresh_for(self) -> float:
+        """Seconds an entry is trusted: `max_age`, or less when the backend's list said so (`ttlMs`)."""
+        ttl = self.advertised_ttl
+        return self.max_age if ttl is None else min(self.max_age, ttl)
 
     def get(self, name: str) -> KnownTool | None:
         return self._tools.get(name)
@@ -54,20 +65,21 @@ class ToolCatalog:
     def needs_list(self, name: str) -> bool:
         """Whether a call to `name` should have the backend's tools listed first: never seen, or stale."""
         known = self._tools.get(name)
-        return known is None or time.monotonic() - known.learned > self.max_age
+        return known is None or time.monotonic() - known.learned > self.fresh_for
 
     def annotations(self, name: str | None) -> Mapping[str, Any]:
         known = self._tools.get(name) if name is not None else None
         return known.annotations if known is not None else _EMPTY
 
-    def learn(self, tools: Iterable[Any]) -> None:
+    def learn(self, tools: Iterable[Any], *, generation: int | None = None) -> None:
         for item in tools:
             if isinstance(item, Mapping):
-                self.learn_one(item)
+                self.learn_one(item, generation=generation)
 
-    def learn_one(self, item: Mapping[str, Any]) -> None:
+    def learn_one(self, item: Mapping[str, Any], *, generation: int | None = None) -> None:
+        """Remember `item` (a listed tool); ignored if `generation` is given and a change came since."""
         name = item.get("name")
-        if not isinstance(name, str):
+        if not isinstance(name, str) or (generation is not None and generation != self.generation):
             return
         annotations = item.get("annotations")
         schema = item.get("inputSchema")
@@ -88,8 +100,11 @@ class ToolCatalog:
         )
 
     def forget(self) -> None:
-        """Drop everything (the backend said its tools changed)."""
+        """Drop everything (the backend said its tools changed): the next call lists them again, at once."""
         self._tools.clear()
+        self.generation += 1
+        if self.fetcher is not None:
+            self.fetcher.changed()
 
     def __len__(self) -> int:
         return len(self._tools)

@@ -5,7 +5,9 @@ own sessions; a client may call a tool it knows). The policy needs the tool's an
 validator its schema, so the stack asks the backend itself: one stateless 2026-07-28 `tools/list`
 sent to the inner app with the caller's principal (it sees what the caller's list would show),
 read with a bound, every page followed. A backend that does not speak 2026-07-28, or fails, leaves
-the catalog as it was; a fetch is tried at most once per `interval` seconds per backend.
+the catalog as it was; a fetch is tried at most once per `interval` seconds per backend (sooner when
+the list's `ttlMs` says so, never more than once a second), and at once after the backend said its
+tools changed (:meth:`ToolFetcher.changed`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ logger = logging.getLogger("mcp_middleware.policy")
 _MODERN = "2026-07-28"
 _ID = "mcp-middleware:tools"
 _MAX_PAGES = 20
+_MIN_INTERVAL = 1.0
+"""However short the backend's `ttlMs`, one fetch a second at most (`ttlMs: 1` costs that much)."""
 _PASSED_HEADERS = frozenset({b"host", b"origin", b"user-agent", b"x-forwarded-for", b"x-forwarded-proto"})
 
 
@@ -45,13 +49,22 @@ class ToolFetcher:
         self._last = -float("inf")
         self._lock = anyio.Lock()
 
+    def changed(self) -> None:
+        """The backend's tools changed: the next call that needs them fetches at once."""
+        self._last = -float("inf")
+
+    def _due(self, name: str) -> bool:
+        interval = max(_MIN_INTERVAL, min(self.interval, self.catalog.fresh_for))
+        return self.catalog.needs_list(name) and time.monotonic() - self._last >= interval
+
     async def ensure(self, app: ASGIApp, scope: Scope, name: str) -> None:
-        if not self.catalog.needs_list(name) or time.monotonic() - self._last < self.interval:
+        if not self._due(name):
             return
         async with self._lock:  # concurrent calls share one fetch
-            if not self.catalog.needs_list(name) or time.monotonic() - self._last < self.interval:
+            if not self._due(name):
                 return
             self._last = time.monotonic()
+            generation = self.catalog.generation  # a change during the fetch: what it read is already old
             cursor: str | None = None
             for _ in range(_MAX_PAGES):
                 result = await self._list(app, scope, cursor)
@@ -59,7 +72,12 @@ class ToolFetcher:
                     return
                 tools = result.get("tools")
                 if isinstance(tools, list):
-                    self.catalog.learn(tools)
+                    self.catalog.learn(tools, generation=generation)
+                ttl = result.get("ttlMs")
+                # 0 is what MCPServer answers unless built with cache hints: no promise either way, so the
+                # catalog's own max_age holds (honouring it would list the tools again before most calls).
+                if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl > 0:
+                    self.catalog.advertised_ttl = min(ttl, 10**12) / 1000  # a hostile huge int stays a float
                 cursor = result.get("nextCursor")
                 if not isinstance(cursor, str) or not cursor:
                     return

@@ -28,15 +28,18 @@ from mcp_middleware.core import (
 from mcp_middleware.core.list_filter import LIST_METHODS, ListFilter
 
 from .catalog import ToolCatalog
+from .changes import watch_changes
 from .engine import DEFAULT_DENY, Phase, PolicyDecision, PolicyEngine, PolicyInput, principal_view, roles_of
 from .fetch import fetcher_of
+from .references import TEMPLATES_LIST, TemplateListFilter, completion_reference, listened_uris
 
 __all__ = ["GUARDED_METHODS", "PolicyMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.policy")
 
 GUARDED_METHODS = frozenset({"tools/call", "prompts/get", "resources/read", "resources/subscribe"})
-"""The methods that use an item; each is decided at call time (lists are filtered with the same rules)."""
+"""The methods that use an item; each is decided at call time (lists are filtered with the same rules).
+`completion/complete` and a `subscriptions/listen` filter's resources are decided too (`references.py`)."""
 
 _ALLOW_BY_DEFAULT = PolicyDecision(True, None, "no rule applies; the default allows")
 _MAX_REASON = 200
@@ -52,8 +55,10 @@ class PolicyMiddleware:
     - `claims`: the token claims rules may read (`principal.claims.home`); others stay hidden;
     - `default`: what happens when no rule and no role applies (`"deny"`, the safe default);
     - `backend`: this backend's name, as rules read it (`backend == "crm"`);
-    - `filter_lists`: hide from `tools/list`, `prompts/list` and `resources/list` what the caller
-      could not use. A listed tool is callable with some arguments; a hidden one is refused.
+    - `filter_lists`: hide from `tools/list`, `prompts/list`, `resources/list` and
+      `resources/templates/list` what the caller could not use. A listed tool is callable with some
+      arguments; a hidden one is refused. A completion is allowed exactly when its prompt or template
+      is listed (whether or not lists are filtered).
     - `fetch_unknown`: a call to a tool whose annotations were never seen here first lists the
       backend's tools once (through the rest of the stack; see `fetch.py`), so rules on
       annotations hold whichever endpoint the call came through.
@@ -103,10 +108,28 @@ class PolicyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
-        if request is None or request.kind is not RequestKind.REQUEST:
+        if request is None:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
+        if request.kind is RequestKind.STREAM:
+            return await self.app(scope, receive, watch_changes(scope, send, self.catalog))
+        if request.kind is not RequestKind.REQUEST:
+            return await self.app(scope, receive, send)
         method = request.method
-        if method in GUARDED_METHODS:
+        if method == "subscriptions/listen":
+            refusal = self._listen_refusal(scope, request)
+            if refusal is not None:
+                await self._refuse(scope, send, request, refusal)
+                return
+            send = watch_changes(scope, send, self.catalog)
+        elif method == "completion/complete":
+            referred = completion_reference(request.params or {})
+            if referred is not None:  # allowed exactly when the prompt or template is listed for the caller
+                decision = self.evaluate(get_principal(scope), *referred, {}, {}, "list")
+                if not decision.allowed:
+                    await self._refuse(scope, send, request, decision, phase="complete")
+                    return
+                record_decision(scope, Component.POLICY, Outcome.ALLOW, rule=decision.rule or "", phase="complete")
+        elif method in GUARDED_METHODS:
             target = request.target
             if method == "tools/call" and self.fetch_unknown and target is not None and self.catalog.needs_list(target):
                 await fetcher_of(self.catalog).ensure(self.app, scope, target)
@@ -115,9 +138,21 @@ class PolicyMiddleware:
                 await self._refuse(scope, send, request, decision)
                 return
             record_decision(scope, Component.POLICY, Outcome.ALLOW, rule=decision.rule or "", phase="call")
-        elif method in LIST_METHODS and self.filter_lists:
+        elif (method in LIST_METHODS or method == TEMPLATES_LIST) and self.filter_lists:
             send = self._filtered(scope, send, request)
         await self.app(scope, receive, send)
+
+    def _listen_refusal(self, scope: Scope, request: McpRequest) -> PolicyDecision | None:
+        """Why a listen filter may not name its resources (each decided as its `resources/subscribe`), or None."""
+        uris = listened_uris(request.params or {})
+        if uris is None:
+            return PolicyDecision(False, None, "a listen filter naming too many resources")
+        principal = get_principal(scope)
+        for uri in uris:
+            decision = self.evaluate(principal, "resources/subscribe", uri, {}, {}, "call")
+            if not decision.allowed:
+                return decision
+        return None
 
     # --- deciding -----------------------------------------------------------------------------------
 
@@ -181,6 +216,11 @@ class PolicyMiddleware:
         self._views[id(principal)] = (principal, view, key)
         return view, key
 
+    def lists_changed(self, kinds: frozenset[str]) -> None:
+        """The backend said these lists changed (the router's session heard it): annotations are learned again."""
+        if "tools" in kinds:
+            self.catalog.forget()
+
     def reload(self) -> None:
         """Compile the engine's files again (the live registry calls this); a bad file keeps the old rules."""
         if self.engine is not None:
@@ -193,16 +233,18 @@ class PolicyMiddleware:
         principal = get_principal(scope)
         catalog = self.catalog
         learn = request.method == "tools/list"
+        generation = catalog.generation  # a list_changed while this answer streams: what it lists is old
 
         def item_allowed(method: str, target: str, item: Mapping[str, Any]) -> bool:
             if learn:
-                catalog.learn_one(item)
+                catalog.learn_one(item, generation=generation)
             annotations = item.get("annotations")
             return self.evaluate(
                 principal, method, target, {}, annotations if isinstance(annotations, dict) else {}, "list"
             ).allowed
 
-        return ListFilter(
+        kind = TemplateListFilter if request.method == TEMPLATES_LIST else ListFilter
+        return kind(
             send,
             method=request.method,
             request_id=request.id,
@@ -223,10 +265,12 @@ class PolicyMiddleware:
 
     # --- refusing -----------------------------------------------------------------------------------
 
-    async def _refuse(self, scope: Scope, send: Send, request: McpRequest, decision: PolicyDecision) -> None:
+    async def _refuse(
+        self, scope: Scope, send: Send, request: McpRequest, decision: PolicyDecision, *, phase: str = "call"
+    ) -> None:
         reason = clip(decision.reason or "denied by policy", _MAX_REASON)
         rule = decision.rule or "default"
-        record_decision(scope, Component.POLICY, Outcome.DENY, rule=rule, reason=reason, phase="call", status=403)
+        record_decision(scope, Component.POLICY, Outcome.DENY, rule=rule, reason=reason, phase=phase, status=403)
         data: dict[str, Any] = {"rule": rule, "reason": reason}
         if self.backend:
             data["backend"] = self.backend

@@ -58,6 +58,7 @@ from .notifier import Notifier
 from .relay import Relay
 from .routed_resources import RoutedCatalog
 from .routes import Route, RouteTable
+from .stack_changes import tell_lists_changed
 from .watches import ResourceWatches
 
 __all__ = ["ROUTER_META_KEY", "AggregateServer", "ListGate"]
@@ -352,7 +353,7 @@ class AggregateServer:
         result = await self.bridge.read_resource(ctx, server, uri, params)
         if isinstance(result, types.ReadResourceResult):
             contents = [
-                content.model_copy(update={"uri": self.catalog.public_uri(server, content.uri)})
+                content.model_copy(update={"uri": self.catalog.public_backend_uri(server, content.uri)})
                 for content in result.contents
             ]
             result = result.model_copy(update={"contents": contents})
@@ -397,18 +398,24 @@ class AggregateServer:
     ) -> types.SubscriptionsListenResult:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
-        held = await self.watches.acquire(uris, self._visible_uri)
+        scope = getattr(ctx.request, "scope", None)
+        held = await self.watches.acquire(uris, lambda uri: self._visible_uri(uri, scope))
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
 
-    async def _visible_uri(self, public_uri: str) -> tuple[str, str] | None:
-        """A resource to watch, unless its backend's curation hides it (then it is not watched at all)."""
+    async def _visible_uri(self, public_uri: str, scope: Scope | None = None) -> tuple[str, str] | None:
+        """A resource to watch (in its backend's spelling), unless its backend's curation hides it or its
+        list gate would refuse the caller's `resources/subscribe` of it (then it is not watched at all)."""
         target = await self.catalog.resolve_uri(public_uri)
         curation = self.catalog.curations.get(target[0]) if target is not None else None
-        if target is not None and curation is not None and not curation.resources.decide(target[1]).visible:
-            return None
+        if target is not None and curation is not None:
+            backend_uri, decision = curation.resources.decide_public(target[1])
+            target = (target[0], backend_uri) if decision.visible and backend_uri is not None else None
+        gate = self.gates.get(target[0]) if target is not None else None
+        if target is not None and gate is not None and isinstance(scope, dict):
+            return target if gate(scope, "resources/subscribe", target[1]) else None
         return target
 
     async def _set_log_level(
@@ -437,12 +444,12 @@ class AggregateServer:
             _, code, message, unknown = unknown_error("resource", public_uri)
             raise MCPError(code, message, data=unknown)
         curation = self.catalog.curations.get(target[0])
-        if curation is not None:
-            rules = curation.resources
-            decision = rules.decide_template(target[1]) if template else rules.decide(target[1])
-            if not decision.visible:
+        if curation is not None:  # no stack on this path: its curation judges here, and renames back
+            backend_uri, decision = curation.resources.decide_public(target[1], template=template)
+            if not decision.visible or backend_uri is None:
                 _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
                 raise MCPError(code, message, data=data)
+            return target[0], backend_uri
         return target
 
     # --- notifications -------------------------------------------------------------------------
@@ -454,7 +461,10 @@ class AggregateServer:
 
     def _backend_changed(self, server: str, kinds: frozenset[str]) -> None:
         self.catalog.forget(server, kinds)
+        stack = self._stacks.get(server)
+        if stack is not None:  # what its stack learned of the lists (tool schemas) is stale too
+            tell_lists_changed(stack, kinds)
         self.notifier.changed(kinds)
 
     def _resource_updated(self, server: str, uri: str) -> None:
-        self.notifier.resource_updated(server, uri, self.catalog.public_uri)
+        self.notifier.resource_updated(server, uri, self.catalog.public_backend_uri)

@@ -227,8 +227,9 @@ class Catalog:
                 if uri in uris:
                     collisions.append({"name": uri, "kept": uris[uri][0], "renamed": server, "as": None})
                     continue
-                uris[uri] = (server, original)
-                public.append((uri, item.model_copy(update={kind.key: uri}), server, original))
+                uris[uri] = (server, original)  # routed in the curated spelling: the stack's curation renames back
+                own = originals.get((server, original), original)  # the backend's URI, for its list filter
+                public.append((uri, item.model_copy(update={kind.key: uri}), server, own))
         hidden = hidden_names(self.naming, table, hidden_at)
         public.sort(key=lambda entry: entry[0])
         if collisions:
@@ -397,7 +398,13 @@ class Catalog:
         )
 
     def public_uri(self, server: str, uri: str) -> str:
+        """The aggregate's URI for `server`'s curated `uri` (what its stack answers)."""
         return uri if self.naming.prefix is PrefixMode.NEVER else namespace_uri(server, uri)
+
+    def public_backend_uri(self, server: str, uri: str) -> str:
+        """The aggregate's URI for a URI in `server`'s own spelling (reached without its stack's curation)."""
+        curation = self.curations.get(server)
+        return self.public_uri(server, curation.resources.public_uri(uri) if curation is not None else uri)
 
 
 # --- helpers close to their use -----------------------------------------------------------------

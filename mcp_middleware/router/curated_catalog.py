@@ -29,7 +29,7 @@ def curated_entries(
     originals: dict[tuple[str, str], str],
     hidden_at: list[tuple[str, str, str]],
 ) -> list[tuple[str, Any]]:
-    """`(server, public copy)` of each item clients see; notes each renamed item's backend name in
+    """`(server, public copy)` of each item clients see; notes each renamed item's backend name (or URI) in
     `originals` and the would-be names of hidden tools and prompts (with the rule) in `hidden_at`."""
     kept: list[tuple[str, Any]] = []
     for item in items:
@@ -42,10 +42,12 @@ def curated_entries(
         if curated is None:
             continue
         model, public = curated
-        if key == "name" and public != model.name:
-            originals[(server, public)] = model.name
-            hidden_at.append((server, model.name, f"{kind}.rename: renamed"))
-            model = model.model_copy(update={"name": public})
+        own: str = getattr(model, key)
+        if public != own:
+            originals[(server, public)] = own
+            if key == "name":
+                hidden_at.append((server, own, f"{kind}.rename: renamed"))
+            model = model.model_copy(update={key: public})
         kept.append((server, model))
     return kept
 
@@ -96,13 +98,20 @@ def curate_model(
                 update["annotations"] = type(own).model_validate(merged) if own is not None else _annotations(merged)
         return (item.model_copy(update=update) if update else item), public
     template = kind == "resource_templates"
-    if selection is not None and not selection.allows_uri(original, template=template):
-        return None
-    if curation is not None:
-        decision = curation.resources.decide_template(original) if template else curation.resources.decide(original)
+    resources = curation.resources if curation is not None else None
+    if resources is not None and resources.shadowed(original):
+        return None  # a renamed prefix took its spelling: unreachable, so not listed
+    public_uri = resources.public_uri(original) if resources is not None else original
+    if selection is not None and not selection.allows_uri(public_uri, template=template):
+        return None  # a virtual server selects by the URIs clients see, as it selects tools by public name
+    if resources is not None:
+        decision = resources.decide_template(original) if template else resources.decide(original)
         if not decision.visible:
             return decision
-    return item, original
+        description = resources.description_for(original)
+        if description is not None:
+            item = item.model_copy(update={"description": description})
+    return item, public_uri
 
 
 def _annotations(values: Mapping[str, Any]) -> Any:

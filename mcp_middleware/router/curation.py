@@ -2,7 +2,7 @@
 
 A :class:`Curation` is written in the backend's own names (like every per-backend rule): allow and
 deny globs, a rename table (backend name → public name), description and annotation overrides, and
-URI prefixes for resources. It is applied in one place per endpoint kind:
+for resources URI prefixes to allow, deny and rename. It is applied in one place per endpoint kind:
 
 * the path mount: :class:`~mcp_middleware.router.curation_layer.CurationMiddleware`, the outermost
   layer of the backend's stack (lists rewritten as they stream, calls renamed back or refused);
@@ -50,6 +50,7 @@ _PUBLIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a renamed tool or prompt may be called (the MCP tool-name rule)."""
 _MAX_REMEMBERED = 4096
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def fold(name: str) -> str:
@@ -219,18 +220,83 @@ class ItemRules:
 
 @dataclass(frozen=True, slots=True)
 class ResourceRules:
-    """Resources and resource templates, by URI prefix: `allow` (empty: all) and `deny`.
+    """Resources and resource templates, by URI prefix: `allow` (empty: all), `deny`, and `rename`.
+
+    `allow` and `deny` are written in the backend's URIs. `rename` maps a backend prefix to the prefix
+    clients see (`{"file:///srv/docs/": "docs://"}`): listed URIs and templates under it are rewritten,
+    reads are routed back, the old spelling is refused (like a renamed tool's old name), a URI outside
+    every renamed prefix is untouched, and a backend URI that a renamed prefix would shadow is not listed.
+    Each prefix starts with a scheme and ends at a boundary (`/` or `:`), no two overlap, none has a
+    dot segment, an encoded separator or a template brace: a rename cannot be a way out of a prefix.
+    `override` replaces the `description` of a resource or template, by its exact URI (the backend's
+    spelling or the public one); resources have no annotations to override here.
 
     A URI with a dot segment (`/../`) or an encoded slash, dot or percent is refused whenever rules are
     set: a prefix is only a boundary if the backend cannot walk out of it.
+
+    >>> rules = ResourceRules(rename={"file:///srv/docs/": "docs://"})
+    >>> rules.public_uri("file:///srv/docs/a.md"), rules.backend_uri("docs://a.md"), rules.backend_uri("file:///srv/docs/a.md")
+    ('docs://a.md', 'file:///srv/docs/a.md', None)
     """
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
+    rename: Mapping[str, str] = field(default_factory=dict)
+    override: Mapping[str, Override] = field(default_factory=dict)
+    _renames: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for backend, public in self.rename.items():
+            for prefix in (backend, public):
+                problem = _prefix_problem(prefix)
+                if problem is not None:
+                    raise ValueError(f"resources.rename: {prefix!r} {problem}")
+        for side, prefixes in (("renamed", list(self.rename)), ("public", list(self.rename.values()))):
+            for index, first in enumerate(prefixes):
+                for second in prefixes[index + 1 :]:
+                    if first.startswith(second) or second.startswith(first):
+                        raise ValueError(f"resources.rename: the {side} prefixes {first!r} and {second!r} overlap")
+        object.__setattr__(self, "_renames", tuple(self.rename.items()))
+        for uri, override in self.override.items():
+            if override.annotations:
+                raise ValueError(f"resources.override: {uri!r}: only a description (tool annotations are for tools)")
 
     @property
     def active(self) -> bool:
-        return bool(self.allow or self.deny)
+        return bool(self.allow or self.deny or self.rename or self.override)
+
+    def description_for(self, uri: str) -> str | None:
+        """The description clients see for the backend's resource or template `uri`, if overridden."""
+        override = self.override.get(uri) or self.override.get(self.public_uri(uri))
+        return override.description if override is not None else None
+
+    def public_uri(self, uri: str) -> str:
+        """The URI (or template) clients see for the backend's `uri`."""
+        for backend, public in self._renames:
+            if uri.startswith(backend):
+                return public + uri[len(backend) :]
+        return uri
+
+    def backend_uri(self, uri: str) -> str | None:
+        """The backend's URI (or template) for a public one; None for a renamed prefix's old spelling."""
+        for backend, public in self._renames:
+            if uri.startswith(public):
+                return backend + uri[len(public) :]
+        for backend, _ in self._renames:
+            if uri.startswith(backend):
+                return None
+        return uri
+
+    def shadowed(self, uri: str) -> bool:
+        """A backend URI clients cannot reach under its own spelling (a renamed prefix took it): not listed."""
+        return bool(self._renames) and self.backend_uri(self.public_uri(uri)) != uri
+
+    def decide_public(self, uri: str, *, template: bool = False) -> tuple[str | None, Decision]:
+        """`(backend uri, decision)` for a URI a client named: renamed back, then judged in the backend's URIs."""
+        backend = self.backend_uri(uri)
+        if backend is None:
+            return None, Decision(False, "resources.rename: renamed")
+        return backend, self.decide_template(backend) if template else self.decide(backend)
 
     def decide(self, uri: str) -> Decision:
         if not self.active:
@@ -255,6 +321,17 @@ class ResourceRules:
             if head.startswith(prefix):
                 return Decision(False, f"resources.deny: {prefix}")
         return _VISIBLE
+
+
+def _prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot be renamed (from or to), or None."""
+    if not isinstance(prefix, str) or not _SCHEME.match(prefix):
+        return "must start with a URI scheme (`docs://`, `file:///srv/`)"
+    if not prefix.endswith(("/", ":")):
+        return "must end with '/' or ':' (else `docs` would rename `docs-private` too)"
+    if _escapes(prefix) or any(char in prefix for char in "{}?#") or any(ord(char) < 0x21 for char in prefix):
+        return "must not hold a dot segment, an encoded separator, a template brace, '?', '#' or a space"
+    return None
 
 
 def _escapes(uri: str) -> bool:

@@ -6,6 +6,12 @@ stack) sees it. List answers are rewritten as they stream (the auth list filter'
 body held until complete, only the result's SSE event held until its blank line, a bound on what is
 inspected), every page of a paginated list alike. The aggregate routes into this same layer, so a
 tool is named, hidden and refused the same way at `/mcp/{name}` and at `/mcp`.
+
+Renamed resource prefixes are renamed both ways: URIs a client names (reads, subscriptions, a
+listen filter, a completion's template) go to the backend in its own spelling, and the backend's
+URIs coming back (a read's contents, `resources/updated` on the GET or listen stream, the listen
+acknowledgement) are rewritten to the public spelling as they pass (the relay's rewriter: a JSON
+answer to a renamed read is held until complete, within `max_inspect_bytes`; other reads stream).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .curation import Curation
+from .rewrite import AnswerRewriter
 
 __all__ = ["CURATED_LISTS", "CurationMiddleware"]
 
@@ -47,6 +54,7 @@ CURATED_LISTS: Mapping[str, str] = {
 """List method → the result key holding its items."""
 _EVERY_PATH = CoreConfig(paths=("*",))
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
+_LISTEN = "subscriptions/listen"
 
 
 class CurationMiddleware:
@@ -67,6 +75,10 @@ class CurationMiddleware:
             return
         request, receive = await read_request(scope, receive, send, _EVERY_PATH)
         if receive is ANSWERED:
+            return
+        renames = bool(self.curation.resources.rename)
+        if request is not None and request.kind is RequestKind.STREAM and renames:
+            await self.app(scope, receive, self._renaming(send))  # `resources/updated` in the public spelling
             return
         if request is None or request.kind is not RequestKind.REQUEST or request.method is None:
             await self.app(scope, receive, send)
@@ -98,10 +110,21 @@ class CurationMiddleware:
         elif method in _URI_METHODS:
             uri = params.get("uri")
             if isinstance(uri, str):
-                decision = self.curation.resources.decide(uri)
-                if not decision.visible:
+                backend_uri, decision = self.curation.resources.decide_public(uri)
+                if not decision.visible or backend_uri is None:
                     await self._refuse(scope, send, request, "resource", uri, decision.rule)
                     return
+                if backend_uri != uri:
+                    rewritten, header_name = {**params, "uri": backend_uri}, backend_uri
+                    if method == "resources/read":  # only a renamed read is held to be renamed back
+                        send = self._renaming(send)
+        elif method == _LISTEN:
+            rewritten, refused = self._listen(params)
+            if refused is not None:
+                await self._refuse(scope, send, request, *refused)
+                return
+            if renames:
+                send = self._renaming(send)
         elif method == "completion/complete":
             rewritten, refused = self._completion(params)
             if refused is not None:
@@ -119,6 +142,35 @@ class CurationMiddleware:
         child["headers"] = headers
         child[REQUEST_SCOPE_KEY] = request._replace(params=rewritten, body=body)
         await self.app(child, replay(body, receive), send)
+
+    def _renaming(self, send: Send) -> Send:
+        """`send` with the backend's URIs rewritten to their public spelling (the session header kept)."""
+        return AnswerRewriter(
+            send,
+            server="",
+            public_uri=self.curation.resources.public_uri,
+            max_bytes=self.max_inspect_bytes,
+            keep_session=True,
+        )
+
+    def _listen(self, params: Mapping[str, Any]) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
+        """A listen filter's resource URIs: each judged as a subscription is, renamed back to the backend's."""
+        wanted = params.get("notifications")
+        uris = wanted.get("resourceSubscriptions") if isinstance(wanted, dict) else None
+        if not isinstance(wanted, dict) or not isinstance(uris, list) or not self.curation.resources.active:
+            return None, None
+        backend_uris: list[Any] = []
+        for uri in uris:
+            if not isinstance(uri, str):
+                backend_uris.append(uri)  # not ours to judge: the backend answers a malformed filter
+                continue
+            backend_uri, decision = self.curation.resources.decide_public(uri)
+            if not decision.visible or backend_uri is None:
+                return None, ("resource", uri, decision.rule)
+            backend_uris.append(backend_uri)
+        if backend_uris == uris:
+            return None, None
+        return {**params, "notifications": {**wanted, "resourceSubscriptions": backend_uris}}, None
 
     def _curates(self, key: str) -> bool:
         """Whether lists of this kind change at all (else the answer passes untouched)."""
@@ -139,9 +191,10 @@ class CurationMiddleware:
                 return None, ("prompt", name, self.curation.prompts.refusal_rule(name))
             return ({**params, "ref": {**ref, "name": backend}}, None) if backend != name else (None, None)
         if ref.get("type") == "ref/resource" and isinstance(uri := ref.get("uri"), str):
-            decision = self.curation.resources.decide_template(uri)
-            if not decision.visible:
+            backend_uri, decision = self.curation.resources.decide_public(uri, template=True)
+            if not decision.visible or backend_uri is None:
                 return None, ("resource", uri, decision.rule)
+            return ({**params, "ref": {**ref, "uri": backend_uri}}, None) if backend_uri != uri else (None, None)
         return None, None
 
     async def _refuse(self, scope: Scope, send: Send, request: McpRequest, noun: str, label: str, rule: str) -> None:
@@ -184,9 +237,18 @@ def curate_items(curation: Curation, key: str, items: list[Any]) -> list[dict[st
 
         def curate(item: dict[str, Any]) -> dict[str, Any] | None:
             uri = item.get(field)
-            if not isinstance(uri, str):
+            if not isinstance(uri, str) or rules.shadowed(uri):
+                return None  # a URI a renamed prefix took cannot be reached: not listed
+            if not (rules.decide_template(uri) if template else rules.decide(uri)).visible:
                 return None
-            return item if (rules.decide_template(uri) if template else rules.decide(uri)).visible else None
+            public = rules.public_uri(uri)
+            description = rules.description_for(uri)
+            if public == uri and description is None:
+                return item
+            item = {**item, field: public}
+            if description is not None:
+                item["description"] = description
+            return item
 
     return [curated for item in items if isinstance(item, dict) and (curated := curate(item)) is not None]
 

@@ -43,6 +43,7 @@ class AnswerRewriter:
         "_buffer",
         "_ended",
         "_json",
+        "_keep_session",
         "_max",
         "_public_uri",
         "_send",
@@ -60,8 +61,11 @@ class AnswerRewriter:
         session: ClientSession | None = None,
         public_uri: Callable[[str], str] | None = None,
         max_bytes: int = DEFAULT_MAX_BODY_SIZE,
+        keep_session: bool = False,
     ) -> None:
         self._send = send
+        self._keep_session = keep_session
+        """Pass the backend's `Mcp-Session-Id` on (a path mount's client holds the backend's session)."""
         self._server = server
         self._session = session
         self._public_uri = public_uri
@@ -76,7 +80,9 @@ class AnswerRewriter:
         kind = message["type"]
         if kind == "http.response.start":
             self._started = True
-            headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _SESSION_HEADER]
+            headers = [
+                (k, v) for k, v in message.get("headers", ()) if self._keep_session or k.lower() != _SESSION_HEADER
+            ]
             content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
             self._sse = is_event_stream(content_type)
             self._json = self._public_uri is not None and is_json(content_type)
@@ -185,7 +191,7 @@ class AnswerRewriter:
 
 
 def rename_uris(message: dict[str, Any], public_uri: Callable[[str], str]) -> bool:
-    """Namespace the URIs of a `resources/read` result or a `resources/updated` notification."""
+    """Rename the URIs of a `resources/read` result, a `resources/updated` notification or a listen acknowledgement."""
     result = message.get("result")
     if isinstance(result, dict) and isinstance(result.get("contents"), list):
         for content in result["contents"]:
@@ -197,5 +203,11 @@ def rename_uris(message: dict[str, Any], public_uri: Callable[[str], str]) -> bo
         uri = params.get("uri")
         if isinstance(uri, str):
             params["uri"] = public_uri(uri)
+            return True
+    if message.get("method") == "notifications/subscriptions/acknowledged" and isinstance(params, dict):
+        echoed = params.get("notifications")  # the listen filter, echoed: its URIs are the backend's too
+        uris = echoed.get("resourceSubscriptions") if isinstance(echoed, dict) else None
+        if isinstance(echoed, dict) and isinstance(uris, list):
+            echoed["resourceSubscriptions"] = [public_uri(uri) if isinstance(uri, str) else uri for uri in uris]
             return True
     return False

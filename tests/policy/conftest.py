@@ -11,7 +11,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from mcp.types import Completion, ToolAnnotations
 from starlette.types import ASGIApp
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
@@ -85,6 +85,20 @@ def bank_server() -> MCPServer:
     @server.prompt()
     def greet(name: str) -> str:
         return f"Hello {name}"
+
+    @server.resource("bank://accounts/{number}")
+    def account(number: str) -> str:
+        return f"account {number}"
+
+    @server.resource("bank://vault/{box}")
+    def vault(box: str) -> str:
+        return f"box {box}"
+
+    @server.completion()
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+        """What a completion tells: the prompt's argument names, the accounts and vault boxes that exist."""
+        values = {"name": ["ana", "sam"], "number": ["1001", "1002"], "box": ["gold", "deeds"]}
+        return Completion(values=[v for v in values.get(argument.name, []) if v.startswith(argument.value)])
 
     return server
 

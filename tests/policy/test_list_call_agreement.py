@@ -1,6 +1,8 @@
 """Property: under any policy, list time and call time agree. A tool the caller is shown can be called
 with some arguments; a tool it is not shown is refused whatever the arguments (a real server, raw
-2026-07-28 requests as any client sends them, the policy swapped between examples).
+2026-07-28 requests as any client sends them, the policy swapped between examples). Likewise a prompt or
+a resource template is listed exactly when its completion is allowed, and a resource exactly when it
+can be read.
 
 Argument rules are constraints (forbids): a permit on arguments is counted as possible at list time,
 and two argument rules can contradict each other (permit when amount > 100, forbid when amount > 100);
@@ -37,7 +39,18 @@ FORBIDS = [
     "has(annotations.destructiveHint) && annotations.destructiveHint",
     "principal.claims.department == 'x'",  # fails closed, at both times
 ]
-SELECTORS = ["*", "tools/call:*", "tools/call:crm_*", "tools/call:pay", "tools/call:read_file", "tools/call:echo"]
+SELECTORS = [
+    "*",
+    "tools/call:*",
+    "tools/call:crm_*",
+    "tools/call:pay",
+    "tools/call:read_file",
+    "tools/call:echo",
+    "prompts/get:*",
+    "resources/read:*",
+    "resources/read:bank://vault/*",
+    "resources/read:bank://rates",
+]
 WHO = ["ana", "sam", "root", "nobody"]
 
 
@@ -124,3 +137,33 @@ def test_list_time_and_call_time_never_disagree(
                     assert answer["error"]["code"] == -32013 and "rule" in answer["error"]["data"]
                 outcomes.append(not refused)
             assert (tool in listed) == any(outcomes), (tool, who, default, rules_text(rules), outcomes)
+        others_agree(http, url, who, (default, rules_text(rules)))
+
+
+COMPLETIONS = {
+    "greet": {"ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "name", "value": ""}},
+    "bank://accounts/{number}": {
+        "ref": {"type": "ref/resource", "uri": "bank://accounts/{number}"},
+        "argument": {"name": "number", "value": ""},
+    },
+    "bank://vault/{box}": {
+        "ref": {"type": "ref/resource", "uri": "bank://vault/{box}"},
+        "argument": {"name": "box", "value": ""},
+    },
+}
+
+
+def others_agree(http: httpx2.Client, url: str, who: str, policy: object) -> None:
+    """Prompts and templates: listed exactly when their completion is allowed; resources: when readable."""
+    prompts = {p["name"] for p in post(http, url, who, "prompts/list", {}, None)["result"]["prompts"]}
+    templates_list = post(http, url, who, "resources/templates/list", {}, None)["result"]["resourceTemplates"]
+    templates = {t["uriTemplate"] for t in templates_list}
+    resources = {r["uri"] for r in post(http, url, who, "resources/list", {}, None)["result"]["resources"]}
+    for item, params in COMPLETIONS.items():
+        answer = post(http, url, who, "completion/complete", params, None)
+        allowed = "error" not in answer
+        if not allowed:
+            assert answer["error"]["code"] == -32013 and "rule" in answer["error"]["data"]
+        assert (item in prompts or item in templates) == allowed, (item, who, policy)
+    read = post(http, url, who, "resources/read", {"uri": "bank://rates"}, "bank://rates")
+    assert ("bank://rates" in resources) == ("error" not in read), (who, policy)
