@@ -214,7 +214,7 @@ class McpRouter:
         return Mount(
             name,
             backend,
-            InFlight(app),
+            InFlight(app, governed=has_middleware),
             spec.aggregate,
             has_middleware,
             spec.path_mount,

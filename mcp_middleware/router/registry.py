@@ -93,10 +93,12 @@ class InFlight:
     Long-lived GET streams and DELETEs are not counted: they end when the backend closes.
     """
 
-    __slots__ = ("_idle", "app", "count")
+    __slots__ = ("_idle", "app", "count", "governed")
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, governed: bool = True) -> None:
         self.app = app
+        self.governed = governed
+        """Whether the stack has layers of its own (middleware, curation) that every request must pass."""
         self.count = 0
         self._idle: anyio.Event | None = None
 

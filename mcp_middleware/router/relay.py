@@ -31,6 +31,7 @@ from mcp_middleware.core import (
     ANSWERED,
     Component,
     Era,
+    ErrorCode,
     McpRequest,
     Outcome,
     RequestKind,
@@ -238,7 +239,17 @@ class Relay(BackendSessions):
     ) -> bool:
         server, params, header_name = target if target is not None else await backend_target(self.catalog, request)
         if request.era is Era.MODERN and not await self.speaks_modern(server):
-            return False  # a 2025-era backend: the aggregate's own server bridges the eras
+            if getattr(self.stacks.get(server), "governed", True):
+                # The era bridge calls the backend's session directly, past its stack: fail closed.
+                record_decision(scope, Component.ROUTER, Outcome.DENY, server=server, rule="era_bridge")
+                raise Refused(
+                    403,
+                    ErrorCode.FORBIDDEN,
+                    f"Backend {server} speaks only 2025-11-25 and has middleware of its own, which the aggregate "
+                    "cannot apply to a 2026-07-28 call: call it in a 2025-11-25 session, or at its path mount",
+                    {"server": server, "reason": "era_bridge"},
+                )
+            return False  # a 2025-era backend with no stack of its own: the aggregate's own server bridges the eras
         backend: BackendSession | None = None
         if session is not None:
             backend = await self._backend_session(scope, session, server)

@@ -1,7 +1,8 @@
-"""A known gap, pinned so it cannot be forgotten: a 2026-07-28 client at the aggregate, calling a backend the
-router reaches over 2025-11-25 only, is answered by the aggregate's own server through the SDK bridge, which
-does not pass the backend's stack. Every per-backend layer (policy, argument validation, rate limit, cache,
-breaker) is skipped on that path. Strict xfail: whoever routes the bridge through the stack removes the mark.
+"""A 2026-07-28 client at the aggregate, calling a backend the router reaches over 2025-11-25 only, would be
+answered by the aggregate's own server through the SDK bridge, which does not pass the backend's stack: every
+per-backend layer (policy, argument validation, rate limit, cache, breaker) would be skipped. The relay fails
+closed instead: such a call to a backend with a stack of its own is refused (403, -32013, `data.reason =
+"era_bridge"`); a 2025-11-25 session reaches it through its stack; a backend with no stack still bridges.
 """
 
 from __future__ import annotations
@@ -47,10 +48,33 @@ async def test_the_stack_refuses_when_the_router_speaks_the_clients_era(serve: A
     assert refused.value.code == -32013
 
 
-@pytest.mark.xfail(strict=True, reason="the aggregate's era bridge does not pass the backend's stack (see module)")
-async def test_the_stack_refuses_a_modern_call_to_a_2025_era_backend(serve: Any) -> None:
+async def test_a_modern_call_to_a_governed_2025_era_backend_fails_closed(serve: Any) -> None:
     served = serve(closed_router("legacy"))
     async with connect(served.mcp_url, "modern") as client:
         with pytest.raises(MCPError) as refused:
             await client.call_tool("old__secret", {})
     assert refused.value.code == -32013
+    assert refused.value.data == {"server": "old", "reason": "era_bridge"}
+
+
+async def test_a_legacy_session_reaches_a_2025_era_backend_through_its_stack(serve: Any) -> None:
+    served = serve(closed_router("legacy"))
+    async with connect(served.mcp_url, "legacy") as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("old__secret", {})
+    assert refused.value.code == -32013  # the policy's refusal, not the bridge's
+    assert (refused.value.data or {}).get("reason") != "era_bridge"
+
+
+async def test_a_2025_era_backend_without_a_stack_still_bridges_the_eras(serve: Any) -> None:
+    server = MCPServer("old")
+
+    @server.tool()
+    def hello() -> str:
+        return "hello from 2025"
+
+    router = McpRouter()
+    router.mount("old", InProcessBackend(server.streamable_http_app(), mode="legacy"))  # type: ignore[arg-type]
+    async with connect(serve(router).mcp_url, "modern") as client:
+        result = await client.call_tool("old__hello", {})
+    assert result.content[0].text == "hello from 2025"  # type: ignore[union-attr]
