@@ -34,15 +34,16 @@ from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, Era, ErrorCode, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, CoreConfig, Era, McpRequest, Outcome, read_request
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
-from .bridge import ClientBridge, decide, down_alone, session_id_of
+from .bridge import ClientBridge, decide, session_id_of
+from .bridged_targets import bridged_name, bridged_uri, watchable_uri
 from .catalog import (
     PROMPTS,
     RESOURCES,
@@ -50,7 +51,7 @@ from .catalog import (
     TOOLS,
     Kind,
 )
-from .curation import Curation, Selection, unknown_error
+from .curation import Curation, Selection
 from .fallback import RouteRunner
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
 from .names import NamingPolicy
@@ -335,21 +336,21 @@ class AggregateServer:
         self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult | types.InputRequiredResult:
         self._remember(ctx)
-        server, name = await self._resolve(TOOLS, params.name, "tool")
+        server, name = await bridged_name(self.catalog, self.backends, TOOLS, params.name, "tool")
         return await self.bridge.call_tool(ctx, server, name, params)
 
     async def _get_prompt(
         self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
     ) -> types.GetPromptResult | types.InputRequiredResult:
         self._remember(ctx)
-        server, name = await self._resolve(PROMPTS, params.name, "prompt")
+        server, name = await bridged_name(self.catalog, self.backends, PROMPTS, params.name, "prompt")
         return await self.bridge.get_prompt(ctx, server, name, params)
 
     async def _read_resource(
         self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
     ) -> types.ReadResourceResult | types.InputRequiredResult:
         self._remember(ctx)
-        server, uri = await self._resolve_uri(params.uri)
+        server, uri = await bridged_uri(self.catalog, params.uri)
         result = await self.bridge.read_resource(ctx, server, uri, params)
         if isinstance(result, types.ReadResourceResult):
             contents = [
@@ -365,11 +366,11 @@ class AggregateServer:
         self._remember(ctx)
         ref = params.ref
         if isinstance(ref, types.PromptReference):
-            server, name = await self._resolve(PROMPTS, ref.name, "prompt")
+            server, name = await bridged_name(self.catalog, self.backends, PROMPTS, ref.name, "prompt")
             backend_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(update={"name": name})
             label = ref.name
         else:
-            server, uri = await self._resolve_uri(ref.uri, template=True)
+            server, uri = await bridged_uri(self.catalog, ref.uri, template=True)
             backend_ref = ref.model_copy(update={"uri": uri})
             label = ref.uri
         return await self.bridge.complete(ctx, server, backend_ref, params, label)
@@ -379,7 +380,7 @@ class AggregateServer:
     ) -> types.EmptyResult:
         """Legacy `resources/subscribe`: subscribe at the backend once, remember who wants the updates."""
         self._remember(ctx)
-        server, uri = await self._resolve_uri(params.uri)
+        server, uri = await bridged_uri(self.catalog, params.uri)
         if not self.notifier.subscribed(server, uri):
             await self.bridge.subscribe(ctx, server, uri, params.uri)
         self.notifier.subscribe(server, uri, session_id_of(ctx))
@@ -388,7 +389,7 @@ class AggregateServer:
     async def _unsubscribe(
         self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
     ) -> types.EmptyResult:
-        server, uri = await self._resolve_uri(params.uri)
+        server, uri = await bridged_uri(self.catalog, params.uri)
         if self.notifier.unsubscribe(server, uri, session_id_of(ctx)):
             await self.bridge.unsubscribe(ctx, server, uri, params.uri)
         return types.EmptyResult()
@@ -399,58 +400,17 @@ class AggregateServer:
         """A modern listen stream; the resources it names are watched at the backends that own them."""
         uris = params.notifications.resource_subscriptions or []
         scope = getattr(ctx.request, "scope", None)
-        held = await self.watches.acquire(uris, lambda uri: self._visible_uri(uri, scope))
+        held = await self.watches.acquire(uris, lambda uri: watchable_uri(self.catalog, self.gates, uri, scope))
         try:
             return await self._listen_handler(ctx, params)
         finally:
             self.watches.release(held)
-
-    async def _visible_uri(self, public_uri: str, scope: Scope | None = None) -> tuple[str, str] | None:
-        """A resource to watch (in its backend's spelling), unless its backend's curation hides it or its
-        list gate would refuse the caller's `resources/subscribe` of it (then it is not watched at all)."""
-        target = await self.catalog.resolve_uri(public_uri)
-        curation = self.catalog.curations.get(target[0]) if target is not None else None
-        if target is not None and curation is not None:
-            backend_uri, decision = curation.resources.decide_public(target[1])
-            target = (target[0], backend_uri) if decision.visible and backend_uri is not None else None
-        gate = self.gates.get(target[0]) if target is not None else None
-        if target is not None and gate is not None and isinstance(scope, dict):
-            return target if gate(scope, "resources/subscribe", target[1]) else None
-        return target
 
     async def _set_log_level(
         self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
     ) -> types.EmptyResult:
         self.bridge.set_log_level(ctx, params.level)
         return types.EmptyResult()
-
-    async def _resolve(self, kind: Kind, public_name: str, noun: str) -> tuple[str, str]:
-        """`(server, the backend's own name)`: these calls reach the backend without its stack."""
-        target = await self.catalog.resolve(kind, public_name)
-        if target is None:
-            refused = self.catalog.refusal(kind, public_name)
-            if refused is not None:
-                _, code, message, data = refused[0].refusal_error(noun, public_name, refused[1])
-                raise MCPError(code, message, data=data)
-            if (down := down_alone(self.backends, self.catalog.current(kind))) is not None:  # see bridge.py
-                raise MCPError(ErrorCode.UNAVAILABLE, f"Backend {down} is unavailable", data={"server": down})
-            _, code, message, data = unknown_error(noun, public_name)
-            raise MCPError(code, message, data=data)
-        return target[0], self.catalog.backend_name(kind, *target)
-
-    async def _resolve_uri(self, public_uri: str, *, template: bool = False) -> tuple[str, str]:
-        target = await self.catalog.resolve_uri(public_uri, template=template)
-        if target is None:
-            _, code, message, unknown = unknown_error("resource", public_uri)
-            raise MCPError(code, message, data=unknown)
-        curation = self.catalog.curations.get(target[0])
-        if curation is not None:  # no stack on this path: its curation judges here, and renames back
-            backend_uri, decision = curation.resources.decide_public(target[1], template=template)
-            if not decision.visible or backend_uri is None:
-                _, code, message, data = curation.refusal_error("resource", public_uri, decision.rule)
-                raise MCPError(code, message, data=data)
-            return target[0], backend_uri
-        return target
 
     # --- notifications -------------------------------------------------------------------------
 

@@ -214,7 +214,7 @@ class McpRouter:
         return Mount(
             name,
             backend,
-            InFlight(app, governed=has_middleware),
+            InFlight(app, governed=bool(middleware)),  # curation is applied on the era bridge too
             spec.aggregate,
             has_middleware,
             spec.path_mount,

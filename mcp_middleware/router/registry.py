@@ -98,7 +98,7 @@ class InFlight:
     def __init__(self, app: ASGIApp, *, governed: bool = True) -> None:
         self.app = app
         self.governed = governed
-        """Whether the stack has layers of its own (middleware, curation) that every request must pass."""
+        """Whether the stack has middleware of its own that every request must pass (the era bridge would not)."""
         self.count = 0
         self._idle: anyio.Event | None = None
 

@@ -249,7 +249,7 @@ class Relay(BackendSessions):
                     "cannot apply to a 2026-07-28 call: call it in a 2025-11-25 session, or at its path mount",
                     {"server": server, "reason": "era_bridge"},
                 )
-            return False  # a 2025-era backend with no stack of its own: the aggregate's own server bridges the eras
+            return False  # a 2025-era backend with no middleware: the aggregate's own server bridges the eras
         backend: BackendSession | None = None
         if session is not None:
             backend = await self._backend_session(scope, session, server)

@@ -158,7 +158,7 @@ async def test_no_spelling_reaches_around_the_rename(era: Era, endpoint: Endpoin
         errors = {uri: await refused(client, f"{ns}{uri}") for uri in hostile}
         native = await refused(client, f"{ns}docs://native")  # now means file:///srv/docs/native: no such resource
     for uri, error in errors.items():
-        assert error.code == JsonRpcCode.METHOD_NOT_FOUND, uri  # hidden as if unknown (the curation's default)
+        assert error.code == JsonRpcCode.INVALID_PARAMS, uri  # hidden as if unknown (the curation's default)
         assert "Unknown resource" in error.message, uri
     assert "native" in native.message  # the backend's own answer: it has no file:///srv/docs/native
     assert asked == []  # nothing was read: not the old spelling, not the private keys, not docs://native
@@ -221,7 +221,7 @@ async def test_a_subscription_by_the_old_spelling_is_refused(era: Era, serve: An
     async with connect(f"{served.base}/mcp/files", era) as client:
         with pytest.raises(MCPError) as raised:
             await subscribe(client)
-    assert raised.value.code == JsonRpcCode.METHOD_NOT_FOUND
+    assert raised.value.code == JsonRpcCode.INVALID_PARAMS
 
 
 async def test_forbidden_refusals_name_the_rename(serve: Any) -> None:
