@@ -35,7 +35,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from mcp_middleware.core.sealing import MIN_SECRET_LENGTH
+from mcp_middleware.core.sealing import secret_bytes
 
 __all__ = [
     "DIGEST_PREFIX",
@@ -85,12 +85,7 @@ class AuditKeys:
             raise ValueError("AuditKeys needs at least one secret")
         self._by_id: dict[str, bytes] = {}
         for index, secret in enumerate(secrets):
-            raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-            if len(raw) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f"audit key #{index + 1} is {len(raw)} characters long; an audit key needs at least "
-                    f"{MIN_SECRET_LENGTH} (generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-                )
+            raw = secret_bytes(secret, f"audit key #{index + 1}", "an audit key")
             self._by_id.setdefault(self.key_id(raw), raw)
         self.current = self.key_id(secrets[0].encode() if isinstance(secrets[0], str) else bytes(secrets[0]))
 

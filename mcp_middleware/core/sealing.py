@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import McpMiddlewareError
 
-__all__ = ["MIN_SECRET_LENGTH", "SealError", "SealFailure", "Sealer"]
+__all__ = ["MIN_SECRET_LENGTH", "SealError", "SealFailure", "Sealer", "secret_bytes"]
 
 MIN_SECRET_LENGTH = 32
 """Shortest secret accepted (characters or bytes): a secret an attacker can guess seals nothing."""
@@ -66,6 +66,17 @@ class SealError(McpMiddlewareError, ValueError):
         self.reason: SealFailure = reason
 
 
+def secret_bytes(secret: str | bytes, which: str, what: str) -> bytes:
+    """`secret` as bytes, or ValueError naming `which` when it is too short to be `what`."""
+    raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+    if len(raw) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"{which} is {len(raw)} characters long; {what} needs at least {MIN_SECRET_LENGTH} "
+            "(generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return raw
+
+
 class Sealer:
     """Seal and open tokens for one `purpose` under `secrets` (newest first; all of them open)."""
 
@@ -78,12 +89,7 @@ class Sealer:
         self._keys: dict[bytes, AESGCM] = {}
         self._current = b""
         for index, secret in enumerate(secrets):
-            raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-            if len(raw) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f"secret #{index + 1} is {len(raw)} characters long; a sealing secret needs at least "
-                    f"{MIN_SECRET_LENGTH} (generate one: python -c 'import secrets; print(secrets.token_urlsafe(32))')"
-                )
+            raw = secret_bytes(secret, f"secret #{index + 1}", "a sealing secret")
             material = HKDF(
                 algorithm=hashes.SHA256(), length=36, salt=_SALT, info=f"mcp-middleware/{purpose}".encode()
             ).derive(raw)

@@ -23,7 +23,6 @@ with a random key of its own: enough for one process, not for several instances 
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from mcp_middleware.core.sealing import MIN_SECRET_LENGTH
 
+from .config_policy import matching_files
 from .toml_reader import Problem, Reader
 
 if TYPE_CHECKING:
@@ -166,14 +166,7 @@ def _per_server(reader: Reader) -> dict[str, ServerApproval]:
 
 def _rule_files(reader: Reader, source: Path | None) -> tuple[Path, ...]:
     """The files `rules` names (globs relative to the config's folder), compiled once to find their problems."""
-    patterns = reader.strings("rules", ())
-    base = source.parent if source is not None else Path.cwd()
-    paths: list[Path] = []
-    for pattern in patterns:
-        matched = sorted(Path(found) for found in glob.glob(str(base / pattern)))
-        if not matched:
-            reader.problem("rules", f"{pattern!r} matches no file (relative to {base})")
-        paths += [path for path in matched if path not in paths]
+    paths = matching_files(reader, "rules", reader.strings("rules", ()), source)
     if paths:
         from mcp_middleware.policy import CelPolicyEngine, PolicyError
 

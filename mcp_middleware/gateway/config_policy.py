@@ -26,7 +26,7 @@ from .toml_reader import Problem, Reader
 if TYPE_CHECKING:
     from .config_types import GatewayConfig
 
-__all__ = ["PolicySettings", "policy", "policy_problems"]
+__all__ = ["PolicySettings", "matching_files", "policy", "policy_problems"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,19 @@ class PolicySettings:
         return chosen if isinstance(chosen, bool) else server in chosen
 
 
+def matching_files(reader: Reader, key: str, patterns: tuple[str, ...], source: Path | None) -> list[Path]:
+    """The files `key`'s `patterns` name (globs relative to the config's folder), each once; a glob matching none
+    is a problem."""
+    base = source.parent if source is not None else Path.cwd()
+    paths: list[Path] = []
+    for pattern in patterns:
+        matched = sorted(Path(found) for found in glob.glob(str(base / pattern)))
+        if not matched:
+            reader.problem(key, f"{pattern!r} matches no file (relative to {base})")
+        paths += [path for path in matched if path not in paths]
+    return paths
+
+
 def policy(reader: Reader, source: Path | None) -> PolicySettings:
     """Read `[policy]`; the rule files are compiled now, so a broken one fails the load (and `check-config`)."""
     from .validation import selector  # (config_types imports this module, and validation imports config_types)
@@ -61,13 +74,7 @@ def policy(reader: Reader, source: Path | None) -> PolicySettings:
         reader.done()
         return d
     files = reader.strings("files", ())
-    base = source.parent if source is not None else Path.cwd()
-    paths: list[Path] = []
-    for pattern in files:
-        matched = sorted(Path(found) for found in glob.glob(str(base / pattern)))
-        if not matched:
-            reader.problem("files", f"{pattern!r} matches no file (relative to {base})")
-        paths += [path for path in matched if path not in paths]
+    paths = matching_files(reader, "files", files, source)
     roles_table = reader.table("roles")
     roles = {name: roles_table.strings(name, ()) for name in list(roles_table.data)}
     for name, granted in roles.items():
