@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -30,15 +31,14 @@ VERSION = "2.12.0"
 pytestmark = pytest.mark.conformance
 
 
-def _unavailable(why: str) -> None:
+def _unavailable(why: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"the MCP Inspector is required in CI: {why}")
     pytest.skip(why)
 
 
-@pytest.fixture(scope="module")
-def inspector() -> list[str]:
-    """The command that runs the Inspector CLI: [node, mcp-inspector, --cli]."""
+def install_inspector() -> list[str]:
+    """The command that runs the Inspector CLI, [node, mcp-inspector, --cli], installing it (pinned) if needed."""
     try:
         node = ensure_suite().node
     except SuiteUnavailable as exc:
@@ -60,6 +60,12 @@ def inspector() -> list[str]:
         if done.returncode != 0:
             _unavailable(f"npm install {PACKAGE}@{VERSION} failed: {done.stderr[-2000:]}")
     return [str(node), str(CACHE / "node_modules" / ".bin" / "mcp-inspector"), "--cli"]
+
+
+@pytest.fixture(scope="module")
+def inspector() -> list[str]:
+    """The command that runs the Inspector CLI: [node, mcp-inspector, --cli]."""
+    return install_inspector()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import anyio
 import pytest
@@ -29,11 +30,12 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
 
-from tests.conformance.suite import CACHE_DIR, SuiteUnavailable, ensure_suite
+from tests.conformance.suite import SuiteUnavailable, ensure_suite
 from tests.conftest import free_port, require_binary
 from tests.gateway.instance_server import build
 from tests.gateway.test_inspector import CACHE as INSPECTOR
 from tests.gateway.test_inspector import VERSION as INSPECTOR_VERSION
+from tests.gateway.test_inspector import install_inspector
 from tests.support import processes
 from tests.support.waiting import until
 
@@ -208,17 +210,22 @@ await client.close();
 
 
 def node_tools() -> tuple[Path, Path]:
-    """Node 22 and the TypeScript SDK the conformance suite installs (skipped locally without them)."""
+    """Node 22 and the TypeScript SDK the conformance suite installs (skipped locally without them; CI fails)."""
     try:
-        node = ensure_suite().node
+        suite = ensure_suite()
     except SuiteUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"node and the TypeScript SDK are required in CI: {exc}")
-        pytest.skip(str(exc))
-    sdk = CACHE_DIR / "node_modules" / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
+        unavailable(f"node and the TypeScript SDK: {exc}")
+    # The suite's own dependency: <cache>/<suite version>/node_modules/@modelcontextprotocol/sdk.
+    sdk = suite.cli.parents[3] / "@modelcontextprotocol" / "sdk" / "dist" / "esm"
     if not sdk.exists():
-        pytest.skip(f"no TypeScript SDK at {sdk}")
-    return Path(node), sdk
+        unavailable(f"no TypeScript SDK at {sdk}")
+    return suite.node, sdk
+
+
+def unavailable(why: str) -> NoReturn:
+    if os.environ.get("CI"):
+        pytest.fail(f"required in CI: {why}")
+    pytest.skip(why)
 
 
 @pytest.mark.conformance  # node and npm, as the Inspector's own test
@@ -245,7 +252,7 @@ def test_the_inspector_cli_works_across_instances(cluster: Cluster) -> None:
     node, _ = node_tools()
     package = INSPECTOR / "node_modules" / "@modelcontextprotocol" / "inspector" / "package.json"
     if not package.exists() or json.loads(package.read_text()).get("version") != INSPECTOR_VERSION:
-        pytest.skip("the MCP Inspector is not installed (tests/gateway/test_inspector.py installs it)")
+        install_inspector()  # as tests/gateway/test_inspector.py does (it may not have run yet)
     start = len(cluster.log_lines())
     served = []
     cli = [str(node), str(INSPECTOR / "node_modules" / ".bin" / "mcp-inspector"), "--cli", cluster.base + "/mcp/inst"]
