@@ -214,7 +214,7 @@ class McpRouter:
         return Mount(
             name,
             backend,
-            InFlight(app, governed=bool(middleware)),  # curation is applied on the era bridge too
+            InFlight(app, governed=bool(middleware), both_eras=bridge is not None),  # curation: applied on the bridge
             spec.aggregate,
             has_middleware,
             spec.path_mount,

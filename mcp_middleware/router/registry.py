@@ -93,12 +93,14 @@ class InFlight:
     Long-lived GET streams and DELETEs are not counted: they end when the backend closes.
     """
 
-    __slots__ = ("_idle", "app", "count", "governed")
+    __slots__ = ("_idle", "app", "both_eras", "count", "governed")
 
-    def __init__(self, app: ASGIApp, *, governed: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, governed: bool = True, both_eras: bool = False) -> None:
         self.app = app
         self.governed = governed
         """Whether the stack has middleware of its own that every request must pass (the era bridge would not)."""
+        self.both_eras = both_eras
+        """Whether the stack serves both eras whatever its backend speaks (a stdio backend's own aggregate)."""
         self.count = 0
         self._idle: anyio.Event | None = None
 

@@ -238,8 +238,13 @@ class Relay(BackendSessions):
         report: Mapping[str, DecisionValue] | None = None,
     ) -> bool:
         server, params, header_name = target if target is not None else await backend_target(self.catalog, request)
-        if request.era is Era.MODERN and not await self.speaks_modern(server):
-            if getattr(self.stacks.get(server), "governed", True):
+        stack = self.stacks.get(server)
+        if (
+            request.era is Era.MODERN
+            and not getattr(stack, "both_eras", False)
+            and not await self.speaks_modern(server)
+        ):
+            if getattr(stack, "governed", True):
                 # The era bridge calls the backend's session directly, past its stack: fail closed.
                 record_decision(scope, Component.ROUTER, Outcome.DENY, server=server, rule="era_bridge")
                 raise Refused(

@@ -7,6 +7,7 @@ closed instead: such a call to a backend with a stack of its own is refused (403
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from mcp.server.mcpserver import MCPServer
 
 from mcp_middleware.core import CoreConfig
 from mcp_middleware.policy import CelPolicyEngine, PolicyMiddleware
-from mcp_middleware.router import InProcessBackend, McpRouter
+from mcp_middleware.router import InProcessBackend, McpRouter, StdioBackend
 from tests.conftest import connect
 
 pytestmark = pytest.mark.anyio
@@ -74,7 +75,24 @@ async def test_a_2025_era_backend_without_a_stack_still_bridges_the_eras(serve: 
         return "hello from 2025"
 
     router = McpRouter()
-    router.mount("old", InProcessBackend(server.streamable_http_app(), mode="legacy"))  # type: ignore[arg-type]
+    router.mount("old", InProcessBackend(server.streamable_http_app(), mode="legacy"))
     async with connect(serve(router).mcp_url, "modern") as client:
         result = await client.call_tool("old__hello", {})
     assert result.content[0].text == "hello from 2025"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("era", ["modern", "legacy"])
+async def test_a_stdio_backend_s_stack_governs_calls_at_the_aggregate(era: str, serve: Any, tmp_path: Any) -> None:
+    """A stdio backend speaks 2025-11-25 to its own aggregate, which serves both eras: calls go through its stack."""
+    engine = CelPolicyEngine.from_text(FORBID_ALL)
+    router = McpRouter()
+    router.mount(
+        "local",
+        StdioBackend(sys.executable, ["-m", "tests.router.stdio_server", str(tmp_path / "generation")], timeout=30),
+        middleware=[lambda app: PolicyMiddleware(app, engine=engine, config=CoreConfig(paths=("*",)))],
+    )
+    async with connect(serve(router).mcp_url, era) as client:  # type: ignore[arg-type]
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("local__pid", {})
+    assert refused.value.code == -32013
+    assert (refused.value.data or {}).get("reason") != "era_bridge"  # the policy's refusal, in the stack
