@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -418,7 +419,8 @@ def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on
         modern_body("tools/call", {"name": "demo__echo", "arguments": {"text": "cold"}}),
     )  # fmt: skip
     script = textwrap.dedent("""\
-        import json, sys
+        import faulthandler, json, signal, sys
+        faulthandler.register(signal.SIGUSR1)  # the test asks for every thread's stack if shutdown hangs
         from mcp_middleware.gateway.serverless import handler
         answer = handler(json.loads(sys.argv[1]), None)
         print(json.dumps(answer), flush=True)
@@ -431,25 +433,32 @@ def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on
         "MCP_GATEWAY_HOST": HOST,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(EXAMPLE.parent)]),
     }
-    child = processes.start(
-        [sys.executable, "-c", script, orjson.dumps(answer_event).decode()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=EXAMPLE.parent,
-    )
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as sink:  # a file, not a pipe: a full pipe would stop the child, not the test
+        child = processes.start(
+            [sys.executable, "-c", script, orjson.dumps(answer_event).decode()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            env=env,
+            cwd=EXAMPLE.parent,
+        )
     try:
         assert child.stdout is not None
         line = child.stdout.readline()
-        assert line, child.stderr.read() if child.stderr else ""
+        assert line, log.read_text()
         assert tool_text(orjson.loads(line)) == "cold"
         child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=60) == 0
+        try:
+            code = child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            pytest.fail(f"the handler did not end on SIGTERM; its threads:\n{log.read_text()[-6000:]}")
+        assert code == 0
     finally:
         processes.stop(child)
-    assert child.stderr is not None
-    logged = child.stderr.read().decode()
+    logged = log.read_text()
     assert "serverless gateway ready in" in logged
     assert "Traceback" not in logged
 
