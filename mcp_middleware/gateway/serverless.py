@@ -22,12 +22,14 @@ which would never end, is answered 405 (the MCP spec's way of saying "no stream 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -75,7 +77,8 @@ class ServerlessGateway:
         self._ready = asyncio.Event()
         self._held = self.loop.create_task(self._hold_lifespan())
         try:
-            self.loop.run_until_complete(self._started())
+            with _sigterm_for_the_main_thread():
+                self.loop.run_until_complete(self._started())
         except BaseException:
             self.loop.close()
             raise
@@ -93,7 +96,8 @@ class ServerlessGateway:
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         asyncio.set_event_loop(self.loop)  # ours, whatever another library made current since
-        return self.adapter(event, context)
+        with _sigterm_for_the_main_thread():
+            return self.adapter(event, context)
 
     def close(self) -> None:
         """End the lifespan (backends stop, exporters flush, the audit file closes) and the loop."""
@@ -215,6 +219,24 @@ def _close_on_sigterm(built: ServerlessGateway) -> None:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, close)
+
+
+@contextlib.contextmanager
+def _sigterm_for_the_main_thread() -> Iterator[None]:
+    """Block SIGTERM while the gateway runs, so every thread it starts (anyio's workers) inherits the block.
+
+    Between invocations the main thread is the only one that takes SIGTERM: the kernel delivers it there,
+    its blocking wait is interrupted, and the shutdown handler runs. Otherwise a worker thread may take the
+    signal while the main thread waits in a system call that nothing interrupts, and shutdown never comes.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGTERM that came meanwhile is taken now
 
 
 def check(argv: Sequence[str] | None = None) -> int:
