@@ -158,7 +158,15 @@ class SealedSessionMiddleware:
                 inner = next((value for name, value in headers if name.lower() == _HEADER), None)
                 if inner is not None:
                     owner = ticket.caller if ticket.caller is not None else owner_of(scope)
-                    state = SessionState(owner, path, inner.decode("latin-1"), params, ticket.replica)
+                    state = SessionState(
+                        owner,
+                        path,
+                        inner.decode("latin-1"),
+                        params,
+                        ticket.replica,
+                        ticket.backends,  # the aggregate's remote backend sessions, opened for this initialize
+                        replicas=ticket.replicas,
+                    )
                     try:
                         handle = handles.mint(state).encode("ascii")
                     except ValueError as error:  # never the inner id in the clear: no session id at all

@@ -11,6 +11,10 @@ under 512 bytes even with ten backend session ids):
     format (1) | flags (1) | owner digest (32, if bound) | expires (4, Unix seconds)
     | ids block length (2) | session ids (the SDK's hex ids as 16 bytes each) | deflate(orjson(path, params, …))
 
+An aggregate's handle also carries the client's sessions at its remote backends (`backends`: name and
+id, and for a pool the replica holding it): any instance continues those sessions instead of opening
+new ones (:mod:`mcp_middleware.router.relay_adopt`).
+
 Opening costs an AES-GCM pass, an inflate and a JSON parse (about 6.5 µs of CPU); a bounded LRU of
 handles this process already opened or minted makes a repeat request one dict lookup.
 
@@ -81,6 +85,8 @@ class SessionState:
     """(backend, session id) pairs a session spanning several backends carries (the format's room for them)."""
     expires: int = 0
     """Unix seconds after which the handle is refused (set when minted)."""
+    replicas: tuple[tuple[str, str], ...] = ()
+    """(backend, replica) for those of `backends` that are pools: the replica holding that session."""
 
 
 @dataclass(slots=True, eq=False)
@@ -117,7 +123,14 @@ class SessionHandles:
         now = time.time() if now is None else now
         expires = int(now + self.ttl) + 1
         sealed = SessionState(
-            state.owner, state.path, state.session_id, state.initialize, state.replica, state.backends, expires
+            state.owner,
+            state.path,
+            state.session_id,
+            state.initialize,
+            state.replica,
+            state.backends,
+            expires,
+            state.replicas,
         )
         handle = self.sealer.seal(encode(sealed), ttl=self.ttl, now=now)
         if len(handle) > MAX_TOKEN_LENGTH:  # it would never open: say so now, not on every request
@@ -157,6 +170,8 @@ def encode(state: SessionState) -> bytes:
         raise ValueError("an owner is a SHA-256 digest in hex (owner_of), or empty")
     ids = b"".join(_pack_id(value) for value in (state.session_id, *(value for _, value in state.backends)))
     rest = [state.path, state.initialize, state.replica, [name for name, _ in state.backends]]
+    if state.replicas:  # only then: a handle without pools reads the same in every release of format 1
+        rest.append(dict(state.replicas))
     deflate = zlib.compressobj(
         9, zlib.DEFLATED, -15, zdict=_DICTIONARY
     )  # raw deflate: no header or checksum (the AEAD tag is one)
@@ -179,12 +194,13 @@ def decode(plain: bytes) -> SessionState:
         at += _EXPIRES.size + _COUNT.size
         ids = _unpack_ids(plain[at : at + length])
         inflate = zlib.decompressobj(-15, zdict=_DICTIONARY)
-        path, initialize, replica, names = orjson.loads(inflate.decompress(plain[at + length :], _MAX_PLAIN))
-        if len(names) != len(ids) - 1 or not isinstance(initialize, dict):
+        path, initialize, replica, names, *more = orjson.loads(inflate.decompress(plain[at + length :], _MAX_PLAIN))
+        if len(names) != len(ids) - 1 or not isinstance(initialize, dict) or len(more) > 1:
             raise ValueError("backends")
         pairs = tuple(zip(map(str, names), ids[1:], strict=True))
-        return SessionState(owner, str(path), ids[0], initialize, replica, pairs, int(expires))
-    except (ValueError, TypeError, IndexError, struct.error, zlib.error, orjson.JSONDecodeError):
+        replicas = tuple((str(name), str(label)) for name, label in more[0].items()) if more else ()
+        return SessionState(owner, str(path), ids[0], initialize, replica, pairs, int(expires), replicas)
+    except (ValueError, TypeError, IndexError, AttributeError, struct.error, zlib.error, orjson.JSONDecodeError):
         raise SealError("malformed") from None
 
 

@@ -32,7 +32,8 @@ async def reopen(app: ASGIApp, scope: Scope, state: SessionState) -> str | None:
     """The id of a new session at `app` for `state`'s client, or None when it cannot be opened."""
     kept = [(name, value) for name, value in scope["headers"] if name not in _NOT_SENT]
     base = {key: value for key, value in scope.items() if not key.startswith("mcp_middleware.")}
-    ticket = SealedSession(owner=state.owner, replica=state.replica)
+    # an aggregate's backend sessions go with it: continued there, not opened again (router/relay_adopt.py)
+    ticket = SealedSession(owner=state.owner, replica=state.replica, backends=state.backends, replicas=state.replicas)
 
     async def ask(message: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> tuple[int, dict[bytes, bytes], Any]:
         body = orjson.dumps(message)

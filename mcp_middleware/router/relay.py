@@ -48,9 +48,19 @@ from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from ._links import short
 from .catalog import Catalog
 from .names import PrefixMode
+from .relay_adopt import backend_ticket, reopen_backend, seal_backends, watch_lost
 from .relay_sessions import EVERY_PATH, BackendSessions, header
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
-from .sessions import BackendSession, ClientSession, Running, SessionTable, exchange, owner_of, refuse_session
+from .sessions import (
+    SEALED_SESSION_SCOPE_KEY,
+    BackendSession,
+    ClientSession,
+    Running,
+    SessionTable,
+    exchange,
+    owner_of,
+    refuse_session,
+)
 from .streams import serve_client_stream
 from .targets import Refused, backend_target
 
@@ -156,7 +166,9 @@ class Relay(BackendSessions):
                 if message["type"] == "http.response.start" and message["status"] == 200:
                     for key, value in message.get("headers", ()):
                         if key.lower() == b"mcp-session-id":
-                            self.opened(scope, value.decode("latin-1"), request)
+                            session = self.opened(scope, value.decode("latin-1"), request)
+                            # sealed handles: its remote backends' sessions, opened or continued (relay_adopt.py)
+                            await seal_backends(self, scope, session, self.catalog.backends)
                 await send(message)
 
             return opened
@@ -171,14 +183,16 @@ class Relay(BackendSessions):
                 self.set_level(request.session_id, level)
         return send
 
-    def opened(self, scope: Scope, session_id: str, request: McpRequest) -> None:
+    def opened(self, scope: Scope, session_id: str, request: McpRequest) -> ClientSession:
         """The aggregate's server opened legacy session `session_id` for this `initialize`."""
         params = dict(request.params or {})
         opened_by = {key: value for key, value in scope.items() if key != "mcp_middleware.request"}
-        for evicted in self.sessions.add(ClientSession(session_id, owner_of(scope), params, opened_by)):
+        session = ClientSession(session_id, owner_of(scope), params, opened_by)
+        for evicted in self.sessions.add(session):
             self.on_closed(evicted.id)  # the least recently used session no longer fits: end it everywhere
-            if self.group is not None:
-                self.group.start_soon(self.close_backend_sessions, evicted.opened_by, evicted)
+            if self.group is not None:  # (but sealed ones: another instance may still serve that client)
+                self.group.start_soon(self.close_backend_sessions, evicted.opened_by, evicted, True)
+        return session
 
     def broadcast(self, kinds: frozenset[str]) -> None:
         """The aggregate's lists changed: tell every legacy session on its stream."""
@@ -192,10 +206,11 @@ class Relay(BackendSessions):
         if session is not None:
             session.log_level = level
 
-    async def close_backend_sessions(self, scope: Scope, session: ClientSession) -> None:
-        """The client ended its session: end its sessions at the backends too."""
+    async def close_backend_sessions(self, scope: Scope, session: ClientSession, keep_sealed: bool = False) -> None:
+        """The client ended its session: end its sessions at the backends too (`keep_sealed`: not those its
+        sealed handle carries)."""
         for server, backend in list(session.backends.items()):
-            if backend.id is None:
+            if backend.id is None or (keep_sealed and backend.sealed):
                 continue
             child = self._child(scope, server, b"", backend, None)
             child["method"] = "DELETE"
@@ -262,8 +277,9 @@ class Relay(BackendSessions):
         if params is not None:
             message["params"] = params
         body = orjson.dumps(message) if params is not request.params else request.body
+        lost = watch_lost(scope, backend, send)  # sealed handles: a backend that lost the session opens anew
         rewriter = AnswerRewriter(
-            send,
+            lost or send,
             server=server,
             session=session,
             public_uri=self._public_uri(server),
@@ -283,6 +299,18 @@ class Relay(BackendSessions):
         view = request._replace(params=params, body=body, session_id=session_id, protocol_version=version)
         try:
             await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
+            if lost is not None and lost.lost and session is not None and backend is not None:
+                backend = await reopen_backend(self, scope, send, session, server, backend, request.id)
+                if backend is not None:  # the 404 came before the backend ran it: sent once more, not twice
+                    rewriter = AnswerRewriter(
+                        send,
+                        server=server,
+                        session=session,
+                        public_uri=self._public_uri(server),
+                        max_bytes=self.max_inspect_bytes,
+                    )
+                    view = view._replace(session_id=backend.id)
+                    await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
         finally:
             if session is not None and request.id is not None and session.running.get(request.id) is running:
                 del session.running[request.id]  # not a newer call's entry under the same id
@@ -368,6 +396,9 @@ class Relay(BackendSessions):
         child["headers"] = headers
         child["path"] = path
         child["raw_path"] = path.encode("latin-1")
+        ticket = backend_ticket(scope, backend)
+        if ticket is not None:  # the handle's word for this backend's session only
+            child[SEALED_SESSION_SCOPE_KEY] = ticket
         return child
 
     def _public_uri(self, server: str) -> Callable[[str], str] | None:

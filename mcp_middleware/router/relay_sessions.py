@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, CoreConfig, ErrorCode, read_request
 
-from .sessions import BackendSession, ClientSession, exchange
+from .sessions import BackendSession, ClientSession, exchange, sealed_session
 from .streams import pump_backend_stream
 from .targets import Refused
 
@@ -82,7 +82,9 @@ class BackendSessions:
                 raise Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
             raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
         version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
-        backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version)
+        ticket = sealed_session(child)  # with sealed handles: a pool noted on it the replica that took the session
+        replica = ticket.replica if ticket is not None else None
+        backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version, replica)
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
         await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
         if self.group is not None and backend.id is not None:

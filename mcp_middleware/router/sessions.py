@@ -94,6 +94,11 @@ class SealedSession:
     """Filled after authentication: :func:`owner_of` the caller (what a newly minted handle is bound to)."""
     refused: bool = False
     """Set when the session was refused to the caller (another principal's): never re-created for them."""
+    backends: tuple[tuple[str, str], ...] = ()
+    """An aggregate session's (backend, session id) pairs: what the aggregate opened at `initialize` (to be
+    sealed), or what a re-opened session's handle carries (to be continued, not opened again)."""
+    replicas: tuple[tuple[str, str], ...] = ()
+    """(backend, replica) for the pools among `backends`."""
 
     def vouches(self, session_id: str, owner: str) -> bool:
         """Whether the handle vouches that `session_id` belongs to `owner`."""
@@ -141,6 +146,10 @@ class BackendSession:
     id: str | None
     protocol_version: str
     log_level: str | None = None
+    replica: str | None = None
+    """For a pool: the replica holding this session (what a sealed handle vouches for)."""
+    sealed: bool = False
+    """Its id is sealed in the client's handle: other instances continue it (never ended on eviction)."""
 
 
 @dataclass(slots=True, eq=False)
