@@ -84,7 +84,9 @@ class BackendSessions:
         version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
         ticket = sealed_session(child)  # with sealed handles: a pool noted on it the replica that took the session
         replica = ticket.replica if ticket is not None else None
-        backend = BackendSession(backend_id.decode("latin-1") if backend_id is not None else None, version, replica)
+        backend = BackendSession(
+            backend_id.decode("latin-1") if backend_id is not None else None, version, replica=replica
+        )
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
         await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
         if self.group is not None and backend.id is not None:

@@ -1,0 +1,253 @@
+"""The aggregate's backend sessions continue on any instance: the handle seals each remote backend's session.
+
+Three gateway processes share a `session_key` and the same remote backends: two SDK servers under
+uvicorn (`alpha`, `beta`) and a pool of two (`pooled`), each recording the `Mcp-Session-Id` every
+request carries, the ids its own `initialize` answers issued, and keeping a per-session counter
+(its `count` tool). A legacy SDK client initializes at one instance's `/mcp`; its requests are then
+steered to the others: each backend sees ONE session throughout (no second `initialize`) and the
+counter goes on; SIGKILL the instance that opened it and the next call still goes on. A backend
+that restarts (its sessions lost) is given a new session transparently. Attacks: another
+principal's handle, a handle of another path, a backend never receives another backend's id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context, MCPServer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_middleware.core.sealing import Sealer
+from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.config import load_config
+from mcp_middleware.gateway.session_config import SESSION_PURPOSE
+from mcp_middleware.gateway.session_handles import SessionHandles
+from tests.conftest import Served, free_port, serve_app
+from tests.support import processes
+from tests.support.requests import legacy_post, legacy_session
+from tests.support.sse import json_of
+
+pytestmark = pytest.mark.anyio
+
+KEY = "the sealed aggregate test's session key (32+ chars)"
+ALICE = {"authorization": "Bearer alice-token"}
+BOB = {"authorization": "Bearer bob-token"}
+INSTANCES = ("g1", "g2", "g3")
+
+
+def build_counter(name: str) -> MCPServer:
+    """A backend with per-session state: `count` answers how often this session called it."""
+    server = MCPServer(name)
+    counts: Counter[str] = Counter()
+
+    @server.tool()
+    def count(ctx: Context) -> str:
+        """This session's calls so far (keyed by the session id the request carries)."""
+        request = ctx.request_context.request
+        session = request.headers.get("mcp-session-id", "") if request is not None else ""
+        counts[session] += 1
+        return str(counts[session])
+
+    return server
+
+
+@dataclass
+class Recorded:
+    """A remote backend that records the sessions it issued and the session ids its requests carried."""
+
+    name: str
+    app: ASGIApp = field(init=False)
+    issued: list[str] = field(default_factory=list)
+    carried: list[str] = field(default_factory=list)
+    initializes: int = 0
+
+    def __post_init__(self) -> None:
+        self.restart()
+
+    def restart(self) -> None:
+        """A new server process, as it were: every session it held is gone."""
+        self.app = build_counter(self.name).streamable_http_app()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        carried = dict(scope["headers"]).get(b"mcp-session-id")
+        if carried is not None and scope["method"] == "POST":
+            self.carried.append(carried.decode())
+
+        async def peeking() -> Message:
+            message = await receive()
+            if carried is None and b'"method":"initialize"' in message.get("body", b"").replace(b" ", b""):
+                self.initializes += 1
+            return message
+
+        async def noting(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                issued = dict(message.get("headers", ())).get(b"mcp-session-id")
+                if issued is not None and carried is None:
+                    self.issued.append(issued.decode())
+            await send(message)
+
+        await self.app(scope, peeking, noting)
+
+    def sessions(self) -> set[str]:
+        return set(self.carried)
+
+
+def config_text(urls: dict[str, str | list[str]], extra: str = "") -> str:
+    servers = "".join(f'[[servers]]\nname = "{name}"\nurl = {_toml(url)}\n' for name, url in urls.items())
+    return f"""
+[gateway]
+shutdown_timeout = 2
+session_key = "{KEY}"
+[auth]
+mode = "static"
+[auth.tokens]
+"alice-token" = {{ scopes = ["mcp"], subject = "alice" }}
+"bob-token" = {{ scopes = ["mcp"], subject = "bob" }}
+[aggregate]
+enabled = true
+{extra}
+[[servers]]
+name = "local"
+app = "tests.servers:build_server"
+{servers}"""
+
+
+def _toml(url: str | list[str]) -> str:
+    return f'"{url}"' if isinstance(url, str) else "[" + ", ".join(f'"{u}"' for u in url) + "]"
+
+
+@dataclass
+class Cluster:
+    gateways: dict[str, subprocess.Popen[bytes]]
+    ports: dict[str, int]
+    backends: dict[str, Recorded]
+    """alpha, beta, and the pool's replicas r1, r2."""
+    running: dict[str, contextlib.ExitStack]
+    """Each backend's uvicorn (closed to stop it)."""
+    backend_ports: dict[str, int]
+
+    def url(self, instance: str, path: str = "/mcp") -> str:
+        return f"http://127.0.0.1:{self.ports[instance]}{path}"
+
+    def start(self, name: str) -> None:
+        stack = self.running[name] = contextlib.ExitStack()
+        stack.enter_context(serve_app(self.backends[name], self.backend_ports[name]))
+
+    def restart(self, name: str) -> None:
+        """Stop backend `name`'s server and start a new one on its port: its sessions are gone."""
+        self.running[name].close()
+        self.backends[name].restart()
+        self.start(name)
+
+
+class Steer(httpx2.AsyncBaseTransport):
+    """Sends every request to the gateway instance `target` names (the client's URL names the first)."""
+
+    def __init__(self, ports: dict[str, int], target: str) -> None:
+        self.ports = ports
+        self.target = target
+        self.inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        request.url = request.url.copy_with(port=self.ports[self.target])
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    scratch = tmp_path_factory.mktemp("sealed-aggregate")
+    backends = {name: Recorded(name) for name in ("alpha", "beta", "r1", "r2")}
+    ports = {name: free_port() for name in backends}
+    cluster = Cluster({}, {}, backends, {}, ports)
+    try:
+        for name in backends:
+            cluster.start(name)
+        url = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
+        config = scratch / "gateway.toml"
+        config.write_text(
+            config_text({"alpha": url["alpha"], "beta": url["beta"], "pooled": [url["r1"], url["r2"]]}),
+            encoding="utf-8",
+        )
+        for instance in INSTANCES:
+            cluster.ports[instance] = port = free_port()
+            env = {**os.environ, "MCP_GATEWAY_INSTANCE": instance}
+            cluster.gateways[instance] = processes.start_gateway(config, port, scratch / f"{instance}.log", env=env)
+        yield cluster
+    finally:
+        processes.stop_all(reversed(list(cluster.gateways.values())), patience=15)
+        for stack in cluster.running.values():
+            stack.close()
+
+
+async def text_of(client: Client, tool: str) -> str:
+    result = await client.call_tool(tool, {})
+    assert not result.is_error, result
+    return result.content[0].text  # type: ignore[union-attr]
+
+
+@contextlib.asynccontextmanager
+async def legacy_client(cluster: Cluster, first: str) -> AsyncIterator[tuple[Client, Steer]]:
+    """The SDK's legacy client, initialized at instance `first`; move its requests with `steer.target`."""
+    steer = Steer(cluster.ports, first)
+    async with httpx2.AsyncClient(transport=steer, headers=ALICE, timeout=60) as http:
+        streams = streamable_http_client(cluster.url(first), http_client=http)
+        async with Client(streams, mode="legacy", cache=None) as client:
+            assert client.protocol_version == "2025-11-25"
+            yield client, steer
+
+
+def snapshot(cluster: Cluster) -> dict[str, tuple[int, int, int]]:
+    """Per backend: (initializes, session ids issued, requests carrying a session id) so far."""
+    return {name: (b.initializes, len(b.issued), len(b.carried)) for name, b in cluster.backends.items()}
+
+
+def since(cluster: Cluster, before: dict[str, tuple[int, int, int]], name: str) -> tuple[list[str], list[str]]:
+    """Backend `name`'s issued ids and carried ids after `before`."""
+    backend = cluster.backends[name]
+    _, issued, carried = before[name]
+    return backend.issued[issued:], backend.carried[carried:]
+
+
+async def test_a_remote_backend_sees_one_session_through_every_instance(cluster: Cluster) -> None:
+    before = snapshot(cluster)
+    async with legacy_client(cluster, "g1") as (client, steer):
+        # Opened at initialize, before any call: the remote members' sessions (in-process ones stay lazy).
+        opened = {name: cluster.backends[name].initializes - before[name][0] for name in cluster.backends}
+        assert opened["alpha"] == opened["beta"] == 1 and opened["r1"] + opened["r2"] == 1, opened
+        counts = []
+        for instance in ("g1", "g2", "g3", "g2", "g1", "g3"):
+            steer.target = instance
+            counts.append(await text_of(client, "alpha__count"))
+        assert counts == ["1", "2", "3", "4", "5", "6"]  # the backend's per-session state went on
+        pooled = []
+        for instance in ("g3", "g2", "g1"):
+            steer.target = instance
+            pooled.append(await text_of(client, "pooled__count"))
+        assert pooled == ["1", "2", "3"], repr({n: (cluster.backends[n].issued, cluster.backends[n].carried) for n in ("r1", "r2")})
+        steer.target = "g2"
+        assert await text_of(client, "beta__count") == "1"
+    for name in ("alpha", "beta"):
+        issued, carried = since(cluster, before, name)
+        assert len(issued) == 1 and set(carried) == set(issued), (name, issued, set(carried))
+    replicas = {name: since(cluster, before, name) for name in ("r1", "r2")}
+    [holder] = [name for name, (issued, _) in replicas.items() if issued]
+    issued, carried = replicas[holder]
+    assert len(issued) == 1 and set(carried) == set(issued)
+    assert not any(carried for name, (_, carried) in replicas.items() if name != holder)
