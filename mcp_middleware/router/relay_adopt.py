@@ -33,7 +33,7 @@ carries a ticket (:class:`~.sessions.SealedSession`) vouching for that backend's
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -72,7 +72,7 @@ def continuable(backend: Backend) -> bool:
     """Whether another instance can continue a session opened at `backend`: it lives outside this process."""
     if isinstance(backend, HttpBackend):
         return True
-    replicas = getattr(backend, "replicas", None)  # a pool (not imported: the pool imports the aggregate)
+    replicas: Sequence[Backend] = getattr(backend, "replicas", ())  # a pool's (not imported: it imports us)
     return bool(replicas) and all(isinstance(replica, HttpBackend) for replica in replicas)
 
 

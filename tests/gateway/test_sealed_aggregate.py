@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx2
 import pytest
 from mcp import Client
@@ -240,7 +241,9 @@ async def test_a_remote_backend_sees_one_session_through_every_instance(cluster:
         for instance in ("g3", "g2", "g1"):
             steer.target = instance
             pooled.append(await text_of(client, "pooled__count"))
-        assert pooled == ["1", "2", "3"], repr({n: (cluster.backends[n].issued, cluster.backends[n].carried) for n in ("r1", "r2")})
+        assert pooled == ["1", "2", "3"], repr(
+            {n: (cluster.backends[n].issued, cluster.backends[n].carried) for n in ("r1", "r2")}
+        )
         steer.target = "g2"
         assert await text_of(client, "beta__count") == "1"
     for name in ("alpha", "beta"):
@@ -251,3 +254,118 @@ async def test_a_remote_backend_sees_one_session_through_every_instance(cluster:
     issued, carried = replicas[holder]
     assert len(issued) == 1 and set(carried) == set(issued)
     assert not any(carried for name, (_, carried) in replicas.items() if name != holder)
+
+
+def assert_own_ids_only(cluster: Cluster) -> None:
+    """Every session id a backend received is one it issued itself: no handle's id reached another backend."""
+    for name, backend in cluster.backends.items():
+        assert set(backend.carried) <= set(backend.issued), name
+
+
+async def test_another_principal_or_another_path_gets_an_unknown_session_and_reaches_no_backend(
+    cluster: Cluster,
+) -> None:
+    async with httpx2.AsyncClient(timeout=60) as http:
+        handle = await legacy_session(http, cluster.url("g1"), **ALICE)
+        mount = await legacy_session(http, cluster.url("g1", "/mcp/alpha"), **ALICE)
+        before = snapshot(cluster)
+        at_aggregate = {"name": "alpha__count", "arguments": {}}
+        at_mount = {"name": "count", "arguments": {}}
+        for instance in ("g2", "g3", "g1"):
+            refused = [
+                await legacy_post(http, cluster.url(instance), handle, "tools/call", 9, at_aggregate, **BOB),
+                await legacy_post(
+                    http, cluster.url(instance, "/mcp/alpha"), handle, "tools/call", 9, at_mount, **ALICE
+                ),
+                await legacy_post(http, cluster.url(instance), mount, "tools/call", 9, at_aggregate, **ALICE),
+            ]
+            for answer in refused:
+                assert answer.status_code == 404, (instance, answer.text)
+                assert answer.json() == {
+                    "jsonrpc": "2.0",
+                    "id": 9,
+                    "error": {"code": -32600, "message": "Session not found"},
+                }
+        assert snapshot(cluster) == before  # none of it reached a backend
+        for instance, expected in (("g2", "1"), ("g3", "2")):  # the owner goes on, in the one backend session
+            answer = await legacy_post(http, cluster.url(instance), handle, "tools/call", 12, at_aggregate, **ALICE)
+            assert answer.status_code == 200, answer.text
+            assert json_of(answer)["result"]["content"][0]["text"] == expected
+    assert_own_ids_only(cluster)
+
+
+async def test_a_backend_that_lost_its_sessions_gives_the_client_a_new_one_transparently(cluster: Cluster) -> None:
+    before = snapshot(cluster)
+    async with legacy_client(cluster, "g1") as (client, steer):
+        assert await text_of(client, "alpha__count") == "1"
+        await anyio.to_thread.run_sync(cluster.restart, "alpha")  # every session it held is gone
+        steer.target = "g2"
+        assert await text_of(client, "alpha__count") == "1"  # a new session at alpha (its state starts again)
+        assert await text_of(client, "alpha__count") == "2"  # which goes on here
+        steer.target = "g1"
+        # The handle cannot change (the client keeps its session id): the instance that opened it learns of
+        # the loss on its own next request, and opens a session of its own there too.
+        assert await text_of(client, "alpha__count") == "1"
+        assert await text_of(client, "beta__count") == "1"  # the other backends' sessions were never touched
+    issued, carried = since(cluster, before, "alpha")
+    assert len(issued) == 3 and set(carried) == set(issued)
+    assert_own_ids_only(cluster)
+
+
+async def test_sigkill_of_the_instance_that_opened_the_session_loses_no_backend_session(cluster: Cluster) -> None:
+    before = snapshot(cluster)
+    async with legacy_client(cluster, "g1") as (client, steer):
+        assert await text_of(client, "beta__count") == "1"
+        steer.target = "g3"
+        assert await text_of(client, "beta__count") == "2"
+        victim = cluster.gateways["g1"]
+        victim.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(victim.wait, 30)
+        for expected in ("3", "4"):
+            steer.target = "g2"
+            assert await text_of(client, "beta__count") == expected
+        steer.target = "g3"
+        assert await text_of(client, "pooled__count") == "1"
+    issued, carried = since(cluster, before, "beta")
+    assert len(issued) == 1 and set(carried) == set(issued)  # the same session id at beta throughout
+    assert_own_ids_only(cluster)
+
+
+def _gateway(path: Path, text: str) -> contextlib.AbstractContextManager[Served]:
+    path.write_text(text, encoding="utf-8")
+    return serve_app(build_gateway(load_config(path)).app)
+
+
+async def test_a_handle_carries_ten_backend_sessions_in_config_order_under_512_bytes(tmp_path: Path) -> None:
+    counter = Recorded("many")
+    names = [f"member{index:02d}" for index in range(11)]
+    port = free_port()
+    text = config_text(dict.fromkeys(names, f"http://127.0.0.1:{port}/mcp"))
+    with serve_app(counter, port), _gateway(tmp_path / "many.toml", text) as gateway:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
+            assert len(handle) < 512, len(handle)
+            state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
+            assert [name for name, _ in state.backends] == names[:10]  # the first ten; the in-process one lazy
+            assert counter.initializes == 10 and {value for _, value in state.backends} == set(counter.issued)
+            for tool, expected in (("member10__count", 11), ("member03__count", 11)):
+                params = {"name": tool, "arguments": {}}
+                answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 3, params, **ALICE)
+                assert answer.status_code == 200, answer.text
+                assert counter.initializes == expected  # the eleventh opened on first use; the fourth continued
+    assert set(counter.carried) <= set(counter.issued)
+
+
+async def test_a_backend_down_at_initialize_is_left_out_and_the_initialize_goes_on(tmp_path: Path) -> None:
+    counter = Recorded("up")
+    down = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
+    port = free_port()
+    text = config_text({"down": down, "up": f"http://127.0.0.1:{port}/mcp"})
+    with serve_app(counter, port), _gateway(tmp_path / "down.toml", text) as gateway:
+        async with httpx2.AsyncClient(timeout=60) as http:
+            handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
+            state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
+            assert [name for name, _ in state.backends] == ["up"]
+            params = {"name": "up__count", "arguments": {}}
+            answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 4, params, **ALICE)
+            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
