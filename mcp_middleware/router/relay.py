@@ -48,19 +48,10 @@ from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from ._links import short
 from .catalog import Catalog
 from .names import PrefixMode
-from .relay_adopt import backend_ticket, reopen_backend, seal_backends, watch_lost
+from .relay_adopt import carry_ticket, resend_in_new_session, seal_backends, watch_lost
 from .relay_sessions import EVERY_PATH, BackendSessions, header
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
-from .sessions import (
-    SEALED_SESSION_SCOPE_KEY,
-    BackendSession,
-    ClientSession,
-    Running,
-    SessionTable,
-    exchange,
-    owner_of,
-    refuse_session,
-)
+from .sessions import BackendSession, ClientSession, Running, SessionTable, exchange, owner_of, refuse_session
 from .streams import serve_client_stream
 from .targets import Refused, backend_target
 
@@ -300,17 +291,7 @@ class Relay(BackendSessions):
         try:
             await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
             if lost is not None and lost.lost and session is not None and backend is not None:
-                backend = await reopen_backend(self, scope, send, session, server, backend, request.id)
-                if backend is not None:  # the 404 came before the backend ran it: sent once more, not twice
-                    rewriter = AnswerRewriter(
-                        send,
-                        server=server,
-                        session=session,
-                        public_uri=self._public_uri(server),
-                        max_bytes=self.max_inspect_bytes,
-                    )
-                    view = view._replace(session_id=backend.id)
-                    await self._call(scope, receive, rewriter, server, body, backend, header_name, view)
+                await resend_in_new_session(self, scope, receive, send, session, backend, (server, header_name), view)
         finally:
             if session is not None and request.id is not None and session.running.get(request.id) is running:
                 del session.running[request.id]  # not a newer call's entry under the same id
@@ -396,9 +377,7 @@ class Relay(BackendSessions):
         child["headers"] = headers
         child["path"] = path
         child["raw_path"] = path.encode("latin-1")
-        ticket = backend_ticket(scope, backend)
-        if ticket is not None:  # the handle's word for this backend's session only
-            child[SEALED_SESSION_SCOPE_KEY] = ticket
+        carry_ticket(scope, child, backend)  # sealed handles: their word for this backend's session only
         return child
 
     def _public_uri(self, server: str) -> Callable[[str], str] | None:

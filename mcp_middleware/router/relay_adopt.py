@@ -37,25 +37,27 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import anyio
-from starlette.types import Message, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from mcp_middleware.core import Component, ErrorCode, Outcome, record_decision, send_error
+from mcp_middleware.core import Component, ErrorCode, McpRequest, Outcome, RequestId, record_decision, send_error
 
 from .backends import Backend, HttpBackend
+from .rewrite import AnswerRewriter
 from .safety import failure_data
 from .sessions import SEALED_SESSION_SCOPE_KEY, BackendSession, ClientSession, SealedSession, sealed_session
 from .streams import pump_backend_stream
 
 if TYPE_CHECKING:
+    from .relay import Relay
     from .relay_sessions import BackendSessions
 
 __all__ = [
     "EAGER_PATIENCE",
     "MAX_SEALED_BACKENDS",
     "LostSession",
-    "backend_ticket",
+    "carry_ticket",
     "continuable",
-    "reopen_backend",
+    "resend_in_new_session",
     "seal_backends",
     "watch_lost",
 ]
@@ -76,16 +78,17 @@ def continuable(backend: Backend) -> bool:
     return bool(replicas) and all(isinstance(replica, HttpBackend) for replica in replicas)
 
 
-def backend_ticket(scope: Scope, backend: BackendSession | None) -> SealedSession | None:
-    """The sealed-session ticket a request into one backend's stack carries: for that backend's session only
-    (never the aggregate's id), so a handle's word reaches the backend it was sealed for and no other."""
+def carry_ticket(scope: Scope, child: Scope, backend: BackendSession | None) -> None:
+    """Give `child` (a request into one backend's stack) a sealed-session ticket for that backend's session
+    only (never the aggregate's id): a handle's word reaches the backend it was sealed for and no other."""
     outer = sealed_session(scope)
     if outer is None:
-        return None
-    if backend is None:  # opening a session: the stack tells the ticket which replica took it
-        return SealedSession()
+        return
+    if backend is None:  # opening a session: the stack notes on the ticket which replica took it
+        child[SEALED_SESSION_SCOPE_KEY] = SealedSession()
+        return
     owner = outer.owner if outer.owner is not None else outer.caller
-    return SealedSession(backend.id, owner, backend.replica)
+    child[SEALED_SESSION_SCOPE_KEY] = SealedSession(backend.id, owner, backend.replica)
 
 
 async def seal_backends(
@@ -177,14 +180,37 @@ def watch_lost(scope: Scope, backend: BackendSession | None, send: Send) -> Lost
     return LostSession(send)
 
 
-async def reopen_backend(
+async def resend_in_new_session(
+    relay: Relay,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    session: ClientSession,
+    lost: BackendSession,
+    target: tuple[str, str | None],
+    view: McpRequest,
+) -> None:
+    """The backend (`target`: its name and `Mcp-Name`) answered 404 for the client's session `lost`: open a
+    new one and send the request `view` once more (it did not run), or answer 502 saying it did not run."""
+    server, header_name = target
+    backend = await _reopen(relay, scope, send, session, server, lost, view.id)
+    if backend is None:
+        return
+    rewriter = AnswerRewriter(
+        send, server=server, session=session, public_uri=relay._public_uri(server), max_bytes=relay.max_inspect_bytes
+    )
+    view = view._replace(session_id=backend.id)
+    await relay._call(scope, receive, rewriter, server, view.body, backend, header_name, view)
+
+
+async def _reopen(
     relay: BackendSessions,
     scope: Scope,
     send: Send,
     session: ClientSession,
     server: str,
     lost: BackendSession,
-    request_id: object,
+    request_id: RequestId | None,
 ) -> BackendSession | None:
     """A new session at `server` for a client whose session there is gone; None when answered (502)."""
     if session.backends.get(server) is lost:
@@ -201,7 +227,7 @@ async def reopen_backend(
             status=502,
             code=ErrorCode.BAD_GATEWAY,
             message=f"Backend {server} lost this session and did not open another",
-            request_id=request_id,  # type: ignore[arg-type]
+            request_id=request_id,
             data=failure_data(server, may_have_run=False),
         )
         return None
