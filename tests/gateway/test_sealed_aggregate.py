@@ -369,3 +369,33 @@ async def test_a_backend_down_at_initialize_is_left_out_and_the_initialize_goes_
             params = {"name": "up__count", "arguments": {}}
             answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 4, params, **ALICE)
             assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
+
+
+class NeverInitializes:
+    """A remote backend that accepts connections and never answers an `initialize` (hung, overloaded)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        self.asked += 1
+        await anyio.sleep(120)  # cancelled when the gateway gives up on it (or the server stops)
+
+
+async def test_a_hung_backend_is_given_up_after_its_timeout_and_the_initialize_goes_on(tmp_path: Path) -> None:
+    counter, hung = Recorded("up"), NeverInitializes()
+    port = free_port()
+    with serve_app(hung) as stuck:
+        text = config_text({"up": f"http://127.0.0.1:{port}/mcp"})
+        text += f'[[servers]]\nname = "hung"\nurl = "{stuck.mcp_url}"\ntimeout = 1\n'
+        with serve_app(counter, port), _gateway(tmp_path / "hung.toml", text) as gateway:
+            async with httpx2.AsyncClient(timeout=60) as http:
+                with anyio.fail_after(30):  # bounded: the hung backend's 1 s, never its 120 s
+                    handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
+                state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
+                assert [name for name, _ in state.backends] == ["up"] and hung.asked >= 1
+                params = {"name": "up__count", "arguments": {}}
+                answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 5, params, **ALICE)
+                assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
