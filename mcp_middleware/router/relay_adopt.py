@@ -45,7 +45,6 @@ from .backends import Backend, HttpBackend
 from .rewrite import AnswerRewriter
 from .safety import failure_data
 from .sessions import SEALED_SESSION_SCOPE_KEY, BackendSession, ClientSession, SealedSession, sealed_session
-from .streams import pump_backend_stream
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -100,7 +99,7 @@ async def seal_backends(
     if ticket is None:
         return
     if ticket.backends:
-        _adopt(relay, scope, session, ticket, members)
+        _adopt(relay, session, ticket, members)
     elif ticket.session_id is None and ticket.owner is None:  # a new session (a re-opened one keeps its handle)
         await _open_eagerly(relay, scope, session, ticket, members)
 
@@ -118,7 +117,7 @@ async def _open_eagerly(
     async def open_one(server: str) -> None:
         with anyio.move_on_after(min(members[server].timeout, EAGER_PATIENCE)):
             try:
-                await relay._backend_session(scope, session, server)
+                await relay._backend_session(scope, session, server, stream=False)
             except Exception as exc:  # down or refusing: opened on first use instead, the initialize goes on
                 logger.info("backend %s: no session at initialize (opened on first use): %r", server, exc)
 
@@ -135,7 +134,6 @@ async def _open_eagerly(
 
 def _adopt(
     relay: BackendSessions,
-    scope: Scope,
     session: ClientSession,
     ticket: SealedSession,
     members: Mapping[str, Backend],
@@ -147,14 +145,10 @@ def _adopt(
         member = members.get(server)
         if member is None or server not in relay.stacks or not continuable(member):
             continue  # removed or changed since (a reload): opened on first use
-        backend = BackendSession(backend_id, version, replica=replicas.get(server), sealed=True)
-        session.backends[server] = backend
-        if relay.group is not None:  # its updates, if no other instance holds its stream (then: 409, gone)
-            stream = relay._child(session.opened_by or scope, server, b"", backend, None)
-            stream["method"] = "GET"
-            entry = relay._stack_entry(server)
-            uri = relay._public_uri(server)
-            relay.group.start_soon(pump_backend_stream, entry, stream, session, server, uri, anyio.Event())
+        # Its standalone stream is asked for on first use here (refused, 409, while another instance holds it).
+        session.backends[server] = BackendSession(
+            backend_id, version, replica=replicas.get(server), sealed=True, stream_pending=True
+        )
 
 
 class LostSession:

@@ -42,11 +42,17 @@ class BackendSessions:
     def _public_uri(self, server: str) -> Callable[[str], str] | None:
         raise NotImplementedError
 
-    async def _backend_session(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
-        """This client's session at `server`, opened on first use with the client's own `initialize`."""
+    async def _backend_session(
+        self, scope: Scope, session: ClientSession, server: str, *, stream: bool = True
+    ) -> BackendSession:
+        """This client's session at `server`, opened on first use with the client's own `initialize`
+        (`stream`: with its standalone stream pumped to the client's; else that waits for the first use)."""
         while True:
             backend = session.backends.get(server)
             if backend is not None:
+                if backend.stream_pending and stream:  # opened ahead of use (sealed handles): its stream now
+                    backend.stream_pending = False
+                    await self._stream(scope, session, server, backend)
                 if backend.log_level != session.log_level and session.log_level is not None:
                     await self._set_level(scope, session, server, backend)
                 return backend
@@ -58,7 +64,7 @@ class BackendSessions:
                 raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} did not open a session")
         event = session.opening[server] = anyio.Event()
         try:
-            backend = await self._open(scope, session, server)
+            backend = await self._open(scope, session, server, stream)
             session.backends[server] = backend
         finally:
             del session.opening[server]
@@ -67,7 +73,7 @@ class BackendSessions:
             await self._set_level(scope, session, server, backend)
         return backend
 
-    async def _open(self, scope: Scope, session: ClientSession, server: str) -> BackendSession:
+    async def _open(self, scope: Scope, session: ClientSession, server: str, stream: bool) -> BackendSession:
         body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": session.initialize})
         child = self._child(scope, server, body, None, None)
         child["headers"] = [(k, v) for k, v in child["headers"] if k != b"mcp-protocol-version"]
@@ -89,16 +95,23 @@ class BackendSessions:
         )
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
         await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)
+        if stream:
+            await self._stream(scope, session, server, backend)
+        else:
+            backend.stream_pending = True
+        return backend
+
+    async def _stream(self, scope: Scope, session: ClientSession, server: str, backend: BackendSession) -> None:
+        """Pump the backend session's standalone stream to the client's (a task of the relay's group)."""
         if self.group is not None and backend.id is not None:
-            stream = self._child(scope, server, b"", backend, None)
-            stream["method"] = "GET"
+            child = self._child(scope, server, b"", backend, None)
+            child["method"] = "GET"
             public_uri = self._public_uri(server)
             ready = anyio.Event()
             entry = self._stack_entry(server)
-            self.group.start_soon(pump_backend_stream, entry, stream, session, server, public_uri, ready)
+            self.group.start_soon(pump_backend_stream, entry, child, session, server, public_uri, ready)
             with anyio.move_on_after(_STREAM_PATIENCE):  # the backend may ask the client from the first call on
                 await ready.wait()
-        return backend
 
     async def _set_level(self, scope: Scope, session: ClientSession, server: str, backend: BackendSession) -> None:
         level = session.log_level

@@ -150,6 +150,8 @@ class BackendSession:
     """For a pool: the replica holding this session (what a sealed handle vouches for)."""
     sealed: bool = False
     """Its id is sealed in the client's handle: other instances continue it (never ended on eviction)."""
+    stream_pending: bool = False
+    """Opened or continued ahead of use: its standalone stream is pumped on first use, not before."""
 
 
 @dataclass(slots=True, eq=False)

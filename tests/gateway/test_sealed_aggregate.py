@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -23,18 +24,21 @@ from pathlib import Path
 
 import anyio
 import httpx2
+import mcp_types as types
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPDeprecationWarning
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core.sealing import Sealer
-from mcp_middleware.gateway.app import build_gateway
+from mcp_middleware.gateway.app import Gateway, build_gateway
 from mcp_middleware.gateway.config import load_config
 from mcp_middleware.gateway.session_config import SESSION_PURPOSE
 from mcp_middleware.gateway.session_handles import SessionHandles
 from tests.conftest import Served, free_port, serve_app
+from tests.router.test_resource_updates import notes_server
 from tests.support import processes
 from tests.support.requests import legacy_post, legacy_session
 from tests.support.sse import json_of
@@ -72,6 +76,7 @@ class Recorded:
     issued: list[str] = field(default_factory=list)
     carried: list[str] = field(default_factory=list)
     initializes: int = 0
+    deleted: int = 0
 
     def __post_init__(self) -> None:
         self.restart()
@@ -87,6 +92,7 @@ class Recorded:
         carried = dict(scope["headers"]).get(b"mcp-session-id")
         if carried is not None and scope["method"] == "POST":
             self.carried.append(carried.decode())
+        self.deleted += scope["method"] == "DELETE"
 
         async def peeking() -> Message:
             message = await receive()
@@ -336,6 +342,15 @@ def _gateway(path: Path, text: str) -> contextlib.AbstractContextManager[Served]
     return serve_app(build_gateway(load_config(path)).app)
 
 
+@contextlib.contextmanager
+def _built(path: Path, text: str) -> Iterator[tuple[Served, Gateway]]:
+    """A gateway served in this process, and the gateway object (to reach its router)."""
+    path.write_text(text, encoding="utf-8")
+    gateway = build_gateway(load_config(path))
+    with serve_app(gateway.app) as served:
+        yield served, gateway
+
+
 async def test_a_handle_carries_ten_backend_sessions_in_config_order_under_512_bytes(tmp_path: Path) -> None:
     counter = Recorded("many")
     names = [f"member{index:02d}" for index in range(11)]
@@ -399,3 +414,53 @@ async def test_a_hung_backend_is_given_up_after_its_timeout_and_the_initialize_g
                 params = {"name": "up__count", "arguments": {}}
                 answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 5, params, **ALICE)
                 assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
+
+
+async def test_a_subscription_at_a_session_opened_ahead_of_use_reaches_the_client(tmp_path: Path) -> None:
+    updates: list[str] = []
+    arrived = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+            arrived.set()
+
+    port = free_port()
+    with (
+        serve_app(notes_server().streamable_http_app(), port),
+        _gateway(tmp_path / "notes.toml", config_text({"notes": f"http://127.0.0.1:{port}/mcp"})) as gateway,
+    ):
+        async with httpx2.AsyncClient(headers=ALICE, timeout=60) as http:
+            streams = streamable_http_client(gateway.base + "/mcp", http_client=http)
+            async with Client(streams, mode="legacy", cache=None, message_handler=on_message) as client:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", MCPDeprecationWarning)
+                    await client.subscribe_resource("notes+notes://today")  # its first use: the stream now
+                await anyio.sleep(0.3)
+                await client.call_tool("notes__touch", {"uri": "notes://today"})
+                with anyio.fail_after(10):
+                    await arrived.wait()
+    assert updates == ["notes+notes://today"]
+
+
+async def test_a_sealed_backend_session_outlives_this_instance_forgetting_the_client(tmp_path: Path) -> None:
+    counter = Recorded("kept")
+    port = free_port()
+    text = config_text({"kept": f"http://127.0.0.1:{port}/mcp"})
+    with (
+        serve_app(counter, port),
+        _built(tmp_path / "one.toml", text) as (one, built),
+        _gateway(tmp_path / "two.toml", text) as two,
+    ):
+        relay = built.router.aggregate.relay if built.router.aggregate is not None else None
+        assert relay is not None
+        relay.sessions.max_sessions = 1  # the next session evicts the first here
+        params = {"name": "kept__count", "arguments": {}}
+        async with httpx2.AsyncClient(timeout=60) as http:
+            first = await legacy_session(http, one.base + "/mcp", **ALICE)
+            await legacy_session(http, one.base + "/mcp", **ALICE)  # evicts the first session at `one`
+            await anyio.sleep(0.5)  # an eviction's DELETEs would have gone by now
+            assert not counter.deleted
+            answer = await legacy_post(http, two.base + "/mcp", first, "tools/call", 6, params, **ALICE)
+            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
+    assert counter.initializes == 2  # the first session's backend session was continued at `two`
