@@ -25,6 +25,9 @@ Bounds and choices:
   first request there;
 * sealed backend sessions are never ended when this instance forgets the client session (least
   recently used): other instances may still be serving it. The client's DELETE ends them.
+* a session opened ahead of use, or continued, asks for the backend's standalone stream on its first
+  use here (an unused backend holds no connection; the backend gives its one stream to the first
+  instance that asks).
 
 A handle's backend ids reach only the backend they were sealed with: each request to a backend
 carries a ticket (:class:`~.sessions.SealedSession`) vouching for that backend's id and replica only.
