@@ -16,6 +16,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -26,6 +27,8 @@ import anyio
 import httpx2
 import mcp_types as types
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
@@ -36,8 +39,9 @@ from mcp_middleware.core.sealing import Sealer
 from mcp_middleware.gateway.app import Gateway, build_gateway
 from mcp_middleware.gateway.config import load_config
 from mcp_middleware.gateway.session_config import SESSION_PURPOSE
-from mcp_middleware.gateway.session_handles import SessionHandles
+from mcp_middleware.gateway.session_handles import SessionHandles, SessionState, decode, encode
 from tests.conftest import Served, free_port, serve_app
+from tests.gateway.test_sealed_handles import SDK_INIT, owner
 from tests.router.test_resource_updates import notes_server
 from tests.support import processes
 from tests.support.requests import legacy_post, legacy_session
@@ -464,3 +468,18 @@ async def test_a_sealed_backend_session_outlives_this_instance_forgetting_the_cl
             answer = await legacy_post(http, two.base + "/mcp", first, "tools/call", 6, params, **ALICE)
             assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
     assert counter.initializes == 2  # the first session's backend session was continued at `two`
+
+
+@given(
+    ids=st.lists(st.uuids().map(lambda u: u.hex), min_size=1, max_size=10),
+    labels=st.lists(st.one_of(st.none(), st.text(max_size=12)), min_size=10, max_size=10),
+)
+def test_the_codec_gives_back_each_backends_replica(ids: list[str], labels: list[str | None]) -> None:
+    backends = tuple((f"b{index}", value) for index, value in enumerate(ids))
+    replicas = tuple((name, label) for (name, _), label in zip(backends, labels, strict=False) if label is not None)
+    state = SessionState(owner("x"), "/mcp", uuid.uuid4().hex, SDK_INIT, None, backends, 1234567, replicas)
+    assert decode(encode(state)) == state
+    if not replicas:  # without pools, the plaintext is the one earlier releases of format 1 wrote
+        assert encode(state) == encode(
+            SessionState(owner("x"), "/mcp", state.session_id, SDK_INIT, None, backends, 1234567)
+        )
