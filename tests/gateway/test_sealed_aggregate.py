@@ -44,7 +44,7 @@ from tests.conftest import Served, free_port, serve_app
 from tests.gateway.test_sealed_handles import SDK_INIT, owner
 from tests.router.test_resource_updates import notes_server
 from tests.support import processes
-from tests.support.requests import legacy_post, legacy_session
+from tests.support.requests import legacy_headers, legacy_post, legacy_session
 from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
@@ -483,3 +483,26 @@ def test_the_codec_gives_back_each_backends_replica(ids: list[str], labels: list
         assert encode(state) == encode(
             SessionState(owner("x"), "/mcp", state.session_id, SDK_INIT, None, backends, 1234567)
         )
+
+
+async def test_the_clients_delete_on_another_instance_ends_the_sealed_backend_session(tmp_path: Path) -> None:
+    counter = Recorded("ended")
+    port = free_port()
+    text = config_text({"ended": f"http://127.0.0.1:{port}/mcp"})
+    with (
+        serve_app(counter, port),
+        _gateway(tmp_path / "one.toml", text) as one,
+        _gateway(tmp_path / "two.toml", text) as two,
+    ):
+        async with httpx2.AsyncClient(timeout=60) as http:
+            handle = await legacy_session(http, one.base + "/mcp", **ALICE)
+            params = {"name": "ended__count", "arguments": {}}
+            answer = await legacy_post(http, two.base + "/mcp", handle, "tools/call", 7, params, **ALICE)
+            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
+            deleted = await http.delete(two.base + "/mcp", headers=legacy_headers(handle, **ALICE))
+            assert deleted.status_code in (200, 204), deleted.text
+            for _ in range(100):  # ended through its stack, in the background (within 5 s)
+                if counter.deleted:
+                    break
+                await anyio.sleep(0.05)
+    assert counter.deleted == 1 and counter.initializes == 1  # the one sealed session, ended where it was deleted
