@@ -8,6 +8,7 @@ steered to the others: each backend sees ONE session throughout (no second `init
 counter goes on; SIGKILL the instance that opened it and the next call still goes on. A backend
 that restarts (its sessions lost) is given a new session transparently. Attacks: another
 principal's handle, a handle of another path, a backend never receives another backend's id.
+(The bounds, in one process: test_sealed_aggregate_bounds.py.)
 """
 
 from __future__ import annotations
@@ -16,129 +17,24 @@ import contextlib
 import os
 import signal
 import subprocess
-import uuid
-import warnings
-from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import anyio
 import httpx2
-import mcp_types as types
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.shared.exceptions import MCPDeprecationWarning
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_middleware.core.sealing import Sealer
-from mcp_middleware.gateway.app import Gateway, build_gateway
-from mcp_middleware.gateway.config import load_config
-from mcp_middleware.gateway.session_config import SESSION_PURPOSE
-from mcp_middleware.gateway.session_handles import SessionHandles, SessionState, decode, encode
-from tests.conftest import Served, free_port, serve_app
-from tests.gateway.test_sealed_handles import SDK_INIT, owner
-from tests.router.test_resource_updates import notes_server
+from tests.conftest import free_port, serve_app
+from tests.gateway.sealed_backends import ALICE, BOB, Recorded, config_text
 from tests.support import processes
-from tests.support.requests import legacy_headers, legacy_post, legacy_session
+from tests.support.requests import legacy_post, legacy_session
 from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
 
-KEY = "the sealed aggregate test's session key (32+ chars)"
-ALICE = {"authorization": "Bearer alice-token"}
-BOB = {"authorization": "Bearer bob-token"}
 INSTANCES = ("g1", "g2", "g3")
-
-
-def build_counter(name: str) -> MCPServer:
-    """A backend with per-session state: `count` answers how often this session called it."""
-    server = MCPServer(name)
-    counts: Counter[str] = Counter()
-
-    @server.tool()
-    def count(ctx: Context) -> str:
-        """This session's calls so far (keyed by the session id the request carries)."""
-        request = ctx.request_context.request
-        session = request.headers.get("mcp-session-id", "") if request is not None else ""
-        counts[session] += 1
-        return str(counts[session])
-
-    return server
-
-
-@dataclass
-class Recorded:
-    """A remote backend that records the sessions it issued and the session ids its requests carried."""
-
-    name: str
-    app: ASGIApp = field(init=False)
-    issued: list[str] = field(default_factory=list)
-    carried: list[str] = field(default_factory=list)
-    initializes: int = 0
-    deleted: int = 0
-
-    def __post_init__(self) -> None:
-        self.restart()
-
-    def restart(self) -> None:
-        """A new server process, as it were: every session it held is gone."""
-        self.app = build_counter(self.name).streamable_http_app()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        carried = dict(scope["headers"]).get(b"mcp-session-id")
-        if carried is not None and scope["method"] == "POST":
-            self.carried.append(carried.decode())
-        self.deleted += scope["method"] == "DELETE"
-
-        async def peeking() -> Message:
-            message = await receive()
-            if carried is None and b'"method":"initialize"' in message.get("body", b"").replace(b" ", b""):
-                self.initializes += 1
-            return message
-
-        async def noting(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                issued = dict(message.get("headers", ())).get(b"mcp-session-id")
-                if issued is not None and carried is None:
-                    self.issued.append(issued.decode())
-            await send(message)
-
-        await self.app(scope, peeking, noting)
-
-    def sessions(self) -> set[str]:
-        return set(self.carried)
-
-
-def config_text(urls: dict[str, str | list[str]], extra: str = "") -> str:
-    servers = "".join(f'[[servers]]\nname = "{name}"\nurl = {_toml(url)}\n' for name, url in urls.items())
-    return f"""
-[gateway]
-shutdown_timeout = 2
-session_key = "{KEY}"
-[auth]
-mode = "static"
-[auth.tokens]
-"alice-token" = {{ scopes = ["mcp"], subject = "alice" }}
-"bob-token" = {{ scopes = ["mcp"], subject = "bob" }}
-[aggregate]
-enabled = true
-{extra}
-[[servers]]
-name = "local"
-app = "tests.servers:build_server"
-{servers}"""
-
-
-def _toml(url: str | list[str]) -> str:
-    return f'"{url}"' if isinstance(url, str) else "[" + ", ".join(f'"{u}"' for u in url) + "]"
 
 
 @dataclass
@@ -339,170 +235,3 @@ async def test_sigkill_of_the_instance_that_opened_the_session_loses_no_backend_
     issued, carried = since(cluster, before, "beta")
     assert len(issued) == 1 and set(carried) == set(issued)  # the same session id at beta throughout
     assert_own_ids_only(cluster)
-
-
-def _gateway(path: Path, text: str) -> contextlib.AbstractContextManager[Served]:
-    path.write_text(text, encoding="utf-8")
-    return serve_app(build_gateway(load_config(path)).app)
-
-
-@contextlib.contextmanager
-def _built(path: Path, text: str) -> Iterator[tuple[Served, Gateway]]:
-    """A gateway served in this process, and the gateway object (to reach its router)."""
-    path.write_text(text, encoding="utf-8")
-    gateway = build_gateway(load_config(path))
-    with serve_app(gateway.app) as served:
-        yield served, gateway
-
-
-async def test_a_handle_carries_ten_backend_sessions_in_config_order_under_512_bytes(tmp_path: Path) -> None:
-    counter = Recorded("many")
-    names = [f"member{index:02d}" for index in range(11)]
-    port = free_port()
-    text = config_text(dict.fromkeys(names, f"http://127.0.0.1:{port}/mcp"))
-    with serve_app(counter, port), _gateway(tmp_path / "many.toml", text) as gateway:
-        async with httpx2.AsyncClient(timeout=60) as http:
-            handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
-            assert len(handle) < 512, len(handle)
-            state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
-            assert [name for name, _ in state.backends] == names[:10]  # the first ten; the in-process one lazy
-            assert counter.initializes == 10 and {value for _, value in state.backends} == set(counter.issued)
-            for tool, expected in (("member10__count", 11), ("member03__count", 11)):
-                params = {"name": tool, "arguments": {}}
-                answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 3, params, **ALICE)
-                assert answer.status_code == 200, answer.text
-                assert counter.initializes == expected  # the eleventh opened on first use; the fourth continued
-    assert set(counter.carried) <= set(counter.issued)
-
-
-async def test_a_backend_down_at_initialize_is_left_out_and_the_initialize_goes_on(tmp_path: Path) -> None:
-    counter = Recorded("up")
-    down = f"http://127.0.0.1:{free_port()}/mcp"  # nothing listens there
-    port = free_port()
-    text = config_text({"down": down, "up": f"http://127.0.0.1:{port}/mcp"})
-    with serve_app(counter, port), _gateway(tmp_path / "down.toml", text) as gateway:
-        async with httpx2.AsyncClient(timeout=60) as http:
-            handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
-            state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
-            assert [name for name, _ in state.backends] == ["up"]
-            params = {"name": "up__count", "arguments": {}}
-            answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 4, params, **ALICE)
-            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
-
-
-class NeverInitializes:
-    """A remote backend that accepts connections and never answers an `initialize` (hung, overloaded)."""
-
-    def __init__(self) -> None:
-        self.asked = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        self.asked += 1
-        await anyio.sleep(120)  # cancelled when the gateway gives up on it (or the server stops)
-
-
-async def test_a_hung_backend_is_given_up_after_its_timeout_and_the_initialize_goes_on(tmp_path: Path) -> None:
-    counter, hung = Recorded("up"), NeverInitializes()
-    port = free_port()
-    with serve_app(hung) as stuck:
-        text = config_text({"up": f"http://127.0.0.1:{port}/mcp"})
-        text += f'[[servers]]\nname = "hung"\nurl = "{stuck.mcp_url}"\ntimeout = 1\n'
-        with serve_app(counter, port), _gateway(tmp_path / "hung.toml", text) as gateway:
-            async with httpx2.AsyncClient(timeout=60) as http:
-                with anyio.fail_after(30):  # bounded: the hung backend's 1 s, never its 120 s
-                    handle = await legacy_session(http, gateway.base + "/mcp", **ALICE)
-                state = SessionHandles(Sealer([KEY], purpose=SESSION_PURPOSE)).open(handle).state
-                assert [name for name, _ in state.backends] == ["up"] and hung.asked >= 1
-                params = {"name": "up__count", "arguments": {}}
-                answer = await legacy_post(http, gateway.base + "/mcp", handle, "tools/call", 5, params, **ALICE)
-                assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
-
-
-async def test_a_subscription_at_a_session_opened_ahead_of_use_reaches_the_client(tmp_path: Path) -> None:
-    updates: list[str] = []
-    arrived = anyio.Event()
-
-    async def on_message(message: object) -> None:
-        if isinstance(message, types.ResourceUpdatedNotification):
-            updates.append(str(message.params.uri))
-            arrived.set()
-
-    port = free_port()
-    with (
-        serve_app(notes_server().streamable_http_app(), port),
-        _gateway(tmp_path / "notes.toml", config_text({"notes": f"http://127.0.0.1:{port}/mcp"})) as gateway,
-    ):
-        async with httpx2.AsyncClient(headers=ALICE, timeout=60) as http:
-            streams = streamable_http_client(gateway.base + "/mcp", http_client=http)
-            async with Client(streams, mode="legacy", cache=None, message_handler=on_message) as client:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", MCPDeprecationWarning)
-                    await client.subscribe_resource("notes+notes://today")  # its first use: the stream now
-                await anyio.sleep(0.3)
-                await client.call_tool("notes__touch", {"uri": "notes://today"})
-                with anyio.fail_after(10):
-                    await arrived.wait()
-    assert updates == ["notes+notes://today"]
-
-
-async def test_a_sealed_backend_session_outlives_this_instance_forgetting_the_client(tmp_path: Path) -> None:
-    counter = Recorded("kept")
-    port = free_port()
-    text = config_text({"kept": f"http://127.0.0.1:{port}/mcp"})
-    with (
-        serve_app(counter, port),
-        _built(tmp_path / "one.toml", text) as (one, built),
-        _gateway(tmp_path / "two.toml", text) as two,
-    ):
-        relay = built.router.aggregate.relay if built.router.aggregate is not None else None
-        assert relay is not None
-        relay.sessions.max_sessions = 1  # the next session evicts the first here
-        params = {"name": "kept__count", "arguments": {}}
-        async with httpx2.AsyncClient(timeout=60) as http:
-            first = await legacy_session(http, one.base + "/mcp", **ALICE)
-            await legacy_session(http, one.base + "/mcp", **ALICE)  # evicts the first session at `one`
-            await anyio.sleep(0.5)  # an eviction's DELETEs would have gone by now
-            assert not counter.deleted
-            answer = await legacy_post(http, two.base + "/mcp", first, "tools/call", 6, params, **ALICE)
-            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
-    assert counter.initializes == 2  # the first session's backend session was continued at `two`
-
-
-@given(
-    ids=st.lists(st.uuids().map(lambda u: u.hex), min_size=1, max_size=10),
-    labels=st.lists(st.one_of(st.none(), st.text(max_size=12)), min_size=10, max_size=10),
-)
-def test_the_codec_gives_back_each_backends_replica(ids: list[str], labels: list[str | None]) -> None:
-    backends = tuple((f"b{index}", value) for index, value in enumerate(ids))
-    replicas = tuple((name, label) for (name, _), label in zip(backends, labels, strict=False) if label is not None)
-    state = SessionState(owner("x"), "/mcp", uuid.uuid4().hex, SDK_INIT, None, backends, 1234567, replicas)
-    assert decode(encode(state)) == state
-    if not replicas:  # without pools, the plaintext is the one earlier releases of format 1 wrote
-        assert encode(state) == encode(
-            SessionState(owner("x"), "/mcp", state.session_id, SDK_INIT, None, backends, 1234567)
-        )
-
-
-async def test_the_clients_delete_on_another_instance_ends_the_sealed_backend_session(tmp_path: Path) -> None:
-    counter = Recorded("ended")
-    port = free_port()
-    text = config_text({"ended": f"http://127.0.0.1:{port}/mcp"})
-    with (
-        serve_app(counter, port),
-        _gateway(tmp_path / "one.toml", text) as one,
-        _gateway(tmp_path / "two.toml", text) as two,
-    ):
-        async with httpx2.AsyncClient(timeout=60) as http:
-            handle = await legacy_session(http, one.base + "/mcp", **ALICE)
-            params = {"name": "ended__count", "arguments": {}}
-            answer = await legacy_post(http, two.base + "/mcp", handle, "tools/call", 7, params, **ALICE)
-            assert answer.status_code == 200 and json_of(answer)["result"]["content"][0]["text"] == "1"
-            deleted = await http.delete(two.base + "/mcp", headers=legacy_headers(handle, **ALICE))
-            assert deleted.status_code in (200, 204), deleted.text
-            for _ in range(100):  # ended through its stack, in the background (within 5 s)
-                if counter.deleted:
-                    break
-                await anyio.sleep(0.05)
-    assert counter.deleted == 1 and counter.initializes == 1  # the one sealed session, ended where it was deleted
