@@ -30,6 +30,7 @@ __all__ = [
     "EventStream",
     "FreshReceive",
     "Question",
+    "accepts_events",
     "can_show_forms",
     "until_disconnect",
 ]
@@ -288,3 +289,12 @@ async def until_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def accepts_events(scope: Scope) -> bool:
+    """Whether the client takes an event stream (`Accept` names it, or anything)."""
+    for key, value in scope["headers"]:
+        if key == b"accept":
+            lowered = value.lower()
+            return b"text/event-stream" in lowered or b"*/*" in lowered
+    return False
