@@ -59,7 +59,7 @@ async def test_the_callback_approves(era: Era, endpoint: Endpoint, serve: Any) -
     async with client_for(setup.url(endpoint), era, "alice") as client:  # no elicitation: the webhook decides
         result = await client.call_tool(public(endpoint, "delete_file"), {"path": "/srv/a"})
     assert result.content[0].text == "deleted /srv/a"  # type: ignore[union-attr]
-    assert approver.statuses == [200]
+    await until(lambda: approver.statuses == [200])  # (its own answer may come after the client's)
     facts = approver.seen[0]
     assert facts["callback"].startswith(f"{setup.base}{CALLBACK_PATH}")  # the request's own (checked) origin
     assert isinstance(facts["expires"], int) and facts["tool"] == "delete_file"
@@ -83,7 +83,8 @@ async def test_the_callback_declines(era: Era, serve: Any) -> None:
             await client.call_tool(public("aggregate", "delete_file"), {"path": "/srv/b"})
     assert raised.value.code == -32013
     assert raised.value.data["approval"] == "declined" and raised.value.data["detail"] == "ticket OPS-42"
-    assert setup.files.calls == [] and approver.statuses == [200]
+    assert setup.files.calls == []
+    await until(lambda: approver.statuses == [200])  # (its own answer may come after the client's)
     assert setup.recorder.of("approval")[-1][1]["via"] == "callback"
 
 
