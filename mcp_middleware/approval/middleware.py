@@ -49,7 +49,7 @@ from .outcomes import APPROVAL_REFUSED, facts_of, refusal_data, refusal_message,
 from .state import RetryVerdict, StateBook, approved, elicitation_params, input_required_result
 from .store import ApprovalStore, ApprovalStoreUnavailable
 from .webhook import WebhookApprover
-from .webhook_hold import by_webhook
+from .webhook_hold import HeldCalls, by_webhook
 
 __all__ = ["APPROVAL_REFUSED", "ApprovalMiddleware", "ApprovalRule"]
 
@@ -125,6 +125,8 @@ class ApprovalMiddleware:
         chosen = list(secrets) or [os.urandom(32).hex()]
         self.states = StateBook(chosen, ttl=state_ttl, store=store)
         self.desk = ElicitationDesk()
+        self.held = HeldCalls()
+        """2025-11-25 calls waiting for a webhook's callback (a `notifications/cancelled` withdraws one)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
@@ -140,6 +142,7 @@ class ApprovalMiddleware:
                 self.desk.forget(request.session_id)
             elif kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
                 self.desk.withdraw(scope, request)  # and on to the server, which may run a call of that id
+                self.held.withdraw(scope, request)
         if kind is RequestKind.REQUEST and request.method == "tools/call":
             why = await self.needs_approval(scope, request)
             if why is not None:
@@ -189,9 +192,8 @@ class ApprovalMiddleware:
             get_principal(scope), self.backend, "tools/call", request.target or "", params.get("arguments", {}), why
         )
         if isinstance(self.approver, WebhookApprover):
-            await by_webhook(
-                self.app, scope, receive, send, request, call, self.approver, self.redaction, self.keepalive
-            )
+            hook, redaction = self.approver, self.redaction
+            await by_webhook(self.app, scope, receive, send, request, call, hook, redaction, self.keepalive, self.held)
         elif request.era is Era.MODERN:
             await self._modern(scope, receive, send, request, call)
         else:

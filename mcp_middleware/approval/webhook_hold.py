@@ -5,8 +5,9 @@ waits under a one-time nonce in the approval store: the webhook answers 202, and
 through the callback URL (on this instance or another, with a shared store), or `timeout` refuses
 the call. While it waits nothing is buffered: a 2025-11-25 client that takes an event stream gets
 the stream at once with keep-alive comments (the backend's answer continues it once approved); a
-2026-07-28 request is held open, as the synchronous webhook holds it. A client that leaves ends
-the wait and its record (a late callback is then told 409).
+2026-07-28 request is held open, as the synchronous webhook holds it. A client that leaves, or a
+2025-11-25 `notifications/cancelled` for the call, ends the wait and its record (a late callback is
+then told 409).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import Component, Era, McpRequest, Outcome, clip, record_decision
+from mcp_middleware.core import Component, Era, McpRequest, Outcome, RequestId, clip, get_principal, record_decision
 
 from .call import ApprovalCall, Redaction
 from .legacy import AnswerEvents, EventStream, FreshReceive, accepts_events, until_disconnect
@@ -27,12 +28,48 @@ from .outcomes import APPROVAL_REFUSED, facts_of, refusal_data, refusal_message,
 from .store import ApprovalStoreUnavailable, CallbackAnswer
 from .webhook import WebhookApprover, WebhookVerdict
 
-__all__ = ["LATE_GRACE", "by_webhook"]
+__all__ = ["LATE_GRACE", "HeldCalls", "by_webhook"]
 
 logger = logging.getLogger("mcp_middleware.approval")
 
 LATE_GRACE = 60.0
 """Seconds past `timeout` a callback token still opens, so a late approver is told 409 (too late), not 404."""
+
+
+_Key = tuple[str, str, RequestId]
+
+
+class HeldCalls:
+    """The 2025-11-25 calls waiting for a callback, by (session, principal, call id): a `notifications/cancelled`
+    from that session and principal withdraws one. Entries live only while their call waits."""
+
+    def __init__(self) -> None:
+        self._held: dict[_Key, anyio.Event] = {}
+
+    @staticmethod
+    def _key(scope: Scope, session: str, call_id: RequestId) -> _Key:
+        return session, get_principal(scope).key, call_id
+
+    def hold(self, scope: Scope, request: McpRequest) -> tuple[_Key, anyio.Event] | None:
+        if request.session_id is None or request.id is None:
+            return None
+        key = self._key(scope, request.session_id, request.id)
+        event = self._held[key] = anyio.Event()
+        return key, event
+
+    def forget(self, key: _Key) -> None:
+        self._held.pop(key, None)
+
+    def withdraw(self, scope: Scope, request: McpRequest) -> None:
+        cancelled = (request.params or {}).get("requestId")
+        if request.session_id is None or not isinstance(cancelled, str | int) or isinstance(cancelled, bool):
+            return
+        event = self._held.get(self._key(scope, request.session_id, cancelled))
+        if event is not None:
+            event.set()
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 async def by_webhook(
@@ -45,6 +82,7 @@ async def by_webhook(
     hook: WebhookApprover,
     redaction: Redaction,
     keepalive: float,
+    held: HeldCalls,
 ) -> None:
     facts = facts_of(call)
     record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **facts, approver="webhook")
@@ -57,7 +95,7 @@ async def by_webhook(
         _record_refusal(scope, call, verdict.reason)
         await refuse(send, request, call, verdict.reason, verdict.detail, hook.timeout)
         return
-    await _CallbackHold(app, scope, receive, send, request, call, hook, redaction, keepalive).run()
+    await _CallbackHold(app, scope, receive, send, request, call, hook, redaction, keepalive, held).run()
 
 
 def _record_refusal(scope: Scope, call: ApprovalCall, reason: str, **extra: str) -> None:
@@ -80,8 +118,10 @@ class _CallbackHold:
     hook: WebhookApprover
     redaction: Redaction
     keepalive: float
+    held: HeldCalls
     verdict: WebhookVerdict | None = None
     gone: bool = False
+    cancelled: bool = False
     stream: EventStream | None = None
 
     async def run(self) -> None:
@@ -94,15 +134,20 @@ class _CallbackHold:
             await hook.store.hold(nonce, hook.timeout + LATE_GRACE)
         except ApprovalStoreUnavailable:
             return await self._refused("store_unavailable")
-        if self.request.era is Era.LEGACY and accepts_events(self.scope):
-            self.stream = EventStream(self.send, self.request.id)
+        withdrawn = None
+        if self.request.era is Era.LEGACY:
+            withdrawn = self.held.hold(self.scope, self.request)
+            if accepts_events(self.scope):
+                self.stream = EventStream(self.send, self.request.id)
         answer: CallbackAnswer | None = None
         store_down = False
         try:
             if self.stream is not None:
                 await self.stream.start()
-            await self._wait(nonce, url)
+            await self._wait(nonce, url, withdrawn[1] if withdrawn is not None else None)
         finally:
+            if withdrawn is not None:
+                self.held.forget(withdrawn[0])
             with anyio.CancelScope(shield=True):  # the record ends whatever happened: a late answer gets 409
                 try:
                     answer = await hook.store.release(nonce)
@@ -118,6 +163,8 @@ class _CallbackHold:
                 reason="disconnected",
             )
             return None
+        if self.cancelled:  # the client withdrew the call: a late callback is told 409
+            return await self._refused("cancelled")
         verdict = self.verdict
         if verdict is not None and verdict.reason != "pending":  # the webhook decided at once (200)
             if verdict.approved:
@@ -138,7 +185,7 @@ class _CallbackHold:
             return await self._refused("declined", answer.reason, via="callback")
         return await self._refused("store_unavailable" if store_down else "timeout")
 
-    async def _wait(self, nonce: str, url: str) -> None:
+    async def _wait(self, nonce: str, url: str, withdrawn: anyio.Event | None) -> None:
         hook = self.hook
         deadline = anyio.current_time() + hook.timeout
         facts = {**self.call.facts(self.redaction), "callback": url, "expires": int(time.time() + hook.timeout)}
@@ -159,7 +206,14 @@ class _CallbackHold:
                         group.cancel_scope.cancel()
                         return
 
+            async def cancelled(event: anyio.Event) -> None:
+                await event.wait()
+                self.cancelled = True
+                group.cancel_scope.cancel()
+
             group.start_soon(watch)
+            if withdrawn is not None:
+                group.start_soon(cancelled, withdrawn)
             if self.stream is not None:
                 group.start_soon(keep_alive, self.stream)
             with anyio.move_on_after(hook.timeout):

@@ -24,8 +24,9 @@ from mcp_middleware.approval.callback import CallbackTokens
 from mcp_middleware.core.sealing import Sealer
 from tests.approval.callback_approver import CallbackApprover, sign
 from tests.approval.conftest import ENDPOINTS, SECRET, Endpoint, Files, Setup, build, client_for, public
+from tests.approval.test_legacy_answers import calling, open_session
 from tests.conftest import ERAS, Era
-from tests.support.requests import ACCEPT_BOTH, LEGACY, modern_body, modern_headers
+from tests.support.requests import ACCEPT_BOTH, LEGACY, legacy_headers, modern_body, modern_headers
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
@@ -241,3 +242,26 @@ def test_any_changed_character_is_refused(position: int, char: str) -> None:
     changed = TOKEN[:position] + char + TOKEN[position + 1 :]
     if changed != TOKEN:
         assert TOKENS.open(changed) is None
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+async def test_a_cancelled_legacy_call_stops_waiting(endpoint: Endpoint, serve: Any) -> None:
+    approver = CallbackApprover("never")
+    setup, store = hooked(serve, approver, timeout=30)
+    url = setup.url(endpoint)
+    async with httpx2.AsyncClient(timeout=30) as http:
+        session = await open_session(http, url, "alice", {})
+        async with calling(http, url, session, "alice", public(endpoint, "delete_file"), {"path": "/c"}) as stream:
+            await until(lambda: store.waiting() == 1, patience=30)
+            body = orjson.dumps(
+                {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "no"}}
+            )
+            bob = await http.post(url, content=body, headers=legacy_headers(session, authorization="Bearer bob"))
+            assert bob.status_code in (202, 403, 404)  # another principal's cancel withdraws nothing
+            assert store.waiting() == 1
+            done = await http.post(url, content=body, headers=legacy_headers(session, authorization="Bearer alice"))
+            assert done.status_code == 202
+            refused = await stream.next_message()
+        late = await http.post(approver.seen[0]["callback"], json={"approved": True})
+    assert refused["id"] == 7 and refused["error"]["data"]["approval"] == "cancelled"
+    assert store.waiting() == 0 and late.status_code == 409 and setup.files.calls == []
