@@ -103,10 +103,11 @@ async def test_no_callback_is_a_timeout_and_a_late_one_is_told_409(era: Era, ser
     assert setup.recorder.outcomes("approval")[-1] == "timeout"
 
 
-async def test_a_synchronous_answer_still_decides(serve: Any) -> None:
+@pytest.mark.parametrize("era", ERAS)
+async def test_a_synchronous_answer_still_decides(era: Era, serve: Any) -> None:
     approver = CallbackApprover("sync")
     setup, _ = hooked(serve, approver)
-    async with client_for(setup.url("mount"), "modern", "alice") as client:
+    async with client_for(setup.url("mount"), era, "alice") as client:
         result = await client.call_tool("delete_file", {"path": "/srv/d"})
     assert result.content[0].text == "deleted /srv/d"  # type: ignore[union-attr]
     assert "via" not in setup.recorder.of("approval")[-1][1]
