@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -46,6 +48,7 @@ from .legacy import (
     until_disconnect,
 )
 from .outcomes import APPROVAL_REFUSED, facts_of, refusal_data, refusal_message, refusal_word, refuse
+from .relayed_answers import deliver_elsewhere, question_key, relayed_answer
 from .state import RetryVerdict, StateBook, approved, elicitation_params, input_required_result
 from .store import ApprovalStore, ApprovalStoreUnavailable
 from .webhook import WebhookApprover
@@ -125,6 +128,7 @@ class ApprovalMiddleware:
         chosen = list(secrets) or [os.urandom(32).hex()]
         self.states = StateBook(chosen, ttl=state_ttl, store=store)
         self.desk = ElicitationDesk()
+        self._elsewhere = functools.partial(deliver_elsewhere, self.states.store)
         self.held = HeldCalls()
         """2025-11-25 calls waiting for a webhook's callback (a `notifications/cancelled` withdraws one)."""
 
@@ -134,7 +138,7 @@ class ApprovalMiddleware:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
         kind = request.kind
         if request.era is Era.LEGACY:
-            if kind is RequestKind.RESPONSE and await self.desk.take_answer(scope, send, request):
+            if kind is RequestKind.RESPONSE and await self.desk.take_answer(scope, send, request, self._elsewhere):
                 return
             if kind is RequestKind.REQUEST and request.method == "initialize":
                 send = self.desk.watch_initialize(scope, request, send)
@@ -268,14 +272,26 @@ class ApprovalMiddleware:
                 request_id=request.id,
             )
             return
+        store, key = self.states.store, question_key(question.id, question.owner)
+        try:  # an answer reaching another process (a resumed session) is delivered through the store
+            await store.hold(key, self.timeout + 5)
+        except ApprovalStoreUnavailable:
+            self.desk.close(question)
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="store_unavailable"
+            )
+            await self._refuse(send, request, call, "store_unavailable")
+            return
         record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **facts_of(call), approver="client", reason="new")
         stream = EventStream(send, request.id)
         try:
             await stream.start()
             await stream.ask(question, elicitation_params(call.message(self.redaction)))
-            waited = await self._wait(question, receive, stream)
+            waited = await self._wait(question, receive, stream, key)
         finally:
             self.desk.close(question)
+            with anyio.CancelScope(shield=True), contextlib.suppress(ApprovalStoreUnavailable):
+                await store.release(key)  # (an answer that comes now elsewhere is an answer to nothing)
         if waited == "gone":
             record_decision(
                 scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="disconnected"
@@ -302,7 +318,7 @@ class ApprovalMiddleware:
         finally:
             await events.finish()
 
-    async def _wait(self, question: Question, receive: Receive, stream: EventStream) -> str:
+    async def _wait(self, question: Question, receive: Receive, stream: EventStream, key: str) -> str:
         """`answered`, `timeout` or `gone` (the client left); keep-alive comments while waiting."""
         result = "timeout"
         with anyio.move_on_after(self.timeout):
@@ -327,6 +343,7 @@ class ApprovalMiddleware:
 
                 group.start_soon(watch)
                 group.start_soon(keep_alive)
+                group.start_soon(relayed_answer, self.states.store, key, question, self.timeout)
                 await question.answered.wait()
                 result = "answered"
                 group.cancel_scope.cancel()

@@ -11,9 +11,9 @@ Two things must be seen by every instance (and every `--workers` process) of a d
   (a Lua script in Redis), so exactly one of "the callback" and "the timeout" decides.
 
 :class:`MemoryApprovalStore` (the default) serves one process. :class:`RedisApprovalStore` is shared:
-one pub/sub connection per process wakes the held calls (a call also looks every
-`poll` seconds, in case a message was lost while reconnecting), the other commands use a bounded
-pool. When Redis cannot be reached the store raises :class:`ApprovalStoreUnavailable` and the
+one pub/sub connection per process wakes the held calls (each (re)subscription has every waiting
+call look at its record once, and a call also looks every `poll` seconds), the other commands use
+a bounded pool (32 connections). When Redis cannot be reached the store raises :class:`ApprovalStoreUnavailable` and the
 middleware refuses the call (`approval/deny`, `store_unavailable`): an outage never approves.
 
 >>> store = approval_store_from_url("memory://")
@@ -223,12 +223,13 @@ class RedisApprovalStore:
 
     Keys share the hash tag `{prefix}` (one slot, as the scripts need on Redis Cluster). Each
     process holds one pub/sub connection (started with its first held call) that wakes its waiting
-    calls; a waiting call also looks at its record every `poll` seconds.
+    calls; a waiting call also looks at its record every `poll` seconds (a safety net: a message
+    published while the connection was down is caught when it resubscribes).
 
     >>> store = RedisApprovalStore("redis://127.0.0.1:6379/0")
     """
 
-    def __init__(self, redis: Any, *, prefix: str = "mcp-approval", timeout: float = 2.0, poll: float = 2.0) -> None:
+    def __init__(self, redis: Any, *, prefix: str = "mcp-approval", timeout: float = 2.0, poll: float = 5.0) -> None:
         if isinstance(redis, str):
             from redis.asyncio import BlockingConnectionPool, Redis  # optional dependency: the [redis] extra
 
@@ -307,22 +308,22 @@ class RedisApprovalStore:
             try:
                 await pubsub.subscribe(self.channel)
                 self._subscribed.set()
+                for waiting in list(self._events.values()):  # what was published before: every waiting call looks
+                    waiting.set()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
                     data = message.get("data")
                     nonce = data.decode("ascii", "replace") if isinstance(data, bytes) else str(data)
-                    event = self._events.get(nonce)
-                    if event is not None:
-                        event.set()
+                    woken = self._events.get(nonce)
+                    if woken is not None:
+                        woken.set()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 logger.warning("approval store: the answer channel failed (%s); reconnecting", type(exc).__name__)
                 self._subscribed.clear()
-                for event in list(self._events.values()):  # whatever came meanwhile: every waiting call looks
-                    event.set()
                 await asyncio.sleep(0.5)
             finally:
                 with contextlib.suppress(Exception):
