@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import orjson
 import pytest
 from mcp import MCPError
@@ -21,6 +22,7 @@ from mcp_middleware.gateway.config import ConfigError, load_config, parse_config
 from mcp_middleware.gateway.config_check import check_config
 from tests.approval.callback_approver import CallbackApprover
 from tests.approval.conftest import ENDPOINTS, GATEWAY_FILES, SECRET, Endpoint, Setup, client_for
+from tests.approval.test_legacy_answers import answer, calling, open_session
 from tests.approval.test_modern_state import asked, call, retry
 from tests.conftest import ERAS, Era, RedisServer, Served, free_port, serve_app
 from tests.support.waiting import until
@@ -215,3 +217,29 @@ def test_check_config_says_what_stays_per_process() -> None:
     assert any(p.path == "approval.store" and "spent" in p.message for p in warnings), warnings
     _, warnings = check_config(parse_config(config_text(None, store="redis://127.0.0.1:6379/0")))
     assert not any(p.path.startswith("approval") for p in warnings), warnings
+
+
+async def test_a_legacy_answer_reaching_the_other_instance_is_delivered(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    text = (
+        config_text(None, store=redis_server.url).replace(
+            "[auth]\n", f'[gateway]\nsession_key = "{SECRET}"\n\n[auth]\n', 1
+        )
+        + '\n[auth.tokens.bob]\nsubject = "bob"\nscopes = ["mcp"]\n'
+    )
+    GATEWAY_FILES.calls.clear()
+    yes = {"action": "accept", "content": {"approve": True}}
+    with gateways(tmp_path, text, count=2) as (first, second):
+        at_first, at_second = url_of(first, "mount"), url_of(second, "mount")
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session = await open_session(http, at_first, "alice", {"elicitation": {}})  # a sealed handle
+            bobs = await open_session(http, at_second, "bob", {"elicitation": {}})
+            async with calling(http, at_first, session, "alice", "delete_file", {"path": "/x/y"}) as stream:
+                question = (await stream.next_message())["id"]
+                assert await answer(http, at_second, bobs, "bob", question, yes) == 404  # another principal's
+                assert await answer(http, at_second, session, "alice", question, yes) == 202  # the other instance
+                result = await stream.next_message()
+            assert await answer(http, at_second, session, "alice", question, yes) == 404  # answered already
+    assert result["id"] == 7 and result["result"]["content"][0]["text"] == "deleted /x/y"
+    assert GATEWAY_FILES.ran("delete_file") == [{"path": "/x/y"}]
