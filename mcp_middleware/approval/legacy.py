@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "EventStream",
     "FreshReceive",
     "Question",
+    "accepts_events",
     "can_show_forms",
     "until_disconnect",
 ]
@@ -148,11 +149,17 @@ class ElicitationDesk:
                 question.answer = {"action": "cancel"}
                 question.answered.set()
 
-    async def take_answer(self, scope: Scope, send: Send, request: McpRequest) -> bool:
-        """If `request` (a client's JSON-RPC response) answers one of our questions, take it: True when answered."""
+    async def take_answer(
+        self, scope: Scope, send: Send, request: McpRequest, elsewhere: Elsewhere | None = None
+    ) -> bool:
+        """If `request` (a client's JSON-RPC response) answers one of our questions, take it: True when answered.
+        `elsewhere(scope, request)` delivers an answer to a question another process asked (True: it waited)."""
         if not isinstance(request.id, str) or not request.id.startswith(ID_PREFIX):
             return False
         question = self._questions.get(request.id)
+        if question is None and elsewhere is not None and await elsewhere(scope, request):
+            await _accepted(send)
+            return True
         # Another session's or another principal's answer is treated as an answer to nothing; so is a second one.
         if (
             question is None
@@ -171,9 +178,16 @@ class ElicitationDesk:
         answered = isinstance(message, dict) and "result" in message
         question.answer = message["result"] if answered else {"action": "error"}
         question.answered.set()
-        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await _accepted(send)
         return True
+
+
+Elsewhere = Callable[[Scope, McpRequest], Awaitable[bool]]
+
+
+async def _accepted(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 # --- the call's event stream --------------------------------------------------------------------
@@ -288,3 +302,12 @@ async def until_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def accepts_events(scope: Scope) -> bool:
+    """Whether the client takes an event stream (`Accept` names it, or anything)."""
+    for key, value in scope["headers"]:
+        if key == b"accept":
+            lowered = value.lower()
+            return b"text/event-stream" in lowered or b"*/*" in lowered
+    return False

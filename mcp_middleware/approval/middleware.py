@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -30,23 +32,31 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
-from mcp_middleware.core.decisions import DecisionValue
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from mcp_middleware.policy.catalog import ToolCatalog
 from mcp_middleware.policy.fetch import fetcher_of
 
 from .call import DEFAULT_REDACT, ApprovalCall, Redaction
-from .legacy import AnswerEvents, ElicitationDesk, EventStream, FreshReceive, Question, can_show_forms, until_disconnect
+from .legacy import (
+    AnswerEvents,
+    ElicitationDesk,
+    EventStream,
+    FreshReceive,
+    Question,
+    accepts_events,
+    can_show_forms,
+    until_disconnect,
+)
+from .outcomes import APPROVAL_REFUSED, facts_of, refusal_data, refusal_message, refusal_word, refuse
+from .relayed_answers import deliver_elsewhere, question_key, relayed_answer
 from .state import RetryVerdict, StateBook, approved, elicitation_params, input_required_result
+from .store import ApprovalStore, ApprovalStoreUnavailable
 from .webhook import WebhookApprover
+from .webhook_hold import HeldCalls, by_webhook
 
 __all__ = ["APPROVAL_REFUSED", "ApprovalMiddleware", "ApprovalRule"]
 
 logger = logging.getLogger("mcp_middleware.approval")
-
-APPROVAL_REFUSED = ErrorCode.FORBIDDEN
-"""The JSON-RPC code of a call that was not approved (declined, cancelled, timed out, or a bad approval state);
-`data.approval` says which. A client that cannot be asked gets -32021 (missing client capability)."""
 
 ApprovalRule = Callable[[Scope, McpRequest, Mapping[str, Any]], bool]
 """`rule(scope, request, annotations)`: True when this call needs approval (beside selectors and annotations)."""
@@ -68,7 +78,9 @@ class ApprovalMiddleware:
     - `timeout`: seconds a 2025-11-25 question waits for its answer;
     - `secrets`: sealing secrets of the 2026-07-28 `requestState` (newest first; every instance of a
       deployment needs the same ones; default: a random one of this process); `state_ttl`: its lifetime;
-    - `backend`: this backend's name (shown to the approver, bound into the digest).
+    - `backend`: this backend's name (shown to the approver, bound into the digest);
+    - `store`: where spent 2026-07-28 nonces are kept (default: this process's memory; a
+      :class:`RedisApprovalStore` shares them, so a replayed retry is refused at every instance).
 
     Place it after authentication and policy, before rate limiting and the breaker (a person's
     thinking time is not the backend's latency). Refusals are JSON-RPC error -32013 with
@@ -94,6 +106,7 @@ class ApprovalMiddleware:
         fetch_unknown: bool = True,
         redact: Iterable[str] = DEFAULT_REDACT,
         keepalive: float = 15.0,
+        store: ApprovalStore | None = None,
         config: CoreConfig = DEFAULT_CONFIG,
     ) -> None:
         if timeout <= 0 or state_ttl <= 0 or keepalive <= 0:
@@ -113,8 +126,11 @@ class ApprovalMiddleware:
         self.keepalive = keepalive
         self.config = config
         chosen = list(secrets) or [os.urandom(32).hex()]
-        self.states = StateBook(chosen, ttl=state_ttl)
+        self.states = StateBook(chosen, ttl=state_ttl, store=store)
         self.desk = ElicitationDesk()
+        self._elsewhere = functools.partial(deliver_elsewhere, self.states.store)
+        self.held = HeldCalls()
+        """2025-11-25 calls waiting for a webhook's callback (a `notifications/cancelled` withdraws one)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
@@ -122,7 +138,7 @@ class ApprovalMiddleware:
             return await self.app(scope, receive, send) if receive is not ANSWERED else None
         kind = request.kind
         if request.era is Era.LEGACY:
-            if kind is RequestKind.RESPONSE and await self.desk.take_answer(scope, send, request):
+            if kind is RequestKind.RESPONSE and await self.desk.take_answer(scope, send, request, self._elsewhere):
                 return
             if kind is RequestKind.REQUEST and request.method == "initialize":
                 send = self.desk.watch_initialize(scope, request, send)
@@ -130,6 +146,7 @@ class ApprovalMiddleware:
                 self.desk.forget(request.session_id)
             elif kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
                 self.desk.withdraw(scope, request)  # and on to the server, which may run a call of that id
+                self.held.withdraw(scope, request)
         if kind is RequestKind.REQUEST and request.method == "tools/call":
             why = await self.needs_approval(scope, request)
             if why is not None:
@@ -179,43 +196,34 @@ class ApprovalMiddleware:
             get_principal(scope), self.backend, "tools/call", request.target or "", params.get("arguments", {}), why
         )
         if isinstance(self.approver, WebhookApprover):
-            await self._by_webhook(scope, receive, send, request, call, self.approver)
+            hook, redaction = self.approver, self.redaction
+            await by_webhook(self.app, scope, receive, send, request, call, hook, redaction, self.keepalive, self.held)
         elif request.era is Era.MODERN:
             await self._modern(scope, receive, send, request, call)
         else:
             await self._legacy(scope, receive, send, request, call)
 
-    async def _by_webhook(
-        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, call: ApprovalCall, hook: WebhookApprover
-    ) -> None:
-        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="webhook")
-        verdict = await hook.decide(call.facts(self.redaction))
-        if verdict.approved:
-            record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="webhook")
-            await self.app(scope, receive, send)
-            return
-        if verdict.reason == "timeout":
-            record_decision(scope, Component.APPROVAL, Outcome.TIMEOUT, **_facts(call), approver="webhook")
-        else:
-            record_decision(
-                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="webhook", reason=verdict.reason
-            )
-        await self._refuse(send, request, call, verdict.reason, verdict.detail)
-
     async def _modern(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, call: ApprovalCall
     ) -> None:
         params = request.params or {}
-        retry = self.states.read(call, params)
+        try:
+            retry = await self.states.read(call, params)
+        except ApprovalStoreUnavailable:  # a nonce that cannot be spent is never approved
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="store_unavailable"
+            )
+            await self._refuse(send, request, call, "store_unavailable")
+            return
         verdict = retry.verdict
         if verdict is RetryVerdict.APPROVED:
             assert retry.params is not None
-            record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="client")
+            record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **facts_of(call), approver="client")
             await self._run_rewritten(scope, receive, send, request, retry.params)
             return
         if verdict in (RetryVerdict.DECLINED, RetryVerdict.INVALID):
-            reason = retry.reason if verdict is RetryVerdict.INVALID else _refusal_word(retry.reason)
-            record_decision(scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason=reason)
+            reason = retry.reason if verdict is RetryVerdict.INVALID else refusal_word(retry.reason)
+            record_decision(scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason=reason)
             await self._refuse(send, request, call, reason)
             return
         meta = request.meta or {}
@@ -225,12 +233,12 @@ class ApprovalMiddleware:
         state = self.states.seal(call, params)
         if state is None:
             record_decision(
-                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="carried_too_large"
+                scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="carried_too_large"
             )
             await self._refuse(send, request, call, "carried_too_large")
             return
         reason = retry.reason or ("backend_round" if "requestState" in params else "new")
-        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason=reason)
+        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **facts_of(call), approver="client", reason=reason)
         result = input_required_result(call.message(self.redaction), state)
         body = orjson.dumps({"jsonrpc": "2.0", "id": request.id, "result": result})
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -251,7 +259,7 @@ class ApprovalMiddleware:
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, call: ApprovalCall
     ) -> None:
         session = request.session_id
-        if session is None or self.desk.can_ask(scope, session) is False or not _accepts_events(scope):
+        if session is None or self.desk.can_ask(scope, session) is False or not accepts_events(scope):
             await self._missing_capability(scope, send, request, call, "in initialize")
             return
         question = self.desk.open(scope, session, request.id)
@@ -264,30 +272,44 @@ class ApprovalMiddleware:
                 request_id=request.id,
             )
             return
-        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **_facts(call), approver="client", reason="new")
+        store, key = self.states.store, question_key(question.id, question.owner)
+        try:  # an answer reaching another process (a resumed session) is delivered through the store
+            await store.hold(key, self.timeout + 5)
+        except ApprovalStoreUnavailable:
+            self.desk.close(question)
+            record_decision(
+                scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="store_unavailable"
+            )
+            await self._refuse(send, request, call, "store_unavailable")
+            return
+        record_decision(scope, Component.APPROVAL, Outcome.REQUIRED, **facts_of(call), approver="client", reason="new")
         stream = EventStream(send, request.id)
         try:
             await stream.start()
             await stream.ask(question, elicitation_params(call.message(self.redaction)))
-            waited = await self._wait(question, receive, stream)
+            waited = await self._wait(question, receive, stream, key)
         finally:
             self.desk.close(question)
+            with anyio.CancelScope(shield=True), contextlib.suppress(ApprovalStoreUnavailable):
+                await store.release(key)  # (an answer that comes now elsewhere is an answer to nothing)
         if waited == "gone":
             record_decision(
-                scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="disconnected"
+                scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="disconnected"
             )
             return
         if waited == "timeout":
-            record_decision(scope, Component.APPROVAL, Outcome.TIMEOUT, **_facts(call), approver="client")
-            await stream.error(APPROVAL_REFUSED, _message(call, "timeout", self.timeout), _data(call, "timeout"))
+            record_decision(scope, Component.APPROVAL, Outcome.TIMEOUT, **facts_of(call), approver="client")
+            await stream.error(
+                APPROVAL_REFUSED, refusal_message(call, "timeout", self.timeout), refusal_data(call, "timeout")
+            )
             return
         yes, word = approved(question.answer)
         if not yes:
-            reason = _refusal_word(word)
-            record_decision(scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason=reason)
-            await stream.error(APPROVAL_REFUSED, _message(call, reason), _data(call, reason))
+            reason = refusal_word(word)
+            record_decision(scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason=reason)
+            await stream.error(APPROVAL_REFUSED, refusal_message(call, reason), refusal_data(call, reason))
             return
-        record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **_facts(call), approver="client")
+        record_decision(scope, Component.APPROVAL, Outcome.APPROVED, **facts_of(call), approver="client")
         events = AnswerEvents(stream)
         try:
             await self.app(scope, FreshReceive(request.body, receive), events)
@@ -296,7 +318,7 @@ class ApprovalMiddleware:
         finally:
             await events.finish()
 
-    async def _wait(self, question: Question, receive: Receive, stream: EventStream) -> str:
+    async def _wait(self, question: Question, receive: Receive, stream: EventStream, key: str) -> str:
         """`answered`, `timeout` or `gone` (the client left); keep-alive comments while waiting."""
         result = "timeout"
         with anyio.move_on_after(self.timeout):
@@ -321,6 +343,7 @@ class ApprovalMiddleware:
 
                 group.start_soon(watch)
                 group.start_soon(keep_alive)
+                group.start_soon(relayed_answer, self.states.store, key, question, self.timeout)
                 await question.answered.wait()
                 result = "answered"
                 group.cancel_scope.cancel()
@@ -332,7 +355,7 @@ class ApprovalMiddleware:
         self, scope: Scope, send: Send, request: McpRequest, call: ApprovalCall, where: str
     ) -> None:
         record_decision(
-            scope, Component.APPROVAL, Outcome.DENY, **_facts(call), approver="client", reason="missing_capability"
+            scope, Component.APPROVAL, Outcome.DENY, **facts_of(call), approver="client", reason="missing_capability"
         )
         await send_error(
             send,
@@ -343,49 +366,8 @@ class ApprovalMiddleware:
                 f"(form) {where}, and accept text/event-stream"
             ),
             request_id=request.id,
-            data={**_MISSING_DATA, **_data(call, "missing_capability")},
+            data={**_MISSING_DATA, **refusal_data(call, "missing_capability")},
         )
 
     async def _refuse(self, send: Send, request: McpRequest, call: ApprovalCall, reason: str, detail: str = "") -> None:
-        data = _data(call, reason)
-        if detail:
-            data["detail"] = detail
-        await send_error(
-            send,
-            status=403,
-            code=APPROVAL_REFUSED,
-            message=_message(call, reason, self.timeout, detail),
-            request_id=request.id,
-            data=data,
-        )
-
-
-def _facts(call: ApprovalCall) -> dict[str, DecisionValue]:
-    return {"tool": clip(call.tool), "digest": call.digest[:16], "why": call.why}
-
-
-def _refusal_word(word: str) -> str:
-    return {"decline": "declined", "cancel": "cancelled", "error": "client_error"}.get(word, word or "declined")
-
-
-def _data(call: ApprovalCall, reason: str) -> dict[str, Any]:
-    return {"approval": reason, "tool": clip(call.tool), "digest": call.digest}
-
-
-def _message(call: ApprovalCall, reason: str, timeout: float = 0.0, detail: str = "") -> str:
-    tool = clip(call.tool, 80)
-    if reason == "timeout":
-        text = f"No approval came within {timeout:g} s: the call to {tool!r} was not run"
-    elif reason in ("declined", "cancelled"):
-        text = f"The call to {tool!r} was {reason} by its approver and not run"
-    else:
-        text = f"The call to {tool!r} was not approved ({reason}) and not run"
-    return f"{text}: {detail}" if detail else text
-
-
-def _accepts_events(scope: Scope) -> bool:
-    for key, value in scope["headers"]:
-        if key == b"accept":
-            lowered = value.lower()
-            return b"text/event-stream" in lowered or b"*/*" in lowered
-    return False
+        await refuse(send, request, call, reason, detail, self.timeout)

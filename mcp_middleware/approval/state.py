@@ -4,7 +4,8 @@ The middleware asks with one input request under its own key (:data:`INPUT_KEY`)
 of its own (:data:`STATE_PREFIX` + a token sealed with `Sealer(purpose="mcp-approval")`), carrying
 the call's digest, the tool, the caller and a one-time nonce. On the retry it consumes only that key
 and that state: a backend's own input keys pass through untouched. A state opens once (its nonce is
-then spent, for as long as the token could live), so a recorded retry cannot run the call again.
+then spent in the approval store, for as long as the token could live, shared by every instance with
+a Redis store), so a recorded retry cannot run the call again.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import orjson
 from mcp_middleware.core.sealing import Sealer, SealError
 
 from .call import ApprovalCall
+from .store import ApprovalStore, MemoryApprovalStore
 
 __all__ = ["INPUT_KEY", "STATE_PREFIX", "Retry", "RetryVerdict", "StateBook", "input_required_result"]
 
@@ -109,13 +109,14 @@ def _principal_tag(call: ApprovalCall) -> str:
 
 
 class StateBook:
-    """Seals request states and opens them at most once (spent nonces kept, bounded, until they would expire)."""
+    """Seals request states and opens them at most once (spent nonces kept in `store` until they would expire)."""
 
-    def __init__(self, secrets: list[str] | tuple[str, ...], *, ttl: float = 300.0, max_spent: int = 100_000) -> None:
+    def __init__(
+        self, secrets: list[str] | tuple[str, ...], *, ttl: float = 300.0, store: ApprovalStore | None = None
+    ) -> None:
         self.sealer = Sealer(secrets, purpose=_PURPOSE)
         self.ttl = ttl
-        self.max_spent = max_spent
-        self._spent: OrderedDict[str, float] = OrderedDict()
+        self.store: ApprovalStore = store if store is not None else MemoryApprovalStore()
 
     def seal(self, call: ApprovalCall, params: Mapping[str, Any]) -> str | None:
         """The state of a new question about `call`; None when the backend's own round it carries is too large.
@@ -144,8 +145,8 @@ class StateBook:
             return None
         return STATE_PREFIX + self.sealer.seal(plaintext, ttl=self.ttl)
 
-    def read(self, call: ApprovalCall, params: Mapping[str, Any]) -> Retry:
-        """Judge a retry's `inputResponses` and `requestState` for `call`."""
+    async def read(self, call: ApprovalCall, params: Mapping[str, Any]) -> Retry:
+        """Judge a retry's `inputResponses` and `requestState` for `call` (raises `ApprovalStoreUnavailable`)."""
         responses = params.get("inputResponses")
         state = params.get("requestState")
         answer = responses.get(INPUT_KEY) if isinstance(responses, Mapping) else None
@@ -174,7 +175,7 @@ class StateBook:
         if answer is None:
             return Retry(RetryVerdict.ASK_AGAIN, "no_answer")
         nonce = str(payload.get("n"))
-        if not self._spend(nonce):
+        if not await self.store.spend(nonce, self.ttl + 1):
             return Retry(RetryVerdict.INVALID, "state_replayed")
         yes, word = approved(answer)
         if not yes:
@@ -192,16 +193,3 @@ class StateBook:
         else:
             del rest["inputResponses"]
         return Retry(RetryVerdict.APPROVED, params=rest)
-
-    def _spend(self, nonce: str) -> bool:
-        now = time.monotonic()
-        spent = self._spent
-        while spent:
-            oldest, at = next(iter(spent.items()))
-            if now - at <= self.ttl + 1 and len(spent) < self.max_spent:
-                break
-            del spent[oldest]
-        if nonce in spent:
-            return False
-        spent[nonce] = now
-        return True

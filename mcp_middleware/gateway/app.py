@@ -7,6 +7,7 @@ The stack, outermost first (requests travel down, responses up):
     tracing         one span per MCP request, metrics, the access log; sees every refusal below
     audit           one hash-chained record per MCP operation (`[audit]`), with every decision below
     front door      Host/Origin allow-lists, CORS, body limit
+    approval        /approval/callback/<token>: a webhook approver's later answer (no MCP auth: the token is)
     sessions        sealed session handles (`session_key`), or the instance tag in session ids (`instance`)
     dev auth server /authorize, /token, /register, /jwks, /.well-known/oauth-authorization-server
     router          /mcp/{name}: auth → rate limit → cache → breaker → backend, per mount
@@ -235,6 +236,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
     inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
+    inner = assembly.approval_callback(inner)  # /approval/callback/<token>: an approver's answer, no MCP token
     door = config.front_door
     return FrontDoorMiddleware(
         inner,

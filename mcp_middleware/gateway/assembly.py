@@ -15,7 +15,13 @@ from mcp.server.auth.provider import TokenVerifier
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
 
-from mcp_middleware.approval import ApprovalMiddleware, WebhookApprover, policy_rule
+from mcp_middleware.approval import (
+    ApprovalMiddleware,
+    ApprovalStore,
+    WebhookApprover,
+    approval_store_from_url,
+    policy_rule,
+)
 from mcp_middleware.auth import AuthMiddleware, IntrospectionTokenVerifier, JwksTokenVerifier, StaticTokenVerifier
 from mcp_middleware.auth.jwks import JwksKeys
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
@@ -67,6 +73,10 @@ class Assembly:
         """`[approval] rules`, compiled once and shared by every backend's approval."""
         self.catalogs: dict[str, ToolCatalog] = {}
         """One per backend: its policy, its validator and its approval learn the same tools."""
+        self.approval_store: ApprovalStore | None = None
+        """`[approval] store`: spent nonces and callback answers, shared by every backend's approval."""
+        self.approval_webhook: WebhookApprover | None = None
+        """`[approval] approver`: one for every backend, so that one callback route serves them all."""
 
     def for_mount(self, server: ServerSettings) -> list[Layer]:
         """One backend's stack, in its own names: the global sections, with this server's overrides."""
@@ -167,9 +177,17 @@ class Assembly:
             return []
         select, destructive = settings.selection(name)
         catalog = self.catalogs.setdefault(name, ToolCatalog())
+        if self.approval_store is None:
+            self.approval_store = approval_store_from_url(settings.store)
+        store = self.approval_store
         approver: Literal["client"] | WebhookApprover = "client"
         if settings.webhook is not None:
-            approver = settings.webhook.approver()
+            if self.approval_webhook is None:
+                public_url = self.config.gateway.public_url
+                self.approval_webhook = settings.webhook.approver(
+                    public_url=public_url, secrets=settings.secrets, store=store
+                )
+            approver = self.approval_webhook
         rule = None
         if settings.rules:
             if self.approval_engine is None:
@@ -188,10 +206,17 @@ class Assembly:
                 state_ttl=settings.state_ttl,
                 backend=name,
                 catalog=catalog,
+                store=store,
                 config=_EVERY_PATH,
             )
 
         return [wrap]
+
+    def approval_callback(self, app: ASGIApp) -> ASGIApp:
+        """`app` with the webhook's callback route beside it, when the approver calls back (outside MCP auth:
+        the sealed token in its URL is the capability)."""
+        hook = self.approval_webhook
+        return hook.endpoint(app) if hook is not None and hook.callback else app
 
     def reload_policies(self) -> None:
         """Read and compile `[policy] files` again (the live registry calls this); a bad file keeps the old rules."""

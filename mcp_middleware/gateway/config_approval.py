@@ -11,6 +11,8 @@ state_ttl = 300                    # seconds a requestState may be answered
 rules = ["approval/*.toml"]        # CEL rule files: what a rule forbids is held (relative to this file)
 claims = ["department"]            # token claims those rules may read
 approver = { webhook = "https://approvals.example/hook", timeout = 30, signing_secret = "${env:HOOK_SECRET}" }
+# approver = { webhook = "…", callback = true, timeout = 900 }  # the webhook answers 202, a person calls back later
+store = "redis://127.0.0.1:6379/0" # spent nonces and callback answers, shared by every instance (default memory://)
 
 [approval.per_server.files]           # a server's own selection, in its own tool names
 select = ["tools/call:rm"]            # replaces select for it (and applies whatever `servers` says)
@@ -19,6 +21,7 @@ destructive = false                   # replaces destructive for it; enabled = f
 
 Without `approver` the calling user approves (elicitation). Without `secrets` each process seals
 with a random key of its own: enough for one process, not for several instances or `--workers`.
+Without a Redis `store` spent 2026-07-28 nonces and waiting callbacks are per process too.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .config_policy import matching_files
 from .toml_reader import Problem, Reader
 
 if TYPE_CHECKING:
-    from mcp_middleware.approval import WebhookApprover
+    from mcp_middleware.approval import ApprovalStore, WebhookApprover
 
     from .config_types import GatewayConfig
 
@@ -44,6 +47,7 @@ __all__ = [
     "WebhookSettings",
     "approval",
     "approval_problems",
+    "approval_store_warnings",
     "approval_worker_problems",
     "server_approval",
 ]
@@ -54,11 +58,23 @@ class WebhookSettings:
     url: str
     timeout: float = 30.0
     signing_secret: str | None = None
+    callback: bool = False
+    """The webhook may answer 202 and decide later at the callback URL the gateway serves."""
 
-    def approver(self) -> WebhookApprover:
+    def approver(
+        self, *, public_url: str | None = None, secrets: tuple[str, ...] = (), store: ApprovalStore | None = None
+    ) -> WebhookApprover:
         from mcp_middleware.approval import WebhookApprover
 
-        return WebhookApprover(self.url, timeout=self.timeout, signing_secret=self.signing_secret)
+        return WebhookApprover(
+            self.url,
+            timeout=self.timeout,
+            signing_secret=self.signing_secret,
+            callback=self.callback,
+            public_url=public_url,
+            secrets=secrets,
+            store=store,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,8 @@ class ApprovalSettings:
     rules: tuple[Path, ...] = ()
     """The CEL rule files `rules` matched: a call a rule forbids is held."""
     claims: tuple[str, ...] = ()
+    store: str = "memory://"
+    """Spent 2026-07-28 nonces and callback answers: `memory://` (this process) or a Redis URL (shared)."""
 
     per_server: Mapping[str, ServerApproval] = field(default_factory=dict)
     """`[approval.per_server.NAME]`: a server's own selection, over `select`/`destructive`/`servers`."""
@@ -122,7 +140,7 @@ def server_approval(table: Reader) -> ServerApproval:
 
 def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:
     """Read `[approval]` (present: on unless `enabled = false`); rule files are compiled now."""
-    from .validation import selector  # (config_types imports this module, and validation imports config_types)
+    from .validation import selector, store_url  # (config_types imports this module, validation config_types)
 
     d = ApprovalSettings()
     select = reader.strings("select", ())
@@ -148,6 +166,7 @@ def approval(reader: Reader, source: Path | None = None) -> ApprovalSettings:
         webhook=_webhook(reader.table("approver")) if "approver" in reader.data else None,
         rules=_rule_files(reader, source),
         claims=reader.strings("claims", ()),
+        store=store_url(reader, "store", "approval store"),
         per_server=_per_server(reader.table("per_server")) if "per_server" in reader.data else {},
     )
     if settings.enabled and not settings.select and not settings.destructive and not settings.rules:
@@ -182,13 +201,14 @@ def _webhook(reader: Reader) -> WebhookSettings | None:
     url = reader.string("webhook")
     timeout = reader.number("timeout", WebhookSettings.timeout, positive=True)
     signing_secret = reader.string("signing_secret", None)
+    callback = reader.boolean("callback", False)
     reader.done()
     if not isinstance(url, str):
         return None
     if not url.startswith(("https://", "http://")):
         reader.problem("webhook", f"must be an http:// or https:// URL, not {url!r}")
         return None
-    return WebhookSettings(url, timeout, signing_secret)
+    return WebhookSettings(url, timeout, signing_secret, callback)
 
 
 def approval_problems(config: GatewayConfig) -> list[Problem]:
@@ -204,7 +224,37 @@ def approval_problems(config: GatewayConfig) -> list[Problem]:
         for name in config.approval.per_server
         if name not in names
     ]
+    hook = config.approval.webhook
+    if hook is not None and hook.callback and not config.gateway.public_url and "*" in config.front_door.allowed_hosts:
+        problems.append(
+            config.problem(
+                "approval.approver.callback",
+                "needs [gateway] public_url when [front_door] allowed_hosts has '*': the callback URL would be built "
+                "from a Host header nobody checked (an attacker's host would receive the approver's answer)",
+            )
+        )
     return problems
+
+
+def approval_store_warnings(config: GatewayConfig) -> list[Problem]:
+    """What stays per process with a `memory://` approval store while the rate-limit or cache store is shared
+    (a sign of several instances): said by `check-config`."""
+    settings = config.approval
+    shared = [url for url in (config.ratelimit.store, config.cache.store) if not _in_memory(url)]
+    if not settings.enabled or not _in_memory(settings.store) or not shared:
+        return []
+    return [config.problem("approval.store", f"is memory://: with several instances {_PER_PROCESS}")]
+
+
+def _in_memory(url: str) -> bool:
+    return url.lower().startswith("memory:")
+
+
+_PER_PROCESS = (
+    "spent 2026-07-28 nonces are remembered per process (a recorded approving retry can be replayed once at "
+    "each other one within state_ttl), and a webhook's callback reaching another process finds no waiting call "
+    '(404): set [approval] store = "redis://…"'
+)
 
 
 def approval_worker_problems(config: GatewayConfig, workers: int) -> tuple[list[Problem], list[Problem]]:
@@ -213,6 +263,23 @@ def approval_worker_problems(config: GatewayConfig, workers: int) -> tuple[list[
     if workers <= 1 or not any(settings.applies_to(server.name) for server in config.servers):
         return [], []
     problems: list[Problem] = []
+    callback = settings.webhook is not None and settings.webhook.callback
+    if not settings.secrets and callback:
+        problems.append(
+            config.problem(
+                "approval",
+                f"has no secrets, so each of the {workers} workers would seal callback tokens with a random key of "
+                "its own (a callback reaching another worker is refused): set [approval] secrets",
+            )
+        )
+    if callback and _in_memory(settings.store):
+        problems.append(
+            config.problem(
+                "approval.store",
+                f"is memory://, and a callback reaching another of the {workers} workers would find no waiting call "
+                '(404): set [approval] store = "redis://…"',
+            )
+        )
     if not settings.secrets and settings.webhook is None:
         problems.append(
             config.problem(
@@ -221,13 +288,18 @@ def approval_worker_problems(config: GatewayConfig, workers: int) -> tuple[list[
                 "random key of its own (a retry reaching another worker is refused): set [approval] secrets",
             )
         )
+    shared = not _in_memory(settings.store)
+    where = "at the aggregate " if shared else ""  # a shared store carries a path mount's answers to the asker
+    fix = "" if shared else ' (set [approval] store = "redis://…" for path mounts)'
     warnings = [
         config.problem(
             "approval",
-            f"2025-11-25 approvals wait in the worker that asked: with {workers} workers the client's answer may "
-            "reach another one (404 there, and the call times out); 2026-07-28 approvals are unaffected",
+            f"2025-11-25 approvals {where}wait in the worker that asked: with {workers} workers the client's answer "
+            f"may reach another one (404 there, and the call times out){fix}; 2026-07-28 approvals are unaffected",
         )
     ]
     if settings.webhook is not None:
         warnings = []  # the webhook answers the worker that asked
+    elif not shared:
+        warnings.append(config.problem("approval", f"has store = memory://: with {workers} workers {_PER_PROCESS}"))
     return problems, warnings

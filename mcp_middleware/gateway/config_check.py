@@ -18,6 +18,7 @@ from mcp_middleware.core import Selector
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig, Problem, in_file_order
+from .config_approval import approval_store_warnings
 from .config_routes import route_warnings
 from .config_workers import worker_problems
 from .health_check import probe_gateway
@@ -33,6 +34,7 @@ def check_config(
     running backends say; warnings include the file's own (deprecated names). `workers` is `serve
     --workers` (default: the file's `[gateway] workers`)."""
     refused, cautions = worker_problems(config, workers)
+    cautions += approval_store_warnings(config)  # several instances, told by a shared rate-limit or cache store
     try:
         gateway = build_gateway(config)
     except ConfigError as exc:
