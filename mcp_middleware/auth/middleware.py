@@ -34,9 +34,9 @@ from mcp_middleware.core import (
     read_request,
     record_decision,
     send_error,
-    set_principal,
 )
 from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from ._token_cache import TokenCache, token_key
@@ -203,7 +203,8 @@ class AuthMiddleware:
             if verified is None:
                 return
         principal = verified.principal
-        required = self.required_for(request.method, request.target)
+        # (without per-selector rules every request needs the same scopes: no target to read, no lookup)
+        required = self.required_for(request.method, request.target) if self._has_rules else self.required_scopes
         if not principal.scopes.issuperset(required):
             await self._forbid(scope, send, request, required, principal, self)
             return
@@ -211,7 +212,7 @@ class AuthMiddleware:
         record_decision(
             scope, Component.AUTH, Outcome.ALLOW, client_id=principal.client_id or "", subject=principal.subject or ""
         )
-        set_principal(scope, principal)
+        scope[PRINCIPAL_SCOPE_KEY] = principal  # (`set_principal`, inline)
         scope["user"] = verified.user
         scope["auth"] = verified.credentials
         scope[DOOR_SCOPE_KEY] = self

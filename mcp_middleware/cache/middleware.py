@@ -105,6 +105,10 @@ class ResponseCacheMiddleware:
         self._has_opt_in = bool(opt_in)
         self.trust_read_only_hint = trust_read_only_hint
         self._learn_tools = bool(opt_in) and trust_read_only_hint
+        self._handled = frozenset(
+            {*CACHEABLE_METHODS, "subscriptions/listen", "initialize", *(OPT_IN_METHODS if opt_in else ())}
+        )
+        """The JSON-RPC methods the cache has anything to do with (the others go straight on)."""
         self.legacy_scope = legacy_scope
         self.honor_ttl_ms = honor_ttl_ms
         self.stale_grace = stale_grace
@@ -160,6 +164,8 @@ class ResponseCacheMiddleware:
         """What to await for a parsed request: the cache's own path, or the next layer's call."""
         if request.kind is RequestKind.REQUEST:
             method = request.method
+            if method not in self._handled:  # (a `tools/call` without opt-in rules, say: one test)
+                return self._next(scope, receive, send)
             if method in CACHEABLE_METHODS:
                 policy = self._rules.lookup(request)
             elif method in OPT_IN_METHODS and self._has_opt_in:
