@@ -34,8 +34,10 @@ from mcp_middleware.core import (
     read_request,
     record_decision,
     send_error,
-    set_principal,
 )
+from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from ._token_cache import TokenCache, token_key
 from .list_filter import LIST_METHODS, ListFilter
@@ -132,6 +134,7 @@ class AuthMiddleware:
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
             raise ValueError(f"resource must be an absolute http(s) URI without fragment, got {resource!r}")
         self.app = app
+        self._next = inner_app(app)  # (see mcp_middleware.core.direct)
         self.verifier = verifier
         self._explains = isinstance(verifier, ExplainingVerifier)
         self.resource = resource
@@ -173,18 +176,20 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
         if self.metadata is not None and scope["path"] == self._metadata_path:
             await self.metadata(scope, receive, send)
             return
         if self._public is not None and self._public.is_mcp(scope):
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
-        request, receive = await read_request(scope, receive, send, self.config)
+        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)  # (read by an outer layer: no coroutine to read it again)
+        if request is UNREAD:
+            request, receive = await read_request(scope, receive, send, self.config)
         if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
             # Not MCP, or a CORS preflight (it never carries credentials).
-            return await self.app(scope, receive, send) if receive is not ANSWERED else None
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
 
         door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
         if door is not None and door is not self:
@@ -192,11 +197,14 @@ class AuthMiddleware:
             # here, in the backend's stack, only what this backend requires is decided.
             await self._authorize(scope, receive, send, request, door)
             return
-        verified = await self._authenticate(scope, send, request)
+        verified = self._cached(scope)
         if verified is None:
-            return
+            verified = await self._authenticate(scope, send, request)
+            if verified is None:
+                return
         principal = verified.principal
-        required = self.required_for(request.method, request.target)
+        # (without per-selector rules every request needs the same scopes: no target to read, no lookup)
+        required = self.required_for(request.method, request.target) if self._has_rules else self.required_scopes
         if not principal.scopes.issuperset(required):
             await self._forbid(scope, send, request, required, principal, self)
             return
@@ -204,7 +212,7 @@ class AuthMiddleware:
         record_decision(
             scope, Component.AUTH, Outcome.ALLOW, client_id=principal.client_id or "", subject=principal.subject or ""
         )
-        set_principal(scope, principal)
+        scope[PRINCIPAL_SCOPE_KEY] = principal  # (`set_principal`, inline)
         scope["user"] = verified.user
         scope["auth"] = verified.credentials
         scope[DOOR_SCOPE_KEY] = self
@@ -212,7 +220,7 @@ class AuthMiddleware:
             send = self._filtered(send, request, principal)
         reset = auth_context_var.set(verified.user)
         try:
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
         finally:
             auth_context_var.reset(reset)
 
@@ -229,7 +237,7 @@ class AuthMiddleware:
         )
         if self.filter_lists and request.method in LIST_METHODS:
             send = self._filtered(send, request, principal)
-        await self.app(scope, receive, send)
+        await self._next(scope, receive, send)
 
     def _filtered(self, send: Send, request: McpRequest, principal: Principal) -> Send:
         assert request.method is not None
@@ -267,6 +275,21 @@ class AuthMiddleware:
         return required
 
     # --- authentication -----------------------------------------------------------------------
+
+    def _cached(self, scope: Scope) -> _Verified | None:
+        """The request's token if it is well-formed where `_authenticate` looks and verified before (no wait);
+        `None`: let `_authenticate` decide (and refuse), as it does on every path this one does not take."""
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        names = list(map(_NAME, headers))
+        if names.count(b"authorization") != 1 or b"access_token=" in scope.get("query_string", b""):
+            return None
+        scheme, _, raw = headers[names.index(b"authorization")][1].strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return None
+        raw = raw.strip()
+        if len(raw) > self.max_token_length:
+            return None
+        return self.cache.get_by_key(token_key(raw))
 
     async def _authenticate(self, scope: Scope, send: Send, request: McpRequest) -> _Verified | None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]

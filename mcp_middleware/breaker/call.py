@@ -209,7 +209,35 @@ class Call:
             else:
                 record_decision(scope, Component.BREAKER, Outcome.PROBE, state="half_open", key=breaker.key)
             try:
-                fault = await self._attempt()
+                # One attempt, inline on the usual path (a coroutine more in the chain costs every wake-up).
+                timeout = self.route.timeout
+                deadline = middleware.deadlines.start(timeout) if timeout is not None else None
+                if deadline is None:  # no timeout, or not on asyncio (then an anyio deadline scope)
+                    fault = await self._attempt_scoped(timeout)
+                else:
+                    try:
+                        await middleware._next(scope, self.inbound, self.send)
+                    except asyncio.CancelledError:
+                        deadline.finish()
+                        if not deadline.expired or deadline.cancelled_elsewhere:
+                            raise  # not (only) the deadline's: shutdown, an outer timeout, the server
+                        fault = None if self.completed else Fault.TIMEOUT
+                    except Exception as exc:
+                        deadline.finish()
+                        if self.completed:
+                            fault = None  # it failed after answering: the client has its response
+                        elif deadline.expired:
+                            fault = Fault.TIMEOUT  # it broke while being cancelled: still a timeout
+                        else:
+                            fault = self._failed(exc)
+                    except BaseException:
+                        deadline.finish()
+                        raise
+                    else:
+                        deadline.finish()
+                        fault = None if self.completed else Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+                    finally:
+                        self.closed = True
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
                 breaker.record(permit, Classification.NEUTRAL)
                 raise
@@ -260,47 +288,16 @@ class Call:
         record_decision(self.scope, Component.BREAKER, Outcome.TIMEOUT, key=self.breaker.key, timeout_ms=timeout_ms)
         await cancel_legacy_request(self)
 
-    async def _attempt(self) -> Fault | None:
-        """Call the inner app once; how it failed, or `None` if it answered."""
-        timeout = self.route.timeout
-        deadline = self.middleware.deadlines.start(timeout) if timeout is not None else None
-        if deadline is None:  # no timeout, or not on asyncio (then an anyio deadline scope)
-            return await self._attempt_scoped(timeout)
-        try:
-            await self.middleware.app(self.scope, self.inbound, self.send)
-        except asyncio.CancelledError:
-            deadline.finish()
-            if not deadline.expired or deadline.cancelled_elsewhere:
-                raise  # not (only) the deadline's: shutdown, an outer timeout, the server
-            return None if self.completed else Fault.TIMEOUT
-        except Exception as exc:
-            deadline.finish()
-            if self.completed:
-                return None  # it failed after answering: the client has its response
-            if deadline.expired:
-                return Fault.TIMEOUT  # it broke while being cancelled: still a timeout
-            return self._failed(exc)
-        except BaseException:
-            deadline.finish()
-            raise
-        else:
-            deadline.finish()
-        finally:
-            self.closed = True
-        if self.completed:
-            return None
-        return Fault.TIMEOUT if deadline.expired else Fault.DROPPED
-
     async def _attempt_scoped(self, seconds: float | None) -> Fault | None:
         """An attempt without a deadline, or (off asyncio) inside an anyio deadline scope."""
         cancel: anyio.CancelScope | None = None
         try:
             if seconds is None:
-                await self.middleware.app(self.scope, self.inbound, self.send)
+                await self.middleware._next(self.scope, self.inbound, self.send)
             else:
                 cancel = anyio.CancelScope(deadline=anyio.current_time() + seconds)
                 with cancel:
-                    await self.middleware.app(self.scope, self.inbound, self.send)
+                    await self.middleware._next(self.scope, self.inbound, self.send)
         except Exception as exc:
             if self.completed:
                 return None  # it failed after answering: the client has its response

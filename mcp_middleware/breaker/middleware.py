@@ -11,7 +11,7 @@ the breaker (see :mod:`.call`). Timeouts live in :mod:`.timeouts`, retries in :m
 from __future__ import annotations
 
 import random as _random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -19,11 +19,13 @@ from mcp_middleware.core import (
     ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
+    McpRequest,
     RequestKind,
     SelectorMap,
     read_request,
 )
-from mcp_middleware.core.request import KeyFunction
+from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY, KeyFunction
 
 from .call import Call, Route
 from .classify import Classifier, FailureClassifier
@@ -96,6 +98,8 @@ class CircuitBreakerMiddleware:
         config: CoreConfig = DEFAULT_CONFIG,
     ) -> None:
         self.app = app
+        self._next = inner_app(app)
+        """What a call of the inner app goes through (see :mod:`mcp_middleware.core.direct`)."""
         self.registry = registry if registry is not None else BreakerRegistry(policy=policy)
         self.policy = policy if policy is not None else self.registry.policy
         if on_state_change is not None:
@@ -120,18 +124,31 @@ class CircuitBreakerMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
-            return await self.app(scope, receive, send) if receive is not ANSWERED else None
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
+        await self._guard(request, scope, receive, send)
+
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`):
+        the guarded call is awaited straight from there, one coroutine fewer in the chain."""
+        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
+        if request is UNREAD:
+            return self.__call__(scope, receive, send)
+        if request is None or request.kind is not RequestKind.REQUEST:
+            return self._next(scope, receive, send)
+        return self._guard(request, scope, receive, send)
+
+    def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What to await for a JSON-RPC request: its guarded call, or (excluded) the next layer's."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
             route = self._resolve(method, target)
         if route.excluded:
-            await self.app(scope, receive, send)
-            return
+            return self._next(scope, receive, send)
         backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
-        await Call(self, scope, request, receive, send, breaker, backend, route).run()
+        return Call(self, scope, request, receive, send, breaker, backend, route).run()
 
     def _resolve(self, method: str | None, target: str | None) -> Route:
         per_target = self._per_target.lookup_parts(method, target)

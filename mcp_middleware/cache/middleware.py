@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 
 import orjson
@@ -15,9 +15,10 @@ from mcp_middleware.core.decisions import Component, Outcome
 
 from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
+from ..core.direct import UNREAD, inner_app
 from ..core.kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
-from ..core.request import Era, McpRequest, RequestKind
+from ..core.request import REQUEST_SCOPE_KEY, Era, McpRequest, RequestKind
 from ..core.selectors import Selector, SelectorMap
 from ..core.tap import ResponseTap
 from .admission import Admission
@@ -87,6 +88,7 @@ class ResponseCacheMiddleware:
         if legacy_scope not in ("public", "private"):
             raise ValueError("legacy_scope must be 'public' or 'private'")
         self.app = app
+        self._next = inner_app(app)
         self.store: CacheStore = store if store is not None else MemoryCacheStore()
         self._sync = self.store.sync  # a store without I/O (memory) answers hits without a coroutine
         self.ttl = ttl
@@ -100,8 +102,13 @@ class ResponseCacheMiddleware:
                 cacheable[text] = value  # never widens beyond the cacheable methods (checked per request)
         self._rules: SelectorMap[CachePolicy | None] = SelectorMap({k: as_policy(v) for k, v in cacheable.items()})
         self._opt_in: SelectorMap[CachePolicy | None] = SelectorMap({k: as_policy(v) for k, v in opt_in.items()})
+        self._has_opt_in = bool(opt_in)
         self.trust_read_only_hint = trust_read_only_hint
         self._learn_tools = bool(opt_in) and trust_read_only_hint
+        self._handled = frozenset(
+            {*CACHEABLE_METHODS, "subscriptions/listen", "initialize", *(OPT_IN_METHODS if opt_in else ())}
+        )
+        """The JSON-RPC methods the cache has anything to do with (the others go straight on)."""
         self.legacy_scope = legacy_scope
         self.honor_ttl_ms = honor_ttl_ms
         self.stale_grace = stale_grace
@@ -140,32 +147,49 @@ class ResponseCacheMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None:
-            return await self.app(scope, receive, send) if receive is not ANSWERED else None
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
+        await self._dispatch(request, scope, receive, send)
+
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`):
+        a request the cache has nothing to do with goes straight on to the next layer."""
+        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
+        if request is UNREAD:
+            return self.__call__(scope, receive, send)
+        if request is None:
+            return self._next(scope, receive, send)
+        return self._dispatch(request, scope, receive, send)
+
+    def _dispatch(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What to await for a parsed request: the cache's own path, or the next layer's call."""
         if request.kind is RequestKind.REQUEST:
             method = request.method
+            if method not in self._handled:  # (a `tools/call` without opt-in rules, say: one test)
+                return self._next(scope, receive, send)
             if method in CACHEABLE_METHODS:
                 policy = self._rules.lookup(request)
-            elif method in OPT_IN_METHODS:
+            elif method in OPT_IN_METHODS and self._has_opt_in:
                 policy = self._opt_in.lookup(request)
             else:
                 policy = None
             if policy is not None:
-                await self._cacheable(policy, request, scope, receive, send)
-            elif method == "subscriptions/listen":
-                await self._watch(scope, receive, send)
-            elif method == "initialize" and request.era is Era.LEGACY:
-                await self._initialize(request, scope, receive, send)
-            elif method == "tools/list" and self._learn_tools:
-                await self._forward(Miss(request, scope, None, self._mount(scope), learn=True), receive, send)
-            else:
-                await self.app(scope, receive, send)
-        elif request.kind is RequestKind.STREAM:
-            await self._watch(scope, receive, send)
-        elif request.kind is RequestKind.TERMINATE:
+                return self._cacheable(policy, request, scope, receive, send)
+            if method == "subscriptions/listen":
+                return self._watch(scope, receive, send)
+            if method == "initialize" and request.era is Era.LEGACY:
+                return self._initialize(request, scope, receive, send)
+            if method == "tools/list" and self._learn_tools:
+                return self._learn_list(request, scope, receive, send)
+            return self._next(scope, receive, send)
+        if request.kind is RequestKind.STREAM:
+            return self._watch(scope, receive, send)
+        if request.kind is RequestKind.TERMINATE:
             self._sessions.closed(self._mount(scope), request.session_id, partition_of(get_principal(scope)))
-            await self.app(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+        return self._next(scope, receive, send)
+
+    async def _learn_list(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> None:
+        """An uncacheable `tools/list` still teaches which tools are read-only."""
+        await self._forward(Miss(request, scope, None, self._mount(scope), learn=True), receive, send)
 
     def _mount(self, scope: Scope) -> str:
         if self._mount_of is not None:
@@ -180,23 +204,23 @@ class ResponseCacheMiddleware:
         if self.outside_auth.detected:
             # Misplaced outside auth: no answer here can be told apart by caller, so none is given or kept.
             record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="outside_auth")
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
         params = request.params
         if params is not None and ("inputResponses" in params or "requestState" in params):
             record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="input_responses")
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
         mount = self._mount(scope)
         method: str = request.method  # type: ignore[assignment]
         if method == "tools/call" and not self._tools.trusted(mount, request.name):
             record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="not_read_only", tool=request.name or "")
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
         json_ok, sse_ok = accepts(scope["headers"])
         if not json_ok:
             record_decision(scope, Component.CACHE, Outcome.BYPASS, reason="accept")
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
 
         partition = partition_of(get_principal(scope))
@@ -301,11 +325,11 @@ class ResponseCacheMiddleware:
         tap, send = ResponseTap.attach(scope, send, request, max_bytes=self.config.max_inspect_bytes)
         response = MissResponse(send, tap, miss, self._parts)
         if stale is None:
-            await self.app(scope, receive, response.send)
+            await self._next(scope, receive, response.send)
         else:
             guard = StaleGuard(response.send, request, self.config.max_inspect_bytes)
             try:
-                await self.app(scope, receive, guard.send)
+                await self._next(scope, receive, guard.send)
             except Exception:
                 if guard.forwarded:
                     raise
@@ -327,13 +351,13 @@ class ResponseCacheMiddleware:
     async def _watch(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A notification stream: what it says drops what it makes stale, before it is forwarded."""
         notified = partial(self._invalidator.notified, scope, self._mount(scope))
-        await self.app(scope, receive, StreamWatch(send, notified).send)
+        await self._next(scope, receive, StreamWatch(send, notified).send)
 
     async def _initialize(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> None:
         """Remember the session a legacy initialize opens: hits are answered only on sessions the backend knows."""
         response = SessionWatch(send)
         unvouched = not authenticated(scope)
-        await self.app(scope, receive, response.send)
+        await self._next(scope, receive, response.send)
         if unvouched and self.outside_auth.check(scope):
             return
         if response.session_id is not None and response.status is not None and 200 <= response.status < 300:

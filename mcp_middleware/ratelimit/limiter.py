@@ -208,6 +208,12 @@ class RateLimiter:
             matched.append(policy)
         return matched
 
+    def check_now(self, scope: Scope, request: McpRequest) -> Admission | None:
+        """:meth:`check` without a coroutine where it needs no wait (one bucket policy for every request
+        on a store without I/O); `None` otherwise: then await :meth:`check`."""
+        lone = self._lone
+        return self._check_lone(lone, scope, request, None) if lone is not None else None
+
     async def check(self, scope: Scope, request: McpRequest, *, now: float | None = None) -> Admission:
         """Decide one request (`now` injects the bucket store's clock for tests)."""
         lone = self._lone

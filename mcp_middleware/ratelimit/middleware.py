@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import limits.aio.storage
 from opentelemetry import metrics
@@ -24,6 +24,8 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
+from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .keys import CallerKey, KeyFunction
 from .limiter import Admission, FailureMode, PolicyState, RateLimiter
@@ -107,6 +109,7 @@ class RateLimitMiddleware:
         if key is not None and (trusted or ipv6_prefix != 64):
             raise ValueError("give trusted_proxies and ipv6_prefix to CallerKey yourself when you pass a key function")
         self.app = app
+        self._next = inner_app(app)
         self.limiter = RateLimiter(
             policies,
             store=store,
@@ -138,12 +141,37 @@ class RateLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
-            return await self.app(scope, receive, send) if receive is not ANSWERED else None
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
-        verdict = await self.limiter.check(scope, request)
+        verdict = self.limiter.check_now(scope, request)
+        if verdict is None:
+            verdict = await self.limiter.check(scope, request)
         if not verdict.allowed:
             await self._refuse(scope, send, request, verdict)
             return
+        await self._next(scope, receive, self._admitted(scope, send, verdict))
+        if unvouched:
+            self.outside_auth.check(scope)
+
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`): a request
+        decided without a wait and with nothing to check afterwards goes straight on to the next layer."""
+        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
+        if request is UNREAD:
+            return self.__call__(scope, receive, send)
+        if request is None or request.kind is not RequestKind.REQUEST:
+            return self._next(scope, receive, send)
+        if self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope):
+            return self.__call__(scope, receive, send)  # (it checks afterwards whether auth ran further in)
+        verdict = self.limiter.check_now(scope, request)
+        if verdict is None:
+            return self.__call__(scope, receive, send)
+        if not verdict.allowed:
+            return self._refuse(scope, send, request, verdict)
+        return self._next(scope, receive, self._admitted(scope, send, verdict))
+
+    def _admitted(self, scope: Scope, send: Send, verdict: Admission) -> Send:
+        """Record an admission; the `send` the request goes on with (with the `RateLimit` fields if asked)."""
         states = verdict.states
         if states:
             tightest = states[0] if len(states) == 1 else _tightest(states)
@@ -151,12 +179,10 @@ class RateLimitMiddleware:
                 scope, Component.RATELIMIT, Outcome.ALLOW, policy=tightest.policy, remaining=tightest.remaining
             )
             if self.headers:
-                send = _with_headers(send, self._admitted_headers(states))
+                return _with_headers(send, self._admitted_headers(states))
         elif verdict.degraded:
             record_decision(scope, Component.RATELIMIT, Outcome.ALLOW, reason="store-unavailable")
-        await self.app(scope, receive, send)
-        if unvouched:
-            self.outside_auth.check(scope)
+        return send
 
     def _admitted_headers(self, states: tuple[PolicyState, ...]) -> list[tuple[bytes, bytes]]:
         """:func:`ratelimit_headers`, the constant `RateLimit-Policy` of a lone policy built once."""

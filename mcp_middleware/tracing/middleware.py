@@ -40,6 +40,7 @@ from mcp_middleware.core import (
     observe_decisions,
     read_request,
 )
+from mcp_middleware.core.direct import inner_app
 
 from .access_log import AccessLog
 from .context import (
@@ -143,6 +144,7 @@ class TracingMiddleware:
         from mcp_middleware import __version__
 
         self.app = app
+        self._next = inner_app(app)  # (see mcp_middleware.core.direct)
         self.config = config
         self.inject_trace_context = inject_trace_context
         self.record_enduser = record_enduser
@@ -164,7 +166,7 @@ class TracingMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
             return
         traced = self.tracing
         measured = self.metrics.active
@@ -172,7 +174,7 @@ class TracingMiddleware:
         if not (traced or measured or access_log):
             # Nothing would be recorded: only the core's work remains (one parse for the stack).
             _, receive = await read_request(scope, receive, send, self.config)
-            return await self.app(scope, receive, send) if receive is not ANSWERED else None
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
 
         host: Span | None = None
         if traced:
@@ -193,7 +195,7 @@ class TracingMiddleware:
                 return  # the client left before sending its request
             exchange.forward = send
         elif request is None:
-            return await self.app(scope, receive, send)
+            return await self._next(scope, receive, send)
         else:
             exchange.request = request
             below = exchange.holding_last(send) if host is not None else send
@@ -302,7 +304,7 @@ class TracingMiddleware:
                 if body is not None:
                     receive = _BodySwap(body, receive)
                     scope["headers"] = with_content_length(exchange.headers, len(body))
-            await self.app(scope, receive, send)
+            await self._next(scope, receive, send)
         except Exception as exc:
             exchange.exception = type(exc).__qualname__
             raise
@@ -318,7 +320,7 @@ class TracingMiddleware:
                 await exchange.forward(message)
             return
         try:
-            await self.app(scope, receive, exchange.forward)
+            await self._next(scope, receive, exchange.forward)
         except Exception as exc:
             exchange.exception = type(exc).__qualname__
             raise
