@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,18 +21,14 @@ from mcp_middleware.core import (
     DEFAULT_CONFIG,
     Component,
     CoreConfig,
-    ErrorCode,
-    JsonRpcCode,
     McpRequest,
     Outcome,
     Principal,
-    RequestId,
     RequestKind,
     SelectorMap,
     get_principal,
     read_request,
     record_decision,
-    send_error,
 )
 from mcp_middleware.core.direct import UNREAD, inner_app
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
@@ -42,6 +37,7 @@ from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from ._token_cache import TokenCache, token_key
 from .list_filter import LIST_METHODS, ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_url
+from .refusals import Refusals
 from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
 
 __all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware"]
@@ -70,7 +66,7 @@ class _Verified(NamedTuple):
     credentials: AuthCredentials
 
 
-class AuthMiddleware:
+class AuthMiddleware(Refusals):
     """Require a valid OAuth bearer token on the MCP endpoint, and the scopes each request needs.
 
     - `verifier`: any `mcp` SDK `TokenVerifier`; this package ships
@@ -368,101 +364,3 @@ class AuthMiddleware:
         ):
             return "Token was not issued for this resource"
         return None
-
-    # --- refusals ----------------------------------------------------------------------------
-
-    def _challenge(self, error: str | None, description: str | None, scopes: Iterable[str]) -> str:
-        parts: list[str] = []
-        if error is not None:
-            parts.append(f'error="{error}"')
-            if description:
-                parts.append(f'error_description="{_quotable(description)}"')
-        if self.metadata_url is not None:
-            parts.append(f'resource_metadata="{self.metadata_url}"')
-        scope_text = " ".join(sorted(scopes))
-        if scope_text:
-            parts.append(f'scope="{scope_text}"')
-        return "Bearer " + ", ".join(parts) if parts else "Bearer"
-
-    async def _unauthorized(
-        self, scope: Scope, send: Send, request: McpRequest, error: str | None, description: str
-    ) -> None:
-        record_decision(scope, Component.AUTH, Outcome.DENY, reason=error or "missing_token", status=401)
-        needed = self.required_for(request.method, request.target)
-        data: dict[str, str] = {"error": error} if error is not None else {}
-        data["error_description"] = description
-        await _refuse(
-            send,
-            401,
-            ErrorCode.UNAUTHORIZED,
-            description,
-            request.id,
-            data,
-            self._challenge(error, description, needed),
-        )
-
-    async def _forbid(
-        self,
-        scope: Scope,
-        send: Send,
-        request: McpRequest,
-        required: frozenset[str],
-        principal: Principal,
-        door: AuthMiddleware,
-    ) -> None:
-        missing = sorted(required - principal.scopes)
-        record_decision(
-            scope, Component.AUTH, Outcome.DENY, reason="insufficient_scope", status=403, missing=" ".join(missing)
-        )
-        description = "Insufficient scope: requires " + " ".join(sorted(required))
-        data = {"error": "insufficient_scope", "requiredScopes": sorted(required), "missingScopes": missing}
-        challenge = door._challenge("insufficient_scope", description, required)
-        await _refuse(send, 403, ErrorCode.FORBIDDEN, description, request.id, data, challenge)
-
-    async def _bad_request(self, scope: Scope, send: Send, request: McpRequest, description: str) -> None:
-        record_decision(scope, Component.AUTH, Outcome.DENY, reason="invalid_request", status=400)
-        challenge = self._challenge("invalid_request", description, ())
-        data = {"error": "invalid_request", "error_description": description}
-        await _refuse(send, 400, JsonRpcCode.INVALID_REQUEST, description, request.id, data, challenge)
-
-    async def _unavailable(
-        self, scope: Scope, send: Send, request: McpRequest, description: str, retry_after: float
-    ) -> None:
-        record_decision(scope, Component.AUTH, Outcome.DENY, reason="verifier_unavailable", status=503)
-        seconds = max(1, math.ceil(retry_after))
-        await send_error(
-            send,
-            status=503,
-            code=ErrorCode.UNAVAILABLE,
-            message=description,
-            request_id=request.id,
-            data={"retryAfterMs": seconds * 1000},
-            headers={"Retry-After": str(seconds)},
-        )
-
-
-"""Another name for :class:`AuthMiddleware`, for readers who look for the SDK's word."""
-
-
-def _quotable(text: str) -> str:
-    return text.replace("\\", "").replace('"', "'")
-
-
-async def _refuse(
-    send: Send,
-    status: int,
-    code: int,
-    message: str,
-    request_id: RequestId | None,
-    data: Mapping[str, object],
-    challenge: str,
-) -> None:
-    await send_error(
-        send,
-        status=status,
-        code=code,
-        message=message,
-        request_id=request_id,
-        data=dict(data),
-        headers={"WWW-Authenticate": challenge},
-    )
