@@ -9,8 +9,8 @@ A TCP connect proves nothing an MCP client needs, so none is made on its own.
 A server is **healthy** when both requests were answered; **unreachable** when nothing answered the
 handshake (connection refused, the command exited, no answer in time); **unhealthy** when something
 answered but not as a working MCP server (an HTML page, an error to the handshake or to `tools/list`,
-a `tools/list` that never ends, an app whose startup failed). `check-config --probe` uses the same
-probe (:func:`probe_gateway`).
+a `tools/list` that never ends, an app whose startup failed, a TLS handshake refused: `tls: …`).
+`check-config --probe` uses the same probe (:func:`probe_gateway`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import orjson
 from mcp import Client, MCPError
 
 from mcp_middleware.router import Backend, HttpBackend
+from mcp_middleware.router.tls import tls_refusal
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig
@@ -108,6 +109,9 @@ async def _probe(blank: ServerHealth, backend: Backend, patience: float) -> Serv
     except Exception as exc:
         if listed is not None:  # answered both; only closing it failed or overran (a slow stdio exit)
             return listed
+        refused = tls_refusal(exc) if phase == "handshake" else None
+        if refused is not None:  # a TLS server that will not talk to this gateway: it answered, not as MCP
+            return replace(blank, state="unhealthy", reason=refused[:_MAX_REASON], latency_ms=_ms(started))
         reason = _reason(phase, exc, patience) + _tls_hint(backend, phase, exc)
         return replace(blank, state=_state(phase, exc), reason=reason[:_MAX_REASON], latency_ms=_ms(started))
     assert listed is not None

@@ -23,6 +23,8 @@ import httpx2
 from mcp_middleware.cache import CacheStore
 from mcp_middleware.ratelimit import BucketStore
 from mcp_middleware.router import Backend, HttpBackend, McpRouter, PoolBackend
+from mcp_middleware.router.proxy import StreamingProxy
+from mcp_middleware.router.tls import tls_refusal
 
 from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
@@ -158,13 +160,38 @@ async def _probe(router: McpRouter, name: str, backend: Backend, found: dict[str
 
 
 async def _reachable(backend: HttpBackend) -> str | None:
-    """None when `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s), else why not."""
+    """None when `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s), else why not.
+
+    An `https` backend must also accept the gateway's TLS (its CA, its client certificate): a TCP connect
+    would call ready a backend that refuses every request, so the handshake is made as requests make it
+    and one request is sent (a refused client certificate shows only at the first read)."""
     url = httpx2.URL(backend.url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with anyio.fail_after(min(backend.connect_timeout, _PATIENCE)):
-            stream = await anyio.connect_tcp(url.host, port)
-        await stream.aclose()
-    except (OSError, TimeoutError) as exc:
-        return f"unreachable ({type(exc).__name__})"
+            if url.scheme == "https":
+                await _tls_accepted(backend)
+            else:
+                stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        return tls_refusal(exc) or f"unreachable ({type(exc).__name__})"
     return None
+
+
+async def _tls_accepted(backend: HttpBackend) -> None:
+    """A TLS connection with the data path's own context, and an answer to `OPTIONS` (any status will do)."""
+    proxy = backend.path_app()
+    assert isinstance(proxy, StreamingProxy)
+    pool = proxy.pool
+    stream = await anyio.connect_tcp(
+        pool.host, pool.port, tls=True, ssl_context=pool.ssl_context, tls_standard_compatible=False
+    )
+    try:
+        await stream.send(
+            b"OPTIONS " + proxy.path + b" HTTP/1.1\r\nhost: " + pool.host_header + b"\r\n"
+            b"connection: close\r\ncontent-length: 0\r\n\r\n"
+        )
+        await stream.receive()  # the first bytes of an answer: the certificate was accepted
+    finally:
+        await stream.aclose()
