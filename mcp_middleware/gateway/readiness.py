@@ -29,7 +29,7 @@ from mcp_middleware.router.tls import tls_refusal
 from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
 
-__all__ = ["readiness_checks", "shown_url"]
+__all__ = ["readiness_checks", "shown_url", "tls_refused"]
 
 _PATIENCE = 1.5
 """Seconds a probe of one backend may take (a readiness probe must answer quickly)."""
@@ -176,6 +176,17 @@ async def _reachable(backend: HttpBackend) -> str | None:
                 await stream.aclose()
     except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
         return tls_refusal(exc) or f"unreachable ({type(exc).__name__})"
+    return None
+
+
+async def tls_refused(backend: HttpBackend, patience: float = _PATIENCE) -> str | None:
+    """`tls: …` when the `https` backend refuses the gateway's TLS (its certificate, our CA), else None: what
+    a failed request cannot tell (an HTTP client reports "disconnected" and loses the TLS error)."""
+    try:
+        with anyio.fail_after(min(backend.connect_timeout, patience)):
+            await _tls_accepted(backend)
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        return tls_refusal(exc)
     return None
 
 

@@ -60,6 +60,8 @@ _MAX_ANSWER = 64 * 1024
 """A token response larger than this is not one (and is not read further)."""
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]{1,8192}=*$")
 """RFC 6750 `b64token`, bounded: what may follow `Bearer ` in the backend's `Authorization`."""
+_HUNG_UP = (httpx2.RemoteProtocolError, httpx2.ReadError)
+"""An HTTPS token endpoint that closed the connection before any answer."""
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 _REAUTHENTICATE = frozenset({"invalid_grant"})
 """The issuer refused the caller's token itself: a fresh token from the caller may succeed (401)."""
@@ -259,9 +261,13 @@ class BackendCredentials:
             raise ExchangeError(504, "the token endpoint did not answer in time") from exc
         except httpx2.HTTPError as exc:
             refused = tls_refusal(exc, settings="auth.exchange")
+            if refused is None and uri.startswith("https://") and isinstance(exc, _HUNG_UP):
+                # a refused client certificate (TLS 1.3 checks it late) shows as a hang-up without the TLS error
+                refused = "tls: the token endpoint hung up without answering (if it requires a client certificate:"
+                refused += " set auth.exchange.client_cert and auth.exchange.client_key)"
             if refused is not None:  # the operator's to fix (ca_bundle, client_cert): the log says how, the caller what
                 logger.warning("backend %r: token endpoint %s: %s", self.backend, exchange.token_endpoint, refused)
-                raise ExchangeError(502, "the token endpoint is unreachable (TLS handshake refused)") from exc
+                raise ExchangeError(502, "the token endpoint is unreachable over TLS") from exc
             raise ExchangeError(502, f"the token endpoint is unreachable ({type(exc).__name__})") from exc
         answer = _json_object(raw)
         if status != 200:
