@@ -21,10 +21,11 @@ from starlette.types import ASGIApp
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, Classification, StateChange
 from mcp_middleware.core import Selector
 
+from ._causes import causes
 from ._links import BackendUnavailable
 from ._pool_stdio import StdioReplica
 from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
-from .credentials import BackendCredentials
+from .credentials import BackendCredentials, ExchangeError
 from .pool_health import Prober, Replica
 from .pool_proxy import PoolProxy
 
@@ -177,6 +178,9 @@ class PoolBackend(Backend):
             try:
                 client = await stack.enter_async_context(replica.backend.open_client(**dict(options)))
             except Exception as exc:  # that replica cannot be reached: the next one
+                if any(isinstance(cause, ExchangeError) for cause in causes(exc)):
+                    replica.breaker.record(permit, Classification.NEUTRAL)  # no token for the gateway: not the
+                    raise  # replica's fault, and every replica would say the same
                 replica.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 replica.breaker.record(permit, Classification.FAILURE)
                 failed = exc

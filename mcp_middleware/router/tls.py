@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ssl
 
+from ._causes import causes
+
 __all__ = ["client_tls_context", "tls_refusal"]
 
 
@@ -31,7 +33,7 @@ def tls_refusal(exc: BaseException, *, settings: str = "tls") -> str | None:
     """`tls: …` when `exc` (or what it was raised from, or inside an exception group) is a TLS failure,
     else None. `settings` names the config table whose keys the hint names (`tls`, `auth.exchange`)."""
     client_cert = f"if it requires a client certificate: set {settings}.client_cert and {settings}.client_key"
-    for found in _chain(exc):
+    for found in causes(exc):
         if isinstance(found, ssl.SSLCertVerificationError):
             why = found.verify_message or found.reason or "verify failed"
             return f"tls: the server's certificate is not trusted ({why}; is its CA in {settings}.ca_bundle?)"
@@ -41,20 +43,3 @@ def tls_refusal(exc: BaseException, *, settings: str = "tls") -> str | None:
             reason = (found.reason or type(found).__name__).lower().replace("_", " ")
             return f"tls: the handshake failed ({reason}; {client_cert})"
     return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """`exc`, its causes and contexts, and the members of exception groups among them (bounded)."""
-    seen: list[BaseException] = []
-    pending = [exc]
-    while pending and len(seen) < 32:
-        current = pending.pop(0)
-        if any(current is known for known in seen):
-            continue
-        seen.append(current)
-        if isinstance(current, BaseExceptionGroup):
-            pending.extend(current.exceptions)
-        for linked in (current.__cause__, current.__context__):
-            if linked is not None:
-                pending.append(linked)
-    return seen

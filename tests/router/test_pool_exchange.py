@@ -21,7 +21,9 @@ import pytest
 from mcp_middleware.core import ErrorCode
 from mcp_middleware.gateway.app import Gateway, build_gateway
 from mcp_middleware.gateway.config import load_config
-from tests.conftest import ERAS, Era, Served, serve_app
+from mcp_middleware.router import HttpBackend, InProcessBackend, PoolBackend
+from mcp_middleware.router.credentials import BackendCredentials, TokenExchange
+from tests.conftest import ERAS, Era, Served, free_port, serve_app
 from tests.gateway.test_gateway import client
 from tests.router.pool_replica import build
 from tests.support.requests import modern_body, modern_headers
@@ -73,7 +75,10 @@ class Pool:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, count: int = 3) -> Iterator[Pool]:
+def running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, count: int = 3, endpoint: str | None = None, options: str = ""
+) -> Iterator[Pool]:
+    """The parts running; `endpoint` another token endpoint (a dead one), `options` more pool settings."""
     monkeypatch.setenv("GW_POOL_EXCHANGE_SECRET", GATEWAY_SECRET)
     issuer = IssuingServer(callers=CALLERS, audiences={AUDIENCE})
     replicas = [GuardedBackend(build(f"r{n}").streamable_http_app(), issuer, audience=AUDIENCE) for n in range(count)]
@@ -85,7 +90,8 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, count: int = 3) 
             stack.enter_context(each)
         path = tmp_path / "gateway.toml"
         listed = ", ".join(f'"{url}"' for url in urls)
-        path.write_text(CONFIG.format(urls=listed, endpoint=f"{idp.base}/token", audience=AUDIENCE))
+        text = CONFIG.format(urls=listed, endpoint=endpoint or f"{idp.base}/token", audience=AUDIENCE)
+        path.write_text(text.replace("probe_timeout = 5\n", f"probe_timeout = 5\n{options}"))
         pool = Pool(issuer, replicas, stops)
         pool.gateway = build_gateway(load_config(path))
         pool.served = stack.enter_context(serve_app(pool.gateway.app))
@@ -227,3 +233,65 @@ async def test_a_refused_exchange_is_the_callers_json_rpc_error_and_no_replica_s
         assert answer["error"]["data"]["mayHaveRun"] is False
         assert len(pool.calls()) == 2  # one replica, the token and a fresh one: both refused, nothing ran
         _never_the_callers_token(pool)
+
+
+async def test_a_legacy_session_recreated_on_another_replica_is_opened_with_the_callers_exchanged_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(tmp_path, monkeypatch, options='on_replica_loss = "reinitialize"\n') as pool:
+        assert pool.served is not None
+        async with client(f"{pool.served.base}/mcp/pooled", "legacy", "alice-token") as session:
+            first = str((await session.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]
+            lost = int(first[1])
+            pool.stop(lost)
+            second = str((await session.call_tool("whoami", {})).content[0].text)  # type: ignore[union-attr]
+        assert second != first
+        moved_to = pool.replicas[int(second[1])]
+        opened = [seen for seen in moved_to.seen if seen.method == "initialize"]
+        assert opened and all(seen.issued and seen.issued.subject == "alice" for seen in opened), opened
+        assert pool.issuer.exchanges("alice") == 1
+        _never_the_callers_token(pool)
+
+
+async def test_an_unreachable_token_endpoint_is_the_callers_502_and_ejects_no_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}/token"
+    with running(tmp_path, monkeypatch, count=2, endpoint=nowhere) as pool:
+        assert pool.served is not None and pool.gateway is not None
+        async with httpx2.AsyncClient(timeout=30) as http:
+            for n in range(4):  # the pool's mount, and the aggregate (whose lists would open sessions to replicas)
+                response = await _raw_call(pool.served, "alice-token", n)
+                assert response.status_code == 502 and response.json()["id"] == n
+                answer = response.json()["error"]
+                assert answer["code"] == ErrorCode.BAD_GATEWAY and "token endpoint is unreachable" in answer["message"]
+                assert answer["data"] == {"backend": "pooled", "mayHaveRun": False}
+                listed = await http.post(
+                    f"{pool.served.base}/mcp",
+                    content=modern_body("tools/list", {}, request_id=f"list-{n}"),
+                    headers={**modern_headers("tools/list"), "authorization": "Bearer alice-token"},
+                )
+                assert listed.status_code == 200 and listed.json()["id"] == f"list-{n}"
+        await anyio.sleep(1.5)  # three more probe rounds, each with no token to probe with
+        backend = pool.gateway.router.mounts["pooled"].backend
+        assert isinstance(backend, PoolBackend)
+        assert backend.state().up == 2  # no token for the gateway says nothing about its replicas
+        assert pool.seen() == []  # and nothing went to a replica without a token
+
+
+def test_a_pool_shares_one_credentials_object_and_refuses_others() -> None:
+    exchange = TokenExchange("http://127.0.0.1:1/token", audience=AUDIENCE)
+    shared = BackendCredentials(exchange, backend="pooled")
+    pool = PoolBackend(
+        [HttpBackend("http://127.0.0.1:1/mcp"), HttpBackend("http://127.0.0.1:2/mcp")], credentials=shared
+    )
+    assert all(isinstance(r, HttpBackend) and r.credentials is shared for r in pool.replicas)
+    carried = PoolBackend([HttpBackend("http://127.0.0.1:1/mcp", credentials=shared)] * 2)
+    assert carried.credentials is shared  # the one all replicas carry is the pool's
+    other = BackendCredentials(exchange, backend="replica")
+    with pytest.raises(ValueError, match="share"):
+        PoolBackend([HttpBackend("http://127.0.0.1:1/mcp", credentials=other)], credentials=shared)
+    with pytest.raises(ValueError, match="share"):
+        PoolBackend([HttpBackend("http://127.0.0.1:1/mcp", credentials=other), HttpBackend("http://127.0.0.1:2/mcp")])
+    with pytest.raises(TypeError, match="URL replicas"):
+        PoolBackend([InProcessBackend(build("x").streamable_http_app())], credentials=shared)
