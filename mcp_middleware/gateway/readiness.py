@@ -3,9 +3,9 @@
 Each check answers whether the gateway should receive traffic, not whether everything is
 perfect: a backend that served once and died, or one open breaker, leaves it ready while others
 serve; but a backend that is not `optional` and has not started yet (its command exits at once,
-its URL refuses connections) keeps it not ready (503): a pod whose config names a backend that
-never comes up stays out of rotation, and the rollout stops there. A
-store that fails open (rate limits admit, the cache misses) leaves it serving every request,
+its URL refuses connections or, over https, the gateway's TLS: `tls: …`) keeps it not ready
+(503): a pod whose config names a backend that never comes up stays out of rotation, and the
+rollout stops there. A store that fails open (rate limits admit, the cache misses) leaves it serving every request,
 so its outage is `degraded` (200, named in the detail), never a reason to take every pod out
 of rotation. A rate-limit store that fails closed refuses requests: then the gateway is not
 ready (503).

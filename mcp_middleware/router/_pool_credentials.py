@@ -27,7 +27,7 @@ class TokenRefused(ExchangeError):
 class CallerToken:
     """One request's `Authorization` line for a pool's replicas (the caller's exchanged token)."""
 
-    __slots__ = ("_line", "cached", "credentials", "principal", "renewed")
+    __slots__ = ("_line", "cached", "credentials", "principal", "renewals")
 
     def __init__(self, credentials: BackendCredentials, principal: Principal) -> None:
         self.credentials = credentials
@@ -35,7 +35,8 @@ class CallerToken:
         self._line: bytes | None = None
         self.cached = False
         """Whether the token came from the cache (for the decision record)."""
-        self.renewed = False
+        self.renewals = 0
+        """Replicas that answered 401 (each costs one exchange)."""
 
     async def header(self) -> bytes:
         """`authorization: Bearer …\\r\\n`; raises :class:`ExchangeError`."""
@@ -48,5 +49,5 @@ class CallerToken:
         """A replica answered 401: forget the cached token, exchange anew (raises :class:`ExchangeError`)."""
         self.credentials.forget(self.principal)
         self._line = None
-        self.renewed = True
+        self.renewals += 1
         return await self.header()

@@ -172,7 +172,7 @@ class PoolProxy:
             return Failure(False, "ejected")
         counted = call.method != "GET"  # a legacy GET stream is open for the session's life
         replica.in_flight += counted
-        renewed = auth is not None and auth.renewed
+        renewals = auth.renewals if auth is not None else 0
         try:
             answered = await replica.transport.forward(scope, call.body, receive, send, hook, auth)
         except BaseException:
@@ -180,7 +180,7 @@ class PoolProxy:
             raise
         finally:
             replica.in_flight -= counted
-        if auth is not None and auth.renewed and not renewed:  # this replica answered 401: exchanged anew
+        if auth is not None and auth.renewals > renewals:  # this replica answered 401: exchanged anew
             record_decision(
                 scope, Component.CREDENTIALS, Outcome.RETRY, backend=self.name, replica=replica.label, status=401
             )

@@ -92,7 +92,9 @@ def test_the_token_endpoint_has_its_own_ca_bundle_and_client_certificate(
     assert exchange is not None and (exchange.ca_bundle, exchange.client_cert) == (str(cert), str(cert))
     assert isinstance(load_backend(config.servers[0], tmp_path), HttpBackend)
     missing = problems(
-        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n' + EXCHANGE + f'ca_bundle = "{tmp_path}/no.pem"\n'
+        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n'
+        + EXCHANGE
+        + f'ca_bundle = "{tmp_path}/no.pem"\n'
     )
     assert missing == [
         ("servers[0].auth.exchange.ca_bundle", 10, f"names '{tmp_path}/no.pem', which is not a readable file")
