@@ -30,6 +30,7 @@ from .backends import HttpBackend, InProcessBackend
 from .credentials import ExchangeError
 from .proxy import _DROP_DOWN, StreamingProxy, _cancel_on_disconnect
 from .sessions import exchange
+from .tls import tls_refusal
 
 __all__ = ["Failure", "ReplicaTransport", "Resumed", "StartHook", "transport_for"]
 
@@ -119,9 +120,9 @@ class _HttpTransport(ReplicaTransport):
                     await response.aclose()
                     return TokenRefused()
         except (UpstreamUnreachable, TimeoutError) as exc:  # no connection: the request was never sent
-            return Failure(False, str(exc))
+            return Failure(False, tls_refusal(exc) or str(exc))  # a refused handshake says so in the ejection
         except UpstreamError as exc:  # sent, and the connection broke before an answer: it may have run
-            return Failure(True, str(exc))
+            return Failure(True, tls_refusal(exc) or str(exc))
         try:
             if response.status in FAILOVER_STATUS:
                 return Failure(True, f"answered HTTP {response.status}")
