@@ -130,17 +130,11 @@ class PoolProxy:
         tap: ResponseTap | None = None
         if view is not None and view.kind is RequestKind.REQUEST:
             tap, send = ResponseTap.attach(scope, send, view)
-        auth: CallerToken | None = None
-        if self.credentials is not None:
-            auth = CallerToken(self.credentials, get_principal(scope))
-            try:
-                await auth.header()
-            except ExchangeError as exc:  # before any replica: the caller's answer, no replica's failure
-                await send_exchange_error(scope, send, exc, backend=self.name, name=self.name, request_id=call.id)
-                return
-            record_decision(scope, Component.CREDENTIALS, Outcome.ALLOW, backend=self.name, cached=auth.cached)
+        auth = CallerToken(self.credentials, get_principal(scope)) if self.credentials is not None else None
         if call.session_id is not None:
             await self._in_session(call, receive, send, tap, call.session_id, auth)
+            return
+        if auth is not None and not await self._authorized(scope, send, call, auth):
             return
         binder = self._binder(call) if not call.modern and call.method == "POST" else None
         turn = _Turn(self, call, no_resume=binder is not None)
@@ -154,6 +148,17 @@ class PoolProxy:
                 break
             self._failing_over(scope, replica, failure)
         await self._give_up(scope, send, call, turn)
+
+    async def _authorized(self, scope: Scope, send: Send, call: PoolCall, auth: CallerToken) -> bool:
+        """Have the caller's token for the pool before any replica is picked; False when a refusal was sent
+        (the caller's answer, never a replica's failure)."""
+        try:
+            await auth.header()
+        except ExchangeError as exc:
+            await send_exchange_error(scope, send, exc, backend=self.name, name=self.name, request_id=call.id)
+            return False
+        record_decision(scope, Component.CREDENTIALS, Outcome.ALLOW, backend=self.name, cached=auth.cached)
+        return True
 
     async def _attempt(
         self,
@@ -261,6 +266,8 @@ class PoolProxy:
         if sticky is None or sticky.owner != owner_of(scope):
             await self._no_session(scope, send, call, "unknown")
             return
+        if auth is not None and not await self._authorized(scope, send, call, auth):
+            return  # (after the session check: a made-up session costs no exchange)
         ending = call.method == "DELETE"
         if ending:
             self.sessions.forget(session_id)

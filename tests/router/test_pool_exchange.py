@@ -26,7 +26,7 @@ from mcp_middleware.router.credentials import BackendCredentials, TokenExchange
 from tests.conftest import ERAS, Era, Served, free_port, serve_app
 from tests.gateway.test_gateway import client
 from tests.router.pool_replica import build
-from tests.support.requests import modern_body, modern_headers
+from tests.support.requests import legacy_post, legacy_session, modern_body, modern_headers
 from tests.support.token_exchange import GATEWAY_SECRET, GuardedBackend, IssuingServer, Seen
 
 pytestmark = pytest.mark.anyio
@@ -295,3 +295,32 @@ def test_a_pool_shares_one_credentials_object_and_refuses_others() -> None:
         PoolBackend([HttpBackend("http://127.0.0.1:1/mcp", credentials=other), HttpBackend("http://127.0.0.1:2/mcp")])
     with pytest.raises(TypeError, match="URL replicas"):
         PoolBackend([InProcessBackend(build("x").streamable_http_app())], credentials=shared)
+
+
+async def test_another_caller_in_a_legacy_session_is_refused_and_no_replica_sees_its_token_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with running(tmp_path, monkeypatch, count=2) as pool:
+        assert pool.served is not None
+        url = f"{pool.served.base}/mcp/pooled"
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session = await legacy_session(http, url, authorization="Bearer alice-token")
+            mine = await legacy_post(
+                http,
+                url,
+                session,
+                "tools/call",
+                1,
+                {"name": "whoami", "arguments": {}},
+                authorization="Bearer alice-token",
+            )
+            assert mine.status_code == 200
+            theirs = await legacy_post(
+                http, url, session, "tools/call", 2, {"name": "record", "arguments": {"entry": "x"}},
+                authorization="Bearer bob-token",
+            )  # fmt: skip
+        assert theirs.status_code == 404 and theirs.json()["id"] == 2  # as an unknown session: nothing to learn
+        assert not any(seen.issued and seen.issued.subject == "bob" for seen in pool.seen())  # it reached no replica
+        assert pool.issuer.exchanges("bob") == 0  # and cost no exchange: the session is checked first
+        assert {seen.issued.subject for seen in pool.calls() if seen.issued} == {"alice"}
+        _never_the_callers_token(pool)
