@@ -10,9 +10,14 @@ before running anything: the token is exchanged anew and the request sent again 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from starlette.types import Scope, Send
+
+from mcp_middleware.core import Component, Outcome, RequestId, record_decision
 from mcp_middleware.core.principal import Principal
 
-from .credentials import BackendCredentials, ExchangeError
+from .credentials import BackendCredentials, ExchangeError, send_exchange_error
 
 __all__ = ["CallerToken", "TokenRefused"]
 
@@ -44,6 +49,17 @@ class CallerToken:
             token, self.cached = await self.credentials.token_for(self.principal)
             self._line = b"authorization: Bearer " + token.encode("ascii") + b"\r\n"
         return self._line
+
+    async def had(self, scope: Scope, send: Send, backend: str, request_id: Callable[[], RequestId | None]) -> bool:
+        """Have the token before any replica is picked: True, or False when the caller's refusal was sent
+        (a JSON-RPC error with `request_id()`: never a replica's failure)."""
+        try:
+            await self.header()
+        except ExchangeError as exc:
+            await send_exchange_error(scope, send, exc, backend=backend, name=backend, request_id=request_id())
+            return False
+        record_decision(scope, Component.CREDENTIALS, Outcome.ALLOW, backend=backend, cached=self.cached)
+        return True
 
     async def renew(self) -> bytes:
         """A replica answered 401: forget the cached token, exchange anew (raises :class:`ExchangeError`)."""

@@ -134,7 +134,7 @@ class PoolProxy:
         if call.session_id is not None:
             await self._in_session(call, receive, send, tap, call.session_id, auth)
             return
-        if auth is not None and not await self._authorized(scope, send, call, auth):
+        if auth is not None and not await auth.had(scope, send, self.name, lambda: call.id):
             return
         binder = self._binder(call) if not call.modern and call.method == "POST" else None
         turn = _Turn(self, call, no_resume=binder is not None)
@@ -148,17 +148,6 @@ class PoolProxy:
                 break
             self._failing_over(scope, replica, failure)
         await self._give_up(scope, send, call, turn)
-
-    async def _authorized(self, scope: Scope, send: Send, call: PoolCall, auth: CallerToken) -> bool:
-        """Have the caller's token for the pool before any replica is picked; False when a refusal was sent
-        (the caller's answer, never a replica's failure)."""
-        try:
-            await auth.header()
-        except ExchangeError as exc:
-            await send_exchange_error(scope, send, exc, backend=self.name, name=self.name, request_id=call.id)
-            return False
-        record_decision(scope, Component.CREDENTIALS, Outcome.ALLOW, backend=self.name, cached=auth.cached)
-        return True
 
     async def _attempt(
         self,
@@ -266,7 +255,7 @@ class PoolProxy:
         if sticky is None or sticky.owner != owner_of(scope):
             await self._no_session(scope, send, call, "unknown")
             return
-        if auth is not None and not await self._authorized(scope, send, call, auth):
+        if auth is not None and not await auth.had(scope, send, self.name, lambda: call.id):
             return  # (after the session check: a made-up session costs no exchange)
         ending = call.method == "DELETE"
         if ending:
