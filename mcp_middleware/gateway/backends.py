@@ -45,11 +45,12 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
     `command`'s program does not exist (`serve` would otherwise start and report no tools).
     """
     if server.pool is not None and not server.command:
-        own = _own_credentials(server)  # its TLS context, one for all replicas (an exchange is refused for pools)
+        own = _own_credentials(server)  # one TLS context for all replicas, one exchange (its cache) for the pool
+        credentials = own.pop("credentials", None)
         replicas = [
             HttpBackend(url, headers=dict(server.headers), timeout=server.timeout, **own) for url in server.pool.urls
         ]
-        return _pool_backend(server, replicas)
+        return _pool_backend(server, replicas, credentials)
     if server.url:
         return HttpBackend(server.url, headers=dict(server.headers), timeout=server.timeout, **_own_credentials(server))
     if server.command:
@@ -82,7 +83,11 @@ def load_backend(server: ServerSettings, folder: Path) -> Backend:
         raise BackendLoadError("app", f"cannot be built: {type(exc).__name__}: {exc}") from exc
 
 
-def _pool_backend(server: ServerSettings, replicas: list[HttpBackend] | list[StdioBackend]) -> PoolBackend:
+def _pool_backend(
+    server: ServerSettings,
+    replicas: list[HttpBackend] | list[StdioBackend],
+    credentials: BackendCredentials | None = None,
+) -> PoolBackend:
     """A pool server: its replicas (URLs with the server's headers, or processes of its command) in a pool."""
     pool = server.pool
     assert pool is not None
@@ -96,6 +101,7 @@ def _pool_backend(server: ServerSettings, replicas: list[HttpBackend] | list[Std
         on_replica_loss=pool.on_replica_loss,
         timeout=server.timeout,
         name=server.name,
+        credentials=credentials,
     )
 
 
@@ -103,7 +109,10 @@ def _own_credentials(server: ServerSettings) -> dict[str, Any]:
     """A url backend's token exchange and TLS context (built once, here); `check-config` saw the files load."""
     own: dict[str, Any] = {}
     if server.exchange is not None:
-        own["credentials"] = BackendCredentials(server.exchange, backend=server.name)
+        try:  # the token endpoint's own TLS files are loaded here
+            own["credentials"] = BackendCredentials(server.exchange, backend=server.name)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise BackendLoadError("auth", f"cannot be loaded: {exc}") from exc
     if server.tls is not None:
         try:
             own["ssl_context"] = server.tls.context()

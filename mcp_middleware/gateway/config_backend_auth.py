@@ -7,7 +7,12 @@
                           scope = "tools", client_id = "gateway", client_secret = "${env:GATEWAY_SECRET}" } }
     tls = { client_cert = "/etc/gw/client.pem", client_key = "/etc/gw/client.key", ca_bundle = "/etc/gw/ca.pem" }
 
-Both are for `url` backends only (an in-process app or a stdio command has no HTTP side to carry them).
+Both are for `url` backends only (an in-process app or a stdio command has no HTTP side to carry them), a
+pool of URL replicas included (one exchange per caller for the pool: its audience). The token endpoint
+has its own `ca_bundle` (an internal IdP with a private CA) and, if it asks for one, `client_cert` and
+`client_key`, written as in `tls`:
+
+    auth = { exchange = { token_endpoint = "https://idp.internal/token", ca_bundle = "/etc/gw/idp-ca.pem", … } }
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcp_middleware.router.credentials import TokenExchange
+from mcp_middleware.router.tls import client_tls_context
 
 from .toml_reader import Reader
 
@@ -35,10 +41,7 @@ class BackendTls:
 
     def context(self) -> ssl.SSLContext:
         """The `SSLContext` (built once, when the backend is made): system CAs unless `ca_bundle`."""
-        context = ssl.create_default_context(cafile=self.ca_bundle)
-        if self.client_cert is not None:
-            context.load_cert_chain(self.client_cert, self.client_key)
-        return context
+        return client_tls_context(ca_bundle=self.ca_bundle, client_cert=self.client_cert, client_key=self.client_key)
 
 
 def backend_exchange(reader: Reader, kind: str, headers: dict[str, str]) -> TokenExchange | None:
@@ -66,6 +69,7 @@ def backend_exchange(reader: Reader, kind: str, headers: dict[str, str]) -> Toke
     )
     if method != "none" and not (client_id and secret):
         table.problem("client_id", f"and client_secret are required with auth_method = {method!r}")
+    tls = _tls_files(table)  # the token endpoint's own CA bundle and client certificate
     exchange = TokenExchange(
         token_endpoint=endpoint if isinstance(endpoint, str) else "",
         audience=table.string("audience", None),
@@ -76,6 +80,9 @@ def backend_exchange(reader: Reader, kind: str, headers: dict[str, str]) -> Toke
         auth_method=method,
         timeout=table.number("timeout", TokenExchange.timeout, positive=True),
         refresh_before=table.number("refresh_before", TokenExchange.refresh_before, minimum=0),
+        ca_bundle=tls.ca_bundle,
+        client_cert=tls.client_cert,
+        client_key=tls.client_key,
     )
     table.done()
     if any(name.lower() == "authorization" for name in headers):
@@ -90,8 +97,14 @@ def backend_tls(reader: Reader, kind: str) -> BackendTls | None:
     table = reader.table("tls")
     if kind != "url":
         table.problem(None, _URL_ONLY)
-    files = {key: table.string(key, None) for key in ("client_cert", "client_key", "ca_bundle")}
+    tls = _tls_files(table)
     table.done()
+    return tls
+
+
+def _tls_files(table: Reader) -> BackendTls:
+    """`client_cert`, `client_key` and `ca_bundle` of `table`: each file must exist and load."""
+    files = {key: table.string(key, None) for key in ("client_cert", "client_key", "ca_bundle")}
     for key, value in files.items():
         if value is not None and not Path(value).is_file():
             table.problem(key, f"names {value!r}, which is not a readable file")

@@ -39,9 +39,7 @@ def server(reader: Reader, index: int, names: dict[str, str]) -> ServerSettings 
             reader.problem("url", f"must be an http:// or https:// URL, not {each!r}")
     kind = "app" if app else "url" if url else "command"
     headers = reader.string_map("headers")
-    exchange = backend_exchange(reader, kind, headers)
-    if exchange is not None and pool is not None:
-        reader.problem("auth", "exchange is not supported for a pool of replicas yet (its probes have no caller)")
+    exchange = backend_exchange(reader, kind, headers)  # a pool of URLs too: one exchange for the pool
     settings = ServerSettings(
         name=name or "",
         app=app,

@@ -9,8 +9,8 @@ A TCP connect proves nothing an MCP client needs, so none is made on its own.
 A server is **healthy** when both requests were answered; **unreachable** when nothing answered the
 handshake (connection refused, the command exited, no answer in time); **unhealthy** when something
 answered but not as a working MCP server (an HTML page, an error to the handshake or to `tools/list`,
-a `tools/list` that never ends, an app whose startup failed). `check-config --probe` uses the same
-probe (:func:`probe_gateway`).
+a `tools/list` that never ends, an app whose startup failed, a TLS handshake refused: `tls: …`).
+`check-config --probe` uses the same probe (:func:`probe_gateway`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ import orjson
 from mcp import Client, MCPError
 
 from mcp_middleware.router import Backend, HttpBackend
+from mcp_middleware.router.tls import tls_refusal
 
 from .app import Gateway, build_gateway
 from .config import ConfigError, GatewayConfig
+from .readiness import tls_refused
 
 __all__ = ["ServerHealth", "health_check", "probe_gateway"]
 
@@ -108,10 +110,24 @@ async def _probe(blank: ServerHealth, backend: Backend, patience: float) -> Serv
     except Exception as exc:
         if listed is not None:  # answered both; only closing it failed or overran (a slow stdio exit)
             return listed
+        refused = await _refused_tls(backend, exc) if phase == "handshake" else None
+        if refused is not None:  # a TLS server that will not talk to this gateway: it answered, not as MCP
+            return replace(blank, state="unhealthy", reason=refused[:_MAX_REASON], latency_ms=_ms(started))
         reason = _reason(phase, exc, patience) + _tls_hint(backend, phase, exc)
         return replace(blank, state=_state(phase, exc), reason=reason[:_MAX_REASON], latency_ms=_ms(started))
     assert listed is not None
     return listed
+
+
+async def _refused_tls(backend: Backend, exc: BaseException) -> str | None:
+    """`tls: …` when the handshake failed on TLS: seen in the error, or (the SDK's HTTP client reports only
+    "disconnected") by one TLS connection of the gateway's own, made as requests make it."""
+    refused = tls_refusal(exc)
+    if refused is not None or not isinstance(backend, HttpBackend) or not backend.url.startswith("https://"):
+        return refused
+    if not isinstance(_leaf(exc), httpx2.ReadError | httpx2.RemoteProtocolError):  # hung up after connecting
+        return None
+    return await tls_refused(backend)
 
 
 def _tls_hint(backend: Backend, phase: str, exc: BaseException) -> str:

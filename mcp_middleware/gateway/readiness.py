@@ -3,9 +3,9 @@
 Each check answers whether the gateway should receive traffic, not whether everything is
 perfect: a backend that served once and died, or one open breaker, leaves it ready while others
 serve; but a backend that is not `optional` and has not started yet (its command exits at once,
-its URL refuses connections) keeps it not ready (503): a pod whose config names a backend that
-never comes up stays out of rotation, and the rollout stops there. A
-store that fails open (rate limits admit, the cache misses) leaves it serving every request,
+its URL refuses connections or, over https, the gateway's TLS: `tls: …`) keeps it not ready
+(503): a pod whose config names a backend that never comes up stays out of rotation, and the
+rollout stops there. A store that fails open (rate limits admit, the cache misses) leaves it serving every request,
 so its outage is `degraded` (200, named in the detail), never a reason to take every pod out
 of rotation. A rate-limit store that fails closed refuses requests: then the gateway is not
 ready (503).
@@ -23,11 +23,13 @@ import httpx2
 from mcp_middleware.cache import CacheStore
 from mcp_middleware.ratelimit import BucketStore
 from mcp_middleware.router import Backend, HttpBackend, McpRouter, PoolBackend
+from mcp_middleware.router.proxy import StreamingProxy
+from mcp_middleware.router.tls import tls_refusal
 
 from .assembly import Assembly
 from .operations import DEGRADED, ReadinessCheck
 
-__all__ = ["readiness_checks", "shown_url"]
+__all__ = ["readiness_checks", "shown_url", "tls_refused"]
 
 _PATIENCE = 1.5
 """Seconds a probe of one backend may take (a readiness probe must answer quickly)."""
@@ -158,13 +160,49 @@ async def _probe(router: McpRouter, name: str, backend: Backend, found: dict[str
 
 
 async def _reachable(backend: HttpBackend) -> str | None:
-    """None when `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s), else why not."""
+    """None when `backend` accepts a TCP connection within its connect timeout (≤ 1.5 s), else why not.
+
+    An `https` backend must also accept the gateway's TLS (its CA, its client certificate): a TCP connect
+    would call ready a backend that refuses every request, so the handshake is made as requests make it
+    and one request is sent (a refused client certificate shows only at the first read)."""
     url = httpx2.URL(backend.url)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with anyio.fail_after(min(backend.connect_timeout, _PATIENCE)):
-            stream = await anyio.connect_tcp(url.host, port)
-        await stream.aclose()
-    except (OSError, TimeoutError) as exc:
-        return f"unreachable ({type(exc).__name__})"
+            if url.scheme == "https":
+                await _tls_accepted(backend)
+            else:
+                stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        return tls_refusal(exc) or f"unreachable ({type(exc).__name__})"
     return None
+
+
+async def tls_refused(backend: HttpBackend, patience: float = _PATIENCE) -> str | None:
+    """`tls: …` when the `https` backend refuses the gateway's TLS (its certificate, our CA), else None: what
+    a failed request cannot tell (an HTTP client reports "disconnected" and loses the TLS error)."""
+    try:
+        with anyio.fail_after(min(backend.connect_timeout, patience)):
+            await _tls_accepted(backend)
+    except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError) as exc:
+        return tls_refusal(exc)
+    return None
+
+
+async def _tls_accepted(backend: HttpBackend) -> None:
+    """A TLS connection with the data path's own context, and an answer to `OPTIONS` (any status will do)."""
+    proxy = backend.path_app()
+    assert isinstance(proxy, StreamingProxy)
+    pool = proxy.pool
+    stream = await anyio.connect_tcp(
+        pool.host, pool.port, tls=True, ssl_context=pool.ssl_context, tls_standard_compatible=False
+    )
+    try:
+        await stream.send(
+            b"OPTIONS " + proxy.path + b" HTTP/1.1\r\nhost: " + pool.host_header + b"\r\n"
+            b"connection: close\r\ncontent-length: 0\r\n\r\n"
+        )
+        await stream.receive()  # the first bytes of an answer: the certificate was accepted
+    finally:
+        await stream.aclose()

@@ -6,6 +6,10 @@ have run the request: a connection that could not be opened never delivered it; 
 connection that broke before the response head, or a replica answering 502/503, may have.
 The response head is looked at before it is passed on (nothing else is held back), so a
 replica's 502/503 can be answered by another replica.
+
+With backend credentials (token exchange) a forward carries the caller's exchanged token
+(:class:`~._pool_credentials.CallerToken`) and a probe the gateway's own client-credentials token;
+a 401 is answered by one renewal and one more try at the same replica (it refused before running).
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_middleware.core import SseParser, replay
 from mcp_middleware.core.protocol import is_event_stream
 
-from ._upstream import UpstreamError, UpstreamUnreachable
+from ._pool_credentials import CallerToken, TokenRefused
+from ._upstream import UpstreamError, UpstreamResponse, UpstreamUnreachable
 from .backends import HttpBackend, InProcessBackend
+from .credentials import ExchangeError
 from .proxy import _DROP_DOWN, StreamingProxy, _cancel_on_disconnect
 from .sessions import exchange
+from .tls import tls_refusal
 
 __all__ = ["Failure", "ReplicaTransport", "Resumed", "StartHook", "transport_for"]
 
@@ -53,9 +60,16 @@ class ReplicaTransport:
     """Forward to one replica, or exchange one message of the pool's own (a probe) with it."""
 
     async def forward(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
-    ) -> Failure | int:
-        """Forward the request: the HTTP status passed on to the client, or why nothing was."""
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        hook: StartHook | None,
+        auth: CallerToken | None = None,
+    ) -> Failure | int | ExchangeError:
+        """Forward the request: the HTTP status passed on to the client, or why nothing was (a failure of
+        the replica, or no token for it: an :class:`ExchangeError`, answered by the caller of `forward`)."""
         raise NotImplementedError
 
     async def ask(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
@@ -78,16 +92,37 @@ class _HttpTransport(ReplicaTransport):
         self.proxy = proxy
 
     async def forward(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
-    ) -> Failure | int:
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        hook: StartHook | None,
+        auth: CallerToken | None = None,
+    ) -> Failure | int | ExchangeError:
         proxy = self.proxy
-        head, _ = proxy._head(scope, body, False)
+        try:
+            authorization = await auth.header() if auth is not None else b""  # the request's own, had before
+        except ExchangeError as exc:
+            return exc
+        head, _ = proxy._head(scope, body, False, authorization)
         try:
             response = await proxy.pool.request(head, body, None, chunked=False)
+            if response.status == 401 and auth is not None:  # refused before running: a fresh token, once more
+                await response.aclose()
+                try:
+                    authorization = await auth.renew()
+                except ExchangeError as exc:
+                    return exc
+                head = proxy._head(scope, body, False, authorization)[0]
+                response = await proxy.pool.request(head, body, None, chunked=False)
+                if response.status == 401:
+                    await response.aclose()
+                    return TokenRefused()
         except (UpstreamUnreachable, TimeoutError) as exc:  # no connection: the request was never sent
-            return Failure(False, str(exc))
+            return Failure(False, tls_refusal(exc) or str(exc))  # a refused handshake says so in the ejection
         except UpstreamError as exc:  # sent, and the connection broke before an answer: it may have run
-            return Failure(True, str(exc))
+            return Failure(True, tls_refusal(exc) or str(exc))
         try:
             if response.status in FAILOVER_STATUS:
                 return Failure(True, f"answered HTTP {response.status}")
@@ -120,12 +155,28 @@ class _HttpTransport(ReplicaTransport):
             await response.aclose()
 
     async def ask(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
+        """With credentials, as the gateway itself (its client-credentials token, renewed once on a 401);
+        no token to be had raises :class:`ExchangeError` (the probe then says nothing of the replica)."""
+        credentials = self.proxy.credentials
+        if credentials is None:
+            return await self._read(await self._ask(body, headers, b""))
+        token = await credentials.service_token()
+        response = await self._ask(body, headers, b"authorization: Bearer " + token.encode("ascii") + b"\r\n")
+        if response.status == 401:
+            await response.aclose()
+            token = await credentials.service_token(fresh=True)
+            response = await self._ask(body, headers, b"authorization: Bearer " + token.encode("ascii") + b"\r\n")
+        return await self._read(response)
+
+    async def _ask(self, body: bytes, headers: list[tuple[bytes, bytes]], authorization: bytes) -> UpstreamResponse:
         proxy = self.proxy
-        lines = [b"POST ", proxy.path, b" HTTP/1.1\r\n", proxy._host, proxy._own]
+        lines = [b"POST ", proxy.path, b" HTTP/1.1\r\n", proxy._host, proxy._own, authorization]
         for key, value in headers:
             lines += [key, b": ", value, b"\r\n"]
         lines += [b"content-length: ", str(len(body)).encode("ascii"), b"\r\n\r\n"]
-        response = await proxy.pool.request(b"".join(lines), body, None, chunked=False)
+        return await proxy.pool.request(b"".join(lines), body, None, chunked=False)
+
+    async def _read(self, response: UpstreamResponse) -> tuple[int, dict[str, Any] | None]:
         try:
             content_type = next((v for k, v in response.headers if k == b"content-type"), b"")
             parser = SseParser(_MAX_ANSWER) if is_event_stream(content_type) else None
@@ -148,13 +199,19 @@ class _HttpTransport(ReplicaTransport):
 
 
 class _AppTransport(ReplicaTransport):
-    """An in-process replica: its ASGI app, called directly."""
+    """An in-process replica: its ASGI app, called directly (no HTTP: no backend credentials)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def forward(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        hook: StartHook | None,
+        auth: CallerToken | None = None,
     ) -> Failure | int:
         status = 0
         refused = False

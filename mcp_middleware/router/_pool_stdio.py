@@ -31,6 +31,7 @@ from mcp_middleware.core import ErrorCode
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, is_event_stream, is_json
 
 from ._links import BackendLink, BackendUnavailable
+from ._pool_credentials import CallerToken
 from ._pool_forward import Failure, ReplicaTransport, StartHook, _AppTransport, _request_id
 from .aggregate import AggregateServer
 from .backends import StdioBackend
@@ -98,7 +99,13 @@ class _StdioTransport(ReplicaTransport):
         self.app = _AppTransport(replica.bridge)
 
     async def forward(
-        self, scope: Scope, body: bytes, receive: Receive, send: Send, hook: StartHook | None
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        hook: StartHook | None,
+        auth: CallerToken | None = None,
     ) -> Failure | int:
         if scope["method"] != "POST":  # a legacy GET stream or DELETE: nothing to fail over
             return await self.app.forward(scope, body, receive, send, hook)

@@ -19,7 +19,9 @@ of the same client, audience and scope (:meth:`BackendCredentials.service_auth`)
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -32,11 +34,25 @@ import orjson
 from authlib.oauth2.auth import ClientAuth  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749 import OAuth2Token  # type: ignore[import-untyped]
 from authlib.oauth2.rfc6749.parameters import prepare_token_request  # type: ignore[import-untyped]
+from starlette.types import Scope, Send
 
+from mcp_middleware.core import Component, ErrorCode, Outcome, RequestId, record_decision, send_error
 from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.core.principal import Principal
 
-__all__ = ["ACCESS_TOKEN_TYPE", "TOKEN_EXCHANGE_GRANT", "BackendCredentials", "ExchangeError", "TokenExchange"]
+from .safety import MAY_HAVE_RUN
+from .tls import client_tls_context, tls_refusal
+
+__all__ = [
+    "ACCESS_TOKEN_TYPE",
+    "TOKEN_EXCHANGE_GRANT",
+    "BackendCredentials",
+    "ExchangeError",
+    "TokenExchange",
+    "send_exchange_error",
+]
+
+logger = logging.getLogger("mcp_middleware.router.credentials")
 
 TOKEN_EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -44,6 +60,8 @@ _MAX_ANSWER = 64 * 1024
 """A token response larger than this is not one (and is not read further)."""
 _B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]{1,8192}=*$")
 """RFC 6750 `b64token`, bounded: what may follow `Bearer ` in the backend's `Authorization`."""
+_HUNG_UP = (httpx2.RemoteProtocolError, httpx2.ReadError)
+"""An HTTPS token endpoint that closed the connection before any answer."""
 _ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")
 _REAUTHENTICATE = frozenset({"invalid_grant"})
 """The issuer refused the caller's token itself: a fresh token from the caller may succeed (401)."""
@@ -87,6 +105,11 @@ class TokenExchange:
     """How long a token issued without `expires_in` is kept."""
     max_entries: int = 10_000
     """Cached tokens (one per caller token) kept at most; the least recently used go first."""
+    ca_bundle: str | None = None
+    """PEM file of the CAs that sign the token endpoint's certificate (an internal IdP): else the system's."""
+    client_cert: str | None = None
+    """A client certificate (PEM) for a token endpoint that requires one (mTLS), with `client_key`."""
+    client_key: str | None = None
 
     def __repr__(self) -> str:  # the doctest above: the secret is never shown
         return f"TokenExchange(token_endpoint={self.token_endpoint!r}, audience={self.audience!r}, ...)"
@@ -119,6 +142,11 @@ class BackendCredentials:
         self._cache = _ExpiringLru(exchange.max_entries)
         self._flights: dict[str, _Flight] = {}
         self._http: httpx2.AsyncClient | None = None
+        self._verify: ssl.SSLContext | bool = True
+        if exchange.ca_bundle is not None or exchange.client_cert is not None:  # loads files: here, once
+            self._verify = client_tls_context(
+                ca_bundle=exchange.ca_bundle, client_cert=exchange.client_cert, client_key=exchange.client_key
+            )
         self.exchanges = 0
         """Token requests sent (exchanges and client-credentials grants): what the cache saves."""
 
@@ -221,7 +249,7 @@ class BackendCredentials:
         headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         uri, headers, body = self._auth.prepare("POST", exchange.token_endpoint, headers, body)
         if self._http is None:
-            self._http = httpx2.AsyncClient(timeout=exchange.timeout, follow_redirects=False)
+            self._http = httpx2.AsyncClient(timeout=exchange.timeout, follow_redirects=False, verify=self._verify)
         self.exchanges += 1
         try:
             with anyio.fail_after(exchange.timeout):
@@ -232,6 +260,14 @@ class BackendCredentials:
         except httpx2.TimeoutException as exc:
             raise ExchangeError(504, "the token endpoint did not answer in time") from exc
         except httpx2.HTTPError as exc:
+            refused = tls_refusal(exc, settings="auth.exchange")
+            if refused is None and uri.startswith("https://") and isinstance(exc, _HUNG_UP):
+                # a refused client certificate (TLS 1.3 checks it late) shows as a hang-up without the TLS error
+                refused = "tls: the token endpoint hung up without answering (if it requires a client certificate:"
+                refused += " set auth.exchange.client_cert and auth.exchange.client_key)"
+            if refused is not None:  # the operator's to fix (ca_bundle, client_cert): the log says how, the caller what
+                logger.warning("backend %r: token endpoint %s: %s", self.backend, exchange.token_endpoint, refused)
+                raise ExchangeError(502, "the token endpoint is unreachable over TLS") from exc
             raise ExchangeError(502, f"the token endpoint is unreachable ({type(exc).__name__})") from exc
         answer = _json_object(raw)
         if status != 200:
@@ -259,6 +295,33 @@ class BackendCredentials:
         if status >= 500 or status == 401 or code in _GATEWAY_FAULT or status not in (400, 403):
             raise ExchangeError(502, f"the token endpoint answered HTTP {status}{said}", error=code)
         raise ExchangeError(403, f"the token endpoint refused a token for this backend{said}", error=code)
+
+
+async def send_exchange_error(
+    scope: Scope, send: Send, exc: ExchangeError, *, backend: str, name: str, request_id: RequestId | None
+) -> None:
+    """The caller's answer when no backend token could be had: 401/403 when the caller may not have one
+    (a decision `deny`), 502/504 when the exchange failed (`failure`); never sent to the backend
+    (`mayHaveRun: false`). `backend` is what the decision and the error data name, `name` the message."""
+    reason = exc.error or exc.reason
+    outcome = Outcome.DENY if exc.status in (401, 403) else Outcome.FAILURE
+    record_decision(scope, Component.CREDENTIALS, outcome, backend=backend, status=exc.status, reason=reason)
+    code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 504: ErrorCode.TIMEOUT}.get(
+        exc.status, ErrorCode.BAD_GATEWAY
+    )
+    headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')] if exc.status == 401 else []
+    data: dict[str, object] = {"backend": backend, MAY_HAVE_RUN: False}
+    if exc.error is not None:
+        data["error"] = exc.error
+    await send_error(
+        send,
+        status=exc.status,
+        code=code,
+        message=f"No credentials for backend {name}: {exc.reason}",
+        request_id=request_id,
+        data=data,
+        headers=headers,
+    )
 
 
 class _ExpiringLru:

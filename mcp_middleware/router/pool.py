@@ -21,9 +21,11 @@ from starlette.types import ASGIApp
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, Classification, StateChange
 from mcp_middleware.core import Selector
 
+from ._causes import causes
 from ._links import BackendUnavailable
 from ._pool_stdio import StdioReplica
 from .backends import Backend, HttpBackend, InProcessBackend, StdioBackend
+from .credentials import BackendCredentials, ExchangeError
 from .pool_health import Prober, Replica
 from .pool_proxy import PoolProxy
 
@@ -94,6 +96,10 @@ class PoolBackend(Backend):
     mode: Literal["auto", "legacy"] = "auto"
     name: str | None = None
     """How logs, metrics and errors name it (the router sets the mount's name when left unset)."""
+    credentials: BackendCredentials | None = field(default=None, repr=False)
+    """RFC 8693 token exchange for the pool as one backend (one audience, one cache): each caller's requests
+    carry the caller's exchanged token to whichever replica serves them; probes and the aggregate's sessions
+    a client-credentials token. URL replicas only."""
     _proxy: PoolProxy | None = field(default=None, init=False, repr=False)
     _replicas: tuple[Replica, ...] = field(default=(), init=False, repr=False)
 
@@ -114,6 +120,24 @@ class PoolBackend(Backend):
             raise ValueError("probe_interval and probe_timeout must be positive, probe_failures at least 1")
         for selector in self.retry_tools:
             Selector.parse(selector)  # a typo fails here, not silently at the first failover
+        self._share_credentials()
+
+    def _share_credentials(self) -> None:
+        """One `BackendCredentials` for every replica (given to the pool, or the one all replicas carry)."""
+        held = {id(r.credentials): r.credentials for r in self.replicas if isinstance(r, HttpBackend) and r.credentials}
+        if self.credentials is None and held:
+            if len(held) > 1 or not all(isinstance(r, HttpBackend) and r.credentials for r in self.replicas):
+                raise ValueError("a pool's replicas share one BackendCredentials: give it to PoolBackend(credentials=)")
+            self.credentials = next(iter(held.values()))
+        if self.credentials is None:
+            return
+        for replica in self.replicas:
+            if not isinstance(replica, HttpBackend):
+                raise TypeError("token exchange (credentials) is for URL replicas: an app or a command has no HTTP")
+            if replica.credentials is None:
+                replica.credentials = self.credentials
+            elif replica.credentials is not self.credentials:
+                raise ValueError("a pool's replicas share the pool's BackendCredentials (one audience, one cache)")
 
     # --- what the router uses ------------------------------------------------------------------
 
@@ -154,6 +178,9 @@ class PoolBackend(Backend):
             try:
                 client = await stack.enter_async_context(replica.backend.open_client(**dict(options)))
             except Exception as exc:  # that replica cannot be reached: the next one
+                if any(isinstance(cause, ExchangeError) for cause in causes(exc)):
+                    replica.breaker.record(permit, Classification.NEUTRAL)  # no token for the gateway: not the
+                    raise  # replica's fault, and every replica would say the same
                 replica.last_error = f"{type(exc).__name__}: {exc}"[:200]
                 replica.breaker.record(permit, Classification.FAILURE)
                 failed = exc

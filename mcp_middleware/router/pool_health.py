@@ -10,8 +10,11 @@ fails opens it again for longer (the breaker's backoff). Each ejection and readm
 WARNING naming the backend and the replica.
 
 The probe is an MCP request, not a TCP connect: `server/discover` (2026-07-28), which a live MCP
-server answers with a JSON-RPC result. The prober also reads the backend's `tools/list` (its tools'
-`readOnlyHint`/`idempotentHint`, which decide whether a failed call may be sent to another replica).
+server answers with a JSON-RPC result. It goes the way requests go (the same TLS context: a replica
+that refuses the gateway's client certificate fails it as `tls: …`), as the gateway itself (with
+token exchange, its client-credentials token; none to be had says nothing of the replica).
+The prober also reads the backend's `tools/list` (its tools' `readOnlyHint`/`idempotentHint`, which
+decide whether a failed call may be sent to another replica).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreaker, 
 from ._pool_forward import ReplicaTransport, transport_for
 from ._pool_stdio import StdioReplica, stdio_transport
 from .backends import HttpBackend, InProcessBackend
+from .credentials import ExchangeError
+from .tls import tls_refusal
 
 __all__ = ["PROBE_HEADERS", "Prober", "Replica", "ToolHints", "shown"]
 
@@ -168,7 +173,13 @@ class Prober:
         permit = breaker.acquire() if state is BreakerState.HALF_OPEN else None
         if state is BreakerState.HALF_OPEN and permit is None:
             return
-        error = await self.probe(replica)
+        try:
+            error = await self.probe(replica)
+        except ExchangeError as exc:  # no token for the gateway itself: that says nothing of the replica
+            if permit is not None:
+                breaker.record(permit, Classification.NEUTRAL)
+            logger.debug("pool %r replica %s not probed: no service token (%s)", replica.pool, replica.label, exc)
+            return
         if permit is not None:  # half-open: this probe decides (the breaker logs, the pool's listener says why)
             replica.last_error = error or ""
             breaker.record(permit, _verdict(error))
@@ -200,8 +211,10 @@ class Prober:
                 )
         except TimeoutError:
             return f"no answer within {self.timeout:g} s"
-        except Exception as exc:  # unreachable, reset, garbage: the replica is not serving MCP
-            return f"{type(exc).__name__}: {exc}"[:200]
+        except ExchangeError:
+            raise
+        except Exception as exc:  # unreachable, reset, a refused TLS handshake, garbage: not serving MCP
+            return (tls_refusal(exc) or f"{type(exc).__name__}: {exc}")[:200]
         if status >= 500:
             return f"HTTP {status}"
         if answer is None:

@@ -11,6 +11,10 @@ may run twice (reads, lists, tools annotated read-only or idempotent, tools the 
 Otherwise the client gets a JSON-RPC error with its request id and
 :func:`~mcp_middleware.router.safety.failure_data`: 502 `-32017` when it may have run, 503
 `-32015` when it cannot have. The response is never held back: only its head is looked at.
+
+With backend credentials (RFC 8693 exchange, one cache for the pool) the caller's token for the pool
+is had before a replica is picked, and goes with the request to each replica tried
+(:mod:`._pool_credentials`); no token is the caller's JSON-RPC error, never a replica's failure.
 """
 
 from __future__ import annotations
@@ -33,13 +37,16 @@ from mcp_middleware.core import (
     SelectorMap,
     error_body,
     get_mcp_request,
+    get_principal,
     record_decision,
     send_error,
 )
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
+from ._pool_credentials import CallerToken, TokenRefused
 from ._pool_forward import Failure, Resumed, StartHook
 from ._pool_request import PoolCall
+from .credentials import ExchangeError, send_exchange_error
 from .pool_health import Replica, ToolHints
 from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, note_replica, open_session, vouched_sticky
 from .safety import failure_data, retry_safe
@@ -66,6 +73,7 @@ class PoolProxy:
         self.sessions = StickySessions(pool.max_sessions)
         self.hints = ToolHints(pool.max_tools)
         self.classifier = FailureClassifier()
+        self.credentials = pool.credentials
         self._allow: SelectorMap[bool] = SelectorMap((selector, True) for selector in pool.retry_tools)
         self._retry_after = str(max(1, math.ceil(pool.probe_interval)))
         self._next = 0
@@ -122,14 +130,17 @@ class PoolProxy:
         tap: ResponseTap | None = None
         if view is not None and view.kind is RequestKind.REQUEST:
             tap, send = ResponseTap.attach(scope, send, view)
+        auth = CallerToken(self.credentials, get_principal(scope)) if self.credentials is not None else None
         if call.session_id is not None:
-            await self._in_session(call, receive, send, tap, call.session_id)
+            await self._in_session(call, receive, send, tap, call.session_id, auth)
+            return
+        if auth is not None and not await auth.had(scope, send, self.name, lambda: call.id):
             return
         binder = self._binder(call) if not call.modern and call.method == "POST" else None
         turn = _Turn(self, call, no_resume=binder is not None)
         while (replica := self.pick(turn.tried)) is not None:
             hook = binder(replica) if binder is not None else None
-            failure = await self._attempt(replica, scope, receive, turn.send(send), call, tap, hook)
+            failure = await self._attempt(replica, scope, receive, turn.send(send), call, tap, hook, auth)
             if failure is None:
                 return
             turn.tried.append(replica)
@@ -147,6 +158,7 @@ class PoolProxy:
         call: PoolCall,
         tap: ResponseTap | None,
         hook: StartHook | None,
+        auth: CallerToken | None = None,
     ) -> Failure | None:
         breaker = replica.breaker
         permit = breaker.acquire()
@@ -154,13 +166,25 @@ class PoolProxy:
             return Failure(False, "ejected")
         counted = call.method != "GET"  # a legacy GET stream is open for the session's life
         replica.in_flight += counted
+        renewals = auth.renewals if auth is not None else 0
         try:
-            answered = await replica.transport.forward(scope, call.body, receive, send, hook)
+            answered = await replica.transport.forward(scope, call.body, receive, send, hook, auth)
         except BaseException:
             breaker.record(permit, Classification.NEUTRAL)  # cancelled, or broke mid-answer: the client's loss
             raise
         finally:
             replica.in_flight -= counted
+        if auth is not None and auth.renewals > renewals:  # this replica answered 401: exchanged anew
+            record_decision(
+                scope, Component.CREDENTIALS, Outcome.RETRY, backend=self.name, replica=replica.label, status=401
+            )
+        if isinstance(answered, ExchangeError):
+            refused = isinstance(answered, TokenRefused)  # a fresh token refused: that replica is at fault
+            if refused:
+                replica.last_error = answered.reason
+            breaker.record(permit, Classification.FAILURE if refused else Classification.NEUTRAL)
+            await send_exchange_error(scope, send, answered, backend=self.name, name=self.name, request_id=call.id)
+            return None
         if isinstance(answered, Failure):
             replica.last_error = answered.reason
             breaker.record(permit, Classification.FAILURE)  # a fault, as the breaker classifies faults
@@ -216,7 +240,13 @@ class PoolProxy:
         return at
 
     async def _in_session(
-        self, call: PoolCall, receive: Receive, send: Send, tap: ResponseTap | None, session_id: str
+        self,
+        call: PoolCall,
+        receive: Receive,
+        send: Send,
+        tap: ResponseTap | None,
+        session_id: str,
+        auth: CallerToken | None,
     ) -> None:
         scope = call.scope
         sticky = self.sessions.get(session_id)
@@ -225,6 +255,8 @@ class PoolProxy:
         if sticky is None or sticky.owner != owner_of(scope):
             await self._no_session(scope, send, call, "unknown")
             return
+        if auth is not None and not await auth.had(scope, send, self.name, lambda: call.id):
+            return  # (after the session check: a made-up session costs no exchange)
         ending = call.method == "DELETE"
         if ending:
             self.sessions.forget(session_id)
@@ -235,7 +267,7 @@ class PoolProxy:
             if replica.up:
                 target = _as_backend(scope, sticky, session_id)
                 hook = None if turn.resumed else self._session_hook(sticky, session_id)
-                failure = await self._attempt(replica, target, receive, turn.send(send), call, tap, hook)
+                failure = await self._attempt(replica, target, receive, turn.send(send), call, tap, hook, auth)
                 if failure is None:
                     return
                 turn.tried.append(replica)
@@ -245,7 +277,7 @@ class PoolProxy:
                 self._failing_over(scope, replica, failure)
             if recreated or not self.reinitialize or sticky.initialize is None or ending:
                 break
-            replacement = await self._recreate(scope, sticky, session_id, lost=replica)
+            replacement = await self._recreate(scope, sticky, session_id, lost=replica, auth=auth)
             if replacement is None:
                 break
             replica, recreated = replacement, True
@@ -270,7 +302,9 @@ class PoolProxy:
 
         return hook
 
-    async def _recreate(self, scope: Scope, sticky: Sticky, session_id: str, lost: Replica) -> Replica | None:
+    async def _recreate(
+        self, scope: Scope, sticky: Sticky, session_id: str, lost: Replica, auth: CallerToken | None
+    ) -> Replica | None:
         """Open the client's session again on another replica (its own `initialize`); the replica, or None."""
         async with sticky.lock:
             if sticky.replica is not lost and sticky.replica.up:
@@ -279,7 +313,7 @@ class PoolProxy:
             tried = [lost]
             while (replica := self.pick(tried)) is not None:
                 tried.append(replica)
-                backend_id = await open_session(scope, replica, sticky.initialize)
+                backend_id = await open_session(scope, replica, sticky.initialize, auth)
                 if backend_id is None:
                     continue
                 sticky.replica, sticky.backend_id = replica, backend_id

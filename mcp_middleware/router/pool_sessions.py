@@ -25,7 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.core import RequestId
 
+from ._pool_credentials import CallerToken
 from ._pool_forward import Failure
+from .credentials import ExchangeError
 from .pool_health import Replica
 from .sessions import Exchange, exchange, owner_of, sealed_session
 
@@ -87,9 +89,9 @@ class StickySessions:
         return len(self._sessions)
 
 
-async def open_session(scope: Scope, replica: Replica, body: bytes) -> str | None:
-    """Open a session at `replica` with the client's own `initialize` request (then `notifications/initialized`):
-    the replica's session id, or None when it cannot."""
+async def open_session(scope: Scope, replica: Replica, body: bytes, auth: CallerToken | None = None) -> str | None:
+    """Open a session at `replica` with the client's own `initialize` request (then `notifications/initialized`),
+    as the client (`auth`: its exchanged token): the replica's session id, or None when it cannot."""
     headers = [(k, v) for k, v in scope["headers"] if k not in _NOT_SENT_ON and not k.startswith(b"mcp-")]
     own = {k: v for k, v in scope.items() if not k.startswith("mcp_middleware.")}
 
@@ -98,8 +100,8 @@ async def open_session(scope: Scope, replica: Replica, body: bytes) -> str | Non
         child = {**own, "method": "POST", "headers": [*headers, *extra, length]}
 
         async def via(child: Scope, receive: Receive, send: Send) -> None:
-            answered = await replica.transport.forward(child, payload, receive, send, None)
-            if isinstance(answered, Failure):
+            answered = await replica.transport.forward(child, payload, receive, send, None, auth)
+            if isinstance(answered, Failure | ExchangeError):
                 raise ConnectionError(answered.reason)
 
         return await exchange(via, child, payload, _id_of(payload))

@@ -35,7 +35,7 @@ from mcp_middleware.core import (
 )
 
 from ._upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
-from .credentials import BackendCredentials, ExchangeError
+from .credentials import BackendCredentials, ExchangeError, send_exchange_error
 from .safety import MAY_HAVE_RUN
 from .sessions import SessionOwners, owner_of, refuse_session, sealed_session
 
@@ -258,31 +258,8 @@ class StreamingProxy:
 
     async def _no_token(self, scope: Scope, send: Send, view: McpRequest | None, exc: ExchangeError) -> None:
         """401/403 when the caller may not have a token for this backend, 502/504 when the exchange failed."""
-        reason = exc.error or exc.reason
-        if exc.status in (401, 403):  # the caller may not have a token for this backend
-            record_decision(
-                scope, Component.CREDENTIALS, Outcome.DENY, backend=self.url, status=exc.status, reason=reason
-            )
-        else:
-            record_decision(
-                scope, Component.CREDENTIALS, Outcome.FAILURE, backend=self.url, status=exc.status, reason=reason
-            )
-        code = {401: ErrorCode.UNAUTHORIZED, 403: ErrorCode.FORBIDDEN, 504: ErrorCode.TIMEOUT}.get(
-            exc.status, ErrorCode.BAD_GATEWAY
-        )
-        headers = [("WWW-Authenticate", 'Bearer error="invalid_token"')] if exc.status == 401 else []
-        data: dict[str, object] = {"backend": self.url, MAY_HAVE_RUN: False}
-        if exc.error is not None:
-            data["error"] = exc.error
-        await send_error(
-            send,
-            status=exc.status,
-            code=code,
-            message=f"No credentials for backend {self.name}: {exc.reason}",
-            request_id=view.id if view is not None else None,
-            data=data,
-            headers=headers,
-        )
+        request_id = view.id if view is not None else None
+        await send_exchange_error(scope, send, exc, backend=self.url, name=self.name, request_id=request_id)
 
     def _head(self, scope: Scope, body: bytes, more_body: bool, authorization: bytes = b"") -> tuple[bytes, bool]:
         """The request line and headers for the backend, and whether the body goes chunked."""

@@ -8,7 +8,7 @@ import pytest
 
 from mcp_middleware.gateway.backends import load_backend
 from mcp_middleware.gateway.config import ConfigError, parse_config
-from mcp_middleware.router import HttpBackend
+from mcp_middleware.router import HttpBackend, PoolBackend
 from tests.conftest import self_signed_certificate
 
 
@@ -56,15 +56,55 @@ def test_an_exchange_on_a_backend_without_http_is_refused_with_key_and_line(monk
     assert found[0][0] == "servers[0].auth.exchange"
 
 
-def test_an_exchange_beside_a_static_authorization_or_on_a_pool_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_exchange_beside_a_static_authorization_is_refused_also_on_a_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GW_TEST_EXCHANGE_SECRET", "x")
-    both = problems(
-        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n'
-        'headers = { Authorization = "Bearer static" }\n' + EXCHANGE
+    for url in ('"https://saas.example/mcp"', '["https://a.example/mcp", "https://b.example/mcp"]'):
+        both = problems(
+            f'[[servers]]\nname = "saas"\nurl = {url}\nheaders = {{ Authorization = "Bearer static" }}\n' + EXCHANGE
+        )
+        assert both == [("servers[0].headers", 4, "sets Authorization, which auth.exchange replaces: keep one of them")]
+
+
+def test_a_pool_of_urls_has_one_exchange_shared_by_its_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GW_TEST_EXCHANGE_SECRET", "x")
+    config = parse_config(
+        '[[servers]]\nname = "saas"\nurl = ["https://a.example/mcp", "https://b.example/mcp"]\n' + EXCHANGE
     )
-    assert both == [("servers[0].headers", 4, "sets Authorization, which auth.exchange replaces: keep one of them")]
-    pool = problems('[[servers]]\nname = "saas"\nurl = ["https://a.example/mcp", "https://b.example/mcp"]\n' + EXCHANGE)
-    assert pool[0][0] == "servers[0].auth" and "pool" in pool[0][2]
+    pool = load_backend(config.servers[0], Path("."))
+    assert isinstance(pool, PoolBackend) and pool.credentials is not None
+    assert pool.credentials.backend == "saas"  # one cache, the pool's: its audience, not a replica's
+    assert all(isinstance(r, HttpBackend) and r.credentials is pool.credentials for r in pool.replicas)
+    on_processes = problems('[[servers]]\nname = "saas"\ncommand = "python s.py"\nreplicas = 2\n' + EXCHANGE)
+    assert on_processes[0][0] == "servers[0].auth.exchange" and "url backends only" in on_processes[0][2]
+
+
+def test_the_token_endpoint_has_its_own_ca_bundle_and_client_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TEST_EXCHANGE_SECRET", "x")
+    cert, key = self_signed_certificate(tmp_path)
+    config = parse_config(
+        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n'
+        + EXCHANGE
+        + f'ca_bundle = "{cert}"\nclient_cert = "{cert}"\nclient_key = "{key}"\n'
+    )
+    exchange = config.servers[0].exchange
+    assert exchange is not None and (exchange.ca_bundle, exchange.client_cert) == (str(cert), str(cert))
+    assert isinstance(load_backend(config.servers[0], tmp_path), HttpBackend)
+    missing = problems(
+        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n'
+        + EXCHANGE
+        + f'ca_bundle = "{tmp_path}/no.pem"\n'
+    )
+    assert missing == [
+        ("servers[0].auth.exchange.ca_bundle", 10, f"names '{tmp_path}/no.pem', which is not a readable file")
+    ]
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    garbage = problems(
+        '[[servers]]\nname = "saas"\nurl = "https://saas.example/mcp"\n' + EXCHANGE + f'ca_bundle = "{not_pem}"\n'
+    )
+    assert garbage[0][0] == "servers[0].auth.exchange.ca_bundle" and "cannot be loaded" in garbage[0][2]
 
 
 def test_an_exchange_needs_its_endpoint_and_client_credentials() -> None:
