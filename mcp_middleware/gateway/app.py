@@ -22,7 +22,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,7 +139,7 @@ def build_gateway(
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     gateway = Gateway(
         config=config,
-        app=(lifespan := _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)),
+        app=(lifespan := _Lifespan(operations.handle, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,
@@ -231,7 +231,9 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
 
 def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGIApp:
     """The router with the dev authorization server beside it, affinity and the front door around it."""
-    inner: ASGIApp = router
+    # The layers in front call each other's `handle`/`route` where they have one: a request they pass on
+    # unchanged leaves none of their frames in the await chain (each is resumed every time the backend wakes).
+    inner: ASGIApp = router.route
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
     inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
@@ -243,7 +245,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
         cors=door.cors,
         max_body_size=door.max_body_size,
         exempt_paths=(),
-    )
+    ).handle
 
 
 def _traced(
@@ -290,7 +292,7 @@ def _traced(
         instrument(meter_provider)
     if metrics is None:
         return tracing
-    return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry)
+    return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry).handle
 
 
 def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:
@@ -326,11 +328,11 @@ class _Beside:
         self.main = main
         self.paths = frozenset(paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain call returning the chosen app's awaitable: no frame of ours stays in the await chain.
         if scope["type"] == "http" and scope["path"] in self.paths:
-            await self.side(scope, receive, send)
-            return
-        await self.main(scope, receive, send)
+            return self.side(scope, receive, send)
+        return self.main(scope, receive, send)
 
 
 class _Lifespan:

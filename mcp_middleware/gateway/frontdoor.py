@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -95,36 +95,38 @@ class FrontDoorMiddleware:
         return any(p.fullmatch(origin.lower()) for p in self._origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope, receive, send)
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What awaiting the middleware does, as an awaitable: a request that passes unchanged is the inner
+        app's own (the gateway calls this, so that no frame of the door stays in the await chain)."""
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         host, origin, length, preflight, framed = _read_headers(scope["headers"])
         if scope["path"] not in self.exempt_paths and not self.host_allowed(host):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
-            await self._refuse(scope, send, 421, "Host not allowed")
-            return
+            return self._refuse(scope, send, 421, "Host not allowed")
         if origin is not None and not self.origin_allowed(origin):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
-            await self._refuse(scope, send, 403, "Origin not allowed")
-            return
+            return self._refuse(scope, send, 403, "Origin not allowed")
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         cors = self.cors and origin is not None
         if cors and preflight and scope["method"] == "OPTIONS":
-            await self._preflight(send, origin or "")
-            return
+            return self._preflight(send, origin or "")
         declared = _declared_length(length)
         if declared is not None and declared > self.max_body_size:
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
-            await self._too_large(send)
-            return
+            return self._too_large(send)
         if declared is not None and framed and not cors:
             # The server frames the body by its declared length (HTTP/1.1 and HTTP/2 both refuse a body
             # longer than Content-Length), which is within the limit: nothing to count, no CORS to add.
-            await self.app(scope, receive, send)
-            return
-        exchange = _Exchange(receive, send, self.max_body_size, origin if cors else None)
+            return self.app(scope, receive, send)
+        return self._counted(scope, receive, send, origin if cors else None)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, cors_origin: str | None) -> None:
+        """The body counted as it streams in (and the CORS headers added): the request needs the door's frame."""
+        exchange = _Exchange(receive, send, self.max_body_size, cors_origin)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
