@@ -231,9 +231,7 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
 
 def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGIApp:
     """The router with the dev authorization server beside it, affinity and the front door around it."""
-    # The layers in front call each other's `handle`/`route` where they have one: a request they pass on
-    # unchanged leaves none of their frames in the await chain (each is resumed every time the backend wakes).
-    inner: ASGIApp = router.route
+    inner: ASGIApp = router.route  # `route`/`handle`: a layer passing a request on leaves no frame in its await chain
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
     inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
@@ -291,8 +289,8 @@ def _traced(
     for instrument in assembly.instruments:
         instrument(meter_provider)
     if metrics is None:
-        return tracing
-    return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry).handle
+        return tracing.handle
+    return PrometheusMiddleware(tracing.handle, path=config.tracing.metrics_path, registry=metrics.registry).handle
 
 
 def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:
@@ -329,8 +327,7 @@ class _Beside:
         self.paths = frozenset(paths)
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        # A plain call returning the chosen app's awaitable: no frame of ours stays in the await chain.
-        if scope["type"] == "http" and scope["path"] in self.paths:
+        if scope["type"] == "http" and scope["path"] in self.paths:  # the chosen app's awaitable: no frame of ours
             return self.side(scope, receive, send)
         return self.main(scope, receive, send)
 
