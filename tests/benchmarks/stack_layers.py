@@ -3,7 +3,8 @@
 `layers5`: five `async def __call__` layers that only `await self.app(...)` (each stays in the
 await chain for the whole request and is resumed every time the app wakes); `tail5`: five layers
 whose plain `def __call__` returns the inner app's awaitable (no frame of their own stays in the
-chain). `--apps bare,layers5,tail5` prices a layer, and what leaving the chain saves.
+chain). `--apps bare,layers5,tail5` prices a layer, and what leaving the chain saves (in process only:
+uvicorn takes an app whose `__call__` is not a coroutine function for ASGI 2, so `tail5` cannot be served).
 """
 
 from __future__ import annotations
