@@ -23,7 +23,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,7 +140,7 @@ def build_gateway(
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     gateway = Gateway(
         config=config,
-        app=(lifespan := _Lifespan(operations, router, closers, freeze_gc=settings.gc_freeze)),
+        app=(lifespan := _Lifespan(operations.handle, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,
@@ -232,7 +232,7 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
 
 def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGIApp:
     """The router with the dev authorization server beside it, affinity and the front door around it."""
-    inner: ASGIApp = router
+    inner: ASGIApp = router.route  # `route`/`handle`: a layer passing a request on leaves no frame in its await chain
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
     inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
@@ -245,7 +245,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
         cors=door.cors,
         max_body_size=door.max_body_size,
         exempt_paths=(),
-    )
+    ).handle
 
 
 def _traced(
@@ -291,8 +291,8 @@ def _traced(
     for instrument in assembly.instruments:
         instrument(meter_provider)
     if metrics is None:
-        return tracing
-    return PrometheusMiddleware(tracing, path=config.tracing.metrics_path, registry=metrics.registry)
+        return tracing.handle
+    return PrometheusMiddleware(tracing.handle, path=config.tracing.metrics_path, registry=metrics.registry).handle
 
 
 def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:
@@ -328,11 +328,10 @@ class _Beside:
         self.main = main
         self.paths = frozenset(paths)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            await self.side(scope, receive, send)
-            return
-        await self.main(scope, receive, send)
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] == "http" and scope["path"] in self.paths:  # the chosen app's awaitable: no frame of ours
+            return self.side(scope, receive, send)
+        return self.main(scope, receive, send)
 
 
 class _Lifespan:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -75,56 +75,69 @@ class FrontDoorMiddleware:
         self.cors = cors
         self.max_body_size = max_body_size
         self.exempt_paths = frozenset(exempt_paths)
-        self._seen_hosts: dict[str, bool] = {}
+        self._seen_hosts: dict[bytes, bool] = {}
 
     def host_allowed(self, host: str | None) -> bool:
         if self._any_host:
             return True
-        if host is None:
-            return False
-        allowed = self._seen_hosts.get(host)
+        return host is not None and self._host_allowed(host.encode("latin-1"))
+
+    def _host_allowed(self, raw: bytes) -> bool:
+        """`raw` (the header's bytes) judged once, remembered when short (client-chosen: a bounded table)."""
+        allowed = self._seen_hosts.get(raw)
         if allowed is None:
+            host = raw.decode("latin-1")
             allowed = any(p.fullmatch(host.lower()) for p in self._hosts)
-            if len(host) <= _REMEMBERED_HOST_LENGTH:  # client-chosen: short ones only, in a bounded table
+            if len(raw) <= _REMEMBERED_HOST_LENGTH:
                 if len(self._seen_hosts) >= _REMEMBERED_HOSTS:
                     self._seen_hosts.clear()
-                self._seen_hosts[host] = allowed
+                self._seen_hosts[raw] = allowed
         return allowed
 
     def origin_allowed(self, origin: str) -> bool:
         return any(p.fullmatch(origin.lower()) for p in self._origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope, receive, send)
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What awaiting the middleware does, as an awaitable: a request that passes unchanged is the inner
+        app's own (the gateway calls this, so that no frame of the door stays in the await chain)."""
         if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        host, origin, length, preflight, framed = _read_headers(scope["headers"])
-        if scope["path"] not in self.exempt_paths and not self.host_allowed(host):
+            return self.app(scope, receive, send)
+        # One C-level pass over the headers; the first of a repeated name wins, as a lookup by name finds it.
+        first = dict(reversed(scope["headers"]))
+        host = first.get(b"host")
+        if (
+            not self._any_host
+            and scope["path"] not in self.exempt_paths
+            and (host is None or not self._host_allowed(host))
+        ):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
-            await self._refuse(scope, send, 421, "Host not allowed")
-            return
+            return self._refuse(scope, send, 421, "Host not allowed")
+        raw_origin = first.get(b"origin")
+        origin = raw_origin.decode("latin-1") if raw_origin is not None else None
         if origin is not None and not self.origin_allowed(origin):
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
-            await self._refuse(scope, send, 403, "Origin not allowed")
-            return
+            return self._refuse(scope, send, 403, "Origin not allowed")
         if scope["type"] == "websocket":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         cors = self.cors and origin is not None
-        if cors and preflight and scope["method"] == "OPTIONS":
-            await self._preflight(send, origin or "")
-            return
-        declared = _declared_length(length)
+        if cors and b"access-control-request-method" in first and scope["method"] == "OPTIONS":
+            return self._preflight(send, origin or "")
+        declared = _declared_length(first.get(b"content-length"))
         if declared is not None and declared > self.max_body_size:
             record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
-            await self._too_large(send)
-            return
-        if declared is not None and framed and not cors:
+            return self._too_large(send)
+        if declared is not None and b"transfer-encoding" not in first and not cors:
             # The server frames the body by its declared length (HTTP/1.1 and HTTP/2 both refuse a body
             # longer than Content-Length), which is within the limit: nothing to count, no CORS to add.
-            await self.app(scope, receive, send)
-            return
-        exchange = _Exchange(receive, send, self.max_body_size, origin if cors else None)
+            return self.app(scope, receive, send)
+        return self._counted(scope, receive, send, origin if cors else None)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, cors_origin: str | None) -> None:
+        """The body counted as it streams in (and the CORS headers added): the request needs the door's frame."""
+        exchange = _Exchange(receive, send, self.max_body_size, cors_origin)
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except Exception:
@@ -162,26 +175,12 @@ class FrontDoorMiddleware:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _declared_length(text: str | None) -> int | None:
-    """`Content-Length` as a number; None when absent or not ASCII digits (`"²".isdigit()` is True, and
+def _declared_length(raw: bytes | None) -> int | None:
+    """`Content-Length` as a number; None when absent or not ASCII digits (`bytes.isdigit` is ASCII-only, and
     `int()` refuses strings of over 4,300 digits: a length that long is simply too large)."""
-    if text is None or not (text.isascii() and text.isdigit()):
+    if raw is None or not raw.isdigit():
         return None
-    return int(text) if len(text) <= 18 else sys.maxsize
-
-
-def _read_headers(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None, str | None, bool, bool]:
-    """The first `Host`, `Origin` and `Content-Length`, whether the request is a CORS preflight, and whether
-    its body is framed by `Content-Length` alone (no `Transfer-Encoding`): one C-level pass over the list."""
-    first = dict(reversed(headers))  # the first of repeated names wins, as a lookup by name would find it
-    host, origin, length = first.get(b"host"), first.get(b"origin"), first.get(b"content-length")
-    return (
-        host.decode("latin-1") if host is not None else None,
-        origin.decode("latin-1") if origin is not None else None,
-        length.decode("latin-1") if length is not None else None,
-        b"access-control-request-method" in first,
-        b"transfer-encoding" not in first,
-    )
+    return int(raw) if len(raw) <= 18 else sys.maxsize
 
 
 class _Exchange:

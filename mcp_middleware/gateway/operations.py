@@ -63,14 +63,17 @@ class OperationsMiddleware:
         self._draining = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope, receive, send)
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
+        (the gateway calls this, so that no frame of this layer stays in an MCP request's await chain)."""
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             if scope["path"] == self.health_path:
-                await _json(send, 200, {"status": "ok", "uptime": round(time.monotonic() - self._started, 3)})
-                return
+                return _json(send, 200, {"status": "ok", "uptime": round(time.monotonic() - self._started, 3)})
             if scope["path"] == self.ready_path:
-                await self._ready(send)
-                return
-        await self.app(scope, receive, send)
+                return self._ready(send)
+        return self.app(scope, receive, send)
 
     async def readiness(self) -> tuple[bool, dict[str, dict[str, object]]]:
         """Run every check; `(none failed, {name: {"ok": …, "detail": …, "ms": …}})`.

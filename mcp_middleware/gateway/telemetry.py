@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Final
 
 from starlette.types import Scope
 
-from mcp_middleware.core import get_decisions
+from mcp_middleware.core import DECISIONS_SCOPE_KEY
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
@@ -185,9 +185,9 @@ def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | 
     mount_prefix = prefix.rstrip("/") + "/"
 
     def label(scope: Scope) -> str | None:
-        for decision in reversed(get_decisions(scope)):
-            if decision.component == "router" and decision.outcome == "routed":
-                server = decision.attributes.get("server")
+        for component, outcome, attributes in reversed(scope.get(DECISIONS_SCOPE_KEY) or ()):  # the list, uncopied
+            if outcome == "routed" and component == "router":
+                server = attributes.get("server")
                 return server if isinstance(server, str) and server in known else None
         path: str = scope["path"]
         if path.startswith(mount_prefix):

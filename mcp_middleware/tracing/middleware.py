@@ -16,7 +16,7 @@ attributes, decisions and outcome, and the `mcp` SDK's span becomes the host spa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from opentelemetry import propagate, trace
@@ -53,6 +53,7 @@ from .context import (
 )
 from .exchange import Exchange
 from .http_semconv import HttpConventions
+from .measured import measure
 from .metrics import McpMetrics
 from .providers import ProviderWatch
 from .semconv import request_attributes, span_name
@@ -163,6 +164,20 @@ class TracingMiddleware:
     def tracing(self) -> bool:
         """Whether spans are recorded: an SDK tracer provider is given or set globally (see :mod:`.providers`)."""
         return self._tracing()
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What awaiting the middleware does, as an awaitable (a layer in front may call this instead):
+        a request that is only measured (no span, no access line) skips the `Exchange` (see :mod:`.measured`)."""
+        if (
+            self.access_log is None
+            and not self.http_metrics
+            and scope["type"] == "http"
+            and _EXCHANGE_KEY not in scope
+            and not self.tracing
+            and self.metrics.active
+        ):
+            return measure(self.app, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
+        return self(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:

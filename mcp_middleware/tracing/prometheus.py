@@ -12,6 +12,7 @@ when these classes are used, so the rest of the package runs on the API alone.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -90,9 +91,16 @@ class PrometheusMiddleware:
         self.registry = registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope, receive, send)
+
+    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
+        (a layer in front may call this, so that no frame of this one stays in the request's await chain)."""
         if scope["type"] != "http" or self._relative_path(scope) != self.path:
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._serve(scope, send)
+
+    async def _serve(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
             await send(
                 {

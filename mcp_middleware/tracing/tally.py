@@ -18,16 +18,17 @@ class Tally:
     once, the first time the key is counted. `add(amount, attributes)` is the `Counter.add` shape.
     """
 
-    __slots__ = ("_labels", "_sets", "_totals")
+    __slots__ = ("_labels", "_sets", "totals")
 
     def __init__(self, meter: Meter, name: str, labels: tuple[str, ...], *, unit: str, description: str) -> None:
         self._labels = labels
-        self._totals: dict[tuple[object, ...], int] = {}
+        self.totals: dict[tuple[object, ...], int] = {}
+        """Totals by key; a key already here may be added to in place (a new one goes through :meth:`count`)."""
         self._sets: dict[tuple[object, ...], AttributeMap] = {}
         meter.create_observable_counter(name, callbacks=[self._observe], unit=unit, description=description)
 
     def count(self, key: tuple[object, ...], amount: int = 1) -> None:
-        totals = self._totals
+        totals = self.totals
         if key in totals:
             totals[key] += amount
             return
@@ -42,4 +43,4 @@ class Tally:
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         sets = self._sets
-        return [Observation(total, sets[key]) for key, total in list(self._totals.items())]
+        return [Observation(total, sets[key]) for key, total in list(self.totals.items())]

@@ -263,3 +263,31 @@ def test_past_the_kept_sets_measurements_take_the_public_path(monkeypatch: pytes
     counts = {dict(p[1])["mcp.method.name"]: p[2] for p in export(reader)}
     assert counts == dict.fromkeys(methods, 3)
     provider.shutdown()
+
+
+def test_the_shortcut_hands_the_aggregations_the_measurement_the_sdk_would_build() -> None:
+    """Field for field what `Measurement(value, time, instrument, context, attributes)` holds (built faster)."""
+    from opentelemetry.context import get_current
+    from opentelemetry.sdk.metrics._internal.measurement import Measurement
+
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    bound = PreboundSet(histogram(provider), dict(SETS[0]))
+    bound.record(0.5)  # the public path, which binds
+    assert bound._binding is not None
+    seen: list[tuple[Any, Any]] = []
+
+    class Recorder:
+        def aggregate(self, measurement: Any, sample: Any) -> None:
+            seen.append((measurement, sample))
+
+    storages, instrument, exemplars, _ = bound._binding
+    bound._binding = (storages, instrument, exemplars, (Recorder(),))
+    bound.record(0.25)
+    [(measurement, _)] = seen
+    assert isinstance(measurement, Measurement)
+    expected = Measurement(0.25, measurement.time_unix_nano, instrument, get_current(), bound.attributes)
+    assert {field: getattr(measurement, field) for field in vars(expected)} == vars(expected)
+    assert measurement.attributes is bound.attributes  # uncopied: our sets are already clean
+    with pytest.raises(AttributeError):  # still frozen
+        measurement.value = 1.0
+    provider.shutdown()

@@ -1,0 +1,208 @@
+"""Where an app's instructions go, and what a request leaves to the garbage collector (in process).
+
+The instruction benchmark says how much a stack costs; this says where. It drives an app of
+`tests.benchmarks.apps` as `bench_instructions.drive` does (a real ASGI call per request, the SDK
+app, its session manager), warms it up, then for a few requests:
+
+- `bytecodes`: counts the bytecodes each function executes on the event loop's thread
+  (`sys.settrace` with opcode events), per function and per package, a request;
+- `garbage`: counts the objects the cyclic collector frees a request (collections disabled while
+  the requests run, then one `gc.collect()`), and the objects allocated a request that outlive it
+  (`gc.get_objects()` before and after).
+
+    python -m tests.benchmarks.profile_requests bytecodes gateway --top 40
+    python -m tests.benchmarks.profile_requests garbage bare,full_stack,gateway
+
+Compare two apps by running both: the difference is the second one's own share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import sys
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from types import FrameType
+from typing import Any
+
+from ._common import modern_headers, tools_call_body
+from .apps import APPS, STACKS
+
+Request = Callable[[int], Awaitable[None]]
+
+
+async def _serve(app_name: str, body: Callable[[Request], Awaitable[None]]) -> None:
+    """Run `app_name`'s lifespan, hand `body` a function sending one request, shut down."""
+    app = APPS[app_name]()
+    headers = [(b"host", b"127.0.0.1:8000")] + [
+        (k.encode(), v.encode()) for k, v in (*modern_headers(), *STACKS[app_name].headers)
+    ]
+    started, shutdown = asyncio.Event(), asyncio.Event()
+
+    async def lifespan() -> None:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "lifespan.startup"}
+            await shutdown.wait()
+            return {"type": "lifespan.shutdown"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    async def one(request_id: int) -> None:
+        payload = tools_call_body(request_id)
+        delivered = False
+        statuses: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": payload, "more_body": False}
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [*headers, (b"content-length", str(len(payload)).encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+            "state": {},
+        }
+        await app(scope, receive, send)
+        if statuses != [200]:
+            raise RuntimeError(f"{app_name}: request {request_id} answered {statuses}")
+
+    task = asyncio.create_task(lifespan())
+    await asyncio.wait_for(started.wait(), 30)
+    try:
+        await body(one)
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(task, 30)
+
+
+def _where(frame: FrameType) -> str:
+    code = frame.f_code
+    name = code.co_filename
+    for marker in ("site-packages/", "wt-perfgw17/", "lib/python3.11/"):
+        if marker in name:
+            name = name.split(marker, 1)[1]
+            break
+    return f"{name}:{code.co_firstlineno} {code.co_qualname}"
+
+
+def _package(where: str) -> str:
+    path = where.split(":", 1)[0]
+    parts = path.split("/")
+    return "/".join(parts[:2]) if len(parts) > 1 else path
+
+
+async def _bytecodes(one: Request, warm: int, measured: int) -> Counter[str]:
+    for i in range(warm):
+        await one(100_000 + i)
+    counts: Counter[str] = Counter()
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        if event == "opcode":
+            counts[_where(frame)] += 1
+        return local
+
+    def global_(frame: FrameType, event: str, arg: object) -> Any:
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(global_)
+    try:
+        for i in range(measured):
+            await one(200_000 + i)
+    finally:
+        sys.settrace(None)
+    return counts
+
+
+def bytecodes(app_name: str, *, warm: int = 30, measured: int = 20, top: int = 40) -> Counter[str]:
+    """Bytecodes a request by function (the `top` largest printed) and by package."""
+    box: list[Counter[str]] = []
+
+    async def body(one: Request) -> None:
+        box.append(await _bytecodes(one, warm, measured))
+
+    asyncio.run(_serve(app_name, body))
+    counts = box[0]
+    total = sum(counts.values())
+    print(f"{app_name}: {total / measured:,.0f} bytecodes a request (event loop thread)")
+    packages: Counter[str] = Counter()
+    for where, n in counts.items():
+        packages[_package(where)] += n
+    for package, n in packages.most_common(25):
+        print(f"  {n / measured:8,.0f}  {package}")
+    print("  functions:")
+    for where, n in counts.most_common(top):
+        print(f"  {n / measured:8,.0f}  {where}")
+    return counts
+
+
+def garbage(app_name: str, *, warm: int = 50, measured: int = 200) -> tuple[float, float]:
+    """(objects the cyclic collector frees, objects that outlive the requests) a request."""
+    box: list[tuple[float, float]] = []
+
+    async def body(one: Request) -> None:
+        for i in range(warm):
+            await one(100_000 + i)
+        gc.collect()
+        gc.disable()
+        before = len(gc.get_objects())
+        try:
+            for i in range(measured):
+                await one(200_000 + i)
+            freed = gc.collect()
+        finally:
+            gc.enable()
+        kept = len(gc.get_objects()) - before
+        box.append((freed / measured, kept / measured))
+
+    asyncio.run(_serve(app_name, body))
+    return box[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.profile_requests")
+    parser.add_argument("what", choices=("bytecodes", "garbage"))
+    parser.add_argument("apps", help="comma-separated app names of tests.benchmarks.apps")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--measured", type=int)
+    args = parser.parse_args(argv)
+    logging.disable(logging.INFO)
+    for app_name in args.apps.split(","):
+        if args.what == "bytecodes":
+            bytecodes(app_name, top=args.top, measured=args.measured or 20)
+        else:
+            freed, kept = garbage(app_name, measured=args.measured or 200)
+            print(f"{app_name}: {freed:,.1f} objects freed by the collector a request, {kept:+,.2f} kept")
+
+
+if __name__ == "__main__":
+    main()
