@@ -9,6 +9,9 @@ hands back what must be awaited next, the next layer's own awaitable when nothin
 afterwards, else a coroutine of its own. Behaviour is the same either way; the outermost layer
 is always entered by its `__call__` (servers look for a coroutine function).
 
+The gateway's own layers (operations, `/metrics`, the front door, tracing, the router) define
+`mcp_direct` too, and the gateway wires each to the next one's: one protocol, one name.
+
     self._next = inner_app(app)          # in __init__
     await self._next(scope, receive, send)  # instead of `await self.app(...)`
 """

@@ -140,7 +140,7 @@ def build_gateway(
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     gateway = Gateway(
         config=config,
-        app=(lifespan := _Lifespan(operations.handle, router, closers, freeze_gc=settings.gc_freeze)),
+        app=(lifespan := _Lifespan(operations.mcp_direct, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,
@@ -232,7 +232,7 @@ def _router(config: GatewayConfig, assembly: Assembly) -> tuple[McpRouter, list[
 
 def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGIApp:
     """The router with the dev authorization server beside it, affinity and the front door around it."""
-    inner: ASGIApp = router.route  # `route`/`handle`: a layer passing a request on leaves no frame in its await chain
+    inner: ASGIApp = router.mcp_direct  # `mcp_direct` (core.direct): a layer passing a request on leaves no frame
     if assembly.authorization_server is not None:
         inner = _Beside(assembly.authorization_server, inner, assembly.authorization_server.paths)
     inner = session_layer(inner, config)  # sealed handles (`session_key`) or the instance tag (`instance`)
@@ -245,7 +245,7 @@ def _front(router: McpRouter, config: GatewayConfig, assembly: Assembly) -> ASGI
         cors=door.cors,
         max_body_size=door.max_body_size,
         exempt_paths=(),
-    ).handle
+    ).mcp_direct
 
 
 def _traced(
@@ -291,8 +291,10 @@ def _traced(
     for instrument in assembly.instruments:
         instrument(meter_provider)
     if metrics is None:
-        return tracing.handle
-    return PrometheusMiddleware(tracing.handle, path=config.tracing.metrics_path, registry=metrics.registry).handle
+        return tracing.mcp_direct
+    return PrometheusMiddleware(
+        tracing.mcp_direct, path=config.tracing.metrics_path, registry=metrics.registry
+    ).mcp_direct
 
 
 def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:

@@ -98,9 +98,9 @@ class FrontDoorMiddleware:
         return any(p.fullmatch(origin.lower()) for p in self._origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handle(scope, receive, send)
+        await self.mcp_direct(scope, receive, send)
 
-    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable: a request that passes unchanged is the inner
         app's own (the gateway calls this, so that no frame of the door stays in the await chain)."""
         if scope["type"] not in ("http", "websocket"):

@@ -63,9 +63,9 @@ class OperationsMiddleware:
         self._draining = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handle(scope, receive, send)
+        await self.mcp_direct(scope, receive, send)
 
-    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
         (the gateway calls this, so that no frame of this layer stays in an MCP request's await chain)."""
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):

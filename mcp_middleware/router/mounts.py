@@ -387,9 +387,9 @@ class McpRouter:
             return await apply_changes(self, changes, drain_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.route(scope, receive, send)
+        await self.mcp_direct(scope, receive, send)
 
-    def route(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the router does, as the awaitable of whatever serves the request.
 
         A layer in front (the gateway's) may call this instead of the router: a request that goes

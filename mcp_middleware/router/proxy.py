@@ -38,6 +38,7 @@ from ._upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUn
 from .credentials import BackendCredentials, ExchangeError, send_exchange_error
 from .safety import MAY_HAVE_RUN
 from .sessions import SessionOwners, owner_of, refuse_session, sealed_session
+from .tls import tls_refusal
 
 __all__ = ["StreamingProxy", "pooled_client"]
 
@@ -186,7 +187,7 @@ class StreamingProxy:
             await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False)
             return
         except UpstreamError as exc:
-            self._unreachable(str(exc))
+            self._unreachable(tls_refusal(exc) or str(exc))  # a refused handshake says tls: …
             sent = not isinstance(exc, UpstreamUnreachable)
             await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable", sent=sent)
             return

@@ -165,7 +165,7 @@ class TracingMiddleware:
         """Whether spans are recorded: an SDK tracer provider is given or set globally (see :mod:`.providers`)."""
         return self._tracing()
 
-    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable (a layer in front may call this instead):
         a request that is only measured (no span, no access line) skips the `Exchange` (see :mod:`.measured`)."""
         if (
@@ -176,7 +176,7 @@ class TracingMiddleware:
             and not self.tracing
             and self.metrics.active
         ):
-            return measure(self.app, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
+            return measure(self._next, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
         return self(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

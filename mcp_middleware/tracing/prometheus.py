@@ -91,9 +91,9 @@ class PrometheusMiddleware:
         self.registry = registry
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.handle(scope, receive, send)
+        await self.mcp_direct(scope, receive, send)
 
-    def handle(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+    def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
         (a layer in front may call this, so that no frame of this one stays in the request's await chain)."""
         if scope["type"] != "http" or self._relative_path(scope) != self.path:

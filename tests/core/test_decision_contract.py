@@ -45,6 +45,7 @@ DYNAMIC: dict[tuple[str, str], set[str]] = {
     ("breaker/call.py", "breaker"): {"success", "failure", "neutral"},  # a `Classification`'s value
     ("router/bridge.py", "router"): set(),  # `decide()` passes its caller's outcome on; the callers are scanned
     ("cache/middleware.py", "cache"): {"hit", "stale"},  # `status` of a served entry
+    ("router/credentials.py", "credentials"): {"deny", "failure"},  # 401/403 deny, 502/504 failure
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 import ssl
 import threading
 import time
@@ -170,8 +171,10 @@ async def test_the_gateway_with_the_client_certificate_reaches_the_backend(era: 
             assert result.content[0].text == "over mtls"  # type: ignore[union-attr]
 
 
-async def test_without_the_certificate_the_call_is_a_json_rpc_502_and_the_health_check_says_why(pki: Pki) -> None:
-    with mtls_backend(pki) as url:
+async def test_without_the_certificate_the_call_is_a_json_rpc_502_and_the_health_check_says_why(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="mcp_middleware.router"), mtls_backend(pki) as url:
         gateway = build_gateway(parse_config(gateway_config(url, pki)))
         health = {found.name: found for found in await probe_gateway(gateway, patience=15)}
         assert health["secure"].state == "healthy" and "echo" in health["secure"].tools
@@ -194,6 +197,10 @@ async def test_without_the_certificate_the_call_is_a_json_rpc_502_and_the_health
         assert answer["id"] == 9 and answer["error"]["code"] == ErrorCode.BAD_GATEWAY
         assert "secure__echo" in {tool.name for tool in listed.tools}
         assert "nocert" in str(listed.meta), listed.meta  # the partial list says which member failed
+        logged = [record.getMessage() for record in caplog.records]
+        unreachable = [line for line in logged if "unreachable" in line and "nocert" in line]
+        # the data path's WARNING names the refused handshake too, not only the health check
+        assert unreachable and "tls: " in unreachable[0] and "tls.client_cert" in unreachable[0], logged
 
 
 async def test_every_replica_of_a_pool_is_reached_with_the_certificate(pki: Pki) -> None:

@@ -1,4 +1,4 @@
-"""The measured-only path (`TracingMiddleware.handle` with no span and no access line) records what the full
+"""The measured-only path (`TracingMiddleware.mcp_direct` with no span and no access line) records what the full
 path records: twin servers, one entered through `handle`, the other through `__call__`, get the same traffic
 and must export the same metrics (every label set, count and bucket bound; not the durations themselves)."""
 
@@ -118,7 +118,7 @@ async def test_the_measured_path_records_what_the_full_path_records(
     monkeypatch.setattr(tracing_middleware, "measure", spy)
     lean, full = twins
     lean_app, full_app = _middleware(lean), _middleware(full)
-    await traffic(serve(lean_app.handle), era)
+    await traffic(serve(lean_app.mcp_direct), era)
     await traffic(serve(full_app), era)
 
     def crashed(metrics: Metrics) -> bool:
@@ -152,11 +152,11 @@ async def test_the_full_path_is_kept_for_spans_an_access_line_or_http_metrics(
         raise AssertionError("not sent")
 
     for options in ({"access_log": True}, {"http_metrics": True}):
-        awaitable = _middleware(lean, **options).handle(scope, nothing, ignore)
+        awaitable = _middleware(lean, **options).mcp_direct(scope, nothing, ignore)
         assert getattr(awaitable, "__qualname__", "") == "TracingMiddleware.__call__"
         awaitable.close()  # type: ignore[attr-defined]
     inner = _middleware(lean)
-    awaitable = inner.handle({**scope, "mcp_middleware.tracing.exchange": object()}, nothing, ignore)
+    awaitable = inner.mcp_direct({**scope, "mcp_middleware.tracing.exchange": object()}, nothing, ignore)
     assert getattr(awaitable, "__qualname__", "") == "TracingMiddleware.__call__"  # an outer one traces it
     awaitable.close()  # type: ignore[attr-defined]
     assert taken == []
@@ -167,7 +167,7 @@ async def test_an_inner_tracing_middleware_adds_nothing_under_the_measured_path(
         build_server().streamable_http_app(), tracer_provider=NoOpTracerProvider(), meter_provider=metrics.provider
     )
     outer = TracingMiddleware(inner, tracer_provider=NoOpTracerProvider(), meter_provider=metrics.provider)
-    served = serve(outer.handle)
+    served = serve(outer.mcp_direct)
     async with connect(served.mcp_url, "modern") as client:
         await client.call_tool("echo", {"text": "once"})
 
