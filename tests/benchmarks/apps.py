@@ -37,6 +37,9 @@ class Stack:
     lifespan: bool = False
     """The wrapped app runs the server's lifespan itself (a router, the gateway): `shared()` runs the
     wrapped app's lifespan instead of the server's session manager."""
+    path: str = "/mcp"
+    """Where the load sends its requests: the path a client of this stack calls (the gateway's mount
+    `/mcp/bench`); the bare server serves `/mcp`."""
 
 
 def _ignore(request: McpRequest, outcome: ResponseOutcome) -> None:
@@ -98,6 +101,7 @@ def shared() -> ASGIApp:
     wanted = [name for name in os.environ.get("BENCH_STACKS", "").split(",") if name] or list(STACKS)
     servers = {name: build_server() for name in wanted}
     routes = {f"/{name}/mcp".encode(): STACKS[name].wrap(s.streamable_http_app()) for name, s in servers.items()}
+    paths = {f"/{name}/mcp".encode(): STACKS[name].path for name in servers}
     if os.environ.get("BENCH_GC_FREEZE") == "1":  # as in build()
         gc.collect()
         gc.freeze()
@@ -120,7 +124,8 @@ def shared() -> ASGIApp:
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return
-        # Each app is a plain SDK app serving /mcp, as in the other modes.
-        await app({**scope, "path": "/mcp", "raw_path": b"/mcp"}, receive, send)
+        # Each app is served at its own path, as in the other modes (the scope is rewritten for every app alike).
+        path = paths[scope["raw_path"]]
+        await app({**scope, "path": path, "raw_path": path.encode()}, receive, send)
 
     return dispatch

@@ -133,7 +133,7 @@ def start_server(name: str, *, cpu: int | None = None, hash_seed: int = 0) -> Se
     return server
 
 
-async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp", app: str | None = None) -> None:
+async def wait_ready(server: Server, patience: float = 30.0, path: str | None = None, app: str | None = None) -> None:
     """Until the server answers a `tools/call` correctly (or fail with its log)."""
     deadline = time.monotonic() + patience
     last: Exception | None = None
@@ -147,7 +147,8 @@ async def wait_ready(server: Server, patience: float = 30.0, path: str = "/mcp",
             await asyncio.sleep(0.05)
             continue
         try:
-            wire = Wire(server.port, path, STACKS[app or server.name].headers)
+            stack = STACKS[app or server.name]
+            wire = Wire(server.port, path or stack.path, stack.headers)
             writer.write(wire.request(_FIRST_ID))
             status, body = await asyncio.wait_for(read_response(reader), 10)
             wire.check(status, body, _FIRST_ID)
@@ -311,10 +312,11 @@ async def load(
     connections: int,
     warmup: float,
     duration: float,
-    path: str = "/mcp",
+    path: str | None = None,
     app: str | None = None,
 ) -> Run:
-    wire = Wire(server.port, path, STACKS[app or server.name].headers)
+    stack = STACKS[app or server.name]
+    wire = Wire(server.port, path or stack.path, stack.headers)
     now = time.perf_counter_ns()
     window = _Window(start=now + int(warmup * 1e9), end=now + int((warmup + duration) * 1e9))
     tasks = [asyncio.create_task(_connection(server.port, wire, window, i)) for i in range(connections)]

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .apps import STACKS, Stack
 from .bench_e2e import _FIRST_ID, HOST, Server, Wire, free_port, read_response, uvicorn_command, wait_ready
 from .bench_instructions import Count, per_request
 
@@ -34,7 +35,7 @@ _CONNECTIONS = 4
 
 async def _load(server: Server, requests: int) -> None:
     await wait_ready(server, patience=1200.0)  # valgrind starts a server 50x slower than usual
-    wire = Wire(server.port, "/mcp", _stack_headers(server.name))
+    wire = Wire(server.port, _stack(server.name).path, _stack(server.name).headers)
 
     async def connection(index: int) -> None:
         reader, writer = await asyncio.open_connection(HOST, server.port)
@@ -50,10 +51,8 @@ async def _load(server: Server, requests: int) -> None:
     await asyncio.gather(*(connection(index) for index in range(_CONNECTIONS)))
 
 
-def _stack_headers(app: str) -> tuple[tuple[str, str], ...]:
-    from .apps import STACKS
-
-    return STACKS[app].headers
+def _stack(app: str) -> Stack:
+    return STACKS[app]
 
 
 def _callgrind(app: str, requests: int, workdir: Path) -> int:

@@ -28,7 +28,7 @@ from mcp_middleware.gateway.config import parse_config
 from mcp_middleware.logs import configure_logging
 
 from .apps import Stack
-from .stack_gateway import _CONFIG, _HEADERS, _apps, _AtMount
+from .stack_gateway import _CONFIG, _HEADERS, _apps
 
 _LOGGED = _CONFIG.replace("[tracing]\naccess_log = false\n", "[tracing]\naccess_log = true\n")
 assert _LOGGED != _CONFIG
@@ -39,7 +39,7 @@ def _gateway(setup: Callable[[], object]) -> Callable[[ASGIApp], ASGIApp]:
         setup()  # after the test server was built: the SDK's handler is on the root logger by now
         _apps.append(app)
         try:
-            return _AtMount(build_gateway(parse_config(_LOGGED)).app)
+            return build_gateway(parse_config(_LOGGED)).app
         finally:
             _apps.pop()
 
@@ -53,8 +53,10 @@ def _bare_logs(app: ASGIApp) -> ASGIApp:
 
 STACKS = {
     "bare_logs": Stack(_bare_logs),
-    "logs_off": Stack(_gateway(lambda: configure_logging("json", "WARNING")), headers=_HEADERS, lifespan=True),
-    "logs_json": Stack(_gateway(lambda: configure_logging("json")), headers=_HEADERS, lifespan=True),
-    "logs_text": Stack(_gateway(lambda: configure_logging("text")), headers=_HEADERS, lifespan=True),
-    "logs_rich": Stack(_gateway(lambda: None), headers=_HEADERS, lifespan=True),
+    "logs_off": Stack(
+        _gateway(lambda: configure_logging("json", "WARNING")), headers=_HEADERS, lifespan=True, path="/mcp/bench"
+    ),
+    "logs_json": Stack(_gateway(lambda: configure_logging("json")), headers=_HEADERS, lifespan=True, path="/mcp/bench"),
+    "logs_text": Stack(_gateway(lambda: configure_logging("text")), headers=_HEADERS, lifespan=True, path="/mcp/bench"),
+    "logs_rich": Stack(_gateway(lambda: None), headers=_HEADERS, lifespan=True, path="/mcp/bench"),
 }
