@@ -66,6 +66,31 @@ def pytest_configure(config: pytest.Config) -> None:
     processes.begin_run()  # before any test starts a process: they all inherit the run's tag
 
 
+# --- pytest-xdist: what must run in one worker ------------------------------------------------------
+
+SIGNALS = "signals"
+"""The `xdist_group` of tests that bound a process's shutdown or SIGKILL one under load: pinned to one worker,
+so they never run beside each other (`@pytest.mark.xdist_group(SIGNALS)`)."""
+
+_SHARED_SCOPES = ("class", "module", "package")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns `xdist_group` marks into scheduling groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, the tests of a module that share a module-scoped fixture (a gateway cluster,
+    the conformance matrix) go to one worker, so the fixture is built once, not once per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and _shares_a_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # doctests have none
+    if info is None:
+        return False
+    return any(defs and defs[-1].scope in _SHARED_SCOPES for defs in info.name2fixturedefs.values())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     try:
