@@ -75,13 +75,41 @@ so they never run beside each other (`@pytest.mark.xdist_group(SIGNALS)`)."""
 _SHARED_SCOPES = ("class", "module", "package")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns `xdist_group` marks into scheduling groups
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Under `--dist loadgroup`, the tests of a module that share a module-scoped fixture (a gateway cluster,
     the conformance matrix) go to one worker, so the fixture is built once, not once per worker."""
-    for item in items:
+    for item in items:  # before xdist's own hook turns `xdist_group` marks into scheduling groups
         if item.get_closest_marker("xdist_group") is None and _shares_a_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    result = yield
+    if getattr(config.option, "loadgroup", False):  # set in an xdist worker under --dist loadgroup
+        for item in items:
+            _name_the_group(item)
+    return result
+
+
+def _name_the_group(item: pytest.Item) -> None:
+    """Append `@group` to the node id, as pytest-xdist does to schedule a group as one unit.
+
+    pytest-xdist 3.8 writes `item._nodeid`, which pytest 9.2's structured node ids no longer read: its groups
+    are silently ignored (pytest-dev/pytest-xdist#1386). Where xdist's suffix took, this leaves it alone.
+    """
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    if not names:
+        return
+    suffix = "@" + "_".join(sorted(names))
+    if item.nodeid.endswith(suffix):
+        return
+    if hasattr(item, "_id"):  # pytest >= 9.2
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(item.nodeid + suffix)
+    else:
+        item._nodeid = item.nodeid + suffix
 
 
 def _shares_a_fixture(item: pytest.Item) -> bool:
