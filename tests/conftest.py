@@ -129,19 +129,35 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         processes.remember_descendant_groups()
 
 
+_workers_left_behind: list[str] = []
+"""Under pytest-xdist, in the controller: what each worker's check found (its own output is not shown)."""
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: the controller hears a worker has finished
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _workers_left_behind.extend(getattr(node, "workeroutput", {}).get("processes_left_behind", []))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any process it started is still alive, naming each one, and end them.
 
     Last of all sessionfinish hooks: session-scoped fixtures (pytest's runner tears them down in its
-    own sessionfinish) have stopped what they share by then.
+    own sessionfinish) have stopped what they share by then. An xdist worker hands its findings to the
+    controller (whose exit status is the run's), which reports them with its own.
     """
     leaked = processes.leftovers()
-    if not leaked:
-        return
     report = [f"left behind: {proc.describe()}" for proc in leaked]
     processes.end(leaked)
-    report.append(f"{len(leaked)} process(es) outlived the test run (now stopped): start and stop test processes")
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # in an xdist worker: sent with the worker's "finished" event
+        workeroutput["processes_left_behind"] = report
+        return
+    report += _workers_left_behind
+    if not report:
+        return
+    count = sum(line.startswith("left behind: ") for line in report)
+    report.append(f"{count} process(es) outlived the test run (now stopped): start and stop test processes")
     report.append("through tests/support/processes.py, which ends a process with its whole group")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:

@@ -1,10 +1,12 @@
 """The suite under pytest-xdist (`make test`: `-n 3 --dist loadgroup`): the tests of a module sharing a
 module-scoped fixture run in one worker (the fixture is built once), the `SIGNALS` tests run in one worker,
-and installs into `.cache/` never overlap (proved on pytest runs and processes of their own)."""
+a process a worker leaves behind still fails the run, and installs into `.cache/` never overlap (proved on
+pytest runs and processes of their own)."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pytest
 
 from tests.support import processes
 from tests.support.install_lock import holding
+from tests.test_process_hygiene import LEAKY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,9 +71,11 @@ def pytest_collection_modifyitems(items):
 """
 
 
-def inner_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]]]:
-    """A pytest session of its own over SHARED with tests/conftest.py's hooks: its result, what its tests noted."""
-    (tmp_path / "test_inner.py").write_text(SHARED)
+def inner_run(
+    tmp_path: Path, *args: str, source: str = SHARED
+) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, str]]]:
+    """A pytest session of its own over `source` with tests/conftest.py's hooks: its result, what its tests noted."""
+    (tmp_path / "test_inner.py").write_text(source)
     (tmp_path / "inner_groups.py").write_text(GROUPS)
     log = tmp_path / "inner.log"
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "INNER_LOG": str(log)}
@@ -78,7 +83,8 @@ def inner_run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[s
     done = processes.run(
         [*command, "test_inner.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
-    noted = [(kind, worker) for kind, worker in (line.split() for line in log.read_text().splitlines())]
+    lines = log.read_text().splitlines() if log.exists() else []
+    noted = [(kind, worker) for kind, worker in (line.split() for line in lines)]
     return done, noted
 
 
@@ -105,10 +111,23 @@ def test_under_xdist_each_group_runs_in_one_worker_and_the_fixture_is_built_once
     assert workers["alone"] <= {"gw0", "gw1"} and workers["alone"], noted  # the run really had xdist workers
 
 
+def test_a_process_left_behind_in_a_worker_fails_the_run_and_is_named(tmp_path: Path) -> None:
+    """A worker's own output is not shown and its exit status is not the run's: the controller reports it."""
+    done, _ = inner_run(tmp_path, "-n", "2", source=LEAKY)
+    output = done.stdout + done.stderr
+    assert "2 passed" in output, output
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, output
+    assert "processes left behind" in output and "2 process(es) outlived the test run" in output, output
+    named = {int(pid): sleep for pid, sleep in re.findall(r"left behind: pid (\d+) [^\n]*?(sleep 6[12])", output)}
+    assert sorted(named.values()) == ["sleep 61", "sleep 62"], output
+    assert not any(processes.alive(pid) for pid in named)
+
+
 HOLDER = """
 import sys, time
 from pathlib import Path
 from tests.support.install_lock import holding
+from tests.test_process_hygiene import LEAKY
 
 prefix, log = Path(sys.argv[1]), Path(sys.argv[2])
 with holding(prefix):
