@@ -5,6 +5,10 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The suite mostly waits on real processes (gateways, workers, redis-server, nginx, node): three pytest-xdist
+# workers keep 2 cores busy. Tests sharing a module-scoped fixture, and the signal-timing tests, stay together
+# (`xdist_group`, tests/conftest.py). `make test PYTEST_XDIST=` runs it in one process.
+PYTEST_XDIST ?= -n 3 --dist loadgroup
 
 .PHONY: install run test lint format bench conformance clean
 
@@ -20,7 +24,7 @@ run: install
 	PORT=$(PORT) $(PY) -m mcp_middleware.gateway serve --config examples/gateway/gateway.toml
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff format --check mcp_middleware tests examples

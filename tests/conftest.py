@@ -66,6 +66,59 @@ def pytest_configure(config: pytest.Config) -> None:
     processes.begin_run()  # before any test starts a process: they all inherit the run's tag
 
 
+# --- pytest-xdist: what must run in one worker ------------------------------------------------------
+
+SIGNALS = "signals"
+"""The `xdist_group` of tests that bound a process's shutdown or SIGKILL one under load: pinned to one worker,
+so they never run beside each other (`@pytest.mark.xdist_group(SIGNALS)`)."""
+
+_SHARED_SCOPES = ("class", "module", "package")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Under `--dist loadgroup`, the tests of a module that share a module-scoped fixture (a gateway cluster,
+    the conformance matrix) go to one worker, so the fixture is built once, not once per worker."""
+    for item in items:  # before xdist's own hook turns `xdist_group` marks into scheduling groups
+        if item.get_closest_marker("xdist_group") is None and _shares_a_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    result = yield
+    if getattr(config.option, "loadgroup", False):  # set in an xdist worker under --dist loadgroup
+        for item in items:
+            _name_the_group(item)
+    return result
+
+
+def _name_the_group(item: pytest.Item) -> None:
+    """Append `@group` to the node id, as pytest-xdist does to schedule a group as one unit.
+
+    pytest-xdist 3.8 writes `item._nodeid`, which pytest 9.2's structured node ids no longer read: its groups
+    are silently ignored (pytest-dev/pytest-xdist#1386). Where xdist's suffix took, this leaves it alone.
+    """
+    names = {
+        str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        for mark in item.iter_markers("xdist_group")
+    }
+    if not names:
+        return
+    suffix = "@" + "_".join(sorted(names))
+    if item.nodeid.endswith(suffix):
+        return
+    if hasattr(item, "_id"):  # pytest >= 9.2
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(item.nodeid + suffix)
+    else:
+        item._nodeid = item.nodeid + suffix
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # doctests have none
+    if info is None:
+        return False
+    return any(defs and defs[-1].scope in _SHARED_SCOPES for defs in info.name2fixturedefs.values())
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
     try:
@@ -76,19 +129,35 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
         processes.remember_descendant_groups()
 
 
+_workers_left_behind: list[str] = []
+"""Under pytest-xdist, in the controller: what each worker's check found (its own output is not shown)."""
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: the controller hears a worker has finished
+def pytest_testnodedown(node: Any, error: object) -> None:
+    _workers_left_behind.extend(getattr(node, "workeroutput", {}).get("processes_left_behind", []))
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if any process it started is still alive, naming each one, and end them.
 
     Last of all sessionfinish hooks: session-scoped fixtures (pytest's runner tears them down in its
-    own sessionfinish) have stopped what they share by then.
+    own sessionfinish) have stopped what they share by then. An xdist worker hands its findings to the
+    controller (whose exit status is the run's), which reports them with its own.
     """
     leaked = processes.leftovers()
-    if not leaked:
-        return
     report = [f"left behind: {proc.describe()}" for proc in leaked]
     processes.end(leaked)
-    report.append(f"{len(leaked)} process(es) outlived the test run (now stopped): start and stop test processes")
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # in an xdist worker: sent with the worker's "finished" event
+        workeroutput["processes_left_behind"] = report
+        return
+    report += _workers_left_behind
+    if not report:
+        return
+    count = sum(line.startswith("left behind: ") for line in report)
+    report.append(f"{count} process(es) outlived the test run (now stopped): start and stop test processes")
     report.append("through tests/support/processes.py, which ends a process with its whole group")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:

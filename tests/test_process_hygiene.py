@@ -39,8 +39,12 @@ def wrapper():
     # Issue 22's leak: a wrapper in a session of its own, with a clean environment, whose fixture
     # stops the wrapper and not what the wrapper started.
     process = subprocess.Popen(
-        ["sh", "-c", "sleep 62 & wait"], start_new_session=True, env={"PATH": os.environ["PATH"]}
+        ["sh", "-c", "sleep 62 & echo forked; wait"],
+        start_new_session=True,
+        env={"PATH": os.environ["PATH"]},
+        stdout=subprocess.PIPE,
     )
+    assert process.stdout.readline() == b"forked\\n"  # killed before it forks (a loaded machine), it leaks nothing
     yield process
     process.kill()
     process.wait()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..support import processes
+from ..support.install_lock import holding
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = PROJECT_ROOT / ".cache" / "conformance"
@@ -96,10 +97,11 @@ def ensure_node(cache_dir: Path = CACHE_DIR) -> Path:
     """Node 22 from npm, installed once and shared by every suite version."""
     prefix = cache_dir / "node"
     node = prefix / "node_modules" / ".bin" / "node"
-    if _installed_version(prefix, "node") is None or not node.exists():
-        _npm_install(prefix, NODE_PACKAGE)
-        if not node.exists():
-            raise SuiteUnavailable(f"npm installed {NODE_PACKAGE} but {node} is missing")
+    with holding(prefix):  # pytest-xdist workers: one installs, the others wait and find it installed
+        if _installed_version(prefix, "node") is None or not node.exists():
+            _npm_install(prefix, NODE_PACKAGE)
+            if not node.exists():
+                raise SuiteUnavailable(f"npm installed {NODE_PACKAGE} but {node} is missing")
     return node
 
 
@@ -108,10 +110,11 @@ def ensure_suite(version: str = SUITE_VERSION, cache_dir: Path = CACHE_DIR) -> S
     node = ensure_node(cache_dir)
     prefix = cache_dir / version
     cli = prefix / "node_modules" / SUITE_PACKAGE / "dist" / "index.js"
-    if _installed_version(prefix, SUITE_PACKAGE) != version or not cli.exists():
-        _npm_install(prefix, f"{SUITE_PACKAGE}@{version}")
+    with holding(prefix):
         if _installed_version(prefix, SUITE_PACKAGE) != version or not cli.exists():
-            raise SuiteUnavailable(f"npm install left no {SUITE_PACKAGE}@{version} in {prefix}")
+            _npm_install(prefix, f"{SUITE_PACKAGE}@{version}")
+            if _installed_version(prefix, SUITE_PACKAGE) != version or not cli.exists():
+                raise SuiteUnavailable(f"npm install left no {SUITE_PACKAGE}@{version} in {prefix}")
     return Suite(node=node, cli=cli, version=version)
 
 

@@ -118,6 +118,7 @@ def _python_results() -> dict[Path, Worked]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.xdist_group("docs-python")  # `_python_results` runs every document once per process: one xdist worker
 @pytest.mark.parametrize("block", _checked("python"))
 def test_python_block_runs(block: Block) -> None:
     worked = _python_results()[block.path]

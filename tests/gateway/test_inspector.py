@@ -22,6 +22,7 @@ from tests.conformance.suite import SuiteUnavailable, ensure_suite
 from tests.conftest import Served
 from tests.gateway.test_gateway import TOKEN, running_gateway
 from tests.support import processes
+from tests.support.install_lock import holding
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache" / "inspector"
@@ -43,6 +44,12 @@ def install_inspector() -> list[str]:
         node = ensure_suite().node
     except SuiteUnavailable as exc:
         _unavailable(str(exc))
+    with holding(CACHE):  # pytest-xdist: this module and test_sealed_scale_out.py may install at once
+        _install_inspector()
+    return [str(node), str(CACHE / "node_modules" / ".bin" / "mcp-inspector"), "--cli"]
+
+
+def _install_inspector() -> None:
     cli = CACHE / "node_modules" / "@modelcontextprotocol" / "inspector" / "package.json"
     installed = cli.exists() and json.loads(cli.read_text()).get("version") == VERSION
     if not installed:
@@ -59,7 +66,6 @@ def install_inspector() -> list[str]:
         )
         if done.returncode != 0:
             _unavailable(f"npm install {PACKAGE}@{VERSION} failed: {done.stderr[-2000:]}")
-    return [str(node), str(CACHE / "node_modules" / ".bin" / "mcp-inspector"), "--cli"]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from mcp_middleware.core.errors import ErrorCode, JsonRpcCode
-from tests.conftest import Served, require
+from tests.conftest import SIGNALS, Served, require
 from tests.security.idp import serve_idp
 from tests.servers import build_server
 from tests.support import processes
@@ -253,9 +253,11 @@ def test_a_legacy_session_of_another_environment_is_not_found_not_a_failure(
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_remote_backend_is_reached_through_the_proxy_in_both_eras(
-    lambda_handler: Callable[..., ServerlessGateway], serve: Callable[[Any], Served], shape: Shape
+    serve: Callable[[Any], Served], lambda_handler: Callable[..., ServerlessGateway], shape: Shape
 ) -> None:
     """The proxy's pooled connections live on the environment's loop between invocations."""
+    # `serve` first: fixtures end in reverse, so the handler (and its pooled connection and session) closes before
+    # the backend stops; the other way round the backend's shutdown waits 10 s for that connection.
     backend = serve(build_server().streamable_http_app())
     handler = lambda_handler(extra=f'[[servers]]\nname = "remote"\nurl = "{backend.mcp_url}"\n')
     context = LambdaContext()
@@ -412,6 +414,7 @@ def test_a_base64_encoded_body_is_read_as_its_bytes(
 # --- the handler module, as the Lambda runtime uses it ------------------------------------------
 
 
+@pytest.mark.xdist_group(SIGNALS)
 def test_the_handler_module_builds_the_gateway_from_the_environment_and_stops_on_sigterm(tmp_path: Path) -> None:
     """As the Lambda runtime uses it: import `handler` (cold start), invoke, then SIGTERM (shutdown phase)."""
     answer_event = event(

@@ -15,8 +15,10 @@ import anyio
 import pytest
 from mcp import Client
 
-from tests.conftest import free_port, require_binary
+from tests.conftest import SIGNALS, free_port, require_binary
 from tests.support import processes
+
+pytestmark = pytest.mark.xdist_group(SIGNALS)  # shutdown within a bound; the npx case shares the npx cache
 
 ROOT = Path(__file__).resolve().parents[2]
 

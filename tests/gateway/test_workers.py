@@ -23,8 +23,10 @@ import httpx2
 import pytest
 from mcp import MCPError
 
-from tests.conftest import RedisServer, connect, free_port
+from tests.conftest import SIGNALS, RedisServer, connect, free_port
 from tests.support import processes
+
+pytestmark = pytest.mark.xdist_group(SIGNALS)  # supervisors signalled and timed: one at a time
 
 ROOT = Path(__file__).resolve().parents[2]
 PATIENCE = 90.0

@@ -24,7 +24,7 @@ from mcp import MCPError
 
 from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.router import HttpBackend, McpRouter, PoolBackend
-from tests.conftest import Era, connect, free_port
+from tests.conftest import SIGNALS, Era, connect, free_port
 from tests.support import processes
 from tests.support.waiting import until
 
@@ -129,6 +129,7 @@ async def _doomed(url: str, victim: str, pinned: anyio.Event, outcome: list[Base
     pinned.set()
 
 
+@pytest.mark.xdist_group(SIGNALS)
 async def test_sigkill_of_one_replica_under_load(
     three: list[Replica], serve: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -23,7 +23,7 @@ from mcp import MCPError
 from mcp_middleware.breaker import BreakerPolicy
 from mcp_middleware.router import McpRouter, PoolBackend, StdioBackend
 from mcp_middleware.router._pool_stdio import _OutageWatch
-from tests.conftest import Era, connect
+from tests.conftest import SIGNALS, Era, connect
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
@@ -81,6 +81,7 @@ async def test_three_processes_share_the_calls(serve: Any, era: Era) -> None:
     assert all("tests.router.pool_stdio_replica" in replica.target for replica in states)
 
 
+@pytest.mark.xdist_group(SIGNALS)
 async def test_sigkill_of_one_process_under_load(serve: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "mcp_middleware.router")
     pool = stdio_pool()

@@ -17,10 +17,11 @@ import pytest
 from mcp import Client
 
 from mcp_middleware.router import HttpBackend, McpRouter, StdioBackend
-from tests.conftest import ERAS, Era, connect, free_port, require_binary
+from tests.conftest import ERAS, SIGNALS, Era, connect, free_port, require_binary
 from tests.support import processes
 
-pytestmark = pytest.mark.anyio
+# In the group of tests/gateway/test_shutdown.py's npx case: two `npx -y` installs of one package at once can clash.
+pytestmark = [pytest.mark.anyio, pytest.mark.xdist_group(SIGNALS)]
 
 PACKAGE = "@modelcontextprotocol/server-everything"
 
