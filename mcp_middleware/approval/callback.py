@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.core.errors import send_json
 from mcp_middleware.core.sealing import Sealer, SealError
 
 from .store import ApprovalStore, ApprovalStoreUnavailable, CallbackAnswer, Delivery
@@ -124,38 +125,41 @@ class ApprovalCallbackEndpoint:
             await self.app(scope, receive, send)
             return
         if scope["method"] != "POST":
-            await _answer(send, 405, {"error": "method not allowed: POST the answer"}, ((b"allow", b"POST"),))
+            await send_json(send, 405, {"error": "method not allowed: POST the answer"}, headers=((b"allow", b"POST"),))
             return
         body = await _bounded_body(scope, receive)
         if body is None:
-            await _answer(send, 413, {"error": f"the answer exceeds {MAX_CALLBACK_BODY} bytes"})
+            await send_json(send, 413, {"error": f"the answer exceeds {MAX_CALLBACK_BODY} bytes"})
             return
         if self._secret is not None:
             given = next((v for k, v in scope["headers"] if k == b"x-mcp-approval-signature"), b"")
             if not hmac.compare_digest(given, signature_of(self._secret, body).encode()):
-                await _answer(send, 401, {"error": "missing or bad X-MCP-Approval-Signature"})
+                await send_json(send, 401, {"error": "missing or bad X-MCP-Approval-Signature"})
                 return
         opened = self.tokens.open(scope["path"][len(self.path) :])
         if opened is None:
-            await _answer(send, 404, {"error": "no approval is waiting at this URL"})
+            await send_json(send, 404, {"error": "no approval is waiting at this URL"})
             return
         answer = _parse(body)
         if answer is None:
-            await _answer(send, 400, {"error": 'the body must be JSON: {"approved": true|false, "reason": "..."}'})
+            await send_json(send, 400, {"error": 'the body must be JSON: {"approved": true|false, "reason": "..."}'})
             return
         try:
             delivery = await self.store.deliver(opened[1], answer)
         except ApprovalStoreUnavailable:
-            await _answer(
-                send, 503, {"error": "the approval store is unavailable: retry later"}, ((b"retry-after", b"5"),)
+            await send_json(
+                send,
+                503,
+                {"error": "the approval store is unavailable: retry later"},
+                headers=((b"retry-after", b"5"),),
             )
             return
         if delivery is Delivery.ACCEPTED:
-            await _answer(send, 200, {"status": "accepted", "approved": answer.approved})
+            await send_json(send, 200, {"status": "accepted", "approved": answer.approved})
         elif delivery is Delivery.DECIDED:
-            await _answer(send, 409, {"error": "the call stopped waiting (timed out or cancelled): it was not run"})
+            await send_json(send, 409, {"error": "the call stopped waiting (timed out or cancelled): it was not run"})
         else:
-            await _answer(send, 404, {"error": "no approval is waiting at this URL"})
+            await send_json(send, 404, {"error": "no approval is waiting at this URL"})
 
 
 def _parse(body: bytes) -> CallbackAnswer | None:
@@ -189,17 +193,3 @@ async def _bounded_body(scope: Scope, receive: Receive) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-async def _answer(
-    send: Send, status: int, payload: dict[str, Any], extra: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    body = orjson.dumps(payload)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -23,6 +23,7 @@ __all__ = [
     "RequestId",
     "error_body",
     "send_error",
+    "send_json",
 ]
 
 RequestId = str | int
@@ -126,3 +127,19 @@ async def send_error(
     raw_headers.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items)
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_json(send: Send, status: int, payload: object, *, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+    """Answer with a plain JSON document (an operational endpoint's, not a JSON-RPC message), never cached.
+
+    >>> # await send_json(send, 503, {"status": "not ready"})
+    """
+    body = orjson.dumps(payload)
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})

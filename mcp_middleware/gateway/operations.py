@@ -20,8 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
 
 import anyio
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from mcp_middleware.core.errors import send_json
 
 __all__ = ["DEGRADED", "OperationsMiddleware", "ReadinessCheck"]
 
@@ -70,7 +71,7 @@ class OperationsMiddleware:
         (the gateway calls this, so that no frame of this layer stays in an MCP request's await chain)."""
         if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             if scope["path"] == self.health_path:
-                return _json(send, 200, {"status": "ok", "uptime": round(time.monotonic() - self._started, 3)})
+                return send_json(send, 200, {"status": "ok", "uptime": round(time.monotonic() - self._started, 3)})
             if scope["path"] == self.ready_path:
                 return self._ready(send)
         return self.app(scope, receive, send)
@@ -105,19 +106,8 @@ class OperationsMiddleware:
 
     async def _ready(self, send: Send) -> None:
         if self._draining:
-            await _json(send, 503, {"status": "draining", "checks": {}})
+            await send_json(send, 503, {"status": "draining", "checks": {}})
             return
         ok, results = await self.readiness()
         status = "not ready" if not ok else DEGRADED if any("degraded" in r for r in results.values()) else "ready"
-        await _json(send, 200 if ok else 503, {"status": status, "checks": results})
-
-
-async def _json(send: Send, status: int, payload: object) -> None:
-    body = orjson.dumps(payload)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"cache-control", b"no-store"),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200 if ok else 503, {"status": status, "checks": results})
