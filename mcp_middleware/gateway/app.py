@@ -19,17 +19,12 @@ the `/readyz` checks in `readiness.py`; this module puts the layers in order.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import anyio
-import anyio.to_thread
 from limits.errors import ConfigurationError
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import TracerProvider
@@ -38,7 +33,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import CoreConfig
-from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PoolBackend, PrefixMode, StdioBackend
 
 from .assembly import Assembly
@@ -48,6 +42,7 @@ from .config import ConfigError, GatewayConfig, GatewaySettings, Problem, dev_mo
 from .config_curation import add_virtual_server
 from .config_routes import live_routes
 from .frontdoor import FrontDoorMiddleware
+from .lifespan import Closer, GatewayLifespan
 from .operations import OperationsMiddleware
 from .readiness import readiness_checks
 from .reload import Reloader
@@ -62,9 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["Gateway", "build_gateway"]
 
 logger = logging.getLogger("mcp_middleware.gateway")
-
-Closer = Callable[[], object]
-"""Something the gateway opened, closed when its lifespan ends."""
 
 
 @dataclass
@@ -140,7 +132,7 @@ def build_gateway(
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
     gateway = Gateway(
         config=config,
-        app=(lifespan := _Lifespan(operations.mcp_direct, router, closers, freeze_gc=settings.gc_freeze)),
+        app=(lifespan := GatewayLifespan(operations.mcp_direct, router, closers, freeze_gc=settings.gc_freeze)),
         router=router,
         operations=operations,
         base_url=base_url,
@@ -334,70 +326,3 @@ class _Beside:
         if scope["type"] == "http" and scope["path"] in self.paths:  # the chosen app's awaitable: no frame of ours
             return self.side(scope, receive, send)
         return self.main(scope, receive, send)
-
-
-class _Lifespan:
-    """Run the router's lifespan (backends, the aggregate, stdio children) and close what the gateway opened."""
-
-    def __init__(self, app: ASGIApp, router: McpRouter, closers: list[Closer], *, freeze_gc: bool = False) -> None:
-        self.app = app
-        self.router = router
-        self.closers = closers
-        self.freeze_gc = freeze_gc
-        self.reloader: Reloader | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        await serve_lifespan(self._frozen(), receive, send, name="gateway")
-
-    @contextlib.asynccontextmanager
-    async def _frozen(self) -> AsyncIterator[None]:
-        async with self._running():
-            frozen = self.freeze_gc and _freeze_startup_objects()
-            try:
-                yield
-            finally:
-                if frozen:
-                    gc.unfreeze()
-
-    @contextlib.asynccontextmanager
-    async def _running(self) -> AsyncIterator[None]:
-        try:
-            async with self.router.lifespan():
-                for name, mount in self.router.mounts.items():
-                    if mount.backend.supervised:  # start each stdio command now: /readyz waits for it
-                        await self.router.session_failure(name, 0)
-                if self.reloader is None:
-                    yield
-                else:
-                    async with anyio.create_task_group() as group:  # reloads (SIGHUP, watch_config)
-                        group.start_soon(self.reloader.run)
-                        yield
-                        group.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):  # the closers block (an exporter's flush, the audit writer's
-                for close in self.closers:  # join): in a worker thread, never on the event loop
-                    await anyio.to_thread.run_sync(close)
-
-
-def _freeze_startup_objects() -> bool:
-    """`gc.freeze()` what start-up built (the servers, the SDK, pydantic's schemas: ~10⁵ objects).
-
-    Under load, requests in flight get promoted to the oldest generation, and each full
-    collection then scans every long-lived object: a 60 to 90 ms pause about every 0.6 s on the
-    test server, ≈ 11 % of its time. Frozen objects are never scanned (nor freed); what requests
-    leave behind still is. Returns whether it froze (False if something froze already).
-    """
-    if gc.get_freeze_count():
-        return False
-    started = time.perf_counter()
-    gc.collect()
-    gc.freeze()
-    logger.info(
-        "froze %d start-up objects out of the garbage collector's scans (%.0f ms)",
-        gc.get_freeze_count(),
-        (time.perf_counter() - started) * 1000,
-    )
-    return True

@@ -8,6 +8,7 @@ for it. Then everything an attacker can do with (or without) that URL.
 from __future__ import annotations
 
 import base64
+from functools import partial
 from typing import Any
 
 import anyio
@@ -175,9 +176,11 @@ async def test_a_client_that_leaves_removes_its_wait(serve: Any) -> None:
     approver = CallbackApprover("never")
     setup, store = hooked(serve, approver, timeout=30)
     url, body, headers = held_call(setup, "delete_file", "/srv/gone")
-    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30, read=1.0)) as http:
-        with pytest.raises(httpx2.ReadTimeout):
-            await http.post(url, content=body, headers=headers)
+    async with httpx2.AsyncClient(timeout=30) as http, anyio.create_task_group() as group:
+        group.start_soon(partial(http.post, url, content=body, headers=headers))
+        # the client leaves once the approver was asked (not before: then nothing would be waiting yet)
+        await until(lambda: store.waiting() == 1 and len(approver.seen) == 1, patience=30)
+        group.cancel_scope.cancel()
     await until(lambda: store.waiting() == 0, patience=30)
     async with httpx2.AsyncClient(timeout=30) as http:
         late = await http.post(approver.seen[0]["callback"], json={"approved": True})
@@ -253,7 +256,8 @@ async def test_a_cancelled_legacy_call_stops_waiting(endpoint: Endpoint, serve: 
     async with httpx2.AsyncClient(timeout=30) as http:
         session = await open_session(http, url, "alice", {})
         async with calling(http, url, session, "alice", public(endpoint, "delete_file"), {"path": "/c"}) as stream:
-            await until(lambda: store.waiting() == 1, patience=30)
+            # the wait is registered before the webhook's POST arrives (the approver runs in uvicorn's thread)
+            await until(lambda: store.waiting() == 1 and len(approver.seen) == 1, patience=30)
             body = orjson.dumps(
                 {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7, "reason": "no"}}
             )
