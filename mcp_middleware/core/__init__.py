@@ -18,7 +18,7 @@ from .decisions import (
     observe_decisions,
     record_decision,
 )
-from .errors import ErrorCode, JsonRpcCode, McpMiddlewareError, RequestId, error_body, send_error, send_json
+from .errors import ErrorCode, JsonRpcCode, McpMiddlewareError, RequestId, error_body, send_error
 from .kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request, refuse, replay
 from .middleware import McpCoreMiddleware, OutcomeHook
 from .principal import ANONYMOUS, Principal, get_principal, set_principal
@@ -88,7 +88,6 @@ __all__ = [
     "refuse",
     "replay",
     "send_error",
-    "send_json",
     "session_digest",
     "set_principal",
 ]
