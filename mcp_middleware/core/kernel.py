@@ -24,7 +24,16 @@ from .parsing import describe_exchange, parse_post
 from .protocol import DEFAULT_MAX_BODY_SIZE
 from .request import REQUEST_SCOPE_KEY, Era, McpRequest, Rejection
 
-__all__ = ["ANSWERED", "DEFAULT_CONFIG", "DEFAULT_MAX_BODY_SIZE", "CoreConfig", "read_request", "refuse", "replay"]
+__all__ = [
+    "ANSWERED",
+    "DEFAULT_CONFIG",
+    "DEFAULT_MAX_BODY_SIZE",
+    "EVERY_PATH",
+    "CoreConfig",
+    "read_request",
+    "refuse",
+    "replay",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,9 @@ class CoreConfig:
 
 
 DEFAULT_CONFIG = CoreConfig()
+
+EVERY_PATH = CoreConfig(paths=("*",))
+"""For a layer that knows the request is MCP whatever its path (the router's mounts, the aggregate)."""
 
 
 async def refuse(send: Send, rejection: Rejection, headers: Iterable[tuple[str, str]] = ()) -> None:

@@ -33,7 +33,8 @@ from mcp_middleware.breaker import (
     StateListener,
 )
 from mcp_middleware.cache import CacheStore, ResponseCacheMiddleware, cache_store_from_url
-from mcp_middleware.core import CoreConfig, McpRequest
+from mcp_middleware.core import McpRequest
+from mcp_middleware.core.kernel import EVERY_PATH
 from mcp_middleware.policy import ArgumentValidationMiddleware, CelPolicyEngine, PolicyMiddleware, ToolCatalog
 from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
 
@@ -44,9 +45,6 @@ __all__ = ["Assembly", "Layer"]
 
 Layer = Callable[[ASGIApp], ASGIApp]
 """One middleware around an app, as the router applies it per mount."""
-
-_EVERY_PATH = CoreConfig(paths=("*",))
-"""The router hands each stack only its own requests: every path is MCP."""
 
 
 class Assembly:
@@ -135,7 +133,7 @@ class Assembly:
                 required_scopes=auth.required_scopes,
                 scopes=per_tool,
                 require_audience=auth.mode != "static",
-                config=_EVERY_PATH,
+                config=EVERY_PATH,
             )
 
         return [wrap]
@@ -161,12 +159,12 @@ class Assembly:
                     backend=name,
                     filter_lists=settings.filter_lists,
                     catalog=catalog,
-                    config=_EVERY_PATH,
+                    config=EVERY_PATH,
                 )
 
             layers.append(policy)
         if settings.validates(name):
-            layers.append(lambda app: ArgumentValidationMiddleware(app, catalog=catalog, config=_EVERY_PATH))
+            layers.append(lambda app: ArgumentValidationMiddleware(app, catalog=catalog, config=EVERY_PATH))
         return layers
 
     def _approval(self, name: str) -> list[Layer]:
@@ -207,7 +205,7 @@ class Assembly:
                 backend=name,
                 catalog=catalog,
                 store=store,
-                config=_EVERY_PATH,
+                config=EVERY_PATH,
             )
 
         return [wrap]
@@ -246,7 +244,7 @@ class Assembly:
                 namespace=namespace,
                 failure=settings.failure,
                 headers=settings.headers,
-                config=_EVERY_PATH,
+                config=EVERY_PATH,
             )
 
         return [wrap]
@@ -266,7 +264,7 @@ class Assembly:
                 ttl=settings.ttl if ttl is None else ttl,
                 honor_ttl_ms=settings.honor_ttl_ms if honor_ttl_ms is None else honor_ttl_ms,
                 mount=lambda scope: mount,
-                config=_EVERY_PATH,
+                config=EVERY_PATH,
             )
 
         return [wrap]
@@ -294,7 +292,7 @@ class Assembly:
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return CircuitBreakerMiddleware(
-                app, policy=policy, timeouts=timeouts, registry=registry, key=key, config=_EVERY_PATH
+                app, policy=policy, timeouts=timeouts, registry=registry, key=key, config=EVERY_PATH
             )
 
         return wrap

@@ -42,6 +42,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.kernel import EVERY_PATH
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from mcp_middleware.core.sealing import SealError
 from mcp_middleware.router.sessions import (
@@ -71,7 +72,7 @@ class SealedSessionMiddleware:
     def __init__(self, app: ASGIApp, *, handles: SessionHandles, config: CoreConfig | None = None) -> None:
         self.app = app
         self.handles = handles
-        self.config = config or CoreConfig(paths=("*",))
+        self.config = config or EVERY_PATH
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

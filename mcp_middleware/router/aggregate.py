@@ -38,7 +38,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, Era, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, Era, McpRequest, Outcome, read_request
+from mcp_middleware.core.kernel import EVERY_PATH
 
 from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
@@ -70,9 +71,6 @@ logger = logging.getLogger("mcp_middleware.router")
 # purpose; the SDK's deprecation warnings for those calls say nothing its users can act on.
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module=__name__)
 warnings.filterwarnings("ignore", category=MCPDeprecationWarning, module="mcp_middleware.router.bridge")
-
-
-_EVERY_PATH = CoreConfig(paths=("*",))
 
 
 class _RouterServer(Server[Any]):
@@ -209,7 +207,7 @@ class AggregateServer:
         if relay is None:
             await self._own(child, receive, send)
             return
-        request, receive = await read_request(child, receive, send, _EVERY_PATH)
+        request, receive = await read_request(child, receive, send, EVERY_PATH)
         if receive is ANSWERED:
             return
         if request is not None:

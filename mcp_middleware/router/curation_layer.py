@@ -27,7 +27,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core import (
     ANSWERED,
     Component,
-    CoreConfig,
     McpRequest,
     Outcome,
     RequestKind,
@@ -36,6 +35,7 @@ from mcp_middleware.core import (
     replay,
     send_error,
 )
+from mcp_middleware.core.kernel import EVERY_PATH
 from mcp_middleware.core.list_filter import ListFilter, loads_as_client
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
@@ -52,7 +52,6 @@ CURATED_LISTS: Mapping[str, str] = {
     "resources/templates/list": "resourceTemplates",
 }
 """List method → the result key holding its items."""
-_EVERY_PATH = CoreConfig(paths=("*",))
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 _LISTEN = "subscriptions/listen"
 
@@ -73,7 +72,7 @@ class CurationMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request, receive = await read_request(scope, receive, send, _EVERY_PATH)
+        request, receive = await read_request(scope, receive, send, EVERY_PATH)
         if receive is ANSWERED:
             return
         renames = bool(self.curation.resources.rename)

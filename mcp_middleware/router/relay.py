@@ -42,6 +42,7 @@ from mcp_middleware.core import (
     send_error,
 )
 from mcp_middleware.core.decisions import DecisionValue
+from mcp_middleware.core.kernel import EVERY_PATH
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
@@ -49,7 +50,7 @@ from ._links import short
 from .catalog import Catalog
 from .names import PrefixMode
 from .relay_adopt import carry_ticket, resend_in_new_session, seal_backends, watch_lost
-from .relay_sessions import EVERY_PATH, BackendSessions, header
+from .relay_sessions import BackendSessions, header
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
 from .sessions import BackendSession, ClientSession, Running, SessionTable, exchange, owner_of, refuse_session
 from .streams import serve_client_stream

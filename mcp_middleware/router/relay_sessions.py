@@ -15,15 +15,15 @@ import anyio.abc
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, CoreConfig, ErrorCode, read_request
+from mcp_middleware.core import ANSWERED, ErrorCode, read_request
+from mcp_middleware.core.kernel import EVERY_PATH
 
 from .sessions import BackendSession, ClientSession, exchange, sealed_session
 from .streams import pump_backend_stream
 from .targets import Refused
 
-__all__ = ["EVERY_PATH", "BackendSessions", "header"]
+__all__ = ["BackendSessions", "header"]
 
-EVERY_PATH = CoreConfig(paths=("*",))
 _STREAM_PATIENCE = 2.0
 """Seconds a new backend session waits for its standalone stream before the client's request goes on."""
 
