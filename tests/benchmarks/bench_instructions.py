@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,34 +38,48 @@ ROOT = Path(__file__).resolve().parents[2]
 _COLLECTED = re.compile(rb"Collected\s*:\s*(\d+)")
 
 
+Request = Callable[[int], Awaitable[None]]
+"""Send one modern `tools/call` of `echo` with this id into the app and check it answered 200."""
+
+
 async def drive(app_name: str, requests: int) -> None:
     """Send `requests` modern `tools/call`s of `echo` straight into the app (one at a time)."""
+
+    async def loop(one: Request) -> None:
+        for i in range(requests):
+            await one(100_000 + i)
+
+    await serve_requests(app_name, loop)
+
+
+async def serve_requests(app_name: str, body: Callable[[Request], Awaitable[None]]) -> None:
+    """Run `app_name`'s lifespan, hand `body` a function sending one request, shut down."""
     app = APPS[app_name]()
     headers = [(b"host", b"127.0.0.1:8000")] + [
         (k.encode(), v.encode()) for k, v in (*modern_headers(), *STACKS[app_name].headers)
     ]
-    lifespan_done = asyncio.Event()
-    shutdown = asyncio.Event()
+    path = STACKS[app_name].path
+    started, shutdown = asyncio.Event(), asyncio.Event()
 
     async def lifespan() -> None:
-        started = False
+        sent = False
 
         async def receive() -> dict[str, Any]:
-            nonlocal started
-            if not started:
-                started = True
+            nonlocal sent
+            if not sent:
+                sent = True
                 return {"type": "lifespan.startup"}
             await shutdown.wait()
             return {"type": "lifespan.shutdown"}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "lifespan.startup.complete":
-                lifespan_done.set()
+                started.set()
 
         await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
 
     async def one(request_id: int) -> None:
-        body = tools_call_body(request_id)
+        payload = tools_call_body(request_id)
         delivered = False
         statuses: list[int] = []
 
@@ -73,7 +87,7 @@ async def drive(app_name: str, requests: int) -> None:
             nonlocal delivered
             if not delivered:
                 delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
+                return {"type": "http.request", "body": payload, "more_body": False}
             await asyncio.Event().wait()  # no disconnect: the request ends by itself
             raise AssertionError("unreachable")
 
@@ -87,11 +101,11 @@ async def drive(app_name: str, requests: int) -> None:
             "http_version": "1.1",
             "method": "POST",
             "scheme": "http",
-            "path": STACKS[app_name].path,
-            "raw_path": STACKS[app_name].path.encode(),
+            "path": path,
+            "raw_path": path.encode(),
             "root_path": "",
             "query_string": b"",
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            "headers": [*headers, (b"content-length", str(len(payload)).encode())],
             "client": ("127.0.0.1", 50000),
             "server": ("127.0.0.1", 8000),
             "state": {},
@@ -101,11 +115,12 @@ async def drive(app_name: str, requests: int) -> None:
             raise RuntimeError(f"{app_name}: request {request_id} answered {statuses}")
 
     task = asyncio.create_task(lifespan())
-    await asyncio.wait_for(lifespan_done.wait(), 30)
-    for i in range(requests):
-        await one(100_000 + i)
-    shutdown.set()
-    await asyncio.wait_for(task, 30)
+    await asyncio.wait_for(started.wait(), 30)
+    try:
+        await body(one)
+    finally:
+        shutdown.set()
+        await asyncio.wait_for(task, 30)
 
 
 @dataclass

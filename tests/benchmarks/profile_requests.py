@@ -24,90 +24,19 @@ import gc
 import logging
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ._common import modern_headers, tools_call_body
-from .apps import APPS, STACKS
+from .bench_instructions import Request, serve_requests
 
-Request = Callable[[int], Awaitable[None]]
-
-
-async def _serve(app_name: str, body: Callable[[Request], Awaitable[None]]) -> None:
-    """Run `app_name`'s lifespan, hand `body` a function sending one request, shut down."""
-    app = APPS[app_name]()
-    headers = [(b"host", b"127.0.0.1:8000")] + [
-        (k.encode(), v.encode()) for k, v in (*modern_headers(), *STACKS[app_name].headers)
-    ]
-    started, shutdown = asyncio.Event(), asyncio.Event()
-
-    async def lifespan() -> None:
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "lifespan.startup"}
-            await shutdown.wait()
-            return {"type": "lifespan.shutdown"}
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                started.set()
-
-        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
-
-    async def one(request_id: int) -> None:
-        payload = tools_call_body(request_id)
-        delivered = False
-        statuses: list[int] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": payload, "more_body": False}
-            await asyncio.Event().wait()
-            raise AssertionError("unreachable")
-
-        async def send(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                statuses.append(message["status"])
-
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": STACKS[app_name].path,
-            "raw_path": STACKS[app_name].path.encode(),
-            "root_path": "",
-            "query_string": b"",
-            "headers": [*headers, (b"content-length", str(len(payload)).encode())],
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-            "state": {},
-        }
-        await app(scope, receive, send)
-        if statuses != [200]:
-            raise RuntimeError(f"{app_name}: request {request_id} answered {statuses}")
-
-    task = asyncio.create_task(lifespan())
-    await asyncio.wait_for(started.wait(), 30)
-    try:
-        await body(one)
-    finally:
-        shutdown.set()
-        await asyncio.wait_for(task, 30)
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _where(frame: FrameType) -> str:
     code = frame.f_code
     name = code.co_filename
-    for marker in ("site-packages/", "wt-perfgw17/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{_ROOT}/", "lib/python3.11/"):
         if marker in name:
             name = name.split(marker, 1)[1]
             break
@@ -150,7 +79,7 @@ def bytecodes(app_name: str, *, warm: int = 30, measured: int = 20, top: int = 4
     async def body(one: Request) -> None:
         box.append(await _bytecodes(one, warm, measured))
 
-    asyncio.run(_serve(app_name, body))
+    asyncio.run(serve_requests(app_name, body))
     counts = box[0]
     total = sum(counts.values())
     print(f"{app_name}: {total / measured:,.0f} bytecodes a request (event loop thread)")
@@ -184,7 +113,7 @@ def garbage(app_name: str, *, warm: int = 50, measured: int = 200) -> tuple[floa
         kept = len(gc.get_objects()) - before
         box.append((freed / measured, kept / measured))
 
-    asyncio.run(_serve(app_name, body))
+    asyncio.run(serve_requests(app_name, body))
     return box[0]
 
 

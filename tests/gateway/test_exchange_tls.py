@@ -20,11 +20,10 @@ from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import parse_config
 from mcp_middleware.gateway.health_check import probe_gateway
 from tests.conftest import ERAS, Era, Served, serve_app
-from tests.gateway.test_backend_mtls import Pki, make_pki, mtls_backend
 from tests.gateway.test_gateway import client
 from tests.servers import build_server
 from tests.support.requests import modern_body, modern_headers
-from tests.support.tls_serving import serve_tls
+from tests.support.tls_serving import Pki, make_pki, mtls_backend, serve_tls
 from tests.support.token_exchange import GATEWAY_SECRET, GuardedBackend, IssuingServer
 from tests.support.waiting import until
 
