@@ -31,6 +31,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core.errors import send_json
+from mcp_middleware.core.kernel import relative_path
 from mcp_middleware.core.sealing import Sealer, SealError
 
 from .store import ApprovalStore, ApprovalStoreUnavailable, CallbackAnswer, Delivery
@@ -121,7 +122,8 @@ class ApprovalCallbackEndpoint:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.path):
+        path = relative_path(scope) if scope["type"] == "http" else ""
+        if not path.startswith(self.path):
             await self.app(scope, receive, send)
             return
         if scope["method"] != "POST":
@@ -136,7 +138,7 @@ class ApprovalCallbackEndpoint:
             if not hmac.compare_digest(given, signature_of(self._secret, body).encode()):
                 await send_json(send, 401, {"error": "missing or bad X-MCP-Approval-Signature"})
                 return
-        opened = self.tokens.open(scope["path"][len(self.path) :])
+        opened = self.tokens.open(path[len(self.path) :])
         if opened is None:
             await send_json(send, 404, {"error": "no approval is waiting at this URL"})
             return

@@ -95,9 +95,12 @@ class WebhookApprover:
 
     def callback_url(self, scope: Scope, digest: str, nonce: str, *, ttl: float) -> str | None:
         """The URL this call's approver may answer at for `ttl` seconds (None: no trustworthy origin for it)."""
-        origin = self.public_url or origin_of(scope)
-        if origin is None:
-            return None
+        origin = self.public_url
+        if origin is None:  # the request's own origin, below where the host mounted the gateway (root_path)
+            found = origin_of(scope)
+            if found is None:
+                return None
+            origin = found + scope.get("root_path", "")
         return f"{origin}{CALLBACK_PATH}{self.tokens.seal(digest, nonce, ttl)}"
 
     def endpoint(self, app: ASGIApp) -> ASGIApp:

@@ -32,6 +32,7 @@ __all__ = [
     "CoreConfig",
     "read_request",
     "refuse",
+    "relative_path",
     "replay",
 ]
 
@@ -88,11 +89,20 @@ class CoreConfig:
 
     def is_mcp(self, scope: Scope) -> bool:
         """Whether an `http` scope addresses the MCP endpoint."""
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
-        return self.is_mcp_path(path)
+        return self.is_mcp_path(relative_path(scope))
+
+
+def relative_path(scope: Scope) -> str:
+    """The request's path below the ASGI `root_path` (where a host mounted this app), `/` at least.
+
+    >>> relative_path({"path": "/gw/mcp", "root_path": "/gw"}), relative_path({"path": "/mcp"})
+    ('/mcp', '/mcp')
+    """
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 DEFAULT_CONFIG = CoreConfig()

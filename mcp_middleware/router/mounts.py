@@ -30,7 +30,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, read_request
-from mcp_middleware.core.kernel import EVERY_PATH
+from mcp_middleware.core.kernel import EVERY_PATH, relative_path
 from mcp_middleware.core.lifespan import serve_lifespan
 from mcp_middleware.core.protocol import PROTECTED_RESOURCE_PREFIX
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
@@ -335,10 +335,7 @@ class McpRouter(VirtualMounts):
         kind = scope["type"]
         if kind == "lifespan":
             return serve_lifespan(self.lifespan(), receive, send, name="router")
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
+        path = relative_path(scope)
         if kind != "http":
             if kind == "websocket":
                 return send({"type": "websocket.close", "code": 1000})

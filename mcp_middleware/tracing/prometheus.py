@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.core.kernel import relative_path
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
@@ -96,7 +98,7 @@ class PrometheusMiddleware:
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
         (a layer in front may call this, so that no frame of this one stays in the request's await chain)."""
-        if scope["type"] != "http" or self._relative_path(scope) != self.path:
+        if scope["type"] != "http" or relative_path(scope) != self.path:
             return self.app(scope, receive, send)
         return self._serve(scope, send)
 
@@ -116,11 +118,3 @@ class PrometheusMiddleware:
         headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
-
-    @staticmethod
-    def _relative_path(scope: Scope) -> str:
-        path: str = scope["path"]
-        root: str = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root) :] or "/"
-        return path

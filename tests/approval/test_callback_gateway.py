@@ -15,6 +15,7 @@ import httpx2
 import orjson
 import pytest
 from mcp import MCPError
+from starlette.types import Receive, Scope, Send
 
 from mcp_middleware.approval import CALLBACK_PATH
 from mcp_middleware.gateway.app import build_gateway
@@ -88,6 +89,33 @@ async def test_the_gateway_serves_the_callback_without_an_mcp_token(
     assert deleted.content[0].text == "deleted /cb/a"  # type: ignore[union-attr]
     await until(lambda: approver.statuses == [200])  # (its own answer may come after the client's)
     assert approver.seen[0]["callback"].startswith(f"{gateway.base}{CALLBACK_PATH}")
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_under_a_root_path_the_callback_url_carries_it_and_is_served_there(
+    era: Era, tmp_path: Path, serve: Any
+) -> None:
+    """A gateway a host mounts under `/gw` (as Starlette's `Mount` does: the path keeps the prefix, `root_path`
+    names it) hands out `…/gw/approval/callback/…`, and the callback is answered there (the path below the
+    root is matched, as every other route of the gateway)."""
+    approver = CallbackApprover("approve", delay=0.3)
+    hook = serve(approver.app())
+    GATEWAY_FILES.calls.clear()
+    (tmp_path / "gateway.toml").write_text(config_text(f"{hook.base}/hook"), encoding="utf-8")
+    inner = build_gateway(load_config(tmp_path / "gateway.toml")).app
+
+    async def host(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            assert scope["path"].startswith("/gw/"), scope["path"]
+            scope = {**scope, "root_path": "/gw"}
+        await inner(scope, receive, send)
+
+    with serve_app(host) as gateway:
+        async with client_for(f"{gateway.base}/gw/mcp/files", era, "alice") as client:
+            deleted = await client.call_tool("delete_file", {"path": "/cb/root"})
+        await until(lambda: approver.statuses == [200])
+    assert deleted.content[0].text == "deleted /cb/root"  # type: ignore[union-attr]
+    assert approver.seen[0]["callback"].startswith(f"{gateway.base}/gw{CALLBACK_PATH}")
 
 
 async def raw_post(served: Served, target: str, body: bytes, headers: str = "") -> tuple[int, bytes]:
