@@ -37,7 +37,8 @@ def tls_refusal(exc: BaseException, *, settings: str = "tls") -> str | None:
         if isinstance(found, ssl.SSLCertVerificationError):
             why = found.verify_message or found.reason or "verify failed"
             return f"tls: the server's certificate is not trusted ({why}; is its CA in {settings}.ca_bundle?)"
-        if isinstance(found, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        if isinstance(found, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLWantReadError | ssl.SSLWantWriteError):
+            # (a "want read/write" in the chain: TLS was waiting for the server when the connection broke)
             return f"tls: the server closed the connection after the handshake ({client_cert})"
         if isinstance(found, ssl.SSLError):
             reason = (found.reason or type(found).__name__).lower().replace("_", " ")
