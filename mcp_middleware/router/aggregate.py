@@ -45,13 +45,7 @@ from ._links import BackendLink, BackendUnavailable
 from .backends import Backend
 from .bridge import ClientBridge, decide, session_id_of
 from .bridged_targets import bridged_name, bridged_uri, watchable_uri
-from .catalog import (
-    PROMPTS,
-    RESOURCES,
-    TEMPLATES,
-    TOOLS,
-    Kind,
-)
+from .catalog_kinds import PROMPTS, RESOURCES, TEMPLATES, TOOLS, Kind
 from .curation import Curation, Selection
 from .fallback import RouteRunner
 from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
