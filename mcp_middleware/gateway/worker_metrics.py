@@ -191,9 +191,12 @@ def _stale(peer: Path) -> bool:
 
 def from_environment(own: CollectorRegistry) -> WorkerMetrics | None:
     """The worker's share, serving, when the supervisor set up a socket directory (`--workers N`), else None."""
-    directory = os.environ.get(ENV)
+    directory = os.environ.pop(ENV, None)  # not inherited by what the worker starts (stdio servers)
     if not directory:
         return None
     shared = WorkerMetrics(own, Path(directory))
-    shared.start()
+    try:
+        shared.start()
+    except OSError as exc:  # a scrape of this worker still shows its own series, and the others' answer
+        logger.warning("worker metrics: cannot serve this worker's series to the others (%s): %s", shared.path, exc)
     return shared
