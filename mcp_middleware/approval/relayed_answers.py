@@ -8,8 +8,9 @@ question where it waits. The key binds the principal (another principal's answer
 nothing: 404), and the id is 128 random bits sent only on the call's own stream. Across processes the
 session is not compared: a resumed session's inner id may differ from one process to another.
 
-Only at a path mount: at the aggregate the router relays a client's answers by ids it handed to
-that session in its own process.
+At the aggregate too: the router's id for the question names the backend whose stack asked
+(:mod:`mcp_middleware.router.answer_ids`), so the instance the answer reaches passes it into that
+stack, where this module delivers it.
 """
 
 from __future__ import annotations

@@ -288,16 +288,17 @@ def approval_worker_problems(config: GatewayConfig, workers: int) -> tuple[list[
                 "random key of its own (a retry reaching another worker is refused): set [approval] secrets",
             )
         )
-    shared = not _in_memory(settings.store)
-    where = "at the aggregate " if shared else ""  # a shared store carries a path mount's answers to the asker
-    fix = "" if shared else ' (set [approval] store = "redis://…" for path mounts)'
-    warnings = [
-        config.problem(
-            "approval",
-            f"2025-11-25 approvals {where}wait in the worker that asked: with {workers} workers the client's answer "
-            f"may reach another one (404 there, and the call times out){fix}; 2026-07-28 approvals are unaffected",
+    shared = not _in_memory(settings.store)  # carries a 2025-11-25 answer to the worker that asked (mount, aggregate)
+    warnings = []
+    if not shared:
+        warnings.append(
+            config.problem(
+                "approval",
+                f"2025-11-25 approvals wait in the worker that asked: with {workers} workers the client's answer may "
+                'reach another one (404 there, and the call times out): set [approval] store = "redis://…"; '
+                "2026-07-28 approvals are unaffected",
+            )
         )
-    ]
     if settings.webhook is not None:
         warnings = []  # the webhook answers the worker that asked
     elif not shared:

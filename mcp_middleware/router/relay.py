@@ -34,6 +34,7 @@ from mcp_middleware.core import (
     ErrorCode,
     McpRequest,
     Outcome,
+    RequestId,
     RequestKind,
     get_mcp_request,
     read_request,
@@ -47,6 +48,7 @@ from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from ._links import short
+from .answer_ids import answer_target
 from .catalog import Catalog
 from .names import PrefixMode
 from .relay_adopt import carry_ticket, resend_in_new_session, seal_backends, watch_lost
@@ -140,9 +142,11 @@ class Relay(BackendSessions):
             return True
         if session is None:
             return False
-        if kind is RequestKind.RESPONSE and isinstance(request.id, str) and request.id in session.server_requests:
-            await self._answer(scope, receive, send, request, session)
-            return True
+        if kind is RequestKind.RESPONSE and isinstance(request.id, str):
+            target = session.server_requests.pop(request.id, None) or answer_target(request.id)
+            if target is not None and target[0] in self.stacks:  # (minted here, or where the session was)
+                await self._answer(scope, receive, send, request, session, target)
+                return True
         if kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
             running = session.running.get(_cancelled_id(request))
             if running is not None and running.server in session.backends:
@@ -299,29 +303,25 @@ class Relay(BackendSessions):
         return True
 
     async def _answer(
-        self, scope: Scope, receive: Receive, send: Send, request: McpRequest, session: ClientSession
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: McpRequest,
+        session: ClientSession,
+        target: tuple[str, RequestId],
     ) -> None:
-        """The client's answer to a backend's request: back to that backend, under the backend's own id."""
-        assert isinstance(request.id, str)
-        server, backend_id = session.server_requests.pop(request.id)
+        """The client's answer to a backend's request: back to that backend, under the backend's own id, in
+        the client's session there (opened here if the question was asked through another instance)."""
+        server, backend_id = target
         message = orjson.loads(request.body)
         message["id"] = backend_id
+        try:
+            await self._backend_session(scope, session, server)
+        except Refused as refused:
+            await send_error(send, status=refused.status, code=refused.code, message=refused.message, data=refused.data)
+            return
         await self._pass(scope, receive, send, server, session, orjson.dumps(message))
-
-    async def _resume(
-        self, scope: Scope, receive: Receive, send: Send, session: ClientSession, server: str, event_id: str
-    ) -> None:
-        """`Last-Event-ID` names a backend's event: that backend replays its stream from there."""
-        backend = session.backends[server]
-        child = self._child(scope, server, b"", backend, None)
-        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"last-event-id"]
-        child["headers"].append((b"last-event-id", event_id.encode("latin-1")))
-        rewriter = AnswerRewriter(
-            send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
-        )
-        _, receive = await read_request(child, receive, rewriter, EVERY_PATH)
-        if receive is not ANSWERED:
-            await self.stacks[server](child, receive, rewriter)
 
     async def _pass(
         self, scope: Scope, receive: Receive, send: Send, server: str, session: ClientSession, body: bytes

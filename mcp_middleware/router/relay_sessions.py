@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core import ANSWERED, ErrorCode, read_request
 from mcp_middleware.core.kernel import EVERY_PATH
 
+from .rewrite import AnswerRewriter
 from .sessions import BackendSession, ClientSession, exchange, sealed_session
 from .streams import pump_backend_stream
 from .targets import Refused
@@ -33,6 +34,7 @@ class BackendSessions:
 
     stacks: Mapping[str, ASGIApp]
     group: anyio.abc.TaskGroup | None
+    max_inspect_bytes: int
 
     def _child(
         self, scope: Scope, server: str, body: bytes, backend: BackendSession | None, header_name: str | None
@@ -118,6 +120,21 @@ class BackendSessions:
         backend.log_level = level
         body = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "logging/setLevel", "params": {"level": level}})
         await exchange(self._stack_entry(server), self._child(scope, server, body, backend, None), body, 0)
+
+    async def _resume(
+        self, scope: Scope, receive: Receive, send: Send, session: ClientSession, server: str, event_id: str
+    ) -> None:
+        """`Last-Event-ID` names a backend's event: that backend replays its stream from there."""
+        backend = session.backends[server]
+        child = self._child(scope, server, b"", backend, None)
+        child["headers"] = [(k, v) for k, v in child["headers"] if k != b"last-event-id"]
+        child["headers"].append((b"last-event-id", event_id.encode("latin-1")))
+        rewriter = AnswerRewriter(
+            send, server=server, session=session, public_uri=self._public_uri(server), max_bytes=self.max_inspect_bytes
+        )
+        _, receive = await read_request(child, receive, rewriter, EVERY_PATH)
+        if receive is not ANSWERED:
+            await self.stacks[server](child, receive, rewriter)
 
     def _stack_entry(self, server: str) -> ASGIApp:
         stack = self.stacks[server]

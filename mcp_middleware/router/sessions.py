@@ -37,6 +37,8 @@ from mcp_middleware.core import (
 )
 from mcp_middleware.core.protocol import is_event_stream
 
+from .answer_ids import answer_id
+
 __all__ = [
     "BackendSession",
     "SEALED_SESSION_SCOPE_KEY",
@@ -183,8 +185,9 @@ class ClientSession:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def server_request(self, server: str, backend_id: RequestId) -> str:
-        """A public id for a backend's request to the client, unique across this client's backends."""
-        public = f"mcp-router-{next(self._ids)}"
+        """A public id for a backend's request to the client, unique across this client's backends, that names
+        the backend and its id for an instance continuing the session (:mod:`.answer_ids`)."""
+        public = answer_id(next(self._ids), server, backend_id)
         self.server_requests[public] = (server, backend_id)
         while len(self.server_requests) > _MAX_SERVER_REQUESTS:
             self.server_requests.popitem(last=False)

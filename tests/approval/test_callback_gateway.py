@@ -247,9 +247,12 @@ def test_check_config_says_what_stays_per_process() -> None:
     assert not any(p.path.startswith("approval") for p in warnings), warnings
 
 
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
 async def test_a_legacy_answer_reaching_the_other_instance_is_delivered(
-    tmp_path: Path, redis_server: RedisServer
+    endpoint: Endpoint, tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """At the aggregate the question's id names the backend whose stack asked (router/answer_ids.py): the other
+    instance passes the answer into that stack, whose approval layer hands it to the store."""
     text = (
         config_text(None, store=redis_server.url).replace(
             "[auth]\n", f'[gateway]\nsession_key = "{SECRET}"\n\n[auth]\n', 1
@@ -259,11 +262,12 @@ async def test_a_legacy_answer_reaching_the_other_instance_is_delivered(
     GATEWAY_FILES.calls.clear()
     yes = {"action": "accept", "content": {"approve": True}}
     with gateways(tmp_path, text, count=2) as (first, second):
-        at_first, at_second = url_of(first, "mount"), url_of(second, "mount")
+        at_first, at_second = url_of(first, endpoint), url_of(second, endpoint)
         async with httpx2.AsyncClient(timeout=30) as http:
             session = await open_session(http, at_first, "alice", {"elicitation": {}})  # a sealed handle
             bobs = await open_session(http, at_second, "bob", {"elicitation": {}})
-            async with calling(http, at_first, session, "alice", "delete_file", {"path": "/x/y"}) as stream:
+            delete = name_of(endpoint, "delete_file")
+            async with calling(http, at_first, session, "alice", delete, {"path": "/x/y"}) as stream:
                 question = (await stream.next_message())["id"]
                 assert await answer(http, at_second, bobs, "bob", question, yes) == 404  # another principal's
                 assert await answer(http, at_second, session, "alice", question, yes) == 202  # the other instance

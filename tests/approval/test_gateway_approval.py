@@ -249,5 +249,8 @@ def test_workers_need_shared_sealing_secrets() -> None:
     assert any(w.path == "approval" and "2025-11-25 approvals wait in the worker" in w.message for w in warnings)
     problems, warnings = worker_problems(parse_config(base + f'[approval]\nsecrets = ["{SECRET}"]\n'))
     assert problems == [] and any(w.path == "approval" for w in warnings)
+    shared = f'[approval]\nsecrets = ["{SECRET}"]\nstore = "redis://127.0.0.1:6379/0"\n'
+    problems, warnings = worker_problems(parse_config(base + shared))  # answers reach the asker, mount or aggregate
+    assert problems == [] and not any(w.path == "approval" for w in warnings), warnings
     problems, warnings = worker_problems(parse_config(base + '[approval]\napprover = { webhook = "http://h/x" }\n'))
     assert problems == [] and not any(w.path == "approval" for w in warnings)  # the webhook answers the asker
