@@ -130,3 +130,13 @@ def built_gateway(path: Path, text: str) -> Iterator[tuple[Served, Gateway]]:
     gateway = build_gateway(load_config(path))
     with serve_app(gateway.app) as served:
         yield served, gateway
+
+
+IN_PROCESS: list[Recorded] = []
+"""The in-process servers `recorded_in_process` made (a gateway in this test process imports it)."""
+
+
+def recorded_in_process() -> Recorded:
+    """An in-process `app` for a gateway config (`tests.gateway.sealed_backends:recorded_in_process`)."""
+    IN_PROCESS.append(Recorded("in-process"))
+    return IN_PROCESS[-1]

@@ -25,7 +25,7 @@ from mcp_middleware.core import Component, Outcome
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import load_config
 from tests.conftest import Served, free_port, serve_app
-from tests.gateway.sealed_backends import ALICE, Recorded, config_text, sealed_state
+from tests.gateway.sealed_backends import ALICE, IN_PROCESS, Recorded, config_text, sealed_state
 from tests.gateway.test_sealed_origins_codec import format_one
 from tests.support import processes
 from tests.support.decisions import DecisionRecorder
@@ -118,10 +118,12 @@ async def test_a_reload_that_moves_a_name_never_sends_its_old_sessions_to_the_ne
 
 
 @contextlib.contextmanager
-def gateway(tmp_path: Path, name: str, urls: dict[str, str | list[str]]) -> Iterator[tuple[Served, DecisionRecorder]]:
-    """A gateway (in this process, under uvicorn) on its own config; what it decided."""
+def gateway(
+    tmp_path: Path, name: str, urls: dict[str, str | list[str]], tail: str = ""
+) -> Iterator[tuple[Served, DecisionRecorder]]:
+    """A gateway (in this process, under uvicorn) on its own config (`tail`: more of it); what it decided."""
     path = tmp_path / f"{name}.toml"
-    path.write_text(config_text(urls), encoding="utf-8")
+    path.write_text(config_text(urls) + tail, encoding="utf-8")
     recorder = DecisionRecorder(build_gateway(load_config(path)).app)
     with serve_app(recorder) as served:
         yield served, recorder
@@ -177,6 +179,28 @@ async def test_a_pool_never_adopts_a_session_where_its_list_now_holds_another_re
             assert await count(http, two.base + "/mcp", aggregate, "pooled__count") == "1"
     assert sum(len(ids) for ids in held.values()) == 2
     only_their_own(*replicas)
+
+
+async def test_a_remote_servers_session_never_reaches_an_in_process_app_and_back(tmp_path: Path) -> None:
+    remote = Recorded("remote")
+    in_process = '[[servers]]\nname = "a"\napp = "tests.gateway.sealed_backends:recorded_in_process"\n'
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(serve_app(remote)).mcp_url
+        one, _ = stack.enter_context(gateway(tmp_path, "one", {"a": url}))
+        made = len(IN_PROCESS)
+        two, _ = stack.enter_context(gateway(tmp_path, "two", {}, in_process))  # `a` is an in-process app there
+        [local] = IN_PROCESS[made:]
+        async with httpx2.AsyncClient(timeout=60) as http:
+            at_remote = await legacy_session(http, one.base + "/mcp/a", **ALICE)
+            at_local = await legacy_session(http, two.base + "/mcp/a", **ALICE)
+            assert await count(http, one.base + "/mcp/a", at_remote) == "1"
+            assert await count(http, two.base + "/mcp/a", at_local) == "1"
+            await unknown_session(http, two.base + "/mcp/a", at_remote)
+            await unknown_session(http, one.base + "/mcp/a", at_local)
+            assert await count(http, two.base + "/mcp/a", at_local) == "2"  # each goes on where it was opened
+            assert await count(http, one.base + "/mcp/a", at_remote) == "2"
+    assert remote.initializes == 1 and local.initializes == 1
+    only_their_own(remote, local)
 
 
 async def test_a_handle_from_before_fingerprints_is_an_unknown_session(tmp_path: Path) -> None:
