@@ -22,11 +22,26 @@ __all__ = [
     "JsonRpcCode",
     "RequestId",
     "error_body",
+    "request_id_in",
     "send_error",
     "send_json",
 ]
 
 RequestId = str | int
+
+
+def request_id_in(body: bytes) -> RequestId | None:
+    """The id of the JSON-RPC request in `body`, or None: for an error answering a request no layer parsed.
+
+    >>> request_id_in(b'{"jsonrpc":"2.0","id":7,"method":"ping"}'), request_id_in(b"[]"), request_id_in(b"{")
+    (7, None, None)
+    """
+    try:
+        decoded = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    found = decoded.get("id") if isinstance(decoded, dict) else None
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
 
 class McpMiddlewareError(Exception):

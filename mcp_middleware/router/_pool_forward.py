@@ -22,10 +22,11 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.core import SseParser, replay
+from mcp_middleware.core.errors import request_id_in
 from mcp_middleware.core.protocol import is_event_stream
 
 from ._pool_credentials import CallerToken, TokenRefused
-from ._upstream import UpstreamError, UpstreamResponse, UpstreamUnreachable
+from ._upstream import BROKEN_BODY, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from .backends import HttpBackend, InProcessBackend
 from .credentials import ExchangeError
 from .proxy import _DROP_DOWN, StreamingProxy, _cancel_on_disconnect
@@ -132,10 +133,18 @@ class _HttpTransport(ReplicaTransport):
                 "status": response.status,
                 "headers": [(k, v) for k, v in response.headers if k not in _DROP_DOWN],
             }
-            await send(hook(start) if hook is not None else start)
             if b"content-length" in found:  # a finite body (JSON): nothing to cancel
+                try:
+                    whole = await response.small_body()
+                except BROKEN_BODY as exc:  # before anything reached the client: answered as a failure
+                    return Failure(True, f"broke off its answer: {exc!r}"[:200])
+                await send(hook(start) if hook is not None else start)
+                if whole is not None:
+                    await send({"type": "http.response.body", "body": whole, "more_body": False})
+                    return response.status
                 broken = await _relay(response.body(), send)
             else:
+                await send(hook(start) if hook is not None else start)
                 sent = anyio.Event()
                 sent.set()  # the body went with the head: what follows on `receive` is the client leaving
                 finished = False
@@ -256,12 +265,8 @@ class _AppTransport(ReplicaTransport):
             "client": ("127.0.0.1", 0),
             "server": ("127.0.0.1", 1),
         }
-        found = await exchange(self.app, scope, body, _request_id(body))
+        found = await exchange(self.app, scope, body, request_id_in(body))
         return found.status, found.message
-
-
-_BROKEN = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError)
-"""What reading a response body raises when the replica goes away (or sends a malformed chunk)."""
 
 
 async def _relay(chunks: AsyncIterator[bytes], send: Send) -> BaseException | None:
@@ -269,7 +274,7 @@ async def _relay(chunks: AsyncIterator[bytes], send: Send) -> BaseException | No
     try:
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    except _BROKEN as exc:
+    except BROKEN_BODY as exc:
         return exc
     return None
 
@@ -304,13 +309,6 @@ class Resumed:
         data = b"".join(self.json) if self.size <= self.max_bytes else b""
         event = b"event: message\r\ndata: " + data.replace(b"\n", b"") + b"\r\n\r\n" if data else b""
         await self.send({"type": "http.response.body", "body": event, "more_body": False})
-
-
-def _request_id(body: bytes) -> Any:
-    try:
-        return orjson.loads(body).get("id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
 
 
 def _answer(data: bytes) -> dict[str, Any] | None:

@@ -28,11 +28,12 @@ from mcp import Client
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import ErrorCode
+from mcp_middleware.core.errors import request_id_in
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, is_event_stream, is_json
 
 from ._links import BackendLink, BackendUnavailable
 from ._pool_credentials import CallerToken
-from ._pool_forward import Failure, ReplicaTransport, StartHook, _AppTransport, _request_id
+from ._pool_forward import Failure, ReplicaTransport, StartHook, _AppTransport
 from .aggregate import AggregateServer
 from .backends import StdioBackend
 from .names import NamingPolicy, PrefixMode
@@ -109,7 +110,7 @@ class _StdioTransport(ReplicaTransport):
     ) -> Failure | int:
         if scope["method"] != "POST":  # a legacy GET stream or DELETE: nothing to fail over
             return await self.app.forward(scope, body, receive, send, hook)
-        request_id = _request_id(body)
+        request_id = request_id_in(body)
         if request_id is None:  # a notification or a response: no answer of the backend to wait for
             return await self.app.forward(scope, body, receive, send, hook)
         watch = _OutageWatch(send, request_id, self.replica.pool, hook, DEFAULT_MAX_BODY_SIZE)

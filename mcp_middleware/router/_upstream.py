@@ -26,9 +26,15 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from mcp_middleware.core.errors import McpMiddlewareError
 
-__all__ = ["UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamUnreachable"]
+__all__ = ["BROKEN_BODY", "HELD_BODY_BYTES", "UpstreamError", "UpstreamPool", "UpstreamResponse", "UpstreamUnreachable"]
 
 _MAX_HEAD = 64 * 1024
+HELD_BODY_BYTES = 64 * 1024
+"""A body of declared length up to this is read whole before its head is passed on: an origin that dies
+mid-answer then leaves nothing at the client, which gets a JSON-RPC error instead of a cut connection.
+(A JSON answer is one message: nothing of it is usable before its end, so holding it delays nothing.)"""
+BROKEN_BODY = (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError)
+"""What reading a response body raises when the origin goes away (or sends a malformed chunk)."""
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -101,6 +107,13 @@ class UpstreamResponse:
             except (anyio.EndOfStream, anyio.BrokenResourceError):
                 pass
         self._done = True
+
+    async def small_body(self) -> bytes | None:
+        """The whole body, when its declared length is at most :data:`HELD_BODY_BYTES`; else None and
+        nothing read. Raises one of :data:`BROKEN_BODY` when the origin breaks off before its end."""
+        if self._chunked or self._length is None or self._length > HELD_BODY_BYTES:
+            return None
+        return b"".join([chunk async for chunk in self.body()])
 
     async def aclose(self) -> None:
         """Give the connection back if the body was read to its end, else close it."""

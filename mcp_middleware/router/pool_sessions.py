@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import orjson
 from starlette.types import Receive, Scope, Send
 
-from mcp_middleware.core import RequestId
+from mcp_middleware.core.errors import request_id_in
 
 from ._pool_credentials import CallerToken
 from ._pool_forward import Failure
@@ -105,7 +104,7 @@ async def open_session(scope: Scope, replica: Replica, body: bytes, auth: Caller
             if isinstance(answered, Failure | ExchangeError):
                 raise ConnectionError(answered.reason)
 
-        return await exchange(via, child, payload, _id_of(payload))
+        return await exchange(via, child, payload, request_id_in(payload))
 
     try:
         answer = await ask(body, [])
@@ -146,12 +145,3 @@ def note_replica(scope: Scope, replica: Replica) -> None:
     if handle is not None:
         handle.replica = replica.label
         handle.note_origin(identity_of(replica.backend))
-
-
-def _id_of(body: bytes) -> RequestId | None:
-    try:
-        decoded = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    found = decoded.get("id") if isinstance(decoded, dict) else None
-    return found if isinstance(found, str | int) else None

@@ -33,8 +33,9 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
+from mcp_middleware.core.errors import request_id_in
 
-from ._upstream import UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
+from ._upstream import BROKEN_BODY, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 from .credentials import BackendCredentials, ExchangeError, send_exchange_error
 from .origins import identity_of_url
 from .safety import MAY_HAVE_RUN
@@ -189,12 +190,14 @@ class StreamingProxy:
                     self._head(scope, body, False, renewed)[0], body, None, chunked=False
                 )
         except TimeoutError:  # connecting timed out (reads have no timeout here): nothing was sent
-            await self._fail(scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False)
+            await self._fail(
+                scope, send, 504, ErrorCode.TIMEOUT, "Backend did not answer in time", sent=False, body=body
+            )
             return
         except UpstreamError as exc:
             self._unreachable(tls_refusal(exc) or str(exc))  # a refused handshake says tls: …
             sent = not isinstance(exc, UpstreamUnreachable)
-            await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable", sent=sent)
+            await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, "Backend is unreachable", sent=sent, body=body)
             return
         except _ClientGone:
             return
@@ -210,10 +213,22 @@ class StreamingProxy:
             return
         try:
             headers = [(k, v) for k, v in response.headers if k not in _DROP_DOWN]
-            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            start = {"type": "http.response.start", "status": response.status, "headers": headers}
             if any(k == b"content-length" for k, _ in headers):  # a finite body (JSON): nothing to cancel
+                try:
+                    whole = await response.small_body()
+                except BROKEN_BODY as exc:  # nothing reached the client yet: a JSON-RPC error, not a cut
+                    logger.warning("backend %r broke off a response: %r", self.name, exc)
+                    said = "Backend failed while answering; the request may have run"
+                    await self._fail(scope, send, 502, ErrorCode.BAD_GATEWAY, said, sent=True, body=body)
+                    return
+                await send(start)
+                if whole is not None:
+                    await send({"type": "http.response.body", "body": whole, "more_body": False})
+                    return
                 await self._relay(scope, response.body(), send)
                 return
+            await send(start)
             async with anyio.create_task_group() as group:
                 group.start_soon(_cancel_on_disconnect, receive, body_sent, group.cancel_scope)
                 await self._relay(scope, response.body(), send)
@@ -310,14 +325,17 @@ class StreamingProxy:
         try:
             async for chunk in chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError, ValueError) as exc:
+        except BROKEN_BODY as exc:
             # The backend died mid-stream: end the response (the client sees it cut), say why in the log.
             logger.warning("backend %r broke off a response: %r", self.name, exc)
             record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, reason="stream broken")
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _fail(self, scope: Scope, send: Send, status: int, code: int, message: str, *, sent: bool) -> None:
-        """`sent`: the request may have reached the backend (`data.mayHaveRun`, for routes and failover)."""
+    async def _fail(
+        self, scope: Scope, send: Send, status: int, code: int, message: str, *, sent: bool, body: bytes
+    ) -> None:
+        """`sent`: the request may have reached the backend (`data.mayHaveRun`, for routes and failover);
+        `body`: the request's, for its id when no layer in front parsed it."""
         request = get_mcp_request(scope)
         record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.url, status=status)
         await send_error(
@@ -325,7 +343,7 @@ class StreamingProxy:
             status=status,
             code=code,
             message=message,
-            request_id=request.id if request is not None else None,
+            request_id=request.id if request is not None else request_id_in(body),
             data={"backend": self.url, MAY_HAVE_RUN: sent},
         )
 
