@@ -10,7 +10,8 @@ bound to a short keyed digest of its issuer's identity, and is used only where t
   implied), the path (`/` when empty) and the query as written; never the credentials in it, nor a
   fragment. `http://Tools:80/mcp` and `http://tools/mcp` are one server; `/mcp` and `/mcp/` two;
 * a stdio command is its command line and working directory;
-* a pool's session is its replica's (the replica's own identity, not its place in the list);
+* a pool's session is its replica's (the replica's own identity, not its place in the list: a session
+  follows its replica when the list is reordered, and is adopted nowhere when that replica is gone);
 * an in-process app has none: its sessions live in this process and are re-opened, never continued.
 
 The digest is HMAC-SHA256 under a key derived from the session key (purpose `mcp-session-origin`),
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from mcp_middleware.core.sealing import secret_bytes
 
-__all__ = ["NO_ORIGIN", "ORIGIN_SIZE", "UNKEYED", "Fingerprints", "identity_of", "identity_of_url"]
+__all__ = ["NO_ORIGIN", "ORIGIN_SIZE", "UNKEYED", "Fingerprints", "identity_of", "identity_of_url", "place_of"]
 
 ORIGIN_SIZE = 4
 """Bytes of a fingerprint: a handle carries up to eleven, and stays under 512 bytes."""
@@ -81,6 +82,14 @@ def identity_of(backend: object, replica: str | None = None) -> str | None:
         return "stdio " + orjson.dumps([command, args, getattr(backend, "cwd", None)]).decode()
     inner = getattr(backend, "backend", None)  # a pool's stdio replica wraps its command
     return identity_of(inner) if inner is not None and inner is not backend else None
+
+
+def place_of(fingerprints: Fingerprints, origin: bytes | None, replicas: Sequence[object]) -> int | None:
+    """Where in a pool's list `replicas` the server that issued a session (`origin`) is now, if anywhere:
+    a reordered list keeps its sessions, a replica gone or replaced takes none of them."""
+    if origin is None:
+        return None
+    return next((at for at, replica in enumerate(replicas) if fingerprints.match(origin, identity_of(replica))), None)
 
 
 class Fingerprints:

@@ -32,8 +32,9 @@ Bounds and choices:
 A handle's backend ids reach only the backend they were sealed with: each request to a backend
 carries a ticket (:class:`~.sessions.SealedSession`) vouching for that backend's id and replica only,
 and each sealed id is bound to the server that issued it (:mod:`.origins`): after a reload (or on an
-instance with a newer config) that points a name, or a pool's place, at another server, that member's
-session is opened anew and the old id is never sent to the new server; the others are continued.
+instance with a newer config) that points a name at another server, that member's session is opened
+anew and the old id is never sent to the new server; the others are continued. A pool's session follows
+its replica to wherever a reordered list now has it, and is opened anew when that replica is gone.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from starlette.types import Message, Receive, Scope, Send
 from mcp_middleware.core import Component, ErrorCode, McpRequest, Outcome, RequestId, record_decision, send_error
 
 from .backends import Backend, HttpBackend
-from .origins import identity_of
+from .origins import identity_of, place_of
 from .rewrite import AnswerRewriter
 from .safety import failure_data
 from .sessions import SEALED_SESSION_SCOPE_KEY, BackendSession, ClientSession, SealedSession, sealed_session
@@ -159,6 +160,9 @@ def _adopt(
         if member is None or server not in relay.stacks or not continuable(member):
             continue  # removed or changed since (a reload): opened on first use
         replica = replicas.get(server)
+        if replica is not None and not ticket.fingerprints.match(origins.get(server), identity_of(member, replica)):
+            at = place_of(ticket.fingerprints, origins.get(server), getattr(member, "replicas", ()))
+            replica = str(at) if at is not None else None  # a pool's list reordered: the session follows its replica
         if not ticket.fingerprints.match(origins.get(server), identity_of(member, replica)):
             continue  # issued by another server than the one this name (or that replica) is now: opened anew
         # Its standalone stream is asked for on first use here (refused, 409, while another instance holds it).

@@ -157,27 +157,31 @@ async def test_an_instance_where_the_name_is_another_server_never_sends_it_the_o
     only_their_own(first, other, shared)
 
 
-async def test_a_pool_never_adopts_a_session_where_its_list_now_holds_another_replica(tmp_path: Path) -> None:
-    replicas = [Recorded("r0"), Recorded("r1")]
+async def test_a_pools_session_follows_its_replica_in_the_list_and_is_never_handed_to_another(tmp_path: Path) -> None:
+    replicas = [Recorded(f"r{index}") for index in range(4)]
     with contextlib.ExitStack() as stack:
         urls = [stack.enter_context(serve_app(replica)).mcp_url for replica in replicas]
-        one, _ = stack.enter_context(gateway(tmp_path, "one", {"pooled": urls}))
-        two, _ = stack.enter_context(gateway(tmp_path, "two", {"pooled": urls[::-1]}))  # the same two, swapped
-        same, _ = stack.enter_context(gateway(tmp_path, "same", {"pooled": urls}))
+        one, _ = stack.enter_context(gateway(tmp_path, "one", {"pooled": urls[:2]}))
+        swapped, _ = stack.enter_context(gateway(tmp_path, "swapped", {"pooled": urls[1::-1]}))  # the two, reordered
+        replaced, _ = stack.enter_context(gateway(tmp_path, "replaced", {"pooled": urls[2:]}))  # two other servers
         async with httpx2.AsyncClient(timeout=60) as http:
             mounted = await legacy_session(http, one.base + "/mcp/pooled", **ALICE)
             aggregate = await legacy_session(http, one.base + "/mcp", **ALICE)
             assert sealed_state(mounted).replica is not None and sealed_state(aggregate).replicas
             assert await count(http, one.base + "/mcp/pooled", mounted) == "1"
             assert await count(http, one.base + "/mcp", aggregate, "pooled__count") == "1"
-            held = {replica.name: list(replica.issued) for replica in replicas}
+            issued = sum(len(replica.issued) for replica in replicas)
 
-            assert await count(http, same.base + "/mcp/pooled", mounted) == "2"  # same list: continued in place
-            assert await count(http, same.base + "/mcp", aggregate, "pooled__count") == "2"
-            # Swapped: the label names the other replica now. The session is opened anew, never handed across.
-            assert await count(http, two.base + "/mcp/pooled", mounted) == "1"
-            assert await count(http, two.base + "/mcp", aggregate, "pooled__count") == "1"
-    assert sum(len(ids) for ids in held.values()) == 2
+            # Reordered: the handle's place names the other replica now; the session is found at its own server.
+            assert await count(http, swapped.base + "/mcp/pooled", mounted) == "2"
+            assert await count(http, swapped.base + "/mcp", aggregate, "pooled__count") == "2"
+            assert sum(len(replica.issued) for replica in replicas) == issued  # continued, nothing opened
+            # Replaced: no replica is the server that issued it. A new session, at a server that issued it.
+            assert await count(http, replaced.base + "/mcp/pooled", mounted) == "1"
+            assert await count(http, replaced.base + "/mcp", aggregate, "pooled__count") == "1"
+            assert await count(http, one.base + "/mcp/pooled", mounted) == "3"  # where it was: it goes on
+    assert sum(replica.initializes for replica in replicas[:2]) == 2  # `one`'s two sessions, nothing more
+    assert sum(replica.initializes for replica in replicas[2:]) == 2  # `replaced`'s own two
     only_their_own(*replicas)
 
 

@@ -18,7 +18,14 @@ from mcp_middleware.core.sealing import Sealer, SealError
 from mcp_middleware.gateway.session_config import SESSION_PURPOSE
 from mcp_middleware.gateway.session_handles import SessionHandles, SessionState, decode, encode
 from mcp_middleware.router.backends import HttpBackend, InProcessBackend, StdioBackend
-from mcp_middleware.router.origins import NO_ORIGIN, ORIGIN_SIZE, Fingerprints, identity_of, identity_of_url
+from mcp_middleware.router.origins import (
+    NO_ORIGIN,
+    ORIGIN_SIZE,
+    Fingerprints,
+    identity_of,
+    identity_of_url,
+    place_of,
+)
 from mcp_middleware.router.pool import PoolBackend
 from tests.gateway import sealed_backends
 from tests.gateway.test_sealed_handles import SDK_INIT, flip, owner
@@ -70,6 +77,16 @@ def test_backends_are_identified_by_what_issues_their_sessions() -> None:
     for label in ("2", "-1", "x", ""):  # a place that is not in the list now: no server at all
         assert identity_of(pool, label) is None
     assert not FINGERPRINTS.match(FINGERPRINTS.of(None), None)  # no issuer matches nothing
+
+
+def test_a_pools_session_is_found_at_its_replica_wherever_the_list_now_has_it() -> None:
+    a, b, c = (HttpBackend(f"http://127.0.0.1:{port}/mcp") for port in (9001, 9002, 9003))
+    issued_by_b = FINGERPRINTS.of(identity_of(b))
+    assert place_of(FINGERPRINTS, issued_by_b, [a, b]) == 1
+    assert place_of(FINGERPRINTS, issued_by_b, [b, a]) == 0  # reordered: it follows its replica
+    assert place_of(FINGERPRINTS, issued_by_b, [a, c]) is None  # replaced: nowhere
+    assert place_of(FINGERPRINTS, None, [a, b]) is None
+    assert place_of(Fingerprints.from_secrets(["another key, for another deployment!"]), issued_by_b, [b]) is None
 
 
 def test_fingerprints_are_keyed_and_survive_a_rotation() -> None:
