@@ -53,6 +53,8 @@ class Recorded:
     carried: list[str] = field(default_factory=list)
     initializes: int = 0
     deleted: int = 0
+    received: list[str] = field(default_factory=list)
+    """Every session id any request carried (GET streams and DELETEs too)."""
 
     def __post_init__(self) -> None:
         self.restart()
@@ -66,6 +68,8 @@ class Recorded:
             await self.app(scope, receive, send)
             return
         carried = dict(scope["headers"]).get(b"mcp-session-id")
+        if carried is not None:
+            self.received.append(carried.decode())
         if carried is not None and scope["method"] == "POST":
             self.carried.append(carried.decode())
         self.deleted += scope["method"] == "DELETE"

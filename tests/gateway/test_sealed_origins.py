@@ -29,7 +29,7 @@ from tests.gateway.sealed_backends import ALICE, IN_PROCESS, Recorded, config_te
 from tests.gateway.test_sealed_origins_codec import format_one
 from tests.support import processes
 from tests.support.decisions import DecisionRecorder
-from tests.support.requests import legacy_post, legacy_session
+from tests.support.requests import legacy_headers, legacy_post, legacy_session
 from tests.support.sse import json_of
 
 pytestmark = pytest.mark.anyio
@@ -41,7 +41,7 @@ PATIENCE = 60.0
 def only_their_own(*servers: Recorded) -> None:
     """The rule: every session id a server received is one it issued (none of another server's)."""
     for server in servers:
-        foreign = set(server.carried) - set(server.issued)
+        foreign = set(server.received) - set(server.issued)
         assert not foreign, f"{server.name} received session ids it never issued: {foreign}"
 
 
@@ -144,6 +144,10 @@ async def test_an_instance_where_the_name_is_another_server_never_sends_it_the_o
             assert await count(http, one.base + "/mcp", aggregate, "a__count") == "1"
 
             await unknown_session(http, two.base + "/mcp/a", at_a)  # another server's session: unknown here
+            async with http.stream("GET", two.base + "/mcp/a", headers=legacy_headers(at_a, **ALICE)) as stream:
+                streamed = stream.status_code  # its GET stream (the head only: a stream that opened stays open)
+            ended = await http.delete(two.base + "/mcp/a", headers=legacy_headers(at_a, **ALICE))  # and its end
+            assert (streamed, ended.status_code) == (404, 404), ended.text
             assert await count(http, two.base + "/mcp/b", at_b) == "1"  # the same server: its session goes on
             assert await count(http, two.base + "/mcp/b", at_b) == "2"
             assert await count(http, two.base + "/mcp", aggregate, "a__count") == "1"  # opened anew at `other`
