@@ -11,8 +11,11 @@ that bind sessions to owners: :class:`SessionOwnerGuard` after authentication, t
 A session this process does not hold (the inner app answers 404 before any byte of a body) is
 opened again here, transparently: the sealed `initialize`, then `notifications/initialized`,
 then the client's request once more. A remote backend usually still holds its session: the proxy
-continues it on the handle's word instead. Responses stream untouched; only the response-start
-headers are rewritten (the inner id never reaches the client).
+continues it on the handle's word instead, if the name still points at the server that issued it (each
+sealed id is bound to its issuer, :mod:`~mcp_middleware.router.origins`); if not, the handle is an unknown
+session there (404, not re-opened: the client initializes again) and the old id reaches no other server.
+Responses stream untouched; only the response-start headers are rewritten (the inner id never reaches
+the client).
 
 >>> from starlette.applications import Starlette
 >>> from mcp_middleware.core.sealing import Sealer
