@@ -35,6 +35,7 @@ from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import CoreConfig
 from mcp_middleware.router import HttpBackend, McpRouter, NamingPolicy, PoolBackend, PrefixMode, StdioBackend
 
+from . import worker_metrics
 from .assembly import Assembly
 from .backend_gate import gate_layer
 from .backends import FRONT_DOOR_CHECKS_HOST, BackendLoadError, load_backend
@@ -284,9 +285,11 @@ def _traced(
         instrument(meter_provider)
     if metrics is None:
         return tracing.mcp_direct
-    return PrometheusMiddleware(
-        tracing.mcp_direct, path=config.tracing.metrics_path, registry=metrics.registry
-    ).mcp_direct
+    registry = metrics.registry
+    if (shared := worker_metrics.from_environment(registry)) is not None:  # --workers N: every worker's series
+        closers.append(shared.close)
+        registry = shared.registry
+    return PrometheusMiddleware(tracing.mcp_direct, path=config.tracing.metrics_path, registry=registry).mcp_direct
 
 
 def _audited(inner: ASGIApp, config: GatewayConfig, closers: list[Closer]) -> tuple[ASGIApp, AuditTrail]:

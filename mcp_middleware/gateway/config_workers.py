@@ -12,7 +12,8 @@ them. What a worker keeps in its own memory is therefore seen by a fraction of t
 * `[audit] file`: one hash chain per file; N writers would interleave N chains: refused.
 * legacy (2025-11-25) sessions live in the worker that created them unless session ids are sealed
   handles any worker can resume (`[gateway] session_key`): see :func:`legacy_sessions_problem`.
-* `/metrics` and circuit breakers are per worker (warned, not refused): a scrape sees one worker.
+* circuit breakers are per worker: each judges the backends by the traffic it sees. (`/metrics` is not:
+  every worker's scrape carries every worker's series, :mod:`.worker_metrics`.)
 """
 
 from __future__ import annotations
@@ -46,14 +47,6 @@ def worker_problems(
         problems.append(legacy)
     held, told = approval_worker_problems(config, count)
     problems, warnings = [*problems, *held], [*warnings, *told]
-    if config.tracing.enabled:
-        warnings.append(
-            config.problem(
-                "tracing.enabled",
-                f"each of the {count} workers serves its own {config.tracing.metrics_path} (a scrape sees one "
-                "worker's counters); export metrics over OTLP, or scrape with workers = 1",
-            )
-        )
     return problems, warnings
 
 

@@ -16,6 +16,8 @@ What this module adds to it:
 * SIGHUP is forwarded to every worker, whose own reloader applies the servers (uvicorn would
   restart every worker: sessions, breakers and stdio children lost for a config change);
 * the banner is printed once, by the supervisor, when every worker has started;
+* every worker's `/metrics` shows every worker's series, each with a `worker` label
+  (:mod:`.worker_metrics`: the workers read each other's over Unix sockets in a private directory);
 * a worker ends with its supervisor (Linux `PR_SET_PDEATHSIG`): a supervisor killed with SIGKILL leaves
   no worker holding the port.
 
@@ -29,9 +31,11 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,7 @@ from uvicorn.supervisors import Multiprocess
 
 from mcp_middleware.logs import configure_logging
 
+from . import worker_metrics
 from .config import ConfigError, GatewayConfig, load_config
 from .config_workers import worker_problems
 
@@ -188,6 +193,8 @@ def serve_workers(
     config.factory = True
     config.workers = workers
     config.timeout_worker_healthcheck = HEALTH_PING_TIMEOUT
+    # The workers' metrics sockets (each scrape shows every worker): a directory only this user opens.
+    os.environ[worker_metrics.ENV] = sockets = tempfile.mkdtemp(prefix="mcp-gateway-metrics-")
     try:
         supervisor = _Supervisor(config, [sock], lambda: banner(gateway, source, workers=workers))
         supervisor.run()
@@ -195,6 +202,8 @@ def serve_workers(
         logger.exception("the gateway stopped on an error")
         return False
     finally:
+        del os.environ[worker_metrics.ENV]
+        shutil.rmtree(sockets, ignore_errors=True)
         for close in gateway._closers:  # what building it opened (it never served)
             close()
     return supervisor.announced and not supervisor.failed

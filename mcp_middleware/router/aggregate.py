@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.server.subscriptions import ListenHandler
@@ -38,29 +37,21 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_middleware.core import ANSWERED, Era, McpRequest, Outcome, read_request
+from mcp_middleware.core import ANSWERED, Era, McpRequest, read_request
 from mcp_middleware.core.kernel import EVERY_PATH
 
 from ._links import BackendLink, BackendUnavailable
+from .aggregate_handlers import AggregateHandlers
 from .backends import Backend
-from .bridge import ClientBridge, decide, session_id_of
-from .bridged_targets import bridged_name, bridged_uri, watchable_uri
-from .catalog import (
-    PROMPTS,
-    RESOURCES,
-    TEMPLATES,
-    TOOLS,
-    Kind,
-)
+from .bridge import ClientBridge
 from .curation import Curation, Selection
 from .fallback import RouteRunner
-from .listing import ROUTER_META_KEY, ListAnswers, ListGate, page_of
+from .listing import ROUTER_META_KEY, ListAnswers, ListGate
 from .names import NamingPolicy
 from .notifier import Notifier
 from .relay import Relay
 from .routed_resources import RoutedCatalog
 from .routes import Route, RouteTable
-from .stack_changes import tell_lists_changed
 from .watches import ResourceWatches
 
 __all__ = ["ROUTER_META_KEY", "AggregateServer", "ListGate"]
@@ -87,7 +78,7 @@ class _RouterServer(Server[Any]):
         )
 
 
-class AggregateServer:
+class AggregateServer(AggregateHandlers):
     """An MCP endpoint that merges and routes to many backends.
 
     Usually built by :class:`~mcp_middleware.router.McpRouter`, which hands it every
@@ -289,140 +280,3 @@ class AggregateServer:
                 if self.relay is not None:
                     self.relay.group = None
                 group.cancel_scope.cancel()
-
-    # --- lists ---------------------------------------------------------------------------------
-
-    async def _list_tools(
-        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListToolsResult:
-        page, cursor, meta = await self._page(ctx, TOOLS, params)
-        return types.ListToolsResult(tools=page, next_cursor=cursor, _meta=meta)
-
-    async def _list_prompts(
-        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListPromptsResult:
-        page, cursor, meta = await self._page(ctx, PROMPTS, params)
-        return types.ListPromptsResult(prompts=page, next_cursor=cursor, _meta=meta)
-
-    async def _list_resources(
-        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListResourcesResult:
-        page, cursor, meta = await self._page(ctx, RESOURCES, params)
-        return types.ListResourcesResult(resources=page, next_cursor=cursor, _meta=meta)
-
-    async def _list_resource_templates(
-        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
-    ) -> types.ListResourceTemplatesResult:
-        page, cursor, meta = await self._page(ctx, TEMPLATES, params)
-        return types.ListResourceTemplatesResult(resource_templates=page, next_cursor=cursor, _meta=meta)
-
-    async def _page(
-        self, ctx: ServerRequestContext[Any], kind: Kind, params: types.PaginatedRequestParams | None
-    ) -> tuple[list[Any], str | None, dict[str, Any] | None]:
-        self._remember(ctx)
-        scope = getattr(ctx.request, "scope", None)
-        scope = scope if isinstance(scope, dict) else None
-        cursor = params.cursor if params is not None else None
-        page = await page_of(self.catalog, kind, cursor, self.page_size, scope, self.gates)
-        if page.failed:
-            decide(ctx, Outcome.PARTIAL, method=f"{kind.name}/list", failed=page.failed)
-        return page.items, page.next_cursor, page.meta
-
-    # --- what the relay does not route: the bridge's SDK sessions ------------------------------
-
-    async def _call_tool(
-        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult | types.InputRequiredResult:
-        self._remember(ctx)
-        server, name = await bridged_name(self.catalog, self.backends, TOOLS, params.name, "tool")
-        return await self.bridge.call_tool(ctx, server, name, params)
-
-    async def _get_prompt(
-        self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams
-    ) -> types.GetPromptResult | types.InputRequiredResult:
-        self._remember(ctx)
-        server, name = await bridged_name(self.catalog, self.backends, PROMPTS, params.name, "prompt")
-        return await self.bridge.get_prompt(ctx, server, name, params)
-
-    async def _read_resource(
-        self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams
-    ) -> types.ReadResourceResult | types.InputRequiredResult:
-        self._remember(ctx)
-        server, uri = await bridged_uri(self.catalog, params.uri)
-        result = await self.bridge.read_resource(ctx, server, uri, params)
-        if isinstance(result, types.ReadResourceResult):
-            contents = [
-                content.model_copy(update={"uri": self.catalog.public_backend_uri(server, content.uri)})
-                for content in result.contents
-            ]
-            result = result.model_copy(update={"contents": contents})
-        return result
-
-    async def _complete(
-        self, ctx: ServerRequestContext[Any], params: types.CompleteRequestParams
-    ) -> types.CompleteResult:
-        self._remember(ctx)
-        ref = params.ref
-        if isinstance(ref, types.PromptReference):
-            server, name = await bridged_name(self.catalog, self.backends, PROMPTS, ref.name, "prompt")
-            backend_ref: types.PromptReference | types.ResourceTemplateReference = ref.model_copy(update={"name": name})
-            label = ref.name
-        else:
-            server, uri = await bridged_uri(self.catalog, ref.uri, template=True)
-            backend_ref = ref.model_copy(update={"uri": uri})
-            label = ref.uri
-        return await self.bridge.complete(ctx, server, backend_ref, params, label)
-
-    async def _subscribe(
-        self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams
-    ) -> types.EmptyResult:
-        """Legacy `resources/subscribe`: subscribe at the backend once, remember who wants the updates."""
-        self._remember(ctx)
-        server, uri = await bridged_uri(self.catalog, params.uri)
-        if not self.notifier.subscribed(server, uri):
-            await self.bridge.subscribe(ctx, server, uri, params.uri)
-        self.notifier.subscribe(server, uri, session_id_of(ctx))
-        return types.EmptyResult()
-
-    async def _unsubscribe(
-        self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams
-    ) -> types.EmptyResult:
-        server, uri = await bridged_uri(self.catalog, params.uri)
-        if self.notifier.unsubscribe(server, uri, session_id_of(ctx)):
-            await self.bridge.unsubscribe(ctx, server, uri, params.uri)
-        return types.EmptyResult()
-
-    async def _listen(
-        self, ctx: ServerRequestContext[Any], params: types.SubscriptionsListenRequestParams
-    ) -> types.SubscriptionsListenResult:
-        """A modern listen stream; the resources it names are watched at the backends that own them."""
-        uris = params.notifications.resource_subscriptions or []
-        scope = getattr(ctx.request, "scope", None)
-        held = await self.watches.acquire(uris, lambda uri: watchable_uri(self.catalog, self.gates, uri, scope))
-        try:
-            return await self._listen_handler(ctx, params)
-        finally:
-            self.watches.release(held)
-
-    async def _set_log_level(
-        self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams
-    ) -> types.EmptyResult:
-        self.bridge.set_log_level(ctx, params.level)
-        return types.EmptyResult()
-
-    # --- notifications -------------------------------------------------------------------------
-
-    def _remember(self, ctx: ServerRequestContext[Any]) -> None:
-        session_id = session_id_of(ctx)
-        if session_id is not None:
-            self.notifier.remember(session_id, ctx.session)
-
-    def _backend_changed(self, server: str, kinds: frozenset[str]) -> None:
-        self.catalog.forget(server, kinds)
-        stack = self._stacks.get(server)
-        if stack is not None:  # what its stack learned of the lists (tool schemas) is stale too
-            tell_lists_changed(stack, kinds)
-        self.notifier.changed(kinds)
-
-    def _resource_updated(self, server: str, uri: str) -> None:
-        self.notifier.resource_updated(server, uri, self.catalog.public_backend_uri)

@@ -15,7 +15,8 @@ from mcp_middleware.core import ErrorCode
 
 from .backends import Backend
 from .bridge import down_alone
-from .catalog import Catalog, Kind
+from .catalog import Catalog
+from .catalog_kinds import Kind
 from .curation import unknown_error
 from .listing import ListGate
 

@@ -12,119 +12,40 @@ resolves public names back to `(server, name)` for the requests the aggregate ro
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import anyio
-import mcp_types as types
 from mcp.shared.exceptions import MCPError
 
 from mcp_middleware.core import JsonRpcCode
 
 from ._links import BackendLink, BackendUnavailable, connection_lost, short
 from .backends import Backend
+from .catalog_kinds import (
+    KINDS,
+    RESOURCES,
+    TEMPLATES,
+    TOOLS,
+    BackendFailure,
+    Gathered,
+    Kind,
+    Listing,
+    Merged,
+    SharedFetch,
+    fetch_all,
+    is_fresh,
+)
 from .curated_catalog import curated_entries, hidden_names
 from .curation import Curation, Selection
 from .names import NameTable, NamingPolicy, PrefixMode, namespace_uri, split_uri, template_matches
 from .routes import RouteTable
 
-__all__ = [
-    "KINDS",
-    "KIND_OF_LIST",
-    "PROMPTS",
-    "RESOURCES",
-    "TEMPLATES",
-    "TOOLS",
-    "BackendFailure",
-    "Catalog",
-    "Kind",
-    "Merged",
-]
+__all__ = ["Catalog"]
 
 logger = logging.getLogger("mcp_middleware.router")
-
-_MAX_BACKEND_PAGES = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """One kind of list the aggregate merges."""
-
-    name: str  # "tools", "prompts", "resources", "resource_templates"
-    key: str  # the attribute that identifies an item: name, uri, uri_template
-    change: str  # the list_changed family it belongs to
-    call: str  # the method that uses an item (what list filtering asks about)
-
-
-TOOLS = Kind("tools", "name", "tools", "tools/call")
-PROMPTS = Kind("prompts", "name", "prompts", "prompts/get")
-RESOURCES = Kind("resources", "uri", "resources", "resources/read")
-TEMPLATES = Kind("resource_templates", "uri_template", "resources", "resources/read")
-KINDS = (TOOLS, PROMPTS, RESOURCES, TEMPLATES)
-KIND_OF_LIST = {
-    "tools/list": TOOLS,
-    "prompts/list": PROMPTS,
-    "resources/list": RESOURCES,
-    "resources/templates/list": TEMPLATES,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class BackendFailure:
-    """Why one backend is missing from a merged list."""
-
-    server: str
-    error: Literal["timeout", "unavailable", "error"]
-    message: str
-
-    def describe(self) -> dict[str, str]:
-        return {"server": self.server, "error": self.error, "message": self.message}
-
-
-_generations = itertools.count(1)
-_serials = itertools.count(1)
-
-
-@dataclass(slots=True)
-class _Listing:
-    items: list[Any]
-    fetched_at: float
-    generation: int = field(default_factory=lambda: next(_generations))
-
-
-@dataclass(slots=True)
-class Merged:
-    """A merged, namespaced, sorted list of one kind, and how to route back."""
-
-    kind: str  # the Kind's name
-    items: list[Any]  # public copies, sorted by public key
-    keys: list[str]  # their public keys, same order
-    servers: list[str]  # the backend of each item, same order
-    originals: list[str]  # each item's key at its backend, same order
-    table: NameTable | None  # tools/prompts
-    uris: dict[str, tuple[str, str]]  # resources (NEVER mode): public uri -> (server, uri)
-    failures: list[BackendFailure]
-    collisions: list[dict[str, str | None]]
-    hidden: dict[str, tuple[str, str]] = field(default_factory=dict)
-    """Tools/prompts: the public name a curated-away item would have -> (server, the rule that hides it)."""
-    serial: int = field(default_factory=lambda: next(_serials))
-    """Unique per merge: answers built from this list can be reused while it is the current one."""
-
-
-@dataclass
-class _Fetch:
-    done: anyio.Event = field(default_factory=anyio.Event)
-    outcome: _Listing | BackendFailure | None = None
-
-
-@dataclass
-class _Gathered:
-    listings: dict[str, _Listing] = field(default_factory=dict)
-    failures: list[BackendFailure] = field(default_factory=list)
 
 
 class Catalog:
@@ -154,10 +75,10 @@ class Catalog:
         self.naming = naming
         self.list_ttl = list_ttl
         self.failure_cooldown = failure_cooldown
-        self._listings: dict[str, dict[str, _Listing]] = {kind.name: {} for kind in KINDS}
+        self._listings: dict[str, dict[str, Listing]] = {kind.name: {} for kind in KINDS}
         self._merged: dict[str, tuple[tuple[int, ...], Merged]] = {}
         self._cooling: dict[str, tuple[float, str]] = {}
-        self._fetching: dict[tuple[str, str], _Fetch] = {}
+        self._fetching: dict[tuple[str, str], SharedFetch] = {}
 
     def cooling(self, server: str) -> str | None:
         """Why `server` is cooling down after a failure, or None."""
@@ -190,7 +111,7 @@ class Catalog:
         self._merged[kind.name] = (version, merged)
         return merged
 
-    def _build(self, kind: Kind, gathered: _Gathered) -> Merged:
+    def _build(self, kind: Kind, gathered: Gathered) -> Merged:
         entries: list[tuple[str, Any]] = []
         originals: dict[tuple[str, str], str] = {}  # (server, curated key) -> the backend's own
         hidden_at: list[tuple[str, str, str]] = []  # (server, curated name, rule) of curated-away items
@@ -282,11 +203,11 @@ class Catalog:
         rules = curation.tools if kind is TOOLS else curation.prompts
         return rules.backend(curated) or curated
 
-    async def _gather(self, kind: Kind) -> _Gathered:
-        gathered = _Gathered()
+    async def _gather(self, kind: Kind) -> Gathered:
+        gathered = Gathered()
         listings = self._listings[kind.name]
         now = time.monotonic()
-        stale = [server for server in self.backends if not _fresh(listings.get(server), now, self.list_ttl)]
+        stale = [server for server in self.backends if not is_fresh(listings.get(server), now, self.list_ttl)]
         for server in self.backends:
             if server not in stale:
                 gathered.listings[server] = listings[server]
@@ -296,12 +217,12 @@ class Catalog:
                     group.start_soon(self._fetch_into, kind, server, gathered)
         return gathered
 
-    async def _fetch_into(self, kind: Kind, server: str, gathered: _Gathered) -> None:
+    async def _fetch_into(self, kind: Kind, server: str, gathered: Gathered) -> None:
         """One backend's list for this request; concurrent requests share one fetch (no herd of fan-outs)."""
         key = (kind.name, server)
         fetch = self._fetching.get(key)
         if fetch is None:
-            fetch = self._fetching[key] = _Fetch()
+            fetch = self._fetching[key] = SharedFetch()
             try:
                 fetch.outcome = await self._fetch(kind, server)
             finally:
@@ -309,12 +230,12 @@ class Catalog:
                 fetch.done.set()
         else:
             await fetch.done.wait()
-        if isinstance(fetch.outcome, _Listing):
+        if isinstance(fetch.outcome, Listing):
             gathered.listings[server] = fetch.outcome
         elif fetch.outcome is not None:
             gathered.failures.append(fetch.outcome)
 
-    async def _fetch(self, kind: Kind, server: str) -> _Listing | BackendFailure:
+    async def _fetch(self, kind: Kind, server: str) -> Listing | BackendFailure:
         cooling = self.cooling(server)
         if cooling is not None:
             return BackendFailure(server, "unavailable", f"cooling down after: {cooling}")
@@ -324,7 +245,7 @@ class Catalog:
         try:
             with anyio.fail_after(backend.timeout):
                 client = await link.client(backend.timeout)
-                items = await _fetch_all(client, kind)
+                items = await fetch_all(client, kind)
         except TimeoutError:
             return self._fail(server, "timeout", f"no answer within {backend.timeout:g} s")
         except BackendUnavailable as exc:
@@ -338,7 +259,7 @@ class Catalog:
         except Exception as exc:  # garbage from the backend, a dead connection: this backend only
             link.mark_broken(short(exc))
             return self._fail(server, "error", short(exc))
-        listing = _Listing(items, started)
+        listing = Listing(items, started)
         self._listings[kind.name][server] = listing
         if kind is TOOLS:
             self._annotations[server] = {
@@ -410,28 +331,6 @@ class Catalog:
 # --- helpers close to their use -----------------------------------------------------------------
 
 
-async def _fetch_all(client: Any, kind: Kind) -> list[Any]:
-    """Every item of one kind from one backend, following its own pages (an empty string is a cursor)."""
-    session = client.session
-    fetch: Callable[..., Any] = {
-        "tools": session.list_tools,
-        "prompts": session.list_prompts,
-        "resources": session.list_resources,
-        "resource_templates": session.list_resource_templates,
-    }[kind.name]
-    items: list[Any] = []
-    cursor: str | None = None
-    seen: set[str] = set()
-    for _ in range(_MAX_BACKEND_PAGES):
-        result = await fetch(params=types.PaginatedRequestParams(cursor=cursor))
-        items.extend(getattr(result, kind.name))
-        cursor = result.next_cursor
-        if cursor is None or cursor in seen:  # a cursor that does not advance would loop forever
-            break
-        seen.add(cursor)
-    return items
-
-
 def _routed_items(routes: Mapping[str, Any], routed: list[tuple[str, Any]]) -> list[tuple[str, Any, str, str]]:
     """One public entry per route: the item of the first of its servers (primary first) that lists it."""
     offered = {(server, item.name): item for server, item in reversed(routed)}  # a name listed twice: the first
@@ -441,7 +340,3 @@ def _routed_items(routes: Mapping[str, Any], routed: list[tuple[str, Any]]) -> l
         if server is not None:
             found.append((name, offered[(server, name)], server, name))
     return found
-
-
-def _fresh(listing: _Listing | None, now: float, ttl: float) -> bool:
-    return listing is not None and now - listing.fetched_at < ttl

@@ -25,7 +25,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mcp_middleware.core import JsonRpcCode, McpRequest, SseParser, get_mcp_request
 from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE, EVENT_STREAM, META_NAMESPACE, is_event_stream
 
-from .catalog import KIND_OF_LIST, Catalog, Kind, Merged
+from .catalog import Catalog
+from .catalog_kinds import KIND_OF_LIST, Kind, Merged
 from .sessions import owner_of
 
 __all__ = ["MERGED_SCOPE_KEY", "ROUTER_META_KEY", "ListAnswers", "ListGate", "Page", "page_of"]

@@ -35,7 +35,7 @@ from ._links import BackendLink
 from ._stacks import list_gate, not_found, wrap
 from .aggregate import AggregateServer, ListGate
 from .backends import Backend
-from .catalog import KINDS, Kind, _Listing
+from .catalog_kinds import KINDS, Kind, Listing
 from .curation import Curation
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ async def _offering(aggregate: AggregateServer, servers: Sequence[str]) -> froze
 
     async def fetch(kind: Kind, server: str) -> None:
         outcome = await aggregate.catalog._fetch(kind, server)
-        if not isinstance(outcome, _Listing) or outcome.items:
+        if not isinstance(outcome, Listing) or outcome.items:
             families.add(kind.change)  # it offers some, or could not say: tell clients to look
 
     with anyio.move_on_after(_LIST_PATIENCE) as waited:

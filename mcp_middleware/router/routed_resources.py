@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .catalog import RESOURCES, Catalog, Kind, Merged
+from .catalog import Catalog
+from .catalog_kinds import RESOURCES, Kind, Merged
 from .routes import RouteTable
 
 __all__ = ["RoutedCatalog", "fold_routed_resources"]

@@ -12,7 +12,8 @@ from typing import Any
 from mcp_middleware.core import JsonRpcCode, McpRequest
 from mcp_middleware.core.errors import McpMiddlewareError
 
-from .catalog import PROMPTS, TOOLS, Catalog
+from .catalog import Catalog
+from .catalog_kinds import PROMPTS, TOOLS
 from .curation import unknown_error
 
 __all__ = ["Refused", "backend_target"]

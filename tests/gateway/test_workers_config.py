@@ -103,11 +103,10 @@ def test_legacy_sessions_need_a_session_key_or_per_worker_state() -> None:
     assert worker_problems(per_worker) == ([], [])
 
 
-def test_metrics_per_worker_are_a_warning() -> None:
+def test_metrics_with_workers_are_no_longer_a_warning() -> None:
+    """Every worker's scrape carries every worker's series (tests/gateway/test_worker_metrics.py)."""
     config = parse_config(f"[gateway]\nworkers = 2\n{DEMO}[tracing]\n")
-    warnings = worker_problems(config, has_session_key=True)[1]
-    assert [(w.path, w.line) for w in warnings] == [("tracing.enabled", 6)]
-    assert "each of the 2 workers serves its own /metrics" in warnings[0].message
+    assert worker_problems(config, has_session_key=True) == ([], [])
 
 
 def test_check_config_workers_flag_wins_over_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -133,5 +133,7 @@ async def test_sessions_leave_no_descriptor_open(caplog: pytest.LogCaptureFixtur
     before = len(os.listdir("/proc/self/fd"))
     for index in range(1, 4):
         await one_session(index)
-    assert len(os.listdir("/proc/self/fd")) == before
+    # A leak stays: three sessions leave three pipes open for good. Anything else this worker process
+    # opened meanwhile (a connection a previous test's server is still closing) goes within the wait.
+    await until(lambda: len(os.listdir("/proc/self/fd")) <= before, 10)
     assert [line for line in stdio_lines(caplog) if line.startswith("[fd] bye")] == [f"[fd] bye {i}" for i in range(4)]
