@@ -11,8 +11,11 @@ that bind sessions to owners: :class:`SessionOwnerGuard` after authentication, t
 A session this process does not hold (the inner app answers 404 before any byte of a body) is
 opened again here, transparently: the sealed `initialize`, then `notifications/initialized`,
 then the client's request once more. A remote backend usually still holds its session: the proxy
-continues it on the handle's word instead. Responses stream untouched; only the response-start
-headers are rewritten (the inner id never reaches the client).
+continues it on the handle's word instead, if the name still points at the server that issued it (each
+sealed id is bound to its issuer, :mod:`~mcp_middleware.router.origins`); if not, the handle is an unknown
+session there (404, not re-opened: the client initializes again) and the old id reaches no other server.
+Responses stream untouched; only the response-start headers are rewritten (the inner id never reaches
+the client).
 
 >>> from starlette.applications import Starlette
 >>> from mcp_middleware.core.sealing import Sealer
@@ -94,7 +97,7 @@ class SealedSessionMiddleware:
             if view.method != "initialize":
                 await self.app(scope, receive, send)
                 return
-            ticket = SealedSession()
+            ticket = SealedSession(fingerprints=self.handles.fingerprints)
             child = {**scope, SEALED_SESSION_SCOPE_KEY: ticket}
             await self.app(child, receive, self._minting(scope, view, ticket, send))
             return
@@ -123,7 +126,8 @@ class SealedSessionMiddleware:
     ) -> None:
         state = opened.state
         used = opened.session_id
-        ticket = SealedSession(used, state.owner, state.replica)
+        fingerprints = self.handles.fingerprints
+        ticket = SealedSession(used, state.owner, state.replica, origin=state.origin, fingerprints=fingerprints)
         deleting = scope["method"] == "DELETE"
         attempt = _Attempt(send, handle, may_hold=not deleting and not opened.ended)
         tracked = _Tracked(receive)
@@ -132,18 +136,20 @@ class SealedSessionMiddleware:
             opened.ended = True  # not re-opened here; elsewhere the handle lives until it expires
         if attempt.held is None:
             return
-        if ticket.refused:  # another principal's: answered as unknown, never re-created for them
+        if ticket.refused:  # another principal's, or another server's: answered as unknown, never re-created
             await attempt.release()
             return
         async with opened.lock:
             if opened.session_id == used:  # nobody re-opened it meanwhile
-                fresh = await reopen(self.app, scope, state)
+                fresh = await reopen(self.app, scope, state, fingerprints)
                 if fresh is None:
                     await attempt.release()
                     return
                 opened.session_id = fresh
                 record_decision(scope, Component.SESSION, Outcome.REOPENED)
-        ticket = SealedSession(opened.session_id, state.owner, state.replica)
+        ticket = SealedSession(
+            opened.session_id, state.owner, state.replica, origin=state.origin, fingerprints=fingerprints
+        )
         again = receive if not tracked.called else replay(view.body, receive)
         await self.app(_inner_scope(scope, view, opened.session_id, ticket), again, _Attempt(send, handle, False))
 
@@ -167,6 +173,8 @@ class SealedSessionMiddleware:
                         ticket.replica,
                         ticket.backends,  # the aggregate's remote backend sessions, opened for this initialize
                         replicas=ticket.replicas,
+                        origin=ticket.origin,  # the server that issued it, as the stack noted (none in-process)
+                        origins=ticket.origins,
                     )
                     try:
                         handle = handles.mint(state).encode("ascii")

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from mcp_middleware.core import CoreConfig
 from mcp_middleware.core.sealing import MIN_SECRET_LENGTH, Sealer
+from mcp_middleware.router.origins import Fingerprints
 
 from .affinity import SessionAffinityMiddleware
 from .config_types import GatewayConfig
@@ -53,7 +54,11 @@ def session_layer(inner: ASGIApp, config: GatewayConfig) -> ASGIApp:
     """Sealed session handles when a key is set, else the instance tag when `instance` is set, else nothing."""
     settings = config.gateway
     if settings.session_key:
-        handles = SessionHandles(Sealer(settings.session_key, purpose=SESSION_PURPOSE), ttl=settings.session_ttl)
+        handles = SessionHandles(
+            Sealer(settings.session_key, purpose=SESSION_PURPOSE),
+            ttl=settings.session_ttl,
+            fingerprints=Fingerprints.from_secrets(settings.session_key),  # which server issued each sealed id
+        )
         prefix = settings.prefix
         virtual = tuple(server.path for server in config.virtual_servers if server.path)
         mcp_paths = (prefix, f"{prefix.rstrip('/')}/*", *virtual)

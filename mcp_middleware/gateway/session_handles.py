@@ -9,7 +9,12 @@ The plaintext is compact rather than readable (a handle travels on every request
 under 512 bytes even with ten backend session ids):
 
     format (1) | flags (1) | owner digest (32, if bound) | expires (4, Unix seconds)
-    | ids block length (2) | session ids (the SDK's hex ids as 16 bytes each) | deflate(orjson(path, params, …))
+    | ids block length (2) | session ids (the SDK's hex ids as 16 bytes each)
+    | one issuer fingerprint per id (4 each, zeros: none) | deflate(orjson(path, params, …))
+
+Each session id is bound to the server that issued it (:mod:`~mcp_middleware.router.origins`): the stack
+below uses it only where the name still points at that server. Format 1 (before those fingerprints) is
+not read: its handles are unknown sessions and the client initializes again (once, after the upgrade).
 
 An aggregate's handle also carries the client's sessions at its remote backends (`backends`: name and
 id, and for a pool the replica holding it): any instance continues those sessions instead of opening
@@ -27,6 +32,7 @@ handles this process already opened or minted makes a repeat request one dict lo
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import struct
 import time
@@ -40,6 +46,7 @@ import anyio
 import orjson
 
 from mcp_middleware.core.sealing import MAX_TOKEN_LENGTH, Sealer, SealError
+from mcp_middleware.router.origins import NO_ORIGIN, ORIGIN_SIZE, UNKEYED, Fingerprints
 
 __all__ = ["DEFAULT_SESSION_TTL", "OpenedSession", "SessionHandles", "SessionState"]
 
@@ -47,7 +54,7 @@ DEFAULT_SESSION_TTL = 24 * 3600.0
 """A working day and then some: a legacy session outlives one conversation (an IDE keeps it open all
 day), and the handle is bound to its principal, so a longer life grants nothing a token does not."""
 
-_FORMAT = 1
+_FORMAT = 2
 _BOUND = 0x01  # flags: an owner digest follows
 _FIXED = struct.Struct(">BB")
 _EXPIRES = struct.Struct(">I")
@@ -62,7 +69,7 @@ _DICTIONARY = (
     b'"clientInfo":{"name":"mcp","title":"","version":"1.0.0","websiteUrl":"https://","icons":[]}}'
 )
 """Deflate's preset dictionary: the words every `initialize` repeats, so a small one packs small.
-Part of format 1: changing it is a new format byte."""
+Part of formats 1 and 2: changing it is a new format byte."""
 _MAX_PLAIN = 64 * 1024
 """Largest inflated plaintext read back (it is authenticated, so only this gateway wrote it)."""
 
@@ -87,6 +94,10 @@ class SessionState:
     """Unix seconds after which the handle is refused (set when minted)."""
     replicas: tuple[tuple[str, str], ...] = ()
     """(backend, replica) for those of `backends` that are pools: the replica holding that session."""
+    origin: bytes | None = None
+    """Fingerprint of the server that issued `session_id` (None: in-process, or the aggregate's own)."""
+    origins: tuple[tuple[str, bytes], ...] = ()
+    """(backend, fingerprint of the server that issued its session) for `backends`."""
 
 
 @dataclass(slots=True, eq=False)
@@ -114,6 +125,8 @@ class SessionHandles:
 
     sealer: Sealer
     ttl: float = DEFAULT_SESSION_TTL
+    fingerprints: Fingerprints = UNKEYED
+    """How issuers are fingerprinted (keyed by the session key: `Fingerprints.from_secrets`)."""
     max_cached: int = 10_000
     _cache: OrderedDict[str, OpenedSession] = field(default_factory=OrderedDict)
 
@@ -122,16 +135,7 @@ class SessionHandles:
         the state cannot be sealed (a session id over 1 KiB, a handle over 8 KiB)."""
         now = time.time() if now is None else now
         expires = int(now + self.ttl) + 1
-        sealed = SessionState(
-            state.owner,
-            state.path,
-            state.session_id,
-            state.initialize,
-            state.replica,
-            state.backends,
-            expires,
-            state.replicas,
-        )
+        sealed = dataclasses.replace(state, expires=expires)
         handle = self.sealer.seal(encode(sealed), ttl=self.ttl, now=now)
         if len(handle) > MAX_TOKEN_LENGTH:  # it would never open: say so now, not on every request
             raise ValueError(f"the session's state seals to {len(handle)} characters (at most {MAX_TOKEN_LENGTH})")
@@ -169,15 +173,19 @@ def encode(state: SessionState) -> bytes:
     if len(owner) not in (0, 32):
         raise ValueError("an owner is a SHA-256 digest in hex (owner_of), or empty")
     ids = b"".join(_pack_id(value) for value in (state.session_id, *(value for _, value in state.backends)))
+    origins = dict(state.origins)
+    issuers = b"".join(
+        _pack_origin(origin) for origin in (state.origin, *(origins.get(name) for name, _ in state.backends))
+    )
     rest = [state.path, state.initialize, state.replica, [name for name, _ in state.backends]]
-    if state.replicas:  # only then: a handle without pools reads the same in every release of format 1
+    if state.replicas:  # only then: a handle without pools reads the same in every release of its format
         rest.append(dict(state.replicas))
     deflate = zlib.compressobj(
         9, zlib.DEFLATED, -15, zdict=_DICTIONARY
     )  # raw deflate: no header or checksum (the AEAD tag is one)
     packed = deflate.compress(orjson.dumps(rest)) + deflate.flush()
     head = _FIXED.pack(_FORMAT, _BOUND if owner else 0) + owner + _EXPIRES.pack(state.expires)
-    return head + _COUNT.pack(len(ids)) + ids + packed
+    return head + _COUNT.pack(len(ids)) + ids + issuers + packed
 
 
 def decode(plain: bytes) -> SessionState:
@@ -193,13 +201,20 @@ def decode(plain: bytes) -> SessionState:
         (length,) = _COUNT.unpack_from(plain, at + _EXPIRES.size)
         at += _EXPIRES.size + _COUNT.size
         ids = _unpack_ids(plain[at : at + length])
+        at += length
+        issuers = [_unpack_origin(plain[at + i * ORIGIN_SIZE : at + (i + 1) * ORIGIN_SIZE]) for i in range(len(ids))]
+        at += len(ids) * ORIGIN_SIZE
         inflate = zlib.decompressobj(-15, zdict=_DICTIONARY)
-        path, initialize, replica, names, *more = orjson.loads(inflate.decompress(plain[at + length :], _MAX_PLAIN))
+        path, initialize, replica, names, *more = orjson.loads(inflate.decompress(plain[at:], _MAX_PLAIN))
         if len(names) != len(ids) - 1 or not isinstance(initialize, dict) or len(more) > 1:
             raise ValueError("backends")
-        pairs = tuple(zip(map(str, names), ids[1:], strict=True))
+        servers = [str(name) for name in names]
+        pairs = tuple(zip(servers, ids[1:], strict=True))
         replicas = tuple((str(name), str(label)) for name, label in more[0].items()) if more else ()
-        return SessionState(owner, str(path), ids[0], initialize, replica, pairs, int(expires), replicas)
+        origins = tuple((name, origin) for name, origin in zip(servers, issuers[1:], strict=True) if origin is not None)
+        return SessionState(
+            owner, str(path), ids[0], initialize, replica, pairs, int(expires), replicas, issuers[0], origins
+        )
     except (ValueError, TypeError, IndexError, AttributeError, struct.error, zlib.error, orjson.JSONDecodeError):
         raise SealError("malformed") from None
 
@@ -212,6 +227,20 @@ def _pack_id(value: str) -> bytes:
     if len(raw) > _MAX_ID:
         raise ValueError(f"a session id longer than {_MAX_ID} bytes cannot be sealed")
     return b"\x01" + _ID_LENGTH.pack(len(raw)) + raw
+
+
+def _pack_origin(origin: bytes | None) -> bytes:
+    if origin is None:
+        return NO_ORIGIN
+    if len(origin) != ORIGIN_SIZE or origin == NO_ORIGIN:
+        raise ValueError(f"an issuer fingerprint is {ORIGIN_SIZE} bytes, not all zero (router/origins.py)")
+    return origin
+
+
+def _unpack_origin(raw: bytes) -> bytes | None:
+    if len(raw) != ORIGIN_SIZE:
+        raise ValueError("origins")
+    return None if raw == NO_ORIGIN else raw
 
 
 def _unpack_ids(block: bytes) -> list[str]:

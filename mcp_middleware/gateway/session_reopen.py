@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Scope
 
+from mcp_middleware.router.origins import UNKEYED, Fingerprints
 from mcp_middleware.router.sessions import SEALED_SESSION_SCOPE_KEY, SealedSession, exchange
 
 from .session_handles import SessionState
@@ -28,12 +29,19 @@ _NOT_SENT = frozenset(
 _REOPEN_ID = "mcp-gateway-reopen"
 
 
-async def reopen(app: ASGIApp, scope: Scope, state: SessionState) -> str | None:
+async def reopen(app: ASGIApp, scope: Scope, state: SessionState, fingerprints: Fingerprints = UNKEYED) -> str | None:
     """The id of a new session at `app` for `state`'s client, or None when it cannot be opened."""
     kept = [(name, value) for name, value in scope["headers"] if name not in _NOT_SENT]
     base = {key: value for key, value in scope.items() if not key.startswith("mcp_middleware.")}
     # an aggregate's backend sessions go with it: continued there, not opened again (router/relay_adopt.py)
-    ticket = SealedSession(owner=state.owner, replica=state.replica, backends=state.backends, replicas=state.replicas)
+    ticket = SealedSession(
+        owner=state.owner,
+        replica=state.replica,
+        backends=state.backends,
+        replicas=state.replicas,
+        origins=state.origins,  # (each continued only where its server still is)
+        fingerprints=fingerprints,
+    )
 
     async def ask(message: dict[str, Any], extra: list[tuple[bytes, bytes]]) -> tuple[int, dict[bytes, bytes], Any]:
         body = orjson.dumps(message)

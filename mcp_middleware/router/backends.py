@@ -24,12 +24,14 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_middleware.core import get_mcp_request
 from mcp_middleware.core.lifespan import run_lifespan
 
 from ._asgi_transport import AsgiStreamTransport
 from .credentials import BackendCredentials
 from .process_group import ServerGroup
 from .proxy import StreamingProxy, pooled_client
+from .sessions import SEALED_SESSION_SCOPE_KEY, SealedSession, refuse_session
 from .stderr import logged_stderr
 
 __all__ = ["Backend", "HttpBackend", "InProcessBackend", "StdioBackend", "run_lifespan"]
@@ -268,8 +270,24 @@ class _AtPath:
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain call returning the app's awaitable: no frame of ours stays in the await chain.
+        ticket: SealedSession | None = scope.get(SEALED_SESSION_SCOPE_KEY)
+        if ticket is not None and ticket.origin is not None and _carries(scope, ticket.session_id):
+            return _not_issued_here(scope, send, ticket)  # a remote server's session: the name moved here since
         root: str = scope.get("root_path", "")
         child = dict(scope)
         child["path"] = root + self.path
         child["raw_path"] = root.encode("latin-1") + self.raw_path
         return self.app(child, receive, send)
+
+
+def _carries(scope: Scope, session_id: str | None) -> bool:
+    """Whether the request carries the handle's own session id (a pool re-created elsewhere sends its own)."""
+    wanted = session_id.encode("latin-1") if session_id is not None else None
+    return any(name == b"mcp-session-id" and value == wanted for name, value in scope["headers"])
+
+
+def _not_issued_here(scope: Scope, send: Send, ticket: SealedSession) -> Awaitable[None]:
+    """A sealed handle's session issued by a remote server reaches no in-process app: unknown (origins.py)."""
+    ticket.refused = True  # not re-opened either: the client initializes again
+    view = get_mcp_request(scope)
+    return refuse_session(scope, send, view.id if view is not None else None)

@@ -27,6 +27,7 @@ from mcp_middleware.core.errors import request_id_in
 from ._pool_credentials import CallerToken
 from ._pool_forward import Failure
 from .credentials import ExchangeError
+from .origins import identity_of, place_of
 from .pool_health import Replica
 from .sessions import Exchange, exchange, owner_of, sealed_session
 
@@ -124,19 +125,27 @@ async def open_session(scope: Scope, replica: Replica, body: bytes, auth: Caller
 def vouched_sticky(scope: Scope, session_id: str, replicas: Sequence[Replica]) -> Sticky | None:
     """A session another gateway instance opened at this pool, on its sealed handle's word: the handle
     (verified by the gateway) vouches for the owner and names the replica holding it, so the session is
-    continued there instead of refused. None when there is no such word (the session is unknown)."""
+    continued there instead of refused (at the server that issued it: found by its fingerprint when the list was
+    reordered). None when there is no such word (the session is unknown), or when no replica is that server now
+    (gone or replaced: the session is never sent to another)."""
     handle = sealed_session(scope)
     if handle is None or handle.replica is None:
         return None
-    owner = owner_of(scope)
-    if not handle.vouches(session_id, owner):
-        return None
     replica = next((replica for replica in replicas if replica.label == handle.replica), None)
-    return Sticky(replica, owner, session_id) if replica is not None else None
+    if replica is None or not handle.issued_by(identity_of(replica.backend)):  # that place holds another server now
+        at = place_of(handle.fingerprints, handle.origin, [replica.backend for replica in replicas])
+        replica = replicas[at] if at is not None else None  # the list was reordered: the session follows its server
+    if replica is None:
+        return None
+    owner = owner_of(scope)
+    if not handle.vouches(session_id, owner, identity_of(replica.backend)):
+        return None
+    return Sticky(replica, owner, session_id)
 
 
 def note_replica(scope: Scope, replica: Replica) -> None:
-    """Tell the gateway's sealed handle (if any) which replica holds the session being opened."""
+    """Tell the gateway's sealed handle (if any) which replica holds the session being opened (and what server)."""
     handle = sealed_session(scope)
     if handle is not None:
         handle.replica = replica.label
+        handle.note_origin(identity_of(replica.backend))

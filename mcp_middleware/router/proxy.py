@@ -37,6 +37,7 @@ from mcp_middleware.core.errors import request_id_in
 
 from ._upstream import BROKEN_BODY, UpstreamError, UpstreamPool, UpstreamResponse, UpstreamUnreachable
 from .credentials import BackendCredentials, ExchangeError, send_exchange_error
+from .origins import identity_of_url
 from .safety import MAY_HAVE_RUN
 from .sessions import SessionOwners, owner_of, refuse_session, sealed_session
 from .tls import tls_refusal
@@ -134,6 +135,8 @@ class StreamingProxy:
         self.forward_authorization = forward_authorization
         self.credentials = credentials
         self.owners = SessionOwners()
+        self.identity = identity_of_url(url)
+        """The server a sealed handle's session must have been issued by to be sent here (origins.py)."""
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -149,7 +152,9 @@ class StreamingProxy:
         session_id = view.session_id if view is not None else None
         if session_id is not None and not self.owners.allows(session_id, owner := owner_of(scope)):
             handle = sealed_session(scope)  # its word counts for sessions this instance has not bound
-            if handle is None or not handle.vouches(session_id, owner) or self.owners.bound(session_id):
+            if handle is None or not handle.vouches(session_id, owner, self.identity) or self.owners.bound(session_id):
+                if handle is not None and not handle.issued_by(self.identity):
+                    handle.refused = True  # another server's session (the name moved): never sent here, nor re-opened
                 await refuse_session(scope, send, view.id if view else None)
                 return
             self.owners.bind(session_id, owner)  # opened through another instance: its sealed handle says whose
@@ -234,12 +239,15 @@ class StreamingProxy:
     def _binding(self, scope: Scope, send: Send) -> Send:
         """The session this `initialize` opens belongs to whoever sent it."""
         owner = owner_of(scope)
+        handle = sealed_session(scope)
 
         async def bind(message: Message) -> None:
             if message["type"] == "http.response.start":
                 for key, value in message.get("headers", ()):
                     if key.lower() == b"mcp-session-id":
                         self.owners.bind(value.decode("latin-1"), owner)
+                        if handle is not None:
+                            handle.note_origin(self.identity)  # a sealed handle is bound to this server
             await send(message)
 
         return bind

@@ -30,7 +30,11 @@ Bounds and choices:
   instance that asks).
 
 A handle's backend ids reach only the backend they were sealed with: each request to a backend
-carries a ticket (:class:`~.sessions.SealedSession`) vouching for that backend's id and replica only.
+carries a ticket (:class:`~.sessions.SealedSession`) vouching for that backend's id and replica only,
+and each sealed id is bound to the server that issued it (:mod:`.origins`): after a reload (or on an
+instance with a newer config) that points a name at another server, that member's session is opened
+anew and the old id is never sent to the new server; the others are continued. A pool's session follows
+its replica to wherever a reordered list now has it, and is opened anew when that replica is gone.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from starlette.types import Message, Receive, Scope, Send
 from mcp_middleware.core import Component, ErrorCode, McpRequest, Outcome, RequestId, record_decision, send_error
 
 from .backends import Backend, HttpBackend
+from .origins import identity_of, place_of
 from .rewrite import AnswerRewriter
 from .safety import failure_data
 from .sessions import SEALED_SESSION_SCOPE_KEY, BackendSession, ClientSession, SealedSession, sealed_session
@@ -86,11 +91,13 @@ def carry_ticket(scope: Scope, child: Scope, backend: BackendSession | None) -> 
     outer = sealed_session(scope)
     if outer is None:
         return
-    if backend is None:  # opening a session: the stack notes on the ticket which replica took it
-        child[SEALED_SESSION_SCOPE_KEY] = SealedSession()
+    if backend is None:  # opening a session: the stack notes on the ticket which server (replica) took it
+        child[SEALED_SESSION_SCOPE_KEY] = SealedSession(fingerprints=outer.fingerprints)
         return
     owner = outer.owner if outer.owner is not None else outer.caller
-    child[SEALED_SESSION_SCOPE_KEY] = SealedSession(backend.id, owner, backend.replica)
+    child[SEALED_SESSION_SCOPE_KEY] = SealedSession(
+        backend.id, owner, backend.replica, origin=backend.origin, fingerprints=outer.fingerprints
+    )
 
 
 async def seal_backends(
@@ -133,6 +140,7 @@ async def _open_eagerly(
         backend.sealed = True
     ticket.backends = tuple((server, backend.id) for server, backend in sealed if backend.id is not None)
     ticket.replicas = tuple((server, backend.replica) for server, backend in sealed if backend.replica is not None)
+    ticket.origins = tuple((server, backend.origin) for server, backend in sealed if backend.origin is not None)
 
 
 def _adopt(
@@ -141,16 +149,25 @@ def _adopt(
     ticket: SealedSession,
     members: Mapping[str, Backend],
 ) -> None:
-    """Take the handle's backend sessions as this client's own here: no `initialize` at the backend."""
+    """Take the handle's backend sessions as this client's own here: no `initialize` at the backend. Only
+    those issued by the server the name points at now: a session of a server that moved (a reload, another
+    instance's config) is never sent to the new one, which opens the client's own on first use."""
     replicas = dict(ticket.replicas)
+    origins = dict(ticket.origins)
     version = str(session.initialize.get("protocolVersion", ""))
     for server, backend_id in ticket.backends:
         member = members.get(server)
         if member is None or server not in relay.stacks or not continuable(member):
             continue  # removed or changed since (a reload): opened on first use
+        replica = replicas.get(server)
+        if replica is not None and not ticket.fingerprints.match(origins.get(server), identity_of(member, replica)):
+            at = place_of(ticket.fingerprints, origins.get(server), getattr(member, "replicas", ()))
+            replica = str(at) if at is not None else None  # a pool's list reordered: the session follows its replica
+        if not ticket.fingerprints.match(origins.get(server), identity_of(member, replica)):
+            continue  # issued by another server than the one this name (or that replica) is now: opened anew
         # Its standalone stream is asked for on first use here (refused, 409, while another instance holds it).
         session.backends[server] = BackendSession(
-            backend_id, version, replica=replicas.get(server), sealed=True, stream_pending=True
+            backend_id, version, replica=replica, sealed=True, stream_pending=True, origin=origins[server]
         )
 
 

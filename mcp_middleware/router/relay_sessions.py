@@ -90,10 +90,12 @@ class BackendSessions:
                 raise Refused(status, error["code"], str(error.get("message", ""))[:500], error.get("data"))
             raise Refused(502, ErrorCode.BAD_GATEWAY, f"Backend {server} refused to open a session ({answer.status})")
         version = str(result.get("protocolVersion", session.initialize.get("protocolVersion", "")))
-        ticket = sealed_session(child)  # with sealed handles: a pool noted on it the replica that took the session
-        replica = ticket.replica if ticket is not None else None
+        ticket = sealed_session(child)  # with sealed handles: the stack noted on it who took the session (a replica)
         backend = BackendSession(
-            backend_id.decode("latin-1") if backend_id is not None else None, version, replica=replica
+            backend_id.decode("latin-1") if backend_id is not None else None,
+            version,
+            replica=ticket.replica if ticket is not None else None,
+            origin=ticket.origin if ticket is not None else None,
         )
         notice = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
         await exchange(self._stack_entry(server), self._child(scope, server, notice, backend, None), notice, None)

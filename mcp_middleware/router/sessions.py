@@ -38,6 +38,7 @@ from mcp_middleware.core import (
 from mcp_middleware.core.protocol import is_event_stream
 
 from .answer_ids import answer_id
+from .origins import UNKEYED, Fingerprints
 
 __all__ = [
     "BackendSession",
@@ -101,10 +102,26 @@ class SealedSession:
     sealed), or what a re-opened session's handle carries (to be continued, not opened again)."""
     replicas: tuple[tuple[str, str], ...] = ()
     """(backend, replica) for the pools among `backends`."""
+    origin: bytes | None = None
+    """Fingerprint of the server that issued `session_id` (:mod:`.origins`): from the handle, or noted by the
+    stack when it opens one (None: an in-process or aggregate session, which no remote server may be handed)."""
+    origins: tuple[tuple[str, bytes], ...] = ()
+    """(backend, fingerprint of the server that issued its session) for `backends`."""
+    fingerprints: Fingerprints = UNKEYED
+    """How the handle layer fingerprints servers (keyed by the session key)."""
 
-    def vouches(self, session_id: str, owner: str) -> bool:
-        """Whether the handle vouches that `session_id` belongs to `owner`."""
-        return self.session_id == session_id and self.owner == owner
+    def vouches(self, session_id: str, owner: str, issuer: str | None) -> bool:
+        """Whether the handle vouches that `session_id` belongs to `owner` and was issued by the server whose
+        :func:`~.origins.identity_of` is `issuer` (what the name points at now: a reload may have moved it)."""
+        return self.session_id == session_id and self.owner == owner and self.issued_by(issuer)
+
+    def issued_by(self, issuer: str | None) -> bool:
+        """Whether the handle's session was issued by the server `issuer` (never true for a handle without one)."""
+        return self.fingerprints.match(self.origin, issuer)
+
+    def note_origin(self, issuer: str | None) -> None:
+        """The stack opened the session at the server `issuer`: what the handle is to be bound to."""
+        self.origin = self.fingerprints.of(issuer)
 
 
 def sealed_session(scope: Scope) -> SealedSession | None:
@@ -152,6 +169,8 @@ class BackendSession:
     """For a pool: the replica holding this session (what a sealed handle vouches for)."""
     sealed: bool = False
     """Its id is sealed in the client's handle: other instances continue it (never ended on eviction)."""
+    origin: bytes | None = None
+    """Fingerprint of the server that issued `id` (:mod:`.origins`; a sealed handle is bound to it)."""
     stream_pending: bool = False
     """Opened or continued ahead of use: its standalone stream is pumped on first use, not before."""
 

@@ -53,6 +53,8 @@ class Recorded:
     carried: list[str] = field(default_factory=list)
     initializes: int = 0
     deleted: int = 0
+    received: list[str] = field(default_factory=list)
+    """Every session id any request carried (GET streams and DELETEs too)."""
 
     def __post_init__(self) -> None:
         self.restart()
@@ -66,6 +68,8 @@ class Recorded:
             await self.app(scope, receive, send)
             return
         carried = dict(scope["headers"]).get(b"mcp-session-id")
+        if carried is not None:
+            self.received.append(carried.decode())
         if carried is not None and scope["method"] == "POST":
             self.carried.append(carried.decode())
         self.deleted += scope["method"] == "DELETE"
@@ -130,3 +134,13 @@ def built_gateway(path: Path, text: str) -> Iterator[tuple[Served, Gateway]]:
     gateway = build_gateway(load_config(path))
     with serve_app(gateway.app) as served:
         yield served, gateway
+
+
+IN_PROCESS: list[Recorded] = []
+"""The in-process servers `recorded_in_process` made (a gateway in this test process imports it)."""
+
+
+def recorded_in_process() -> Recorded:
+    """An in-process `app` for a gateway config (`tests.gateway.sealed_backends:recorded_in_process`)."""
+    IN_PROCESS.append(Recorded("in-process"))
+    return IN_PROCESS[-1]
