@@ -51,7 +51,7 @@ from ._links import short
 from .answer_ids import answer_target
 from .catalog import Catalog
 from .names import PrefixMode
-from .relay_adopt import carry_ticket, resend_in_new_session, seal_backends, watch_lost
+from .relay_adopt import carry_ticket, continuable, resend_in_new_session, seal_backends, watch_lost
 from .relay_sessions import BackendSessions, header
 from .rewrite import EVENT_ID_SEPARATOR, AnswerRewriter
 from .sessions import BackendSession, ClientSession, Running, SessionTable, exchange, owner_of, refuse_session
@@ -144,7 +144,7 @@ class Relay(BackendSessions):
             return False
         if kind is RequestKind.RESPONSE and isinstance(request.id, str):
             target = session.server_requests.pop(request.id, None) or answer_target(request.id)
-            if target is not None and target[0] in self.stacks:  # (minted here, or where the session was)
+            if target is not None and self._answerable(session, target[0]):  # (minted here, or where the session was)
                 await self._answer(scope, receive, send, request, session, target)
                 return True
         if kind is RequestKind.NOTIFICATION and request.method == "notifications/cancelled":
@@ -302,6 +302,13 @@ class Relay(BackendSessions):
                 del session.running[request.id]  # not a newer call's entry under the same id
         return True
 
+    def _answerable(self, session: ClientSession, server: str) -> bool:
+        """Into a session at `server` this instance holds, or may open in-process; never a new one at a remote
+        server (the question came through a session not continued here: the name may mean another server now)."""
+        if server not in self.stacks:
+            return False
+        return server in session.backends or not continuable(self.catalog.backends[server])
+
     async def _answer(
         self,
         scope: Scope,
@@ -311,8 +318,7 @@ class Relay(BackendSessions):
         session: ClientSession,
         target: tuple[str, RequestId],
     ) -> None:
-        """The client's answer to a backend's request: back to that backend, under the backend's own id, in
-        the client's session there (opened here if the question was asked through another instance)."""
+        """The client's answer to a backend's request: back to that backend, under the backend's own id."""
         server, backend_id = target
         message = orjson.loads(request.body)
         message["id"] = backend_id
