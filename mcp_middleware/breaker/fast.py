@@ -1,0 +1,223 @@
+"""The breaker's common path: a closed circuit, no retry, the default classifier.
+
+Most guarded requests are answered by a healthy backend with one JSON body. For them a
+:class:`~.call.Call` (its `Inbound` `receive`, its attempt loop, its body watcher) is more than
+needed: :func:`guarded` hands the inner app the `receive` it was given and a `send` that forwards
+every message at once and only notes the start, the final body and whether the response ended.
+The verdict is read from that final body (or from an outer tap's outcome, when one is attached),
+by the same rules as the `Call` path (:func:`~.watch.find_response`,
+:meth:`~.classify.FailureClassifier.judge`).
+
+Everything unusual goes to a `Call`, which then owns the rest of the request exactly as if it had
+run it from the start: a response that is not one JSON body (SSE, a status of 400 or more, a
+compressed or chunked body) is handed over as it starts (or at its first partial body), and an
+attempt that timed out, raised or ended without its response is settled by :meth:`.Call.settle`
+(a JSON-RPC error, a final SSE error event, a legacy `notifications/cancelled`). A circuit that is
+not closed, a retry policy, a custom classifier or a loop without the deadline wheel take the
+`Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast_path`).
+
+Whether the client left: the `Call` path learns it from its `Inbound` (an `http.disconnect`
+before the response ended). Here the inner app reads the host's `receive` itself, so when an
+attempt ends without its response the host is asked once, without waiting (:func:`client_left`):
+a host such as uvicorn answers every `receive` after the client left with `http.disconnect` at
+once. A response that did end is judged on what was sent, as the `Call` path judges it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_middleware.core import McpRequest, ResponseTap, record_decision
+from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.tap import TAP_SCOPE_KEY
+
+from .answers import describe
+from .call import Call, Route
+from .classify import FailureClassifier, Fault
+from .state import BreakerState, CircuitBreaker, Classification
+from .watch import CONTENT_TYPES, JSON_BODY, find_response, watchable
+
+if TYPE_CHECKING:
+    from .middleware import CircuitBreakerMiddleware
+
+__all__ = ["client_left", "guarded"]
+
+_JSON = CONTENT_TYPES[JSON_BODY]
+
+
+class _Watch:
+    """The inner app's `send` on the common path (see the module's docstring)."""
+
+    __slots__ = ("body", "call", "closed", "completed", "context", "forward", "start", "tap")
+
+    def __init__(self, forward: Send, tap: ResponseTap | None, context: tuple[Any, ...]) -> None:
+        self.forward = forward
+        self.tap = tap
+        self.context = context
+        """What a Call taking over needs: `(middleware, scope, request, receive, send, breaker, backend, route)`."""
+        self.start: Message | None = None
+        self.body = b""
+        self.completed = False
+        self.closed = False
+        self.call: Call | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
+        call = self.call
+        if call is not None:
+            return call.send(message)
+        if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
+            return _dropped()
+        kind = message["type"]
+        if kind == "http.response.body":
+            if message.get("more_body", False):
+                if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
+                    return self.hand_over().send(message)
+            else:
+                self.completed = True
+                self.body = message.get("body", b"")
+        elif kind == "http.response.start" and self.tap is None and watchable(message) != JSON_BODY:
+            return self.hand_over().send(message)  # SSE, an error status, another type: the Call's rules
+        elif kind == "http.response.start":
+            self.start = message
+        return self.forward(message)
+
+    def hand_over(self) -> Call:
+        """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
+        middleware, scope, request, receive, send, breaker, backend, route = self.context
+        call = self.call = Call(middleware, scope, request, receive, send, breaker, backend, route)
+        call.adopt(self.start)
+        return call
+
+
+async def _dropped() -> None:
+    return None
+
+
+def client_left(receive: Receive) -> bool:
+    """Whether the host says, right now, that the client has gone: `receive()` run to its first wait.
+
+    Only once an attempt is over (nothing else reads `receive` then). A host that would wait is
+    not waited for (the awaitable is closed at its first suspension): the client is still there.
+    """
+    step = receive().__await__()
+    try:
+        step.send(None)
+    except StopIteration as done:
+        message = done.value
+        return isinstance(message, dict) and message.get("type") == "http.disconnect"
+    except Exception:  # a host that fails the read: nothing is known, as if the app had not read
+        return False
+    close = getattr(step, "close", None)
+    if close is not None:
+        close()
+    return False
+
+
+async def guarded(
+    middleware: CircuitBreakerMiddleware,
+    scope: Scope,
+    request: McpRequest,
+    receive: Receive,
+    send: Send,
+    breaker: CircuitBreaker,
+    backend: str,
+    route: Route,
+) -> None:
+    """One guarded request on the common path (the `Call` path for anything else)."""
+    if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
+        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    timeout = route.timeout
+    deadline = None
+    if timeout is not None:
+        deadline = middleware.deadlines.start(timeout)
+        if deadline is None:  # not on asyncio: the Call's anyio deadline scope
+            return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    permit = breaker.acquire()
+    record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
+    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
+    watch = _Watch(send, tap, (middleware, scope, request, receive, send, breaker, backend, route))
+    failure: Exception | None = None
+    try:
+        try:
+            await middleware._next(scope, receive, watch.send)
+        except asyncio.CancelledError:
+            if deadline is None:
+                raise
+            deadline.finish()
+            if not deadline.expired or deadline.cancelled_elsewhere:
+                raise  # not (only) the deadline's: shutdown, an outer timeout, the server
+            fault: Fault | None = None if _completed(watch) else Fault.TIMEOUT
+        except Exception as exc:
+            if deadline is not None:
+                deadline.finish()
+            if _completed(watch):
+                fault = None  # it failed after answering: the client has its response
+            elif deadline is not None and deadline.expired:
+                fault = Fault.TIMEOUT  # it broke while being cancelled: still a timeout
+            else:
+                fault, failure = Fault.EXCEPTION, exc
+        except BaseException:
+            if deadline is not None:
+                deadline.finish()
+            raise
+        else:
+            if deadline is not None:
+                deadline.finish()
+                fault = None if _completed(watch) else Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+            else:
+                fault = None if _completed(watch) else Fault.DROPPED
+        finally:
+            watch.closed = True
+            if watch.call is not None:
+                watch.call.closed = True
+    except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
+        breaker.record(permit, Classification.NEUTRAL)
+        raise
+    call = watch.call
+    if call is None and fault is None:  # the usual end: one JSON body (or an outer tap's outcome)
+        verdict, status, error = _judge(watch, middleware, request)
+        breaker.record(permit, verdict)
+        if verdict is not Classification.SUCCESS:
+            reason = describe(status, error)
+            record_decision(scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=1)
+        return
+    if call is None:
+        call = watch.hand_over()
+        call.closed = True
+    if failure is not None:
+        call._failed(failure)
+    if fault is not None and fault is not Fault.TIMEOUT:
+        call.inbound.client_gone = client_left(receive)
+    await call.settle(permit, fault, 1)
+
+
+def _completed(watch: _Watch) -> bool:
+    call = watch.call
+    return call.completed if call is not None else watch.completed
+
+
+def _judge(
+    watch: _Watch, middleware: CircuitBreakerMiddleware, request: McpRequest
+) -> tuple[Classification, int | None, dict[str, Any] | None]:
+    """`(verdict, status, error)` of a response that ended, as :meth:`Call._verdict` judges it."""
+    classifier = middleware.classifier
+    assert type(classifier) is FailureClassifier
+    tap = watch.tap
+    if tap is not None:
+        verdict = classifier.judge(tap.status, tap.content_type, tap.truncated, tap.result, tap.error)
+        return verdict, tap.status, tap.error
+    start = watch.start
+    if start is None:  # a body without a start: nothing the client could read
+        return Classification.FAILURE, None, None
+    status: int = start["status"]
+    body = watch.body
+    truncated = len(body) > middleware.config.max_inspect_bytes
+    result = error = None
+    if body and not truncated:
+        result, error = find_response([body], request.id)
+    return classifier.judge(status, _JSON, truncated, result, error), status, error
