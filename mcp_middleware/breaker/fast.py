@@ -16,11 +16,10 @@ attempt that timed out, raised or ended without its response is settled by :meth
 not closed, a retry policy, a custom classifier or a loop without the deadline wheel take the
 `Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast_path`).
 
-Whether the client left: the `Call` path learns it from its `Inbound` (an `http.disconnect`
-before the response ended). Here the inner app reads the host's `receive` itself, so when an
-attempt ends without its response the host is asked once, without waiting (:func:`client_left`):
-a host such as uvicorn answers every `receive` after the client left with `http.disconnect` at
-once. A response that did end is judged on what was sent, as the `Call` path judges it.
+Whether the client left: the `Call` path's `Inbound` sees an `http.disconnect` the inner app reads;
+here the app reads the host's `receive` itself, so when an attempt ends without its response the
+host is asked once, without waiting (:meth:`.Inbound.look`, which the `Call` path does too). A
+response that did end is judged on what was sent, as the `Call` path judges it.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from .watch import CONTENT_TYPES, JSON_BODY, find_response, watchable
 if TYPE_CHECKING:
     from .middleware import CircuitBreakerMiddleware
 
-__all__ = ["client_left", "guarded"]
+__all__ = ["guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
 
@@ -96,26 +95,6 @@ class _Watch:
 
 async def _dropped() -> None:
     return None
-
-
-def client_left(receive: Receive) -> bool:
-    """Whether the host says, right now, that the client has gone: `receive()` run to its first wait.
-
-    Only once an attempt is over (nothing else reads `receive` then). A host that would wait is
-    not waited for (the awaitable is closed at its first suspension): the client is still there.
-    """
-    step = receive().__await__()
-    try:
-        step.send(None)
-    except StopIteration as done:
-        message = done.value
-        return isinstance(message, dict) and message.get("type") == "http.disconnect"
-    except Exception:  # a host that fails the read: nothing is known, as if the app had not read
-        return False
-    close = getattr(step, "close", None)
-    if close is not None:
-        close()
-    return False
 
 
 async def guarded(
@@ -182,17 +161,18 @@ async def guarded(
     if call is None and fault is None:  # the usual end: one JSON body (or an outer tap's outcome)
         verdict, status, error = _judge(watch, middleware, request)
         breaker.record(permit, verdict)
-        if verdict is not Classification.SUCCESS:
+        if verdict is Classification.FAILURE:
             reason = describe(status, error)
-            record_decision(scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=1)
+            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+        elif verdict is Classification.NEUTRAL:
+            reason = describe(status, error)
+            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()
         call.closed = True
     if failure is not None:
         call._failed(failure)
-    if fault is not None and fault is not Fault.TIMEOUT:
-        call.inbound.client_gone = client_left(receive)
     await call.settle(permit, fault, 1)
 
 
