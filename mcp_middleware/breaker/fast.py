@@ -38,7 +38,7 @@ from .answers import describe
 from .call import Call, Route
 from .classify import FailureClassifier, Fault
 from .state import BreakerState, CircuitBreaker, Classification
-from .watch import CONTENT_TYPES, JSON_BODY, find_response, watchable
+from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
 if TYPE_CHECKING:
     from .middleware import CircuitBreakerMiddleware
@@ -79,9 +79,9 @@ class _Watch:
             else:
                 self.completed = True
                 self.body = message.get("body", b"")
-        elif kind == "http.response.start" and self.tap is None and watchable(message) != JSON_BODY:
-            return self.hand_over().send(message)  # SSE, an error status, another type: the Call's rules
         elif kind == "http.response.start":
+            if self.tap is None and watchable(message) != JSON_BODY:
+                return self.hand_over().send(message)  # SSE, an error status, another type: the Call's rules
             self.start = message
         return self.forward(message)
 
@@ -159,7 +159,22 @@ async def guarded(
         raise
     call = watch.call
     if call is None and fault is None:  # the usual end: one JSON body (or an outer tap's outcome)
-        verdict, status, error = _judge(watch, middleware, request)
+        classifier = middleware.classifier
+        assert type(classifier) is FailureClassifier
+        tap = watch.tap
+        if tap is not None:
+            status, error = tap.status, tap.error
+            verdict = classifier.judge(status, tap.content_type, tap.truncated, tap.result, error)
+        elif watch.start is None:  # a body without a start: nothing the client could read
+            status = error = None
+            verdict = Classification.FAILURE
+        else:  # as the Call's watcher judges a JSON body in one part
+            status = watch.start["status"]
+            body = watch.body
+            truncated = len(body) > middleware.config.max_inspect_bytes
+            found = answer_in(body, request.id) if body and not truncated else None
+            result, error = found if found is not None else (None, None)
+            verdict = classifier.judge(status, _JSON, truncated, result, error)
         breaker.record(permit, verdict)
         if verdict is Classification.FAILURE:
             reason = describe(status, error)
@@ -179,25 +194,3 @@ async def guarded(
 def _completed(watch: _Watch) -> bool:
     call = watch.call
     return call.completed if call is not None else watch.completed
-
-
-def _judge(
-    watch: _Watch, middleware: CircuitBreakerMiddleware, request: McpRequest
-) -> tuple[Classification, int | None, dict[str, Any] | None]:
-    """`(verdict, status, error)` of a response that ended, as :meth:`Call._verdict` judges it."""
-    classifier = middleware.classifier
-    assert type(classifier) is FailureClassifier
-    tap = watch.tap
-    if tap is not None:
-        verdict = classifier.judge(tap.status, tap.content_type, tap.truncated, tap.result, tap.error)
-        return verdict, tap.status, tap.error
-    start = watch.start
-    if start is None:  # a body without a start: nothing the client could read
-        return Classification.FAILURE, None, None
-    status: int = start["status"]
-    body = watch.body
-    truncated = len(body) > middleware.config.max_inspect_bytes
-    result = error = None
-    if body and not truncated:
-        result, error = find_response([body], request.id)
-    return classifier.judge(status, _JSON, truncated, result, error), status, error
