@@ -186,6 +186,9 @@ async def guarded(
     if call is None:
         call = watch.hand_over()
         call.closed = True
+    elif fault is None:  # handed over (SSE, an error status, a body in parts) and answered: judged as the Call judges
+        call._conclude(permit, None, 1, call._verdict(None))
+        return
     if failure is not None:
         call._failed(failure)
     await call.settle(permit, fault, 1)
