@@ -27,7 +27,7 @@ from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
 from tests.support.waiting import held_within
 
-from .backends import BackendLog, FaultInjector, always, build_backend, modern_call, settled
+from .backends import BackendLog, FaultInjector, always, build_backend, modern_call, post_scope, settled
 from .test_watch import CASES, OK, PROGRESS, REQUEST_ID, response, rpc, sse
 
 ENDINGS = ("return", "raise", "hang", "wait_for_disconnect")
@@ -54,18 +54,7 @@ class Scripted:
 
 
 def _scope(body: bytes) -> Scope:
-    headers = [(k.encode(), v.encode()) for k, v in modern_headers("tools/call", "t").items()]
-    return {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "raw_path": b"/mcp",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [*headers, (b"host", b"127.0.0.1:8000"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    return post_scope(body, modern_headers("tools/call", "t"))
 
 
 async def judge(
