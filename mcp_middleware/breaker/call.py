@@ -264,8 +264,6 @@ class Call:
     async def settle(self, permit: Permit | None, fault: Fault | None, attempt: int) -> float | None:
         """After an attempt: the verdict, the decisions, what the client gets; the delay before the
         next attempt, or `None` when the call is over. (Shared with the common path in :mod:`.fast`.)"""
-        if fault is Fault.EXCEPTION or fault is Fault.DROPPED:
-            self.inbound.look()
         if self.inbound.client_gone and fault is not Fault.TIMEOUT:
             fault = None
             judged = await self._judge_abandoned()

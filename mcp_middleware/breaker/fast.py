@@ -1,25 +1,20 @@
 """The breaker's common path: a closed circuit, no retry, the default classifier.
 
 Most guarded requests are answered by a healthy backend with one JSON body. For them a
-:class:`~.call.Call` (its `Inbound` `receive`, its attempt loop, its body watcher) is more than
-needed: :func:`guarded` hands the inner app the `receive` it was given and a `send` that forwards
-every message at once and only notes the start, the final body and whether the response ended.
-The verdict is read from that final body (or from an outer tap's outcome, when one is attached),
-by the same rules as the `Call` path (:func:`~.watch.find_response`,
-:meth:`~.classify.FailureClassifier.judge`).
+:class:`~.call.Call` (its attempt loop, its body watcher, its verdict tuple) is more than needed:
+:func:`guarded` hands the inner app the call's :class:`~.inbound.Inbound` `receive` (which tells a
+client that left from a server that dropped the response) and a plain `send` that forwards every
+message at once and only notes the start and the final body. The verdict is read from that final
+body (or from an outer tap's outcome, when one is attached), by the same rules as the `Call` path
+(:func:`~.watch.answer_in`, :meth:`~.classify.FailureClassifier.judge`).
 
 Everything unusual goes to a `Call`, which then owns the rest of the request exactly as if it had
 run it from the start: a response that is not one JSON body (SSE, a status of 400 or more, a
 compressed or chunked body) is handed over as it starts (or at its first partial body), and an
-attempt that timed out, raised or ended without its response is settled by :meth:`.Call.settle`
-(a JSON-RPC error, a final SSE error event, a legacy `notifications/cancelled`). A circuit that is
-not closed, a retry policy, a custom classifier or a loop without the deadline wheel take the
-`Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast_path`).
-
-Whether the client left: the `Call` path's `Inbound` sees an `http.disconnect` the inner app reads;
-here the app reads the host's `receive` itself, so when an attempt ends without its response the
-host is asked once, without waiting (:meth:`.Inbound.look`, which the `Call` path does too). A
-response that did end is judged on what was sent, as the `Call` path judges it.
+attempt that timed out, raised, ended without its response or lost its client is settled by
+:meth:`.Call.settle` (a JSON-RPC error, a final SSE error event, a legacy `notifications/cancelled`).
+A circuit that is not closed, a retry policy, a custom classifier or a loop without the deadline
+wheel take the `Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast_path`).
 """
 
 from __future__ import annotations
@@ -37,6 +32,7 @@ from mcp_middleware.core.tap import TAP_SCOPE_KEY
 from .answers import describe
 from .call import Call, Route
 from .classify import FailureClassifier, Fault
+from .inbound import Inbound
 from .state import BreakerState, CircuitBreaker, Classification
 from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
@@ -51,16 +47,17 @@ _JSON = CONTENT_TYPES[JSON_BODY]
 class _Watch:
     """The inner app's `send` on the common path (see the module's docstring)."""
 
-    __slots__ = ("body", "call", "closed", "completed", "context", "forward", "start", "tap")
+    __slots__ = ("body", "call", "closed", "context", "forward", "inbound", "start", "tap")
 
-    def __init__(self, forward: Send, tap: ResponseTap | None, context: tuple[Any, ...]) -> None:
+    def __init__(self, forward: Send, tap: ResponseTap | None, inbound: Inbound, context: tuple[Any, ...]) -> None:
         self.forward = forward
         self.tap = tap
+        self.inbound = inbound
+        """The inner app's `receive`; its `completed` is the response's (a disconnect after it is not the client's)."""
         self.context = context
-        """What a Call taking over needs: `(middleware, scope, request, receive, send, breaker, backend, route)`."""
+        """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
         self.start: Message | None = None
         self.body = b""
-        self.completed = False
         self.closed = False
         self.call: Call | None = None
 
@@ -77,7 +74,7 @@ class _Watch:
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
-                self.completed = True
+                self.inbound.completed = True
                 self.body = message.get("body", b"")
         elif kind == "http.response.start":
             if self.tap is None and watchable(message) != JSON_BODY:
@@ -87,8 +84,11 @@ class _Watch:
 
     def hand_over(self) -> Call:
         """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
-        middleware, scope, request, receive, send, breaker, backend, route = self.context
-        call = self.call = Call(middleware, scope, request, receive, send, breaker, backend, route)
+        middleware, scope, request, send, breaker, backend, route = self.context
+        inbound = self.inbound
+        call = self.call = Call(middleware, scope, request, inbound._receive, send, breaker, backend, route)
+        call.inbound = inbound  # the one the app reads
+        call.completed = inbound.completed
         call.adopt(self.start)
         return call
 
@@ -119,11 +119,12 @@ async def guarded(
     permit = breaker.acquire()
     record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
     tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-    watch = _Watch(send, tap, (middleware, scope, request, receive, send, breaker, backend, route))
+    inbound = Inbound(receive, request.body)
+    watch = _Watch(send, tap, inbound, (middleware, scope, request, send, breaker, backend, route))
     failure: Exception | None = None
     try:
         try:
-            await middleware._next(scope, receive, watch.send)
+            await middleware._next(scope, inbound, watch.send)
         except asyncio.CancelledError:
             if deadline is None:
                 raise
@@ -158,7 +159,7 @@ async def guarded(
         breaker.record(permit, Classification.NEUTRAL)
         raise
     call = watch.call
-    if call is None and fault is None:  # the usual end: one JSON body (or an outer tap's outcome)
+    if call is None and fault is None and not inbound.client_gone:  # the usual end: one JSON body (or a tap's outcome)
         classifier = middleware.classifier
         assert type(classifier) is FailureClassifier
         tap = watch.tap
@@ -186,7 +187,7 @@ async def guarded(
     if call is None:
         call = watch.hand_over()
         call.closed = True
-    elif fault is None:  # handed over (SSE, an error status, a body in parts) and answered: judged as the Call judges
+    elif fault is None and not inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
         call._conclude(permit, None, 1, call._verdict(None))
         return
     if failure is not None:
@@ -196,4 +197,4 @@ async def guarded(
 
 def _completed(watch: _Watch) -> bool:
     call = watch.call
-    return call.completed if call is not None else watch.completed
+    return call.completed if call is not None else watch.inbound.completed

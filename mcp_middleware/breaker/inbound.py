@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive
 
-__all__ = ["Inbound", "answered_at_once"]
+__all__ = ["Inbound"]
 
 
 class Inbound:
@@ -42,16 +42,6 @@ class Inbound:
             self.body_consumed = True
         return message
 
-    def look(self) -> None:
-        """The attempt ended without its response: ask the host once, without waiting, whether the client
-        has gone (a host such as uvicorn answers every read after the client left at once), so that a
-        client that left is known even when the inner app never read `receive` (the common path's app
-        never reads this one: see :mod:`.fast`)."""
-        if not self.client_gone:
-            message = answered_at_once(self._receive)
-            if message is not None:
-                self._observe(message)
-
     def _observe(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.request":
@@ -62,21 +52,3 @@ class Inbound:
             # uvicorn also reports a disconnect once the response is complete; only an earlier one is the client's
             if not self.completed:
                 self.client_gone = True
-
-
-def answered_at_once(receive: Receive) -> Message | None:
-    """What `receive()` returns if it returns without waiting, else `None` (it is then closed at its first wait).
-
-    Only when nothing else reads `receive` (an attempt is over): the message is consumed.
-    """
-    step = receive().__await__()
-    try:
-        step.send(None)
-    except StopIteration as done:
-        return done.value if isinstance(done.value, dict) else None
-    except Exception:  # a host that fails the read: nothing is known, as if nobody had read
-        return None
-    close = getattr(step, "close", None)
-    if close is not None:
-        close()
-    return None

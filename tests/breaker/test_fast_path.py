@@ -63,6 +63,7 @@ async def judge(
     fast: bool,
     ending: str = "return",
     client_leaves: bool = False,
+    disconnect_once: bool = False,
     outer_tap: bool = False,
     timeouts: dict[str, float | None] | None = None,
     limit: int = 4096,
@@ -84,15 +85,16 @@ async def judge(
     inner = McpCoreMiddleware(breaker, on_outcome=lambda request, outcome: None) if outer_tap else breaker
     app = DecisionRecorder(inner)
     body = modern_body("tools/call", {"name": "t", "arguments": {}}, REQUEST_ID)
-    delivered = False
+    delivered = disconnected = False
     sent: list[Message] = []
 
     async def receive() -> Message:
-        nonlocal delivered
+        nonlocal delivered, disconnected
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
-        if client_leaves:  # as uvicorn: every read after the client left answers at once
+        if client_leaves and not (disconnect_once and disconnected):  # uvicorn: every read after it answers at once
+            disconnected = True
             return {"type": "http.disconnect"}
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
@@ -157,6 +159,15 @@ def test_the_same_verdict_answer_and_counts_on_both_paths(
 ) -> None:
     fast, call = both_ways(MORE_CASES[case], ending=ending, client_leaves=client_leaves, outer_tap=outer_tap)
     assert fast == call
+
+
+@pytest.mark.parametrize("case", ["sse answer", "sse that breaks", "json that starts then breaks", "json result"])
+def test_a_client_that_left_is_known_from_what_the_app_read(case: str) -> None:
+    """A host (the router's relay, say) that reports the disconnect once: only the app's read of it tells."""
+    fast, call = both_ways(MORE_CASES[case], ending="wait_for_disconnect", client_leaves=True, disconnect_once=True)
+    assert fast == call
+    if case == "sse that breaks":
+        assert fast[:2] == (0, 0)  # the client left: the broken stream says nothing about the backend
 
 
 @pytest.mark.parametrize("case", ["json result", "json internal error", "sse answer", "nothing at all"])
