@@ -122,8 +122,9 @@ class CircuitBreakerMiddleware:
         self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
-        """Whether a request to a closed circuit takes the common path (:mod:`.fast`); without a retry
-        policy and with the default classifier (the verdicts are the same either way)."""
+        """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
+        `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
+        (the verdicts, decisions and answers are the same either way)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
