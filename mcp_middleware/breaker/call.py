@@ -24,7 +24,7 @@ from mcp_middleware.core.tap import TAP_SCOPE_KEY
 from .answers import answer_failure, cancel_legacy_request, describe, end_stream, is_plain_sse, refuse
 from .classify import FailureClassifier, Fault
 from .inbound import Inbound
-from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification
+from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification, Permit
 from .watch import CONTENT_TYPES, JSON_BODY, MAX_CANDIDATES, NOT_WATCHED, SSE_BODY, find_response, watchable
 
 if TYPE_CHECKING:
@@ -194,10 +194,18 @@ class Call:
             verdict = Classification.NEUTRAL
         return verdict, status, result, error
 
+    def adopt(self, start: Message | None) -> None:
+        """Take over a response the common path (:mod:`.fast`) has started: `start` was forwarded already."""
+        self.start = start
+        if start is not None and self._watch == _UNDECIDED:
+            self._watch = watchable(start)  # (JSON: the only start the common path keeps to itself)
+            if self._watch == SSE_BODY:
+                self._sse = SseParser(self._limit)
+
     # --- the request --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        middleware, breaker, scope, request = self.middleware, self.breaker, self.scope, self.request
+        middleware, breaker, scope = self.middleware, self.breaker, self.scope
         attempt = 1
         while True:
             permit = breaker.acquire()
@@ -241,47 +249,69 @@ class Call:
             except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
                 breaker.record(permit, Classification.NEUTRAL)
                 raise
-            if self.inbound.client_gone and fault is not Fault.TIMEOUT:
-                fault = None
-                verdict, status, result, error = await self._judge_abandoned()
-            else:
-                verdict, status, result, error = self._verdict(fault)
-            breaker.record(permit, verdict)
-            if verdict is not Classification.SUCCESS:
-                reason = fault.value if fault is not None else describe(status, error)
+            if fault is None and not self.inbound.client_gone:  # answered: the usual end, no await
+                self._conclude(permit, None, attempt, self._verdict(None))
+                return
+            delay = await self.settle(permit, fault, attempt)
+            if delay is None:
+                return
+            await anyio.sleep(delay)
+            attempt += 1
+            self.closed = False
+            self.inbound.replay = True
+            self.error = None
+
+    async def settle(self, permit: Permit | None, fault: Fault | None, attempt: int) -> float | None:
+        """After an attempt: the verdict, the decisions, what the client gets; the delay before the
+        next attempt, or `None` when the call is over. (Shared with the common path in :mod:`.fast`.)"""
+        if self.inbound.client_gone and fault is not Fault.TIMEOUT:
+            fault = None
+            judged = await self._judge_abandoned()
+        else:
+            judged = self._verdict(fault)
+        self._conclude(permit, fault, attempt, judged)
+        if fault is Fault.TIMEOUT:
+            await self._timed_out()
+        if fault is None or self.inbound.client_gone:
+            return None
+        if self.start is None:
+            retry = self.middleware.retry
+            if self._may_retry(attempt):
+                assert retry is not None
                 record_decision(
-                    scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=attempt
+                    self.scope,
+                    Component.BREAKER,
+                    Outcome.RETRY,
+                    key=self.breaker.key,
+                    attempt=attempt + 1,
+                    reason=fault.value,
                 )
-            retry = middleware.retry
-            if retry is not None and retry.learn_annotations and request.method == "tools/list" and result is not None:
-                middleware.registry.learn_tools(self.backend, result.get("tools"))
-            if fault is Fault.TIMEOUT:
-                await self._timed_out()
-            if fault is None or self.inbound.client_gone:
-                return
-            if self.start is None:
-                if self._may_retry(attempt):
-                    assert retry is not None
-                    delay = retry.delay(attempt, middleware.random())
-                    record_decision(
-                        scope,
-                        Component.BREAKER,
-                        Outcome.RETRY,
-                        key=breaker.key,
-                        attempt=attempt + 1,
-                        reason=fault.value,
-                    )
-                    await anyio.sleep(delay)
-                    attempt += 1
-                    self.closed = False
-                    self.inbound.replay = True
-                    self.error = None
-                    continue
-                await answer_failure(self, fault)
-                return
-            if not self.completed:
-                await end_stream(self, fault)
-            return
+                return retry.delay(attempt, self.middleware.random())
+            await answer_failure(self, fault)
+            return None
+        if not self.completed:
+            await end_stream(self, fault)
+        return None
+
+    def _conclude(
+        self,
+        permit: Permit | None,
+        fault: Fault | None,
+        attempt: int,
+        judged: tuple[Classification, int | None, dict[str, Any] | None, dict[str, Any] | None],
+    ) -> None:
+        """Tell the breaker the verdict, record it unless a success, learn a `tools/list`'s annotations."""
+        verdict, status, result, error = judged
+        breaker = self.breaker
+        breaker.record(permit, verdict)
+        if verdict is not Classification.SUCCESS:
+            reason = fault.value if fault is not None else describe(status, error)
+            record_decision(
+                self.scope, Component.BREAKER, Outcome(verdict.value), key=breaker.key, reason=reason, attempt=attempt
+            )
+        retry = self.middleware.retry
+        if retry is not None and retry.learn_annotations and self.request.method == "tools/list" and result is not None:
+            self.middleware.registry.learn_tools(self.backend, result.get("tools"))
 
     async def _timed_out(self) -> None:
         timeout_ms = int((self.route.timeout or 0.0) * 1000)

@@ -29,6 +29,7 @@ from mcp_middleware.core.request import REQUEST_SCOPE_KEY, KeyFunction
 
 from .call import Call, Route
 from .classify import Classifier, FailureClassifier
+from .fast import guarded
 from .registry import BreakerRegistry
 from .retry import SAFE_METHODS, RetryPolicy
 from .state import BreakerPolicy, StateListener
@@ -120,6 +121,10 @@ class CircuitBreakerMiddleware:
         self.random = random
         self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
+        self.fast_path = retry is None and type(self.classifier) is FailureClassifier
+        """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
+        `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
+        (the verdicts, decisions and answers are the same either way)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request, receive = await read_request(scope, receive, send, self.config)
@@ -148,6 +153,8 @@ class CircuitBreakerMiddleware:
         backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
+        if self.fast_path:
+            return guarded(self, scope, request, receive, send, breaker, backend, route)
         return Call(self, scope, request, receive, send, breaker, backend, route).run()
 
     def _resolve(self, method: str | None, target: str | None) -> Route:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, ref
 
 __all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadline", "Deadlines"]
 
@@ -45,6 +47,13 @@ def _anyio_internals() -> WeakKeyDictionary[asyncio.Task[Any], Any] | None:
 
 
 _anyio_task_states = _anyio_internals()
+_task_state_refs: dict[Any, Any] | None = getattr(_anyio_task_states, "data", None)
+"""The dictionary inside `_anyio_task_states` (keyed by weak references): read without its Python `get`."""
+
+_current_tasks: dict[Any, asyncio.Task[Any]] | None = getattr(asyncio.tasks, "_current_tasks", None)
+if sys.version_info >= (3, 12) or not isinstance(_current_tasks, dict):  # (3.12 on: `current_task` is in C)
+    _current_tasks = None
+"""asyncio's current task per loop on Python 3.11, read without `current_task`'s Python frame."""
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
     {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
@@ -144,7 +153,7 @@ class Deadlines:
     :meth:`start` answers `None` off asyncio: the caller then opens an anyio deadline scope.
     """
 
-    __slots__ = ("_armed", "_due", "_handle", "_loop", "_slots", "tick")
+    __slots__ = ("_armed", "_due", "_handle", "_loop", "_now", "_slots", "tick")
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
@@ -154,6 +163,8 @@ class Deadlines:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0
+        self._now: Callable[[], float] = time.monotonic
+        """The loop's clock (`time.monotonic` itself when the loop's `time` is asyncio's own)."""
 
     def start(self, seconds: float) -> Deadline | None:
         """A deadline `seconds` from now for the current task's call (`None`: not on asyncio)."""
@@ -165,17 +176,18 @@ class Deadlines:
             if _anyio_task_states is None:
                 return None
             self._loop, self._slots, self._due, self._handle = loop, {}, [], None
-        task = asyncio.current_task(loop)
+            self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
+        task = _current_tasks.get(loop) if _current_tasks is not None else asyncio.current_task(loop)
         if task is None:
             return None
-        slot = math.ceil((loop.time() + seconds) / self.tick)
+        slot = math.ceil((self._now() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = bucket = {}
             heapq.heappush(self._due, slot)
             if self._handle is None or slot < self._armed:
                 self._arm(loop, slot)
-        state = _anyio_task_states.get(task)  # type: ignore[union-attr]  # (checked when the loop was taken)
+        state = _task_state_refs.get(ref(task))  # type: ignore[union-attr]  # (checked when the loop was taken)
         deadline = Deadline(self, task, state.cancel_scope if state is not None else None, bucket)
         bucket[deadline] = None
         return deadline

@@ -18,7 +18,7 @@ from starlette.types import Message
 
 from mcp_middleware.core.protocol import EVENT_STREAM, JSON
 
-__all__ = ["CONTENT_TYPES", "JSON_BODY", "NOT_WATCHED", "SSE_BODY", "find_response", "watchable"]
+__all__ = ["CONTENT_TYPES", "JSON_BODY", "NOT_WATCHED", "SSE_BODY", "answer_in", "find_response", "watchable"]
 
 NOT_WATCHED: Final = 0
 JSON_BODY: Final = 1
@@ -47,15 +47,23 @@ def find_response(candidates: list[bytes], request_id: object) -> tuple[dict[str
     request with its id, an `error` object the request with its id or a null one.
     """
     for data in reversed(candidates):
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(message, dict) or "method" in message:
-            continue
-        result, error, rid = message.get("result"), message.get("error"), message.get("id")
-        if isinstance(result, dict) and rid == request_id:
-            return result, None
-        if isinstance(error, dict) and (rid == request_id or rid is None):
-            return None, error
+        found = answer_in(data, request_id)
+        if found is not None:
+            return found
     return None, None
+
+
+def answer_in(data: bytes, request_id: object) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
+    """`(result, error)` if `data` is the JSON-RPC response to `request_id` (the rules above), else None."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or "method" in message:
+        return None
+    result, error, rid = message.get("result"), message.get("error"), message.get("id")
+    if isinstance(result, dict) and rid == request_id:
+        return result, None
+    if isinstance(error, dict) and (rid == request_id or rid is None):
+        return None, error
+    return None

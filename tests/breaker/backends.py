@@ -35,6 +35,7 @@ __all__ = [
     "first",
     "modern_call",
     "post_modern",
+    "post_scope",
     "settled",
 ]
 
@@ -205,6 +206,22 @@ def modern_call(tool: str, arguments: dict[str, Any], request_id: int = 1, *, pr
     if progress:
         params["_meta"] = {"progressToken": "p-1"}
     return {"content": modern_body("tools/call", params, request_id), "headers": modern_headers("tools/call", tool)}
+
+
+def post_scope(body: bytes, headers: dict[str, str]) -> Scope:
+    """The ASGI scope of a POST of `body` to `/mcp` with `headers`, as a server makes it (for in-process drives)."""
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": "/mcp",
+        "raw_path": b"/mcp",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()]
+        + [(b"host", b"127.0.0.1:8000"), (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
 
 
 async def post_modern(url: str, tool: str, arguments: dict[str, Any], request_id: int = 1) -> httpx2.Response:

@@ -23,6 +23,8 @@ from tests.conftest import ERAS, Era, Served, connect
 from tests.support.requests import modern_body, modern_headers
 from tests.support.waiting import held_within
 
+from .backends import post_scope
+
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 0.3
@@ -166,18 +168,7 @@ async def _drive(app: Any, request_id: int) -> list[dict[str, Any]]:
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "raw_path": b"/mcp",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(k.encode(), v.encode()) for k, v in headers.items()]
-        + [(b"host", b"127.0.0.1:8000"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = post_scope(body, headers)
     await app(scope, receive, send)
     return sent
 

@@ -26,7 +26,7 @@ from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
 from tests.support.waiting import held_within
 
-from .backends import BackendLog, build_backend
+from .backends import BackendLog, build_backend, post_scope
 
 REQUEST_ID = 41
 
@@ -57,7 +57,6 @@ async def _judge(messages: list[Message], limit: int, *, tap: bool) -> tuple[Any
     )
     app = DecisionRecorder(breaker)
     body = modern_body("tools/call", {"name": "t", "arguments": {}}, REQUEST_ID)
-    headers = [(k.encode(), v.encode()) for k, v in modern_headers("tools/call", "t").items()]
     delivered = False
     sent: list[Message] = []
 
@@ -72,17 +71,7 @@ async def _judge(messages: list[Message], limit: int, *, tap: bool) -> tuple[Any
     async def send(message: Message) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/mcp",
-        "raw_path": b"/mcp",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [*headers, (b"host", b"127.0.0.1:8000"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = post_scope(body, modern_headers("tools/call", "t"))
     try:
         await app(scope, receive, send)
     except RuntimeError:

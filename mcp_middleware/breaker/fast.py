@@ -1,0 +1,200 @@
+"""The breaker's common path: a closed circuit, no retry, the default classifier.
+
+Most guarded requests are answered by a healthy backend with one JSON body. For them a
+:class:`~.call.Call` (its attempt loop, its body watcher, its verdict tuple) is more than needed:
+:func:`guarded` hands the inner app the call's :class:`~.inbound.Inbound` `receive` (which tells a
+client that left from a server that dropped the response) and a plain `send` that forwards every
+message at once and only notes the start and the final body. The verdict is read from that final
+body (or from an outer tap's outcome, when one is attached), by the same rules as the `Call` path
+(:func:`~.watch.answer_in`, :meth:`~.classify.FailureClassifier.judge`).
+
+Everything unusual goes to a `Call`, which then owns the rest of the request exactly as if it had
+run it from the start: a response that is not one JSON body (SSE, a status of 400 or more, a
+compressed or chunked body) is handed over as it starts (or at its first partial body), and an
+attempt that timed out, raised, ended without its response or lost its client is settled by
+:meth:`.Call.settle` (a JSON-RPC error, a final SSE error event, a legacy `notifications/cancelled`).
+A circuit that is not closed, a retry policy, a custom classifier or a loop without the deadline
+wheel take the `Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast_path`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from starlette.types import Message, Receive, Scope, Send
+
+from mcp_middleware.core import McpRequest, ResponseTap, record_decision
+from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.tap import TAP_SCOPE_KEY
+
+from .answers import describe
+from .call import Call, Route
+from .classify import FailureClassifier, Fault
+from .inbound import Inbound
+from .state import BreakerState, CircuitBreaker, Classification
+from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
+
+if TYPE_CHECKING:
+    from .middleware import CircuitBreakerMiddleware
+
+__all__ = ["guarded"]
+
+_JSON = CONTENT_TYPES[JSON_BODY]
+
+
+class _Watch:
+    """The inner app's `send` on the common path (see the module's docstring)."""
+
+    __slots__ = ("body", "call", "closed", "context", "forward", "inbound", "start", "tap")
+
+    def __init__(self, forward: Send, tap: ResponseTap | None, inbound: Inbound, context: tuple[Any, ...]) -> None:
+        self.forward = forward
+        self.tap = tap
+        self.inbound = inbound
+        """The inner app's `receive`; its `completed` is the response's (a disconnect after it is not the client's)."""
+        self.context = context
+        """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
+        self.start: Message | None = None
+        self.body = b""
+        self.closed = False
+        self.call: Call | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
+        call = self.call
+        if call is not None:
+            return call.send(message)
+        if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
+            return _dropped()
+        kind = message["type"]
+        if kind == "http.response.body":
+            if message.get("more_body", False):
+                if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
+                    return self.hand_over().send(message)
+            else:
+                self.inbound.completed = True
+                self.body = message.get("body", b"")
+        elif kind == "http.response.start":
+            if self.tap is None and watchable(message) != JSON_BODY:
+                return self.hand_over().send(message)  # SSE, an error status, another type: the Call's rules
+            self.start = message
+        return self.forward(message)
+
+    def hand_over(self) -> Call:
+        """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
+        middleware, scope, request, send, breaker, backend, route = self.context
+        inbound = self.inbound
+        call = self.call = Call(middleware, scope, request, inbound._receive, send, breaker, backend, route)
+        call.inbound = inbound  # the one the app reads
+        call.completed = inbound.completed
+        call.adopt(self.start)
+        return call
+
+
+async def _dropped() -> None:
+    return None
+
+
+async def guarded(
+    middleware: CircuitBreakerMiddleware,
+    scope: Scope,
+    request: McpRequest,
+    receive: Receive,
+    send: Send,
+    breaker: CircuitBreaker,
+    backend: str,
+    route: Route,
+) -> None:
+    """One guarded request on the common path (the `Call` path for anything else)."""
+    if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
+        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    timeout = route.timeout
+    deadline = None
+    if timeout is not None:
+        deadline = middleware.deadlines.start(timeout)
+        if deadline is None:  # not on asyncio: the Call's anyio deadline scope
+            return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    permit = breaker.acquire()
+    record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
+    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
+    inbound = Inbound(receive, request.body)
+    watch = _Watch(send, tap, inbound, (middleware, scope, request, send, breaker, backend, route))
+    failure: Exception | None = None
+    try:
+        try:
+            await middleware._next(scope, inbound, watch.send)
+        except asyncio.CancelledError:
+            if deadline is None:
+                raise
+            deadline.finish()
+            if not deadline.expired or deadline.cancelled_elsewhere:
+                raise  # not (only) the deadline's: shutdown, an outer timeout, the server
+            fault: Fault | None = None if _completed(watch) else Fault.TIMEOUT
+        except Exception as exc:
+            if deadline is not None:
+                deadline.finish()
+            if _completed(watch):
+                fault = None  # it failed after answering: the client has its response
+            elif deadline is not None and deadline.expired:
+                fault = Fault.TIMEOUT  # it broke while being cancelled: still a timeout
+            else:
+                fault, failure = Fault.EXCEPTION, exc
+        except BaseException:
+            if deadline is not None:
+                deadline.finish()
+            raise
+        else:
+            if deadline is not None:
+                deadline.finish()
+                fault = None if _completed(watch) else Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+            else:
+                fault = None if _completed(watch) else Fault.DROPPED
+        finally:
+            watch.closed = True
+            if watch.call is not None:
+                watch.call.closed = True
+    except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
+        breaker.record(permit, Classification.NEUTRAL)
+        raise
+    call = watch.call
+    if call is None and fault is None and not inbound.client_gone:  # the usual end: one JSON body (or a tap's outcome)
+        classifier = middleware.classifier
+        assert type(classifier) is FailureClassifier
+        tap = watch.tap
+        if tap is not None:
+            status, error = tap.status, tap.error
+            verdict = classifier.judge(status, tap.content_type, tap.truncated, tap.result, error)
+        elif watch.start is None:  # a body without a start: nothing the client could read
+            status = error = None
+            verdict = Classification.FAILURE
+        else:  # as the Call's watcher judges a JSON body in one part
+            status = watch.start["status"]
+            body = watch.body
+            truncated = len(body) > middleware.config.max_inspect_bytes
+            found = answer_in(body, request.id) if body and not truncated else None
+            result, error = found if found is not None else (None, None)
+            verdict = classifier.judge(status, _JSON, truncated, result, error)
+        breaker.record(permit, verdict)
+        if verdict is Classification.FAILURE:
+            reason = describe(status, error)
+            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+        elif verdict is Classification.NEUTRAL:
+            reason = describe(status, error)
+            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
+        return
+    if call is None:
+        call = watch.hand_over()
+        call.closed = True
+    elif fault is None and not inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
+        call._conclude(permit, None, 1, call._verdict(None))
+        return
+    if failure is not None:
+        call._failed(failure)
+    await call.settle(permit, fault, 1)
+
+
+def _completed(watch: _Watch) -> bool:
+    call = watch.call
+    return call.completed if call is not None else watch.inbound.completed
