@@ -229,26 +229,35 @@ access_log = false
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("freeze", [True, False])
-async def test_start_up_objects_are_frozen_out_of_the_collectors_scans(freeze: bool) -> None:
-    """`[gateway] gc_freeze` (on by default) freezes what start-up built, and unfreezes it on shutdown."""
+async def test_start_up_objects_are_frozen_out_of_the_collectors_scans(
+    freeze: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`[gateway] gc_freeze` (on by default) freezes what start-up built, and unfreezes it on shutdown.
+
+    The freeze is process-wide: what this gateway did is told by its own log line, not by the count alone
+    (another test's server in this worker process may be starting or stopping meanwhile)."""
     import gc
+    import logging
 
     from mcp_middleware.core.lifespan import run_lifespan
     from mcp_middleware.gateway.config import parse_config
 
+    caplog.set_level(logging.INFO, "mcp_middleware.gateway")
     setting = "" if freeze else "[gateway]\ngc_freeze = false\n"
     config = parse_config(
         f'{setting}[[servers]]\nname = "live"\napp = "tests.servers:build_server"\n[tracing]\naccess_log = false\n'
     )
     assert config.gateway.gc_freeze is freeze
-    assert gc.get_freeze_count() == 0
+    before = gc.get_freeze_count()
     async with run_lifespan(build_gateway(config).app):
         frozen = gc.get_freeze_count()
-    assert gc.get_freeze_count() == 0
+    froze = [r.getMessage() for r in caplog.records if "start-up objects out of the garbage" in r.getMessage()]
     if freeze:
-        assert frozen > 10_000  # the SDK, pydantic's schemas and the server at least
+        assert before == 0  # nothing else froze first (else this gateway leaves the freeze to it)
+        assert len(froze) == 1 and frozen > 10_000  # the SDK, pydantic's schemas and the server at least
+        assert gc.get_freeze_count() == 0  # and unfrozen on shutdown
     else:
-        assert frozen == 0
+        assert froze == []
 
 
 def test_gc_freeze_must_be_true_or_false() -> None:
