@@ -82,6 +82,11 @@ def others(watcher: redis.Redis) -> list[dict[str, Any]]:
     return [entry for entry in watcher.client_list() if int(entry["id"]) != mine]
 
 
+def quotas(watcher: redis.Redis) -> int:
+    """The quota storage's connections (one per stack before: a reload replacing a server added one)."""
+    return sum(1 for entry in others(watcher) if entry["name"] == "mcp-middleware:quota")
+
+
 def names(watcher: redis.Redis) -> set[str]:
     return {str(entry["name"]) for entry in others(watcher)}
 
@@ -129,13 +134,14 @@ async def test_reloads_open_no_connection_and_the_last_ones_close_at_shutdown(
         assert gateway.reloader is not None
         with serve_app(gateway.app, port=port) as served:
             await use_every_store(f"{served.base}/mcp/files")
-            before = len(others(watcher))
+            before = quotas(watcher)
+            assert before >= 1
             for n in range(4):  # each reload replaces the server: a new stack on the gateway's stores
                 write(path, redis_server, f"{hook.base}/hook", more=f"timeout = {100 + n}")
                 applied = await _reload(gateway, served)
                 assert applied == ("files",), applied
                 await use_every_store(f"{served.base}/mcp/files")
-            assert len(others(watcher)) <= before, others(watcher)  # not one more per reload
+            assert quotas(watcher) == before, others(watcher)  # the same storage: not one more per reload
             assert names(watcher) <= ROLES
         await until(lambda: others(watcher) == [], patience=10)
 
