@@ -25,6 +25,7 @@ from mcp import Client
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tests.support import processes
+from tests.support.serving import said, serve_in_thread
 
 # No per-example deadline: the suite asserts behaviour, never time, and a loaded machine is slow.
 hypothesis_settings.register_profile("mcp-middleware", deadline=None)
@@ -215,18 +216,8 @@ def serve_app(app: ASGIApp, port: int | None = None, *, root_path: str = "") -> 
     server = uvicorn.Server(config)
     served = Served(base=f"http://127.0.0.1:{port}", server=server)
     config.app = _LoopProbe(app, served)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
+    with serve_in_thread(server, name=f"uvicorn-{port}"):  # one that does not start raises, naming the cause
         yield served
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
@@ -264,18 +255,22 @@ class RedisServer:
         assert self.process is None, "already running"
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         command += ["--dir", str(self.directory), "--loglevel", "warning"]
-        self.process = processes.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log = self.directory / f"redis-server-{self.port}.log"
+        with log.open("ab") as output:  # what it says goes to a file: a failure to start quotes it
+            self.process = processes.start(command, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                code = self.process.returncode
+                self.stop()
+                raise RuntimeError(f"redis-server exited with {code}; it said:\n{said(log)}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as sock:
                 sock.sendall(b"PING\r\n")
                 if sock.recv(16).startswith(b"+PONG"):
                     return
             time.sleep(0.02)
         self.stop()
-        raise RuntimeError("redis-server did not start")
+        raise RuntimeError(f"redis-server did not answer PING within {patience:g} s; it said:\n{said(log)}")
 
     def stop(self) -> None:
         """Stop it (SIGTERM, then SIGKILL); clients see connection errors until `start()`."""

@@ -34,7 +34,7 @@ import anyio
 import orjson
 
 from mcp_middleware.core.errors import McpMiddlewareError
-from mcp_middleware.core.store_urls import parse_store_url
+from mcp_middleware.core.store_urls import parse_store_url, redis_client_name
 
 __all__ = [
     "ApprovalStore",
@@ -105,6 +105,10 @@ class ApprovalStore(Protocol):
 
     async def release(self, nonce: str) -> CallbackAnswer | None:
         """The call stops waiting: the answer if one came (it is then spent), else None (a late answer gets 409)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the store opened (its connections); call it once, at shutdown (the gateway does)."""
         ...
 
 
@@ -178,6 +182,9 @@ class MemoryApprovalStore:
         """Calls waiting for a callback now (for tests: a cancelled call leaves none behind)."""
         return len(self._events)
 
+    async def aclose(self) -> None:
+        """Nothing to close: it is this process's memory."""
+
 
 def _expire(entries: OrderedDict[str, float], now: float, bound: int) -> None:
     """Drop the oldest entries once expired, or when over `bound` (every entry has the same kind of lifetime)."""
@@ -234,9 +241,14 @@ class RedisApprovalStore:
             from redis.asyncio import BlockingConnectionPool, Redis  # optional dependency: the [redis] extra
 
             pool = BlockingConnectionPool.from_url(
-                redis, max_connections=32, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout
+                redis,
+                max_connections=32,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                client_name=redis_client_name("approval"),
             )
-            redis = Redis(connection_pool=pool)
+            redis = Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
         self.redis = redis
         self.timeout = timeout
         self.poll = poll
@@ -333,6 +345,8 @@ class RedisApprovalStore:
         return len(self._events)
 
     async def aclose(self) -> None:
+        """Stop the answer channel (its pub/sub connection) and close the client: built from a URL, every
+        connection (named `mcp-middleware:approval`); a client passed in closes as it was made to."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(BaseException):

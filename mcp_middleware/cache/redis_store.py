@@ -9,6 +9,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mcp_middleware.core.store_urls import redis_client_name
+
 from .store import CacheEntry, CacheStoreUnavailable, MemoryCacheStore, SyncCacheStore
 
 __all__ = ["RedisCacheStore"]
@@ -84,7 +86,12 @@ class RedisCacheStore:
             from redis.asyncio import Redis  # optional dependency: only needed for this store
 
             # A slow Redis must cost a request at most `timeout`, then it is a miss.
-            redis = Redis.from_url(redis, socket_timeout=timeout, socket_connect_timeout=timeout)
+            redis = Redis.from_url(
+                redis,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                client_name=redis_client_name("cache"),  # its own client: aclose() disconnects it
+            )
         self.redis = redis
         self.prefix = "{" + prefix + "}:"
         self.l1 = l1
@@ -225,6 +232,8 @@ class RedisCacheStore:
             raise CacheStoreUnavailable(f"Redis cache store unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
+        """Stop the L1's invalidation channel (its pub/sub connection) and close the client: built from a URL,
+        every connection (named `mcp-middleware:cache`); a client passed in closes as it was made to."""
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

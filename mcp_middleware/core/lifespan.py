@@ -62,22 +62,23 @@ async def run_lifespan(app: ASGIApp) -> AsyncIterator[None]:
             started.set()
             stopped.set()
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(run)
-        await inbox_send.send({"type": "lifespan.startup"})
-        await started.wait()
-        message = outcome["startup"]
-        if message is not None and message["type"] == "lifespan.startup.failed":
-            group.cancel_scope.cancel()
-            raise RuntimeError(f"startup failed: {message.get('message', '')}")
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                await inbox_send.send({"type": "lifespan.shutdown"})
-                with anyio.move_on_after(10):
-                    await stopped.wait()
-            group.cancel_scope.cancel()
+    with inbox_send, inbox:  # closed however it ends (else each warns "Unclosed" when collected)
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await inbox_send.send({"type": "lifespan.startup"})
+            await started.wait()
+            message = outcome["startup"]
+            if message is not None and message["type"] == "lifespan.startup.failed":
+                group.cancel_scope.cancel()
+                raise RuntimeError(f"startup failed: {message.get('message', '')}")
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await inbox_send.send({"type": "lifespan.shutdown"})
+                    with anyio.move_on_after(10):
+                        await stopped.wait()
+                group.cancel_scope.cancel()
 
 
 async def serve_lifespan(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-__all__ = ["StoreUrl", "parse_store_url"]
+__all__ = ["StoreUrl", "parse_store_url", "redis_client_name"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+unix"})
 
@@ -14,6 +14,16 @@ class StoreUrl(NamedTuple):
 
     kind: Literal["memory", "redis"]
     redis_url: str
+
+
+def redis_client_name(role: str) -> str:
+    """The name a store's Redis connections give themselves (`CLIENT SETNAME`): `CLIENT LIST` shows whose
+    they are. One per role, never per request or per server (bounded); a URL's `client_name=` wins.
+
+    >>> redis_client_name("cache")
+    'mcp-middleware:cache'
+    """
+    return f"mcp-middleware:{role}"
 
 
 def parse_store_url(url: str, what: str) -> StoreUrl:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,7 @@ from .operations import OperationsMiddleware
 from .readiness import readiness_checks
 from .reload import Reloader
 from .session_config import session_layer
+from .store_closing import close_stores
 from .telemetry import Telemetry, TelemetrySettings, backend_label
 
 if TYPE_CHECKING:
@@ -146,6 +148,7 @@ def build_gateway(
         assembly=assembly,
         _closers=closers,
     )
+    lifespan.async_closers.append(partial(close_stores, assembly))  # their connections end with the gateway
     if config.source is not None:
         gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)
     return gateway

@@ -3,7 +3,8 @@
 Each mount has its own middlewares so that its resource URL (RFC 8707/9728), its rate-limit
 buckets, cache entries and breaker belong to it; the aggregate has its own door (authentication
 with its own audience) and its own budget for what it answers itself. Stores are shared: one
-bucket store and one cache store per gateway, opened on first use.
+bucket store, one quota storage and one cache store per gateway, opened on first use and closed
+when the gateway stops (:mod:`.store_closing`): a reload that replaces a server opens none.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Literal
 
+import limits.aio.storage
 from mcp.server.auth.provider import TokenVerifier
 from opentelemetry.metrics import MeterProvider
 from starlette.types import ASGIApp, Scope
@@ -36,7 +38,14 @@ from mcp_middleware.cache import CacheStore, ResponseCacheMiddleware, cache_stor
 from mcp_middleware.core import McpRequest
 from mcp_middleware.core.kernel import EVERY_PATH
 from mcp_middleware.policy import ArgumentValidationMiddleware, CelPolicyEngine, PolicyMiddleware, ToolCatalog
-from mcp_middleware.ratelimit import BucketStore, Policy, RateLimitMiddleware, bucket_store_from_url
+from mcp_middleware.ratelimit import (
+    BucketStore,
+    Policy,
+    QuotaPolicy,
+    RateLimitMiddleware,
+    bucket_store_from_url,
+    quota_storage_from_url,
+)
 
 from .config import AuthSettings, GatewayConfig, ServerSettings
 from .sealed_sessions import SessionOwnerGuard
@@ -60,6 +69,8 @@ class Assembly:
         self.instruments: list[Callable[[MeterProvider], None]] = []
         """Given the meter provider once `[tracing]` builds one (each replica pool reports its state)."""
         self.bucket_store: BucketStore | None = None
+        self.quota_storage: limits.aio.storage.Storage | None = None
+        """`[ratelimit] store` as window quotas' `limits` storage: one for every limiter (their keys are namespaced)."""
         self.cache_store: CacheStore | None = None
         self.authorization_server = _authorization_server(config.auth, base_url) if config.auth.mode == "dev" else None
         self.policy_engine: CelPolicyEngine | None = None
@@ -232,13 +243,16 @@ class Assembly:
             self.bucket_store = _bucket_store(settings.store)
         policies = list(chosen)
         store = self.bucket_store
+        if self.quota_storage is None and any(isinstance(policy, QuotaPolicy) for policy in policies):
+            self.quota_storage = quota_storage_from_url(settings.store)
+        quotas = settings.store if self.quota_storage is None else self.quota_storage
 
         def wrap(app: ASGIApp) -> ASGIApp:
             return RateLimitMiddleware(
                 app,
                 policies=policies,
                 store=store,
-                quota_storage=settings.store,
+                quota_storage=quotas,
                 trusted_proxies=settings.trusted_proxies,
                 ipv6_prefix=settings.ipv6_prefix,
                 namespace=namespace,

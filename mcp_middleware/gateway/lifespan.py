@@ -9,7 +9,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -22,12 +22,14 @@ from mcp_middleware.router import McpRouter
 if TYPE_CHECKING:
     from .reload import Reloader
 
-__all__ = ["Closer", "GatewayLifespan"]
+__all__ = ["AsyncCloser", "Closer", "GatewayLifespan"]
 
 logger = logging.getLogger("mcp_middleware.gateway")
 
 Closer = Callable[[], object]
 """Something the gateway opened, closed when its lifespan ends."""
+AsyncCloser = Callable[[], Awaitable[object]]
+"""Something the gateway opened on its event loop (a store's connections), closed there when its lifespan ends."""
 
 
 class GatewayLifespan:
@@ -39,6 +41,8 @@ class GatewayLifespan:
         self.closers = closers
         self.freeze_gc = freeze_gc
         self.reloader: Reloader | None = None
+        self.async_closers: list[AsyncCloser] = []
+        """Awaited on the event loop at shutdown, after the router's lifespan and before `closers`."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -72,6 +76,8 @@ class GatewayLifespan:
                         group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):  # the closers block (an exporter's flush, the audit writer's
+                for aclose in self.async_closers:
+                    await aclose()
                 for close in self.closers:  # join): in a worker thread, never on the event loop
                     await anyio.to_thread.run_sync(close)
 

@@ -11,6 +11,7 @@ from .keys import CallerKey, KeyFunction, global_key, principal_identity
 from .limiter import Admission, FailureMode, PolicyState, RateLimiter
 from .middleware import RateLimitMiddleware, ratelimit_headers
 from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
+from .quota_storage import aclose_quota_storage, quota_storage_from_url
 from .stores import (
     BucketStore,
     BucketTake,
@@ -42,8 +43,10 @@ __all__ = [
     "SyncBucketStore",
     "TokenBucket",
     "Admission",
+    "aclose_quota_storage",
     "bucket_store_from_url",
     "global_key",
     "principal_identity",
+    "quota_storage_from_url",
     "ratelimit_headers",
 ]

@@ -28,6 +28,7 @@ from mcp_middleware.core import McpRequest
 from .bucket import EPSILON, BucketDecision
 from .keys import CallerKey, KeyFunction
 from .policies import BucketPolicy, Policy, QuotaPolicy
+from .quota_storage import aclose_quota_storage, quota_storage_from_url
 from .stores import BucketStore, BucketTake, MemoryBucketStore, StoreUnavailable
 
 __all__ = ["FailureMode", "PolicyState", "RateLimiter", "Admission"]
@@ -173,12 +174,19 @@ class RateLimiter:
         """The store failed its last decision: its outage was logged, its recovery will be (once each)."""
         self._quota_storage: limits.aio.storage.Storage | None = None
         self._strategies: dict[str, limits.aio.strategies.RateLimiter] = {}
+        self._owns_quota_storage = False
+        """Built here from a URI (not passed in, maybe shared): :meth:`aclose` closes it."""
         if self._quotas:
             self._quota_storage = _quota_storage(quota_storage, quota_timeout)
+            self._owns_quota_storage = isinstance(quota_storage, str)
             self._strategies = {p.strategy: _STRATEGIES[p.strategy](self._quota_storage) for p in self._quotas}
 
     async def aclose(self) -> None:
+        """Close the bucket store, and the quota storage if it was built here from a URI (a storage passed
+        in is its owner's to close: :func:`~mcp_middleware.ratelimit.quota_storage.aclose_quota_storage`)."""
         await self.store.aclose()
+        if self._owns_quota_storage and self._quota_storage is not None:
+            await aclose_quota_storage(self._quota_storage)
 
     def _storage_key(self, policy: Policy, scope: Scope, request: McpRequest, seen: dict[Any, str]) -> str:
         function = policy.key or self.key
@@ -340,21 +348,4 @@ class RateLimiter:
 
 
 def _quota_storage(storage: str | limits.aio.storage.Storage, timeout: float) -> limits.aio.storage.Storage:
-    if not isinstance(storage, str):
-        return storage
-    uri = storage if storage.startswith("async+") else "async+" + storage
-    options: dict[str, Any] = {}
-    if "redis" in uri.partition("://")[0]:
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        options = {
-            "implementation": "redispy",  # redis-py, which the bucket store uses too (no coredis)
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            "retry": Retry(NoBackoff(), 0),
-        }
-    made = limits.storage.storage_from_string(uri, wrap_exceptions=True, **options)
-    if not isinstance(made, limits.aio.storage.Storage):
-        raise ValueError(f"{storage!r} is not an async limits storage")
-    return made
+    return quota_storage_from_url(storage, timeout=timeout) if isinstance(storage, str) else storage

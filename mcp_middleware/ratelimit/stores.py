@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from mcp_middleware.core.errors import McpMiddlewareError
-from mcp_middleware.core.store_urls import parse_store_url
+from mcp_middleware.core.store_urls import parse_store_url, redis_client_name
 
 from .bucket import EPSILON, BucketDecision, TokenBucket
 
@@ -302,11 +302,13 @@ class RedisBucketStore:
         max_connections: int = 64,
         **options: Any,
     ) -> RedisBucketStore:
-        """A store on a new `redis.asyncio` client: `timeout` bounds connecting and each reply."""
+        """A store on a new `redis.asyncio` client that it owns (:meth:`aclose` closes its connections):
+        `timeout` bounds connecting and each reply; its connections are named `mcp-middleware:ratelimit`."""
         from redis.asyncio import BlockingConnectionPool, Redis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        options.setdefault("client_name", redis_client_name("ratelimit"))
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -316,7 +318,8 @@ class RedisBucketStore:
             retry=Retry(NoBackoff(), 0),
             **options,
         )
-        return cls(Redis(connection_pool=pool), prefix=prefix, retry_interval=retry_interval)
+        # from_pool: the client owns the pool, so its aclose() disconnects it (Redis(connection_pool=) would not)
+        return cls(Redis.from_pool(pool), prefix=prefix, retry_interval=retry_interval)
 
     async def take(self, takes: Sequence[BucketTake], *, now: float | None = None) -> list[BucketDecision]:
         reply = await self._run(takes, "take", now)
@@ -335,6 +338,7 @@ class RedisBucketStore:
             raise StoreUnavailable(f"Redis bucket store unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def aclose(self) -> None:
+        """Close the client (and its connections, when the client owns its pool: :meth:`from_url`'s does)."""
         await self.client.aclose()
 
     async def _run(self, takes: Sequence[BucketTake], mode: str, now: float | None) -> list[Any]:

@@ -6,11 +6,16 @@ The pool is one backend: one audience, one :class:`~mcp_middleware.router.creden
 the request to every replica it is tried on (a failover reuses it). A replica answering 401 has refused
 before running anything: the token is exchanged anew and the request sent again to that replica, once
 (:meth:`CallerToken.renew`); a replica that refuses a fresh token too is :class:`TokenRefused`.
+
+A probe goes as the gateway itself (its client-credentials token). When no such token can be had (the
+identity provider is down), it goes without one: a replica answering with its OAuth challenge (401,
+`WWW-Authenticate: Bearer`) is alive and guarding itself (:class:`ChallengedWithoutToken`), one that
+answers at all is judged by its answer, one that cannot be reached or answers 5xx is not alive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from starlette.types import Scope, Send
 
@@ -19,7 +24,7 @@ from mcp_middleware.core.principal import Principal
 
 from .credentials import BackendCredentials, ExchangeError, send_exchange_error
 
-__all__ = ["CallerToken", "TokenRefused"]
+__all__ = ["CallerToken", "ChallengedWithoutToken", "TokenRefused", "bearer_challenge"]
 
 
 class TokenRefused(ExchangeError):
@@ -27,6 +32,26 @@ class TokenRefused(ExchangeError):
 
     def __init__(self) -> None:
         super().__init__(502, "the backend refused the token exchanged for it")
+
+
+class ChallengedWithoutToken(ExchangeError):
+    """No token for the gateway could be had (`cause`); asked without one, the replica answered with its OAuth
+    challenge: it is alive (an :class:`ExchangeError` still, for whoever wanted its answer)."""
+
+    def __init__(self, cause: ExchangeError) -> None:
+        super().__init__(cause.status, cause.reason, error=cause.error)
+        self.cause = cause
+
+
+def bearer_challenge(status: int, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a response is an OAuth bearer challenge (RFC 6750 §3: 401 with `WWW-Authenticate: Bearer …`)."""
+    if status != 401:
+        return False
+    for key, value in headers:
+        words = value.split(None, 1)
+        if key.lower() == b"www-authenticate" and words and words[0].rstrip(b",").lower() == b"bearer":
+            return True
+    return False
 
 
 class CallerToken:

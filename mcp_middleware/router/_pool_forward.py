@@ -8,8 +8,9 @@ The response head is looked at before it is passed on (nothing else is held back
 replica's 502/503 can be answered by another replica.
 
 With backend credentials (token exchange) a forward carries the caller's exchanged token
-(:class:`~._pool_credentials.CallerToken`) and a probe the gateway's own client-credentials token;
-a 401 is answered by one renewal and one more try at the same replica (it refused before running).
+(:class:`~._pool_credentials.CallerToken`) and a probe the gateway's own client-credentials token (or,
+when none can be had, none: see :mod:`._pool_credentials`); a 401 is answered by one renewal and one
+more try at the same replica (it refused before running).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from mcp_middleware.core import SseParser, replay
 from mcp_middleware.core.errors import request_id_in
 from mcp_middleware.core.protocol import is_event_stream
 
-from ._pool_credentials import CallerToken, TokenRefused
+from ._pool_credentials import CallerToken, ChallengedWithoutToken, TokenRefused, bearer_challenge
 from ._upstream import BROKEN_BODY, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from .backends import HttpBackend, InProcessBackend
 from .credentials import ExchangeError
@@ -164,17 +165,29 @@ class _HttpTransport(ReplicaTransport):
             await response.aclose()
 
     async def ask(self, body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, dict[str, Any] | None]:
-        """With credentials, as the gateway itself (its client-credentials token, renewed once on a 401);
-        no token to be had raises :class:`ExchangeError` (the probe then says nothing of the replica)."""
+        """With credentials, as the gateway itself (its client-credentials token, renewed once on a 401).
+
+        With no token to be had, asked without one: an OAuth challenge in answer raises
+        :class:`ChallengedWithoutToken` (alive), an answer is returned as any (a 5xx: not alive), any other
+        refusal raises the :class:`ExchangeError` (nothing learned); an unreachable replica raises as always.
+        """
         credentials = self.proxy.credentials
         if credentials is None:
             return await self._read(await self._ask(body, headers, b""))
-        token = await credentials.service_token()
-        response = await self._ask(body, headers, b"authorization: Bearer " + token.encode("ascii") + b"\r\n")
-        if response.status == 401:
-            await response.aclose()
-            token = await credentials.service_token(fresh=True)
+        try:
+            token = await credentials.service_token()
             response = await self._ask(body, headers, b"authorization: Bearer " + token.encode("ascii") + b"\r\n")
+            if response.status == 401:
+                await response.aclose()
+                token = await credentials.service_token(fresh=True)
+                response = await self._ask(body, headers, b"authorization: Bearer " + token.encode("ascii") + b"\r\n")
+        except ExchangeError as exc:  # the identity provider is down or refuses the gateway: ask without a token
+            response = await self._ask(body, headers, b"")
+            if response.status < 500 and not 200 <= response.status < 300:
+                await response.aclose()
+                if bearer_challenge(response.status, response.headers):
+                    raise ChallengedWithoutToken(exc) from exc
+                raise
         return await self._read(response)
 
     async def _ask(self, body: bytes, headers: list[tuple[bytes, bytes]], authorization: bytes) -> UpstreamResponse:

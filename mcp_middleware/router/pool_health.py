@@ -12,7 +12,10 @@ WARNING naming the backend and the replica.
 The probe is an MCP request, not a TCP connect: `server/discover` (2026-07-28), which a live MCP
 server answers with a JSON-RPC result. It goes the way requests go (the same TLS context: a replica
 that refuses the gateway's client certificate fails it as `tls: …`), as the gateway itself (with
-token exchange, its client-credentials token; none to be had says nothing of the replica).
+token exchange, its client-credentials token). While no such token can be had (the identity provider
+is down), the probe goes without one: a replica answering with its OAuth challenge (401,
+`WWW-Authenticate: Bearer`) is alive and is readmitted, so callers are served as soon as tokens can be
+had again; one that cannot be reached or answers 5xx is not; any other refusal says nothing.
 The prober also reads the backend's `tools/list` (its tools' `readOnlyHint`/`idempotentHint`, which
 decide whether a failed call may be sent to another replica).
 """
@@ -30,6 +33,7 @@ import orjson
 
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Classification, StateChange
 
+from ._pool_credentials import ChallengedWithoutToken
 from ._pool_forward import ReplicaTransport, transport_for
 from ._pool_stdio import StdioReplica, stdio_transport
 from .backends import HttpBackend, InProcessBackend
@@ -173,9 +177,13 @@ class Prober:
         permit = breaker.acquire() if state is BreakerState.HALF_OPEN else None
         if state is BreakerState.HALF_OPEN and permit is None:
             return
+        challenged = False
         try:
             error = await self.probe(replica)
-        except ExchangeError as exc:  # no token for the gateway itself: that says nothing of the replica
+        except ChallengedWithoutToken as exc:  # no token, and it asked for one: alive (and guarding itself)
+            error, challenged = None, True
+            logger.debug("pool %r replica %s alive, probed without a token (%s)", replica.pool, replica.label, exc)
+        except ExchangeError as exc:  # no token, and no answer that says more: nothing learned of the replica
             if permit is not None:
                 breaker.record(permit, Classification.NEUTRAL)
             logger.debug("pool %r replica %s not probed: no service token (%s)", replica.pool, replica.label, exc)
@@ -188,7 +196,7 @@ class Prober:
             return
         if error is None:
             replica.misses = 0
-            if anyio.current_time() - self._hints_at >= self.hints_every:
+            if not challenged and anyio.current_time() - self._hints_at >= self.hints_every:
                 self._hints_at = anyio.current_time()
                 await self.learn_hints(replica)
             return

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.conftest import Served, free_port, self_signed_certificate, serve_app
 from tests.servers import build_server
 from tests.support.requests import modern_body, modern_headers
+from tests.support.serving import serve_in_thread
 
 
 class Slot:
@@ -228,16 +228,5 @@ def serve_tls(app: ASGIApp, directory: Path) -> Iterator[TlsServed]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", ssl_certfile=str(cert_file), ssl_keyfile=str(key_file)
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-tls-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn (TLS) did not start")
-        time.sleep(0.01)
-    try:
+    with serve_in_thread(uvicorn.Server(config), name=f"uvicorn-tls-{port}"):
         yield TlsServed(f"https://127.0.0.1:{port}", str(cert_file))
-    finally:
-        server.should_exit = True
-        thread.join(10)

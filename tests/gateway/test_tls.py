@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import ssl
-import threading
-import time
 from pathlib import Path
 
-import anyio
 import httpx2
 import pytest
 import uvicorn
@@ -17,6 +14,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_middleware.gateway.app import build_gateway
 from mcp_middleware.gateway.config import parse_config
 from tests.conftest import free_port, self_signed_certificate
+from tests.support.serving import serve_in_thread
 
 
 @pytest.mark.anyio
@@ -36,14 +34,7 @@ app = "tests.servers:build_server"
     )
     gateway = build_gateway(config)
     assert gateway.base_url == f"https://127.0.0.1:{port}"
-    server = uvicorn.Server(gateway.uvicorn_config())
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            await anyio.sleep(0.02)
+    with serve_in_thread(uvicorn.Server(gateway.uvicorn_config()), name=f"uvicorn-gateway-{port}", patience=15):
         trusted = ssl.create_default_context(cafile=str(cert))
         async with httpx2.AsyncClient(verify=trusted, timeout=30) as http:
             assert (await http.get(f"{gateway.base_url}/healthz")).status_code == 200
@@ -53,6 +44,3 @@ app = "tests.servers:build_server"
         assert result.content[0].text == "over tls"  # type: ignore[union-attr]
         with pytest.raises(httpx2.ConnectError):  # a client that does not trust the certificate refuses
             httpx2.get(f"{gateway.base_url}/healthz")
-    finally:
-        server.should_exit = True
-        thread.join(10)

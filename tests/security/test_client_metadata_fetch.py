@@ -14,7 +14,6 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from mcp_middleware.auth.server import EmbeddedAuthorizationServer
 from tests.auth.conftest import REDIRECT_URI, serve_late
 from tests.auth.test_authorization_server import pkce
 from tests.conftest import free_port
+from tests.support.serving import serve_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -139,18 +139,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DocumentSite]:
         ssl_certfile=str(cert_file),
         ssl_keyfile=str(key_file),
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-documents", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the document site did not start"
-        time.sleep(0.01)
-    try:
+    with serve_in_thread(uvicorn.Server(config), name="uvicorn-documents"):
         yield documents
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class Rebinding:

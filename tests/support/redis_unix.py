@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import processes
+from .serving import said
 
 __all__ = ["redis_on_unix_socket"]
 
@@ -23,12 +24,14 @@ def redis_on_unix_socket(binary: str, patience: float = 10.0) -> Iterator[Path]:
     path = directory / "redis.sock"
     command = [binary, "--port", "0", "--unixsocket", str(path), "--save", "", "--appendonly", "no"]
     command += ["--dir", str(directory), "--loglevel", "warning"]
-    process = processes.start(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = directory / "redis-server.log"
+    with log.open("wb") as output:  # what it says goes to a file: a failure to start quotes it
+        process = processes.start(command, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + patience
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {process.returncode}")
+                raise RuntimeError(f"redis-server exited with {process.returncode}; it said:\n{said(log)}")
             with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as sock:
                 sock.settimeout(0.2)
                 sock.connect(str(path))
@@ -36,7 +39,7 @@ def redis_on_unix_socket(binary: str, patience: float = 10.0) -> Iterator[Path]:
                 if sock.recv(16).startswith(b"+PONG"):
                     break
             if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start on its Unix socket")
+                raise RuntimeError(f"redis-server did not start on its Unix socket; it said:\n{said(log)}")
             time.sleep(0.02)
         yield path
     finally:

@@ -10,8 +10,6 @@ import contextlib
 import datetime
 import ipaddress
 import ssl
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from starlette.types import ASGIApp
 
 from tests.conftest import free_port
 from tests.servers import build_server
+from tests.support.serving import serve_in_thread
 
 __all__ = ["Pki", "make_pki", "mtls_backend", "serve_tls"]
 
@@ -111,18 +110,8 @@ def serve_tls(app: ASGIApp, pki: Pki, *, client_cert: bool = False) -> Iterator[
         ssl_ca_certs=str(pki.ca),
         ssl_cert_reqs=ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-tls-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the TLS server did not start"
-        time.sleep(0.02)
-    try:
+    with serve_in_thread(uvicorn.Server(config), name=f"uvicorn-tls-{port}", patience=15):
         yield f"https://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @contextlib.contextmanager
