@@ -132,15 +132,7 @@ def record_decision(scope: Scope, component: Component, outcome: Outcome, /, **a
     """Record a decision in the scope and tell the observers, if any (they must not raise)."""
     # tuple.__new__ builds the NamedTuple without its Python-level __new__ (a frame per decision).
     decision: Decision = tuple.__new__(Decision, (component, outcome, attributes))
-    decisions = scope.get(DECISIONS_SCOPE_KEY)
-    if decisions is None:
-        scope[DECISIONS_SCOPE_KEY] = [decision]
-    else:
-        decisions.append(decision)
-    observers = scope.get(_OBSERVERS_SCOPE_KEY)
-    if observers:
-        for observer in observers:
-            observer(decision)
+    add_decision(scope, decision)
     return decision
 
 
@@ -154,7 +146,6 @@ def add_decision(scope: Scope, decision: Decision) -> None:
     >>> get_decisions(scope) == (ALLOWED,)
     True
     """
-    # (record_decision's body, without building the decision: both are on every request's path)
     decisions = scope.get(DECISIONS_SCOPE_KEY)
     if decisions is None:
         scope[DECISIONS_SCOPE_KEY] = [decision]

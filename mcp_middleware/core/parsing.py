@@ -121,22 +121,10 @@ def parse_post(
         if rejection is not None:
             return rejection
     # (`_view` for a verified modern request: its version is the header's, it has no session)
-    return _tuple_new(
-        McpRequest,
-        (
-            RequestKind.REQUEST,
-            era,
-            version,
-            "POST",
-            method,
-            request_id,
-            params,
-            None,
-            True,
-            body,
-            time.perf_counter() if started is None else started,
-        ),
-    )
+    if started is None:
+        started = time.perf_counter()
+    view = (RequestKind.REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
+    return _tuple_new(McpRequest, view)
 
 
 def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
