@@ -25,6 +25,7 @@ from tests.ratelimit.wire import call_tool, error_of
 from tests.servers import build_server
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.anyio
 
@@ -228,4 +229,5 @@ async def test_a_principal_set_further_in_is_still_noticed(serve: Any) -> None:
     async with httpx2.AsyncClient(timeout=10) as http:
         response = await call_tool(http, served.mcp_url, "echo", {"text": "x"})
     assert response.status_code == 200
-    assert middleware.outside_auth.detected
+    # (checked after the app returned, which may be just after the client has its answer)
+    await until(lambda: middleware.outside_auth.detected, patience=10)
