@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
+from types import MappingProxyType
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -21,11 +22,13 @@ from mcp_middleware.core import (
     DEFAULT_CONFIG,
     Component,
     CoreConfig,
+    Decision,
     McpRequest,
     Outcome,
     Principal,
     RequestKind,
     SelectorMap,
+    add_decision,
     get_principal,
     read_request,
     record_decision,
@@ -55,15 +58,21 @@ _B64TOKEN = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 """RFC 6750 §2.1 `b64token`: anything else after `Bearer ` is not a token."""
 _NAME = itemgetter(0)
 _REQUIRED_CACHE_SIZE = 4096
+_REMEMBERED_CREDENTIALS = 1024
+"""`Authorization` values remembered with their token's digest (the table is cleared when full)."""
 _REMEMBERED_TARGET_LENGTH = 256
 
 
 class _Verified(NamedTuple):
-    """What a verified token gives every request that presents it (cached as a whole)."""
+    """What a verified token gives every request that presents it (cached as a whole, built once)."""
 
     principal: Principal
     user: AuthenticatedUser
     credentials: AuthCredentials
+    entries: dict[str, object]
+    """What an admitted request's scope gets: the principal, the SDK's `user` and `auth`, the door."""
+    allowed: Decision
+    """The `allow` decision of every request this token is admitted for (the same attributes each time)."""
 
 
 class AuthMiddleware(Refusals):
@@ -169,6 +178,8 @@ class AuthMiddleware(Refusals):
         )
         self._metadata_path = self.metadata.path if self.metadata is not None else None
         self.cache: TokenCache[_Verified] = TokenCache(maxsize=cache_size, max_ttl=cache_ttl)
+        self._keys: dict[bytes, bytes] = {}
+        """`Authorization` values that carried a verified token → the token's cache key (see `_cached`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -205,13 +216,8 @@ class AuthMiddleware(Refusals):
             await self._forbid(scope, send, request, required, principal, self)
             return
 
-        record_decision(
-            scope, Component.AUTH, Outcome.ALLOW, client_id=principal.client_id or "", subject=principal.subject or ""
-        )
-        scope[PRINCIPAL_SCOPE_KEY] = principal  # (`set_principal`, inline)
-        scope["user"] = verified.user
-        scope["auth"] = verified.credentials
-        scope[DOOR_SCOPE_KEY] = self
+        add_decision(scope, verified.allowed)
+        scope.update(verified.entries)  # the principal (`set_principal`), `user`, `auth`, the door: in one call
         if self.filter_lists and request.method in LIST_METHODS:
             send = self._filtered(send, request, principal)
         reset = auth_context_var.set(verified.user)
@@ -279,13 +285,24 @@ class AuthMiddleware(Refusals):
         names = list(map(_NAME, headers))
         if names.count(b"authorization") != 1 or b"access_token=" in scope.get("query_string", b""):
             return None
-        scheme, _, raw = headers[names.index(b"authorization")][1].strip().partition(b" ")
+        credential = headers[names.index(b"authorization")][1]
+        key = self._keys.get(credential)
+        if key is not None:  # this very header carried a verified token before: well-formed, its digest known
+            return self.cache.get_by_key(key)
+        scheme, _, raw = credential.strip().partition(b" ")
         if scheme.lower() != b"bearer":
             return None
         raw = raw.strip()
         if len(raw) > self.max_token_length:
             return None
-        return self.cache.get_by_key(token_key(raw))
+        key = token_key(raw)
+        verified = self.cache.get_by_key(key)
+        if verified is not None:
+            keys = self._keys
+            if len(keys) >= _REMEMBERED_CREDENTIALS:
+                keys.clear()
+            keys[credential] = key
+        return verified
 
     async def _authenticate(self, scope: Scope, send: Send, request: McpRequest) -> _Verified | None:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -330,10 +347,17 @@ class AuthMiddleware(Refusals):
         if problem is not None:
             await self._unauthorized(scope, send, request, "invalid_token", problem)
             return None
-        principal = Principal.from_access_token(access)
-        verified = _Verified(principal, AuthenticatedUser(access), AuthCredentials(access.scopes))
+        verified = self._verified(access)
         self.cache.put_by_key(key, verified, expires_at=access.expires_at)
         return verified
+
+    def _verified(self, access: AccessToken) -> _Verified:
+        principal = Principal.from_access_token(access)
+        user = AuthenticatedUser(access)
+        credentials = AuthCredentials(access.scopes)
+        entries = {PRINCIPAL_SCOPE_KEY: principal, "user": user, "auth": credentials, DOOR_SCOPE_KEY: self}
+        attributes = MappingProxyType({"client_id": principal.client_id or "", "subject": principal.subject or ""})
+        return _Verified(principal, user, credentials, entries, Decision(Component.AUTH, Outcome.ALLOW, attributes))
 
     async def _verify(self, token: str) -> AccessToken:
         if self._explains:

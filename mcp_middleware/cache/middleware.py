@@ -156,8 +156,8 @@ class ResponseCacheMiddleware:
         request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
         if request is UNREAD:
             return self.__call__(scope, receive, send)
-        if request is None:
-            return self._next(scope, receive, send)
+        if request is None or (request.kind is RequestKind.REQUEST and request.method not in self._handled):
+            return self._next(scope, receive, send)  # (`_dispatch`'s first test, without its frame)
         return self._dispatch(request, scope, receive, send)
 
     def _dispatch(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:

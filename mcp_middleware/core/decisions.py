@@ -33,6 +33,7 @@ __all__ = [
     "Outcome",
     "get_decisions",
     "observe_decisions",
+    "add_decision",
     "record_decision",
 ]
 
@@ -131,6 +132,20 @@ def record_decision(scope: Scope, component: Component, outcome: Outcome, /, **a
     """Record a decision in the scope and tell the observers, if any (they must not raise)."""
     # tuple.__new__ builds the NamedTuple without its Python-level __new__ (a frame per decision).
     decision: Decision = tuple.__new__(Decision, (component, outcome, attributes))
+    add_decision(scope, decision)
+    return decision
+
+
+def add_decision(scope: Scope, decision: Decision) -> None:
+    """:func:`record_decision` for a decision already built: a constant made once (say, the same
+    `allow` for every request of one caller), or one built on a hot path without keyword arguments.
+
+    >>> scope = {"type": "http"}
+    >>> ALLOWED = Decision(Component.AUTH, Outcome.ALLOW, {"subject": "alice"})
+    >>> add_decision(scope, ALLOWED)
+    >>> get_decisions(scope) == (ALLOWED,)
+    True
+    """
     decisions = scope.get(DECISIONS_SCOPE_KEY)
     if decisions is None:
         scope[DECISIONS_SCOPE_KEY] = [decision]
@@ -140,7 +155,6 @@ def record_decision(scope: Scope, component: Component, outcome: Outcome, /, **a
     if observers:
         for observer in observers:
             observer(decision)
-    return decision
 
 
 def observe_decisions(scope: Scope, observer: DecisionObserver) -> None:

@@ -101,11 +101,30 @@ def parse_post(
         if rejected is not None:
             return _from_ladder(rejected, None)
         return _view(RequestKind.NOTIFICATION, era, headers, params, None, method, body, started)
-    if headers.duplicated is not None or not _agrees(params, method, headers):
+    # Trusted without the SDK's ladder only if the ladder would accept: the envelope present, the headers
+    # equal to the body, the version served. Anything else is the ladder's to decide (a base64-encoded
+    # `Mcp-Name`, say, it may still accept). Inline, as the view below: every modern request runs it.
+    agrees = False
+    if params is not None and headers.duplicated is None:
+        meta = params.get("_meta")
+        if (
+            type(meta) is dict
+            and _CAPABILITIES_KEY in meta
+            and meta.get(_VERSION_KEY) == version
+            and version in _MODERN_VERSIONS
+            and headers.method == method
+        ):
+            name_key = NAME_BEARING_METHODS.get(method)
+            agrees = name_key is None or (value := params.get(name_key)) is None or value == headers.name
+    if not agrees:
         rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
             return rejection
-    return _view(RequestKind.REQUEST, era, headers, params, request_id, method, body, started, verified=True)
+    # (`_view` for a verified modern request: its version is the header's, it has no session)
+    if started is None:
+        started = time.perf_counter()
+    view = (RequestKind.REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
+    return _tuple_new(McpRequest, view)
 
 
 def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
@@ -155,27 +174,6 @@ def _modern_ladder(message: dict[str, Any], headers: RequestHeaders, request_id:
     }
     verdict = classify_inbound_request(message, headers=routing)
     return _from_ladder(verdict, request_id) if isinstance(verdict, InboundLadderRejection) else None
-
-
-def _agrees(params: dict[str, Any] | None, method: str, headers: RequestHeaders) -> bool:
-    """True only if the SDK's ladder would accept: envelope present, headers equal to the body, version served.
-
-    A `False` is not a rejection: the SDK's own classifier then decides (and, for a
-    base64-encoded `Mcp-Name`, may still accept).
-    """
-    if params is None:
-        return False
-    meta = params.get("_meta")
-    if type(meta) is not dict or _CAPABILITIES_KEY not in meta:
-        return False
-    version = meta.get(_VERSION_KEY)
-    if version != headers.protocol_version or version not in _MODERN_VERSIONS or headers.method != method:
-        return False
-    name_key = NAME_BEARING_METHODS.get(method)
-    if name_key is None:
-        return True
-    value = params.get(name_key)
-    return value is None or value == headers.name
 
 
 def _from_ladder(rejected: InboundLadderRejection, request_id: RequestId | None) -> Rejection:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import limits
 
@@ -23,6 +23,7 @@ __all__ = ["EPSILON", "BucketDecision", "BucketState", "TokenBucket"]
 EPSILON = 1e-9
 """Tokens a request may fall short by and still pass: absorbs float rounding of `elapsed * rate`
 (0.1 s * 10/s may come out a hair under one token). The Redis script uses the same value."""
+_new: Any = tuple.__new__
 
 
 class BucketState(NamedTuple):
@@ -110,8 +111,11 @@ class TokenBucket:
                 tokens = min(capacity, tokens + elapsed * rate)
         if tokens + EPSILON >= cost:
             tokens = max(0.0, tokens - cost)
-            return _decision((True, tokens, 0.0, (capacity - tokens) / rate))
-        return _decision((False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate))
+            # tuple.__new__ builds the NamedTuple in C (its own __new__ is a Python frame): hot path.
+            decision: BucketDecision = _new(BucketDecision, (True, tokens, 0.0, (capacity - tokens) / rate))
+            return decision
+        decision = _new(BucketDecision, (False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate))
+        return decision
 
     def give_back(self, state: BucketState | None, now: float, cost: float) -> BucketState | None:
         """Undo a take (another policy refused the request): refill to `now`, add `cost`, cap at capacity."""
@@ -119,8 +123,3 @@ class TokenBucket:
             return None
         refilled = self.decide(state[0], state[1], now, 0.0)
         return BucketState(min(self.capacity, refilled.remaining + cost), now)
-
-
-def _decision(values: tuple[bool, float, float, float]) -> BucketDecision:
-    # NamedTuple's own __new__ is a Python frame; tuple.__new__ builds the same object in C.
-    return tuple.__new__(BucketDecision, values)

@@ -121,6 +121,11 @@ class CallerKey:
                 return identity
         return "address:" + self.address_bucket(self.client_address(scope))
 
+    @property
+    def reads_headers(self) -> bool:
+        """Whether an anonymous caller's address may come from a forwarding header (trusted proxies given)."""
+        return bool(self._networks)
+
     def address_bucket(self, address: str) -> str:
         """What an anonymous caller at `address` is keyed on: the address, or its IPv6 network."""
         bucket = self._addresses.get(address)

@@ -99,6 +99,18 @@ def _digest(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def lone_admission(policy: BucketPolicy, decision: BucketDecision) -> Admission:
+    """The admission of one bucket policy's decision (what a limiter with one policy answers)."""
+    reset = math.ceil(decision.reset_after - EPSILON)
+    if decision.allowed:
+        state = tuple.__new__(
+            PolicyState, (policy.name, policy.quota, policy.window, int(decision.remaining + EPSILON), reset)
+        )
+        return tuple.__new__(Admission, (True, (state,), None, 0.0, False))
+    state = PolicyState(policy.name, policy.quota, policy.window, 0, reset)
+    return Admission(False, (state,), policy.name, decision.retry_after)
+
+
 class RateLimiter:
     """Decide requests against bucket and quota policies.
 
@@ -187,6 +199,15 @@ class RateLimiter:
         await self.store.aclose()
         if self._owns_quota_storage and self._quota_storage is not None:
             await aclose_quota_storage(self._quota_storage)
+
+    @property
+    def lone_policy(self) -> BucketPolicy | None:
+        """The one bucket policy of the usual setup (it matches every request, no quota, a store without I/O)."""
+        return self._lone
+
+    def storage_key(self, policy: Policy, scope: Scope, request: McpRequest) -> str:
+        """Where `policy` keeps the state of this request's caller (namespace, policy, digest of the identity)."""
+        return self._storage_key(policy, scope, request, {})
 
     def _storage_key(self, policy: Policy, scope: Scope, request: McpRequest, seen: dict[Any, str]) -> str:
         function = policy.key or self.key
@@ -294,14 +315,7 @@ class RateLimiter:
             return self._degraded(exc)
         if self._down:
             self._recovered()
-        reset = math.ceil(decision.reset_after - EPSILON)
-        if decision.allowed:
-            state = tuple.__new__(
-                PolicyState, (policy.name, policy.quota, policy.window, int(decision.remaining + EPSILON), reset)
-            )
-            return tuple.__new__(Admission, (True, (state,), None, 0.0, False))
-        state = PolicyState(policy.name, policy.quota, policy.window, 0, reset)
-        return Admission(False, (state,), policy.name, decision.retry_after)
+        return lone_admission(policy, decision)
 
     async def _test_quotas(self, quotas: list[QuotaPolicy], keys: list[str]) -> Admission | None:
         for policy, key in zip(quotas, keys, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import limits.aio.storage
 from opentelemetry import metrics
@@ -16,25 +17,32 @@ from mcp_middleware.core import (
     DEFAULT_CONFIG,
     Component,
     CoreConfig,
+    Decision,
     ErrorCode,
     McpRequest,
     Outcome,
     RequestKind,
+    add_decision,
     read_request,
     record_decision,
     send_error,
 )
 from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
+from .bucket import EPSILON, BucketDecision
 from .keys import CallerKey, KeyFunction
-from .limiter import Admission, FailureMode, PolicyState, RateLimiter
+from .limiter import Admission, FailureMode, PolicyState, RateLimiter, lone_admission
+from .lone import LoneLimit
 from .policies import Policy
 from .stores import BucketStore
 
 __all__ = ["RateLimitMiddleware", "ratelimit_headers"]
 
 logger = logging.getLogger("mcp_middleware.ratelimit")
+
+_new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
 
 
 def ratelimit_headers(states: Iterable[PolicyState]) -> list[tuple[bytes, bytes]]:
@@ -123,6 +131,9 @@ class RateLimitMiddleware:
         )
         self.headers = headers
         self.config = config
+        # The usual setup (one per-caller bucket in memory) decided in one step; with `headers`, the general
+        # path builds the policy states the fields are written from.
+        self._lone = LoneLimit.of(self.limiter) if not headers else None
         self._policy_fields: dict[tuple[str, int, int], bytes] = {}
         # Only limits keyed on the caller care where auth runs; a global or custom key does not.
         self._keys_on_caller = any(isinstance(p.key or self.limiter.key, CallerKey) for p in self.limiter.policies)
@@ -143,7 +154,19 @@ class RateLimitMiddleware:
         if request is None or request.kind is not RequestKind.REQUEST:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
-        verdict = self.limiter.check_now(scope, request)
+        lone = self._lone
+        decision = lone.take(scope, request) if lone is not None else None
+        if decision is not None:
+            assert lone is not None
+            if decision[0]:
+                _allowed(scope, lone.name, decision)
+                await self._next(scope, receive, send)
+                if unvouched:
+                    self.outside_auth.check(scope)
+                return
+            verdict: Admission | None = lone_admission(lone.policy, decision)
+        else:
+            verdict = self.limiter.check_now(scope, request)
         if verdict is None:
             verdict = await self.limiter.check(scope, request)
         if not verdict.allowed:
@@ -161,6 +184,15 @@ class RateLimitMiddleware:
             return self.__call__(scope, receive, send)
         if request is None or request.kind is not RequestKind.REQUEST:
             return self._next(scope, receive, send)
+        lone = self._lone
+        if lone is not None and PRINCIPAL_SCOPE_KEY in scope:  # (anonymous: `__call__` checks afterwards)
+            decision = lone.take(scope, request)
+            if decision is not None:
+                if decision[0]:  # (`_allowed`, inline)
+                    attributes = {"policy": lone.name, "remaining": int(decision[1] + EPSILON)}
+                    add_decision(scope, _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, attributes)))
+                    return self._next(scope, receive, send)
+                return self._refuse(scope, send, request, lone_admission(lone.policy, decision))
         if self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope):
             return self.__call__(scope, receive, send)  # (it checks afterwards whether auth ran further in)
         verdict = self.limiter.check_now(scope, request)
@@ -227,6 +259,14 @@ class RateLimitMiddleware:
             data={"retryAfterMs": retry_ms, "policy": verdict.policy},
             headers=headers,
         )
+
+
+def _allowed(scope: Scope, policy: str, decision: BucketDecision) -> None:
+    """Record a lone policy's admission: what `_admitted` records, built without keyword arguments."""
+    remaining = int(decision[1] + EPSILON)
+    add_decision(
+        scope, _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, {"policy": policy, "remaining": remaining}))
+    )
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -130,35 +130,13 @@ class MemoryBucketStore:
 
     def decide(self, takes: Sequence[BucketTake], now: float | None = None) -> list[BucketDecision]:
         """The synchronous decision `take` awaits (no I/O, so no await is needed to be atomic)."""
-        if now is None:
-            now = self.clock()
-        buckets = self._buckets
-        # Forget up to two idle buckets per decision (least recently used first): O(1), and
-        # faster than callers can create them, so memory follows live callers. (Unrolled: hot path.)
-        if buckets:
-            oldest = next(iter(buckets))
-            if buckets[oldest][2] <= now:
-                del buckets[oldest]
-                if buckets:
-                    oldest = next(iter(buckets))
-                    if buckets[oldest][2] <= now:
-                        del buckets[oldest]
         if len(takes) == 1:  # the common case, without building lists of states
             key, bucket, cost = takes[0]
-            entry = buckets.get(key)
-            if entry is None:
-                decision = bucket.decide(None, 0.0, now, cost)
-            else:
-                decision = bucket.decide(entry[0], entry[1], now, cost)
-            if decision[0]:
-                tokens = decision[1]
-                buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
-                buckets.move_to_end(key)
-                if len(buckets) > self.max_buckets:
-                    buckets.popitem(last=False)
-            elif entry is not None:
-                buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
-            return [decision]
+            return [self.decide_one(key, bucket, cost, now)]
+        if now is None:
+            now = self.clock()
+        self._forget_idle(now)
+        buckets = self._buckets
         decisions = []
         for key, bucket, cost in takes:
             entry = buckets.get(key)
@@ -173,6 +151,40 @@ class MemoryBucketStore:
                 if take.key in buckets:
                     buckets.move_to_end(take.key)
         return decisions
+
+    def decide_one(self, key: str, bucket: TokenBucket, cost: float, now: float | None = None) -> BucketDecision:
+        """:meth:`decide` for one bucket (what a limiter with one policy asks), without a take or a list."""
+        if now is None:
+            now = self.clock()
+        buckets = self._buckets
+        if buckets and buckets[next(iter(buckets))][2] <= now:  # (`_forget_idle`'s first test, inline)
+            self._forget_idle(now)
+        entry = buckets.get(key)
+        if entry is None:
+            decision = bucket.decide(None, 0.0, now, cost)
+        else:
+            decision = bucket.decide(entry[0], entry[1], now, cost)
+        if decision[0]:
+            tokens = decision[1]
+            buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
+            buckets.move_to_end(key)
+            if len(buckets) > self.max_buckets:
+                buckets.popitem(last=False)
+        elif entry is not None:
+            buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
+        return decision
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget up to two idle buckets (full again by `now`), least recently used first: O(1) a decision,
+        and faster than callers can create them, so memory follows live callers."""
+        buckets = self._buckets
+        for _ in range(2):
+            if not buckets:
+                return
+            oldest = next(iter(buckets))
+            if buckets[oldest][2] > now:
+                return
+            del buckets[oldest]
 
     async def take(self, takes: Sequence[BucketTake], *, now: float | None = None) -> list[BucketDecision]:
         return self.decide(takes, now)

@@ -183,7 +183,7 @@ class TracingMiddleware:
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
             await self._next(scope, receive, send)
             return
-        traced = self.tracing
+        traced = self._tracing()  # (`self.tracing`, without the property's frame)
         measured = self.metrics.active
         access_log = self.access_log if self.access_log is not None and self.access_log.enabled else None
         if not (traced or measured or access_log):

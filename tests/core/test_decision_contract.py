@@ -2,8 +2,9 @@
 
 (a) Every (component, outcome) that tracing's metrics, spans or access log treat specially is
 produced by some middleware: the producers are found by reading the package's source (every
-`record_decision(...)` and router `decide(...)` call), the special cases by asking the metrics
-themselves which decisions feed an instrument of their own.
+`record_decision(...)` and router `decide(...)` call, every decision built whole for `add_decision`:
+`Decision(Component.X, Outcome.Y, …)` or the tuple `(Component.X, Outcome.Y, …)`), the special cases
+by asking the metrics themselves which decisions feed an instrument of their own.
 
 (b) Every metric docs/observability.md documents is fed by real traffic through the real stack
 (auth → rate limit → cache → breaker around an SDK server, under uvicorn), read back from an
@@ -58,15 +59,27 @@ def _word(node: ast.expr, enum: str) -> str | None:
     return None
 
 
+def _named(node: ast.expr, enum: str) -> bool:
+    """`node` is `Component.X` / `Outcome.Y` written out (not a string that happens to be a word)."""
+    return isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == enum
+
+
 def produced() -> set[tuple[str, str]]:
     """Every (component, outcome) some module of the package records."""
     pairs: set[tuple[str, str]] = set()
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
         for node in ast.walk(ast.parse(path.read_text(), relative)):
+            if isinstance(node, ast.Tuple) and len(node.elts) == 3:  # a decision built whole, for `add_decision`
+                component, outcome = _word(node.elts[0], "Component"), _word(node.elts[1], "Outcome")
+                if component is not None and outcome is not None and _named(node.elts[0], "Component"):
+                    pairs.add((component, outcome))
+                continue
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
                 continue
-            if node.func.id == "record_decision" and len(node.args) >= 3:
+            if node.func.id == "Decision" and len(node.args) >= 2:  # `Decision(Component.X, Outcome.Y, …)`
+                component, outcome_node = _word(node.args[0], "Component"), node.args[1]
+            elif node.func.id == "record_decision" and len(node.args) >= 3:
                 component = _word(node.args[1], "Component")
                 outcome_node = node.args[2]
             elif node.func.id == "decide" and len(node.args) >= 2:  # the router's aggregate and bridge

@@ -220,15 +220,16 @@ routing_values = st.one_of(
 def test_fast_path_accepts_only_what_the_sdk_accepts(
     message: dict[str, Any], meta: dict[str, Any], name: Any, version: Any, method: Any, header_name: Any
 ) -> None:
-    """The core's shortcut for well-formed modern requests never lets through what the SDK's ladder refuses."""
+    """The core's shortcut for well-formed modern requests never lets through what the SDK's ladder refuses:
+    a request the parser calls verified is one the SDK routes."""
     from mcp.shared.inbound import InboundModernRoute, classify_inbound_request
 
-    from mcp_middleware.core.parsing import _agrees
-
-    message = {**message, "method": message.get("method") if isinstance(message.get("method"), str) else "tools/call"}
+    method_name = message.get("method") if isinstance(message.get("method"), str) else "tools/call"
+    message = {**message, "jsonrpc": "2.0", "id": 1, "method": method_name}
     message["params"] = {"name": name, "uri": name, "_meta": meta}
     raw = [(b"mcp-protocol-version", version), (b"mcp-method", method), (b"mcp-name", header_name)]
     headers = RequestHeaders([(k, v.encode()) for k, v in raw if v is not None])
     routing = {k.decode(): v for k, v in raw if v is not None}
-    if _agrees(message["params"], message["method"], headers):
+    parsed = parse_post(b"", headers, 0.0, _decoded=message)
+    if isinstance(parsed, McpRequest) and parsed.headers_verified:
         assert isinstance(classify_inbound_request(message, headers=routing), InboundModernRoute)
