@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -189,10 +191,40 @@ class Served:
         return len(asyncio.all_tasks(self.loop))
 
 
+_PORT_BAND = 4000
+"""Ports each pytest process hands out, in a band of its own below the kernel's ephemeral range."""
+
+
+def _port_band() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = 10_000 + (int(worker) % 5 if worker.isdigit() else 0) * _PORT_BAND
+    return range(start, start + _PORT_BAND)
+
+
+_ports = itertools.cycle(_port_band())
+_ports_lock = threading.Lock()
+for _ in range(random.randrange(_PORT_BAND)):  # a new run does not start where the last one ended
+    next(_ports)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, from this test process's own band, in turn.
+
+    Not the kernel's choice (`bind(0)`): that comes from the ephemeral range every process shares, so a
+    port one xdist worker's test just released could be handed to another worker's test, whose server
+    would then receive what a client or pool of the first test still sent there (a request of another
+    test recorded as this one's). Each worker has its own band, and goes round it before reusing a port.
+    """
+    with _ports_lock:
+        for _ in range(_PORT_BAND):
+            port = next(_ports)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:  # in use, or still closing: the next one
+                    continue
+                return port
+    raise RuntimeError(f"no free loopback port in {_port_band()}")
 
 
 class _LoopProbe:
