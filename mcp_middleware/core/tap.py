@@ -28,6 +28,7 @@ TAP_SCOPE_KEY = "mcp_middleware.tap"
 
 _JSON, _SSE, _NONE = 1, 2, 0
 _MAX_CANDIDATES = 4
+_NOTHING: tuple[None, None] = (None, None)
 """SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
 
 
@@ -190,13 +191,11 @@ class ResponseTap:
         "__weakref__",
         "_candidates",
         "_ended",
-        "_error",
+        "_found",
         "_hold",
         "_json_size",
         "_mode",
-        "_parsed",
         "_request",
-        "_result",
         "_send",
         "_sse",
         "bytes",
@@ -221,9 +220,8 @@ class ResponseTap:
         self._json_size = 0
         self._sse: SseParser | None = None
         self._ended: float | None = None
-        self._parsed = False
-        self._result: dict[str, Any] | None = None
-        self._error: dict[str, Any] | None = None
+        self._found: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
+        """`(result, error)` once the response was looked for (`None` before: see :meth:`_parse`)."""
         self._hold: ErrorHold | None = None
 
     @classmethod
@@ -308,13 +306,16 @@ class ResponseTap:
 
     def _on_start(self, message: Message) -> None:
         self.status = message["status"]
-        content_type = None
+        # One C-level pass over the headers (the last Content-Type wins, as the loop below finds it);
+        # an encoded body is rare, and judged by the loop (every Content-Encoding counts).
+        headers = message.get("headers", ())
+        named = dict(headers)
+        content_type = named.get(b"content-type")
         encoded = False
-        for key, value in message.get("headers", ()):
-            if key == b"content-type":
-                content_type = value
-            elif key == b"content-encoding" and value.strip().lower() != b"identity":
-                encoded = True
+        if b"content-encoding" in named:
+            for key, value in headers:
+                if key == b"content-encoding" and value.strip().lower() != b"identity":
+                    encoded = True
         if content_type is not None:
             if content_type in (JSON, EVENT_STREAM):  # the usual, as is
                 self.content_type = content_type.decode("latin-1")
@@ -348,52 +349,67 @@ class ResponseTap:
         if sse.truncated:
             self.truncated = True
 
-    def _parse(self) -> None:
-        """Find the JSON-RPC response among what was kept (once, on first demand)."""
-        if self._parsed or not self.complete:
-            return
-        self._parsed = True
+    def _parse(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """`(result, error)` of the JSON-RPC response among what was kept (looked for once, on first
+        demand after the response ended; `(None, None)` before)."""
+        found = self._found
+        if found is not None:
+            return found
+        if not self.complete:
+            return _NOTHING
         candidates = self._candidates
-        if self._mode is _JSON:
-            candidates = [b"".join(candidates)] if candidates else []
         self._candidates = []
-        for data in reversed(candidates):
-            if self._take(data):
-                return
+        found = _NOTHING
+        if self._mode is _JSON:
+            if candidates:
+                found = self._take(candidates[0] if len(candidates) == 1 else b"".join(candidates)) or _NOTHING
+        else:
+            for data in reversed(candidates):
+                taken = self._take(data)
+                if taken is not None:
+                    found = taken
+                    break
+        self._found = found
+        return found
 
-    def _take(self, data: bytes) -> bool:
-        """Record `data` if it is the JSON-RPC response to this request."""
+    def _take(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
+        """`(result, None)` or `(None, error)` if `data` is the JSON-RPC response to this request, else `None`."""
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return False
-        if not isinstance(message, dict) or "method" in message:
-            return False
-        result, error, rid = message.get("result"), message.get("error"), message.get("id")
+            return None
+        if type(message) is not dict or "method" in message:  # (orjson makes plain dicts)
+            return None
+        rid = message.get("id")
+        result = message.get("result")
         if isinstance(result, dict) and rid == self._request.id:
-            self._result = result
-        elif isinstance(error, dict) and (rid == self._request.id or rid is None):
+            return result, None
+        error = message.get("error")
+        if isinstance(error, dict) and (rid == self._request.id or rid is None):
             # An error with a null id answers this request too (the peer could not read its id).
-            self._error = error
-        else:
-            return False
-        return True
+            return None, error
+        return None
 
     @property
     def result(self) -> dict[str, Any] | None:
         """The JSON-RPC `result` of the response, once it has ended."""
-        self._parse()
-        return self._result
+        return self._parse()[0]
 
     @property
     def error(self) -> dict[str, Any] | None:
         """The JSON-RPC `error` of the response, once it has ended."""
-        self._parse()
-        return self._error
+        return self._parse()[1]
+
+    def found(self) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, float]:
+        """`(status, result, error, duration)` of :meth:`outcome` without building it (for a caller on every
+        request that needs no more of it)."""
+        result, error = self._parse()
+        end = self._ended if self._ended is not None else time.perf_counter()
+        return self.status, result, error, end - self._request.started
 
     def outcome(self) -> ResponseOutcome:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
-        self._parse()
+        result, error = self._parse()
         end = self._ended if self._ended is not None else time.perf_counter()
         # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
         outcome: ResponseOutcome = tuple.__new__(
@@ -404,8 +420,8 @@ class ResponseTap:
                 self.bytes,
                 end - self._request.started,
                 self.complete,
-                self._result,
-                self._error,
+                result,
+                error,
                 self.truncated,
             ),
         )

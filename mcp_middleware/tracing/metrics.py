@@ -87,6 +87,7 @@ _COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
 _LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
 _CALLS: Final = frozenset({"tools/call", "prompts/get"})
 _MAX_SETS: Final = 4096
+_UNKNOWN_NAME: Final = (None, OTHER)
 """Most pre-built attribute sets kept per instrument (each label is bounded; this bounds their product)."""
 _OPERATION_LABELS: Final = (
     MCP_METHOD_NAME,
@@ -202,6 +203,8 @@ class McpMetrics:
         # SDK's per-measurement cleaning and hashing (`PreboundSet`). At most `_MAX_SETS` of each kept.
         self._operation_sets: dict[tuple[str | None, ...], PreboundSet] = {}
         self._http_sets: dict[tuple[object, ...], PreboundSet] = {}
+        self._operation_memo: dict[tuple[Any, ...], PreboundSet] = {}
+        """`record_operation`'s raw values → their set, skipping the labelling (see `_operation_set`)."""
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -294,30 +297,60 @@ class McpMetrics:
         method = request.method
         if method is None:
             return  # GET streams, DELETE, client responses: not MCP operations
+        value = duration if duration > 0.0 else 0.0
+        raw = (method, request.protocol_version, request.name, error_type, error_code, server)
+        bound = self._operation_memo.get(raw)
+        if bound is None:
+            bound = self._operation_set(raw)
+            if bound is None:  # no room to keep a binding: the SDK's own path
+                self.duration.record(value, _operation_attributes(self._operation_key(raw)))
+                return
+        bound.record(value)
+
+    def _operation_key(self, raw: tuple[Any, ...]) -> tuple[str | None, ...]:
+        """The label values of `raw` (the request's method, version and name, the error, the server)."""
+        method, version, name, error_type, error_code, server = raw
         method = known_method(method)
         tool = prompt = None
-        if method == "tools/call":
-            if (name := request.name) is not None:
+        if name is not None:  # (a request has a name for `tools/call` and `prompts/get` only)
+            if method == "tools/call":
                 tool = self.names.label(name)
-        elif method == "prompts/get" and (name := request.name) is not None:
-            prompt = self.names.label(name)
-        key = (
+            elif method == "prompts/get":
+                prompt = self.names.label(name)
+        return (
             method,
-            known_version(request.protocol_version),
+            known_version(version),
             tool,
             prompt,
             None if error_type is None else self._errors(error_type),
             None if error_code is None else self._errors(str(error_code)),
             None if server is None else self._servers(server),
         )
-        value = duration if duration > 0.0 else 0.0
+
+    def _operation_set(self, raw: tuple[Any, ...]) -> PreboundSet | None:
+        """The attribute set for `raw`, remembered by its raw values when their labels cannot change.
+
+        Every label of a value seen is final (the bounded sets never evict), but for a tool or prompt
+        name that is not known yet: it becomes its own label once known, so it is not remembered.
+        Only known methods and versions are remembered (the raw values are the client's, of any size),
+        so the memo is as bounded as the sets are; it is emptied if it ever reaches `_MAX_SETS`.
+        """
+        key = self._operation_key(raw)
         bound = self._operation_sets.get(key)
         if bound is None:
-            if len(self._operation_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
-                self.duration.record(value, _operation_attributes(key))
-                return
+            if len(self._operation_sets) >= _MAX_SETS:
+                return None
             bound = self._operation_sets[key] = PreboundSet(self.duration, _operation_attributes(key))
-        bound.record(value)
+        if (
+            key[0] is raw[0]  # a known method and version: a client's text (of any size) is no key kept
+            and key[1] is raw[1]
+            and (raw[2] is None or key[2] not in _UNKNOWN_NAME or key[3] not in _UNKNOWN_NAME)
+        ):
+            memo = self._operation_memo
+            if len(memo) >= _MAX_SETS:
+                memo.clear()
+            memo[raw] = bound
+        return bound
 
     def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
         """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
