@@ -385,13 +385,12 @@ class McpMetrics:
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
-        component, outcome, details = decision
-        key = (component, outcome)
-        totals = self.decisions.totals
-        if key in totals:  # `Tally.count`'s common case inline: this runs for every decision of every request
-            totals[key] += 1
-        else:
+        key = decision[:2]  # (component, outcome): a plain tuple
+        try:  # `Tally.count`'s common case inline: this runs for every decision of every request
+            self.decisions.totals[key] += 1
+        except KeyError:
             self.decisions.count(key)
+        component, outcome, details = decision
         if outcome not in _COUNTED_APART:
             return  # most decisions (allow, success, bypass, …) feed the decisions counter only
         # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the
