@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 import threading
-from operator import itemgetter
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import Scope
