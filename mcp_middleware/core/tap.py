@@ -21,6 +21,7 @@ from starlette.types import Message, Scope, Send
 from .error_answers import ErrorHold
 from .protocol import DEFAULT_MAX_BODY_SIZE, EVENT_STREAM, JSON, media_type
 from .request import McpRequest, RequestKind
+from .sse import SseParser
 
 __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
 
@@ -28,6 +29,7 @@ TAP_SCOPE_KEY = "mcp_middleware.tap"
 
 _JSON, _SSE, _NONE = 1, 2, 0
 _MAX_CANDIDATES = 4
+_NOTHING: tuple[None, None] = (None, None)
 """SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
 
 
@@ -69,109 +71,6 @@ class ResponseOutcome(NamedTuple):
         )
 
 
-class SseParser:
-    """Incremental `text/event-stream` parser (WHATWG rules) with a size bound.
-
-    Accepts CRLF, LF or CR line endings split anywhere across chunks, ignores
-    comments and unknown fields, and concatenates `data:` lines. A line or an
-    event longer than `max_bytes` is dropped and `truncated` is set. A line that
-    arrives in many chunks is joined once, when its end arrives; complete lines
-    are split by `bytes.splitlines` (which breaks at exactly CRLF, LF and CR).
-    """
-
-    __slots__ = (
-        "_after_cr",
-        "_data",
-        "_event",
-        "_max",
-        "_pending",
-        "_pending_size",
-        "_size",
-        "_skip_event",
-        "_skip_line",
-        "truncated",
-    )
-
-    def __init__(self, max_bytes: int) -> None:
-        self._max = max_bytes
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._after_cr = False
-        self._data: list[bytes] = []
-        self._size = 0
-        self._event = b""
-        self._skip_line = False
-        self._skip_event = False
-        self.truncated = False
-
-    def feed(self, chunk: bytes, *, final: bool = False) -> list[tuple[str, bytes]]:
-        """Add bytes; return the `(event type, data)` of every event completed by them.
-
-        At the end of the stream (`final`), an unterminated line and an event without
-        its blank line are discarded, as the WHATWG rules say.
-        """
-        events: list[tuple[str, bytes]] = []
-        if self._after_cr:
-            self._after_cr = False
-            if chunk[:1] == b"\n":  # the second half of a CRLF split across chunks
-                chunk = chunk[1:]
-        last = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
-        if last == -1:
-            if not final:
-                self._hold(chunk)  # the middle of a (long) line
-            return events
-        head = chunk[: last + 1]
-        if self._pending:
-            head = b"".join((*self._pending, head))
-            self._pending, self._pending_size = [], 0
-        self._after_cr = last == len(chunk) - 1 and chunk[last] == 13
-        if not final and last + 1 < len(chunk):
-            self._hold(chunk[last + 1 :])
-        self._lines(head.splitlines(), events)
-        return events
-
-    def _hold(self, part: bytes) -> None:
-        if self._skip_line:
-            return
-        self._pending_size += len(part)
-        if self._pending_size > self._max:
-            self._pending, self._pending_size = [], 0
-            self._skip_line = self._skip_event = self.truncated = True
-        else:
-            self._pending.append(part)
-
-    def _lines(self, lines: list[bytes], events: list[tuple[str, bytes]]) -> None:
-        # One loop with local state: this runs for every line of every streamed response.
-        if self._skip_line:
-            self._skip_line = False
-            lines = lines[1:]  # the rest of a line that was too long
-        data, size, event, skip, limit = self._data, self._size, self._event, self._skip_event, self._max
-        for line in lines:
-            if not line:
-                if data and not skip:
-                    events.append((event.decode("utf-8", "replace") or "message", b"\n".join(data)))
-                data, size, event, skip = [], 0, b"", False
-            elif line[0] == 58:  # ":" comment (pings)
-                continue
-            elif line[:5] == b"data:":
-                value = line[6:] if line[5:6] == b" " else line[5:]
-                size += len(value) + 1
-                if size > limit:
-                    skip = self.truncated = True
-                    data = []
-                elif not skip:
-                    data.append(value)
-            elif line == b"data":
-                size += 1
-                if not skip:
-                    data.append(b"")
-            elif line[:6] == b"event:":
-                event = line[7:] if line[6:7] == b" " else line[6:]
-            elif line == b"event":
-                event = b""
-        self._data, self._size, self._event, self._skip_event = data, size, event, skip
-
-
 class ResponseTap:
     """Observes the response to one request; see :meth:`attach`.
 
@@ -190,13 +89,11 @@ class ResponseTap:
         "__weakref__",
         "_candidates",
         "_ended",
-        "_error",
+        "_found",
         "_hold",
         "_json_size",
         "_mode",
-        "_parsed",
         "_request",
-        "_result",
         "_send",
         "_sse",
         "bytes",
@@ -221,9 +118,8 @@ class ResponseTap:
         self._json_size = 0
         self._sse: SseParser | None = None
         self._ended: float | None = None
-        self._parsed = False
-        self._result: dict[str, Any] | None = None
-        self._error: dict[str, Any] | None = None
+        self._found: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
+        """`(result, error)` once the response was looked for (`None` before: see :meth:`_parse`)."""
         self._hold: ErrorHold | None = None
 
     @classmethod
@@ -308,13 +204,16 @@ class ResponseTap:
 
     def _on_start(self, message: Message) -> None:
         self.status = message["status"]
-        content_type = None
+        # One C-level pass over the headers (the last Content-Type wins, as the loop below finds it);
+        # an encoded body is rare, and judged by the loop (every Content-Encoding counts).
+        headers = message.get("headers", ())
+        named = dict(headers)
+        content_type = named.get(b"content-type")
         encoded = False
-        for key, value in message.get("headers", ()):
-            if key == b"content-type":
-                content_type = value
-            elif key == b"content-encoding" and value.strip().lower() != b"identity":
-                encoded = True
+        if b"content-encoding" in named:
+            for key, value in headers:
+                if key == b"content-encoding" and value.strip().lower() != b"identity":
+                    encoded = True
         if content_type is not None:
             if content_type in (JSON, EVENT_STREAM):  # the usual, as is
                 self.content_type = content_type.decode("latin-1")
@@ -348,52 +247,67 @@ class ResponseTap:
         if sse.truncated:
             self.truncated = True
 
-    def _parse(self) -> None:
-        """Find the JSON-RPC response among what was kept (once, on first demand)."""
-        if self._parsed or not self.complete:
-            return
-        self._parsed = True
+    def _parse(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """`(result, error)` of the JSON-RPC response among what was kept (looked for once, on first
+        demand after the response ended; `(None, None)` before)."""
+        found = self._found
+        if found is not None:
+            return found
+        if not self.complete:
+            return _NOTHING
         candidates = self._candidates
-        if self._mode is _JSON:
-            candidates = [b"".join(candidates)] if candidates else []
         self._candidates = []
-        for data in reversed(candidates):
-            if self._take(data):
-                return
+        found = _NOTHING
+        if self._mode is _JSON:
+            if candidates:
+                found = self._take(candidates[0] if len(candidates) == 1 else b"".join(candidates)) or _NOTHING
+        else:
+            for data in reversed(candidates):
+                taken = self._take(data)
+                if taken is not None:
+                    found = taken
+                    break
+        self._found = found
+        return found
 
-    def _take(self, data: bytes) -> bool:
-        """Record `data` if it is the JSON-RPC response to this request."""
+    def _take(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
+        """`(result, None)` or `(None, error)` if `data` is the JSON-RPC response to this request, else `None`."""
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return False
-        if not isinstance(message, dict) or "method" in message:
-            return False
-        result, error, rid = message.get("result"), message.get("error"), message.get("id")
+            return None
+        if type(message) is not dict or "method" in message:  # (orjson makes plain dicts)
+            return None
+        rid = message.get("id")
+        result = message.get("result")
         if isinstance(result, dict) and rid == self._request.id:
-            self._result = result
-        elif isinstance(error, dict) and (rid == self._request.id or rid is None):
+            return result, None
+        error = message.get("error")
+        if isinstance(error, dict) and (rid == self._request.id or rid is None):
             # An error with a null id answers this request too (the peer could not read its id).
-            self._error = error
-        else:
-            return False
-        return True
+            return None, error
+        return None
 
     @property
     def result(self) -> dict[str, Any] | None:
         """The JSON-RPC `result` of the response, once it has ended."""
-        self._parse()
-        return self._result
+        return self._parse()[0]
 
     @property
     def error(self) -> dict[str, Any] | None:
         """The JSON-RPC `error` of the response, once it has ended."""
-        self._parse()
-        return self._error
+        return self._parse()[1]
+
+    def found(self) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, float]:
+        """`(status, result, error, duration)` of :meth:`outcome` without building it (for a caller on every
+        request that needs no more of it)."""
+        result, error = self._parse()
+        end = self._ended if self._ended is not None else time.perf_counter()
+        return self.status, result, error, end - self._request.started
 
     def outcome(self) -> ResponseOutcome:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
-        self._parse()
+        result, error = self._parse()
         end = self._ended if self._ended is not None else time.perf_counter()
         # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
         outcome: ResponseOutcome = tuple.__new__(
@@ -404,8 +318,8 @@ class ResponseTap:
                 self.bytes,
                 end - self._request.started,
                 self.complete,
-                self._result,
-                self._error,
+                result,
+                error,
                 self.truncated,
             ),
         )

@@ -31,6 +31,7 @@ import os
 import threading
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Final
 
 from starlette.types import Scope
@@ -174,6 +175,9 @@ def _exporting_provider(resource: Resource, protocol: str, endpoint: str) -> Tra
     return provider
 
 
+_OUTCOME: Final = itemgetter(1)  # a decision's outcome
+
+
 def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | None]:
     """The `server_name` hook of the gateway's `TracingMiddleware`: which configured server a request reached.
 
@@ -185,10 +189,12 @@ def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | 
     mount_prefix = prefix.rstrip("/") + "/"
 
     def label(scope: Scope) -> str | None:
-        for component, outcome, attributes in reversed(scope.get(DECISIONS_SCOPE_KEY) or ()):  # the list, uncopied
-            if outcome == "routed" and component == "router":
-                server = attributes.get("server")
-                return server if isinstance(server, str) and server in known else None
+        decisions = scope.get(DECISIONS_SCOPE_KEY) or ()
+        if "routed" in map(_OUTCOME, decisions):  # a C-level look first: a path mount's request has no `routed`
+            for component, outcome, attributes in reversed(decisions):  # the list, uncopied
+                if outcome == "routed" and component == "router":
+                    server = attributes.get("server")
+                    return server if isinstance(server, str) and server in known else None
         path: str = scope["path"]
         if path.startswith(mount_prefix):
             name = path[len(mount_prefix) :].rstrip("/")

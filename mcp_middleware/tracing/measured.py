@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from mcp_middleware.core import ANSWERED, CoreConfig, ResponseTap, observe_decisions, read_request
 
 from .metrics import McpMetrics
-from .semconv import TOOL_ERROR, outcome_error
+from .semconv import TOOL_ERROR, response_error
 
 __all__ = ["measure"]
 
@@ -56,12 +56,12 @@ async def measure(
         raise
     finally:
         del scope[marker]
-        outcome = tap.outcome()
-        error_type, error_code, _ = outcome_error(outcome)
-        if outcome.result is not None:  # a result is never an error: `tool_error` is `isError`
-            metrics.names.learn(request, outcome.result, error_type == TOOL_ERROR)
+        status, result, error, duration = tap.found()  # what `tap.outcome()` would say, without building it
+        error_type, error_code = response_error(status, result, error)
+        if result is not None:  # a result is never an error: `tool_error` is `isError`
+            metrics.names.learn(request, result, error_type == TOOL_ERROR)
         if error_type is None:
             error_type = exception
         metrics.record_operation(
-            request, outcome.duration, error_type, error_code, server_name(scope) if server_name is not None else None
+            request, duration, error_type, error_code, server_name(scope) if server_name is not None else None
         )

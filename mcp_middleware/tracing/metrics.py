@@ -50,9 +50,9 @@ from mcp_middleware.core import (
     Outcome,
     known_method,
     known_version,
-    portable_name,
 )
 
+from .known_names import KnownNames
 from .prebound import PreboundSet
 from .providers import ProviderWatch
 from .semconv import (
@@ -84,9 +84,8 @@ _AUTH, _RATELIMIT, _BREAKER, _CACHE = Component.AUTH, Component.RATELIMIT, Compo
 _DENY, _OPEN, _EVICT = Outcome.DENY, Outcome.OPEN, Outcome.EVICT
 _COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
 """The outcomes some component counts in an instrument of its own, besides `mcp.middleware.decisions`."""
-_LISTS: Final = {"tools/list": "tools", "prompts/list": "prompts"}
-_CALLS: Final = frozenset({"tools/call", "prompts/get"})
 _MAX_SETS: Final = 4096
+_UNKNOWN_NAME: Final = (None, OTHER)
 """Most pre-built attribute sets kept per instrument (each label is bounded; this bounds their product)."""
 _OPERATION_LABELS: Final = (
     MCP_METHOD_NAME,
@@ -116,60 +115,6 @@ def _operation_attributes(key: tuple[str | None, ...]) -> AttributeMap:
     if key[0] == "tools/call":
         attributes[GEN_AI_OPERATION_NAME] = "execute_tool"
     return attributes
-
-
-class KnownNames:
-    """The tool and prompt names the server itself vouched for: the ones a label may carry.
-
-    A name becomes known when a `tools/list` or `prompts/list` result lists it, or when a call
-    with it is answered with a result that is not a tool error (the SDK answers an unknown tool
-    with an `isError` result, so that does not count). A refused call (401, 429, an unknown
-    name) teaches nothing, so anonymous traffic cannot make names known. Only short portable
-    names (`[A-Za-z0-9_.-]{1,64}`) are kept, at most `limit` of them, never evicted.
-
-    Span names are less strict (they are not series): :meth:`for_span` also admits the first
-    `limit` distinct portable names it is asked about, known or not.
-    """
-
-    __slots__ = ("_known", "_seen")
-
-    def __init__(self, limit: int) -> None:
-        self._known = BoundedValues(limit)
-        self._seen = BoundedValues(limit)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._known
-
-    def __len__(self) -> int:
-        return len(self._known)
-
-    def label(self, name: str) -> str:
-        """`name` if it is known, else `_OTHER`."""
-        return name if name in self._known else _OTHER
-
-    def for_span(self, name: str) -> bool:
-        """Whether a span may be named after `name`."""
-        return name in self._known or (portable_name(name) and self._seen(name) is name)
-
-    def learn(self, request: McpRequest, result: Mapping[str, Any] | None, tool_error: bool = False) -> None:
-        """Learn from the result (`None` when there was none) the server gave to `request`."""
-        if result is None or self._known.full:
-            return
-        method = request.method
-        if method in _CALLS:
-            name = request.name
-            if name is not None and not tool_error and name not in self._known and portable_name(name):
-                self._known(name)
-            return
-        key = _LISTS.get(method or "")
-        items = result.get(key) if key is not None else None
-        if type(items) is not list:
-            return
-        known = self._known
-        for item in items:
-            name = item.get("name") if type(item) is dict else None
-            if type(name) is str and name not in known and portable_name(name) and known(name) is _OTHER:
-                return  # full
 
 
 _STAND_INS: Final = (NoOpMeterProvider, _UNSET_METER_PROVIDER)
@@ -202,6 +147,8 @@ class McpMetrics:
         # SDK's per-measurement cleaning and hashing (`PreboundSet`). At most `_MAX_SETS` of each kept.
         self._operation_sets: dict[tuple[str | None, ...], PreboundSet] = {}
         self._http_sets: dict[tuple[object, ...], PreboundSet] = {}
+        self._operation_memo: dict[tuple[Any, ...], PreboundSet] = {}
+        """`record_operation`'s raw values → their set, skipping the labelling (see `_operation_set`)."""
         self.duration = meter.create_histogram(
             OPERATION_DURATION,
             unit="s",
@@ -294,30 +241,60 @@ class McpMetrics:
         method = request.method
         if method is None:
             return  # GET streams, DELETE, client responses: not MCP operations
+        value = duration if duration > 0.0 else 0.0
+        raw = (method, request.protocol_version, request.name, error_type, error_code, server)
+        bound = self._operation_memo.get(raw)
+        if bound is None:
+            bound = self._operation_set(raw)
+            if bound is None:  # no room to keep a binding: the SDK's own path
+                self.duration.record(value, _operation_attributes(self._operation_key(raw)))
+                return
+        bound.record(value)
+
+    def _operation_key(self, raw: tuple[Any, ...]) -> tuple[str | None, ...]:
+        """The label values of `raw` (the request's method, version and name, the error, the server)."""
+        method, version, name, error_type, error_code, server = raw
         method = known_method(method)
         tool = prompt = None
-        if method == "tools/call":
-            if (name := request.name) is not None:
+        if name is not None:  # (a request has a name for `tools/call` and `prompts/get` only)
+            if method == "tools/call":
                 tool = self.names.label(name)
-        elif method == "prompts/get" and (name := request.name) is not None:
-            prompt = self.names.label(name)
-        key = (
+            elif method == "prompts/get":
+                prompt = self.names.label(name)
+        return (
             method,
-            known_version(request.protocol_version),
+            known_version(version),
             tool,
             prompt,
             None if error_type is None else self._errors(error_type),
             None if error_code is None else self._errors(str(error_code)),
             None if server is None else self._servers(server),
         )
-        value = duration if duration > 0.0 else 0.0
+
+    def _operation_set(self, raw: tuple[Any, ...]) -> PreboundSet | None:
+        """The attribute set for `raw`, remembered by its raw values when their labels cannot change.
+
+        Every label of a value seen is final (the bounded sets never evict), but for a tool or prompt
+        name that is not known yet: it becomes its own label once known, so it is not remembered.
+        Only known methods and versions are remembered (the raw values are the client's, of any size),
+        so the memo is as bounded as the sets are; it is emptied if it ever reaches `_MAX_SETS`.
+        """
+        key = self._operation_key(raw)
         bound = self._operation_sets.get(key)
         if bound is None:
-            if len(self._operation_sets) >= _MAX_SETS:  # no room to keep a binding: the SDK's own path
-                self.duration.record(value, _operation_attributes(key))
-                return
+            if len(self._operation_sets) >= _MAX_SETS:
+                return None
             bound = self._operation_sets[key] = PreboundSet(self.duration, _operation_attributes(key))
-        bound.record(value)
+        if (
+            key[0] is raw[0]  # a known method and version: a client's text (of any size) is no key kept
+            and key[1] is raw[1]
+            and (raw[2] is None or key[2] not in _UNKNOWN_NAME or key[3] not in _UNKNOWN_NAME)
+        ):
+            memo = self._operation_memo
+            if len(memo) >= _MAX_SETS:
+                memo.clear()
+            memo[raw] = bound
+        return bound
 
     def record_http(self, scope: Mapping[str, Any], status: int | None, duration: float, server: str | None) -> None:
         """Record `http.server.request.duration` (stable conventions; `http_metrics=True` only).
@@ -352,13 +329,12 @@ class McpMetrics:
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
-        component, outcome, details = decision
-        key = (component, outcome)
-        totals = self.decisions.totals
-        if key in totals:  # `Tally.count`'s common case inline: this runs for every decision of every request
-            totals[key] += 1
-        else:
+        key = decision[:2]  # (component, outcome): a plain tuple
+        try:  # `Tally.count`'s common case inline: this runs for every decision of every request
+            self.decisions.totals[key] += 1
+        except KeyError:
             self.decisions.count(key)
+        component, outcome, details = decision
         if outcome not in _COUNTED_APART:
             return  # most decisions (allow, success, bypass, …) feed the decisions counter only
         # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the

@@ -40,6 +40,7 @@ __all__ = [
     "AttributeMap",
     "outcome_error",
     "request_attributes",
+    "response_error",
     "span_name",
 ]
 
@@ -112,14 +113,25 @@ def outcome_error(outcome: ResponseOutcome) -> tuple[str | None, int | None, str
     an HTTP error status with no JSON-RPC body gives the status (`"503"`).
     """
     error: Mapping[str, object] | None = outcome.error
+    error_type, code = response_error(outcome.status, outcome.result, error)
     if error is not None:
-        code = outcome.error_code
         message = error.get("message")
         text = clip(message) if isinstance(message, str) else None  # the server's words, often echoing the client's
-        return (str(code) if code is not None else "_OTHER"), code, text
-    if outcome.is_tool_error:
-        return TOOL_ERROR, None, None
-    status = outcome.status
+        return error_type, code, text
+    return error_type, code, None
+
+
+def response_error(
+    status: int | None, result: Mapping[str, object] | None, error: Mapping[str, object] | None
+) -> tuple[str | None, int | None]:
+    """`(error.type, JSON-RPC error code)` of a response's status, `result` and `error` (see :func:`outcome_error`)."""
+    if error is not None:
+        code = error.get("code")
+        if isinstance(code, int):
+            return str(code), code
+        return "_OTHER", None
+    if result is not None and result.get("isError") is True:
+        return TOOL_ERROR, None
     if status is not None and status >= 400:
-        return str(status), None, None
-    return None, None, None
+        return str(status), None
+    return None, None

@@ -8,10 +8,13 @@ app, its session manager), warms it up, then for a few requests:
   (`sys.settrace` with opcode events), per function and per package, a request;
 - `garbage`: counts the objects the cyclic collector frees a request (collections disabled while
   the requests run, then one `gc.collect()`), and the objects allocated a request that outlive it
-  (`gc.get_objects()` before and after).
+  (`gc.get_objects()` before and after);
+- `memory`: the bytes a request holds at its peak above what was alive before it (`tracemalloc`,
+  the median over the requests): the working set a request adds, which instruction counts do not see.
 
     python -m tests.benchmarks.profile_requests bytecodes gateway --top 40
     python -m tests.benchmarks.profile_requests garbage bare,full_stack,gateway
+    python -m tests.benchmarks.profile_requests memory bare,full_stack,gateway
 
 Compare two apps by running both: the difference is the second one's own share.
 """
@@ -22,7 +25,9 @@ import argparse
 import asyncio
 import gc
 import logging
+import statistics
 import sys
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 from types import FrameType
@@ -117,9 +122,35 @@ def garbage(app_name: str, *, warm: int = 50, measured: int = 200) -> tuple[floa
     return box[0]
 
 
+def memory(app_name: str, *, warm: int = 50, measured: int = 200) -> tuple[float, float]:
+    """(median peak bytes above the start of a request, median bytes still traced after it) a request."""
+    box: list[tuple[float, float]] = []
+
+    async def body(one: Request) -> None:
+        for i in range(warm):
+            await one(100_000 + i)
+        peaks: list[int] = []
+        kept: list[int] = []
+        tracemalloc.start()
+        try:
+            for i in range(measured):
+                before, _ = tracemalloc.get_traced_memory()
+                tracemalloc.reset_peak()
+                await one(200_000 + i)
+                after, peak = tracemalloc.get_traced_memory()
+                peaks.append(peak - before)
+                kept.append(after - before)
+        finally:
+            tracemalloc.stop()
+        box.append((statistics.median(peaks), statistics.median(kept)))
+
+    asyncio.run(serve_requests(app_name, body))
+    return box[0]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.profile_requests")
-    parser.add_argument("what", choices=("bytecodes", "garbage"))
+    parser.add_argument("what", choices=("bytecodes", "garbage", "memory"))
     parser.add_argument("apps", help="comma-separated app names of tests.benchmarks.apps")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--measured", type=int)
@@ -128,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     for app_name in args.apps.split(","):
         if args.what == "bytecodes":
             bytecodes(app_name, top=args.top, measured=args.measured or 20)
+        elif args.what == "memory":
+            peak, left = memory(app_name, measured=args.measured or 200)
+            print(f"{app_name}: {peak:,.0f} bytes at a request's peak above its start, {left:+,.0f} left after it")
         else:
             freed, kept = garbage(app_name, measured=args.measured or 200)
             print(f"{app_name}: {freed:,.1f} objects freed by the collector a request, {kept:+,.2f} kept")

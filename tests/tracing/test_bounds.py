@@ -138,3 +138,46 @@ async def test_a_hostile_host_header_is_no_label_of_the_http_metrics(serve: Any,
     hosts = {str((p.attributes or {}).get("server.address")) for p in points}
     assert hosts == {"attacker-0.example", "attacker-1.example", "attacker-2.example", "_OTHER"}
     assert sum(p.count for p in points) == 12
+
+
+def test_the_operation_memo_keeps_no_client_text_and_forgets_no_name_learned_later() -> None:
+    """`record_operation` remembers the set for raw request values only when they are known values: a
+    flood of huge versions or methods keeps nothing of theirs (each would pin its text in memory), and a
+    tool first recorded as `_OTHER` gets its own label once the server lists it."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from mcp_middleware.core import Era, McpRequest, RequestKind
+    from mcp_middleware.tracing import McpMetrics
+
+    reader = InMemoryMetricReader()
+    recorder = McpMetrics(MeterProvider(metric_readers=[reader]))
+
+    def request(method: str, version: str, name: str | None = None) -> McpRequest:
+        params = {"name": name} if name is not None else None
+        return McpRequest(RequestKind.REQUEST, Era.MODERN, version, method=method, id=1, params=params)
+
+    for index in range(50):
+        recorder.record_operation(request("tools/list", f"{HUGE}{index}"), 0.001, None, None)
+        recorder.record_operation(request(f"{HUGE}{index}", "2026-07-28"), 0.001, None, None)
+    assert recorder._operation_memo == {}  # (private: what it holds is the point)
+    for _ in range(3):
+        recorder.record_operation(request("tools/call", "2026-07-28", "search"), 0.001, None, None)
+    recorder.names.learn(request("tools/list", "2026-07-28"), {"tools": [{"name": "search"}]})
+    recorder.record_operation(request("tools/call", "2026-07-28", "search"), 0.001, None, None)
+    recorder.record_operation(request("tools/call", "2026-07-28", "search"), 0.001, None, None)
+    assert len(recorder._operation_memo) == 1
+
+    data = reader.get_metrics_data()
+    assert data is not None
+    counts: dict[tuple[object, object, object], int] = {}
+    for point in data.resource_metrics[0].scope_metrics[0].metrics[0].data.data_points:
+        attributes = dict(point.attributes or {})
+        key = (attributes["mcp.method.name"], attributes["mcp.protocol.version"], attributes.get("gen_ai.tool.name"))
+        counts[key] = point.count
+    assert counts == {
+        ("tools/list", "_OTHER", None): 50,
+        ("_OTHER", "2026-07-28", None): 50,
+        ("tools/call", "2026-07-28", "_OTHER"): 3,
+        ("tools/call", "2026-07-28", "search"): 2,
+    }
