@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, ResponseTap, record_decision
-from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.decisions import Component, Decision, Outcome, add_decision
 from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import describe
@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 __all__ = ["guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
+_ALLOWED: dict[str, Decision] = {}
+"""The closed circuit's `allow` per breaker key, built once (a request only appends it)."""
+_MAX_ALLOWED = 4096
+
+
+def _allowed(key: str) -> Decision:
+    decision = _ALLOWED.get(key)
+    if decision is None:
+        if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
+            _ALLOWED.clear()
+        decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, {"state": "closed", "key": key})
+    return decision
 
 
 class _Watch:
@@ -117,7 +129,7 @@ async def guarded(
         if deadline is None:  # not on asyncio: the Call's anyio deadline scope
             return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
     permit = breaker.acquire()
-    record_decision(scope, Component.BREAKER, Outcome.ALLOW, state="closed", key=breaker.key)
+    add_decision(scope, _allowed(breaker.key))  # = record_decision(…, ALLOW, state="closed", key=breaker.key)
     tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
     inbound = Inbound(receive, request.body)
     watch = _Watch(send, tap, inbound, (middleware, scope, request, send, breaker, backend, route))
