@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Message, Receive, Scope, Send
@@ -52,7 +53,8 @@ def _allowed(key: str) -> Decision:
     if decision is None:
         if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
             _ALLOWED.clear()
-        decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, {"state": "closed", "key": key})
+        attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
+        decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
     return decision
 
 
