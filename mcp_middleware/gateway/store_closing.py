@@ -30,18 +30,20 @@ CLOSE_PATIENCE = 5.0
 async def close_stores(assembly: Assembly) -> None:
     """Close every store `assembly` opened (those it has now: a reload may have opened one since start),
     and the approval webhook's HTTP client."""
-    closing: list[tuple[str, Callable[[], Awaitable[None]]]] = []
-    if assembly.approval_store is not None:
-        closing.append(("approval store", assembly.approval_store.aclose))
+    closing: list[tuple[str, Callable[[], Awaitable[None]] | None]] = []
+    if assembly.approval_store is not None:  # (a store of one's own may have no `aclose`: nothing to close)
+        closing.append(("approval store", getattr(assembly.approval_store, "aclose", None)))
     if assembly.bucket_store is not None:
-        closing.append(("rate-limit store", assembly.bucket_store.aclose))
+        closing.append(("rate-limit store", getattr(assembly.bucket_store, "aclose", None)))
     if (quotas := assembly.quota_storage) is not None:
         closing.append(("quota storage", lambda: aclose_quota_storage(quotas)))
     if assembly.cache_store is not None:
-        closing.append(("cache store", assembly.cache_store.aclose))
+        closing.append(("cache store", getattr(assembly.cache_store, "aclose", None)))
     if assembly.approval_webhook is not None:  # its HTTP client's keep-alive connections to the approver
         closing.append(("approval webhook's client", assembly.approval_webhook.aclose))
     for what, close in closing:
+        if close is None:
+            continue
         try:
             with anyio.fail_after(CLOSE_PATIENCE):
                 await close()
