@@ -31,7 +31,11 @@ from tests.router.test_aggregate import legacy_asking_server
 from tests.support import processes
 from tests.support.requests import legacy_post, legacy_session
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # the backend samples on purpose: a 2025-11-25 server-to-client request (deprecated in 2026-07-28)
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 
 class Counted(Steer):
