@@ -40,7 +40,6 @@ from mcp_middleware.core import (
     read_request,
     record_decision,
     replay,
-    send_error,
 )
 from mcp_middleware.core.decisions import DecisionValue
 from mcp_middleware.core.kernel import EVERY_PATH
@@ -131,14 +130,7 @@ class Relay(BackendSessions):
             try:
                 return await self._forward(scope, receive, send, request, session)
             except Refused as refused:
-                await send_error(
-                    send,
-                    status=refused.status,
-                    code=refused.code,
-                    message=refused.message,
-                    request_id=request.id,
-                    data=refused.data,
-                )
+                await refused.answer(send, request.id)
             return True
         if session is None:
             return False
@@ -325,7 +317,7 @@ class Relay(BackendSessions):
         try:
             await self._backend_session(scope, session, server)
         except Refused as refused:
-            await send_error(send, status=refused.status, code=refused.code, message=refused.message, data=refused.data)
+            await refused.answer(send)
             return
         await self._pass(scope, receive, send, server, session, orjson.dumps(message))
 

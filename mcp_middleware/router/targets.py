@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.types import Send
+
 from mcp_middleware.core import JsonRpcCode, McpRequest
-from mcp_middleware.core.errors import McpMiddlewareError
+from mcp_middleware.core.errors import McpMiddlewareError, RequestId, send_error
 
 from .catalog import Catalog
 from .catalog_kinds import PROMPTS, TOOLS
@@ -25,6 +27,12 @@ class Refused(McpMiddlewareError):
     def __init__(self, status: int, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.data = status, code, message, data
+
+    async def answer(self, send: Send, request_id: RequestId | None = None) -> None:
+        """Send this refusal as the JSON-RPC error answering `request_id` (none: an answer of the client's own)."""
+        await send_error(
+            send, status=self.status, code=self.code, message=self.message, request_id=request_id, data=self.data
+        )
 
 
 async def backend_target(catalog: Catalog, request: McpRequest) -> tuple[str, Mapping[str, Any], str | None]:
