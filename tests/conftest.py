@@ -194,11 +194,33 @@ class Served:
 _PORT_BAND = 4000
 """Ports each pytest process hands out, in a band of its own below the kernel's ephemeral range."""
 
+_PORT_BAND_ENV = "MCP_TEST_PORT_BAND"
+"""`start-stop`: the band a child process of a test hands out (`child_port_band`), instead of its worker's."""
+
 
 def _port_band() -> range:
+    given = os.environ.get(_PORT_BAND_ENV, "")
+    if given:
+        start, stop = (int(end) for end in given.split("-"))
+        return range(start, stop)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     start = 10_000 + (int(worker) % 5 if worker.isdigit() else 0) * _PORT_BAND
     return range(start, start + _PORT_BAND)
+
+
+def child_port_band(index: int, children: int) -> dict[str, str]:
+    """The environment that gives the `index`-th of `children` concurrent child processes a slice of this band.
+
+    Children that import this module would otherwise all hand out ports from their worker's one band (the
+    environment says the same worker), each checking a port is free and binding it a moment later: two
+    of them could pick the same port in between (seen in CI: `address already in use`). Slices do not
+    overlap; the parent should not hand out ports while its children run.
+    """
+    band = _port_band()
+    size = len(band) // children
+    assert 0 <= index < children and size >= 16, (index, children, band)
+    start = band.start + index * size
+    return {_PORT_BAND_ENV: f"{start}-{start + size}"}
 
 
 _ports = itertools.cycle(_port_band())

@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from mcp_middleware.gateway.config import parse_config
+from tests.conftest import child_port_band
 from tests.docs.blocks import KNOWN_MARKERS, ROOT, Block, all_blocks
 from tests.support import processes
 
@@ -102,7 +103,8 @@ def _python_results() -> dict[Path, Worked]:
             results, log = out / f"{index}.json", out / f"{index}.log"
             command = [sys.executable, "-m", "tests.docs.run_python", str(document), str(results)]
             with log.open("wb") as sink:  # the child has its own copy of the descriptor
-                process = processes.start(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+                own = {**env, **child_port_band(index, len(documents))}  # all run at once: ports of its own
+                process = processes.start(command, cwd=ROOT, env=own, stdout=sink, stderr=subprocess.STDOUT)
             started.append((document, process, results, log))
         for document, process, results, log in started:
             try:
