@@ -5,6 +5,7 @@ python -m tests.benchmarks --quick         # a smoke run: fewer samples, 2 short
 python -m tests.benchmarks --only micro    # in-process cost of the core only
 python -m tests.benchmarks --only e2e --repeats 6 --json out.json
 python -m tests.benchmarks --only instructions   # deterministic instruction counts (valgrind)
+python -m tests.benchmarks --only bytecodes      # issue 17's targets in bytecodes a request (deterministic, seconds)
 """
 
 from __future__ import annotations
