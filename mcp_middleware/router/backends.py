@@ -290,4 +290,4 @@ def _not_issued_here(scope: Scope, send: Send, ticket: SealedSession) -> Awaitab
     """A sealed handle's session issued by a remote server reaches no in-process app: unknown (origins.py)."""
     ticket.refused = True  # not re-opened either: the client initializes again
     view = get_mcp_request(scope)
-    return refuse_session(scope, send, view.id if view is not None else None)
+    return refuse_session(scope, send, view.id if view is not None else None, moved=True)

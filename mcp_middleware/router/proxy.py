@@ -153,9 +153,10 @@ class StreamingProxy:
         if session_id is not None and not self.owners.allows(session_id, owner := owner_of(scope)):
             handle = sealed_session(scope)  # its word counts for sessions this instance has not bound
             if handle is None or not handle.vouches(session_id, owner, self.identity) or self.owners.bound(session_id):
-                if handle is not None and not handle.issued_by(self.identity):
+                moved = handle is not None and not handle.issued_by(self.identity)
+                if handle is not None and moved:
                     handle.refused = True  # another server's session (the name moved): never sent here, nor re-opened
-                await refuse_session(scope, send, view.id if view else None)
+                await refuse_session(scope, send, view.id if view else None, moved=moved)
                 return
             self.owners.bind(session_id, owner)  # opened through another instance: its sealed handle says whose
         if view is not None and view.method == "initialize":

@@ -150,9 +150,18 @@ class Outbox:
                 pass
 
 
-async def refuse_session(scope: Scope, send: Send, request_id: RequestId | None) -> None:
-    """Another principal's session: answered exactly as if it did not exist (the SDK's answer, with the id)."""
-    record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED)
+REFUSED_MOVED = "moved"
+"""The `reason` of a `session_refused` decision for a session another server issued: a reload (or another
+instance's configuration) points the name elsewhere now (:mod:`.origins`); the client initializes again."""
+
+
+async def refuse_session(scope: Scope, send: Send, request_id: RequestId | None, *, moved: bool = False) -> None:
+    """Another principal's session, or (`moved`) another server's: answered exactly as if it did not exist
+    (the SDK's answer, with the id). Only the decision tells the two apart, for the operator."""
+    if moved:
+        record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED, reason=REFUSED_MOVED)
+    else:
+        record_decision(scope, Component.ROUTER, Outcome.SESSION_REFUSED)
     await send_error(
         send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=request_id
     )

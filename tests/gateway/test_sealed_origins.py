@@ -157,7 +157,10 @@ async def test_an_instance_where_the_name_is_another_server_never_sends_it_the_o
     # the moved member was left out when the aggregate session was taken up, not sent and refused (404, re-open)
     reopened = [data for outcome, data in decided.of(Component.SESSION) if outcome == Outcome.REOPENED]
     assert reopened == [{}]  # the aggregate's own session (in-process) only: no member's
-    assert Outcome.SESSION_REFUSED in decided.outcomes(Component.ROUTER)  # the mount's old handle, refused
+    refused = [data for outcome, data in decided.of(Component.ROUTER) if outcome == Outcome.SESSION_REFUSED]
+    assert refused and all(data == {"reason": "moved"} for data in refused), (
+        refused
+    )  # the old handle: why, for the operator
     only_their_own(first, other, shared)
 
 

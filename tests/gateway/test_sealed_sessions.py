@@ -254,6 +254,7 @@ async def test_concurrent_requests_reopen_a_session_once_and_the_decisions_say_w
         (Outcome.REJECTED, {"reason": "path"}),
         (Outcome.SESSION_REFUSED, {}),
     ]
+    assert (Outcome.SESSION_REFUSED, {}) in pair.decisions.of(Component.ROUTER)  # another principal's: no `moved`
 
 
 async def test_a_pool_session_goes_on_at_its_replica_through_another_gateway(tmp_path: Path) -> None:
