@@ -11,8 +11,9 @@ the whole stack: the first middleware that asks attaches it, later ones share it
 
 from __future__ import annotations
 
-import time
 import weakref
+from collections.abc import Awaitable
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import orjson
@@ -154,19 +155,39 @@ class ResponseTap:
         """`http.response.start` has been sent."""
         return self.status is not None
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """Observe `message` and hand it on: returns the forward's own awaitable (a plain call, no coroutine a
+        message: the app awaits the server's `send` directly). The observation is a few attribute updates
+        made before the awaitable is returned, so it never delays the client either; an error answer held
+        to be completed (`ErrorHold`) and anything unusual go through :meth:`_send_held`, as before."""
+        if self._hold is None:
+            kind = message["type"]
+            if kind == "http.response.body":  # the common case, first
+                body: bytes = message.get("body", b"")
+                more = message.get("more_body", False)
+                self.bytes += len(body)
+                mode = self._mode
+                if mode is _JSON:  # `_observe`'s JSON case inline: a JSON answer is (nearly always) one part
+                    size = self._json_size = self._json_size + len(body)
+                    if size > self.max_bytes:
+                        self._candidates, self._mode, self.truncated = [], _NONE, True
+                    elif body:
+                        self._candidates.append(body)
+                elif mode is not _NONE:
+                    self._observe(body, more)
+                if not more:
+                    self.complete = True
+                    self._ended = perf_counter()
+                return self._send(message)
+            if kind == "http.response.start" and message["status"] < 400:
+                self._on_start(message)
+                return self._send(message)
+        return self._send_held(message)
+
+    async def _send_held(self, message: Message) -> None:
+        """`send` for an error answer that may be held (`ErrorHold`), what follows it, and unusual messages:
+        forwarded first, then observed."""
         kind = message["type"]
-        if kind == "http.response.body" and self._hold is None:  # the common case, first
-            await self._send(message)  # forward first: observation never delays the client
-            body: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            self.bytes += len(body)
-            if self._mode is not _NONE:
-                self._observe(body, more)
-            if not more:
-                self.complete = True
-                self._ended = time.perf_counter()
-            return
         hold = self._hold
         if hold is not None:  # an error answer held until its body is complete (`ErrorHold`)
             if kind != "http.response.start":
@@ -184,11 +205,10 @@ class ResponseTap:
                 self._hold = hold
                 return
         await self._send(message)
-        if kind == "http.response.start":
-            self._on_start(message)
+        self._seen(message)
 
     def _seen(self, message: Message) -> None:
-        """Observe a message sent after a hold (`send` has the same steps inline, for the common path)."""
+        """Observe a message forwarded by :meth:`_send_held` (`send` has the same steps inline, for the common path)."""
         kind = message["type"]
         if kind == "http.response.body":
             body: bytes = message.get("body", b"")
@@ -198,7 +218,7 @@ class ResponseTap:
                 self._observe(body, more)
             if not more:
                 self.complete = True
-                self._ended = time.perf_counter()
+                self._ended = perf_counter()
         elif kind == "http.response.start":
             self._on_start(message)
 
@@ -302,13 +322,13 @@ class ResponseTap:
         """`(status, result, error, duration)` of :meth:`outcome` without building it (for a caller on every
         request that needs no more of it)."""
         result, error = self._parse()
-        end = self._ended if self._ended is not None else time.perf_counter()
+        end = self._ended if self._ended is not None else perf_counter()
         return self.status, result, error, end - self._request.started
 
     def outcome(self) -> ResponseOutcome:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
         result, error = self._parse()
-        end = self._ended if self._ended is not None else time.perf_counter()
+        end = self._ended if self._ended is not None else perf_counter()
         # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
         outcome: ResponseOutcome = tuple.__new__(
             ResponseOutcome,
