@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, CoreConfig, ResponseTap, observe_decisions, read_request
 
+from .decision_counters import BATCH
 from .metrics import McpMetrics
 from .semconv import TOOL_ERROR, response_error
 
@@ -39,7 +40,9 @@ async def measure(
     A refusal by the core goes to the client at once (with no span to hold it for, nothing differs)
     and, like every request that never reached the app, is recorded by the decisions counter only.
     """
-    observe_decisions(scope, metrics.record_decision)
+    if len(metrics.pending) >= BATCH:  # the decisions are counted in batches (see `.decision_counters`)
+        metrics.counters.drain()
+    observe_decisions(scope, metrics.pending_decision)  # a list's `append`: no call of ours a decision
     request, receive = await read_request(scope, receive, send, config)
     if receive is ANSWERED:
         return
