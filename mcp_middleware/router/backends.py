@@ -275,8 +275,12 @@ class _AtPath:
             return _not_issued_here(scope, send, ticket)  # a remote server's session: the name moved here since
         root: str = scope.get("root_path", "")
         child = dict(scope)
-        child["path"] = root + self.path
-        child["raw_path"] = root.encode("latin-1") + self.raw_path
+        if root:
+            child["path"] = root + self.path
+            child["raw_path"] = root.encode("latin-1") + self.raw_path
+        else:
+            child["path"] = self.path
+            child["raw_path"] = self.raw_path
         return self.app(child, receive, send)
 
 
