@@ -29,6 +29,7 @@ __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
 TAP_SCOPE_KEY = "mcp_middleware.tap"
 
 _JSON, _SSE, _NONE = 1, 2, 0
+_REQUEST = RequestKind.REQUEST
 _MAX_CANDIDATES = 4
 _NOTHING: tuple[None, None] = (None, None)
 """SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
@@ -239,7 +240,7 @@ class ResponseTap:
                 self.content_type = content_type.decode("latin-1")
             else:
                 self.content_type = media_type(content_type).decode("latin-1")
-        if encoded or self._request.kind is not RequestKind.REQUEST:
+        if encoded or self._request.kind is not _REQUEST:
             return  # only requests have a response to find; compressed bodies are not inspected
         if self.content_type == "application/json":
             self._mode = _JSON
@@ -269,15 +270,12 @@ class ResponseTap:
 
     def _parse(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """`(result, error)` of the JSON-RPC response among what was kept (looked for once, on first
-        demand after the response ended; `(None, None)` before)."""
-        found = self._found
-        if found is not None:
-            return found
+        demand after the response ended; `(None, None)` before). Callers look at `_found` first."""
         if not self.complete:
             return _NOTHING
         candidates = self._candidates
         self._candidates = []
-        found = _NOTHING
+        found: tuple[dict[str, Any] | None, dict[str, Any] | None] = _NOTHING
         if self._mode is _JSON:
             if candidates:
                 found = self._take(candidates[0] if len(candidates) == 1 else b"".join(candidates)) or _NOTHING
@@ -311,23 +309,27 @@ class ResponseTap:
     @property
     def result(self) -> dict[str, Any] | None:
         """The JSON-RPC `result` of the response, once it has ended."""
-        return self._parse()[0]
+        found = self._found
+        return (found if found is not None else self._parse())[0]
 
     @property
     def error(self) -> dict[str, Any] | None:
         """The JSON-RPC `error` of the response, once it has ended."""
-        return self._parse()[1]
+        found = self._found
+        return (found if found is not None else self._parse())[1]
 
     def found(self) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, float]:
         """`(status, result, error, duration)` of :meth:`outcome` without building it (for a caller on every
         request that needs no more of it)."""
-        result, error = self._parse()
+        found = self._found
+        result, error = found if found is not None else self._parse()
         end = self._ended if self._ended is not None else perf_counter()
         return self.status, result, error, end - self._request.started
 
     def outcome(self) -> ResponseOutcome:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
-        result, error = self._parse()
+        found = self._found
+        result, error = found if found is not None else self._parse()
         end = self._ended if self._ended is not None else perf_counter()
         # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
         outcome: ResponseOutcome = tuple.__new__(

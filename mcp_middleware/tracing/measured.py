@@ -17,7 +17,7 @@ from mcp_middleware.core import ANSWERED, CoreConfig, ResponseTap, observe_decis
 
 from .decision_counters import BATCH
 from .metrics import McpMetrics
-from .semconv import TOOL_ERROR, response_error
+from .semconv import response_error
 
 __all__ = ["measure"]
 
@@ -61,10 +61,5 @@ async def measure(
         del scope[marker]
         status, result, error, duration = tap.found()  # what `tap.outcome()` would say, without building it
         error_type, error_code = response_error(status, result, error)
-        if result is not None:  # a result is never an error: `tool_error` is `isError`
-            metrics.names.learn(request, result, error_type == TOOL_ERROR)
-        if error_type is None:
-            error_type = exception
-        metrics.record_operation(
-            request, duration, error_type, error_code, server_name(scope) if server_name is not None else None
-        )
+        server = server_name(scope) if server_name is not None else None
+        metrics.record_measured(request, result, error_type, error_code, duration, server, exception)

@@ -63,6 +63,7 @@ from .semconv import (
     MCP_METHOD_NAME,
     MCP_PROTOCOL_VERSION,
     RPC_RESPONSE_STATUS_CODE,
+    TOOL_ERROR,
     AttributeMap,
 )
 
@@ -192,6 +193,42 @@ class McpMetrics:
         raw = (method, request.protocol_version, request.name, error_type, error_code, server)
         bound = self._operation_memo.get(raw)
         if bound is None:
+            bound = self._operation_set(raw)
+            if bound is None:  # no room to keep a binding: the SDK's own path
+                self.duration.record(value, _operation_attributes(self._operation_key(raw)))
+                return
+        bound.record(value)
+
+    def record_measured(
+        self,
+        request: McpRequest,
+        result: Mapping[str, Any] | None,
+        error_type: str | None,
+        error_code: int | None,
+        duration: float,
+        server: str | None,
+        exception: str | None,
+    ) -> None:
+        """What a measured request records when it ends (`measured.py`): the names its result teaches
+        (:meth:`KnownNames.learn`, given `error_type`), then the operation, its error the response's
+        `error_type` or else `exception`; as those two calls would, with the request's name read once.
+
+        A call whose set is remembered has a known name (`_operation_set` remembers no other), which
+        learning cannot change: only a request with no name (a list) is learned from then.
+        """
+        name = request.name
+        if error_type is None:
+            raw = (request.method, request.protocol_version, name, exception, error_code, server)
+        else:
+            raw = (request.method, request.protocol_version, name, error_type, error_code, server)
+        bound = self._operation_memo.get(raw)
+        # (a result is never an error: `tool_error` is `isError`)
+        if result is not None and (bound is None or name is None):
+            self.names.learn(request, result, error_type == TOOL_ERROR)
+        value = duration if duration > 0.0 else 0.0
+        if bound is None:
+            if raw[0] is None:
+                return  # GET streams, DELETE, client responses: not MCP operations
             bound = self._operation_set(raw)
             if bound is None:  # no room to keep a binding: the SDK's own path
                 self.duration.record(value, _operation_attributes(self._operation_key(raw)))
