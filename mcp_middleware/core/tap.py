@@ -93,7 +93,6 @@ class ResponseTap:
         "_ended",
         "_found",
         "_hold",
-        "_json_size",
         "_mode",
         "_request",
         "_send",
@@ -117,7 +116,6 @@ class ResponseTap:
         self.truncated = False
         self._mode = _NONE
         self._candidates: list[bytes] = []
-        self._json_size = 0
         self._sse: SseParser | None = None
         self._ended: float | None = None
         self._found: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
@@ -166,10 +164,10 @@ class ResponseTap:
             if kind == "http.response.body":  # the common case, first
                 body: bytes = message.get("body", b"")
                 more = message.get("more_body", False)
-                self.bytes += len(body)
+                size = self.bytes + len(body)
+                self.bytes = size
                 mode = self._mode
                 if mode is _JSON:  # `_observe`'s JSON case inline: a JSON answer is (nearly always) one part
-                    size = self._json_size = self._json_size + len(body)
                     if size > self.max_bytes:
                         self._candidates, self._mode, self.truncated = [], _NONE, True
                     elif body:
@@ -250,8 +248,7 @@ class ResponseTap:
 
     def _observe(self, body: bytes, more: bool) -> None:
         if self._mode is _JSON:
-            self._json_size += len(body)
-            if self._json_size > self.max_bytes:
+            if self.bytes > self.max_bytes:  # (`bytes` is the JSON body's size: its mode is set at the start)
                 self._candidates, self._mode, self.truncated = [], _NONE, True
             elif body:
                 self._candidates.append(body)
