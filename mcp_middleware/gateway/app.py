@@ -128,11 +128,21 @@ def build_gateway(
     if config.audit.enabled:
         inner, trail = _audited(inner, config, closers)
     telemetry = None
+    answered: set[str] = set()  # the paths the layers in front of `beyond` answer themselves
+    beyond = inner
     if config.tracing.enabled:
         tracing = config.tracing
         telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
-        inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider, trail)
+        inner = beyond = _traced(
+            inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider, trail
+        )
+        from mcp_middleware.tracing import PrometheusMiddleware
+
+        if isinstance(metrics_door := getattr(inner, "__self__", None), PrometheusMiddleware):
+            answered.add(metrics_door.path)
+            beyond = metrics_door.app
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
+    answered.update((operations.health_path, operations.ready_path))
     gateway = Gateway(
         config=config,
         app=(lifespan := GatewayLifespan(operations.mcp_direct, router, closers, freeze_gc=settings.gc_freeze)),
@@ -148,6 +158,7 @@ def build_gateway(
         assembly=assembly,
         _closers=closers,
     )
+    lifespan.bypass(answered, beyond)  # any other path: straight to the layer inside operations and /metrics
     lifespan.async_closers.append(partial(close_stores, assembly))  # their connections end with the gateway
     if config.source is not None:
         gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)

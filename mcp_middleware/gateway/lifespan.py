@@ -12,7 +12,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -46,11 +46,23 @@ class GatewayLifespan:
         self.reloader: Reloader | None = None
         self.async_closers: list[AsyncCloser] = []
         """Awaited on the event loop at shutdown, after the router's lifespan and before `closers`."""
+        self._answered: frozenset[str] = frozenset()
+        self._beyond = app
+
+    def bypass(self, answered: Iterable[str], beyond: ASGIApp) -> None:
+        """Hand an HTTP request for any path but `answered` (and with no `root_path`) straight to `beyond`: the
+        layers in between (operations, `/metrics`) answer only those paths and pass every other request on
+        unchanged, so it need not be asked of each of them."""
+        self._answered = frozenset(answered)
+        self._beyond = beyond
 
     def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         # A plain call returning the next layer's awaitable: the outermost layer keeps no frame in a request's
         # await chain either (marked a coroutine function below: servers pick ASGI 3 by that).
-        if scope["type"] != "lifespan":
+        kind = scope["type"]
+        if kind == "http" and scope["path"] not in self._answered and not scope.get("root_path"):
+            return self._beyond(scope, receive, send)
+        if kind != "lifespan":
             return self.app(scope, receive, send)
         return serve_lifespan(self._frozen(), receive, send, name="gateway")
 
