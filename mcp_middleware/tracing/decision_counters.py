@@ -35,6 +35,51 @@ _COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
 """The outcomes some component counts in an instrument of its own, besides `mcp.middleware.decisions`."""
 _KEY: Final = itemgetter(0, 1)  # a decision's (component, outcome)
 _OUTCOME: Final = itemgetter(1)
+_COUNTERS: Final = (  # (attribute, instrument, labels, unit, description); each collection counts the pending first
+    (
+        "decisions",
+        "mcp.middleware.decisions",
+        ("mcp_middleware.component", "mcp_middleware.outcome"),
+        "{decision}",
+        "Decisions of the middlewares, by outcome.",
+    ),
+    (
+        "auth_failures",
+        "mcp.middleware.auth.failures",
+        ("mcp_middleware.outcome", "mcp_middleware.reason"),
+        "{request}",
+        "Requests auth did not allow, by reason.",
+    ),
+    (
+        "ratelimit_refusals",
+        "mcp.middleware.ratelimit.refusals",
+        ("mcp_middleware.policy", "mcp_middleware.reason"),
+        "{request}",
+        "Requests refused by a rate limit.",
+    ),
+    (
+        "breaker_refusals",
+        "mcp.middleware.breaker.refusals",
+        ("mcp_middleware.state",),
+        "{request}",
+        "Requests refused by an open circuit.",
+    ),
+    (
+        "breaker_transitions",  # (not a decision: counted at once, after the pending ones)
+        "mcp.middleware.breaker.transitions",
+        ("mcp_middleware.breaker", "mcp_middleware.previous", "mcp_middleware.state", "mcp_middleware.reason"),
+        "{transition}",
+        "Circuit breaker state changes.",
+    ),
+    (
+        "cache_lookups",
+        "mcp.middleware.cache.lookups",
+        ("mcp_middleware.outcome",),
+        "{lookup}",
+        "Response cache lookups, by outcome.",
+    ),
+    ("cache_evictions", "mcp.middleware.cache.evictions", (), "{entry}", "Entries evicted from the response cache."),
+)
 BATCH: Final = 256
 """Decisions waiting at most (give or take one request's) before they are counted without a reader asking."""
 
@@ -69,68 +114,22 @@ class DecisionCounters:
         "ratelimit_refusals",
     )
 
+    decisions: Tally
+    auth_failures: Tally
+    ratelimit_refusals: Tally
+    breaker_refusals: Tally
+    breaker_transitions: Tally
+    cache_lookups: Tally
+    cache_evictions: Tally
+
     def __init__(self, meter: Meter, max_names: int) -> None:
         self.pending: list[Decision] = []
         """Decisions not counted yet, in the order they were made."""
         self._lock = threading.Lock()
         self._reasons = BoundedValues(max_names)
         self._breakers = BoundedValues(max_names, max_length=128)
-        drain = self.drain
-        self.decisions = Tally(
-            meter,
-            "mcp.middleware.decisions",
-            ("mcp_middleware.component", "mcp_middleware.outcome"),
-            unit="{decision}",
-            description="Decisions of the middlewares, by outcome.",
-            before=drain,
-        )
-        self.auth_failures = Tally(
-            meter,
-            "mcp.middleware.auth.failures",
-            ("mcp_middleware.outcome", "mcp_middleware.reason"),
-            unit="{request}",
-            description="Requests auth did not allow, by reason.",
-            before=drain,
-        )
-        self.ratelimit_refusals = Tally(
-            meter,
-            "mcp.middleware.ratelimit.refusals",
-            ("mcp_middleware.policy", "mcp_middleware.reason"),
-            unit="{request}",
-            description="Requests refused by a rate limit.",
-            before=drain,
-        )
-        self.breaker_refusals = Tally(
-            meter,
-            "mcp.middleware.breaker.refusals",
-            ("mcp_middleware.state",),
-            unit="{request}",
-            description="Requests refused by an open circuit.",
-            before=drain,
-        )
-        self.breaker_transitions = Tally(
-            meter,
-            "mcp.middleware.breaker.transitions",
-            ("mcp_middleware.breaker", "mcp_middleware.previous", "mcp_middleware.state", "mcp_middleware.reason"),
-            unit="{transition}",
-            description="Circuit breaker state changes.",
-        )
-        self.cache_lookups = Tally(
-            meter,
-            "mcp.middleware.cache.lookups",
-            ("mcp_middleware.outcome",),
-            unit="{lookup}",
-            description="Response cache lookups, by outcome.",
-            before=drain,
-        )
-        self.cache_evictions = Tally(
-            meter,
-            "mcp.middleware.cache.evictions",
-            (),
-            unit="{entry}",
-            description="Entries evicted from the response cache.",
-            before=drain,
-        )
+        for attribute, name, labels, unit, description in _COUNTERS:  # (in the order they were always created)
+            setattr(self, attribute, Tally(meter, name, labels, unit=unit, description=description, before=self.drain))
 
     def record(self, decision: Decision) -> None:
         """Count one decision (soon: it joins the pending ones, counted in order)."""
