@@ -339,11 +339,9 @@ class McpRouter(VirtualMounts):
         if kind == "http" and not self._virtual_apps and not scope.get("root_path"):
             # A path this router already resolved to a mount, still mounted as it was: straight in.
             mount = self._mounted.get(scope["path"])
-            if (
-                mount is not None
-                and self.mounts.get(mount.name) is mount
-                and (REQUEST_SCOPE_KEY in scope or not mount.has_middleware)
-            ):
+            if mount is not None and self.mounts.get(mount.name) is mount:
+                if mount.has_middleware and REQUEST_SCOPE_KEY not in scope:
+                    return self._dispatch(mount, scope, receive, send)
                 return mount.app(scope, receive, send)
         if kind == "lifespan":
             return serve_lifespan(self.lifespan(), receive, send, name="router")
