@@ -186,18 +186,7 @@ class McpMetrics:
         call :meth:`KnownNames.learn` with the response's result first, as `TracingMiddleware` does.
         `server` (the backend's configured name) becomes `mcp_middleware.server`, bounded like the others.
         """
-        method = request.method
-        if method is None:
-            return  # GET streams, DELETE, client responses: not MCP operations
-        value = duration if duration > 0.0 else 0.0
-        raw = (method, request.protocol_version, request.name, error_type, error_code, server)
-        bound = self._operation_memo.get(raw)
-        if bound is None:
-            bound = self._operation_set(raw)
-            if bound is None:  # no room to keep a binding: the SDK's own path
-                self.duration.record(value, _operation_attributes(self._operation_key(raw)))
-                return
-        bound.record(value)
+        self.record_measured(request, None, error_type, error_code, duration, server, None)
 
     def record_measured(
         self,
