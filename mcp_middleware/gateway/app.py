@@ -128,21 +128,11 @@ def build_gateway(
     if config.audit.enabled:
         inner, trail = _audited(inner, config, closers)
     telemetry = None
-    answered: set[str] = set()  # the paths the layers in front of `beyond` answer themselves
-    beyond = inner
     if config.tracing.enabled:
         tracing = config.tracing
         telemetry = Telemetry(TelemetrySettings(tracing.otlp_endpoint, tracing.otlp_protocol, tracing.service_name))
-        inner = beyond = _traced(
-            inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider, trail
-        )
-        from mcp_middleware.tracing import PrometheusMiddleware
-
-        if isinstance(metrics_door := getattr(inner, "__self__", None), PrometheusMiddleware):
-            answered.add(metrics_door.path)
-            beyond = metrics_door.app
+        inner = _traced(inner, config, router, assembly, closers, telemetry, tracer_provider, meter_provider, trail)
     operations = OperationsMiddleware(inner, checks=readiness_checks(router, assembly))
-    answered.update((operations.health_path, operations.ready_path))
     gateway = Gateway(
         config=config,
         app=(lifespan := GatewayLifespan(operations.mcp_direct, router, closers, freeze_gc=settings.gc_freeze)),
@@ -158,11 +148,26 @@ def build_gateway(
         assembly=assembly,
         _closers=closers,
     )
-    lifespan.bypass(answered, beyond)  # any other path: straight to the layer inside operations and /metrics
+    lifespan.bypass(*_answered_in_front(operations, traced=config.tracing.enabled))
     lifespan.async_closers.append(partial(close_stores, assembly))  # their connections end with the gateway
     if config.source is not None:
         gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)
     return gateway
+
+
+def _answered_in_front(operations: OperationsMiddleware, *, traced: bool) -> tuple[set[str], ASGIApp]:
+    """The paths the outermost layers answer themselves (operations, `/metrics`), and the layer inside them: the
+    gateway's outermost call hands a request for any other path straight to it (`GatewayLifespan.bypass`)."""
+    answered = {operations.health_path, operations.ready_path}
+    inside = operations.app
+    if traced:
+        from mcp_middleware.tracing import PrometheusMiddleware
+
+        door = getattr(inside, "__self__", None)  # (`_traced` returns the door's `mcp_direct`)
+        if isinstance(door, PrometheusMiddleware):
+            answered.add(door.path)
+            inside = door.app
+    return answered, inside
 
 
 def _assembled(config: GatewayConfig, base_url: str) -> tuple[Assembly, McpRouter, list[str]]:
