@@ -11,8 +11,9 @@ the whole stack: the first middleware that asks attaches it, later ones share it
 
 from __future__ import annotations
 
-import time
 import weakref
+from collections.abc import Awaitable
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import orjson
@@ -28,6 +29,7 @@ __all__ = ["TAP_SCOPE_KEY", "ResponseOutcome", "ResponseTap", "SseParser"]
 TAP_SCOPE_KEY = "mcp_middleware.tap"
 
 _JSON, _SSE, _NONE = 1, 2, 0
+_REQUEST = RequestKind.REQUEST
 _MAX_CANDIDATES = 4
 _NOTHING: tuple[None, None] = (None, None)
 """SSE events kept as possible responses (the response ends its stream, so it is among the last)."""
@@ -91,7 +93,6 @@ class ResponseTap:
         "_ended",
         "_found",
         "_hold",
-        "_json_size",
         "_mode",
         "_request",
         "_send",
@@ -115,7 +116,6 @@ class ResponseTap:
         self.truncated = False
         self._mode = _NONE
         self._candidates: list[bytes] = []
-        self._json_size = 0
         self._sse: SseParser | None = None
         self._ended: float | None = None
         self._found: tuple[dict[str, Any] | None, dict[str, Any] | None] | None = None
@@ -154,19 +154,39 @@ class ResponseTap:
         """`http.response.start` has been sent."""
         return self.status is not None
 
-    async def send(self, message: Message) -> None:
+    def send(self, message: Message) -> Awaitable[None]:
+        """Observe `message` and hand it on: returns the forward's own awaitable (a plain call, no coroutine a
+        message: the app awaits the server's `send` directly). The observation is a few attribute updates
+        made before the awaitable is returned, so it never delays the client either; an error answer held
+        to be completed (`ErrorHold`) and anything unusual go through :meth:`_send_held`, as before."""
+        if self._hold is None:
+            kind = message["type"]
+            if kind == "http.response.body":  # the common case, first
+                body: bytes = message.get("body", b"")
+                more = message.get("more_body", False)
+                size = self.bytes + len(body)
+                self.bytes = size
+                mode = self._mode
+                if mode is _JSON:  # `_observe`'s JSON case inline: a JSON answer is (nearly always) one part
+                    if size > self.max_bytes:
+                        self._candidates, self._mode, self.truncated = [], _NONE, True
+                    elif body:
+                        self._candidates.append(body)
+                elif mode is not _NONE:
+                    self._observe(body, more)
+                if not more:
+                    self.complete = True
+                    self._ended = perf_counter()
+                return self._send(message)
+            if kind == "http.response.start" and message["status"] < 400:
+                self._on_start(message)
+                return self._send(message)
+        return self._send_held(message)
+
+    async def _send_held(self, message: Message) -> None:
+        """`send` for an error answer that may be held (`ErrorHold`), what follows it, and unusual messages:
+        forwarded first, then observed."""
         kind = message["type"]
-        if kind == "http.response.body" and self._hold is None:  # the common case, first
-            await self._send(message)  # forward first: observation never delays the client
-            body: bytes = message.get("body", b"")
-            more = message.get("more_body", False)
-            self.bytes += len(body)
-            if self._mode is not _NONE:
-                self._observe(body, more)
-            if not more:
-                self.complete = True
-                self._ended = time.perf_counter()
-            return
         hold = self._hold
         if hold is not None:  # an error answer held until its body is complete (`ErrorHold`)
             if kind != "http.response.start":
@@ -184,11 +204,10 @@ class ResponseTap:
                 self._hold = hold
                 return
         await self._send(message)
-        if kind == "http.response.start":
-            self._on_start(message)
+        self._seen(message)
 
     def _seen(self, message: Message) -> None:
-        """Observe a message sent after a hold (`send` has the same steps inline, for the common path)."""
+        """Observe a message forwarded by :meth:`_send_held` (`send` has the same steps inline, for the common path)."""
         kind = message["type"]
         if kind == "http.response.body":
             body: bytes = message.get("body", b"")
@@ -198,7 +217,7 @@ class ResponseTap:
                 self._observe(body, more)
             if not more:
                 self.complete = True
-                self._ended = time.perf_counter()
+                self._ended = perf_counter()
         elif kind == "http.response.start":
             self._on_start(message)
 
@@ -219,7 +238,7 @@ class ResponseTap:
                 self.content_type = content_type.decode("latin-1")
             else:
                 self.content_type = media_type(content_type).decode("latin-1")
-        if encoded or self._request.kind is not RequestKind.REQUEST:
+        if encoded or self._request.kind is not _REQUEST:
             return  # only requests have a response to find; compressed bodies are not inspected
         if self.content_type == "application/json":
             self._mode = _JSON
@@ -229,8 +248,7 @@ class ResponseTap:
 
     def _observe(self, body: bytes, more: bool) -> None:
         if self._mode is _JSON:
-            self._json_size += len(body)
-            if self._json_size > self.max_bytes:
+            if self.bytes > self.max_bytes:  # (`bytes` is the JSON body's size: its mode is set at the start)
                 self._candidates, self._mode, self.truncated = [], _NONE, True
             elif body:
                 self._candidates.append(body)
@@ -249,15 +267,12 @@ class ResponseTap:
 
     def _parse(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """`(result, error)` of the JSON-RPC response among what was kept (looked for once, on first
-        demand after the response ended; `(None, None)` before)."""
-        found = self._found
-        if found is not None:
-            return found
+        demand after the response ended; `(None, None)` before). Callers look at `_found` first."""
         if not self.complete:
             return _NOTHING
         candidates = self._candidates
         self._candidates = []
-        found = _NOTHING
+        found: tuple[dict[str, Any] | None, dict[str, Any] | None] = _NOTHING
         if self._mode is _JSON:
             if candidates:
                 found = self._take(candidates[0] if len(candidates) == 1 else b"".join(candidates)) or _NOTHING
@@ -291,24 +306,28 @@ class ResponseTap:
     @property
     def result(self) -> dict[str, Any] | None:
         """The JSON-RPC `result` of the response, once it has ended."""
-        return self._parse()[0]
+        found = self._found
+        return (found if found is not None else self._parse())[0]
 
     @property
     def error(self) -> dict[str, Any] | None:
         """The JSON-RPC `error` of the response, once it has ended."""
-        return self._parse()[1]
+        found = self._found
+        return (found if found is not None else self._parse())[1]
 
     def found(self) -> tuple[int | None, dict[str, Any] | None, dict[str, Any] | None, float]:
         """`(status, result, error, duration)` of :meth:`outcome` without building it (for a caller on every
         request that needs no more of it)."""
-        result, error = self._parse()
-        end = self._ended if self._ended is not None else time.perf_counter()
+        found = self._found
+        result, error = found if found is not None else self._parse()
+        end = self._ended if self._ended is not None else perf_counter()
         return self.status, result, error, end - self._request.started
 
     def outcome(self) -> ResponseOutcome:
         """A snapshot of what has been observed so far (parsing the response on first call)."""
-        result, error = self._parse()
-        end = self._ended if self._ended is not None else time.perf_counter()
+        found = self._found
+        result, error = found if found is not None else self._parse()
+        end = self._ended if self._ended is not None else perf_counter()
         # tuple.__new__ builds the NamedTuple without its Python-level __new__ (every field given, in order).
         outcome: ResponseOutcome = tuple.__new__(
             ResponseOutcome,

@@ -148,10 +148,26 @@ def build_gateway(
         assembly=assembly,
         _closers=closers,
     )
+    lifespan.bypass(*_answered_in_front(operations, traced=config.tracing.enabled))
     lifespan.async_closers.append(partial(close_stores, assembly))  # their connections end with the gateway
     if config.source is not None:
         gateway.reloader = lifespan.reloader = Reloader(gateway, assembly, config.source)
     return gateway
+
+
+def _answered_in_front(operations: OperationsMiddleware, *, traced: bool) -> tuple[set[str], ASGIApp]:
+    """The paths the outermost layers answer themselves (operations, `/metrics`), and the layer inside them: the
+    gateway's outermost call hands a request for any other path straight to it (`GatewayLifespan.bypass`)."""
+    answered = {operations.health_path, operations.ready_path}
+    inside = operations.app
+    if traced:
+        from mcp_middleware.tracing import PrometheusMiddleware
+
+        door = getattr(inside, "__self__", None)  # (`_traced` returns the door's `mcp_direct`)
+        if isinstance(door, PrometheusMiddleware):
+            answered.add(door.path)
+            inside = door.app
+    return answered, inside
 
 
 def _assembled(config: GatewayConfig, base_url: str) -> tuple[Assembly, McpRouter, list[str]]:

@@ -107,32 +107,39 @@ class FrontDoorMiddleware:
             return self.app(scope, receive, send)
         # One C-level pass over the headers; the first of a repeated name wins, as a lookup by name finds it.
         first = dict(reversed(scope["headers"]))
-        host = first.get(b"host")
-        if (
-            not self._any_host
-            and scope["path"] not in self.exempt_paths
-            and (host is None or not self._host_allowed(host))
-        ):
-            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
-            return self._refuse(scope, send, 421, "Host not allowed")
+        if not self._any_host:
+            host = first.get(b"host")
+            allowed: bool | None = False
+            if host is not None:
+                allowed = self._seen_hosts.get(host)  # `_host_allowed`'s table first, without its call
+                if allowed is None:
+                    allowed = self._host_allowed(host)
+            if not allowed and scope["path"] not in self.exempt_paths:
+                record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="host")
+                return self._refuse(scope, send, 421, "Host not allowed")
         raw_origin = first.get(b"origin")
-        origin = raw_origin.decode("latin-1") if raw_origin is not None else None
-        if origin is not None and not self.origin_allowed(origin):
-            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
-            return self._refuse(scope, send, 403, "Origin not allowed")
+        origin = None
+        cors = False
+        if raw_origin is not None:  # from a browser's page
+            origin = raw_origin.decode("latin-1")
+            if not self.origin_allowed(origin):
+                record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="origin")
+                return self._refuse(scope, send, 403, "Origin not allowed")
+            cors = self.cors
         if scope["type"] == "websocket":
             return self.app(scope, receive, send)
-        cors = self.cors and origin is not None
         if cors and b"access-control-request-method" in first and scope["method"] == "OPTIONS":
             return self._preflight(send, origin or "")
-        declared = _declared_length(first.get(b"content-length"))
-        if declared is not None and declared > self.max_body_size:
-            record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
-            return self._too_large(send)
-        if declared is not None and b"transfer-encoding" not in first and not cors:
-            # The server frames the body by its declared length (HTTP/1.1 and HTTP/2 both refuse a body
-            # longer than Content-Length), which is within the limit: nothing to count, no CORS to add.
-            return self.app(scope, receive, send)
+        declared = first.get(b"content-length")
+        # A length in ASCII digits (`bytes.isdigit`); `int()` refuses over 4,300 digits: that long is too large.
+        if declared is not None and declared.isdigit():
+            if (int(declared) if len(declared) <= 18 else sys.maxsize) > self.max_body_size:
+                record_decision(scope, Component.FRONTDOOR, Outcome.DENY, reason="body_size")
+                return self._too_large(send)
+            if b"transfer-encoding" not in first and not cors:
+                # The server frames the body by its declared length (HTTP/1.1 and HTTP/2 both refuse a body
+                # longer than Content-Length), which is within the limit: nothing to count, no CORS to add.
+                return self.app(scope, receive, send)
         return self._counted(scope, receive, send, origin if cors else None)
 
     async def _counted(self, scope: Scope, receive: Receive, send: Send, cors_origin: str | None) -> None:
@@ -173,14 +180,6 @@ class FrontDoorMiddleware:
         ]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
-
-
-def _declared_length(raw: bytes | None) -> int | None:
-    """`Content-Length` as a number; None when absent or not ASCII digits (`bytes.isdigit` is ASCII-only, and
-    `int()` refuses strings of over 4,300 digits: a length that long is simply too large)."""
-    if raw is None or not raw.isdigit():
-        return None
-    return int(raw) if len(raw) <= 18 else sys.maxsize
 
 
 class _Exchange:

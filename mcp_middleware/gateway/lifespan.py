@@ -5,11 +5,14 @@ It also freezes what start-up built out of the garbage collector's scans (`[gate
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import inspect
 import logging
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -43,12 +46,25 @@ class GatewayLifespan:
         self.reloader: Reloader | None = None
         self.async_closers: list[AsyncCloser] = []
         """Awaited on the event loop at shutdown, after the router's lifespan and before `closers`."""
+        self._answered: frozenset[str] = frozenset()
+        self._beyond = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-        await serve_lifespan(self._frozen(), receive, send, name="gateway")
+    def bypass(self, answered: Iterable[str], beyond: ASGIApp) -> None:
+        """Hand an HTTP request for any path but `answered` (and with no `root_path`) straight to `beyond`: the
+        layers in between (operations, `/metrics`) answer only those paths and pass every other request on
+        unchanged, so it need not be asked of each of them."""
+        self._answered = frozenset(answered)
+        self._beyond = beyond
+
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # A plain call returning the next layer's awaitable: the outermost layer keeps no frame in a request's
+        # await chain either (marked a coroutine function below: servers pick ASGI 3 by that).
+        kind = scope["type"]
+        if kind == "http" and scope["path"] not in self._answered and not scope.get("root_path"):
+            return self._beyond(scope, receive, send)
+        if kind != "lifespan":
+            return self.app(scope, receive, send)
+        return serve_lifespan(self._frozen(), receive, send, name="gateway")
 
     @contextlib.asynccontextmanager
     async def _frozen(self) -> AsyncIterator[None]:
@@ -80,6 +96,19 @@ class GatewayLifespan:
                     await aclose()
                 for close in self.closers:  # join): in a worker thread, never on the event loop
                     await anyio.to_thread.run_sync(close)
+
+
+def _served_as_asgi3(function: Callable[..., Awaitable[None]]) -> None:
+    """Mark a plain function that returns an awaitable as a coroutine function, for the servers that tell
+    ASGI 3 from ASGI 2 by it (uvicorn: `asyncio.iscoroutinefunction(app.__call__)`; 3.14 on: `inspect`'s).
+    Python 3.12 has `inspect.markcoroutinefunction`, which both honour; 3.11's asyncio reads its own marker."""
+    if sys.version_info >= (3, 12):
+        inspect.markcoroutinefunction(function)
+    else:
+        function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+
+
+_served_as_asgi3(GatewayLifespan.__call__)
 
 
 def _freeze_startup_objects() -> bool:

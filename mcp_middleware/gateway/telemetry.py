@@ -187,6 +187,7 @@ def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | 
     """
     known: Container[str] = names if isinstance(names, Mapping) else frozenset(names)  # a Mapping: live (reloads)
     mount_prefix = prefix.rstrip("/") + "/"
+    cut = len(mount_prefix)
 
     def label(scope: Scope) -> str | None:
         decisions = scope.get(DECISIONS_SCOPE_KEY) or ()
@@ -197,7 +198,9 @@ def backend_label(prefix: str, names: Iterable[str]) -> Callable[[Scope], str | 
                     return server if isinstance(server, str) and server in known else None
         path: str = scope["path"]
         if path.startswith(mount_prefix):
-            name = path[len(mount_prefix) :].rstrip("/")
+            name = path[cut:]
+            if name not in known:  # (the usual path has no trailing slash to strip)
+                name = name.rstrip("/")
             return name if name in known else None
         return None
 

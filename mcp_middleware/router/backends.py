@@ -274,10 +274,10 @@ class _AtPath:
         if ticket is not None and ticket.origin is not None and _carries(scope, ticket.session_id):
             return _not_issued_here(scope, send, ticket)  # a remote server's session: the name moved here since
         root: str = scope.get("root_path", "")
-        child = dict(scope)
-        child["path"] = root + self.path
-        child["raw_path"] = root.encode("latin-1") + self.raw_path
-        return self.app(child, receive, send)
+        if root:
+            path, raw_path = root + self.path, root.encode("latin-1") + self.raw_path
+            return self.app({**scope, "path": path, "raw_path": raw_path}, receive, send)
+        return self.app({**scope, "path": self.path, "raw_path": self.raw_path}, receive, send)
 
 
 def _carries(scope: Scope, session_id: str | None) -> bool:

@@ -62,6 +62,7 @@ from .virtual_mounts import VirtualMounts
 __all__ = ["McpRouter", "Mount", "MountMiddleware"]
 
 logger = logging.getLogger("mcp_middleware.router")
+_REMEMBERED_PATHS = 4096
 
 
 async def _nothing() -> None:
@@ -153,6 +154,8 @@ class McpRouter(VirtualMounts):
         self._applying: anyio.Lock | None = None
         self._virtual: dict[str, VirtualServer] = {}  # path -> what virtual_server() was told
         self._virtual_apps: dict[str, tuple[AggregateServer, ASGIApp, bool]] = {}  # path -> (server, entry, door)
+        self._mounted: dict[str, Mount] = {}
+        """Paths resolved to a path mount (`mcp_direct`: used while that mount is the one mounted under its name)."""
 
     def mount(
         self,
@@ -333,6 +336,13 @@ class McpRouter(VirtualMounts):
         each time the backend wakes up.
         """
         kind = scope["type"]
+        if kind == "http" and not self._virtual_apps and not scope.get("root_path"):
+            # A path this router already resolved to a mount, still mounted as it was: straight in.
+            mount = self._mounted.get(scope["path"])
+            if mount is not None and self.mounts.get(mount.name) is mount:
+                if mount.has_middleware and REQUEST_SCOPE_KEY not in scope:
+                    return self._dispatch(mount, scope, receive, send)
+                return mount.app(scope, receive, send)
         if kind == "lifespan":
             return serve_lifespan(self.lifespan(), receive, send, name="router")
         path = relative_path(scope)
@@ -354,6 +364,10 @@ class McpRouter(VirtualMounts):
         if path.startswith(prefix) and path[len(prefix) : len(prefix) + 1] == "/":
             mount = self.mounts.get(path[len(prefix) + 1 :])
             if mount is not None and mount.path_mount:
+                if not scope.get("root_path"):  # kept: `{prefix}/{name}` with or without a slash, of a name mounted
+                    if len(self._mounted) >= _REMEMBERED_PATHS:
+                        self._mounted.clear()
+                    self._mounted[scope["path"]] = mount
                 if mount.has_middleware and REQUEST_SCOPE_KEY not in scope:
                     return self._dispatch(mount, scope, receive, send)
                 # Read already (an outer layer parsed it; its receive replays the body): straight in.

@@ -15,8 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, CoreConfig, ResponseTap, observe_decisions, read_request
 
+from .decision_counters import BATCH
 from .metrics import McpMetrics
-from .semconv import TOOL_ERROR, response_error
+from .semconv import response_error
 
 __all__ = ["measure"]
 
@@ -39,7 +40,9 @@ async def measure(
     A refusal by the core goes to the client at once (with no span to hold it for, nothing differs)
     and, like every request that never reached the app, is recorded by the decisions counter only.
     """
-    observe_decisions(scope, metrics.record_decision)
+    if len(metrics.pending) >= BATCH:  # the decisions are counted in batches (see `.decision_counters`)
+        metrics.counters.drain()
+    observe_decisions(scope, metrics.pending_decision)  # a list's `append`: no call of ours a decision
     request, receive = await read_request(scope, receive, send, config)
     if receive is ANSWERED:
         return
@@ -58,10 +61,5 @@ async def measure(
         del scope[marker]
         status, result, error, duration = tap.found()  # what `tap.outcome()` would say, without building it
         error_type, error_code = response_error(status, result, error)
-        if result is not None:  # a result is never an error: `tool_error` is `isError`
-            metrics.names.learn(request, result, error_type == TOOL_ERROR)
-        if error_type is None:
-            error_type = exception
-        metrics.record_operation(
-            request, duration, error_type, error_code, server_name(scope) if server_name is not None else None
-        )
+        server = server_name(scope) if server_name is not None else None
+        metrics.record_measured(request, result, error_type, error_code, duration, server, exception)

@@ -36,7 +36,7 @@ ones are `_OTHER`. So the number of series is fixed, whatever the traffic.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
@@ -44,14 +44,13 @@ from opentelemetry.metrics import MeterProvider, NoOpMeterProvider
 from mcp_middleware.core import (
     OTHER,
     BoundedValues,
-    Component,
     Decision,
     McpRequest,
-    Outcome,
     known_method,
     known_version,
 )
 
+from .decision_counters import BreakerChange, DecisionCounters
 from .known_names import KnownNames
 from .prebound import PreboundSet
 from .providers import ProviderWatch
@@ -64,9 +63,9 @@ from .semconv import (
     MCP_METHOD_NAME,
     MCP_PROTOCOL_VERSION,
     RPC_RESPONSE_STATUS_CODE,
+    TOOL_ERROR,
     AttributeMap,
 )
-from .tally import Tally as _Tally
 
 try:  # the API's stand-in until a global provider is set: recording through it is a no-op
     from opentelemetry.metrics._internal import _ProxyMeterProvider as _UNSET_METER_PROVIDER
@@ -79,11 +78,6 @@ OPERATION_DURATION: Final = "mcp.server.operation.duration"
 SERVER_LABEL: Final = "mcp_middleware.server"
 """The backend that served the request: a configured server name, never a client's text."""
 _OTHER: Final = OTHER
-_CACHE_LOOKUPS: Final = frozenset({Outcome.HIT, Outcome.MISS, Outcome.STALE})
-_AUTH, _RATELIMIT, _BREAKER, _CACHE = Component.AUTH, Component.RATELIMIT, Component.BREAKER, Component.CACHE
-_DENY, _OPEN, _EVICT = Outcome.DENY, Outcome.OPEN, Outcome.EVICT
-_COUNTED_APART: Final = frozenset({_DENY, _OPEN, _EVICT, *_CACHE_LOOKUPS})
-"""The outcomes some component counts in an instrument of its own, besides `mcp.middleware.decisions`."""
 _MAX_SETS: Final = 4096
 _UNKNOWN_NAME: Final = (None, OTHER)
 """Most pre-built attribute sets kept per instrument (each label is bounded; this bounds their product)."""
@@ -138,8 +132,6 @@ class McpMetrics:
         meter = otel_metrics.get_meter("mcp_middleware.tracing", __version__, meter_provider)
         self.names = KnownNames(max_names)
         self._errors = BoundedValues(max_names)
-        self._reasons = BoundedValues(max_names)
-        self._breakers = BoundedValues(max_names, max_length=128)
         self._servers = BoundedValues(max_names)
         self._hosts = BoundedValues(max_names, max_length=255)
         # Pre-built attribute sets, one per combination of (bounded) label values: the request path
@@ -157,56 +149,12 @@ class McpMetrics:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
         # Counters are tallied here and read by the SDK at collection time (observable counters): a
-        # decision costs a dict update on the request path, not an SDK measurement.
-        self.decisions = _Tally(
-            meter,
-            "mcp.middleware.decisions",
-            ("mcp_middleware.component", "mcp_middleware.outcome"),
-            unit="{decision}",
-            description="Decisions of the middlewares, by outcome.",
-        )
-        self.auth_failures = _Tally(
-            meter,
-            "mcp.middleware.auth.failures",
-            ("mcp_middleware.outcome", "mcp_middleware.reason"),
-            unit="{request}",
-            description="Requests auth did not allow, by reason.",
-        )
-        self.ratelimit_refusals = _Tally(
-            meter,
-            "mcp.middleware.ratelimit.refusals",
-            ("mcp_middleware.policy", "mcp_middleware.reason"),
-            unit="{request}",
-            description="Requests refused by a rate limit.",
-        )
-        self.breaker_refusals = _Tally(
-            meter,
-            "mcp.middleware.breaker.refusals",
-            ("mcp_middleware.state",),
-            unit="{request}",
-            description="Requests refused by an open circuit.",
-        )
-        self.breaker_transitions = _Tally(
-            meter,
-            "mcp.middleware.breaker.transitions",
-            ("mcp_middleware.breaker", "mcp_middleware.previous", "mcp_middleware.state", "mcp_middleware.reason"),
-            unit="{transition}",
-            description="Circuit breaker state changes.",
-        )
-        self.cache_lookups = _Tally(
-            meter,
-            "mcp.middleware.cache.lookups",
-            ("mcp_middleware.outcome",),
-            unit="{lookup}",
-            description="Response cache lookups, by outcome.",
-        )
-        self.cache_evictions = _Tally(
-            meter,
-            "mcp.middleware.cache.evictions",
-            (),
-            unit="{entry}",
-            description="Entries evicted from the response cache.",
-        )
+        # decision costs a list append on the request path, not an SDK measurement (see `.decision_counters`).
+        self.counters = DecisionCounters(meter, max_names)
+        self.decisions = self.counters.decisions
+        self.pending = self.counters.pending
+        self.pending_decision = self.pending.append
+        """A decision observer that only keeps the decision for the counters (C: no frame of ours a decision)."""
         self.http_duration = (
             meter.create_histogram(
                 "http.server.request.duration",
@@ -238,13 +186,38 @@ class McpMetrics:
         call :meth:`KnownNames.learn` with the response's result first, as `TracingMiddleware` does.
         `server` (the backend's configured name) becomes `mcp_middleware.server`, bounded like the others.
         """
-        method = request.method
-        if method is None:
-            return  # GET streams, DELETE, client responses: not MCP operations
-        value = duration if duration > 0.0 else 0.0
-        raw = (method, request.protocol_version, request.name, error_type, error_code, server)
+        self.record_measured(request, None, error_type, error_code, duration, server, None)
+
+    def record_measured(
+        self,
+        request: McpRequest,
+        result: Mapping[str, Any] | None,
+        error_type: str | None,
+        error_code: int | None,
+        duration: float,
+        server: str | None,
+        exception: str | None,
+    ) -> None:
+        """What a measured request records when it ends (`measured.py`): the names its result teaches
+        (:meth:`KnownNames.learn`, given `error_type`), then the operation, its error the response's
+        `error_type` or else `exception`; as those two calls would, with the request's name read once.
+
+        A call whose set is remembered has a known name (`_operation_set` remembers no other), which
+        learning cannot change: only a request with no name (a list) is learned from then.
+        """
+        name = request.name
+        if error_type is None:
+            raw = (request.method, request.protocol_version, name, exception, error_code, server)
+        else:
+            raw = (request.method, request.protocol_version, name, error_type, error_code, server)
         bound = self._operation_memo.get(raw)
+        # (a result is never an error: `tool_error` is `isError`)
+        if result is not None and (bound is None or name is None):
+            self.names.learn(request, result, error_type == TOOL_ERROR)
+        value = duration if duration > 0.0 else 0.0
         if bound is None:
+            if raw[0] is None:
+                return  # GET streams, DELETE, client responses: not MCP operations
             bound = self._operation_set(raw)
             if bound is None:  # no room to keep a binding: the SDK's own path
                 self.duration.record(value, _operation_attributes(self._operation_key(raw)))
@@ -329,40 +302,7 @@ class McpMetrics:
 
     def record_decision(self, decision: Decision) -> None:
         """Count one middleware decision (its component and outcome: `Component` and `Outcome` of the core)."""
-        key = decision[:2]  # (component, outcome): a plain tuple
-        try:  # `Tally.count`'s common case inline: this runs for every decision of every request
-            self.decisions.totals[key] += 1
-        except KeyError:
-            self.decisions.count(key)
-        component, outcome, details = decision
-        if outcome not in _COUNTED_APART:
-            return  # most decisions (allow, success, bypass, …) feed the decisions counter only
-        # Members are read from module constants: on Python 3.11 `Component.AUTH` is a slow lookup (the
-        # enum metaclass's `__getattr__` hook), and this runs for every decision of every request.
-        if component == _AUTH:
-            if outcome == _DENY:
-                reason = self._text(details.get("reason"))
-                self.auth_failures.add(1, {"mcp_middleware.outcome": outcome, "mcp_middleware.reason": reason})
-        elif component == _RATELIMIT:
-            if outcome == _DENY:
-                refusal: AttributeMap = {"mcp_middleware.policy": self._text(details.get("policy"))}
-                if isinstance(why := details.get("reason"), str):
-                    refusal["mcp_middleware.reason"] = self._text(why)
-                self.ratelimit_refusals.add(1, refusal)
-        elif component == _BREAKER:
-            if outcome == _OPEN:
-                self.breaker_refusals.add(1, {"mcp_middleware.state": self._text(details.get("state"))})
-        elif component == _CACHE:
-            if outcome in _CACHE_LOOKUPS:
-                self.cache_lookups.add(1, {"mcp_middleware.outcome": outcome})
-            elif outcome == _EVICT:
-                count = details.get("count", 1)
-                if type(count) is int and count > 0:
-                    self.cache_evictions.add(count)
-
-    def _text(self, value: object) -> str:
-        """A decision detail as a label: bounded in number and length (a reason may quote the request)."""
-        return self._reasons(value) if isinstance(value, str) and value else _OTHER
+        self.counters.record(decision)
 
     def record_breaker_change(self, change: BreakerChange) -> None:
         """Count one circuit state change; usable as the breaker's state listener (`on_state_change`).
@@ -370,31 +310,4 @@ class McpMetrics:
         Duck-typed, so tracing needs no import of the breaker: anything with `key`, `previous`,
         `state` (strings or enums with a string `value`) and `reason` will do.
         """
-        self.breaker_transitions.add(
-            1,
-            {
-                "mcp_middleware.breaker": self._breakers(_state(change.key)),
-                "mcp_middleware.previous": self._text(_state(change.previous)),
-                "mcp_middleware.state": self._text(_state(change.state)),
-                "mcp_middleware.reason": self._text(_state(change.reason)),
-            },
-        )
-
-
-class BreakerChange(Protocol):
-    """What :meth:`McpMetrics.record_breaker_change` reads of a circuit state change."""
-
-    @property
-    def key(self) -> object: ...
-    @property
-    def previous(self) -> object: ...
-    @property
-    def state(self) -> object: ...
-    @property
-    def reason(self) -> object: ...
-
-
-def _state(value: object) -> str:
-    """A state (or its enum) as text."""
-    value = getattr(value, "value", value)
-    return value if isinstance(value, str) and value else _OTHER
+        self.counters.record_breaker_change(change)

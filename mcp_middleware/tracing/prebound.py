@@ -34,7 +34,7 @@ import math
 from time import time_ns
 from typing import Any
 
-from opentelemetry.context import get_current
+from opentelemetry.context import Context, get_current
 from opentelemetry.metrics import Histogram
 
 from .semconv import AttributeMap
@@ -43,6 +43,7 @@ __all__ = ["PreboundSet"]
 
 try:  # the SDK's internals this reads; any other layout means the public path only
     from opentelemetry.sdk.metrics._internal._view_instrument_match import _hash_attributes
+    from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter as _AlwaysOff
     from opentelemetry.sdk.metrics._internal.instrument import Histogram as _SdkHistogram
     from opentelemetry.sdk.metrics._internal.measurement import Measurement as _Measurement
     from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer as _Consumer
@@ -61,9 +62,12 @@ else:
 
 
 _INF = math.inf
+_NO_CONTEXT = Context()
+"""The context of a measurement no exemplar can be taken of (nothing else reads it)."""
 _new = object.__new__
 _Binding = tuple[Any, Any, Any, tuple[Any, ...]]
-"""(the consumer's reader storages when bound, the SDK instrument, the exemplar filter, the aggregations)"""
+"""(the consumer's reader storages when bound, the SDK instrument, the exemplar filter or None when it is
+always off, the aggregations)"""
 
 
 class PreboundSet:
@@ -87,11 +91,22 @@ class PreboundSet:
             storages, instrument, exemplars, aggregations = binding
             if storages is instrument._measurement_consumer._reader_storages and instrument._is_enabled():
                 now = time_ns()
-                context = get_current()
                 attributes = self.attributes
                 # The frozen dataclass's generated __init__ sets each field through object.__setattr__ and
                 # calls __post_init__ (≈ 50 bytecodes); the same fields written at once make the same object.
                 measurement = _new(_CleanMeasurement)
+                if exemplars is None:  # the always-off filter: no exemplar, and the context serves only those
+                    measurement.__dict__.update(
+                        value=amount,
+                        time_unix_nano=now,
+                        instrument=instrument,
+                        context=_NO_CONTEXT,
+                        attributes=attributes,
+                    )
+                    for aggregation in aggregations:
+                        aggregation.aggregate(measurement, False)
+                    return
+                context = get_current()
                 measurement.__dict__.update(
                     value=amount, time_unix_nano=now, instrument=instrument, context=context, attributes=attributes
                 )
@@ -125,7 +140,10 @@ class PreboundSet:
                     return
                 aggregations.append(aggregation)
         if aggregations:
-            self._binding = (storages, instrument, consumer._sdk_config.exemplar_filter, tuple(aggregations))
+            exemplars: Any = consumer._sdk_config.exemplar_filter
+            if type(exemplars) is _AlwaysOff:
+                exemplars = None  # never samples: `record` asks neither it nor the context
+            self._binding = (storages, instrument, exemplars, tuple(aggregations))
 
     def _aggregation(self, match: Any) -> Any:
         """The aggregation of our set in one view's stream, or `None` when the shortcut would not be exact."""

@@ -91,6 +91,7 @@ class PrometheusMiddleware:
         self.app = app
         self.path = path
         self.registry = registry
+        self._suffix = path != "/"  # (`/` below a `root_path` is the root path itself, which need not end in `/`)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.mcp_direct(scope, receive, send)
@@ -98,7 +99,10 @@ class PrometheusMiddleware:
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What awaiting the middleware does, as an awaitable: for every other path, the inner app's own
         (a layer in front may call this, so that no frame of this one stays in the request's await chain)."""
-        if scope["type"] != "http" or relative_path(scope) != self.path:
+        # The path below `root_path` ends the request's path: most requests are told apart by a suffix test.
+        if scope["type"] != "http" or (self._suffix and not scope["path"].endswith(self.path)):
+            return self.app(scope, receive, send)
+        if relative_path(scope) != self.path:
             return self.app(scope, receive, send)
         return self._serve(scope, send)
 

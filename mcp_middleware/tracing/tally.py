@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -18,10 +18,21 @@ class Tally:
     once, the first time the key is counted. `add(amount, attributes)` is the `Counter.add` shape.
     """
 
-    __slots__ = ("_labels", "_sets", "totals")
+    __slots__ = ("_before", "_labels", "_sets", "totals")
 
-    def __init__(self, meter: Meter, name: str, labels: tuple[str, ...], *, unit: str, description: str) -> None:
+    def __init__(
+        self,
+        meter: Meter,
+        name: str,
+        labels: tuple[str, ...],
+        *,
+        unit: str,
+        description: str,
+        before: Callable[[], None] | None = None,
+    ) -> None:
+        """`before` is called before each collection reads the totals (to count what is pending first)."""
         self._labels = labels
+        self._before = before
         self.totals: dict[tuple[object, ...], int] = {}
         """Totals by key; a key already here may be added to in place (a new one goes through :meth:`count`)."""
         self._sets: dict[tuple[object, ...], AttributeMap] = {}
@@ -42,5 +53,7 @@ class Tally:
         self.count(tuple(values.get(label) for label in self._labels), amount)
 
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        if self._before is not None:
+            self._before()
         sets = self._sets
         return [Observation(total, sets[key]) for key, total in list(self.totals.items())]

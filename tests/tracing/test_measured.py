@@ -1,6 +1,8 @@
 """The measured-only path (`TracingMiddleware.mcp_direct` with no span and no access line) records what the full
 path records: twin servers, one entered through `handle`, the other through `__call__`, get the same traffic
-and must export the same metrics (every label set, count and bucket bound; not the durations themselves)."""
+and must export the same metrics (every label set, count and bucket bound; not the durations themselves).
+It reads a request's name once and learns nothing from a call whose label set is remembered (its name is known
+already); a list is learned from every time, which twins whose tool list grows while they serve must show."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import httpx2
 import orjson
 import pytest
 from mcp import MCPError
+from mcp.server.mcpserver import MCPServer
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
@@ -178,3 +181,65 @@ async def test_an_inner_tracing_middleware_adds_nothing_under_the_measured_path(
 
     await until(lambda: echo_count() >= 1)
     assert echo_count() == 1
+
+
+async def _post(http: httpx2.AsyncClient, request_id: int, method: str, params: dict[str, Any]) -> None:
+    if method == "tools/call":
+        body, mirrored = _modern_call(request_id, params["name"], params["arguments"])
+    else:
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }
+        body = orjson.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": {"_meta": meta}})
+        mirrored = {"mcp-protocol-version": "2026-07-28", "mcp-method": method}
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream", **mirrored}
+    assert (await http.post("/mcp", content=body, headers=headers)).status_code == 200
+
+
+async def test_a_tool_a_later_list_names_is_labelled_on_the_measured_path(
+    serve: Any, twins: tuple[Metrics, Metrics]
+) -> None:
+    lean, full = twins
+    servers: list[tuple[MCPServer, Served]] = []
+    for metrics, measured in ((lean, True), (full, False)):
+        server = MCPServer("growing")
+
+        @server.tool()
+        def first(text: str) -> str:
+            """Return the text."""
+            return text
+
+        app = TracingMiddleware(
+            server.streamable_http_app(), tracer_provider=NoOpTracerProvider(), meter_provider=metrics.provider
+        )
+        servers.append((server, serve(app.mcp_direct if measured else app)))
+
+    for server, served in servers:
+        async with httpx2.AsyncClient(base_url=served.base, timeout=30) as http:
+            await _post(http, 1, "tools/list", {})  # remembered from now on: a list's set has no name
+            await _post(http, 2, "tools/call", {"name": "first", "arguments": {"text": "a"}})
+            await _post(
+                http, 3, "tools/call", {"name": "first", "arguments": {"text": "b"}}
+            )  # remembered: skips learning
+
+            @server.tool()
+            def later(text: str) -> str:
+                """Fail: a tool error teaches no name; only the list does."""
+                raise ValueError(text)
+
+            await _post(http, 4, "tools/list", {})  # the remembered list set: still learned from
+            await _post(http, 5, "tools/call", {"name": "later", "arguments": {"text": "c"}})
+
+    def labels(metrics: Metrics) -> set[tuple[Any, Any]]:
+        return {
+            ((p.attributes or {}).get("gen_ai.tool.name"), (p.attributes or {}).get("error.type"))
+            for p in metrics.histogram(DURATION)
+        }
+
+    def recorded(metrics: Metrics) -> int:
+        return sum(p.count for p in metrics.histogram(DURATION))
+
+    await until(lambda: recorded(lean) == recorded(full) == 5)  # (recorded once the app returned, after the answer)
+    assert exported(lean) == exported(full)
+    assert {("first", None), ("later", "tool_error"), (None, None)} == labels(lean)

@@ -18,7 +18,7 @@ from opentelemetry.metrics import Histogram
 from opentelemetry.metrics._internal import _ProxyMeterProvider
 from opentelemetry.sdk.metrics import Histogram as SdkHistogram
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOnExemplarFilter
+from opentelemetry.sdk.metrics._internal.exemplar import AlwaysOffExemplarFilter, AlwaysOnExemplarFilter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import TracerProvider
@@ -203,6 +203,26 @@ def test_exemplars_follow_the_provider_filter_and_the_current_span() -> None:
     twins.record_all(VALUES[5:])
     (exported,) = twins.assert_same()  # both twins record inside the same span: the same exemplars
     assert any(point[7] for point in exported)
+    twins.close()
+
+
+def test_with_exemplars_always_off_the_shortcut_asks_neither_filter_nor_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway's Prometheus provider takes no exemplars: its measurements skip the filter and the current
+    context (read for exemplars only) and export what the SDK's own path exports, in a span or not."""
+    twins = Twins(cumulative, exemplar_filter=AlwaysOffExemplarFilter())
+    twins.record_all(VALUES[:2])  # bound from here on
+    asked: list[object] = []
+    monkeypatch.setattr(AlwaysOffExemplarFilter, "should_sample", lambda *args: asked.append(args) or False)
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("request"):
+        twins.record_all(VALUES[2:5])
+    twins.record_all(VALUES[5:])
+    assert all(bound._binding is not None and bound._binding[2] is None for bound in twins.bound)
+    exported = twins.assert_same()
+    assert not any(point[7] for points in exported for point in points)  # no exemplar on either side
+    assert len(asked) == len(SETS) * (len(VALUES) - 2)  # only the SDK's own path asked the filter
     twins.close()
 
 
