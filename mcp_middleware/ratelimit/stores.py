@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("mcp_middleware.ratelimit")
+_new: Any = tuple.__new__
 
 Clock = Callable[[], float]
 
@@ -153,25 +154,38 @@ class MemoryBucketStore:
         return decisions
 
     def decide_one(self, key: str, bucket: TokenBucket, cost: float, now: float | None = None) -> BucketDecision:
-        """:meth:`decide` for one bucket (what a limiter with one policy asks), without a take or a list."""
+        """:meth:`decide` for one bucket (what a limiter with one policy asks), without a take or a list.
+
+        The hot path of every limited request: the bucket's arithmetic (:meth:`TokenBucket.decide`, the rule)
+        is written out here, operation for operation, to spare a frame; `tests/ratelimit/test_stores.py`
+        checks that the two agree on every state, time and cost."""
         if now is None:
             now = self.clock()
         buckets = self._buckets
         if buckets and buckets[next(iter(buckets))][2] <= now:  # (`_forget_idle`'s first test, inline)
             self._forget_idle(now)
         entry = buckets.get(key)
+        capacity = bucket.capacity
+        rate = bucket.rate
         if entry is None:
-            decision = bucket.decide(None, 0.0, now, cost)
+            tokens = capacity
         else:
-            decision = bucket.decide(entry[0], entry[1], now, cost)
-        if decision[0]:
-            tokens = decision[1]
-            buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
+            tokens = entry[0]
+            elapsed = now - entry[1]
+            if elapsed > 0:
+                tokens = min(capacity, tokens + elapsed * rate)
+        if tokens + EPSILON >= cost:
+            tokens = max(0.0, tokens - cost)
+            reset = (capacity - tokens) / rate
+            buckets[key] = (tokens, now, now + reset + _IDLE_SLACK)
             buckets.move_to_end(key)
             if len(buckets) > self.max_buckets:
                 buckets.popitem(last=False)
-        elif entry is not None:
+            decision: BucketDecision = _new(BucketDecision, (True, tokens, 0.0, reset))
+            return decision
+        if entry is not None:
             buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
+        decision = _new(BucketDecision, (False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate))
         return decision
 
     def _forget_idle(self, now: float) -> None:
