@@ -36,6 +36,9 @@ _REPARSE_MAX = 1024 * 1024
 
 
 _NO_ID: Any = object()
+_ID_TYPES = frozenset({str, int})
+"""The exact types of a valid id (orjson makes exact built-in types; `bool`, a subclass of `int`, is not one)."""
+_LEGACY, _MODERN, _REQUEST = Era.LEGACY, Era.MODERN, RequestKind.REQUEST  # (one global load each, hot path)
 _tuple_new = tuple.__new__  # builds a view without the Python-level `McpRequest.__new__`
 
 
@@ -63,16 +66,17 @@ def parse_post(
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
     request_id = message.get("id", _NO_ID)
-    has_id = request_id is not _NO_ID
-    if not has_id:
+    has_id = True
+    if type(request_id) not in _ID_TYPES:  # (one test for the usual request: a str or int id)
+        if request_id is not _NO_ID:  # null, fractional and bool ids refused
+            return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
+        has_id = False
         request_id = None
-    elif type(request_id) is not str and type(request_id) is not int:  # null, fractional and bool ids refused
-        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
     if message.get("jsonrpc") != "2.0":
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
     version = headers.protocol_version
-    era = Era.LEGACY if version is None or version in HANDSHAKE_VERSIONS else Era.MODERN
+    era = _LEGACY if version is None or version in HANDSHAKE_VERSIONS else _MODERN
     method = message.get("method")
     if type(method) is not str or not method:
         if method is not None:
@@ -84,7 +88,7 @@ def parse_post(
     if params is not None and type(params) is not dict:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
-    if era is Era.LEGACY:
+    if era is _LEGACY:
         return _view(
             RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
             era,
@@ -123,7 +127,7 @@ def parse_post(
     # (`_view` for a verified modern request: its version is the header's, it has no session)
     if started is None:
         started = time.perf_counter()
-    view = (RequestKind.REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
+    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
     return _tuple_new(McpRequest, view)
 
 
