@@ -208,7 +208,7 @@ class AuthMiddleware(Refusals):
         # case, here without its frame; the header found in one C-level pass, where no header name repeats).
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         found = dict(headers)
-        key = self._keys.get(found.get(b"authorization")) if len(found) == len(headers) else None
+        key = self._keys.get(found.get(b"authorization", b"")) if len(found) == len(headers) else None
         if key is None or b"access_token=" in scope.get("query_string", b""):
             verified = self._cached(scope)
         else:
