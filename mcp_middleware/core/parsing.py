@@ -23,7 +23,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from .errors import JsonRpcCode, RequestId
 from .headers import HANDSHAKE_VERSIONS, ROUTING_HEADERS, RequestHeaders
-from .request import DEFAULT_LEGACY_VERSION, Era, McpRequest, Rejection, RequestKind
+from .request import DEFAULT_LEGACY_VERSION, TARGET_KEYS, Era, McpRequest, Rejection, RequestKind, target_of
 
 __all__ = ["describe_exchange", "parse_post"]
 
@@ -108,7 +108,9 @@ def parse_post(
     # Trusted without the SDK's ladder only if the ladder would accept: the envelope present, the headers
     # equal to the body, the version served. Anything else is the ladder's to decide (a base64-encoded
     # `Mcp-Name`, say, it may still accept). Inline, as the view below: every modern request runs it.
+    # The view's `target` is read here too, by the key `Mcp-Name` mirrors where the SDK checks one.
     agrees = False
+    target = None
     if params is not None and headers.duplicated is None:
         meta = params.get("_meta")
         if (
@@ -118,16 +120,24 @@ def parse_post(
             and version in _MODERN_VERSIONS
             and headers.method == method
         ):
-            name_key = NAME_BEARING_METHODS.get(method)
-            agrees = name_key is None or (value := params.get(name_key)) is None or value == headers.name
+            target_key = TARGET_KEYS.get(method)
+            if target_key is None:
+                agrees = True
+            else:
+                target = params.get(target_key)
+                # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
+                agrees = target is None or target == headers.name or method not in NAME_BEARING_METHODS
+                if type(target) is not str:
+                    target = None
     if not agrees:
         rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
             return rejection
+        target = target_of(method, params)
     # (`_view` for a verified modern request: its version is the header's, it has no session)
     if started is None:
         started = time.perf_counter()
-    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
+    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started, target)
     return _tuple_new(McpRequest, view)
 
 
@@ -213,6 +223,7 @@ def _view(
             verified,
             body,
             time.perf_counter() if started is None else started,
+            target_of(method, params),
         ),
     )
 
