@@ -139,7 +139,9 @@ async def test_the_one_pass_lookup_answers_as_the_exact_path(serve: Any) -> None
                 body = modern_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, 7)
                 headers = base + (repeated if exact else []) + ([(b"authorization", credential)] if credential else [])
                 response = await http.post(served.mcp_url, content=body, headers=headers)
-                answers[exact].append((response.status_code, response.headers.get("www-authenticate"), response.content))
+                answers[exact].append(
+                    (response.status_code, response.headers.get("www-authenticate"), response.content)
+                )
     assert answers[False] == answers[True]
     assert [status for status, _, _ in answers[False]] == [200, 200, 401, 401, 401]
     fast, exact_ = recorder.scopes[:5], recorder.scopes[5:]
