@@ -124,11 +124,14 @@ def parse_post(
             if target_key is None:
                 agrees = True
             else:
-                target = params.get(target_key)
                 # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
-                agrees = target is None or target == headers.name or method not in NAME_BEARING_METHODS
-                if type(target) is not str:
-                    target = None
+                target = params.get(target_key)
+                if target is None or target == headers.name:  # (then a str, as the header's value is)
+                    agrees = True
+                else:
+                    agrees = method not in NAME_BEARING_METHODS
+                    if type(target) is not str:
+                        target = None
     if not agrees:
         rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
