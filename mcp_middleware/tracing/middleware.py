@@ -184,12 +184,13 @@ class TracingMiddleware:
         return self(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if monotonic() < self._quiet_until:  # nothing recorded (the questions below would all say no)
+            # (the core passes a scope that is not HTTP, or one an outer middleware read, on as it is)
+            _, receive = await read_request(scope, receive, send, self.config)
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
             await self._next(scope, receive, send)
             return
-        if monotonic() < self._quiet_until:  # nothing recorded (the questions below would all say no)
-            _, receive = await read_request(scope, receive, send, self.config)
-            return await self._next(scope, receive, send) if receive is not ANSWERED else None
         traced = self._tracing()  # (`self.tracing`, without the property's frame)
         measured = self.metrics.active
         access_log = self.access_log if self.access_log is not None and self.access_log.enabled else None
