@@ -149,11 +149,7 @@ def add_decision(scope: Scope, decision: Decision) -> None:
     >>> get_decisions(scope) == (ALLOWED,)
     True
     """
-    decisions = scope.get(DECISIONS_SCOPE_KEY)
-    if decisions is None:
-        scope[DECISIONS_SCOPE_KEY] = [decision]
-    else:
-        decisions.append(decision)
+    scope.setdefault(DECISIONS_SCOPE_KEY, []).append(decision)
     if _observing:  # (until a first observer is installed in this process, no scope has one to tell)
         observers = scope.get(_OBSERVERS_SCOPE_KEY)
         if observers:
