@@ -178,8 +178,9 @@ class MemoryBucketStore:
             tokens = max(0.0, tokens - cost)
             reset = (capacity - tokens) / rate
             buckets[key] = (tokens, now, now + reset + _IDLE_SLACK)
-            buckets.move_to_end(key)
-            if len(buckets) > self.max_buckets:
+            if entry is not None:
+                buckets.move_to_end(key)
+            elif len(buckets) > self.max_buckets:  # (a new bucket, at the end already: the only one that grows it)
                 buckets.popitem(last=False)
             decision: BucketDecision = _new(BucketDecision, (True, tokens, 0.0, reset))
             return decision
