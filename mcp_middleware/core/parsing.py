@@ -85,7 +85,7 @@ def parse_post(
             return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     params = message.get("params")
-    if params is not None and type(params) is not dict:
+    if type(params) is not dict and params is not None:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
     if era is _LEGACY:
