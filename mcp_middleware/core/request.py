@@ -158,26 +158,15 @@ class McpRequest(_Fields):
             raise ValueError(f"Got unexpected field names: {sorted(unexpected)!r}")
         return McpRequest(*map(changes.pop, _GIVEN, self))
 
-    def _text_param(self, methods: frozenset[str], key: str) -> str | None:
-        if self.method not in methods or self.params is None:
-            return None
-        value = self.params.get(key)
-        return value if isinstance(value, str) else None
-
     @property
     def name(self) -> str | None:
-        """Tool or prompt name (`tools/call`, `prompts/get`)."""
-        # Inline rather than through `_text_param`: every middleware asks, on every request.
-        params = self.params
-        if params is None or self.method not in _NAME_METHODS:
-            return None
-        value = params.get("name")
-        return value if isinstance(value, str) else None
+        """Tool or prompt name (`tools/call`, `prompts/get`): the `target` of those methods."""
+        return self.target if self.method in _NAME_METHODS else None
 
     @property
     def uri(self) -> str | None:
-        """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
-        return self._text_param(_URI_METHODS, "uri")
+        """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`): their `target`."""
+        return self.target if self.method in _URI_METHODS else None
 
     @property
     def cursor(self) -> str | None:

@@ -268,6 +268,11 @@ def test_the_parsed_target_is_the_one_any_view_derives(
     assert parsed.target == expected
     key = "name" if method in ("tools/call", "prompts/get") else "uri" if method.startswith("resources/") else None
     assert expected == (params[key] if key is not None and isinstance(params[key], str) else None)
+    # `name` and `uri` are the target of their methods, read from `params` as they always were.
+    name, uri = params["name"], params["uri"]
+    is_name, is_uri = method in ("tools/call", "prompts/get"), method.startswith("resources/")
+    assert parsed.name == (name if is_name and isinstance(name, str) else None)
+    assert parsed.uri == (uri if is_uri and isinstance(uri, str) else None)
     rebuilt = McpRequest(*parsed[:-1])
     assert rebuilt == parsed and rebuilt.target == parsed.target
     assert parsed._replace(params={"name": "other", "uri": "other"}).target == (None if key is None else "other")
