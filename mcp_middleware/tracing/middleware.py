@@ -177,7 +177,7 @@ class TracingMiddleware:
             and not self.http_metrics
             and scope["type"] == "http"
             and _EXCHANGE_KEY not in scope
-            and not self.tracing
+            and not self._tracing()  # (`self.tracing`, without the property's frame)
             and self.metrics.active
         ):
             return measure(self._next, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
