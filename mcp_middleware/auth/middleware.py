@@ -218,13 +218,10 @@ class AuthMiddleware(Refusals):
             if verified is None:
                 return
         principal = verified.principal
-        # (without per-selector rules every request needs the same scopes: no target to read, no lookup)
-        if self._has_rules:
-            required = self._required.get((request.method, request.target))  # (`required_for`'s table first)
-            if required is None:
-                required = self.required_for(request.method, request.target)
-        else:
-            required = self.required_scopes
+        # (without per-selector rules every request needs the same scopes; with them, `required_for`'s table first)
+        required = self._required.get((request.method, request.target)) if self._has_rules else self.required_scopes
+        if required is None:
+            required = self.required_for(request.method, request.target)
         if not principal.scopes.issuperset(required):
             await self._forbid(scope, send, request, required, principal, self)
             return
