@@ -38,7 +38,7 @@ class Clock:
         return self.now
 
 
-def _traced(clock: Clock, current: list[Any]) -> tuple[TracingMiddleware, InMemorySpanExporter]:
+def _traced(current: list[Any]) -> tuple[TracingMiddleware, InMemorySpanExporter]:
     """A middleware whose tracer provider is whatever `current[0]` is (the API's stand-in until the test sets
     an SDK one, as an app's start-up would set the global one late); metrics stay off."""
     app = TracingMiddleware(build_server().streamable_http_app())
@@ -66,8 +66,8 @@ async def test_a_provider_set_late_is_noticed_when_the_general_path_notices_it(
     monkeypatch.setattr(providers, "time", SimpleNamespace(monotonic=clock))
     shortcut_provider: list[Any] = [ProxyTracerProvider()]
     general_provider: list[Any] = [ProxyTracerProvider()]
-    shortcut, shortcut_spans = _traced(clock, shortcut_provider)
-    general, general_spans = _traced(clock, general_provider)
+    shortcut, shortcut_spans = _traced(shortcut_provider)
+    general, general_spans = _traced(general_provider)
     served = {"shortcut": serve(shortcut), "general": serve(general)}
     answers: dict[str, list[tuple[int, bytes]]] = {"shortcut": [], "general": []}
     # (time, whether the SDK provider is set by then): set between two re-checks, noticed at the next one.
