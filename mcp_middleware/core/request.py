@@ -149,7 +149,9 @@ class McpRequest(_Fields):
 
     @classmethod
     def _make(cls, iterable: Iterable[Any]) -> McpRequest:  # type: ignore[override]  # (mypy: NamedTuple's is generic)
-        return cls(*iterable)
+        """A view from its given fields, or from all of them (another view's): `target` is derived again."""
+        fields = tuple(iterable)
+        return cls(*fields[: len(_GIVEN)]) if len(fields) == len(_GIVEN) + 1 else cls(*fields)
 
     def _replace(self, **changes: Any) -> McpRequest:
         """A copy with some given fields changed (`target` follows `method` and `params`)."""

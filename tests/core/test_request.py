@@ -287,7 +287,8 @@ def test_target_is_derived_by_every_way_of_building_a_view() -> None:
     assert call._replace(params={"name": "other"}).target == "other"
     assert call._replace(method="resources/read", params={"uri": "file:///x"}).target == "file:///x"
     assert call._replace(method="tools/list").target is None
-    assert McpRequest._make(tuple(call)[:-1]) == call
+    assert McpRequest._make(tuple(call)[:-1]) == call == McpRequest._make(call)
+    assert McpRequest._make([*tuple(call)[:-1], "spoofed"]).target == "echo"  # (all the fields: derived again)
     assert copy.copy(call) == call and copy.deepcopy(call) == call and pickle.loads(pickle.dumps(call)) == call
     with pytest.raises(ValueError, match="target"):
         call._replace(target="spoofed")
