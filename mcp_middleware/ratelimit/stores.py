@@ -209,3 +209,12 @@ class MemoryBucketStore:
         buckets.move_to_end(key)
         if len(buckets) > self.max_buckets:
             buckets.popitem(last=False)
+
+
+def __getattr__(name: str) -> Any:
+    """`RedisBucketStore` and `bucket_store_from_url` live in :mod:`.redis_store`; still importable from here."""
+    if name in ("RedisBucketStore", "bucket_store_from_url"):
+        from . import redis_store
+
+        return getattr(redis_store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

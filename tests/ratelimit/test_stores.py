@@ -219,3 +219,12 @@ def test_the_memory_stores_inline_step_is_the_buckets_rule(
 
 def math_repr(value: object) -> str:
     return repr(value)
+
+
+def test_the_redis_store_is_still_importable_from_the_stores_module() -> None:
+    from mcp_middleware.ratelimit import redis_store, stores
+
+    assert stores.RedisBucketStore is redis_store.RedisBucketStore is RedisBucketStore
+    assert stores.bucket_store_from_url is redis_store.bucket_store_from_url
+    with pytest.raises(AttributeError):
+        stores.NoSuchStore  # noqa: B018
