@@ -185,8 +185,8 @@ class AuthMiddleware(Refusals):
         if scope["type"] != "http":
             await self._next(scope, receive, send)
             return
-        if self.metadata is not None and scope["path"] == self._metadata_path:
-            await self.metadata(scope, receive, send)
+        if scope["path"] == self._metadata_path:  # (None without a metadata document: no path equals it)
+            await self.metadata(scope, receive, send)  # type: ignore[misc]
             return
         if self._public is not None and self._public.is_mcp(scope):
             await self._next(scope, receive, send)
@@ -204,14 +204,24 @@ class AuthMiddleware(Refusals):
             # here, in the backend's stack, only what this backend requires is decided.
             await self._authorize(scope, receive, send, request, door)
             return
-        verified = self._cached(scope)
+        # The usual request: its one `Authorization` value carried a verified token before (`_cached`'s first
+        # case, here without its frame; the header found in one C-level pass, where no header name repeats).
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        found = dict(headers)
+        key = self._keys.get(found.get(b"authorization", b"")) if len(found) == len(headers) else None
+        if key is None or b"access_token=" in scope.get("query_string", b""):
+            verified = self._cached(scope)
+        else:
+            verified = self.cache.get_by_key(key)
         if verified is None:
             verified = await self._authenticate(scope, send, request)
             if verified is None:
                 return
         principal = verified.principal
-        # (without per-selector rules every request needs the same scopes: no target to read, no lookup)
-        required = self.required_for(request.method, request.target) if self._has_rules else self.required_scopes
+        # (without per-selector rules every request needs the same scopes; with them, `required_for`'s table first)
+        required = self._required.get((request.method, request.target)) if self._has_rules else self.required_scopes
+        if required is None:
+            required = self.required_for(request.method, request.target)
         if not principal.scopes.issuperset(required):
             await self._forbid(scope, send, request, required, principal, self)
             return

@@ -42,6 +42,9 @@ DecisionValue = str | bool | int | float
 
 DECISIONS_SCOPE_KEY = "mcp_middleware.decisions"
 _OBSERVERS_SCOPE_KEY = "mcp_middleware.decision_observers"
+_observing = False
+"""Whether any observer was ever installed in this process (`observe_decisions`): until then a decision has
+no observer to tell, and `add_decision` does not look for any (API-only tracing installs none)."""
 
 
 class Component(StrEnum):
@@ -146,15 +149,12 @@ def add_decision(scope: Scope, decision: Decision) -> None:
     >>> get_decisions(scope) == (ALLOWED,)
     True
     """
-    decisions = scope.get(DECISIONS_SCOPE_KEY)
-    if decisions is None:
-        scope[DECISIONS_SCOPE_KEY] = [decision]
-    else:
-        decisions.append(decision)
-    observers = scope.get(_OBSERVERS_SCOPE_KEY)
-    if observers:
-        for observer in observers:
-            observer(decision)
+    scope.setdefault(DECISIONS_SCOPE_KEY, []).append(decision)
+    if _observing:  # (until a first observer is installed in this process, no scope has one to tell)
+        observers = scope.get(_OBSERVERS_SCOPE_KEY)
+        if observers:
+            for observer in observers:
+                observer(decision)
 
 
 def observe_decisions(scope: Scope, observer: DecisionObserver) -> None:
@@ -163,6 +163,8 @@ def observe_decisions(scope: Scope, observer: DecisionObserver) -> None:
     Install it before calling the app: the list lives in the scope, and scopes copied
     further in (`{**scope, ...}`) share it, so decisions made there are seen too.
     """
+    global _observing
+    _observing = True
     scope.setdefault(DECISIONS_SCOPE_KEY, [])
     observers = scope.get(_OBSERVERS_SCOPE_KEY)
     if observers is None:

@@ -10,9 +10,9 @@ kept returning empty bodies would make the SDK's disconnect watcher spin).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import Final
 
 from starlette.types import Message, Receive, Scope, Send
@@ -60,6 +60,7 @@ class CoreConfig:
     _exact: frozenset[str] = field(init=False, repr=False, compare=False)
     _prefixes: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _everything: bool = field(init=False, repr=False, compare=False)
+    _digits: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         paths = (self.paths,) if isinstance(self.paths, str) else tuple(self.paths)
@@ -83,6 +84,7 @@ class CoreConfig:
         object.__setattr__(self, "_exact", frozenset(exact))
         object.__setattr__(self, "_prefixes", tuple(prefixes))
         object.__setattr__(self, "_everything", "*" in paths)
+        object.__setattr__(self, "_digits", len(str(int(self.max_body_size))))
 
     def is_mcp_path(self, path: str) -> bool:
         return self._everything or path in self._exact or path.startswith(self._prefixes)
@@ -230,7 +232,7 @@ async def read_request(
         scope[REQUEST_SCOPE_KEY] = None
         return None, receive
 
-    started = time.perf_counter()
+    started = perf_counter()
     headers = RequestHeaders(scope["headers"])
     if scope["method"] != "POST":
         view = describe_exchange(scope["method"], headers, started)
@@ -245,7 +247,12 @@ async def read_request(
     accept = headers.raw_accept
     acceptable = accept == _USUAL_ACCEPT or (accept is not None and accepts_json(accept))
     content_type = headers.raw_content_type  # bytes: `.lower()` is ASCII-only, as the comparison needs
-    if content_type is None or content_type[:16].lower() != b"application/json":
+    if (
+        content_type != b"application/json"
+        and (  # (what every client sends: one comparison)
+            content_type is None or content_type[:16].lower() != b"application/json"
+        )
+    ):
         if not acceptable:  # the SDK's order: Accept before Content-Type
             await _refuse(scope, send, _NOT_ACCEPTABLE)
             return None, ANSWERED
@@ -254,7 +261,8 @@ async def read_request(
         return None, ANSWERED
     limit = config.max_body_size
     declared = headers.raw_content_length
-    if declared is not None:
+    # (a value with fewer characters than the bound has digits cannot exceed it, whatever it spells: no parse)
+    if declared is not None and len(declared) >= config._digits:
         try:
             too_large = int(declared) > limit
         except ValueError:  # not a number: the server answers that; the streamed size is bounded below anyway

@@ -23,7 +23,7 @@ from mcp.types.version import MODERN_PROTOCOL_VERSIONS
 
 from .errors import JsonRpcCode, RequestId
 from .headers import HANDSHAKE_VERSIONS, ROUTING_HEADERS, RequestHeaders
-from .request import DEFAULT_LEGACY_VERSION, Era, McpRequest, Rejection, RequestKind
+from .request import DEFAULT_LEGACY_VERSION, TARGET_KEYS, Era, McpRequest, Rejection, RequestKind, target_of
 
 __all__ = ["describe_exchange", "parse_post"]
 
@@ -36,7 +36,11 @@ _REPARSE_MAX = 1024 * 1024
 
 
 _NO_ID: Any = object()
+_ID_TYPES = frozenset({str, int})
+"""The exact types of a valid id (orjson makes exact built-in types; `bool`, a subclass of `int`, is not one)."""
+_LEGACY, _MODERN, _REQUEST = Era.LEGACY, Era.MODERN, RequestKind.REQUEST  # (one global load each, hot path)
 _tuple_new = tuple.__new__  # builds a view without the Python-level `McpRequest.__new__`
+_loads = orjson.loads
 
 
 def parse_post(
@@ -50,41 +54,42 @@ def parse_post(
     refuses is refused with the request's id whenever the JSON grammar still gives one
     (see `_reparse`).
     """
-    # Hot path of every request: written for the interpreter (exact `type` checks, since orjson
-    # only makes exact built-in types; no helper calls on the common path).
+    # Hot path of every request: written for the interpreter (exact type checks by `x.__class__`, a bytecode
+    # fewer than `type(x)`: the decoders make exact built-in types only; no helper calls on the common path).
     if _decoded is _NO_ID:
         try:
-            message = orjson.loads(body)
+            message = _loads(body)
         except (orjson.JSONDecodeError, RecursionError):
             return _reparse(body, headers)
     else:
         message = _decoded
-    if type(message) is not dict:
+    if message.__class__ is not dict:
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
     request_id = message.get("id", _NO_ID)
-    has_id = request_id is not _NO_ID
-    if not has_id:
+    has_id = True
+    if request_id.__class__ not in _ID_TYPES:  # (one test for the usual request: a str or int id)
+        if request_id is not _NO_ID:  # null, fractional and bool ids refused
+            return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
+        has_id = False
         request_id = None
-    elif type(request_id) is not str and type(request_id) is not int:  # null, fractional and bool ids refused
-        return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
     if message.get("jsonrpc") != "2.0":
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
     version = headers.protocol_version
-    era = Era.LEGACY if version is None or version in HANDSHAKE_VERSIONS else Era.MODERN
+    era = _LEGACY if version is None or version in HANDSHAKE_VERSIONS else _MODERN
     method = message.get("method")
-    if type(method) is not str or not method:
+    if method.__class__ is not str or not method:
         if method is not None:
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
         if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
             return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     params = message.get("params")
-    if params is not None and type(params) is not dict:
+    if params.__class__ is not dict and params is not None:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
-    if era is Era.LEGACY:
+    if era is _LEGACY:
         return _view(
             RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
             era,
@@ -104,26 +109,39 @@ def parse_post(
     # Trusted without the SDK's ladder only if the ladder would accept: the envelope present, the headers
     # equal to the body, the version served. Anything else is the ladder's to decide (a base64-encoded
     # `Mcp-Name`, say, it may still accept). Inline, as the view below: every modern request runs it.
+    # The view's `target` is read here too, by the key `Mcp-Name` mirrors where the SDK checks one.
     agrees = False
+    target = None
     if params is not None and headers.duplicated is None:
         meta = params.get("_meta")
         if (
-            type(meta) is dict
+            meta.__class__ is dict
             and _CAPABILITIES_KEY in meta
             and meta.get(_VERSION_KEY) == version
             and version in _MODERN_VERSIONS
             and headers.method == method
         ):
-            name_key = NAME_BEARING_METHODS.get(method)
-            agrees = name_key is None or (value := params.get(name_key)) is None or value == headers.name
+            target_key = TARGET_KEYS.get(method)
+            if target_key is None:
+                agrees = True
+            else:
+                # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
+                target = params.get(target_key)
+                if target is None or target == headers.name:  # (then a str, as the header's value is)
+                    agrees = True
+                else:
+                    agrees = method not in NAME_BEARING_METHODS
+                    if type(target) is not str:
+                        target = None
     if not agrees:
         rejection = _modern_ladder(message, headers, request_id)
         if rejection is not None:
             return rejection
+        target = target_of(method, params)
     # (`_view` for a verified modern request: its version is the header's, it has no session)
     if started is None:
         started = time.perf_counter()
-    view = (RequestKind.REQUEST, era, version, "POST", method, request_id, params, None, True, body, started)
+    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started, target)
     return _tuple_new(McpRequest, view)
 
 
@@ -209,6 +227,7 @@ def _view(
             verified,
             body,
             time.perf_counter() if started is None else started,
+            target_of(method, params),
         ),
     )
 

@@ -7,7 +7,7 @@ shared through the ASGI scope: read it with :func:`get_mcp_request`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -25,6 +25,7 @@ __all__ = [
     "RequestKind",
     "Rejection",
     "get_mcp_request",
+    "target_of",
 ]
 
 REQUEST_SCOPE_KEY = "mcp_middleware.request"
@@ -35,6 +36,24 @@ DEFAULT_LEGACY_VERSION = "2025-03-26"
 
 _URI_METHODS = frozenset({"resources/read", "resources/subscribe", "resources/unsubscribe"})
 _NAME_METHODS = frozenset({"tools/call", "prompts/get"})
+TARGET_KEYS: Mapping[str, str] = {
+    **dict.fromkeys(_NAME_METHODS, "name"),
+    **dict.fromkeys(_URI_METHODS, "uri"),
+}
+"""Method → the `params` key naming what it addresses (a tool or prompt name, a resource URI)."""
+
+
+def target_of(method: str | None, params: Mapping[str, Any] | None) -> str | None:
+    """The tool/prompt name or resource URI a request for `method` with `params` addresses, if any.
+
+    >>> target_of("tools/call", {"name": "echo"}), target_of("resources/read", {"uri": 7}), target_of("ping", {})
+    ('echo', None, None)
+    """
+    key = TARGET_KEYS.get(method) if params is not None and method is not None else None
+    if key is None:
+        return None
+    value = params.get(key)  # type: ignore[union-attr]
+    return value if isinstance(value, str) else None
 
 
 class Era(enum.Enum):
@@ -63,7 +82,26 @@ class RequestKind(enum.Enum):
     """Any other HTTP method (OPTIONS preflight, …), passed through untouched."""
 
 
-class McpRequest(NamedTuple):
+class _Fields(NamedTuple):
+    kind: RequestKind
+    era: Era
+    protocol_version: str
+    http_method: str = "POST"
+    method: str | None = None
+    id: RequestId | None = None
+    params: Mapping[str, Any] | None = None
+    session_id: str | None = None
+    headers_verified: bool = False
+    body: bytes = b""
+    started: float = 0.0
+    target: str | None = None
+
+
+_GIVEN = _Fields._fields[:-1]
+"""The fields a view is built from; `target` is derived from them."""
+
+
+class McpRequest(_Fields):
     """One MCP exchange as every middleware of the stack sees it (immutable).
 
     Built once per request by the first middleware that needs it and stored in
@@ -77,60 +115,60 @@ class McpRequest(NamedTuple):
     - `headers_verified`: `Mcp-Method`/`Mcp-Name` were checked against the body
       (modern requests only); never trust those headers otherwise;
     - `body`: the raw body; `started`: `time.perf_counter()` when the core first
-      saw the request (0.0 for a view built by hand).
+      saw the request (0.0 for a view built by hand);
+    - `target`: the tool/prompt name or resource URI the request addresses, if any
+      (:func:`target_of` its method and params). Derived, never given: every way of
+      building a view (the constructor, `_replace`, `_make`) computes it; the parser fills
+      it in as it reads the body, so the middlewares that ask for it pay an attribute read.
 
-    `name`, `uri`, `target`, `cursor`, `meta` and `progress_token` are read from
-    `params` when asked.
+    `name`, `uri`, `cursor`, `meta` and `progress_token` are read from `params` when asked.
     """
 
-    kind: RequestKind
-    era: Era
-    protocol_version: str
-    http_method: str = "POST"
-    method: str | None = None
-    id: RequestId | None = None
-    params: Mapping[str, Any] | None = None
-    session_id: str | None = None
-    headers_verified: bool = False
-    body: bytes = b""
-    started: float = 0.0
+    __slots__ = ()
 
-    def _text_param(self, methods: frozenset[str], key: str) -> str | None:
-        if self.method not in methods or self.params is None:
-            return None
-        value = self.params.get(key)
-        return value if isinstance(value, str) else None
+    def __new__(
+        cls,
+        kind: RequestKind,
+        era: Era,
+        protocol_version: str,
+        http_method: str = "POST",
+        method: str | None = None,
+        id: RequestId | None = None,
+        params: Mapping[str, Any] | None = None,
+        session_id: str | None = None,
+        headers_verified: bool = False,
+        body: bytes = b"",
+        started: float = 0.0,
+    ) -> McpRequest:
+        fields = (kind, era, protocol_version, http_method, method, id, params, session_id, headers_verified, body)
+        view: McpRequest = tuple.__new__(cls, (*fields, started, target_of(method, params)))
+        return view
+
+    def __getnewargs__(self) -> tuple[Any, ...]:  # (copy, pickle: the given fields; `target` follows)
+        return tuple(self)[:-1]
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> McpRequest:  # type: ignore[override]  # (mypy: NamedTuple's is generic)
+        """A view from its given fields, or from all of them (another view's): `target` is derived again."""
+        fields = tuple(iterable)
+        return cls(*fields[: len(_GIVEN)]) if len(fields) == len(_GIVEN) + 1 else cls(*fields)
+
+    def _replace(self, **changes: Any) -> McpRequest:
+        """A copy with some given fields changed (`target` follows `method` and `params`)."""
+        unexpected = changes.keys() - _GIVEN
+        if unexpected:
+            raise ValueError(f"Got unexpected field names: {sorted(unexpected)!r}")
+        return McpRequest(*map(changes.pop, _GIVEN, self))
 
     @property
     def name(self) -> str | None:
-        """Tool or prompt name (`tools/call`, `prompts/get`)."""
-        # Inline rather than through `_text_param`: every middleware asks, on every request.
-        params = self.params
-        if params is None or self.method not in _NAME_METHODS:
-            return None
-        value = params.get("name")
-        return value if isinstance(value, str) else None
+        """Tool or prompt name (`tools/call`, `prompts/get`): the `target` of those methods."""
+        return self.target if self.method in _NAME_METHODS else None
 
     @property
     def uri(self) -> str | None:
-        """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`)."""
-        return self._text_param(_URI_METHODS, "uri")
-
-    @property
-    def target(self) -> str | None:
-        """The tool/prompt name or resource URI the request addresses, if any."""
-        # `name`, else `uri`, in one frame (the two method sets are disjoint): asked by every middleware.
-        params = self.params
-        if params is None:
-            return None
-        method = self.method
-        if method in _NAME_METHODS:
-            value = params.get("name")
-        elif method in _URI_METHODS:
-            value = params.get("uri")
-        else:
-            return None
-        return value if isinstance(value, str) else None
+        """Resource URI (`resources/read`, `resources/subscribe`, `resources/unsubscribe`): their `target`."""
+        return self.target if self.method in _URI_METHODS else None
 
     @property
     def cursor(self) -> str | None:

@@ -12,15 +12,8 @@ from .limiter import Admission, FailureMode, PolicyState, RateLimiter
 from .middleware import RateLimitMiddleware, ratelimit_headers
 from .policies import BucketPolicy, Policy, QuotaPolicy, QuotaStrategy
 from .quota_storage import aclose_quota_storage, quota_storage_from_url
-from .stores import (
-    BucketStore,
-    BucketTake,
-    MemoryBucketStore,
-    RedisBucketStore,
-    StoreUnavailable,
-    SyncBucketStore,
-    bucket_store_from_url,
-)
+from .redis_store import RedisBucketStore, bucket_store_from_url
+from .stores import BucketStore, BucketTake, MemoryBucketStore, StoreUnavailable, SyncBucketStore
 
 __all__ = [
     "BucketDecision",

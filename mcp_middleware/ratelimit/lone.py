@@ -12,6 +12,7 @@ peer address) and asks the store about that one bucket. The decision is the stor
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from starlette.types import Scope
@@ -43,7 +44,7 @@ class LoneLimit:
     principal of another type, an anonymous caller behind trusted proxies, no peer address).
     """
 
-    __slots__ = ("_by_address", "_keys", "_limiter", "_store", "bucket", "cost", "name", "policy")
+    __slots__ = ("_by_address", "_decide", "_keys", "_limiter", "_store", "bucket", "cost", "name", "policy")
 
     def __init__(self, limiter: RateLimiter, policy: BucketPolicy, store: MemoryBucketStore, by_address: bool) -> None:
         self._limiter = limiter
@@ -52,6 +53,8 @@ class LoneLimit:
         self.bucket = policy.bucket
         self.cost = policy.cost
         self._store = store
+        self._decide = partial(store.decide_one, bucket=self.bucket, cost=self.cost)
+        """The store's decision on this policy's bucket, given the storage key (bound once: fewer arguments)."""
         self._by_address = by_address
         self._keys: dict[Any, str] = {}
 
@@ -81,10 +84,10 @@ class LoneLimit:
             caller = (principal.client_id, principal.subject, principal.issuer)
             key = self._keys.get(caller)
             if key is not None:
-                return self._store.decide_one(key, self.bucket, self.cost)
+                return self._decide(key)
             if principal.authenticated:
                 size = sum(len(field) for field in caller if field is not None)
-                return self._store.decide_one(self._key(scope, request, caller, size), self.bucket, self.cost)
+                return self._decide(self._key(scope, request, caller, size))
         if not self._by_address:
             return None
         client = scope.get("client")
@@ -94,7 +97,7 @@ class LoneLimit:
         key = self._keys.get(caller)
         if key is None:
             key = self._key(scope, request, caller, len(caller))
-        return self._store.decide_one(key, self.bucket, self.cost)
+        return self._decide(key)
 
     def _key(self, scope: Scope, request: McpRequest, caller: Any, size: int) -> str:
         """The limiter's storage key for this caller, remembered unless the caller is spelt long."""

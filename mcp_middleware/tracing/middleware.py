@@ -17,6 +17,7 @@ attributes, decisions and outcome, and the `mcp` SDK's span becomes the host spa
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from time import monotonic
 from typing import Any, Final
 
 from opentelemetry import propagate, trace
@@ -55,7 +56,7 @@ from .exchange import Exchange
 from .http_semconv import HttpConventions
 from .measured import measure
 from .metrics import McpMetrics
-from .providers import ProviderWatch
+from .providers import ProviderWatch, quiet_until
 from .semconv import request_attributes, span_name
 
 __all__ = ["TracingMiddleware"]
@@ -158,6 +159,9 @@ class TracingMiddleware:
         self._paths = BoundedValues(max_metric_names, max_length=128)
         self._tracer_provider = tracer_provider
         self._tracing = ProviderWatch(trace.get_tracer_provider, _records, tracer_provider)
+        self._quiet_until = 0.0
+        """Until when (`time.monotonic()`) nothing is recorded without asking: both provider watches would say
+        False without asking the API (see `quiet_until`), and there is no access log. One clock read a request."""
         self._tracer = trace.get_tracer("mcp_middleware.tracing", __version__, tracer_provider)
 
     @property
@@ -173,19 +177,25 @@ class TracingMiddleware:
             and not self.http_metrics
             and scope["type"] == "http"
             and _EXCHANGE_KEY not in scope
-            and not self.tracing
+            and not self._tracing()  # (`self.tracing`, without the property's frame)
             and self.metrics.active
         ):
             return measure(self._next, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
         return self(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if monotonic() < self._quiet_until:  # nothing recorded (the questions below would all say no)
+            # (the core passes a scope that is not HTTP, or one an outer middleware read, on as it is)
+            _, receive = await read_request(scope, receive, send, self.config)
+            return await self._next(scope, receive, send) if receive is not ANSWERED else None
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
             await self._next(scope, receive, send)
             return
         traced = self._tracing()  # (`self.tracing`, without the property's frame)
         measured = self.metrics.active
         access_log = self.access_log if self.access_log is not None and self.access_log.enabled else None
+        if not (traced or measured or self.access_log):  # no answer can change before a watch asks again
+            self._quiet_until = quiet_until(self._tracing, self.metrics._active)
         if not (traced or measured or access_log):
             # Nothing would be recorded: only the core's work remains (one parse for the stack).
             _, receive = await read_request(scope, receive, send, self.config)

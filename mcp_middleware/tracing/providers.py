@@ -9,11 +9,12 @@ once a second. A provider, once set globally, stays (the API sets it once per pr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["ProviderWatch"]
+__all__ = ["ProviderWatch", "quiet_until"]
 
 P = TypeVar("P")
 
@@ -51,3 +52,17 @@ class ProviderWatch(Generic[P]):
             self._set = True
             return True
         return False
+
+    def quiet_until(self) -> float:
+        """Until when (on `time.monotonic()`) the watch answers False without asking anyone: forever for a
+        given provider that records nothing, until its next re-check while none is set, never once one records."""
+        fixed = self._set
+        if fixed is None:
+            return self._next
+        return -math.inf if fixed else math.inf
+
+
+def quiet_until(*watches: ProviderWatch[Any]) -> float:
+    """Until when none of `watches` can answer True (each would answer False without asking the API):
+    a caller that asked them all and got False may skip asking again before then (same answers)."""
+    return min(watch.quiet_until() for watch in watches)

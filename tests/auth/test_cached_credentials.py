@@ -15,7 +15,7 @@ import pytest
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
 from mcp_middleware.auth._token_cache import forget_token, token_key
-from mcp_middleware.core import get_principal
+from mcp_middleware.core import get_decisions, get_principal
 from tests.servers import build_server
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
@@ -115,3 +115,40 @@ async def test_the_table_is_bounded_and_a_second_header_still_refused(serve: Any
         # A token in the query string is refused even with a remembered header.
         query = await http.post(served.mcp_url + "?access_token=token-0", content=body, headers=[*base, headers[0]])
         assert query.status_code == 400
+
+
+async def test_the_one_pass_lookup_answers_as_the_exact_path(serve: Any) -> None:
+    """`__call__` finds a remembered header in one pass over the headers when no header name repeats; a request
+    with a repeated name (any header) takes `_cached`'s exact path. The same traffic both ways: the same
+    statuses, bodies and challenges byte for byte, the same decisions and principals."""
+    auth = _auth({"alice-token": ["mcp"], "bob-token": ["mcp"]})
+    recorder = DecisionRecorder(auth)
+    served = serve(recorder)
+    base = [(key.encode(), value.encode()) for key, value in modern_headers("tools/call", "echo").items()]
+    repeated = [(b"x-note", b"1"), (b"x-note", b"2")]
+    credentials = [b"Bearer alice-token", b"Bearer bob-token", b"Bearer mallory-token", b"Basic alice-token", None]
+    answers: dict[bool, list[tuple[int, str | None, bytes]]] = {}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        for credential in credentials[:2] * 2:  # verified, then found in the cache: remembered from now on
+            assert (await _call(http, served.mcp_url, credential)).status_code == 200
+        assert len(auth._keys) == 2
+        recorder.scopes.clear()
+        for exact in (False, True):
+            answers[exact] = []
+            for credential in credentials:
+                body = modern_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, 7)
+                headers = base + (repeated if exact else []) + ([(b"authorization", credential)] if credential else [])
+                response = await http.post(served.mcp_url, content=body, headers=headers)
+                answers[exact].append(
+                    (response.status_code, response.headers.get("www-authenticate"), response.content)
+                )
+    assert answers[False] == answers[True]
+    assert [status for status, _, _ in answers[False]] == [200, 200, 401, 401, 401]
+    fast, exact_ = recorder.scopes[:5], recorder.scopes[5:]
+    assert [get_principal(s) for s in fast] == [get_principal(s) for s in exact_]
+    assert [_decisions(s) for s in fast] == [_decisions(s) for s in exact_]
+    assert [outcome for outcome, _ in _decisions(fast[0])] == ["allow"]
+
+
+def _decisions(scope: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(str(d.outcome), dict(d.attributes)) for d in get_decisions(scope) if d.component == "auth"]

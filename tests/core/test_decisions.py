@@ -28,6 +28,36 @@ def test_decisions_are_recorded_in_order_and_observed() -> None:
     assert seen == [Decision("ratelimit", "deny", {"policy": "burst", "retry_after_ms": 250})]
 
 
+def test_before_any_observer_exists_decisions_are_kept_and_the_first_observer_sees_what_follows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`add_decision` looks for observers only once one was installed in the process (the flag it reads):
+    the same decisions land in the scope either way, and an observer installed later misses none after it."""
+    from mcp_middleware.core import decisions as module
+
+    monkeypatch.setattr(module, "_observing", False)
+    first: Scope = {"type": "http"}
+    allowed = Decision("auth", "allow", {"subject": "alice"})
+    module.add_decision(first, allowed)
+    record_decision(first, "ratelimit", "allow", policy="p", remaining=3)
+    assert module._observing is False
+    seen: list[Decision] = []
+    observe_decisions(first, seen.append)  # installs the first observer of the process
+    assert module._observing is True
+    module.add_decision(first, allowed)
+    record_decision(first, "cache", "miss")
+    assert [(d.component, d.outcome) for d in get_decisions(first)] == [
+        ("auth", "allow"),
+        ("ratelimit", "allow"),
+        ("auth", "allow"),
+        ("cache", "miss"),
+    ]
+    assert seen == [allowed, Decision("cache", "miss", {})]
+    other: Scope = {"type": "http"}  # another request without an observer of its own: nothing to call
+    record_decision(other, "cache", "hit")
+    assert len(seen) == 2 and get_decisions(other) == (Decision("cache", "hit", {}),)
+
+
 def test_a_copied_scope_shares_the_decisions_of_its_origin() -> None:
     outer: Scope = {"type": "http"}
     seen: list[Decision] = []

@@ -81,3 +81,31 @@ async def test_a_scope_that_is_not_http_passes_through_unread(kind: str) -> None
     assert request is None and receive == wire.receive
     assert wire.inbox == [{"type": "lifespan.startup"}] and wire.sent == []
     assert "mcp_middleware.request" not in scope  # nothing decided for a later HTTP scope to trip over
+
+
+@pytest.mark.parametrize("limit", [9, 10, 999.5, 1000, 4 * 1024 * 1024])
+async def test_a_declared_length_is_refused_exactly_when_it_spells_more_than_the_bound(limit: float) -> None:
+    """The kernel parses `Content-Length` only when it has as many characters as the bound has digits (a
+    shorter value cannot spell more, whatever it holds): the answer is the parse's for every spelling."""
+    from mcp_middleware.core import CoreConfig
+
+    config = CoreConfig(max_body_size=limit)  # type: ignore[arg-type]  # (a float bound, as a config may give)
+    digits = len(str(int(limit)))
+    values = {"", "0", "abc", " 9", "+9", "-99999999", "1_0", "9" * (digits - 1), "9" * digits, "9" * (digits + 1)}
+    values |= {str(int(limit)), str(int(limit) + 1), f" {int(limit) + 1}", f"0{int(limit) + 1}", "1" + "0" * digits}
+    values |= {"٣" * digits, "1e9", "0x" + "f" * digits, "9" * (digits - 1) + " "}
+    for value in sorted(values):
+        try:
+            expected = int(value.encode()) > limit
+        except ValueError:
+            expected = False
+        body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        wire = Wire({"type": "http.request", "body": body})
+        scope = scope_of()
+        scope["headers"].append((b"content-length", value.encode()))
+        request, receive = await read_request(scope, wire.receive, wire.send, config)
+        refused = bool(wire.sent) and wire.sent[0]["status"] == 413
+        assert refused is (expected or len(body) > limit), (limit, value)
+        assert (len(wire.inbox) == 1) is expected, (limit, value)  # refused by its declared length: body unread
+        if not refused:
+            assert request is not None and receive is not ANSWERED, (limit, value)

@@ -14,11 +14,13 @@ from mcp_middleware.core.headers import RequestHeaders
 from mcp_middleware.core.parsing import describe_exchange, parse_post
 from mcp_middleware.core.request import (
     REQUEST_SCOPE_KEY,
+    TARGET_KEYS,
     Era,
     McpRequest,
     Rejection,
     RequestKind,
     get_mcp_request,
+    target_of,
 )
 
 ENVELOPE = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -233,3 +235,74 @@ def test_fast_path_accepts_only_what_the_sdk_accepts(
     parsed = parse_post(b"", headers, 0.0, _decoded=message)
     if isinstance(parsed, McpRequest) and parsed.headers_verified:
         assert isinstance(classify_inbound_request(message, headers=routing), InboundModernRoute)
+
+
+target_methods = st.sampled_from(
+    ["tools/call", "prompts/get", "resources/read", "resources/subscribe", "resources/unsubscribe", "tools/list"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    method=target_methods,
+    name=st.sampled_from(["echo", "=?base64?ZWNobw==?="]) | json_values,
+    uri=st.sampled_from(["file:///a"]) | json_values,
+    header_name=routing_values,
+    modern=st.booleans(),
+    request_id=st.sampled_from([1, "a", None]),
+)
+def test_the_parsed_target_is_the_one_any_view_derives(
+    method: str, name: Any, uri: Any, header_name: Any, modern: bool, request_id: Any
+) -> None:
+    """`target` is filled in by the parser as it checks `Mcp-Name` (the verified modern path) and derived by
+    every other way of building a view: for any request, both eras, verified or not, they agree; and the
+    parsed view equals the one built by hand from the same fields."""
+    params = {"name": name, "uri": uri, "_meta": ENVELOPE}
+    raw = [(b"mcp-protocol-version", b"2026-07-28" if modern else b"2025-11-25"), (b"mcp-method", method.encode())]
+    if header_name is not None:
+        raw.append((b"mcp-name", header_name.encode()))
+    parsed = parse_post(body(method, params, request_id), RequestHeaders(raw))
+    if not isinstance(parsed, McpRequest):
+        return
+    expected = target_of(method, parsed.params)
+    assert parsed.target == expected
+    key = "name" if method in ("tools/call", "prompts/get") else "uri" if method.startswith("resources/") else None
+    assert expected == (params[key] if key is not None and isinstance(params[key], str) else None)
+    # `name` and `uri` are the target of their methods, read from `params` as they always were.
+    name, uri = params["name"], params["uri"]
+    is_name, is_uri = method in ("tools/call", "prompts/get"), method.startswith("resources/")
+    assert parsed.name == (name if is_name and isinstance(name, str) else None)
+    assert parsed.uri == (uri if is_uri and isinstance(uri, str) else None)
+    rebuilt = McpRequest(*parsed[:-1])
+    assert rebuilt == parsed and rebuilt.target == parsed.target
+    assert parsed._replace(params={"name": "other", "uri": "other"}).target == (None if key is None else "other")
+
+
+def test_target_is_derived_by_every_way_of_building_a_view() -> None:
+    import copy
+    import pickle
+
+    call = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", params={"name": "echo"})
+    assert call.target == "echo" and call._fields[-1] == "target" and len(call) == len(call._fields)
+    assert call._replace(params={"name": "other"}).target == "other"
+    assert call._replace(method="resources/read", params={"uri": "file:///x"}).target == "file:///x"
+    assert call._replace(method="tools/list").target is None
+    assert McpRequest._make(tuple(call)[:-1]) == call == McpRequest._make(call)
+    assert McpRequest._make([*tuple(call)[:-1], "spoofed"]).target == "echo"  # (all the fields: derived again)
+    assert copy.copy(call) == call and copy.deepcopy(call) == call and pickle.loads(pickle.dumps(call)) == call
+    with pytest.raises(ValueError, match="target"):
+        call._replace(target="spoofed")
+    with pytest.raises(TypeError):
+        McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", target="spoofed")  # type: ignore[call-arg]
+    assert (
+        McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", params={"name": 3}).target
+        is None
+    )
+
+
+def test_the_parser_reads_every_header_checked_name_where_the_target_lives() -> None:
+    """The verified modern path checks `Mcp-Name` against the target's own key: that holds only while every
+    method the SDK checks a name for is one of the view's target methods, with the same key."""
+    from mcp.shared.inbound import NAME_BEARING_METHODS
+
+    assert NAME_BEARING_METHODS.items() <= TARGET_KEYS.items()

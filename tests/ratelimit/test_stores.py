@@ -178,3 +178,53 @@ async def test_memory_and_redis_admit_the_same_sequence(
             assert await redis_store.take(take, now=now) == await memory.take(take, now=now)
     finally:
         await redis_store.aclose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.sampled_from([1.0, 2.0, 3.0, 10.0, 1e9]),
+    rate=st.sampled_from([0.001, 0.3, 1.0, 7.0, 1e9]),
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.5, 1.0, 1.0 + 5e-10, 2.0, 3.0, 1e9]), st.floats(-2, 3, allow_nan=False)),
+        min_size=1,
+        max_size=40,
+    ),
+    start=st.floats(0, 2e9, allow_nan=False),
+)
+def test_the_memory_stores_inline_step_is_the_buckets_rule(
+    capacity: float, rate: float, steps: list[tuple[float, float]], start: float
+) -> None:
+    """`MemoryBucketStore.decide_one` writes `TokenBucket.decide` out inline (the hot path): driven with the
+    same costs and times (refusals, a clock going backwards, costs above the capacity), both give the same
+    decisions bit for bit, and the store keeps the state the bucket says to keep."""
+    bucket = TokenBucket(capacity=capacity, rate=rate)
+    store = MemoryBucketStore()
+    state = None
+    now = start
+    for cost, gap in steps:
+        now += gap
+        expected_state, expected = bucket.take(state, now, cost)
+        decision = store.decide_one("k", bucket, cost, now)
+        assert type(decision) is type(expected) and decision == expected
+        assert [math_repr(x) for x in decision] == [math_repr(x) for x in expected]  # -0.0 and 0.0 told apart
+        if expected.allowed:
+            state = expected_state
+        kept = store._buckets.get("k")
+        if kept is None:  # forgotten once idle: it would be full by now, which is what `None` says
+            assert state is None or bucket.decide(state.tokens, state.updated, now, 0.0).remaining == capacity
+            state = None
+        else:
+            assert state is not None and (math_repr(kept[0]), kept[1]) == (math_repr(state.tokens), state.updated)
+
+
+def math_repr(value: object) -> str:
+    return repr(value)
+
+
+def test_the_redis_store_is_still_importable_from_the_stores_module() -> None:
+    from mcp_middleware.ratelimit import redis_store, stores
+
+    assert stores.RedisBucketStore is redis_store.RedisBucketStore is RedisBucketStore
+    assert stores.bucket_store_from_url is redis_store.bucket_store_from_url
+    with pytest.raises(AttributeError):
+        stores.NoSuchStore  # noqa: B018
