@@ -2,9 +2,11 @@
 
 Most guarded requests are answered by a healthy backend with one JSON body. For them a
 :class:`~.call.Call` (its attempt loop, its body watcher, its verdict tuple) is more than needed:
-:func:`guarded` hands the inner app the call's :class:`~.inbound.Inbound` `receive` (which tells a
-client that left from a server that dropped the response) and a plain `send` that forwards every
-message at once and only notes the start and the final body. The verdict is read from that final
+:func:`guarded` hands the inner app a plain `send` that forwards every
+message at once and only notes the start and the final body. Whether the client left is read from
+the core's replay (:func:`~mcp_middleware.core.read_request`'s `receive`, asked to note a disconnect),
+so the app reads the `receive` the breaker was given; only without one (the breaker behind a layer
+that hands on another `receive`) does the app get an :class:`~.inbound.Inbound`. The verdict is read from that final
 body (or from an outer tap's outcome, when one is attached), by the same rules as the `Call` path
 (:func:`~.watch.answer_in`, :meth:`~.classify.FailureClassifier.judge`).
 
@@ -28,12 +30,13 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, ResponseTap, record_decision
 from mcp_middleware.core.decisions import Component, Decision, Outcome, add_decision
+from mcp_middleware.core.kernel import _Replay
 from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import describe
 from .call import Call, Route
 from .classify import FailureClassifier, Fault
-from .inbound import Inbound
+from .inbound import Inbound, Noted, Noting
 from .state import BreakerState, CircuitBreaker, Classification
 from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
@@ -61,13 +64,16 @@ def _allowed(key: str) -> Decision:
 class _Watch:
     """The inner app's `send` on the common path (see the module's docstring)."""
 
-    __slots__ = ("body", "call", "closed", "context", "forward", "inbound", "start", "tap")
+    __slots__ = ("body", "call", "closed", "context", "forward", "gone", "source", "start", "tap")
 
-    def __init__(self, forward: Send, tap: ResponseTap | None, inbound: Inbound, context: tuple[Any, ...]) -> None:
+    def __init__(self, forward: Send, tap: ResponseTap | None, source: Noting, context: tuple[Any, ...]) -> None:
         self.forward = forward
         self.tap = tap
-        self.inbound = inbound
-        """The inner app's `receive`; its `completed` is the response's (a disconnect after it is not the client's)."""
+        self.source = source
+        """Where the app reads `receive`: it notes whether the app was told the client left."""
+        self.gone: bool | None = None
+        """Whether the client had left when the response completed (`None`: not completed): a disconnect
+        after the response is not the client's."""
         self.context = context
         """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
         self.start: Message | None = None
@@ -88,7 +94,7 @@ class _Watch:
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
-                self.inbound.completed = True
+                self.gone = self.source.disconnected is True
                 self.body = message.get("body", b"")
         elif kind == "http.response.start":
             if self.tap is None and watchable(message) != JSON_BODY:
@@ -99,16 +105,19 @@ class _Watch:
     def hand_over(self) -> Call:
         """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
         middleware, scope, request, send, breaker, backend, route = self.context
-        inbound = self.inbound
-        call = self.call = Call(middleware, scope, request, inbound._receive, send, breaker, backend, route)
-        call.inbound = inbound  # the one the app reads
-        call.completed = inbound.completed
+        call = self.call = Call(middleware, scope, request, _unread, send, breaker, backend, route)
+        call.inbound = Noted(self.source, self.gone)  # (the app goes on reading what it was given)
+        call.completed = self.gone is not None
         call.adopt(self.start)
         return call
 
 
 async def _dropped() -> None:
     return None
+
+
+async def _unread() -> Message:  # pragma: no cover - a Call taking over never reads its own `receive`
+    raise AssertionError("the app reads the common path's receive")
 
 
 async def guarded(
@@ -133,12 +142,17 @@ async def guarded(
     permit = breaker.acquire()
     add_decision(scope, _allowed(breaker.key))  # = record_decision(…, ALLOW, state="closed", key=breaker.key)
     tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-    inbound = Inbound(receive, request.body)
-    watch = _Watch(send, tap, inbound, (middleware, scope, request, send, breaker, backend, route))
+    source: Noting
+    if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
+        receive.disconnected = False
+        source = receive
+    else:  # another layer's `receive` (or a replay another breaker notes with): one that notes
+        source = receive = Inbound(receive, request.body)
+    watch = _Watch(send, tap, source, (middleware, scope, request, send, breaker, backend, route))
     failure: Exception | None = None
     try:
         try:
-            await middleware._next(scope, inbound, watch.send)
+            await middleware._next(scope, receive, watch.send)
         except asyncio.CancelledError:
             if deadline is None:
                 raise
@@ -173,7 +187,7 @@ async def guarded(
         breaker.record(permit, Classification.NEUTRAL)
         raise
     call = watch.call
-    if call is None and fault is None and not inbound.client_gone:  # the usual end: one JSON body (or a tap's outcome)
+    if call is None and fault is None and not watch.gone:  # the usual end: one JSON body (or a tap's outcome)
         classifier = middleware.classifier
         assert type(classifier) is FailureClassifier
         tap = watch.tap
@@ -201,7 +215,7 @@ async def guarded(
     if call is None:
         call = watch.hand_over()
         call.closed = True
-    elif fault is None and not inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
+    elif fault is None and not call.inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
         call._conclude(permit, None, 1, call._verdict(None))
         return
     if failure is not None:
@@ -211,4 +225,4 @@ async def guarded(
 
 def _completed(watch: _Watch) -> bool:
     call = watch.call
-    return call.completed if call is not None else watch.inbound.completed
+    return call.completed if call is not None else watch.gone is not None
