@@ -23,6 +23,8 @@ from types import MappingProxyType
 from typing import Any
 from weakref import WeakKeyDictionary, ref
 
+from .alarm import ALARMS
+
 __all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadline", "Deadlines"]
 
 
@@ -148,8 +150,9 @@ class Deadlines:
 
     A timer or a cancel scope per request costs more than the rest of the breaker
     together; instead each call's :class:`Deadline` joins the slot of the first tick
-    at or after its deadline, and one loop timer, armed for the earliest slot,
-    expires whole slots as they fall due. A call is cancelled at most one tick late.
+    at or after its deadline, and one alarm, armed for the earliest slot, expires whole
+    slots as they fall due (the process's alarm thread, :mod:`.alarm`, keeps it out of
+    the loop's timer heap; a loop with a clock of its own gets a loop timer). A call is cancelled at most one tick late.
     :meth:`start` answers `None` off asyncio: the caller then opens an anyio deadline scope.
     """
 
@@ -161,7 +164,8 @@ class Deadlines:
         self._due: list[int] = []
         """The slots (tick numbers) of `_slots`, as a heap."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | bool | None = None
+        """What is armed: a loop timer, True (an alarm of the alarm thread) or None (nothing)."""
         self._armed = 0
         self._now: Callable[[], float] = time.monotonic
         """The loop's clock (`time.monotonic` itself when the loop's `time` is asyncio's own)."""
@@ -193,10 +197,19 @@ class Deadlines:
         return deadline
 
     def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
         self._armed = slot
+        if self._now is time.monotonic:  # the alarm thread (an earlier alarm, if any, is ignored when it comes)
+            self._handle = True
+            ALARMS.at(slot * self.tick, loop, self._alarm, slot)
+            return
+        if isinstance(self._handle, asyncio.TimerHandle):
+            self._handle.cancel()
         self._handle = loop.call_at(slot * self.tick, self._sweep)
+
+    def _alarm(self, slot: int) -> None:
+        """The alarm thread's call: sweep if this is the alarm armed last for this wheel's loop."""
+        if slot == self._armed and self._handle is True and asyncio.get_running_loop() is self._loop:
+            self._sweep()
 
     def _sweep(self) -> None:
         self._handle = None
