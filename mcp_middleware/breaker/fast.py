@@ -52,42 +52,45 @@ _MAX_ALLOWED = 4096
 
 
 def _allowed(key: str) -> Decision:
-    decision = _ALLOWED.get(key)
-    if decision is None:
-        if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
-            _ALLOWED.clear()
-        attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
-        decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
+    """The `allow` of `key`'s closed circuit, made once (the caller looked in `_ALLOWED` first)."""
+    if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
+        _ALLOWED.clear()
+    attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
+    decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
     return decision
 
 
 class _Watch:
-    """The inner app's `send` on the common path (see the module's docstring)."""
+    """The inner app's `send` on the common path (see the module's docstring).
 
-    __slots__ = ("body", "call", "closed", "context", "forward", "gone", "source", "start", "tap")
+    Not slotted on purpose: what every request starts with is a class attribute, so a request stores
+    only what is its own (the common path counts its bytecodes).
+    """
+
+    start: Message | None = None
+    body = b""
+    gone: bool | None = None
+    """Whether the client had left when the response completed (`None`: not completed): a disconnect
+    after the response is not the client's."""
+    diverted = False
+    """A Call took over (`call`), or the attempt is over: `send` leaves the common path."""
+    call: Call | None = None
 
     def __init__(self, forward: Send, tap: ResponseTap | None, source: Noting, context: tuple[Any, ...]) -> None:
         self.forward = forward
         self.tap = tap
         self.source = source
         """Where the app reads `receive`: it notes whether the app was told the client left."""
-        self.gone: bool | None = None
-        """Whether the client had left when the response completed (`None`: not completed): a disconnect
-        after the response is not the client's."""
         self.context = context
         """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
-        self.start: Message | None = None
-        self.body = b""
-        self.closed = False
-        self.call: Call | None = None
 
     def send(self, message: Message) -> Awaitable[None]:
         """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
-        call = self.call
-        if call is not None:
-            return call.send(message)
-        if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
-            return _dropped()
+        if self.diverted:
+            call = self.call
+            if call is not None:
+                return call.send(message)
+            return _dropped()  # the attempt is over (timed out): nothing more from it reaches the client
         kind = message["type"]
         if kind == "http.response.body":
             if message.get("more_body", False):
@@ -106,6 +109,7 @@ class _Watch:
         """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
         middleware, scope, request, send, breaker, backend, route = self.context
         call = self.call = Call(middleware, scope, request, _unread, send, breaker, backend, route)
+        self.diverted = True
         call.inbound = Noted(self.source, self.gone)  # (the app goes on reading what it was given)
         call.completed = self.gone is not None
         call.adopt(self.start)
@@ -139,8 +143,9 @@ async def guarded(
         deadline = middleware.deadlines.start(timeout)
         if deadline is None:  # not on asyncio: the Call's anyio deadline scope
             return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    permit = breaker.acquire()
-    add_decision(scope, _allowed(breaker.key))  # = record_decision(…, ALLOW, state="closed", key=breaker.key)
+    permit = breaker._generation  # = breaker.acquire() on a closed circuit (which does nothing else)
+    allowed = _ALLOWED.get(breaker.key)  # = record_decision(…, ALLOW, state="closed", key=breaker.key):
+    add_decision(scope, allowed if allowed is not None else _allowed(breaker.key))
     tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
     source: Noting
     if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
@@ -180,7 +185,7 @@ async def guarded(
             else:
                 fault = None if _completed(watch) else Fault.DROPPED
         finally:
-            watch.closed = True
+            watch.diverted = True
             if watch.call is not None:
                 watch.call.closed = True
     except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict

@@ -19,7 +19,6 @@ from mcp_middleware.core import (
     ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
-    McpRequest,
     RequestKind,
     SelectorMap,
     read_request,
@@ -130,20 +129,17 @@ class CircuitBreakerMiddleware:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
-        await self._guard(request, scope, receive, send)
+        await self.mcp_direct(scope, receive, send)  # (the request is in the scope now)
 
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`):
-        the guarded call is awaited straight from there, one coroutine fewer in the chain."""
+        the guarded call is awaited straight from there, one coroutine fewer in the chain. What to
+        await for a JSON-RPC request: its guarded call, or (excluded) the next layer's."""
         request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
         if request is UNREAD:
             return self.__call__(scope, receive, send)
         if request is None or request.kind is not RequestKind.REQUEST:
             return self._next(scope, receive, send)
-        return self._guard(request, scope, receive, send)
-
-    def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """What to await for a JSON-RPC request: its guarded call, or (excluded) the next layer's."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
