@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import sys
 import time
+from asyncio import _get_running_loop
 from collections.abc import Callable, Mapping
+from math import ceil
 from types import MappingProxyType
 from typing import Any
 from weakref import WeakKeyDictionary, ref
@@ -56,6 +57,9 @@ _current_tasks: dict[Any, asyncio.Task[Any]] | None = getattr(asyncio.tasks, "_c
 if sys.version_info >= (3, 12) or not isinstance(_current_tasks, dict):  # (3.12 on: `current_task` is in C)
     _current_tasks = None
 """asyncio's current task per loop on Python 3.11, read without `current_task`'s Python frame."""
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _current_tasks.get if _current_tasks is not None else asyncio.current_task
+)
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
     {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
@@ -75,9 +79,14 @@ class Deadline:
     """One call's deadline on asyncio: see :meth:`Deadlines.start`, then :meth:`finish` when the call ends.
 
     `expired`: the deadline fell due while the call ran (its task was, or was about to be, cancelled).
+    Not slotted on purpose: what every call starts with is a class attribute, so a call stores only
+    what is its own (one is made per guarded request).
     """
 
-    __slots__ = ("_base", "_bucket", "_cancelling", "_cancels", "_deadlines", "_task", "done", "expired")
+    expired = False
+    done = False
+    _cancels = 0
+    """Cancellations delivered to the task (taken back by :meth:`finish`)."""
 
     def __init__(
         self, deadlines: Deadlines, task: asyncio.Task[Any], base: object, bucket: dict[Deadline, None]
@@ -88,18 +97,14 @@ class Deadline:
         """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
         self._bucket = bucket
         self._cancelling = task.cancelling()
-        self._cancels = 0
-        self.expired = False
-        self.done = False
 
     def finish(self) -> None:
         """The call has ended: forget the deadline and take back the cancellations it delivered."""
         self.done = True
         del self._bucket[self]  # (an empty bucket stays until its tick: no dict made and dropped per call)
-        cancels = self._cancels
-        while cancels:
-            self._task.uncancel()
-            cancels -= 1
+        if self._cancels:
+            for _ in range(self._cancels):
+                self._task.uncancel()
 
     @property
     def cancelled_elsewhere(self) -> bool:
@@ -172,19 +177,18 @@ class Deadlines:
 
     def start(self, seconds: float) -> Deadline | None:
         """A deadline `seconds` from now for the current task's call (`None`: not on asyncio)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = _get_running_loop()
+        if loop is None:
             return None
         if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
             if _anyio_task_states is None:
                 return None
             self._loop, self._slots, self._due, self._handle = loop, {}, [], None
             self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
-        task = _current_tasks.get(loop) if _current_tasks is not None else asyncio.current_task(loop)
+        task = _current_task(loop)
         if task is None:
             return None
-        slot = math.ceil((self._now() + seconds) / self.tick)
+        slot = ceil((self._now() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = bucket = {}

@@ -61,9 +61,11 @@ def answer_in(data: bytes, request_id: object) -> tuple[dict[str, Any] | None, d
         return None
     if not isinstance(message, dict) or "method" in message:
         return None
-    result, error, rid = message.get("result"), message.get("error"), message.get("id")
+    rid = message.get("id")
+    result = message.get("result")
     if isinstance(result, dict) and rid == request_id:
         return result, None
+    error = message.get("error")
     if isinstance(error, dict) and (rid == request_id or rid is None):
         return None, error
     return None
