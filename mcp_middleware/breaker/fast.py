@@ -38,6 +38,7 @@ from .call import Call, Route
 from .classify import FailureClassifier, Fault
 from .inbound import Inbound, Noted, Noting
 from .state import BreakerState, CircuitBreaker, Classification
+from .timeouts import Deadline
 from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
+_NOT_FOUND: tuple[None, None] = (None, None)
+"""`(result, error)` when the body is not the response (as `find_response` answers)."""
 _ALLOWED: dict[str, Decision] = {}
 """The closed circuit's `allow` per breaker key, built once (a request only appends it)."""
 _MAX_ALLOWED = 4096
@@ -60,8 +63,9 @@ def _allowed(key: str) -> Decision:
     return decision
 
 
-class _Watch:
-    """The inner app's `send` on the common path (see the module's docstring).
+class _Watch(Deadline):
+    """The inner app's `send` on the common path (see the module's docstring), and the call's deadline
+    (when the route has a timeout: :meth:`.Deadlines.enter`), one object a request.
 
     Not slotted on purpose: what every request starts with is a class attribute, so a request stores
     only what is its own (the common path counts its bytecodes).
@@ -75,12 +79,12 @@ class _Watch:
     diverted = False
     """A Call took over (`call`), or the attempt is over: `send` leaves the common path."""
     call: Call | None = None
+    source: Noting
+    """Where the app reads `receive`: it notes whether the app was told the client left."""
 
-    def __init__(self, forward: Send, tap: ResponseTap | None, source: Noting, context: tuple[Any, ...]) -> None:
+    def __init__(self, forward: Send, tap: ResponseTap | None, context: tuple[Any, ...]) -> None:
         self.forward = forward
         self.tap = tap
-        self.source = source
-        """Where the app reads `receive`: it notes whether the app was told the client left."""
         self.context = context
         """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
 
@@ -137,53 +141,47 @@ async def guarded(
     """One guarded request on the common path (the `Call` path for anything else)."""
     if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    timeout = route.timeout
-    deadline = None
-    if timeout is not None:
-        deadline = middleware.deadlines.start(timeout)
-        if deadline is None:  # not on asyncio: the Call's anyio deadline scope
-            return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
+    watch = _Watch(send, tap, (middleware, scope, request, send, breaker, backend, route))
+    timeout = route.timeout  # (None: no deadline; else `watch` is the call's)
+    if timeout is not None and not middleware.deadlines.enter(watch, timeout):  # not on asyncio:
+        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()  # anyio's scope
     permit = breaker._generation  # = breaker.acquire() on a closed circuit (which does nothing else)
     allowed = _ALLOWED.get(breaker.key)  # = record_decision(…, ALLOW, state="closed", key=breaker.key):
     add_decision(scope, allowed if allowed is not None else _allowed(breaker.key))
-    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-    source: Noting
     if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
         receive.disconnected = False
-        source = receive
+        watch.source = receive
     else:  # another layer's `receive` (or a replay another breaker notes with): one that notes
-        source = receive = Inbound(receive, request.body)
-    watch = _Watch(send, tap, source, (middleware, scope, request, send, breaker, backend, route))
+        watch.source = receive = Inbound(receive, request.body)
     failure: Exception | None = None
     try:
         try:
             await middleware._next(scope, receive, watch.send)
         except asyncio.CancelledError:
-            if deadline is None:
+            if timeout is None:
                 raise
-            deadline.finish()
-            if not deadline.expired or deadline.cancelled_elsewhere:
+            watch.finish()
+            if not watch.expired or watch.cancelled_elsewhere:
                 raise  # not (only) the deadline's: shutdown, an outer timeout, the server
             fault: Fault | None = None if _completed(watch) else Fault.TIMEOUT
         except Exception as exc:
-            if deadline is not None:
-                deadline.finish()
+            if timeout is not None:
+                watch.finish()
             if _completed(watch):
                 fault = None  # it failed after answering: the client has its response
-            elif deadline is not None and deadline.expired:
+            elif watch.expired:  # (never without a deadline)
                 fault = Fault.TIMEOUT  # it broke while being cancelled: still a timeout
             else:
                 fault, failure = Fault.EXCEPTION, exc
         except BaseException:
-            if deadline is not None:
-                deadline.finish()
+            if timeout is not None:
+                watch.finish()
             raise
         else:
-            if deadline is not None:
-                deadline.finish()
-                fault = None if _completed(watch) else Fault.TIMEOUT if deadline.expired else Fault.DROPPED
-            else:
-                fault = None if _completed(watch) else Fault.DROPPED
+            if timeout is not None:
+                watch.finish()
+            fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
         finally:
             watch.diverted = True
             if watch.call is not None:
@@ -206,16 +204,13 @@ async def guarded(
             status = watch.start["status"]
             body = watch.body
             truncated = len(body) > middleware.config.max_inspect_bytes
-            found = answer_in(body, request.id) if body and not truncated else None
-            result, error = found if found is not None else (None, None)
+            result, error = (answer_in(body, request.id) if body and not truncated else None) or _NOT_FOUND
             verdict = classifier.judge(status, _JSON, truncated, result, error)
         breaker.record(permit, verdict)
-        if verdict is Classification.FAILURE:
+        if verdict is not Classification.SUCCESS:
             reason = describe(status, error)
-            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
-        elif verdict is Classification.NEUTRAL:
-            reason = describe(status, error)
-            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
+            outcome = Outcome.FAILURE if verdict is Classification.FAILURE else Outcome.NEUTRAL
+            record_decision(scope, Component.BREAKER, outcome, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()

@@ -266,13 +266,13 @@ class CircuitBreaker:
 
     def record(self, permit: Permit | None, verdict: Classification) -> None:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
-        if permit is None or permit != self._generation:
+        if permit != self._generation:  # (a `None` permit too: generations are ints)
             return
         state = self._state
         if state is BreakerState.CLOSED:
             if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
                 self._consecutive = 0
-                if int(self._clock() // self._bucket_width) == self._current_index:
+                if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
                     self._bucket_calls[self._current_slot] += 1
                 else:
                     self._count(False)

@@ -79,24 +79,21 @@ class Deadline:
     """One call's deadline on asyncio: see :meth:`Deadlines.start`, then :meth:`finish` when the call ends.
 
     `expired`: the deadline fell due while the call ran (its task was, or was about to be, cancelled).
-    Not slotted on purpose: what every call starts with is a class attribute, so a call stores only
-    what is its own (one is made per guarded request).
+    Made empty and filled by :meth:`Deadlines.enter`, so that an object of the call's own may be its
+    deadline too (the breaker's common path, one object a request). Not slotted on purpose: what every
+    call starts with is a class attribute, so a call stores only what is its own.
     """
 
     expired = False
     done = False
     _cancels = 0
     """Cancellations delivered to the task (taken back by :meth:`finish`)."""
-
-    def __init__(
-        self, deadlines: Deadlines, task: asyncio.Task[Any], base: object, bucket: dict[Deadline, None]
-    ) -> None:
-        self._deadlines = deadlines
-        self._task = task
-        self._base = base
-        """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
-        self._bucket = bucket
-        self._cancelling = task.cancelling()
+    _deadlines: Deadlines
+    _task: asyncio.Task[Any]
+    _base: object
+    """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
+    _bucket: dict[Deadline, None]
+    _cancelling: int
 
     def finish(self) -> None:
         """The call has ended: forget the deadline and take back the cancellations it delivered."""
@@ -177,17 +174,23 @@ class Deadlines:
 
     def start(self, seconds: float) -> Deadline | None:
         """A deadline `seconds` from now for the current task's call (`None`: not on asyncio)."""
+        deadline = Deadline()
+        return deadline if self.enter(deadline, seconds) else None
+
+    def enter(self, deadline: Deadline, seconds: float) -> bool:
+        """Make the empty `deadline` fall due `seconds` from now for the current task's call (False: not on
+        asyncio, `deadline` untouched)."""
         loop = _get_running_loop()
         if loop is None:
-            return None
+            return False
         if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
             if _anyio_task_states is None:
-                return None
+                return False
             self._loop, self._slots, self._due, self._handle = loop, {}, [], None
             self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         task = _current_task(loop)
         if task is None:
-            return None
+            return False
         slot = ceil((self._now() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:
@@ -196,9 +199,13 @@ class Deadlines:
             if self._handle is None or slot < self._armed:
                 self._arm(loop, slot)
         state = _task_state_refs.get(ref(task))  # type: ignore[union-attr]  # (checked when the loop was taken)
-        deadline = Deadline(self, task, state.cancel_scope if state is not None else None, bucket)
+        deadline._base = state.cancel_scope if state is not None else None
+        deadline._deadlines = self
+        deadline._task = task
+        deadline._cancelling = task.cancelling()
+        deadline._bucket = bucket
         bucket[deadline] = None
-        return deadline
+        return True
 
     def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         self._armed = slot
