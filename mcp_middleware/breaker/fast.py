@@ -117,6 +117,8 @@ class _Watch(Deadline):
         call.inbound = Noted(self.source, self.gone)  # (the app goes on reading what it was given)
         call.completed = self.gone is not None
         call.adopt(self.start)
+        if call.completed and call._watch == JSON_BODY:  # the whole JSON body came (the client then left first):
+            call._watch_body(self.body, False)  # the call judges it as its own watcher would have
         return call
 
 
