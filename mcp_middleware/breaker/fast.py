@@ -79,12 +79,13 @@ class _Watch(Deadline):
     diverted = False
     """A Call took over (`call`), or the attempt is over: `send` leaves the common path."""
     call: Call | None = None
+    tap: ResponseTap | None = None
+    """An outer middleware's tap watching this response (the gateway's): its outcome is the verdict's."""
     source: Noting
     """Where the app reads `receive`: it notes whether the app was told the client left."""
 
-    def __init__(self, forward: Send, tap: ResponseTap | None, context: tuple[Any, ...]) -> None:
+    def __init__(self, forward: Send, context: tuple[Any, ...]) -> None:
         self.forward = forward
-        self.tap = tap
         self.context = context
         """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
 
@@ -143,8 +144,9 @@ async def guarded(
     """One guarded request on the common path (the `Call` path for anything else)."""
     if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-    watch = _Watch(send, tap, (middleware, scope, request, send, breaker, backend, route))
+    watch = _Watch(send, (middleware, scope, request, send, breaker, backend, route))
+    if TAP_SCOPE_KEY in scope:
+        watch.tap = ResponseTap.current(scope, request)
     timeout = route.timeout  # (None: no deadline; else `watch` is the call's)
     if timeout is not None and not middleware.deadlines.enter(watch, timeout):  # not on asyncio:
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()  # anyio's scope
@@ -183,7 +185,10 @@ async def guarded(
         else:
             if timeout is not None:
                 watch.finish()
-            fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
+            if watch.call is None and watch.gone is not None:  # (= `_completed(watch)`, inline on the usual end)
+                fault = None
+            else:
+                fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
         finally:
             watch.diverted = True
             if watch.call is not None:
@@ -211,8 +216,10 @@ async def guarded(
         breaker.record(permit, verdict)
         if verdict is not Classification.SUCCESS:
             reason = describe(status, error)
-            outcome = Outcome.FAILURE if verdict is Classification.FAILURE else Outcome.NEUTRAL
-            record_decision(scope, Component.BREAKER, outcome, key=breaker.key, reason=reason, attempt=1)
+            if verdict is Classification.FAILURE:
+                record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+            else:
+                record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()

@@ -19,6 +19,7 @@ from mcp_middleware.core import (
     ANSWERED,
     DEFAULT_CONFIG,
     CoreConfig,
+    McpRequest,
     RequestKind,
     SelectorMap,
     read_request,
@@ -31,7 +32,7 @@ from .classify import Classifier, FailureClassifier
 from .fast import guarded
 from .registry import BreakerRegistry
 from .retry import SAFE_METHODS, RetryPolicy
-from .state import BreakerPolicy, StateListener
+from .state import BreakerPolicy, CircuitBreaker, StateListener
 from .timeouts import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS, Deadlines
 
 __all__ = [
@@ -120,6 +121,9 @@ class CircuitBreakerMiddleware:
         self.random = random
         self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
+        self._lanes: dict[tuple[str | None, str | None, str], tuple[Route, CircuitBreaker, str]] = {}
+        """`(method, target, path)` → what `_guard` resolved for it (without a `key` function): valid while the
+        registry still holds that breaker for its key (:meth:`BreakerRegistry.touch`)."""
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
         """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
         `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
@@ -140,6 +144,18 @@ class CircuitBreakerMiddleware:
             return self.__call__(scope, receive, send)
         if request is None or request.kind is not RequestKind.REQUEST:
             return self._next(scope, receive, send)
+        if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
+            lane = self._lanes.get((request.method, request.target, scope["path"]))
+            if lane is not None and self.registry.touch(lane[1]):
+                route, breaker, backend = lane
+                if self.fast_path:
+                    return guarded(self, scope, request, receive, send, breaker, backend, route)
+                return Call(self, scope, request, receive, send, breaker, backend, route).run()
+        return self._guard(request, scope, receive, send)
+
+    def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """:meth:`mcp_direct` without a lane: resolve the route, the backend and its breaker (and keep them as
+        the lane of `(method, target, path)` when the backend is the path's)."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
@@ -149,6 +165,10 @@ class CircuitBreakerMiddleware:
         backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
+        if self.key is None:
+            if len(self._lanes) >= _ROUTE_CACHE_SIZE:  # paths and targets come from clients: keep it bounded
+                self._lanes.clear()
+            self._lanes[(method, target, scope["path"])] = (route, breaker, backend)
         if self.fast_path:
             return guarded(self, scope, request, receive, send, breaker, backend, route)
         return Call(self, scope, request, receive, send, breaker, backend, route).run()

@@ -80,6 +80,15 @@ class BreakerRegistry:
             breakers.popitem(last=False)
         return breaker
 
+    def touch(self, breaker: CircuitBreaker) -> bool:
+        """Whether `breaker` is still this registry's for its key; if so it is now the most recently used,
+        as :meth:`get` would leave it (for a caller that kept the breaker it got)."""
+        breakers = self._breakers
+        if breakers.get(breaker.key) is not breaker:  # forgotten (least recently used) since
+            return False
+        breakers.move_to_end(breaker.key)
+        return True
+
     def __len__(self) -> int:
         return len(self._breakers)
 

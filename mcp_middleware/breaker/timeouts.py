@@ -85,10 +85,10 @@ class Deadline:
     """
 
     expired = False
-    done = False
     _cancels = 0
     """Cancellations delivered to the task (taken back by :meth:`finish`)."""
     _deadlines: Deadlines
+    """The wheel that expired it (set when it expires)."""
     _task: asyncio.Task[Any]
     _base: object
     """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
@@ -97,8 +97,9 @@ class Deadline:
 
     def finish(self) -> None:
         """The call has ended: forget the deadline and take back the cancellations it delivered."""
-        self.done = True
-        del self._bucket[self]  # (an empty bucket stays until its tick: no dict made and dropped per call)
+        # Out of its bucket: once expired, that is how `_deliver` knows the call is over. (An empty
+        # bucket stays until its tick: no dict made and dropped per call.)
+        del self._bucket[self]
         if self._cancels:
             for _ in range(self._cancels):
                 self._task.uncancel()
@@ -108,14 +109,15 @@ class Deadline:
         """Someone else also cancelled the task during the call (call after :meth:`finish`)."""
         return self._task.cancelling() > self._cancelling
 
-    def _expire(self) -> None:
+    def _expire(self, deadlines: Deadlines) -> None:
+        self._deadlines = deadlines
         self.expired = True
         self._bucket = {self: None}  # (out of the swept slot; `finish` still finds itself)
         self._deliver()
 
     def _deliver(self) -> None:
         """Cancel the task as an anyio cancel scope around the call would; try again until the call ends."""
-        if self.done:
+        if self not in self._bucket:  # finished (`finish` took it out of its bucket)
             return
         task = self._task
         if task.done():
@@ -200,7 +202,6 @@ class Deadlines:
                 self._arm(loop, slot)
         state = _task_state_refs.get(ref(task))  # type: ignore[union-attr]  # (checked when the loop was taken)
         deadline._base = state.cancel_scope if state is not None else None
-        deadline._deadlines = self
         deadline._task = task
         deadline._cancelling = task.cancelling()
         deadline._bucket = bucket
@@ -231,6 +232,6 @@ class Deadlines:
         heap = self._due
         while heap and heap[0] <= due:
             for deadline in list(self._slots.pop(heapq.heappop(heap))):
-                deadline._expire()
+                deadline._expire(self)
         if heap:
             self._arm(loop, heap[0])
