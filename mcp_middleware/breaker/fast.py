@@ -84,10 +84,11 @@ class _Watch(Deadline):
     source: Noting
     """Where the app reads `receive`: it notes whether the app was told the client left."""
 
-    def __init__(self, forward: Send, context: tuple[Any, ...]) -> None:
-        self.forward = forward
-        self.context = context
-        """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
+    forward: Send
+    """Where the response goes (the breaker's `send`)."""
+    context: tuple[Any, ...]
+    """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
+    # (No `__init__`: `guarded` sets the two above; a frame less a request.)
 
     def send(self, message: Message) -> Awaitable[None]:
         """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
@@ -102,7 +103,7 @@ class _Watch(Deadline):
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
-                self.gone = self.source.disconnected is True
+                self.gone = self.source.disconnected  # (True or False: a replay notes from False on)
                 self.body = message.get("body", b"")
         elif kind == "http.response.start":
             if self.tap is None and watchable(message) != JSON_BODY:
@@ -144,21 +145,22 @@ async def guarded(
     """One guarded request on the common path (the `Call` path for anything else)."""
     if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    watch = _Watch(send, (middleware, scope, request, send, breaker, backend, route))
+    watch = _Watch()
+    watch.forward = send
+    watch.context = (middleware, scope, request, send, breaker, backend, route)
     if TAP_SCOPE_KEY in scope:
         watch.tap = ResponseTap.current(scope, request)
     timeout = route.timeout  # (None: no deadline; else `watch` is the call's)
     if timeout is not None and not middleware.deadlines.enter(watch, timeout):  # not on asyncio:
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()  # anyio's scope
     permit = breaker._generation  # = breaker.acquire() on a closed circuit (which does nothing else)
-    allowed = _ALLOWED.get(breaker.key)  # = record_decision(…, ALLOW, state="closed", key=breaker.key):
-    add_decision(scope, allowed if allowed is not None else _allowed(breaker.key))
+    # = record_decision(…, ALLOW, state="closed", key=breaker.key), made once per key (a Decision is never falsy)
+    add_decision(scope, _ALLOWED.get(breaker.key) or _allowed(breaker.key))
     if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
         receive.disconnected = False
         watch.source = receive
     else:  # another layer's `receive` (or a replay another breaker notes with): one that notes
         watch.source = receive = Inbound(receive, request.body)
-    failure: Exception | None = None
     try:
         try:
             await middleware._next(scope, receive, watch.send)
@@ -227,8 +229,8 @@ async def guarded(
     elif fault is None and not call.inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
         call._conclude(permit, None, 1, call._verdict(None))
         return
-    if failure is not None:
-        call._failed(failure)
+    if fault is Fault.EXCEPTION:
+        call._failed(failure)  # (bound with that fault)
     await call.settle(permit, fault, 1)
 
 

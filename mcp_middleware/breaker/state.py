@@ -268,8 +268,7 @@ class CircuitBreaker:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
         if permit != self._generation:  # (a `None` permit too: generations are ints)
             return
-        state = self._state
-        if state is BreakerState.CLOSED:
+        if self._state is BreakerState.CLOSED:
             if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
                 self._consecutive = 0
                 if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
@@ -280,7 +279,7 @@ class CircuitBreaker:
                 self._consecutive += 1
                 self._count(True)
                 self._maybe_trip()
-        elif state is BreakerState.HALF_OPEN:
+        elif self._state is BreakerState.HALF_OPEN:
             self._probes -= 1
             if verdict is Classification.FAILURE:
                 self.level += 1

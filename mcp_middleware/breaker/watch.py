@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import orjson
+from orjson import JSONDecodeError, loads
 from starlette.types import Message
 
 from mcp_middleware.core.protocol import EVENT_STREAM, JSON
@@ -56,8 +56,8 @@ def find_response(candidates: list[bytes], request_id: object) -> tuple[dict[str
 def answer_in(data: bytes, request_id: object) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
     """`(result, error)` if `data` is the JSON-RPC response to `request_id` (the rules above), else None."""
     try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        message = loads(data)
+    except JSONDecodeError:
         return None
     if not isinstance(message, dict) or "method" in message:
         return None
