@@ -21,7 +21,7 @@ from mcp_middleware.core.kernel import _Replay, replay
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
 
-from .backends import post_scope
+from .backends import post_scope, scripted_receive
 from .test_fast_path import ENDINGS, MORE_CASES, HandsOn, both_ways
 from .test_watch import OK, REQUEST_ID, response, rpc
 
@@ -120,15 +120,9 @@ def test_nested_breakers_both_judge_a_client_that_left_as_the_call_path_does() -
         inner.fast_path = outer.fast_path = fast
         app = DecisionRecorder(outer)
         body = modern_body("tools/call", {"name": "t", "arguments": {}}, REQUEST_ID)
-        messages = iter([{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}])
-
-        async def receive() -> Message:
-            message = next(messages, None)
-            if message is None:
-                await asyncio.Event().wait()
-            assert message is not None
-            return message
-
+        receive = scripted_receive(
+            [{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}]
+        )
         sent: list[Message] = []
 
         async def send(message: Message) -> None:
