@@ -45,6 +45,9 @@ __all__ = [
 
 _ROUTE_CACHE_SIZE = 4096
 
+_Lane = tuple[Route, CircuitBreaker, str, Callable[[], None]]
+"""A request's route, breaker and backend, and what marks the breaker used (:meth:`BreakerRegistry.toucher`)."""
+
 """`(scope, request) -> str`: the name of the backend a request goes to (one breaker each)."""
 
 
@@ -121,9 +124,10 @@ class CircuitBreakerMiddleware:
         self.random = random
         self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
-        self._lanes: dict[tuple[str | None, str | None, str], tuple[Route, CircuitBreaker, str]] = {}
+        self._lanes: dict[tuple[str | None, str | None, str], _Lane] = {}
         """`(method, target, path)` → what `_guard` resolved for it (without a `key` function): valid while the
-        registry still holds that breaker for its key (:meth:`BreakerRegistry.touch`)."""
+        registry has forgotten no breaker since (:attr:`BreakerRegistry.evictions`)."""
+        self._lanes_evictions = self.registry.evictions
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
         """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
         `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
@@ -146,8 +150,9 @@ class CircuitBreakerMiddleware:
             return self._next(scope, receive, send)
         if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
             lane = self._lanes.get((request.method, request.target, scope["path"]))
-            if lane is not None and self.registry.touch(lane[1]):
-                route, breaker, backend = lane
+            if lane is not None and self.registry.evictions == self._lanes_evictions:
+                route, breaker, backend, touch = lane
+                touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
                 if self.fast_path:
                     return guarded(self, scope, request, receive, send, breaker, backend, route)
                 return Call(self, scope, request, receive, send, breaker, backend, route).run()
@@ -166,9 +171,11 @@ class CircuitBreakerMiddleware:
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
         if self.key is None:
-            if len(self._lanes) >= _ROUTE_CACHE_SIZE:  # paths and targets come from clients: keep it bounded
-                self._lanes.clear()
-            self._lanes[(method, target, scope["path"])] = (route, breaker, backend)
+            lanes = self._lanes
+            if len(lanes) >= _ROUTE_CACHE_SIZE or self._lanes_evictions != self.registry.evictions:
+                lanes.clear()  # (paths and targets come from clients: bounded; any lane's breaker may be gone)
+                self._lanes_evictions = self.registry.evictions
+            lanes[(method, target, scope["path"])] = (route, breaker, backend, self.registry.toucher(breaker_key))
         if self.fast_path:
             return guarded(self, scope, request, receive, send, breaker, backend, route)
         return Call(self, scope, request, receive, send, breaker, backend, route).run()
