@@ -22,27 +22,35 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from weakref import WeakMethod, ref
 
 __all__ = ["ALARMS", "Alarms"]
 
 
+_Alarm = tuple[float, int, "ref[asyncio.AbstractEventLoop]", "WeakMethod[Callable[[Any], None]]", Any]
+"""(when, the order armed, the loop, the callback, its argument)."""
+
+
 class Alarms:
     """`at(when, loop, callback, arg)`: `loop.call_soon_threadsafe(callback, arg)` once `time.monotonic()`
-    has reached `when`. Alarms are never cancelled: a callback must ignore one it no longer wants."""
+    has reached `when`. Alarms are never cancelled: a callback must ignore one it no longer wants. The loop
+    and the callback (a bound method) are held weakly: an alarm of a wheel or a loop that is gone is dropped
+    (a pending alarm keeps neither alive for a whole timeout)."""
 
     def __init__(self) -> None:
         self._reset()
 
     def _reset(self) -> None:
         self._condition = threading.Condition(threading.Lock())
-        self._heap: list[tuple[float, int, asyncio.AbstractEventLoop, Callable[[Any], None], Any]] = []
+        self._heap: list[_Alarm] = []
         self._order = itertools.count()  # (ties are taken in the order armed; loops do not compare)
         self._thread: threading.Thread | None = None
 
     def at(self, when: float, loop: asyncio.AbstractEventLoop, callback: Callable[[Any], None], arg: Any) -> None:
+        entry: _Alarm = (when, next(self._order), ref(loop), WeakMethod(callback), arg)
         with self._condition:
             heap = self._heap
-            heapq.heappush(heap, (when, next(self._order), loop, callback, arg))
+            heapq.heappush(heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mcp-breaker-deadlines", daemon=True)
                 self._thread.start()
@@ -61,9 +69,12 @@ class Alarms:
                 if delay > 0:
                     condition.wait(delay)
                     continue
-                _, _, loop, callback, arg = heapq.heappop(heap)
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it any more
-                    loop.call_soon_threadsafe(callback, arg)
+                _, _, loop_ref, callback_ref, arg = heapq.heappop(heap)
+                loop, callback = loop_ref(), callback_ref()
+                if loop is not None and callback is not None:  # (else gone: nobody waits for this alarm)
+                    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it either
+                        loop.call_soon_threadsafe(callback, arg)
+                del loop, callback  # (not kept alive by this thread while it sleeps)
 
 
 ALARMS = Alarms()

@@ -160,7 +160,7 @@ class Deadlines:
     :meth:`start` answers `None` off asyncio: the caller then opens an anyio deadline scope.
     """
 
-    __slots__ = ("_armed", "_due", "_handle", "_loop", "_now", "_slots", "tick")
+    __slots__ = ("__weakref__", "_armed", "_due", "_handle", "_loop", "_now", "_slots", "tick")  # (weak: see .alarm)
 
     def __init__(self, tick: float) -> None:
         self.tick = tick

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 
 from mcp_middleware.breaker.alarm import ALARMS, Alarms
 from mcp_middleware.breaker.timeouts import Deadlines
@@ -62,20 +63,36 @@ def test_a_loop_with_a_clock_of_its_own_gets_a_loop_timer() -> None:
         loop.close()
 
 
-def test_alarms_of_a_closed_loop_are_dropped_and_later_ones_still_come() -> None:
+class Listener:
+    def __init__(self) -> None:
+        self.heard: list[object] = []
+
+    def hear(self, what: object) -> None:
+        self.heard.append(what)
+        if isinstance(what, asyncio.Event):
+            what.set()
+
+
+def test_alarms_of_a_closed_loop_or_a_listener_gone_are_dropped_and_later_ones_still_come() -> None:
     alarms = Alarms()
+    listener = Listener()
     closed = asyncio.new_event_loop()
     closed.close()
-    alarms.at(time.monotonic(), closed, print, "never")  # call_soon_threadsafe raises: the thread goes on
+    alarms.at(time.monotonic(), closed, listener.hear, "never")  # call_soon_threadsafe raises: the thread goes on
+    gone = Listener()
+    alarms.at(time.monotonic(), asyncio.new_event_loop(), gone.hear, "never")  # (that loop is collected too)
+    held = weakref.ref(gone)
+    del gone
+    assert held() is None  # a pending alarm does not keep its listener alive
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         came = asyncio.Event()
-        alarms.at(time.monotonic() + 0.05, loop, lambda event: event.set(), came)
+        alarms.at(time.monotonic() + 0.05, loop, listener.hear, came)
         await asyncio.wait_for(came.wait(), 10)
 
     asyncio.run(main())
-    assert alarms._heap == []
+    assert alarms._heap == [] and listener.heard == [listener.heard[0]] and isinstance(listener.heard[0], asyncio.Event)
 
 
 def test_one_wheel_on_a_new_loop_is_not_swept_by_the_old_loops_alarms() -> None:
