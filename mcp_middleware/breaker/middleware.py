@@ -128,6 +128,13 @@ class CircuitBreakerMiddleware:
         """`(method, target, path)` → what `_guard` resolved for it (without a `key` function): valid while the
         registry has forgotten no breaker since (:attr:`BreakerRegistry.evictions`)."""
         self._lanes_evictions = self.registry.evictions
+        self._by_target = bool(self._per_target) or any(
+            selector.target is not None
+            for rules in (self._timeouts, self._exclude, self._retry_allow)
+            for selector, _ in rules
+        )
+        """Whether a request's target can change its route or breaker (a selector names one, or breakers per
+        target): else lanes leave it out of their key (reading it costs a property call a request)."""
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
         """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
         `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
@@ -149,7 +156,7 @@ class CircuitBreakerMiddleware:
         if request is None or request.kind is not RequestKind.REQUEST:
             return self._next(scope, receive, send)
         if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
-            lane = self._lanes.get((request.method, request.target, scope["path"]))
+            lane = self._lanes.get((request.method, request.target if self._by_target else None, scope["path"]))
             if lane is not None and self.registry.evictions == self._lanes_evictions:
                 route, breaker, backend, touch = lane
                 touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
@@ -175,7 +182,8 @@ class CircuitBreakerMiddleware:
             if len(lanes) >= _ROUTE_CACHE_SIZE or self._lanes_evictions != self.registry.evictions:
                 lanes.clear()  # (paths and targets come from clients: bounded; any lane's breaker may be gone)
                 self._lanes_evictions = self.registry.evictions
-            lanes[(method, target, scope["path"])] = (route, breaker, backend, self.registry.toucher(breaker_key))
+            lane_key = (method, target if self._by_target else None, scope["path"])
+            lanes[lane_key] = (route, breaker, backend, self.registry.toucher(breaker_key))
         if self.fast_path:
             return guarded(self, scope, request, receive, send, breaker, backend, route)
         return Call(self, scope, request, receive, send, breaker, backend, route).run()

@@ -87,3 +87,50 @@ def test_a_lane_is_not_used_once_another_middleware_made_the_shared_registry_for
     _requests(second, ["/b", "/c", "/a"])  # /a forgotten, then made anew (and /b forgotten)
     _requests(first, ["/a"])
     assert _counts(registry) == {"/c": 1, "/a": 2}  # the new /a: `second`'s call and `first`'s
+
+
+def _call(app: Any, tool: str) -> list[Message]:
+    """One `tools/call` of `tool` to `/mcp`: what the client got."""
+    sent: list[Message] = []
+
+    async def run() -> None:
+        body = modern_body("tools/call", {"name": tool, "arguments": {}}, REQUEST_ID)
+        receive = scripted_receive([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await app(post_scope(body, modern_headers("tools/call", tool)), receive, send)
+
+    asyncio.run(run())
+    return sent
+
+
+async def _slow_for_slow(scope: Scope, receive: Receive, send: Send) -> None:
+    await receive()
+    if (b"mcp-name", b"slow") in scope["headers"]:
+        await asyncio.sleep(5)
+    for message in response(200, b"application/json", [OK]):
+        await send(message)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_selector_naming_a_tool_keeps_the_tool_in_the_lane(fast: bool) -> None:
+    """A per-tool timeout: each tool its own lane (its own route), whichever tool came first."""
+    app = CircuitBreakerMiddleware(_slow_for_slow, timeouts={"*": 30.0, "tools/call:slow": 0.05})
+    app.fast_path = fast
+    assert app._by_target
+    assert _call(app, "quick")[0]["status"] == 200
+    assert _call(app, "slow")[0]["status"] == 504  # not the lane `quick` left (its route has no such timeout)
+    assert _call(app, "quick")[0]["status"] == 200
+    assert {key[1] for key in app._lanes} == {"quick", "slow"}
+
+
+def test_without_such_a_selector_one_lane_serves_every_tool() -> None:
+    app = CircuitBreakerMiddleware(_answers)
+    assert not app._by_target  # the defaults name methods only
+    for tool in ("a", "b", "c"):
+        assert _call(app, tool)[0]["status"] == 200
+    assert list(app._lanes) == [("tools/call", None, "/mcp")]
+    assert CircuitBreakerMiddleware(_answers, per_target=["tools/call"])._by_target  # breakers per tool
+    assert CircuitBreakerMiddleware(_answers, exclude=["tools/call:stream_*"])._by_target
