@@ -23,7 +23,7 @@ from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import answer_failure, cancel_legacy_request, describe, end_stream, is_plain_sse, refuse
 from .classify import FailureClassifier, Fault
-from .inbound import Inbound
+from .inbound import Inbound, Noted
 from .state import BreakerPolicy, BreakerState, CircuitBreaker, Classification, Permit
 from .watch import CONTENT_TYPES, JSON_BODY, MAX_CANDIDATES, NOT_WATCHED, SSE_BODY, find_response, watchable
 
@@ -55,6 +55,7 @@ class Call:
         "_ended",
         "_kept",
         "_limit",
+        "_receive",
         "_size",
         "_sse",
         "_truncated",
@@ -88,8 +89,11 @@ class Call:
         self.middleware = middleware
         self.scope = scope
         self.request = request
-        self.inbound = Inbound(receive, request.body)
+        self._receive = inbound = Inbound(receive, request.body)
         """The inner app's `receive` (apart from the call: see :class:`Inbound`)."""
+        self.inbound: Inbound | Noted = inbound
+        """Whether the client left: the `receive` above, or a :class:`Noted` when the call took over from
+        the common path (:mod:`.fast`, where the app reads another `receive` and no retry is made)."""
         self.breaker = breaker
         self.backend = backend
         self.route = route
@@ -224,7 +228,7 @@ class Call:
                     fault = await self._attempt_scoped(timeout)
                 else:
                     try:
-                        await middleware._next(scope, self.inbound, self.send)
+                        await middleware._next(scope, self._receive, self.send)
                     except asyncio.CancelledError:
                         deadline.finish()
                         if not deadline.expired or deadline.cancelled_elsewhere:
@@ -258,7 +262,7 @@ class Call:
             await anyio.sleep(delay)
             attempt += 1
             self.closed = False
-            self.inbound.replay = True
+            self._receive.replay = True
             self.error = None
 
     async def settle(self, permit: Permit | None, fault: Fault | None, attempt: int) -> float | None:
@@ -323,11 +327,11 @@ class Call:
         cancel: anyio.CancelScope | None = None
         try:
             if seconds is None:
-                await self.middleware._next(self.scope, self.inbound, self.send)
+                await self.middleware._next(self.scope, self._receive, self.send)
             else:
                 cancel = anyio.CancelScope(deadline=anyio.current_time() + seconds)
                 with cancel:
-                    await self.middleware._next(self.scope, self.inbound, self.send)
+                    await self.middleware._next(self.scope, self._receive, self.send)
         except Exception as exc:
             if self.completed:
                 return None  # it failed after answering: the client has its response

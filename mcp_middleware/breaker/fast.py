@@ -2,9 +2,11 @@
 
 Most guarded requests are answered by a healthy backend with one JSON body. For them a
 :class:`~.call.Call` (its attempt loop, its body watcher, its verdict tuple) is more than needed:
-:func:`guarded` hands the inner app the call's :class:`~.inbound.Inbound` `receive` (which tells a
-client that left from a server that dropped the response) and a plain `send` that forwards every
-message at once and only notes the start and the final body. The verdict is read from that final
+:func:`guarded` hands the inner app a plain `send` that forwards every
+message at once and only notes the start and the final body. Whether the client left is read from
+the core's replay (:func:`~mcp_middleware.core.read_request`'s `receive`, asked to note a disconnect),
+so the app reads the `receive` the breaker was given; only without one (the breaker behind a layer
+that hands on another `receive`) does the app get an :class:`~.inbound.Inbound`. The verdict is read from that final
 body (or from an outer tap's outcome, when one is attached), by the same rules as the `Call` path
 (:func:`~.watch.answer_in`, :meth:`~.classify.FailureClassifier.judge`).
 
@@ -28,13 +30,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.core import McpRequest, ResponseTap, record_decision
 from mcp_middleware.core.decisions import Component, Decision, Outcome, add_decision
+from mcp_middleware.core.kernel import _Replay
 from mcp_middleware.core.tap import TAP_SCOPE_KEY
 
 from .answers import describe
 from .call import Call, Route
 from .classify import FailureClassifier, Fault
-from .inbound import Inbound
+from .inbound import Inbound, Noted, Noting
 from .state import BreakerState, CircuitBreaker, Classification
+from .timeouts import Deadline
 from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
 if TYPE_CHECKING:
@@ -43,52 +47,63 @@ if TYPE_CHECKING:
 __all__ = ["guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
+_NOT_FOUND: tuple[None, None] = (None, None)
+"""`(result, error)` when the body is not the response (as `find_response` answers)."""
 _ALLOWED: dict[str, Decision] = {}
 """The closed circuit's `allow` per breaker key, built once (a request only appends it)."""
 _MAX_ALLOWED = 4096
 
 
 def _allowed(key: str) -> Decision:
-    decision = _ALLOWED.get(key)
-    if decision is None:
-        if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
-            _ALLOWED.clear()
-        attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
-        decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
+    """The `allow` of `key`'s closed circuit, made once (the caller looked in `_ALLOWED` first)."""
+    if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
+        _ALLOWED.clear()
+    attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
+    decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
     return decision
 
 
-class _Watch:
-    """The inner app's `send` on the common path (see the module's docstring)."""
+class _Watch(Deadline):
+    """The inner app's `send` on the common path (see the module's docstring), and the call's deadline
+    (when the route has a timeout: :meth:`.Deadlines.enter`), one object a request.
 
-    __slots__ = ("body", "call", "closed", "context", "forward", "inbound", "start", "tap")
+    Not slotted on purpose: what every request starts with is a class attribute, so a request stores
+    only what is its own (the common path counts its bytecodes).
+    """
 
-    def __init__(self, forward: Send, tap: ResponseTap | None, inbound: Inbound, context: tuple[Any, ...]) -> None:
-        self.forward = forward
-        self.tap = tap
-        self.inbound = inbound
-        """The inner app's `receive`; its `completed` is the response's (a disconnect after it is not the client's)."""
-        self.context = context
-        """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
-        self.start: Message | None = None
-        self.body = b""
-        self.closed = False
-        self.call: Call | None = None
+    start: Message | None = None
+    body = b""
+    gone: bool | None = None
+    """Whether the client had left when the response completed (`None`: not completed): a disconnect
+    after the response is not the client's."""
+    diverted = False
+    """A Call took over (`call`), or the attempt is over: `send` leaves the common path."""
+    call: Call | None = None
+    tap: ResponseTap | None = None
+    """An outer middleware's tap watching this response (the gateway's): its outcome is the verdict's."""
+    source: Noting
+    """Where the app reads `receive`: it notes whether the app was told the client left."""
+
+    forward: Send
+    """Where the response goes (the breaker's `send`)."""
+    context: tuple[Any, ...]
+    """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
+    # (No `__init__`: `guarded` sets the two above; a frame less a request.)
 
     def send(self, message: Message) -> Awaitable[None]:
         """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
-        call = self.call
-        if call is not None:
-            return call.send(message)
-        if self.closed:  # the attempt is over (timed out): nothing more from it reaches the client
-            return _dropped()
+        if self.diverted:
+            call = self.call
+            if call is not None:
+                return call.send(message)
+            return _dropped()  # the attempt is over (timed out): nothing more from it reaches the client
         kind = message["type"]
         if kind == "http.response.body":
             if message.get("more_body", False):
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
-                self.inbound.completed = True
+                self.gone = self.source.disconnected  # (True or False: a replay notes from False on)
                 self.body = message.get("body", b"")
         elif kind == "http.response.start":
             if self.tap is None and watchable(message) != JSON_BODY:
@@ -99,16 +114,22 @@ class _Watch:
     def hand_over(self) -> Call:
         """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
         middleware, scope, request, send, breaker, backend, route = self.context
-        inbound = self.inbound
-        call = self.call = Call(middleware, scope, request, inbound._receive, send, breaker, backend, route)
-        call.inbound = inbound  # the one the app reads
-        call.completed = inbound.completed
+        call = self.call = Call(middleware, scope, request, _unread, send, breaker, backend, route)
+        self.diverted = True
+        call.inbound = Noted(self.source, self.gone)  # (the app goes on reading what it was given)
+        call.completed = self.gone is not None
         call.adopt(self.start)
+        if call.completed and call._watch == JSON_BODY:  # the whole JSON body came (the client then left first):
+            call._watch_body(self.body, False)  # the call judges it as its own watcher would have
         return call
 
 
 async def _dropped() -> None:
     return None
+
+
+async def _unread() -> Message:  # pragma: no cover - a Call taking over never reads its own `receive`
+    raise AssertionError("the app reads the common path's receive")
 
 
 async def guarded(
@@ -124,56 +145,61 @@ async def guarded(
     """One guarded request on the common path (the `Call` path for anything else)."""
     if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
         return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    timeout = route.timeout
-    deadline = None
-    if timeout is not None:
-        deadline = middleware.deadlines.start(timeout)
-        if deadline is None:  # not on asyncio: the Call's anyio deadline scope
-            return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
-    permit = breaker.acquire()
-    add_decision(scope, _allowed(breaker.key))  # = record_decision(…, ALLOW, state="closed", key=breaker.key)
-    tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-    inbound = Inbound(receive, request.body)
-    watch = _Watch(send, tap, inbound, (middleware, scope, request, send, breaker, backend, route))
-    failure: Exception | None = None
+    watch = _Watch()
+    watch.forward = send
+    watch.context = (middleware, scope, request, send, breaker, backend, route)
+    if TAP_SCOPE_KEY in scope:
+        watch.tap = ResponseTap.current(scope, request)
+    timeout = route.timeout  # (None: no deadline; else `watch` is the call's)
+    if timeout is not None and not middleware.deadlines.enter(watch, timeout):  # not on asyncio:
+        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()  # anyio's scope
+    permit = breaker._generation  # = breaker.acquire() on a closed circuit (which does nothing else)
+    # = record_decision(…, ALLOW, state="closed", key=breaker.key), made once per key (a Decision is never falsy)
+    add_decision(scope, _ALLOWED.get(breaker.key) or _allowed(breaker.key))
+    if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
+        receive.disconnected = False
+        watch.source = receive
+    else:  # another layer's `receive` (or a replay another breaker notes with): one that notes
+        watch.source = receive = Inbound(receive, request.body)
     try:
         try:
-            await middleware._next(scope, inbound, watch.send)
+            await middleware._next(scope, receive, watch.send)
         except asyncio.CancelledError:
-            if deadline is None:
+            if timeout is None:
                 raise
-            deadline.finish()
-            if not deadline.expired or deadline.cancelled_elsewhere:
+            watch.finish()
+            if not watch.expired or watch.cancelled_elsewhere:
                 raise  # not (only) the deadline's: shutdown, an outer timeout, the server
             fault: Fault | None = None if _completed(watch) else Fault.TIMEOUT
         except Exception as exc:
-            if deadline is not None:
-                deadline.finish()
+            if timeout is not None:
+                watch.finish()
             if _completed(watch):
                 fault = None  # it failed after answering: the client has its response
-            elif deadline is not None and deadline.expired:
+            elif watch.expired:  # (never without a deadline)
                 fault = Fault.TIMEOUT  # it broke while being cancelled: still a timeout
             else:
                 fault, failure = Fault.EXCEPTION, exc
         except BaseException:
-            if deadline is not None:
-                deadline.finish()
+            if timeout is not None:
+                watch.finish()
             raise
         else:
-            if deadline is not None:
-                deadline.finish()
-                fault = None if _completed(watch) else Fault.TIMEOUT if deadline.expired else Fault.DROPPED
+            if timeout is not None:
+                watch.finish()
+            if watch.call is None and watch.gone is not None:  # (= `_completed(watch)`, inline on the usual end)
+                fault = None
             else:
-                fault = None if _completed(watch) else Fault.DROPPED
+                fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
         finally:
-            watch.closed = True
+            watch.diverted = True
             if watch.call is not None:
                 watch.call.closed = True
     except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
         breaker.record(permit, Classification.NEUTRAL)
         raise
     call = watch.call
-    if call is None and fault is None and not inbound.client_gone:  # the usual end: one JSON body (or a tap's outcome)
+    if call is None and fault is None and not watch.gone:  # the usual end: one JSON body (or a tap's outcome)
         classifier = middleware.classifier
         assert type(classifier) is FailureClassifier
         tap = watch.tap
@@ -187,28 +213,27 @@ async def guarded(
             status = watch.start["status"]
             body = watch.body
             truncated = len(body) > middleware.config.max_inspect_bytes
-            found = answer_in(body, request.id) if body and not truncated else None
-            result, error = found if found is not None else (None, None)
+            result, error = (answer_in(body, request.id) if body and not truncated else None) or _NOT_FOUND
             verdict = classifier.judge(status, _JSON, truncated, result, error)
         breaker.record(permit, verdict)
-        if verdict is Classification.FAILURE:
+        if verdict is not Classification.SUCCESS:
             reason = describe(status, error)
-            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
-        elif verdict is Classification.NEUTRAL:
-            reason = describe(status, error)
-            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
+            if verdict is Classification.FAILURE:
+                record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+            else:
+                record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()
         call.closed = True
-    elif fault is None and not inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
+    elif fault is None and not call.inbound.client_gone:  # handed over (SSE, an error status, ...) and answered
         call._conclude(permit, None, 1, call._verdict(None))
         return
-    if failure is not None:
-        call._failed(failure)
+    if fault is Fault.EXCEPTION:
+        call._failed(failure)  # (bound with that fault)
     await call.settle(permit, fault, 1)
 
 
 def _completed(watch: _Watch) -> bool:
     call = watch.call
-    return call.completed if call is not None else watch.inbound.completed
+    return call.completed if call is not None else watch.gone is not None

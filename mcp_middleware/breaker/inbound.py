@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from starlette.types import Message, Receive
 
-__all__ = ["Inbound"]
+__all__ = ["Inbound", "Noted"]
 
 
 class Inbound:
@@ -42,6 +44,11 @@ class Inbound:
             self.body_consumed = True
         return message
 
+    @property
+    def disconnected(self) -> bool:
+        """The app was told the client left (on the common path, where nobody sets `completed`, = `client_gone`)."""
+        return self.client_gone
+
     def _observe(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.request":
@@ -52,3 +59,40 @@ class Inbound:
             # uvicorn also reports a disconnect once the response is complete; only an earlier one is the client's
             if not self.completed:
                 self.client_gone = True
+
+
+class Noted:
+    """What a :class:`Call` taking over from the common path (:mod:`.fast`) reads instead of its `Inbound`.
+
+    There the app reads the core's replay (or, without one, an :class:`Inbound` nobody marks completed),
+    which notes whether it told the app the client left (`disconnected`); whether that happened before
+    the response completed is this object's to remember, as :class:`Inbound` does for a call of its own.
+    """
+
+    __slots__ = ("_gone", "_source")
+
+    def __init__(self, source: Noting, gone: bool | None) -> None:
+        self._source = source
+        self._gone = gone
+        """Whether the client had left when the response completed (`None`: not completed yet)."""
+
+    @property
+    def completed(self) -> bool:
+        return self._gone is not None
+
+    @completed.setter
+    def completed(self, value: bool) -> None:
+        if value and self._gone is None:
+            self._gone = self._source.disconnected is True
+
+    @property
+    def client_gone(self) -> bool:
+        gone = self._gone
+        return gone if gone is not None else self._source.disconnected is True
+
+
+class Noting(Protocol):
+    """A `receive` that notes whether it told the app the client left: the core's replay, or an :class:`Inbound`."""
+
+    @property
+    def disconnected(self) -> bool | None: ...

@@ -32,7 +32,7 @@ from .classify import Classifier, FailureClassifier
 from .fast import guarded
 from .registry import BreakerRegistry
 from .retry import SAFE_METHODS, RetryPolicy
-from .state import BreakerPolicy, StateListener
+from .state import BreakerPolicy, CircuitBreaker, StateListener
 from .timeouts import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS, Deadlines
 
 __all__ = [
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 _ROUTE_CACHE_SIZE = 4096
+
+_Lane = tuple[Route, CircuitBreaker, str, Callable[[], None]]
+"""A request's route, breaker and backend, and what marks the breaker used (:meth:`BreakerRegistry.toucher`)."""
 
 """`(scope, request) -> str`: the name of the backend a request goes to (one breaker each)."""
 
@@ -121,6 +124,17 @@ class CircuitBreakerMiddleware:
         self.random = random
         self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
+        self._lanes: dict[tuple[str | None, str | None, str], _Lane] = {}
+        """`(method, target, path)` → what `_guard` resolved for it (without a `key` function): valid while the
+        registry has forgotten no breaker since (:attr:`BreakerRegistry.evictions`)."""
+        self._lanes_evictions = self.registry.evictions
+        self._by_target = bool(self._per_target) or any(
+            selector.target is not None
+            for rules in (self._timeouts, self._exclude, self._retry_allow)
+            for selector, _ in rules
+        )
+        """Whether a request's target can change its route or breaker (a selector names one, or breakers per
+        target): else lanes leave it out of their key (reading it costs a property call a request)."""
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
         """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
         `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
@@ -130,20 +144,30 @@ class CircuitBreakerMiddleware:
         request, receive = await read_request(scope, receive, send, self.config)
         if request is None or request.kind is not RequestKind.REQUEST:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
-        await self._guard(request, scope, receive, send)
+        await self.mcp_direct(scope, receive, send)  # (the request is in the scope now)
 
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`):
-        the guarded call is awaited straight from there, one coroutine fewer in the chain."""
+        the guarded call is awaited straight from there, one coroutine fewer in the chain. What to
+        await for a JSON-RPC request: its guarded call, or (excluded) the next layer's."""
         request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
         if request is UNREAD:
             return self.__call__(scope, receive, send)
         if request is None or request.kind is not RequestKind.REQUEST:
             return self._next(scope, receive, send)
+        if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
+            lane = self._lanes.get((request.method, request.target if self._by_target else None, scope["path"]))
+            if lane is not None and self.registry.evictions == self._lanes_evictions:
+                route, breaker, backend, touch = lane
+                touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
+                if self.fast_path:
+                    return guarded(self, scope, request, receive, send, breaker, backend, route)
+                return Call(self, scope, request, receive, send, breaker, backend, route).run()
         return self._guard(request, scope, receive, send)
 
     def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """What to await for a JSON-RPC request: its guarded call, or (excluded) the next layer's."""
+        """:meth:`mcp_direct` without a lane: resolve the route, the backend and its breaker (and keep them as
+        the lane of `(method, target, path)` when the backend is the path's)."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
@@ -153,6 +177,13 @@ class CircuitBreakerMiddleware:
         backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
+        if self.key is None:
+            lanes = self._lanes
+            if len(lanes) >= _ROUTE_CACHE_SIZE or self._lanes_evictions != self.registry.evictions:
+                lanes.clear()  # (paths and targets come from clients: bounded; any lane's breaker may be gone)
+                self._lanes_evictions = self.registry.evictions
+            lane_key = (method, target if self._by_target else None, scope["path"])
+            lanes[lane_key] = (route, breaker, backend, self.registry.toucher(breaker_key))
         if self.fast_path:
             return guarded(self, scope, request, receive, send, breaker, backend, route)
         return Call(self, scope, request, receive, send, breaker, backend, route).run()

@@ -12,6 +12,7 @@ import random as _random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from .state import BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, StateListener
@@ -34,7 +35,17 @@ class BreakerRegistry:
     /mcp/github open
     """
 
-    __slots__ = ("_breakers", "_clock", "_listeners", "_random", "_tool_hints", "max_breakers", "max_tools", "policy")
+    __slots__ = (
+        "_breakers",
+        "_clock",
+        "_listeners",
+        "_random",
+        "_tool_hints",
+        "evictions",
+        "max_breakers",
+        "max_tools",
+        "policy",
+    )
 
     def __init__(
         self,
@@ -56,6 +67,9 @@ class BreakerRegistry:
         self._listeners: list[StateListener] = list(listeners)
         self._breakers: OrderedDict[str, CircuitBreaker] = OrderedDict()
         self._tool_hints: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self.evictions = 0
+        """Breakers forgotten so far (least recently used): a breaker kept from :meth:`get` is still this
+        registry's for its key while this number has not changed."""
 
     def add_listener(self, listener: StateListener) -> None:
         """Call `listener(change)` on every state change of every breaker (it must be quick)."""
@@ -78,7 +92,13 @@ class BreakerRegistry:
         breakers[key] = breaker
         if len(breakers) > self.max_breakers:
             breakers.popitem(last=False)
+            self.evictions += 1
         return breaker
+
+    def toucher(self, key: str) -> Callable[[], None]:
+        """What makes `key`'s breaker the most recently used, as :meth:`get` does: for a caller that keeps the
+        breaker (and calls this each time it uses it) while :attr:`evictions` stays the same."""
+        return partial(self._breakers.move_to_end, key)
 
     def __len__(self) -> int:
         return len(self._breakers)

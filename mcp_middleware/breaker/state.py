@@ -266,13 +266,12 @@ class CircuitBreaker:
 
     def record(self, permit: Permit | None, verdict: Classification) -> None:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
-        if permit is None or permit != self._generation:
+        if permit != self._generation:  # (a `None` permit too: generations are ints)
             return
-        state = self._state
-        if state is BreakerState.CLOSED:
+        if self._state is BreakerState.CLOSED:
             if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
                 self._consecutive = 0
-                if int(self._clock() // self._bucket_width) == self._current_index:
+                if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
                     self._bucket_calls[self._current_slot] += 1
                 else:
                     self._count(False)
@@ -280,7 +279,7 @@ class CircuitBreaker:
                 self._consecutive += 1
                 self._count(True)
                 self._maybe_trip()
-        elif state is BreakerState.HALF_OPEN:
+        elif self._state is BreakerState.HALF_OPEN:
             self._probes -= 1
             if verdict is Classification.FAILURE:
                 self.level += 1

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import math
 import sys
 import time
+from asyncio import _get_running_loop
 from collections.abc import Callable, Mapping
+from math import ceil
 from types import MappingProxyType
 from typing import Any
 from weakref import WeakKeyDictionary, ref
+
+from .alarm import ALARMS
 
 __all__ = ["DEFAULT_EXCLUDE", "DEFAULT_TIMEOUTS", "Deadline", "Deadlines"]
 
@@ -54,6 +57,9 @@ _current_tasks: dict[Any, asyncio.Task[Any]] | None = getattr(asyncio.tasks, "_c
 if sys.version_info >= (3, 12) or not isinstance(_current_tasks, dict):  # (3.12 on: `current_task` is in C)
     _current_tasks = None
 """asyncio's current task per loop on Python 3.11, read without `current_task`'s Python frame."""
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    _current_tasks.get if _current_tasks is not None else asyncio.current_task
+)
 
 DEFAULT_TIMEOUTS: Mapping[str, float | None] = MappingProxyType(
     {"*": 30.0, "tools/call": 120.0, "subscriptions/listen": None}
@@ -73,45 +79,45 @@ class Deadline:
     """One call's deadline on asyncio: see :meth:`Deadlines.start`, then :meth:`finish` when the call ends.
 
     `expired`: the deadline fell due while the call ran (its task was, or was about to be, cancelled).
+    Made empty and filled by :meth:`Deadlines.enter`, so that an object of the call's own may be its
+    deadline too (the breaker's common path, one object a request). Not slotted on purpose: what every
+    call starts with is a class attribute, so a call stores only what is its own.
     """
 
-    __slots__ = ("_base", "_bucket", "_cancelling", "_cancels", "_deadlines", "_task", "done", "expired")
-
-    def __init__(
-        self, deadlines: Deadlines, task: asyncio.Task[Any], base: object, bucket: dict[Deadline, None]
-    ) -> None:
-        self._deadlines = deadlines
-        self._task = task
-        self._base = base
-        """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
-        self._bucket = bucket
-        self._cancelling = task.cancelling()
-        self._cancels = 0
-        self.expired = False
-        self.done = False
+    expired = False
+    _cancels = 0
+    """Cancellations delivered to the task (taken back by :meth:`finish`)."""
+    _deadlines: Deadlines
+    """The wheel that expired it (set when it expires)."""
+    _task: asyncio.Task[Any]
+    _base: object
+    """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
+    _bucket: dict[Deadline, None]
+    _cancelling: int
 
     def finish(self) -> None:
         """The call has ended: forget the deadline and take back the cancellations it delivered."""
-        self.done = True
-        del self._bucket[self]  # (an empty bucket stays until its tick: no dict made and dropped per call)
-        cancels = self._cancels
-        while cancels:
-            self._task.uncancel()
-            cancels -= 1
+        # Out of its bucket: once expired, that is how `_deliver` knows the call is over. (An empty
+        # bucket stays until its tick: no dict made and dropped per call.)
+        del self._bucket[self]
+        if self._cancels:
+            for _ in range(self._cancels):
+                self._task.uncancel()
 
     @property
     def cancelled_elsewhere(self) -> bool:
         """Someone else also cancelled the task during the call (call after :meth:`finish`)."""
         return self._task.cancelling() > self._cancelling
 
-    def _expire(self) -> None:
+    def _expire(self, deadlines: Deadlines) -> None:
+        self._deadlines = deadlines
         self.expired = True
         self._bucket = {self: None}  # (out of the swept slot; `finish` still finds itself)
         self._deliver()
 
     def _deliver(self) -> None:
         """Cancel the task as an anyio cancel scope around the call would; try again until the call ends."""
-        if self.done:
+        if self not in self._bucket:  # finished (`finish` took it out of its bucket)
             return
         task = self._task
         if task.done():
@@ -148,12 +154,13 @@ class Deadlines:
 
     A timer or a cancel scope per request costs more than the rest of the breaker
     together; instead each call's :class:`Deadline` joins the slot of the first tick
-    at or after its deadline, and one loop timer, armed for the earliest slot,
-    expires whole slots as they fall due. A call is cancelled at most one tick late.
+    at or after its deadline, and one alarm, armed for the earliest slot, expires whole
+    slots as they fall due (the process's alarm thread, :mod:`.alarm`, keeps it out of
+    the loop's timer heap; a loop with a clock of its own gets a loop timer). A call is cancelled at most one tick late.
     :meth:`start` answers `None` off asyncio: the caller then opens an anyio deadline scope.
     """
 
-    __slots__ = ("_armed", "_due", "_handle", "_loop", "_now", "_slots", "tick")
+    __slots__ = ("__weakref__", "_armed", "_due", "_handle", "_loop", "_now", "_slots", "tick")  # (weak: see .alarm)
 
     def __init__(self, tick: float) -> None:
         self.tick = tick
@@ -161,26 +168,32 @@ class Deadlines:
         self._due: list[int] = []
         """The slots (tick numbers) of `_slots`, as a heap."""
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handle: asyncio.TimerHandle | None = None
+        self._handle: asyncio.TimerHandle | bool | None = None
+        """What is armed: a loop timer, True (an alarm of the alarm thread) or None (nothing)."""
         self._armed = 0
         self._now: Callable[[], float] = time.monotonic
         """The loop's clock (`time.monotonic` itself when the loop's `time` is asyncio's own)."""
 
     def start(self, seconds: float) -> Deadline | None:
         """A deadline `seconds` from now for the current task's call (`None`: not on asyncio)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return None
+        deadline = Deadline()
+        return deadline if self.enter(deadline, seconds) else None
+
+    def enter(self, deadline: Deadline, seconds: float) -> bool:
+        """Make the empty `deadline` fall due `seconds` from now for the current task's call (False: not on
+        asyncio, `deadline` untouched)."""
+        loop = _get_running_loop()
+        if loop is None:
+            return False
         if loop is not self._loop:  # first use, or a new event loop: nothing of the old one is due here
             if _anyio_task_states is None:
-                return None
+                return False
             self._loop, self._slots, self._due, self._handle = loop, {}, [], None
             self._now = time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
-        task = _current_tasks.get(loop) if _current_tasks is not None else asyncio.current_task(loop)
+        task = _current_task(loop)
         if task is None:
-            return None
-        slot = math.ceil((self._now() + seconds) / self.tick)
+            return False
+        slot = ceil((self._now() + seconds) / self.tick)
         bucket = self._slots.get(slot)
         if bucket is None:
             self._slots[slot] = bucket = {}
@@ -188,15 +201,27 @@ class Deadlines:
             if self._handle is None or slot < self._armed:
                 self._arm(loop, slot)
         state = _task_state_refs.get(ref(task))  # type: ignore[union-attr]  # (checked when the loop was taken)
-        deadline = Deadline(self, task, state.cancel_scope if state is not None else None, bucket)
+        deadline._base = state.cancel_scope if state is not None else None
+        deadline._task = task
+        deadline._cancelling = task.cancelling()
+        deadline._bucket = bucket
         bucket[deadline] = None
-        return deadline
+        return True
 
     def _arm(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
         self._armed = slot
+        if self._now is time.monotonic:  # the alarm thread (an earlier alarm, if any, is ignored when it comes)
+            self._handle = True
+            ALARMS.at(slot * self.tick, loop, self._alarm, slot)
+            return
+        if isinstance(self._handle, asyncio.TimerHandle):
+            self._handle.cancel()
         self._handle = loop.call_at(slot * self.tick, self._sweep)
+
+    def _alarm(self, slot: int) -> None:
+        """The alarm thread's call: sweep if this is the alarm armed last for this wheel's loop."""
+        if slot == self._armed and self._handle is True and asyncio.get_running_loop() is self._loop:
+            self._sweep()
 
     def _sweep(self) -> None:
         self._handle = None
@@ -207,6 +232,6 @@ class Deadlines:
         heap = self._due
         while heap and heap[0] <= due:
             for deadline in list(self._slots.pop(heapq.heappop(heap))):
-                deadline._expire()
+                deadline._expire(self)
         if heap:
             self._arm(loop, heap[0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import orjson
+from orjson import JSONDecodeError, loads
 from starlette.types import Message
 
 from mcp_middleware.core.protocol import EVENT_STREAM, JSON
@@ -56,14 +56,16 @@ def find_response(candidates: list[bytes], request_id: object) -> tuple[dict[str
 def answer_in(data: bytes, request_id: object) -> tuple[dict[str, Any] | None, dict[str, Any] | None] | None:
     """`(result, error)` if `data` is the JSON-RPC response to `request_id` (the rules above), else None."""
     try:
-        message = orjson.loads(data)
-    except orjson.JSONDecodeError:
+        message = loads(data)
+    except JSONDecodeError:
         return None
     if not isinstance(message, dict) or "method" in message:
         return None
-    result, error, rid = message.get("result"), message.get("error"), message.get("id")
+    rid = message.get("id")
+    result = message.get("result")
     if isinstance(result, dict) and rid == request_id:
         return result, None
+    error = message.get("error")
     if isinstance(error, dict) and (rid == request_id or rid is None):
         return None, error
     return None

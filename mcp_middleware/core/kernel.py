@@ -163,18 +163,31 @@ class _Replay:
     reference cycles the SDK leaves for the garbage collector).
     """
 
-    __slots__ = ("_body", "_receive")
+    __slots__ = ("_body", "_receive", "disconnected")
 
     def __init__(self, body: bytes, receive: Receive) -> None:
         self._body: bytes | None = body
         self._receive = receive
+        self.disconnected: bool | None = None
+        """`None`: nobody asked. A layer that must know whether the app was told the client left (the
+        breaker) sets it to False before calling the app; it turns True when a `receive` after the
+        body returns `http.disconnect`. Only then does a frame of ours wait in the host's `receive`
+        (it holds this object alone, never the scope)."""
 
     def __call__(self) -> Awaitable[Message]:
         body = self._body
         if body is None:
-            return self._receive()
+            if self.disconnected is None:
+                return self._receive()
+            return self._noting()
         self._body = None
         return _ready({"type": "http.request", "body": body, "more_body": False})
+
+    async def _noting(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        return message
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ import orjson
 from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import ToolAnnotations
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_middleware.breaker import BreakerRegistry
 from mcp_middleware.core import JsonRpcCode, get_mcp_request
@@ -227,3 +228,17 @@ def post_scope(body: bytes, headers: dict[str, str]) -> Scope:
 async def post_modern(url: str, tool: str, arguments: dict[str, Any], request_id: int = 1) -> httpx2.Response:
     async with httpx2.AsyncClient(timeout=10) as http:
         return await http.post(url, **modern_call(tool, arguments, request_id))
+
+
+def scripted_receive(messages: list[Message]) -> Receive:
+    """A host's `receive` that gives `messages` in order, then waits as an open connection does."""
+    pending = iter(messages)
+
+    async def receive() -> Message:
+        message = next(pending, None)
+        if message is None:
+            await asyncio.Event().wait()
+        assert message is not None
+        return message
+
+    return receive

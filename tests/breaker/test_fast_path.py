@@ -21,7 +21,8 @@ from starlette.types import Message, Receive, Scope, Send
 
 from mcp_middleware.breaker import BreakerPolicy, BreakerState, CircuitBreakerMiddleware, FailureClassifier
 from mcp_middleware.breaker import call as call_module
-from mcp_middleware.core import CoreConfig, McpCoreMiddleware
+from mcp_middleware.core import CoreConfig, McpCoreMiddleware, read_request
+from mcp_middleware.core.kernel import _Replay
 from tests.conftest import ERAS, Era, Served, connect
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
@@ -42,6 +43,9 @@ class Scripted:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
+        if self.ending == "answer_after_disconnect":  # the client left first; the app answers all the same
+            while (await receive())["type"] != "http.disconnect":
+                pass
         for message in self.messages:
             await send(message)
         if self.ending == "raise":
@@ -51,6 +55,28 @@ class Scripted:
         if self.ending == "wait_for_disconnect":
             while (await receive())["type"] != "http.disconnect":
                 pass
+
+
+class HandsOn:
+    """A layer in front of the breaker that parses the request and hands on a `receive` of its own (`claimed`:
+    the core's replay, already noting a disconnect for someone else, as an outer breaker leaves it)."""
+
+    def __init__(self, app: Any, *, claimed: bool) -> None:
+        self.app = app
+        self.claimed = claimed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _, receive = await read_request(scope, receive, send)
+        if self.claimed:
+            assert type(receive) is _Replay and receive.disconnected is None
+            receive.disconnected = False
+            return await self.app(scope, receive, send)
+        replay = receive
+
+        async def own() -> Message:
+            return await replay()
+
+        await self.app(scope, own, send)
 
 
 def _scope(body: bytes) -> Scope:
@@ -69,8 +95,13 @@ async def judge(
     limit: int = 4096,
     half_open: bool = False,
     classifier: FailureClassifier | None = None,
+    handed: str = "replay",
 ) -> tuple[Any, ...]:
-    """What one request leaves behind: `(window calls, failures, state, decisions, messages sent, what was raised)`."""
+    """What one request leaves behind: `(window calls, failures, state, decisions, messages sent, what was raised)`.
+
+    `handed`: the `receive` the breaker is given: the core's replay (its own parse, or the outer tap's), or
+    (see `HandsOn`) another layer's `receive` ("foreign"), or a replay another layer already notes with ("claimed").
+    """
     breaker = CircuitBreakerMiddleware(
         Scripted(messages, ending),
         policy=BreakerPolicy(consecutive_failures=100, failure_rate=None),
@@ -82,7 +113,8 @@ async def judge(
     breaker.fast_path = fast
     if half_open:
         breaker.registry.get("/mcp").force_open(0.0)
-    inner = McpCoreMiddleware(breaker, on_outcome=lambda request, outcome: None) if outer_tap else breaker
+    inner: Any = breaker if handed == "replay" else HandsOn(breaker, claimed=handed == "claimed")
+    inner = McpCoreMiddleware(inner, on_outcome=lambda request, outcome: None) if outer_tap else inner
     app = DecisionRecorder(inner)
     body = modern_body("tools/call", {"name": "t", "arguments": {}}, REQUEST_ID)
     delivered = disconnected = False
