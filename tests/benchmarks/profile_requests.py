@@ -10,11 +10,15 @@ app, its session manager), warms it up, then for a few requests:
   the requests run, then one `gc.collect()`), and the objects allocated a request that outlive it
   (`gc.get_objects()` before and after);
 - `memory`: the bytes a request holds at its peak above what was alive before it (`tracemalloc`,
-  the median over the requests): the working set a request adds, which instruction counts do not see.
+  the median over the requests): the working set a request adds, which instruction counts do not see;
+- `cpu`: the process's CPU time a request (`time.process_time`), after `gc.freeze()`, each app in a
+  subprocess of its own pinned to one CPU (`taskset`, when there is one), the apps in turn, `--rounds`
+  times: the cost of a request without the wire, and without other servers sharing the CPU's caches.
 
     python -m tests.benchmarks.profile_requests bytecodes gateway --top 40
     python -m tests.benchmarks.profile_requests garbage bare,full_stack,gateway
     python -m tests.benchmarks.profile_requests memory bare,full_stack,gateway
+    python -m tests.benchmarks.profile_requests cpu bare,full_stack,gateway --rounds 3
 
 Compare two apps by running both: the difference is the second one's own share.
 """
@@ -25,8 +29,12 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import shutil
 import statistics
+import subprocess
 import sys
+import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
@@ -148,14 +156,67 @@ def memory(app_name: str, *, warm: int = 50, measured: int = 200) -> tuple[float
     return box[0]
 
 
+def cpu_once(app_name: str, *, warm: int = 300, measured: int = 3000) -> float:
+    """CPU µs a request of this process, after `warm` requests and `gc.freeze()` (see `cpu`)."""
+    box: list[float] = []
+
+    async def body(one: Request) -> None:
+        for i in range(warm):
+            await one(100_000 + i)
+        gc.collect()
+        gc.freeze()
+        started = time.process_time()
+        for i in range(measured):
+            await one(200_000 + i)
+        box.append((time.process_time() - started) / measured * 1e6)
+
+    asyncio.run(serve_requests(app_name, body))
+    return box[0]
+
+
+def cpu(app_names: list[str], *, rounds: int, measured: int) -> dict[str, list[float]]:
+    """CPU µs a request of each app, each run in a subprocess pinned to one CPU, the apps in turn, `rounds` times."""
+    pin = ["taskset", "-c", str(max(os.sched_getaffinity(0)))] if shutil.which("taskset") else []
+    found: dict[str, list[float]] = {name: [] for name in app_names}
+    for _ in range(rounds):
+        for name in app_names:
+            command = [*pin, sys.executable, "-m", __spec__.name, "cpu-once", name, "--measured", str(measured)]
+            done = subprocess.run(
+                command,
+                cwd=_ROOT,
+                env={**os.environ, "PYTHONHASHSEED": "0"},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{name}: {done.stderr[-2000:]}")
+            found[name].append(float(done.stdout.split()[-1]))
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.profile_requests")
-    parser.add_argument("what", choices=("bytecodes", "garbage", "memory"))
+    parser.add_argument("what", choices=("bytecodes", "garbage", "memory", "cpu", "cpu-once"))
     parser.add_argument("apps", help="comma-separated app names of tests.benchmarks.apps")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--measured", type=int)
+    parser.add_argument("--rounds", type=int, default=3, help="cpu: runs of each app, in turn")
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)
+    if args.what == "cpu-once":  # one app in this process (what `cpu` runs in each subprocess)
+        print(f"{cpu_once(args.apps, measured=args.measured or 3000):.2f}")
+        return
+    if args.what == "cpu":
+        names = args.apps.split(",")
+        found = cpu(names, rounds=args.rounds, measured=args.measured or 3000)
+        base = statistics.median(found[names[0]])
+        for name in names:
+            runs = found[name]
+            middle = statistics.median(runs)
+            spread = " ".join(f"{run:.1f}" for run in runs)
+            print(f"{name}: {middle:.1f} µs CPU a request (runs {spread}), {names[0]}/{name} {base / middle:.3f}")
+        return
     for app_name in args.apps.split(","):
         if args.what == "bytecodes":
             bytecodes(app_name, top=args.top, measured=args.measured or 20)
