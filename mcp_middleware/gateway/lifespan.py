@@ -5,7 +5,6 @@ It also freezes what start-up built out of the garbage collector's scans (`[gate
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import inspect
@@ -98,17 +97,25 @@ class GatewayLifespan:
                     await anyio.to_thread.run_sync(close)
 
 
-def _served_as_asgi3(function: Callable[..., Awaitable[None]]) -> None:
-    """Mark a plain function that returns an awaitable as a coroutine function, for the servers that tell
-    ASGI 3 from ASGI 2 by it (uvicorn: `asyncio.iscoroutinefunction(app.__call__)`; 3.14 on: `inspect`'s).
-    Python 3.12 has `inspect.markcoroutinefunction`, which both honour; 3.11's asyncio reads its own marker."""
+def _served_as_asgi3(cls: type[GatewayLifespan]) -> None:
+    """Make `cls.__call__` what servers take for an ASGI 3 app: they ask whether it is a coroutine function
+    (uvicorn `asyncio.iscoroutinefunction`, from 3.14 `inspect`'s; hypercorn `inspect.iscoroutinefunction`).
+    From Python 3.12 the plain call is marked (`inspect.markcoroutinefunction`, which both honour). 3.11 has
+    only asyncio's own marker, which `inspect` does not read (hypercorn would take the app for ASGI 2), so
+    there the plain call is awaited by a coroutine of its own: one frame more a request, on 3.11 only."""
+    plain = cls.__call__
     if sys.version_info >= (3, 12):
-        inspect.markcoroutinefunction(function)
-    else:
-        function._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+        inspect.markcoroutinefunction(plain)
+        return
+
+    async def awaited(self: GatewayLifespan, scope: Scope, receive: Receive, send: Send) -> None:
+        await plain(self, scope, receive, send)
+
+    awaited.__doc__, awaited.__qualname__ = plain.__doc__, plain.__qualname__
+    setattr(cls, "__call__", awaited)  # noqa: B010  # (a method replaced once, at import)
 
 
-_served_as_asgi3(GatewayLifespan.__call__)
+_served_as_asgi3(GatewayLifespan)
 
 
 def _freeze_startup_objects() -> bool:
