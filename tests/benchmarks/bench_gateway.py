@@ -22,6 +22,7 @@ import httpx2
 import orjson
 
 from ._common import MODERN_VERSION, median, percentile, section, table, tools_call_body
+from .apps import STACKS
 from .bench_e2e import HOST, LoadError, Server, read_response, start_server, wait_ready
 from .stack_gateway import TOKEN
 
@@ -55,7 +56,12 @@ class Request:
                 None,
             )
         self.head, self.tail = body.split(b'"id":100000')
-        lines = ["POST /mcp HTTP/1.1", f"host: {HOST}:{port}", *(f"{k}: {v}" for k, v in _headers(app, method, name))]
+        path = STACKS[app].path  # the gateway's backend is its path mount `/mcp/bench`; `/mcp` is the aggregate
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"host: {HOST}:{port}",
+            *(f"{k}: {v}" for k, v in _headers(app, method, name)),
+        ]
         lines.append(f"content-length: {len(body)}")
         self.prefix = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.marker = b"result"
@@ -176,13 +182,13 @@ async def _open_sessions(server: Server, app: str, count: int) -> int:
         async def one() -> None:
             nonlocal opened
             async with semaphore:
-                response = await http.post("/mcp", json=init, headers=headers)
+                response = await http.post(STACKS[app].path, json=init, headers=headers)
                 session = response.headers.get("mcp-session-id")
                 if response.status_code != 200 or not session:
                     raise LoadError(f"{app} initialize: {response.status_code} {response.text[:200]}")
                 follow = {**headers, "mcp-session-id": session, "mcp-protocol-version": "2025-11-25"}
                 done = await http.post(
-                    "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=follow
+                    STACKS[app].path, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=follow
                 )
                 if done.status_code != 202:
                     raise LoadError(f"{app} initialized: {done.status_code}")
