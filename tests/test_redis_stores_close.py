@@ -7,6 +7,7 @@ carried its role's name. A storage handed to a limiter stays its owner's to clos
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,3 +110,54 @@ async def test_a_client_name_in_the_url_wins(redis_server: RedisServer, watcher:
     assert others(watcher) == ["edge-7"]
     await store.aclose()
     await closed(watcher)
+
+
+async def _deaf_to_one_cancel() -> None:
+    """An answer channel that takes a while to stop: it outlives the first cancellation."""
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.sleep(30)
+
+
+async def test_closing_the_approval_store_never_swallows_its_callers_cancellation(redis_server: RedisServer) -> None:
+    store = RedisApprovalStore(redis_server.url)
+    store._listener = asyncio.get_running_loop().create_task(_deaf_to_one_cancel())
+    closing = asyncio.get_running_loop().create_task(store.aclose())
+    await asyncio.sleep(0.2)  # it waits for the listener now
+    closing.cancel()  # shutdown's own deadline, say
+    done, _ = await asyncio.wait({closing}, timeout=10)
+    assert done and closing.cancelled()  # the caller's cancellation reached it (it used to be swallowed)
+    store._listener.cancel()
+    await store.redis.aclose()
+
+
+async def test_closing_the_approval_store_is_bounded_by_a_channel_that_does_not_stop(
+    redis_server: RedisServer, watcher: redis.Redis
+) -> None:
+    store = RedisApprovalStore(redis_server.url)
+    assert await store.spend("n1", 60)  # a connection of its own, to be closed
+    store.close_patience = 0.5
+    store._listener = asyncio.get_running_loop().create_task(_deaf_to_one_cancel())
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(store.aclose(), timeout=20)  # returns after its patience, the client closed
+    assert asyncio.get_running_loop().time() - started < 8  # not the listener's 30 s (nor wait_for's 20)
+    assert not store._listener.done()  # it did not wait for it to end
+    await closed(watcher)
+    store._listener.cancel()
+
+
+async def test_the_answer_channel_stops_once_closing_began_even_without_its_cancellation(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py may swallow a cancellation that meets a read's own timeout (redis/redis-py#2551), which
+    # cannot be provoked on purpose: here the listener is never cancelled at all, only told the store closes.
+    store = RedisApprovalStore(redis_server.url)
+    await store.hold("n1", 60)  # starts the answer channel
+    await asyncio.wait_for(store._subscribed.wait(), timeout=10)
+    listener = store._listener
+    assert listener is not None and not listener.done()
+    store._closing = True
+    done, _ = await asyncio.wait({listener}, timeout=10)  # its read times out each second, then it looks
+    assert done and not listener.cancelled() and listener.exception() is None
+    await store.aclose()

@@ -259,6 +259,9 @@ class RedisApprovalStore:
         self._events: dict[str, anyio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._closing = False
+        self.close_patience = 5.0
+        """Seconds `aclose` waits for the answer channel to stop before it closes the client anyway."""
 
     def _record(self, nonce: str) -> str:
         return f"{self.prefix}cb:{nonce}"
@@ -314,15 +317,18 @@ class RedisApprovalStore:
             self._listener = asyncio.get_running_loop().create_task(self._listen(), name="mcp-approval-answers")
 
     async def _listen(self) -> None:
-        """Wake the local call an answer is for (one connection per process, however many calls wait)."""
-        while True:
+        """Wake the local call an answer is for (one connection per process, however many calls wait).
+
+        Stops when cancelled, and also at the next turn once `aclose` began: redis-py may swallow a
+        cancellation that meets the read's own timeout (redis/redis-py#2551)."""
+        while not self._closing:
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 self._subscribed.set()
                 for waiting in list(self._events.values()):  # what was published before: every waiting call looks
                     waiting.set()
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is None:
                         continue
@@ -347,10 +353,13 @@ class RedisApprovalStore:
     async def aclose(self) -> None:
         """Stop the answer channel (its pub/sub connection) and close the client: built from a URL, every
         connection (named `mcp-middleware:approval`); a client passed in closes as it was made to."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listener
+        self._closing = True
+        listener = self._listener
+        if listener is not None:
+            listener.cancel()
+            # Waited for, bounded, without taking its outcome: a cancellation of the caller itself still
+            # reaches the caller (catching the listener's cancellation by type would swallow that one too).
+            await asyncio.wait({listener}, timeout=self.close_patience)
         await self.redis.aclose()
 
 

@@ -36,7 +36,7 @@ def components() -> dict[str, ModuleType]:
     found = {}
     for module in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
         name = module.name.removeprefix("bench_")
-        if module.name.startswith("bench_") and name not in ("core", "e2e", "instructions"):
+        if module.name.startswith("bench_") and name not in ("core", "e2e", "instructions", "wire"):  # (wire: --wire's)
             found[name] = importlib.import_module(f"{__package__}.{module.name}")
     return found
 
