@@ -8,6 +8,7 @@ carried its role's name. A storage handed to a limiter stays its owner's to clos
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,3 +162,24 @@ async def test_the_answer_channel_stops_once_closing_began_even_without_its_canc
     done, _ = await asyncio.wait({listener}, timeout=10)  # its read times out each second, then it looks
     assert done and not listener.cancelled() and listener.exception() is None
     await store.aclose()
+
+
+async def test_a_channel_closed_under_it_while_closing_stops_without_a_warning(redis_server: RedisServer) -> None:
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]  # (a handler of its own: others may stop propagation)
+    logger = logging.getLogger("mcp_middleware.approval")
+    logger.addHandler(handler)
+    try:
+        store = RedisApprovalStore(redis_server.url)
+        await store.hold("n1", 60)
+        await asyncio.wait_for(store._subscribed.wait(), timeout=10)
+        listener = store._listener
+        assert listener is not None
+        store._closing = True
+        await store.redis.aclose()  # its connection goes away under its read
+        done, _ = await asyncio.wait({listener}, timeout=10)
+        assert done and listener.exception() is None
+        assert not [r for r in seen if "answer channel failed" in r.getMessage()]
+    finally:
+        logger.removeHandler(handler)

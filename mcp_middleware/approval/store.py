@@ -340,6 +340,8 @@ class RedisApprovalStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:  # the client closed under it (`aclose` did not wait longer): nothing failed
+                    return
                 logger.warning("approval store: the answer channel failed (%s); reconnecting", type(exc).__name__)
                 self._subscribed.clear()
                 await asyncio.sleep(0.5)
