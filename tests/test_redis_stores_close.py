@@ -121,8 +121,13 @@ async def _deaf_to_one_cancel() -> None:
         await asyncio.sleep(30)
 
 
-async def test_closing_the_approval_store_never_swallows_its_callers_cancellation(redis_server: RedisServer) -> None:
-    store = RedisApprovalStore(redis_server.url)
+def _stores(url: str) -> dict[str, RedisApprovalStore | RedisCacheStore]:
+    return {"approval": RedisApprovalStore(url), "cache": RedisCacheStore(url, l1=MemoryCacheStore(max_entries=10))}
+
+
+@pytest.mark.parametrize("kind", ["approval", "cache"])
+async def test_closing_a_store_never_swallows_its_callers_cancellation(redis_server: RedisServer, kind: str) -> None:
+    store = _stores(redis_server.url)[kind]
     store._listener = asyncio.get_running_loop().create_task(_deaf_to_one_cancel())
     closing = asyncio.get_running_loop().create_task(store.aclose())
     await asyncio.sleep(0.2)  # it waits for the listener now
@@ -133,11 +138,12 @@ async def test_closing_the_approval_store_never_swallows_its_callers_cancellatio
     await store.redis.aclose()
 
 
-async def test_closing_the_approval_store_is_bounded_by_a_channel_that_does_not_stop(
-    redis_server: RedisServer, watcher: redis.Redis
+@pytest.mark.parametrize("kind", ["approval", "cache"])
+async def test_closing_a_store_is_bounded_by_a_channel_that_does_not_stop(
+    redis_server: RedisServer, watcher: redis.Redis, kind: str
 ) -> None:
-    store = RedisApprovalStore(redis_server.url)
-    assert await store.spend("n1", 60)  # a connection of its own, to be closed
+    store = _stores(redis_server.url)[kind]
+    await store.redis.ping()  # a connection of its own, to be closed
     store.close_patience = 0.5
     store._listener = asyncio.get_running_loop().create_task(_deaf_to_one_cancel())
     started = asyncio.get_running_loop().time()

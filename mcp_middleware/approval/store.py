@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import anyio
 import orjson
 
+from mcp_middleware.core.background import stop_task
 from mcp_middleware.core.errors import McpMiddlewareError
 from mcp_middleware.core.store_urls import parse_store_url, redis_client_name
 
@@ -356,12 +357,7 @@ class RedisApprovalStore:
         """Stop the answer channel (its pub/sub connection) and close the client: built from a URL, every
         connection (named `mcp-middleware:approval`); a client passed in closes as it was made to."""
         self._closing = True
-        listener = self._listener
-        if listener is not None:
-            listener.cancel()
-            # Waited for, bounded, without taking its outcome: a cancellation of the caller itself still
-            # reaches the caller (catching the listener's cancellation by type would swallow that one too).
-            await asyncio.wait({listener}, timeout=self.close_patience)
+        await stop_task(self._listener, self.close_patience)
         await self.redis.aclose()
 
 

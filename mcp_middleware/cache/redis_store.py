@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mcp_middleware.core.background import stop_task
 from mcp_middleware.core.store_urls import redis_client_name
 
 from .store import CacheEntry, CacheStoreUnavailable, MemoryCacheStore, SyncCacheStore
@@ -102,6 +103,9 @@ class RedisCacheStore:
         self._invalidate = redis.register_script(_INVALIDATE_SCRIPT)
         self.channel = f"{self.prefix}invalidations"
         self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        self.close_patience = 5.0
+        """Seconds `aclose` waits for the invalidation channel to stop before it closes the client anyway."""
         self._l1_live = False
         """The L1 may answer: the invalidation channel is subscribed."""
         self._l1_epoch = 0
@@ -132,20 +136,22 @@ class RedisCacheStore:
     async def _listen(self) -> None:
         """Empty the L1 on every published invalidation; keep it out of use while not subscribed."""
         assert self.l1 is not None
-        while True:
+        while not self._closing:  # (checked too: a cancellation may be swallowed by redis-py, redis/redis-py#2551)
             pubsub = self.redis.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
                 self._answered()
                 self._purge_l1()  # whatever happened while we were not listening
                 self._l1_live = True
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
                     if message is not None:
                         self._purge_l1()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:  # the client closed under it: nothing failed
+                    return
                 self._failed("invalidation channel", exc)
                 await asyncio.sleep(0.5)
             finally:
@@ -234,10 +240,8 @@ class RedisCacheStore:
     async def aclose(self) -> None:
         """Stop the L1's invalidation channel (its pub/sub connection) and close the client: built from a URL,
         every connection (named `mcp-middleware:cache`); a client passed in closes as it was made to."""
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
+        self._closing = True
+        await stop_task(self._listener, self.close_patience)
         await self.redis.aclose()
 
 
