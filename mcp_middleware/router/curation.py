@@ -24,7 +24,6 @@ loosely cannot be reached around a rule.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -32,6 +31,8 @@ from typing import Any, Literal
 from urllib.parse import unquote
 
 from mcp_middleware.core import ErrorCode, JsonRpcCode
+
+from .curation_terms import ANNOTATION_KEYS, VISIBLE, Decision, Override, fold
 
 __all__ = [
     "unknown_error",
@@ -44,45 +45,11 @@ __all__ = [
     "Selection",
 ]
 
-ANNOTATION_KEYS = frozenset({"title", "readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"})
-"""The tool annotations MCP defines (an override may set these; others are refused at construction)."""
 _PUBLIC_NAME = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 """What a renamed tool or prompt may be called (the MCP tool-name rule)."""
 _MAX_REMEMBERED = 4096
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def fold(name: str) -> str:
-    """The form two names share when a loose backend would take one for the other (NFKC, casefolded)."""
-    return unicodedata.normalize("NFKC", name).casefold()
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Whether a name may be listed and called; `rule` names what hid it (for `-32013` data and logs)."""
-
-    visible: bool
-    rule: str = ""
-
-
-_VISIBLE = Decision(True)
-
-
-@dataclass(frozen=True, slots=True)
-class Override:
-    """What a list shows instead of the backend's own: a description, annotations merged over its own."""
-
-    description: str | None = None
-    annotations: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.annotations) - ANNOTATION_KEYS)
-        if unknown:
-            raise ValueError(f"unknown annotation(s) {unknown}: use {sorted(ANNOTATION_KEYS)}")
-        for key, value in self.annotations.items():
-            if key != "title" and not isinstance(value, bool):
-                raise ValueError(f"annotation {key} must be true or false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +110,7 @@ class ItemRules:
         loose backend would resolve to an item gets the same answer as the item itself.
         """
         if not (self._allow or self._deny):
-            return _VISIBLE
+            return VISIBLE
         decided = self._decided.get(backend_name)
         if decided is None:
             if len(self._decided) >= _MAX_REMEMBERED:
@@ -158,7 +125,7 @@ class ItemRules:
         for pattern, folded_pattern in zip(self.deny, self._deny, strict=True):
             if fnmatchcase(folded, folded_pattern):
                 return Decision(False, f"{self.noun}.deny: {pattern}")
-        return _VISIBLE
+        return VISIBLE
 
     def own_name(self, name: str) -> str:
         """The backend's name that `name` stands for in these rules (itself unless it is a rename's public name)."""
@@ -300,7 +267,7 @@ class ResourceRules:
 
     def decide(self, uri: str) -> Decision:
         if not self.active:
-            return _VISIBLE
+            return VISIBLE
         if _escapes(uri):
             return Decision(False, "resources: a dot segment or an encoded separator in the URI")
         if self.allow and not uri.startswith(self.allow):
@@ -308,19 +275,19 @@ class ResourceRules:
         for prefix in self.deny:
             if uri.startswith(prefix):
                 return Decision(False, f"resources.deny: {prefix}")
-        return _VISIBLE
+        return VISIBLE
 
     def decide_template(self, template: str) -> Decision:
         """A template is listed when some of its expansions may be allowed: judged by its literal head."""
         if not self.active:
-            return _VISIBLE
+            return VISIBLE
         head = template.split("{", 1)[0]
         if self.allow and not any(head.startswith(prefix) or prefix.startswith(head) for prefix in self.allow):
             return Decision(False, "resources.allow: not matched")
         for prefix in self.deny:
             if head.startswith(prefix):
                 return Decision(False, f"resources.deny: {prefix}")
-        return _VISIBLE
+        return VISIBLE
 
 
 def _prefix_problem(prefix: str) -> str | None:

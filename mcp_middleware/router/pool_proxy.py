@@ -41,11 +41,11 @@ from mcp_middleware.core import (
     record_decision,
     send_error,
 )
-from mcp_middleware.core.protocol import DEFAULT_MAX_BODY_SIZE
 
 from ._pool_credentials import CallerToken, TokenRefused
-from ._pool_forward import Failure, Resumed, StartHook
+from ._pool_forward import Failure, StartHook
 from ._pool_request import PoolCall
+from ._pool_turn import SESSION_HEADER, Turn, as_backend
 from .credentials import ExchangeError, send_exchange_error
 from .pool_health import Replica, ToolHints
 from .pool_sessions import MAX_INITIALIZE_BYTES, Sticky, StickySessions, note_replica, open_session, vouched_sticky
@@ -58,8 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["PoolProxy"]
 
 logger = logging.getLogger("mcp_middleware.router.pool")
-
-_SESSION = b"mcp-session-id"
 
 
 class PoolProxy:
@@ -137,7 +135,7 @@ class PoolProxy:
         if auth is not None and not await auth.had(scope, send, self.name, lambda: call.id):
             return
         binder = self._binder(call) if not call.modern and call.method == "POST" else None
-        turn = _Turn(self, call, no_resume=binder is not None)
+        turn = Turn(self, call, no_resume=binder is not None)
         while (replica := self.pick(turn.tried)) is not None:
             hook = binder(replica) if binder is not None else None
             failure = await self._attempt(replica, scope, receive, turn.send(send), call, tap, hook, auth)
@@ -229,7 +227,7 @@ class PoolProxy:
         def at(replica: Replica) -> StartHook:
             def bind(message: Message) -> Message:
                 for key, value in message.get("headers", ()):
-                    if key == _SESSION:
+                    if key == SESSION_HEADER:
                         session_id = value.decode("latin-1")
                         self.sessions.bind(session_id, Sticky(replica, owner, session_id, body))
                         note_replica(call.scope, replica)  # a sealed handle carries where the session is
@@ -262,10 +260,10 @@ class PoolProxy:
             self.sessions.forget(session_id)
         replica = sticky.replica
         recreated = False
-        turn = _Turn(self, call, no_resume=ending)
+        turn = Turn(self, call, no_resume=ending)
         while True:
             if replica.up:
-                target = _as_backend(scope, sticky, session_id)
+                target = as_backend(scope, sticky, session_id)
                 hook = None if turn.resumed else self._session_hook(sticky, session_id)
                 failure = await self._attempt(replica, target, receive, turn.send(send), call, tap, hook, auth)
                 if failure is None:
@@ -296,7 +294,7 @@ class PoolProxy:
             if message["status"] == 404:
                 self.sessions.forget(session_id)
             if translated:
-                headers = [(k, client_id if k == _SESSION else v) for k, v in message.get("headers", ())]
+                headers = [(k, client_id if k == SESSION_HEADER else v) for k, v in message.get("headers", ())]
                 message = {**message, "headers": headers}
             return message
 
@@ -337,7 +335,7 @@ class PoolProxy:
         )
         logger.debug("backend %r replica %s failed (%s): trying another", self.name, replica.label, failure.reason)
 
-    async def _give_up(self, scope: Scope, send: Send, call: PoolCall, turn: _Turn) -> None:
+    async def _give_up(self, scope: Scope, send: Send, call: PoolCall, turn: Turn) -> None:
         """No replica served it: a JSON-RPC error, or, for an answer already begun, its last event."""
         may_have_run = turn.may_have_run
         record_decision(scope, Component.ROUTER, Outcome.BACKEND_ERROR, backend=self.name, may_have_run=may_have_run)
@@ -378,40 +376,3 @@ class PoolProxy:
         await send_error(
             send, status=404, code=JsonRpcCode.INVALID_REQUEST, message="Session not found", request_id=call.id
         )
-
-
-class _Turn:
-    """One request's way through the replicas: which were tried, what may have run, whether its answer began."""
-
-    __slots__ = ("call", "may_have_run", "no_resume", "proxy", "resumed", "sse", "tried")
-
-    def __init__(self, proxy: PoolProxy, call: PoolCall, *, no_resume: bool) -> None:
-        self.proxy = proxy
-        self.call = call
-        self.no_resume = no_resume
-        """A request that may open a session (its head carried the id) or ends one: never continued elsewhere."""
-        self.tried: list[Replica] = []
-        self.may_have_run = False
-        self.resumed = False
-        self.sse = False
-
-    def send(self, send: Send) -> Send:
-        return Resumed(send, DEFAULT_MAX_BODY_SIZE) if self.resumed else send
-
-    def goes_on(self, failure: Failure) -> bool:
-        """Whether the request may be sent to another replica after `failure` (safety is asked only now)."""
-        self.may_have_run = self.may_have_run or failure.may_have_run
-        if failure.started and not self.resumed:
-            self.resumed, self.sse = True, failure.sse
-        if failure.may_have_run and not self.proxy.safe(self.call):
-            return False
-        return not (self.resumed and (not self.sse or self.no_resume))
-
-
-def _as_backend(scope: Scope, sticky: Sticky, session_id: str) -> Scope:
-    """The request as the session's replica must see it: its own session id (and no other replica's event id)."""
-    if sticky.backend_id == session_id:
-        return scope
-    backend_id = sticky.backend_id.encode("latin-1")
-    headers = [(k, backend_id if k == _SESSION else v) for k, v in scope["headers"] if k != b"last-event-id"]
-    return {**scope, "headers": headers}

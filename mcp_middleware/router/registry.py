@@ -19,7 +19,6 @@ can be closed while the others run on.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from .aggregate import AggregateServer, ListGate
 from .backends import Backend
 from .catalog_kinds import KINDS, Kind, Listing
 from .curation import Curation
+from .held_contexts import HeldContexts, single
 
 if TYPE_CHECKING:
     from .mounts import McpRouter, Mount, MountMiddleware
@@ -121,70 +121,6 @@ class InFlight:
         while self.count:
             self._idle = anyio.Event()
             await self._idle.wait()
-
-
-class HeldContexts:
-    """Async context managers each held open by a task of its own, so that any one can be left alone.
-
-    (anyio cancel scopes must be left by the task that entered them: a backend entered by the
-    router's lifespan task could otherwise only be closed with all the others.)
-    """
-
-    def __init__(self, group: anyio.abc.TaskGroup) -> None:
-        self._group = group
-        self._held: dict[Hashable, tuple[anyio.Event, anyio.Event]] = {}
-        self._failures: list[BaseException] = []
-
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._held
-
-    async def enter(self, key: Hashable, context: contextlib.AbstractAsyncContextManager[object]) -> None:
-        """Enter `context` in a task of its own; its failure to enter is raised here."""
-        await self._group.start(self._hold, key, context)
-
-    async def exit(self, key: Hashable) -> None:
-        """Leave the context held under `key` (nothing when there is none) and wait until it is left."""
-        held = self._held.pop(key, None)
-        if held is not None:
-            held[0].set()
-            await held[1].wait()
-
-    async def close(self) -> None:
-        """Leave every held context, the last entered first; raise the first failure to leave one."""
-        for key in reversed(list(self._held)):
-            await self.exit(key)
-        if self._failures:
-            raise self._failures[0]
-
-    async def _hold(
-        self,
-        key: Hashable,
-        context: contextlib.AbstractAsyncContextManager[object],
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        stop, left = anyio.Event(), anyio.Event()
-        entered = False
-        try:
-            async with context:
-                entered = True
-                self._held[key] = (stop, left)
-                task_status.started()
-                await stop.wait()
-        except Exception as exc:
-            if not entered:
-                raise  # `enter` raises it
-            logger.warning("closing %r failed: %s", key, exc)  # a retired backend's trouble stays its own
-            self._failures.append(exc)
-        finally:
-            left.set()
-
-
-def single(exc: BaseException) -> BaseException:
-    """The one exception inside (nested) one-member groups (a backend's lifespan runs in task groups)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 # --- apply --------------------------------------------------------------------------------------
