@@ -179,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"  e2e throughput {app}/{e2e.base}: {ratio:.3f} (95 % interval {low:.3f}..{high:.3f};"
                     f" requests per server CPU-second {cpu:.3f})  (≥ {target:g}: {verdict(ratio >= target)})"
                 )
+                if "bare_token" in e2e.apps and app != "bare_token":  # like for like: the same load, a credential
+                    like = e2e.median_rps(app) / e2e.median_rps("bare_token")
+                    print(f"  e2e throughput {app}/bare_token (like for like, not the target's ruler): {like:.3f}")
     for figures in extra.values():
         for label, value, unit, target, met in figures.get("targets", []):
             print(f"  {label}: {value:.3f} {unit}  ({target}: {verdict(met)})")
