@@ -67,6 +67,7 @@ class Lane:
         "middleware",
         "route",
         "timeout",
+        "tool_errors",
         "touch",
     )
 
@@ -88,7 +89,11 @@ class Lane:
         self.deadlines: Deadlines = middleware.deadlines
         self.limit = middleware.config.max_inspect_bytes
         classifier = middleware.classifier  # (a lane is forgotten when the middleware's classifier or config is set)
-        self.judge: Judge = classifier.judge if type(classifier) is FailureClassifier else _not_the_default
+        self.judge: Judge = _not_the_default
+        self.tool_errors = False
+        """Whether a result with `isError: true` is a failure (:attr:`.FailureClassifier.count_tool_errors`)."""
+        if type(classifier) is FailureClassifier:
+            self.judge, self.tool_errors = classifier.judge, classifier.count_tool_errors
         # = record_decision(…, ALLOW, state="closed", key=breaker.key): read-only, shared by every request
         attributes = MappingProxyType({"state": "closed", "key": breaker.key})
         self.allowed = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
@@ -234,18 +239,21 @@ async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receiv
     call = watch.call
     if call is None and fault is None and not watch.gone:  # the usual end: one JSON body (or a tap's outcome)
         tap = watch.tap
-        if tap is not None:
-            status, error = tap.status, tap.error
-            verdict = lane.judge(status, tap.content_type, tap.truncated, tap.result, error)
-        elif watch.start is None:  # a body without a start: nothing the client could read
-            status = error = None
-            verdict = Classification.FAILURE
-        else:  # as the Call's watcher judges a JSON body in one part
-            status = watch.start["status"]
+        if tap is None and watch.start is not None:  # as the Call's watcher judges a JSON body in one part
             body = watch.body
             truncated = len(body) > lane.limit
             result, error = (answer_in(body, request.id) if body and not truncated else None) or _NOT_FOUND
+            if result is not None and (not lane.tool_errors or result.get("isError") is not True):
+                breaker.succeeded(permit)  # = what `judge` says of a result to the request (the status is below 400)
+                return
+            status = watch.start["status"]
             verdict = lane.judge(status, _JSON, truncated, result, error)
+        elif tap is not None:
+            status, error = tap.status, tap.error
+            verdict = lane.judge(status, tap.content_type, tap.truncated, tap.result, error)
+        else:  # a body without a start: nothing the client could read
+            status = error = None
+            verdict = Classification.FAILURE
         breaker.record(permit, verdict)
         if verdict is not Classification.SUCCESS:
             reason = describe(status, error)

@@ -266,16 +266,13 @@ class CircuitBreaker:
 
     def record(self, permit: Permit | None, verdict: Classification) -> None:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
+        if verdict is Classification.SUCCESS:
+            self.succeeded(permit)
+            return
         if permit != self._generation:  # (a `None` permit too: generations are ints)
             return
         if self._state is BreakerState.CLOSED:
-            if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
-                self._consecutive = 0
-                if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
-                    self._bucket_calls[self._current_slot] += 1
-                else:
-                    self._count(False)
-            elif verdict is Classification.FAILURE:
+            if verdict is Classification.FAILURE:
                 self._consecutive += 1
                 self._count(True)
                 self._maybe_trip()
@@ -284,10 +281,22 @@ class CircuitBreaker:
             if verdict is Classification.FAILURE:
                 self.level += 1
                 self._open("probe_failed")
-            elif verdict is Classification.SUCCESS:
-                self._probe_successes += 1
-                if self._probe_successes >= self.policy.probes_to_close:
-                    self._close("probes_succeeded")
+
+    def succeeded(self, permit: Permit | None) -> None:
+        """`record(permit, Classification.SUCCESS)`: what most calls earn (the breaker's common path calls it)."""
+        if permit != self._generation:  # (a `None` permit too: generations are ints)
+            return
+        if self._state is BreakerState.CLOSED:  # the hot path: one count in the current bucket
+            self._consecutive = 0
+            if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
+                self._bucket_calls[self._current_slot] += 1
+            else:
+                self._count(False)
+        elif self._state is BreakerState.HALF_OPEN:
+            self._probes -= 1
+            self._probe_successes += 1
+            if self._probe_successes >= self.policy.probes_to_close:
+                self._close("probes_succeeded")
 
     def _count(self, failed: bool) -> None:
         index = int(self._clock() // self._bucket_width)
