@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Lane", "guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
+_CLOSED = BreakerState.CLOSED
 _NOT_FOUND: tuple[None, None] = (None, None)
 """`(result, error)` when the body is not the response (as `find_response` answers)."""
 
@@ -180,7 +181,7 @@ async def _unread() -> Message:  # pragma: no cover - a Call taking over never r
 async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receive, send: Send) -> None:
     """One guarded request on the common path (the `Call` path for anything else)."""
     breaker = lane.breaker
-    if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
+    if breaker._state is not _CLOSED:  # open or probing: refusals and probes are the Call's
         return await lane.call(scope, request, receive, send).run()
     watch = _Watch()
     watch.forward = send
@@ -231,12 +232,12 @@ async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receiv
                 fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
         finally:
             watch.diverted = True
-            if watch.call is not None:
-                watch.call.closed = True
+            call = watch.call
+            if call is not None:
+                call.closed = True
     except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
         breaker.record(permit, Classification.NEUTRAL)
         raise
-    call = watch.call
     if call is None and fault is None and not watch.gone:  # the usual end: one JSON body (or a tap's outcome)
         tap = watch.tap
         if tap is None and watch.start is not None:  # as the Call's watcher judges a JSON body in one part

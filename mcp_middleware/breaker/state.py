@@ -185,6 +185,7 @@ class CircuitBreaker:
         "_generation",
         "_listeners",
         "_open_until",
+        "_pending",
         "_probe_successes",
         "_probes",
         "_random",
@@ -225,6 +226,8 @@ class CircuitBreaker:
         self._current_index: int | None = None
         self._current_slot = 0
         """The bucket counted in last (its index and slot): the next count is most likely there too."""
+        self._pending = 0
+        """Successes counted in that bucket but not yet added to `_bucket_calls` (by :meth:`_fold`)."""
 
     # --- admission -------------------------------------------------------------------------
 
@@ -289,7 +292,7 @@ class CircuitBreaker:
         if self._state is BreakerState.CLOSED:  # the hot path: one count in the current bucket
             self._consecutive = 0
             if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
-                self._bucket_calls[self._current_slot] += 1
+                self._pending += 1  # (added to the bucket's calls when the window is read or the bucket changes)
             else:
                 self._count(False)
         elif self._state is BreakerState.HALF_OPEN:
@@ -298,7 +301,14 @@ class CircuitBreaker:
             if self._probe_successes >= self.policy.probes_to_close:
                 self._close("probes_succeeded")
 
+    def _fold(self) -> None:
+        """Add the pending successes to the calls of the bucket they were counted in."""
+        self._bucket_calls[self._current_slot] += self._pending
+        self._pending = 0
+
     def _count(self, failed: bool) -> None:
+        if self._pending:
+            self._fold()
         index = int(self._clock() // self._bucket_width)
         slot = index % len(self._bucket_index)
         if self._bucket_index[slot] != index:
@@ -312,6 +322,8 @@ class CircuitBreaker:
 
     def window_counts(self) -> tuple[int, int]:
         """(calls, failures) recorded in the current window."""
+        if self._pending:
+            self._fold()
         oldest = int(self._clock() // self._bucket_width) - len(self._bucket_index)
         calls = failures = 0
         for slot, index in enumerate(self._bucket_index):
@@ -345,6 +357,7 @@ class CircuitBreaker:
             self._bucket_calls[slot] = 0
             self._bucket_failures[slot] = 0
         self._current_index = None
+        self._pending = 0
         self._change(BreakerState.CLOSED, reason)
 
     def _change(self, state: BreakerState, reason: str, open_for: float = 0.0) -> None:
