@@ -146,7 +146,7 @@ class _Watch(Deadline):
             return _dropped()  # the attempt is over (timed out): nothing more from it reaches the client
         kind = message["type"]
         if kind == "http.response.body":
-            if message.get("more_body", False):
+            if message.get("more_body"):
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
@@ -255,13 +255,15 @@ async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receiv
         else:  # a body without a start: nothing the client could read
             status = error = None
             verdict = Classification.FAILURE
+        if verdict is Classification.SUCCESS:
+            breaker.succeeded(permit)
+            return
         breaker.record(permit, verdict)
-        if verdict is not Classification.SUCCESS:
-            reason = describe(status, error)
-            if verdict is Classification.FAILURE:
-                record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
-            else:
-                record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
+        reason = describe(status, error)
+        if verdict is Classification.FAILURE:
+            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+        else:
+            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()

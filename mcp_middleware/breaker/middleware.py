@@ -116,7 +116,7 @@ class CircuitBreakerMiddleware:
         self._lanes: dict[tuple[str | None, str | None, str], Lane] = {}
         """`(method, target, path)` → what `_guard` resolved for it (without a `key` function), forgotten
         with every lane when the registry forgets a breaker (:meth:`BreakerRegistry.on_forget`)."""
-        self._keyed_lanes: dict[tuple[str, str, Route], Lane] = {}
+        self._keyed_lanes: dict[tuple[str, str, int], Lane] = {}
         """`(breaker key, backend, route)` → its lane, with a `key` function (checked against the registry)."""
         self.registry.on_forget(self._forget_lanes)
         self._classifier: Classifier = classifier if classifier is not None else FailureClassifier()
@@ -203,7 +203,7 @@ class CircuitBreakerMiddleware:
             lane = lanes[lane_key] = Lane(self, route, breaker, backend, self.registry.toucher(breaker_key))
         else:  # `get` made the breaker the most recently used; its lane is kept while the breaker is the registry's
             keyed = self._keyed_lanes
-            keyed_key = (breaker_key, backend, route)
+            keyed_key = (breaker_key, backend, id(route))  # (the lane holds its route: the id is its own)
             found = keyed.get(keyed_key)
             if found is None or found.breaker is not breaker:
                 if len(keyed) >= _ROUTE_CACHE_SIZE:
