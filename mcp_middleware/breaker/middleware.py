@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 _ROUTE_CACHE_SIZE = 4096
+_UNKEYED = object()
+"""`_guard`'s `backend` when the `key` function has not been asked yet."""
 
 
 class CircuitBreakerMiddleware:
@@ -116,8 +119,8 @@ class CircuitBreakerMiddleware:
         self._lanes: dict[tuple[str | None, str | None, str], Lane] = {}
         """`(method, target, path)` → what `_guard` resolved for it (without a `key` function), forgotten
         with every lane when the registry forgets a breaker (:meth:`BreakerRegistry.on_forget`)."""
-        self._keyed_lanes: dict[tuple[str, str, int], Lane] = {}
-        """`(breaker key, backend, route)` → its lane, with a `key` function (checked against the registry)."""
+        self._keyed_lanes: dict[tuple[str | None, str | None], dict[str, Lane]] = {}
+        """With a `key` function: `(method, target)` → the backend it names → its lane (forgotten as above)."""
         self.registry.on_forget(self._forget_lanes)
         self._classifier: Classifier = classifier if classifier is not None else FailureClassifier()
         self._config = config
@@ -176,40 +179,52 @@ class CircuitBreakerMiddleware:
             return self._next(scope, receive, send)
         if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
             lane = self._lanes.get((request.method, request.target if self._by_target else None, scope["path"]))
-            if lane is not None:  # (its breaker is still the registry's: lanes are forgotten with any breaker)
-                lane.touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
-                if self.fast_path:
-                    return guarded(lane, scope, request, receive, send)
-                return lane.call(scope, request, receive, send).run()
-        return self._guard(request, scope, receive, send)
+        else:  # a key function (the gateway's): the lanes of `(method, target)` by the backend it names
+            by_backend = self._keyed_lanes.get((request.method, request.target if self._by_target else None))
+            if by_backend is None:  # (with one, the route is guarded: lanes are made for nothing else)
+                return self._guard(request, scope, receive, send, _UNKEYED)
+            backend = self.key(scope, request)
+            lane = by_backend.get(backend)
+            if lane is None:
+                return self._guard(request, scope, receive, send, backend)
+        if lane is None:
+            return self._guard(request, scope, receive, send, _UNKEYED)
+        lane.touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
+        if self.fast_path:  # (its breaker is still the registry's: lanes are forgotten with any breaker)
+            return guarded(lane, scope, request, receive, send)
+        return lane.call(scope, request, receive, send).run()
 
-    def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """:meth:`mcp_direct` without a lane: resolve the route, the backend and its breaker (and keep them as
-        the lane of `(method, target, path)` when the backend is the path's)."""
+    def _guard(
+        self, request: McpRequest, scope: Scope, receive: Receive, send: Send, backend: str | object
+    ) -> Awaitable[None]:
+        """:meth:`mcp_direct` without a lane: resolve the route, the backend (unless the `key` function named it
+        already: `backend`) and its breaker, and keep them as a lane."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
             route = self._resolve(method, target)
         if route.excluded:
             return self._next(scope, receive, send)
-        backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
+        if backend is _UNKEYED:
+            backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
+        backend = cast(str, backend)
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
+        lane = Lane(self, route, breaker, backend, self.registry.toucher(breaker_key))
+        by_target = target if self._by_target else None
         if self.key is None:
             lanes = self._lanes
             if len(lanes) >= _ROUTE_CACHE_SIZE:  # (paths and targets come from clients: bounded)
                 lanes.clear()
-            lane_key = (method, target if self._by_target else None, scope["path"])
-            lane = lanes[lane_key] = Lane(self, route, breaker, backend, self.registry.toucher(breaker_key))
-        else:  # `get` made the breaker the most recently used; its lane is kept while the breaker is the registry's
+            lanes[(method, by_target, scope["path"])] = lane
+        else:  # (the route and the breaker depend on the method, the target and the backend alone)
             keyed = self._keyed_lanes
-            keyed_key = (breaker_key, backend, id(route))  # (the lane holds its route: the id is its own)
-            found = keyed.get(keyed_key)
-            if found is None or found.breaker is not breaker:
+            by_backend = keyed.get((method, by_target))
+            if by_backend is None or len(by_backend) >= _ROUTE_CACHE_SIZE:  # (bounded: targets and backends)
                 if len(keyed) >= _ROUTE_CACHE_SIZE:
                     keyed.clear()
-                found = keyed[keyed_key] = Lane(self, route, breaker, backend, self.registry.toucher(breaker_key))
-            lane = found
+                by_backend = keyed[(method, by_target)] = {}
+            by_backend[backend] = lane
         if self.fast_path:
             return guarded(lane, scope, request, receive, send)
         return lane.call(scope, request, receive, send).run()

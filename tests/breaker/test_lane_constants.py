@@ -150,7 +150,9 @@ def test_a_key_function_never_counts_into_a_breaker_the_registry_forgot(fast: bo
         _request_to(app, path)
     assert _counts(registry) == {"/d": (1, 0), "/a": (1, 0)}
     assert app._lanes == {}  # (a key function: lanes keyed after its call, forgotten with any breaker)
-    assert [lane.breaker.key for lane in app._keyed_lanes.values()] == ["/a"]
+    assert {backend: lane.breaker.key for lanes in app._keyed_lanes.values() for backend, lane in lanes.items()} == {
+        "/a": "/a"
+    }
 
 
 def test_a_registry_does_not_keep_a_middleware_it_tells_about_forgotten_breakers() -> None:
@@ -186,3 +188,41 @@ def test_a_success_counted_before_the_circuit_was_forced_open_is_gone_once_it_cl
     now[0] = 6.5
     breaker.succeeded(breaker.acquire())
     assert breaker.window_counts() == (1, 0)
+
+
+@pytest.mark.parametrize("exclude", [["tools/call:skip", "ping"], ["ping"]])
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_key_function_is_asked_once_a_guarded_request_and_never_for_an_excluded_one(
+    fast: bool, exclude: list[str]
+) -> None:
+    asked: list[str] = []
+
+    def key(scope: Scope, request: Any) -> str:
+        asked.append(request.method)
+        return "tenant-a" if len(asked) % 2 else "tenant-b"  # (not the path's: one path, two backends in turn)
+
+    app = CircuitBreakerMiddleware(_answering(HOSTILE["a result"]), key=key, exclude=exclude)
+    app.fast_path = fast
+    for _ in range(4):
+        _request_to(app)
+    assert asked == ["tools/call"] * 4 and _counts(app.registry) == {"tenant-a": (2, 0), "tenant-b": (2, 0)}
+
+    async def excluded(method: str, params: dict[str, Any]) -> None:
+        body = modern_body(method, params, REQUEST_ID)
+        name = params.get("name")
+        scope = post_scope(body, modern_headers(method, name) if name else modern_headers(method))
+        receive = scripted_receive([{"type": "http.request", "body": body, "more_body": False}])
+
+        async def send(message: Message) -> None:
+            pass
+
+        await app(scope, receive, send)
+
+    async def run() -> None:
+        for _ in range(2):
+            await excluded("ping", {})
+            if len(exclude) == 2:  # (a selector names a tool: lanes keep the target)
+                await excluded("tools/call", {"name": "skip", "arguments": {}})
+
+    asyncio.run(run())
+    assert asked == ["tools/call"] * 4
