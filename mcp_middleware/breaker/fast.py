@@ -242,11 +242,15 @@ async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receiv
         tap = watch.tap
         if tap is None and watch.start is not None:  # as the Call's watcher judges a JSON body in one part
             body = watch.body
-            truncated = len(body) > lane.limit
-            result, error = (answer_in(body, request.id) if body and not truncated else None) or _NOT_FOUND
-            if result is not None and (not lane.tool_errors or result.get("isError") is not True):
-                breaker.succeeded(permit)  # = what `judge` says of a result to the request (the status is below 400)
-                return
+            if body and len(body) <= lane.limit:
+                result, error = answer_in(body, request.id) or _NOT_FOUND
+                if result is not None and (not lane.tool_errors or result.get("isError") is not True):
+                    breaker.succeeded(permit)  # = what `judge` says of a result to the request (its status is < 400)
+                    return
+                truncated = False
+            else:  # nothing to read, or too much: the status says
+                result = error = None
+                truncated = len(body) > lane.limit
             status = watch.start["status"]
             verdict = lane.judge(status, _JSON, truncated, result, error)
         elif tap is not None:
