@@ -33,6 +33,7 @@ from tests.support.requests import modern_body, modern_headers
 
 from .backends import post_scope, scripted_receive
 from .test_fast_path import both_ways
+from .test_lanes import _requests
 from .test_watch import INTERNAL, REQUEST_ID, response, rpc
 
 HOSTILE = {
@@ -87,17 +88,7 @@ def test_the_shortcut_is_taken_for_a_result_and_judge_is_asked_otherwise(monkeyp
 
 
 def _request_to(app: Any, path: str = "/mcp") -> None:
-    async def run() -> None:
-        body = modern_body("tools/call", {"name": "t", "arguments": {}}, REQUEST_ID)
-        scope = post_scope(body, modern_headers("tools/call", "t")) | {"path": path, "raw_path": path.encode()}
-        receive = scripted_receive([{"type": "http.request", "body": body, "more_body": False}])
-
-        async def send(message: Message) -> None:
-            pass
-
-        await app(scope, receive, send)
-
-    asyncio.run(run())
+    _requests(app, [path])
 
 
 def _answering(body: bytes) -> Any:
