@@ -179,6 +179,8 @@ class CircuitBreakerMiddleware:
             return self._next(scope, receive, send)
         if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
             lane = self._lanes.get((request.method, request.target if self._by_target else None, scope["path"]))
+            if lane is None:
+                return self._guard(request, scope, receive, send, _UNKEYED)
         else:  # a key function (the gateway's): the lanes of `(method, target)` by the backend it names
             by_backend = self._keyed_lanes.get((request.method, request.target if self._by_target else None))
             if by_backend is None:  # (with one, the route is guarded: lanes are made for nothing else)
@@ -187,8 +189,6 @@ class CircuitBreakerMiddleware:
             lane = by_backend.get(backend)
             if lane is None:
                 return self._guard(request, scope, receive, send, backend)
-        if lane is None:
-            return self._guard(request, scope, receive, send, _UNKEYED)
         lane.touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
         if self.fast_path:  # (its breaker is still the registry's: lanes are forgotten with any breaker)
             return guarded(lane, scope, request, receive, send)
