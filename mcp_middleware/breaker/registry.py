@@ -102,6 +102,7 @@ class BreakerRegistry:
     def on_forget(self, forget: Callable[[], None]) -> None:
         """Call the bound method `forget()` each time a breaker is forgotten (before :meth:`get` returns): a
         caller that keeps breakers from :meth:`get` drops them there. Held weakly (it does not keep its object)."""
+        self._forgetters = [reference for reference in self._forgetters if reference() is not None]  # (bounded)
         self._forgetters.append(WeakMethod(forget))
 
     def _forgot(self) -> None:
