@@ -64,11 +64,11 @@ class Lane:
         "breaker",
         "deadlines",
         "judge",
+        "judge_results",
         "limit",
         "middleware",
         "route",
         "timeout",
-        "tool_errors",
         "touch",
     )
 
@@ -91,10 +91,10 @@ class Lane:
         self.limit = middleware.config.max_inspect_bytes
         classifier = middleware.classifier  # (a lane is forgotten when the middleware's classifier or config is set)
         self.judge: Judge = _not_the_default
-        self.tool_errors = False
-        """Whether a result with `isError: true` is a failure (:attr:`.FailureClassifier.count_tool_errors`)."""
+        self.judge_results = True
+        """Whether a result to the request is judged too (else it is a success): with `count_tool_errors`."""
         if type(classifier) is FailureClassifier:
-            self.judge, self.tool_errors = classifier.judge, classifier.count_tool_errors
+            self.judge, self.judge_results = classifier.judge, classifier.count_tool_errors
         # = record_decision(…, ALLOW, state="closed", key=breaker.key): read-only, shared by every request
         attributes = MappingProxyType({"state": "closed", "key": breaker.key})
         self.allowed = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
@@ -244,7 +244,7 @@ async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receiv
             body = watch.body
             if body and len(body) <= lane.limit:
                 result, error = answer_in(body, request.id) or _NOT_FOUND
-                if result is not None and (not lane.tool_errors or result.get("isError") is not True):
+                if result is not None and not lane.judge_results:
                     breaker.succeeded(permit)  # = what `judge` says of a result to the request (its status is < 400)
                     return
                 truncated = False
