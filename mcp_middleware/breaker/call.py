@@ -101,10 +101,10 @@ class Call:
         """Where the response goes: the server's `send`, an outer tap's, or (once one is needed) a tap's own."""
         # An outer middleware's tap already watches this response: share what it learns.
         tap = ResponseTap.current(scope, request) if TAP_SCOPE_KEY in scope else None
-        if tap is None and type(middleware.classifier) is not FailureClassifier:
-            tap, self.forward = ResponseTap.attach(scope, send, request, max_bytes=middleware.config.max_inspect_bytes)
+        if tap is None and type(middleware._classifier) is not FailureClassifier:
+            tap, self.forward = ResponseTap.attach(scope, send, request, max_bytes=middleware._config.max_inspect_bytes)
         self.tap = tap
-        self._limit = middleware.config.max_inspect_bytes
+        self._limit = middleware._config.max_inspect_bytes
         self._watch = NOT_WATCHED if tap is not None else _UNDECIDED
         self._kept: list[bytes] = []
         """The JSON body's parts, or the SSE events that can be the response (bounded as the tap bounds them)."""
@@ -169,7 +169,7 @@ class Call:
     ) -> tuple[Classification, int | None, dict[str, Any] | None, dict[str, Any] | None]:
         """`(verdict, status, result, error)`: what the classifier makes of the attempt."""
         tap = self.tap
-        classifier = self.middleware.classifier
+        classifier = self.middleware._classifier
         if tap is None:  # watched here (the default classifier): the tap's view, without a tap
             start = self.start
             if start is None:

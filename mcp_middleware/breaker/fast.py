@@ -22,7 +22,7 @@ wheel take the `Call` path from the start (:attr:`.CircuitBreakerMiddleware.fast
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -38,29 +38,74 @@ from .call import Call, Route
 from .classify import FailureClassifier, Fault
 from .inbound import Inbound, Noted, Noting
 from .state import BreakerState, CircuitBreaker, Classification
-from .timeouts import Deadline
+from .timeouts import Deadline, Deadlines
 from .watch import CONTENT_TYPES, JSON_BODY, answer_in, watchable
 
 if TYPE_CHECKING:
     from .middleware import CircuitBreakerMiddleware
 
-__all__ = ["guarded"]
+__all__ = ["Lane", "guarded"]
 
 _JSON = CONTENT_TYPES[JSON_BODY]
+_CLOSED = BreakerState.CLOSED
 _NOT_FOUND: tuple[None, None] = (None, None)
 """`(result, error)` when the body is not the response (as `find_response` answers)."""
-_ALLOWED: dict[str, Decision] = {}
-"""The closed circuit's `allow` per breaker key, built once (a request only appends it)."""
-_MAX_ALLOWED = 4096
+
+Judge = Callable[[int | None, str | None, bool, "dict[str, Any] | None", "dict[str, Any] | None"], Classification]
 
 
-def _allowed(key: str) -> Decision:
-    """The `allow` of `key`'s closed circuit, made once (the caller looked in `_ALLOWED` first)."""
-    if len(_ALLOWED) >= _MAX_ALLOWED:  # keys are the registry's (bounded); this bounds the memo anyway
-        _ALLOWED.clear()
-    attributes = MappingProxyType({"state": "closed", "key": key})  # shared by every request: read-only
-    decision = _ALLOWED[key] = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
-    return decision
+class Lane:
+    """What every request of one route to one breaker shares, made once (the middleware keeps its lanes:
+    :meth:`.CircuitBreakerMiddleware.mcp_direct`): a request on the common path stores only its own."""
+
+    __slots__ = (
+        "allowed",
+        "backend",
+        "breaker",
+        "deadlines",
+        "judge",
+        "judge_results",
+        "limit",
+        "middleware",
+        "route",
+        "timeout",
+        "touch",
+    )
+
+    def __init__(
+        self,
+        middleware: CircuitBreakerMiddleware,
+        route: Route,
+        breaker: CircuitBreaker,
+        backend: str,
+        touch: Callable[[], None],
+    ) -> None:
+        self.middleware = middleware
+        self.route = route
+        self.breaker = breaker
+        self.backend = backend
+        self.touch = touch
+        """What makes the breaker the registry's most recently used (:meth:`.BreakerRegistry.toucher`)."""
+        self.timeout = route.timeout
+        self.deadlines: Deadlines = middleware.deadlines
+        self.limit = middleware.config.max_inspect_bytes
+        classifier = middleware.classifier  # (a lane is forgotten when the middleware's classifier or config is set)
+        self.judge: Judge = _not_the_default
+        self.judge_results = True
+        """Whether a result to the request is judged too (else it is a success): with `count_tool_errors`."""
+        if type(classifier) is FailureClassifier:
+            self.judge, self.judge_results = classifier.judge, classifier.count_tool_errors
+        # = record_decision(…, ALLOW, state="closed", key=breaker.key): read-only, shared by every request
+        attributes = MappingProxyType({"state": "closed", "key": breaker.key})
+        self.allowed = Decision(Component.BREAKER, Outcome.ALLOW, attributes)
+
+    def call(self, scope: Scope, request: McpRequest, receive: Receive, send: Send) -> Call:
+        """A :class:`Call` of this lane (the `Call` path)."""
+        return Call(self.middleware, scope, request, receive, send, self.breaker, self.backend, self.route)
+
+
+def _not_the_default(*parts: Any) -> Classification:  # pragma: no cover - `fast_path` is the default classifier's
+    raise AssertionError("the common path judges with the default classifier only")
 
 
 class _Watch(Deadline):
@@ -86,9 +131,11 @@ class _Watch(Deadline):
 
     forward: Send
     """Where the response goes (the breaker's `send`)."""
-    context: tuple[Any, ...]
-    """What a Call taking over needs: `(middleware, scope, request, send, breaker, backend, route)`."""
-    # (No `__init__`: `guarded` sets the two above; a frame less a request.)
+    lane: Lane
+    scope: Scope
+    request: McpRequest
+    """What a Call taking over needs, with `forward`."""
+    # (No `__init__`: `guarded` sets the four above; a frame less a request.)
 
     def send(self, message: Message) -> Awaitable[None]:
         """Forward `message` (a plain call: the awaitable returned is the next `send`'s own)."""
@@ -99,7 +146,7 @@ class _Watch(Deadline):
             return _dropped()  # the attempt is over (timed out): nothing more from it reaches the client
         kind = message["type"]
         if kind == "http.response.body":
-            if message.get("more_body", False):
+            if message.get("more_body"):
                 if self.tap is None:  # a body in parts: the Call's watcher keeps them, bounded
                     return self.hand_over().send(message)
             else:
@@ -113,8 +160,7 @@ class _Watch(Deadline):
 
     def hand_over(self) -> Call:
         """A :class:`Call` takes over the rest of the request (what was forwarded is its own)."""
-        middleware, scope, request, send, breaker, backend, route = self.context
-        call = self.call = Call(middleware, scope, request, _unread, send, breaker, backend, route)
+        call = self.call = self.lane.call(self.scope, self.request, _unread, self.forward)
         self.diverted = True
         call.inbound = Noted(self.source, self.gone)  # (the app goes on reading what it was given)
         call.completed = self.gone is not None
@@ -132,30 +178,23 @@ async def _unread() -> Message:  # pragma: no cover - a Call taking over never r
     raise AssertionError("the app reads the common path's receive")
 
 
-async def guarded(
-    middleware: CircuitBreakerMiddleware,
-    scope: Scope,
-    request: McpRequest,
-    receive: Receive,
-    send: Send,
-    breaker: CircuitBreaker,
-    backend: str,
-    route: Route,
-) -> None:
+async def guarded(lane: Lane, scope: Scope, request: McpRequest, receive: Receive, send: Send) -> None:
     """One guarded request on the common path (the `Call` path for anything else)."""
-    if breaker._state is not BreakerState.CLOSED:  # open or probing: refusals and probes are the Call's
-        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()
+    breaker = lane.breaker
+    if breaker._state is not _CLOSED:  # open or probing: refusals and probes are the Call's
+        return await lane.call(scope, request, receive, send).run()
     watch = _Watch()
     watch.forward = send
-    watch.context = (middleware, scope, request, send, breaker, backend, route)
+    watch.lane = lane
+    watch.scope = scope
+    watch.request = request
     if TAP_SCOPE_KEY in scope:
         watch.tap = ResponseTap.current(scope, request)
-    timeout = route.timeout  # (None: no deadline; else `watch` is the call's)
-    if timeout is not None and not middleware.deadlines.enter(watch, timeout):  # not on asyncio:
-        return await Call(middleware, scope, request, receive, send, breaker, backend, route).run()  # anyio's scope
+    timeout = lane.timeout  # (None: no deadline; else `watch` is the call's)
+    if timeout is not None and not lane.deadlines.enter(watch, timeout):  # not on asyncio: anyio's scope
+        return await lane.call(scope, request, receive, send).run()
     permit = breaker._generation  # = breaker.acquire() on a closed circuit (which does nothing else)
-    # = record_decision(…, ALLOW, state="closed", key=breaker.key), made once per key (a Decision is never falsy)
-    add_decision(scope, _ALLOWED.get(breaker.key) or _allowed(breaker.key))
+    add_decision(scope, lane.allowed)
     if type(receive) is _Replay and receive.disconnected is None:  # the core's replay: it notes a disconnect
         receive.disconnected = False
         watch.source = receive
@@ -163,7 +202,7 @@ async def guarded(
         watch.source = receive = Inbound(receive, request.body)
     try:
         try:
-            await middleware._next(scope, receive, watch.send)
+            await lane.middleware._next(scope, receive, watch.send)
         except asyncio.CancelledError:
             if timeout is None:
                 raise
@@ -193,35 +232,42 @@ async def guarded(
                 fault = None if _completed(watch) else Fault.TIMEOUT if watch.expired else Fault.DROPPED
         finally:
             watch.diverted = True
-            if watch.call is not None:
-                watch.call.closed = True
+            call = watch.call
+            if call is not None:
+                call.closed = True
     except BaseException:  # cancelled from outside (shutdown, an outer timeout): no verdict
         breaker.record(permit, Classification.NEUTRAL)
         raise
-    call = watch.call
     if call is None and fault is None and not watch.gone:  # the usual end: one JSON body (or a tap's outcome)
-        classifier = middleware.classifier
-        assert type(classifier) is FailureClassifier
         tap = watch.tap
-        if tap is not None:
+        if tap is None and watch.start is not None:  # as the Call's watcher judges a JSON body in one part
+            body = watch.body
+            if body and len(body) <= lane.limit:
+                result, error = answer_in(body, request.id) or _NOT_FOUND
+                if result is not None and not lane.judge_results:
+                    breaker.succeeded(permit)  # = what `judge` says of a result to the request (its status is < 400)
+                    return
+                truncated = False
+            else:  # nothing to read, or too much: the status says
+                result = error = None
+                truncated = len(body) > lane.limit
+            status = watch.start["status"]
+            verdict = lane.judge(status, _JSON, truncated, result, error)
+        elif tap is not None:
             status, error = tap.status, tap.error
-            verdict = classifier.judge(status, tap.content_type, tap.truncated, tap.result, error)
-        elif watch.start is None:  # a body without a start: nothing the client could read
+            verdict = lane.judge(status, tap.content_type, tap.truncated, tap.result, error)
+        else:  # a body without a start: nothing the client could read
             status = error = None
             verdict = Classification.FAILURE
-        else:  # as the Call's watcher judges a JSON body in one part
-            status = watch.start["status"]
-            body = watch.body
-            truncated = len(body) > middleware.config.max_inspect_bytes
-            result, error = (answer_in(body, request.id) if body and not truncated else None) or _NOT_FOUND
-            verdict = classifier.judge(status, _JSON, truncated, result, error)
+        if verdict is Classification.SUCCESS:
+            breaker.succeeded(permit)
+            return
         breaker.record(permit, verdict)
-        if verdict is not Classification.SUCCESS:
-            reason = describe(status, error)
-            if verdict is Classification.FAILURE:
-                record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
-            else:
-                record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
+        reason = describe(status, error)
+        if verdict is Classification.FAILURE:
+            record_decision(scope, Component.BREAKER, Outcome.FAILURE, key=breaker.key, reason=reason, attempt=1)
+        else:
+            record_decision(scope, Component.BREAKER, Outcome.NEUTRAL, key=breaker.key, reason=reason, attempt=1)
         return
     if call is None:
         call = watch.hand_over()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -27,12 +28,12 @@ from mcp_middleware.core import (
 from mcp_middleware.core.direct import UNREAD, inner_app
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY, KeyFunction
 
-from .call import Call, Route
+from .call import Route
 from .classify import Classifier, FailureClassifier
-from .fast import guarded
+from .fast import Lane, guarded
 from .registry import BreakerRegistry
 from .retry import SAFE_METHODS, RetryPolicy
-from .state import BreakerPolicy, CircuitBreaker, StateListener
+from .state import BreakerPolicy, StateListener
 from .timeouts import DEFAULT_EXCLUDE, DEFAULT_TIMEOUTS, Deadlines
 
 __all__ = [
@@ -44,11 +45,8 @@ __all__ = [
 ]
 
 _ROUTE_CACHE_SIZE = 4096
-
-_Lane = tuple[Route, CircuitBreaker, str, Callable[[], None]]
-"""A request's route, breaker and backend, and what marks the breaker used (:meth:`BreakerRegistry.toucher`)."""
-
-"""`(scope, request) -> str`: the name of the backend a request goes to (one breaker each)."""
+_UNKEYED = object()
+"""`_guard`'s `backend` when the `key` function has not been asked yet."""
 
 
 class CircuitBreakerMiddleware:
@@ -118,16 +116,18 @@ class CircuitBreakerMiddleware:
         self.deadlines = Deadlines(tick=min(0.05, shortest / 10))
         self._exclude: SelectorMap[bool] = SelectorMap((s, True) for s in exclude)
         self._retry_allow: SelectorMap[bool] = SelectorMap((s, True) for s in (retry.allow if retry else ()))
-        self.classifier: Classifier = classifier if classifier is not None else FailureClassifier()
+        self._lanes: dict[tuple[str | None, str | None, str], Lane] = {}
+        """`(method, target, path)` → what `_guard` resolved for it (without a `key` function), forgotten
+        with every lane when the registry forgets a breaker (:meth:`BreakerRegistry.on_forget`)."""
+        self._keyed_lanes: dict[tuple[str | None, str | None], dict[str, Lane]] = {}
+        """With a `key` function: `(method, target)` → the backend it names → its lane (forgotten as above)."""
+        self.registry.on_forget(self._forget_lanes)
+        self._classifier: Classifier = classifier if classifier is not None else FailureClassifier()
+        self._config = config
         self.retry = retry
         self.key = key
         self.random = random
-        self.config = config
         self._routes: dict[tuple[str | None, str | None], Route] = {}
-        self._lanes: dict[tuple[str | None, str | None, str], _Lane] = {}
-        """`(method, target, path)` → what `_guard` resolved for it (without a `key` function): valid while the
-        registry has forgotten no breaker since (:attr:`BreakerRegistry.evictions`)."""
-        self._lanes_evictions = self.registry.evictions
         self._by_target = bool(self._per_target) or any(
             selector.target is not None
             for rules in (self._timeouts, self._exclude, self._retry_allow)
@@ -140,8 +140,30 @@ class CircuitBreakerMiddleware:
         `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
         (the verdicts, decisions and answers are the same either way)."""
 
+    @property
+    def classifier(self) -> Classifier:
+        return self._classifier
+
+    @classifier.setter
+    def classifier(self, classifier: Classifier) -> None:
+        self._classifier = classifier
+        self._forget_lanes()  # (a lane keeps the classifier's `judge`)
+
+    @property
+    def config(self) -> CoreConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: CoreConfig) -> None:
+        self._config = config
+        self._forget_lanes()  # (a lane keeps `max_inspect_bytes`)
+
+    def _forget_lanes(self) -> None:
+        self._lanes.clear()
+        self._keyed_lanes.clear()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request, receive = await read_request(scope, receive, send, self.config)
+        request, receive = await read_request(scope, receive, send, self._config)
         if request is None or request.kind is not RequestKind.REQUEST:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         await self.mcp_direct(scope, receive, send)  # (the request is in the scope now)
@@ -157,36 +179,55 @@ class CircuitBreakerMiddleware:
             return self._next(scope, receive, send)
         if self.key is None:  # the backend is the path's: route, backend and breaker in one lookup
             lane = self._lanes.get((request.method, request.target if self._by_target else None, scope["path"]))
-            if lane is not None and self.registry.evictions == self._lanes_evictions:
-                route, breaker, backend, touch = lane
-                touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
-                if self.fast_path:
-                    return guarded(self, scope, request, receive, send, breaker, backend, route)
-                return Call(self, scope, request, receive, send, breaker, backend, route).run()
-        return self._guard(request, scope, receive, send)
+            if lane is None:
+                return self._guard(request, scope, receive, send, _UNKEYED)
+        else:  # a key function (the gateway's): the lanes of `(method, target)` by the backend it names
+            by_backend = self._keyed_lanes.get((request.method, request.target if self._by_target else None))
+            if by_backend is None:  # (with one, the route is guarded: lanes are made for nothing else)
+                return self._guard(request, scope, receive, send, _UNKEYED)
+            backend = self.key(scope, request)
+            lane = by_backend.get(backend)
+            if lane is None:
+                return self._guard(request, scope, receive, send, backend)
+        lane.touch()  # (the breaker is now the registry's most recently used, as `get` leaves it)
+        if self.fast_path:  # (its breaker is still the registry's: lanes are forgotten with any breaker)
+            return guarded(lane, scope, request, receive, send)
+        return lane.call(scope, request, receive, send).run()
 
-    def _guard(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
-        """:meth:`mcp_direct` without a lane: resolve the route, the backend and its breaker (and keep them as
-        the lane of `(method, target, path)` when the backend is the path's)."""
+    def _guard(
+        self, request: McpRequest, scope: Scope, receive: Receive, send: Send, backend: str | object
+    ) -> Awaitable[None]:
+        """:meth:`mcp_direct` without a lane: resolve the route, the backend (unless the `key` function named it
+        already: `backend`) and its breaker, and keep them as a lane."""
         method, target = request.method, request.target
         route = self._routes.get((method, target))
         if route is None:
             route = self._resolve(method, target)
         if route.excluded:
             return self._next(scope, receive, send)
-        backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
+        if backend is _UNKEYED:
+            backend = self.key(scope, request) if self.key is not None else (scope["path"].rstrip("/") or "/")
+        backend = cast(str, backend)
         breaker_key = f"{backend} {method}:{target}" if route.per_target else backend
         breaker = self.registry.get(breaker_key, route.policy if route.policy is not None else self.policy)
+        lane = Lane(self, route, breaker, backend, self.registry.toucher(breaker_key))
+        by_target = target if self._by_target else None
         if self.key is None:
             lanes = self._lanes
-            if len(lanes) >= _ROUTE_CACHE_SIZE or self._lanes_evictions != self.registry.evictions:
-                lanes.clear()  # (paths and targets come from clients: bounded; any lane's breaker may be gone)
-                self._lanes_evictions = self.registry.evictions
-            lane_key = (method, target if self._by_target else None, scope["path"])
-            lanes[lane_key] = (route, breaker, backend, self.registry.toucher(breaker_key))
+            if len(lanes) >= _ROUTE_CACHE_SIZE:  # (paths and targets come from clients: bounded)
+                lanes.clear()
+            lanes[(method, by_target, scope["path"])] = lane
+        else:  # (the route and the breaker depend on the method, the target and the backend alone)
+            keyed = self._keyed_lanes
+            by_backend = keyed.get((method, by_target))
+            if by_backend is None or len(by_backend) >= _ROUTE_CACHE_SIZE:  # (bounded: targets and backends)
+                if len(keyed) >= _ROUTE_CACHE_SIZE:
+                    keyed.clear()
+                by_backend = keyed[(method, by_target)] = {}
+            by_backend[backend] = lane
         if self.fast_path:
-            return guarded(self, scope, request, receive, send, breaker, backend, route)
-        return Call(self, scope, request, receive, send, breaker, backend, route).run()
+            return guarded(lane, scope, request, receive, send)
+        return lane.call(scope, request, receive, send).run()
 
     def _resolve(self, method: str | None, target: str | None) -> Route:
         per_target = self._per_target.lookup_parts(method, target)

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
+from weakref import WeakMethod
 
 from .state import BreakerPolicy, BreakerSnapshot, BreakerState, CircuitBreaker, StateListener
 
@@ -38,6 +39,7 @@ class BreakerRegistry:
     __slots__ = (
         "_breakers",
         "_clock",
+        "_forgetters",
         "_listeners",
         "_random",
         "_tool_hints",
@@ -70,6 +72,7 @@ class BreakerRegistry:
         self.evictions = 0
         """Breakers forgotten so far (least recently used): a breaker kept from :meth:`get` is still this
         registry's for its key while this number has not changed."""
+        self._forgetters: list[WeakMethod[Callable[[], None]]] = []
 
     def add_listener(self, listener: StateListener) -> None:
         """Call `listener(change)` on every state change of every breaker (it must be quick)."""
@@ -93,7 +96,23 @@ class BreakerRegistry:
         if len(breakers) > self.max_breakers:
             breakers.popitem(last=False)
             self.evictions += 1
+            self._forgot()
         return breaker
+
+    def on_forget(self, forget: Callable[[], None]) -> None:
+        """Call the bound method `forget()` each time a breaker is forgotten (before :meth:`get` returns): a
+        caller that keeps breakers from :meth:`get` drops them there. Held weakly (it does not keep its object)."""
+        self._forgetters = [reference for reference in self._forgetters if reference() is not None]  # (bounded)
+        self._forgetters.append(WeakMethod(forget))
+
+    def _forgot(self) -> None:
+        alive = []
+        for reference in self._forgetters:
+            forget = reference()
+            if forget is not None:
+                forget()
+                alive.append(reference)
+        self._forgetters = alive
 
     def toucher(self, key: str) -> Callable[[], None]:
         """What makes `key`'s breaker the most recently used, as :meth:`get` does: for a caller that keeps the

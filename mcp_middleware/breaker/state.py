@@ -19,8 +19,9 @@ import logging
 import random as _random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
+
+from .policy import BreakerPolicy
 
 __all__ = [
     "BreakerPolicy",
@@ -62,60 +63,6 @@ class Classification(enum.Enum):
     """The backend failed (timeout, crash, 5xx, JSON-RPC internal error)."""
     NEUTRAL = "neutral"
     """Says nothing about the backend's health (a client error, the client left)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerPolicy:
-    """When a breaker trips, how long it stays open, and how it probes.
-
-    Trips when either enabled condition holds (set one to `None` to disable it):
-    `consecutive_failures` failures in a row, or a failure rate of at least
-    `failure_rate` among the calls of the last `window` seconds once there were at
-    least `minimum_calls` of them. The window is kept in `window_buckets` buckets
-    (memory is constant; the window slides a bucket at a time).
-
-    The n-th consecutive opening (n = 0 for a trip from closed) lasts
-    `min(open_for * backoff ** n, max_open_for)`, times a jitter factor drawn from
-    `[1 - jitter, 1 + jitter]`. Half-open admits at most `half_open_probes` calls
-    at a time and closes after `probes_to_close` successes; one failed probe opens
-    the circuit again.
-
-    >>> BreakerPolicy(consecutive_failures=3, open_for=5.0).open_duration(level=2, draw=0.5)
-    20.0
-    """
-
-    consecutive_failures: int | None = 5
-    failure_rate: float | None = 0.5
-    minimum_calls: int = 20
-    window: float = 60.0
-    window_buckets: int = 10
-    open_for: float = 30.0
-    backoff: float = 2.0
-    max_open_for: float = 300.0
-    jitter: float = 0.1
-    half_open_probes: int = 1
-    probes_to_close: int = 1
-
-    def __post_init__(self) -> None:
-        if self.consecutive_failures is None and self.failure_rate is None:
-            raise ValueError("BreakerPolicy needs consecutive_failures or failure_rate (or both)")
-        if self.consecutive_failures is not None and self.consecutive_failures < 1:
-            raise ValueError("consecutive_failures must be at least 1")
-        if self.failure_rate is not None and not 0.0 < self.failure_rate <= 1.0:
-            raise ValueError("failure_rate must be in (0, 1]")
-        if self.minimum_calls < 1 or self.window_buckets < 1 or self.window <= 0:
-            raise ValueError("minimum_calls, window and window_buckets must be positive")
-        if self.open_for <= 0 or self.max_open_for < self.open_for or self.backoff < 1.0:
-            raise ValueError("need 0 < open_for <= max_open_for and backoff >= 1")
-        if not 0.0 <= self.jitter < 1.0:
-            raise ValueError("jitter must be in [0, 1)")
-        if self.half_open_probes < 1 or self.probes_to_close < 1:
-            raise ValueError("half_open_probes and probes_to_close must be at least 1")
-
-    def open_duration(self, level: int, draw: float) -> float:
-        """Seconds to stay open at backoff `level`, for a random `draw` in [0, 1)."""
-        base = min(self.open_for * self.backoff ** min(level, 64), self.max_open_for)
-        return base * (1.0 + self.jitter * (2.0 * draw - 1.0))
 
 
 class StateChange(NamedTuple):
@@ -185,6 +132,7 @@ class CircuitBreaker:
         "_generation",
         "_listeners",
         "_open_until",
+        "_pending",
         "_probe_successes",
         "_probes",
         "_random",
@@ -225,6 +173,8 @@ class CircuitBreaker:
         self._current_index: int | None = None
         self._current_slot = 0
         """The bucket counted in last (its index and slot): the next count is most likely there too."""
+        self._pending = 0
+        """Successes counted in that bucket but not yet added to `_bucket_calls` (by :meth:`_fold`)."""
 
     # --- admission -------------------------------------------------------------------------
 
@@ -266,16 +216,13 @@ class CircuitBreaker:
 
     def record(self, permit: Permit | None, verdict: Classification) -> None:
         """Learn from the call admitted with `permit` (stale permits are ignored)."""
+        if verdict is Classification.SUCCESS:
+            self.succeeded(permit)
+            return
         if permit != self._generation:  # (a `None` permit too: generations are ints)
             return
         if self._state is BreakerState.CLOSED:
-            if verdict is Classification.SUCCESS:  # the hot path: one count in the current bucket
-                self._consecutive = 0
-                if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
-                    self._bucket_calls[self._current_slot] += 1
-                else:
-                    self._count(False)
-            elif verdict is Classification.FAILURE:
+            if verdict is Classification.FAILURE:
                 self._consecutive += 1
                 self._count(True)
                 self._maybe_trip()
@@ -284,12 +231,30 @@ class CircuitBreaker:
             if verdict is Classification.FAILURE:
                 self.level += 1
                 self._open("probe_failed")
-            elif verdict is Classification.SUCCESS:
-                self._probe_successes += 1
-                if self._probe_successes >= self.policy.probes_to_close:
-                    self._close("probes_succeeded")
+
+    def succeeded(self, permit: Permit | None) -> None:
+        """`record(permit, Classification.SUCCESS)`: what most calls earn (the breaker's common path calls it)."""
+        if permit != self._generation:  # (a `None` permit too: generations are ints)
+            return
+        if self._state is BreakerState.CLOSED:  # the hot path: one count in the current bucket
+            self._consecutive = 0
+            if self._clock() // self._bucket_width == self._current_index:  # (a float equal to the int index)
+                self._pending += 1  # (added to the bucket's calls when the window is read or the bucket changes)
+            else:
+                self._count(False)
+        elif self._state is BreakerState.HALF_OPEN:
+            self._probes -= 1
+            self._probe_successes += 1
+            if self._probe_successes >= self.policy.probes_to_close:
+                self._close("probes_succeeded")
+
+    def _fold(self) -> None:
+        """Add the pending successes to the calls of the bucket they were counted in (`_current_slot`)."""
+        self._bucket_calls[self._current_slot] += self._pending
+        self._pending = 0
 
     def _count(self, failed: bool) -> None:
+        self._fold()
         index = int(self._clock() // self._bucket_width)
         slot = index % len(self._bucket_index)
         if self._bucket_index[slot] != index:
@@ -303,6 +268,7 @@ class CircuitBreaker:
 
     def window_counts(self) -> tuple[int, int]:
         """(calls, failures) recorded in the current window."""
+        self._fold()
         oldest = int(self._clock() // self._bucket_width) - len(self._bucket_index)
         calls = failures = 0
         for slot, index in enumerate(self._bucket_index):
@@ -336,6 +302,7 @@ class CircuitBreaker:
             self._bucket_calls[slot] = 0
             self._bucket_failures[slot] = 0
         self._current_index = None
+        self._pending = 0
         self._change(BreakerState.CLOSED, reason)
 
     def _change(self, state: BreakerState, reason: str, open_for: float = 0.0) -> None:

@@ -90,7 +90,7 @@ class Deadline:
     _deadlines: Deadlines
     """The wheel that expired it (set when it expires)."""
     _task: asyncio.Task[Any]
-    _base: object
+    _base: object = None
     """The task's innermost anyio cancel scope when the call began: shields above it are not the call's."""
     _bucket: dict[Deadline, None]
     _cancelling: int
@@ -201,7 +201,8 @@ class Deadlines:
             if self._handle is None or slot < self._armed:
                 self._arm(loop, slot)
         state = _task_state_refs.get(ref(task))  # type: ignore[union-attr]  # (checked when the loop was taken)
-        deadline._base = state.cancel_scope if state is not None else None
+        if state is not None:  # (else no anyio scope is open in the task: `_base` stays None)
+            deadline._base = state.cancel_scope
         deadline._task = task
         deadline._cancelling = task.cancelling()
         deadline._bucket = bucket

@@ -61,11 +61,12 @@ def answer_in(data: bytes, request_id: object) -> tuple[dict[str, Any] | None, d
         return None
     if not isinstance(message, dict) or "method" in message:
         return None
-    rid = message.get("id")
     result = message.get("result")
-    if isinstance(result, dict) and rid == request_id:
+    if isinstance(result, dict) and message.get("id") == request_id:
         return result, None
     error = message.get("error")
-    if isinstance(error, dict) and (rid == request_id or rid is None):
-        return None, error
+    if isinstance(error, dict):
+        rid = message.get("id")
+        if rid == request_id or rid is None:
+            return None, error
     return None
