@@ -77,22 +77,21 @@ def parse_post(
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
     version = headers.protocol_version
-    era = _LEGACY if version is None or version in HANDSHAKE_VERSIONS else _MODERN
     method = message.get("method")
     if method.__class__ is not str or not method:
         if method is not None:
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
-        if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
-            return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
+        if has_id and ("result" in message or "error" in message) and headers.era is Era.LEGACY:
+            return _view(RequestKind.RESPONSE, Era.LEGACY, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     params = message.get("params")
     if params.__class__ is not dict and params is not None:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
-    if era is _LEGACY:
+    if version is None or version in HANDSHAKE_VERSIONS:  # the legacy era (as the SDK decides it)
         return _view(
             RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
-            era,
+            _LEGACY,
             headers,
             params,
             request_id,
@@ -102,16 +101,14 @@ def parse_post(
         )
     if not has_id:
         # The SDK only checks the version of an id-less POST, then drops it with 202.
-        rejected = unsupported_protocol_version_rejection(version or "")
+        rejected = unsupported_protocol_version_rejection(version)
         if rejected is not None:
             return _from_ladder(rejected, None)
-        return _view(RequestKind.NOTIFICATION, era, headers, params, None, method, body, started)
+        return _view(RequestKind.NOTIFICATION, _MODERN, headers, params, None, method, body, started)
     # Trusted without the SDK's ladder only if the ladder would accept: the envelope present, the headers
     # equal to the body, the version served. Anything else is the ladder's to decide (a base64-encoded
     # `Mcp-Name`, say, it may still accept). Inline, as the view below: every modern request runs it.
     # The view's `target` is read here too, by the key `Mcp-Name` mirrors where the SDK checks one.
-    agrees = False
-    target = None
     if params is not None and headers.duplicated is None:
         meta = params.get("_meta")
         if (
@@ -122,27 +119,43 @@ def parse_post(
             and headers.method == method
         ):
             target_key = TARGET_KEYS.get(method)
-            if target_key is None:
-                agrees = True
-            else:
-                # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
-                target = params.get(target_key)
-                if target is None or target == headers.name:  # (then a str, as the header's value is)
-                    agrees = True
-                else:
-                    agrees = method not in NAME_BEARING_METHODS
-                    if type(target) is not str:
-                        target = None
-    if not agrees:
-        rejection = _modern_ladder(message, headers, request_id)
-        if rejection is not None:
-            return rejection
-        target = target_of(method, params)
-    # (`_view` for a verified modern request: its version is the header's, it has no session)
-    if started is None:
-        started = time.perf_counter()
-    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started, target)
-    return _tuple_new(McpRequest, view)
+            # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
+            target = params.get(target_key) if target_key is not None else None
+            if target is None or target == headers.name:  # (then a str, as the header's value is)
+                # (`_view` for a verified modern request: its version is the header's, it has no session)
+                if started is None:
+                    started = time.perf_counter()
+                view = (
+                    _REQUEST,
+                    _MODERN,
+                    version,
+                    "POST",
+                    method,
+                    request_id,
+                    params,
+                    None,
+                    True,
+                    body,
+                    started,
+                    target,
+                )
+                return _tuple_new(McpRequest, view)
+            if method not in NAME_BEARING_METHODS:
+                return _verified(version, method, request_id, params, body, started)
+    rejection = _modern_ladder(message, headers, request_id)
+    if rejection is not None:
+        return rejection
+    return _verified(version, method, request_id, params, body, started)
+
+
+def _verified(
+    version: str, method: str, request_id: RequestId, params: dict[str, Any] | None, body: bytes, started: float | None
+) -> McpRequest:
+    """The view of a modern request the ladder accepts (its version is the header's, it has no session)."""
+    fields = (_REQUEST, _MODERN, version, "POST", method, request_id, params, None, True, body)
+    return _tuple_new(
+        McpRequest, (*fields, time.perf_counter() if started is None else started, target_of(method, params))
+    )
 
 
 def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
