@@ -21,7 +21,9 @@ _HEADER_NAMES = (
     b"mcp-method",
     b"mcp-name",
     b"mcp-session-id",
+    b"authorization",
 )
+_AUTHORIZATION = b"authorization"
 
 
 class RequestHeaders:
@@ -31,11 +33,13 @@ class RequestHeaders:
     as in Starlette; a second copy of a routing header is remembered in
     `duplicated` (the modern era refuses it). The routing headers are decoded at
     once; the others only when asked (`raw_content_type`, `raw_content_length` and
-    `raw_accept` are what the kernel reads).
+    `raw_accept` are what the kernel reads). `authorization` is the one `Authorization`
+    value, `None` when there is none or more than one (found in the same pass, for auth).
     """
 
     __slots__ = (
         "_session_id",
+        "authorization",
         "duplicated",
         "method",
         "name",
@@ -46,6 +50,7 @@ class RequestHeaders:
     )
 
     duplicated: str | None
+    authorization: bytes | None
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         found = dict(raw)  # one C-level pass; a repeated name makes it shorter than `raw`
@@ -54,9 +59,16 @@ class RequestHeaders:
         else:
             self.duplicated = None
         # One C-level pass for every lookup; decoding inline (a helper's calls would cost more than the rest).
-        self.raw_content_type, self.raw_content_length, self.raw_accept, version, method, name, self._session_id = map(
-            found.get, _HEADER_NAMES
-        )
+        (
+            self.raw_content_type,
+            self.raw_content_length,
+            self.raw_accept,
+            version,
+            method,
+            name,
+            self._session_id,
+            self.authorization,
+        ) = map(found.get, _HEADER_NAMES)
         self.protocol_version = version.decode("latin-1") if version is not None else None
         self.method = method.decode("latin-1") if method is not None else None
         self.name = name.decode("latin-1") if name is not None else None
@@ -70,6 +82,8 @@ class RequestHeaders:
             elif duplicated is None and key in _ROUTING_HEADER_BYTES:
                 duplicated = key.decode("latin-1")
         self.duplicated = duplicated
+        if sum(key == _AUTHORIZATION for key, _ in raw) > 1:
+            del found[_AUTHORIZATION]  # (no one value: auth reads the list itself, and refuses it)
         return found
 
     @property

@@ -34,7 +34,7 @@ class ReplayOnly:
             await self.app(scope, receive, send)
             return
         message = await receive()  # the benchmark's bodies arrive in one message
-        await self.app(scope, _Replay(message.get("body", b""), receive), _StartGuard(send))
+        await self.app(scope, _Replay(message, receive), _StartGuard(send))  # (the core hands the one received)
 
 
 STACKS = {
