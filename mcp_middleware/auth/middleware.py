@@ -201,8 +201,8 @@ class AuthMiddleware(Refusals, TokenChecks):
         if request.kind is _OTHER and request.http_method == "OPTIONS":  # a CORS preflight: never credentials
             return await self._next(scope, receive, send)
 
-        door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
-        if door is not None and door is not self:
+        if DOOR_SCOPE_KEY in scope and scope[DOOR_SCOPE_KEY] is not self:
+            door: AuthMiddleware = scope[DOOR_SCOPE_KEY]
             # Authenticated at the endpoint the client called (the aggregate's door, its own audience):
             # here, in the backend's stack, only what this backend requires is decided.
             await self._authorize(scope, receive, send, request, door)

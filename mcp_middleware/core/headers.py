@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER
-from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from .request import Era
 
@@ -24,6 +24,17 @@ _HEADER_NAMES = (
     b"authorization",
 )
 _AUTHORIZATION = b"authorization"
+_KNOWN_TEXT: dict[bytes | None, str] = {
+    text.encode(): text
+    for text in (
+        *HANDSHAKE_PROTOCOL_VERSIONS,
+        *MODERN_PROTOCOL_VERSIONS,
+        *("initialize", "ping", "tools/call", "tools/list", "prompts/get", "prompts/list", "resources/read"),
+        *("resources/list", "resources/templates/list", "resources/subscribe", "resources/unsubscribe"),
+        *("completion/complete", "logging/setLevel"),
+    )
+}
+"""The usual `MCP-Protocol-Version` and `Mcp-Method` values, decoded once (a lookup, and no new string a request)."""
 
 
 class RequestHeaders:
@@ -69,8 +80,8 @@ class RequestHeaders:
             self._session_id,
             self.authorization,
         ) = map(found.get, _HEADER_NAMES)
-        self.protocol_version = version.decode("latin-1") if version is not None else None
-        self.method = method.decode("latin-1") if method is not None else None
+        self.protocol_version = _KNOWN_TEXT.get(version) or (version.decode("latin-1") if version is not None else None)
+        self.method = _KNOWN_TEXT.get(method) or (method.decode("latin-1") if method is not None else None)
         self.name = name.decode("latin-1") if name is not None else None
 
     def _first_copies(self, raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
