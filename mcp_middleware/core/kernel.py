@@ -154,8 +154,9 @@ def accepts_json(accept: bytes) -> bool:
     return False
 
 
-class _Replay:
-    """`receive` that yields the buffered body once (`message`), then the real `receive`.
+class _Replay(RequestHeaders):
+    """`receive` that yields the buffered body once (`_message`), then the real `receive`; for a request the core
+    read, also the headers it read (one object for both: a request has one of each).
 
     Not a coroutine function: after the body it hands out the real `receive()` awaitable
     itself, so no frame of ours sits between the app and the server while the app waits
@@ -167,26 +168,18 @@ class _Replay:
       `receive` after the body returns `http.disconnect`. Only then does a frame of ours wait in the
       host's `receive` (it holds this object alone, never the scope).
     - `headers_seen`: a copy of the header list :func:`read_request` read, taken in the same step as
-      its one pass over it (None: no `Authorization` header, or pairs that are not tuples);
-      `authorization`: that list's one `Authorization` value (None: none, or more than one). Auth takes
-      the value instead of scanning the headers again only while the scope's headers still equal
+      its one pass over it (None: no `Authorization` header, pairs that are not tuples, or a replay of a
+      rewritten body, which has no headers). Auth takes `authorization`, that list's one `Authorization`
+      value, instead of scanning the headers again, and only while the scope's headers still equal
       `headers_seen` (a layer between may have rewritten them: then it reads the list itself).
     """
 
-    __slots__ = ("_message", "_receive", "authorization", "disconnected", "headers_seen")
+    __slots__ = ("_message", "_receive", "disconnected", "headers_seen")
 
-    def __init__(
-        self,
-        message: Message,
-        receive: Receive,
-        headers_seen: list[tuple[bytes, bytes]] | None = None,
-        authorization: bytes | None = None,
-    ) -> None:
-        self._message: Message | None = message
-        self._receive = receive
-        self.headers_seen = headers_seen
-        self.authorization = authorization
-        self.disconnected: bool | None = None
+    _message: Message | None
+    _receive: Receive
+    disconnected: bool | None
+    headers_seen: list[tuple[bytes, bytes]] | None
 
     def __call__(self) -> Awaitable[Message]:
         message = self._message
@@ -204,9 +197,17 @@ class _Replay:
         return message
 
 
+_new_replay = object.__new__
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that yields `body` as the whole request once, then the real `receive` (for a rewritten body)."""
-    return _Replay({"type": "http.request", "body": body, "more_body": False}, receive)
+    replayed: _Replay = _new_replay(_Replay)  # (no headers read: `headers_seen` None)
+    replayed._message = {"type": "http.request", "body": body, "more_body": False}
+    replayed._receive = receive
+    replayed.disconnected = None
+    replayed.headers_seen = None
+    return replayed
 
 
 async def _ready(message: Message) -> Message:
@@ -261,7 +262,7 @@ async def read_request(
 
     started = perf_counter()
     raw = scope["headers"]
-    headers = RequestHeaders(raw)
+    headers = _Replay(raw)  # (the headers read; the same object replays the body, once it is read)
     if scope["method"] != "POST":
         view = describe_exchange(scope["method"], headers, started)
         if view.era is Era.MODERN:  # the modern era has only POST; the SDK says so with an empty 405
@@ -301,8 +302,7 @@ async def read_request(
 
     # What auth checks the core's `Authorization` value against (see `_Replay`), taken before any wait; only
     # for pairs that are tuples, which no layer can change in place (a list of lists: auth reads it itself).
-    credential = headers.authorization
-    seen = [*raw] if credential is not None and raw[0].__class__ is tuple else None
+    seen = [*raw] if headers.authorization is not None and raw[0].__class__ is tuple else None
     message = await receive()
     if message["type"] != "http.request":  # http.disconnect: nobody to answer
         return None, ANSWERED
@@ -339,7 +339,11 @@ async def read_request(
         await _refuse(scope, send, parsed)
         return None, ANSWERED
     scope[REQUEST_SCOPE_KEY] = parsed
-    return parsed, _Replay(message, receive, seen, credential)
+    headers._message = message
+    headers._receive = receive
+    headers.headers_seen = seen
+    headers.disconnected = None
+    return parsed, headers
 
 
 async def _refuse(scope: Scope, send: Send, rejection: Rejection) -> None:
