@@ -60,6 +60,7 @@ _REMEMBERED_CREDENTIALS = 1024
 """`Authorization` values remembered with their token's digest (the table is cleared when full)."""
 _REMEMBERED_TARGET_LENGTH = 256
 _OTHER = RequestKind.OTHER
+_set_user, _reset_user = auth_context_var.set, auth_context_var.reset  # (the SDK's `get_access_token()` reads it)
 
 
 class _Verified(NamedTuple):
@@ -224,24 +225,23 @@ class AuthMiddleware(Refusals, TokenChecks):
             verified = await self._authenticate(scope, send, request)
             if verified is None:
                 return
-        principal = verified.principal
         # (without per-selector rules every request needs the same scopes; with them, `required_for`'s table first)
         required = self._required.get((request.method, request.target)) if self._has_rules else self.required_scopes
         if required is None:
             required = self.required_for(request.method, request.target)
-        if not principal.scopes.issuperset(required):
-            await self._forbid(scope, send, request, required, principal, self)
+        if not verified.principal.scopes.issuperset(required):
+            await self._forbid(scope, send, request, required, verified.principal, self)
             return
 
         add_decision(scope, verified.allowed)
         scope.update(verified.entries)  # the principal (`set_principal`), `user`, `auth`, the door: in one call
         if self.filter_lists and request.method in LIST_METHODS:
-            send = self._filtered(send, request, principal)
-        reset = auth_context_var.set(verified.user)
+            send = self._filtered(send, request, verified.principal)
+        reset = _set_user(verified.user)
         try:
             await self._next(scope, receive, send)
         finally:
-            auth_context_var.reset(reset)
+            _reset_user(reset)
 
     async def _authorize(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, door: AuthMiddleware

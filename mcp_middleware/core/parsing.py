@@ -44,7 +44,7 @@ _loads = orjson.loads
 
 
 def parse_post(
-    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = _NO_ID
+    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = None
 ) -> McpRequest | Rejection:
     """Parse and validate one POST body; never raises.
 
@@ -56,7 +56,7 @@ def parse_post(
     """
     # Hot path of every request: written for the interpreter (exact type checks by `x.__class__`, a bytecode
     # fewer than `type(x)`: the decoders make exact built-in types only; no helper calls on the common path).
-    if _decoded is _NO_ID:
+    if _decoded is None:  # (`_reparse` passes what the stdlib parser made of the body, never a bare `null`)
         try:
             message = _loads(body)
         except (orjson.JSONDecodeError, RecursionError):
@@ -67,12 +67,10 @@ def parse_post(
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
     request_id = message.get("id", _NO_ID)
-    has_id = True
     if request_id.__class__ not in _ID_TYPES:  # (one test for the usual request: a str or int id)
         if request_id is not _NO_ID:  # null, fractional and bool ids refused
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
-        has_id = False
-        request_id = None
+        request_id = None  # (from here on, None: no id; a valid id is never None)
     if message.get("jsonrpc") != "2.0":
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
@@ -81,7 +79,7 @@ def parse_post(
     if method.__class__ is not str or not method:
         if method is not None:
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
-        if has_id and ("result" in message or "error" in message) and headers.era is Era.LEGACY:
+        if request_id is not None and ("result" in message or "error" in message) and headers.era is Era.LEGACY:
             return _view(RequestKind.RESPONSE, Era.LEGACY, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     params = message.get("params")
@@ -90,7 +88,7 @@ def parse_post(
 
     if version is None or version in HANDSHAKE_VERSIONS:  # the legacy era (as the SDK decides it)
         return _view(
-            RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
+            RequestKind.REQUEST if request_id is not None else RequestKind.NOTIFICATION,
             _LEGACY,
             headers,
             params,
@@ -99,7 +97,7 @@ def parse_post(
             body,
             started,
         )
-    if not has_id:
+    if request_id is None:
         # The SDK only checks the version of an id-less POST, then drops it with 202.
         rejected = unsupported_protocol_version_rejection(version)
         if rejected is not None:
@@ -177,7 +175,12 @@ def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
         message = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return parse_error
-    checked = parse_post(body, headers, 0.0, _decoded=message)
+    # (a bare `null`, in an encoding orjson does not read, is no object: refused as `parse_post` refuses one)
+    checked = (
+        parse_post(body, headers, 0.0, _decoded=message)
+        if message is not None
+        else Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
+    )
     if isinstance(checked, Rejection):
         if headers.era is Era.MODERN:
             return checked  # the SDK's modern parser reads such a body: its answer, id included
