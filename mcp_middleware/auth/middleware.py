@@ -229,7 +229,7 @@ class AuthMiddleware(Refusals, TokenChecks):
         required = self._required.get((request.method, request.target)) if self._has_rules else self.required_scopes
         if required is None:
             required = self.required_for(request.method, request.target)
-        if not verified.principal.scopes.issuperset(required):
+        if not required <= verified.principal.scopes:  # (frozensets: the verified principal's are)
             await self._forbid(scope, send, request, required, verified.principal, self)
             return
 

@@ -116,28 +116,17 @@ def parse_post(
             and version in _MODERN_VERSIONS
             and headers.method == method
         ):
-            target_key = TARGET_KEYS.get(method)
-            # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
-            target = params.get(target_key) if target_key is not None else None
+            # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's; a method
+            # without one asks `params` for the key None, which JSON cannot spell)
+            target = params.get(TARGET_KEYS.get(method))
             if target is None or target == headers.name:  # (then a str, as the header's value is)
                 # (`_view` for a verified modern request: its version is the header's, it has no session)
                 if started is None:
                     started = time.perf_counter()
-                view = (
-                    _REQUEST,
-                    _MODERN,
-                    version,
-                    "POST",
-                    method,
-                    request_id,
-                    params,
-                    None,
-                    True,
-                    body,
-                    started,
-                    target,
+                return _tuple_new(
+                    McpRequest,
+                    (_REQUEST, _MODERN, version, "POST", method, request_id, params, None, True, body, started, target),
                 )
-                return _tuple_new(McpRequest, view)
             if method not in NAME_BEARING_METHODS:
                 return _verified(version, method, request_id, params, body, started)
     rejection = _modern_ladder(message, headers, request_id)
