@@ -24,17 +24,39 @@ _HEADER_NAMES = (
     b"authorization",
 )
 _AUTHORIZATION = b"authorization"
-_KNOWN_TEXT: dict[bytes | None, str] = {
-    text.encode(): text
-    for text in (
-        *HANDSHAKE_PROTOCOL_VERSIONS,
-        *MODERN_PROTOCOL_VERSIONS,
-        *("initialize", "ping", "tools/call", "tools/list", "prompts/get", "prompts/list", "resources/read"),
-        *("resources/list", "resources/templates/list", "resources/subscribe", "resources/unsubscribe"),
-        *("completion/complete", "logging/setLevel"),
-    )
+_KNOWN_TEXT: dict[bytes | None, str | None] = {
+    None: None,
+    **{
+        text.encode(): text
+        for text in (
+            *HANDSHAKE_PROTOCOL_VERSIONS,
+            *MODERN_PROTOCOL_VERSIONS,
+            *("initialize", "ping", "tools/call", "tools/list", "prompts/get", "prompts/list", "resources/read"),
+            *("resources/list", "resources/templates/list", "resources/subscribe", "resources/unsubscribe"),
+            *("completion/complete", "logging/setLevel"),
+        )
+    },
 }
-"""The usual `MCP-Protocol-Version` and `Mcp-Method` values, decoded once (a lookup, and no new string a request)."""
+_REMEMBERED_TEXTS = 4096
+_REMEMBERED_TEXT_LENGTH = 128
+
+
+class _Texts(dict[bytes | None, str | None]):
+    """The routing headers' values as text (latin-1, as Starlette decodes them), each decoded once: a lookup a
+    request and no new string. Absent (None) stays None. Values come from clients: only short ones are kept,
+    in a table cleared back to the usual versions and methods when full."""
+
+    def __missing__(self, value: bytes) -> str:
+        text = value.decode("latin-1")
+        if len(value) <= _REMEMBERED_TEXT_LENGTH:
+            if len(self) >= _REMEMBERED_TEXTS:
+                self.clear()
+                self.update(_KNOWN_TEXT)
+            self[value] = text
+        return text
+
+
+_TEXTS = _Texts(_KNOWN_TEXT)
 
 
 class RequestHeaders:
@@ -80,9 +102,9 @@ class RequestHeaders:
             self._session_id,
             self.authorization,
         ) = map(found.get, _HEADER_NAMES)
-        self.protocol_version = _KNOWN_TEXT.get(version) or (version.decode("latin-1") if version is not None else None)
-        self.method = _KNOWN_TEXT.get(method) or (method.decode("latin-1") if method is not None else None)
-        self.name = name.decode("latin-1") if name is not None else None
+        self.protocol_version = _TEXTS[version]
+        self.method = _TEXTS[method]
+        self.name = _TEXTS[name]
 
     def _first_copies(self, raw: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
