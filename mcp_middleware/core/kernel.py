@@ -91,7 +91,7 @@ class CoreConfig:
 
     def is_mcp(self, scope: Scope) -> bool:
         """Whether an `http` scope addresses the MCP endpoint."""
-        return self._everything or self.is_mcp_path(relative_path(scope))  # (every path: no path to work out)
+        return self.is_mcp_path(relative_path(scope))
 
 
 def relative_path(scope: Scope) -> str:
