@@ -16,12 +16,15 @@ from typing import Any
 import httpx2
 import pytest
 from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.auth import AuthMiddleware, StaticTokenVerifier
-from mcp_middleware.core import get_decisions, get_principal, read_request
+from mcp_middleware.core import CoreConfig, get_decisions, get_principal, read_request
 from mcp_middleware.core.headers import RequestHeaders
 from mcp_middleware.core.kernel import _Replay
+from mcp_middleware.router import McpRouter
+from tests.router.servers import team_server
 from tests.servers import build_server
 from tests.support.decisions import DecisionRecorder
 from tests.support.requests import modern_body, modern_headers
@@ -230,3 +233,51 @@ async def test_the_core_takes_no_copy_of_pairs_that_can_change_in_place() -> Non
         if copied:
             assert replay.headers_seen == pairs and replay.headers_seen is not pairs
             assert replay.authorization == b"Bearer a"
+
+
+async def test_a_backends_auth_behind_an_aggregate_door_authorizes_the_doors_caller(serve: Any) -> None:
+    """The door authenticates with its own verifier; the backend's auth, handed the core's replay with the client's
+    `Authorization` value, only authorizes (it must not authenticate that value against its own verifier, which
+    does not know it). Directly at the backend's own mount, the backend's verifier decides."""
+    every_path = CoreConfig(paths=("*",))
+    backend_auth = Middleware(
+        AuthMiddleware,
+        verifier=StaticTokenVerifier({"backend-token": ["mcp", "tickets:create"]}),
+        resource="http://127.0.0.1/mcp/tickets",
+        required_scopes=["mcp"],
+        scopes={"tools/call:create": ["tickets:create"]},
+        require_audience=False,
+        config=every_path,
+    )
+    door = Middleware(
+        AuthMiddleware,
+        verifier=StaticTokenVerifier({"agent": ["mcp"], "creator": ["mcp", "tickets:create"]}),
+        resource="http://127.0.0.1/support",
+        required_scopes=["mcp"],
+        require_audience=False,
+        config=every_path,
+    )
+    router = McpRouter()
+    router.mount(
+        "tickets", team_server("tickets", ("create", "close")).streamable_http_app(), middleware=[backend_auth]
+    )
+    router.virtual_server("support", tools=["tickets:*"], path="/support", middleware=[door])
+    base = serve(router).base
+
+    async def call(path: str, tool: str, token: str) -> tuple[int, Any]:
+        body = modern_body("tools/call", {"name": tool, "arguments": {"query": "q"}}, 5)
+        headers = {**modern_headers("tools/call", tool), "Authorization": f"Bearer {token}"}
+        response = await http.post(f"{base}{path}", content=body, headers=headers)
+        return response.status_code, response.json() if response.content else None
+
+    async with httpx2.AsyncClient(timeout=30) as http:
+        for _ in range(2):  # verified, then remembered: the second round takes the shortcuts
+            closed = await call("/support", "tickets__close", "agent")
+            assert closed[0] == 200 and "tickets:close:q" in str(closed[1])
+            refused = await call("/support", "tickets__create", "agent")  # the backend's own scope rule
+            assert refused[0] == 403
+            created = await call("/support", "tickets__create", "creator")
+            assert created[0] == 200 and "tickets:create:q" in str(created[1])
+            assert (await call("/support", "tickets__close", "backend-token"))[0] == 401  # the door's verifier
+            assert (await call("/mcp/tickets", "close", "agent"))[0] == 401  # the backend's verifier
+            assert (await call("/mcp/tickets", "create", "backend-token"))[0] == 200
