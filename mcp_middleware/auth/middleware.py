@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from types import MappingProxyType
@@ -34,18 +32,18 @@ from mcp_middleware.core import (
     record_decision,
 )
 from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.kernel import _Replay
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from ._token_cache import TokenCache, token_key
+from ._token_checks import TokenChecks
 from .list_filter import LIST_METHODS, ListFilter
 from .metadata import ProtectedResourceMetadataApp, metadata_url
 from .refusals import Refusals
 from .verification import ExplainingVerifier, TokenRejected, VerificationUnavailable, canonical_resource
 
 __all__ = ["DOOR_SCOPE_KEY", "AuthMiddleware"]
-
-logger = logging.getLogger("mcp_middleware.auth")
 
 DOOR_SCOPE_KEY = "mcp_middleware.auth.door"
 """The `AuthMiddleware` that authenticated the request at the endpoint the client called.
@@ -61,6 +59,8 @@ _REQUIRED_CACHE_SIZE = 4096
 _REMEMBERED_CREDENTIALS = 1024
 """`Authorization` values remembered with their token's digest (the table is cleared when full)."""
 _REMEMBERED_TARGET_LENGTH = 256
+_OTHER = RequestKind.OTHER
+_set_user, _reset_user = auth_context_var.set, auth_context_var.reset  # (the SDK's `get_access_token()` reads it)
 
 
 class _Verified(NamedTuple):
@@ -75,7 +75,7 @@ class _Verified(NamedTuple):
     """The `allow` decision of every request this token is admitted for (the same attributes each time)."""
 
 
-class AuthMiddleware(Refusals):
+class AuthMiddleware(Refusals, TokenChecks):
     """Require a valid OAuth bearer token on the MCP endpoint, and the scopes each request needs.
 
     - `verifier`: any `mcp` SDK `TokenVerifier`; this package ships
@@ -178,37 +178,45 @@ class AuthMiddleware(Refusals):
         )
         self._metadata_path = self.metadata.path if self.metadata is not None else None
         self.cache: TokenCache[_Verified] = TokenCache(maxsize=cache_size, max_ttl=cache_ttl)
-        self._keys: dict[bytes, bytes] = {}
-        """`Authorization` values that carried a verified token → the token's cache key (see `_cached`)."""
+        self._keys: dict[bytes | None, bytes] = {}
+        """`Authorization` values that carried a verified token → the token's cache key (see `_cached`; typed to
+        be asked for `None`, no header, which it never holds)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._next(scope, receive, send)
-            return
-        if scope["path"] == self._metadata_path:  # (None without a metadata document: no path equals it)
-            await self.metadata(scope, receive, send)  # type: ignore[misc]
-            return
-        if self._public is not None and self._public.is_mcp(scope):
-            await self._next(scope, receive, send)
-            return
         request = scope.get(REQUEST_SCOPE_KEY, UNREAD)  # (read by an outer layer: no coroutine to read it again)
-        if request is UNREAD:
-            request, receive = await read_request(scope, receive, send, self.config)
-        if request is None or (request.kind is RequestKind.OTHER and request.http_method == "OPTIONS"):
-            # Not MCP, or a CORS preflight (it never carries credentials).
-            return await self._next(scope, receive, send) if receive is not ANSWERED else None
+        # The usual request (read by an outer layer, not the metadata document, no public paths) skips the prologue.
+        if request.__class__ is not McpRequest or scope["path"] == self._metadata_path or self._public is not None:
+            if scope["type"] != "http":
+                await self._next(scope, receive, send)
+                return
+            if scope["path"] == self._metadata_path:  # (None without a metadata document: no path equals it)
+                await self.metadata(scope, receive, send)  # type: ignore[misc]
+                return
+            if self._public is not None and self._public.is_mcp(scope):
+                await self._next(scope, receive, send)
+                return
+            if request is UNREAD:
+                request, receive = await read_request(scope, receive, send, self.config)
+            if request is None:  # not MCP
+                return await self._next(scope, receive, send) if receive is not ANSWERED else None
+        if request.kind is _OTHER and request.http_method == "OPTIONS":  # a CORS preflight: never credentials
+            return await self._next(scope, receive, send)
 
-        door: AuthMiddleware | None = scope.get(DOOR_SCOPE_KEY)
-        if door is not None and door is not self:
+        if DOOR_SCOPE_KEY in scope and scope[DOOR_SCOPE_KEY] is not self:
+            door: AuthMiddleware = scope[DOOR_SCOPE_KEY]
             # Authenticated at the endpoint the client called (the aggregate's door, its own audience):
             # here, in the backend's stack, only what this backend requires is decided.
             await self._authorize(scope, receive, send, request, door)
             return
         # The usual request: its one `Authorization` value carried a verified token before (`_cached`'s first
-        # case, here without its frame; the header found in one C-level pass, where no header name repeats).
+        # case, here without its frame). The value is the core's, from its one pass over this very header list
+        # (the scope's list still equals the copy it took), else found here in one C-level pass (no name repeats).
         headers: list[tuple[bytes, bytes]] = scope["headers"]
-        found = dict(headers)
-        key = self._keys.get(found.get(b"authorization", b"")) if len(found) == len(headers) else None
+        if receive.__class__ is _Replay and receive.headers_seen == headers:
+            key = self._keys.get(receive.authorization)
+        else:
+            found = dict(headers)
+            key = self._keys.get(found.get(b"authorization")) if len(found) == len(headers) else None
         if key is None or b"access_token=" in scope.get("query_string", b""):
             verified = self._cached(scope)
         else:
@@ -217,24 +225,23 @@ class AuthMiddleware(Refusals):
             verified = await self._authenticate(scope, send, request)
             if verified is None:
                 return
-        principal = verified.principal
         # (without per-selector rules every request needs the same scopes; with them, `required_for`'s table first)
         required = self._required.get((request.method, request.target)) if self._has_rules else self.required_scopes
         if required is None:
             required = self.required_for(request.method, request.target)
-        if not principal.scopes.issuperset(required):
-            await self._forbid(scope, send, request, required, principal, self)
+        if not required <= verified.principal.scopes:  # (frozensets: the verified principal's are)
+            await self._forbid(scope, send, request, required, verified.principal, self)
             return
 
         add_decision(scope, verified.allowed)
         scope.update(verified.entries)  # the principal (`set_principal`), `user`, `auth`, the door: in one call
         if self.filter_lists and request.method in LIST_METHODS:
-            send = self._filtered(send, request, principal)
-        reset = auth_context_var.set(verified.user)
+            send = self._filtered(send, request, verified.principal)
+        reset = _set_user(verified.user)
         try:
             await self._next(scope, receive, send)
         finally:
-            auth_context_var.reset(reset)
+            _reset_user(reset)
 
     async def _authorize(
         self, scope: Scope, receive: Receive, send: Send, request: McpRequest, door: AuthMiddleware
@@ -368,33 +375,3 @@ class AuthMiddleware(Refusals):
         entries = {PRINCIPAL_SCOPE_KEY: principal, "user": user, "auth": credentials, DOOR_SCOPE_KEY: self}
         attributes = MappingProxyType({"client_id": principal.client_id or "", "subject": principal.subject or ""})
         return _Verified(principal, user, credentials, entries, Decision(Component.AUTH, Outcome.ALLOW, attributes))
-
-    async def _verify(self, token: str) -> AccessToken:
-        if self._explains:
-            return await self.verifier.check(token)  # type: ignore[attr-defined, no-any-return]
-        try:
-            access = await self.verifier.verify_token(token)
-        except (TokenRejected, VerificationUnavailable):
-            raise
-        except Exception as exc:  # a third-party verifier's failure must not become a 500 or a pass
-            logger.exception("Token verifier %r failed", self.verifier)
-            raise VerificationUnavailable(
-                "Token verification failed", retry_after=self.unavailable_retry_after
-            ) from exc
-        if access is None:
-            raise TokenRejected("Invalid or expired token")
-        return access
-
-    def _problem(self, access: AccessToken) -> str | None:
-        """What is wrong with a verified token for this resource, if anything."""
-        # This package's verifiers check expiry themselves, with their leeway; others may not.
-        if not self._explains and access.expires_at is not None and access.expires_at <= time.time():
-            return "Token has expired"
-        if access.resource is None:
-            return "Token names no resource" if self.require_audience else None
-        if (
-            access.resource not in self._audience_spellings
-            and canonical_resource(access.resource) not in self._audiences
-        ):
-            return "Token was not issued for this resource"
-        return None

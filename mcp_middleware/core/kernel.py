@@ -154,34 +154,41 @@ def accepts_json(accept: bytes) -> bool:
     return False
 
 
-class _Replay:
-    """`receive` that yields the buffered body once, then the real `receive`.
+class _Replay(RequestHeaders):
+    """`receive` that yields the buffered body once (`_message`), then the real `receive`; for a request the core
+    read, also the headers it read (one object for both: a request has one of each).
 
     Not a coroutine function: after the body it hands out the real `receive()` awaitable
     itself, so no frame of ours sits between the app and the server while the app waits
     (a cancelled wait would otherwise carry that frame in its traceback, into the
     reference cycles the SDK leaves for the garbage collector).
+
+    - `disconnected`: `None`, nobody asked. A layer that must know whether the app was told the
+      client left (the breaker) sets it to False before calling the app; it turns True when a
+      `receive` after the body returns `http.disconnect`. Only then does a frame of ours wait in the
+      host's `receive` (it holds this object alone, never the scope).
+    - `headers_seen`: a copy of the header list :func:`read_request` read, taken in the same step as
+      its one pass over it (None: no `Authorization` header, pairs that are not tuples, or a replay of a
+      rewritten body, which has no headers). Auth takes `authorization`, that list's one `Authorization`
+      value, instead of scanning the headers again, and only while the scope's headers still equal
+      `headers_seen` (a layer between may have rewritten them: then it reads the list itself).
     """
 
-    __slots__ = ("_body", "_receive", "disconnected")
+    __slots__ = ("_message", "_receive", "disconnected", "headers_seen")
 
-    def __init__(self, body: bytes, receive: Receive) -> None:
-        self._body: bytes | None = body
-        self._receive = receive
-        self.disconnected: bool | None = None
-        """`None`: nobody asked. A layer that must know whether the app was told the client left (the
-        breaker) sets it to False before calling the app; it turns True when a `receive` after the
-        body returns `http.disconnect`. Only then does a frame of ours wait in the host's `receive`
-        (it holds this object alone, never the scope)."""
+    _message: Message | None
+    _receive: Receive
+    disconnected: bool | None
+    headers_seen: list[tuple[bytes, bytes]] | None
 
     def __call__(self) -> Awaitable[Message]:
-        body = self._body
-        if body is None:
+        message = self._message
+        if message is None:
             if self.disconnected is None:
                 return self._receive()
             return self._noting()
-        self._body = None
-        return _ready({"type": "http.request", "body": body, "more_body": False})
+        self._message = None
+        return _ready(message)
 
     async def _noting(self) -> Message:
         message = await self._receive()
@@ -190,9 +197,17 @@ class _Replay:
         return message
 
 
+_new_replay = object.__new__
+
+
 def replay(body: bytes, receive: Receive) -> Receive:
     """A `receive` that yields `body` as the whole request once, then the real `receive` (for a rewritten body)."""
-    return _Replay(body, receive)
+    replayed: _Replay = _new_replay(_Replay)  # (no headers read: `headers_seen` None)
+    replayed._message = {"type": "http.request", "body": body, "more_body": False}
+    replayed._receive = receive
+    replayed.disconnected = None
+    replayed.headers_seen = None
+    return replayed
 
 
 async def _ready(message: Message) -> Message:
@@ -246,7 +261,8 @@ async def read_request(
         return None, receive
 
     started = perf_counter()
-    headers = RequestHeaders(scope["headers"])
+    raw = scope["headers"]
+    headers = _Replay(raw)  # (the headers read; the same object replays the body, once it is read)
     if scope["method"] != "POST":
         view = describe_exchange(scope["method"], headers, started)
         if view.era is Era.MODERN:  # the modern era has only POST; the SDK says so with an empty 405
@@ -284,14 +300,17 @@ async def read_request(
             await _refuse(scope, send, _too_large(limit))
             return None, ANSWERED
 
+    # What auth checks the core's `Authorization` value against (see `_Replay`), taken before any wait; only
+    # for pairs that are tuples, which no layer can change in place (a list of lists: auth reads it itself).
+    seen = [*raw] if headers.authorization is not None and raw[0].__class__ is tuple else None
     message = await receive()
     if message["type"] != "http.request":  # http.disconnect: nobody to answer
         return None, ANSWERED
     body: bytes = message.get("body", b"")
-    if message.get("more_body", False):  # chunked: gather, refusing as soon as the bound is passed
+    more = message.get("more_body")
+    if more:  # chunked: gather, refusing as soon as the bound is passed
         chunks = [body]
         size = len(body)
-        more = True
         while more and size <= limit:
             message = await receive()
             if message["type"] != "http.request":
@@ -304,9 +323,12 @@ async def read_request(
             await _refuse(scope, send, _too_large(limit))
             return None, ANSWERED
         body = b"".join(chunks)
+        message = {"type": "http.request", "body": body, "more_body": False}
     elif len(body) > limit:
         await _refuse(scope, send, _too_large(limit))
         return None, ANSWERED
+    elif more is not False:  # (the replay hands the app the server's own message when it says it is the whole body)
+        message = {"type": "http.request", "body": body, "more_body": False}
 
     parsed = parse_post(body, headers, started)
     if not acceptable:
@@ -317,7 +339,11 @@ async def read_request(
         await _refuse(scope, send, parsed)
         return None, ANSWERED
     scope[REQUEST_SCOPE_KEY] = parsed
-    return parsed, _Replay(body, receive)
+    headers._message = message
+    headers._receive = receive
+    headers.headers_seen = seen
+    headers.disconnected = None
+    return parsed, headers
 
 
 async def _refuse(scope: Scope, send: Send, rejection: Rejection) -> None:

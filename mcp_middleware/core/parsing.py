@@ -44,7 +44,7 @@ _loads = orjson.loads
 
 
 def parse_post(
-    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = _NO_ID
+    body: bytes, headers: RequestHeaders, started: float | None = None, *, _decoded: Any = None
 ) -> McpRequest | Rejection:
     """Parse and validate one POST body; never raises.
 
@@ -56,7 +56,7 @@ def parse_post(
     """
     # Hot path of every request: written for the interpreter (exact type checks by `x.__class__`, a bytecode
     # fewer than `type(x)`: the decoders make exact built-in types only; no helper calls on the common path).
-    if _decoded is _NO_ID:
+    if _decoded is None:  # (`_reparse` passes what the stdlib parser made of the body, never a bare `null`)
         try:
             message = _loads(body)
         except (orjson.JSONDecodeError, RecursionError):
@@ -67,32 +67,29 @@ def parse_post(
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
 
     request_id = message.get("id", _NO_ID)
-    has_id = True
     if request_id.__class__ not in _ID_TYPES:  # (one test for the usual request: a str or int id)
         if request_id is not _NO_ID:  # null, fractional and bool ids refused
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "Request id must be a string or an integer")
-        has_id = False
-        request_id = None
+        request_id = None  # (from here on, None: no id; a valid id is never None)
     if message.get("jsonrpc") != "2.0":
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, 'jsonrpc must be "2.0"', request_id)
 
     version = headers.protocol_version
-    era = _LEGACY if version is None or version in HANDSHAKE_VERSIONS else _MODERN
     method = message.get("method")
     if method.__class__ is not str or not method:
         if method is not None:
             return Rejection(400, JsonRpcCode.INVALID_REQUEST, "method must be a non-empty string", request_id)
-        if has_id and ("result" in message or "error" in message) and era is Era.LEGACY:
-            return _view(RequestKind.RESPONSE, era, headers, None, request_id, None, body, started)
+        if request_id is not None and ("result" in message or "error" in message) and headers.era is Era.LEGACY:
+            return _view(RequestKind.RESPONSE, Era.LEGACY, headers, None, request_id, None, body, started)
         return Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY, request_id)
     params = message.get("params")
     if params.__class__ is not dict and params is not None:
         return Rejection(400, JsonRpcCode.INVALID_PARAMS, "params must be an object", request_id)
 
-    if era is _LEGACY:
+    if version is None or version in HANDSHAKE_VERSIONS:  # the legacy era (as the SDK decides it)
         return _view(
-            RequestKind.REQUEST if has_id else RequestKind.NOTIFICATION,
-            era,
+            RequestKind.REQUEST if request_id is not None else RequestKind.NOTIFICATION,
+            _LEGACY,
             headers,
             params,
             request_id,
@@ -100,18 +97,16 @@ def parse_post(
             body,
             started,
         )
-    if not has_id:
+    if request_id is None:
         # The SDK only checks the version of an id-less POST, then drops it with 202.
-        rejected = unsupported_protocol_version_rejection(version or "")
+        rejected = unsupported_protocol_version_rejection(version)
         if rejected is not None:
             return _from_ladder(rejected, None)
-        return _view(RequestKind.NOTIFICATION, era, headers, params, None, method, body, started)
+        return _view(RequestKind.NOTIFICATION, _MODERN, headers, params, None, method, body, started)
     # Trusted without the SDK's ladder only if the ladder would accept: the envelope present, the headers
     # equal to the body, the version served. Anything else is the ladder's to decide (a base64-encoded
     # `Mcp-Name`, say, it may still accept). Inline, as the view below: every modern request runs it.
     # The view's `target` is read here too, by the key `Mcp-Name` mirrors where the SDK checks one.
-    agrees = False
-    target = None
     if params is not None and headers.duplicated is None:
         meta = params.get("_meta")
         if (
@@ -121,28 +116,33 @@ def parse_post(
             and version in _MODERN_VERSIONS
             and headers.method == method
         ):
-            target_key = TARGET_KEYS.get(method)
-            if target_key is None:
-                agrees = True
-            else:
-                # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's)
-                target = params.get(target_key)
-                if target is None or target == headers.name:  # (then a str, as the header's value is)
-                    agrees = True
-                else:
-                    agrees = method not in NAME_BEARING_METHODS
-                    if type(target) is not str:
-                        target = None
-    if not agrees:
-        rejection = _modern_ladder(message, headers, request_id)
-        if rejection is not None:
-            return rejection
-        target = target_of(method, params)
-    # (`_view` for a verified modern request: its version is the header's, it has no session)
-    if started is None:
-        started = time.perf_counter()
-    view = (_REQUEST, era, version, "POST", method, request_id, params, None, True, body, started, target)
-    return _tuple_new(McpRequest, view)
+            # (`Mcp-Name` is checked for the methods the SDK names, with their key: it is the target's; a method
+            # without one asks `params` for the key None, which JSON cannot spell)
+            target = params.get(TARGET_KEYS.get(method))
+            if target is None or target == headers.name:  # (then a str, as the header's value is)
+                # (`_view` for a verified modern request: its version is the header's, it has no session)
+                if started is None:
+                    started = time.perf_counter()
+                return _tuple_new(
+                    McpRequest,
+                    (_REQUEST, _MODERN, version, "POST", method, request_id, params, None, True, body, started, target),
+                )
+            if method not in NAME_BEARING_METHODS:
+                return _verified(version, method, request_id, params, body, started)
+    rejection = _modern_ladder(message, headers, request_id)
+    if rejection is not None:
+        return rejection
+    return _verified(version, method, request_id, params, body, started)
+
+
+def _verified(
+    version: str, method: str, request_id: RequestId, params: dict[str, Any] | None, body: bytes, started: float | None
+) -> McpRequest:
+    """The view of a modern request the ladder accepts (its version is the header's, it has no session)."""
+    fields = (_REQUEST, _MODERN, version, "POST", method, request_id, params, None, True, body)
+    return _tuple_new(
+        McpRequest, (*fields, time.perf_counter() if started is None else started, target_of(method, params))
+    )
 
 
 def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
@@ -164,7 +164,12 @@ def _reparse(body: bytes, headers: RequestHeaders) -> Rejection:
         message = json.loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return parse_error
-    checked = parse_post(body, headers, 0.0, _decoded=message)
+    # (a bare `null`, in an encoding orjson does not read, is no object: refused as `parse_post` refuses one)
+    checked = (
+        parse_post(body, headers, 0.0, _decoded=message)
+        if message is not None
+        else Rejection(400, JsonRpcCode.INVALID_REQUEST, _INVALID_BODY)
+    )
     if isinstance(checked, Rejection):
         if headers.era is Era.MODERN:
             return checked  # the SDK's modern parser reads such a body: its answer, id included

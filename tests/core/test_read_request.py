@@ -109,3 +109,22 @@ async def test_a_declared_length_is_refused_exactly_when_it_spells_more_than_the
         assert (len(wire.inbox) == 1) is expected, (limit, value)  # refused by its declared length: body unread
         if not refused:
             assert request is not None and receive is not ANSWERED, (limit, value)
+
+
+async def test_the_replay_hands_the_app_the_message_the_server_sent_or_one_whole_body() -> None:
+    """A whole body in one message (`more_body: False`) is handed on as the server sent it; a body without
+    `more_body`, or sent in chunks, is handed as one message of the whole body. Once, then the real receive."""
+    body = b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}'
+    whole = {"type": "http.request", "body": body, "more_body": False}
+    chunked = (
+        {"type": "http.request", "body": body[:10], "more_body": True},
+        {"type": "http.request", "body": body[10:], "more_body": False},
+    )
+    for messages, same in (((whole,), True), (({"type": "http.request", "body": body},), False), (chunked, False)):
+        wire = Wire(*messages, {"type": "http.disconnect"})
+        request, receive = await read_request(scope_of(), wire.receive, wire.send)
+        assert request is not None and request.id == 7
+        replayed = await receive()
+        assert replayed == {"type": "http.request", "body": body, "more_body": False}
+        assert (replayed is messages[0]) is same
+        assert await receive() == {"type": "http.disconnect"}
