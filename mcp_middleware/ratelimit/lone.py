@@ -7,24 +7,25 @@ middleware, a storage key formatted per request) is work that always gives the s
 the same caller. :class:`LoneLimit` remembers each caller's storage key, keyed by what
 `CallerKey` reads (the principal's client id, subject and issuer; for an anonymous caller, the
 peer address) and asks the store about that one bucket. The decision is the store's own
-(:meth:`~.stores.MemoryBucketStore.decide_one`), so the counts are the same either way.
+(:meth:`~.stores.MemoryBucketStore.decide_one`, written out once more in :meth:`LoneLimit.admit`
+for a bucket the store holds), so the counts are the same either way.
 """
 
 from __future__ import annotations
 
-from functools import partial
-from typing import Any
+from typing import Any, Final, Literal
 
 from starlette.types import Scope
 
 from mcp_middleware.core import McpRequest, Principal
+from mcp_middleware.core.decisions import Component, Decision, Outcome, add_decision
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 
-from .bucket import BucketDecision
+from .bucket import EPSILON, BucketDecision
 from .keys import CallerKey
 from .limiter import RateLimiter
 from .policies import BucketPolicy
-from .stores import MemoryBucketStore
+from .stores import _IDLE_SLACK, MemoryBucketStore
 
 __all__ = ["LoneLimit"]
 
@@ -32,6 +33,9 @@ _REMEMBERED = 4096
 """Callers whose storage key is kept (the table is cleared when full: a flood only costs recomputing)."""
 _REMEMBERED_LENGTH = 512
 """Longer addresses or identities are keyed each time, never kept."""
+_NOBODY: Final[Any] = object()
+"""The last caller before there was one (no principal is it)."""
+_new: Any = tuple.__new__
 
 
 class LoneLimit:
@@ -44,7 +48,24 @@ class LoneLimit:
     principal of another type, an anonymous caller behind trusted proxies, no peer address).
     """
 
-    __slots__ = ("_by_address", "_decide", "_keys", "_limiter", "_store", "bucket", "cost", "name", "policy")
+    __slots__ = (
+        "_allowed",
+        "_buckets",
+        "_by_address",
+        "_capacity",
+        "_keys",
+        "_last",
+        "_last_key",
+        "_left",
+        "_limiter",
+        "_rate",
+        "_remaining",
+        "_store",
+        "bucket",
+        "cost",
+        "name",
+        "policy",
+    )
 
     def __init__(self, limiter: RateLimiter, policy: BucketPolicy, store: MemoryBucketStore, by_address: bool) -> None:
         self._limiter = limiter
@@ -52,11 +73,21 @@ class LoneLimit:
         self.name = policy.name
         self.bucket = policy.bucket
         self.cost = policy.cost
+        self._capacity = policy.bucket.capacity
+        self._rate = policy.bucket.rate
         self._store = store
-        self._decide = partial(store.decide_one, bucket=self.bucket, cost=self.cost)
-        """The store's decision on this policy's bucket, given the storage key (bound once: fewer arguments)."""
+        self._buckets = store._buckets
         self._by_address = by_address
         self._keys: dict[Any, str] = {}
+        self._last: Any = _NOBODY
+        """The principal of the last request decided by its remembered key, and that key (`_last_key`): auth
+        hands out one principal object per remembered token, so a caller's next request finds it at once."""
+        self._last_key = ""
+        self._left = -1.0
+        """The tokens left after the last admission, and the `allow` decision it was recorded with (`_allowed`,
+        its `remaining` in `_remaining`): a constant, made again only when the count it shows changes."""
+        self._remaining = -1
+        self._allowed: Decision = _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, {}))
 
     @classmethod
     def of(cls, limiter: RateLimiter) -> LoneLimit | None:
@@ -72,6 +103,77 @@ class LoneLimit:
             return None
         return cls(limiter, policy, store, not key.reads_headers)
 
+    def admit(self, scope: Scope, request: McpRequest, principal: Any) -> Literal[True] | BucketDecision | None:
+        """:meth:`take` for the request whose principal (or None) this is, its admission recorded: True once
+        admitted (charged, its `allow` decision added to the scope), the store's refusal (nothing charged), or
+        `None`: ask the limiter.
+
+        A caller seen before, whose bucket the store holds, is decided here: the store's step
+        (:meth:`~.stores.MemoryBucketStore.decide_one`) written out once more, operation for operation (one
+        frame fewer; `tests/ratelimit/test_lone_admit.py` compares the two and the bucket's rule). Anything
+        else (a new caller, a forgotten bucket, idle buckets to forget first) takes the store's own step."""
+        if principal is self._last:
+            key = self._last_key
+        else:
+            found = (
+                self._keys.get((principal.client_id, principal.subject, principal.issuer))
+                if type(principal) is Principal
+                else None
+            )
+            if found is None:
+                return self._recorded(scope, self.take(scope, request))
+            key = self._last_key = found
+            self._last = principal
+        store = self._store
+        now = store.clock()
+        buckets = self._buckets
+        if buckets and buckets[next(iter(buckets))][2] <= now:  # idle buckets to forget: the store's step
+            return self._recorded(scope, store.decide_one(key, self.bucket, self.cost, now))
+        entry = buckets.get(key)
+        if entry is None:  # (forgotten, or dropped for room: a new bucket, the store's step)
+            return self._recorded(scope, store.decide_one(key, self.bucket, self.cost, now))
+        capacity = self._capacity
+        rate = self._rate
+        tokens = entry[0]
+        elapsed = now - entry[1]
+        if elapsed > 0:
+            refilled = tokens + elapsed * rate
+            tokens = refilled if refilled < capacity else capacity  # (`min(capacity, refilled)`, exactly)
+        cost = self.cost
+        if tokens + EPSILON >= cost:
+            tokens -= cost
+            if not tokens > 0.0:
+                tokens = 0.0  # (`max(0.0, tokens - cost)`, exactly: 0.0 for -0.0 too)
+            buckets[key] = (tokens, now, now + (capacity - tokens) / rate + _IDLE_SLACK)
+            buckets.move_to_end(key)
+            if tokens != self._left:
+                self._allowance(tokens)
+            add_decision(scope, self._allowed)
+            return True
+        buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
+        decision: BucketDecision = _new(
+            BucketDecision, (False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate)
+        )
+        return decision
+
+    def _recorded(self, scope: Scope, decision: BucketDecision | None) -> Literal[True] | BucketDecision | None:
+        """:meth:`admit`'s answer for the store's decision (`None`: the limiter decides)."""
+        if decision is None or not decision[0]:
+            return decision
+        if decision[1] != self._left:
+            self._allowance(decision[1])
+        add_decision(scope, self._allowed)
+        return True
+
+    def _allowance(self, tokens: float) -> None:
+        """Remember the `allow` decision of an admission that left `tokens` (what `_admitted` records)."""
+        self._left = tokens
+        remaining = int(tokens + EPSILON)
+        if remaining != self._remaining:
+            self._remaining = remaining
+            attributes = {"policy": self.name, "remaining": remaining}
+            self._allowed = _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, attributes))
+
     def take(self, scope: Scope, request: McpRequest) -> BucketDecision | None:
         """The store's decision for this request's caller (charged if allowed), or `None`: ask the limiter."""
         principal = scope.get(PRINCIPAL_SCOPE_KEY)
@@ -84,10 +186,10 @@ class LoneLimit:
             caller = (principal.client_id, principal.subject, principal.issuer)
             key = self._keys.get(caller)
             if key is not None:
-                return self._decide(key)
+                return self._store.decide_one(key, self.bucket, self.cost)
             if principal.authenticated:
                 size = sum(len(field) for field in caller if field is not None)
-                return self._decide(self._key(scope, request, caller, size))
+                return self._store.decide_one(self._key(scope, request, caller, size), self.bucket, self.cost)
         if not self._by_address:
             return None
         client = scope.get("client")
@@ -97,7 +199,7 @@ class LoneLimit:
         key = self._keys.get(caller)
         if key is None:
             key = self._key(scope, request, caller, len(caller))
-        return self._decide(key)
+        return self._store.decide_one(key, self.bucket, self.cost)
 
     def _key(self, scope: Scope, request: McpRequest, caller: Any, size: int) -> str:
         """The limiter's storage key for this caller, remembered unless the caller is spelt long."""

@@ -1,0 +1,144 @@
+"""`LoneLimit.admit`, the lone policy's one-frame decision, against the exact path it stands for.
+
+`admit` decides a caller it has seen before, whose bucket the store holds, with the store's step written
+out once more (`MemoryBucketStore.decide_one`), remembers the last principal's storage key, and records a
+shared `allow` decision. These tests drive two twins with the same traffic on one clock of the test's own:
+one through `admit`, one through `take` (the store's own step, checked against `TokenBucket.decide` in
+`test_stores.py`) with the decision `_admitted` records built by hand, and compare every answer bit for
+bit, every recorded decision attribute for attribute, and the buckets the two stores keep, in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from starlette.types import Scope
+
+from mcp_middleware.core import ANONYMOUS, Era, McpRequest, Principal, RequestKind, get_decisions
+from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, RateLimiter
+from mcp_middleware.ratelimit.bucket import EPSILON
+from mcp_middleware.ratelimit.lone import LoneLimit
+
+_REQUEST = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=1, params={"name": "e"})
+
+_ALICE = Principal(subject="alice", client_id="app", issuer="https://issuer.test")
+_CALLERS: list[tuple[str | None, Any]] = [
+    ("192.0.2.1", _ALICE),
+    ("192.0.2.1", Principal(subject="alice", client_id="app", issuer="https://issuer.test")),  # her twin object
+    ("192.0.2.2", Principal(subject="bob", issuer="https://issuer.test")),
+    ("192.0.2.3", Principal(client_id="service")),
+    ("192.0.2.1", None),  # anonymous, by address (alice's address: another bucket)
+    ("198.51.100.7", ANONYMOUS),
+    ("2001:db8::1", None),
+    (None, None),  # no address: the limiter decides
+    ("192.0.2.9", {"subject": "not a Principal"}),  # the limiter decides
+]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _twin(clock: Clock, capacity: float, rate: float, cost: float, max_buckets: int) -> LoneLimit:
+    store = MemoryBucketStore(max_buckets=max_buckets, clock=clock)
+    limiter = RateLimiter([BucketPolicy("per-caller", rate=rate, capacity=capacity, cost=cost)], store=store)
+    lone = LoneLimit.of(limiter)
+    assert lone is not None
+    return lone
+
+
+def _scope(address: str | None, principal: Any) -> Scope:
+    scope: Scope = {"type": "http", "client": (address, 4000) if address else None, "headers": []}
+    if principal is not None:
+        scope["mcp_middleware.principal"] = principal
+    return scope
+
+
+def _kept(lone: LoneLimit) -> list[tuple[str, tuple[str, ...]]]:
+    """The buckets the store keeps, in its order, every float by its `repr` (-0.0 told from 0.0)."""
+    return [(key, tuple(repr(x) for x in entry)) for key, entry in lone._store._buckets.items()]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.sampled_from([1.0, 2.0, 3.0, 1e9]),
+    rate=st.sampled_from([0.001, 0.3, 1.0, 1e9]),
+    cost=st.sampled_from([1.0, 0.5, 0.3, 1 / 3]),
+    max_buckets=st.sampled_from([1, 2, 100]),
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, len(_CALLERS) - 1),
+            st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 1.0 + 5e-10, 3.0, 30.0, -0.5, 1e9]),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_admit_answers_records_and_keeps_what_the_exact_path_does(
+    capacity: float, rate: float, cost: float, max_buckets: int, steps: list[tuple[int, float]]
+) -> None:
+    clock = Clock(1000.0)
+    fast, exact = (_twin(clock, capacity, rate, cost, max_buckets) for _ in range(2))
+    for caller, gap in steps:
+        clock.now += gap
+        address, principal = _CALLERS[caller]
+        fast_scope, exact_scope = _scope(address, principal), _scope(address, principal)
+        answer = fast.admit(fast_scope, _REQUEST, principal)
+        decision = exact.take(exact_scope, _REQUEST)
+        if decision is None:
+            assert answer is None
+            assert get_decisions(fast_scope) == ()
+        elif decision.allowed:
+            assert answer is True
+            (recorded,) = get_decisions(fast_scope)
+            assert recorded.component is Component.RATELIMIT and recorded.outcome is Outcome.ALLOW
+            expected = {"policy": "per-caller", "remaining": int(decision.remaining + EPSILON)}
+            assert recorded.attributes == expected
+            assert [type(v) for v in recorded.attributes.values()] == [str, int]
+        else:
+            assert answer is not None and answer is not True
+            assert type(answer) is type(decision)
+            assert [repr(x) for x in answer] == [repr(x) for x in decision]
+            assert get_decisions(fast_scope) == ()  # a refusal is recorded by the middleware, with its headers
+        assert _kept(fast) == _kept(exact)
+        assert set(fast._keys) == set(exact._keys)
+
+
+def test_a_principal_object_seen_last_is_keyed_as_its_fields_say() -> None:
+    """The last principal's key is kept by identity; another object with other fields never finds it."""
+    clock = Clock(1000.0)
+    lone = _twin(clock, 2.0, 0.001, 1.0, 100)
+    bob = Principal(subject="bob", issuer="https://issuer.test")
+    for principal in (_ALICE, _ALICE, bob, _ALICE):
+        lone.admit(_scope("192.0.2.1", principal), _REQUEST, principal)
+    # alice: 3 requests, capacity 2: the third is refused; bob: one, one token left.
+    limiter = lone._limiter
+    alice_key = limiter.storage_key(lone.policy, _scope("192.0.2.1", _ALICE), _REQUEST)
+    bob_key = limiter.storage_key(lone.policy, _scope("192.0.2.1", bob), _REQUEST)
+    assert lone._store._buckets[alice_key][0] < 0.01
+    assert 0.99 < lone._store._buckets[bob_key][0] < 1.01
+    refused = lone.admit(_scope("192.0.2.1", _ALICE), _REQUEST, _ALICE)
+    assert refused is not None and refused is not True and not refused.allowed
+
+
+def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
+    """One `allow` decision object while the count it shows stays (a caller under its limit), a new one when
+    it changes: an observer never sees an old count."""
+    clock = Clock(1000.0)
+    lone = _twin(clock, 3.0, 1.0, 1.0, 100)
+    seen = []
+    for gap in (0.0, 5.0, 5.0, 0.0, 0.0):
+        clock.now += gap
+        scope = _scope("192.0.2.1", _ALICE)
+        assert lone.admit(scope, _REQUEST, _ALICE) is True
+        seen.append(get_decisions(scope)[0])
+    assert [d.attributes["remaining"] for d in seen] == [2, 2, 2, 1, 0]
+    assert seen[0] is seen[1] is seen[2]
+    assert seen[3] is not seen[2] and seen[4] is not seen[3]
