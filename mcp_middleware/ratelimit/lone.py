@@ -103,18 +103,17 @@ class LoneLimit:
             return None
         return cls(limiter, policy, store, not key.reads_headers)
 
-    def admit(self, scope: Scope, request: McpRequest, principal: Any) -> Literal[True] | BucketDecision | None:
-        """:meth:`take` for the request whose principal (or None) this is, its admission recorded: True once
-        admitted (charged, its `allow` decision added to the scope), the store's refusal (nothing charged), or
-        `None`: ask the limiter.
+    def admit(self, scope: Scope, request: McpRequest, principal: Any) -> BucketDecision | Literal[False] | None:
+        """:meth:`take` for the request whose principal (or None) this is, its admission recorded: `None` once
+        admitted (charged, its `allow` decision added to the scope: nothing is left to decide), the store's
+        refusal (nothing charged), or False: ask the limiter.
 
         A caller seen before, whose bucket the store holds, is decided here: the store's step
         (:meth:`~.stores.MemoryBucketStore.decide_one`) written out once more, operation for operation (one
         frame fewer; `tests/ratelimit/test_lone_admit.py` compares the two and the bucket's rule). Anything
         else (a new caller, a forgotten bucket, idle buckets to forget first) takes the store's own step."""
-        if principal is self._last:
-            key = self._last_key
-        else:
+        key = self._last_key
+        if principal is not self._last:
             found = (
                 self._keys.get((principal.client_id, principal.subject, principal.issuer))
                 if type(principal) is Principal
@@ -124,46 +123,45 @@ class LoneLimit:
                 return self._recorded(scope, self.take(scope, request))
             key = self._last_key = found
             self._last = principal
-        store = self._store
-        now = store.clock()
+        now = self._store.clock()
         buckets = self._buckets
-        if buckets and buckets[next(iter(buckets))][2] <= now:  # idle buckets to forget: the store's step
-            return self._recorded(scope, store.decide_one(key, self.bucket, self.cost, now))
         entry = buckets.get(key)
-        if entry is None:  # (forgotten, or dropped for room: a new bucket, the store's step)
-            return self._recorded(scope, store.decide_one(key, self.bucket, self.cost, now))
+        # A new (or forgotten) bucket, or idle ones to forget first: the store's own step, on this clock reading.
+        if entry is None or buckets[next(iter(buckets))][2] <= now:
+            return self._recorded(scope, self._store.decide_one(key, self.bucket, self.cost, now))
+        tokens, updated, _ = entry
         capacity = self._capacity
-        rate = self._rate
-        tokens = entry[0]
-        elapsed = now - entry[1]
+        elapsed = now - updated
         if elapsed > 0:
-            refilled = tokens + elapsed * rate
+            refilled = tokens + elapsed * self._rate
             tokens = refilled if refilled < capacity else capacity  # (`min(capacity, refilled)`, exactly)
-        cost = self.cost
-        if tokens + EPSILON >= cost:
-            tokens -= cost
+        if tokens + EPSILON >= self.cost:
+            tokens -= self.cost
             if not tokens > 0.0:
                 tokens = 0.0  # (`max(0.0, tokens - cost)`, exactly: 0.0 for -0.0 too)
-            buckets[key] = (tokens, now, now + (capacity - tokens) / rate + _IDLE_SLACK)
+            buckets[key] = (tokens, now, now + (capacity - tokens) / self._rate + _IDLE_SLACK)
             buckets.move_to_end(key)
             if tokens != self._left:
                 self._allowance(tokens)
             add_decision(scope, self._allowed)
-            return True
+            return None
         buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
+        rate = self._rate
         decision: BucketDecision = _new(
-            BucketDecision, (False, tokens, (cost - tokens) / rate, (capacity - tokens) / rate)
+            BucketDecision, (False, tokens, (self.cost - tokens) / rate, (capacity - tokens) / rate)
         )
         return decision
 
-    def _recorded(self, scope: Scope, decision: BucketDecision | None) -> Literal[True] | BucketDecision | None:
+    def _recorded(self, scope: Scope, decision: BucketDecision | None) -> BucketDecision | Literal[False] | None:
         """:meth:`admit`'s answer for the store's decision (`None`: the limiter decides)."""
-        if decision is None or not decision[0]:
+        if decision is None:
+            return False
+        if not decision[0]:
             return decision
         if decision[1] != self._left:
             self._allowance(decision[1])
         add_decision(scope, self._allowed)
-        return True
+        return None
 
     def _allowance(self, tokens: float) -> None:
         """Remember the `allow` decision of an admission that left `tokens` (what `_admitted` records)."""

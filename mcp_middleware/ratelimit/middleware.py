@@ -152,13 +152,13 @@ class RateLimitMiddleware:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         lone = self._lone
-        decided = lone.admit(scope, request, scope.get(PRINCIPAL_SCOPE_KEY)) if lone is not None else None
-        if decided is True:
+        decided = lone.admit(scope, request, scope.get(PRINCIPAL_SCOPE_KEY)) if lone is not None else False
+        if decided is None:  # admitted
             await self._next(scope, receive, send)
             if unvouched:
                 self.outside_auth.check(scope)
             return
-        if decided is not None:
+        if decided is not False:
             assert lone is not None
             verdict: Admission | None = lone_admission(lone.policy, decided)
         else:
@@ -179,16 +179,15 @@ class RateLimitMiddleware:
             request = scope[REQUEST_SCOPE_KEY]
         except KeyError:  # (no layer of ours read it: `__call__` reads it)
             return self.__call__(scope, receive, send)
-        if request is None or request.kind is not _REQUEST:
-            return self._next(scope, receive, send)
-        lone = self._lone
-        if lone is not None:
-            principal = scope.get(PRINCIPAL_SCOPE_KEY)
-            if principal is not None:  # (anonymous: `__call__` checks afterwards)
-                decided = lone.admit(scope, request, principal)
-                if decided is True:
+        else:  # (the usual request, in `else`: no jump over the handler)
+            if request is None or request.kind is not _REQUEST:
+                return self._next(scope, receive, send)
+            lone = self._lone
+            if lone is not None and PRINCIPAL_SCOPE_KEY in scope:  # (anonymous: `__call__` checks afterwards)
+                decided = lone.admit(scope, request, scope[PRINCIPAL_SCOPE_KEY])
+                if decided is None:  # admitted
                     return self._next(scope, receive, send)
-                if decided is not None:
+                if decided is not False:
                     return self._refuse(scope, send, request, lone_admission(lone.policy, decided))
         if self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope):
             return self.__call__(scope, receive, send)  # (it checks afterwards whether auth ran further in)

@@ -93,17 +93,17 @@ def test_admit_answers_records_and_keeps_what_the_exact_path_does(
         answer = fast.admit(fast_scope, _REQUEST, principal)
         decision = exact.take(exact_scope, _REQUEST)
         if decision is None:
-            assert answer is None
+            assert answer is False
             assert get_decisions(fast_scope) == ()
         elif decision.allowed:
-            assert answer is True
+            assert answer is None
             (recorded,) = get_decisions(fast_scope)
             assert recorded.component is Component.RATELIMIT and recorded.outcome is Outcome.ALLOW
             expected = {"policy": "per-caller", "remaining": int(decision.remaining + EPSILON)}
             assert recorded.attributes == expected
             assert [type(v) for v in recorded.attributes.values()] == [str, int]
         else:
-            assert answer is not None and answer is not True
+            assert answer is not None and answer is not False
             assert type(answer) is type(decision)
             assert [repr(x) for x in answer] == [repr(x) for x in decision]
             assert get_decisions(fast_scope) == ()  # a refusal is recorded by the middleware, with its headers
@@ -125,7 +125,7 @@ def test_a_principal_object_seen_last_is_keyed_as_its_fields_say() -> None:
     assert lone._store._buckets[alice_key][0] < 0.01
     assert 0.99 < lone._store._buckets[bob_key][0] < 1.01
     refused = lone.admit(_scope("192.0.2.1", _ALICE), _REQUEST, _ALICE)
-    assert refused is not None and refused is not True and not refused.allowed
+    assert refused is not None and refused is not False and not refused.allowed
 
 
 def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
@@ -137,7 +137,7 @@ def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
     for gap in (0.0, 5.0, 5.0, 0.0, 0.0):
         clock.now += gap
         scope = _scope("192.0.2.1", _ALICE)
-        assert lone.admit(scope, _REQUEST, _ALICE) is True
+        assert lone.admit(scope, _REQUEST, _ALICE) is None
         seen.append(get_decisions(scope)[0])
     assert [d.attributes["remaining"] for d in seen] == [2, 2, 2, 1, 0]
     assert seen[0] is seen[1] is seen[2]
