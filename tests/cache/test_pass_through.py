@@ -107,3 +107,12 @@ def test_views_that_are_not_requests_or_notifications_carry_no_method() -> None:
     for view in _views():
         if view is not None and view.method is not None:
             assert view.kind.name in ("REQUEST", "NOTIFICATION"), view
+
+
+def test_a_request_no_layer_read_is_entered_by_call() -> None:
+    """No view in the scope (no layer of ours read the request): the direct entry is `__call__`, which reads it."""
+    cache = ResponseCacheMiddleware(_Next())
+    scope: Scope = {"type": "http", "path": "/mcp", "headers": []}
+    receive: Any = None
+    send: Any = None
+    assert _what(cache.mcp_direct(scope, receive, send)) == "ResponseCacheMiddleware.__call__"

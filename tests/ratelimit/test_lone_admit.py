@@ -18,7 +18,7 @@ from starlette.types import Scope
 
 from mcp_middleware.core import ANONYMOUS, Era, McpRequest, Principal, RequestKind, get_decisions
 from mcp_middleware.core.decisions import Component, Outcome
-from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, RateLimiter
+from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, RateLimiter, RateLimitMiddleware
 from mcp_middleware.ratelimit.bucket import EPSILON
 from mcp_middleware.ratelimit.lone import LoneLimit
 
@@ -142,3 +142,17 @@ def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
     assert [d.attributes["remaining"] for d in seen] == [2, 2, 2, 1, 0]
     assert seen[0] is seen[1] is seen[2]
     assert seen[3] is not seen[2] and seen[4] is not seen[3]
+
+
+def test_a_request_no_layer_read_is_entered_by_call() -> None:
+    """No view in the scope (no layer of ours read the request): the direct entry is `__call__`, which reads it."""
+
+    def app(scope: Scope, receive: Any, send: Any) -> Any:
+        raise AssertionError("not reached")
+
+    middleware = RateLimitMiddleware(app, policies=[BucketPolicy("per-caller", rate=1.0, capacity=2.0)])
+    receive: Any = None
+    send: Any = None
+    entered: Any = middleware.mcp_direct(_scope("192.0.2.1", _ALICE), receive, send)
+    assert entered.cr_code.co_qualname == "RateLimitMiddleware.__call__"
+    entered.close()
