@@ -20,6 +20,7 @@ from starlette.types import Scope
 from mcp_middleware.core import McpRequest, Principal
 from mcp_middleware.core.decisions import Component, Decision, Outcome, add_decision
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
 from .bucket import EPSILON, BucketDecision
 from .keys import CallerKey
@@ -55,6 +56,7 @@ class LoneLimit:
         "_capacity",
         "_keys",
         "_last",
+        "_last_entry",
         "_last_key",
         "_left",
         "_limiter",
@@ -80,9 +82,11 @@ class LoneLimit:
         self._by_address = by_address
         self._keys: dict[Any, str] = {}
         self._last: Any = _NOBODY
-        """The principal of the last request decided by its remembered key, and that key (`_last_key`): auth
-        hands out one principal object per remembered token, so a caller's next request finds it at once."""
+        """The principal of the last request decided by its remembered key, that key (`_last_key`) and its bucket
+        in the store (`_last_entry`, emptied by the store once it lets it go): auth hands out one principal object
+        per remembered token, so a caller's next request finds its bucket at once. (It keeps that one principal.)"""
         self._last_key = ""
+        self._last_entry: list[float] | None = None
         self._left = -1.0
         """The tokens left after the last admission, and the `allow` decision it was recorded with (`_allowed`,
         its `remaining` in `_remaining`): a constant, made again only when the count it shows changes."""
@@ -103,16 +107,17 @@ class LoneLimit:
             return None
         return cls(limiter, policy, store, not key.reads_headers)
 
-    def admit(self, scope: Scope, request: McpRequest, principal: Any) -> BucketDecision | Literal[False] | None:
-        """:meth:`take` for the request whose principal (or None) this is, its admission recorded: `None` once
-        admitted (charged, its `allow` decision added to the scope: nothing is left to decide), the store's
-        refusal (nothing charged), or False: ask the limiter.
+    def admit(self, scope: Scope, principal: Any) -> BucketDecision | Literal[False] | None:
+        """:meth:`take` for the request in the scope (read by the core) whose principal (or None) this is, its
+        admission recorded: `None` once admitted (charged, its `allow` decision added to the scope: nothing is left
+        to decide), the store's refusal (nothing charged), or False: ask the limiter.
 
         A caller seen before, whose bucket the store holds, is decided here: the store's step
         (:meth:`~.stores.MemoryBucketStore.decide_one`) written out once more, operation for operation (one
         frame fewer; `tests/ratelimit/test_lone_admit.py` compares the two and the bucket's rule). Anything
         else (a new caller, a forgotten bucket, idle buckets to forget first) takes the store's own step."""
         key = self._last_key
+        entry = self._last_entry
         if principal is not self._last:
             found = (
                 self._keys.get((principal.client_id, principal.subject, principal.issuer))
@@ -120,14 +125,17 @@ class LoneLimit:
                 else None
             )
             if found is None:
-                return self._recorded(scope, self.take(scope, request))
+                return self._recorded(scope, self.take(scope, scope[REQUEST_SCOPE_KEY]))
             key = self._last_key = found
+            entry = None
             self._last = principal
+        if not entry:  # (another caller than the last, or the store let its bucket go: look it up)
+            entry = self._last_entry = self._buckets.get(key)
+            if entry is None:  # a new bucket: the store's own step
+                return self._recorded(scope, self._store.decide_one(key, self.bucket, self.cost))
         now = self._store.clock()
         buckets = self._buckets
-        entry = buckets.get(key)
-        # A new (or forgotten) bucket, or idle ones to forget first: the store's own step, on this clock reading.
-        if entry is None or buckets[next(iter(buckets))][2] <= now:
+        if buckets[next(iter(buckets))][2] <= now:  # idle buckets to forget first: the store's own step
             return self._recorded(scope, self._store.decide_one(key, self.bucket, self.cost, now))
         tokens, updated, _ = entry
         capacity = self._capacity
@@ -139,7 +147,9 @@ class LoneLimit:
             tokens -= self.cost
             if not tokens > 0.0:
                 tokens = 0.0  # (`max(0.0, tokens - cost)`, exactly: 0.0 for -0.0 too)
-            buckets[key] = (tokens, now, now + (capacity - tokens) / self._rate + _IDLE_SLACK)
+            entry[0] = tokens  # (in place, as the store keeps it)
+            entry[1] = now
+            entry[2] = now + (capacity - tokens) / self._rate + _IDLE_SLACK
             buckets.move_to_end(key)
             if tokens != self._left:
                 self._allowance(tokens)

@@ -152,7 +152,7 @@ class RateLimitMiddleware:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         lone = self._lone
-        decided = lone.admit(scope, request, scope.get(PRINCIPAL_SCOPE_KEY)) if lone is not None else False
+        decided = lone.admit(scope, scope.get(PRINCIPAL_SCOPE_KEY)) if lone is not None else False
         if decided is None:  # admitted
             await self._next(scope, receive, send)
             if unvouched:
@@ -184,7 +184,7 @@ class RateLimitMiddleware:
                 return self._next(scope, receive, send)
             lone = self._lone
             if lone is not None and PRINCIPAL_SCOPE_KEY in scope:  # (anonymous: `__call__` checks afterwards)
-                decided = lone.admit(scope, request, scope[PRINCIPAL_SCOPE_KEY])
+                decided = lone.admit(scope, scope[PRINCIPAL_SCOPE_KEY])
                 if decided is None:  # admitted
                     return self._next(scope, receive, send)
                 if decided is not False:

@@ -187,7 +187,9 @@ class TracingMiddleware:
         if monotonic() < self._quiet_until:  # nothing recorded (the questions below would all say no)
             # (the core passes a scope that is not HTTP, or one an outer middleware read, on as it is)
             _, receive = await read_request(scope, receive, send, self.config)
-            return await self._next(scope, receive, send) if receive is not ANSWERED else None
+            if receive is ANSWERED:
+                return None
+            return await self._next(scope, receive, send)  # (last: no jump after the await, a bytecode a request)
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
             await self._next(scope, receive, send)
             return

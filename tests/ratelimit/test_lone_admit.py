@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Scope
 
 from mcp_middleware.core import ANONYMOUS, Era, McpRequest, Principal, RequestKind, get_decisions
 from mcp_middleware.core.decisions import Component, Outcome
+from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 from mcp_middleware.ratelimit import BucketPolicy, MemoryBucketStore, RateLimiter, RateLimitMiddleware
 from mcp_middleware.ratelimit.bucket import EPSILON
 from mcp_middleware.ratelimit.lone import LoneLimit
+
+pytestmark = pytest.mark.anyio
 
 _REQUEST = McpRequest(RequestKind.REQUEST, Era.MODERN, "2026-07-28", method="tools/call", id=1, params={"name": "e"})
 
@@ -56,6 +60,7 @@ def _twin(clock: Clock, capacity: float, rate: float, cost: float, max_buckets: 
 
 def _scope(address: str | None, principal: Any) -> Scope:
     scope: Scope = {"type": "http", "client": (address, 4000) if address else None, "headers": []}
+    scope[REQUEST_SCOPE_KEY] = _REQUEST  # (read by the core, as it is when the limiter decides)
     if principal is not None:
         scope["mcp_middleware.principal"] = principal
     return scope
@@ -90,7 +95,7 @@ def test_admit_answers_records_and_keeps_what_the_exact_path_does(
         clock.now += gap
         address, principal = _CALLERS[caller]
         fast_scope, exact_scope = _scope(address, principal), _scope(address, principal)
-        answer = fast.admit(fast_scope, _REQUEST, principal)
+        answer = fast.admit(fast_scope, principal)
         decision = exact.take(exact_scope, _REQUEST)
         if decision is None:
             assert answer is False
@@ -117,14 +122,14 @@ def test_a_principal_object_seen_last_is_keyed_as_its_fields_say() -> None:
     lone = _twin(clock, 2.0, 0.001, 1.0, 100)
     bob = Principal(subject="bob", issuer="https://issuer.test")
     for principal in (_ALICE, _ALICE, bob, _ALICE):
-        lone.admit(_scope("192.0.2.1", principal), _REQUEST, principal)
+        lone.admit(_scope("192.0.2.1", principal), principal)
     # alice: 3 requests, capacity 2: the third is refused; bob: one, one token left.
     limiter = lone._limiter
     alice_key = limiter.storage_key(lone.policy, _scope("192.0.2.1", _ALICE), _REQUEST)
     bob_key = limiter.storage_key(lone.policy, _scope("192.0.2.1", bob), _REQUEST)
     assert lone._store._buckets[alice_key][0] < 0.01
     assert 0.99 < lone._store._buckets[bob_key][0] < 1.01
-    refused = lone.admit(_scope("192.0.2.1", _ALICE), _REQUEST, _ALICE)
+    refused = lone.admit(_scope("192.0.2.1", _ALICE), _ALICE)
     assert refused is not None and refused is not False and not refused.allowed
 
 
@@ -137,7 +142,7 @@ def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
     for gap in (0.0, 5.0, 5.0, 0.0, 0.0):
         clock.now += gap
         scope = _scope("192.0.2.1", _ALICE)
-        assert lone.admit(scope, _REQUEST, _ALICE) is None
+        assert lone.admit(scope, _ALICE) is None
         seen.append(get_decisions(scope)[0])
     assert [d.attributes["remaining"] for d in seen] == [2, 2, 2, 1, 0]
     assert seen[0] is seen[1] is seen[2]
@@ -153,6 +158,22 @@ def test_a_request_no_layer_read_is_entered_by_call() -> None:
     middleware = RateLimitMiddleware(app, policies=[BucketPolicy("per-caller", rate=1.0, capacity=2.0)])
     receive: Any = None
     send: Any = None
-    entered: Any = middleware.mcp_direct(_scope("192.0.2.1", _ALICE), receive, send)
+    unread = _scope("192.0.2.1", _ALICE)
+    del unread[REQUEST_SCOPE_KEY]
+    entered: Any = middleware.mcp_direct(unread, receive, send)
     assert entered.cr_code.co_qualname == "RateLimitMiddleware.__call__"
     entered.close()
+
+
+async def test_after_the_store_closes_the_last_callers_bucket_starts_again_full() -> None:
+    """The store empties every bucket it lets go (here all, at close): the one `admit` kept is never used again."""
+    clock = Clock(1000.0)
+    fast, exact = (_twin(clock, 2.0, 0.001, 1.0, 100) for _ in range(2))
+    for lone in (fast, exact):
+        for _ in range(3):
+            lone.admit(_scope("192.0.2.1", _ALICE), _ALICE)
+        await lone._store.aclose()
+        assert len(lone._store) == 0
+    assert fast.admit(_scope("192.0.2.1", _ALICE), _ALICE) is None  # a full bucket again: admitted
+    assert exact.take(_scope("192.0.2.1", _ALICE), _REQUEST) is not None
+    assert _kept(fast) == _kept(exact) and len(fast._store) == 1
