@@ -125,18 +125,18 @@ class LoneLimit:
                 else None
             )
             if found is None:
-                return self._recorded(scope, self.take(scope, scope[REQUEST_SCOPE_KEY]))
+                return self.recorded(scope, self.take(scope, scope[REQUEST_SCOPE_KEY]))
             key = self._last_key = found
             entry = None
             self._last = principal
         if not entry:  # (another caller than the last, or the store let its bucket go: look it up)
             entry = self._last_entry = self._buckets.get(key)
             if entry is None:  # a new bucket: the store's own step
-                return self._recorded(scope, self._store.decide_one(key, self.bucket, self.cost))
+                return self.recorded(scope, self._store.decide_one(key, self.bucket, self.cost))
         now = self._store.clock()
         buckets = self._buckets
         if buckets[next(iter(buckets))][2] <= now:  # idle buckets to forget first: the store's own step
-            return self._recorded(scope, self._store.decide_one(key, self.bucket, self.cost, now))
+            return self.recorded(scope, self._store.decide_one(key, self.bucket, self.cost, now))
         tokens, updated, _ = entry
         capacity = self._capacity
         elapsed = now - updated
@@ -162,8 +162,8 @@ class LoneLimit:
         )
         return decision
 
-    def _recorded(self, scope: Scope, decision: BucketDecision | None) -> BucketDecision | Literal[False] | None:
-        """:meth:`admit`'s answer for the store's decision (`None`: the limiter decides)."""
+    def recorded(self, scope: Scope, decision: BucketDecision | None) -> BucketDecision | Literal[False] | None:
+        """:meth:`admit`'s answer for the store's decision (`None`: the limiter decides), an admission recorded."""
         if decision is None:
             return False
         if not decision[0]:

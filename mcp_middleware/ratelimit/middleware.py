@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Final
+from typing import Final, Literal
 
 import limits.aio.storage
 from opentelemetry import metrics
@@ -29,6 +29,7 @@ from mcp_middleware.core.direct import inner_app
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
+from .bucket import BucketDecision
 from .keys import CallerKey, KeyFunction
 from .limiter import Admission, FailureMode, PolicyState, RateLimiter, lone_admission
 from .lone import LoneLimit
@@ -152,7 +153,12 @@ class RateLimitMiddleware:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         lone = self._lone
-        decided = lone.admit(scope, scope.get(PRINCIPAL_SCOPE_KEY)) if lone is not None else False
+        if lone is None:
+            decided: BucketDecision | Literal[False] | None = False
+        elif PRINCIPAL_SCOPE_KEY in scope:
+            decided = lone.admit(scope, scope[PRINCIPAL_SCOPE_KEY])
+        else:  # (anonymous, counted by address: no principal to find its bucket by, the exact step)
+            decided = lone.recorded(scope, lone.take(scope, request))
         if decided is None:  # admitted
             await self._next(scope, receive, send)
             if unvouched:
