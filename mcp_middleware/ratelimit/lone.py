@@ -143,24 +143,27 @@ class LoneLimit:
         if elapsed > 0:
             refilled = tokens + elapsed * self._rate
             tokens = refilled if refilled < capacity else capacity  # (`min(capacity, refilled)`, exactly)
-        if tokens + EPSILON >= self.cost:
+        # The rule's `if tokens + EPSILON >= cost: tokens = max(0.0, tokens - cost)`, in the order that tells the
+        # usual case in one test: `tokens >= cost` implies the rule's test, and a difference that is never below 0.
+        if tokens >= self.cost:
             tokens -= self.cost
-            if not tokens > 0.0:
-                tokens = 0.0  # (`max(0.0, tokens - cost)`, exactly: 0.0 for -0.0 too)
-            entry[0] = tokens  # (in place, as the store keeps it)
-            entry[1] = now
-            entry[2] = now + (capacity - tokens) / self._rate + _IDLE_SLACK
-            buckets.move_to_end(key)
-            if tokens != self._left:
-                self._allowance(tokens)
-            add_decision(scope, self._allowed)
-            return None
-        buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
-        rate = self._rate
-        decision: BucketDecision = _new(
-            BucketDecision, (False, tokens, (self.cost - tokens) / rate, (capacity - tokens) / rate)
-        )
-        return decision
+        elif tokens + EPSILON >= self.cost:
+            tokens = 0.0  # (`max(0.0, tokens - cost)` of a difference below 0)
+        else:
+            buckets.move_to_end(key)  # a refused caller is a live one: never the first to be dropped
+            rate = self._rate
+            decision: BucketDecision = _new(
+                BucketDecision, (False, tokens, (self.cost - tokens) / rate, (capacity - tokens) / rate)
+            )
+            return decision
+        entry[0] = tokens  # (in place, as the store keeps it)
+        entry[1] = now
+        entry[2] = now + (capacity - tokens) / self._rate + _IDLE_SLACK
+        buckets.move_to_end(key)
+        if tokens != self._left:
+            self._allowance(tokens)
+        add_decision(scope, self._allowed)
+        return None
 
     def recorded(self, scope: Scope, decision: BucketDecision | None) -> BucketDecision | Literal[False] | None:
         """:meth:`admit`'s answer for the store's decision (`None`: the limiter decides), an admission recorded."""

@@ -74,22 +74,23 @@ def _kept(lone: LoneLimit) -> list[tuple[str, tuple[str, ...]]]:
 @settings(max_examples=300, deadline=None)
 @given(
     capacity=st.sampled_from([1.0, 2.0, 3.0, 1e9]),
-    rate=st.sampled_from([0.001, 0.3, 1.0, 1e9]),
+    rate=st.sampled_from([0.001, 0.3, 1.0, 7.0, 1e9]),
     cost=st.sampled_from([1.0, 0.5, 0.3, 1 / 3]),
     max_buckets=st.sampled_from([1, 2, 100]),
     steps=st.lists(
         st.tuples(
             st.integers(0, len(_CALLERS) - 1),
-            st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 1.0 + 5e-10, 3.0, 30.0, -0.5, 1e9]),
+            st.sampled_from([0.0, 0.1, 0.3, 0.5, 1.0, 2.0, 1.0 + 5e-10, 3.0, 30.0, -0.5, 1e9]),
         ),
         min_size=1,
         max_size=40,
     ),
+    start=st.floats(0, 2e9, allow_nan=False),
 )
 def test_admit_answers_records_and_keeps_what_the_exact_path_does(
-    capacity: float, rate: float, cost: float, max_buckets: int, steps: list[tuple[int, float]]
+    capacity: float, rate: float, cost: float, max_buckets: int, steps: list[tuple[int, float]], start: float
 ) -> None:
-    clock = Clock(1000.0)
+    clock = Clock(start)
     fast, exact = (_twin(clock, capacity, rate, cost, max_buckets) for _ in range(2))
     for caller, gap in steps:
         clock.now += gap
@@ -177,3 +178,28 @@ async def test_after_the_store_closes_the_last_callers_bucket_starts_again_full(
     assert fast.admit(_scope("192.0.2.1", _ALICE), _ALICE) is None  # a full bucket again: admitted
     assert exact.take(_scope("192.0.2.1", _ALICE), _REQUEST) is not None
     assert _kept(fast) == _kept(exact) and len(fast._store) == 1
+
+
+@pytest.mark.parametrize("short", [0.0, 5e-10, 1e-9, 2e-9, -5e-10])
+@pytest.mark.parametrize("cost", [1.0, 0.3])
+def test_a_bucket_a_hair_short_of_the_cost_is_decided_as_the_rule_decides(short: float, cost: float) -> None:
+    """Within `EPSILON` of the cost (float rounding of a refill), the rule admits and leaves 0.0; further, it
+    refuses: a bucket the store holds with those tokens, decided by both paths on the same clock."""
+    clock = Clock(1000.0)
+    fast, exact = (_twin(clock, 2.0, 0.001, cost, 100) for _ in range(2))
+    for lone in (fast, exact):
+        lone.take(_scope("192.0.2.1", _ALICE), _REQUEST)  # (alice is known, her bucket held)
+        (entry,) = lone._store._buckets.values()
+        entry[0] = cost - short  # (no refill: the clock does not move)
+        entry[1] = clock.now
+    fast_scope, exact_scope = _scope("192.0.2.1", _ALICE), _scope("192.0.2.1", _ALICE)
+    answer = fast.admit(fast_scope, _ALICE)
+    decision = exact.take(exact_scope, _REQUEST)
+    assert decision is not None and decision.allowed == (cost - short + EPSILON >= cost)
+    if decision.allowed:
+        assert answer is None
+        assert get_decisions(fast_scope)[0].attributes == {"policy": "per-caller", "remaining": 0}
+    else:
+        assert answer is not None and answer is not False
+        assert [repr(x) for x in answer] == [repr(x) for x in decision]
+    assert _kept(fast) == _kept(exact)
