@@ -10,14 +10,11 @@ traced and the metrics exported.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import httpx2
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -30,29 +27,11 @@ from tests.servers import build_server
 from tests.support.requests import modern_body, modern_headers
 from tests.support.waiting import until
 
-from .conftest import Metrics
+from .conftest import Metrics, traced_ids
 from .test_measured import exported
+from .test_middleware_quiet import Clock
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[Metrics, Metrics]]:
-    made: list[Metrics] = []
-    for _ in range(2):
-        reader = InMemoryMetricReader()
-        made.append(Metrics(MeterProvider(metric_readers=[reader]), reader))
-    yield made[0], made[1]
-    for metrics in made:
-        metrics.provider.shutdown()
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _measured(metrics: Metrics, current: list[Any]) -> tuple[TracingMiddleware, InMemorySpanExporter]:
@@ -69,14 +48,14 @@ def _measured(metrics: Metrics, current: list[Any]) -> tuple[TracingMiddleware, 
 
 
 async def test_a_provider_set_late_is_noticed_when_the_general_path_notices_it(
-    serve: Any, monkeypatch: pytest.MonkeyPatch, pair: tuple[Metrics, Metrics]
+    serve: Any, monkeypatch: pytest.MonkeyPatch, twins: tuple[Metrics, Metrics]
 ) -> None:
     clock = Clock(1000.0)
     monkeypatch.setattr(tracing_middleware, "monotonic", clock)
     monkeypatch.setattr(providers, "time", SimpleNamespace(monotonic=clock))
     current: dict[str, list[Any]] = {"shortcut": [ProxyTracerProvider()], "general": [ProxyTracerProvider()]}
-    shortcut, shortcut_spans = _measured(pair[0], current["shortcut"])
-    general, general_spans = _measured(pair[1], current["general"])
+    shortcut, shortcut_spans = _measured(twins[0], current["shortcut"])
+    general, general_spans = _measured(twins[1], current["general"])
     served = {"shortcut": serve(shortcut.mcp_direct), "general": serve(general.mcp_direct)}
     answers: dict[str, list[tuple[int, bytes]]] = {"shortcut": [], "general": []}
     # (time, whether the SDK provider is set by then): set between two re-checks, noticed at the next one.
@@ -96,14 +75,11 @@ async def test_a_provider_set_late_is_noticed_when_the_general_path_notices_it(
                 answers[name].append((response.status_code, response.content))
     assert answers["shortcut"] == answers["general"]
     assert {status for status, _ in answers["shortcut"]} == {200}
-    traced = {}
-    for name, exporter in (("shortcut", shortcut_spans), ("general", general_spans)):
-        await until(lambda exporter=exporter: len(exporter.get_finished_spans()) >= 2, patience=10)
-        traced[name] = sorted(span.attributes["jsonrpc.request.id"] for span in exporter.get_finished_spans())  # type: ignore[index]
+    traced = {"shortcut": await traced_ids(shortcut_spans, 2), "general": await traced_ids(general_spans, 2)}
     assert traced["shortcut"] == traced["general"] == ["4", "5"]  # noticed at 1001.0, the watch's re-check
-    await until(lambda: sum(p[1] for p in exported(pair[0])["duration"]) == len(timeline), patience=10)
-    await until(lambda: sum(p[1] for p in exported(pair[1])["duration"]) == len(timeline), patience=10)
-    assert exported(pair[0]) == exported(pair[1])  # every request measured alike, traced or not
+    await until(lambda: sum(p[1] for p in exported(twins[0])["duration"]) == len(timeline), patience=10)
+    await until(lambda: sum(p[1] for p in exported(twins[1])["duration"]) == len(timeline), patience=10)
+    assert exported(twins[0]) == exported(twins[1])  # every request measured alike, traced or not
     assert shortcut._measured_until == 1001.0  # (set by the last measured-only request; the watch records since)
     assert shortcut.tracing is True
 
@@ -115,10 +91,10 @@ def test_a_watch_that_records_stays_so_and_one_that_does_not_never_is_trusted_to
     assert unset.records_until() == float("-inf")  # (not asked yet)
 
 
-def test_what_the_shortcut_does_not_remember_is_asked_every_time(pair: tuple[Metrics, Metrics]) -> None:
+def test_what_the_shortcut_does_not_remember_is_asked_every_time(twins: tuple[Metrics, Metrics]) -> None:
     """Only the watches' answers are remembered: an outer middleware's exchange, a scope that is not HTTP, an
     access log or HTTP metrics switched on later take `__call__` at once, as on the general path."""
-    app, _ = _measured(pair[0], [ProxyTracerProvider()])
+    app, _ = _measured(twins[0], [ProxyTracerProvider()])
     scope = {"type": "http", "path": "/mcp", "headers": []}
     receive: Any = None
     send: Any = None
