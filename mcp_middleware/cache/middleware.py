@@ -15,7 +15,7 @@ from mcp_middleware.core.decisions import Component, Outcome
 
 from .._outside_auth import OutsideAuth, authenticated
 from ..core.decisions import DecisionValue, record_decision
-from ..core.direct import UNREAD, inner_app
+from ..core.direct import inner_app
 from ..core.kernel import ANSWERED, DEFAULT_CONFIG, CoreConfig, read_request
 from ..core.principal import Principal, get_principal
 from ..core.request import REQUEST_SCOPE_KEY, Era, McpRequest, RequestKind
@@ -109,6 +109,10 @@ class ResponseCacheMiddleware:
             {*CACHEABLE_METHODS, "subscriptions/listen", "initialize", *(OPT_IN_METHODS if opt_in else ())}
         )
         """The JSON-RPC methods the cache has anything to do with (the others go straight on)."""
+        self._dispatched: frozenset[str | None] = frozenset({*self._handled, None})
+        """What `mcp_direct` hands to `_dispatch`: a method in `_handled`, or none (a GET stream, a DELETE, a
+        response: views that are not JSON-RPC requests). A method in neither goes straight on whatever its kind:
+        `_dispatch` sends a notification (or any other message that is not a request) on as well."""
         self.legacy_scope = legacy_scope
         self.honor_ttl_ms = honor_ttl_ms
         self.stale_grace = stale_grace
@@ -153,12 +157,14 @@ class ResponseCacheMiddleware:
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`):
         a request the cache has nothing to do with goes straight on to the next layer."""
-        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
-        if request is UNREAD:
+        try:
+            request = scope[REQUEST_SCOPE_KEY]
+        except KeyError:  # (no layer of ours read it: `__call__` reads it)
             return self.__call__(scope, receive, send)
-        if request is None or (request.kind is RequestKind.REQUEST and request.method not in self._handled):
-            return self._next(scope, receive, send)  # (`_dispatch`'s first test, without its frame)
-        return self._dispatch(request, scope, receive, send)
+        else:  # (the usual request, in `else`: no jump over the handler)
+            if request is None or request.method not in self._dispatched:
+                return self._next(scope, receive, send)  # (what `_dispatch` would do, without its frame)
+            return self._dispatch(request, scope, receive, send)
 
     def _dispatch(self, request: McpRequest, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """What to await for a parsed request: the cache's own path, or the next layer's call."""

@@ -103,8 +103,8 @@ class TokenBucket:
     def decide(self, tokens: float | None, updated: float, now: float, cost: float) -> BucketDecision:
         """:meth:`take` on bare numbers (`tokens=None`: a full bucket), for stores on the hot path.
 
-        The rule: `MemoryBucketStore.decide_one` writes it out inline and the Redis script in Lua, both
-        operation for operation (tests compare them with this one)."""
+        The rule: `MemoryBucketStore.decide_one` and `LoneLimit.admit` write it out inline and the Redis script
+        in Lua, all operation for operation (tests compare them with this one)."""
         capacity, rate = self.capacity, self.rate
         if tokens is None:
             tokens = capacity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Final, Literal
 
 import limits.aio.storage
 from opentelemetry import metrics
@@ -17,21 +17,19 @@ from mcp_middleware.core import (
     DEFAULT_CONFIG,
     Component,
     CoreConfig,
-    Decision,
     ErrorCode,
     McpRequest,
     Outcome,
     RequestKind,
-    add_decision,
     read_request,
     record_decision,
     send_error,
 )
-from mcp_middleware.core.direct import UNREAD, inner_app
+from mcp_middleware.core.direct import inner_app
 from mcp_middleware.core.principal import PRINCIPAL_SCOPE_KEY
 from mcp_middleware.core.request import REQUEST_SCOPE_KEY
 
-from .bucket import EPSILON, BucketDecision
+from .bucket import BucketDecision
 from .keys import CallerKey, KeyFunction
 from .limiter import Admission, FailureMode, PolicyState, RateLimiter, lone_admission
 from .lone import LoneLimit
@@ -42,7 +40,7 @@ __all__ = ["RateLimitMiddleware", "ratelimit_headers"]
 
 logger = logging.getLogger("mcp_middleware.ratelimit")
 
-_new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__ (hot path)
+_REQUEST: Final = RequestKind.REQUEST
 
 
 def ratelimit_headers(states: Iterable[PolicyState]) -> list[tuple[bytes, bytes]]:
@@ -155,16 +153,20 @@ class RateLimitMiddleware:
             return await self._next(scope, receive, send) if receive is not ANSWERED else None
         unvouched = self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope)
         lone = self._lone
-        decision = lone.take(scope, request) if lone is not None else None
-        if decision is not None:
+        if lone is None:
+            decided: BucketDecision | Literal[False] | None = False
+        elif PRINCIPAL_SCOPE_KEY in scope:
+            decided = lone.admit(scope, scope[PRINCIPAL_SCOPE_KEY])
+        else:  # (anonymous, counted by address: no principal to find its bucket by, the exact step)
+            decided = lone.recorded(scope, lone.take(scope, request))
+        if decided is None:  # admitted
+            await self._next(scope, receive, send)
+            if unvouched:
+                self.outside_auth.check(scope)
+            return
+        if decided is not False:
             assert lone is not None
-            if decision[0]:
-                _allowed(scope, lone.name, decision)
-                await self._next(scope, receive, send)
-                if unvouched:
-                    self.outside_auth.check(scope)
-                return
-            verdict: Admission | None = lone_admission(lone.policy, decision)
+            verdict: Admission | None = lone_admission(lone.policy, decided)
         else:
             verdict = self.limiter.check_now(scope, request)
         if verdict is None:
@@ -179,20 +181,20 @@ class RateLimitMiddleware:
     def mcp_direct(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         """`__call__` entered by an outer middleware of ours (see :mod:`mcp_middleware.core.direct`): a request
         decided without a wait and with nothing to check afterwards goes straight on to the next layer."""
-        request = scope.get(REQUEST_SCOPE_KEY, UNREAD)
-        if request is UNREAD:
+        try:
+            request = scope[REQUEST_SCOPE_KEY]
+        except KeyError:  # (no layer of ours read it: `__call__` reads it)
             return self.__call__(scope, receive, send)
-        if request is None or request.kind is not RequestKind.REQUEST:
-            return self._next(scope, receive, send)
-        lone = self._lone
-        if lone is not None and PRINCIPAL_SCOPE_KEY in scope:  # (anonymous: `__call__` checks afterwards)
-            decision = lone.take(scope, request)
-            if decision is not None:
-                if decision[0]:  # (`_allowed`, inline)
-                    attributes = {"policy": lone.name, "remaining": int(decision[1] + EPSILON)}
-                    add_decision(scope, _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, attributes)))
+        else:  # (the usual request, in `else`: no jump over the handler)
+            if request is None or request.kind is not _REQUEST:
+                return self._next(scope, receive, send)
+            lone = self._lone
+            if lone is not None and PRINCIPAL_SCOPE_KEY in scope:  # (anonymous: `__call__` checks afterwards)
+                decided = lone.admit(scope, scope[PRINCIPAL_SCOPE_KEY])
+                if decided is None:  # admitted
                     return self._next(scope, receive, send)
-                return self._refuse(scope, send, request, lone_admission(lone.policy, decision))
+                if decided is not False:
+                    return self._refuse(scope, send, request, lone_admission(lone.policy, decided))
         if self._keys_on_caller and not self.outside_auth.detected and not authenticated(scope):
             return self.__call__(scope, receive, send)  # (it checks afterwards whether auth ran further in)
         verdict = self.limiter.check_now(scope, request)
@@ -259,14 +261,6 @@ class RateLimitMiddleware:
             data={"retryAfterMs": retry_ms, "policy": verdict.policy},
             headers=headers,
         )
-
-
-def _allowed(scope: Scope, policy: str, decision: BucketDecision) -> None:
-    """Record a lone policy's admission: what `_admitted` records, built without keyword arguments."""
-    remaining = int(decision[1] + EPSILON)
-    add_decision(
-        scope, _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, {"policy": policy, "remaining": remaining}))
-    )
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -100,8 +100,9 @@ class MemoryBucketStore:
             raise ValueError("max_buckets must be at least 1")
         self.max_buckets = max_buckets
         self.clock = clock
-        # key -> (tokens, updated, forget_at); ordered least recently used first.
-        self._buckets: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
+        # key -> [tokens, updated, forget_at], changed in place (no new object a decision); ordered least recently
+        # used first. An entry the store lets go is emptied (`[]`): whoever kept it (`LoneLimit`) sees it is gone.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
         # A subclass that wraps `take` (to observe or fault it) is awaited through it.
         self.sync: SyncBucketStore | None = self if type(self).take is MemoryBucketStore.take else None
         """`decide`, the synchronous path of `take` (None for a subclass that overrides `take`)."""
@@ -126,7 +127,9 @@ class MemoryBucketStore:
         for key, bucket, cost in takes:
             entry = buckets.get(key)
             decisions.append(
-                bucket.decide(*entry[:2], now, cost) if entry is not None else bucket.decide(None, 0.0, now, cost)
+                bucket.decide(entry[0], entry[1], now, cost)
+                if entry is not None
+                else bucket.decide(None, 0.0, now, cost)
             )
         if all(decision.allowed for decision in decisions):
             for (key, bucket, _), decision in zip(takes, decisions, strict=True):
@@ -161,11 +164,15 @@ class MemoryBucketStore:
         if tokens + EPSILON >= cost:
             tokens = max(0.0, tokens - cost)
             reset = (capacity - tokens) / rate
-            buckets[key] = (tokens, now, now + reset + _IDLE_SLACK)
             if entry is not None:
+                entry[0] = tokens
+                entry[1] = now
+                entry[2] = now + reset + _IDLE_SLACK
                 buckets.move_to_end(key)
-            elif len(buckets) > self.max_buckets:  # (a new bucket, at the end already: the only one that grows it)
-                buckets.popitem(last=False)
+            else:
+                buckets[key] = [tokens, now, now + reset + _IDLE_SLACK]
+                if len(buckets) > self.max_buckets:  # (a new bucket, at the end already: the only one that grows it)
+                    buckets.popitem(last=False)[1].clear()
             decision: BucketDecision = _new(BucketDecision, (True, tokens, 0.0, reset))
             return decision
         if entry is not None:
@@ -183,7 +190,7 @@ class MemoryBucketStore:
             oldest = next(iter(buckets))
             if buckets[oldest][2] > now:
                 return
-            del buckets[oldest]
+            buckets.pop(oldest).clear()
 
     async def take(self, takes: Sequence[BucketTake], *, now: float | None = None) -> list[BucketDecision]:
         return self.decide(takes, now)
@@ -201,14 +208,23 @@ class MemoryBucketStore:
         """Always reachable: it is this process's memory."""
 
     async def aclose(self) -> None:
+        for entry in self._buckets.values():
+            entry.clear()
         self._buckets.clear()
 
     def _store(self, key: str, bucket: TokenBucket, tokens: float, now: float) -> None:
         buckets = self._buckets
-        buckets[key] = (tokens, now, now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK)
-        buckets.move_to_end(key)
-        if len(buckets) > self.max_buckets:
-            buckets.popitem(last=False)
+        forget_at = now + (bucket.capacity - tokens) / bucket.rate + _IDLE_SLACK
+        entry = buckets.get(key)
+        if entry is not None:  # (changed in place: see `_buckets`)
+            entry[0] = tokens
+            entry[1] = now
+            entry[2] = forget_at
+            buckets.move_to_end(key)
+        else:
+            buckets[key] = [tokens, now, forget_at]
+            if len(buckets) > self.max_buckets:
+                buckets.popitem(last=False)[1].clear()
 
 
 def __getattr__(name: str) -> Any:

@@ -162,6 +162,10 @@ class TracingMiddleware:
         self._quiet_until = 0.0
         """Until when (`time.monotonic()`) nothing is recorded without asking: both provider watches would say
         False without asking the API (see `quiet_until`), and there is no access log. One clock read a request."""
+        self._measured_until = 0.0
+        """Until when (`time.monotonic()`) `mcp_direct` measures without asking the provider watches: the tracing
+        watch would say False without asking the API (`ProviderWatch.quiet_until`) and the metrics watch True (it
+        stays True once a provider records: `ProviderWatch.records_until`). One clock read a request."""
         self._tracer = trace.get_tracer("mcp_middleware.tracing", __version__, tracer_provider)
 
     @property
@@ -173,6 +177,14 @@ class TracingMiddleware:
         """What awaiting the middleware does, as an awaitable (a layer in front may call this instead):
         a request that is only measured (no span, no access line) skips the `Exchange` (see :mod:`.measured`)."""
         if (
+            monotonic() < self._measured_until  # (what the watches below said holds till then: no call to ask them)
+            and self.access_log is None
+            and not self.http_metrics
+            and scope["type"] == "http"
+            and _EXCHANGE_KEY not in scope
+        ):
+            return measure(self._next, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
+        if (
             self.access_log is None
             and not self.http_metrics
             and scope["type"] == "http"
@@ -180,6 +192,7 @@ class TracingMiddleware:
             and not self._tracing()  # (`self.tracing`, without the property's frame)
             and self.metrics.active
         ):
+            self._measured_until = min(self._tracing.quiet_until(), self.metrics._active.records_until())
             return measure(self._next, scope, receive, send, self.metrics, self.config, self.server_name, _EXCHANGE_KEY)
         return self(scope, receive, send)
 
@@ -187,7 +200,9 @@ class TracingMiddleware:
         if monotonic() < self._quiet_until:  # nothing recorded (the questions below would all say no)
             # (the core passes a scope that is not HTTP, or one an outer middleware read, on as it is)
             _, receive = await read_request(scope, receive, send, self.config)
-            return await self._next(scope, receive, send) if receive is not ANSWERED else None
+            if receive is ANSWERED:
+                return None
+            return await self._next(scope, receive, send)  # (last: no jump after the await, a bytecode a request)
         if scope["type"] != "http" or _EXCHANGE_KEY in scope:
             await self._next(scope, receive, send)
             return

@@ -61,6 +61,11 @@ class ProviderWatch(Generic[P]):
             return self._next
         return -math.inf if fixed else math.inf
 
+    def records_until(self) -> float:
+        """Until when (on `time.monotonic()`) the watch answers True without asking anyone: forever once a
+        provider records (it stays: see the module docstring), never before."""
+        return math.inf if self._set else -math.inf
+
 
 def quiet_until(*watches: ProviderWatch[Any]) -> float:
     """Until when none of `watches` can answer True (each would answer False without asking the API):

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_middleware.core import ANSWERED, Component, Outcome, read_request, record_decision
+from tests.support.waiting import until
 
 OURS = "mcp_middleware.tracing"
 """Instrumentation scope of the request spans (the ASGI instrumentation makes them for us)."""
@@ -127,6 +128,25 @@ def metrics() -> Iterator[Metrics]:
     provider = MeterProvider(metric_readers=[reader])
     yield Metrics(provider, reader)
     provider.shutdown()
+
+
+@pytest.fixture
+def twins() -> Iterator[tuple[Metrics, Metrics]]:
+    """Two meter providers with their readers, for twin middlewares given the same traffic."""
+    made = []
+    for _ in range(2):
+        reader = InMemoryMetricReader()
+        made.append(Metrics(MeterProvider(metric_readers=[reader]), reader))
+    yield made[0], made[1]
+    for metrics in made:
+        metrics.provider.shutdown()
+
+
+async def traced_ids(exporter: InMemorySpanExporter, at_least: int) -> list[str]:
+    """The `jsonrpc.request.id` of every finished span, sorted, once `at_least` have ended (a span ends just after
+    its response's last byte, which the client may have before: waited for)."""
+    await until(lambda: len(exporter.get_finished_spans()) >= at_least, patience=10)
+    return sorted(str((span.attributes or {}).get("jsonrpc.request.id")) for span in exporter.get_finished_spans())
 
 
 class RecordingDecider:

@@ -6,7 +6,6 @@ already); a list is learned from every time, which twins whose tool list grows w
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -14,8 +13,6 @@ import orjson
 import pytest
 from mcp import MCPError
 from mcp.server.mcpserver import MCPServer
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import NoOpTracerProvider
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -44,17 +41,6 @@ class _Boom:
         if scope["type"] == "http" and any(key == b"x-boom" for key, _ in scope["headers"]):
             raise LookupError("boom")
         await self.app(scope, receive, send)
-
-
-@pytest.fixture
-def twins() -> Iterator[tuple[Metrics, Metrics]]:
-    made = []
-    for _ in range(2):
-        reader = InMemoryMetricReader()
-        made.append(Metrics(MeterProvider(metric_readers=[reader]), reader))
-    yield made[0], made[1]
-    for metrics in made:
-        metrics.provider.shutdown()
 
 
 def _middleware(metrics: Metrics, **options: Any) -> TracingMiddleware:
