@@ -136,9 +136,9 @@ class CircuitBreakerMiddleware:
         """Whether a request's target can change its route or breaker (a selector names one, or breakers per
         target): else lanes leave it out of their key (reading it costs a property call a request)."""
         self.fast_path = retry is None and type(self.classifier) is FailureClassifier
-        """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, from
-        `retry` (none) and `classifier` (the default's type); set it to False to force the `Call` path
-        (the verdicts, decisions and answers are the same either way)."""
+        """Whether a request to a closed circuit takes the common path (:mod:`.fast`): decided here, and again
+        whenever `classifier` is set, from `retry` (none) and `classifier` (the default's type); set it to False
+        to force the `Call` path (the verdicts, decisions and answers are the same either way)."""
 
     @property
     def classifier(self) -> Classifier:
@@ -148,6 +148,9 @@ class CircuitBreakerMiddleware:
     def classifier(self, classifier: Classifier) -> None:
         self._classifier = classifier
         self._forget_lanes()  # (a lane keeps the classifier's `judge`)
+        self.fast_path = (
+            self.retry is None and type(classifier) is FailureClassifier
+        )  # (decided again: see `fast_path`)
 
     @property
     def config(self) -> CoreConfig:

@@ -221,3 +221,23 @@ def test_the_key_function_is_asked_once_a_guarded_request_and_never_for_an_exclu
 
     asyncio.run(run())
     assert asked == ["tools/call"] * 4
+
+
+class _EveryAnswerFails:
+    """A classifier of the user's own (not the default's type): every answer is a failure."""
+
+    def __call__(self, request: Any, outcome: Any, fault: Any) -> Classification:
+        return Classification.FAILURE
+
+
+def test_a_classifier_of_the_users_own_set_after_construction_takes_the_call_path() -> None:
+    """The common path judges with the default classifier only: a custom one set later must not reach it."""
+    app = CircuitBreakerMiddleware(_answering(HOSTILE["a result"]))
+    assert app.fast_path
+    _request_to(app)  # a lane made with the default classifier
+    app.classifier = _EveryAnswerFails()  # type: ignore[assignment]
+    assert not app.fast_path
+    _request_to(app)
+    assert _counts(app.registry) == {"/mcp": (2, 1)}
+    app.classifier = FailureClassifier()  # the default's type again: the common path may be taken again
+    assert app.fast_path
