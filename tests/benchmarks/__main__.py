@@ -6,6 +6,7 @@ python -m tests.benchmarks --only micro    # in-process cost of the core only
 python -m tests.benchmarks --only e2e --repeats 6 --json out.json
 python -m tests.benchmarks --only instructions   # deterministic instruction counts (valgrind)
 python -m tests.benchmarks --only bytecodes      # issue 17's targets in bytecodes a request (deterministic, seconds)
+python -m tests.benchmarks --only cpu            # issue 17's targets in CPU a request, in process, pinned (the ruler)
 """
 
 from __future__ import annotations
