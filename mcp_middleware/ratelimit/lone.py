@@ -13,6 +13,7 @@ for a bucket the store holds), so the counts are the same either way.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from starlette.types import Scope
@@ -91,7 +92,7 @@ class LoneLimit:
         """The tokens left after the last admission, and the `allow` decision it was recorded with (`_allowed`,
         its `remaining` in `_remaining`): a constant, made again only when the count it shows changes."""
         self._remaining = -1
-        self._allowed: Decision = _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, {}))
+        self._allowed: Decision = _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, MappingProxyType({})))
 
     @classmethod
     def of(cls, limiter: RateLimiter) -> LoneLimit | None:
@@ -182,7 +183,8 @@ class LoneLimit:
         remaining = int(tokens + EPSILON)
         if remaining != self._remaining:
             self._remaining = remaining
-            attributes = {"policy": self.name, "remaining": remaining}
+            # (read-only, as every decision shared by requests: an observer cannot change the next request's)
+            attributes = MappingProxyType({"policy": self.name, "remaining": remaining})
             self._allowed = _new(Decision, (Component.RATELIMIT, Outcome.ALLOW, attributes))
 
     def take(self, scope: Scope, request: McpRequest) -> BucketDecision | None:

@@ -148,6 +148,8 @@ def test_the_shared_allow_decision_changes_with_what_it_shows() -> None:
     assert [d.attributes["remaining"] for d in seen] == [2, 2, 2, 1, 0]
     assert seen[0] is seen[1] is seen[2]
     assert seen[3] is not seen[2] and seen[4] is not seen[3]
+    with pytest.raises(TypeError):  # shared by requests: read-only, so one observer cannot change another's
+        seen[0].attributes["remaining"] = 99  # type: ignore[index]
 
 
 def test_a_request_no_layer_read_is_entered_by_call() -> None:
