@@ -9,6 +9,7 @@ import itertools
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -67,6 +68,14 @@ def anyio_backend() -> str:
 
 def pytest_configure(config: pytest.Config) -> None:
     processes.begin_run()  # before any test starts a process: they all inherit the run's tag
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """A run stopped by SIGTERM (a CI job's timeout, `kill` of the run's group) ends as Ctrl-C ends it: the
+    fixtures are torn down, so the processes tests started in sessions of their own are stopped, not orphaned."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --- pytest-xdist: what must run in one worker ------------------------------------------------------

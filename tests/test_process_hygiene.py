@@ -138,3 +138,49 @@ def test_run_stops_the_whole_group_on_timeout() -> None:
         processes.run(["sh", "-c", "sleep 67 & sleep 68; :"], timeout=0.5)
     assert time.monotonic() - started < 10
     assert not [proc for proc in processes.snapshot().values() if proc.cmdline in ("sleep 67", "sleep 68")]
+
+
+STOPPED = """
+import os
+import time
+
+import pytest
+
+from tests.support import processes
+
+
+@pytest.fixture
+def started():
+    with processes.running(["sleep", "66"]) as process:  # in a session of its own, as every test process
+        yield process
+
+
+def test_stopped_by_sigterm_while_it_runs(started):
+    with open("started.pid", "w") as file:
+        file.write(str(started.pid))
+    time.sleep(60)
+"""
+
+
+def test_a_run_stopped_by_sigterm_stops_what_its_tests_started(tmp_path: Path) -> None:
+    """A CI job's timeout or a `kill` of the run's group sends SIGTERM: the fixtures still stop their processes,
+    which live in sessions of their own and would otherwise outlive the run."""
+    (tmp_path / "test_inner.py").write_text(STOPPED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-q", "test_inner.py"]
+    marker = tmp_path / "started.pid"
+    with processes.running(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as run:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()):
+            assert run.poll() is None and time.monotonic() < deadline, "the inner test did not start"
+            time.sleep(0.05)
+        sleep_pid = int(marker.read_text())
+        assert processes.alive(sleep_pid)
+        os.kill(run.pid, signal.SIGTERM)  # the run alone: its test's process is in another session
+        try:
+            run.wait(timeout=30)
+            assert not processes.alive(sleep_pid), "the test's process outlived the run"
+        finally:
+            if processes.alive(sleep_pid):
+                os.kill(sleep_pid, signal.SIGKILL)
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, run.stdout.read().decode() if run.stdout else ""
