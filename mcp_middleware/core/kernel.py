@@ -302,7 +302,9 @@ async def read_request(
 
     # What auth checks the core's `Authorization` value against (see `_Replay`), taken before any wait; only
     # for pairs that are tuples, which no layer can change in place (a list of lists: auth reads it itself).
-    seen = [*raw] if headers.authorization is not None and raw[0].__class__ is tuple else None
+    # Each pair is taken as a tuple (an exact tuple is itself: no copy), so a list pair among tuples, which a
+    # layer could change in place, never equals its snapshot: auth then reads the list itself.
+    seen = [*map(tuple, raw)] if headers.authorization is not None and raw[0].__class__ is tuple else None
     message = await receive()
     if message["type"] != "http.request":  # http.disconnect: nobody to answer
         return None, ANSWERED

@@ -235,6 +235,28 @@ async def test_the_core_takes_no_copy_of_pairs_that_can_change_in_place() -> Non
             assert replay.authorization == b"Bearer a"
 
 
+async def test_a_list_pair_among_tuples_changed_in_place_is_not_taken_for_the_one_the_core_read() -> None:
+    """Tuples first, then a list pair a layer can change where it stands: the snapshot holds what the core read, so
+    the changed list no longer equals it (auth reads the headers itself)."""
+    body = modern_body("tools/call", {"name": "echo", "arguments": {"text": "x"}}, 1)
+    pairs: list[Any] = [(key.encode(), value.encode()) for key, value in modern_headers("tools/call", "echo").items()]
+    pairs.append([b"authorization", b"Bearer alice-token"])
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "root_path": "", "headers": pairs}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Any:
+        return messages.pop(0)
+
+    async def send(message: Any) -> None:
+        raise AssertionError(message)
+
+    request, replay = await read_request(scope, receive, send)
+    assert request is not None and isinstance(replay, _Replay)
+    assert replay.authorization == b"Bearer alice-token"
+    pairs[-1][1] = b"Bearer bob-token"  # a layer between changes the list pair in place
+    assert replay.headers_seen is not None and scope["headers"] != replay.headers_seen
+
+
 async def test_a_backends_auth_behind_an_aggregate_door_authorizes_the_doors_caller(serve: Any) -> None:
     """The door authenticates with its own verifier; the backend's auth, handed the core's replay with the client's
     `Authorization` value, only authorizes (it must not authenticate that value against its own verifier, which
